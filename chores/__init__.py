@@ -1,0 +1,67 @@
+"""The AI-token billing chore: meters LLM usage of scan runners into invoices and quotas.
+
+Public API (SPEC §5)::
+
+    from chores import run_chore, finalize_invoices, check_quota
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pymongo.database import Database
+
+from ._db import Doc, connect, ensure_indexes
+from ._exceptions import ChoreError, ConfigError, DatabaseUnavailable, InvoiceNotFound, UnknownOrg
+from ._invoices import Invoice, InvoiceLine
+from ._periods import as_utc
+from ._quota import QuotaDecision
+from ._report import RunReport
+from ._run import finalize_invoices, run_chore, validate_org
+from ._settings import Settings, get_settings
+
+
+def check_quota(
+    db: Database[Doc],
+    org: str,
+    estimated_tokens: int = 0,
+    now: datetime | None = None,
+    *,
+    settings: Settings | None = None,
+) -> QuotaDecision:
+    """May `org` start a run? One indexed read of its stored decision (SPEC §5)."""
+    from ._db import Collections
+    from ._quota import Quota
+
+    settings = settings or get_settings()
+    org = validate_org(org)
+    if (
+        isinstance(estimated_tokens, bool)
+        or not isinstance(estimated_tokens, int)
+        or estimated_tokens < 0
+    ):
+        raise ConfigError(
+            f"estimated_tokens must be a non-negative integer, got {estimated_tokens!r}"
+        )
+    now = as_utc(now or datetime.now(UTC))
+    return Quota(Collections.of(db, settings), settings).check(org, estimated_tokens, now)
+
+
+__all__ = [
+    "ChoreError",
+    "ConfigError",
+    "DatabaseUnavailable",
+    "Invoice",
+    "InvoiceLine",
+    "InvoiceNotFound",
+    "QuotaDecision",
+    "RunReport",
+    "Settings",
+    "UnknownOrg",
+    "check_quota",
+    "connect",
+    "ensure_indexes",
+    "finalize_invoices",
+    "get_settings",
+    "run_chore",
+]

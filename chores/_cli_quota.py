@@ -1,0 +1,191 @@
+"""`chore quota`, `chore plan` and `chore status`: the operator's quota and health commands."""
+
+from __future__ import annotations
+
+import re
+import sys
+from datetime import UTC, datetime
+
+import click
+from rich.table import Table
+
+from ._db import Collections, connect
+from ._money import parse_usd, usd
+from ._periods import as_utc
+from ._quota import plan_of
+from ._settings import Plan, get_settings
+from .cli import EXIT_REFUSED, console, main, parse_now, user_errors
+
+_SUFFIXES = {"": 1, "K": 1_000, "M": 1_000_000, "B": 1_000_000_000}
+
+
+def parse_tokens(text: str) -> int:
+    """`10M`, `2.5k`, `1,000` -> tokens; ValueError otherwise."""
+    match = re.fullmatch(r"\s*([0-9][0-9,_]*(?:\.[0-9]+)?)\s*([kKmMbB]?)\s*", text)
+    if not match:
+        raise ValueError(f"not a token count: {text!r} (try 10M, 500K or 1000)")
+    number = float(match.group(1).replace(",", "").replace("_", ""))
+    value = number * _SUFFIXES[match.group(2).upper()]
+    if value != int(value):
+        raise ValueError(f"not a whole number of tokens: {text!r}")
+    return int(value)
+
+
+class TokensType(click.ParamType):
+    name = "TOKENS"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> object:
+        if isinstance(value, int) or value is None:
+            return value
+        if str(value).lower() == "none":
+            return "none"
+        try:
+            return parse_tokens(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class UsdType(click.ParamType):
+    name = "USD"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> object:
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).lower() == "none":
+            return "none"
+        try:
+            return parse_usd(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@main.group()
+def quota() -> None:
+    """Quota decisions."""
+
+
+@quota.command("check")
+@click.option("--org", required=True)
+@click.option("--estimate", type=TokensType(), default=0, help="Tokens the run expects to use.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--now", "now_text", metavar="ISO-TIME", help="Pretend the current UTC time.")
+@user_errors
+def quota_check(org: str, estimate: int, as_json: bool, now_text: str | None) -> None:
+    """May ORG start a run? Exit 0 allowed, 3 refused, 1 error."""
+    from . import check_quota
+
+    settings = get_settings()
+    try:
+        db = connect(settings)
+    except Exception as exc:  # unreachable billing database: answer by policy
+        from ._quota import QuotaDecision
+
+        decision = QuotaDecision(
+            org=org,
+            state="unknown",
+            allowed=settings.quota_fail_open,
+            reason=f"{exc} ({'fail-open' if settings.quota_fail_open else 'fail-closed'})",
+            period=datetime.now(UTC).strftime("%Y-%m"),
+        )
+    else:
+        decision = check_quota(
+            db, org, estimated_tokens=int(estimate or 0), now=parse_now(now_text), settings=settings
+        )
+    click.echo(decision.model_dump_json(indent=2) if as_json else decision.summary())
+    if not decision.allowed:
+        sys.exit(EXIT_REFUSED)
+
+
+@main.group()
+def plan() -> None:
+    """Quota plans per org."""
+
+
+@plan.command("set")
+@click.option("--org", required=True)
+@click.option("--token-limit", type=TokensType(), help="Tokens per month (10M), or none.")
+@click.option("--spend-limit", type=UsdType(), help="USD per month ($50), or none.")
+@click.option("--soft", type=click.FloatRange(0, 1, min_open=True), help="Warn ratio (0.8).")
+@click.option("--grace-tokens", type=TokensType(), help="Overdraft above the token limit.")
+@user_errors
+def plan_set(
+    org: str, token_limit: object, spend_limit: object, soft: float | None, grace_tokens: object
+) -> None:
+    """Create or change ORG's plan; options not given keep their value."""
+    from ._run import validate_org
+
+    org = validate_org(org)
+    changes: dict[str, object] = {}
+    for field, value in (
+        ("token_limit", token_limit),
+        ("spend_limit_micros", spend_limit),
+        ("soft_ratio", soft),
+        ("grace_tokens", grace_tokens),
+    ):
+        if value is not None:
+            changes[field] = None if value == "none" else value
+    if not changes:
+        raise click.UsageError(
+            "nothing to set: give --token-limit, --spend-limit, --soft or --grace-tokens"
+        )
+    settings = get_settings()
+    plans = Collections.of(connect(settings), settings).plans
+    changes["updated_at"] = datetime.now(UTC)
+    plans.update_one({"_id": org}, {"$set": changes}, upsert=True)
+    _print_plan(org, plan_of(plans.find_one({"_id": org}), settings.default_plan))
+
+
+@plan.command("show")
+@click.option("--org", required=True)
+@user_errors
+def plan_show(org: str) -> None:
+    """Print ORG's plan (the default plan when it has none)."""
+    settings = get_settings()
+    doc = Collections.of(connect(settings), settings).plans.find_one({"_id": org})
+    _print_plan(org, plan_of(doc, settings.default_plan), default=doc is None)
+
+
+def _print_plan(org: str, p: Plan, default: bool = False) -> None:
+    tokens = "no limit" if p.token_limit is None else f"{p.token_limit:,} tokens"
+    spend = "no limit" if p.spend_limit_micros is None else usd(p.spend_limit_micros)
+    click.echo(
+        f"{org}{' (default plan)' if default else ''}: token limit {tokens}, "
+        f"spend limit {spend}, warn at {p.soft_ratio:.0%}, overdraft {p.grace_tokens:,} tokens"
+    )
+
+
+@main.command()
+@click.option("--limit", default=10, show_default=True, help="How many runs to show.")
+@user_errors
+def status(limit: int) -> None:
+    """The last metering runs and how long ago each org was metered."""
+    settings = get_settings()
+    c = Collections.of(connect(settings), settings)
+    now = datetime.now(UTC)
+    runs = Table(title="Last runs", title_justify="left")
+    for column in ("started", "scope", "docs", "tokens", "anomalies", "error"):
+        runs.add_column(column)
+    for r in c.runs.find({}, sort=[("started_at", -1)], limit=limit):
+        runs.add_row(
+            str(r["started_at"])[:19],
+            r.get("org") or "all",
+            str(r["docs_read"]),
+            f"{r['tokens_billed']:,}",
+            str(sum(r.get("anomalies", {}).values())),
+            r.get("error") or "",
+        )
+    lag = Table(title="Quota decisions", title_justify="left")
+    for column in ("org", "state", "computed", "lag"):
+        lag.add_column(column)
+    for d in c.quota.find({}, sort=[("_id", 1)]):
+        age = now - as_utc(d["computed_at"])
+        lag.add_row(
+            d["_id"], d["state"], str(d["computed_at"])[:19], f"{int(age.total_seconds())}s"
+        )
+    out = console()
+    out.print(runs)
+    out.print(lag)

@@ -1,0 +1,153 @@
+"""Database access: the client factory, the billing collections and their indexes.
+
+`mongomock://...` URLs give an in-process mongomock client (demo and tests);
+anything else is a real `pymongo.MongoClient`. Nothing here prints a URL
+without redacting its password.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mongomock
+import pymongo
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
+
+from ._exceptions import ConfigError, DatabaseUnavailable
+from ._settings import Settings
+
+Doc = dict[str, Any]
+
+
+_MOCK_CLIENTS: dict[str, Any] = {}
+
+
+def connect(settings: Settings) -> Database[Doc]:
+    """The source database named in settings, checked to be reachable.
+
+    A `mongomock://name` URL gives one in-process mongomock client per name,
+    shared by every `connect` of this process (the demo and CLI tests use it).
+    """
+    url = settings.mongo_url
+    if url.startswith("mongomock://"):
+        if url not in _MOCK_CLIENTS:
+            _MOCK_CLIENTS[url] = mongomock.MongoClient(tz_aware=True)
+        client = _MOCK_CLIENTS[url]
+        mock_db: Database[Doc] = client[settings.mongo_db]
+        return mock_db
+    try:
+        real: pymongo.MongoClient[Doc] = pymongo.MongoClient(
+            url, serverSelectionTimeoutMS=settings.mongo_timeout_ms, tz_aware=True
+        )
+    except (InvalidURI, ConfigurationError, ValueError):
+        raise ConfigError(
+            f"MONGO_URL {settings.safe_mongo_url} is not a valid MongoDB URL"
+        ) from None
+    try:
+        real.admin.command("ping")
+    except PyMongoError:
+        raise DatabaseUnavailable(
+            f"cannot reach MongoDB at {settings.safe_mongo_url}: is the server running?"
+        ) from None
+    return real[settings.mongo_db]
+
+
+@dataclass(frozen=True)
+class Collections:
+    """Every collection the chore touches, named once."""
+
+    tasks: Collection[Doc]
+    findings: Collection[Doc]
+    ledger: Collection[Doc]
+    dirty: Collection[Doc]
+    pending: Collection[Doc]
+    cursors: Collection[Doc]
+    anomalies: Collection[Doc]
+    invoices: Collection[Doc]
+    plans: Collection[Doc]
+    quota: Collection[Doc]
+    quota_events: Collection[Doc]
+    runs: Collection[Doc]
+
+    @classmethod
+    def of(cls, db: Database[Doc], settings: Settings) -> Collections:
+        named = settings.collection
+        return cls(
+            tasks=db[settings.tasks_collection],
+            findings=db[settings.findings_collection],
+            ledger=db[named("ledger")],
+            dirty=db[named("dirty")],
+            pending=db[named("pending")],
+            cursors=db[named("cursors")],
+            anomalies=db[named("anomalies")],
+            invoices=db[named("invoices")],
+            plans=db[named("plans")],
+            quota=db[named("quota")],
+            quota_events=db[named("quota_events")],
+            runs=db[named("runs")],
+        )
+
+
+def source_indexes() -> dict[str, list[IndexModel]]:
+    """Indexes on the platform's collections that keep the source reads indexed."""
+    return {
+        "tasks": [
+            IndexModel(
+                [("name", ASCENDING), ("last_updated_db", ASCENDING)], name="chore_name_stamp"
+            ),
+            IndexModel(
+                [
+                    ("context.workspace_id", ASCENDING),
+                    ("name", ASCENDING),
+                    ("last_updated_db", ASCENDING),
+                ],
+                name="chore_org_name_stamp",
+            ),
+        ],
+        "findings": [
+            IndexModel([("extra_data.runner_id", ASCENDING)], name="chore_spawn_runner"),
+        ],
+    }
+
+
+def billing_indexes() -> dict[str, list[IndexModel]]:
+    """Indexes on the chore's own collections (`_id` uniqueness does the rest)."""
+    return {
+        "ledger": [
+            IndexModel([("runner_id", ASCENDING), ("seq", DESCENDING)], name="runner_seq"),
+            IndexModel(
+                [("org", ASCENDING), ("usage_period", ASCENDING), ("booked", ASCENDING)],
+                name="org_usage_booked",
+            ),
+            IndexModel([("org", ASCENDING), ("booked", ASCENDING)], name="org_booked"),
+        ],
+        "dirty": [IndexModel([("org", ASCENDING)], name="org")],
+        "pending": [IndexModel([("org", ASCENDING)], name="org")],
+        "anomalies": [
+            IndexModel(
+                [("org", ASCENDING), ("period", ASCENDING), ("resolved", ASCENDING)],
+                name="org_period_open",
+            ),
+        ],
+        "invoices": [
+            IndexModel([("org", ASCENDING), ("period", ASCENDING)], name="org_period"),
+            IndexModel([("status", ASCENDING), ("period_end", ASCENDING)], name="status_end"),
+        ],
+        "runs": [IndexModel([("org", ASCENDING), ("started_at", DESCENDING)], name="org_started")],
+    }
+
+
+def ensure_indexes(db: Database[Doc], settings: Settings, *, source: bool = False) -> list[str]:
+    """Create the billing indexes (and the source ones when `source`); names created."""
+    created: list[str] = []
+    for short, models in billing_indexes().items():
+        created += db[settings.collection(short)].create_indexes(models)
+    if source:
+        names = {"tasks": settings.tasks_collection, "findings": settings.findings_collection}
+        for short, models in source_indexes().items():
+            created += db[names[short]].create_indexes(models)
+    return created

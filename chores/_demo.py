@@ -1,0 +1,70 @@
+"""`chore demo`: a realistic month on an in-process mongomock, metered end to end."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import mongomock
+from pymongo.database import Database
+from rich.console import Console
+
+from pricing import load_registry
+
+from ._corpus import generate_corpus
+from ._db import Doc
+from ._invoices import Invoice
+from ._periods import period_of
+from ._run import finalize_invoices, run_chore
+from ._settings import Settings
+
+DEMO_ORGS = ("acme", "globex", "initech")
+
+
+def run_demo(out: Console, *, seed: int = 7, now: datetime | None = None) -> None:
+    from . import check_quota
+    from .cli import print_invoice
+
+    now = now or datetime.now(UTC).replace(microsecond=0)
+    settings = Settings(mongo_url="mongomock://demo", redis_url=None)
+    registry = load_registry()
+    db: Database[Doc] = mongomock.MongoClient(tz_aware=True)[settings.mongo_db]
+
+    corpus = generate_corpus(
+        seed=seed, orgs=DEMO_ORGS, runs_per_org=25, start=now - timedelta(days=40), days=39
+    )
+    db[settings.tasks_collection].insert_many([t for t in corpus.tasks])
+    db[settings.findings_collection].insert_many(corpus.findings)
+    db[settings.collection("plans")].insert_many(
+        [
+            {"_id": "acme", "token_limit": 5_000_000, "spend_limit_micros": 50_000_000},
+            {"_id": "globex", "token_limit": 1_000_000},
+        ]
+    )
+    out.print(
+        f"[bold]Seeded[/] {len(corpus.tasks)} runner documents and {len(corpus.findings)} "
+        f"findings for {', '.join(DEMO_ORGS)} (registry {registry.version}, "
+        f"{len(registry.models)} models)"
+    )
+
+    report = run_chore(db, now=now, registry=registry, settings=settings)
+    out.print(
+        f"[bold]Metered[/]: {report.docs_read} AI runner documents read, "
+        f"{report.tokens_billed:,} tokens billed, anomalies {report.anomalies or 'none'}"
+    )
+    rerun = run_chore(db, now=now, registry=registry, settings=settings)
+    out.print(
+        f"[bold]Rerun[/]: {rerun.docs_read} documents re-read, "
+        f"{rerun.tokens_billed} tokens billed (exactly once)"
+    )
+    finalized = finalize_invoices(db, now=now, registry=registry, settings=settings)
+    out.print(f"[bold]Finalized[/]: {', '.join(finalized) or 'nothing due yet'}\n")
+
+    invoices = db[settings.collection("invoices")]
+    for doc in invoices.find({}, sort=[("period", 1), ("org", 1)]):
+        print_invoice(out, Invoice.model_validate(doc))
+        out.print()
+    out.print(f"[bold]Quota decisions for {period_of(now)}[/]")
+    for org in DEMO_ORGS:
+        decision = check_quota(db, org, estimated_tokens=200_000, now=now, settings=settings)
+        verdict = "[green]allowed[/]" if decision.allowed else "[red]refused[/]"
+        out.print(f"  {decision.summary()} → next run of ~200K tokens {verdict}")

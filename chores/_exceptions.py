@@ -1,0 +1,32 @@
+"""Every error a user of the chore can cause, in one place.
+
+    ChoreError                  base: the CLI prints its message on one line and exits 1
+    ├── ConfigError             a setting is missing or malformed (bad MONGO_URL, bad plan value)
+    ├── DatabaseUnavailable     the MongoDB server cannot be reached
+    ├── UnknownOrg              an org has no billing data at all
+    └── InvoiceNotFound         no invoice for that org and period
+
+Registry errors are `pricing.RegistryError` (the pricing package stays independent).
+"""
+
+from __future__ import annotations
+
+
+class ChoreError(Exception):
+    """A user-facing error: its message says what went wrong and what to do."""
+
+
+class ConfigError(ChoreError):
+    """A setting or argument is malformed."""
+
+
+class DatabaseUnavailable(ChoreError):
+    """The database cannot be reached; the message never contains credentials."""
+
+
+class UnknownOrg(ChoreError):
+    """The org has no billing documents."""
+
+
+class InvoiceNotFound(ChoreError):
+    """No invoice exists for the org and period asked for."""

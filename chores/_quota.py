@@ -1,0 +1,231 @@
+"""Quota: plans, the decision each metering run writes, and the pre-run check.
+
+A *plan* (`billing_plans`, `_id` = org; the settings' default otherwise) sets an
+optional token limit, an optional spend limit, the soft ratio for warnings and
+an optional token overdraft. A *decision* (`billing_quota`, `_id` = org) is the
+org's state for the period of `now`: `block` when usage reached a limit, `warn`
+at the soft ratio, else `ok`. State changes are appended to
+`billing_quota_events`. `check` answers from the stored decision alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pymongo.errors import PyMongoError
+
+from ._db import Collections, Doc
+from ._money import usd
+from ._periods import as_utc, period_of
+from ._progress import insert_ignoring_duplicates
+from ._settings import Plan, Settings
+
+State = Literal["ok", "warn", "block", "unknown"]
+
+
+class Usage(BaseModel):
+    tokens: int = 0
+    micros: int = 0
+    unpriced_tokens: int = 0
+
+
+def plan_of(doc: Mapping[str, Any] | None, default: Plan) -> Plan:
+    if not doc:
+        return default
+    fields = {
+        k: doc[k]
+        for k in ("token_limit", "spend_limit_micros", "soft_ratio", "grace_tokens")
+        if doc.get(k) is not None
+    }
+    return Plan.model_validate({**default.model_dump(), **fields})
+
+
+def evaluate(plan: Plan, used_tokens: int, spent_micros: int) -> tuple[State, list[str]]:
+    """The state for this much usage under `plan`, with the reasons (pure)."""
+    state: State = "ok"
+    reasons: list[str] = []
+    checks = []
+    if plan.token_limit is not None:
+        checks.append(
+            ("tokens", used_tokens, plan.token_limit, plan.token_limit + plan.grace_tokens)
+        )
+    if plan.spend_limit_micros is not None:
+        checks.append(("spend", spent_micros, plan.spend_limit_micros, plan.spend_limit_micros))
+    for name, used, limit, hard in checks:
+        if used >= hard:
+            state = "block"
+            reasons.append(f"{name} limit reached")
+        elif used >= plan.soft_ratio * limit and state != "block":
+            state = "warn"
+            reasons.append(f"{name} at {plan.soft_ratio:.0%} of limit")
+    return state, reasons
+
+
+class QuotaDecision(BaseModel):
+    """What `check_quota` answers."""
+
+    org: str
+    state: State
+    allowed: bool
+    reason: str
+    period: str
+    used_tokens: int = 0
+    token_limit: int | None = None
+    spent_micros: int = 0
+    spend_limit_micros: int | None = None
+    unpriced_tokens: int = 0
+    computed_at: datetime | None = None
+    stale: bool = False
+    reasons: list[str] = Field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line a person can read."""
+        parts = [f"{self.org}: {self.state}"]
+        if self.state == "unknown":
+            return f"{parts[0]} — {self.reason} ({'allowed' if self.allowed else 'refused'})"
+        usage = [_of(self.used_tokens, self.token_limit, _tokens, " tokens")]
+        usage.append(_of(self.spent_micros, self.spend_limit_micros, usd, ""))
+        return f"{parts[0]} — " + ", ".join(usage)
+
+
+def _tokens(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for size, suffix in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "K")):
+        if abs(n) >= size:
+            return f"{n / size:.1f}".rstrip("0").rstrip(".") + suffix
+    return str(n)
+
+
+def _of(used: int, limit: int | None, fmt: Any, unit: str) -> str:
+    if limit is None:
+        return f"{fmt(used)}{unit} (no limit)"
+    share = f" ({used / limit:.0%})" if limit else ""
+    return f"{fmt(used)} of {fmt(limit)}{unit}{share}"
+
+
+class Quota:
+    def __init__(self, collections: Collections, settings: Settings):
+        self._c = collections
+        self._settings = settings
+
+    def plans(self, orgs: Sequence[str]) -> dict[str, Plan]:
+        found = {d["_id"]: d for d in self._c.plans.find({"_id": {"$in": list(orgs)}})}
+        default = self._settings.default_plan
+        return {org: plan_of(found.get(org), default) for org in orgs}
+
+    def usage(self, orgs: Sequence[str], period: str) -> dict[str, Usage]:
+        ids = [f"{org}:{period}" for org in orgs]
+        usage = {org: Usage() for org in orgs}
+        for invoice in self._c.invoices.find({"_id": {"$in": ids}}):
+            usage[invoice["org"]] = Usage(
+                tokens=sum(line["tokens"] for line in invoice["lines"]),
+                micros=invoice["total_micros"],
+                unpriced_tokens=invoice["unpriced_tokens"],
+            )
+        return usage
+
+    def decide(self, orgs: Sequence[str], now: datetime) -> dict[str, str]:
+        """Recompute and store the decision of each org; returns org -> state."""
+        if not orgs:
+            return {}
+        period = period_of(now)
+        plans = self.plans(orgs)
+        usage = self.usage(orgs, period)
+        previous = {
+            d["_id"]: d
+            for d in self._c.quota.find({"_id": {"$in": list(orgs)}}, {"state": 1, "period": 1})
+        }
+        states: dict[str, str] = {}
+        events: list[Doc] = []
+        for org in orgs:
+            plan, used = plans[org], usage[org]
+            state, reasons = evaluate(plan, used.tokens, used.micros)
+            decision = {
+                "_id": org,
+                "org": org,
+                "period": period,
+                "state": state,
+                "reasons": reasons,
+                "used_tokens": used.tokens,
+                "spent_micros": used.micros,
+                "unpriced_tokens": used.unpriced_tokens,
+                "token_limit": plan.token_limit,
+                "spend_limit_micros": plan.spend_limit_micros,
+                "soft_ratio": plan.soft_ratio,
+                "grace_tokens": plan.grace_tokens,
+                "computed_at": now,
+            }
+            self._c.quota.replace_one({"_id": org}, decision, upsert=True)
+            before = previous.get(org, {})
+            if (before.get("state"), before.get("period")) != (state, period):
+                events.append(
+                    {
+                        "_id": f"{org}:{period}:{now.isoformat()}:{state}",
+                        "org": org,
+                        "period": period,
+                        "from": before.get("state"),
+                        "to": state,
+                        "at": now,
+                    }
+                )
+            states[org] = state
+        insert_ignoring_duplicates(self._c.quota_events, events)
+        return states
+
+    def check(self, org: str, estimated_tokens: int, now: datetime) -> QuotaDecision:
+        """The answer to "may `org` start a run?" from one read of its decision."""
+        settings = self._settings
+        period = period_of(now)
+        try:
+            doc = self._c.quota.find_one({"_id": org})
+        except PyMongoError:
+            return self._unknown(org, period, "billing database unavailable")
+        if doc is None:
+            return self._unknown(org, period, "no quota decision yet")
+        computed_at = as_utc(doc["computed_at"])
+        age = (now - computed_at).total_seconds()
+        plan = plan_of(doc, Plan(token_limit=None, spend_limit_micros=None))
+        fresh_period = doc.get("period") == period
+        used = int(doc.get("used_tokens", 0)) if fresh_period else 0
+        spent = int(doc.get("spent_micros", 0)) if fresh_period else 0
+        if age > settings.quota_max_staleness_seconds:
+            unknown = self._unknown(org, period, f"decision is {int(age)}s old")
+            return unknown.model_copy(
+                update={
+                    "stale": True,
+                    "computed_at": computed_at,
+                    "used_tokens": used,
+                    "spent_micros": spent,
+                    "token_limit": plan.token_limit,
+                    "spend_limit_micros": plan.spend_limit_micros,
+                }
+            )
+        state, reasons = evaluate(plan, used + estimated_tokens, spent)
+        if estimated_tokens and state == "block" and evaluate(plan, used, spent)[0] != "block":
+            reasons.append(f"estimate of {estimated_tokens} tokens would exceed the limit")
+        return QuotaDecision(
+            org=org,
+            state=state,
+            allowed=state != "block",
+            reason="; ".join(reasons) or "within plan",
+            period=period,
+            used_tokens=used,
+            token_limit=plan.token_limit,
+            spent_micros=spent,
+            spend_limit_micros=plan.spend_limit_micros,
+            unpriced_tokens=int(doc.get("unpriced_tokens", 0)) if fresh_period else 0,
+            computed_at=computed_at,
+            stale=False,
+            reasons=reasons,
+        )
+
+    def _unknown(self, org: str, period: str, reason: str) -> QuotaDecision:
+        allowed = self._settings.quota_fail_open
+        policy = "fail-open" if allowed else "fail-closed"
+        return QuotaDecision(
+            org=org, state="unknown", allowed=allowed, reason=f"{reason} ({policy})", period=period
+        )

@@ -1,0 +1,38 @@
+"""What a metering run did, as returned by `run_chore` and stored in `billing_runs`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class OrgSummary(BaseModel):
+    tokens: int = 0
+    entries: int = 0
+    anomalies: int = 0
+
+
+class RunReport(BaseModel):
+    run_id: str
+    org: str | None
+    started_at: datetime
+    finished_at: datetime | None = None
+    dry_run: bool = False
+    full_scan: bool = False
+    docs_read: int = 0
+    entries_written: int = 0
+    tokens_billed: int = 0
+    anomalies: dict[str, int] = Field(default_factory=dict)
+    orgs: dict[str, OrgSummary] = Field(default_factory=dict)
+    invoices: list[str] = Field(default_factory=list)
+    decisions: dict[str, str] = Field(default_factory=dict)
+    error: str | None = None
+
+    def summary_for(self, org: str) -> OrgSummary:
+        return self.orgs.setdefault(org, OrgSummary())
+
+    def count_anomalies(self, kinds: Counter[str]) -> None:
+        for kind, count in kinds.items():
+            self.anomalies[kind] = self.anomalies.get(kind, 0) + count

@@ -1,0 +1,261 @@
+"""One metering run: source documents -> deltas -> ledger -> invoices -> quota decisions.
+
+`run_chore` is the whole job for one org or for all of them. It reads the
+pending runners and the changed runners in batches, assesses each document
+(`_usage.assess`), appends the deltas to the ledger, then settles the invoices
+it touched and writes the quota decisions. Every write is idempotent, so a run
+that dies anywhere is completed exactly by the next one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.database import Database
+
+from pricing import Registry, load_registry
+
+from ._anomalies import AnomalyLog
+from ._db import Collections, Doc
+from ._exceptions import ConfigError
+from ._invoices import Invoices
+from ._ledger import Ledger, entry_document
+from ._periods import as_utc
+from ._progress import ALL_ORGS, Progress
+from ._quota import Quota
+from ._report import RunReport
+from ._settings import Settings, get_settings
+from ._source import Source, chunked
+from ._usage import AnomalyRecord, assess, runner_key
+
+
+def validate_org(org: object) -> str:
+    """An org id given by a caller: a non-empty string, used only as data."""
+    if not isinstance(org, str) or not org or len(org) > 256:
+        raise ConfigError(
+            f"org must be a non-empty string of at most 256 characters, got {org!r:.60}"
+        )
+    return org
+
+
+class Meter:
+    """The pieces of one run, wired once."""
+
+    def __init__(self, db: Database[Doc], settings: Settings, registry: Registry):
+        self.settings = settings
+        self.collections = Collections.of(db, settings)
+        self.source = Source(
+            self.collections, ai_task_names=settings.ai_task_names, batch_size=settings.batch_size
+        )
+        self.ledger = Ledger(self.collections, batch_size=settings.batch_size)
+        self.progress = Progress(self.collections)
+        self.anomalies = AnomalyLog(self.collections)
+        self.invoices = Invoices(
+            self.collections, registry, self.ledger, self.anomalies, self.progress
+        )
+        self.quota = Quota(self.collections, settings)
+
+    def runners(self, org: str | None, since: float | None) -> Iterator[list[Doc]]:
+        """Batches of runner documents: the pending ones first, then the changed ones."""
+        batch_size = self.settings.batch_size
+        pending_ids = [p["source_id"] for p in self.progress.pending(org)]
+        seen: set[str] = set()
+        for ids in chunked(pending_ids, batch_size):
+            docs = self.source.runners_by_id(ids, org)
+            seen.update(runner_key(d.get("_id")) for d in docs)
+            found = {runner_key(d.get("_id")) for d in docs}
+            vanished = [runner_key(i) for i in ids if runner_key(i) not in found]
+            if vanished:
+                self.progress.set_pending([], vanished)
+            yield docs
+        changed = (
+            d
+            for d in self.source.changed_runners(org, since)
+            if runner_key(d.get("_id")) not in seen
+        )
+        yield from chunked(changed, batch_size)
+
+    def process(
+        self,
+        docs: Sequence[Doc],
+        *,
+        org: str | None,
+        now: datetime,
+        run_id: str,
+        report: RunReport,
+        dry_run: bool,
+    ) -> None:
+        """Assess one batch of runner documents and record the outcome (a constant number
+        of round trips, whatever the batch size)."""
+        heads = self.ledger.heads([runner_key(d.get("_id")) for d in docs])
+        subagents = [str(d.get("_id")) for d in docs if _is_subagent(d)]
+        spawns = self.source.spawn_contexts(subagents)
+        entries: list[Doc] = []
+        records: list[AnomalyRecord] = []
+        dirty: set[tuple[str, str]] = set()
+        add_pending: list[Doc] = []
+        drop_pending: list[str] = []
+        clean: list[str] = []
+        for doc in docs:
+            result = assess(
+                doc,
+                spawn_contexts=spawns.get(str(doc.get("_id")), []),
+                head=heads.get(runner_key(doc.get("_id"))),
+                now=now,
+                max_tokens_per_run=self.settings.max_tokens_per_run,
+            )
+            if org is not None and result.org not in (None, org):
+                continue  # matched through an array-valued context: not this org's document
+            records += result.anomalies
+            if result.delta is not None:
+                entries.append(entry_document(result.delta, billed_at=now, run_id=run_id))
+                dirty.add((result.delta.org, result.delta.period))
+            dirty.update((a.org, a.period) for a in result.anomalies if a.org and a.period)
+            if result.billed_cleanly:
+                clean.append(result.runner_id)
+            if result.pending and result.org is not None:
+                add_pending.append(
+                    {"_id": result.runner_id, "source_id": doc.get("_id"), "org": result.org}
+                )
+            else:
+                drop_pending.append(result.runner_id)
+            if result.org is not None:
+                report.summary_for(result.org)
+
+        report.docs_read += len(docs)
+        report.count_anomalies(Counter(a.kind for a in records))
+        for record in records:
+            if record.org is not None:
+                report.summary_for(record.org).anomalies += 1
+        if dry_run:
+            self._tally(report, entries)
+            return
+        healed, healed_pairs = self.anomalies.resolvable(clean)
+        dirty.update(healed_pairs)
+        self.progress.mark_dirty(dirty, run_id)  # before what they announce
+        self.anomalies.record(records, now=now, run_id=run_id)
+        self.anomalies.close(healed)
+        self._tally(report, self.ledger.append(entries))
+        self.progress.set_pending(add_pending, drop_pending)
+
+    @staticmethod
+    def _tally(report: RunReport, entries: Sequence[Doc]) -> None:
+        for entry in entries:
+            summary = report.summary_for(entry["org"])
+            summary.tokens += entry["tokens"]
+            summary.entries += 1
+            report.tokens_billed += entry["tokens"]
+            report.entries_written += 1
+
+
+def _is_subagent(doc: Mapping[str, Any]) -> bool:
+    context = doc.get("context")
+    return isinstance(context, Mapping) and context.get("subagent") is True
+
+
+def _stamp(doc: Mapping[str, Any]) -> float | None:
+    value = doc.get("last_updated_db")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if value == value else None
+
+
+def run_chore(
+    db: Database[Doc],
+    org: str | None = None,
+    now: datetime | None = None,
+    registry: Registry | None = None,
+    *,
+    settings: Settings | None = None,
+    dry_run: bool = False,
+    full: bool = False,
+) -> RunReport:
+    """Meter new usage of one org (or every org when `org` is None) into invoices.
+
+    `full=True` ignores the cursor and reads every AI runner in scope (the
+    daily safety net). A database error propagates; rerunning completes the work.
+    """
+    settings = settings or get_settings()
+    registry = registry or load_registry(settings.registry_path)
+    now = as_utc(now or datetime.now(UTC))
+    if org is not None:
+        org = validate_org(org)
+    meter = Meter(db, settings, registry)
+    scope = org if org is not None else ALL_ORGS
+    report = RunReport(
+        run_id=uuid.uuid4().hex, org=org, started_at=now, dry_run=dry_run, full_scan=full
+    )
+    try:
+        cursor = None if full else meter.progress.cursor(scope)
+        since = None if cursor is None else cursor - settings.lookback_seconds
+        newest: float | None = None
+        horizon = now.timestamp() + settings.future_skew_seconds
+        for docs in meter.runners(org, since):
+            for doc in docs:
+                stamp = _stamp(doc)
+                # A far-future stamp is garbage: it must not push the cursor past real writes.
+                if stamp is not None and stamp <= horizon and (newest is None or stamp > newest):
+                    newest = stamp
+            meter.process(
+                docs, org=org, now=now, run_id=report.run_id, report=report, dry_run=dry_run
+            )
+        if not dry_run:
+            report.invoices = meter.invoices.settle(now, org)
+            orgs = {i.split(":", 1)[0] for i in report.invoices} | set(report.orgs)
+            if org is not None:
+                orgs.add(org)
+            report.decisions = meter.quota.decide(sorted(orgs), now)
+            if newest is not None:
+                meter.progress.advance_cursor(scope, newest)
+    except Exception as exc:
+        report.error = f"{type(exc).__name__}: {exc}"
+        _record_run(meter, report, now, dry_run)
+        raise
+    _record_run(meter, report, now, dry_run)
+    return report
+
+
+def _record_run(meter: Meter, report: RunReport, now: datetime, dry_run: bool) -> None:
+    report.finished_at = now
+    if dry_run:
+        return
+    try:
+        meter.collections.runs.insert_one(
+            {"_id": report.run_id, **report.model_dump(mode="python")}
+        )
+    except Exception:
+        if report.error is None:
+            raise
+
+
+def finalize_invoices(
+    db: Database[Doc],
+    now: datetime | None = None,
+    grace: Any = None,
+    *,
+    org: str | None = None,
+    registry: Registry | None = None,
+    settings: Settings | None = None,
+) -> list[str]:
+    """Make every draft whose period ended more than `grace` ago final; the ids finalized.
+
+    `grace` is a `timedelta` or a number of days (default: settings, 3 days).
+    """
+    from datetime import timedelta
+
+    settings = settings or get_settings()
+    registry = registry or load_registry(settings.registry_path)
+    now = as_utc(now or datetime.now(UTC))
+    if grace is None:
+        grace = timedelta(days=settings.grace_days)
+    elif not isinstance(grace, timedelta):
+        grace = timedelta(days=float(grace))
+    if org is not None:
+        org = validate_org(org)
+    meter = Meter(db, settings, registry)
+    finalized = meter.invoices.finalize(now, grace, org)
+    return finalized

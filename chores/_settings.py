@@ -1,0 +1,100 @@
+"""The one Settings object: every knob of the chore, read from the environment.
+
+Each field maps to an upper-case environment variable of the same name
+(`MONGO_URL`, `AI_TASK_NAMES`, ...). `get_settings()` caches one instance per
+process; tests build their own `Settings(...)` and pass it explicitly.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by `***`, safe to print or log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class Plan(BaseSettings):
+    """Default quota plan for orgs without a `billing_plans` document."""
+
+    model_config = SettingsConfigDict(env_prefix="DEFAULT_PLAN_", extra="ignore")
+
+    token_limit: int | None = Field(default=None, ge=0)
+    spend_limit_micros: int | None = Field(default=None, ge=0)
+    soft_ratio: float = Field(default=0.8, gt=0, le=1)
+    grace_tokens: int = Field(default=0, ge=0)
+
+
+class Settings(BaseSettings):
+    """Configuration of the billing chore (environment variables, upper-case)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    mongo_url: str = "mongodb://localhost:27017"
+    mongo_db: str = "main"
+    mongo_timeout_ms: int = Field(default=5000, gt=0)
+
+    tasks_collection: str = "tasks"
+    findings_collection: str = "findings"
+    billing_prefix: str = "billing_"
+
+    ai_task_names: list[str] = ["ai"]
+    registry_path: Path | None = None
+
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    lookback_seconds: float = Field(default=900.0, ge=0)
+    future_skew_seconds: float = Field(default=300.0, ge=0)
+    max_tokens_per_run: int = Field(default=1_000_000_000, ge=1)
+    grace_days: float = Field(default=3.0, ge=0)
+
+    quota_max_staleness_seconds: float = Field(default=900.0, gt=0)
+    quota_fail_open: bool = True
+    quota_cache_ttl_seconds: int = Field(default=600, gt=0)
+    redis_url: str | None = None
+
+    celery_broker_url: str = "redis://localhost:6379/0"
+    celery_result_backend: str | None = None
+    meter_every_seconds: float = Field(default=300.0, gt=0)
+    task_soft_time_limit: int = Field(default=240, gt=0)
+    task_time_limit: int = Field(default=300, gt=0)
+    lock_ttl_seconds: int = Field(default=360, gt=0)
+
+    @field_validator("ai_task_names")
+    @classmethod
+    def _non_empty_names(cls, names: list[str]) -> list[str]:
+        if not names or any(not n for n in names):
+            raise ValueError("AI_TASK_NAMES must list at least one non-empty task name")
+        return names
+
+    def collection(self, name: str) -> str:
+        """Name of a billing collection (`ledger` -> `billing_ledger`)."""
+        return f"{self.billing_prefix}{name}"
+
+    @property
+    def safe_mongo_url(self) -> str:
+        return redact_url(self.mongo_url)
+
+    @property
+    def default_plan(self) -> Plan:
+        return Plan()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

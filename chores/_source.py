@@ -1,0 +1,112 @@
+"""Batched, read-only access to the platform's runner documents and spawn findings.
+
+Which runner documents a run reads:
+
+1. *changed*: AI runners whose `last_updated_db` is at or after the scope's cursor
+   minus a lookback window, plus those whose stamp is missing or not a number
+   (first writes carry none); `full=True` reads every AI runner;
+2. *pending*: runners the chore last saw running or waiting for their spawn
+   finding, re-read by `_id` whatever their stamp says. This is what catches a
+   run's final write, whose stamp lags one write behind and can be older than
+   the cursor.
+
+Every query is a constant number of round trips per batch; values from the
+source (org ids, runner ids) are only ever used under `$eq`/`$in`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from bson import ObjectId
+
+from ._db import Collections, Doc
+
+RUNNER_PROJECTION = {
+    "_id": 1,
+    "name": 1,
+    "status": 1,
+    "end_time": 1,
+    "last_updated_db": 1,
+    "context.workspace_id": 1,
+    "context.ai_tokens": 1,
+    "context.ai_prompt_tokens": 1,
+    "context.ai_completion_tokens": 1,
+    "context.ai_cached_tokens": 1,
+    "context.ai_model": 1,
+    "context.ai_key_source": 1,
+    "context.ai_cost": 1,
+    "context.subagent": 1,
+    "context.session_id": 1,
+}
+SPAWN_PROJECTION = {
+    "extra_data.runner_id": 1,
+    "_context.ai_tokens": 1,
+    "_context.ai_prompt_tokens": 1,
+    "_context.ai_completion_tokens": 1,
+    "_context.ai_cached_tokens": 1,
+}
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class Source:
+    """Reads runners and spawn findings; never writes."""
+
+    def __init__(self, collections: Collections, *, ai_task_names: Sequence[str], batch_size: int):
+        self._tasks = collections.tasks
+        self._findings = collections.findings
+        self._names = list(ai_task_names)
+        self._batch_size = batch_size
+
+    def _scope(self, org: str | None) -> Doc:
+        query: Doc = {"name": {"$in": self._names}}
+        if org is not None:
+            query["context.workspace_id"] = {"$eq": org}
+        return query
+
+    def changed_runners(self, org: str | None, since: float | None) -> Iterator[Doc]:
+        """AI runners changed since the stamp `since` (every one when None), streamed."""
+        query = self._scope(org)
+        if since is not None:
+            query["$or"] = [
+                {"last_updated_db": {"$gte": since}},
+                {"last_updated_db": {"$not": {"$type": "number"}}},
+            ]
+        cursor = self._tasks.find(query, RUNNER_PROJECTION, batch_size=self._batch_size)
+        yield from cursor
+
+    def runners_by_id(self, source_ids: Sequence[Any], org: str | None) -> list[Doc]:
+        """The AI runners with these `_id`s (one query; the caller batches)."""
+        query = self._scope(org)
+        query["_id"] = {"$in": list(source_ids)}
+        return list(self._tasks.find(query, RUNNER_PROJECTION))
+
+    def spawn_contexts(self, runner_ids: Sequence[str]) -> dict[str, list[Any]]:
+        """The `_context` of every spawn finding naming these runners, by runner id.
+
+        `extra_data.runner_id` is a string in the platform's documents; the
+        ObjectId form is matched as well, in the same query.
+        """
+        if not runner_ids:
+            return {}
+        wanted: list[Any] = list(runner_ids)
+        wanted += [ObjectId(r) for r in runner_ids if ObjectId.is_valid(r)]
+        query = {"_type": "ai", "ai_type": "task", "extra_data.runner_id": {"$in": wanted}}
+        found: dict[str, list[Any]] = {}
+        for finding in self._findings.find(query, SPAWN_PROJECTION):
+            extra = finding.get("extra_data")
+            if not isinstance(extra, Mapping):
+                continue
+            found.setdefault(str(extra.get("runner_id")), []).append(finding.get("_context"))
+        return found
