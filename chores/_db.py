@@ -50,6 +50,7 @@ def connect(settings: Settings) -> Database[Doc]:
     try:
         real.admin.command("ping")
     except PyMongoError:
+        real.close()
         raise DatabaseUnavailable(
             f"cannot reach MongoDB at {settings.safe_mongo_url}: is the server running?"
         ) from None

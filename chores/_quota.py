@@ -21,6 +21,7 @@ from ._db import Collections, Doc
 from ._money import usd
 from ._periods import as_utc, period_of
 from ._progress import insert_ignoring_duplicates
+from ._quota_cache import QuotaCache
 from ._settings import Plan, Settings
 
 State = Literal["ok", "warn", "block", "unknown"]
@@ -111,6 +112,11 @@ class Quota:
     def __init__(self, collections: Collections, settings: Settings):
         self._c = collections
         self._settings = settings
+        self._cache = (
+            QuotaCache(settings.redis_url, settings.quota_cache_ttl_seconds)
+            if settings.redis_url
+            else None
+        )
 
     def plans(self, orgs: Sequence[str]) -> dict[str, Plan]:
         found = {d["_id"]: d for d in self._c.plans.find({"_id": {"$in": list(orgs)}})}
@@ -141,6 +147,7 @@ class Quota:
         }
         states: dict[str, str] = {}
         events: list[Doc] = []
+        written: list[Doc] = []
         for org in orgs:
             plan, used = plans[org], usage[org]
             state, reasons = evaluate(plan, used.tokens, used.micros)
@@ -160,6 +167,7 @@ class Quota:
                 "computed_at": now,
             }
             self._c.quota.replace_one({"_id": org}, decision, upsert=True)
+            written.append(decision)
             before = previous.get(org, {})
             if (before.get("state"), before.get("period")) != (state, period):
                 events.append(
@@ -174,18 +182,24 @@ class Quota:
                 )
             states[org] = state
         insert_ignoring_duplicates(self._c.quota_events, events)
+        if self._cache is not None:
+            self._cache.put_many(written)
         return states
 
     def check(self, org: str, estimated_tokens: int, now: datetime) -> QuotaDecision:
         """The answer to "may `org` start a run?" from one read of its decision."""
         settings = self._settings
         period = period_of(now)
-        try:
-            doc = self._c.quota.find_one({"_id": org})
-        except PyMongoError:
-            return self._unknown(org, period, "billing database unavailable")
+        doc = self._cache.get(org) if self._cache is not None else None
         if doc is None:
-            return self._unknown(org, period, "no quota decision yet")
+            try:
+                doc = self._c.quota.find_one({"_id": org})
+            except PyMongoError:
+                return self._unknown(org, period, "billing database unavailable")
+            if doc is None:
+                return self._unknown(org, period, "no quota decision yet")
+            if self._cache is not None:
+                self._cache.put_many([doc])
         computed_at = as_utc(doc["computed_at"])
         age = (now - computed_at).total_seconds()
         plan = plan_of(doc, Plan(token_limit=None, spend_limit_micros=None))

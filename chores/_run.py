@@ -205,7 +205,7 @@ def run_chore(
             )
         if not dry_run:
             report.invoices = meter.invoices.settle(now, org)
-            orgs = {i.split(":", 1)[0] for i in report.invoices} | set(report.orgs)
+            orgs = {i.rsplit(":", 1)[0] for i in report.invoices} | set(report.orgs)
             if org is not None:
                 orgs.add(org)
             report.decisions = meter.quota.decide(sorted(orgs), now)
@@ -230,6 +230,15 @@ def _record_run(meter: Meter, report: RunReport, now: datetime, dry_run: bool) -
     except Exception:
         if report.error is None:
             raise
+
+
+def run_document(report: RunReport) -> Doc:
+    """The `billing_runs` record; org ids are values, never field names."""
+    doc = report.model_dump(mode="python", exclude={"orgs", "decisions"})
+    doc["_id"] = report.run_id
+    doc["orgs"] = [{"org": org, **s.model_dump()} for org, s in sorted(report.orgs.items())]
+    doc["decisions"] = [{"org": org, "state": s} for org, s in sorted(report.decisions.items())]
+    return doc
 
 
 def finalize_invoices(

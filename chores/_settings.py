@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,10 +30,8 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-class Plan(BaseSettings):
-    """Default quota plan for orgs without a `billing_plans` document."""
-
-    model_config = SettingsConfigDict(env_prefix="DEFAULT_PLAN_", extra="ignore")
+class Plan(BaseModel):
+    """A quota plan: limits per period (None = no limit), warn ratio, token overdraft."""
 
     token_limit: int | None = Field(default=None, ge=0)
     spend_limit_micros: int | None = Field(default=None, ge=0)
@@ -62,6 +60,11 @@ class Settings(BaseSettings):
     future_skew_seconds: float = Field(default=300.0, ge=0)
     max_tokens_per_run: int = Field(default=1_000_000_000, ge=1)
     grace_days: float = Field(default=3.0, ge=0)
+
+    default_token_limit: int | None = Field(default=None, ge=0)
+    default_spend_limit_micros: int | None = Field(default=None, ge=0)
+    default_soft_ratio: float = Field(default=0.8, gt=0, le=1)
+    default_grace_tokens: int = Field(default=0, ge=0)
 
     quota_max_staleness_seconds: float = Field(default=900.0, gt=0)
     quota_fail_open: bool = True
@@ -92,7 +95,13 @@ class Settings(BaseSettings):
 
     @property
     def default_plan(self) -> Plan:
-        return Plan()
+        """The plan of orgs without a `billing_plans` document."""
+        return Plan(
+            token_limit=self.default_token_limit,
+            spend_limit_micros=self.default_spend_limit_micros,
+            soft_ratio=self.default_soft_ratio,
+            grace_tokens=self.default_grace_tokens,
+        )
 
 
 @lru_cache(maxsize=1)

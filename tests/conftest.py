@@ -52,3 +52,51 @@ def fixture_docs() -> dict[str, list[dict[str, Any]]]:
 
 
 _FIXTURE_DOCS = load_fixture_docs()
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_base_url() -> Any:
+    """A real Redis: the machine's on 127.0.0.1:6379, else a `redis-server` started here.
+
+    Never skips: with no Redis and no redis-server the tests that need it fail.
+    """
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    url = "redis://127.0.0.1:6379"
+    if _redis_answers(url):
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("Redis is not reachable on 127.0.0.1:6379 and redis-server is not installed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}"
+    for _ in range(100):
+        if _redis_answers(url):
+            break
+        time.sleep(0.05)
+    else:
+        process.kill()
+        pytest.fail(f"started redis-server on port {port} but it does not answer")
+    yield url
+    process.kill()
+    process.wait()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
 
-from conftest import NOW
-
 from chores import run_chore
 from chores._db import Collections
+
+from conftest import NOW
 
 
 def seed(db, docs):

@@ -1,0 +1,76 @@
+"""Quota decisions mirrored in Redis, so the pre-run check need not touch MongoDB.
+
+Optional: on when `REDIS_URL` is set. Every error of the cache is swallowed
+and logged: a Redis outage falls back to MongoDB, never to a failed check.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import redis
+from redis.exceptions import RedisError
+
+from ._settings import redact_url
+
+log = logging.getLogger(__name__)
+_CLIENTS: dict[str, redis.Redis] = {}
+KEY_PREFIX = "billing:quota:"
+
+
+def _client(url: str) -> redis.Redis:
+    if url not in _CLIENTS:
+        _CLIENTS[url] = redis.Redis.from_url(
+            url, socket_timeout=0.25, socket_connect_timeout=0.25, retry_on_timeout=False
+        )
+    return _CLIENTS[url]
+
+
+class QuotaCache:
+    def __init__(self, url: str, ttl_seconds: int):
+        self._url = url
+        self._ttl = ttl_seconds
+        self._redis = _client(url)
+
+    def put_many(self, decisions: Sequence[Mapping[str, Any]]) -> None:
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for decision in decisions:
+                pipe.set(KEY_PREFIX + decision["_id"], _dumps(decision), ex=self._ttl)
+            pipe.execute()
+        except RedisError as exc:
+            log.warning(
+                "quota cache at %s unavailable: %s", redact_url(self._url), type(exc).__name__
+            )
+
+    def get(self, org: str) -> dict[str, Any] | None:
+        """The cached decision, or None on a miss or any Redis failure."""
+        try:
+            raw = self._redis.get(KEY_PREFIX + org)
+        except RedisError as exc:
+            log.warning(
+                "quota cache at %s unavailable: %s", redact_url(self._url), type(exc).__name__
+            )
+            return None
+        if raw is None:
+            return None
+        try:
+            return _loads(raw)
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def _dumps(decision: Mapping[str, Any]) -> str:
+    data = dict(decision)
+    data["computed_at"] = data["computed_at"].isoformat()
+    return json.dumps(data)
+
+
+def _loads(raw: bytes | str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(raw)
+    data["computed_at"] = datetime.fromisoformat(data["computed_at"])
+    return data

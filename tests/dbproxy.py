@@ -1,0 +1,104 @@
+"""Database stand-ins for tests: count calls, fail on demand, serialize threads.
+
+They wrap a (mongomock) `Database` and hand out collection proxies that
+forward every method to the real collection, so the production code runs
+unchanged through the same pymongo API.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+READS = frozenset({"find", "find_one", "aggregate", "count_documents", "distinct"})
+WRITES = frozenset(
+    {
+        "insert_one",
+        "insert_many",
+        "update_one",
+        "update_many",
+        "replace_one",
+        "delete_one",
+        "delete_many",
+        "find_one_and_update",
+        "bulk_write",
+    }
+)
+
+
+class CollectionProxy:
+    def __init__(
+        self, collection: Any, hook: Callable[[str, str], None], lock: threading.Lock | None = None
+    ):
+        self._collection = collection
+        self._hook = hook
+        self._lock = lock
+
+    @property
+    def name(self) -> str:
+        return str(self._collection.name)
+
+    def __getattr__(self, attr: str) -> Any:
+        target = getattr(self._collection, attr)
+        if not callable(target) or attr not in READS | WRITES | {"create_indexes"}:
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._hook(self._collection.name, attr)
+            if self._lock is None:
+                return _materialize(attr, target(*args, **kwargs))
+            with self._lock:
+                return _materialize(attr, target(*args, **kwargs))
+
+        return call
+
+
+def _materialize(attr: str, result: Any) -> Any:
+    # A mongomock cursor evaluates lazily; under a lock it must be read inside it.
+    return list(result) if attr in ("find", "aggregate") else result
+
+
+class DatabaseProxy:
+    """Wraps a Database; `hook(collection, method)` runs before every call."""
+
+    def __init__(
+        self, db: Any, hook: Callable[[str, str], None] | None = None, serialize: bool = False
+    ):
+        self._db = db
+        self._hook = hook or (lambda collection, method: None)
+        self._lock = threading.Lock() if serialize else None
+
+    def __getitem__(self, name: str) -> CollectionProxy:
+        return CollectionProxy(self._db[name], self._hook, self._lock)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self[name]
+
+
+class CountingDatabase(DatabaseProxy):
+    """Counts calls per (collection, method)."""
+
+    def __init__(self, db: Any):
+        self.calls: Counter[tuple[str, str]] = Counter()
+        super().__init__(db, lambda collection, method: self.calls.update([(collection, method)]))
+
+    def reads(self, prefix: str = "") -> int:
+        return sum(n for (c, m), n in self.calls.items() if m in READS and c.startswith(prefix))
+
+    def writes(self, prefix: str = "") -> int:
+        return sum(n for (c, m), n in self.calls.items() if m in WRITES and c.startswith(prefix))
+
+
+class FailingDatabase(DatabaseProxy):
+    """Raises `error` on every call to the collections named in `collections`."""
+
+    def __init__(self, db: Any, error: Exception, collections: frozenset[str] | None = None):
+        def hook(collection: str, method: str) -> None:
+            if collections is None or collection in collections:
+                raise error
+
+        super().__init__(db, hook)

@@ -1,0 +1,252 @@
+"""The `chore` command line through click's CliRunner: exit codes, messages, no secrets."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from click.testing import CliRunner
+
+from chores import connect, get_settings
+from chores.cli import main
+
+from conftest import NOW
+
+NOW_ARG = ["--now", NOW.isoformat()]
+
+
+@pytest.fixture
+def cli_db(monkeypatch, fixture_docs):
+    """A named in-process mongomock that every CLI invocation of this test shares."""
+    monkeypatch.setenv("MONGO_URL", f"mongomock://cli-{uuid.uuid4().hex}")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    get_settings.cache_clear()
+    db = connect(get_settings())
+    db.tasks.insert_many(fixture_docs["tasks"])
+    db.findings.insert_many(fixture_docs["findings"])
+    yield db
+    get_settings.cache_clear()
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_run_org_prints_a_table_and_writes_the_invoice(cli_db):
+    result = invoke("run", "--org", "ws-acme", *NOW_ARG)
+    assert result.exit_code == 0, result.output
+    assert "ws-acme" in result.output and "ws-beta" not in result.output
+    invoice = cli_db.billing_invoices.find_one({"_id": "ws-acme:2026-11"})
+    assert invoice["total_micros"] > 0
+    assert cli_db.billing_invoices.find_one({"_id": "ws-beta:2026-11"}) is None
+
+
+def test_run_all_json_report(cli_db):
+    result = invoke("run", "--all", "--json", *NOW_ARG)
+    report = json.loads(result.output)
+    ledger_tokens = sum(e["tokens"] for e in cli_db.billing_ledger.find())
+    assert report["tokens_billed"] == ledger_tokens > 0
+    assert set(report["orgs"]) == {"ws-acme", "ws-beta"}
+    assert report["anomalies"] == {"malformed_counters": 1, "no_org": 1}
+
+
+def test_dry_run_writes_nothing(cli_db):
+    result = invoke("run", "--all", "--dry-run", "--json", *NOW_ARG)
+    assert json.loads(result.output)["tokens_billed"] > 0
+    assert [n for n in cli_db.list_collection_names() if n.startswith("billing_")] == []
+
+
+@pytest.mark.parametrize("args", [[], ["--org", "a", "--all"]])
+def test_run_needs_exactly_one_scope(cli_db, args):
+    result = CliRunner().invoke(main, ["run", *args])
+    assert result.exit_code == 2
+    assert "exactly one of --org ORG or --all" in result.output
+
+
+def test_invoice_show_table_json_and_csv(cli_db):
+    invoke("run", "--all", *NOW_ARG)
+    stored = cli_db.billing_invoices.find_one({"_id": "ws-beta:2026-11"})
+    table = invoke("invoice", "show", "--org", "ws-beta", "--period", "2026-11")
+    assert table.exit_code == 0
+    for marker in ("UNPRICED", "(free)", "(customer key)", "NEEDS REVIEW", "DRAFT"):
+        assert marker in table.output
+    as_json = json.loads(
+        invoke("invoice", "show", "--org", "ws-beta", "--period", "2026-11", "--json").output
+    )
+    assert as_json["total_micros"] == stored["total_micros"]
+    assert as_json["lines"] == stored["lines"]
+    rows = invoke("invoice", "show", "--org", "ws-beta", "--period", "2026-11", "--csv").output
+    assert len(rows.strip().splitlines()) == 1 + len(stored["lines"])
+
+
+def test_unknown_invoice_is_one_line_exit_1(cli_db):
+    result = CliRunner().invoke(main, ["invoice", "show", "--org", "nope", "--period", "2026-11"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: no invoice for org 'nope' in 2026-11"
+
+
+def test_bad_period_is_a_usage_error(cli_db):
+    result = CliRunner().invoke(main, ["invoice", "show", "--org", "x", "--period", "11-2026"])
+    assert result.exit_code == 2 and "period must look like 2026-11" in result.output
+
+
+@pytest.mark.parametrize("org", ['{"$ne": null}', "$where", "a.b"])
+def test_operator_like_org_ids_are_plain_data(cli_db, org):
+    result = invoke("run", "--org", org, "--json", *NOW_ARG)
+    assert json.loads(result.output)["docs_read"] == 0
+    assert cli_db.billing_ledger.count_documents({}) == 0
+
+
+@pytest.mark.parametrize("org", ["", "x" * 10_000])
+def test_empty_or_huge_org_is_refused(cli_db, org):
+    result = CliRunner().invoke(main, ["run", "--org", org])
+    assert result.exit_code == 1 and "org must be a non-empty string" in result.output
+
+
+def test_plan_set_and_quota_check_exit_codes(cli_db):
+    result = invoke(
+        "plan",
+        "set",
+        "--org",
+        "ws-acme",
+        "--token-limit",
+        "10K",
+        "--spend-limit",
+        "$50",
+        "--soft",
+        "0.5",
+    )
+    assert result.exit_code == 0
+    assert "10,000 tokens" in result.output and "$50.000000" in result.output
+    invoke("run", "--org", "ws-acme", *NOW_ARG)  # acme used 57,700 tokens: over the limit
+    refused = CliRunner().invoke(main, ["quota", "check", "--org", "ws-acme", *NOW_ARG])
+    assert refused.exit_code == 3
+    assert refused.output.startswith("ws-acme: block — 57.7K of 10K tokens (577%)")
+    invoke("plan", "set", "--org", "ws-acme", "--token-limit", "none")
+    invoke("run", "--org", "ws-acme", *NOW_ARG)
+    allowed = CliRunner().invoke(main, ["quota", "check", "--org", "ws-acme", "--json", *NOW_ARG])
+    assert allowed.exit_code == 0
+    assert json.loads(allowed.output)["state"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--token-limit", "lots"], "not a token count"),
+        (["--spend-limit", "-5"], "not a dollar amount"),
+        (["--spend-limit", "0.0000001"], "more precision than a micro-dollar"),
+        (["--soft", "1.5"], "1.5"),
+    ],
+)
+def test_plan_set_rejects_bad_values(cli_db, args, message):
+    result = CliRunner().invoke(main, ["plan", "set", "--org", "a", *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_unreachable_database_is_one_line_without_the_password(monkeypatch):
+    monkeypatch.setenv(
+        "MONGO_URL", "mongodb://billing:s3cret-pw@127.0.0.1:9/?directConnection=true"
+    )
+    monkeypatch.setenv("MONGO_TIMEOUT_MS", "200")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["run", "--all"])
+        assert result.exit_code == 1
+        assert "s3cret-pw" not in result.output
+        assert "cannot reach MongoDB at mongodb://billing:***@127.0.0.1:9" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+        quota = CliRunner().invoke(main, ["quota", "check", "--org", "acme"])
+        assert quota.exit_code == 0 and "unknown" in quota.output  # fail-open by default
+        assert "s3cret-pw" not in quota.output
+    finally:
+        get_settings.cache_clear()
+
+
+def test_malformed_mongo_url_is_a_config_error(monkeypatch):
+    monkeypatch.setenv("MONGO_URL", "mongodb://user:pw@")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["run", "--all"])
+        assert result.exit_code == 1 and "not a valid MongoDB URL" in result.output
+        assert ":pw@" not in result.output
+    finally:
+        get_settings.cache_clear()
+
+
+def test_finalize_makes_past_periods_final(cli_db):
+    invoke("run", "--all", *NOW_ARG)
+    result = invoke("finalize", "--now", "2026-12-04T00:00:00+00:00")
+    assert result.exit_code == 0
+    assert "finalized 2 invoice(s)" in result.output
+    assert {i["status"] for i in cli_db.billing_invoices.find()} == {"final"}
+
+
+def test_registry_validate_names_the_bad_model(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        'version: "x"\nmodels:\n- id: cheap\n  tier: free\n  prices:\n'
+        '  - {valid_from: "2026-01-01", input: "1", output: "0"}\n'
+    )
+    result = CliRunner().invoke(main, ["registry", "validate", str(bad)])
+    assert result.exit_code == 1 and "cheap" in result.output
+    good = CliRunner().invoke(main, ["registry", "list"])
+    assert good.exit_code == 0 and "gpt-4o-mini" in good.output
+
+
+def test_registry_import_litellm_round_trips(tmp_path):
+    source = tmp_path / "prices.json"
+    source.write_text(
+        json.dumps(
+            {
+                "sample_spec": {"input_cost_per_token": 0},
+                "gpt-4o-mini": {
+                    "input_cost_per_token": 1.5e-07,
+                    "output_cost_per_token": 6e-07,
+                    "cache_read_input_token_cost": 7.5e-08,
+                    "litellm_provider": "openai",
+                    "mode": "chat",
+                },
+            }
+        )
+    )
+    out = tmp_path / "registry.yaml"
+    result = CliRunner().invoke(
+        main,
+        [
+            "registry",
+            "import-litellm",
+            str(source),
+            "--out",
+            str(out),
+            "--valid-from",
+            "2026-11-01",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    check = CliRunner().invoke(main, ["registry", "validate", str(out)])
+    assert check.exit_code == 0 and "1 models" in check.output
+    assert "0.075" in out.read_text()
+
+
+def test_demo_runs_without_a_server():
+    result = CliRunner().invoke(main, ["demo", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    for marker in ("Invoice acme:", "(free)", "UNPRICED", "Quota decisions", "exactly once"):
+        assert marker in result.output
+
+
+def test_db_indexes_lists_source_and_billing_indexes(cli_db):
+    listed = invoke("db", "indexes")
+    assert "tasks: chore_name_stamp" in listed.output
+    assert "billing_ledger: runner_seq" in listed.output
+    applied = invoke("db", "indexes", "--apply")
+    assert applied.exit_code == 0
+    assert "chore_spawn_runner" in cli_db.findings.index_information()
+
+
+def test_status_lists_runs_and_decisions(cli_db):
+    invoke("run", "--all", *NOW_ARG)
+    result = invoke("status")
+    assert result.exit_code == 0
+    assert "ws-acme" in result.output and "all" in result.output

@@ -1,0 +1,234 @@
+"""Quota: plans, decisions at the boundaries, the pre-run check and its failure modes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from bson import ObjectId
+from pymongo.errors import ServerSelectionTimeoutError
+
+from chores import ConfigError, check_quota, run_chore
+
+from dbproxy import CountingDatabase, FailingDatabase
+
+NOV = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+def ai_run(
+    org: str,
+    prompt: int,
+    completion: int = 0,
+    *,
+    model: str = "gpt-4o-mini",
+    ended: datetime = NOV - timedelta(hours=1),
+) -> dict:
+    return {
+        "_id": ObjectId(),
+        "name": "ai",
+        "status": "SUCCESS",
+        "end_time": ended,
+        "last_updated_db": ended.timestamp(),
+        "context": {
+            "workspace_id": org,
+            "ai_model": model,
+            "ai_tokens": prompt + completion,
+            "ai_prompt_tokens": prompt,
+            "ai_completion_tokens": completion,
+        },
+    }
+
+
+def meter(db, settings, registry, *docs, now=NOV, org="acme"):
+    if docs:
+        db.tasks.insert_many(list(docs))
+    return run_chore(db, org=org, now=now, registry=registry, settings=settings)
+
+
+def set_plan(db, org="acme", **plan):
+    db.billing_plans.replace_one({"_id": org}, plan, upsert=True)
+
+
+@pytest.mark.parametrize(
+    ("used", "expected"),
+    [(7_999, "ok"), (8_000, "warn"), (9_999, "warn"), (10_000, "block"), (10_001, "block")],
+)
+def test_token_limit_boundaries(db, settings, registry, used, expected):
+    set_plan(db, token_limit=10_000, soft_ratio=0.8)
+    meter(db, settings, registry, ai_run("acme", used))
+    stored = db.billing_quota.find_one({"_id": "acme"})
+    assert stored["state"] == expected and stored["used_tokens"] == used
+    decision = check_quota(db, "acme", now=NOV, settings=settings)
+    assert decision.state == expected
+    assert decision.allowed is (expected != "block")
+    assert decision.used_tokens == used and decision.token_limit == 10_000
+
+
+def test_spend_limit_exactly_reached_blocks(db, settings, registry):
+    # gpt-4o-mini input rate x tokens = micros; set the limit to exactly that amount.
+    rate = registry.resolve("gpt-4o-mini").price_at(NOV).input
+    tokens = 1_000_000
+    set_plan(db, spend_limit_micros=int(tokens * rate))
+    meter(db, settings, registry, ai_run("acme", tokens))
+    decision = check_quota(db, "acme", now=NOV, settings=settings)
+    assert decision.spent_micros == int(tokens * rate)
+    assert (decision.state, decision.allowed) == ("block", False)
+    set_plan(db, spend_limit_micros=int(tokens * rate) + 1)
+    meter(db, settings, registry)
+    assert check_quota(db, "acme", now=NOV, settings=settings).state == "warn"
+
+
+def test_estimate_pushes_over_the_token_limit(db, settings, registry):
+    set_plan(db, token_limit=10_000)
+    meter(db, settings, registry, ai_run("acme", 9_000))
+    assert check_quota(db, "acme", 999, now=NOV, settings=settings).allowed is True
+    refused = check_quota(db, "acme", 1_000, now=NOV, settings=settings)
+    assert (refused.state, refused.allowed) == ("block", False)
+    assert "estimate" in refused.reason
+
+
+def test_overdraft_grace_tokens(db, settings, registry):
+    set_plan(db, token_limit=10_000, grace_tokens=500)
+    meter(db, settings, registry, ai_run("acme", 10_400))
+    assert check_quota(db, "acme", now=NOV, settings=settings).state == "warn"
+    meter(db, settings, registry, ai_run("acme", 100))
+    assert check_quota(db, "acme", now=NOV, settings=settings).state == "block"
+
+
+def test_free_byok_and_unpriced_usage_count_toward_tokens(db, settings, registry):
+    set_plan(db, token_limit=10_000)
+    byok = ai_run("acme", 3_000, model="gpt-4o")
+    byok["context"]["ai_key_source"] = "byok"
+    meter(
+        db,
+        settings,
+        registry,
+        ai_run("acme", 3_000, model="ollama/llama3.1"),
+        byok,
+        ai_run("acme", 4_000, model="mystery-model-9000"),
+    )
+    decision = check_quota(db, "acme", now=NOV, settings=settings)
+    assert (decision.used_tokens, decision.spent_micros, decision.state) == (10_000, 0, "block")
+    assert decision.unpriced_tokens == 4_000
+
+
+def test_new_month_starts_at_zero_before_the_chore_runs(db, settings, registry):
+    set_plan(db, token_limit=10_000)
+    meter(
+        db,
+        settings,
+        registry,
+        ai_run("acme", 10_000),
+        now=datetime(2026, 11, 30, 23, 55, tzinfo=UTC),
+    )
+    december = datetime(2026, 12, 1, 0, 5, tzinfo=UTC)
+    decision = check_quota(db, "acme", now=december, settings=settings)
+    assert (decision.state, decision.used_tokens, decision.period) == ("ok", 0, "2026-12")
+    assert decision.allowed
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_stale_and_missing_decisions_are_unknown(db, settings, registry, fail_open):
+    settings = settings.model_copy(update={"quota_fail_open": fail_open})
+    missing = check_quota(db, "nobody", now=NOV, settings=settings)
+    assert (missing.state, missing.allowed) == ("unknown", fail_open)
+
+    set_plan(db, token_limit=10_000)
+    meter(db, settings, registry, ai_run("acme", 1_000))
+    fresh = NOV + timedelta(seconds=settings.quota_max_staleness_seconds)
+    assert check_quota(db, "acme", now=fresh, settings=settings).state == "ok"
+    stale = check_quota(db, "acme", now=fresh + timedelta(seconds=1), settings=settings)
+    assert (stale.state, stale.stale, stale.allowed) == ("unknown", True, fail_open)
+    assert stale.used_tokens == 1_000
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_mongo_down_answers_by_policy(db, settings, fail_open):
+    settings = settings.model_copy(update={"quota_fail_open": fail_open})
+    down = FailingDatabase(db, ServerSelectionTimeoutError("no servers"))
+    decision = check_quota(down, "acme", now=NOV, settings=settings)
+    assert (decision.state, decision.allowed) == ("unknown", fail_open)
+    assert "unavailable" in decision.reason
+
+
+def test_check_is_one_indexed_read_of_the_billing_database(db, settings, registry):
+    set_plan(db, token_limit=10_000)
+    meter(db, settings, registry, ai_run("acme", 1_000))
+    counting = CountingDatabase(db)
+    check_quota(counting, "acme", 500, now=NOV, settings=settings)
+    assert counting.calls == {("billing_quota", "find_one"): 1}
+
+
+def test_state_changes_are_recorded_as_events(db, settings, registry):
+    set_plan(db, token_limit=10_000)
+    for minute, tokens in enumerate([1_000, 1_000, 7_000, 1_000]):  # ok, ok, warn, block
+        meter(db, settings, registry, ai_run("acme", tokens), now=NOV + timedelta(minutes=minute))
+    events = [
+        (e["from"], e["to"])
+        for e in db.billing_quota_events.find({"org": "acme"}, sort=[("at", 1)])
+    ]
+    assert events == [(None, "ok"), ("ok", "warn"), ("warn", "block")]
+
+
+def test_org_without_plan_gets_the_default_plan(db, settings, registry):
+    meter(db, settings, registry, ai_run("acme", 50_000))
+    decision = check_quota(db, "acme", now=NOV, settings=settings)
+    assert (decision.state, decision.token_limit, decision.spend_limit_micros) == ("ok", None, None)
+    limited = settings.model_copy(update={"default_token_limit": 40_000})
+    assert limited.default_plan.token_limit == 40_000
+    meter(db, limited, registry, ai_run("acme", 1))
+    assert check_quota(db, "acme", now=NOV, settings=limited).state == "block"
+
+
+@pytest.mark.parametrize("bad", ["", None, {"$ne": None}, 42, "x" * 10_000])
+def test_org_must_be_plain_data(db, settings, bad):
+    with pytest.raises(ConfigError):
+        check_quota(db, bad, now=NOV, settings=settings)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
+def test_estimate_must_be_a_non_negative_integer(db, settings, bad):
+    with pytest.raises(ConfigError):
+        check_quota(db, "acme", bad, now=NOV, settings=settings)
+
+
+# Redis cache -------------------------------------------------------------------------
+@pytest.fixture
+def redis_url(redis_base_url):
+    url = f"{redis_base_url}/15"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+
+
+def test_cached_check_does_not_touch_mongo(db, settings, registry, redis_url):
+    settings = settings.model_copy(update={"redis_url": redis_url})
+    set_plan(db, token_limit=10_000)
+    meter(db, settings, registry, ai_run("acme", 8_500))
+    counting = CountingDatabase(db)
+    decision = check_quota(counting, "acme", 1_500, now=NOV, settings=settings)
+    assert (decision.state, decision.used_tokens) == ("block", 8_500)
+    assert counting.calls == {}
+    assert redis.Redis.from_url(redis_url).ttl("billing:quota:acme") > 0
+
+
+def test_cache_miss_reads_mongo_once_then_hits(db, settings, registry, redis_url):
+    set_plan(db, token_limit=10_000)
+    meter(db, settings, registry, ai_run("acme", 100))  # written without the cache
+    cached = settings.model_copy(update={"redis_url": redis_url})
+    counting = CountingDatabase(db)
+    assert check_quota(counting, "acme", now=NOV, settings=cached).state == "ok"
+    assert check_quota(counting, "acme", now=NOV, settings=cached).state == "ok"
+    assert counting.calls == {("billing_quota", "find_one"): 1}
+
+
+def test_redis_down_falls_back_to_mongo(db, settings, registry):
+    down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    set_plan(db, token_limit=10_000)
+    meter(db, down, registry, ai_run("acme", 9_000))  # the run itself survives Redis down
+    counting = CountingDatabase(db)
+    decision = check_quota(counting, "acme", now=NOV, settings=down)
+    assert (decision.state, decision.used_tokens) == ("warn", 9_000)
+    assert counting.calls == {("billing_quota", "find_one"): 1}
