@@ -1,20 +1,17 @@
 """Invoices: built from the ledger, drafts while the period is open, then final for good.
 
-`price_lines` is the pure part: usage groups in, priced invoice lines out
-(one line per model, tier, price version and lateness; Decimal priced once per
-line, rounded half-up into micros). `Invoices` does the I/O: aggregate ledger
-entries per period in the database, write drafts (never over a final one),
-settle the dirty marks, and finalize due periods.
+`build_invoice` is pure (lines priced by `_lines.price_lines`). `Invoices` does
+the I/O: aggregate ledger entries per period in the database, write drafts
+(never over a final one), book late usage, settle the dirty marks, and
+finalize due periods.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from decimal import Decimal
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.errors import DuplicateKeyError
@@ -24,27 +21,10 @@ from pricing import Registry
 from ._anomalies import AnomalyLog
 from ._db import Collections, Doc
 from ._ledger import Ledger
-from ._money import Micros, to_micros
+from ._lines import InvoiceLine, UsageGroup, price_lines
+from ._money import Micros
 from ._periods import next_period, period_bounds, period_of
 from ._progress import Progress
-
-Tier = Literal["paid", "free", "byok"]
-
-
-class InvoiceLine(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    model: str | None
-    tier: Tier
-    price_valid_from: str | None
-    priced: bool
-    late: bool
-    input_tokens: int
-    cached_tokens: int
-    output_tokens: int
-    unsplit_tokens: int
-    tokens: int
-    amount_micros: int | None
 
 
 class Invoice(BaseModel):
@@ -68,81 +48,6 @@ class Invoice(BaseModel):
 
     def document(self) -> Doc:
         return self.model_dump(by_alias=True)
-
-
-@dataclass(frozen=True, slots=True)
-class UsageGroup:
-    """Ledger entries summed by everything that decides their price."""
-
-    model: str | None
-    byok: bool
-    late: bool
-    day: date
-    input: int
-    cached: int
-    output: int
-    unsplit: int
-
-
-LineKey = tuple[str | None, Tier, str | None, bool]
-
-
-def price_lines(groups: Iterable[UsageGroup], registry: Registry) -> list[InvoiceLine]:
-    """Priced invoice lines for usage groups (SPEC §3 and §7)."""
-    counts: dict[LineKey, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    amounts: dict[LineKey, Decimal | None] = {}
-    for group in groups:
-        entry = registry.resolve(group.model)
-        amount: Decimal | None
-        if group.byok:
-            key: LineKey = (entry.id if entry else group.model, "byok", None, group.late)
-            amount = Decimal(0)
-        elif entry is None:
-            key, amount = (group.model, "paid", None, group.late), None
-        else:
-            price = entry.price_at(group.day)
-            if price is None:
-                key, amount = (entry.id, entry.tier, None, group.late), None
-            else:
-                key = (entry.id, entry.tier, price.valid_from.isoformat(), group.late)
-                amount = (
-                    (group.input + group.unsplit) * price.input
-                    + group.cached * price.cached_rate
-                    + group.output * price.output
-                )
-        sums = counts[key]
-        sums[0] += group.input
-        sums[1] += group.cached
-        sums[2] += group.output
-        sums[3] += group.unsplit
-        previous = amounts.get(key, Decimal(0))
-        amounts[key] = None if amount is None or previous is None else previous + amount
-
-    def order(key: LineKey) -> tuple[Any, ...]:
-        model, tier, valid_from, late = key
-        return (late, model or "", tier, valid_from or "")
-
-    lines = []
-    for key in sorted(counts, key=order):
-        model, tier, valid_from, late = key
-        input_tokens, cached, output, unsplit = counts[key]
-        amount = amounts[key]
-        lines.append(
-            InvoiceLine(
-                model=model,
-                tier=tier,
-                price_valid_from=valid_from,
-                priced=amount is not None,
-                late=late,
-                input_tokens=input_tokens,
-                cached_tokens=cached,
-                output_tokens=output,
-                unsplit_tokens=unsplit,
-                tokens=input_tokens + cached + output + unsplit,
-                amount_micros=None if amount is None else to_micros(amount),
-            )
-        )
-    return lines
 
 
 def build_invoice(

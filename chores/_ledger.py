@@ -20,15 +20,31 @@ from datetime import datetime
 
 from pymongo.errors import BulkWriteError
 
+from pricing import Registry
+
 from ._db import Collections, Doc
+from ._lines import UsageGroup, price_group
 from ._source import chunked
 from ._usage import Counters, Delta, LedgerHead
 
 DUPLICATE_KEY = 11000
 
 
-def entry_document(delta: Delta, *, billed_at: datetime, run_id: str) -> Doc:
+def entry_document(delta: Delta, *, billed_at: datetime, run_id: str, registry: Registry) -> Doc:
+    """The ledger entry of a delta, with the price it had when billed (kept for the
+    per-run views; invoices re-price drafts from `model` and `usage_day`)."""
     usage_time = delta.usage_time
+    group = UsageGroup(
+        model=delta.model,
+        byok=delta.byok,
+        late=False,
+        day=usage_time.date(),
+        input=delta.tokens.input,
+        cached=delta.tokens.cached,
+        output=delta.tokens.output,
+        unsplit=delta.tokens.unsplit,
+    )
+    (line_model, tier, price_valid_from, _), amount = price_group(group, registry)
     return {
         "_id": f"{delta.runner_id}:{delta.seq}",
         "runner_id": delta.runner_id,
@@ -47,8 +63,12 @@ def entry_document(delta: Delta, *, billed_at: datetime, run_id: str) -> Doc:
         "output_tokens": delta.tokens.output,
         "unsplit_tokens": delta.tokens.unsplit,
         "tokens": delta.tokens.tokens,
+        "priced_as": {"model": line_model, "tier": tier, "price_valid_from": price_valid_from},
+        "amount_micros_exact": None if amount is None else str(amount),
         "status": delta.status,
         "session_id": delta.session_id,
+        "subagent": delta.subagent,
+        "parent_id": delta.parent_id,
         "billed_at": billed_at,
         "run_id": run_id,
     }

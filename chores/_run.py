@@ -47,6 +47,7 @@ class Meter:
 
     def __init__(self, db: Database[Doc], settings: Settings, registry: Registry):
         self.settings = settings
+        self.registry = registry
         self.collections = Collections.of(db, settings)
         self.source = Source(
             self.collections, ai_task_names=settings.ai_task_names, batch_size=settings.batch_size
@@ -112,7 +113,11 @@ class Meter:
                 continue  # matched through an array-valued context: not this org's document
             records += result.anomalies
             if result.delta is not None:
-                entries.append(entry_document(result.delta, billed_at=now, run_id=run_id))
+                entries.append(
+                    entry_document(
+                        result.delta, billed_at=now, run_id=run_id, registry=self.registry
+                    )
+                )
                 dirty.add((result.delta.org, result.delta.period))
             dirty.update((a.org, a.period) for a in result.anomalies if a.org and a.period)
             if result.billed_cleanly:

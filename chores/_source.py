@@ -46,6 +46,7 @@ SPAWN_PROJECTION = {
     "_context.ai_prompt_tokens": 1,
     "_context.ai_completion_tokens": 1,
     "_context.ai_cached_tokens": 1,
+    "_context.task_id": 1,
 }
 
 

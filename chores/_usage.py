@@ -223,6 +223,8 @@ class Delta:
     tokens: Breakdown
     status: str | None
     session_id: str | None
+    subagent: bool = False
+    parent_id: str | None = None  # the spawning runner, when its spawn finding names it
 
     @property
     def period(self) -> str:
@@ -337,7 +339,9 @@ def assess(
         return result
 
     own = snapshot
+    parent_id = None
     if context.get("subagent") is True:
+        parent_id = _spawner(spawn_contexts)
         baseline, kind, detail = _baseline(spawn_contexts)
         if kind is not None and detail is not None:
             flag(kind, detail)
@@ -383,5 +387,15 @@ def assess(
         tokens=billable - breakdown(previous),
         status=status if isinstance(status, str) else None,
         session_id=session if isinstance(session, str) else None,
+        subagent=context.get("subagent") is True,
+        parent_id=parent_id,
     )
     return result
+
+
+def _spawner(spawn_contexts: Sequence[Any]) -> str | None:
+    """The runner that wrote the spawn finding (its `_context.task_id`), if recorded."""
+    for context in spawn_contexts:
+        if isinstance(context, Mapping) and isinstance(context.get("task_id"), str):
+            return str(context["task_id"])[:64]
+    return None
