@@ -1,0 +1,26 @@
+"""Model prices: a versioned registry of per-model token rates, shipped as a file.
+
+Resolves the model names runners write (`gpt-4o-mini`, `anthropic/claude-sonnet-4-5`) to
+registry entries and finds the price in force at a usage time. Pure apart from reading the
+registry file; money stays `Decimal`.
+
+    registry = load_registry()                      # the shipped pricing/registry.yaml
+    entry = registry.resolve("openai/gpt-4o-mini")  # ModelEntry | None
+    price = entry.price_at(usage_time)              # PriceVersion | None (None = unpriced)
+"""
+
+from ._errors import RegistryError
+from ._litellm import registry_from_litellm
+from ._load import SHIPPED_REGISTRY_PATH, load_registry, registry_to_yaml
+from ._models import ModelEntry, PriceVersion, Registry
+
+__all__ = [
+    "SHIPPED_REGISTRY_PATH",
+    "ModelEntry",
+    "PriceVersion",
+    "Registry",
+    "RegistryError",
+    "load_registry",
+    "registry_from_litellm",
+    "registry_to_yaml",
+]

@@ -1,0 +1,125 @@
+"""Import of LiteLLM's `model_prices_and_context_window.json` into a `Registry`.
+
+Pure: the caller reads the JSON (from a file or LiteLLM's package) and passes the mapping.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+
+from ._load import validate_registry
+from ._models import Registry, canonical_rate, rate_problem, rate_text
+
+DEFAULT_FREE_PROVIDERS: Final = frozenset({"ollama", "ollama_chat", "lm_studio"})
+_PRICED_MODES: Final = frozenset({"chat", "completion", "responses"})
+_PER_MILLION: Final = Decimal(1_000_000)
+_SOURCE: Final = "(LiteLLM data)"
+
+
+def registry_from_litellm(
+    data: Mapping[str, Any],
+    *,
+    valid_from: date,
+    version: str,
+    free_providers: frozenset[str] = DEFAULT_FREE_PROVIDERS,
+) -> Registry:
+    """A registry of the token-priced text models in LiteLLM's price map `data`.
+
+    Every model gets one price version valid from `valid_from`. Per-token USD costs become
+    rates per 1,000,000 tokens exactly: `Decimal(str(cost)) * 1_000_000`, trailing zeros dropped.
+    `cache_read_input_token_cost` becomes `cached_input`.
+
+    Kept: entries whose `mode` is chat, completion or responses and whose
+    `input_cost_per_token` and `output_cost_per_token` both make valid rates (numbers; once per
+    million: finite, >= 0, below the registry's bound, at most 12 decimal places). Skipped: the
+    `sample_spec` key, every other mode (embedding, image, audio, rerank...) or a missing mode,
+    entries without both costs, keys that are not usable names (empty, surrounding spaces), and
+    a key equal, ignoring case, to one already kept (keys are taken in sorted order). Tiered
+    surcharges (above 200k tokens, audio, images, reasoning) are not carried over.
+
+    An entry whose `litellm_provider` is in `free_providers`, or whose two costs are both 0, is
+    tier free with zero rates. A model's id is its LiteLLM key. A key "provider/name" also gets
+    "name" as an alias when "name" is not itself a key (ignoring case), contains no "/" (it would
+    otherwise shadow the resolver's provider stripping), and no other kept key claims the same
+    alias; so no alias is ever ambiguous.
+    """
+    kept: dict[str, tuple[str, Mapping[str, Any]]] = {}
+    for key in sorted(k for k in data if isinstance(k, str)):
+        spec = data[key]
+        if key == "sample_spec" or not _usable_name(key) or key.casefold() in kept:
+            continue
+        if isinstance(spec, Mapping) and _priced_mode(spec) and _costs(spec):
+            kept[key.casefold()] = (key, spec)
+
+    every_key = {k.casefold() for k in data if isinstance(k, str)}
+    claims: defaultdict[str, list[str]] = defaultdict(list)
+    for key, _ in kept.values():
+        provider, slash, name = key.partition("/")
+        usable = slash and provider and _usable_name(name) and "/" not in name
+        if usable and name.casefold() not in every_key:
+            claims[name.casefold()].append(key)
+    alias_of = {keys[0]: key_name for key_name, keys in claims.items() if len(keys) == 1}
+
+    models = []
+    for key, spec in kept.values():
+        entry: dict[str, Any] = {"id": key, **_tier_and_price(spec, valid_from, free_providers)}
+        if key in alias_of:
+            entry["aliases"] = [key.partition("/")[2]]
+        models.append(entry)
+    return validate_registry({"version": version, "models": models}, source=_SOURCE)
+
+
+def _priced_mode(spec: Mapping[str, Any]) -> bool:
+    mode = spec.get("mode")
+    return isinstance(mode, str) and mode in _PRICED_MODES
+
+
+def _usable_name(name: str) -> bool:
+    return bool(name) and name == name.strip() and name.isprintable()
+
+
+def _per_million(cost: object) -> Decimal | None:
+    """A per-token cost as a rate per 1,000,000 tokens, or None when it is not usable."""
+    if isinstance(cost, bool) or not isinstance(cost, int | float | Decimal):
+        return None
+    try:
+        per_token = Decimal(str(cost))
+    except InvalidOperation:
+        return None
+    if not per_token.is_finite():
+        return None
+    rate = per_token * _PER_MILLION
+    return None if rate_problem(rate) else canonical_rate(rate)
+
+
+def _costs(spec: Mapping[str, Any]) -> tuple[Decimal, Decimal] | None:
+    source_input = _per_million(spec.get("input_cost_per_token"))
+    source_output = _per_million(spec.get("output_cost_per_token"))
+    if source_input is None or source_output is None:
+        return None
+    return source_input, source_output
+
+
+def _tier_and_price(
+    spec: Mapping[str, Any], valid_from: date, free_providers: frozenset[str]
+) -> dict[str, Any]:
+    costs = _costs(spec)
+    assert costs is not None  # only kept entries get here
+    source_input, source_output = costs
+    provider = spec.get("litellm_provider")
+    free = (isinstance(provider, str) and provider in free_providers) or (
+        source_input == source_output == 0
+    )
+    price: dict[str, str] = {"valid_from": valid_from.isoformat()}
+    if free:
+        price.update(input="0", output="0")
+        return {"tier": "free", "prices": [price]}
+    price.update(input=rate_text(source_input), output=rate_text(source_output))
+    cached = _per_million(spec.get("cache_read_input_token_cost"))
+    if cached is not None:
+        price["cached_input"] = rate_text(cached)
+    return {"tier": "paid", "prices": [price]}

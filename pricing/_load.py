@@ -1,0 +1,252 @@
+"""The registry file format: reading a YAML or JSON file into a validated `Registry`, reporting
+every problem as a `RegistryError` that points into the file, and writing a `Registry` back as
+YAML.
+
+The only I/O of the package is `load_registry` reading one file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Hashable, Mapping
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ._errors import RegistryError
+from ._models import RULE_ERROR, ModelEntry, PriceVersion, Registry, rate_text, shown
+
+SHIPPED_REGISTRY_PATH: Final = Path(__file__).with_name("registry.yaml")
+"""The registry shipped with the package, used when no other path is configured."""
+
+_MAX_REPORTED = 5
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+class _RegistryLoader(yaml.SafeLoader):
+    """SafeLoader that reads floats as exact Decimals and refuses a key given twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        self.flatten_mapping(node)
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _construct_decimal(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Decimal | float:
+    try:
+        return Decimal(loader.construct_scalar(node).replace("_", ""))
+    except InvalidOperation:
+        return loader.construct_yaml_float(node)  # .inf, .nan: refused later with the field named
+
+
+_RegistryLoader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
+
+
+def _parse_yaml(text: str, file: Path) -> object:
+    try:
+        return yaml.load(text, Loader=_RegistryLoader)  # safe: a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RegistryError(
+            f"The model registry {file} is not valid YAML: {problem}{where}. Fix the syntax and "
+            "load it again."
+        ) from exc
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(f"key {key!r} is given twice")
+        result[key] = value
+    return result
+
+
+def _parse_json(text: str, file: Path) -> object:
+    try:
+        return json.loads(text, parse_float=Decimal, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        problem = f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+    except _DuplicateKey as exc:
+        problem = str(exc)
+    raise RegistryError(
+        f"The model registry {file} is not valid JSON: {problem}. Fix the syntax and load it again."
+    )
+
+
+_PARSERS: Final[dict[str, Callable[[str, Path], object]]] = {
+    ".yaml": _parse_yaml,
+    ".yml": _parse_yaml,
+    ".json": _parse_json,
+}
+
+
+def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
+    """The registry in the YAML (.yaml, .yml) or JSON (.json) file at `path`.
+
+    None loads the registry shipped with the package. Any problem (unknown suffix, unreadable
+    file, bad syntax, a broken rule) raises RegistryError naming the file, and for a broken rule
+    the model id and the field.
+    """
+    file = SHIPPED_REGISTRY_PATH if path is None else Path(path)
+    parse = _PARSERS.get(file.suffix.lower())
+    if parse is None:
+        raise RegistryError(
+            f"Cannot load the model registry {file}: unknown file type {file.suffix or '(none)'!r}."
+            " Use a .yaml, .yml or .json file."
+        )
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RegistryError(
+            f"Cannot read the model registry {file}: {exc.strerror or exc}. Check the registry "
+            "path setting and the file's permissions."
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise RegistryError(
+            f"Cannot read the model registry {file}: it is not UTF-8 text ({exc.reason}). Save it "
+            "as UTF-8."
+        ) from exc
+    return validate_registry(parse(text, file), source=str(file))
+
+
+# --- validating -------------------------------------------------------------------------------
+
+
+def validate_registry(data: object, *, source: str) -> Registry:
+    """`data` (a parsed file) as a Registry, or a RegistryError that points into `source`."""
+    if not isinstance(data, Mapping):
+        raise RegistryError(
+            f"Invalid model registry {source}: the top level must be a mapping with a 'version' "
+            f"string and a 'models' list, got {type(data).__name__}. See pricing/registry.yaml "
+            "for the format."
+        )
+    try:
+        return Registry.model_validate(dict(data))
+    except ValidationError as exc:
+        raise RegistryError(_describe(exc, data, source)) from exc
+
+
+def _describe(exc: ValidationError, data: Mapping[Any, Any], source: str) -> str:
+    problems = [_one_problem(error, data) for error in exc.errors(include_url=False)]
+    text = "; ".join(problems[:_MAX_REPORTED])
+    if len(problems) > _MAX_REPORTED:
+        text += f"; and {len(problems) - _MAX_REPORTED} more"
+    what = "the entry" if len(problems) == 1 else "these entries"
+    return (
+        f"Invalid model registry {source}: {text}. Fix {what} in {source} and load it again "
+        '(rates are USD per 1,000,000 tokens written as decimal strings like "0.15", dates as '
+        '"YYYY-MM-DD").'
+    )
+
+
+def _one_problem(error: Any, data: Mapping[Any, Any]) -> str:
+    loc: tuple[int | str, ...] = tuple(error["loc"])
+    context: dict[str, Any] = error.get("ctx") or {}
+    reason = context["reason"] if error["type"] == RULE_ERROR else _reason(error, loc)
+    model: int | None = context.get("model_index")
+    rest = loc
+    if model is None and len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+        model, rest = loc[1], loc[2:]
+    field = context.get("field") or _path(rest)
+    if model is None:
+        return f"field '{field or 'top level'}': {reason}"
+    where = f"model {_model_label(data, model)}"
+    return f"{where}, field '{field}': {reason}" if field else f"{where}: {reason}"
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def _model_label(data: Mapping[Any, Any], position: int) -> str:
+    models = data.get("models")
+    entry = None
+    if isinstance(models, list | tuple) and position < len(models):
+        entry = models[position]
+    model_id = entry.get("id") if isinstance(entry, Mapping) else None
+    if isinstance(model_id, str) and model_id.strip():
+        return f"{model_id!r} (models[{position}])"
+    return f"models[{position}] (no valid id)"
+
+
+def _reason(error: Any, loc: tuple[int | str, ...]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key {loc[-1]!r} (a typo?); allowed keys: {', '.join(_allowed(loc))}"
+    if kind == "missing":
+        return "this required key is missing"
+    return f"{error['msg']}, got {shown(error.get('input'))}"
+
+
+def _allowed(loc: tuple[int | str, ...]) -> list[str]:
+    if len(loc) == 1:
+        owner: type[BaseModel] = Registry
+    elif len(loc) == 3:
+        owner = ModelEntry
+    else:
+        owner = PriceVersion
+    return list(owner.model_fields)
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9._/-]*")
+_ONE_LINE = 1 << 30
+
+
+def _scalar(text: str) -> str:
+    """`text` as a YAML scalar: plain when YAML reads it back as the same string, else quoted."""
+    if _PLAIN.fullmatch(text) and yaml.safe_load(text) == text:
+        return text
+    return _quoted(text)
+
+
+def _quoted(text: str) -> str:
+    """`text` as a double-quoted YAML scalar on one line, escaped by YAML's own rules."""
+    dumped = yaml.safe_dump(text, default_style='"', allow_unicode=True, width=_ONE_LINE)
+    return dumped.rstrip("\n").removesuffix("\n...")
+
+
+def registry_to_yaml(registry: Registry) -> str:
+    """`registry` in the file format `load_registry` reads (rates as decimal strings)."""
+    lines = [
+        "# Model price registry: rates in USD per 1,000,000 tokens; valid_from is a UTC date.",
+        f"version: {_quoted(registry.version)}",
+        "models:",
+    ]
+    for model in registry.models:
+        lines.append(f"- id: {_scalar(model.id)}")
+        if model.aliases:
+            lines.append(f"  aliases: [{', '.join(_scalar(alias) for alias in model.aliases)}]")
+        lines.append(f"  tier: {model.tier}")
+        lines.append("  prices:")
+        for price in model.prices:
+            lines.append(f'  - valid_from: "{price.valid_from.isoformat()}"')
+            lines.append(f'    input: "{rate_text(price.input)}"')
+            if price.cached_input is not None:
+                lines.append(f'    cached_input: "{rate_text(price.cached_input)}"')
+            lines.append(f'    output: "{rate_text(price.output)}"')
+    return "\n".join(lines) + "\n"
