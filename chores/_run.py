@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -178,11 +178,13 @@ def run_chore(
     settings: Settings | None = None,
     dry_run: bool = False,
     full: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> RunReport:
     """Meter new usage of one org (or every org when `org` is None) into invoices.
 
     `full=True` ignores the cursor and reads every AI runner in scope (the
-    daily safety net). A database error propagates; rerunning completes the work.
+    daily safety net). `on_batch(n)` is called after each batch of `n` documents
+    (progress display). A database error propagates; rerunning completes the work.
     """
     settings = settings or get_settings()
     registry = registry or load_registry(settings.registry_path)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import click
 from pymongo.errors import PyMongoError
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from pricing import RegistryError, load_registry, registry_from_litellm, registry_to_yaml
@@ -92,10 +93,17 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="Compute new usage, write nothing.")
 @click.option("--full", is_flag=True, help="Ignore the cursor: re-read every AI runner.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON.")
+@click.option("--quiet", is_flag=True, help="Print nothing on success (cron).")
 @now_option
 @user_errors
 def run(
-    org: str | None, all_orgs: bool, dry_run: bool, full: bool, as_json: bool, now_text: str | None
+    org: str | None,
+    all_orgs: bool,
+    dry_run: bool,
+    full: bool,
+    as_json: bool,
+    quiet: bool,
+    now_text: str | None,
 ) -> None:
     """Meter new usage into invoices (one org with --org, or --all)."""
     from ._run import run_chore
@@ -104,9 +112,34 @@ def run(
         raise click.UsageError("give exactly one of --org ORG or --all")
     settings = get_settings()
     db = connect(settings)
-    report = run_chore(
-        db, org=org, now=parse_now(now_text), settings=settings, dry_run=dry_run, full=full
-    )
+    out = console()
+    show_progress = not (quiet or as_json) and out.is_terminal
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        console=out,
+        disable=not show_progress,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("metering: 0 runner documents read", total=None)
+        read = 0
+
+        def advance(n: int) -> None:
+            nonlocal read
+            read += n
+            progress.update(task, description=f"metering: {read:,} runner documents read")
+
+        report = run_chore(
+            db,
+            org=org,
+            now=parse_now(now_text),
+            settings=settings,
+            dry_run=dry_run,
+            full=full,
+            on_batch=advance,
+        )
+    if quiet:
+        return
     if as_json:
         click.echo(report.model_dump_json(indent=2))
         return
@@ -121,7 +154,6 @@ def run(
             str(summary.anomalies),
             report.decisions.get(name, "-"),
         )
-    out = console()
     out.print(table)
     out.print(
         f"{report.docs_read} documents read, {report.tokens_billed:,} tokens billed, "

@@ -250,3 +250,9 @@ def test_status_lists_runs_and_decisions(cli_db):
     result = invoke("status")
     assert result.exit_code == 0
     assert "ws-acme" in result.output and "all" in result.output
+
+
+def test_quiet_run_prints_nothing_and_still_bills(cli_db):
+    result = invoke("run", "--all", "--quiet", *NOW_ARG)
+    assert result.exit_code == 0 and result.output == ""
+    assert cli_db.billing_ledger.count_documents({}) > 0
