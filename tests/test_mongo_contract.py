@@ -1,0 +1,130 @@
+"""Contract: the exact MongoDB behaviours the chore relies on.
+
+Marked `mongo`. Runs against a real server when `MONGO_URL` is set (for example
+the docker-compose `mongo` service), and against mongomock otherwise, so a
+difference between the two shows up as a failure on a real server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime
+
+import mongomock
+import pymongo
+import pytest
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from chores import Settings, finalize_invoices, run_chore
+from chores._db import ensure_indexes
+
+from conftest import NOW
+
+pytestmark = pytest.mark.mongo
+
+
+@pytest.fixture
+def mdb():
+    url = os.environ.get("MONGO_URL")
+    name = f"chore_contract_{uuid.uuid4().hex[:8]}"
+    if url and not url.startswith("mongomock://"):
+        client = pymongo.MongoClient(url, tz_aware=True, serverSelectionTimeoutMS=3000)
+        yield client[name]
+        client.drop_database(name)
+        client.close()
+    else:
+        yield mongomock.MongoClient(tz_aware=True)[name]
+
+
+def test_unordered_insert_reports_duplicates_by_index_and_inserts_the_rest(mdb):
+    mdb.c.insert_many([{"_id": "a"}, {"_id": "b"}])
+    with pytest.raises(BulkWriteError) as caught:
+        mdb.c.insert_many([{"_id": "a"}, {"_id": "x"}, {"_id": "b"}, {"_id": "y"}], ordered=False)
+    errors = caught.value.details["writeErrors"]
+    assert sorted((e["index"], e["code"]) for e in errors) == [(0, 11000), (2, 11000)]
+    assert sorted(d["_id"] for d in mdb.c.find()) == ["a", "b", "x", "y"]
+
+
+def test_upsert_with_a_non_matching_filter_on_an_existing_id_raises_duplicate_key(mdb):
+    mdb.inv.insert_one({"_id": "o:2026-10", "status": "final"})
+    with pytest.raises(DuplicateKeyError):
+        mdb.inv.replace_one(
+            {"_id": "o:2026-10", "status": {"$ne": "final"}}, {"status": "draft"}, upsert=True
+        )
+    assert mdb.inv.find_one({"_id": "o:2026-10"})["status"] == "final"
+
+
+def test_null_matches_missing_and_null_but_not_values(mdb):
+    mdb.l.insert_many([{"_id": 1, "booked": None}, {"_id": 2}, {"_id": 3, "booked": "2026-11"}])
+    assert sorted(d["_id"] for d in mdb.l.find({"booked": None})) == [1, 2]
+
+
+def test_not_type_number_finds_missing_and_garbage_stamps(mdb):
+    mdb.t.insert_many(
+        [
+            {"_id": 1, "s": 5.0},
+            {"_id": 2, "s": "x"},
+            {"_id": 3},
+            {"_id": 4, "s": None},
+            {"_id": 5, "s": 7},
+        ]
+    )
+    query = {"$or": [{"s": {"$gte": 6}}, {"s": {"$not": {"$type": "number"}}}]}
+    assert sorted(d["_id"] for d in mdb.t.find(query)) == [2, 3, 4, 5]
+
+
+def test_group_on_ifnull_with_sum_and_add_to_set(mdb):
+    mdb.l.insert_many(
+        [
+            {"org": "a", "booked": None, "p": "2026-11", "n": 1, "r": "x"},
+            {"org": "a", "booked": "2026-11", "p": "2026-10", "n": 2, "r": "y"},
+            {"org": "a", "booked": None, "p": "2026-11", "n": 4, "r": "x"},
+        ]
+    )
+    rows = list(
+        mdb.l.aggregate(
+            [
+                {"$match": {"org": {"$in": ["a"]}}},
+                {
+                    "$group": {
+                        "_id": {"period": {"$ifNull": ["$booked", "$p"]}},
+                        "n": {"$sum": "$n"},
+                        "r": {"$addToSet": "$r"},
+                    }
+                },
+            ]
+        )
+    )
+    assert len(rows) == 1 and rows[0]["n"] == 7 and sorted(rows[0]["r"]) == ["x", "y"]
+
+
+def test_max_upsert_only_moves_forward(mdb):
+    mdb.cur.update_one({"_id": "*"}, {"$max": {"stamp": 10.0}}, upsert=True)
+    mdb.cur.update_one({"_id": "*"}, {"$max": {"stamp": 5.0}}, upsert=True)
+    assert mdb.cur.find_one({"_id": "*"})["stamp"] == 10.0
+
+
+def test_eq_treats_operator_looking_strings_as_data(mdb):
+    mdb.t.insert_many([{"o": '{"$ne": null}'}, {"o": "acme"}])
+    assert [d["o"] for d in mdb.t.find({"o": {"$eq": '{"$ne": null}'}})] == ['{"$ne": null}']
+
+
+def test_full_run_and_finalize_on_this_server(mdb, fixture_docs, registry):
+    settings = Settings(mongo_url="mongomock://contract", batch_size=3)
+    ensure_indexes(mdb, settings, source=True)
+    mdb.tasks.insert_many(fixture_docs["tasks"])
+    mdb.findings.insert_many(fixture_docs["findings"])
+    run_chore(mdb, now=NOW, registry=registry, settings=settings)
+    acme = mdb.billing_invoices.find_one({"_id": "ws-acme:2026-11"})
+    assert sum(line["tokens"] for line in acme["lines"]) == 57_700
+    assert acme["period_start"] == datetime(2026, 11, 1, tzinfo=UTC)
+    done = finalize_invoices(
+        mdb, now=datetime(2026, 12, 5, tzinfo=UTC), registry=registry, settings=settings
+    )
+    assert sorted(done) == ["ws-acme:2026-11", "ws-beta:2026-11"]
+    again = run_chore(
+        mdb, now=datetime(2026, 12, 5, tzinfo=UTC), registry=registry, settings=settings
+    )
+    assert again.tokens_billed == 0
+    assert mdb.billing_invoices.find_one({"_id": "ws-acme:2026-11"})["lines"] == acme["lines"]
