@@ -1,0 +1,105 @@
+"""`chore reconcile`: a period re-derived from the source alone agrees with its invoice."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from click.testing import CliRunner
+
+from chores import connect, get_settings, run_chore
+from chores._corpus import generate_corpus
+from chores._reconcile import reconcile
+from chores._run import Meter
+from chores.cli import main
+
+from conftest import NOW
+
+
+@pytest.fixture
+def named_db(monkeypatch):
+    monkeypatch.setenv("MONGO_URL", f"mongomock://reconcile-{uuid.uuid4().hex}")
+    get_settings.cache_clear()
+    yield connect(get_settings())
+    get_settings.cache_clear()
+
+
+def seeded(db, settings, registry, corpus):
+    db.tasks.insert_many(corpus.tasks)
+    db.findings.insert_many(corpus.findings)
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    return Meter(db, settings, registry)
+
+
+def november(seed: int):
+    return generate_corpus(
+        seed=seed,
+        orgs=("acme", "globex"),
+        runs_per_org=15,
+        start=datetime(2026, 11, 1, tzinfo=UTC),
+        days=23,
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_metered_month_reconciles_line_by_line(db, settings, registry, seed):
+    meter = seeded(db, settings, registry, november(seed))
+    for org in ("acme", "globex"):
+        result = reconcile(meter, org, "2026-11", now=NOW)
+        invoice = db.billing_invoices.find_one({"_id": f"{org}:2026-11"})
+        assert result.ok, result
+        assert sum(line.invoiced_tokens for line in result.lines) == sum(
+            line["tokens"] for line in invoice["lines"]
+        )
+        assert sum(line.expected_micros or 0 for line in result.lines) == invoice["total_micros"]
+
+
+def test_a_lost_ledger_entry_is_traced_to_its_runner(db, settings, registry):
+    meter = seeded(db, settings, registry, november(4))
+    entry = db.billing_ledger.find_one({"org": "acme", "tokens": {"$gt": 0}})
+    db.billing_ledger.delete_one({"_id": entry["_id"]})
+    meter.invoices.rebuild({("acme", "2026-11")}, NOW)
+    result = reconcile(meter, "acme", "2026-11", now=NOW)
+    assert not result.ok
+    assert [(r.runner_id, r.source_tokens - r.ledger_tokens) for r in result.runners] == [
+        (entry["runner_id"], entry["tokens"])
+    ]
+    assert (
+        sum(line.expected_tokens - line.invoiced_tokens for line in result.lines) == entry["tokens"]
+    )
+
+
+def test_a_tampered_invoice_is_a_mismatch_and_exit_1(named_db, registry):
+    settings = get_settings()
+    seeded(named_db, settings, registry, november(5))
+    args = ["reconcile", "--org", "acme", "--period", "2026-11", "--now", NOW.isoformat()]
+    clean = CliRunner().invoke(main, args)
+    assert clean.exit_code == 0, clean.output
+    assert "reconciled" in clean.output
+    named_db.billing_invoices.update_one(
+        {"_id": "acme:2026-11"}, {"$inc": {"lines.0.amount_micros": 1}}
+    )
+    tampered = CliRunner().invoke(main, [*args, "--json"])
+    assert tampered.exit_code == 1
+    report = json.loads(tampered.output)
+    bad = [line for line in report["lines"] if line["expected_micros"] != line["invoiced_micros"]]
+    assert len(bad) == 1 and bad[0]["invoiced_micros"] == bad[0]["expected_micros"] + 1
+
+
+def test_runner_estimates_are_reported_beside_our_amounts(db, settings, registry, fixture_docs):
+    db.tasks.insert_many(fixture_docs["tasks"])
+    db.findings.insert_many(fixture_docs["findings"])
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    result = reconcile(Meter(db, settings, registry), "ws-acme", "2026-11", now=NOW)
+    assert result.ok
+    mini = next(line for line in result.lines if line.model == "gpt-4o-mini")
+    # runner 1 estimated $0.003, subagent 2 $0.004 (its copy includes the parent's), 3 none.
+    assert mini.runner_estimate_usd == pytest.approx(0.007)
+    assert mini.runners == 3
+
+
+def test_reconcile_unknown_invoice_is_a_clear_error(named_db):
+    result = CliRunner().invoke(main, ["reconcile", "--org", "nobody", "--period", "2026-11"])
+    assert result.exit_code == 1 and "no invoice for org 'nobody' in 2026-11" in result.output
