@@ -17,7 +17,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
 
-from ._exceptions import ConfigError, DatabaseUnavailable
+from ._exceptions import ConfigError, DatabaseUnavailable, SourceIsReadOnly
 from ._settings import Settings
 
 Doc = dict[str, Any]
@@ -57,12 +57,47 @@ def connect(settings: Settings) -> Database[Doc]:
     return real[settings.mongo_db]
 
 
+class ReadOnlyCollection:
+    """A source collection the chore may only read: any write raises `SourceIsReadOnly`.
+
+    The chore never writes to the platform's collections; this makes a mistake
+    fail loudly in tests instead of relying on a reviewer (production should
+    also use a read-only MongoDB role, see SECURITY.md).
+    """
+
+    READS = frozenset(
+        {
+            "find",
+            "find_one",
+            "aggregate",
+            "count_documents",
+            "estimated_document_count",
+            "distinct",
+            "index_information",
+            "list_indexes",
+            "name",
+            "full_name",
+            "database",
+        }
+    )
+
+    def __init__(self, collection: Collection[Doc]):
+        self._collection = collection
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr not in self.READS:
+            raise SourceIsReadOnly(
+                f"the chore only reads {self._collection.name!r}; {attr}() is not allowed"
+            )
+        return getattr(self._collection, attr)
+
+
 @dataclass(frozen=True)
 class Collections:
     """Every collection the chore touches, named once."""
 
-    tasks: Collection[Doc]
-    findings: Collection[Doc]
+    tasks: ReadOnlyCollection
+    findings: ReadOnlyCollection
     ledger: Collection[Doc]
     dirty: Collection[Doc]
     pending: Collection[Doc]
@@ -78,8 +113,8 @@ class Collections:
     def of(cls, db: Database[Doc], settings: Settings) -> Collections:
         named = settings.collection
         return cls(
-            tasks=db[settings.tasks_collection],
-            findings=db[settings.findings_collection],
+            tasks=ReadOnlyCollection(db[settings.tasks_collection]),
+            findings=ReadOnlyCollection(db[settings.findings_collection]),
             ledger=db[named("ledger")],
             dirty=db[named("dirty")],
             pending=db[named("pending")],

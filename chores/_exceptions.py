@@ -4,7 +4,8 @@
     ├── ConfigError             a setting is missing or malformed (bad MONGO_URL, bad plan value)
     ├── DatabaseUnavailable     the MongoDB server cannot be reached
     ├── UnknownOrg              an org has no billing data at all
-    └── InvoiceNotFound         no invoice for that org and period
+    ├── InvoiceNotFound         no invoice for that org and period
+    └── SourceIsReadOnly        code tried to write to the platform's tasks/findings
 
 Registry errors are `pricing.RegistryError` (the pricing package stays independent).
 """
@@ -30,3 +31,7 @@ class UnknownOrg(ChoreError):
 
 class InvoiceNotFound(ChoreError):
     """No invoice exists for the org and period asked for."""
+
+
+class SourceIsReadOnly(ChoreError):
+    """The chore only reads the platform's collections."""

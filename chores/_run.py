@@ -231,9 +231,7 @@ def _record_run(meter: Meter, report: RunReport, now: datetime, dry_run: bool) -
     if dry_run:
         return
     try:
-        meter.collections.runs.insert_one(
-            {"_id": report.run_id, **report.model_dump(mode="python")}
-        )
+        meter.collections.runs.insert_one(run_document(report))
     except Exception:
         if report.error is None:
             raise

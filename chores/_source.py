@@ -23,31 +23,18 @@ from bson import ObjectId
 
 from ._db import Collections, Doc
 
+# Whole `context`s are projected, not their `ai_*` sub-fields: mongomock crashes
+# projecting sub-fields of an array that holds non-documents, and a hostile
+# runner can write exactly that.
 RUNNER_PROJECTION = {
     "_id": 1,
     "name": 1,
     "status": 1,
     "end_time": 1,
     "last_updated_db": 1,
-    "context.workspace_id": 1,
-    "context.ai_tokens": 1,
-    "context.ai_prompt_tokens": 1,
-    "context.ai_completion_tokens": 1,
-    "context.ai_cached_tokens": 1,
-    "context.ai_model": 1,
-    "context.ai_key_source": 1,
-    "context.ai_cost": 1,
-    "context.subagent": 1,
-    "context.session_id": 1,
+    "context": 1,
 }
-SPAWN_PROJECTION = {
-    "extra_data.runner_id": 1,
-    "_context.ai_tokens": 1,
-    "_context.ai_prompt_tokens": 1,
-    "_context.ai_completion_tokens": 1,
-    "_context.ai_cached_tokens": 1,
-    "_context.task_id": 1,
-}
+SPAWN_PROJECTION = {"extra_data": 1, "_context": 1}
 
 
 def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

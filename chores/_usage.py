@@ -303,7 +303,8 @@ def assess(
 
     status = doc.get("status")
     end_time = doc.get("end_time")
-    result.pending = status not in TERMINAL_STATUSES or end_time is None
+    result.pending = not isinstance(status, str) or status not in TERMINAL_STATUSES
+    result.pending = result.pending or end_time is None
 
     org = _org_of(doc)
     context = doc.get("context")

@@ -1,0 +1,317 @@
+"""Hostile input: whatever a runner document holds, nothing crashes and nothing bad is charged.
+
+Documents are generated with arbitrary values in every field the chore reads.
+An independent validator (written here from SPEC §1 and §7, not imported) says
+which documents are billable; the others must each leave an anomaly and no
+ledger entry, and a well-formed org beside them must be billed exactly as if
+they were not there.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import mongomock
+import pytest
+from bson import ObjectId
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chores import Settings, run_chore
+from chores._db import Collections
+from chores._exceptions import SourceIsReadOnly
+
+from conftest import NOW
+
+FIELDS = ("ai_tokens", "ai_prompt_tokens", "ai_completion_tokens", "ai_cached_tokens")
+COUNTERS = ("total", "prompt", "completion", "cached")
+
+safe_keys = st.text(min_size=1, max_size=8).filter(
+    lambda k: not k.startswith("$") and "." not in k and "\x00" not in k
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.sampled_from(["$ne", "a.b", "", "ws-good", "1200", "NaN"]),
+    st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1)),
+    st.builds(ObjectId),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(safe_keys, inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+counter_values = st.one_of(
+    st.integers(min_value=0, max_value=200_000),
+    st.integers(min_value=-5, max_value=-1),
+    st.sampled_from([None, True, False, "100", 12.5, 100.0, math.nan, math.inf, -0.0, 2**63 - 1]),
+    json_values,
+)
+org_values = st.one_of(st.sampled_from(["ws-a", "ws-b", "$ne", "a.b", "", "ws-a "]), json_values)
+
+
+@st.composite
+def hostile_runner(draw: Any) -> dict[str, Any]:
+    context = draw(
+        st.one_of(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "workspace_id": org_values,
+                    "ai_model": st.one_of(
+                        st.sampled_from(["gpt-4o-mini", "x" * 300, "ollama/llama3.1"]), json_values
+                    ),
+                    "ai_key_source": st.one_of(
+                        st.sampled_from(["byok", "platform", "BYOK"]), json_values
+                    ),
+                    "subagent": st.one_of(st.just(True), json_values),
+                    **{f: counter_values for f in FIELDS},
+                },
+            ),
+            json_values,
+        )
+    )
+    doc = {
+        "_id": ObjectId(),
+        "name": "ai",
+        "status": draw(st.one_of(st.sampled_from(["SUCCESS", "RUNNING", "FAILURE"]), json_values)),
+        "context": context,
+        "last_updated_db": draw(st.one_of(st.floats(allow_nan=True), json_values)),
+    }
+    end = draw(st.one_of(st.none(), st.just(NOW - timedelta(days=1)), json_values))
+    if end is not None:
+        doc["end_time"] = end
+    return doc
+
+
+def counter_ok(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return 0 <= value < 2**63
+    return isinstance(value, float) and math.isfinite(value) and value.is_integer() and value >= 0
+
+
+def billable(doc: dict[str, Any]) -> bool:
+    """Independent reading of SPEC §1/§7: may this document produce a ledger entry?"""
+    context = doc["context"]
+    if not isinstance(context, dict):
+        return False
+    org = context.get("workspace_id")
+    if not isinstance(org, str) or not org:
+        return False
+    if "end_time" in doc and not isinstance(doc["end_time"], datetime):
+        return False
+    if not all(counter_ok(context.get(f)) for f in FIELDS):
+        return False
+    model = context.get("ai_model")
+    if model is not None and (not isinstance(model, str) or len(model) > 256):
+        return False
+    if context.get("ai_key_source") not in (None, "platform", "byok"):
+        return False
+    if context.get("subagent") is True:
+        return False  # no spawn finding in these corpora: baseline_missing
+    counts = [int(context.get(f) or 0) for f in FIELDS]
+    return max(counts[0], counts[1] + counts[2]) > 0
+
+
+GOOD_RUN = {
+    "_id": ObjectId(),
+    "name": "ai",
+    "status": "SUCCESS",
+    "end_time": NOW - timedelta(hours=2),
+    "last_updated_db": NOW.timestamp() - 7200,
+    "context": {
+        "workspace_id": "ws-good",
+        "ai_model": "gpt-4o-mini",
+        "ai_tokens": 5_000,
+        "ai_prompt_tokens": 4_000,
+        "ai_completion_tokens": 1_000,
+    },
+}
+
+
+def good_invoice(registry: Any) -> list[dict[str, Any]]:
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    db.tasks.insert_one(dict(GOOD_RUN))
+    run_chore(db, now=NOW, registry=registry, settings=Settings(mongo_url="mongomock://x"))
+    return db.billing_invoices.find_one({"_id": "ws-good:2026-11"})["lines"]
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.lists(hostile_runner(), min_size=1, max_size=6))
+def test_hostile_documents_never_crash_never_charge_and_leave_others_alone(registry, docs):
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    db.tasks.insert_many([dict(GOOD_RUN), *docs])
+    config = Settings(mongo_url="mongomock://x", batch_size=4)
+    run_chore(db, now=NOW, registry=registry, settings=config)
+
+    billed = {e["runner_id"] for e in db.billing_ledger.find()}
+    anomalies = {a["runner_id"] for a in db.billing_anomalies.find()}
+    for doc in docs:
+        runner = str(doc["_id"])
+        if billable(doc):
+            assert runner in billed, doc
+        else:
+            assert runner not in billed, doc
+            context = doc["context"]
+            zero_usage = isinstance(context, dict) and all(
+                counter_ok(context.get(f)) and not context.get(f) for f in FIELDS
+            )
+            assert runner in anomalies or zero_usage, doc
+    lines = db.billing_invoices.find_one({"_id": "ws-good:2026-11"})["lines"]
+    assert lines == _GOOD_LINES
+
+
+_GOOD_LINES: list[dict[str, Any]] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _good_lines(registry):
+    _GOOD_LINES[:] = good_invoice(registry)
+
+
+def test_huge_and_non_finite_counters_are_anomalies(db, settings, registry):
+    # BSON (and mongomock) refuse ints above 8 bytes at insert; 1e30 is how they arrive.
+    bad = [
+        {"ai_tokens": 1e30},
+        {"ai_tokens": float("inf")},
+        {"ai_prompt_tokens": float("nan")},
+        {"ai_completion_tokens": 1e300},
+        {"ai_tokens": 2.0**63},
+        {"ai_tokens": 2**62},
+    ]
+    for i, counters in enumerate(bad):
+        db.tasks.insert_one(
+            {
+                "_id": ObjectId(),
+                "name": "ai",
+                "status": "SUCCESS",
+                "end_time": NOW - timedelta(minutes=i + 1),
+                "context": {"workspace_id": "ws-x", "ai_model": "gpt-4o-mini", **counters},
+            }
+        )
+    report = run_chore(db, now=NOW, registry=registry, settings=settings)
+    assert db.billing_ledger.count_documents({}) == 0
+    assert report.anomalies == {"malformed_counters": 5, "over_ceiling": 1}
+
+
+def test_counters_beyond_int64_are_malformed_in_the_pure_rules():
+    from chores._usage import assess
+
+    doc = {
+        "_id": ObjectId(),
+        "name": "ai",
+        "status": "SUCCESS",
+        "end_time": NOW,
+        "context": {"workspace_id": "ws", "ai_tokens": 10**30},
+    }
+    result = assess(doc, spawn_contexts=[], head=None, now=NOW, max_tokens_per_run=10**40)
+    assert result.delta is None
+    assert [a.kind for a in result.anomalies] == ["malformed_counters"]
+
+
+def test_a_huge_model_name_is_held_not_stored_on_an_invoice(db, settings, registry):
+    db.tasks.insert_one(
+        {
+            "_id": ObjectId(),
+            "name": "ai",
+            "status": "SUCCESS",
+            "end_time": NOW - timedelta(hours=1),
+            "context": {"workspace_id": "ws-x", "ai_model": "m" * 1_000_000, "ai_tokens": 10},
+        }
+    )
+    report = run_chore(db, now=NOW, registry=registry, settings=settings)
+    assert report.anomalies == {"bad_model": 1}
+    anomaly = db.billing_anomalies.find_one()
+    assert len(anomaly["detail"]) < 100
+
+
+def test_runner_id_as_objectid_or_string_in_spawn_findings(db, settings, registry):
+    parent, child_a, child_b = ObjectId(), ObjectId(), ObjectId()
+    base = {"ai_tokens": 100, "ai_prompt_tokens": 80, "ai_completion_tokens": 20}
+    for child in (child_a, child_b):
+        db.tasks.insert_one(
+            {
+                "_id": child,
+                "name": "ai",
+                "status": "SUCCESS",
+                "end_time": NOW - timedelta(hours=1),
+                "context": {
+                    "workspace_id": "ws-x",
+                    "ai_model": "gpt-4o-mini",
+                    "subagent": True,
+                    "ai_tokens": 150,
+                    "ai_prompt_tokens": 120,
+                    "ai_completion_tokens": 30,
+                },
+            }
+        )
+    db.findings.insert_many(
+        [
+            {
+                "_type": "ai",
+                "ai_type": "task",
+                "extra_data": {"runner_id": str(child_a)},
+                "_context": {**base, "task_id": str(parent)},
+            },
+            {
+                "_type": "ai",
+                "ai_type": "task",
+                "extra_data": {"runner_id": child_b},
+                "_context": base,
+            },
+        ]
+    )
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    entries = {e["runner_id"]: e for e in db.billing_ledger.find()}
+    assert {r: e["tokens"] for r, e in entries.items()} == {str(child_a): 50, str(child_b): 50}
+    assert entries[str(child_a)]["parent_id"] == str(parent)
+
+
+def test_the_source_collections_refuse_writes(db, settings):
+    c = Collections.of(db, settings)
+    for call in (
+        lambda: c.tasks.insert_one({}),
+        lambda: c.findings.delete_many({}),
+        lambda: c.tasks.update_many({}, {"$set": {"x": 1}}),
+        lambda: c.tasks.drop(),
+    ):
+        with pytest.raises(SourceIsReadOnly):
+            call()
+    assert c.tasks.count_documents({}) == 0
+
+
+def test_operator_shaped_org_ids_are_billed_as_plain_strings(db, settings, registry):
+    for org in ("$ne", "a.b", '{"$gt": ""}'):
+        db.tasks.insert_one(
+            {**GOOD_RUN, "_id": ObjectId(), "context": {**GOOD_RUN["context"], "workspace_id": org}}
+        )
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    assert sorted(i["org"] for i in db.billing_invoices.find()) == sorted(
+        ["$ne", "a.b", '{"$gt": ""}']
+    )
+    run = db.billing_runs.find_one()
+    assert {o["org"] for o in run["orgs"]} == {"$ne", "a.b", '{"$gt": ""}'}
+
+
+def test_no_datetime_end_time_is_held(db, settings, registry):
+    db.tasks.insert_one({**GOOD_RUN, "_id": ObjectId(), "end_time": "yesterday"})
+    report = run_chore(db, now=NOW, registry=registry, settings=settings)
+    assert report.anomalies == {"bad_end_time": 1} and report.tokens_billed == 0
+
+
+_ = UTC
