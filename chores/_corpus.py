@@ -77,11 +77,13 @@ def _partial(task: dict[str, Any], fraction: float, base: dict[str, int]) -> dic
     context = dict(task["context"])
     for key in ("ai_tokens", "ai_prompt_tokens", "ai_completion_tokens", "ai_cached_tokens"):
         value = context.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
+        # Only valid counters grow: a malformed one (negative, bool, str, float) stays as it is.
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             start = base.get(key, 0)
             context[key] = start + int((value - start) * fraction)
     grown["context"] = context
-    if task.get("name") == "ai" and task.get("status") in ("SUCCESS", "FAILURE"):
+    # Not yet finished: every ended AI runner (REVOKED too) is still running.
+    if task.get("name") == "ai" and task.get("status") in ("SUCCESS", "FAILURE", "REVOKED"):
         grown["status"] = "RUNNING"
         grown.pop("end_time", None)
     return grown
@@ -122,6 +124,11 @@ def generate_corpus(
                 corpus.tasks.append(bad)
                 corpus.malformed.append(str(bad["_id"]))
     return corpus
+
+
+def _object_id(rng: random.Random) -> ObjectId:
+    """Ids drawn from the seed, so the same seed gives the same documents."""
+    return ObjectId(rng.randbytes(12))
 
 
 def _usage(rng: random.Random) -> tuple[int, int, int, int]:
@@ -171,7 +178,7 @@ def _add_run(
     parent: dict[str, int] | None,
     depth: int,
 ) -> None:
-    runner_id = ObjectId()
+    runner_id = _object_id(rng)
     session = f"sess-{org}-{began:%m%d%H}"
     prompt, completion, cached, unsplit = _usage(rng)
     baseline = parent or {}
@@ -221,7 +228,7 @@ def _add_run(
     # Non-AI children and ordinary findings carry a copy of the counters: never usage.
     for tool in rng.sample(["nmap", "httpx", "nuclei", "command"], k=rng.randrange(0, 3)):
         child = {
-            "_id": ObjectId(),
+            "_id": _object_id(rng),
             "name": tool,
             "config": {"type": "task", "name": tool},
             "status": "SUCCESS",
@@ -234,7 +241,7 @@ def _add_run(
         corpus.tasks.append(child)
         corpus.findings.append(
             {
-                "_id": ObjectId(),
+                "_id": _object_id(rng),
                 "_type": "port",
                 "port": 443,
                 "_context": _context(org, session, model, key_source, total),
@@ -266,7 +273,7 @@ def _add_run(
             child_id = corpus.tasks[corpus_len]["_id"]
             corpus.findings.append(
                 {
-                    "_id": ObjectId(),
+                    "_id": _object_id(rng),
                     "_type": "ai",
                     "ai_type": "task",
                     "content": "ai",
@@ -286,7 +293,7 @@ def _malformed(rng: random.Random, org: str, began: datetime) -> dict[str, Any]:
             {"ai_tokens": 12.5},
         ]
     )
-    runner_id = ObjectId()
+    runner_id = _object_id(rng)
     return {
         "_id": runner_id,
         "name": "ai",
