@@ -278,7 +278,10 @@ def _add_run(
                     "ai_type": "task",
                     "content": "ai",
                     "extra_data": {"runner_id": str(child_id), "runner_type": "task"},
-                    "_context": _context(org, session, model, key_source, at_spawn),
+                    "_context": {
+                        **_context(org, session, model, key_source, at_spawn),
+                        "task_id": str(runner_id),  # the spawning runner
+                    },
                 }
             )
 

@@ -384,4 +384,4 @@ def demo(seed: int) -> None:
     run_demo(console(), seed=seed)
 
 
-from . import _cli_quota, _cli_reconcile  # noqa: E402,F401  (register more commands)
+from . import _cli_quota, _cli_reconcile, _cli_usage  # noqa: E402,F401  (register more commands)

@@ -1,0 +1,560 @@
+"""The usage report of one invoice: one self-contained HTML file.
+
+Inline CSS and an inline SVG chart drawn here; no script, nothing fetched, so
+the file opens anywhere offline. Org ids, model names, runner and session ids
+and anomaly details come from runner documents and are untrusted: every one
+goes through `_e` (`html.escape`) before it reaches the page.
+
+`collect_report` reads (invoice, ledger, anomalies) and allocates the invoice
+with `_breakdown`; `render_report` is pure, so every amount on the page is a
+sum of the same cells whose total is the invoice's.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from pymongo.database import Database
+
+from pricing import Registry
+
+from ._breakdown import Allocation, Cell, RunNode, Usage, allocate, read_period, rows, run_trees
+from ._breakdown import total as rows_total
+from ._db import Collections, Doc
+from ._invoices import Invoice
+from ._money import usd
+from ._settings import Settings
+
+ProgressFn = Callable[[str, int, int], None]  # (what, done, total)
+# Tableau 10, red last: red means "unpriced" elsewhere on the page.
+PALETTE = (
+    "#4e79a7",
+    "#f28e2b",
+    "#76b7b2",
+    "#edc948",
+    "#b07aa1",
+    "#59a14f",
+    "#9c755f",
+    "#ff9da7",
+    "#e15759",
+)
+OTHER_COLOR = "#bab0ac"
+MAX_SERIES = len(PALETTE)
+MAX_TREE_ROWS = 25
+TIER_LABELS = {
+    "paid": ("Paid", "platform key, billed", "#4e79a7"),
+    "free": ("Free models", "metered, charged $0", "#59a14f"),
+    "byok": ("Customer key", "BYOK: metered, charged $0", "#76b7b2"),
+    "unpriced": ("Unpriced", "no price yet: needs review", "#e15759"),
+}
+
+
+def _e(value: object) -> str:
+    """Text from the data, safe in element content and in quoted attributes."""
+    return html.escape(str(value), quote=True)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAnomaly:
+    kind: str
+    runner_id: str
+    detail: str
+    first_seen: datetime | None
+
+
+@dataclass(frozen=True)
+class ReportData:
+    allocation: Allocation
+    anomalies: tuple[OpenAnomaly, ...]
+    registry_version: str
+    generated_at: datetime
+    top: int = 10
+
+
+def collect_report(
+    db: Database[Doc],
+    org: str,
+    period: str,
+    *,
+    settings: Settings,
+    registry: Registry,
+    now: datetime,
+    top: int = 10,
+    on_progress: ProgressFn | None = None,
+) -> ReportData:
+    """Everything the report of `(org, period)` shows, read once."""
+    collections = Collections.of(db, settings)
+
+    def reading(done: int, total: int) -> None:
+        if on_progress is not None:
+            on_progress("reading ledger entries", done, total)
+
+    invoice, usages = read_period(
+        collections, org, period, batch_size=settings.batch_size, on_progress=reading
+    )
+    if on_progress is not None:
+        on_progress("allocating the invoice to runs", 0, 1)
+    allocation = allocate(invoice, usages, registry)
+    if on_progress is not None:
+        on_progress("reading anomalies", 0, 1)
+    cursor = collections.anomalies.find(
+        {"org": {"$eq": org}, "period": {"$eq": period}, "resolved": False},
+        {"kind": 1, "runner_id": 1, "detail": 1, "first_seen": 1},
+        sort=[("kind", 1), ("runner_id", 1)],
+    )
+    anomalies = tuple(
+        OpenAnomaly(
+            kind=str(doc.get("kind", "")),
+            runner_id=str(doc.get("runner_id", "")),
+            detail=str(doc.get("detail", ""))[:300],
+            first_seen=doc.get("first_seen"),
+        )
+        for doc in cursor
+    )
+    return ReportData(allocation, anomalies, registry.version, now, top)
+
+
+# --- numbers ------------------------------------------------------------------------------
+
+
+def compact(value: float) -> str:
+    """`1.2M`, `350K`, `900` (axis labels)."""
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def dollars(micros: float) -> str:
+    """Axis label of a micros amount: cents, or more digits for tiny amounts."""
+    return f"${micros / 1e6:,.2f}" if micros == 0 or micros >= 10_000 else f"${micros / 1e6:.4f}"
+
+
+def nice_ticks(top: float, count: int = 4) -> list[float]:
+    """Round axis ticks from 0 covering `top` (steps of 1, 2, 2.5 or 5 x 10^k)."""
+    if top <= 0:
+        return [0.0, 1.0]
+    raw = top / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    return [step * i for i in range(math.ceil(top / step - 1e-9) + 1)]
+
+
+# --- the chart ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    label: str
+    color: str
+    values: tuple[int, ...]  # one per category
+
+
+def stacked_bars(
+    *,
+    title: str,
+    categories: Sequence[str],
+    series: Sequence[Series],
+    axis: Callable[[float], str],
+    value: Callable[[int], str],
+    width: int = 1120,
+    height: int = 230,
+) -> str:
+    """An inline SVG of stacked bars, one per category (escaped labels, a tooltip per block)."""
+    left, right, top, bottom = 64, 8, 30, 26
+    plot_w, plot_h = width - left - right, height - top - bottom
+    stack_tops = [sum(s.values[i] for s in series) for i in range(len(categories))]
+    ticks = nice_ticks(max(stack_tops, default=0))
+    scale = plot_h / ticks[-1]
+    out = [
+        f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="{_e(title)}">',
+        f'<text x="0" y="16" class="chart-title">{_e(title)}</text>',
+    ]
+    for tick in ticks:
+        y = top + plot_h - tick * scale
+        out.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">'
+            f"{_e(axis(tick))}</text>"
+        )
+    slot = plot_w / max(len(categories), 1)
+    bar = max(slot * 0.72, 1.0)
+    for i, category in enumerate(categories):
+        x = left + i * slot + (slot - bar) / 2
+        y = top + plot_h
+        for s in series:
+            amount = s.values[i]
+            if amount <= 0:
+                continue
+            h = amount * scale
+            y -= h
+            out.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{max(h, 0.5):.1f}" '
+                f'fill="{s.color}"><title>{_e(category)} · {_e(s.label)}: '
+                f"{_e(value(amount))}</title></rect>"
+            )
+        out.append(
+            f'<text x="{left + (i + 0.5) * slot:.1f}" y="{height - 8}" class="axis" '
+            f'text-anchor="middle">{_e(category)}</text>'
+        )
+    if not any(stack_tops):
+        out.append(
+            f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" class="axis" '
+            'text-anchor="middle">no usage in this period</text>'
+        )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def daily_series(
+    cells: Iterable[Cell], invoice: Invoice
+) -> tuple[list[str], list[Series], list[Series]]:
+    """Days of the period (plus a `late` bar for usage of earlier periods billed late) and
+    the tokens and micros per day stacked by model, the largest models first."""
+    start = invoice.period_start.date()
+    days = [start + timedelta(days=n) for n in range((invoice.period_end.date() - start).days)]
+    index = {day: n + 1 for n, day in enumerate(days)}
+    tokens: dict[str, list[int]] = defaultdict(lambda: [0] * (len(days) + 1))
+    micros: dict[str, list[int]] = defaultdict(lambda: [0] * (len(days) + 1))
+    unpriced: set[str] = set()
+    for cell in cells:
+        model = cell.line[0] or "(no model)"
+        slot = index.get(cell.day, 0)
+        tokens[model][slot] += cell.usage.tokens
+        micros[model][slot] += cell.usage.priced_micros
+        if cell.usage.unpriced_tokens:
+            unpriced.add(model)
+    ranked = sorted(tokens, key=lambda m: (-sum(tokens[m]), -sum(micros[m]), m))
+    shown, rest = ranked[:MAX_SERIES], ranked[MAX_SERIES:]
+    if len(rest) == 1:
+        shown, rest = ranked, []
+    late = any(values[0] for values in tokens.values())
+    first = 0 if late else 1
+    labels = (["late"] if late else []) + [str(day.day) for day in days]
+
+    def series(table: dict[str, list[int]]) -> list[Series]:
+        out = [
+            Series(
+                model + (" (unpriced)" if model in unpriced else ""),
+                PALETTE[n],
+                tuple(table[model][first:]),
+            )
+            for n, model in enumerate(shown)
+        ]
+        if rest:
+            others = [sum(table[m][i] for m in rest) for i in range(first, len(days) + 1)]
+            out.append(Series(f"{len(rest)} other models", OTHER_COLOR, tuple(others)))
+        return out
+
+    return labels, series(tokens), series(micros)
+
+
+# --- the page -----------------------------------------------------------------------------
+
+CSS = """
+*{box-sizing:border-box}
+body{margin:0;background:#f4f5f7;color:#1f2933;font:14px/1.45 -apple-system,"Segoe UI",
+Roboto,"Helvetica Neue",Arial,"Noto Sans","DejaVu Sans",sans-serif}
+main{max-width:1200px;margin:0 auto;padding:24px 28px 40px}
+h1{font-size:24px;margin:0 0 4px}
+h2{font-size:17px;margin:0 0 12px}
+.sub{color:#52606d}
+section{background:#fff;border:1px solid #e4e7eb;border-radius:10px;padding:18px 20px;
+margin-top:18px}
+.cards{display:flex;gap:14px;margin-top:18px}
+.card{flex:1;background:#fff;border:1px solid #e4e7eb;border-radius:10px;padding:14px 16px}
+.card .k{color:#52606d;font-size:12px;text-transform:uppercase;letter-spacing:.04em}
+.card .v{font-size:22px;font-weight:600;margin-top:2px;font-variant-numeric:tabular-nums}
+.card.warn .v{color:#c62828}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;
+vertical-align:middle;margin-left:6px}
+.draft{background:#fff3c4;color:#8d6708}.final{background:#d9f2dd;color:#1e6b2e}
+.review{background:#fde2e1;color:#b3261e}
+table{border-collapse:collapse;width:100%}
+th{text-align:left;font-size:12px;color:#52606d;font-weight:600;border-bottom:2px solid #e4e7eb;
+padding:6px 8px}
+td{padding:5px 8px;border-bottom:1px solid #f0f2f4;vertical-align:top}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.total td{font-weight:700;border-top:2px solid #cbd2d9;border-bottom:0}
+.mono{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:12px}
+.muted{color:#7b8794}.bad{color:#c62828;font-weight:600}
+.legend{display:flex;flex-wrap:wrap;gap:6px 18px;margin:4px 0 10px;font-size:13px}
+.sw{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:6px;
+vertical-align:-1px}
+.chart{display:block;max-width:100%;height:auto;margin-bottom:8px}
+.chart .grid{stroke:#e4e7eb;stroke-width:1}
+.chart .axis{fill:#616e7c;font-size:11px}
+.chart .chart-title{fill:#1f2933;font-size:13px;font-weight:600}
+.split{display:flex;height:16px;border-radius:8px;overflow:hidden;margin:2px 0 14px;
+background:#e4e7eb}
+.pill{display:inline-block;padding:0 7px;border-radius:9px;font-size:11px;font-weight:600;
+background:#e4e7eb;color:#323f4b}
+.st-SUCCESS{background:#d9f2dd;color:#1e6b2e}.st-FAILURE{background:#fde2e1;color:#b3261e}
+.st-REVOKED{background:#ffe8cc;color:#9a4a00}.st-RUNNING{background:#dbeafe;color:#1d4ed8}
+.tree{color:#9aa5b1;margin-right:4px}
+footer{margin-top:16px;color:#7b8794;font-size:12px}
+"""
+
+
+def render_report(data: ReportData) -> str:
+    """The whole page."""
+    allocation = data.allocation
+    invoice = allocation.invoice
+    total = allocation.total
+    status = invoice.status
+    badges = f'<span class="badge {status}">{_e(status.upper())}</span>'
+    if invoice.needs_review:
+        badges += '<span class="badge review">NEEDS REVIEW</span>'
+    start = invoice.period_start.date().isoformat()
+    end = (invoice.period_end - timedelta(days=1)).date().isoformat()
+    body = [
+        f"<h1>Usage report · {_e(invoice.org)}{badges}</h1>",
+        f'<div class="sub">Invoice <span class="mono">{_e(invoice.id)}</span> · period '
+        f"{_e(invoice.period)} ({start} to {end}) · prices: registry {_e(data.registry_version)}"
+        f" · generated {_e(data.generated_at.strftime('%Y-%m-%d %H:%M UTC'))}</div>",
+        _cards(invoice, total, len(data.anomalies)),
+        _chart_section(allocation),
+        _invoice_section(invoice),
+        _split_section(allocation),
+        _runs_section(allocation, data.top),
+        _anomaly_section(data.anomalies),
+        _footer(allocation),
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Usage report {_e(invoice.id)}</title><style>{CSS}</style></head>"
+        f"<body><main>{''.join(body)}</main></body></html>\n"
+    )
+
+
+def _cards(invoice: Invoice, total: Usage, anomalies: int) -> str:
+    cards = [
+        ("Invoice total", f"{usd(invoice.total_micros)}", False),
+        ("Tokens", f"{total.tokens:,}", False),
+        ("Runs", f"{invoice.runs:,}", False),
+        ("Unpriced tokens", f"{invoice.unpriced_tokens:,}", invoice.unpriced_tokens > 0),
+        ("Open anomalies", f"{anomalies:,}", anomalies > 0),
+    ]
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card{" warn" if warn else ""}"><div class="k">{_e(k)}</div>'
+            f'<div class="v">{_e(v)}</div></div>'
+            for k, v, warn in cards
+        )
+        + "</div>"
+    )
+
+
+def _chart_section(allocation: Allocation) -> str:
+    labels, tokens, micros = daily_series(allocation.cells, allocation.invoice)
+    legend = "".join(
+        f'<span><span class="sw" style="background:{s.color}"></span>{_e(s.label)}</span>'
+        for s in tokens
+    )
+    token_chart = stacked_bars(
+        title="Tokens per day",
+        categories=labels,
+        series=tokens,
+        axis=compact,
+        value=lambda v: f"{v:,} tokens",
+    )
+    cost_chart = stacked_bars(
+        title="Cost per day (USD)", categories=labels, series=micros, axis=dollars, value=usd
+    )
+    return (
+        "<section><h2>Daily usage by model</h2>"
+        f'<div class="legend">{legend}</div>{token_chart}{cost_chart}</section>'
+    )
+
+
+def _invoice_section(invoice: Invoice) -> str:
+    head = "".join(
+        f'<th class="{"n" if n > 2 else ""}">{h}</th>'
+        for n, h in enumerate(
+            [
+                "Model",
+                "Tier",
+                "Price from",
+                "Input",
+                "Cached",
+                "Output",
+                "Unsplit",
+                "Tokens",
+                "Amount",
+            ]
+        )
+    )
+    lines = []
+    for line in invoice.lines:
+        tier = line.tier + (" · late" if line.late else "")
+        amount = _e(usd(line.amount_micros)) if line.priced else '<span class="bad">UNPRICED</span>'
+        lines.append(
+            f"<tr><td>{_e(line.model if line.model is not None else '(no model)')}</td>"
+            f"<td>{_e(tier)}</td><td>{_e(line.price_valid_from or '–')}</td>"
+            + "".join(
+                f'<td class="n">{count:,}</td>'
+                for count in (
+                    line.input_tokens,
+                    line.cached_tokens,
+                    line.output_tokens,
+                    line.unsplit_tokens,
+                    line.tokens,
+                )
+            )
+            + f'<td class="n">{amount}</td></tr>'
+        )
+    tokens = sum(line.tokens for line in invoice.lines)
+    lines.append(
+        f'<tr class="total"><td colspan="7">Total</td><td class="n">{tokens:,}</td>'
+        f'<td class="n">{_e(usd(invoice.total_micros))}</td></tr>'
+    )
+    return f"<section><h2>Invoice</h2><table><tr>{head}</tr>{''.join(lines)}</table></section>"
+
+
+def _split_section(allocation: Allocation) -> str:
+    by_tier = {row.key: row for row in rows(allocation.cells, "tier")}
+    all_tokens = max(allocation.total.tokens, 1)
+    bar, table = [], []
+    for tier, (label, note, color) in TIER_LABELS.items():
+        row = by_tier.get(tier)
+        if row is None:
+            continue
+        share = row.usage.tokens / all_tokens
+        bar.append(f'<div style="width:{share * 100:.3f}%;background:{color}"></div>')
+        amount = "–" if row.usage.amount_micros is None else usd(row.usage.amount_micros)
+        table.append(
+            f'<tr><td><span class="sw" style="background:{color}"></span>{_e(label)}'
+            f' <span class="muted">{_e(note)}</span></td><td class="n">{row.runs:,}</td>'
+            f'<td class="n">{row.usage.tokens:,}</td><td class="n">{share:.1%}</td>'
+            f'<td class="n">{_e(amount)}</td></tr>'
+        )
+    return (
+        "<section><h2>Free vs paid vs customer key</h2>"
+        f'<div class="split">{"".join(bar)}</div><table><tr><th>Usage</th>'
+        '<th class="n">Runs</th><th class="n">Tokens</th><th class="n">Share</th>'
+        f'<th class="n">Amount</th></tr>{"".join(table)}</table></section>'
+    )
+
+
+def _runs_section(allocation: Allocation, top: int) -> str:
+    roots = run_trees(allocation.cells)
+    shown = roots[:top]
+    out: list[str] = []
+    for root in shown:
+        out += _tree_rows(root)
+    head = (
+        "<tr><th>Run</th><th>Model</th><th>Status</th><th>Session</th>"
+        '<th class="n">Own tokens</th><th class="n">Own cost</th>'
+        '<th class="n">With subagents</th></tr>'
+    )
+    more = (
+        f'<p class="muted">{len(roots) - len(shown)} more top-level runs not shown; '
+        '<span class="mono">chore usage --by run</span> lists them all.</p>'
+        if len(roots) > len(shown)
+        else ""
+    )
+    return (
+        f"<section><h2>Top runs by cost, with their subagents</h2>"
+        f"<table>{head}{''.join(out)}</table>{more}</section>"
+    )
+
+
+def _tree_rows(root: RunNode) -> list[str]:
+    out: list[str] = []
+    stack: list[tuple[RunNode, int]] = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if len(out) == MAX_TREE_ROWS:
+            out.append(
+                f'<tr><td colspan="7" class="muted" style="padding-left:{8 + 18 * depth}px">'
+                f"… {_count(root) - MAX_TREE_ROWS} more runs in this tree</td></tr>"
+            )
+            break
+        out.append(_node_row(node, depth))
+        stack.extend((child, depth + 1) for child in reversed(node.children))
+    return out
+
+
+def _count(node: RunNode) -> int:
+    count, stack = 0, [node]
+    while stack:
+        current = stack.pop()
+        count += 1
+        stack.extend(current.children)
+    return count
+
+
+def _node_row(node: RunNode, depth: int) -> str:
+    pad = f' style="padding-left:{8 + 18 * depth}px"'
+    mark = '<span class="tree">└</span>' if depth else ""
+    with_children = _e(_amount(node.total)) if node.children else ""
+    if node.run is None:
+        return (
+            f'<tr><td{pad} colspan="4">{mark}<b>session</b> '
+            f'<span class="mono">{_e(node.session_id or "(none)")}</span> '
+            '<span class="muted">subagents whose spawning run is not in this period</span></td>'
+            f'<td class="n"></td><td class="n"></td><td class="n">{with_children}</td></tr>'
+        )
+    run = node.run
+    status = run.status or "?"
+    kind = ' <span class="muted">subagent</span>' if run.subagent else ""
+    return (
+        f'<tr><td{pad}>{mark}<span class="mono">{_e(run.runner_id)}</span>{kind}</td>'
+        f"<td>{_e(run.model or '(no model)')}</td>"
+        f'<td><span class="pill st-{_e(status)}">{_e(status)}</span></td>'
+        f'<td class="mono">{_e(run.session_id or "")}</td>'
+        f'<td class="n">{node.own.tokens:,}</td><td class="n">{_e(_amount(node.own))}</td>'
+        f'<td class="n">{with_children}</td></tr>'
+    )
+
+
+def _amount(usage: Usage) -> str:
+    if usage.amount_micros is None:
+        return "UNPRICED"
+    text = usd(usage.amount_micros)
+    return f"{text} + unpriced" if usage.unpriced_tokens else text
+
+
+def _anomaly_section(anomalies: Sequence[OpenAnomaly]) -> str:
+    if not anomalies:
+        return (
+            "<section><h2>Anomalies needing review</h2>"
+            '<p class="muted">None open for this period.</p></section>'
+        )
+    body = "".join(
+        f'<tr><td><span class="pill st-FAILURE">{_e(a.kind)}</span></td>'
+        f'<td class="mono">{_e(a.runner_id)}</td><td>{_e(a.detail)}</td>'
+        f'<td class="muted">{_e(_when(a.first_seen))}</td></tr>'
+        for a in anomalies
+    )
+    return (
+        f"<section><h2>Anomalies needing review ({len(anomalies)})</h2><table><tr><th>Kind</th>"
+        f"<th>Runner</th><th>Detail</th><th>First seen</th></tr>{body}</table></section>"
+    )
+
+
+def _when(moment: datetime | date | None) -> str:
+    if isinstance(moment, datetime):
+        return moment.strftime("%Y-%m-%d %H:%M")
+    return "" if moment is None else moment.isoformat()
+
+
+def _footer(allocation: Allocation) -> str:
+    invoice = allocation.invoice
+    by_run = rows_total(rows(allocation.cells, "run"))
+    weights = "exact amounts" if allocation.exact else "amounts proportional to the current prices"
+    return (
+        f"<footer>Every amount on this page is a share of an invoice line, split by "
+        f"largest remainder on the {_e(allocation.pricing)} prices ({weights}); the runs add up "
+        f"to {_e(usd(by_run.priced_micros))} for an invoice total of "
+        f"{_e(usd(invoice.total_micros))} and {by_run.tokens:,} tokens. Self-contained page: "
+        "it needs no network.</footer>"
+    )

@@ -1,0 +1,455 @@
+"""Usage breakdowns add up to the invoice to the micro-dollar, for every view.
+
+Pure properties (hypothesis) on the allocation, then generated corpora metered on
+mongomock (several models, customer key, free, unknown, late lines, a final invoice),
+then the `chore usage` command.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from math import ceil, floor
+from typing import Any
+
+import mongomock
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
+
+import chores._cli_usage  # noqa: F401  (registers `usage` and `report` until cli.py does)
+from chores import Settings, connect, finalize_invoices, get_settings, run_chore
+from chores._breakdown import (
+    BY_CHOICES,
+    Cell,
+    EntryUsage,
+    Filters,
+    InvoiceOutOfDate,
+    RunInfo,
+    Usage,
+    allocate,
+    largest_remainder,
+    model_filter,
+    read_period,
+    rows,
+    run_trees,
+    total,
+)
+from chores._corpus import Corpus, generate_corpus
+from chores._db import Collections
+from chores._invoices import Invoice, build_invoice
+from chores._money import usd
+from chores.cli import main
+from pricing import Registry, load_registry
+
+from conftest import NOW
+
+OCTOBER = datetime(2026, 10, 1, tzinfo=UTC)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def link_spawns(corpus: Corpus) -> None:
+    """Give each spawn finding its spawning runner (`_context.task_id`), as the platform does.
+
+    `generate_corpus` appends a runner, then its subagents depth first, so a subagent's
+    spawner is the last AI runner seen one level up.
+    """
+    last_at_depth: dict[int, str] = {}
+    spawner: dict[str, str] = {}
+    for task in corpus.tasks:
+        context = task["context"]
+        if task.get("name") != "ai" or "task_id" not in context:
+            continue
+        depth = context.get("ai_subagent_depth", 0)
+        if depth:
+            spawner[str(task["_id"])] = last_at_depth[depth - 1]
+        last_at_depth[depth] = str(task["_id"])
+    for finding in corpus.findings:
+        if finding.get("_type") == "ai":
+            finding["_context"]["task_id"] = spawner[finding["extra_data"]["runner_id"]]
+
+
+def metered_months(
+    db: Any, settings: Settings, registry: Registry, *, seed: int, orgs: tuple[str, ...]
+) -> None:
+    """Two months of usage: October metered and final on Nov 4, then November's runners and
+    some October runners seen only now (late lines), every kind of line in between."""
+    corpus = generate_corpus(
+        seed=seed, orgs=orgs, runs_per_org=40, start=OCTOBER, days=55, malformed_share=0.1
+    )
+    link_spawns(corpus)
+    first = datetime(2026, 11, 4, 12, tzinfo=UTC)
+    later = [
+        t
+        for n, t in enumerate(corpus.tasks)
+        if t["start_time"] > first - timedelta(hours=2)
+        or (
+            t.get("name") == "ai"
+            and not t["context"].get("subagent")
+            and t.get("end_time") is not None
+            and t["end_time"] < datetime(2026, 11, 1, tzinfo=UTC)
+            and n % 4 == 0
+        )
+    ]
+    later_ids = {t["_id"] for t in later}
+    db.findings.insert_many(corpus.findings)
+    db.tasks.insert_many([t for t in corpus.tasks if t["_id"] not in later_ids])
+    run_chore(db, now=first, registry=registry, settings=settings)
+    assert finalize_invoices(db, now=first, registry=registry, settings=settings)
+    db.tasks.insert_many(later)
+    run_chore(db, now=NOW, registry=registry, settings=settings, full=True)
+
+
+@pytest.fixture(scope="module")
+def months() -> tuple[Any, Settings, Registry]:
+    registry = load_registry()
+    settings = Settings(mongo_url="mongomock://unused", batch_size=40, redis_url=None)
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    metered_months(db, settings, registry, seed=5, orgs=("acme", "globex"))
+    return db, settings, registry
+
+
+def invoices(db: Any, settings: Settings) -> list[Invoice]:
+    found = Collections.of(db, settings).invoices.find({}, sort=[("_id", 1)])
+    return [Invoice.model_validate(doc) for doc in found]
+
+
+def assert_adds_up(allocation: Any, invoice: Invoice) -> None:
+    for by in BY_CHOICES:
+        summed = total(rows(allocation.cells, by))
+        assert summed.priced_micros == invoice.total_micros, by
+        assert summed.tokens == sum(line.tokens for line in invoice.lines), by
+        assert summed.unpriced_tokens == invoice.unpriced_tokens, by
+        for field in ("input_tokens", "cached_tokens", "output_tokens", "unsplit_tokens"):
+            assert getattr(summed, field) == sum(getattr(line, field) for line in invoice.lines)
+    assert len(rows(allocation.cells, "run")) == invoice.runs
+    for line in invoice.lines:
+        key = (line.model, line.tier, line.price_valid_from, line.late)
+        shares = [c.usage.amount_micros for c in allocation.cells if c.line == key]
+        if line.amount_micros is None:
+            assert shares and all(share is None for share in shares)
+        else:
+            assert sum(s or 0 for s in shares) == line.amount_micros
+
+
+# --- pure properties -------------------------------------------------------------------------
+
+
+@given(
+    total_=st.integers(min_value=0, max_value=10**12),
+    weights=st.lists(
+        st.fractions(min_value=0, max_value=10**9, max_denominator=10**6), min_size=1, max_size=30
+    ),
+)
+def test_largest_remainder_is_exact_and_fair(total_, weights):
+    keyed = [((f"k{n:03d}",), w) for n, w in enumerate(weights)]
+    shares = largest_remainder(total_, keyed)
+    assert sum(shares) == total_
+    weight_sum = sum(weights) or len(weights)
+    for share, weight in zip(shares, weights, strict=True):
+        quota = total_ * (weight if sum(weights) else 1) / Fraction(weight_sum)
+        assert floor(quota) <= share <= ceil(quota)
+    assert largest_remainder(total_, keyed) == shares
+
+
+def test_largest_remainder_breaks_ties_by_key():
+    assert largest_remainder(1, [(("b",), Fraction(1)), (("a",), Fraction(1))]) == [0, 1]
+    assert largest_remainder(5, [(("a",), Fraction(0)), (("b",), Fraction(0))]) == [3, 2]
+
+
+MODELS = [
+    "gpt-4o-mini",
+    "openai/gpt-4o-mini",
+    "anthropic/claude-sonnet-4-5",
+    "gpt-4o",
+    "ollama/llama3.1",
+    "mystery-model-9000",
+    None,
+]
+DAYS = [date(2025, 1, 15), date(2026, 11, 3), date(2026, 11, 17), date(2026, 11, 30)]
+
+
+def _run(runner: int) -> RunInfo:
+    return RunInfo(
+        runner_id=f"r{runner}",
+        model=None,
+        session_id=f"s{runner % 3}",
+        subagent=runner >= 4,
+        parent_id=f"r{runner - 4}" if runner >= 4 else None,
+        status=["SUCCESS", "FAILURE", "REVOKED", "RUNNING"][runner % 4],
+    )
+
+
+usage_strategy = st.builds(
+    lambda runner, model, byok, late, day, counts: EntryUsage(
+        _run(runner), model, byok, late, day, *counts, billed_line=None, billed_exact=None
+    ),
+    runner=st.integers(0, 9),
+    model=st.sampled_from(MODELS),
+    byok=st.booleans(),
+    late=st.booleans(),
+    day=st.sampled_from(DAYS),
+    counts=st.tuples(*[st.integers(0, 10**9)] * 4),
+)
+
+
+@hyp_settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(usages=st.lists(usage_strategy, min_size=1, max_size=40))
+def test_every_view_adds_up_to_the_invoice(registry, usages):
+    invoice = build_invoice(
+        org="o",
+        period="2026-11",
+        groups=[u.group() for u in usages],
+        runs=len({u.run.runner_id for u in usages}),
+        anomalies_open=False,
+        registry=registry,
+        now=NOW,
+    )
+    allocation = allocate(invoice, usages, registry)
+    assert allocation.pricing == "registry" and allocation.exact
+    assert_adds_up(allocation, invoice)
+    trees = run_trees(allocation.cells)
+    assert sum((t.total for t in trees), Usage()).priced_micros == invoice.total_micros
+
+
+def _cell(runner: str, *, parent: str | None = None, session: str = "s", micros: int = 10) -> Cell:
+    run = RunInfo(
+        runner, "gpt-4o", session, parent is not None or runner.startswith("x"), parent, "SUCCESS"
+    )
+    line = ("gpt-4o", "paid", "2024-08-06", False)
+    return Cell(run, date(2026, 11, 2), line, Usage(100, 0, 10, 0, micros), Decimal(micros))
+
+
+def test_run_trees_nest_subagents_and_hang_orphans_under_their_session():
+    cells = [
+        _cell("top", micros=5),
+        _cell("child", parent="top", micros=20),
+        _cell("grandchild", parent="child", micros=30),
+        _cell("orphan", parent="gone", session="s2", micros=7),
+        _cell("loop-a", parent="loop-b", micros=1),
+        _cell("loop-b", parent="loop-a", micros=1),
+        _cell("other", micros=40),
+    ]
+    trees = run_trees(cells)
+    assert [t.run.runner_id if t.run else t.session_id for t in trees] == [
+        "top",
+        "other",
+        "s2",
+        "s",
+    ]
+    top = trees[0]
+    assert top.total.amount_micros == 55 and top.own.amount_micros == 5
+    assert top.children[0].run.runner_id == "child"
+    assert top.children[0].children[0].run.runner_id == "grandchild"
+    orphans = trees[2]
+    assert orphans.run is None and [c.run.runner_id for c in orphans.children] == ["orphan"]
+    # A parent chain that loops is cut, never lost, never infinite.
+    looped = {c.run.runner_id for c in trees[3].children} | {
+        g.run.runner_id for c in trees[3].children for g in c.children
+    }
+    assert looped == {"loop-a", "loop-b"}
+    assert sum((t.total for t in trees), Usage()).amount_micros == 104
+
+
+# --- metered corpora -------------------------------------------------------------------------
+
+
+def test_generated_months_add_up_for_every_view(months):
+    db, settings, registry = months
+    found = invoices(db, settings)
+    assert {i.status for i in found} == {"draft", "final"}
+    lines = [line for i in found for line in i.lines]
+    assert any(line.late for line in lines)
+    assert {line.tier for line in lines} == {"paid", "free", "byok"}
+    assert any(not line.priced for line in lines)
+    assert len({line.model for line in lines}) >= 5
+    collections = Collections.of(db, settings)
+    for invoice in found:
+        stored, usages = read_period(collections, invoice.org, invoice.period, batch_size=7)
+        assert stored == invoice
+        allocation = allocate(invoice, usages, registry)
+        assert allocation.exact
+        assert_adds_up(allocation, invoice)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_other_corpora_add_up(registry, seed):
+    settings = Settings(mongo_url="mongomock://unused", batch_size=25, redis_url=None)
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    metered_months(db, settings, registry, seed=seed, orgs=(f"org-{seed}",))
+    for invoice in invoices(db, settings):
+        _, usages = read_period(Collections.of(db, settings), invoice.org, invoice.period)
+        assert_adds_up(allocate(invoice, usages, registry), invoice)
+
+
+def _repriced(registry: Registry, model_id: str, factor: int) -> Registry:
+    """The registry with one model's rates multiplied in place (a retroactive correction)."""
+    data = registry.model_dump(mode="json")
+    for model in data["models"]:
+        if model["id"] == model_id:
+            for price in model["prices"]:
+                for rate in ("input", "cached_input", "output"):
+                    if price.get(rate) is not None:
+                        price[rate] = str(Decimal(price[rate]) * factor)
+    return Registry.model_validate(data)
+
+
+def test_a_final_invoice_keeps_the_prices_it_was_built_with(months):
+    db, settings, registry = months
+    changed = _repriced(registry, "gpt-4o-mini", 3)
+    final = next(i for i in invoices(db, settings) if i.status == "final" and i.org == "acme")
+    _, usages = read_period(Collections.of(db, settings), final.org, final.period)
+    allocation = allocate(final, usages, changed)
+    assert allocation.pricing == "billed" and allocation.exact
+    assert_adds_up(allocation, final)
+
+
+def test_a_stale_draft_is_split_on_the_prices_it_shows(months):
+    db, settings, registry = months
+    changed = _repriced(registry, "gpt-4o-mini", 3)
+    draft = next(i for i in invoices(db, settings) if i.status == "draft" and i.org == "acme")
+    _, usages = read_period(Collections.of(db, settings), draft.org, draft.period)
+    allocation = allocate(draft, usages, changed)
+    assert allocation.pricing == "billed"
+    assert_adds_up(allocation, draft)
+
+
+def test_prices_changed_twice_still_split_the_draft_exactly(registry):
+    settings = Settings(mongo_url="mongomock://unused", redis_url=None)
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    metered_months(db, settings, registry, seed=4, orgs=("acme",))
+    run_chore(db, now=NOW, registry=_repriced(registry, "gpt-4o-mini", 3), settings=settings)
+    draft = next(i for i in invoices(db, settings) if i.status == "draft")
+    _, usages = read_period(Collections.of(db, settings), draft.org, draft.period)
+    # Neither today's prices nor the billed ones are those of the draft: the weights are
+    # only proportional, the draft's line amounts are still split to the micro-dollar.
+    allocation = allocate(draft, usages, _repriced(registry, "gpt-4o-mini", 5))
+    assert (allocation.pricing, allocation.exact) == ("registry", False)
+    assert_adds_up(allocation, draft)
+
+
+def test_usage_missing_from_the_draft_says_to_rerun(registry):
+    settings = Settings(mongo_url="mongomock://unused", redis_url=None)
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    metered_months(db, settings, registry, seed=9, orgs=("acme",))
+    collections = Collections.of(db, settings)
+    entry = collections.ledger.find_one({"booked": "2026-11"})  # a late entry
+    entry.update(_id=f"{entry['runner_id']}:999", seq=999)
+    collections.ledger.insert_one(entry)
+    invoice, usages = read_period(collections, "acme", "2026-11")
+    with pytest.raises(InvoiceOutOfDate, match="run `chore run --org acme`"):
+        allocate(invoice, usages, registry)
+
+
+def test_filters_keep_exact_subsets(months):
+    db, settings, registry = months
+    _, usages = read_period(Collections.of(db, settings), "acme", "2026-11")
+    invoice = next(i for i in invoices(db, settings) if i.id == "acme:2026-11")
+    cells = allocate(invoice, usages, registry).cells
+    every = total(rows(cells, "run"))
+    by_id = model_filter(["gpt-4o-mini"], registry)
+    assert model_filter(["OpenAI/GPT-4o-mini"], registry) >= by_id
+    mini = rows(cells, "run", Filters(models=by_id))
+    assert mini and all(row.run.model in ("gpt-4o-mini",) for row in mini)
+    assert total(mini).priced_micros == sum(
+        c.usage.priced_micros for c in cells if c.line[0] == "gpt-4o-mini"
+    )
+    first_half = Filters(since=date(2026, 11, 1), until=date(2026, 11, 15))
+    second_half = Filters(since=date(2026, 11, 16))
+    halves = total(rows(cells, "day", first_half)) + total(rows(cells, "day", second_half))
+    late_days = total(rows(cells, "day", Filters(until=date(2026, 10, 31))))
+    assert (halves + late_days).priced_micros == every.priced_micros
+    by_status = [
+        total(rows(cells, "run", Filters(statuses=frozenset({s}))))
+        for s in ("SUCCESS", "FAILURE", "REVOKED", "RUNNING")
+    ]
+    assert sum(by_status, Usage()).tokens == every.tokens
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def usage_db(monkeypatch, registry):
+    monkeypatch.setenv("MONGO_URL", f"mongomock://usage-{uuid.uuid4().hex}")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    get_settings.cache_clear()
+    db = connect(get_settings())
+    metered_months(db, get_settings(), registry, seed=5, orgs=("acme",))
+    yield db
+    get_settings.cache_clear()
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize("by", BY_CHOICES)
+def test_usage_json_totals_equal_the_invoice(usage_db, by):
+    invoice = usage_db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    result = invoke("usage", "--org", "acme", "--period", "2026-11", "--by", by, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["total"]["amount_micros"] == invoice["total_micros"] == data["invoice_total_micros"]
+    assert data["total"]["tokens"] == sum(line["tokens"] for line in invoice["lines"])
+    assert sum(row["amount_micros"] or 0 for row in data["rows"]) == invoice["total_micros"]
+    assert data["total"]["runs"] == invoice["runs"]
+
+
+def test_usage_csv_and_table(usage_db):
+    invoice = usage_db.billing_invoices.find_one({"_id": "acme:2026-10"})
+    csv_out = invoke("usage", "--org", "acme", "--period", "2026-10", "--by", "run", "--csv")
+    header, *lines = csv_out.stdout.splitlines()
+    assert header.startswith("run,model,session_id,parent_id,subagent,status,runs,")
+    column = header.split(",").index("amount_micros")
+    amounts = [line.split(",")[column] for line in lines]
+    assert sum(int(a) for a in amounts if a) == invoice["total_micros"]
+    table = invoke("usage", "--org", "acme", "--period", "2026-10", "--by", "tier")
+    assert table.exit_code == 0
+    assert "FINAL" in table.output and "unpriced" in table.output
+    assert f"invoice total {usd(invoice['total_micros'])}" in table.output
+
+
+def test_usage_filters_from_the_command_line(usage_db):
+    result = invoke(
+        "usage",
+        "--org",
+        "acme",
+        "--period",
+        "2026-11",
+        "--by",
+        "model",
+        "--json",
+        "--model",
+        "openai/gpt-4o-mini",
+        "--since",
+        "2026-11-01",
+        "--status",
+        "success",
+    )
+    data = json.loads(result.stdout)
+    assert [row["model"] for row in data["rows"]] == ["gpt-4o-mini"]
+    assert data["filters"]["statuses"] == ["SUCCESS"]
+    assert 0 < data["total"]["amount_micros"] < data["invoice_total_micros"]
+
+
+def test_usage_errors_are_one_line(usage_db):
+    missing = CliRunner().invoke(main, ["usage", "--org", "nobody", "--period", "2026-11"])
+    assert missing.exit_code == 1 and "no invoice for org 'nobody' in 2026-11" in missing.output
+    bad = CliRunner().invoke(main, ["usage", "--org", "acme", "--period", "11-2026"])
+    assert bad.exit_code == 2 and "period must look like 2026-11" in bad.output
+    by = CliRunner().invoke(main, ["usage", "--org", "acme", "--by", "colour"])
+    assert by.exit_code == 2
+    assert len(missing.output.strip().splitlines()) == 1
+
+
+def test_usage_of_an_operator_like_org_is_data(usage_db):
+    result = CliRunner().invoke(main, ["usage", "--org", '{"$ne": null}', "--period", "2026-11"])
+    assert result.exit_code == 1 and "no invoice" in result.output

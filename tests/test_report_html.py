@@ -1,0 +1,313 @@
+"""`chore report`: one self-contained HTML page whose numbers are the invoice's, escaped
+throughout, and that a real headless browser renders with its chart.
+
+The browser test needs Debian's `chromium`; it fails under `CI=true` when chromium is
+missing and skips elsewhere. `UPDATE_REPORT_SCREENSHOT=1 pytest tests/test_report_html.py`
+also refreshes `docs/report.png` and `docs/report-example.html`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import uuid
+import zlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import mongomock
+import pytest
+from bson import ObjectId
+from click.testing import CliRunner
+from test_breakdown import link_spawns, metered_months
+
+import chores._cli_usage  # noqa: F401  (registers `usage` and `report` until cli.py does)
+from chores import Settings, connect, get_settings, run_chore
+from chores._breakdown import rows, total
+from chores._corpus import generate_corpus
+from chores._money import usd
+from chores._report_html import PALETTE, collect_report, daily_series, render_report
+from chores.cli import main
+from pricing import load_registry
+
+from conftest import NOW
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+HOSTILE_ORG = "<script>alert(1)</script>"
+HOSTILE_MODEL = "<img src=x onerror=alert(1)>"
+WIDTH, HEIGHT = 1280, 2000
+NOVEMBER = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def acme() -> Any:
+    """A metered month of `acme` (final October, November draft with late lines)."""
+    registry = load_registry()
+    settings = Settings(mongo_url="mongomock://unused", redis_url=None)
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    metered_months(db, settings, registry, seed=6, orgs=("acme", "globex"))
+    data = collect_report(db, "acme", "2026-11", settings=settings, registry=registry, now=NOW)
+    return data, render_report(data)
+
+
+def test_report_shows_the_invoice_and_adds_up(acme):
+    data, page = acme
+    invoice = data.allocation.invoice
+    assert usd(invoice.total_micros) in page
+    assert page.count("<svg") == 2 and page.count("<rect") > 20
+    for line in invoice.lines:
+        assert str(line.model) in page
+    for section in ("Daily usage by model", "Free vs paid vs customer key", "Top runs by cost"):
+        assert section in page
+    assert "Anomalies needing review (" in page and "malformed_counters" in page
+    labels, tokens, micros = daily_series(data.allocation.cells, invoice)
+    assert labels[0] == "late" and labels[1:] == [str(d) for d in range(1, 31)]
+    assert sum(sum(s.values) for s in micros) == invoice.total_micros
+    assert sum(sum(s.values) for s in tokens) == sum(line.tokens for line in invoice.lines)
+    by_tier = total(rows(data.allocation.cells, "tier"))
+    assert by_tier.priced_micros == invoice.total_micros
+
+
+def test_report_is_self_contained(acme):
+    _, page = acme
+    for needle in ("http:", "https:", "src=", "href=", "url(", "@import", "<script", "<link"):
+        assert needle not in page.lower(), needle
+
+
+def hostile_docs() -> list[dict[str, Any]]:
+    start = NOW - timedelta(days=3)
+
+    def ai(model: str, prompt: int, completion: int, **context: Any) -> dict[str, Any]:
+        return {
+            "_id": ObjectId(),
+            "name": "ai",
+            "status": "SUCCESS",
+            "start_time": start,
+            "end_time": start + timedelta(minutes=5),
+            "last_updated_db": start.timestamp(),
+            "context": {
+                "workspace_id": HOSTILE_ORG,
+                "session_id": "<b>session</b>",
+                "ai_model": model,
+                "ai_tokens": prompt + completion,
+                "ai_prompt_tokens": prompt,
+                "ai_completion_tokens": completion,
+                **context,
+            },
+        }
+
+    return [
+        ai("gpt-4o-mini", 120_000, 30_000),
+        ai(HOSTILE_MODEL, 5_000, 1_000),
+        ai("gpt-4o-mini", 1, 1, ai_tokens="<script>alert(2)</script>"),
+    ]
+
+
+def test_every_value_from_the_data_is_escaped(db, settings, registry):
+    db.tasks.insert_many(hostile_docs())
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    data = collect_report(db, HOSTILE_ORG, "2026-11", settings=settings, registry=registry, now=NOW)
+    page = render_report(data)
+    assert "<script" not in page.lower() and "<img" not in page.lower() and "<b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "alert(2)" in page  # the anomaly's detail, escaped
+    assert usd(data.allocation.invoice.total_micros) in page
+
+
+@pytest.fixture
+def report_db(monkeypatch, registry):
+    monkeypatch.setenv("MONGO_URL", f"mongomock://report-{uuid.uuid4().hex}")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    get_settings.cache_clear()
+    db = connect(get_settings())
+    db.tasks.insert_many(hostile_docs())
+    run_chore(db, now=NOW, registry=registry, settings=get_settings())
+    yield db
+    get_settings.cache_clear()
+
+
+def test_report_command_writes_the_file(report_db, tmp_path):
+    out = tmp_path / "report.html"
+    args = ["report", "--org", HOSTILE_ORG, "--period", "2026-11", "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--now", NOW.isoformat()], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    invoice = report_db.billing_invoices.find_one({"_id": f"{HOSTILE_ORG}:2026-11"})
+    assert result.output.startswith(f"wrote {out}: invoice {HOSTILE_ORG}:2026-11 (draft)")
+    assert usd(invoice["total_micros"]) in out.read_text()
+    quiet = CliRunner().invoke(main, [*args, "--quiet"], catch_exceptions=False)
+    assert quiet.exit_code == 0 and quiet.output == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temp file left
+
+
+def test_report_command_errors(report_db, tmp_path):
+    missing = CliRunner().invoke(
+        main, ["report", "--org", "nobody", "--period", "2026-11", "--out", str(tmp_path / "r")]
+    )
+    assert missing.exit_code == 1 and "no invoice for org 'nobody'" in missing.output
+    assert not (tmp_path / "r").exists()
+    nowhere = tmp_path / "missing-dir" / "r.html"
+    args = ["report", "--org", HOSTILE_ORG, "--period", "2026-11", "--out", str(nowhere)]
+    failed = CliRunner().invoke(main, args)
+    assert failed.exit_code == 1 and "cannot write" in failed.output
+
+
+def test_progress_is_reported_while_building(db, settings, registry):
+    db.tasks.insert_many(hostile_docs())
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    seen: list[tuple[str, int, int]] = []
+    collect_report(
+        db,
+        HOSTILE_ORG,
+        "2026-11",
+        settings=settings,
+        registry=registry,
+        now=NOW,
+        on_progress=lambda what, done, total: seen.append((what, done, total)),
+    )
+    assert ("reading ledger entries", 2, 2) in seen
+    assert seen[-1][0] == "reading anomalies"
+
+
+# --- a real browser --------------------------------------------------------------------------
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail("chromium is not installed; CI must `apt-get install -y chromium`")
+    pytest.skip("chromium is not installed (apt-get install -y chromium)")
+
+
+def screenshot(page: Path, png: Path, profile: Path, *, height: int = HEIGHT) -> None:
+    command = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        f"--screenshot={png}",
+        f"--window-size={WIDTH},{height}",
+        page.as_uri(),
+    ]
+    done = subprocess.run(command, capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0 and png.exists(), done.stderr.decode(errors="replace")[-2000:]
+
+
+def png_rows(data: bytes) -> tuple[int, int, int, Iterator[bytes]]:
+    """Width, height, channels and the unfiltered rows of an 8-bit RGB(A) PNG, checking the
+    signature and every chunk's CRC."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    position, idat, header = 8, [], None
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        body = data[position + 8 : position + 8 + length]
+        (crc,) = struct.unpack(">I", data[position + 8 + length : position + 12 + length])
+        assert zlib.crc32(kind + body) == crc, f"bad CRC in {kind!r}"
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        position += 12 + length
+    assert header is not None
+    width, height, depth, color, _, _, interlace = header
+    assert depth == 8 and color in (2, 6) and interlace == 0, header
+    channels = 3 if color == 2 else 4
+    stride = width * channels
+    raw = zlib.decompress(b"".join(idat))
+    assert len(raw) == height * (stride + 1)
+
+    def unfiltered() -> Iterator[bytes]:
+        previous = bytearray(stride)
+        for y in range(height):
+            start = y * (stride + 1)
+            kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+            if kind == 1:
+                for i in range(channels, stride):
+                    line[i] = (line[i] + line[i - channels]) & 0xFF
+            elif kind == 2:
+                line = bytearray((a + b) & 0xFF for a, b in zip(line, previous, strict=True))
+            elif kind == 3:
+                for i in range(stride):
+                    left = line[i - channels] if i >= channels else 0
+                    line[i] = (line[i] + ((left + previous[i]) >> 1)) & 0xFF
+            elif kind == 4:
+                for i in range(stride):
+                    a = line[i - channels] if i >= channels else 0
+                    b = previous[i]
+                    c = previous[i - channels] if i >= channels else 0
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    line[i] = (
+                        line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)
+                    ) & 0xFF
+            yield bytes(line)
+            previous = line
+
+    return width, height, channels, unfiltered()
+
+
+def test_report_renders_in_headless_chromium(acme, tmp_path):
+    data, page = acme
+    report = tmp_path / "report.html"
+    report.write_text(page, encoding="utf-8")
+    png = tmp_path / "report.png"
+    screenshot(report, png, tmp_path / "profile")
+    width, height, channels, lines = png_rows(png.read_bytes())
+    assert (width, height) == (WIDTH, HEIGHT)
+    colors: set[bytes] = set()
+    chart_pixels = 0
+    first_series = bytes(int(PALETTE[0][i : i + 2], 16) for i in (1, 3, 5))
+    for y, line in enumerate(lines):
+        if y >= 1000:  # the header, cards, chart and invoice are above
+            break
+        pixels = [line[n : n + 3] for n in range(0, len(line), channels)]
+        colors.update(pixels)
+        chart_pixels += pixels.count(first_series)
+    assert len(colors) > 100, "the page looks blank"
+    assert chart_pixels > 500, "the chart's bars are not drawn"
+    assert data.allocation.exact
+    if os.environ.get("UPDATE_REPORT_SCREENSHOT"):
+        write_docs_example(tmp_path)
+
+
+def write_docs_example(tmp_path: Path) -> None:
+    """`docs/report.png` and `docs/report-example.html`: a busy month of a generated org."""
+    registry = load_registry()
+    settings = Settings(mongo_url="mongomock://unused", redis_url=None)
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    corpus = generate_corpus(
+        seed=7,
+        orgs=("acme", "globex"),
+        runs_per_org=110,
+        start=NOVEMBER,
+        days=30,
+        malformed_share=0.04,
+    )
+    link_spawns(corpus)
+    db.tasks.insert_many(corpus.tasks)
+    db.findings.insert_many(corpus.findings)
+    now = datetime(2026, 11, 30, 20, tzinfo=UTC)
+    run_chore(db, now=now, registry=registry, settings=settings)
+    data = collect_report(
+        db, "acme", "2026-11", settings=settings, registry=registry, now=now, top=8
+    )
+    DOCS.mkdir(exist_ok=True)
+    example = DOCS / "report-example.html"
+    example.write_text(render_report(data), encoding="utf-8")
+    screenshot(example, DOCS / "report.png", tmp_path / "docs-profile", height=2950)
