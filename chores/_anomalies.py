@@ -8,10 +8,12 @@ anomaly needs review.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
-from ._db import Collections
+from ._db import Collections, Doc
 from ._progress import insert_ignoring_duplicates
 from ._usage import Anomaly, AnomalyRecord
 
@@ -20,29 +22,51 @@ class AnomalyLog:
     def __init__(self, collections: Collections):
         self._anomalies = collections.anomalies
 
-    def record(self, records: Sequence[AnomalyRecord], *, now: datetime, run_id: str) -> None:
-        if not records:
-            return
-        documents = [
-            {
-                "_id": f"{r.runner_id}:{r.kind}",
-                "runner_id": r.runner_id,
-                "kind": r.kind,
-                "org": r.org,
-                "period": r.period,
-                "detail": r.detail,
-                "resolved": False,
-                "first_seen": now,
-                "run_id": run_id,
-            }
-            for r in records
-        ]
-        insert_ignoring_duplicates(self._anomalies, documents)
-        # A kind that healed and came back is open again.
-        self._anomalies.update_many(
-            {"_id": {"$in": [d["_id"] for d in documents]}, "resolved": True},
-            {"$set": {"resolved": False}},
-        )
+    def previous(self, records: Sequence[AnomalyRecord]) -> dict[str, tuple[Any, Any, bool]]:
+        """`(org, period, resolved)` of the already-recorded anomalies among `records`."""
+        ids = sorted({f"{r.runner_id}:{r.kind}" for r in records})
+        if not ids:
+            return {}
+        cursor = self._anomalies.find({"_id": {"$in": ids}}, {"org": 1, "period": 1, "resolved": 1})
+        return {d["_id"]: (d.get("org"), d.get("period"), bool(d.get("resolved"))) for d in cursor}
+
+    def record(
+        self,
+        records: Sequence[AnomalyRecord],
+        previous: dict[str, tuple[Any, Any, bool]],
+        *,
+        now: datetime,
+        run_id: str,
+    ) -> None:
+        """Insert new anomalies; re-open or move known ones to the period seen now.
+
+        The usage time of a document can change (a running runner gets its
+        `end_time`), so an anomaly follows the document's current period.
+        """
+        fresh: dict[str, Doc] = {}
+        moves: dict[tuple[Any, Any], list[str]] = defaultdict(list)
+        for r in records:
+            anomaly_id = f"{r.runner_id}:{r.kind}"
+            known = previous.get(anomaly_id)
+            if known is None:
+                fresh[anomaly_id] = {
+                    "_id": anomaly_id,
+                    "runner_id": r.runner_id,
+                    "kind": r.kind,
+                    "org": r.org,
+                    "period": r.period,
+                    "detail": r.detail,
+                    "resolved": False,
+                    "first_seen": now,
+                    "run_id": run_id,
+                }
+            elif known != (r.org, r.period, False):
+                moves[(r.org, r.period)].append(anomaly_id)
+        insert_ignoring_duplicates(self._anomalies, list(fresh.values()))
+        for (org, period), ids in sorted(moves.items(), key=lambda item: str(item[0])):
+            self._anomalies.update_many(
+                {"_id": {"$in": ids}}, {"$set": {"org": org, "period": period, "resolved": False}}
+            )
 
     def resolvable(self, runner_ids: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
         """Open self-healing anomalies of runners that now bill cleanly.

@@ -118,6 +118,13 @@ class Quota:
             else None
         )
 
+    def known_orgs(self) -> list[str]:
+        """Every org with a plan or a stored decision."""
+        return sorted(
+            {o for o in self._c.plans.distinct("_id") if isinstance(o, str)}
+            | {o for o in self._c.quota.distinct("_id") if isinstance(o, str)}
+        )
+
     def plans(self, orgs: Sequence[str]) -> dict[str, Plan]:
         found = {d["_id"]: d for d in self._c.plans.find({"_id": {"$in": list(orgs)}})}
         default = self._settings.default_plan
@@ -143,36 +150,42 @@ class Quota:
         usage = self.usage(orgs, period)
         previous = {
             d["_id"]: d
-            for d in self._c.quota.find({"_id": {"$in": list(orgs)}}, {"state": 1, "period": 1})
+            for d in self._c.quota.find(
+                {"_id": {"$in": list(orgs)}}, {"state": 1, "period": 1, "computed_at": 1}
+            )
         }
         states: dict[str, str] = {}
         events: list[Doc] = []
-        written: list[Doc] = []
+        decisions: list[Doc] = []
         for org in orgs:
             plan, used = plans[org], usage[org]
             state, reasons = evaluate(plan, used.tokens, used.micros)
-            decision = {
-                "_id": org,
-                "org": org,
-                "period": period,
-                "state": state,
-                "reasons": reasons,
-                "used_tokens": used.tokens,
-                "spent_micros": used.micros,
-                "unpriced_tokens": used.unpriced_tokens,
-                "token_limit": plan.token_limit,
-                "spend_limit_micros": plan.spend_limit_micros,
-                "soft_ratio": plan.soft_ratio,
-                "grace_tokens": plan.grace_tokens,
-                "computed_at": now,
-            }
-            self._c.quota.replace_one({"_id": org}, decision, upsert=True)
-            written.append(decision)
+            decisions.append(
+                {
+                    "_id": org,
+                    "org": org,
+                    "period": period,
+                    "state": state,
+                    "reasons": reasons,
+                    "used_tokens": used.tokens,
+                    "spent_micros": used.micros,
+                    "unpriced_tokens": used.unpriced_tokens,
+                    "token_limit": plan.token_limit,
+                    "spend_limit_micros": plan.spend_limit_micros,
+                    "soft_ratio": plan.soft_ratio,
+                    "grace_tokens": plan.grace_tokens,
+                    "computed_at": now,
+                }
+            )
             before = previous.get(org, {})
             if (before.get("state"), before.get("period")) != (state, period):
+                # Named after the decision it replaces, not after `now`: a rerun after a
+                # crash between the event and the decision writes the same event again.
+                since = before.get("computed_at")
                 events.append(
                     {
-                        "_id": f"{org}:{period}:{now.isoformat()}:{state}",
+                        "_id": f"{org}:{period}:{before.get('state')}->{state}:"
+                        f"{since.isoformat() if since else 'first'}",
                         "org": org,
                         "period": period,
                         "from": before.get("state"),
@@ -181,9 +194,11 @@ class Quota:
                     }
                 )
             states[org] = state
-        insert_ignoring_duplicates(self._c.quota_events, events)
+        insert_ignoring_duplicates(self._c.quota_events, events)  # before the decisions
+        for decision in decisions:
+            self._c.quota.replace_one({"_id": decision["_id"]}, decision, upsert=True)
         if self._cache is not None:
-            self._cache.put_many(written)
+            self._cache.put_many(decisions)
         return states
 
     def check(self, org: str, estimated_tokens: int, now: datetime) -> QuotaDecision:

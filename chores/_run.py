@@ -141,8 +141,10 @@ class Meter:
             return
         healed, healed_pairs = self.anomalies.resolvable(clean)
         dirty.update(healed_pairs)
+        known = self.anomalies.previous(records)
+        dirty.update((o, p) for o, p, _ in known.values() if o is not None and p is not None)
         self.progress.mark_dirty(dirty, run_id)  # before what they announce
-        self.anomalies.record(records, now=now, run_id=run_id)
+        self.anomalies.record(records, known, now=now, run_id=run_id)
         self.anomalies.close(healed)
         self._tally(report, self.ledger.append(entries))
         self.progress.set_pending(add_pending, drop_pending)
@@ -215,6 +217,8 @@ def run_chore(
             orgs = {i.rsplit(":", 1)[0] for i in report.invoices} | set(report.orgs)
             if org is not None:
                 orgs.add(org)
+            else:  # a run over every org refreshes every org's decision, idle ones too
+                orgs.update(meter.quota.known_orgs())
             report.decisions = meter.quota.decide(sorted(orgs), now)
             if newest is not None:
                 meter.progress.advance_cursor(scope, newest)
