@@ -41,6 +41,21 @@ def settings() -> Settings:
     return Settings(mongo_url="mongomock://test", batch_size=50, redis_url=None)
 
 
+@pytest.fixture
+def env_db(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A named in-process mongomock that `MONGO_URL` points at, so the CLI and
+    `get_settings()` see the same database as the test (no Redis)."""
+    import uuid
+
+    from chores import connect, get_settings
+
+    monkeypatch.setenv("MONGO_URL", f"mongomock://test-{uuid.uuid4().hex}")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    get_settings.cache_clear()
+    yield connect(get_settings())
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def registry() -> Registry:
     return load_registry()

@@ -8,7 +8,6 @@ then the `chore usage` command.
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -23,7 +22,7 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
 import chores._cli_usage  # noqa: F401  (registers `usage` and `report` until cli.py does)
-from chores import Settings, connect, finalize_invoices, get_settings, run_chore
+from chores import Settings, finalize_invoices, get_settings, run_chore
 from chores._breakdown import (
     BY_CHOICES,
     Cell,
@@ -377,14 +376,9 @@ def test_filters_keep_exact_subsets(months):
 
 
 @pytest.fixture
-def usage_db(monkeypatch, registry):
-    monkeypatch.setenv("MONGO_URL", f"mongomock://usage-{uuid.uuid4().hex}")
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    get_settings.cache_clear()
-    db = connect(get_settings())
-    metered_months(db, get_settings(), registry, seed=5, orgs=("acme",))
-    yield db
-    get_settings.cache_clear()
+def usage_db(env_db, registry):
+    metered_months(env_db, get_settings(), registry, seed=5, orgs=("acme",))
+    return env_db
 
 
 def invoke(*args: str):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 from click.testing import CliRunner
 
-from chores import connect, get_settings
+from chores import get_settings
 from chores.cli import main
 
 from conftest import NOW
@@ -17,16 +16,11 @@ NOW_ARG = ["--now", NOW.isoformat()]
 
 
 @pytest.fixture
-def cli_db(monkeypatch, fixture_docs):
-    """A named in-process mongomock that every CLI invocation of this test shares."""
-    monkeypatch.setenv("MONGO_URL", f"mongomock://cli-{uuid.uuid4().hex}")
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    get_settings.cache_clear()
-    db = connect(get_settings())
-    db.tasks.insert_many(fixture_docs["tasks"])
-    db.findings.insert_many(fixture_docs["findings"])
-    yield db
-    get_settings.cache_clear()
+def cli_db(env_db, fixture_docs):
+    """The sample documents in the database every CLI invocation of this test shares."""
+    env_db.tasks.insert_many(fixture_docs["tasks"])
+    env_db.findings.insert_many(fixture_docs["findings"])
+    return env_db
 
 
 def invoke(*args: str):

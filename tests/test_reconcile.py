@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
 
-from chores import connect, get_settings, run_chore
+from chores import get_settings, run_chore
 from chores._corpus import generate_corpus
 from chores._reconcile import reconcile
 from chores._run import Meter
 from chores.cli import main
 
 from conftest import NOW
-
-
-@pytest.fixture
-def named_db(monkeypatch):
-    monkeypatch.setenv("MONGO_URL", f"mongomock://reconcile-{uuid.uuid4().hex}")
-    get_settings.cache_clear()
-    yield connect(get_settings())
-    get_settings.cache_clear()
 
 
 def seeded(db, settings, registry, corpus):
@@ -71,14 +62,14 @@ def test_a_lost_ledger_entry_is_traced_to_its_runner(db, settings, registry):
     )
 
 
-def test_a_tampered_invoice_is_a_mismatch_and_exit_1(named_db, registry):
+def test_a_tampered_invoice_is_a_mismatch_and_exit_1(env_db, registry):
     settings = get_settings()
-    seeded(named_db, settings, registry, november(5))
+    seeded(env_db, settings, registry, november(5))
     args = ["reconcile", "--org", "acme", "--period", "2026-11", "--now", NOW.isoformat()]
     clean = CliRunner().invoke(main, args)
     assert clean.exit_code == 0, clean.output
     assert "reconciled" in clean.output
-    named_db.billing_invoices.update_one(
+    env_db.billing_invoices.update_one(
         {"_id": "acme:2026-11"}, {"$inc": {"lines.0.amount_micros": 1}}
     )
     tampered = CliRunner().invoke(main, [*args, "--json"])
@@ -100,6 +91,6 @@ def test_runner_estimates_are_reported_beside_our_amounts(db, settings, registry
     assert mini.runners == 3
 
 
-def test_reconcile_unknown_invoice_is_a_clear_error(named_db):
+def test_reconcile_unknown_invoice_is_a_clear_error(env_db):
     result = CliRunner().invoke(main, ["reconcile", "--org", "nobody", "--period", "2026-11"])
     assert result.exit_code == 1 and "no invoice for org 'nobody' in 2026-11" in result.output

@@ -12,7 +12,6 @@ import os
 import shutil
 import struct
 import subprocess
-import uuid
 import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,7 @@ from click.testing import CliRunner
 from test_breakdown import link_spawns, metered_months
 
 import chores._cli_usage  # noqa: F401  (registers `usage` and `report` until cli.py does)
-from chores import Settings, connect, get_settings, run_chore
+from chores import Settings, get_settings, run_chore
 from chores._breakdown import rows, total
 from chores._corpus import generate_corpus
 from chores._money import usd
@@ -120,15 +119,10 @@ def test_every_value_from_the_data_is_escaped(db, settings, registry):
 
 
 @pytest.fixture
-def report_db(monkeypatch, registry):
-    monkeypatch.setenv("MONGO_URL", f"mongomock://report-{uuid.uuid4().hex}")
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    get_settings.cache_clear()
-    db = connect(get_settings())
-    db.tasks.insert_many(hostile_docs())
-    run_chore(db, now=NOW, registry=registry, settings=get_settings())
-    yield db
-    get_settings.cache_clear()
+def report_db(env_db, registry):
+    env_db.tasks.insert_many(hostile_docs())
+    run_chore(env_db, now=NOW, registry=registry, settings=get_settings())
+    return env_db
 
 
 def test_report_command_writes_the_file(report_db, tmp_path):
