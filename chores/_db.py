@@ -108,6 +108,7 @@ class Collections:
     quota: Collection[Doc]
     quota_events: Collection[Doc]
     runs: Collection[Doc]
+    due: Collection[Doc]
 
     @classmethod
     def of(cls, db: Database[Doc], settings: Settings) -> Collections:
@@ -125,6 +126,7 @@ class Collections:
             quota=db[named("quota")],
             quota_events=db[named("quota_events")],
             runs=db[named("runs")],
+            due=db[named("due")],
         )
 
 

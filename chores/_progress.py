@@ -2,7 +2,7 @@
 
 None of this is billing state: losing any of it costs a re-read, never a charge.
 
-- *cursor* (`billing_cursors`, `_id` = scope, `"*"` for all orgs): the highest
+- *cursor* (`billing_cursors`, `_id` = `"org:<org>"`, or `"*"` for all orgs): the highest
   plausible `last_updated_db` seen by a completed run; only moves forward.
 - *pending* (`billing_pending`, `_id` = runner id): runners last seen running or
   waiting for a spawn finding; re-read by `_id` every run.

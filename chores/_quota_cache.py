@@ -12,29 +12,20 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import redis
 from redis.exceptions import RedisError
 
+from ._redis import redis_client
 from ._settings import redact_url
 
 log = logging.getLogger(__name__)
-_CLIENTS: dict[str, redis.Redis] = {}
 KEY_PREFIX = "billing:quota:"
-
-
-def _client(url: str) -> redis.Redis:
-    if url not in _CLIENTS:
-        _CLIENTS[url] = redis.Redis.from_url(
-            url, socket_timeout=0.25, socket_connect_timeout=0.25, retry_on_timeout=False
-        )
-    return _CLIENTS[url]
 
 
 class QuotaCache:
     def __init__(self, url: str, ttl_seconds: int):
         self._url = url
         self._ttl = ttl_seconds
-        self._redis = _client(url)
+        self._redis = redis_client(url, timeout=0.25)  # a check must stay fast
 
     def put_many(self, decisions: Sequence[Mapping[str, Any]]) -> None:
         try:

@@ -19,6 +19,7 @@ class RunReport(BaseModel):
     org: str | None
     started_at: datetime
     finished_at: datetime | None = None
+    duration_seconds: float | None = None  # wall-clock, for operators (times above are `now`)
     dry_run: bool = False
     full_scan: bool = False
     docs_read: int = 0

@@ -9,6 +9,7 @@ that dies anywhere is completed exactly by the next one.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -194,7 +195,8 @@ def run_chore(
     if org is not None:
         org = validate_org(org)
     meter = Meter(db, settings, registry)
-    scope = org if org is not None else ALL_ORGS
+    scope = f"org:{org}" if org is not None else ALL_ORGS
+    clock = time.monotonic()
     report = RunReport(
         run_id=uuid.uuid4().hex, org=org, started_at=now, dry_run=dry_run, full_scan=full
     )
@@ -224,8 +226,10 @@ def run_chore(
                 meter.progress.advance_cursor(scope, newest)
     except Exception as exc:
         report.error = f"{type(exc).__name__}: {exc}"
+        report.duration_seconds = round(time.monotonic() - clock, 3)
         _record_run(meter, report, now, dry_run)
         raise
+    report.duration_seconds = round(time.monotonic() - clock, 3)
     _record_run(meter, report, now, dry_run)
     return report
 

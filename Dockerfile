@@ -1,0 +1,20 @@
+# The billing chore's image: a Celery worker by default; beat and the `chore` CLI
+# run from the same image with another command (docker-compose.yml, docs/deploy.md).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY pricing ./pricing
+COPY chores ./chores
+RUN pip install . \
+    && useradd --create-home --uid 10001 chore \
+    && install -d -o chore -g chore /var/lib/chore
+
+# Nothing runs as root; beat keeps its schedule file in /var/lib/chore (a volume).
+USER chore
+CMD ["celery", "-A", "chores.celery_app", "worker", "--loglevel=INFO"]

@@ -1,0 +1,205 @@
+"""The Celery tasks: fan metering out per org every few minutes, finalize invoices daily.
+
+They stay thin: the work is `run_chore` and `finalize_invoices`; here are only the
+choice of orgs, the per-org lock and the retries. Any task may run twice, be
+retried half-way or be redelivered after a worker died: the ledger bills each
+delta exactly once whatever happens, so none of that needs care here.
+
+Which orgs `meter_all` lists is cheap and durable: orgs with AI runners changed
+since the previous fan-out (its own cursor, minus the lookback), orgs with
+pending runners or dirty invoices, and orgs *due*: listed by a fan-out and not
+metered successfully since (`billing_due`), so an org whose run failed for good
+is listed again at the next tick rather than forgotten.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import ConnectionFailure
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from . import _run
+from ._db import Collections, Doc, connect
+from ._exceptions import ConfigError, DatabaseUnavailable
+from ._lock import OrgLock, lock_client
+from ._progress import Progress, insert_ignoring_duplicates
+from ._quota import Quota
+from ._report import RunReport
+from ._settings import Settings, get_settings, redact_url
+from .celery_app import RETRY_BACKOFF_MAX, app
+
+log = logging.getLogger(__name__)
+
+FANOUT_SCOPE = "*meter_all"  # the fan-out's cursor in billing_cursors, beside "*" (all orgs)
+
+# ConnectionFailure covers AutoReconnect, NetworkTimeout and ServerSelectionTimeoutError;
+# `connect` reports an unreachable server as DatabaseUnavailable. A run cut by its soft
+# time limit is retried as well: it resumes from what the ledger already holds.
+RETRY = {
+    "autoretry_for": (
+        ConnectionFailure,
+        DatabaseUnavailable,
+        RedisConnectionError,
+        OperationalError,
+        SoftTimeLimitExceeded,
+    ),
+    "retry_backoff": True,
+    "retry_backoff_max": RETRY_BACKOFF_MAX,
+    "retry_jitter": True,
+    "max_retries": 5,
+}
+
+
+@lru_cache(maxsize=1)
+def get_db() -> Database[Doc]:
+    """The database of this worker process: connected on first use, then kept (pymongo
+    reconnects by itself; a failed connect is not cached)."""
+    return connect(get_settings())
+
+
+def due_marks(db: Database[Doc], settings: Settings) -> Collection[Doc]:
+    """`billing_due`: `{_id: org, listed_at}` per org listed by a fan-out and not metered since."""
+    return Collections.of(db, settings).due
+
+
+def orgs_with_new_usage(
+    db: Database[Doc], settings: Settings, *, now: datetime, full: bool = False
+) -> tuple[list[str], float | None]:
+    """The orgs to meter now (`full`: every org with an AI runner), and the newest plausible
+    stamp seen (the next fan-out's cursor)."""
+    c = Collections.of(db, settings)
+    cursor = None if full else Progress(c).cursor(FANOUT_SCOPE)
+    ai: Doc = {"name": {"$in": list(settings.ai_task_names)}}
+    changed: Doc = dict(ai)
+    stamped: Doc = {"$type": "number", "$lte": now.timestamp() + settings.future_skew_seconds}
+    if cursor is not None:
+        since = cursor - settings.lookback_seconds
+        changed["$or"] = [
+            {"last_updated_db": {"$gte": since}},
+            {"last_updated_db": {"$not": {"$type": "number"}}},
+        ]
+        stamped["$gte"] = since
+    found = set(c.tasks.distinct("context.workspace_id", changed))
+    found.update(c.pending.distinct("org"), c.dirty.distinct("org"))
+    found.update(due_marks(db, settings).distinct("_id"))
+    orgs = []
+    for org in found:
+        try:
+            orgs.append(_run.validate_org(org))
+        except ConfigError:
+            if isinstance(org, str) and org:
+                log.warning("org id of %d characters cannot be metered: %.60r", len(org), org)
+    newest = c.tasks.find_one(
+        {**ai, "last_updated_db": stamped}, {"last_updated_db": 1}, sort=[("last_updated_db", -1)]
+    )
+    stamp = None if newest is None else newest["last_updated_db"]
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float) or stamp != stamp:
+        stamp = None
+    return sorted(orgs), stamp
+
+
+@app.task(**RETRY)
+def meter_all(full: bool = False) -> list[str]:
+    """List the orgs with new usage and queue one `meter_org` for each; the orgs listed.
+
+    `full` lists every org with an AI runner and has each re-read in full (daily).
+    """
+    settings, db = get_settings(), get_db()
+    now = datetime.now(UTC)
+    orgs, newest = orgs_with_new_usage(db, settings, now=now, full=full)
+    due = due_marks(db, settings)  # an upsert of many marks, in two round trips
+    insert_ignoring_duplicates(due, [{"_id": org, "listed_at": now} for org in orgs])
+    if orgs:
+        due.update_many({"_id": {"$in": orgs}}, {"$set": {"listed_at": now}})
+    for org in orgs:
+        meter_org.delay(org, full=full)
+    # Orgs with nothing new get no run, but their decision must not go stale.
+    quota = Quota(Collections.of(db, settings), settings)
+    quota.decide(sorted(set(quota.known_orgs()) - set(orgs)), now)
+    if newest is not None:
+        Progress(Collections.of(db, settings)).advance_cursor(FANOUT_SCOPE, float(newest))
+    log.info("fan-out%s: %d org(s) to meter", " (full)" if full else "", len(orgs))
+    return orgs
+
+
+@app.task(**RETRY)
+def meter_org(org: str, full: bool = False) -> dict[str, Any]:
+    """Meter one org's new usage (`full`: re-read all its AI runners), unless another
+    worker is metering it right now.
+
+    Without Redis for the lock the run goes ahead unlocked: the lock only saves
+    work, the ledger keeps billing exact (docs/deploy.md).
+    """
+    org = _run.validate_org(org)
+    settings = get_settings()
+    started = datetime.now(UTC)
+    url = settings.redis_url or settings.celery_broker_url
+    lock: OrgLock | None = None
+    try:
+        lock = OrgLock(lock_client(url), org, ttl_seconds=settings.lock_ttl_seconds)
+        if not lock.acquire():
+            log.info("org %s is being metered by another worker: skipped", org)
+            return _summary(org, None)
+    except (RedisError, ValueError) as exc:
+        log.warning(
+            "no lock for org %s (%s at %s): metering without it, the ledger keeps billing exact",
+            org,
+            type(exc).__name__,
+            redact_url(url),
+        )
+        lock = None
+    try:
+        db = get_db()
+        report = _run.run_chore(db, org=org, settings=settings, full=full)
+        due_marks(db, settings).delete_one({"_id": org, "listed_at": {"$lte": started}})
+    finally:
+        if lock is not None:
+            _release(lock, org)
+    return _summary(org, report)
+
+
+@app.task(**RETRY)
+def finalize_invoices() -> list[str]:
+    """Make final every draft whose period ended more than the grace ago; the ids finalized."""
+    settings = get_settings()
+    return _run.finalize_invoices(get_db(), settings=settings)
+
+
+def _release(lock: OrgLock, org: str) -> None:
+    try:
+        if not lock.release():
+            log.warning("lock of org %s expired before its run ended (LOCK_TTL_SECONDS)", org)
+    except RedisError as exc:  # it expires by itself
+        log.warning("could not release the lock of org %s: %s", org, type(exc).__name__)
+
+
+def _summary(org: str, report: RunReport | None) -> dict[str, Any]:
+    """What a `meter_org` did, small enough for the result backend; `locked` when skipped."""
+    if report is None:
+        return {
+            "org": org,
+            "locked": True,
+            "run_id": None,
+            "docs_read": 0,
+            "tokens_billed": 0,
+            "entries_written": 0,
+            "anomalies": 0,
+        }
+    return {
+        "org": org,
+        "locked": False,
+        "run_id": report.run_id,
+        "docs_read": report.docs_read,
+        "tokens_billed": report.tokens_billed,
+        "entries_written": report.entries_written,
+        "anomalies": sum(report.anomalies.values()),
+    }

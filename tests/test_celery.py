@@ -1,0 +1,495 @@
+"""The Celery service end to end: a real worker over a real Redis, beat, fan-out, retries.
+
+Broker, result backend and locks use Redis DBs 11, 12 and 13 (flushed before and
+after). mongomock is not thread-safe, so the worker's threads and the test reach
+the database through `DatabaseProxy(serialize=True)`: one lock around each
+collection call, the per-operation atomicity a real server has.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import celery.contrib.testing.tasks  # noqa: F401  (registers celery.ping for start_worker)
+import mongomock
+import pytest
+import redis
+from celery import beat
+from celery.contrib.testing.worker import start_worker
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.schedules import crontab
+from pymongo.errors import AutoReconnect, ConnectionFailure
+
+from chores import Settings, run_chore, tasks
+from chores._corpus import generate_corpus
+from chores._exceptions import ConfigError, DatabaseUnavailable
+from chores._lock import KEY_PREFIX, lock_client
+from chores.celery_app import app, celery_config
+
+from dbproxy import WRITES, DatabaseProxy
+
+# Celery's Redis result backend still calls redis-py's deprecated `setex` (redis>=8 warns).
+pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
+
+ORGS = ("acme", "globex", "initech")
+NOW = datetime.now(UTC).replace(microsecond=0)
+STAMP = (NOW - timedelta(hours=1)).timestamp()
+CORPUS = generate_corpus(
+    seed=5,
+    orgs=ORGS,
+    runs_per_org=5,
+    start=NOW - timedelta(days=10),
+    days=9,
+    running_share=0.2,
+    malformed_share=0.3,
+)
+# Bad documents are anomalies, never a failed task; bad org ids are never fanned out.
+GARBAGE = [
+    {
+        "_id": "bad-tokens",
+        "name": "ai",
+        "status": "SUCCESS",
+        "last_updated_db": STAMP,
+        "end_time": NOW - timedelta(hours=1),
+        "context": {"workspace_id": "acme", "ai_tokens": "lots", "ai_model": "gpt-4o"},
+    },
+    {"_id": "bad-context", "name": "ai", "last_updated_db": STAMP, "context": "nonsense"},
+    {
+        "_id": "bad-org-int",
+        "name": "ai",
+        "last_updated_db": STAMP,
+        "context": {"workspace_id": 123, "ai_tokens": 10},
+    },
+    {
+        "_id": "bad-org-empty",
+        "name": "ai",
+        "last_updated_db": STAMP,
+        "context": {"workspace_id": "", "ai_tokens": 10},
+    },
+]
+
+
+def seeded() -> Any:
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    db.tasks.insert_many(copy.deepcopy(CORPUS.tasks + GARBAGE))
+    db.findings.insert_many(copy.deepcopy(CORPUS.findings))
+    return db
+
+
+def ledger(db: Any, org: str | None = None) -> dict[str, int]:
+    query = {} if org is None else {"org": org}
+    return {e["_id"]: e["tokens"] for e in db.billing_ledger.find(query)}
+
+
+def invoices(db: Any, org: str | None = None) -> dict[str, tuple[int, int]]:
+    query = {} if org is None else {"org": org}
+    return {
+        i["_id"]: (i["total_micros"], sum(line["tokens"] for line in i["lines"]))
+        for i in db.billing_invoices.find(query)
+    }
+
+
+@pytest.fixture(scope="module")
+def reference() -> Any:
+    """What metering every org once gives: the exactly-once answer every test compares to."""
+    db = seeded()
+    run_chore(db, settings=Settings(mongo_url="mongomock://reference", redis_url=None))
+    assert all(ledger(db, org) for org in ORGS)
+    return db
+
+
+@pytest.fixture(scope="module")
+def redis_urls(redis_base_url: str) -> Iterator[dict[str, str]]:
+    urls = {
+        name: f"{redis_base_url}/{n}"
+        for name, n in (("broker", 11), ("results", 12), ("locks", 13))
+    }
+    yield urls  # each test flushes them first (`service`)
+    for url in urls.values():
+        redis.Redis.from_url(url).flushdb()
+
+
+@pytest.fixture
+def service(redis_urls: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings of the service under test, installed in the app and the tasks."""
+    settings = Settings(
+        mongo_url="mongomock://celery",
+        batch_size=3,
+        redis_url=redis_urls["locks"],
+        celery_broker_url=redis_urls["broker"],
+        celery_result_backend=redis_urls["results"],
+    )
+    app.conf.update(celery_config(settings), worker_hijack_root_logger=False)
+    monkeypatch.setattr(tasks, "get_settings", lambda: settings)
+    # An embedded worker stops before its last acks are sent, and kombu then puts those
+    # messages back: start every test from an empty queue, results and locks.
+    for url in redis_urls.values():
+        redis.Redis.from_url(url).flushdb()
+    return settings
+
+
+class Source:
+    """The database the tasks see: seeded, serialized, with a hook on every call."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.db = seeded()
+        self.writes = 0
+        self.on_write: Callable[[int], None] = lambda n: None
+        self.on_call: Callable[[], None] = lambda: None
+        self.proxy = DatabaseProxy(self.db, self._hook, serialize=True)
+        monkeypatch.setattr(tasks, "get_db", lambda: self.proxy)
+
+    def _hook(self, collection: str, method: str) -> None:
+        self.on_call()
+        if method in WRITES:
+            self.writes += 1
+            self.on_write(self.writes)
+
+    def fail_once_after(self, k: int, error: BaseException) -> None:
+        """The next run dies when it tries its (k+1)-th write: k writes made it."""
+        start = self.writes
+
+        def hook(n: int) -> None:
+            if n == start + k + 1:
+                raise error
+
+        self.on_write = hook
+
+
+@pytest.fixture
+def source(service: Settings, monkeypatch: pytest.MonkeyPatch) -> Source:
+    return Source(monkeypatch)
+
+
+@pytest.fixture
+def worker(service: Settings) -> Iterator[Any]:
+    with start_worker(app, pool="threads", concurrency=2, shutdown_timeout=30) as w:
+        yield w
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+# the app -------------------------------------------------------------------------
+def test_app_config_acks_late_one_at_a_time_json_utc_and_limits_below_visibility():
+    config = celery_config(Settings())
+    assert config["broker_url"] == "redis://localhost:6379/0"
+    assert config["task_acks_late"] is True and config["worker_prefetch_multiplier"] == 1
+    assert config["task_serializer"] == config["result_serializer"] == "json"
+    assert config["accept_content"] == ["json"]
+    assert config["timezone"] == "UTC" and config["enable_utc"] is True
+    soft, hard = config["task_soft_time_limit"], config["task_time_limit"]
+    assert soft < hard < Settings().lock_ttl_seconds
+    assert hard < config["broker_transport_options"]["visibility_timeout"]
+    big = celery_config(
+        Settings(task_soft_time_limit=7000, task_time_limit=7200, lock_ttl_seconds=7300)
+    )
+    assert big["broker_transport_options"]["visibility_timeout"] > 7200
+    with pytest.raises(ConfigError, match="TASK_SOFT_TIME_LIMIT < TASK_TIME_LIMIT"):
+        celery_config(Settings(task_time_limit=400, lock_ttl_seconds=360))
+
+
+def test_tasks_retry_connection_errors_with_backoff_and_jitter():
+    for task in (tasks.meter_all, tasks.meter_org, tasks.finalize_invoices):
+        assert issubclass(AutoReconnect, task.autoretry_for)
+        assert issubclass(ConnectionFailure, task.autoretry_for)
+        assert issubclass(DatabaseUnavailable, task.autoretry_for)
+        assert issubclass(redis.ConnectionError, task.autoretry_for)
+        assert not issubclass(ConfigError, task.autoretry_for)
+        assert task.retry_backoff is True and task.retry_jitter is True
+        assert task.max_retries == 5
+
+
+def test_beat_schedule_meters_every_interval_rereads_daily_and_finalizes_at_0015_utc(service):
+    schedule = app.conf.beat_schedule
+    assert schedule["meter-all"]["task"] == tasks.meter_all.name
+    assert schedule["meter-all"]["schedule"] == service.meter_every_seconds == 300
+    assert schedule["meter-all-full"]["task"] == tasks.meter_all.name
+    assert schedule["meter-all-full"]["schedule"] == crontab(minute="5", hour="0")
+    assert schedule["meter-all-full"]["kwargs"] == {"full": True}
+    assert schedule["finalize-invoices"]["task"] == tasks.finalize_invoices.name
+    assert schedule["finalize-invoices"]["schedule"] == crontab(minute="15", hour="0")
+    assert app.conf.timezone == "UTC"
+
+
+# through a real worker ---------------------------------------------------------------
+def test_worker_meters_an_org_and_writes_its_invoice(worker, service, source, reference):
+    result = tasks.meter_org.delay("acme").get(timeout=30)
+
+    assert result["locked"] is False
+    assert ledger(source.db, "acme") == ledger(reference, "acme")
+    assert result["tokens_billed"] == sum(ledger(reference, "acme").values())
+    assert invoices(source.db, "acme") == invoices(reference, "acme") != {}
+    assert result["anomalies"] >= 1  # the bad documents, without failing the task
+    run = source.db.billing_runs.find_one({"_id": result["run_id"]})
+    assert run["org"] == "acme" and run["error"] is None
+    assert run["docs_read"] == result["docs_read"] > 0
+    assert ledger(source.db, "globex") == {}
+    assert lock_client(str(service.redis_url)).keys(KEY_PREFIX + "*") == []  # released
+
+
+def test_a_beat_tick_fans_out_to_every_org_with_new_usage(worker, source, reference):
+    scheduler = beat.Scheduler(app=app)
+    entry = scheduler.schedule["meter-all"]
+    listed = scheduler.apply_async(entry).get(timeout=30)  # what beat sends on its tick
+
+    assert listed == sorted(ORGS)  # not 123, not ""
+    wait_for(lambda: {r["org"] for r in source.db.billing_runs.find()} >= set(ORGS))
+    wait_for(lambda: source.db.billing_due.count_documents({}) == 0)
+    assert ledger(source.db) == ledger(reference)
+    assert invoices(source.db) == invoices(reference)
+    for org in ORGS:
+        assert source.db.billing_invoices.count_documents({"org": org}) >= 1
+
+
+def test_two_concurrent_runs_of_one_org_bill_once_and_one_reports_the_lock(
+    worker, source, reference
+):
+    release = threading.Event()
+    source.on_call = lambda: release.wait(20)  # the lock holder waits inside its run
+
+    first, second = tasks.meter_org.delay("acme"), tasks.meter_org.delay("acme")
+    wait_for(lambda: first.ready() or second.ready())
+    skipped = first if first.ready() else second
+    assert skipped.get(timeout=5)["locked"] is True  # it exited without waiting
+    release.set()
+    ran = second if skipped is first else first
+    assert ran.get(timeout=30)["locked"] is False
+
+    assert ledger(source.db) == ledger(reference, "acme")
+    assert invoices(source.db) == invoices(reference, "acme")
+    assert source.db.billing_runs.count_documents({}) == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [AutoReconnect("connection reset"), SoftTimeLimitExceeded()],
+    ids=["mongo-connection-lost", "soft-time-limit"],
+)
+def test_a_run_dying_mid_way_is_retried_by_the_worker_and_bills_once(
+    worker, source, reference, error
+):
+    source.fail_once_after(4, error)
+
+    result = tasks.meter_org.delay("acme").get(timeout=30)
+
+    assert ledger(source.db) == ledger(reference, "acme")
+    assert invoices(source.db) == invoices(reference, "acme")
+    runs = list(source.db.billing_runs.find({}, sort=[("started_at", 1)]))
+    assert [r["error"] is not None for r in runs] == [True, False]
+    assert result["tokens_billed"] < sum(ledger(reference, "acme").values())  # resumed
+
+
+class Killed(BaseException):
+    """A worker's death: no `except Exception` sees it, so no billing_runs record either."""
+
+
+def test_a_worker_killed_mid_run_has_its_message_redelivered_and_it_bills_once(
+    service, source, reference, monkeypatch, tmp_path
+):
+    # A run of acme died after 5 writes (mongomock lives in this process, so it dies here).
+    source.fail_once_after(5, Killed())
+    with pytest.raises(Killed):
+        run_chore(source.proxy, org="acme", settings=service)
+    assert ledger(source.db, "acme")
+
+    # A real worker process takes the message, hangs in its run, and is SIGKILLed.
+    sent = tasks.meter_org.delay("acme")
+    lock_key = KEY_PREFIX + "acme"
+    locks = lock_client(str(service.redis_url))
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": service.celery_broker_url,
+        "CELERY_RESULT_BACKEND": str(service.celery_result_backend),
+        "REDIS_URL": str(service.redis_url),
+        "MONGO_URL": "mongodb://127.0.0.1:9/",  # nothing listens: connect() waits...
+        "MONGO_TIMEOUT_MS": "60000",  # ...for a minute
+        # A short lock TTL (a threads pool enforces no time limits; they only have to nest).
+        "TASK_SOFT_TIME_LIMIT": "1",
+        "TASK_TIME_LIMIT": "2",
+        "LOCK_TTL_SECONDS": "3",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "chores.celery_app",
+        "worker",
+        "--pool=threads",
+        "--concurrency=1",
+        "--without-mingle",
+        "--without-gossip",
+        "--without-heartbeat",
+    ]
+    with subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    ) as doomed:
+        try:
+            wait_for(lambda: locks.exists(lock_key) == 1, 30)  # its run has begun
+        finally:
+            doomed.kill()
+    # acks_late: the message was never acknowledged; the dead run's lock outlives it, briefly.
+    assert sent.id.encode() in b"".join(
+        redis.Redis.from_url(service.celery_broker_url).hvals("unacked")
+    )
+    wait_for(lambda: locks.exists(lock_key) == 0, 5)
+
+    fast = {"visibility_timeout": 1, "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+    monkeypatch.setitem(app.conf, "broker_transport_options", fast)
+    with start_worker(app, pool="threads", concurrency=1, shutdown_timeout=30):
+        result = sent.get(timeout=30)  # redelivered once its visibility timeout passed
+
+    assert result["locked"] is False
+    assert ledger(source.db) == ledger(reference, "acme")
+    assert invoices(source.db) == invoices(reference, "acme")
+
+
+# without a worker: the task bodies, applied in-process -------------------------------
+def test_a_run_dying_after_any_write_then_run_again_bills_exactly_once(
+    service, reference, monkeypatch
+):
+    counting = Source(monkeypatch)
+    tasks.meter_org.apply(("globex",)).get()
+    total = counting.writes
+    assert total > 5
+    for k in range(total):
+        source = Source(monkeypatch)
+        source.fail_once_after(k, RuntimeError(f"died after write {k}"))
+        with pytest.raises(RuntimeError):
+            tasks.meter_org.apply(("globex",)).get()
+        tasks.meter_org.apply(("globex",)).get()
+        assert ledger(source.db) == ledger(reference, "globex"), k
+        assert invoices(source.db) == invoices(reference, "globex"), k
+
+
+def test_an_unreachable_database_is_retried(service, monkeypatch):
+    db = seeded()
+    attempts: list[int] = []
+
+    def get_db() -> Any:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise DatabaseUnavailable("cannot reach MongoDB")
+        return db
+
+    monkeypatch.setattr(tasks, "get_db", get_db)
+    assert tasks.meter_org.apply(("acme",)).get()["tokens_billed"] > 0
+    assert len(attempts) == 3
+
+
+def test_a_bad_org_argument_fails_at_once(service, monkeypatch):
+    monkeypatch.setattr(tasks, "get_db", lambda: pytest.fail("no database for a bad org"))
+    for bad in ("", 42, None, "x" * 300):
+        with pytest.raises(ConfigError):
+            tasks.meter_org.apply((bad,)).get()
+
+
+def test_orgs_with_new_usage_since_the_last_fan_out(service):
+    db = seeded()
+    settings = Settings(redis_url=None, lookback_seconds=60)
+    orgs, newest = tasks.orgs_with_new_usage(db, settings, now=NOW)
+    assert orgs == sorted(ORGS) and newest is not None
+
+    db.billing_cursors.insert_one({"_id": tasks.FANOUT_SCOPE, "stamp": NOW.timestamp()})
+    assert tasks.orgs_with_new_usage(db, settings, now=NOW)[0] == []
+    db.tasks.insert_one(
+        {
+            "_id": "fresh",
+            "name": "ai",
+            "last_updated_db": NOW.timestamp() + 1,
+            "context": {"workspace_id": "newco", "ai_tokens": 5},
+        }
+    )
+    db.tasks.insert_one({"_id": "unstamped", "name": "ai", "context": {"workspace_id": "nostamp"}})
+    db.tasks.insert_one(
+        {
+            "_id": "future",
+            "name": "ai",
+            "last_updated_db": 4e12,
+            "context": {"workspace_id": "skewed"},
+        }
+    )
+    db.tasks.insert_one(
+        {
+            "_id": "nmap",
+            "name": "nmap",
+            "last_updated_db": NOW.timestamp() + 2,
+            "context": {"workspace_id": "not-ai"},
+        }
+    )
+    db.billing_pending.insert_one({"_id": "r1", "source_id": "r1", "org": "running-co"})
+    db.billing_dirty.insert_one(
+        {"_id": "x:dirty-co:2026-11", "org": "dirty-co", "period": "2026-11"}
+    )
+    db.billing_due.insert_one({"_id": "failed-co", "listed_at": NOW})
+    orgs, newest = tasks.orgs_with_new_usage(db, settings, now=NOW)
+    assert orgs == ["dirty-co", "failed-co", "newco", "nostamp", "running-co", "skewed"]
+    assert newest == NOW.timestamp() + 1  # neither the far-future stamp nor a non-AI one
+    everyone = tasks.orgs_with_new_usage(db, settings, now=NOW, full=True)[0]
+    assert set(everyone) == set(ORGS) | set(orgs)  # the daily full pass ignores the cursor
+
+
+def test_meter_all_marks_orgs_due_until_metered_and_advances_its_cursor(service, monkeypatch):
+    source = Source(monkeypatch)
+    sent: list[str] = []
+    fulls: set[bool] = set()
+
+    def delay(org: str, full: bool) -> None:
+        sent.append(org)
+        fulls.add(full)
+
+    monkeypatch.setattr(tasks.meter_org, "delay", delay)
+
+    assert tasks.meter_all.apply().get() == sorted(ORGS) == sent
+    assert {d["_id"] for d in source.db.billing_due.find()} == set(ORGS)
+    assert source.db.billing_cursors.find_one({"_id": tasks.FANOUT_SCOPE})["stamp"] > 0
+    tasks.meter_org.apply(("acme",)).get()
+    assert {d["_id"] for d in source.db.billing_due.find()} == {"globex", "initech"}
+
+    source.fail_once_after(0, RuntimeError("globex's run dies"))
+    with pytest.raises(RuntimeError):
+        tasks.meter_org.apply(("globex",)).get()
+    sent.clear()
+    tasks.meter_all.apply().get()
+    assert {"globex", "initech"} <= set(sent)  # due (no new usage): listed, not forgotten
+    assert fulls == {False}
+
+    sent.clear()
+    tasks.meter_all.apply(kwargs={"full": True}).get()
+    assert sent == sorted(ORGS) and fulls == {False, True}
+
+
+def test_meter_all_keeps_the_decisions_of_idle_orgs_fresh(service, monkeypatch):
+    """An org with no new usage gets no run, yet its quota decision must not go stale."""
+    source = Source(monkeypatch)
+    monkeypatch.setattr(tasks.meter_org, "delay", lambda org, full: None)
+    source.db.billing_plans.insert_one({"_id": "idle-org", "token_limit": 1_000})
+    source.db.billing_quota.insert_one(
+        {
+            "_id": "idle-org",
+            "org": "idle-org",
+            "period": "2000-01",
+            "state": "block",
+            "used_tokens": 5_000,
+            "spent_micros": 0,
+            "computed_at": datetime(2000, 1, 1, tzinfo=UTC),
+        }
+    )
+    listed = tasks.meter_all.apply().get()
+    assert "idle-org" not in listed
+    decision = source.db.billing_quota.find_one({"_id": "idle-org"})
+    assert decision["state"] == "ok" and decision["used_tokens"] == 0
+    assert datetime.now(UTC) - decision["computed_at"].replace(tzinfo=UTC) < timedelta(minutes=1)

@@ -1,0 +1,107 @@
+"""The deployment files: compose services and healthchecks, the image, the settings file."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dotenv import dotenv_values
+
+from chores import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV_EXAMPLE = ROOT / ".env.example"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def healthcheck(service: dict[str, Any]) -> str:
+    test = service["healthcheck"]["test"]
+    return " ".join(test[1:]) if isinstance(test, list) else test
+
+
+def test_services_and_their_healthchecks(compose):
+    services = compose["services"]
+    assert {"mongo", "redis", "worker", "beat"} <= set(services)
+
+    mongo = services["mongo"]
+    assert mongo["image"].startswith("mongo:")
+    assert "mongosh" in healthcheck(mongo) and "db.runCommand({ping:1})" in healthcheck(mongo)
+    assert any(v.endswith(":/data/db") for v in mongo["volumes"])
+    assert mongo["volumes"][0].split(":")[0] in compose["volumes"]
+
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:")
+    assert healthcheck(redis) == "redis-cli ping"
+
+
+def test_worker_and_beat_share_the_image_wait_for_healthy_stores_and_beat_is_alone(compose):
+    services = compose["services"]
+    for name in ("worker", "beat"):
+        service = services[name]
+        assert service["build"] == {"context": ".", "dockerfile": "Dockerfile"}
+        assert service["image"] == services["worker"]["image"]
+        assert service["depends_on"] == {
+            "mongo": {"condition": "service_healthy"},
+            "redis": {"condition": "service_healthy"},
+        }
+        assert service["env_file"] == ".env.example"
+        command = service["command"]
+        assert command[:3] == ["celery", "-A", "chores.celery_app"] and command[3] == name
+
+    assert services["beat"]["deploy"]["replicas"] == 1
+    assert "scale" not in services["beat"]
+    assert "replicas" not in services["worker"].get("deploy", {})  # free to scale
+
+
+def test_the_image_installs_the_package_and_runs_a_worker_as_a_user():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
+    assert re.search(r"^RUN pip install \.", dockerfile, re.M)
+    user = re.findall(r"^USER (\S+)$", dockerfile, re.M)
+    assert user and user[-1] not in ("root", "0")
+    cmd = re.findall(r"^CMD (.+)$", dockerfile, re.M)[-1]
+    assert cmd == '["celery", "-A", "chores.celery_app", "worker", "--loglevel=INFO"]'
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", ".env", "tests"} <= set(ignored)
+
+
+def test_env_example_holds_only_real_settings_with_valid_values(monkeypatch):
+    values = dotenv_values(ENV_EXAMPLE)
+    assert set(values) <= {name.upper() for name in Settings.model_fields}
+    for name in values:
+        monkeypatch.delenv(name, raising=False)
+
+    settings = Settings(_env_file=ENV_EXAMPLE)  # type: ignore[call-arg]
+
+    assert settings.mongo_url == "mongodb://mongo:27017"
+    assert settings.celery_broker_url.startswith("redis://redis:6379/")
+    assert settings.task_soft_time_limit < settings.task_time_limit < settings.lock_ttl_seconds
+
+
+def test_every_setting_is_explained_in_the_deploy_guide():
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    names = [name.upper() for name in Settings.model_fields]
+    assert [n for n in names if f"`{n}`" not in guide] == []
+
+
+def test_docker_compose_accepts_the_file_where_the_client_has_compose(compose):
+    docker = shutil.which("docker")
+    has_compose = docker is not None and subprocess.run(
+        [docker, "compose", "version"], capture_output=True, check=False
+    ).returncode == 0
+    if has_compose:  # `config` needs no engine; without compose the checks above stand
+        done = subprocess.run(
+            [str(docker), "compose", "config", "-q"],
+            cwd=ROOT, capture_output=True, text=True, check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    assert compose["name"] == "ai-billing-chore"

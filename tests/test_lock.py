@@ -1,0 +1,176 @@
+"""The per-org Redis lock: one owner, a TTL, owner-only release; it saves work, billing
+stays exact without it. Uses Redis DB 14 (flushed before and after each test)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import mongomock
+import pytest
+import redis
+
+from chores import Settings, run_chore, tasks
+from chores._lock import KEY_PREFIX, OrgLock, lock_client
+
+from dbproxy import DatabaseProxy
+
+
+@pytest.fixture
+def lock_url(redis_base_url: str) -> Iterator[str]:
+    url = f"{redis_base_url}/14"
+    redis.Redis.from_url(url).flushdb()
+    yield url
+    redis.Redis.from_url(url).flushdb()
+
+
+@pytest.fixture
+def client(lock_url: str) -> redis.Redis:
+    return lock_client(lock_url)
+
+
+def test_one_owner_at_a_time_and_only_the_owner_releases(client):
+    mine = OrgLock(client, "acme", ttl_seconds=30)
+    theirs = OrgLock(client, "acme", ttl_seconds=30)
+
+    assert mine.acquire() is True
+    assert theirs.acquire() is False
+    assert theirs.release() is False  # not theirs to release
+    assert client.get(KEY_PREFIX + "acme") == mine.token.encode()
+    assert 0 < client.pttl(KEY_PREFIX + "acme") <= 30_000
+    assert mine.release() is True
+    assert client.exists(KEY_PREFIX + "acme") == 0
+    assert theirs.acquire() is True
+
+
+def test_an_expired_lock_is_free_and_its_late_owner_cannot_release_the_next_one(client):
+    slow = OrgLock(client, "acme", ttl_seconds=0.1)
+    assert slow.acquire()
+    time.sleep(0.2)
+    nxt = OrgLock(client, "acme", ttl_seconds=30)
+    assert nxt.acquire() is True
+
+    assert slow.release() is False
+    assert client.get(KEY_PREFIX + "acme") == nxt.token.encode()
+
+
+def test_org_ids_are_only_data_in_the_key(client):
+    odd = ["a", "a:b", "ws/é 🙂", "x" * 256, "*"]
+    locks = [OrgLock(client, org, ttl_seconds=30) for org in odd]
+    assert all(lock.acquire() for lock in locks)  # no two share a key
+    assert all(lock.release() for lock in locks)
+
+
+# meter_org and its lock --------------------------------------------------------------
+def seeded(docs: dict[str, list[dict[str, Any]]]) -> Any:
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    db.tasks.insert_many(docs["tasks"])
+    db.findings.insert_many(docs["findings"])
+    return db
+
+
+def ledger(db: Any) -> dict[str, int]:
+    return {e["_id"]: e["tokens"] for e in db.billing_ledger.find({"org": "ws-acme"})}
+
+
+def invoice_totals(db: Any) -> dict[str, int]:
+    return {i["_id"]: i["total_micros"] for i in db.billing_invoices.find({"org": "ws-acme"})}
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def use(monkeypatch: pytest.MonkeyPatch, settings: Settings, db: Any) -> None:
+    monkeypatch.setattr(tasks, "get_settings", lambda: settings)
+    monkeypatch.setattr(tasks, "get_db", lambda: db)
+
+
+def test_a_locked_org_is_skipped_at_once_without_touching_the_database(
+    client, lock_url, monkeypatch
+):
+    use(monkeypatch, Settings(redis_url=lock_url), None)
+    monkeypatch.setattr(tasks, "get_db", lambda: pytest.fail("a skipped run reads nothing"))
+    holder = OrgLock(client, "ws-acme", ttl_seconds=30)
+    assert holder.acquire()
+
+    started = time.monotonic()
+    result = tasks.meter_org.apply(("ws-acme",)).get()
+
+    assert time.monotonic() - started < 1
+    assert result["locked"] is True and result["tokens_billed"] == 0
+    assert client.get(KEY_PREFIX + "ws-acme") == holder.token.encode()  # left alone
+
+
+def test_the_lock_is_released_after_a_run_and_after_a_failure(
+    client, lock_url, monkeypatch, fixture_docs
+):
+    settings = Settings(mongo_url="mongomock://lock", redis_url=lock_url)
+    use(monkeypatch, settings, seeded(fixture_docs))
+    assert tasks.meter_org.apply(("ws-acme",)).get()["tokens_billed"] > 0
+    assert client.keys(KEY_PREFIX + "*") == []
+
+    def broken(collection: str, method: str) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(tasks, "get_db", lambda: DatabaseProxy(seeded(fixture_docs), broken))
+    with pytest.raises(RuntimeError):
+        tasks.meter_org.apply(("ws-acme",)).get()
+    assert client.keys(KEY_PREFIX + "*") == []
+
+
+def test_without_redis_the_run_goes_ahead_unlocked_and_says_so(
+    monkeypatch, fixture_docs, caplog
+):
+    unreachable = f"redis://127.0.0.1:{closed_port()}/0"
+    settings = Settings(mongo_url="mongomock://lock", redis_url=unreachable)
+    use(monkeypatch, settings, seeded(fixture_docs))
+
+    with caplog.at_level(logging.WARNING, logger="chores.tasks"):
+        result = tasks.meter_org.apply(("ws-acme",)).get()
+
+    assert result["locked"] is False and result["tokens_billed"] > 0
+    assert "metering without it" in caplog.text
+
+
+def test_correctness_does_not_need_the_lock_two_unlocked_concurrent_runs_bill_once(
+    monkeypatch, fixture_docs
+):
+    reference = seeded(fixture_docs)
+    run_chore(reference, org="ws-acme", settings=Settings(mongo_url="mongomock://r"))
+    unreachable = f"redis://127.0.0.1:{closed_port()}/0"
+    settings = Settings(mongo_url="mongomock://lock", redis_url=unreachable, batch_size=2)
+    db = seeded(fixture_docs)
+
+    callers: list[int] = []
+
+    def interleave(collection: str, method: str) -> None:
+        callers.append(threading.get_ident())
+        time.sleep(0.001)  # let the other run in between any two operations
+
+    use(monkeypatch, settings, DatabaseProxy(db, interleave, serialize=True))
+    start = threading.Barrier(2)
+    results: list[dict[str, Any]] = []
+
+    def run() -> None:
+        start.wait()
+        results.append(tasks.meter_org.apply(("ws-acme",)).get())
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert [r["locked"] for r in results] == [False, False]  # both really ran...
+    assert sum(a != b for a, b in itertools.pairwise(callers)) > 5  # ...at the same time
+    assert ledger(db) == ledger(reference) != {}
+    assert sum(r["tokens_billed"] for r in results) == sum(ledger(reference).values())
+    assert invoice_totals(db) == invoice_totals(reference)
