@@ -28,13 +28,25 @@ WRITES = frozenset(
 )
 
 
+Around = Callable[[str, str, Callable[[], Any]], Any]
+
+
+def _plain(collection: str, method: str, perform: Callable[[], Any]) -> Any:
+    return perform()
+
+
 class CollectionProxy:
     def __init__(
-        self, collection: Any, hook: Callable[[str, str], None], lock: threading.Lock | None = None
+        self,
+        collection: Any,
+        hook: Callable[[str, str], None],
+        lock: threading.Lock | None = None,
+        around: Around = _plain,
     ):
         self._collection = collection
         self._hook = hook
         self._lock = lock
+        self._around = around
 
     @property
     def name(self) -> str:
@@ -45,12 +57,15 @@ class CollectionProxy:
         if not callable(target) or attr not in READS | WRITES | {"create_indexes"}:
             return target
 
-        def call(*args: Any, **kwargs: Any) -> Any:
+        def perform(*args: Any, **kwargs: Any) -> Any:
             self._hook(self._collection.name, attr)
             if self._lock is None:
                 return _materialize(attr, target(*args, **kwargs))
             with self._lock:
                 return _materialize(attr, target(*args, **kwargs))
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._around(self._collection.name, attr, lambda: perform(*args, **kwargs))
 
         return call
 
@@ -61,17 +76,23 @@ def _materialize(attr: str, result: Any) -> Any:
 
 
 class DatabaseProxy:
-    """Wraps a Database; `hook(collection, method)` runs before every call."""
+    """Wraps a Database; `hook(collection, method)` runs before every call, and
+    `around(collection, method, perform)` decides whether and when `perform()` runs."""
 
     def __init__(
-        self, db: Any, hook: Callable[[str, str], None] | None = None, serialize: bool = False
+        self,
+        db: Any,
+        hook: Callable[[str, str], None] | None = None,
+        serialize: bool = False,
+        around: Around = _plain,
     ):
         self._db = db
         self._hook = hook or (lambda collection, method: None)
         self._lock = threading.Lock() if serialize else None
+        self._around = around
 
     def __getitem__(self, name: str) -> CollectionProxy:
-        return CollectionProxy(self._db[name], self._hook, self._lock)
+        return CollectionProxy(self._db[name], self._hook, self._lock, self._around)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
