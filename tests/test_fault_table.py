@@ -168,6 +168,23 @@ def growth_row(c: Corpus, registry: Registry) -> Tally:
     return tally
 
 
+def redis_down_row(c: Corpus, monkeypatch: pytest.MonkeyPatch) -> Tally:
+    """The Celery task with its lock's Redis unreachable: it meters without the lock."""
+    from chores import tasks
+
+    tally = Tally("Redis unreachable: meter_org twice per org without its lock")
+    db = seeded(c)
+    down = CONFIG.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    monkeypatch.setattr(tasks, "get_settings", lambda: down)
+    monkeypatch.setattr(tasks, "get_db", lambda: db)
+    for org in ("acme", "globex", "acme", "globex"):
+        result = tasks.meter_org.apply((org,)).get()
+        assert result["locked"] is False
+        tally.runs += 1
+    tally.check(db, c)
+    return tally
+
+
 def hostile_row(registry: Registry) -> tuple[int, int, int]:
     """(documents, crashes, documents charged although malformed)."""
     rng = random.Random(7)
@@ -245,7 +262,7 @@ def render(rows: list[str], hostile: tuple[int, int, int]) -> str:
     )
 
 
-def test_fault_table_matches_the_readme(registry):
+def test_fault_table_matches_the_readme(registry, monkeypatch):
     c = corpus()
     tallies = [
         crash_row(
@@ -268,6 +285,7 @@ def test_fault_table_matches_the_readme(registry):
         concurrent_row(c, registry, 2),
         concurrent_row(c, registry, 8),
         growth_row(c, registry),
+        redis_down_row(c, monkeypatch),
     ]
     for tally in tallies:
         assert (tally.double, tally.lost) == (0, 0), tally.row()
