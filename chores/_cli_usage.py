@@ -1,7 +1,7 @@
 """`chore usage` and `chore report`: what an invoice is made of, per run, session, model, day
 or tier, as a table, JSON, CSV or one self-contained HTML page.
 
-Both read the stored invoice and split it with `_breakdown`, so their totals are the
+Both read the stored invoice and split it with `_allocation`, so their totals are the
 invoice's, to the micro-dollar.
 """
 
@@ -33,21 +33,11 @@ from rich.table import Table
 
 from pricing import load_registry
 
-from ._breakdown import (
-    BY_CHOICES,
-    Allocation,
-    By,
-    Filters,
-    Row,
-    Usage,
-    allocate,
-    model_filter,
-    read_period,
-    rows,
-    total,
-)
+from ._allocation import Allocation, allocate
+from ._breakdown import BY_CHOICES, By, Filters, Row, Usage, model_filter, rows, total
 from ._db import Collections, connect
 from ._money import usd
+from ._period_ledger import read_period
 from ._periods import period_bounds, period_of
 from ._settings import get_settings
 from .cli import console, main, now_option, parse_now, user_errors

@@ -5,6 +5,7 @@
     ├── DatabaseUnavailable     the MongoDB server cannot be reached
     ├── UnknownOrg              an org has no billing data at all
     ├── InvoiceNotFound         no invoice for that org and period
+    ├── InvoiceOutOfDate        the ledger of a period holds usage its invoice does not (rerun)
     └── SourceIsReadOnly        code tried to write to the platform's tasks/findings
 
 Registry errors are `pricing.RegistryError` (the pricing package stays independent).
@@ -31,6 +32,10 @@ class UnknownOrg(ChoreError):
 
 class InvoiceNotFound(ChoreError):
     """No invoice exists for the org and period asked for."""
+
+
+class InvoiceOutOfDate(ChoreError):
+    """The ledger of a period holds usage its stored invoice does not show (yet)."""
 
 
 class SourceIsReadOnly(ChoreError):

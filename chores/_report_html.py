@@ -6,7 +6,7 @@ and anomaly details come from runner documents and are untrusted: every one
 goes through `_e` (`html.escape`) before it reaches the page.
 
 `collect_report` reads (invoice, ledger, anomalies) and allocates the invoice
-with `_breakdown`; `render_report` is pure, so every amount on the page is a
+with `_allocation`; `render_report` is pure, so every amount on the page is a
 sum of the same cells whose total is the invoice's.
 """
 
@@ -23,11 +23,14 @@ from pymongo.database import Database
 
 from pricing import Registry
 
-from ._breakdown import Allocation, Cell, RunNode, Usage, allocate, read_period, rows, run_trees
+from ._allocation import Allocation, allocate
+from ._breakdown import Cell, Usage, rows
 from ._breakdown import total as rows_total
 from ._db import Collections, Doc
 from ._invoices import Invoice
 from ._money import usd
+from ._period_ledger import read_period
+from ._run_trees import RunNode, run_trees
 from ._settings import Settings
 
 ProgressFn = Callable[[str, int, int], None]  # (what, done, total)

@@ -23,26 +23,15 @@ from hypothesis import strategies as st
 
 import chores._cli_usage  # noqa: F401  (registers `usage` and `report` until cli.py does)
 from chores import Settings, finalize_invoices, get_settings, run_chore
-from chores._breakdown import (
-    BY_CHOICES,
-    Cell,
-    EntryUsage,
-    Filters,
-    InvoiceOutOfDate,
-    RunInfo,
-    Usage,
-    allocate,
-    largest_remainder,
-    model_filter,
-    read_period,
-    rows,
-    run_trees,
-    total,
-)
+from chores._allocation import allocate, largest_remainder
+from chores._breakdown import BY_CHOICES, Cell, Filters, Usage, model_filter, rows, total
 from chores._corpus import Corpus, generate_corpus
 from chores._db import Collections
+from chores._exceptions import InvoiceOutOfDate
 from chores._invoices import Invoice, build_invoice
 from chores._money import usd
+from chores._period_ledger import EntryUsage, RunInfo, read_period
+from chores._run_trees import run_trees
 from chores.cli import main
 from pricing import Registry, load_registry
 

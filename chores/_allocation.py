@@ -1,0 +1,222 @@
+"""Allocation: an invoice's rounded line amounts split across its cells, exactly.
+
+Ledger entries of an invoice period (`EntryUsage`) are priced into cells, then
+each invoice line's rounded `amount_micros` is split across its cells by the
+largest remainder method on their exact amounts (ties go to the smaller
+`(runner_id, day)`), so the cells of a line add up to it to the micro-dollar.
+
+Which price decides a cell's line and exact amount (the weights of the split):
+the invoice is the authority, so the pricing used is the one that reproduces
+it. Candidates are the registry (`_lines.price_group`, what `build_invoice`
+does) and the price each ledger entry was billed at (`priced_as`,
+`amount_micros_exact`, stored when billed). A draft is re-priced from the
+registry on every run, so the registry goes first; a final invoice keeps the
+prices of the registry that finalized it, so the registry goes first only when
+the invoice's `registry` fingerprint is the current one, else the billed
+prices do. The first candidate whose lines, tokens and rounded line amounts
+all equal the invoice's wins; failing that, the first whose lines and tokens
+match (weights then only proportional, `exact=False`); failing both the
+ledger holds usage the invoice does not, and `InvoiceOutOfDate` says to rerun.
+
+Pure.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from fractions import Fraction
+from math import floor
+from typing import Any, Literal
+
+from pricing import Registry
+
+from ._breakdown import Cell, Usage
+from ._exceptions import InvoiceOutOfDate
+from ._invoices import Invoice
+from ._lines import InvoiceLine, LineKey, price_group
+from ._money import to_micros
+from ._period_ledger import EntryUsage, RunInfo
+
+Pricing = Literal["registry", "billed"]
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """An invoice split into cells; `exact` when the weights reproduce its line amounts."""
+
+    invoice: Invoice
+    cells: tuple[Cell, ...]
+    pricing: Pricing
+    exact: bool
+
+    @property
+    def total(self) -> Usage:
+        return sum((c.usage for c in self.cells), Usage())
+
+
+def largest_remainder(total: int, weights: Sequence[tuple[Any, Fraction]]) -> list[int]:
+    """Split `total` into integers in proportion to `weights` (key, weight), exactly.
+
+    Each share is the floor or ceiling of its quota; the units left after the
+    floors go to the largest remainders, ties to the smaller key. All-zero
+    weights split evenly.
+    """
+    if not weights:
+        return []
+    weight_sum = sum(weight for _, weight in weights)
+    if weight_sum == 0:
+        weights = [(key, Fraction(1)) for key, _ in weights]
+        weight_sum = Fraction(len(weights))
+    quotas = [total * weight / weight_sum for _, weight in weights]
+    shares = [floor(quota) for quota in quotas]
+    left = total - sum(shares)
+    order = sorted(range(len(weights)), key=lambda i: (shares[i] - quotas[i], weights[i][0]))
+    for position in order[:left]:
+        shares[position] += 1
+    return shares
+
+
+PriceFn = Callable[[EntryUsage], tuple[LineKey | None, Decimal | None]]
+
+
+def _line_key(line: InvoiceLine) -> LineKey:
+    return (line.model, line.tier, line.price_valid_from, line.late)
+
+
+@dataclass
+class _CellSum:
+    run: RunInfo
+    counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    exact: Decimal | None = Decimal(0)
+
+
+def _cells_by_line(
+    usages: Sequence[EntryUsage], price: PriceFn
+) -> dict[LineKey, dict[tuple[str, date], _CellSum]] | None:
+    lines: dict[LineKey, dict[tuple[str, date], _CellSum]] = defaultdict(dict)
+    for usage in usages:
+        key, exact = price(usage)
+        if key is None:
+            return None
+        cell = lines[key].setdefault((usage.run.runner_id, usage.day), _CellSum(usage.run))
+        for position, count in enumerate((usage.input, usage.cached, usage.output, usage.unsplit)):
+            cell.counts[position] += count
+        cell.exact = None if cell.exact is None or exact is None else cell.exact + exact
+    return lines
+
+
+def _match(
+    lines: Mapping[LineKey, Mapping[tuple[str, date], _CellSum]], invoice: Invoice
+) -> tuple[bool, bool, str]:
+    """`(lines and tokens match, rounded amounts match too, first difference)`."""
+    stored = {_line_key(line): line for line in invoice.lines}
+    exact = True
+    for key in sorted(set(stored) | set(lines), key=repr):
+        line, cells = stored.get(key), lines.get(key, {})
+        counts = [sum(c.counts[i] for c in cells.values()) for i in range(4)]
+        if line is None:
+            return False, False, f"{sum(counts):,} tokens on {_describe(key)} are not invoiced"
+        invoiced = [line.input_tokens, line.cached_tokens, line.output_tokens, line.unsplit_tokens]
+        if counts != invoiced:
+            return (
+                False,
+                False,
+                (
+                    f"{_describe(key)} has {sum(counts):,} tokens in the ledger, "
+                    f"{sum(invoiced):,} on the invoice"
+                ),
+            )
+        amounts = [c.exact for c in cells.values()]
+        if any(a is None for a in amounts) != (line.amount_micros is None) and cells:
+            return False, False, f"{_describe(key)} is priced differently from the invoice"
+        if line.amount_micros is not None:
+            exact_sum = sum((a for a in amounts if a is not None), Decimal(0))
+            exact = exact and to_micros(exact_sum) == line.amount_micros
+    return True, exact, ""
+
+
+def _describe(key: LineKey) -> str:
+    model, tier, valid_from, late = key
+    words = [model or "(no model)", tier, "late" if late else "", valid_from or ""]
+    return "line " + " ".join(word for word in words if word)
+
+
+def allocate(invoice: Invoice, usages: Sequence[EntryUsage], registry: Registry) -> Allocation:
+    """Split `invoice` into cells whose amounts add up to each of its lines exactly."""
+
+    def by_registry(usage: EntryUsage) -> tuple[LineKey | None, Decimal | None]:
+        return price_group(usage.group(), registry)
+
+    def as_billed(usage: EntryUsage) -> tuple[LineKey | None, Decimal | None]:
+        return usage.billed_line, usage.billed_exact
+
+    candidates: list[tuple[Pricing, PriceFn]] = [("registry", by_registry), ("billed", as_billed)]
+    if invoice.status == "final" and invoice.registry != registry.fingerprint:
+        candidates.reverse()
+    consistent: tuple[Pricing, Mapping[LineKey, Mapping[tuple[str, date], _CellSum]]] | None = None
+    first_problem = ""
+    for name, price in candidates:
+        lines = _cells_by_line(usages, price)
+        if lines is None:
+            first_problem = first_problem or "ledger entries without a billed price"
+            continue
+        matches, exact, problem = _match(lines, invoice)
+        if matches and exact:
+            return _split(invoice, lines, name, exact=True)
+        if matches and consistent is None:
+            consistent = (name, lines)
+        first_problem = first_problem or problem
+    if consistent is not None:
+        return _split(invoice, consistent[1], consistent[0], exact=False)
+    advice = (
+        f"run `chore run --org {invoice.org}` to rebuild the draft"
+        if invoice.status == "draft"
+        else "the final invoice needs review"
+    )
+    raise InvoiceOutOfDate(
+        f"the ledger of {invoice.id} does not match its {invoice.status} invoice "
+        f"({first_problem}); {advice}"
+    )
+
+
+def _split(
+    invoice: Invoice,
+    lines: Mapping[LineKey, Mapping[tuple[str, date], _CellSum]],
+    pricing: Pricing,
+    *,
+    exact: bool,
+) -> Allocation:
+    amounts = {_line_key(line): line.amount_micros for line in invoice.lines}
+    cells: list[Cell] = []
+    for key in sorted(lines, key=repr):
+        members = sorted(lines[key].items())
+        line_amount = amounts[key]
+        shares: list[int | None]
+        if line_amount is None:
+            shares = [None] * len(members)
+        else:
+            weights = [
+                ((runner, day.isoformat()), Fraction(s.exact or 0)) for (runner, day), s in members
+            ]
+            if not any(weight for _, weight in weights):  # free or byok: split by tokens
+                weights = [
+                    (k, Fraction(sum(s.counts)))
+                    for (k, _), (_, s) in zip(weights, members, strict=True)
+                ]
+            shares = list(largest_remainder(line_amount, weights))
+        for ((_, day), s), share in zip(members, shares, strict=True):
+            input_tokens, cached, output, unsplit = s.counts
+            usage = Usage(
+                input_tokens,
+                cached,
+                output,
+                unsplit,
+                amount_micros=share,
+                unpriced_tokens=sum(s.counts) if share is None else 0,
+            )
+            cells.append(Cell(s.run, day, key, usage, s.exact))
+    return Allocation(invoice, tuple(cells), pricing, exact)

@@ -1,0 +1,204 @@
+"""The ledger of one invoice period, as breakdowns read it: entries summed per runner.
+
+`read_period` is the only I/O of the breakdowns: it reads one stored invoice
+and the ledger entries it was built from. `entry_usages` (pure) sums those
+entries per runner, raw model, key source, lateness, day and billed price into
+`EntryUsage`s, each carrying what the ledger knows of its runner (`RunInfo`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Any, cast
+
+from ._db import Collections, Doc
+from ._exceptions import InvoiceNotFound
+from ._invoices import Invoice
+from ._lines import LineKey, Tier, UsageGroup
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What the ledger knows of a runner (from its latest entry)."""
+
+    runner_id: str
+    model: str | None
+    session_id: str | None
+    subagent: bool
+    parent_id: str | None
+    status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EntryUsage:
+    """Ledger entries of one runner summed by everything that decides their line and price."""
+
+    run: RunInfo
+    model: str | None
+    byok: bool
+    late: bool
+    day: date
+    input: int
+    cached: int
+    output: int
+    unsplit: int
+    billed_line: LineKey | None  # the line the entries were priced on when billed
+    billed_exact: Decimal | None  # their exact amount then (None: unpriced)
+
+    def group(self) -> UsageGroup:
+        return UsageGroup(
+            self.model,
+            self.byok,
+            self.late,
+            self.day,
+            self.input,
+            self.cached,
+            self.output,
+            self.unsplit,
+        )
+
+
+# --- reading the ledger (pure) -------------------------------------------------------------
+
+
+def entry_usages(entries: Iterable[Mapping[str, Any]]) -> list[EntryUsage]:
+    """Ledger entries summed per runner, raw model, key source, lateness, day and billed price.
+
+    A runner's session, parent and status are those of its latest entry.
+    """
+    sums: dict[tuple[Any, ...], list[Any]] = {}
+    latest: dict[str, Mapping[str, Any]] = {}
+    for entry in entries:
+        runner = str(entry["runner_id"])
+        known = latest.get(runner)
+        if known is None or entry.get("seq", 0) > known.get("seq", 0):
+            latest[runner] = entry
+        priced = entry.get("priced_as")
+        billed: LineKey | None = None
+        if isinstance(priced, Mapping):
+            tier = cast(Tier, priced.get("tier"))
+            billed = (
+                priced.get("model"),
+                tier,
+                priced.get("price_valid_from"),
+                bool(entry["late"]),
+            )
+        key = (
+            runner,
+            entry.get("model"),
+            bool(entry.get("byok")),
+            bool(entry.get("late")),
+            entry["usage_day"],
+            billed,
+        )
+        exact = entry.get("amount_micros_exact")
+        amount = None if exact is None or billed is None else Decimal(exact)
+        counts = [
+            entry["input_tokens"],
+            entry["cached_tokens"],
+            entry["output_tokens"],
+            entry["unsplit_tokens"],
+        ]
+        if key not in sums:
+            sums[key] = [*counts, amount]
+            continue
+        total = sums[key]
+        for position, count in enumerate(counts):
+            total[position] += count
+        total[4] = None if total[4] is None or amount is None else total[4] + amount
+
+    runs = {runner: _run_info(runner, entry) for runner, entry in latest.items()}
+    return [
+        EntryUsage(
+            run=runs[runner],
+            model=model,
+            byok=byok,
+            late=late,
+            day=date.fromisoformat(day),
+            input=s[0],
+            cached=s[1],
+            output=s[2],
+            unsplit=s[3],
+            billed_line=billed,
+            billed_exact=s[4],
+        )
+        for (runner, model, byok, late, day, billed), s in sums.items()
+    ]
+
+
+def _run_info(runner: str, entry: Mapping[str, Any]) -> RunInfo:
+    def text(name: str) -> str | None:
+        value = entry.get(name)
+        return value if isinstance(value, str) else None
+
+    return RunInfo(
+        runner_id=runner,
+        model=text("model"),
+        session_id=text("session_id"),
+        subagent=entry.get("subagent") is True,
+        parent_id=text("parent_id"),
+        status=text("status"),
+    )
+
+
+# --- I/O -----------------------------------------------------------------------------------
+
+_ENTRY_FIELDS = {
+    name: 1
+    for name in (
+        "runner_id",
+        "seq",
+        "model",
+        "byok",
+        "late",
+        "usage_day",
+        "input_tokens",
+        "cached_tokens",
+        "output_tokens",
+        "unsplit_tokens",
+        "priced_as",
+        "amount_micros_exact",
+        "status",
+        "session_id",
+        "subagent",
+        "parent_id",
+    )
+}
+
+
+def read_period(
+    collections: Collections,
+    org: str,
+    period: str,
+    *,
+    batch_size: int = 1000,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[Invoice, list[EntryUsage]]:
+    """The stored invoice of `(org, period)` and its ledger entries, summed.
+
+    The entries are those `Invoices.usage_groups` builds the invoice from:
+    booked into the period, or (drafts only) unbooked with usage in it.
+    `on_progress(done, total)` is called as entries are read.
+    """
+    doc = collections.invoices.find_one({"_id": f"{org}:{period}"})
+    if doc is None:
+        raise InvoiceNotFound(
+            f"no invoice for org {org!r} in {period}; run `chore run --org {org}` first"
+        )
+    invoice = Invoice.model_validate(doc)
+    belongs: list[Doc] = [{"booked": period}]
+    if invoice.status == "draft":
+        belongs.append({"booked": None, "usage_period": period})
+    query: Doc = {"org": {"$eq": org}, "$or": belongs}
+    expected = collections.ledger.count_documents(query) if on_progress else 0
+    entries: list[Doc] = []
+    for entry in collections.ledger.find(query, _ENTRY_FIELDS, batch_size=batch_size):
+        entries.append(entry)
+        if on_progress is not None and len(entries) % batch_size == 0:
+            on_progress(len(entries), max(expected, len(entries)))
+    if on_progress is not None:
+        on_progress(len(entries), len(entries))
+    return invoice, entry_usages(entries)

@@ -1,0 +1,96 @@
+"""Run trees: each top-level run with the subagents it spawned, nested, and their summed cost.
+
+A node's own usage is the run's `by="run"` row of the cells, and its total
+adds its subtree's, so a tree costs what its runs cost in every other view. A
+subagent whose spawning runner is not in the period, or whose parent chain
+loops, hangs under a node for its session instead.
+
+Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._breakdown import Cell, Usage, rows
+from ._period_ledger import RunInfo
+
+
+@dataclass
+class RunNode:
+    """A runner with its subagents, or (`run` None) a session holding subagents whose
+    spawning runner is not in the period."""
+
+    session_id: str | None
+    run: RunInfo | None
+    own: Usage
+    children: list[RunNode] = field(default_factory=list)
+    total: Usage = field(default_factory=Usage)
+
+
+def run_trees(cells: Iterable[Cell]) -> list[RunNode]:
+    """Top-level runs (and orphan-holding sessions), costliest first, each with its tree."""
+    nodes = {
+        row.key: RunNode(row.run.session_id, row.run, row.usage)
+        for row in rows(cells, "run")
+        if row.key is not None and row.run is not None
+    }
+    sessions: dict[str | None, RunNode] = {}
+    roots: list[RunNode] = []
+
+    def hang_under_session(node: RunNode) -> None:
+        holder = sessions.get(node.session_id)
+        if holder is None:
+            holder = sessions[node.session_id] = RunNode(node.session_id, None, Usage())
+            roots.append(holder)
+        holder.children.append(node)
+
+    for runner, node in nodes.items():
+        assert node.run is not None
+        parent = node.run.parent_id
+        if not node.run.subagent:
+            roots.append(node)
+        elif parent is not None and parent in nodes and parent != runner:
+            nodes[parent].children.append(node)
+        else:
+            hang_under_session(node)
+    # A parent chain that loops never reaches a root: cut it and hang it under its session.
+    reached: set[int] = set()
+
+    def reach(start: RunNode) -> None:
+        stack = [start]
+        while stack:
+            node = stack.pop()
+            reached.add(id(node))
+            stack.extend(node.children)
+
+    for root in list(roots):
+        reach(root)
+    for node in nodes.values():
+        if id(node) not in reached:
+            assert node.run is not None and node.run.parent_id is not None
+            nodes[node.run.parent_id].children.remove(node)
+            hang_under_session(node)
+            reach(node)
+    for node in _post_order(roots):
+        node.total = sum((child.total for child in node.children), node.own)
+        node.children.sort(key=_cost_order)
+    return sorted(roots, key=_cost_order)
+
+
+def _post_order(roots: Iterable[RunNode]) -> list[RunNode]:
+    """Every node, children before parents (no recursion: trees may be deep)."""
+    order: list[RunNode] = []
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(node.children)
+    return order[::-1]
+
+
+def _cost_order(node: RunNode) -> tuple[Any, ...]:
+    name = node.run.runner_id if node.run else f"session:{node.session_id}"
+    return (-node.total.priced_micros, -node.total.tokens, name)
