@@ -14,8 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from ._db import Collections, Doc
-from ._progress import insert_ignoring_duplicates
 from ._usage import Anomaly, AnomalyRecord
+from ._writes import insert_ignoring_duplicates
 
 
 class AnomalyLog:

@@ -17,6 +17,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
 
+from . import _mongomock_compat
 from ._exceptions import ConfigError, DatabaseUnavailable, SourceIsReadOnly
 from ._settings import Settings
 
@@ -24,6 +25,7 @@ Doc = dict[str, Any]
 
 
 _MOCK_CLIENTS: dict[str, Any] = {}
+_mongomock_compat.install()
 
 
 def connect(settings: Settings) -> Database[Doc]:

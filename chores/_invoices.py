@@ -8,13 +8,14 @@ finalize due periods.
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from pymongo.errors import DuplicateKeyError
 
 from pricing import Registry
 
@@ -23,8 +24,9 @@ from ._db import Collections, Doc
 from ._ledger import Ledger
 from ._lines import InvoiceLine, UsageGroup, price_lines
 from ._money import Micros
-from ._periods import next_period, period_bounds, period_of
+from ._periods import as_utc, next_period, period_bounds, period_of
 from ._progress import Progress
+from ._writes import replace_where
 
 
 class Invoice(BaseModel):
@@ -44,24 +46,35 @@ class Invoice(BaseModel):
     runs: int
     updated_at: datetime
     finalized_at: datetime | None = None
-    registry: str = ""
+    registry: str = ""  # fingerprint of the registry that priced it
 
     def document(self) -> Doc:
         return self.model_dump(by_alias=True)
+
+
+@dataclass
+class PeriodUsage:
+    """What the ledger holds for one invoice: usage groups, runners, entry count."""
+
+    groups: list[UsageGroup] = field(default_factory=list)
+    runners: set[str] = field(default_factory=set)
+    entries: int = 0
+
+
+EMPTY_ENTRY: Doc = {"input_tokens": 0, "cached_tokens": 0, "output_tokens": 0, "unsplit_tokens": 0}
 
 
 def build_invoice(
     *,
     org: str,
     period: str,
-    groups: Sequence[UsageGroup],
-    runs: int,
+    usage: PeriodUsage,
     anomalies_open: bool,
     registry: Registry,
     now: datetime,
     status: Literal["draft", "final"] = "draft",
 ) -> Invoice:
-    lines = price_lines(groups, registry)
+    lines = price_lines(usage.groups, registry)
     start, end = period_bounds(period)
     total = sum(line.amount_micros for line in lines if line.amount_micros is not None)
     unpriced = sum(line.tokens for line in lines if not line.priced)
@@ -76,7 +89,7 @@ def build_invoice(
         total_micros=Micros(total),
         unpriced_tokens=unpriced,
         needs_review=anomalies_open or any(not line.priced for line in lines),
-        runs=runs,
+        runs=len(usage.runners),
         updated_at=now,
         finalized_at=now if status == "final" else None,
         registry=registry.fingerprint,
@@ -124,21 +137,21 @@ class Invoices:
         doc = self._c.invoices.find_one({"_id": f"{org}:{period}"})
         return Invoice.model_validate(doc) if doc else None
 
-    def usage_groups(
+    def usage(
         self, pairs: set[tuple[str, str]], *, booked_only: bool = False
-    ) -> tuple[dict[tuple[str, str], list[UsageGroup]], dict[tuple[str, str], set[str]]]:
+    ) -> dict[tuple[str, str], PeriodUsage]:
         """Ledger entries of these `(org, period)` invoices, summed in the database."""
-        groups: dict[tuple[str, str], list[UsageGroup]] = defaultdict(list)
-        runners: dict[tuple[str, str], set[str]] = defaultdict(set)
+        usage: dict[tuple[str, str], PeriodUsage] = defaultdict(PeriodUsage)
         if not pairs:
-            return groups, runners
+            return usage
         orgs = sorted({org for org, _ in pairs})
         periods = sorted({period for _, period in pairs})
         belongs: list[Doc] = [{"booked": {"$in": periods}}]
         if not booked_only:
             belongs.append({"booked": None, "usage_period": {"$in": periods}})
         pipeline: list[Doc] = [
-            {"$match": {"org": {"$in": orgs}, "$or": belongs}},
+            # An entry that only moved a high-water mark is no usage: no line, no run.
+            {"$match": {"org": {"$in": orgs}, "$or": belongs, "$nor": [EMPTY_ENTRY]}},
             {
                 "$group": {
                     "_id": {
@@ -154,6 +167,7 @@ class Invoices:
                     "output": {"$sum": "$output_tokens"},
                     "unsplit": {"$sum": "$unsplit_tokens"},
                     "runners": {"$addToSet": "$runner_id"},
+                    "entries": {"$sum": 1},
                 }
             },
         ]
@@ -162,7 +176,8 @@ class Invoices:
             pair = (key["org"], key["period"])
             if pair not in pairs:
                 continue
-            groups[pair].append(
+            period_usage = usage[pair]
+            period_usage.groups.append(
                 UsageGroup(
                     model=key["model"],
                     byok=bool(key["byok"]),
@@ -174,47 +189,53 @@ class Invoices:
                     unsplit=row["unsplit"],
                 )
             )
-            runners[pair].update(row["runners"])
-        return groups, runners
+            period_usage.runners.update(row["runners"])
+            period_usage.entries += row["entries"]
+        return usage
 
     # writing ---------------------------------------------------------------
-    def _write(self, invoice: Invoice) -> bool:
-        """Write a draft or the final invoice; a final invoice is never replaced."""
-        try:
-            self._c.invoices.replace_one(
-                {"_id": invoice.id, "status": {"$ne": "final"}}, invoice.document(), upsert=True
-            )
-        except DuplicateKeyError:
-            return False  # already final
-        return True
-
     def rebuild(self, pairs: set[tuple[str, str]], now: datetime) -> list[str]:
-        """Rebuild the drafts of these `(org, period)` pairs from the ledger."""
+        """Rebuild the drafts of these `(org, period)` pairs from the ledger, in one write.
+
+        A final invoice, or a draft being finalized (`closing`), is never replaced;
+        an empty invoice is only written over an existing one or to flag a review.
+        """
         finals = self.final_periods(org for org, _ in pairs)
         drafts = {(org, period) for org, period in pairs if period not in finals[org]}
-        groups, runners = self.usage_groups(drafts)
+        usage = self.usage(drafts)
         review = self._anomalies.open_periods(drafts)
-        written = []
-        for org, period in sorted(drafts):
-            invoice = build_invoice(
+        ids = [f"{org}:{period}" for org, period in drafts]
+        existing = {d["_id"] for d in self._c.invoices.find({"_id": {"$in": ids}}, {"_id": 1})}
+        invoices = [
+            build_invoice(
                 org=org,
                 period=period,
-                groups=groups[(org, period)],
-                runs=len(runners[(org, period)]),
+                usage=usage[(org, period)],
                 anomalies_open=(org, period) in review,
                 registry=self._registry,
                 now=now,
             )
-            if self._write(invoice):
-                written.append(invoice.id)
-        return written
+            for org, period in sorted(drafts)
+            if usage[(org, period)].entries
+            or (org, period) in review
+            or f"{org}:{period}" in existing
+        ]
+        refused = replace_where(
+            self._c.invoices,
+            [
+                ({"_id": inv.id, "status": {"$ne": "final"}, "closing": None}, inv.document())
+                for inv in invoices
+            ],
+        )
+        return [inv.id for i, inv in enumerate(invoices) if i not in refused]
 
     def settle(self, now: datetime, org: str | None = None) -> list[str]:
         """Book late usage and rebuild every dirty or stale draft in scope; ids written.
 
-        Dirty marks are cleared only after the rebuild, so a crash leaves them.
+        Only marks read *closed* are deleted, after the rebuild: a crash leaves
+        them, and a mark whose writes have not landed yet survives this settle.
         """
-        mark_ids, pairs = self._progress.dirty(org)
+        mark_ids, pairs = self._progress.dirty(org, as_utc(now))
         pairs |= self._stale_drafts(org)
         finals = self.final_periods(o for o, _ in pairs)
         for org_id in sorted({o for o, _ in pairs}):
@@ -237,7 +258,14 @@ class Invoices:
         }
 
     def finalize(self, now: datetime, grace: timedelta, org: str | None = None) -> list[str]:
-        """Turn every draft whose period ended more than `grace` ago final; ids finalized."""
+        """Turn every draft whose period ended more than `grace` ago final; ids finalized.
+
+        Each period is fenced first (`closing` = a token of this attempt): only the
+        latest attempt can write the final invoice, and it does so from every entry
+        booked to the period after it took the fence, so two overlapping finalizes
+        (or one that crashed, then a retry) cannot leave a booked entry uncounted.
+        A constant number of operations per invoice; it runs once a day.
+        """
         self.settle(now, org)
         query: Doc = {"status": "draft", "period_end": {"$lte": now - grace}}
         if org is not None:
@@ -247,26 +275,37 @@ class Invoices:
         )
         finalized: list[str] = []
         for org_id, period in due:
-            self._ledger.book_period(org_id, period)
-            groups, runners = self.usage_groups({(org_id, period)}, booked_only=True)
-            pair = (org_id, period)
-            invoice = build_invoice(
-                org=org_id,
-                period=period,
-                groups=groups[pair],
-                runs=len(runners[pair]),
-                anomalies_open=bool(self._anomalies.open_periods({pair})),
-                registry=self._registry,
-                now=now,
-                status="final",
-            )
-            if self._write(invoice):
-                finalized.append(invoice.id)
-            # Entries that slipped in between the booking and the final write are late.
-            finals = self.final_periods([org_id])[org_id] | {period}
-            target = open_period(now, finals)
-            if self._ledger.book_late(org_id, [period], target):
-                self._progress.mark_dirty([(org_id, target)], run_id=f"finalize:{period}")
-        if finalized:
-            self.settle(now, org)
+            if self._finalize_one(org_id, period, now):
+                finalized.append(f"{org_id}:{period}")
+        self.settle(now, org)  # the open drafts that received late usage
         return finalized
+
+    def _finalize_one(self, org: str, period: str, now: datetime) -> bool:
+        invoice_id, token = f"{org}:{period}", uuid.uuid4().hex
+        fenced = self._c.invoices.find_one_and_update(
+            {"_id": invoice_id, "status": "draft"}, {"$set": {"closing": token}}
+        )
+        if fenced is None:
+            return False  # final meanwhile
+        # Late usage of this period goes to `target`: announce it before it can happen.
+        target = open_period(now, self.final_periods([org])[org] | {period})
+        marks = self._progress.mark_dirty([(org, target)], now=now)
+        self._ledger.book_period(org, period)
+        pair = (org, period)
+        invoice = build_invoice(
+            org=org,
+            period=period,
+            usage=self.usage({pair}, booked_only=True)[pair],
+            anomalies_open=bool(self._anomalies.open_periods({pair})),
+            registry=self._registry,
+            now=now,
+            status="final",
+        )
+        written = self._c.invoices.replace_one(
+            {"_id": invoice_id, "status": "draft", "closing": token}, invoice.document()
+        )
+        if written.matched_count:
+            # Entries that arrived between the booking and the final write are late.
+            self._ledger.book_late(org, [period], target)
+        self._progress.close_marks(marks)
+        return bool(written.matched_count)

@@ -18,16 +18,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from pymongo.errors import BulkWriteError
-
 from pricing import Registry
 
 from ._db import Collections, Doc
 from ._lines import UsageGroup, price_group
 from ._source import chunked
 from ._usage import Counters, Delta, LedgerHead
-
-DUPLICATE_KEY = 11000
+from ._writes import insert_ignoring_duplicates
 
 
 def entry_document(delta: Delta, *, billed_at: datetime, run_id: str, registry: Registry) -> Doc:
@@ -99,17 +96,8 @@ class Ledger:
 
         Returns the entries this call wrote. Any error but a duplicate key propagates.
         """
-        if not entries:
-            return []
-        try:
-            self._entries.insert_many(list(entries), ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(error.get("code") != DUPLICATE_KEY for error in errors):
-                raise
-            lost = {entries[error["index"]]["_id"] for error in errors}
-            return [entry for entry in entries if entry["_id"] not in lost]
-        return list(entries)
+        lost = insert_ignoring_duplicates(self._entries, entries)
+        return [entry for i, entry in enumerate(entries) if i not in lost]
 
     def book_late(self, org: str, final_periods: Iterable[str], into: str) -> int:
         """Book unbooked entries of final periods into the open period `into` as late."""

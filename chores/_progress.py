@@ -7,32 +7,23 @@ None of this is billing state: losing any of it costs a re-read, never a charge.
 - *pending* (`billing_pending`, `_id` = runner id): runners last seen running or
   waiting for a spawn finding; re-read by `_id` every run.
 - *dirty marks* (`billing_dirty`): an `(org, period)` whose invoice must be
-  rebuilt. Written before the ledger entries they announce and deleted only
-  after the rebuild, by id, so a crash at any point leaves the mark for the
-  next run, and a mark written by a concurrent run is never deleted unseen.
+  rebuilt. Written (open) before the writes they announce, closed once those
+  landed, and deleted by a settle only if it read them closed, after its
+  rebuild: a crash at any point leaves the mark for the next run, and no
+  settle can delete a mark before the entries it announces are readable.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
-
-from pymongo.errors import BulkWriteError
+from datetime import datetime, timedelta
 
 from ._db import Collections, Doc
-from ._ledger import DUPLICATE_KEY
+from ._writes import insert_ignoring_duplicates
 
 ALL_ORGS = "*"
-
-
-def insert_ignoring_duplicates(collection: Any, documents: Sequence[Doc]) -> None:
-    if not documents:
-        return
-    try:
-        collection.insert_many(list(documents), ordered=False)
-    except BulkWriteError as exc:
-        if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
-            raise
+OPEN_MARK_EXPIRY = timedelta(hours=6)
 
 
 class Progress:
@@ -59,21 +50,43 @@ class Progress:
         insert_ignoring_duplicates(self._c.pending, add)
 
     # dirty invoices -----------------------------------------------------
-    def mark_dirty(self, pairs: Iterable[tuple[str, str]], run_id: str) -> None:
-        marks = [
-            {"_id": f"{run_id}:{org}:{period}", "org": org, "period": period}
+    def mark_dirty(self, pairs: Iterable[tuple[str, str]], *, now: datetime) -> list[str]:
+        """Announce writes to come for these `(org, period)` invoices; the mark ids.
+
+        The marks are *open* until `close_marks`: a settle rebuilds an open mark's
+        invoice but does not delete the mark, since what it announces may not have
+        landed yet. A writer that died leaves its marks open; they expire after
+        `OPEN_MARK_EXPIRY` (the writer is long gone by then).
+        """
+        batch = uuid.uuid4().hex
+        marks: list[Doc] = [
+            {
+                "_id": f"{batch}:{org}:{period}",
+                "org": org,
+                "period": period,
+                "open": True,
+                "at": now,
+            }
             for org, period in sorted(set(pairs))
         ]
         insert_ignoring_duplicates(self._c.dirty, marks)
+        return [str(m["_id"]) for m in marks]
 
-    def dirty(self, org: str | None) -> tuple[list[str], set[tuple[str, str]]]:
-        """`(mark ids, (org, period) pairs)` of the marks in scope."""
+    def close_marks(self, mark_ids: Sequence[str]) -> None:
+        """What the marks announced has landed: a settle may now delete them."""
+        if mark_ids:
+            self._c.dirty.update_many({"_id": {"$in": list(mark_ids)}}, {"$set": {"open": False}})
+
+    def dirty(self, org: str | None, now: datetime) -> tuple[list[str], set[tuple[str, str]]]:
+        """`(ids of the marks a settle may delete, every (org, period) marked)` in scope."""
         query: Doc = {} if org is None else {"org": {"$eq": org}}
         ids: list[str] = []
         pairs: set[tuple[str, str]] = set()
         for mark in self._c.dirty.find(query):
-            ids.append(mark["_id"])
             pairs.add((mark["org"], mark["period"]))
+            expired = mark.get("at") is not None and mark["at"] < now - OPEN_MARK_EXPIRY
+            if not mark.get("open") or expired:
+                ids.append(mark["_id"])
         return ids, pairs
 
     def clear_dirty(self, mark_ids: Sequence[str]) -> None:

@@ -20,9 +20,9 @@ from pymongo.errors import PyMongoError
 from ._db import Collections, Doc
 from ._money import usd
 from ._periods import as_utc, period_of
-from ._progress import insert_ignoring_duplicates
 from ._quota_cache import QuotaCache
 from ._settings import Plan, Settings
+from ._writes import insert_ignoring_duplicates, replace_where
 
 State = Literal["ok", "warn", "block", "unknown"]
 
@@ -195,8 +195,25 @@ class Quota:
                 )
             states[org] = state
         insert_ignoring_duplicates(self._c.quota_events, events)  # before the decisions
-        for decision in decisions:
-            self._c.quota.replace_one({"_id": decision["_id"]}, decision, upsert=True)
+        # One write. Usage only grows within a period, so a decision from a concurrent
+        # run that saw more of it (or a later period) is kept, never overwritten.
+        replace_where(
+            self._c.quota,
+            [
+                (
+                    {
+                        "_id": d["_id"],
+                        "$or": [
+                            {"period": {"$lt": period}},
+                            {"period": period, "used_tokens": {"$lte": d["used_tokens"]}},
+                            {"period": {"$exists": False}},
+                        ],
+                    },
+                    d,
+                )
+                for d in decisions
+            ],
+        )
         if self._cache is not None:
             self._cache.put_many(decisions)
         return states
@@ -206,6 +223,8 @@ class Quota:
         settings = self._settings
         period = period_of(now)
         doc = self._cache.get(org) if self._cache is not None else None
+        if doc is not None and not self._trusted(doc, now):
+            doc = None
         if doc is None:
             try:
                 doc = self._c.quota.find_one({"_id": org})
@@ -251,6 +270,12 @@ class Quota:
             stale=False,
             reasons=reasons,
         )
+
+    def _trusted(self, cached: Mapping[str, Any], now: datetime) -> bool:
+        """A mirrored decision is used only while younger than the cache TTL, so one
+        that a failed mirror write left behind is never answered for longer."""
+        age = (now - as_utc(cached["computed_at"])).total_seconds()
+        return age < self._settings.quota_cache_ttl_seconds
 
     def _unknown(self, org: str, period: str, reason: str) -> QuotaDecision:
         allowed = self._settings.quota_fail_open

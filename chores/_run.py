@@ -102,6 +102,7 @@ class Meter:
         add_pending: list[Doc] = []
         drop_pending: list[str] = []
         clean: list[str] = []
+        watch: dict[str, Doc] = {}
         for doc in docs:
             result = assess(
                 doc,
@@ -123,10 +124,14 @@ class Meter:
             dirty.update((a.org, a.period) for a in result.anomalies if a.org and a.period)
             if result.billed_cleanly:
                 clean.append(result.runner_id)
+            if result.org is not None:
+                watch[result.runner_id] = {
+                    "_id": result.runner_id,
+                    "source_id": doc.get("_id"),
+                    "org": result.org,
+                }
             if result.pending and result.org is not None:
-                add_pending.append(
-                    {"_id": result.runner_id, "source_id": doc.get("_id"), "org": result.org}
-                )
+                add_pending.append(watch[result.runner_id])
             else:
                 drop_pending.append(result.runner_id)
             if result.org is not None:
@@ -144,11 +149,19 @@ class Meter:
         dirty.update(healed_pairs)
         known = self.anomalies.previous(records)
         dirty.update((o, p) for o, p, _ in known.values() if o is not None and p is not None)
-        self.progress.mark_dirty(dirty, run_id)  # before what they announce
+        marks = self.progress.mark_dirty(dirty, now=now)  # open, before what they announce
         self.anomalies.record(records, known, now=now, run_id=run_id)
         self.anomalies.close(healed)
-        self._tally(report, self.ledger.append(entries))
+        written = self.ledger.append(entries)
+        self._tally(report, written)
+        # A runner whose entry another run wrote first may have moved on since what
+        # that run read: keep re-reading it until this run bills it itself.
+        beaten = {e["runner_id"] for e in entries} - {e["runner_id"] for e in written}
+        dropped = set(drop_pending)
+        add_pending += [watch[r] for r in sorted(beaten) if r in dropped]
+        drop_pending = [r for r in drop_pending if r not in beaten]
         self.progress.set_pending(add_pending, drop_pending)
+        self.progress.close_marks(marks)  # everything they announced is readable now
 
     @staticmethod
     def _tally(report: RunReport, entries: Sequence[Doc]) -> None:

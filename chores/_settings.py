@@ -68,7 +68,9 @@ class Settings(BaseSettings):
 
     quota_max_staleness_seconds: float = Field(default=900.0, gt=0)
     quota_fail_open: bool = True
-    quota_cache_ttl_seconds: int = Field(default=600, gt=0)
+    # A mirrored decision older than this is not used (read from MongoDB instead), so a
+    # mirror write that failed leaves a superseded decision answerable this long at most.
+    quota_cache_ttl_seconds: int = Field(default=360, gt=0)
     redis_url: str | None = None
 
     celery_broker_url: str = "redis://localhost:6379/0"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -36,6 +36,9 @@ COUNTER_FIELDS = {
 TERMINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "SKIPPED"})
 MAX_COUNTER = 2**63 - 1  # what BSON can store; anything above is garbage
 MAX_MODEL_NAME = 256
+# An end_time outside these bounds is garbage (a period that cannot be invoiced).
+EARLIEST_END = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_END = timedelta(days=366)
 
 
 class Anomaly:
@@ -316,7 +319,10 @@ def assess(
 
     if end_time is None:
         usage_time = as_utc(now)
-    elif isinstance(end_time, datetime):
+    elif (
+        isinstance(end_time, datetime)
+        and EARLIEST_END <= as_utc(end_time) <= as_utc(now) + LATEST_END
+    ):
         usage_time = as_utc(end_time)
     else:
         result.period = period_of(now)

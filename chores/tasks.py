@@ -31,10 +31,11 @@ from . import _run
 from ._db import Collections, Doc, connect
 from ._exceptions import ConfigError, DatabaseUnavailable
 from ._lock import OrgLock, lock_client
-from ._progress import Progress, insert_ignoring_duplicates
+from ._progress import Progress
 from ._quota import Quota
 from ._report import RunReport
 from ._settings import Settings, get_settings, redact_url
+from ._writes import insert_ignoring_duplicates
 from .celery_app import RETRY_BACKOFF_MAX, app
 
 log = logging.getLogger(__name__)

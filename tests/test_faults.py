@@ -117,7 +117,7 @@ class FlakyOnce:
         ("billing_ledger", "find", 2, AutoReconnect("reset")),
         ("billing_ledger", "insert_many", 2, NetworkTimeout("timed out")),
         ("billing_ledger", "aggregate", 1, AutoReconnect("reset")),
-        ("billing_invoices", "replace_one", 2, AutoReconnect("reset")),
+        ("billing_invoices", "bulk_write", 1, AutoReconnect("reset")),
     ],
 )
 def test_a_failed_read_or_write_aborts_and_the_rerun_is_exact(
