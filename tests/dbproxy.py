@@ -23,6 +23,8 @@ WRITES = frozenset(
         "delete_one",
         "delete_many",
         "find_one_and_update",
+        "find_one_and_replace",
+        "find_one_and_delete",
         "bulk_write",
     }
 )

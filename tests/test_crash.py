@@ -25,23 +25,10 @@ from chores import Settings, check_quota, finalize_invoices, run_chore
 from chores._corpus import Corpus, generate_corpus
 from pricing import load_registry
 
+from dbproxy import WRITES
+
 REGISTRY = load_registry()
 SETTINGS = Settings(mongo_url="mongomock://test", batch_size=4, redis_url=None)
-WRITES = frozenset(
-    {
-        "insert_one",
-        "insert_many",
-        "update_one",
-        "update_many",
-        "replace_one",
-        "delete_one",
-        "delete_many",
-        "find_one_and_update",
-        "find_one_and_replace",
-        "find_one_and_delete",
-        "bulk_write",
-    }
-)
 BILLING_PREFIX = SETTINGS.billing_prefix
 FIRST = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 FINALIZE = datetime(2026, 11, 5, 6, 0, tzinfo=UTC)
