@@ -1,0 +1,253 @@
+"""Shared pieces of the benchmarks: the snapshot stream, the pure metering pipeline, LiteLLM.
+
+Nothing here is imported by the package or by the tests: the benchmarks are run by hand
+(see benchmarks/README.md).
+
+- `snapshot_chunks` streams runner snapshots as the source query would return them (AI
+  runners only), chunk by chunk, from `chores._corpus.generate_corpus`: subagents with their
+  spawn baselines, several models, byok, free and unknown models, runners without a split,
+  malformed documents, and a share of runners observed twice (once half-way while running,
+  once finished) so that the second observation has a ledger head.
+- `PureMeter` is the metering core with no I/O: `assess` per document, deltas summed into
+  `UsageGroup`s by (org, period, model, byok, day), then `price_lines` per invoice.
+- `litellm_map` loads LiteLLM's bundled price map offline, and `litellm_registry` converts
+  that same map with `pricing.registry_from_litellm`, so both sides price with one set of rates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from chores._corpus import generate_corpus
+from chores._lines import InvoiceLine, UsageGroup, price_lines
+from chores._usage import Delta, LedgerHead, assess, runner_key
+from pricing import Registry, registry_from_litellm
+
+START = datetime(2026, 10, 1, tzinfo=UTC)  # usage month of the synthetic records
+NOW = datetime(2026, 10, 30, 12, 0, tzinfo=UTC)  # the observation time of the run
+PRICES_VALID_FROM = date(2020, 1, 1)  # before every record
+MAX_TOKENS_PER_RUN = 1_000_000_000
+
+Observation = tuple[dict[str, Any], list[Any]]  # (runner document, spawn findings' _context)
+
+
+def org_names(count: int) -> list[str]:
+    return [f"org-{n:04d}" for n in range(count)]
+
+
+def snapshot_chunks(
+    total: int,
+    *,
+    seed: int = 20261030,
+    orgs: int = 500,
+    orgs_per_chunk: int = 10,
+    runs_per_org: int = 400,
+    repeat_share: float = 0.25,
+) -> Iterator[list[Observation]]:
+    """`total` AI runner snapshots, in chunks of a few thousand; never more than one chunk
+    in memory. Deterministic in everything but the ObjectIds."""
+    rng = random.Random(seed)
+    names = org_names(orgs)
+    emitted = 0
+    chunk_no = 0
+    while emitted < total:
+        first = (chunk_no * orgs_per_chunk) % orgs
+        chunk_orgs = [names[(first + n) % orgs] for n in range(orgs_per_chunk)]
+        corpus = generate_corpus(
+            seed=seed + chunk_no, orgs=chunk_orgs, runs_per_org=runs_per_org, start=START, days=28
+        )
+        chunk_no += 1
+        spawns: dict[str, list[Any]] = defaultdict(list)
+        for finding in corpus.findings:
+            if finding.get("_type") == "ai" and finding.get("ai_type") == "task":
+                spawns[str(finding["extra_data"]["runner_id"])].append(finding["_context"])
+        finals = [t for t in corpus.tasks if t.get("name") == "ai"]
+        halfway = {t["_id"]: t for t in corpus.at(0.5) if t.get("name") == "ai"}
+        chunk: list[Observation] = []
+        # Runners observed while running come first, then every runner as it ended.
+        for task in finals:
+            if rng.random() < repeat_share:
+                chunk.append((halfway[task["_id"]], spawns.get(str(task["_id"]), [])))
+        for task in finals:
+            chunk.append((task, spawns.get(str(task["_id"]), [])))
+        if emitted + len(chunk) > total:
+            chunk = chunk[: total - emitted]
+        emitted += len(chunk)
+        yield chunk
+
+
+GroupKey = tuple[str, str, str | None, bool, date]  # org, period, model, byok, day
+InvoiceKey = tuple[str, str]  # org, period
+
+
+@dataclass
+class PureMeter:
+    """Documents in, deltas summed into usage groups, invoice lines out. No I/O.
+
+    `heads` plays the ledger's part: the high-water mark of runners still running (a
+    finished runner's head is dropped, since it is not observed again), so memory stays
+    bounded by the number of running runners, not by the number of documents.
+    """
+
+    registry: Registry
+    now: datetime = NOW
+    heads: dict[str, LedgerHead] = field(default_factory=dict)
+    groups: dict[GroupKey, list[int]] = field(default_factory=dict)
+    snapshots: int = 0
+    deltas: int = 0
+    anomalies: int = 0
+
+    def feed(self, chunk: list[Observation], records: list[Delta] | None = None) -> None:
+        heads, groups, now = self.heads, self.groups, self.now
+        for doc, spawn_contexts in chunk:
+            runner = runner_key(doc.get("_id"))
+            result = assess(
+                doc,
+                spawn_contexts=spawn_contexts,
+                head=heads.get(runner),
+                now=now,
+                max_tokens_per_run=MAX_TOKENS_PER_RUN,
+            )
+            self.anomalies += len(result.anomalies)
+            delta = result.delta
+            if delta is not None:
+                tokens = delta.tokens
+                # result.period is the period of delta.usage_time, already computed
+                key = (delta.org, result.period, delta.model, delta.byok, delta.usage_time.date())
+                sums = groups.get(key)
+                if sums is None:
+                    groups[key] = [tokens.input, tokens.cached, tokens.output, tokens.unsplit]
+                else:
+                    sums[0] += tokens.input
+                    sums[1] += tokens.cached
+                    sums[2] += tokens.output
+                    sums[3] += tokens.unsplit
+                if result.pending:
+                    heads[runner] = LedgerHead(delta.seq, delta.high_water)
+                self.deltas += 1
+                if records is not None:
+                    records.append(delta)
+            if not result.pending:
+                heads.pop(runner, None)
+        self.snapshots += len(chunk)
+
+    def lines(self) -> dict[InvoiceKey, list[InvoiceLine]]:
+        """The invoice lines of every (org, period), priced once from the summed groups."""
+        per_invoice: dict[InvoiceKey, list[UsageGroup]] = defaultdict(list)
+        for (org, period, model, byok, day), (inp, cached, out, unsplit) in self.groups.items():
+            per_invoice[(org, period)].append(
+                UsageGroup(model, byok, False, day, inp, cached, out, unsplit)
+            )
+        return {key: price_lines(groups, self.registry) for key, groups in per_invoice.items()}
+
+
+# --- LiteLLM ----------------------------------------------------------------------------------
+
+
+def import_litellm() -> Any:
+    """LiteLLM with its bundled price map and no network (must run before any other import)."""
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    import litellm
+
+    litellm.suppress_debug_info = True
+    litellm.telemetry = False
+    return litellm
+
+
+def litellm_map_path(litellm: Any) -> Path:
+    return Path(litellm.__file__).parent / "model_prices_and_context_window_backup.json"
+
+
+def litellm_registry(litellm: Any) -> tuple[Registry, dict[str, Any], str]:
+    """(registry, the raw map, version) from LiteLLM's bundled map, through our importer."""
+    data = json.loads(litellm_map_path(litellm).read_text())
+    version = _litellm_version()
+    registry = registry_from_litellm(
+        data, valid_from=PRICES_VALID_FROM, version=f"litellm-{version}"
+    )
+    return registry, data, version
+
+
+def _litellm_version() -> str:
+    from importlib.metadata import version
+
+    return version("litellm")
+
+
+def skipped_by_import(data: Mapping[str, Any], registry: Registry) -> list[str]:
+    """Token-priced chat/completion entries of the map that the import left out."""
+    kept = {m.id for m in registry.models}
+    out = []
+    for key, spec in data.items():
+        if key == "sample_spec" or not isinstance(spec, Mapping) or key in kept:
+            continue
+        if spec.get("mode") in ("chat", "completion", "responses") and all(
+            isinstance(spec.get(k), int | float)
+            for k in ("input_cost_per_token", "output_cost_per_token")
+        ):
+            out.append(key)
+    return sorted(out)
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mib() -> float:
+    import psutil
+
+    return float(psutil.Process().memory_info().rss) / (1024 * 1024)
+
+
+class Stopwatch:
+    """Accumulated CPU time of this process (`time.process_time`) over the timed blocks.
+
+    CPU time rather than wall time: on a shared 2-core machine other processes steal wall
+    time unevenly; both sides of a comparison are timed the same way, chunk by chunk.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._t0 = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        self._t0 = time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds += time.process_time() - self._t0
+
+
+def machine() -> str:
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+
+
+def write_json(path: str | None, data: Mapping[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")

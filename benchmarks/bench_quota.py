@@ -1,0 +1,153 @@
+"""Benchmark 3: `check_quota` per second, from the Redis mirror vs from the database.
+
+    python benchmarks/bench_quota.py                     # Redis at redis://127.0.0.1:6379/13
+    python benchmarks/bench_quota.py --redis-url redis://127.0.0.1:6379/13 --checks 20000
+    MONGO_URL=mongodb://127.0.0.1:27017 python benchmarks/bench_quota.py   # real MongoDB too
+
+Seeds one quota decision per org (1,000 orgs, some with limits) with `Quota.decide`, which
+also mirrors them into Redis, then times `chores.check_quota(db, org, estimated_tokens, now,
+settings=...)` round-robin over the orgs, one call after another from one client:
+
+- uncached: `Settings(redis_url=None)`, one `find_one` on `billing_quota` per check. On
+  mongomock this is an in-process dictionary lookup, not a network round trip: the number is
+  an upper bound of what a real server gives (set MONGO_URL to measure one);
+- cached: `Settings(redis_url=...)`, one Redis GET per check (every key is a hit);
+- cold cache: the same, right after the Redis database was flushed: the first check of each
+  org misses, reads the database and refills the cache;
+- and, for scale, a bare `redis.get` of the same keys.
+
+Only the Redis database given (default 13) is flushed, before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import mongomock
+import redis
+from _workload import NOW, machine, org_names, write_json
+from rich.console import Console
+from rich.table import Table
+
+from chores import Settings, check_quota, ensure_indexes
+from chores._db import Collections
+from chores._quota import Quota
+
+ORGS = 1000
+
+
+def seed(db: Any, settings: Settings) -> None:
+    orgs = org_names(ORGS)
+    plans = [
+        {"_id": org, "token_limit": 1_000_000 * (n % 7 + 1), "spend_limit_micros": 50_000_000}
+        for n, org in enumerate(orgs)
+        if n % 3 == 0
+    ]
+    db[settings.collection("plans")].insert_many(plans)
+    Quota(Collections.of(db, settings), settings).decide(orgs, NOW)
+
+
+def timed(label: str, fn: Callable[[str], Any], checks: int) -> dict[str, Any]:
+    orgs = org_names(ORGS)
+    latencies = []
+    clock = time.perf_counter
+    started = clock()
+    for n in range(checks):
+        t0 = clock()
+        fn(orgs[n % ORGS])
+        latencies.append(clock() - t0)
+    seconds = clock() - started
+    latencies.sort()
+    return {
+        "label": label,
+        "checks": checks,
+        "seconds": seconds,
+        "per_second": checks / seconds,
+        "p50_us": statistics.median(latencies) * 1e6,
+        "p99_us": latencies[int(len(latencies) * 0.99)] * 1e6,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--checks", type=int, default=20_000)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    out = Console(width=150)
+
+    raw = redis.Redis.from_url(args.redis_url)
+    raw.ping()
+    raw.flushdb()  # only the benchmark's database
+
+    cached = Settings(mongo_url="mongomock://bench", redis_url=args.redis_url)
+    uncached = Settings(mongo_url="mongomock://bench", redis_url=None)
+    backends: list[tuple[str, Any]] = [("mongomock", mongomock.MongoClient(tz_aware=True)["main"])]
+    real_url = os.environ.get("MONGO_URL")
+    if real_url and not real_url.startswith("mongomock://"):
+        import pymongo
+
+        client: Any = pymongo.MongoClient(real_url, tz_aware=True)
+        client.drop_database("bench_quota")
+        backends.append(("MongoDB", client["bench_quota"]))
+
+    now = NOW + timedelta(minutes=1)
+    rows: list[dict[str, Any]] = []
+    try:
+        for backend, db in backends:
+            ensure_indexes(db, cached)
+            seed(db, cached)  # writes the decisions and mirrors them into Redis
+            a = check_quota(db, "org-0000", 5_000, now, settings=uncached)
+            b = check_quota(db, "org-0000", 5_000, now, settings=cached)
+            assert a == b, (a, b)
+
+            def from_db(org: str, db: Any = db) -> Any:
+                return check_quota(db, org, 5_000, now, settings=uncached)
+
+            def from_cache(org: str, db: Any = db) -> Any:
+                return check_quota(db, org, 5_000, now, settings=cached)
+
+            rows.append(timed(f"uncached ({backend} find_one)", from_db, args.checks))
+            rows.append(timed(f"cached (Redis GET, {backend} behind)", from_cache, args.checks))
+            raw.flushdb()
+            rows.append(timed(f"cold cache, first pass ({backend} refills)", from_cache, ORGS))
+        keys = [f"billing:quota:{org}" for org in org_names(ORGS)]
+        rows.append(
+            timed("bare redis-py GET (for scale)", lambda org: raw.get(keys[0]), args.checks)
+        )
+    finally:
+        raw.flushdb()
+
+    base = rows[0]["per_second"]
+    table = Table(title=f"check_quota, one client, {ORGS:,} orgs, sequential calls")
+    for column in ("path", "checks", "checks/s", "p50 (µs)", "p99 (µs)", "vs uncached"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    for row in rows:
+        table.add_row(
+            row["label"],
+            f"{row['checks']:,}",
+            f"{row['per_second']:,.0f}",
+            f"{row['p50_us']:.0f}",
+            f"{row['p99_us']:.0f}",
+            f"{row['per_second'] / base:.2f}x",
+        )
+    out.print(table)
+    out.print(
+        "mongomock answers find_one in-process (no socket, no BSON): the uncached figure is not "
+        "a database round trip. A real server adds one network round trip per check.",
+        highlight=False,
+    )
+    out.print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}")
+    write_json(args.json, {"benchmark": "quota", "machine": machine(), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
