@@ -27,6 +27,7 @@ from pricing import RegistryError, load_registry, registry_from_litellm, registr
 from ._db import Collections, connect, ensure_indexes
 from ._exceptions import ChoreError, InvoiceNotFound
 from ._invoices import Invoice
+from ._lines import InvoiceLine
 from ._money import usd
 from ._periods import period_bounds, period_of
 from ._settings import Settings, get_settings, redact_url
@@ -199,19 +200,7 @@ def invoice_show(org: str, period: str | None, as_json: bool, as_csv: bool) -> N
 def invoice_csv(inv: Invoice) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    fields = [
-        "model",
-        "tier",
-        "price_valid_from",
-        "priced",
-        "late",
-        "input_tokens",
-        "cached_tokens",
-        "output_tokens",
-        "unsplit_tokens",
-        "tokens",
-        "amount_micros",
-    ]
+    fields = list(InvoiceLine.model_fields)
     writer.writerow(["invoice", *fields])
     for line in inv.lines:
         row = line.model_dump()
