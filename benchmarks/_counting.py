@@ -14,27 +14,17 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pymongo import monitoring
 
-READS = frozenset({"find", "find_one", "aggregate", "count_documents", "distinct"})
-WRITES = frozenset(
-    {
-        "insert_one",
-        "insert_many",
-        "update_one",
-        "update_many",
-        "replace_one",
-        "delete_one",
-        "delete_many",
-        "find_one_and_update",
-        "find_one_and_replace",
-        "bulk_write",
-    }
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from dbproxy import READS, WRITES
+
 FIRST_BATCH = 101  # the server's default first batch
 MAX_WRITE_BATCH = 100_000
 
