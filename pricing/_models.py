@@ -277,8 +277,12 @@ class ModelEntry(BaseModel):
 
         A naive datetime is taken as UTC; an aware one is converted to UTC first.
         """
-        position = bisect_right(self.prices, _utc_day(when), key=_valid_from)
-        return self.prices[position - 1] if position else None
+        day = when if type(when) is date else _utc_day(when)
+        prices = self.prices
+        if len(prices) == 1:  # most models
+            return prices[0] if prices[0].valid_from <= day else None
+        position = bisect_right(prices, day, key=_valid_from)
+        return prices[position - 1] if position else None
 
 
 class Registry(BaseModel):
@@ -347,11 +351,14 @@ class Registry(BaseModel):
         key = name.strip().casefold()
         if not key:
             return None
-        found = self._names.get(key)
+        # The index straight from pydantic's private storage: `self._names` goes through
+        # `BaseModel.__getattr__`, which costs more than the lookup itself.
+        names: dict[str, ModelEntry] = self.__pydantic_private__["_names"]  # type: ignore[index]
+        found = names.get(key)
         if found is None:
             provider, slash, rest = key.partition("/")
             if slash and provider and rest:
-                found = self._names.get(rest)
+                found = names.get(rest)
         return found
 
     def get(self, model_id: str) -> ModelEntry:
