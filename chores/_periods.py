@@ -7,14 +7,24 @@ from datetime import UTC, datetime
 
 def as_utc(moment: datetime) -> datetime:
     """An aware UTC datetime; naive values (as pymongo returns them) are taken as UTC."""
+    if moment.tzinfo is UTC:
+        return moment
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
 
 
+_PERIOD_NAMES: dict[int, str] = {}  # year * 12 + month -> "YYYY-MM", filled as met
+
+
 def period_of(moment: datetime) -> str:
-    moment = as_utc(moment)
-    return f"{moment.year:04d}-{moment.month:02d}"
+    if moment.tzinfo is not UTC:
+        moment = as_utc(moment)
+    key = moment.year * 12 + moment.month
+    name = _PERIOD_NAMES.get(key)
+    if name is None:
+        name = _PERIOD_NAMES[key] = f"{moment.year:04d}-{moment.month:02d}"
+    return name
 
 
 def period_bounds(period: str) -> tuple[datetime, datetime]:

@@ -1,0 +1,199 @@
+"""The engine's shortcuts (benchmarks/) give exactly what the plain rules give.
+
+`parse_counters` checks four ints in one go, `assess` takes UTC end times without
+converting them, `price_lines` sums the tokens of a line before multiplying by its rates
+and remembers which line a (model, day) goes to. Each is checked here against the plain
+computation it replaces, on generated values.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chores._lines import LineMemo, UsageGroup, price_group, price_lines
+from chores._usage import COUNTER_FIELDS, MAX_COUNTER, Counters, assess, parse_counters
+from pricing import ModelEntry, PriceVersion, Registry
+
+from conftest import NOW
+
+counter_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.sampled_from([0, 1, MAX_COUNTER, MAX_COUNTER + 1, -1, 2**62, 2**63]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1.0, 3.0, 2.5, float(2**63), "12", [], {}]),
+)
+
+
+def reference_counter(value: Any) -> int | None:
+    """SPEC §1.5, counter by counter: None/missing is 0, else a whole number in range."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if value != int(value) or not 0 <= value <= MAX_COUNTER:
+        return None
+    return int(value)
+
+
+@given(
+    st.lists(counter_values, min_size=4, max_size=4),
+    st.lists(st.booleans(), min_size=4, max_size=4),
+)
+def test_parse_counters_agrees_with_the_rule_counter_by_counter(
+    values: list[Any], present: list[bool]
+) -> None:
+    context = {
+        field: value
+        for field, value, here in zip(COUNTER_FIELDS.values(), values, present, strict=True)
+        if here
+    }
+    expected = [reference_counter(context.get(field)) for field in COUNTER_FIELDS.values()]
+    parsed = parse_counters(context)
+    if None in expected:
+        assert isinstance(parsed, str) and parsed.startswith("malformed counters: ")
+        for field, value in zip(COUNTER_FIELDS.values(), expected, strict=True):
+            assert (field in parsed) == (value is None)
+    else:
+        assert parsed == Counters(*expected)
+        assert all(type(value) is int for value in parsed)
+
+
+def _doc(end_time: Any) -> dict[str, Any]:
+    return {
+        "_id": "runner-1",
+        "status": "SUCCESS",
+        "end_time": end_time,
+        "context": {
+            "workspace_id": "org-a",
+            "ai_tokens": 1_500,
+            "ai_prompt_tokens": 1_000,
+            "ai_completion_tokens": 400,
+            "ai_model": "gpt-4o",
+        },
+    }
+
+
+@settings(max_examples=200)
+@given(
+    st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2030, 1, 1)),
+    st.sampled_from([None, UTC, timezone(timedelta(hours=5)), timezone(timedelta(hours=-9))]),
+    st.sampled_from([NOW, NOW.replace(tzinfo=None), NOW.astimezone(timezone(timedelta(hours=3)))]),
+)
+def test_an_end_time_means_the_same_instant_in_any_zone(
+    moment: datetime, zone: timezone | None, now: datetime
+) -> None:
+    end_time = moment.replace(tzinfo=zone)
+    as_utc = end_time.replace(tzinfo=UTC) if zone is None else end_time.astimezone(UTC)
+    kwargs: dict[str, Any] = {"spawn_contexts": [], "head": None, "max_tokens_per_run": 10**9}
+    given_zone = assess(_doc(end_time), now=now, **kwargs)
+    in_utc = assess(_doc(as_utc), now=NOW, **kwargs)
+    # Equal but for the anomaly's detail, which quotes the value as written.
+    assert given_zone._replace(anomalies=()) == in_utc._replace(anomalies=())
+    assert [a.kind for a in given_zone.anomalies] == [a.kind for a in in_utc.anomalies]
+    in_range = datetime(2000, 1, 1, tzinfo=UTC) <= as_utc <= NOW + timedelta(days=366)
+    assert (given_zone.delta is not None) == in_range
+    if given_zone.delta is not None:
+        assert given_zone.delta.usage_time == as_utc
+        assert given_zone.period == f"{as_utc.year:04d}-{as_utc.month:02d}"
+
+
+def _registry() -> Registry:
+    return Registry(
+        version="shortcuts",
+        models=(
+            ModelEntry(
+                id="m-two-versions",
+                tier="paid",
+                prices=(
+                    PriceVersion(
+                        valid_from=date(2026, 1, 1),
+                        input=Decimal("2.5"),
+                        cached_input=Decimal("1.25"),
+                        output=Decimal("10"),
+                    ),
+                    PriceVersion(
+                        valid_from=date(2026, 10, 15),
+                        input=Decimal("3.000000000001"),
+                        output=Decimal("15.123456789012"),
+                    ),
+                ),
+            ),
+            ModelEntry(
+                id="m-one",
+                tier="paid",
+                prices=(
+                    PriceVersion(
+                        valid_from=date(2026, 10, 10),
+                        input=Decimal("0.15"),
+                        cached_input=Decimal("0.075"),
+                        output=Decimal("0.6"),
+                    ),
+                ),
+            ),
+            ModelEntry(
+                id="m-free",
+                tier="free",
+                prices=(
+                    PriceVersion(valid_from=date(2020, 1, 1), input=Decimal(0), output=Decimal(0)),
+                ),
+            ),
+        ),
+    )
+
+
+REGISTRY = _registry()
+tokens = st.integers(min_value=0, max_value=10**19)
+groups = st.builds(
+    UsageGroup,
+    model=st.sampled_from(["m-two-versions", "M-ONE", "acme/m-one", "m-free", "unknown", None]),
+    byok=st.booleans(),
+    late=st.booleans(),
+    day=st.dates(min_value=date(2026, 10, 1), max_value=date(2026, 10, 31)),
+    input=tokens,
+    cached=tokens,
+    output=tokens,
+    unsplit=tokens,
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(groups, max_size=30), st.lists(groups, max_size=10))
+def test_price_lines_equals_the_sum_of_its_groups_rounded_once(
+    invoice: list[UsageGroup], other_invoice: list[UsageGroup]
+) -> None:
+    # Reference: each group priced on its own (exact Decimal), summed per line, rounded once.
+    want: dict[tuple[Any, ...], Decimal | None] = {}
+    for group in invoice:
+        key, amount = price_group(group, REGISTRY)
+        previous = want.get(key, Decimal(0))
+        want[key] = None if amount is None or previous is None else previous + amount
+    memo: LineMemo = {}
+    price_lines(other_invoice, REGISTRY, lines_seen=memo)  # a memo filled by another invoice
+    for lines in (price_lines(invoice, REGISTRY), price_lines(invoice, REGISTRY, lines_seen=memo)):
+        got = {(ln.model, ln.tier, ln.price_valid_from, ln.late): ln for ln in lines}
+        assert set(got) == set(want)
+        for key, exact in want.items():
+            line = got[key]
+            if exact is None:
+                assert line.amount_micros is None and not line.priced
+            else:
+                rounded = exact.quantize(Decimal(1), rounding=ROUND_HALF_UP)
+                assert line.amount_micros == int(rounded)
+
+
+def test_a_month_of_tokens_at_a_twelve_decimal_rate_is_priced_exactly() -> None:
+    # 28 digits (Decimal's default precision) cannot hold this product; it must not round.
+    count = 987_654_321_987_654_321
+    group = UsageGroup("m-two-versions", False, False, date(2026, 10, 20), 0, 0, count, 0)
+    (line,) = price_lines([group], REGISTRY)
+    exact = count * 15_123_456_789_012  # the rate, in units of 10^-12 micro-dollars
+    assert line.amount_micros == (exact + 5 * 10**11) // 10**12
