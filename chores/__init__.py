@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 
 from pymongo.database import Database
 
-from ._db import Doc, connect, ensure_indexes
+from ._db import Collections, Doc, connect, ensure_indexes
 from ._exceptions import ChoreError, ConfigError, DatabaseUnavailable, InvoiceNotFound, UnknownOrg
 from ._invoices import Invoice, InvoiceLine
 from ._periods import as_utc
-from ._quota import QuotaDecision
+from ._quota import Quota, QuotaDecision
 from ._report import RunReport
 from ._run import finalize_invoices, run_chore, validate_org
 from ._settings import Settings, get_settings
@@ -30,9 +30,6 @@ def check_quota(
     settings: Settings | None = None,
 ) -> QuotaDecision:
     """May `org` start a run? One indexed read of its stored decision (SPEC §5)."""
-    from ._db import Collections
-    from ._quota import Quota
-
     settings = settings or get_settings()
     org = validate_org(org)
     if (
@@ -44,7 +41,24 @@ def check_quota(
             f"estimated_tokens must be a non-negative integer, got {estimated_tokens!r}"
         )
     now = as_utc(now or datetime.now(UTC))
-    return Quota(Collections.of(db, settings), settings).check(org, estimated_tokens, now)
+    return _quota_for(db, settings).check(org, estimated_tokens, now)
+
+
+_QUOTAS: dict[tuple[int, int], tuple[Database[Doc], Settings, Quota]] = {}
+
+
+def _quota_for(db: Database[Doc], settings: Settings) -> Quota:
+    """The `Quota` of a database and settings, built once: a check is called per run
+    start, and building every collection handle each time cost a third of it."""
+    key = (id(db), id(settings))
+    found = _QUOTAS.get(key)
+    if found is not None and found[0] is db and found[1] is settings:
+        return found[2]
+    if len(_QUOTAS) >= 32:  # a long-lived process with many Settings objects (tests)
+        _QUOTAS.clear()
+    quota = Quota(Collections.of(db, settings), settings)
+    _QUOTAS[key] = (db, settings, quota)  # kept alive with it, so the ids stay theirs
+    return quota
 
 
 __all__ = [
