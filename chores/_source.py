@@ -78,7 +78,8 @@ class Source:
         """The AI runners with these `_id`s (one query; the caller batches)."""
         query = self._scope(org)
         query["_id"] = {"$in": list(source_ids)}
-        return list(self._tasks.find(query, RUNNER_PROJECTION))
+        # One batch for the lot (the server's default first batch is 101 documents).
+        return list(self._tasks.find(query, RUNNER_PROJECTION, batch_size=len(source_ids)))
 
     def spawn_contexts(self, runner_ids: Sequence[str]) -> dict[str, list[Any]]:
         """The `_context` of every spawn finding naming these runners, by runner id.
@@ -92,7 +93,8 @@ class Source:
         wanted += [ObjectId(r) for r in runner_ids if ObjectId.is_valid(r)]
         query = {"_type": "ai", "ai_type": "task", "extra_data.runner_id": {"$in": wanted}}
         found: dict[str, list[Any]] = {}
-        for finding in self._findings.find(query, SPAWN_PROJECTION):
+        # Usually one spawn finding per subagent: one batch for the lot, not 101 + the rest.
+        for finding in self._findings.find(query, SPAWN_PROJECTION, batch_size=len(wanted)):
             extra = finding.get("extra_data")
             if not isinstance(extra, Mapping):
                 continue
