@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from chores._corpus import generate_corpus
-from chores._lines import InvoiceLine, UsageGroup, price_lines
-from chores._usage import Delta, LedgerHead, assess, runner_key
+from chores._lines import InvoiceLine, LineMemo, UsageGroup, price_lines
+from chores._usage import Delta, LedgerHead, assess
 from pricing import Registry, registry_from_litellm
 
 START = datetime(2026, 10, 1, tzinfo=UTC)  # usage month of the synthetic records
@@ -102,7 +102,7 @@ class PureMeter:
 
     registry: Registry
     now: datetime = NOW
-    heads: dict[str, LedgerHead] = field(default_factory=dict)
+    heads: dict[Any, LedgerHead] = field(default_factory=dict)  # by document _id
     groups: dict[GroupKey, list[int]] = field(default_factory=dict)
     snapshots: int = 0
     deltas: int = 0
@@ -110,37 +110,41 @@ class PureMeter:
 
     def feed(self, chunk: list[Observation], records: list[Delta] | None = None) -> None:
         heads, groups, now = self.heads, self.groups, self.now
+        anomalies = deltas = 0
         for doc, spawn_contexts in chunk:
-            runner = runner_key(doc.get("_id"))
-            result = assess(
+            # The ledger's part, keyed by document id (the ledger uses `runner_key(_id)`).
+            source_id = doc.get("_id")
+            _, org, period, pending, delta, flagged, _ = assess(
                 doc,
                 spawn_contexts=spawn_contexts,
-                head=heads.get(runner),
+                head=heads.get(source_id),
                 now=now,
                 max_tokens_per_run=MAX_TOKENS_PER_RUN,
             )
-            self.anomalies += len(result.anomalies)
-            delta = result.delta
+            if flagged:
+                anomalies += len(flagged)
             if delta is not None:
-                tokens = delta.tokens
-                # result.period is the period of delta.usage_time, already computed
-                key = (delta.org, result.period, delta.model, delta.byok, delta.usage_time.date())
+                input, cached, output, unsplit = delta.tokens
+                # `period` is the period of delta.usage_time, already computed
+                key = (org, period, delta.model, delta.byok, delta.usage_time.date())
                 sums = groups.get(key)
                 if sums is None:
-                    groups[key] = [tokens.input, tokens.cached, tokens.output, tokens.unsplit]
+                    groups[key] = [input, cached, output, unsplit]
                 else:
-                    sums[0] += tokens.input
-                    sums[1] += tokens.cached
-                    sums[2] += tokens.output
-                    sums[3] += tokens.unsplit
-                if result.pending:
-                    heads[runner] = LedgerHead(delta.seq, delta.high_water)
-                self.deltas += 1
+                    sums[0] += input
+                    sums[1] += cached
+                    sums[2] += output
+                    sums[3] += unsplit
+                if pending:
+                    heads[source_id] = LedgerHead(delta.seq, delta.high_water)
+                deltas += 1
                 if records is not None:
                     records.append(delta)
-            if not result.pending:
-                heads.pop(runner, None)
+            if not pending and heads:
+                heads.pop(source_id, None)
         self.snapshots += len(chunk)
+        self.anomalies += anomalies
+        self.deltas += deltas
 
     def lines(self) -> dict[InvoiceKey, list[InvoiceLine]]:
         """The invoice lines of every (org, period), priced once from the summed groups."""
@@ -149,7 +153,11 @@ class PureMeter:
             per_invoice[(org, period)].append(
                 UsageGroup(model, byok, False, day, inp, cached, out, unsplit)
             )
-        return {key: price_lines(groups, self.registry) for key, groups in per_invoice.items()}
+        seen: LineMemo = {}  # one registry for every invoice
+        return {
+            key: price_lines(groups, self.registry, lines_seen=seen)
+            for key, groups in per_invoice.items()
+        }
 
 
 # --- LiteLLM ----------------------------------------------------------------------------------
