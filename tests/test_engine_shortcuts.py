@@ -12,12 +12,13 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chores._lines import LineMemo, UsageGroup, price_group, price_lines
 from chores._usage import COUNTER_FIELDS, MAX_COUNTER, Counters, assess, parse_counters
-from pricing import ModelEntry, PriceVersion, Registry
+from pricing import Registry
 
 from conftest import NOW
 
@@ -106,51 +107,24 @@ def test_an_end_time_means_the_same_instant_in_any_zone(
         assert given_zone.period == f"{as_utc.year:04d}-{as_utc.month:02d}"
 
 
-def _registry() -> Registry:
-    return Registry(
-        version="shortcuts",
-        models=(
-            ModelEntry(
-                id="m-two-versions",
-                tier="paid",
-                prices=(
-                    PriceVersion(
-                        valid_from=date(2026, 1, 1),
-                        input=Decimal("2.5"),
-                        cached_input=Decimal("1.25"),
-                        output=Decimal("10"),
-                    ),
-                    PriceVersion(
-                        valid_from=date(2026, 10, 15),
-                        input=Decimal("3.000000000001"),
-                        output=Decimal("15.123456789012"),
-                    ),
-                ),
-            ),
-            ModelEntry(
-                id="m-one",
-                tier="paid",
-                prices=(
-                    PriceVersion(
-                        valid_from=date(2026, 10, 10),
-                        input=Decimal("0.15"),
-                        cached_input=Decimal("0.075"),
-                        output=Decimal("0.6"),
-                    ),
-                ),
-            ),
-            ModelEntry(
-                id="m-free",
-                tier="free",
-                prices=(
-                    PriceVersion(valid_from=date(2020, 1, 1), input=Decimal(0), output=Decimal(0)),
-                ),
-            ),
-        ),
-    )
-
-
-REGISTRY = _registry()
+REGISTRY_YAML = """
+version: shortcuts
+models:
+  - id: m-two-versions
+    tier: paid
+    prices:
+      - {valid_from: "2026-01-01", input: "2.5", cached_input: "1.25", output: "10"}
+      - {valid_from: "2026-10-15", input: "3.000000000001", output: "15.123456789012"}
+  - id: m-one
+    tier: paid
+    prices:
+      - {valid_from: "2026-10-10", input: "0.15", cached_input: "0.075", output: "0.6"}
+  - id: m-free
+    tier: free
+    prices:
+      - {valid_from: "2020-01-01", input: "0", output: "0"}
+"""
+REGISTRY = Registry.model_validate(yaml.safe_load(REGISTRY_YAML))
 tokens = st.integers(min_value=0, max_value=10**19)
 groups = st.builds(
     UsageGroup,
