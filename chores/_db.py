@@ -8,6 +8,7 @@ without redacting its password.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import mongomock
@@ -42,8 +43,10 @@ def connect(settings: Settings) -> Database[Doc]:
         mock_db: Database[Doc] = client[settings.mongo_db]
         return mock_db
     try:
+        # Aware datetimes in `datetime.UTC` itself (not bson's FixedOffset): the metering
+        # rules take those as they are, without converting each end time.
         real: pymongo.MongoClient[Doc] = pymongo.MongoClient(
-            url, serverSelectionTimeoutMS=settings.mongo_timeout_ms, tz_aware=True
+            url, serverSelectionTimeoutMS=settings.mongo_timeout_ms, tz_aware=True, tzinfo=UTC
         )
     except (InvalidURI, ConfigurationError, ValueError):
         raise ConfigError(
