@@ -95,13 +95,20 @@ def test_every_setting_is_explained_in_the_deploy_guide():
 
 def test_docker_compose_accepts_the_file_where_the_client_has_compose(compose):
     docker = shutil.which("docker")
-    has_compose = docker is not None and subprocess.run(
-        [docker, "compose", "version"], capture_output=True, check=False
-    ).returncode == 0
+    has_compose = (
+        docker is not None
+        and subprocess.run(
+            [docker, "compose", "version"], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
     if has_compose:  # `config` needs no engine; without compose the checks above stand
         done = subprocess.run(
             [str(docker), "compose", "config", "-q"],
-            cwd=ROOT, capture_output=True, text=True, check=False,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert done.returncode == 0, done.stderr
     assert compose["name"] == "ai-billing-chore"

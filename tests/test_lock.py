@@ -126,9 +126,7 @@ def test_the_lock_is_released_after_a_run_and_after_a_failure(
     assert client.keys(KEY_PREFIX + "*") == []
 
 
-def test_without_redis_the_run_goes_ahead_unlocked_and_says_so(
-    monkeypatch, fixture_docs, caplog
-):
+def test_without_redis_the_run_goes_ahead_unlocked_and_says_so(monkeypatch, fixture_docs, caplog):
     unreachable = f"redis://127.0.0.1:{closed_port()}/0"
     settings = Settings(mongo_url="mongomock://lock", redis_url=unreachable)
     use(monkeypatch, settings, seeded(fixture_docs))
