@@ -363,14 +363,13 @@ def assess(
     end_time = doc.get("end_time")
     pending = end_time is None or not isinstance(status, str) or status not in TERMINAL_STATUSES
 
-    context = doc.get("context")
+    context: Any = doc.get("context")  # a document value: its shape is checked below
     org = context.get("workspace_id") if type(context) is dict else _org_of(context)
     if not isinstance(org, str) or not org:
         detail = "context.workspace_id is missing, empty or not a string"
         return Assessment(
-            runner_id, anomalies=(_record(runner_id, Anomaly.NO_ORG, None, None, detail),)
+            runner_id, anomalies=(AnomalyRecord(runner_id, Anomaly.NO_ORG, None, None, detail),)
         )
-    assert isinstance(context, Mapping)  # for mypy: an org was found in it
 
     if now.tzinfo is not UTC:
         now = as_utc(now)
@@ -414,14 +413,14 @@ def assess(
             # re-read every run until the spawn finding appears
             return _held(runner_id, org, period, True, (), kind, problem)
         if kind is not None:
-            flags = (_record(runner_id, kind, org, period, problem),)
+            flags = (AnomalyRecord(runner_id, kind, org, period, problem),)
         own = snapshot.minus(baseline)
 
     # (NamedTuples unpacked rather than read field by field: cheaper on this hot path.)
     total, prompt, completion, _ = own
     if total < prompt + completion:
         detail = f"total {total} < prompt {prompt} + completion {completion}"
-        flags = (*flags, _record(runner_id, Anomaly.TOTAL_BELOW_SPLIT, org, period, detail))
+        flags = (*flags, AnomalyRecord(runner_id, Anomaly.TOTAL_BELOW_SPLIT, org, period, detail))
 
     if head is None:
         previous = ZERO
@@ -430,7 +429,10 @@ def assess(
         previous = head.high_water
         if own.decreased_from(previous):
             detail = f"own counters {own.as_dict()} below billed high-water {previous.as_dict()}"
-            flags = (*flags, _record(runner_id, Anomaly.COUNTER_DECREASED, org, period, detail))
+            flags = (
+                *flags,
+                AnomalyRecord(runner_id, Anomaly.COUNTER_DECREASED, org, period, detail),
+            )
         high_water = previous.maximum(own)
 
     total, prompt, completion, _ = high_water
@@ -461,12 +463,6 @@ def assess(
         ),
     )
     return _new(Assessment, (runner_id, org, period, pending, delta, flags, True))
-
-
-def _record(
-    runner_id: str, kind: str, org: str | None, period: str | None, detail: str
-) -> AnomalyRecord:
-    return AnomalyRecord(runner_id, kind, org, period, detail)
 
 
 def _held(
