@@ -104,12 +104,14 @@ class Meter:
         clean: list[str] = []
         watch: dict[str, Doc] = {}
         for doc in docs:
+            runner_id = runner_key(doc.get("_id"))
             result = assess(
                 doc,
                 spawn_contexts=spawns.get(str(doc.get("_id")), []),
-                head=heads.get(runner_key(doc.get("_id"))),
+                head=heads.get(runner_id),
                 now=now,
                 max_tokens_per_run=self.settings.max_tokens_per_run,
+                runner_id=runner_id,
             )
             if org is not None and result.org not in (None, org):
                 continue  # matched through an array-valued context: not this org's document

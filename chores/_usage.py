@@ -82,40 +82,6 @@ class Counters(NamedTuple):
     completion: int = 0
     cached: int = 0
 
-    def minus(self, baseline: Counters) -> Counters:
-        """Counter by counter, floored at 0."""
-        total, prompt, completion, cached = self
-        base_total, base_prompt, base_completion, base_cached = baseline
-        total -= base_total
-        prompt -= base_prompt
-        completion -= base_completion
-        cached -= base_cached
-        return _new(
-            Counters,
-            (
-                total if total > 0 else 0,
-                prompt if prompt > 0 else 0,
-                completion if completion > 0 else 0,
-                cached if cached > 0 else 0,
-            ),
-        )
-
-    def maximum(self, other: Counters) -> Counters:
-        return Counters(
-            max(self.total, other.total),
-            max(self.prompt, other.prompt),
-            max(self.completion, other.completion),
-            max(self.cached, other.cached),
-        )
-
-    def decreased_from(self, previous: Counters) -> bool:
-        return (
-            self.total < previous.total
-            or self.prompt < previous.prompt
-            or self.completion < previous.completion
-            or self.cached < previous.cached
-        )
-
     def as_dict(self) -> dict[str, int]:
         return {
             "total": self.total,
@@ -134,6 +100,47 @@ class Counters(NamedTuple):
 ZERO = Counters()
 
 
+def own_counters(snapshot: Counters, baseline: Counters) -> Counters:
+    """Snapshot minus baseline, counter by counter, floored at 0."""
+    total, prompt, completion, cached = snapshot
+    base_total, base_prompt, base_completion, base_cached = baseline
+    total -= base_total
+    prompt -= base_prompt
+    completion -= base_completion
+    cached -= base_cached
+    return _new(
+        Counters,
+        (
+            total if total > 0 else 0,
+            prompt if prompt > 0 else 0,
+            completion if completion > 0 else 0,
+            cached if cached > 0 else 0,
+        ),
+    )
+
+
+def highest(first: Counters, second: Counters) -> Counters:
+    """Counter by counter, the higher of two."""
+    total, prompt, completion, cached = first
+    total_2, prompt_2, completion_2, cached_2 = second
+    return _new(
+        Counters,
+        (
+            total if total >= total_2 else total_2,
+            prompt if prompt >= prompt_2 else prompt_2,
+            completion if completion >= completion_2 else completion_2,
+            cached if cached >= cached_2 else cached_2,
+        ),
+    )
+
+
+def decreased(now: Counters, before: Counters) -> bool:
+    """Whether any counter went down."""
+    total, prompt, completion, cached = now
+    total_2, prompt_2, completion_2, cached_2 = before
+    return total < total_2 or prompt < prompt_2 or completion < completion_2 or cached < cached_2
+
+
 class Breakdown(NamedTuple):
     """Billable tokens by kind; `input` excludes cached prompt tokens."""
 
@@ -146,14 +153,6 @@ class Breakdown(NamedTuple):
     def tokens(self) -> int:
         return self.input + self.cached + self.output + self.unsplit
 
-    def __sub__(self, other: Breakdown) -> Breakdown:
-        return Breakdown(
-            self.input - other.input,
-            self.cached - other.cached,
-            self.output - other.output,
-            self.unsplit - other.unsplit,
-        )
-
 
 def breakdown(counters: Counters) -> Breakdown:
     """SPEC §1.6: billable = max(total, prompt + completion); unsplit at the input rate."""
@@ -162,6 +161,15 @@ def breakdown(counters: Counters) -> Breakdown:
         cached = prompt
     unsplit = total - prompt - completion
     return _new(Breakdown, (prompt - cached, cached, completion, unsplit if unsplit > 0 else 0))
+
+
+def new_usage(high_water: Counters, previous: Counters) -> Breakdown:
+    """breakdown(high_water) - breakdown(previous): the tokens to bill now."""
+    input, cached, output, unsplit = breakdown(high_water)
+    input_2, cached_2, output_2, unsplit_2 = breakdown(previous)
+    return _new(
+        Breakdown, (input - input_2, cached - cached_2, output - output_2, unsplit - unsplit_2)
+    )
 
 
 def _counter_value(value: Any) -> int | None:
@@ -184,11 +192,11 @@ def _counter_value(value: Any) -> int | None:
 
 def parse_counters(context: Mapping[str, Any]) -> Counters | str:
     """The snapshot in a context, or a description of its malformed counters."""
-    get = context.get
-    total = get("ai_tokens")
-    prompt = get("ai_prompt_tokens")
-    completion = get("ai_completion_tokens")
-    cached = get("ai_cached_tokens")
+    fields: dict[str, Any] = context if type(context) is dict else dict(context)
+    total = fields.get("ai_tokens")
+    prompt = fields.get("ai_prompt_tokens")
+    completion = fields.get("ai_completion_tokens")
+    cached = fields.get("ai_cached_tokens")
     # The usual case, four plain ints in range (a missing counter is 0), without a call
     # per counter.
     if total is None:
@@ -212,9 +220,9 @@ def parse_counters(context: Mapping[str, Any]) -> Counters | str:
     values: list[int] = []
     bad: list[str] = []
     for field_name in COUNTER_FIELDS.values():
-        value = _counter_value(get(field_name))
+        value = _counter_value(fields.get(field_name))
         if value is None:
-            bad.append(f"{field_name}={_describe(get(field_name))}")
+            bad.append(f"{field_name}={_describe(fields.get(field_name))}")
         else:
             values.append(value)
     if bad:
@@ -286,15 +294,6 @@ class LedgerHead(NamedTuple):
     high_water: Counters
 
 
-def _org_of(context: Any) -> str | None:
-    if type(context) is not dict and not isinstance(context, Mapping):
-        return None
-    org = context.get("workspace_id")
-    if isinstance(org, str) and org:
-        return org
-    return None
-
-
 # What a subagent's spawn findings say: (baseline, parent runner id, anomaly kind, detail).
 # A plain tuple, unpacked at once by `assess`. No baseline: not known yet, bill nothing.
 Spawn = tuple[Counters | None, str | None, str | None, str]
@@ -319,7 +318,7 @@ def read_spawn(spawn_contexts: Sequence[Any]) -> Spawn:
         baselines.append(parsed)
     merged = baselines[0]
     for other in baselines[1:]:
-        merged = merged.maximum(other)
+        merged = highest(merged, other)
     if len(set(baselines)) > 1:
         # Several different spawn records: take the highest baseline (bills the
         # least) and flag it, rather than risk charging inherited tokens.
@@ -336,9 +335,23 @@ def _usage_time(end_time: Any, now: datetime) -> datetime | None:
     if not isinstance(end_time, datetime):
         return None
     end_time = as_utc(end_time)
-    if end_time >= EARLIEST_END and end_time - now <= LATEST_END:
+    if end_time >= EARLIEST_END and end_time <= _latest_end(now):
         return end_time
     return None
+
+
+# (now, now + LATEST_END) of the latest call: the documents of a run share one `now`.
+_latest_for: tuple[datetime, datetime] = (EARLIEST_END, EARLIEST_END + LATEST_END)
+
+
+def _latest_end(now: datetime) -> datetime:
+    """The latest end time taken as real at `now`; remembered for the last `now` seen."""
+    global _latest_for
+    seen, latest = _latest_for
+    if seen is not now:
+        latest = now + LATEST_END
+        _latest_for = (now, latest)
+    return latest
 
 
 def assess(
@@ -348,23 +361,30 @@ def assess(
     head: LedgerHead | None,
     now: datetime,
     max_tokens_per_run: int,
+    runner_id: str | None = None,
 ) -> Assessment:
     """Apply every rule of SPEC §1 to one runner document.
 
     `spawn_contexts` are the `_context`s of the findings that spawned this
-    document (only read for subagents); `head` is its latest ledger entry.
+    document (only read for subagents); `head` is its latest ledger entry; `runner_id`
+    is `runner_key(doc["_id"])` when the caller has already computed it.
 
     Hot path of the engine (see benchmarks/): one straight pass, no per-call
     closures, anomaly records built only when there is one.
     """
-    source_id = doc.get("_id")
-    runner_id = str(source_id) if type(source_id) is ObjectId else runner_key(source_id)
-    status = doc.get("status")
-    end_time = doc.get("end_time")
+    fields: dict[str, Any] = doc if type(doc) is dict else dict(doc)
+    if runner_id is None:
+        runner_id = runner_key(fields.get("_id"))
+    status = fields.get("status")
+    end_time = fields.get("end_time")
     pending = end_time is None or not isinstance(status, str) or status not in TERMINAL_STATUSES
 
-    context: Any = doc.get("context")  # a document value: its shape is checked below
-    org = context.get("workspace_id") if type(context) is dict else _org_of(context)
+    # A document value: its shape is checked here and below.
+    raw_context = fields.get("context")
+    if type(raw_context) is not dict and not isinstance(raw_context, Mapping):
+        raw_context = {}
+    context: dict[str, Any] = raw_context if type(raw_context) is dict else dict(raw_context)
+    org = context.get("workspace_id")
     if not isinstance(org, str) or not org:
         detail = "context.workspace_id is missing, empty or not a string"
         return Assessment(
@@ -377,7 +397,7 @@ def assess(
         type(end_time) is datetime
         and end_time.tzinfo is UTC
         and end_time >= EARLIEST_END
-        and end_time - now <= LATEST_END
+        and end_time <= _latest_end(now)
     ):
         usage_time: datetime | None = end_time
     else:
@@ -388,9 +408,8 @@ def assess(
     period = period_of(usage_time)
 
     snapshot = parse_counters(context)
-    if type(snapshot) is str:
+    if isinstance(snapshot, str):
         return _held(runner_id, org, period, pending, (), Anomaly.MALFORMED_COUNTERS, snapshot)
-    assert isinstance(snapshot, Counters)
 
     model = context.get("ai_model")
     if model is not None and (not isinstance(model, str) or len(model) > MAX_MODEL_NAME):
@@ -414,7 +433,7 @@ def assess(
             return _held(runner_id, org, period, True, (), kind, problem)
         if kind is not None:
             flags = (AnomalyRecord(runner_id, kind, org, period, problem),)
-        own = snapshot.minus(baseline)
+        own = own_counters(snapshot, baseline)
 
     # (NamedTuples unpacked rather than read field by field: cheaper on this hot path.)
     total, prompt, completion, _ = own
@@ -427,13 +446,13 @@ def assess(
         high_water = own
     else:
         previous = head.high_water
-        if own.decreased_from(previous):
+        if decreased(own, previous):
             detail = f"own counters {own.as_dict()} below billed high-water {previous.as_dict()}"
             flags = (
                 *flags,
                 AnomalyRecord(runner_id, Anomaly.COUNTER_DECREASED, org, period, detail),
             )
-        high_water = previous.maximum(own)
+        high_water = highest(previous, own)
 
     total, prompt, completion, _ = high_water
     tokens = total if total > prompt + completion else prompt + completion  # SPEC §1.6
@@ -443,7 +462,6 @@ def assess(
 
     if high_water == previous:
         return _new(Assessment, (runner_id, org, period, pending, None, flags, True))
-    billable = breakdown(high_water)
     session = context.get("session_id")
     delta = _new(
         Delta,
@@ -455,7 +473,7 @@ def assess(
             key_source == "byok",  # byok
             usage_time,
             high_water,
-            billable if head is None else billable - breakdown(previous),  # tokens
+            breakdown(high_water) if head is None else new_usage(high_water, previous),  # tokens
             status if isinstance(status, str) else None,
             session if isinstance(session, str) else None,  # session_id
             subagent,
