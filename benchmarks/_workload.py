@@ -8,8 +8,9 @@ Nothing here is imported by the package or by the tests: the benchmarks are run 
   spawn baselines, several models, byok, free and unknown models, runners without a split,
   malformed documents, and a share of runners observed twice (once half-way while running,
   once finished) so that the second observation has a ledger head.
-- `PureMeter` is the metering core with no I/O: `assess` per document, deltas summed into
-  `UsageGroup`s by (org, period, model, byok, day), then `price_lines` per invoice.
+- `new_meter` is the package's metering core with no I/O (`chores._meter.MemoryMeter`):
+  `assess` per document, deltas summed by (org, period, model, byok, day), then
+  `price_lines` per invoice.
 - `litellm_map` loads LiteLLM's bundled price map offline, and `litellm_registry` converts
   that same map with `pricing.registry_from_litellm`, so both sides price with one set of rates.
 """
@@ -24,14 +25,12 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from chores._corpus import generate_corpus
-from chores._lines import InvoiceLine, LineMemo, UsageGroup, price_lines
-from chores._usage import Delta, LedgerHead, assess
+from chores._meter import MemoryMeter
 from pricing import Registry, registry_from_litellm
 
 START = datetime(2026, 10, 1, tzinfo=UTC)  # usage month of the synthetic records
@@ -87,77 +86,9 @@ def snapshot_chunks(
         yield chunk
 
 
-GroupKey = tuple[str, str, str | None, bool, date]  # org, period, model, byok, day
-InvoiceKey = tuple[str, str]  # org, period
-
-
-@dataclass
-class PureMeter:
-    """Documents in, deltas summed into usage groups, invoice lines out. No I/O.
-
-    `heads` plays the ledger's part: the high-water mark of runners still running (a
-    finished runner's head is dropped, since it is not observed again), so memory stays
-    bounded by the number of running runners, not by the number of documents.
-    """
-
-    registry: Registry
-    now: datetime = NOW
-    heads: dict[Any, LedgerHead] = field(default_factory=dict)  # by document _id
-    groups: dict[GroupKey, list[int]] = field(default_factory=dict)
-    snapshots: int = 0
-    deltas: int = 0
-    anomalies: int = 0
-
-    def feed(self, chunk: list[Observation], records: list[Delta] | None = None) -> None:
-        heads, groups, now = self.heads, self.groups, self.now
-        anomalies = deltas = 0
-        for doc, spawn_contexts in chunk:
-            # The ledger's part, keyed by document id (the ledger uses `runner_key(_id)`).
-            source_id = doc.get("_id")
-            _, org, period, pending, delta, flagged, _ = assess(
-                doc,
-                spawn_contexts=spawn_contexts,
-                head=heads.get(source_id),
-                now=now,
-                max_tokens_per_run=MAX_TOKENS_PER_RUN,
-            )
-            if flagged:
-                anomalies += len(flagged)
-            if delta is not None:
-                input, cached, output, unsplit = delta.tokens
-                # `period` is the period of delta.usage_time, already computed
-                key = (org, period, delta.model, delta.byok, delta.usage_time.date())
-                sums = groups.get(key)
-                if sums is None:
-                    groups[key] = [input, cached, output, unsplit]
-                else:
-                    sums[0] += input
-                    sums[1] += cached
-                    sums[2] += output
-                    sums[3] += unsplit
-                if pending:
-                    heads[source_id] = LedgerHead(delta.seq, delta.high_water)
-                deltas += 1
-                if records is not None:
-                    records.append(delta)
-            if not pending and heads:
-                heads.pop(source_id, None)
-        self.snapshots += len(chunk)
-        self.anomalies += anomalies
-        self.deltas += deltas
-
-    def lines(self) -> dict[InvoiceKey, list[InvoiceLine]]:
-        """The invoice lines of every (org, period), priced once from the summed groups."""
-        per_invoice: dict[InvoiceKey, list[UsageGroup]] = defaultdict(list)
-        for (org, period, model, byok, day), (inp, cached, out, unsplit) in self.groups.items():
-            per_invoice[(org, period)].append(
-                UsageGroup(model, byok, False, day, inp, cached, out, unsplit)
-            )
-        seen: LineMemo = {}  # one registry for every invoice
-        return {
-            key: price_lines(groups, self.registry, lines_seen=seen)
-            for key, groups in per_invoice.items()
-        }
+def new_meter(now: datetime = NOW) -> MemoryMeter:
+    """The package's pure metering core (`chores._meter`), as the benchmarks run it."""
+    return MemoryMeter(now=now, max_tokens_per_run=MAX_TOKENS_PER_RUN)
 
 
 # --- LiteLLM ----------------------------------------------------------------------------------

@@ -31,12 +31,11 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from _workload import (
-    NOW,
-    PureMeter,
     Stopwatch,
     import_litellm,
     litellm_registry,
     machine,
+    new_meter,
     peak_rss_mib,
     skipped_by_import,
     snapshot_chunks,
@@ -50,6 +49,7 @@ from rich.table import Table  # noqa: E402
 
 from chores._corpus import DEFAULT_MODELS  # noqa: E402
 from chores._lines import UsageGroup, price_group  # noqa: E402
+from chores._meter import InvoiceKey, MemoryMeter  # noqa: E402
 from chores._usage import Delta  # noqa: E402
 from pricing import Registry  # noqa: E402
 
@@ -106,25 +106,26 @@ class LiteLLMSide:
         return out
 
 
-def exact_lines(groups: dict[Any, list[int]], registry: Registry) -> dict[LineId, Decimal | None]:
+def exact_lines(
+    usage: dict[InvoiceKey, list[UsageGroup]], registry: Registry
+) -> dict[LineId, Decimal | None]:
     """Our exact (unrounded) micros per line, for explaining differences."""
     out: dict[LineId, Decimal | None] = {}
-    for (org, period, model, byok, day), (inp, cached, outp, unsplit) in groups.items():
-        (line_model, tier, _, _), amount = price_group(
-            UsageGroup(model, byok, False, day, inp, cached, outp, unsplit), registry
-        )
-        line: LineId = (org, period, line_model, tier)
-        previous = out.get(line, Decimal(0))
-        out[line] = None if amount is None or previous is None else previous + amount
+    for (org, period), groups in usage.items():
+        for group in groups:
+            (line_model, tier, _, _), amount = price_group(group, registry)
+            line: LineId = (org, period, line_model, tier)
+            previous = out.get(line, Decimal(0))
+            out[line] = None if amount is None or previous is None else previous + amount
     return out
 
 
-def compare(ours: PureMeter, theirs: LiteLLMSide, registry: Registry) -> dict[str, Any]:
+def compare(ours: MemoryMeter, theirs: LiteLLMSide, registry: Registry) -> dict[str, Any]:
     our_lines: dict[LineId, int | None] = {}
-    for (org, period), lines in ours.lines().items():
+    for (org, period), lines in ours.lines(registry).items():
         for line in lines:
             our_lines[(org, period, line.model, line.tier)] = line.amount_micros
-    exact = exact_lines(ours.groups, registry)
+    exact = exact_lines(ours.usage_groups(), registry)
     their_usd = theirs.lines(registry)
     assert set(our_lines) == set(their_usd), "the two sides produced different line sets"
     differing, max_diff, max_float_err = 0, 0, 0.0
@@ -210,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     # worker would not have them): park everything alive now outside the collector's view.
     gc.collect()
     gc.freeze()
-    ours = PureMeter(registry, now=NOW)
+    ours = new_meter()
     theirs = LiteLLMSide()
-    subset: PureMeter | None = None  # our groups over the LiteLLM subset, when smaller
+    subset: MemoryMeter | None = None  # our groups over the LiteLLM subset, when smaller
     generate, our_feed, their_feed = Stopwatch(), Stopwatch(), Stopwatch()
     chunks = snapshot_chunks(total)
     started = time.perf_counter()
@@ -229,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         records: list[Delta] | None = [] if in_subset else None
         if records is None and subset is None:
             # Our groups over exactly the snapshots LiteLLM priced (copied, not timed).
-            subset = PureMeter(registry, now=NOW)
-            subset.groups = {k: list(v) for k, v in ours.groups.items()}
+            subset = new_meter()
+            subset.usage = {k: list(v) for k, v in ours.usage.items()}
         with our_feed:
             ours.feed(chunk, records)
         if records is not None:
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     pricing = Stopwatch()
     with pricing:
-        lines = ours.lines()
+        lines = ours.lines(registry)
     wall = time.perf_counter() - started
     n_lines = sum(len(v) for v in lines.values())
 
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     table.add_row(
         "ours: price_lines",
-        f"{len(ours.groups):,} groups -> {n_lines:,} lines",
+        f"{len(ours.usage):,} groups -> {n_lines:,} lines",
         f"{pricing.seconds:.3f}",
         "",
         "",
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             "litellm_entries_not_imported": skipped,
             "snapshots": ours.snapshots,
             "deltas": ours.deltas,
-            "groups": len(ours.groups),
+            "groups": len(ours.usage),
             "lines": n_lines,
             "ours_feed_seconds": our_feed.seconds,
             "ours_price_lines_seconds": pricing.seconds,

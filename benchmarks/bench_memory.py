@@ -6,8 +6,9 @@
 Every measurement runs in a fresh process (its peak RSS, `getrusage(RUSAGE_SELF).ru_maxrss`,
 is then its own), and reports the RSS after imports and setup (baseline) and the peak:
 
-- core, streamed: `PureMeter` over N snapshots generated chunk by chunk (one chunk, about
-  9,000 snapshots, alive at a time), as `run_chore` streams the source cursor batch by batch;
+- core, streamed: `chores._meter.MemoryMeter` over N snapshots generated chunk by chunk (one
+  chunk, about 9,000 snapshots, alive at a time), as `run_chore` streams the source cursor
+  batch by batch;
 - core, loaded: the same snapshots first collected in a list, then metered: what "load the
   collection, then bill it" costs;
 - run_chore on mongomock: seeded database, then one full run. mongomock holds every
@@ -30,26 +31,26 @@ from rich.table import Table
 
 
 def child(mode: str, n: int) -> dict[str, Any]:
-    from _workload import NOW, PureMeter
+    from _workload import NOW, new_meter
 
     from pricing import load_registry
 
     registry = load_registry()
     started = time.perf_counter()
     if mode == "stream":
-        meter = PureMeter(registry, now=NOW)
+        meter = new_meter()
         baseline = rss_mib()
         for chunk in snapshot_chunks(n):
             meter.feed(chunk)
-        lines = sum(len(v) for v in meter.lines().values())
-        extra = {"heads_left": len(meter.heads), "groups": len(meter.groups), "lines": lines}
+        lines = sum(len(v) for v in meter.lines(registry).values())
+        extra = {"heads_left": len(meter.heads), "groups": len(meter.usage), "lines": lines}
     elif mode == "list":
-        meter = PureMeter(registry, now=NOW)
+        meter = new_meter()
         baseline = rss_mib()
         everything = [obs for chunk in snapshot_chunks(n) for obs in chunk]
         meter.feed(everything)
-        lines = sum(len(v) for v in meter.lines().values())
-        extra = {"groups": len(meter.groups), "lines": lines}
+        lines = sum(len(v) for v in meter.lines(registry).values())
+        extra = {"groups": len(meter.usage), "lines": lines}
     elif mode == "run_chore":
         import mongomock
         from bench_roundtrips import seed
