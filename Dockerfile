@@ -1,5 +1,18 @@
 # The billing chore's image: a Celery worker by default; beat and the `chore` CLI
 # run from the same image with another command (docker-compose.yml, docs/deploy.md).
+
+# Build stage: the wheel, with the metering core compiled by Cython (setup.py); the
+# compiler stays in this stage.
+FROM python:3.11-slim AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY pricing ./pricing
+COPY chores ./chores
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -8,10 +21,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY pricing ./pricing
-COPY chores ./chores
-RUN pip install . \
+COPY --from=build /wheels /wheels
+RUN pip install /wheels/*.whl \
+    && rm -rf /wheels \
     && useradd --create-home --uid 10001 chore \
     && install -d -o chore -g chore /var/lib/chore
 
