@@ -379,11 +379,14 @@ def assess(
     end_time = fields.get("end_time")
     pending = end_time is None or not isinstance(status, str) or status not in TERMINAL_STATUSES
 
-    # A document value: its shape is checked here and below.
+    # A document value: anything but a mapping is no context at all (no org, below).
     raw_context = fields.get("context")
-    if type(raw_context) is not dict and not isinstance(raw_context, Mapping):
-        raw_context = {}
-    context: dict[str, Any] = raw_context if type(raw_context) is dict else dict(raw_context)
+    if type(raw_context) is dict:
+        context: dict[str, Any] = raw_context
+    elif isinstance(raw_context, Mapping):
+        context = dict(raw_context)
+    else:
+        context = {}
     org = context.get("workspace_id")
     if not isinstance(org, str) or not org:
         detail = "context.workspace_id is missing, empty or not a string"
