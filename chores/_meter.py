@@ -23,9 +23,7 @@ from typing import Any
 from pricing import Registry
 
 from ._lines import InvoiceLine, LineMemo, UsageGroup, price_lines
-from ._usage import Delta, LedgerHead, assess, runner_key
-
-_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (see _usage)
+from ._usage import Delta, LedgerHead, _new, assess, runner_key
 
 # A runner document and the `_context`s of the findings that spawned it (subagents only).
 Observation = tuple[Mapping[str, Any], Sequence[Any]]

@@ -134,9 +134,9 @@ def highest(first: Counters, second: Counters) -> Counters:
     )
 
 
-def decreased(now: Counters, before: Counters) -> bool:
+def decreased(current: Counters, before: Counters) -> bool:
     """Whether any counter went down."""
-    total, prompt, completion, cached = now
+    total, prompt, completion, cached = current
     total_2, prompt_2, completion_2, cached_2 = before
     return total < total_2 or prompt < prompt_2 or completion < completion_2 or cached < cached_2
 
