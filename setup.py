@@ -1,4 +1,5 @@
-"""Compiles the metering core (`chores/_usage.py`, `chores/_periods.py`) with Cython.
+"""Compiles the metering core (`chores/_usage.py`, `_periods.py`, `_meter.py`,
+`_line_sums.py`) with Cython.
 
 The modules stay plain Python, and are the source of truth: Cython compiles the same
 files (typed by their annotations) into extension modules that Python imports instead,
@@ -11,7 +12,7 @@ import os
 
 from setuptools import Extension, setup
 
-COMPILED = ["chores._usage", "chores._periods", "chores._meter"]
+COMPILED = ["chores._usage", "chores._periods", "chores._meter", "chores._line_sums"]
 
 
 def extensions() -> list[Extension]:

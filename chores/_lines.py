@@ -2,25 +2,36 @@
 
 One line per (model, tier, price version, late). Amounts are exact `Decimal`
 micros, rounded half-up once, per line. Since an amount is linear in tokens, the tokens
-of every group on a line are summed first and multiplied by the line's rates once: the
-same exact amount as summing the groups' amounts, for a few Decimal operations per line
-instead of per group.
+of every group on a line are summed first (`_line_sums.sum_by_line`, compiled with the
+metering core) and multiplied by the line's rates once: the same exact amount as summing
+the groups' amounts, for a few Decimal operations per line instead of per group.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date
 from decimal import Context, Decimal, Inexact
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from pricing import PriceVersion, Registry
 
+from ._line_sums import GroupValues, LineKey, LineMemo, Tier, UsageGroup, line_of, sum_by_line
 from ._money import to_micros
 
-Tier = Literal["paid", "free", "byok"]
+__all__ = [  # what the rest of the package imports from here
+    "GroupValues",
+    "InvoiceLine",
+    "LineKey",
+    "LineMemo",
+    "Tier",
+    "UsageGroup",
+    "amount_of",
+    "line_of",
+    "price_group",
+    "price_lines",
+]
 
 
 class InvoiceLine(BaseModel):
@@ -37,38 +48,6 @@ class InvoiceLine(BaseModel):
     unsplit_tokens: int
     tokens: int
     amount_micros: int | None
-
-
-class UsageGroup(NamedTuple):
-    """Ledger entries summed by everything that decides their price."""
-
-    model: str | None
-    byok: bool
-    late: bool
-    day: date
-    input: int
-    cached: int
-    output: int
-    unsplit: int
-
-
-LineKey = tuple[str | None, Tier, str | None, bool]
-# (model, byok, late, day) -> what `line_of` said for it, with one registry
-LineMemo = dict[tuple[str | None, bool, bool, date], tuple[LineKey, PriceVersion | None]]
-
-
-def line_of(group: UsageGroup, registry: Registry) -> tuple[LineKey, PriceVersion | None]:
-    """The invoice line a usage group belongs to, and the rates that price it (None when it
-    is unpriced, or byok: metered but charged 0)."""
-    entry = registry.resolve(group.model)
-    if group.byok:
-        return (entry.id if entry else group.model, "byok", None, group.late), None
-    if entry is None:  # an unknown model is never $0
-        return (group.model, "paid", None, group.late), None
-    price = entry.price_at(group.day)
-    if price is None:
-        return (entry.id, entry.tier, None, group.late), None
-    return (entry.id, entry.tier, price.valid_from.isoformat(), group.late), price
 
 
 # Products and sums of token counts and rates, exact: 80 digits hold any count up to 10^40
@@ -101,7 +80,7 @@ def price_group(group: UsageGroup, registry: Registry) -> tuple[LineKey, Decimal
 
 
 def price_lines(
-    groups: Iterable[UsageGroup], registry: Registry, *, lines_seen: LineMemo | None = None
+    groups: Iterable[GroupValues], registry: Registry, *, lines_seen: LineMemo | None = None
 ) -> list[InvoiceLine]:
     """Priced invoice lines for usage groups (SPEC §3 and §7).
 
@@ -109,23 +88,7 @@ def price_lines(
     invoices of one run: the same models and days come back for every org).
     """
     memo: LineMemo = {} if lines_seen is None else lines_seen
-    sums: dict[LineKey, list[int]] = {}
-    prices: dict[LineKey, PriceVersion | None] = {}  # a line has one price version, or none
-    for group in groups:
-        seen = (group.model, group.byok, group.late, group.day)
-        found = memo.get(seen)
-        if found is None:
-            found = memo[seen] = line_of(group, registry)
-        key, price = found
-        tokens = sums.get(key)
-        if tokens is None:
-            sums[key] = [group.input, group.cached, group.output, group.unsplit]
-            prices[key] = price
-        else:
-            tokens[0] += group.input
-            tokens[1] += group.cached
-            tokens[2] += group.output
-            tokens[3] += group.unsplit
+    sums, prices = sum_by_line(groups, registry, memo)
 
     def order(key: LineKey) -> tuple[Any, ...]:
         model, tier, valid_from, late = key

@@ -4,9 +4,10 @@ What a run of the chore does over the database (ledger heads read, deltas append
 usage summed from the ledger by `$group`), done on a stream of documents with no I/O, so
 that the core can be measured alone (benchmarks/) and checked against the chore (tests).
 
-- `MemoryMeter.feed` assesses each document (`_usage.assess`) against the head the meter
-  keeps for its runner, and adds each delta's tokens to the usage of its
-  (org, period, model, key source, day): the `UsageGroup`s an invoice is priced from.
+- `MemoryMeter.feed` judges each document (`_usage.verdict`, the rules `assess` wraps)
+  against the head the meter keeps for its runner, and adds each delta's tokens to the
+  usage of its (org, period, model, key source, day): the `UsageGroup`s an invoice is
+  priced from.
 - `MemoryMeter.lines` prices every invoice's usage (`_lines.price_lines`).
 
 Heads are kept only for runners still running (a finished runner is not observed again),
@@ -22,14 +23,16 @@ from typing import Any
 
 from pricing import Registry
 
-from ._lines import InvoiceLine, LineMemo, UsageGroup, price_lines
-from ._usage import Delta, LedgerHead, _new, assess, runner_key
+from ._lines import GroupValues, InvoiceLine, LineMemo, UsageGroup, price_lines
+from ._usage import Head, Usage, _new, runner_key, verdict
 
 # A runner document and the `_context`s of the findings that spawned it (subagents only).
 Observation = tuple[Mapping[str, Any], Sequence[Any]]
-# org, period ("YYYY-MM"), model as recorded, byok, day of the month
+# A delta as the meter hands it out: org, period and `verdict`'s plain Usage tuple.
+Record = tuple[str, str, Usage]
+InvoiceKey = tuple[str, str]  # org, period ("YYYY-MM")
+# org, period, model as recorded, byok, day of the month
 UsageKey = tuple[str, str, str | None, bool, int]
-InvoiceKey = tuple[str, str]  # org, period
 
 
 @dataclass
@@ -38,36 +41,33 @@ class MemoryMeter:
 
     now: datetime
     max_tokens_per_run: int
-    heads: dict[str, LedgerHead] = field(default_factory=dict)  # by runner id
+    heads: dict[str, Head] = field(default_factory=dict)  # by runner id
     usage: dict[UsageKey, list[int]] = field(default_factory=dict)  # input, cached, output, unsplit
     snapshots: int = 0
     deltas: int = 0
     anomalies: int = 0
 
-    def feed(self, observations: Iterable[Observation], deltas: list[Delta] | None = None) -> None:
-        """Meter a batch of documents; each delta is also appended to `deltas` when given."""
-        heads: dict[str, LedgerHead] = self.heads
+    def feed(
+        self, observations: Iterable[Observation], records: list[Record] | None = None
+    ) -> None:
+        """Meter a batch of documents; each delta is also appended to `records` when given."""
+        heads: dict[str, Head] = self.heads
         usage: dict[UsageKey, list[int]] = self.usage
         now, ceiling = self.now, self.max_tokens_per_run
         snapshots = anomalies = billed = 0
         for doc, spawn_contexts in observations:
             snapshots += 1
-            runner_id = runner_key(doc.get("_id"))
-            _, org, period, pending, delta, flagged, _ = assess(
-                doc,
-                spawn_contexts=spawn_contexts,
-                head=heads.get(runner_id),
-                now=now,
-                max_tokens_per_run=ceiling,
-                runner_id=runner_id,
+            fields: dict[str, Any] = doc if type(doc) is dict else dict(doc)
+            runner_id = runner_key(fields.get("_id"))
+            org, period, pending, flagged, _, delta = verdict(
+                fields, spawn_contexts, heads.get(runner_id), now, ceiling, runner_id
             )
             if flagged:
                 anomalies += len(flagged)
             if delta is not None:
                 assert org is not None and period is not None  # set whenever a delta is
                 billed += 1
-                # (a Delta unpacked at once rather than read field by field: the hot path)
-                _, seq, _, model, byok, usage_time, high_water, tokens, _, _, _, _ = delta
+                seq, model, byok, usage_time, high_water, tokens, _, _, _, _ = delta
                 input, cached, output, unsplit = tokens
                 # `period` is the period of the delta's usage time, already computed
                 key = (org, period, model, byok, usage_time.day)
@@ -80,9 +80,9 @@ class MemoryMeter:
                     sums[2] += output
                     sums[3] += unsplit
                 if pending:
-                    heads[runner_id] = _new(LedgerHead, (seq, high_water))
-                if deltas is not None:
-                    deltas.append(delta)
+                    heads[runner_id] = (seq, high_water)
+                if records is not None:
+                    records.append((org, period, delta))
             if not pending and heads:
                 heads.pop(runner_id, None)
         self.snapshots += snapshots
@@ -91,19 +91,47 @@ class MemoryMeter:
 
     def usage_groups(self) -> dict[InvoiceKey, list[UsageGroup]]:
         """The usage of every invoice, as the groups its lines are priced from."""
-        out: dict[InvoiceKey, list[UsageGroup]] = {}
-        for (org, period, model, byok, day), (inp, cached, output, unsplit) in self.usage.items():
-            year, month = period.split("-")
-            group = UsageGroup(
-                model, byok, False, date(int(year), int(month), day), inp, cached, output, unsplit
-            )
-            out.setdefault((org, period), []).append(group)
-        return out
+        dates: dict[tuple[str, int], date] = {}  # shared by every invoice of a period
+        return {
+            invoice: [_new(UsageGroup, group) for group in self._groups(keys, dates)]
+            for invoice, keys in self._invoices().items()
+        }
 
     def lines(self, registry: Registry) -> dict[InvoiceKey, list[InvoiceLine]]:
         """The invoice lines of every (org, period), each priced once from its usage."""
         seen: LineMemo = {}  # one registry for every invoice
+        dates: dict[tuple[str, int], date] = {}
         return {
-            key: price_lines(groups, registry, lines_seen=seen)
-            for key, groups in self.usage_groups().items()
+            invoice: price_lines(self._groups(keys, dates), registry, lines_seen=seen)
+            for invoice, keys in self._invoices().items()
         }
+
+    def _invoices(self) -> dict[InvoiceKey, list[UsageKey]]:
+        """The usage keys of each invoice (the keys themselves: no new object per group)."""
+        out: dict[InvoiceKey, list[UsageKey]] = {}
+        for key in self.usage:
+            invoice = (key[0], key[1])
+            keys = out.get(invoice)
+            if keys is None:
+                out[invoice] = [key]
+            else:
+                keys.append(key)
+        return out
+
+    def _groups(
+        self, keys: list[UsageKey], dates: dict[tuple[str, int], date]
+    ) -> list[GroupValues]:
+        """The usage under `keys` as plain group tuples, one invoice's at a time: dropped
+        once priced (a month of them alive at once, the cyclic collector walks them again
+        on every full collection). `dates` remembers each (period, day)'s date."""
+        usage = self.usage
+        groups: list[GroupValues] = []
+        for key in keys:
+            _, period, model, byok, day = key
+            input, cached, output, unsplit = usage[key]
+            when = dates.get((period, day))
+            if when is None:
+                year, month = period.split("-")
+                when = dates[(period, day)] = date(int(year), int(month), day)
+            groups.append((model, byok, False, when, input, cached, output, unsplit))
+        return groups

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 from bson import ObjectId
 
@@ -97,10 +97,14 @@ class Counters(NamedTuple):
         )
 
 
-ZERO = Counters()
+# On the hot path the four counters travel as a plain tuple, in Counters' order (Python
+# and the compiled core build and unpack a plain tuple several times cheaper than a
+# NamedTuple); a Counters is one too, so either is accepted wherever Counts is.
+Counts = tuple[int, int, int, int]  # total, prompt, completion, cached
+ZERO: Counts = (0, 0, 0, 0)
 
 
-def own_counters(snapshot: Counters, baseline: Counters) -> Counters:
+def own_counters(snapshot: Counts, baseline: Counts) -> Counts:
     """Snapshot minus baseline, counter by counter, floored at 0."""
     total, prompt, completion, cached = snapshot
     base_total, base_prompt, base_completion, base_cached = baseline
@@ -108,33 +112,27 @@ def own_counters(snapshot: Counters, baseline: Counters) -> Counters:
     prompt -= base_prompt
     completion -= base_completion
     cached -= base_cached
-    return _new(
-        Counters,
-        (
-            total if total > 0 else 0,
-            prompt if prompt > 0 else 0,
-            completion if completion > 0 else 0,
-            cached if cached > 0 else 0,
-        ),
+    return (
+        total if total > 0 else 0,
+        prompt if prompt > 0 else 0,
+        completion if completion > 0 else 0,
+        cached if cached > 0 else 0,
     )
 
 
-def highest(first: Counters, second: Counters) -> Counters:
+def highest(first: Counts, second: Counts) -> Counts:
     """Counter by counter, the higher of two."""
     total, prompt, completion, cached = first
     total_2, prompt_2, completion_2, cached_2 = second
-    return _new(
-        Counters,
-        (
-            total if total >= total_2 else total_2,
-            prompt if prompt >= prompt_2 else prompt_2,
-            completion if completion >= completion_2 else completion_2,
-            cached if cached >= cached_2 else cached_2,
-        ),
+    return (
+        total if total >= total_2 else total_2,
+        prompt if prompt >= prompt_2 else prompt_2,
+        completion if completion >= completion_2 else completion_2,
+        cached if cached >= cached_2 else cached_2,
     )
 
 
-def decreased(current: Counters, before: Counters) -> bool:
+def decreased(current: Counts, before: Counts) -> bool:
     """Whether any counter went down."""
     total, prompt, completion, cached = current
     total_2, prompt_2, completion_2, cached_2 = before
@@ -154,22 +152,24 @@ class Breakdown(NamedTuple):
         return self.input + self.cached + self.output + self.unsplit
 
 
-def breakdown(counters: Counters) -> Breakdown:
+# A Breakdown's values as a plain tuple: input, cached, output, unsplit.
+Tokens = tuple[int, int, int, int]
+
+
+def breakdown(counters: Counts) -> Tokens:
     """SPEC §1.6: billable = max(total, prompt + completion); unsplit at the input rate."""
     total, prompt, completion, cached = counters
     if cached > prompt:
         cached = prompt
     unsplit = total - prompt - completion
-    return _new(Breakdown, (prompt - cached, cached, completion, unsplit if unsplit > 0 else 0))
+    return (prompt - cached, cached, completion, unsplit if unsplit > 0 else 0)
 
 
-def new_usage(high_water: Counters, previous: Counters) -> Breakdown:
+def new_usage(high_water: Counts, previous: Counts) -> Tokens:
     """breakdown(high_water) - breakdown(previous): the tokens to bill now."""
     input, cached, output, unsplit = breakdown(high_water)
     input_2, cached_2, output_2, unsplit_2 = breakdown(previous)
-    return _new(
-        Breakdown, (input - input_2, cached - cached_2, output - output_2, unsplit - unsplit_2)
-    )
+    return (input - input_2, cached - cached_2, output - output_2, unsplit - unsplit_2)
 
 
 def _counter_value(value: Any) -> int | None:
@@ -192,6 +192,12 @@ def _counter_value(value: Any) -> int | None:
 
 def parse_counters(context: Mapping[str, Any]) -> Counters | str:
     """The snapshot in a context, or a description of its malformed counters."""
+    counts = read_counters(context)
+    return counts if isinstance(counts, str) else _new(Counters, counts)
+
+
+def read_counters(context: Mapping[str, Any]) -> Counts | str:
+    """`parse_counters` as a plain tuple (the hot path)."""
     fields: dict[str, Any] = context if type(context) is dict else dict(context)
     total = fields.get("ai_tokens")
     prompt = fields.get("ai_prompt_tokens")
@@ -216,7 +222,7 @@ def parse_counters(context: Mapping[str, Any]) -> Counters | str:
         # above MAX_COUNTER (all ones) when one is.
         and 0 <= (total | prompt | completion | cached) <= MAX_COUNTER
     ):
-        return _new(Counters, (total, prompt, completion, cached))
+        return (total, prompt, completion, cached)
     values: list[int] = []
     bad: list[str] = []
     for field_name in COUNTER_FIELDS.values():
@@ -227,7 +233,8 @@ def parse_counters(context: Mapping[str, Any]) -> Counters | str:
             values.append(value)
     if bad:
         return "malformed counters: " + ", ".join(bad)
-    return Counters(*values)
+    total, prompt, completion, cached = values
+    return (total, prompt, completion, cached)
 
 
 def _describe(value: Any) -> str:
@@ -296,23 +303,23 @@ class LedgerHead(NamedTuple):
 
 # What a subagent's spawn findings say: (baseline, parent runner id, anomaly kind, detail).
 # A plain tuple, unpacked at once by `assess`. No baseline: not known yet, bill nothing.
-Spawn = tuple[Counters | None, str | None, str | None, str]
+Spawn = tuple[Counts | None, str | None, str | None, str]
 
 
 def read_spawn(spawn_contexts: Sequence[Any]) -> Spawn:
     """The baseline and parent of a subagent from its spawn findings' `_context`s."""
     if len(spawn_contexts) == 1 and type(spawn_contexts[0]) is dict:  # the usual case
         context = spawn_contexts[0]
-        parsed = parse_counters(context)
-        if type(parsed) is Counters:
+        parsed = read_counters(context)
+        if type(parsed) is tuple:
             task_id = context.get("task_id")
             return parsed, task_id[:64] if type(task_id) is str else None, None, ""
     parent_id = _spawner(spawn_contexts)
     if not spawn_contexts:
         return None, parent_id, Anomaly.BASELINE_MISSING, "no spawn finding for this subagent yet"
-    baselines: list[Counters] = []
+    baselines: list[Counts] = []
     for context in spawn_contexts:
-        parsed = parse_counters(context) if isinstance(context, Mapping) else "not a mapping"
+        parsed = read_counters(context) if isinstance(context, Mapping) else "not a mapping"
         if isinstance(parsed, str):
             return None, parent_id, Anomaly.BASELINE_MALFORMED, f"spawn finding: {parsed}"
         baselines.append(parsed)
@@ -354,11 +361,28 @@ def _latest_end(now: datetime) -> datetime:
     return latest
 
 
+# What `verdict` says of one observation: `Assessment` and `Delta` as plain tuples, without
+# the runner id (the caller's). `assess` wraps them; the in-memory meter reads them as they
+# are (chores/_meter.py).
+# Usage: seq, model, byok, usage_time, high_water, tokens, status, session_id, subagent,
+# parent_id (Delta's fields after org).
+Usage = tuple[
+    int, str | None, bool, datetime, Counts, Tokens, str | None, str | None, bool, str | None
+]
+# Verdict: org, period, pending, anomalies, billed_cleanly, usage (Assessment's fields after
+# runner_id, with Usage for the Delta).
+Verdict = tuple[str | None, str | None, bool, tuple[AnomalyRecord, ...], bool, Usage | None]
+Head = tuple[int, Counts]  # seq, high-water mark: a LedgerHead or a plain tuple
+# An int. (Named so that Cython reads `verdict`'s argument as any object, which the .pxd can
+# declare: a bare `int` annotation compiles to an exact-int argument it cannot.)
+TokenCount: TypeAlias = int
+
+
 def assess(
     doc: Mapping[str, Any],
     *,
     spawn_contexts: Sequence[Any],
-    head: LedgerHead | None,
+    head: Head | None,
     now: datetime,
     max_tokens_per_run: int,
     runner_id: str | None = None,
@@ -368,13 +392,52 @@ def assess(
     `spawn_contexts` are the `_context`s of the findings that spawned this
     document (only read for subagents); `head` is its latest ledger entry; `runner_id`
     is `runner_key(doc["_id"])` when the caller has already computed it.
+    """
+    if runner_id is None:
+        runner_id = runner_key(doc.get("_id"))
+    org, period, pending, anomalies, billed_cleanly, usage = verdict(
+        doc, spawn_contexts, head, now, max_tokens_per_run, runner_id
+    )
+    if usage is None:
+        return _new(Assessment, (runner_id, org, period, pending, None, anomalies, billed_cleanly))
+    seq, model, byok, usage_time, high_water, tokens, status, session_id, subagent, parent_id = (
+        usage
+    )
+    assert org is not None
+    delta = _new(
+        Delta,
+        (
+            runner_id,
+            seq,
+            org,
+            model,
+            byok,
+            usage_time,
+            _new(Counters, high_water),
+            _new(Breakdown, tokens),
+            status,
+            session_id,
+            subagent,
+            parent_id,
+        ),
+    )
+    return _new(Assessment, (runner_id, org, period, pending, delta, anomalies, billed_cleanly))
+
+
+def verdict(
+    doc: Mapping[str, Any],
+    spawn_contexts: Sequence[Any],
+    head: Head | None,
+    now: datetime,
+    max_tokens_per_run: TokenCount,
+    runner_id: str,
+) -> Verdict:
+    """`assess`, as plain tuples: where every rule of SPEC §1 is applied.
 
     Hot path of the engine (see benchmarks/): one straight pass, no per-call
     closures, anomaly records built only when there is one.
     """
     fields: dict[str, Any] = doc if type(doc) is dict else dict(doc)
-    if runner_id is None:
-        runner_id = runner_key(fields.get("_id"))
     status = fields.get("status")
     end_time = fields.get("end_time")
     pending = end_time is None or not isinstance(status, str) or status not in TERMINAL_STATUSES
@@ -390,9 +453,8 @@ def assess(
     org = context.get("workspace_id")
     if not isinstance(org, str) or not org:
         detail = "context.workspace_id is missing, empty or not a string"
-        return Assessment(
-            runner_id, anomalies=(AnomalyRecord(runner_id, Anomaly.NO_ORG, None, None, detail),)
-        )
+        record = AnomalyRecord(runner_id, Anomaly.NO_ORG, None, None, detail)
+        return None, None, False, (record,), False, None
 
     if now.tzinfo is not UTC:
         now = as_utc(now)
@@ -410,7 +472,7 @@ def assess(
         return _held(runner_id, org, period_of(now), pending, (), Anomaly.BAD_END_TIME, detail)
     period = period_of(usage_time)
 
-    snapshot = parse_counters(context)
+    snapshot = read_counters(context)
     if isinstance(snapshot, str):
         return _held(runner_id, org, period, pending, (), Anomaly.MALFORMED_COUNTERS, snapshot)
 
@@ -438,19 +500,23 @@ def assess(
             flags = (AnomalyRecord(runner_id, kind, org, period, problem),)
         own = own_counters(snapshot, baseline)
 
-    # (NamedTuples unpacked rather than read field by field: cheaper on this hot path.)
     total, prompt, completion, _ = own
     if total < prompt + completion:
         detail = f"total {total} < prompt {prompt} + completion {completion}"
         flags = (*flags, AnomalyRecord(runner_id, Anomaly.TOTAL_BELOW_SPLIT, org, period, detail))
 
     if head is None:
+        seq = 1
         previous = ZERO
         high_water = own
     else:
-        previous = head.high_water
+        head_seq, previous = head
+        seq = head_seq + 1
         if decreased(own, previous):
-            detail = f"own counters {own.as_dict()} below billed high-water {previous.as_dict()}"
+            detail = (
+                f"own counters {Counters(*own).as_dict()} below billed high-water "
+                f"{Counters(*previous).as_dict()}"
+            )
             flags = (
                 *flags,
                 AnomalyRecord(runner_id, Anomaly.COUNTER_DECREASED, org, period, detail),
@@ -464,26 +530,21 @@ def assess(
         return _held(runner_id, org, period, pending, flags, Anomaly.OVER_CEILING, detail)
 
     if high_water == previous:
-        return _new(Assessment, (runner_id, org, period, pending, None, flags, True))
-    session = context.get("session_id")
-    delta = _new(
-        Delta,
-        (
-            runner_id,
-            (head.seq + 1) if head else 1,  # seq
-            org,
-            model,
-            key_source == "byok",  # byok
-            usage_time,
-            high_water,
-            breakdown(high_water) if head is None else new_usage(high_water, previous),  # tokens
-            status if isinstance(status, str) else None,
-            session if isinstance(session, str) else None,  # session_id
-            subagent,
-            parent_id,
-        ),
+        return org, period, pending, flags, True, None
+    session_id = context.get("session_id")
+    usage: Usage = (
+        seq,
+        model,
+        key_source == "byok",  # byok
+        usage_time,
+        high_water,
+        breakdown(high_water) if head is None else new_usage(high_water, previous),  # tokens
+        status if isinstance(status, str) else None,
+        session_id if isinstance(session_id, str) else None,
+        subagent,
+        parent_id,
     )
-    return _new(Assessment, (runner_id, org, period, pending, delta, flags, True))
+    return org, period, pending, flags, True, usage
 
 
 def _held(
@@ -494,10 +555,10 @@ def _held(
     flags: tuple[AnomalyRecord, ...],
     kind: str,
     detail: str,
-) -> Assessment:
+) -> Verdict:
     """An observation that bills nothing, with the anomaly that holds it."""
     record = AnomalyRecord(runner_id, kind, org, period, detail)
-    return Assessment(runner_id, org, period, pending, None, (*flags, record))
+    return org, period, pending, (*flags, record), False, None
 
 
 def _spawner(spawn_contexts: Sequence[Any]) -> str | None:

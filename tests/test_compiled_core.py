@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import chores
+import chores._line_sums
 import chores._meter
 import chores._periods
 import chores._usage
@@ -40,7 +41,7 @@ from conftest import NOW
 from test_hostile import hostile_runner
 
 PACKAGE = Path(chores.__file__).parent
-CORE = (chores._usage, chores._periods, chores._meter)
+CORE = (chores._usage, chores._periods, chores._meter, chores._line_sums)
 COMPILED = all(not module.__file__.endswith(".py") for module in CORE)  # type: ignore[union-attr]
 
 
@@ -122,12 +123,16 @@ def test_installed_assess_equals_the_interpreted_source(
     assert tuple(installed) == tuple(source)
 
 
-def _observations(corpus: Any) -> list[Observation]:
+def _observations(corpus: Any, fraction: float = 1.0) -> list[Observation]:
+    """The AI runners of a corpus as they looked at `fraction` of their work, with their
+    spawn findings' `_context`s."""
     spawns: dict[str, list[Any]] = defaultdict(list)
     for finding in corpus.findings:
         if finding.get("_type") == "ai" and finding.get("ai_type") == "task":
             spawns[str(finding["extra_data"]["runner_id"])].append(finding["_context"])
-    return [(t, spawns.get(str(t["_id"]), [])) for t in corpus.tasks if t.get("name") == "ai"]
+    return [
+        (t, spawns.get(str(t["_id"]), [])) for t in corpus.at(fraction) if t.get("name") == "ai"
+    ]
 
 
 CORPUS = generate_corpus(
@@ -185,3 +190,32 @@ def test_memory_meter_prices_what_the_chore_invoices(registry: Registry) -> None
     assert priced == invoiced
     assert meter.snapshots == len(observations)
     assert meter.anomalies > 0
+
+
+def test_memory_meter_hands_out_the_deltas_assess_gives() -> None:
+    """Halfway through their work (every runner still running, so the meter keeps a head),
+    then finished: the meter's records are `assess`'s deltas, field for field."""
+    observations = _observations(CORPUS, 0.5) + _observations(CORPUS)
+    meter = MemoryMeter(now=NOW, max_tokens_per_run=10**9)
+    records: list[Any] = []
+    meter.feed(observations, records)
+
+    heads: dict[Any, LedgerHead] = {}
+    expected = []
+    for doc, spawn_contexts in observations:
+        result = chores._usage.assess(
+            doc,
+            spawn_contexts=spawn_contexts,
+            head=heads.get(doc["_id"]),
+            now=NOW,
+            max_tokens_per_run=10**9,
+        )
+        delta = result.delta
+        if delta is not None:
+            heads[doc["_id"]] = LedgerHead(delta.seq, delta.high_water)
+            # a Delta's fields but the runner id and the org, in order
+            expected.append((delta.org, delta.period, (delta.seq, *tuple(delta)[3:])))
+
+    assert records == expected
+    assert sum(1 for _, _, usage in records if usage[0] == 2) > 20  # billed again, from a head
+    assert meter.deltas == len(records)
