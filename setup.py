@@ -3,9 +3,9 @@
 
 The modules stay plain Python, and are the source of truth: Cython compiles the same
 files (typed by their annotations) into extension modules that Python imports instead,
-about twice as fast (benchmarks/README.md). When Cython or a C compiler is missing, or
-CHORES_PURE_PYTHON=1 is set, the install goes on without them and the package runs the
-same code interpreted.
+running about 2.3 times fewer instructions (benchmarks/README.md). When Cython or a C
+compiler is missing, or CHORES_PURE_PYTHON=1 is set, the install goes on without them and
+the package runs the same code interpreted.
 """
 
 import os
