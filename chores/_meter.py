@@ -10,8 +10,9 @@ that the core can be measured alone (benchmarks/) and checked against the chore 
   priced from.
 - `MemoryMeter.lines` prices every invoice's usage (`_lines.price_lines`).
 
-Heads are kept only for runners still running (a finished runner is not observed again),
-so memory grows with the running runners and the usage groups, not with the documents.
+Heads are kept only for runners still running or held by an anomaly (a runner that finished
+and billed cleanly is not observed again), so memory grows with those runners and the usage
+groups, not with the documents.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class MemoryMeter:
             snapshots += 1
             fields: dict[str, Any] = doc if type(doc) is dict else dict(doc)
             runner_id = runner_key(fields.get("_id"))
-            org, period, pending, flagged, _, delta = verdict(
+            org, period, pending, flagged, billed_cleanly, delta = verdict(
                 fields, spawn_contexts, heads.get(runner_id), now, ceiling, runner_id
             )
             if flagged:
@@ -83,7 +84,9 @@ class MemoryMeter:
                     heads[runner_id] = (seq, high_water)
                 if records is not None:
                     records.append((org, period, delta))
-            if not pending and heads:
+            if not pending and billed_cleanly and heads:
+                # Finished and billed: not observed again. A held observation (no org, a bad
+                # end time, ...) keeps the head: the fixed document comes back.
                 heads.pop(runner_id, None)
         self.snapshots += snapshots
         self.anomalies += anomalies

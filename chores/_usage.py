@@ -393,10 +393,11 @@ def assess(
     document (only read for subagents); `head` is its latest ledger entry; `runner_id`
     is `runner_key(doc["_id"])` when the caller has already computed it.
     """
+    fields: dict[str, Any] = doc if type(doc) is dict else dict(doc)
     if runner_id is None:
-        runner_id = runner_key(doc.get("_id"))
+        runner_id = runner_key(fields.get("_id"))
     org, period, pending, anomalies, billed_cleanly, usage = verdict(
-        doc, spawn_contexts, head, now, max_tokens_per_run, runner_id
+        fields, spawn_contexts, head, now, max_tokens_per_run, runner_id
     )
     if usage is None:
         return _new(Assessment, (runner_id, org, period, pending, None, anomalies, billed_cleanly))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -219,3 +219,39 @@ def test_memory_meter_hands_out_the_deltas_assess_gives() -> None:
     assert records == expected
     assert sum(1 for _, _, usage in records if usage[0] == 2) > 20  # billed again, from a head
     assert meter.deltas == len(records)
+
+
+def _runner(tokens: int, status: str = "RUNNING", end_time: Any = None, org: Any = "acme") -> Any:
+    context = {"ai_tokens": tokens, "ai_prompt_tokens": tokens, "ai_model": "gpt-4o-mini"}
+    if org is not None:
+        context["workspace_id"] = org
+    doc = {"_id": "r1", "status": status, "context": context}
+    if end_time is not None:
+        doc["end_time"] = end_time
+    return doc
+
+
+@pytest.mark.parametrize(
+    "observations",
+    [
+        pytest.param(
+            [_runner(100), _runner(120, org=None), _runner(150)], id="org-missing-mid-run"
+        ),
+        pytest.param(
+            [
+                _runner(100),
+                _runner(150, "SUCCESS", end_time="garbage"),
+                _runner(150, "SUCCESS", end_time=NOW - timedelta(hours=1)),
+            ],
+            id="finished-with-a-bad-end-time-then-fixed",
+        ),
+    ],
+)
+def test_memory_meter_keeps_the_head_of_a_runner_held_by_an_anomaly(
+    observations: list[Any],
+) -> None:
+    """The held document comes back fixed: the meter bills what is new, as the ledger does."""
+    meter = MemoryMeter(now=NOW, max_tokens_per_run=10**9)
+    meter.feed([(doc, []) for doc in observations])
+    assert sum(sum(tokens) for tokens in meter.usage.values()) == 150
+    assert meter.deltas == 2
