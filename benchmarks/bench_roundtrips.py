@@ -1,7 +1,7 @@
 """Benchmark 2: database round trips and documents read by `run_chore`, full and incremental.
 
     python benchmarks/bench_roundtrips.py                       # N = 10k and 50k, mongomock
-    python benchmarks/bench_roundtrips.py --sizes 10000,100000  # ~30 min on mongomock
+    python benchmarks/bench_roundtrips.py --sizes 10000,100000  # over an hour on mongomock
     MONGO_URL=mongodb://127.0.0.1:27017 python benchmarks/bench_roundtrips.py   # real server
 
 For each N: seed N AI runner documents (with their non-AI children and findings, from the
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sizes",
         default="10000,50000",
-        help="comma-separated N values (100000 takes ~30 min on mongomock; fine with MONGO_URL)",
+        help="comma-separated N values (100000: over an hour on mongomock; fine with MONGO_URL)",
     )
     parser.add_argument("--changed", type=int, default=100, help="k documents changed")
     parser.add_argument("--json", help="also write the figures to this file")
