@@ -176,6 +176,7 @@ def _add_run(
     began: datetime,
     running: bool,
     parent: dict[str, int] | None,
+    parent_session: str | None = None,
     depth: int,
 ) -> None:
     runner_id = _object_id(rng)
@@ -198,7 +199,11 @@ def _add_run(
     context["task_id"] = str(runner_id)
     corpus.baselines[runner_id] = baseline
     if parent is not None:
-        context.update(subagent=True, has_parent=True, ai_subagent_depth=depth)
+        # As secator writes a subagent: depth and parent session from the first write on,
+        # `subagent` (the session name) only once its inner task started.
+        context.update(ai_subagent_depth=depth, parent_session_id=parent_session)
+        if not running:
+            context["subagent"] = f"subagent of {parent_session}"
     task: dict[str, Any] = {
         "_id": runner_id,
         "name": "ai",
@@ -206,7 +211,7 @@ def _add_run(
         "status": "RUNNING" if running else rng.choice(["SUCCESS"] * 8 + ["FAILURE", "REVOKED"]),
         "start_time": began,
         "context": context,
-        "has_parent": parent is not None,
+        "has_parent": False,  # secator writes it False on subagents too
         "last_updated_db": (ended if not running else began).timestamp(),
     }
     if not running:
@@ -268,6 +273,7 @@ def _add_run(
                 began=began + timedelta(minutes=1),
                 running=child_running,
                 parent=at_spawn,
+                parent_session=session,
                 depth=depth + 1,
             )
             child_id = corpus.tasks[corpus_len]["_id"]

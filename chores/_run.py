@@ -31,7 +31,7 @@ from ._quota import Quota
 from ._report import RunReport
 from ._settings import Settings, get_settings
 from ._source import Source, chunked
-from ._usage import AnomalyRecord, assess, runner_key
+from ._usage import AnomalyRecord, assess, is_subagent_context, runner_key
 
 
 def validate_org(org: object) -> str:
@@ -177,7 +177,7 @@ class Meter:
 
 def _is_subagent(doc: Mapping[str, Any]) -> bool:
     context = doc.get("context")
-    return isinstance(context, Mapping) and context.get("subagent") is True
+    return isinstance(context, Mapping) and is_subagent_context(context)
 
 
 def _stamp(doc: Mapping[str, Any]) -> float | None:

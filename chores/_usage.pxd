@@ -16,3 +16,4 @@ cpdef tuple verdict(object doc, object spawn_contexts, object head, object now,
                     object max_tokens_per_run, str runner_id)
 cpdef tuple _held(str runner_id, str org, str period, bint pending, tuple flags,
                   str kind, str detail)
+cpdef bint is_subagent_context(object context)

@@ -294,6 +294,23 @@ class Assessment(NamedTuple):
     billed_cleanly: bool = False
 
 
+def is_subagent_context(context: Mapping[str, Any]) -> bool:
+    """Whether a runner's context marks it a subagent, as secator writes it (SPEC §1 fact 4).
+
+    `subagent` holds the session name (a string), and only from the child's second
+    write on; `ai_subagent_depth` (>= 1) and `parent_session_id` are there from its
+    first write, which already carries the inherited counters. `has_parent` marks
+    nothing (secator writes it False on subagents).
+    """
+    if context.get("subagent"):
+        return True
+    depth = context.get("ai_subagent_depth")
+    if isinstance(depth, int | float) and not isinstance(depth, bool) and depth >= 1:
+        return True
+    parent_session = context.get("parent_session_id")
+    return parent_session is not None and parent_session != ""
+
+
 class LedgerHead(NamedTuple):
     """The latest ledger entry of a runner: its sequence number and high-water mark."""
 
@@ -490,7 +507,7 @@ def verdict(
     flags: tuple[AnomalyRecord, ...] = ()
     own = snapshot
     parent_id = None
-    subagent = context.get("subagent") is True
+    subagent = is_subagent_context(context)
     if subagent:
         baseline, parent_id, kind, problem = read_spawn(spawn_contexts)
         if baseline is None:

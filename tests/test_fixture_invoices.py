@@ -136,3 +136,42 @@ def test_subagent_waits_for_its_spawn_finding(db, settings, registry, fixture_do
     assert (entry["input_tokens"], entry["output_tokens"]) == (4_000, 1_000)
     assert c.anomalies.find_one({"_id": "65f000000000000000000002:baseline_missing"})["resolved"]
     assert db.billing_invoices.find_one({"_id": "ws-acme:2026-11"})["needs_review"] is False
+
+
+def test_subagent_first_write_without_subagent_key_bills_no_inherited_tokens(
+    db, settings, registry, fixture_docs
+):
+    """secator's first write of a subagent (PENDING, no `subagent` key yet) already
+    carries the parent's counters; depth and parent session mark it from then on."""
+    seed(db, fixture_docs)
+    child = db.tasks.find_one({"_id": fixture_docs["tasks"][1]["_id"]})
+    first_write = {
+        **child,
+        "status": "PENDING",
+        "end_time": None,
+        "last_updated_db": None,
+        "context": {
+            key: value
+            for key, value in child["context"].items()
+            if key != "subagent" and not key.startswith("ai_")
+        }
+        | {
+            "ai_subagent_depth": 1,
+            "ai_model": child["context"]["ai_model"],
+            # what it inherited at spawn: the parent's counters, none of its own yet
+            "ai_tokens": 12_000,
+            "ai_prompt_tokens": 9_000,
+            "ai_completion_tokens": 3_000,
+        },
+    }
+    db.tasks.replace_one({"_id": child["_id"]}, first_write)
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    c = Collections.of(db, settings)
+    assert not c.ledger.find_one({"runner_id": str(child["_id"])})  # nothing of its own yet
+
+    db.tasks.replace_one({"_id": child["_id"]}, child)  # the later writes
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    own = list(c.ledger.find({"runner_id": str(child["_id"])}))
+    assert sum(e["input_tokens"] for e in own) == 4_000
+    assert sum(e["output_tokens"] for e in own) == 1_000
+    assert all(e["subagent"] is True for e in own)
