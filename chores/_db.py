@@ -29,6 +29,34 @@ _MOCK_CLIENTS: dict[str, Any] = {}
 _mongomock_compat.install()
 
 
+def utc_view(db: Database[Doc]) -> Database[Doc]:
+    """The database as the chore reads it: every datetime aware, in UTC.
+
+    The public API takes any pymongo `Database` (SPEC §7), whatever its client's codec
+    options; a plain `MongoClient()` (tz_aware=False) hands back naive datetimes, which
+    BSON stores as UTC. Rather than convert each value where it is read, the database is
+    re-opened once here with tz_aware=True, tzinfo=`datetime.UTC` (what `connect` gives
+    its own clients), so everything downstream sees what it sees with `connect`.
+    mongomock refuses a custom tzinfo: its tz_aware datetimes are in bson's UTC
+    (`as_utc` takes either). Anything that is not a Database (a test's stand-in that
+    wraps one) is taken as it is.
+    """
+    if isinstance(db, Database):
+        options = db.codec_options
+        if options.tz_aware and options.tzinfo is UTC:
+            return db
+        return db.with_options(codec_options=options.with_options(tz_aware=True, tzinfo=UTC))
+    if isinstance(db, mongomock.Database):
+        mock_options = db.codec_options
+        if mock_options.tz_aware:
+            return db
+        view: Database[Doc] = db.with_options(
+            codec_options=mock_options.with_options(tz_aware=True)
+        )
+        return view
+    return db
+
+
 def connect(settings: Settings) -> Database[Doc]:
     """The source database named in settings, checked to be reachable.
 
@@ -117,6 +145,8 @@ class Collections:
 
     @classmethod
     def of(cls, db: Database[Doc], settings: Settings) -> Collections:
+        """The collections of `db` as the chore reads them: datetimes in UTC (`utc_view`)."""
+        db = utc_view(db)
         named = settings.collection
         return cls(
             tasks=ReadOnlyCollection(db[settings.tasks_collection]),

@@ -1,0 +1,133 @@
+"""Issue 14 items 1, 10, 11 and 12: the public API as an outside program calls it, usage
+time bounded by `now`, and runner identity (ledger keys, spawn findings) that no other
+runner or org can share.
+
+Each test fails on the code before its fix and names the defect it guards against.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import mongomock
+import pymongo
+from bson import ObjectId
+
+from chores import Settings, check_quota, finalize_invoices, run_chore
+from chores._corpus import generate_corpus
+from chores._db import utc_view
+
+NOV_25 = datetime(2026, 11, 25, 12, tzinfo=UTC)
+
+
+def context(org: str, tokens: int, model: str = "gpt-4o-mini") -> dict[str, Any]:
+    return {
+        "workspace_id": org,
+        "ai_tokens": tokens,
+        "ai_prompt_tokens": tokens // 2,
+        "ai_completion_tokens": tokens - tokens // 2,
+        "ai_model": model,
+    }
+
+
+def runner(org: str, tokens: int, end: datetime | None, **fields: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "_id": ObjectId(),
+        "name": "ai",
+        "status": "SUCCESS" if end is not None else "RUNNING",
+        "start_time": (end or NOV_25) - timedelta(minutes=5),
+        "last_updated_db": 1.0e9,
+        "context": context(org, tokens),
+    }
+    if end is not None:
+        doc["end_time"] = end
+    doc.update(fields)
+    return doc
+
+
+def ledger_tokens(db: Any, org: str | None = None) -> int:
+    query = {} if org is None else {"org": org}
+    return sum(e["tokens"] for e in db.billing_ledger.find(query))
+
+
+def invoiced_tokens(db: Any, org: str | None = None) -> int:
+    query = {} if org is None else {"org": org}
+    return sum(line["tokens"] for i in db.billing_invoices.find(query) for line in i["lines"])
+
+
+# --- 1. a plain client (default codec options) -------------------------------------------
+
+
+def _billing_month(db: Any, settings: Settings, registry: Any) -> dict[str, Any]:
+    """What an outside program does over two months: runs while runners work, a rerun,
+    the finalization of the past month, quota checks. Returns everything it saw."""
+    start = datetime(2026, 10, 10, tzinfo=UTC)
+    corpus = generate_corpus(seed=3, orgs=("acme", "globex"), start=start, days=44)
+    db[settings.findings_collection].insert_many([dict(f) for f in corpus.findings])
+    db[settings.collection("plans")].insert_many(
+        [{"_id": "acme", "token_limit": 100_000}, {"_id": "globex", "token_limit": 10**9}]
+    )
+    tasks = db[settings.tasks_collection]
+    tasks.insert_many(corpus.at(0.5))
+    run_chore(db, now=NOV_25, registry=registry, settings=settings)
+    tasks.delete_many({})
+    tasks.insert_many(corpus.at(1.0))
+    later = NOV_25 + timedelta(hours=1)
+    run_chore(db, now=later, registry=registry, settings=settings)
+    run_chore(db, now=later, registry=registry, settings=settings)  # a rerun bills nothing
+    finalized = finalize_invoices(db, now=later, settings=settings)
+    rerun = run_chore(db, now=later, registry=registry, settings=settings, full=True)
+    decisions = {
+        org: check_quota(db, org, estimated_tokens=1_000, now=later, settings=settings)
+        for org in ("acme", "globex", "nobody")
+    }
+    invoices = {
+        i["_id"]: (i["status"], i["total_micros"], i["unpriced_tokens"], i["runs"], i["lines"])
+        for i in db[settings.collection("invoices")].find()
+    }
+    return {
+        "finalized": sorted(finalized),
+        "rerun_tokens": rerun.tokens_billed,
+        "invoices": invoices,
+        "decisions": {
+            org: (d.state, d.allowed, d.used_tokens, d.spent_micros) for org, d in decisions.items()
+        },
+        "ledger": ledger_tokens(db),
+        "invoiced": invoiced_tokens(db),
+    }
+
+
+def test_the_public_api_with_a_plain_client_bills_what_a_tz_aware_client_bills(settings, registry):
+    # Before: the first settle raised "can't compare offset-naive and offset-aware datetimes".
+    plain = _billing_month(mongomock.MongoClient()["main"], settings, registry)
+    aware = _billing_month(mongomock.MongoClient(tz_aware=True)["main"], settings, registry)
+    assert plain == aware
+    assert plain["finalized"] == ["acme:2026-10", "globex:2026-10"]
+    assert plain["rerun_tokens"] == 0
+    assert plain["ledger"] == plain["invoiced"] > 0
+    assert {status for status, *_ in plain["invoices"].values()} == {"draft", "final"}
+    assert plain["decisions"]["acme"][0] == "block"
+    assert plain["decisions"]["globex"][0] == "ok"
+
+
+def test_the_callers_database_keeps_its_own_codec_options(settings, registry):
+    db = mongomock.MongoClient()["main"]
+    db.tasks.insert_one(runner("acme", 1_000, NOV_25 - timedelta(days=1)))
+    run_chore(db, now=NOV_25, registry=registry, settings=settings)
+    assert db.codec_options.tz_aware is False
+    assert db.billing_invoices.find_one()["updated_at"].tzinfo is None  # still naive for it
+
+
+def test_a_pymongo_database_is_read_with_aware_utc_datetimes():
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient("mongodb://localhost:1", connect=False)
+    try:
+        plain = client["main"]
+        view = utc_view(plain)
+        assert view.codec_options.tz_aware is True
+        assert view.codec_options.tzinfo is UTC
+        assert view.name == "main" and view.client is client
+        assert plain.codec_options.tz_aware is False
+        assert utc_view(view) is view  # already what the chore reads: taken as it is
+    finally:
+        client.close()
