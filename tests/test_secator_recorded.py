@@ -1,0 +1,214 @@
+"""Documents written by the real secator 0.52.1, replayed snapshot by snapshot.
+
+`scripts/record_secator.py` drove secator's own `ai` task (fake LLM with known usage,
+mongomock behind secator's MongoDB hooks) and committed, in `tests/data/secator-0.52.1/`,
+the `tasks` and `findings` collections at every write that changed an AI runner, plus
+every call the fake LLM answered. Each snapshot replaces the source collections and is
+metered by `run_chore`; after each one the invoices must equal the usage the snapshot's
+documents reflect, per org, model and token kind, to the token and to the micro-dollar.
+Nothing here needs secator installed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bson import json_util
+from bson.json_util import JSONOptions
+
+from chores import Settings, run_chore
+from pricing import Registry
+
+DATA = Path(__file__).resolve().parent / "data" / "secator-0.52.1"
+JSON_OPTIONS = JSONOptions(tz_aware=True)
+
+Key = tuple[str, str]  # (org, registry model id)
+
+
+def load_json(name: str) -> Any:
+    return json.loads((DATA / name).read_text())
+
+
+MANIFEST = load_json("manifest.json")
+RUNNERS: dict[str, dict[str, Any]] = {
+    r["runner_id"]: r for r in load_json("true_usage.json")["runners"]
+}
+RUNNERS_BY_ORG = {r["org"]: r for r in RUNNERS.values() if r["role"] == "parent"}
+
+
+def load_snapshot(entry: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    return json_util.loads((DATA / entry["file"]).read_text(), json_options=JSON_OPTIONS)
+
+
+def micros(amount: Decimal) -> int:
+    return int(amount.to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def true_usage(persisted_calls: dict[str, int], registry: Registry) -> dict[Key, list[int]]:
+    """[prompt, completion] per (org, model) of the calls the snapshot's documents reflect,
+    priced under the model the runner bills them as (its `ai_model`)."""
+    usage: dict[Key, list[int]] = defaultdict(lambda: [0, 0])
+    for runner_id, count in persisted_calls.items():
+        runner = RUNNERS.get(runner_id)
+        if runner is None:  # an AI runner the fake LLM never answered
+            assert count == 0, runner_id
+            continue
+        for call in runner["calls"][:count]:
+            model = registry.resolve(call["billed_as"])
+            assert model is not None, call["billed_as"]
+            key = (runner["org"], model.id)
+            usage[key][0] += call["prompt_tokens"]
+            usage[key][1] += call["completion_tokens"]
+    return {key: value for key, value in usage.items() if any(value)}
+
+
+def own_usage(runner_id: str, count: int) -> tuple[int, int]:
+    calls = RUNNERS[runner_id]["calls"][:count] if runner_id in RUNNERS else []
+    return sum(c["prompt_tokens"] for c in calls), sum(c["completion_tokens"] for c in calls)
+
+
+def invoiced(db: Any) -> dict[Key, dict[str, Any]]:
+    lines: dict[Key, dict[str, Any]] = {}
+    for invoice in db.billing_invoices.find():
+        assert invoice["unpriced_tokens"] == 0
+        assert invoice["total_micros"] == sum(line["amount_micros"] for line in invoice["lines"])
+        for line in invoice["lines"]:
+            key = (invoice["org"], line["model"])
+            assert key not in lines, f"two lines for {key}"  # one period, one price version
+            if line["tokens"]:
+                lines[key] = line
+    return lines
+
+
+def test_the_recording_covers_what_the_issue_asks() -> None:
+    assert MANIFEST["versions"]["secator"] == "0.52.1"
+    labels = [s["label"] for s in MANIFEST["snapshots"]]
+    assert any("subagent first write (PENDING, no subagent key)" in label for label in labels)
+    assert any("spawn finding" in label for label in labels)
+    assert "ws-umbrella still RUNNING after ws-initech failed" in labels
+    roles = {(r["org"], r["role"]) for r in RUNNERS.values()}
+    assert {("ws-acme", "subagent"), ("ws-globex", "subagent")} <= roles
+    # the auto-mode run's intent call: served by the intent model, billed as the run's model
+    intent = RUNNERS_BY_ORG["ws-globex"]["calls"][0]
+    assert intent["served_by"] != intent["billed_as"]
+    last = load_snapshot(MANIFEST["snapshots"][-1])
+    statuses = {
+        t["context"]["workspace_id"]: t["status"] for t in last["tasks"] if t["name"] == "ai"
+    }
+    assert statuses["ws-initech"] == "FAILURE"
+    for task in last["tasks"]:
+        ctx = task["context"]
+        if ctx.get("ai_subagent_depth"):
+            assert isinstance(ctx["subagent"], str) and ctx["subagent"]
+            assert ctx["parent_session_id"] and task.get("has_parent") is not True
+            assert "has_parent" not in ctx
+
+
+def test_replay_bills_exactly_the_true_usage_at_every_snapshot(
+    db: Any, settings: Settings, registry: Registry
+) -> None:
+    subagents = {rid for rid, r in RUNNERS.items() if r["role"] == "subagent"}
+    for index, entry in enumerate(MANIFEST["snapshots"]):
+        where = f"snapshot {index:02d} ({entry['label']})"
+        snapshot = load_snapshot(entry)
+        for name in ("tasks", "findings"):
+            db[name].delete_many({})
+            if snapshot[name]:
+                db[name].insert_many(snapshot[name])
+        now = datetime.fromisoformat(entry["now"])
+        report = run_chore(db, now=now, registry=registry, settings=settings)
+        assert report.error is None, where
+
+        expected = true_usage(entry["persisted_calls"], registry)
+        lines = invoiced(db)
+        assert set(lines) == set(expected), where
+        for (org, model_id), (prompt, completion) in expected.items():
+            line = lines[(org, model_id)]
+            got = (line["input_tokens"], line["cached_tokens"], line["output_tokens"])
+            assert got == (prompt, 0, completion), f"{where}: {org} {model_id}"
+            assert (line["unsplit_tokens"], line["tokens"]) == (0, prompt + completion), where
+            price = registry.resolve(model_id).price_at(now)
+            assert line["price_valid_from"] == price.valid_from.isoformat(), where
+            exact = Decimal(prompt) * price.input + Decimal(completion) * price.output
+            assert line["amount_micros"] == micros(exact), f"{where}: {org} {model_id}"
+
+        # Per runner: a subagent is billed its own calls only, at its own model's rate.
+        ledger: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        for e in db.billing_ledger.find():
+            assert e["runner_id"] in RUNNERS, (
+                f"{where}: billed {e['runner_id']}, which made no call"
+            )
+            runner = RUNNERS[e["runner_id"]]
+            assert e["model"] == runner["ai_model"], where
+            assert e["priced_as"]["model"] == registry.resolve(runner["ai_model"]).id, where
+            assert e["subagent"] is (e["runner_id"] in subagents), where
+            ledger[e["runner_id"]][0] += e["input_tokens"] + e["unsplit_tokens"]
+            ledger[e["runner_id"]][1] += e["output_tokens"]
+        for runner_id, count in entry["persisted_calls"].items():
+            prompt, completion = own_usage(runner_id, count)
+            got = tuple(ledger.get(runner_id, [0, 0])[:2])
+            assert got == (prompt, completion), f"{where}: runner {runner_id}"
+
+        # Findings are copies of contexts, never usage.
+        finding_ids = {str(f["_id"]) for f in snapshot["findings"]}
+        assert not finding_ids & set(ledger), where
+
+
+def test_subagent_first_write_bills_nothing_until_its_spawn_finding(
+    db: Any, settings: Settings, registry: Registry
+) -> None:
+    for entry in MANIFEST["snapshots"]:
+        if "subagent first write" not in entry["label"]:
+            continue
+        snapshot = load_snapshot(entry)
+        # the new subagent: depth and parent session already set, no `subagent` key yet
+        child = next(
+            t
+            for t in snapshot["tasks"]
+            if t["context"].get("ai_subagent_depth") and "subagent" not in t["context"]
+        )
+        assert child["status"] == "PENDING" and "subagent" not in child["context"]
+        assert child["context"]["ai_tokens"] > 0  # inherited from its parent
+        db.tasks.delete_many({})
+        db.findings.delete_many({})
+        db.tasks.insert_many(snapshot["tasks"])
+        db.findings.insert_many(snapshot["findings"])
+        run_chore(
+            db, now=datetime.fromisoformat(entry["now"]), registry=registry, settings=settings
+        )
+        assert not db.billing_ledger.find_one({"runner_id": str(child["_id"])})
+
+
+def test_rerun_on_the_last_snapshot_changes_nothing(
+    db: Any, settings: Settings, registry: Registry
+) -> None:
+    entry = MANIFEST["snapshots"][-1]
+    snapshot = load_snapshot(entry)
+    db.tasks.insert_many(snapshot["tasks"])
+    db.findings.insert_many(snapshot["findings"])
+    now = datetime.fromisoformat(entry["now"])
+    run_chore(db, now=now, registry=registry, settings=settings)
+    first = {i["_id"]: i["lines"] for i in db.billing_invoices.find()}
+    report = run_chore(db, now=now, registry=registry, settings=settings)
+    assert report.tokens_billed == 0 and report.entries_written == 0
+    assert {i["_id"]: i["lines"] for i in db.billing_invoices.find()} == first
+
+
+@pytest.mark.parametrize("org", ["ws-acme", "ws-globex", "ws-initech", "ws-umbrella"])
+def test_final_invoice_per_org(db: Any, settings: Settings, registry: Registry, org: str) -> None:
+    entry = MANIFEST["snapshots"][-1]
+    snapshot = load_snapshot(entry)
+    db.tasks.insert_many(snapshot["tasks"])
+    db.findings.insert_many(snapshot["findings"])
+    run_chore(db, now=datetime.fromisoformat(entry["now"]), registry=registry, settings=settings)
+    expected = {
+        k: v for k, v in true_usage(entry["persisted_calls"], registry).items() if k[0] == org
+    }
+    lines = {k: v for k, v in invoiced(db).items() if k[0] == org}
+    assert {k: [v["input_tokens"], v["output_tokens"]] for k, v in lines.items()} == expected
