@@ -212,3 +212,38 @@ def test_final_invoice_per_org(db: Any, settings: Settings, registry: Registry, 
     }
     lines = {k: v for k, v in invoiced(db).items() if k[0] == org}
     assert {k: [v["input_tokens"], v["output_tokens"]] for k, v in lines.items()} == expected
+
+
+def _orders() -> list[tuple[str, list[int]]]:
+    import random
+
+    n = len(MANIFEST["snapshots"])
+    rng = random.Random(15)
+    shuffled = list(range(n))
+    rng.shuffle(shuffled)
+    return [
+        ("every 5th", [*range(0, n, 5), n - 1]),
+        ("random subset", [*sorted(rng.sample(range(n), 8)), n - 1]),
+        ("shuffled", [*shuffled, n - 1]),
+    ]
+
+
+@pytest.mark.parametrize(("name", "order"), _orders(), ids=[name for name, _ in _orders()])
+def test_any_subset_or_order_of_the_writes_ends_on_the_true_usage(
+    db: Any, settings: Settings, registry: Registry, name: str, order: list[int]
+) -> None:
+    """The chore rarely sees every write, and may see them out of order (a stale read):
+    whichever it saw, once it has seen the last state the invoices are the true usage."""
+    for index in order:
+        entry = MANIFEST["snapshots"][index]
+        snapshot = load_snapshot(entry)
+        for collection in ("tasks", "findings"):
+            db[collection].delete_many({})
+            if snapshot[collection]:
+                db[collection].insert_many(snapshot[collection])
+        run_chore(
+            db, now=datetime.fromisoformat(entry["now"]), registry=registry, settings=settings
+        )
+    expected = true_usage(MANIFEST["snapshots"][-1]["persisted_calls"], registry)
+    got = {k: [v["input_tokens"], v["output_tokens"]] for k, v in invoiced(db).items()}
+    assert got == expected
