@@ -37,6 +37,7 @@ START = datetime(2026, 10, 1, tzinfo=UTC)  # usage month of the synthetic record
 NOW = datetime(2026, 10, 30, 12, 0, tzinfo=UTC)  # the observation time of the run
 PRICES_VALID_FROM = date(2020, 1, 1)  # before every record
 MAX_TOKENS_PER_RUN = 1_000_000_000
+FUTURE_SKEW_SECONDS = 300.0  # Settings.future_skew_seconds' default
 
 Observation = tuple[dict[str, Any], list[Any]]  # (runner document, spawn findings' _context)
 
@@ -88,7 +89,9 @@ def snapshot_chunks(
 
 def new_meter(now: datetime = NOW) -> MemoryMeter:
     """The package's pure metering core (`chores._meter`), as the benchmarks run it."""
-    return MemoryMeter(now=now, max_tokens_per_run=MAX_TOKENS_PER_RUN)
+    return MemoryMeter(
+        now=now, max_tokens_per_run=MAX_TOKENS_PER_RUN, future_skew_seconds=FUTURE_SKEW_SECONDS
+    )
 
 
 # --- LiteLLM ----------------------------------------------------------------------------------

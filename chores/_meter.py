@@ -42,6 +42,7 @@ class MemoryMeter:
 
     now: datetime
     max_tokens_per_run: int
+    future_skew_seconds: float  # how far after `now` a usage time may be (Settings)
     heads: dict[str, Head] = field(default_factory=dict)  # by runner id
     usage: dict[UsageKey, list[int]] = field(default_factory=dict)  # input, cached, output, unsplit
     snapshots: int = 0
@@ -54,14 +55,14 @@ class MemoryMeter:
         """Meter a batch of documents; each delta is also appended to `records` when given."""
         heads: dict[str, Head] = self.heads
         usage: dict[UsageKey, list[int]] = self.usage
-        now, ceiling = self.now, self.max_tokens_per_run
+        now, ceiling, skew = self.now, self.max_tokens_per_run, self.future_skew_seconds
         snapshots = anomalies = billed = 0
         for doc, spawn_contexts in observations:
             snapshots += 1
             fields: dict[str, Any] = doc if type(doc) is dict else dict(doc)
             runner_id = runner_key(fields.get("_id"))
             org, period, pending, flagged, billed_cleanly, delta = verdict(
-                fields, spawn_contexts, heads.get(runner_id), now, ceiling, runner_id
+                fields, spawn_contexts, heads.get(runner_id), now, ceiling, skew, runner_id
             )
             if flagged:
                 anomalies += len(flagged)

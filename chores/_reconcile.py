@@ -96,6 +96,7 @@ def reconcile(meter: Meter, org: str, period: str, *, now: datetime) -> Reconcil
                 head=None,
                 now=now,
                 max_tokens_per_run=meter.settings.max_tokens_per_run,
+                future_skew_seconds=meter.settings.future_skew_seconds,
             )
             if result.org != org:
                 continue

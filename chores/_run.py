@@ -111,6 +111,7 @@ class Meter:
                 head=heads.get(runner_id),
                 now=now,
                 max_tokens_per_run=self.settings.max_tokens_per_run,
+                future_skew_seconds=self.settings.future_skew_seconds,
                 runner_id=runner_id,
             )
             if org is not None and result.org not in (None, org):

@@ -10,10 +10,10 @@ cpdef tuple own_counters(object snapshot, object baseline)
 cpdef tuple highest(object first, object second)
 cpdef bint decreased(object current, object before)
 cpdef tuple read_spawn(object spawn_contexts)
-cpdef object _latest_end(object now)
+cpdef object _latest_end(object now, double future_skew_seconds)
 cpdef str runner_key(object source_id)
 cpdef tuple verdict(object doc, object spawn_contexts, object head, object now,
-                    object max_tokens_per_run, str runner_id)
+                    object max_tokens_per_run, double future_skew_seconds, str runner_id)
 cpdef tuple _held(str runner_id, str org, str period, bint pending, tuple flags,
                   str kind, str detail)
 cpdef bint is_subagent_context(object context)

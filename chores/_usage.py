@@ -38,6 +38,8 @@ MAX_MODEL_NAME = 256
 # An end_time outside these bounds is garbage (a period that cannot be invoiced).
 EARLIEST_END = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_END = timedelta(days=366)
+# Between `now + future skew` (Settings.future_skew_seconds) and `now + LATEST_END`, an
+# end_time is not garbage but not yet plausible either: held as FUTURE_END_TIME.
 
 
 class Anomaly:
@@ -48,6 +50,7 @@ class Anomaly:
     BAD_MODEL = "bad_model"
     BAD_KEY_SOURCE = "bad_key_source"
     BAD_END_TIME = "bad_end_time"
+    FUTURE_END_TIME = "future_end_time"
     BASELINE_MISSING = "baseline_missing"
     BASELINE_MALFORMED = "baseline_malformed"
     BASELINE_CONFLICT = "baseline_conflict"
@@ -63,6 +66,7 @@ class Anomaly:
             BAD_MODEL,
             BAD_KEY_SOURCE,
             BAD_END_TIME,
+            FUTURE_END_TIME,
             BASELINE_MISSING,
             BASELINE_MALFORMED,
         }
@@ -351,30 +355,39 @@ def read_spawn(spawn_contexts: Sequence[Any]) -> Spawn:
     return merged, parent_id, None, ""
 
 
-def _usage_time(end_time: Any, now: datetime) -> datetime | None:
-    """When the usage happened: the end time, or `now` while running; None when garbage."""
+def _usage_time(end_time: Any, now: datetime, future_skew_seconds: float) -> datetime | str:
+    """When the usage happened: the end time, or `now` while running.
+
+    Otherwise the anomaly that holds it: `bad_end_time` for garbage (not a datetime,
+    before 2000, more than LATEST_END after `now`), `future_end_time` for an end time
+    more than the allowed skew after `now`: billed by the first run whose `now` reaches
+    it, never into a future period ahead of it (SPEC §7).
+    """
     now = as_utc(now)
     if end_time is None:
         return now
     if not isinstance(end_time, datetime):
-        return None
+        return Anomaly.BAD_END_TIME
     end_time = as_utc(end_time)
-    if end_time >= EARLIEST_END and end_time <= _latest_end(now):
-        return end_time
-    return None
+    if end_time < EARLIEST_END or end_time > now + LATEST_END:
+        return Anomaly.BAD_END_TIME
+    if end_time > _latest_end(now, future_skew_seconds):
+        return Anomaly.FUTURE_END_TIME
+    return end_time
 
 
-# (now, now + LATEST_END) of the latest call: the documents of a run share one `now`.
-_latest_for: tuple[datetime, datetime] = (EARLIEST_END, EARLIEST_END + LATEST_END)
+# (now, skew, now + skew) of the latest call: the documents of a run share one `now`.
+_latest_for: tuple[datetime, float, datetime] = (EARLIEST_END, 0.0, EARLIEST_END)
 
 
-def _latest_end(now: datetime) -> datetime:
-    """The latest end time taken as real at `now`; remembered for the last `now` seen."""
+def _latest_end(now: datetime, future_skew_seconds: float) -> datetime:
+    """The latest usage time billable at `now` (`now` + the allowed skew); remembered for
+    the last `now` and skew seen."""
     global _latest_for
-    seen, latest = _latest_for
-    if seen is not now:
-        latest = now + LATEST_END
-        _latest_for = (now, latest)
+    seen, skew, latest = _latest_for
+    if seen is not now or skew != future_skew_seconds:
+        latest = now + timedelta(seconds=future_skew_seconds)
+        _latest_for = (now, future_skew_seconds, latest)
     return latest
 
 
@@ -402,19 +415,22 @@ def assess(
     head: Head | None,
     now: datetime,
     max_tokens_per_run: int,
+    future_skew_seconds: float,
     runner_id: str | None = None,
 ) -> Assessment:
     """Apply every rule of SPEC §1 to one runner document.
 
     `spawn_contexts` are the `_context`s of the findings that spawned this
-    document (only read for subagents); `head` is its latest ledger entry; `runner_id`
-    is `runner_key(doc["_id"])` when the caller has already computed it.
+    document (only read for subagents); `head` is its latest ledger entry;
+    `future_skew_seconds` is how far after `now` a usage time may be
+    (Settings.future_skew_seconds); `runner_id` is `runner_key(doc["_id"])` when the
+    caller has already computed it.
     """
     fields: dict[str, Any] = doc if type(doc) is dict else dict(doc)
     if runner_id is None:
         runner_id = runner_key(fields.get("_id"))
     org, period, pending, anomalies, billed_cleanly, usage = verdict(
-        fields, spawn_contexts, head, now, max_tokens_per_run, runner_id
+        fields, spawn_contexts, head, now, max_tokens_per_run, future_skew_seconds, runner_id
     )
     if usage is None:
         return _new(Assessment, (runner_id, org, period, pending, None, anomalies, billed_cleanly))
@@ -448,6 +464,7 @@ def verdict(
     head: Head | None,
     now: datetime,
     max_tokens_per_run: TokenCount,
+    future_skew_seconds: float,
     runner_id: str,
 ) -> Verdict:
     """`assess`, as plain tuples: where every rule of SPEC §1 is applied.
@@ -480,14 +497,20 @@ def verdict(
         type(end_time) is datetime
         and end_time.tzinfo is UTC
         and end_time >= EARLIEST_END
-        and end_time <= _latest_end(now)
+        and end_time <= _latest_end(now, future_skew_seconds)
     ):
-        usage_time: datetime | None = end_time
+        usage_time: datetime = end_time
     else:
-        usage_time = _usage_time(end_time, now)
-    if usage_time is None:
-        detail = f"end_time is {_describe(end_time)}"
-        return _held(runner_id, org, period_of(now), pending, (), Anomaly.BAD_END_TIME, detail)
+        when = _usage_time(end_time, now, future_skew_seconds)
+        if isinstance(when, str):
+            # Held in the period of `now`: a future period gets no draft ahead of its time.
+            if when == Anomaly.FUTURE_END_TIME:
+                # Re-read every run (pending) until `now` reaches it, then billed as usual.
+                detail = f"end_time {_describe(end_time)} > now {now} + {future_skew_seconds:g} s"
+                return _held(runner_id, org, period_of(now), True, (), when, detail)
+            detail = f"end_time is {_describe(end_time)}"
+            return _held(runner_id, org, period_of(now), pending, (), when, detail)
+        usage_time = when
     period = period_of(usage_time)
 
     snapshot = read_counters(context)

@@ -131,3 +131,68 @@ def test_a_pymongo_database_is_read_with_aware_utc_datetimes():
         assert utc_view(view) is view  # already what the chore reads: taken as it is
     finally:
         client.close()
+
+
+# --- 10. usage time bounded by now + FUTURE_SKEW_SECONDS ---------------------------------
+
+
+def test_an_end_time_40_days_ahead_is_held_until_now_reaches_it(db, settings, registry):
+    # Before: 900,000 tokens went into a 2027-01 draft at once, and today's quota saw 0.
+    ahead = NOV_25 + timedelta(days=40)
+    db.tasks.insert_many(
+        [
+            runner("acme", 900_000, ahead),
+            runner("acme", 1_000, NOV_25 + timedelta(seconds=settings.future_skew_seconds)),
+        ]
+    )
+    report = run_chore(db, now=NOV_25, registry=registry, settings=settings)
+    assert report.tokens_billed == 1_000  # within the skew: billed
+    assert report.anomalies == {"future_end_time": 1}
+    assert [i["_id"] for i in db.billing_invoices.find()] == ["acme:2026-11"]
+    assert db.billing_invoices.find_one()["needs_review"] is True
+    anomaly = db.billing_anomalies.find_one({"kind": "future_end_time"})
+    assert anomaly["period"] == "2026-11" and not anomaly.get("resolved")
+    assert check_quota(db, "acme", now=NOV_25, settings=settings).used_tokens == 1_000
+
+    # Later runs, the document untouched (its stamp long behind the cursor): still held
+    # while its end time is ahead, billed once `now` reaches it, in its own period.
+    run_chore(db, now=ahead - timedelta(days=1), registry=registry, settings=settings)
+    assert ledger_tokens(db) == 1_000
+    report = run_chore(db, now=ahead, registry=registry, settings=settings)
+    assert report.tokens_billed == 900_000 and report.anomalies == {}
+    assert db.billing_invoices.find_one({"_id": "acme:2027-01"})["lines"][0]["tokens"] == 900_000
+    assert db.billing_anomalies.find_one({"kind": "future_end_time"})["resolved"] is True
+    assert ledger_tokens(db) == invoiced_tokens(db) == 901_000
+
+
+def test_the_future_skew_is_the_settings_one(db, settings, registry):
+    db.tasks.insert_one(runner("acme", 1_000, NOV_25 + timedelta(hours=1)))
+    strict = settings.model_copy(update={"future_skew_seconds": 60.0})
+    assert run_chore(db, now=NOV_25, registry=registry, settings=strict).tokens_billed == 0
+    lenient = settings.model_copy(update={"future_skew_seconds": 7_200.0})
+    assert run_chore(db, now=NOV_25, registry=registry, settings=lenient).tokens_billed == 1_000
+
+
+def test_the_pure_rules_and_the_memory_meter_hold_a_future_end_time():
+    from chores._meter import MemoryMeter
+    from chores._usage import assess
+
+    doc = runner("acme", 5_000, NOV_25 + timedelta(days=40))
+    options: dict[str, Any] = {"spawn_contexts": [], "head": None, "max_tokens_per_run": 10**9}
+    held = assess(doc, now=NOV_25, future_skew_seconds=300, **options)
+    assert held.delta is None and held.pending is True  # re-read until billable
+    assert [a.kind for a in held.anomalies] == ["future_end_time"]
+    later = assess(doc, now=NOV_25 + timedelta(days=40), future_skew_seconds=300, **options)
+    assert later.delta is not None and later.delta.period == "2027-01"
+    # A year 9999 end time stays garbage (bad_end_time), as before.
+    garbage = assess(
+        runner("acme", 5_000, datetime(9999, 12, 31, tzinfo=UTC)),
+        now=NOV_25,
+        future_skew_seconds=300,
+        **options,
+    )
+    assert [a.kind for a in garbage.anomalies] == ["bad_end_time"]
+
+    meter = MemoryMeter(now=NOV_25, max_tokens_per_run=10**9, future_skew_seconds=300)
+    meter.feed([(doc, [])])
+    assert meter.usage == {} and meter.anomalies == 1

@@ -82,7 +82,12 @@ SOURCE = _source_module()
 
 
 def _both(doc: Any, spawn_contexts: list[Any], head: LedgerHead | None) -> tuple[Any, Any]:
-    options = {"spawn_contexts": spawn_contexts, "now": NOW, "max_tokens_per_run": 10**9}
+    options = {
+        "spawn_contexts": spawn_contexts,
+        "now": NOW,
+        "max_tokens_per_run": 10**9,
+        "future_skew_seconds": 300,
+    }
     installed = chores._usage.assess(doc, head=head, **options)
     source_head = None if head is None else SOURCE.LedgerHead(head.seq, head.high_water)
     return installed, SOURCE.assess(doc, head=source_head, **options)
@@ -180,7 +185,11 @@ def test_memory_meter_prices_what_the_chore_invoices(registry: Registry) -> None
         if invoice.lines
     }
 
-    meter = MemoryMeter(now=NOW, max_tokens_per_run=settings.max_tokens_per_run)
+    meter = MemoryMeter(
+        now=NOW,
+        max_tokens_per_run=settings.max_tokens_per_run,
+        future_skew_seconds=settings.future_skew_seconds,
+    )
     observations = _observations(CORPUS)
     meter.feed(observations[: len(observations) // 2])
     meter.feed(observations[len(observations) // 2 :])
@@ -196,7 +205,7 @@ def test_memory_meter_hands_out_the_deltas_assess_gives() -> None:
     """Halfway through their work (every runner still running, so the meter keeps a head),
     then finished: the meter's records are `assess`'s deltas, field for field."""
     observations = _observations(CORPUS, 0.5) + _observations(CORPUS)
-    meter = MemoryMeter(now=NOW, max_tokens_per_run=10**9)
+    meter = MemoryMeter(now=NOW, max_tokens_per_run=10**9, future_skew_seconds=300)
     records: list[Any] = []
     meter.feed(observations, records)
 
@@ -209,6 +218,7 @@ def test_memory_meter_hands_out_the_deltas_assess_gives() -> None:
             head=heads.get(doc["_id"]),
             now=NOW,
             max_tokens_per_run=10**9,
+            future_skew_seconds=300,
         )
         delta = result.delta
         if delta is not None:
@@ -251,7 +261,7 @@ def test_memory_meter_keeps_the_head_of_a_runner_held_by_an_anomaly(
     observations: list[Any],
 ) -> None:
     """The held document comes back fixed: the meter bills what is new, as the ledger does."""
-    meter = MemoryMeter(now=NOW, max_tokens_per_run=10**9)
+    meter = MemoryMeter(now=NOW, max_tokens_per_run=10**9, future_skew_seconds=300)
     meter.feed([(doc, []) for doc in observations])
     assert sum(sum(tokens) for tokens in meter.usage.values()) == 150
     assert meter.deltas == 2

@@ -219,7 +219,14 @@ def test_counters_beyond_int64_are_malformed_in_the_pure_rules():
         "end_time": NOW,
         "context": {"workspace_id": "ws", "ai_tokens": 10**30},
     }
-    result = assess(doc, spawn_contexts=[], head=None, now=NOW, max_tokens_per_run=10**40)
+    result = assess(
+        doc,
+        spawn_contexts=[],
+        head=None,
+        now=NOW,
+        max_tokens_per_run=10**40,
+        future_skew_seconds=300,
+    )
     assert result.delta is None
     assert [a.kind for a in result.anomalies] == ["malformed_counters"]
 
