@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from hashlib import sha256
 from typing import Any, NamedTuple, TypeAlias
 
 from bson import ObjectId
@@ -246,15 +247,30 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def runner_key(source_id: Any) -> str:
-    """The ledger's name for a runner document: the hex of its ObjectId.
+MAX_KEY = 300  # characters of a runner key written as it is; longer ones are digested
+DIGEST_PREFIX = "sha256-"
 
-    Non-ObjectId ids are prefixed with their type so that a string id can never
-    collide with an ObjectId of the same hex.
+
+def runner_key(source_id: Any) -> str:
+    """The ledger's name for a runner document, one per `_id` and never shared.
+
+    - an ObjectId: its hex (24 characters);
+    - any other id: `type:repr` (e.g. `str:'abc'`), so that a string id can never collide
+      with an ObjectId of the same hex, when that is at most MAX_KEY characters;
+    - longer: `sha256-` and the SHA-256 hex of that `type:repr`. Never truncated: two
+      runners whose ids share a prefix would share one high-water mark. No other key can
+      look like a digest: a `type:repr` key starts with an identifier and a colon, and an
+      ObjectId's hex has no `-`.
+
+    Keys of ids up to MAX_KEY characters are what they always were (existing ledgers keep
+    their keys).
     """
     if type(source_id) is ObjectId:
         return str(source_id)
-    return f"{type(source_id).__name__}:{source_id!r}"[:300]
+    key = f"{type(source_id).__name__}:{source_id!r}"
+    if len(key) <= MAX_KEY:
+        return key
+    return DIGEST_PREFIX + sha256(key.encode("utf-8", "backslashreplace")).hexdigest()
 
 
 class AnomalyRecord(NamedTuple):

@@ -196,3 +196,41 @@ def test_the_pure_rules_and_the_memory_meter_hold_a_future_end_time():
     meter = MemoryMeter(now=NOV_25, max_tokens_per_run=10**9, future_skew_seconds=300)
     meter.feed([(doc, [])])
     assert meter.usage == {} and meter.anomalies == 1
+
+
+# --- 11. runner keys never shared ---------------------------------------------------------
+
+
+def test_long_runner_ids_sharing_a_prefix_keep_their_own_high_water_marks(db, settings, registry):
+    # Before: both ids were cut to the same 300-character key, so the second runner's
+    # usage was judged against the first one's high-water mark: globex under-billed
+    # (nothing), and on a rerun acme got a false counter_decreased.
+    prefix = "r" * 400
+    db.tasks.insert_many(
+        [
+            runner("acme", 5_000, NOV_25 - timedelta(hours=2), _id=prefix + "-acme"),
+            runner("globex", 3_000, NOV_25 - timedelta(hours=1), _id=prefix + "-globex"),
+        ]
+    )
+    report = run_chore(db, now=NOV_25, registry=registry, settings=settings)
+    assert report.anomalies == {}
+    assert (ledger_tokens(db, "acme"), ledger_tokens(db, "globex")) == (5_000, 3_000)
+    again = run_chore(db, now=NOV_25, registry=registry, settings=settings, full=True)
+    assert again.tokens_billed == 0 and again.anomalies == {}
+    assert invoiced_tokens(db, "acme") == 5_000 and invoiced_tokens(db, "globex") == 3_000
+
+
+def test_runner_keys_are_distinct_and_short_ones_unchanged():
+    from chores._usage import runner_key
+
+    oid = ObjectId()
+    assert runner_key(oid) == str(oid)
+    assert runner_key("abc") == "str:'abc'"  # the key existing ledgers hold
+    assert runner_key(str(oid)) != runner_key(oid)
+    shared = "x" * 300
+    long_keys = {runner_key(shared + tail) for tail in ("a", "b", "ab", "")}
+    assert len(long_keys) == 4
+    assert all(len(k) <= 300 for k in long_keys)
+    assert runner_key(shared + "a") == runner_key(shared + "a")  # stable across runs
+    digested = runner_key(shared + "a")
+    assert digested.startswith("sha256-") and len(digested) == len("sha256-") + 64
