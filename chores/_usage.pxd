@@ -9,7 +9,7 @@ cpdef tuple new_usage(object high_water, object previous)
 cpdef tuple own_counters(object snapshot, object baseline)
 cpdef tuple highest(object first, object second)
 cpdef bint decreased(object current, object before)
-cpdef tuple read_spawn(object spawn_contexts)
+cpdef tuple read_spawn(object spawn_contexts, str org)
 cpdef object _latest_end(object now, double future_skew_seconds)
 cpdef str runner_key(object source_id)
 cpdef tuple verdict(object doc, object spawn_contexts, object head, object now,

@@ -343,22 +343,36 @@ class LedgerHead(NamedTuple):
 Spawn = tuple[Counts | None, str | None, str | None, str]
 
 
-def read_spawn(spawn_contexts: Sequence[Any]) -> Spawn:
-    """The baseline and parent of a subagent from its spawn findings' `_context`s."""
-    if len(spawn_contexts) == 1 and type(spawn_contexts[0]) is dict:  # the usual case
+def read_spawn(spawn_contexts: Sequence[Any], org: str) -> Spawn:
+    """The baseline and parent of a subagent of `org` from its spawn findings' `_context`s.
+
+    Only a finding of the subagent's own org is a baseline (its `_context.workspace_id`
+    is `org`, compared exactly): a finding naming this runner from another org's context
+    (or from none) is ignored, so one org's data never changes another org's billing
+    (SPEC §4). With only foreign findings the baseline is missing (held); several own
+    findings that disagree are a `baseline_conflict`. An anomaly's detail says how many
+    foreign findings were ignored.
+    """
+    if len(spawn_contexts) == 1:  # the usual case: one finding, of this org, well formed
         context = spawn_contexts[0]
-        parsed = read_counters(context)
-        if type(parsed) is tuple:
-            task_id = context.get("task_id")
-            return parsed, task_id[:64] if type(task_id) is str else None, None, ""
-    parent_id = _spawner(spawn_contexts)
-    if not spawn_contexts:
-        return None, parent_id, Anomaly.BASELINE_MISSING, "no spawn finding for this subagent yet"
+        if type(context) is dict and context.get("workspace_id") == org:
+            parsed = read_counters(context)
+            if type(parsed) is tuple:
+                task_id = context.get("task_id")
+                return parsed, task_id[:64] if type(task_id) is str else None, None, ""
+    own = [c for c in spawn_contexts if isinstance(c, Mapping) and c.get("workspace_id") == org]
+    foreign = len(spawn_contexts) - len(own)
+    ignored = f" ({foreign} spawn finding(s) of another org ignored)" if foreign else ""
+    parent_id = _spawner(own)
+    if not own:
+        detail = "no spawn finding of this org for this subagent yet" + ignored
+        return None, parent_id, Anomaly.BASELINE_MISSING, detail
     baselines: list[Counts] = []
-    for context in spawn_contexts:
-        parsed = read_counters(context) if isinstance(context, Mapping) else "not a mapping"
+    for context in own:
+        parsed = read_counters(context)
         if isinstance(parsed, str):
-            return None, parent_id, Anomaly.BASELINE_MALFORMED, f"spawn finding: {parsed}"
+            detail = f"spawn finding: {parsed}{ignored}"
+            return None, parent_id, Anomaly.BASELINE_MALFORMED, detail
         baselines.append(parsed)
     merged = baselines[0]
     for other in baselines[1:]:
@@ -366,7 +380,7 @@ def read_spawn(spawn_contexts: Sequence[Any]) -> Spawn:
     if len(set(baselines)) > 1:
         # Several different spawn records: take the highest baseline (bills the
         # least) and flag it, rather than risk charging inherited tokens.
-        detail = f"{len(set(baselines))} different spawn records"
+        detail = f"{len(set(baselines))} different spawn records{ignored}"
         return merged, parent_id, Anomaly.BASELINE_CONFLICT, detail
     return merged, parent_id, None, ""
 
@@ -436,8 +450,9 @@ def assess(
 ) -> Assessment:
     """Apply every rule of SPEC §1 to one runner document.
 
-    `spawn_contexts` are the `_context`s of the findings that spawned this
-    document (only read for subagents); `head` is its latest ledger entry;
+    `spawn_contexts` are the `_context`s of the findings that name this document as
+    the runner they spawned (only read for subagents, and only those of the document's
+    own org count: `read_spawn`); `head` is its latest ledger entry;
     `future_skew_seconds` is how far after `now` a usage time may be
     (Settings.future_skew_seconds); `runner_id` is `runner_key(doc["_id"])` when the
     caller has already computed it.
@@ -548,7 +563,7 @@ def verdict(
     parent_id = None
     subagent = is_subagent_context(context)
     if subagent:
-        baseline, parent_id, kind, problem = read_spawn(spawn_contexts)
+        baseline, parent_id, kind, problem = read_spawn(spawn_contexts, org)
         if baseline is None:
             assert kind is not None
             # re-read every run until the spawn finding appears

@@ -234,3 +234,78 @@ def test_runner_keys_are_distinct_and_short_ones_unchanged():
     assert runner_key(shared + "a") == runner_key(shared + "a")  # stable across runs
     digested = runner_key(shared + "a")
     assert digested.startswith("sha256-") and len(digested) == len("sha256-") + 64
+
+
+# --- 12. spawn findings of another org are never a baseline -------------------------------
+
+
+def _parent_and_subagent(db: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """acme's parent (12,000 tokens) and its subagent, which inherited those 12,000 and
+    used 5,000 of its own: acme's truth is 17,000 tokens."""
+    parent = runner("acme", 12_000, NOV_25 - timedelta(hours=2), _id=ObjectId())
+    child = runner("acme", 17_000, NOV_25 - timedelta(hours=1), _id=ObjectId())
+    child["context"].update(subagent="sub-1", ai_subagent_depth=1, parent_session_id="s-1")
+    db.tasks.insert_many([parent, child])
+    return parent, child
+
+
+def _spawn_finding(child: dict[str, Any], org: str, tokens: int) -> dict[str, Any]:
+    return {
+        "_id": ObjectId(),
+        "_type": "ai",
+        "ai_type": "task",
+        "extra_data": {"runner_id": str(child["_id"]), "runner_type": "task"},
+        "_context": {**context(org, tokens), "task_id": "spawner"},
+    }
+
+
+def test_another_orgs_spawn_finding_cannot_raise_a_subagents_baseline(db, settings, registry):
+    # Before: globex's finding (17,000) merged with acme's (12,000) as a baseline
+    # conflict, the highest won: acme billed 12,000 of its 17,000.
+    _, child = _parent_and_subagent(db)
+    db.findings.insert_many(
+        [_spawn_finding(child, "acme", 12_000), _spawn_finding(child, "globex", 17_000)]
+    )
+    report = run_chore(db, now=NOV_25, registry=registry, settings=settings)
+    assert report.anomalies == {}
+    assert ledger_tokens(db, "acme") == invoiced_tokens(db, "acme") == 17_000
+    assert ledger_tokens(db, "globex") == 0 and db.billing_invoices.count_documents({}) == 1
+
+
+def test_another_orgs_spawn_finding_cannot_lower_a_subagents_baseline(db, settings, registry):
+    # Before: globex's finding (0 inherited) was the only one, so acme's subagent was
+    # billed its inherited 12,000 again: 29,000 of 17,000.
+    _, child = _parent_and_subagent(db)
+    db.findings.insert_one(_spawn_finding(child, "globex", 0))
+    report = run_chore(db, now=NOV_25, registry=registry, settings=settings)
+    assert report.anomalies == {"baseline_missing": 1}
+    anomaly = db.billing_anomalies.find_one({"kind": "baseline_missing"})
+    assert "1 spawn finding(s) of another org ignored" in anomaly["detail"]
+    assert ledger_tokens(db, "acme") == 12_000  # the parent; the subagent is held
+    # acme's own finding appears: the subagent is billed its own 5,000, and no more.
+    db.findings.insert_one(_spawn_finding(child, "acme", 12_000))
+    report = run_chore(db, now=NOV_25 + timedelta(minutes=5), registry=registry, settings=settings)
+    assert report.tokens_billed == 5_000
+    assert ledger_tokens(db, "acme") == invoiced_tokens(db, "acme") == 17_000
+    assert db.billing_anomalies.find_one({"kind": "baseline_missing"})["resolved"] is True
+
+
+def test_only_own_org_spawn_findings_are_read_by_the_rules():
+    from chores._usage import read_spawn
+
+    acme = {**context("acme", 100), "task_id": "p"}
+    globex = {**context("globex", 50), "task_id": "q"}
+    assert read_spawn([acme], "acme") == ((100, 50, 50, 0), "p", None, "")
+    assert read_spawn([globex, acme], "acme") == ((100, 50, 50, 0), "p", None, "")
+    baseline, parent, kind, detail = read_spawn([globex], "acme")
+    assert (baseline, parent, kind) == (None, None, "baseline_missing")
+    assert "1 spawn finding(s) of another org ignored" in detail
+    # Not a mapping, or no org at all: not this org's finding either.
+    assert read_spawn(["junk", {"ai_tokens": 1}], "acme")[2] == "baseline_missing"
+    # Own findings that disagree: the existing conflict rule (highest baseline, flagged).
+    other = {**context("acme", 200), "task_id": "p"}
+    baseline, _, kind, detail = read_spawn([acme, other, globex], "acme")
+    assert baseline == (200, 100, 100, 0) and kind == "baseline_conflict"
+    assert "ignored" in detail
+    # Case-sensitive, exact: "ACME" is another org.
+    assert read_spawn([{**acme, "workspace_id": "ACME"}], "acme")[2] == "baseline_missing"

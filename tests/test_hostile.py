@@ -249,7 +249,14 @@ def test_a_huge_model_name_is_held_not_stored_on_an_invoice(db, settings, regist
 
 def test_runner_id_as_objectid_or_string_in_spawn_findings(db, settings, registry):
     parent, child_a, child_b = ObjectId(), ObjectId(), ObjectId()
-    base = {"ai_tokens": 100, "ai_prompt_tokens": 80, "ai_completion_tokens": 20}
+    # A spawn finding's `_context` is a full copy of the parent's, its org included (only
+    # a finding of the subagent's own org is a baseline).
+    base = {
+        "workspace_id": "ws-x",
+        "ai_tokens": 100,
+        "ai_prompt_tokens": 80,
+        "ai_completion_tokens": 20,
+    }
     for child in (child_a, child_b):
         db.tasks.insert_one(
             {
