@@ -142,6 +142,7 @@ class Collections:
     quota_events: Collection[Doc]
     runs: Collection[Doc]
     due: Collection[Doc]
+    counters: Collection[Doc]
 
     @classmethod
     def of(cls, db: Database[Doc], settings: Settings) -> Collections:
@@ -162,6 +163,7 @@ class Collections:
             quota_events=db[named("quota_events")],
             runs=db[named("runs")],
             due=db[named("due")],
+            counters=db[named("counters")],
         )
 
 

@@ -56,7 +56,7 @@ def run_demo(out: Console, *, seed: int = 7, now: datetime | None = None) -> Non
         f"[bold]Rerun[/]: {rerun.docs_read} documents re-read, "
         f"{rerun.tokens_billed} tokens billed (exactly once)"
     )
-    finalized = finalize_invoices(db, now=now, registry=registry, settings=settings)
+    finalized = finalize_invoices(db, now=now, settings=settings)
     out.print(f"[bold]Finalized[/]: {', '.join(finalized) or 'nothing due yet'}\n")
 
     invoices = db[settings.collection("invoices")]

@@ -1,14 +1,15 @@
 """Invoices: built from the ledger, drafts while the period is open, then final for good.
 
 `build_invoice` is pure (lines priced by `_lines.price_lines`). `Invoices` does
-the I/O: aggregate ledger entries per period in the database, write drafts
-(never over a final one), book late usage, settle the dirty marks, and
-finalize due periods.
+the I/O of drafts: aggregate ledger entries per period in the database, write
+drafts that only move forward (never over a final one, never over a draft built
+from more of the ledger), and settle the dirty marks. `Sweeper` moves usage that
+a final invoice does not hold into the open period, late. `Finalizer` freezes due
+drafts under a fencing token, pricing nothing. docs/design.md has the protocol.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,17 +17,19 @@ from datetime import date, datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pymongo import ReturnDocument
 
 from pricing import Registry
 
+from . import _clock
 from ._anomalies import AnomalyLog
 from ._db import Collections, Doc
-from ._ledger import Ledger
+from ._ledger import EMPTY_ENTRY, Ledger
 from ._lines import InvoiceLine, UsageGroup, price_lines
 from ._money import Micros
-from ._periods import as_utc, next_period, period_bounds, period_of
+from ._periods import next_period, period_bounds, period_of
 from ._progress import Progress
-from ._writes import replace_where
+from ._writes import update_where
 
 
 class Invoice(BaseModel):
@@ -44,6 +47,7 @@ class Invoice(BaseModel):
     unpriced_tokens: int
     needs_review: bool
     runs: int
+    entries: int = 0  # ledger entries it was built from: the draft's version
     updated_at: datetime
     finalized_at: datetime | None = None
     registry: str = ""  # fingerprint of the registry that priced it
@@ -59,9 +63,6 @@ class PeriodUsage:
     groups: list[UsageGroup] = field(default_factory=list)
     runners: set[str] = field(default_factory=set)
     entries: int = 0
-
-
-EMPTY_ENTRY: Doc = {"input_tokens": 0, "cached_tokens": 0, "output_tokens": 0, "unsplit_tokens": 0}
 
 
 def build_invoice(
@@ -90,6 +91,7 @@ def build_invoice(
         unpriced_tokens=unpriced,
         needs_review=anomalies_open or any(not line.priced for line in lines),
         runs=len(usage.runners),
+        entries=usage.entries,
         updated_at=now,
         finalized_at=now if status == "final" else None,
         registry=registry.fingerprint,
@@ -108,6 +110,62 @@ def open_period(now: datetime, final_periods: set[str]) -> str:
     return period
 
 
+class Sweeper:
+    """Moves what final invoices do not hold into the open period, as late usage.
+
+    Prices nothing: the open drafts that receive late usage are marked dirty, and
+    rebuilt by the settle that runs it or by the next run.
+    """
+
+    def __init__(self, collections: Collections, ledger: Ledger, progress: Progress):
+        self._c = collections
+        self._ledger = ledger
+        self._progress = progress
+
+    def final_fences(self, orgs: Iterable[str]) -> dict[str, dict[str, int | None]]:
+        """org -> {final period -> the token that froze it (None: frozen before tokens)}."""
+        wanted = sorted(set(orgs))
+        finals: dict[str, dict[str, int | None]] = defaultdict(dict)
+        if wanted:
+            query = {"org": {"$in": wanted}, "status": "final"}
+            for doc in self._c.invoices.find(query, {"org": 1, "period": 1, "closed_fence": 1}):
+                finals[doc["org"]][doc["period"]] = doc.get("closed_fence")
+        return finals
+
+    def sweep(
+        self, pairs: set[tuple[str, str]], now: datetime
+    ) -> tuple[list[str], set[tuple[str, str]]]:
+        """Sweep the final ones among `pairs` into their org's open period.
+
+        The targets are marked (open) before the move and the marks closed after it,
+        so a crash in between leaves them for the next settle. Returns (the closed
+        marks, the target pairs).
+        """
+        finals = self.final_fences(org for org, _ in pairs)
+        late = [
+            (org, period)
+            for org, period in sorted(pairs)
+            if period in finals[org]
+            and self._ledger.has_stragglers(org, period, finals[org][period])
+        ]
+        if not late:
+            return [], set()
+        target = {org: open_period(now, set(finals[org])) for org, _ in late}
+        marks = self._progress.mark_dirty(target.items(), now=now)
+        for org, period in late:
+            self._ledger.sweep(org, period, finals[org][period], target[org])
+        self._progress.close_marks(marks)
+        return marks, set(target.items())
+
+    def sweep_all(self, now: datetime, org: str | None = None) -> None:
+        """Sweep every final period in scope."""
+        query: Doc = {"status": "final"}
+        if org is not None:
+            query["org"] = {"$eq": org}
+        found = self._c.invoices.find(query, {"org": 1, "period": 1})
+        self.sweep({(d["org"], d["period"]) for d in found}, now)
+
+
 class Invoices:
     def __init__(
         self,
@@ -122,33 +180,31 @@ class Invoices:
         self._ledger = ledger
         self._anomalies = anomalies
         self._progress = progress
+        self._sweeper = Sweeper(collections, ledger, progress)
 
     # reading ---------------------------------------------------------------
     def final_periods(self, orgs: Iterable[str]) -> dict[str, set[str]]:
-        wanted = sorted(set(orgs))
+        """org -> its final periods (empty for an org without one)."""
         finals: dict[str, set[str]] = defaultdict(set)
-        if wanted:
-            query = {"org": {"$in": wanted}, "status": "final"}
-            for doc in self._c.invoices.find(query, {"org": 1, "period": 1}):
-                finals[doc["org"]].add(doc["period"])
+        for org, periods in self._sweeper.final_fences(orgs).items():
+            finals[org] = set(periods)
         return finals
 
     def get(self, org: str, period: str) -> Invoice | None:
         doc = self._c.invoices.find_one({"_id": f"{org}:{period}"})
         return Invoice.model_validate(doc) if doc else None
 
-    def usage(
-        self, pairs: set[tuple[str, str]], *, booked_only: bool = False
-    ) -> dict[tuple[str, str], PeriodUsage]:
+    def usage(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], PeriodUsage]:
         """Ledger entries of these `(org, period)` invoices, summed in the database."""
         usage: dict[tuple[str, str], PeriodUsage] = defaultdict(PeriodUsage)
         if not pairs:
             return usage
         orgs = sorted({org for org, _ in pairs})
         periods = sorted({period for _, period in pairs})
-        belongs: list[Doc] = [{"booked": {"$in": periods}}]
-        if not booked_only:
-            belongs.append({"booked": None, "usage_period": {"$in": periods}})
+        belongs: list[Doc] = [
+            {"booked": {"$in": periods}},
+            {"booked": None, "usage_period": {"$in": periods}},
+        ]
         pipeline: list[Doc] = [
             # An entry that only moved a high-water mark is no usage: no line, no run.
             {"$match": {"org": {"$in": orgs}, "$or": belongs, "$nor": [EMPTY_ENTRY]}},
@@ -197,9 +253,17 @@ class Invoices:
     def rebuild(self, pairs: set[tuple[str, str]], now: datetime) -> list[str]:
         """Rebuild the drafts of these `(org, period)` pairs from the ledger, in one write.
 
-        A final invoice, or a draft being finalized (`closing`), is never replaced;
-        an empty invoice is only written over an existing one or to flag a review.
+        A draft only moves forward: each rebuild takes a ticket (a counter, incremented)
+        before it reads anything, and replaces a stored draft only if that was built on
+        an older ticket, never a final one. Every change to what a draft is built from
+        (entries, anomalies, the registry) is followed by a settle that takes a later
+        ticket, so the last draft written is built from the latest state. The write
+        leaves the finalize fence alone. An empty invoice is only written over an
+        existing one or to flag a review. Returns the ids written.
         """
+        if not pairs:
+            return []
+        ticket = self._ticket()
         finals = self.final_periods(org for org, _ in pairs)
         drafts = {(org, period) for org, period in pairs if period not in finals[org]}
         usage = self.usage(drafts)
@@ -220,33 +284,58 @@ class Invoices:
             or (org, period) in review
             or f"{org}:{period}" in existing
         ]
-        refused = replace_where(
+        refused = update_where(
             self._c.invoices,
             [
-                ({"_id": inv.id, "status": {"$ne": "final"}, "closing": None}, inv.document())
+                (
+                    {
+                        "_id": inv.id,
+                        "status": "draft",
+                        "$or": [
+                            {"build_ticket": {"$lt": ticket}},
+                            {"build_ticket": {"$exists": False}},
+                        ],
+                    },
+                    {**inv.document(), "build_ticket": ticket},
+                )
                 for inv in invoices
             ],
         )
         return [inv.id for i, inv in enumerate(invoices) if i not in refused]
 
-    def settle(self, now: datetime, org: str | None = None) -> list[str]:
-        """Book late usage and rebuild every dirty or stale draft in scope; ids written.
+    def _ticket(self) -> int:
+        """The next draft-build ticket (one round trip per rebuild, whatever its size)."""
+        counter = self._c.counters.find_one_and_update(
+            {"_id": "draft_builds"},
+            {"$inc": {"value": 1}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        assert counter is not None  # upserted
+        return int(counter["value"])
 
-        Only marks read *closed* are deleted, after the rebuild: a crash leaves
-        them, and a mark whose writes have not landed yet survives this settle.
+    def settle(self, now: datetime, org: str | None = None) -> list[str]:
+        """Rebuild every dirty or stale draft in scope, and move what final invoices do not
+        hold into the open period as late usage; the ids of the drafts written.
+
+        Only marks read *closed* (or expired) are deleted, after their pairs are done: a
+        crash leaves them, and a mark whose writes have not landed yet survives.
         """
-        mark_ids, pairs = self._progress.dirty(org, as_utc(now))
+        mark_ids, pairs = self._progress.dirty(org)
         pairs |= self._stale_drafts(org)
-        finals = self.final_periods(o for o, _ in pairs)
-        for org_id in sorted({o for o, _ in pairs}):
-            late = {p for o, p in pairs if o == org_id and p in finals[org_id]}
-            if late:
-                target = open_period(now, finals[org_id])
-                self._ledger.book_late(org_id, late, target)
-                pairs.add((org_id, target))
-        written = self.rebuild(pairs, now)
+        written: set[str] = set()
+        for _ in range(3):  # a draft finalized under our feet: sweep it, then its target
+            late_marks, targets = self._sweeper.sweep(pairs, now)
+            mark_ids += late_marks
+            done = self.rebuild(pairs | targets, now)
+            written.update(done)
+            refused = {(o, p) for o, p in pairs | targets if f"{o}:{p}" not in done}
+            finals = self.final_periods(o for o, _ in refused)
+            pairs = {(o, p) for o, p in refused if p in finals[o]}
+            if not pairs:
+                break
         self._progress.clear_dirty(mark_ids)
-        return written
+        return sorted(written)
 
     def _stale_drafts(self, org: str | None) -> set[tuple[str, str]]:
         """Drafts priced with another registry than the current one."""
@@ -257,55 +346,70 @@ class Invoices:
             (d["org"], d["period"]) for d in self._c.invoices.find(query, {"org": 1, "period": 1})
         }
 
-    def finalize(self, now: datetime, grace: timedelta, org: str | None = None) -> list[str]:
-        """Turn every draft whose period ended more than `grace` ago final; ids finalized.
 
-        Each period is fenced first (`closing` = a token of this attempt): only the
-        latest attempt can write the final invoice, and it does so from every entry
-        booked to the period after it took the fence, so two overlapping finalizes
-        (or one that crashed, then a retry) cannot leave a booked entry uncounted.
-        A constant number of operations per invoice; it runs once a day.
-        """
-        self.settle(now, org)
-        query: Doc = {"status": "draft", "period_end": {"$lte": now - grace}}
+class Finalizer:
+    """Freezes due drafts as the last run built them; prices nothing.
+
+    For each due draft: take a fencing token (`fence`, incremented), stamp every
+    entry of the period with it, count the stamped entries, and freeze the draft
+    only if it still carries that token and holds exactly that many entries
+    (compare-and-set). A draft that lags the ledger waits for the next run to
+    rebuild it; usage that reaches the period after the freeze is swept into the
+    open period as late usage. docs/design.md has the argument.
+    """
+
+    ATTEMPTS = 3
+
+    def __init__(self, collections: Collections, ledger: Ledger, progress: Progress):
+        self._c = collections
+        self._ledger = ledger
+        self._progress = progress
+        self._sweeper = Sweeper(collections, ledger, progress)
+
+    def finalize(self, now: datetime, grace: timedelta, org: str | None = None) -> list[str]:
+        """Freeze every draft whose period ended `grace` before `now` and before the wall
+        clock; sweep every final period in scope. Returns the ids frozen."""
+        ended_by = min(now - grace, _clock.wall_clock())
+        query: Doc = {"status": "draft", "period_end": {"$lte": ended_by}}
         if org is not None:
             query["org"] = {"$eq": org}
         due = sorted(
             (d["org"], d["period"]) for d in self._c.invoices.find(query, {"org": 1, "period": 1})
         )
-        finalized: list[str] = []
-        for org_id, period in due:
-            if self._finalize_one(org_id, period, now):
-                finalized.append(f"{org_id}:{period}")
-        self.settle(now, org)  # the open drafts that received late usage
-        return finalized
+        frozen = [f"{o}:{p}" for o, p in due if self._freeze(o, p, now)]
+        self._sweeper.sweep_all(now, org)  # the safety net: every final period in scope
+        return frozen
 
-    def _finalize_one(self, org: str, period: str, now: datetime) -> bool:
-        invoice_id, token = f"{org}:{period}", uuid.uuid4().hex
-        fenced = self._c.invoices.find_one_and_update(
-            {"_id": invoice_id, "status": "draft"}, {"$set": {"closing": token}}
-        )
-        if fenced is None:
-            return False  # final meanwhile
-        # Late usage of this period goes to `target`: announce it before it can happen.
-        target = open_period(now, self.final_periods([org])[org] | {period})
-        marks = self._progress.mark_dirty([(org, target)], now=now)
-        self._ledger.book_period(org, period)
-        pair = (org, period)
-        invoice = build_invoice(
-            org=org,
-            period=period,
-            usage=self.usage({pair}, booked_only=True)[pair],
-            anomalies_open=bool(self._anomalies.open_periods({pair})),
-            registry=self._registry,
-            now=now,
-            status="final",
-        )
-        written = self._c.invoices.replace_one(
-            {"_id": invoice_id, "status": "draft", "closing": token}, invoice.document()
-        )
-        if written.matched_count:
-            # Entries that arrived between the booking and the final write are late.
-            self._ledger.book_late(org, [period], target)
-        self._progress.close_marks(marks)
-        return bool(written.matched_count)
+    def _freeze(self, org: str, period: str, now: datetime) -> bool:
+        invoice_id = f"{org}:{period}"
+        for _ in range(self.ATTEMPTS):
+            fenced = self._c.invoices.find_one_and_update(
+                {"_id": invoice_id, "status": "draft"},
+                {"$inc": {"fence": 1}},
+                projection={"fence": 1},
+                return_document=ReturnDocument.AFTER,
+            )
+            if fenced is None:
+                return False  # final meanwhile
+            token = int(fenced["fence"])
+            # Announces the stamps: the settle that deletes this mark sweeps whatever a
+            # stale stamp of ours put into a period frozen by a newer token.
+            marks = self._progress.mark_dirty([(org, period)], now=now)
+            self._ledger.stamp(org, period, token)
+            held = self._ledger.count_stamped(org, period, token)
+            frozen = self._c.invoices.update_one(
+                {"_id": invoice_id, "status": "draft", "fence": token, "entries": held},
+                {"$set": {"status": "final", "finalized_at": now, "closed_fence": token}},
+            )
+            if frozen.modified_count:
+                self._sweeper.sweep({(org, period)}, now)  # what landed after the stamp
+                # Our own stamps are what the final holds: nothing left to announce.
+                self._progress.clear_dirty(marks)
+                return True
+            self._progress.close_marks(marks)
+            draft = self._c.invoices.find_one({"_id": invoice_id}, {"entries": 1, "status": 1})
+            if draft is None or draft.get("status") != "draft":
+                return False
+            if draft.get("entries", -1) < held:
+                return False  # the draft lags the ledger: the next run rebuilds it
+        return False

@@ -7,15 +7,19 @@ crashed after inserting resumes from the entry it wrote: no transaction is
 needed for exactly-once billing. Entries name their source runner and the
 counters billed, so every charge traces back to a runner document.
 
-An entry is later *booked* once into an invoice period: `booked` stays null
-while its usage period is open (the entry belongs to that period), and is set
-exactly once, by a conditional update, when a period is finalized or when the
-entry arrived too late for a final period (then `late: true`).
+An entry belongs to the invoice of its usage period while `booked` is null. A
+finalize *stamps* every entry of the period it closes (`booked` = the period,
+`fence` = its fencing token) and freezes the draft only if the draft holds exactly
+the entries stamped with its token. After that, an entry of a final period that
+is unbooked, or booked there under another token (a stale finalizer's, or a late
+booker's that raced the freeze), is not on the final invoice: a sweep moves it,
+by a conditional update, into the open period as late usage (`late: true`).
+docs/design.md walks through why this holds under crash and overlap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 from pricing import Registry
@@ -54,6 +58,7 @@ def entry_document(delta: Delta, *, billed_at: datetime, run_id: str, registry: 
         "usage_period": delta.period,
         "booked": None,
         "late": False,
+        "fence": None,
         "high_water": delta.high_water.as_dict(),
         "input_tokens": delta.tokens.input,
         "cached_tokens": delta.tokens.cached,
@@ -69,6 +74,10 @@ def entry_document(delta: Delta, *, billed_at: datetime, run_id: str, registry: 
         "billed_at": billed_at,
         "run_id": run_id,
     }
+
+
+# An entry that only moved a high-water mark: no usage, no line, not counted on an invoice.
+EMPTY_ENTRY: Doc = {"input_tokens": 0, "cached_tokens": 0, "output_tokens": 0, "unsplit_tokens": 0}
 
 
 class Ledger:
@@ -99,21 +108,48 @@ class Ledger:
         lost = insert_ignoring_duplicates(self._entries, entries)
         return [entry for i, entry in enumerate(entries) if i not in lost]
 
-    def book_late(self, org: str, final_periods: Iterable[str], into: str) -> int:
-        """Book unbooked entries of final periods into the open period `into` as late."""
-        finals = sorted(set(final_periods))
-        if not finals:
-            return 0
+    def stamp(self, org: str, period: str, fence: int) -> None:
+        """Claim every entry of `period` for a finalize holding token `fence`.
+
+        Entries stamped by an older token are taken over; a newer token's are left
+        alone, so a stale finalizer can only stamp entries that nobody holds.
+        """
+        older: Doc = {"$or": [{"fence": None}, {"fence": {"$lt": fence}}]}
+        self._entries.update_many(
+            {"org": {"$eq": org}, "booked": period, **older}, {"$set": {"fence": fence}}
+        )
+        self._entries.update_many(
+            {"org": {"$eq": org}, "usage_period": period, "booked": None},
+            {"$set": {"booked": period, "late": False, "fence": fence}},
+        )
+
+    def count_stamped(self, org: str, period: str, fence: int) -> int:
+        """Entries with usage that carry this finalize's stamp (what a draft counts)."""
+        return self._entries.count_documents(
+            {"org": {"$eq": org}, "booked": period, "fence": fence, "$nor": [EMPTY_ENTRY]}
+        )
+
+    def has_stragglers(self, org: str, period: str, closed_fence: int | None) -> bool:
+        """Whether the final `period` has entries its invoice does not hold."""
+        return (
+            self._entries.find_one(_stragglers(org, period, closed_fence), {"_id": 1}) is not None
+        )
+
+    def sweep(self, org: str, period: str, closed_fence: int | None, into: str) -> int:
+        """Move the entries of the final `period` that its invoice does not hold (unbooked,
+        or stamped by another token than the one that froze it) into `into`, late."""
         result = self._entries.update_many(
-            {"org": {"$eq": org}, "usage_period": {"$in": finals}, "booked": None},
-            {"$set": {"booked": into, "late": True}},
+            _stragglers(org, period, closed_fence),
+            {"$set": {"booked": into, "late": True, "fence": None}},
         )
         return result.modified_count
 
-    def book_period(self, org: str, period: str) -> int:
-        """Claim every unbooked entry of `period` for its (about to be final) invoice."""
-        result = self._entries.update_many(
-            {"org": {"$eq": org}, "usage_period": period, "booked": None},
-            {"$set": {"booked": period, "late": False}},
-        )
-        return result.modified_count
+
+def _stragglers(org: str, period: str, closed_fence: int | None) -> Doc:
+    return {
+        "org": {"$eq": org},
+        "$or": [
+            {"booked": None, "usage_period": period},
+            {"booked": period, "fence": {"$ne": closed_fence}},
+        ],
+    }

@@ -11,6 +11,9 @@ None of this is billing state: losing any of it costs a re-read, never a charge.
   landed, and deleted by a settle only if it read them closed, after its
   rebuild: a crash at any point leaves the mark for the next run, and no
   settle can delete a mark before the entries it announces are readable.
+  An open mark of a writer that died expires by the wall clock (`expires_at`),
+  never by a caller's `now`: a run whose `now` lags cannot make a live writer's
+  marks look expired (chores/_clock.py).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
+from . import _clock
 from ._db import Collections, Doc
+from ._periods import as_utc
 from ._writes import insert_ignoring_duplicates
 
 ALL_ORGS = "*"
@@ -66,6 +71,7 @@ class Progress:
                 "period": period,
                 "open": True,
                 "at": now,
+                "expires_at": _clock.wall_clock() + OPEN_MARK_EXPIRY,
             }
             for org, period in sorted(set(pairs))
         ]
@@ -77,14 +83,16 @@ class Progress:
         if mark_ids:
             self._c.dirty.update_many({"_id": {"$in": list(mark_ids)}}, {"$set": {"open": False}})
 
-    def dirty(self, org: str | None, now: datetime) -> tuple[list[str], set[tuple[str, str]]]:
+    def dirty(self, org: str | None) -> tuple[list[str], set[tuple[str, str]]]:
         """`(ids of the marks a settle may delete, every (org, period) marked)` in scope."""
         query: Doc = {} if org is None else {"org": {"$eq": org}}
         ids: list[str] = []
         pairs: set[tuple[str, str]] = set()
+        wall = _clock.wall_clock()
         for mark in self._c.dirty.find(query):
             pairs.add((mark["org"], mark["period"]))
-            expired = mark.get("at") is not None and mark["at"] < now - OPEN_MARK_EXPIRY
+            expires_at = mark.get("expires_at")
+            expired = isinstance(expires_at, datetime) and as_utc(expires_at) < wall
             if not mark.get("open") or expired:
                 ids.append(mark["_id"])
         return ids, pairs

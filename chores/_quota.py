@@ -11,12 +11,13 @@ at the soft ratio, else `ok`. State changes are appended to
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from pymongo.errors import PyMongoError
 
+from . import _clock
 from ._db import Collections, Doc
 from ._money import usd
 from ._periods import as_utc, period_of
@@ -196,7 +197,9 @@ class Quota:
             states[org] = state
         insert_ignoring_duplicates(self._c.quota_events, events)  # before the decisions
         # One write. Usage only grows within a period, so a decision from a concurrent
-        # run that saw more of it (or a later period) is kept, never overwritten.
+        # run that saw more of it (or a later period) is kept, never overwritten; one
+        # computed ahead of the wall clock (a `now` that was wrong) is no decision.
+        future = _clock.wall_clock() + timedelta(seconds=self._settings.future_skew_seconds)
         replace_where(
             self._c.quota,
             [
@@ -207,6 +210,7 @@ class Quota:
                             {"period": {"$lt": period}},
                             {"period": period, "used_tokens": {"$lte": d["used_tokens"]}},
                             {"period": {"$exists": False}},
+                            {"computed_at": {"$gt": future}},
                         ],
                     },
                     d,
@@ -235,6 +239,9 @@ class Quota:
             if self._cache is not None:
                 self._cache.put_many([doc])
         computed_at = as_utc(doc["computed_at"])
+        skew = timedelta(seconds=settings.future_skew_seconds)
+        if computed_at > max(now, _clock.wall_clock()) + skew:
+            return self._unknown(org, period, "decision was computed in the future")
         age = (now - computed_at).total_seconds()
         plan = plan_of(doc, Plan(token_limit=None, spend_limit_micros=None))
         fresh_period = doc.get("period") == period

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pymongo.database import Database
@@ -21,11 +21,11 @@ from pymongo.database import Database
 from pricing import Registry, load_registry
 
 from ._anomalies import AnomalyLog
+from ._clock import checked_now, grace_period
 from ._db import Collections, Doc
 from ._exceptions import ConfigError
-from ._invoices import Invoices
+from ._invoices import Finalizer, Invoices
 from ._ledger import Ledger, entry_document
-from ._periods import as_utc
 from ._progress import ALL_ORGS, Progress
 from ._quota import Quota
 from ._report import RunReport
@@ -207,7 +207,7 @@ def run_chore(
     """
     settings = settings or get_settings()
     registry = registry or load_registry(settings.registry_path)
-    now = as_utc(now or datetime.now(UTC))
+    now = checked_now(now, settings.future_skew_seconds)
     if org is not None:
         org = validate_org(org)
     meter = Meter(db, settings, registry)
@@ -276,24 +276,22 @@ def finalize_invoices(
     grace: Any = None,
     *,
     org: str | None = None,
-    registry: Registry | None = None,
     settings: Settings | None = None,
 ) -> list[str]:
-    """Make every draft whose period ended more than `grace` ago final; the ids finalized.
+    """Freeze every draft whose period ended more than `grace` ago; the ids finalized.
 
-    `grace` is a `timedelta` or a number of days (default: settings, 3 days).
+    It prices nothing: a final invoice is its last draft, lines and amounts as the
+    last run priced them. `grace` is a `timedelta` or a number of days (default:
+    settings, 3 days), finite and >= 0; a period that has not ended by the wall clock
+    is never final (chores/_clock.py). A draft that lags the ledger (a run is under
+    way, or one died before settling) is left for the next run and a later finalize.
     """
-    from datetime import timedelta
-
     settings = settings or get_settings()
-    registry = registry or load_registry(settings.registry_path)
-    now = as_utc(now or datetime.now(UTC))
-    if grace is None:
-        grace = timedelta(days=settings.grace_days)
-    elif not isinstance(grace, timedelta):
-        grace = timedelta(days=float(grace))
+    now = checked_now(now, settings.future_skew_seconds)
+    grace = grace_period(grace, settings.grace_days)
     if org is not None:
         org = validate_org(org)
-    meter = Meter(db, settings, registry)
-    finalized = meter.invoices.finalize(now, grace, org)
-    return finalized
+    collections = Collections.of(db, settings)
+    ledger = Ledger(collections, batch_size=settings.batch_size)
+    finalizer = Finalizer(collections, ledger, Progress(collections))
+    return finalizer.finalize(now, grace, org)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pymongo import ReplaceOne
+from pymongo import ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
 from ._db import Doc
@@ -43,6 +43,20 @@ def replace_where(collection: Any, replacements: Sequence[tuple[Doc, Doc]]) -> s
     if not replacements:
         return set()
     operations = [ReplaceOne(flt, doc, upsert=True) for flt, doc in replacements]
+    try:
+        collection.bulk_write(operations, ordered=False)
+    except BulkWriteError as exc:
+        return _duplicates(exc)
+    return set()
+
+
+def update_where(collection: Any, updates: Sequence[tuple[Doc, Doc]]) -> set[int]:
+    """Upsert the fields of each `(filter, fields)` in one round trip, leaving the
+    document's other fields alone; returns the indexes whose filter did not match an
+    existing `_id` (the upsert then hit a duplicate key)."""
+    if not updates:
+        return set()
+    operations = [UpdateOne(flt, {"$set": fields}, upsert=True) for flt, fields in updates]
     try:
         collection.bulk_write(operations, ordered=False)
     except BulkWriteError as exc:

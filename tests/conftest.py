@@ -11,12 +11,16 @@ import mongomock
 import pytest
 from bson import json_util
 
-from chores import Settings
+from chores import Settings, _clock
 from pricing import Registry, load_registry
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 LOCAL_FIXTURES = Path(__file__).resolve().parent / "data"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+# The wall clock the chore sees in tests: pinned, so that runs, finalizes and mark
+# expiry do not depend on the day the suite runs (chores/_clock.py). Later than
+# every `now` the tests pass; a test that needs another moment patches it again.
+WALL_CLOCK = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 def load_fixture_docs() -> dict[str, list[dict[str, Any]]]:
@@ -29,6 +33,12 @@ def load_fixture_docs() -> dict[str, list[dict[str, Any]]]:
         for doc in docs:
             doc.pop("_role", None)
     return data
+
+
+@pytest.fixture(autouse=True)
+def pinned_wall_clock(monkeypatch: pytest.MonkeyPatch) -> datetime:
+    monkeypatch.setattr(_clock, "wall_clock", lambda: WALL_CLOCK)
+    return WALL_CLOCK
 
 
 @pytest.fixture

@@ -156,7 +156,7 @@ def test_clock_going_backwards_never_books_into_a_final_period(registry):
     db.findings.insert_many(october.findings)
     nov_5 = datetime(2026, 11, 5, tzinfo=UTC)
     run_chore(db, now=nov_5, registry=registry, settings=CONFIG)
-    assert finalize_invoices(db, now=nov_5, registry=registry, settings=CONFIG) == ["acme:2026-10"]
+    assert finalize_invoices(db, now=nov_5, settings=CONFIG) == ["acme:2026-10"]
     final = db.billing_invoices.find_one({"_id": "acme:2026-10"})
 
     # A running runner observed by a worker whose clock says October.
@@ -195,7 +195,7 @@ def test_a_registry_reload_reprices_drafts_and_never_finals(registry, tmp_path):
             }
         )
     run_chore(db, now=NOW, registry=registry, settings=CONFIG)
-    finalize_invoices(db, now=NOW, registry=registry, settings=CONFIG)
+    finalize_invoices(db, now=NOW, settings=CONFIG)
     final = db.billing_invoices.find_one({"_id": "acme:2026-10"})
     assert final["status"] == "final" and final["unpriced_tokens"] == 3_000
 

@@ -119,9 +119,7 @@ def test_full_run_and_finalize_on_this_server(mdb, fixture_docs, registry):
     acme = mdb.billing_invoices.find_one({"_id": "ws-acme:2026-11"})
     assert sum(line["tokens"] for line in acme["lines"]) == 57_700
     assert acme["period_start"] == datetime(2026, 11, 1, tzinfo=UTC)
-    done = finalize_invoices(
-        mdb, now=datetime(2026, 12, 5, tzinfo=UTC), registry=registry, settings=settings
-    )
+    done = finalize_invoices(mdb, now=datetime(2026, 12, 5, tzinfo=UTC), settings=settings)
     assert sorted(done) == ["ws-acme:2026-11", "ws-beta:2026-11"]
     again = run_chore(
         mdb, now=datetime(2026, 12, 5, tzinfo=UTC), registry=registry, settings=settings

@@ -79,13 +79,13 @@ def test_finalize_deletes_a_dirty_mark_before_its_entries_land_and_the_usage_is_
     def hook(collection: str, method: str) -> None:
         if (collection, method) == ("billing_ledger", "insert_many") and not state["done"]:
             state["done"] = True  # the daily finalize runs right now
-            finalize_invoices(db, now=NOV_5, registry=registry, settings=settings)
+            finalize_invoices(db, now=NOV_5, settings=settings)
 
     run_chore(DatabaseProxy(db, hook), now=NOV_5, registry=registry, settings=settings)
     for day in (1, 2, 30):  # every recovery production would do
         later = NOV_5 + timedelta(days=day)
         run_chore(db, now=later, registry=registry, settings=settings, full=True)
-        finalize_invoices(db, now=later, registry=registry, settings=settings)
+        finalize_invoices(db, now=later, settings=settings)
 
     assert ledger_tokens(db) == 8_000
     assert invoiced_tokens(db) == 8_000, "an October entry was billed in the ledger but no invoice"
@@ -179,9 +179,7 @@ def test_two_concurrent_finalizes_book_an_entry_into_a_final_invoice_that_omits_
 
     def f2() -> None:
         try:
-            finalize_invoices(
-                DatabaseProxy(db, hook2), now=NOV_5, registry=registry, settings=settings
-            )
+            finalize_invoices(DatabaseProxy(db, hook2), now=NOV_5, settings=settings)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
             f2_claimed.set()
@@ -203,7 +201,7 @@ def test_two_concurrent_finalizes_book_an_entry_into_a_final_invoice_that_omits_
             assert f2_claimed.wait(20)  # F2 has claimed E2; F1 writes first
 
     try:
-        finalize_invoices(DatabaseProxy(db, hook1), now=NOV_5, registry=registry, settings=settings)
+        finalize_invoices(DatabaseProxy(db, hook1), now=NOV_5, settings=settings)
     finally:
         f1_done.set()
         if s1["f2"] is not None:
@@ -211,7 +209,7 @@ def test_two_concurrent_finalizes_book_an_entry_into_a_final_invoice_that_omits_
     assert not errors
     later = NOV_5 + timedelta(days=1)
     run_chore(db, now=later, registry=registry, settings=settings, full=True)
-    finalize_invoices(db, now=later, registry=registry, settings=settings)
+    finalize_invoices(db, now=later, settings=settings)
 
     assert ledger_tokens(db) == 8_000
     assert invoiced_tokens(db) == 8_000, "an entry is booked into October but not on its invoice"
@@ -242,11 +240,11 @@ def test_crash_between_finalize_late_booking_and_its_dirty_mark_loses_the_late_e
             raise AutoReconnect("connection lost")
 
     with contextlib.suppress(AutoReconnect):
-        finalize_invoices(DatabaseProxy(db, hook), now=NOV_5, registry=registry, settings=settings)
+        finalize_invoices(DatabaseProxy(db, hook), now=NOV_5, settings=settings)
     for day in range(1, 40, 3):  # reruns well past November's finalization
         later = NOV_5 + timedelta(days=day)
         run_chore(db, now=later, registry=registry, settings=settings, full=True)
-        finalize_invoices(db, now=later, registry=registry, settings=settings)
+        finalize_invoices(db, now=later, settings=settings)
 
     assert ledger_tokens(db) == 8_000
     assert invoiced_tokens(db) == 8_000, "a late entry is booked into a period with no invoice"

@@ -235,9 +235,7 @@ def test_late_usage_goes_to_the_open_period_and_the_final_invoice_never_changes(
     first = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
     run_chore(db, now=first, registry=registry, settings=settings)
 
-    finalized = finalize_invoices(
-        db, now=datetime(2026, 11, 5, tzinfo=UTC), registry=registry, settings=settings
-    )
+    finalized = finalize_invoices(db, now=datetime(2026, 11, 5, tzinfo=UTC), settings=settings)
     october_ids = sorted(f"{org}:2026-10" for org in ORGS)
     assert sorted(finalized) == october_ids
     finals = {doc["_id"]: bson.encode(doc) for doc in db.billing_invoices.find({"status": "final"})}
@@ -294,9 +292,7 @@ def test_a_registry_change_reprices_every_draft_and_never_a_final(
     )
     db = seed_db(corpus)
     run_chore(db, now=NOW, registry=registry, settings=settings)
-    assert finalize_invoices(db, now=NOW, registry=registry, settings=settings) == [
-        f"{org}:2026-09" for org in ORGS
-    ]
+    assert finalize_invoices(db, now=NOW, settings=settings) == [f"{org}:2026-09" for org in ORGS]
     finals = {d["_id"]: bson.encode(d) for d in db.billing_invoices.find({"status": "final"})}
 
     report = run_chore(
