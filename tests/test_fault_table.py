@@ -28,7 +28,7 @@ from chores import Settings, finalize_invoices, run_chore
 from chores._corpus import Corpus, generate_corpus
 from pricing import Registry
 
-from dbproxy import READS, WRITES, DatabaseProxy
+from dbproxy import READS, WRITES, DatabaseProxy, PauseAt, Recorder, pause_at
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -69,6 +69,22 @@ class Tally:
         for extra in billed.values():  # billed a runner with no true usage
             self.billed += extra
             self.double += extra
+
+    def check_invoices(self, db: Any, c: Corpus) -> None:
+        """Tokens on the org's invoices (what it is charged) against its true usage."""
+        truth: dict[str, int] = {}
+        for usage in c.truth:
+            truth[usage.org] = truth.get(usage.org, 0) + usage.tokens
+        for org, true_tokens in truth.items():
+            invoiced = sum(
+                line["tokens"]
+                for inv in db.billing_invoices.find({"org": org})
+                for line in inv["lines"]
+            )
+            self.billed += invoiced
+            self.truth += true_tokens
+            self.double += max(0, invoiced - true_tokens)
+            self.lost += max(0, true_tokens - invoiced)
 
     def row(self) -> str:
         return (
@@ -162,9 +178,82 @@ def growth_row(c: Corpus, registry: Registry) -> Tally:
         for task in c.at(fraction):
             db.tasks.replace_one({"_id": task["_id"]}, task)
         run_chore(db, now=now, registry=registry, settings=CONFIG)
-        finalize_invoices(db, now=now, registry=registry, settings=CONFIG, grace=0)
+        finalize_invoices(db, now=now, settings=CONFIG, grace=0)
         tally.runs += 1
     tally.check(db, c)
+    return tally
+
+
+DECEMBER_3 = datetime(2026, 12, 3, tzinfo=UTC)  # November is due (grace 0)
+
+
+def half_metered(c: Corpus, registry: Registry, client: Any = None) -> Any:
+    """November half observed by a run, then every runner grown to its end."""
+    db = (client or mongomock.MongoClient(tz_aware=True))["main"]
+    db.tasks.insert_many([dict(t) for t in c.at(0.5)])
+    db.findings.insert_many([dict(f) for f in c.findings])
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    for task in c.tasks:
+        db.tasks.replace_one({"_id": task["_id"]}, dict(task))
+    return db
+
+
+def finishing(db: Any, registry: Registry) -> int:
+    """What production does next: a run, the daily finalize, a run. Returns the runs."""
+    run_chore(db, now=DECEMBER_3, registry=registry, settings=CONFIG)
+    finalize_invoices(db, now=DECEMBER_3, settings=CONFIG, grace=0)
+    run_chore(db, now=DECEMBER_3, registry=registry, settings=CONFIG)
+    return 3
+
+
+Operation = Callable[[Any], Any]
+
+
+def interleaved_row(
+    name: str,
+    c: Corpus,
+    registry: Registry,
+    first: Operation,
+    meanwhile: list[Operation],
+) -> Tally:
+    """`first` paused at each of its database calls in turn while `meanwhile` runs to the
+    end; then `first` goes on, and production finishes. Tokens invoiced vs truth."""
+    tally = Tally(name)
+    recorder = Recorder()
+    first(DatabaseProxy(half_metered(c, registry), around=recorder))
+    finals_seen: dict[str, Any] = {}
+    for at in range(1, len(recorder.calls) + 1):
+        db = half_metered(c, registry)
+        pause = PauseAt(at)
+        error = pause_at(
+            lambda db=db, pause=pause: first(DatabaseProxy(db, around=pause, serialize=True)),
+            pause,
+            lambda db=db: [operation(db) for operation in meanwhile] and None,
+        )
+        assert error is None, f"{name} at call {at}: {error!r}"
+        finals_seen = {i["_id"]: i for i in db.billing_invoices.find({"status": "final"})}
+        tally.runs += 1 + len(meanwhile) + finishing(db, registry)
+        for invoice_id, frozen in finals_seen.items():
+            assert db.billing_invoices.find_one({"_id": invoice_id}) == frozen, invoice_id
+        tally.check_invoices(db, c)
+    return tally
+
+
+def finalize_op(db: Any) -> Any:
+    return finalize_invoices(db, now=DECEMBER_3, settings=CONFIG, grace=0)
+
+
+def run_op(now: datetime, registry: Registry) -> Operation:
+    return lambda db: run_chore(db, now=now, registry=registry, settings=CONFIG)
+
+
+def plain_client_row(c: Corpus, registry: Registry) -> Tally:
+    """The public API on `mongomock.MongoClient()` with its default options (naive
+    datetimes), as an outside program calls it, across a month's finalization."""
+    tally = Tally("plain MongoClient() (default options): runs, finalize, late usage")
+    db = half_metered(c, registry, client=mongomock.MongoClient())
+    tally.runs = 1 + finishing(db, registry)
+    tally.check_invoices(db, c)
     return tally
 
 
@@ -286,6 +375,35 @@ def test_fault_table_matches_the_readme(registry, monkeypatch):
         concurrent_row(c, registry, 8),
         growth_row(c, registry),
         redis_down_row(c, monkeypatch),
+        interleaved_row(
+            "finalize paused at its k-th call while a run lands late usage, every k",
+            c,
+            registry,
+            finalize_op,
+            [run_op(DECEMBER_3, registry)],
+        ),
+        interleaved_row(
+            "run paused at its k-th call while finalize closes its month, every k",
+            c,
+            registry,
+            run_op(DECEMBER_3, registry),
+            [finalize_op],
+        ),
+        interleaved_row(
+            "two finalizes: the first paused at its k-th call, a run between, every k",
+            c,
+            registry,
+            finalize_op,
+            [finalize_op, run_op(DECEMBER_3, registry)],
+        ),
+        interleaved_row(
+            "run with now 9 days behind paused at its k-th call, finalize between, every k",
+            c,
+            registry,
+            run_op(NOW, registry),
+            [finalize_op],
+        ),
+        plain_client_row(c, registry),
     ]
     for tally in tallies:
         assert (tally.double, tally.lost) == (0, 0), tally.row()
