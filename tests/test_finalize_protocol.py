@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import mongomock
@@ -351,3 +352,26 @@ def test_a_period_not_ended_by_the_wall_clock_is_never_final(db, registry, monke
 
     monkeypatch.setattr(_clock, "wall_clock", lambda: now)
     assert finalize_invoices(db, now=now, grace=0, settings=CONFIG) == ["acme:2026-11"]
+
+
+def test_an_outside_caller_gets_finals_equal_to_the_last_drafts(tmp_path):
+    """The public API as another program calls it: `mongomock.MongoClient()` with its
+    default options, a registry passed to `run_chore`, none to `finalize_invoices`."""
+    custom = tmp_path / "registry.yaml"
+    custom.write_text(
+        "version: outside\nmodels:\n- id: house-model\n  aliases: [gpt-4o-mini]\n"
+        "  tier: paid\n  prices:\n  - valid_from: '2024-01-01'\n"
+        "    input: '0.37'\n    output: '1.9'\n"
+    )
+    db = mongomock.MongoClient()["main"]  # naive datetimes, as pymongo's default
+    for org, prompt in (("acme", 1_234), ("globex", 56_789)):
+        runner(db, org, SEP_20, prompt, prompt // 3)
+    run_chore(db, now=OCT_5 - timedelta(days=1), registry=load_registry(custom))
+    drafts = {i["_id"]: i for i in db.billing_invoices.find()}
+    assert finalize_invoices(db, now=OCT_5) == sorted(drafts)
+    for invoice_id, draft in drafts.items():
+        final = db.billing_invoices.find_one({"_id": invoice_id})
+        assert final["status"] == "final"
+        assert (final["lines"], final["total_micros"]) == (draft["lines"], draft["total_micros"])
+    exact = 1_234 * Decimal("0.37") + 411 * Decimal("1.9")  # µ$ per token = $ per 1M
+    assert drafts["acme:2026-09"]["total_micros"] == int(exact.quantize(1, ROUND_HALF_UP))
