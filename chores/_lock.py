@@ -6,6 +6,8 @@ still bill exactly once, because ledger entry ids are unique (`_ledger`). So:
 - its TTL only has to outlive a run: it is set above the task's hard time limit,
   after which the run is dead anyway, so a crashed worker never blocks an org
   for longer than the TTL;
+- a task holds it under its task id, so the same message redelivered after its
+  process died (OOM killer, SIGKILL) takes it over at once; another message waits;
 - it is released only by its owner (compare-and-delete on the token), so a run
   that outlived its lock cannot delete the lock of the run that took over;
 - a Redis outage means metering without it (the caller decides), never not metering.
@@ -20,6 +22,19 @@ import redis
 from ._redis import redis_client
 
 KEY_PREFIX = "billing:lock:meter:"
+
+# Take the key if it is free, or if it already holds our token (the same message,
+# redelivered after the process running it died): one atomic step.
+_ACQUIRE = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return 1
+end
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    redis.call('pexpire', KEYS[1], ARGV[2])
+    return 1
+end
+return 0
+"""
 
 # Delete the key only if it still holds our token: GET and DEL in one atomic step.
 _RELEASE = """
@@ -38,15 +53,20 @@ def lock_client(url: str) -> redis.Redis:
 class OrgLock:
     """The metering lock of one org, as held (or not) by this caller."""
 
-    def __init__(self, client: redis.Redis, org: str, *, ttl_seconds: float):
+    def __init__(
+        self, client: redis.Redis, org: str, *, ttl_seconds: float, token: str | None = None
+    ):
         self.key = KEY_PREFIX + org
-        self.token = uuid.uuid4().hex
+        # The task id, when a task holds it: a redelivery of the same message (its process
+        # was killed mid-run) takes over the dead run's lock instead of waiting out its TTL.
+        self.token = token or uuid.uuid4().hex
         self._client = client
         self._ttl_ms = max(1, int(ttl_seconds * 1000))
 
     def acquire(self) -> bool:
-        """Take the lock if it is free, without waiting. A `RedisError` propagates."""
-        return bool(self._client.set(self.key, self.token, nx=True, px=self._ttl_ms))
+        """Take the lock if it is free or already ours (same token), without waiting.
+        A `RedisError` propagates."""
+        return bool(self._client.eval(_ACQUIRE, 1, self.key, self.token, self._ttl_ms))
 
     def release(self) -> bool:
         """Delete the lock if this caller still owns it; False when it had expired

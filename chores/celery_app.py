@@ -41,6 +41,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Ack after the run: a worker that dies mid-run leaves its message to be redelivered,
         # which is safe because every run can be repeated without billing twice.
         "task_acks_late": True,
+        # ...and so does a pool process killed under it (OOM killer, SIGKILL): without this
+        # Celery acknowledges the message as failed (`WorkerLostError`) and nothing is
+        # redelivered. With it the message goes back on the queue at once, and its next run
+        # takes over the dead run's lock (same task id, `_lock`).
+        "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_connection_retry_on_startup": True,

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 from pymongo.collection import Collection
@@ -132,8 +133,8 @@ def meter_all(full: bool = False) -> list[str]:
     return orgs
 
 
-@app.task(**RETRY)
-def meter_org(org: str, full: bool = False) -> dict[str, Any]:
+@app.task(bind=True, **RETRY)
+def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
     """Meter one org's new usage (`full`: re-read all its AI runners), unless another
     worker is metering it right now.
 
@@ -146,7 +147,9 @@ def meter_org(org: str, full: bool = False) -> dict[str, Any]:
     url = settings.redis_url or settings.celery_broker_url
     lock: OrgLock | None = None
     try:
-        lock = OrgLock(lock_client(url), org, ttl_seconds=settings.lock_ttl_seconds)
+        lock = OrgLock(
+            lock_client(url), org, ttl_seconds=settings.lock_ttl_seconds, token=self.request.id
+        )
         if not lock.acquire():
             log.info("org %s is being metered by another worker: skipped", org)
             return _summary(org, None)

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import signal
+import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -187,6 +193,7 @@ def test_app_config_acks_late_one_at_a_time_json_utc_and_limits_below_visibility
     config = celery_config(Settings())
     assert config["broker_url"] == "redis://localhost:6379/0"
     assert config["task_acks_late"] is True and config["worker_prefetch_multiplier"] == 1
+    assert config["task_reject_on_worker_lost"] is True  # a killed pool process: redelivered
     assert config["task_serializer"] == config["result_serializer"] == "json"
     assert config["accept_content"] == ["json"]
     assert config["timezone"] == "UTC" and config["enable_utc"] is True
@@ -354,6 +361,102 @@ def test_a_worker_killed_mid_run_has_its_message_redelivered_and_it_bills_once(
 
     assert result["locked"] is False
     assert ledger(source.db) == ledger(reference, "acme")
+    assert invoices(source.db) == invoices(reference, "acme")
+
+
+class SilentMongo:
+    """A MongoDB that accepts connections on a Unix socket and never answers: a run that
+    connects hangs there, and the socket tells which process connected (SO_PEERCRED)."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="mongo", dir="/tmp")  # short: sun_path <= 107
+        self.path = os.path.join(self.dir, "m.sock")
+        self.url = "mongodb://" + urllib.parse.quote(self.path, safe="")
+        self.pids: list[int] = []
+        self._conns: list[socket.socket] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(self.path)
+        self._sock.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            self._conns.append(conn)
+            self.pids.append(struct.unpack("3i", cred)[0])
+
+    def close(self) -> None:
+        for conn in [self._sock, *self._conns]:
+            conn.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_pool_process_killed_mid_run_has_its_message_redelivered_and_it_bills_once(
+    service, source, reference, monkeypatch, tmp_path
+):
+    """The OOM killer's case: the prefork pool's child dies (SIGKILL), the worker lives."""
+    # A run of acme died after 5 writes: part of its usage is billed already.
+    source.fail_once_after(5, Killed())
+    with pytest.raises(Killed):
+        run_chore(source.proxy, org="acme", settings=service)
+    assert ledger(source.db, "acme")
+
+    mongo = SilentMongo()
+    sent = tasks.meter_org.delay("acme")
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": service.celery_broker_url,
+        "CELERY_RESULT_BACKEND": str(service.celery_result_backend),
+        "REDIS_URL": str(service.redis_url),
+        "MONGO_URL": mongo.url,  # a run connects, then waits for an answer...
+        "MONGO_TIMEOUT_MS": "60000",  # ...for a minute
+    }
+    command = [sys.executable, "-m", "celery", "-A", "chores.celery_app", "worker"]
+    command += ["--pool=prefork", "--concurrency=1", "--without-mingle", "--without-gossip"]
+    worker = subprocess.Popen(
+        command,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the test kills it whole at the end
+    )
+    try:
+        wait_for(lambda: len(mongo.pids) >= 1, 60)  # a pool process is in the run
+        first = mongo.pids[0]
+        assert first != worker.pid and parent_of(first) == worker.pid  # the child, not the main
+        os.kill(first, signal.SIGKILL)
+        # The worker lives on and runs the same message again in a fresh pool process,
+        # which takes over the dead run's lock (same task id) and reaches the database.
+        wait_for(lambda: any(pid != first for pid in mongo.pids), 60)
+        second = next(pid for pid in mongo.pids if pid != first)
+        assert parent_of(second) == worker.pid and worker.poll() is None
+        assert not sent.ready()  # no WorkerLostError stored: the message was not given up
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)  # now the whole worker: main and pool
+        worker.wait()
+        mongo.close()
+    # Still unacknowledged (acks_late): handed out again once its visibility timeout passes.
+    assert sent.id.encode() in b"".join(
+        redis.Redis.from_url(service.celery_broker_url).hvals("unacked")
+    )
+    fast = {"visibility_timeout": 1, "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+    monkeypatch.setitem(app.conf, "broker_transport_options", fast)
+    with start_worker(app, pool="threads", concurrency=1, shutdown_timeout=30):
+        result = sent.get(timeout=30)
+
+    assert result["locked"] is False  # the dead runs' lock was its own: taken over, not waited
+    assert ledger(source.db) == ledger(reference, "acme")
+    assert sum(ledger(source.db).values()) == sum(ledger(reference, "acme").values())
     assert invoices(source.db) == invoices(reference, "acme")
 
 
