@@ -151,6 +151,24 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
             lock_client(url), org, ttl_seconds=settings.lock_ttl_seconds, token=self.request.id
         )
         if not lock.acquire():
+            if full and self.request.retries >= (self.max_retries or 0):
+                log.error(
+                    "org %s was locked at every try of its daily full pass: the pass is"
+                    " skipped today (the 5-minute runs go on)",
+                    org,
+                )
+            elif full:
+                # The daily full pass is the safety net: it must not be lost to a 5-minute
+                # run that holds the lock right now. Retried once that lock is surely gone.
+                log.warning(
+                    "org %s is being metered by another worker: its daily full pass is retried"
+                    " in %d s (retry %d of %d)",
+                    org,
+                    settings.lock_ttl_seconds,
+                    self.request.retries + 1,
+                    self.max_retries,
+                )
+                raise self.retry(countdown=settings.lock_ttl_seconds)
             log.info("org %s is being metered by another worker: skipped", org)
             return _summary(org, None)
     except (RedisError, ValueError) as exc:

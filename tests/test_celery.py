@@ -9,6 +9,7 @@ collection call, the per-operation atomicity a real server has.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import shutil
 import signal
@@ -30,7 +31,7 @@ import pytest
 import redis
 from celery import beat
 from celery.contrib.testing.worker import start_worker
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.schedules import crontab
 from pymongo.errors import AutoReconnect, ConnectionFailure
 
@@ -491,6 +492,45 @@ def test_an_unreachable_database_is_retried(service, monkeypatch):
     monkeypatch.setattr(tasks, "get_db", get_db)
     assert tasks.meter_org.apply(("acme",)).get()["tokens_billed"] > 0
     assert len(attempts) == 3
+
+
+def test_the_daily_full_pass_of_a_locked_org_is_retried_later_not_lost(
+    service, monkeypatch, caplog
+):
+    source = Source(monkeypatch)
+    locks = lock_client(str(service.redis_url))
+    locks.set(KEY_PREFIX + "acme", "a-five-minute-run", px=60_000)  # another run holds it
+    retried: list[dict[str, Any]] = []
+
+    def retry(**options: Any) -> Retry:
+        retried.append(options)
+        return Retry("retried", when=options.get("countdown"))
+
+    monkeypatch.setattr(tasks.meter_org, "retry", retry)
+
+    plain = tasks.meter_org.apply(("acme",)).get()
+    assert plain["locked"] is True and retried == []  # a 5-minute run just skips
+
+    with caplog.at_level(logging.WARNING, logger="chores.tasks"):
+        full = tasks.meter_org.apply(("acme",), {"full": True})
+    assert full.state == "RETRY"
+    assert retried == [{"countdown": service.lock_ttl_seconds}]  # once that lock is surely gone
+    assert "org acme" in caplog.text and "daily full pass is retried" in caplog.text
+    assert ledger(source.db) == {}
+
+    # The retry, once the lock is free, runs the full pass.
+    locks.delete(KEY_PREFIX + "acme")
+    done = tasks.meter_org.apply(("acme",), {"full": True}).get()
+    assert done["locked"] is False and ledger(source.db, "acme")
+    run = source.db.billing_runs.find_one({"_id": done["run_id"]})
+    assert run["full_scan"] is True
+
+    # Locked at every try: the pass is given up loudly, not silently.
+    locks.set(KEY_PREFIX + "acme", "a-five-minute-run", px=60_000)
+    with caplog.at_level(logging.ERROR, logger="chores.tasks"):
+        last = tasks.meter_org.apply(("acme",), {"full": True}, retries=5).get()
+    assert last["locked"] is True and len(retried) == 1
+    assert "locked at every try of its daily full pass" in caplog.text
 
 
 def test_a_bad_org_argument_fails_at_once(service, monkeypatch):
