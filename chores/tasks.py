@@ -60,6 +60,15 @@ RETRY = {
     "max_retries": 5,
 }
 
+# The time limits, set on the tasks themselves: Celery writes the sender's limits into
+# every message (its `timelimit` header), and a worker obeys the message, not its own
+# `task_time_limit`. Set here from Settings, beat, `delay()` and the worker agree.
+_settings = get_settings()
+LIMITS = {
+    "soft_time_limit": _settings.task_soft_time_limit,
+    "time_limit": _settings.task_time_limit,
+}
+
 
 @lru_cache(maxsize=1)
 def get_db() -> Database[Doc]:
@@ -109,7 +118,7 @@ def orgs_with_new_usage(
     return sorted(orgs), stamp
 
 
-@app.task(**RETRY)
+@app.task(**RETRY, **LIMITS)
 def meter_all(full: bool = False) -> list[str]:
     """List the orgs with new usage and queue one `meter_org` for each; the orgs listed.
 
@@ -133,7 +142,7 @@ def meter_all(full: bool = False) -> list[str]:
     return orgs
 
 
-@app.task(bind=True, **RETRY)
+@app.task(bind=True, **RETRY, **LIMITS)
 def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
     """Meter one org's new usage (`full`: re-read all its AI runners), unless another
     worker is metering it right now.
@@ -189,7 +198,7 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
     return _summary(org, report)
 
 
-@app.task(**RETRY)
+@app.task(**RETRY, **LIMITS)
 def finalize_invoices() -> list[str]:
     """Make final every draft whose period ended more than the grace ago; the ids finalized."""
     settings = get_settings()

@@ -9,6 +9,7 @@ collection call, the per-operation atomicity a real server has.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import shutil
@@ -35,7 +36,7 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.schedules import crontab
 from pymongo.errors import AutoReconnect, ConnectionFailure
 
-from chores import Settings, run_chore, tasks
+from chores import Settings, get_settings, run_chore, tasks
 from chores._corpus import generate_corpus
 from chores._exceptions import ConfigError, DatabaseUnavailable
 from chores._lock import KEY_PREFIX, lock_client
@@ -218,6 +219,18 @@ def test_tasks_retry_connection_errors_with_backoff_and_jitter():
         assert not issubclass(ConfigError, task.autoretry_for)
         assert task.retry_backoff is True and task.retry_jitter is True
         assert task.max_retries == 5
+
+
+def test_the_tasks_carry_the_time_limits_of_settings_into_every_message(service):
+    settings = get_settings()
+    for task in (tasks.meter_all, tasks.meter_org, tasks.finalize_invoices):
+        assert task.soft_time_limit == settings.task_soft_time_limit
+        assert task.time_limit == settings.task_time_limit
+    broker = redis.Redis.from_url(service.celery_broker_url)
+    tasks.meter_org.delay("acme")
+    message = json.loads(broker.lpop("celery"))
+    hard, soft = message["headers"]["timelimit"]  # what a worker obeys, whatever its own
+    assert (soft, hard) == (settings.task_soft_time_limit, settings.task_time_limit)
 
 
 def test_beat_schedule_meters_every_interval_rereads_daily_and_finalizes_at_0015_utc(service):
