@@ -3,7 +3,7 @@
 
 # Build stage: the wheel, with the metering core compiled by Cython (setup.py); the
 # compiler stays in this stage.
-FROM python:3.11-slim AS build
+FROM python:3.11.11-slim AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
@@ -13,7 +13,7 @@ COPY pricing ./pricing
 COPY chores ./chores
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-FROM python:3.11-slim
+FROM python:3.11.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

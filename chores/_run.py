@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo.database import Database
@@ -251,7 +251,8 @@ def run_chore(
 
 
 def _record_run(meter: Meter, report: RunReport, now: datetime, dry_run: bool) -> None:
-    report.finished_at = now
+    # The real end: `now` plus the measured duration (times stay `now`-based, reproducible).
+    report.finished_at = now + timedelta(seconds=report.duration_seconds or 0)
     if dry_run:
         return
     try:

@@ -546,6 +546,16 @@ def test_the_daily_full_pass_of_a_locked_org_is_retried_later_not_lost(
     assert "locked at every try of its daily full pass" in caplog.text
 
 
+def test_a_run_records_its_real_end_not_its_start(service, monkeypatch):
+    source = Source(monkeypatch)
+    source.on_call = lambda: time.sleep(0.002)  # a run that takes a measurable while
+    result = tasks.meter_org.apply(("acme",)).get()
+    run = source.db.billing_runs.find_one({"_id": result["run_id"]})
+    assert run["duration_seconds"] > 0
+    elapsed = run["finished_at"] - run["started_at"]
+    assert elapsed == timedelta(seconds=run["duration_seconds"]) > timedelta(0)
+
+
 def test_a_bad_org_argument_fails_at_once(service, monkeypatch):
     monkeypatch.setattr(tasks, "get_db", lambda: pytest.fail("no database for a bad org"))
     for bad in ("", 42, None, "x" * 300):

@@ -64,9 +64,9 @@ def test_worker_and_beat_share_the_image_wait_for_healthy_stores_and_beat_is_alo
 
 def test_the_image_installs_the_package_and_runs_a_worker_as_a_user():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)  # the image run
+    assert re.search(r"^FROM python:3\.11\.\d+-slim$", dockerfile, re.M)  # the image run, pinned
     # the wheel is built (core compiled) in a build stage, installed in the image
-    assert re.search(r"^FROM python:3\.11-slim AS build$", dockerfile, re.M)
+    assert re.search(r"^FROM python:3\.11\.\d+-slim AS build$", dockerfile, re.M)
     assert re.search(r"^COPY pyproject\.toml setup\.py ", dockerfile, re.M)
     assert re.search(r"^RUN pip wheel .*--wheel-dir /wheels \.$", dockerfile, re.M)
     assert re.search(r"^COPY --from=build /wheels /wheels$", dockerfile, re.M)
