@@ -1,14 +1,10 @@
 # The billing chore's image: a Celery worker by default; beat and the `chore` CLI
 # run from the same image with another command (docker-compose.yml, docs/deploy.md).
 
-# Build stage: the wheel, with the metering core compiled by Cython (setup.py); the
-# compiler stays in this stage.
+# Build stage: the wheel (pure Python, no compiler needed); only the wheel leaves it.
 FROM python:3.11.11-slim AS build
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml README.md ./
 COPY pricing ./pricing
 COPY chores ./chores
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .

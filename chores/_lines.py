@@ -2,22 +2,23 @@
 
 One line per (model, tier, price version, late). Amounts are exact `Decimal`
 micros, rounded half-up once, per line. Since an amount is linear in tokens, the tokens
-of every group on a line are summed first (`_line_sums.sum_by_line`, compiled with the
-metering core) and multiplied by the line's rates once: the same exact amount as summing
-the groups' amounts, for a few Decimal operations per line instead of per group.
+of every group on a line are summed first (`sum_by_line`, once per group: a month of a large
+platform has hundreds of thousands of groups, and a few thousand lines) and multiplied by
+the line's rates once: the same exact amount as summing the groups' amounts, for a few
+Decimal operations per line instead of per group.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import date
 from decimal import Context, Decimal, Inexact
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
 from pricing import PriceVersion, Registry
 
-from ._line_sums import GroupValues, LineKey, LineMemo, Tier, UsageGroup, line_of, sum_by_line
 from ._money import to_micros
 
 __all__ = [  # what the rest of the package imports from here
@@ -32,6 +33,30 @@ __all__ = [  # what the rest of the package imports from here
     "price_group",
     "price_lines",
 ]
+
+
+Tier = Literal["paid", "free", "byok"]
+
+
+class UsageGroup(NamedTuple):
+    """Ledger entries summed by everything that decides their price."""
+
+    model: str | None
+    byok: bool
+    late: bool
+    day: date
+    input: int
+    cached: int
+    output: int
+    unsplit: int
+
+
+# A UsageGroup's values, as a plain tuple or a UsageGroup: model, byok, late, day, input,
+# cached, output, unsplit.
+GroupValues = tuple[str | None, bool, bool, date, int, int, int, int]
+LineKey = tuple[str | None, Tier, str | None, bool]  # model, tier, price valid from, late
+# (model, byok, late, day) -> what `line_of` said for it, with one registry
+LineMemo = dict[tuple[str | None, bool, bool, date], tuple[LineKey, PriceVersion | None]]
 
 
 class InvoiceLine(BaseModel):
@@ -77,6 +102,46 @@ def price_group(group: UsageGroup, registry: Registry) -> tuple[LineKey, Decimal
     unpriced)."""
     key, price = line_of(group, registry)
     return key, amount_of(key[1], price, group.input, group.cached, group.output, group.unsplit)
+
+
+def line_of(group: GroupValues, registry: Registry) -> tuple[LineKey, PriceVersion | None]:
+    """The invoice line a usage group belongs to, and the rates that price it (None when it
+    is unpriced, or byok: metered but charged 0)."""
+    model, byok, late, day = group[0], group[1], group[2], group[3]
+    entry = registry.resolve(model)
+    if byok:
+        return (entry.id if entry else model, "byok", None, late), None
+    if entry is None:  # an unknown model is never $0
+        return (model, "paid", None, late), None
+    price = entry.price_at(day)
+    if price is None:
+        return (entry.id, entry.tier, None, late), None
+    return (entry.id, entry.tier, price.valid_from.isoformat(), late), price
+
+
+def sum_by_line(
+    groups: Iterable[GroupValues], registry: Registry, memo: LineMemo
+) -> tuple[dict[LineKey, list[int]], dict[LineKey, PriceVersion | None]]:
+    """Input, cached, output and unsplit tokens summed per line, and each line's rates
+    (a line has one price version, or none). `memo` is read and filled."""
+    sums: dict[LineKey, list[int]] = {}
+    prices: dict[LineKey, PriceVersion | None] = {}
+    for group in groups:
+        model, byok, late, day, input, cached, output, unsplit = group
+        found = memo.get((model, byok, late, day))
+        if found is None:
+            found = memo[(model, byok, late, day)] = line_of(group, registry)
+        key, price = found
+        tokens = sums.get(key)
+        if tokens is None:
+            sums[key] = [input, cached, output, unsplit]
+            prices[key] = price
+        else:
+            tokens[0] += input
+            tokens[1] += cached
+            tokens[2] += output
+            tokens[3] += unsplit
+    return sums, prices
 
 
 def price_lines(

@@ -20,7 +20,7 @@ _PERIOD_NAMES: dict[int, str] = {}  # year * 12 + month -> "YYYY-MM", filled as 
 def period_of(moment: datetime) -> str:
     if moment.tzinfo is not UTC:
         moment = as_utc(moment)
-    names: dict[int, str] = _PERIOD_NAMES  # (a typed local: a direct dict lookup, compiled)
+    names = _PERIOD_NAMES
     key = moment.year * 12 + moment.month
     name = names.get(key)
     if name is None:

@@ -21,7 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from hashlib import sha256
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple
 
 from bson import ObjectId
 
@@ -103,8 +103,8 @@ class Counters(NamedTuple):
 
 
 # On the hot path the four counters travel as a plain tuple, in Counters' order (Python
-# and the compiled core build and unpack a plain tuple several times cheaper than a
-# NamedTuple); a Counters is one too, so either is accepted wherever Counts is.
+# builds and unpacks a plain tuple several times cheaper than a NamedTuple); a Counters is
+# one too, so either is accepted wherever Counts is.
 Counts = tuple[int, int, int, int]  # total, prompt, completion, cached
 ZERO: Counts = (0, 0, 0, 0)
 
@@ -433,9 +433,6 @@ Usage = tuple[
 # runner_id, with Usage for the Delta).
 Verdict = tuple[str | None, str | None, bool, tuple[AnomalyRecord, ...], bool, Usage | None]
 Head = tuple[int, Counts]  # seq, high-water mark: a LedgerHead or a plain tuple
-# An int. (Named so that Cython reads `verdict`'s argument as any object, which the .pxd can
-# declare: a bare `int` annotation compiles to an exact-int argument it cannot.)
-TokenCount: TypeAlias = int
 
 
 def assess(
@@ -494,7 +491,7 @@ def verdict(
     spawn_contexts: Sequence[Any],
     head: Head | None,
     now: datetime,
-    max_tokens_per_run: TokenCount,
+    max_tokens_per_run: int,
     future_skew_seconds: float,
     runner_id: str,
 ) -> Verdict:

@@ -65,9 +65,10 @@ def test_worker_and_beat_share_the_image_wait_for_healthy_stores_and_beat_is_alo
 def test_the_image_installs_the_package_and_runs_a_worker_as_a_user():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11\.\d+-slim$", dockerfile, re.M)  # the image run, pinned
-    # the wheel is built (core compiled) in a build stage, installed in the image
+    # the wheel is built in a build stage, installed in the image; no C toolchain anywhere
     assert re.search(r"^FROM python:3\.11\.\d+-slim AS build$", dockerfile, re.M)
-    assert re.search(r"^COPY pyproject\.toml setup\.py ", dockerfile, re.M)
+    assert re.search(r"^COPY pyproject\.toml README\.md ", dockerfile, re.M)
+    assert "setup.py" not in dockerfile and "gcc" not in dockerfile
     assert re.search(r"^RUN pip wheel .*--wheel-dir /wheels \.$", dockerfile, re.M)
     assert re.search(r"^COPY --from=build /wheels /wheels$", dockerfile, re.M)
     assert re.search(r"^RUN pip install /wheels/\*\.whl", dockerfile, re.M)
@@ -76,7 +77,7 @@ def test_the_image_installs_the_package_and_runs_a_worker_as_a_user():
     cmd = re.findall(r"^CMD (.+)$", dockerfile, re.M)[-1]
     assert cmd == '["celery", "-A", "chores.celery_app", "worker", "--loglevel=INFO"]'
     ignored = (ROOT / ".dockerignore").read_text().split()
-    assert {".git", ".venv", ".env", "tests", "chores/*.so", "chores/*.c"} <= set(ignored)
+    assert {".git", ".venv", ".env", "tests"} <= set(ignored)
 
 
 def test_env_example_holds_only_real_settings_with_valid_values(monkeypatch):

@@ -1,0 +1,148 @@
+"""`MemoryMeter` (the in-memory core the benchmarks measure) prices the same invoice lines
+as a real run of the chore over the same documents, and hands out the deltas `assess` gives.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import mongomock
+import pytest
+
+import chores._usage
+from chores import Settings, run_chore
+from chores._corpus import generate_corpus
+from chores._db import Collections
+from chores._invoices import Invoice
+from chores._meter import MemoryMeter, Observation
+from chores._usage import LedgerHead
+from pricing import Registry
+
+from conftest import NOW
+
+
+def _observations(corpus: Any, fraction: float = 1.0) -> list[Observation]:
+    """The AI runners of a corpus as they looked at `fraction` of their work, with their
+    spawn findings' `_context`s."""
+    spawns: dict[str, list[Any]] = defaultdict(list)
+    for finding in corpus.findings:
+        if finding.get("_type") == "ai" and finding.get("ai_type") == "task":
+            spawns[str(finding["extra_data"]["runner_id"])].append(finding["_context"])
+    return [
+        (t, spawns.get(str(t["_id"]), [])) for t in corpus.at(fraction) if t.get("name") == "ai"
+    ]
+
+
+CORPUS = generate_corpus(
+    seed=11,
+    orgs=("acme", "globex"),
+    runs_per_org=40,
+    start=datetime(2026, 10, 1, tzinfo=UTC),
+    days=40,
+    malformed_share=0.1,
+)
+
+
+def _line_amounts(lines: Any) -> list[tuple[Any, ...]]:
+    return sorted(
+        (line.model or "", line.tier, line.price_valid_from or "", line.tokens, line.amount_micros)
+        for line in lines
+    )
+
+
+def test_memory_meter_prices_what_the_chore_invoices(registry: Registry) -> None:
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    settings = Settings(mongo_url="mongomock://unused", batch_size=50, redis_url=None)
+    db.findings.insert_many([dict(f) for f in CORPUS.findings])
+    db.tasks.insert_many([dict(t) for t in CORPUS.tasks])
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    invoiced = {
+        (invoice.org, invoice.period): _line_amounts(invoice.lines)
+        for invoice in (
+            Invoice.model_validate(doc) for doc in Collections.of(db, settings).invoices.find({})
+        )
+        if invoice.lines
+    }
+
+    meter = MemoryMeter(
+        now=NOW,
+        max_tokens_per_run=settings.max_tokens_per_run,
+        future_skew_seconds=settings.future_skew_seconds,
+    )
+    observations = _observations(CORPUS)
+    meter.feed(observations[: len(observations) // 2])
+    meter.feed(observations[len(observations) // 2 :])
+    priced = {key: _line_amounts(lines) for key, lines in meter.lines(registry).items()}
+
+    assert len(invoiced) >= 4  # two orgs, two months
+    assert priced == invoiced
+    assert meter.snapshots == len(observations)
+    assert meter.anomalies > 0
+
+
+def test_memory_meter_hands_out_the_deltas_assess_gives() -> None:
+    """Halfway through their work (every runner still running, so the meter keeps a head),
+    then finished: the meter's records are `assess`'s deltas, field for field."""
+    observations = _observations(CORPUS, 0.5) + _observations(CORPUS)
+    meter = MemoryMeter(now=NOW, max_tokens_per_run=10**9, future_skew_seconds=300)
+    records: list[Any] = []
+    meter.feed(observations, records)
+
+    heads: dict[Any, LedgerHead] = {}
+    expected = []
+    for doc, spawn_contexts in observations:
+        result = chores._usage.assess(
+            doc,
+            spawn_contexts=spawn_contexts,
+            head=heads.get(doc["_id"]),
+            now=NOW,
+            max_tokens_per_run=10**9,
+            future_skew_seconds=300,
+        )
+        delta = result.delta
+        if delta is not None:
+            heads[doc["_id"]] = LedgerHead(delta.seq, delta.high_water)
+            # a Delta's fields but the runner id and the org, in order
+            expected.append((delta.org, delta.period, (delta.seq, *tuple(delta)[3:])))
+
+    assert records == expected
+    assert sum(1 for _, _, usage in records if usage[0] == 2) > 20  # billed again, from a head
+    assert meter.deltas == len(records)
+
+
+def _runner(tokens: int, status: str = "RUNNING", end_time: Any = None, org: Any = "acme") -> Any:
+    context = {"ai_tokens": tokens, "ai_prompt_tokens": tokens, "ai_model": "gpt-4o-mini"}
+    if org is not None:
+        context["workspace_id"] = org
+    doc = {"_id": "r1", "status": status, "context": context}
+    if end_time is not None:
+        doc["end_time"] = end_time
+    return doc
+
+
+@pytest.mark.parametrize(
+    "observations",
+    [
+        pytest.param(
+            [_runner(100), _runner(120, org=None), _runner(150)], id="org-missing-mid-run"
+        ),
+        pytest.param(
+            [
+                _runner(100),
+                _runner(150, "SUCCESS", end_time="garbage"),
+                _runner(150, "SUCCESS", end_time=NOW - timedelta(hours=1)),
+            ],
+            id="finished-with-a-bad-end-time-then-fixed",
+        ),
+    ],
+)
+def test_memory_meter_keeps_the_head_of_a_runner_held_by_an_anomaly(
+    observations: list[Any],
+) -> None:
+    """The held document comes back fixed: the meter bills what is new, as the ledger does."""
+    meter = MemoryMeter(now=NOW, max_tokens_per_run=10**9, future_skew_seconds=300)
+    meter.feed([(doc, []) for doc in observations])
+    assert sum(sum(tokens) for tokens in meter.usage.values()) == 150
+    assert meter.deltas == 2
