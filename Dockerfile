@@ -25,4 +25,8 @@ RUN pip install /wheels/*.whl \
 
 # Nothing runs as root; beat keeps its schedule file in /var/lib/chore (a volume).
 USER chore
+# The worker (the default command) is healthy while its main process answers a ping over
+# the broker; beat overrides this in docker-compose.yml (it answers no ping).
+HEALTHCHECK --interval=30s --timeout=20s --start-period=30s --retries=3 \
+    CMD celery -A chores.celery_app inspect ping -d "celery@$HOSTNAME" --timeout 10 || exit 1
 CMD ["celery", "-A", "chores.celery_app", "worker", "--loglevel=INFO"]

@@ -118,3 +118,29 @@ def test_docker_compose_accepts_the_file_where_the_client_has_compose(compose):
         )
         assert done.returncode == 0, done.stderr
     assert compose["name"] == "ai-billing-chore"
+
+
+def test_worker_and_beat_have_healthchecks_and_every_service_has_limits_and_log_rotation(
+    compose,
+):
+    services = compose["services"]
+    worker = healthcheck(services["worker"])
+    # `$$` is compose's escape: the container's own $HOSTNAME, the worker's node name
+    assert "celery -A chores.celery_app inspect ping -d celery@$$HOSTNAME" in worker
+    assert services["worker"]["healthcheck"]["test"][0] == "CMD-SHELL"
+    beat = healthcheck(services["beat"])
+    assert "find /var/lib/chore -name 'celerybeat-schedule*'" in beat and "-mmin" in beat
+    assert "$${METER_EVERY_SECONDS:-300}" in beat  # follows the tick interval
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^HEALTHCHECK --interval=\S+ --timeout=\S+ ", dockerfile, re.M)
+    assert 'CMD celery -A chores.celery_app inspect ping -d "celery@$HOSTNAME"' in dockerfile
+
+    redis = services["redis"]
+    assert "--appendonly" in redis["command"]
+    assert any(v.split(":")[0] == "redis-data" and v.endswith(":/data") for v in redis["volumes"])
+    assert "redis-data" in compose["volumes"]
+    for name, service in services.items():
+        assert service["deploy"]["resources"]["limits"]["memory"], name
+        logging = service["logging"]
+        assert logging["driver"] == "json-file", name
+        assert logging["options"]["max-size"] and logging["options"]["max-file"], name
