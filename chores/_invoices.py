@@ -98,6 +98,16 @@ def build_invoice(
     )
 
 
+@dataclass(frozen=True)
+class Settled:
+    """What a settle did: drafts written, orgs whose invoices it looked at, and the marks
+    that may be deleted once the decisions built on them are written."""
+
+    written: list[str]
+    orgs: set[str]
+    marks: list[str]
+
+
 def open_period(now: datetime, final_periods: set[str]) -> str:
     """The period late usage goes to: `now`'s, or the first after any final one.
 
@@ -314,15 +324,17 @@ class Invoices:
         assert counter is not None  # upserted
         return int(counter["value"])
 
-    def settle(self, now: datetime, org: str | None = None) -> list[str]:
+    def settle(self, now: datetime, org: str | None = None) -> Settled:
         """Rebuild every dirty or stale draft in scope, and move what final invoices do not
-        hold into the open period as late usage; the ids of the drafts written.
+        hold into the open period as late usage.
 
-        Only marks read *closed* (or expired) are deleted, after their pairs are done: a
-        crash leaves them, and a mark whose writes have not landed yet survives.
+        The marks it may delete (those read *closed* or expired) are returned, not
+        deleted: the caller deletes them once everything derived from the drafts (the
+        quota decisions) is written, so a crash before that leaves them for the next run.
         """
         mark_ids, pairs = self._progress.dirty(org)
         pairs |= self._stale_drafts(org)
+        orgs = {o for o, _ in pairs}
         written: set[str] = set()
         for _ in range(3):  # a draft finalized under our feet: sweep it, then its target
             late_marks, targets = self._sweeper.sweep(pairs, now)
@@ -334,8 +346,7 @@ class Invoices:
             pairs = {(o, p) for o, p in refused if p in finals[o]}
             if not pairs:
                 break
-        self._progress.clear_dirty(mark_ids)
-        return sorted(written)
+        return Settled(written=sorted(written), orgs=orgs, marks=mark_ids)
 
     def _stale_drafts(self, org: str | None) -> set[tuple[str, str]]:
         """Drafts priced with another registry than the current one."""

@@ -61,25 +61,29 @@ class Meter:
         )
         self.quota = Quota(self.collections, settings)
 
-    def runners(self, org: str | None, since: float | None) -> Iterator[list[Doc]]:
-        """Batches of runner documents: the pending ones first, then the changed ones."""
-        batch_size = self.settings.batch_size
+    def pending_runners(self, org: str | None, seen: set[str]) -> Iterator[list[Doc]]:
+        """Batches of the runners last seen running or waiting for a spawn finding (added
+        to `seen`); those gone from the source are dropped from the pending list."""
         pending_ids = [p["source_id"] for p in self.progress.pending(org)]
-        seen: set[str] = set()
-        for ids in chunked(pending_ids, batch_size):
+        for ids in chunked(pending_ids, self.settings.batch_size):
             docs = self.source.runners_by_id(ids, org)
-            seen.update(runner_key(d.get("_id")) for d in docs)
             found = {runner_key(d.get("_id")) for d in docs}
+            seen.update(found)
             vanished = [runner_key(i) for i in ids if runner_key(i) not in found]
             if vanished:
                 self.progress.set_pending([], vanished)
             yield docs
+
+    def changed_runners(
+        self, org: str | None, since: float | None, seen: set[str]
+    ) -> Iterator[list[Doc]]:
+        """Batches of the runners changed since `since`, oldest stamp first, less `seen`."""
         changed = (
             d
             for d in self.source.changed_runners(org, since)
             if runner_key(d.get("_id")) not in seen
         )
-        yield from chunked(changed, batch_size)
+        yield from chunked(changed, self.settings.batch_size)
 
     def process(
         self,
@@ -181,6 +185,16 @@ def _is_subagent(doc: Mapping[str, Any]) -> bool:
     return isinstance(context, Mapping) and is_subagent_context(context)
 
 
+def _newest(docs: Sequence[Doc], horizon: float, newest: float | None) -> float | None:
+    """The newest plausible stamp among `docs` and `newest`: a stamp past `horizon` is
+    garbage and must not push a cursor past real writes."""
+    for doc in docs:
+        stamp = _stamp(doc)
+        if stamp is not None and stamp <= horizon and (newest is None or stamp > newest):
+            newest = stamp
+    return newest
+
+
 def _stamp(doc: Mapping[str, Any]) -> float | None:
     value = doc.get("last_updated_db")
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -219,25 +233,38 @@ def run_chore(
     try:
         cursor = None if full else meter.progress.cursor(scope)
         since = None if cursor is None else cursor - settings.lookback_seconds
-        newest: float | None = None
         horizon = now.timestamp() + settings.future_skew_seconds
-        for docs in meter.runners(org, since):
-            for doc in docs:
-                stamp = _stamp(doc)
-                # A far-future stamp is garbage: it must not push the cursor past real writes.
-                if stamp is not None and stamp <= horizon and (newest is None or stamp > newest):
-                    newest = stamp
+        seen: set[str] = set()
+        newest = None
+        for docs in meter.pending_runners(org, seen):
             meter.process(
                 docs, org=org, now=now, run_id=report.run_id, report=report, dry_run=dry_run
             )
+            newest = _newest(docs, horizon, newest)
+            if on_batch is not None:
+                on_batch(len(docs))
+        # Oldest stamp first, and the cursor moved after every batch: a run cut short (a
+        # time limit, a lost worker) keeps what it did, and the next one goes on from there.
+        for docs in meter.changed_runners(org, since, seen):
+            meter.process(
+                docs, org=org, now=now, run_id=report.run_id, report=report, dry_run=dry_run
+            )
+            newest = _newest(docs, horizon, newest)
+            batch_newest = _newest(docs, horizon, None)
+            if batch_newest is not None and not dry_run:
+                meter.progress.advance_cursor(scope, batch_newest)
+            if on_batch is not None:
+                on_batch(len(docs))
         if not dry_run:
-            report.invoices = meter.invoices.settle(now, org)
-            orgs = {i.rsplit(":", 1)[0] for i in report.invoices} | set(report.orgs)
+            settled = meter.invoices.settle(now, org)
+            report.invoices = settled.written
+            orgs = settled.orgs | set(report.orgs)
             if org is not None:
                 orgs.add(org)
             else:  # a run over every org refreshes every org's decision, idle ones too
                 orgs.update(meter.quota.known_orgs())
             report.decisions = meter.quota.decide(sorted(orgs), now)
+            meter.progress.clear_dirty(settled.marks)  # what they announced is decided
             if newest is not None:
                 meter.progress.advance_cursor(scope, newest)
     except Exception as exc:

@@ -64,15 +64,21 @@ class Source:
         return query
 
     def changed_runners(self, org: str | None, since: float | None) -> Iterator[Doc]:
-        """AI runners changed since the stamp `since` (every one when None), streamed."""
+        """AI runners changed since the stamp `since` (every one when None), streamed in
+        stamp order (documents without a numeric stamp first), so that a caller can keep
+        a cursor after every batch."""
         query = self._scope(org)
         if since is not None:
             query["$or"] = [
                 {"last_updated_db": {"$gte": since}},
                 {"last_updated_db": {"$not": {"$type": "number"}}},
             ]
-        cursor = self._tasks.find(query, RUNNER_PROJECTION, batch_size=self._batch_size)
-        yield from cursor
+        yield from self._tasks.find(
+            query,
+            RUNNER_PROJECTION,
+            sort=[("last_updated_db", 1), ("_id", 1)],
+            batch_size=self._batch_size,
+        )
 
     def runners_by_id(self, source_ids: Sequence[Any], org: str | None) -> list[Doc]:
         """The AI runners with these `_id`s (one query; the caller batches)."""

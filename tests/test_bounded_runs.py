@@ -1,0 +1,104 @@
+"""Runs cut short keep what they did: an org of any size is caught up after enough runs.
+
+A worker's soft time limit (or a lost worker) can stop `run_chore` anywhere. The
+cursor moves after every batch of changed runners (read oldest stamp first), so the
+next run goes on from there instead of starting over, and nothing is billed twice.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import mongomock
+import pytest
+
+from chores import Settings, run_chore
+
+from dbproxy import DatabaseProxy
+
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
+BATCH = 10
+RUNNERS = 95
+CONFIG = Settings(mongo_url="mongomock://bounded", batch_size=BATCH, redis_url=None)
+
+
+class TimeLimit(Exception):
+    """What Celery's soft time limit raises inside the task."""
+
+
+def backlog(db: Any) -> int:
+    """An org's whole history, never metered: 95 runners with distinct stamps."""
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    for n in range(RUNNERS):
+        ended = start + timedelta(minutes=30 * n)
+        db.tasks.insert_one(
+            {
+                "name": "ai",
+                "status": "SUCCESS",
+                "end_time": ended,
+                "last_updated_db": ended.timestamp(),
+                "context": {
+                    "workspace_id": "acme",
+                    "ai_model": "gpt-4o-mini",
+                    "ai_tokens": 100 + n,
+                    "ai_prompt_tokens": 80 + n,
+                    "ai_completion_tokens": 20,
+                },
+            }
+        )
+    return sum(100 + n for n in range(RUNNERS))
+
+
+def cut_after(batches: int) -> Any:
+    """An `around` hook: the run is stopped when it starts its (batches + 1)-th batch (each
+    batch reads its runners' ledger heads once), as a time limit would stop it, whether
+    the batches before billed anything or only re-read what was billed."""
+    seen = [0]
+
+    def around(collection: str, method: str, perform: Any) -> Any:
+        if collection == "billing_ledger" and method == "find":
+            seen[0] += 1
+            if seen[0] > batches:
+                raise TimeLimit("soft time limit exceeded")
+        return perform()
+
+    return around
+
+
+@pytest.mark.parametrize("batches_per_run", [1, 3])
+def test_a_backlog_larger_than_one_run_is_caught_up_after_enough_cut_runs(
+    batches_per_run, registry
+):
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    truth = backlog(db)
+    runs = 0
+    while True:
+        runs += 1
+        assert runs <= RUNNERS, "no progress: every run starts over"
+        try:
+            run_chore(
+                DatabaseProxy(db, around=cut_after(batches_per_run)),
+                org="acme",
+                now=NOW,
+                registry=registry,
+                settings=CONFIG,
+            )
+            break  # a run that finished: the backlog is done
+        except TimeLimit:
+            continue
+    expected_runs = -(-RUNNERS // (BATCH * batches_per_run))  # ceil
+    assert runs <= expected_runs + 1
+    assert sum(e["tokens"] for e in db.billing_ledger.find()) == truth
+    invoice = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert sum(line["tokens"] for line in invoice["lines"]) == truth
+    assert invoice["runs"] == RUNNERS
+
+
+def test_the_progress_callback_sees_every_batch(db, settings, registry):
+    truth = backlog(db)
+    seen: list[int] = []
+    report = run_chore(db, now=NOW, registry=registry, settings=CONFIG, on_batch=seen.append)
+    assert sum(seen) == report.docs_read == RUNNERS
+    assert len(seen) == -(-RUNNERS // BATCH)
+    assert report.tokens_billed == truth
