@@ -9,25 +9,28 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by `***`, safe to print or log."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """The URL with any password replaced by `***`, safe to print or log.
+
+    Works on every form the chore meets without parsing hosts (no DNS for
+    `mongodb+srv://`, no port parsing, which fails on `h1:27017,h2:27017`): the
+    credentials are what stands before the last `@` of the part after `://`, and the
+    password what follows the first `:` there. A password holding `@`, `:` or `/`
+    unescaped is redacted whole; when in doubt more is hidden, never less.
+    """
+    scheme, separator, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not separator or at < 0:
+        return url if "@" not in url else "<unparseable url>"
+    user, colon, _password = rest[:at].partition(":")
+    if "/" in user or "?" in user:  # not a userinfo: an `@` in the path or options
+        return f"{scheme}://***@{rest[at + 1 :]}"
+    return f"{scheme}://{user}{':***' if colon else ''}@{rest[at + 1 :]}"
 
 
 class Plan(BaseModel):
