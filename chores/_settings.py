@@ -10,8 +10,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from ._exceptions import ConfigError
 
 
 def redact_url(url: str) -> str:
@@ -109,6 +111,33 @@ class Settings(BaseSettings):
         )
 
 
+SECRET_SETTINGS = frozenset(
+    {"mongo_url", "redis_url", "celery_broker_url", "celery_result_backend"}
+)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The settings from the environment; a bad value is a `ConfigError` whose message
+    names the variable, its value (redacted when it may hold a secret) and what is
+    expected, on one line."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(settings_problem(exc)) from None
+    except SettingsError as exc:  # a list or mapping setting whose value is not JSON
+        field = str(exc).split('"')[1] if '"' in str(exc) else "?"
+        raise ConfigError(
+            f"{field.upper()} must be a JSON list, e.g. {field.upper()}='[\"ai\"]'"
+        ) from None
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """One line for every invalid setting: `NAME='value': what is expected`."""
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        value = error.get("input")
+        shown = redact_url(str(value)) if field in SECRET_SETTINGS else str(value)
+        problems.append(f"{field.upper()}={shown!r}: {error['msg']}")
+    return "invalid setting: " + "; ".join(problems)

@@ -1,0 +1,61 @@
+"""A bad setting is one line naming the variable, its value and what is expected."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from chores import get_settings
+from chores.cli import main
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("BATCH_SIZE", "0", "BATCH_SIZE='0': Input should be greater than or equal to 1"),
+        ("AI_TASK_NAMES", "ai", "AI_TASK_NAMES must be a JSON list"),
+        ("GRACE_DAYS", "abc", "GRACE_DAYS='abc': Input should be a valid number"),
+        ("QUOTA_FAIL_OPEN", "maybe", "QUOTA_FAIL_OPEN='maybe': Input should be a valid boolean"),
+        ("MONGO_TIMEOUT_MS", "-1", "MONGO_TIMEOUT_MS='-1': Input should be greater than 0"),
+    ],
+)
+@pytest.mark.parametrize("command", [["status"], ["quota", "check", "--org", "acme"]])
+def test_a_bad_setting_is_one_line_and_exit_1(monkeypatch, variable, value, says, command):
+    monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, command)
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1, result.output
+    assert says in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "pw@" not in result.output  # a password in a URL is never shown
+
+
+@pytest.mark.parametrize("url", ["mongodb://u:pw@h:99999/x", "mongodb://u:pw@h:abc/x"])
+def test_a_malformed_mongo_url_is_one_line_and_exit_1(monkeypatch, url):
+    """(`quota check` answers `unknown` by its fail-open policy instead: issue 18 item 5.)"""
+    monkeypatch.setenv("MONGO_URL", url)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["status"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert (
+        result.output.strip()
+        == f"Error: MONGO_URL {url.replace(':pw@', ':***@')} is not a valid MongoDB URL"
+    )
+
+
+def test_a_secret_setting_is_redacted_in_its_error(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://:hunter2@cache:6379/0")
+    monkeypatch.setenv("BATCH_SIZE", "0")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["status"])
+    finally:
+        get_settings.cache_clear()
+    assert "hunter2" not in result.output and result.exit_code == 1
