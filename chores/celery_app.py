@@ -17,12 +17,20 @@ from ._exceptions import ConfigError
 from ._settings import Settings, get_settings
 
 RETRY_BACKOFF_MAX = 60  # seconds: the longest countdown between two retries
+SHUTDOWN_MARGIN = 30  # seconds: a worker's own shutdown after its last run has ended
 
 
-def visibility_timeout(hard_time_limit: int) -> int:
+def visibility_timeout(hard_time_limit: int, longest_countdown: float = RETRY_BACKOFF_MAX) -> int:
     """Seconds before Redis hands an unacknowledged message to another worker: longer
-    than a run plus a retry countdown, or a slow run would be started twice."""
-    return max(3600, 2 * (hard_time_limit + RETRY_BACKOFF_MAX))
+    than a run plus the longest retry countdown (a retried message waits out its
+    countdown unacknowledged at a worker), or a slow run would be started twice."""
+    return max(3600, 2 * (hard_time_limit + int(longest_countdown)))
+
+
+def stop_timeout(settings: Settings) -> int:
+    """Seconds a supervisor must give a worker between SIGTERM and SIGKILL: its run
+    lasts at most the hard time limit (the soft shutdown no longer), then it exits."""
+    return settings.task_time_limit + SHUTDOWN_MARGIN
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -37,7 +45,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.celery_broker_url,
         "result_backend": settings.celery_result_backend,
-        "broker_transport_options": {"visibility_timeout": visibility_timeout(hard)},
+        # The full pass of a locked org is retried after LOCK_TTL_SECONDS (`tasks.meter_org`).
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout(hard, max(RETRY_BACKOFF_MAX, ttl))
+        },
         # Ack after the run: a worker that dies mid-run leaves its message to be redelivered,
         # which is safe because every run can be repeated without billing twice.
         "task_acks_late": True,
@@ -48,6 +59,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # SIGTERM (docker stop) is a warm shutdown: the running run finishes, cut at the
+        # latest by the hard limit. A cold shutdown (SIGQUIT, a second Ctrl+C) first waits
+        # as long (the soft shutdown), then cancels what still runs: with late acks its
+        # message goes back on the queue. The supervisor's stop timeout must exceed both
+        # (`stop_timeout`; docker-compose.yml's stop_grace_period, docs/deploy.md).
+        "worker_soft_shutdown_timeout": float(hard),
         "broker_connection_retry_on_startup": True,
         "task_soft_time_limit": soft,
         "task_time_limit": hard,

@@ -31,6 +31,7 @@ import mongomock
 import pytest
 import redis
 from celery import beat
+from celery.app.defaults import DEFAULTS
 from celery.contrib.testing.worker import start_worker
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.schedules import crontab
@@ -202,10 +203,19 @@ def test_app_config_acks_late_one_at_a_time_json_utc_and_limits_below_visibility
     soft, hard = config["task_soft_time_limit"], config["task_time_limit"]
     assert soft < hard < Settings().lock_ttl_seconds
     assert hard < config["broker_transport_options"]["visibility_timeout"]
+    # SIGTERM waits for the run (at most `hard`); a cold shutdown waits as long first
+    assert config["worker_soft_shutdown_timeout"] == hard
+    assert "worker_soft_shutdown_timeout" in DEFAULTS  # a setting this Celery knows
     big = celery_config(
         Settings(task_soft_time_limit=7000, task_time_limit=7200, lock_ttl_seconds=7300)
     )
     assert big["broker_transport_options"]["visibility_timeout"] > 7200
+    assert big["worker_soft_shutdown_timeout"] == 7200
+    # a message retried after LOCK_TTL_SECONDS (the full pass) waits that long unacked
+    long_ttl = celery_config(
+        Settings(task_soft_time_limit=240, task_time_limit=300, lock_ttl_seconds=5000)
+    )
+    assert long_ttl["broker_transport_options"]["visibility_timeout"] > 5000 + 300
     with pytest.raises(ConfigError, match="TASK_SOFT_TIME_LIMIT < TASK_TIME_LIMIT"):
         celery_config(Settings(task_time_limit=400, lock_ttl_seconds=360))
 

@@ -144,3 +144,31 @@ def test_worker_and_beat_have_healthchecks_and_every_service_has_limits_and_log_
         logging = service["logging"]
         assert logging["driver"] == "json-file", name
         assert logging["options"]["max-size"] and logging["options"]["max-file"], name
+
+
+def seconds(duration: str | int) -> float:
+    """A compose duration (`6m`, `1m30s`, `90s`, `300`) in seconds."""
+    if isinstance(duration, int):
+        return float(duration)
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", duration)
+    assert parts and duration, duration
+    h, m, s = (float(p) if p else 0.0 for p in parts.groups())
+    return 3600 * h + 60 * m + s
+
+
+def test_the_worker_stop_grace_period_outlasts_a_run_and_its_soft_shutdown(compose, monkeypatch):
+    from chores.celery_app import SHUTDOWN_MARGIN, celery_config, stop_timeout
+
+    for name in dotenv_values(ENV_EXAMPLE):
+        monkeypatch.delenv(name, raising=False)
+    grace = seconds(compose["services"]["worker"]["stop_grace_period"])
+    # the defaults, and the values the containers are given
+    for settings in (Settings(), Settings(_env_file=ENV_EXAMPLE)):  # type: ignore[call-arg]
+        config = celery_config(settings)
+        hard = config["task_time_limit"]
+        assert config["worker_soft_shutdown_timeout"] <= hard
+        assert grace >= stop_timeout(settings) == hard + SHUTDOWN_MARGIN
+        assert grace >= config["worker_soft_shutdown_timeout"] + SHUTDOWN_MARGIN
+        assert hard < settings.lock_ttl_seconds
+        assert hard < config["broker_transport_options"]["visibility_timeout"]
+    assert seconds("6m") == 360 and seconds("1m30s") == 90 and seconds(300) == 300
