@@ -267,7 +267,7 @@ def run_chore(
             meter.progress.clear_dirty(settled.marks)  # what they announced is decided
             if newest is not None:
                 meter.progress.advance_cursor(scope, newest)
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl-C and time limits too: the run log says it stopped
         report.error = f"{type(exc).__name__}: {exc}"
         report.duration_seconds = round(time.monotonic() - clock, 3)
         _record_run(meter, report, now, dry_run)

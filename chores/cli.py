@@ -11,6 +11,7 @@ import functools
 import io
 import json
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -34,6 +35,7 @@ from ._settings import Settings, get_settings, redact_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_REFUSED = 3
+EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C (128 + SIGINT)
 
 
 def console() -> Console:
@@ -49,6 +51,9 @@ def user_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("interrupted: what was billed so far is kept; run again to go on", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
         except (ChoreError, RegistryError) as exc:
             raise click.ClickException(str(exc)) from None
         except PyMongoError as exc:
@@ -81,7 +86,7 @@ now_option = click.option(
 )
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ai-billing-chore")
 def main() -> None:
     """Meter AI-token usage of scan runners into invoices and quota decisions."""
@@ -124,11 +129,15 @@ def run(
     ) as progress:
         task = progress.add_task("metering: 0 runner documents read", total=None)
         read = 0
+        started = time.monotonic()
 
         def advance(n: int) -> None:
             nonlocal read
             read += n
-            progress.update(task, description=f"metering: {read:,} runner documents read")
+            rate = read / max(time.monotonic() - started, 1e-3)
+            progress.update(
+                task, description=f"metering: {read:,} runner documents read ({rate:,.0f}/s)"
+            )
 
         report = run_chore(
             db,

@@ -250,3 +250,23 @@ def test_quiet_run_prints_nothing_and_still_bills(cli_db):
     result = invoke("run", "--all", "--quiet", *NOW_ARG)
     assert result.exit_code == 0 and result.output == ""
     assert cli_db.billing_ledger.count_documents({}) > 0
+
+
+def test_ctrl_c_exits_130_and_the_interrupted_run_is_recorded(cli_db, monkeypatch):
+    from chores import _ledger
+
+    def interrupted(self, entries):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_ledger.Ledger, "append", interrupted)
+    result = CliRunner().invoke(main, ["run", "--org", "ws-acme", *NOW_ARG])
+    assert result.exit_code == 130
+    assert "interrupted" in result.output and "Aborted" not in result.output
+    (record,) = list(cli_db.billing_runs.find())
+    assert record["error"].startswith("KeyboardInterrupt")
+
+
+def test_dash_h_is_help():
+    assert invoke("-h").output == invoke("--help").output
+    assert invoke("run", "-h").output == invoke("run", "--help").output
+    assert "--org" in invoke("run", "-h").output
