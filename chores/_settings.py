@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -84,6 +85,8 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = Field(default=240, gt=0)
     task_time_limit: int = Field(default=300, gt=0)
     lock_ttl_seconds: int = Field(default=360, gt=0)
+    # `json`: the worker's and beat's log lines are JSON objects, one a line (shippable).
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("ai_task_names")
     @classmethod

@@ -8,12 +8,15 @@ The tasks are in `chores.tasks`; docs/deploy.md explains the settings.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
 from celery.schedules import crontab
+from celery.signals import after_setup_logger, after_setup_task_logger
 
 from ._exceptions import ConfigError
+from ._logs import use_log_format
 from ._settings import Settings, get_settings
 
 RETRY_BACKOFF_MAX = 60  # seconds: the longest countdown between two retries
@@ -96,3 +99,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 app = Celery("chores", include=["chores.tasks"])
 app.conf.update(celery_config(get_settings()))
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_format(logger: logging.Logger, **_: Any) -> None:
+    """Celery's loggers as set up by the worker and beat: URLs redacted in every line,
+    JSON lines when `LOG_FORMAT=json` (`chores._logs`)."""
+    use_log_format(logger, get_settings().log_format)

@@ -15,6 +15,7 @@ is listed again at the next tick rather than forgotten.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -32,6 +33,7 @@ from . import _run
 from ._db import Collections, Doc, connect
 from ._exceptions import ConfigError, DatabaseUnavailable
 from ._lock import OrgLock, lock_client
+from ._logs import redact_urls, short_list
 from ._progress import Progress
 from ._quota import Quota
 from ._report import RunReport
@@ -68,6 +70,48 @@ LIMITS = {
     "soft_time_limit": _settings.task_soft_time_limit,
     "time_limit": _settings.task_time_limit,
 }
+
+
+class OrgTask(Task):
+    """A task whose retry and failure lines name its org (the first argument, if any):
+    Celery's own lines name only the task id. Called for hard time limits too."""
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        log.warning(
+            "%s of %s failed (%s), retry %d of %s (task %s)",
+            self.name.rsplit(".", 1)[-1],
+            _whose(args, kwargs),
+            _describe(exc),
+            self.request.retries + 1,
+            self.max_retries,
+            task_id,
+        )
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        log.error(
+            "%s of %s failed for good (%s): the org stays due, the next fan-out lists it"
+            " again (task %s)",
+            self.name.rsplit(".", 1)[-1],
+            _whose(args, kwargs),
+            _describe(exc),
+            task_id,
+        )
+
+
+def _whose(args: Any, kwargs: Any) -> str:
+    org = (kwargs or {}).get("org", args[0] if args else None)
+    return "all orgs" if org is None else f"org {str(org)[:256]}"
+
+
+def _describe(exc: BaseException) -> str:
+    """The exception's type and message, URLs redacted, cut at 300 characters."""
+    text = redact_urls(str(exc))
+    text = text if len(text) <= 300 else text[:300] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @lru_cache(maxsize=1)
@@ -118,7 +162,7 @@ def orgs_with_new_usage(
     return sorted(orgs), stamp
 
 
-@app.task(**RETRY, **LIMITS)
+@app.task(base=OrgTask, **RETRY, **LIMITS)
 def meter_all(full: bool = False) -> list[str]:
     """List the orgs with new usage and queue one `meter_org` for each; the orgs listed.
 
@@ -138,11 +182,17 @@ def meter_all(full: bool = False) -> list[str]:
     quota.decide(sorted(set(quota.known_orgs()) - set(orgs)), now)
     if newest is not None:
         Progress(Collections.of(db, settings)).advance_cursor(FANOUT_SCOPE, float(newest))
-    log.info("fan-out%s: %d org(s) to meter", " (full)" if full else "", len(orgs))
+    log.info(
+        "fan-out%s: %d org(s) to meter%s",
+        " (full)" if full else "",
+        len(orgs),
+        f": {short_list(orgs)}" if orgs else "",
+        extra={"fields": {"event": "fan-out", "full": full, "orgs": len(orgs)}},
+    )
     return orgs
 
 
-@app.task(bind=True, **RETRY, **LIMITS)
+@app.task(bind=True, base=OrgTask, **RETRY, **LIMITS)
 def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
     """Meter one org's new usage (`full`: re-read all its AI runners), unless another
     worker is metering it right now.
@@ -153,6 +203,7 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
     org = _run.validate_org(org)
     settings = get_settings()
     started = datetime.now(UTC)
+    clock = time.monotonic()
     url = settings.redis_url or settings.celery_broker_url
     lock: OrgLock | None = None
     try:
@@ -179,6 +230,7 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
                 )
                 raise self.retry(countdown=settings.lock_ttl_seconds)
             log.info("org %s is being metered by another worker: skipped", org)
+            _log_run(org, None, outcome="locked", full=full, seconds=time.monotonic() - clock)
             return _summary(org, None)
     except (RedisError, ValueError) as exc:
         log.warning(
@@ -192,17 +244,64 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
         db = get_db()
         report = _run.run_chore(db, org=org, settings=settings, full=full)
         due_marks(db, settings).delete_one({"_id": org, "listed_at": {"$lte": started}})
+    except BaseException as exc:
+        outcome = "cut" if isinstance(exc, SoftTimeLimitExceeded) else "error"
+        _log_run(org, None, outcome=outcome, full=full, seconds=time.monotonic() - clock, exc=exc)
+        raise
     finally:
         if lock is not None:
             _release(lock, org)
+    _log_run(org, report, outcome="ok", full=full, seconds=time.monotonic() - clock)
     return _summary(org, report)
 
 
-@app.task(**RETRY, **LIMITS)
+def _log_run(
+    org: str,
+    report: RunReport | None,
+    *,
+    outcome: str,
+    full: bool,
+    seconds: float,
+    exc: BaseException | None = None,
+) -> None:
+    """The one line of a `meter_org` run: org, outcome, docs read, tokens, duration, and
+    what else its report says. The amount billed is on the invoice, not in the report:
+    `chore status` / the drafts show it."""
+    fields: dict[str, Any] = {
+        "event": "run",
+        "org": org,
+        "outcome": outcome,  # ok, locked (skipped), cut (soft time limit), error
+        "full": full,
+        "duration_s": round(seconds, 3),
+    }
+    if report is not None:
+        fields.update(
+            run_id=report.run_id,
+            docs_read=report.docs_read,
+            tokens_billed=report.tokens_billed,
+            entries_written=report.entries_written,
+            anomalies=sum(report.anomalies.values()),
+        )
+        if org in report.decisions:
+            fields["decision"] = report.decisions[org]
+    if exc is not None:
+        fields["error"] = _describe(exc)
+    level = logging.INFO if exc is None else logging.WARNING
+    text = " ".join(f"{k}={v}" for k, v in fields.items() if k != "event")
+    log.log(level, "run %s", text, extra={"fields": fields})
+
+
+@app.task(base=OrgTask, **RETRY, **LIMITS)
 def finalize_invoices() -> list[str]:
     """Make final every draft whose period ended more than the grace ago; the ids finalized."""
     settings = get_settings()
-    return _run.finalize_invoices(get_db(), settings=settings)
+    finalized = _run.finalize_invoices(get_db(), settings=settings)
+    log.info(
+        "finalized %d invoice(s)%s",
+        len(finalized),
+        f": {short_list(finalized)}" if finalized else "",
+    )
+    return finalized
 
 
 def _release(lock: OrgLock, org: str) -> None:

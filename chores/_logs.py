@@ -1,0 +1,79 @@
+"""The worker's log lines: URLs redacted in every line, JSON when `LOG_FORMAT=json`.
+
+`use_log_format` is applied to the loggers Celery sets up (`after_setup_logger`,
+`after_setup_task_logger`, in `celery_app`): it wraps each handler's formatter, so
+Celery's own lines get the same treatment as ours. A record may carry structured
+fields under `extra={"fields": {...}}` (the one line per run of `tasks.meter_org`):
+in JSON they are keys of the line, in text the message already says them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from ._settings import redact_url
+
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>,)]+")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with the password of every URL in it replaced by `***`."""
+    return _URL.sub(lambda m: redact_url(m.group()), text)
+
+
+def short_list(items: list[str], limit: int = 20) -> str:
+    """`a, b, c`; past `limit` items, the first `limit` then `... (+N more)`."""
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown}, ... (+{len(items) - limit} more)"
+
+
+class RedactingFormatter(logging.Formatter):
+    """Another formatter's output, URLs redacted (tracebacks included)."""
+
+    def __init__(self, inner: logging.Formatter | None = None):
+        super().__init__()
+        self.inner = inner or logging.Formatter(logging.BASIC_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_urls(self.inner.format(record))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the task's id and name
+    when in a task, a record's `fields`, and the traceback if any; URLs redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("task_id", "task_name"):
+            value = getattr(record, key, None)
+            if value and value != "???":
+                line[key] = value
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update({k: v for k, v in fields.items() if k not in line})
+        if record.exc_info:
+            line["exc_info"] = self.formatException(record.exc_info)
+        return redact_urls(json.dumps(line, default=str))
+
+
+def use_log_format(logger: logging.Logger, log_format: str) -> None:
+    """Give every handler of `logger` the JSON formatter (`json`) or its own format with
+    URLs redacted (`text`). Idempotent."""
+    for handler in logger.handlers:
+        current = handler.formatter
+        if log_format == "json":
+            if not isinstance(current, JsonFormatter):
+                handler.setFormatter(JsonFormatter())
+        elif isinstance(current, JsonFormatter):
+            handler.setFormatter(RedactingFormatter())
+        elif not isinstance(current, RedactingFormatter):
+            handler.setFormatter(RedactingFormatter(current))

@@ -1,0 +1,145 @@
+"""The worker's log lines (issue 16 item 4): one line per run naming the org, the org on
+every retry and failure line, the fan-out naming its orgs, JSON on demand, no secret."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import mongomock
+import pytest
+
+from chores import Settings, celery_app, tasks
+from chores._corpus import generate_corpus
+from chores._exceptions import DatabaseUnavailable
+from chores._logs import JsonFormatter, RedactingFormatter, redact_urls, short_list, use_log_format
+from chores.celery_app import _log_format
+
+pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
+
+SECRET = "s3cr3t-pw"
+NOW = datetime.now(UTC).replace(microsecond=0)
+CORPUS = generate_corpus(
+    seed=7, orgs=("acme", "globex"), runs_per_org=3, start=NOW - timedelta(days=3), days=2
+)
+
+
+@pytest.fixture
+def service(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Eager tasks over mongomock; the lock's Redis refuses at once (a closed port with
+    a password in its URL), so a run meters without the lock and says so, redacted."""
+    settings = Settings(
+        mongo_url="mongomock://logs",
+        redis_url=f"redis://billing:{SECRET}@127.0.0.1:1/0",
+        log_format="json",
+    )
+    monkeypatch.setattr(tasks, "get_settings", lambda: settings)
+    monkeypatch.setattr(celery_app, "get_settings", lambda: settings)
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    db.tasks.insert_many(copy.deepcopy(CORPUS.tasks))
+    db.findings.insert_many(copy.deepcopy(CORPUS.findings))
+    monkeypatch.setattr(tasks, "get_db", lambda: db)
+    return settings
+
+
+def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "chores.tasks"]
+
+
+def test_a_run_logs_one_line_with_its_org_counts_duration_and_outcome(service, caplog):
+    caplog.set_level(logging.INFO, logger="chores.tasks")
+    summary = tasks.meter_org.apply(("acme",)).get()
+
+    runs = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "run"]
+    assert len(runs) == 1
+    fields = runs[0].fields  # type: ignore[attr-defined]
+    assert fields["org"] == "acme" and fields["outcome"] == "ok" and fields["full"] is False
+    assert fields["docs_read"] == summary["docs_read"] > 0
+    assert fields["tokens_billed"] == summary["tokens_billed"] > 0
+    assert fields["duration_s"] >= 0
+    message = runs[0].getMessage()
+    assert message.startswith("run org=acme outcome=ok ")
+    assert f"tokens_billed={summary['tokens_billed']}" in message
+    assert all(SECRET not in line for line in lines(caplog))  # the lock's URL, redacted
+    assert any("no lock for org acme" in line and "***" in line for line in lines(caplog))
+
+
+def test_every_retry_and_the_final_failure_name_the_org(service, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="chores.tasks")
+
+    def unreachable() -> Any:
+        raise DatabaseUnavailable(f"cannot reach mongodb://billing:{SECRET}@db:27017")
+
+    monkeypatch.setattr(tasks, "get_db", unreachable)
+    with pytest.raises(DatabaseUnavailable):
+        tasks.meter_org.apply(("globex",), retries=0).get()
+
+    text = lines(caplog)
+    retries = [line for line in text if "retry" in line and "failed (" in line]
+    assert len(retries) == 5 and all("meter_org of org globex failed" in r for r in retries)
+    assert "retry 1 of 5" in retries[0] and "retry 5 of 5" in retries[-1]
+    assert any("meter_org of org globex failed for good" in line for line in text)
+    errors = [line for line in text if line.startswith("run org=globex outcome=error")]
+    assert len(errors) == 6  # the first try and 5 retries, each one line
+    assert all(SECRET not in line for line in text)
+    assert any("mongodb://billing:***@db:27017" in line for line in text)
+
+
+def test_the_fan_out_names_its_orgs_and_truncates_a_long_list(service, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="chores.tasks")
+    queued: list[str] = []
+    monkeypatch.setattr(tasks.meter_org, "delay", lambda org, full=False: queued.append(org))
+    tasks.meter_all.apply().get()
+    assert queued == ["acme", "globex"]
+    assert "fan-out: 2 org(s) to meter: acme, globex" in lines(caplog)
+
+    many = [f"org-{n:03d}" for n in range(25)]
+    assert short_list(many) == ", ".join(many[:20]) + ", ... (+5 more)"
+    assert short_list(many[:3]) == "org-000, org-001, org-002"
+
+
+def test_log_format_json_makes_every_line_a_json_object_with_the_fields(service, caplog):
+    stream = io.StringIO()
+    logger = logging.getLogger("test.json")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)  # whatever level an earlier test left on the root
+    logger.propagate = False
+    _log_format(logger=logger)  # what Celery's after_setup_*logger signals call
+    assert isinstance(handler.formatter, JsonFormatter)
+
+    logger.warning("lost mongodb://u:%s@h/db", SECRET, extra={"fields": {"org": "acme"}})
+    try:
+        raise RuntimeError(f"redis://:{SECRET}@cache:6379/0 down")
+    except RuntimeError:
+        logger.exception("boom")
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["level"] == "WARNING" and first["org"] == "acme"
+    assert first["message"] == "lost mongodb://u:***@h/db"
+    assert "redis://:***@cache:6379/0" in second["exc_info"]
+    assert SECRET not in stream.getvalue()
+
+
+def test_log_format_text_keeps_the_format_and_redacts_urls():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("test.text")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)  # whatever level an earlier test left on the root
+    logger.propagate = False
+    use_log_format(logger, "text")
+    use_log_format(logger, "text")  # idempotent
+    assert isinstance(handler.formatter, RedactingFormatter)
+    assert not isinstance(handler.formatter.inner, RedactingFormatter)
+    logger.error("cannot reach mongodb://u:%s@h:27017/db?authSource=admin", SECRET)
+    assert stream.getvalue() == "ERROR cannot reach mongodb://u:***@h:27017/db?authSource=admin\n"
+    assert redact_urls("no url here") == "no url here"
+    assert Settings().log_format == "text"
+    with pytest.raises(ValueError):
+        Settings(log_format="xml")
