@@ -669,3 +669,55 @@ def test_meter_all_keeps_the_decisions_of_idle_orgs_fresh(service, monkeypatch):
     decision = source.db.billing_quota.find_one({"_id": "idle-org"})
     assert decision["state"] == "ok" and decision["used_tokens"] == 0
     assert datetime.now(UTC) - decision["computed_at"].replace(tzinfo=UTC) < timedelta(minutes=1)
+
+
+def test_a_backlog_longer_than_the_soft_limit_is_caught_up_by_the_retries_of_a_worker(
+    worker, service, monkeypatch
+):
+    """An org's first run reads its whole history: 24 runners, 30 minutes apart. Every run
+    of this worker is cut by its soft time limit after 2 batches (3 runners each); the org
+    still ends billed exactly once, because each retry goes on from where the cut run
+    stopped (issue 16 item 1)."""
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    start = NOW - timedelta(days=2)
+    for n in range(24):
+        ended = start + timedelta(minutes=30 * n)
+        db.tasks.insert_one(
+            {
+                "name": "ai",
+                "status": "SUCCESS",
+                "end_time": ended,
+                "last_updated_db": ended.timestamp(),
+                "context": {
+                    "workspace_id": "acme",
+                    "ai_model": "gpt-4o-mini",
+                    "ai_tokens": 1_000 + n,
+                    "ai_prompt_tokens": 800 + n,
+                    "ai_completion_tokens": 200,
+                },
+            }
+        )
+    truth = sum(1_000 + n for n in range(24))
+    batches = [0]
+
+    def around(collection: str, method: str, perform: Callable[[], Any]) -> Any:
+        if collection == "billing_cursors" and method == "find_one":
+            batches[0] = 0  # a run starts by reading its cursor
+        if collection == "billing_ledger" and method == "find":
+            batches[0] += 1  # a batch starts by reading its runners' ledger heads
+            if batches[0] > 2:
+                raise SoftTimeLimitExceeded()
+        return perform()
+
+    proxy = DatabaseProxy(db, serialize=True, around=around)
+    monkeypatch.setattr(tasks, "get_db", lambda: proxy)
+
+    tasks.meter_org.delay("acme").get(timeout=90)
+
+    assert sum(ledger(db).values()) == truth
+    assert sum(tokens for _, tokens in invoices(db).values()) == truth
+    runs = list(db.billing_runs.find({}, sort=[("started_at", 1), ("finished_at", 1)]))
+    # 8 batches, 2 a run; each retry re-reads the runner of the lookback window before
+    # its cursor, so 4 or 5 runs. Without the cursor kept per batch: never done.
+    assert 4 <= len(runs) <= 5
+    assert [r["error"] is not None for r in runs] == [True] * (len(runs) - 1) + [False]
