@@ -75,7 +75,11 @@ def quota() -> None:
 @click.option("--now", "now_text", metavar="ISO-TIME", help="Pretend the current UTC time.")
 @user_errors
 def quota_check(org: str, estimate: int, as_json: bool, now_text: str | None) -> None:
-    """May ORG start a run? Exit 0 allowed, 3 refused, 1 error."""
+    """May ORG start a run? Exit 0 allowed, 3 refused, 1 bad argument or setting.
+
+    When the answer is unknown (no decision yet, a stale one, the billing database
+    unreachable), QUOTA_FAIL_OPEN decides: allowed (exit 0) or refused (exit 3).
+    """
     from . import check_quota
 
     settings = get_settings()
@@ -111,9 +115,15 @@ def plan() -> None:
 @click.option("--spend-limit", type=UsdType(), help="USD per month ($50), or none.")
 @click.option("--soft", type=click.FloatRange(0, 1, min_open=True), help="Warn ratio (0.8).")
 @click.option("--grace-tokens", type=TokensType(), help="Overdraft above the token limit.")
+@click.option("--now", "now_text", metavar="ISO-TIME", help="Pretend the current UTC time.")
 @user_errors
 def plan_set(
-    org: str, token_limit: object, spend_limit: object, soft: float | None, grace_tokens: object
+    org: str,
+    token_limit: object,
+    spend_limit: object,
+    soft: float | None,
+    grace_tokens: object,
+    now_text: str | None,
 ) -> None:
     """Create or change ORG's plan; options not given keep their value."""
     from ._run import validate_org
@@ -133,10 +143,16 @@ def plan_set(
             "nothing to set: give --token-limit, --spend-limit, --soft or --grace-tokens"
         )
     settings = get_settings()
-    plans = Collections.of(connect(settings), settings).plans
+    collections = Collections.of(connect(settings), settings)
     changes["updated_at"] = datetime.now(UTC)
-    plans.update_one({"_id": org}, {"$set": changes}, upsert=True)
-    _print_plan(org, plan_of(plans.find_one({"_id": org}), settings.default_plan))
+    collections.plans.update_one({"_id": org}, {"$set": changes}, upsert=True)
+    _print_plan(org, plan_of(collections.plans.find_one({"_id": org}), settings.default_plan))
+    # The plan applies at once: the decision is recomputed from the current invoice.
+    from ._quota import Quota
+
+    now = parse_now(now_text) or datetime.now(UTC)
+    state = Quota(collections, settings).decide([org], now)[org]
+    click.echo(f"{org}: decision now {state} (from the invoice of {now:%Y-%m})")
 
 
 @plan.command("show")

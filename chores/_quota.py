@@ -10,7 +10,7 @@ at the soft ratio, else `ok`. State changes are appended to
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -46,24 +46,32 @@ def plan_of(doc: Mapping[str, Any] | None, default: Plan) -> Plan:
 
 
 def evaluate(plan: Plan, used_tokens: int, spent_micros: int) -> tuple[State, list[str]]:
-    """The state for this much usage under `plan`, with the reasons (pure)."""
+    """The state for this much usage under `plan`, with the reasons (pure): which limit,
+    and how far usage stands from it."""
     state: State = "ok"
     reasons: list[str] = []
-    checks = []
+    checks: list[tuple[str, int, int, int, Callable[[int], str]]] = []
     if plan.token_limit is not None:
-        checks.append(
-            ("tokens", used_tokens, plan.token_limit, plan.token_limit + plan.grace_tokens)
-        )
+        hard = plan.token_limit + plan.grace_tokens
+        checks.append(("token", used_tokens, plan.token_limit, hard, _count))
     if plan.spend_limit_micros is not None:
-        checks.append(("spend", spent_micros, plan.spend_limit_micros, plan.spend_limit_micros))
-    for name, used, limit, hard in checks:
+        limit = plan.spend_limit_micros
+        checks.append(("spend", spent_micros, limit, limit, lambda micros: usd(micros)))
+    for name, used, limit, hard, fmt in checks:
         if used >= hard:
             state = "block"
-            reasons.append(f"{name} limit reached")
-        elif used >= plan.soft_ratio * limit and state != "block":
-            state = "warn"
-            reasons.append(f"{name} at {plan.soft_ratio:.0%} of limit")
+            reasons.append(
+                f"{name} limit reached: {fmt(used)} used of {fmt(limit)}"
+                + (f" (+{fmt(hard - limit)} overdraft)" if hard != limit else "")
+            )
+        elif used >= plan.soft_ratio * limit:
+            state = "warn" if state != "block" else state
+            reasons.append(f"{name} usage at {used / limit:.0%} of its limit ({fmt(limit)})")
     return state, reasons
+
+
+def _count(tokens: int) -> str:
+    return f"{tokens:,} tokens"
 
 
 class QuotaDecision(BaseModel):
@@ -90,7 +98,8 @@ class QuotaDecision(BaseModel):
             return f"{parts[0]} — {self.reason} ({'allowed' if self.allowed else 'refused'})"
         usage = [_of(self.used_tokens, self.token_limit, _tokens, " tokens")]
         usage.append(_of(self.spent_micros, self.spend_limit_micros, usd, ""))
-        return f"{parts[0]} — " + ", ".join(usage)
+        why = f" — {'; '.join(self.reasons)}" if self.reasons else ""
+        return f"{parts[0]} — " + ", ".join(usage) + why
 
 
 def _tokens(n: int | None) -> str:
@@ -259,9 +268,18 @@ class Quota:
                     "spend_limit_micros": plan.spend_limit_micros,
                 }
             )
-        state, reasons = evaluate(plan, used + estimated_tokens, spent)
-        if estimated_tokens and state == "block" and evaluate(plan, used, spent)[0] != "block":
-            reasons.append(f"estimate of {estimated_tokens} tokens would exceed the limit")
+        state, reasons = evaluate(plan, used, spent)
+        if estimated_tokens:
+            with_estimate, _ = evaluate(plan, used + estimated_tokens, spent)
+            if with_estimate != state:  # the estimate alone moves the org to warn or block
+                assert plan.token_limit is not None  # only the token limit counts it
+                state = with_estimate
+                reasons.append(
+                    f"the estimate of {estimated_tokens:,} tokens would "
+                    + ("reach" if state == "block" else "near")
+                    + f" the token limit: {used:,} used + {estimated_tokens:,} estimated "
+                    f"of {plan.token_limit:,}"
+                )
         return QuotaDecision(
             org=org,
             state=state,

@@ -110,6 +110,7 @@ def test_plan_set_and_quota_check_exit_codes(cli_db):
         "$50",
         "--soft",
         "0.5",
+        *NOW_ARG,  # the plan's decision is recomputed at once, for the period of now
     )
     assert result.exit_code == 0
     assert "10,000 tokens" in result.output and "$50.000000" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -232,3 +233,52 @@ def test_redis_down_falls_back_to_mongo(db, settings, registry):
     decision = check_quota(counting, "acme", now=NOV, settings=down)
     assert (decision.state, decision.used_tokens) == ("warn", 9_000)
     assert counting.calls == {("billing_quota", "find_one"): 1}
+
+
+def test_quota_answers_say_which_limit_by_how_much_and_that_the_estimate_did_it(env_db):
+    from click.testing import CliRunner
+
+    from chores.cli import main
+
+    now = ["--now", "2026-11-25T12:00:00+00:00"]
+    env_db.tasks.insert_one(
+        {
+            "name": "ai",
+            "status": "SUCCESS",
+            "end_time": datetime(2026, 11, 20, tzinfo=UTC),
+            "context": {
+                "workspace_id": "acme",
+                "ai_model": "gpt-4o-mini",
+                "ai_tokens": 171_300,
+                "ai_prompt_tokens": 150_000,
+                "ai_completion_tokens": 21_300,
+            },
+        }
+    )
+    runner = CliRunner()
+    assert runner.invoke(main, ["run", "--org", "acme", *now]).exit_code == 0
+    # The plan applies at once: no run needed for the decision to follow it.
+    result = runner.invoke(main, ["plan", "set", "--org", "acme", "--token-limit", "1M", *now])
+    assert "acme: decision now ok" in result.output
+    result = runner.invoke(main, ["plan", "set", "--org", "acme", "--token-limit", "100K", *now])
+    assert "acme: decision now block" in result.output
+
+    runner.invoke(main, ["plan", "set", "--org", "acme", "--token-limit", "1M", *now])
+    refused = runner.invoke(
+        main, ["quota", "check", "--org", "acme", "--estimate", "2M", "--json", *now]
+    )
+    assert refused.exit_code == 3
+    reasons = json.loads(refused.output)["reasons"]
+    assert reasons == [
+        "the estimate of 2,000,000 tokens would reach the token limit: "
+        "171,300 used + 2,000,000 estimated of 1,000,000"
+    ]
+    line = runner.invoke(main, ["quota", "check", "--org", "acme", "--estimate", "2M", *now])
+    assert line.output.startswith("acme: block — 171.3K of 1M tokens (17%)")
+    assert "the estimate of 2,000,000 tokens would reach the token limit" in line.output
+
+    runner.invoke(main, ["plan", "set", "--org", "acme", "--token-limit", "100K", *now])
+    blocked = runner.invoke(main, ["quota", "check", "--org", "acme", "--json", *now])
+    assert json.loads(blocked.output)["reasons"] == [
+        "token limit reached: 171,300 tokens used of 100,000 tokens"
+    ]
