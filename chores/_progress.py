@@ -92,6 +92,8 @@ class Progress:
         for mark in self._c.dirty.find(query):
             pairs.add((mark["org"], mark["period"]))
             expires_at = mark.get("expires_at")
+            if not isinstance(expires_at, datetime) and isinstance(mark.get("at"), datetime):
+                expires_at = mark["at"] + OPEN_MARK_EXPIRY  # a mark written before expires_at
             expired = isinstance(expires_at, datetime) and as_utc(expires_at) < wall
             if not mark.get("open") or expired:
                 ids.append(mark["_id"])
