@@ -349,8 +349,15 @@ class Invoices:
         return Settled(written=sorted(written), orgs=orgs, marks=mark_ids)
 
     def _stale_drafts(self, org: str | None) -> set[tuple[str, str]]:
-        """Drafts priced with another registry than the current one."""
-        query: Doc = {"status": "draft", "registry": {"$ne": self._registry.fingerprint}}
+        """Drafts priced with another registry than the current one, or written before
+        drafts carried their build ticket and entry count (a finalize waits for those)."""
+        query: Doc = {
+            "status": "draft",
+            "$or": [
+                {"registry": {"$ne": self._registry.fingerprint}},
+                {"build_ticket": {"$exists": False}},
+            ],
+        }
         if org is not None:
             query["org"] = {"$eq": org}
         return {

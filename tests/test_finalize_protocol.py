@@ -375,3 +375,14 @@ def test_an_outside_caller_gets_finals_equal_to_the_last_drafts(tmp_path):
         assert (final["lines"], final["total_micros"]) == (draft["lines"], draft["total_micros"])
     exact = 1_234 * Decimal("0.37") + 411 * Decimal("1.9")  # µ$ per token = $ per 1M
     assert drafts["acme:2026-09"]["total_micros"] == int(exact.quantize(1, ROUND_HALF_UP))
+
+
+def test_a_draft_written_before_tickets_is_rebuilt_then_finalized(db, registry):
+    """A deployment upgraded mid-month: its drafts have no `entries` or `build_ticket`.
+    The next run rebuilds them, so the daily finalize can freeze them."""
+    seeded(db, registry)
+    db.billing_invoices.update_many({}, {"$unset": {"entries": "", "build_ticket": ""}})
+    assert finalize_invoices(db, now=OCT_5, settings=CONFIG) == []  # cannot tell: it waits
+    run_chore(db, now=OCT_5, registry=registry, settings=CONFIG)
+    assert finalize_invoices(db, now=OCT_5, settings=CONFIG) == ["acme:2026-09"]
+    assert_balanced(db, "acme", 1_000)
