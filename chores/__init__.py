@@ -7,6 +7,7 @@ Public API (SPEC §5)::
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 from pymongo.database import Database
@@ -19,6 +20,10 @@ from ._quota import Quota, QuotaDecision
 from ._report import RunReport
 from ._run import finalize_invoices, run_chore, validate_org
 from ._settings import Settings, get_settings
+
+# A library logs, the application shows: without a configured handler (the CLI) the
+# warnings are not dumped on stderr; Celery's handlers on the root logger still get them.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def check_quota(

@@ -7,6 +7,8 @@ without redacting its password.
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -226,3 +228,75 @@ def ensure_indexes(db: Database[Doc], settings: Settings, *, source: bool = Fals
         for short, models in source_indexes().items():
             created += db[names[short]].create_indexes(models)
     return created
+
+
+# What running without each source index costs, said where it is missing (run log, status).
+SOURCE_INDEX_COSTS = {
+    "chore_name_stamp": "every batch of changed runners is a collection scan of tasks",
+    "chore_org_name_stamp": "every --org run scans every org's AI runners in tasks",
+    "chore_spawn_runner": "every batch with subagents is a collection scan of findings",
+}
+APPLY_INDEXES_COMMAND = "chore db indexes --apply"
+
+
+@dataclass(frozen=True)
+class MissingIndex:
+    """A source index the server does not have (by key pattern, whatever its name)."""
+
+    collection: str
+    name: str
+    key: tuple[tuple[str, Any], ...]
+
+    @property
+    def cost(self) -> str:
+        return SOURCE_INDEX_COSTS.get(self.name, "every batch is a collection scan")
+
+    def describe(self) -> str:
+        fields = ", ".join(f"{field}: {direction}" for field, direction in self.key)
+        return f"{self.collection} {{{fields}}} ({self.name})"
+
+
+def _key_pattern(key: Any) -> tuple[tuple[str, Any], ...]:
+    items = key.items() if hasattr(key, "items") else key
+    return tuple((str(field), int(d) if isinstance(d, int | float) else d) for field, d in items)
+
+
+def missing_source_indexes(collections: Collections, settings: Settings) -> list[MissingIndex]:
+    """The source indexes the server lacks, from its own `index_information()` (one read-only
+    call per collection; nothing is created). An index counts when its key pattern is the
+    wanted one or begins with it, whatever its name (someone else may have created it)."""
+    sources = {
+        "tasks": (collections.tasks, settings.tasks_collection),
+        "findings": (collections.findings, settings.findings_collection),
+    }
+    missing: list[MissingIndex] = []
+    for short, models in source_indexes().items():
+        collection, name = sources[short]
+        have = [_key_pattern(info["key"]) for info in collection.index_information().values()]
+        for model in models:
+            want = _key_pattern(model.document["key"])
+            if not any(pattern[: len(want)] == want for pattern in have):
+                missing.append(MissingIndex(name, model.document["name"], want))
+    return missing
+
+
+# By client identity (clients compare equal by address: every mongomock one is "equal").
+_BILLING_INDEXED: dict[tuple[int, str, str], weakref.ReferenceType[Any]] = {}
+
+
+def ensure_billing_indexes(db: Database[Doc], settings: Settings) -> bool:
+    """Create the billing collections' indexes once per client and database in this process
+    (a run does it on its own; the source indexes are never created unasked). True when
+    it created them now. A stand-in that is not a Database (a test's wrapper) is skipped."""
+    if not isinstance(db, Database | mongomock.Database):
+        return False
+    client = db.client
+    key = (id(client), db.name, settings.billing_prefix)
+    known = _BILLING_INDEXED.get(key)
+    if known is not None and known() is client:
+        return False
+    ensure_indexes(db, settings)
+    # A client that cannot be weakly referenced gets them created on every run.
+    with contextlib.suppress(TypeError):
+        _BILLING_INDEXED[key] = weakref.ref(client)
+    return True

@@ -9,6 +9,7 @@ that dies anywhere is completed exactly by the next one.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import Counter
@@ -22,7 +23,13 @@ from pricing import Registry, load_registry
 
 from ._anomalies import AnomalyLog
 from ._clock import checked_now, grace_period
-from ._db import Collections, Doc
+from ._db import (
+    APPLY_INDEXES_COMMAND,
+    Collections,
+    Doc,
+    ensure_billing_indexes,
+    missing_source_indexes,
+)
 from ._exceptions import ConfigError
 from ._invoices import Finalizer, Invoices
 from ._ledger import Ledger, entry_document
@@ -32,6 +39,8 @@ from ._report import RunReport
 from ._settings import Settings, get_settings
 from ._source import Source, chunked
 from ._usage import AnomalyRecord, assess, is_subagent_context, runner_key
+
+log = logging.getLogger(__name__)
 
 
 def validate_org(org: object) -> str:
@@ -231,6 +240,9 @@ def run_chore(
         run_id=uuid.uuid4().hex, org=org, started_at=now, dry_run=dry_run, full_scan=full
     )
     try:
+        if not dry_run:
+            ensure_billing_indexes(db, settings)  # the chore's own collections: its own job
+        report.missing_indexes = _check_source_indexes(meter, settings)
         cursor = None if full else meter.progress.cursor(scope)
         since = None if cursor is None else cursor - settings.lookback_seconds
         horizon = now.timestamp() + settings.future_skew_seconds
@@ -275,6 +287,24 @@ def run_chore(
     report.duration_seconds = round(time.monotonic() - clock, 3)
     _record_run(meter, report, now, dry_run)
     return report
+
+
+def _check_source_indexes(meter: Meter, settings: Settings) -> list[str]:
+    """The source indexes the server lacks (never created here: the chore only reads the
+    platform's collections), each logged once with what it costs."""
+    try:
+        missing = missing_source_indexes(meter.collections, settings)
+    except Exception as exc:  # a role that may not list indexes: say so, meter anyway
+        log.warning("could not list the source indexes (%s): %s", type(exc).__name__, exc)
+        return []
+    for index in missing:
+        log.warning(
+            "source index missing: %s; %s (create it: %s)",
+            index.describe(),
+            index.cost,
+            APPLY_INDEXES_COMMAND,
+        )
+    return [index.describe() for index in missing]
 
 
 def _record_run(meter: Meter, report: RunReport, now: datetime, dry_run: bool) -> None:

@@ -1,0 +1,106 @@
+"""Issue 17 item 2: the source indexes are checked at start (never created unasked), the
+run report and `chore status` say which is missing and what it costs; the billing
+collections get their indexes on their own."""
+
+from __future__ import annotations
+
+import logging
+
+from click.testing import CliRunner
+from pymongo import ASCENDING
+
+from chores import Collections, ensure_indexes, get_settings, run_chore
+from chores._db import missing_source_indexes
+from chores._run import run_document
+from chores.cli import main
+
+from conftest import NOW
+
+ALL_THREE = {"chore_name_stamp", "chore_org_name_stamp", "chore_spawn_runner"}
+
+
+def missing_names(db, settings):
+    return {m.name for m in missing_source_indexes(Collections.of(db, settings), settings)}
+
+
+def test_without_source_indexes_the_run_says_so_and_creates_none(
+    db, settings, fixture_docs, caplog
+):
+    db.tasks.insert_many(fixture_docs["tasks"])
+    db.findings.insert_many(fixture_docs["findings"])
+    with caplog.at_level(logging.WARNING, logger="chores"):
+        report = run_chore(db, now=NOW, settings=settings)
+    assert len(report.missing_indexes) == 3
+    assert any("extra_data.runner_id" in m for m in report.missing_indexes)
+    assert any("name: 1, last_updated_db: 1" in m for m in report.missing_indexes)
+    (stored,) = list(db.billing_runs.find())
+    assert stored["missing_indexes"] == report.missing_indexes
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3
+    assert all("collection scan" in w or "scans" in w for w in warnings)
+    assert all("chore db indexes --apply" in w for w in warnings)
+    # read-only on the platform's collections: nothing was created there
+    assert list(db.tasks.index_information()) == ["_id_"]
+    assert list(db.findings.index_information()) == ["_id_"]
+    # the chore's own collections got theirs
+    assert "runner_seq" in db.billing_ledger.index_information()
+    assert "org_period" in db.billing_invoices.index_information()
+
+
+def test_creating_them_clears_it(db, settings, fixture_docs):
+    db.tasks.insert_many(fixture_docs["tasks"])
+    assert missing_names(db, settings) == ALL_THREE
+    ensure_indexes(db, settings, source=True)
+    assert missing_names(db, settings) == set()
+    report = run_chore(db, now=NOW, settings=settings)
+    assert report.missing_indexes == []
+    assert run_document(report)["missing_indexes"] == []
+
+
+def test_compared_by_key_pattern_not_by_name(db, settings):
+    db.tasks.create_index([("name", ASCENDING), ("last_updated_db", ASCENDING)], name="theirs")
+    # a longer compound index serves the same queries: its key begins with ours
+    db.findings.create_index(
+        [("extra_data.runner_id", ASCENDING), ("_id", ASCENDING)], name="dba_made_this"
+    )
+    # same fields, other order: does not count
+    db.tasks.create_index(
+        [("last_updated_db", ASCENDING), ("name", ASCENDING), ("context.workspace_id", 1)],
+        name="wrong_order",
+    )
+    assert missing_names(db, settings) == {"chore_org_name_stamp"}
+
+
+def test_dry_run_checks_but_creates_nothing(db, settings):
+    report = run_chore(db, now=NOW, settings=settings, dry_run=True)
+    assert len(report.missing_indexes) == 3
+    assert [n for n in db.list_collection_names() if n.startswith("billing_")] == []
+
+
+def test_status_says_which_is_missing_its_cost_and_the_command(env_db, fixture_docs):
+    env_db.tasks.insert_many(fixture_docs["tasks"])
+    result = CliRunner().invoke(main, ["status"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "Source indexes MISSING" in text
+    for name in ALL_THREE:
+        assert name in text
+    assert "collection scan of tasks" in text and "collection scan of findings" in text
+    assert "chore db indexes --apply" in text
+    assert list(env_db.tasks.index_information()) == ["_id_"]  # status created nothing
+
+    applied = CliRunner().invoke(main, ["db", "indexes", "--apply"], catch_exceptions=False)
+    assert applied.exit_code == 0
+    after = CliRunner().invoke(main, ["status"], catch_exceptions=False)
+    assert "Source indexes: all present" in after.stdout
+    assert "MISSING" not in after.stdout
+
+
+def test_run_table_warns_on_stderr_json_carries_the_list(env_db, fixture_docs):
+    env_db.tasks.insert_many(fixture_docs["tasks"])
+    result = CliRunner().invoke(main, ["run", "--all", "--now", NOW.isoformat()])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("warning: source index missing") == 3
+    ensure_indexes(env_db, get_settings(), source=True)
+    again = CliRunner().invoke(main, ["run", "--all", "--now", NOW.isoformat()])
+    assert "source index missing" not in again.stderr
