@@ -95,7 +95,13 @@ now_option = click.option(
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ai-billing-chore")
 def main() -> None:
-    """Meter AI-token usage of scan runners into invoices and quota decisions."""
+    """Meter AI-token usage of scan runners into invoices and quota decisions.
+
+    Settings come from environment variables or .env: MONGO_URL, MONGO_DB and the
+    others in the README. MONGO_URL=mongomock://NAME is an in-process store that keeps
+    nothing after each command (each one says so on stderr); `chore demo` needs no
+    server and explains itself.
+    """
 
 
 # run ---------------------------------------------------------------------------
@@ -392,6 +398,11 @@ def demo(seed: int) -> None:
     from ._demo import run_demo
 
     run_demo(console(), seed=seed)
+    click.echo(
+        "note: the demo ran on its own in-process mongomock, whatever MONGO_URL says: "
+        "nothing is kept after this command",
+        err=True,
+    )
 
 
 from . import _cli_quota, _cli_reconcile, _cli_usage  # noqa: E402,F401  (register more commands)
@@ -430,3 +441,51 @@ def _status_with_indexes(command: click.Command) -> None:
 
 
 _status_with_indexes(main.commands["status"])
+
+
+# ephemeral store ---------------------------------------------------------------------
+EPHEMERAL_NOTE = "note: {url} is an in-process store: nothing is kept after this command"
+MACHINE_OUTPUT = ("as_json", "as_csv", "quiet")  # flags after which a script reads the output
+NO_STORE = frozenset({"demo", "registry"})  # its own store / never opens MONGO_URL
+
+
+def ephemeral_note() -> str | None:
+    """The line a command on a `mongomock://` store ends with, else None."""
+    try:
+        settings = get_settings()
+    except Exception:  # a bad setting is the command's own error to report
+        return None
+    if not settings.mongo_url.startswith("mongomock://"):
+        return None
+    return EPHEMERAL_NOTE.format(url=settings.safe_mongo_url)
+
+
+def _note_ephemeral_store(command: click.Command) -> None:
+    # After success only: an error stays the one line on stderr. Machine output (--json,
+    # --csv, --quiet) gets no note at all, so a script sees exactly what it asked for.
+    inner = command.callback
+    assert inner is not None
+
+    @functools.wraps(inner)
+    def callback(*args: Any, **kwargs: Any) -> Any:
+        result = inner(*args, **kwargs)
+        if not any(kwargs.get(flag) for flag in MACHINE_OUTPUT):
+            note = ephemeral_note()
+            if note is not None:
+                click.echo(note, err=True)
+        return result
+
+    command.callback = callback
+
+
+def _note_every_store_command(group: click.Group) -> None:
+    for name, command in group.commands.items():
+        if name in NO_STORE:
+            continue
+        if isinstance(command, click.Group):
+            _note_every_store_command(command)
+        else:
+            _note_ephemeral_store(command)
+
+
+_note_every_store_command(main)
