@@ -7,9 +7,10 @@ import sys
 from datetime import UTC, datetime
 
 import click
+from rich.console import Console
 from rich.table import Table
 
-from ._db import Collections, connect
+from ._db import APPLY_INDEXES_COMMAND, Collections, connect, missing_source_indexes
 from ._money import parse_usd, usd
 from ._periods import as_utc
 from ._quota import plan_of
@@ -205,3 +206,20 @@ def status(limit: int) -> None:
     out = console()
     out.print(runs)
     out.print(lag)
+    print_source_indexes(out, c)
+
+
+def print_source_indexes(out: Console, c: Collections) -> None:
+    """What `chore status` adds: the source indexes the server lacks, what each costs and
+    the command that creates them (read-only: `index_information()`, nothing created)."""
+    missing = missing_source_indexes(c, get_settings())
+    if not missing:
+        out.print("Source indexes: all present")
+        return
+    table = Table(title="Source indexes MISSING", title_justify="left")
+    for column in ("index", "cost without it"):
+        table.add_column(column)
+    for index in missing:
+        table.add_row(index.describe(), index.cost)
+    out.print(table)
+    out.print(f"  create them (needs a role that may create indexes): {APPLY_INDEXES_COMMAND}")

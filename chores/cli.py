@@ -30,7 +30,6 @@ from ._db import (
     Collections,
     connect,
     ensure_indexes,
-    missing_source_indexes,
 )
 from ._exceptions import ChoreError, InvoiceNotFound
 from ._invoices import Invoice
@@ -406,42 +405,6 @@ def demo(seed: int) -> None:
 
 
 from . import _cli_quota, _cli_reconcile, _cli_usage  # noqa: E402,F401  (register more commands)
-
-
-def print_source_indexes(out: Console) -> None:
-    """What `chore status` adds: the source indexes the server lacks, what each costs and
-    the command that creates them (read-only: `index_information()`, nothing created)."""
-    settings = get_settings()
-    missing = missing_source_indexes(Collections.of(connect(settings), settings), settings)
-    if not missing:
-        out.print("Source indexes: all present")
-        return
-    table = Table(title="Source indexes MISSING", title_justify="left")
-    for column in ("index", "cost without it"):
-        table.add_column(column)
-    for index in missing:
-        table.add_row(index.describe(), index.cost)
-    out.print(table)
-    out.print(f"  create them (needs a role that may create indexes): {APPLY_INDEXES_COMMAND}")
-
-
-def _status_with_indexes(command: click.Command) -> None:
-    # `status` lives in _cli_quota.py; its tables are followed by the source index check.
-    shown = command.callback
-    assert shown is not None
-
-    @functools.wraps(shown)
-    @user_errors
-    def callback(*args: Any, **kwargs: Any) -> Any:
-        result = shown(*args, **kwargs)
-        print_source_indexes(console())
-        return result
-
-    command.callback = callback
-
-
-_status_with_indexes(main.commands["status"])
-
 
 # ephemeral store ---------------------------------------------------------------------
 EPHEMERAL_NOTE = "note: {url} is an in-process store: nothing is kept after this command"
