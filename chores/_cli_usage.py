@@ -40,6 +40,7 @@ from ._money import usd
 from ._period_ledger import read_period
 from ._periods import period_bounds, period_of
 from ._settings import get_settings
+from ._wording import counted
 from .cli import console, main, now_option, parse_now, user_errors
 
 RUN_FIELDS = ("model", "session_id", "parent_id", "subagent", "status")
@@ -296,8 +297,8 @@ def report(
         invoice = data.allocation.invoice
         click.echo(
             f"wrote {out}: invoice {invoice.id} ({invoice.status}), total "
-            f"{usd(invoice.total_micros)}, {invoice.runs} runs, "
-            f"{len(data.anomalies)} open anomalies"
+            f"{usd(invoice.total_micros)}, {counted(invoice.runs, 'run')}, "
+            f"{counted(len(data.anomalies), 'open anomaly')}"
         )
 
 

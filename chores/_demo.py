@@ -16,6 +16,7 @@ from ._invoices import Invoice
 from ._periods import period_of
 from ._run import finalize_invoices, run_chore
 from ._settings import Settings
+from ._wording import counted, tally
 
 DEMO_ORGS = ("acme", "globex", "initech")
 
@@ -48,8 +49,8 @@ def run_demo(out: Console, *, seed: int = 7, now: datetime | None = None) -> Non
 
     report = run_chore(db, now=now, registry=registry, settings=settings)
     out.print(
-        f"[bold]Metered[/]: {report.docs_read} AI runner documents read, "
-        f"{report.tokens_billed:,} tokens billed, anomalies {report.anomalies or 'none'}"
+        f"[bold]Metered[/]: {counted(report.docs_read, 'AI runner document')} read, "
+        f"{counted(report.tokens_billed, 'token')} billed, anomalies: {tally(report.anomalies)}"
     )
     rerun = run_chore(db, now=now, registry=registry, settings=settings)
     out.print(

@@ -37,6 +37,7 @@ from ._lines import InvoiceLine
 from ._money import usd
 from ._periods import period_bounds, period_of
 from ._settings import Settings, get_settings, redact_url
+from ._wording import counted
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_REFUSED = 3
@@ -183,8 +184,10 @@ def run(
             err=True,
         )
     out.print(
-        f"{report.docs_read} documents read, {report.tokens_billed:,} tokens billed, "
-        f"{sum(report.anomalies.values())} anomalies, {len(report.invoices)} invoices updated"
+        f"{counted(report.docs_read, 'document')} read, "
+        f"{counted(report.tokens_billed, 'token')} billed, "
+        f"{counted(sum(report.anomalies.values()), 'anomaly')}, "
+        f"{counted(len(report.invoices), 'invoice')} updated"
     )
 
 
@@ -271,7 +274,7 @@ def print_invoice(out: Console, inv: Invoice) -> None:
         )
     out.print(table)
     out.print(
-        f"  total {usd(inv.total_micros)} USD · {inv.runs} runs · "
+        f"  total {usd(inv.total_micros)} USD · {counted(inv.runs, 'run')} · "
         f"{inv.unpriced_tokens:,} unpriced tokens"
     )
 
@@ -290,7 +293,9 @@ def finalize(org: str | None, grace_days: float | None, now_text: str | None) ->
     done = finalize_invoices(
         connect(settings), now=parse_now(now_text), grace=grace_days, org=org, settings=settings
     )
-    click.echo(f"finalized {len(done)} invoice(s)" + (": " + ", ".join(done) if done else ""))
+    click.echo(
+        f"finalized {counted(len(done), 'invoice')}" + (": " + ", ".join(done) if done else "")
+    )
 
 
 # registry ------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def test_finalize_makes_past_periods_final(cli_db):
     invoke("run", "--all", *NOW_ARG)
     result = invoke("finalize", "--now", "2026-12-04T00:00:00+00:00")
     assert result.exit_code == 0
-    assert "finalized 2 invoice(s)" in result.output
+    assert "finalized 2 invoices" in result.output
     assert {i["status"] for i in cli_db.billing_invoices.find()} == {"final"}
 
 
@@ -271,3 +271,13 @@ def test_dash_h_is_help():
     assert invoke("-h").output == invoke("--help").output
     assert invoke("run", "-h").output == invoke("run", "--help").output
     assert "--org" in invoke("run", "-h").output
+
+
+def test_counts_read_as_words_with_separators_and_plurals():
+    from chores._wording import counted, tally
+
+    assert counted(1, "run") == "1 run" and counted(2, "run") == "2 runs"
+    assert counted(7929, "document") == "7,929 documents"
+    assert counted(1, "anomaly") == "1 anomaly" and counted(3, "anomaly") == "3 anomalies"
+    assert tally({"no_org": 1, "malformed_counters": 3}) == "malformed_counters 3, no_org 1"
+    assert tally({}) == "none"
