@@ -743,24 +743,7 @@ def test_every_interleaving_of_a_pair_keeps_the_invariants(
         for k, call in enumerate(calls, start=1)
         for mode in modes(call)
     ]
-    failing = [o for o in outcomes if o.violations]
-    tally.explored[pair.id] = len(outcomes)
-    tally.failing[pair.id] = len(failing)
-    record_property("interleavings", len(outcomes))
-    record_property("failing", len(failing))
-    lines = _report(failing)
-    print(
-        f"\n{pair.id}: {len(outcomes)} interleavings ({len(calls)} calls), {len(failing)} failing"
-    )
-    for line in lines:
-        print("  " + line)
-    if os.environ.get("EXPLORER_DUMP"):
-        with open(os.environ["EXPLORER_DUMP"], "a") as out:
-            out.writelines(line + "\n" for line in lines)
-    assert not failing, (
-        f"{len(failing)} of {len(outcomes)} interleavings of {pair.id} break an invariant "
-        f"(pytest -s lists them all):\n" + summary(failing)
-    )
+    _record(pair.id, outcomes, f"{len(calls)} calls", tally, record_property)
 
 
 # -- a generated month -----------------------------------------------------------------
@@ -827,22 +810,32 @@ def test_a_generated_month_keeps_the_invariants_with_a_finalize_paused_at_its_st
     outcomes = [
         interleave(scenario, pair, mode, k, call) for k, call in points for mode in modes(call)
     ]
+    _record(
+        pair.id, outcomes, f"{len(points)} points of {len(calls)} calls", tally, record_property
+    )
+
+
+def _record(
+    pair_id: str,
+    outcomes: list[Any],
+    explored: str,
+    tally: Any,
+    record_property: Any,
+) -> None:
+    """Count, print and assert the outcomes of one pair's interleavings."""
     failing = [o for o in outcomes if o.violations]
-    tally.explored[pair.id] = len(outcomes)
-    tally.failing[pair.id] = len(failing)
+    tally.explored[pair_id] = len(outcomes)
+    tally.failing[pair_id] = len(failing)
     record_property("interleavings", len(outcomes))
     record_property("failing", len(failing))
     lines = _report(failing)
-    print(
-        f"\n{pair.id}: {len(outcomes)} interleavings ({len(points)} points of "
-        f"{len(calls)} calls), {len(failing)} failing"
-    )
+    print(f"\n{pair_id}: {len(outcomes)} interleavings ({explored}), {len(failing)} failing")
     for line in lines:
         print("  " + line)
     if os.environ.get("EXPLORER_DUMP"):
         with open(os.environ["EXPLORER_DUMP"], "a") as out:
             out.writelines(line + "\n" for line in lines)
     assert not failing, (
-        f"{len(failing)} of {len(outcomes)} interleavings of {pair.id} break an invariant "
+        f"{len(failing)} of {len(outcomes)} interleavings of {pair_id} break an invariant "
         f"(pytest -s lists them all):\n" + summary(failing)
     )
