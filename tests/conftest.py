@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,8 @@ def _redis_answers(url: str) -> bool:
 
 @pytest.fixture(scope="session")
 def redis_base_url() -> Any:
-    """A real Redis: the machine's on 127.0.0.1:6379, else a `redis-server` started here.
+    """A real Redis: `TEST_REDIS_URL` if set (two suites run side by side each use their
+    own), else the machine's on 127.0.0.1:6379, else a `redis-server` started here.
 
     Never skips: with no Redis and no redis-server the tests that need it fail.
     """
@@ -99,7 +101,7 @@ def redis_base_url() -> Any:
     import subprocess
     import time
 
-    url = "redis://127.0.0.1:6379"
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
     if _redis_answers(url):
         yield url
         return
