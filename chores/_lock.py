@@ -1,15 +1,16 @@
-"""One org metered by one worker at a time: a Redis lock per org, owned by a random token.
+"""One org metered by one worker at a time: redis-py's `redis.lock.Lock` per org.
 
 The lock saves work; it is not what makes billing correct. Two runs of one org
 still bill exactly once, because ledger entry ids are unique (`_ledger`). So:
 
-- its TTL only has to outlive a run: it is set above the task's hard time limit,
-  after which the run is dead anyway, so a crashed worker never blocks an org
-  for longer than the TTL;
-- a task holds it under its task id, so the same message redelivered after its
+- it is taken without waiting (`blocking=False`): a second run of a locked org skips;
+- its TTL (`LOCK_TTL_SECONDS`) is above the task's hard time limit, and a run renews it
+  after every batch (`renew`), so a run making progress keeps it however long it lasts,
+  while a crashed worker never blocks an org for longer than the TTL;
+- a task holds it under its task id as token, so the same message redelivered after its
   process died (OOM killer, SIGKILL) takes it over at once; another message waits;
-- it is released only by its owner (compare-and-delete on the token), so a run
-  that outlived its lock cannot delete the lock of the run that took over;
+- it is released only by its owner (redis-py's compare-and-delete on the token), so a
+  run that outlived its lock cannot delete the lock of the run that took over;
 - a Redis outage means metering without it (the caller decides), never not metering.
 """
 
@@ -18,31 +19,12 @@ from __future__ import annotations
 import uuid
 
 import redis
+from redis.exceptions import LockError, LockNotOwnedError
+from redis.lock import Lock
 
 from ._redis import redis_client
 
 KEY_PREFIX = "billing:lock:meter:"
-
-# Take the key if it is free, or if it already holds our token (the same message,
-# redelivered after the process running it died): one atomic step.
-_ACQUIRE = """
-if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return 1
-end
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    redis.call('pexpire', KEYS[1], ARGV[2])
-    return 1
-end
-return 0
-"""
-
-# Delete the key only if it still holds our token: GET and DEL in one atomic step.
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('del', KEYS[1])
-end
-return 0
-"""
 
 
 def lock_client(url: str) -> redis.Redis:
@@ -61,14 +43,43 @@ class OrgLock:
         # was killed mid-run) takes over the dead run's lock instead of waiting out its TTL.
         self.token = token or uuid.uuid4().hex
         self._client = client
-        self._ttl_ms = max(1, int(ttl_seconds * 1000))
+        # Not thread-local: the token belongs to this object, whichever thread renews it.
+        self._lock = Lock(
+            client, self.key, timeout=max(0.001, ttl_seconds), blocking=False, thread_local=False
+        )
 
     def acquire(self) -> bool:
         """Take the lock if it is free or already ours (same token), without waiting.
         A `RedisError` propagates."""
-        return bool(self._client.eval(_ACQUIRE, 1, self.key, self.token, self._ttl_ms))
+        for _ in range(3):  # a lock that expires between our two steps: try again
+            if self._lock.acquire(blocking=False, token=self.token):
+                return True
+            if self._client.get(self.key) != self.token.encode():
+                return False  # another run's
+            # Ours: the same message, redelivered after its process died. Adopt it.
+            self._lock.local.token = self.token.encode()
+            try:
+                return bool(self._lock.reacquire())
+            except LockNotOwnedError:  # expired (or taken) since the read
+                self._lock.local.token = None
+        return False
+
+    def renew(self) -> bool:
+        """Reset the lock's TTL to the full `ttl_seconds`: a run that makes progress keeps
+        it. False when this caller no longer owns it (expired, maybe taken by another run).
+        A `RedisError` propagates."""
+        try:
+            return bool(self._lock.reacquire())
+        except LockNotOwnedError:
+            return False
+        except LockError:  # never acquired here
+            return False
 
     def release(self) -> bool:
         """Delete the lock if this caller still owns it; False when it had expired
         (and maybe been taken by another run). A `RedisError` propagates."""
-        return bool(self._client.eval(_RELEASE, 1, self.key, self.token))
+        try:
+            self._lock.release()
+        except LockError:  # LockNotOwnedError included: not ours (any more)
+            return False
+        return True

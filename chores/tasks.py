@@ -242,7 +242,8 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
         lock = None
     try:
         db = get_db()
-        report = _run.run_chore(db, org=org, settings=settings, full=full)
+        keep = _KeepLock(lock, org)  # after every batch: a run making progress keeps its lock
+        report = _run.run_chore(db, org=org, settings=settings, full=full, on_batch=keep)
         due_marks(db, settings).delete_one({"_id": org, "listed_at": {"$lte": started}})
     except BaseException as exc:
         outcome = "cut" if isinstance(exc, SoftTimeLimitExceeded) else "error"
@@ -302,6 +303,37 @@ def finalize_invoices() -> list[str]:
         f": {short_list(finalized)}" if finalized else "",
     )
     return finalized
+
+
+class _KeepLock:
+    """A run's `on_batch`: renews the org's lock to its full TTL after every batch, so a run
+    that makes progress keeps its lock however long it lasts. A failed renewal is logged,
+    once, and never fatal: the run goes on (the ledger keeps billing exact), without
+    renewing again (a dead Redis must not cost a timeout per batch)."""
+
+    def __init__(self, lock: OrgLock | None, org: str):
+        self.lock = lock
+        self.org = org
+
+    def __call__(self, docs: int) -> None:
+        if self.lock is None:
+            return
+        try:
+            if self.lock.renew():
+                return
+            log.warning(
+                "lock of org %s lost mid-run (expired or taken over): the run goes on,"
+                " the ledger keeps billing exact",
+                self.org,
+            )
+        except RedisError as exc:
+            log.warning(
+                "could not renew the lock of org %s (%s): the run goes on, its lock expires"
+                " after LOCK_TTL_SECONDS",
+                self.org,
+                type(exc).__name__,
+            )
+        self.lock = None
 
 
 def _release(lock: OrgLock, org: str) -> None:

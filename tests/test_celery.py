@@ -137,6 +137,9 @@ def service(redis_urls: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Sett
         celery_result_backend=redis_urls["results"],
     )
     app.conf.update(celery_config(settings), worker_hijack_root_logger=False)
+    # The result backend is built once per thread on first use: a test file that used the
+    # app before (without a backend) must not leave it to these tests.
+    monkeypatch.delattr(app._local, "backend", raising=False)
     monkeypatch.setattr(tasks, "get_settings", lambda: settings)
     # An embedded worker stops before its last acks are sent, and kombu then puts those
     # messages back: start every test from an empty queue, results and locks.

@@ -1,4 +1,5 @@
-"""The per-org Redis lock: one owner, a TTL, owner-only release; it saves work, billing
+"""The per-org Redis lock (redis-py's Lock): one owner, a TTL renewed by a run that makes
+progress, takeover by the same task id, owner-only release; it saves work, billing
 stays exact without it. Uses Redis DB 14 (flushed before and after each test)."""
 
 from __future__ import annotations
@@ -57,6 +58,38 @@ def test_an_expired_lock_is_free_and_its_late_owner_cannot_release_the_next_one(
 
     assert slow.release() is False
     assert client.get(KEY_PREFIX + "acme") == nxt.token.encode()
+
+
+def test_the_same_token_takes_a_held_lock_over_at_once_and_another_still_waits(client):
+    """A message redelivered after its process died holds the dead run's lock under its own
+    task id: it takes it over (TTL reset), any other message of the org still skips."""
+    dead = OrgLock(client, "acme", ttl_seconds=30, token="task-1")
+    assert dead.acquire()
+    client.pexpire(KEY_PREFIX + "acme", 500)  # the dead run's lock, near its end
+
+    again = OrgLock(client, "acme", ttl_seconds=30, token="task-1")
+    other = OrgLock(client, "acme", ttl_seconds=30, token="task-2")
+    assert other.acquire() is False
+    assert again.acquire() is True
+    assert client.pttl(KEY_PREFIX + "acme") > 29_000  # reacquired: the full TTL again
+    assert other.acquire() is False and other.release() is False
+    assert again.release() is True
+    assert client.exists(KEY_PREFIX + "acme") == 0
+
+
+def test_renew_keeps_the_lock_past_its_ttl_and_fails_once_it_is_lost(client):
+    mine = OrgLock(client, "acme", ttl_seconds=0.3)
+    assert mine.renew() is False  # not acquired: nothing to renew
+    assert mine.acquire()
+    for _ in range(4):  # 0.6 s in all, twice the TTL
+        time.sleep(0.15)
+        assert mine.renew() is True
+    assert client.get(KEY_PREFIX + "acme") == mine.token.encode()
+
+    client.set(KEY_PREFIX + "acme", "the-next-run", px=30_000)  # expired and taken meanwhile
+    assert mine.renew() is False
+    assert mine.release() is False
+    assert client.get(KEY_PREFIX + "acme") == b"the-next-run"  # left alone
 
 
 def test_org_ids_are_only_data_in_the_key(client):
@@ -124,6 +157,77 @@ def test_the_lock_is_released_after_a_run_and_after_a_failure(
     with pytest.raises(RuntimeError):
         tasks.meter_org.apply(("ws-acme",)).get()
     assert client.keys(KEY_PREFIX + "*") == []
+
+
+def test_a_run_longer_than_the_lock_ttl_keeps_its_lock_by_renewing_it_after_every_batch(
+    client, lock_url, monkeypatch, fixture_docs
+):
+    """TTL 1 s, a run of 0.6 s per batch lasting over twice the TTL: the lock is held under
+    the task id at every database call of the run, and released at its end."""
+    reference = seeded(fixture_docs)
+    run_chore(reference, org="ws-acme", settings=Settings(mongo_url="mongomock://r"))
+    settings = Settings(
+        mongo_url="mongomock://lock", redis_url=lock_url, batch_size=1, lock_ttl_seconds=1
+    )
+    db = seeded(fixture_docs)
+    batches = [0]
+    holders: list[tuple[float, bytes | None]] = []  # (when, who holds the lock) at each call
+    started = time.monotonic()
+
+    def slow_batch(collection: str, method: str) -> None:
+        holders.append((time.monotonic() - started, client.get(KEY_PREFIX + "ws-acme")))
+        if collection == "billing_ledger" and method == "find":  # a batch begins
+            batches[0] += 1
+            time.sleep(0.6)
+
+    use(monkeypatch, settings, DatabaseProxy(db, slow_batch))
+    result = tasks.meter_org.apply(("ws-acme",), task_id="run-1").get()
+
+    assert batches[0] >= 4 and holders[-1][0] > 2 * settings.lock_ttl_seconds
+    assert {holder for _, holder in holders} == {b"run-1"}  # never expired under the run
+    assert result["locked"] is False
+    assert client.exists(KEY_PREFIX + "ws-acme") == 0  # released at its end
+    assert ledger(db) == ledger(reference) and invoice_totals(db) == invoice_totals(reference)
+
+
+def test_a_failed_renewal_is_logged_once_and_the_run_goes_on(
+    client, lock_url, monkeypatch, fixture_docs, caplog
+):
+    reference = seeded(fixture_docs)
+    run_chore(reference, org="ws-acme", settings=Settings(mongo_url="mongomock://r"))
+    settings = Settings(mongo_url="mongomock://lock", redis_url=lock_url, batch_size=1)
+    db = seeded(fixture_docs)
+
+    # Taken over mid-run (it expired meanwhile): the run finishes, leaves the new lock alone.
+    def steal(collection: str, method: str) -> None:
+        if collection == "billing_ledger" and method == "find":
+            client.set(KEY_PREFIX + "ws-acme", "another-run", px=30_000)
+
+    use(monkeypatch, settings, DatabaseProxy(db, steal))
+    with caplog.at_level(logging.WARNING, logger="chores.tasks"):
+        result = tasks.meter_org.apply(("ws-acme",)).get()
+    assert result["locked"] is False and ledger(db) == ledger(reference)
+    assert caplog.text.count("lock of org ws-acme lost mid-run") == 1
+    assert client.get(KEY_PREFIX + "ws-acme") == b"another-run"
+
+    # Redis failing at renewal: logged once, not retried at every batch, the run bills.
+    client.delete(KEY_PREFIX + "ws-acme")
+    caplog.clear()
+    db = seeded(fixture_docs)
+    use(monkeypatch, settings, db)
+    renewals: list[int] = []
+
+    def broken_renew(self: OrgLock) -> bool:
+        renewals.append(1)
+        raise redis.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(OrgLock, "renew", broken_renew)
+    with caplog.at_level(logging.WARNING, logger="chores.tasks"):
+        result = tasks.meter_org.apply(("ws-acme",)).get()
+    assert result["locked"] is False and ledger(db) == ledger(reference)
+    assert invoice_totals(db) == invoice_totals(reference)
+    assert renewals == [1]
+    assert "could not renew the lock of org ws-acme (ConnectionError)" in caplog.text
 
 
 def test_without_redis_the_run_goes_ahead_unlocked_and_says_so(monkeypatch, fixture_docs, caplog):
