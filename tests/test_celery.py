@@ -30,6 +30,7 @@ import celery.contrib.testing.tasks  # noqa: F401  (registers celery.ping for st
 import mongomock
 import pytest
 import redis
+from bson import json_util
 from celery import beat
 from celery.app.defaults import DEFAULTS
 from celery.contrib.testing.worker import start_worker
@@ -485,6 +486,93 @@ def test_a_pool_process_killed_mid_run_has_its_message_redelivered_and_it_bills_
     assert ledger(source.db) == ledger(reference, "acme")
     assert sum(ledger(source.db).values()) == sum(ledger(reference, "acme").values())
     assert invoices(source.db) == invoices(reference, "acme")
+
+
+def restored(path: Any) -> Any:
+    """A mongomock database holding what a worker process wrote (`worker_process.py`)."""
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    for name, docs in json_util.loads(path.read_text()).items():
+        if docs:
+            db[name].insert_many(docs)
+    return db
+
+
+@pytest.mark.parametrize("grace", [60.0, 0.5], ids=["run-ends-in-grace", "grace-too-short"])
+def test_a_worker_sigtermed_mid_run_finishes_it_or_has_it_redelivered_and_it_bills_once(
+    service, reference, monkeypatch, tmp_path, pinned_wall_clock, grace
+):
+    """`docker stop`: SIGTERM to the worker's main process while a run is under way, then
+    SIGKILL of the whole worker once the grace period is over. With a grace longer than
+    the run, the run finishes (warm shutdown) and the worker exits by itself; with a
+    grace too short, the message of the killed run is redelivered. Either way, the
+    message queued behind it stays in Redis, and both orgs are billed exactly once."""
+    seed, dump, log = tmp_path / "seed.json", tmp_path / "dump.json", tmp_path / "worker.log"
+    db = seeded()
+    source_docs = {"tasks": [*db.tasks.find()], "findings": [*db.findings.find()]}
+    seed.write_text(json_util.dumps(source_docs))
+    first = tasks.meter_org.delay("acme")
+    second = tasks.meter_org.delay("globex")  # queued behind it, not started
+    locks = lock_client(str(service.redis_url))
+    broker = redis.Redis.from_url(service.celery_broker_url)
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": service.celery_broker_url,
+        "CELERY_RESULT_BACKEND": str(service.celery_result_backend),
+        "REDIS_URL": str(service.redis_url),
+        "MONGO_URL": "mongomock://sigterm",  # replaced by the seeded one (worker_process.py)
+        "BATCH_SIZE": str(service.batch_size),
+    }
+    helper = os.path.join(os.path.dirname(__file__), "worker_process.py")
+    command = [sys.executable, helper, str(seed), str(dump), "0.3", pinned_wall_clock.isoformat()]
+    with open(log, "w") as out:
+        worker = subprocess.Popen(
+            command, env=env, cwd=tmp_path, stdout=out, stderr=out, start_new_session=True
+        )
+    try:
+        wait_for(lambda: locks.get(KEY_PREFIX + "acme") == first.id.encode(), 60)  # mid-run
+        os.kill(worker.pid, signal.SIGTERM)  # the main process only, as docker stop does
+        try:
+            code: int | None = worker.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            code = None  # the grace period is over: docker kills the whole container
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    text = log.read_text()
+    queued = broker.lrange("celery", 0, -1)
+    assert any(second.id.encode() in m for m in queued)  # never started, still queued
+
+    if grace > 5:  # the run ended within the grace period, then the worker exited cleanly
+        assert code == 0, text
+        warm = text.index("Warm shutdown")
+        assert warm < text.index("run org=acme outcome=ok")  # the run ended after SIGTERM
+        assert first.get(timeout=5)["locked"] is False
+        assert not any(first.id.encode() in m for m in queued)  # done, not run again
+        assert first.id.encode() not in b"".join(broker.hvals("unacked"))
+        assert locks.exists(KEY_PREFIX + "acme") == 0  # released
+        db = restored(dump)
+        assert db.billing_runs.count_documents({"org": "acme", "error": None}) == 1
+    else:  # killed mid-run: its message was never acknowledged, Redis hands it out again
+        assert code is None and "run org=acme outcome=ok" not in text
+        assert not first.ready()
+        assert first.id.encode() in b"".join(broker.hvals("unacked"))
+        fast = {
+            "visibility_timeout": 1,
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
+        }
+        monkeypatch.setitem(app.conf, "broker_transport_options", fast)
+        db = seeded()  # nothing of the killed run was kept (a real MongoDB may hold part)
+    proxy = DatabaseProxy(db, serialize=True)
+    monkeypatch.setattr(tasks, "get_db", lambda: proxy)
+    with start_worker(app, pool="threads", concurrency=1, shutdown_timeout=30):
+        assert second.get(timeout=30)["locked"] is False
+        assert first.get(timeout=30)["locked"] is False  # the same run's lock: taken over
+
+    both = {**ledger(reference, "acme"), **ledger(reference, "globex")}
+    assert ledger(db) == both != {}
+    assert invoices(db) == {**invoices(reference, "acme"), **invoices(reference, "globex")}
 
 
 # without a worker: the task bodies, applied in-process -------------------------------
