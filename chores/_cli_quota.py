@@ -8,14 +8,15 @@ from datetime import UTC, datetime
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
+from . import _cli_tables as tables
 from ._db import APPLY_INDEXES_COMMAND, Collections, connect, missing_source_indexes
 from ._money import parse_usd, usd
 from ._periods import as_utc
 from ._quota import plan_of
 from ._settings import Plan, get_settings
-from .cli import EXIT_REFUSED, console, main, parse_now, user_errors
+from .cli import EXIT_REFUSED, console, main, now_option, parse_now, user_errors
 
 _SUFFIXES = {"": 1, "K": 1_000, "M": 1_000_000, "B": 1_000_000_000}
 
@@ -70,12 +71,12 @@ def quota() -> None:
 
 
 @quota.command("check")
-@click.option("--org", required=True)
+@click.option("--org", required=True, metavar="ORG", help="The org (workspace id).")
 @click.option("--estimate", type=TokensType(), default=0, help="Tokens the run expects to use.")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--now", "now_text", metavar="ISO-TIME", help="Pretend the current UTC time.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON (for scripts).")
+@now_option
 @user_errors
-def quota_check(org: str, estimate: int, as_json: bool, now_text: str | None) -> None:
+def quota_check(org: str, estimate: int, as_json: bool, now_text: datetime | None) -> None:
     """May ORG start a run? Exit 0 allowed, 3 refused, 1 bad argument or setting.
 
     When the answer is unknown (no decision yet, a stale one, the billing database
@@ -111,12 +112,12 @@ def plan() -> None:
 
 
 @plan.command("set")
-@click.option("--org", required=True)
+@click.option("--org", required=True, metavar="ORG", help="The org (workspace id).")
 @click.option("--token-limit", type=TokensType(), help="Tokens per month (10M), or none.")
 @click.option("--spend-limit", type=UsdType(), help="USD per month ($50), or none.")
 @click.option("--soft", type=click.FloatRange(0, 1, min_open=True), help="Warn ratio (0.8).")
 @click.option("--grace-tokens", type=TokensType(), help="Overdraft above the token limit.")
-@click.option("--now", "now_text", metavar="ISO-TIME", help="Pretend the current UTC time.")
+@now_option
 @user_errors
 def plan_set(
     org: str,
@@ -124,7 +125,7 @@ def plan_set(
     spend_limit: object,
     soft: float | None,
     grace_tokens: object,
-    now_text: str | None,
+    now_text: datetime | None,
 ) -> None:
     """Create or change ORG's plan; options not given keep their value."""
     from ._run import validate_org
@@ -157,7 +158,7 @@ def plan_set(
 
 
 @plan.command("show")
-@click.option("--org", required=True)
+@click.option("--org", required=True, metavar="ORG", help="The org (workspace id).")
 @user_errors
 def plan_show(org: str) -> None:
     """Print ORG's plan (the default plan when it has none)."""
@@ -176,34 +177,47 @@ def _print_plan(org: str, p: Plan, default: bool = False) -> None:
 
 
 @main.command()
-@click.option("--limit", default=10, show_default=True, help="How many runs to show.")
+@click.option(
+    "--limit", default=10, show_default=True, type=click.IntRange(1), help="How many runs to show."
+)
+@now_option
 @user_errors
-def status(limit: int) -> None:
+def status(limit: int, now_text: datetime | None) -> None:
     """The last metering runs and how long ago each org was metered."""
     settings = get_settings()
     c = Collections.of(connect(settings), settings)
-    now = datetime.now(UTC)
-    runs = Table(title="Last runs", title_justify="left")
-    for column in ("started", "scope", "docs", "tokens", "anomalies", "error"):
-        runs.add_column(column)
+    now = parse_now(now_text) or datetime.now(UTC)
+    runs = tables.table("Last runs")
+    tables.name_column(runs, "started", keep=True)
+    tables.name_column(runs, "scope")
+    for column in ("docs", "tokens", "anomalies"):
+        tables.number_column(runs, column)
+    tables.text_column(runs, "error")
     for r in c.runs.find({}, sort=[("started_at", -1)], limit=limit):
         runs.add_row(
             str(r["started_at"])[:19],
-            r.get("org") or "all",
-            str(r["docs_read"]),
+            escape(r.get("org") or "all"),
+            f"{r['docs_read']:,}",
             f"{r['tokens_billed']:,}",
-            str(sum(r.get("anomalies", {}).values())),
-            r.get("error") or "",
+            f"{sum(r.get('anomalies', {}).values()):,}",
+            escape(r.get("error") or ""),
         )
-    lag = Table(title="Quota decisions", title_justify="left")
-    for column in ("org", "state", "computed", "lag"):
-        lag.add_column(column)
+    lag = tables.table("Quota decisions")
+    tables.name_column(lag, "org")
+    tables.name_column(lag, "state", keep=True)
+    tables.name_column(lag, "computed", keep=True)
+    tables.number_column(lag, "age")
     for d in c.quota.find({}, sort=[("_id", 1)]):
         age = now - as_utc(d["computed_at"])
         lag.add_row(
-            d["_id"], d["state"], str(d["computed_at"])[:19], f"{int(age.total_seconds())}s"
+            escape(d["_id"]),
+            d["state"],
+            str(d["computed_at"])[:19],
+            f"{int(age.total_seconds()):,}s",
         )
     out = console()
+    tables.fit(runs, out.width)
+    tables.fit(lag, out.width)
     out.print(runs)
     out.print(lag)
     print_source_indexes(out, c)
@@ -216,10 +230,11 @@ def print_source_indexes(out: Console, c: Collections) -> None:
     if not missing:
         out.print("Source indexes: all present")
         return
-    table = Table(title="Source indexes MISSING", title_justify="left")
-    for column in ("index", "cost without it"):
-        table.add_column(column)
+    table = tables.table("Source indexes MISSING")
+    tables.text_column(table, "index")
+    tables.text_column(table, "cost without it")
     for index in missing:
-        table.add_row(index.describe(), index.cost)
+        table.add_row(escape(index.describe()), escape(index.cost))
+    tables.fit(table, out.width)
     out.print(table)
     out.print(f"  create them (needs a role that may create indexes): {APPLY_INDEXES_COMMAND}")

@@ -6,35 +6,32 @@ import sys
 from datetime import UTC, datetime
 
 import click
-from rich.table import Table
+from rich.markup import escape
 
 from pricing import load_registry
 
+from . import _cli_tables as tables
+from ._cli_params import PeriodType
 from ._db import connect
-from ._money import usd
-from ._periods import period_bounds
+from ._money import usd, usd_of_dollars
 from ._reconcile import reconcile
 from ._run import Meter, validate_org
 from ._settings import get_settings
-from .cli import console, main, parse_now, user_errors
+from .cli import console, main, now_option, parse_now, user_errors
 
 
 @main.command("reconcile")
-@click.option("--org", required=True)
-@click.option("--period", required=True, help="YYYY-MM")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--now", "now_text", metavar="ISO-TIME", help="Pretend the current UTC time.")
+@click.option("--org", required=True, metavar="ORG", help="The org (workspace id).")
+@click.option("--period", required=True, type=PeriodType(), help="The month, YYYY-MM.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (for scripts).")
+@now_option
 @user_errors
-def reconcile_command(org: str, period: str, as_json: bool, now_text: str | None) -> None:
+def reconcile_command(org: str, period: str, as_json: bool, now_text: datetime | None) -> None:
     """Re-derive PERIOD from the runner documents alone and compare with the invoice.
 
     Exit 0 when every line and every runner agrees, 1 on any mismatch.
     """
     org = validate_org(org)
-    try:
-        period_bounds(period)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
     settings = get_settings()
     meter = Meter(connect(settings), settings, load_registry(settings.registry_path))
     result = reconcile(meter, org, period, now=parse_now(now_text) or datetime.now(UTC))
@@ -42,34 +39,32 @@ def reconcile_command(org: str, period: str, as_json: bool, now_text: str | None
         click.echo(result.model_dump_json(indent=2))
     else:
         out = console()
-        table = Table(
-            title=f"Reconciliation {org}:{period} ({result.status})", title_justify="left"
-        )
+        table = tables.table(f"Reconciliation {org}:{period} ({result.status})")
+        tables.name_column(table, "model")
+        tables.name_column(table, "tier", keep=True)
+        tables.name_column(table, "price\nfrom", keep=True)
         for column in (
-            "model",
-            "tier",
-            "price from",
-            "source tokens",
-            "invoiced tokens",
-            "source amount",
-            "invoiced amount",
-            "runners' estimate",
-            "",
+            "tokens\nsource",
+            "tokens\ninvoiced",
+            "amount\nsource",
+            "amount\ninvoiced",
+            "runners'\nestimate",
         ):
-            table.add_column(column)
+            tables.number_column(table, column)
+        tables.name_column(table, "check", keep=True)
         for line in result.lines:
             table.add_row(
-                str(line.model),
+                escape(str(line.model)),
                 line.tier,
-                line.price_valid_from or "-",
+                line.price_valid_from or tables.DASH,
                 f"{line.expected_tokens:,}",
                 f"{line.invoiced_tokens:,}",
                 usd(line.expected_micros),
                 usd(line.invoiced_micros),
-                f"${line.runner_estimate_usd:,.6f}",
+                usd_of_dollars(line.runner_estimate_usd if line.estimated_runners else None),
                 "[green]ok[/]" if line.matches else "[bold red]MISMATCH[/]",
             )
-        out.print(table)
+        out.print(tables.fit(table, out.width))
         if result.late_tokens:
             out.print(f"{result.late_tokens:,} late tokens from finalized periods (not re-derived)")
         for runner in result.runners:

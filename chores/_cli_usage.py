@@ -29,16 +29,18 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
 from pricing import load_registry
 
+from . import _cli_tables as tables
 from ._allocation import Allocation, allocate
 from ._breakdown import BY_CHOICES, By, Filters, Row, Usage, model_filter, rows, total
+from ._cli_params import DayType, PeriodType
 from ._db import Collections, connect
 from ._money import usd
 from ._period_ledger import read_period
-from ._periods import period_bounds, period_of
+from ._periods import period_of
+from ._run_trees import tree_order
 from ._settings import get_settings
 from ._wording import counted
 from .cli import console, main, now_option, parse_now, user_errors
@@ -47,60 +49,67 @@ RUN_FIELDS = ("model", "session_id", "parent_id", "subagent", "status")
 USAGE_FIELDS = ("input_tokens", "cached_tokens", "output_tokens", "unsplit_tokens", "tokens")
 
 
-def _period(period: str | None) -> str:
-    period = period or period_of(datetime.now(UTC))
-    try:
-        period_bounds(period)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--period'") from None
-    return period
+def _period(period: str | None, now: datetime | None = None) -> str:
+    """The `--period` (checked by `PeriodType`), or the month of `--now` / the clock."""
+    return period or period_of(now or datetime.now(UTC))
 
 
-def _day(value: datetime | None) -> date | None:
-    return None if value is None else value.date()
+period_option = click.option(
+    "--period", type=PeriodType(), help="The month, YYYY-MM (default: the month of --now)."
+)
+org_option = click.option("--org", required=True, metavar="ORG", help="The org (workspace id).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
+csv_option = click.option("--csv", "as_csv", is_flag=True, help="Print CSV, one row per line.")
 
 
-period_option = click.option("--period", help="YYYY-MM (default: the current month).")
+def machine_format(as_json: bool, as_csv: bool) -> None:
+    """`--json` and `--csv` are one choice: both is a usage error, not a silent JSON."""
+    if as_json and as_csv:
+        raise click.UsageError("give at most one of --json and --csv")
 
 
 # usage --------------------------------------------------------------------------------------
 @main.command()
-@click.option("--org", required=True)
+@org_option
 @period_option
 @click.option(
     "--by",
     type=click.Choice(BY_CHOICES),
     default="run",
     show_default=True,
-    help="Group by source runner, session, model, UTC day or tier (paid/free/byok/unpriced).",
+    help="Group by source runner (subagents under their parents), session, model, UTC day "
+    "or tier (paid/free/byok/unpriced).",
 )
 @click.option("--model", "models", multiple=True, help="Only this model: raw name or registry id.")
-@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Only usage on or after this day.")
-@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Only usage on or before it.")
+@click.option("--since", type=DayType(), help="Only usage on or after this UTC day.")
+@click.option("--until", type=DayType(), help="Only usage on or before this UTC day.")
 @click.option(
     "--status", "statuses", multiple=True, help="Only runs whose last status is this (FAILURE)."
 )
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--csv", "as_csv", is_flag=True)
+@json_option
+@csv_option
+@now_option
 @user_errors
 def usage(
     org: str,
     period: str | None,
     by: str,
     models: Sequence[str],
-    since: datetime | None,
-    until: datetime | None,
+    since: date | None,
+    until: date | None,
     statuses: Sequence[str],
     as_json: bool,
     as_csv: bool,
+    now_text: datetime | None,
 ) -> None:
     """Break ORG's invoice down; unfiltered rows always add up to the invoice."""
     from ._run import validate_org
 
+    machine_format(as_json, as_csv)
+    if since is not None and until is not None and since > until:
+        raise click.UsageError(f"--since {since} is after --until {until}: no day can match both")
     org = validate_org(org)
-    period = _period(period)
-    if as_json and as_csv:
-        raise click.UsageError("give at most one of --json and --csv")
+    period = _period(period, parse_now(now_text))
     settings = get_settings()
     registry = load_registry(settings.registry_path)
     collections = Collections.of(connect(settings), settings)
@@ -108,18 +117,37 @@ def usage(
     allocation = allocate(invoice, usages, registry)
     filters = Filters(
         models=model_filter(models, registry),
-        since=_day(since),
-        until=_day(until),
+        since=since,
+        until=until,
         statuses=frozenset(s.upper() for s in statuses),
     )
     view = cast(By, by)
     table = rows(allocation.cells, view, filters)
+    depths: dict[str | None, int] = {}
+    if view == "run":
+        ordered = tree_order(table)
+        table = [row for row, _ in ordered]
+        depths = {row.key: depth for row, depth in ordered}
     if as_json:
         click.echo(json.dumps(usage_json(allocation, view, table, filters, models), indent=2))
     elif as_csv:
         click.echo(usage_csv(view, table), nl=False)
+    elif not table:
+        click.echo(_nothing_matches(allocation.invoice.id, filters, models, statuses))
     else:
-        print_usage(console(), allocation, view, table, filters)
+        print_usage(console(), allocation, view, table, filters, depths)
+
+
+def _nothing_matches(
+    invoice: str, filters: Filters, models: Sequence[str], statuses: Sequence[str]
+) -> str:
+    """The one line that replaces an empty table."""
+    if not filters.active:
+        return f"{invoice} has no usage"
+    given = [f"--model {m}" for m in models] + [f"--status {s}" for s in statuses]
+    given += [f"--since {filters.since}"] if filters.since else []
+    given += [f"--until {filters.until}"] if filters.until else []
+    return f"no usage of {invoice} matches {' '.join(given)}"
 
 
 def _row_dict(by: By, row: Row) -> dict[str, Any]:
@@ -181,48 +209,77 @@ def _amount(usage: Usage) -> str:
     return f"{text} [red]+ unpriced[/]" if usage.unpriced_tokens else text
 
 
+def registry_models(allocation: Allocation) -> dict[str, str]:
+    """Each run's model as the invoice names it: the registry id (the raw name when the
+    registry does not know it)."""
+    ids: dict[str, set[str]] = {}
+    for cell in allocation.cells:
+        ids.setdefault(cell.run.runner_id, set()).add(cell.line[0] or "(no model)")
+    return {runner: ", ".join(sorted(names)) for runner, names in ids.items()}
+
+
+WIDE = 110  # below this many columns, `--by run` leaves the session to --json/--csv
+
+
 def print_usage(
-    out: Console, allocation: Allocation, by: By, table: Sequence[Row], filters: Filters
+    out: Console,
+    allocation: Allocation,
+    by: By,
+    table: Sequence[Row],
+    filters: Filters,
+    depths: dict[str | None, int] | None = None,
 ) -> None:
+    """The breakdown as a table. `--by run`: one row per run (no `runs` column), subagents
+    indented under their parents; the session column only where there is room."""
     invoice = allocation.invoice
-    view = Table(
-        title=f"Usage of {invoice.id} by {by}  [{invoice.status.upper()}]", title_justify="left"
-    )
-    view.add_column(by, no_wrap=True)
-    extra = ("model", "status", "session") if by == "run" else ()
-    for column in extra:
-        view.add_column(column)
-    for column in ("runs", "input", "cached", "output", "unsplit", "tokens", "amount"):
-        view.add_column(column, justify="right")
+    view = tables.table(f"Usage of {invoice.id} by {by}  [{invoice.status.upper()}]")
+    tables.name_column(view, by, keep=by in ("day", "tier"))
+    per_run = by == "run"
+    models = registry_models(allocation) if per_run else {}
+    with_session = per_run and out.width >= WIDE
+    if per_run:
+        tables.name_column(view, "model")
+        tables.name_column(view, "status", keep=True)
+    if with_session:
+        tables.name_column(view, "session")
+    counts = ("input", "cached", "output", "unsplit", "tokens", "amount")
+    for column in counts if per_run else ("runs", *counts):
+        tables.number_column(view, column)
     for row in table:
         cells = [escape(row.key) if row.key is not None else "(none)"]
         if row.run is not None:
             run = row.run
-            cells[0] = ("↳ " if run.subagent else "") + cells[0]
-            cells += [escape(text or "") for text in (run.model, run.status, run.session_id)]
+            depth = (depths or {}).get(row.key, 1 if run.subagent else 0)
+            cells[0] = ("  " * (depth - 1) + "↳ " if depth else "") + cells[0]
+            model = models.get(run.runner_id) or run.model or "(no model)"
+            cells += [escape(model), escape(run.status or "")]
+            cells += [escape(run.session_id or "")] if with_session else []
         u = row.usage
-        cells += [f"{row.runs:,}"] + [
+        cells += [] if per_run else [f"{row.runs:,}"]
+        cells += [
             f"{n:,}" for n in (u.input_tokens, u.cached_tokens, u.output_tokens, u.unsplit_tokens)
         ]
         cells += [f"{u.tokens:,}", _amount(u)]
         view.add_row(*cells)
     summed = total(table)
+    runs = _runs(allocation, filters)
     view.add_section()
     view.add_row(
         "total",
-        *([""] * len(extra)),
-        f"{_runs(allocation, filters):,}",
+        *([""] * (len(view.columns) - len(counts) - (1 if per_run else 2))),
+        *([] if per_run else [f"{runs:,}"]),
         *(f"{n:,}" for n in (summed.input_tokens, summed.cached_tokens, summed.output_tokens)),
         f"{summed.unsplit_tokens:,}",
         f"{summed.tokens:,}",
         usd(summed.priced_micros),
     )
-    out.print(view)
+    out.print(tables.fit(view, out.width))
     invoice_tokens = sum(line.tokens for line in invoice.lines)
     scope = "filtered rows" if filters.active else "rows"
     out.print(
-        f"  {scope}: {usd(summed.priced_micros)}, {summed.tokens:,} tokens · invoice total "
-        f"{usd(invoice.total_micros)}, {invoice_tokens:,} tokens · priced as {allocation.pricing}"
+        f"  {scope}: {counted(runs, 'run')}, {usd(summed.priced_micros)}, "
+        f"{summed.tokens:,} tokens · invoice total {usd(invoice.total_micros)}, "
+        f"{invoice_tokens:,} tokens · priced as {allocation.pricing}"
         + ("" if allocation.exact else " (weights proportional: prices changed)")
     )
 
@@ -253,7 +310,7 @@ def _progress_bar(quiet: bool) -> Iterator[Any]:
 
 
 @main.command()
-@click.option("--org", required=True)
+@org_option
 @period_option
 @click.option(
     "--out",
@@ -261,22 +318,28 @@ def _progress_bar(quiet: bool) -> Iterator[Any]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The HTML file to write.",
 )
-@click.option("--top", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option(
+    "--top",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="How many top-level runs to show.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary (cron).")
 @now_option
 @user_errors
 def report(
-    org: str, period: str | None, out: Path, top: int, quiet: bool, now_text: str | None
+    org: str, period: str | None, out: Path, top: int, quiet: bool, now_text: datetime | None
 ) -> None:
     """Write ORG's usage report: invoice, daily chart by model, top runs, anomalies."""
     from ._report_html import collect_report, render_report
     from ._run import validate_org
 
     org = validate_org(org)
-    period = _period(period)
+    now = parse_now(now_text) or datetime.now(UTC)
+    period = _period(period, now)
     settings = get_settings()
     registry = load_registry(settings.registry_path)
-    now = parse_now(now_text) or datetime.now(UTC)
     db = connect(settings)
     with _progress_bar(quiet) as update:
         data = collect_report(

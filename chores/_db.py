@@ -1,6 +1,7 @@
 """Database access: the client factory, the billing collections and their indexes.
 
-`mongomock://...` URLs give an in-process mongomock client (demo and tests);
+`mongomock://...` URLs give an in-process mongomock client (tests), `file://PATH` one
+loaded from and saved to a file (`_local_store`: the demo's data, never production);
 anything else is a real `pymongo.MongoClient`. Nothing here prints a URL
 without redacting its password.
 """
@@ -20,7 +21,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
 
-from . import _mongomock_compat
+from . import _local_store, _mongomock_compat
 from ._exceptions import ConfigError, DatabaseUnavailable, SourceIsReadOnly
 from ._settings import Settings
 
@@ -66,6 +67,9 @@ def connect(settings: Settings) -> Database[Doc]:
     shared by every `connect` of this process (the demo and CLI tests use it).
     """
     url = settings.mongo_url
+    if _local_store.is_local(url):
+        local: Database[Doc] = _local_store.open_client(url)[settings.mongo_db]
+        return local
     if url.startswith("mongomock://"):
         if url not in _MOCK_CLIENTS:
             _MOCK_CLIENTS[url] = mongomock.MongoClient(tz_aware=True)

@@ -1,8 +1,10 @@
-"""`chore demo`: a realistic month on an in-process mongomock, metered end to end."""
+"""`chore demo`: a realistic month on an in-process mongomock, metered end to end, left
+behind in a local file store (`_local_store`) for the other commands to explore."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import mongomock
 from pymongo.database import Database
@@ -11,8 +13,9 @@ from rich.console import Console
 from pricing import load_registry
 
 from ._corpus import generate_corpus
-from ._db import Doc
+from ._db import Doc, ensure_indexes
 from ._invoices import Invoice
+from ._local_store import open_client, url_of
 from ._periods import period_of
 from ._run import finalize_invoices, run_chore
 from ._settings import Settings
@@ -21,19 +24,26 @@ from ._wording import counted, tally
 DEMO_ORGS = ("acme", "globex", "initech")
 
 
-def run_demo(out: Console, *, seed: int = 7, now: datetime | None = None) -> None:
+def run_demo(
+    out: Console, *, seed: int = 7, now: datetime | None = None, store: Path | None = None
+) -> None:
+    """The demo, on a fresh local store at `store` (saved when the command ends:
+    `_local_store.close_all`), or on a throwaway in-process one."""
     from . import check_quota
     from .cli import print_invoice
 
     now = now or datetime.now(UTC).replace(microsecond=0)
-    settings = Settings(mongo_url="mongomock://demo", redis_url=None)
+    url = "mongomock://demo" if store is None else url_of(store)
+    settings = Settings(mongo_url=url, redis_url=None)
     registry = load_registry()
-    db: Database[Doc] = mongomock.MongoClient(tz_aware=True)[settings.mongo_db]
+    client = mongomock.MongoClient(tz_aware=True) if store is None else open_client(url, fresh=True)
+    db: Database[Doc] = client[settings.mongo_db]
 
     corpus = generate_corpus(
         seed=seed, orgs=DEMO_ORGS, runs_per_org=25, start=now - timedelta(days=40), days=39
     )
     db[settings.tasks_collection].insert_many([t for t in corpus.tasks])
+    ensure_indexes(db, settings, source=True)  # what `chore db indexes --apply` creates
     db[settings.findings_collection].insert_many(corpus.findings)
     db[settings.collection("plans")].insert_many(
         [
@@ -69,3 +79,24 @@ def run_demo(out: Console, *, seed: int = 7, now: datetime | None = None) -> Non
         decision = check_quota(db, org, estimated_tokens=200_000, now=now, settings=settings)
         verdict = "[green]allowed[/]" if decision.allowed else "[red]refused[/]"
         out.print(f"  {decision.summary()} → next run of ~200K tokens {verdict}")
+    if store is not None:
+        explore(out, url)
+
+
+def explore(out: Console, url: str) -> None:
+    """How to go on from the demo without a server."""
+    out.print(
+        f"\n[bold]The demo's data stays in {url.removeprefix('file://')}[/] (a local store: "
+        "for trying the chore out, not for production, not for concurrent use). "
+        "Every command works on it:"
+    )
+    out.print(f"  export MONGO_URL={url}", highlight=False, soft_wrap=True)
+    for command in (
+        "chore status",
+        "chore invoice show --org acme",
+        "chore usage --org acme --by run",
+        "chore plan set --org acme --token-limit 2M",
+        "chore quota check --org acme --estimate 500K",
+        "chore report --org acme --out acme.html",
+    ):
+        out.print(f"  {command}", highlight=False)

@@ -14,13 +14,28 @@ def to_micros(micros: Decimal) -> Micros:
     return Micros(int(micros.to_integral_value(rounding=ROUND_HALF_UP)))
 
 
+CENT = 10_000  # micros
+
+
 def usd(micros: int | None) -> str:
-    """`$1,234.567890`-style text of a micros amount; `unpriced` for None."""
+    """Money as a person reads it: cents (`$1,234.57`, rounded half up); an amount that is
+    not zero but below half a cent keeps the digits it needs (`$0.0042`, `$0.000001`)
+    rather than reading `$0.00`. `unpriced` for None. Stored amounts stay micros."""
     if micros is None:
         return "unpriced"
     sign = "-" if micros < 0 else ""
-    whole, frac = divmod(abs(micros), MICROS_PER_USD)
-    return f"{sign}${whole:,}.{frac:06d}"
+    size = abs(micros)
+    cents = (size + CENT // 2) // CENT
+    if cents == 0 and size:
+        digits = f"{size:06d}".rstrip("0")
+        return f"{sign}$0.{digits.ljust(2, '0')}"
+    whole, frac = divmod(cents, 100)
+    return f"{sign}${whole:,}.{frac:02d}"
+
+
+def usd_of_dollars(amount: float | None) -> str:
+    """`usd` of a float dollar amount (runners' own estimates); `–` for None."""
+    return "–" if amount is None else usd(round(amount * MICROS_PER_USD))
 
 
 def parse_usd(text: str) -> Micros:

@@ -40,6 +40,7 @@ class LineCheck(BaseModel):
     invoiced_micros: int | None
     runner_estimate_usd: float
     runners: int
+    estimated_runners: int = 0  # how many of them gave an estimate (0: the display says –)
 
     @property
     def matches(self) -> bool:
@@ -69,11 +70,12 @@ class Reconciliation(BaseModel):
         return all(line.matches for line in self.lines) and not self.runners
 
 
-def _estimate(context: Any) -> float:
+def _estimate(context: Any) -> float | None:
+    """The runner's own cost estimate, None when it gave none (or not a number)."""
     cost = context.get("ai_cost") if isinstance(context, Mapping) else None
     if isinstance(cost, int | float) and not isinstance(cost, bool) and math.isfinite(cost):
         return float(cost)
-    return 0.0
+    return None
 
 
 def reconcile(meter: Meter, org: str, period: str, *, now: datetime) -> Reconciliation:
@@ -84,6 +86,7 @@ def reconcile(meter: Meter, org: str, period: str, *, now: datetime) -> Reconcil
     groups: list[UsageGroup] = []
     runners_of_line: dict[LineKey, set[str]] = defaultdict(set)
     estimates: dict[LineKey, float] = defaultdict(float)
+    estimated: dict[LineKey, int] = defaultdict(int)
     source_tokens: dict[str, int] = {}
     in_period: set[str] = set()
     notes: dict[str, str] = {}
@@ -127,7 +130,10 @@ def reconcile(meter: Meter, org: str, period: str, *, now: datetime) -> Reconcil
             (model, tier, valid_from, _), _amount = price_group(group, registry)
             key = (model, tier, valid_from)
             runners_of_line[key].add(result.runner_id)
-            estimates[key] += _estimate(doc.get("context"))
+            estimate = _estimate(doc.get("context"))
+            if estimate is not None:
+                estimates[key] += estimate
+                estimated[key] += 1
 
     expected = {
         (ln.model, ln.tier, ln.price_valid_from): ln for ln in price_lines(groups, registry)
@@ -147,6 +153,7 @@ def reconcile(meter: Meter, org: str, period: str, *, now: datetime) -> Reconcil
                 invoiced_micros=inv.amount_micros if inv else 0,
                 runner_estimate_usd=round(estimates.get(key, 0.0), 6),
                 runners=len(runners_of_line.get(key, ())),
+                estimated_runners=estimated.get(key, 0),
             )
         )
     ledger = _ledger_tokens(meter, org, period, set(source_tokens))

@@ -10,11 +10,11 @@ Pure.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._breakdown import Cell, Usage, rows
+from ._breakdown import Cell, Row, Usage, rows
 from ._period_ledger import RunInfo
 
 
@@ -32,9 +32,32 @@ class RunNode:
 
 def run_trees(cells: Iterable[Cell]) -> list[RunNode]:
     """Top-level runs (and orphan-holding sessions), costliest first, each with its tree."""
+    return trees_of_rows(rows(cells, "run"))
+
+
+def tree_order(table: Sequence[Row]) -> list[tuple[Row, int]]:
+    """`by="run"` rows in tree order, each with its depth: a top-level run (costliest
+    first), then its subagents under it, depth first, each level costliest first. A
+    subagent whose spawning run is not among the rows comes at depth 1 where its
+    session's place is (the session column names it)."""
+    by_key = {row.key: row for row in table}
+    out: list[tuple[Row, int]] = []
+    stack = [(root, 0) for root in reversed(trees_of_rows(table))]
+    while stack:
+        node, depth = stack.pop()
+        if node.run is not None:
+            out.append((by_key[node.run.runner_id], depth))
+        below = depth + 1 if node.run is not None else 1
+        stack.extend((child, below) for child in reversed(node.children))
+    placed = {id(row) for row, _ in out}
+    return out + [(row, 0) for row in table if id(row) not in placed]  # no runner info
+
+
+def trees_of_rows(table: Iterable[Row]) -> list[RunNode]:
+    """`run_trees` of rows already summed per run (`rows(cells, "run", filters)`)."""
     nodes = {
         row.key: RunNode(row.run.session_id, row.run, row.usage)
-        for row in rows(cells, "run")
+        for row in table
         if row.key is not None and row.run is not None
     }
     sessions: dict[str | None, RunNode] = {}

@@ -10,6 +10,7 @@ import csv
 import functools
 import io
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -20,11 +21,13 @@ from typing import Any, TypeVar
 import click
 from pymongo.errors import PyMongoError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn
-from rich.table import Table
 
 from pricing import RegistryError, load_registry, registry_from_litellm, registry_to_yaml
 
+from . import _cli_tables as tables
+from ._cli_params import GraceDaysType, MomentType, OneLineGroup, PeriodType
 from ._db import (
     APPLY_INDEXES_COMMAND,
     Collections,
@@ -34,8 +37,9 @@ from ._db import (
 from ._exceptions import ChoreError, InvoiceNotFound
 from ._invoices import Invoice
 from ._lines import InvoiceLine
+from ._local_store import DEMO_PATH
 from ._money import usd
-from ._periods import period_bounds, period_of
+from ._periods import period_of
 from ._settings import Settings, get_settings, redact_url
 from ._wording import counted
 
@@ -45,9 +49,10 @@ EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C (128 + SIGINT)
 
 
 def console() -> Console:
-    """Rich console; wide enough for invoice tables when writing to a pipe or file."""
+    """Rich console: the terminal's width; 160 columns when writing to a pipe or file
+    (wide enough for every table), unless COLUMNS says otherwise."""
     out = Console()
-    return out if out.is_terminal else Console(width=160)
+    return out if out.is_terminal or "COLUMNS" in os.environ else Console(width=160)
 
 
 def user_errors(func: F) -> F:
@@ -74,44 +79,59 @@ def settings_now() -> Settings:
     return get_settings()
 
 
-def parse_now(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"not an ISO date-time: {value!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+def parse_now(value: datetime | str | None) -> datetime | None:
+    """The `--now` value (checked by `MomentType` when click parsed it), or None."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return MomentType().convert(value, None, None)
 
 
 now_option = click.option(
     "--now",
     "now_text",
-    metavar="ISO-TIME",
-    help="Pretend the current UTC time is this (reproducible runs).",
+    type=MomentType(),
+    help="Pretend the current UTC time is this ISO time (reproducible runs); default: now.",
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ai-billing-chore")
 def main() -> None:
     """Meter AI-token usage of scan runners into invoices and quota decisions.
 
-    Settings come from environment variables or .env: MONGO_URL, MONGO_DB and the
-    others in the README. MONGO_URL=mongomock://NAME is an in-process store that keeps
-    nothing after each command (each one says so on stderr); `chore demo` needs no
-    server and explains itself.
+    Settings come from environment variables or .env (all of them in the README):
+    MONGO_URL, the MongoDB server (default mongodb://localhost:27017), MONGO_DB,
+    REDIS_URL, ...
+
+    \b
+    Without a server:
+      chore demo        seeds a realistic month, meters it, prints the invoices,
+                        and leaves its data in .chore-demo/store.json
+      export MONGO_URL=file://.chore-demo/store.json
+      chore status      (and every other command) then works on the demo's data
+
+    A file://PATH store is loaded into an in-process mongomock when a command starts
+    and saved back when it ends: for trying the chore out, not for production and not
+    for concurrent use. MONGO_URL=mongomock://NAME is an in-process store that keeps
+    nothing after each command (each one says so on stderr).
     """
+    from ._local_store import close_all
+
+    # Every command writes the file:// store it opened back to its file when it ends,
+    # after an error or Ctrl-C too (what a server would have kept).
+    click.get_current_context().call_on_close(close_all)
 
 
 # run ---------------------------------------------------------------------------
-@main.command()
-@click.option("--org", help="Meter this org only.")
+@main.command(short_help="Meter new usage into invoices (--org ORG or --all).")
+@click.option("--org", metavar="ORG", help="Meter this org only (workspace id).")
 @click.option("--all", "all_orgs", is_flag=True, help="Meter every org.")
 @click.option("--dry-run", is_flag=True, help="Compute new usage, write nothing.")
 @click.option("--full", is_flag=True, help="Ignore the cursor: re-read every AI runner.")
-@click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON.")
-@click.option("--quiet", is_flag=True, help="Print nothing on success (cron).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON (for scripts).")
+@click.option(
+    "--quiet", is_flag=True, help="No progress and no table on success (cron); --json still prints."
+)
 @now_option
 @user_errors
 def run(
@@ -121,7 +141,7 @@ def run(
     full: bool,
     as_json: bool,
     quiet: bool,
-    now_text: str | None,
+    now_text: datetime | None,
 ) -> None:
     """Meter new usage into invoices (one org with --org, or --all)."""
     from ._run import run_chore
@@ -160,23 +180,25 @@ def run(
             full=full,
             on_batch=advance,
         )
-    if quiet:
-        return
-    if as_json:
+    if as_json:  # asked for explicitly: --quiet only silences what is for people
         click.echo(report.model_dump_json(indent=2))
         return
-    table = Table(title=f"Metering run {report.run_id[:8]}" + (" (dry run)" if dry_run else ""))
-    for column in ("org", "new tokens", "entries", "anomalies", "decision"):
-        table.add_column(column, justify="left" if column == "org" else "right")
+    if quiet:
+        return
+    table = tables.table(f"Metering run {report.run_id[:8]}" + (" (dry run)" if dry_run else ""))
+    tables.name_column(table, "org")
+    for column in ("new tokens", "entries", "anomalies"):
+        tables.number_column(table, column)
+    tables.name_column(table, "decision", keep=True)
     for name, summary in sorted(report.orgs.items()):
         table.add_row(
-            name,
+            escape(name),
             f"{summary.tokens:,}",
-            str(summary.entries),
-            str(summary.anomalies),
-            report.decisions.get(name, "-"),
+            f"{summary.entries:,}",
+            f"{summary.anomalies:,}",
+            report.decisions.get(name, tables.DASH),
         )
-    out.print(table)
+    out.print(tables.fit(table, out.width))
     for missing in report.missing_indexes:
         click.echo(
             f"warning: source index missing: {missing}; batches scan the collection "
@@ -198,21 +220,24 @@ def invoice() -> None:
 
 
 @invoice.command("show")
-@click.option("--org", required=True)
-@click.option("--period", help="YYYY-MM (default: the current month).")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--csv", "as_csv", is_flag=True)
+@click.option("--org", required=True, metavar="ORG", help="The org (workspace id).")
+@click.option(
+    "--period", type=PeriodType(), help="The month, YYYY-MM (default: the month of --now)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the invoice as JSON (for scripts).")
+@click.option("--csv", "as_csv", is_flag=True, help="Print the invoice lines as CSV.")
+@now_option
 @user_errors
-def invoice_show(org: str, period: str | None, as_json: bool, as_csv: bool) -> None:
+def invoice_show(
+    org: str, period: str | None, as_json: bool, as_csv: bool, now_text: datetime | None
+) -> None:
     """Print one invoice."""
     from ._run import validate_org
 
+    if as_json and as_csv:
+        raise click.UsageError("give at most one of --json and --csv")
     org = validate_org(org)
-    period = period or period_of(datetime.now(UTC))
-    try:
-        period_bounds(period)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    period = period or period_of(parse_now(now_text) or datetime.now(UTC))
     settings = get_settings()
     doc = Collections.of(connect(settings), settings).invoices.find_one({"_id": f"{org}:{period}"})
     if doc is None:
@@ -237,34 +262,26 @@ def invoice_csv(inv: Invoice) -> str:
     return buffer.getvalue()
 
 
+TIER_WORDS = {"free": "[green]free[/]", "byok": "[cyan]byok[/]"}
+
+
 def print_invoice(out: Console, inv: Invoice) -> None:
     flags = [inv.status.upper()]
     if inv.needs_review:
         flags.append("NEEDS REVIEW")
-    table = Table(title=f"Invoice {inv.id}  [{', '.join(flags)}]", title_justify="left")
-    for column in (
-        "model",
-        "tier",
-        "price from",
-        "input",
-        "cached",
-        "output",
-        "unsplit",
-        "tokens",
-        "amount",
-    ):
-        table.add_column(column, justify="left" if column in ("model", "tier") else "right")
+    view = tables.table(f"Invoice {inv.id}  [{', '.join(flags)}]")
+    tables.name_column(view, "model")
+    tables.name_column(view, "tier", keep=True)
+    tables.name_column(view, "price from", keep=True)
+    for column in ("input", "cached", "output", "unsplit", "tokens", "amount"):
+        tables.number_column(view, column)
     for line in inv.lines:
-        tier = line.tier + (" (late)" if line.late else "")
+        tier = TIER_WORDS.get(line.tier, line.tier) + (" (late)" if line.late else "")
         amount = usd(line.amount_micros) if line.priced else "[bold red]UNPRICED[/]"
-        if line.tier == "free":
-            amount = f"{amount} [green](free)[/]"
-        elif line.tier == "byok":
-            amount = f"{amount} [cyan](customer key)[/]"
-        table.add_row(
-            str(line.model),
+        view.add_row(
+            escape(str(line.model)),
             tier,
-            line.price_valid_from or "-",
+            line.price_valid_from or tables.DASH,
             f"{line.input_tokens:,}",
             f"{line.cached_tokens:,}",
             f"{line.output_tokens:,}",
@@ -272,20 +289,32 @@ def print_invoice(out: Console, inv: Invoice) -> None:
             f"{line.tokens:,}",
             amount,
         )
-    out.print(table)
+    out.print(tables.fit(view, out.width))
     out.print(
         f"  total {usd(inv.total_micros)} USD · {counted(inv.runs, 'run')} · "
-        f"{inv.unpriced_tokens:,} unpriced tokens"
+        f"{counted(inv.unpriced_tokens, 'unpriced token')}"
     )
+    tiers = {line.tier for line in inv.lines}
+    notes = [
+        *(["free: metered, charged $0"] if "free" in tiers else []),
+        *(["byok: the org's own key, charged $0"] if "byok" in tiers else []),
+        *(["UNPRICED: no price yet, needs review"] if not all(x.priced for x in inv.lines) else []),
+    ]
+    if notes:
+        out.print("  " + " · ".join(notes))
 
 
 # finalize ------------------------------------------------------------------------
 @main.command()
-@click.option("--org", help="Only this org.")
-@click.option("--grace-days", type=float, help="Days after the period end (default: GRACE_DAYS).")
+@click.option("--org", metavar="ORG", help="Only this org (workspace id; default: every org).")
+@click.option(
+    "--grace-days",
+    type=GraceDaysType(),
+    help="Days after the period end, 0 to 366 (default: GRACE_DAYS).",
+)
 @now_option
 @user_errors
-def finalize(org: str | None, grace_days: float | None, now_text: str | None) -> None:
+def finalize(org: str | None, grace_days: float | None, now_text: datetime | None) -> None:
     """Turn the drafts of periods ended more than the grace ago final."""
     from ._run import finalize_invoices
 
@@ -304,43 +333,71 @@ def registry() -> None:
     """The model price registry."""
 
 
-@registry.command("list")
-@click.option(
+def _registry_path(path: str | None, option: str | None) -> str | Path | None:
+    """`PATH` or `--path PATH` (both forms work for both commands), else REGISTRY_PATH
+    (None: the shipped registry)."""
+    if path and option and path != option:
+        raise click.UsageError(f"give the registry path once: {path} or --path {option}")
+    return path or option or get_settings().registry_path
+
+
+registry_path_argument = click.argument("path", required=False, type=click.Path(dir_okay=False))
+registry_path_option = click.option(
     "--path",
+    "path_option",
     type=click.Path(dir_okay=False),
-    help="Registry file (default: REGISTRY_PATH or shipped).",
+    help="The registry file, as PATH (default: REGISTRY_PATH, else the shipped one).",
 )
+
+
+@registry.command("list")
+@registry_path_argument
+@registry_path_option
+@now_option
 @user_errors
-def registry_list(path: str | None) -> None:
-    """List models and their current prices (USD per million tokens)."""
-    reg = load_registry(path or get_settings().registry_path)
-    table = Table(
-        title=f"Model registry {reg.version} ({len(reg.models)} models)", title_justify="left"
-    )
-    for column in ("model", "tier", "valid from", "input", "cached", "output", "aliases"):
-        table.add_column(column)
-    today = date.today()
+def registry_list(path: str | None, path_option: str | None, now_text: datetime | None) -> None:
+    """List models and their prices today (USD per million tokens).
+
+    PATH is the registry file (default: REGISTRY_PATH, else the shipped one).
+    """
+    reg = load_registry(_registry_path(path, path_option))
+    table = tables.table(f"Model registry {reg.version} ({counted(len(reg.models), 'model')})")
+    tables.name_column(table, "model")
+    tables.name_column(table, "tier", keep=True)
+    tables.name_column(table, "valid from", keep=True)
+    for column in ("input", "cached", "output"):
+        tables.number_column(table, column)
+    tables.text_column(table, "aliases")
+    today = (parse_now(now_text) or datetime.now(UTC)).date()
     for model in sorted(reg.models, key=lambda m: (m.tier, m.id)):
         price = model.price_at(today) or model.prices[-1]
         table.add_row(
-            model.id,
+            escape(model.id),
             model.tier,
             price.valid_from.isoformat(),
             str(price.input),
             str(price.cached_rate),
             str(price.output),
-            ", ".join(model.aliases),
+            escape(", ".join(model.aliases)),
         )
-    console().print(table)
+    out = console()
+    out.print(tables.fit(table, out.width))
+    out.print("input, cached, output: USD per million tokens")
 
 
 @registry.command("validate")
-@click.argument("path", type=click.Path(dir_okay=False))
+@registry_path_argument
+@registry_path_option
 @user_errors
-def registry_validate(path: str) -> None:
-    """Check a registry file; says which model and field is wrong."""
-    reg = load_registry(path)
-    click.echo(f"{path}: valid, version {reg.version}, {len(reg.models)} models")
+def registry_validate(path: str | None, path_option: str | None) -> None:
+    """Check a registry file; says which model and field is wrong.
+
+    PATH is the registry file (default: REGISTRY_PATH, else the shipped one).
+    """
+    chosen = _registry_path(path, path_option)
+    reg = load_registry(chosen)
+    models = counted(len(reg.models), "model")
+    click.echo(f"{chosen or 'shipped registry'}: valid, version {reg.version}, {models}")
 
 
 @registry.command("import-litellm")
@@ -395,18 +452,33 @@ def db_indexes(apply: bool) -> None:
 
 
 # demo --------------------------------------------------------------------------------
-@main.command()
+@main.command(short_help="A realistic month metered end to end, no server needed.")
 @click.option("--seed", default=7, show_default=True, help="Random seed of the generated month.")
-def demo(seed: int) -> None:
-    """Seed an in-process mongomock with a realistic month and run the whole job."""
+@click.option(
+    "--store",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEMO_PATH,
+    show_default=True,
+    help="The local store the demo leaves its data in (replaced if it exists).",
+)
+@click.option("--no-store", is_flag=True, help="Keep nothing: an in-process store only.")
+@now_option
+@user_errors
+def demo(seed: int, store: Path, no_store: bool, now_text: datetime | None) -> None:
+    """Seed a realistic month (three orgs, subagents, free, paid, customer-key and unknown
+    models, malformed documents), meter it, finalize last month and print the invoices and
+    quota decisions, on its own store whatever MONGO_URL says.
+
+    The data stays in a local file store (--store) that every other command opens with
+    MONGO_URL=file://PATH: for trying the chore out, not for production and not for
+    concurrent use.
+    """
     from ._demo import run_demo
 
-    run_demo(console(), seed=seed)
-    click.echo(
-        "note: the demo ran on its own in-process mongomock, whatever MONGO_URL says: "
-        "nothing is kept after this command",
-        err=True,
-    )
+    out = console()
+    run_demo(out, seed=seed, now=parse_now(now_text), store=None if no_store else store)
+    if no_store:
+        click.echo("note: --no-store: the demo's data is not kept after this command", err=True)
 
 
 from . import _cli_quota, _cli_reconcile, _cli_usage  # noqa: E402,F401  (register more commands)

@@ -430,7 +430,7 @@ def test_usage_errors_are_one_line(usage_db):
     missing = CliRunner().invoke(main, ["usage", "--org", "nobody", "--period", "2026-11"])
     assert missing.exit_code == 1 and "no invoice for org 'nobody' in 2026-11" in missing.output
     bad = CliRunner().invoke(main, ["usage", "--org", "acme", "--period", "11-2026"])
-    assert bad.exit_code == 2 and "period must look like 2026-11" in bad.output
+    assert bad.exit_code == 2 and "expected YYYY-MM, such as 2026-11" in bad.output
     by = CliRunner().invoke(main, ["usage", "--org", "acme", "--by", "colour"])
     assert by.exit_code == 2
     assert len(missing.output.strip().splitlines()) == 1

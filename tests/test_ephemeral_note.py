@@ -72,10 +72,28 @@ def test_a_real_server_url_gets_no_note(monkeypatch):
         get_settings.cache_clear()
 
 
-def test_demo_and_registry_get_no_note_and_help_says_it(env_db):
+def test_demo_and_registry_get_no_note_and_help_says_it(env_db, tmp_path):
     assert NOTE not in invoke("registry", "list").output
-    demo = invoke("demo", "--seed", "3")
-    assert NOTE not in demo.output
-    assert "nothing is kept" in demo.stderr  # the demo says it in its own words
+    demo = invoke("demo", "--seed", "3", "--store", str(tmp_path / "store.json"))
+    assert NOTE not in demo.output  # its data is kept: it says where
+    assert "The demo's data stays in" in demo.stdout and demo.stderr == ""
+    throwaway = invoke("demo", "--seed", "3", "--no-store")
+    assert throwaway.stderr == "note: --no-store: the demo's data is not kept after this command\n"
     help_text = " ".join(invoke("--help").output.split())
-    assert "MONGO_URL=mongomock://NAME is an in-process store that keeps nothing" in help_text
+    assert "MONGO_URL=mongomock://NAME is an in" in help_text
+    assert "store that keeps nothing after each command" in help_text
+
+
+def test_a_file_store_gets_no_note(tmp_path, monkeypatch):
+    from chores import cli, get_settings
+
+    store = tmp_path / "store.json"
+    assert invoke("demo", "--seed", "3", "--store", str(store)).exit_code == 0
+    monkeypatch.setenv("MONGO_URL", f"file://{store}")
+    get_settings.cache_clear()
+    try:
+        assert cli.ephemeral_note() is None
+        status = invoke("status")
+        assert status.exit_code == 0 and NOTE not in status.output
+    finally:
+        get_settings.cache_clear()

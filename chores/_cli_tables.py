@@ -1,0 +1,83 @@
+"""Tables a person reads at 80 columns: money and counts are never cut, names may be.
+
+Every command builds its tables with `table()` and adds columns with `name_column` (cut
+with `…` when the terminal is narrow) or `number_column` (right-aligned, never wrapped).
+`fit()` then gives each number column the width of its widest cell as a minimum, so rich
+takes the room it lacks from the name columns only.
+"""
+
+from __future__ import annotations
+
+from rich import box
+from rich.table import Column, Table
+from rich.text import Text
+
+DASH = "–"  # a value that does not exist (no estimate, no price date), not a zero
+
+
+def table(title: str) -> Table:
+    """A table with light borders: fewer characters of chrome per column than rich's default."""
+    return Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 0, 0, 1),
+    )
+
+
+def name_column(view: Table, header: str, *, keep: bool = False) -> None:
+    """A column of names or labels: cut with `…` when there is no room (`--json` and
+    `--csv` always carry the whole name); `keep` for short labels that are never cut
+    (a tier, a date): `fit` sizes them like numbers."""
+    view.add_column(header, justify="left", no_wrap=True, overflow="fold" if keep else "ellipsis")
+
+
+def text_column(view: Table, header: str) -> None:
+    """A column of prose (an error, an explanation): wrapped onto more lines, never cut."""
+    view.add_column(header, justify="left", no_wrap=False, overflow="fold")
+
+
+def number_column(view: Table, header: str) -> None:
+    """A column of counts or money: right-aligned, never wrapped or cut (see `fit`)."""
+    view.add_column(header, justify="right", no_wrap=True, overflow="fold")
+
+
+def _widest(column: Column) -> int:
+    header = Text.from_markup(str(column.header))
+    cells = [c if isinstance(c, Text) else Text.from_markup(str(c)) for c in column.cells]
+    return max([line.cell_len for line in header.split()] + [cell.cell_len for cell in cells])
+
+
+def _fixed(column: Column) -> bool:
+    """Numbers and kept labels: one line, never cut."""
+    return column.no_wrap and column.overflow == "fold"
+
+
+def fit(view: Table, width: int | None = None) -> Table:
+    """Size the columns for `width` terminal columns: every column that is never cut
+    (numbers, kept labels) gets its widest cell as its width; the name and text columns
+    share what is left, the widest shrunk first (names cut with `…`, text wrapped; at
+    least 4 columns each, so an overfull table shows a stub of a name, never a cut
+    number)."""
+    names = [c for c in view.columns if not _fixed(c)]
+    for column in view.columns:
+        if _fixed(column):
+            column.min_width = _widest(column)
+    if width is None or not names:
+        return view
+    chrome = 2 * (len(view.columns) - 1)  # a separator and a left pad between columns
+    fixed = sum(c.min_width or 0 for c in view.columns if _fixed(c))
+    room = width - chrome - fixed
+    wanted = {id(c): _widest(c) for c in names}
+    if sum(wanted.values()) <= room:
+        return view
+    share = max(room, 4 * len(names))
+    # Shrink the widest names first: the largest cap that fits (water-filling).
+    cap = 4
+    while cap < max(wanted.values()) and sum(min(w, cap + 1) for w in wanted.values()) <= share:
+        cap += 1
+    for column in names:
+        column.max_width = max(min(wanted[id(column)], cap), 4)
+    return view

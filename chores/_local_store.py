@@ -1,0 +1,181 @@
+"""A file-backed local store, to explore every command without a MongoDB server.
+
+`MONGO_URL=file://PATH` (relative, `file://.chore-demo/store.json`, or absolute,
+`file:///tmp/store.json`) opens PATH into an in-process mongomock when a command first
+connects, and writes it back when the command ends (`close_all`, which the `chore`
+command calls on exit, after an error or Ctrl-C too, as a server would have kept the
+writes made until then). `chore demo` leaves its month behind in one.
+
+It is for trying the chore out, and only that:
+
+- not for production: every command loads and rewrites the whole file, and mongomock
+  is a Python imitation of MongoDB, far slower and not exactly alike;
+- not for concurrent use: a command holds an exclusive lock on `PATH.lock` from load to
+  save, and a second command on the same store while one runs stops with a one-line
+  error rather than losing the other's writes; the Celery worker must not use it.
+
+The file is MongoDB Extended JSON (canonical: datetimes, ObjectIds and 64-bit integers
+come back as they went in), one object per database and collection, with the
+collection's secondary indexes, so a unique index keeps its meaning across commands.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+from typing import IO, Any
+
+import mongomock
+from bson import json_util
+from bson.json_util import CANONICAL_JSON_OPTIONS, JSONOptions
+from pymongo import IndexModel
+
+from ._exceptions import ConfigError
+
+SCHEME = "file://"
+FORMAT = "chore-local-store"
+VERSION = 1
+DEMO_PATH = Path(".chore-demo") / "store.json"
+INDEX_OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds")
+_READ = JSONOptions(tz_aware=True, tzinfo=UTC)
+
+
+def is_local(url: str) -> bool:
+    return url.startswith(SCHEME)
+
+
+def path_of(url: str) -> Path:
+    """`file://.chore-demo/store.json` -> `.chore-demo/store.json`; `file:///x` -> `/x`."""
+    text = url[len(SCHEME) :]
+    if not text:
+        raise ConfigError(f"MONGO_URL {url} names no file: use file://PATH, such as {url_of()}")
+    return Path(text)
+
+
+def url_of(path: Path = DEMO_PATH) -> str:
+    return f"{SCHEME}{path}"
+
+
+@dataclass
+class LocalStore:
+    path: Path
+    client: Any  # mongomock.MongoClient
+    lock: IO[str]
+
+
+_OPEN: dict[Path, LocalStore] = {}
+
+
+def open_client(url: str, *, fresh: bool = False) -> Any:
+    """The mongomock client of the store at `url`, loaded once per command.
+
+    `fresh` starts an empty store (the demo), replacing the file when it is saved.
+    """
+    path = path_of(url).absolute()
+    store = _OPEN.get(path)
+    if store is not None:
+        return store.client
+    if not fresh and not path.is_file():
+        raise ConfigError(
+            f"MONGO_URL {url}: no local store at {path_of(url)} (`chore demo` creates "
+            f"{DEMO_PATH}; a file:// store is for trying the chore out without a server)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock(path)
+    try:
+        client: Any = mongomock.MongoClient(tz_aware=True)
+        if not fresh:
+            _load(path, client)
+    except BaseException:
+        lock.close()
+        raise
+    _OPEN[path] = LocalStore(path, client, lock)
+    return client
+
+
+def close_all(*, save: bool = True) -> list[Path]:
+    """Write every open store back to its file (atomically) and release its lock."""
+    saved = []
+    while _OPEN:
+        path, store = _OPEN.popitem()
+        try:
+            if save:
+                _save(store)
+                saved.append(path)
+        finally:
+            store.lock.close()
+    return saved
+
+
+def _lock(path: Path) -> IO[str]:
+    handle = open(f"{path}.lock", "a", encoding="utf-8")  # noqa: SIM115 (held until close_all)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(
+            f"the local store {path} is in use by another command (a file:// store is not "
+            "for concurrent use): wait for it to end"
+        ) from None
+    return handle
+
+
+def _load(path: Path, client: Any) -> None:
+    try:
+        data = json_util.loads(path.read_text(encoding="utf-8"), json_options=_READ)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable local store ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not a local store written by `chore` (no {FORMAT!r} mark)")
+    for db_name, collections in data.get("databases", {}).items():
+        for name, content in collections.items():
+            collection = client[db_name][name]
+            # As the chore creates them (`create_indexes` of IndexModels): mongomock takes
+            # a `create_index` of the same index for one "with different options".
+            models = [
+                IndexModel(
+                    [tuple(pair) for pair in index["key"]],
+                    name=index["name"],
+                    **{k: index[k] for k in INDEX_OPTIONS if k in index},
+                )
+                for index in content.get("indexes", [])
+            ]
+            if models:
+                collection.create_indexes(models)
+            if content.get("documents"):
+                collection.insert_many(content["documents"])
+
+
+def _save(store: LocalStore) -> None:
+    client = store.client
+    databases: dict[str, Any] = {}
+    for db_name in client.list_database_names():
+        db = client[db_name]
+        collections: dict[str, Any] = {}
+        for name in sorted(db.list_collection_names()):
+            collection = db[name]
+            indexes = []
+            for index_name, info in collection.index_information().items():
+                if index_name == "_id_":
+                    continue
+                index = {"name": index_name, "key": [list(pair) for pair in info["key"]]}
+                index.update({k: info[k] for k in INDEX_OPTIONS if k in info})
+                indexes.append(index)
+            collections[name] = {"indexes": indexes, "documents": list(collection.find({}))}
+        databases[db_name] = collections
+    text = json_util.dumps(
+        {"format": FORMAT, "version": VERSION, "databases": databases},
+        json_options=CANONICAL_JSON_OPTIONS,
+    )
+    handle, temp = tempfile.mkstemp(dir=store.path.parent, prefix=f".{store.path.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temp, store.path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,367 @@
+"""Issue 18 items 7, 2 and 9 (the rest): output a person reads at 80 columns, arguments
+checked in one line, help that says what it means. Through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import click
+import pytest
+from click.testing import CliRunner
+from test_breakdown import metered_months
+
+from chores import get_settings
+from chores._money import usd
+from chores.cli import main
+
+from conftest import NOW
+
+NOW_ARG = ["--now", NOW.isoformat()]
+NARROW = {"COLUMNS": "80"}
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False, prog_name="chore")
+
+
+def fails(*args: str):
+    return CliRunner().invoke(main, list(args), prog_name="chore")
+
+
+@pytest.fixture
+def cli_db(env_db, fixture_docs):
+    env_db.tasks.insert_many(fixture_docs["tasks"])
+    env_db.findings.insert_many(fixture_docs["findings"])
+    invoke("run", "--all", *NOW_ARG)
+    return env_db
+
+
+@pytest.fixture
+def usage_db(env_db, registry):
+    metered_months(env_db, get_settings(), registry, seed=5, orgs=("acme",))
+    return env_db
+
+
+def table_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if not line.startswith("note: ")]
+
+
+# --- money --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("micros", "text"),
+    [
+        (50_000_000, "$50.00"),
+        (704_213, "$0.70"),
+        (1_234_567_890, "$1,234.57"),
+        (5_000, "$0.01"),  # half a cent rounds up, as the invoice does
+        (4_200, "$0.0042"),  # below a cent: the digits it needs, not $0.00
+        (1, "$0.000001"),
+        (0, "$0.00"),
+        (-4_200, "-$0.0042"),
+        (None, "unpriced"),
+    ],
+)
+def test_money_reads_in_cents(micros, text):
+    assert usd(micros) == text
+
+
+def test_plan_and_quota_speak_cents(env_db):
+    result = invoke("plan", "set", "--org", "acme", "--spend-limit", "$50", *NOW_ARG)
+    assert "spend limit $50.00," in result.output
+    check = invoke("quota", "check", "--org", "acme", *NOW_ARG)
+    assert "of $50.00" in check.output and "000000" not in check.output
+
+
+# --- 80 columns ---------------------------------------------------------------------------
+
+
+def assert_fits(output: str, width: int = 80) -> None:
+    for line in table_lines(output):
+        assert len(line) <= width, line
+
+
+def test_invoice_at_80_columns_never_cuts_money_or_counts(cli_db):
+    result = invoke("invoice", "show", "--org", "ws-beta", "--period", "2026-11", env=NARROW)
+    assert result.exit_code == 0
+    assert_fits(result.stdout)
+    invoice = cli_db.billing_invoices.find_one({"_id": "ws-beta:2026-11"})
+    rows = table_lines(result.output)
+    for line in invoice["lines"]:
+        amount = usd(line["amount_micros"]) if line["priced"] else "UNPRICED"
+        expected = [f"{line[k]:,}" for k in ("input_tokens", "output_tokens", "tokens")]
+        assert any(
+            row.rstrip().endswith(amount) and all(f" {n} " in row for n in expected) for row in rows
+        ), (line, result.output)
+    assert f"total {usd(invoice['total_micros'])} USD" in result.output
+
+
+def test_usage_by_run_at_80_columns_shows_every_amount_whole(usage_db):
+    result = invoke("usage", "--org", "acme", "--period", "2026-11", env=NARROW)
+    assert result.exit_code == 0, result.output
+    assert_fits(result.stdout)
+    data = json.loads(invoke("usage", "--org", "acme", "--period", "2026-11", "--json").stdout)
+    body = table_lines(result.output)[3:]
+    assert len([r for r in body if r.strip()]) >= len(data["rows"])
+    for row, line in zip(data["rows"], body, strict=False):
+        amount = "UNPRICED" if row["amount_micros"] is None else usd(row["amount_micros"])
+        if row["amount_micros"] is not None and row["unpriced_tokens"]:
+            amount += " + unpriced"
+        assert line.rstrip().endswith(amount), (row, line)
+        assert f" {row['tokens']:,} " in line
+    assert "…" not in "".join(line.split()[-1] for line in body if line.strip())
+
+
+def test_status_and_run_tables_fit_80_columns(cli_db):
+    run = invoke("run", "--all", *NOW_ARG, env=NARROW)
+    assert_fits(run.stdout)
+    status = invoke("status", *NOW_ARG, env=NARROW)
+    assert status.exit_code == 0
+    assert_fits(status.stdout)
+    assert re.search(r"ws-acme +ok +\S+ \S+ +\d[\d,]*s", status.output)
+
+
+# --- reconcile ------------------------------------------------------------------------------
+
+
+def test_reconcile_dash_without_estimate_headers_and_right_aligned(cli_db):
+    result = invoke("reconcile", "--org", "ws-acme", "--period", "2026-11", *NOW_ARG, env=NARROW)
+    assert result.exit_code == 0, result.output
+    assert_fits(result.stdout)
+    lines = table_lines(result.output)
+    first, second = lines[1], lines[2]
+    # Every column has a header (two lines: the second names each number column).
+    assert second.split() == [
+        "model", "tier", "from", "source", "invoiced", "source", "invoiced", "estimate", "check"
+    ]  # fmt: skip
+    report = json.loads(
+        invoke("reconcile", "--org", "ws-acme", "--period", "2026-11", "--json", *NOW_ARG).output
+    )
+    rows = lines[4 : 4 + len(report["lines"])]
+    estimate_end = second.index("estimate") + len("estimate")
+    tokens_end = second.index("source") + len("source")
+    assert first[:tokens_end].rstrip().endswith("tokens")
+    for line, row in zip(rows, report["lines"], strict=True):
+        # Numbers right-aligned under their headers.
+        assert line[:tokens_end].endswith(f"{row['expected_tokens']:,}")
+        estimate = line[:estimate_end].split()[-1]
+        if row["estimated_runners"]:
+            assert estimate == usd(round(row["runner_estimate_usd"] * 1_000_000))
+        else:
+            assert estimate == "–"
+    mini = next(r for r in report["lines"] if r["model"] == "gpt-4o-mini")
+    assert mini["estimated_runners"] == 2  # runners 1 and 2 gave one; runner 3 none
+    assert any(not r["estimated_runners"] for r in report["lines"])
+
+
+# --- usage: tree order, formats, empty results -------------------------------------------------
+
+
+def test_usage_by_run_lists_subagents_under_their_parents(usage_db):
+    data = json.loads(invoke("usage", "--org", "acme", "--period", "2026-11", "--json").stdout)
+    rows = data["rows"]
+    position = {row["run"]: n for n, row in enumerate(rows)}
+    nested = 0
+    for n, row in enumerate(rows):
+        parent = row["parent_id"]
+        if not row["subagent"] or parent not in position:
+            continue
+        nested += 1
+        # Under its parent: after it, and everything in between is the parent's subtree.
+        assert position[parent] < n
+        for between in rows[position[parent] + 1 : n]:
+            ancestor = between["parent_id"]
+            while ancestor is not None and ancestor != parent:
+                ancestor = rows[position[ancestor]]["parent_id"] if ancestor in position else None
+            assert ancestor == parent, (row["run"], between["run"])
+    assert nested >= 3
+    # Not by amount: some subagent costs more than the run listed just before its tree.
+    amounts = [r["amount_micros"] or 0 for r in rows]
+    assert amounts != sorted(amounts, reverse=True)
+    table = invoke("usage", "--org", "acme", "--period", "2026-11", env={"COLUMNS": "200"})
+    body = [line for line in table_lines(table.output) if "↳ " in line]
+    assert len(body) == nested + sum(
+        1 for r in rows if r["subagent"] and r["parent_id"] not in position
+    )
+
+
+@pytest.mark.parametrize("command", [["usage"], ["invoice", "show"]])
+def test_json_and_csv_together_is_a_usage_error(cli_db, command):
+    result = fails(*command, "--org", "ws-acme", "--period", "2026-11", "--json", "--csv")
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        f"Error: give at most one of --json and --csv (chore {' '.join(command)} -h for help)"
+    ]
+
+
+def test_json_quiet_still_prints_the_json(cli_db):
+    result = invoke("run", "--all", "--json", "--quiet", *NOW_ARG)
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["tokens_billed"] == 0  # nothing new since the fixture
+    assert invoke("run", "--all", "--quiet", *NOW_ARG).output == ""
+
+
+def test_filters_that_match_nothing_say_so(usage_db):
+    base = ["usage", "--org", "acme", "--period", "2026-11"]
+    result = invoke(*base, "--model", "no-such-model")
+    assert result.exit_code == 0
+    assert result.stdout == "no usage of acme:2026-11 matches --model no-such-model\n"
+    later = invoke(*base, "--since", "2026-12-05")
+    assert later.stdout == "no usage of acme:2026-11 matches --since 2026-12-05\n"
+    as_json = json.loads(invoke(*base, "--model", "no-such-model", "--json").stdout)
+    assert as_json["rows"] == []  # a script still gets its JSON
+
+
+def test_since_after_until_is_one_line(usage_db):
+    result = fails("usage", "--org", "acme", "--since", "2026-11-20", "--until", "2026-11-02")
+    assert result.exit_code == 2
+    assert result.output == (
+        "Error: --since 2026-11-20 is after --until 2026-11-02: no day can match both "
+        "(chore usage -h for help)\n"
+    )
+
+
+# --- item 2: bad arguments, one line --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["invoice", "show", "--org", "a", "--period", "9999-12"],
+            "Invalid value for '--period': 9999-12 is out of range: expected a month from "
+            "2000-01 to 2999-12 (YYYY-MM)",
+        ),
+        (
+            ["usage", "--org", "a", "--period", "2026-13"],
+            "Invalid value for '--period': '2026-13' is not a month: expected YYYY-MM, "
+            "such as 2026-11",
+        ),
+        (
+            ["report", "--org", "a", "--period", "0000-01", "--out", "x.html"],
+            "Invalid value for '--period': 0000-01 is out of range",
+        ),
+        (
+            ["reconcile", "--org", "a", "--period", "1999-12"],
+            "Invalid value for '--period': 1999-12 is out of range",
+        ),
+        (
+            ["usage", "--org", "a", "--since", "2026-02-30"],
+            "Invalid value for '--since': 2026-02-30 is not a calendar day (day is out of "
+            "range for month): expected YYYY-MM-DD",
+        ),
+        (
+            ["usage", "--org", "a", "--until", "26-1-1"],
+            "Invalid value for '--until': '26-1-1' is not a day: expected YYYY-MM-DD",
+        ),
+        (
+            ["finalize", "--grace-days", "nan"],
+            "Invalid value for '--grace-days': nan is not a number of days: expected 0 to 366",
+        ),
+        (
+            ["finalize", "--grace-days", "1e9"],
+            "Invalid value for '--grace-days': 1e9 is not a number of days: expected 0 to 366",
+        ),
+        (
+            ["run", "--all", "--now", "yesterday"],
+            "Invalid value for '--now': 'yesterday' is not a date-time: expected ISO 8601",
+        ),
+        (["run", "--org"], "Option '--org' requires an argument."),
+        (["invoice", "show"], "Missing option '--org'."),
+        (["nope"], "No such command 'nope'."),
+    ],
+)
+def test_bad_arguments_are_one_line_exit_2(env_db, args, message):
+    result = fails(*args)
+    assert result.exit_code == 2, result.output
+    assert len(result.output.splitlines()) == 1, result.output
+    assert result.output.startswith(f"Error: {message}"), result.output
+    assert "Traceback" not in result.output and result.exception is not None
+    assert isinstance(result.exception, SystemExit)
+
+
+# --- item 9: help --------------------------------------------------------------------------
+
+
+def every_command(group: click.Group = main, path: tuple[str, ...] = ()):
+    yield path, group
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from every_command(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+@pytest.mark.parametrize("path", [p for p, _ in every_command()], ids=" ".join)
+def test_dash_h_everywhere(path):
+    short, long = invoke(*path, "-h"), invoke(*path, "--help")
+    assert short.exit_code == 0 and short.output == long.output
+    assert "-h, --help" in short.output
+
+
+def test_every_option_has_help_and_org_json_csv_say_what_they_are():
+    for path, command in every_command():
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, (path, param.name)
+    usage_help = invoke("usage", "-h").output
+    assert "--org ORG" in usage_help and "--json" in usage_help and "Print CSV" in usage_help
+    assert "--since YYYY-MM-DD" in usage_help and "%Y" not in usage_help
+    assert "--period YYYY-MM" in usage_help
+
+
+def test_command_summaries_are_whole():
+    for path, command in every_command():
+        if isinstance(command, click.Group):
+            listing = invoke(*path, "--help", env=NARROW).output
+            commands = listing[listing.index("Commands:") :]
+            assert "..." not in commands, (path, commands)
+
+
+def test_help_names_mongo_url_and_the_stores():
+    text = " ".join(invoke("--help").output.split())
+    assert "MONGO_URL, the MongoDB server (default mongodb://localhost:27017)" in text
+    assert "export MONGO_URL=file://.chore-demo/store.json" in text
+    assert "not for production and not for concurrent use" in text
+    assert "mongomock://NAME" in text
+
+
+def test_registry_path_both_ways(tmp_path):
+    from pricing import load_registry, registry_to_yaml
+
+    path = tmp_path / "r.yaml"
+    path.write_text(registry_to_yaml(load_registry()))
+    for args in ([str(path)], ["--path", str(path)]):
+        listed = invoke("registry", "list", *args)
+        assert listed.exit_code == 0 and "gpt-4o-mini" in listed.output
+        valid = invoke("registry", "validate", *args)
+        assert valid.exit_code == 0 and valid.output.startswith(f"{path}: valid")
+    shipped = invoke("registry", "validate")
+    assert shipped.exit_code == 0 and shipped.output.startswith("shipped registry: valid")
+    both = fails("registry", "list", str(path), "--path", "other.yaml")
+    assert both.exit_code == 2 and len(both.output.splitlines()) == 1
+
+
+TIME_DEPENDENT = [
+    ("run",),
+    ("finalize",),
+    ("invoice", "show"),
+    ("usage",),
+    ("report",),
+    ("reconcile",),
+    ("quota", "check"),
+    ("plan", "set"),
+    ("status",),
+    ("demo",),
+    ("registry", "list"),
+]
+
+
+def test_now_on_every_command_that_depends_on_the_time():
+    for path, command in every_command():
+        if isinstance(command, click.Group):
+            continue
+        has_now = any("--now" in getattr(p, "opts", ()) for p in command.params)
+        assert has_now == (path in TIME_DEPENDENT), path

@@ -1,0 +1,131 @@
+"""Issue 18 item 4: `chore demo` leaves its data in a local file store, and every other
+command works on it without a server (`MONGO_URL=file://.chore-demo/store.json`)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bson import ObjectId
+from click.testing import CliRunner
+
+from chores import _local_store, get_settings
+from chores.cli import main
+
+CHORE = [str(Path(sys.executable).parent / "chore")]  # the installed command
+NOW = "2026-11-25T12:00:00+00:00"
+
+
+def chore(cwd: Path, *args: str, env: dict[str, str] | None = None):
+    environ = {k: v for k, v in os.environ.items() if k not in ("MONGO_URL", "REDIS_URL")}
+    environ.update(env or {}, COLUMNS="100")
+    return subprocess.run(
+        [*CHORE, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_demo_then_every_command_on_its_data_without_a_server(tmp_path):
+    """From a fresh directory, as the README says: demo, then plan set, quota check,
+    invoice show, usage, report and status, each a new process on the demo's file."""
+    demo = chore(tmp_path, "demo", "--now", NOW)
+    assert demo.returncode == 0, demo.stderr
+    assert (tmp_path / ".chore-demo" / "store.json").is_file()
+    assert "export MONGO_URL=file://.chore-demo/store.json" in demo.stdout
+    env = {"MONGO_URL": "file://.chore-demo/store.json"}
+
+    plan = chore(
+        tmp_path, "plan", "set", "--org", "acme", "--token-limit", "100K", "--now", NOW, env=env
+    )
+    assert plan.returncode == 0, plan.stderr
+    assert "acme: token limit 100,000 tokens" in plan.stdout
+    assert "acme: decision now block" in plan.stdout  # acme used more than 100K this month
+    shown = chore(tmp_path, "plan", "show", "--org", "acme", env=env)
+    assert shown.stdout.startswith("acme: token limit 100,000 tokens")  # kept between commands
+
+    check = chore(tmp_path, "quota", "check", "--org", "acme", "--now", NOW, env=env)
+    assert check.returncode == 3 and check.stdout.startswith("acme: block"), check.stdout
+
+    invoice = chore(tmp_path, "invoice", "show", "--org", "acme", "--period", "2026-11", env=env)
+    assert invoice.returncode == 0 and "Invoice acme:2026-11" in invoice.stdout
+    as_json = json.loads(
+        chore(tmp_path, "usage", "--org", "acme", "--period", "2026-11", "--json", env=env).stdout
+    )
+    assert as_json["total"]["amount_micros"] == as_json["invoice_total_micros"] > 0
+
+    report = chore(
+        tmp_path, "report", "--org", "acme", "--period", "2026-11", "--out", "acme.html", env=env
+    )
+    assert report.returncode == 0, report.stderr
+    assert "acme:2026-11" in (tmp_path / "acme.html").read_text()
+
+    status = chore(tmp_path, "status", env=env)
+    assert status.returncode == 0, status.stderr
+    assert "Last runs" in status.stdout and "Source indexes: all present" in status.stdout
+    assert "note:" not in status.stderr  # not an ephemeral store: no such note
+
+    rerun = chore(tmp_path, "run", "--all", "--json", "--now", NOW, env=env)
+    assert json.loads(rerun.stdout)["tokens_billed"] == 0  # everything was billed, once
+
+
+def test_the_file_keeps_types_and_indexes(tmp_path, monkeypatch):
+    store = tmp_path / "store.json"
+    url = f"file://{store}"
+    client = _local_store.open_client(url, fresh=True)
+    client["main"]["tasks"].insert_one({"_id": ObjectId(), "n": 2**40, "name": "ai"})
+    client["main"]["plans"].create_index([("org", 1)], name="org_unique", unique=True)
+    assert _local_store.close_all() == [store.absolute()]
+    again = _local_store.open_client(url)
+    doc = again["main"]["tasks"].find_one()
+    assert isinstance(doc["_id"], ObjectId) and doc["n"] == 2**40
+    assert again["main"]["plans"].index_information()["org_unique"]["unique"] is True
+    _local_store.close_all(save=False)
+
+
+def test_a_missing_or_foreign_file_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MONGO_URL", f"file://{tmp_path}/none.json")
+    get_settings.cache_clear()
+    try:
+        missing = CliRunner().invoke(main, ["status"])
+        assert missing.exit_code == 1
+        assert missing.output.startswith(f"Error: MONGO_URL file://{tmp_path}/none.json: no local")
+        assert len(missing.output.splitlines()) == 1
+        (tmp_path / "none.json").write_text('{"hello": 1}')
+        foreign = CliRunner().invoke(main, ["status"])
+        assert foreign.exit_code == 1 and "not a local store written by `chore`" in foreign.output
+    finally:
+        get_settings.cache_clear()
+
+
+def test_a_store_in_use_is_refused_not_shared(tmp_path, monkeypatch):
+    store = tmp_path / "store.json"
+    assert CliRunner().invoke(main, ["demo", "--store", str(store)]).exit_code == 0
+    monkeypatch.setenv("MONGO_URL", f"file://{store}")
+    get_settings.cache_clear()
+    try:
+        with open(f"{store}.lock", "a") as other:  # another command holds it
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            busy = CliRunner().invoke(main, ["plan", "show", "--org", "acme"])
+        assert busy.exit_code == 1
+        assert (
+            "is in use by another command" in busy.output
+            and "not for concurrent use" in busy.output
+        )
+        assert CliRunner().invoke(main, ["plan", "show", "--org", "acme"]).exit_code == 0
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("url", ["file://"])
+def test_a_file_url_without_a_path_is_one_line(url, monkeypatch):
+    monkeypatch.setenv("MONGO_URL", url)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["status"])
+        assert result.exit_code == 1 and "names no file: use file://PATH" in result.output
+    finally:
+        get_settings.cache_clear()
