@@ -22,7 +22,7 @@ import click
 from pymongo.errors import PyMongoError
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from pricing import RegistryError, load_registry, registry_from_litellm, registry_to_yaml
 
@@ -152,9 +152,14 @@ def run(
     db = connect(settings)
     out = console()
     show_progress = not (quiet or as_json) and out.is_terminal
+    # Live on a terminal (not with --quiet or --json, not in a log): documents read, the
+    # rate, and the orgs with new usage so far (those whose invoices this run will settle:
+    # one small read of the dirty marks per batch, only while someone watches).
+    dirty = Collections.of(db, settings).dirty
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
+        TimeElapsedColumn(),
         console=out,
         disable=not show_progress,
         transient=True,
@@ -167,8 +172,11 @@ def run(
             nonlocal read
             read += n
             rate = read / max(time.monotonic() - started, 1e-3)
+            orgs = len(dirty.distinct("org")) if show_progress and not dry_run else 0
             progress.update(
-                task, description=f"metering: {read:,} runner documents read ({rate:,.0f}/s)"
+                task,
+                description=f"metering: {counted(read, 'runner document')} read · "
+                f"{counted(orgs, 'org')} with new usage · {rate:,.0f} documents/s ·",
             )
 
         report = run_chore(
