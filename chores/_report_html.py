@@ -12,6 +12,7 @@ sum of the same cells whose total is the invoice's.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import math
 from collections import defaultdict
@@ -34,27 +35,41 @@ from ._run_trees import RunNode, run_trees
 from ._settings import Settings
 
 ProgressFn = Callable[[str, int, int], None]  # (what, done, total)
-# Tableau 10, red last: red means "unpriced" elsewhere on the page.
+# The tiers' own colours (the free / paid / customer-key split); no model ever takes one.
+FREE_COLOR, UNPRICED_COLOR = "#59a14f", "#e15759"
+TIER_LABELS = {
+    "paid": ("Paid", "platform key, billed", "#1f3b5c"),
+    "free": ("Free models", "metered, charged $0", FREE_COLOR),
+    "byok": ("Customer key", "BYOK: metered, charged $0", "#5f5f5f"),
+    "unpriced": ("Unpriced", "no price yet: needs review", UNPRICED_COLOR),
+}
+# Model colours: Tableau 20 without its greens, reds and greys (the tiers' colours), so a
+# model never reads as "free" or "unpriced". A model keeps its colour in every report: it
+# is chosen by a hash of the model's id, not by its rank in the month.
 PALETTE = (
     "#4e79a7",
+    "#a0cbe8",
     "#f28e2b",
-    "#76b7b2",
-    "#edc948",
+    "#ffbe7d",
+    "#b6992d",
+    "#f1ce63",
+    "#499894",
+    "#86bcb6",
     "#b07aa1",
-    "#59a14f",
-    "#9c755f",
-    "#ff9da7",
-    "#e15759",
+    "#d4a6c8",
+    "#9d7660",
+    "#d7b5a6",
+    "#fabfd2",
 )
 OTHER_COLOR = "#bab0ac"
-MAX_SERIES = len(PALETTE)
+MAX_SERIES = 9
 MAX_TREE_ROWS = 25
-TIER_LABELS = {
-    "paid": ("Paid", "platform key, billed", "#4e79a7"),
-    "free": ("Free models", "metered, charged $0", "#59a14f"),
-    "byok": ("Customer key", "BYOK: metered, charged $0", "#76b7b2"),
-    "unpriced": ("Unpriced", "no price yet: needs review", "#e15759"),
-}
+
+
+def model_color(model: str) -> str:
+    """The colour of a model, the same in every report (a hash of its id into PALETTE)."""
+    digest = hashlib.sha256(model.encode("utf-8")).digest()
+    return PALETTE[int.from_bytes(digest[:4], "big") % len(PALETTE)]
 
 
 def _e(value: object) -> str:
@@ -133,9 +148,19 @@ def compact(value: float) -> str:
     return f"{value:.3g}"
 
 
-def dollars(micros: float) -> str:
-    """Axis label of a micros amount: cents, or more digits for tiny amounts."""
-    return f"${micros / 1e6:,.2f}" if micros == 0 or micros >= 10_000 else f"${micros / 1e6:.4f}"
+def dollar_axis(ticks: Sequence[float]) -> list[str]:
+    """Axis labels of micros amounts, all with the same digits: cents, unless a tick falls
+    between cents (then as many digits as the ticks need, the same for all)."""
+    digits = 2
+    while digits < 6 and any(
+        abs(tick / 10 ** (6 - digits) - round(tick / 10 ** (6 - digits))) > 1e-9 for tick in ticks
+    ):
+        digits += 1
+    return [f"${tick / 1e6:,.{digits}f}" for tick in ticks]
+
+
+def token_axis(ticks: Sequence[float]) -> list[str]:
+    return [compact(tick) for tick in ticks]
 
 
 def nice_ticks(top: float, count: int = 4) -> list[float]:
@@ -163,12 +188,14 @@ def stacked_bars(
     title: str,
     categories: Sequence[str],
     series: Sequence[Series],
-    axis: Callable[[float], str],
+    axis: Callable[[Sequence[float]], list[str]],
     value: Callable[[int], str],
+    empty: str = "no usage in this period",
     width: int = 1120,
     height: int = 230,
 ) -> str:
-    """An inline SVG of stacked bars, one per category (escaped labels, a tooltip per block)."""
+    """An inline SVG of stacked bars, one per category (escaped labels, a tooltip per block);
+    `empty` is said across the plot when no bar has any height."""
     left, right, top, bottom = 64, 8, 30, 26
     plot_w, plot_h = width - left - right, height - top - bottom
     stack_tops = [sum(s.values[i] for s in series) for i in range(len(categories))]
@@ -179,12 +206,14 @@ def stacked_bars(
         f'role="img" aria-label="{_e(title)}">',
         f'<text x="0" y="16" class="chart-title">{_e(title)}</text>',
     ]
-    for tick in ticks:
+    # An empty chart keeps only its baseline: no made-up scale above nothing.
+    shown_ticks = ticks if any(stack_tops) else ticks[:1]
+    for tick, label in zip(shown_ticks, axis(shown_ticks), strict=True):
         y = top + plot_h - tick * scale
         out.append(
             f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
             f'<text x="{left - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">'
-            f"{_e(axis(tick))}</text>"
+            f"{_e(label)}</text>"
         )
     slot = plot_w / max(len(categories), 1)
     bar = max(slot * 0.72, 1.0)
@@ -209,7 +238,7 @@ def stacked_bars(
     if not any(stack_tops):
         out.append(
             f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" class="axis" '
-            'text-anchor="middle">no usage in this period</text>'
+            f'text-anchor="middle">{_e(empty)}</text>'
         )
     out.append("</svg>")
     return "".join(out)
@@ -245,10 +274,10 @@ def daily_series(
         out = [
             Series(
                 model + (" (unpriced)" if model in unpriced else ""),
-                PALETTE[n],
+                model_color(model),
                 tuple(table[model][first:]),
             )
-            for n, model in enumerate(shown)
+            for model in shown
         ]
         if rest:
             others = [sum(table[m][i] for m in rest) for i in range(first, len(days) + 1)]
@@ -366,16 +395,38 @@ def _chart_section(allocation: Allocation) -> str:
         title="Tokens per day",
         categories=labels,
         series=tokens,
-        axis=compact,
+        axis=token_axis,
         value=lambda v: f"{v:,} tokens",
     )
     cost_chart = stacked_bars(
-        title="Cost per day (USD)", categories=labels, series=micros, axis=dollars, value=usd
+        title="Cost per day (USD)",
+        categories=labels,
+        series=micros,
+        axis=dollar_axis,
+        value=usd,
+        empty=_no_cost(allocation),
     )
     return (
         "<section><h2>Daily usage by model</h2>"
         f'<div class="legend">{legend}</div>{token_chart}{cost_chart}</section>'
     )
+
+
+def _no_cost(allocation: Allocation) -> str:
+    """What the cost chart says when it has no bar: why there is no cost."""
+    by_tier = {row.key: row.usage.tokens for row in rows(allocation.cells, "tier")}
+    if not any(by_tier.values()):
+        return "no usage in this period"
+    reasons = [
+        f"{by_tier[tier]:,} tokens {what}"
+        for tier, what in (
+            ("free", "on free models"),
+            ("byok", "on the customer's own key"),
+            ("unpriced", "not priced yet (needs review)"),
+        )
+        if by_tier.get(tier)
+    ]
+    return "no cost in this period: " + ", ".join(reasons)
 
 
 def _invoice_section(invoice: Invoice) -> str:
@@ -450,9 +501,10 @@ def _split_section(allocation: Allocation) -> str:
 def _runs_section(allocation: Allocation, top: int) -> str:
     roots = run_trees(allocation.cells)
     shown = roots[:top]
+    models = registry_models(allocation.cells)
     out: list[str] = []
     for root in shown:
-        out += _tree_rows(root)
+        out += _tree_rows(root, models)
     head = (
         "<tr><th>Run</th><th>Model</th><th>Status</th><th>Session</th>"
         '<th class="n">Own tokens</th><th class="n">Own cost</th>'
@@ -470,7 +522,16 @@ def _runs_section(allocation: Allocation, top: int) -> str:
     )
 
 
-def _tree_rows(root: RunNode) -> list[str]:
+def registry_models(cells: Iterable[Cell]) -> dict[str, str]:
+    """Each run's model as the invoice names it: the registry id (the raw name when the
+    registry does not know it)."""
+    ids: dict[str, set[str]] = defaultdict(set)
+    for cell in cells:
+        ids[cell.run.runner_id].add(cell.line[0] or "(no model)")
+    return {runner: ", ".join(sorted(names)) for runner, names in ids.items()}
+
+
+def _tree_rows(root: RunNode, models: dict[str, str]) -> list[str]:
     out: list[str] = []
     stack: list[tuple[RunNode, int]] = [(root, 0)]
     while stack:
@@ -481,7 +542,7 @@ def _tree_rows(root: RunNode) -> list[str]:
                 f"… {_count(root) - MAX_TREE_ROWS} more runs in this tree</td></tr>"
             )
             break
-        out.append(_node_row(node, depth))
+        out.append(_node_row(node, depth, models))
         stack.extend((child, depth + 1) for child in reversed(node.children))
     return out
 
@@ -495,7 +556,7 @@ def _count(node: RunNode) -> int:
     return count
 
 
-def _node_row(node: RunNode, depth: int) -> str:
+def _node_row(node: RunNode, depth: int, models: dict[str, str]) -> str:
     pad = f' style="padding-left:{8 + 18 * depth}px"'
     mark = '<span class="tree">└</span>' if depth else ""
     with_children = _e(_amount(node.total)) if node.children else ""
@@ -511,7 +572,7 @@ def _node_row(node: RunNode, depth: int) -> str:
     kind = ' <span class="muted">subagent</span>' if run.subagent else ""
     return (
         f'<tr><td{pad}>{mark}<span class="mono">{_e(run.runner_id)}</span>{kind}</td>'
-        f"<td>{_e(run.model or '(no model)')}</td>"
+        f"<td>{_e(models.get(run.runner_id) or run.model or '(no model)')}</td>"
         f'<td><span class="pill st-{_e(status)}">{_e(status)}</span></td>'
         f'<td class="mono">{_e(run.session_id or "")}</td>'
         f'<td class="n">{node.own.tokens:,}</td><td class="n">{_e(_amount(node.own))}</td>'

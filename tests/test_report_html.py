@@ -29,7 +29,18 @@ from chores import Settings, get_settings, run_chore
 from chores._breakdown import rows, total
 from chores._corpus import generate_corpus
 from chores._money import usd
-from chores._report_html import PALETTE, collect_report, daily_series, render_report
+from chores._report_html import (
+    FREE_COLOR,
+    PALETTE,
+    TIER_LABELS,
+    UNPRICED_COLOR,
+    collect_report,
+    daily_series,
+    dollar_axis,
+    model_color,
+    nice_ticks,
+    render_report,
+)
 from chores.cli import main
 from pricing import load_registry
 
@@ -266,7 +277,8 @@ def test_report_renders_in_headless_chromium(acme, tmp_path):
     assert (width, height) == (WIDTH, HEIGHT)
     colors: set[bytes] = set()
     chart_pixels = 0
-    first_series = bytes(int(PALETTE[0][i : i + 2], 16) for i in (1, 3, 5))
+    _, tokens, _ = daily_series(data.allocation.cells, data.allocation.invoice)
+    first_series = bytes(int(tokens[0].color[i : i + 2], 16) for i in (1, 3, 5))
     for y, line in enumerate(lines):
         if y >= 1000:  # the header, cards, chart and invoice are above
             break
@@ -276,32 +288,132 @@ def test_report_renders_in_headless_chromium(acme, tmp_path):
     assert len(colors) > 100, "the page looks blank"
     assert chart_pixels > 500, "the chart's bars are not drawn"
     assert data.allocation.exact
-    if os.environ.get("UPDATE_REPORT_SCREENSHOT"):
-        write_docs_example(tmp_path)
 
 
-def write_docs_example(tmp_path: Path) -> None:
-    """`docs/report.png` and `docs/report-example.html`: a busy month of a generated org."""
+# --- issue 18 item 8: free-only and unpriced orgs, stable colours, one axis format ----------
+
+FREE_ORG, UNPRICED_ORG = "freebie", "newmodels"
+
+
+@pytest.fixture(scope="module")
+def free_and_unpriced() -> dict[str, Any]:
+    """A month of an org that used only free models, and one whose models are partly
+    unknown to the registry (unpriced), both rendered."""
     registry = load_registry()
     settings = Settings(mongo_url="mongomock://unused", redis_url=None)
     db = mongomock.MongoClient(tz_aware=True)["main"]
     corpus = generate_corpus(
-        seed=7,
-        orgs=("acme", "globex"),
-        runs_per_org=110,
-        start=NOVEMBER,
-        days=30,
-        malformed_share=0.04,
+        seed=7, orgs=(FREE_ORG, UNPRICED_ORG), runs_per_org=40, start=NOVEMBER, days=29
     )
     link_spawns(corpus)
+    for n, task in enumerate(corpus.tasks):
+        context = task.get("context")
+        if not isinstance(context, dict) or "ai_model" not in context:
+            continue
+        if context.get("workspace_id") == FREE_ORG:
+            context["ai_model"] = ("ollama/llama3.1", "qwen2.5:7b")[n % 2]
+            context["ai_key_source"] = "platform"
+        elif n % 3 == 0:
+            context["ai_model"] = "acme-labs/frontier-2"  # no price in the registry
     db.tasks.insert_many(corpus.tasks)
     db.findings.insert_many(corpus.findings)
     now = datetime(2026, 11, 30, 20, tzinfo=UTC)
     run_chore(db, now=now, registry=registry, settings=settings)
-    data = collect_report(
-        db, "acme", "2026-11", settings=settings, registry=registry, now=now, top=8
+    pages = {}
+    for org in (FREE_ORG, UNPRICED_ORG):
+        data = collect_report(
+            db, org, "2026-11", settings=settings, registry=registry, now=now, top=6
+        )
+        pages[org] = (data, render_report(data))
+    return pages
+
+
+def test_free_only_usage_says_it_was_free_not_absent(free_and_unpriced):
+    data, page = free_and_unpriced[FREE_ORG]
+    invoice = data.allocation.invoice
+    assert invoice.total_micros == 0 and data.allocation.total.tokens > 0
+    assert {line.tier for line in invoice.lines} == {"free"}
+    assert "no usage in this period" not in page
+    assert f"no cost in this period: {data.allocation.total.tokens:,} tokens on free models" in page
+
+
+def test_unpriced_usage_is_named_and_red(free_and_unpriced):
+    data, page = free_and_unpriced[UNPRICED_ORG]
+    assert data.allocation.invoice.unpriced_tokens > 0
+    assert "acme-labs/frontier-2 (unpriced)" in page and "no usage in this period" not in page
+
+
+def test_a_model_keeps_its_colour_and_no_model_looks_free(free_and_unpriced, acme):
+    tier_colors = {color for _, _, color in TIER_LABELS.values()}
+    assert FREE_COLOR in tier_colors and UNPRICED_COLOR in tier_colors
+    assert not tier_colors & set(PALETTE)  # "a model" never shares a colour with a tier
+    colours: dict[str, set[str]] = {}
+    for data, _ in (*free_and_unpriced.values(), acme[0:2]):
+        _, tokens, _ = daily_series(data.allocation.cells, data.allocation.invoice)
+        for series in tokens:
+            colours.setdefault(series.label.removesuffix(" (unpriced)"), set()).add(series.color)
+    assert all(len(found) == 1 for found in colours.values()), colours
+    assert colours["llama3.1"] == {model_color("llama3.1")}
+    assert model_color("gpt-4o") == model_color("gpt-4o")  # a hash, not a rank
+
+
+@pytest.mark.parametrize("top", [0, 3_000, 12_000, 70_000, 2_500_000, 123_456_789])
+def test_cost_axis_labels_share_one_format(top):
+    labels = dollar_axis(nice_ticks(top))
+    digits = {len(label.split(".")[1]) for label in labels}
+    assert len(digits) == 1, labels
+    if top >= 20_000:
+        assert digits == {2}, labels  # cents as soon as the ticks are whole cents
+
+
+def test_top_runs_show_registry_ids_like_the_invoice(acme):
+    data, page = acme
+    runs = page[page.index("Top runs by cost") :]
+    invoice_models = {line.model for line in data.allocation.invoice.lines}
+    raw_only = {c.run.model for c in data.allocation.cells} - invoice_models
+    assert raw_only, "the fixture has raw names that differ from registry ids"
+    for raw in raw_only:
+        assert f"<td>{raw}</td>" not in runs
+    assert any(f"<td>{model}</td>" in runs for model in invoice_models if model)
+
+
+def test_free_and_unpriced_reports_render_in_headless_chromium(free_and_unpriced, tmp_path):
+    """Both pages in a real browser (one screenshot each); the free org's page has no red
+    and its green bars are the free model's. UPDATE_REPORT_SCREENSHOT=1 also writes
+    docs/report.png and docs/report-example.html from these two orgs."""
+    for org, (data, page) in free_and_unpriced.items():
+        path = tmp_path / f"{org}.html"
+        path.write_text(page, encoding="utf-8")
+        png = tmp_path / f"{org}.png"
+        screenshot(path, png, tmp_path / f"profile-{org}")
+        _, tokens, _ = daily_series(data.allocation.cells, data.allocation.invoice)
+        bar = bytes(int(tokens[0].color[i : i + 2], 16) for i in (1, 3, 5))
+        width, height, channels, lines = png_rows(png.read_bytes())
+        bar_pixels = sum(
+            [line[n : n + 3] for n in range(0, len(line), channels)].count(bar)
+            for y, line in enumerate(lines)
+            if y < 1000
+        )
+        assert (width, height) == (WIDTH, HEIGHT) and bar_pixels > 300, (org, bar_pixels)
+    if os.environ.get("UPDATE_REPORT_SCREENSHOT"):
+        write_docs_example(free_and_unpriced, tmp_path)
+
+
+def write_docs_example(pages: dict[str, Any], tmp_path: Path) -> None:
+    """`docs/report-example.html` (the two reports, each in its own frame, self-contained)
+    and `docs/report.png`, its screenshot in headless Chromium."""
+    import html
+
+    frames = "".join(
+        f'<iframe title="{org}" srcdoc="{html.escape(page, quote=True)}" '
+        'style="width:1264px;height:2050px;border:0;display:block"></iframe>'
+        for org, (_, page) in pages.items()
     )
-    DOCS.mkdir(exist_ok=True)
     example = DOCS / "report-example.html"
-    example.write_text(render_report(data), encoding="utf-8")
-    screenshot(example, DOCS / "report.png", tmp_path / "docs-profile", height=2950)
+    example.write_text(
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>chore report: an org with only free usage, one with unpriced usage</title>"
+        f'</head><body style="margin:0;background:#f4f5f7">{frames}</body></html>\n',
+        encoding="utf-8",
+    )
+    screenshot(example, DOCS / "report.png", tmp_path / "docs-profile", height=4100)
