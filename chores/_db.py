@@ -205,6 +205,11 @@ def billing_indexes() -> dict[str, list[IndexModel]]:
                 name="org_usage_booked",
             ),
             IndexModel([("org", ASCENDING), ("booked", ASCENDING)], name="org_booked"),
+            # What a draft build reads: the entries of a period no draft holds yet.
+            IndexModel(
+                [("org", ASCENDING), ("fold", ASCENDING), ("booked", ASCENDING)],
+                name="org_unfolded",
+            ),
         ],
         "dirty": [IndexModel([("org", ASCENDING)], name="org")],
         "pending": [IndexModel([("org", ASCENDING)], name="org")],

@@ -24,7 +24,8 @@ from pricing import Registry
 from . import _clock
 from ._anomalies import AnomalyLog
 from ._db import Collections, Doc
-from ._ledger import EMPTY_ENTRY, Ledger
+from ._drafts import DraftSums, has_usage
+from ._ledger import EMPTY_ENTRY, Ledger, pair_of
 from ._lines import InvoiceLine, UsageGroup, price_lines
 from ._money import Micros
 from ._periods import next_period, period_bounds, period_of
@@ -58,7 +59,7 @@ class Invoice(BaseModel):
 
 @dataclass
 class PeriodUsage:
-    """What the ledger holds for one invoice: usage groups, runners, entry count."""
+    """What the ledger holds for one invoice, summed from all its entries (the check)."""
 
     groups: list[UsageGroup] = field(default_factory=list)
     runners: set[str] = field(default_factory=set)
@@ -69,13 +70,16 @@ def build_invoice(
     *,
     org: str,
     period: str,
-    usage: PeriodUsage,
+    groups: Iterable[UsageGroup],
+    runs: int,
+    entries: int,
     anomalies_open: bool,
     registry: Registry,
     now: datetime,
     status: Literal["draft", "final"] = "draft",
 ) -> Invoice:
-    lines = price_lines(usage.groups, registry)
+    """The invoice of `groups` (the usage of `runs` runners over `entries` ledger entries)."""
+    lines = price_lines(groups, registry)
     start, end = period_bounds(period)
     total = sum(line.amount_micros for line in lines if line.amount_micros is not None)
     unpriced = sum(line.tokens for line in lines if not line.priced)
@@ -90,12 +94,21 @@ def build_invoice(
         total_micros=Micros(total),
         unpriced_tokens=unpriced,
         needs_review=anomalies_open or any(not line.priced for line in lines),
-        runs=len(usage.runners),
-        entries=usage.entries,
+        runs=runs,
+        entries=entries,
         updated_at=now,
         finalized_at=now if status == "final" else None,
         registry=registry.fingerprint,
     )
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """What a rebuild did: drafts written, and pairs it gave up on (refused at every try
+    by other builds' commits; the next run builds them)."""
+
+    written: list[str]
+    unsettled: set[tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -204,8 +217,10 @@ class Invoices:
         doc = self._c.invoices.find_one({"_id": f"{org}:{period}"})
         return Invoice.model_validate(doc) if doc else None
 
-    def usage(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], PeriodUsage]:
-        """Ledger entries of these `(org, period)` invoices, summed in the database."""
+    def ledger_usage(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], PeriodUsage]:
+        """Every ledger entry of these `(org, period)` invoices, summed in the database: the
+        whole period, as a full rebuild reads it. Builds never call it; it is the check
+        that a draft's folded sums are what its ledger holds (`check_drafts`)."""
         usage: dict[tuple[str, str], PeriodUsage] = defaultdict(PeriodUsage)
         if not pairs:
             return usage
@@ -259,62 +274,139 @@ class Invoices:
             period_usage.entries += row["entries"]
         return usage
 
-    # writing ---------------------------------------------------------------
-    def rebuild(self, pairs: set[tuple[str, str]], now: datetime) -> list[str]:
-        """Rebuild the drafts of these `(org, period)` pairs from the ledger, in one write.
+    def check_drafts(self, pairs: set[tuple[str, str]]) -> list[str]:
+        """The drafts among `pairs` whose stored sums differ from a full rebuild of their
+        ledger (`ledger_usage`), one line each; empty when every draft is exact. Final
+        invoices are left out (a final holds what it held when frozen)."""
+        ids = [f"{org}:{period}" for org, period in pairs]
+        stored = {d["_id"]: d for d in self._c.invoices.find({"_id": {"$in": ids}})}
+        full = self.ledger_usage(pairs)
+        problems = []
+        for org, period in sorted(pairs):
+            doc = stored.get(f"{org}:{period}")
+            if doc is not None and doc.get("status") != "draft":
+                continue
+            held = DraftSums.of(doc)
+            usage = full[(org, period)]
+            expected = (sorted(usage.groups), len(usage.runners), usage.entries)
+            actual = (held.usage_groups(), held.runs, held.entries)
+            if expected != actual:
+                problems.append(
+                    f"{org}:{period}: draft holds {held.entries} entries of {held.runs} runs,"
+                    f" the ledger {usage.entries} of {len(usage.runners)}"
+                    + ("" if expected[1:] != actual[1:] else " (token sums differ)")
+                )
+        return problems
 
-        A draft only moves forward: each rebuild takes a ticket (a counter, incremented)
-        before it reads anything, and replaces a stored draft only if that was built on
-        an older ticket, never a final one. Every change to what a draft is built from
-        (entries, anomalies, the registry) is followed by a settle that takes a later
-        ticket, so the last draft written is built from the latest state. The write
-        leaves the finalize fence alone. An empty invoice is only written over an
-        existing one or to flag a review. Returns the ids written.
+    # writing ---------------------------------------------------------------
+    # Entries one build pass folds at most: keeps a draft's `pending_fold` small. A larger
+    # backlog (a deployment's first run) is folded in as many passes as it takes.
+    FOLD_LIMIT = 5_000
+    # Passes in a row that another build's commit refused before a rebuild gives up (and
+    # the settle keeps its marks for the next run).
+    REFUSALS = 3
+
+    def rebuild(self, pairs: set[tuple[str, str]], now: datetime) -> Rebuilt:
+        """Bring the drafts of these `(org, period)` pairs up to date with the ledger.
+
+        Each pass folds what the drafts do not hold yet into their stored sums
+        (`_drafts`): a run costs what changed, not the month. A draft only moves forward:
+        each pass takes a ticket before it reads anything and commits only over the
+        draft it read, if that was built on an older ticket, never over a final one. A
+        pass refused by another build's commit reads again. Returns the ids written, and
+        the pairs given up on.
         """
-        if not pairs:
-            return []
+        todo = set(pairs)
+        written: set[str] = set()
+        refusals = 0
+        while todo and refusals < self.REFUSALS:
+            committed, todo = self._build_pass(todo, now)
+            written.update(committed)
+            refusals = 0 if committed else refusals + 1
+        return Rebuilt(written=sorted(written), unsettled=todo)
+
+    def _build_pass(
+        self, pairs: set[tuple[str, str]], now: datetime
+    ) -> tuple[set[str], set[tuple[str, str]]]:
+        """One build of these drafts: (ids committed, pairs to build again)."""
         ticket = self._ticket()
-        finals = self.final_periods(org for org, _ in pairs)
-        drafts = {(org, period) for org, period in pairs if period not in finals[org]}
-        usage = self.usage(drafts)
-        review = self._anomalies.open_periods(drafts)
-        ids = [f"{org}:{period}" for org, period in drafts]
-        existing = {d["_id"] for d in self._c.invoices.find({"_id": {"$in": ids}}, {"_id": 1})}
-        invoices = [
-            build_invoice(
+        review = self._anomalies.open_periods(pairs)
+        ids = {f"{org}:{period}": (org, period) for org, period in pairs}
+        found = self._c.invoices.find({"_id": {"$in": sorted(ids)}}, {"lines": 0})
+        sums = {pair: DraftSums() for pair in pairs}
+        for doc in found:
+            sums[ids[doc["_id"]]] = DraftSums.of(doc)
+        # Final: not ours to build (the settle sweeps it). Built on a later ticket: that
+        # build read the ledger after ours would have, and left nothing for us.
+        live = {
+            pair
+            for pair, held in sums.items()
+            if held.status != "final" and (held.ticket is None or held.ticket < ticket)
+        }
+        # Entries a build committed and did not live to flag: flagged first, never re-read.
+        self._ledger.flag_folded(
+            [(pair, sums[pair].pending, sums[pair].ticket or 0) for pair in live]
+        )
+        new = self._ledger.unfolded(live, limit=self.FOLD_LIMIT)
+        by_pair: dict[tuple[str, str], list[Doc]] = defaultdict(list)
+        for entry in new:
+            by_pair[pair_of(entry)].append(entry)
+        with_usage = [entry for entry in new if has_usage(entry)]
+        held_runners = self._ledger.runners_held(with_usage) if with_usage else set()
+        builds = []
+        for pair in sorted(live):
+            entries = by_pair.get(pair, [])
+            if not (entries or sums[pair].exists or pair in review):
+                continue  # an empty invoice is only written over one, or to flag a review
+            runners = {e["runner_id"] for e in entries if has_usage(e)}
+            added = {r for r in runners if (*pair, r) not in held_runners}
+            builds.append((pair, entries, sums[pair].plus(entries, len(added))))
+        updates = []
+        for (org, period), entries, after in builds:
+            invoice = build_invoice(
                 org=org,
                 period=period,
-                usage=usage[(org, period)],
+                groups=after.usage_groups(),
+                runs=after.runs,
+                entries=after.entries,
                 anomalies_open=(org, period) in review,
                 registry=self._registry,
                 now=now,
             )
-            for org, period in sorted(drafts)
-            if usage[(org, period)].entries
-            or (org, period) in review
-            or f"{org}:{period}" in existing
-        ]
-        refused = update_where(
-            self._c.invoices,
-            [
+            read = sums[(org, period)].ticket
+            updates.append(
                 (
                     {
-                        "_id": inv.id,
+                        "_id": invoice.id,
                         "status": "draft",
-                        "$or": [
-                            {"build_ticket": {"$lt": ticket}},
-                            {"build_ticket": {"$exists": False}},
-                        ],
+                        "build_ticket": read if read is not None else {"$exists": False},
                     },
-                    {**inv.document(), "build_ticket": ticket},
+                    {
+                        **invoice.document(),
+                        "build_ticket": ticket,
+                        "usage_groups": after.stored_groups(),
+                        "pending_fold": {"ids": [e["_id"] for e in entries]} if entries else None,
+                    },
                 )
-                for inv in invoices
-            ],
+            )
+        refused = update_where(self._c.invoices, updates)
+        committed = [build for i, build in enumerate(builds) if i not in refused]
+        self._ledger.flag_folded(
+            [(pair, [e["_id"] for e in es], ticket) for pair, es, _ in committed]
         )
-        return [inv.id for i, inv in enumerate(invoices) if i not in refused]
+        flagged = [f"{org}:{period}" for (org, period), entries, _ in committed if entries]
+        if flagged:
+            self._c.invoices.update_many(
+                {"_id": {"$in": flagged}, "status": "draft", "build_ticket": ticket},
+                {"$set": {"pending_fold": None}},
+            )
+        again = {builds[i][0] for i in refused}
+        if len(new) >= self.FOLD_LIMIT:  # more may be waiting
+            again |= {pair for pair, _, _ in committed}
+        return {f"{org}:{period}" for (org, period), _, _ in committed}, again
 
     def _ticket(self) -> int:
-        """The next draft-build ticket (one round trip per rebuild, whatever its size)."""
+        """The next draft-build ticket (one round trip per build pass, whatever its size)."""
         counter = self._c.counters.find_one_and_update(
             {"_id": "draft_builds"},
             {"$inc": {"value": 1}},
@@ -336,26 +428,31 @@ class Invoices:
         pairs |= self._stale_drafts(org)
         orgs = {o for o, _ in pairs}
         written: set[str] = set()
+        unsettled: set[tuple[str, str]] = set()
         for _ in range(3):  # a draft finalized under our feet: sweep it, then its target
             late_marks, targets = self._sweeper.sweep(pairs, now)
             mark_ids += late_marks
-            done = self.rebuild(pairs | targets, now)
-            written.update(done)
-            refused = {(o, p) for o, p in pairs | targets if f"{o}:{p}" not in done}
+            rebuilt = self.rebuild(pairs | targets, now)
+            written.update(rebuilt.written)
+            unsettled |= rebuilt.unsettled
+            refused = {(o, p) for o, p in pairs | targets if f"{o}:{p}" not in rebuilt.written}
             finals = self.final_periods(o for o, _ in refused)
             pairs = {(o, p) for o, p in refused if p in finals[o]}
             if not pairs:
                 break
-        return Settled(written=sorted(written), orgs=orgs, marks=mark_ids)
+        # A draft given up on keeps every mark: the next run builds it again.
+        marks = [] if unsettled else mark_ids
+        return Settled(written=sorted(written), orgs=orgs, marks=marks)
 
     def _stale_drafts(self, org: str | None) -> set[tuple[str, str]]:
         """Drafts priced with another registry than the current one, or written before
-        drafts carried their build ticket and entry count (a finalize waits for those)."""
+        drafts kept their build ticket and sums (a finalize waits for those)."""
         query: Doc = {
             "status": "draft",
             "$or": [
                 {"registry": {"$ne": self._registry.fingerprint}},
                 {"build_ticket": {"$exists": False}},
+                {"usage_groups": {"$exists": False}},
             ],
         }
         if org is not None:
@@ -414,6 +511,9 @@ class Finalizer:
             # stale stamp of ours put into a period frozen by a newer token.
             marks = self._progress.mark_dirty([(org, period)], now=now)
             self._ledger.stamp(org, period, token)
+            if self._ledger.count_stamped_unfolded(org, period, token):
+                self._progress.close_marks(marks)
+                return False  # the draft lags the ledger: the next run folds the rest
             held = self._ledger.count_stamped(org, period, token)
             frozen = self._c.invoices.update_one(
                 {"_id": invoice_id, "status": "draft", "fence": token, "entries": held},

@@ -7,13 +7,15 @@ crashed after inserting resumes from the entry it wrote: no transaction is
 needed for exactly-once billing. Entries name their source runner and the
 counters billed, so every charge traces back to a runner document.
 
-An entry belongs to the invoice of its usage period while `booked` is null. A
-finalize *stamps* every entry of the period it closes (`booked` = the period,
-`fence` = its fencing token) and freezes the draft only if the draft holds exactly
-the entries stamped with its token. After that, an entry of a final period that
-is unbooked, or booked there under another token (a stale finalizer's, or a late
-booker's that raced the freeze), is not on the final invoice: a sweep moves it,
-by a conditional update, into the open period as late usage (`late: true`).
+An entry belongs to the invoice of its usage period while `booked` is null. A draft
+holds an entry once the entry is *folded* (`fold` = the build that added it to the
+draft's sums, `_drafts`): each build reads only the unfolded entries, so a run costs
+what changed, not the month. A finalize *stamps* every entry of the period it closes
+(`booked` = the period, `fence` = its fencing token) and freezes the draft only if the
+draft holds exactly the entries stamped with its token. After that, an entry of a final
+period that is unbooked, or booked there under another token (a stale finalizer's, or a
+late booker's that raced the freeze), is not on the final invoice: a sweep moves it, by
+a conditional update, into the open period as late usage (`late: true`).
 docs/design.md walks through why this holds under crash and overlap.
 """
 
@@ -59,6 +61,7 @@ def entry_document(delta: Delta, *, billed_at: datetime, run_id: str, registry: 
         "booked": None,
         "late": False,
         "fence": None,
+        "fold": None,
         "high_water": delta.high_water.as_dict(),
         "input_tokens": delta.tokens.input,
         "cached_tokens": delta.tokens.cached,
@@ -129,6 +132,59 @@ class Ledger:
             {"org": {"$eq": org}, "booked": period, "fence": fence, "$nor": [EMPTY_ENTRY]}
         )
 
+    def unfolded(self, pairs: set[tuple[str, str]], *, limit: int) -> list[Doc]:
+        """Up to `limit` entries of these `(org, period)` invoices that no draft holds yet
+        (one indexed query: what changed since the drafts were built, not the month)."""
+        if not pairs:
+            return []
+        clauses: list[Doc] = []
+        for period, orgs in sorted(_orgs_by_period(pairs).items()):
+            clauses.append({"org": {"$in": orgs}, "booked": period})
+            clauses.append({"org": {"$in": orgs}, "booked": None, "usage_period": period})
+        found = self._entries.find({"fold": None, "$or": clauses}, FOLD_FIELDS, limit=limit)
+        return list(found)
+
+    def flag_folded(self, folded: Sequence[tuple[tuple[str, str], Sequence[str], int]]) -> None:
+        """Mark entries as held by the drafts of their pairs: `(pair, entry ids, the build
+        that committed them)` each, one round trip per period and build.
+
+        Only entries still unfolded and still in that pair: a sweep may have moved one
+        out of a final period since (it unfolds what it moves), and a late flag must not
+        hide it from the draft it moved to.
+        """
+        by_period_and_build: dict[tuple[str, int], list[str]] = {}
+        for (_, period), ids, build in folded:
+            by_period_and_build.setdefault((period, build), []).extend(ids)
+        for (period, build), ids in sorted(by_period_and_build.items()):
+            if ids:
+                self._entries.update_many(
+                    {"_id": {"$in": ids}, "fold": None, "booked": {"$in": [None, period]}},
+                    {"$set": {"fold": build}},
+                )
+
+    def runners_held(self, entries: Sequence[Doc]) -> set[tuple[str, str, str]]:
+        """`(org, period, runner_id)` of these entries' runners that some folded entry with
+        usage already puts on the draft of that pair (a run is counted once per invoice)."""
+        runners = sorted({entry["runner_id"] for entry in entries})
+        held: set[tuple[str, str, str]] = set()
+        for batch in chunked(runners, self._batch_size):
+            query: Doc = {"runner_id": {"$in": batch}, "fold": {"$ne": None}, "$nor": [EMPTY_ENTRY]}
+            for entry in self._entries.find(query, FOLD_FIELDS):
+                held.add((*pair_of(entry), entry["runner_id"]))
+        return held
+
+    def count_stamped_unfolded(self, org: str, period: str, fence: int) -> int:
+        """Entries with usage stamped by this finalize that no draft holds yet."""
+        return self._entries.count_documents(
+            {
+                "org": {"$eq": org},
+                "booked": period,
+                "fence": fence,
+                "fold": None,
+                "$nor": [EMPTY_ENTRY],
+            }
+        )
+
     def has_stragglers(self, org: str, period: str, closed_fence: int | None) -> bool:
         """Whether the final `period` has entries its invoice does not hold."""
         return (
@@ -137,12 +193,43 @@ class Ledger:
 
     def sweep(self, org: str, period: str, closed_fence: int | None, into: str) -> int:
         """Move the entries of the final `period` that its invoice does not hold (unbooked,
-        or stamped by another token than the one that froze it) into `into`, late."""
+        or stamped by another token than the one that froze it) into `into`, late, and
+        unfolded: the draft of `into` adds them at its next build."""
         result = self._entries.update_many(
             _stragglers(org, period, closed_fence),
-            {"$set": {"booked": into, "late": True, "fence": None}},
+            {"$set": {"booked": into, "late": True, "fence": None, "fold": None}},
         )
         return result.modified_count
+
+
+# What a draft build reads of an entry.
+FOLD_FIELDS: Doc = {
+    "org": 1,
+    "runner_id": 1,
+    "usage_period": 1,
+    "booked": 1,
+    "model": 1,
+    "byok": 1,
+    "late": 1,
+    "usage_day": 1,
+    "input_tokens": 1,
+    "cached_tokens": 1,
+    "output_tokens": 1,
+    "unsplit_tokens": 1,
+}
+
+
+def pair_of(entry: Doc) -> tuple[str, str]:
+    """The invoice `(org, period)` an entry belongs to: where it is booked, else its
+    usage period."""
+    return entry["org"], entry["booked"] or entry["usage_period"]
+
+
+def _orgs_by_period(pairs: set[tuple[str, str]]) -> dict[str, list[str]]:
+    orgs: dict[str, list[str]] = {}
+    for org, period in sorted(pairs):
+        orgs.setdefault(period, []).append(org)
+    return orgs
 
 
 def _stragglers(org: str, period: str, closed_fence: int | None) -> Doc:

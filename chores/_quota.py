@@ -143,7 +143,8 @@ class Quota:
     def usage(self, orgs: Sequence[str], period: str) -> dict[str, Usage]:
         ids = [f"{org}:{period}" for org in orgs]
         usage = {org: Usage() for org in orgs}
-        for invoice in self._c.invoices.find({"_id": {"$in": ids}}):
+        fields = {"org": 1, "lines.tokens": 1, "total_micros": 1, "unpriced_tokens": 1}
+        for invoice in self._c.invoices.find({"_id": {"$in": ids}}, fields):
             usage[invoice["org"]] = Usage(
                 tokens=sum(line["tokens"] for line in invoice["lines"]),
                 micros=invoice["total_micros"],

@@ -28,7 +28,7 @@ from chores._breakdown import BY_CHOICES, Cell, Filters, Usage, model_filter, ro
 from chores._corpus import Corpus, generate_corpus
 from chores._db import Collections
 from chores._exceptions import InvoiceOutOfDate
-from chores._invoices import Invoice, PeriodUsage, build_invoice
+from chores._invoices import Invoice, build_invoice
 from chores._money import usd
 from chores._period_ledger import EntryUsage, RunInfo, read_period
 from chores._run_trees import run_trees
@@ -194,11 +194,9 @@ def test_every_view_adds_up_to_the_invoice(registry, usages):
     invoice = build_invoice(
         org="o",
         period="2026-11",
-        usage=PeriodUsage(
-            groups=[u.group() for u in usages],
-            runners={u.run.runner_id for u in usages},
-            entries=len(usages),
-        ),
+        groups=[u.group() for u in usages],
+        runs=len({u.run.runner_id for u in usages}),
+        entries=len(usages),
         anomalies_open=False,
         registry=registry,
         now=NOW,

@@ -206,8 +206,18 @@ SCENARIOS = [
 ]
 
 # Differ between any two runs; everything else must be equal. Fencing tokens and build
-# tickets count attempts, so a crashed attempt and its retry end on higher ones.
+# tickets count attempts, so a crashed attempt and its retry end on higher ones. An
+# entry's `fold` names the build that folded it: only whether it is folded must agree.
 VOLATILE = {"run_id", "fence", "closed_fence", "build_ticket"}
+
+
+def _comparable(doc: dict[str, Any]) -> dict[str, Any]:
+    kept = {k: v for k, v in doc.items() if k not in VOLATILE}
+    if "fold" in kept:
+        kept["fold"] = kept["fold"] is not None
+    return kept
+
+
 QUOTA = frozenset({SETTINGS.collection("quota"), SETTINGS.collection("quota_events")})
 BILLING_STATE = [
     SETTINGS.collection(short)
@@ -233,7 +243,7 @@ def billing_state(db: Any) -> dict[str, Any]:
     """
     state: dict[str, Any] = {}
     for name in BILLING_STATE:
-        docs = [{k: v for k, v in d.items() if k not in VOLATILE} for d in db[name].find()]
+        docs = [_comparable(d) for d in db[name].find()]
         if name == SETTINGS.collection("dirty"):
             docs = [{"org": d["org"], "period": d["period"]} for d in docs if not d.get("open")]
         state[name] = sorted(docs, key=repr)

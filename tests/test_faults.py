@@ -116,7 +116,7 @@ class FlakyOnce:
         ("findings", "find", 1, NetworkTimeout("timed out")),
         ("billing_ledger", "find", 2, AutoReconnect("reset")),
         ("billing_ledger", "insert_many", 2, NetworkTimeout("timed out")),
-        ("billing_ledger", "aggregate", 1, AutoReconnect("reset")),
+        ("billing_ledger", "update_many", 1, AutoReconnect("reset")),  # the folded flags
         ("billing_invoices", "bulk_write", 1, AutoReconnect("reset")),
     ],
 )

@@ -73,7 +73,7 @@ from pymongo.errors import AutoReconnect
 
 from chores import Settings, finalize_invoices, run_chore
 from chores._corpus import Corpus, generate_corpus
-from chores._invoices import PeriodUsage, build_invoice
+from chores._invoices import build_invoice
 from chores._lines import UsageGroup
 from chores._run import Meter
 from pricing import Registry, load_registry
@@ -443,27 +443,25 @@ def ledger_invoices(db: Any, meter: Meter) -> dict[str, Any]:
     built: dict[str, Any] = {}
     for pair in pairs:
         invoice_id = f"{pair[0]}:{pair[1]}"
-        usage = PeriodUsage(
-            groups=[
-                UsageGroup(
-                    model=model,
-                    byok=byok,
-                    late=late,
-                    day=date.fromisoformat(day),
-                    input=s[0],
-                    cached=s[1],
-                    output=s[2],
-                    unsplit=s[3],
-                )
-                for (model, byok, late, day), s in groups.get(pair, {}).items()
-            ],
-            runners=runners.get(pair, set()),
-            entries=1,
-        )
+        groups_of_pair = [
+            UsageGroup(
+                model=model,
+                byok=byok,
+                late=late,
+                day=date.fromisoformat(day),
+                input=s[0],
+                cached=s[1],
+                output=s[2],
+                unsplit=s[3],
+            )
+            for (model, byok, late, day), s in groups.get(pair, {}).items()
+        ]
         built[invoice_id] = build_invoice(
             org=pair[0],
             period=pair[1],
-            usage=usage,
+            groups=groups_of_pair,
+            runs=len(runners.get(pair, set())),
+            entries=1,
             anomalies_open=pair in review,
             registry=R,
             now=BASE,

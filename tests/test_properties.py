@@ -60,9 +60,11 @@ def fresh_db(tasks: list[dict[str, Any]], findings: list[dict[str, Any]]) -> Any
 
 
 # `entries` counts the ledger entries a draft was built from, and `build_ticket` the draft
-# builds so far: more observations write more entries and builds for the same usage.
+# builds so far: more observations write more entries and builds for the same usage. The
+# draft's `usage_groups` are its sums per usage day: usage seen while a runner runs is
+# dated when seen, on the same invoice lines.
 def invoices(
-    db: Any, *, drop: tuple[str, ...] = ("updated_at", "entries", "build_ticket")
+    db: Any, *, drop: tuple[str, ...] = ("updated_at", "entries", "build_ticket", "usage_groups")
 ) -> dict[str, dict[str, Any]]:
     return {
         doc["_id"]: {k: v for k, v in doc.items() if k not in drop}
