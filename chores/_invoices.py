@@ -401,8 +401,8 @@ class Invoices:
                 {"$set": {"pending_fold": None}},
             )
         again = {builds[i][0] for i in refused}
-        if len(new) >= self.FOLD_LIMIT:  # more may be waiting
-            again |= {pair for pair, _, _ in committed}
+        if len(new) >= self.FOLD_LIMIT:  # more may be waiting, for any pair of this pass
+            again |= live
         return {f"{org}:{period}" for (org, period), _, _ in committed}, again
 
     def _ticket(self) -> int:

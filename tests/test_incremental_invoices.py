@@ -1,0 +1,208 @@
+"""Drafts built incrementally: a build reads only the entries no draft holds yet, and the
+draft it writes is the one a full rebuild of its ledger gives (`Invoices.check_drafts`).
+
+The crash at every write of this path, and every interleaving of two runs or a run and a
+finalize, are in tests/test_crash.py and tests/test_interleavings.py; here are the
+guarantees one by one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import mongomock
+import pytest
+
+from chores import Settings, run_chore
+from chores._invoices import Invoices
+from chores._ledger import Ledger
+from chores._run import Meter
+from pricing import Registry, load_registry
+
+from dbproxy import DatabaseProxy
+
+CONFIG = Settings(mongo_url="mongomock://incremental", batch_size=20, redis_url=None)
+NOW = datetime(2026, 11, 28, tzinfo=UTC)
+NOVEMBER = ("acme", "2026-11")
+
+
+class Died(Exception):
+    """A process dying at a database call."""
+
+
+def add_runners(db: Any, count: int, *, first: int = 0, org: str = "acme") -> int:
+    """`count` finished AI runners in November; the tokens they hold."""
+    start = datetime(2026, 11, 2, tzinfo=UTC)
+    tokens = 0
+    for n in range(first, first + count):
+        ended = start + timedelta(hours=n)
+        prompt, completion = 1_000 + n, 100 + n
+        db.tasks.insert_one(
+            {
+                "name": "ai",
+                "status": "SUCCESS",
+                "end_time": ended,
+                "last_updated_db": ended.timestamp(),
+                "context": {
+                    "workspace_id": org,
+                    "ai_model": "gpt-4o-mini" if n % 3 else "gpt-4o",
+                    "ai_tokens": prompt + completion,
+                    "ai_prompt_tokens": prompt,
+                    "ai_completion_tokens": completion,
+                },
+            }
+        )
+        tokens += prompt + completion
+    return tokens
+
+
+def invoice(db: Any, pair: tuple[str, str] = NOVEMBER) -> dict[str, Any]:
+    found = db.billing_invoices.find_one({"_id": f"{pair[0]}:{pair[1]}"})
+    assert found is not None
+    return found
+
+
+def invoiced_tokens(db: Any) -> int:
+    return sum(line["tokens"] for line in invoice(db)["lines"])
+
+
+@pytest.fixture
+def db() -> Any:
+    return mongomock.MongoClient(tz_aware=True)["main"]
+
+
+@pytest.fixture
+def registry() -> Any:
+    return load_registry()
+
+
+@pytest.fixture
+def folded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of entries each draft build pass read from the ledger."""
+    reads: list[int] = []
+    unfolded = Ledger.unfolded
+
+    def counting(self: Ledger, pairs: Any, *, limit: int) -> Any:
+        found = unfolded(self, pairs, limit=limit)
+        reads.append(len(found))
+        return found
+
+    monkeypatch.setattr(Ledger, "unfolded", counting)
+    return reads
+
+
+def test_a_rerun_reads_only_the_new_entries_and_equals_a_full_rebuild(db, registry, folded):
+    truth = add_runners(db, 60)
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    assert sum(folded) == 60
+    folded.clear()
+    truth += add_runners(db, 5, first=60)
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    assert sum(folded) == 5  # not the 65 entries of the month
+    assert invoiced_tokens(db) == truth
+    assert invoice(db)["runs"] == 65 and invoice(db)["entries"] == 65
+    assert Meter(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
+
+
+def test_a_backlog_larger_than_one_pass_is_folded_in_as_many_passes(
+    db, registry, folded, monkeypatch
+):
+    monkeypatch.setattr(Invoices, "FOLD_LIMIT", 7)
+    truth = add_runners(db, 30) + add_runners(db, 4, first=30, org="globex")
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    assert sum(folded) == 34 and max(folded) == 7
+    assert invoiced_tokens(db) + invoiced_tokens_of(db, "globex") == truth
+    assert invoice(db)["pending_fold"] is None
+    assert db.billing_ledger.count_documents({"fold": None}) == 0
+    pairs = {NOVEMBER, ("globex", "2026-11")}
+    assert Meter(db, CONFIG, registry).invoices.check_drafts(pairs) == []
+
+
+def invoiced_tokens_of(db: Any, org: str) -> int:
+    return sum(line["tokens"] for line in invoice(db, (org, "2026-11"))["lines"])
+
+
+def test_a_build_that_dies_between_its_commit_and_its_flags_is_finished_not_folded_again(
+    db, registry
+):
+    truth = add_runners(db, 12)
+
+    def die_at_the_flags(collection: str, method: str, perform: Any) -> Any:
+        if (collection, method) == ("billing_ledger", "update_many"):
+            raise Died("killed after the draft's commit, before its entries were flagged")
+        return perform()
+
+    with pytest.raises(Died):
+        run_chore(
+            DatabaseProxy(db, around=die_at_the_flags), now=NOW, registry=registry, settings=CONFIG
+        )
+    committed = invoice(db)
+    assert len(committed["pending_fold"]["ids"]) == 12  # held by the draft, not yet flagged
+    assert db.billing_ledger.count_documents({"fold": None}) == 12
+    assert invoiced_tokens(db) == truth
+
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    assert invoiced_tokens(db) == truth  # flagged by the rerun, not folded a second time
+    assert invoice(db)["pending_fold"] is None
+    assert db.billing_ledger.count_documents({"fold": None}) == 0
+    assert Meter(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
+
+
+def test_a_new_registry_reprices_the_stored_sums_without_reading_the_ledger(db, registry, folded):
+    add_runners(db, 9)
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    before = invoice(db)
+    folded.clear()
+    data = registry.model_dump()
+    for entry in data["models"]:
+        for price in entry["prices"]:
+            price["input"], price["output"] = price["input"] * 2, price["output"] * 2
+    doubled = Registry.model_validate({**data, "version": "doubled"})
+    assert doubled.fingerprint != registry.fingerprint
+    run_chore(db, now=NOW, registry=doubled, settings=CONFIG)
+    after = invoice(db)
+    assert sum(folded) == 0  # every entry was held already
+    assert after["registry"] == doubled.fingerprint
+    assert Decimal(after["total_micros"]) == pytest.approx(
+        2 * Decimal(before["total_micros"]), abs=2
+    )
+    assert Meter(db, CONFIG, doubled).invoices.check_drafts({NOVEMBER}) == []
+
+
+def test_a_run_counts_a_runner_once_whatever_the_builds_it_spans(db, registry):
+    """A runner seen running, then finished: two entries, folded by two builds, one run."""
+    ended = datetime(2026, 11, 20, tzinfo=UTC)
+    doc = {
+        "_id": "r1",
+        "name": "ai",
+        "status": "RUNNING",
+        "last_updated_db": (ended - timedelta(hours=1)).timestamp(),
+        "context": {
+            "workspace_id": "acme",
+            "ai_model": "gpt-4o-mini",
+            "ai_tokens": 500,
+            "ai_prompt_tokens": 400,
+            "ai_completion_tokens": 100,
+        },
+    }
+    db.tasks.insert_one(doc)
+    run_chore(db, now=ended - timedelta(minutes=30), registry=registry, settings=CONFIG)
+    db.tasks.update_one(
+        {"_id": "r1"},
+        {
+            "$set": {
+                "status": "SUCCESS",
+                "end_time": ended,
+                "last_updated_db": ended.timestamp(),
+                "context.ai_tokens": 1_500,
+                "context.ai_prompt_tokens": 1_200,
+                "context.ai_completion_tokens": 300,
+            }
+        },
+    )
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    assert db.billing_ledger.count_documents({"runner_id": {"$exists": True}}) == 2
+    assert invoice(db)["runs"] == 1 and invoiced_tokens(db) == 1_500
+    assert Meter(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
