@@ -14,6 +14,8 @@ from typing import Any
 
 import mongomock
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chores import Settings, run_chore
 from chores._invoices import Invoices
@@ -206,3 +208,31 @@ def test_a_run_counts_a_runner_once_whatever_the_builds_it_spans(db, registry):
     assert db.billing_ledger.count_documents({"runner_id": {"$exists": True}}) == 2
     assert invoice(db)["runs"] == 1 and invoiced_tokens(db) == 1_500
     assert Meter(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    splits=st.lists(st.integers(1, 12), min_size=1, max_size=5),
+    fold_limit=st.integers(1, 40),
+)
+def test_any_split_of_the_month_into_runs_and_passes_gives_the_invoice_of_one_run(
+    splits, fold_limit
+):
+    """Whatever the runs the month arrives in and the passes each build takes, the draft
+    equals the one a single run over the whole month writes, line for line."""
+    registry = load_registry()
+    whole = mongomock.MongoClient(tz_aware=True)["main"]
+    add_runners(whole, sum(splits))
+    run_chore(whole, now=NOW, registry=registry, settings=CONFIG)
+
+    split = mongomock.MongoClient(tz_aware=True)["main"]
+    first = 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Invoices, "FOLD_LIMIT", fold_limit)
+        for count in splits:
+            add_runners(split, count, first=first)
+            first += count
+            run_chore(split, now=NOW, registry=registry, settings=CONFIG)
+    same = ("lines", "total_micros", "unpriced_tokens", "runs", "entries", "usage_groups")
+    assert {f: invoice(split)[f] for f in same} == {f: invoice(whole)[f] for f in same}
+    assert Meter(split, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
