@@ -1,26 +1,37 @@
 """The Celery app: Redis broker, late acks, time limits, JSON, UTC, and the beat schedule.
 
     celery -A chores.celery_app worker --loglevel=INFO
-    celery -A chores.celery_app beat --loglevel=INFO     # exactly one, ever
+    celery -A chores.celery_app beat --loglevel=INFO     # one sends; any other waits
+
+Beat runs celery-redbeat's scheduler: the schedule and a lock in Redis, so only the
+beat holding the lock sends ticks, whatever the number started (`beat_config`).
 
 The tasks are in `chores.tasks`; docs/deploy.md explains the settings.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
 from celery.schedules import crontab
 from celery.signals import after_setup_logger, after_setup_task_logger
+from kombu import Exchange, Queue
 
 from ._exceptions import ConfigError
 from ._logs import use_log_format
 from ._settings import Settings, get_settings
 
 RETRY_BACKOFF_MAX = 60  # seconds: the longest countdown between two retries
+DEFAULT_QUEUE = "celery"  # the 5-minute fan-outs, their runs, the daily finalize
+FULL_QUEUE = "billing-full"  # the daily full pass: its fan-out and its runs
 SHUTDOWN_MARGIN = 30  # seconds: a worker's own shutdown after its last run has ended
+BEAT_KEY_PREFIX = "billing:beat:"  # redbeat's keys: `...:lock`, `...:schedule`, one per entry
+BEAT_LOOP_MAX = 30.0  # seconds: the longest beat sleeps between two looks at its schedule
 
 
 def visibility_timeout(hard_time_limit: int, longest_countdown: float = RETRY_BACKOFF_MAX) -> int:
@@ -34,6 +45,85 @@ def stop_timeout(settings: Settings) -> int:
     """Seconds a supervisor must give a worker between SIGTERM and SIGKILL: its run
     lasts at most the hard time limit (the soft shutdown no longer), then it exits."""
     return settings.task_time_limit + SHUTDOWN_MARGIN
+
+
+def route_full_pass(
+    name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any
+) -> dict[str, str] | None:
+    """Celery router: the daily full pass (`meter_all(full=True)` and each
+    `meter_org(org, full=True)` it queues, retries included) goes to `FULL_QUEUE`, so its
+    long runs never hold up the 5-minute runs; everything else to `DEFAULT_QUEUE`."""
+    if name in ("chores.tasks.meter_all", "chores.tasks.meter_org") and (kwargs or {}).get("full"):
+        return {"queue": FULL_QUEUE}
+    return None
+
+
+def beat_loop_seconds(settings: Settings) -> float:
+    """How long beat sleeps at most between two ticks; a beat waiting for the lock tries
+    to take it as often."""
+    return min(BEAT_LOOP_MAX, settings.meter_every_seconds)
+
+
+def beat_lock_timeout(settings: Settings) -> int:
+    """Seconds the beat lock lives unless renewed: the beat holding it renews it at every
+    tick, so it expires only once that beat is gone (killed, hung, host lost); a waiting
+    beat then takes it within one more loop. redbeat's own ratio (5 loops), at least 5 s."""
+    return max(5, math.ceil(5 * beat_loop_seconds(settings)))
+
+
+def beat_config(settings: Settings) -> dict[str, Any]:
+    """Beat as a singleton: celery-redbeat keeps the schedule in the broker's Redis and sends
+    ticks only while holding its lock there. A second beat (`--scale beat=2`, a redeploy
+    overlapping the old one) blocks on the lock at start-up and takes over when the first
+    stops (released at once on SIGTERM; after `beat_lock_timeout` when killed). The
+    schedule's state (when each entry last ran) is in Redis too, so the new beat sends
+    what fell due meanwhile, once."""
+    return {
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_max_loop_interval": beat_loop_seconds(settings),
+        "redbeat_redis_url": settings.celery_broker_url,
+        "redbeat_redis_options": {},  # not the broker's transport options
+        "redbeat_key_prefix": BEAT_KEY_PREFIX,
+        "redbeat_lock_timeout": beat_lock_timeout(settings),
+    }
+
+
+def beat_health_problem(settings: Settings, now: datetime | None = None) -> str | None:
+    """None while the 5-minute fan-out is being sent, by this beat or by the one holding
+    the lock; else what is wrong, in one line (the compose healthcheck of beat)."""
+    import redis
+    from redbeat.decoder import RedBeatJSONDecoder
+
+    now = now or datetime.now(UTC)
+    client = redis.Redis.from_url(settings.celery_broker_url, socket_timeout=5)
+    try:
+        meta = client.hget(BEAT_KEY_PREFIX + "meter-all", "meta")
+    except redis.RedisError as exc:
+        return f"no Redis: {type(exc).__name__}"
+    finally:
+        client.close()
+    if meta is None:
+        return "meter-all was never scheduled (no beat started)"
+    last = json.loads(meta, cls=RedBeatJSONDecoder).get("last_run_at")
+    if last is None:
+        return "meter-all was never sent"
+    age = (now - last).total_seconds()
+    limit = 2 * settings.meter_every_seconds + beat_lock_timeout(settings)
+    if age > limit:
+        return f"meter-all last sent {age:.0f} s ago (more than {limit:.0f} s)"
+    return None
+
+
+def beat_health() -> int:
+    """The beat healthcheck's exit code: 0 healthy, 1 not (its reason on stderr).
+    `python -c 'import chores.celery_app as c; raise SystemExit(c.beat_health())'`"""
+    import sys
+
+    problem = beat_health_problem(get_settings())
+    if problem is not None:
+        print(f"beat unhealthy: {problem}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -61,6 +151,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # takes over the dead run's lock (same task id, `_lock`).
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # Two queues: a worker started without -Q consumes both (nothing is left unread);
+        # compose runs one worker per queue (docker-compose.yml, docs/deploy.md).
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_queues": tuple(
+            Queue(q, Exchange(q), routing_key=q) for q in (DEFAULT_QUEUE, FULL_QUEUE)
+        ),
+        "task_routes": (route_full_pass,),
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # SIGTERM (docker stop) is a warm shutdown: the running run finishes, cut at the
         # latest by the hard limit. A cold shutdown (SIGQUIT, a second Ctrl+C) first waits
@@ -76,6 +173,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "timezone": "UTC",
         "enable_utc": True,
+        **beat_config(settings),
         "beat_schedule": {
             "meter-all": {
                 "task": "chores.tasks.meter_all",

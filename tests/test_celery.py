@@ -8,6 +8,7 @@ collection call, the per-operation atomicity a real server has.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import logging
@@ -42,7 +43,7 @@ from chores import Settings, get_settings, run_chore, tasks
 from chores._corpus import generate_corpus
 from chores._exceptions import ConfigError, DatabaseUnavailable
 from chores._lock import KEY_PREFIX, lock_client
-from chores.celery_app import app, celery_config
+from chores.celery_app import DEFAULT_QUEUE, FULL_QUEUE, app, celery_config
 
 from dbproxy import WRITES, DatabaseProxy
 
@@ -257,6 +258,50 @@ def test_beat_schedule_meters_every_interval_rereads_daily_and_finalizes_at_0015
     assert schedule["finalize-invoices"]["task"] == tasks.finalize_invoices.name
     assert schedule["finalize-invoices"]["schedule"] == crontab(minute="15", hour="0")
     assert app.conf.timezone == "UTC"
+
+
+def test_the_daily_full_pass_has_its_own_queue_and_a_worker_per_queue_runs_its_own(
+    service, source, reference
+):
+    """The full pass (its fan-out, beat's message included, and each run it queues) goes to
+    `billing-full`; the 5-minute queue never holds it. A worker consuming only the 5-minute
+    queue leaves it alone; the full-pass worker runs it."""
+    assert set(app.amqp.queues) == {DEFAULT_QUEUE, FULL_QUEUE}  # no -Q: a worker reads both
+    broker = redis.Redis.from_url(service.celery_broker_url)
+
+    def queued(queue: str) -> list[tuple[str, Any]]:
+        messages = [json.loads(m) for m in broker.lrange(queue, 0, -1)]
+        # (task name, [args, kwargs, embed]); the body is base64 JSON in the Redis transport
+        return [(m["headers"]["task"], json.loads(base64.b64decode(m["body"]))) for m in messages]
+
+    scheduler = beat.Scheduler(app=app)
+    scheduler.apply_async(scheduler.schedule["meter-all-full"])  # what beat sends at 00:05
+    scheduler.apply_async(scheduler.schedule["meter-all"])  # and every 5 minutes
+    assert [task for task, _ in queued(FULL_QUEUE)] == [tasks.meter_all.name]
+    assert [task for task, _ in queued(DEFAULT_QUEUE)] == [tasks.meter_all.name]
+    broker.flushdb()
+
+    tasks.meter_all.apply(kwargs={"full": True}).get()  # the full fan-out, run in-process
+    tasks.meter_org.delay("acme")  # a 5-minute run
+    full = queued(FULL_QUEUE)
+    assert sorted(args[0][0] for _, args in full) == sorted(ORGS)
+    assert {task for task, _ in full} == {tasks.meter_org.name}
+    assert all(args[1] == {"full": True} for _, args in full)
+    assert [args[0] for _, args in queued(DEFAULT_QUEUE)] == [["acme"]]
+
+    try:
+        with start_worker(app, pool="threads", concurrency=1, queues=[DEFAULT_QUEUE]):
+            wait_for(lambda: source.db.billing_runs.count_documents({}) == 1)
+        assert len(queued(FULL_QUEUE)) == len(ORGS)  # untouched by the 5-minute worker
+        with start_worker(
+            app, pool="threads", concurrency=1, queues=[FULL_QUEUE], perform_ping_check=False
+        ):
+            wait_for(lambda: source.db.billing_runs.count_documents({"full_scan": True}) == 3)
+    finally:  # -Q narrows the app's own queue selection: the next workers read both again
+        app.amqp.queues.select([DEFAULT_QUEUE, FULL_QUEUE])
+    assert queued(FULL_QUEUE) == [] and queued(DEFAULT_QUEUE) == []
+    assert ledger(source.db) == ledger(reference)
+    assert invoices(source.db) == invoices(reference)
 
 
 # through a real worker ---------------------------------------------------------------

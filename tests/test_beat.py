@@ -1,0 +1,167 @@
+"""Beat is a singleton whatever the number started: real `celery beat` processes over the
+real Redis (celery-redbeat's scheduler and lock). Redis DB 10, flushed before and after.
+
+Who sent a tick is in the message itself: Celery's `origin` header is `gen<pid>@<host>`
+of the sending process.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+
+from chores import Settings
+from chores.celery_app import (
+    BEAT_KEY_PREFIX,
+    DEFAULT_QUEUE,
+    beat_config,
+    beat_health_problem,
+    beat_lock_timeout,
+    beat_loop_seconds,
+)
+
+EVERY = 1  # METER_EVERY_SECONDS of the beats under test: a tick a second, 1 s loop, 5 s lock
+
+
+@pytest.fixture
+def broker_url(redis_base_url: str) -> Iterator[str]:
+    url = f"{redis_base_url}/10"
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+    yield url
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+class Beat:
+    """One `celery -A chores.celery_app beat` process, its log in a file."""
+
+    def __init__(self, broker_url: str, log: Path):
+        self.log = log
+        env = {
+            **os.environ,
+            "CELERY_BROKER_URL": broker_url,
+            "METER_EVERY_SECONDS": str(EVERY),
+        }
+        command = [sys.executable, "-m", "celery", "-A", "chores.celery_app", "beat"]
+        with open(log, "w") as out:
+            self.process = subprocess.Popen(
+                [*command, "--loglevel=DEBUG"],
+                env=env,
+                cwd=log.parent,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,  # its own process group: killed whole at the end
+            )
+        self.pid = self.process.pid
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def waiting_for_the_lock(self) -> bool:
+        return "beat: Acquiring lock" in self.text()
+
+    def kill(self, sig: signal.Signals) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.pid, sig)
+        self.process.wait(timeout=30)
+
+
+def sent(url: str) -> list[tuple[int, datetime]]:
+    """(pid of the sender, when it sent it) of each `meter_all` queued, oldest first."""
+    with redis.Redis.from_url(url) as client:
+        messages = [json.loads(m) for m in client.lrange(DEFAULT_QUEUE, 0, -1)]
+    out = []
+    for message in reversed(messages):  # LPUSHed: the newest first
+        headers = message["headers"]
+        assert headers["task"] == "chores.tasks.meter_all"
+        assert json.loads(base64.b64decode(message["body"]))[1] == {}  # not the full pass
+        pid = int(headers["origin"].split("@")[0].removeprefix("gen"))
+        # a fan-out expires one interval after it was sent (celery_app's beat_schedule)
+        out.append((pid, datetime.fromisoformat(headers["expires"]) - timedelta(seconds=EVERY)))
+    return out
+
+
+def ticks(url: str) -> list[int]:
+    """The pid of the sender of each `meter_all` queued, oldest first."""
+    return [pid for pid, _ in sent(url)]
+
+
+def test_beat_runs_redbeat_with_a_lock_renewed_every_loop_and_expiring_after_five():
+    config = beat_config(Settings())
+    assert config["beat_scheduler"] == "redbeat.RedBeatScheduler"
+    assert config["beat_max_loop_interval"] == 30 and config["redbeat_lock_timeout"] == 150
+    assert config["redbeat_redis_url"] == Settings().celery_broker_url
+    assert config["redbeat_key_prefix"] == BEAT_KEY_PREFIX
+    fast = Settings(meter_every_seconds=EVERY)
+    assert beat_loop_seconds(fast) == 1 and beat_lock_timeout(fast) == 5
+
+
+def test_of_two_beats_only_the_lock_holder_ticks_and_the_other_takes_over_when_it_dies(
+    broker_url, tmp_path
+):
+    settings = Settings(celery_broker_url=broker_url, meter_every_seconds=EVERY)
+    assert beat_health_problem(settings) == "meter-all was never scheduled (no beat started)"
+    first = Beat(broker_url, tmp_path / "first.log")
+    beats = [first]
+    try:
+        wait_for(lambda: ticks(broker_url).count(first.pid) >= 2, 60)
+        # Two more beats (`--scale beat=3`): they start, then wait for the lock.
+        second, third = Beat(broker_url, tmp_path / "b.log"), Beat(broker_url, tmp_path / "c.log")
+        beats += [second, third]
+        wait_for(lambda: second.waiting_for_the_lock() and third.waiting_for_the_lock(), 60)
+        count = len(ticks(broker_url))
+        wait_for(lambda: len(ticks(broker_url)) >= count + 3, 10)
+        assert set(ticks(broker_url)) == {first.pid}  # the others sent nothing meanwhile
+        assert beat_health_problem(settings) is None
+
+        # The lock holder is SIGKILLed: its lock expires (5 s here), a waiting beat takes it.
+        first.kill(signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: set(ticks(broker_url)) - {first.pid}, 30)
+        took = time.monotonic() - killed
+        assert took <= beat_lock_timeout(settings) + 3 * beat_loop_seconds(settings) + 2
+        new = next(pid for pid in ticks(broker_url) if pid != first.pid)
+        holder, waiting = (second, third) if new == second.pid else (third, second)
+        count = len(ticks(broker_url))
+        wait_for(lambda: len(ticks(broker_url)) >= count + 3, 10)
+        assert waiting.pid not in ticks(broker_url)  # still one sender at a time
+
+        # SIGTERM (docker stop) releases the lock: the last beat takes over without waiting
+        # out the lock's TTL.
+        holder.kill(signal.SIGTERM)
+        assert holder.process.returncode == 0
+        stopped = time.monotonic()
+        wait_for(lambda: waiting.pid in ticks(broker_url), 30)
+        assert time.monotonic() - stopped < beat_lock_timeout(settings)
+        assert "beat: Releasing lock" in holder.text()
+        assert beat_health_problem(settings) is None
+    finally:
+        for beat in beats:
+            beat.kill(signal.SIGKILL)
+
+    # One tick a second, from one beat at a time: never two ticks of one second.
+    times = sorted(when for _, when in sent(broker_url))
+    assert len(times) >= 12
+    assert min(b - a for a, b in itertools.pairwise(times)) > timedelta(seconds=0.5)
+    later = datetime.now(UTC) + timedelta(seconds=60)
+    assert "meter-all last sent" in str(beat_health_problem(settings, now=later))
