@@ -20,10 +20,9 @@ WORKDIR /app
 COPY --from=build /wheels /wheels
 RUN pip install /wheels/*.whl \
     && rm -rf /wheels \
-    && useradd --create-home --uid 10001 chore \
-    && install -d -o chore -g chore /var/lib/chore
+    && useradd --create-home --uid 10001 chore
 
-# Nothing runs as root; beat keeps its schedule file in /var/lib/chore (a volume).
+# Nothing runs as root; beat keeps its schedule in Redis (celery-redbeat), not on disk.
 USER chore
 # The worker (the default command) is healthy while its main process answers a ping over
 # the broker; beat overrides this in docker-compose.yml (it answers no ping).

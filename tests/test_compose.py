@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ from chores import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_EXAMPLE = ROOT / ".env.example"
+INIT_SCRIPT = "docker/mongo-init/10-billing-user.js"
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +31,20 @@ def healthcheck(service: dict[str, Any]) -> str:
     return " ".join(test[1:]) if isinstance(test, list) else test
 
 
+CHORE_SERVICES = ("worker", "worker-full", "beat")  # the chore's image, three commands
+
+
 def test_services_and_their_healthchecks(compose):
     services = compose["services"]
-    assert {"mongo", "redis", "worker", "beat"} <= set(services)
+    assert {"mongo", "redis", *CHORE_SERVICES} <= set(services)
 
     mongo = services["mongo"]
     assert mongo["image"].startswith("mongo:")
     assert "mongosh" in healthcheck(mongo) and "db.runCommand({ping:1})" in healthcheck(mongo)
     assert any(v.endswith(":/data/db") for v in mongo["volumes"])
     assert mongo["volumes"][0].split(":")[0] in compose["volumes"]
+    # the init scripts, read-only: the chore's own user (see the credentials test)
+    assert "./docker/mongo-init:/docker-entrypoint-initdb.d:ro" in mongo["volumes"]
 
     redis = services["redis"]
     assert redis["image"].startswith("redis:")
@@ -46,7 +53,7 @@ def test_services_and_their_healthchecks(compose):
 
 def test_worker_and_beat_share_the_image_wait_for_healthy_stores_and_beat_is_alone(compose):
     services = compose["services"]
-    for name in ("worker", "beat"):
+    for name in CHORE_SERVICES:
         service = services[name]
         assert service["build"] == {"context": ".", "dockerfile": "Dockerfile"}
         assert service["image"] == services["worker"]["image"]
@@ -56,11 +63,30 @@ def test_worker_and_beat_share_the_image_wait_for_healthy_stores_and_beat_is_alo
         }
         assert service["env_file"] == [{"path": ".env", "required": False}]
         command = service["command"]
-        assert command[:3] == ["celery", "-A", "chores.celery_app"] and command[3] == name
+        assert command[:3] == ["celery", "-A", "chores.celery_app"]
+        assert command[3] == name.removesuffix("-full")
 
     assert services["beat"]["deploy"]["replicas"] == 1
     assert "scale" not in services["beat"]
+    # beat is a singleton by its Redis lock, not by replicas (tests/test_beat.py): no schedule
+    # file or volume of its own, redbeat's scheduler from the app's configuration
+    assert "volumes" not in services["beat"] and "--schedule" not in " ".join(
+        services["beat"]["command"]
+    )
     assert "replicas" not in services["worker"].get("deploy", {})  # free to scale
+
+
+def test_each_queue_has_its_worker(compose):
+    """The 5-minute queue and the daily full pass's queue (celery_app.route_full_pass) are
+    read by different workers: the full pass never holds up the 5-minute runs."""
+    from chores.celery_app import DEFAULT_QUEUE, FULL_QUEUE
+
+    def queues(name: str) -> str:
+        command = compose["services"][name]["command"]
+        return command[command.index("-Q") + 1]
+
+    assert queues("worker") == DEFAULT_QUEUE
+    assert queues("worker-full") == FULL_QUEUE
 
 
 def test_the_image_installs_the_package_and_runs_a_worker_as_a_user():
@@ -81,14 +107,26 @@ def test_the_image_installs_the_package_and_runs_a_worker_as_a_user():
     assert {".git", ".venv", ".env", "tests"} <= set(ignored)
 
 
-CREDENTIALS = {"MONGO_USERNAME", "MONGO_PASSWORD", "REDIS_PASSWORD"}  # read by compose only
+# read by compose only
+CREDENTIALS = {
+    "MONGO_ROOT_USERNAME",
+    "MONGO_ROOT_PASSWORD",
+    "MONGO_USERNAME",
+    "MONGO_PASSWORD",
+    "REDIS_PASSWORD",
+}
+PASSWORDS = {
+    "MONGO_ROOT_PASSWORD": "r00t-pw",
+    "MONGO_PASSWORD": "m0ngo-pw",
+    "REDIS_PASSWORD": "r3dis-pw",
+}
 
 
 def test_env_example_holds_only_real_settings_with_valid_values_and_no_secret(monkeypatch):
     values = dotenv_values(ENV_EXAMPLE)
     assert set(values) <= {name.upper() for name in Settings.model_fields} | CREDENTIALS
     assert set(values) >= CREDENTIALS
-    assert values["MONGO_PASSWORD"] == values["REDIS_PASSWORD"] == ""  # the operator sets them
+    assert {values[name] for name in PASSWORDS} == {""}  # the operator sets them
     for name in values:
         monkeypatch.delenv(name, raising=False)
 
@@ -106,37 +144,61 @@ def test_every_setting_is_explained_in_the_deploy_guide():
     assert [n for n in names if f"`{n}`" not in guide] == []
 
 
-def test_docker_compose_accepts_the_file_where_the_client_has_compose(compose):
-    docker = shutil.which("docker")
-    has_compose = (
-        docker is not None
-        and subprocess.run(
-            [docker, "compose", "version"], capture_output=True, check=False
-        ).returncode
-        == 0
-    )
-    if has_compose:  # `config` needs no engine; without compose the checks above stand
-        clean = {k: v for k, v in os.environ.items() if k not in CREDENTIALS}
-        secrets = {"MONGO_PASSWORD": "mongo-pw", "REDIS_PASSWORD": "redis-pw"}
+def compose_client() -> tuple[list[str], str] | None:
+    """This machine's compose command and its version: the docker CLI plugin (`docker
+    compose`) or a standalone `docker-compose`; None when there is neither."""
+    candidates = []
+    if docker := shutil.which("docker"):
+        candidates.append([docker, "compose"])
+    if standalone := shutil.which("docker-compose"):
+        candidates.append([standalone])
+    for command in candidates:
         done = subprocess.run(
-            [str(docker), "compose", "--env-file", os.devnull, "config", "-q"],
-            cwd=ROOT,
-            env={**clean, **secrets},
-            capture_output=True,
-            text=True,
-            check=False,
+            [*command, "version", "--short"], capture_output=True, text=True, check=False
         )
-        assert done.returncode == 0, done.stderr
-        missing = subprocess.run(  # no password: compose refuses, naming it
-            [str(docker), "compose", "--env-file", os.devnull, "config", "-q"],
-            cwd=ROOT,
-            env=clean,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert missing.returncode != 0 and "PASSWORD" in missing.stderr
+        if done.returncode == 0:
+            return command, done.stdout.strip().removeprefix("v")
+    return None
+
+
+def test_docker_compose_accepts_the_file_where_the_client_has_compose(compose, tmp_path):
     assert compose["name"] == "ai-billing-chore"
+    client = compose_client()
+    if client is None:  # `config` needs no engine, only a client
+        pytest.skip("no compose client here (neither `docker compose` nor `docker-compose`)")
+    command, version = client
+    no_dot_env = tmp_path / "empty.env"  # not the developer's .env; v1 refuses os.devnull
+    no_dot_env.write_text("")
+    clean = {k: v for k, v in os.environ.items() if k not in CREDENTIALS}
+
+    def config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, "--env-file", str(no_dot_env), "-f", "docker-compose.yml", "config", "-q"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    done = config({**clean, **PASSWORDS})
+    if int(version.split(".")[0]) < 2:
+        # Compose v1 (docker-compose 1.x, end of life) predates the Compose Specification the
+        # file is written in: it rejects exactly the spec's features used here, the top-level
+        # `name` and `env_file` entries with `required` (compose 2.24), and nothing else.
+        assert done.returncode != 0
+        assert "'name' does not match any of the regexes" in done.stderr
+        rejected = [line for line in done.stderr.splitlines() if line.startswith("services.")]
+        spec_only = re.compile(
+            r'services\.[\w-]+\.env_file contains \{"path": ".env", "required": false\}, '
+            r"which is an invalid type, it should be a string"
+        )
+        assert rejected and all(spec_only.fullmatch(line) for line in rejected), done.stderr
+        assert {line.split(".")[1] for line in rejected} == set(CHORE_SERVICES)
+        return
+    assert done.returncode == 0, done.stderr
+    missing = config(clean)  # no password: compose refuses, naming it
+    assert missing.returncode != 0 and "PASSWORD" in missing.stderr
 
 
 def test_worker_and_beat_have_healthchecks_and_every_service_has_limits_and_log_rotation(
@@ -147,9 +209,11 @@ def test_worker_and_beat_have_healthchecks_and_every_service_has_limits_and_log_
     # `$$` is compose's escape: the container's own $HOSTNAME, the worker's node name
     assert "celery -A chores.celery_app inspect ping -d celery@$$HOSTNAME" in worker
     assert services["worker"]["healthcheck"]["test"][0] == "CMD-SHELL"
-    beat = healthcheck(services["beat"])
-    assert "find /var/lib/chore -name 'celerybeat-schedule*'" in beat and "-mmin" in beat
-    assert "$${METER_EVERY_SECONDS:-300}" in beat  # follows the tick interval
+    assert healthcheck(services["worker-full"]) == worker
+    # beat: the 5-minute fan-out was sent lately (celery_app.beat_health, tests/test_beat.py)
+    beat = services["beat"]["healthcheck"]["test"]
+    assert beat[:3] == ["CMD", "python", "-c"]
+    assert beat[3] == "import chores.celery_app as app; raise SystemExit(app.beat_health())"
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^HEALTHCHECK --interval=\S+ --timeout=\S+ ", dockerfile, re.M)
     assert 'CMD celery -A chores.celery_app inspect ping -d "celery@$HOSTNAME"' in dockerfile
@@ -181,6 +245,7 @@ def test_the_worker_stop_grace_period_outlasts_a_run_and_its_soft_shutdown(compo
     for name in dotenv_values(ENV_EXAMPLE):
         monkeypatch.delenv(name, raising=False)
     grace = seconds(compose["services"]["worker"]["stop_grace_period"])
+    assert seconds(compose["services"]["worker-full"]["stop_grace_period"]) == grace
     # the defaults, and the values the containers are given
     for settings in (Settings(), Settings(_env_file=ENV_EXAMPLE)):  # type: ignore[call-arg]
         config = celery_config(settings)
@@ -210,18 +275,27 @@ def interpolate(value: str, env: dict[str, str]) -> str:
 
 def test_mongo_and_redis_require_credentials_that_reach_the_containers_from_dot_env(compose):
     services = compose["services"]
-    env = {"MONGO_PASSWORD": "m0ngo-pw", "REDIS_PASSWORD": "r3dis-pw"}
+    env = dict(PASSWORDS)
 
     mongo = services["mongo"]["environment"]
-    assert interpolate(mongo["MONGO_INITDB_ROOT_USERNAME"], env) == "billing"
-    assert interpolate(mongo["MONGO_INITDB_ROOT_PASSWORD"], env) == "m0ngo-pw"
+    assert interpolate(mongo["MONGO_INITDB_ROOT_USERNAME"], env) == "root"  # admin only
+    assert interpolate(mongo["MONGO_INITDB_ROOT_PASSWORD"], env) == "r00t-pw"
+    # the chore's own user, created by the init script (readWrite on MONGO_DB)
+    assert interpolate(mongo["CHORE_MONGO_USERNAME"], env) == "billing"
+    assert interpolate(mongo["CHORE_MONGO_PASSWORD"], env) == "m0ngo-pw"
+    assert interpolate(mongo["CHORE_MONGO_DB"], env) == Settings().mongo_db == "main"
+    assert interpolate(mongo["CHORE_MONGO_DB"], {**env, "MONGO_DB": "billing"}) == "billing"
+    for name in ("MONGO_INITDB_ROOT_PASSWORD", "CHORE_MONGO_PASSWORD"):
+        with pytest.raises(KeyError, match="PASSWORD"):
+            interpolate(mongo[name], {})
     redis = services["redis"]
     assert interpolate(redis["environment"]["REDIS_PASSWORD"], env) == "r3dis-pw"
     assert "--requirepass" in " ".join(redis["command"])
     assert '"$$REDIS_PASSWORD"' in redis["command"][-1]  # from the environment, not the file
 
-    for name in ("worker", "beat"):
+    for name in CHORE_SERVICES:
         given = {k: interpolate(v, env) for k, v in services[name]["environment"].items()}
+        assert not any("r00t-pw" in value for value in given.values())  # never root
         settings = Settings(**{k.lower(): v for k, v in given.items()})
         assert settings.mongo_url == "mongodb://billing:m0ngo-pw@mongo:27017/?authSource=admin"
         assert settings.safe_mongo_url == "mongodb://billing:***@mongo:27017/?authSource=admin"
@@ -240,9 +314,71 @@ def test_mongo_and_redis_require_credentials_that_reach_the_containers_from_dot_
     ).stdout.split()
     if tracked:  # a git checkout
         assert ".env" not in tracked and ".env.example" in tracked
-    for path in ("docker-compose.yml", ".env.example", "Dockerfile"):
+    for path in ("docker-compose.yml", ".env.example", "Dockerfile", INIT_SCRIPT):
         text = (ROOT / path).read_text()
         assert not re.search(r"(?m)^\s*[A-Z_]*PASSWORD[:=][ \t]*[^$\s]", text), path
         assert not re.search(
             r"(mongodb|redis)://[^/\s]*:[^$*/\s]+@", text.replace("PASSWORD@", "")
         ), path
+
+
+# Runs the init script under node with a stand-in for mongosh's `db` and `print`.
+MONGOSH_SHIM = """
+const calls = [];
+globalThis.db = {getSiblingDB: (name) => ({createUser: (spec) => calls.push({db: name, spec})})};
+globalThis.print = () => {};
+process.on("exit", () => console.log(JSON.stringify(calls)));
+require(process.argv[process.argv.length - 1]);
+"""
+
+
+def test_the_mongo_init_script_creates_the_chores_user_readwrite_on_its_database_only():
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the init script is checked by the compose test only")
+
+    def run(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [node, "-e", MONGOSH_SHIM, str(ROOT / INIT_SCRIPT)],
+            env={"PATH": os.environ.get("PATH", ""), **env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    given = {
+        "MONGO_INITDB_ROOT_USERNAME": "root",
+        "CHORE_MONGO_USERNAME": "billing",
+        "CHORE_MONGO_PASSWORD": "m0ngo-pw",
+        "CHORE_MONGO_DB": "main",
+    }
+    done = run(**given)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [
+        {
+            "db": "admin",  # the user lives in admin (authSource=admin), its rights in "main"
+            "spec": {
+                "user": "billing",
+                "pwd": "m0ngo-pw",
+                "roles": [{"role": "readWrite", "db": "main"}],
+            },
+        }
+    ]
+    no_password = run(**{**given, "CHORE_MONGO_PASSWORD": ""})
+    assert no_password.returncode != 0 and "must be set" in no_password.stderr
+    as_root = run(**{**given, "CHORE_MONGO_USERNAME": "root"})
+    assert as_root.returncode != 0 and "must differ" in as_root.stderr
+
+
+def test_the_tighter_role_in_security_md_names_every_billing_collection():
+    """SECURITY.md's `billingChore` role lists the chore's collections by hand: all of them."""
+    import dataclasses
+
+    from chores._db import Collections
+
+    text = (ROOT / "SECURITY.md").read_text()
+    listed = re.search(r"\]\.concat\(\[([^\]]*)\]\.map", text)
+    assert listed, "the billingChore role's list of billing collections"
+    named = set(re.findall(r'"(\w+)"', listed.group(1)))
+    ours = {f.name for f in dataclasses.fields(Collections)} - {"tasks", "findings"}
+    assert named == ours
