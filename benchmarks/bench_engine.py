@@ -1,16 +1,21 @@
-"""Benchmark 1: the pure metering core against a per-record `litellm.cost_per_token` loop.
+"""Benchmark 1: CPU per document metered end to end, against decoding alone and LiteLLM's loop.
 
+    python benchmarks/bench_engine.py --snapshots 200000 --litellm-snapshots 50000
     python benchmarks/bench_engine.py                       # 1,000,000 snapshots, both sides
-    python benchmarks/bench_engine.py --litellm-snapshots 200000   # LiteLLM on the first 200k
 
-Both sides price with the same rates: LiteLLM's bundled `model_prices_and_context_window`
-map (offline, `LITELLM_LOCAL_MODEL_COST_MAP=True`), converted for our side with
-`pricing.registry_from_litellm`.
+What a user pays for is the headline: each chunk of runner snapshots is encoded to BSON as the
+server would send it (untimed: runner documents projected as the run's query projects them,
+each subagent's spawn findings as `Source.spawn_contexts` reads them), then, side by side in
+the same process, chunk by chunk, in alternating order:
 
-Ours (`chores._meter.MemoryMeter`): every snapshot goes through `chores._usage.verdict`, the
-rules `assess` wraps (counters, baselines, high-water marks, anomalies), the deltas are
-summed into usage groups, and `price_lines` prices each invoice once, in Decimal, rounded
-once per line to micro-dollars.
+- *decoding alone*: `bson.decode_all` of those bytes with the run's codec options
+  (tz_aware, tzinfo=UTC), the least a pymongo cursor does;
+- *ours end to end*: the same decoding, the findings paired with their runners, then the
+  pure metering core (`chores._meter.MemoryMeter`: `chores._usage.verdict`, the rules `assess`
+  wraps, deltas summed into usage groups) and, at the end, `price_lines` per invoice, in
+  Decimal, rounded once per line to micro-dollars.
+
+The ratio of the two is the engine's cost over the floor (issue 17's target: at most 1.5x).
 
 Theirs (what a team would write without this package): for each of the same usage records
 (our deltas, computed by a second, untimed meter over the same chunk and handed over, so
@@ -18,21 +23,28 @@ their side is timed on pricing alone),
 `litellm.cost_per_token(model, prompt_tokens, completion_tokens, cache_read_input_tokens)`,
 summed per invoice line in float, rounded to micros at the end. Customer-key (byok) records
 are charged 0 without a call; a model LiteLLM does not know is unpriced (the exception is
-caught once per model name, then the name is skipped). The ratio is therefore conservative:
-our time includes the metering rules, theirs does not.
+caught once per model name, then the name is skipped). Both sides price with the same rates:
+LiteLLM's bundled `model_prices_and_context_window` map (offline,
+`LITELLM_LOCAL_MODEL_COST_MAP=True`), converted for ours with `pricing.registry_from_litellm`.
+Compared end to end, their side is the same decoding plus their loop.
+
+Exits 1 when a line differs from LiteLLM's by more than float rounding on an exact half
+micro-dollar (the ratios are reported, not enforced: CPU timings on a shared machine move).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import math
 import sys
 import time
+from datetime import UTC
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+import bson
 from _workload import (
+    Observation,
     Stopwatch,
     import_litellm,
     litellm_registry,
@@ -43,6 +55,7 @@ from _workload import (
     snapshot_chunks,
     write_json,
 )
+from bson.codec_options import CodecOptions
 
 litellm = import_litellm()  # before anything else may import it
 
@@ -52,9 +65,49 @@ from rich.table import Table  # noqa: E402
 from chores._corpus import DEFAULT_MODELS  # noqa: E402
 from chores._lines import UsageGroup, price_group  # noqa: E402
 from chores._meter import InvoiceKey, MemoryMeter, Record  # noqa: E402
+from chores._source import RUNNER_PROJECTION  # noqa: E402
 from pricing import Registry  # noqa: E402
 
 LineId = tuple[str, str, str | None, str]  # org, period, line model, tier
+
+
+# What a pymongo cursor hands the run: the run's client decodes with these options.
+CODEC = CodecOptions(tz_aware=True, tzinfo=UTC)
+Wire = tuple[bytes, bytes]  # runner documents, spawn findings: BSON as the server sends them
+
+
+def to_wire(chunk: list[Observation]) -> Wire:
+    """A chunk as the server would send it (untimed): the runner documents projected to
+    `RUNNER_PROJECTION`, each subagent's spawn findings projected to `SPAWN_PROJECTION`."""
+    tasks = bytearray()
+    findings = bytearray()
+    seen: set[str] = set()
+    for doc, spawn_contexts in chunk:
+        tasks += bson.encode({k: v for k, v in doc.items() if k in RUNNER_PROJECTION})
+        runner_id = str(doc["_id"])
+        if spawn_contexts and runner_id not in seen:
+            seen.add(runner_id)
+            for context in spawn_contexts:
+                findings += bson.encode(
+                    {"extra_data": {"runner_id": runner_id}, "_context": context}
+                )
+    return bytes(tasks), bytes(findings)
+
+
+def decode_only(wire: Wire) -> int:
+    """Decoding alone: the least a cursor does with the same bytes."""
+    tasks, findings = wire
+    return len(bson.decode_all(tasks, CODEC)) + len(bson.decode_all(findings, CODEC))
+
+
+def decode_observations(wire: Wire) -> list[Observation]:
+    """Decoding, then each runner paired with its spawn findings' `_context`s, as
+    `Source.spawn_contexts` and the run pair them."""
+    tasks, findings = wire
+    spawns: dict[str, list[Any]] = {}
+    for finding in bson.decode_all(findings, CODEC):
+        spawns.setdefault(str(finding["extra_data"]["runner_id"]), []).append(finding["_context"])
+    return [(doc, spawns.get(str(doc["_id"]), [])) for doc in bson.decode_all(tasks, CODEC)]
 
 
 class LiteLLMSide:
@@ -219,17 +272,33 @@ def main(argv: list[str] | None = None) -> int:
     # walking them.) Fed for LiteLLM's snapshots only, so its lines are what LiteLLM priced.
     twin = new_meter()
     theirs = LiteLLMSide()
-    generate, our_feed, their_feed = Stopwatch(), Stopwatch(), Stopwatch()
+    generate, decode_alone, our_feed, their_feed = (
+        Stopwatch(),
+        Stopwatch(),
+        Stopwatch(),
+        Stopwatch(),
+    )
     chunks = snapshot_chunks(total)
     started = time.perf_counter()
+    chunk_no = 0
     while True:
         with generate:
             chunk = next(chunks, None)
+            wire = None if chunk is None else to_wire(chunk)
             gc.collect()  # the generator's garbage is not the core's to collect
-        if chunk is None:
+        if chunk is None or wire is None:
             break
-        with our_feed:
-            ours.feed(chunk)
+        chunk_no += 1
+        # Decoding alone and decoding + metering, side by side on the same bytes, the order
+        # alternating from chunk to chunk (whichever runs second finds warmer caches).
+        for step in ("decode", "meter") if chunk_no % 2 else ("meter", "decode"):
+            if step == "decode":
+                with decode_alone:
+                    decode_only(wire)
+            else:
+                with our_feed:
+                    ours.feed(decode_observations(wire))
+            gc.collect()
         if twin.snapshots < litellm_limit:  # whole chunks: LiteLLM prices the whole chunk
             records: list[Record] = []
             twin.feed(chunk, records)
@@ -238,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
             del records
         if ours.snapshots % 100_000 < len(chunk):
             out.print(
-                f"  {ours.snapshots:>9,} snapshots  ours {our_feed.seconds:6.1f}s  "
-                f"LiteLLM {their_feed.seconds:6.1f}s  generating {generate.seconds:6.1f}s",
+                f"  {ours.snapshots:>9,} snapshots  decode {decode_alone.seconds:6.1f}s  "
+                f"decode+ours {our_feed.seconds:6.1f}s  LiteLLM {their_feed.seconds:6.1f}s  "
+                f"generating {generate.seconds:6.1f}s",
                 highlight=False,
             )
     pricing = Stopwatch()
@@ -248,67 +318,74 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     n_lines = sum(len(v) for v in lines.values())
 
+    n = ours.snapshots
+    # End to end: decoding, the rules, grouping and `price_lines`, what a run pays per document
+    # (the database work aside).
     ours_seconds = our_feed.seconds + pricing.seconds
-    our_rate = ours.snapshots / ours_seconds
+    decode_seconds = decode_alone.seconds
+    engine_seconds = ours_seconds - decode_seconds  # the engine's share, by difference
+    vs_decode = ours_seconds / decode_seconds
     their_per_record = their_feed.seconds / max(theirs.records, 1)
     # LiteLLM's time for the records of all the snapshots, measured or extrapolated.
     their_full = their_per_record * ours.deltas
     litellm_limit = twin.snapshots
-    extrapolated = litellm_limit < ours.snapshots
+    extrapolated = litellm_limit < n
     if not extrapolated:
-        assert twin.usage == ours.usage, "the timed meter and its twin disagree"
-    ratio = their_full / ours_seconds
+        assert twin.usage == ours.usage, "decoded documents metered differently"
+    # What a team's loop costs end to end: the same decoding, then LiteLLM per record.
+    ratio = (decode_seconds + their_full) / ours_seconds
+    ratio_engine = their_full / engine_seconds  # engine alone vs their pricing alone
     check = compare(twin, theirs, registry)
 
-    table = Table(title=f"Engine: {ours.snapshots:,} runner snapshots into invoice lines")
+    def us(seconds: float) -> str:
+        return f"{seconds / n * 1e6:.2f}"
+
+    table = Table(title=f"Engine: {n:,} runner snapshots, BSON-decoded, into invoice lines")
     table.add_column("side")
-    table.add_column("records", justify="right")
-    table.add_column("time (s)", justify="right")
-    table.add_column("per record (µs)", justify="right")
-    table.add_column("records/s", justify="right")
-    table.add_column("vs LiteLLM", justify="right")
+    table.add_column("CPU (s)", justify="right")
+    table.add_column("µs per document", justify="right")
+    table.add_column("vs decoding alone", justify="right")
     table.add_row(
-        "ours: rules + group",
-        f"{ours.snapshots:,} snapshots",
-        f"{our_feed.seconds:.2f}",
-        f"{our_feed.seconds / ours.snapshots * 1e6:.2f}",
-        f"{ours.snapshots / our_feed.seconds:,.0f}",
-        "",
+        "BSON decoding alone (decode_all)", f"{decode_seconds:.2f}", us(decode_seconds), "1x"
     )
     table.add_row(
-        "ours: price_lines",
-        f"{len(ours.usage):,} groups -> {n_lines:,} lines",
+        "[bold]ours end to end: decode + rules + group + price_lines[/]",
+        f"{ours_seconds:.2f}",
+        us(ours_seconds),
+        f"[bold]{vs_decode:.2f}x[/]",
+    )
+    table.add_row(
+        "  of which the engine (by difference)",
+        f"{engine_seconds:.2f}",
+        us(engine_seconds),
+        f"{engine_seconds / decode_seconds:.2f}x",
+    )
+    table.add_row(
+        f"  of which price_lines ({len(ours.usage):,} groups -> {n_lines:,} lines)",
         f"{pricing.seconds:.3f}",
         "",
         "",
-        "",
+    )
+    label = "LiteLLM cost_per_token loop" + (", extrapolated" if extrapolated else "")
+    table.add_row(
+        f"{label} ({theirs.records:,} records measured)",
+        f"{their_full:.2f}",
+        us(their_full),
+        f"{their_full / decode_seconds:.1f}x",
     )
     table.add_row(
-        "[bold]ours: whole core[/]",
-        f"{ours.snapshots:,} snapshots",
-        f"{ours_seconds:.2f}",
-        f"{ours_seconds / ours.snapshots * 1e6:.2f}",
-        f"{our_rate:,.0f}",
-        f"[bold]{ratio:.1f}x faster[/]",
+        "decode + LiteLLM loop",
+        f"{decode_seconds + their_full:.2f}",
+        us(decode_seconds + their_full),
+        f"{(decode_seconds + their_full) / decode_seconds:.1f}x",
     )
-    table.add_row(
-        "LiteLLM cost_per_token loop",
-        f"{theirs.records:,} records ({theirs.calls:,} calls)",
-        f"{their_feed.seconds:.2f}",
-        f"{their_per_record * 1e6:.2f}",
-        f"{theirs.records / max(their_feed.seconds, 1e-9):,.0f}",
-        "1x",
-    )
-    if extrapolated:
-        table.add_row(
-            "LiteLLM, extrapolated to all records",
-            f"{ours.deltas:,} records",
-            f"{their_full:.1f}",
-            "",
-            "",
-            "",
-        )
     out.print(table)
+    out.print(
+        f"ours end to end = [bold]{vs_decode:.2f}x decoding alone[/] (target <= 1.5x: "
+        + ("met" if vs_decode <= 1.5 else "[red]not met[/]")
+        + f"); decode + LiteLLM's loop = [bold]{ratio:.1f}x[/] ours end to end; "
+        f"the engine alone vs LiteLLM's loop alone: {ratio_engine:.1f}x"
+    )
 
     comparison = Table(title="Totals per invoice line (micro-dollars)")
     comparison.add_column("figure")
@@ -352,10 +429,14 @@ def main(argv: list[str] | None = None) -> int:
             "deltas": ours.deltas,
             "groups": len(ours.usage),
             "lines": n_lines,
-            "ours_feed_seconds": our_feed.seconds,
+            "decode_seconds": decode_seconds,
+            "ours_decode_and_feed_seconds": our_feed.seconds,
+            "ours_engine_seconds": engine_seconds,
+            "ours_vs_decode": vs_decode,
+            "ratio_engine_alone": ratio_engine,
             "ours_price_lines_seconds": pricing.seconds,
             "ours_seconds": ours_seconds,
-            "ours_snapshots_per_second": our_rate,
+            "ours_snapshots_per_second": n / ours_seconds,
             "litellm_snapshots": litellm_limit,
             "litellm_records": theirs.records,
             "litellm_calls": theirs.calls,
@@ -369,13 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     # Exact except for float rounding on their side: only exact half-micro ties may differ.
-    ok = (
-        ratio >= 20
-        and check["max_line_diff_micros"] <= 1
-        and check["lines_differing_not_on_half_micro"] == 0
-    )
-    if not math.isfinite(ratio) or ratio < 20:
-        out.print(f"[red]below the 20x target ({ratio:.1f}x)[/]")
+    ok = check["max_line_diff_micros"] <= 1 and check["lines_differing_not_on_half_micro"] == 0
     return 0 if ok else 1
 
 
