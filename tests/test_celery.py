@@ -34,6 +34,7 @@ import redis
 from bson import json_util
 from celery import beat
 from celery.app.defaults import DEFAULTS
+from celery.backends.base import DisabledBackend
 from celery.contrib.testing.worker import start_worker
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.schedules import crontab
@@ -140,8 +141,10 @@ def service(redis_urls: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Sett
     )
     app.conf.update(celery_config(settings), worker_hijack_root_logger=False)
     # The result backend is built once per thread on first use: a test file that used the
-    # app before (without a backend) must not leave it to these tests.
-    monkeypatch.delattr(app._local, "backend", raising=False)
+    # app before, without a backend, must not leave its disabled one to these tests (a
+    # working one is kept: dropping it would leave its connections to the GC).
+    if isinstance(getattr(app._local, "backend", None), DisabledBackend):
+        monkeypatch.delattr(app._local, "backend")
     monkeypatch.setattr(tasks, "get_settings", lambda: settings)
     # An embedded worker stops before its last acks are sent, and kombu then puts those
     # messages back: start every test from an empty queue, results and locks.
