@@ -173,19 +173,20 @@ def change(db: Any, k: int, stamp: float) -> list[Any]:
         {"name": "ai", "status": "SUCCESS", "context.subagent": {"$ne": True}},
         {"_id": 1, "context.ai_tokens": 1, "context.ai_prompt_tokens": 1},
     )
-    docs = [
-        d
-        for d in candidates
-        if all(type(d["context"].get(f)) is int for f in ("ai_tokens", "ai_prompt_tokens"))
-    ][:k]
-    for doc in docs:
-        db["tasks"].update_one(
-            {"_id": doc["_id"]},
-            {
-                "$inc": {"context.ai_tokens": 1000, "context.ai_prompt_tokens": 1000},
-                "$set": {"last_updated_db": stamp},
-            },
-        )
+    docs = []
+    for d in candidates:  # the first k, in natural order: the base's, at every N
+        if all(type(d["context"].get(f)) is int for f in ("ai_tokens", "ai_prompt_tokens")):
+            docs.append(d)
+            if len(docs) == k:
+                break
+    # One update for the k (mongomock scans the collection for each update it is sent).
+    db["tasks"].update_many(
+        {"_id": {"$in": [d["_id"] for d in docs]}},
+        {
+            "$inc": {"context.ai_tokens": 1000, "context.ai_prompt_tokens": 1000},
+            "$set": {"last_updated_db": stamp},
+        },
+    )
     return [d["_id"] for d in docs]
 
 
