@@ -235,7 +235,9 @@ def open_database(real_url: str | None) -> tuple[Any, Any, Counts, str]:
     return counting, raw, counting.counts, "mongomock (round trips and docs examined modelled)"
 
 
-def run_size(n: int, k: int, real_url: str | None, registry: Any, check: bool) -> dict[str, Any]:
+def run_size(
+    n: int, k: int, real_url: str | None, registry: Any, check: bool, idle_too: bool = True
+) -> dict[str, Any]:
     db, raw, counts, backend = open_database(real_url)
     settings = Settings(mongo_url="mongomock://bench", batch_size=BATCH, redis_url=None)
     t0 = time.perf_counter()
@@ -249,7 +251,9 @@ def run_size(n: int, k: int, real_url: str | None, registry: Any, check: bool) -
     changed = change(raw, k, stamp=(later - timedelta(seconds=30)).timestamp())
     pending = raw[settings.collection("pending")].count_documents({})
     incremental = measure(db, counts, settings, later, registry)
-    idle = measure(db, counts, settings, later + timedelta(minutes=5), registry)
+    idle = (
+        measure(db, counts, settings, later + timedelta(minutes=5), registry) if idle_too else None
+    )
     problems: list[str] | None = None
     if check:
         from chores._anomalies import AnomalyLog
@@ -305,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         default=100_000,
         help="compare every draft with a full rebuild (check_drafts) up to this N",
     )
+    parser.add_argument(
+        "--no-idle", action="store_true", help="skip the rerun with nothing changed"
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     out = Console(width=160)
@@ -316,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for n in sizes:
         out.print(f"N={n:,}: seeding...", highlight=False)
-        result = run_size(n, args.changed, real_url, registry, n <= args.check_up_to)
+        result = run_size(
+            n, args.changed, real_url, registry, n <= args.check_up_to, not args.no_idle
+        )
         results.append(result)
         check = result["check_drafts"]
         out.print(
@@ -341,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             table.add_column(label, justify="right")
         for r in results:
             m = r[key]
+            if m is None:
+                continue
             table.add_row(
                 f"{r['n']:,}",
                 f"{r['pending_before_rerun']:,}",
