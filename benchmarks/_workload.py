@@ -4,11 +4,11 @@ Nothing here is imported by the package or by the tests: the benchmarks are run 
 (see benchmarks/README.md).
 
 - `snapshot_chunks` streams runner snapshots as the source query would return them (AI
-  runners only), chunk by chunk, from `chores._corpus.generate_corpus`: subagents with their
+  runners only), chunk by chunk, from `chores.demo.corpus.generate_corpus`: subagents with their
   spawn baselines, several models, byok, free and unknown models, runners without a split,
   malformed documents, and a share of runners observed twice (once half-way while running,
   once finished) so that the second observation has a ledger head.
-- `new_meter` is the package's metering core with no I/O (`chores._meter.MemoryMeter`):
+- `new_meter` is the package's metering core with no I/O (`chores.metering.memory_meter.MemoryMeter`):
   `assess` per document, deltas summed by (org, period, model, byok, day), then
   `price_lines` per invoice.
 - `litellm_map` loads LiteLLM's bundled price map offline, and `litellm_registry` converts
@@ -29,8 +29,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from chores._corpus import generate_corpus
-from chores._meter import MemoryMeter
+from chores.demo.corpus import generate_corpus
+from chores.metering.memory_meter import MemoryMeter
 from pricing import Registry, registry_from_litellm
 
 START = datetime(2026, 10, 1, tzinfo=UTC)  # usage month of the synthetic records
@@ -88,7 +88,7 @@ def snapshot_chunks(
 
 
 def new_meter(now: datetime = NOW) -> MemoryMeter:
-    """The package's pure metering core (`chores._meter`), as the benchmarks run it."""
+    """The package's pure metering core (`chores.metering.memory_meter`), as the benchmarks run it."""
     return MemoryMeter(
         now=now, max_tokens_per_run=MAX_TOKENS_PER_RUN, future_skew_seconds=FUTURE_SKEW_SECONDS
     )

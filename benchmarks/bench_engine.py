@@ -11,7 +11,7 @@ the same process, chunk by chunk, in alternating order:
 - *decoding alone*: `bson.decode_all` of those bytes with the run's codec options
   (tz_aware, tzinfo=UTC), the least a pymongo cursor does;
 - *ours end to end*: the same decoding, the findings paired with their runners, then the
-  pure metering core (`chores._meter.MemoryMeter`: `chores._usage.verdict`, the rules `assess`
+  pure metering core (`chores.metering.memory_meter.MemoryMeter`: `chores.metering.rules.verdict`, the rules `assess`
   wraps, deltas summed into usage groups) and, at the end, `price_lines` per invoice, in
   Decimal, rounded once per line to micro-dollars.
 
@@ -62,10 +62,10 @@ litellm = import_litellm()  # before anything else may import it
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from chores._corpus import DEFAULT_MODELS  # noqa: E402
-from chores._lines import UsageGroup, price_group  # noqa: E402
-from chores._meter import InvoiceKey, MemoryMeter, Record  # noqa: E402
-from chores._source import RUNNER_PROJECTION  # noqa: E402
+from chores.demo.corpus import DEFAULT_MODELS  # noqa: E402
+from chores.metering.lines import UsageGroup, price_group  # noqa: E402
+from chores.metering.memory_meter import InvoiceKey, MemoryMeter, Record  # noqa: E402
+from chores.metering.source import RUNNER_PROJECTION  # noqa: E402
 from pricing import Registry  # noqa: E402
 
 LineId = tuple[str, str, str | None, str]  # org, period, line model, tier

@@ -37,8 +37,8 @@ from rich.console import Console
 from rich.table import Table
 
 from chores import Settings, check_quota, ensure_indexes
-from chores._db import Collections
-from chores._quota import Quota
+from chores.core.db import Collections
+from chores.quota.decisions import Quota
 
 ORGS = 1000
 

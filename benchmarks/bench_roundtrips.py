@@ -47,9 +47,9 @@ from rich.console import Console
 from rich.table import Table
 
 from chores import Settings, ensure_indexes, run_chore
-from chores._corpus import generate_corpus
-from chores._drafts import DraftSums, has_usage
-from chores._invoices import build_invoice
+from chores.demo.corpus import generate_corpus
+from chores.billing.drafts import DraftSums, has_usage
+from chores.billing.invoices import build_invoice
 from pricing import load_registry
 
 BATCH = 1000
@@ -256,11 +256,11 @@ def run_size(
     )
     problems: list[str] | None = None
     if check:
-        from chores._anomalies import AnomalyLog
-        from chores._db import Collections
-        from chores._invoices import Invoices
-        from chores._ledger import Ledger
-        from chores._progress import Progress
+        from chores.metering.anomalies import AnomalyLog
+        from chores.core.db import Collections
+        from chores.billing.invoices import Invoices
+        from chores.metering.ledger import Ledger
+        from chores.metering.progress import Progress
 
         collections = Collections.of(raw, settings)
         ledger = Ledger(collections, batch_size=BATCH)

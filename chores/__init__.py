@@ -12,14 +12,14 @@ from datetime import UTC, datetime
 
 from pymongo.database import Database
 
-from ._db import Collections, Doc, connect, ensure_indexes
-from ._exceptions import ChoreError, ConfigError, DatabaseUnavailable, InvoiceNotFound, UnknownOrg
-from ._invoices import Invoice, InvoiceLine
-from ._periods import as_utc
-from ._quota import Quota, QuotaDecision
-from ._report import RunReport
-from ._run import finalize_invoices, run_chore, validate_org
-from ._settings import Settings, get_settings
+from chores.core.db import Collections, Doc, connect, ensure_indexes
+from chores.core.exceptions import ChoreError, ConfigError, DatabaseUnavailable, InvoiceNotFound, UnknownOrg
+from chores.billing.invoices import Invoice, InvoiceLine
+from chores.core.periods import as_utc
+from chores.quota.decisions import Quota, QuotaDecision
+from chores.run.report import RunReport
+from chores.run.chore import finalize_invoices, run_chore, validate_org
+from chores.core.settings import Settings, get_settings
 
 # A library logs, the application shows: without a configured handler (the CLI) the
 # warnings are not dumped on stderr; Celery's handlers on the root logger still get them.

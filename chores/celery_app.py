@@ -22,9 +22,9 @@ from celery.schedules import crontab
 from celery.signals import after_setup_logger, after_setup_task_logger
 from kombu import Exchange, Queue
 
-from ._exceptions import ConfigError
-from ._logs import use_log_format
-from ._settings import Settings, get_settings
+from chores.core.exceptions import ConfigError
+from chores.core.logs import use_log_format
+from chores.core.settings import Settings, get_settings
 
 RETRY_BACKOFF_MAX = 60  # seconds: the longest countdown between two retries
 DEFAULT_QUEUE = "celery"  # the 5-minute fan-outs, their runs, the daily finalize
@@ -203,5 +203,5 @@ app.conf.update(celery_config(get_settings()))
 @after_setup_task_logger.connect
 def _log_format(logger: logging.Logger, **_: Any) -> None:
     """Celery's loggers as set up by the worker and beat: URLs redacted in every line,
-    JSON lines when `LOG_FORMAT=json` (`chores._logs`)."""
+    JSON lines when `LOG_FORMAT=json` (`chores.core.logs`)."""
     use_log_format(logger, get_settings().log_format)

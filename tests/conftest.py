@@ -12,7 +12,8 @@ import mongomock
 import pytest
 from bson import json_util
 
-from chores import Settings, _clock
+from chores import Settings
+from chores.core import clock as _clock
 from pricing import Registry, load_registry
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"

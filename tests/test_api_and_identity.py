@@ -15,8 +15,8 @@ import pymongo
 from bson import ObjectId
 
 from chores import Settings, check_quota, finalize_invoices, run_chore
-from chores._corpus import generate_corpus
-from chores._db import utc_view
+from chores.demo.corpus import generate_corpus
+from chores.core.db import utc_view
 
 NOV_25 = datetime(2026, 11, 25, 12, tzinfo=UTC)
 
@@ -174,8 +174,8 @@ def test_the_future_skew_is_the_settings_one(db, settings, registry):
 
 
 def test_the_pure_rules_and_the_memory_meter_hold_a_future_end_time():
-    from chores._meter import MemoryMeter
-    from chores._usage import assess
+    from chores.metering.memory_meter import MemoryMeter
+    from chores.metering.rules import assess
 
     doc = runner("acme", 5_000, NOV_25 + timedelta(days=40))
     options: dict[str, Any] = {"spawn_contexts": [], "head": None, "max_tokens_per_run": 10**9}
@@ -221,7 +221,7 @@ def test_long_runner_ids_sharing_a_prefix_keep_their_own_high_water_marks(db, se
 
 
 def test_runner_keys_are_distinct_and_short_ones_unchanged():
-    from chores._usage import runner_key
+    from chores.metering.rules import runner_key
 
     oid = ObjectId()
     assert runner_key(oid) == str(oid)
@@ -291,7 +291,7 @@ def test_another_orgs_spawn_finding_cannot_lower_a_subagents_baseline(db, settin
 
 
 def test_only_own_org_spawn_findings_are_read_by_the_rules():
-    from chores._usage import read_spawn
+    from chores.metering.rules import read_spawn
 
     acme = {**context("acme", 100), "task_id": "p"}
     globex = {**context("globex", 50), "task_id": "q"}

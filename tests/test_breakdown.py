@@ -21,17 +21,17 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-import chores._cli_usage  # noqa: F401  (registers `usage` and `report` until cli.py does)
+import chores.cli.usage  # noqa: F401  (registers `usage` and `report` until cli.py does)
 from chores import Settings, finalize_invoices, get_settings, run_chore
-from chores._allocation import allocate, largest_remainder
-from chores._breakdown import BY_CHOICES, Cell, Filters, Usage, model_filter, rows, total
-from chores._corpus import Corpus, generate_corpus
-from chores._db import Collections
-from chores._exceptions import InvoiceOutOfDate
-from chores._invoices import Invoice, build_invoice
-from chores._money import usd
-from chores._period_ledger import EntryUsage, RunInfo, read_period
-from chores._run_trees import run_trees
+from chores.reports.allocation import allocate, largest_remainder
+from chores.reports.breakdown import BY_CHOICES, Cell, Filters, Usage, model_filter, rows, total
+from chores.demo.corpus import Corpus, generate_corpus
+from chores.core.db import Collections
+from chores.core.exceptions import InvoiceOutOfDate
+from chores.billing.invoices import Invoice, build_invoice
+from chores.core.money import usd
+from chores.billing.period_ledger import EntryUsage, RunInfo, read_period
+from chores.reports.run_trees import run_trees
 from chores.cli import main
 from pricing import Registry, load_registry
 

@@ -41,9 +41,9 @@ from celery.schedules import crontab
 from pymongo.errors import AutoReconnect, ConnectionFailure
 
 from chores import Settings, get_settings, run_chore, tasks
-from chores._corpus import generate_corpus
-from chores._exceptions import ConfigError, DatabaseUnavailable
-from chores._lock import KEY_PREFIX, lock_client
+from chores.demo.corpus import generate_corpus
+from chores.core.exceptions import ConfigError, DatabaseUnavailable
+from chores.core.lock import KEY_PREFIX, lock_client
 from chores.celery_app import DEFAULT_QUEUE, FULL_QUEUE, app, celery_config
 
 from dbproxy import WRITES, DatabaseProxy

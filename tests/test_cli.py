@@ -263,7 +263,7 @@ def test_quiet_run_prints_nothing_and_still_bills(cli_db):
 
 
 def test_ctrl_c_exits_130_and_the_interrupted_run_is_recorded(cli_db, monkeypatch):
-    from chores import _ledger
+    from chores.metering import ledger as _ledger
 
     def interrupted(self, entries):
         raise KeyboardInterrupt
@@ -283,7 +283,7 @@ def test_dash_h_is_help():
 
 
 def test_counts_read_as_words_with_separators_and_plurals():
-    from chores._wording import counted, tally
+    from chores.core.wording import counted, tally
 
     assert counted(1, "run") == "1 run" and counted(2, "run") == "2 runs"
     assert counted(7929, "document") == "7,929 documents"

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from test_breakdown import metered_months
 
 from chores import get_settings
-from chores._money import usd
+from chores.core.money import usd
 from chores.cli import main
 
 from conftest import NOW

@@ -22,7 +22,7 @@ import pytest
 from pymongo.errors import AutoReconnect, PyMongoError
 
 from chores import Settings, check_quota, finalize_invoices, run_chore
-from chores._corpus import Corpus, generate_corpus
+from chores.demo.corpus import Corpus, generate_corpus
 from pricing import load_registry
 
 from dbproxy import WRITES

@@ -16,8 +16,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chores._lines import LineMemo, UsageGroup, price_group, price_lines
-from chores._usage import COUNTER_FIELDS, MAX_COUNTER, Counters, assess, parse_counters
+from chores.metering.lines import LineMemo, UsageGroup, price_group, price_lines
+from chores.metering.rules import COUNTER_FIELDS, MAX_COUNTER, Counters, assess, parse_counters
 from pricing import Registry
 
 from conftest import NOW

@@ -25,7 +25,7 @@ from bson import ObjectId
 from pymongo.errors import AutoReconnect, PyMongoError
 
 from chores import Settings, finalize_invoices, run_chore
-from chores._corpus import Corpus, generate_corpus
+from chores.demo.corpus import Corpus, generate_corpus
 from pricing import Registry
 
 from dbproxy import READS, WRITES, DatabaseProxy, PauseAt, Recorder, pause_at

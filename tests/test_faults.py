@@ -11,7 +11,7 @@ from bson import ObjectId
 from pymongo.errors import AutoReconnect, NetworkTimeout
 
 from chores import Settings, finalize_invoices, run_chore
-from chores._corpus import generate_corpus
+from chores.demo.corpus import generate_corpus
 from pricing import Registry
 
 from dbproxy import DatabaseProxy

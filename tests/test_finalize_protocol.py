@@ -19,7 +19,8 @@ import mongomock
 import pytest
 from click.testing import CliRunner
 
-from chores import ConfigError, Settings, _clock, check_quota, finalize_invoices, run_chore
+from chores import ConfigError, Settings, check_quota, finalize_invoices, run_chore
+from chores.core import clock as _clock
 from chores.cli import main
 from pricing import load_registry
 

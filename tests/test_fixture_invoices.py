@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 
 from chores import run_chore
-from chores._db import Collections
+from chores.core.db import Collections
 
 from conftest import NOW
 

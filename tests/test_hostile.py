@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chores import Settings, run_chore
-from chores._db import Collections
-from chores._exceptions import SourceIsReadOnly
+from chores.core.db import Collections
+from chores.core.exceptions import SourceIsReadOnly
 
 from conftest import NOW
 
@@ -210,7 +210,7 @@ def test_huge_and_non_finite_counters_are_anomalies(db, settings, registry):
 
 
 def test_counters_beyond_int64_are_malformed_in_the_pure_rules():
-    from chores._usage import assess
+    from chores.metering.rules import assess
 
     doc = {
         "_id": ObjectId(),

@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chores import Settings, run_chore
-from chores._invoices import Invoices
-from chores._ledger import Ledger
-from chores._run import Meter
+from chores.billing.invoices import Invoices
+from chores.metering.ledger import Ledger
+from chores.run.chore import Meter
 from pricing import Registry, load_registry
 
 from dbproxy import DatabaseProxy

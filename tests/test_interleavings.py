@@ -52,7 +52,7 @@ would hide item 7) and at the end (see `violations`):
 
 `pytest -s` prints how many interleavings each pair explored and every failing one;
 each test also records them with `record_property`. The same invariants are checked over
-a generated month (`chores._corpus`), with a finalize paused at a few points while a run
+a generated month (`chores.demo.corpus`), with a finalize paused at a few points while a run
 (on time, or lagging into October) meters grown counters.
 """
 
@@ -72,10 +72,10 @@ from bson import ObjectId
 from pymongo.errors import AutoReconnect
 
 from chores import Settings, finalize_invoices, run_chore
-from chores._corpus import Corpus, generate_corpus
-from chores._invoices import build_invoice
-from chores._lines import UsageGroup
-from chores._run import Meter
+from chores.demo.corpus import Corpus, generate_corpus
+from chores.billing.invoices import build_invoice
+from chores.metering.lines import UsageGroup
+from chores.run.chore import Meter
 from pricing import Registry, load_registry
 
 from dbproxy import WRITES, CrashAt, DatabaseProxy, PauseAt, Recorder, pause_at
@@ -682,7 +682,7 @@ def parse_the_shipped_registry_once() -> Iterator[None]:
         )
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("chores._run.load_registry", load, raising=False)
+        patch.setattr("chores.run.chore.load_registry", load, raising=False)
         yield
 
 
@@ -748,7 +748,7 @@ def test_every_interleaving_of_a_pair_keeps_the_invariants(
 
 
 def month_scenario() -> tuple[Scenario, Corpus]:
-    """A generated month (chores._corpus) of two orgs, October into the first hours of
+    """A generated month (chores.demo.corpus) of two orgs, October into the first hours of
     November, metered twice as the counters grew (40% at Oct 25, 70% by a run lagging
     into October); the rest of the usage is written while the finalize is paused."""
     corpus = generate_corpus(

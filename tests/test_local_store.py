@@ -14,7 +14,8 @@ import pytest
 from bson import ObjectId
 from click.testing import CliRunner
 
-from chores import _local_store, get_settings
+from chores import get_settings
+from chores.core import local_store as _local_store
 from chores.cli import main
 
 CHORE = [str(Path(sys.executable).parent / "chore")]  # the installed command

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from chores import Settings, run_chore, tasks
-from chores._lock import KEY_PREFIX, OrgLock, lock_client
+from chores.core.lock import KEY_PREFIX, OrgLock, lock_client
 
 from dbproxy import DatabaseProxy
 

@@ -11,13 +11,13 @@ from typing import Any
 import mongomock
 import pytest
 
-import chores._usage
+import chores.metering.rules
 from chores import Settings, run_chore
-from chores._corpus import generate_corpus
-from chores._db import Collections
-from chores._invoices import Invoice
-from chores._meter import MemoryMeter, Observation
-from chores._usage import LedgerHead
+from chores.demo.corpus import generate_corpus
+from chores.core.db import Collections
+from chores.billing.invoices import Invoice
+from chores.metering.memory_meter import MemoryMeter, Observation
+from chores.metering.rules import LedgerHead
 from pricing import Registry
 
 from conftest import NOW
@@ -93,7 +93,7 @@ def test_memory_meter_hands_out_the_deltas_assess_gives() -> None:
     heads: dict[Any, LedgerHead] = {}
     expected = []
     for doc, spawn_contexts in observations:
-        result = chores._usage.assess(
+        result = chores.metering.rules.assess(
             doc,
             spawn_contexts=spawn_contexts,
             head=heads.get(doc["_id"]),

@@ -17,7 +17,7 @@ import pytest
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from chores import Settings, finalize_invoices, run_chore
-from chores._db import ensure_indexes
+from chores.core.db import ensure_indexes
 
 from conftest import NOW
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from chores import _local_store
-from chores._corpus import generate_corpus
+from chores.core import local_store as _local_store
+from chores.demo.corpus import generate_corpus
 
 TMUX = shutil.which("tmux")
 READ = re.compile(r"metering: ([\d,]+) runner documents? read · (\d+) orgs? with new usage")

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chores import Settings, check_quota, run_chore
-from chores._corpus import Corpus, generate_corpus
+from chores.demo.corpus import Corpus, generate_corpus
 from pricing import load_registry
 
 from truth import expected_invoices, month, tokens_by_org

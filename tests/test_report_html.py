@@ -24,12 +24,12 @@ from bson import ObjectId
 from click.testing import CliRunner
 from test_breakdown import link_spawns, metered_months
 
-import chores._cli_usage  # noqa: F401  (registers `usage` and `report` until cli.py does)
+import chores.cli.usage  # noqa: F401  (registers `usage` and `report` until cli.py does)
 from chores import Settings, get_settings, run_chore
-from chores._breakdown import rows, total
-from chores._corpus import generate_corpus
-from chores._money import usd
-from chores._report_html import (
+from chores.reports.breakdown import rows, total
+from chores.demo.corpus import generate_corpus
+from chores.core.money import usd
+from chores.reports.invoice_html import (
     FREE_COLOR,
     PALETTE,
     TIER_LABELS,

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from chores import get_settings
-from chores._settings import redact_url
+from chores.core.settings import redact_url
 from chores.cli import main
 
 SECRET = "pa55-w0rd-xyz"

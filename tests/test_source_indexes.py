@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from pymongo import ASCENDING
 
 from chores import Collections, ensure_indexes, get_settings, run_chore
-from chores._db import missing_source_indexes
-from chores._run import run_document
+from chores.core.db import missing_source_indexes
+from chores.run.chore import run_document
 from chores.cli import main
 
 from conftest import NOW

@@ -18,7 +18,7 @@ import mongomock
 import pytest
 
 from chores import finalize_invoices, run_chore
-from chores._corpus import Corpus, generate_corpus
+from chores.demo.corpus import Corpus, generate_corpus
 from pricing import Registry, load_registry
 
 from truth import expected_invoices, month, observed, tokens_by_org

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from chores._corpus import OwnUsage
+from chores.demo.corpus import OwnUsage
 from pricing import Registry
 
 LineKey = tuple[str | None, str, str | None, bool]  # (model, tier, price_valid_from, late)

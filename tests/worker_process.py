@@ -22,7 +22,8 @@ import mongomock
 from bson import json_util
 from celery.signals import task_postrun
 
-from chores import _clock, tasks
+from chores import tasks
+from chores.core import clock as _clock
 from chores.celery_app import app
 
 from dbproxy import DatabaseProxy

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from ._db import Doc
-from ._lines import UsageGroup
+from chores.core.db import Doc
+from chores.metering.lines import UsageGroup
 
 GroupKey = tuple[str | None, bool, bool, date]  # model, byok, late, day
 

@@ -21,16 +21,16 @@ from pymongo import ReturnDocument
 
 from pricing import Registry
 
-from . import _clock
-from ._anomalies import AnomalyLog
-from ._db import Collections, Doc
-from ._drafts import DraftSums, has_usage
-from ._ledger import EMPTY_ENTRY, Ledger, pair_of
-from ._lines import InvoiceLine, UsageGroup, price_lines
-from ._money import Micros
-from ._periods import next_period, period_bounds, period_of
-from ._progress import Progress
-from ._writes import update_where
+from chores.core import clock as _clock
+from chores.metering.anomalies import AnomalyLog
+from chores.core.db import Collections, Doc
+from chores.billing.drafts import DraftSums, has_usage
+from chores.metering.ledger import EMPTY_ENTRY, Ledger, pair_of
+from chores.metering.lines import InvoiceLine, UsageGroup, price_lines
+from chores.core.money import Micros
+from chores.core.periods import next_period, period_bounds, period_of
+from chores.metering.progress import Progress
+from chores.core.writes import update_where
 
 
 class Invoice(BaseModel):

@@ -14,10 +14,10 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, cast
 
-from ._db import Collections, Doc
-from ._exceptions import InvoiceNotFound
-from ._invoices import Invoice
-from ._lines import LineKey, Tier, UsageGroup
+from chores.core.db import Collections, Doc
+from chores.core.exceptions import InvoiceNotFound
+from chores.billing.invoices import Invoice
+from chores.metering.lines import LineKey, Tier, UsageGroup
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,22 +26,22 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from pricing import RegistryError, load_registry, registry_from_litellm, registry_to_yaml
 
-from . import _cli_tables as tables
-from ._cli_params import GraceDaysType, MomentType, OneLineGroup, PeriodType
-from ._db import (
+from chores.cli import tables
+from chores.cli.params import GraceDaysType, MomentType, OneLineGroup, PeriodType
+from chores.core.db import (
     APPLY_INDEXES_COMMAND,
     Collections,
     connect,
     ensure_indexes,
 )
-from ._exceptions import ChoreError, InvoiceNotFound
-from ._invoices import Invoice
-from ._lines import InvoiceLine
-from ._local_store import DEMO_PATH
-from ._money import usd
-from ._periods import period_of
-from ._settings import Settings, get_settings, redact_url
-from ._wording import counted
+from chores.core.exceptions import ChoreError, InvoiceNotFound
+from chores.billing.invoices import Invoice
+from chores.metering.lines import InvoiceLine
+from chores.core.local_store import DEMO_PATH
+from chores.core.money import usd
+from chores.core.periods import period_of
+from chores.core.settings import Settings, get_settings, redact_url
+from chores.core.wording import counted
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_REFUSED = 3
@@ -115,7 +115,7 @@ def main() -> None:
     for concurrent use. MONGO_URL=mongomock://NAME is an in-process store that keeps
     nothing after each command (each one says so on stderr).
     """
-    from ._local_store import close_all
+    from chores.core.local_store import close_all
 
     # Every command writes the file:// store it opened back to its file when it ends,
     # after an error or Ctrl-C too (what a server would have kept).
@@ -144,7 +144,7 @@ def run(
     now_text: datetime | None,
 ) -> None:
     """Meter new usage into invoices (one org with --org, or --all)."""
-    from ._run import run_chore
+    from chores.run.chore import run_chore
 
     if bool(org is not None) == all_orgs:
         raise click.UsageError("give exactly one of --org ORG or --all")
@@ -240,7 +240,7 @@ def invoice_show(
     org: str, period: str | None, as_json: bool, as_csv: bool, now_text: datetime | None
 ) -> None:
     """Print one invoice."""
-    from ._run import validate_org
+    from chores.run.chore import validate_org
 
     if as_json and as_csv:
         raise click.UsageError("give at most one of --json and --csv")
@@ -324,7 +324,7 @@ def print_invoice(out: Console, inv: Invoice) -> None:
 @user_errors
 def finalize(org: str | None, grace_days: float | None, now_text: datetime | None) -> None:
     """Turn the drafts of periods ended more than the grace ago final."""
-    from ._run import finalize_invoices
+    from chores.run.chore import finalize_invoices
 
     settings = get_settings()
     done = finalize_invoices(
@@ -445,7 +445,7 @@ def db() -> None:
 @user_errors
 def db_indexes(apply: bool) -> None:
     """The indexes the chore needs on the source and billing collections."""
-    from ._db import billing_indexes, source_indexes
+    from chores.core.db import billing_indexes, source_indexes
 
     settings = get_settings()
     if apply:
@@ -481,7 +481,7 @@ def demo(seed: int, store: Path, no_store: bool, now_text: datetime | None) -> N
     MONGO_URL=file://PATH: for trying the chore out, not for production and not for
     concurrent use.
     """
-    from ._demo import run_demo
+    from chores.cli.demo import run_demo
 
     out = console()
     run_demo(out, seed=seed, now=parse_now(now_text), store=None if no_store else store)

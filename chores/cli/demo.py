@@ -12,14 +12,14 @@ from rich.console import Console
 
 from pricing import load_registry
 
-from ._corpus import generate_corpus
-from ._db import Doc, ensure_indexes
-from ._invoices import Invoice
-from ._local_store import open_client, url_of
-from ._periods import period_of
-from ._run import finalize_invoices, run_chore
-from ._settings import Settings
-from ._wording import counted, tally
+from chores.demo.corpus import generate_corpus
+from chores.core.db import Doc, ensure_indexes
+from chores.billing.invoices import Invoice
+from chores.core.local_store import open_client, url_of
+from chores.core.periods import period_of
+from chores.run.chore import finalize_invoices, run_chore
+from chores.core.settings import Settings
+from chores.core.wording import counted, tally
 
 DEMO_ORGS = ("acme", "globex", "initech")
 
@@ -30,7 +30,7 @@ def run_demo(
     """The demo, on a fresh local store at `store` (saved when the command ends:
     `_local_store.close_all`), or on a throwaway in-process one."""
     from . import check_quota
-    from .cli import print_invoice
+    from chores.cli.app import print_invoice
 
     now = now or datetime.now(UTC).replace(microsecond=0)
     url = "mongomock://demo" if store is None else url_of(store)

@@ -10,13 +10,13 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from . import _cli_tables as tables
-from ._db import APPLY_INDEXES_COMMAND, Collections, connect, missing_source_indexes
-from ._money import parse_usd, usd
-from ._periods import as_utc
-from ._quota import plan_of
-from ._settings import Plan, get_settings
-from .cli import EXIT_REFUSED, console, main, now_option, parse_now, user_errors
+from chores.cli import tables
+from chores.core.db import APPLY_INDEXES_COMMAND, Collections, connect, missing_source_indexes
+from chores.core.money import parse_usd, usd
+from chores.core.periods import as_utc
+from chores.quota.decisions import plan_of
+from chores.core.settings import Plan, get_settings
+from chores.cli.app import EXIT_REFUSED, console, main, now_option, parse_now, user_errors
 
 _SUFFIXES = {"": 1, "K": 1_000, "M": 1_000_000, "B": 1_000_000_000}
 
@@ -88,7 +88,7 @@ def quota_check(org: str, estimate: int, as_json: bool, now_text: datetime | Non
     try:
         db = connect(settings)
     except Exception as exc:  # unreachable billing database: answer by policy
-        from ._quota import QuotaDecision
+        from chores.quota.decisions import QuotaDecision
 
         decision = QuotaDecision(
             org=org,
@@ -128,7 +128,7 @@ def plan_set(
     now_text: datetime | None,
 ) -> None:
     """Create or change ORG's plan; options not given keep their value."""
-    from ._run import validate_org
+    from chores.run.chore import validate_org
 
     org = validate_org(org)
     changes: dict[str, object] = {}
@@ -150,7 +150,7 @@ def plan_set(
     collections.plans.update_one({"_id": org}, {"$set": changes}, upsert=True)
     _print_plan(org, plan_of(collections.plans.find_one({"_id": org}), settings.default_plan))
     # The plan applies at once: the decision is recomputed from the current invoice.
-    from ._quota import Quota
+    from chores.quota.decisions import Quota
 
     now = parse_now(now_text) or datetime.now(UTC)
     state = Quota(collections, settings).decide([org], now)[org]

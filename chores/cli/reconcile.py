@@ -10,14 +10,14 @@ from rich.markup import escape
 
 from pricing import load_registry
 
-from . import _cli_tables as tables
-from ._cli_params import PeriodType
-from ._db import connect
-from ._money import usd, usd_of_dollars
-from ._reconcile import reconcile
-from ._run import Meter, validate_org
-from ._settings import get_settings
-from .cli import console, main, now_option, parse_now, user_errors
+from chores.cli import tables
+from chores.cli.params import PeriodType
+from chores.core.db import connect
+from chores.core.money import usd, usd_of_dollars
+from chores.reports.reconcile import reconcile
+from chores.run.chore import Meter, validate_org
+from chores.core.settings import get_settings
+from chores.cli.app import console, main, now_option, parse_now, user_errors
 
 
 @main.command("reconcile")

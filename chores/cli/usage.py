@@ -32,18 +32,18 @@ from rich.progress import (
 
 from pricing import load_registry
 
-from . import _cli_tables as tables
-from ._allocation import Allocation, allocate
-from ._breakdown import BY_CHOICES, By, Filters, Row, Usage, model_filter, rows, total
-from ._cli_params import DayType, PeriodType
-from ._db import Collections, connect
-from ._money import usd
-from ._period_ledger import read_period
-from ._periods import period_of
-from ._run_trees import tree_order
-from ._settings import get_settings
-from ._wording import counted
-from .cli import console, main, now_option, parse_now, user_errors
+from chores.cli import tables
+from chores.reports.allocation import Allocation, allocate
+from chores.reports.breakdown import BY_CHOICES, By, Filters, Row, Usage, model_filter, rows, total
+from chores.cli.params import DayType, PeriodType
+from chores.core.db import Collections, connect
+from chores.core.money import usd
+from chores.billing.period_ledger import read_period
+from chores.core.periods import period_of
+from chores.reports.run_trees import tree_order
+from chores.core.settings import get_settings
+from chores.core.wording import counted
+from chores.cli.app import console, main, now_option, parse_now, user_errors
 
 RUN_FIELDS = ("model", "session_id", "parent_id", "subagent", "status")
 USAGE_FIELDS = ("input_tokens", "cached_tokens", "output_tokens", "unsplit_tokens", "tokens")
@@ -103,7 +103,7 @@ def usage(
     now_text: datetime | None,
 ) -> None:
     """Break ORG's invoice down; unfiltered rows always add up to the invoice."""
-    from ._run import validate_org
+    from chores.run.chore import validate_org
 
     machine_format(as_json, as_csv)
     if since is not None and until is not None and since > until:
@@ -332,8 +332,8 @@ def report(
     org: str, period: str | None, out: Path, top: int, quiet: bool, now_text: datetime | None
 ) -> None:
     """Write ORG's usage report: invoice, daily chart by model, top runs, anomalies."""
-    from ._report_html import collect_report, render_report
-    from ._run import validate_org
+    from chores.reports.invoice_html import collect_report, render_report
+    from chores.run.chore import validate_org
 
     org = validate_org(org)
     now = parse_now(now_text) or datetime.now(UTC)

@@ -26,8 +26,8 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ._exceptions import ConfigError
-from ._periods import as_utc
+from chores.core.exceptions import ConfigError
+from chores.core.periods import as_utc
 
 MAX_GRACE_DAYS = 366.0
 

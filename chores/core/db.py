@@ -21,9 +21,10 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
 
-from . import _local_store, _mongomock_compat
-from ._exceptions import ConfigError, DatabaseUnavailable, SourceIsReadOnly
-from ._settings import Settings
+from chores.core import local_store as _local_store
+from chores.core import mongomock_compat as _mongomock_compat
+from chores.core.exceptions import ConfigError, DatabaseUnavailable, SourceIsReadOnly
+from chores.core.settings import Settings
 
 Doc = dict[str, Any]
 

@@ -34,7 +34,7 @@ from bson import json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS, JSONOptions
 from pymongo import IndexModel
 
-from ._exceptions import ConfigError
+from chores.core.exceptions import ConfigError
 
 SCHEME = "file://"
 FORMAT = "chore-local-store"

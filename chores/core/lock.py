@@ -22,7 +22,7 @@ import redis
 from redis.exceptions import LockError, LockNotOwnedError
 from redis.lock import Lock
 
-from ._redis import redis_client
+from chores.core.redis_client import redis_client
 
 KEY_PREFIX = "billing:lock:meter:"
 

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from ._exceptions import ConfigError
+from chores.core.exceptions import ConfigError
 
 
 def redact_url(url: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from pymongo import ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from ._db import Doc
+from chores.core.db import Doc
 
 DUPLICATE_KEY = 11000
 

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from ._db import Collections, Doc
-from ._usage import Anomaly, AnomalyRecord
-from ._writes import insert_ignoring_duplicates
+from chores.core.db import Collections, Doc
+from chores.metering.rules import Anomaly, AnomalyRecord
+from chores.core.writes import insert_ignoring_duplicates
 
 
 class AnomalyLog:

@@ -26,11 +26,11 @@ from datetime import datetime
 
 from pricing import Registry
 
-from ._db import Collections, Doc
-from ._lines import UsageGroup, price_group
-from ._source import chunked
-from ._usage import Counters, Delta, LedgerHead
-from ._writes import insert_ignoring_duplicates
+from chores.core.db import Collections, Doc
+from chores.metering.lines import UsageGroup, price_group
+from chores.metering.source import chunked
+from chores.metering.rules import Counters, Delta, LedgerHead
+from chores.core.writes import insert_ignoring_duplicates
 
 
 def entry_document(delta: Delta, *, billed_at: datetime, run_id: str, registry: Registry) -> Doc:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pricing import PriceVersion, Registry
 
-from ._money import to_micros
+from chores.core.money import to_micros
 
 __all__ = [  # what the rest of the package imports from here
     "GroupValues",

@@ -24,8 +24,8 @@ from typing import Any
 
 from pricing import Registry
 
-from ._lines import GroupValues, InvoiceLine, LineMemo, UsageGroup, price_lines
-from ._usage import Head, Usage, _new, runner_key, verdict
+from chores.metering.lines import GroupValues, InvoiceLine, LineMemo, UsageGroup, price_lines
+from chores.metering.rules import Head, Usage, _new, runner_key, verdict
 
 # A runner document and the `_context`s of the findings that spawned it (subagents only).
 Observation = tuple[Mapping[str, Any], Sequence[Any]]

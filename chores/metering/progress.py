@@ -22,10 +22,10 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from . import _clock
-from ._db import Collections, Doc
-from ._periods import as_utc
-from ._writes import insert_ignoring_duplicates
+from chores.core import clock as _clock
+from chores.core.db import Collections, Doc
+from chores.core.periods import as_utc
+from chores.core.writes import insert_ignoring_duplicates
 
 ALL_ORGS = "*"
 OPEN_MARK_EXPIRY = timedelta(hours=6)

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from bson import ObjectId
 
-from ._periods import as_utc, period_of
+from chores.core.periods import as_utc, period_of
 
 COUNTER_FIELDS = {
     "total": "ai_tokens",

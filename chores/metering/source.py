@@ -21,7 +21,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from ._db import Collections, Doc
+from chores.core.db import Collections, Doc
 
 # Whole `context`s are projected, not their `ai_*` sub-fields: mongomock crashes
 # projecting sub-fields of an array that holds non-documents, and a hostile

@@ -14,8 +14,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from ._redis import redis_client
-from ._settings import redact_url
+from chores.core.redis_client import redis_client
+from chores.core.settings import redact_url
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "billing:quota:"

@@ -17,13 +17,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from pymongo.errors import PyMongoError
 
-from . import _clock
-from ._db import Collections, Doc
-from ._money import usd
-from ._periods import as_utc, period_of
-from ._quota_cache import QuotaCache
-from ._settings import Plan, Settings
-from ._writes import insert_ignoring_duplicates, replace_where
+from chores.core import clock as _clock
+from chores.core.db import Collections, Doc
+from chores.core.money import usd
+from chores.core.periods import as_utc, period_of
+from chores.quota.cache import QuotaCache
+from chores.core.settings import Plan, Settings
+from chores.core.writes import insert_ignoring_duplicates, replace_where
 
 State = Literal["ok", "warn", "block", "unknown"]
 

@@ -34,12 +34,12 @@ from typing import Any, Literal
 
 from pricing import Registry
 
-from ._breakdown import Cell, Usage
-from ._exceptions import InvoiceOutOfDate
-from ._invoices import Invoice
-from ._lines import InvoiceLine, LineKey, price_group
-from ._money import to_micros
-from ._period_ledger import EntryUsage, RunInfo
+from chores.reports.breakdown import Cell, Usage
+from chores.core.exceptions import InvoiceOutOfDate
+from chores.billing.invoices import Invoice
+from chores.metering.lines import InvoiceLine, LineKey, price_group
+from chores.core.money import to_micros
+from chores.billing.period_ledger import EntryUsage, RunInfo
 
 Pricing = Literal["registry", "billed"]
 

@@ -20,8 +20,8 @@ from typing import Any, Literal, get_args
 
 from pricing import Registry
 
-from ._lines import LineKey
-from ._period_ledger import RunInfo
+from chores.metering.lines import LineKey
+from chores.billing.period_ledger import RunInfo
 
 By = Literal["run", "session", "model", "day", "tier"]
 BY_CHOICES: tuple[str, ...] = get_args(By)

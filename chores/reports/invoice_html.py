@@ -24,15 +24,15 @@ from pymongo.database import Database
 
 from pricing import Registry
 
-from ._allocation import Allocation, allocate
-from ._breakdown import Cell, Usage, rows
-from ._breakdown import total as rows_total
-from ._db import Collections, Doc
-from ._invoices import Invoice
-from ._money import usd
-from ._period_ledger import read_period
-from ._run_trees import RunNode, run_trees
-from ._settings import Settings
+from chores.reports.allocation import Allocation, allocate
+from chores.reports.breakdown import Cell, Usage, rows
+from chores.reports.breakdown import total as rows_total
+from chores.core.db import Collections, Doc
+from chores.billing.invoices import Invoice
+from chores.core.money import usd
+from chores.billing.period_ledger import read_period
+from chores.reports.run_trees import RunNode, run_trees
+from chores.core.settings import Settings
 
 ProgressFn = Callable[[str, int, int], None]  # (what, done, total)
 # The tiers' own colours (the free / paid / customer-key split); no model ever takes one.

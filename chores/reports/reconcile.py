@@ -20,12 +20,12 @@ from pydantic import BaseModel
 
 from pricing import Registry
 
-from ._db import Doc
-from ._exceptions import InvoiceNotFound
-from ._lines import UsageGroup, price_group, price_lines
-from ._run import Meter, _is_subagent
-from ._source import chunked
-from ._usage import assess
+from chores.core.db import Doc
+from chores.core.exceptions import InvoiceNotFound
+from chores.metering.lines import UsageGroup, price_group, price_lines
+from chores.run.chore import Meter, _is_subagent
+from chores.metering.source import chunked
+from chores.metering.rules import assess
 
 LineKey = tuple[str | None, str, str | None]
 

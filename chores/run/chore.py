@@ -21,24 +21,24 @@ from pymongo.database import Database
 
 from pricing import Registry, load_registry
 
-from ._anomalies import AnomalyLog
-from ._clock import checked_now, grace_period
-from ._db import (
+from chores.metering.anomalies import AnomalyLog
+from chores.core.clock import checked_now, grace_period
+from chores.core.db import (
     APPLY_INDEXES_COMMAND,
     Collections,
     Doc,
     ensure_billing_indexes,
     missing_source_indexes,
 )
-from ._exceptions import ConfigError
-from ._invoices import Finalizer, Invoices
-from ._ledger import Ledger, entry_document
-from ._progress import ALL_ORGS, Progress
-from ._quota import Quota
-from ._report import RunReport
-from ._settings import Settings, get_settings
-from ._source import Source, chunked
-from ._usage import AnomalyRecord, assess, is_subagent_context, runner_key
+from chores.core.exceptions import ConfigError
+from chores.billing.invoices import Finalizer, Invoices
+from chores.metering.ledger import Ledger, entry_document
+from chores.metering.progress import ALL_ORGS, Progress
+from chores.quota.decisions import Quota
+from chores.run.report import RunReport
+from chores.core.settings import Settings, get_settings
+from chores.metering.source import Source, chunked
+from chores.metering.rules import AnomalyRecord, assess, is_subagent_context, runner_key
 
 log = logging.getLogger(__name__)
 
