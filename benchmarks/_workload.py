@@ -8,7 +8,8 @@ Nothing here is imported by the package or by the tests: the benchmarks are run 
   spawn baselines, several models, byok, free and unknown models, runners without a split,
   malformed documents, and a share of runners observed twice (once half-way while running,
   once finished) so that the second observation has a ledger head.
-- `new_meter` is the package's metering core with no I/O (`chores.metering.memory_meter.MemoryMeter`):
+- `new_meter` is the package's metering core with no I/O
+  (`chores.metering.memory_meter.MemoryMeter`):
   `assess` per document, deltas summed by (org, period, model, byok, day), then
   `price_lines` per invoice.
 - `litellm_map` loads LiteLLM's bundled price map offline, and `litellm_registry` converts
@@ -88,7 +89,7 @@ def snapshot_chunks(
 
 
 def new_meter(now: datetime = NOW) -> MemoryMeter:
-    """The package's pure metering core (`chores.metering.memory_meter`), as the benchmarks run it."""
+    """The pure metering core (`chores.metering.memory_meter`), as the benchmarks run it."""
     return MemoryMeter(
         now=now, max_tokens_per_run=MAX_TOKENS_PER_RUN, future_skew_seconds=FUTURE_SKEW_SECONDS
     )

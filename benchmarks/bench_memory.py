@@ -6,7 +6,8 @@
 Every measurement runs in a fresh process (its peak RSS, `getrusage(RUSAGE_SELF).ru_maxrss`,
 is then its own), and reports the RSS after imports and setup (baseline) and the peak:
 
-- core, streamed: `chores.metering.memory_meter.MemoryMeter` over N snapshots generated chunk by chunk (one
+- core, streamed: `chores.metering.memory_meter.MemoryMeter` over N snapshots generated
+  chunk by chunk (one
   chunk, about 9,000 snapshots, alive at a time), as `run_chore` streams the source cursor
   batch by batch;
 - core, loaded: the same snapshots first collected in a list, then metered: what "load the

@@ -1,73 +1,48 @@
 """The AI-token billing chore: meters LLM usage of scan runners into invoices and quotas.
 
-Public API (SPEC §5)::
+Public API::
 
     from chores import run_chore, finalize_invoices, check_quota
+
+This module only re-exports. The packages, lowest first (each may import only those
+below it; tests/unit/test_layout.py checks it):
+
+- `chores.core`: settings, errors, time, money, the database and Redis handles.
+- `chores.metering`: the usage rules, the source, priced lines, the ledger, progress.
+- `chores.billing`: drafts, invoices, a period's ledger.
+- `chores.quota`: plans, quota decisions, `check_quota`.
+- `chores.run`: one metering run and the finalize, wired together.
+- `chores.reports`: breakdowns, allocation, run trees, the HTML report, reconcile.
+- `chores.demo`: synthetic source data (demo, tests, benchmarks).
+- `chores.cli` and `chores.tasks`/`chores.celery_app`: the command line and the service.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 
-from pymongo.database import Database
-
-from chores.core.db import Collections, Doc, connect, ensure_indexes
-from chores.core.exceptions import ChoreError, ConfigError, DatabaseUnavailable, InvoiceNotFound, UnknownOrg
 from chores.billing.invoices import Invoice, InvoiceLine
-from chores.core.periods import as_utc
-from chores.quota.decisions import Quota, QuotaDecision
-from chores.run.report import RunReport
-from chores.run.chore import finalize_invoices, run_chore, validate_org
+from chores.core.db import Collections, connect, ensure_indexes
+from chores.core.exceptions import (
+    ChoreError,
+    ConfigError,
+    DatabaseUnavailable,
+    InvoiceNotFound,
+    UnknownOrg,
+)
 from chores.core.settings import Settings, get_settings
+from chores.quota.check import check_quota
+from chores.quota.decisions import QuotaDecision
+from chores.run.chore import finalize_invoices, run_chore
+from chores.run.report import RunReport
 
 # A library logs, the application shows: without a configured handler (the CLI) the
 # warnings are not dumped on stderr; Celery's handlers on the root logger still get them.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-
-def check_quota(
-    db: Database[Doc],
-    org: str,
-    estimated_tokens: int = 0,
-    now: datetime | None = None,
-    *,
-    settings: Settings | None = None,
-) -> QuotaDecision:
-    """May `org` start a run? One indexed read of its stored decision (SPEC §5)."""
-    settings = settings or get_settings()
-    org = validate_org(org)
-    if (
-        isinstance(estimated_tokens, bool)
-        or not isinstance(estimated_tokens, int)
-        or estimated_tokens < 0
-    ):
-        raise ConfigError(
-            f"estimated_tokens must be a non-negative integer, got {estimated_tokens!r}"
-        )
-    now = as_utc(now or datetime.now(UTC))
-    return _quota_for(db, settings).check(org, estimated_tokens, now)
-
-
-_QUOTAS: dict[tuple[int, int], tuple[Database[Doc], Settings, Quota]] = {}
-
-
-def _quota_for(db: Database[Doc], settings: Settings) -> Quota:
-    """The `Quota` of a database and settings, built once: a check is called per run
-    start, and building every collection handle each time cost a third of it."""
-    key = (id(db), id(settings))
-    found = _QUOTAS.get(key)
-    if found is not None and found[0] is db and found[1] is settings:
-        return found[2]
-    if len(_QUOTAS) >= 32:  # a long-lived process with many Settings objects (tests)
-        _QUOTAS.clear()
-    quota = Quota(Collections.of(db, settings), settings)
-    _QUOTAS[key] = (db, settings, quota)  # kept alive with it, so the ids stay theirs
-    return quota
-
-
 __all__ = [
     "ChoreError",
+    "Collections",
     "ConfigError",
     "DatabaseUnavailable",
     "Invoice",

@@ -29,17 +29,17 @@ from pymongo.errors import ConnectionFailure
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from chores.run import chore as _run
+from chores.celery_app import RETRY_BACKOFF_MAX, app
 from chores.core.db import Collections, Doc, connect
 from chores.core.exceptions import ConfigError, DatabaseUnavailable
 from chores.core.lock import OrgLock, lock_client
 from chores.core.logs import redact_urls, short_list
-from chores.metering.progress import Progress
-from chores.quota.decisions import Quota
-from chores.run.report import RunReport
 from chores.core.settings import Settings, get_settings, redact_url
 from chores.core.writes import insert_ignoring_duplicates
-from chores.celery_app import RETRY_BACKOFF_MAX, app
+from chores.metering.progress import Progress
+from chores.quota.decisions import Quota
+from chores.run import chore as _run
+from chores.run.report import RunReport
 
 log = logging.getLogger(__name__)
 

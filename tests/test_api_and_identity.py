@@ -15,8 +15,8 @@ import pymongo
 from bson import ObjectId
 
 from chores import Settings, check_quota, finalize_invoices, run_chore
-from chores.demo.corpus import generate_corpus
 from chores.core.db import utc_view
+from chores.demo.corpus import generate_corpus
 
 NOV_25 = datetime(2026, 11, 25, 12, tzinfo=UTC)
 

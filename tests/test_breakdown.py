@@ -23,16 +23,16 @@ from hypothesis import strategies as st
 
 import chores.cli.usage  # noqa: F401  (registers `usage` and `report` until cli.py does)
 from chores import Settings, finalize_invoices, get_settings, run_chore
-from chores.reports.allocation import allocate, largest_remainder
-from chores.reports.breakdown import BY_CHOICES, Cell, Filters, Usage, model_filter, rows, total
-from chores.demo.corpus import Corpus, generate_corpus
+from chores.billing.invoices import Invoice, build_invoice
+from chores.billing.period_ledger import EntryUsage, RunInfo, read_period
+from chores.cli import main
 from chores.core.db import Collections
 from chores.core.exceptions import InvoiceOutOfDate
-from chores.billing.invoices import Invoice, build_invoice
 from chores.core.money import usd
-from chores.billing.period_ledger import EntryUsage, RunInfo, read_period
+from chores.demo.corpus import Corpus, generate_corpus
+from chores.reports.allocation import allocate, largest_remainder
+from chores.reports.breakdown import BY_CHOICES, Cell, Filters, Usage, model_filter, rows, total
 from chores.reports.run_trees import run_trees
-from chores.cli import main
 from pricing import Registry, load_registry
 
 from conftest import NOW

@@ -41,10 +41,10 @@ from celery.schedules import crontab
 from pymongo.errors import AutoReconnect, ConnectionFailure
 
 from chores import Settings, get_settings, run_chore, tasks
-from chores.demo.corpus import generate_corpus
+from chores.celery_app import DEFAULT_QUEUE, FULL_QUEUE, app, celery_config
 from chores.core.exceptions import ConfigError, DatabaseUnavailable
 from chores.core.lock import KEY_PREFIX, lock_client
-from chores.celery_app import DEFAULT_QUEUE, FULL_QUEUE, app, celery_config
+from chores.demo.corpus import generate_corpus
 
 from dbproxy import WRITES, DatabaseProxy
 

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from test_breakdown import metered_months
 
 from chores import get_settings
-from chores.core.money import usd
 from chores.cli import main
+from chores.core.money import usd
 
 from conftest import NOW
 

@@ -20,8 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from chores import ConfigError, Settings, check_quota, finalize_invoices, run_chore
-from chores.core import clock as _clock
 from chores.cli import main
+from chores.core import clock as _clock
 from pricing import load_registry
 
 from dbproxy import DatabaseProxy

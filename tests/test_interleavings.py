@@ -72,8 +72,8 @@ from bson import ObjectId
 from pymongo.errors import AutoReconnect
 
 from chores import Settings, finalize_invoices, run_chore
-from chores.demo.corpus import Corpus, generate_corpus
 from chores.billing.invoices import build_invoice
+from chores.demo.corpus import Corpus, generate_corpus
 from chores.metering.lines import UsageGroup
 from chores.run.chore import Meter
 from pricing import Registry, load_registry

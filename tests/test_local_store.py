@@ -15,8 +15,8 @@ from bson import ObjectId
 from click.testing import CliRunner
 
 from chores import get_settings
-from chores.core import local_store as _local_store
 from chores.cli import main
+from chores.core import local_store as _local_store
 
 CHORE = [str(Path(sys.executable).parent / "chore")]  # the installed command
 NOW = "2026-11-25T12:00:00+00:00"

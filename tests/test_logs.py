@@ -14,10 +14,16 @@ import mongomock
 import pytest
 
 from chores import Settings, celery_app, tasks
-from chores.demo.corpus import generate_corpus
-from chores.core.exceptions import DatabaseUnavailable
-from chores.core.logs import JsonFormatter, RedactingFormatter, redact_urls, short_list, use_log_format
 from chores.celery_app import _log_format
+from chores.core.exceptions import DatabaseUnavailable
+from chores.core.logs import (
+    JsonFormatter,
+    RedactingFormatter,
+    redact_urls,
+    short_list,
+    use_log_format,
+)
+from chores.demo.corpus import generate_corpus
 
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
 

@@ -13,9 +13,9 @@ import pytest
 
 import chores.metering.rules
 from chores import Settings, run_chore
-from chores.demo.corpus import generate_corpus
-from chores.core.db import Collections
 from chores.billing.invoices import Invoice
+from chores.core.db import Collections
+from chores.demo.corpus import generate_corpus
 from chores.metering.memory_meter import MemoryMeter, Observation
 from chores.metering.rules import LedgerHead
 from pricing import Registry

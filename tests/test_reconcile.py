@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from chores import get_settings, run_chore
+from chores.cli import main
 from chores.demo.corpus import generate_corpus
 from chores.reports.reconcile import reconcile
 from chores.run.chore import Meter
-from chores.cli import main
 
 from conftest import NOW
 

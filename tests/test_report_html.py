@@ -26,9 +26,10 @@ from test_breakdown import link_spawns, metered_months
 
 import chores.cli.usage  # noqa: F401  (registers `usage` and `report` until cli.py does)
 from chores import Settings, get_settings, run_chore
-from chores.reports.breakdown import rows, total
-from chores.demo.corpus import generate_corpus
+from chores.cli import main
 from chores.core.money import usd
+from chores.demo.corpus import generate_corpus
+from chores.reports.breakdown import rows, total
 from chores.reports.invoice_html import (
     FREE_COLOR,
     PALETTE,
@@ -41,7 +42,6 @@ from chores.reports.invoice_html import (
     nice_ticks,
     render_report,
 )
-from chores.cli import main
 from pricing import load_registry
 
 from conftest import NOW

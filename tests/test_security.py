@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from chores import get_settings
-from chores.core.settings import redact_url
 from chores.cli import main
+from chores.core.settings import redact_url
 
 SECRET = "pa55-w0rd-xyz"
 

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from pymongo import ASCENDING
 
 from chores import Collections, ensure_indexes, get_settings, run_chore
+from chores.cli import main
 from chores.core.db import missing_source_indexes
 from chores.run.chore import run_document
-from chores.cli import main
 
 from conftest import NOW
 

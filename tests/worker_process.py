@@ -23,8 +23,8 @@ from bson import json_util
 from celery.signals import task_postrun
 
 from chores import tasks
-from chores.core import clock as _clock
 from chores.celery_app import app
+from chores.core import clock as _clock
 
 from dbproxy import DatabaseProxy
 

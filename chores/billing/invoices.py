@@ -19,18 +19,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ReturnDocument
 
-from pricing import Registry
-
-from chores.core import clock as _clock
-from chores.metering.anomalies import AnomalyLog
-from chores.core.db import Collections, Doc
 from chores.billing.drafts import DraftSums, has_usage
-from chores.metering.ledger import EMPTY_ENTRY, Ledger, pair_of
-from chores.metering.lines import InvoiceLine, UsageGroup, price_lines
+from chores.core import clock as _clock
+from chores.core.db import Collections, Doc
 from chores.core.money import Micros
 from chores.core.periods import next_period, period_bounds, period_of
-from chores.metering.progress import Progress
 from chores.core.writes import update_where
+from chores.metering.anomalies import AnomalyLog
+from chores.metering.ledger import EMPTY_ENTRY, Ledger, pair_of
+from chores.metering.lines import InvoiceLine, UsageGroup, price_lines
+from chores.metering.progress import Progress
+from pricing import Registry
 
 
 class Invoice(BaseModel):

@@ -14,9 +14,9 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, cast
 
+from chores.billing.invoices import Invoice
 from chores.core.db import Collections, Doc
 from chores.core.exceptions import InvoiceNotFound
-from chores.billing.invoices import Invoice
 from chores.metering.lines import LineKey, Tier, UsageGroup
 
 

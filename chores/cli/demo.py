@@ -6,20 +6,23 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import click
 import mongomock
 from pymongo.database import Database
 from rich.console import Console
 
-from pricing import load_registry
-
-from chores.demo.corpus import generate_corpus
-from chores.core.db import Doc, ensure_indexes
 from chores.billing.invoices import Invoice
-from chores.core.local_store import open_client, url_of
+from chores.cli.common import console, now_option, parse_now, user_errors
+from chores.cli.invoice import print_invoice
+from chores.core.db import Doc, ensure_indexes
+from chores.core.local_store import DEMO_PATH, open_client, url_of
 from chores.core.periods import period_of
-from chores.run.chore import finalize_invoices, run_chore
 from chores.core.settings import Settings
 from chores.core.wording import counted, tally
+from chores.demo.corpus import generate_corpus
+from chores.quota.check import check_quota
+from chores.run.chore import finalize_invoices, run_chore
+from pricing import load_registry
 
 DEMO_ORGS = ("acme", "globex", "initech")
 
@@ -29,9 +32,6 @@ def run_demo(
 ) -> None:
     """The demo, on a fresh local store at `store` (saved when the command ends:
     `_local_store.close_all`), or on a throwaway in-process one."""
-    from . import check_quota
-    from chores.cli.app import print_invoice
-
     now = now or datetime.now(UTC).replace(microsecond=0)
     url = "mongomock://demo" if store is None else url_of(store)
     settings = Settings(mongo_url=url, redis_url=None)
@@ -100,3 +100,30 @@ def explore(out: Console, url: str) -> None:
         "chore report --org acme --out acme.html",
     ):
         out.print(f"  {command}", highlight=False)
+
+
+@click.command(short_help="A realistic month metered end to end, no server needed.")
+@click.option("--seed", default=7, show_default=True, help="Random seed of the generated month.")
+@click.option(
+    "--store",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEMO_PATH,
+    show_default=True,
+    help="The local store the demo leaves its data in (replaced if it exists).",
+)
+@click.option("--no-store", is_flag=True, help="Keep nothing: an in-process store only.")
+@now_option
+@user_errors
+def demo(seed: int, store: Path, no_store: bool, now_text: datetime | None) -> None:
+    """Seed a realistic month (three orgs, subagents, free, paid, customer-key and unknown
+    models, malformed documents), meter it, finalize last month and print the invoices and
+    quota decisions, on its own store whatever MONGO_URL says.
+
+    The data stays in a local file store (--store) that every other command opens with
+    MONGO_URL=file://PATH: for trying the chore out, not for production and not for
+    concurrent use.
+    """
+    out = console()
+    run_demo(out, seed=seed, now=parse_now(now_text), store=None if no_store else store)
+    if no_store:
+        click.echo("note: --no-store: the demo's data is not kept after this command", err=True)

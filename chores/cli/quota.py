@@ -11,12 +11,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from chores.cli import tables
+from chores.cli.common import EXIT_REFUSED, console, now_option, parse_now, user_errors
+from chores.cli.params import OneLineGroup
 from chores.core.db import APPLY_INDEXES_COMMAND, Collections, connect, missing_source_indexes
 from chores.core.money import parse_usd, usd
+from chores.core.orgs import validate_org
 from chores.core.periods import as_utc
-from chores.quota.decisions import plan_of
 from chores.core.settings import Plan, get_settings
-from chores.cli.app import EXIT_REFUSED, console, main, now_option, parse_now, user_errors
+from chores.quota.decisions import plan_of
 
 _SUFFIXES = {"": 1, "K": 1_000, "M": 1_000_000, "B": 1_000_000_000}
 
@@ -65,7 +67,7 @@ class UsdType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-@main.group()
+@click.group(cls=OneLineGroup)
 def quota() -> None:
     """Quota decisions."""
 
@@ -82,7 +84,7 @@ def quota_check(org: str, estimate: int, as_json: bool, now_text: datetime | Non
     When the answer is unknown (no decision yet, a stale one, the billing database
     unreachable), QUOTA_FAIL_OPEN decides: allowed (exit 0) or refused (exit 3).
     """
-    from . import check_quota
+    from chores.quota.check import check_quota
 
     settings = get_settings()
     try:
@@ -106,7 +108,7 @@ def quota_check(org: str, estimate: int, as_json: bool, now_text: datetime | Non
         sys.exit(EXIT_REFUSED)
 
 
-@main.group()
+@click.group(cls=OneLineGroup)
 def plan() -> None:
     """Quota plans per org."""
 
@@ -128,7 +130,6 @@ def plan_set(
     now_text: datetime | None,
 ) -> None:
     """Create or change ORG's plan; options not given keep their value."""
-    from chores.run.chore import validate_org
 
     org = validate_org(org)
     changes: dict[str, object] = {}
@@ -176,7 +177,7 @@ def _print_plan(org: str, p: Plan, default: bool = False) -> None:
     )
 
 
-@main.command()
+@click.command()
 @click.option(
     "--limit", default=10, show_default=True, type=click.IntRange(1), help="How many runs to show."
 )

@@ -8,19 +8,19 @@ from datetime import UTC, datetime
 import click
 from rich.markup import escape
 
-from pricing import load_registry
-
 from chores.cli import tables
+from chores.cli.common import console, now_option, parse_now, user_errors
 from chores.cli.params import PeriodType
 from chores.core.db import connect
 from chores.core.money import usd, usd_of_dollars
-from chores.reports.reconcile import reconcile
-from chores.run.chore import Meter, validate_org
+from chores.core.orgs import validate_org
 from chores.core.settings import get_settings
-from chores.cli.app import console, main, now_option, parse_now, user_errors
+from chores.reports.reconcile import reconcile
+from chores.run.chore import Meter
+from pricing import load_registry
 
 
-@main.command("reconcile")
+@click.command("reconcile")
 @click.option("--org", required=True, metavar="ORG", help="The org (workspace id).")
 @click.option("--period", required=True, type=PeriodType(), help="The month, YYYY-MM.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (for scripts).")

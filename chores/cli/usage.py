@@ -30,20 +30,20 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from pricing import load_registry
-
+from chores.billing.period_ledger import read_period
 from chores.cli import tables
-from chores.reports.allocation import Allocation, allocate
-from chores.reports.breakdown import BY_CHOICES, By, Filters, Row, Usage, model_filter, rows, total
+from chores.cli.common import console, now_option, parse_now, user_errors
 from chores.cli.params import DayType, PeriodType
 from chores.core.db import Collections, connect
 from chores.core.money import usd
-from chores.billing.period_ledger import read_period
+from chores.core.orgs import validate_org
 from chores.core.periods import period_of
-from chores.reports.run_trees import tree_order
 from chores.core.settings import get_settings
 from chores.core.wording import counted
-from chores.cli.app import console, main, now_option, parse_now, user_errors
+from chores.reports.allocation import Allocation, allocate
+from chores.reports.breakdown import BY_CHOICES, By, Filters, Row, Usage, model_filter, rows, total
+from chores.reports.run_trees import tree_order
+from pricing import load_registry
 
 RUN_FIELDS = ("model", "session_id", "parent_id", "subagent", "status")
 USAGE_FIELDS = ("input_tokens", "cached_tokens", "output_tokens", "unsplit_tokens", "tokens")
@@ -69,7 +69,7 @@ def machine_format(as_json: bool, as_csv: bool) -> None:
 
 
 # usage --------------------------------------------------------------------------------------
-@main.command()
+@click.command()
 @org_option
 @period_option
 @click.option(
@@ -103,7 +103,6 @@ def usage(
     now_text: datetime | None,
 ) -> None:
     """Break ORG's invoice down; unfiltered rows always add up to the invoice."""
-    from chores.run.chore import validate_org
 
     machine_format(as_json, as_csv)
     if since is not None and until is not None and since > until:
@@ -309,7 +308,7 @@ def _progress_bar(quiet: bool) -> Iterator[Any]:
         yield update
 
 
-@main.command()
+@click.command()
 @org_option
 @period_option
 @click.option(
@@ -333,7 +332,6 @@ def report(
 ) -> None:
     """Write ORG's usage report: invoice, daily chart by model, top runs, anomalies."""
     from chores.reports.invoice_html import collect_report, render_report
-    from chores.run.chore import validate_org
 
     org = validate_org(org)
     now = parse_now(now_text) or datetime.now(UTC)

@@ -14,8 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from chores.core.db import Collections, Doc
-from chores.metering.rules import Anomaly, AnomalyRecord
 from chores.core.writes import insert_ignoring_duplicates
+from chores.metering.rules import Anomaly, AnomalyRecord
 
 
 class AnomalyLog:

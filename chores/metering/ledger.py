@@ -24,13 +24,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from pricing import Registry
-
 from chores.core.db import Collections, Doc
-from chores.metering.lines import UsageGroup, price_group
-from chores.metering.source import chunked
-from chores.metering.rules import Counters, Delta, LedgerHead
 from chores.core.writes import insert_ignoring_duplicates
+from chores.metering.lines import UsageGroup, price_group
+from chores.metering.rules import Counters, Delta, LedgerHead
+from chores.metering.source import chunked
+from pricing import Registry
 
 
 def entry_document(delta: Delta, *, billed_at: datetime, run_id: str, registry: Registry) -> Doc:

@@ -17,9 +17,8 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
-from pricing import PriceVersion, Registry
-
 from chores.core.money import to_micros
+from pricing import PriceVersion, Registry
 
 __all__ = [  # what the rest of the package imports from here
     "GroupValues",

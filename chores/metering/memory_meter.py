@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from pricing import Registry
-
 from chores.metering.lines import GroupValues, InvoiceLine, LineMemo, UsageGroup, price_lines
 from chores.metering.rules import Head, Usage, _new, runner_key, verdict
+from pricing import Registry
 
 # A runner document and the `_context`s of the findings that spawned it (subagents only).
 Observation = tuple[Mapping[str, Any], Sequence[Any]]

@@ -21,9 +21,9 @@ from chores.core import clock as _clock
 from chores.core.db import Collections, Doc
 from chores.core.money import usd
 from chores.core.periods import as_utc, period_of
-from chores.quota.cache import QuotaCache
 from chores.core.settings import Plan, Settings
 from chores.core.writes import insert_ignoring_duplicates, replace_where
+from chores.quota.cache import QuotaCache
 
 State = Literal["ok", "warn", "block", "unknown"]
 

@@ -32,14 +32,13 @@ from fractions import Fraction
 from math import floor
 from typing import Any, Literal
 
-from pricing import Registry
-
-from chores.reports.breakdown import Cell, Usage
-from chores.core.exceptions import InvoiceOutOfDate
 from chores.billing.invoices import Invoice
-from chores.metering.lines import InvoiceLine, LineKey, price_group
-from chores.core.money import to_micros
 from chores.billing.period_ledger import EntryUsage, RunInfo
+from chores.core.exceptions import InvoiceOutOfDate
+from chores.core.money import to_micros
+from chores.metering.lines import InvoiceLine, LineKey, price_group
+from chores.reports.breakdown import Cell, Usage
+from pricing import Registry
 
 Pricing = Literal["registry", "billed"]
 

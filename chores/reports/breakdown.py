@@ -18,10 +18,9 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, Literal, get_args
 
-from pricing import Registry
-
-from chores.metering.lines import LineKey
 from chores.billing.period_ledger import RunInfo
+from chores.metering.lines import LineKey
+from pricing import Registry
 
 By = Literal["run", "session", "model", "day", "tier"]
 BY_CHOICES: tuple[str, ...] = get_args(By)

@@ -22,17 +22,16 @@ from datetime import date, datetime, timedelta
 
 from pymongo.database import Database
 
-from pricing import Registry
-
+from chores.billing.invoices import Invoice
+from chores.billing.period_ledger import read_period
+from chores.core.db import Collections, Doc
+from chores.core.money import usd
+from chores.core.settings import Settings
 from chores.reports.allocation import Allocation, allocate
 from chores.reports.breakdown import Cell, Usage, rows
 from chores.reports.breakdown import total as rows_total
-from chores.core.db import Collections, Doc
-from chores.billing.invoices import Invoice
-from chores.core.money import usd
-from chores.billing.period_ledger import read_period
 from chores.reports.run_trees import RunNode, run_trees
-from chores.core.settings import Settings
+from pricing import Registry
 
 ProgressFn = Callable[[str, int, int], None]  # (what, done, total)
 # The tiers' own colours (the free / paid / customer-key split); no model ever takes one.

@@ -18,14 +18,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pricing import Registry
-
 from chores.core.db import Doc
 from chores.core.exceptions import InvoiceNotFound
 from chores.metering.lines import UsageGroup, price_group, price_lines
-from chores.run.chore import Meter, _is_subagent
-from chores.metering.source import chunked
 from chores.metering.rules import assess
+from chores.metering.source import chunked
+from chores.run.chore import Meter, _is_subagent
+from pricing import Registry
 
 LineKey = tuple[str | None, str, str | None]
 

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from chores.reports.breakdown import Cell, Row, Usage, rows
 from chores.billing.period_ledger import RunInfo
+from chores.reports.breakdown import Cell, Row, Usage, rows
 
 
 @dataclass

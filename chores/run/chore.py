@@ -19,9 +19,7 @@ from typing import Any
 
 from pymongo.database import Database
 
-from pricing import Registry, load_registry
-
-from chores.metering.anomalies import AnomalyLog
+from chores.billing.invoices import Finalizer, Invoices
 from chores.core.clock import checked_now, grace_period
 from chores.core.db import (
     APPLY_INDEXES_COMMAND,
@@ -30,26 +28,18 @@ from chores.core.db import (
     ensure_billing_indexes,
     missing_source_indexes,
 )
-from chores.core.exceptions import ConfigError
-from chores.billing.invoices import Finalizer, Invoices
+from chores.core.orgs import validate_org
+from chores.core.settings import Settings, get_settings
+from chores.metering.anomalies import AnomalyLog
 from chores.metering.ledger import Ledger, entry_document
 from chores.metering.progress import ALL_ORGS, Progress
+from chores.metering.rules import AnomalyRecord, assess, is_subagent_context, runner_key
+from chores.metering.source import Source, chunked
 from chores.quota.decisions import Quota
 from chores.run.report import RunReport
-from chores.core.settings import Settings, get_settings
-from chores.metering.source import Source, chunked
-from chores.metering.rules import AnomalyRecord, assess, is_subagent_context, runner_key
+from pricing import Registry, load_registry
 
 log = logging.getLogger(__name__)
-
-
-def validate_org(org: object) -> str:
-    """An org id given by a caller: a non-empty string, used only as data."""
-    if not isinstance(org, str) or not org or len(org) > 256:
-        raise ConfigError(
-            f"org must be a non-empty string of at most 256 characters, got {org!r:.60}"
-        )
-    return org
 
 
 class Meter:

@@ -1,0 +1,42 @@
+"""`chore finalize`: turn the drafts of ended periods final."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+
+from chores.cli.common import (
+    now_option,
+    parse_now,
+    user_errors,
+)
+from chores.cli.params import GraceDaysType
+from chores.core.db import (
+    connect,
+)
+from chores.core.settings import get_settings
+from chores.core.wording import counted
+from chores.run.chore import finalize_invoices
+
+
+# finalize ------------------------------------------------------------------------
+@click.command()
+@click.option("--org", metavar="ORG", help="Only this org (workspace id; default: every org).")
+@click.option(
+    "--grace-days",
+    type=GraceDaysType(),
+    help="Days after the period end, 0 to 366 (default: GRACE_DAYS).",
+)
+@now_option
+@user_errors
+def finalize(org: str | None, grace_days: float | None, now_text: datetime | None) -> None:
+    """Turn the drafts of periods ended more than the grace ago final."""
+
+    settings = get_settings()
+    done = finalize_invoices(
+        connect(settings), now=parse_now(now_text), grace=grace_days, org=org, settings=settings
+    )
+    click.echo(
+        f"finalized {counted(len(done), 'invoice')}" + (": " + ", ".join(done) if done else "")
+    )

@@ -1,0 +1,122 @@
+"""`chore invoice`: look at invoices (table, JSON, CSV)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from chores.billing.invoices import Invoice
+from chores.cli import tables
+from chores.cli.common import (
+    console,
+    now_option,
+    parse_now,
+    user_errors,
+)
+from chores.cli.params import OneLineGroup, PeriodType
+from chores.core.db import (
+    Collections,
+    connect,
+)
+from chores.core.exceptions import InvoiceNotFound
+from chores.core.money import usd
+from chores.core.orgs import validate_org
+from chores.core.periods import period_of
+from chores.core.settings import get_settings
+from chores.core.wording import counted
+from chores.metering.lines import InvoiceLine
+
+
+# invoice -----------------------------------------------------------------------
+@click.group(cls=OneLineGroup)
+def invoice() -> None:
+    """Look at invoices."""
+
+
+@invoice.command("show")
+@click.option("--org", required=True, metavar="ORG", help="The org (workspace id).")
+@click.option(
+    "--period", type=PeriodType(), help="The month, YYYY-MM (default: the month of --now)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the invoice as JSON (for scripts).")
+@click.option("--csv", "as_csv", is_flag=True, help="Print the invoice lines as CSV.")
+@now_option
+@user_errors
+def invoice_show(
+    org: str, period: str | None, as_json: bool, as_csv: bool, now_text: datetime | None
+) -> None:
+    """Print one invoice."""
+
+    if as_json and as_csv:
+        raise click.UsageError("give at most one of --json and --csv")
+    org = validate_org(org)
+    period = period or period_of(parse_now(now_text) or datetime.now(UTC))
+    settings = get_settings()
+    doc = Collections.of(connect(settings), settings).invoices.find_one({"_id": f"{org}:{period}"})
+    if doc is None:
+        raise InvoiceNotFound(f"no invoice for org {org!r} in {period}")
+    inv = Invoice.model_validate(doc)
+    if as_json:
+        click.echo(inv.model_dump_json(by_alias=True, indent=2))
+    elif as_csv:
+        click.echo(invoice_csv(inv), nl=False)
+    else:
+        print_invoice(console(), inv)
+
+
+def invoice_csv(inv: Invoice) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    fields = list(InvoiceLine.model_fields)
+    writer.writerow(["invoice", *fields])
+    for line in inv.lines:
+        row = line.model_dump()
+        writer.writerow([inv.id, *("" if row[f] is None else row[f] for f in fields)])
+    return buffer.getvalue()
+
+
+TIER_WORDS = {"free": "[green]free[/]", "byok": "[cyan]byok[/]"}
+
+
+def print_invoice(out: Console, inv: Invoice) -> None:
+    flags = [inv.status.upper()]
+    if inv.needs_review:
+        flags.append("NEEDS REVIEW")
+    view = tables.table(f"Invoice {inv.id}  [{', '.join(flags)}]")
+    tables.name_column(view, "model")
+    tables.name_column(view, "tier", keep=True)
+    tables.name_column(view, "price from", keep=True)
+    for column in ("input", "cached", "output", "unsplit", "tokens", "amount"):
+        tables.number_column(view, column)
+    for line in inv.lines:
+        tier = TIER_WORDS.get(line.tier, line.tier) + (" (late)" if line.late else "")
+        amount = usd(line.amount_micros) if line.priced else "[bold red]UNPRICED[/]"
+        view.add_row(
+            escape(str(line.model)),
+            tier,
+            line.price_valid_from or tables.DASH,
+            f"{line.input_tokens:,}",
+            f"{line.cached_tokens:,}",
+            f"{line.output_tokens:,}",
+            f"{line.unsplit_tokens:,}",
+            f"{line.tokens:,}",
+            amount,
+        )
+    out.print(tables.fit(view, out.width))
+    out.print(
+        f"  total {usd(inv.total_micros)} USD · {counted(inv.runs, 'run')} · "
+        f"{counted(inv.unpriced_tokens, 'unpriced token')}"
+    )
+    tiers = {line.tier for line in inv.lines}
+    notes = [
+        *(["free: metered, charged $0"] if "free" in tiers else []),
+        *(["byok: the org's own key, charged $0"] if "byok" in tiers else []),
+        *(["UNPRICED: no price yet, needs review"] if not all(x.priced for x in inv.lines) else []),
+    ]
+    if notes:
+        out.print("  " + " · ".join(notes))

@@ -1,0 +1,122 @@
+"""`chore registry`: list, validate and import the model price registry."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import click
+from rich.markup import escape
+
+from chores.cli import tables
+from chores.cli.common import (
+    console,
+    now_option,
+    parse_now,
+    user_errors,
+)
+from chores.cli.params import OneLineGroup
+from chores.core.settings import get_settings
+from chores.core.wording import counted
+from pricing import load_registry, registry_from_litellm, registry_to_yaml
+
+
+# registry ------------------------------------------------------------------------
+@click.group(cls=OneLineGroup)
+def registry() -> None:
+    """The model price registry."""
+
+
+def _registry_path(path: str | None, option: str | None) -> str | Path | None:
+    """`PATH` or `--path PATH` (both forms work for both commands), else REGISTRY_PATH
+    (None: the shipped registry)."""
+    if path and option and path != option:
+        raise click.UsageError(f"give the registry path once: {path} or --path {option}")
+    return path or option or get_settings().registry_path
+
+
+registry_path_argument = click.argument("path", required=False, type=click.Path(dir_okay=False))
+registry_path_option = click.option(
+    "--path",
+    "path_option",
+    type=click.Path(dir_okay=False),
+    help="The registry file, as PATH (default: REGISTRY_PATH, else the shipped one).",
+)
+
+
+@registry.command("list")
+@registry_path_argument
+@registry_path_option
+@now_option
+@user_errors
+def registry_list(path: str | None, path_option: str | None, now_text: datetime | None) -> None:
+    """List models and their prices today (USD per million tokens).
+
+    PATH is the registry file (default: REGISTRY_PATH, else the shipped one).
+    """
+    reg = load_registry(_registry_path(path, path_option))
+    table = tables.table(f"Model registry {reg.version} ({counted(len(reg.models), 'model')})")
+    tables.name_column(table, "model")
+    tables.name_column(table, "tier", keep=True)
+    tables.name_column(table, "valid from", keep=True)
+    for column in ("input", "cached", "output"):
+        tables.number_column(table, column)
+    tables.text_column(table, "aliases")
+    today = (parse_now(now_text) or datetime.now(UTC)).date()
+    for model in sorted(reg.models, key=lambda m: (m.tier, m.id)):
+        price = model.price_at(today) or model.prices[-1]
+        table.add_row(
+            escape(model.id),
+            model.tier,
+            price.valid_from.isoformat(),
+            str(price.input),
+            str(price.cached_rate),
+            str(price.output),
+            escape(", ".join(model.aliases)),
+        )
+    out = console()
+    out.print(tables.fit(table, out.width))
+    out.print("input, cached, output: USD per million tokens")
+
+
+@registry.command("validate")
+@registry_path_argument
+@registry_path_option
+@user_errors
+def registry_validate(path: str | None, path_option: str | None) -> None:
+    """Check a registry file; says which model and field is wrong.
+
+    PATH is the registry file (default: REGISTRY_PATH, else the shipped one).
+    """
+    chosen = _registry_path(path, path_option)
+    reg = load_registry(chosen)
+    models = counted(len(reg.models), "model")
+    click.echo(f"{chosen or 'shipped registry'}: valid, version {reg.version}, {models}")
+
+
+@registry.command("import-litellm")
+@click.argument("path", type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
+@click.option("--valid-from", default=None, help="Effective date of the prices (default: today).")
+@click.option("--version", "version", default=None, help="Registry version (default: the date).")
+@user_errors
+def registry_import(
+    path: str, out: str | None, valid_from: str | None, version: str | None
+) -> None:
+    """Convert LiteLLM's model_prices_and_context_window.json into a registry file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise click.ClickException(f"{path}: expected a JSON object of models")
+    day = date.fromisoformat(valid_from) if valid_from else date.today()
+    reg = registry_from_litellm(data, valid_from=day, version=version or day.isoformat())
+    text = registry_to_yaml(reg)
+    if out:
+        Path(out).write_text(text)
+        click.echo(f"wrote {len(reg.models)} models to {out}", err=True)
+    else:
+        sys.stdout.write(text)

@@ -1,0 +1,5 @@
+"""Quota: plans, the decision of each org (`decisions`), its Redis mirror (`cache`), and
+`check_quota` (`check`).
+
+May import: `chores.core`.
+"""

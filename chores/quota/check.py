@@ -1,0 +1,58 @@
+"""`check_quota`: may an org start a run? One indexed read of its stored decision.
+
+The `Quota` of a database and settings is built once per process and kept here: a check
+is called per run start, and building every collection handle each time cost a third of it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pymongo.database import Database
+
+from chores.core.db import Collections, Doc
+from chores.core.exceptions import ConfigError
+from chores.core.orgs import validate_org
+from chores.core.periods import as_utc
+from chores.core.settings import Settings, get_settings
+from chores.quota.decisions import Quota, QuotaDecision
+
+
+def check_quota(
+    db: Database[Doc],
+    org: str,
+    estimated_tokens: int = 0,
+    now: datetime | None = None,
+    *,
+    settings: Settings | None = None,
+) -> QuotaDecision:
+    """May `org` start a run? One indexed read of its stored decision."""
+    settings = settings or get_settings()
+    org = validate_org(org)
+    if (
+        isinstance(estimated_tokens, bool)
+        or not isinstance(estimated_tokens, int)
+        or estimated_tokens < 0
+    ):
+        raise ConfigError(
+            f"estimated_tokens must be a non-negative integer, got {estimated_tokens!r}"
+        )
+    now = as_utc(now or datetime.now(UTC))
+    return _quota_for(db, settings).check(org, estimated_tokens, now)
+
+
+_QUOTAS: dict[tuple[int, int], tuple[Database[Doc], Settings, Quota]] = {}
+
+
+def _quota_for(db: Database[Doc], settings: Settings) -> Quota:
+    """The `Quota` of a database and settings, built once: a check is called per run
+    start, and building every collection handle each time cost a third of it."""
+    key = (id(db), id(settings))
+    found = _QUOTAS.get(key)
+    if found is not None and found[0] is db and found[1] is settings:
+        return found[2]
+    if len(_QUOTAS) >= 32:  # a long-lived process with many Settings objects (tests)
+        _QUOTAS.clear()
+    quota = Quota(Collections.of(db, settings), settings)
+    _QUOTAS[key] = (db, settings, quota)  # kept alive with it, so the ids stay theirs
+    return quota
