@@ -1,0 +1,165 @@
+"""The package layout: data flows one way and no import cycle exists.
+
+Every import in `chores/` (those inside functions too) is read with `ast`. A package may
+import its own modules and those of packages ranked below it; `chores.tasks` and
+`chores.celery_app` (the service) and `chores.cli` sit on top; nothing imports the
+package root back.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import chores
+
+ROOT = Path(chores.__file__).parent
+
+# Lowest first. Packages of one rank must not import each other.
+RANKS = {
+    "core": 0,
+    "metering": 1,
+    "demo": 1,
+    "billing": 2,
+    "quota": 2,
+    "run": 3,
+    "reports": 4,
+    "cli": 5,
+    "service": 5,  # chores/tasks.py, chores/celery_app.py
+}
+SERVICE = {"chores.tasks", "chores.celery_app"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
+
+
+def package_of(module: str) -> str | None:
+    if module in SERVICE:
+        return "service"
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None  # None: the root `chores`
+
+
+def resolve(importer: str, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    base = importer.split(".")
+    is_package = MODULES[importer].name == "__init__.py"
+    base = base[: len(base) - node.level + (1 if is_package else 0)]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def imports_of(module: str) -> set[str]:
+    """The `chores` modules `module` imports (a name imported from a package counts as
+    the submodule when there is one)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "chores")
+        elif isinstance(node, ast.ImportFrom):
+            target = resolve(module, node)
+            if target.split(".")[0] != "chores":
+                continue
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in MODULES else target)
+    found.discard(module)
+    return found
+
+
+GRAPH = {m: imports_of(m) for m in MODULES}
+
+
+def test_every_module_is_in_a_ranked_package() -> None:
+    for module in MODULES:
+        package = package_of(module)
+        assert package is None or package in RANKS, f"{module}: package {package!r} has no rank"
+
+
+def test_imports_only_point_down() -> None:
+    wrong = []
+    for module, targets in GRAPH.items():
+        source = package_of(module)
+        for target in targets:
+            if source is None:  # the root re-exports from everywhere
+                continue
+            dest = package_of(target)
+            if dest is None:
+                wrong.append(f"{module} imports the package root")
+            elif dest != source and RANKS[dest] >= RANKS[source]:
+                wrong.append(f"{module} ({source}) imports {target} ({dest})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_cycle() -> None:
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    stack: list[str] = []
+    cycles: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        stack.append(module)
+        for target in sorted(GRAPH.get(module, ())):
+            if state.get(target) == 1:
+                cycles.append(" -> ".join([*stack[stack.index(target) :], target]))
+            elif target not in state:
+                visit(target)
+        stack.pop()
+        state[module] = 2
+
+    for module in sorted(GRAPH):
+        if module not in state:
+            visit(module)
+    assert not cycles, "\n".join(cycles)
+
+
+def test_cli_command_modules_never_import_the_app() -> None:
+    for module, targets in GRAPH.items():
+        if module.startswith("chores.cli.") and module != "chores.cli.app":
+            assert "chores.cli.app" not in targets, module
+
+
+def test_pricing_does_not_import_chores() -> None:
+    for path in (ROOT.parent / "pricing").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                assert not (node.module or "").startswith("chores"), path
+            if isinstance(node, ast.Import):
+                assert all(not a.name.startswith("chores") for a in node.names), path
+
+
+@pytest.mark.parametrize("package", sorted(set(RANKS) - {"service"}))
+def test_each_package_says_what_it_owns_and_may_import(package: str) -> None:
+    module = importlib.import_module(f"chores.{package}")
+    assert module.__doc__ and "May import" in module.__doc__, package
+
+
+def test_the_root_only_re_exports() -> None:
+    tree = ast.parse((ROOT / "__init__.py").read_text())
+    for node in tree.body:
+        allowed = (ast.Import, ast.ImportFrom, ast.Assign, ast.Expr)
+        assert isinstance(node, allowed), f"chores/__init__.py line {node.lineno}: logic"
+
+
+def test_every_public_name_is_exported() -> None:
+    public = {
+        name
+        for name, value in vars(chores).items()
+        if not name.startswith("_") and not isinstance(value, type(chores))
+    }
+    assert public - {"annotations", "logging"} == set(chores.__all__)
+    assert all(hasattr(chores, name) for name in chores.__all__)
+
+
+def test_every_module_imports() -> None:
+    for info in pkgutil.walk_packages(chores.__path__, "chores."):
+        importlib.import_module(info.name)
