@@ -31,7 +31,15 @@ from chores.core.exceptions import InvoiceOutOfDate
 from chores.core.money import usd
 from chores.demo.corpus import Corpus, generate_corpus
 from chores.reports.allocation import allocate, largest_remainder
-from chores.reports.breakdown import BY_CHOICES, Cell, Filters, Usage, model_filter, rows, total
+from chores.reports.breakdown import (
+    BY_CHOICES,
+    AllocatedUsage,
+    Cell,
+    Filters,
+    model_filter,
+    rows,
+    total,
+)
 from chores.reports.run_trees import run_trees
 from pricing import Registry, load_registry
 
@@ -205,7 +213,7 @@ def test_every_view_adds_up_to_the_invoice(registry, usages):
     assert allocation.pricing == "registry" and allocation.exact
     assert_adds_up(allocation, invoice)
     trees = run_trees(allocation.cells)
-    assert sum((t.total for t in trees), Usage()).priced_micros == invoice.total_micros
+    assert sum((t.total for t in trees), AllocatedUsage()).priced_micros == invoice.total_micros
 
 
 def _cell(runner: str, *, parent: str | None = None, session: str = "s", micros: int = 10) -> Cell:
@@ -213,7 +221,9 @@ def _cell(runner: str, *, parent: str | None = None, session: str = "s", micros:
         runner, "gpt-4o", session, parent is not None or runner.startswith("x"), parent, "SUCCESS"
     )
     line = ("gpt-4o", "paid", "2024-08-06", False)
-    return Cell(run, date(2026, 11, 2), line, Usage(100, 0, 10, 0, micros), Decimal(micros))
+    return Cell(
+        run, date(2026, 11, 2), line, AllocatedUsage(100, 0, 10, 0, micros), Decimal(micros)
+    )
 
 
 def test_run_trees_nest_subagents_and_hang_orphans_under_their_session():
@@ -244,7 +254,7 @@ def test_run_trees_nest_subagents_and_hang_orphans_under_their_session():
         g.run.runner_id for c in trees[3].children for g in c.children
     }
     assert looped == {"loop-a", "loop-b"}
-    assert sum((t.total for t in trees), Usage()).amount_micros == 104
+    assert sum((t.total for t in trees), AllocatedUsage()).amount_micros == 104
 
 
 # --- metered corpora -------------------------------------------------------------------------
@@ -359,7 +369,7 @@ def test_filters_keep_exact_subsets(months):
         total(rows(cells, "run", Filters(statuses=frozenset({s}))))
         for s in ("SUCCESS", "FAILURE", "REVOKED", "RUNNING")
     ]
-    assert sum(by_status, Usage()).tokens == every.tokens
+    assert sum(by_status, AllocatedUsage()).tokens == every.tokens
 
 
 # --- the command -----------------------------------------------------------------------------

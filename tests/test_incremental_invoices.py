@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from chores import Settings, run_chore
 from chores.billing.invoices import Invoices
 from chores.metering.ledger import Ledger
-from chores.run.chore import Meter
+from chores.run.chore import Pipeline
 from pricing import Registry, load_registry
 
 from dbproxy import DatabaseProxy
@@ -105,7 +105,7 @@ def test_a_rerun_reads_only_the_new_entries_and_equals_a_full_rebuild(db, regist
     assert sum(folded) == 5  # not the 65 entries of the month
     assert invoiced_tokens(db) == truth
     assert invoice(db)["runs"] == 65 and invoice(db)["entries"] == 65
-    assert Meter(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
+    assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
 
 
 def test_a_backlog_larger_than_one_pass_is_folded_in_as_many_passes(
@@ -119,7 +119,7 @@ def test_a_backlog_larger_than_one_pass_is_folded_in_as_many_passes(
     assert invoice(db)["pending_fold"] is None
     assert db.billing_ledger.count_documents({"fold": None}) == 0
     pairs = {NOVEMBER, ("globex", "2026-11")}
-    assert Meter(db, CONFIG, registry).invoices.check_drafts(pairs) == []
+    assert Pipeline(db, CONFIG, registry).invoices.check_drafts(pairs) == []
 
 
 def invoiced_tokens_of(db: Any, org: str) -> int:
@@ -149,7 +149,7 @@ def test_a_build_that_dies_between_its_commit_and_its_flags_is_finished_not_fold
     assert invoiced_tokens(db) == truth  # flagged by the rerun, not folded a second time
     assert invoice(db)["pending_fold"] is None
     assert db.billing_ledger.count_documents({"fold": None}) == 0
-    assert Meter(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
+    assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
 
 
 def test_a_new_registry_reprices_the_stored_sums_without_reading_the_ledger(db, registry, folded):
@@ -170,7 +170,7 @@ def test_a_new_registry_reprices_the_stored_sums_without_reading_the_ledger(db, 
     assert Decimal(after["total_micros"]) == pytest.approx(
         2 * Decimal(before["total_micros"]), abs=2
     )
-    assert Meter(db, CONFIG, doubled).invoices.check_drafts({NOVEMBER}) == []
+    assert Pipeline(db, CONFIG, doubled).invoices.check_drafts({NOVEMBER}) == []
 
 
 def test_a_run_counts_a_runner_once_whatever_the_builds_it_spans(db, registry):
@@ -207,7 +207,7 @@ def test_a_run_counts_a_runner_once_whatever_the_builds_it_spans(db, registry):
     run_chore(db, now=NOW, registry=registry, settings=CONFIG)
     assert db.billing_ledger.count_documents({"runner_id": {"$exists": True}}) == 2
     assert invoice(db)["runs"] == 1 and invoiced_tokens(db) == 1_500
-    assert Meter(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
+    assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
 
 
 @settings(max_examples=25, deadline=None)
@@ -235,4 +235,4 @@ def test_any_split_of_the_month_into_runs_and_passes_gives_the_invoice_of_one_ru
             run_chore(split, now=NOW, registry=registry, settings=CONFIG)
     same = ("lines", "total_micros", "unpriced_tokens", "runs", "entries", "usage_groups")
     assert {f: invoice(split)[f] for f in same} == {f: invoice(whole)[f] for f in same}
-    assert Meter(split, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
+    assert Pipeline(split, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []

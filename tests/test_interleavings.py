@@ -75,7 +75,7 @@ from chores import Settings, finalize_invoices, run_chore
 from chores.billing.invoices import build_invoice
 from chores.demo.corpus import Corpus, generate_corpus
 from chores.metering.lines import UsageGroup
-from chores.run.chore import Meter
+from chores.run.chore import Pipeline
 from pricing import Registry, load_registry
 
 from dbproxy import WRITES, CrashAt, DatabaseProxy, PauseAt, Recorder, pause_at
@@ -421,7 +421,7 @@ def _differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[st
 EMPTY = ("input_tokens", "cached_tokens", "output_tokens", "unsplit_tokens")
 
 
-def ledger_invoices(db: Any, meter: Meter) -> dict[str, Any]:
+def ledger_invoices(db: Any, meter: Pipeline) -> dict[str, Any]:
     """Each invoice id -> the invoice built from the ledger entries that belong to it,
     priced with `R`. An entry belongs to the invoice of `booked`, else of `usage_period`;
     a final is built from its booked entries only (an unbooked entry of a final period is
@@ -514,7 +514,7 @@ def violations(db: Any, scenario: Scenario, finals: Finals | None = None) -> lis
                 )
             )
 
-    meter = Meter(db, SETTINGS, R)
+    meter = Pipeline(db, SETTINGS, R)
     expected = ledger_invoices(db, meter)
     for invoice in invoices:
         want = expected[invoice["_id"]]

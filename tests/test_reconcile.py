@@ -12,7 +12,7 @@ from chores import get_settings, run_chore
 from chores.cli import main
 from chores.demo.corpus import generate_corpus
 from chores.reports.reconcile import reconcile
-from chores.run.chore import Meter
+from chores.run.chore import Pipeline
 
 from conftest import NOW
 
@@ -21,7 +21,7 @@ def seeded(db, settings, registry, corpus):
     db.tasks.insert_many(corpus.tasks)
     db.findings.insert_many(corpus.findings)
     run_chore(db, now=NOW, registry=registry, settings=settings)
-    return Meter(db, settings, registry)
+    return Pipeline(db, settings, registry)
 
 
 def november(seed: int):
@@ -88,7 +88,7 @@ def test_runner_estimates_are_reported_beside_our_amounts(db, settings, registry
     db.tasks.insert_many(fixture_docs["tasks"])
     db.findings.insert_many(fixture_docs["findings"])
     run_chore(db, now=NOW, registry=registry, settings=settings)
-    result = reconcile(Meter(db, settings, registry), "ws-acme", "2026-11", now=NOW)
+    result = reconcile(Pipeline(db, settings, registry), "ws-acme", "2026-11", now=NOW)
     assert result.ok
     mini = next(line for line in result.lines if line.model == "gpt-4o-mini")
     # runner 1 estimated $0.003, subagent 2 $0.004 (its copy includes the parent's), 3 none.

@@ -254,7 +254,7 @@ def test_crash_between_finalize_late_booking_and_its_dirty_mark_loses_the_late_e
 def test_a_run_that_loses_the_ledger_insert_race_drops_the_runner_from_pending(
     db, settings, registry
 ):
-    """`Meter.process`: a runner is removed from *pending* when this run's assessment says
+    """`Pipeline.process`: a runner is removed from *pending* when this run's assessment says
     it is finished, even if this run's ledger entry was skipped as a duplicate. Run B
     read the runner while running (500 tokens) and wins the insert of entry 1; run A read
     its final write (1,000 tokens), loses the insert, and deletes the pending record B

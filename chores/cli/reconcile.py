@@ -16,7 +16,7 @@ from chores.core.money import usd, usd_of_dollars
 from chores.core.orgs import validate_org
 from chores.core.settings import get_settings
 from chores.reports.reconcile import reconcile
-from chores.run.chore import Meter
+from chores.run.chore import Pipeline
 from pricing import load_registry
 
 
@@ -33,7 +33,7 @@ def reconcile_command(org: str, period: str, as_json: bool, now_text: datetime |
     """
     org = validate_org(org)
     settings = get_settings()
-    meter = Meter(connect(settings), settings, load_registry(settings.registry_path))
+    meter = Pipeline(connect(settings), settings, load_registry(settings.registry_path))
     result = reconcile(meter, org, period, now=parse_now(now_text) or datetime.now(UTC))
     if as_json:
         click.echo(result.model_dump_json(indent=2))

@@ -41,7 +41,16 @@ from chores.core.periods import period_of
 from chores.core.settings import get_settings
 from chores.core.wording import counted
 from chores.reports.allocation import Allocation, allocate
-from chores.reports.breakdown import BY_CHOICES, By, Filters, Row, Usage, model_filter, rows, total
+from chores.reports.breakdown import (
+    BY_CHOICES,
+    AllocatedUsage,
+    By,
+    Filters,
+    Row,
+    model_filter,
+    rows,
+    total,
+)
 from chores.reports.run_trees import tree_order
 from pricing import load_registry
 
@@ -201,7 +210,7 @@ def usage_csv(by: By, table: Sequence[Row]) -> str:
     return buffer.getvalue()
 
 
-def _amount(usage: Usage) -> str:
+def _amount(usage: AllocatedUsage) -> str:
     if usage.amount_micros is None:
         return "[bold red]UNPRICED[/]"
     text = usd(usage.amount_micros)

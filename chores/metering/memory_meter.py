@@ -23,13 +23,13 @@ from datetime import date, datetime
 from typing import Any
 
 from chores.metering.lines import GroupValues, InvoiceLine, LineMemo, UsageGroup, price_lines
-from chores.metering.rules import Head, Usage, _new, runner_key, verdict
+from chores.metering.rules import DeltaValues, Head, _new, runner_key, verdict
 from pricing import Registry
 
 # A runner document and the `_context`s of the findings that spawned it (subagents only).
 Observation = tuple[Mapping[str, Any], Sequence[Any]]
-# A delta as the meter hands it out: org, period and `verdict`'s plain Usage tuple.
-Record = tuple[str, str, Usage]
+# A delta as the meter hands it out: org, period and `verdict`'s plain DeltaValues tuple.
+Record = tuple[str, str, DeltaValues]
 InvoiceKey = tuple[str, str]  # org, period ("YYYY-MM")
 # org, period, model as recorded, byok, day of the month
 UsageKey = tuple[str, str, str | None, bool, int]

@@ -331,6 +331,12 @@ def is_subagent_context(context: Mapping[str, Any]) -> bool:
     return parent_session is not None and parent_session != ""
 
 
+def is_subagent(doc: Mapping[str, Any]) -> bool:
+    """Is this runner document a subagent's (its context says so)?"""
+    context = doc.get("context")
+    return isinstance(context, Mapping) and is_subagent_context(context)
+
+
 class LedgerHead(NamedTuple):
     """The latest ledger entry of a runner: its sequence number and high-water mark."""
 
@@ -424,14 +430,14 @@ def _latest_end(now: datetime, future_skew_seconds: float) -> datetime:
 # What `verdict` says of one observation: `Assessment` and `Delta` as plain tuples, without
 # the runner id (the caller's). `assess` wraps them; the in-memory meter reads them as they
 # are (chores/_meter.py).
-# Usage: seq, model, byok, usage_time, high_water, tokens, status, session_id, subagent,
+# DeltaValues: seq, model, byok, usage_time, high_water, tokens, status, session_id, subagent,
 # parent_id (Delta's fields after org).
-Usage = tuple[
+DeltaValues = tuple[
     int, str | None, bool, datetime, Counts, Tokens, str | None, str | None, bool, str | None
 ]
 # Verdict: org, period, pending, anomalies, billed_cleanly, usage (Assessment's fields after
-# runner_id, with Usage for the Delta).
-Verdict = tuple[str | None, str | None, bool, tuple[AnomalyRecord, ...], bool, Usage | None]
+# runner_id, with DeltaValues for the Delta).
+Verdict = tuple[str | None, str | None, bool, tuple[AnomalyRecord, ...], bool, DeltaValues | None]
 Head = tuple[int, Counts]  # seq, high-water mark: a LedgerHead or a plain tuple
 
 
@@ -601,7 +607,7 @@ def verdict(
     if high_water == previous:
         return org, period, pending, flags, True, None
     session_id = context.get("session_id")
-    usage: Usage = (
+    usage: DeltaValues = (
         seq,
         model,
         key_source == "byok",  # byok

@@ -28,7 +28,7 @@ from chores.quota.cache import QuotaCache
 State = Literal["ok", "warn", "block", "unknown"]
 
 
-class Usage(BaseModel):
+class PeriodUsage(BaseModel):
     tokens: int = 0
     micros: int = 0
     unpriced_tokens: int = 0
@@ -140,12 +140,12 @@ class Quota:
         default = self._settings.default_plan
         return {org: plan_of(found.get(org), default) for org in orgs}
 
-    def usage(self, orgs: Sequence[str], period: str) -> dict[str, Usage]:
+    def usage(self, orgs: Sequence[str], period: str) -> dict[str, PeriodUsage]:
         ids = [f"{org}:{period}" for org in orgs]
-        usage = {org: Usage() for org in orgs}
+        usage = {org: PeriodUsage() for org in orgs}
         fields = {"org": 1, "lines.tokens": 1, "total_micros": 1, "unpriced_tokens": 1}
         for invoice in self._c.invoices.find({"_id": {"$in": ids}}, fields):
-            usage[invoice["org"]] = Usage(
+            usage[invoice["org"]] = PeriodUsage(
                 tokens=sum(line["tokens"] for line in invoice["lines"]),
                 micros=invoice["total_micros"],
                 unpriced_tokens=invoice["unpriced_tokens"],

@@ -37,7 +37,7 @@ from chores.billing.period_ledger import EntryUsage, RunInfo
 from chores.core.exceptions import InvoiceOutOfDate
 from chores.core.money import to_micros
 from chores.metering.lines import InvoiceLine, LineKey, price_group
-from chores.reports.breakdown import Cell, Usage
+from chores.reports.breakdown import AllocatedUsage, Cell
 from pricing import Registry
 
 Pricing = Literal["registry", "billed"]
@@ -53,8 +53,8 @@ class Allocation:
     exact: bool
 
     @property
-    def total(self) -> Usage:
-        return sum((c.usage for c in self.cells), Usage())
+    def total(self) -> AllocatedUsage:
+        return sum((c.usage for c in self.cells), AllocatedUsage())
 
 
 def largest_remainder(total: int, weights: Sequence[tuple[Any, Fraction]]) -> list[int]:
@@ -209,7 +209,7 @@ def _split(
             shares = list(largest_remainder(line_amount, weights))
         for ((_, day), s), share in zip(members, shares, strict=True):
             input_tokens, cached, output, unsplit = s.counts
-            usage = Usage(
+            usage = AllocatedUsage(
                 input_tokens,
                 cached,
                 output,

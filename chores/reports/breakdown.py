@@ -31,7 +31,7 @@ TIER_ORDER = ("paid", "free", "byok", "unpriced")
 
 
 @dataclass(frozen=True, slots=True)
-class Usage:
+class AllocatedUsage:
     """Tokens and allocated micros; `amount_micros` is None when none of it is priced."""
 
     input_tokens: int = 0
@@ -49,9 +49,9 @@ class Usage:
     def priced_micros(self) -> int:
         return self.amount_micros or 0
 
-    def __add__(self, other: Usage) -> Usage:
+    def __add__(self, other: AllocatedUsage) -> AllocatedUsage:
         amounts = [a for a in (self.amount_micros, other.amount_micros) if a is not None]
-        return Usage(
+        return AllocatedUsage(
             self.input_tokens + other.input_tokens,
             self.cached_tokens + other.cached_tokens,
             self.output_tokens + other.output_tokens,
@@ -79,7 +79,7 @@ class Cell:
     run: RunInfo
     day: date
     line: LineKey
-    usage: Usage
+    usage: AllocatedUsage
     exact: Decimal | None
 
 
@@ -88,7 +88,7 @@ class Row:
     """One group of a breakdown: its key (None = not recorded), usage and runner count."""
 
     key: str | None
-    usage: Usage
+    usage: AllocatedUsage
     runs: int
     run: RunInfo | None = None  # the runner, for `by="run"`
 
@@ -155,7 +155,7 @@ def _key(cell: Cell, by: By) -> str | None:
 def rows(cells: Iterable[Cell], by: By, filters: Filters | None = None) -> list[Row]:
     """Cells summed per `by` group: days in order, tiers paid/free/byok/unpriced, the
     rest by amount then tokens, largest first."""
-    usage: dict[str | None, Usage] = defaultdict(Usage)
+    usage: dict[str | None, AllocatedUsage] = defaultdict(AllocatedUsage)
     runners: dict[str | None, set[str]] = defaultdict(set)
     infos: dict[str | None, RunInfo] = {}
     for cell in cells:
@@ -179,5 +179,5 @@ def rows(cells: Iterable[Cell], by: By, filters: Filters | None = None) -> list[
     ]
 
 
-def total(table: Iterable[Row]) -> Usage:
-    return sum((row.usage for row in table), Usage())
+def total(table: Iterable[Row]) -> AllocatedUsage:
+    return sum((row.usage for row in table), AllocatedUsage())

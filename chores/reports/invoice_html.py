@@ -28,7 +28,7 @@ from chores.core.db import Collections, Doc
 from chores.core.money import usd
 from chores.core.settings import Settings
 from chores.reports.allocation import Allocation, allocate
-from chores.reports.breakdown import Cell, Usage, rows
+from chores.reports.breakdown import AllocatedUsage, Cell, rows
 from chores.reports.breakdown import total as rows_total
 from chores.reports.run_trees import RunNode, run_trees
 from pricing import Registry
@@ -365,7 +365,7 @@ def render_report(data: ReportData) -> str:
     )
 
 
-def _cards(invoice: Invoice, total: Usage, anomalies: int) -> str:
+def _cards(invoice: Invoice, total: AllocatedUsage, anomalies: int) -> str:
     cards = [
         ("Invoice total", f"{usd(invoice.total_micros)}", False),
         ("Tokens", f"{total.tokens:,}", False),
@@ -579,7 +579,7 @@ def _node_row(node: RunNode, depth: int, models: dict[str, str]) -> str:
     )
 
 
-def _amount(usage: Usage) -> str:
+def _amount(usage: AllocatedUsage) -> str:
     if usage.amount_micros is None:
         return "UNPRICED"
     text = usd(usage.amount_micros)

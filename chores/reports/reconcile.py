@@ -21,12 +21,12 @@ from pydantic import BaseModel
 from chores.core.db import Doc
 from chores.core.exceptions import InvoiceNotFound
 from chores.metering.lines import UsageGroup, price_group, price_lines
-from chores.metering.rules import assess
+from chores.metering.rules import assess, is_subagent
 from chores.metering.source import chunked
-from chores.run.chore import Meter, _is_subagent
+from chores.run.chore import Pipeline
 from pricing import Registry
 
-LineKey = tuple[str | None, str, str | None]
+EstimateKey = tuple[str | None, str, str | None]
 
 
 class LineCheck(BaseModel):
@@ -77,20 +77,20 @@ def _estimate(context: Any) -> float | None:
     return None
 
 
-def reconcile(meter: Meter, org: str, period: str, *, now: datetime) -> Reconciliation:
+def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Reconciliation:
     invoice = meter.invoices.get(org, period)
     if invoice is None:
         raise InvoiceNotFound(f"no invoice for org {org!r} in {period}")
     registry: Registry = meter.registry
     groups: list[UsageGroup] = []
-    runners_of_line: dict[LineKey, set[str]] = defaultdict(set)
-    estimates: dict[LineKey, float] = defaultdict(float)
-    estimated: dict[LineKey, int] = defaultdict(int)
+    runners_of_line: dict[EstimateKey, set[str]] = defaultdict(set)
+    estimates: dict[EstimateKey, float] = defaultdict(float)
+    estimated: dict[EstimateKey, int] = defaultdict(int)
     source_tokens: dict[str, int] = {}
     in_period: set[str] = set()
     notes: dict[str, str] = {}
     for batch in _batches(meter, org):
-        spawns = meter.source.spawn_contexts([str(d.get("_id")) for d in batch if _is_subagent(d)])
+        spawns = meter.source.spawn_contexts([str(d.get("_id")) for d in batch if is_subagent(d)])
         for doc in batch:
             result = assess(
                 doc,
@@ -177,7 +177,7 @@ def reconcile(meter: Meter, org: str, period: str, *, now: datetime) -> Reconcil
     )
 
 
-def _batches(meter: Meter, org: str) -> Any:
+def _batches(meter: Pipeline, org: str) -> Any:
     return chunked(meter.source.changed_runners(org, None), meter.settings.batch_size)
 
 
@@ -187,7 +187,7 @@ class _LedgerTotals:
         self.booked_here: set[str] = set()
 
 
-def _ledger_tokens(meter: Meter, org: str, period: str, runners: set[str]) -> _LedgerTotals:
+def _ledger_tokens(meter: Pipeline, org: str, period: str, runners: set[str]) -> _LedgerTotals:
     """Tokens the ledger billed each runner (all periods), and who is on this invoice."""
     totals = _LedgerTotals()
     entries = meter.collections.ledger

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chores.billing.period_ledger import RunInfo
-from chores.reports.breakdown import Cell, Row, Usage, rows
+from chores.reports.breakdown import AllocatedUsage, Cell, Row, rows
 
 
 @dataclass
@@ -25,9 +25,9 @@ class RunNode:
 
     session_id: str | None
     run: RunInfo | None
-    own: Usage
+    own: AllocatedUsage
     children: list[RunNode] = field(default_factory=list)
-    total: Usage = field(default_factory=Usage)
+    total: AllocatedUsage = field(default_factory=AllocatedUsage)
 
 
 def run_trees(cells: Iterable[Cell]) -> list[RunNode]:
@@ -66,7 +66,7 @@ def trees_of_rows(table: Iterable[Row]) -> list[RunNode]:
     def hang_under_session(node: RunNode) -> None:
         holder = sessions.get(node.session_id)
         if holder is None:
-            holder = sessions[node.session_id] = RunNode(node.session_id, None, Usage())
+            holder = sessions[node.session_id] = RunNode(node.session_id, None, AllocatedUsage())
             roots.append(holder)
         holder.children.append(node)
 

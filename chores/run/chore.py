@@ -33,7 +33,7 @@ from chores.core.settings import Settings, get_settings
 from chores.metering.anomalies import AnomalyLog
 from chores.metering.ledger import Ledger, entry_document
 from chores.metering.progress import ALL_ORGS, Progress
-from chores.metering.rules import AnomalyRecord, assess, is_subagent_context, runner_key
+from chores.metering.rules import AnomalyRecord, assess, is_subagent, runner_key
 from chores.metering.source import Source, chunked
 from chores.quota.decisions import Quota
 from chores.run.report import RunReport
@@ -42,7 +42,7 @@ from pricing import Registry, load_registry
 log = logging.getLogger(__name__)
 
 
-class Meter:
+class Pipeline:
     """The pieces of one run, wired once."""
 
     def __init__(self, db: Database[Doc], settings: Settings, registry: Registry):
@@ -97,7 +97,7 @@ class Meter:
         """Assess one batch of runner documents and record the outcome (a constant number
         of round trips, whatever the batch size)."""
         heads = self.ledger.heads([runner_key(d.get("_id")) for d in docs])
-        subagents = [str(d.get("_id")) for d in docs if _is_subagent(d)]
+        subagents = [str(d.get("_id")) for d in docs if is_subagent(d)]
         spawns = self.source.spawn_contexts(subagents)
         entries: list[Doc] = []
         records: list[AnomalyRecord] = []
@@ -179,11 +179,6 @@ class Meter:
             report.entries_written += 1
 
 
-def _is_subagent(doc: Mapping[str, Any]) -> bool:
-    context = doc.get("context")
-    return isinstance(context, Mapping) and is_subagent_context(context)
-
-
 def _newest(docs: Sequence[Doc], horizon: float, newest: float | None) -> float | None:
     """The newest plausible stamp among `docs` and `newest`: a stamp past `horizon` is
     garbage and must not push a cursor past real writes."""
@@ -223,7 +218,7 @@ def run_chore(
     now = checked_now(now, settings.future_skew_seconds)
     if org is not None:
         org = validate_org(org)
-    meter = Meter(db, settings, registry)
+    meter = Pipeline(db, settings, registry)
     scope = f"org:{org}" if org is not None else ALL_ORGS
     clock = time.monotonic()
     report = RunReport(
@@ -279,7 +274,7 @@ def run_chore(
     return report
 
 
-def _check_source_indexes(meter: Meter, settings: Settings) -> list[str]:
+def _check_source_indexes(meter: Pipeline, settings: Settings) -> list[str]:
     """The source indexes the server lacks (never created here: the chore only reads the
     platform's collections), each logged once with what it costs."""
     try:
@@ -297,7 +292,7 @@ def _check_source_indexes(meter: Meter, settings: Settings) -> list[str]:
     return [index.describe() for index in missing]
 
 
-def _record_run(meter: Meter, report: RunReport, now: datetime, dry_run: bool) -> None:
+def _record_run(meter: Pipeline, report: RunReport, now: datetime, dry_run: bool) -> None:
     # The real end: `now` plus the measured duration (times stay `now`-based, reproducible).
     report.finished_at = now + timedelta(seconds=report.duration_seconds or 0)
     if dry_run:
