@@ -20,7 +20,7 @@ SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 LOCAL_FIXTURES = Path(__file__).resolve().parent / "data"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 # The wall clock the chore sees in tests: pinned, so that runs, finalizes and mark
-# expiry do not depend on the day the suite runs (chores/_clock.py). Later than
+# expiry do not depend on the day the suite runs (chores/core/clock.py). Later than
 # every `now` the tests pass; a test that needs another moment patches it again.
 WALL_CLOCK = datetime(2030, 1, 1, tzinfo=UTC)
 

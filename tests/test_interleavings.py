@@ -44,7 +44,7 @@ would hide item 7) and at the end (see `violations`):
   interleaved run legitimately puts their usage in another period, and late usage moves
   to other lines), and the reconcile of `chores` (from the source alone) has no late
   usage either. The ledger is the billing record (an entry is booked once, into one
-  invoice: chores/_ledger.py), so a rebuild from it is what each invoice must show. The
+  invoice: chores/metering/ledger.py), so a rebuild from it is what each invoice must show. The
   grouping is done here; only the pure pricing (`build_invoice`) is borrowed, and the
   token invariants above need no pricing at all.
 - **quota = ledger**: each org's decision is for the period of `BASE`, and its used tokens

@@ -66,7 +66,7 @@ def october_draft_then_one_more_october_run(db: Any, settings: Any, registry: An
 def test_finalize_deletes_a_dirty_mark_before_its_entries_land_and_the_usage_is_lost(
     db, settings, registry
 ):
-    """Dirty-mark protocol (`_progress` / `Invoices.settle`): a run writes its mark, then
+    """Dirty-mark protocol (`progress` / `Invoices.settle`): a run writes its mark, then
     its ledger entries. A `finalize_invoices` that settles between the two reads the mark,
     rebuilds without the entries (not inserted yet), deletes the mark, and finalizes
     October. The run then inserts its October entry; its own settle finds no mark, so
@@ -389,7 +389,7 @@ def test_an_older_run_overwrites_a_newer_quota_decision(db, settings, registry):
 def test_a_failed_cache_write_leaves_check_quota_answering_an_older_decision(
     db, settings, registry, redis_base_url
 ):
-    """`_quota_cache`: `Quota.decide` writes the decision to MongoDB, then mirrors it to
+    """`cache`: `Quota.decide` writes the decision to MongoDB, then mirrors it to
     Redis, swallowing Redis errors; `check` trusts a cache hit. After one blip of Redis
     during a run, the mirror keeps the previous decision for its TTL (600 s, below the
     900 s staleness), so check_quota says `ok`/allowed for an org whose stored decision

@@ -30,7 +30,7 @@ TOKEN_FIELDS = ("input_tokens", "cached_tokens", "output_tokens", "unsplit_token
 
 
 def has_usage(entry: Mapping[str, Any]) -> bool:
-    """False for an entry that only moved a high-water mark (`_ledger.EMPTY_ENTRY`)."""
+    """False for an entry that only moved a high-water mark (`ledger.EMPTY_ENTRY`)."""
     return any(entry.get(name) for name in TOKEN_FIELDS)
 
 

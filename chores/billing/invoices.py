@@ -1,6 +1,6 @@
 """Invoices: built from the ledger, drafts while the period is open, then final for good.
 
-`build_invoice` is pure (lines priced by `_lines.price_lines`). `Invoices` does
+`build_invoice` is pure (lines priced by `lines.price_lines`). `Invoices` does
 the I/O of drafts: aggregate ledger entries per period in the database, write
 drafts that only move forward (never over a final one, never over a draft built
 from more of the ledger), and settle the dirty marks. `Sweeper` moves usage that
@@ -309,7 +309,7 @@ class Invoices:
         """Bring the drafts of these `(org, period)` pairs up to date with the ledger.
 
         Each pass folds what the drafts do not hold yet into their stored sums
-        (`_drafts`): a run costs what changed, not the month. A draft only moves forward:
+        (`drafts`): a run costs what changed, not the month. A draft only moves forward:
         each pass takes a ticket before it reads anything and commits only over the
         draft it read, if that was built on an older ticket, never over a final one. A
         pass refused by another build's commit reads again. Returns the ids written, and

@@ -1,5 +1,5 @@
 """`chore demo`: a realistic month on an in-process mongomock, metered end to end, left
-behind in a local file store (`_local_store`) for the other commands to explore."""
+behind in a local file store (`local_store`) for the other commands to explore."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def run_demo(
     out: Console, *, seed: int = 7, now: datetime | None = None, store: Path | None = None
 ) -> None:
     """The demo, on a fresh local store at `store` (saved when the command ends:
-    `_local_store.close_all`), or on a throwaway in-process one."""
+    `local_store.close_all`), or on a throwaway in-process one."""
     now = now or datetime.now(UTC).replace(microsecond=0)
     url = "mongomock://demo" if store is None else url_of(store)
     settings = Settings(mongo_url=url, redis_url=None)

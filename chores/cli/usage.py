@@ -1,7 +1,7 @@
 """`chore usage` and `chore report`: what an invoice is made of, per run, session, model, day
 or tier, as a table, JSON, CSV or one self-contained HTML page.
 
-Both read the stored invoice and split it with `_allocation`, so their totals are the
+Both read the stored invoice and split it with `allocation`, so their totals are the
 invoice's, to the micro-dollar.
 """
 

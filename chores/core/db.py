@@ -1,7 +1,7 @@
 """Database access: the client factory, the billing collections and their indexes.
 
 `mongomock://...` URLs give an in-process mongomock client (tests), `file://PATH` one
-loaded from and saved to a file (`_local_store`: the demo's data, never production);
+loaded from and saved to a file (`local_store`: the demo's data, never production);
 anything else is a real `pymongo.MongoClient`. Nothing here prints a URL
 without redacting its password.
 """

@@ -5,7 +5,7 @@
   bulk write, so the shim accepts `sort=None` and refuses anything else.
 - mongomock's `Database.with_options` ignores `codec_options` (it returns the same
   database unless the read preference changes), so the UTC view of a plain client's
-  database (`_db.utc_view`) would still hand back naive datetimes. The shim gives a
+  database (`db.utc_view`) would still hand back naive datetimes. The shim gives a
   view of the same store with the codec options asked for.
 
 Only the in-process mongomock (demo, tests) is affected; a real server never is.

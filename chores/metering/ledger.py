@@ -9,7 +9,7 @@ counters billed, so every charge traces back to a runner document.
 
 An entry belongs to the invoice of its usage period while `booked` is null. A draft
 holds an entry once the entry is *folded* (`fold` = the build that added it to the
-draft's sums, `_drafts`): each build reads only the unfolded entries, so a run costs
+draft's sums, `drafts`): each build reads only the unfolded entries, so a run costs
 what changed, not the month. A finalize *stamps* every entry of the period it closes
 (`booked` = the period, `fence` = its fencing token) and freezes the draft only if the
 draft holds exactly the entries stamped with its token. After that, an entry of a final

@@ -4,11 +4,11 @@ What a run of the chore does over the database (ledger heads read, deltas append
 usage summed from the ledger by `$group`), done on a stream of documents with no I/O, so
 that the core can be measured alone (benchmarks/) and checked against the chore (tests).
 
-- `MemoryMeter.feed` judges each document (`_usage.verdict`, the rules `assess` wraps)
+- `MemoryMeter.feed` judges each document (`rules.verdict`, the rules `assess` wraps)
   against the head the meter keeps for its runner, and adds each delta's tokens to the
   usage of its (org, period, model, key source, day): the `UsageGroup`s an invoice is
   priced from.
-- `MemoryMeter.lines` prices every invoice's usage (`_lines.price_lines`).
+- `MemoryMeter.lines` prices every invoice's usage (`lines.price_lines`).
 
 Heads are kept only for runners still running or held by an anomaly (a runner that finished
 and billed cleanly is not observed again), so memory grows with those runners and the usage

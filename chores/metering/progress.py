@@ -13,7 +13,7 @@ None of this is billing state: losing any of it costs a re-read, never a charge.
   settle can delete a mark before the entries it announces are readable.
   An open mark of a writer that died expires by the wall clock (`expires_at`),
   never by a caller's `now`: a run whose `now` lags cannot make a live writer's
-  marks look expired (chores/_clock.py).
+  marks look expired (chores/core/clock.py).
 """
 
 from __future__ import annotations

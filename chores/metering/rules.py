@@ -429,7 +429,7 @@ def _latest_end(now: datetime, future_skew_seconds: float) -> datetime:
 
 # What `verdict` says of one observation: `Assessment` and `Delta` as plain tuples, without
 # the runner id (the caller's). `assess` wraps them; the in-memory meter reads them as they
-# are (chores/_meter.py).
+# are (chores/metering/memory_meter.py).
 # DeltaValues: seq, model, byok, usage_time, high_water, tokens, status, session_id, subagent,
 # parent_id (Delta's fields after org).
 DeltaValues = tuple[

@@ -93,7 +93,7 @@ class Source:
         `extra_data.runner_id` is a string in the platform's documents; the
         ObjectId form is matched as well, in the same query. Every finding naming a
         runner is returned, whatever org wrote it: which of them may be a baseline (only
-        the subagent's own org's) is a metering rule, `_usage.read_spawn`.
+        the subagent's own org's) is a metering rule, `rules.read_spawn`.
         """
         if not runner_ids:
             return {}

@@ -7,7 +7,7 @@ largest remainder method on their exact amounts (ties go to the smaller
 
 Which price decides a cell's line and exact amount (the weights of the split):
 the invoice is the authority, so the pricing used is the one that reproduces
-it. Candidates are the registry (`_lines.price_group`, what `build_invoice`
+it. Candidates are the registry (`lines.price_group`, what `build_invoice`
 does) and the price each ledger entry was billed at (`priced_as`,
 `amount_micros_exact`, stored when billed). A draft is re-priced from the
 registry on every run, so the registry goes first; a final invoice keeps the

@@ -1,7 +1,7 @@
 """Usage breakdowns: the cell, and the views that sum cells by run, session, model, day or tier.
 
 The unit is the *cell*: one runner's usage on one invoice line on one day,
-with its share of the line's rounded amount (`_allocation` makes the cells of
+with its share of the line's rounded amount (`allocation` makes the cells of
 an invoice). Every view (`by` run, session, model, day or tier, filtered or
 not) sums cells, so a run costs the same micros in every view and the rows of
 any unfiltered view add up to the invoice, to the micro-dollar.

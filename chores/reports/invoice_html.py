@@ -6,7 +6,7 @@ and anomaly details come from runner documents and are untrusted: every one
 goes through `_e` (`html.escape`) before it reaches the page.
 
 `collect_report` reads (invoice, ledger, anomalies) and allocates the invoice
-with `_allocation`; `render_report` is pure, so every amount on the page is a
+with `allocation`; `render_report` is pure, so every amount on the page is a
 sum of the same cells whose total is the invoice's.
 """
 

@@ -2,7 +2,7 @@
 
 `run_chore` is the whole job for one org or for all of them. It reads the
 pending runners and the changed runners in batches, assesses each document
-(`_usage.assess`), appends the deltas to the ledger, then settles the invoices
+(`rules.assess`), appends the deltas to the ledger, then settles the invoices
 it touched and writes the quota decisions. Every write is idempotent, so a run
 that dies anywhere is completed exactly by the next one.
 """
@@ -326,7 +326,7 @@ def finalize_invoices(
     It prices nothing: a final invoice is its last draft, lines and amounts as the
     last run priced them. `grace` is a `timedelta` or a number of days (default:
     settings, 3 days), finite and >= 0; a period that has not ended by the wall clock
-    is never final (chores/_clock.py). A draft that lags the ledger (a run is under
+    is never final (chores/core/clock.py). A draft that lags the ledger (a run is under
     way, or one died before settling) is left for the next run and a later finalize.
     """
     settings = settings or get_settings()
