@@ -162,7 +162,7 @@ def orgs_with_new_usage(
     return sorted(orgs), stamp
 
 
-@app.task(base=OrgTask, **RETRY, **LIMITS)
+@app.task(name="chores.tasks.meter_all", base=OrgTask, **RETRY, **LIMITS)
 def meter_all(full: bool = False) -> list[str]:
     """List the orgs with new usage and queue one `meter_org` for each; the orgs listed.
 
@@ -192,7 +192,7 @@ def meter_all(full: bool = False) -> list[str]:
     return orgs
 
 
-@app.task(bind=True, base=OrgTask, **RETRY, **LIMITS)
+@app.task(name="chores.tasks.meter_org", bind=True, base=OrgTask, **RETRY, **LIMITS)
 def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
     """Meter one org's new usage (`full`: re-read all its AI runners), unless another
     worker is metering it right now.
@@ -292,7 +292,7 @@ def _log_run(
     log.log(level, "run %s", text, extra={"fields": fields})
 
 
-@app.task(base=OrgTask, **RETRY, **LIMITS)
+@app.task(name="chores.tasks.finalize_invoices", base=OrgTask, **RETRY, **LIMITS)
 def finalize_invoices() -> list[str]:
     """Make final every draft whose period ended more than the grace ago; the ids finalized."""
     settings = get_settings()
