@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
-import mongomock
 from pymongo.database import Database
 from rich.console import Console
 
@@ -15,7 +14,7 @@ from chores.billing.invoices import Invoice
 from chores.cli.common import console, now_option, parse_now, user_errors
 from chores.cli.invoice import print_invoice
 from chores.core.db import Doc, ensure_indexes
-from chores.core.local_store import DEMO_PATH, open_client, url_of
+from chores.core.local_store import DEMO_PATH, open_client, throwaway_client, url_of
 from chores.core.periods import period_of
 from chores.core.settings import Settings
 from chores.core.wording import counted, tally
@@ -36,7 +35,7 @@ def run_demo(
     url = "mongomock://demo" if store is None else url_of(store)
     settings = Settings(mongo_url=url, redis_url=None)
     registry = load_registry()
-    client = mongomock.MongoClient(tz_aware=True) if store is None else open_client(url, fresh=True)
+    client = throwaway_client() if store is None else open_client(url, fresh=True)
     db: Database[Doc] = client[settings.mongo_db]
 
     corpus = generate_corpus(

@@ -4,33 +4,44 @@
 loaded from and saved to a file (`local_store`: the demo's data, never production);
 anything else is a real `pymongo.MongoClient`. Nothing here prints a URL
 without redacting its password.
+
+mongomock stays on the demo and test side: it is imported (and its compatibility shim
+installed) only by `local_store`, when such a URL is opened, or when a database of a
+mongomock the caller imported comes in (`_is_mongomock`). The worker never loads it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import weakref
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
-import mongomock
 import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
 
-from chores.core import local_store as _local_store
-from chores.core import mongomock_compat as _mongomock_compat
 from chores.core.exceptions import ConfigError, DatabaseUnavailable, SourceIsReadOnly
 from chores.core.settings import Settings
 
 Doc = dict[str, Any]
+IN_PROCESS_SCHEMES = ("file://", "mongomock://")  # the demo's and tests' stores (`local_store`)
 
 
-_MOCK_CLIENTS: dict[str, Any] = {}
-_mongomock_compat.install()
+def _is_mongomock(db: object) -> bool:
+    """Is `db` a database of an in-process mongomock? None exists in a process that never
+    imported mongomock; when one does, its compatibility shim is installed first."""
+    mongomock = sys.modules.get("mongomock")
+    if mongomock is None or not isinstance(db, mongomock.Database):
+        return False
+    from chores.core.mongomock_compat import install
+
+    install()
+    return True
 
 
 def utc_view(db: Database[Doc]) -> Database[Doc]:
@@ -50,7 +61,7 @@ def utc_view(db: Database[Doc]) -> Database[Doc]:
         if options.tz_aware and options.tzinfo is UTC:
             return db
         return db.with_options(codec_options=options.with_options(tz_aware=True, tzinfo=UTC))
-    if isinstance(db, mongomock.Database):
+    if _is_mongomock(db):
         mock_options = db.codec_options
         if mock_options.tz_aware:
             return db
@@ -68,15 +79,11 @@ def connect(settings: Settings) -> Database[Doc]:
     shared by every `connect` of this process (the demo and CLI tests use it).
     """
     url = settings.mongo_url
-    if _local_store.is_local(url):
-        local: Database[Doc] = _local_store.open_client(url)[settings.mongo_db]
+    if url.startswith(IN_PROCESS_SCHEMES):
+        from chores.core import local_store
+
+        local: Database[Doc] = local_store.in_process_client(url)[settings.mongo_db]
         return local
-    if url.startswith("mongomock://"):
-        if url not in _MOCK_CLIENTS:
-            _MOCK_CLIENTS[url] = mongomock.MongoClient(tz_aware=True)
-        client = _MOCK_CLIENTS[url]
-        mock_db: Database[Doc] = client[settings.mongo_db]
-        return mock_db
     try:
         # Aware datetimes in `datetime.UTC` itself (not bson's FixedOffset): the metering
         # rules take those as they are, without converting each end time.
@@ -298,7 +305,7 @@ def ensure_billing_indexes(db: Database[Doc], settings: Settings) -> bool:
     """Create the billing collections' indexes once per client and database in this process
     (a run does it on its own; the source indexes are never created unasked). True when
     it created them now. A stand-in that is not a Database (a test's wrapper) is skipped."""
-    if not isinstance(db, Database | mongomock.Database):
+    if not (isinstance(db, Database) or _is_mongomock(db)):
         return False
     client = db.client
     key = (id(client), db.name, settings.billing_prefix)

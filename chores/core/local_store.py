@@ -29,7 +29,6 @@ from datetime import UTC
 from pathlib import Path
 from typing import IO, Any
 
-import mongomock
 from bson import json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS, JSONOptions
 from pymongo import IndexModel
@@ -44,8 +43,30 @@ INDEX_OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeco
 _READ = JSONOptions(tz_aware=True, tzinfo=UTC)
 
 
+MOCK_SCHEME = "mongomock://"
+_MOCK_CLIENTS: dict[str, Any] = {}
+
+
 def is_local(url: str) -> bool:
     return url.startswith(SCHEME)
+
+
+def in_process_client(url: str) -> Any:
+    """The mongomock client of a `file://PATH` store (`open_client`), or of a
+    `mongomock://NAME` one: one per name, shared by every `connect` of this process (the
+    demo and CLI tests use it), keeping nothing after it."""
+    if is_local(url):
+        return open_client(url)
+    if not url.startswith(MOCK_SCHEME):
+        raise ConfigError(f"not an in-process store: {url}")
+    if url not in _MOCK_CLIENTS:
+        _MOCK_CLIENTS[url] = _mongomock_client()
+    return _MOCK_CLIENTS[url]
+
+
+def throwaway_client() -> Any:
+    """A fresh in-process mongomock client, kept by nobody (`chore demo --no-store`)."""
+    return _mongomock_client()
 
 
 def path_of(url: str) -> Path:
@@ -87,7 +108,7 @@ def open_client(url: str, *, fresh: bool = False) -> Any:
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = _lock(path)
     try:
-        client: Any = mongomock.MongoClient(tz_aware=True)
+        client: Any = _mongomock_client()
         if not fresh:
             _load(path, client)
     except BaseException:
@@ -179,3 +200,14 @@ def _save(store: LocalStore) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def _mongomock_client() -> Any:
+    """A new in-process mongomock client. mongomock is imported here, on first use, with
+    its compatibility shim: a process that opens no in-process store never loads it."""
+    import mongomock
+
+    from chores.core import mongomock_compat
+
+    mongomock_compat.install()
+    return mongomock.MongoClient(tz_aware=True)

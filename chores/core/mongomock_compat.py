@@ -64,6 +64,7 @@ def _honour_codec_options(method: Any) -> Any:
 
 
 def install() -> None:
+    """Patch mongomock (idempotent: each wrapper is applied once)."""
     for name in ("add_replace", "add_update"):
         setattr(BulkOperationBuilder, name, _accept_no_sort(getattr(BulkOperationBuilder, name)))
     Database.with_options = _honour_codec_options(Database.with_options)  # type: ignore[method-assign]

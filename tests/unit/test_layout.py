@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,3 +165,14 @@ def test_every_public_name_is_exported() -> None:
 def test_every_module_imports() -> None:
     for info in pkgutil.walk_packages(chores.__path__, "chores."):
         importlib.import_module(info.name)
+
+
+def test_the_service_and_the_cli_do_not_load_mongomock() -> None:
+    """mongomock is on the demo and test side: the worker, the CLI and the package import
+    without it (it loads when a file:// or mongomock:// store is opened)."""
+    code = (
+        "import sys, chores, chores.tasks, chores.celery_app, chores.cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mongomock'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
