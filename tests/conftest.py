@@ -1,40 +1,34 @@
-"""Shared fixtures: a fresh mongomock database, settings, the shipped registry, sample docs."""
+"""Shared fixtures: a fresh mongomock database, settings, the shipped registry, sample docs,
+a real Redis; and the markers of each directory (shared helpers are in `support`).
+
+- tests/integration: `integration` (Redis, Celery workers, Chromium, tmux, subprocesses);
+- tests/faults: `faults` (crashes, interleavings, the fault table);
+- any test using a real Redis (`redis_base_url`) is `integration` wherever it is.
+
+`pytest -m "not integration and not faults"` runs the pure tests.
+"""
 
 from __future__ import annotations
 
 import copy
 import os
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import mongomock
 import pytest
-from bson import json_util
 
 from chores import Settings
 from chores.core import clock as _clock
+from chores.core import mongomock_compat
 from pricing import Registry, load_registry
 
-SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-LOCAL_FIXTURES = Path(__file__).resolve().parent / "data"
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-# The wall clock the chore sees in tests: pinned, so that runs, finalizes and mark
-# expiry do not depend on the day the suite runs (chores/core/clock.py). Later than
-# every `now` the tests pass; a test that needs another moment patches it again.
-WALL_CLOCK = datetime(2030, 1, 1, tzinfo=UTC)
+from support import WALL_CLOCK, load_fixture_docs
 
-
-def load_fixture_docs() -> dict[str, list[dict[str, Any]]]:
-    """The platform's sample runner documents, without their `_role` notes."""
-    path = SHARED_FIXTURES / "secator_runner_docs.json"
-    if not path.exists():
-        path = LOCAL_FIXTURES / "secator_runner_docs.json"
-    data = json_util.loads(path.read_text())
-    for docs in data.values():
-        for doc in docs:
-            doc.pop("_role", None)
-    return data
+# The tests write to their own mongomock databases before the chore sees them: the shim the
+# chore installs on first use (pymongo >= 4.11 passes `sort=` to mongomock's bulk builder).
+mongomock_compat.install()
 
 
 @pytest.fixture(autouse=True)
@@ -128,3 +122,13 @@ def redis_base_url() -> Any:
     yield url
     process.kill()
     process.wait()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).resolve().parent
+    for item in items:
+        parts = Path(str(item.fspath)).resolve().relative_to(here).parts
+        if parts[0] == "integration" or "redis_base_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+        if parts[0] == "faults":
+            item.add_marker(pytest.mark.faults)

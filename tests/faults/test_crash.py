@@ -25,7 +25,7 @@ from chores import Settings, check_quota, finalize_invoices, run_chore
 from chores.demo.corpus import Corpus, generate_corpus
 from pricing import load_registry
 
-from dbproxy import WRITES
+from support.dbproxy import WRITES
 
 REGISTRY = load_registry()
 SETTINGS = Settings(mongo_url="mongomock://test", batch_size=4, redis_url=None)

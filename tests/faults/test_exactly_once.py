@@ -19,7 +19,7 @@ from pymongo.errors import AutoReconnect
 
 from chores import check_quota, finalize_invoices, run_chore
 
-from dbproxy import CountingDatabase, DatabaseProxy
+from support.dbproxy import CountingDatabase, DatabaseProxy
 
 NOV_5 = datetime(2026, 11, 5, 12, tzinfo=UTC)  # October is due for finalization (grace 3 days)
 NOV_25 = datetime(2026, 11, 25, 12, tzinfo=UTC)

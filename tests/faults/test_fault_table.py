@@ -28,9 +28,9 @@ from chores import Settings, finalize_invoices, run_chore
 from chores.demo.corpus import Corpus, generate_corpus
 from pricing import Registry
 
-from dbproxy import READS, WRITES, DatabaseProxy, PauseAt, Recorder, pause_at
+from support.dbproxy import READS, WRITES, DatabaseProxy, PauseAt, Recorder, pause_at
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 START = datetime(2026, 11, 1, tzinfo=UTC)
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
 CONFIG = Settings(mongo_url="mongomock://fault-table", batch_size=5)

@@ -14,7 +14,7 @@ from chores import Settings, finalize_invoices, run_chore
 from chores.demo.corpus import generate_corpus
 from pricing import Registry
 
-from dbproxy import DatabaseProxy
+from support.dbproxy import DatabaseProxy
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)

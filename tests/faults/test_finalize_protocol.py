@@ -24,7 +24,7 @@ from chores.cli import main
 from chores.core import clock as _clock
 from pricing import load_registry
 
-from dbproxy import DatabaseProxy
+from support.dbproxy import DatabaseProxy
 
 CONFIG = Settings(mongo_url="mongomock://protocol", batch_size=50, redis_url=None)
 SEP_20 = datetime(2026, 9, 20, tzinfo=UTC)

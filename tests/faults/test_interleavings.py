@@ -78,7 +78,7 @@ from chores.metering.lines import UsageGroup
 from chores.run.chore import Pipeline
 from pricing import Registry, load_registry
 
-from dbproxy import WRITES, CrashAt, DatabaseProxy, PauseAt, Recorder, pause_at
+from support.dbproxy import WRITES, CrashAt, DatabaseProxy, PauseAt, Recorder, pause_at
 
 Doc = dict[str, Any]
 

@@ -46,7 +46,7 @@ from chores.core.exceptions import ConfigError, DatabaseUnavailable
 from chores.core.lock import KEY_PREFIX, lock_client
 from chores.demo.corpus import generate_corpus
 
-from dbproxy import WRITES, DatabaseProxy
+from support.dbproxy import WRITES, DatabaseProxy
 
 # Celery's Redis result backend still calls redis-py's deprecated `setex` (redis>=8 warns).
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
@@ -570,7 +570,7 @@ def test_a_worker_sigtermed_mid_run_finishes_it_or_has_it_redelivered_and_it_bil
         "MONGO_URL": "mongomock://sigterm",  # replaced by the seeded one (worker_process.py)
         "BATCH_SIZE": str(service.batch_size),
     }
-    helper = os.path.join(os.path.dirname(__file__), "worker_process.py")
+    helper = os.path.join(os.path.dirname(__file__), os.pardir, "support", "worker_process.py")
     command = [sys.executable, helper, str(seed), str(dump), "0.3", pinned_wall_clock.isoformat()]
     with open(log, "w") as out:
         worker = subprocess.Popen(

@@ -16,7 +16,7 @@ from dotenv import dotenv_values
 
 from chores import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV_EXAMPLE = ROOT / ".env.example"
 INIT_SCRIPT = "docker/mongo-init/10-billing-user.js"
 

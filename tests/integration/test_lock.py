@@ -19,7 +19,7 @@ import redis
 from chores import Settings, run_chore, tasks
 from chores.core.lock import KEY_PREFIX, OrgLock, lock_client
 
-from dbproxy import DatabaseProxy
+from support.dbproxy import DatabaseProxy
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from chores import Settings, finalize_invoices, run_chore
 from chores.core.db import ensure_indexes
 
-from conftest import NOW
+from support import NOW
 
 pytestmark = pytest.mark.mongo
 

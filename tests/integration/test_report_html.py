@@ -22,9 +22,7 @@ import mongomock
 import pytest
 from bson import ObjectId
 from click.testing import CliRunner
-from test_breakdown import link_spawns, metered_months
 
-import chores.cli.usage  # noqa: F401  (registers `usage` and `report` until cli.py does)
 from chores import Settings, get_settings, run_chore
 from chores.cli import main
 from chores.core.money import usd
@@ -44,9 +42,9 @@ from chores.reports.invoice_html import (
 )
 from pricing import load_registry
 
-from conftest import NOW
+from support import NOW, link_spawns, metered_months
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 HOSTILE_ORG = "<script>alert(1)</script>"
 HOSTILE_MODEL = "<img src=x onerror=alert(1)>"
 WIDTH, HEIGHT = 1280, 2000

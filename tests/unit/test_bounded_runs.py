@@ -15,7 +15,7 @@ import pytest
 
 from chores import Settings, run_chore
 
-from dbproxy import DatabaseProxy
+from support.dbproxy import DatabaseProxy
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 BATCH = 10

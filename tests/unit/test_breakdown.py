@@ -8,7 +8,7 @@ then the `chore usage` command.
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from decimal import Decimal
 from fractions import Fraction
 from math import ceil, floor
@@ -21,15 +21,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-import chores.cli.usage  # noqa: F401  (registers `usage` and `report` until cli.py does)
-from chores import Settings, finalize_invoices, get_settings, run_chore
+from chores import Settings, get_settings, run_chore
 from chores.billing.invoices import Invoice, build_invoice
 from chores.billing.period_ledger import EntryUsage, RunInfo, read_period
 from chores.cli import main
 from chores.core.db import Collections
 from chores.core.exceptions import InvoiceOutOfDate
 from chores.core.money import usd
-from chores.demo.corpus import Corpus, generate_corpus
 from chores.reports.allocation import allocate, largest_remainder
 from chores.reports.breakdown import (
     BY_CHOICES,
@@ -43,64 +41,7 @@ from chores.reports.breakdown import (
 from chores.reports.run_trees import run_trees
 from pricing import Registry, load_registry
 
-from conftest import NOW
-
-OCTOBER = datetime(2026, 10, 1, tzinfo=UTC)
-
-
-# --- helpers ---------------------------------------------------------------------------------
-
-
-def link_spawns(corpus: Corpus) -> None:
-    """Give each spawn finding its spawning runner (`_context.task_id`), as the platform does.
-
-    `generate_corpus` appends a runner, then its subagents depth first, so a subagent's
-    spawner is the last AI runner seen one level up.
-    """
-    last_at_depth: dict[int, str] = {}
-    spawner: dict[str, str] = {}
-    for task in corpus.tasks:
-        context = task["context"]
-        if task.get("name") != "ai" or "task_id" not in context:
-            continue
-        depth = context.get("ai_subagent_depth", 0)
-        if depth:
-            spawner[str(task["_id"])] = last_at_depth[depth - 1]
-        last_at_depth[depth] = str(task["_id"])
-    for finding in corpus.findings:
-        if finding.get("_type") == "ai":
-            finding["_context"]["task_id"] = spawner[finding["extra_data"]["runner_id"]]
-
-
-def metered_months(
-    db: Any, settings: Settings, registry: Registry, *, seed: int, orgs: tuple[str, ...]
-) -> None:
-    """Two months of usage: October metered and final on Nov 4, then November's runners and
-    some October runners seen only now (late lines), every kind of line in between."""
-    corpus = generate_corpus(
-        seed=seed, orgs=orgs, runs_per_org=40, start=OCTOBER, days=55, malformed_share=0.1
-    )
-    link_spawns(corpus)
-    first = datetime(2026, 11, 4, 12, tzinfo=UTC)
-    later = [
-        t
-        for n, t in enumerate(corpus.tasks)
-        if t["start_time"] > first - timedelta(hours=2)
-        or (
-            t.get("name") == "ai"
-            and not t["context"].get("subagent")
-            and t.get("end_time") is not None
-            and t["end_time"] < datetime(2026, 11, 1, tzinfo=UTC)
-            and n % 4 == 0
-        )
-    ]
-    later_ids = {t["_id"] for t in later}
-    db.findings.insert_many(corpus.findings)
-    db.tasks.insert_many([t for t in corpus.tasks if t["_id"] not in later_ids])
-    run_chore(db, now=first, registry=registry, settings=settings)
-    assert finalize_invoices(db, now=first, settings=settings)
-    db.tasks.insert_many(later)
-    run_chore(db, now=NOW, registry=registry, settings=settings, full=True)
+from support import NOW, metered_months
 
 
 @pytest.fixture(scope="module")

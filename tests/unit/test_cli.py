@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from chores import get_settings
 from chores.cli import main
 
-from conftest import NOW
+from support import NOW
 
 NOW_ARG = ["--now", NOW.isoformat()]
 

@@ -9,13 +9,12 @@ import re
 import click
 import pytest
 from click.testing import CliRunner
-from test_breakdown import metered_months
 
 from chores import get_settings
 from chores.cli import main
 from chores.core.money import usd
 
-from conftest import NOW
+from support import NOW, metered_months
 
 NOW_ARG = ["--now", NOW.isoformat()]
 NARROW = {"COLUMNS": "80"}

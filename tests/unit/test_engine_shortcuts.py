@@ -20,7 +20,7 @@ from chores.metering.lines import LineMemo, UsageGroup, price_group, price_lines
 from chores.metering.rules import COUNTER_FIELDS, MAX_COUNTER, Counters, assess, parse_counters
 from pricing import Registry
 
-from conftest import NOW
+from support import NOW
 
 counter_values = st.one_of(
     st.none(),

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from chores.cli import main
 
-from conftest import NOW
+from support import NOW
 
 NOTE = "is an in-process store: nothing is kept after this command"
 

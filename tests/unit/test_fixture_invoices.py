@@ -7,7 +7,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from chores import run_chore
 from chores.core.db import Collections
 
-from conftest import NOW
+from support import NOW
 
 
 def seed(db, docs):

@@ -23,7 +23,7 @@ from chores import Settings, run_chore
 from chores.core.db import Collections
 from chores.core.exceptions import SourceIsReadOnly
 
-from conftest import NOW
+from support import NOW
 
 FIELDS = ("ai_tokens", "ai_prompt_tokens", "ai_completion_tokens", "ai_cached_tokens")
 COUNTERS = ("total", "prompt", "completion", "cached")

@@ -23,7 +23,7 @@ from chores.metering.ledger import Ledger
 from chores.run.chore import Pipeline
 from pricing import Registry, load_registry
 
-from dbproxy import DatabaseProxy
+from support.dbproxy import DatabaseProxy
 
 CONFIG = Settings(mongo_url="mongomock://incremental", batch_size=20, redis_url=None)
 NOW = datetime(2026, 11, 28, tzinfo=UTC)

@@ -20,7 +20,7 @@ from chores.metering.memory_meter import MemoryMeter, Observation
 from chores.metering.rules import LedgerHead
 from pricing import Registry
 
-from conftest import NOW
+from support import NOW
 
 
 def _observations(corpus: Any, fraction: float = 1.0) -> list[Observation]:

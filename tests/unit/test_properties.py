@@ -19,7 +19,7 @@ from chores import Settings, check_quota, run_chore
 from chores.demo.corpus import Corpus, generate_corpus
 from pricing import load_registry
 
-from truth import expected_invoices, month, tokens_by_org
+from support.truth import expected_invoices, month, tokens_by_org
 
 REGISTRY = load_registry()
 SETTINGS = Settings(mongo_url="mongomock://test", batch_size=50, redis_url=None)

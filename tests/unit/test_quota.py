@@ -12,7 +12,7 @@ from pymongo.errors import ServerSelectionTimeoutError
 
 from chores import ConfigError, check_quota, run_chore
 
-from dbproxy import CountingDatabase, FailingDatabase
+from support.dbproxy import CountingDatabase, FailingDatabase
 
 NOV = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 

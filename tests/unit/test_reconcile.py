@@ -14,7 +14,7 @@ from chores.demo.corpus import generate_corpus
 from chores.reports.reconcile import reconcile
 from chores.run.chore import Pipeline
 
-from conftest import NOW
+from support import NOW
 
 
 def seeded(db, settings, registry, corpus):

@@ -25,7 +25,7 @@ from bson.json_util import JSONOptions
 from chores import Settings, run_chore
 from pricing import Registry
 
-DATA = Path(__file__).resolve().parent / "data" / "secator-0.52.1"
+DATA = Path(__file__).resolve().parents[1] / "data" / "secator-0.52.1"
 JSON_OPTIONS = JSONOptions(tz_aware=True)
 
 Key = tuple[str, str]  # (org, registry model id)

@@ -14,7 +14,7 @@ from chores.cli import main
 from chores.core.db import missing_source_indexes
 from chores.run.chore import run_document
 
-from conftest import NOW
+from support import NOW
 
 ALL_THREE = {"chore_name_stamp", "chore_org_name_stamp", "chore_spawn_runner"}
 

@@ -21,7 +21,7 @@ from chores import finalize_invoices, run_chore
 from chores.demo.corpus import Corpus, generate_corpus
 from pricing import Registry, load_registry
 
-from truth import expected_invoices, month, observed, tokens_by_org
+from support.truth import expected_invoices, month, observed, tokens_by_org
 
 ORGS = ("acme", "globex", "initech")
 SPAN_START = datetime(2026, 9, 20, tzinfo=UTC)  # 40 days: September and October

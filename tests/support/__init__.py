@@ -1,0 +1,92 @@
+"""What the tests share: the pinned moments, the sample documents, seeded months.
+
+Test modules import from here (and from `support.dbproxy`, `support.truth`), never
+from each other or from conftest.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bson import json_util
+
+from chores import Settings, finalize_invoices, run_chore
+from chores.demo.corpus import Corpus, generate_corpus
+from pricing import Registry
+
+SHARED_FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+LOCAL_FIXTURES = Path(__file__).resolve().parents[1] / "data"
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+# The wall clock the chore sees in tests: pinned, so that runs, finalizes and mark
+# expiry do not depend on the day the suite runs (chores/core/clock.py). Later than
+# every `now` the tests pass; a test that needs another moment patches it again.
+WALL_CLOCK = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def load_fixture_docs() -> dict[str, list[dict[str, Any]]]:
+    """The platform's sample runner documents, without their `_role` notes."""
+    path = SHARED_FIXTURES / "secator_runner_docs.json"
+    if not path.exists():
+        path = LOCAL_FIXTURES / "secator_runner_docs.json"
+    data = json_util.loads(path.read_text())
+    for docs in data.values():
+        for doc in docs:
+            doc.pop("_role", None)
+    return data
+
+
+OCTOBER = datetime(2026, 10, 1, tzinfo=UTC)
+
+
+def link_spawns(corpus: Corpus) -> None:
+    """Give each spawn finding its spawning runner (`_context.task_id`), as the platform does.
+
+    `generate_corpus` appends a runner, then its subagents depth first, so a subagent's
+    spawner is the last AI runner seen one level up.
+    """
+    last_at_depth: dict[int, str] = {}
+    spawner: dict[str, str] = {}
+    for task in corpus.tasks:
+        context = task["context"]
+        if task.get("name") != "ai" or "task_id" not in context:
+            continue
+        depth = context.get("ai_subagent_depth", 0)
+        if depth:
+            spawner[str(task["_id"])] = last_at_depth[depth - 1]
+        last_at_depth[depth] = str(task["_id"])
+    for finding in corpus.findings:
+        if finding.get("_type") == "ai":
+            finding["_context"]["task_id"] = spawner[finding["extra_data"]["runner_id"]]
+
+
+def metered_months(
+    db: Any, settings: Settings, registry: Registry, *, seed: int, orgs: tuple[str, ...]
+) -> None:
+    """Two months of usage: October metered and final on Nov 4, then November's runners and
+    some October runners seen only now (late lines), every kind of line in between."""
+    corpus = generate_corpus(
+        seed=seed, orgs=orgs, runs_per_org=40, start=OCTOBER, days=55, malformed_share=0.1
+    )
+    link_spawns(corpus)
+    first = datetime(2026, 11, 4, 12, tzinfo=UTC)
+    later = [
+        t
+        for n, t in enumerate(corpus.tasks)
+        if t["start_time"] > first - timedelta(hours=2)
+        or (
+            t.get("name") == "ai"
+            and not t["context"].get("subagent")
+            and t.get("end_time") is not None
+            and t["end_time"] < datetime(2026, 11, 1, tzinfo=UTC)
+            and n % 4 == 0
+        )
+    ]
+    later_ids = {t["_id"] for t in later}
+    db.findings.insert_many(corpus.findings)
+    db.tasks.insert_many([t for t in corpus.tasks if t["_id"] not in later_ids])
+    run_chore(db, now=first, registry=registry, settings=settings)
+    assert finalize_invoices(db, now=first, settings=settings)
+    db.tasks.insert_many(later)
+    run_chore(db, now=NOW, registry=registry, settings=settings, full=True)
