@@ -1,4 +1,5 @@
-"""Review findings: each test fails on the current code and names the defect it shows.
+"""Every token is billed exactly once, and decisions only move forward, under races and
+crashes found in review (each docstring tells the defect it once showed).
 
 Concurrency is simulated deterministically: a `DatabaseProxy` hook runs the other run
 inline on the raw database at a chosen call, before letting the call proceed. Where an
@@ -63,9 +64,7 @@ def october_draft_then_one_more_october_run(db: Any, settings: Any, registry: An
 
 
 # 1 -----------------------------------------------------------------------------------------
-def test_finalize_deletes_a_dirty_mark_before_its_entries_land_and_the_usage_is_lost(
-    db, settings, registry
-):
+def test_finalize_keeps_a_dirty_mark_until_its_entries_land(db, settings, registry):
     """Dirty-mark protocol (`progress` / `Invoices.settle`): a run writes its mark, then
     its ledger entries. A `finalize_invoices` that settles between the two reads the mark,
     rebuilds without the entries (not inserted yet), deletes the mark, and finalizes
@@ -92,7 +91,7 @@ def test_finalize_deletes_a_dirty_mark_before_its_entries_land_and_the_usage_is_
 
 
 # 2 -----------------------------------------------------------------------------------------
-def test_concurrent_all_orgs_run_deletes_an_org_runs_mark_and_the_draft_and_quota_stay_wrong(
+def test_an_all_orgs_run_beside_an_org_run_keeps_its_mark_draft_and_quota_right(
     db, settings, registry
 ):
     """Same root cause, two `run_chore`s and no finalize: run A (org-scoped) reads acme's
@@ -148,9 +147,7 @@ def test_concurrent_all_orgs_run_deletes_an_org_runs_mark_and_the_draft_and_quot
 
 
 # 3 -----------------------------------------------------------------------------------------
-def test_two_concurrent_finalizes_book_an_entry_into_a_final_invoice_that_omits_it(
-    db, settings, registry
-):
+def test_two_concurrent_finalizes_never_book_an_entry_a_final_invoice_omits(db, settings, registry):
     """`Invoices.finalize`: each finalize claims unbooked entries (`book_period`), then
     builds the final invoice from the entries booked *at its read*, then writes it
     (first writer wins). F1 claims E1 and reads; a run inserts E2; F2 claims E2; F1
@@ -216,7 +213,7 @@ def test_two_concurrent_finalizes_book_an_entry_into_a_final_invoice_that_omits_
 
 
 # 4 -----------------------------------------------------------------------------------------
-def test_crash_between_finalize_late_booking_and_its_dirty_mark_loses_the_late_entry(
+def test_a_crash_between_late_booking_and_its_dirty_mark_keeps_the_late_entry(
     db, settings, registry
 ):
     """`Invoices.finalize` books entries that slipped in as late into November
@@ -251,9 +248,7 @@ def test_crash_between_finalize_late_booking_and_its_dirty_mark_loses_the_late_e
 
 
 # 5 -----------------------------------------------------------------------------------------
-def test_a_run_that_loses_the_ledger_insert_race_drops_the_runner_from_pending(
-    db, settings, registry
-):
+def test_a_run_that_loses_the_ledger_insert_race_keeps_the_runner_pending(db, settings, registry):
     """`Pipeline.process`: a runner is removed from *pending* when this run's assessment says
     it is finished, even if this run's ledger entry was skipped as a duplicate. Run B
     read the runner while running (500 tokens) and wins the insert of entry 1; run A read
@@ -307,7 +302,7 @@ def test_a_run_that_loses_the_ledger_insert_race_drops_the_runner_from_pending(
 
 
 # 6 -----------------------------------------------------------------------------------------
-def test_an_end_time_in_december_9999_crashes_every_run_for_every_org(db, settings, registry):
+def test_an_end_time_in_december_9999_crashes_no_run(db, settings, registry):
     """Hostile data (SPEC §1.5 spirit, §4): a runner with `end_time` 9999-12-31 (a valid
     BSON date) is billed into period `9999-12`; `period_bounds('9999-12')` then builds
     `datetime(10000, 1, 1)` and raises ValueError in `build_invoice`. The dirty mark stays,
@@ -361,7 +356,7 @@ def test_a_runner_without_billable_tokens_is_not_a_run_with_usage(db, settings, 
 
 
 # 9 -----------------------------------------------------------------------------------------
-def test_an_older_run_overwrites_a_newer_quota_decision(db, settings, registry):
+def test_an_older_run_never_overwrites_a_newer_quota_decision(db, settings, registry):
     """`Quota.decide` reads the invoice, then `replace_one`s the decision unconditionally.
     Run A reads acme's invoice (1,000 tokens); run B meters 9,000 more and stores `block`
     (limit 5,000); A then stores its stale `ok` over it. Until the next run, check_quota
@@ -386,7 +381,7 @@ def test_an_older_run_overwrites_a_newer_quota_decision(db, settings, registry):
 
 
 # 10 ----------------------------------------------------------------------------------------
-def test_a_failed_cache_write_leaves_check_quota_answering_an_older_decision(
+def test_check_quota_never_answers_an_older_decision_after_a_failed_cache_write(
     db, settings, registry, redis_base_url
 ):
     """`cache`: `Quota.decide` writes the decision to MongoDB, then mirrors it to
