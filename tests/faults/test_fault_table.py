@@ -1,11 +1,11 @@
-"""The fault table of the README, recomputed: faults injected, runs, tokens billed vs truth.
+"""The fault table of docs/testing.md, recomputed: faults injected, runs, billed vs truth.
 
 Each row injects one kind of fault into metering a generated corpus whose true
 usage is known by construction (`Corpus.truth`), lets the system recover the
 way production would (a rerun, a retry), and compares what the ledger billed
 each runner with its truth: tokens billed above it are *double-billed*, below
-it *lost*. The table is rendered and compared with README.md, so a figure in
-the README cannot drift from what the tests measure.
+it *lost*. The table is rendered and compared with docs/testing.md, so a figure in
+the docs cannot drift from what the tests measure.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pricing import Registry
 
 from support.dbproxy import READS, WRITES, DatabaseProxy, PauseAt, Recorder, pause_at
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+TABLE_DOC = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
 START = datetime(2026, 11, 1, tzinfo=UTC)
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
 CONFIG = Settings(mongo_url="mongomock://fault-table", batch_size=5)
@@ -411,7 +411,9 @@ def test_fault_table_matches_the_readme(registry, monkeypatch):
     hostile = hostile_row(registry)
     assert hostile[1:] == (0, 0)
     table = render([t.row() for t in tallies], hostile)
-    text = README.read_text()
+    text = TABLE_DOC.read_text()
     found = re.search(r"<!-- fault-table -->\n(.*?)\n<!-- /fault-table -->", text, re.S)
-    assert found, "README.md has no <!-- fault-table --> section"
-    assert found.group(1) == table, "README fault table is out of date; it should read:\n" + table
+    assert found, "docs/testing.md has no <!-- fault-table --> section"
+    assert found.group(1) == table, (
+        "docs/testing.md: the fault table is out of date; it should read:\n" + table
+    )

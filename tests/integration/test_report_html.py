@@ -2,8 +2,9 @@
 throughout, and that a real headless browser renders with its chart.
 
 The browser test needs Debian's `chromium`; it fails under `CI=true` when chromium is
-missing and skips elsewhere. `UPDATE_REPORT_SCREENSHOT=1 pytest tests/test_report_html.py`
-also refreshes `docs/report.png` and `docs/report-example.html`.
+missing and skips elsewhere.
+`UPDATE_REPORT_SCREENSHOT=1 pytest tests/integration/test_report_html.py` also refreshes
+`docs/report.png` and `docs/report-example.html`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A real Celery worker process (prefork, the production pool) whose MongoDB is a mongomock
 seeded from a file, for tests that signal a worker the way an operator's tools do.
 
-    python tests/worker_process.py SEED.json DUMP.json SECONDS_PER_BATCH WALL_CLOCK_ISO
+    python tests/support/worker_process.py SEED.json DUMP.json SECONDS_PER_BATCH WALL_CLOCK_ISO
 
 Broker, result backend and locks come from the environment (CELERY_BROKER_URL, ...), as
 for `celery -A chores.celery_app worker`. Each batch of a run takes SECONDS_PER_BATCH

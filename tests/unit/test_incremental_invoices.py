@@ -2,7 +2,7 @@
 draft it writes is the one a full rebuild of its ledger gives (`Invoices.check_drafts`).
 
 The crash at every write of this path, and every interleaving of two runs or a run and a
-finalize, are in tests/test_crash.py and tests/test_interleavings.py; here are the
+finalize, are in tests/faults/test_crash.py and tests/faults/test_interleavings.py; here are the
 guarantees one by one.
 """
 

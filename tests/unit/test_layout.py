@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -176,3 +177,20 @@ def test_the_service_and_the_cli_do_not_load_mongomock() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_readme_names_packages_that_exist() -> None:
+    """The README's layout, one line per package, stays true to the code."""
+    readme = (ROOT.parent / "README.md").read_text()
+    bullets = [line for line in readme.splitlines() if line.startswith("- `")]
+    packages = {
+        name
+        for line in bullets
+        for name in re.findall(r"`([a-z_.]+)`", line)
+        if re.fullmatch(r"pricing|chores\.[a-z_]+", name)
+    }
+    assert {"pricing", "chores.core", "chores.cli", "chores.tasks"} <= packages
+    for name in packages:
+        importlib.import_module(name)
+    ranked = {f"chores.{p}" for p in RANKS if p != "service"} - {"chores.demo"}
+    assert ranked <= packages, "a package missing from the README"

@@ -1,7 +1,7 @@
 """Generated corpora give, to the micro-dollar, the invoices an independent pricer computes.
 
 The corpus generator knows what every AI runner really consumed (`Corpus.truth`);
-`tests/truth.py` prices that by the SPEC without any code of `chores`. Every line
+`tests/support/truth.py` prices that by the SPEC without any code of `chores`. Every line
 of every stored invoice is compared with it.
 """
 
