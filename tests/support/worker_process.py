@@ -25,11 +25,13 @@ from celery.signals import task_postrun
 from chores import tasks
 from chores.celery_app import app
 from chores.core import clock as _clock
+from chores.core import mongomock_compat
 
 from dbproxy import DatabaseProxy
 
 
 def main() -> None:
+    mongomock_compat.install()  # the chore sees a proxy, not a mongomock database (conftest)
     seed, dump, per_batch, clock = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
     wall_clock = datetime.fromisoformat(clock)
     _clock.wall_clock = lambda: wall_clock  # the tests' pinned clock (conftest)
