@@ -3,7 +3,7 @@
 - `MongoCounter` (real MongoDB, `MONGO_URL` set): a pymongo `CommandListener` counts every
   command sent (one command = one round trip: `find`, `getMore`, `insert`, `update`,
   `delete`, `aggregate`...) and the documents each `find`/`getMore`/`aggregate` reply carried.
-- `CountingDatabase` (mongomock): wraps the database like `tests/dbproxy.py` does, but keeps
+- `CountingDatabase` (mongomock): wraps the database like `tests/support/dbproxy.py` does, but keeps
   cursors lazy (streaming reads stay streaming) and counts the documents they yield. Round trips
   are modelled on what pymongo would send for the same call: a cursor's first batch is
   `batch_size` documents (101 when none is given), every further batch (`getMore`) is
@@ -50,7 +50,7 @@ from typing import Any
 
 from pymongo import monitoring
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 from dbproxy import READS, WRITES
 
 FIRST_BATCH = 101  # the server's default first batch
@@ -362,7 +362,7 @@ class BuildReads:
         self.unfolded = self.held = 0
 
     def __enter__(self) -> BuildReads:
-        from chores._ledger import Ledger
+        from chores.metering.ledger import Ledger
 
         unfolded, held = Ledger.unfolded, Ledger.runners_held
         self._saved = {"unfolded": unfolded, "runners_held": held}
@@ -396,7 +396,7 @@ class BuildReads:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from chores._ledger import Ledger
+        from chores.metering.ledger import Ledger
 
         Ledger.unfolded = self._saved["unfolded"]  # type: ignore[method-assign]
         Ledger.runners_held = self._saved["runners_held"]  # type: ignore[method-assign]

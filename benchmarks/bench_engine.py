@@ -11,8 +11,9 @@ the same process, chunk by chunk, in alternating order:
 - *decoding alone*: `bson.decode_all` of those bytes with the run's codec options
   (tz_aware, tzinfo=UTC), the least a pymongo cursor does;
 - *ours end to end*: the same decoding, the findings paired with their runners, then the
-  pure metering core (`chores.metering.memory_meter.MemoryMeter`: `chores.metering.rules.verdict`, the rules `assess`
-  wraps, deltas summed into usage groups) and, at the end, `price_lines` per invoice, in
+  pure metering core (`chores.metering.memory_meter.MemoryMeter`:
+  `chores.metering.rules.verdict`, the rules `assess` wraps, deltas summed into usage
+  groups) and, at the end, `price_lines` per invoice, in
   Decimal, rounded once per line to micro-dollars.
 
 The ratio of the two is the engine's cost over the floor (issue 17's target: at most 1.5x).

@@ -47,9 +47,9 @@ from rich.console import Console
 from rich.table import Table
 
 from chores import Settings, ensure_indexes, run_chore
-from chores.demo.corpus import generate_corpus
 from chores.billing.drafts import DraftSums, has_usage
 from chores.billing.invoices import build_invoice
+from chores.demo.corpus import generate_corpus
 from pricing import load_registry
 
 BATCH = 1000
@@ -256,9 +256,9 @@ def run_size(
     )
     problems: list[str] | None = None
     if check:
-        from chores.metering.anomalies import AnomalyLog
-        from chores.core.db import Collections
         from chores.billing.invoices import Invoices
+        from chores.core.db import Collections
+        from chores.metering.anomalies import AnomalyLog
         from chores.metering.ledger import Ledger
         from chores.metering.progress import Progress
 

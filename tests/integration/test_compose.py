@@ -374,7 +374,7 @@ def test_the_tighter_role_in_security_md_names_every_billing_collection():
     """SECURITY.md's `billingChore` role lists the chore's collections by hand: all of them."""
     import dataclasses
 
-    from chores._db import Collections
+    from chores.core.db import Collections
 
     text = (ROOT / "SECURITY.md").read_text()
     listed = re.search(r"\]\.concat\(\[([^\]]*)\]\.map", text)

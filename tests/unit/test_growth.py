@@ -21,13 +21,13 @@ import mongomock
 import pytest
 
 from chores import Settings, ensure_indexes, run_chore
-from chores._anomalies import AnomalyLog
-from chores._db import Collections
-from chores._invoices import Invoices
-from chores._ledger import Ledger
-from chores._progress import Progress
+from chores.billing.invoices import Invoices
+from chores.core.db import Collections
+from chores.metering.anomalies import AnomalyLog
+from chores.metering.ledger import Ledger
+from chores.metering.progress import Progress
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from _counting import BuildReads, CountingDatabase
 from _workload import NOW
 from bench_roundtrips import change, grow, seed
