@@ -68,8 +68,8 @@ def test_worker_and_beat_share_the_image_wait_for_healthy_stores_and_beat_is_alo
 
     assert services["beat"]["deploy"]["replicas"] == 1
     assert "scale" not in services["beat"]
-    # beat is a singleton by its Redis lock, not by replicas (tests/test_beat.py): no schedule
-    # file or volume of its own, redbeat's scheduler from the app's configuration
+    # beat is a singleton by its Redis lock, not by replicas (integration/test_beat.py): no
+    # schedule file or volume of its own, redbeat's scheduler from the app's configuration
     assert "volumes" not in services["beat"] and "--schedule" not in " ".join(
         services["beat"]["command"]
     )
@@ -210,7 +210,7 @@ def test_worker_and_beat_have_healthchecks_and_every_service_has_limits_and_log_
     assert "celery -A chores.celery_app inspect ping -d celery@$$HOSTNAME" in worker
     assert services["worker"]["healthcheck"]["test"][0] == "CMD-SHELL"
     assert healthcheck(services["worker-full"]) == worker
-    # beat: the 5-minute fan-out was sent lately (celery_app.beat_health, tests/test_beat.py)
+    # beat: the 5-minute fan-out was sent lately (celery_app.beat_health, test_beat.py)
     beat = services["beat"]["healthcheck"]["test"]
     assert beat[:3] == ["CMD", "python", "-c"]
     assert beat[3] == "import chores.celery_app as app; raise SystemExit(app.beat_health())"
