@@ -37,6 +37,7 @@ from chores.core.logs import redact_urls, short_list
 from chores.core.settings import Settings, get_settings, redact_url
 from chores.core.writes import insert_ignoring_duplicates
 from chores.metering.progress import Progress
+from chores.metering.source import Source
 from chores.quota.decisions import Quota
 from chores.run import chore as _run
 from chores.run.report import RunReport
@@ -132,18 +133,10 @@ def orgs_with_new_usage(
     """The orgs to meter now (`full`: every org with an AI runner), and the newest plausible
     stamp seen (the next fan-out's cursor)."""
     c = Collections.of(db, settings)
+    source = Source(c, ai_task_names=settings.ai_task_names, batch_size=settings.batch_size)
     cursor = None if full else Progress(c).cursor(FANOUT_SCOPE)
-    ai: Doc = {"name": {"$in": list(settings.ai_task_names)}}
-    changed: Doc = dict(ai)
-    stamped: Doc = {"$type": "number", "$lte": now.timestamp() + settings.future_skew_seconds}
-    if cursor is not None:
-        since = cursor - settings.lookback_seconds
-        changed["$or"] = [
-            {"last_updated_db": {"$gte": since}},
-            {"last_updated_db": {"$not": {"$type": "number"}}},
-        ]
-        stamped["$gte"] = since
-    found = set(c.tasks.distinct("context.workspace_id", changed))
+    since = None if cursor is None else cursor - settings.lookback_seconds
+    found = set(source.orgs_changed(since))
     found.update(c.pending.distinct("org"), c.dirty.distinct("org"))
     found.update(due_marks(db, settings).distinct("_id"))
     orgs = []
@@ -153,12 +146,7 @@ def orgs_with_new_usage(
         except ConfigError:
             if isinstance(org, str) and org:
                 log.warning("org id of %d characters cannot be metered: %.60r", len(org), org)
-    newest = c.tasks.find_one(
-        {**ai, "last_updated_db": stamped}, {"last_updated_db": 1}, sort=[("last_updated_db", -1)]
-    )
-    stamp = None if newest is None else newest["last_updated_db"]
-    if isinstance(stamp, bool) or not isinstance(stamp, int | float) or stamp != stamp:
-        stamp = None
+    stamp = source.newest_stamp(since=since, horizon=now.timestamp() + settings.future_skew_seconds)
     return sorted(orgs), stamp
 
 

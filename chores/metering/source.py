@@ -63,22 +63,44 @@ class Source:
             query["context.workspace_id"] = {"$eq": org}
         return query
 
-    def changed_runners(self, org: str | None, since: float | None) -> Iterator[Doc]:
-        """AI runners changed since the stamp `since` (every one when None), streamed in
-        stamp order (documents without a numeric stamp first), so that a caller can keep
-        a cursor after every batch."""
+    def _changed(self, org: str | None, since: float | None) -> Doc:
+        """AI runners stamped at or after `since`, or without a numeric stamp (every one
+        when `since` is None): the one definition of a changed runner."""
         query = self._scope(org)
         if since is not None:
             query["$or"] = [
                 {"last_updated_db": {"$gte": since}},
                 {"last_updated_db": {"$not": {"$type": "number"}}},
             ]
+        return query
+
+    def changed_runners(self, org: str | None, since: float | None) -> Iterator[Doc]:
+        """AI runners changed since the stamp `since` (every one when None), streamed in
+        stamp order (documents without a numeric stamp first), so that a caller can keep
+        a cursor after every batch."""
         yield from self._tasks.find(
-            query,
+            self._changed(org, since),
             RUNNER_PROJECTION,
             sort=[("last_updated_db", 1), ("_id", 1)],
             batch_size=self._batch_size,
         )
+
+    def orgs_changed(self, since: float | None) -> list[Any]:
+        """The org ids of the AI runners changed since `since` (raw: the caller validates)."""
+        return list(self._tasks.distinct("context.workspace_id", self._changed(None, since)))
+
+    def newest_stamp(self, *, since: float | None, horizon: float) -> float | None:
+        """The newest plausible stamp of an AI runner changed since `since`: one past
+        `horizon` is garbage and must not push a cursor past real writes."""
+        stamped: Doc = {"$type": "number", "$lte": horizon}
+        if since is not None:
+            stamped["$gte"] = since
+        newest = self._tasks.find_one(
+            {**self._scope(None), "last_updated_db": stamped},
+            {"last_updated_db": 1},
+            sort=[("last_updated_db", -1)],
+        )
+        return None if newest is None else stamp_of(newest)
 
     def runners_by_id(self, source_ids: Sequence[Any], org: str | None) -> list[Doc]:
         """The AI runners with these `_id`s (one query; the caller batches)."""
@@ -108,3 +130,12 @@ class Source:
                 continue
             found.setdefault(str(extra.get("runner_id")), []).append(finding.get("_context"))
         return found
+
+
+def stamp_of(doc: Mapping[str, Any]) -> float | None:
+    """A runner's `last_updated_db` as a number, or None when it is not one (a bool, NaN,
+    a string: the platform's stamp is a float of seconds)."""
+    value = doc.get("last_updated_db")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if value == value else None

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,7 +34,7 @@ from chores.metering.anomalies import AnomalyLog
 from chores.metering.ledger import Ledger, entry_document
 from chores.metering.progress import ALL_ORGS, Progress
 from chores.metering.rules import AnomalyRecord, assess, is_subagent, runner_key
-from chores.metering.source import Source, chunked
+from chores.metering.source import Source, chunked, stamp_of
 from chores.quota.decisions import Quota
 from chores.run.report import RunReport
 from pricing import Registry, load_registry
@@ -183,17 +183,10 @@ def _newest(docs: Sequence[Doc], horizon: float, newest: float | None) -> float 
     """The newest plausible stamp among `docs` and `newest`: a stamp past `horizon` is
     garbage and must not push a cursor past real writes."""
     for doc in docs:
-        stamp = _stamp(doc)
+        stamp = stamp_of(doc)
         if stamp is not None and stamp <= horizon and (newest is None or stamp > newest):
             newest = stamp
     return newest
-
-
-def _stamp(doc: Mapping[str, Any]) -> float | None:
-    value = doc.get("last_updated_db")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if value == value else None
 
 
 def run_chore(
