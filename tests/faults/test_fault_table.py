@@ -351,7 +351,7 @@ def render(rows: list[str], hostile: tuple[int, int, int]) -> str:
     )
 
 
-def test_fault_table_matches_the_readme(registry, monkeypatch):
+def test_the_fault_table_in_docs_is_what_the_faults_give(registry, monkeypatch):
     c = corpus()
     tallies = [
         crash_row(
