@@ -2,10 +2,10 @@
 a real Redis; and the markers of each directory (shared helpers are in `support`).
 
 - tests/integration: `integration` (Redis, Celery workers, Chromium, tmux, subprocesses);
-- tests/faults: `faults` (crashes, interleavings, the fault table);
+- tests/faults: `faults` and `integration` (crashes, interleavings, the fault table: minutes);
 - any test using a real Redis (`redis_base_url`) is `integration` wherever it is.
 
-`pytest -m "not integration and not faults"` runs the pure tests.
+`pytest -m "not integration"` runs the pure tests, in under a minute, with no service.
 """
 
 from __future__ import annotations
@@ -131,4 +131,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if parts[0] == "integration" or "redis_base_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
         if parts[0] == "faults":
+            # Minutes of exploration: out of the one-minute `-m "not integration"` run too.
             item.add_marker(pytest.mark.faults)
+            item.add_marker(pytest.mark.integration)
