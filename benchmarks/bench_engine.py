@@ -12,7 +12,7 @@ the same process, chunk by chunk, in alternating order:
   (tz_aware, tzinfo=UTC), the least a pymongo cursor does;
 - *ours end to end*: the same decoding, the findings paired with their runners, then the
   pure metering core (`chores.metering.memory_meter.MemoryMeter`:
-  `chores.metering.rules.verdict`, the rules `assess` wraps, deltas summed into usage
+  `chores.metering.rules.Rules.assess`, as a run calls it, deltas summed into usage
   groups) and, at the end, `price_lines` per invoice, in
   Decimal, rounded once per line to micro-dollars.
 
@@ -65,7 +65,8 @@ from rich.table import Table  # noqa: E402
 
 from chores.demo.corpus import DEFAULT_MODELS  # noqa: E402
 from chores.metering.lines import UsageGroup, price_group  # noqa: E402
-from chores.metering.memory_meter import InvoiceKey, MemoryMeter, Record  # noqa: E402
+from chores.metering.memory_meter import InvoiceKey, MemoryMeter  # noqa: E402
+from chores.metering.rules import Delta  # noqa: E402
 from chores.metering.source import RUNNER_PROJECTION  # noqa: E402
 from pricing import Registry  # noqa: E402
 
@@ -120,13 +121,14 @@ class LiteLLMSide:
         self.records = 0
         self.calls = 0
 
-    def feed(self, records: list[Record]) -> None:
+    def feed(self, records: list[Delta]) -> None:
         cost_per_token = litellm.cost_per_token
         sums, unknown = self.sums, self.unknown
-        for org, period, usage in records:
+        for delta in records:
             self.records += 1
-            _, model, byok, _, _, (input, cached, output, unsplit), *_ = usage
-            key = (org, period, model, byok)
+            model, byok = delta.model, delta.byok
+            input, cached, output, unsplit = delta.tokens
+            key = (delta.org, delta.period, model, byok)
             if byok:
                 sums.setdefault(key, 0.0)
                 continue
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                     ours.feed(decode_observations(wire))
             gc.collect()
         if twin.snapshots < litellm_limit:  # whole chunks: LiteLLM prices the whole chunk
-            records: list[Record] = []
+            records: list[Delta] = []
             twin.feed(chunk, records)
             with their_feed:
                 theirs.feed(records)

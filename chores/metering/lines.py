@@ -21,7 +21,6 @@ from chores.core.money import to_micros
 from pricing import PriceVersion, Registry
 
 __all__ = [  # what the rest of the package imports from here
-    "GroupValues",
     "InvoiceLine",
     "LineKey",
     "LineMemo",
@@ -50,9 +49,6 @@ class UsageGroup(NamedTuple):
     unsplit: int
 
 
-# A UsageGroup's values, as a plain tuple or a UsageGroup: model, byok, late, day, input,
-# cached, output, unsplit.
-GroupValues = tuple[str | None, bool, bool, date, int, int, int, int]
 LineKey = tuple[str | None, Tier, str | None, bool]  # model, tier, price valid from, late
 # (model, byok, late, day) -> what `line_of` said for it, with one registry
 LineMemo = dict[tuple[str | None, bool, bool, date], tuple[LineKey, PriceVersion | None]]
@@ -103,48 +99,48 @@ def price_group(group: UsageGroup, registry: Registry) -> tuple[LineKey, Decimal
     return key, amount_of(key[1], price, group.input, group.cached, group.output, group.unsplit)
 
 
-def line_of(group: GroupValues, registry: Registry) -> tuple[LineKey, PriceVersion | None]:
+def line_of(group: UsageGroup, registry: Registry) -> tuple[LineKey, PriceVersion | None]:
     """The invoice line a usage group belongs to, and the rates that price it (None when it
     is unpriced, or byok: metered but charged 0)."""
-    model, byok, late, day = group[0], group[1], group[2], group[3]
-    entry = registry.resolve(model)
-    if byok:
-        return (entry.id if entry else model, "byok", None, late), None
+    entry = registry.resolve(group.model)
+    if group.byok:
+        return (entry.id if entry else group.model, "byok", None, group.late), None
     if entry is None:  # an unknown model is never $0
-        return (model, "paid", None, late), None
-    price = entry.price_at(day)
+        return (group.model, "paid", None, group.late), None
+    price = entry.price_at(group.day)
     if price is None:
-        return (entry.id, entry.tier, None, late), None
-    return (entry.id, entry.tier, price.valid_from.isoformat(), late), price
+        return (entry.id, entry.tier, None, group.late), None
+    return (entry.id, entry.tier, price.valid_from.isoformat(), group.late), price
 
 
 def sum_by_line(
-    groups: Iterable[GroupValues], registry: Registry, memo: LineMemo
+    groups: Iterable[UsageGroup], registry: Registry, memo: LineMemo
 ) -> tuple[dict[LineKey, list[int]], dict[LineKey, PriceVersion | None]]:
     """Input, cached, output and unsplit tokens summed per line, and each line's rates
     (a line has one price version, or none). `memo` is read and filled."""
     sums: dict[LineKey, list[int]] = {}
     prices: dict[LineKey, PriceVersion | None] = {}
     for group in groups:
-        model, byok, late, day, input, cached, output, unsplit = group
-        found = memo.get((model, byok, late, day))
+        found = memo.get((group.model, group.byok, group.late, group.day))
         if found is None:
-            found = memo[(model, byok, late, day)] = line_of(group, registry)
+            found = memo[(group.model, group.byok, group.late, group.day)] = line_of(
+                group, registry
+            )
         key, price = found
         tokens = sums.get(key)
         if tokens is None:
-            sums[key] = [input, cached, output, unsplit]
+            sums[key] = [group.input, group.cached, group.output, group.unsplit]
             prices[key] = price
         else:
-            tokens[0] += input
-            tokens[1] += cached
-            tokens[2] += output
-            tokens[3] += unsplit
+            tokens[0] += group.input
+            tokens[1] += group.cached
+            tokens[2] += group.output
+            tokens[3] += group.unsplit
     return sums, prices
 
 
 def price_lines(
-    groups: Iterable[GroupValues], registry: Registry, *, lines_seen: LineMemo | None = None
+    groups: Iterable[UsageGroup], registry: Registry, *, lines_seen: LineMemo | None = None
 ) -> list[InvoiceLine]:
     """Priced invoice lines for usage groups (SPEC §3 and §7).
 

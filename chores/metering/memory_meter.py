@@ -4,7 +4,7 @@ What a run of the chore does over the database (ledger heads read, deltas append
 usage summed from the ledger by `$group`), done on a stream of documents with no I/O, so
 that the core can be measured alone (benchmarks/) and checked against the chore (tests).
 
-- `MemoryMeter.feed` judges each document (`rules.verdict`, the rules `assess` wraps)
+- `MemoryMeter.feed` judges each document (`rules.Rules.assess`, as a run does)
   against the head the meter keeps for its runner, and adds each delta's tokens to the
   usage of its (org, period, model, key source, day): the `UsageGroup`s an invoice is
   priced from.
@@ -20,19 +20,25 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from chores.metering.lines import GroupValues, InvoiceLine, LineMemo, UsageGroup, price_lines
-from chores.metering.rules import DeltaValues, Head, _new, runner_key, verdict
+from chores.metering.lines import InvoiceLine, LineMemo, UsageGroup, price_lines
+from chores.metering.rules import Delta, LedgerHead, Rules, runner_key
 from pricing import Registry
 
 # A runner document and the `_context`s of the findings that spawned it (subagents only).
 Observation = tuple[Mapping[str, Any], Sequence[Any]]
-# A delta as the meter hands it out: org, period and `verdict`'s plain DeltaValues tuple.
-Record = tuple[str, str, DeltaValues]
 InvoiceKey = tuple[str, str]  # org, period ("YYYY-MM")
-# org, period, model as recorded, byok, day of the month
-UsageKey = tuple[str, str, str | None, bool, int]
+
+
+class UsageKey(NamedTuple):
+    """What a delta's tokens are summed by: everything that decides their price."""
+
+    org: str
+    period: str
+    model: str | None
+    byok: bool
+    day: int  # of the month
 
 
 @dataclass
@@ -42,99 +48,90 @@ class MemoryMeter:
     now: datetime
     max_tokens_per_run: int
     future_skew_seconds: float  # how far after `now` a usage time may be (Settings)
-    heads: dict[str, Head] = field(default_factory=dict)  # by runner id
+    heads: dict[str, LedgerHead] = field(default_factory=dict)  # by runner id
     usage: dict[UsageKey, list[int]] = field(default_factory=dict)  # input, cached, output, unsplit
     snapshots: int = 0
     deltas: int = 0
     anomalies: int = 0
 
-    def feed(
-        self, observations: Iterable[Observation], records: list[Record] | None = None
-    ) -> None:
+    def feed(self, observations: Iterable[Observation], records: list[Delta] | None = None) -> None:
         """Meter a batch of documents; each delta is also appended to `records` when given."""
-        heads: dict[str, Head] = self.heads
-        usage: dict[UsageKey, list[int]] = self.usage
-        now, ceiling, skew = self.now, self.max_tokens_per_run, self.future_skew_seconds
-        snapshots = anomalies = billed = 0
+        rules = Rules(
+            now=self.now,
+            max_tokens_per_run=self.max_tokens_per_run,
+            future_skew_seconds=self.future_skew_seconds,
+        )
         for doc, spawn_contexts in observations:
-            snapshots += 1
-            fields: dict[str, Any] = doc if type(doc) is dict else dict(doc)
-            runner_id = runner_key(fields.get("_id"))
-            org, period, pending, flagged, billed_cleanly, delta = verdict(
-                fields, spawn_contexts, heads.get(runner_id), now, ceiling, skew, runner_id
+            self.snapshots += 1
+            runner_id = runner_key(doc.get("_id"))
+            result = rules.assess(
+                doc,
+                spawn_contexts=spawn_contexts,
+                head=self.heads.get(runner_id),
+                runner_id=runner_id,
             )
-            if flagged:
-                anomalies += len(flagged)
+            self.anomalies += len(result.anomalies)
+            delta = result.delta
             if delta is not None:
-                assert org is not None and period is not None  # set whenever a delta is
-                billed += 1
-                seq, model, byok, usage_time, high_water, tokens, _, _, _, _ = delta
-                input, cached, output, unsplit = tokens
-                # `period` is the period of the delta's usage time, already computed
-                key = (org, period, model, byok, usage_time.day)
-                sums = usage.get(key)
-                if sums is None:
-                    usage[key] = [input, cached, output, unsplit]
-                else:
-                    sums[0] += input
-                    sums[1] += cached
-                    sums[2] += output
-                    sums[3] += unsplit
-                if pending:
-                    heads[runner_id] = (seq, high_water)
+                self.deltas += 1
+                self._add(delta)
+                if result.pending:
+                    self.heads[runner_id] = LedgerHead(delta.seq, delta.high_water)
                 if records is not None:
-                    records.append((org, period, delta))
-            if not pending and billed_cleanly and heads:
+                    records.append(delta)
+            if result.billed_cleanly and not result.pending:
                 # Finished and billed: not observed again. A held observation (no org, a bad
                 # end time, ...) keeps the head: the fixed document comes back.
-                heads.pop(runner_id, None)
-        self.snapshots += snapshots
-        self.anomalies += anomalies
-        self.deltas += billed
+                self.heads.pop(runner_id, None)
+
+    def _add(self, delta: Delta) -> None:
+        """A delta's tokens, added to the usage of its (org, period, model, key source, day)."""
+        key = UsageKey(delta.org, delta.period, delta.model, delta.byok, delta.usage_time.day)
+        tokens = delta.tokens
+        sums = self.usage.get(key)
+        if sums is None:
+            self.usage[key] = [tokens.input, tokens.cached, tokens.output, tokens.unsplit]
+        else:
+            sums[0] += tokens.input
+            sums[1] += tokens.cached
+            sums[2] += tokens.output
+            sums[3] += tokens.unsplit
 
     def usage_groups(self) -> dict[InvoiceKey, list[UsageGroup]]:
         """The usage of every invoice, as the groups its lines are priced from."""
-        dates: dict[tuple[str, int], date] = {}  # shared by every invoice of a period
-        return {
-            invoice: [_new(UsageGroup, group) for group in self._groups(keys, dates)]
-            for invoice, keys in self._invoices().items()
-        }
+        return {invoice: self._groups(keys) for invoice, keys in self._invoices().items()}
 
     def lines(self, registry: Registry) -> dict[InvoiceKey, list[InvoiceLine]]:
         """The invoice lines of every (org, period), each priced once from its usage."""
         seen: LineMemo = {}  # one registry for every invoice
-        dates: dict[tuple[str, int], date] = {}
         return {
-            invoice: price_lines(self._groups(keys, dates), registry, lines_seen=seen)
+            invoice: price_lines(self._groups(keys), registry, lines_seen=seen)
             for invoice, keys in self._invoices().items()
         }
 
     def _invoices(self) -> dict[InvoiceKey, list[UsageKey]]:
-        """The usage keys of each invoice (the keys themselves: no new object per group)."""
+        """The usage keys of each invoice."""
         out: dict[InvoiceKey, list[UsageKey]] = {}
         for key in self.usage:
-            invoice = (key[0], key[1])
-            keys = out.get(invoice)
-            if keys is None:
-                out[invoice] = [key]
-            else:
-                keys.append(key)
+            out.setdefault((key.org, key.period), []).append(key)
         return out
 
-    def _groups(
-        self, keys: list[UsageKey], dates: dict[tuple[str, int], date]
-    ) -> list[GroupValues]:
-        """The usage under `keys` as plain group tuples, one invoice's at a time: dropped
-        once priced (a month of them alive at once, the cyclic collector walks them again
-        on every full collection). `dates` remembers each (period, day)'s date."""
-        usage = self.usage
-        groups: list[GroupValues] = []
+    def _groups(self, keys: list[UsageKey]) -> list[UsageGroup]:
+        """The usage under `keys` as usage groups, one invoice's at a time."""
+        groups = []
         for key in keys:
-            _, period, model, byok, day = key
-            input, cached, output, unsplit = usage[key]
-            when = dates.get((period, day))
-            if when is None:
-                year, month = period.split("-")
-                when = dates[(period, day)] = date(int(year), int(month), day)
-            groups.append((model, byok, False, when, input, cached, output, unsplit))
+            input, cached, output, unsplit = self.usage[key]
+            year, month = key.period.split("-")
+            groups.append(
+                UsageGroup(
+                    model=key.model,
+                    byok=key.byok,
+                    late=False,
+                    day=date(int(year), int(month), key.day),
+                    input=input,
+                    cached=cached,
+                    output=output,
+                    unsplit=unsplit,
+                )
+            )
         return groups

@@ -2,7 +2,7 @@
 
 `run_chore` is the whole job for one org or for all of them. It reads the
 pending runners and the changed runners in batches, assesses each document
-(`rules.assess`), appends the deltas to the ledger, then settles the invoices
+(`rules.Rules.assess`), appends the deltas to the ledger, then settles the invoices
 it touched and writes the quota decisions. Every write is idempotent, so a run
 that dies anywhere is completed exactly by the next one.
 """
@@ -33,7 +33,7 @@ from chores.core.settings import Settings, get_settings
 from chores.metering.anomalies import AnomalyLog
 from chores.metering.ledger import Ledger, entry_document
 from chores.metering.progress import ALL_ORGS, Progress
-from chores.metering.rules import AnomalyRecord, assess, is_subagent, runner_key
+from chores.metering.rules import AnomalyRecord, Rules, is_subagent, runner_key
 from chores.metering.source import Source, chunked, stamp_of
 from chores.quota.decisions import Quota
 from chores.run.report import RunReport
@@ -96,7 +96,8 @@ class Pipeline:
     ) -> None:
         """Assess one batch of runner documents and record the outcome (a constant number
         of round trips, whatever the batch size)."""
-        heads = self.ledger.heads([runner_key(d.get("_id")) for d in docs])
+        runner_ids = [runner_key(d.get("_id")) for d in docs]
+        heads = self.ledger.heads(runner_ids)
         subagents = [str(d.get("_id")) for d in docs if is_subagent(d)]
         spawns = self.source.spawn_contexts(subagents)
         entries: list[Doc] = []
@@ -106,15 +107,16 @@ class Pipeline:
         drop_pending: list[str] = []
         clean: list[str] = []
         watch: dict[str, Doc] = {}
-        for doc in docs:
-            runner_id = runner_key(doc.get("_id"))
-            result = assess(
+        rules = Rules(
+            now=now,
+            max_tokens_per_run=self.settings.max_tokens_per_run,
+            future_skew_seconds=self.settings.future_skew_seconds,
+        )
+        for doc, runner_id in zip(docs, runner_ids, strict=True):
+            result = rules.assess(
                 doc,
                 spawn_contexts=spawns.get(str(doc.get("_id")), []),
                 head=heads.get(runner_id),
-                now=now,
-                max_tokens_per_run=self.settings.max_tokens_per_run,
-                future_skew_seconds=self.settings.future_skew_seconds,
                 runner_id=runner_id,
             )
             if org is not None and result.org not in (None, org):

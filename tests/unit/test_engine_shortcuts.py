@@ -1,9 +1,9 @@
-"""The engine's shortcuts (benchmarks/) give exactly what the plain rules give.
+"""The engine agrees with the plain statement of each rule, on generated values.
 
-`parse_counters` checks four ints in one go, `assess` takes UTC end times without
-converting them, `price_lines` sums the tokens of a line before multiplying by its rates
-and remembers which line a (model, day) goes to. Each is checked here against the plain
-computation it replaces, on generated values.
+`parse_counters` against SPEC §1.5 counter by counter; `assess` gives the same verdict for
+an end time in any zone as for the same moment in UTC; `price_lines`, which sums the
+tokens of a line before multiplying by its rates and remembers which line a (model, day)
+goes to, against pricing each group on its own.
 """
 
 from __future__ import annotations
