@@ -38,21 +38,4 @@ def check_quota(
             f"estimated_tokens must be a non-negative integer, got {estimated_tokens!r}"
         )
     now = as_utc(now or datetime.now(UTC))
-    return _quota_for(db, settings).check(org, estimated_tokens, now)
-
-
-_QUOTAS: dict[tuple[int, int], tuple[Database[Doc], Settings, Quota]] = {}
-
-
-def _quota_for(db: Database[Doc], settings: Settings) -> Quota:
-    """The `Quota` of a database and settings, built once: a check is called per run
-    start, and building every collection handle each time cost a third of it."""
-    key = (id(db), id(settings))
-    found = _QUOTAS.get(key)
-    if found is not None and found[0] is db and found[1] is settings:
-        return found[2]
-    if len(_QUOTAS) >= 32:  # a long-lived process with many Settings objects (tests)
-        _QUOTAS.clear()
-    quota = Quota(Collections.of(db, settings), settings)
-    _QUOTAS[key] = (db, settings, quota)  # kept alive with it, so the ids stay theirs
-    return quota
+    return Quota(Collections.of(db, settings), settings).check(org, estimated_tokens, now)
