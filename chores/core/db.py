@@ -17,6 +17,7 @@ import sys
 import weakref
 from dataclasses import dataclass
 from datetime import UTC
+from functools import cached_property
 from typing import Any
 
 import pymongo
@@ -139,46 +140,77 @@ class ReadOnlyCollection:
         return getattr(self._collection, attr)
 
 
-@dataclass(frozen=True)
 class Collections:
-    """Every collection the chore touches, named once."""
+    """Every collection the chore touches, named once; a handle is built on first use (a
+    quota check needs one of the fourteen, and a handle costs ~10 µs to build)."""
 
-    tasks: ReadOnlyCollection
-    findings: ReadOnlyCollection
-    ledger: Collection[Doc]
-    dirty: Collection[Doc]
-    pending: Collection[Doc]
-    cursors: Collection[Doc]
-    anomalies: Collection[Doc]
-    invoices: Collection[Doc]
-    plans: Collection[Doc]
-    quota: Collection[Doc]
-    quota_events: Collection[Doc]
-    runs: Collection[Doc]
-    due: Collection[Doc]
-    counters: Collection[Doc]
+    def __init__(self, db: Database[Doc], settings: Settings):
+        self._db = utc_view(db)  # datetimes in UTC
+        self._settings = settings
 
     @classmethod
     def of(cls, db: Database[Doc], settings: Settings) -> Collections:
         """The collections of `db` as the chore reads them: datetimes in UTC (`utc_view`)."""
-        db = utc_view(db)
-        named = settings.collection
-        return cls(
-            tasks=ReadOnlyCollection(db[settings.tasks_collection]),
-            findings=ReadOnlyCollection(db[settings.findings_collection]),
-            ledger=db[named("ledger")],
-            dirty=db[named("dirty")],
-            pending=db[named("pending")],
-            cursors=db[named("cursors")],
-            anomalies=db[named("anomalies")],
-            invoices=db[named("invoices")],
-            plans=db[named("plans")],
-            quota=db[named("quota")],
-            quota_events=db[named("quota_events")],
-            runs=db[named("runs")],
-            due=db[named("due")],
-            counters=db[named("counters")],
-        )
+        return cls(db, settings)
+
+    def _billing(self, name: str) -> Collection[Doc]:
+        return self._db[self._settings.collection(name)]
+
+    @cached_property
+    def tasks(self) -> ReadOnlyCollection:
+        return ReadOnlyCollection(self._db[self._settings.tasks_collection])
+
+    @cached_property
+    def findings(self) -> ReadOnlyCollection:
+        return ReadOnlyCollection(self._db[self._settings.findings_collection])
+
+    @cached_property
+    def ledger(self) -> Collection[Doc]:
+        return self._billing("ledger")
+
+    @cached_property
+    def dirty(self) -> Collection[Doc]:
+        return self._billing("dirty")
+
+    @cached_property
+    def pending(self) -> Collection[Doc]:
+        return self._billing("pending")
+
+    @cached_property
+    def cursors(self) -> Collection[Doc]:
+        return self._billing("cursors")
+
+    @cached_property
+    def anomalies(self) -> Collection[Doc]:
+        return self._billing("anomalies")
+
+    @cached_property
+    def invoices(self) -> Collection[Doc]:
+        return self._billing("invoices")
+
+    @cached_property
+    def plans(self) -> Collection[Doc]:
+        return self._billing("plans")
+
+    @cached_property
+    def quota(self) -> Collection[Doc]:
+        return self._billing("quota")
+
+    @cached_property
+    def quota_events(self) -> Collection[Doc]:
+        return self._billing("quota_events")
+
+    @cached_property
+    def runs(self) -> Collection[Doc]:
+        return self._billing("runs")
+
+    @cached_property
+    def due(self) -> Collection[Doc]:
+        return self._billing("due")
+
+    @cached_property
+    def counters(self) -> Collection[Doc]:
+        return self._billing("counters")
 
 
 def source_indexes() -> dict[str, list[IndexModel]]:
