@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from chores.core.db import Doc
 from chores.core.exceptions import InvoiceNotFound
 from chores.metering.lines import UsageGroup, price_group, price_lines
-from chores.metering.rules import assess, is_subagent
+from chores.metering.rules import Rules, is_subagent
 from chores.metering.source import chunked
 from chores.run.chore import Pipeline
 from pricing import Registry
@@ -89,16 +89,16 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     source_tokens: dict[str, int] = {}
     in_period: set[str] = set()
     notes: dict[str, str] = {}
+    rules = Rules(
+        now=now,
+        max_tokens_per_run=meter.settings.max_tokens_per_run,
+        future_skew_seconds=meter.settings.future_skew_seconds,
+    )
     for batch in _batches(meter, org):
         spawns = meter.source.spawn_contexts([str(d.get("_id")) for d in batch if is_subagent(d)])
         for doc in batch:
-            result = assess(
-                doc,
-                spawn_contexts=spawns.get(str(doc.get("_id")), []),
-                head=None,
-                now=now,
-                max_tokens_per_run=meter.settings.max_tokens_per_run,
-                future_skew_seconds=meter.settings.future_skew_seconds,
+            result = rules.assess(
+                doc, spawn_contexts=spawns.get(str(doc.get("_id")), []), head=None
             )
             if result.org != org:
                 continue
