@@ -12,7 +12,8 @@ Vocabulary (used the same way everywhere in the package):
   new usage to bill. Summing every delta of a runner telescopes to the breakdown
   of its high-water mark, so nothing is billed twice.
 
-No I/O here: `assess` is what the property tests and benchmarks exercise.
+No I/O here. A run builds one `Rules` (its `now`, ceiling and allowed skew) and calls
+`Rules.assess` per document; `assess` does both for one document.
 """
 
 from __future__ import annotations
@@ -170,13 +171,11 @@ def new_usage(high_water: Counters, previous: Counters) -> Breakdown:
 
 def _counter_value(value: Any) -> int | None:
     """A valid counter as int, or None when malformed. Missing/None is 0."""
-    if type(value) is int:  # the usual case
-        return value if 0 <= value <= MAX_COUNTER else None
     if value is None:
         return 0
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):  # bson's Int64
+    if isinstance(value, int):  # bson's Int64 too
         return value if 0 <= value <= MAX_COUNTER else None
     if (
         isinstance(value, float)
