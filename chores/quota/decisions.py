@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 from pymongo.errors import PyMongoError
@@ -45,28 +45,44 @@ def plan_of(doc: Mapping[str, Any] | None, default: Plan) -> Plan:
     return Plan.model_validate({**default.model_dump(), **fields})
 
 
+class _Limit(NamedTuple):
+    """One limit of a plan against the usage it bounds."""
+
+    name: str  # "token" or "spend"
+    used: int
+    limit: int
+    hard: int  # the limit plus any overdraft allowed
+    describe: Callable[[int], str]  # an amount in the limit's unit, for a reason
+
+
 def evaluate(plan: Plan, used_tokens: int, spent_micros: int) -> tuple[State, list[str]]:
     """The state for this much usage under `plan`, with the reasons (pure): which limit,
     and how far usage stands from it."""
     state: State = "ok"
     reasons: list[str] = []
-    checks: list[tuple[str, int, int, int, Callable[[int], str]]] = []
+    checks: list[_Limit] = []
     if plan.token_limit is not None:
         hard = plan.token_limit + plan.grace_tokens
-        checks.append(("token", used_tokens, plan.token_limit, hard, _count))
+        checks.append(_Limit("token", used_tokens, plan.token_limit, hard, _count))
     if plan.spend_limit_micros is not None:
         limit = plan.spend_limit_micros
-        checks.append(("spend", spent_micros, limit, limit, lambda micros: usd(micros)))
-    for name, used, limit, hard, fmt in checks:
-        if used >= hard:
+        checks.append(_Limit("spend", spent_micros, limit, limit, usd))
+    for check in checks:
+        describe = check.describe
+        if check.used >= check.hard:
             state = "block"
+            overdraft = check.hard - check.limit
             reasons.append(
-                f"{name} limit reached: {fmt(used)} used of {fmt(limit)}"
-                + (f" (+{fmt(hard - limit)} overdraft)" if hard != limit else "")
+                f"{check.name} limit reached: {describe(check.used)} used of "
+                f"{describe(check.limit)}"
+                + (f" (+{describe(overdraft)} overdraft)" if overdraft else "")
             )
-        elif used >= plan.soft_ratio * limit:
+        elif check.used >= plan.soft_ratio * check.limit:
             state = "warn" if state != "block" else state
-            reasons.append(f"{name} usage at {used / limit:.0%} of its limit ({fmt(limit)})")
+            share = check.used / check.limit
+            reasons.append(
+                f"{check.name} usage at {share:.0%} of its limit ({describe(check.limit)})"
+            )
     return state, reasons
 
 
