@@ -23,7 +23,7 @@ from datetime import date, datetime
 from typing import Any, NamedTuple
 
 from chores.metering.lines import InvoiceLine, LineMemo, UsageGroup, price_lines
-from chores.metering.rules import Delta, LedgerHead, Rules, runner_key
+from chores.metering.rules import Breakdown, Delta, LedgerHead, Rules, runner_key
 from pricing import Registry
 
 # A runner document and the `_context`s of the findings that spawned it (subagents only).
@@ -41,6 +41,22 @@ class UsageKey(NamedTuple):
     day: int  # of the month
 
 
+@dataclass(slots=True)
+class TokenSums:
+    """The tokens of the deltas under one usage key, summed by kind."""
+
+    input: int = 0
+    cached: int = 0
+    output: int = 0
+    unsplit: int = 0
+
+    def add(self, tokens: Breakdown) -> None:
+        self.input += tokens.input
+        self.cached += tokens.cached
+        self.output += tokens.output
+        self.unsplit += tokens.unsplit
+
+
 @dataclass
 class MemoryMeter:
     """Documents in, deltas summed into usage per invoice, invoice lines out. No I/O."""
@@ -49,7 +65,7 @@ class MemoryMeter:
     max_tokens_per_run: int
     future_skew_seconds: float  # how far after `now` a usage time may be (Settings)
     heads: dict[str, LedgerHead] = field(default_factory=dict)  # by runner id
-    usage: dict[UsageKey, list[int]] = field(default_factory=dict)  # input, cached, output, unsplit
+    usage: dict[UsageKey, TokenSums] = field(default_factory=dict)
     snapshots: int = 0
     deltas: int = 0
     anomalies: int = 0
@@ -87,15 +103,10 @@ class MemoryMeter:
     def _add(self, delta: Delta) -> None:
         """A delta's tokens, added to the usage of its (org, period, model, key source, day)."""
         key = UsageKey(delta.org, delta.period, delta.model, delta.byok, delta.usage_time.day)
-        tokens = delta.tokens
         sums = self.usage.get(key)
         if sums is None:
-            self.usage[key] = [tokens.input, tokens.cached, tokens.output, tokens.unsplit]
-        else:
-            sums[0] += tokens.input
-            sums[1] += tokens.cached
-            sums[2] += tokens.output
-            sums[3] += tokens.unsplit
+            sums = self.usage[key] = TokenSums()
+        sums.add(delta.tokens)
 
     def usage_groups(self) -> dict[InvoiceKey, list[UsageGroup]]:
         """The usage of every invoice, as the groups its lines are priced from."""
@@ -120,7 +131,7 @@ class MemoryMeter:
         """The usage under `keys` as usage groups, one invoice's at a time."""
         groups = []
         for key in keys:
-            input, cached, output, unsplit = self.usage[key]
+            sums = self.usage[key]
             year, month = key.period.split("-")
             groups.append(
                 UsageGroup(
@@ -128,10 +139,10 @@ class MemoryMeter:
                     byok=key.byok,
                     late=False,
                     day=date(int(year), int(month), key.day),
-                    input=input,
-                    cached=cached,
-                    output=output,
-                    unsplit=unsplit,
+                    input=sums.input,
+                    cached=sums.cached,
+                    output=sums.output,
+                    unsplit=sums.unsplit,
                 )
             )
         return groups

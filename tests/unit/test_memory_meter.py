@@ -143,5 +143,5 @@ def test_memory_meter_keeps_the_head_of_a_runner_held_by_an_anomaly(
     """The held document comes back fixed: the meter bills what is new, as the ledger does."""
     meter = MemoryMeter(now=NOW, max_tokens_per_run=10**9, future_skew_seconds=300)
     meter.feed([(doc, []) for doc in observations])
-    assert sum(sum(tokens) for tokens in meter.usage.values()) == 150
+    assert sum(t.input + t.cached + t.output + t.unsplit for t in meter.usage.values()) == 150
     assert meter.deltas == 2
