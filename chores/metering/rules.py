@@ -402,15 +402,15 @@ class Rules:
         """
         if runner_id is None:
             runner_id = runner_key(doc.get("_id"))
-        status = doc.get("status")
+        status = _string(doc.get("status"))
         end_time = doc.get("end_time")
-        pending = end_time is None or not isinstance(status, str) or status not in TERMINAL_STATUSES
+        pending = end_time is None or status not in TERMINAL_STATUSES
 
         context = doc.get("context")
         if not isinstance(context, Mapping):  # anything else is no context at all: no org
             context = {}
-        org = context.get("workspace_id")
-        if not isinstance(org, str) or not org:
+        org = _string(context.get("workspace_id"))
+        if not org:
             detail = "context.workspace_id is missing, empty or not a string"
             record = AnomalyRecord(runner_id, Anomaly.NO_ORG, None, None, detail)
             return Assessment(runner_id, anomalies=(record,))
@@ -433,9 +433,10 @@ class Rules:
         if isinstance(snapshot, str):
             return _held(runner_id, org, period, pending, (), Anomaly.MALFORMED_COUNTERS, snapshot)
 
-        model = context.get("ai_model")
-        if model is not None and (not isinstance(model, str) or len(model) > MAX_MODEL_NAME):
-            detail = f"ai_model is {_describe(model)}"
+        raw_model = context.get("ai_model")
+        model = _string(raw_model)
+        if raw_model is not None and (model is None or len(model) > MAX_MODEL_NAME):
+            detail = f"ai_model is {_describe(raw_model)}"
             return _held(runner_id, org, period, pending, (), Anomaly.BAD_MODEL, detail)
 
         key_source = context.get("ai_key_source")
@@ -480,7 +481,6 @@ class Rules:
 
         if high_water == previous:
             return Assessment(runner_id, org, period, pending, None, flags, billed_cleanly=True)
-        session_id = context.get("session_id")
         delta = Delta(
             runner_id=runner_id,
             seq=1 if head is None else head.seq + 1,
@@ -491,8 +491,8 @@ class Rules:
             period=period,
             high_water=high_water,
             tokens=breakdown(high_water) if head is None else new_usage(high_water, previous),
-            status=status if isinstance(status, str) else None,
-            session_id=session_id if isinstance(session_id, str) else None,
+            status=status,
+            session_id=_string(context.get("session_id")),
             subagent=subagent,
             parent_id=parent_id,
         )
@@ -514,6 +514,13 @@ def assess(
         now=now, max_tokens_per_run=max_tokens_per_run, future_skew_seconds=future_skew_seconds
     )
     return rules.assess(doc, spawn_contexts=spawn_contexts, head=head, runner_id=runner_id)
+
+
+def _string(value: Any) -> str | None:
+    """A string field's value, or None when it holds anything but a BSON string (exactly
+    `str`: JavaScript code decodes to `bson.code.Code`, a str subclass that cannot even be
+    hashed)."""
+    return value if type(value) is str else None
 
 
 def _held(

@@ -16,6 +16,7 @@ from typing import Any
 import mongomock
 import pytest
 from bson import ObjectId
+from bson.code import Code
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -40,6 +41,8 @@ scalars = st.one_of(
     st.sampled_from(["$ne", "a.b", "", "ws-good", "1200", "NaN"]),
     st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1)),
     st.builds(ObjectId),
+    # BSON JavaScript code: a str subclass, unhashable, never a valid string field
+    st.builds(Code, st.sampled_from(["SUCCESS", "ws-a", "gpt-4o-mini", "byok", "x"])),
 )
 json_values = st.recursive(
     scalars,
@@ -107,14 +110,14 @@ def billable(doc: dict[str, Any]) -> bool:
     if not isinstance(context, dict):
         return False
     org = context.get("workspace_id")
-    if not isinstance(org, str) or not org:
+    if type(org) is not str or not org:  # a BSON string: not a str subclass such as Code
         return False
     if "end_time" in doc and not isinstance(doc["end_time"], datetime):
         return False
     if not all(counter_ok(context.get(f)) for f in FIELDS):
         return False
     model = context.get("ai_model")
-    if model is not None and (not isinstance(model, str) or len(model) > 256):
+    if model is not None and (type(model) is not str or len(model) > 256):
         return False
     if context.get("ai_key_source") not in (None, "platform", "byok"):
         return False
@@ -329,3 +332,40 @@ def test_no_datetime_end_time_is_held(db, settings, registry):
 
 
 _ = UTC
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        pytest.param("status", Code("SUCCESS"), id="status"),
+        pytest.param("workspace_id", Code("ws-good"), id="org"),
+        pytest.param("ai_model", Code("gpt-4o-mini"), id="model"),
+        pytest.param("session_id", Code("s-1"), id="session"),
+    ],
+)
+def test_javascript_code_in_a_string_field_is_an_anomaly_not_a_crash(registry, where, value):
+    """BSON code decodes to `bson.code.Code`, a str subclass that cannot be hashed: where a
+    string is expected it is no string (held, or not a terminal status), and the run goes on."""
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    bad = {
+        **GOOD_RUN,
+        "_id": ObjectId(),
+        "context": {**GOOD_RUN["context"], "workspace_id": "ws-odd"},
+    }
+    if where == "status":
+        bad["status"] = value
+    else:
+        bad["context"][where] = value
+    db.tasks.insert_many([dict(GOOD_RUN), bad])
+    run_chore(db, now=NOW, registry=registry, settings=Settings(mongo_url="mongomock://x"))
+
+    assert db.billing_invoices.find_one({"_id": "ws-good:2026-11"})["lines"] == _GOOD_LINES
+    entries = list(db.billing_ledger.find({"runner_id": str(bad["_id"])}))
+    held = {a["kind"] for a in db.billing_anomalies.find({"runner_id": str(bad["_id"])})}
+    if where == "workspace_id":
+        assert (entries, held) == ([], {"no_org"})
+    elif where == "ai_model":
+        assert (entries, held) == ([], {"bad_model"})
+    else:  # billed, with the odd value left out of the entry
+        assert len(entries) == 1 and held == set()
+        assert entries[0]["status" if where == "status" else "session_id"] is None
