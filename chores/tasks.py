@@ -136,15 +136,21 @@ def orgs_with_new_usage(
     source = Source(c, ai_task_names=settings.ai_task_names, batch_size=settings.batch_size)
     cursor = None if full else Progress(c).cursor(FANOUT_SCOPE)
     since = None if cursor is None else cursor - settings.lookback_seconds
-    found = set(source.orgs_changed(since))
-    found.update(c.pending.distinct("org"), c.dirty.distinct("org"))
-    found.update(due_marks(db, settings).distinct("_id"))
-    orgs = []
-    for org in found:
+    found = [
+        *source.orgs_changed(since),
+        *c.pending.distinct("org"),
+        *c.dirty.distinct("org"),
+        *due_marks(db, settings).distinct("_id"),
+    ]
+    orgs = set()
+    # Only strings are org ids: a runner whose workspace_id is an object, a number or
+    # JavaScript code (unhashable) is held as no_org when an org's run reads it, and must
+    # not stop the fan-out of every other org.
+    for org in (value for value in found if type(value) is str):
         try:
-            orgs.append(_run.validate_org(org))
+            orgs.add(_run.validate_org(org))
         except ConfigError:
-            if isinstance(org, str) and org:
+            if org:
                 log.warning("org id of %d characters cannot be metered: %.60r", len(org), org)
     stamp = source.newest_stamp(since=since, horizon=now.timestamp() + settings.future_skew_seconds)
     return sorted(orgs), stamp

@@ -757,6 +757,23 @@ def test_orgs_with_new_usage_since_the_last_fan_out(service):
     assert set(everyone) == set(ORGS) | set(orgs)  # the daily full pass ignores the cursor
 
 
+def test_an_org_id_that_is_no_string_does_not_stop_the_fan_out(service):
+    """`distinct` hands back whatever the documents hold: objects (unhashable), numbers,
+    arrays' elements. Only strings are org ids; before, one object stopped every fan-out."""
+    db = seeded()
+    for n, odd in enumerate([{"a": 1}, 7, ["arrayco", {"b": 2}], None, ""]):
+        db.tasks.insert_one(
+            {
+                "_id": f"odd-{n}",
+                "name": "ai",
+                "last_updated_db": NOW.timestamp() - 5,
+                "context": {"workspace_id": odd, "ai_tokens": 5},
+            }
+        )
+    orgs, _ = tasks.orgs_with_new_usage(db, Settings(redis_url=None), now=NOW)
+    assert orgs == sorted([*ORGS, "arrayco"])
+
+
 def test_meter_all_marks_orgs_due_until_metered_and_advances_its_cursor(service, monkeypatch):
     source = Source(monkeypatch)
     sent: list[str] = []
