@@ -17,7 +17,7 @@ def as_utc(moment: datetime) -> datetime:
 def period_of(moment: datetime) -> str:
     """The period a moment falls in (naive moments are UTC)."""
     moment = as_utc(moment)
-    return "%04d-%02d" % (moment.year, moment.month)  # noqa: UP031 (twice as fast as an f-string)
+    return f"{moment.year:04d}-{moment.month:02d}"
 
 
 def period_bounds(period: str) -> tuple[datetime, datetime]:

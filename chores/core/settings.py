@@ -63,7 +63,8 @@ class Settings(BaseSettings):
 
     batch_size: int = Field(default=1000, ge=1, le=100_000)
     lookback_seconds: float = Field(default=900.0, ge=0)
-    future_skew_seconds: float = Field(default=300.0, ge=0)
+    # At most 366 days: an end time further ahead than that is garbage (rules.LATEST_END).
+    future_skew_seconds: float = Field(default=300.0, ge=0, le=366 * 24 * 3600)
     max_tokens_per_run: int = Field(default=1_000_000_000, ge=1)
     grace_days: float = Field(default=3.0, ge=0)
 

@@ -17,6 +17,11 @@ from chores.cli import main
         ("GRACE_DAYS", "abc", "GRACE_DAYS='abc': Input should be a valid number"),
         ("QUOTA_FAIL_OPEN", "maybe", "QUOTA_FAIL_OPEN='maybe': Input should be a valid boolean"),
         ("MONGO_TIMEOUT_MS", "-1", "MONGO_TIMEOUT_MS='-1': Input should be greater than 0"),
+        (
+            "FUTURE_SKEW_SECONDS",
+            "inf",
+            "FUTURE_SKEW_SECONDS='inf': Input should be less than or equal to 31622400",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", [["status"], ["quota", "check", "--org", "acme"]])

@@ -1,9 +1,9 @@
 """The engine agrees with the plain statement of each rule, on generated values.
 
-`parse_counters` against SPEC §1.5 counter by counter; `assess` gives the same verdict for
-an end time in any zone as for the same moment in UTC; `price_lines`, which sums the
-tokens of a line before multiplying by its rates and remembers which line a (model, day)
-goes to, against pricing each group on its own.
+`parse_counters` against SPEC §1.5 counter by counter; `assess` judges an end time given in
+any zone as it judges the same moment in UTC; `price_lines`, which sums the tokens of a line
+before multiplying by its rates and remembers which line a (model, day) goes to, against
+pricing each group on its own; the allowed clock skew against the end-time bound.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -176,3 +177,17 @@ def test_a_month_of_tokens_at_a_twelve_decimal_rate_is_priced_exactly() -> None:
     (line,) = price_lines([group], REGISTRY)
     exact = count * 15_123_456_789_012  # the rate, in units of 10^-12 micro-dollars
     assert line.amount_micros == (exact + 5 * 10**11) // 10**12
+
+
+def test_the_allowed_skew_stops_where_an_end_time_becomes_garbage() -> None:
+    """An end time more than LATEST_END ahead is garbage (`bad_end_time`); a skew allowing
+    more would make a plausible end time garbage, so Settings refuses it."""
+    from pydantic import ValidationError
+
+    from chores import Settings
+    from chores.metering.rules import LATEST_END
+
+    assert Settings(future_skew_seconds=LATEST_END.total_seconds()).future_skew_seconds > 0
+    for too_far in (LATEST_END.total_seconds() + 1, float("inf")):
+        with pytest.raises(ValidationError):
+            Settings(future_skew_seconds=too_far)
