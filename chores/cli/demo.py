@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 from pymongo.database import Database
 from rich.console import Console
+from rich.markup import escape
 
 from chores.billing.invoices import Invoice
 from chores.cli.common import console, now_option, parse_now, user_errors
@@ -85,11 +86,12 @@ def run_demo(
 def explore(out: Console, url: str) -> None:
     """How to go on from the demo without a server."""
     out.print(
-        f"\n[bold]The demo's data stays in {url.removeprefix('file://')}[/] (a local store: "
+        f"\n[bold]The demo's data stays in {escape(url.removeprefix('file://'))}[/] "
+        "(a local store: "
         "for trying the chore out, not for production, not for concurrent use). "
         "Every command works on it:"
     )
-    out.print(f"  export MONGO_URL={url}", highlight=False, soft_wrap=True)
+    out.print(f"  export MONGO_URL={escape(url)}", highlight=False, soft_wrap=True)
     for command in (
         "chore status",
         "chore invoice show --org acme",

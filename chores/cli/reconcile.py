@@ -69,8 +69,8 @@ def reconcile_command(org: str, period: str, as_json: bool, now_text: datetime |
             out.print(f"{result.late_tokens:,} late tokens from finalized periods (not re-derived)")
         for runner in result.runners:
             out.print(
-                f"[red]runner {runner.runner_id}[/]: source {runner.source_tokens:,} tokens, "
-                f"ledger {runner.ledger_tokens:,} — {runner.note}"
+                f"[red]runner {escape(runner.runner_id)}[/]: source {runner.source_tokens:,} "
+                f"tokens, ledger {runner.ledger_tokens:,} — {escape(runner.note)}"
             )
         out.print("[green]reconciled[/]" if result.ok else "[bold red]does not reconcile[/]")
     if not result.ok:

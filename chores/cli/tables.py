@@ -16,9 +16,11 @@ DASH = "–"  # a value that does not exist (no estimate, no price date), not a 
 
 
 def table(title: str) -> Table:
-    """A table with light borders: fewer characters of chrome per column than rich's default."""
+    """A table with light borders: fewer characters of chrome per column than rich's default.
+    The title is plain text, never markup: it carries org and invoice ids as they were
+    written (an org `[/]` is data)."""
     return Table(
-        title=title,
+        title=Text(title),
         title_justify="left",
         box=box.SIMPLE_HEAD,
         show_edge=False,

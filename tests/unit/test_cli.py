@@ -232,7 +232,8 @@ def test_registry_import_litellm_round_trips(tmp_path):
 
 
 def test_demo_runs_without_a_server(tmp_path):
-    store = tmp_path / "demo.json"
+    (tmp_path / "[bold]").mkdir()  # a path is printed as written, never as rich markup
+    store = tmp_path / "[bold]" / "demo.json"
     result = CliRunner().invoke(main, ["demo", "--seed", "3", "--store", str(store)])
     assert result.exit_code == 0, result.output
     for marker in ("Invoice acme:", "free: metered", "UNPRICED", "Quota decisions", "exactly once"):
@@ -290,3 +291,32 @@ def test_counts_read_as_words_with_separators_and_plurals():
     assert counted(1, "anomaly") == "1 anomaly" and counted(3, "anomaly") == "3 anomalies"
     assert tally({"no_org": 1, "malformed_counters": 3}) == "malformed_counters 3, no_org 1"
     assert tally({}) == "none"
+
+
+MARKUP_ORG = "ws-[/]acme[bold]"
+
+
+def test_org_and_runner_ids_that_look_like_rich_markup_are_printed_as_written(env_db, fixture_docs):
+    """An org `[/]` once crashed `invoice show`, `usage` and `reconcile` with rich's
+    MarkupError: ids are data, never markup."""
+    for doc in fixture_docs["tasks"]:
+        if doc.get("context", {}).get("workspace_id") == "ws-acme":
+            doc["context"]["workspace_id"] = MARKUP_ORG
+    top = next(d for d in fixture_docs["tasks"] if d["context"].get("workspace_id") == MARKUP_ORG)
+    top["_id"] = "[red]runner[/]"
+    env_db.tasks.insert_many(fixture_docs["tasks"])
+    env_db.findings.insert_many(fixture_docs["findings"])
+    invoke("run", "--org", MARKUP_ORG, *NOW_ARG)
+    assert env_db.billing_invoices.find_one({"_id": f"{MARKUP_ORG}:2026-11"})["total_micros"] > 0
+
+    period = ["--org", MARKUP_ORG, "--period", "2026-11"]
+    shows = (["invoice", "show", *period], ["usage", *period], ["usage", *period, "--by", "run"])
+    for args in shows:
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        assert f"{MARKUP_ORG}:2026-11" in result.output
+    env_db.billing_ledger.delete_many({"runner_id": {"$regex": "runner"}})  # a mismatch to show
+    reconciled = CliRunner().invoke(main, ["reconcile", *period, *NOW_ARG], env={"COLUMNS": "200"})
+    assert reconciled.exit_code == 1, reconciled.output
+    assert f"Reconciliation {MARKUP_ORG}:2026-11" in reconciled.output
+    assert "runner str:'[red]runner[/]': source 12,000 tokens, ledger 0" in reconciled.output
