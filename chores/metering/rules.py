@@ -26,6 +26,7 @@ from hashlib import sha256
 from typing import Any, NamedTuple
 
 from bson import ObjectId
+from bson.int64 import Int64
 
 from chores.core.periods import as_utc, period_of
 
@@ -207,6 +208,7 @@ def _describe(value: Any) -> str:
 
 MAX_KEY = 300  # characters of a runner key written as it is; longer ones are digested
 DIGEST_PREFIX = "sha256-"
+INT32 = range(-(2**31), 2**31)  # BSON stores a Python int outside it as int64, read as Int64
 
 
 def runner_key(source_id: Any) -> str:
@@ -221,10 +223,13 @@ def runner_key(source_id: Any) -> str:
       ObjectId's hex has no `-`.
 
     Keys of ids up to MAX_KEY characters are what they always were (existing ledgers keep
-    their keys).
+    their keys). A Python int outside int32 is keyed as the `Int64` every read from BSON
+    gives back, so that the same runner has one key before and after a round trip.
     """
     if type(source_id) is ObjectId:
         return str(source_id)
+    if type(source_id) is int and source_id not in INT32:
+        source_id = Int64(source_id)
     key = f"{type(source_id).__name__}:{source_id!r}"
     if len(key) <= MAX_KEY:
         return key

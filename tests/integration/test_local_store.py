@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,36 @@ def test_the_file_keeps_types_and_indexes(tmp_path, monkeypatch):
     doc = again["main"]["tasks"].find_one()
     assert isinstance(doc["_id"], ObjectId) and doc["n"] == 2**40
     assert again["main"]["plans"].index_information()["org_unique"]["unique"] is True
+    _local_store.close_all(save=False)
+
+
+def test_a_runner_with_a_64_bit_integer_id_is_billed_once_across_reloads(tmp_path, settings):
+    """Inserted as a Python int, read back from the file as `Int64`: one runner, one key."""
+    from chores import run_chore
+    from pricing import load_registry
+
+    url = f"file://{tmp_path / 'store.json'}"
+    db = _local_store.open_client(url, fresh=True)["main"]
+    db["tasks"].insert_one(
+        {
+            "_id": 2**40,
+            "name": "ai",
+            "status": "SUCCESS",
+            "start_time": datetime(2026, 11, 20, tzinfo=UTC),
+            "end_time": datetime(2026, 11, 20, 0, 5, tzinfo=UTC),
+            "last_updated_db": 1.0e9,
+            "context": {"workspace_id": "acme", "ai_tokens": 9_000, "ai_model": "gpt-4o-mini"},
+        }
+    )
+    now = datetime.fromisoformat(NOW)
+    first = run_chore(db, now=now, registry=load_registry(), settings=settings)
+    assert first.tokens_billed == 9_000
+    _local_store.close_all()
+    db = _local_store.open_client(url)["main"]
+    again = run_chore(db, now=now, registry=load_registry(), settings=settings, full=True)
+    assert again.tokens_billed == 0 and again.anomalies == {}
+    invoice = db[settings.collection("invoices")].find_one({"_id": "acme:2026-11"})
+    assert sum(line["tokens"] for line in invoice["lines"]) == 9_000
     _local_store.close_all(save=False)
 
 

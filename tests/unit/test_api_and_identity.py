@@ -236,6 +236,20 @@ def test_runner_keys_are_distinct_and_short_ones_unchanged():
     assert digested.startswith("sha256-") and len(digested) == len("sha256-") + 64
 
 
+def test_an_integer_id_has_the_key_a_server_gives_it():
+    """BSON stores an int outside int32 as int64 and every read gives back an `Int64`: a
+    runner inserted as `2**40` once had the key `int:...` until the local store reloaded
+    it as `Int64(...)`, and was billed twice."""
+    from bson.int64 import Int64
+
+    from chores.metering.rules import runner_key
+
+    assert runner_key(2**40) == runner_key(Int64(2**40)) == "Int64:1099511627776"
+    assert runner_key(-(2**31) - 1) == runner_key(Int64(-(2**31) - 1))
+    assert runner_key(2**31 - 1) == "int:2147483647"  # an int32: what a server gives back
+    assert runner_key(True) == "bool:True"
+
+
 # --- 12. spawn findings of another org are never a baseline -------------------------------
 
 
