@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 from bson import ObjectId
 from bson.int64 import Int64
 
+from chores.core.orgs import MAX_ORG
 from chores.core.periods import as_utc, period_of
 
 COUNTER_FIELDS = {
@@ -39,6 +40,7 @@ COUNTER_FIELDS = {
 TERMINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "SKIPPED"})
 MAX_COUNTER = 2**63 - 1  # what BSON can store; anything above is garbage
 MAX_MODEL_NAME = 256
+MAX_LABEL = 256  # characters of a status or session id copied into a ledger entry
 # An end_time outside these bounds is garbage (a period that cannot be invoiced).
 EARLIEST_END = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_END = timedelta(days=366)
@@ -281,14 +283,23 @@ def is_subagent_context(context: Mapping[str, Any]) -> bool:
     write on; `ai_subagent_depth` (>= 1) and `parent_session_id` are there from its
     first write, which already carries the inherited counters. `has_parent` marks
     nothing (secator writes it False on subagents).
+
+    A depth that is not a number below 1 (a string, NaN, an object) marks a subagent
+    too: read as top-level, a subagent's inherited counters would be billed twice; read as
+    a subagent, it is held until a spawn finding gives its baseline.
     """
     if context.get("subagent"):
         return True
     depth = context.get("ai_subagent_depth")
-    if isinstance(depth, int | float) and not isinstance(depth, bool) and depth >= 1:
+    if depth is not None and not (_is_number(depth) and depth < 1):
         return True
     parent_session = context.get("parent_session_id")
     return parent_session is not None and parent_session != ""
+
+
+def _is_number(value: Any) -> bool:
+    """An int (an `Int64` too) or a float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def is_subagent(doc: Mapping[str, Any]) -> bool:
@@ -407,7 +418,7 @@ class Rules:
         """
         if runner_id is None:
             runner_id = runner_key(doc.get("_id"))
-        status = _string(doc.get("status"))
+        status = _label(doc.get("status"))
         end_time = doc.get("end_time")
         pending = end_time is None or status not in TERMINAL_STATUSES
 
@@ -415,8 +426,11 @@ class Rules:
         if not isinstance(context, Mapping):  # anything else is no context at all: no org
             context = {}
         org = _string(context.get("workspace_id"))
-        if not org:
-            detail = "context.workspace_id is missing, empty or not a string"
+        if not org or len(org) > MAX_ORG:
+            detail = (
+                f"context.workspace_id is missing, empty, not a string or longer than "
+                f"{MAX_ORG} characters"
+            )
             record = AnomalyRecord(runner_id, Anomaly.NO_ORG, None, None, detail)
             return Assessment(runner_id, anomalies=(record,))
 
@@ -484,7 +498,8 @@ class Rules:
             detail = f"{tokens} tokens exceed MAX_TOKENS_PER_RUN={self.max_tokens_per_run}"
             return _held(runner_id, org, period, pending, flags, Anomaly.OVER_CEILING, detail)
 
-        if high_water == previous:
+        new = breakdown(high_water) if head is None else new_usage(high_water, previous)
+        if new == Breakdown():  # nothing new to bill (cached beyond prompt bills nothing)
             return Assessment(runner_id, org, period, pending, None, flags, billed_cleanly=True)
         delta = Delta(
             runner_id=runner_id,
@@ -495,9 +510,9 @@ class Rules:
             usage_time=usage_time,
             period=period,
             high_water=high_water,
-            tokens=breakdown(high_water) if head is None else new_usage(high_water, previous),
+            tokens=new,
             status=status,
-            session_id=_string(context.get("session_id")),
+            session_id=_label(context.get("session_id")),
             subagent=subagent,
             parent_id=parent_id,
         )
@@ -526,6 +541,13 @@ def _string(value: Any) -> str | None:
     `str`: JavaScript code decodes to `bson.code.Code`, a str subclass that cannot even be
     hashed)."""
     return value if type(value) is str else None
+
+
+def _label(value: Any) -> str | None:
+    """A status or session id as a ledger entry keeps it: a string of at most MAX_LABEL
+    characters, else left out (None)."""
+    text = _string(value)
+    return text if text is not None and len(text) <= MAX_LABEL else None
 
 
 def _held(

@@ -57,7 +57,9 @@ counter_values = st.one_of(
     st.sampled_from([None, True, False, "100", 12.5, 100.0, math.nan, math.inf, -0.0, 2**63 - 1]),
     json_values,
 )
-org_values = st.one_of(st.sampled_from(["ws-a", "ws-b", "$ne", "a.b", "", "ws-a "]), json_values)
+org_values = st.one_of(
+    st.sampled_from(["ws-a", "ws-b", "$ne", "a.b", "", "ws-a ", "o" * 256, "o" * 257]), json_values
+)
 
 
 @st.composite
@@ -75,6 +77,10 @@ def hostile_runner(draw: Any) -> dict[str, Any]:
                         st.sampled_from(["byok", "platform", "BYOK"]), json_values
                     ),
                     "subagent": st.one_of(st.just(True), json_values),
+                    "ai_subagent_depth": st.one_of(
+                        st.sampled_from([0, 1, 2, "1", -1]), json_values
+                    ),
+                    "parent_session_id": st.one_of(st.sampled_from(["", "s-1"]), json_values),
                     **{f: counter_values for f in FIELDS},
                 },
             ),
@@ -110,7 +116,7 @@ def billable(doc: dict[str, Any]) -> bool:
     if not isinstance(context, dict):
         return False
     org = context.get("workspace_id")
-    if type(org) is not str or not org:  # a BSON string: not a str subclass such as Code
+    if type(org) is not str or not 1 <= len(org) <= 256:  # exactly str: Code is no string
         return False
     if "end_time" in doc and not isinstance(doc["end_time"], datetime):
         return False
@@ -121,8 +127,16 @@ def billable(doc: dict[str, Any]) -> bool:
         return False
     if context.get("ai_key_source") not in (None, "platform", "byok"):
         return False
-    if context.get("subagent") is True:
-        return False  # no spawn finding in these corpora: baseline_missing
+    # A subagent has no spawn finding in these corpora: baseline_missing. A depth that is
+    # not a number below 1 (NaN, a string) marks one too: held, never billed whole.
+    depth = context.get("ai_subagent_depth")
+    number = isinstance(depth, int | float) and not isinstance(depth, bool)
+    if (
+        context.get("subagent")
+        or (depth is not None and not (number and depth < 1))
+        or context.get("parent_session_id") not in (None, "")
+    ):
+        return False
     counts = [int(context.get(f) or 0) for f in FIELDS]
     return max(counts[0], counts[1] + counts[2]) > 0
 
@@ -171,8 +185,9 @@ def test_hostile_documents_never_crash_never_charge_and_leave_others_alone(regis
         else:
             assert runner not in billed, doc
             context = doc["context"]
+            # nothing to bill: no counter but cached (a subset of prompt) above 0
             zero_usage = isinstance(context, dict) and all(
-                counter_ok(context.get(f)) and not context.get(f) for f in FIELDS
+                counter_ok(context.get(f)) and not context.get(f) for f in FIELDS[:3]
             )
             assert runner in anomalies or zero_usage, doc
     lines = db.billing_invoices.find_one({"_id": "ws-good:2026-11"})["lines"]
@@ -334,6 +349,38 @@ def test_no_datetime_end_time_is_held(db, settings, registry):
 _ = UTC
 
 
+def test_ids_too_long_to_be_an_org_or_a_label_are_held_or_left_out(registry):
+    """An org id of 257 characters: `run --all` once billed it while every other command
+    refused it (`validate_org`); a session id or status of a megabyte was copied into
+    every ledger entry of the runner."""
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    long_org = {**GOOD_RUN, "_id": ObjectId(), "context": {**GOOD_RUN["context"]}}
+    long_org["context"]["workspace_id"] = "o" * 257
+    long_labels = {**GOOD_RUN, "_id": ObjectId(), "context": {**GOOD_RUN["context"]}}
+    long_labels["context"].update(workspace_id="ws-odd", session_id="s" * 1_000_000)
+    db.tasks.insert_many([dict(GOOD_RUN), long_org, long_labels])
+    run_chore(db, now=NOW, registry=registry, settings=Settings(mongo_url="mongomock://x"))
+
+    assert db.billing_invoices.find_one({"_id": "ws-good:2026-11"})["lines"] == _GOOD_LINES
+    assert db.billing_ledger.count_documents({"runner_id": str(long_org["_id"])}) == 0
+    held = db.billing_anomalies.find_one({"runner_id": str(long_org["_id"])})
+    assert held["kind"] == "no_org" and len(held["detail"]) < 200
+    entry = db.billing_ledger.find_one({"runner_id": str(long_labels["_id"])})
+    assert entry["tokens"] == 5_000 and entry["session_id"] is None
+
+
+@pytest.mark.parametrize("depth", ["1", "0", math.nan, True, [1], {"n": 1}])
+def test_a_depth_that_is_no_number_marks_a_subagent_held_until_its_spawn_finding(registry, depth):
+    """secator writes `ai_subagent_depth` as an int; anything else that is not a number
+    below 1 may be a subagent whose counters carry its parent's: held, never billed whole."""
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    child = {**GOOD_RUN, "_id": ObjectId(), "context": {**GOOD_RUN["context"]}}
+    child["context"]["ai_subagent_depth"] = depth
+    db.tasks.insert_one(child)
+    report = run_chore(db, now=NOW, registry=registry, settings=Settings(mongo_url="mongomock://x"))
+    assert report.tokens_billed == 0 and report.anomalies == {"baseline_missing": 1}
+
+
 @pytest.mark.parametrize(
     ("where", "value"),
     [
@@ -369,3 +416,27 @@ def test_javascript_code_in_a_string_field_is_an_anomaly_not_a_crash(registry, w
     else:  # billed, with the odd value left out of the entry
         assert len(entries) == 1 and held == set()
         assert entries[0]["status" if where == "status" else "session_id"] is None
+
+
+def test_a_depth_read_as_int64_is_a_number():
+    """A real server gives back an int64 as `Int64`: depth 0 is still a top-level runner."""
+    from bson.int64 import Int64
+
+    from chores.metering.rules import is_subagent_context
+
+    assert is_subagent_context({"ai_subagent_depth": Int64(0)}) is False
+    assert is_subagent_context({"ai_subagent_depth": 0.0}) is False
+    assert is_subagent_context({"ai_subagent_depth": Int64(1)}) is True
+
+
+def test_cached_tokens_without_prompt_bill_nothing_and_open_no_invoice(registry):
+    """Cached tokens are a subset of prompt: `cached=1, prompt=0` bills nothing. Its change
+    once wrote a ledger entry of 0 tokens, which opened an empty draft for the org."""
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    odd = {**GOOD_RUN, "_id": ObjectId(), "context": {"workspace_id": "ws-odd"}}
+    odd["context"].update(ai_cached_tokens=1, ai_model="gpt-4o-mini")
+    db.tasks.insert_many([dict(GOOD_RUN), odd])
+    run_chore(db, now=NOW, registry=registry, settings=Settings(mongo_url="mongomock://x"))
+    assert db.billing_ledger.count_documents({"org": "ws-odd"}) == 0
+    assert db.billing_invoices.find_one({"_id": "ws-odd:2026-11"}) is None
+    assert db.billing_invoices.find_one({"_id": "ws-good:2026-11"})["lines"] == _GOOD_LINES
