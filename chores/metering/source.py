@@ -86,8 +86,16 @@ class Source:
         )
 
     def orgs_changed(self, since: float | None) -> list[Any]:
-        """The org ids of the AI runners changed since `since` (raw: the caller validates)."""
-        return list(self._tasks.distinct("context.workspace_id", self._changed(None, since)))
+        """The org ids of the AI runners changed since `since` (raw: the caller validates).
+
+        Grouped, not `distinct`: distinct answers in one document of at most 16 MB, which
+        a few huge workspace ids would overflow, stopping every fan-out.
+        """
+        changed = {
+            "$and": [self._changed(None, since), {"context.workspace_id": {"$type": "string"}}]
+        }
+        pipeline = [{"$match": changed}, {"$group": {"_id": "$context.workspace_id"}}]
+        return [group["_id"] for group in self._tasks.aggregate(pipeline)]
 
     def newest_stamp(self, *, since: float | None, horizon: float) -> float | None:
         """The newest plausible stamp of an AI runner changed since `since`: one past

@@ -758,8 +758,10 @@ def test_orgs_with_new_usage_since_the_last_fan_out(service):
 
 
 def test_an_org_id_that_is_no_string_does_not_stop_the_fan_out(service):
-    """`distinct` hands back whatever the documents hold: objects (unhashable), numbers,
-    arrays' elements. Only strings are org ids; before, one object stopped every fan-out."""
+    """The documents may hold objects (unhashable), numbers, arrays: only strings are org
+    ids (an array is `no_org` to the rules, so no org's run for it). Before, one object
+    stopped every fan-out; and `distinct`, which answers in one 16 MB document, stopped it
+    for a few huge workspace ids."""
     db = seeded()
     for n, odd in enumerate([{"a": 1}, 7, ["arrayco", {"b": 2}], None, ""]):
         db.tasks.insert_one(
@@ -770,8 +772,18 @@ def test_an_org_id_that_is_no_string_does_not_stop_the_fan_out(service):
                 "context": {"workspace_id": odd, "ai_tokens": 5},
             }
         )
+    huge = "h" * 6_000_000  # three of them: 18 MB of distinct values
+    for n in range(3):
+        db.tasks.insert_one(
+            {
+                "_id": f"huge-{n}",
+                "name": "ai",
+                "last_updated_db": NOW.timestamp() - 5,
+                "context": {"workspace_id": huge + str(n), "ai_tokens": 5},
+            }
+        )
     orgs, _ = tasks.orgs_with_new_usage(db, Settings(redis_url=None), now=NOW)
-    assert orgs == sorted([*ORGS, "arrayco"])
+    assert orgs == sorted(ORGS)
 
 
 def test_meter_all_marks_orgs_due_until_metered_and_advances_its_cursor(service, monkeypatch):

@@ -126,3 +126,25 @@ def test_full_run_and_finalize_on_this_server(mdb, fixture_docs, registry):
     )
     assert again.tokens_billed == 0
     assert mdb.billing_invoices.find_one({"_id": "ws-acme:2026-11"})["lines"] == acme["lines"]
+
+
+def test_the_fan_out_lists_orgs_past_the_16_mb_a_distinct_answers_in(mdb):
+    """`distinct` answers in one document (16 MB on a server): three workspace ids of 6 MB
+    made it fail, and every fan-out with it. Grouping streams one org per document."""
+    from chores.tasks import orgs_with_new_usage
+
+    stamp = NOW.timestamp() - 5
+    runners = [{"workspace_id": "acme"}] + [
+        {"workspace_id": "h" * 6_000_000 + str(n)} for n in range(3)
+    ]
+    for n, context in enumerate(runners):
+        mdb.tasks.insert_one(
+            {
+                "_id": f"r{n}",
+                "name": "ai",
+                "last_updated_db": stamp,
+                "context": {**context, "ai_tokens": 5},
+            }
+        )
+    orgs, newest = orgs_with_new_usage(mdb, Settings(redis_url=None), now=NOW, full=True)
+    assert orgs == ["acme"] and newest == stamp
