@@ -9,7 +9,7 @@ each subagent's spawn findings as `Source.spawn_contexts` reads them), then, sid
 the same process, chunk by chunk, in alternating order:
 
 - *decoding alone*: `bson.decode_all` of those bytes with the run's codec options
-  (tz_aware, tzinfo=UTC), the least a pymongo cursor does;
+  (`chores.core.db.reading`), the least a pymongo cursor does;
 - *ours end to end*: the same decoding, the findings paired with their runners, then the
   pure metering core (`chores.metering.memory_meter.MemoryMeter`:
   `chores.metering.rules.Rules.assess`, as a run calls it, deltas summed into usage
@@ -39,7 +39,6 @@ import argparse
 import gc
 import sys
 import time
-from datetime import UTC
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -63,6 +62,7 @@ litellm = import_litellm()  # before anything else may import it
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from chores.core.db import reading  # noqa: E402
 from chores.demo.corpus import DEFAULT_MODELS  # noqa: E402
 from chores.metering.lines import UsageGroup, price_group  # noqa: E402
 from chores.metering.memory_meter import InvoiceKey, MemoryMeter  # noqa: E402
@@ -73,8 +73,10 @@ from pricing import Registry  # noqa: E402
 LineId = tuple[str, str, str | None, str]  # org, period, line model, tier
 
 
-# What a pymongo cursor hands the run: the run's client decodes with these options.
-CODEC = CodecOptions(tz_aware=True, tzinfo=UTC)
+# What a pymongo cursor hands the run: the run's client decodes with these options
+# (`db.reading`: aware UTC datetimes; out-of-range dates and invalid UTF-8 as placeholders,
+# which cost nothing measurable: 6.2-6.8 µs per document either way, 200,000 documents).
+CODEC = reading(CodecOptions())
 Wire = tuple[bytes, bytes]  # runner documents, spawn findings: BSON as the server sends them
 
 

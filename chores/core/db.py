@@ -21,6 +21,7 @@ from functools import cached_property
 from typing import Any
 
 import pymongo
+from bson.codec_options import CodecOptions, DatetimeConversion
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -31,6 +32,20 @@ from chores.core.settings import Settings
 
 Doc = dict[str, Any]
 IN_PROCESS_SCHEMES = ("file://", "mongomock://")  # the demo's and tests' stores (`local_store`)
+
+
+def reading(options: CodecOptions[Any]) -> CodecOptions[Any]:
+    """How the chore decodes what a server sends: aware datetimes in `datetime.UTC` itself
+    (not bson's FixedOffset: the rules take them as they are); a date BSON holds but Python
+    cannot (year 0 or 10,000+) as a `DatetimeMS`, and bytes that are not UTF-8 as U+FFFD,
+    both held by the rules as anomalies. pymongo's defaults raise on either, and the batch
+    that holds one such runner stopped every run of its org."""
+    return options.with_options(
+        tz_aware=True,
+        tzinfo=UTC,
+        datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+        unicode_decode_error_handler="replace",
+    )
 
 
 def _is_mongomock(db: object) -> bool:
@@ -46,22 +61,21 @@ def _is_mongomock(db: object) -> bool:
 
 
 def utc_view(db: Database[Doc]) -> Database[Doc]:
-    """The database as the chore reads it: every datetime aware, in UTC.
+    """The database as the chore reads it (`reading`): every datetime aware, in UTC, and
+    values Python cannot decode handed to the rules rather than raised.
 
     The public API takes any pymongo `Database` (SPEC §7), whatever its client's codec
     options; a plain `MongoClient()` (tz_aware=False) hands back naive datetimes, which
     BSON stores as UTC. Rather than convert each value where it is read, the database is
-    re-opened once here with tz_aware=True, tzinfo=`datetime.UTC` (what `connect` gives
-    its own clients), so everything downstream sees what it sees with `connect`.
+    re-opened once here with the options `connect` gives its own clients, so everything
+    downstream sees what it sees with `connect`.
     mongomock refuses a custom tzinfo: its tz_aware datetimes are in bson's UTC
     (`as_utc` takes either). Anything that is not a Database (a test's stand-in that
     wraps one) is taken as it is.
     """
     if isinstance(db, Database):
-        options = db.codec_options
-        if options.tz_aware and options.tzinfo is UTC:
-            return db
-        return db.with_options(codec_options=options.with_options(tz_aware=True, tzinfo=UTC))
+        options = reading(db.codec_options)
+        return db if options == db.codec_options else db.with_options(codec_options=options)
     if _is_mongomock(db):
         mock_options = db.codec_options
         if mock_options.tz_aware:
@@ -86,10 +100,8 @@ def connect(settings: Settings) -> Database[Doc]:
         local: Database[Doc] = local_store.in_process_client(url)[settings.mongo_db]
         return local
     try:
-        # Aware datetimes in `datetime.UTC` itself (not bson's FixedOffset): the metering
-        # rules take those as they are, without converting each end time.
         real: pymongo.MongoClient[Doc] = pymongo.MongoClient(
-            url, serverSelectionTimeoutMS=settings.mongo_timeout_ms, tz_aware=True, tzinfo=UTC
+            url, serverSelectionTimeoutMS=settings.mongo_timeout_ms
         )
     except (InvalidURI, ConfigurationError, ValueError):
         raise ConfigError(
@@ -102,7 +114,7 @@ def connect(settings: Settings) -> Database[Doc]:
         raise DatabaseUnavailable(
             f"cannot reach MongoDB at {settings.safe_mongo_url}: is the server running?"
         ) from None
-    return real[settings.mongo_db]
+    return real.get_database(settings.mongo_db, codec_options=reading(real.codec_options))
 
 
 class ReadOnlyCollection:

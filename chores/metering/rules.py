@@ -41,6 +41,7 @@ TERMINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "SKIPPED"})
 MAX_COUNTER = 2**63 - 1  # what BSON can store; anything above is garbage
 MAX_MODEL_NAME = 256
 MAX_LABEL = 256  # characters of a status or session id copied into a ledger entry
+NOT_UTF8 = "\ufffd"  # what the chore's reads decode bytes that are not UTF-8 to (db.reading)
 # An end_time outside these bounds is garbage (a period that cannot be invoiced).
 EARLIEST_END = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_END = timedelta(days=366)
@@ -426,10 +427,10 @@ class Rules:
         if not isinstance(context, Mapping):  # anything else is no context at all: no org
             context = {}
         org = _string(context.get("workspace_id"))
-        if not org or len(org) > MAX_ORG:
+        if not org or len(org) > MAX_ORG or NOT_UTF8 in org:
             detail = (
-                f"context.workspace_id is missing, empty, not a string or longer than "
-                f"{MAX_ORG} characters"
+                f"context.workspace_id is missing, empty, not a string, not UTF-8 or longer "
+                f"than {MAX_ORG} characters"
             )
             record = AnomalyRecord(runner_id, Anomaly.NO_ORG, None, None, detail)
             return Assessment(runner_id, anomalies=(record,))
@@ -454,7 +455,9 @@ class Rules:
 
         raw_model = context.get("ai_model")
         model = _string(raw_model)
-        if raw_model is not None and (model is None or len(model) > MAX_MODEL_NAME):
+        if raw_model is not None and (
+            model is None or len(model) > MAX_MODEL_NAME or NOT_UTF8 in model
+        ):
             detail = f"ai_model is {_describe(raw_model)}"
             return _held(runner_id, org, period, pending, (), Anomaly.BAD_MODEL, detail)
 

@@ -148,3 +148,38 @@ def test_the_fan_out_lists_orgs_past_the_16_mb_a_distinct_answers_in(mdb):
         )
     orgs, newest = orgs_with_new_usage(mdb, Settings(redis_url=None), now=NOW, full=True)
     assert orgs == ["acme"] and newest == stamp
+
+
+def test_a_runner_python_cannot_decode_is_an_anomaly_not_a_stopped_run(mdb, registry):
+    """A year-10,000 end time and a workspace id that is not UTF-8, as a server stores
+    them: pymongo raised on the batch that held them, and every run stopped there."""
+    if not isinstance(mdb, pymongo.database.Database):
+        pytest.skip("mongomock keeps Python objects: only a server sends BSON to decode")
+    from bson import encode
+    from bson.datetime_ms import DatetimeMS
+    from bson.raw_bson import RawBSONDocument
+
+    def runner(_id: str, org: str, **fields: object) -> dict[str, object]:
+        context = {"workspace_id": org, "ai_model": "gpt-4o-mini", "ai_tokens": 1_000}
+        return {
+            "_id": _id,
+            "name": "ai",
+            "status": "SUCCESS",
+            "last_updated_db": 1.0e9,
+            "end_time": datetime(2026, 11, 20, tzinfo=UTC),
+            "context": context,
+            **fields,
+        }
+
+    mdb.tasks.insert_many(
+        [
+            runner("good", "acme"),
+            RawBSONDocument(encode(runner("far", "acme", end_time=DatetimeMS(2**62)))),
+            RawBSONDocument(encode(runner("bytes", "ac\x01me")).replace(b"ac\x01me", b"ac\xffme")),
+        ]
+    )
+    plain = pymongo.MongoClient(os.environ["MONGO_URL"])[mdb.name]  # default options
+    report = run_chore(plain, now=NOW, registry=registry, settings=Settings(redis_url=None))
+    assert report.error is None and report.tokens_billed == 1_000
+    assert report.anomalies == {"bad_end_time": 1, "no_org": 1}
+    plain.client.close()

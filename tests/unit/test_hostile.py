@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import mongomock
+import pymongo
 import pytest
 from bson import ObjectId
 from bson.code import Code
@@ -440,3 +441,50 @@ def test_cached_tokens_without_prompt_bill_nothing_and_open_no_invoice(registry)
     assert db.billing_ledger.count_documents({"org": "ws-odd"}) == 0
     assert db.billing_invoices.find_one({"_id": "ws-odd:2026-11"}) is None
     assert db.billing_invoices.find_one({"_id": "ws-good:2026-11"})["lines"] == _GOOD_LINES
+
+
+def _undecodable_runner() -> bytes:
+    """A runner as a server would send it, with bytes Python cannot decode: an end time in
+    year 10,000 and a workspace id or model that is not UTF-8."""
+    from bson import encode
+    from bson.datetime_ms import DatetimeMS
+
+    year_10000 = DatetimeMS(253_402_300_800_000 + 86_400_000)
+    docs = []
+    for where in ("end_time", "workspace_id", "ai_model"):
+        context = {**GOOD_RUN["context"], "workspace_id": "ws-odd"}
+        doc = {**GOOD_RUN, "_id": where, "context": context}
+        if where == "end_time":
+            doc["end_time"] = year_10000
+        else:
+            context[where] = "\x01\x02bad"
+        docs.append(encode(doc).replace(b"\x01\x02bad", b"\xff\xfebad"))
+    return b"".join(docs)
+
+
+def test_bytes_python_cannot_decode_are_anomalies_not_a_stopped_run(monkeypatch):
+    """pymongo raised on a year-10,000 date or invalid UTF-8 in a batch, and every run of
+    the org stopped on it. Both the public API's view of a caller's database and the
+    chore's own client decode them (DatetimeMS, U+FFFD), and the rules hold them."""
+    from bson import decode_all
+    from pymongo.database import Database
+
+    from chores.core.db import connect, utc_view
+    from chores.metering.rules import Rules
+
+    caller = pymongo.MongoClient(connect=False)["main"]  # default options, as a user has
+    monkeypatch.setattr(Database, "command", lambda self, *a, **k: {"ok": 1.0})
+    own = connect(Settings(mongo_url="mongodb://127.0.0.1:9"))
+    rules = Rules(now=NOW, max_tokens_per_run=10**9, future_skew_seconds=300)
+    for db in (utc_view(caller), own):
+        docs = decode_all(_undecodable_runner(), db.codec_options)
+        held = {
+            doc["_id"]: [a.kind for a in rules.assess(doc, spawn_contexts=[], head=None).anomalies]
+            for doc in docs
+        }
+        assert held == {
+            "end_time": ["bad_end_time"],
+            "workspace_id": ["no_org"],
+            "ai_model": ["bad_model"],
+        }
+        own.client.close()
