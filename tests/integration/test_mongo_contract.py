@@ -152,12 +152,15 @@ def test_the_fan_out_lists_orgs_past_the_16_mb_a_distinct_answers_in(mdb):
 
 def test_a_runner_python_cannot_decode_is_an_anomaly_not_a_stopped_run(mdb, registry):
     """A year-10,000 end time and a workspace id that is not UTF-8, as a server stores
-    them: pymongo raised on the batch that held them, and every run stopped there."""
-    if not isinstance(mdb, pymongo.database.Database):
-        pytest.skip("mongomock keeps Python objects: only a server sends BSON to decode")
-    from bson import encode
+    them: pymongo raised on the batch that held them, and every run stopped there. A
+    server is sent the raw BSON and the chore reads it through a plain `MongoClient()`;
+    mongomock, which keeps Python objects, is given what the chore's reads decode it to."""
+    from bson import decode, encode
+    from bson.codec_options import CodecOptions
     from bson.datetime_ms import DatetimeMS
     from bson.raw_bson import RawBSONDocument
+
+    from chores.core.db import reading
 
     def runner(_id: str, org: str, **fields: object) -> dict[str, object]:
         context = {"workspace_id": org, "ai_model": "gpt-4o-mini", "ai_tokens": 1_000}
@@ -171,15 +174,20 @@ def test_a_runner_python_cannot_decode_is_an_anomaly_not_a_stopped_run(mdb, regi
             **fields,
         }
 
-    mdb.tasks.insert_many(
-        [
-            runner("good", "acme"),
-            RawBSONDocument(encode(runner("far", "acme", end_time=DatetimeMS(2**62)))),
-            RawBSONDocument(encode(runner("bytes", "ac\x01me")).replace(b"ac\x01me", b"ac\xffme")),
-        ]
-    )
-    plain = pymongo.MongoClient(os.environ["MONGO_URL"])[mdb.name]  # default options
-    report = run_chore(plain, now=NOW, registry=registry, settings=Settings(redis_url=None))
+    raw = [
+        encode(runner("far", "acme", end_time=DatetimeMS(2**62))),
+        encode(runner("bytes", "ac\x01me")).replace(b"ac\x01me", b"ac\xffme"),
+    ]
+    server = isinstance(mdb, pymongo.database.Database)
+    if server:
+        odd = [RawBSONDocument(b) for b in raw]
+        db = pymongo.MongoClient(os.environ["MONGO_URL"])[mdb.name]  # default options
+    else:
+        odd = [decode(b, reading(CodecOptions())) for b in raw]
+        db = mdb
+    mdb.tasks.insert_many([runner("good", "acme"), *odd])
+    report = run_chore(db, now=NOW, registry=registry, settings=Settings(redis_url=None))
     assert report.error is None and report.tokens_billed == 1_000
     assert report.anomalies == {"bad_end_time": 1, "no_org": 1}
-    plain.client.close()
+    if server:
+        db.client.close()
