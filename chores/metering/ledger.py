@@ -79,6 +79,8 @@ def entry_document(delta: Delta, *, billed_at: datetime, run_id: str, registry: 
 
 
 # An entry that only moved a high-water mark: no usage, no line, not counted on an invoice.
+# The rules no longer write one (a change that bills nothing writes nothing); ledgers
+# written before hold some.
 EMPTY_ENTRY: Doc = {"input_tokens": 0, "cached_tokens": 0, "output_tokens": 0, "unsplit_tokens": 0}
 
 
