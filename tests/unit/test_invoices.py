@@ -236,3 +236,27 @@ def test_any_split_of_the_month_into_runs_and_passes_gives_the_invoice_of_one_ru
     same = ("lines", "total_micros", "unpriced_tokens", "runs", "entries", "usage_groups")
     assert {f: invoice(split)[f] for f in same} == {f: invoice(whole)[f] for f in same}
     assert Pipeline(split, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
+
+
+def test_a_zero_token_entry_of_an_older_ledger_is_no_line_and_no_run(db, registry):
+    """Earlier versions wrote an entry when only a high-water mark moved (cached tokens
+    beyond prompt); the rules no longer do, and those left in a ledger count for nothing:
+    no line, no run, in the incremental build and in the full rebuild alike."""
+    from chores.metering.ledger import entry_document
+    from chores.metering.rules import Breakdown, Counters, Delta
+
+    truth = add_runners(db, 3)
+    usage_time = datetime(2026, 11, 3, tzinfo=UTC)
+    moved_only = Delta(
+        runner_id="old-runner", seq=1, org="acme", model="gpt-4o-mini", byok=False,
+        usage_time=usage_time, period="2026-11", high_water=Counters(0, 0, 0, 40),
+        tokens=Breakdown(), status="SUCCESS", session_id=None, subagent=False, parent_id=None,
+    )  # fmt: skip
+    db.billing_ledger.insert_one(
+        entry_document(moved_only, billed_at=usage_time, run_id="older", registry=registry)
+    )
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    assert invoiced_tokens(db) == truth
+    assert (invoice(db)["runs"], invoice(db)["entries"]) == (3, 3)
+    assert all(line["tokens"] > 0 for line in invoice(db)["lines"])
+    assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
