@@ -49,6 +49,7 @@ from rich.table import Table
 from chores import Settings, ensure_indexes, run_chore
 from chores.billing.drafts import DraftSums, has_usage
 from chores.billing.invoices import build_invoice
+from chores.core import mongomock_compat
 from chores.demo.corpus import generate_corpus
 from pricing import load_registry
 
@@ -230,6 +231,9 @@ def open_database(real_url: str | None) -> tuple[Any, Any, Counts, str]:
         client.drop_database("bench_roundtrips")
         db = client["bench_roundtrips"]
         return db, db, listener.counts, "MongoDB server (CommandListener)"
+    # The chore installs its mongomock shim when it is handed a mongomock database; it is
+    # handed the counting wrapper here, so the benchmark installs it, as the tests do.
+    mongomock_compat.install()
     raw = mongomock.MongoClient(tz_aware=True)["main"]
     counting = CountingDatabase(raw)
     return counting, raw, counting.counts, "mongomock (round trips and docs examined modelled)"
