@@ -79,8 +79,9 @@ def entry_document(delta: Delta, *, billed_at: datetime, run_id: str, registry: 
 
 
 # An entry that only moved a high-water mark: no usage, no line, not counted on an invoice.
-# The rules no longer write one (a change that bills nothing writes nothing); ledgers
-# written before hold some.
+# The rules write one when only cached tokens beyond prompt moved: the mark must be kept
+# (SPEC §1.5-1.6: a later drop is `counter_decreased`, and usage bills from the highest
+# counters).
 EMPTY_ENTRY: Doc = {"input_tokens": 0, "cached_tokens": 0, "output_tokens": 0, "unsplit_tokens": 0}
 
 

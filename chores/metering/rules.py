@@ -501,8 +501,7 @@ class Rules:
             detail = f"{tokens} tokens exceed MAX_TOKENS_PER_RUN={self.max_tokens_per_run}"
             return _held(runner_id, org, period, pending, flags, Anomaly.OVER_CEILING, detail)
 
-        new = breakdown(high_water) if head is None else new_usage(high_water, previous)
-        if new == Breakdown():  # nothing new to bill (cached beyond prompt bills nothing)
+        if high_water == previous:
             return Assessment(runner_id, org, period, pending, None, flags, billed_cleanly=True)
         delta = Delta(
             runner_id=runner_id,
@@ -513,7 +512,7 @@ class Rules:
             usage_time=usage_time,
             period=period,
             high_water=high_water,
-            tokens=new,
+            tokens=breakdown(high_water) if head is None else new_usage(high_water, previous),
             status=status,
             session_id=_label(context.get("session_id")),
             subagent=subagent,

@@ -177,7 +177,9 @@ def test_hostile_documents_never_crash_never_charge_and_leave_others_alone(regis
     config = Settings(mongo_url="mongomock://x", batch_size=4)
     run_chore(db, now=NOW, registry=registry, settings=config)
 
-    billed = {e["runner_id"] for e in db.billing_ledger.find()}
+    # A charge is an entry with tokens; one that only moved a high-water mark (cached
+    # tokens beyond prompt) bills nothing.
+    billed = {e["runner_id"] for e in db.billing_ledger.find() if e["tokens"] > 0}
     anomalies = {a["runner_id"] for a in db.billing_anomalies.find()}
     for doc in docs:
         runner = str(doc["_id"])
@@ -430,17 +432,28 @@ def test_a_depth_read_as_int64_is_a_number():
     assert is_subagent_context({"ai_subagent_depth": Int64(1)}) is True
 
 
-def test_cached_tokens_without_prompt_bill_nothing_and_open_no_invoice(registry):
-    """Cached tokens are a subset of prompt: `cached=1, prompt=0` bills nothing. Its change
-    once wrote a ledger entry of 0 tokens, which opened an empty draft for the org."""
+def test_a_cached_high_water_mark_is_kept_though_it_bills_nothing(registry):
+    """`cached=40, prompt=0` bills nothing, but its mark stays: when the runner ends with
+    `prompt=50, cached=10`, the cached counter went down (`counter_decreased`) and usage is
+    billed from the highest counters (40 cached, 10 input), SPEC §1.5-1.6."""
     db = mongomock.MongoClient(tz_aware=True)["main"]
-    odd = {**GOOD_RUN, "_id": ObjectId(), "context": {"workspace_id": "ws-odd"}}
-    odd["context"].update(ai_cached_tokens=1, ai_model="gpt-4o-mini")
-    db.tasks.insert_many([dict(GOOD_RUN), odd])
-    run_chore(db, now=NOW, registry=registry, settings=Settings(mongo_url="mongomock://x"))
-    assert db.billing_ledger.count_documents({"org": "ws-odd"}) == 0
-    assert db.billing_invoices.find_one({"_id": "ws-odd:2026-11"}) is None
-    assert db.billing_invoices.find_one({"_id": "ws-good:2026-11"})["lines"] == _GOOD_LINES
+    running = {**GOOD_RUN, "_id": ObjectId(), "status": "RUNNING", "context": {}}
+    del running["end_time"]
+    running["context"] = {"workspace_id": "ws-odd", "ai_model": "gpt-4o-mini"}
+    running["context"]["ai_cached_tokens"] = 40
+    db.tasks.insert_one(running)
+    config = Settings(mongo_url="mongomock://x")
+    run_chore(db, now=NOW - timedelta(hours=1), registry=registry, settings=config)
+    finished = {**running, "status": "SUCCESS", "end_time": NOW - timedelta(minutes=30)}
+    finished["context"] = {**running["context"], "ai_tokens": 50, "ai_prompt_tokens": 50}
+    finished["context"]["ai_cached_tokens"] = 10
+    db.tasks.replace_one({"_id": running["_id"]}, finished)
+    report = run_chore(db, now=NOW, registry=registry, settings=config)
+
+    assert report.anomalies == {"counter_decreased": 1}
+    entries = list(db.billing_ledger.find({"org": "ws-odd"}, sort=[("seq", 1)]))
+    assert [e["tokens"] for e in entries] == [0, 50]
+    assert (entries[1]["input_tokens"], entries[1]["cached_tokens"]) == (10, 40)
 
 
 def _undecodable_runner() -> bytes:

@@ -238,25 +238,29 @@ def test_any_split_of_the_month_into_runs_and_passes_gives_the_invoice_of_one_ru
     assert Pipeline(split, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
 
 
-def test_a_zero_token_entry_of_an_older_ledger_is_no_line_and_no_run(db, registry):
-    """Earlier versions wrote an entry when only a high-water mark moved (cached tokens
-    beyond prompt); the rules no longer do, and those left in a ledger count for nothing:
-    no line, no run, in the incremental build and in the full rebuild alike."""
-    from chores.metering.ledger import entry_document
-    from chores.metering.rules import Breakdown, Counters, Delta
+def test_an_entry_that_only_moved_a_high_water_mark_is_no_line_and_no_run(db, registry):
+    """Cached tokens beyond prompt tokens move the cached high-water mark and bill nothing:
+    the entry is kept (a later drop is `counter_decreased`, SPEC §1.5) but is no line and no
+    run, in the incremental build and the full rebuild alike, and finalizing is not held."""
+    from chores import finalize_invoices
 
     truth = add_runners(db, 3)
-    usage_time = datetime(2026, 11, 3, tzinfo=UTC)
-    moved_only = Delta(
-        runner_id="old-runner", seq=1, org="acme", model="gpt-4o-mini", byok=False,
-        usage_time=usage_time, period="2026-11", high_water=Counters(0, 0, 0, 40),
-        tokens=Breakdown(), status="SUCCESS", session_id=None, subagent=False, parent_id=None,
-    )  # fmt: skip
-    db.billing_ledger.insert_one(
-        entry_document(moved_only, billed_at=usage_time, run_id="older", registry=registry)
+    ended = datetime(2026, 11, 3, tzinfo=UTC)
+    db.tasks.insert_one(
+        {
+            "name": "ai",
+            "status": "SUCCESS",
+            "end_time": ended,
+            "last_updated_db": ended.timestamp(),
+            "context": {"workspace_id": "acme", "ai_model": "gpt-4o-mini", "ai_cached_tokens": 40},
+        }
     )
     run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    assert db.billing_ledger.count_documents({"tokens": 0}) == 1
     assert invoiced_tokens(db) == truth
     assert (invoice(db)["runs"], invoice(db)["entries"]) == (3, 3)
     assert all(line["tokens"] > 0 for line in invoice(db)["lines"])
     assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
+    december = datetime(2026, 12, 5, tzinfo=UTC)
+    assert finalize_invoices(db, now=december, settings=CONFIG) == ["acme:2026-11"]
+    assert invoice(db)["status"] == "final" and invoiced_tokens(db) == truth
