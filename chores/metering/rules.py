@@ -64,6 +64,7 @@ class Anomaly:
     TOTAL_BELOW_SPLIT = "total_below_split"
     COUNTER_DECREASED = "counter_decreased"
     OVER_CEILING = "over_ceiling"
+    BAD_ID = "bad_id"  # a string `_id` that is not UTF-8: no ledger key of its own
 
     # Resolved automatically once the runner bills cleanly again; the others stay
     # open for a person to review.
@@ -434,6 +435,12 @@ class Rules:
             )
             record = AnomalyRecord(runner_id, Anomaly.NO_ORG, None, None, detail)
             return Assessment(runner_id, anomalies=(record,))
+
+        source_id = doc.get("_id")
+        if isinstance(source_id, str) and NOT_UTF8 in source_id:
+            # Two ids whose invalid bytes differ decode alike: they would share one key.
+            detail = "_id is a string that is not UTF-8"
+            return _held(runner_id, org, self.current_period, False, (), Anomaly.BAD_ID, detail)
 
         usage_time = self.usage_time(end_time)
         if isinstance(usage_time, str):

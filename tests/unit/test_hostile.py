@@ -458,17 +458,19 @@ def test_a_cached_high_water_mark_is_kept_though_it_bills_nothing(registry):
 
 def _undecodable_runner() -> bytes:
     """A runner as a server would send it, with bytes Python cannot decode: an end time in
-    year 10,000 and a workspace id or model that is not UTF-8."""
+    year 10,000, and a workspace id, model or string `_id` that is not UTF-8."""
     from bson import encode
     from bson.datetime_ms import DatetimeMS
 
     year_10000 = DatetimeMS(253_402_300_800_000 + 86_400_000)
     docs = []
-    for where in ("end_time", "workspace_id", "ai_model"):
+    for where in ("end_time", "workspace_id", "ai_model", "_id"):
         context = {**GOOD_RUN["context"], "workspace_id": "ws-odd"}
         doc = {**GOOD_RUN, "_id": where, "context": context}
         if where == "end_time":
             doc["end_time"] = year_10000
+        elif where == "_id":
+            doc["_id"] = "\x01\x02bad"
         else:
             context[where] = "\x01\x02bad"
         docs.append(encode(doc).replace(b"\x01\x02bad", b"\xff\xfebad"))
@@ -499,5 +501,7 @@ def test_bytes_python_cannot_decode_are_anomalies_not_a_stopped_run(monkeypatch)
             "end_time": ["bad_end_time"],
             "workspace_id": ["no_org"],
             "ai_model": ["bad_model"],
+            # two such ids would decode alike and share one high-water mark
+            "\ufffd\ufffdbad": ["bad_id"],
         }
         own.client.close()
