@@ -22,6 +22,7 @@ from typing import Any
 from bson import ObjectId
 
 from chores.core.db import Collections, Doc
+from chores.core.orgs import MAX_ORG
 
 # Whole `context`s are projected, not their `ai_*` sub-fields: mongomock crashes
 # projecting sub-fields of an array that holds non-documents, and a hostile
@@ -89,11 +90,12 @@ class Source:
         """The org ids of the AI runners changed since `since` (raw: the caller validates).
 
         Grouped, not `distinct`: distinct answers in one document of at most 16 MB, which
-        a few huge workspace ids would overflow, stopping every fan-out.
+        a few huge workspace ids would overflow, stopping every fan-out. Only strings of
+        1 to MAX_ORG characters are grouped: a longer one is no org (`no_org`), and the
+        server neither groups nor sends it.
         """
-        changed = {
-            "$and": [self._changed(None, since), {"context.workspace_id": {"$type": "string"}}]
-        }
+        org_id = {"$type": "string", "$regex": f"^[\\s\\S]{{1,{MAX_ORG}}}$"}
+        changed = {"$and": [self._changed(None, since), {"context.workspace_id": org_id}]}
         pipeline = [{"$match": changed}, {"$group": {"_id": "$context.workspace_id"}}]
         return [group["_id"] for group in self._tasks.aggregate(pipeline)]
 

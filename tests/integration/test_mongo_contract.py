@@ -130,7 +130,10 @@ def test_full_run_and_finalize_on_this_server(mdb, fixture_docs, registry):
 
 def test_the_fan_out_lists_orgs_past_the_16_mb_a_distinct_answers_in(mdb):
     """`distinct` answers in one document (16 MB on a server): three workspace ids of 6 MB
-    made it fail, and every fan-out with it. Grouping streams one org per document."""
+    made it fail, and every fan-out with it. Grouping streams one org per document, and
+    ids longer than an org id may be are not even grouped (or sent)."""
+    from chores.core.db import Collections
+    from chores.metering.source import Source
     from chores.tasks import orgs_with_new_usage
 
     stamp = NOW.timestamp() - 5
@@ -146,8 +149,11 @@ def test_the_fan_out_lists_orgs_past_the_16_mb_a_distinct_answers_in(mdb):
                 "context": {**context, "ai_tokens": 5},
             }
         )
-    orgs, newest = orgs_with_new_usage(mdb, Settings(redis_url=None), now=NOW, full=True)
+    settings = Settings(redis_url=None)
+    orgs, newest = orgs_with_new_usage(mdb, settings, now=NOW, full=True)
     assert orgs == ["acme"] and newest == stamp
+    source = Source(Collections.of(mdb, settings), ai_task_names=["ai"], batch_size=10)
+    assert source.orgs_changed(None) == ["acme"]
 
 
 def test_a_runner_python_cannot_decode_is_an_anomaly_not_a_stopped_run(mdb, registry):
