@@ -34,18 +34,23 @@ class QuotaCache:
                 pipe.set(KEY_PREFIX + decision["_id"], _dumps(decision), ex=self._ttl)
             pipe.execute()
         except RedisError as exc:
-            log.warning(
-                "quota cache at %s unavailable: %s", redact_url(self._url), type(exc).__name__
-            )
+            self._unavailable(exc)
+
+    def forget(self, orgs: Sequence[str]) -> None:
+        """Drop the mirrored decisions of `orgs` (the next check reads MongoDB)."""
+        if not orgs:
+            return
+        try:
+            self._redis.delete(*(KEY_PREFIX + org for org in orgs))
+        except RedisError as exc:
+            self._unavailable(exc)
 
     def get(self, org: str) -> dict[str, Any] | None:
         """The cached decision, or None on a miss or any Redis failure."""
         try:
             raw = self._redis.get(KEY_PREFIX + org)
         except RedisError as exc:
-            log.warning(
-                "quota cache at %s unavailable: %s", redact_url(self._url), type(exc).__name__
-            )
+            self._unavailable(exc)
             return None
         if raw is None:
             return None
@@ -53,6 +58,9 @@ class QuotaCache:
             return _loads(raw)
         except (ValueError, KeyError, TypeError):
             return None
+
+    def _unavailable(self, exc: RedisError) -> None:
+        log.warning("quota cache at %s unavailable: %s", redact_url(self._url), type(exc).__name__)
 
 
 def _dumps(decision: Mapping[str, Any]) -> str:

@@ -10,11 +10,13 @@ at the soft ratio, else `ok`. State changes are appended to
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from fractions import Fraction
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from pymongo.errors import PyMongoError
 
 from chores.core import clock as _clock
@@ -25,7 +27,9 @@ from chores.core.settings import Plan, Settings
 from chores.core.writes import insert_ignoring_duplicates, replace_where
 from chores.quota.cache import QuotaCache
 
+log = logging.getLogger(__name__)
 State = Literal["ok", "warn", "block", "unknown"]
+INVALID_PLAN = "invalid plan"  # what a run reports for an org whose plan cannot be read
 
 
 class PeriodUsage(BaseModel):
@@ -35,14 +39,17 @@ class PeriodUsage(BaseModel):
 
 
 def plan_of(doc: Mapping[str, Any] | None, default: Plan) -> Plan:
-    if not doc:
+    """An org's plan from its document; `default` when it has none (SPEC §7).
+
+    In an org's own plan a missing or null limit means no limit: the default's limits
+    apply only to an org without a plan. A missing soft ratio or overdraft is the
+    default's. ValidationError when the document holds an invalid value.
+    """
+    if doc is None:
         return default
-    fields = {
-        k: doc[k]
-        for k in ("token_limit", "spend_limit_micros", "soft_ratio", "grace_tokens")
-        if doc.get(k) is not None
-    }
-    return Plan.model_validate({**default.model_dump(), **fields})
+    limits = {k: doc.get(k) for k in ("token_limit", "spend_limit_micros")}
+    tuning = {k: doc[k] for k in ("soft_ratio", "grace_tokens") if doc.get(k) is not None}
+    return Plan.model_validate({**default.model_dump(), **limits, **tuning})
 
 
 class _Limit(NamedTuple):
@@ -77,13 +84,26 @@ def evaluate(plan: Plan, used_tokens: int, spent_micros: int) -> tuple[State, li
                 f"{describe(check.limit)}"
                 + (f" (+{describe(overdraft)} overdraft)" if overdraft else "")
             )
-        elif check.used >= plan.soft_ratio * check.limit:
+        elif check.used >= soft_share(plan) * check.limit:
             state = "warn" if state != "block" else state
-            share = check.used / check.limit
-            reasons.append(
-                f"{check.name} usage at {share:.0%} of its limit ({describe(check.limit)})"
-            )
+            share = f"{check.used / check.limit:.0%}" if check.limit else "all"
+            reasons.append(f"{check.name} usage at {share} of its limit ({describe(check.limit)})")
     return state, reasons
+
+
+def soft_share(plan: Plan) -> Fraction:
+    """The plan's soft ratio as the decimal a person wrote (0.55 is 11/20, not the float
+    just above it), so that usage exactly at the ratio warns."""
+    return Fraction(str(plan.soft_ratio))
+
+
+def plan_error(exc: ValidationError) -> str:
+    """A plan's validation errors in one line: field, problem, value."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']} "
+        f"(got {error.get('input')!r:.40})"
+        for error in exc.errors()
+    )
 
 
 def _count(tokens: int) -> str:
@@ -151,10 +171,19 @@ class Quota:
             | {o for o in self._c.quota.distinct("_id") if isinstance(o, str)}
         )
 
-    def plans(self, orgs: Sequence[str]) -> dict[str, Plan]:
+    def plans(self, orgs: Sequence[str]) -> dict[str, Plan | None]:
+        """The plan of each org; None for a plan document that cannot be read (logged:
+        one org's bad plan never stops the others' decisions)."""
         found = {d["_id"]: d for d in self._c.plans.find({"_id": {"$in": list(orgs)}})}
         default = self._settings.default_plan
-        return {org: plan_of(found.get(org), default) for org in orgs}
+        plans: dict[str, Plan | None] = {}
+        for org in orgs:
+            try:
+                plans[org] = plan_of(found.get(org), default)
+            except ValidationError as exc:
+                log.error("plan of %r is invalid, no decision written: %s", org, plan_error(exc))
+                plans[org] = None
+        return plans
 
     def usage(self, orgs: Sequence[str], period: str) -> dict[str, PeriodUsage]:
         ids = [f"{org}:{period}" for org in orgs]
@@ -186,6 +215,9 @@ class Quota:
         decisions: list[Doc] = []
         for org in orgs:
             plan, used = plans[org], usage[org]
+            if plan is None:  # its previous decision stands until the plan is fixed
+                states[org] = INVALID_PLAN
+                continue
             state, reasons = evaluate(plan, used.tokens, used.micros)
             decisions.append(
                 {
@@ -226,7 +258,7 @@ class Quota:
         # run that saw more of it (or a later period) is kept, never overwritten; one
         # computed ahead of the wall clock (a `now` that was wrong) is no decision.
         future = _clock.wall_clock() + timedelta(seconds=self._settings.future_skew_seconds)
-        replace_where(
+        refused = replace_where(
             self._c.quota,
             [
                 (
@@ -245,7 +277,10 @@ class Quota:
             ],
         )
         if self._cache is not None:
-            self._cache.put_many(decisions)
+            # A decision refused above lost to one that saw more usage: the mirror must
+            # not answer with it, so its entry goes and the next check reads MongoDB.
+            self._cache.put_many([d for i, d in enumerate(decisions) if i not in refused])
+            self._cache.forget([decisions[i]["_id"] for i in sorted(refused)])
         return states
 
     def check(self, org: str, estimated_tokens: int, now: datetime) -> QuotaDecision:

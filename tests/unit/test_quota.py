@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
 from bson import ObjectId
+from hypothesis import example, given
+from hypothesis import strategies as st
 from pymongo.errors import ServerSelectionTimeoutError
 
 from chores import ConfigError, check_quota, run_chore
+from chores.core.db import Collections
+from chores.core.settings import Plan
+from chores.quota.decisions import INVALID_PLAN, Quota, evaluate
 
 from support.dbproxy import CountingDatabase, FailingDatabase
 
@@ -182,6 +188,59 @@ def test_org_without_plan_gets_the_default_plan(db, settings, registry):
     assert check_quota(db, "acme", now=NOV, settings=limited).state == "block"
 
 
+def test_an_own_plan_without_a_limit_has_none_whatever_the_default(db, settings, registry):
+    limited = settings.model_copy(update={"default_token_limit": 1_000})
+    set_plan(db, "acme", token_limit=None, soft_ratio=0.5)  # null: no limit (SPEC §7)
+    set_plan(db, "beta", soft_ratio=0.5)  # missing: no limit either
+    docs = [ai_run(org, 5_000) for org in ("acme", "beta", "gamma")]
+    meter(db, limited, registry, *docs, org=None)
+    for org in ("acme", "beta"):
+        decision = check_quota(db, org, now=NOV, settings=limited)
+        assert (decision.state, decision.token_limit) == ("ok", None)
+    no_plan = check_quota(db, "gamma", now=NOV, settings=limited)  # the default plan's limit
+    assert (no_plan.state, no_plan.token_limit) == ("block", 1_000)
+
+
+def test_a_zero_token_limit_with_an_overdraft_warns_then_blocks(db, settings, registry):
+    set_plan(db, token_limit=0, grace_tokens=1_000)
+    meter(db, settings, registry, ai_run("acme", 999))
+    decision = check_quota(db, "acme", now=NOV, settings=settings)
+    assert decision.state == "warn" and "token usage at all of its limit" in decision.reason
+    meter(db, settings, registry, ai_run("acme", 1))
+    assert check_quota(db, "acme", now=NOV, settings=settings).state == "block"
+
+
+@pytest.mark.parametrize(
+    "bad", [{"token_limit": "10M"}, {"token_limit": -1}, {"soft_ratio": 0}, {"soft_ratio": 80}]
+)
+def test_an_invalid_plan_holds_its_own_org_only(db, settings, registry, caplog, bad):
+    set_plan(db, token_limit=120)
+    meter(db, settings, registry, ai_run("acme", 100), ai_run("beta", 100), org=None)
+    set_plan(db, **bad)
+    with caplog.at_level(logging.ERROR, logger="chores.quota.decisions"):
+        report = meter(db, settings, registry, ai_run("acme", 60), ai_run("beta", 1), org=None)
+    assert report.decisions == {"acme": INVALID_PLAN, "beta": "ok"}
+    kept = db.billing_quota.find_one({"_id": "acme"})  # its last decision stands
+    assert (kept["state"], kept["used_tokens"]) == ("warn", 100)
+    assert db.billing_quota.find_one({"_id": "beta"})["used_tokens"] == 101
+    assert "plan of 'acme' is invalid, no decision written" in caplog.text
+
+
+@given(percent=st.integers(1, 100), limit=st.integers(1, 10**15))
+@example(percent=55, limit=100_000)  # 0.55 x 100,000 is 55,000.000000000004 in floats
+def test_usage_exactly_at_the_soft_ratio_warns(percent, limit):
+    """The soft ratio is the decimal written, not the float nearest to it."""
+    first_warn = -(-percent * limit // 100)  # the least usage with used >= ratio x limit
+    for kind, plan, spend in (
+        ("tokens", Plan(token_limit=limit, soft_ratio=percent / 100), False),
+        ("spend", Plan(spend_limit_micros=limit, soft_ratio=percent / 100), True),
+    ):
+        for used, expected in ((first_warn - 1, "ok"), (first_warn, "warn")):
+            if 0 <= used < limit:
+                state, _ = evaluate(plan, 0 if spend else used, used if spend else 0)
+                assert state == expected, (kind, used)
+
+
 @pytest.mark.parametrize("bad", ["", None, {"$ne": None}, 42, "x" * 10_000])
 def test_org_must_be_plain_data(db, settings, bad):
     with pytest.raises(ConfigError):
@@ -223,6 +282,19 @@ def test_cache_miss_reads_mongo_once_then_hits(db, settings, registry, redis_url
     assert check_quota(counting, "acme", now=NOV, settings=cached).state == "ok"
     assert check_quota(counting, "acme", now=NOV, settings=cached).state == "ok"
     assert counting.calls == {("billing_quota", "find_one"): 1}
+
+
+def test_a_decision_that_lost_to_a_newer_one_is_not_mirrored(db, settings, registry, redis_url):
+    cached = settings.model_copy(update={"redis_url": redis_url})
+    set_plan(db, token_limit=10_000)
+    meter(db, cached, registry, ai_run("acme", 100))
+    # A concurrent run that saw more usage stored its decision first...
+    newer = {"used_tokens": 12_000, "state": "block"}
+    db.billing_quota.update_one({"_id": "acme"}, {"$set": newer})
+    # ...so this one, computed from less, is refused by MongoDB and must not be answered.
+    Quota(Collections.of(db, cached), cached).decide(["acme"], NOV)
+    decision = check_quota(db, "acme", now=NOV, settings=cached)
+    assert (decision.state, decision.used_tokens) == ("block", 12_000)
 
 
 def test_redis_down_falls_back_to_mongo(db, settings, registry):
