@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
 import click
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
 from chores.cli import tables
 from chores.cli.common import EXIT_REFUSED, console, now_option, parse_now, user_errors
 from chores.cli.params import OneLineGroup
+from chores.core.clock import checked_now
 from chores.core.db import APPLY_INDEXES_COMMAND, Collections, connect, missing_source_indexes
+from chores.core.exceptions import ConfigError
 from chores.core.money import parse_usd, usd
 from chores.core.orgs import validate_org
 from chores.core.periods import as_utc
 from chores.core.settings import Plan, get_settings
-from chores.quota.decisions import plan_of
+from chores.quota.decisions import plan_error, plan_of
 
 _SUFFIXES = {"": 1, "K": 1_000, "M": 1_000_000, "B": 1_000_000_000}
 
@@ -28,22 +34,27 @@ def parse_tokens(text: str) -> int:
     match = re.fullmatch(r"\s*([0-9][0-9,_]*(?:\.[0-9]+)?)\s*([kKmMbB]?)\s*", text)
     if not match:
         raise ValueError(f"not a token count: {text!r} (try 10M, 500K or 1000)")
-    number = float(match.group(1).replace(",", "").replace("_", ""))
+    number = Decimal(match.group(1).replace(",", "").replace("_", ""))  # exact: 2.01M
     value = number * _SUFFIXES[match.group(2).upper()]
-    if value != int(value):
+    if value != value.to_integral_value():
         raise ValueError(f"not a whole number of tokens: {text!r}")
     return int(value)
 
 
 class TokensType(click.ParamType):
+    """A token count; also `none` (no limit) when `allow_none`."""
+
     name = "TOKENS"
+
+    def __init__(self, *, allow_none: bool = True) -> None:
+        self.allow_none = allow_none
 
     def convert(
         self, value: object, param: click.Parameter | None, ctx: click.Context | None
     ) -> object:
         if isinstance(value, int) or value is None:
             return value
-        if str(value).lower() == "none":
+        if self.allow_none and str(value).lower() == "none":
             return "none"
         try:
             return parse_tokens(str(value))
@@ -74,7 +85,12 @@ def quota() -> None:
 
 @quota.command("check")
 @click.option("--org", required=True, metavar="ORG", help="The org (workspace id).")
-@click.option("--estimate", type=TokensType(), default=0, help="Tokens the run expects to use.")
+@click.option(
+    "--estimate",
+    type=TokensType(allow_none=False),
+    default=0,
+    help="Tokens the run expects to use.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON (for scripts).")
 @now_option
 @user_errors
@@ -146,14 +162,17 @@ def plan_set(
             "nothing to set: give --token-limit, --spend-limit, --soft or --grace-tokens"
         )
     settings = get_settings()
+    now = checked_now(parse_now(now_text), settings.future_skew_seconds)
     collections = Collections.of(connect(settings), settings)
-    changes["updated_at"] = datetime.now(UTC)
+    if collections.plans.find_one({"_id": org}, {"_id": 1}) is None:
+        # A new plan starts from the default one: what is not given keeps the value it had.
+        changes = {**settings.default_plan.model_dump(), **changes}
+    changes["updated_at"] = now
     collections.plans.update_one({"_id": org}, {"$set": changes}, upsert=True)
-    _print_plan(org, plan_of(collections.plans.find_one({"_id": org}), settings.default_plan))
+    _print_plan(org, _read_plan(org, collections.plans.find_one({"_id": org})))
     # The plan applies at once: the decision is recomputed from the current invoice.
     from chores.quota.decisions import Quota
 
-    now = parse_now(now_text) or datetime.now(UTC)
     state = Quota(collections, settings).decide([org], now)[org]
     click.echo(f"{org}: decision now {state} (from the invoice of {now:%Y-%m})")
 
@@ -165,7 +184,18 @@ def plan_show(org: str) -> None:
     """Print ORG's plan (the default plan when it has none)."""
     settings = get_settings()
     doc = Collections.of(connect(settings), settings).plans.find_one({"_id": org})
-    _print_plan(org, plan_of(doc, settings.default_plan), default=doc is None)
+    _print_plan(org, _read_plan(org, doc), default=doc is None)
+
+
+def _read_plan(org: str, doc: Mapping[str, Any] | None) -> Plan:
+    """ORG's plan, or a one-line error naming what is wrong in its document."""
+    try:
+        return plan_of(doc, get_settings().default_plan)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"the plan of {org!r} is invalid ({plan_error(exc)}): runs write no decision for "
+            "it until it is fixed with `chore plan set`"
+        ) from None
 
 
 def _print_plan(org: str, p: Plan, default: bool = False) -> None:

@@ -146,6 +146,49 @@ def test_plan_set_rejects_bad_values(cli_db, args, message):
     assert result.exit_code == 2 and message in result.output
 
 
+def test_a_new_plan_starts_from_the_default_and_none_clears_a_limit(cli_db, monkeypatch):
+    monkeypatch.setenv("DEFAULT_TOKEN_LIMIT", "1000")
+    get_settings.cache_clear()
+    assert "token limit 1,000 tokens, spend limit no limit, warn at 90%" in (
+        invoke("plan", "set", "--org", "ws-acme", "--soft", "0.9", *NOW_ARG).output
+    )
+    cleared = invoke("plan", "set", "--org", "ws-acme", "--token-limit", "none", *NOW_ARG)
+    assert "token limit no limit, spend limit no limit, warn at 90%" in cleared.output
+
+
+def test_plan_set_refuses_a_now_ahead_of_the_clock(cli_db):
+    result = CliRunner().invoke(
+        main, ["plan", "set", "--org", "ws-acme", "--soft", "0.9", "--now", "2099-01-01T00:00Z"]
+    )
+    assert result.exit_code == 1 and "ahead of this machine's clock" in result.output
+    assert cli_db.billing_plans.count_documents({}) == 0
+    assert cli_db.billing_quota.count_documents({}) == 0
+
+
+def test_an_invalid_plan_is_named_not_a_traceback(cli_db):
+    cli_db.billing_plans.insert_one({"_id": "ws-acme", "token_limit": "10M"})
+    result = CliRunner().invoke(main, ["plan", "show", "--org", "ws-acme"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: the plan of 'ws-acme' is invalid (token_limit:")
+    fixed = invoke("plan", "set", "--org", "ws-acme", "--token-limit", "10M", *NOW_ARG)
+    assert "token limit 10,000,000 tokens" in fixed.output
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [("2.01M", 2_010_000), ("1.07B", 1_070_000_000), ("9007199254740993", 9007199254740993)],
+)
+def test_token_counts_are_read_exactly(text, tokens):
+    from chores.cli.quota import parse_tokens
+
+    assert parse_tokens(text) == tokens
+
+
+def test_an_estimate_cannot_be_none(cli_db):
+    result = CliRunner().invoke(main, ["quota", "check", "--org", "ws-acme", "--estimate", "none"])
+    assert result.exit_code == 2 and "not a token count: 'none'" in result.output
+
+
 def test_unreachable_database_is_one_line_without_the_password(monkeypatch):
     monkeypatch.setenv(
         "MONGO_URL", "mongodb://billing:s3cret-pw@127.0.0.1:9/?directConnection=true"
