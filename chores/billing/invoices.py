@@ -469,7 +469,9 @@ class Finalizer:
     only if it still carries that token and holds exactly that many entries
     (compare-and-set). A draft that lags the ledger waits for the next run to
     rebuild it; usage that reaches the period after the freeze is swept into the
-    open period as late usage. docs/design.md has the argument.
+    open period as late usage. docs/design.md has the argument. An anomaly of the
+    period still open when it is frozen flags it for review, even when the draft was
+    built before the anomaly was recorded (a run that died before settling).
     """
 
     ATTEMPTS = 3
@@ -478,6 +480,7 @@ class Finalizer:
         self._c = collections
         self._ledger = ledger
         self._progress = progress
+        self._anomalies = AnomalyLog(collections)
         self._sweeper = Sweeper(collections, ledger, progress)
 
     def finalize(self, now: datetime, grace: timedelta, org: str | None = None) -> list[str]:
@@ -514,9 +517,12 @@ class Finalizer:
                 self._progress.close_marks(marks)
                 return False  # the draft lags the ledger: the next run folds the rest
             held = self._ledger.count_stamped(org, period, token)
+            final: Doc = {"status": "final", "finalized_at": now, "closed_fence": token}
+            if self._anomalies.open_periods([(org, period)]):
+                final["needs_review"] = True  # never unset: the draft's own reasons stand
             frozen = self._c.invoices.update_one(
                 {"_id": invoice_id, "status": "draft", "fence": token, "entries": held},
-                {"$set": {"status": "final", "finalized_at": now, "closed_fence": token}},
+                {"$set": final},
             )
             if frozen.modified_count:
                 self._sweeper.sweep({(org, period)}, now)  # what landed after the stamp

@@ -390,3 +390,33 @@ def test_a_draft_written_before_tickets_is_rebuilt_then_finalized(db, registry):
     run_chore(db, now=OCT_5, registry=registry, settings=CONFIG)
     assert finalize_invoices(db, now=OCT_5, settings=CONFIG) == ["acme:2026-09"]
     assert_balanced(db, "acme", 1_000)
+
+
+def test_a_run_that_dies_before_settling_still_gets_the_final_flagged(db, registry):
+    """A run records an anomaly of September and dies before it rebuilds the draft; the
+    finalize that freezes September flags it for review all the same (SPEC §3)."""
+    seeded(db, registry)
+    db.tasks.insert_one(
+        {
+            "name": "ai",
+            "status": "SUCCESS",
+            "end_time": datetime(2026, 9, 28, tzinfo=UTC),
+            "last_updated_db": datetime(2026, 9, 28, tzinfo=UTC).timestamp(),
+            "context": {"workspace_id": "acme", "ai_model": "gpt-4o-mini", "ai_tokens": "lots"},
+        }
+    )
+    dying = Interleaving(db, "billing_counters", "find_one_and_update", crash=True)  # a ticket
+    thread = dying.start(lambda d: run_chore(d, now=OCT_5, registry=registry, settings=CONFIG))
+    dying.resume(thread)
+    assert isinstance(dying.error, Crash)
+    assert db.billing_anomalies.count_documents({"kind": "malformed_counters"}) == 1
+    draft = db.billing_invoices.find_one({"_id": "acme:2026-09"})
+    assert (draft["status"], draft["needs_review"]) == ("draft", False)  # built before it
+
+    assert finalize_invoices(db, now=OCT_5, settings=CONFIG) == ["acme:2026-09"]
+    final = db.billing_invoices.find_one({"_id": "acme:2026-09"})
+    assert (final["status"], final["needs_review"], final["total_micros"]) == (
+        "final",
+        True,
+        draft["total_micros"],
+    )
