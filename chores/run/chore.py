@@ -60,16 +60,19 @@ class Pipeline:
         )
         self.quota = Quota(self.collections, settings)
 
-    def pending_runners(self, org: str | None, seen: set[str]) -> Iterator[list[Doc]]:
+    def pending_runners(
+        self, org: str | None, seen: set[str], *, dry_run: bool = False
+    ) -> Iterator[list[Doc]]:
         """Batches of the runners last seen running or waiting for a spawn finding (added
-        to `seen`); those gone from the source are dropped from the pending list."""
+        to `seen`); those gone from the source are dropped from the pending list (not in
+        a dry run, which writes nothing)."""
         pending_ids = [p["source_id"] for p in self.progress.pending(org)]
         for ids in chunked(pending_ids, self.settings.batch_size):
             docs = self.source.runners_by_id(ids, org)
             found = {runner_key(d.get("_id")) for d in docs}
             seen.update(found)
             vanished = [runner_key(i) for i in ids if runner_key(i) not in found]
-            if vanished:
+            if vanished and not dry_run:
                 self.progress.set_pending([], vanished)
             yield docs
 
@@ -228,7 +231,7 @@ def run_chore(
         horizon = now.timestamp() + settings.future_skew_seconds
         seen: set[str] = set()
         newest = None
-        for docs in meter.pending_runners(org, seen):
+        for docs in meter.pending_runners(org, seen, dry_run=dry_run):
             meter.process(
                 docs, org=org, now=now, run_id=report.run_id, report=report, dry_run=dry_run
             )

@@ -77,6 +77,27 @@ def test_dry_run_checks_but_creates_nothing(db, settings):
     assert [n for n in db.list_collection_names() if n.startswith("billing_")] == []
 
 
+def billing_state(db):
+    return {
+        name: sorted(db[name].find(), key=str)
+        for name in db.list_collection_names()
+        if name.startswith("billing_")
+    }
+
+
+def test_a_dry_run_on_a_metered_database_writes_nothing(db, settings, fixture_docs):
+    db.tasks.insert_many(fixture_docs["tasks"])
+    db.findings.insert_many(fixture_docs["findings"])
+    run_chore(db, now=NOW, settings=settings)
+    pending = db.billing_pending.find_one()
+    assert pending is not None, "the fixture has a runner still running"
+    db.tasks.delete_one({"_id": pending["source_id"]})  # gone from the source since
+    before = billing_state(db)
+    report = run_chore(db, now=NOW, settings=settings, dry_run=True)
+    assert report.docs_read > 0
+    assert billing_state(db) == before
+
+
 def test_status_says_which_is_missing_its_cost_and_the_command(env_db, fixture_docs):
     env_db.tasks.insert_many(fixture_docs["tasks"])
     result = CliRunner().invoke(main, ["status"], catch_exceptions=False)
