@@ -35,7 +35,9 @@ def registry_from_litellm(
 
     Kept: entries whose `mode` is chat, completion or responses and whose
     `input_cost_per_token` and `output_cost_per_token` both make valid rates (numbers; once per
-    million: finite, >= 0, below the registry's bound, at most 12 decimal places). Skipped: the
+    million: finite, >= 0, below the registry's bound, at most `MAX_PLACES` decimal places), as
+    does `cache_read_input_token_cost` when present (an entry is never kept with its cached
+    rate dropped: cached tokens would be billed at the input rate). Skipped: the
     `sample_spec` key, every other mode (embedding, image, audio, rerank...) or a missing mode,
     entries without both costs, keys that are not usable names (empty, surrounding spaces), and
     a key equal, ignoring case, to one already kept (keys are taken in sorted order). Tiered
@@ -97,9 +99,13 @@ def _per_million(cost: object) -> Decimal | None:
 
 
 def _costs(spec: Mapping[str, Any]) -> tuple[Decimal, Decimal] | None:
+    """The input and output rates of an entry that is kept, else None."""
     source_input = _per_million(spec.get("input_cost_per_token"))
     source_output = _per_million(spec.get("output_cost_per_token"))
     if source_input is None or source_output is None:
+        return None
+    cached = spec.get("cache_read_input_token_cost")
+    if cached is not None and _per_million(cached) is None:
         return None
     return source_input, source_output
 

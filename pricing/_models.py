@@ -30,8 +30,11 @@ from pydantic_core import PydanticCustomError
 
 MAX_RATE = Decimal(100_000)
 """Exclusive upper bound of a rate (USD per 1,000,000 tokens): anything larger is a typo."""
-MAX_PLACES = 12
-"""Most decimal places a rate may have (a millionth of a micro-dollar per token)."""
+MAX_PLACES = 30
+"""Most decimal places a rate may have: enough for any per-token float of 1e-20 USD or more
+(17 significant digits) to convert exactly, as SPEC §2 asks of LiteLLM's costs
+(1.0000000000000001e-07 per token is 0.10000000000000001 per million). Products with token
+counts stay exact in the 80 digits of `chores.metering.lines._EXACT`."""
 
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 RULE_ERROR = "registry_rule"

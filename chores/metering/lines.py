@@ -72,7 +72,7 @@ class InvoiceLine(BaseModel):
 
 # Products and sums of token counts and rates, exact: 80 digits hold any count up to 10^40
 # times any rate the registry accepts, and a rounding would raise rather than pass silently
-# (the default context keeps 28 digits, which a month of tokens at a 12-decimal rate can
+# (the default context keeps 28 digits, which a month of tokens at a 30-decimal rate can
 # exceed).
 _EXACT = Context(prec=80, traps=[Inexact])
 

@@ -641,7 +641,10 @@ def test_registry_to_yaml_round_trips(registry: Registry) -> None:
 def test_rates_have_bounded_precision(tmp_path: Path) -> None:
     path = tmp_path / "registry.yaml"
     path.write_text(f'version: "1"\nmodels:\n{_rate_case(chr(34) + "1e-999999" + chr(34))}')
-    with pytest.raises(RegistryError, match=r"'bad-rate'.*prices\[0\]\.input.*12 decimal places"):
+    with pytest.raises(RegistryError, match=r"'bad-rate'.*prices\[0\]\.input.*30 decimal places"):
         load_registry(path)
-    path.write_text(f'version: "1"\nmodels:\n{_rate_case(chr(34) + "0.000000000001" + chr(34))}')
-    assert load_registry(path).get("bad-rate").prices[0].input == Decimal("1e-12")
+    path.write_text(f'version: "1"\nmodels:\n{_rate_case(chr(34) + "1e-31" + chr(34))}')
+    with pytest.raises(RegistryError, match=r"at most 30 decimal places"):
+        load_registry(path)
+    path.write_text(f'version: "1"\nmodels:\n{_rate_case(chr(34) + "1e-30" + chr(34))}')
+    assert load_registry(path).get("bad-rate").prices[0].input == Decimal("1e-30")

@@ -221,7 +221,22 @@ def test_any_per_token_cost_converts_exactly(input_cost: float, output_cost: flo
 def test_costs_too_precise_for_a_rate_are_skipped() -> None:
     data = {
         "m": _chat("openai", 1e-06, 1e-06),
-        "precise": _chat("openai", 1.2345678901234567e-05, 1e-06),
+        "precise": _chat("openai", 1.2345678901234567e-22, 1e-06),  # 32 places per million
+        "precise-cache": {
+            **_chat("openai", 1e-06, 1e-06),
+            "cache_read_input_token_cost": 1.2345678901234567e-22,
+        },
     }
     registry = registry_from_litellm(data, valid_from=DAY, version="v")
     assert [model.id for model in registry.models] == ["m"]
+
+
+def test_float_artifacts_convert_exactly_cached_rates_included() -> None:
+    """LiteLLM writes some costs as the float nearest a short decimal (0.1 / 1e6 is
+    1.0000000000000001e-07): converted exactly, never dropped (the cached rate would have
+    fallen back to the input rate, 6x it here)."""
+    spec = {**_chat("novita", 6e-07, 3.0000000000000001e-06)}
+    spec["cache_read_input_token_cost"] = 1.0000000000000001e-07
+    price = registry_from_litellm({"kimi": spec}, valid_from=DAY, version="v").get("kimi").prices[0]
+    assert price.cached_input == Decimal("0.10000000000000001")
+    assert (price.input, price.output) == (Decimal("0.6"), Decimal("3"))
