@@ -23,7 +23,7 @@ from chores.core.exceptions import ConfigError
 from chores.core.money import parse_usd, usd
 from chores.core.orgs import validate_org
 from chores.core.periods import as_utc
-from chores.core.settings import Plan, get_settings
+from chores.core.settings import MAX_INT64, Plan, get_settings
 from chores.quota.decisions import plan_error, plan_of
 
 _SUFFIXES = {"": 1, "K": 1_000, "M": 1_000_000, "B": 1_000_000_000}
@@ -57,7 +57,7 @@ class TokensType(click.ParamType):
         if self.allow_none and str(value).lower() == "none":
             return "none"
         try:
-            return parse_tokens(str(value))
+            return _storable(parse_tokens(str(value)), f"{MAX_INT64:,} tokens")
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -73,9 +73,16 @@ class UsdType(click.ParamType):
         if str(value).lower() == "none":
             return "none"
         try:
-            return parse_usd(str(value))
+            return _storable(parse_usd(str(value)), usd(MAX_INT64 // 1_000_000 * 1_000_000))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def _storable(amount: int, most: str) -> int:
+    """`amount`, when MongoDB can store it (a 64-bit integer); ValueError otherwise."""
+    if amount > MAX_INT64:
+        raise ValueError(f"at most {most}")
+    return amount
 
 
 @click.group(cls=OneLineGroup)
@@ -95,7 +102,7 @@ def quota() -> None:
 @now_option
 @user_errors
 def quota_check(org: str, estimate: int, as_json: bool, now_text: datetime | None) -> None:
-    """May ORG start a run? Exit 0 allowed, 3 refused, 1 bad argument or setting.
+    """May ORG start a run? Exit 0 allowed, 3 refused, 1 bad org or setting, 2 bad usage.
 
     When the answer is unknown (no decision yet, a stale one, the billing database
     unreachable), QUOTA_FAIL_OPEN decides: allowed (exit 0) or refused (exit 3).

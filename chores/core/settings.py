@@ -11,8 +11,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from redis.connection import parse_url as parse_redis_url
 
 from chores.core.exceptions import ConfigError
 
@@ -36,13 +37,16 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user}{':***' if colon else ''}@{rest[at + 1 :]}"
 
 
+MAX_INT64 = 2**63 - 1  # the largest integer MongoDB stores
+
+
 class Plan(BaseModel):
     """A quota plan: limits per period (None = no limit), warn ratio, token overdraft."""
 
-    token_limit: int | None = Field(default=None, ge=0)
-    spend_limit_micros: int | None = Field(default=None, ge=0)
+    token_limit: int | None = Field(default=None, ge=0, le=MAX_INT64)
+    spend_limit_micros: int | None = Field(default=None, ge=0, le=MAX_INT64)
     soft_ratio: float = Field(default=0.8, gt=0, le=1)
-    grace_tokens: int = Field(default=0, ge=0)
+    grace_tokens: int = Field(default=0, ge=0, le=MAX_INT64)
 
 
 class Settings(BaseSettings):
@@ -68,10 +72,10 @@ class Settings(BaseSettings):
     max_tokens_per_run: int = Field(default=1_000_000_000, ge=1)
     grace_days: float = Field(default=3.0, ge=0)
 
-    default_token_limit: int | None = Field(default=None, ge=0)
-    default_spend_limit_micros: int | None = Field(default=None, ge=0)
+    default_token_limit: int | None = Field(default=None, ge=0, le=MAX_INT64)
+    default_spend_limit_micros: int | None = Field(default=None, ge=0, le=MAX_INT64)
     default_soft_ratio: float = Field(default=0.8, gt=0, le=1)
-    default_grace_tokens: int = Field(default=0, ge=0)
+    default_grace_tokens: int = Field(default=0, ge=0, le=MAX_INT64)
 
     quota_max_staleness_seconds: float = Field(default=900.0, gt=0)
     quota_fail_open: bool = True
@@ -88,6 +92,23 @@ class Settings(BaseSettings):
     lock_ttl_seconds: int = Field(default=360, gt=0)
     # `json`: the worker's and beat's log lines are JSON objects, one a line (shippable).
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("redis_url", "celery_broker_url", "celery_result_backend")
+    @classmethod
+    def _redis_urls(cls, url: str | None, info: ValidationInfo) -> str | None:
+        """The Redis URLs parse as redis-py parses them (scheme, port, options), so that a
+        typo is one line at start, not a failure of every run. The broker is Redis by
+        design (the beat's lock and the per-org locks live there); a result backend may be
+        another kind, and is only checked when it is Redis."""
+        if url is None:
+            return None
+        if info.field_name == "celery_result_backend" and not url.startswith(("redis", "unix")):
+            return url
+        try:
+            parse_redis_url(url)
+        except ValueError as exc:
+            raise ValueError(f"not a Redis URL: {exc}") from None
+        return url
 
     @field_validator("ai_task_names")
     @classmethod

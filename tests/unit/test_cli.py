@@ -139,6 +139,8 @@ def test_plan_set_and_quota_check_exit_codes(cli_db):
         (["--spend-limit", "-5"], "not a dollar amount"),
         (["--spend-limit", "0.0000001"], "more precision than a micro-dollar"),
         (["--soft", "1.5"], "1.5"),
+        (["--token-limit", "99999999999999999999"], "at most 9,223,372,036,854,775,807 tokens"),
+        (["--spend-limit", "$1e30"], "at most $9,223,372,036,854.00"),
     ],
 )
 def test_plan_set_rejects_bad_values(cli_db, args, message):

@@ -22,6 +22,22 @@ from chores.cli import main
             "inf",
             "FUTURE_SKEW_SECONDS='inf': Input should be less than or equal to 31622400",
         ),
+        ("REDIS_URL", "notaurl", "REDIS_URL='notaurl': Value error, not a Redis URL"),
+        (
+            "REDIS_URL",
+            "redis://:pw@cache:noport/0",
+            "REDIS_URL='redis://:***@cache:noport/0': Value error, not a Redis URL: Port",
+        ),
+        (
+            "CELERY_BROKER_URL",
+            "redis://127.0.0.1:6379/0?socket_timeout=abc",
+            "Value error, not a Redis URL: Invalid value for 'socket_timeout'",
+        ),
+        (
+            "DEFAULT_TOKEN_LIMIT",
+            "99999999999999999999",
+            "Input should be less than or equal to 9223372036854775807",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", [["status"], ["quota", "check", "--org", "acme"]])
