@@ -32,12 +32,14 @@ class _DuplicateKey(ValueError):
 
 
 class _RegistryLoader(yaml.SafeLoader):
-    """SafeLoader that reads floats as exact Decimals and refuses a key given twice."""
+    """SafeLoader that reads floats as exact Decimals and refuses a key given twice (a key
+    written over one merged in with `<<` is not given twice: overriding is what `<<` is for)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        self.flatten_mapping(node)
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, Hashable) and key in seen:
                 raise yaml.constructor.ConstructorError(

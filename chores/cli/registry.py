@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -99,11 +99,16 @@ def registry_validate(path: str | None, path_option: str | None) -> None:
 @registry.command("import-litellm")
 @click.argument("path", type=click.Path(dir_okay=False, exists=True))
 @click.option("--out", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
-@click.option("--valid-from", default=None, help="Effective date of the prices (default: today).")
+@click.option(
+    "--valid-from",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Effective date of the prices, YYYY-MM-DD (default: today, UTC).",
+)
 @click.option("--version", "version", default=None, help="Registry version (default: the date).")
 @user_errors
 def registry_import(
-    path: str, out: str | None, valid_from: str | None, version: str | None
+    path: str, out: str | None, valid_from: datetime | None, version: str | None
 ) -> None:
     """Convert LiteLLM's model_prices_and_context_window.json into a registry file."""
     try:
@@ -112,11 +117,14 @@ def registry_import(
         raise click.ClickException(f"{path}: not readable JSON ({exc})") from None
     if not isinstance(data, dict):
         raise click.ClickException(f"{path}: expected a JSON object of models")
-    day = date.fromisoformat(valid_from) if valid_from else date.today()
+    day = (valid_from or datetime.now(UTC)).date()
     reg = registry_from_litellm(data, valid_from=day, version=version or day.isoformat())
     text = registry_to_yaml(reg)
     if out:
-        Path(out).write_text(text)
+        try:
+            Path(out).write_text(text)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
         click.echo(f"wrote {len(reg.models)} models to {out}", err=True)
     else:
         sys.stdout.write(text)

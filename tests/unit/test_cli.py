@@ -274,6 +274,13 @@ def test_registry_import_litellm_round_trips(tmp_path):
     check = CliRunner().invoke(main, ["registry", "validate", str(out)])
     assert check.exit_code == 0 and "version 2026-11-01, 1 model\n" in check.output
     assert "0.075" in out.read_text()
+    for args, says in (
+        (["--valid-from", "2026-13-01"], "'2026-13-01' does not match the format '%Y-%m-%d'"),
+        (["--out", str(tmp_path / "missing" / "r.yaml")], "cannot write"),
+    ):
+        refused = CliRunner().invoke(main, ["registry", "import-litellm", str(source), *args])
+        assert refused.exit_code in (1, 2) and says in refused.output, refused.output
+        assert "Traceback" not in refused.output
 
 
 def test_demo_runs_without_a_server(tmp_path):

@@ -558,6 +558,28 @@ def test_numbers_in_files_are_read_exactly(tmp_path: Path) -> None:
         assert price.output == Decimal(2)
 
 
+def test_a_key_merged_in_with_yaml_anchors_may_be_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        'version: "1"\nmodels:\n- id: a\n  tier: paid\n  prices:\n'
+        '  - &base {valid_from: "2024-01-01", input: "1", output: "2"}\n'
+        '  - <<: *base\n    valid_from: "2025-01-01"\n    input: "0.5"\n',
+        encoding="utf-8",
+    )
+    first, second = load_registry(path).get("a").prices
+    assert (second.valid_from.isoformat(), second.input, second.output) == (
+        "2025-01-01",
+        Decimal("0.5"),
+        first.output,
+    )
+    path.write_text(
+        'version: "1"\nmodels:\n- id: a\n  tier: paid\n  tier: free\n  prices: []\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(RegistryError, match="given twice"):  # written twice: still refused
+        load_registry(path)
+
+
 def test_json_errors_are_registry_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"version": "1", "models": [', encoding="utf-8")
