@@ -295,18 +295,28 @@ def test_mongo_and_redis_require_credentials_that_reach_the_containers_from_dot_
     assert "--requirepass" in " ".join(redis["command"])
     assert '"$$REDIS_PASSWORD"' in redis["command"][-1]  # from the environment, not the file
 
+    dot_env = {**dotenv_values(ENV_EXAMPLE), **PASSWORDS}  # .env as the operator fills it
     for name in CHORE_SERVICES:
         given = {k: interpolate(v, env) for k, v in services[name]["environment"].items()}
-        assert not any("r00t-pw" in value for value in given.values())  # never root
-        settings = Settings(**{k.lower(): v for k, v in given.items()})
+        # What the container sees: env_file (.env), overridden by `environment`.
+        seen = {**dot_env, **given}
+        urls = {"MONGO_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL"}
+        for password in PASSWORDS.values():  # only inside the URLs the chore connects with
+            assert {k for k, value in seen.items() if password in (value or "")} <= urls
+        assert not any("r00t-pw" in (value or "") for value in seen.values())  # never root
+        settings = Settings(
+            **{k.lower(): v for k, v in given.items() if k.lower() in Settings.model_fields}
+        )
         assert settings.mongo_url == "mongodb://billing:m0ngo-pw@mongo:27017/?authSource=admin"
         assert settings.safe_mongo_url == "mongodb://billing:***@mongo:27017/?authSource=admin"
         for url in (settings.celery_broker_url, settings.celery_result_backend, settings.redis_url):
             assert url and url.startswith("redis://:r3dis-pw@redis:6379/")
         assert services[name]["env_file"] == [{"path": ".env", "required": False}]
-        for value in services[name]["environment"].values():  # no password has a default
+        for key in urls:  # no password has a default
             with pytest.raises(KeyError, match="PASSWORD"):
-                interpolate(value, {})
+                interpolate(services[name]["environment"][key], {})
+        blanked = {k for k, v in services[name]["environment"].items() if v == ""}
+        assert blanked == CREDENTIALS - {"MONGO_USERNAME"}
 
     # the credentials file is never committed, and none of the committed files holds one
     ignored = (ROOT / ".gitignore").read_text().split()
@@ -318,7 +328,7 @@ def test_mongo_and_redis_require_credentials_that_reach_the_containers_from_dot_
         assert ".env" not in tracked and ".env.example" in tracked
     for path in ("docker-compose.yml", ".env.example", "Dockerfile", INIT_SCRIPT):
         text = (ROOT / path).read_text()
-        assert not re.search(r"(?m)^\s*[A-Z_]*PASSWORD[:=][ \t]*[^$\s]", text), path
+        assert not re.search(r"(?m)^\s*[A-Z_]*PASSWORD[:=][ \t]*(?!\"\"$)[^$\s]", text), path
         assert not re.search(
             r"(mongodb|redis)://[^/\s]*:[^$*/\s]+@", text.replace("PASSWORD@", "")
         ), path
