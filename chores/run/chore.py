@@ -33,7 +33,15 @@ from chores.core.settings import Settings, get_settings
 from chores.metering.anomalies import AnomalyLog
 from chores.metering.ledger import Ledger, entry_document
 from chores.metering.progress import ALL_ORGS, Progress
-from chores.metering.rules import AnomalyRecord, Rules, is_subagent, runner_key
+from chores.metering.rules import (
+    Anomaly,
+    AnomalyRecord,
+    Assessment,
+    LedgerHead,
+    Rules,
+    is_subagent,
+    runner_key,
+)
 from chores.metering.source import Source, chunked, stamp_of
 from chores.quota.decisions import Quota
 from chores.run.report import RunReport
@@ -101,8 +109,13 @@ class Pipeline:
         of round trips, whatever the batch size)."""
         runner_ids = [runner_key(d.get("_id")) for d in docs]
         heads = self.ledger.heads(runner_ids)
-        subagents = [str(d.get("_id")) for d in docs if is_subagent(d)]
-        spawns = self.source.spawn_contexts(subagents)
+        rules = Rules(
+            now=now,
+            max_tokens_per_run=self.settings.max_tokens_per_run,
+            future_skew_seconds=self.settings.future_skew_seconds,
+        )
+        assessed = self._assess(docs, runner_ids, heads, rules)
+        assessed = self._read_again_where_decreased(assessed, heads, rules, org)
         entries: list[Doc] = []
         records: list[AnomalyRecord] = []
         dirty: set[tuple[str, str]] = set()
@@ -110,18 +123,7 @@ class Pipeline:
         drop_pending: list[str] = []
         clean: list[str] = []
         watch: dict[str, Doc] = {}
-        rules = Rules(
-            now=now,
-            max_tokens_per_run=self.settings.max_tokens_per_run,
-            future_skew_seconds=self.settings.future_skew_seconds,
-        )
-        for doc, runner_id in zip(docs, runner_ids, strict=True):
-            result = rules.assess(
-                doc,
-                spawn_contexts=spawns.get(str(doc.get("_id")), []),
-                head=heads.get(runner_id),
-                runner_id=runner_id,
-            )
+        for doc, result in assessed:
             if org is not None and result.org not in (None, org):
                 continue  # matched through an array-valued context: not this org's document
             records += result.anomalies
@@ -173,6 +175,57 @@ class Pipeline:
         drop_pending = [r for r in drop_pending if r not in beaten]
         self.progress.set_pending(add_pending, drop_pending)
         self.progress.close_marks(marks)  # everything they announced is readable now
+
+    def _assess(
+        self,
+        docs: Sequence[Doc],
+        runner_ids: Sequence[str],
+        heads: dict[str, LedgerHead],
+        rules: Rules,
+    ) -> list[tuple[Doc, Assessment]]:
+        """Each document judged against its runner's ledger head (spawn findings read for
+        the subagents among them, in one query)."""
+        spawns = self.source.spawn_contexts([str(d.get("_id")) for d in docs if is_subagent(d)])
+        return [
+            (
+                doc,
+                rules.assess(
+                    doc,
+                    spawn_contexts=spawns.get(str(doc.get("_id")), []),
+                    head=heads.get(runner_id),
+                    runner_id=runner_id,
+                ),
+            )
+            for doc, runner_id in zip(docs, runner_ids, strict=True)
+        ]
+
+    def _read_again_where_decreased(
+        self,
+        assessed: list[tuple[Doc, Assessment]],
+        heads: dict[str, LedgerHead],
+        rules: Rules,
+        org: str | None,
+    ) -> list[tuple[Doc, Assessment]]:
+        """A document whose counters look below its billed high-water mark is read again
+        before that is believed: an overlapping run may have billed a later write of it
+        after this batch was read, so that the head is newer than the document. A read
+        made after the head was read is at least as new as what the head billed, so only a
+        decrease it still shows is recorded (`counter_decreased` never heals by itself)."""
+        suspects = {
+            result.runner_id: doc.get("_id")
+            for doc, result in assessed
+            if any(a.kind == Anomaly.COUNTER_DECREASED for a in result.anomalies)
+        }
+        if not suspects:
+            return assessed
+        fresh = self.source.runners_by_id(list(suspects.values()), org)
+        again = {
+            result.runner_id: (doc, result)
+            for doc, result in self._assess(
+                fresh, [runner_key(d.get("_id")) for d in fresh], heads, rules
+            )
+        }
+        return [again.get(result.runner_id, (doc, result)) for doc, result in assessed]
 
     @staticmethod
     def _tally(report: RunReport, entries: Sequence[Doc]) -> None:

@@ -47,6 +47,9 @@ would hide item 7) and at the end (see `violations`):
   invoice: chores/metering/ledger.py), so a rebuild from it is what each invoice must show. The
   grouping is done here; only the pure pricing (`build_invoice`) is borrowed, and the
   token invariants above need no pricing at all.
+- **no false decrease**: the seed's counters only grow, so no `counter_decreased` anomaly
+  (a run that read a document before another run billed a later write of it must not
+  take its stale read for a decrease);
 - **quota = ledger**: each org's decision is for the period of `BASE`, and its used tokens
   and spent micros are that period's invoice's.
 
@@ -482,6 +485,10 @@ def violations(db: Any, scenario: Scenario, finals: Finals | None = None) -> lis
     for entry in db.billing_ledger.find():
         ledger_by_runner[entry["runner_id"]] += entry["tokens"]
         ledger_by_org[entry["org"]] += entry["tokens"]
+    # The seed's counters only grow: a decrease is a run misreading an overlap (a stale
+    # document against a head another run wrote since), and it would flag for good.
+    for anomaly in db.billing_anomalies.find({"kind": "counter_decreased"}):
+        found.append(Violation("false decrease", f"runner …{anomaly['runner_id'][-2:]}"))
     for runner_id in sorted(set(ledger_by_runner) | set(scenario.truth)):
         got, want = ledger_by_runner.get(runner_id, 0), scenario.truth.get(runner_id, 0)
         if got > want:
