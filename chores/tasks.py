@@ -78,8 +78,10 @@ class OrgTask(Task):
     Celery's own lines name only the task id. Called for hard time limits too."""
 
     def on_retry(
-        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+        self, exc: BaseException | None, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
+        if exc is None:  # a retry the task asked for without an error (a locked full pass)
+            return  # the task said why when it asked
         log.warning(
             "%s of %s failed (%s), retry %d of %s (task %s)",
             self.name.rsplit(".", 1)[-1],

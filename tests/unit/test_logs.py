@@ -149,3 +149,15 @@ def test_log_format_text_keeps_the_format_and_redacts_urls():
     assert Settings().log_format == "text"
     with pytest.raises(ValueError):
         Settings(log_format="xml")
+
+
+def test_a_retry_without_an_error_is_not_logged_as_a_failure(caplog):
+    """A locked org's daily full pass asks for its own retry (`self.retry()` with no error):
+    the task logged why; Celery's retry hook must not add "failed (NoneType: None)"."""
+    caplog.set_level(logging.WARNING, logger="chores.tasks")
+    tasks.meter_org.on_retry(None, "task-1", ("acme",), {"full": True}, None)
+    assert caplog.records == []
+    tasks.meter_org.on_retry(TimeoutError("slow"), "task-2", ("acme",), {}, None)
+    assert caplog.messages == [
+        "meter_org of org acme failed (TimeoutError: slow), retry 1 of 5 (task task-2)"
+    ]
