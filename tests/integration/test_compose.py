@@ -294,6 +294,8 @@ def test_mongo_and_redis_require_credentials_that_reach_the_containers_from_dot_
     assert interpolate(redis["environment"]["REDIS_PASSWORD"], env) == "r3dis-pw"
     assert "--requirepass" in " ".join(redis["command"])
     assert '"$$REDIS_PASSWORD"' in redis["command"][-1]  # from the environment, not the file
+    # through the image's entrypoint, which drops root for the `redis` user
+    assert "exec docker-entrypoint.sh redis-server " in redis["command"][-1]
 
     dot_env = {**dotenv_values(ENV_EXAMPLE), **PASSWORDS}  # .env as the operator fills it
     for name in CHORE_SERVICES:
