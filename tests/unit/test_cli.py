@@ -372,3 +372,10 @@ def test_org_and_runner_ids_that_look_like_rich_markup_are_printed_as_written(en
     assert reconciled.exit_code == 1, reconciled.output
     assert f"Reconciliation {MARKUP_ORG}:2026-11" in reconciled.output
     assert "runner str:'[red]runner[/]': source 12,000 tokens, ledger 0" in reconciled.output
+
+
+@pytest.mark.parametrize("args", [[], ["quota"], ["plan"]])
+def test_a_group_alone_prints_its_help_not_an_error(args):
+    result = CliRunner().invoke(main, args)
+    assert result.output.startswith(f"Usage: {' '.join(['main', *args])} [OPTIONS] COMMAND")
+    assert "Error" not in result.output and "Commands:" in result.output
