@@ -26,7 +26,7 @@ from chores.core.money import Micros
 from chores.core.periods import next_period, period_bounds, period_of
 from chores.core.writes import update_where
 from chores.metering.anomalies import AnomalyLog
-from chores.metering.ledger import EMPTY_ENTRY, Ledger, pair_of
+from chores.metering.ledger import BOOKED_PERIOD, EMPTY_ENTRY, Ledger, pair_of
 from chores.metering.lines import InvoiceLine, UsageGroup, price_lines
 from chores.metering.progress import Progress
 from pricing import Registry
@@ -164,12 +164,12 @@ class Sweeper:
         marks, the target pairs).
         """
         finals = self.final_fences(org for org, _ in pairs)
-        late = [
-            (org, period)
+        final_pairs = [
+            (org, period, finals[org][period])
             for org, period in sorted(pairs)
             if period in finals[org]
-            and self._ledger.has_stragglers(org, period, finals[org][period])
         ]
+        late = sorted(self._ledger.with_stragglers(final_pairs))
         if not late:
             return [], set()
         target = {org: open_period(now, set(finals[org])) for org, _ in late}
@@ -236,7 +236,7 @@ class Invoices:
                 "$group": {
                     "_id": {
                         "org": "$org",
-                        "period": {"$ifNull": ["$booked", "$usage_period"]},
+                        "period": BOOKED_PERIOD,
                         "model": "$model",
                         "byok": "$byok",
                         "late": "$late",

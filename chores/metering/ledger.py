@@ -187,11 +187,22 @@ class Ledger:
             }
         )
 
-    def has_stragglers(self, org: str, period: str, closed_fence: int | None) -> bool:
-        """Whether the final `period` has entries its invoice does not hold."""
-        return (
-            self._entries.find_one(_stragglers(org, period, closed_fence), {"_id": 1}) is not None
-        )
+    def with_stragglers(
+        self, finals: Sequence[tuple[str, str, int | None]]
+    ) -> set[tuple[str, str]]:
+        """Which of these final periods, `(org, period, the token that froze it)`, have
+        entries their invoice does not hold: one grouped read per batch of periods, so
+        that checking every final period of a long history stays a few round trips."""
+        found: set[tuple[str, str]] = set()
+        for batch in chunked(finals, self._batch_size):
+            clauses = [_stragglers(org, period, fence) for org, period, fence in batch]
+            pipeline: list[Doc] = [
+                {"$match": {"$or": clauses}},
+                {"$group": {"_id": {"org": "$org", "period": BOOKED_PERIOD}}},
+            ]
+            for row in self._entries.aggregate(pipeline):
+                found.add((row["_id"]["org"], row["_id"]["period"]))
+        return found & {(org, period) for org, period, _ in finals}
 
     def sweep(self, org: str, period: str, closed_fence: int | None, into: str) -> int:
         """Move the entries of the final `period` that its invoice does not hold (unbooked,
@@ -232,6 +243,10 @@ def _orgs_by_period(pairs: set[tuple[str, str]]) -> dict[str, list[str]]:
     for org, period in sorted(pairs):
         orgs.setdefault(period, []).append(org)
     return orgs
+
+
+# The period an entry is billed in: where it was booked, else its usage period.
+BOOKED_PERIOD: Doc = {"$ifNull": ["$booked", "$usage_period"]}
 
 
 def _stragglers(org: str, period: str, closed_fence: int | None) -> Doc:

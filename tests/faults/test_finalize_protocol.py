@@ -24,7 +24,7 @@ from chores.cli import main
 from chores.core import clock as _clock
 from pricing import load_registry
 
-from support.dbproxy import DatabaseProxy
+from support.dbproxy import CountingDatabase, DatabaseProxy
 
 CONFIG = Settings(mongo_url="mongomock://protocol", batch_size=50, redis_url=None)
 SEP_20 = datetime(2026, 9, 20, tzinfo=UTC)
@@ -420,3 +420,35 @@ def test_a_run_that_dies_before_settling_still_gets_the_final_flagged(db, regist
         True,
         draft["total_micros"],
     )
+
+
+def finalized_orgs(orgs: int) -> Any:
+    """A database where `orgs` orgs each have a final September."""
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    for n in range(orgs):
+        runner(db, f"org-{n:03d}", SEP_20, 800, 200)
+    run_chore(db, now=OCT_5, registry=load_registry(), settings=CONFIG)
+    assert len(finalize_invoices(db, now=OCT_5, settings=CONFIG)) == orgs
+    return db
+
+
+def test_the_daily_safety_sweep_reads_the_ledger_in_batches_not_per_final_invoice():
+    """Each finalize checks every final period for usage it does not hold: a few grouped
+    reads per batch of periods (BATCH_SIZE), not one read per final invoice ever stored."""
+    calls = {}
+    for orgs in (10, 120):  # CONFIG's batch size is 50: 1 batch, then 3
+        db = CountingDatabase(finalized_orgs(orgs))
+        finalize_invoices(db, now=OCT_5, settings=CONFIG)
+        calls[orgs] = db.calls
+    assert calls[10][("billing_ledger", "aggregate")] == 1
+    assert calls[120][("billing_ledger", "aggregate")] == 3
+    assert calls[10][("billing_ledger", "find_one")] == calls[120][("billing_ledger", "find_one")]
+
+    # An entry a dead run left unbooked in one of the 120 final periods is found and moved.
+    db = finalized_orgs(120)
+    straggler = db.billing_ledger.find_one({"org": "org-077"})
+    straggler.update(_id="left-by-a-dead-run", booked=None, fence=None)
+    db.billing_ledger.insert_one(straggler)
+    finalize_invoices(db, now=OCT_5, settings=CONFIG)
+    moved = db.billing_ledger.find_one({"_id": "left-by-a-dead-run"})
+    assert (moved["booked"], moved["late"]) == ("2026-10", True)
