@@ -210,7 +210,12 @@ class Pipeline:
         before that is believed: an overlapping run may have billed a later write of it
         after this batch was read, so that the head is newer than the document. A read
         made after the head was read is at least as new as what the head billed, so only a
-        decrease it still shows is recorded (`counter_decreased` never heals by itself)."""
+        decrease it still shows is recorded (`counter_decreased` never heals by itself).
+
+        Read whatever its org is now (a document that moved to another org is skipped by
+        the caller's org check, as any other). A document gone by then is left out of this
+        batch: nothing it says can be confirmed, and the next run drops it from the pending
+        list."""
         suspects = {
             result.runner_id: doc.get("_id")
             for doc, result in assessed
@@ -218,14 +223,18 @@ class Pipeline:
         }
         if not suspects:
             return assessed
-        fresh = self.source.runners_by_id(list(suspects.values()), org)
+        fresh = self.source.runners_by_id(list(suspects.values()), None)
         again = {
             result.runner_id: (doc, result)
             for doc, result in self._assess(
                 fresh, [runner_key(d.get("_id")) for d in fresh], heads, rules
             )
         }
-        return [again.get(result.runner_id, (doc, result)) for doc, result in assessed]
+        return [
+            again.get(result.runner_id, (doc, result))
+            for doc, result in assessed
+            if result.runner_id not in suspects or result.runner_id in again
+        ]
 
     @staticmethod
     def _tally(report: RunReport, entries: Sequence[Doc]) -> None:
