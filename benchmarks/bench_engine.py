@@ -64,7 +64,7 @@ from rich.table import Table  # noqa: E402
 
 from chores.core.db import reading  # noqa: E402
 from chores.demo.corpus import DEFAULT_MODELS  # noqa: E402
-from chores.metering.lines import UsageGroup, price_group  # noqa: E402
+from chores.metering.lines import EXACT, UsageGroup, price_group  # noqa: E402
 from chores.metering.memory_meter import InvoiceKey, MemoryMeter  # noqa: E402
 from chores.metering.rules import Delta  # noqa: E402
 from chores.metering.source import RUNNER_PROJECTION  # noqa: E402
@@ -175,7 +175,7 @@ def exact_lines(
             (line_model, tier, _, _), amount = price_group(group, registry)
             line: LineId = (org, period, line_model, tier)
             previous = out.get(line, Decimal(0))
-            out[line] = None if amount is None or previous is None else previous + amount
+            out[line] = None if amount is None or previous is None else EXACT.add(previous, amount)
     return out
 
 

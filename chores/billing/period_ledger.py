@@ -17,7 +17,7 @@ from typing import Any, cast
 from chores.billing.invoices import Invoice
 from chores.core.db import Collections, Doc
 from chores.core.exceptions import InvoiceNotFound
-from chores.metering.lines import LineKey, Tier, UsageGroup
+from chores.metering.lines import EXACT, LineKey, Tier, UsageGroup
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +108,7 @@ def entry_usages(entries: Iterable[Mapping[str, Any]]) -> list[EntryUsage]:
         total = sums[key]
         for position, count in enumerate(counts):
             total[position] += count
-        total[4] = None if total[4] is None or amount is None else total[4] + amount
+        total[4] = None if total[4] is None or amount is None else EXACT.add(total[4], amount)
 
     runs = {runner: _run_info(runner, entry) for runner, entry in latest.items()}
     return [

@@ -74,7 +74,15 @@ class InvoiceLine(BaseModel):
 # times any rate the registry accepts, and a rounding would raise rather than pass silently
 # (the default context keeps 28 digits, which a month of tokens at a 30-decimal rate can
 # exceed).
-_EXACT = Context(prec=80, traps=[Inexact])
+EXACT = Context(prec=80, traps=[Inexact])
+
+
+def exact_sum(amounts: Iterable[Decimal]) -> Decimal:
+    """The sum of exact amounts, exactly (the default context would round to 28 digits)."""
+    total = Decimal(0)
+    for amount in amounts:
+        total = EXACT.add(total, amount)
+    return total
 
 
 def amount_of(
@@ -85,7 +93,7 @@ def amount_of(
         return Decimal(0)
     if price is None:
         return None
-    multiply, add = _EXACT.multiply, _EXACT.add
+    multiply, add = EXACT.multiply, EXACT.add
     return add(
         add(multiply(input + unsplit, price.input), multiply(cached, price.cached_rate)),
         multiply(output, price.output),

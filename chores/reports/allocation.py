@@ -36,7 +36,7 @@ from chores.billing.invoices import Invoice
 from chores.billing.period_ledger import EntryUsage, RunInfo
 from chores.core.exceptions import InvoiceOutOfDate
 from chores.core.money import to_micros
-from chores.metering.lines import InvoiceLine, LineKey, price_group
+from chores.metering.lines import EXACT, InvoiceLine, LineKey, exact_sum, price_group
 from chores.reports.breakdown import AllocatedUsage, Cell
 from pricing import Registry
 
@@ -104,7 +104,7 @@ def _cells_by_line(
         cell = lines[key].setdefault((usage.run.runner_id, usage.day), _CellSum(usage.run))
         for position, count in enumerate((usage.input, usage.cached, usage.output, usage.unsplit)):
             cell.counts[position] += count
-        cell.exact = None if cell.exact is None or exact is None else cell.exact + exact
+        cell.exact = None if cell.exact is None or exact is None else EXACT.add(cell.exact, exact)
     return lines
 
 
@@ -133,8 +133,8 @@ def _match(
         if any(a is None for a in amounts) != (line.amount_micros is None) and cells:
             return False, False, f"{_describe(key)} is priced differently from the invoice"
         if line.amount_micros is not None:
-            exact_sum = sum((a for a in amounts if a is not None), Decimal(0))
-            exact = exact and to_micros(exact_sum) == line.amount_micros
+            exact_total = exact_sum(a for a in amounts if a is not None)
+            exact = exact and to_micros(exact_total) == line.amount_micros
     return True, exact, ""
 
 

@@ -388,3 +388,62 @@ def test_usage_errors_are_one_line(usage_db):
 def test_usage_of_an_operator_like_org_is_data(usage_db):
     result = CliRunner().invoke(main, ["usage", "--org", '{"$ne": null}', "--period", "2026-11"])
     assert result.exit_code == 1 and "no invoice" in result.output
+
+
+def test_thirty_place_rates_are_summed_exactly_by_every_view():
+    """A rate may have 30 decimal places (LiteLLM's float costs, exactly): the allocation and
+    the period's ledger sum amounts in the 80 digits the invoice line uses, not in Decimal's
+    default 28 (which rounded 0.499...9 up to a half micro, and the line's 0 to 1)."""
+    from chores.billing.period_ledger import entry_usages
+    from chores.metering.lines import amount_of
+
+    rate = "0." + "4" + "9" * 29  # 30 places, just under half a micro per token
+    registry = Registry.model_validate(
+        {
+            "version": "t",
+            "models": [
+                {
+                    "id": "m",
+                    "tier": "paid",
+                    "prices": [{"valid_from": "2026-01-01", "input": rate, "output": rate}],
+                }
+            ],
+        }
+    )
+    run = RunInfo(
+        runner_id="r1", model="m", session_id="s", subagent=False, parent_id=None, status="SUCCESS"
+    )
+    usage = EntryUsage(
+        run, "m", False, False, date(2026, 11, 3), 1, 0, 0, 0, billed_line=None, billed_exact=None
+    )
+    invoice = build_invoice(
+        org="o",
+        period="2026-11",
+        groups=[usage.group()],
+        runs=1,
+        entries=1,
+        anomalies_open=False,
+        registry=registry,
+        now=NOW,
+    )
+    assert invoice.lines[0].amount_micros == 0
+    allocation = allocate(invoice, [usage], registry)
+    assert (allocation.exact, allocation.pricing) == (True, "registry")
+    assert allocation.total.amount_micros == 0
+
+    exact = amount_of("paid", registry.get("m").prices[0], 1, 0, 0, 0)
+    entry = {
+        "runner_id": "r1",
+        "model": "m",
+        "byok": False,
+        "late": False,
+        "usage_day": "2026-11-03",
+        "priced_as": {"model": "m", "tier": "paid", "price_valid_from": "2026-01-01"},
+        "amount_micros_exact": str(exact),
+        "input_tokens": 1,
+        "cached_tokens": 0,
+        "output_tokens": 0,
+        "unsplit_tokens": 0,
+    }
+    (summed,) = entry_usages([{**entry, "seq": 1}, {**entry, "seq": 2}])
+    assert summed.billed_exact == Decimal("0." + "9" * 29 + "8")  # twice 0.49...9, exactly
