@@ -12,7 +12,7 @@ registry file; money stays `Decimal`.
 from ._errors import RegistryError
 from ._litellm import registry_from_litellm
 from ._load import SHIPPED_REGISTRY_PATH, load_registry, registry_to_yaml
-from ._models import ModelEntry, PriceVersion, Registry
+from ._models import ModelEntry, PriceVersion, Registry, rate_text
 
 __all__ = [
     "SHIPPED_REGISTRY_PATH",
@@ -21,6 +21,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "load_registry",
+    "rate_text",
     "registry_from_litellm",
     "registry_to_yaml",
 ]

@@ -36,9 +36,20 @@ class _RegistryLoader(yaml.SafeLoader):
     written over one merged in with `<<` is not given twice: overriding is what `<<` is for)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        self._refuse_keys_given_twice(node, deep)
+        return super().construct_mapping(node, deep=deep)
+
+    def _refuse_keys_given_twice(self, node: yaml.MappingNode, deep: bool) -> None:
+        """Within one mapping as written, and within each mapping it merges in."""
         seen: set[Any] = set()
-        for key_node, _ in node.value:
+        for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
+                merged = (
+                    value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                )
+                for mapping in merged:
+                    if isinstance(mapping, yaml.MappingNode):
+                        self._refuse_keys_given_twice(mapping, deep)
                 continue
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, Hashable) and key in seen:
@@ -46,7 +57,6 @@ class _RegistryLoader(yaml.SafeLoader):
                     None, None, f"key {key!r} is given twice", key_node.start_mark
                 )
             seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def _construct_decimal(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Decimal | float:

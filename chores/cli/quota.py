@@ -20,13 +20,13 @@ from chores.cli.params import OneLineGroup
 from chores.core.clock import checked_now
 from chores.core.db import APPLY_INDEXES_COMMAND, Collections, connect, missing_source_indexes
 from chores.core.exceptions import ConfigError
-from chores.core.money import parse_usd, usd
+from chores.core.money import parse_usd, usd, whole_after_scaling
 from chores.core.orgs import validate_org
 from chores.core.periods import as_utc
 from chores.core.settings import MAX_INT64, Plan, get_settings
 from chores.quota.decisions import plan_error, plan_of
 
-_SUFFIXES = {"": 1, "K": 1_000, "M": 1_000_000, "B": 1_000_000_000}
+_SUFFIX_PLACES = {"": 0, "K": 3, "M": 6, "B": 9}
 
 
 def parse_tokens(text: str) -> int:
@@ -35,10 +35,10 @@ def parse_tokens(text: str) -> int:
     if not match:
         raise ValueError(f"not a token count: {text!r} (try 10M, 500K or 1000)")
     number = Decimal(match.group(1).replace(",", "").replace("_", ""))  # exact: 2.01M
-    value = number * _SUFFIXES[match.group(2).upper()]
-    if value != value.to_integral_value():
+    tokens = whole_after_scaling(number, _SUFFIX_PLACES[match.group(2).upper()])
+    if tokens is None:
         raise ValueError(f"not a whole number of tokens: {text!r}")
-    return int(value)
+    return tokens
 
 
 class TokensType(click.ParamType):
@@ -73,7 +73,7 @@ class UsdType(click.ParamType):
         if str(value).lower() == "none":
             return "none"
         try:
-            return _storable(parse_usd(str(value)), usd(MAX_INT64 // 1_000_000 * 1_000_000))
+            return _storable(parse_usd(str(value)), f"${Decimal(MAX_INT64).scaleb(-6):,}")
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -141,7 +141,9 @@ def plan() -> None:
 @click.option("--token-limit", type=TokensType(), help="Tokens per month (10M), or none.")
 @click.option("--spend-limit", type=UsdType(), help="USD per month ($50), or none.")
 @click.option("--soft", type=click.FloatRange(0, 1, min_open=True), help="Warn ratio (0.8).")
-@click.option("--grace-tokens", type=TokensType(), help="Overdraft above the token limit.")
+@click.option(
+    "--grace-tokens", type=TokensType(allow_none=False), help="Overdraft above the token limit."
+)
 @now_option
 @user_errors
 def plan_set(
@@ -171,11 +173,11 @@ def plan_set(
     settings = get_settings()
     now = checked_now(parse_now(now_text), settings.future_skew_seconds)
     collections = Collections.of(connect(settings), settings)
-    if collections.plans.find_one({"_id": org}, {"_id": 1}) is None:
-        # A new plan starts from the default one: what is not given keeps the value it had.
-        changes = {**settings.default_plan.model_dump(), **changes}
+    # A new plan starts from the default one: what is not given keeps the value it had.
+    defaults = {k: v for k, v in settings.default_plan.model_dump().items() if k not in changes}
     changes["updated_at"] = now
-    collections.plans.update_one({"_id": org}, {"$set": changes}, upsert=True)
+    update = {"$set": changes, **({"$setOnInsert": defaults} if defaults else {})}
+    collections.plans.update_one({"_id": org}, update, upsert=True)
     _print_plan(org, _read_plan(org, collections.plans.find_one({"_id": org})))
     # The plan applies at once: the decision is recomputed from the current invoice.
     from chores.quota.decisions import Quota

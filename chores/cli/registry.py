@@ -20,7 +20,7 @@ from chores.cli.common import (
 from chores.cli.params import OneLineGroup
 from chores.core.settings import get_settings
 from chores.core.wording import counted
-from pricing import load_registry, registry_from_litellm, registry_to_yaml
+from pricing import load_registry, rate_text, registry_from_litellm, registry_to_yaml
 
 
 # registry ------------------------------------------------------------------------
@@ -71,9 +71,9 @@ def registry_list(path: str | None, path_option: str | None, now_text: datetime 
             escape(model.id),
             model.tier,
             price.valid_from.isoformat(),
-            str(price.input),
-            str(price.cached_rate),
-            str(price.output),
+            rate_text(price.input),
+            rate_text(price.cached_rate),
+            rate_text(price.output),
             escape(", ".join(model.aliases)),
         )
     out = console()

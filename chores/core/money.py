@@ -47,7 +47,16 @@ def parse_usd(text: str) -> Micros:
         raise ValueError(f"not a dollar amount: {text!r}") from exc
     if not amount.is_finite() or amount < 0:
         raise ValueError(f"not a dollar amount: {text!r}")
-    micros = amount * MICROS_PER_USD
-    if micros != micros.to_integral_value():
+    micros = whole_after_scaling(amount, 6)
+    if micros is None:
         raise ValueError(f"{text!r} has more precision than a micro-dollar")
-    return Micros(int(micros))
+    return Micros(micros)
+
+
+def whole_after_scaling(amount: Decimal, places: int) -> int | None:
+    """`amount` x 10**places as an int, or None when that is not whole: exactly, however many
+    digits it has (a multiplication would round to the context's 28 digits first)."""
+    sign, digits, exponent = amount.as_tuple()
+    assert isinstance(exponent, int)  # finite: callers checked
+    scaled = Decimal((sign, digits, exponent + places))
+    return int(scaled) if scaled == scaled.to_integral_value() else None

@@ -38,6 +38,7 @@ def redact_url(url: str) -> str:
 
 
 MAX_INT64 = 2**63 - 1  # the largest integer MongoDB stores
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})  # what redis-py connects to
 
 
 class Plan(BaseModel):
@@ -102,8 +103,9 @@ class Settings(BaseSettings):
         another kind, and is only checked when it is Redis."""
         if url is None:
             return None
-        if info.field_name == "celery_result_backend" and not url.startswith(("redis", "unix")):
-            return url
+        scheme = url.partition("://")[0]
+        if info.field_name == "celery_result_backend" and scheme not in REDIS_SCHEMES:
+            return url  # another backend (`rpc://`, `redis+socket://`, `db+...`): Celery's
         try:
             parse_redis_url(url)
         except ValueError as exc:

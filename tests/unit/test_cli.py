@@ -140,7 +140,8 @@ def test_plan_set_and_quota_check_exit_codes(cli_db):
         (["--spend-limit", "0.0000001"], "more precision than a micro-dollar"),
         (["--soft", "1.5"], "1.5"),
         (["--token-limit", "99999999999999999999"], "at most 9,223,372,036,854,775,807 tokens"),
-        (["--spend-limit", "$1e30"], "at most $9,223,372,036,854.00"),
+        (["--spend-limit", "$1e30"], "at most $9,223,372,036,854.775807"),
+        (["--grace-tokens", "none"], "not a token count: 'none'"),
     ],
 )
 def test_plan_set_rejects_bad_values(cli_db, args, message):
@@ -379,3 +380,20 @@ def test_a_group_alone_prints_its_help_not_an_error(args):
     result = CliRunner().invoke(main, args)
     assert result.output.startswith(f"Usage: {' '.join(['main', *args])} [OPTIONS] COMMAND")
     assert "Error" not in result.output and "Commands:" in result.output
+
+
+def test_registry_list_prints_rates_as_written_never_in_exponent_form(tmp_path, monkeypatch):
+    path = tmp_path / "registry.yaml"
+    path.write_text(
+        'version: "1"\nmodels:\n- id: tiny\n  tier: paid\n  prices:\n'
+        '  - {valid_from: "2024-01-01", input: "0.000000000000000000000000000001", output: "2"}\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("REGISTRY_PATH", str(path))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["registry", "list"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "0.000000000000000000000000000001" in result.output and "E-" not in result.output

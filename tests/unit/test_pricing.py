@@ -578,6 +578,13 @@ def test_a_key_merged_in_with_yaml_anchors_may_be_overridden(tmp_path: Path) -> 
     )
     with pytest.raises(RegistryError, match="given twice"):  # written twice: still refused
         load_registry(path)
+    path.write_text(
+        'version: "1"\nmodels:\n- id: a\n  tier: paid\n  prices:\n'
+        '  - <<: {valid_from: "2024-01-01", input: "1", input: "9", output: "2"}\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(RegistryError, match="given twice"):  # ...also inside what is merged
+        load_registry(path)
 
 
 def test_json_errors_are_registry_errors(tmp_path: Path) -> None:

@@ -80,3 +80,10 @@ def test_a_secret_setting_is_redacted_in_its_error(monkeypatch):
     finally:
         get_settings.cache_clear()
     assert "hunter2" not in result.output and result.exit_code == 1
+
+
+def test_a_result_backend_of_another_kind_is_celerys_to_check():
+    from chores.core.settings import Settings
+
+    for url in ("redis+socket:///tmp/redis.sock", "rpc://", "db+sqlite:///results.db"):
+        assert Settings(celery_result_backend=url).celery_result_backend == url
