@@ -17,6 +17,7 @@ from typing import Any, cast
 from chores.billing.invoices import Invoice
 from chores.core.db import Collections, Doc
 from chores.core.exceptions import InvoiceNotFound
+from chores.metering.ledger import EMPTY_ENTRY
 from chores.metering.lines import EXACT, LineKey, Tier, UsageGroup
 
 
@@ -192,7 +193,8 @@ def read_period(
     belongs: list[Doc] = [{"booked": period}]
     if invoice.status == "draft":
         belongs.append({"booked": None, "usage_period": period})
-    query: Doc = {"org": {"$eq": org}, "$or": belongs}
+    # As the draft is built: an entry that only moved a high-water mark is no usage, no run.
+    query: Doc = {"org": {"$eq": org}, "$or": belongs, "$nor": [EMPTY_ENTRY]}
     expected = collections.ledger.count_documents(query) if on_progress else 0
     entries: list[Doc] = []
     for entry in collections.ledger.find(query, _ENTRY_FIELDS, batch_size=batch_size):

@@ -447,3 +447,39 @@ def test_thirty_place_rates_are_summed_exactly_by_every_view():
     }
     (summed,) = entry_usages([{**entry, "seq": 1}, {**entry, "seq": 2}])
     assert summed.billed_exact == Decimal("0." + "9" * 29 + "8")  # twice 0.49...9, exactly
+
+
+def test_an_entry_that_only_moved_a_high_water_mark_is_no_run_of_the_breakdown(env_db):
+    """Cached tokens beyond prompt move a high-water mark and bill nothing: the invoice counts
+    no run for it, and neither does `chore usage`."""
+    from bson import ObjectId
+
+    def runner(context: dict) -> dict:
+        return {
+            "_id": ObjectId(),
+            "name": "ai",
+            "status": "SUCCESS",
+            "end_time": NOW,
+            "context": {"workspace_id": "acme", "ai_model": "gpt-4o-mini", **context},
+        }
+
+    env_db.tasks.insert_many(
+        [
+            runner({"ai_tokens": 1_000, "ai_prompt_tokens": 1_000, "ai_completion_tokens": 0}),
+            runner(
+                {
+                    "ai_tokens": 0,
+                    "ai_prompt_tokens": 0,
+                    "ai_completion_tokens": 0,
+                    "ai_cached_tokens": 5,
+                }
+            ),
+        ]
+    )
+    invoke("run", "--org", "acme", "--now", NOW.isoformat())
+    assert env_db.billing_ledger.count_documents({}) == 2
+    invoice = env_db.billing_invoices.find_one({"_id": f"acme:{NOW:%Y-%m}"})
+    result = invoke("usage", "--org", "acme", "--period", f"{NOW:%Y-%m}", "--by", "run", "--json")
+    data = json.loads(result.stdout)
+    assert data["total"]["runs"] == invoice["runs"] == 1
+    assert len(data["rows"]) == 1
