@@ -27,9 +27,11 @@ from pricing import load_registry
 @now_option
 @user_errors
 def reconcile_command(org: str, period: str, as_json: bool, now_text: datetime | None) -> None:
-    """Re-derive PERIOD from the runner documents alone and compare with the invoice.
+    """Re-derive PERIOD from the runner documents and compare with the invoice.
 
-    Exit 0 when every line and every runner agrees, 1 on any mismatch.
+    Each runner's usage is compared with what the ledger billed it; where they agree, it is
+    expected where the ledger placed it (late lines too), else by its end time. Exit 0 when
+    every line, every runner and the invoice's own totals agree, 1 on any mismatch.
     """
     org = validate_org(org)
     settings = get_settings()
@@ -55,7 +57,7 @@ def reconcile_command(org: str, period: str, as_json: bool, now_text: datetime |
         for line in result.lines:
             table.add_row(
                 escape(str(line.model)),
-                line.tier,
+                f"{line.tier} late" if line.late else line.tier,
                 line.price_valid_from or tables.DASH,
                 f"{line.expected_tokens:,}",
                 f"{line.invoiced_tokens:,}",
@@ -65,8 +67,8 @@ def reconcile_command(org: str, period: str, as_json: bool, now_text: datetime |
                 "[green]ok[/]" if line.matches else "[bold red]MISMATCH[/]",
             )
         out.print(tables.fit(table, out.width))
-        if result.late_tokens:
-            out.print(f"{result.late_tokens:,} late tokens from finalized periods (not re-derived)")
+        for problem in result.problems:
+            out.print(f"[red]invoice[/]: {escape(problem)}")
         for runner in result.runners:
             out.print(
                 f"[red]runner {escape(runner.runner_id)}[/]: source {runner.source_tokens:,} "

@@ -1,11 +1,14 @@
-"""Reconciliation: re-derive a period from the source documents alone and compare.
+"""Reconciliation: re-derive a period from the source documents and compare.
 
-The expected lines come from pricing each AI runner's own usage (its current
-counters minus its baseline) at its `end_time` (at `now` while it runs), without
-reading the ledger. They are compared line by line with the stored invoice; each runner's
-source usage is also compared with everything the ledger billed it, so a
-difference can be traced to a runner. The runners' own `ai_cost` estimates are
-shown beside our amounts (informational: they are never billed).
+Each AI runner's own usage (its current counters minus its baseline) is compared with
+everything the ledger billed it, so a difference is traced to a runner. Where the two
+agree, the runner's usage is expected where the ledger placed it (the months it was
+observed in while running, late lines of a finalized month); where they do not, or the
+ledger never billed it, at its `end_time` (at `now` while it runs), from the source alone.
+The expected lines, late ones included, are priced and compared line by line with the
+stored invoice, whose total and unpriced tokens are checked against its own lines. The
+runners' own `ai_cost` estimates are shown beside our amounts (informational: they are
+never billed).
 """
 
 from __future__ import annotations
@@ -13,26 +16,27 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping
-from datetime import datetime
-from typing import Any
+from datetime import date, datetime
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
+from chores.billing.invoices import Invoice
 from chores.core.db import Doc
 from chores.core.exceptions import InvoiceNotFound
-from chores.metering.lines import UsageGroup, price_group, price_lines
-from chores.metering.rules import Rules, is_subagent
+from chores.metering.ledger import EMPTY_ENTRY
+from chores.metering.lines import InvoiceLine, LineKey, UsageGroup, price_group, price_lines
+from chores.metering.rules import Breakdown, Rules, is_subagent
 from chores.metering.source import chunked
 from chores.run.chore import Pipeline
 from pricing import Registry
-
-EstimateKey = tuple[str | None, str, str | None]
 
 
 class LineCheck(BaseModel):
     model: str | None
     tier: str
     price_valid_from: str | None
+    late: bool = False
     expected_tokens: int
     invoiced_tokens: int
     expected_micros: int | None
@@ -63,17 +67,22 @@ class Reconciliation(BaseModel):
     lines: list[LineCheck]
     late_tokens: int
     runners: list[RunnerCheck]
+    problems: list[str] = []  # where the invoice disagrees with its own lines
 
     @property
     def ok(self) -> bool:
-        return all(line.matches for line in self.lines) and not self.runners
+        return all(line.matches for line in self.lines) and not self.runners and not self.problems
+
+
+MAX_ESTIMATE_USD = 1e9  # a runner's own estimate above this is garbage, not a cost
 
 
 def _estimate(context: Any) -> float | None:
-    """The runner's own cost estimate, None when it gave none (or not a number)."""
+    """The runner's own cost estimate, None when it gave none (or not a plausible number of
+    dollars: not finite, negative or above MAX_ESTIMATE_USD, so that sums stay finite)."""
     cost = context.get("ai_cost") if isinstance(context, Mapping) else None
     if isinstance(cost, int | float) and not isinstance(cost, bool) and math.isfinite(cost):
-        return float(cost)
+        return float(cost) if 0 <= cost <= MAX_ESTIMATE_USD else None
     return None
 
 
@@ -82,62 +91,41 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     if invoice is None:
         raise InvoiceNotFound(f"no invoice for org {org!r} in {period}")
     registry: Registry = meter.registry
+    sources = _source_usage(meter, org, now)
+    ledger = _ledger_usage(meter, org, period, invoice.status, set(sources))
     groups: list[UsageGroup] = []
-    runners_of_line: dict[EstimateKey, set[str]] = defaultdict(set)
-    estimates: dict[EstimateKey, float] = defaultdict(float)
-    estimated: dict[EstimateKey, int] = defaultdict(int)
-    source_tokens: dict[str, int] = {}
-    in_period: set[str] = set()
-    notes: dict[str, str] = {}
-    rules = Rules(
-        now=now,
-        max_tokens_per_run=meter.settings.max_tokens_per_run,
-        future_skew_seconds=meter.settings.future_skew_seconds,
-    )
-    for batch in _batches(meter, org):
-        spawns = meter.source.spawn_contexts([str(d.get("_id")) for d in batch if is_subagent(d)])
-        for doc in batch:
-            result = rules.assess(
-                doc, spawn_contexts=spawns.get(str(doc.get("_id")), []), head=None
-            )
-            if result.org != org:
-                continue
-            delta = result.delta
-            held = [a.kind for a in result.anomalies if a.kind != "total_below_split"]
-            if delta is None:
-                if held:
-                    notes[result.runner_id] = "held: " + ", ".join(held)
-                    source_tokens[result.runner_id] = 0
-                continue
-            source_tokens[result.runner_id] = delta.tokens.tokens
-            if result.pending:
-                notes[result.runner_id] = "still running: metered up to the last run"
-            if delta.period != period:
-                continue
-            in_period.add(result.runner_id)
-            group = UsageGroup(
-                model=delta.model,
-                byok=delta.byok,
-                late=False,
-                day=delta.usage_time.date(),
-                input=delta.tokens.input,
-                cached=delta.tokens.cached,
-                output=delta.tokens.output,
-                unsplit=delta.tokens.unsplit,
-            )
+    runners_of_line: dict[LineKey, set[str]] = defaultdict(set)
+    estimates: dict[LineKey, float] = defaultdict(float)
+    estimated: dict[LineKey, int] = defaultdict(int)
+    runner_checks = []
+    for runner_id in sorted(set(sources) | set(ledger.here)):
+        source = sources.get(runner_id)
+        billed = ledger.total.get(runner_id, Breakdown())
+        agree = source is not None and source.tokens == billed
+        if agree:
+            placed = ledger.here.get(runner_id, [])  # where the ledger put what the source says
+        else:
+            placed = _placed_by_source(source, period)
+            if runner_id in ledger.here or placed:
+                runner_checks.append(
+                    RunnerCheck(
+                        runner_id=runner_id,
+                        source_tokens=source.tokens.tokens if source else 0,
+                        ledger_tokens=billed.tokens,
+                        note=(source.note if source else "") or "source and ledger disagree",
+                    )
+                )
+        for group in placed:
             groups.append(group)
-            (model, tier, valid_from, _), _amount = price_group(group, registry)
-            key = (model, tier, valid_from)
-            runners_of_line[key].add(result.runner_id)
-            estimate = _estimate(doc.get("context"))
-            if estimate is not None:
-                estimates[key] += estimate
-                estimated[key] += 1
+            key, _amount = price_group(group, registry)
+            runners_of_line[key].add(runner_id)
+        if source is not None and source.estimate is not None and placed:
+            key, _amount = price_group(placed[0], registry)
+            estimates[key] += source.estimate
+            estimated[key] += 1
 
-    expected = {
-        (ln.model, ln.tier, ln.price_valid_from): ln for ln in price_lines(groups, registry)
-    }
-    invoiced = {(ln.model, ln.tier, ln.price_valid_from): ln for ln in invoice.lines if not ln.late}
+    expected = {_key(ln): ln for ln in price_lines(groups, registry)}
+    invoiced = {_key(ln): ln for ln in invoice.lines}
     lines = []
     for key in sorted(set(expected) | set(invoiced), key=lambda k: tuple(str(p) for p in k)):
         exp, inv = expected.get(key), invoiced.get(key)
@@ -146,6 +134,7 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
                 model=key[0],
                 tier=key[1],
                 price_valid_from=key[2],
+                late=key[3],
                 expected_tokens=exp.tokens if exp else 0,
                 invoiced_tokens=inv.tokens if inv else 0,
                 expected_micros=exp.amount_micros if exp else 0,
@@ -155,18 +144,6 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
                 estimated_runners=estimated.get(key, 0),
             )
         )
-    ledger = _ledger_tokens(meter, org, period, set(source_tokens))
-    runner_checks = []
-    for runner_id in sorted(in_period | ledger.booked_here):
-        billed = ledger.total.get(runner_id, 0)
-        source = source_tokens.get(runner_id, 0)
-        if billed != source:
-            note = notes.get(runner_id, "source and ledger disagree")
-            runner_checks.append(
-                RunnerCheck(
-                    runner_id=runner_id, source_tokens=source, ledger_tokens=billed, note=note
-                )
-            )
     return Reconciliation(
         org=org,
         period=period,
@@ -174,32 +151,169 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         lines=lines,
         late_tokens=sum(ln.tokens for ln in invoice.lines if ln.late),
         runners=runner_checks,
+        problems=_invoice_problems(invoice),
     )
+
+
+def _placed_by_source(source: _SourceUsage | None, period: str) -> list[UsageGroup]:
+    """A runner's usage in `period` by its document alone: all of it, in the month of its
+    end time (of `now` while it runs)."""
+    if source is None or source.group is None or source.period != period:
+        return []
+    return [source.group]
+
+
+def _on_invoice(entry: Doc, period: str, status: str) -> bool:
+    """Whether a ledger entry is on the invoice of `period` (as `read_period` reads it)."""
+    booked = entry.get("booked")
+    if booked is None:
+        return status == "draft" and entry.get("usage_period") == period
+    return bool(booked == period)
+
+
+def _key(line: InvoiceLine) -> LineKey:
+    return (line.model, line.tier, line.price_valid_from, line.late)
+
+
+def _invoice_problems(invoice: Invoice) -> list[str]:
+    """Where the invoice disagrees with its own lines."""
+    problems = []
+    priced = sum(ln.amount_micros for ln in invoice.lines if ln.amount_micros is not None)
+    if invoice.total_micros != priced:
+        problems.append(
+            f"total_micros {invoice.total_micros:,} is not the sum of its lines, {priced:,}"
+        )
+    unpriced = sum(ln.tokens for ln in invoice.lines if not ln.priced)
+    if invoice.unpriced_tokens != unpriced:
+        problems.append(
+            f"unpriced_tokens {invoice.unpriced_tokens:,} is not what its unpriced lines "
+            f"hold, {unpriced:,}"
+        )
+    return problems
+
+
+class _SourceUsage(NamedTuple):
+    """A runner's usage as its document says, placed by its end time (by `now` while it
+    runs; None when a held anomaly bills nothing), and its own cost estimate."""
+
+    tokens: Breakdown
+    group: UsageGroup | None
+    period: str | None
+    estimate: float | None
+    note: str
+
+
+def _source_usage(meter: Pipeline, org: str, now: datetime) -> dict[str, _SourceUsage]:
+    """Every AI runner of `org` in the source: its whole usage (no ledger head), or none
+    when a held anomaly bills nothing (with a note saying why)."""
+    rules = Rules(
+        now=now,
+        max_tokens_per_run=meter.settings.max_tokens_per_run,
+        future_skew_seconds=meter.settings.future_skew_seconds,
+    )
+    usage: dict[str, _SourceUsage] = {}
+    for batch in _batches(meter, org):
+        spawns = meter.source.spawn_contexts([str(d.get("_id")) for d in batch if is_subagent(d)])
+        for doc in batch:
+            result = rules.assess(
+                doc, spawn_contexts=spawns.get(str(doc.get("_id")), []), head=None
+            )
+            if result.org != org:
+                continue
+            delta = result.delta
+            if delta is None:
+                held = [a.kind for a in result.anomalies if a.kind != "total_below_split"]
+                if held:
+                    note = "held: " + ", ".join(held)
+                    usage[result.runner_id] = _SourceUsage(Breakdown(), None, None, None, note)
+                continue
+            tokens = delta.tokens
+            usage[result.runner_id] = _SourceUsage(
+                tokens,
+                UsageGroup(
+                    model=delta.model,
+                    byok=delta.byok,
+                    late=False,
+                    day=delta.usage_time.date(),
+                    input=tokens.input,
+                    cached=tokens.cached,
+                    output=tokens.output,
+                    unsplit=tokens.unsplit,
+                ),
+                delta.period,
+                _estimate(doc.get("context")),
+                "still running: metered up to the last run" if result.pending else "",
+            )
+    return usage
 
 
 def _batches(meter: Pipeline, org: str) -> Any:
     return chunked(meter.source.changed_runners(org, None), meter.settings.batch_size)
 
 
-class _LedgerTotals:
+class _LedgerUsage:
+    """What the ledger billed each runner: its tokens in all (every period), and its usage
+    on this invoice, as the draft build groups it."""
+
     def __init__(self) -> None:
-        self.total: dict[str, int] = defaultdict(int)
-        self.booked_here: set[str] = set()
+        self.total: dict[str, Breakdown] = {}
+        self.here: dict[str, list[UsageGroup]] = defaultdict(list)
 
 
-def _ledger_tokens(meter: Pipeline, org: str, period: str, runners: set[str]) -> _LedgerTotals:
-    """Tokens the ledger billed each runner (all periods), and who is on this invoice."""
-    totals = _LedgerTotals()
+_LEDGER_FIELDS = {
+    name: 1
+    for name in (
+        "runner_id",
+        "booked",
+        "usage_period",
+        "usage_day",
+        "late",
+        "model",
+        "byok",
+        "input_tokens",
+        "cached_tokens",
+        "output_tokens",
+        "unsplit_tokens",
+    )
+}
+
+
+def _ledger_usage(
+    meter: Pipeline, org: str, period: str, status: str, runners: set[str]
+) -> _LedgerUsage:
+    """The ledger's usage of `runners` and of every runner on the invoice of `period`
+    (entries booked into it; for a draft, unbooked ones of its usage period too, as
+    `period_ledger.read_period` reads them)."""
+    usage = _LedgerUsage()
     entries = meter.collections.ledger
-    query: Doc = {
-        "org": {"$eq": org},
-        "$or": [{"booked": period}, {"booked": None, "usage_period": period}],
-        "late": False,
-    }
-    for entry in entries.find(query, {"runner_id": 1}):
-        totals.booked_here.add(entry["runner_id"])
-    wanted = sorted(runners | totals.booked_here)
-    for batch in chunked(wanted, meter.settings.batch_size):
-        for entry in entries.find({"runner_id": {"$in": batch}}, {"runner_id": 1, "tokens": 1}):
-            totals.total[entry["runner_id"]] += entry["tokens"]
-    return totals
+    belongs: list[Doc] = [{"booked": period}]
+    if status == "draft":
+        belongs.append({"booked": None, "usage_period": period})
+    on_invoice = {"org": {"$eq": org}, "$or": belongs, "$nor": [EMPTY_ENTRY]}
+    here = {entry["runner_id"] for entry in entries.find(on_invoice, {"runner_id": 1})}
+    for batch in chunked(sorted(runners | here), meter.settings.batch_size):
+        query = {"org": {"$eq": org}, "runner_id": {"$in": batch}}
+        for entry in entries.find(query, _LEDGER_FIELDS):
+            runner_id = entry["runner_id"]
+            tokens = Breakdown(
+                entry["input_tokens"],
+                entry["cached_tokens"],
+                entry["output_tokens"],
+                entry["unsplit_tokens"],
+            )
+            total = usage.total.get(runner_id, Breakdown())
+            usage.total[runner_id] = Breakdown(*map(sum, zip(total, tokens, strict=True)))
+            if _on_invoice(entry, period, status) and any(tokens):
+                usage.here[runner_id].append(
+                    UsageGroup(
+                        model=entry["model"],
+                        byok=bool(entry["byok"]),
+                        late=bool(entry.get("late")),
+                        day=date.fromisoformat(entry["usage_day"]),
+                        input=tokens.input,
+                        cached=tokens.cached,
+                        output=tokens.output,
+                        unsplit=tokens.unsplit,
+                    )
+                )
+    return usage

@@ -99,3 +99,97 @@ def test_runner_estimates_are_reported_beside_our_amounts(db, settings, registry
 def test_reconcile_unknown_invoice_is_a_clear_error(env_db):
     result = CliRunner().invoke(main, ["reconcile", "--org", "nobody", "--period", "2026-11"])
     assert result.exit_code == 1 and "no invoice for org 'nobody' in 2026-11" in result.output
+
+
+def ai_runner(org: str, tokens: int, *, running: bool, ended: datetime | None = None) -> dict:
+    from bson import ObjectId
+
+    doc = {
+        "_id": ObjectId(),
+        "name": "ai",
+        "status": "RUNNING" if running else "SUCCESS",
+        "context": {
+            "workspace_id": org,
+            "ai_model": "gpt-4o-mini",
+            "ai_tokens": tokens,
+            "ai_prompt_tokens": tokens,
+            "ai_completion_tokens": 0,
+        },
+    }
+    if ended is not None:
+        doc["end_time"] = ended
+    return doc
+
+
+def grow_and_end(db, doc: dict, tokens: int, ended: datetime) -> None:
+    db.tasks.update_one(
+        {"_id": doc["_id"]},
+        {
+            "$set": {
+                "status": "SUCCESS",
+                "end_time": ended,
+                "context.ai_tokens": tokens,
+                "context.ai_prompt_tokens": tokens,
+            }
+        },
+    )
+
+
+def test_a_runner_billed_across_a_month_end_reconciles_in_both_months(db, settings, registry):
+    """Metered on Oct 31 while running, ended on Nov 1: the ledger bills the first part in
+    October (observed then) and the rest in November; reconcile expects the same."""
+    oct_31, nov_1 = (
+        datetime(2026, 10, 31, 23, 0, tzinfo=UTC),
+        datetime(2026, 11, 1, 0, 30, tzinfo=UTC),
+    )
+    doc = ai_runner("acme", 1_000, running=True)
+    db.tasks.insert_one(doc)
+    run_chore(db, now=oct_31, registry=registry, settings=settings)
+    grow_and_end(db, doc, 3_000, nov_1)
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    meter = Pipeline(db, settings, registry)
+    for period, tokens in (("2026-10", 1_000), ("2026-11", 2_000)):
+        result = reconcile(meter, "acme", period, now=NOW)
+        assert result.ok, result
+        assert [line.expected_tokens for line in result.lines] == [tokens]
+
+
+def test_late_lines_are_re_derived_and_checked(db, settings, registry):
+    """October is final; usage of an October runner metered afterwards is a late line of
+    November, expected there, and a late line tampered with is a mismatch."""
+    from chores import finalize_invoices
+
+    first = ai_runner("acme", 1_000, running=False, ended=datetime(2026, 10, 20, tzinfo=UTC))
+    db.tasks.insert_one(first)
+    run_chore(db, now=datetime(2026, 10, 25, tzinfo=UTC), registry=registry, settings=settings)
+    late = ai_runner("acme", 5_000, running=False, ended=datetime(2026, 10, 30, tzinfo=UTC))
+    db.tasks.insert_one(late)
+    assert finalize_invoices(db, now=NOW, settings=settings) == ["acme:2026-10"]
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    meter = Pipeline(db, settings, registry)
+    october, november = (reconcile(meter, "acme", p, now=NOW) for p in ("2026-10", "2026-11"))
+    assert october.ok and november.ok, (october, november)
+    assert [(line.late, line.expected_tokens) for line in november.lines] == [(True, 5_000)]
+    db.billing_invoices.update_one(
+        {"_id": "acme:2026-11"}, {"$inc": {"lines.0.tokens": 1, "lines.0.input_tokens": 1}}
+    )
+    assert not reconcile(meter, "acme", "2026-11", now=NOW).ok
+
+
+def test_an_invoice_whose_total_is_not_its_lines_is_a_mismatch(env_db, registry):
+    settings = get_settings()
+    seeded(env_db, settings, registry, november(6))
+    env_db.billing_invoices.update_one({"_id": "acme:2026-11"}, {"$inc": {"total_micros": 5}})
+    args = ["reconcile", "--org", "acme", "--period", "2026-11", "--now", NOW.isoformat()]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "total_micros" in result.output and "is not the sum of its lines" in result.output
+
+
+def test_an_absurd_runner_estimate_is_no_estimate(db, settings, registry):
+    doc = ai_runner("acme", 1_000, running=False, ended=datetime(2026, 11, 2, tzinfo=UTC))
+    doc["context"]["ai_cost"] = 1e303
+    db.tasks.insert_one(doc)
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert result.ok and [line.estimated_runners for line in result.lines] == [0]
