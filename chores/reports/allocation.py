@@ -70,10 +70,23 @@ def largest_remainder(total: int, weights: Sequence[tuple[Any, Fraction]]) -> li
     if weight_sum == 0:
         weights = [(key, Fraction(1)) for key, _ in weights]
         weight_sum = Fraction(len(weights))
-    quotas = [total * weight / weight_sum for _, weight in weights]
-    shares = [floor(quota) for quota in quotas]
+    return _rounded(total, [(key, total * weight / weight_sum) for key, weight in weights])
+
+
+def rounded_amounts(total: int, amounts: Sequence[tuple[Any, Fraction]]) -> list[int]:
+    """Exact amounts (key, amount) whose sum rounds to `total`, each rounded to its floor or
+    ceiling so that they add up to `total` (largest remainders first, ties to the smaller
+    key). Unlike a proportional split, amounts of both signs keep their size: a credit of
+    -75,000.4 and a charge of 75,000.6 on a line of 1 are -75,001 and 75,002, not scaled."""
+    return _rounded(total, amounts)
+
+
+def _rounded(total: int, quotas: Sequence[tuple[Any, Fraction]]) -> list[int]:
+    """Each quota's floor, plus one for the largest remainders until the shares add up to
+    `total` (the caller's quotas sum to within their count of it)."""
+    shares = [floor(quota) for _, quota in quotas]
     left = total - sum(shares)
-    order = sorted(range(len(weights)), key=lambda i: (shares[i] - quotas[i], weights[i][0]))
+    order = sorted(range(len(quotas)), key=lambda i: (shares[i] - quotas[i][1], quotas[i][0]))
     for position in order[:left]:
         shares[position] += 1
     return shares
@@ -206,7 +219,11 @@ def _split(
                     (k, Fraction(sum(s.counts)))
                     for (k, _), (_, s) in zip(weights, members, strict=True)
                 ]
-            shares = list(largest_remainder(line_amount, weights))
+                shares = list(largest_remainder(line_amount, weights))
+            elif exact:  # the cells' own amounts add up to the line once rounded
+                shares = list(rounded_amounts(line_amount, weights))
+            else:
+                shares = list(largest_remainder(line_amount, weights))
         for ((_, day), s), share in zip(members, shares, strict=True):
             input_tokens, cached, output, unsplit = s.counts
             usage = AllocatedUsage(

@@ -28,7 +28,7 @@ from chores.cli import main
 from chores.core.db import Collections
 from chores.core.exceptions import InvoiceOutOfDate
 from chores.core.money import usd
-from chores.reports.allocation import allocate, largest_remainder
+from chores.reports.allocation import allocate, largest_remainder, rounded_amounts
 from chores.reports.breakdown import (
     BY_CHOICES,
     AllocatedUsage,
@@ -94,6 +94,22 @@ def test_largest_remainder_is_exact_and_fair(total_, weights):
         quota = total_ * (weight if sum(weights) else 1) / Fraction(weight_sum)
         assert floor(quota) <= share <= ceil(quota)
     assert largest_remainder(total_, keyed) == shares
+
+
+@given(
+    st.lists(
+        st.fractions(min_value=-(10**9), max_value=10**9, max_denominator=10**6),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_exact_amounts_of_both_signs_round_to_their_floor_or_ceiling(amounts):
+    """A line's cells with credits and charges (input reclassified as cached across months):
+    each gets the floor or ceiling of its own exact amount, and they add up to the line."""
+    total = floor(sum(amounts) + Fraction(1, 2))  # the line, rounded half up once
+    shares = rounded_amounts(total, list(enumerate(amounts)))
+    assert sum(shares) == total
+    assert all(floor(a) <= share <= ceil(a) for a, share in zip(amounts, shares, strict=True))
 
 
 def test_largest_remainder_breaks_ties_by_key():
@@ -483,3 +499,32 @@ def test_an_entry_that_only_moved_a_high_water_mark_is_no_run_of_the_breakdown(e
     data = json.loads(result.stdout)
     assert data["total"]["runs"] == invoice["runs"] == 1
     assert len(data["rows"]) == 1
+
+
+def test_a_credit_and_a_charge_on_one_line_keep_their_own_amounts(registry):
+    """Input reclassified as cached in a later month is a credit on that month's line: the
+    runners' shares are their own amounts rounded, not scaled by line / sum of weights."""
+
+    def usage(runner_id: str, day: int, input_tokens: int, cached: int) -> EntryUsage:
+        run = RunInfo(
+            runner_id=runner_id, model="gpt-4o-mini", session_id="s", subagent=False,
+            parent_id=None, status="SUCCESS",
+        )  # fmt: skip
+        return EntryUsage(
+            run, "gpt-4o-mini", False, False, date(2026, 11, day), input_tokens, cached, 0, 0,
+            billed_line=None, billed_exact=None,
+        )  # fmt: skip
+
+    usage_a = usage("a", 1, -1_000_000, 1_000_000)
+    usage_b = usage("b", 3, 500_004, 0)
+    invoice = build_invoice(
+        org="o", period="2026-11", groups=[usage_a.group(), usage_b.group()], runs=2,
+        entries=2, anomalies_open=False, registry=registry, now=NOW,
+    )  # fmt: skip
+    assert [line.amount_micros for line in invoice.lines] == [1]  # -75,000 + 75,000.6
+    allocation = allocate(invoice, [usage_a, usage_b], registry)
+    assert allocation.exact
+    assert [(c.run.runner_id, c.usage.amount_micros) for c in allocation.cells] == [
+        ("a", -75_000),
+        ("b", 75_001),
+    ]
