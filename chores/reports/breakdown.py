@@ -115,9 +115,8 @@ class Filters:
             return False
         if self.statuses and (cell.run.status or "").upper() not in self.statuses:
             return False
-        if self.models:
-            names = {(cell.run.model or "").casefold(), (cell.line[0] or "").casefold()}
-            return bool(names & self.models)
+        if self.models:  # the cell's own line (a runner may have used several models)
+            return (cell.line[0] or "").casefold() in self.models
         return True
 
 

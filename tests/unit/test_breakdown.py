@@ -528,3 +528,20 @@ def test_a_credit_and_a_charge_on_one_line_keep_their_own_amounts(registry):
         ("a", -75_000),
         ("b", 75_001),
     ]
+
+
+def test_a_model_filter_keeps_only_that_models_lines_of_a_runner_that_switched(env_db):
+    from bson import ObjectId
+
+    oid = ObjectId()
+    context = {"workspace_id": "acme", "ai_model": "gpt-4o", "ai_tokens": 100_000,
+               "ai_prompt_tokens": 80_000, "ai_completion_tokens": 20_000}  # fmt: skip
+    env_db.tasks.insert_one({"_id": oid, "name": "ai", "status": "RUNNING", "context": context})
+    invoke("run", "--org", "acme", "--now", "2026-11-03T00:00:00Z")
+    switched = {"context.ai_model": "gpt-4o-mini", "context.ai_tokens": 101_000,
+                "context.ai_prompt_tokens": 81_000, "status": "SUCCESS"}  # fmt: skip
+    env_db.tasks.update_one({"_id": oid}, {"$set": {**switched, "end_time": NOW}})
+    invoke("run", "--org", "acme", "--now", NOW.isoformat())
+    args = ["usage", "--org", "acme", "--period", "2026-11", "--by", "model", "--json"]
+    data = json.loads(invoke(*args, "--model", "gpt-4o-mini").stdout)
+    assert [(row["model"], row["tokens"]) for row in data["rows"]] == [("gpt-4o-mini", 1_000)]
