@@ -140,10 +140,17 @@ def collect_report(
 
 
 def compact(value: float) -> str:
-    """`1.2M`, `350K`, `900` (axis labels)."""
+    """`1.2M`, `350K`, `900`, `1,200B` (axis labels; never in exponent form)."""
     for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
         if abs(value) >= size:
-            return f"{value / size:.3g}{suffix}"
+            return f"{_three_digits(value / size)}{suffix}"
+    return _three_digits(value)
+
+
+def _three_digits(value: float) -> str:
+    """About three significant digits, with thousands separators past 999."""
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
     return f"{value:.3g}"
 
 

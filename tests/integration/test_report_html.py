@@ -35,6 +35,7 @@ from chores.reports.invoice_html import (
     TIER_LABELS,
     UNPRICED_COLOR,
     collect_report,
+    compact,
     daily_series,
     dollar_axis,
     model_color,
@@ -416,3 +417,17 @@ def write_docs_example(pages: dict[str, Any], tmp_path: Path) -> None:
         encoding="utf-8",
     )
     screenshot(example, DOCS / "report.png", tmp_path / "docs-profile", height=4100)
+
+
+@pytest.mark.parametrize(
+    ("value", "label"),
+    [
+        (900, "900"),
+        (350_000, "350K"),
+        (1_200_000, "1.2M"),
+        (1e12, "1,000B"),
+        (2.5e15, "2,500,000B"),
+    ],
+)
+def test_token_axis_labels_never_use_exponent_form(value, label):
+    assert compact(value) == label
