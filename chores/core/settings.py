@@ -101,7 +101,9 @@ class Settings(BaseSettings):
         typo is one line at start, not a failure of every run. The broker is Redis by
         design (the beat's lock and the per-org locks live there); a result backend may be
         another kind, and is only checked when it is Redis."""
-        if url is None:
+        if not url:  # `REDIS_URL=` (set, empty) is no Redis, as when it is unset
+            if info.field_name == "celery_broker_url":
+                raise ValueError("the broker's Redis URL is required")
             return None
         scheme = url.partition("://")[0]
         if info.field_name == "celery_result_backend" and scheme not in REDIS_SCHEMES:

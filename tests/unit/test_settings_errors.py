@@ -87,3 +87,13 @@ def test_a_result_backend_of_another_kind_is_celerys_to_check():
 
     for url in ("redis+socket:///tmp/redis.sock", "rpc://", "db+sqlite:///results.db"):
         assert Settings(celery_result_backend=url).celery_result_backend == url
+
+
+def test_an_empty_optional_redis_url_is_no_redis(monkeypatch):
+    from chores.core.settings import Settings
+
+    monkeypatch.setenv("REDIS_URL", "")
+    monkeypatch.setenv("CELERY_RESULT_BACKEND", "")
+    settings = Settings()
+    assert (settings.redis_url, settings.celery_result_backend) == (None, None)
+
