@@ -15,9 +15,10 @@ Documents examined (what a server reads to answer, `totalDocsExamined` in an exp
 (`index_information()`), never from mongomock's own work (it scans everything, always):
 
 - A top-level field constrained by equality (a value, `None`, `$eq`), `$in` (of plain values)
-  or a range (`$gt`/`$gte`/`$lt`/`$lte`), and `$not` of `$type` (the server complements the
-  type's bounds), can bound an index scan. `$ne`, `$nin`, `$exists`, `$nor` and `$type` alone
-  cannot (the server can, partly; counted as unbounded here, which can only overstate).
+  or a range (`$gt`/`$gte`/`$lt`/`$lte`), and `$not` of `$type` or of one range (the server
+  complements the bounds), can bound an index scan. `$ne`, `$nin`, `$exists`, `$nor` and
+  `$type` alone cannot (the server can, partly; counted as unbounded here, which can only
+  overstate).
 - An index serves the longest prefix of its key whose fields are all bounded. The query
   examines the documents that match the bounds on that prefix (counted on the collection):
   when the prefix bounds the whole filter, exactly the documents it returns. The planner's
@@ -125,9 +126,15 @@ def _bounded(condition: Any) -> bool:
             return True
         if op == "$in" and all(not isinstance(v, Mapping) for v in value):
             return True
-        if op == "$not" and isinstance(value, Mapping) and set(value) == {"$type"}:
+        if op == "$not" and isinstance(value, Mapping) and _complementable(value):
             return True
     return False
+
+
+def _complementable(condition: Mapping[str, Any]) -> bool:
+    """A `$not` the server turns into the complement of its bounds: of a `$type`, or of one
+    range (`{$not: {$gte: x}}`: below x, NaN, and every other type)."""
+    return set(condition) == {"$type"} or (len(condition) == 1 and next(iter(condition)) in _RANGE)
 
 
 def _key_fields(index: Mapping[str, Any]) -> list[str]:

@@ -16,6 +16,7 @@ source (org ids, runner ids) are only ever used under `$eq`/`$in`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ RUNNER_PROJECTION = {
     "context": 1,
 }
 SPAWN_PROJECTION = {"extra_data": 1, "_context": 1}
+LOWEST_STAMP = -sys.float_info.max  # every finite stamp is at least this; NaN is not
 
 
 def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -71,7 +73,8 @@ class Source:
         if since is not None:
             query["$or"] = [
                 {"last_updated_db": {"$gte": since}},
-                {"last_updated_db": {"$not": {"$type": "number"}}},
+                # missing, null, not a number, NaN or -inf: no stamp to order it by
+                {"last_updated_db": {"$not": {"$gte": LOWEST_STAMP}}},
             ]
         return query
 

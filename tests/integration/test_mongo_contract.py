@@ -60,7 +60,11 @@ def test_null_matches_missing_and_null_but_not_values(mdb):
     assert sorted(d["_id"] for d in mdb.l.find({"booked": None})) == [1, 2]
 
 
-def test_not_type_number_finds_missing_and_garbage_stamps(mdb):
+def test_not_gte_lowest_finds_missing_and_garbage_stamps(mdb):
+    """`Source._changed`: a stamp at or after the cursor, or none to order by (missing, null,
+    not a number, NaN, -inf). NaN is a number to `$type`, and never `$gte` anything."""
+    from chores.metering.source import LOWEST_STAMP
+
     mdb.t.insert_many(
         [
             {"_id": 1, "s": 5.0},
@@ -68,10 +72,14 @@ def test_not_type_number_finds_missing_and_garbage_stamps(mdb):
             {"_id": 3},
             {"_id": 4, "s": None},
             {"_id": 5, "s": 7},
+            {"_id": 6, "s": float("nan")},
+            {"_id": 7, "s": float("-inf")},
+            {"_id": 8, "s": float("inf")},
+            {"_id": 9, "s": -5.0},
         ]
     )
-    query = {"$or": [{"s": {"$gte": 6}}, {"s": {"$not": {"$type": "number"}}}]}
-    assert sorted(d["_id"] for d in mdb.t.find(query)) == [2, 3, 4, 5]
+    query = {"$or": [{"s": {"$gte": 6}}, {"s": {"$not": {"$gte": LOWEST_STAMP}}}]}
+    assert sorted(d["_id"] for d in mdb.t.find(query)) == [2, 3, 4, 5, 6, 7, 8]
 
 
 def test_group_on_ifnull_with_sum_and_add_to_set(mdb):

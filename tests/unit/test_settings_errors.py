@@ -96,4 +96,3 @@ def test_an_empty_optional_redis_url_is_no_redis(monkeypatch):
     monkeypatch.setenv("CELERY_RESULT_BACKEND", "")
     settings = Settings()
     assert (settings.redis_url, settings.celery_result_backend) == (None, None)
-

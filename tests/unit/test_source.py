@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 from click.testing import CliRunner
 from pymongo import ASCENDING
 
@@ -125,3 +126,26 @@ def test_run_table_warns_on_stderr_json_carries_the_list(env_db, fixture_docs):
     ensure_indexes(env_db, get_settings(), source=True)
     again = CliRunner().invoke(main, ["run", "--all", "--now", NOW.isoformat()])
     assert "source index missing" not in again.stderr
+
+
+@pytest.mark.parametrize("stamp", [float("nan"), float("-inf"), None, "soon"])
+def test_a_runner_without_a_usable_stamp_is_read_by_the_next_incremental_run(
+    db, settings, registry, stamp
+):
+    from datetime import timedelta
+
+    from bson import ObjectId
+
+    def runner(stamp: object) -> dict:
+        return {
+            "_id": ObjectId(), "name": "ai", "status": "SUCCESS",
+            "end_time": NOW - timedelta(hours=1), "last_updated_db": stamp,
+            "context": {"workspace_id": "acme", "ai_model": "gpt-4o-mini", "ai_tokens": 1_000,
+                        "ai_prompt_tokens": 1_000, "ai_completion_tokens": 0},
+        }  # fmt: skip
+
+    db.tasks.insert_one(runner((NOW - timedelta(hours=2)).timestamp()))
+    run_chore(db, now=NOW, settings=settings, registry=registry)  # the cursor is set
+    db.tasks.insert_one(runner(stamp))
+    run_chore(db, now=NOW, settings=settings, registry=registry)
+    assert sum(e["tokens"] for e in db.billing_ledger.find()) == 2_000
