@@ -3,7 +3,9 @@
 None of this is billing state: losing any of it costs a re-read, never a charge.
 
 - *cursor* (`billing_cursors`, `_id` = `"org:<org>"`, or `"*"` for all orgs): the highest
-  plausible `last_updated_db` seen by a completed run; only moves forward.
+  plausible `last_updated_db` seen by a completed run; only moves forward. A full pass in
+  progress keeps its own (`"full:"` + the scope), deleted when the pass completes: a pass
+  cut short (a time limit) resumes from it instead of starting over.
 - *pending* (`billing_pending`, `_id` = runner id): runners last seen running or
   waiting for a spawn finding; re-read by `_id` every run.
 - *dirty marks* (`billing_dirty`): an `(org, period)` whose invoice must be
@@ -28,6 +30,13 @@ from chores.core.periods import as_utc
 from chores.core.writes import insert_ignoring_duplicates
 
 ALL_ORGS = "*"
+
+
+def full_pass_scope(scope: str) -> str:
+    """The cursor of a full pass over `scope` in progress (`full:org:acme`, `full:*`)."""
+    return f"full:{scope}"
+
+
 OPEN_MARK_EXPIRY = timedelta(hours=6)
 
 
@@ -42,6 +51,9 @@ class Progress:
 
     def advance_cursor(self, scope: str, stamp: float) -> None:
         self._c.cursors.update_one({"_id": scope}, {"$max": {"stamp": stamp}}, upsert=True)
+
+    def clear_cursor(self, scope: str) -> None:
+        self._c.cursors.delete_one({"_id": scope})
 
     # pending runners ----------------------------------------------------
     def pending(self, org: str | None) -> list[Doc]:

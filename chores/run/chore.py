@@ -32,7 +32,7 @@ from chores.core.orgs import validate_org
 from chores.core.settings import Settings, get_settings
 from chores.metering.anomalies import AnomalyLog
 from chores.metering.ledger import Ledger, entry_document
-from chores.metering.progress import ALL_ORGS, Progress
+from chores.metering.progress import ALL_ORGS, Progress, full_pass_scope
 from chores.metering.rules import (
     Anomaly,
     AnomalyRecord,
@@ -270,7 +270,8 @@ def run_chore(
     """Meter new usage of one org (or every org when `org` is None) into invoices.
 
     `full=True` ignores the cursor and reads every AI runner in scope (the
-    daily safety net). `on_batch(n)` is called after each batch of `n` documents
+    daily safety net); a full pass cut short resumes where it stopped at the next full
+    pass, instead of starting over. `on_batch(n)` is called after each batch of `n` documents
     (progress display). A database error propagates; rerunning completes the work.
     """
     settings = settings or get_settings()
@@ -288,8 +289,12 @@ def run_chore(
         if not dry_run:
             ensure_billing_indexes(db, settings)  # the chore's own collections: its own job
         report.missing_indexes = _check_source_indexes(meter, settings)
-        cursor = None if full else meter.progress.cursor(scope)
-        since = None if cursor is None else cursor - settings.lookback_seconds
+        pass_scope = full_pass_scope(scope) if full else None
+        if pass_scope is not None:  # from the start, or from where a cut full pass stopped
+            since = meter.progress.cursor(pass_scope)
+        else:
+            cursor = meter.progress.cursor(scope)
+            since = None if cursor is None else cursor - settings.lookback_seconds
         horizon = now.timestamp() + settings.future_skew_seconds
         seen: set[str] = set()
         newest = None
@@ -310,6 +315,8 @@ def run_chore(
             batch_newest = _newest(docs, horizon, None)
             if batch_newest is not None and not dry_run:
                 meter.progress.advance_cursor(scope, batch_newest)
+                if pass_scope is not None:
+                    meter.progress.advance_cursor(pass_scope, batch_newest)
             if on_batch is not None:
                 on_batch(len(docs))
         if not dry_run:
@@ -324,6 +331,8 @@ def run_chore(
             meter.progress.clear_dirty(settled.marks)  # what they announced is decided
             if newest is not None:
                 meter.progress.advance_cursor(scope, newest)
+            if pass_scope is not None:
+                meter.progress.clear_cursor(pass_scope)  # the pass is complete
     except BaseException as exc:  # Ctrl-C and time limits too: the run log says it stopped
         report.error = f"{type(exc).__name__}: {exc}"
         report.duration_seconds = round(time.monotonic() - clock, 3)

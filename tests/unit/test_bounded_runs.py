@@ -105,3 +105,37 @@ def test_the_progress_callback_sees_every_batch(db, settings, registry):
     assert sum(seen) == report.docs_read == RUNNERS
     assert len(seen) == -(-RUNNERS // BATCH)
     assert report.tokens_billed == truth
+
+
+@pytest.mark.parametrize("batches_per_run", [1, 3])
+def test_a_full_pass_cut_short_resumes_where_it_stopped(batches_per_run, registry):
+    """The daily full pass re-reads every runner (one rewritten long after it ended, its stamp
+    unchanged, is billed only by it). Cut by a time limit, the next full pass goes on from
+    where it stopped: over a history longer than one pass, every retry starting over would
+    never reach its end."""
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    truth = backlog(db)
+    run_chore(db, org="acme", now=NOW, registry=registry, settings=CONFIG)
+    newest = db.tasks.find_one(sort=[("last_updated_db", -1)])
+    rewrite = {"context.ai_tokens": 10_000, "context.ai_prompt_tokens": 9_980}
+    db.tasks.update_one({"_id": newest["_id"]}, {"$set": rewrite})  # the stamp is unchanged
+    truth += 10_000 - newest["context"]["ai_tokens"]
+    passes = 0
+    while True:
+        passes += 1
+        assert passes <= RUNNERS, "no progress: every full pass starts over"
+        try:
+            run_chore(
+                DatabaseProxy(db, around=cut_after(batches_per_run)),
+                org="acme",
+                now=NOW,
+                registry=registry,
+                settings=CONFIG,
+                full=True,
+            )
+            break
+        except TimeLimit:
+            continue
+    assert passes <= -(-RUNNERS // (BATCH * batches_per_run)) + 1
+    assert sum(e["tokens"] for e in db.billing_ledger.find()) == truth
+    assert db.billing_cursors.find_one({"_id": "full:org:acme"}) is None  # the pass completed
