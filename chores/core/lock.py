@@ -54,7 +54,10 @@ class OrgLock:
         for _ in range(3):  # a lock that expires between our two steps: try again
             if self._lock.acquire(blocking=False, token=self.token):
                 return True
-            if self._client.get(self.key) != self.token.encode():
+            holder = self._client.get(self.key)
+            if holder is None:
+                continue  # expired between our two steps: free now, try again
+            if holder not in (self.token.encode(), self.token):  # str when decode_responses
                 return False  # another run's
             # Ours: the same message, redelivered after its process died. Adopt it.
             self._lock.local.token = self.token.encode()

@@ -77,6 +77,33 @@ def test_the_same_token_takes_a_held_lock_over_at_once_and_another_still_waits(c
     assert client.exists(KEY_PREFIX + "acme") == 0
 
 
+def test_a_lock_that_expires_between_the_two_steps_is_taken(client):
+    """Another run's lock expires after our `SET NX` failed and before we read whose it is:
+    it is free, not "locked"."""
+    OrgLock(client, "acme", ttl_seconds=30, token="other").acquire()
+
+    class ExpiresOnRead:
+        def get(self, key: str) -> Any:
+            client.delete(key)  # its TTL ran out just now
+            return client.get(key)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+    late = OrgLock(client, "acme", ttl_seconds=30, token="mine")
+    late._client = ExpiresOnRead()  # type: ignore[assignment]
+    assert late.acquire() is True
+    assert client.get(KEY_PREFIX + "acme") == b"mine"
+
+
+def test_a_redelivered_message_takes_its_lock_over_under_decode_responses(lock_url):
+    """A `REDIS_URL` with `decode_responses=True` gives strings back, not bytes."""
+    decoded = redis.Redis.from_url(lock_url, decode_responses=True)
+    assert OrgLock(decoded, "acme", ttl_seconds=30, token="task-1").acquire()
+    assert OrgLock(decoded, "acme", ttl_seconds=30, token="task-1").acquire() is True
+    assert OrgLock(decoded, "acme", ttl_seconds=30, token="task-2").acquire() is False
+
+
 def test_renew_keeps_the_lock_past_its_ttl_and_fails_once_it_is_lost(client):
     mine = OrgLock(client, "acme", ttl_seconds=0.3)
     assert mine.renew() is False  # not acquired: nothing to renew
