@@ -7,6 +7,8 @@ line on stderr and exit 1; `quota check` exits 3 when the run is refused.
 from __future__ import annotations
 
 import functools
+import signal
+import threading
 from typing import Any
 
 import click
@@ -48,8 +50,24 @@ def main() -> None:
     from chores.core.local_store import close_all
 
     # Every command writes the file:// store it opened back to its file when it ends,
-    # after an error or Ctrl-C too (what a server would have kept).
-    click.get_current_context().call_on_close(close_all)
+    # after an error, Ctrl-C or a SIGTERM/SIGHUP too (what a server would have kept).
+    context = click.get_current_context()
+    context.call_on_close(close_all)
+    _interrupt_on_termination(context)
+
+
+def _interrupt_on_termination(context: click.Context) -> None:
+    """SIGTERM and SIGHUP (`timeout`, `docker stop`, a closed terminal) end a command as
+    Ctrl-C does, so that it unwinds and saves a file:// store, instead of dying at once
+    with every write of the command lost. The previous handlers come back at its end."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set signal handlers (a command run from a thread)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    context.call_on_close(lambda: [signal.signal(sig, h) for sig, h in previous.items()])
 
 
 for _command in (

@@ -161,3 +161,49 @@ def test_a_file_url_without_a_path_is_one_line(url, monkeypatch):
         assert result.exit_code == 1 and "names no file: use file://PATH" in result.output
     finally:
         get_settings.cache_clear()
+
+
+# A `chore` process that receives a signal in the middle of its first batch.
+SIGNALLED_RUN = """
+import os, signal, sys
+from chores.cli import main
+from chores.run.chore import Pipeline
+
+SIGNAL, process = getattr(signal, sys.argv[1]), Pipeline.process
+def signalled(self, *args, **kwargs):
+    os.kill(os.getpid(), SIGNAL)
+    return process(self, *args, **kwargs)
+Pipeline.process = signalled
+sys.argv = ["chore", "run", "--all", "--now", sys.argv[2]]
+main()
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_a_terminated_command_saves_its_store_like_ctrl_c(tmp_path, name):
+    """`timeout`, `docker stop` or a closed terminal end a command as Ctrl-C does: it
+    unwinds, says so, and the file:// store keeps what it did (here: the run's record),
+    its lock released for the next command."""
+    assert chore(tmp_path, "demo", "--now", NOW).returncode == 0
+    store = tmp_path / ".chore-demo" / "store.json"
+    runs_before = len(_runs(store))
+    environ = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    environ["MONGO_URL"] = f"file://{store}"
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNALLED_RUN, name, NOW],
+        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 130, done.stderr
+    assert "interrupted: what was billed so far is kept" in done.stderr
+    runs = _runs(store)
+    assert len(runs) == runs_before + 1 and f"KeyboardInterrupt: {name}" in runs[-1]["error"]
+    status = chore(tmp_path, "status", env={"MONGO_URL": f"file://{store}"})
+    assert status.returncode == 0, status.stderr  # the lock was released
+
+
+def _runs(store: Path) -> list[dict]:
+    from bson import json_util
+
+    data = json_util.loads(store.read_text())
+    return sorted(data["databases"]["main"].get("billing_runs", {}).get("documents", []),
+                  key=lambda r: r["started_at"])  # fmt: skip
