@@ -112,7 +112,7 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
                         runner_id=runner_id,
                         source_tokens=source.tokens.tokens if source else 0,
                         ledger_tokens=billed.tokens,
-                        note=(source.note if source else "") or "source and ledger disagree",
+                        note=_disagreement(source, billed),
                     )
                 )
         for group in placed:
@@ -153,6 +153,17 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         runners=runner_checks,
         problems=_invoice_problems(invoice),
     )
+
+
+def _disagreement(source: _SourceUsage | None, billed: Breakdown) -> str:
+    """Why a runner's source and ledger may differ, for the person reading the report."""
+    if source is None:
+        return "billed, but no longer an AI runner of this org in the source"
+    if source.note:
+        return source.note
+    if any(now < then for now, then in zip(source.tokens, billed, strict=True)):
+        return "the source now shows fewer tokens than were billed (see counter_decreased)"
+    return "source and ledger disagree"
 
 
 def _placed_by_source(source: _SourceUsage | None, period: str) -> list[UsageGroup]:

@@ -193,3 +193,15 @@ def test_an_absurd_runner_estimate_is_no_estimate(db, settings, registry):
     run_chore(db, now=NOW, registry=registry, settings=settings)
     result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
     assert result.ok and [line.estimated_runners for line in result.lines] == [0]
+
+
+def test_a_runner_whose_counters_went_down_is_named_with_why(db, settings, registry):
+    doc = ai_runner("acme", 5_000, running=True)
+    db.tasks.insert_one(doc)
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    grow_and_end(db, doc, 3_000, datetime(2026, 11, 25, 11, tzinfo=UTC))  # it went down
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    [runner] = result.runners
+    assert (runner.source_tokens, runner.ledger_tokens) == (3_000, 5_000)
+    assert "fewer tokens than were billed" in runner.note
