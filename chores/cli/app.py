@@ -66,7 +66,9 @@ def _interrupt_on_termination(context: click.Context) -> None:
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # Only where the default (dying) would apply: `nohup chore ...` ignores SIGHUP, and keeps on.
+    signals = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) == signal.SIG_DFL]
+    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
     context.call_on_close(lambda: [signal.signal(sig, h) for sig, h in previous.items()])
 
 

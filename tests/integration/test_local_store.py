@@ -170,6 +170,8 @@ from chores.cli import main
 from chores.run.chore import Pipeline
 
 SIGNAL, process = getattr(signal, sys.argv[1]), Pipeline.process
+if sys.argv[3] == "ignored":  # as `nohup` leaves SIGHUP
+    signal.signal(SIGNAL, signal.SIG_IGN)
 def signalled(self, *args, **kwargs):
     os.kill(os.getpid(), SIGNAL)
     return process(self, *args, **kwargs)
@@ -190,7 +192,7 @@ def test_a_terminated_command_saves_its_store_like_ctrl_c(tmp_path, name):
     environ = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     environ["MONGO_URL"] = f"file://{store}"
     done = subprocess.run(
-        [sys.executable, "-c", SIGNALLED_RUN, name, NOW],
+        [sys.executable, "-c", SIGNALLED_RUN, name, NOW, "default"],
         cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 130, done.stderr
@@ -199,6 +201,19 @@ def test_a_terminated_command_saves_its_store_like_ctrl_c(tmp_path, name):
     assert len(runs) == runs_before + 1 and f"KeyboardInterrupt: {name}" in runs[-1]["error"]
     status = chore(tmp_path, "status", env={"MONGO_URL": f"file://{store}"})
     assert status.returncode == 0, status.stderr  # the lock was released
+
+
+def test_a_command_under_nohup_keeps_going_on_sighup(tmp_path):
+    assert chore(tmp_path, "demo", "--now", NOW).returncode == 0
+    store = tmp_path / ".chore-demo" / "store.json"
+    environ = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    environ["MONGO_URL"] = f"file://{store}"
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNALLED_RUN, "SIGHUP", NOW, "ignored"],
+        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert _runs(store)[-1]["error"] is None
 
 
 def _runs(store: Path) -> list[dict]:
