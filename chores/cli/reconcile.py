@@ -67,6 +67,11 @@ def reconcile_command(org: str, period: str, as_json: bool, now_text: datetime |
                 "[green]ok[/]" if line.matches else "[bold red]MISMATCH[/]",
             )
         out.print(tables.fit(table, out.width))
+        if result.registry_changed:
+            out.print(
+                "this final invoice was priced with another registry version than today's: "
+                "an amount that differs may differ for that reason alone"
+            )
         for problem in result.problems:
             out.print(f"[red]invoice[/]: {escape(problem)}")
         for runner in result.runners:

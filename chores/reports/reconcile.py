@@ -64,6 +64,9 @@ class Reconciliation(BaseModel):
     org: str
     period: str
     status: str
+    # A final invoice keeps the prices it was frozen with; the expected lines are priced
+    # with today's registry. When they differ, amounts may differ for that reason alone.
+    registry_changed: bool = False
     lines: list[LineCheck]
     late_tokens: int
     runners: list[RunnerCheck]
@@ -152,6 +155,7 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         late_tokens=sum(ln.tokens for ln in invoice.lines if ln.late),
         runners=runner_checks,
         problems=_invoice_problems(invoice),
+        registry_changed=invoice.status == "final" and invoice.registry != registry.fingerprint,
     )
 
 
@@ -232,11 +236,10 @@ def _source_usage(meter: Pipeline, org: str, now: datetime) -> dict[str, _Source
             if result.org != org:
                 continue
             delta = result.delta
-            if delta is None:
+            if delta is None:  # no usage now: zero counters, or held by an anomaly
                 held = [a.kind for a in result.anomalies if a.kind != "total_below_split"]
-                if held:
-                    note = "held: " + ", ".join(held)
-                    usage[result.runner_id] = _SourceUsage(Breakdown(), None, None, None, note)
+                note = "held: " + ", ".join(held) if held else ""
+                usage[result.runner_id] = _SourceUsage(Breakdown(), None, None, None, note)
                 continue
             tokens = delta.tokens
             usage[result.runner_id] = _SourceUsage(

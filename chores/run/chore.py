@@ -271,7 +271,9 @@ def run_chore(
 
     `full=True` ignores the cursor and reads every AI runner in scope (the
     daily safety net); a full pass cut short resumes where it stopped at the next full
-    pass, instead of starting over. `on_batch(n)` is called after each batch of `n` documents
+    pass, instead of starting over (`report.resumed_from`): the attempts of one pass cover
+    each document once between them, and the pass after a complete one starts over.
+    `on_batch(n)` is called after each batch of `n` documents
     (progress display). A database error propagates; rerunning completes the work.
     """
     settings = settings or get_settings()
@@ -291,7 +293,7 @@ def run_chore(
         report.missing_indexes = _check_source_indexes(meter, settings)
         pass_scope = full_pass_scope(scope) if full else None
         if pass_scope is not None:  # from the start, or from where a cut full pass stopped
-            since = meter.progress.cursor(pass_scope)
+            since = report.resumed_from = meter.progress.cursor(pass_scope)
         else:
             cursor = meter.progress.cursor(scope)
             since = None if cursor is None else cursor - settings.lookback_seconds

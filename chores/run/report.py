@@ -22,6 +22,8 @@ class RunReport(BaseModel):
     duration_seconds: float | None = None  # wall-clock, for operators (times above are `now`)
     dry_run: bool = False
     full_scan: bool = False
+    # a full pass that went on from where a cut one stopped: the stamp it resumed from
+    resumed_from: float | None = None
     docs_read: int = 0
     entries_written: int = 0
     tokens_billed: int = 0

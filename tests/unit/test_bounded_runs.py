@@ -139,3 +139,5 @@ def test_a_full_pass_cut_short_resumes_where_it_stopped(batches_per_run, registr
     assert passes <= -(-RUNNERS // (BATCH * batches_per_run)) + 1
     assert sum(e["tokens"] for e in db.billing_ledger.find()) == truth
     assert db.billing_cursors.find_one({"_id": "full:org:acme"}) is None  # the pass completed
+    last = db.billing_runs.find_one({"error": None, "full_scan": True})
+    assert (last["resumed_from"] is not None) is (passes > 1)

@@ -205,3 +205,28 @@ def test_a_runner_whose_counters_went_down_is_named_with_why(db, settings, regis
     [runner] = result.runners
     assert (runner.source_tokens, runner.ledger_tokens) == (3_000, 5_000)
     assert "fewer tokens than were billed" in runner.note
+
+
+def test_counters_reset_to_zero_are_named_as_fewer_tokens(db, settings, registry):
+    doc = ai_runner("acme", 5_000, running=True)
+    db.tasks.insert_one(doc)
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    grow_and_end(db, doc, 0, datetime(2026, 11, 25, 11, tzinfo=UTC))
+    [runner] = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW).runners
+    assert "fewer tokens than were billed" in runner.note
+
+
+def test_a_final_invoice_priced_with_another_registry_says_so(db, settings, registry):
+    from chores import finalize_invoices
+    from pricing import Registry
+
+    db.tasks.insert_one(
+        ai_runner("acme", 1_000, running=False, ended=datetime(2026, 10, 20, tzinfo=UTC))
+    )
+    run_chore(db, now=datetime(2026, 10, 25, tzinfo=UTC), registry=registry, settings=settings)
+    assert finalize_invoices(db, now=NOW, settings=settings) == ["acme:2026-10"]
+    same = reconcile(Pipeline(db, settings, registry), "acme", "2026-10", now=NOW)
+    assert same.ok and not same.registry_changed
+    other = Registry.model_validate({**registry.model_dump(mode="json"), "version": "later"})
+    changed = reconcile(Pipeline(db, settings, other), "acme", "2026-10", now=NOW)
+    assert changed.registry_changed
