@@ -69,16 +69,9 @@ def cut_after(batches: int) -> Any:
     return around
 
 
-@pytest.mark.parametrize("batches_per_run", [1, 3])
-def test_a_backlog_larger_than_one_run_is_caught_up_after_enough_cut_runs(
-    batches_per_run, registry
-):
-    db = mongomock.MongoClient(tz_aware=True)["main"]
-    truth = backlog(db)
-    runs = 0
-    while True:
-        runs += 1
-        assert runs <= RUNNERS, "no progress: every run starts over"
+def runs_until_one_finishes(db: Any, batches_per_run: int, registry: Any, **options: Any) -> int:
+    """Runs of acme, each cut after `batches_per_run` batches, until one finishes: how many."""
+    for runs in range(1, RUNNERS + 1):
         try:
             run_chore(
                 DatabaseProxy(db, around=cut_after(batches_per_run)),
@@ -86,10 +79,21 @@ def test_a_backlog_larger_than_one_run_is_caught_up_after_enough_cut_runs(
                 now=NOW,
                 registry=registry,
                 settings=CONFIG,
+                **options,
             )
-            break  # a run that finished: the backlog is done
+            return runs  # a run that finished: the backlog is done
         except TimeLimit:
             continue
+    raise AssertionError("no progress: every run starts over")
+
+
+@pytest.mark.parametrize("batches_per_run", [1, 3])
+def test_a_backlog_larger_than_one_run_is_caught_up_after_enough_cut_runs(
+    batches_per_run, registry
+):
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    truth = backlog(db)
+    runs = runs_until_one_finishes(db, batches_per_run, registry)
     expected_runs = -(-RUNNERS // (BATCH * batches_per_run))  # ceil
     assert runs <= expected_runs + 1
     assert sum(e["tokens"] for e in db.billing_ledger.find()) == truth
@@ -120,22 +124,7 @@ def test_a_full_pass_cut_short_resumes_where_it_stopped(batches_per_run, registr
     rewrite = {"context.ai_tokens": 10_000, "context.ai_prompt_tokens": 9_980}
     db.tasks.update_one({"_id": newest["_id"]}, {"$set": rewrite})  # the stamp is unchanged
     truth += 10_000 - newest["context"]["ai_tokens"]
-    passes = 0
-    while True:
-        passes += 1
-        assert passes <= RUNNERS, "no progress: every full pass starts over"
-        try:
-            run_chore(
-                DatabaseProxy(db, around=cut_after(batches_per_run)),
-                org="acme",
-                now=NOW,
-                registry=registry,
-                settings=CONFIG,
-                full=True,
-            )
-            break
-        except TimeLimit:
-            continue
+    passes = runs_until_one_finishes(db, batches_per_run, registry, full=True)
     assert passes <= -(-RUNNERS // (BATCH * batches_per_run)) + 1
     assert sum(e["tokens"] for e in db.billing_ledger.find()) == truth
     assert db.billing_cursors.find_one({"_id": "full:org:acme"}) is None  # the pass completed
