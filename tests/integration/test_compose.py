@@ -40,7 +40,9 @@ def test_services_and_their_healthchecks(compose):
 
     mongo = services["mongo"]
     assert mongo["image"].startswith("mongo:")
-    assert "mongosh" in healthcheck(mongo) and "db.runCommand({ping:1})" in healthcheck(mongo)
+    # at its own address: the first start's init-phase mongod listens on 127.0.0.1 only
+    assert healthcheck(mongo) == 'mongosh --quiet --host "$$HOSTNAME" --eval "db.runCommand({ping:1})"'
+    assert mongo["healthcheck"]["test"][0] == "CMD-SHELL"
     assert any(v.endswith(":/data/db") for v in mongo["volumes"])
     assert mongo["volumes"][0].split(":")[0] in compose["volumes"]
     # the init scripts, read-only: the chore's own user (see the credentials test)
