@@ -41,7 +41,8 @@ def test_services_and_their_healthchecks(compose):
     mongo = services["mongo"]
     assert mongo["image"].startswith("mongo:")
     # at its own address: the first start's init-phase mongod listens on 127.0.0.1 only
-    assert healthcheck(mongo) == 'mongosh --quiet --host "$$HOSTNAME" --eval "db.runCommand({ping:1})"'
+    ping = 'mongosh --quiet --host "$$HOSTNAME" --eval "db.runCommand({ping:1})"'
+    assert healthcheck(mongo) == ping
     assert mongo["healthcheck"]["test"][0] == "CMD-SHELL"
     assert any(v.endswith(":/data/db") for v in mongo["volumes"])
     assert mongo["volumes"][0].split(":")[0] in compose["volumes"]
