@@ -470,9 +470,8 @@ class Finalizer:
     (compare-and-set). A draft that lags the ledger waits for the next run to
     rebuild it; usage that reaches the period after the freeze is swept into the
     open period as late usage. docs/design.md has the argument. An anomaly of the
-    period open when it is frozen flags it for review, even when the draft was built
-    before the anomaly was recorded (a run that died before settling): read just before
-    the freeze, and once more after an unflagged one.
+    period still open when it is frozen flags it for review, even when the draft was
+    built before the anomaly was recorded (a run that died before settling).
     """
 
     ATTEMPTS = 3
@@ -526,8 +525,6 @@ class Finalizer:
                 {"$set": final},
             )
             if frozen.modified_count:
-                if "needs_review" not in final:
-                    self._flag_anomalies_recorded_while_freezing(invoice_id, org, period, token)
                 self._sweeper.sweep({(org, period)}, now)  # what landed after the stamp
                 # Our own stamps are what the final holds: nothing left to announce.
                 self._progress.clear_dirty(marks)
@@ -539,16 +536,3 @@ class Finalizer:
             if draft.get("entries", -1) < held:
                 return False  # the draft lags the ledger: the next run rebuilds it
         return False
-
-    def _flag_anomalies_recorded_while_freezing(
-        self, invoice_id: str, org: str, period: str, token: int
-    ) -> None:
-        """Flag the final for review when an anomaly of its period was recorded between the
-        anomaly read and the freeze (a run that died before rebuilding the draft). Only
-        `needs_review` goes from false to true, by the freeze that made it final; an anomaly
-        recorded after the freeze belongs to no invoice, as late usage does."""
-        if self._anomalies.open_periods([(org, period)]):
-            self._c.invoices.update_one(
-                {"_id": invoice_id, "status": "final", "closed_fence": token},
-                {"$set": {"needs_review": True}},
-            )

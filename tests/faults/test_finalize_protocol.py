@@ -422,43 +422,6 @@ def test_a_run_that_dies_before_settling_still_gets_the_final_flagged(db, regist
     )
 
 
-def test_an_anomaly_recorded_while_the_finalize_freezes_still_flags_the_final(db, registry):
-    """The finalize has read the period's anomalies (none) and is about to freeze; a run
-    records an anomaly of September then and dies before rebuilding the draft. The
-    freeze is not undone, but the final is flagged for review: the anomaly was recorded
-    before it was frozen (SPEC §3)."""
-    seeded(db, registry)
-    db.tasks.insert_one(
-        {
-            "name": "ai",
-            "status": "SUCCESS",
-            "end_time": datetime(2026, 9, 28, tzinfo=UTC),
-            "last_updated_db": datetime(2026, 9, 28, tzinfo=UTC).timestamp(),
-            "context": {"workspace_id": "acme", "ai_model": "gpt-4o-mini", "ai_tokens": "lots"},
-        }
-    )
-    freezing = Interleaving(db, "billing_invoices", "update_one")  # the compare-and-set
-    finalize = freezing.start(lambda d: finalize_invoices(d, now=OCT_5, settings=CONFIG))
-    assert db.billing_anomalies.count_documents({}) == 0  # what the finalize read
-
-    dying = Interleaving(db, "billing_counters", "find_one_and_update", crash=True)  # a ticket
-    run = dying.start(lambda d: run_chore(d, now=OCT_5, registry=registry, settings=CONFIG))
-    dying.resume(run)
-    assert isinstance(dying.error, Crash)
-    assert db.billing_anomalies.count_documents({"kind": "malformed_counters"}) == 1
-    draft = db.billing_invoices.find_one({"_id": "acme:2026-09"})
-    assert (draft["status"], draft["needs_review"]) == ("draft", False)
-
-    freezing.resume(finalize)
-    assert freezing.error is None
-    final = db.billing_invoices.find_one({"_id": "acme:2026-09"})
-    assert (final["status"], final["needs_review"], final["total_micros"]) == (
-        "final",
-        True,
-        draft["total_micros"],
-    )
-
-
 def finalized_orgs(orgs: int) -> Any:
     """A database where `orgs` orgs each have a final September."""
     db = mongomock.MongoClient(tz_aware=True)["main"]
