@@ -288,7 +288,7 @@ class Invoices:
             held = DraftSums.of(doc)
             usage = full[(org, period)]
             expected = (sorted(usage.groups), len(usage.runners), usage.entries)
-            actual = (held.usage_groups(), held.runs, held.entries)
+            actual = (sorted(held.usage_groups()), held.runs, held.entries)
             if expected != actual:
                 problems.append(
                     f"{org}:{period}: draft holds {held.entries} entries of {held.runs} runs,"

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chores import Settings, run_chore
+from chores import Settings, finalize_invoices, run_chore
 from chores.billing.invoices import Invoices
 from chores.metering.ledger import Ledger
 from chores.run.chore import Pipeline
@@ -264,3 +264,31 @@ def test_an_entry_that_only_moved_a_high_water_mark_is_no_line_and_no_run(db, re
     december = datetime(2026, 12, 5, tzinfo=UTC)
     assert finalize_invoices(db, now=december, settings=CONFIG) == ["acme:2026-11"]
     assert invoice(db)["status"] == "final" and invoiced_tokens(db) == truth
+
+
+def test_the_draft_check_agrees_with_a_draft_that_holds_late_lines(db, registry):
+    """A November draft with a late October line (October final first) is what its ledger
+    gives: the check compares groups, not the order the draft keeps them in."""
+    november_5 = datetime(2026, 11, 5, tzinfo=UTC)
+
+    def october_runner(day: int, tokens: int) -> None:
+        ended = datetime(2026, 10, day, tzinfo=UTC)
+        db.tasks.insert_one(
+            {
+                "name": "ai",
+                "status": "SUCCESS",
+                "end_time": ended,
+                "last_updated_db": ended.timestamp() if day < 20 else NOW.timestamp(),
+                "context": {"workspace_id": "acme", "ai_model": "gpt-4o", "ai_tokens": tokens},
+            }
+        )
+
+    october_runner(10, 500)
+    run_chore(db, now=november_5, registry=registry, settings=CONFIG)
+    assert finalize_invoices(db, now=november_5, settings=CONFIG) == ["acme:2026-10"]
+    truth = add_runners(db, 3)
+    october_runner(20, 700)  # written after October was frozen: billed late in November
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    assert [line["late"] for line in invoice(db)["lines"]].count(True) == 1
+    assert invoiced_tokens(db) == truth + 700
+    assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
