@@ -171,10 +171,13 @@ class Quota:
             | {o for o in self._c.quota.distinct("_id") if isinstance(o, str)}
         )
 
-    def plans(self, orgs: Sequence[str]) -> dict[str, Plan | None]:
-        """The plan of each org; None for a plan document that cannot be read (logged:
-        one org's bad plan never stops the others' decisions)."""
-        found = {d["_id"]: d for d in self._c.plans.find({"_id": {"$in": list(orgs)}})}
+    def plan_documents(self, orgs: Sequence[str]) -> dict[str, Doc]:
+        """The plan document of each org that has one."""
+        return {d["_id"]: d for d in self._c.plans.find({"_id": {"$in": list(orgs)}})}
+
+    def plans(self, found: Mapping[str, Doc], orgs: Sequence[str]) -> dict[str, Plan | None]:
+        """The plan of each org from its document (`plan_documents`); None for a document
+        that cannot be read (logged: one org's bad plan never stops the others' decisions)."""
         default = self._settings.default_plan
         plans: dict[str, Plan | None] = {}
         for org in orgs:
@@ -197,12 +200,36 @@ class Quota:
             )
         return usage
 
+    # Times a decision is made again for an org whose plan changed while it was decided.
+    PLAN_CHANGES = 3
+
     def decide(self, orgs: Sequence[str], now: datetime) -> dict[str, str]:
-        """Recompute and store the decision of each org; returns org -> state."""
+        """Recompute and store the decision of each org; returns org -> state.
+
+        The plans are read again after the decisions are written: an org whose plan
+        changed meanwhile (a `plan set`, which decides too, may have written the new plan's
+        decision before ours) is decided again with its new plan, so that a decision from
+        an old plan never stands. No write orders plans and decisions otherwise.
+        """
         if not orgs:
             return {}
+        states: dict[str, str] = {}
+        todo = list(orgs)
+        documents = self.plan_documents(todo)
+        for _ in range(self.PLAN_CHANGES):
+            states.update(self._decide(todo, self.plans(documents, todo), now))
+            latest = self.plan_documents(todo)
+            todo = [org for org in todo if latest.get(org) != documents.get(org)]
+            if not todo:
+                break
+            documents = latest
+        return states
+
+    def _decide(
+        self, orgs: Sequence[str], plans: Mapping[str, Plan | None], now: datetime
+    ) -> dict[str, str]:
+        """Decide each org under its plan and store the decisions (one write)."""
         period = period_of(now)
-        plans = self.plans(orgs)
         usage = self.usage(orgs, period)
         previous = {
             d["_id"]: d

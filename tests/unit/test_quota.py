@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis
@@ -18,7 +19,7 @@ from chores.core.db import Collections
 from chores.core.settings import Plan
 from chores.quota.decisions import INVALID_PLAN, Quota, evaluate
 
-from support.dbproxy import CountingDatabase, FailingDatabase
+from support.dbproxy import CountingDatabase, DatabaseProxy, FailingDatabase, PauseAt, pause_at
 
 NOV = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -354,3 +355,58 @@ def test_quota_answers_say_which_limit_by_how_much_and_that_the_estimate_did_it(
     assert json.loads(blocked.output)["reasons"] == [
         "token limit reached: 171,300 tokens used of 100,000 tokens"
     ]
+
+
+def test_a_plan_set_while_a_run_decides_is_not_undone_by_the_run(env_db, registry):
+    """A run has read acme's plan (20,000 tokens) and stops before writing its decision;
+    `chore plan set` raises the limit to 100,000 and decides `ok`. When the run goes on it
+    does not put back the block of the plan it read: it sees the plan changed and decides
+    again."""
+    from click.testing import CliRunner
+
+    from chores import get_settings
+    from chores.cli import main
+
+    settings = get_settings()
+    set_plan(env_db, token_limit=20_000)
+    env_db.tasks.insert_one(ai_run("acme", 25_000))
+    meter(env_db, settings, registry)
+    assert env_db.billing_quota.find_one({"_id": "acme"})["state"] == "block"
+    env_db.tasks.insert_one(ai_run("acme", 1_000))
+
+    def around(collection: str, method: str, perform: Any) -> Any:
+        if (collection, method) == ("billing_quota", "bulk_write") and not pause.reached.is_set():
+            return pause(collection, method, perform)
+        return perform()
+
+    pause = PauseAt(1)
+    cli = []
+    raised = pause_at(
+        lambda: meter(DatabaseProxy(env_db, around=around), settings, registry),
+        pause,
+        lambda: cli.append(
+            CliRunner().invoke(
+                main,
+                [
+                    "plan",
+                    "set",
+                    "--org",
+                    "acme",
+                    "--token-limit",
+                    "100000",
+                    "--now",
+                    NOV.isoformat(),
+                ],
+            )
+        ),
+    )
+    assert raised is None
+    assert cli[0].exit_code == 0, cli[0].output
+    assert "decision now ok" in cli[0].output
+    stored = env_db.billing_quota.find_one({"_id": "acme"})
+    assert (stored["state"], stored["token_limit"], stored["used_tokens"]) == (
+        "ok",
+        100_000,
+        26_000,
+    )
+    assert check_quota(env_db, "acme", now=NOV, settings=settings).allowed
