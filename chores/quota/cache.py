@@ -2,6 +2,9 @@
 
 Optional: on when `REDIS_URL` is set. Every error of the cache is swallowed
 and logged: a Redis outage falls back to MongoDB, never to a failed check.
+
+A key names the org and where its decision is stored (`namespace`), so that deployments
+sharing one Redis never answer for each other's orgs.
 """
 
 from __future__ import annotations
@@ -19,19 +22,33 @@ from chores.core.settings import redact_url
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "billing:quota:"
+SERVER_SCHEMES = ("mongodb://", "mongodb+srv://")
+
+
+def namespace(decisions: str, mongo_url: str) -> str:
+    """Where mirrored decisions come from: the full name of the decisions collection
+    (database and billing prefix), and for a local store (`file://`, `mongomock://`) its
+    URL too. A server is named by its collection alone: the processes of one deployment
+    reach it by different hosts (a container's name, the host's `localhost`) and must
+    share one mirror, or a `plan set` from the host would leave the workers' stale."""
+    return decisions if mongo_url.startswith(SERVER_SCHEMES) else f"{mongo_url}#{decisions}"
 
 
 class QuotaCache:
-    def __init__(self, url: str, ttl_seconds: int):
+    def __init__(self, url: str, ttl_seconds: int, namespace: str):
         self._url = url
         self._ttl = ttl_seconds
+        self._prefix = f"{KEY_PREFIX}{namespace}:"
         self._redis = redis_client(url, timeout=0.25)  # a check must stay fast
+
+    def key(self, org: str) -> str:
+        return self._prefix + org
 
     def put_many(self, decisions: Sequence[Mapping[str, Any]]) -> None:
         try:
             pipe = self._redis.pipeline(transaction=False)
             for decision in decisions:
-                pipe.set(KEY_PREFIX + decision["_id"], _dumps(decision), ex=self._ttl)
+                pipe.set(self.key(decision["_id"]), _dumps(decision), ex=self._ttl)
             pipe.execute()
         except RedisError as exc:
             self._unavailable(exc)
@@ -41,14 +58,14 @@ class QuotaCache:
         if not orgs:
             return
         try:
-            self._redis.delete(*(KEY_PREFIX + org for org in orgs))
+            self._redis.delete(*(self.key(org) for org in orgs))
         except RedisError as exc:
             self._unavailable(exc)
 
     def get(self, org: str) -> dict[str, Any] | None:
         """The cached decision, or None on a miss or any Redis failure."""
         try:
-            raw = self._redis.get(KEY_PREFIX + org)
+            raw = self._redis.get(self.key(org))
         except RedisError as exc:
             self._unavailable(exc)
             return None

@@ -25,7 +25,7 @@ from chores.core.money import usd
 from chores.core.periods import as_utc, period_of
 from chores.core.settings import Plan, Settings
 from chores.core.writes import insert_ignoring_duplicates, replace_where
-from chores.quota.cache import QuotaCache
+from chores.quota.cache import QuotaCache, namespace
 
 log = logging.getLogger(__name__)
 State = Literal["ok", "warn", "block", "unknown"]
@@ -159,7 +159,11 @@ class Quota:
         self._c = collections
         self._settings = settings
         self._cache = (
-            QuotaCache(settings.redis_url, settings.quota_cache_ttl_seconds)
+            QuotaCache(
+                settings.redis_url,
+                settings.quota_cache_ttl_seconds,
+                namespace(collections.quota.full_name, settings.mongo_url),
+            )
             if settings.redis_url
             else None
         )

@@ -7,6 +7,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import mongomock
 import pytest
 import redis
 from bson import ObjectId
@@ -272,7 +273,32 @@ def test_cached_check_does_not_touch_mongo(db, settings, registry, redis_url):
     decision = check_quota(counting, "acme", 1_500, now=NOV, settings=settings)
     assert (decision.state, decision.used_tokens) == ("block", 8_500)
     assert counting.calls == {}
-    assert redis.Redis.from_url(redis_url).ttl("billing:quota:acme") > 0
+    # the org's key, named after the collection its decision is in (and the local store)
+    key = "billing:quota:mongomock://test#main.billing_quota:acme"
+    assert redis.Redis.from_url(redis_url).ttl(key) > 0
+
+
+def test_databases_sharing_one_redis_never_answer_for_each_other(settings, registry, redis_url):
+    """The demo's store, another database on the same store, and another store: each
+    check answers from its own decisions, never from another's mirrored one."""
+    cached = settings.model_copy(update={"redis_url": redis_url})
+    client = mongomock.MongoClient(tz_aware=True)
+    demo = client["main"]
+    set_plan(demo, token_limit=1_000)
+    meter(demo, cached, registry, ai_run("acme", 5_000))
+    assert check_quota(demo, "acme", now=NOV, settings=cached).state == "block"
+
+    elsewhere = [
+        (client["other"], cached),  # another database, same store
+        (
+            mongomock.MongoClient(tz_aware=True)["main"],
+            cached.model_copy(update={"mongo_url": "mongomock://another-store"}),
+        ),  # another local store
+    ]
+    for db, its_settings in elsewhere:
+        decision = check_quota(db, "acme", now=NOV, settings=its_settings)
+        assert decision.state == "unknown"
+        assert decision.reason.startswith("no quota decision yet")
 
 
 def test_cache_miss_reads_mongo_once_then_hits(db, settings, registry, redis_url):
