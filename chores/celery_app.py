@@ -150,6 +150,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # redelivered. With it the message goes back on the queue at once, and its next run
         # takes over the dead run's lock (same task id, `_lock`).
         "task_reject_on_worker_lost": True,
+        # ...but not forever: a run that kills its process every time (it always runs out
+        # of memory) is sent again as a retry instead, counted against `max_retries`, after
+        # `default_retry_delay` (tasks.RETRY), so it ends as a "failed for good" line that
+        # names its org. Rejection stays the fallback when that retry cannot be sent.
+        "task_retry_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         # Two queues: a worker started without -Q consumes both (nothing is left unread);
         # compose runs one worker per queue (docker-compose.yml, docs/deploy.md).
@@ -158,7 +163,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             Queue(q, Exchange(q), routing_key=q) for q in (DEFAULT_QUEUE, FULL_QUEUE)
         ),
         "task_routes": (route_full_pass,),
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A broker connection lost under a run lets the run finish (Celery's default in 5.x).
+        # Cancelling it instead acknowledges its message as revoked once the worker is back:
+        # lost, a daily full pass with it. Not cancelled, the run's acknowledgement is lost
+        # with the connection, so the message is handed out again after its visibility
+        # timeout and the run is repeated, which bills nothing twice.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # SIGTERM (docker stop) is a warm shutdown: the running run finishes, cut at the
         # latest by the hard limit. A cold shutdown (SIGQUIT, a second Ctrl+C) first waits
         # as long (the soft shutdown), then cancels what still runs: with late acks its

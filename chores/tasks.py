@@ -61,6 +61,9 @@ RETRY = {
     "retry_backoff_max": RETRY_BACKOFF_MAX,
     "retry_jitter": True,
     "max_retries": 5,
+    # The wait before a run whose pool process died is sent again (celery_app's
+    # `task_retry_on_worker_lost`); the other retries set their own countdown.
+    "default_retry_delay": 5,
 }
 
 # The time limits, set on the tasks themselves: Celery writes the sender's limits into

@@ -205,6 +205,9 @@ def test_app_config_acks_late_one_at_a_time_json_utc_and_limits_below_visibility
     assert config["broker_url"] == "redis://localhost:6379/0"
     assert config["task_acks_late"] is True and config["worker_prefetch_multiplier"] == 1
     assert config["task_reject_on_worker_lost"] is True  # a killed pool process: redelivered
+    assert config["task_retry_on_worker_lost"] is True  # ...as a retry, max_retries times
+    # a lost broker connection lets the run finish: cancelling it acknowledged it as revoked
+    assert config["worker_cancel_long_running_tasks_on_connection_loss"] is False
     assert config["task_serializer"] == config["result_serializer"] == "json"
     assert config["accept_content"] == ["json"]
     assert config["timezone"] == "UTC" and config["enable_utc"] is True
@@ -534,6 +537,52 @@ def test_a_pool_process_killed_mid_run_has_its_message_redelivered_and_it_bills_
     assert ledger(source.db) == ledger(reference, "acme")
     assert sum(ledger(source.db).values()) == sum(ledger(reference, "acme").values())
     assert invoices(source.db) == invoices(reference, "acme")
+
+
+def test_a_message_that_kills_its_pool_process_every_time_fails_after_its_retries(
+    service, tmp_path
+):
+    """A run that dies with its process every time (always out of memory) is sent again as
+    a retry, `max_retries` times, then stored as failed: not redelivered forever."""
+    mongo = SilentMongo()
+    sent = tasks.meter_org.delay("acme")
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": service.celery_broker_url,
+        "CELERY_RESULT_BACKEND": str(service.celery_result_backend),
+        "REDIS_URL": str(service.redis_url),
+        "MONGO_URL": mongo.url,
+        "MONGO_TIMEOUT_MS": "60000",
+    }
+    command = [sys.executable, "-m", "celery", "-A", "chores.celery_app", "worker"]
+    command += ["--pool=prefork", "--concurrency=1", "--without-mingle", "--without-gossip"]
+    worker = subprocess.Popen(
+        command,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    killed: list[int] = []
+    try:
+        attempts = 1 + tasks.meter_org.max_retries
+        for _ in range(attempts):
+            wait_for(lambda: any(pid not in killed for pid in mongo.pids), 60)
+            pid = next(pid for pid in mongo.pids if pid not in killed)
+            assert parent_of(pid) == worker.pid  # a pool process in the run
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        wait_for(lambda: sent.state == "FAILURE", 60)
+        assert "WorkerLostError" in repr(sent.result)
+        time.sleep(2 * tasks.meter_org.default_retry_delay)  # no attempt after the last
+        assert [pid for pid in mongo.pids if pid not in killed] == []
+        assert worker.poll() is None
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+        mongo.close()
+    assert len(killed) == attempts == 6
 
 
 def restored(path: Any) -> Any:
