@@ -53,7 +53,8 @@ class Plan(BaseModel):
 class Settings(BaseSettings):
     """Configuration of the billing chore (environment variables, upper-case)."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # No infinite or NaN durations: each would start the worker and then fail every run.
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", allow_inf_nan=False)
 
     mongo_url: str = "mongodb://localhost:27017"
     mongo_db: str = "main"
@@ -67,18 +68,18 @@ class Settings(BaseSettings):
     registry_path: Path | None = None
 
     batch_size: int = Field(default=1000, ge=1, le=100_000)
-    lookback_seconds: float = Field(default=900.0, ge=0)
+    lookback_seconds: float = Field(default=900.0, ge=0, le=366 * 24 * 3600)
     # At most 366 days: an end time further ahead than that is garbage (rules.LATEST_END).
     future_skew_seconds: float = Field(default=300.0, ge=0, le=366 * 24 * 3600)
     max_tokens_per_run: int = Field(default=1_000_000_000, ge=1)
-    grace_days: float = Field(default=3.0, ge=0)
+    grace_days: float = Field(default=3.0, ge=0, le=366)  # as finalize_invoices checks
 
     default_token_limit: int | None = Field(default=None, ge=0, le=MAX_INT64)
     default_spend_limit_micros: int | None = Field(default=None, ge=0, le=MAX_INT64)
     default_soft_ratio: float = Field(default=0.8, gt=0, le=1)
     default_grace_tokens: int = Field(default=0, ge=0, le=MAX_INT64)
 
-    quota_max_staleness_seconds: float = Field(default=900.0, gt=0)
+    quota_max_staleness_seconds: float = Field(default=900.0, gt=0, le=366 * 24 * 3600)
     quota_fail_open: bool = True
     # A mirrored decision older than this is not used (read from MongoDB instead), so a
     # mirror write that failed leaves a superseded decision answerable this long at most.
@@ -87,7 +88,7 @@ class Settings(BaseSettings):
 
     celery_broker_url: str = "redis://localhost:6379/0"
     celery_result_backend: str | None = None
-    meter_every_seconds: float = Field(default=300.0, gt=0)
+    meter_every_seconds: float = Field(default=300.0, gt=0, le=24 * 3600)  # daily at most
     task_soft_time_limit: int = Field(default=240, gt=0)
     task_time_limit: int = Field(default=300, gt=0)
     lock_ttl_seconds: int = Field(default=360, gt=0)

@@ -19,9 +19,14 @@ from chores.cli import main
         ("MONGO_TIMEOUT_MS", "-1", "MONGO_TIMEOUT_MS='-1': Input should be greater than 0"),
         (
             "FUTURE_SKEW_SECONDS",
-            "inf",
-            "FUTURE_SKEW_SECONDS='inf': Input should be less than or equal to 31622400",
+            "1e12",
+            "FUTURE_SKEW_SECONDS='1e12': Input should be less than or equal to 31622400",
         ),
+        ("GRACE_DAYS", "inf", "GRACE_DAYS='inf': Input should be a finite number"),
+        ("GRACE_DAYS", "1e308", "GRACE_DAYS='1e308': Input should be less than or equal to 366"),
+        ("METER_EVERY_SECONDS", "inf", "METER_EVERY_SECONDS='inf': Input should be a finite"),
+        ("LOOKBACK_SECONDS", "nan", "LOOKBACK_SECONDS='nan': Input should be a finite number"),
+        ("QUOTA_MAX_STALENESS_SECONDS", "inf", "Input should be a finite number"),
         ("REDIS_URL", "notaurl", "REDIS_URL='notaurl': Value error, not a Redis URL"),
         (
             "REDIS_URL",
