@@ -14,6 +14,7 @@ from rich.markup import escape
 from chores.billing.invoices import Invoice
 from chores.cli.common import console, now_option, parse_now, user_errors
 from chores.cli.invoice import print_invoice
+from chores.core.clock import checked_now
 from chores.core.db import Doc, ensure_indexes
 from chores.core.local_store import DEMO_PATH, open_client, throwaway_client, url_of
 from chores.core.periods import period_of
@@ -32,9 +33,11 @@ def run_demo(
 ) -> None:
     """The demo, on a fresh local store at `store` (saved when the command ends:
     `local_store.close_all`), or on a throwaway in-process one."""
-    now = now or datetime.now(UTC).replace(microsecond=0)
     url = "mongomock://demo" if store is None else url_of(store)
     settings = Settings(mongo_url=url, redis_url=None)
+    # Refused before the store is replaced: a --now the runs would refuse loses nothing.
+    now = checked_now(now, settings.future_skew_seconds) if now else None
+    now = now or datetime.now(UTC).replace(microsecond=0)
     registry = load_registry()
     client = throwaway_client() if store is None else open_client(url, fresh=True)
     db: Database[Doc] = client[settings.mongo_db]
@@ -124,6 +127,9 @@ def demo(seed: int, store: Path, no_store: bool, now_text: datetime | None) -> N
     MONGO_URL=file://PATH: for trying the chore out, not for production and not for
     concurrent use.
     """
+    given = click.get_current_context().get_parameter_source("store")
+    if no_store and given is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--store and --no-store exclude each other: give one")
     out = console()
     run_demo(out, seed=seed, now=parse_now(now_text), store=None if no_store else store)
     if no_store:

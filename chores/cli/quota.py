@@ -191,6 +191,7 @@ def plan_set(
 @user_errors
 def plan_show(org: str) -> None:
     """Print ORG's plan (the default plan when it has none)."""
+    org = validate_org(org)
     settings = get_settings()
     doc = Collections.of(connect(settings), settings).plans.find_one({"_id": org})
     _print_plan(org, _read_plan(org, doc), default=doc is None)

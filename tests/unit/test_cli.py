@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 from chores import get_settings
 from chores.cli import main
 
-from support import NOW
+from support import NOW, WALL_CLOCK
 
 NOW_ARG = ["--now", NOW.isoformat()]
 
@@ -292,6 +293,29 @@ def test_demo_runs_without_a_server(tmp_path):
     for marker in ("Invoice acme:", "free: metered", "UNPRICED", "Quota decisions", "exactly once"):
         assert marker in result.output
     assert f"export MONGO_URL=file://{store}" in result.output and store.is_file()
+
+
+def test_a_demo_refused_for_its_now_or_its_options_leaves_the_store_as_it_was(tmp_path):
+    store = tmp_path / "demo.json"
+    first = CliRunner().invoke(main, ["demo", "--seed", "3", "--store", str(store)])
+    assert first.exit_code == 0, first.output
+    kept = store.read_bytes()
+
+    ahead = (WALL_CLOCK + timedelta(days=30)).isoformat()
+    refused = CliRunner().invoke(main, ["demo", "--store", str(store), "--now", ahead])
+    assert refused.exit_code == 1 and "ahead of this machine's clock" in refused.output
+    assert "Seeded" not in refused.output
+    both = CliRunner().invoke(main, ["demo", "--store", str(store), "--no-store"])
+    assert both.exit_code == 2 and "--store and --no-store exclude each other" in both.output
+    assert store.read_bytes() == kept
+
+
+@pytest.mark.parametrize("org", ["", "x" * 300])
+def test_plan_show_refuses_an_org_name_as_every_command_does(cli_db, org):
+    result = CliRunner().invoke(main, ["plan", "show", "--org", org])
+    assert result.exit_code == 1
+    assert "org must be a non-empty string of at most 256 characters" in result.output
+    assert "default plan" not in result.output
 
 
 def test_db_indexes_lists_source_and_billing_indexes(cli_db):
