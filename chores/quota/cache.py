@@ -4,7 +4,8 @@ Optional: on when `REDIS_URL` is set. Every error of the cache is swallowed
 and logged: a Redis outage falls back to MongoDB, never to a failed check.
 
 A key names the org and where its decision is stored (`namespace`), so that deployments
-sharing one Redis never answer for each other's orgs.
+sharing one Redis answer for each other's orgs only when their database and billing
+prefix are the same.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from chores.core.local_store import is_local, path_of
 from chores.core.redis_client import redis_client
 from chores.core.settings import redact_url
 
@@ -27,11 +29,15 @@ SERVER_SCHEMES = ("mongodb://", "mongodb+srv://")
 
 def namespace(decisions: str, mongo_url: str) -> str:
     """Where mirrored decisions come from: the full name of the decisions collection
-    (database and billing prefix), and for a local store (`file://`, `mongomock://`) its
-    URL too. A server is named by its collection alone: the processes of one deployment
+    (database and billing prefix), and for a local store its location too (a `file://`
+    store by its absolute path, whatever directory it was named from; `mongomock://` by its
+    URL). A server is named by its collection alone: the processes of one deployment
     reach it by different hosts (a container's name, the host's `localhost`) and must
     share one mirror, or a `plan set` from the host would leave the workers' stale."""
-    return decisions if mongo_url.startswith(SERVER_SCHEMES) else f"{mongo_url}#{decisions}"
+    if mongo_url.startswith(SERVER_SCHEMES):
+        return decisions
+    store = path_of(mongo_url).resolve().as_uri() if is_local(mongo_url) else mongo_url
+    return f"{store}#{decisions}"
 
 
 class QuotaCache:

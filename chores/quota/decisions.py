@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Any, Literal, NamedTuple
 
+import bson
 from pydantic import BaseModel, Field, ValidationError
 from pymongo.errors import PyMongoError
 
@@ -50,6 +51,14 @@ def plan_of(doc: Mapping[str, Any] | None, default: Plan) -> Plan:
     limits = {k: doc.get(k) for k in ("token_limit", "spend_limit_micros")}
     tuning = {k: doc[k] for k in ("soft_ratio", "grace_tokens") if doc.get(k) is not None}
     return Plan.model_validate({**default.model_dump(), **limits, **tuning})
+
+
+def _same(first: Doc | None, second: Doc | None) -> bool:
+    """Two reads of a plan document hold the same thing (compared as stored: a NaN read
+    twice is two floats that Python calls different)."""
+    if first is None or second is None:
+        return first is second
+    return bson.encode(first) == bson.encode(second)
 
 
 class _Limit(NamedTuple):
@@ -223,7 +232,7 @@ class Quota:
         for _ in range(self.PLAN_CHANGES):
             states.update(self._decide(todo, self.plans(documents, todo), now))
             latest = self.plan_documents(todo)
-            todo = [org for org in todo if latest.get(org) != documents.get(org)]
+            todo = [org for org in todo if not _same(latest.get(org), documents.get(org))]
             if not todo:
                 break
             documents = latest

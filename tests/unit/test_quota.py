@@ -436,3 +436,46 @@ def test_a_plan_set_while_a_run_decides_is_not_undone_by_the_run(env_db, registr
         26_000,
     )
     assert check_quota(env_db, "acme", now=NOV, settings=settings).allowed
+
+
+def test_a_file_store_is_one_mirror_namespace_whatever_directory_names_it(tmp_path, monkeypatch):
+    """`file://.chore-demo/store.json` in two directories is two stores; `file://x` and
+    `file:///abs/x` are one."""
+    from chores.quota.cache import namespace
+
+    relative = "file://.chore-demo/store.json"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    in_a = namespace("main.billing_quota", relative)
+    absolute = f"file://{tmp_path / 'a' / '.chore-demo' / 'store.json'}"
+    assert namespace("main.billing_quota", absolute) == in_a
+    monkeypatch.chdir(tmp_path / "b")
+    assert namespace("main.billing_quota", relative) != in_a
+    # a server is named by its collection: the host CLI and the workers share the mirror
+    assert namespace("main.billing_quota", "mongodb://u:p@localhost:27017/?authSource=admin") == (
+        namespace("main.billing_quota", "mongodb://u:p@mongo:27017/?authSource=admin")
+    )
+
+
+def test_a_plan_read_twice_unchanged_is_decided_once_even_holding_a_nan(db, settings, caplog):
+    """Plans are read again after the decisions are written; a plan document that did not
+    change is not decided again, even when it holds a NaN (two reads of it are two floats
+    Python calls different) and is invalid (logged once)."""
+    import bson
+
+    set_plan(db, "bad", soft_ratio=float("nan"))
+    set_plan(db, "odd", token_limit=10, note=float("nan"))  # valid, with a NaN beside it
+
+    def as_from_the_wire(collection: str, method: str, perform: Any) -> Any:
+        result = perform()
+        if (collection, method) == ("billing_plans", "find"):
+            return [bson.decode(bson.encode(d)) for d in result]  # fresh floats each read
+        return result
+
+    counting = CountingDatabase(DatabaseProxy(db, around=as_from_the_wire))
+    with caplog.at_level(logging.ERROR, logger="chores.quota.decisions"):
+        states = Quota(Collections.of(counting, settings), settings).decide(["bad", "odd"], NOV)
+    assert states == {"bad": INVALID_PLAN, "odd": "ok"}
+    assert counting.calls[("billing_plans", "find")] == 2  # read, then read again: unchanged
+    assert sum("plan of 'bad' is invalid" in r.getMessage() for r in caplog.records) == 1
