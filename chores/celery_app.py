@@ -153,7 +153,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # ...but not forever: a run that kills its process every time (it always runs out
         # of memory) is sent again as a retry instead, counted against `max_retries`, after
         # `default_retry_delay` (tasks.RETRY), so it ends as a "failed for good" line that
-        # names its org. Rejection stays the fallback when that retry cannot be sent.
+        # names its org (`tasks._log_a_lost_worker`). Rejection stays the fallback when
+        # that retry cannot be sent.
         "task_retry_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         # Two queues: a worker started without -Q consumes both (nothing is left unread);

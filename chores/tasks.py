@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from celery import Task
+from billiard.exceptions import WorkerLostError
+from celery import Task, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 from pymongo.collection import Collection
@@ -106,6 +107,22 @@ class OrgTask(Task):
             _describe(exc),
             task_id,
         )
+
+
+@signals.task_failure.connect
+def _log_a_lost_worker(
+    sender: Any = None,
+    task_id: str = "",
+    exception: BaseException | None = None,
+    args: Any = None,
+    kwargs: Any = None,
+    **_: Any,
+) -> None:
+    """A run whose pool process died at its last try (`WorkerLostError`, after the retries
+    of `task_retry_on_worker_lost`) fails in the worker's main process, where Celery calls
+    no `on_failure`: its last line names its org all the same."""
+    if isinstance(sender, OrgTask) and isinstance(exception, WorkerLostError):
+        sender.on_failure(exception, task_id, args, kwargs, None)
 
 
 def _whose(args: Any, kwargs: Any) -> str:

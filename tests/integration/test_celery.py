@@ -556,14 +556,16 @@ def test_a_message_that_kills_its_pool_process_every_time_fails_after_its_retrie
     }
     command = [sys.executable, "-m", "celery", "-A", "chores.celery_app", "worker"]
     command += ["--pool=prefork", "--concurrency=1", "--without-mingle", "--without-gossip"]
-    worker = subprocess.Popen(
-        command,
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    log = tmp_path / "worker.log"
+    with log.open("w") as stderr:
+        worker = subprocess.Popen(
+            command,
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
     killed: list[int] = []
     try:
         attempts = 1 + tasks.meter_org.max_retries
@@ -583,6 +585,10 @@ def test_a_message_that_kills_its_pool_process_every_time_fails_after_its_retrie
         worker.wait()
         mongo.close()
     assert len(killed) == attempts == 6
+    lines = log.read_text().splitlines()
+    assert sum("meter_org of org acme failed (WorkerLostError" in line for line in lines) == 5
+    (last,) = [line for line in lines if "failed for good" in line]
+    assert "meter_org of org acme failed for good (WorkerLostError" in last
 
 
 def restored(path: Any) -> Any:
