@@ -32,6 +32,8 @@ from typing import Any
 
 from chores.demo.corpus import generate_corpus
 from chores.metering.memory_meter import MemoryMeter
+from chores.metering.rules import spawner_ids
+from chores.metering.source import SPAWNED_RUNNER_TYPES
 from pricing import Registry, registry_from_litellm
 
 START = datetime(2026, 10, 1, tzinfo=UTC)  # usage month of the synthetic records
@@ -41,6 +43,11 @@ MAX_TOKENS_PER_RUN = 1_000_000_000
 FUTURE_SKEW_SECONDS = 300.0  # Settings.future_skew_seconds' default
 
 Observation = tuple[dict[str, Any], list[Any]]  # (runner document, spawn findings' _context)
+
+
+def spawns_of(doc: Any, spawns: dict[str, list[Any]]) -> list[Any]:
+    """The spawn findings' `_context`s of a runner document, as `Source.spawns_of` pairs."""
+    return [c for i in spawner_ids(doc) for c in spawns.get(i, [])]
 
 
 def org_names(count: int) -> list[str]:
@@ -71,7 +78,7 @@ def snapshot_chunks(
         chunk_no += 1
         spawns: dict[str, list[Any]] = defaultdict(list)
         for finding in corpus.findings:
-            if finding.get("_type") == "ai" and finding.get("ai_type") == "task":
+            if finding.get("_type") == "ai" and finding.get("ai_type") in SPAWNED_RUNNER_TYPES:
                 spawns[str(finding["extra_data"]["runner_id"])].append(finding["_context"])
         finals = [t for t in corpus.tasks if t.get("name") == "ai"]
         halfway = {t["_id"]: t for t in corpus.at(0.5) if t.get("name") == "ai"}
@@ -79,9 +86,9 @@ def snapshot_chunks(
         # Runners observed while running come first, then every runner as it ended.
         for task in finals:
             if rng.random() < repeat_share:
-                chunk.append((halfway[task["_id"]], spawns.get(str(task["_id"]), [])))
+                chunk.append((halfway[task["_id"]], spawns_of(halfway[task["_id"]], spawns)))
         for task in finals:
-            chunk.append((task, spawns.get(str(task["_id"]), [])))
+            chunk.append((task, spawns_of(task, spawns)))
         if emitted + len(chunk) > total:
             chunk = chunk[: total - emitted]
         emitted += len(chunk)

@@ -299,15 +299,32 @@ def is_subagent_context(context: Mapping[str, Any]) -> bool:
     return parent_session is not None and parent_session != ""
 
 
+def spawner_ids(doc: Mapping[str, Any]) -> list[str]:
+    """The runners whose spawn finding may hold this document's baseline: its own `_id`
+    when it is marked a subagent, and the `workflow_id` and `scan_id` of its context.
+
+    An `ai` step of a workflow (or scan) that an AI run spawned starts from a copy of that
+    run's context, counters included, and the spawn finding names the workflow (or scan),
+    never the step; the step carries the subagent markers only when the spawning run was a
+    subagent itself (secator 0.52.1: `ai/actions.py` `_get_result_context` and
+    `_child_preamble`, `runners/workflow.py`). A workflow no AI run spawned has no spawn
+    finding: its steps are top-level runs.
+    """
+    context = doc.get("context")
+    if not isinstance(context, Mapping):
+        return []
+    ids = [str(doc.get("_id"))] if is_subagent_context(context) else []
+    ids += [
+        started_by
+        for started_by in (context.get("workflow_id"), context.get("scan_id"))
+        if type(started_by) is str and started_by
+    ]
+    return ids
+
+
 def _is_number(value: Any) -> bool:
     """An int (an `Int64` too) or a float, not a bool."""
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def is_subagent(doc: Mapping[str, Any]) -> bool:
-    """Is this runner document a subagent's (its context says so)?"""
-    context = doc.get("context")
-    return isinstance(context, Mapping) and is_subagent_context(context)
 
 
 class LedgerHead(NamedTuple):
@@ -336,7 +353,7 @@ def read_spawn(spawn_contexts: Sequence[Any], org: str) -> Spawn:
     findings that disagree are a `baseline_conflict`. An anomaly's detail says how many
     foreign findings were ignored.
     """
-    own = [c for c in spawn_contexts if isinstance(c, Mapping) and c.get("workspace_id") == org]
+    own = own_org_spawns(spawn_contexts, org)
     foreign = len(spawn_contexts) - len(own)
     ignored = f" ({foreign} spawn finding(s) of another org ignored)" if foreign else ""
     parent_id = _spawner(own)
@@ -359,6 +376,11 @@ def read_spawn(spawn_contexts: Sequence[Any], org: str) -> Spawn:
         detail = f"{different} different spawn records{ignored}"
         return Spawn(merged, parent_id, Anomaly.BASELINE_CONFLICT, detail)
     return Spawn(merged, parent_id)
+
+
+def own_org_spawns(spawn_contexts: Sequence[Any], org: str) -> list[Mapping[str, Any]]:
+    """The spawn findings' `_context`s written in `org` (compared exactly)."""
+    return [c for c in spawn_contexts if isinstance(c, Mapping) and c.get("workspace_id") == org]
 
 
 def _spawner(spawn_contexts: Sequence[Mapping[str, Any]]) -> str | None:
@@ -476,7 +498,9 @@ class Rules:
         flags: tuple[AnomalyRecord, ...] = ()
         own = snapshot
         parent_id = None
-        subagent = is_subagent_context(context)
+        # Marked a subagent, or a step of a workflow (or scan) its org's AI run spawned
+        # (`spawner_ids`): its counters start from the spawning run's.
+        subagent = is_subagent_context(context) or bool(own_org_spawns(spawn_contexts, org))
         if subagent:
             spawn = read_spawn(spawn_contexts, org)
             parent_id = spawn.parent_id

@@ -24,6 +24,7 @@ from bson import ObjectId
 
 from chores.core.db import Collections, Doc
 from chores.core.orgs import MAX_ORG
+from chores.metering.rules import spawner_ids
 
 # Whole `context`s are projected, not their `ai_*` sub-fields: mongomock crashes
 # projecting sub-fields of an array that holds non-documents, and a hostile
@@ -37,6 +38,9 @@ RUNNER_PROJECTION = {
     "context": 1,
 }
 SPAWN_PROJECTION = {"extra_data": 1, "_context": 1}
+# What an AI run spawns (a spawn finding's `ai_type`): a subagent or another task, or a
+# workflow or scan whose `ai` steps inherit the run's counters (`rules.spawner_ids`).
+SPAWNED_RUNNER_TYPES = ("task", "workflow", "scan")
 LOWEST_STAMP = -sys.float_info.max  # every finite stamp is at least this; NaN is not
 
 
@@ -134,7 +138,11 @@ class Source:
             return {}
         wanted: list[Any] = list(runner_ids)
         wanted += [ObjectId(r) for r in runner_ids if ObjectId.is_valid(r)]
-        query = {"_type": "ai", "ai_type": "task", "extra_data.runner_id": {"$in": wanted}}
+        query = {
+            "_type": "ai",
+            "ai_type": {"$in": list(SPAWNED_RUNNER_TYPES)},
+            "extra_data.runner_id": {"$in": wanted},
+        }
         found: dict[str, list[Any]] = {}
         # Usually one spawn finding per subagent: one batch for the lot, not 101 + the rest.
         for finding in self._findings.find(query, SPAWN_PROJECTION, batch_size=len(wanted)):
@@ -143,6 +151,13 @@ class Source:
                 continue
             found.setdefault(str(extra.get("runner_id")), []).append(finding.get("_context"))
         return found
+
+    def spawns_of(self, docs: Sequence[Doc]) -> list[list[Any]]:
+        """For each runner document, the `_context`s of the spawn findings that may hold
+        its baseline (`rules.spawner_ids`): one query for the lot."""
+        ids = [spawner_ids(doc) for doc in docs]
+        found = self.spawn_contexts(sorted({i for each in ids for i in each}))
+        return [[c for i in each for c in found.get(i, [])] for each in ids]
 
 
 def stamp_of(doc: Mapping[str, Any]) -> float | None:

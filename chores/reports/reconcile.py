@@ -26,7 +26,7 @@ from chores.core.db import Doc
 from chores.core.exceptions import InvoiceNotFound
 from chores.metering.ledger import EMPTY_ENTRY
 from chores.metering.lines import InvoiceLine, LineKey, UsageGroup, price_group, price_lines
-from chores.metering.rules import Breakdown, Rules, is_subagent
+from chores.metering.rules import Breakdown, Rules
 from chores.metering.source import chunked
 from chores.run.chore import Pipeline
 from pricing import Registry
@@ -228,11 +228,8 @@ def _source_usage(meter: Pipeline, org: str, now: datetime) -> dict[str, _Source
     )
     usage: dict[str, _SourceUsage] = {}
     for batch in _batches(meter, org):
-        spawns = meter.source.spawn_contexts([str(d.get("_id")) for d in batch if is_subagent(d)])
-        for doc in batch:
-            result = rules.assess(
-                doc, spawn_contexts=spawns.get(str(doc.get("_id")), []), head=None
-            )
+        for doc, spawn in zip(batch, meter.source.spawns_of(batch), strict=True):
+            result = rules.assess(doc, spawn_contexts=spawn, head=None)
             if result.org != org:
                 continue
             delta = result.delta

@@ -39,7 +39,6 @@ from chores.metering.rules import (
     Assessment,
     LedgerHead,
     Rules,
-    is_subagent,
     runner_key,
 )
 from chores.metering.source import Source, chunked, stamp_of
@@ -185,18 +184,15 @@ class Pipeline:
     ) -> list[tuple[Doc, Assessment]]:
         """Each document judged against its runner's ledger head (spawn findings read for
         the subagents among them, in one query)."""
-        spawns = self.source.spawn_contexts([str(d.get("_id")) for d in docs if is_subagent(d)])
+        spawns = self.source.spawns_of(docs)
         return [
             (
                 doc,
                 rules.assess(
-                    doc,
-                    spawn_contexts=spawns.get(str(doc.get("_id")), []),
-                    head=heads.get(runner_id),
-                    runner_id=runner_id,
+                    doc, spawn_contexts=spawn, head=heads.get(runner_id), runner_id=runner_id
                 ),
             )
-            for doc, runner_id in zip(docs, runner_ids, strict=True)
+            for doc, runner_id, spawn in zip(docs, runner_ids, spawns, strict=True)
         ]
 
     def _read_again_where_decreased(

@@ -247,3 +247,84 @@ def test_any_subset_or_order_of_the_writes_ends_on_the_true_usage(
     expected = true_usage(MANIFEST["snapshots"][-1]["persisted_calls"], registry)
     got = {k: [v["input_tokens"], v["output_tokens"]] for k, v in invoiced(db).items()}
     assert got == expected
+
+
+# -- an `ai` step of a workflow that an AI run spawned ------------------------------------
+# secator 0.52.1 (not recorded: no shipped workflow has an `ai` step, a customer's template
+# may): the AI run's `run_workflow` gives the workflow a copy of its own context, counters
+# included, and `workflow_id` = the workflow's id (`ai/actions.py` `_get_result_context`,
+# `_child_preamble`); the workflow hands each step a copy of its context
+# (`runners/workflow.py`), so its `ai` step starts from the spawning run's counters. The spawn
+# finding (`ai_type: "workflow"`) names the workflow, never the step; the step carries the
+# subagent markers only when the spawning run was itself a subagent.
+
+
+def _workflow_step(snapshot: dict[str, Any], spawning: dict[str, Any], own: int) -> Any:
+    """The step's document and the workflow's spawn finding, `own` tokens of its own."""
+    import copy
+
+    from bson import ObjectId
+
+    at_spawn = copy.deepcopy(spawning["context"])
+    workflow_id = str(ObjectId())
+    card = copy.deepcopy(next(f for f in snapshot["findings"] if f.get("ai_type") == "task"))
+    card.update(_id=ObjectId(), ai_type="workflow", content="customer_workflow")
+    card["extra_data"] = {"runner_id": workflow_id, "runner_type": "workflow"}
+    card["_context"] = {**at_spawn, "workflow_id": workflow_id}
+    step_id = ObjectId()
+    context = {**at_spawn, "workflow_id": workflow_id, "node_id": "ai", "task_id": str(step_id)}
+    context["ai_tokens"] += own
+    context["ai_prompt_tokens"] += own - 100
+    context["ai_completion_tokens"] += 100
+    step = copy.deepcopy(spawning)
+    step.update(_id=step_id, context=context)
+    return step, card
+
+
+@pytest.mark.parametrize("spawned_by", ["a top-level run", "a subagent"])
+def test_an_ai_step_of_a_workflow_an_ai_run_spawned_bills_its_own_tokens_only(
+    db: Any, settings: Settings, registry: Registry, spawned_by: str
+) -> None:
+    entry = MANIFEST["snapshots"][-1]
+    snapshot = load_snapshot(entry)
+    acme = [t for t in snapshot["tasks"] if t["context"]["workspace_id"] == "ws-acme"]
+    spawning = next(
+        t for t in acme if ("ai_subagent_depth" in t["context"]) == (spawned_by == "a subagent")
+    )
+    step, card = _workflow_step(snapshot, spawning, own=2_000)
+    db.tasks.insert_many([*snapshot["tasks"], step])
+    db.findings.insert_many([*snapshot["findings"], card])
+    run_chore(db, now=datetime.fromisoformat(entry["now"]), registry=registry, settings=settings)
+
+    (billed,) = list(db.billing_ledger.find({"runner_id": str(step["_id"])}))
+    assert (billed["input_tokens"], billed["output_tokens"], billed["tokens"]) == (
+        1_900,
+        100,
+        2_000,
+    )
+    assert billed["subagent"] is True and billed["parent_id"] == spawning["context"]["task_id"]
+    assert db.billing_anomalies.count_documents({"runner_id": str(step["_id"])}) == 0
+    truth = true_usage(entry["persisted_calls"], registry)
+    expected = sum(sum(tokens) for (org, _), tokens in truth.items() if org == "ws-acme")
+    invoiced_tokens = sum(
+        line["tokens"] for i in db.billing_invoices.find({"org": "ws-acme"}) for line in i["lines"]
+    )
+    assert invoiced_tokens == expected + 2_000
+
+
+def test_an_ai_step_of_a_workflow_no_ai_run_spawned_is_a_top_level_run(
+    db: Any, settings: Settings, registry: Registry
+) -> None:
+    """A workflow started by a person: its step's counters start at 0 and are all its own
+    (a spawn finding naming another workflow, or of another org, changes nothing)."""
+    entry = MANIFEST["snapshots"][-1]
+    snapshot = load_snapshot(entry)
+    spawning = next(t for t in snapshot["tasks"] if "ai_subagent_depth" not in t["context"])
+    step, card = _workflow_step(snapshot, spawning, own=2_000)
+    card["_context"]["workspace_id"] = "ws-someone-else"
+    db.tasks.insert_many([step])
+    db.findings.insert_many([card])
+    run_chore(db, now=datetime.fromisoformat(entry["now"]), registry=registry, settings=settings)
+
+    (billed,) = list(db.billing_ledger.find({"runner_id": str(step["_id"])}))
+    assert billed["tokens"] == step["context"]["ai_tokens"] and billed["subagent"] is False
