@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from bisect import bisect_right
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from itertools import pairwise
@@ -363,6 +364,14 @@ class Registry(BaseModel):
             if slash and provider and rest:
                 found = names.get(rest)
         return found
+
+    def excerpt(self, model_ids: Iterable[str]) -> dict[str, Any] | None:
+        """The models of these ids as a registry document (`Registry.model_validate` reads
+        it back: each name resolves in it as it does here, for every name that resolves
+        here to one of them); None when none is in this registry."""
+        wanted = set(model_ids)
+        models = [model.model_dump(mode="json") for model in self.models if model.id in wanted]
+        return {"version": self.version, "models": models} if models else None
 
     def get(self, model_id: str) -> ModelEntry:
         """The model whose id is exactly `model_id`; KeyError otherwise."""

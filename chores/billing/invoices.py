@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ReturnDocument
@@ -51,6 +51,9 @@ class Invoice(BaseModel):
     updated_at: datetime
     finalized_at: datetime | None = None
     registry: str = ""  # fingerprint of the registry that priced it
+    # The models of that registry its lines name (`Registry.excerpt`), frozen with a final:
+    # its lines can be split exactly whatever the registry becomes (reports.allocation).
+    priced_with: dict[str, Any] | None = None
 
     def document(self) -> Doc:
         return self.model_dump(by_alias=True)
@@ -98,6 +101,7 @@ def build_invoice(
         updated_at=now,
         finalized_at=now if status == "final" else None,
         registry=registry.fingerprint,
+        priced_with=registry.excerpt(line.model for line in lines if line.model is not None),
     )
 
 
@@ -331,7 +335,7 @@ class Invoices:
         ticket = self._ticket()
         review = self._anomalies.open_periods(pairs)
         ids = {f"{org}:{period}": (org, period) for org, period in pairs}
-        found = self._c.invoices.find({"_id": {"$in": sorted(ids)}}, {"lines": 0})
+        found = self._c.invoices.find({"_id": {"$in": sorted(ids)}}, {"lines": 0, "priced_with": 0})
         sums = {pair: DraftSums() for pair in pairs}
         for doc in found:
             sums[ids[doc["_id"]]] = DraftSums.of(doc)

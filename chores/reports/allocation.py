@@ -40,7 +40,7 @@ from chores.metering.lines import EXACT, InvoiceLine, LineKey, exact_sum, price_
 from chores.reports.breakdown import AllocatedUsage, Cell
 from pricing import Registry
 
-Pricing = Literal["registry", "billed"]
+Pricing = Literal["registry", "billed", "invoiced"]
 
 
 @dataclass(frozen=True)
@@ -169,6 +169,15 @@ def allocate(invoice: Invoice, usages: Sequence[EntryUsage], registry: Registry)
     candidates: list[tuple[Pricing, PriceFn]] = [("registry", by_registry), ("billed", as_billed)]
     if invoice.status == "final" and invoice.registry != registry.fingerprint:
         candidates.reverse()
+    if invoice.priced_with is not None:
+        # The excerpt of the registry that priced the invoice: what reproduces it after a
+        # retroactive change of the registry (rolled back, or a past price corrected).
+        invoiced = Registry.model_validate(invoice.priced_with)
+
+        def as_invoiced(usage: EntryUsage) -> tuple[LineKey | None, Decimal | None]:
+            return price_group(usage.group(), invoiced)
+
+        candidates.append(("invoiced", as_invoiced))
     consistent: tuple[Pricing, Mapping[LineKey, Mapping[tuple[str, date], _CellSum]]] | None = None
     first_problem = ""
     for name, price in candidates:

@@ -8,7 +8,7 @@ then the `chore usage` command.
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from math import ceil, floor
@@ -21,13 +21,14 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from chores import Settings, get_settings, run_chore
+from chores import Settings, finalize_invoices, get_settings, run_chore
 from chores.billing.invoices import Invoice, build_invoice
 from chores.billing.period_ledger import EntryUsage, RunInfo, read_period
 from chores.cli import main
 from chores.core.db import Collections
 from chores.core.exceptions import InvoiceOutOfDate
 from chores.core.money import usd
+from chores.demo.corpus import generate_corpus
 from chores.reports.allocation import allocate, largest_remainder, rounded_amounts
 from chores.reports.breakdown import (
     BY_CHOICES,
@@ -267,6 +268,53 @@ def test_a_final_invoice_keeps_the_prices_it_was_built_with(months):
     assert_adds_up(allocation, final)
 
 
+def _new_price_from(registry: Registry, model_id: str, valid_from: date, rate: str) -> Registry:
+    """The registry with one more price version of a model: a retroactive correction that
+    moves part of a period's usage to another line (another `price_valid_from`)."""
+    data = registry.model_dump(mode="json")
+    for model in data["models"]:
+        if model["id"] == model_id:
+            last = dict(model["prices"][-1])
+            last.update(valid_from=valid_from.isoformat(), input=rate, output=rate)
+            model["prices"].append(last)
+    return Registry.model_validate(data)
+
+
+@pytest.mark.parametrize("today", ["rolled back", "changed again"])
+def test_a_final_invoice_is_split_exactly_after_a_retroactive_registry_change(registry, today):
+    """October billed under one registry, re-priced by a retroactive change (a gpt-4o-mini
+    price from Oct 10) before it was frozen; the registry is then rolled back, or changed
+    again. Neither today's registry nor the prices each entry was billed at give the
+    final's lines: the excerpt of the registry that priced it, frozen with it, does."""
+    settings = Settings(mongo_url="mongomock://unused", batch_size=40, redis_url=None)
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    corpus = generate_corpus(
+        seed=5, orgs=("acme",), runs_per_org=30, start=datetime(2026, 10, 1, tzinfo=UTC), days=28
+    )
+    db.findings.insert_many(corpus.findings)
+    db.tasks.insert_many(corpus.tasks)
+    november_4 = datetime(2026, 11, 4, 12, tzinfo=UTC)
+    run_chore(db, now=november_4 - timedelta(days=1), registry=registry, settings=settings)
+    corrected = _new_price_from(registry, "gpt-4o-mini", date(2026, 10, 10), rate="0.5")
+    run_chore(db, now=november_4, registry=corrected, settings=settings)
+    assert finalize_invoices(db, now=november_4, settings=settings) == ["acme:2026-10"]
+    final = next(i for i in invoices(db, settings) if i.id == "acme:2026-10")
+    assert final.registry == corrected.fingerprint
+    assert "2026-10-10" in {line.price_valid_from for line in final.lines}
+
+    now = (
+        registry
+        if today == "rolled back"
+        else _new_price_from(corrected, "gpt-4o-mini", date(2026, 10, 20), rate="0.7")
+    )
+    _, usages = read_period(Collections.of(db, settings), final.org, final.period)
+    allocation = allocate(final, usages, now)
+    assert (allocation.pricing, allocation.exact) == ("invoiced", True)
+    assert_adds_up(allocation, final)
+    assert final.priced_with is not None
+    assert {m["id"] for m in final.priced_with["models"]} <= {line.model for line in final.lines}
+
+
 def test_a_stale_draft_is_split_on_the_prices_it_shows(months):
     db, settings, registry = months
     changed = _repriced(registry, "gpt-4o-mini", 3)
@@ -284,11 +332,17 @@ def test_prices_changed_twice_still_split_the_draft_exactly(registry):
     run_chore(db, now=NOW, registry=_repriced(registry, "gpt-4o-mini", 3), settings=settings)
     draft = next(i for i in invoices(db, settings) if i.status == "draft")
     _, usages = read_period(Collections.of(db, settings), draft.org, draft.period)
-    # Neither today's prices nor the billed ones are those of the draft: the weights are
-    # only proportional, the draft's line amounts are still split to the micro-dollar.
+    # Neither today's prices nor the billed ones are those of the draft: the excerpt of the
+    # registry that priced it, kept with it, is, so the weights are its own exact amounts.
     allocation = allocate(draft, usages, _repriced(registry, "gpt-4o-mini", 5))
-    assert (allocation.pricing, allocation.exact) == ("registry", False)
+    assert (allocation.pricing, allocation.exact) == ("invoiced", True)
     assert_adds_up(allocation, draft)
+    # A draft written before the excerpt was kept: weights only proportional, the draft's
+    # line amounts still split to the micro-dollar.
+    legacy = draft.model_copy(update={"priced_with": None})
+    allocation = allocate(legacy, usages, _repriced(registry, "gpt-4o-mini", 5))
+    assert (allocation.pricing, allocation.exact) == ("registry", False)
+    assert_adds_up(allocation, legacy)
 
 
 def test_usage_missing_from_the_draft_says_to_rerun(registry):
