@@ -120,8 +120,8 @@ def explore(out: Console, url: str) -> None:
 @user_errors
 def demo(seed: int, store: Path, no_store: bool, now_text: datetime | None) -> None:
     """Seed a realistic month (three orgs, subagents, free, paid, customer-key and unknown
-    models, malformed documents), meter it, finalize the months whose grace has passed and print the invoices and
-    quota decisions, on its own store whatever MONGO_URL says.
+    models, malformed documents), meter it, finalize the months whose grace has passed and
+    print the invoices and quota decisions, on its own store whatever MONGO_URL says.
 
     The data stays in a local file store (--store) that every other command opens with
     MONGO_URL=file://PATH: for trying the chore out, not for production and not for

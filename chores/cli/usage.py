@@ -12,7 +12,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -54,6 +54,9 @@ from chores.reports.breakdown import (
 from chores.reports.run_trees import tree_order
 from pricing import load_registry
 
+# `model`: the run's models as its invoice lines name them (`registry_models`), as the table
+# shows them; `ai_model` (last, after the usage columns): the raw name its latest ledger
+# entry recorded.
 RUN_FIELDS = ("model", "session_id", "parent_id", "subagent", "status")
 USAGE_FIELDS = ("input_tokens", "cached_tokens", "output_tokens", "unsplit_tokens", "tokens")
 
@@ -139,7 +142,7 @@ def usage(
     if as_json:
         click.echo(json.dumps(usage_json(allocation, view, table, filters, models), indent=2))
     elif as_csv:
-        click.echo(usage_csv(view, table), nl=False)
+        click.echo(usage_csv(allocation, view, table), nl=False)
     elif not table:
         click.echo(_nothing_matches(allocation.invoice.id, filters, models, statuses))
     else:
@@ -158,10 +161,18 @@ def _nothing_matches(
     return f"no usage of {invoice} matches {' '.join(given)}"
 
 
-def _row_dict(by: By, row: Row) -> dict[str, Any]:
+def _row_dict(by: By, row: Row, models: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {by: row.key}
     if row.run is not None:
-        out.update({name: getattr(row.run, name) for name in RUN_FIELDS})
+        run = row.run
+        out.update(
+            model=models.get(run.runner_id),
+            ai_model=run.model,
+            session_id=run.session_id,
+            parent_id=run.parent_id,
+            subagent=run.subagent,
+            status=run.status,
+        )
     out["runs"] = row.runs
     out.update(row.usage.as_dict())
     return out
@@ -176,6 +187,7 @@ def usage_json(
 ) -> dict[str, Any]:
     invoice = allocation.invoice
     summed = total(table)
+    models_of_runs = registry_models(allocation) if by == "run" else {}
     return {
         "invoice": invoice.id,
         "org": invoice.org,
@@ -190,7 +202,7 @@ def usage_json(
             "until": filters.until.isoformat() if filters.until else None,
             "statuses": sorted(filters.statuses),
         },
-        "rows": [_row_dict(by, row) for row in table],
+        "rows": [_row_dict(by, row, models_of_runs) for row in table],
         "total": {"runs": _runs(allocation, filters), **summed.as_dict()}
         | {"amount_micros": summed.priced_micros},
         "invoice_total_micros": invoice.total_micros,
@@ -198,14 +210,15 @@ def usage_json(
     }
 
 
-def usage_csv(by: By, table: Sequence[Row]) -> str:
+def usage_csv(allocation: Allocation, by: By, table: Sequence[Row]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     fields = [by, *(RUN_FIELDS if by == "run" else ()), "runs", *USAGE_FIELDS]
-    fields += ["amount_micros", "unpriced_tokens"]
+    fields += ["amount_micros", "unpriced_tokens", *(("ai_model",) if by == "run" else ())]
     writer.writerow(fields)
+    models = registry_models(allocation) if by == "run" else {}
     for row in table:
-        values = _row_dict(by, row)
+        values = _row_dict(by, row, models)
         writer.writerow(["" if values[f] is None else values[f] for f in fields])
     return buffer.getvalue()
 

@@ -7,6 +7,7 @@ then the `chore usage` command.
 
 from __future__ import annotations
 
+import csv
 import json
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -420,6 +421,48 @@ def test_usage_csv_and_table(usage_db):
     assert table.exit_code == 0
     assert "FINAL" in table.output and "unpriced" in table.output
     assert f"invoice total {usd(invoice['total_micros'])}" in table.output
+
+
+def test_a_run_that_switched_models_names_both_in_the_table_json_and_csv(env_db, registry):
+    running = {
+        "name": "ai",
+        "status": "RUNNING",
+        "last_updated_db": datetime(2026, 11, 3, tzinfo=UTC).timestamp(),
+        "context": {
+            "workspace_id": "acme",
+            "ai_model": "openai/gpt-4o-mini",
+            "ai_tokens": 1_000,
+            "ai_prompt_tokens": 800,
+            "ai_completion_tokens": 200,
+        },
+    }
+    env_db.tasks.insert_one(running)
+    settings = get_settings()
+    run_chore(
+        env_db, now=datetime(2026, 11, 3, 12, tzinfo=UTC), registry=registry, settings=settings
+    )
+    switched = {
+        "context.ai_model": "anthropic/claude-sonnet-4-5",
+        "context.ai_tokens": 3_000,
+        "context.ai_prompt_tokens": 2_400,
+        "context.ai_completion_tokens": 600,
+        "end_time": datetime(2026, 11, 5, tzinfo=UTC),
+        "status": "SUCCESS",
+        "last_updated_db": datetime(2026, 11, 5, tzinfo=UTC).timestamp(),
+    }
+    env_db.tasks.update_one({"_id": running["_id"]}, {"$set": switched})
+    run_chore(
+        env_db, now=datetime(2026, 11, 6, 12, tzinfo=UTC), registry=registry, settings=settings
+    )
+
+    view = ["usage", "--org", "acme", "--period", "2026-11", "--by", "run"]
+    both = "claude-sonnet-4-5, gpt-4o-mini"
+    assert both in invoke(*view).output
+    (row,) = json.loads(invoke(*view, "--json").stdout)["rows"]
+    assert (row["model"], row["ai_model"]) == (both, "anthropic/claude-sonnet-4-5")
+    header, line = invoke(*view, "--csv").stdout.splitlines()
+    values = dict(zip(header.split(","), next(csv.reader([line])), strict=True))
+    assert (values["model"], values["ai_model"]) == (both, "anthropic/claude-sonnet-4-5")
 
 
 def test_usage_filters_from_the_command_line(usage_db):
