@@ -66,16 +66,13 @@ def registry_list(path: str | None, path_option: str | None, now_text: datetime 
     tables.text_column(table, "aliases")
     today = (parse_now(now_text) or datetime.now(UTC)).date()
     for model in sorted(reg.models, key=lambda m: (m.tier, m.id)):
-        price = model.price_at(today) or model.prices[-1]
-        table.add_row(
-            escape(model.id),
-            model.tier,
-            price.valid_from.isoformat(),
-            rate_text(price.input),
-            rate_text(price.cached_rate),
-            rate_text(price.output),
-            escape(", ".join(model.aliases)),
-        )
+        price = model.price_at(today)
+        if price is None:  # priced only from a later day: its usage today is unpriced
+            since, rates = f"from {model.prices[0].valid_from}", ["unpriced"] * 3
+        else:
+            since = price.valid_from.isoformat()
+            rates = [rate_text(r) for r in (price.input, price.cached_rate, price.output)]
+        table.add_row(escape(model.id), model.tier, since, *rates, escape(", ".join(model.aliases)))
     out = console()
     out.print(tables.fit(table, out.width))
     out.print("input, cached, output: USD per million tokens")

@@ -421,3 +421,22 @@ def test_registry_list_prints_rates_as_written_never_in_exponent_form(tmp_path, 
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
     assert "0.000000000000000000000000000001" in result.output and "E-" not in result.output
+
+
+def test_registry_list_says_a_model_priced_only_from_a_later_day_is_unpriced_today(tmp_path):
+    path = tmp_path / "registry.yaml"
+    path.write_text(
+        'version: "1"\nmodels:\n- id: soon\n  tier: paid\n  prices:\n'
+        '  - {valid_from: "2027-01-01", input: "1", output: "2"}\n'
+        '  - {valid_from: "2027-06-01", input: "9", output: "9"}\n',
+        encoding="utf-8",
+    )
+    listed = ["registry", "list", str(path), "--now", "2026-12-03T00:00:00+00:00"]
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(main, listed)
+    assert result.exit_code == 0, result.output
+    (row,) = [line for line in result.output.splitlines() if "soon" in line]
+    assert "from 2027-01-01" in row and row.count("unpriced") == 3
+    assert "9" not in row.replace("2027", "")
+    later = CliRunner(env={"COLUMNS": "200"}).invoke(main, [*listed[:3], "--now", "2027-07-01"])
+    (row,) = [line for line in later.output.splitlines() if "soon" in line]
+    assert "2027-06-01" in row and "unpriced" not in row
