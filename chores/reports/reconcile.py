@@ -8,7 +8,8 @@ ledger never billed it, at its `end_time` (at `now` while it runs), from the sou
 The expected lines, late ones included, are priced and compared line by line with the
 stored invoice, whose total and unpriced tokens are checked against its own lines. The
 runners' own `ai_cost` estimates are shown beside our amounts (informational: they are
-never billed).
+never billed): a subagent's less what its spawn finding had (its copy of the spawning run's),
+a run metered over several months shared by its tokens in each.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from chores.core.db import Doc
 from chores.core.exceptions import InvoiceNotFound
 from chores.metering.ledger import EMPTY_ENTRY
 from chores.metering.lines import InvoiceLine, LineKey, UsageGroup, price_group, price_lines
-from chores.metering.rules import Breakdown, Rules
+from chores.metering.rules import Breakdown, Rules, own_org_spawns
 from chores.metering.source import chunked
 from chores.run.chore import Pipeline
 from pricing import Registry
@@ -89,6 +90,17 @@ def _estimate(context: Any) -> float | None:
     return None
 
 
+def _own_estimate(doc: Mapping[str, Any], spawn_contexts: Any, org: str) -> float | None:
+    """A subagent's own estimate: its `ai_cost` starts from its spawning run's at spawn (a
+    copy of that context), so the spawn findings' estimate is taken off, as their counters
+    are (`rules.read_spawn` takes the highest baseline)."""
+    estimate = _estimate(doc.get("context"))
+    if estimate is None:
+        return None
+    inherited = [_estimate(c) for c in own_org_spawns(spawn_contexts, org)]
+    return max(estimate - max((e for e in inherited if e is not None), default=0.0), 0.0)
+
+
 def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Reconciliation:
     invoice = meter.invoices.get(org, period)
     if invoice is None:
@@ -123,8 +135,11 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
             key, _amount = price_group(group, registry)
             runners_of_line[key].add(runner_id)
         if source is not None and source.estimate is not None and placed:
+            # A run metered over several months: its estimate shared by the tokens each holds.
+            here = sum(g.input + g.cached + g.output + g.unsplit for g in placed)
+            whole = source.tokens.tokens
             key, _amount = price_group(placed[0], registry)
-            estimates[key] += source.estimate
+            estimates[key] += source.estimate * (here / whole if whole else 1.0)
             estimated[key] += 1
 
     expected = {_key(ln): ln for ln in price_lines(groups, registry)}
@@ -252,7 +267,7 @@ def _source_usage(meter: Pipeline, org: str, now: datetime) -> dict[str, _Source
                     unsplit=tokens.unsplit,
                 ),
                 delta.period,
-                _estimate(doc.get("context")),
+                _own_estimate(doc, spawn, org) if delta.subagent else _estimate(doc.get("context")),
                 "still running: metered up to the last run" if result.pending else "",
             )
     return usage

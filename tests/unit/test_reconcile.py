@@ -230,3 +230,51 @@ def test_a_final_invoice_priced_with_another_registry_says_so(db, settings, regi
     other = Registry.model_validate({**registry.model_dump(mode="json"), "version": "later"})
     changed = reconcile(Pipeline(db, settings, other), "acme", "2026-10", now=NOW)
     assert changed.registry_changed
+
+
+def test_estimates_take_a_subagents_inherited_cost_off_and_share_a_run_across_months(
+    db, settings, registry
+):
+    """A subagent's `ai_cost` starts from its spawning run's (secator copies the context):
+    its own estimate is what it added. A run metered in two months counts its estimate in
+    each by the share of its tokens there, not twice whole."""
+    from bson import ObjectId
+
+    ended = datetime(2026, 11, 10, tzinfo=UTC)
+    parent, child = ObjectId(), ObjectId()
+    at_spawn = {"workspace_id": "x", "ai_model": "gpt-4o-mini", "task_id": str(parent)}
+    at_spawn |= {"ai_tokens": 1_000, "ai_prompt_tokens": 1_000, "ai_cost": 1.0}
+    db.tasks.insert_many(
+        [
+            {"_id": parent, "name": "ai", "status": "SUCCESS", "end_time": ended}
+            | {
+                "context": at_spawn
+                | {"ai_tokens": 2_000, "ai_prompt_tokens": 2_000, "ai_cost": 2.0}
+            },
+            {"_id": child, "name": "ai", "status": "SUCCESS", "end_time": ended}
+            | {
+                "context": at_spawn
+                | {"ai_subagent_depth": 1, "subagent": "c", "parent_session_id": "p"}
+                | {"ai_tokens": 1_500, "ai_prompt_tokens": 1_500, "ai_cost": 1.5}
+            },
+        ]
+    )
+    db.findings.insert_one(
+        {"_type": "ai", "ai_type": "task", "extra_data": {"runner_id": str(child)}}
+        | {"_context": at_spawn}
+    )
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    (line,) = reconcile(Pipeline(db, settings, registry), "x", "2026-11", now=NOW).lines
+    assert (line.estimated_runners, line.runner_estimate_usd) == (2, pytest.approx(2.5))
+
+    oct_31, nov_1 = datetime(2026, 10, 31, 23, tzinfo=UTC), datetime(2026, 11, 1, 1, tzinfo=UTC)
+    doc = ai_runner("y", 1_000, running=True)
+    doc["context"]["ai_cost"] = 3.0
+    db.tasks.insert_one(doc)
+    run_chore(db, now=oct_31, registry=registry, settings=settings)
+    grow_and_end(db, doc, 3_000, nov_1)
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    meter = Pipeline(db, settings, registry)
+    for period, share in (("2026-10", 1.0), ("2026-11", 2.0)):  # 1,000 and 2,000 of 3,000
+        (line,) = reconcile(meter, "y", period, now=NOW).lines
+        assert line.runner_estimate_usd == pytest.approx(share)
