@@ -201,10 +201,13 @@ def stacked_bars(
     height: int = 230,
 ) -> str:
     """An inline SVG of stacked bars, one per category (escaped labels, a tooltip per block);
-    `empty` is said across the plot when no bar has any height."""
+    `empty` is said across the plot when no bar has any height. Negative values (credits:
+    tokens moved to a cheaper kind by a later write, SPEC §1.6) are not stacked: the chart
+    says how much of them it leaves out."""
     left, right, top, bottom = 64, 8, 30, 26
     plot_w, plot_h = width - left - right, height - top - bottom
-    stack_tops = [sum(s.values[i] for s in series) for i in range(len(categories))]
+    stack_tops = [sum(max(s.values[i], 0) for s in series) for i in range(len(categories))]
+    credits = sum(min(v, 0) for s in series for v in s.values)
     ticks = nice_ticks(max(stack_tops, default=0))
     scale = plot_h / ticks[-1]
     out = [
@@ -245,6 +248,11 @@ def stacked_bars(
         out.append(
             f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" class="axis" '
             f'text-anchor="middle">{_e(empty)}</text>'
+        )
+    if credits:
+        out.append(
+            f'<text x="{width - right}" y="16" class="axis" text-anchor="end">'
+            f"credits not drawn: {_e(value(credits))} (in the tables)</text>"
         )
     out.append("</svg>")
     return "".join(out)

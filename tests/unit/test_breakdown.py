@@ -642,3 +642,23 @@ def test_a_model_filter_keeps_only_that_models_lines_of_a_runner_that_switched(e
     args = ["usage", "--org", "acme", "--period", "2026-11", "--by", "model", "--json"]
     data = json.loads(invoke(*args, "--model", "gpt-4o-mini").stdout)
     assert [(row["model"], row["tokens"]) for row in data["rows"]] == [("gpt-4o-mini", 1_000)]
+
+
+def test_a_chart_with_a_credit_fits_its_bars_and_says_what_it_leaves_out():
+    """A day whose gpt-4o cost is $0.0025 and whose gpt-4o-mini credit (tokens moved to
+    cached by a later write) is -$0.00125: the bar is drawn whole inside the plot and the
+    credit is named, not silently dropped."""
+    import re
+
+    from chores.reports.invoice_html import Series, stacked_bars
+
+    svg = stacked_bars(
+        title="Cost per day",
+        categories=["5"],
+        series=[Series("gpt-4o", "#111", (2_500,)), Series("gpt-4o-mini", "#222", (-1_250,))],
+        axis=lambda ticks: [usd(int(t)) for t in ticks],
+        value=usd,
+    )
+    assert "credits not drawn: -$0.00125 (in the tables)" in svg
+    tops = [float(y) for y in re.findall(r'<rect x="[\d.]+" y="(-?[\d.]+)"', svg)]
+    assert tops and min(tops) >= 30  # no bar above the plot's top (30 px)
