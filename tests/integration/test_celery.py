@@ -382,14 +382,18 @@ class Killed(BaseException):
     """A worker's death: no `except Exception` sees it, so no billing_runs record either."""
 
 
-def test_a_worker_killed_mid_run_has_its_message_redelivered_and_it_bills_once(
-    service, source, reference, monkeypatch, tmp_path
-):
-    # A run of acme died after 5 writes (mongomock lives in this process, so it dies here).
+def a_run_of_acme_dies_after_5_writes(source: Any, service: Any) -> None:
     source.fail_once_after(5, Killed())
     with pytest.raises(Killed):
         run_chore(source.proxy, org="acme", settings=service)
     assert ledger(source.db, "acme")
+
+
+def test_a_worker_killed_mid_run_has_its_message_redelivered_and_it_bills_once(
+    service, source, reference, monkeypatch, tmp_path
+):
+    # A run of acme died after 5 writes (mongomock lives in this process, so it dies here).
+    a_run_of_acme_dies_after_5_writes(source, service)
 
     # A real worker process takes the message, hangs in its run, and is SIGKILLed.
     sent = tasks.meter_org.delay("acme")
@@ -479,18 +483,9 @@ def parent_of(pid: int) -> int:
         return int(stat.read().rsplit(")", 1)[1].split()[1])
 
 
-def test_a_pool_process_killed_mid_run_has_its_message_redelivered_and_it_bills_once(
-    service, source, reference, monkeypatch, tmp_path
-):
-    """The OOM killer's case: the prefork pool's child dies (SIGKILL), the worker lives."""
-    # A run of acme died after 5 writes: part of its usage is billed already.
-    source.fail_once_after(5, Killed())
-    with pytest.raises(Killed):
-        run_chore(source.proxy, org="acme", settings=service)
-    assert ledger(source.db, "acme")
-
-    mongo = SilentMongo()
-    sent = tasks.meter_org.delay("acme")
+def prefork_worker(service: Any, mongo: SilentMongo, cwd: Any, *, stderr: Any) -> Any:
+    """A real prefork worker (one pool process) whose runs connect to `mongo` and wait
+    there for a minute; in its own process group, so that a test kills it whole."""
     env = {
         **os.environ,
         "CELERY_BROKER_URL": service.celery_broker_url,
@@ -501,14 +496,25 @@ def test_a_pool_process_killed_mid_run_has_its_message_redelivered_and_it_bills_
     }
     command = [sys.executable, "-m", "celery", "-A", "chores.celery_app", "worker"]
     command += ["--pool=prefork", "--concurrency=1", "--without-mingle", "--without-gossip"]
-    worker = subprocess.Popen(
+    return subprocess.Popen(
         command,
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the test kills it whole at the end
+        stderr=stderr,
+        start_new_session=True,
     )
+
+
+def test_a_pool_process_killed_mid_run_has_its_message_redelivered_and_it_bills_once(
+    service, source, reference, monkeypatch, tmp_path
+):
+    """The OOM killer's case: the prefork pool's child dies (SIGKILL), the worker lives."""
+    a_run_of_acme_dies_after_5_writes(source, service)  # part of its usage is billed already
+
+    mongo = SilentMongo()
+    sent = tasks.meter_org.delay("acme")
+    worker = prefork_worker(service, mongo, tmp_path, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: len(mongo.pids) >= 1, 60)  # a pool process is in the run
         first = mongo.pids[0]
@@ -546,26 +552,9 @@ def test_a_message_that_kills_its_pool_process_every_time_fails_after_its_retrie
     a retry, `max_retries` times, then stored as failed: not redelivered forever."""
     mongo = SilentMongo()
     sent = tasks.meter_org.delay("acme")
-    env = {
-        **os.environ,
-        "CELERY_BROKER_URL": service.celery_broker_url,
-        "CELERY_RESULT_BACKEND": str(service.celery_result_backend),
-        "REDIS_URL": str(service.redis_url),
-        "MONGO_URL": mongo.url,
-        "MONGO_TIMEOUT_MS": "60000",
-    }
-    command = [sys.executable, "-m", "celery", "-A", "chores.celery_app", "worker"]
-    command += ["--pool=prefork", "--concurrency=1", "--without-mingle", "--without-gossip"]
     log = tmp_path / "worker.log"
     with log.open("w") as stderr:
-        worker = subprocess.Popen(
-            command,
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-        )
+        worker = prefork_worker(service, mongo, tmp_path, stderr=stderr)
     killed: list[int] = []
     try:
         attempts = 1 + tasks.meter_org.max_retries
