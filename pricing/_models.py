@@ -369,8 +369,8 @@ class Registry(BaseModel):
         """The models of these ids as a registry document (`Registry.model_validate` reads
         it back: each name resolves in it as it does here, for every name that resolves
         here to one of them); None when none is in this registry."""
-        wanted = set(model_ids)
-        models = [model.model_dump(mode="json") for model in self.models if model.id in wanted]
+        found = [self._ids[i] for i in sorted(set(model_ids)) if i in self._ids]
+        models = [model.model_dump(mode="json") for model in found]
         return {"version": self.version, "models": models} if models else None
 
     def get(self, model_id: str) -> ModelEntry:

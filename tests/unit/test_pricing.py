@@ -677,3 +677,18 @@ def test_rates_have_bounded_precision(tmp_path: Path) -> None:
         load_registry(path)
     path.write_text(f'version: "1"\nmodels:\n{_rate_case(chr(34) + "1e-30" + chr(34))}')
     assert load_registry(path).get("bad-rate").prices[0].input == Decimal("1e-30")
+
+
+def test_an_excerpt_resolves_and_prices_its_models_as_the_registry_does():
+    registry = load_registry()
+    kept = {"gpt-4o-mini", "claude-sonnet-4-5"}
+    excerpt = Registry.model_validate(registry.excerpt([*kept, "no-such-model"]))
+    assert {m.id for m in excerpt.models} == kept
+    for model in registry.models:
+        for name in (model.id, *model.aliases, f"someprovider/{model.id}"):
+            found = excerpt.resolve(name)
+            if model.id in kept:
+                assert found == registry.resolve(name), name
+            else:
+                assert found is None, name
+    assert registry.excerpt(["no-such-model"]) is None
