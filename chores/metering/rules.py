@@ -289,8 +289,18 @@ def is_subagent_context(context: Mapping[str, Any]) -> bool:
     A depth that is not a number below 1 (a string, NaN, an object) marks a subagent
     too: read as top-level, a subagent's inherited counters would be billed twice; read as
     a subagent, it is held until a spawn finding gives its baseline.
+
+    So does a `tool_call_id` (beyond SPEC §1, from secator 0.52.1's code): secator adds the
+    action's to the context of every runner an AI run's action starts (`ai/actions.py`
+    `_get_result_context`), and a workflow hands its context to its steps, so an `ai`
+    step of a workflow an AI run started carries it, with the run's counters, and nothing
+    else says so; its spawn finding, naming the workflow, may be stored after it
+    (`_run_batch`). A run a person started has none.
     """
     if context.get("subagent"):
+        return True
+    tool_call = context.get("tool_call_id")
+    if type(tool_call) is str and tool_call:
         return True
     depth = context.get("ai_subagent_depth")
     if depth is not None and not (_is_number(depth) and depth < 1):

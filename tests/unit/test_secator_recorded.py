@@ -270,9 +270,11 @@ def _workflow_step(snapshot: dict[str, Any], spawning: dict[str, Any], own: int)
     card = copy.deepcopy(next(f for f in snapshot["findings"] if f.get("ai_type") == "task"))
     card.update(_id=ObjectId(), ai_type="workflow", content="customer_workflow")
     card["extra_data"] = {"runner_id": workflow_id, "runner_type": "workflow"}
-    card["_context"] = {**at_spawn, "workflow_id": workflow_id}
+    card["_context"] = {**at_spawn, "workflow_id": workflow_id, "tool_call_id": "call_1"}
     step_id = ObjectId()
-    context = {**at_spawn, "workflow_id": workflow_id, "node_id": "ai", "task_id": str(step_id)}
+    # `_get_result_context` adds the action's `tool_call_id` to the workflow's context
+    context = {**at_spawn, "tool_call_id": "call_1", "tool_call_name": "run_workflow"}
+    context |= {"workflow_id": workflow_id, "node_id": "ai", "task_id": str(step_id)}
     context["ai_tokens"] += own
     context["ai_prompt_tokens"] += own - 100
     context["ai_completion_tokens"] += 100
@@ -321,6 +323,9 @@ def test_an_ai_step_of_a_workflow_no_ai_run_spawned_is_a_top_level_run(
     snapshot = load_snapshot(entry)
     spawning = next(t for t in snapshot["tasks"] if "ai_subagent_depth" not in t["context"])
     step, card = _workflow_step(snapshot, spawning, own=2_000)
+    for started_by_a_person in (step["context"], card["_context"]):
+        started_by_a_person.pop("tool_call_id")
+        started_by_a_person.pop("tool_call_name", None)
     card["_context"]["workspace_id"] = "ws-someone-else"
     db.tasks.insert_many([step])
     db.findings.insert_many([card])
@@ -328,3 +333,31 @@ def test_an_ai_step_of_a_workflow_no_ai_run_spawned_is_a_top_level_run(
 
     (billed,) = list(db.billing_ledger.find({"runner_id": str(step["_id"])}))
     assert billed["tokens"] == step["context"]["ai_tokens"] and billed["subagent"] is False
+
+
+def test_an_ai_step_read_before_its_workflows_spawn_finding_waits_for_it(
+    db: Any, settings: Settings, registry: Registry
+) -> None:
+    """Several actions in one turn: secator stores each action's items, the spawn finding
+    included, only once the action is over (`ai/actions.py` `_run_batch`), so the steps of
+    a workflow it started are written first. A step whose context carries the action's
+    `tool_call_id` is held (`baseline_missing`, re-read) until the finding gives its
+    baseline, never billed whole."""
+    entry = MANIFEST["snapshots"][-1]
+    snapshot = load_snapshot(entry)
+    spawning = next(t for t in snapshot["tasks"] if "ai_subagent_depth" not in t["context"])
+    step, card = _workflow_step(snapshot, spawning, own=2_000)
+    db.tasks.insert_many([*snapshot["tasks"], step])
+    db.findings.insert_many(snapshot["findings"])
+    now = datetime.fromisoformat(entry["now"])
+    run_chore(db, now=now, registry=registry, settings=settings)
+    step_id = str(step["_id"])
+    assert db.billing_ledger.count_documents({"runner_id": step_id}) == 0
+    (held,) = list(db.billing_anomalies.find({"runner_id": step_id}))
+    assert (held["kind"], held["resolved"]) == ("baseline_missing", False)
+
+    db.findings.insert_one(card)  # the action is over: its items are stored
+    run_chore(db, now=now, registry=registry, settings=settings)
+    (billed,) = list(db.billing_ledger.find({"runner_id": step_id}))
+    assert (billed["tokens"], billed["subagent"]) == (2_000, True)
+    assert db.billing_anomalies.find_one({"runner_id": step_id})["resolved"] is True
