@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from chores.celery_app import RETRY_BACKOFF_MAX, app
 from chores.core.db import Collections, Doc, connect
-from chores.core.exceptions import ConfigError, DatabaseUnavailable
+from chores.core.exceptions import ConfigError, DatabaseUnavailable, LockUnavailable
 from chores.core.lock import OrgLock, lock_client
 from chores.core.logs import redact_urls, short_list
 from chores.core.settings import Settings, get_settings, redact_url
@@ -48,12 +48,14 @@ log = logging.getLogger(__name__)
 FANOUT_SCOPE = "*meter_all"  # the fan-out's cursor in billing_cursors, beside "*" (all orgs)
 
 # ConnectionFailure covers AutoReconnect, NetworkTimeout and ServerSelectionTimeoutError;
-# `connect` reports an unreachable server as DatabaseUnavailable. A run cut by its soft
-# time limit is retried as well: it resumes from what the ledger already holds.
+# `connect` reports an unreachable server as DatabaseUnavailable, `meter_org` an unreachable
+# lock as LockUnavailable. A run cut by its soft time limit is retried as well: it resumes
+# from what the ledger already holds.
 RETRY = {
     "autoretry_for": (
         ConnectionFailure,
         DatabaseUnavailable,
+        LockUnavailable,
         RedisConnectionError,
         OperationalError,
         SoftTimeLimitExceeded,
@@ -213,49 +215,52 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
     """Meter one org's new usage (`full`: re-read all its AI runners), unless another
     worker is metering it right now.
 
-    Without Redis for the lock the run goes ahead unlocked: the lock only saves
-    work, the ledger keeps billing exact (docs/deploy.md).
+    Never without the org's lock (SPEC §6: one org is never metered by two workers at
+    once): when its Redis cannot be reached, the task is retried with backoff, as for any
+    connection error, and meters nothing meanwhile. (Billing would stay exact without the
+    lock, the ledger sees to that; the lock keeps the promise and saves the work.)
     """
     org = _run.validate_org(org)
     settings = get_settings()
     started = datetime.now(UTC)
     clock = time.monotonic()
     url = settings.redis_url or settings.celery_broker_url
-    lock: OrgLock | None = None
+    lock = OrgLock(
+        lock_client(url), org, ttl_seconds=settings.lock_ttl_seconds, token=self.request.id
+    )
     try:
-        lock = OrgLock(
-            lock_client(url), org, ttl_seconds=settings.lock_ttl_seconds, token=self.request.id
+        acquired = lock.acquire()
+    except RedisError as exc:
+        unavailable = LockUnavailable(
+            f"the lock of org {org} cannot be taken ({type(exc).__name__} at {redact_url(url)}):"
+            " not metered without it"
         )
-        if not lock.acquire():
-            if full and self.request.retries >= (self.max_retries or 0):
-                log.error(
-                    "org %s was locked at every try of its daily full pass: the pass is"
-                    " skipped today (the 5-minute runs go on)",
-                    org,
-                )
-            elif full:
-                # The daily full pass is the safety net: it must not be lost to a 5-minute
-                # run that holds the lock right now. Retried once that lock is surely gone.
-                log.warning(
-                    "org %s is being metered by another worker: its daily full pass is retried"
-                    " in %d s (retry %d of %d)",
-                    org,
-                    settings.lock_ttl_seconds,
-                    self.request.retries + 1,
-                    self.max_retries,
-                )
-                raise self.retry(countdown=settings.lock_ttl_seconds)
-            log.info("org %s is being metered by another worker: skipped", org)
-            _log_run(org, None, outcome="locked", full=full, seconds=time.monotonic() - clock)
-            return _summary(org, None)
-    except (RedisError, ValueError) as exc:
-        log.warning(
-            "no lock for org %s (%s at %s): metering without it, the ledger keeps billing exact",
-            org,
-            type(exc).__name__,
-            redact_url(url),
+        _log_run(
+            org, None, outcome="error", full=full, seconds=time.monotonic() - clock, exc=unavailable
         )
-        lock = None
+        raise unavailable from None
+    if not acquired:
+        if full and self.request.retries >= (self.max_retries or 0):
+            log.error(
+                "org %s was locked at every try of its daily full pass: the pass is"
+                " skipped today (the 5-minute runs go on)",
+                org,
+            )
+        elif full:
+            # The daily full pass is the safety net: it must not be lost to a 5-minute
+            # run that holds the lock right now. Retried once that lock is surely gone.
+            log.warning(
+                "org %s is being metered by another worker: its daily full pass is retried"
+                " in %d s (retry %d of %d)",
+                org,
+                settings.lock_ttl_seconds,
+                self.request.retries + 1,
+                self.max_retries,
+            )
+            raise self.retry(countdown=settings.lock_ttl_seconds)
+        log.info("org %s is being metered by another worker: skipped", org)
+        _log_run(org, None, outcome="locked", full=full, seconds=time.monotonic() - clock)
+        return _summary(org, None)
     try:
         db = get_db()
         keep = _KeepLock(lock, org)  # after every batch: a run making progress keeps its lock
@@ -266,8 +271,7 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
         _log_run(org, None, outcome=outcome, full=full, seconds=time.monotonic() - clock, exc=exc)
         raise
     finally:
-        if lock is not None:
-            _release(lock, org)
+        _release(lock, org)
     _log_run(org, report, outcome="ok", full=full, seconds=time.monotonic() - clock)
     return _summary(org, report)
 
@@ -327,8 +331,8 @@ class _KeepLock:
     once, and never fatal: the run goes on (the ledger keeps billing exact), without
     renewing again (a dead Redis must not cost a timeout per batch)."""
 
-    def __init__(self, lock: OrgLock | None, org: str):
-        self.lock = lock
+    def __init__(self, lock: OrgLock, org: str):
+        self.lock: OrgLock | None = lock
         self.org = org
 
     def __call__(self, docs: int) -> None:

@@ -3,6 +3,7 @@
     ChoreError                  base: the CLI prints its message on one line and exits 1
     ├── ConfigError             a setting is missing or malformed (bad MONGO_URL, bad plan value)
     ├── DatabaseUnavailable     the MongoDB server cannot be reached
+    ├── LockUnavailable         an org's metering lock cannot be taken (its Redis is unreachable)
     ├── UnknownOrg              an org has no billing data at all
     ├── InvoiceNotFound         no invoice for that org and period
     ├── InvoiceOutOfDate        the ledger of a period holds usage its invoice does not (rerun)
@@ -24,6 +25,11 @@ class ConfigError(ChoreError):
 
 class DatabaseUnavailable(ChoreError):
     """The database cannot be reached; the message never contains credentials."""
+
+
+class LockUnavailable(ChoreError):
+    """The Redis of the per-org lock cannot be reached: the org is not metered without it
+    (a worker's task retries); the message never contains credentials."""
 
 
 class UnknownOrg(ChoreError):

@@ -11,7 +11,9 @@ still bill exactly once, because ledger entry ids are unique (`_ledger`). So:
   process died (OOM killer, SIGKILL) takes it over at once; another message waits;
 - it is released only by its owner (redis-py's compare-and-delete on the token), so a
   run that outlived its lock cannot delete the lock of the run that took over;
-- a Redis outage means metering without it (the caller decides), never not metering.
+- a Redis outage at the start means no run (`meter_org` retries with backoff: SPEC §6 says
+  one org is never metered by two workers at once); one mid-run lets the run finish, its
+  lock expiring after the TTL, which is above the run's hard time limit.
 """
 
 from __future__ import annotations

@@ -257,23 +257,6 @@ def plain_client_row(c: Corpus, registry: Registry) -> Tally:
     return tally
 
 
-def redis_down_row(c: Corpus, monkeypatch: pytest.MonkeyPatch) -> Tally:
-    """The Celery task with its lock's Redis unreachable: it meters without the lock."""
-    from chores import tasks
-
-    tally = Tally("Redis unreachable: meter_org twice per org without its lock")
-    db = seeded(c)
-    down = CONFIG.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
-    monkeypatch.setattr(tasks, "get_settings", lambda: down)
-    monkeypatch.setattr(tasks, "get_db", lambda: db)
-    for org in ("acme", "globex", "acme", "globex"):
-        result = tasks.meter_org.apply((org,)).get()
-        assert result["locked"] is False
-        tally.runs += 1
-    tally.check(db, c)
-    return tally
-
-
 def hostile_row(registry: Registry) -> tuple[int, int, int]:
     """(documents, crashes, documents charged although malformed)."""
     rng = random.Random(7)
@@ -351,7 +334,7 @@ def render(rows: list[str], hostile: tuple[int, int, int]) -> str:
     )
 
 
-def test_the_fault_table_in_docs_is_what_the_faults_give(registry, monkeypatch):
+def test_the_fault_table_in_docs_is_what_the_faults_give(registry):
     c = corpus()
     tallies = [
         crash_row(
@@ -374,7 +357,6 @@ def test_the_fault_table_in_docs_is_what_the_faults_give(registry, monkeypatch):
         concurrent_row(c, registry, 2),
         concurrent_row(c, registry, 8),
         growth_row(c, registry),
-        redis_down_row(c, monkeypatch),
         interleaved_row(
             "finalize paused at its k-th call while a run lands late usage, every k",
             c,

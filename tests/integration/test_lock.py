@@ -1,6 +1,6 @@
 """The per-org Redis lock (redis-py's Lock): one owner, a TTL renewed by a run that makes
-progress, takeover by the same task id, owner-only release; it saves work, billing
-stays exact without it. Uses Redis DB 14 (flushed before and after each test)."""
+progress, takeover by the same task id, owner-only release; an org is not metered without
+it, though billing would stay exact. Uses Redis DB 14 (flushed before and after each test)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ import pytest
 import redis
 
 from chores import Settings, run_chore, tasks
+from chores.core.exceptions import LockUnavailable
 from chores.core.lock import KEY_PREFIX, OrgLock, lock_client
 
+from support import GrantedLock
 from support.dbproxy import DatabaseProxy
 
 
@@ -260,26 +262,33 @@ def test_a_failed_renewal_is_logged_once_and_the_run_goes_on(
     assert "could not renew the lock of org ws-acme (ConnectionError)" in caplog.text
 
 
-def test_without_redis_the_run_goes_ahead_unlocked_and_says_so(monkeypatch, fixture_docs, caplog):
+def test_without_redis_for_its_lock_an_org_is_not_metered(monkeypatch, fixture_docs, caplog):
+    """SPEC §6: one org is never metered by two workers at once, so never without its lock:
+    the task fails before reading anything, with a retried error (LockUnavailable is in
+    its autoretry list, as the connection errors are)."""
     unreachable = f"redis://127.0.0.1:{closed_port()}/0"
-    settings = Settings(mongo_url="mongomock://lock", redis_url=unreachable)
-    use(monkeypatch, settings, seeded(fixture_docs))
+    use(monkeypatch, Settings(mongo_url="mongomock://lock", redis_url=unreachable), None)
+    monkeypatch.setattr(tasks, "get_db", lambda: pytest.fail("metered without its lock"))
 
     with caplog.at_level(logging.WARNING, logger="chores.tasks"):
-        result = tasks.meter_org.apply(("ws-acme",)).get()
+        result = tasks.meter_org.apply(("ws-acme",))
 
-    assert result["locked"] is False and result["tokens_billed"] > 0
-    assert "metering without it" in caplog.text
+    assert isinstance(result.result, LockUnavailable) and result.state == "FAILURE"
+    assert "the lock of org ws-acme cannot be taken (ConnectionError" in str(result.result)
+    assert LockUnavailable in tasks.meter_org.autoretry_for
+    assert "run org=ws-acme outcome=error" in caplog.text
 
 
-def test_correctness_does_not_need_the_lock_two_unlocked_concurrent_runs_bill_once(
+def test_correctness_does_not_need_the_lock_two_runs_both_granted_it_bill_once(
     monkeypatch, fixture_docs
 ):
+    """Two workers that both believe they hold the org's lock (a lock lost to a failover,
+    say) still bill each token once: the ledger's unique entry ids, not the lock, do that."""
     reference = seeded(fixture_docs)
     run_chore(reference, org="ws-acme", settings=Settings(mongo_url="mongomock://r"))
-    unreachable = f"redis://127.0.0.1:{closed_port()}/0"
-    settings = Settings(mongo_url="mongomock://lock", redis_url=unreachable, batch_size=2)
+    settings = Settings(mongo_url="mongomock://lock", batch_size=2)
     db = seeded(fixture_docs)
+    monkeypatch.setattr(tasks, "OrgLock", GrantedLock)
 
     callers: list[int] = []
 

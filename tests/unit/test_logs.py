@@ -15,7 +15,8 @@ import pytest
 
 from chores import Settings, celery_app, tasks
 from chores.celery_app import _log_format
-from chores.core.exceptions import DatabaseUnavailable
+from chores.core.exceptions import DatabaseUnavailable, LockUnavailable
+from chores.core.lock import OrgLock
 from chores.core.logs import (
     JsonFormatter,
     RedactingFormatter,
@@ -24,6 +25,8 @@ from chores.core.logs import (
     use_log_format,
 )
 from chores.demo.corpus import generate_corpus
+
+from support import GrantedLock
 
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
 
@@ -36,8 +39,8 @@ CORPUS = generate_corpus(
 
 @pytest.fixture
 def service(monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Eager tasks over mongomock; the lock's Redis refuses at once (a closed port with
-    a password in its URL), so a run meters without the lock and says so, redacted."""
+    """Eager tasks over mongomock, each granted its org's lock; the lock's Redis URL (a
+    closed port with a password in it) is only reached by a test that takes the real lock."""
     settings = Settings(
         mongo_url="mongomock://logs",
         redis_url=f"redis://billing:{SECRET}@127.0.0.1:1/0",
@@ -49,6 +52,7 @@ def service(monkeypatch: pytest.MonkeyPatch) -> Settings:
     db.tasks.insert_many(copy.deepcopy(CORPUS.tasks))
     db.findings.insert_many(copy.deepcopy(CORPUS.findings))
     monkeypatch.setattr(tasks, "get_db", lambda: db)
+    monkeypatch.setattr(tasks, "OrgLock", GrantedLock)
     return settings
 
 
@@ -70,8 +74,25 @@ def test_a_run_logs_one_line_with_its_org_counts_duration_and_outcome(service, c
     message = runs[0].getMessage()
     assert message.startswith("run org=acme outcome=ok ")
     assert f"tokens_billed={summary['tokens_billed']}" in message
-    assert all(SECRET not in line for line in lines(caplog))  # the lock's URL, redacted
-    assert any("no lock for org acme" in line and "***" in line for line in lines(caplog))
+
+
+def test_an_org_whose_lock_cannot_be_taken_is_retried_and_the_lock_url_redacted(
+    service, monkeypatch, caplog
+):
+    """SPEC §6: never metered without its lock. Its Redis refuses: every try fails before
+    reading anything, and every line names the org and hides the URL's password."""
+    caplog.set_level(logging.INFO, logger="chores.tasks")
+    monkeypatch.setattr(tasks, "OrgLock", OrgLock)
+    monkeypatch.setattr(tasks, "get_db", lambda: pytest.fail("metered without its lock"))
+    with pytest.raises(LockUnavailable, match="not metered without it"):
+        tasks.meter_org.apply(("acme",), retries=0).get()
+
+    text = lines(caplog)
+    retries = [line for line in text if "meter_org of org acme failed (LockUnavailable" in line]
+    assert len(retries) == 5 and "retry 5 of 5" in retries[-1]
+    assert any("meter_org of org acme failed for good (LockUnavailable" in line for line in text)
+    assert all(SECRET not in line for line in text)
+    assert any("redis://billing:***@127.0.0.1:1/0" in line for line in text)
 
 
 def test_every_retry_and_the_final_failure_name_the_org(service, monkeypatch, caplog):
