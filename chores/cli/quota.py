@@ -19,12 +19,12 @@ from chores.cli.common import EXIT_REFUSED, console, now_option, parse_now, user
 from chores.cli.params import OneLineGroup
 from chores.core.clock import checked_now
 from chores.core.db import APPLY_INDEXES_COMMAND, Collections, connect, missing_source_indexes
-from chores.core.exceptions import ConfigError
+from chores.core.exceptions import ConfigError, DatabaseUnavailable
 from chores.core.money import parse_usd, usd, whole_after_scaling
 from chores.core.orgs import validate_org
-from chores.core.periods import as_utc
+from chores.core.periods import as_utc, period_of
 from chores.core.settings import MAX_INT64, Plan, get_settings
-from chores.quota.decisions import plan_error, plan_of
+from chores.quota.decisions import plan_error, plan_of, unknown_decision
 
 _SUFFIX_PLACES = {"": 0, "K": 3, "M": 6, "B": 9}
 
@@ -110,21 +110,16 @@ def quota_check(org: str, estimate: int, as_json: bool, now_text: datetime | Non
     from chores.quota.check import check_quota
 
     settings = get_settings()
+    org = validate_org(org)
+    now = parse_now(now_text)
     try:
         db = connect(settings)
-    except Exception as exc:  # unreachable billing database: answer by policy
-        from chores.quota.decisions import QuotaDecision
-
-        decision = QuotaDecision(
-            org=org,
-            state="unknown",
-            allowed=settings.quota_fail_open,
-            reason=f"{exc} ({'fail-open' if settings.quota_fail_open else 'fail-closed'})",
-            period=datetime.now(UTC).strftime("%Y-%m"),
-        )
+    except DatabaseUnavailable as exc:  # unreachable: answer by policy (a bad setting exits 1)
+        period = period_of(now or datetime.now(UTC))
+        decision = unknown_decision(org, period, str(exc), settings)
     else:
         decision = check_quota(
-            db, org, estimated_tokens=int(estimate or 0), now=parse_now(now_text), settings=settings
+            db, org, estimated_tokens=int(estimate or 0), now=now, settings=settings
         )
     click.echo(decision.model_dump_json(indent=2) if as_json else decision.summary())
     if not decision.allowed:

@@ -22,10 +22,11 @@ from typing import Any
 
 import pymongo
 from bson.codec_options import CodecOptions, DatetimeConversion
+from dns.exception import DNSException
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
+from pymongo.errors import ConfigurationError, PyMongoError
 
 from chores.core.exceptions import ConfigError, DatabaseUnavailable, SourceIsReadOnly
 from chores.core.settings import Settings
@@ -103,9 +104,19 @@ def connect(settings: Settings) -> Database[Doc]:
         real: pymongo.MongoClient[Doc] = pymongo.MongoClient(
             url, serverSelectionTimeoutMS=settings.mongo_timeout_ms
         )
-    except (InvalidURI, ConfigurationError, ValueError):
+    except (ConfigurationError, ValueError) as exc:
+        if isinstance(exc.__cause__, DNSException):  # a mongodb+srv:// name not resolved now
+            raise DatabaseUnavailable(
+                f"cannot resolve MongoDB at {settings.safe_mongo_url}: {exc.__cause__}"
+            ) from None
+        # not pymongo's message: it may quote part of the URL (a password read as a port)
         raise ConfigError(
             f"MONGO_URL {settings.safe_mongo_url} is not a valid MongoDB URL"
+        ) from None
+    except OSError as exc:  # ssl.SSLError too: a TLS file option (tlsCAFile=...) unusable
+        raise ConfigError(
+            f"MONGO_URL {settings.safe_mongo_url}: a TLS file it names cannot be used"
+            f" ({type(exc).__name__}: {exc.strerror or exc})"
         ) from None
     try:
         real.admin.command("ping")

@@ -15,14 +15,16 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from chores.core.settings import redact_url
+from chores.core.settings import redact_options, redact_url
 
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>,)]+")
 
 
 def redact_urls(text: str) -> str:
-    """`text` with the password of every URL in it replaced by `***`."""
-    return _URL.sub(lambda m: redact_url(m.group()), text)
+    """`text` with the password of every URL in it replaced by `***`, and every credential
+    option too (also where a URL's host list, cut at its comma, left the options outside
+    the URL matched)."""
+    return redact_options(_URL.sub(lambda m: redact_url(m.group()), text))
 
 
 def short_list(items: list[str], limit: int = 20) -> str:

@@ -7,15 +7,28 @@ process; tests build their own `Settings(...)` and pass it explicitly.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from kombu.utils.url import parse_url as kombu_parse_url
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from redis.connection import parse_url as parse_redis_url
 
 from chores.core.exceptions import ConfigError
+
+# A URL option that carries a credential: redis-py's `password=`, pymongo's
+# `authMechanismProperties=AWS_SESSION_TOKEN:...`, `tlsCertificateKeyFilePassword=`, ...
+_SECRET_OPTION = re.compile(
+    r"(?i)([?&;](?:\w*(?:password|secret|token)\w*|authMechanismProperties)=)[^&;#\s'\"<>]*"
+)
+
+
+def redact_options(text: str) -> str:
+    """`text` with the value of every credential-carrying URL option replaced by `***`."""
+    return _SECRET_OPTION.sub(r"\1***", text)
 
 
 def redact_url(url: str) -> str:
@@ -25,16 +38,35 @@ def redact_url(url: str) -> str:
     `mongodb+srv://`, no port parsing, which fails on `h1:27017,h2:27017`): the
     credentials are what stands before the last `@` of the part after `://`, and the
     password what follows the first `:` there. A password holding `@`, `:` or `/`
-    unescaped is redacted whole; when in doubt more is hidden, never less.
+    unescaped is redacted whole; when in doubt more is hidden, never less. Without an
+    `@`, a "port" that is not a number (`mongodb://user:s3cret`) is taken for a password.
+    Options that carry credentials (`?password=`, `authMechanismProperties=`) are hidden.
     """
     scheme, separator, rest = url.partition("://")
     at = rest.rfind("@")
-    if not separator or at < 0:
-        return url if "@" not in url else "<unparseable url>"
+    if not separator:
+        return redact_options(url) if "@" not in url else "<unparseable url>"
+    if at < 0:
+        authority = re.split(r"[/?]", rest, maxsplit=1)[0]
+        ports = [host.rpartition(":")[2] for host in authority.split(",") if ":" in host]
+        if any(not port.isdigit() and not port.endswith("]") for port in ports):
+            return f"{scheme}://***{rest[len(authority) :]}"  # a user:password, no host
+        return redact_options(url)
     user, colon, _password = rest[:at].partition(":")
     if "/" in user or "?" in user:  # not a userinfo: an `@` in the path or options
-        return f"{scheme}://***@{rest[at + 1 :]}"
-    return f"{scheme}://{user}{':***' if colon else ''}@{rest[at + 1 :]}"
+        return redact_options(f"{scheme}://***@{rest[at + 1 :]}")
+    return redact_options(f"{scheme}://{user}{':***' if colon else ''}@{rest[at + 1 :]}")
+
+
+def _parser_detail(exc: Exception, url: str) -> str:
+    """`: <the parser's message>`, or nothing when it quotes anything that stands where the
+    URL's credentials may be (redis-py reads `Pa55` of `user:Pa55?rest@host` as a port)."""
+    rest = url.partition("://")[2]
+    credentials = rest.rpartition("@")[0] or re.split(r"[/?]", rest, maxsplit=1)[0]
+    quoted = re.findall(r"'([^']*)'", str(exc))
+    if any(text and text in credentials for text in quoted):
+        return ""
+    return f": {exc}"
 
 
 MAX_INT64 = 2**63 - 1  # the largest integer MongoDB stores
@@ -111,8 +143,15 @@ class Settings(BaseSettings):
             return url  # another backend (`rpc://`, `redis+socket://`, `db+...`): Celery's
         try:
             parse_redis_url(url)
-        except ValueError as exc:
-            raise ValueError(f"not a Redis URL: {exc}") from None
+            if info.field_name == "celery_broker_url":
+                kombu_parse_url(url)  # Celery's own reading (it refuses `?password=`)
+        except (ValueError, TypeError) as exc:
+            broker = info.field_name == "celery_broker_url"
+            raise ValueError(
+                f"not a Redis URL{_parser_detail(exc, url)}: redis://[[user]:password@]host"
+                "[:port][/db], with any '/', '?', '#' or '@' of the password percent-encoded"
+                + (" (Celery takes no password option: put it before the '@')" if broker else "")
+            ) from None
         return url
 
     @field_validator("ai_task_names")

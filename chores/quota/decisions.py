@@ -395,8 +395,13 @@ class Quota:
         return age < self._settings.quota_cache_ttl_seconds
 
     def _unknown(self, org: str, period: str, reason: str) -> QuotaDecision:
-        allowed = self._settings.quota_fail_open
-        policy = "fail-open" if allowed else "fail-closed"
-        return QuotaDecision(
-            org=org, state="unknown", allowed=allowed, reason=f"{reason} ({policy})", period=period
-        )
+        return unknown_decision(org, period, reason, self._settings)
+
+
+def unknown_decision(org: str, period: str, reason: str, settings: Settings) -> QuotaDecision:
+    """No answer to give: `QUOTA_FAIL_OPEN` decides whether the run may start."""
+    allowed = settings.quota_fail_open
+    policy = "fail-open" if allowed else "fail-closed"
+    return QuotaDecision(
+        org=org, state="unknown", allowed=allowed, reason=f"{reason} ({policy})", period=period
+    )

@@ -28,6 +28,7 @@ from chores.core.db import (
     ensure_billing_indexes,
     missing_source_indexes,
 )
+from chores.core.logs import redact_urls
 from chores.core.orgs import validate_org
 from chores.core.settings import Settings, get_settings
 from chores.metering.anomalies import AnomalyLog
@@ -332,7 +333,7 @@ def run_chore(
             if pass_scope is not None:
                 meter.progress.clear_cursor(pass_scope)  # the pass is complete
     except BaseException as exc:  # Ctrl-C and time limits too: the run log says it stopped
-        report.error = f"{type(exc).__name__}: {exc}"
+        report.error = redact_urls(f"{type(exc).__name__}: {exc}")  # stored: no credentials
         report.duration_seconds = round(time.monotonic() - clock, 3)
         _record_run(meter, report, now, dry_run)
         raise

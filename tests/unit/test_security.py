@@ -33,6 +33,21 @@ SECRET = "pa55-w0rd-xyz"
         (f"mongodb://u:{SECRET}/z@h1,h2/db?w=majority", "mongodb://u:***@h1,h2/db?w=majority"),
         ("mongodb://user@h1:27017,h2:27017/db", "mongodb://user@h1:27017,h2:27017/db"),
         (f"rediss://default:{SECRET}@cache:6380/1", "rediss://default:***@cache:6380/1"),
+        # credentials as options, which redis-py and pymongo both read
+        (f"redis://cache:6379/0?password={SECRET}", "redis://cache:6379/0?password=***"),
+        (
+            f"mongodb://KEY:{SECRET}@db/x?authMechanism=MONGODB-AWS"
+            f"&authMechanismProperties=AWS_SESSION_TOKEN:{SECRET}",
+            "mongodb://KEY:***@db/x?authMechanism=MONGODB-AWS&authMechanismProperties=***",
+        ),
+        (
+            f"mongodb://db/?tls=true&tlsCertificateKeyFilePassword={SECRET};w=1",
+            "mongodb://db/?tls=true&tlsCertificateKeyFilePassword=***;w=1",
+        ),
+        # no `@`: a "port" that is not a number is a password
+        (f"mongodb://user:{SECRET}", "mongodb://***"),
+        (f"mongodb://user:{SECRET}/db", "mongodb://***/db"),
+        ("mongodb://[::1]:27017,h2:27018/db", "mongodb://[::1]:27017,h2:27018/db"),
     ],
 )
 def test_redact_url(url, expected):
@@ -79,3 +94,92 @@ def test_no_password_in_cli_output_or_logs(monkeypatch, caplog):
         assert SECRET not in repr(get_settings().safe_mongo_url)
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("setting", "url", "says"),
+    [
+        ("MONGO_URL", f"mongodb://user:{SECRET}", "is not a valid MongoDB URL"),
+        ("MONGO_URL", f"mongodb://user:{SECRET}@127.0.0.1:99999/db", "is not a valid MongoDB URL"),
+        (
+            "MONGO_URL",
+            f"mongodb://u:{SECRET}@127.0.0.1:9/db?tls=true&tlsCAFile=/nonexistent/ca.pem",
+            "a TLS file it names cannot be used (FileNotFoundError",
+        ),
+        # redis-py reads `Pa55` (before the `?` of the password) as the port
+        ("REDIS_URL", f"rediss://app:Pa55?{SECRET}@cache:6380/0", "not a Redis URL"),
+        ("CELERY_BROKER_URL", f"redis://:Xy7/{SECRET}@cache:6379/0", "not a Redis URL"),
+        ("CELERY_BROKER_URL", f"redis://cache:6379/0?password={SECRET}", "no password option"),
+    ],
+)
+def test_a_malformed_url_is_one_line_exit_1_without_any_of_its_password(
+    monkeypatch, setting, url, says
+):
+    """Every command, `quota check` included (a bad setting is not an unreachable
+    database to answer by QUOTA_FAIL_OPEN): exit 1, one line, nothing of the password."""
+    monkeypatch.setenv(setting, url)
+    monkeypatch.setenv("MONGO_TIMEOUT_MS", "150")
+    get_settings.cache_clear()
+    try:
+        results = [
+            CliRunner().invoke(main, args)
+            for args in (["status"], ["run", "--org", "acme"], ["quota", "check", "--org", "acme"])
+        ]
+    finally:
+        get_settings.cache_clear()
+    for result in results:
+        assert result.exit_code == 1, result.output
+        assert says in result.output and len(result.output.strip().splitlines()) == 1
+        assert SECRET not in result.output and "Pa55" not in result.output
+        assert "Xy7" not in result.output
+
+
+def test_credential_options_are_redacted_in_errors_and_the_stored_run(monkeypatch):
+    """A credential in a URL option (an AWS session token) is hidden from the message of an
+    unreachable server, and from the run record a failed run stores."""
+    import mongomock
+
+    from chores import Settings, run_chore
+    from chores.core.exceptions import DatabaseUnavailable
+
+    token = f"AWS_SESSION_TOKEN:{SECRET}"
+    url = (
+        f"mongodb://KEY:x@127.0.0.1:9/db?authMechanism=MONGODB-AWS&authMechanismProperties={token}"
+    )
+    monkeypatch.setenv("MONGO_URL", url)
+    monkeypatch.setenv("MONGO_TIMEOUT_MS", "150")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["status"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1 and "authMechanismProperties=***" in result.output
+    assert SECRET not in result.output
+
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    settings = Settings(mongo_url="mongomock://x")
+
+    def unreachable(*args, **kwargs):
+        raise DatabaseUnavailable(
+            f"cannot reach MongoDB at h1,h2/db?authMechanismProperties={token}"
+        )
+
+    monkeypatch.setattr("chores.run.chore.Pipeline.changed_runners", unreachable)
+    with pytest.raises(DatabaseUnavailable):
+        run_chore(db, org="acme", settings=settings)
+    (stored,) = db.billing_runs.find()
+    assert "authMechanismProperties=***" in stored["error"] and SECRET not in stored["error"]
+
+
+def test_an_unresolvable_srv_name_is_an_unreachable_database_not_a_malformed_url():
+    """A `mongodb+srv://` name that DNS cannot resolve now (an outage, a resolver down) is
+    retried by the tasks like any unreachable server, and its message says why."""
+    from chores import Settings
+    from chores.core.db import connect
+    from chores.core.exceptions import DatabaseUnavailable
+
+    url = f"mongodb+srv://user:{SECRET}@cluster0.nonexistent.invalid/db"
+    with pytest.raises(DatabaseUnavailable, match="cannot resolve MongoDB at") as raised:
+        connect(Settings(mongo_url=url, mongo_timeout_ms=500))
+    assert "mongodb+srv://user:***@cluster0.nonexistent.invalid/db" in str(raised.value)
+    assert SECRET not in str(raised.value)
