@@ -1,9 +1,9 @@
 """Invoices: built from the ledger, drafts while the period is open, then final for good.
 
 `build_invoice` is pure (lines priced by `lines.price_lines`). `Invoices` does
-the I/O of drafts: aggregate ledger entries per period in the database, write
-drafts that only move forward (never over a final one, never over a draft built
-from more of the ledger), and settle the dirty marks. `Sweeper` moves usage that
+the I/O of drafts: fold the ledger entries no draft holds yet into each draft's stored
+sums (`drafts.DraftSums`), write drafts that only move forward (never over a final one,
+never over a draft built on an older ticket), and settle the dirty marks. `Sweeper` moves usage that
 a final invoice does not hold into the open period, late. `Finalizer` freezes due
 drafts under a fencing token, pricing nothing. docs/design.md has the protocol.
 """
@@ -78,9 +78,9 @@ def build_invoice(
     anomalies_open: bool,
     registry: Registry,
     now: datetime,
-    status: Literal["draft", "final"] = "draft",
 ) -> Invoice:
-    """The invoice of `groups` (the usage of `runs` runners over `entries` ledger entries)."""
+    """The draft invoice of `groups` (the usage of `runs` runners over `entries` ledger
+    entries). A final is a draft frozen as it stands (`Finalizer`)."""
     lines = price_lines(groups, registry)
     start, end = period_bounds(period)
     total = sum(line.amount_micros for line in lines if line.amount_micros is not None)
@@ -91,7 +91,7 @@ def build_invoice(
         period=period,
         period_start=start,
         period_end=end,
-        status=status,
+        status="draft",
         lines=lines,
         total_micros=Micros(total),
         unpriced_tokens=unpriced,
@@ -99,7 +99,7 @@ def build_invoice(
         runs=runs,
         entries=entries,
         updated_at=now,
-        finalized_at=now if status == "final" else None,
+        finalized_at=None,
         registry=registry.fingerprint,
         priced_with=registry.excerpt(line.model for line in lines if line.model is not None),
     )

@@ -81,11 +81,8 @@ def entry_usages(entries: Iterable[Mapping[str, Any]]) -> list[EntryUsage]:
         billed: LineKey | None = None
         if isinstance(priced, Mapping):
             tier = cast(Tier, priced.get("tier"))
-            billed = (
-                priced.get("model"),
-                tier,
-                priced.get("price_valid_from"),
-                bool(entry["late"]),
+            billed = LineKey(
+                priced.get("model"), tier, priced.get("price_valid_from"), bool(entry["late"])
             )
         key = (
             runner,

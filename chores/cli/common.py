@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 import click
@@ -14,7 +13,8 @@ from rich.console import Console
 
 from chores.cli.params import MomentType
 from chores.core.exceptions import ChoreError
-from chores.core.settings import Settings, get_settings, redact_url
+from chores.core.logs import redact_urls
+from chores.core.settings import get_settings
 from pricing import RegistryError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,25 +44,14 @@ def user_errors(func: F) -> F:
         except PyMongoError as exc:
             settings = get_settings()
             message = str(exc).replace(settings.mongo_url, settings.safe_mongo_url)
-            raise click.ClickException(f"database error: {redact_url(message)}") from None
+            raise click.ClickException(f"database error: {redact_urls(message)}") from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def settings_now() -> Settings:
-    return get_settings()
-
-
-def parse_now(value: datetime | str | None) -> datetime | None:
-    """The `--now` value (checked by `MomentType` when click parsed it), or None."""
-    if value is None or isinstance(value, datetime):
-        return value
-    return MomentType().convert(value, None, None)
-
-
+# `now`: an aware datetime (MomentType checked it) or None for the clock.
 now_option = click.option(
     "--now",
-    "now_text",
     type=MomentType(),
     help="Pretend the current UTC time is this ISO time (reproducible runs); default: now.",
 )

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from chores.billing.invoices import Invoice
-from chores.cli.common import console, now_option, parse_now, user_errors
+from chores.cli.common import console, now_option, user_errors
 from chores.cli.invoice import print_invoice
 from chores.core.clock import checked_now
 from chores.core.db import Doc, ensure_indexes
@@ -118,7 +118,7 @@ def explore(out: Console, url: str) -> None:
 @click.option("--no-store", is_flag=True, help="Keep nothing: an in-process store only.")
 @now_option
 @user_errors
-def demo(seed: int, store: Path, no_store: bool, now_text: datetime | None) -> None:
+def demo(seed: int, store: Path, no_store: bool, now: datetime | None) -> None:
     """Seed a realistic month (three orgs, subagents, free, paid, customer-key and unknown
     models, malformed documents), meter it, finalize the months whose grace has passed and
     print the invoices and quota decisions, on its own store whatever MONGO_URL says.
@@ -131,6 +131,6 @@ def demo(seed: int, store: Path, no_store: bool, now_text: datetime | None) -> N
     if no_store and given is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--store and --no-store exclude each other: give one")
     out = console()
-    run_demo(out, seed=seed, now=parse_now(now_text), store=None if no_store else store)
+    run_demo(out, seed=seed, now=now, store=None if no_store else store)
     if no_store:
         click.echo("note: --no-store: the demo's data is not kept after this command", err=True)

@@ -8,7 +8,6 @@ import click
 
 from chores.cli.common import (
     now_option,
-    parse_now,
     user_errors,
 )
 from chores.cli.params import GraceDaysType
@@ -30,12 +29,12 @@ from chores.run.chore import finalize_invoices
 )
 @now_option
 @user_errors
-def finalize(org: str | None, grace_days: float | None, now_text: datetime | None) -> None:
+def finalize(org: str | None, grace_days: float | None, now: datetime | None) -> None:
     """Turn the drafts of periods ended more than the grace ago final."""
 
     settings = get_settings()
     done = finalize_invoices(
-        connect(settings), now=parse_now(now_text), grace=grace_days, org=org, settings=settings
+        connect(settings), now=now, grace=grace_days, org=org, settings=settings
     )
     click.echo(
         f"finalized {counted(len(done), 'invoice')}" + (": " + ", ".join(done) if done else "")

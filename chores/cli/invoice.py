@@ -15,7 +15,6 @@ from chores.cli import tables
 from chores.cli.common import (
     console,
     now_option,
-    parse_now,
     user_errors,
 )
 from chores.cli.params import OneLineGroup, PeriodType
@@ -48,14 +47,14 @@ def invoice() -> None:
 @now_option
 @user_errors
 def invoice_show(
-    org: str, period: str | None, as_json: bool, as_csv: bool, now_text: datetime | None
+    org: str, period: str | None, as_json: bool, as_csv: bool, now: datetime | None
 ) -> None:
     """Print one invoice."""
 
     if as_json and as_csv:
         raise click.UsageError("give at most one of --json and --csv")
     org = validate_org(org)
-    period = period or period_of(parse_now(now_text) or datetime.now(UTC))
+    period = period or period_of(now or datetime.now(UTC))
     settings = get_settings()
     doc = Collections.of(connect(settings), settings).invoices.find_one({"_id": f"{org}:{period}"})
     if doc is None:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from chores.cli import tables
-from chores.cli.common import EXIT_REFUSED, console, now_option, parse_now, user_errors
+from chores.cli.common import EXIT_REFUSED, console, now_option, user_errors
 from chores.cli.params import OneLineGroup
 from chores.core.clock import checked_now
 from chores.core.db import APPLY_INDEXES_COMMAND, Collections, connect, missing_source_indexes
@@ -101,7 +101,7 @@ def quota() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON (for scripts).")
 @now_option
 @user_errors
-def quota_check(org: str, estimate: int, as_json: bool, now_text: datetime | None) -> None:
+def quota_check(org: str, estimate: int, as_json: bool, now: datetime | None) -> None:
     """May ORG start a run? Exit 0 allowed, 3 refused, 1 bad org or setting, 2 bad usage.
 
     When the answer is unknown (no decision yet, a stale one, the billing database
@@ -111,7 +111,6 @@ def quota_check(org: str, estimate: int, as_json: bool, now_text: datetime | Non
 
     settings = get_settings()
     org = validate_org(org)
-    now = parse_now(now_text)
     try:
         db = connect(settings)
     except DatabaseUnavailable as exc:  # unreachable: answer by policy (a bad setting exits 1)
@@ -147,7 +146,7 @@ def plan_set(
     spend_limit: object,
     soft: float | None,
     grace_tokens: object,
-    now_text: datetime | None,
+    now: datetime | None,
 ) -> None:
     """Create or change ORG's plan; options not given keep their value."""
 
@@ -166,7 +165,7 @@ def plan_set(
             "nothing to set: give --token-limit, --spend-limit, --soft or --grace-tokens"
         )
     settings = get_settings()
-    now = checked_now(parse_now(now_text), settings.future_skew_seconds)
+    now = checked_now(now, settings.future_skew_seconds)
     collections = Collections.of(connect(settings), settings)
     # A new plan starts from the default one: what is not given keeps the value it had.
     defaults = {k: v for k, v in settings.default_plan.model_dump().items() if k not in changes}
@@ -218,11 +217,11 @@ def _print_plan(org: str, p: Plan, default: bool = False) -> None:
 )
 @now_option
 @user_errors
-def status(limit: int, now_text: datetime | None) -> None:
+def status(limit: int, now: datetime | None) -> None:
     """The last metering runs and how long ago each org was metered."""
     settings = get_settings()
     c = Collections.of(connect(settings), settings)
-    now = parse_now(now_text) or datetime.now(UTC)
+    now = now or datetime.now(UTC)
     runs = tables.table("Last runs")
     tables.name_column(runs, "started", keep=True)
     tables.name_column(runs, "scope")

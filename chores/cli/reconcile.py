@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 
 from chores.cli import tables
-from chores.cli.common import console, now_option, parse_now, user_errors
+from chores.cli.common import console, now_option, user_errors
 from chores.cli.params import PeriodType
 from chores.core.db import connect
 from chores.core.money import usd, usd_of_dollars
@@ -26,7 +26,7 @@ from pricing import load_registry
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (for scripts).")
 @now_option
 @user_errors
-def reconcile_command(org: str, period: str, as_json: bool, now_text: datetime | None) -> None:
+def reconcile_command(org: str, period: str, as_json: bool, now: datetime | None) -> None:
     """Re-derive PERIOD from the runner documents and compare with the invoice.
 
     Each runner's usage is compared with what the ledger billed it; where they agree, it is
@@ -36,7 +36,7 @@ def reconcile_command(org: str, period: str, as_json: bool, now_text: datetime |
     org = validate_org(org)
     settings = get_settings()
     meter = Pipeline(connect(settings), settings, load_registry(settings.registry_path))
-    result = reconcile(meter, org, period, now=parse_now(now_text) or datetime.now(UTC))
+    result = reconcile(meter, org, period, now=now or datetime.now(UTC))
     if as_json:
         click.echo(result.model_dump_json(indent=2))
     else:

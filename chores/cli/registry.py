@@ -14,7 +14,6 @@ from chores.cli import tables
 from chores.cli.common import (
     console,
     now_option,
-    parse_now,
     user_errors,
 )
 from chores.cli.params import OneLineGroup
@@ -51,7 +50,7 @@ registry_path_option = click.option(
 @registry_path_option
 @now_option
 @user_errors
-def registry_list(path: str | None, path_option: str | None, now_text: datetime | None) -> None:
+def registry_list(path: str | None, path_option: str | None, now: datetime | None) -> None:
     """List models and their prices today (USD per million tokens).
 
     PATH is the registry file (default: REGISTRY_PATH, else the shipped one).
@@ -64,7 +63,7 @@ def registry_list(path: str | None, path_option: str | None, now_text: datetime 
     for column in ("input", "cached", "output"):
         tables.number_column(table, column)
     tables.text_column(table, "aliases")
-    today = (parse_now(now_text) or datetime.now(UTC)).date()
+    today = (now or datetime.now(UTC)).date()
     for model in sorted(reg.models, key=lambda m: (m.tier, m.id)):
         price = model.price_at(today)
         if price is None:  # priced only from a later day: its usage today is unpriced

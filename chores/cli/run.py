@@ -13,7 +13,6 @@ from chores.cli import tables
 from chores.cli.common import (
     console,
     now_option,
-    parse_now,
     user_errors,
 )
 from chores.core.db import (
@@ -45,7 +44,7 @@ def run(
     full: bool,
     as_json: bool,
     quiet: bool,
-    now_text: datetime | None,
+    now: datetime | None,
 ) -> None:
     """Meter new usage into invoices (one org with --org, or --all)."""
 
@@ -85,7 +84,7 @@ def run(
         report = run_chore(
             db,
             org=org,
-            now=parse_now(now_text),
+            now=now,
             settings=settings,
             dry_run=dry_run,
             full=full,

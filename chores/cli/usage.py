@@ -32,7 +32,7 @@ from rich.progress import (
 
 from chores.billing.period_ledger import read_period
 from chores.cli import tables
-from chores.cli.common import console, now_option, parse_now, user_errors
+from chores.cli.common import console, now_option, user_errors
 from chores.cli.params import DayType, PeriodType
 from chores.core.db import Collections, connect
 from chores.core.money import usd
@@ -112,7 +112,7 @@ def usage(
     statuses: Sequence[str],
     as_json: bool,
     as_csv: bool,
-    now_text: datetime | None,
+    now: datetime | None,
 ) -> None:
     """Break ORG's invoice down; unfiltered rows always add up to the invoice."""
 
@@ -120,7 +120,7 @@ def usage(
     if since is not None and until is not None and since > until:
         raise click.UsageError(f"--since {since} is after --until {until}: no day can match both")
     org = validate_org(org)
-    period = _period(period, parse_now(now_text))
+    period = _period(period, now)
     settings = get_settings()
     registry = load_registry(settings.registry_path)
     collections = Collections.of(connect(settings), settings)
@@ -235,7 +235,7 @@ def registry_models(allocation: Allocation) -> dict[str, str]:
     registry does not know it)."""
     ids: dict[str, set[str]] = {}
     for cell in allocation.cells:
-        ids.setdefault(cell.run.runner_id, set()).add(cell.line[0] or "(no model)")
+        ids.setdefault(cell.run.runner_id, set()).add(cell.line.model or "(no model)")
     return {runner: ", ".join(sorted(names)) for runner, names in ids.items()}
 
 
@@ -350,13 +350,13 @@ def _progress_bar(quiet: bool) -> Iterator[Any]:
 @now_option
 @user_errors
 def report(
-    org: str, period: str | None, out: Path, top: int, quiet: bool, now_text: datetime | None
+    org: str, period: str | None, out: Path, top: int, quiet: bool, now: datetime | None
 ) -> None:
     """Write ORG's usage report: invoice, daily chart by model, top runs, anomalies."""
     from chores.reports.invoice_html import collect_report, render_report
 
     org = validate_org(org)
-    now = parse_now(now_text) or datetime.now(UTC)
+    now = now or datetime.now(UTC)
     period = _period(period, now)
     settings = get_settings()
     registry = load_registry(settings.registry_path)

@@ -204,15 +204,14 @@ class Ledger:
                 found.add((row["_id"]["org"], row["_id"]["period"]))
         return found & {(org, period) for org, period, _ in finals}
 
-    def sweep(self, org: str, period: str, closed_fence: int | None, into: str) -> int:
+    def sweep(self, org: str, period: str, closed_fence: int | None, into: str) -> None:
         """Move the entries of the final `period` that its invoice does not hold (unbooked,
         or stamped by another token than the one that froze it) into `into`, late, and
         unfolded: the draft of `into` adds them at its next build."""
-        result = self._entries.update_many(
+        self._entries.update_many(
             _stragglers(org, period, closed_fence),
             {"$set": {"booked": into, "late": True, "fence": None, "fold": None}},
         )
-        return result.modified_count
 
 
 # What a draft build reads of an entry.

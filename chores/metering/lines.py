@@ -27,6 +27,7 @@ __all__ = [  # what the rest of the package imports from here
     "Tier",
     "UsageGroup",
     "amount_of",
+    "line_key",
     "line_of",
     "price_group",
     "price_lines",
@@ -49,7 +50,15 @@ class UsageGroup(NamedTuple):
     unsplit: int
 
 
-LineKey = tuple[str | None, Tier, str | None, bool]  # model, tier, price valid from, late
+class LineKey(NamedTuple):
+    """What makes an invoice line: usage that shares all four is one line."""
+
+    model: str | None  # the registry id, or the raw name when the registry does not know it
+    tier: Tier
+    price_valid_from: str | None  # of the price version that prices it, None when unpriced
+    late: bool
+
+
 # (model, byok, late, day) -> what `line_of` said for it, with one registry
 LineMemo = dict[tuple[str | None, bool, bool, date], tuple[LineKey, PriceVersion | None]]
 
@@ -68,6 +77,11 @@ class InvoiceLine(BaseModel):
     unsplit_tokens: int
     tokens: int
     amount_micros: int | None
+
+
+def line_key(line: InvoiceLine) -> LineKey:
+    """The key of an invoice line, as `line_of` gives it for its usage."""
+    return LineKey(line.model, line.tier, line.price_valid_from, line.late)
 
 
 # Products and sums of token counts and rates, exact: 80 digits hold any count up to 10^40
@@ -104,7 +118,7 @@ def price_group(group: UsageGroup, registry: Registry) -> tuple[LineKey, Decimal
     """The invoice line a usage group belongs to, and its exact amount in micros (None when
     unpriced)."""
     key, price = line_of(group, registry)
-    return key, amount_of(key[1], price, group.input, group.cached, group.output, group.unsplit)
+    return key, amount_of(key.tier, price, group.input, group.cached, group.output, group.unsplit)
 
 
 def line_of(group: UsageGroup, registry: Registry) -> tuple[LineKey, PriceVersion | None]:
@@ -112,13 +126,13 @@ def line_of(group: UsageGroup, registry: Registry) -> tuple[LineKey, PriceVersio
     is unpriced, or byok: metered but charged 0)."""
     entry = registry.resolve(group.model)
     if group.byok:
-        return (entry.id if entry else group.model, "byok", None, group.late), None
+        return LineKey(entry.id if entry else group.model, "byok", None, group.late), None
     if entry is None:  # an unknown model is never $0
-        return (group.model, "paid", None, group.late), None
+        return LineKey(group.model, "paid", None, group.late), None
     price = entry.price_at(group.day)
     if price is None:
-        return (entry.id, entry.tier, None, group.late), None
-    return (entry.id, entry.tier, price.valid_from.isoformat(), group.late), price
+        return LineKey(entry.id, entry.tier, None, group.late), None
+    return LineKey(entry.id, entry.tier, price.valid_from.isoformat(), group.late), price
 
 
 def sum_by_line(
@@ -159,21 +173,19 @@ def price_lines(
     sums, prices = sum_by_line(groups, registry, memo)
 
     def order(key: LineKey) -> tuple[Any, ...]:
-        model, tier, valid_from, late = key
-        return (late, model or "", tier, valid_from or "")
+        return (key.late, key.model or "", key.tier, key.price_valid_from or "")
 
     lines = []
     for key in sorted(sums, key=order):
-        model, tier, valid_from, late = key
         input_tokens, cached, output, unsplit = sums[key]
-        amount = amount_of(tier, prices[key], input_tokens, cached, output, unsplit)
+        amount = amount_of(key.tier, prices[key], input_tokens, cached, output, unsplit)
         lines.append(
             InvoiceLine(
-                model=model,
-                tier=tier,
-                price_valid_from=valid_from,
+                model=key.model,
+                tier=key.tier,
+                price_valid_from=key.price_valid_from,
                 priced=amount is not None,
-                late=late,
+                late=key.late,
                 input_tokens=input_tokens,
                 cached_tokens=cached,
                 output_tokens=output,

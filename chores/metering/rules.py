@@ -13,7 +13,7 @@ Vocabulary (used the same way everywhere in the package):
   of its high-water mark, so nothing is billed twice.
 
 No I/O here. A run builds one `Rules` (its `now`, ceiling and allowed skew) and calls
-`Rules.assess` per document; `assess` does both for one document.
+`Rules.assess` per document.
 """
 
 from __future__ import annotations
@@ -553,7 +553,7 @@ class Rules:
             usage_time=usage_time,
             period=period,
             high_water=high_water,
-            tokens=breakdown(high_water) if head is None else new_usage(high_water, previous),
+            tokens=new_usage(high_water, previous),  # previous is ZERO for a first entry
             status=status,
             session_id=_label(context.get("session_id")),
             subagent=subagent,

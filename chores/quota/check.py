@@ -1,8 +1,4 @@
-"""`check_quota`: may an org start a run? One indexed read of its stored decision.
-
-The `Quota` of a database and settings is built once per process and kept here: a check
-is called per run start, and building every collection handle each time cost a third of it.
-"""
+"""`check_quota`: may an org start a run? One indexed read of its stored decision."""
 
 from __future__ import annotations
 

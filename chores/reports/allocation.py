@@ -36,7 +36,7 @@ from chores.billing.invoices import Invoice
 from chores.billing.period_ledger import EntryUsage, RunInfo
 from chores.core.exceptions import InvoiceOutOfDate
 from chores.core.money import to_micros
-from chores.metering.lines import EXACT, InvoiceLine, LineKey, exact_sum, price_group
+from chores.metering.lines import EXACT, LineKey, exact_sum, line_key, price_group
 from chores.reports.breakdown import AllocatedUsage, Cell
 from pricing import Registry
 
@@ -95,10 +95,6 @@ def _rounded(total: int, quotas: Sequence[tuple[Any, Fraction]]) -> list[int]:
 PriceFn = Callable[[EntryUsage], tuple[LineKey | None, Decimal | None]]
 
 
-def _line_key(line: InvoiceLine) -> LineKey:
-    return (line.model, line.tier, line.price_valid_from, line.late)
-
-
 @dataclass
 class _CellSum:
     run: RunInfo
@@ -125,7 +121,7 @@ def _match(
     lines: Mapping[LineKey, Mapping[tuple[str, date], _CellSum]], invoice: Invoice
 ) -> tuple[bool, bool, str]:
     """`(lines and tokens match, rounded amounts match too, first difference)`."""
-    stored = {_line_key(line): line for line in invoice.lines}
+    stored = {line_key(line): line for line in invoice.lines}
     exact = True
     for key in sorted(set(stored) | set(lines), key=repr):
         line, cells = stored.get(key), lines.get(key, {})
@@ -211,7 +207,7 @@ def _split(
     *,
     exact: bool,
 ) -> Allocation:
-    amounts = {_line_key(line): line.amount_micros for line in invoice.lines}
+    amounts = {line_key(line): line.amount_micros for line in invoice.lines}
     cells: list[Cell] = []
     for key in sorted(lines, key=repr):
         members = sorted(lines[key].items())

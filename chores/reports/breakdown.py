@@ -116,7 +116,7 @@ class Filters:
         if self.statuses and (cell.run.status or "").upper() not in self.statuses:
             return False
         if self.models:  # the cell's own line (a runner may have used several models)
-            return (cell.line[0] or "").casefold() in self.models
+            return (cell.line.model or "").casefold() in self.models
         return True
 
 
@@ -136,7 +136,7 @@ def model_filter(names: Iterable[str], registry: Registry) -> frozenset[str]:
 
 def tier_of(cell: Cell) -> str:
     """`paid`, `free`, `byok`, or `unpriced` (usage nobody can charge yet)."""
-    return "unpriced" if cell.usage.amount_micros is None else cell.line[1]
+    return "unpriced" if cell.usage.amount_micros is None else cell.line.tier
 
 
 def _key(cell: Cell, by: By) -> str | None:
@@ -145,7 +145,7 @@ def _key(cell: Cell, by: By) -> str | None:
     if by == "session":
         return cell.run.session_id
     if by == "model":
-        return cell.line[0]
+        return cell.line.model
     if by == "day":
         return cell.day.isoformat()
     return tier_of(cell)

@@ -270,7 +270,7 @@ def daily_series(
     micros: dict[str, list[int]] = defaultdict(lambda: [0] * (len(days) + 1))
     unpriced: set[str] = set()
     for cell in cells:
-        model = cell.line[0] or "(no model)"
+        model = cell.line.model or "(no model)"
         slot = index.get(cell.day, 0)
         tokens[model][slot] += cell.usage.tokens
         micros[model][slot] += cell.usage.priced_micros
@@ -541,7 +541,7 @@ def registry_models(cells: Iterable[Cell]) -> dict[str, str]:
     registry does not know it)."""
     ids: dict[str, set[str]] = defaultdict(set)
     for cell in cells:
-        ids[cell.run.runner_id].add(cell.line[0] or "(no model)")
+        ids[cell.run.runner_id].add(cell.line.model or "(no model)")
     return {runner: ", ".join(sorted(names)) for runner, names in ids.items()}
 
 

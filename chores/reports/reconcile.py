@@ -26,7 +26,13 @@ from chores.billing.invoices import Invoice
 from chores.core.db import Doc
 from chores.core.exceptions import InvoiceNotFound
 from chores.metering.ledger import EMPTY_ENTRY
-from chores.metering.lines import InvoiceLine, LineKey, UsageGroup, price_group, price_lines
+from chores.metering.lines import (
+    LineKey,
+    UsageGroup,
+    line_key,
+    price_group,
+    price_lines,
+)
 from chores.metering.rules import Breakdown, Rules, own_org_spawns
 from chores.metering.source import chunked
 from chores.run.chore import Pipeline
@@ -142,17 +148,17 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
             estimates[key] += source.estimate * (here / whole if whole else 1.0)
             estimated[key] += 1
 
-    expected = {_key(ln): ln for ln in price_lines(groups, registry)}
-    invoiced = {_key(ln): ln for ln in invoice.lines}
+    expected = {line_key(ln): ln for ln in price_lines(groups, registry)}
+    invoiced = {line_key(ln): ln for ln in invoice.lines}
     lines = []
     for key in sorted(set(expected) | set(invoiced), key=lambda k: tuple(str(p) for p in k)):
         exp, inv = expected.get(key), invoiced.get(key)
         lines.append(
             LineCheck(
-                model=key[0],
-                tier=key[1],
-                price_valid_from=key[2],
-                late=key[3],
+                model=key.model,
+                tier=key.tier,
+                price_valid_from=key.price_valid_from,
+                late=key.late,
                 expected_tokens=exp.tokens if exp else 0,
                 invoiced_tokens=inv.tokens if inv else 0,
                 expected_micros=exp.amount_micros if exp else 0,
@@ -199,10 +205,6 @@ def _on_invoice(entry: Doc, period: str, status: str) -> bool:
     if booked is None:
         return status == "draft" and entry.get("usage_period") == period
     return bool(booked == period)
-
-
-def _key(line: InvoiceLine) -> LineKey:
-    return (line.model, line.tier, line.price_valid_from, line.late)
 
 
 def _invoice_problems(invoice: Invoice) -> list[str]:
