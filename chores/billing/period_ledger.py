@@ -167,6 +167,16 @@ _ENTRY_FIELDS = {
 }
 
 
+def stored_invoice(collections: Collections, org: str, period: str) -> Invoice:
+    """The stored invoice of `(org, period)`; `InvoiceNotFound` saying what to do if none."""
+    doc = collections.invoices.find_one({"_id": f"{org}:{period}"})
+    if doc is None:
+        raise InvoiceNotFound(
+            f"no invoice for org {org!r} in {period}; run `chore run --org {org}` first"
+        )
+    return Invoice.model_validate(doc)
+
+
 def read_period(
     collections: Collections,
     org: str,
@@ -181,12 +191,7 @@ def read_period(
     booked into the period, or (drafts only) unbooked with usage in it.
     `on_progress(done, total)` is called as entries are read.
     """
-    doc = collections.invoices.find_one({"_id": f"{org}:{period}"})
-    if doc is None:
-        raise InvoiceNotFound(
-            f"no invoice for org {org!r} in {period}; run `chore run --org {org}` first"
-        )
-    invoice = Invoice.model_validate(doc)
+    invoice = stored_invoice(collections, org, period)
     belongs: list[Doc] = [{"booked": period}]
     if invoice.status == "draft":
         belongs.append({"booked": None, "usage_period": period})

@@ -1,19 +1,22 @@
-"""What every command shares: the console, the user-error wrapper, `--now`."""
+"""What every command shares: the console, the user-error wrapper, the `--now`, `--org`,
+`--period`, `--json` and `--csv` options."""
 
 from __future__ import annotations
 
 import functools
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
 from pymongo.errors import PyMongoError
 from rich.console import Console
 
-from chores.cli.params import MomentType
+from chores.cli.params import MomentType, PeriodType
 from chores.core.exceptions import ChoreError
 from chores.core.logs import redact_urls
+from chores.core.periods import period_of
 from chores.core.settings import get_settings
 from pricing import RegistryError
 
@@ -55,3 +58,22 @@ now_option = click.option(
     type=MomentType(),
     help="Pretend the current UTC time is this ISO time (reproducible runs); default: now.",
 )
+
+
+def period_or_month_of(period: str | None, now: datetime | None = None) -> str:
+    """The `--period` (checked by `PeriodType`), or the month of `--now` / the clock."""
+    return period or period_of(now or datetime.now(UTC))
+
+
+period_option = click.option(
+    "--period", type=PeriodType(), help="The month, YYYY-MM (default: the month of --now)."
+)
+org_option = click.option("--org", required=True, metavar="ORG", help="The org (workspace id).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
+csv_option = click.option("--csv", "as_csv", is_flag=True, help="Print CSV, one row per line.")
+
+
+def machine_format(as_json: bool, as_csv: bool) -> None:
+    """`--json` and `--csv` are one choice: both is a usage error, not a silent JSON."""
+    if as_json and as_csv:
+        raise click.UsageError("give at most one of --json and --csv")

@@ -4,28 +4,30 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
+from datetime import datetime
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
 from chores.billing.invoices import Invoice
+from chores.billing.period_ledger import stored_invoice
 from chores.cli import tables
 from chores.cli.common import (
     console,
+    csv_option,
+    json_option,
+    machine_format,
     now_option,
+    org_option,
+    period_option,
+    period_or_month_of,
     user_errors,
 )
-from chores.cli.params import OneLineGroup, PeriodType
-from chores.core.db import (
-    Collections,
-    connect,
-)
-from chores.core.exceptions import InvoiceNotFound
+from chores.cli.params import OneLineGroup
+from chores.core.db import Collections, connect
 from chores.core.money import usd
 from chores.core.orgs import validate_org
-from chores.core.periods import period_of
 from chores.core.settings import get_settings
 from chores.core.wording import counted
 from chores.metering.lines import InvoiceLine
@@ -38,28 +40,21 @@ def invoice() -> None:
 
 
 @invoice.command("show")
-@click.option("--org", required=True, metavar="ORG", help="The org (workspace id).")
-@click.option(
-    "--period", type=PeriodType(), help="The month, YYYY-MM (default: the month of --now)."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the invoice as JSON (for scripts).")
-@click.option("--csv", "as_csv", is_flag=True, help="Print the invoice lines as CSV.")
+@org_option
+@period_option
+@json_option
+@csv_option
 @now_option
 @user_errors
 def invoice_show(
     org: str, period: str | None, as_json: bool, as_csv: bool, now: datetime | None
 ) -> None:
-    """Print one invoice."""
-
-    if as_json and as_csv:
-        raise click.UsageError("give at most one of --json and --csv")
+    """Print one invoice (--json: the stored document; --csv: its lines)."""
+    machine_format(as_json, as_csv)
     org = validate_org(org)
-    period = period or period_of(now or datetime.now(UTC))
     settings = get_settings()
-    doc = Collections.of(connect(settings), settings).invoices.find_one({"_id": f"{org}:{period}"})
-    if doc is None:
-        raise InvoiceNotFound(f"no invoice for org {org!r} in {period}")
-    inv = Invoice.model_validate(doc)
+    collections = Collections.of(connect(settings), settings)
+    inv = stored_invoice(collections, org, period_or_month_of(period, now))
     if as_json:
         click.echo(inv.model_dump_json(by_alias=True, indent=2))
     elif as_csv:

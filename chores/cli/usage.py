@@ -32,12 +32,21 @@ from rich.progress import (
 
 from chores.billing.period_ledger import read_period
 from chores.cli import tables
-from chores.cli.common import console, now_option, user_errors
-from chores.cli.params import DayType, PeriodType
+from chores.cli.common import (
+    console,
+    csv_option,
+    json_option,
+    machine_format,
+    now_option,
+    org_option,
+    period_option,
+    period_or_month_of,
+    user_errors,
+)
+from chores.cli.params import DayType
 from chores.core.db import Collections, connect
 from chores.core.money import usd
 from chores.core.orgs import validate_org
-from chores.core.periods import period_of
 from chores.core.settings import get_settings
 from chores.core.wording import counted
 from chores.reports.allocation import Allocation, allocate
@@ -48,6 +57,7 @@ from chores.reports.breakdown import (
     Filters,
     Row,
     model_filter,
+    registry_models,
     rows,
     total,
 )
@@ -59,25 +69,6 @@ from pricing import load_registry
 # entry recorded.
 RUN_FIELDS = ("model", "session_id", "parent_id", "subagent", "status")
 USAGE_FIELDS = ("input_tokens", "cached_tokens", "output_tokens", "unsplit_tokens", "tokens")
-
-
-def _period(period: str | None, now: datetime | None = None) -> str:
-    """The `--period` (checked by `PeriodType`), or the month of `--now` / the clock."""
-    return period or period_of(now or datetime.now(UTC))
-
-
-period_option = click.option(
-    "--period", type=PeriodType(), help="The month, YYYY-MM (default: the month of --now)."
-)
-org_option = click.option("--org", required=True, metavar="ORG", help="The org (workspace id).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
-csv_option = click.option("--csv", "as_csv", is_flag=True, help="Print CSV, one row per line.")
-
-
-def machine_format(as_json: bool, as_csv: bool) -> None:
-    """`--json` and `--csv` are one choice: both is a usage error, not a silent JSON."""
-    if as_json and as_csv:
-        raise click.UsageError("give at most one of --json and --csv")
 
 
 # usage --------------------------------------------------------------------------------------
@@ -120,7 +111,7 @@ def usage(
     if since is not None and until is not None and since > until:
         raise click.UsageError(f"--since {since} is after --until {until}: no day can match both")
     org = validate_org(org)
-    period = _period(period, now)
+    period = period_or_month_of(period, now)
     settings = get_settings()
     registry = load_registry(settings.registry_path)
     collections = Collections.of(connect(settings), settings)
@@ -187,7 +178,7 @@ def usage_json(
 ) -> dict[str, Any]:
     invoice = allocation.invoice
     summed = total(table)
-    models_of_runs = registry_models(allocation) if by == "run" else {}
+    models_of_runs = registry_models(allocation.cells) if by == "run" else {}
     return {
         "invoice": invoice.id,
         "org": invoice.org,
@@ -216,7 +207,7 @@ def usage_csv(allocation: Allocation, by: By, table: Sequence[Row]) -> str:
     fields = [by, *(RUN_FIELDS if by == "run" else ()), "runs", *USAGE_FIELDS]
     fields += ["amount_micros", "unpriced_tokens", *(("ai_model",) if by == "run" else ())]
     writer.writerow(fields)
-    models = registry_models(allocation) if by == "run" else {}
+    models = registry_models(allocation.cells) if by == "run" else {}
     for row in table:
         values = _row_dict(by, row, models)
         writer.writerow(["" if values[f] is None else values[f] for f in fields])
@@ -228,15 +219,6 @@ def _amount(usage: AllocatedUsage) -> str:
         return "[bold red]UNPRICED[/]"
     text = usd(usage.amount_micros)
     return f"{text} [red]+ unpriced[/]" if usage.unpriced_tokens else text
-
-
-def registry_models(allocation: Allocation) -> dict[str, str]:
-    """Each run's model as the invoice names it: the registry id (the raw name when the
-    registry does not know it)."""
-    ids: dict[str, set[str]] = {}
-    for cell in allocation.cells:
-        ids.setdefault(cell.run.runner_id, set()).add(cell.line.model or "(no model)")
-    return {runner: ", ".join(sorted(names)) for runner, names in ids.items()}
 
 
 WIDE = 110  # below this many columns, `--by run` leaves the session to --json/--csv
@@ -256,7 +238,7 @@ def print_usage(
     view = tables.table(f"Usage of {invoice.id} by {by}  [{invoice.status.upper()}]")
     tables.name_column(view, by, keep=by in ("day", "tier"))
     per_run = by == "run"
-    models = registry_models(allocation) if per_run else {}
+    models = registry_models(allocation.cells) if per_run else {}
     with_session = per_run and out.width >= WIDE
     if per_run:
         tables.name_column(view, "model")
@@ -357,7 +339,7 @@ def report(
 
     org = validate_org(org)
     now = now or datetime.now(UTC)
-    period = _period(period, now)
+    period = period_or_month_of(period, now)
     settings = get_settings()
     registry = load_registry(settings.registry_path)
     db = connect(settings)

@@ -180,3 +180,12 @@ def rows(cells: Iterable[Cell], by: By, filters: Filters | None = None) -> list[
 
 def total(table: Iterable[Row]) -> AllocatedUsage:
     return sum((row.usage for row in table), AllocatedUsage())
+
+
+def registry_models(cells: Iterable[Cell]) -> dict[str, str]:
+    """Each run's model as the invoice names it: the registry id (the raw name when the
+    registry does not know it)."""
+    ids: dict[str, set[str]] = defaultdict(set)
+    for cell in cells:
+        ids[cell.run.runner_id].add(cell.line.model or "(no model)")
+    return {runner: ", ".join(sorted(names)) for runner, names in ids.items()}

@@ -28,7 +28,7 @@ from chores.core.db import Collections, Doc
 from chores.core.money import usd
 from chores.core.settings import Settings
 from chores.reports.allocation import Allocation, allocate
-from chores.reports.breakdown import AllocatedUsage, Cell, rows
+from chores.reports.breakdown import AllocatedUsage, Cell, registry_models, rows
 from chores.reports.breakdown import total as rows_total
 from chores.reports.run_trees import RunNode, run_trees
 from pricing import Registry
@@ -534,15 +534,6 @@ def _runs_section(allocation: Allocation, top: int) -> str:
         f"<section><h2>Top runs by cost, with their subagents</h2>"
         f"<table>{head}{''.join(out)}</table>{more}</section>"
     )
-
-
-def registry_models(cells: Iterable[Cell]) -> dict[str, str]:
-    """Each run's model as the invoice names it: the registry id (the raw name when the
-    registry does not know it)."""
-    ids: dict[str, set[str]] = defaultdict(set)
-    for cell in cells:
-        ids[cell.run.runner_id].add(cell.line.model or "(no model)")
-    return {runner: ", ".join(sorted(names)) for runner, names in ids.items()}
 
 
 def _tree_rows(root: RunNode, models: dict[str, str]) -> list[str]:

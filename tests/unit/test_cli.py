@@ -79,7 +79,9 @@ def test_invoice_show_table_json_and_csv(cli_db):
 def test_unknown_invoice_is_one_line_exit_1(cli_db):
     result = CliRunner().invoke(main, ["invoice", "show", "--org", "nope", "--period", "2026-11"])
     assert result.exit_code == 1
-    assert result.output.strip() == "Error: no invoice for org 'nope' in 2026-11"
+    assert result.output.strip() == (
+        "Error: no invoice for org 'nope' in 2026-11; run `chore run --org nope` first"
+    )
 
 
 def test_bad_period_is_a_usage_error(cli_db):

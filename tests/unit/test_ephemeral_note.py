@@ -58,7 +58,9 @@ def test_machine_output_gets_no_note(env_db, args):
 def test_an_error_stays_one_line(env_db):
     result = CliRunner().invoke(main, ["invoice", "show", "--org", "nope", "--period", "2026-11"])
     assert result.exit_code == 1
-    assert result.output.strip() == "Error: no invoice for org 'nope' in 2026-11"
+    assert result.output.strip() == (
+        "Error: no invoice for org 'nope' in 2026-11; run `chore run --org nope` first"
+    )
 
 
 def test_a_real_server_url_gets_no_note(monkeypatch):
