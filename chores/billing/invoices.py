@@ -60,7 +60,7 @@ class Invoice(BaseModel):
 
 
 @dataclass
-class PeriodUsage:
+class LedgerUsage:
     """What the ledger holds for one invoice, summed from all its entries (the check)."""
 
     groups: list[UsageGroup] = field(default_factory=list)
@@ -220,11 +220,11 @@ class Invoices:
         doc = self._c.invoices.find_one({"_id": f"{org}:{period}"})
         return Invoice.model_validate(doc) if doc else None
 
-    def ledger_usage(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], PeriodUsage]:
+    def ledger_usage(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], LedgerUsage]:
         """Every ledger entry of these `(org, period)` invoices, summed in the database: the
         whole period, as a full rebuild reads it. Builds never call it; it is the check
         that a draft's folded sums are what its ledger holds (`check_drafts`)."""
-        usage: dict[tuple[str, str], PeriodUsage] = defaultdict(PeriodUsage)
+        usage: dict[tuple[str, str], LedgerUsage] = defaultdict(LedgerUsage)
         if not pairs:
             return usage
         orgs = sorted({org for org, _ in pairs})

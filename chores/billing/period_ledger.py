@@ -9,7 +9,7 @@ entries per runner, raw model, key source, lateness, day and billed price into
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from typing import Any, cast
@@ -18,7 +18,7 @@ from chores.billing.invoices import Invoice
 from chores.core.db import Collections, Doc
 from chores.core.exceptions import InvoiceNotFound
 from chores.metering.ledger import EMPTY_ENTRY
-from chores.metering.lines import EXACT, LineKey, Tier, UsageGroup
+from chores.metering.lines import EXACT, LineKey, Tier, TokenSums, UsageGroup
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +65,21 @@ class EntryUsage:
 # --- reading the ledger (pure) -------------------------------------------------------------
 
 
+@dataclass
+class _Summed:
+    """The entries of one `EntryUsage`, summed: their tokens and exact amount (None as soon
+    as one of them is unpriced)."""
+
+    exact: Decimal | None
+    tokens: TokenSums = field(default_factory=TokenSums)
+
+
 def entry_usages(entries: Iterable[Mapping[str, Any]]) -> list[EntryUsage]:
     """Ledger entries summed per runner, raw model, key source, lateness, day and billed price.
 
     A runner's session, parent and status are those of its latest entry.
     """
-    sums: dict[tuple[Any, ...], list[Any]] = {}
+    sums: dict[tuple[Any, ...], _Summed] = {}
     latest: dict[str, Mapping[str, Any]] = {}
     for entry in entries:
         runner = str(entry["runner_id"])
@@ -94,19 +103,19 @@ def entry_usages(entries: Iterable[Mapping[str, Any]]) -> list[EntryUsage]:
         )
         exact = entry.get("amount_micros_exact")
         amount = None if exact is None or billed is None else Decimal(exact)
-        counts = [
-            entry["input_tokens"],
-            entry["cached_tokens"],
-            entry["output_tokens"],
-            entry["unsplit_tokens"],
-        ]
-        if key not in sums:
-            sums[key] = [*counts, amount]
-            continue
-        total = sums[key]
-        for position, count in enumerate(counts):
-            total[position] += count
-        total[4] = None if total[4] is None or amount is None else EXACT.add(total[4], amount)
+        summed = sums.get(key)
+        if summed is None:
+            summed = sums[key] = _Summed(exact=amount)
+        elif summed.exact is not None:
+            summed.exact = None if amount is None else EXACT.add(summed.exact, amount)
+        summed.tokens.add(
+            TokenSums(
+                entry["input_tokens"],
+                entry["cached_tokens"],
+                entry["output_tokens"],
+                entry["unsplit_tokens"],
+            )
+        )
 
     runs = {runner: _run_info(runner, entry) for runner, entry in latest.items()}
     return [
@@ -116,14 +125,14 @@ def entry_usages(entries: Iterable[Mapping[str, Any]]) -> list[EntryUsage]:
             byok=byok,
             late=late,
             day=date.fromisoformat(day),
-            input=s[0],
-            cached=s[1],
-            output=s[2],
-            unsplit=s[3],
+            input=summed.tokens.input,
+            cached=summed.tokens.cached,
+            output=summed.tokens.output,
+            unsplit=summed.tokens.unsplit,
             billed_line=billed,
-            billed_exact=s[4],
+            billed_exact=summed.exact,
         )
-        for (runner, model, byok, late, day, billed), s in sums.items()
+        for (runner, model, byok, late, day, billed), summed in sums.items()
     ]
 
 

@@ -11,9 +11,10 @@ Decimal operations per line instead of per group.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import date
 from decimal import Context, Decimal, Inexact
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -25,6 +26,8 @@ __all__ = [  # what the rest of the package imports from here
     "LineKey",
     "LineMemo",
     "Tier",
+    "TokenCounts",
+    "TokenSums",
     "UsageGroup",
     "amount_of",
     "line_key",
@@ -35,6 +38,39 @@ __all__ = [  # what the rest of the package imports from here
 
 
 Tier = Literal["paid", "free", "byok"]
+
+
+class TokenCounts(Protocol):
+    """Anything that carries the four token counts (a `Breakdown`, a `UsageGroup`, ...)."""
+
+    @property
+    def input(self) -> int: ...
+    @property
+    def cached(self) -> int: ...
+    @property
+    def output(self) -> int: ...
+    @property
+    def unsplit(self) -> int: ...
+
+
+@dataclass(slots=True)
+class TokenSums:
+    """Input (cached excluded), cached, output and unsplit tokens, summed."""
+
+    input: int = 0
+    cached: int = 0
+    output: int = 0
+    unsplit: int = 0
+
+    def add(self, counts: TokenCounts) -> None:
+        self.input += counts.input
+        self.cached += counts.cached
+        self.output += counts.output
+        self.unsplit += counts.unsplit
+
+    @property
+    def tokens(self) -> int:
+        return self.input + self.cached + self.output + self.unsplit
 
 
 class UsageGroup(NamedTuple):
@@ -137,10 +173,10 @@ def line_of(group: UsageGroup, registry: Registry) -> tuple[LineKey, PriceVersio
 
 def sum_by_line(
     groups: Iterable[UsageGroup], registry: Registry, memo: LineMemo
-) -> tuple[dict[LineKey, list[int]], dict[LineKey, PriceVersion | None]]:
-    """Input, cached, output and unsplit tokens summed per line, and each line's rates
-    (a line has one price version, or none). `memo` is read and filled."""
-    sums: dict[LineKey, list[int]] = {}
+) -> tuple[dict[LineKey, TokenSums], dict[LineKey, PriceVersion | None]]:
+    """The tokens of `groups` summed per line, and each line's rates (a line has one price
+    version, or none). `memo` is read and filled."""
+    sums: dict[LineKey, TokenSums] = {}
     prices: dict[LineKey, PriceVersion | None] = {}
     for group in groups:
         found = memo.get((group.model, group.byok, group.late, group.day))
@@ -151,13 +187,9 @@ def sum_by_line(
         key, price = found
         tokens = sums.get(key)
         if tokens is None:
-            sums[key] = [group.input, group.cached, group.output, group.unsplit]
+            tokens = sums[key] = TokenSums()
             prices[key] = price
-        else:
-            tokens[0] += group.input
-            tokens[1] += group.cached
-            tokens[2] += group.output
-            tokens[3] += group.unsplit
+        tokens.add(group)
     return sums, prices
 
 
@@ -177,8 +209,10 @@ def price_lines(
 
     lines = []
     for key in sorted(sums, key=order):
-        input_tokens, cached, output, unsplit = sums[key]
-        amount = amount_of(key.tier, prices[key], input_tokens, cached, output, unsplit)
+        summed = sums[key]
+        amount = amount_of(
+            key.tier, prices[key], summed.input, summed.cached, summed.output, summed.unsplit
+        )
         lines.append(
             InvoiceLine(
                 model=key.model,
@@ -186,11 +220,11 @@ def price_lines(
                 price_valid_from=key.price_valid_from,
                 priced=amount is not None,
                 late=key.late,
-                input_tokens=input_tokens,
-                cached_tokens=cached,
-                output_tokens=output,
-                unsplit_tokens=unsplit,
-                tokens=input_tokens + cached + output + unsplit,
+                input_tokens=summed.input,
+                cached_tokens=summed.cached,
+                output_tokens=summed.output,
+                unsplit_tokens=summed.unsplit,
+                tokens=summed.tokens,
                 amount_micros=None if amount is None else to_micros(amount),
             )
         )

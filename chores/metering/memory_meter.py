@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, NamedTuple
 
-from chores.metering.lines import InvoiceLine, LineMemo, UsageGroup, price_lines
-from chores.metering.rules import Breakdown, Delta, LedgerHead, Rules, runner_key
+from chores.metering.lines import InvoiceLine, LineMemo, TokenSums, UsageGroup, price_lines
+from chores.metering.rules import Delta, LedgerHead, Rules, runner_key
 from pricing import Registry
 
 # A runner document and the `_context`s of the findings that spawned it (subagents only).
@@ -39,22 +39,6 @@ class UsageKey(NamedTuple):
     model: str | None
     byok: bool
     day: int  # of the month
-
-
-@dataclass(slots=True)
-class TokenSums:
-    """The tokens of the deltas under one usage key, summed by kind."""
-
-    input: int = 0
-    cached: int = 0
-    output: int = 0
-    unsplit: int = 0
-
-    def add(self, tokens: Breakdown) -> None:
-        self.input += tokens.input
-        self.cached += tokens.cached
-        self.output += tokens.output
-        self.unsplit += tokens.unsplit
 
 
 @dataclass

@@ -33,7 +33,9 @@ State = Literal["ok", "warn", "block", "unknown"]
 INVALID_PLAN = "invalid plan"  # what a run reports for an org whose plan cannot be read
 
 
-class PeriodUsage(BaseModel):
+class QuotaUsage(BaseModel):
+    """What counts against an org's quota in a period: its draft's tokens and amount."""
+
     tokens: int = 0
     micros: int = 0
     unpriced_tokens: int = 0
@@ -201,12 +203,12 @@ class Quota:
                 plans[org] = None
         return plans
 
-    def usage(self, orgs: Sequence[str], period: str) -> dict[str, PeriodUsage]:
+    def usage(self, orgs: Sequence[str], period: str) -> dict[str, QuotaUsage]:
         ids = [f"{org}:{period}" for org in orgs]
-        usage = {org: PeriodUsage() for org in orgs}
+        usage = {org: QuotaUsage() for org in orgs}
         fields = {"org": 1, "lines.tokens": 1, "total_micros": 1, "unpriced_tokens": 1}
         for invoice in self._c.invoices.find({"_id": {"$in": ids}}, fields):
-            usage[invoice["org"]] = PeriodUsage(
+            usage[invoice["org"]] = QuotaUsage(
                 tokens=sum(line["tokens"] for line in invoice["lines"]),
                 micros=invoice["total_micros"],
                 unpriced_tokens=invoice["unpriced_tokens"],

@@ -36,7 +36,7 @@ from chores.billing.invoices import Invoice
 from chores.billing.period_ledger import EntryUsage, RunInfo
 from chores.core.exceptions import InvoiceOutOfDate
 from chores.core.money import to_micros
-from chores.metering.lines import EXACT, LineKey, exact_sum, line_key, price_group
+from chores.metering.lines import EXACT, LineKey, TokenSums, exact_sum, line_key, price_group
 from chores.reports.breakdown import AllocatedUsage, Cell
 from pricing import Registry
 
@@ -98,7 +98,7 @@ PriceFn = Callable[[EntryUsage], tuple[LineKey | None, Decimal | None]]
 @dataclass
 class _CellSum:
     run: RunInfo
-    counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    counts: TokenSums = field(default_factory=TokenSums)
     exact: Decimal | None = Decimal(0)
 
 
@@ -111,8 +111,7 @@ def _cells_by_line(
         if key is None:
             return None
         cell = lines[key].setdefault((usage.run.runner_id, usage.day), _CellSum(usage.run))
-        for position, count in enumerate((usage.input, usage.cached, usage.output, usage.unsplit)):
-            cell.counts[position] += count
+        cell.counts.add(usage)
         cell.exact = None if cell.exact is None or exact is None else EXACT.add(cell.exact, exact)
     return lines
 
@@ -125,17 +124,21 @@ def _match(
     exact = True
     for key in sorted(set(stored) | set(lines), key=repr):
         line, cells = stored.get(key), lines.get(key, {})
-        counts = [sum(c.counts[i] for c in cells.values()) for i in range(4)]
+        counts = TokenSums()
+        for cell in cells.values():
+            counts.add(cell.counts)
         if line is None:
-            return False, False, f"{sum(counts):,} tokens on {_describe(key)} are not invoiced"
-        invoiced = [line.input_tokens, line.cached_tokens, line.output_tokens, line.unsplit_tokens]
+            return False, False, f"{counts.tokens:,} tokens on {_describe(key)} are not invoiced"
+        invoiced = TokenSums(
+            line.input_tokens, line.cached_tokens, line.output_tokens, line.unsplit_tokens
+        )
         if counts != invoiced:
             return (
                 False,
                 False,
                 (
-                    f"{_describe(key)} has {sum(counts):,} tokens in the ledger, "
-                    f"{sum(invoiced):,} on the invoice"
+                    f"{_describe(key)} has {counts.tokens:,} tokens in the ledger, "
+                    f"{invoiced.tokens:,} on the invoice"
                 ),
             )
         amounts = [c.exact for c in cells.values()]
@@ -221,7 +224,7 @@ def _split(
             ]
             if not any(weight for _, weight in weights):  # free or byok: split by tokens
                 weights = [
-                    (k, Fraction(sum(s.counts)))
+                    (k, Fraction(s.counts.tokens))
                     for (k, _), (_, s) in zip(weights, members, strict=True)
                 ]
                 shares = list(largest_remainder(line_amount, weights))
@@ -230,14 +233,13 @@ def _split(
             else:
                 shares = list(largest_remainder(line_amount, weights))
         for ((_, day), s), share in zip(members, shares, strict=True):
-            input_tokens, cached, output, unsplit = s.counts
             usage = AllocatedUsage(
-                input_tokens,
-                cached,
-                output,
-                unsplit,
+                s.counts.input,
+                s.counts.cached,
+                s.counts.output,
+                s.counts.unsplit,
                 amount_micros=share,
-                unpriced_tokens=sum(s.counts) if share is None else 0,
+                unpriced_tokens=s.counts.tokens if share is None else 0,
             )
             cells.append(Cell(s.run, day, key, usage, s.exact))
     return Allocation(invoice, tuple(cells), pricing, exact)
