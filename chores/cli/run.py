@@ -16,7 +16,6 @@ from chores.cli.common import (
     user_errors,
 )
 from chores.core.db import (
-    APPLY_INDEXES_COMMAND,
     Collections,
     connect,
 )
@@ -109,12 +108,8 @@ def run(
             report.decisions.get(name, tables.DASH),
         )
     out.print(tables.fit(table, out.width))
-    for missing in report.missing_indexes:
-        click.echo(
-            f"warning: source index missing: {missing}; batches scan the collection "
-            f"(create it: {APPLY_INDEXES_COMMAND})",
-            err=True,
-        )
+    for warning in report.missing_indexes:
+        click.echo(f"warning: {warning}", err=True)
     out.print(
         f"{counted(report.docs_read, 'document')} read, "
         f"{counted(report.tokens_billed, 'token')} billed, "

@@ -327,6 +327,11 @@ class MissingIndex:
         fields = ", ".join(f"{field}: {direction}" for field, direction in self.key)
         return f"{self.collection} {{{fields}}} ({self.name})"
 
+    def warning(self) -> str:
+        """What a run says about it: the index, what its absence costs, how to create it."""
+        create = f"create it: {APPLY_INDEXES_COMMAND}"
+        return f"source index missing: {self.describe()}; {self.cost} ({create})"
+
 
 def _key_pattern(key: Any) -> tuple[tuple[str, Any], ...]:
     items = key.items() if hasattr(key, "items") else key

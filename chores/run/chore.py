@@ -22,7 +22,6 @@ from pymongo.database import Database
 from chores.billing.invoices import Finalizer, Invoices
 from chores.core.clock import checked_now, grace_period
 from chores.core.db import (
-    APPLY_INDEXES_COMMAND,
     Collections,
     Doc,
     ensure_billing_indexes,
@@ -343,21 +342,17 @@ def run_chore(
 
 
 def _check_source_indexes(meter: Pipeline, settings: Settings) -> list[str]:
-    """The source indexes the server lacks (never created here: the chore only reads the
-    platform's collections), each logged once with what it costs."""
+    """What to say of each source index the server lacks (never created here: the chore only
+    reads the platform's collections), each logged once with what it costs."""
     try:
         missing = missing_source_indexes(meter.collections, settings)
     except Exception as exc:  # a role that may not list indexes: say so, meter anyway
         log.warning("could not list the source indexes (%s): %s", type(exc).__name__, exc)
         return []
-    for index in missing:
-        log.warning(
-            "source index missing: %s; %s (create it: %s)",
-            index.describe(),
-            index.cost,
-            APPLY_INDEXES_COMMAND,
-        )
-    return [index.describe() for index in missing]
+    warnings = [index.warning() for index in missing]
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings
 
 
 def _record_run(meter: Pipeline, report: RunReport, now: datetime, dry_run: bool) -> None:

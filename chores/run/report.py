@@ -31,7 +31,7 @@ class RunReport(BaseModel):
     orgs: dict[str, OrgSummary] = Field(default_factory=dict)
     invoices: list[str] = Field(default_factory=list)
     decisions: dict[str, str] = Field(default_factory=dict)
-    # source indexes the server lacked at the start (each batch then scans a collection)
+    # what was said of each source index the server lacked at the start (MissingIndex.warning)
     missing_indexes: list[str] = Field(default_factory=list)
     error: str | None = None
 
