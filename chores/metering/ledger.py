@@ -46,7 +46,7 @@ def entry_document(delta: Delta, *, billed_at: datetime, run_id: str, registry: 
         output=delta.tokens.output,
         unsplit=delta.tokens.unsplit,
     )
-    (line_model, tier, price_valid_from, _), amount = price_group(group, registry)
+    line, amount = price_group(group, registry)
     return {
         "_id": f"{delta.runner_id}:{delta.seq}",
         "runner_id": delta.runner_id,
@@ -67,7 +67,11 @@ def entry_document(delta: Delta, *, billed_at: datetime, run_id: str, registry: 
         "output_tokens": delta.tokens.output,
         "unsplit_tokens": delta.tokens.unsplit,
         "tokens": delta.tokens.tokens,
-        "priced_as": {"model": line_model, "tier": tier, "price_valid_from": price_valid_from},
+        "priced_as": {
+            "model": line.model,
+            "tier": line.tier,
+            "price_valid_from": line.price_valid_from,
+        },
         "amount_micros_exact": None if amount is None else str(amount),
         "status": delta.status,
         "session_id": delta.session_id,

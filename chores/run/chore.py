@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,6 +48,40 @@ from chores.run.report import RunReport
 from pricing import Registry, load_registry
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """What the assessments of one batch ask the database for."""
+
+    entries: list[Doc] = field(default_factory=list)  # the new ledger entries
+    anomalies: list[AnomalyRecord] = field(default_factory=list)
+    dirty: set[tuple[str, str]] = field(default_factory=set)  # invoices they change
+    clean: list[str] = field(default_factory=list)  # runners billed cleanly: anomalies heal
+    # the pending-list document of each runner with an org, and who is (no longer) pending
+    watch: dict[str, Doc] = field(default_factory=dict)
+    add_pending: list[Doc] = field(default_factory=list)
+    drop_pending: list[str] = field(default_factory=list)
+
+    def add(self, doc: Doc, result: Assessment, entry: Doc | None) -> None:
+        """One runner document's assessment, and its ledger entry if it has a delta."""
+        self.anomalies += result.anomalies
+        if entry is not None:
+            self.entries.append(entry)
+            self.dirty.add((entry["org"], entry["usage_period"]))
+        self.dirty.update((a.org, a.period) for a in result.anomalies if a.org and a.period)
+        if result.billed_cleanly:
+            self.clean.append(result.runner_id)
+        if result.org is not None:
+            self.watch[result.runner_id] = {
+                "_id": result.runner_id,
+                "source_id": doc.get("_id"),
+                "org": result.org,
+            }
+        if result.pending and result.org is not None:
+            self.add_pending.append(self.watch[result.runner_id])
+        else:
+            self.drop_pending.append(result.runner_id)
 
 
 class Pipeline:
@@ -115,63 +150,48 @@ class Pipeline:
         )
         assessed = self._assess(docs, runner_ids, heads, rules)
         assessed = self._read_again_where_decreased(assessed, heads, rules, org)
-        entries: list[Doc] = []
-        records: list[AnomalyRecord] = []
-        dirty: set[tuple[str, str]] = set()
-        add_pending: list[Doc] = []
-        drop_pending: list[str] = []
-        clean: list[str] = []
-        watch: dict[str, Doc] = {}
+        batch = Batch()
         for doc, result in assessed:
             if org is not None and result.org not in (None, org):
                 continue  # matched through an array-valued context: not this org's document
-            records += result.anomalies
+            entry = None
             if result.delta is not None:
-                entries.append(
-                    entry_document(
-                        result.delta, billed_at=now, run_id=run_id, registry=self.registry
-                    )
+                entry = entry_document(
+                    result.delta, billed_at=now, run_id=run_id, registry=self.registry
                 )
-                dirty.add((result.delta.org, result.delta.period))
-            dirty.update((a.org, a.period) for a in result.anomalies if a.org and a.period)
-            if result.billed_cleanly:
-                clean.append(result.runner_id)
-            if result.org is not None:
-                watch[result.runner_id] = {
-                    "_id": result.runner_id,
-                    "source_id": doc.get("_id"),
-                    "org": result.org,
-                }
-            if result.pending and result.org is not None:
-                add_pending.append(watch[result.runner_id])
-            else:
-                drop_pending.append(result.runner_id)
+            batch.add(doc, result, entry)
             if result.org is not None:
                 report.summary_for(result.org)
 
         report.docs_read += len(docs)
-        report.count_anomalies(Counter(a.kind for a in records))
-        for record in records:
+        report.count_anomalies(Counter(a.kind for a in batch.anomalies))
+        for record in batch.anomalies:
             if record.org is not None:
                 report.summary_for(record.org).anomalies += 1
         if dry_run:
-            self._tally(report, entries)
+            self._tally(report, batch.entries)
             return
-        healed, healed_pairs = self.anomalies.resolvable(clean)
-        dirty.update(healed_pairs)
-        known = self.anomalies.previous(records)
+        self._record(batch, now=now, run_id=run_id, report=report)
+
+    def _record(self, batch: Batch, *, now: datetime, run_id: str, report: RunReport) -> None:
+        """Write what a batch found, in the order that makes a crash anywhere safe: the marks
+        (open) first, then the anomalies, the entries and the pending list, then the marks
+        closed (docs/design.md)."""
+        healed, healed_pairs = self.anomalies.resolvable(batch.clean)
+        dirty = batch.dirty | set(healed_pairs)
+        known = self.anomalies.previous(batch.anomalies)
         dirty.update((o, p) for o, p, _ in known.values() if o is not None and p is not None)
         marks = self.progress.mark_dirty(dirty, now=now)  # open, before what they announce
-        self.anomalies.record(records, known, now=now, run_id=run_id)
+        self.anomalies.record(batch.anomalies, known, now=now, run_id=run_id)
         self.anomalies.close(healed)
-        written = self.ledger.append(entries)
+        written = self.ledger.append(batch.entries)
         self._tally(report, written)
         # A runner whose entry another run wrote first may have moved on since what
         # that run read: keep re-reading it until this run bills it itself.
-        beaten = {e["runner_id"] for e in entries} - {e["runner_id"] for e in written}
-        dropped = set(drop_pending)
-        add_pending += [watch[r] for r in sorted(beaten) if r in dropped]
-        drop_pending = [r for r in drop_pending if r not in beaten]
+        beaten = {e["runner_id"] for e in batch.entries} - {e["runner_id"] for e in written}
+        dropped = set(batch.drop_pending)
+        add_pending = batch.add_pending + [batch.watch[r] for r in sorted(beaten) if r in dropped]
+        drop_pending = [r for r in batch.drop_pending if r not in beaten]
         self.progress.set_pending(add_pending, drop_pending)
         self.progress.close_marks(marks)  # everything they announced is readable now
 
