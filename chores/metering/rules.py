@@ -353,8 +353,9 @@ class Spawn(NamedTuple):
     detail: str = ""
 
 
-def read_spawn(spawn_contexts: Sequence[Any], org: str) -> Spawn:
-    """The baseline and parent of a subagent of `org` from its spawn findings' `_context`s.
+def read_spawn(spawn_contexts: Sequence[Any], org: str, names: Sequence[str] = ()) -> Spawn:
+    """The baseline and parent of a subagent of `org` from its spawn findings' `_context`s
+    (`names`: the ids a finding may name the subagent by, `spawner_ids`).
 
     Only a finding of the subagent's own org is a baseline (its `_context.workspace_id`
     is `org`, compared exactly): a finding naming this runner from another org's context
@@ -366,7 +367,7 @@ def read_spawn(spawn_contexts: Sequence[Any], org: str) -> Spawn:
     own = own_org_spawns(spawn_contexts, org)
     foreign = len(spawn_contexts) - len(own)
     ignored = f" ({foreign} spawn finding(s) of another org ignored)" if foreign else ""
-    parent_id = _spawner(own)
+    parent_id = _spawner(own, names)
     if not own:
         detail = "no spawn finding of this org for this subagent yet" + ignored
         return Spawn(None, parent_id, Anomaly.BASELINE_MISSING, detail)
@@ -393,9 +394,20 @@ def own_org_spawns(spawn_contexts: Sequence[Any], org: str) -> list[Mapping[str,
     return [c for c in spawn_contexts if isinstance(c, Mapping) and c.get("workspace_id") == org]
 
 
-def _spawner(spawn_contexts: Sequence[Mapping[str, Any]]) -> str | None:
-    """The runner that wrote the spawn finding (its `_context.task_id`), if recorded."""
+def _spawner(spawn_contexts: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str | None:
+    """The runner that wrote the spawn finding, as its document's `_id`, if recorded.
+
+    secator keys a runner's document by its context's `task_chunk_id` when it has one (a
+    subagent: its `task_id` is then an id no document has), else by its `task_id`
+    (0.52.1 `hooks/mongodb.py`). A finding's `_context` is the child's card laid over its
+    writer's context, the writer's `task_id` on top (`runners/_base.py` `add_result`), so
+    a `task_chunk_id` naming the child itself (one of `names`) is the child's, not the
+    writer's: a top-level run spawning a subagent.
+    """
     for context in spawn_contexts:
+        chunk = context.get("task_chunk_id")
+        if isinstance(chunk, str) and chunk and chunk not in names:
+            return chunk[:64]
         task_id = context.get("task_id")
         if isinstance(task_id, str):
             return task_id[:64]
@@ -512,7 +524,7 @@ class Rules:
         # (`spawner_ids`): its counters start from the spawning run's.
         subagent = is_subagent_context(context) or bool(own_org_spawns(spawn_contexts, org))
         if subagent:
-            spawn = read_spawn(spawn_contexts, org)
+            spawn = read_spawn(spawn_contexts, org, spawner_ids(doc))
             parent_id = spawn.parent_id
             if spawn.baseline is None:
                 assert spawn.anomaly is not None

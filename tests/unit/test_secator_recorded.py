@@ -200,6 +200,21 @@ def test_rerun_on_the_last_snapshot_changes_nothing(
     assert {i["_id"]: i["lines"] for i in db.billing_invoices.find()} == first
 
 
+def test_every_subagent_is_nested_under_the_runner_that_spawned_it(
+    db: Any, settings: Settings, registry: Registry
+) -> None:
+    """A ledger entry's `parent_id` is the document `_id` of the run that spawned it, the
+    id the run trees of `chore usage` and `chore report` nest it under."""
+    entry = MANIFEST["snapshots"][-1]
+    snapshot = load_snapshot(entry)
+    db.tasks.insert_many(snapshot["tasks"])
+    db.findings.insert_many(snapshot["findings"])
+    run_chore(db, now=datetime.fromisoformat(entry["now"]), registry=registry, settings=settings)
+    runners = {str(task["_id"]) for task in snapshot["tasks"]}
+    subagents = list(db.billing_ledger.find({"subagent": True}))
+    assert subagents and all(e["parent_id"] in runners - {e["runner_id"]} for e in subagents)
+
+
 @pytest.mark.parametrize("org", ["ws-acme", "ws-globex", "ws-initech", "ws-umbrella"])
 def test_final_invoice_per_org(db: Any, settings: Settings, registry: Registry, org: str) -> None:
     entry = MANIFEST["snapshots"][-1]
@@ -304,7 +319,9 @@ def test_an_ai_step_of_a_workflow_an_ai_run_spawned_bills_its_own_tokens_only(
         100,
         2_000,
     )
-    assert billed["subagent"] is True and billed["parent_id"] == spawning["context"]["task_id"]
+    # nested under the run that spawned its workflow: a subagent's document is keyed by its
+    # `task_chunk_id`, its `task_id` names no document
+    assert billed["subagent"] is True and billed["parent_id"] == str(spawning["_id"])
     assert db.billing_anomalies.count_documents({"runner_id": str(step["_id"])}) == 0
     truth = true_usage(entry["persisted_calls"], registry)
     expected = sum(sum(tokens) for (org, _), tokens in truth.items() if org == "ws-acme")
