@@ -459,7 +459,7 @@ def ledger_invoices(db: Any, meter: Pipeline) -> dict[str, Any]:
             )
             for (model, byok, late, day), s in groups.get(pair, {}).items()
         ]
-        built[invoice_id] = build_invoice(
+        rebuilt = build_invoice(
             org=pair[0],
             period=pair[1],
             groups=groups_of_pair,
@@ -468,8 +468,9 @@ def ledger_invoices(db: Any, meter: Pipeline) -> dict[str, Any]:
             anomalies_open=pair in review,
             registry=R,
             now=BASE,
-            status=status.get(invoice_id, "draft"),
         ).document()
+        rebuilt["status"] = status.get(invoice_id, "draft")  # a final is its draft, frozen
+        built[invoice_id] = rebuilt
     return built
 
 
