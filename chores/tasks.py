@@ -216,8 +216,10 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
     worker is metering it right now.
 
     Never without the org's lock (SPEC §6: one org is never metered by two workers at
-    once): when its Redis cannot be reached, the task is retried with backoff, as for any
-    connection error, and meters nothing meanwhile. (Billing would stay exact without the
+    once): when its Redis cannot be reached, the task meters nothing, refreshes the org's
+    quota decision from its draft (so that it does not go `unknown`) and is retried: with
+    backoff, as for any connection error, or, for the daily full pass, after
+    LOCK_TTL_SECONDS, as when the org is locked. (Billing would stay exact without the
     lock, the ledger sees to that; the lock keeps the promise and saves the work.)
     """
     org = _run.validate_org(org)
@@ -238,6 +240,9 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
         _log_run(
             org, None, outcome="error", full=full, seconds=time.monotonic() - clock, exc=unavailable
         )
+        _keep_decision_fresh(org, settings)
+        if full:  # the daily safety net waits as long as a locked one does, not ~30 s
+            raise self.retry(exc=unavailable, countdown=settings.lock_ttl_seconds) from None
         raise unavailable from None
     if not acquired:
         if full and self.request.retries >= (self.max_retries or 0):
@@ -274,6 +279,16 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
         _release(lock, org)
     _log_run(org, report, outcome="ok", full=full, seconds=time.monotonic() - clock)
     return _summary(org, report)
+
+
+def _keep_decision_fresh(org: str, settings: Settings) -> None:
+    """The org's quota decision, decided again from its draft as it stands: an org that
+    cannot be metered (its lock unreachable) must not answer `unknown` once its decision
+    is stale. It meters nothing, so it needs no lock; a failure is only logged."""
+    try:
+        Quota(Collections.of(get_db(), settings), settings).decide([org], datetime.now(UTC))
+    except Exception as exc:
+        log.warning("could not refresh the quota decision of org %s: %s", org, _describe(exc))
 
 
 def _log_run(

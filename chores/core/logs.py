@@ -17,14 +17,21 @@ from typing import Any
 
 from chores.core.settings import redact_options, redact_url
 
-_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>,)]+")
+# Ends at whitespace, a quote, a bracket, a comma or a backslash (a JSON-escaped quote).
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>,)\\]+")
+TRAILING = ".:;"  # after a URL in a sentence: "... at mongodb://db:27017: is it up?"
 
 
 def redact_urls(text: str) -> str:
     """`text` with the password of every URL in it replaced by `***`, and every credential
     option too (also where a URL's host list, cut at its comma, left the options outside
     the URL matched)."""
-    return redact_options(_URL.sub(lambda m: redact_url(m.group()), text))
+
+    def redact(match: re.Match[str]) -> str:
+        url = match.group().rstrip(TRAILING)
+        return redact_url(url) + match.group()[len(url) :]
+
+    return redact_options(_URL.sub(redact, text))
 
 
 def short_list(items: list[str], limit: int = 20) -> str:

@@ -1,7 +1,8 @@
 """Redis clients: one per URL and timeout, per process, with short timeouts.
 
-A dead Redis must never stall a run or a quota check: callers catch
-`RedisError` and carry on without it.
+A dead Redis must never stall a run or a quota check: short timeouts, and callers catch
+`RedisError` (the quota mirror falls back to MongoDB; a run that cannot take its org's
+lock is retried, `tasks.meter_org`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote
 
 from kombu.utils.url import parse_url as kombu_parse_url
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
@@ -19,16 +20,27 @@ from redis.connection import parse_url as parse_redis_url
 
 from chores.core.exceptions import ConfigError
 
-# A URL option that carries a credential: redis-py's `password=`, pymongo's
-# `authMechanismProperties=AWS_SESSION_TOKEN:...`, `tlsCertificateKeyFilePassword=`, ...
-_SECRET_OPTION = re.compile(
-    r"(?i)([?&;](?:\w*(?:password|secret|token)\w*|authMechanismProperties)=)[^&;#\s'\"<>]*"
+# URL options that carry a credential (compared case-insensitively, percent-decoded):
+# redis-py's `password`, pymongo's `authMechanismProperties` (AWS_SESSION_TOKEN:...) and
+# `tlsCertificateKeyFilePassword`, Azure's `AccountKey` and `SharedAccessSignature`.
+_SECRET_OPTION_NAMES = re.compile(
+    r"\w*password|authmechanismproperties|accountkey|sharedaccesssignature|secret|sig"
 )
+# `?name=value`, `&name=value` or `;name=value`; a value ends at the next option, at
+# whitespace, a quote or a backslash (a JSON-escaped quote: log lines may be JSON).
+_OPTION = re.compile(r"([?&;])([^=&;#\s'\"<>\\]+)=([^&;#\s'\"<>\\]*)")
 
 
 def redact_options(text: str) -> str:
     """`text` with the value of every credential-carrying URL option replaced by `***`."""
-    return _SECRET_OPTION.sub(r"\1***", text)
+
+    def hide(match: re.Match[str]) -> str:
+        name = unquote(match.group(2)).lower()
+        if _SECRET_OPTION_NAMES.fullmatch(name):
+            return f"{match.group(1)}{match.group(2)}=***"
+        return match.group()
+
+    return _OPTION.sub(hide, text)
 
 
 def redact_url(url: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import mongomock
 import pytest
 import redis
+from celery.exceptions import Retry
 
 from chores import Settings, run_chore, tasks
 from chores.core.exceptions import LockUnavailable
@@ -264,11 +265,13 @@ def test_a_failed_renewal_is_logged_once_and_the_run_goes_on(
 
 def test_without_redis_for_its_lock_an_org_is_not_metered(monkeypatch, fixture_docs, caplog):
     """SPEC §6: one org is never metered by two workers at once, so never without its lock:
-    the task fails before reading anything, with a retried error (LockUnavailable is in
-    its autoretry list, as the connection errors are)."""
+    the task meters nothing and fails with a retried error (LockUnavailable is in its
+    autoretry list, as the connection errors are). Its quota decision is decided again
+    from its draft meanwhile, so that it does not answer `unknown` once stale."""
     unreachable = f"redis://127.0.0.1:{closed_port()}/0"
-    use(monkeypatch, Settings(mongo_url="mongomock://lock", redis_url=unreachable), None)
-    monkeypatch.setattr(tasks, "get_db", lambda: pytest.fail("metered without its lock"))
+    db = seeded(fixture_docs)
+    db.billing_quota.insert_one({"_id": "ws-acme", "state": "ok", "computed_at": 0})
+    use(monkeypatch, Settings(mongo_url="mongomock://lock", redis_url=unreachable), db)
 
     with caplog.at_level(logging.WARNING, logger="chores.tasks"):
         result = tasks.meter_org.apply(("ws-acme",))
@@ -277,6 +280,30 @@ def test_without_redis_for_its_lock_an_org_is_not_metered(monkeypatch, fixture_d
     assert "the lock of org ws-acme cannot be taken (ConnectionError" in str(result.result)
     assert LockUnavailable in tasks.meter_org.autoretry_for
     assert "run org=ws-acme outcome=error" in caplog.text
+    assert db.billing_ledger.count_documents({}) == 0 and db.billing_runs.count_documents({}) == 0
+    decision = db.billing_quota.find_one({"_id": "ws-acme"})
+    assert decision["computed_at"] != 0 and decision["state"] in ("ok", "warn", "block")
+
+
+def test_without_redis_for_its_lock_the_daily_full_pass_waits_as_for_a_locked_org(
+    monkeypatch, fixture_docs
+):
+    """Not the ~30 s of connection-error backoff: the full pass, the safety net, is retried
+    after LOCK_TTL_SECONDS, as when another run holds the lock."""
+    unreachable = f"redis://127.0.0.1:{closed_port()}/0"
+    settings = Settings(mongo_url="mongomock://lock", redis_url=unreachable)
+    use(monkeypatch, settings, seeded(fixture_docs))
+    retried: list[dict[str, Any]] = []
+
+    def retry(**options: Any) -> Retry:
+        retried.append(options)
+        return Retry("retried", when=options.get("countdown"))
+
+    monkeypatch.setattr(tasks.meter_org, "retry", retry)
+    full = tasks.meter_org.apply(("ws-acme",), {"full": True})
+    assert full.state == "RETRY" and len(retried) == 1
+    assert retried[0]["countdown"] == settings.lock_ttl_seconds
+    assert isinstance(retried[0]["exc"], LockUnavailable)
 
 
 def test_correctness_does_not_need_the_lock_two_runs_both_granted_it_bill_once(

@@ -183,3 +183,50 @@ def test_an_unresolvable_srv_name_is_an_unreachable_database_not_a_malformed_url
         connect(Settings(mongo_url=url, mongo_timeout_ms=500))
     assert "mongodb+srv://user:***@cluster0.nonexistent.invalid/db" in str(raised.value)
     assert SECRET not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a URL ending a clause keeps its host: the punctuation is not a port
+        (
+            "cannot reach MongoDB at mongodb://127.0.0.1:1: is the server running?",
+            "cannot reach MongoDB at mongodb://127.0.0.1:1: is the server running?",
+        ),
+        ("at mongodb://localhost:27017.", "at mongodb://localhost:27017."),
+        (f"at mongodb://u:{SECRET}@db:27017: down", "at mongodb://u:***@db:27017: down"),
+        # options: only the ones that carry a credential, percent-encoded names too
+        (f"redis://cache:6379/0?pass%77ord={SECRET}", "redis://cache:6379/0?pass%77ord=***"),
+        (
+            "https://api.example/x?token_type=bearer&page_token=2&max_tokens=5",
+            "https://api.example/x?token_type=bearer&page_token=2&max_tokens=5",
+        ),
+    ],
+)
+def test_redact_urls_in_text(text, expected):
+    from chores.core.logs import redact_urls
+
+    assert redact_urls(text) == expected
+
+
+def test_a_redacted_json_log_line_is_still_json():
+    """Redaction runs over the formatted line: an escaped quote ends a URL, not a value."""
+    import json
+
+    from chores.core.logs import JsonFormatter, RedactingFormatter
+
+    record = logging.LogRecord(
+        "chores.tasks",
+        logging.WARNING,
+        __file__,
+        1,
+        'bad option "%s" and "%s" given',
+        (f"redis://cache:6379/0?password={SECRET}", "mongodb://localhost:27017"),
+        None,
+    )
+    line = RedactingFormatter(JsonFormatter()).format(record)
+    message = json.loads(line)["message"]
+    assert SECRET not in line
+    assert message == (
+        'bad option "redis://cache:6379/0?password=***" and "mongodb://localhost:27017" given'
+    )
