@@ -192,6 +192,51 @@ class Sweeper:
         self.sweep({(d["org"], d["period"]) for d in found}, now)
 
 
+@dataclass
+class DraftBuild:
+    """One draft of a build pass: the ledger entries it folds in and its sums after them."""
+
+    pair: tuple[str, str]  # (org, period)
+    entries: list[Doc]
+    after: DraftSums
+    read_ticket: int | None  # the build ticket of the stored draft it replaces (None: none)
+
+    @property
+    def id(self) -> str:
+        return f"{self.pair[0]}:{self.pair[1]}"
+
+    @property
+    def entry_ids(self) -> list[str]:
+        return [entry["_id"] for entry in self.entries]
+
+    def update(
+        self, ticket: int, registry: Registry, *, anomalies_open: bool, now: datetime
+    ) -> tuple[Doc, Doc]:
+        """The compare-and-set that commits it built on `ticket`: only over the very draft
+        it read (`build_ticket` equal), never over a final; its new entries recorded as
+        `pending_fold` until they are flagged."""
+        org, period = self.pair
+        invoice = build_invoice(
+            org=org,
+            period=period,
+            groups=self.after.usage_groups(),
+            runs=self.after.runs,
+            entries=self.after.entries,
+            anomalies_open=anomalies_open,
+            registry=registry,
+            now=now,
+        )
+        read = self.read_ticket if self.read_ticket is not None else {"$exists": False}
+        where: Doc = {"_id": self.id, "status": "draft", "build_ticket": read}
+        draft: Doc = {
+            **invoice.document(),
+            "build_ticket": ticket,
+            "usage_groups": self.after.stored_groups(),
+            "pending_fold": {"ids": self.entry_ids} if self.entries else None,
+        }
+        return where, draft
+
+
 class Invoices:
     def __init__(
         self,
@@ -363,50 +408,25 @@ class Invoices:
                 continue  # an empty invoice is only written over one, or to flag a review
             runners = {e["runner_id"] for e in entries if has_usage(e)}
             added = {r for r in runners if (*pair, r) not in held_runners}
-            builds.append((pair, entries, sums[pair].plus(entries, len(added))))
-        updates = []
-        for (org, period), entries, after in builds:
-            invoice = build_invoice(
-                org=org,
-                period=period,
-                groups=after.usage_groups(),
-                runs=after.runs,
-                entries=after.entries,
-                anomalies_open=(org, period) in review,
-                registry=self._registry,
-                now=now,
-            )
-            read = sums[(org, period)].ticket
-            updates.append(
-                (
-                    {
-                        "_id": invoice.id,
-                        "status": "draft",
-                        "build_ticket": read if read is not None else {"$exists": False},
-                    },
-                    {
-                        **invoice.document(),
-                        "build_ticket": ticket,
-                        "usage_groups": after.stored_groups(),
-                        "pending_fold": {"ids": [e["_id"] for e in entries]} if entries else None,
-                    },
-                )
-            )
+            after = sums[pair].plus(entries, len(added))
+            builds.append(DraftBuild(pair, entries, after, read_ticket=sums[pair].ticket))
+        updates = [
+            build.update(ticket, self._registry, anomalies_open=build.pair in review, now=now)
+            for build in builds
+        ]
         refused = update_where(self._c.invoices, updates)
         committed = [build for i, build in enumerate(builds) if i not in refused]
-        self._ledger.flag_folded(
-            [(pair, [e["_id"] for e in es], ticket) for pair, es, _ in committed]
-        )
-        flagged = [f"{org}:{period}" for (org, period), entries, _ in committed if entries]
+        self._ledger.flag_folded([(build.pair, build.entry_ids, ticket) for build in committed])
+        flagged = [build.id for build in committed if build.entries]
         if flagged:
             self._c.invoices.update_many(
                 {"_id": {"$in": flagged}, "status": "draft", "build_ticket": ticket},
                 {"$set": {"pending_fold": None}},
             )
-        again = {builds[i][0] for i in refused}
+        again = {builds[i].pair for i in refused}
         if len(new) >= self.FOLD_LIMIT:  # more may be waiting, for any pair of this pass
             again |= live
-        return {f"{org}:{period}" for (org, period), _, _ in committed}, again
+        return {build.id for build in committed}, again
 
     def _ticket(self) -> int:
         """The next draft-build ticket (one round trip per build pass, whatever its size)."""
