@@ -101,12 +101,18 @@ class OrgTask(Task):
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
+        then = (
+            "its daily full pass is skipped today (the org stays due: the next fan-out lists it"
+            " for a 5-minute run)"
+            if (kwargs or {}).get("full")
+            else "the org stays due, the next fan-out lists it again"
+        )
         log.error(
-            "%s of %s failed for good (%s): the org stays due, the next fan-out lists it"
-            " again (task %s)",
+            "%s of %s failed for good (%s): %s (task %s)",
             self.name.rsplit(".", 1)[-1],
             _whose(args, kwargs),
             _describe(exc),
+            then,
             task_id,
         )
 
@@ -216,11 +222,12 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
     worker is metering it right now.
 
     Never without the org's lock (SPEC §6: one org is never metered by two workers at
-    once): when its Redis cannot be reached, the task meters nothing, refreshes the org's
-    quota decision from its draft (so that it does not go `unknown`) and is retried: with
+    once): when its Redis cannot be reached, the task meters nothing and is retried: with
     backoff, as for any connection error, or, for the daily full pass, after
-    LOCK_TTL_SECONDS, as when the org is locked. (Billing would stay exact without the
-    lock, the ledger sees to that; the lock keeps the promise and saves the work.)
+    LOCK_TTL_SECONDS, as when the org is locked. The org's quota decision is left to age:
+    once stale it answers `unknown` and QUOTA_FAIL_OPEN decides, as when MongoDB is down
+    (decided again from the draft, it would say `ok` for usage it cannot see). Billing would
+    stay exact without the lock, the ledger sees to that; the lock keeps the promise.
     """
     org = _run.validate_org(org)
     settings = get_settings()
@@ -240,7 +247,6 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
         _log_run(
             org, None, outcome="error", full=full, seconds=time.monotonic() - clock, exc=unavailable
         )
-        _keep_decision_fresh(org, settings)
         if full:  # the daily safety net waits as long as a locked one does, not ~30 s
             raise self.retry(exc=unavailable, countdown=settings.lock_ttl_seconds) from None
         raise unavailable from None
@@ -279,16 +285,6 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
         _release(lock, org)
     _log_run(org, report, outcome="ok", full=full, seconds=time.monotonic() - clock)
     return _summary(org, report)
-
-
-def _keep_decision_fresh(org: str, settings: Settings) -> None:
-    """The org's quota decision, decided again from its draft as it stands: an org that
-    cannot be metered (its lock unreachable) must not answer `unknown` once its decision
-    is stale. It meters nothing, so it needs no lock; a failure is only logged."""
-    try:
-        Quota(Collections.of(get_db(), settings), settings).decide([org], datetime.now(UTC))
-    except Exception as exc:
-        log.warning("could not refresh the quota decision of org %s: %s", org, _describe(exc))
 
 
 def _log_run(

@@ -17,8 +17,9 @@ from typing import Any
 
 from chores.core.settings import redact_options, redact_url
 
-# Ends at whitespace, a quote, a bracket, a comma or a backslash (a JSON-escaped quote).
-_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>,)\\]+")
+# Ends at whitespace, a quote (a JSON-escaped one too: log lines may be JSON), a bracket or a
+# comma; not at any other backslash, which a password may hold.
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://(?:[^\s'\"<>,)\\]|\\(?!\"))+")
 TRAILING = ".:;"  # after a URL in a sentence: "... at mongodb://db:27017: is it up?"
 
 

@@ -20,15 +20,18 @@ from redis.connection import parse_url as parse_redis_url
 
 from chores.core.exceptions import ConfigError
 
-# URL options that carry a credential (compared case-insensitively, percent-decoded):
-# redis-py's `password`, pymongo's `authMechanismProperties` (AWS_SESSION_TOKEN:...) and
-# `tlsCertificateKeyFilePassword`, Azure's `AccountKey` and `SharedAccessSignature`.
+# URL options that carry a credential (compared case-insensitively, percent-decoded): any
+# `...password`, `...secret...`, `...token` or `...key` but a few known harmless ones, and
+# pymongo's `authMechanismProperties` (AWS_SESSION_TOKEN:...); when in doubt, hidden.
 _SECRET_OPTION_NAMES = re.compile(
-    r"\w*password|authmechanismproperties|accountkey|sharedaccesssignature|secret|sig"
+    r"\w*password|\w*secret\w*|\w*token|\w*key|authmechanismproperties"
+    r"|sharedaccesssignature|sig|credentials?"
 )
+_HARMLESS_OPTIONS = frozenset({"tlscertificatekeyfile", "sslkeyfile", "directconnection"})
 # `?name=value`, `&name=value` or `;name=value`; a value ends at the next option, at
-# whitespace, a quote or a backslash (a JSON-escaped quote: log lines may be JSON).
-_OPTION = re.compile(r"([?&;])([^=&;#\s'\"<>\\]+)=([^&;#\s'\"<>\\]*)")
+# whitespace or a quote, a JSON-escaped one too (log lines may be JSON): not at any other
+# backslash, which a password may hold (or JSON's escape of one, or of a non-ASCII letter).
+_OPTION = re.compile(r"([?&;])([^=?&;#\s'\"<>\\]+)=((?:[^&;\s'\"<>\\]|\\(?!\"))*)")
 
 
 def redact_options(text: str) -> str:
@@ -36,7 +39,7 @@ def redact_options(text: str) -> str:
 
     def hide(match: re.Match[str]) -> str:
         name = unquote(match.group(2)).lower()
-        if _SECRET_OPTION_NAMES.fullmatch(name):
+        if _SECRET_OPTION_NAMES.fullmatch(name) and name not in _HARMLESS_OPTIONS:
             return f"{match.group(1)}{match.group(2)}=***"
         return match.group()
 

@@ -198,9 +198,14 @@ def test_an_unresolvable_srv_name_is_an_unreachable_database_not_a_malformed_url
         # options: only the ones that carry a credential, percent-encoded names too
         (f"redis://cache:6379/0?pass%77ord={SECRET}", "redis://cache:6379/0?pass%77ord=***"),
         (
-            "https://api.example/x?token_type=bearer&page_token=2&max_tokens=5",
-            "https://api.example/x?token_type=bearer&page_token=2&max_tokens=5",
+            f"https://api.example/x?access_token={SECRET}&client_secret={SECRET}&max_tokens=5",
+            "https://api.example/x?access_token=***&client_secret=***&max_tokens=5",
         ),
+        # a backslash in a password (or JSON's escape of one, or of a non-ASCII letter) is
+        # part of it; only an escaped quote ends a URL or a value
+        (f"redis://:pa\\{SECRET}@cache:6379/0", "redis://:***@cache:6379/0"),
+        (f'{{"m": "mongodb://u:p\\u00e4{SECRET}@db/x"}}', '{"m": "mongodb://u:***@db/x"}'),
+        (f"?password=ab\\{SECRET}#x", "?password=***"),
     ],
 )
 def test_redact_urls_in_text(text, expected):
