@@ -116,6 +116,22 @@ def test_every_retry_and_the_final_failure_name_the_org(service, monkeypatch, ca
     assert any("mongodb://billing:***@db:27017" in line for line in text)
 
 
+def test_a_full_pass_given_up_says_it_is_skipped_today(service, monkeypatch, caplog):
+    """The next fan-out lists the org for a 5-minute run, not its full pass: the ERROR
+    line says so rather than promising the pass again."""
+    caplog.set_level(logging.INFO, logger="chores.tasks")
+
+    def unreachable() -> Any:
+        raise DatabaseUnavailable("cannot reach MongoDB at mongodb://db:27017")
+
+    monkeypatch.setattr(tasks, "get_db", unreachable)
+    with pytest.raises(DatabaseUnavailable):
+        tasks.meter_org.apply(("globex",), {"full": True}, retries=0).get()
+    (last,) = [line for line in lines(caplog) if "failed for good" in line]
+    assert "meter_org of org globex failed for good" in last
+    assert "its daily full pass is skipped today" in last
+
+
 def test_the_fan_out_names_its_orgs_and_truncates_a_long_list(service, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="chores.tasks")
     queued: list[str] = []
