@@ -17,21 +17,26 @@ from typing import Any
 
 from chores.core.settings import redact_options, redact_url
 
-# Ends at whitespace, a quote (a JSON-escaped one too: log lines may be JSON), a bracket or a
-# comma; not at any other backslash, which a password may hold.
-_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://(?:[^\s'\"<>,)\\]|\\(?!\"))+")
+# A URL: a scheme not glued to a longer word (a lookbehind, not `\b`: linear on long runs of
+# `a.`), then everything up to whitespace, a quote, a bracket or a comma.
+_URL = re.compile(r"(?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>,)]+")
+# The credentials of a URL whose password holds a character that ends `_URL` (`'`, `)`, `,`,
+# all legal unescaped in a password): from `scheme://user:` to the last `@` before whitespace.
+_CREDENTIALS = re.compile(r"(?<![a-zA-Z0-9+.-])([a-zA-Z][\w+.-]*://[^\s:/@]*:)[^\s@]*@")
 TRAILING = ".:;"  # after a URL in a sentence: "... at mongodb://db:27017: is it up?"
 
 
 def redact_urls(text: str) -> str:
     """`text` with the password of every URL in it replaced by `***`, and every credential
     option too (also where a URL's host list, cut at its comma, left the options outside
-    the URL matched)."""
+    the URL matched). For plain text: a JSON line is redacted value by value, before it is
+    encoded (`JsonFormatter`)."""
 
     def redact(match: re.Match[str]) -> str:
         url = match.group().rstrip(TRAILING)
         return redact_url(url) + match.group()[len(url) :]
 
+    text = _CREDENTIALS.sub(r"\1***@", text)
     return redact_options(_URL.sub(redact, text))
 
 
@@ -49,7 +54,10 @@ class RedactingFormatter(logging.Formatter):
         self.inner = inner or logging.Formatter(logging.BASIC_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact_urls(self.inner.format(record))
+        text = self.inner.format(record)
+        # A JSON line is redacted value by value by its formatter: a second pass over the
+        # encoded text could cut a value at an escape and break the JSON.
+        return text if isinstance(self.inner, JsonFormatter) else redact_urls(text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -72,7 +80,10 @@ class JsonFormatter(logging.Formatter):
             line.update({k: v for k, v in fields.items() if k not in line})
         if record.exc_info:
             line["exc_info"] = self.formatException(record.exc_info)
-        return redact_urls(json.dumps(line, default=str))
+        # Redacted before encoding: in the encoded line a password's backslash, quote or
+        # non-ASCII letter is an escape sequence the URL patterns would cut it at.
+        redacted = {k: redact_urls(v) if isinstance(v, str) else v for k, v in line.items()}
+        return json.dumps(redacted, default=lambda value: redact_urls(str(value)))
 
 
 def use_log_format(logger: logging.Logger, log_format: str) -> None:

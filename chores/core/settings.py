@@ -20,26 +20,28 @@ from redis.connection import parse_url as parse_redis_url
 
 from chores.core.exceptions import ConfigError
 
-# URL options that carry a credential (compared case-insensitively, percent-decoded): any
-# `...password`, `...secret...`, `...token` or `...key` but a few known harmless ones, and
-# pymongo's `authMechanismProperties` (AWS_SESSION_TOKEN:...); when in doubt, hidden.
+# URL options that carry a credential, by name (lower-cased, percent-decoded, letters and
+# digits only): anything naming a password, secret, token, key, signature or credential
+# (redis-py's `password`, pymongo's `authMechanismProperties` with an AWS session token,
+# `tlsCertificateKeyFilePassword`, `X-Amz-Security-Token`, `api-key`, Azure's `sig`), but
+# a few known harmless ones. When in doubt, hidden.
 _SECRET_OPTION_NAMES = re.compile(
-    r"\w*password|\w*secret\w*|\w*token|\w*key|authmechanismproperties"
-    r"|sharedaccesssignature|sig|credentials?"
+    r"password|passwd|pwd|pass|secret|token|key|signature|credential|authmechanismproperties|sig"
 )
-_HARMLESS_OPTIONS = frozenset({"tlscertificatekeyfile", "sslkeyfile", "directconnection"})
+_HARMLESS_OPTIONS = frozenset(
+    {"tlscertificatekeyfile", "sslkeyfile", "maxtokens", "tokentype", "passive"}
+)
 # `?name=value`, `&name=value` or `;name=value`; a value ends at the next option, at
-# whitespace or a quote, a JSON-escaped one too (log lines may be JSON): not at any other
-# backslash, which a password may hold (or JSON's escape of one, or of a non-ASCII letter).
-_OPTION = re.compile(r"([?&;])([^=?&;#\s'\"<>\\]+)=((?:[^&;\s'\"<>\\]|\\(?!\"))*)")
+# whitespace or at a quote.
+_OPTION = re.compile(r"([?&;])([^=?&;#\s'\"<>]+)=([^&;\s'\"<>]*)")
 
 
 def redact_options(text: str) -> str:
     """`text` with the value of every credential-carrying URL option replaced by `***`."""
 
     def hide(match: re.Match[str]) -> str:
-        name = unquote(match.group(2)).lower()
-        if _SECRET_OPTION_NAMES.fullmatch(name) and name not in _HARMLESS_OPTIONS:
+        name = re.sub(r"[^a-z0-9]", "", unquote(match.group(2)).lower())
+        if _SECRET_OPTION_NAMES.search(name) and name not in _HARMLESS_OPTIONS:
             return f"{match.group(1)}{match.group(2)}=***"
         return match.group()
 

@@ -131,6 +131,13 @@ def test_a_full_pass_given_up_says_it_is_skipped_today(service, monkeypatch, cap
     assert "meter_org of org globex failed for good" in last
     assert "its daily full pass is skipped today" in last
 
+    caplog.clear()
+    with pytest.raises(DatabaseUnavailable):  # the fan-out: no org, no due mark
+        tasks.meter_all.apply((), {"full": True}, retries=0).get()
+    (fan_out,) = [line for line in lines(caplog) if "failed for good" in line]
+    assert "meter_all of all orgs failed for good" in fan_out
+    assert ": the next beat tick sends it again (task " in fan_out
+
 
 def test_the_fan_out_names_its_orgs_and_truncates_a_long_list(service, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="chores.tasks")

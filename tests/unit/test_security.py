@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from chores import get_settings
 from chores.cli import main
+from chores.core.logs import redact_urls
 from chores.core.settings import redact_url
 
 SECRET = "pa55-w0rd-xyz"
@@ -206,32 +207,51 @@ def test_an_unresolvable_srv_name_is_an_unreachable_database_not_a_malformed_url
         (f"redis://:pa\\{SECRET}@cache:6379/0", "redis://:***@cache:6379/0"),
         (f'{{"m": "mongodb://u:p\\u00e4{SECRET}@db/x"}}', '{"m": "mongodb://u:***@db/x"}'),
         (f"?password=ab\\{SECRET}#x", "?password=***"),
+        # `)`, `'` and `,` are legal in a password and end a URL in text: the credentials
+        # are hidden up to the last `@` all the same
+        (
+            f"at mongodb://billing:p){SECRET}@db:27017/main",
+            "at mongodb://billing:***@db:27017/main",
+        ),
+        (f"to redis://u:'{SECRET}@cache:6379/0", "to redis://u:***@cache:6379/0"),
+        (f"at mongodb://u:p,{SECRET}@db1,db2/x", "at mongodb://u:***@db1,db2/x"),
+        (
+            f"?X-Amz-Security-Token={SECRET}&api-key={SECRET}&pwd={SECRET}&max_tokens=5",
+            "?X-Amz-Security-Token=***&api-key=***&pwd=***&max_tokens=5",
+        ),
     ],
 )
 def test_redact_urls_in_text(text, expected):
-    from chores.core.logs import redact_urls
-
     assert redact_urls(text) == expected
 
 
-def test_a_redacted_json_log_line_is_still_json():
-    """Redaction runs over the formatted line: an escaped quote ends a URL, not a value."""
+@pytest.mark.parametrize(
+    "message",
+    [
+        'bad option "redis://cache:6379/0?password={secret}" and "mongodb://localhost:27017" given',
+        "x?password=ab\\{secret}\\",  # a backslash in it, and one ending the value
+        "mongodb://billing:p\u00e4{secret}@db/x",  # a non-ASCII letter: \u00e4 in JSON
+        "redis://u:p)'{secret}@cache:6379/0",  # ')' and "'" are legal in a password
+    ],
+)
+def test_a_json_log_line_is_redacted_value_by_value_and_stays_json(message):
+    """Redacted before it is encoded: in the encoded line a password's backslash, quote or
+    non-ASCII letter is an escape the URL patterns would cut it at."""
     import json
 
     from chores.core.logs import JsonFormatter, RedactingFormatter
 
-    record = logging.LogRecord(
-        "chores.tasks",
-        logging.WARNING,
-        __file__,
-        1,
-        'bad option "%s" and "%s" given',
-        (f"redis://cache:6379/0?password={SECRET}", "mongodb://localhost:27017"),
-        None,
-    )
-    line = RedactingFormatter(JsonFormatter()).format(record)
-    message = json.loads(line)["message"]
-    assert SECRET not in line
-    assert message == (
-        'bad option "redis://cache:6379/0?password=***" and "mongodb://localhost:27017" given'
-    )
+    text = message.format(secret=SECRET)
+    record = logging.LogRecord("chores.tasks", logging.WARNING, __file__, 1, "%s", (text,), None)
+    try:
+        raise ConnectionError(f"Error 111 connecting to {text}")
+    except ConnectionError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    for formatter in (JsonFormatter(), RedactingFormatter(JsonFormatter())):
+        line = formatter.format(record)
+        decoded = json.loads(line)  # still JSON
+        assert SECRET not in line and SECRET not in decoded["message"]
+        assert SECRET not in decoded["exc_info"]
+    assert json.loads(JsonFormatter().format(record))["message"] == redact_urls(text)
