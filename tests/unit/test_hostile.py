@@ -58,9 +58,11 @@ counter_values = st.one_of(
     st.sampled_from([None, True, False, "100", 12.5, 100.0, math.nan, math.inf, -0.0, 2**63 - 1]),
     json_values,
 )
+# Never the good run's org: a hostile document there may be billed legitimately, and the
+# good run's invoice is what the test checks is left alone.
 org_values = st.one_of(
     st.sampled_from(["ws-a", "ws-b", "$ne", "a.b", "", "ws-a ", "o" * 256, "o" * 257]), json_values
-)
+).filter(lambda org: org != "ws-good")
 
 
 @st.composite

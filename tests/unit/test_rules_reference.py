@@ -191,3 +191,52 @@ def test_the_allowed_skew_stops_where_an_end_time_becomes_garbage() -> None:
     for too_far in (LATEST_END.total_seconds() + 1, float("inf")):
         with pytest.raises(ValidationError):
             Settings(future_skew_seconds=too_far)
+
+
+def _subagent(context: dict[str, Any], baseline: dict[str, Any] | None) -> Any:
+    doc = {
+        "_id": "sub-1",
+        "name": "ai",
+        "status": "SUCCESS",
+        "end_time": NOW - timedelta(hours=1),
+        "context": {"workspace_id": "acme", "ai_model": "gpt-4o-mini", **context},
+    }
+    spawns = [] if baseline is None else [{"workspace_id": "acme", **baseline}]
+    return assess(
+        doc,
+        spawn_contexts=spawns,
+        head=None,
+        now=NOW,
+        max_tokens_per_run=10**12,
+        future_skew_seconds=300,
+    )
+
+
+def test_own_counters_are_floored_at_zero_counter_by_counter() -> None:
+    """A subagent's cached count below its baseline's is 0 of its own, not a negative that
+    would move 50 tokens from the cached rate to the input rate (and store a negative mark)."""
+    counters = {"ai_tokens": 1500, "ai_prompt_tokens": 1000, "ai_completion_tokens": 500}
+    baseline = {"ai_tokens": 300, "ai_prompt_tokens": 200, "ai_completion_tokens": 100}
+    result = _subagent(
+        {**counters, "ai_cached_tokens": 50, "ai_subagent_depth": 1},
+        {**baseline, "ai_cached_tokens": 100},
+    )
+    assert result.delta is not None
+    assert tuple(result.delta.tokens) == (800, 0, 400, 0)  # input, cached, output, unsplit
+    assert result.delta.high_water == Counters(1200, 800, 400, 0)
+
+
+def test_a_parent_session_alone_marks_a_subagent() -> None:
+    """SPEC §1 fact 4: `parent_session_id` set (and nothing else) is a subagent: without its
+    spawn finding it is held, never billed whole; an empty one marks nothing."""
+    counters = {
+        "ai_tokens": 1500,
+        "ai_prompt_tokens": 1000,
+        "ai_completion_tokens": 500,
+        "ai_cached_tokens": 0,
+    }
+    held = _subagent({**counters, "parent_session_id": "sess-parent"}, None)
+    assert held.delta is None and held.pending
+    assert [a.kind for a in held.anomalies] == ["baseline_missing"]
+    top_level = _subagent({**counters, "parent_session_id": ""}, None)
+    assert top_level.delta is not None and top_level.delta.tokens.tokens == 1500
