@@ -21,7 +21,8 @@ from chores.core.settings import get_settings
 from pricing import RegistryError
 
 F = TypeVar("F", bound=Callable[..., Any])
-EXIT_REFUSED = 3
+EXIT_REFUSED = 3  # quota check: the run may not start
+EXIT_MISMATCH = 4  # reconcile: the invoice does not agree with the source
 EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C (128 + SIGINT)
 
 

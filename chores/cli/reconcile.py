@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 
 from chores.cli import tables
-from chores.cli.common import console, now_option, user_errors
+from chores.cli.common import EXIT_MISMATCH, console, now_option, user_errors
 from chores.cli.params import PeriodType
 from chores.core.db import connect
 from chores.core.money import usd, usd_of_dollars
@@ -31,7 +31,8 @@ def reconcile_command(org: str, period: str, as_json: bool, now: datetime | None
 
     Each runner's usage is compared with what the ledger billed it; where they agree, it is
     expected where the ledger placed it (late lines too), else by its end time. Exit 0 when
-    every line, every runner and the invoice's own totals agree, 1 on any mismatch.
+    every line, every runner and the invoice's own totals agree, 4 on any mismatch, 1 when
+    it cannot tell (no such invoice, a bad setting, the database unreachable).
     """
     org = validate_org(org)
     settings = get_settings()
@@ -81,4 +82,4 @@ def reconcile_command(org: str, period: str, as_json: bool, now: datetime | None
             )
         out.print("[green]reconciled[/]" if result.ok else "[bold red]does not reconcile[/]")
     if not result.ok:
-        sys.exit(1)
+        sys.exit(EXIT_MISMATCH)

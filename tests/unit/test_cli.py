@@ -396,7 +396,7 @@ def test_org_and_runner_ids_that_look_like_rich_markup_are_printed_as_written(en
         assert f"{MARKUP_ORG}:2026-11" in result.output
     env_db.billing_ledger.delete_many({"runner_id": {"$regex": "runner"}})  # a mismatch to show
     reconciled = CliRunner().invoke(main, ["reconcile", *period, *NOW_ARG], env={"COLUMNS": "200"})
-    assert reconciled.exit_code == 1, reconciled.output
+    assert reconciled.exit_code == 4, reconciled.output
     assert f"Reconciliation {MARKUP_ORG}:2026-11" in reconciled.output
     assert "runner str:'[red]runner[/]': source 12,000 tokens, ledger 0" in reconciled.output
 

@@ -67,7 +67,7 @@ def test_a_lost_ledger_entry_is_traced_to_its_runner(db, settings, registry):
     assert f"the ledger {held - 1} of" in drift
 
 
-def test_a_tampered_invoice_is_a_mismatch_and_exit_1(env_db, registry):
+def test_a_tampered_invoice_is_a_mismatch_and_exit_4(env_db, registry):
     settings = get_settings()
     seeded(env_db, settings, registry, november(5))
     args = ["reconcile", "--org", "acme", "--period", "2026-11", "--now", NOW.isoformat()]
@@ -78,7 +78,7 @@ def test_a_tampered_invoice_is_a_mismatch_and_exit_1(env_db, registry):
         {"_id": "acme:2026-11"}, {"$inc": {"lines.0.amount_micros": 1}}
     )
     tampered = CliRunner().invoke(main, [*args, "--json"])
-    assert tampered.exit_code == 1
+    assert tampered.exit_code == 4  # a mismatch, not an error (1)
     report = json.loads(tampered.output)
     bad = [line for line in report["lines"] if line["expected_micros"] != line["invoiced_micros"]]
     assert len(bad) == 1 and bad[0]["invoiced_micros"] == bad[0]["expected_micros"] + 1
@@ -182,7 +182,7 @@ def test_an_invoice_whose_total_is_not_its_lines_is_a_mismatch(env_db, registry)
     env_db.billing_invoices.update_one({"_id": "acme:2026-11"}, {"$inc": {"total_micros": 5}})
     args = ["reconcile", "--org", "acme", "--period", "2026-11", "--now", NOW.isoformat()]
     result = CliRunner().invoke(main, args)
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert "total_micros" in result.output and "is not the sum of its lines" in result.output
 
 
