@@ -20,7 +20,7 @@ from chores.cli.params import OneLineGroup
 from chores.core.clock import checked_now
 from chores.core.db import APPLY_INDEXES_COMMAND, Collections, connect, missing_source_indexes
 from chores.core.exceptions import ConfigError, DatabaseUnavailable
-from chores.core.money import parse_usd, usd, whole_after_scaling
+from chores.core.money import parse_usd, usd_exact, whole_after_scaling
 from chores.core.orgs import validate_org
 from chores.core.periods import as_utc, period_of
 from chores.core.settings import MAX_INT64, Plan, get_settings
@@ -204,7 +204,7 @@ def _read_plan(org: str, doc: Mapping[str, Any] | None) -> Plan:
 
 def _print_plan(org: str, p: Plan, default: bool = False) -> None:
     tokens = "no limit" if p.token_limit is None else f"{p.token_limit:,} tokens"
-    spend = "no limit" if p.spend_limit_micros is None else usd(p.spend_limit_micros)
+    spend = "no limit" if p.spend_limit_micros is None else usd_exact(p.spend_limit_micros)
     click.echo(
         f"{org}{' (default plan)' if default else ''}: token limit {tokens}, "
         f"spend limit {spend}, warn at {p.soft_ratio:.0%}, overdraft {p.grace_tokens:,} tokens"

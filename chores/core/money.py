@@ -33,6 +33,14 @@ def usd(micros: int | None) -> str:
     return f"{sign}${whole:,}.{frac:02d}"
 
 
+def usd_exact(micros: int) -> str:
+    """Money to the micro-dollar, for limits and what is measured against them: `$50.00`,
+    `$0.151631`. A limit shown in cents would misstate where it blocks."""
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), MICROS_PER_USD)
+    return f"{sign}${whole:,}.{f'{frac:06d}'.rstrip('0').ljust(2, '0')}"
+
+
 def usd_of_dollars(amount: float | None) -> str:
     """`usd` of a float dollar amount (runners' own estimates); `–` for None."""
     return "–" if amount is None else usd(round(amount * MICROS_PER_USD))

@@ -22,7 +22,7 @@ from pymongo.errors import PyMongoError
 
 from chores.core import clock as _clock
 from chores.core.db import Collections, Doc
-from chores.core.money import usd
+from chores.core.money import usd_exact
 from chores.core.periods import as_utc, period_of
 from chores.core.settings import Plan, Settings
 from chores.core.writes import insert_ignoring_duplicates, replace_where
@@ -84,7 +84,7 @@ def evaluate(plan: Plan, used_tokens: int, spent_micros: int) -> tuple[State, li
         checks.append(_Limit("token", used_tokens, plan.token_limit, hard, _count))
     if plan.spend_limit_micros is not None:
         limit = plan.spend_limit_micros
-        checks.append(_Limit("spend", spent_micros, limit, limit, usd))
+        checks.append(_Limit("spend", spent_micros, limit, limit, usd_exact))
     for check in checks:
         describe = check.describe
         if check.used >= check.hard:
@@ -97,9 +97,15 @@ def evaluate(plan: Plan, used_tokens: int, spent_micros: int) -> tuple[State, li
             )
         elif check.used >= soft_share(plan) * check.limit:
             state = "warn" if state != "block" else state
-            share = f"{check.used / check.limit:.0%}" if check.limit else "all"
+            share = percent(check.used, check.limit) if check.limit else "all"
             reasons.append(f"{check.name} usage at {share} of its limit ({describe(check.limit)})")
     return state, reasons
+
+
+def percent(used: int, limit: int) -> str:
+    """`used` as a whole percentage of `limit`, rounded down: 99.9% is "99%", never a
+    "100%" that reads as the limit reached when it is not."""
+    return f"{used * 100 // limit}%"
 
 
 def soft_share(plan: Plan) -> Fraction:
@@ -114,6 +120,23 @@ def plan_error(exc: ValidationError) -> str:
         f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']} "
         f"(got {error.get('input')!r:.40})"
         for error in exc.errors()
+    )
+
+
+def estimate_reason(plan: Plan, used: int, estimated: int, state: State) -> str:
+    """Why an estimate moves an org to `state`: what the tokens it would use reach, the
+    overdraft named whenever the plan has one (the limit alone does not block then)."""
+    assert plan.token_limit is not None  # only the token limit counts an estimate
+    limit, overdraft = plan.token_limit, plan.grace_tokens
+    if state == "block":
+        what = "reach the token limit" + (" and its overdraft" if overdraft else "")
+    elif used + estimated >= limit:
+        what = "pass the token limit, within its overdraft"
+    else:
+        what = "near the token limit"
+    return (
+        f"the estimate of {estimated:,} tokens would {what}: {used:,} used + {estimated:,} "
+        f"estimated of {limit:,}" + (f" (+{overdraft:,} overdraft)" if overdraft else "")
     )
 
 
@@ -144,7 +167,7 @@ class QuotaDecision(BaseModel):
         if self.state == "unknown":
             return f"{parts[0]} — {self.reason} ({'allowed' if self.allowed else 'refused'})"
         usage = [_of(self.used_tokens, self.token_limit, _tokens, " tokens")]
-        usage.append(_of(self.spent_micros, self.spend_limit_micros, usd, ""))
+        usage.append(_of(self.spent_micros, self.spend_limit_micros, usd_exact, ""))
         why = f" — {'; '.join(self.reasons)}" if self.reasons else ""
         return f"{parts[0]} — " + ", ".join(usage) + why
 
@@ -161,7 +184,7 @@ def _tokens(n: int | None) -> str:
 def _of(used: int, limit: int | None, fmt: Any, unit: str) -> str:
     if limit is None:
         return f"{fmt(used)}{unit} (no limit)"
-    share = f" ({used / limit:.0%})" if limit else ""
+    share = f" ({percent(used, limit)})" if limit else ""
     return f"{fmt(used)} of {fmt(limit)}{unit}{share}"
 
 
@@ -366,14 +389,8 @@ class Quota:
         if estimated_tokens:
             with_estimate, _ = evaluate(plan, used + estimated_tokens, spent)
             if with_estimate != state:  # the estimate alone moves the org to warn or block
-                assert plan.token_limit is not None  # only the token limit counts it
                 state = with_estimate
-                reasons.append(
-                    f"the estimate of {estimated_tokens:,} tokens would "
-                    + ("reach" if state == "block" else "near")
-                    + f" the token limit: {used:,} used + {estimated_tokens:,} estimated "
-                    f"of {plan.token_limit:,}"
-                )
+                reasons.append(estimate_reason(plan, used, estimated_tokens, state))
         return QuotaDecision(
             org=org,
             state=state,

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from chores import get_settings
 from chores.cli import main
-from chores.core.money import usd
+from chores.core.money import usd, usd_exact
 
 from support import NOW, metered_months
 
@@ -72,6 +72,18 @@ def test_plan_and_quota_speak_cents(env_db):
     assert "spend limit $50.00," in result.output
     check = invoke("quota", "check", "--org", "acme", *NOW_ARG)
     assert "of $50.00" in check.output and "000000" not in check.output
+
+
+def test_a_spend_limit_is_shown_to_the_micro_dollar_it_blocks_at(env_db):
+    """`$0.151631` once read `$0.15`: a limit rounded to cents misstates where it blocks."""
+    result = invoke("plan", "set", "--org", "acme", "--spend-limit", "0.151631", *NOW_ARG)
+    assert "spend limit $0.151631," in result.output
+    assert "spend limit $0.151631," in invoke("plan", "show", "--org", "acme").output
+    check = invoke("quota", "check", "--org", "acme", *NOW_ARG)
+    assert "of $0.151631" in check.output, check.output
+    assert [usd_exact(m) for m in (50_000_000, 1_500_000, 151_631, 1, -2_010_000)] == [
+        "$50.00", "$1.50", "$0.151631", "$0.000001", "-$2.01",
+    ]  # fmt: skip
 
 
 # --- 80 columns ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pymongo.errors import ServerSelectionTimeoutError
 from chores import ConfigError, check_quota, run_chore
 from chores.core.db import Collections
 from chores.core.settings import Plan
-from chores.quota.decisions import INVALID_PLAN, Quota, evaluate
+from chores.quota.decisions import INVALID_PLAN, Quota, QuotaDecision, evaluate
 
 from support.dbproxy import CountingDatabase, DatabaseProxy, FailingDatabase, PauseAt, pause_at
 
@@ -103,6 +103,42 @@ def test_overdraft_grace_tokens(db, settings, registry):
     assert check_quota(db, "acme", now=NOV, settings=settings).state == "warn"
     meter(db, settings, registry, ai_run("acme", 100))
     assert check_quota(db, "acme", now=NOV, settings=settings).state == "block"
+
+
+def test_a_warning_below_the_limit_never_says_100_percent():
+    """1,163 of 1,164 tokens once read "at 100% of its limit": a person reads the limit
+    reached, and the run was allowed. Shares are rounded down."""
+    state, reasons = evaluate(Plan(token_limit=1_164, soft_ratio=0.8), 1_163, 0)
+    assert (state, reasons) == ("warn", ["token usage at 99% of its limit (1,164 tokens)"])
+    decision = QuotaDecision(
+        org="acme", state=state, allowed=True, reason="", period="2026-11",
+        used_tokens=1_163, token_limit=1_164, reasons=reasons,
+    )  # fmt: skip
+    assert decision.summary().startswith("acme: warn — 1.2K of 1.2K tokens (99%)")
+
+
+def test_an_estimate_into_the_overdraft_says_so(db, settings, registry):
+    """An estimate past the limit but within the overdraft is allowed: the reason once said it
+    would "near" the limit; a block said "reach the token limit" of a limit the org may pass."""
+    set_plan(db, token_limit=10_000, grace_tokens=5_000)
+    meter(db, settings, registry, ai_run("acme", 4_000))
+    within = check_quota(db, "acme", 7_000, now=NOV, settings=settings)
+    assert (within.state, within.allowed) == ("warn", True)
+    assert within.reasons == [
+        "the estimate of 7,000 tokens would pass the token limit, within its overdraft: "
+        "4,000 used + 7,000 estimated of 10,000 (+5,000 overdraft)"
+    ]
+    beyond = check_quota(db, "acme", 11_000, now=NOV, settings=settings)
+    assert (beyond.state, beyond.allowed) == ("block", False)
+    assert beyond.reasons == [
+        "the estimate of 11,000 tokens would reach the token limit and its overdraft: "
+        "4,000 used + 11,000 estimated of 10,000 (+5,000 overdraft)"
+    ]
+    near = check_quota(db, "acme", 4_500, now=NOV, settings=settings)
+    assert near.reasons == [
+        "the estimate of 4,500 tokens would near the token limit: "
+        "4,000 used + 4,500 estimated of 10,000 (+5,000 overdraft)"
+    ]
 
 
 def test_free_byok_and_unpriced_usage_count_toward_tokens(db, settings, registry):
