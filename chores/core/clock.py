@@ -14,7 +14,11 @@ that expires:
   future period;
 - a period is final only once it has ended by the wall clock as well as by `now`
   plus the grace, and the grace is a finite number of days >= 0;
-- marks expire, and quota decisions go stale, by the wall clock, never by `now`.
+- marks expire by the wall clock, never by `now`; a quota decision computed after the
+  later of the two (plus the skew) is `unknown`.
+
+A quota decision's age is measured from `now` (SPEC §5: `check_quota(..., now)` answers
+as of `now`, the clock by default): a caller who passes a `now` answers as of that moment.
 
 Tests pin `wall_clock` (it is looked up on this module at every call), so that a `now`
 they pass is judged against a fixed moment rather than the day the suite runs.
