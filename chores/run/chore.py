@@ -20,7 +20,7 @@ from typing import Any
 
 from pymongo.database import Database
 
-from chores.billing.invoices import Finalizer, Invoices
+from chores.billing.invoices import Finalizer, Invoices, open_period
 from chores.core.clock import checked_now, grace_period
 from chores.core.db import (
     Collections,
@@ -56,7 +56,7 @@ class Batch:
 
     entries: list[Doc] = field(default_factory=list)  # the new ledger entries
     anomalies: list[AnomalyRecord] = field(default_factory=list)
-    dirty: set[tuple[str, str]] = field(default_factory=set)  # invoices they change
+    dirty: set[tuple[str, str]] = field(default_factory=set)  # invoices the entries change
     clean: list[str] = field(default_factory=list)  # runners billed cleanly: anomalies heal
     # the pending-list document of each runner with an org, and who is (no longer) pending
     watch: dict[str, Doc] = field(default_factory=dict)
@@ -69,7 +69,6 @@ class Batch:
         if entry is not None:
             self.entries.append(entry)
             self.dirty.add((entry["org"], entry["usage_period"]))
-        self.dirty.update((a.org, a.period) for a in result.anomalies if a.org and a.period)
         if result.billed_cleanly:
             self.clean.append(result.runner_id)
         if result.org is not None:
@@ -177,12 +176,14 @@ class Pipeline:
         """Write what a batch found, in the order that makes a crash anywhere safe: the marks
         (open) first, then the anomalies, the entries and the pending list, then the marks
         closed (docs/design.md)."""
+        anomalies = self._placed(batch.anomalies, now)
         healed, healed_pairs = self.anomalies.resolvable(batch.clean)
         dirty = batch.dirty | set(healed_pairs)
-        known = self.anomalies.previous(batch.anomalies)
+        dirty.update((a.org, a.period) for a in anomalies if a.org and a.period)
+        known = self.anomalies.previous(anomalies)
         dirty.update((o, p) for o, p, _ in known.values() if o is not None and p is not None)
         marks = self.progress.mark_dirty(dirty, now=now)  # open, before what they announce
-        self.anomalies.record(batch.anomalies, known, now=now, run_id=run_id)
+        self.anomalies.record(anomalies, known, now=now, run_id=run_id)
         self.anomalies.close(healed)
         written = self.ledger.append(batch.entries)
         self._tally(report, written)
@@ -194,6 +195,21 @@ class Pipeline:
         drop_pending = [r for r in batch.drop_pending if r not in beaten]
         self.progress.set_pending(add_pending, drop_pending)
         self.progress.close_marks(marks)  # everything they announced is readable now
+
+    def _placed(self, anomalies: Sequence[AnomalyRecord], now: datetime) -> list[AnomalyRecord]:
+        """The anomalies, each in the period whose invoice it flags for review: its usage
+        period, unless that invoice is final (a final never changes): then the open
+        period, where its usage lands as late usage once the document is fixed."""
+        orgs = {a.org for a in anomalies if a.org is not None and a.period is not None}
+        finals = self.invoices.final_periods(orgs) if orgs else {}
+        placed = []
+        for anomaly in anomalies:
+            final = finals.get(anomaly.org or "", set())
+            if anomaly.period in final:
+                detail = f"{anomaly.detail} (usage of {anomaly.period}, whose invoice is final)"
+                anomaly = anomaly._replace(period=open_period(now, final), detail=detail)
+            placed.append(anomaly)
+        return placed
 
     def _assess(
         self,

@@ -15,7 +15,7 @@ import mongomock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chores import Settings, check_quota, run_chore
+from chores import Settings, check_quota, finalize_invoices, run_chore
 from chores.demo.corpus import Corpus, generate_corpus
 from pricing import load_registry
 
@@ -298,3 +298,53 @@ def test_an_anomaly_flags_the_period_of_the_documents_final_usage_time():
     for invoice_id in set(got) - set(want):  # an empty draft left behind is harmless...
         assert got[invoice_id]["lines"] == [], invoice_id
         assert got[invoice_id]["needs_review"] is False, invoice_id  # ...a false flag is not
+
+
+def test_an_anomaly_of_a_final_period_flags_the_open_draft_its_usage_will_land_in():
+    """A final invoice never changes, so an anomaly of its period found after the freeze
+    once flagged nothing at all: only `billing_anomalies` knew. It flags the open period's
+    draft, where the document's usage lands as late usage once fixed, and heals there."""
+
+    def runner(runner_id: str, tokens: Any, ended: datetime) -> dict[str, Any]:
+        return {
+            "_id": runner_id,
+            "name": "ai",
+            "status": "SUCCESS",
+            "end_time": ended,
+            "last_updated_db": ended.timestamp(),
+            "context": {
+                "workspace_id": "acme",
+                "ai_model": "gpt-4o-mini",
+                "ai_tokens": tokens,
+                "ai_prompt_tokens": 600,
+                "ai_completion_tokens": 400,
+            },
+        }
+
+    db = fresh_db([runner("clean", 1_000, OCTOBER + timedelta(days=9))], [])
+    run_chore(db, now=OCTOBER + timedelta(days=30), registry=REGISTRY, settings=SETTINGS)
+    assert finalize_invoices(db, now=NOVEMBER + timedelta(days=5), settings=SETTINGS) == [
+        "acme:2026-10"
+    ]
+    october = db.billing_invoices.find_one({"_id": "acme:2026-10"})
+
+    db.tasks.insert_one(runner("malformed", "1000", OCTOBER + timedelta(days=11)))
+    run_chore(db, now=NOVEMBER + timedelta(days=6), registry=REGISTRY, settings=SETTINGS)
+    assert db.billing_invoices.find_one({"_id": "acme:2026-10"}) == october  # final
+    november = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert (november["needs_review"], november["lines"]) == (True, [])
+    [anomaly] = db.billing_anomalies.find()
+    assert (anomaly["kind"], anomaly["period"], anomaly["resolved"]) == (
+        "malformed_counters", "2026-11", False,
+    )  # fmt: skip
+    assert anomaly["detail"].endswith("(usage of 2026-10, whose invoice is final)")
+
+    fixed = runner("malformed", 1_000, OCTOBER + timedelta(days=11))
+    fixed["last_updated_db"] = (NOVEMBER + timedelta(days=6, hours=1)).timestamp()
+    db.tasks.replace_one({"_id": "malformed"}, fixed)
+    run_chore(db, now=NOVEMBER + timedelta(days=7), registry=REGISTRY, settings=SETTINGS)
+    november = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert november["needs_review"] is False
+    assert [(line["late"], line["tokens"]) for line in november["lines"]] == [(True, 1_000)]
+    assert db.billing_anomalies.find_one({"_id": anomaly["_id"]})["resolved"] is True
+    assert db.billing_invoices.find_one({"_id": "acme:2026-10"}) == october
