@@ -11,7 +11,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from kombu.utils.url import parse_url as kombu_parse_url
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
@@ -84,6 +84,15 @@ def _parser_detail(exc: Exception, url: str) -> str:
     if any(text and text in credentials for text in quoted):
         return ""
     return f": {exc}"
+
+
+def _check_database_number(url: str) -> None:
+    """The `/db` of a Redis URL is a number, or absent: redis-py drops one it cannot read
+    (`/2x`) and connects to database 0, the broker's, without a word."""
+    path = urlsplit(url).path.strip("/")
+    if path and not (path.isascii() and path.isdigit()):
+        # Not quoted: with a '/' in the password left unencoded, the "path" is its tail.
+        raise ValueError("what follows the host's '/' is not a database number")
 
 
 MAX_INT64 = 2**63 - 1  # the largest integer MongoDB stores
@@ -160,6 +169,8 @@ class Settings(BaseSettings):
             return url  # another backend (`rpc://`, `redis+socket://`, `db+...`): Celery's
         try:
             parse_redis_url(url)
+            if scheme in ("redis", "rediss"):
+                _check_database_number(url)
             if info.field_name == "celery_broker_url":
                 kombu_parse_url(url)  # Celery's own reading (it refuses `?password=`)
         except (ValueError, TypeError) as exc:

@@ -33,6 +33,17 @@ from chores.cli import main
             "redis://:pw@cache:noport/0",
             "REDIS_URL='redis://:***@cache:noport/0': Value error, not a Redis URL: Port",
         ),
+        (  # redis-py dropped `/2x` and used database 0, the broker's (review)
+            "REDIS_URL",
+            "redis://:pw@cache:6379/2x",
+            "REDIS_URL='redis://:***@cache:6379/2x': Value error, not a Redis URL: what "
+            "follows the host's '/' is not a database number",
+        ),
+        (  # an unencoded '/' in a password: nothing of it is quoted
+            "CELERY_RESULT_BACKEND",
+            "redis://:p/w@cache/0",
+            "CELERY_RESULT_BACKEND='redis://:***@cache/0': Value error, not a Redis URL: redis://",
+        ),
         (
             "CELERY_BROKER_URL",
             "redis://127.0.0.1:6379/0?socket_timeout=abc",
