@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 from celery import Celery
@@ -177,6 +179,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # (`stop_timeout`; docker-compose.yml's stop_grace_period, docs/deploy.md).
         "worker_soft_shutdown_timeout": float(hard),
         "broker_connection_retry_on_startup": True,
+        # stdout and stderr are not logged: a traceback Python prints on the way out
+        # would be one log record per write (a thousand `^` lines for one Redis outage);
+        # the exception is already logged once, with its traceback (`_log_uncaught`).
+        "worker_redirect_stdouts": False,
         "task_soft_time_limit": soft,
         "task_time_limit": hard,
         "task_serializer": "json",
@@ -214,5 +220,17 @@ app.conf.update(celery_config(get_settings()))
 @after_setup_task_logger.connect
 def _log_format(logger: logging.Logger, **_: Any) -> None:
     """Celery's loggers as set up by the worker and beat: URLs redacted in every line,
-    JSON lines when `LOG_FORMAT=json` (`chores.core.logs`)."""
+    JSON lines when `LOG_FORMAT=json` (`chores.core.logs`); from then on, an exception that
+    stops the worker or beat is logged through them too."""
     use_log_format(logger, get_settings().log_format)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(
+    kind: type[BaseException], exc: BaseException, traceback: TracebackType | None
+) -> None:
+    """One record through the loggers set up above (redacted; JSON with `LOG_FORMAT=json`)
+    instead of Python's raw traceback on stderr, which nothing redacts."""
+    logging.getLogger("chores").critical(
+        "stopped by %s", kind.__name__, exc_info=(kind, exc, traceback)
+    )

@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -165,3 +166,30 @@ def test_of_two_beats_only_the_lock_holder_ticks_and_the_other_takes_over_when_i
     assert min(b - a for a, b in itertools.pairwise(times)) > timedelta(seconds=0.5)
     later = datetime.now(UTC) + timedelta(seconds=60)
     assert "meter-all last sent" in str(beat_health_problem(settings, now=later))
+
+
+def test_a_beat_stopped_by_its_redis_logs_it_in_two_json_lines_without_the_password(tmp_path):
+    """Celery logged what Python printed on the way out one write at a time: a Redis outage
+    once stopped beat with 1,069 JSON lines, most of them `"message": "^"` (review). Now the
+    exception is logged once by beat and once by our hook, redacted; nothing is printed raw."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": f"redis://:s3cr3t-pw@127.0.0.1:{port}/0",
+        "LOG_FORMAT": "json",
+    }
+    command = [sys.executable, "-m", "celery", "-A", "chores.celery_app", "beat"]
+    done = subprocess.run(
+        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    records = [json.loads(line) for line in done.stderr.splitlines()]  # every line is JSON
+    assert [(r["level"], r["logger"]) for r in records] == [
+        ("CRITICAL", "celery.beat"),
+        ("CRITICAL", "chores"),
+    ], done.stderr[:2000]
+    assert records[1]["message"] == "stopped by ConnectionError"
+    assert "Traceback" in records[1]["exc_info"]
+    assert "s3cr3t-pw" not in done.stderr + done.stdout
