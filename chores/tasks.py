@@ -91,7 +91,7 @@ class OrgTask(Task):
         log.warning(
             "%s of %s failed (%s), retry %d of %s (task %s)",
             self.name.rsplit(".", 1)[-1],
-            _whose(args, kwargs),
+            self._whose(args, kwargs),
             _describe(exc),
             self.request.retries + 1,
             self.max_retries,
@@ -104,16 +104,26 @@ class OrgTask(Task):
         log.error(
             "%s of %s failed for good (%s): %s (task %s)",
             self.name.rsplit(".", 1)[-1],
-            _whose(args, kwargs),
+            self._whose(args, kwargs),
             _describe(exc),
-            self._what_next(args, kwargs),
+            self._what_next(exc, args, kwargs),
             task_id,
         )
 
-    def _what_next(self, args: Any, kwargs: Any) -> str:
+    def _whose(self, args: Any, kwargs: Any) -> str:
+        """`org acme` for a run of one org (`org None`, `org ''`: a message that named
+        none), `all orgs` for the fan-out and the finalize."""
+        if self.name != "chores.tasks.meter_org":
+            return "all orgs"
+        org = (kwargs or {}).get("org", args[0] if args else None)
+        return f"org {org[:256]}" if isinstance(org, str) and org else f"org {org!r:.60}"
+
+    def _what_next(self, exc: BaseException, args: Any, kwargs: Any) -> str:
         """What becomes of the work of a task that failed for good."""
         if self.name != "chores.tasks.meter_org":  # the fan-out, the finalize
             return "the next beat tick sends it again"
+        if isinstance(exc, ConfigError):  # no org, or a bad setting: no retry fixes it
+            return "not retried: this message cannot succeed as it is"
         full = (kwargs or {}).get("full", args[1] if args and len(args) > 1 else False)
         if full:
             return (
@@ -137,11 +147,6 @@ def _log_a_lost_worker(
     no `on_failure`: its last line names its org all the same."""
     if isinstance(sender, OrgTask) and isinstance(exception, WorkerLostError):
         sender.on_failure(exception, task_id, args, kwargs, None)
-
-
-def _whose(args: Any, kwargs: Any) -> str:
-    org = (kwargs or {}).get("org", args[0] if args else None)
-    return "all orgs" if org is None else f"org {str(org)[:256]}"
 
 
 def _describe(exc: BaseException) -> str:

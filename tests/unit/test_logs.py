@@ -15,7 +15,7 @@ import pytest
 
 from chores import Settings, celery_app, tasks
 from chores.celery_app import _log_format
-from chores.core.exceptions import DatabaseUnavailable, LockUnavailable
+from chores.core.exceptions import ConfigError, DatabaseUnavailable, LockUnavailable
 from chores.core.lock import OrgLock
 from chores.core.logs import (
     JsonFormatter,
@@ -137,6 +137,20 @@ def test_a_full_pass_given_up_says_it_is_skipped_today(service, monkeypatch, cap
     (fan_out,) = [line for line in lines(caplog) if "failed for good" in line]
     assert "meter_all of all orgs failed for good" in fan_out
     assert ": the next beat tick sends it again (task " in fan_out
+
+
+@pytest.mark.parametrize(("org", "named"), [(None, "org None"), ("", "org ''")])
+def test_a_run_sent_without_an_org_is_not_called_all_orgs_nor_promised_again(
+    service, caplog, org, named
+):
+    """`meter_org.delay(None)` once failed as "meter_org of all orgs", and both promised
+    that the next fan-out would list the org again (review)."""
+    caplog.set_level(logging.INFO, logger="chores.tasks")
+    with pytest.raises(ConfigError):
+        tasks.meter_org.apply((org,), retries=0).get()
+    (last,) = [line for line in lines(caplog) if "failed for good" in line]
+    assert last.startswith(f"meter_org of {named} failed for good (ConfigError")
+    assert ": not retried: this message cannot succeed as it is (task " in last
 
 
 def test_the_fan_out_names_its_orgs_and_truncates_a_long_list(service, monkeypatch, caplog):
