@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from chores.celery_app import RETRY_BACKOFF_MAX, app
 from chores.core.db import Collections, Doc, connect
 from chores.core.exceptions import ConfigError, DatabaseUnavailable, LockUnavailable
-from chores.core.lock import OrgLock, lock_client
+from chores.core.lock import KeepLock, OrgLock, lock_client, release_quietly
 from chores.core.logs import redact_urls, short_list
 from chores.core.settings import Settings, get_settings, redact_url
 from chores.core.writes import insert_ignoring_duplicates
@@ -244,7 +244,7 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
     settings = get_settings()
     started = datetime.now(UTC)
     clock = time.monotonic()
-    url = settings.redis_url or settings.celery_broker_url
+    url = settings.lock_redis_url
     lock = OrgLock(
         lock_client(url), org, ttl_seconds=settings.lock_ttl_seconds, token=self.request.id
     )
@@ -285,7 +285,7 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
         return _summary(org, None)
     try:
         db = get_db()
-        keep = _KeepLock(lock, org)  # after every batch: a run making progress keeps its lock
+        keep = KeepLock(lock, org)  # after every batch: a run making progress keeps its lock
         report = _run.run_chore(db, org=org, settings=settings, full=full, on_batch=keep)
         due_marks(db, settings).delete_one({"_id": org, "listed_at": {"$lte": started}})
     except BaseException as exc:
@@ -293,7 +293,7 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
         _log_run(org, None, outcome=outcome, full=full, seconds=time.monotonic() - clock, exc=exc)
         raise
     finally:
-        _release(lock, org)
+        release_quietly(lock, org)
     _log_run(org, report, outcome="ok", full=full, seconds=time.monotonic() - clock)
     return _summary(org, report)
 
@@ -345,45 +345,6 @@ def finalize_invoices() -> list[str]:
         f": {short_list(finalized)}" if finalized else "",
     )
     return finalized
-
-
-class _KeepLock:
-    """A run's `on_batch`: renews the org's lock to its full TTL after every batch, so a run
-    that makes progress keeps its lock however long it lasts. A failed renewal is logged,
-    once, and never fatal: the run goes on (the ledger keeps billing exact), without
-    renewing again (a dead Redis must not cost a timeout per batch)."""
-
-    def __init__(self, lock: OrgLock, org: str):
-        self.lock: OrgLock | None = lock
-        self.org = org
-
-    def __call__(self, docs: int) -> None:
-        if self.lock is None:
-            return
-        try:
-            if self.lock.renew():
-                return
-            log.warning(
-                "lock of org %s lost mid-run (expired or taken over): the run goes on,"
-                " the ledger keeps billing exact",
-                self.org,
-            )
-        except RedisError as exc:
-            log.warning(
-                "could not renew the lock of org %s (%s): the run goes on, its lock expires"
-                " after LOCK_TTL_SECONDS",
-                self.org,
-                type(exc).__name__,
-            )
-        self.lock = None
-
-
-def _release(lock: OrgLock, org: str) -> None:
-    try:
-        if not lock.release():
-            log.warning("lock of org %s expired before its run ended (LOCK_TTL_SECONDS)", org)
-    except RedisError as exc:  # it expires by itself
-        log.warning("could not release the lock of org %s: %s", org, type(exc).__name__)
 
 
 def _summary(org: str, report: RunReport | None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pricing import RegistryError
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_REFUSED = 3  # quota check: the run may not start
 EXIT_MISMATCH = 4  # reconcile: the invoice does not agree with the source
+EXIT_LOCKED = 5  # run: a worker is metering the org right now (its Redis lock)
 EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C (128 + SIGINT)
 
 

@@ -6,20 +6,29 @@ import time
 from datetime import datetime
 
 import click
+from pymongo.database import Database
+from redis.exceptions import RedisError
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from chores.cli import tables
 from chores.cli.common import (
+    EXIT_LOCKED,
     console,
     now_option,
     user_errors,
 )
 from chores.core.db import (
+    IN_PROCESS_SCHEMES,
     Collections,
+    Doc,
     connect,
 )
-from chores.core.settings import get_settings
+from chores.core.exceptions import LockUnavailable
+from chores.core.lock import KeepLock, OrgLock, lock_client, release_quietly
+from chores.core.logs import redact_url
+from chores.core.orgs import validate_org
+from chores.core.settings import Settings, get_settings
 from chores.core.wording import counted
 from chores.run.chore import run_chore
 
@@ -30,6 +39,12 @@ from chores.run.chore import run_chore
 @click.option("--all", "all_orgs", is_flag=True, help="Meter every org.")
 @click.option("--dry-run", is_flag=True, help="Compute new usage, write nothing.")
 @click.option("--full", is_flag=True, help="Ignore the cursor: re-read every AI runner.")
+@click.option(
+    "--no-lock",
+    is_flag=True,
+    help="Meter without the org's Redis lock (Redis down, or --all with the workers stopped):"
+    " billing stays exact, but a worker may meter the org at the same time.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON (for scripts).")
 @click.option(
     "--quiet", is_flag=True, help="No progress and no table on success (cron); --json still prints."
@@ -41,16 +56,78 @@ def run(
     all_orgs: bool,
     dry_run: bool,
     full: bool,
+    no_lock: bool,
     as_json: bool,
     quiet: bool,
     now: datetime | None,
 ) -> None:
-    """Meter new usage into invoices (one org with --org, or --all)."""
+    """Meter new usage into invoices (one org with --org, or --all).
+
+    On a database the workers meter too, an org is metered under the lock a worker takes
+    (SPEC §6: one org is never metered by two at once): exit 5 when a worker holds it, 1
+    when its Redis cannot be reached. `--all` takes no lock: there it needs --no-lock.
+    """
 
     if bool(org is not None) == all_orgs:
         raise click.UsageError("give exactly one of --org ORG or --all")
+    org = None if org is None else validate_org(org)
     settings = get_settings()
-    db = connect(settings)
+    db = connect(settings)  # a bad or unreachable MONGO_URL is said first
+    lock = None if dry_run or no_lock else _take_lock(settings, org)
+    try:
+        _run(
+            db, settings, lock, org=org, dry_run=dry_run, full=full, as_json=as_json, quiet=quiet,
+            now=now,
+        )  # fmt: skip
+    finally:
+        if lock is not None:
+            release_quietly(lock, lock.org)
+
+
+def _take_lock(settings: Settings, org: str | None) -> OrgLock | None:
+    """The org's metering lock, taken as a worker takes it; None on an in-process store
+    (`file://`, `mongomock://`), which no worker reads."""
+    if settings.mongo_url.startswith(IN_PROCESS_SCHEMES):
+        return None
+    if org is None:
+        raise click.UsageError(
+            "--all meters every org without its lock, beside the workers: stop them and add "
+            "--no-lock, or meter one org with --org ORG"
+        )
+    url = settings.lock_redis_url
+    lock = OrgLock(lock_client(url), org, ttl_seconds=settings.lock_ttl_seconds)
+    try:
+        acquired = lock.acquire()
+    except RedisError as exc:
+        raise LockUnavailable(
+            f"the lock of org {org} cannot be taken ({type(exc).__name__} at {redact_url(url)}):"
+            " not metered without it (--no-lock meters anyway; billing stays exact)"
+        ) from None
+    if not acquired:
+        click.echo(
+            f"org {org} is being metered by a worker right now: not metered; run again in a "
+            f"moment (a dead worker's lock expires within LOCK_TTL_SECONDS, "
+            f"{settings.lock_ttl_seconds} s)",
+            err=True,
+        )
+        raise click.exceptions.Exit(EXIT_LOCKED)
+    return lock
+
+
+def _run(
+    db: Database[Doc],
+    settings: Settings,
+    lock: OrgLock | None,
+    *,
+    org: str | None,
+    dry_run: bool,
+    full: bool,
+    as_json: bool,
+    quiet: bool,
+    now: datetime | None,
+) -> None:
+    """The run itself, its progress and its report."""
+    keep = KeepLock(lock, lock.org) if lock is not None else None
     out = console()
     show_progress = not (quiet or as_json) and out.is_terminal
     # Live on a terminal (not with --quiet or --json, not in a log): documents read, the
@@ -71,6 +148,8 @@ def run(
 
         def advance(n: int) -> None:
             nonlocal read
+            if keep is not None:
+                keep(n)  # after every batch: a run making progress keeps its lock
             read += n
             rate = read / max(time.monotonic() - started, 1e-3)
             orgs = len(dirty.distinct("org")) if show_progress and not dry_run else 0

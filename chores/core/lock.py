@@ -13,20 +13,24 @@ still bill exactly once, because ledger entry ids are unique (`_ledger`). So:
   run that outlived its lock cannot delete the lock of the run that took over;
 - a Redis outage at the start means no run (`meter_org` retries with backoff: SPEC §6 says
   one org is never metered by two workers at once); one mid-run lets the run finish, its
-  lock expiring after the TTL, which is above the run's hard time limit.
+  lock expiring after the TTL, which is above the run's hard time limit;
+- `chore run --org` takes it too, under a token of its own (chores/cli/run.py).
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import redis
-from redis.exceptions import LockError, LockNotOwnedError
+from redis.exceptions import LockError, LockNotOwnedError, RedisError
 from redis.lock import Lock
 
 from chores.core.redis_client import redis_client
 
 KEY_PREFIX = "billing:lock:meter:"
+
+log = logging.getLogger(__name__)
 
 
 def lock_client(url: str) -> redis.Redis:
@@ -40,6 +44,7 @@ class OrgLock:
     def __init__(
         self, client: redis.Redis, org: str, *, ttl_seconds: float, token: str | None = None
     ):
+        self.org = org
         self.key = KEY_PREFIX + org
         # The task id, when a task holds it: a redelivery of the same message (its process
         # was killed mid-run) takes over the dead run's lock instead of waiting out its TTL.
@@ -88,3 +93,43 @@ class OrgLock:
         except LockError:  # LockNotOwnedError included: not ours (any more)
             return False
         return True
+
+
+class KeepLock:
+    """A run's `on_batch`: renews the org's lock to its full TTL after every batch, so a run
+    that makes progress keeps its lock however long it lasts. A failed renewal is logged,
+    once, and never fatal: the run goes on (the ledger keeps billing exact), without
+    renewing again (a dead Redis must not cost a timeout per batch)."""
+
+    def __init__(self, lock: OrgLock, org: str):
+        self.lock: OrgLock | None = lock
+        self.org = org
+
+    def __call__(self, docs: int) -> None:
+        if self.lock is None:
+            return
+        try:
+            if self.lock.renew():
+                return
+            log.warning(
+                "lock of org %s lost mid-run (expired or taken over): the run goes on,"
+                " the ledger keeps billing exact",
+                self.org,
+            )
+        except RedisError as exc:
+            log.warning(
+                "could not renew the lock of org %s (%s): the run goes on, its lock expires"
+                " after LOCK_TTL_SECONDS",
+                self.org,
+                type(exc).__name__,
+            )
+        self.lock = None
+
+
+def release_quietly(lock: OrgLock, org: str) -> None:
+    """Release a run's lock; a lock that expired or a Redis that went away is a warning."""
+    try:
+        if not lock.release():
+            log.warning("lock of org %s expired before its run ended (LOCK_TTL_SECONDS)", org)
+    except RedisError as exc:  # it expires by itself
+        log.warning("could not release the lock of org %s: %s", org, type(exc).__name__)

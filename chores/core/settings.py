@@ -198,6 +198,11 @@ class Settings(BaseSettings):
         return redact_url(self.mongo_url)
 
     @property
+    def lock_redis_url(self) -> str:
+        """Where the per-org metering locks live: REDIS_URL, else the broker's Redis."""
+        return self.redis_url or self.celery_broker_url
+
+    @property
     def default_plan(self) -> Plan:
         """The plan of orgs without a `billing_plans` document."""
         return Plan(

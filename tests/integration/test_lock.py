@@ -342,3 +342,74 @@ def test_correctness_does_not_need_the_lock_two_runs_both_granted_it_bill_once(
     assert ledger(db) == ledger(reference) != {}
     assert sum(r["tokens_billed"] for r in results) == sum(ledger(reference).values())
     assert invoice_totals(db) == invoice_totals(reference)
+
+
+@pytest.fixture
+def shared_db(monkeypatch: pytest.MonkeyPatch, lock_url: str, fixture_docs: Any) -> Any:
+    """`chore run` as an operator runs it beside the workers: MONGO_URL names a server (the
+    lock is taken only there; an in-process store has no workers), which is mongomock here:
+    `connect` of the command hands it over. REDIS_URL is the real Redis of the locks."""
+    from chores.cli import run as run_command
+    from chores.core.settings import get_settings
+
+    db = seeded(fixture_docs)
+    monkeypatch.setenv("MONGO_URL", "mongodb://billing:pw@mongo.invalid:27017/main")
+    monkeypatch.setenv("REDIS_URL", lock_url)
+    monkeypatch.setattr(run_command, "connect", lambda settings: DatabaseProxy(db, watch))
+    held_at_writes: list[Any] = []
+
+    def watch(collection: str, method: str) -> None:
+        if collection == "billing_ledger" and method.startswith("insert"):
+            held_at_writes.append(lock_client(lock_url).get(KEY_PREFIX + "ws-acme"))
+
+    db.held_at_writes = held_at_writes
+    get_settings.cache_clear()
+    yield db
+    get_settings.cache_clear()
+
+
+def test_chore_run_meters_an_org_under_the_workers_lock_and_waits_for_none(client, shared_db):
+    """`chore run --org` once metered an org a worker was metering (review): SPEC §6 says
+    one org is never metered by two at once. Held: exit 5, nothing read or billed."""
+    from click.testing import CliRunner
+
+    from chores.cli import main
+
+    worker = OrgLock(client, "ws-acme", ttl_seconds=30, token="some-worker-task-id")
+    assert worker.acquire()
+    locked = CliRunner().invoke(main, ["run", "--org", "ws-acme"])
+    assert locked.exit_code == 5, locked.output
+    assert "org ws-acme is being metered by a worker right now: not metered" in locked.output
+    assert ledger(shared_db) == {} and shared_db.held_at_writes == []
+    assert client.get(KEY_PREFIX + "ws-acme") == b"some-worker-task-id"  # left alone
+
+    assert worker.release()
+    done = CliRunner().invoke(main, ["run", "--org", "ws-acme"])
+    assert done.exit_code == 0, done.output
+    assert ledger(shared_db) and shared_db.held_at_writes  # billed, under a lock...
+    assert all(holder is not None for holder in shared_db.held_at_writes)  # ...its own
+    assert b"some-worker-task-id" not in shared_db.held_at_writes
+    assert client.get(KEY_PREFIX + "ws-acme") is None  # released at the end
+
+    everything = CliRunner().invoke(main, ["run", "--all"])
+    assert everything.exit_code == 2 and "add --no-lock" in everything.output
+
+
+def test_chore_run_without_its_lock_redis_meters_nothing_unless_told_to(monkeypatch, shared_db):
+    from click.testing import CliRunner
+
+    from chores.cli import main
+    from chores.core.settings import get_settings
+
+    monkeypatch.setenv("REDIS_URL", f"redis://billing:s3cr3t@127.0.0.1:{closed_port()}/0")
+    get_settings.cache_clear()
+    refused = CliRunner().invoke(main, ["run", "--org", "ws-acme"])
+    assert refused.exit_code == 1
+    assert "the lock of org ws-acme cannot be taken (ConnectionError at redis://billing:***@" in (
+        refused.output
+    )
+    assert "s3cr3t" not in refused.output and ledger(shared_db) == {}
+
+    told = CliRunner().invoke(main, ["run", "--org", "ws-acme", "--no-lock"])
+    assert told.exit_code == 0, told.output
+    assert ledger(shared_db)
