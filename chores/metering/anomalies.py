@@ -9,31 +9,47 @@ anomaly needs review.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from chores.core.db import Collections, Doc
 from chores.core.writes import insert_ignoring_duplicates
 from chores.metering.rules import Anomaly, AnomalyRecord
 
 
+def anomaly_id(record: AnomalyRecord) -> str:
+    """The `_id` of a runner's anomaly of one kind."""
+    return f"{record.runner_id}:{record.kind}"
+
+
+class Recorded(NamedTuple):
+    """Where an anomaly is recorded: the invoice it flags, and whether it was resolved."""
+
+    org: Any
+    period: Any
+    resolved: bool
+
+
 class AnomalyLog:
     def __init__(self, collections: Collections):
         self._anomalies = collections.anomalies
 
-    def previous(self, records: Sequence[AnomalyRecord]) -> dict[str, tuple[Any, Any, bool]]:
-        """`(org, period, resolved)` of the already-recorded anomalies among `records`."""
-        ids = sorted({f"{r.runner_id}:{r.kind}" for r in records})
+    def previous(self, records: Sequence[AnomalyRecord]) -> dict[str, Recorded]:
+        """Where the already-recorded anomalies among `records` stand, by `anomaly_id`."""
+        ids = sorted({anomaly_id(r) for r in records})
         if not ids:
             return {}
         cursor = self._anomalies.find({"_id": {"$in": ids}}, {"org": 1, "period": 1, "resolved": 1})
-        return {d["_id"]: (d.get("org"), d.get("period"), bool(d.get("resolved"))) for d in cursor}
+        return {
+            d["_id"]: Recorded(d.get("org"), d.get("period"), bool(d.get("resolved")))
+            for d in cursor
+        }
 
     def record(
         self,
         records: Sequence[AnomalyRecord],
-        previous: dict[str, tuple[Any, Any, bool]],
+        previous: Mapping[str, Recorded],
         *,
         now: datetime,
         run_id: str,
@@ -46,11 +62,11 @@ class AnomalyLog:
         fresh: dict[str, Doc] = {}
         moves: dict[tuple[Any, Any], list[str]] = defaultdict(list)
         for r in records:
-            anomaly_id = f"{r.runner_id}:{r.kind}"
-            known = previous.get(anomaly_id)
+            record_id = anomaly_id(r)
+            known = previous.get(record_id)
             if known is None:
-                fresh[anomaly_id] = {
-                    "_id": anomaly_id,
+                fresh[record_id] = {
+                    "_id": record_id,
                     "runner_id": r.runner_id,
                     "kind": r.kind,
                     "org": r.org,
@@ -60,8 +76,8 @@ class AnomalyLog:
                     "first_seen": now,
                     "run_id": run_id,
                 }
-            elif known != (r.org, r.period, False):
-                moves[(r.org, r.period)].append(anomaly_id)
+            elif known != Recorded(r.org, r.period, False):
+                moves[(r.org, r.period)].append(record_id)
         insert_ignoring_duplicates(self._anomalies, list(fresh.values()))
         for (org, period), ids in sorted(moves.items(), key=lambda item: str(item[0])):
             self._anomalies.update_many(

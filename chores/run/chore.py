@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,7 +31,7 @@ from chores.core.db import (
 from chores.core.logs import redact_urls
 from chores.core.orgs import validate_org
 from chores.core.settings import Settings, get_settings
-from chores.metering.anomalies import AnomalyLog
+from chores.metering.anomalies import AnomalyLog, Recorded, anomaly_id
 from chores.metering.ledger import Ledger, entry_document
 from chores.metering.progress import ALL_ORGS, Progress, full_pass_scope
 from chores.metering.rules import (
@@ -176,11 +176,11 @@ class Pipeline:
         """Write what a batch found, in the order that makes a crash anywhere safe: the marks
         (open) first, then the anomalies, the entries and the pending list, then the marks
         closed (docs/design.md)."""
-        anomalies = self._placed(batch.anomalies, now)
+        known = self.anomalies.previous(batch.anomalies)
+        anomalies = self._placed(batch.anomalies, known, now)
         healed, healed_pairs = self.anomalies.resolvable(batch.clean)
         dirty = batch.dirty | set(healed_pairs)
         dirty.update((a.org, a.period) for a in anomalies if a.org and a.period)
-        known = self.anomalies.previous(anomalies)
         dirty.update((o, p) for o, p, _ in known.values() if o is not None and p is not None)
         marks = self.progress.mark_dirty(dirty, now=now)  # open, before what they announce
         self.anomalies.record(anomalies, known, now=now, run_id=run_id)
@@ -196,18 +196,29 @@ class Pipeline:
         self.progress.set_pending(add_pending, drop_pending)
         self.progress.close_marks(marks)  # everything they announced is readable now
 
-    def _placed(self, anomalies: Sequence[AnomalyRecord], now: datetime) -> list[AnomalyRecord]:
+    def _placed(
+        self, anomalies: Sequence[AnomalyRecord], known: Mapping[str, Recorded], now: datetime
+    ) -> list[AnomalyRecord]:
         """The anomalies, each in the period whose invoice it flags for review: its usage
-        period, unless that invoice is final (a final never changes): then the open
-        period, where its usage lands as late usage once the document is fixed."""
+        period, unless that invoice is final (a final never changes): then the org's open
+        period, where its usage lands as late usage once the document is fixed. One
+        recorded open on a final invoice (`known`) stays there: that invoice was frozen
+        flagged for it, and a reviewer finds it beside it."""
         orgs = {a.org for a in anomalies if a.org is not None and a.period is not None}
         finals = self.invoices.final_periods(orgs) if orgs else {}
         placed = []
         for anomaly in anomalies:
             final = finals.get(anomaly.org or "", set())
-            if anomaly.period in final:
-                detail = f"{anomaly.detail} (usage of {anomaly.period}, whose invoice is final)"
-                anomaly = anomaly._replace(period=open_period(now, final), detail=detail)
+            recorded = known.get(anomaly_id(anomaly))
+            if (
+                recorded
+                and not recorded.resolved
+                and recorded.org == anomaly.org
+                and (recorded.period in final)
+            ):
+                anomaly = anomaly._replace(period=recorded.period)  # on the final it flagged
+            elif anomaly.period in final:
+                anomaly = anomaly._replace(period=open_period(now, final))
             placed.append(anomaly)
         return placed
 

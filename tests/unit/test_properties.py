@@ -337,7 +337,6 @@ def test_an_anomaly_of_a_final_period_flags_the_open_draft_its_usage_will_land_i
     assert (anomaly["kind"], anomaly["period"], anomaly["resolved"]) == (
         "malformed_counters", "2026-11", False,
     )  # fmt: skip
-    assert anomaly["detail"].endswith("(usage of 2026-10, whose invoice is final)")
 
     fixed = runner("malformed", 1_000, OCTOBER + timedelta(days=11))
     fixed["last_updated_db"] = (NOVEMBER + timedelta(days=6, hours=1)).timestamp()
@@ -348,3 +347,29 @@ def test_an_anomaly_of_a_final_period_flags_the_open_draft_its_usage_will_land_i
     assert [(line["late"], line["tokens"]) for line in november["lines"]] == [(True, 1_000)]
     assert db.billing_anomalies.find_one({"_id": anomaly["_id"]})["resolved"] is True
     assert db.billing_invoices.find_one({"_id": "acme:2026-10"}) == october
+
+
+def test_an_anomaly_a_final_was_frozen_with_stays_with_that_final():
+    """The daily full pass re-reads every runner: it once moved an anomaly off the final
+    invoice frozen flagged for it, which then said "needs review" and listed no cause
+    (review). It stays there; the open draft is not flagged for it."""
+    held = {
+        "_id": "malformed",
+        "name": "ai",
+        "status": "SUCCESS",
+        "end_time": OCTOBER + timedelta(days=11),
+        "last_updated_db": (OCTOBER + timedelta(days=11)).timestamp(),
+        "context": {"workspace_id": "acme", "ai_model": "gpt-4o-mini", "ai_tokens": "1000"},
+    }
+    db = fresh_db([held], [])
+    run_chore(db, now=OCTOBER + timedelta(days=30), registry=REGISTRY, settings=SETTINGS)
+    finalize_invoices(db, now=NOVEMBER + timedelta(days=5), settings=SETTINGS)
+    october = db.billing_invoices.find_one({"_id": "acme:2026-10"})
+    assert (october["status"], october["needs_review"]) == ("final", True)
+
+    later = NOVEMBER + timedelta(days=6)
+    run_chore(db, now=later, registry=REGISTRY, settings=SETTINGS, full=True)
+    [anomaly] = db.billing_anomalies.find()
+    assert (anomaly["period"], anomaly["resolved"]) == ("2026-10", False)
+    november = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert november is None or november["needs_review"] is False
