@@ -74,14 +74,17 @@ def run(
     settings = get_settings()
     db = connect(settings)  # a bad or unreachable MONGO_URL is said first
     lock = None if dry_run or no_lock else _take_lock(settings, org)
+    keep = None if lock is None else KeepLock(lock, lock.org)
     try:
         _run(
-            db, settings, lock, org=org, dry_run=dry_run, full=full, as_json=as_json, quiet=quiet,
-            now=now,
+            db, settings, keep, org=org, dry_run=dry_run, full=full, as_json=as_json,
+            quiet=quiet, now=now,
         )  # fmt: skip
     finally:
-        if lock is not None:
-            release_quietly(lock, lock.org)
+        if lock is not None and keep is not None:
+            problems = [keep.lost, release_quietly(lock, lock.org)]
+            for problem in filter(None, problems):  # the worker logs them; a person reads them
+                click.echo(f"warning: {problem}", err=True)
 
 
 def _take_lock(settings: Settings, org: str | None) -> OrgLock | None:
@@ -117,7 +120,7 @@ def _take_lock(settings: Settings, org: str | None) -> OrgLock | None:
 def _run(
     db: Database[Doc],
     settings: Settings,
-    lock: OrgLock | None,
+    keep: KeepLock | None,
     *,
     org: str | None,
     dry_run: bool,
@@ -126,8 +129,7 @@ def _run(
     quiet: bool,
     now: datetime | None,
 ) -> None:
-    """The run itself, its progress and its report."""
-    keep = KeepLock(lock, lock.org) if lock is not None else None
+    """The run itself, its progress and its report; `keep` renews the org's lock."""
     out = console()
     show_progress = not (quiet or as_json) and out.is_terminal
     # Live on a terminal (not with --quiet or --json, not in a log): documents read, the

@@ -104,6 +104,7 @@ class KeepLock:
     def __init__(self, lock: OrgLock, org: str):
         self.lock: OrgLock | None = lock
         self.org = org
+        self.lost: str | None = None  # what went wrong, once it did (also logged)
 
     def __call__(self, docs: int) -> None:
         if self.lock is None:
@@ -111,25 +112,27 @@ class KeepLock:
         try:
             if self.lock.renew():
                 return
-            log.warning(
-                "lock of org %s lost mid-run (expired or taken over): the run goes on,"
-                " the ledger keeps billing exact",
-                self.org,
+            self.lost = (
+                f"lock of org {self.org} lost mid-run (expired or taken over): the run goes on,"
+                " the ledger keeps billing exact"
             )
         except RedisError as exc:
-            log.warning(
-                "could not renew the lock of org %s (%s): the run goes on, its lock expires"
-                " after LOCK_TTL_SECONDS",
-                self.org,
-                type(exc).__name__,
+            self.lost = (
+                f"could not renew the lock of org {self.org} ({type(exc).__name__}): the run"
+                " goes on, its lock expires after LOCK_TTL_SECONDS"
             )
+        log.warning("%s", self.lost)
         self.lock = None
 
 
-def release_quietly(lock: OrgLock, org: str) -> None:
-    """Release a run's lock; a lock that expired or a Redis that went away is a warning."""
+def release_quietly(lock: OrgLock, org: str) -> str | None:
+    """Release a run's lock; a lock that expired or a Redis that went away is a warning,
+    logged and returned."""
     try:
-        if not lock.release():
-            log.warning("lock of org %s expired before its run ended (LOCK_TTL_SECONDS)", org)
+        if lock.release():
+            return None
+        problem = f"lock of org {org} expired before its run ended (LOCK_TTL_SECONDS)"
     except RedisError as exc:  # it expires by itself
-        log.warning("could not release the lock of org %s: %s", org, type(exc).__name__)
+        problem = f"could not release the lock of org {org}: {type(exc).__name__}"
+    log.warning("%s", problem)
+    return problem

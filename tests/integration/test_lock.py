@@ -413,3 +413,25 @@ def test_chore_run_without_its_lock_redis_meters_nothing_unless_told_to(monkeypa
     told = CliRunner().invoke(main, ["run", "--org", "ws-acme", "--no-lock"])
     assert told.exit_code == 0, told.output
     assert ledger(shared_db)
+
+
+def test_chore_run_says_so_when_it_loses_its_lock_mid_run(client, monkeypatch, shared_db):
+    """A worker logs a lost lock; `chore run` once kept it to a logger nobody reads (review)."""
+    from click.testing import CliRunner
+
+    from chores.cli import main
+    from chores.cli import run as run_command
+    from chores.core.settings import get_settings
+
+    def steal(collection: str, method: str) -> None:
+        if collection == "billing_ledger" and method == "find":
+            client.set(KEY_PREFIX + "ws-acme", "worker-task", px=30_000)
+
+    monkeypatch.setenv("BATCH_SIZE", "1")  # renewed after every document
+    monkeypatch.setattr(run_command, "connect", lambda settings: DatabaseProxy(shared_db, steal))
+    get_settings.cache_clear()
+    result = CliRunner().invoke(main, ["run", "--org", "ws-acme", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("warning: lock of org ws-acme lost mid-run") == 1
+    assert "expired before its run ended" in result.output  # its release found another's
+    assert client.get(KEY_PREFIX + "ws-acme") == b"worker-task" and ledger(shared_db)
