@@ -122,8 +122,9 @@ class OrgTask(Task):
         """What becomes of the work of a task that failed for good."""
         if self.name != "chores.tasks.meter_org":  # the fan-out, the finalize
             return "the next beat tick sends it again"
-        if isinstance(exc, ConfigError):  # no org, or a bad setting: no retry fixes it
-            return "not retried: this message cannot succeed as it is"
+        org = (kwargs or {}).get("org", args[0] if args else None)
+        if not _is_valid_org(org):  # no retry and no fan-out fixes the message
+            return "not retried: this message names no org that can be metered"
         full = (kwargs or {}).get("full", args[1] if args and len(args) > 1 else False)
         if full:
             return (
@@ -147,6 +148,14 @@ def _log_a_lost_worker(
     no `on_failure`: its last line names its org all the same."""
     if isinstance(sender, OrgTask) and isinstance(exception, WorkerLostError):
         sender.on_failure(exception, task_id, args, kwargs, None)
+
+
+def _is_valid_org(org: Any) -> bool:
+    try:
+        _run.validate_org(org)
+    except ConfigError:
+        return False
+    return True
 
 
 def _describe(exc: BaseException) -> str:

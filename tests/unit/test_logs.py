@@ -7,6 +7,7 @@ import copy
 import io
 import json
 import logging
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -150,7 +151,23 @@ def test_a_run_sent_without_an_org_is_not_called_all_orgs_nor_promised_again(
         tasks.meter_org.apply((org,), retries=0).get()
     (last,) = [line for line in lines(caplog) if "failed for good" in line]
     assert last.startswith(f"meter_org of {named} failed for good (ConfigError")
-    assert ": not retried: this message cannot succeed as it is (task " in last
+    assert ": not retried: this message names no org that can be metered (task " in last
+
+
+def test_a_bad_setting_keeps_the_org_due_in_its_failure_line(service, monkeypatch, caplog):
+    """Only a bad org is "not retried": a bad setting met by a good org's run leaves it due,
+    and the next fan-out sends it again once the setting is fixed (review)."""
+    caplog.set_level(logging.INFO, logger="chores.tasks")
+
+    def misconfigured() -> Any:
+        raise ConfigError("MONGO_URL mongodb://db/?tlsCAFile=/nonexistent: a TLS file ...")
+
+    monkeypatch.setattr(tasks, "get_db", misconfigured)
+    with pytest.raises(ConfigError):
+        tasks.meter_org.apply(("acme",), retries=0).get()
+    (last,) = [line for line in lines(caplog) if "failed for good" in line]
+    assert last.startswith("meter_org of org acme failed for good (ConfigError")
+    assert ": the org stays due, the next fan-out lists it again (task " in last
 
 
 def test_the_fan_out_names_its_orgs_and_truncates_a_long_list(service, monkeypatch, caplog):
@@ -166,7 +183,10 @@ def test_the_fan_out_names_its_orgs_and_truncates_a_long_list(service, monkeypat
     assert short_list(many[:3]) == "org-000, org-001, org-002"
 
 
-def test_log_format_json_makes_every_line_a_json_object_with_the_fields(service, caplog):
+def test_log_format_json_makes_every_line_a_json_object_with_the_fields(
+    service, caplog, monkeypatch
+):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # `_log_format` installs its own
     stream = io.StringIO()
     logger = logging.getLogger("test.json")
     handler = logging.StreamHandler(stream)
@@ -176,6 +196,7 @@ def test_log_format_json_makes_every_line_a_json_object_with_the_fields(service,
     logger.propagate = False
     _log_format(logger=logger)  # what Celery's after_setup_*logger signals call
     assert isinstance(handler.formatter, JsonFormatter)
+    assert sys.excepthook is celery_app._log_uncaught  # what stops the process is logged
 
     logger.warning("lost mongodb://u:%s@h/db", SECRET, extra={"fields": {"org": "acme"}})
     try:
