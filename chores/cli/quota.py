@@ -207,7 +207,7 @@ def _print_plan(org: str, p: Plan, default: bool = False) -> None:
     spend = "no limit" if p.spend_limit_micros is None else usd_exact(p.spend_limit_micros)
     click.echo(
         f"{org}{' (default plan)' if default else ''}: token limit {tokens}, "
-        f"spend limit {spend}, warn at {p.soft_ratio:.0%}, overdraft {p.grace_tokens:,} tokens"
+        f"spend limit {spend}, warn at {p.soft_ratio * 100:g}%, overdraft {p.grace_tokens:,} tokens"
     )
 
 

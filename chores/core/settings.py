@@ -89,7 +89,10 @@ def _parser_detail(exc: Exception, url: str) -> str:
 def _check_database_number(url: str) -> None:
     """The `/db` of a Redis URL is a number, or absent: redis-py drops one it cannot read
     (`/2x`) and connects to database 0, the broker's, without a word."""
-    path = urlsplit(url).path.strip("/")
+    parts = urlsplit(url)
+    path = unquote(parts.path).strip("/")
+    if "db=" in parts.query:
+        return  # `?db=2`: redis-py's own check
     if path and not (path.isascii() and path.isdigit()):
         # Not quoted: with a '/' in the password left unencoded, the "path" is its tail.
         raise ValueError("what follows the host's '/' is not a database number")
