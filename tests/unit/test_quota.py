@@ -515,3 +515,28 @@ def test_a_plan_read_twice_unchanged_is_decided_once_even_holding_a_nan(db, sett
     assert states == {"bad": INVALID_PLAN, "odd": "ok"}
     assert counting.calls[("billing_plans", "find")] == 2  # read, then read again: unchanged
     assert sum("plan of 'bad' is invalid" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_mirrored_decision_is_trusted_below_its_ttl_and_not_at_it(db, settings):
+    """A mirror entry a failed write left behind says `ok`; MongoDB says `block`. Up to the
+    TTL the mirror answers, from the TTL on MongoDB does (mutation review: `<=` passed)."""
+    decided = {
+        "_id": "acme", "org": "acme", "period": "2026-11", "computed_at": NOV,
+        "token_limit": 1_000, "spend_limit_micros": None, "spent_micros": 0,
+    }  # fmt: skip
+    db.billing_quota.insert_one({**decided, "state": "block", "used_tokens": 5_000})
+
+    class LeftBehind:
+        def get(self, org: str) -> dict[str, Any]:
+            return {**decided, "state": "ok", "used_tokens": 0}
+
+        def put_many(self, docs: Any) -> None:
+            pass
+
+    quota = Quota(Collections.of(db, settings), settings)
+    quota._cache = LeftBehind()  # type: ignore[assignment]
+    ttl = timedelta(seconds=settings.quota_cache_ttl_seconds)
+    mirrored = quota.check("acme", 0, NOV + ttl - timedelta(seconds=1))
+    assert (mirrored.state, mirrored.used_tokens) == ("ok", 0)
+    stored = quota.check("acme", 0, NOV + ttl)
+    assert (stored.state, stored.allowed, stored.used_tokens) == ("block", False, 5_000)

@@ -278,3 +278,55 @@ def test_estimates_take_a_subagents_inherited_cost_off_and_share_a_run_across_mo
     for period, share in (("2026-10", 1.0), ("2026-11", 2.0)):  # 1,000 and 2,000 of 3,000
         (line,) = reconcile(meter, "y", period, now=NOW).lines
         assert line.runner_estimate_usd == pytest.approx(share)
+
+
+def test_a_line_priced_wrong_with_a_total_that_agrees_is_a_mismatch(env_db, registry):
+    """Tokens right, the amount doubled and the total kept equal to the lines: only the
+    line's amount against the source's says so (a mutant comparing the source's amount
+    with itself passed every test, mutation review)."""
+    settings = get_settings()
+    seeded(env_db, settings, registry, november(7))
+    invoice = env_db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    line = next(i for i, line in enumerate(invoice["lines"]) if line["amount_micros"])
+    invoice["lines"][line]["amount_micros"] *= 2
+    invoice["total_micros"] = sum(x["amount_micros"] or 0 for x in invoice["lines"])
+    env_db.billing_invoices.replace_one({"_id": invoice["_id"]}, invoice)
+    args = ["reconcile", "--org", "acme", "--period", "2026-11", "--now", NOW.isoformat()]
+    result = CliRunner().invoke(main, [*args, "--json"])
+    assert result.exit_code == 4, result.output
+    report = json.loads(result.output)
+    assert report["problems"] == []  # the invoice agrees with itself...
+    [bad] = [x for x in report["lines"] if x["invoiced_micros"] != x["expected_micros"]]
+    assert bad["invoiced_micros"] == 2 * bad["expected_micros"]  # ...not with the source
+    assert bad["invoiced_tokens"] == bad["expected_tokens"]
+
+
+def test_a_final_reconciles_while_a_late_entry_waits_for_its_settle(db, settings, registry):
+    """A run that died after writing a late entry of a final period, before its settle
+    moved it: the final holds exactly what it held, and reconciles (mutation review: an
+    unbooked entry counted on a final made a false alarm)."""
+    from datetime import timedelta
+
+    from chores import finalize_invoices
+    from chores.run.report import RunReport
+
+    november_25 = datetime(2026, 11, 25, 12, tzinfo=UTC)
+    december_5 = datetime(2026, 12, 5, tzinfo=UTC)
+    first = ai_runner("acme", 1_000, running=False, ended=november_25)
+    db.tasks.insert_one(first)
+    run_chore(db, org="acme", now=november_25, registry=registry, settings=settings)
+    assert finalize_invoices(
+        db, now=december_5, grace=timedelta(days=1), org="acme", settings=settings
+    ) == ["acme:2026-11"]
+    late = ai_runner("acme", 4_000, running=False, ended=november_25 + timedelta(hours=1))
+    db.tasks.insert_one(late)
+    meter = Pipeline(db, settings, registry)
+    report = RunReport(run_id="died", org="acme", started_at=december_5)
+    meter.process(
+        [db.tasks.find_one({"_id": late["_id"]})], org="acme", now=december_5,
+        run_id="died", report=report, dry_run=False,
+    )  # fmt: skip
+    assert db.billing_ledger.count_documents({"org": "acme"}) == 2  # written, not settled
+    result = reconcile(meter, "acme", "2026-11", now=december_5)
+    assert result.ok, result
+    assert [(x.expected_tokens, x.invoiced_tokens) for x in result.lines] == [(1_000, 1_000)]
