@@ -237,7 +237,7 @@ def test_a_failed_renewal_is_logged_once_and_the_run_goes_on(
             client.set(KEY_PREFIX + "ws-acme", "another-run", px=30_000)
 
     use(monkeypatch, settings, DatabaseProxy(db, steal))
-    with caplog.at_level(logging.WARNING, logger="chores.tasks"):
+    with caplog.at_level(logging.WARNING, logger="chores"):
         result = tasks.meter_org.apply(("ws-acme",)).get()
     assert result["locked"] is False and ledger(db) == ledger(reference)
     assert caplog.text.count("lock of org ws-acme lost mid-run") == 1
@@ -255,7 +255,7 @@ def test_a_failed_renewal_is_logged_once_and_the_run_goes_on(
         raise redis.ConnectionError("Redis went away")
 
     monkeypatch.setattr(OrgLock, "renew", broken_renew)
-    with caplog.at_level(logging.WARNING, logger="chores.tasks"):
+    with caplog.at_level(logging.WARNING, logger="chores"):
         result = tasks.meter_org.apply(("ws-acme",)).get()
     assert result["locked"] is False and ledger(db) == ledger(reference)
     assert invoice_totals(db) == invoice_totals(reference)
@@ -274,7 +274,7 @@ def test_without_redis_for_its_lock_an_org_is_not_metered(monkeypatch, fixture_d
     db.billing_quota.insert_one(dict(stale))
     use(monkeypatch, Settings(mongo_url="mongomock://lock", redis_url=unreachable), db)
 
-    with caplog.at_level(logging.WARNING, logger="chores.tasks"):
+    with caplog.at_level(logging.WARNING, logger="chores"):
         result = tasks.meter_org.apply(("ws-acme",))
 
     assert isinstance(result.result, LockUnavailable) and result.state == "FAILURE"
