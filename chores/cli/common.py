@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -73,6 +73,19 @@ period_option = click.option(
 org_option = click.option("--org", required=True, metavar="ORG", help="The org (workspace id).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
 csv_option = click.option("--csv", "as_csv", is_flag=True, help="Print CSV, one row per line.")
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet evaluates
+
+
+def csv_cells(values: Iterable[Any]) -> list[Any]:
+    """A CSV row a spreadsheet opens as data: None is empty, and text that a spreadsheet
+    would run as a formula (an org named `=HYPERLINK(...)`) is prefixed with `'` (OWASP's
+    CSV injection advice). Numbers are written as they are."""
+    return [
+        "" if v is None else f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
+        for v in values
+    ]
 
 
 def machine_format(as_json: bool, as_csv: bool) -> None:

