@@ -48,7 +48,7 @@ class LineCheck(BaseModel):
     invoiced_tokens: int
     expected_micros: int | None
     invoiced_micros: int | None
-    runner_estimate_usd: float
+    runner_estimate_usd: float | None  # None: no runner of the line gave an estimate
     runners: int
     estimated_runners: int = 0  # how many of them gave an estimate (0: the display says –)
 
@@ -111,7 +111,7 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     invoice = meter.invoices.get(org, period)
     if invoice is None:
         raise InvoiceNotFound(f"no invoice for org {org!r} in {period}")
-    registry: Registry = meter.registry
+    registry = _pricing_registry(invoice, meter.registry)
     sources = _source_usage(meter, org, now)
     ledger = _ledger_usage(meter, org, period, invoice.status, set(sources))
     groups: list[UsageGroup] = []
@@ -163,7 +163,7 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
                 invoiced_tokens=inv.tokens if inv else 0,
                 expected_micros=exp.amount_micros if exp else 0,
                 invoiced_micros=inv.amount_micros if inv else 0,
-                runner_estimate_usd=round(estimates.get(key, 0.0), 6),
+                runner_estimate_usd=round(estimates[key], 6) if estimated.get(key) else None,
                 runners=len(runners_of_line.get(key, ())),
                 estimated_runners=estimated.get(key, 0),
             )
@@ -176,8 +176,18 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         late_tokens=sum(ln.tokens for ln in invoice.lines if ln.late),
         runners=runner_checks,
         problems=_invoice_problems(invoice),
-        registry_changed=invoice.status == "final" and invoice.registry != registry.fingerprint,
+        registry_changed=invoice.status == "final"
+        and invoice.registry != meter.registry.fingerprint,
     )
+
+
+def _pricing_registry(invoice: Invoice, current: Registry) -> Registry:
+    """What the expected lines are priced with. A final: the registry that priced it (its
+    stored excerpt), since a final never changes and a later price change is no mismatch.
+    A draft: today's, which the next run reprices it with."""
+    if invoice.status == "final" and invoice.priced_with is not None:
+        return Registry.model_validate(invoice.priced_with)
+    return current
 
 
 def _disagreement(source: _SourceUsage | None, billed: Breakdown) -> str:

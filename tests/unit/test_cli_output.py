@@ -161,7 +161,7 @@ def test_reconcile_dash_without_estimate_headers_and_right_aligned(cli_db):
         if row["estimated_runners"]:
             assert estimate == usd(round(row["runner_estimate_usd"] * 1_000_000))
         else:
-            assert estimate == "–"
+            assert estimate == "–" and row["runner_estimate_usd"] is None  # not 0.0
     mini = next(r for r in report["lines"] if r["model"] == "gpt-4o-mini")
     assert mini["estimated_runners"] == 2  # runners 1 and 2 gave one; runner 3 none
     assert any(not r["estimated_runners"] for r in report["lines"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
@@ -229,7 +230,23 @@ def test_a_final_invoice_priced_with_another_registry_says_so(db, settings, regi
     assert same.ok and not same.registry_changed
     other = Registry.model_validate({**registry.model_dump(mode="json"), "version": "later"})
     changed = reconcile(Pipeline(db, settings, other), "acme", "2026-10", now=NOW)
-    assert changed.registry_changed
+    assert changed.registry_changed and changed.ok
+
+    # A later registry that prices October's model differently: the final still reconciles
+    # (it once exited 4, a "mismatch" that was only today's price, review). A final is
+    # checked against the registry that priced it, stored with it.
+    raised = registry.model_dump(mode="json")
+    raised["version"] = "dearer"
+    for model in raised["models"]:
+        for price in model["prices"]:
+            price["input"] = str(Decimal(price["input"]) * 2)
+    dearer = Registry.model_validate(raised)
+    assert (
+        dearer.resolve("gpt-4o-mini").prices[0].input
+        != registry.resolve("gpt-4o-mini").prices[0].input
+    )
+    checked = reconcile(Pipeline(db, settings, dearer), "acme", "2026-10", now=NOW)
+    assert checked.ok and checked.registry_changed, checked
 
 
 def test_estimates_take_a_subagents_inherited_cost_off_and_share_a_run_across_months(
