@@ -133,7 +133,15 @@ def collect_report(
         )
         for doc in cursor
     )
-    return ReportData(allocation, anomalies, registry.version, now, top)
+    return ReportData(allocation, anomalies, _priced_with(invoice, registry), now, top)
+
+
+def _priced_with(invoice: Invoice, registry: Registry) -> str:
+    """The version of the registry that priced the invoice's amounts, and today's beside it
+    when it differs (a final keeps its prices; a draft is repriced by the next run)."""
+    stored = invoice.priced_with
+    version = str(stored["version"]) if stored and "version" in stored else registry.version
+    return version if version == registry.version else f"{version} (today's: {registry.version})"
 
 
 # --- numbers ------------------------------------------------------------------------------

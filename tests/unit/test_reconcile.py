@@ -347,3 +347,21 @@ def test_a_final_reconciles_while_a_late_entry_waits_for_its_settle(db, settings
     result = reconcile(meter, "acme", "2026-11", now=december_5)
     assert result.ok, result
     assert [(x.expected_tokens, x.invoiced_tokens) for x in result.lines] == [(1_000, 1_000)]
+
+
+def test_the_report_names_the_registry_that_priced_the_invoice(db, settings, registry):
+    """`chore report` printed today's registry above amounts another one priced (review)."""
+    from chores import finalize_invoices
+    from chores.reports.invoice_html import collect_report
+    from pricing import Registry
+
+    db.tasks.insert_one(
+        ai_runner("acme", 1_000, running=False, ended=datetime(2026, 10, 20, tzinfo=UTC))
+    )
+    run_chore(db, now=datetime(2026, 10, 25, tzinfo=UTC), registry=registry, settings=settings)
+    finalize_invoices(db, now=NOW, settings=settings)
+    same = collect_report(db, "acme", "2026-10", settings=settings, registry=registry, now=NOW)
+    assert same.registry_version == registry.version
+    later = Registry.model_validate({**registry.model_dump(mode="json"), "version": "later"})
+    data = collect_report(db, "acme", "2026-10", settings=settings, registry=later, now=NOW)
+    assert data.registry_version == f"{registry.version} (today's: later)"
