@@ -1,7 +1,9 @@
 """The `chore` command line: a thin layer over the package's functions.
 
 User errors (`ChoreError`, `RegistryError`, an unreachable database) print one
-line on stderr and exit 1; `quota check` exits 3 when the run is refused.
+line on stderr and exit 1, bad usage 2 (click's); `quota check` exits 3 when the run is
+refused, `reconcile` 4 on a mismatch, `run` 5 when a worker holds the org's lock, and
+Ctrl-C 130 (`cli/common.py`).
 """
 
 from __future__ import annotations

@@ -65,7 +65,8 @@ def run(
 
     On a database the workers meter too, an org is metered under the lock a worker takes
     (SPEC §6: one org is never metered by two at once): exit 5 when a worker holds it, 1
-    when its Redis cannot be reached. `--all` takes no lock: there it needs --no-lock.
+    when its Redis cannot be reached. `--all` takes no lock: there it needs --no-lock (a dry
+    run takes none and needs none).
     """
 
     if bool(org is not None) == all_orgs:
