@@ -8,6 +8,7 @@ entries per runner, raw model, key source, lateness, day and billed price into
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -181,7 +182,8 @@ def stored_invoice(collections: Collections, org: str, period: str) -> Invoice:
     doc = collections.invoices.find_one({"_id": f"{org}:{period}"})
     if doc is None:
         raise InvoiceNotFound(
-            f"no invoice for org {org!r} in {period}; run `chore run --org {org}` first"
+            f"no invoice for org {org!r} in {period}; "
+            f"run `chore run --org {shlex.quote(org)}` first"
         )
     return Invoice.model_validate(doc)
 

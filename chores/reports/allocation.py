@@ -23,6 +23,7 @@ Pure.
 
 from __future__ import annotations
 
+import shlex
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -193,7 +194,7 @@ def allocate(invoice: Invoice, usages: Sequence[EntryUsage], registry: Registry)
     if consistent is not None:
         return _split(invoice, consistent[1], consistent[0], exact=False)
     advice = (
-        f"run `chore run --org {invoice.org}` to rebuild the draft"
+        f"run `chore run --org {shlex.quote(invoice.org)}` to rebuild the draft"
         if invoice.status == "draft"
         else "the final invoice needs review"
     )

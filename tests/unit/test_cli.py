@@ -84,6 +84,15 @@ def test_unknown_invoice_is_one_line_exit_1(cli_db):
     )
 
 
+def test_the_hint_quotes_an_org_for_the_shell(cli_db):
+    """The hint is a command to paste: an org with a space or `;` once ran as two words
+    (review)."""
+    org = "acme; rm -rf x"
+    result = CliRunner().invoke(main, ["invoice", "show", "--org", org, "--period", "2026-11"])
+    assert result.exit_code == 1
+    assert result.output.strip().endswith("run `chore run --org 'acme; rm -rf x'` first")
+
+
 def test_bad_period_is_a_usage_error(cli_db):
     result = CliRunner().invoke(
         main, ["invoice", "show", "--org", "x", "--period", "11-2026"], prog_name="chore"
