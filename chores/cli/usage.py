@@ -249,12 +249,16 @@ def print_usage(
     counts = ("input", "cached", "output", "unsplit", "tokens", "amount")
     for column in counts if per_run else ("runs", *counts):
         tables.number_column(view, column)
+    spawned_elsewhere = False  # a subagent whose spawning run is not in the table
     for row in table:
         cells = [escape(row.key) if row.key is not None else "(none)"]
         if row.run is not None:
             run = row.run
             depth = (depths or {}).get(row.key, 1 if run.subagent else 0)
             cells[0] = ("  " * (depth - 1) + "↳ " if depth else "") + cells[0]
+            if run.subagent and not depth:
+                cells[0] += " *"
+                spawned_elsewhere = True
             model = models.get(run.runner_id) or run.model or "(no model)"
             cells += [escape(model), escape(run.status or "")]
             cells += [escape(run.session_id or "")] if with_session else []
@@ -278,6 +282,8 @@ def print_usage(
         usd(summed.priced_micros),
     )
     out.print(tables.fit(view, out.width))
+    if spawned_elsewhere:
+        out.print("  * a subagent whose spawning run is not in this period (or not shown)")
     invoice_tokens = sum(line.tokens for line in invoice.lines)
     scope = "filtered rows" if filters.active else "rows"
     out.print(

@@ -38,8 +38,8 @@ def run_trees(cells: Iterable[Cell]) -> list[RunNode]:
 def tree_order(table: Sequence[Row]) -> list[tuple[Row, int]]:
     """`by="run"` rows in tree order, each with its depth: a top-level run (costliest
     first), then its subagents under it, depth first, each level costliest first. A
-    subagent whose spawning run is not among the rows comes at depth 1 where its
-    session's place is (the session column names it)."""
+    subagent whose spawning run is not among the rows comes at depth 0 where its
+    session's place is: not under the run printed before it."""
     by_key = {row.key: row for row in table}
     out: list[tuple[Row, int]] = []
     stack = [(root, 0) for root in reversed(trees_of_rows(table))]
@@ -47,7 +47,7 @@ def tree_order(table: Sequence[Row]) -> list[tuple[Row, int]]:
         node, depth = stack.pop()
         if node.run is not None:
             out.append((by_key[node.run.runner_id], depth))
-        below = depth + 1 if node.run is not None else 1
+        below = depth + 1 if node.run is not None else 0
         stack.extend((child, below) for child in reversed(node.children))
     placed = {id(row) for row, _ in out}
     return out + [(row, 0) for row in table if id(row) not in placed]  # no runner info

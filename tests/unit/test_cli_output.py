@@ -406,3 +406,41 @@ def test_csv_never_hands_a_spreadsheet_a_formula(env_db):
     assert f"'{org}:2026-11" in cells and f"'{model}" in cells and f"'{session}" in cells
     assert not [c for c in cells if c[:1] in ("=", "+", "@")]
     assert "1000" in cells  # numbers are written as they are
+
+
+def test_a_subagent_spawned_in_another_period_is_not_shown_under_an_unrelated_run(env_db):
+    """Its spawning run billed only in September, an October subagent was printed indented
+    under whichever October run came before it (review). It is a top-level row, marked."""
+    from datetime import UTC, datetime
+
+    def ai(_id: str, model: str, tokens: int, ended: datetime, **context: object) -> dict:
+        return {
+            "_id": _id, "name": "ai", "status": "SUCCESS", "end_time": ended,
+            "last_updated_db": ended.timestamp(),
+            "context": {"workspace_id": "acme", "ai_model": model, "ai_tokens": tokens,
+                        "ai_prompt_tokens": tokens, "ai_completion_tokens": 0, **context},
+        }  # fmt: skip
+
+    september, october = datetime(2026, 9, 30, 21, tzinfo=UTC), datetime(2026, 10, 2, tzinfo=UTC)
+    env_db.tasks.insert_many(
+        [
+            ai("parent", "gpt-4o", 5_000, september, session_id="sessP"),
+            ai("child", "gpt-4o-mini", 8_000, october, session_id="sessC", subagent="sessC",
+               ai_subagent_depth=1, parent_session_id="sessP"),
+            ai("costly", "gpt-4o", 500_000, october, session_id="sessX"),
+        ]
+    )  # fmt: skip
+    env_db.findings.insert_one(
+        {
+            "_type": "ai", "ai_type": "task", "extra_data": {"runner_id": "child"},
+            "_context": {"workspace_id": "acme", "ai_tokens": 5_000, "ai_prompt_tokens": 5_000,
+                         "ai_completion_tokens": 0, "task_id": "parent"},
+        }
+    )  # fmt: skip
+    now = ["--now", "2026-10-05T00:00:00+00:00"]
+    assert invoke("run", "--org", "acme", *now).exit_code == 0
+    result = invoke("usage", "--org", "acme", "--period", "2026-10", "--by", "run", *now)
+    rows = {line.split()[0]: line for line in table_lines(result.output) if "str:" in line}
+    assert "↳" not in result.output
+    assert rows["str:'child'"].split()[1] == "*" and "*" not in rows["str:'costly'"]
+    assert "* a subagent whose spawning run is not in this period" in result.output
