@@ -20,6 +20,8 @@ from chores.core.db import Collections, Doc
 from chores.core.exceptions import InvoiceNotFound
 from chores.metering.ledger import EMPTY_ENTRY
 from chores.metering.lines import EXACT, LineKey, Tier, TokenSums, UsageGroup
+from chores.metering.rules import MAX_LABEL, runner_key, source_id_of
+from chores.metering.source import chunked
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +77,14 @@ class _Summed:
     tokens: TokenSums = field(default_factory=TokenSums)
 
 
-def entry_usages(entries: Iterable[Mapping[str, Any]]) -> list[EntryUsage]:
+def entry_usages(
+    entries: Iterable[Mapping[str, Any]], statuses: Mapping[str, str] | None = None
+) -> list[EntryUsage]:
     """Ledger entries summed per runner, raw model, key source, lateness, day and billed price.
 
-    A runner's session, parent and status are those of its latest entry.
+    A runner's session and parent are those of its latest entry; its status is the one in
+    `statuses` (its document's now, `source_statuses`), else its latest entry's: a run's
+    last write often adds no tokens, so no entry records how it ended.
     """
     sums: dict[tuple[Any, ...], _Summed] = {}
     latest: dict[str, Mapping[str, Any]] = {}
@@ -118,7 +124,10 @@ def entry_usages(entries: Iterable[Mapping[str, Any]]) -> list[EntryUsage]:
             )
         )
 
-    runs = {runner: _run_info(runner, entry) for runner, entry in latest.items()}
+    statuses = statuses or {}
+    runs = {
+        runner: _run_info(runner, entry, statuses.get(runner)) for runner, entry in latest.items()
+    }
     return [
         EntryUsage(
             run=runs[runner],
@@ -137,7 +146,7 @@ def entry_usages(entries: Iterable[Mapping[str, Any]]) -> list[EntryUsage]:
     ]
 
 
-def _run_info(runner: str, entry: Mapping[str, Any]) -> RunInfo:
+def _run_info(runner: str, entry: Mapping[str, Any], status: str | None) -> RunInfo:
     def text(name: str) -> str | None:
         value = entry.get(name)
         return value if isinstance(value, str) else None
@@ -148,7 +157,7 @@ def _run_info(runner: str, entry: Mapping[str, Any]) -> RunInfo:
         session_id=text("session_id"),
         subagent=entry.get("subagent") is True,
         parent_id=text("parent_id"),
-        status=text("status"),
+        status=status or text("status"),
     )
 
 
@@ -216,4 +225,25 @@ def read_period(
             on_progress(len(entries), max(expected, len(entries)))
     if on_progress is not None:
         on_progress(len(entries), len(entries))
-    return invoice, entry_usages(entries)
+    runners = sorted({str(entry["runner_id"]) for entry in entries})
+    return invoice, entry_usages(entries, source_statuses(collections, runners, batch_size))
+
+
+def source_statuses(
+    collections: Collections, runner_ids: Iterable[str], batch_size: int = 1000
+) -> dict[str, str]:
+    """The status each runner's document has now, by runner id (one read per batch): for
+    the views only; a runner whose document is gone, or whose key does not show its `_id`
+    (a digest), keeps its ledger's."""
+    by_source = {}
+    for runner in runner_ids:
+        source_id = source_id_of(runner)
+        if source_id is not None:
+            by_source[runner_key(source_id)] = source_id
+    found: dict[str, str] = {}
+    for batch in chunked(list(by_source.values()), batch_size):
+        for doc in collections.tasks.find({"_id": {"$in": batch}}, {"status": 1}):
+            status = doc.get("status")
+            if type(status) is str and len(status) <= MAX_LABEL:
+                found[runner_key(doc["_id"])] = status
+    return found

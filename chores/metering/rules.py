@@ -18,6 +18,7 @@ No I/O here. A run builds one `Rules` (its `now`, ceiling and allowed skew) and 
 
 from __future__ import annotations
 
+import ast
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -238,6 +239,24 @@ def runner_key(source_id: Any) -> str:
     if len(key) <= MAX_KEY:
         return key
     return DIGEST_PREFIX + sha256(key.encode("utf-8", "backslashreplace")).hexdigest()
+
+
+def source_id_of(key: str) -> Any | None:
+    """The `_id` a runner key was made from, where the key shows it: an ObjectId's hex, or a
+    `str:` or `int:` key not digested. None otherwise. Checked: `runner_key` of the answer is
+    `key` again."""
+    kind, _, text = key.partition(":")
+    candidate: Any
+    if ObjectId.is_valid(key):
+        candidate = ObjectId(key)
+    elif kind in ("str", "int"):
+        try:
+            candidate = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return None
+    else:
+        return None
+    return candidate if runner_key(candidate) == key else None
 
 
 class AnomalyRecord(NamedTuple):

@@ -17,6 +17,7 @@ from typing import Any
 
 import mongomock
 import pytest
+from bson import ObjectId
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
@@ -30,6 +31,7 @@ from chores.core.db import Collections
 from chores.core.exceptions import InvoiceOutOfDate
 from chores.core.money import usd
 from chores.demo.corpus import generate_corpus
+from chores.metering.rules import runner_key, source_id_of
 from chores.reports.allocation import allocate, largest_remainder, rounded_amounts
 from chores.reports.breakdown import (
     BY_CHOICES,
@@ -662,3 +664,43 @@ def test_a_chart_with_a_credit_fits_its_bars_and_says_what_it_leaves_out():
     assert "credits not drawn: -$0.00125 (in the tables)" in svg
     tops = [float(y) for y in re.findall(r'<rect x="[\d.]+" y="(-?[\d.]+)"', svg)]
     assert tops and min(tops) >= 30  # no bar above the plot's top (30 px)
+
+
+def test_a_run_shows_how_it_ended_though_its_last_write_added_no_tokens(env_db):
+    """Seen RUNNING with 1,000 tokens, then FAILURE with the same counters: no ledger entry
+    records the end, and `usage --by run` said RUNNING, `--status FAILURE` found nothing
+    (review). The views take a run's status from its document now."""
+    from bson import ObjectId
+
+    oid = ObjectId()
+    doc = {
+        "_id": oid, "name": "ai", "status": "RUNNING", "last_updated_db": 1.0,
+        "context": {"workspace_id": "acme", "ai_model": "gpt-4o-mini", "ai_tokens": 1_000,
+                    "ai_prompt_tokens": 800, "ai_completion_tokens": 200},
+    }  # fmt: skip
+    env_db.tasks.insert_one(doc)
+    now = ["--now", NOW.isoformat()]
+    CliRunner().invoke(main, ["run", "--org", "acme", *now])
+    ended = {**doc, "status": "FAILURE", "end_time": NOW - timedelta(minutes=1)}
+    env_db.tasks.replace_one({"_id": oid}, {**ended, "last_updated_db": 2.0})
+    CliRunner().invoke(main, ["run", "--org", "acme", *now])
+    assert env_db.billing_ledger.count_documents({}) == 1  # the end added no entry
+
+    args = ["usage", "--org", "acme", "--period", NOW.strftime("%Y-%m"), "--by", "run", *now]
+    report = json.loads(CliRunner().invoke(main, [*args, "--json"]).output)
+    assert [row["status"] for row in report["rows"]] == ["FAILURE"]
+    failed = json.loads(CliRunner().invoke(main, [*args, "--status", "FAILURE", "--json"]).output)
+    assert failed["total"]["runs"] == 1 and failed["rows"][0]["tokens"] == 1_000
+
+
+@given(
+    source_id=st.one_of(
+        st.builds(ObjectId),
+        st.text(max_size=40),
+        st.integers(min_value=-(2**31), max_value=2**31 - 1),
+    )
+)
+def test_a_runner_key_gives_its_source_id_back_unless_digested(source_id):
+    key = runner_key(source_id)
+    assert source_id_of(key) == source_id and type(source_id_of(key)) is type(source_id)
+    assert source_id_of(runner_key("x" * 400)) is None  # a digest names no id
