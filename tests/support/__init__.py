@@ -40,6 +40,44 @@ def load_fixture_docs() -> dict[str, list[dict[str, Any]]]:
 OCTOBER = datetime(2026, 10, 1, tzinfo=UTC)
 
 
+def ai_runner(
+    runner_id: Any,
+    *,
+    ended: datetime | None,
+    tokens: Any = 1_000,
+    org: str = "acme",
+    model: str = "gpt-4o-mini",
+    status: str = "SUCCESS",
+    stamp: float | None = None,
+    prompt: int | None = None,
+    **context: Any,
+) -> dict[str, Any]:
+    """One AI runner document as the platform writes it: `tokens` in all (a malformed value
+    too), `prompt` of them prompt tokens (all when integral and not given), the rest
+    completion; stamped at its end unless `stamp` says otherwise; more `context` fields
+    (session, subagent markers) as keywords."""
+    if prompt is None:
+        prompt = tokens if isinstance(tokens, int) else 0
+    completion = tokens - prompt if isinstance(tokens, int) else 0
+    doc: dict[str, Any] = {
+        "_id": runner_id,
+        "name": "ai",
+        "status": status,
+        "last_updated_db": stamp if stamp is not None else (ended or NOW).timestamp(),
+        "context": {
+            "workspace_id": org,
+            "ai_model": model,
+            "ai_tokens": tokens,
+            "ai_prompt_tokens": prompt,
+            "ai_completion_tokens": completion,
+            **context,
+        },
+    }
+    if ended is not None:
+        doc["end_time"] = ended
+    return doc
+
+
 def link_spawns(corpus: Corpus) -> None:
     """Give each spawn finding its spawning runner (`_context.task_id`), as the platform does.
 

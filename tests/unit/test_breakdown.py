@@ -45,7 +45,7 @@ from chores.reports.breakdown import (
 from chores.reports.run_trees import run_trees
 from pricing import Registry, load_registry
 
-from support import NOW, metered_months
+from support import NOW, ai_runner, metered_months
 
 
 @pytest.fixture(scope="module")
@@ -673,11 +673,7 @@ def test_a_run_shows_how_it_ended_though_its_last_write_added_no_tokens(env_db):
     from bson import ObjectId
 
     oid = ObjectId()
-    doc = {
-        "_id": oid, "name": "ai", "status": "RUNNING", "last_updated_db": 1.0,
-        "context": {"workspace_id": "acme", "ai_model": "gpt-4o-mini", "ai_tokens": 1_000,
-                    "ai_prompt_tokens": 800, "ai_completion_tokens": 200},
-    }  # fmt: skip
+    doc = ai_runner(oid, ended=None, status="RUNNING", prompt=800, stamp=1.0)
     env_db.tasks.insert_one(doc)
     now = ["--now", NOW.isoformat()]
     CliRunner().invoke(main, ["run", "--org", "acme", *now])

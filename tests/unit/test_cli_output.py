@@ -14,7 +14,7 @@ from chores import get_settings
 from chores.cli import main
 from chores.core.money import usd, usd_exact
 
-from support import NOW, metered_months
+from support import NOW, ai_runner, metered_months
 
 NOW_ARG = ["--now", NOW.isoformat()]
 NARROW = {"COLUMNS": "80"}
@@ -413,21 +413,13 @@ def test_a_subagent_spawned_in_another_period_is_not_shown_under_an_unrelated_ru
     under whichever October run came before it (review). It is a top-level row, marked."""
     from datetime import UTC, datetime
 
-    def ai(_id: str, model: str, tokens: int, ended: datetime, **context: object) -> dict:
-        return {
-            "_id": _id, "name": "ai", "status": "SUCCESS", "end_time": ended,
-            "last_updated_db": ended.timestamp(),
-            "context": {"workspace_id": "acme", "ai_model": model, "ai_tokens": tokens,
-                        "ai_prompt_tokens": tokens, "ai_completion_tokens": 0, **context},
-        }  # fmt: skip
-
     september, october = datetime(2026, 9, 30, 21, tzinfo=UTC), datetime(2026, 10, 2, tzinfo=UTC)
     env_db.tasks.insert_many(
         [
-            ai("parent", "gpt-4o", 5_000, september, session_id="sessP"),
-            ai("child", "gpt-4o-mini", 8_000, october, session_id="sessC", subagent="sessC",
-               ai_subagent_depth=1, parent_session_id="sessP"),
-            ai("costly", "gpt-4o", 500_000, october, session_id="sessX"),
+            ai_runner("parent", model="gpt-4o", tokens=5_000, ended=september, session_id="sessP"),
+            ai_runner("child", tokens=8_000, ended=october, session_id="sessC", subagent="sessC",
+                      ai_subagent_depth=1, parent_session_id="sessP"),
+            ai_runner("costly", model="gpt-4o", tokens=500_000, ended=october, session_id="sessX"),
         ]
     )  # fmt: skip
     env_db.findings.insert_one(

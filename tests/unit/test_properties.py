@@ -19,6 +19,7 @@ from chores import Settings, check_quota, finalize_invoices, run_chore
 from chores.demo.corpus import Corpus, generate_corpus
 from pricing import load_registry
 
+from support import ai_runner
 from support.truth import expected_invoices, month, tokens_by_org
 
 REGISTRY = load_registry()
@@ -305,30 +306,14 @@ def test_an_anomaly_of_a_final_period_flags_the_open_draft_its_usage_will_land_i
     once flagged nothing at all: only `billing_anomalies` knew. It flags the open period's
     draft, where the document's usage lands as late usage once fixed, and heals there."""
 
-    def runner(runner_id: str, tokens: Any, ended: datetime) -> dict[str, Any]:
-        return {
-            "_id": runner_id,
-            "name": "ai",
-            "status": "SUCCESS",
-            "end_time": ended,
-            "last_updated_db": ended.timestamp(),
-            "context": {
-                "workspace_id": "acme",
-                "ai_model": "gpt-4o-mini",
-                "ai_tokens": tokens,
-                "ai_prompt_tokens": 600,
-                "ai_completion_tokens": 400,
-            },
-        }
-
-    db = fresh_db([runner("clean", 1_000, OCTOBER + timedelta(days=9))], [])
+    db = fresh_db([ai_runner("clean", ended=OCTOBER + timedelta(days=9), prompt=600)], [])
     run_chore(db, now=OCTOBER + timedelta(days=30), registry=REGISTRY, settings=SETTINGS)
     assert finalize_invoices(db, now=NOVEMBER + timedelta(days=5), settings=SETTINGS) == [
         "acme:2026-10"
     ]
     october = db.billing_invoices.find_one({"_id": "acme:2026-10"})
 
-    db.tasks.insert_one(runner("malformed", "1000", OCTOBER + timedelta(days=11)))
+    db.tasks.insert_one(ai_runner("malformed", ended=OCTOBER + timedelta(days=11), tokens="1000"))
     run_chore(db, now=NOVEMBER + timedelta(days=6), registry=REGISTRY, settings=SETTINGS)
     assert db.billing_invoices.find_one({"_id": "acme:2026-10"}) == october  # final
     november = db.billing_invoices.find_one({"_id": "acme:2026-11"})
@@ -338,8 +323,12 @@ def test_an_anomaly_of_a_final_period_flags_the_open_draft_its_usage_will_land_i
         "malformed_counters", "2026-11", False,
     )  # fmt: skip
 
-    fixed = runner("malformed", 1_000, OCTOBER + timedelta(days=11))
-    fixed["last_updated_db"] = (NOVEMBER + timedelta(days=6, hours=1)).timestamp()
+    fixed = ai_runner(
+        "malformed",
+        ended=OCTOBER + timedelta(days=11),
+        prompt=600,
+        stamp=(NOVEMBER + timedelta(days=6, hours=1)).timestamp(),
+    )
     db.tasks.replace_one({"_id": "malformed"}, fixed)
     run_chore(db, now=NOVEMBER + timedelta(days=7), registry=REGISTRY, settings=SETTINGS)
     november = db.billing_invoices.find_one({"_id": "acme:2026-11"})
@@ -353,14 +342,7 @@ def test_an_anomaly_a_final_was_frozen_with_stays_with_that_final():
     """The daily full pass re-reads every runner: it once moved an anomaly off the final
     invoice frozen flagged for it, which then said "needs review" and listed no cause
     (review). It stays there; the open draft is not flagged for it."""
-    held = {
-        "_id": "malformed",
-        "name": "ai",
-        "status": "SUCCESS",
-        "end_time": OCTOBER + timedelta(days=11),
-        "last_updated_db": (OCTOBER + timedelta(days=11)).timestamp(),
-        "context": {"workspace_id": "acme", "ai_model": "gpt-4o-mini", "ai_tokens": "1000"},
-    }
+    held = ai_runner("malformed", ended=OCTOBER + timedelta(days=11), tokens="1000")
     db = fresh_db([held], [])
     run_chore(db, now=OCTOBER + timedelta(days=30), registry=REGISTRY, settings=SETTINGS)
     finalize_invoices(db, now=NOVEMBER + timedelta(days=5), settings=SETTINGS)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
 
 import pytest
+from bson import ObjectId
 from click.testing import CliRunner
 from pymongo import ASCENDING
 
@@ -17,7 +17,7 @@ from chores.cli import main
 from chores.core.db import missing_source_indexes
 from chores.run.chore import run_document
 
-from support import NOW
+from support import NOW, ai_runner
 
 ALL_THREE = {"chore_name_stamp", "chore_org_name_stamp", "chore_spawn_runner"}
 
@@ -136,8 +136,6 @@ def test_a_runner_without_a_usable_stamp_is_read_by_the_next_incremental_run(
 ):
     from datetime import timedelta
 
-    from bson import ObjectId
-
     def runner(stamp: object) -> dict:
         return {
             "_id": ObjectId(), "name": "ai", "status": "SUCCESS",
@@ -153,25 +151,18 @@ def test_a_runner_without_a_usable_stamp_is_read_by_the_next_incremental_run(
     assert sum(e["tokens"] for e in db.billing_ledger.find()) == 2_000
 
 
-def stamped_runner(org: str, tokens: int, ended: Any, stamp: float) -> dict[str, Any]:
-    from bson import ObjectId
-
-    return {
-        "_id": ObjectId(), "name": "ai", "status": "SUCCESS", "end_time": ended,
-        "last_updated_db": stamp,
-        "context": {"workspace_id": org, "ai_model": "gpt-4o-mini", "ai_tokens": tokens,
-                    "ai_prompt_tokens": tokens, "ai_completion_tokens": 0},
-    }  # fmt: skip
-
-
 def test_a_run_whose_now_lags_never_moves_the_cursor_back(db, settings, registry):
     """A lagging run's plausible-stamp horizon falls between two stamps: the cursor it
     reaches is older than the one stored, which stays (`$max`, mutation review)."""
     from chores.metering.progress import Progress
 
     t = NOW.timestamp()
-    db.tasks.insert_one(stamped_runner("acme", 1_000, NOW - timedelta(hours=1), t - 600))
-    db.tasks.insert_one(stamped_runner("acme", 1_000, NOW - timedelta(minutes=1), t - 60))
+    db.tasks.insert_one(
+        ai_runner(ObjectId(), tokens=1_000, ended=NOW - timedelta(hours=1), stamp=t - 600)
+    )
+    db.tasks.insert_one(
+        ai_runner(ObjectId(), tokens=1_000, ended=NOW - timedelta(minutes=1), stamp=t - 60)
+    )
     run_chore(db, org="acme", now=NOW, settings=settings, registry=registry)
     progress = Progress(Collections.of(db, settings))
     assert progress.cursor("org:acme") == t - 60
@@ -184,10 +175,14 @@ def test_a_write_stamped_below_the_cursor_within_the_lookback_is_billed(db, sett
     """The stamp is written one write late: a runner stamped before the cursor can become
     visible after the run that set it. The lookback re-reads it (mutation review)."""
     t = NOW.timestamp()
-    db.tasks.insert_one(stamped_runner("acme", 1_000, NOW - timedelta(minutes=1), t - 60))
+    db.tasks.insert_one(
+        ai_runner(ObjectId(), tokens=1_000, ended=NOW - timedelta(minutes=1), stamp=t - 60)
+    )
     run_chore(db, org="acme", now=NOW, settings=settings, registry=registry)
     assert settings.lookback_seconds > 120
-    db.tasks.insert_one(stamped_runner("acme", 5_000, NOW - timedelta(minutes=2), t - 120))
+    db.tasks.insert_one(
+        ai_runner(ObjectId(), tokens=5_000, ended=NOW - timedelta(minutes=2), stamp=t - 120)
+    )
     run_chore(db, org="acme", now=NOW + timedelta(minutes=5), settings=settings, registry=registry)
     assert sum(e["tokens"] for e in db.billing_ledger.find()) == 6_000
 
@@ -198,7 +193,9 @@ def test_a_stamp_years_ahead_never_becomes_the_fan_out_cursor(db, settings):
     from chores.tasks import orgs_with_new_usage
 
     t = NOW.timestamp()
-    db.tasks.insert_one(stamped_runner("acme", 1_000, NOW, t - 60))
-    db.tasks.insert_one(stamped_runner("globex", 1_000, NOW, t + 10 * 365 * 86_400))
+    db.tasks.insert_one(ai_runner(ObjectId(), tokens=1_000, ended=NOW, stamp=t - 60))
+    db.tasks.insert_one(
+        ai_runner(ObjectId(), org="globex", tokens=1_000, ended=NOW, stamp=t + 10 * 365 * 86_400)
+    )
     orgs, newest = orgs_with_new_usage(db, settings, now=NOW)
     assert orgs == ["acme", "globex"] and newest == t - 60
