@@ -71,7 +71,11 @@ def reconcile_command(org: str, period: str, as_json: bool, now: datetime | None
         if result.registry_changed:
             out.print(
                 "this final invoice was priced with another registry version than today's: "
-                "its amounts are checked against the prices it was billed at (stored with it)"
+                + (
+                    "its amounts are checked against the prices it was billed at (stored with it)"
+                    if result.checked_as_invoiced
+                    else "an amount that differs may differ for that reason alone"
+                )
             )
         for problem in result.problems:
             out.print(f"[red]invoice[/]: {escape(problem)}")

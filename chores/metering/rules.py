@@ -243,17 +243,19 @@ def runner_key(source_id: Any) -> str:
 
 def source_id_of(key: str) -> Any | None:
     """The `_id` a runner key was made from, where the key shows it: an ObjectId's hex, or a
-    `str:` or `int:` key not digested. None otherwise. Checked: `runner_key` of the answer is
-    `key` again."""
+    `str:`, `int:`, `Int64:`, `float:` or `bool:` key not digested. None otherwise (a digest,
+    another type). Checked: `runner_key` of the answer is `key` again."""
     kind, _, text = key.partition(":")
     candidate: Any
     if ObjectId.is_valid(key):
         candidate = ObjectId(key)
-    elif kind in ("str", "int"):
+    elif kind in ("str", "int", "Int64", "float", "bool"):
         try:
             candidate = ast.literal_eval(text)
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             return None
+        if kind == "Int64" and type(candidate) is int:
+            candidate = Int64(candidate)  # BSON's 64-bit integer, as pymongo reads it back
     else:
         return None
     return candidate if runner_key(candidate) == key else None

@@ -140,7 +140,12 @@ def _priced_with(invoice: Invoice, registry: Registry) -> str:
     """The version of the registry that priced the invoice's amounts, and today's beside it
     when it differs (a final keeps its prices; a draft is repriced by the next run)."""
     stored = invoice.priced_with
-    version = str(stored["version"]) if stored and "version" in stored else registry.version
+    if stored and "version" in stored:
+        version = str(stored["version"])
+    elif invoice.registry == registry.fingerprint:
+        version = registry.version
+    else:  # priced with another registry, whose version was not kept (no model of it priced)
+        version = "another version"
     return version if version == registry.version else f"{version} (today's: {registry.version})"
 
 

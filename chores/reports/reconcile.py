@@ -74,6 +74,8 @@ class Reconciliation(BaseModel):
     # A final invoice keeps the prices it was frozen with; the expected lines are priced
     # with today's registry. When they differ, amounts may differ for that reason alone.
     registry_changed: bool = False
+    # A final checked against the registry that priced it (its stored excerpt), not today's.
+    checked_as_invoiced: bool = False
     lines: list[LineCheck]
     late_tokens: int
     runners: list[RunnerCheck]
@@ -178,13 +180,15 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         problems=_invoice_problems(invoice),
         registry_changed=invoice.status == "final"
         and invoice.registry != meter.registry.fingerprint,
+        checked_as_invoiced=registry is not meter.registry,
     )
 
 
 def _pricing_registry(invoice: Invoice, current: Registry) -> Registry:
     """What the expected lines are priced with. A final: the registry that priced it (its
     stored excerpt), since a final never changes and a later price change is no mismatch.
-    A draft: today's, which the next run reprices it with."""
+    A draft, or a final without an excerpt (none of its models was priced, or it predates
+    excerpts): today's, which the next run reprices a draft with."""
     if invoice.status == "final" and invoice.priced_with is not None:
         return Registry.model_validate(invoice.priced_with)
     return current

@@ -246,7 +246,35 @@ def test_a_final_invoice_priced_with_another_registry_says_so(db, settings, regi
         != registry.resolve("gpt-4o-mini").prices[0].input
     )
     checked = reconcile(Pipeline(db, settings, dearer), "acme", "2026-10", now=NOW)
-    assert checked.ok and checked.registry_changed, checked
+    assert checked.ok and checked.registry_changed and checked.checked_as_invoiced, checked
+
+
+def test_a_final_without_a_stored_excerpt_is_checked_with_todays_prices_and_says_so(
+    db, settings, registry
+):
+    """None of its models was priced, so no excerpt was stored: a later registry that prices
+    the model makes a difference reconcile cannot explain away, and it says so instead of
+    claiming the stored prices (review). The report names no version it does not know."""
+    from chores import finalize_invoices
+    from chores.reports.invoice_html import collect_report
+    from pricing import Registry
+
+    doc = ai_runner("acme", 1_000, running=False, ended=datetime(2026, 10, 20, tzinfo=UTC))
+    doc["context"]["ai_model"] = "mystery-model-9000"
+    db.tasks.insert_one(doc)
+    run_chore(db, now=datetime(2026, 10, 25, tzinfo=UTC), registry=registry, settings=settings)
+    finalize_invoices(db, now=NOW, settings=settings)
+    final = db.billing_invoices.find_one({"_id": "acme:2026-10"})
+    assert final["status"] == "final" and final["priced_with"] is None
+    later = registry.model_dump(mode="json")
+    later["version"] = "later"
+    mini = next(m for m in later["models"] if m["id"] == "gpt-4o-mini")
+    later["models"].append({**mini, "id": "mystery-model-9000", "aliases": []})
+    priced_now = Registry.model_validate(later)
+    result = reconcile(Pipeline(db, settings, priced_now), "acme", "2026-10", now=NOW)
+    assert not result.ok and result.registry_changed and not result.checked_as_invoiced
+    data = collect_report(db, "acme", "2026-10", settings=settings, registry=priced_now, now=NOW)
+    assert data.registry_version == "another version (today's: later)"
 
 
 def test_estimates_take_a_subagents_inherited_cost_off_and_share_a_run_across_months(
