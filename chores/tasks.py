@@ -294,7 +294,7 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
         return _summary(org, None)
     try:
         db = get_db()
-        keep = KeepLock(lock, org)  # after every batch: a run making progress keeps its lock
+        keep = KeepLock(lock)  # after every batch: a run making progress keeps its lock
         report = _run.run_chore(db, org=org, settings=settings, full=full, on_batch=keep)
         due_marks(db, settings).delete_one({"_id": org, "listed_at": {"$lte": started}})
     except BaseException as exc:
@@ -302,7 +302,7 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
         _log_run(org, None, outcome=outcome, full=full, seconds=time.monotonic() - clock, exc=exc)
         raise
     finally:
-        release_quietly(lock, org)
+        release_quietly(lock)
     _log_run(org, report, outcome="ok", full=full, seconds=time.monotonic() - clock)
     return _summary(org, report)
 

@@ -235,13 +235,9 @@ def source_statuses(
     """The status each runner's document has now, by runner id (one read per batch): for
     the views only; a runner whose document is gone, or whose key does not show its `_id`
     (a digest), keeps its ledger's."""
-    by_source = {}
-    for runner in runner_ids:
-        source_id = source_id_of(runner)
-        if source_id is not None:
-            by_source[runner_key(source_id)] = source_id
+    source_ids = [i for i in map(source_id_of, runner_ids) if i is not None]
     found: dict[str, str] = {}
-    for batch in chunked(list(by_source.values()), batch_size):
+    for batch in chunked(source_ids, batch_size):
         for doc in collections.tasks.find({"_id": {"$in": batch}}, {"status": 1}):
             status = doc.get("status")
             if type(status) is str and len(status) <= MAX_LABEL:

@@ -75,15 +75,15 @@ def run(
     settings = get_settings()
     db = connect(settings)  # a bad or unreachable MONGO_URL is said first
     lock = None if dry_run or no_lock else _take_lock(settings, org)
-    keep = None if lock is None else KeepLock(lock, lock.org)
+    keep = None if lock is None else KeepLock(lock)
     try:
         _run(
             db, settings, keep, org=org, dry_run=dry_run, full=full, as_json=as_json,
             quiet=quiet, now=now,
         )  # fmt: skip
     finally:
-        if lock is not None and keep is not None:
-            problems = [keep.lost, release_quietly(lock, lock.org)]
+        if lock is not None:
+            problems = [keep.lost if keep else None, release_quietly(lock)]
             for problem in filter(None, problems):  # the worker logs them; a person reads them
                 click.echo(f"warning: {problem}", err=True)
 

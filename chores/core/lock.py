@@ -101,9 +101,9 @@ class KeepLock:
     once, and never fatal: the run goes on (the ledger keeps billing exact), without
     renewing again (a dead Redis must not cost a timeout per batch)."""
 
-    def __init__(self, lock: OrgLock, org: str):
+    def __init__(self, lock: OrgLock):
         self.lock: OrgLock | None = lock
-        self.org = org
+        self.org = lock.org
         self.lost: str | None = None  # what went wrong, once it did (also logged)
 
     def __call__(self, docs: int) -> None:
@@ -125,14 +125,14 @@ class KeepLock:
         self.lock = None
 
 
-def release_quietly(lock: OrgLock, org: str) -> str | None:
+def release_quietly(lock: OrgLock) -> str | None:
     """Release a run's lock; a lock that expired or a Redis that went away is a warning,
     logged and returned."""
     try:
         if lock.release():
             return None
-        problem = f"lock of org {org} expired before its run ended (LOCK_TTL_SECONDS)"
+        problem = f"lock of org {lock.org} expired before its run ended (LOCK_TTL_SECONDS)"
     except RedisError as exc:  # it expires by itself
-        problem = f"could not release the lock of org {org}: {type(exc).__name__}"
+        problem = f"could not release the lock of org {lock.org}: {type(exc).__name__}"
     log.warning("%s", problem)
     return problem

@@ -30,6 +30,10 @@ class Recorded(NamedTuple):
     period: Any
     resolved: bool
 
+    def open_on(self, org: str | None, periods: Iterable[str]) -> bool:
+        """Whether it is open on an invoice of `org` in one of `periods`."""
+        return not self.resolved and self.org == org and self.period in periods
+
 
 class AnomalyLog:
     def __init__(self, collections: Collections):

@@ -210,12 +210,7 @@ class Pipeline:
         for anomaly in anomalies:
             final = finals.get(anomaly.org or "", set())
             recorded = known.get(anomaly_id(anomaly))
-            if (
-                recorded
-                and not recorded.resolved
-                and recorded.org == anomaly.org
-                and (recorded.period in final)
-            ):
+            if recorded is not None and recorded.open_on(anomaly.org, final):
                 anomaly = anomaly._replace(period=recorded.period)  # on the final it flagged
             elif anomaly.period in final:
                 anomaly = anomaly._replace(period=open_period(now, final))

@@ -135,7 +135,8 @@ class GrantedLock:
     held it: for tests of what the runs do, not of the lock (tests/integration/test_lock.py
     tests the lock over a real Redis)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, client: Any, org: str, *args: Any, **kwargs: Any) -> None:
+        self.org = org  # as `OrgLock(client, org, ...)` keeps it
         self.renewals = 0
 
     def acquire(self) -> bool:
