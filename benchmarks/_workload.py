@@ -32,7 +32,7 @@ from typing import Any
 
 from chores.demo.corpus import generate_corpus
 from chores.metering.memory_meter import MemoryMeter
-from chores.metering.rules import spawner_ids
+from chores.metering.rules import baseline_findings
 from chores.metering.source import SPAWNED_RUNNER_TYPES
 from pricing import Registry, registry_from_litellm
 
@@ -47,7 +47,7 @@ Observation = tuple[dict[str, Any], list[Any]]  # (runner document, spawn findin
 
 def spawns_of(doc: Any, spawns: dict[str, list[Any]]) -> list[Any]:
     """The spawn findings' `_context`s of a runner document, as `Source.spawns_of` pairs."""
-    return [c for i in spawner_ids(doc) for c in spawns.get(i, [])]
+    return baseline_findings(doc, spawns)
 
 
 def org_names(count: int) -> list[str]:

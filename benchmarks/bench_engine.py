@@ -66,7 +66,7 @@ from chores.core.db import reading  # noqa: E402
 from chores.demo.corpus import DEFAULT_MODELS  # noqa: E402
 from chores.metering.lines import EXACT, UsageGroup, price_group  # noqa: E402
 from chores.metering.memory_meter import InvoiceKey, MemoryMeter  # noqa: E402
-from chores.metering.rules import Delta, spawner_ids  # noqa: E402
+from chores.metering.rules import Delta, baseline_findings  # noqa: E402
 from chores.metering.source import RUNNER_PROJECTION  # noqa: E402
 from pricing import Registry  # noqa: E402
 
@@ -106,15 +106,12 @@ def decode_only(wire: Wire) -> int:
 
 def decode_observations(wire: Wire) -> list[Observation]:
     """Decoding, then each runner paired with its spawn findings' `_context`s, as
-    `Source.spawns_of` pairs them (`rules.spawner_ids`)."""
+    `Source.spawns_of` pairs them (`rules.baseline_findings`)."""
     tasks, findings = wire
     spawns: dict[str, list[Any]] = {}
     for finding in bson.decode_all(findings, CODEC):
         spawns.setdefault(str(finding["extra_data"]["runner_id"]), []).append(finding["_context"])
-    return [
-        (doc, [c for i in spawner_ids(doc) for c in spawns.get(i, [])])
-        for doc in bson.decode_all(tasks, CODEC)
-    ]
+    return [(doc, baseline_findings(doc, spawns)) for doc in bson.decode_all(tasks, CODEC)]
 
 
 class LiteLLMSide:

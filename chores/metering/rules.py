@@ -353,6 +353,41 @@ def spawner_ids(doc: Mapping[str, Any]) -> list[str]:
     return ids
 
 
+def baseline_findings(doc: Mapping[str, Any], found: Mapping[str, Sequence[Any]]) -> list[Any]:
+    """Of the spawn findings `found` by the ids `spawner_ids(doc)` names (their `_context`s
+    by the id they name), those that may hold this document's baseline.
+
+    - The findings naming the document itself, when there are any: a subagent's own.
+    - Else those naming the workflow or scan that started it, written at its own subagent
+      depth (`ai_subagent_depth`, 0 when absent): a workflow's steps run at the depth of
+      the run that spawned the workflow, whose context the spawn finding carries. A
+      subagent that one of those steps spawned is one deeper, and secator strips the
+      workflow's id from its context; should a copy keep it, the workflow's finding is not
+      its baseline, and it waits for its own (SPEC §1 fact 4).
+    """
+    context = doc.get("context")
+    if not isinstance(context, Mapping):
+        return []
+    names = spawner_ids(doc)
+    own_id = str(doc.get("_id"))
+    own = found.get(own_id, []) if own_id in names else []
+    if own:
+        return list(own)
+    depth = subagent_depth(context)
+    return [
+        spawn
+        for started_by in names
+        if started_by != own_id
+        for spawn in found.get(started_by, [])
+        if not isinstance(spawn, Mapping) or subagent_depth(spawn) == depth
+    ]
+
+
+def subagent_depth(context: Mapping[str, Any]) -> Any:
+    """`ai_subagent_depth` as written, 0 when absent (as secator reads it)."""
+    return context.get("ai_subagent_depth") or 0
+
+
 def _is_number(value: Any) -> bool:
     """An int (an `Int64` too) or a float, not a bool."""
     return isinstance(value, int | float) and not isinstance(value, bool)

@@ -24,7 +24,7 @@ from bson import ObjectId
 
 from chores.core.db import Collections, Doc
 from chores.core.orgs import MAX_ORG
-from chores.metering.rules import spawner_ids
+from chores.metering.rules import baseline_findings, spawner_ids
 
 # Whole `context`s are projected, not their `ai_*` sub-fields: mongomock crashes
 # projecting sub-fields of an array that holds non-documents, and a hostile
@@ -154,10 +154,10 @@ class Source:
 
     def spawns_of(self, docs: Sequence[Doc]) -> list[list[Any]]:
         """For each runner document, the `_context`s of the spawn findings that may hold
-        its baseline (`rules.spawner_ids`): one query for the lot."""
-        ids = [spawner_ids(doc) for doc in docs]
-        found = self.spawn_contexts(sorted({i for each in ids for i in each}))
-        return [[c for i in each for c in found.get(i, [])] for each in ids]
+        its baseline (`rules.spawner_ids`, `rules.baseline_findings`): one query for the
+        lot."""
+        found = self.spawn_contexts(sorted({i for doc in docs for i in spawner_ids(doc)}))
+        return [baseline_findings(doc, found) for doc in docs]
 
 
 def stamp_of(doc: Mapping[str, Any]) -> float | None:

@@ -17,7 +17,7 @@ from chores.billing.invoices import Invoice
 from chores.core.db import Collections
 from chores.demo.corpus import generate_corpus
 from chores.metering.memory_meter import MemoryMeter, Observation
-from chores.metering.rules import LedgerHead, spawner_ids
+from chores.metering.rules import LedgerHead, baseline_findings
 from chores.metering.source import SPAWNED_RUNNER_TYPES
 from pricing import Registry
 
@@ -31,11 +31,7 @@ def _observations(corpus: Any, fraction: float = 1.0) -> list[Observation]:
     for finding in corpus.findings:
         if finding.get("_type") == "ai" and finding.get("ai_type") in SPAWNED_RUNNER_TYPES:
             spawns[str(finding["extra_data"]["runner_id"])].append(finding["_context"])
-    return [
-        (t, [c for i in spawner_ids(t) for c in spawns.get(i, [])])
-        for t in corpus.at(fraction)
-        if t.get("name") == "ai"
-    ]
+    return [(t, baseline_findings(t, spawns)) for t in corpus.at(fraction) if t.get("name") == "ai"]
 
 
 CORPUS = generate_corpus(

@@ -378,3 +378,67 @@ def test_an_ai_step_read_before_its_workflows_spawn_finding_waits_for_it(
     (billed,) = list(db.billing_ledger.find({"runner_id": step_id}))
     assert (billed["tokens"], billed["subagent"]) == (2_000, True)
     assert db.billing_anomalies.find_one({"runner_id": step_id})["resolved"] is True
+
+
+@pytest.mark.parametrize("own_finding", ["stored with it", "stored after its first write"])
+def test_a_subagent_of_an_ai_step_waits_for_its_own_spawn_finding_not_its_workflows(
+    db: Any, settings: Settings, registry: Registry, own_finding: str
+) -> None:
+    """A subagent that a workflow's `ai` step spawned runs one depth deeper than the step.
+    secator strips `workflow_id` from its context; should a copy keep it, the workflow's
+    spawn finding (the spawning run's counters, at the step's depth) is still not its
+    baseline: read as one, the step's own tokens would be billed again on the subagent."""
+    import copy
+
+    from bson import ObjectId
+
+    entry = MANIFEST["snapshots"][-1]
+    snapshot = load_snapshot(entry)
+    spawning = next(
+        t
+        for t in snapshot["tasks"]
+        if t["context"]["workspace_id"] == "ws-acme" and "ai_subagent_depth" not in t["context"]
+    )
+    step, card = _workflow_step(snapshot, spawning, own=2_000)
+    subagent_id = ObjectId()
+    at_spawn = copy.deepcopy(step["context"])  # the step's counters when it spawned it
+    at_spawn |= {
+        "ai_subagent_depth": int(at_spawn.get("ai_subagent_depth") or 0) + 1,
+        "parent_session_id": at_spawn.get("session_id") or "step-session",
+        "session_id": "subagent-session",
+        "task_chunk_id": str(subagent_id),
+    }
+    subagent = copy.deepcopy(step)
+    subagent.update(_id=subagent_id, context=copy.deepcopy(at_spawn))
+    subagent["context"]["ai_tokens"] += 100
+    subagent["context"]["ai_prompt_tokens"] += 60
+    subagent["context"]["ai_completion_tokens"] += 40
+    own_card = copy.deepcopy(card)
+    own_card.update(_id=ObjectId(), ai_type="task")
+    own_card["extra_data"] = {"runner_id": str(subagent_id), "runner_type": "task"}
+    own_card["_context"] = {k: v for k, v in at_spawn.items() if k != "workflow_id"}
+    db.tasks.insert_many([*snapshot["tasks"], step, subagent])
+    db.findings.insert_many([*snapshot["findings"], card])
+    now = datetime.fromisoformat(entry["now"])
+    subagent_key = str(subagent_id)
+    if own_finding == "stored after its first write":
+        run_chore(db, now=now, registry=registry, settings=settings)
+        assert db.billing_ledger.count_documents({"runner_id": subagent_key}) == 0
+        (held,) = list(db.billing_anomalies.find({"runner_id": subagent_key}))
+        assert held["kind"] == "baseline_missing"
+    db.findings.insert_one(own_card)
+    run_chore(db, now=now, registry=registry, settings=settings)
+
+    billed = list(db.billing_ledger.find({"runner_id": subagent_key}))
+    assert sum(e["tokens"] for e in billed) == 100
+    assert sum(e["input_tokens"] for e in billed) == 60
+    open_kinds = {
+        a["kind"] for a in db.billing_anomalies.find({"runner_id": subagent_key, "resolved": False})
+    }
+    assert open_kinds == set()
+    truth = true_usage(entry["persisted_calls"], registry)
+    expected = sum(sum(tokens) for (org, _), tokens in truth.items() if org == "ws-acme")
+    invoiced_tokens = sum(
+        line["tokens"] for i in db.billing_invoices.find({"org": "ws-acme"}) for line in i["lines"]
+    )
+    assert invoiced_tokens == expected + 2_000 + 100
