@@ -40,21 +40,52 @@ def namespace(decisions: str, mongo_url: str) -> str:
     return f"{store}#{decisions}"
 
 
+# Mirror a decision (KEYS[1] <- ARGV[1], expiring in ARGV[4] s) unless the entry there saw
+# more of the usage: a later period (ARGV[2] its period), or the same period with more tokens
+# used (ARGV[3] its used tokens). The rule MongoDB's write of a decision follows
+# (`Quota._decide`), applied in one step: two writers that raced (a run's decision and a
+# fan-out's, a check mirroring what it read), whichever comes last, leave the newer one.
+PUT_UNLESS_OLDER = """
+local held = redis.call('GET', KEYS[1])
+if held then
+  local ok, decision = pcall(cjson.decode, held)
+  if ok and type(decision) == 'table' and type(decision.period) == 'string' then
+    if decision.period > ARGV[2] then return 0 end
+    local used = tonumber(decision.used_tokens)
+    if decision.period == ARGV[2] and used and used > tonumber(ARGV[3]) then return 0 end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
+return 1
+"""
+
+
 class QuotaCache:
     def __init__(self, url: str, ttl_seconds: int, namespace: str):
         self._url = url
         self._ttl = ttl_seconds
         self._prefix = f"{KEY_PREFIX}{namespace}:"
         self._redis = redis_client(url, timeout=0.25)  # a check must stay fast
+        self._put_unless_older = self._redis.register_script(PUT_UNLESS_OLDER)
 
     def key(self, org: str) -> str:
         return self._prefix + org
 
     def put_many(self, decisions: Sequence[Mapping[str, Any]]) -> None:
+        """Mirror each decision, unless its entry holds a newer one (`PUT_UNLESS_OLDER`).
+        One without a period and used tokens to compare (a document no run of this version
+        wrote) is not mirrored: checks read it from MongoDB."""
         try:
             pipe = self._redis.pipeline(transaction=False)
             for decision in decisions:
-                pipe.set(self.key(decision["_id"]), _dumps(decision), ex=self._ttl)
+                period, used = decision.get("period"), decision.get("used_tokens")
+                if type(period) is not str or not isinstance(used, int) or isinstance(used, bool):
+                    continue
+                self._put_unless_older(
+                    keys=[self.key(decision["_id"])],
+                    args=[_dumps(decision), period, used, self._ttl],
+                    client=pipe,
+                )
             pipe.execute()
         except RedisError as exc:
             self._unavailable(exc)

@@ -360,6 +360,69 @@ def test_a_decision_that_lost_to_a_newer_one_is_not_mirrored(db, settings, regis
     assert (decision.state, decision.used_tokens) == ("block", 12_000)
 
 
+def test_a_slower_decision_from_less_usage_never_replaces_a_newer_mirrored_one(
+    db, settings, registry, redis_url
+):
+    """A fan-out decides an idle org from the usage it read; before it mirrors that, the
+    org's own run bills more and mirrors `block`. MongoDB keeps the run's; so must Redis."""
+    cached = settings.model_copy(update={"redis_url": redis_url})
+    set_plan(db, token_limit=1_000)
+    meter(db, cached, registry, ai_run("acme", 100))
+    fan_out = Quota(Collections.of(db, cached), cached)
+    mirror = fan_out._cache.put_many
+
+    def the_run_mirrors_first(decisions):
+        assert meter(db, cached, registry, ai_run("acme", 5_000)).decisions == {"acme": "block"}
+        mirror(decisions)
+
+    fan_out._cache.put_many = the_run_mirrors_first
+    assert fan_out.decide(["acme"], NOV) == {"acme": "ok"}
+    counting = CountingDatabase(db)
+    decision = check_quota(counting, "acme", now=NOV + timedelta(minutes=1), settings=cached)
+    assert (decision.state, decision.used_tokens) == ("block", 5_100)
+    assert counting.calls == {}  # answered by the mirror
+
+
+def test_a_check_mirroring_what_it_read_never_replaces_a_newer_decision(
+    db, settings, registry, redis_url
+):
+    """A check misses the mirror and reads MongoDB; a run decides `block` and mirrors it
+    before the check mirrors the decision it read: the check answers what it read, the
+    mirror keeps the run's."""
+    cached = settings.model_copy(update={"redis_url": redis_url})
+    set_plan(db, token_limit=1_000)
+    meter(db, settings, registry, ai_run("acme", 100))  # decided without the mirror
+    ran: list[str] = []
+
+    def a_run_after_the_read(collection, method, perform):
+        result = perform()
+        if (collection, method) == ("billing_quota", "find_one") and not ran:
+            ran.append(meter(db, cached, registry, ai_run("acme", 5_000)).decisions["acme"])
+        return result
+
+    reading = DatabaseProxy(db, around=a_run_after_the_read)
+    assert check_quota(reading, "acme", now=NOV, settings=cached).state == "ok"
+    assert ran == ["block"]
+    counting = CountingDatabase(db)
+    decision = check_quota(counting, "acme", now=NOV, settings=cached)
+    assert (decision.state, decision.used_tokens) == ("block", 5_100)
+    assert counting.calls == {}
+
+
+def test_a_decision_of_a_later_period_replaces_the_mirrored_one_of_more_usage(
+    db, settings, registry, redis_url
+):
+    cached = settings.model_copy(update={"redis_url": redis_url})
+    set_plan(db, token_limit=1_000)
+    meter(db, cached, registry, ai_run("acme", 5_000))
+    december = datetime(2026, 12, 1, 0, 5, tzinfo=UTC)
+    Quota(Collections.of(db, cached), cached).decide(["acme"], december)
+    counting = CountingDatabase(db)
+    decision = check_quota(counting, "acme", now=december, settings=cached)
+    assert (decision.state, decision.used_tokens, decision.period) == ("ok", 0, "2026-12")
+    assert counting.calls == {}
+
+
 def test_redis_down_falls_back_to_mongo(db, settings, registry):
     down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     set_plan(db, token_limit=10_000)
