@@ -137,6 +137,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "time limits must nest: TASK_SOFT_TIME_LIMIT < TASK_TIME_LIMIT < LOCK_TTL_SECONDS, "
             f"got {soft} < {hard} < {ttl}"
         )
+    # An idle org's decision is made again by each meter-all (`tasks.meter_all`): ticks
+    # further apart than a decision stays trusted would leave it `unknown` between them,
+    # and a blocked org let through under the fail-open policy.
+    every, staleness = settings.meter_every_seconds, settings.quota_max_staleness_seconds
+    if not every + hard < staleness:
+        raise ConfigError(
+            "decisions must stay fresh between two meter-all ticks: METER_EVERY_SECONDS + "
+            f"TASK_TIME_LIMIT < QUOTA_MAX_STALENESS_SECONDS, got {every:g} + {hard} < "
+            f"{staleness:g}"
+        )
     return {
         "broker_url": settings.celery_broker_url,
         "result_backend": settings.celery_result_backend,

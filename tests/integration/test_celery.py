@@ -218,7 +218,12 @@ def test_app_config_acks_late_one_at_a_time_json_utc_and_limits_below_visibility
     assert config["worker_soft_shutdown_timeout"] == hard
     assert "worker_soft_shutdown_timeout" in DEFAULTS  # a setting this Celery knows
     big = celery_config(
-        Settings(task_soft_time_limit=7000, task_time_limit=7200, lock_ttl_seconds=7300)
+        Settings(
+            task_soft_time_limit=7000,
+            task_time_limit=7200,
+            lock_ttl_seconds=7300,
+            quota_max_staleness_seconds=7800,
+        )
     )
     assert big["broker_transport_options"]["visibility_timeout"] > 7200
     assert big["worker_soft_shutdown_timeout"] == 7200
@@ -229,6 +234,12 @@ def test_app_config_acks_late_one_at_a_time_json_utc_and_limits_below_visibility
     assert long_ttl["broker_transport_options"]["visibility_timeout"] > 5000 + 300
     with pytest.raises(ConfigError, match="TASK_SOFT_TIME_LIMIT < TASK_TIME_LIMIT"):
         celery_config(Settings(task_time_limit=400, lock_ttl_seconds=360))
+    # ticks further apart than a decision stays fresh: idle orgs answered `unknown` between
+    with pytest.raises(ConfigError, match="METER_EVERY_SECONDS \\+ TASK_TIME_LIMIT < QUOTA_MAX"):
+        celery_config(Settings(meter_every_seconds=1800))
+    with pytest.raises(ConfigError, match="got 600 \\+ 300 < 900"):
+        celery_config(Settings(meter_every_seconds=600))
+    assert celery_config(Settings(meter_every_seconds=599))["beat_schedule"]
 
 
 def test_tasks_retry_connection_errors_with_backoff_and_jitter():
