@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from chores.cli.common import EXIT_INTERRUPTED, INTERRUPTED
 from chores.cli.db import db
 from chores.cli.demo import demo
 from chores.cli.finalize import finalize
@@ -25,6 +26,7 @@ from chores.cli.reconcile import reconcile_command
 from chores.cli.registry import registry
 from chores.cli.run import run
 from chores.cli.usage import report, usage
+from chores.core.exceptions import ChoreError
 from chores.core.settings import get_settings
 
 
@@ -49,13 +51,27 @@ def main() -> None:
     for concurrent use. MONGO_URL=mongomock://NAME is an in-process store that keeps
     nothing after each command (each one says so on stderr).
     """
-    from chores.core.local_store import close_all
-
     # Every command writes the file:// store it opened back to its file when it ends,
     # after an error, Ctrl-C or a SIGTERM/SIGHUP too (what a server would have kept).
+    # Close callbacks run last registered first: the stores are saved while SIGTERM and
+    # SIGHUP still interrupt rather than kill, and before their handlers come back.
     context = click.get_current_context()
-    context.call_on_close(close_all)
     _interrupt_on_termination(context)
+    context.call_on_close(_save_stores)
+
+
+def _save_stores() -> None:
+    """Save the file:// stores the command opened; an interruption during the saving (held
+    until it is done) exits 130, a store that cannot be written is one line and exit 1."""
+    from chores.core.local_store import close_all
+
+    try:
+        close_all()
+    except KeyboardInterrupt:
+        click.echo(INTERRUPTED, err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+    except ChoreError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _interrupt_on_termination(context: click.Context) -> None:

@@ -25,6 +25,7 @@ EXIT_REFUSED = 3  # quota check: the run may not start
 EXIT_MISMATCH = 4  # reconcile: the invoice does not agree with the source
 EXIT_LOCKED = 5  # run: a worker is metering the org right now (its Redis lock)
 EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C (128 + SIGINT)
+INTERRUPTED = "interrupted: what was billed so far is kept; run again to go on"
 
 
 def console() -> Console:
@@ -42,7 +43,7 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except KeyboardInterrupt:
-            click.echo("interrupted: what was billed so far is kept; run again to go on", err=True)
+            click.echo(INTERRUPTED, err=True)
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
         except (ChoreError, RegistryError) as exc:
             raise click.ClickException(str(exc)) from None

@@ -8,8 +8,9 @@ writes made until then). `chore demo` leaves its month behind in one.
 
 It is for trying the chore out, and only that:
 
-- not for production: every command loads and rewrites the whole file, and mongomock
-  is a Python imitation of MongoDB, far slower and not exactly alike;
+- not for production: every command loads the whole file and, when it changed anything,
+  rewrites it, and mongomock is a Python imitation of MongoDB, far slower and not exactly
+  alike;
 - not for concurrent use: a command holds an exclusive lock on `PATH.lock` from load to
   save, and a second command on the same store while one runs stops with a one-line
   error rather than losing the other's writes; the Celery worker must not use it.
@@ -23,7 +24,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -86,6 +91,7 @@ class LocalStore:
     path: Path
     client: Any  # mongomock.MongoClient
     lock: IO[str]
+    loaded: str | None = None  # the file's text when loaded: saved again only if changed
 
 
 _OPEN: dict[Path, LocalStore] = {}
@@ -105,35 +111,72 @@ def open_client(url: str, *, fresh: bool = False) -> Any:
             f"MONGO_URL {url}: no local store at {path_of(url)} (`chore demo` creates "
             f"{DEMO_PATH}; a file:// store is for trying the chore out without a server)"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the local store {path}: {_reason(exc)}") from None
     lock = _lock(path)
     try:
         client: Any = _mongomock_client()
-        if not fresh:
-            _load(path, client)
+        loaded = None if fresh else _load(path, client)
     except BaseException:
         lock.close()
         raise
-    _OPEN[path] = LocalStore(path, client, lock)
+    _OPEN[path] = LocalStore(path, client, lock, loaded)
     return client
 
 
 def close_all(*, save: bool = True) -> list[Path]:
-    """Write every open store back to its file (atomically) and release its lock."""
+    """Write every open store back to its file (atomically, and only if it changed) and
+    release its lock. Ctrl-C, SIGTERM or SIGHUP during the writing is held until every
+    store is written, then raised (KeyboardInterrupt): it never costs the command's writes.
+    A store that cannot be written raises ConfigError (its writes are lost: it says so)."""
     saved = []
-    while _OPEN:
-        path, store = _OPEN.popitem()
-        try:
-            if save:
-                _save(store)
-                saved.append(path)
-        finally:
-            store.lock.close()
+    with _interruptions_deferred():
+        while _OPEN:
+            path, store = _OPEN.popitem()
+            try:
+                if save and _save(store):
+                    saved.append(path)
+            finally:
+                store.lock.close()
     return saved
 
 
+@contextmanager
+def _interruptions_deferred() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP (those not ignored) until the block ends, then raise
+    KeyboardInterrupt for the first one received. Only the main thread handles signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def remember(signum: int, frame: Any) -> None:
+        received.append(signum)
+
+    held = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    previous = {
+        sig: signal.signal(sig, remember) for sig in held if signal.getsignal(sig) != signal.SIG_IGN
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise KeyboardInterrupt(signal.Signals(received[0]).name)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
 def _lock(path: Path) -> IO[str]:
-    handle = open(f"{path}.lock", "a", encoding="utf-8")  # noqa: SIM115 (held until close_all)
+    try:
+        handle = open(f"{path}.lock", "a", encoding="utf-8")  # noqa: SIM115 (held until close_all)
+    except OSError as exc:
+        raise ConfigError(f"cannot lock the local store {path}: {_reason(exc)}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -145,9 +188,11 @@ def _lock(path: Path) -> IO[str]:
     return handle
 
 
-def _load(path: Path, client: Any) -> None:
+def _load(path: Path, client: Any) -> str:
+    """Load the store at `path` into `client`; returns the file's text."""
     try:
-        data = json_util.loads(path.read_text(encoding="utf-8"), json_options=_READ)
+        text = path.read_text(encoding="utf-8")
+        data = json_util.loads(text, json_options=_READ)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not a readable local store ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -169,9 +214,12 @@ def _load(path: Path, client: Any) -> None:
                 collection.create_indexes(models)
             if content.get("documents"):
                 collection.insert_many(content["documents"])
+    return text
 
 
-def _save(store: LocalStore) -> None:
+def _save(store: LocalStore) -> bool:
+    """Write the store to its file, unless nothing changed since it was loaded; whether it
+    was written."""
     client = store.client
     databases: dict[str, Any] = {}
     for db_name in client.list_database_names():
@@ -192,14 +240,28 @@ def _save(store: LocalStore) -> None:
         {"format": FORMAT, "version": VERSION, "databases": databases},
         json_options=CANONICAL_JSON_OPTIONS,
     )
-    handle, temp = tempfile.mkstemp(dir=store.path.parent, prefix=f".{store.path.name}.")
+    if text == store.loaded:
+        return False
+    try:
+        handle, temp = tempfile.mkstemp(dir=store.path.parent, prefix=f".{store.path.name}.")
+    except OSError as exc:
+        raise _not_saved(store.path, exc) from None
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
         os.replace(temp, store.path)
-    except BaseException:
+    except BaseException as exc:
         Path(temp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _not_saved(store.path, exc) from None
         raise
+    return True
+
+
+def _not_saved(path: Path, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"cannot write the local store {path}: {_reason(exc)}; this command's writes are lost"
+    )
 
 
 def _mongomock_client() -> Any:

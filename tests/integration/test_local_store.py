@@ -222,3 +222,98 @@ def _runs(store: Path) -> list[dict]:
     data = json_util.loads(store.read_text())
     return sorted(data["databases"]["main"].get("billing_runs", {}).get("documents", []),
                   key=lambda r: r["started_at"])  # fmt: skip
+
+
+# A `chore` process that receives a signal while it writes its store back to its file.
+SIGNALLED_SAVE = """
+import os, signal, sys
+from chores.cli import main
+from chores.core import local_store
+
+SIGNAL, replace = getattr(signal, sys.argv[1]), os.replace
+signal.signal(SIGNAL, signal.SIG_DFL if SIGNAL != signal.SIGINT else signal.default_int_handler)
+def signalled(*args, **kwargs):
+    os.kill(os.getpid(), SIGNAL)
+    return replace(*args, **kwargs)
+local_store.os.replace = signalled
+sys.argv = ["chore", "run", "--all", "--now", sys.argv[2]]
+main()
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_signal_while_the_store_is_written_waits_for_the_writing(tmp_path, name):
+    """Ctrl-C, `timeout` or a closed terminal just as the command writes its store back:
+    the writing ends first, the command exits 130 after it, and the file keeps every
+    write (here the run's record), not the store as it was before the command."""
+    assert chore(tmp_path, "demo", "--now", NOW).returncode == 0
+    store = tmp_path / ".chore-demo" / "store.json"
+    runs_before = len(_runs(store))
+    environ = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    environ["MONGO_URL"] = f"file://{store}"
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNALLED_SAVE, name, NOW],
+        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip() == "interrupted: what was billed so far is kept; run again to go on"
+    runs = _runs(store)
+    assert len(runs) == runs_before + 1 and runs[-1]["error"] is None
+    assert not list(store.parent.glob(".store.json.*"))  # no temporary file left behind
+
+
+def test_a_store_that_cannot_be_written_is_one_line_that_says_the_writes_are_lost(
+    tmp_path, monkeypatch
+):
+    store = tmp_path / "store.json"
+    assert CliRunner().invoke(main, ["demo", "--store", str(store), "--now", NOW]).exit_code == 0
+    before = store.read_text()
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(_local_store.tempfile, "mkstemp", refused)
+    monkeypatch.setenv("MONGO_URL", f"file://{store}")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            main, ["plan", "set", "--org", "acme", "--token-limit", "7M", "--now", NOW]
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == (
+        f"Error: cannot write the local store {store}: Permission denied; "
+        "this command's writes are lost"
+    )
+    assert "Traceback" not in result.output and store.read_text() == before
+
+
+def test_a_store_that_cannot_be_created_is_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    result = CliRunner().invoke(main, ["demo", "--store", str(tmp_path / "a-file" / "s.json")])
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        f"Error: cannot create the local store {tmp_path}/a-file/s.json"
+    )
+    assert len(result.output.splitlines()) == 1
+
+
+def test_a_command_that_changes_nothing_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    """Reading commands do not rewrite the store: they work on a file they may only read."""
+    store = tmp_path / "store.json"
+    assert CliRunner().invoke(main, ["demo", "--store", str(store), "--now", NOW]).exit_code == 0
+    before = store.stat()
+    monkeypatch.setenv("MONGO_URL", f"file://{store}")
+    get_settings.cache_clear()
+    try:
+        reading = (["invoice", "show", "--org", "acme", "--period", "2026-11"], ["status"])
+        for command in reading:
+            result = CliRunner().invoke(main, command)
+            assert result.exit_code == 0, result.output
+        after = store.stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+        changed = CliRunner().invoke(main, ["plan", "set", "--org", "acme", "--token-limit", "7M"])
+        assert changed.exit_code == 0 and store.stat().st_ino != before.st_ino
+    finally:
+        get_settings.cache_clear()
