@@ -11,7 +11,7 @@ registry file; money stays `Decimal`.
 
 from ._errors import RegistryError
 from ._litellm import registry_from_litellm
-from ._load import SHIPPED_REGISTRY_PATH, load_registry, registry_to_yaml
+from ._load import SHIPPED_REGISTRY_PATH, load_registry, registry_to_json, registry_to_yaml
 from ._models import ModelEntry, PriceVersion, Registry, rate_text
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "load_registry",
     "rate_text",
     "registry_from_litellm",
+    "registry_to_json",
     "registry_to_yaml",
 ]

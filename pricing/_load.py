@@ -262,3 +262,24 @@ def registry_to_yaml(registry: Registry) -> str:
                 lines.append(f'    cached_input: "{rate_text(price.cached_input)}"')
             lines.append(f'    output: "{rate_text(price.output)}"')
     return "\n".join(lines) + "\n"
+
+
+def registry_to_json(registry: Registry) -> str:
+    """`registry` as a `.json` registry file, the shape of the YAML one (rates as decimal
+    strings, so that no rate goes through a binary float)."""
+    models = []
+    for model in registry.models:
+        entry: dict[str, object] = {"id": model.id}
+        if model.aliases:
+            entry["aliases"] = list(model.aliases)
+        entry["tier"] = model.tier
+        prices = []
+        for price in model.prices:
+            rates = {"valid_from": price.valid_from.isoformat(), "input": rate_text(price.input)}
+            if price.cached_input is not None:
+                rates["cached_input"] = rate_text(price.cached_input)
+            rates["output"] = rate_text(price.output)
+            prices.append(rates)
+        entry["prices"] = prices
+        models.append(entry)
+    return json.dumps({"version": registry.version, "models": models}, indent=2) + "\n"

@@ -19,7 +19,13 @@ from chores.cli.common import (
 from chores.cli.params import OneLineGroup
 from chores.core.settings import get_settings
 from chores.core.wording import counted
-from pricing import load_registry, rate_text, registry_from_litellm, registry_to_yaml
+from pricing import (
+    load_registry,
+    rate_text,
+    registry_from_litellm,
+    registry_to_json,
+    registry_to_yaml,
+)
 
 
 # registry ------------------------------------------------------------------------
@@ -92,9 +98,16 @@ def registry_validate(path: str | None, path_option: str | None) -> None:
     click.echo(f"{chosen or 'shipped registry'}: valid, version {reg.version}, {models}")
 
 
+WRITERS = {".yaml": registry_to_yaml, ".yml": registry_to_yaml, ".json": registry_to_json}
+
+
 @registry.command("import-litellm")
 @click.argument("path", type=click.Path(dir_okay=False, exists=True))
-@click.option("--out", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Write here instead of stdout (as JSON if it ends in .json, else YAML).",
+)
 @click.option(
     "--valid-from",
     type=click.DateTime(formats=["%Y-%m-%d"]),
@@ -115,7 +128,12 @@ def registry_import(
         raise click.ClickException(f"{path}: expected a JSON object of models")
     day = (valid_from or datetime.now(UTC)).date()
     reg = registry_from_litellm(data, valid_from=day, version=version or day.isoformat())
-    text = registry_to_yaml(reg)
+    suffix = Path(out).suffix.lower() if out else ".yaml"
+    if suffix not in WRITERS:
+        raise click.ClickException(
+            f"--out {out}: a registry file ends in .yaml, .yml or .json (what it is loaded as)"
+        )
+    text = WRITERS[suffix](reg)
     if out:
         try:
             Path(out).write_text(text)

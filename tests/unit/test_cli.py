@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from chores import get_settings
 from chores.cli import main
+from pricing import load_registry
 
 from support import NOW, WALL_CLOCK
 
@@ -287,9 +288,17 @@ def test_registry_import_litellm_round_trips(tmp_path):
     check = CliRunner().invoke(main, ["registry", "validate", str(out)])
     assert check.exit_code == 0 and "version 2026-11-01, 1 model\n" in check.output
     assert "0.075" in out.read_text()
+    # named .json, written as JSON: the same registry, loaded as the name says
+    as_json = tmp_path / "registry.json"
+    args = ["--out", str(as_json), "--valid-from", "2026-11-01"]
+    result = CliRunner().invoke(main, ["registry", "import-litellm", str(source), *args])
+    assert result.exit_code == 0, result.output
+    assert json.loads(as_json.read_text())["models"][0]["prices"][0]["cached_input"] == "0.075"
+    assert load_registry(as_json).models == load_registry(out).models
     for args, says in (
         (["--valid-from", "2026-13-01"], "'2026-13-01' does not match the format '%Y-%m-%d'"),
         (["--out", str(tmp_path / "missing" / "r.yaml")], "cannot write"),
+        (["--out", str(tmp_path / "r.txt")], "a registry file ends in .yaml, .yml or .json"),
     ):
         refused = CliRunner().invoke(main, ["registry", "import-litellm", str(source), *args])
         assert refused.exit_code in (1, 2) and says in refused.output, refused.output
