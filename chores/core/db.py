@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 import weakref
 from dataclasses import dataclass
 from datetime import UTC
@@ -101,9 +102,11 @@ def connect(settings: Settings) -> Database[Doc]:
         local: Database[Doc] = local_store.in_process_client(url)[settings.mongo_db]
         return local
     try:
-        real: pymongo.MongoClient[Doc] = pymongo.MongoClient(
-            url, serverSelectionTimeoutMS=settings.mongo_timeout_ms
-        )
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always", UserWarning)
+            real: pymongo.MongoClient[Doc] = pymongo.MongoClient(
+                url, serverSelectionTimeoutMS=settings.mongo_timeout_ms
+            )
     except (ConfigurationError, ValueError) as exc:
         if isinstance(exc.__cause__, DNSException):  # a mongodb+srv:// name not resolved now
             raise DatabaseUnavailable(
@@ -118,6 +121,16 @@ def connect(settings: Settings) -> Database[Doc]:
             f"MONGO_URL {settings.safe_mongo_url}: a TLS file it names cannot be used"
             f" ({type(exc).__name__}: {exc.strerror or exc})"
         ) from None
+    ignored = [
+        UNKNOWN_OPTION if str(w.message) == "Unknown option." else str(w.message)
+        for w in warned
+        if issubclass(w.category, UserWarning)
+    ]
+    if ignored:  # pymongo would go on without an option it cannot read (a typo's, say)
+        real.close()
+        raise ConfigError(
+            f"MONGO_URL {settings.safe_mongo_url}: {_without_secrets('; '.join(ignored), url)}"
+        )
     try:
         real.admin.command("ping")
     except PyMongoError:
@@ -126,6 +139,27 @@ def connect(settings: Settings) -> Database[Doc]:
             f"cannot reach MongoDB at {settings.safe_mongo_url}: is the server running?"
         ) from None
     return real.get_database(settings.mongo_db, codec_options=reading(real.codec_options))
+
+
+UNKNOWN_OPTION = "an option pymongo does not know, which it would ignore (check its spelling)"
+
+
+def _without_secrets(message: str, url: str) -> str:
+    """pymongo's message about an option of `url`, with the URL's password and option
+    values hidden (an option may carry a credential: `tlsCertificateKeyFilePassword`)."""
+    for value in _secrets_of(url):
+        message = message.replace(value, "***")
+    return message
+
+
+def _secrets_of(url: str) -> list[str]:
+    """The password and the option values written in `url`, longest first."""
+    rest = url.partition("://")[2]
+    credentials, at, _ = rest.rpartition("@")
+    values = [credentials.partition(":")[2]] if at else []
+    query = rest.partition("?")[2]
+    values += [pair.partition("=")[2] for pair in query.split("&")]
+    return sorted((v for v in values if v), key=len, reverse=True)
 
 
 class ReadOnlyCollection:

@@ -7,12 +7,14 @@ process; tests build their own `Settings(...)` and pass it explicitly.
 
 from __future__ import annotations
 
+import io
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
+from dotenv.parser import parse_stream
 from kombu.utils.url import parse_url as kombu_parse_url
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -100,6 +102,8 @@ def _check_database_number(url: str) -> None:
 
 MAX_INT64 = 2**63 - 1  # the largest integer MongoDB stores
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})  # what redis-py connects to
+DATABASE_NAME_FORBIDDEN = '/\\. "$\0'  # in a MongoDB database name
+ENV_FILE = ".env"
 
 
 class Plan(BaseModel):
@@ -115,7 +119,7 @@ class Settings(BaseSettings):
     """Configuration of the billing chore (environment variables, upper-case)."""
 
     # No infinite or NaN durations: each would start the worker and then fail every run.
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", allow_inf_nan=False)
+    model_config = SettingsConfigDict(env_file=ENV_FILE, extra="ignore", allow_inf_nan=False)
 
     mongo_url: str = "mongodb://localhost:27017"
     mongo_db: str = "main"
@@ -192,6 +196,22 @@ class Settings(BaseSettings):
             raise ValueError("AI_TASK_NAMES must list at least one non-empty task name")
         return names
 
+    @field_validator("mongo_db", "tasks_collection", "findings_collection", "billing_prefix")
+    @classmethod
+    def _mongo_names(cls, name: str, info: ValidationInfo) -> str:
+        """Names MongoDB accepts, so that a typo is one line at start, not a database
+        error after a command's first output. Only the billing prefix may be empty."""
+        forbidden = DATABASE_NAME_FORBIDDEN if info.field_name == "mongo_db" else "$\0"
+        if not name and info.field_name != "billing_prefix":
+            raise ValueError("must not be empty")
+        bad = sorted({c for c in name if c in forbidden})
+        if bad:
+            shown = ", ".join("NUL" if c == "\0" else repr(c) for c in bad)
+            raise ValueError(f"must not contain {shown}")
+        if info.field_name != "mongo_db" and name.startswith("system."):
+            raise ValueError("must not start with 'system.' (MongoDB's own collections)")
+        return name
+
     def collection(self, name: str) -> str:
         """Name of a billing collection (`ledger` -> `billing_ledger`)."""
         return f"{self.billing_prefix}{name}"
@@ -226,6 +246,7 @@ def get_settings() -> Settings:
     """The settings from the environment; a bad value is a `ConfigError` whose message
     names the variable, its value (redacted when it may hold a secret) and what is
     expected, on one line."""
+    _check_env_file(Path(ENV_FILE))
     try:
         return Settings()
     except ValidationError as exc:
@@ -235,6 +256,25 @@ def get_settings() -> Settings:
         raise ConfigError(
             f"{field.upper()} must be a JSON list, e.g. {field.upper()}='[\"ai\"]'"
         ) from None
+
+
+def _check_env_file(path: Path) -> None:
+    """A `.env` that cannot be read, or has a line python-dotenv cannot parse (which it
+    would skip with a warning, its setting silently left at the default), is a
+    ConfigError naming the file and the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+        raise ConfigError(f"cannot read the settings file {path}: {reason}") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise ConfigError(
+                f"{path} line {binding.original.line} cannot be parsed (an unclosed quote?): "
+                "fix it, or every setting it holds is left at its default"
+            )
 
 
 def settings_problem(exc: ValidationError) -> str:

@@ -54,6 +54,13 @@ from chores.cli import main
             "99999999999999999999",
             "Input should be less than or equal to 9223372036854775807",
         ),
+        # names MongoDB refuses: one line before any output, not a database error after it
+        ("TASKS_COLLECTION", "", "TASKS_COLLECTION='': Value error, must not be empty"),
+        ("FINDINGS_COLLECTION", "a$b", "FINDINGS_COLLECTION='a$b': Value error, must not contain"),
+        ("TASKS_COLLECTION", "system.x", "must not start with 'system.'"),
+        ("BILLING_PREFIX", "$x", "BILLING_PREFIX='$x': Value error, must not contain '$'"),
+        ("MONGO_DB", "my.db", "MONGO_DB='my.db': Value error, must not contain '.'"),
+        ("MONGO_DB", "", "MONGO_DB='': Value error, must not be empty"),
     ],
 )
 @pytest.mark.parametrize("command", [["status"], ["quota", "check", "--org", "acme"]])
@@ -112,3 +119,61 @@ def test_an_empty_optional_redis_url_is_no_redis(monkeypatch):
     monkeypatch.setenv("CELERY_RESULT_BACKEND", "")
     settings = Settings()
     assert (settings.redis_url, settings.celery_result_backend) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"\xff\xfeMONGO_URL=x\n", "Error: cannot read the settings file .env: not UTF-8"),
+        (
+            b'BATCH_SIZE=10\nMONGO_URL="file://s.json\n',
+            "Error: .env line 2 cannot be parsed (an unclosed quote?)",
+        ),
+    ],
+)
+def test_a_settings_file_that_cannot_be_read_is_one_line(tmp_path, monkeypatch, content, says):
+    """Not silently skipped: a skipped line would leave its setting (here the database
+    to bill) at its default."""
+    (tmp_path / ".env").write_bytes(content)
+    monkeypatch.chdir(tmp_path)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["status"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1 and result.output.startswith(says), result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_the_billing_prefix_may_be_empty():
+    from chores.core.settings import Settings
+
+    assert Settings(billing_prefix="").collection("ledger") == "ledger"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        (
+            "mongodb://u:pw@nohost.invalid/?x=1",
+            "MONGO_URL mongodb://u:***@nohost.invalid/?x=1: an option pymongo does not know",
+        ),
+        (
+            "mongodb://u:pw@nohost.invalid/?retryWrites=maybe",
+            "The value of retrywrites must be 'true' or 'false'",
+        ),
+        ("mongodb://nohost.invalid/?tlsCertificateKeyFilePassword=pw&x=1", "=***&x=1"),
+    ],
+)
+def test_an_option_pymongo_would_ignore_is_one_line_and_exit_1(monkeypatch, url, says):
+    """Not a warning with a site-packages path above a connection error: pymongo would
+    have gone on without the option."""
+    monkeypatch.setenv("MONGO_URL", url)
+    monkeypatch.setenv("MONGO_TIMEOUT_MS", "300")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["invoice", "show", "--org", "acme"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1 and says in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "pw" not in result.output
