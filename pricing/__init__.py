@@ -10,7 +10,7 @@ registry file; money stays `Decimal`.
 """
 
 from ._errors import RegistryError
-from ._litellm import registry_from_litellm
+from ._litellm import registry_from_litellm, zero_priced_keys
 from ._load import SHIPPED_REGISTRY_PATH, load_registry, registry_to_json, registry_to_yaml
 from ._models import ModelEntry, PriceVersion, Registry, rate_text
 
@@ -25,4 +25,5 @@ __all__ = [
     "registry_from_litellm",
     "registry_to_json",
     "registry_to_yaml",
+    "zero_priced_keys",
 ]

@@ -43,8 +43,12 @@ def registry_from_litellm(
     a key equal, ignoring case, to one already kept (keys are taken in sorted order). Tiered
     surcharges (above 200k tokens, audio, images, reasoning) are not carried over.
 
-    An entry whose `litellm_provider` is in `free_providers`, or whose two costs are both 0, is
-    tier free with zero rates. A model's id is its LiteLLM key. A key "provider/name" also gets
+    An entry whose `litellm_provider` is in `free_providers` is tier free with zero rates. One
+    of another provider whose two costs are both 0 is left out (`zero_priced_keys`): LiteLLM
+    writes 0 for a hosted model whose price it does not know, and billing its usage at $0
+    would hide it; left out, it is UNPRICED (SPEC §2) until a registry gives its price.
+
+    A model's id is its LiteLLM key. A key "provider/name" also gets
     "name" as an alias when "name" is not itself a key (ignoring case), contains no "/" (it would
     otherwise shadow the resolver's provider stripping), and no other kept key claims the same
     alias; so no alias is ever ambiguous.
@@ -54,7 +58,8 @@ def registry_from_litellm(
         spec = data[key]
         if key == "sample_spec" or not _usable_name(key) or key.casefold() in kept:
             continue
-        if isinstance(spec, Mapping) and _priced_mode(spec) and _costs(spec):
+        usable = isinstance(spec, Mapping) and _priced_mode(spec) and _costs(spec)
+        if usable and not _unknown_price(spec, free_providers):
             kept[key.casefold()] = (key, spec)
 
     every_key = {k.casefold() for k in data if isinstance(k, str)}
@@ -73,6 +78,34 @@ def registry_from_litellm(
             entry["aliases"] = [key.partition("/")[2]]
         models.append(entry)
     return validate_registry({"version": version, "models": models}, source=_SOURCE)
+
+
+def zero_priced_keys(
+    data: Mapping[str, Any], free_providers: frozenset[str] = DEFAULT_FREE_PROVIDERS
+) -> list[str]:
+    """The token-priced entries of `data` that `registry_from_litellm` leaves out because
+    LiteLLM prices them at 0 outside `free_providers`, sorted."""
+    return sorted(
+        key
+        for key, spec in data.items()
+        if isinstance(key, str)
+        and key != "sample_spec"
+        and isinstance(spec, Mapping)
+        and _priced_mode(spec)
+        and _costs(spec)
+        and _unknown_price(spec, free_providers)
+    )
+
+
+def _unknown_price(spec: Mapping[str, Any], free_providers: frozenset[str]) -> bool:
+    """Both costs 0 and the provider not a free one: a price LiteLLM does not know."""
+    costs = _costs(spec)
+    return costs is not None and costs == (0, 0) and not _free_provider(spec, free_providers)
+
+
+def _free_provider(spec: Mapping[str, Any], free_providers: frozenset[str]) -> bool:
+    provider = spec.get("litellm_provider")
+    return isinstance(provider, str) and provider in free_providers
 
 
 def _priced_mode(spec: Mapping[str, Any]) -> bool:
@@ -116,12 +149,8 @@ def _tier_and_price(
     costs = _costs(spec)
     assert costs is not None  # only kept entries get here
     source_input, source_output = costs
-    provider = spec.get("litellm_provider")
-    free = (isinstance(provider, str) and provider in free_providers) or (
-        source_input == source_output == 0
-    )
     price: dict[str, str] = {"valid_from": valid_from.isoformat()}
-    if free:
+    if _free_provider(spec, free_providers):
         price.update(input="0", output="0")
         return {"tier": "free", "prices": [price]}
     price.update(input=rate_text(source_input), output=rate_text(source_output))

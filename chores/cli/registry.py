@@ -25,6 +25,7 @@ from pricing import (
     registry_from_litellm,
     registry_to_json,
     registry_to_yaml,
+    zero_priced_keys,
 )
 
 
@@ -142,3 +143,11 @@ def registry_import(
         click.echo(f"wrote {len(reg.models)} models to {out}", err=True)
     else:
         sys.stdout.write(text)
+    unknown = zero_priced_keys(data)
+    if unknown:
+        examples = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        click.echo(
+            f"left out {counted(len(unknown), 'model')} LiteLLM prices at 0 outside the free "
+            f"providers ({examples}): their usage stays unpriced until a registry prices them",
+            err=True,
+        )

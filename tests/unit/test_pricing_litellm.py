@@ -18,6 +18,7 @@ from pricing import (
     load_registry,
     registry_from_litellm,
     registry_to_yaml,
+    zero_priced_keys,
 )
 
 DAY = date(2026, 11, 1)
@@ -143,23 +144,29 @@ def test_case_twins_keep_the_first_in_sorted_order(imported: Registry) -> None:
         imported.get("case-twin")
 
 
-@pytest.mark.parametrize(
-    "key",
-    ["ollama/llama3.1", "ollama_chat/qwen2.5", "lm_studio/some-model", "together_ai/free-model"],
-)
-def test_free_providers_and_zero_costs_are_free(imported: Registry, key: str) -> None:
+@pytest.mark.parametrize("key", ["ollama/llama3.1", "ollama_chat/qwen2.5", "lm_studio/some-model"])
+def test_free_providers_are_free(imported: Registry, key: str) -> None:
     entry = imported.get(key)
     assert entry.tier == "free"
     assert _only_price(imported, key) == (0, None, 0)
 
 
+def test_zero_costs_outside_the_free_providers_are_left_out_unpriced(imported: Registry) -> None:
+    """LiteLLM writes 0 for a hosted model whose price it does not know: its usage must be
+    UNPRICED (flagged), never billed at $0 (SPEC §2)."""
+    assert imported.resolve("together_ai/free-model") is None
+    assert zero_priced_keys(LITELLM) == ["together_ai/free-model"]
+
+
 def test_free_providers_can_be_chosen() -> None:
+    openai_only = frozenset({"openai"})
     registry = registry_from_litellm(
-        LITELLM, valid_from=DAY, version="v", free_providers=frozenset({"openai"})
+        LITELLM, valid_from=DAY, version="v", free_providers=openai_only
     )
     assert registry.get("gpt-4o").tier == "free"
     assert registry.get("ollama_chat/qwen2.5").tier == "paid"
-    assert registry.get("ollama/llama3.1").tier == "free"  # both costs are 0
+    assert registry.resolve("ollama/llama3.1") is None  # both costs 0, not a free provider
+    assert "ollama/llama3.1" in zero_priced_keys(LITELLM, openai_only)
 
 
 def test_unprefixed_names_become_unambiguous_aliases(imported: Registry) -> None:
