@@ -357,24 +357,27 @@ def baseline_findings(doc: Mapping[str, Any], found: Mapping[str, Sequence[Any]]
     """Of the spawn findings `found` by the ids `spawner_ids(doc)` names (their `_context`s
     by the id they name), those that may hold this document's baseline.
 
-    - The findings naming the document itself, when there are any: a subagent's own.
-    - Else those naming the workflow or scan that started it, written at its own subagent
-      depth (`ai_subagent_depth`, 0 when absent): a workflow's steps run at the depth of
-      the run that spawned the workflow, whose context the spawn finding carries. A
-      subagent that one of those steps spawned is one deeper, and secator strips the
-      workflow's id from its context; should a copy keep it, the workflow's finding is not
-      its baseline, and it waits for its own (SPEC §1 fact 4).
+    - The findings naming the document itself, when one of them is of its own org: a
+      subagent's own.
+    - Else those, and the findings naming the workflow or scan that started it written at
+      its own subagent depth (`ai_subagent_depth`, 0 when absent): a workflow's steps run at
+      the depth of the run that spawned the workflow, whose context the spawn finding
+      carries. A subagent that one of those steps spawned is one deeper, and secator strips
+      the workflow's id from its context; should a copy keep it, the workflow's finding is
+      not its baseline, and it waits for its own (SPEC §1 fact 4). A finding of another org
+      naming the document changes nothing (`read_spawn` ignores it, SPEC §4).
     """
     context = doc.get("context")
     if not isinstance(context, Mapping):
         return []
     names = spawner_ids(doc)
     own_id = str(doc.get("_id"))
-    own = found.get(own_id, []) if own_id in names else []
-    if own:
-        return list(own)
+    naming_it = list(found.get(own_id, [])) if own_id in names else []
+    org = _string(context.get("workspace_id"))
+    if org is not None and own_org_spawns(naming_it, org):
+        return naming_it
     depth = subagent_depth(context)
-    return [
+    return naming_it + [
         spawn
         for started_by in names
         if started_by != own_id
@@ -384,8 +387,10 @@ def baseline_findings(doc: Mapping[str, Any], found: Mapping[str, Sequence[Any]]
 
 
 def subagent_depth(context: Mapping[str, Any]) -> Any:
-    """`ai_subagent_depth` as written, 0 when absent (as secator reads it)."""
-    return context.get("ai_subagent_depth") or 0
+    """`ai_subagent_depth` as written, 0 when absent (as secator reads it); a NaN as the
+    text "NaN", equal to itself, as the copy of one is."""
+    depth = context.get("ai_subagent_depth") or 0
+    return "NaN" if isinstance(depth, float) and math.isnan(depth) else depth
 
 
 def _is_number(value: Any) -> bool:

@@ -442,3 +442,42 @@ def test_a_subagent_of_an_ai_step_waits_for_its_own_spawn_finding_not_its_workfl
         line["tokens"] for i in db.billing_invoices.find({"org": "ws-acme"}) for line in i["lines"]
     )
     assert invoiced_tokens == expected + 2_000 + 100
+
+
+@pytest.mark.parametrize(
+    "noise", ["another org's finding names it", "a finding without a context names it", "NaN depth"]
+)
+def test_an_ai_step_is_billed_from_its_workflows_finding_whatever_else_names_it(
+    db: Any, settings: Settings, registry: Registry, noise: str
+) -> None:
+    """A finding of another org naming the step (or one with no readable context) is no
+    baseline and hides none (SPEC §4); a depth copied from the spawning run as NaN is the
+    same depth as its copy."""
+    from bson import ObjectId
+
+    entry = MANIFEST["snapshots"][-1]
+    snapshot = load_snapshot(entry)
+    spawning = next(t for t in snapshot["tasks"] if "ai_subagent_depth" in t["context"])
+    step, card = _workflow_step(snapshot, spawning, own=2_000)
+    findings = [*snapshot["findings"], card]
+    naming_the_step = {
+        "_id": ObjectId(),
+        "_type": "ai",
+        "ai_type": "task",
+        "extra_data": {"runner_id": str(step["_id"])},
+    }
+    if noise == "another org's finding names it":
+        findings.append({**naming_the_step, "_context": {**card["_context"], "workspace_id": "x"}})
+    elif noise == "a finding without a context names it":
+        findings.append({**naming_the_step, "_context": "not a context"})
+    else:
+        step["context"]["ai_subagent_depth"] = card["_context"]["ai_subagent_depth"] = float("nan")
+    db.tasks.insert_many([*snapshot["tasks"], step])
+    db.findings.insert_many(findings)
+    run_chore(db, now=datetime.fromisoformat(entry["now"]), registry=registry, settings=settings)
+
+    (billed,) = list(db.billing_ledger.find({"runner_id": str(step["_id"])}))
+    assert (billed["tokens"], billed["subagent"]) == (2_000, True)
+    assert billed["parent_id"] == str(spawning["_id"])
+    held = db.billing_anomalies.count_documents({"runner_id": str(step["_id"]), "resolved": False})
+    assert held == 0
