@@ -42,17 +42,21 @@ def namespace(decisions: str, mongo_url: str) -> str:
 
 # Mirror a decision (KEYS[1] <- ARGV[1], expiring in ARGV[4] s) unless the entry there saw
 # more of the usage: a later period (ARGV[2] its period), or the same period with more tokens
-# used (ARGV[3] its used tokens). The rule MongoDB's write of a decision follows
-# (`Quota._decide`), applied in one step: two writers that raced (a run's decision and a
-# fan-out's, a check mirroring what it read), whichever comes last, leave the newer one.
+# used (ARGV[3] its used tokens, decimal digits, compared as such: no double rounds them).
+# The rule MongoDB's write of a decision follows (`Quota._decide`), applied in one step: two
+# writers that raced (a run's decision and a fan-out's), whichever comes last, leave the
+# newer one. With ARGV[5] = 1 (a check mirroring what it read) only a missing entry is set:
+# a decision of equal usage under a plan changed since is newer than what the check read.
 PUT_UNLESS_OLDER = """
 local held = redis.call('GET', KEYS[1])
 if held then
+  if ARGV[5] == '1' then return 0 end
   local ok, decision = pcall(cjson.decode, held)
   if ok and type(decision) == 'table' and type(decision.period) == 'string' then
     if decision.period > ARGV[2] then return 0 end
-    local used = tonumber(decision.used_tokens)
-    if decision.period == ARGV[2] and used and used > tonumber(ARGV[3]) then return 0 end
+    local used = string.match(held, '"used_tokens": (%d+)')
+    local more = used and (#used > #ARGV[3] or (#used == #ARGV[3] and used > ARGV[3]))
+    if decision.period == ARGV[2] and more then return 0 end
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
@@ -71,10 +75,12 @@ class QuotaCache:
     def key(self, org: str) -> str:
         return self._prefix + org
 
-    def put_many(self, decisions: Sequence[Mapping[str, Any]]) -> None:
-        """Mirror each decision, unless its entry holds a newer one (`PUT_UNLESS_OLDER`).
-        One without a period and used tokens to compare (a document no run of this version
-        wrote) is not mirrored: checks read it from MongoDB."""
+    def put_many(
+        self, decisions: Sequence[Mapping[str, Any]], *, only_if_missing: bool = False
+    ) -> None:
+        """Mirror each decision, unless its entry holds a newer one (`PUT_UNLESS_OLDER`), or
+        with `only_if_missing` any. One without a period and used tokens to compare (a
+        document no run of this version wrote) is not mirrored: checks read MongoDB."""
         try:
             pipe = self._redis.pipeline(transaction=False)
             for decision in decisions:
@@ -83,7 +89,7 @@ class QuotaCache:
                     continue
                 self._put_unless_older(
                     keys=[self.key(decision["_id"])],
-                    args=[_dumps(decision), period, used, self._ttl],
+                    args=[_dumps(decision), period, str(used), self._ttl, int(only_if_missing)],
                     client=pipe,
                 )
             pipe.execute()

@@ -352,8 +352,10 @@ class Quota:
         """The answer to "may `org` start a run?" from one read of its decision."""
         settings = self._settings
         period = period_of(now)
+        skew = timedelta(seconds=settings.future_skew_seconds)
+        future = max(now, _clock.wall_clock()) + skew
         doc = self._cache.get(org) if self._cache is not None else None
-        if doc is not None and not self._trusted(doc, now):
+        if doc is not None and not self._trusted(doc, now, future):
             doc = None
         if doc is None:
             try:
@@ -363,10 +365,10 @@ class Quota:
             if doc is None:
                 return self._unknown(org, period, "no quota decision yet")
             if self._cache is not None:
-                self._cache.put_many([doc])
+                # Only into a missing entry: a run may have mirrored a newer one since.
+                self._cache.put_many([doc], only_if_missing=True)
         computed_at = as_utc(doc["computed_at"])
-        skew = timedelta(seconds=settings.future_skew_seconds)
-        if computed_at > max(now, _clock.wall_clock()) + skew:
+        if computed_at > future:
             return self._unknown(org, period, "decision was computed in the future")
         age = (now - computed_at).total_seconds()
         plan = plan_of(doc, Plan(token_limit=None, spend_limit_micros=None))
@@ -407,11 +409,17 @@ class Quota:
             reasons=reasons,
         )
 
-    def _trusted(self, cached: Mapping[str, Any], now: datetime) -> bool:
+    def _trusted(self, cached: Mapping[str, Any], now: datetime, future: datetime) -> bool:
         """A mirrored decision is used only while younger than the cache TTL, so one
-        that a failed mirror write left behind is never answered for longer."""
-        age = (now - as_utc(cached["computed_at"])).total_seconds()
-        return age < self._settings.quota_cache_ttl_seconds
+        that a failed mirror write left behind is never answered for longer. One computed
+        after `future` (a clock that was ahead) is dropped: MongoDB's rule replaces it, the
+        mirror's would keep newer decisions out until it expires."""
+        computed_at = as_utc(cached["computed_at"])
+        if computed_at > future:
+            assert self._cache is not None
+            self._cache.forget([cached["_id"]])
+            return False
+        return (now - computed_at).total_seconds() < self._settings.quota_cache_ttl_seconds
 
     def _unknown(self, org: str, period: str, reason: str) -> QuotaDecision:
         return unknown_decision(org, period, reason, self._settings)

@@ -20,6 +20,7 @@ from chores.core.db import Collections
 from chores.core.settings import Plan
 from chores.quota.decisions import INVALID_PLAN, Quota, QuotaDecision, evaluate
 
+from support import WALL_CLOCK
 from support.dbproxy import CountingDatabase, DatabaseProxy, FailingDatabase, PauseAt, pause_at
 
 NOV = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -423,6 +424,66 @@ def test_a_decision_of_a_later_period_replaces_the_mirrored_one_of_more_usage(
     assert counting.calls == {}
 
 
+def test_a_check_mirroring_what_it_read_never_replaces_a_new_plans_decision(
+    db, settings, registry, redis_url
+):
+    """Same usage, a new plan: a check reads `ok` under the old limit, `plan set` lowers it
+    and mirrors `block` before the check mirrors what it read (review of fabf24a)."""
+    cached = settings.model_copy(update={"redis_url": redis_url})
+    set_plan(db, token_limit=1_000_000)
+    meter(db, settings, registry, ai_run("acme", 5_000))  # decided without the mirror
+    ran: list[str] = []
+
+    def a_plan_set_after_the_read(collection, method, perform):
+        result = perform()
+        if (collection, method) == ("billing_quota", "find_one") and not ran:
+            set_plan(db, token_limit=1_000)
+            ran.extend(Quota(Collections.of(db, cached), cached).decide(["acme"], NOV).values())
+        return result
+
+    reading = DatabaseProxy(db, around=a_plan_set_after_the_read)
+    assert check_quota(reading, "acme", now=NOV, settings=cached).state == "ok"
+    assert ran == ["block"]
+    counting = CountingDatabase(db)
+    decision = check_quota(counting, "acme", now=NOV, settings=cached)
+    assert (decision.state, decision.token_limit) == ("block", 1_000)
+    assert counting.calls == {}
+
+
+def test_the_mirror_compares_used_tokens_beyond_a_doubles_precision(db, settings, redis_url):
+    """2**53 + 1 tokens stored: a decision from 2**53 (equal as doubles) must not replace it."""
+    cached = settings.model_copy(update={"redis_url": redis_url})
+    cache = Quota(Collections.of(db, cached), cached)._cache
+    assert cache is not None
+    decided = {"_id": "acme", "org": "acme", "period": "2026-11", "computed_at": NOV}
+    cache.put_many([{**decided, "state": "block", "used_tokens": 2**53 + 1}])
+    cache.put_many([{**decided, "state": "ok", "used_tokens": 2**53}])
+    assert cache.get("acme")["used_tokens"] == 2**53 + 1
+    cache.put_many([{**decided, "state": "block", "used_tokens": 10 * 2**53}])
+    assert cache.get("acme")["used_tokens"] == 10 * 2**53
+
+
+def test_a_mirrored_decision_computed_in_the_future_is_dropped_for_mongos(
+    db, settings, registry, redis_url
+):
+    """A worker whose clock ran ahead mirrored December's `ok`; MongoDB replaced it (its
+    rule drops a decision computed ahead of the wall clock) with November's `block`: the
+    check answers MongoDB's, and mirrors it."""
+    cached = settings.model_copy(update={"redis_url": redis_url})
+    set_plan(db, token_limit=1_000)
+    meter(db, settings, registry, ai_run("acme", 5_000))  # block, not mirrored
+    cache = Quota(Collections.of(db, cached), cached)._cache
+    assert cache is not None
+    ahead = WALL_CLOCK + timedelta(days=30)  # the wall clock is pinned (conftest)
+    cache.put_many([{"_id": "acme", "period": "2030-01", "state": "ok", "used_tokens": 0,
+                     "computed_at": ahead}])  # fmt: skip
+    decision = check_quota(db, "acme", now=NOV, settings=cached)
+    assert (decision.state, decision.used_tokens) == ("block", 5_000)
+    counting = CountingDatabase(db)
+    again = check_quota(counting, "acme", now=NOV, settings=cached)
+    assert (again.state, counting.calls) == ("block", {})
+
+
 def test_redis_down_falls_back_to_mongo(db, settings, registry):
     down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     set_plan(db, token_limit=10_000)
@@ -593,7 +654,7 @@ def test_a_mirrored_decision_is_trusted_below_its_ttl_and_not_at_it(db, settings
         def get(self, org: str) -> dict[str, Any]:
             return {**decided, "state": "ok", "used_tokens": 0}
 
-        def put_many(self, docs: Any) -> None:
+        def put_many(self, docs: Any, *, only_if_missing: bool = False) -> None:
             pass
 
     quota = Quota(Collections.of(db, settings), settings)
