@@ -58,8 +58,8 @@ def registry_from_litellm(
         spec = data[key]
         if key == "sample_spec" or not _usable_name(key) or key.casefold() in kept:
             continue
-        usable = isinstance(spec, Mapping) and _priced_mode(spec) and _costs(spec)
-        if usable and not _unknown_price(spec, free_providers):
+        priced = isinstance(spec, Mapping) and _priced_mode(spec) and _costs(spec) is not None
+        if priced and not _unknown_price(spec, free_providers):
             kept[key.casefold()] = (key, spec)
 
     every_key = {k.casefold() for k in data if isinstance(k, str)}
@@ -92,7 +92,6 @@ def zero_priced_keys(
         and key != "sample_spec"
         and isinstance(spec, Mapping)
         and _priced_mode(spec)
-        and _costs(spec)
         and _unknown_price(spec, free_providers)
     )
 

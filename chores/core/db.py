@@ -19,6 +19,7 @@ import weakref
 from dataclasses import dataclass
 from datetime import UTC
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import pymongo
@@ -121,11 +122,15 @@ def connect(settings: Settings) -> Database[Doc]:
             f"MONGO_URL {settings.safe_mongo_url}: a TLS file it names cannot be used"
             f" ({type(exc).__name__}: {exc.strerror or exc})"
         ) from None
-    ignored = [
-        UNKNOWN_OPTION if str(w.message) == "Unknown option." else str(w.message)
-        for w in warned
-        if issubclass(w.category, UserWarning)
-    ]
+    ignored = []
+    for warning in warned:
+        if _an_option_dropped(warning):
+            text = str(warning.message)
+            ignored.append(UNKNOWN_OPTION if text == "Unknown option." else text)
+        else:  # a notice, not a dropped option (a DocumentDB host, a compressor not installed)
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     if ignored:  # pymongo would go on without an option it cannot read (a typo's, say)
         real.close()
         raise ConfigError(
@@ -142,6 +147,18 @@ def connect(settings: Settings) -> Database[Doc]:
 
 
 UNKNOWN_OPTION = "an option pymongo does not know, which it would ignore (check its spelling)"
+
+
+def _an_option_dropped(warning: warnings.WarningMessage) -> bool:
+    """Whether pymongo warned that it goes on without an option of the URL: one it does not
+    know or whose value it cannot read (warned while parsing the URI), or a compressor name
+    it does not know. Its other warnings are notices (a DocumentDB or CosmosDB host, a
+    compressor whose library is not installed, for which it falls back to the next)."""
+    if not issubclass(warning.category, UserWarning):
+        return False
+    return Path(warning.filename).name == "uri_parser_shared.py" or str(warning.message).startswith(
+        "Unsupported compressor"
+    )
 
 
 def _without_secrets(message: str, url: str) -> str:

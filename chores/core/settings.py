@@ -262,10 +262,10 @@ def _check_env_file(path: Path) -> None:
     """A `.env` that cannot be read, or has a line python-dotenv cannot parse (which it
     would skip with a warning, its setting silently left at the default), is a
     ConfigError naming the file and the line."""
+    if not path.is_file():  # as pydantic-settings: none, or not a file (a venv named .env)
+        return
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return
     except (OSError, UnicodeDecodeError) as exc:
         reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else exc.strerror
         raise ConfigError(f"cannot read the settings file {path}: {reason}") from None

@@ -163,6 +163,7 @@ def test_the_billing_prefix_may_be_empty():
             "The value of retrywrites must be 'true' or 'false'",
         ),
         ("mongodb://nohost.invalid/?tlsCertificateKeyFilePassword=pw&x=1", "=***&x=1"),
+        ("mongodb://nohost.invalid/?compressors=zlb", "?compressors=zlb: Unsupported compressor"),
     ],
 )
 def test_an_option_pymongo_would_ignore_is_one_line_and_exit_1(monkeypatch, url, says):
@@ -177,3 +178,39 @@ def test_an_option_pymongo_would_ignore_is_one_line_and_exit_1(monkeypatch, url,
         get_settings.cache_clear()
     assert result.exit_code == 1 and says in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and "pw" not in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mongodb://u:pw@docs.cluster-abc.us-east-1.docdb.amazonaws.com:1/",  # DocumentDB
+        "mongodb://u:pw@nohost.invalid/?compressors=snappy,zlib",  # snappy not installed
+    ],
+)
+def test_a_pymongo_notice_is_no_setting_error(monkeypatch, url):
+    """pymongo's notices (a DocumentDB or CosmosDB host, a compressor whose library is not
+    installed: it falls back to the next) drop no option: the command goes on (here, to
+    find no server)."""
+    monkeypatch.setenv("MONGO_URL", url)
+    monkeypatch.setenv("MONGO_TIMEOUT_MS", "300")
+    get_settings.cache_clear()
+    try:
+        with pytest.warns(UserWarning):  # shown as pymongo shows it
+            result = CliRunner().invoke(main, ["invoice", "show", "--org", "acme"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith("Error: cannot reach MongoDB at")
+
+
+def test_a_directory_named_env_is_not_a_settings_file(tmp_path, monkeypatch):
+    """A virtualenv named .env (`python -m venv .env`): pydantic-settings skips it too."""
+    (tmp_path / ".env").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MONGO_URL", "mongomock://env-dir")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["quota", "check", "--org", "acme"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0 and "no quota decision yet" in result.output, result.output
