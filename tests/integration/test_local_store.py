@@ -10,6 +10,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bson import ObjectId
@@ -186,15 +187,9 @@ def test_a_terminated_command_saves_its_store_like_ctrl_c(tmp_path, name):
     """`timeout`, `docker stop` or a closed terminal end a command as Ctrl-C does: it
     unwinds, says so, and the file:// store keeps what it did (here: the run's record),
     its lock released for the next command."""
-    assert chore(tmp_path, "demo", "--now", NOW).returncode == 0
-    store = tmp_path / ".chore-demo" / "store.json"
+    store = _demo_store(tmp_path)
     runs_before = len(_runs(store))
-    environ = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    environ["MONGO_URL"] = f"file://{store}"
-    done = subprocess.run(
-        [sys.executable, "-c", SIGNALLED_RUN, name, NOW, "default"],
-        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    done = _python(tmp_path, store, SIGNALLED_RUN, name, NOW, "default")
     assert done.returncode == 130, done.stderr
     assert "interrupted: what was billed so far is kept" in done.stderr
     runs = _runs(store)
@@ -204,16 +199,26 @@ def test_a_terminated_command_saves_its_store_like_ctrl_c(tmp_path, name):
 
 
 def test_a_command_under_nohup_keeps_going_on_sighup(tmp_path):
-    assert chore(tmp_path, "demo", "--now", NOW).returncode == 0
-    store = tmp_path / ".chore-demo" / "store.json"
-    environ = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    environ["MONGO_URL"] = f"file://{store}"
-    done = subprocess.run(
-        [sys.executable, "-c", SIGNALLED_RUN, "SIGHUP", NOW, "ignored"],
-        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    store = _demo_store(tmp_path)
+    done = _python(tmp_path, store, SIGNALLED_RUN, "SIGHUP", NOW, "ignored")
     assert done.returncode == 0, done.stderr
     assert _runs(store)[-1]["error"] is None
+
+
+def _demo_store(directory: Path) -> Path:
+    """The store `chore demo` leaves in `directory`."""
+    assert chore(directory, "demo", "--now", NOW).returncode == 0
+    return directory / ".chore-demo" / "store.json"
+
+
+def _python(directory: Path, store: Path, script: str, *args: str) -> Any:
+    """`script` run by a new interpreter in `directory`, on `store`, without Redis."""
+    environ = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    environ["MONGO_URL"] = f"file://{store}"
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=directory, env=environ, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
 
 
 def _runs(store: Path) -> list[dict]:
@@ -246,15 +251,9 @@ def test_a_signal_while_the_store_is_written_waits_for_the_writing(tmp_path, nam
     """Ctrl-C, `timeout` or a closed terminal just as the command writes its store back:
     the writing ends first, the command exits 130 after it, and the file keeps every
     write (here the run's record), not the store as it was before the command."""
-    assert chore(tmp_path, "demo", "--now", NOW).returncode == 0
-    store = tmp_path / ".chore-demo" / "store.json"
+    store = _demo_store(tmp_path)
     runs_before = len(_runs(store))
-    environ = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    environ["MONGO_URL"] = f"file://{store}"
-    done = subprocess.run(
-        [sys.executable, "-c", SIGNALLED_SAVE, name, NOW],
-        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    done = _python(tmp_path, store, SIGNALLED_SAVE, name, NOW)
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip() == "interrupted: what was billed so far is kept; run again to go on"
     runs = _runs(store)

@@ -393,21 +393,13 @@ def test_a_check_mirroring_what_it_read_never_replaces_a_newer_decision(
     cached = settings.model_copy(update={"redis_url": redis_url})
     set_plan(db, token_limit=1_000)
     meter(db, settings, registry, ai_run("acme", 100))  # decided without the mirror
-    ran: list[str] = []
 
-    def a_run_after_the_read(collection, method, perform):
-        result = perform()
-        if (collection, method) == ("billing_quota", "find_one") and not ran:
-            ran.append(meter(db, cached, registry, ai_run("acme", 5_000)).decisions["acme"])
-        return result
+    def a_run():
+        return meter(db, cached, registry, ai_run("acme", 5_000)).decisions["acme"]
 
-    reading = DatabaseProxy(db, around=a_run_after_the_read)
-    assert check_quota(reading, "acme", now=NOV, settings=cached).state == "ok"
-    assert ran == ["block"]
-    counting = CountingDatabase(db)
-    decision = check_quota(counting, "acme", now=NOV, settings=cached)
-    assert (decision.state, decision.used_tokens) == ("block", 5_100)
-    assert counting.calls == {}
+    assert check_with_meanwhile(db, cached, a_run) == ("ok", "block")
+    decision, calls = answer_and_calls(db, cached)
+    assert (decision.state, decision.used_tokens, calls) == ("block", 5_100, {})
 
 
 def test_a_decision_of_a_later_period_replaces_the_mirrored_one_of_more_usage(
@@ -432,22 +424,37 @@ def test_a_check_mirroring_what_it_read_never_replaces_a_new_plans_decision(
     cached = settings.model_copy(update={"redis_url": redis_url})
     set_plan(db, token_limit=1_000_000)
     meter(db, settings, registry, ai_run("acme", 5_000))  # decided without the mirror
+
+    def a_plan_set():  # as `chore plan set` does: the plan, then the decision
+        set_plan(db, token_limit=1_000)
+        return Quota(Collections.of(db, cached), cached).decide(["acme"], NOV)["acme"]
+
+    assert check_with_meanwhile(db, cached, a_plan_set) == ("ok", "block")
+    decision, calls = answer_and_calls(db, cached)
+    assert (decision.state, decision.token_limit, calls) == ("block", 1_000, {})
+
+
+def check_with_meanwhile(db, settings, meanwhile) -> tuple[str, str]:
+    """`check_quota` of acme, `meanwhile()` run right after its MongoDB read and before it
+    mirrors what it read: (the check's state, what `meanwhile` returned)."""
     ran: list[str] = []
 
-    def a_plan_set_after_the_read(collection, method, perform):
+    def after_the_read(collection, method, perform):
         result = perform()
         if (collection, method) == ("billing_quota", "find_one") and not ran:
-            set_plan(db, token_limit=1_000)
-            ran.extend(Quota(Collections.of(db, cached), cached).decide(["acme"], NOV).values())
+            ran.append(meanwhile())
         return result
 
-    reading = DatabaseProxy(db, around=a_plan_set_after_the_read)
-    assert check_quota(reading, "acme", now=NOV, settings=cached).state == "ok"
-    assert ran == ["block"]
+    reading = DatabaseProxy(db, around=after_the_read)
+    state = check_quota(reading, "acme", now=NOV, settings=settings).state
+    (returned,) = ran
+    return state, returned
+
+
+def answer_and_calls(db, settings) -> tuple[QuotaDecision, dict]:
+    """acme's quota answer, and the database calls it took (none: from the mirror)."""
     counting = CountingDatabase(db)
-    decision = check_quota(counting, "acme", now=NOV, settings=cached)
-    assert (decision.state, decision.token_limit) == ("block", 1_000)
-    assert counting.calls == {}
+    return check_quota(counting, "acme", now=NOV, settings=settings), dict(counting.calls)
 
 
 def test_the_mirror_compares_used_tokens_beyond_a_doubles_precision(db, settings, redis_url):
