@@ -16,6 +16,7 @@ source (org ids, runner ids) are only ever used under `$eq`/`$in`.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -61,7 +62,11 @@ class Source:
     def __init__(self, collections: Collections, *, ai_task_names: Sequence[str], batch_size: int):
         self._tasks = collections.tasks
         self._findings = collections.findings
-        self._names = list(ai_task_names)
+        # A name, or a variant of it (`ai/triage`): secator keeps a workflow node's
+        # `task/variant` key as the step's name (`tree.py`, `runners/workflow.py`), its class
+        # stripped of the variant. An anchored prefix keeps the name index usable.
+        variants = [re.compile(f"^{re.escape(name)}/") for name in ai_task_names]
+        self._names: list[Any] = [*ai_task_names, *variants]
         self._batch_size = batch_size
 
     def _scope(self, org: str | None) -> Doc:

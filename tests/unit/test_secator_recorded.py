@@ -481,3 +481,25 @@ def test_an_ai_step_is_billed_from_its_workflows_finding_whatever_else_names_it(
     assert billed["parent_id"] == str(spawning["_id"])
     held = db.billing_anomalies.count_documents({"runner_id": str(step["_id"]), "resolved": False})
     assert held == 0
+
+
+def test_an_ai_step_named_after_a_variant_is_billed(
+    db: Any, settings: Settings, registry: Registry
+) -> None:
+    """secator names a workflow step after its template's `task/variant` key (`nmap/light`
+    in its own workflows), the task class stripped of the variant: an `ai/triage` step is
+    the AI task. Another task whose name merely starts with `ai` is not."""
+    entry = MANIFEST["snapshots"][-1]
+    snapshot = load_snapshot(entry)
+    spawning = next(t for t in snapshot["tasks"] if "ai_subagent_depth" not in t["context"])
+    step, card = _workflow_step(snapshot, spawning, own=2_000)
+    step["name"] = "ai/triage"
+    lookalike, _ = _workflow_step(snapshot, spawning, own=3_000)
+    lookalike["name"] = "aimap"
+    db.tasks.insert_many([*snapshot["tasks"], step, lookalike])
+    db.findings.insert_many([*snapshot["findings"], card])
+    run_chore(db, now=datetime.fromisoformat(entry["now"]), registry=registry, settings=settings)
+
+    (billed,) = list(db.billing_ledger.find({"runner_id": str(step["_id"])}))
+    assert (billed["tokens"], billed["subagent"]) == (2_000, True)
+    assert db.billing_ledger.count_documents({"runner_id": str(lookalike["_id"])}) == 0
