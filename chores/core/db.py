@@ -305,6 +305,7 @@ def source_indexes() -> dict[str, list[IndexModel]]:
         ],
         "findings": [
             IndexModel([("extra_data.runner_id", ASCENDING)], name="chore_spawn_runner"),
+            IndexModel([("extra_data.subagent_session_id", ASCENDING)], name="chore_spawn_session"),
         ],
     }
 
@@ -358,6 +359,10 @@ SOURCE_INDEX_COSTS = {
     "chore_name_stamp": "every batch of changed runners is a collection scan of tasks",
     "chore_org_name_stamp": "every --org run scans every org's AI runners in tasks",
     "chore_spawn_runner": "every batch with subagents is a collection scan of findings",
+    "chore_spawn_session": (
+        "every batch with a subagent no spawn finding names yet (its chunks) is a "
+        "collection scan of findings"
+    ),
 }
 APPLY_INDEXES_COMMAND = "chore db indexes --apply"
 

@@ -353,9 +353,15 @@ def spawner_ids(doc: Mapping[str, Any]) -> list[str]:
     return ids
 
 
-def baseline_findings(doc: Mapping[str, Any], found: Mapping[str, Sequence[Any]]) -> list[Any]:
+def baseline_findings(
+    doc: Mapping[str, Any],
+    found: Mapping[str, Sequence[Any]],
+    by_session: Mapping[str, Sequence[Any]] | None = None,
+) -> list[Any]:
     """Of the spawn findings `found` by the ids `spawner_ids(doc)` names (their `_context`s
-    by the id they name), those that may hold this document's baseline.
+    by the id they name), and of the subagents' spawn findings `by_session` (by their
+    `extra_data.subagent_session_id`, `unpaired_session`), those that may hold this
+    document's baseline.
 
     - The findings naming the document itself, when one of them is of its own org: a
       subagent's own.
@@ -366,6 +372,8 @@ def baseline_findings(doc: Mapping[str, Any], found: Mapping[str, Sequence[Any]]
       the workflow's id from its context; should a copy keep it, the workflow's finding is
       not its baseline, and it waits for its own (SPEC §1 fact 4). A finding of another org
       naming the document changes nothing (`read_spawn` ignores it, SPEC §4).
+    - Else, for a subagent no workflow or scan started, those and the spawn findings of its
+      session (`unpaired_session`): a chunk of a subagent.
     """
     context = doc.get("context")
     if not isinstance(context, Mapping):
@@ -376,14 +384,40 @@ def baseline_findings(doc: Mapping[str, Any], found: Mapping[str, Sequence[Any]]
     org = _string(context.get("workspace_id"))
     if org is not None and own_org_spawns(naming_it, org):
         return naming_it
+    started_by = [name for name in names if name != own_id]
+    if not started_by:
+        session = unpaired_session(doc, found)
+        return naming_it + list((by_session or {}).get(session, [])) if session else naming_it
     depth = subagent_depth(context)
     return naming_it + [
         spawn
-        for started_by in names
-        if started_by != own_id
-        for spawn in found.get(started_by, [])
+        for name in started_by
+        for spawn in found.get(name, [])
         if not isinstance(spawn, Mapping) or subagent_depth(spawn) == depth
     ]
+
+
+def unpaired_session(doc: Mapping[str, Any], found: Mapping[str, Sequence[Any]]) -> str | None:
+    """The session of a subagent that no spawn finding of its org in `found` names and no
+    workflow or scan started: where its baseline may still be found, else None.
+
+    secator splits a subagent with several targets into chunks (`celery.py` `break_task`:
+    one per target outside a worker, per 100 in one), each a copy of its context, counters
+    and markers included, under a new `task_chunk_id`: its own document, named by no spawn
+    finding. They keep the subagent's own session id, which its spawn finding names as
+    `extra_data.subagent_session_id` (`ai/actions.py`). A chunk's `parent_id` is then the
+    subagent it is a chunk of (the id the finding's card names).
+    """
+    context = doc.get("context")
+    if not isinstance(context, Mapping) or not is_subagent_context(context):
+        return None
+    if [name for name in spawner_ids(doc) if name != str(doc.get("_id"))]:
+        return None  # a workflow's or scan's step: its baseline is the workflow's finding
+    org = _string(context.get("workspace_id"))
+    if org is not None and own_org_spawns(found.get(str(doc.get("_id")), []), org):
+        return None
+    session = _string(context.get("session_id"))
+    return session or None
 
 
 def subagent_depth(context: Mapping[str, Any]) -> Any:

@@ -25,7 +25,7 @@ from bson import ObjectId
 
 from chores.core.db import Collections, Doc
 from chores.core.orgs import MAX_ORG
-from chores.metering.rules import baseline_findings, spawner_ids
+from chores.metering.rules import baseline_findings, spawner_ids, unpaired_session
 
 # Whole `context`s are projected, not their `ai_*` sub-fields: mongomock crashes
 # projecting sub-fields of an array that holds non-documents, and a hostile
@@ -160,9 +160,30 @@ class Source:
     def spawns_of(self, docs: Sequence[Doc]) -> list[list[Any]]:
         """For each runner document, the `_context`s of the spawn findings that may hold
         its baseline (`rules.spawner_ids`, `rules.baseline_findings`): one query for the
-        lot."""
+        lot, and one more when some subagent is named by none (`rules.unpaired_session`:
+        the chunks of a subagent, a subagent whose finding is not stored yet)."""
         found = self.spawn_contexts(sorted({i for doc in docs for i in spawner_ids(doc)}))
-        return [baseline_findings(doc, found) for doc in docs]
+        sessions = {unpaired_session(doc, found) for doc in docs} - {None}
+        by_session = self.subagent_spawns(sorted(s for s in sessions if s is not None))
+        return [baseline_findings(doc, found, by_session) for doc in docs]
+
+    def subagent_spawns(self, sessions: Sequence[str]) -> dict[str, list[Any]]:
+        """The `_context` of every subagent's spawn finding of these sessions
+        (`extra_data.subagent_session_id`), by session; no query for none."""
+        if not sessions:
+            return {}
+        query = {
+            "_type": "ai",
+            "ai_type": "task",
+            "extra_data.subagent_session_id": {"$in": list(sessions)},
+        }
+        found: dict[str, list[Any]] = {}
+        for finding in self._findings.find(query, SPAWN_PROJECTION, batch_size=len(sessions)):
+            extra = finding.get("extra_data")
+            if isinstance(extra, Mapping):
+                session = str(extra.get("subagent_session_id"))
+                found.setdefault(session, []).append(finding.get("_context"))
+        return found
 
 
 def stamp_of(doc: Mapping[str, Any]) -> float | None:

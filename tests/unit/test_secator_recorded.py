@@ -503,3 +503,51 @@ def test_an_ai_step_named_after_a_variant_is_billed(
     (billed,) = list(db.billing_ledger.find({"runner_id": str(step["_id"])}))
     assert (billed["tokens"], billed["subagent"]) == (2_000, True)
     assert db.billing_ledger.count_documents({"runner_id": str(lookalike["_id"])}) == 0
+
+
+def test_the_chunks_of_a_subagent_are_billed_above_its_spawn_baseline(
+    db: Any, settings: Settings, registry: Registry
+) -> None:
+    """secator splits a subagent with several targets into chunks (`celery.py`
+    `break_task`), each a copy of its context, inherited counters, markers and session
+    included, under a new `task_chunk_id`: documents no spawn finding names. The subagent's
+    finding names their session (`extra_data.subagent_session_id`): each chunk is billed
+    its own tokens above that baseline, never the inherited ones, and is not held."""
+    import copy
+
+    from bson import ObjectId
+
+    entry = MANIFEST["snapshots"][-1]
+    snapshot = load_snapshot(entry)
+    card = next(
+        f for f in snapshot["findings"] if (f.get("extra_data") or {}).get("subagent_session_id")
+    )
+    subagent = next(
+        t for t in snapshot["tasks"] if str(t["_id"]) == card["extra_data"]["runner_id"]
+    )
+    baseline = card["_context"]
+    chunks = []
+    for own_prompt, own_completion in ((3_000, 200), (2_500, 150)):
+        chunk = copy.deepcopy(subagent)
+        chunk["_id"] = ObjectId()
+        chunk["context"]["task_chunk_id"] = str(chunk["_id"])
+        chunk["context"]["ai_prompt_tokens"] = baseline["ai_prompt_tokens"] + own_prompt
+        chunk["context"]["ai_completion_tokens"] = baseline["ai_completion_tokens"] + own_completion
+        chunk["context"]["ai_tokens"] = baseline["ai_tokens"] + own_prompt + own_completion
+        chunks.append(chunk)
+    db.tasks.insert_many([*snapshot["tasks"], *chunks])
+    db.findings.insert_many(snapshot["findings"])
+    run_chore(db, now=datetime.fromisoformat(entry["now"]), registry=registry, settings=settings)
+
+    for chunk, own in zip(chunks, (3_200, 2_650), strict=True):
+        (billed,) = list(db.billing_ledger.find({"runner_id": str(chunk["_id"])}))
+        assert (billed["tokens"], billed["subagent"]) == (own, True)
+        assert billed["parent_id"] == str(subagent["_id"])  # the subagent it is a chunk of
+        assert db.billing_anomalies.count_documents({"runner_id": str(chunk["_id"])}) == 0
+    org = subagent["context"]["workspace_id"]
+    truth = true_usage(entry["persisted_calls"], registry)
+    expected = sum(sum(tokens) for (o, _), tokens in truth.items() if o == org)
+    invoiced = sum(
+        line["tokens"] for i in db.billing_invoices.find({"org": org}) for line in i["lines"]
+    )
+    assert invoiced == expected + 3_200 + 2_650

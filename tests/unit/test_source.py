@@ -19,7 +19,12 @@ from chores.run.chore import run_document
 
 from support import NOW, ai_runner
 
-ALL_THREE = {"chore_name_stamp", "chore_org_name_stamp", "chore_spawn_runner"}
+SOURCE_INDEXES = {
+    "chore_name_stamp",
+    "chore_org_name_stamp",
+    "chore_spawn_runner",
+    "chore_spawn_session",
+}
 
 
 def missing_names(db, settings):
@@ -33,13 +38,13 @@ def test_without_source_indexes_the_run_says_so_and_creates_none(
     db.findings.insert_many(fixture_docs["findings"])
     with caplog.at_level(logging.WARNING, logger="chores"):
         report = run_chore(db, now=NOW, settings=settings)
-    assert len(report.missing_indexes) == 3
+    assert len(report.missing_indexes) == len(SOURCE_INDEXES)
     assert any("extra_data.runner_id" in m for m in report.missing_indexes)
     assert any("name: 1, last_updated_db: 1" in m for m in report.missing_indexes)
     (stored,) = list(db.billing_runs.find())
     assert stored["missing_indexes"] == report.missing_indexes
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 3
+    assert len(warnings) == len(SOURCE_INDEXES)
     assert all("collection scan" in w or "scans" in w for w in warnings)
     assert all("chore db indexes --apply" in w for w in warnings)
     # read-only on the platform's collections: nothing was created there
@@ -52,7 +57,7 @@ def test_without_source_indexes_the_run_says_so_and_creates_none(
 
 def test_creating_them_clears_it(db, settings, fixture_docs):
     db.tasks.insert_many(fixture_docs["tasks"])
-    assert missing_names(db, settings) == ALL_THREE
+    assert missing_names(db, settings) == SOURCE_INDEXES
     ensure_indexes(db, settings, source=True)
     assert missing_names(db, settings) == set()
     report = run_chore(db, now=NOW, settings=settings)
@@ -71,12 +76,12 @@ def test_compared_by_key_pattern_not_by_name(db, settings):
         [("last_updated_db", ASCENDING), ("name", ASCENDING), ("context.workspace_id", 1)],
         name="wrong_order",
     )
-    assert missing_names(db, settings) == {"chore_org_name_stamp"}
+    assert missing_names(db, settings) == {"chore_org_name_stamp", "chore_spawn_session"}
 
 
 def test_dry_run_checks_but_creates_nothing(db, settings):
     report = run_chore(db, now=NOW, settings=settings, dry_run=True)
-    assert len(report.missing_indexes) == 3
+    assert len(report.missing_indexes) == len(SOURCE_INDEXES)
     assert [n for n in db.list_collection_names() if n.startswith("billing_")] == []
 
 
@@ -107,7 +112,7 @@ def test_status_says_which_is_missing_its_cost_and_the_command(env_db, fixture_d
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())
     assert "Source indexes MISSING" in text
-    for name in ALL_THREE:
+    for name in SOURCE_INDEXES:
         assert name in text
     assert "collection scan of tasks" in text and "collection scan of findings" in text
     assert "chore db indexes --apply" in text
@@ -124,7 +129,7 @@ def test_run_table_warns_on_stderr_json_carries_the_list(env_db, fixture_docs):
     env_db.tasks.insert_many(fixture_docs["tasks"])
     result = CliRunner().invoke(main, ["run", "--all", "--now", NOW.isoformat()])
     assert result.exit_code == 0, result.output
-    assert result.stderr.count("warning: source index missing") == 3
+    assert result.stderr.count("warning: source index missing") == len(SOURCE_INDEXES)
     ensure_indexes(env_db, get_settings(), source=True)
     again = CliRunner().invoke(main, ["run", "--all", "--now", NOW.isoformat()])
     assert "source index missing" not in again.stderr
