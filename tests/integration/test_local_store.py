@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -316,3 +317,54 @@ def test_a_command_that_changes_nothing_leaves_the_file_as_it_was(tmp_path, monk
         assert changed.exit_code == 0 and store.stat().st_ino != before.st_ino
     finally:
         get_settings.cache_clear()
+
+
+def test_a_store_unchanged_since_loaded_is_not_written_again(tmp_path):
+    """L1 (also killed by tests/integration/test_local_store.py, not run in the unit pass)."""
+    from chores.core import local_store
+
+    path = tmp_path / "store.json"
+    url = local_store.url_of(path)
+    local_store.open_client(url, fresh=True)["main"]["t"].insert_one({"_id": 1})
+    assert local_store.close_all() == [path]
+    before = path.stat()
+    assert local_store.open_client(url)["main"]["t"].find_one({"_id": 1}) == {"_id": 1}
+    assert local_store.close_all() == []
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+@pytest.fixture
+def own_signal_handlers():
+    held = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    saved = {sig: signal.getsignal(sig) for sig in held}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_signals_while_a_store_is_written_are_held_then_the_first_is_raised(own_signal_handlers):
+    """L3 (SIGHUP not held) and L4 (the last signal raised, not the first)."""
+    from chores.core.local_store import _interruptions_deferred
+
+    seen: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: seen.append(signum))
+    with pytest.raises(KeyboardInterrupt, match="SIGHUP"), _interruptions_deferred():
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == []  # held, not handled
+    assert seen == []
+
+
+def test_a_signal_ignored_before_a_store_is_written_stays_ignored(own_signal_handlers):
+    """L2: under `nohup` SIGHUP is ignored: the writing must not turn it into an interrupt."""
+    from chores.core.local_store import _interruptions_deferred
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with _interruptions_deferred():
+            os.kill(os.getpid(), signal.SIGHUP)
+    except KeyboardInterrupt:
+        pytest.fail("an ignored SIGHUP was raised as an interrupt")
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN

@@ -247,3 +247,16 @@ def test_float_artifacts_convert_exactly_cached_rates_included() -> None:
     price = registry_from_litellm({"kimi": spec}, valid_from=DAY, version="v").get("kimi").prices[0]
     assert price.cached_input == Decimal("0.10000000000000001")
     assert (price.input, price.output) == (Decimal("0.6"), Decimal("3"))
+
+
+def test_zero_priced_keys_are_token_priced_models_only_and_sorted():
+    """P4 (an embedding priced 0 is left out for its mode, not its price) and P6 (sorted,
+    whatever the order of the JSON)."""
+    zero = {"input_cost_per_token": 0, "output_cost_per_token": 0, "litellm_provider": "openai"}
+    data = {
+        "z/chat": {**zero, "mode": "chat"},
+        "a/text": {**zero, "mode": "completion"},
+        "e/embed": {**zero, "mode": "embedding"},
+        "ollama/x": {**zero, "mode": "chat", "litellm_provider": "ollama"},
+    }
+    assert zero_priced_keys(data) == ["a/text", "z/chat"]

@@ -671,3 +671,83 @@ def test_a_mirrored_decision_is_trusted_below_its_ttl_and_not_at_it(db, settings
     assert (mirrored.state, mirrored.used_tokens) == ("ok", 0)
     stored = quota.check("acme", 0, NOV + ttl)
     assert (stored.state, stored.allowed, stored.used_tokens) == ("block", False, 5_000)
+
+
+# Killed mutants the suite let live (mutation review) -----------------------------------
+def test_a_spend_warning_never_lifts_a_token_block():
+    """D3: the token limit is checked first; a spend limit only at its soft ratio must
+    leave the org blocked (`state = "warn"` unconditionally let it run)."""
+    plan = Plan(token_limit=1_000, spend_limit_micros=1_000_000, soft_ratio=0.8)
+    state, reasons = evaluate(plan, 1_000, 900_000)
+    assert state == "block"
+    assert [r.split(":")[0].split(" usage")[0] for r in reasons] == ["token limit reached", "spend"]
+
+
+def test_an_estimate_reaching_the_limit_exactly_says_it_passes_it_within_the_overdraft(
+    db, settings, registry
+):
+    """D15: used + estimate == the token limit, an overdraft above it: warn, and the
+    reason says the limit is passed (within the overdraft), not merely neared."""
+    set_plan(db, token_limit=10_000, grace_tokens=500)
+    db.tasks.insert_one(ai_run("acme", 100))
+    run_chore(db, org="acme", now=NOV, registry=registry, settings=settings)
+    decision = check_quota(db, "acme", 9_900, now=NOV, settings=settings)
+    assert (decision.state, decision.allowed) == ("warn", True)
+    assert "would pass the token limit, within its overdraft" in decision.reason
+
+
+def test_deciding_no_org_reads_nothing(db, settings):
+    """D17 (cost only): `decide([])` answers {} without a round trip."""
+    counting = CountingDatabase(db)
+    assert Quota(Collections.of(counting, settings), settings).decide([], NOV) == {}
+    assert counting.calls == {}
+
+
+def test_a_new_plans_decision_at_the_same_usage_replaces_the_mirrored_one(
+    db, settings, registry, redis_url
+):
+    """C2: `plan set` lowers the limit with usage unchanged: MongoDB takes the new
+    decision (`used_tokens $lte`), and so must the mirror, or checks answer the old `ok`."""
+    cached = settings.model_copy(update={"redis_url": redis_url})
+    set_plan(db, token_limit=1_000_000)
+    db.tasks.insert_one(ai_run("acme", 5_000))
+    run_chore(db, org="acme", now=NOV, registry=registry, settings=cached)  # mirrors `ok`
+    set_plan(db, token_limit=1_000)
+    later = NOV + timedelta(minutes=1)
+    assert Quota(Collections.of(db, cached), cached).decide(["acme"], later) == {"acme": "block"}
+    counting = CountingDatabase(db)
+    decision = check_quota(counting, "acme", now=later, settings=cached)
+    assert (decision.state, decision.token_limit) == ("block", 1_000)
+    assert counting.calls == {}  # answered by the mirror
+
+
+def test_a_decision_without_integer_used_tokens_is_skipped_not_the_whole_batch(
+    db, settings, redis_url
+):
+    """C4: `used_tokens: true` (a bool, an int to Python) is skipped like any other
+    unusable one; sent to Redis it fails the pipeline and no decision of the batch is
+    mirrored."""
+    cached = settings.model_copy(update={"redis_url": redis_url})
+    cache = Quota(Collections.of(db, cached), cached)._cache
+    assert cache is not None
+    decided = {"period": "2026-11", "state": "ok", "computed_at": NOV}
+    cache.put_many([{**decided, "_id": "odd", "used_tokens": True},
+                    {**decided, "_id": "acme", "used_tokens": 7}])  # fmt: skip
+    assert cache.get("odd") is None
+    mirrored = cache.get("acme")
+    assert mirrored is not None and mirrored["used_tokens"] == 7
+
+
+def test_a_mirrored_entry_without_a_string_period_is_replaced(db, settings, redis_url):
+    """C5: an entry the script cannot compare (a period that is not a string, written by
+    anything but this version) is overwritten, not left to fail every put until it expires."""
+    cached = settings.model_copy(update={"redis_url": redis_url})
+    cache = Quota(Collections.of(db, cached), cached)._cache
+    assert cache is not None
+    raw = json.dumps(
+        {"_id": "acme", "period": 202611, "used_tokens": 1, "computed_at": NOV.isoformat()}
+    )
+    redis.Redis.from_url(redis_url).set(cache.key("acme"), raw)
+    cache.put_many([{"_id": "acme", "period": "2026-11", "state": "block", "used_tokens": 9,
+                     "computed_at": NOV}])  # fmt: skip
+    assert cache.get("acme")["period"] == "2026-11"

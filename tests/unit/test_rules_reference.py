@@ -18,7 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chores.metering.lines import LineMemo, UsageGroup, price_group, price_lines
-from chores.metering.rules import COUNTER_FIELDS, MAX_COUNTER, Counters, assess, parse_counters
+from chores.metering.rules import (
+    COUNTER_FIELDS,
+    MAX_COUNTER,
+    Counters,
+    assess,
+    baseline_findings,
+    is_subagent_context,
+    parse_counters,
+)
 from pricing import Registry
 
 from support import NOW
@@ -240,3 +248,44 @@ def test_a_parent_session_alone_marks_a_subagent() -> None:
     assert [a.kind for a in held.anomalies] == ["baseline_missing"]
     top_level = _subagent({**counters, "parent_session_id": ""}, None)
     assert top_level.delta is not None and top_level.delta.tokens.tokens == 1500
+
+
+# Killed mutants the suite let live (mutation review) -----------------------------------
+def test_an_empty_tool_call_id_marks_nothing():
+    """R9: as an empty `parent_session_id`, an empty `tool_call_id` is no marker."""
+    assert is_subagent_context({"workspace_id": "acme", "tool_call_id": ""}) is False
+    assert is_subagent_context({"workspace_id": "acme", "tool_call_id": "call_1"}) is True
+
+
+def test_an_absent_depth_is_depth_0_when_matching_a_workflows_spawn_finding():
+    """R5: a step without `ai_subagent_depth` runs at depth 0, the depth of a finding that
+    writes 0 explicitly (`subagent_depth`: 0 when absent, as secator reads it)."""
+    step = {"_id": "step-1", "context": {"workspace_id": "acme", "workflow_id": "wf-1"}}
+    finding = {"workspace_id": "acme", "ai_subagent_depth": 0, "ai_tokens": 10}
+    assert baseline_findings(step, {"wf-1": [finding]}) == [finding]
+
+
+def test_a_step_of_a_workflow_an_ai_run_spawned_is_billed_above_its_baseline_unmarked():
+    """R10: no subagent marker (no `tool_call_id`: another secator, or a copy without it),
+    yet a spawn finding of its org names its workflow: it starts from the spawning run's
+    counters, and only its own tokens are billed."""
+    step = {
+        "_id": "step-1", "name": "ai", "status": "SUCCESS", "end_time": NOW - timedelta(hours=1),
+        "context": {"workspace_id": "acme", "workflow_id": "wf-1", "ai_tokens": 1_500,
+                    "ai_prompt_tokens": 1_000, "ai_completion_tokens": 500},
+    }  # fmt: skip
+    spawn = {"workspace_id": "acme", "task_id": "parent-1", "ai_tokens": 1_000,
+             "ai_prompt_tokens": 800, "ai_completion_tokens": 200}  # fmt: skip
+    found = baseline_findings(step, {"wf-1": [spawn]})
+    result = assess(step, spawn_contexts=found, head=None, now=NOW,
+                    max_tokens_per_run=10**9, future_skew_seconds=300)  # fmt: skip
+    assert result.delta is not None and result.delta.subagent is True
+    assert result.delta.tokens.tokens == 500 and result.delta.parent_id == "parent-1"
+
+
+def test_a_finding_naming_an_unmarked_runner_is_not_its_baseline():
+    """R12: `found` holds the findings of a whole batch (`Source.spawns_of`); one naming a
+    runner that is not marked a subagent (its id named by another document of the batch)
+    is not its own baseline."""
+    doc = {"_id": "run-1", "context": {"workspace_id": "acme"}}
+    assert baseline_findings(doc, {"run-1": [{"workspace_id": "acme", "ai_tokens": 10}]}) == []

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
+from pydantic import ValidationError
 
 from chores import get_settings
 from chores.cli import main
+from chores.core.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -214,3 +216,11 @@ def test_a_directory_named_env_is_not_a_settings_file(tmp_path, monkeypatch):
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 0 and "no quota decision yet" in result.output, result.output
+
+
+@pytest.mark.parametrize("field", ["tasks_collection", "findings_collection", "billing_prefix"])
+def test_a_collection_name_holding_a_nul_is_refused(field):
+    """S2: NUL reaches a name only from a .env file (no environment variable holds one);
+    pymongo would refuse it at the first access, after a command's first output."""
+    with pytest.raises(ValidationError, match="must not contain NUL"):
+        Settings(**{field: "tasks\0x"})
