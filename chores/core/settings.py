@@ -194,6 +194,8 @@ class Settings(BaseSettings):
     def _non_empty_names(cls, names: list[str]) -> list[str]:
         if not names or any(not n for n in names):
             raise ValueError("AI_TASK_NAMES must list at least one non-empty task name")
+        if any("\0" in n for n in names):  # no BSON regex holds one (`Source._scope`)
+            raise ValueError("AI_TASK_NAMES must not contain a NUL character")
         return names
 
     @field_validator("mongo_db", "tasks_collection", "findings_collection", "billing_prefix")

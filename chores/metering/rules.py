@@ -387,7 +387,16 @@ def baseline_findings(
     started_by = [name for name in names if name != own_id]
     if not started_by:
         session = unpaired_session(doc, found)
-        return naming_it + list((by_session or {}).get(session, [])) if session else naming_it
+        action = _string(context.get("tool_call_id"))
+        if not session or not action:
+            return naming_it
+        # Of the same action: a runner the subagent started (`run_task`) shares its session
+        # too, under a `tool_call_id` of its own, and waits for its own finding.
+        return naming_it + [
+            spawn
+            for spawn in (by_session or {}).get(session, [])
+            if not isinstance(spawn, Mapping) or spawn.get("tool_call_id") == action
+        ]
     depth = subagent_depth(context)
     return naming_it + [
         spawn
@@ -405,8 +414,9 @@ def unpaired_session(doc: Mapping[str, Any], found: Mapping[str, Sequence[Any]])
     one per target outside a worker, per 100 in one), each a copy of its context, counters
     and markers included, under a new `task_chunk_id`: its own document, named by no spawn
     finding. They keep the subagent's own session id, which its spawn finding names as
-    `extra_data.subagent_session_id` (`ai/actions.py`). A chunk's `parent_id` is then the
-    subagent it is a chunk of (the id the finding's card names).
+    `extra_data.subagent_session_id` (`ai/actions.py`), and its `tool_call_id`, which the
+    finding's card carries (`baseline_findings` takes only a card of the same action). A
+    chunk's `parent_id` is then the subagent it is a chunk of (the id the card names).
     """
     context = doc.get("context")
     if not isinstance(context, Mapping) or not is_subagent_context(context):

@@ -551,3 +551,54 @@ def test_the_chunks_of_a_subagent_are_billed_above_its_spawn_baseline(
         line["tokens"] for i in db.billing_invoices.find({"org": org}) for line in i["lines"]
     )
     assert invoiced == expected + 3_200 + 2_650
+
+
+def test_a_runner_a_subagent_started_waits_for_its_own_spawn_finding(
+    db: Any, settings: Settings, registry: Registry
+) -> None:
+    """A subagent's `run_task(name="ai/triage")` starts an AI runner with a copy of its
+    context: the same session as the subagent's chunks, but the action's own
+    `tool_call_id`. Its document is written before its card is stored: it waits for it
+    (held), then bills its own tokens above the subagent's counters at its start, never
+    above the subagent's own baseline (review of 07cd671: billed 4,000 tokens twice)."""
+    import copy
+
+    from bson import ObjectId
+
+    entry = MANIFEST["snapshots"][-1]
+    snapshot = load_snapshot(entry)
+    card = next(
+        f for f in snapshot["findings"] if (f.get("extra_data") or {}).get("subagent_session_id")
+    )
+    subagent = next(
+        t for t in snapshot["tasks"] if str(t["_id"]) == card["extra_data"]["runner_id"]
+    )
+    started = ObjectId()
+    at_start = copy.deepcopy(subagent["context"])  # the subagent's counters when it started it
+    at_start |= {"tool_call_id": "call_run_task", "task_chunk_id": str(started)}
+    at_start["task_id"] = str(subagent["_id"])
+    runner = copy.deepcopy(subagent)
+    runner.update(_id=started, name="ai/triage", context=copy.deepcopy(at_start))
+    runner["context"]["ai_tokens"] += 700
+    runner["context"]["ai_prompt_tokens"] += 600
+    runner["context"]["ai_completion_tokens"] += 100
+    db.tasks.insert_many([*snapshot["tasks"], runner])
+    db.findings.insert_many(snapshot["findings"])
+    now = datetime.fromisoformat(entry["now"])
+    run_chore(db, now=now, registry=registry, settings=settings)
+    assert db.billing_ledger.count_documents({"runner_id": str(started)}) == 0
+    (held,) = list(db.billing_anomalies.find({"runner_id": str(started)}))
+    assert held["kind"] == "baseline_missing"
+
+    own_card = copy.deepcopy(card)
+    own_card.update(_id=ObjectId())
+    own_card["extra_data"] = {"runner_id": str(started), "runner_type": "task"}
+    own_card["_context"] = at_start
+    db.findings.insert_one(own_card)
+    run_chore(db, now=now, registry=registry, settings=settings)
+    (billed,) = list(db.billing_ledger.find({"runner_id": str(started)}))
+    assert billed["tokens"] == 700
+    open_kinds = {
+        a["kind"] for a in db.billing_anomalies.find({"runner_id": str(started), "resolved": False})
+    }
+    assert open_kinds == set()

@@ -63,6 +63,7 @@ from chores.core.settings import Settings
         ("BILLING_PREFIX", "$x", "BILLING_PREFIX='$x': Value error, must not contain '$'"),
         ("MONGO_DB", "my.db", "MONGO_DB='my.db': Value error, must not contain '.'"),
         ("MONGO_DB", "", "MONGO_DB='': Value error, must not be empty"),
+        ("AI_TASK_NAMES", '["ai", "a\\u0000i"]', "AI_TASK_NAMES must not contain a NUL"),
     ],
 )
 @pytest.mark.parametrize("command", [["status"], ["quota", "check", "--org", "acme"]])
