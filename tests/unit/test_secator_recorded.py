@@ -519,12 +519,7 @@ def test_the_chunks_of_a_subagent_are_billed_above_its_spawn_baseline(
 
     entry = MANIFEST["snapshots"][-1]
     snapshot = load_snapshot(entry)
-    card = next(
-        f for f in snapshot["findings"] if (f.get("extra_data") or {}).get("subagent_session_id")
-    )
-    subagent = next(
-        t for t in snapshot["tasks"] if str(t["_id"]) == card["extra_data"]["runner_id"]
-    )
+    subagent, card = _recorded_subagent_and_its_card(snapshot)
     baseline = card["_context"]
     chunks = []
     for own_prompt, own_completion in ((3_000, 200), (2_500, 150)):
@@ -567,12 +562,7 @@ def test_a_runner_a_subagent_started_waits_for_its_own_spawn_finding(
 
     entry = MANIFEST["snapshots"][-1]
     snapshot = load_snapshot(entry)
-    card = next(
-        f for f in snapshot["findings"] if (f.get("extra_data") or {}).get("subagent_session_id")
-    )
-    subagent = next(
-        t for t in snapshot["tasks"] if str(t["_id"]) == card["extra_data"]["runner_id"]
-    )
+    subagent, card = _recorded_subagent_and_its_card(snapshot)
     started = ObjectId()
     at_start = copy.deepcopy(subagent["context"])  # the subagent's counters when it started it
     at_start |= {"tool_call_id": "call_run_task", "task_chunk_id": str(started)}
@@ -602,3 +592,14 @@ def test_a_runner_a_subagent_started_waits_for_its_own_spawn_finding(
         a["kind"] for a in db.billing_anomalies.find({"runner_id": str(started), "resolved": False})
     }
     assert open_kinds == set()
+
+
+def _recorded_subagent_and_its_card(snapshot: dict[str, Any]) -> tuple[Any, Any]:
+    """The recorded subagent's document and its spawn finding (the one naming a session)."""
+    card = next(
+        f for f in snapshot["findings"] if (f.get("extra_data") or {}).get("subagent_session_id")
+    )
+    subagent = next(
+        t for t in snapshot["tasks"] if str(t["_id"]) == card["extra_data"]["runner_id"]
+    )
+    return subagent, card
