@@ -373,7 +373,9 @@ def baseline_findings(
       not its baseline, and it waits for its own (SPEC §1 fact 4). A finding of another org
       naming the document changes nothing (`read_spawn` ignores it, SPEC §4).
     - Else, for a subagent no workflow or scan started, those and the spawn findings of its
-      session (`unpaired_session`): a chunk of a subagent.
+      session (`unpaired_session`) written for its own action (`tool_call_id`): a chunk of
+      a subagent. A runner the subagent started itself (`run_task`) shares the session under
+      an action of its own, and waits for its own finding.
     """
     context = doc.get("context")
     if not isinstance(context, Mapping):
@@ -390,8 +392,6 @@ def baseline_findings(
         action = _string(context.get("tool_call_id"))
         if not session or not action:
             return naming_it
-        # Of the same action: a runner the subagent started (`run_task`) shares its session
-        # too, under a `tool_call_id` of its own, and waits for its own finding.
         return naming_it + [
             spawn
             for spawn in (by_session or {}).get(session, [])
