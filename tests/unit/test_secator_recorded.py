@@ -603,3 +603,58 @@ def _recorded_subagent_and_its_card(snapshot: dict[str, Any]) -> tuple[Any, Any]
         t for t in snapshot["tasks"] if str(t["_id"]) == card["extra_data"]["runner_id"]
     )
     return subagent, card
+
+
+def test_the_chunks_of_an_ai_runner_started_with_run_task_are_billed_above_its_card(
+    db: Any, settings: Settings, registry: Registry
+) -> None:
+    """`run_task(name="ai/triage")` with several targets (review of ed83746): an `ai`
+    runner but no subagent (`_run_runner` marks only the name "ai"), so it keeps the
+    session it runs in, and its card, with no `subagent_session_id`, carries that session
+    and the action's `tool_call_id`. Its chunks, named by no finding, take that card."""
+    import copy
+
+    from bson import ObjectId
+
+    entry = MANIFEST["snapshots"][-1]
+    snapshot = load_snapshot(entry)
+    spawning = next(t for t in snapshot["tasks"] if "ai_subagent_depth" not in t["context"])
+    started = ObjectId()
+    at_start = {k: v for k, v in copy.deepcopy(spawning["context"]).items() if k != "task_id"}
+    at_start |= {"tool_call_id": "call_run_task", "tool_call_name": "run_task"}
+    at_start |= {"task_chunk_id": str(started), "task_id": str(ObjectId())}
+    card = {
+        "_id": ObjectId(),
+        "_type": "ai",
+        "ai_type": "task",
+        "content": "ai/triage",
+        "extra_data": {"runner_id": str(started), "runner_type": "task"},
+        "_context": {**at_start, "task_id": str(spawning["_id"])},
+    }
+    runner = copy.deepcopy(spawning)
+    runner.update(_id=started, name="ai/triage", context=copy.deepcopy(at_start))
+    chunks = []
+    for own_prompt, own_completion in ((1_000, 500), (600, 200)):
+        chunk = copy.deepcopy(runner)
+        chunk.update(_id=ObjectId(), name="ai")
+        chunk["context"]["task_chunk_id"] = str(chunk["_id"])
+        chunk["context"]["ai_prompt_tokens"] += own_prompt
+        chunk["context"]["ai_completion_tokens"] += own_completion
+        chunk["context"]["ai_tokens"] += own_prompt + own_completion
+        chunks.append(chunk)
+    db.tasks.insert_many([*snapshot["tasks"], runner, *chunks])
+    db.findings.insert_many([*snapshot["findings"], card])
+    run_chore(db, now=datetime.fromisoformat(entry["now"]), registry=registry, settings=settings)
+
+    assert db.billing_ledger.count_documents({"runner_id": str(started)}) == 0  # no own usage
+    for chunk, own in zip(chunks, (1_500, 800), strict=True):
+        (billed,) = list(db.billing_ledger.find({"runner_id": str(chunk["_id"])}))
+        assert (billed["tokens"], billed["subagent"]) == (own, True)
+        assert db.billing_anomalies.count_documents({"runner_id": str(chunk["_id"])}) == 0
+    org = spawning["context"]["workspace_id"]
+    truth = true_usage(entry["persisted_calls"], registry)
+    expected = sum(sum(tokens) for (o, _), tokens in truth.items() if o == org)
+    invoiced = sum(
+        line["tokens"] for i in db.billing_invoices.find({"org": org}) for line in i["lines"]
+    )
+    assert invoiced == expected + 1_500 + 800
