@@ -306,10 +306,6 @@ def source_indexes() -> dict[str, list[IndexModel]]:
         "findings": [
             IndexModel([("extra_data.runner_id", ASCENDING)], name="chore_spawn_runner"),
             IndexModel([("extra_data.subagent_session_id", ASCENDING)], name="chore_spawn_session"),
-            IndexModel(
-                [("_context.session_id", ASCENDING), ("_context.tool_call_id", ASCENDING)],
-                name="chore_spawn_action",
-            ),
         ],
     }
 
@@ -363,10 +359,6 @@ SOURCE_INDEX_COSTS = {
     "chore_name_stamp": "every batch of changed runners is a collection scan of tasks",
     "chore_org_name_stamp": "every --org run scans every org's AI runners in tasks",
     "chore_spawn_runner": "every batch with subagents is a collection scan of findings",
-    "chore_spawn_action": (
-        "every batch with a chunk of an ai runner started by run_task is a collection scan "
-        "of findings"
-    ),
     "chore_spawn_session": (
         "every batch with a subagent no spawn finding names yet (its chunks) is a "
         "collection scan of findings"

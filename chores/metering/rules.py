@@ -388,7 +388,8 @@ def baseline_findings(
         return naming_it
     started_by = [name for name in names if name != own_id]
     if not started_by:
-        session, action = unpaired_session(doc, found), action_of(doc)
+        session = unpaired_session(doc, found)
+        action = _string(context.get("tool_call_id"))
         if not session or not action:
             return naming_it
         return naming_it + [
@@ -415,9 +416,7 @@ def unpaired_session(doc: Mapping[str, Any], found: Mapping[str, Sequence[Any]])
     finding. They keep the subagent's own session id, which its spawn finding names as
     `extra_data.subagent_session_id` (`ai/actions.py`), and its `tool_call_id`, which the
     finding's card carries (`baseline_findings` takes only a card of the same action). A
-    chunk's `parent_id` is then the subagent it is a chunk of (the id the card names). So
-    do the chunks of an `ai` runner an AI run started with `run_task("ai/<variant>")`: no
-    session of its own, its card (no `subagent_session_id`) carries the session it runs in.
+    chunk's `parent_id` is then the subagent it is a chunk of (the id the card names).
     """
     context = doc.get("context")
     if not isinstance(context, Mapping) or not is_subagent_context(context):
@@ -429,12 +428,6 @@ def unpaired_session(doc: Mapping[str, Any], found: Mapping[str, Sequence[Any]])
         return None
     session = _string(context.get("session_id"))
     return session or None
-
-
-def action_of(doc: Mapping[str, Any]) -> str | None:
-    """The AI action (`context.tool_call_id`) that started a runner, if any."""
-    context = doc.get("context")
-    return _string(context.get("tool_call_id")) or None if isinstance(context, Mapping) else None
 
 
 def subagent_depth(context: Mapping[str, Any]) -> Any:

@@ -25,7 +25,7 @@ from bson import ObjectId
 
 from chores.core.db import Collections, Doc
 from chores.core.orgs import MAX_ORG
-from chores.metering.rules import action_of, baseline_findings, spawner_ids, unpaired_session
+from chores.metering.rules import baseline_findings, spawner_ids, unpaired_session
 
 # Whole `context`s are projected, not their `ai_*` sub-fields: mongomock crashes
 # projecting sub-fields of an array that holds non-documents, and a hostile
@@ -163,43 +163,27 @@ class Source:
         lot, and one more when some subagent is named by none (`rules.unpaired_session`:
         the chunks of a subagent, a subagent whose finding is not stored yet)."""
         found = self.spawn_contexts(sorted({i for doc in docs for i in spawner_ids(doc)}))
-        unpaired = [doc for doc in docs if unpaired_session(doc, found) is not None]
-        by_session = self.session_spawns(unpaired, found)
+        sessions = {unpaired_session(doc, found) for doc in docs} - {None}
+        by_session = self.subagent_spawns(sorted(s for s in sessions if s is not None))
         return [baseline_findings(doc, found, by_session) for doc in docs]
 
-    def session_spawns(
-        self, docs: Sequence[Doc], found: Mapping[str, Sequence[Any]]
-    ) -> dict[str, list[Any]]:
-        """The `_context`s of the task spawn findings written in the sessions of `docs`
-        (`rules.unpaired_session`) for their actions (`tool_call_id`), by the session of
-        the runner each spawned: a subagent's card by its `extra_data.subagent_session_id`
-        (the card itself is pinned to its parent's session), another task's card by its
-        `_context.session_id` (that runner keeps the session it was started in). One
-        query; none for no document."""
-        sessions = sorted({s for doc in docs if (s := unpaired_session(doc, found))})
+    def subagent_spawns(self, sessions: Sequence[str]) -> dict[str, list[Any]]:
+        """The `_context` of every subagent's spawn finding of these sessions
+        (`extra_data.subagent_session_id`), by session; no query for none."""
         if not sessions:
             return {}
-        actions = sorted({a for doc in docs if (a := action_of(doc))})
         query = {
             "_type": "ai",
             "ai_type": "task",
-            "$or": [
-                {"extra_data.subagent_session_id": {"$in": sessions}},
-                {
-                    "_context.session_id": {"$in": sessions},
-                    "_context.tool_call_id": {"$in": actions},
-                },
-            ],
+            "extra_data.subagent_session_id": {"$in": list(sessions)},
         }
-        by_session: dict[str, list[Any]] = {}
-        for finding in self._findings.find(query, SPAWN_PROJECTION, batch_size=len(docs)):
-            extra, context = finding.get("extra_data"), finding.get("_context")
-            spawned = extra.get("subagent_session_id") if isinstance(extra, Mapping) else None
-            if spawned is None and isinstance(context, Mapping):
-                spawned = context.get("session_id")
-            if isinstance(spawned, str):
-                by_session.setdefault(spawned, []).append(context)
-        return by_session
+        found: dict[str, list[Any]] = {}
+        for finding in self._findings.find(query, SPAWN_PROJECTION, batch_size=len(sessions)):
+            extra = finding.get("extra_data")
+            if isinstance(extra, Mapping):
+                session = str(extra.get("subagent_session_id"))
+                found.setdefault(session, []).append(finding.get("_context"))
+        return found
 
 
 def stamp_of(doc: Mapping[str, Any]) -> float | None:

@@ -24,7 +24,6 @@ SOURCE_INDEXES = {
     "chore_org_name_stamp",
     "chore_spawn_runner",
     "chore_spawn_session",
-    "chore_spawn_action",
 }
 
 
@@ -77,11 +76,7 @@ def test_compared_by_key_pattern_not_by_name(db, settings):
         [("last_updated_db", ASCENDING), ("name", ASCENDING), ("context.workspace_id", 1)],
         name="wrong_order",
     )
-    assert missing_names(db, settings) == {
-        "chore_org_name_stamp",
-        "chore_spawn_session",
-        "chore_spawn_action",
-    }
+    assert missing_names(db, settings) == {"chore_org_name_stamp", "chore_spawn_session"}
 
 
 def test_dry_run_checks_but_creates_nothing(db, settings):
