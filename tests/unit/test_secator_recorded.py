@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -603,3 +603,51 @@ def _recorded_subagent_and_its_card(snapshot: dict[str, Any]) -> tuple[Any, Any]
         t for t in snapshot["tasks"] if str(t["_id"]) == card["extra_data"]["runner_id"]
     )
     return subagent, card
+
+
+def test_a_run_task_ai_runner_whose_card_is_late_never_takes_another_turns_card(
+    db: Any, settings: Settings, registry: Registry
+) -> None:
+    """secator names text tool calls `textcall_{index}_{name}` (`ai/utils.py`), the index
+    counted per response: `run_task` calls of two turns of one session share an id. An
+    `ai/triage` runner whose card is not stored yet must wait for it, never take the card
+    of another turn's `run_task("nmap")` (review of 827047d: 880 inherited tokens billed
+    twice, no anomaly)."""
+    from bson import ObjectId
+
+    now = datetime.fromisoformat(MANIFEST["snapshots"][-1]["now"])
+    end = now - timedelta(minutes=1)
+    parent, runner = ObjectId(), ObjectId()
+    session, action = str(parent), "textcall_0_run_task"
+
+    def context(prompt: int, completion: int, **more: Any) -> dict[str, Any]:
+        return {"workspace_id": "ws-acme", "ai_model": "gpt-4o-mini", "session_id": session,
+                "ai_prompt_tokens": prompt, "ai_completion_tokens": completion,
+                "ai_tokens": prompt + completion, **more}  # fmt: skip
+
+    def card(content: str, names: Any, at_spawn: dict[str, Any]) -> dict[str, Any]:
+        return {"_id": ObjectId(), "_type": "ai", "ai_type": "task", "content": content,
+                "extra_data": {"runner_id": str(names), "runner_type": "task"},
+                "_context": {**at_spawn, "task_id": session}}  # fmt: skip
+
+    started = context(1_000, 100, tool_call_id=action, task_chunk_id=str(runner))
+    earlier_turn = context(200, 20, tool_call_id=action, task_chunk_id=str(ObjectId()))
+    db.tasks.insert_many([
+        {"_id": parent, "name": "ai", "status": "SUCCESS", "end_time": end,
+         "last_updated_db": end.timestamp(), "context": context(9_000, 900, task_id=session)},
+        {"_id": runner, "name": "ai/triage", "status": "SUCCESS", "end_time": end,
+         "last_updated_db": end.timestamp(),
+         "context": {**started, "ai_prompt_tokens": 1_300, "ai_completion_tokens": 150,
+                     "ai_tokens": 1_450}},
+    ])  # fmt: skip
+    db.findings.insert_one(card("nmap", ObjectId(), earlier_turn))
+    run_chore(db, now=now, registry=registry, settings=settings)
+    assert db.billing_ledger.count_documents({"runner_id": str(runner)}) == 0
+    (held,) = list(db.billing_anomalies.find({"runner_id": str(runner)}))
+    assert held["kind"] == "baseline_missing"
+
+    db.findings.insert_one(card("ai/triage", runner, started))
+    run_chore(db, now=now + timedelta(minutes=1), registry=registry, settings=settings)
+    (billed,) = list(db.billing_ledger.find({"runner_id": str(runner)}))
+    assert billed["tokens"] == 350
+    assert db.billing_anomalies.count_documents({"runner_id": str(runner), "resolved": False}) == 0
