@@ -302,6 +302,7 @@ def source_indexes() -> dict[str, list[IndexModel]]:
                 ],
                 name="chore_org_name_stamp",
             ),
+            IndexModel([("context.task_id", ASCENDING)], name="chore_task_group"),
         ],
         "findings": [
             IndexModel([("extra_data.runner_id", ASCENDING)], name="chore_spawn_runner"),
@@ -362,6 +363,10 @@ SOURCE_INDEX_COSTS = {
     "chore_spawn_session": (
         "every batch with a subagent no spawn finding names yet (its chunks) is a "
         "collection scan of findings"
+    ),
+    "chore_task_group": (
+        "every batch with a chunk of an AI runner started by run_task (or a subagent whose "
+        "spawn finding is not stored yet) is a collection scan of tasks"
     ),
 }
 APPLY_INDEXES_COMMAND = "chore db indexes --apply"

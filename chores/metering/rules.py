@@ -357,11 +357,13 @@ def baseline_findings(
     doc: Mapping[str, Any],
     found: Mapping[str, Sequence[Any]],
     by_session: Mapping[str, Sequence[Any]] | None = None,
+    task_groups: Mapping[tuple[str, str], Sequence[str]] | None = None,
 ) -> list[Any]:
-    """Of the spawn findings `found` by the ids `spawner_ids(doc)` names (their `_context`s
-    by the id they name), and of the subagents' spawn findings `by_session` (by their
-    `extra_data.subagent_session_id`, `unpaired_session`), those that may hold this
-    document's baseline.
+    """Of the spawn findings `found` (their `_context`s by the runner id they name), and of
+    the subagents' spawn findings `by_session` (by their `extra_data.subagent_session_id`,
+    `unpaired_session`), those that may hold this document's baseline. `task_groups`
+    names, by (org, `context.task_id`), the runners of that org sharing that task id
+    (`unpaired_task`); the findings naming them are in `found`.
 
     - The findings naming the document itself, when one of them is of its own org: a
       subagent's own.
@@ -372,10 +374,12 @@ def baseline_findings(
       the workflow's id from its context; should a copy keep it, the workflow's finding is
       not its baseline, and it waits for its own (SPEC §1 fact 4). A finding of another org
       naming the document changes nothing (`read_spawn` ignores it, SPEC §4).
-    - Else, for a subagent no workflow or scan started, those and the spawn findings of its
-      session (`unpaired_session`) written for its own action (`tool_call_id`): a chunk of
-      a subagent. A runner the subagent started itself (`run_task`) shares the session under
-      an action of its own, and waits for its own finding.
+    - Else, for a subagent no workflow or scan started, those and the spawn findings written
+      for its own action (`tool_call_id`) of its session (`unpaired_session`) or, when its
+      session has none, naming another runner of its org under its `context.task_id`
+      (`unpaired_task`): a chunk of a subagent, or of a runner an AI action started. A
+      runner the subagent started itself (`run_task`) shares the session under an action
+      of its own, and waits for its own finding.
     """
     context = doc.get("context")
     if not isinstance(context, Mapping):
@@ -388,15 +392,15 @@ def baseline_findings(
         return naming_it
     started_by = [name for name in names if name != own_id]
     if not started_by:
-        session = unpaired_session(doc, found)
-        action = _string(context.get("tool_call_id"))
-        if not session or not action:
-            return naming_it
-        return naming_it + [
-            spawn
-            for spawn in (by_session or {}).get(session, [])
-            if not isinstance(spawn, Mapping) or spawn.get("tool_call_id") == action
-        ]
+        session_cards = _cards_of_its_session(doc, found, by_session or {})
+        if session_cards:
+            return naming_it + session_cards
+        group = unpaired_task(doc, found, by_session or {})
+        members = (task_groups or {}).get(group, []) if group is not None else []
+        return naming_it + _of_its_action(
+            context,
+            [spawn for member in members if member != own_id for spawn in found.get(member, [])],
+        )
     depth = subagent_depth(context)
     return naming_it + [
         spawn
@@ -404,6 +408,28 @@ def baseline_findings(
         for spawn in found.get(name, [])
         if not isinstance(spawn, Mapping) or subagent_depth(spawn) == depth
     ]
+
+
+def _of_its_action(context: Mapping[str, Any], spawns: Sequence[Any]) -> list[Any]:
+    """The spawn findings written for the runner's own action (its `tool_call_id`); none
+    when it has no action."""
+    action = _string(context.get("tool_call_id"))
+    if not action:
+        return []
+    return [s for s in spawns if not isinstance(s, Mapping) or s.get("tool_call_id") == action]
+
+
+def _cards_of_its_session(
+    doc: Mapping[str, Any],
+    found: Mapping[str, Sequence[Any]],
+    by_session: Mapping[str, Sequence[Any]],
+) -> list[Any]:
+    """The spawn findings of an unpaired subagent's session written for its own action."""
+    session = unpaired_session(doc, found)
+    context = doc.get("context")
+    if not session or not isinstance(context, Mapping):
+        return []
+    return _of_its_action(context, by_session.get(session, []))
 
 
 def unpaired_session(doc: Mapping[str, Any], found: Mapping[str, Sequence[Any]]) -> str | None:
@@ -418,16 +444,50 @@ def unpaired_session(doc: Mapping[str, Any], found: Mapping[str, Sequence[Any]])
     finding's card carries (`baseline_findings` takes only a card of the same action). A
     chunk's `parent_id` is then the subagent it is a chunk of (the id the card names).
     """
+    if not _unpaired(doc, found):
+        return None
+    session = _string(doc["context"].get("session_id"))
+    return session or None
+
+
+def unpaired_task(
+    doc: Mapping[str, Any],
+    found: Mapping[str, Sequence[Any]],
+    by_session: Mapping[str, Sequence[Any]],
+) -> tuple[str, str] | None:
+    """(org, `context.task_id`) of a subagent that no spawn finding of its org names, no
+    workflow or scan started, and no finding of its session (`by_session`) pairs: the
+    runners of that org sharing that task id may be the one it is a chunk of. Else None.
+
+    A runner an AI action starts is keyed on a `task_chunk_id` of its own, under a
+    `task_id` it mints (secator 0.52.1: `ai/actions.py` `_get_result_context` strips the
+    parent's, `_child_preamble` stamps the chunk id, `runners/_base.py` mints the task id).
+    Its chunks (`celery.py` `break_task`) copy its context, `task_id` and `tool_call_id`
+    included, under new chunk ids; the action's card names the runner they are chunks of.
+    An `ai` runner started with `run_task("ai/<variant>")` is such a runner: no subagent
+    to secator, its card names no session (`unpaired_session` finds nothing), only its
+    task id leads from a chunk to it. A document keyed on its own task id (a top-level
+    run) has no such group.
+    """
+    if not _unpaired(doc, found) or _cards_of_its_session(doc, found, by_session):
+        return None
+    context = doc["context"]
+    org, task = _string(context.get("workspace_id")), _string(context.get("task_id"))
+    if not org or not task or task == str(doc.get("_id")):
+        return None
+    return org, task
+
+
+def _unpaired(doc: Mapping[str, Any], found: Mapping[str, Sequence[Any]]) -> bool:
+    """A subagent that no workflow or scan started and no spawn finding of its org in
+    `found` names."""
     context = doc.get("context")
     if not isinstance(context, Mapping) or not is_subagent_context(context):
-        return None
+        return False
     if [name for name in spawner_ids(doc) if name != str(doc.get("_id"))]:
-        return None  # a workflow's or scan's step: its baseline is the workflow's finding
+        return False  # a workflow's or scan's step: its baseline is the workflow's finding
     org = _string(context.get("workspace_id"))
-    if org is not None and own_org_spawns(found.get(str(doc.get("_id")), []), org):
-        return None
-    session = _string(context.get("session_id"))
-    return session or None
+    return org is None or not own_org_spawns(found.get(str(doc.get("_id")), []), org)
 
 
 def subagent_depth(context: Mapping[str, Any]) -> Any:

@@ -25,7 +25,12 @@ from bson import ObjectId
 
 from chores.core.db import Collections, Doc
 from chores.core.orgs import MAX_ORG
-from chores.metering.rules import baseline_findings, spawner_ids, unpaired_session
+from chores.metering.rules import (
+    baseline_findings,
+    spawner_ids,
+    unpaired_session,
+    unpaired_task,
+)
 
 # Whole `context`s are projected, not their `ai_*` sub-fields: mongomock crashes
 # projecting sub-fields of an array that holds non-documents, and a hostile
@@ -160,12 +165,39 @@ class Source:
     def spawns_of(self, docs: Sequence[Doc]) -> list[list[Any]]:
         """For each runner document, the `_context`s of the spawn findings that may hold
         its baseline (`rules.spawner_ids`, `rules.baseline_findings`): one query for the
-        lot, and one more when some subagent is named by none (`rules.unpaired_session`:
-        the chunks of a subagent, a subagent whose finding is not stored yet)."""
+        lot; one more when some subagent is named by none (`rules.unpaired_session`: the
+        chunks of a subagent, a subagent whose finding is not stored yet); and two more
+        when its session has none either (`rules.unpaired_task`: the chunks of an `ai`
+        runner started with `run_task`): the runners under its task id, then the findings
+        naming them."""
         found = self.spawn_contexts(sorted({i for doc in docs for i in spawner_ids(doc)}))
         sessions = {unpaired_session(doc, found) for doc in docs} - {None}
         by_session = self.subagent_spawns(sorted(s for s in sessions if s is not None))
-        return [baseline_findings(doc, found, by_session) for doc in docs]
+        tasks = {unpaired_task(doc, found, by_session) for doc in docs} - {None}
+        groups = self.task_groups(sorted(t for t in tasks if t is not None))
+        members = {member for group in groups.values() for member in group}
+        found = {**found, **self.spawn_contexts(sorted(members - found.keys()))}
+        return [baseline_findings(doc, found, by_session, groups) for doc in docs]
+
+    def task_groups(self, tasks: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
+        """The ids of the AI runners of each (org, `context.task_id`), by that pair: one
+        query, none for none. A runner of another org under the same task id is no member."""
+        if not tasks:
+            return {}
+        query = self._scope(None)
+        query["context.workspace_id"] = {"$in": sorted({org for org, _ in tasks})}
+        query["context.task_id"] = {"$in": sorted({task for _, task in tasks})}
+        wanted = set(tasks)
+        groups: dict[tuple[str, str], list[str]] = {}
+        # Whole contexts, as RUNNER_PROJECTION (mongomock cannot project into odd arrays).
+        for doc in self._tasks.find(query, {"_id": 1, "context": 1}):
+            context = doc.get("context")
+            if not isinstance(context, Mapping):
+                continue  # an array of contexts matches the query: no member
+            org, task = context.get("workspace_id"), context.get("task_id")
+            if type(org) is str and type(task) is str and (org, task) in wanted:
+                groups.setdefault((org, task), []).append(str(doc.get("_id")))
+        return groups
 
     def subagent_spawns(self, sessions: Sequence[str]) -> dict[str, list[Any]]:
         """The `_context` of every subagent's spawn finding of these sessions

@@ -651,3 +651,125 @@ def test_a_run_task_ai_runner_whose_card_is_late_never_takes_another_turns_card(
     (billed,) = list(db.billing_ledger.find({"runner_id": str(runner)}))
     assert billed["tokens"] == 350
     assert db.billing_anomalies.count_documents({"runner_id": str(runner), "resolved": False}) == 0
+
+
+def _run_task_ai_runner_and_chunks(
+    snapshot: dict[str, Any], owns: tuple[tuple[int, int], ...]
+) -> tuple[Any, Any, list[Any]]:
+    """An `ai/triage` runner the recorded top-level run started with `run_task`, its card,
+    and one chunk per (own prompt, own completion) in `owns`, shaped as secator 0.52.1
+    writes them: the runner keyed on its own `task_chunk_id` under a `task_id` it mints
+    (`ai/actions.py` `_get_result_context` strips the spawning run's, `_child_preamble`
+    stamps the chunk id), its card naming it with the action's `tool_call_id` and no
+    `subagent_session_id`, written over the spawning run's context (its `task_id` on top,
+    `runners/_base.py` `add_result`); each chunk a copy of the runner's context under a
+    new chunk id (`celery.py` `break_task`, `hooks/mongodb.py` `on_build`)."""
+    import copy
+
+    from bson import ObjectId
+
+    spawning = next(
+        t for t in snapshot["tasks"] if t["_id"] == ObjectId(RUNNERS_BY_ORG["ws-acme"]["runner_id"])
+    )
+    runner_id, task_id = ObjectId(), str(ObjectId())
+    at_start = {
+        k: v for k, v in spawning["context"].items() if k not in ("task_id", "task_chunk_id")
+    }
+    at_start |= {"tool_call_id": "call_run_task_7", "tool_call_name": "run_task"}
+    card = {
+        "_id": ObjectId(), "_type": "ai", "ai_type": "task", "content": "ai/triage",
+        "extra_data": {"runner_id": str(runner_id), "runner_type": "task", "targets": ["a", "b"]},
+        "_context": {**at_start, "task_chunk_id": str(runner_id),
+                     "task_id": spawning["context"]["task_id"]},
+    }  # fmt: skip
+    runner = copy.deepcopy(spawning)
+    runner.update(_id=runner_id, name="ai/triage", has_parent=True)
+    runner["context"] = {**at_start, "task_id": task_id, "task_chunk_id": str(runner_id)}
+    chunks = []
+    for number, (own_prompt, own_completion) in enumerate(owns, start=1):
+        chunk = copy.deepcopy(runner)
+        chunk.update(_id=ObjectId(), chunk=number, chunk_count=len(owns))
+        chunk["context"]["task_chunk_id"] = str(chunk["_id"])
+        chunk["context"]["ai_prompt_tokens"] += own_prompt
+        chunk["context"]["ai_completion_tokens"] += own_completion
+        chunk["context"]["ai_tokens"] += own_prompt + own_completion
+        chunks.append(chunk)
+    return runner, card, chunks
+
+
+def test_the_chunks_of_an_ai_runner_started_with_run_task_are_billed_above_its_card(
+    db: Any, settings: Settings, registry: Registry
+) -> None:
+    """`run_task("ai/triage")` with several targets: the runner is no subagent to secator
+    (no session of its own, a card naming none), so only its `task_id`, which its chunks
+    copy, leads from a chunk to it and its card. Each chunk is billed its own tokens above
+    the card's counters (the spawning run's, already billed on it), never held, never the
+    inherited ones; the runner itself bills nothing."""
+    entry = MANIFEST["snapshots"][-1]
+    snapshot = load_snapshot(entry)
+    runner, card, chunks = _run_task_ai_runner_and_chunks(snapshot, ((3_000, 200), (2_500, 150)))
+    db.tasks.insert_many([*snapshot["tasks"], runner, *chunks])
+    db.findings.insert_many([*snapshot["findings"], card])
+    run_chore(db, now=datetime.fromisoformat(entry["now"]), registry=registry, settings=settings)
+
+    for chunk, own in zip(chunks, (3_200, 2_650), strict=True):
+        (billed,) = list(db.billing_ledger.find({"runner_id": str(chunk["_id"])}))
+        assert (billed["tokens"], billed["subagent"]) == (own, True)
+        assert billed["parent_id"] == str(runner["_id"])  # the runner it is a chunk of
+    assert db.billing_ledger.count_documents({"runner_id": str(runner["_id"])}) == 0
+    assert db.billing_anomalies.count_documents({}) == 0
+    truth = true_usage(entry["persisted_calls"], registry)
+    expected = sum(sum(tokens) for (o, _), tokens in truth.items() if o == "ws-acme")
+    invoiced = sum(
+        line["tokens"] for i in db.billing_invoices.find({"org": "ws-acme"}) for line in i["lines"]
+    )
+    assert invoiced == expected + 3_200 + 2_650
+
+
+@pytest.mark.parametrize("late", ["its card", "the runner it is a chunk of"])
+def test_a_chunk_of_a_run_task_ai_runner_waits_for_what_is_not_stored_yet(
+    db: Any, settings: Settings, registry: Registry, late: str
+) -> None:
+    """Until both the runner and its card are stored, a chunk is held (`baseline_missing`,
+    re-read every run), then billed its own tokens once."""
+    entry = MANIFEST["snapshots"][-1]
+    snapshot = load_snapshot(entry)
+    runner, card, (chunk,) = _run_task_ai_runner_and_chunks(snapshot, ((1_000, 100),))
+    now = datetime.fromisoformat(entry["now"])
+    stored_late = card if late == "its card" else runner
+    db.tasks.insert_many([*snapshot["tasks"], chunk, *([] if stored_late is runner else [runner])])
+    db.findings.insert_many([*snapshot["findings"], *([] if stored_late is card else [card])])
+    run_chore(db, now=now, registry=registry, settings=settings)
+    assert db.billing_ledger.count_documents({"runner_id": str(chunk["_id"])}) == 0
+    (held,) = list(db.billing_anomalies.find({"runner_id": str(chunk["_id"])}))
+    assert held["kind"] == "baseline_missing"
+
+    (db.findings if stored_late is card else db.tasks).insert_one(stored_late)
+    run_chore(db, now=now + timedelta(minutes=1), registry=registry, settings=settings)
+    (billed,) = list(db.billing_ledger.find({"runner_id": str(chunk["_id"])}))
+    assert billed["tokens"] == 1_100
+    open_ones = db.billing_anomalies.count_documents(
+        {"runner_id": str(chunk["_id"]), "resolved": False}
+    )
+    assert open_ones == 0
+
+
+@pytest.mark.parametrize("other", ["another org's runner", "another action's card"])
+def test_a_chunk_takes_no_card_but_its_runners_of_its_own_org_and_action(
+    db: Any, settings: Settings, registry: Registry, other: str
+) -> None:
+    """A runner of another org under the same task id, or a card of another action naming
+    the runner, is no baseline: the chunk stays held (SPEC §4; never billed twice)."""
+    entry = MANIFEST["snapshots"][-1]
+    snapshot = load_snapshot(entry)
+    runner, card, (chunk,) = _run_task_ai_runner_and_chunks(snapshot, ((1_000, 100),))
+    if other == "another org's runner":
+        runner["context"]["workspace_id"] = card["_context"]["workspace_id"] = "ws-globex"
+    else:
+        card["_context"]["tool_call_id"] = "call_run_task_8"
+    db.tasks.insert_many([*snapshot["tasks"], runner, chunk])
+    db.findings.insert_many([*snapshot["findings"], card])
+    run_chore(db, now=datetime.fromisoformat(entry["now"]), registry=registry, settings=settings)
+    assert db.billing_ledger.count_documents({"runner_id": str(chunk["_id"])}) == 0
+    (held,) = list(db.billing_anomalies.find({"runner_id": str(chunk["_id"])}))
+    assert held["kind"] == "baseline_missing"

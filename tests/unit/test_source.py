@@ -24,6 +24,7 @@ SOURCE_INDEXES = {
     "chore_org_name_stamp",
     "chore_spawn_runner",
     "chore_spawn_session",
+    "chore_task_group",
 }
 
 
@@ -76,7 +77,11 @@ def test_compared_by_key_pattern_not_by_name(db, settings):
         [("last_updated_db", ASCENDING), ("name", ASCENDING), ("context.workspace_id", 1)],
         name="wrong_order",
     )
-    assert missing_names(db, settings) == {"chore_org_name_stamp", "chore_spawn_session"}
+    assert missing_names(db, settings) == {
+        "chore_org_name_stamp",
+        "chore_spawn_session",
+        "chore_task_group",
+    }
 
 
 def test_dry_run_checks_but_creates_nothing(db, settings):
