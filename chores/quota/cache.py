@@ -40,13 +40,15 @@ def namespace(decisions: str, mongo_url: str) -> str:
     return f"{store}#{decisions}"
 
 
-# Mirror a decision (KEYS[1] <- ARGV[1], expiring in ARGV[4] s) unless the entry there saw
-# more of the usage: a later period (ARGV[2] its period), or the same period with more tokens
-# used (ARGV[3] its used tokens, decimal digits, compared as such: no double rounds them).
-# The rule MongoDB's write of a decision follows (`Quota._decide`), applied in one step: two
-# writers that raced (a run's decision and a fan-out's), whichever comes last, leave the
-# newer one. With ARGV[5] = 1 (a check mirroring what it read) only a missing entry is set:
-# a decision of equal usage under a plan changed since is newer than what the check read.
+# Mirror a decision (KEYS[1] <- ARGV[1], expiring in ARGV[4] s) unless the entry there was
+# decided from a later version of the usage: a later period (ARGV[2] its period), or the same
+# period from a draft built on a later ticket (ARGV[3] its `draft_ticket`, decimal digits,
+# compared as such: no double rounds them). An entry without a ticket (an older version's)
+# is replaced. The rule MongoDB's write of a decision follows (`Quota._decide`), applied in
+# one step: two writers that raced (a run's decision and a fan-out's), whichever comes last,
+# leave the newer one. With ARGV[5] = 1 (a check mirroring what it read) only a missing
+# entry is set: a decision of the same draft under a plan changed since is newer than what
+# the check read.
 PUT_UNLESS_OLDER = """
 local held = redis.call('GET', KEYS[1])
 if held then
@@ -54,9 +56,9 @@ if held then
   local ok, decision = pcall(cjson.decode, held)
   if ok and type(decision) == 'table' and type(decision.period) == 'string' then
     if decision.period > ARGV[2] then return 0 end
-    local used = string.match(held, '"used_tokens": (%d+)')
-    local more = used and (#used > #ARGV[3] or (#used == #ARGV[3] and used > ARGV[3]))
-    if decision.period == ARGV[2] and more then return 0 end
+    local ticket = string.match(held, '"draft_ticket": (%d+)')
+    local later = ticket and (#ticket > #ARGV[3] or (#ticket == #ARGV[3] and ticket > ARGV[3]))
+    if decision.period == ARGV[2] and later then return 0 end
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
@@ -79,17 +81,17 @@ class QuotaCache:
         self, decisions: Sequence[Mapping[str, Any]], *, only_if_missing: bool = False
     ) -> None:
         """Mirror each decision, unless its entry holds a newer one (`PUT_UNLESS_OLDER`), or
-        with `only_if_missing` any. One without a period and used tokens to compare (a
+        with `only_if_missing` any. One without a period and draft ticket to compare (a
         document no run of this version wrote) is not mirrored: checks read MongoDB."""
         try:
             pipe = self._redis.pipeline(transaction=False)
             for decision in decisions:
-                period, used = decision.get("period"), decision.get("used_tokens")
-                if type(period) is not str or not isinstance(used, int) or isinstance(used, bool):
+                period, ticket = decision.get("period"), decision.get("draft_ticket")
+                if type(period) is not str or not _is_count(ticket):
                     continue
                 self._put_unless_older(
                     keys=[self.key(decision["_id"])],
-                    args=[_dumps(decision), period, str(used), self._ttl, int(only_if_missing)],
+                    args=[_dumps(decision), period, str(ticket), self._ttl, int(only_if_missing)],
                     client=pipe,
                 )
             pipe.execute()
@@ -133,3 +135,8 @@ def _loads(raw: bytes | str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(raw)
     data["computed_at"] = datetime.fromisoformat(data["computed_at"])
     return data
+
+
+def _is_count(value: Any) -> bool:
+    """A non-negative int (bson's Int64 too), not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -34,11 +34,13 @@ INVALID_PLAN = "invalid plan"  # what a run reports for an org whose plan cannot
 
 
 class QuotaUsage(BaseModel):
-    """What counts against an org's quota in a period: its draft's tokens and amount."""
+    """What counts against an org's quota in a period: its draft's tokens and amount, and
+    the build that wrote that draft (`build_ticket`, 0 for none): the draft's version."""
 
     tokens: int = 0
     micros: int = 0
     unpriced_tokens: int = 0
+    draft_ticket: int = 0
 
 
 def plan_of(doc: Mapping[str, Any] | None, default: Plan) -> Plan:
@@ -229,12 +231,21 @@ class Quota:
     def usage(self, orgs: Sequence[str], period: str) -> dict[str, QuotaUsage]:
         ids = [f"{org}:{period}" for org in orgs]
         usage = {org: QuotaUsage() for org in orgs}
-        fields = {"org": 1, "lines.tokens": 1, "total_micros": 1, "unpriced_tokens": 1}
+        fields = {
+            "org": 1,
+            "lines.tokens": 1,
+            "total_micros": 1,
+            "unpriced_tokens": 1,
+            "build_ticket": 1,
+        }
         for invoice in self._c.invoices.find({"_id": {"$in": ids}}, fields):
+            ticket = invoice.get("build_ticket")
             usage[invoice["org"]] = QuotaUsage(
                 tokens=sum(line["tokens"] for line in invoice["lines"]),
                 micros=invoice["total_micros"],
                 unpriced_tokens=invoice["unpriced_tokens"],
+                # Written before drafts had tickets: older than any ticketed build.
+                draft_ticket=int(ticket) if isinstance(ticket, int) else 0,
             )
         return usage
 
@@ -294,6 +305,7 @@ class Quota:
                     "used_tokens": used.tokens,
                     "spent_micros": used.micros,
                     "unpriced_tokens": used.unpriced_tokens,
+                    "draft_ticket": used.draft_ticket,
                     "token_limit": plan.token_limit,
                     "spend_limit_micros": plan.spend_limit_micros,
                     "soft_ratio": plan.soft_ratio,
@@ -319,9 +331,11 @@ class Quota:
                 )
             states[org] = state
         insert_ignoring_duplicates(self._c.quota_events, events)  # before the decisions
-        # One write. Usage only grows within a period, so a decision from a concurrent
-        # run that saw more of it (or a later period) is kept, never overwritten; one
-        # computed ahead of the wall clock (a `now` that was wrong) is no decision.
+        # One write. A decision from a concurrent run that read a later version of the
+        # draft (a build on a later ticket: more usage, or the same tokens repriced) or a
+        # later period is kept, never overwritten; one computed ahead of the wall clock (a
+        # `now` that was wrong) is no decision. One without a draft ticket was written by
+        # an older version of the chore, from usage alone: replaced.
         future = _clock.wall_clock() + timedelta(seconds=self._settings.future_skew_seconds)
         refused = replace_where(
             self._c.quota,
@@ -331,7 +345,8 @@ class Quota:
                         "_id": d["_id"],
                         "$or": [
                             {"period": {"$lt": period}},
-                            {"period": period, "used_tokens": {"$lte": d["used_tokens"]}},
+                            {"period": period, "draft_ticket": {"$lte": d["draft_ticket"]}},
+                            {"period": period, "draft_ticket": {"$exists": False}},
                             {"period": {"$exists": False}},
                             {"computed_at": {"$gt": future}},
                         ],
@@ -342,7 +357,7 @@ class Quota:
             ],
         )
         if self._cache is not None:
-            # A decision refused above lost to one that saw more usage: the mirror must
+            # A decision refused above lost to a newer one: the mirror must
             # not answer with it, so its entry goes and the next check reads MongoDB.
             self._cache.put_many([d for i, d in enumerate(decisions) if i not in refused])
             self._cache.forget([decisions[i]["_id"] for i in sorted(refused)])

@@ -352,10 +352,11 @@ def test_a_decision_that_lost_to_a_newer_one_is_not_mirrored(db, settings, regis
     cached = settings.model_copy(update={"redis_url": redis_url})
     set_plan(db, token_limit=10_000)
     meter(db, cached, registry, ai_run("acme", 100))
-    # A concurrent run that saw more usage stored its decision first...
-    newer = {"used_tokens": 12_000, "state": "block"}
+    # A concurrent run that read a later draft stored its decision first...
+    newer = {"used_tokens": 12_000, "state": "block", "draft_ticket": 10**6}
     db.billing_quota.update_one({"_id": "acme"}, {"$set": newer})
-    # ...so this one, computed from less, is refused by MongoDB and must not be answered.
+    # ...so this one, computed from an older draft, is refused by MongoDB and must not be
+    # answered.
     Quota(Collections.of(db, cached), cached).decide(["acme"], NOV)
     decision = check_quota(db, "acme", now=NOV, settings=cached)
     assert (decision.state, decision.used_tokens) == ("block", 12_000)
@@ -457,17 +458,18 @@ def answer_and_calls(db, settings) -> tuple[QuotaDecision, dict]:
     return check_quota(counting, "acme", now=NOV, settings=settings), dict(counting.calls)
 
 
-def test_the_mirror_compares_used_tokens_beyond_a_doubles_precision(db, settings, redis_url):
-    """2**53 + 1 tokens stored: a decision from 2**53 (equal as doubles) must not replace it."""
+def test_the_mirror_compares_draft_tickets_beyond_a_doubles_precision(db, settings, redis_url):
+    """Ticket 2**53 + 1 stored: a decision from ticket 2**53 (equal as doubles) must not
+    replace it; one of a longer ticket does."""
     cached = settings.model_copy(update={"redis_url": redis_url})
     cache = Quota(Collections.of(db, cached), cached)._cache
     assert cache is not None
     decided = {"_id": "acme", "org": "acme", "period": "2026-11", "computed_at": NOV}
-    cache.put_many([{**decided, "state": "block", "used_tokens": 2**53 + 1}])
-    cache.put_many([{**decided, "state": "ok", "used_tokens": 2**53}])
-    assert cache.get("acme")["used_tokens"] == 2**53 + 1
-    cache.put_many([{**decided, "state": "block", "used_tokens": 10 * 2**53}])
-    assert cache.get("acme")["used_tokens"] == 10 * 2**53
+    cache.put_many([{**decided, "state": "block", "draft_ticket": 2**53 + 1}])
+    cache.put_many([{**decided, "state": "ok", "draft_ticket": 2**53}])
+    assert cache.get("acme")["draft_ticket"] == 2**53 + 1
+    cache.put_many([{**decided, "state": "ok", "draft_ticket": 10 * 2**53}])
+    assert (cache.get("acme")["draft_ticket"], cache.get("acme")["state"]) == (10 * 2**53, "ok")
 
 
 def test_a_mirrored_decision_computed_in_the_future_is_dropped_for_mongos(
@@ -483,7 +485,8 @@ def test_a_mirrored_decision_computed_in_the_future_is_dropped_for_mongos(
     assert cache is not None
     ahead = WALL_CLOCK + timedelta(days=30)  # the wall clock is pinned (conftest)
     cache.put_many([{"_id": "acme", "period": "2030-01", "state": "ok", "used_tokens": 0,
-                     "computed_at": ahead}])  # fmt: skip
+                     "draft_ticket": 0, "computed_at": ahead}])  # fmt: skip
+    assert cache.get("acme") is not None
     decision = check_quota(db, "acme", now=NOV, settings=cached)
     assert (decision.state, decision.used_tokens) == ("block", 5_000)
     counting = CountingDatabase(db)
@@ -707,7 +710,7 @@ def test_a_new_plans_decision_at_the_same_usage_replaces_the_mirrored_one(
     db, settings, registry, redis_url
 ):
     """C2: `plan set` lowers the limit with usage unchanged: MongoDB takes the new
-    decision (`used_tokens $lte`), and so must the mirror, or checks answer the old `ok`."""
+    decision (same draft ticket), and so must the mirror, or checks answer the old `ok`."""
     cached = settings.model_copy(update={"redis_url": redis_url})
     set_plan(db, token_limit=1_000_000)
     db.tasks.insert_one(ai_run("acme", 5_000))
@@ -721,21 +724,21 @@ def test_a_new_plans_decision_at_the_same_usage_replaces_the_mirrored_one(
     assert counting.calls == {}  # answered by the mirror
 
 
-def test_a_decision_without_integer_used_tokens_is_skipped_not_the_whole_batch(
+def test_a_decision_without_an_integer_draft_ticket_is_skipped_not_the_whole_batch(
     db, settings, redis_url
 ):
-    """C4: `used_tokens: true` (a bool, an int to Python) is skipped like any other
+    """C4: `draft_ticket: true` (a bool, an int to Python) is skipped like any other
     unusable one; sent to Redis it fails the pipeline and no decision of the batch is
     mirrored."""
     cached = settings.model_copy(update={"redis_url": redis_url})
     cache = Quota(Collections.of(db, cached), cached)._cache
     assert cache is not None
     decided = {"period": "2026-11", "state": "ok", "computed_at": NOV}
-    cache.put_many([{**decided, "_id": "odd", "used_tokens": True},
-                    {**decided, "_id": "acme", "used_tokens": 7}])  # fmt: skip
+    cache.put_many([{**decided, "_id": "odd", "draft_ticket": True},
+                    {**decided, "_id": "acme", "draft_ticket": 7}])  # fmt: skip
     assert cache.get("odd") is None
     mirrored = cache.get("acme")
-    assert mirrored is not None and mirrored["used_tokens"] == 7
+    assert mirrored is not None and mirrored["draft_ticket"] == 7
 
 
 def test_a_mirrored_entry_without_a_string_period_is_replaced(db, settings, redis_url):
@@ -749,5 +752,46 @@ def test_a_mirrored_entry_without_a_string_period_is_replaced(db, settings, redi
     )
     redis.Redis.from_url(redis_url).set(cache.key("acme"), raw)
     cache.put_many([{"_id": "acme", "period": "2026-11", "state": "block", "used_tokens": 9,
-                     "computed_at": NOV}])  # fmt: skip
+                     "draft_ticket": 3, "computed_at": NOV}])  # fmt: skip
     assert cache.get("acme")["period"] == "2026-11"
+
+
+def test_a_decision_from_the_draft_before_a_repricing_never_replaces_the_repriced_one(
+    db, settings, registry, redis_url
+):
+    """A new registry prices a model that had no price: the first run on it rebuilds the
+    draft, same tokens, $4.40 against a $1 limit, and decides `block`. A fan-out that read
+    the draft before that rebuild writes its `ok` after it: MongoDB and the mirror keep the
+    `block` (review: equal tokens let the stale `ok` in, and the org ran)."""
+    from pricing import Registry
+
+    cached = settings.model_copy(update={"redis_url": redis_url})
+    mystery = {"id": "mystery-model-9000", "tier": "paid",
+               "prices": [{"valid_from": "2020-01-01", "input": "2", "output": "8"}]}  # fmt: skip
+    repriced = Registry.model_validate(
+        {"version": "repriced", "models": [*(m.model_dump() for m in registry.models), mystery]}
+    )
+    set_plan(db, spend_limit_micros=1_000_000)
+    run = ai_run("acme", 600_000, 400_000, model="mystery-model-9000")
+    assert meter(db, cached, registry, run).decisions == {"acme": "ok"}  # unpriced: $0
+
+    fan_out = Quota(Collections.of(db, cached), cached)
+    read_usage = fan_out.usage
+
+    def the_repricing_run_decides_meanwhile(orgs, period):
+        read = read_usage(orgs, period)
+        rerun = meter(db, cached, repriced, now=NOV + timedelta(seconds=1))
+        assert rerun.decisions == {"acme": "block"}
+        return read
+
+    fan_out.usage = the_repricing_run_decides_meanwhile  # type: ignore[method-assign]
+    assert fan_out.decide(["acme"], NOV + timedelta(seconds=2)) == {"acme": "ok"}
+
+    assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["total_micros"] == 4_400_000
+    stored = db.billing_quota.find_one({"_id": "acme"})
+    assert (stored["state"], stored["spent_micros"]) == ("block", 4_400_000)
+    for _ in range(2):  # the refused decision's entry was dropped: MongoDB's, then mirrored
+        decision = check_quota(db, "acme", now=NOV + timedelta(seconds=3), settings=cached)
+        assert (decision.state, decision.allowed, decision.spent_micros) == (
+            "block", False, 4_400_000,
+        )  # fmt: skip
