@@ -20,7 +20,7 @@ from chores.cli.params import OneLineGroup
 from chores.core.clock import checked_now
 from chores.core.db import APPLY_INDEXES_COMMAND, Collections, connect, missing_source_indexes
 from chores.core.exceptions import ConfigError, DatabaseUnavailable
-from chores.core.money import parse_usd, usd_exact, whole_after_scaling
+from chores.core.money import parse_usd, ungrouped, usd_exact, whole_after_scaling
 from chores.core.orgs import validate_org
 from chores.core.periods import as_utc, period_of
 from chores.core.settings import MAX_INT64, Plan, get_settings
@@ -34,7 +34,10 @@ def parse_tokens(text: str) -> int:
     match = re.fullmatch(r"\s*([0-9][0-9,_]*(?:\.[0-9]+)?)\s*([kKmMbB]?)\s*", text)
     if not match:
         raise ValueError(f"not a token count: {text!r} (try 10M, 500K or 1000)")
-    number = Decimal(match.group(1).replace(",", "").replace("_", ""))  # exact: 2.01M
+    try:
+        number = Decimal(ungrouped(match.group(1)))  # exact: 2.01M
+    except ValueError as exc:
+        raise ValueError(f"not a token count: {text!r} (try 10M, 500K or 1,000)") from exc
     tokens = whole_after_scaling(number, _SUFFIX_PLACES[match.group(2).upper()])
     if tokens is None:
         raise ValueError(f"not a whole number of tokens: {text!r}")

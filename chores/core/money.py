@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_HALF_UP, Decimal
 from typing import NewType
 
 Micros = NewType("Micros", int)
 MICROS_PER_USD = 1_000_000
+THOUSANDS = re.compile(r"[0-9]{1,3}(?:[,_][0-9]{3})+")  # 1,000 and 12_345_678
 
 
 def to_micros(micros: Decimal) -> Micros:
@@ -47,11 +49,10 @@ def usd_of_dollars(amount: float | None) -> str:
 
 
 def parse_usd(text: str) -> Micros:
-    """`$50`, `50.00`, `0.000001` -> micros; ValueError for anything else."""
-    cleaned = text.strip().removeprefix("$").replace(",", "")
+    """`$50`, `50.00`, `$1,000`, `0.000001` -> micros; ValueError for anything else."""
     try:
-        amount = Decimal(cleaned)
-    except ArithmeticError as exc:
+        amount = Decimal(ungrouped(text.strip().removeprefix("$")))
+    except (ArithmeticError, ValueError) as exc:
         raise ValueError(f"not a dollar amount: {text!r}") from exc
     if not amount.is_finite() or amount < 0:
         raise ValueError(f"not a dollar amount: {text!r}")
@@ -59,6 +60,19 @@ def parse_usd(text: str) -> Micros:
     if micros is None:
         raise ValueError(f"{text!r} has more precision than a micro-dollar")
     return Micros(micros)
+
+
+def ungrouped(number: str) -> str:
+    """A number written with or without thousands separators (`1,000,000.5`, `1_000`),
+    without them. ValueError when a separator does not split its whole part into groups of
+    three digits: `1,5` is 1.5 in many locales, and read as 15 it would set a limit ten
+    times too high."""
+    whole, dot, fraction = number.partition(".")
+    if any(sep in fraction for sep in ",_"):
+        raise ValueError(f"a separator after the decimal point: {number!r}")
+    if any(sep in whole for sep in ",_") and not THOUSANDS.fullmatch(whole):
+        raise ValueError(f"separators that do not group thousands: {number!r}")
+    return (whole + dot + fraction).replace(",", "").replace("_", "")
 
 
 def whole_after_scaling(amount: Decimal, places: int) -> int | None:

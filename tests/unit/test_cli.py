@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
@@ -198,6 +199,30 @@ def test_token_counts_are_read_exactly(text, tokens):
     from chores.cli.quota import parse_tokens
 
     assert parse_tokens(text) == tokens
+
+
+@pytest.mark.parametrize("text", ["1,000", "12,345,678", "1_000", "1,000.5"])
+def test_thousands_separators_group_thousands(text):
+    from chores.cli.quota import parse_tokens
+    from chores.core.money import parse_usd
+
+    digits = text.replace(",", "").replace("_", "")
+    assert parse_usd(text) == int(Decimal(digits) * 1_000_000)
+    if "." not in text:
+        assert parse_tokens(text + "K") == int(digits) * 1_000
+
+
+@pytest.mark.parametrize("text", ["1,5", "1,00", "12,34,5", ",000.50", "1,,000", "1.000,5", "1_5"])
+def test_a_comma_that_groups_no_thousands_is_refused_not_dropped(cli_db, text):
+    """Review: `--spend-limit 1,5` set $15.00 and `--token-limit 2,5M` 25M tokens (a
+    European 1.5 and 2.5 read ten times too high); `--estimate 1,5M` refused a run."""
+    limit = invoke("plan", "set", "--org", "ws-acme", "--spend-limit", text, *NOW_ARG)
+    assert limit.exit_code == 2 and "not a dollar amount" in limit.output
+    tokens = invoke("plan", "set", "--org", "ws-acme", "--token-limit", f"{text}M", *NOW_ARG)
+    assert tokens.exit_code == 2 and "not a token count" in tokens.output
+    estimate = invoke("quota", "check", "--org", "ws-acme", "--estimate", f"{text}M")
+    assert estimate.exit_code == 2 and "not a token count" in estimate.output
+    assert cli_db.billing_plans.count_documents({}) == 0
 
 
 def test_an_estimate_cannot_be_none(cli_db):
