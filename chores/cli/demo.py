@@ -16,7 +16,13 @@ from chores.cli.common import console, now_option, user_errors
 from chores.cli.invoice import print_invoice
 from chores.core.clock import checked_now
 from chores.core.db import Doc, ensure_indexes
-from chores.core.local_store import DEMO_PATH, open_client, throwaway_client, url_of
+from chores.core.local_store import (
+    DEMO_PATH,
+    open_client,
+    previous_of,
+    throwaway_client,
+    url_of,
+)
 from chores.core.periods import period_of
 from chores.core.settings import Settings
 from chores.core.wording import counted, tally
@@ -39,6 +45,7 @@ def run_demo(
     now = checked_now(now, settings.future_skew_seconds) if now else None
     now = now or datetime.now(UTC).replace(microsecond=0)
     registry = load_registry()
+    replaces = store is not None and store.exists()
     client = throwaway_client() if store is None else open_client(url, fresh=True)
     db: Database[Doc] = client[settings.mongo_db]
 
@@ -84,6 +91,8 @@ def run_demo(
         out.print(f"  {decision.summary()} → next run of ~200K tokens {verdict}")
     if store is not None:
         explore(out, url)
+    if store is not None and replaces:
+        out.print(f"(the store this one replaces is kept as {escape(str(previous_of(store)))})")
 
 
 def explore(out: Console, url: str) -> None:
@@ -113,7 +122,8 @@ def explore(out: Console, url: str) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     default=DEMO_PATH,
     show_default=True,
-    help="The local store the demo leaves its data in (replaced if it exists).",
+    help="The local store the demo leaves its data in (one it replaces is kept as "
+    "PATH.previous; a file that is no store is never replaced).",
 )
 @click.option("--no-store", is_flag=True, help="Keep nothing: an in-process store only.")
 @now_option

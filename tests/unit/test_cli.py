@@ -355,6 +355,32 @@ def test_a_demo_refused_for_its_now_or_its_options_leaves_the_store_as_it_was(tm
     assert store.read_bytes() == kept
 
 
+def test_a_demo_over_an_existing_store_keeps_it_aside_and_never_replaces_another_file(
+    tmp_path,
+):
+    """Review: `chore demo --store mine.json` replaced a 27.8 MB store, and a text file,
+    with the demo's data. A store it replaces is kept as PATH.previous (one generation); a
+    file that is no store is refused, untouched."""
+    store = tmp_path / "mine.json"
+    first = CliRunner().invoke(main, ["demo", "--seed", "3", "--store", str(store)])
+    assert first.exit_code == 0, first.output
+    assert "kept as" not in first.output
+    kept = store.read_bytes()
+    again = CliRunner().invoke(main, ["demo", "--seed", "4", "--store", str(store)])
+    assert again.exit_code == 0, again.output
+    assert f"kept as {store}.previous" in again.output.replace("\n", "")
+    assert (tmp_path / "mine.json.previous").read_bytes() == kept
+    assert store.read_bytes() != kept and store.read_bytes().startswith(b'{"format"')
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello\n")
+    refused = CliRunner().invoke(main, ["demo", "--store", str(notes)])
+    assert refused.exit_code == 1
+    assert "exists and is not a local store written by `chore`: not replaced" in refused.output
+    assert "Seeded" not in refused.output
+    assert notes.read_text() == "hello\n" and not (tmp_path / "notes.txt.previous").exists()
+
+
 @pytest.mark.parametrize("org", ["", "x" * 300])
 def test_plan_show_refuses_an_org_name_as_every_command_does(cli_db, org):
     result = CliRunner().invoke(main, ["plan", "show", "--org", org])
