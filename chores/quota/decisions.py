@@ -57,6 +57,21 @@ def plan_of(doc: Mapping[str, Any] | None, default: Plan) -> Plan:
     return Plan.model_validate({**default.model_dump(), **limits, **tuning})
 
 
+def _computed_at(
+    now: datetime, before: Mapping[str, Any], period: str, future: datetime
+) -> datetime:
+    """When a decision of `period` counts as made: `now`, or the time of the decision it
+    replaces when that is later (a run or `plan set` given an earlier `--now`). It read a
+    draft at least as new as that one did, so it is at least as fresh: stamped `now`, a
+    fresh `block` would turn stale and answer `unknown` (allowed, fail-open). A previous
+    time ahead of the clock (`future`) is no time."""
+    prior = before.get("computed_at")
+    if before.get("period") != period or not isinstance(prior, datetime):
+        return now
+    prior = as_utc(prior)
+    return prior if now < prior <= future else now
+
+
 def _same(first: Doc | None, second: Doc | None) -> bool:
     """Two reads of a plan document hold the same thing (compared as stored: a NaN read
     twice is two floats that Python calls different)."""
@@ -286,6 +301,7 @@ class Quota:
                 {"_id": {"$in": list(orgs)}}, {"state": 1, "period": 1, "computed_at": 1}
             )
         }
+        future = _clock.wall_clock() + timedelta(seconds=self._settings.future_skew_seconds)
         states: dict[str, str] = {}
         events: list[Doc] = []
         decisions: list[Doc] = []
@@ -295,6 +311,7 @@ class Quota:
                 states[org] = INVALID_PLAN
                 continue
             state, reasons = evaluate(plan, used.tokens, used.micros)
+            before = previous.get(org, {})
             decisions.append(
                 {
                     "_id": org,
@@ -310,10 +327,9 @@ class Quota:
                     "spend_limit_micros": plan.spend_limit_micros,
                     "soft_ratio": plan.soft_ratio,
                     "grace_tokens": plan.grace_tokens,
-                    "computed_at": now,
+                    "computed_at": _computed_at(now, before, period, future),
                 }
             )
-            before = previous.get(org, {})
             if (before.get("state"), before.get("period")) != (state, period):
                 # Named after the decision it replaces, not after `now`: a rerun after a
                 # crash between the event and the decision writes the same event again.
@@ -336,7 +352,6 @@ class Quota:
         # later period is kept, never overwritten; one computed ahead of the wall clock (a
         # `now` that was wrong) is no decision. One without a draft ticket was written by
         # an older version of the chore, from usage alone: replaced.
-        future = _clock.wall_clock() + timedelta(seconds=self._settings.future_skew_seconds)
         refused = replace_where(
             self._c.quota,
             [
@@ -385,6 +400,10 @@ class Quota:
         computed_at = as_utc(doc["computed_at"])
         if computed_at > future:
             return self._unknown(org, period, "decision was computed in the future")
+        decided_for = doc.get("period")
+        if isinstance(decided_for, str) and decided_for > period:
+            # Asked about an earlier month (`--now`): this decision says nothing of it.
+            return self._unknown(org, period, f"the decision is for {decided_for}, not {period}")
         age = (now - computed_at).total_seconds()
         plan = plan_of(doc, Plan(token_limit=None, spend_limit_micros=None))
         fresh_period = doc.get("period") == period

@@ -139,7 +139,7 @@ def test_plan_set_and_quota_check_exit_codes(cli_db):
     refused = CliRunner().invoke(main, ["quota", "check", "--org", "ws-acme", *NOW_ARG])
     assert refused.exit_code == 3
     assert refused.output.startswith("ws-acme: block — 57.7K of 10K tokens (577%)")
-    invoke("plan", "set", "--org", "ws-acme", "--token-limit", "none")
+    invoke("plan", "set", "--org", "ws-acme", "--token-limit", "none", *NOW_ARG)
     invoke("run", "--org", "ws-acme", *NOW_ARG)
     allowed = CliRunner().invoke(main, ["quota", "check", "--org", "ws-acme", "--json", *NOW_ARG])
     assert allowed.exit_code == 0

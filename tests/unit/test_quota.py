@@ -795,3 +795,42 @@ def test_a_decision_from_the_draft_before_a_repricing_never_replaces_the_reprice
         assert (decision.state, decision.allowed, decision.spent_micros) == (
             "block", False, 4_400_000,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("who", ["a run", "plan set"])
+def test_a_decision_made_at_an_earlier_now_never_makes_a_fresh_one_stale(
+    db, settings, registry, who
+):
+    """Review: `chore run --now <an hour ago>` (or `plan set --now ...`) replaced a fresh
+    `block` with one stamped an hour back: the check found it stale and answered `unknown`,
+    allowed (fail-open), for a blocked org. Made from the same draft, it counts as made
+    when the one it replaces was; the plan it was decided under stands."""
+    set_plan(db, token_limit=1_000)
+    meter(db, settings, registry, ai_run("acme", 5_000))
+    earlier = NOV - timedelta(hours=1)
+    if who == "a run":
+        meter(db, settings, registry, now=earlier)
+    else:
+        set_plan(db, token_limit=2_000)
+        assert Quota(Collections.of(db, settings), settings).decide(["acme"], earlier) == {
+            "acme": "block"
+        }
+    stored = db.billing_quota.find_one({"_id": "acme"})
+    assert stored["computed_at"].replace(tzinfo=UTC) == NOV
+    decision = check_quota(db, "acme", now=NOV + timedelta(minutes=10), settings=settings)
+    assert (decision.state, decision.allowed) == ("block", False)
+    assert decision.token_limit == (1_000 if who == "a run" else 2_000)
+
+
+def test_a_check_of_an_earlier_month_than_the_decision_is_unknown_not_zero(db, settings, registry):
+    """Review: asked about November with December's decision stored, the check answered
+    `ok`, 0 tokens, though November's invoice holds 5,000: that decision says nothing of
+    November."""
+    set_plan(db, token_limit=1_000)
+    meter(db, settings, registry, ai_run("acme", 5_000))
+    december = datetime(2026, 12, 1, 0, 5, tzinfo=UTC)
+    Quota(Collections.of(db, settings), settings).decide(["acme"], december)
+    decision = check_quota(db, "acme", now=NOV, settings=settings)
+    assert (decision.state, decision.used_tokens) == ("unknown", 0)
+    assert "the decision is for 2026-12, not 2026-11" in decision.reason
+    assert check_quota(db, "acme", now=december, settings=settings).state == "ok"
