@@ -70,7 +70,10 @@ def reconcile_command(org: str, period: str, as_json: bool, now: datetime | None
         out.print(tables.fit(table, out.width))
         if result.registry_changed:
             out.print(
-                "this final invoice was priced with another registry version than today's: "
+                f"this {result.status} invoice was priced with another registry version than "
+                "today's"
+                + (" (the next run reprices it)" if result.status == "draft" else "")
+                + ": "
                 + (
                     "its amounts are checked against the prices it was billed at (stored with it)"
                     if result.checked_as_invoiced

@@ -71,10 +71,10 @@ class Reconciliation(BaseModel):
     org: str
     period: str
     status: str
-    # A final invoice keeps the prices it was frozen with; the expected lines are priced
-    # with today's registry. When they differ, amounts may differ for that reason alone.
+    # The invoice was priced with another registry version than today's (a final keeps
+    # it; a draft until the next run reprices it).
     registry_changed: bool = False
-    # A final checked against the registry that priced it (its stored excerpt), not today's.
+    # Checked against the registry that priced it (its stored excerpt), not today's.
     checked_as_invoiced: bool = False
     lines: list[LineCheck]
     late_tokens: int
@@ -178,18 +178,17 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         late_tokens=sum(ln.tokens for ln in invoice.lines if ln.late),
         runners=runner_checks,
         problems=_invoice_problems(invoice),
-        registry_changed=invoice.status == "final"
-        and invoice.registry != meter.registry.fingerprint,
+        registry_changed=invoice.registry != meter.registry.fingerprint,
         checked_as_invoiced=registry is not meter.registry,
     )
 
 
 def _pricing_registry(invoice: Invoice, current: Registry) -> Registry:
-    """What the expected lines are priced with. A final: the registry that priced it (its
-    stored excerpt), since a final never changes and a later price change is no mismatch.
-    A draft, or a final without an excerpt (none of its models was priced, or it predates
-    excerpts): today's, which the next run reprices a draft with."""
-    if invoice.status == "final" and invoice.priced_with is not None:
+    """What the expected lines are priced with: the registry that priced the invoice (its
+    stored excerpt) when that is not today's. A final never changes, and a draft priced
+    before a registry change is repriced by the next run: neither is a mismatch. Without
+    an excerpt (none of its models was priced, or it predates excerpts): today's."""
+    if invoice.registry != current.fingerprint and invoice.priced_with is not None:
         return Registry.model_validate(invoice.priced_with)
     return current
 

@@ -393,3 +393,35 @@ def test_the_report_names_the_registry_that_priced_the_invoice(db, settings, reg
     later = Registry.model_validate({**registry.model_dump(mode="json"), "version": "later"})
     data = collect_report(db, "acme", "2026-10", settings=settings, registry=later, now=NOW)
     assert data.registry_version == f"{registry.version} (today's: later)"
+
+
+def test_a_draft_priced_before_a_registry_change_reconciles_at_its_prices_and_says_so(
+    env_db, registry
+):
+    """Review: a draft priced with another registry (gpt-4o-mini 10x dearer) exited 4 with
+    `registry_changed: false` until the next run repriced it. It is checked at the prices it
+    shows, like a final, and the report says the next run reprices it."""
+    from pricing import Registry
+
+    dearer = registry.model_dump(mode="json")
+    dearer["version"] = "dearer"
+    for model in dearer["models"]:
+        for price in model["prices"]:
+            price["input"] = str(Decimal(price["input"]) * 10)
+    env_db.tasks.insert_one(ai_runner("acme", 100_000, running=False))
+    settings = get_settings()
+    run_chore(env_db, now=NOW, registry=Registry.model_validate(dearer), settings=settings)
+    args = ["reconcile", "--org", "acme", "--period", "2026-11", "--now", NOW.isoformat()]
+    shown = CliRunner().invoke(main, args)
+    assert shown.exit_code == 0, shown.output
+    said = " ".join(shown.output.split())
+    assert (
+        "this draft invoice was priced with another registry version than today's "
+        "(the next run reprices it)" in said
+    )
+    report = json.loads(CliRunner().invoke(main, [*args, "--json"]).output)
+    assert report["registry_changed"] and report["checked_as_invoiced"]
+    assert {(ln["expected_micros"], ln["invoiced_micros"]) for ln in report["lines"]} == {
+        (ln["amount_micros"], ln["amount_micros"])
+        for ln in env_db.billing_invoices.find_one({"_id": "acme:2026-11"})["lines"]
+    }
