@@ -24,6 +24,7 @@ from chores.core.money import parse_usd, ungrouped, usd_exact, whole_after_scali
 from chores.core.orgs import validate_org
 from chores.core.periods import as_utc, period_of
 from chores.core.settings import MAX_INT64, Plan, get_settings
+from chores.quota.cache import SERVER_SCHEMES
 from chores.quota.decisions import plan_error, plan_of, unknown_decision
 
 _SUFFIX_PLACES = {"": 0, "K": 3, "M": 6, "B": 9}
@@ -181,6 +182,14 @@ def plan_set(
 
     state = Quota(collections, settings).decide([org], now)[org]
     click.echo(f"{org}: decision now {state} (from the invoice of {now:%Y-%m})")
+    if settings.redis_url is None and settings.mongo_url.startswith(SERVER_SCHEMES):
+        click.echo(
+            "note: REDIS_URL is not set here, so a Redis mirror of the decisions (the "
+            "workers') still answers the previous one for up to its QUOTA_CACHE_TTL_SECONDS "
+            "(360 by default); to apply it at once, run this where REDIS_URL is set "
+            "(docker compose exec worker chore plan set ...)",
+            err=True,
+        )
 
 
 @plan.command("show")

@@ -511,3 +511,24 @@ def test_registry_list_says_a_model_priced_only_from_a_later_day_is_unpriced_tod
     later = CliRunner(env={"COLUMNS": "200"}).invoke(main, [*listed[:3], "--now", "2027-07-01"])
     (row,) = [line for line in later.output.splitlines() if "soon" in line]
     assert "2027-06-01" in row and "unpriced" not in row
+
+
+def test_plan_set_without_redis_url_on_a_server_says_the_mirror_still_answers(env_db, monkeypatch):
+    """Review: from the host (the Compose Redis is not published), `plan set` said
+    "decision now block" while checks through the workers' mirror answered the old `ok` for
+    up to 6 minutes, unsaid. It says so, and how to apply it at once; an in-process store,
+    which no worker mirrors, gets no such note."""
+    import chores.cli.quota as quota_cli
+
+    args = ["plan", "set", "--org", "ws-acme", "--token-limit", "1K", *NOW_ARG]
+    local = CliRunner().invoke(main, args)
+    assert local.exit_code == 0 and "REDIS_URL" not in local.output
+    monkeypatch.setenv("MONGO_URL", "mongodb://billing:s3cret@mongo:27017/")
+    monkeypatch.setattr(quota_cli, "connect", lambda settings: env_db)
+    get_settings.cache_clear()
+    on_server = CliRunner().invoke(main, args)
+    assert on_server.exit_code == 0, on_server.output
+    said = " ".join(on_server.output.split())
+    assert "ws-acme: decision now" in said
+    assert "note: REDIS_URL is not set here, so a Redis mirror of the decisions" in said
+    assert "docker compose exec worker chore plan set" in said and "s3cret" not in said
