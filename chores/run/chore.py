@@ -28,6 +28,7 @@ from chores.core.db import (
     ensure_billing_indexes,
     missing_source_indexes,
 )
+from chores.core.exceptions import ConfigError
 from chores.core.logs import redact_urls
 from chores.core.orgs import validate_org
 from chores.core.settings import Settings, get_settings
@@ -315,6 +316,11 @@ def run_chore(
     (progress display). A database error propagates; rerunning completes the work.
     """
     settings = settings or get_settings()
+    if registry is not None and not isinstance(registry, Registry):
+        raise ConfigError(
+            f"registry must be a pricing.Registry, not {type(registry).__name__} "
+            "(pricing.load_registry(path) reads one from a file)"
+        )
     registry = registry or load_registry(settings.registry_path)
     now = checked_now(now, settings.future_skew_seconds)
     if org is not None:

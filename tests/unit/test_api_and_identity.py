@@ -112,6 +112,19 @@ def test_the_public_api_with_a_plain_client_bills_what_a_tz_aware_client_bills(s
     assert plain["decisions"]["globex"][0] == "ok"
 
 
+def test_a_registry_path_for_a_registry_is_a_clear_error_and_writes_nothing(settings):
+    """Review: `run_chore(db, registry="prices.yaml")` was a bare AttributeError
+    ('str' object has no attribute 'fingerprint')."""
+    import pytest
+
+    from chores import ConfigError
+
+    db = mongomock.MongoClient()["main"]
+    with pytest.raises(ConfigError, match=r"registry must be a pricing.Registry, not str \("):
+        run_chore(db, registry="prices.yaml", settings=settings)  # type: ignore[arg-type]
+    assert db.list_collection_names() == []
+
+
 def test_the_callers_database_keeps_its_own_codec_options(settings, registry):
     db = mongomock.MongoClient()["main"]
     db.tasks.insert_one(runner("acme", 1_000, NOV_25 - timedelta(days=1)))
