@@ -125,15 +125,22 @@ class QuotaCache:
         log.warning("quota cache at %s unavailable: %s", redact_url(self._url), type(exc).__name__)
 
 
+_TIMES = ("computed_at", "decided_at")  # a decision's datetimes, as ISO text in Redis
+
+
 def _dumps(decision: Mapping[str, Any]) -> str:
     data = dict(decision)
-    data["computed_at"] = data["computed_at"].isoformat()
+    for name in _TIMES:
+        if isinstance(data.get(name), datetime):
+            data[name] = data[name].isoformat()
     return json.dumps(data)
 
 
 def _loads(raw: bytes | str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(raw)
     data["computed_at"] = datetime.fromisoformat(data["computed_at"])
+    if isinstance(data.get("decided_at"), str):
+        data["decided_at"] = datetime.fromisoformat(data["decided_at"])
     return data
 
 

@@ -298,7 +298,8 @@ class Quota:
         previous = {
             d["_id"]: d
             for d in self._c.quota.find(
-                {"_id": {"$in": list(orgs)}}, {"state": 1, "period": 1, "computed_at": 1}
+                {"_id": {"$in": list(orgs)}},
+                {"state": 1, "period": 1, "computed_at": 1, "decided_at": 1},
             )
         }
         future = _clock.wall_clock() + timedelta(seconds=self._settings.future_skew_seconds)
@@ -328,12 +329,13 @@ class Quota:
                     "soft_ratio": plan.soft_ratio,
                     "grace_tokens": plan.grace_tokens,
                     "computed_at": _computed_at(now, before, period, future),
+                    "decided_at": now,  # when it was made (`computed_at`: how fresh it is)
                 }
             )
             if (before.get("state"), before.get("period")) != (state, period):
                 # Named after the decision it replaces, not after `now`: a rerun after a
                 # crash between the event and the decision writes the same event again.
-                since = before.get("computed_at")
+                since = before.get("decided_at", before.get("computed_at"))
                 events.append(
                     {
                         "_id": f"{org}:{period}:{before.get('state')}->{state}:"

@@ -834,3 +834,20 @@ def test_a_check_of_an_earlier_month_than_the_decision_is_unknown_not_zero(db, s
     assert (decision.state, decision.used_tokens) == ("unknown", 0)
     assert "the decision is for 2026-12, not 2026-11" in decision.reason
     assert check_quota(db, "acme", now=december, settings=settings).state == "ok"
+
+
+def test_each_state_change_at_an_earlier_now_is_its_own_event(db, settings, registry):
+    """Review of the decision stamped when the one it replaces was: the event of a change
+    was named after that stamp, so ok -> block -> ok -> block at earlier `now`s wrote two
+    events of four. Events are named after when the replaced decision was made."""
+    set_plan(db, token_limit=100_000)
+    meter(db, settings, registry, ai_run("acme", 5_000))
+    quota = Quota(Collections.of(db, settings), settings)
+    earlier = NOV - timedelta(hours=1)
+    for minute, limit in enumerate([1_000, 100_000, 1_000, 100_000]):
+        set_plan(db, token_limit=limit)
+        quota.decide(["acme"], earlier + timedelta(minutes=minute))
+    changes = [(e["from"], e["to"]) for e in db.billing_quota_events.find()]  # as inserted
+    assert changes == [
+        (None, "ok"), ("ok", "block"), ("block", "ok"), ("ok", "block"), ("block", "ok"),
+    ]  # fmt: skip
