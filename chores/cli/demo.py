@@ -16,13 +16,8 @@ from chores.cli.common import console, now_option, user_errors
 from chores.cli.invoice import print_invoice
 from chores.core.clock import checked_now
 from chores.core.db import Doc, ensure_indexes
-from chores.core.local_store import (
-    DEMO_PATH,
-    open_client,
-    previous_of,
-    throwaway_client,
-    url_of,
-)
+from chores.core.exceptions import ConfigError
+from chores.core.local_store import DEMO_PATH, open_client, throwaway_client, url_of
 from chores.core.periods import period_of
 from chores.core.settings import Settings
 from chores.core.wording import counted, tally
@@ -45,7 +40,6 @@ def run_demo(
     now = checked_now(now, settings.future_skew_seconds) if now else None
     now = now or datetime.now(UTC).replace(microsecond=0)
     registry = load_registry()
-    replaces = store is not None and store.exists()
     client = throwaway_client() if store is None else open_client(url, fresh=True)
     db: Database[Doc] = client[settings.mongo_db]
 
@@ -91,8 +85,12 @@ def run_demo(
         out.print(f"  {decision.summary()} → next run of ~200K tokens {verdict}")
     if store is not None:
         explore(out, url)
-    if store is not None and replaces:
-        out.print(f"(the store this one replaces is kept as {escape(str(previous_of(store)))})")
+
+
+def _is_the_demos(store: Path) -> bool:
+    """Whether `store` is the demo's own store (DEMO_PATH, from here), which each demo
+    replaces."""
+    return store.resolve() == DEMO_PATH.resolve()
 
 
 def explore(out: Console, url: str) -> None:
@@ -122,13 +120,14 @@ def explore(out: Console, url: str) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     default=DEMO_PATH,
     show_default=True,
-    help="The local store the demo leaves its data in (one it replaces is kept as "
-    "PATH.previous; a file that is no store is never replaced).",
+    help="The local store the demo leaves its data in. The demo's own is replaced by each "
+    "demo; another existing store only with --replace; a file that is no store never.",
 )
+@click.option("--replace", is_flag=True, help="Replace the store at --store if there is one.")
 @click.option("--no-store", is_flag=True, help="Keep nothing: an in-process store only.")
 @now_option
 @user_errors
-def demo(seed: int, store: Path, no_store: bool, now: datetime | None) -> None:
+def demo(seed: int, store: Path, no_store: bool, replace: bool, now: datetime | None) -> None:
     """Seed a realistic month (three orgs, subagents, free, paid, customer-key and unknown
     models, malformed documents), meter it, finalize the months whose grace has passed and
     print the invoices and quota decisions, on its own store whatever MONGO_URL says.
@@ -140,6 +139,11 @@ def demo(seed: int, store: Path, no_store: bool, now: datetime | None) -> None:
     given = click.get_current_context().get_parameter_source("store")
     if no_store and given is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--store and --no-store exclude each other: give one")
+    if not (no_store or replace) and store.exists() and not _is_the_demos(store):
+        raise ConfigError(
+            f"{store} exists: `chore demo` replaces a store there only with --replace "
+            f"(its data is lost), or give another --store"
+        )
     out = console()
     run_demo(out, seed=seed, now=now, store=None if no_store else store)
     if no_store:

@@ -93,7 +93,6 @@ class LocalStore:
     client: Any  # mongomock.MongoClient
     lock: IO[str]
     loaded: str | None = None  # the file's text when loaded: saved again only if changed
-    replaces: bool = False  # a fresh store over an existing one: that one is kept aside
 
 
 _OPEN: dict[Path, LocalStore] = {}
@@ -102,9 +101,8 @@ _OPEN: dict[Path, LocalStore] = {}
 def open_client(url: str, *, fresh: bool = False) -> Any:
     """The mongomock client of the store at `url`, loaded once per command.
 
-    `fresh` starts an empty store (the demo), replacing the file when it is saved; a
-    store it replaces is kept as `previous_of(path)`. A file that is no local store is
-    not replaced (ConfigError): it is not the chore's to lose.
+    `fresh` starts an empty store (the demo), replacing the file when it is saved. A file
+    that is no local store is not replaced (ConfigError): it is not the chore's to lose.
     """
     path = path_of(url).absolute()
     store = _OPEN.get(path)
@@ -121,8 +119,7 @@ def open_client(url: str, *, fresh: bool = False) -> Any:
         raise ConfigError(f"cannot create the local store {path}: {_reason(exc)}") from None
     lock = _lock(path)
     try:
-        replaces = fresh and path.exists()
-        if replaces and not _is_store(path):
+        if fresh and path.exists() and not is_store(path):
             raise ConfigError(
                 f"{path_of(url)} exists and is not a local store written by `chore`: not "
                 "replaced (give another path)"
@@ -132,16 +129,11 @@ def open_client(url: str, *, fresh: bool = False) -> Any:
     except BaseException:
         lock.close()
         raise
-    _OPEN[path] = LocalStore(path, client, lock, loaded, replaces)
+    _OPEN[path] = LocalStore(path, client, lock, loaded)
     return client
 
 
-def previous_of(path: Path) -> Path:
-    """Where a store a fresh one replaced is kept (one generation)."""
-    return path.with_name(path.name + ".previous")
-
-
-def _is_store(path: Path) -> bool:
+def is_store(path: Path) -> bool:
     """Whether the file at `path` starts as a local store does (its format mark first)."""
     try:
         with path.open("rb") as stream:
@@ -274,8 +266,6 @@ def _save(store: LocalStore) -> bool:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
-        if store.replaces and store.path.exists():
-            os.replace(store.path, previous_of(store.path))
         os.replace(temp, store.path)
     except BaseException as exc:
         Path(temp).unlink(missing_ok=True)

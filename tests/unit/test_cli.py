@@ -347,7 +347,7 @@ def test_a_demo_refused_for_its_now_or_its_options_leaves_the_store_as_it_was(tm
     kept = store.read_bytes()
 
     ahead = (WALL_CLOCK + timedelta(days=30)).isoformat()
-    refused = CliRunner().invoke(main, ["demo", "--store", str(store), "--now", ahead])
+    refused = CliRunner().invoke(main, ["demo", "--store", str(store), "--replace", "--now", ahead])
     assert refused.exit_code == 1 and "ahead of this machine's clock" in refused.output
     assert "Seeded" not in refused.output
     both = CliRunner().invoke(main, ["demo", "--store", str(store), "--no-store"])
@@ -355,30 +355,44 @@ def test_a_demo_refused_for_its_now_or_its_options_leaves_the_store_as_it_was(tm
     assert store.read_bytes() == kept
 
 
-def test_a_demo_over_an_existing_store_keeps_it_aside_and_never_replaces_another_file(
+def test_a_demo_replaces_another_store_only_when_told_and_a_file_that_is_no_store_never(
     tmp_path,
 ):
     """Review: `chore demo --store mine.json` replaced a 27.8 MB store, and a text file,
-    with the demo's data. A store it replaces is kept as PATH.previous (one generation); a
-    file that is no store is refused, untouched."""
+    with the demo's data. Its own store (.chore-demo/store.json) each demo replaces;
+    another existing store only with --replace; a file that is no store never."""
     store = tmp_path / "mine.json"
     first = CliRunner().invoke(main, ["demo", "--seed", "3", "--store", str(store)])
     assert first.exit_code == 0, first.output
-    assert "kept as" not in first.output
     kept = store.read_bytes()
     again = CliRunner().invoke(main, ["demo", "--seed", "4", "--store", str(store)])
-    assert again.exit_code == 0, again.output
-    assert f"kept as {store}.previous" in again.output.replace("\n", "")
-    assert (tmp_path / "mine.json.previous").read_bytes() == kept
+    assert again.exit_code == 1 and "Seeded" not in again.output
+    assert "exists: `chore demo` replaces a store there only with --replace" in " ".join(
+        again.output.split()
+    )
+    assert store.read_bytes() == kept
+    told = CliRunner().invoke(main, ["demo", "--seed", "4", "--store", str(store), "--replace"])
+    assert told.exit_code == 0, told.output
     assert store.read_bytes() != kept and store.read_bytes().startswith(b'{"format"')
 
     notes = tmp_path / "notes.txt"
     notes.write_text("hello\n")
-    refused = CliRunner().invoke(main, ["demo", "--store", str(notes)])
-    assert refused.exit_code == 1
-    assert "exists and is not a local store written by `chore`: not replaced" in refused.output
-    assert "Seeded" not in refused.output
-    assert notes.read_text() == "hello\n" and not (tmp_path / "notes.txt.previous").exists()
+    for args in (["--store", str(notes)], ["--store", str(notes), "--replace"]):
+        refused = CliRunner().invoke(main, ["demo", *args])
+        assert refused.exit_code == 1 and "Seeded" not in refused.output
+        said = " ".join(refused.output.split())
+        assert ("not a local store written by `chore`: not replaced" in said) == (
+            "--replace" in args
+        )
+        assert notes.read_text() == "hello\n"
+
+
+def test_each_demo_replaces_its_own_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for seed in ("3", "4"):
+        result = CliRunner().invoke(main, ["demo", "--seed", seed])
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / ".chore-demo" / "store.json").is_file()
 
 
 @pytest.mark.parametrize("org", ["", "x" * 300])
