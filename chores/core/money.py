@@ -8,7 +8,8 @@ from typing import NewType
 
 Micros = NewType("Micros", int)
 MICROS_PER_USD = 1_000_000
-THOUSANDS = re.compile(r"[0-9]{1,3}(?:[,_][0-9]{3})+")  # 1,000 and 12_345_678
+# 1,000 and 12_345_678; never 0,500 (0.5 where a comma is the decimal point)
+THOUSANDS = re.compile(r"[1-9][0-9]{0,2}(?:[,_][0-9]{3})+")
 
 
 def to_micros(micros: Decimal) -> Micros:

@@ -212,7 +212,9 @@ def test_thousands_separators_group_thousands(text):
         assert parse_tokens(text + "K") == int(digits) * 1_000
 
 
-@pytest.mark.parametrize("text", ["1,5", "1,00", "12,34,5", ",000.50", "1,,000", "1.000,5", "1_5"])
+@pytest.mark.parametrize(
+    "text", ["1,5", "1,00", "12,34,5", ",000.50", "1,,000", "1.000,5", "1_5", "0,500", "00,500"]
+)
 def test_a_comma_that_groups_no_thousands_is_refused_not_dropped(cli_db, text):
     """Review: `--spend-limit 1,5` set $15.00 and `--token-limit 2,5M` 25M tokens (a
     European 1.5 and 2.5 read ten times too high); `--estimate 1,5M` refused a run."""
