@@ -95,7 +95,11 @@ def build_invoice(
         lines=lines,
         total_micros=Micros(total),
         unpriced_tokens=unpriced,
-        needs_review=anomalies_open or any(not line.priced for line in lines),
+        # A credit line: tokens reclassified (unsplit to input, input to cached) and
+        # credited at other rates than they were charged at (SPEC §1.6 across a model, key
+        # source or price change), which can leave the line or the invoice below zero.
+        needs_review=anomalies_open
+        or any(not line.priced or (line.amount_micros or 0) < 0 for line in lines),
         runs=runs,
         entries=entries,
         updated_at=now,
