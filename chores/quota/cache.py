@@ -73,6 +73,7 @@ class QuotaCache:
         self._prefix = f"{KEY_PREFIX}{namespace}:"
         self._redis = redis_client(url, timeout=0.25)  # a check must stay fast
         self._put_unless_older = self._redis.register_script(PUT_UNLESS_OLDER)
+        self.failure: str | None = None  # the last error, when Redis could not be reached
 
     def key(self, org: str) -> str:
         return self._prefix + org
@@ -122,25 +123,24 @@ class QuotaCache:
             return None
 
     def _unavailable(self, exc: RedisError) -> None:
+        self.failure = type(exc).__name__
         log.warning("quota cache at %s unavailable: %s", redact_url(self._url), type(exc).__name__)
 
 
-_TIMES = ("computed_at", "decided_at")  # a decision's datetimes, as ISO text in Redis
-
-
 def _dumps(decision: Mapping[str, Any]) -> str:
-    data = dict(decision)
-    for name in _TIMES:
-        if isinstance(data.get(name), datetime):
-            data[name] = data[name].isoformat()
-    return json.dumps(data)
+    """A decision as JSON, its datetimes as ISO text (whatever a later version adds)."""
+    return json.dumps(dict(decision), default=_iso)
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _loads(raw: bytes | str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(raw)
     data["computed_at"] = datetime.fromisoformat(data["computed_at"])
-    if isinstance(data.get("decided_at"), str):
-        data["decided_at"] = datetime.fromisoformat(data["decided_at"])
     return data
 
 

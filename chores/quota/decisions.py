@@ -57,6 +57,14 @@ def plan_of(doc: Mapping[str, Any] | None, default: Plan) -> Plan:
     return Plan.model_validate({**default.model_dump(), **limits, **tuning})
 
 
+def _state_changes(before: Mapping[str, Any], period: str) -> int:
+    """The state changes of `period` before this decision (0 in a new period, and for a
+    decision an older version wrote)."""
+    count = before.get("state_changes")
+    same_period = before.get("period") == period
+    return count if same_period and isinstance(count, int) and not isinstance(count, bool) else 0
+
+
 def _computed_at(
     now: datetime, before: Mapping[str, Any], period: str, future: datetime
 ) -> datetime:
@@ -219,6 +227,16 @@ class Quota:
             else None
         )
 
+    @property
+    def mirror_missed(self) -> str | None:
+        """Why the Redis mirror of the decisions could not be updated (it is not set here,
+        or an error), None when it was: its entries may still answer older decisions."""
+        if self._cache is None:
+            return "REDIS_URL is not set here"
+        if self._cache.failure is not None:
+            return f"the Redis at REDIS_URL could not be reached ({self._cache.failure})"
+        return None
+
     def known_orgs(self) -> list[str]:
         """Every org with a plan or a stored decision."""
         return sorted(
@@ -299,7 +317,7 @@ class Quota:
             d["_id"]: d
             for d in self._c.quota.find(
                 {"_id": {"$in": list(orgs)}},
-                {"state": 1, "period": 1, "computed_at": 1, "decided_at": 1},
+                {"state": 1, "period": 1, "computed_at": 1, "state_changes": 1},
             )
         }
         future = _clock.wall_clock() + timedelta(seconds=self._settings.future_skew_seconds)
@@ -313,6 +331,8 @@ class Quota:
                 continue
             state, reasons = evaluate(plan, used.tokens, used.micros)
             before = previous.get(org, {})
+            changed = (before.get("state"), before.get("period")) != (state, period)
+            changes = _state_changes(before, period) + int(changed)
             decisions.append(
                 {
                     "_id": org,
@@ -329,17 +349,17 @@ class Quota:
                     "soft_ratio": plan.soft_ratio,
                     "grace_tokens": plan.grace_tokens,
                     "computed_at": _computed_at(now, before, period, future),
-                    "decided_at": now,  # when it was made (`computed_at`: how fresh it is)
+                    "state_changes": changes,  # in this period, this one's included
                 }
             )
-            if (before.get("state"), before.get("period")) != (state, period):
-                # Named after the decision it replaces, not after `now`: a rerun after a
-                # crash between the event and the decision writes the same event again.
-                since = before.get("decided_at", before.get("computed_at"))
+            if changed:
+                # Named after its rank among the period's changes (from the decision it
+                # replaces), not after `now`: a rerun after a crash between the event and
+                # the decision writes the same event again, and two changes made at one
+                # `now` (or at an earlier one, which `computed_at` does not tell) are two.
                 events.append(
                     {
-                        "_id": f"{org}:{period}:{before.get('state')}->{state}:"
-                        f"{since.isoformat() if since else 'first'}",
+                        "_id": f"{org}:{period}:{before.get('state')}->{state}:#{changes}",
                         "org": org,
                         "period": period,
                         "from": before.get("state"),

@@ -836,18 +836,33 @@ def test_a_check_of_an_earlier_month_than_the_decision_is_unknown_not_zero(db, s
     assert check_quota(db, "acme", now=december, settings=settings).state == "ok"
 
 
-def test_each_state_change_at_an_earlier_now_is_its_own_event(db, settings, registry):
-    """Review of the decision stamped when the one it replaces was: the event of a change
-    was named after that stamp, so ok -> block -> ok -> block at earlier `now`s wrote two
-    events of four. Events are named after when the replaced decision was made."""
+@pytest.mark.parametrize("when", ["at earlier nows", "at one now"])
+def test_each_state_change_is_its_own_event(db, settings, registry, when):
+    """Reviews: events were named after the replaced decision's `computed_at`, so
+    ok -> block -> ok -> block decided at one `now`, or at earlier ones (whose decisions
+    carry the replaced one's `computed_at`), wrote two events of four. They are named after
+    their rank among the period's changes."""
     set_plan(db, token_limit=100_000)
     meter(db, settings, registry, ai_run("acme", 5_000))
     quota = Quota(Collections.of(db, settings), settings)
-    earlier = NOV - timedelta(hours=1)
     for minute, limit in enumerate([1_000, 100_000, 1_000, 100_000]):
         set_plan(db, token_limit=limit)
-        quota.decide(["acme"], earlier + timedelta(minutes=minute))
+        at = NOV - timedelta(hours=1) + timedelta(minutes=minute) if when != "at one now" else NOV
+        quota.decide(["acme"], at)
     changes = [(e["from"], e["to"]) for e in db.billing_quota_events.find()]  # as inserted
     assert changes == [
         (None, "ok"), ("ok", "block"), ("block", "ok"), ("ok", "block"), ("block", "ok"),
     ]  # fmt: skip
+
+
+def test_a_decision_holds_no_datetime_but_computed_at(db, settings, registry):
+    """Review: a decision holding another datetime (`decided_at`) crashed the checks of
+    workers of the previous version during a rolling deploy: theirs mirrors a decision
+    read from MongoDB converting `computed_at` alone to JSON text."""
+    set_plan(db, token_limit=1_000)
+    meter(db, settings, registry, ai_run("acme", 5_000))
+    stored = db.billing_quota.find_one({"_id": "acme"})
+    datetimes = [k for k, v in stored.items() if isinstance(v, datetime)]
+    assert datetimes == ["computed_at"]
+    previous_versions_json = json.dumps({**stored, "computed_at": "as text"})
+    assert json.loads(previous_versions_json)["state"] == "block"
