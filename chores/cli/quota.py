@@ -180,14 +180,16 @@ def plan_set(
     # The plan applies at once: the decision is recomputed from the current invoice.
     from chores.quota.decisions import Quota
 
-    state = Quota(collections, settings).decide([org], now)[org]
+    quota = Quota(collections, settings)
+    state = quota.decide([org], now)[org]
     click.echo(f"{org}: decision now {state} (from the invoice of {now:%Y-%m})")
-    if settings.redis_url is None and settings.mongo_url.startswith(SERVER_SCHEMES):
+    missed = quota.mirror_missed
+    if missed is not None and settings.mongo_url.startswith(SERVER_SCHEMES):
         click.echo(
-            "note: REDIS_URL is not set here, so a Redis mirror of the decisions (the "
-            "workers') still answers the previous one for up to its QUOTA_CACHE_TTL_SECONDS "
-            "(360 by default); to apply it at once, run this where REDIS_URL is set "
-            "(docker compose exec worker chore plan set ...)",
+            f"note: {missed}, so a Redis mirror of the decisions (the workers') still "
+            "answers the previous one for up to its QUOTA_CACHE_TTL_SECONDS (360 by "
+            "default); to apply it at once, run this where the workers' Redis can be "
+            "reached (docker compose exec worker chore plan set ...)",
             err=True,
         )
 

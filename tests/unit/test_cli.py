@@ -548,3 +548,18 @@ def test_plan_set_without_redis_url_on_a_server_says_the_mirror_still_answers(en
     assert "ws-acme: decision now" in said
     assert "note: REDIS_URL is not set here, so a Redis mirror of the decisions" in said
     assert "docker compose exec worker chore plan set" in said and "s3cret" not in said
+
+    # Review: REDIS_URL taken from the Compose file (`redis://redis:6379`), unreachable
+    # from the host: the mirror write failed without a word.
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    monkeypatch.setenv("REDIS_URL", f"redis://:r3dis-pw@127.0.0.1:{closed}/0")
+    get_settings.cache_clear()
+    unreachable = CliRunner().invoke(main, args)
+    assert unreachable.exit_code == 0, unreachable.output
+    said = " ".join(unreachable.output.split())
+    assert "note: the Redis at REDIS_URL could not be reached (ConnectionError)" in said
+    assert "r3dis-pw" not in said
