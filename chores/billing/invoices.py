@@ -95,9 +95,9 @@ def build_invoice(
         lines=lines,
         total_micros=Micros(total),
         unpriced_tokens=unpriced,
-        # A credit line: tokens reclassified (unsplit to input, input to cached) and
-        # credited at other rates than they were charged at (SPEC §1.6 across a model, key
-        # source or price change), which can leave the line or the invoice below zero.
+        # A credit line: tokens charged in a period now final and reclassified since
+        # (unsplit to input, input to cached, `rules.reclassified_mark`), credited here as
+        # late usage; it can leave the line or the invoice below zero.
         needs_review=anomalies_open
         or any(not line.priced or (line.amount_micros or 0) < 0 for line in lines),
         runs=runs,

@@ -27,7 +27,7 @@ from datetime import datetime
 from chores.core.db import Collections, Doc
 from chores.core.writes import insert_ignoring_duplicates
 from chores.metering.lines import UsageGroup, price_group
-from chores.metering.rules import Counters, Delta, LedgerHead
+from chores.metering.rules import BookedOn, Counters, Delta, LedgerHead
 from chores.metering.source import chunked
 from pricing import Registry
 
@@ -89,6 +89,26 @@ def entry_document(delta: Delta, *, billed_at: datetime, run_id: str, registry: 
 EMPTY_ENTRY: Doc = {"input_tokens": 0, "cached_tokens": 0, "output_tokens": 0, "unsplit_tokens": 0}
 
 
+HEAD_FIELDS = {
+    "runner_id": 1,
+    "seq": 1,
+    "high_water": 1,
+    "model": 1,
+    "byok": 1,
+    "usage_time": 1,
+    "usage_period": 1,
+}
+
+
+def _booked_on(entry: Doc) -> BookedOn | None:
+    """The line an entry's tokens were priced on (its model, key source and usage time);
+    None for an entry without them."""
+    usage_time, period = entry.get("usage_time"), entry.get("usage_period")
+    if not isinstance(usage_time, datetime) or not isinstance(period, str):
+        return None
+    return BookedOn(entry.get("model"), entry.get("byok") is True, usage_time, period)
+
+
 class Ledger:
     def __init__(self, collections: Collections, *, batch_size: int):
         self._entries = collections.ledger
@@ -98,14 +118,12 @@ class Ledger:
         """The latest entry of each runner (one query per batch of runners)."""
         heads: dict[str, LedgerHead] = {}
         for batch in chunked(runner_ids, self._batch_size):
-            cursor = self._entries.find(
-                {"runner_id": {"$in": batch}}, {"runner_id": 1, "seq": 1, "high_water": 1}
-            )
+            cursor = self._entries.find({"runner_id": {"$in": batch}}, HEAD_FIELDS)
             for entry in cursor:
                 known = heads.get(entry["runner_id"])
                 if known is None or entry["seq"] > known.seq:
                     heads[entry["runner_id"]] = LedgerHead(
-                        entry["seq"], Counters.from_dict(entry["high_water"])
+                        entry["seq"], Counters.from_dict(entry["high_water"]), _booked_on(entry)
                     )
         return heads
 

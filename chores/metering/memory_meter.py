@@ -23,7 +23,7 @@ from datetime import date, datetime
 from typing import Any, NamedTuple
 
 from chores.metering.lines import InvoiceLine, LineMemo, TokenSums, UsageGroup, price_lines
-from chores.metering.rules import Delta, LedgerHead, Rules, runner_key
+from chores.metering.rules import BookedOn, Delta, LedgerHead, Rules, runner_key
 from pricing import Registry
 
 # A runner document and the `_context`s of the findings that spawned it (subagents only).
@@ -71,12 +71,12 @@ class MemoryMeter:
                 runner_id=runner_id,
             )
             self.anomalies += len(result.anomalies)
-            delta = result.delta
-            if delta is not None:
+            for delta in result.deltas:
                 self.deltas += 1
                 self._add(delta)
                 if result.pending:
-                    self.heads[runner_id] = LedgerHead(delta.seq, delta.high_water)
+                    booked_on = BookedOn(delta.model, delta.byok, delta.usage_time, delta.period)
+                    self.heads[runner_id] = LedgerHead(delta.seq, delta.high_water, booked_on)
                 if records is not None:
                     records.append(delta)
             if result.billed_cleanly and not result.pending:

@@ -175,6 +175,29 @@ def new_usage(high_water: Counters, previous: Counters) -> Breakdown:
     )
 
 
+def reclassified_mark(previous: Counters, high_water: Counters) -> Counters:
+    """The high-water mark between `previous` and `high_water` up to which the new counters
+    only reclassify tokens already billed (unsplit to input or output when the split
+    catches up with the total, input to cached when the cached count does), adding none:
+    `new_usage(mark, previous)` sums to zero, and `new_usage(high_water, mark)` has no
+    negative count. `previous` itself when no count goes down, the usual step (SPEC §1.6).
+
+    Billed as one step, the tokens that leave a kind would be credited at the rates of the
+    line the new usage goes to, not of the one that charged them (a model, key source or
+    price change in between): `Rules.assess` books the reclassification on the line of the
+    runner's previous entry instead. The prompt takes reclassified tokens before the
+    completion; the cached count moves only as far as the rest of the step requires.
+    """
+    total, prompt_before, completion_before, cached_before = previous
+    prompt_after, completion_after, cached_after = high_water[1:]
+    unsplit_after = max(high_water.total - prompt_after - completion_after, 0)
+    split = max(prompt_before + completion_before, total - unsplit_after)
+    prompt = min(prompt_after, split - completion_before)
+    uncached_after = max(prompt_after - cached_after, 0)
+    cached = max(cached_before, min(cached_after, prompt - uncached_after))
+    return Counters(total, prompt, split - prompt, cached)
+
+
 def _counter_value(value: Any) -> int | None:
     """A valid counter as int, or None when malformed. Missing/None is 0."""
     if value is None:
@@ -288,7 +311,9 @@ class Delta(NamedTuple):
 
 
 class Assessment(NamedTuple):
-    """What one observation of a runner document means for billing."""
+    """What one observation of a runner document means for billing: the new usage
+    (`delta`), preceded by the reclassification of tokens already billed on the line that
+    charged them (`reclassified`, `reclassified_mark`), each a ledger entry."""
 
     runner_id: str
     org: str | None = None
@@ -297,6 +322,12 @@ class Assessment(NamedTuple):
     delta: Delta | None = None
     anomalies: tuple[AnomalyRecord, ...] = ()
     billed_cleanly: bool = False
+    reclassified: Delta | None = None
+
+    @property
+    def deltas(self) -> tuple[Delta, ...]:
+        """The ledger entries to write, in sequence order."""
+        return tuple(d for d in (self.reclassified, self.delta) if d is not None)
 
 
 def is_subagent_context(context: Mapping[str, Any]) -> bool:
@@ -502,11 +533,22 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+class BookedOn(NamedTuple):
+    """The line a ledger entry's tokens were priced on: model, key source, usage time."""
+
+    model: str | None
+    byok: bool
+    usage_time: datetime
+    period: str  # of the usage time
+
+
 class LedgerHead(NamedTuple):
-    """The latest ledger entry of a runner: its sequence number and high-water mark."""
+    """The latest ledger entry of a runner: its sequence number, high-water mark and line
+    (None when not known: a reclassification is then billed with the new usage)."""
 
     seq: int
     high_water: Counters
+    booked_on: BookedOn | None = None
 
 
 class Spawn(NamedTuple):
@@ -721,7 +763,7 @@ class Rules:
 
         if high_water == previous:
             return Assessment(runner_id, org, period, pending, None, flags, billed_cleanly=True)
-        delta = Delta(
+        step = Delta(
             runner_id=runner_id,
             seq=1 if head is None else head.seq + 1,
             org=org,
@@ -736,7 +778,27 @@ class Rules:
             subagent=subagent,
             parent_id=parent_id,
         )
-        return Assessment(runner_id, org, period, pending, delta, flags, billed_cleanly=True)
+        mark = previous
+        if head is not None and head.booked_on is not None:
+            mark = reclassified_mark(previous, high_water)
+        if mark == previous:
+            return Assessment(runner_id, org, period, pending, step, flags, billed_cleanly=True)
+        # Tokens already billed change kind: on the line that charged them, then the rest.
+        assert head is not None and head.booked_on is not None
+        booked = head.booked_on
+        reclassified = step._replace(
+            model=booked.model,
+            byok=booked.byok,
+            usage_time=booked.usage_time,
+            period=booked.period,
+            high_water=mark,
+            tokens=new_usage(mark, previous),
+        )
+        rest = step._replace(seq=step.seq + 1, tokens=new_usage(high_water, mark))
+        delta = None if high_water == mark else rest
+        return Assessment(
+            runner_id, org, period, pending, delta, flags, True, reclassified=reclassified
+        )
 
 
 def assess(

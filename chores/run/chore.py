@@ -64,10 +64,10 @@ class Batch:
     add_pending: list[Doc] = field(default_factory=list)
     drop_pending: list[str] = field(default_factory=list)
 
-    def add(self, doc: Doc, result: Assessment, entry: Doc | None) -> None:
-        """One runner document's assessment, and its ledger entry if it has a delta."""
+    def add(self, doc: Doc, result: Assessment, entries: Sequence[Doc]) -> None:
+        """One runner document's assessment, and the ledger entries of its deltas."""
         self.anomalies += result.anomalies
-        if entry is not None:
+        for entry in entries:
             self.entries.append(entry)
             self.dirty.add((entry["org"], entry["usage_period"]))
         if result.billed_cleanly:
@@ -154,12 +154,11 @@ class Pipeline:
         for doc, result in assessed:
             if org is not None and result.org not in (None, org):
                 continue  # matched through an array-valued context: not this org's document
-            entry = None
-            if result.delta is not None:
-                entry = entry_document(
-                    result.delta, billed_at=now, run_id=run_id, registry=self.registry
-                )
-            batch.add(doc, result, entry)
+            entries = [
+                entry_document(delta, billed_at=now, run_id=run_id, registry=self.registry)
+                for delta in result.deltas
+            ]
+            batch.add(doc, result, entries)
             if result.org is not None:
                 report.summary_for(result.org)
 

@@ -294,34 +294,62 @@ def test_the_draft_check_agrees_with_a_draft_that_holds_late_lines(db, registry)
     assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
 
 
-def test_tokens_reclassified_at_other_rates_than_charged_flag_the_invoice(db, registry):
-    """Review: a run seen with 1M tokens and no split on a free model, then with the split
-    (all cached) on claude-opus-4-1: SPEC §1.6 moves the unsplit tokens to cached, and the
-    move is priced on the opus line (-1M unsplit at $15, +1M cached at $1.50): a -$13.50
-    line, a negative invoice. Not fixed (docs/contract.md); the invoice says it needs a
-    person, whatever else it holds."""
+REPRICED = {"id": "m1", "tier": "paid", "prices": [
+    {"valid_from": "2020-01-01", "input": "1", "cached_input": "0.5", "output": "2"},
+    {"valid_from": "2026-11-15", "input": "10", "cached_input": "1", "output": "20"},
+]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "total", "on_line", "review"),
+    [
+        # the tokens were used on the free model: reclassified there, at $0
+        ({"ai_model": "ollama/llama3.1"}, {"ai_model": "claude-opus-4-1"}, 0, "free", False),
+        # on the customer's key: charged 0, reclassified there
+        ({"ai_model": "claude-opus-4-1", "ai_key_source": "byok"},
+         {"ai_model": "claude-opus-4-1", "ai_key_source": "platform"}, 0, "byok", False),
+        # on a model without a price: unpriced, reclassified there (still unpriced)
+        ({"ai_model": "mystery-model-9000"}, {"ai_model": "claude-opus-4-1"}, 0, "paid", True),
+        # before a price change: at the old prices ($1 input, $0.50 cached), not the new
+        ({"ai_model": "m1"}, {"ai_model": "m1"}, 500_000, "paid", False),
+        # the same line: as one step ($1.50 of cached opus)
+        ({"ai_model": "claude-opus-4-1"}, {"ai_model": "claude-opus-4-1"}, 1_500_000, "paid",
+         False),
+    ],
+)  # fmt: skip
+def test_reclassified_tokens_are_priced_on_the_line_that_charged_them(
+    db, registry, first, then, total, on_line, review
+):
+    """Review: a run seen with 1M tokens and no split, then with the split (all cached), on
+    another model, key source or price: SPEC §1.6 moves the unsplit tokens to cached, and
+    the move was priced on the new line (-1M unsplit at opus's $15, +1M cached at $1.50): a
+    -$13.50 invoice. The move is booked on the line of the runner's previous entry, where
+    the tokens were charged; the new usage (none here) on the new line."""
     from bson import ObjectId
 
+    registry = Registry.model_validate(
+        {"version": "repriced", "models": [*(m.model_dump() for m in registry.models), REPRICED]}
+    )
     runner = ObjectId()
 
     def observe(now: datetime, **context: Any) -> None:
         doc = {"_id": runner, "name": "ai", "status": "RUNNING", "last_updated_db": now.timestamp(),
-               "context": {"workspace_id": "acme", **context}}  # fmt: skip
+               "context": {"workspace_id": "acme", "ai_tokens": 1_000_000, **context}}  # fmt: skip
         if "ai_prompt_tokens" in context:
             doc.update(status="SUCCESS", end_time=now)
         db.tasks.replace_one({"_id": runner}, doc, upsert=True)
         run_chore(db, now=now + timedelta(minutes=1), registry=registry, settings=CONFIG)
 
-    observe(datetime(2026, 11, 10, tzinfo=UTC), ai_model="ollama/llama3.1", ai_tokens=1_000_000)
-    assert invoice(db)["needs_review"] is False
+    observe(datetime(2026, 11, 10, tzinfo=UTC), **first)
     split = {
         "ai_prompt_tokens": 1_000_000,
         "ai_completion_tokens": 0,
         "ai_cached_tokens": 1_000_000,
     }
-    observe(
-        datetime(2026, 11, 20, tzinfo=UTC), ai_model="claude-opus-4-1", ai_tokens=1_000_000, **split
-    )
+    observe(datetime(2026, 11, 20, tzinfo=UTC), **then, **split)
     stored = invoice(db)
-    assert stored["total_micros"] < 0 and stored["needs_review"] is True
-    assert sum(line["tokens"] for line in stored["lines"]) == 1_000_000  # never billed twice
+    assert (stored["total_micros"], stored["needs_review"]) == (total, review)
+    (line,) = [line for line in stored["lines"] if line["tokens"]]
+    assert (line["tier"], line["cached_tokens"], line["unsplit_tokens"]) == (on_line, 10**6, 0)
+    assert [e["seq"] for e in db.billing_ledger.find({"runner_id": str(runner)})] == [1, 2]
+    assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []

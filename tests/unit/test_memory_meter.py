@@ -17,7 +17,7 @@ from chores.billing.invoices import Invoice
 from chores.core.db import Collections
 from chores.demo.corpus import generate_corpus
 from chores.metering.memory_meter import MemoryMeter, Observation
-from chores.metering.rules import LedgerHead, baseline_findings
+from chores.metering.rules import BookedOn, LedgerHead, baseline_findings
 from chores.metering.source import SPAWNED_RUNNER_TYPES
 from pricing import Registry
 
@@ -100,9 +100,9 @@ def test_memory_meter_hands_out_the_deltas_assess_gives() -> None:
             max_tokens_per_run=10**9,
             future_skew_seconds=300,
         )
-        delta = result.delta
-        if delta is not None:
-            heads[doc["_id"]] = LedgerHead(delta.seq, delta.high_water)
+        for delta in result.deltas:
+            booked_on = BookedOn(delta.model, delta.byok, delta.usage_time, delta.period)
+            heads[doc["_id"]] = LedgerHead(delta.seq, delta.high_water, booked_on)
             expected.append(delta)
 
     assert records == expected
