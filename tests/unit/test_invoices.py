@@ -353,3 +353,81 @@ def test_reclassified_tokens_are_priced_on_the_line_that_charged_them(
     assert (line["tier"], line["cached_tokens"], line["unsplit_tokens"]) == (on_line, 10**6, 0)
     assert [e["seq"] for e in db.billing_ledger.find({"runner_id": str(runner)})] == [1, 2]
     assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
+
+
+def _reclassifying_runner(db: Any, registry: Registry, days: tuple[datetime, datetime]) -> Any:
+    """A runner seen with 1M opus tokens and no split on `days[0]` (metered), then ended on
+    `days[1]` with the split (all cached) and 200K new output tokens (not yet metered)."""
+    from bson import ObjectId
+
+    runner, (seen, ended) = ObjectId(), days
+    context = {"workspace_id": "acme", "ai_model": "claude-opus-4-1", "ai_tokens": 1_000_000}
+    db.tasks.insert_one({"_id": runner, "name": "ai", "status": "RUNNING",
+                         "last_updated_db": seen.timestamp(), "context": context})  # fmt: skip
+    run_chore(db, now=seen, registry=registry, settings=CONFIG)
+    split = {"ai_tokens": 1_200_000, "ai_prompt_tokens": 1_000_000,
+             "ai_completion_tokens": 200_000, "ai_cached_tokens": 1_000_000}  # fmt: skip
+    db.tasks.update_one({"_id": runner}, {"$set": {
+        "status": "SUCCESS", "end_time": ended, "last_updated_db": ended.timestamp(),
+        **{f"context.{k}": v for k, v in split.items()}}})  # fmt: skip
+    return runner
+
+
+def test_a_crash_between_the_move_and_the_new_usage_is_resumed_by_the_rerun(db, registry):
+    """The two entries of a reclassifying step go in one write; one that lands only the
+    first (the move) is resumed: the rerun bills the new usage from the move's mark."""
+    days = (datetime(2026, 11, 10, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC))
+    clean = mongomock.MongoClient(tz_aware=True)["main"]
+    _reclassifying_runner(clean, registry, days)
+    run_chore(clean, now=days[1], registry=registry, settings=CONFIG)
+
+    runner = _reclassifying_runner(db, registry, days)
+    append = Ledger.append
+
+    def first_only_then_die(self: Ledger, entries: Any) -> list[Any]:
+        assert [e["seq"] for e in entries] == [2, 3]  # the move, then the new usage
+        append(self, entries[:1])
+        raise Died("after the first entry")
+
+    Ledger.append = first_only_then_die  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Died):
+            run_chore(db, now=days[1], registry=registry, settings=CONFIG)
+    finally:
+        Ledger.append = append  # type: ignore[method-assign]
+    run_chore(db, now=days[1], registry=registry, settings=CONFIG)
+
+    def billed(database: Any) -> list[tuple[Any, ...]]:
+        return [(e["seq"], e["model"], e["usage_day"], e["tokens"], e["unsplit_tokens"])
+                for e in database.billing_ledger.find(sort=[("seq", 1)])]  # fmt: skip
+
+    assert (
+        billed(db)
+        == billed(clean)
+        == [
+            (1, "claude-opus-4-1", "2026-11-10", 1_000_000, 1_000_000),
+            (2, "claude-opus-4-1", "2026-11-10", 0, -1_000_000),
+            (3, "claude-opus-4-1", "2026-11-20", 200_000, 0),
+        ]
+    )
+    assert invoice(db)["total_micros"] == invoice(clean)["total_micros"] == 1_500_000 + 15_000_000
+    assert db.billing_ledger.count_documents({"runner_id": str(runner)}) == 3
+
+
+def test_a_move_out_of_a_final_month_is_a_late_credit_that_flags_the_open_invoice(db, registry):
+    """October charged 1M opus tokens at the input rate ($15); the split, seen in November
+    after October was final, says they were cached ($1.50): the move is October's usage,
+    booked late on November's invoice, a -$13.50 credit line there (SPEC §1.6, never a
+    change to a final), which flags it; November's own 200K output tokens bill $15."""
+    days = (datetime(2026, 10, 20, tzinfo=UTC), datetime(2026, 11, 10, tzinfo=UTC))
+    _reclassifying_runner(db, registry, days)
+    assert finalize_invoices(db, now=datetime(2026, 11, 5, tzinfo=UTC), settings=CONFIG) == [
+        "acme:2026-10"
+    ]
+    run_chore(db, now=days[1], registry=registry, settings=CONFIG)
+    october = invoice(db, ("acme", "2026-10"))
+    assert (october["status"], october["total_micros"]) == ("final", 15_000_000)
+    november = invoice(db)
+    late = [line for line in november["lines"] if line["late"]]
+    assert [(ln["tokens"], ln["amount_micros"]) for ln in late] == [(0, -13_500_000)]
+    assert (november["total_micros"], november["needs_review"]) == (1_500_000, True)
