@@ -135,6 +135,29 @@ class Ledger:
         lost = insert_ignoring_duplicates(self._entries, entries)
         return [entry for i, entry in enumerate(entries) if i not in lost]
 
+    def append_steps(self, entries: Sequence[Doc]) -> list[Doc]:
+        """Insert entries in waves, a runner's in sequence order, each only once this call
+        wrote the one before it: the entry after one another run wrote first was computed
+        from a mark that is not the ledger's, and is left out (the runner is read again).
+        One round trip per wave: one as a rule, two when a step reclassifies tokens
+        (`rules.reclassified_mark`). Returns the entries this call wrote."""
+        chains: dict[str, list[Doc]] = {}
+        for entry in sorted(entries, key=lambda e: e["seq"]):
+            chains.setdefault(entry["runner_id"], []).append(entry)
+        written: list[Doc] = []
+        next_of = dict.fromkeys(chains, 0)  # each runner's next entry to insert
+        wave = [chain[0] for chain in chains.values()]
+        while wave:
+            landed = self.append(wave)
+            written += landed
+            wave = []
+            for entry in landed:
+                runner = entry["runner_id"]
+                next_of[runner] += 1
+                if next_of[runner] < len(chains[runner]):
+                    wave.append(chains[runner][next_of[runner]])
+        return written
+
     def stamp(self, org: str, period: str, fence: int) -> None:
         """Claim every entry of `period` for a finalize holding token `fence`.
 

@@ -185,11 +185,12 @@ class Pipeline:
         marks = self.progress.mark_dirty(dirty, now=now)  # open, before what they announce
         self.anomalies.record(anomalies, known, now=now, run_id=run_id)
         self.anomalies.close(healed)
-        written = self.ledger.append(batch.entries)
+        written = self.ledger.append_steps(batch.entries)
         self._tally(report, written)
         # A runner whose entry another run wrote first may have moved on since what
         # that run read: keep re-reading it until this run bills it itself.
-        beaten = {e["runner_id"] for e in batch.entries} - {e["runner_id"] for e in written}
+        landed = {e["_id"] for e in written}
+        beaten = {e["runner_id"] for e in batch.entries if e["_id"] not in landed}
         dropped = set(batch.drop_pending)
         add_pending = batch.add_pending + [batch.watch[r] for r in sorted(beaten) if r in dropped]
         drop_pending = [r for r in batch.drop_pending if r not in beaten]

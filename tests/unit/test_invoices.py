@@ -374,8 +374,9 @@ def _reclassifying_runner(db: Any, registry: Registry, days: tuple[datetime, dat
 
 
 def test_a_crash_between_the_move_and_the_new_usage_is_resumed_by_the_rerun(db, registry):
-    """The two entries of a reclassifying step go in one write; one that lands only the
-    first (the move) is resumed: the rerun bills the new usage from the move's mark."""
+    """A reclassifying step writes the move, then the new usage: a run that dies between
+    the two writes is resumed by the rerun, which bills the new usage from the move's
+    mark."""
     days = (datetime(2026, 11, 10, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC))
     clean = mongomock.MongoClient(tz_aware=True)["main"]
     _reclassifying_runner(clean, registry, days)
@@ -385,8 +386,8 @@ def test_a_crash_between_the_move_and_the_new_usage_is_resumed_by_the_rerun(db, 
     append = Ledger.append
 
     def first_only_then_die(self: Ledger, entries: Any) -> list[Any]:
-        assert [e["seq"] for e in entries] == [2, 3]  # the move, then the new usage
-        append(self, entries[:1])
+        assert [e["seq"] for e in entries] == [2]  # the move, alone in its write
+        append(self, entries)
         raise Died("after the first entry")
 
     Ledger.append = first_only_then_die  # type: ignore[method-assign]
@@ -431,3 +432,50 @@ def test_a_move_out_of_a_final_month_is_a_late_credit_that_flags_the_open_invoic
     late = [line for line in november["lines"] if line["late"]]
     assert [(ln["tokens"], ln["amount_micros"]) for ln in late] == [(0, -13_500_000)]
     assert (november["total_micros"], november["needs_review"]) == (1_500_000, True)
+
+
+def test_a_reclassifying_step_whose_move_another_run_wrote_first_writes_nothing_after_it(
+    db, registry
+):
+    """Review of 52d2f90: two runs on one head (seq 1). Run A read the total grown without
+    its split and wrote seq 2; run B, which read the split caught up, saw its move (seq 2)
+    refused, yet its seq 3, computed from its own mark, landed: 1,000 tokens billed twice,
+    for good. B now writes an entry only after the one before it, and reads the runner
+    again: the ledger ends on the highest counters, billed once."""
+    from bson import ObjectId
+
+    runner, seen = ObjectId(), datetime(2026, 11, 10, tzinfo=UTC)
+
+    def put(now: datetime, total: int, prompt: int, completion: int) -> None:
+        context = {"workspace_id": "acme", "ai_model": "claude-opus-4-1", "ai_tokens": total,
+                   "ai_prompt_tokens": prompt, "ai_completion_tokens": completion}  # fmt: skip
+        db.tasks.replace_one({"_id": runner}, {"_id": runner, "name": "ai", "status": "RUNNING",
+                             "last_updated_db": now.timestamp(), "context": context},
+                             upsert=True)  # fmt: skip
+
+    put(seen, 1_000, 0, 0)
+    run_chore(db, now=seen, registry=registry, settings=CONFIG)
+    later = seen + timedelta(minutes=5)
+    put(later, 2_000, 1_500, 500)
+    append = Ledger.append
+
+    def run_a_first(self: Ledger, entries: Any) -> list[Any]:
+        Ledger.append = append  # type: ignore[method-assign]
+        put(later, 2_000, 0, 0)  # what run A read
+        run_chore(db, now=later, registry=registry, settings=CONFIG)
+        put(later, 2_000, 1_500, 500)
+        return append(self, entries)
+
+    Ledger.append = run_a_first  # type: ignore[method-assign]
+    try:
+        run_chore(db, now=later, registry=registry, settings=CONFIG)  # run B
+    finally:
+        Ledger.append = append  # type: ignore[method-assign]
+    for minutes in (10, 15):
+        run_chore(db, now=later + timedelta(minutes=minutes), registry=registry, settings=CONFIG)
+
+    lines = invoice(db)["lines"]
+    kinds = [sum(line[k] for line in lines) for k in ("input_tokens", "output_tokens",
+                                                      "unsplit_tokens", "tokens")]  # fmt: skip
+    assert kinds == [1_500, 500, 0, 2_000]
+    assert invoice(db)["total_micros"] == 1_500 * 15 + 500 * 75  # 60,000 µ$
