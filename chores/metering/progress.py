@@ -23,6 +23,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from chores.core import clock as _clock
 from chores.core.db import Collections, Doc
@@ -43,6 +44,9 @@ OPEN_MARK_EXPIRY = timedelta(hours=6)
 class Progress:
     def __init__(self, collections: Collections):
         self._c = collections
+        # The version of each pending-list document `pending` read (None: written before
+        # versions): only what was read is removed, and only if not written since.
+        self._pending_read: dict[str, Any] = {}
 
     # cursor -------------------------------------------------------------
     def cursor(self, scope: str) -> float | None:
@@ -58,13 +62,27 @@ class Progress:
     # pending runners ----------------------------------------------------
     def pending(self, org: str | None) -> list[Doc]:
         query: Doc = {} if org is None else {"org": {"$eq": org}}
-        return list(self._c.pending.find(query))
+        found = list(self._c.pending.find(query))
+        self._pending_read.update((doc["_id"], doc.get("version")) for doc in found)
+        return found
 
     def set_pending(self, add: Sequence[Doc], remove: Iterable[str]) -> None:
-        removed = list(remove)
-        if removed:
-            self._c.pending.delete_many({"_id": {"$in": removed}})
-        insert_ignoring_duplicates(self._c.pending, add)
+        """Add runners to the pending list (each add bumps its document's version) and
+        remove others: only those `pending` read, and only at the version it read. A run
+        that lost a runner's entry to another run adds it back to be read again; the
+        winner, which read the runner before, must not remove it after that."""
+        removable = [
+            {"_id": runner, "version": self._pending_read[runner]}
+            for runner in remove
+            if runner in self._pending_read
+        ]
+        if removable:
+            self._c.pending.delete_many({"$or": removable})
+        if add:
+            self._c.pending.update_many(
+                {"_id": {"$in": [doc["_id"] for doc in add]}}, {"$inc": {"version": 1}}
+            )
+            insert_ignoring_duplicates(self._c.pending, [{**doc, "version": 1} for doc in add])
 
     # dirty invoices -----------------------------------------------------
     def mark_dirty(self, pairs: Iterable[tuple[str, str]], *, now: datetime) -> list[str]:

@@ -207,9 +207,10 @@ SCENARIOS = [
 
 # Differ between any two runs; everything else must be equal. Fencing tokens and build
 # tickets count attempts, so a crashed attempt and its retry end on higher ones (a quota
-# decision's `draft_ticket` is its draft's build ticket). An entry's `fold` names the build
-# that folded it: only whether it is folded must agree.
-VOLATILE = {"run_id", "fence", "closed_fence", "build_ticket", "draft_ticket"}
+# decision's `draft_ticket` is its draft's build ticket; a pending runner's `version`, its
+# adds). An entry's `fold` names the build that folded it: only whether it is folded must
+# agree.
+VOLATILE = {"run_id", "fence", "closed_fence", "build_ticket", "draft_ticket", "version"}
 
 
 def _comparable(doc: dict[str, Any]) -> dict[str, Any]:

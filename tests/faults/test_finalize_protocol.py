@@ -162,7 +162,7 @@ def test_a_stale_finalizer_changes_nothing(db, registry):
     assert finalize_invoices(db, now=OCT_5, settings=CONFIG) == ["acme:2026-09"]
     frozen = finals(db)
     runner(db, "acme", datetime(2026, 9, 29, tzinfo=UTC), 5_000, 2_000)
-    run = Interleaving(db, "billing_pending", "delete_many")  # E is in the ledger
+    run = Interleaving(db, "billing_dirty", "update_many")  # E is in the ledger, marks open
     unsettled = run.start(lambda d: run_chore(d, now=OCT_5, registry=registry, settings=CONFIG))
     first.resume(stale)
     run.resume(unsettled)

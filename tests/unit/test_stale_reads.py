@@ -66,3 +66,83 @@ def test_a_real_decrease_is_still_recorded(db, settings, registry):
     db.tasks.replace_one({"_id": oid}, runner(oid, 500))  # the counters really went down
     process(db, settings, registry, [db.tasks.find_one({"_id": oid})], None)
     assert [a["kind"] for a in db.billing_anomalies.find()] == ["counter_decreased"]
+
+
+class _Gates:
+    """Pause a run before its next call matching each (collection, method), in order."""
+
+    def __init__(self, *points: tuple[str, str]) -> None:
+        import threading
+
+        self.points = list(points)
+        self.reached = [threading.Event() for _ in points]
+        self.go = [threading.Event() for _ in points]
+        self.next = 0
+
+    def __call__(self, collection: str, method: str, perform):  # type: ignore[no-untyped-def]
+        if self.next < len(self.points) and self.points[self.next] == (collection, method):
+            index, self.next = self.next, self.next + 1
+            self.reached[index].set()
+            assert self.go[index].wait(30)
+        return perform()
+
+    def at(self, index: int) -> None:
+        assert self.reached[index].wait(30), index
+
+
+def test_the_winner_of_a_runner_never_drops_what_the_loser_asked_to_read_again(
+    db, settings, registry
+):
+    """Review: run A read a runner finished (2,000 tokens) and billed it; run B, which read
+    a later write (3,000), lost its entry to A's and put the runner back on the pending
+    list to read it again; A, going on, removed it from the list, and the cursor had
+    passed its stamp: 1,000 tokens never billed. A removes only what it read from the list,
+    at the version it read; B's re-add is a newer version."""
+    import threading
+
+    from support.dbproxy import DatabaseProxy
+
+    def put(oid, at, total, prompt=0, completion=0, status="RUNNING"):  # type: ignore[no-untyped-def]
+        doc = runner(oid, 0)
+        doc.update(status=status, last_updated_db=at.timestamp())
+        doc["context"].update(ai_tokens=total, ai_prompt_tokens=prompt,
+                              ai_completion_tokens=completion)  # fmt: skip
+        if status == "SUCCESS":
+            doc["end_time"] = at
+        db.tasks.replace_one({"_id": oid}, doc, upsert=True)
+
+    watched, other = ObjectId(), ObjectId()
+    start = NOW - timedelta(hours=2)
+    put(watched, start, 1_000)
+    run_chore(db, now=start, registry=registry, settings=settings)  # running: pending
+    ended = start + timedelta(minutes=5)
+    put(watched, ended, 2_000, status="SUCCESS")  # what A reads
+    put(other, ended + timedelta(minutes=30), 500, 400, 100, status="SUCCESS")
+    lock, reports = threading.Lock(), {}
+
+    def start_run(name, gates):  # type: ignore[no-untyped-def]
+        proxy = DatabaseProxy(db, lock=lock, around=gates)
+        thread = threading.Thread(target=lambda: reports.__setitem__(
+            name, run_chore(proxy, now=NOW, registry=registry, settings=settings)))  # fmt: skip
+        thread.start()
+        return thread
+
+    a = _Gates(("billing_ledger", "insert_many"), ("billing_pending", "delete_many"))
+    run_a = start_run("A", a)
+    a.at(0)  # A read 2,000 tokens and is about to bill them
+    put(watched, ended + timedelta(minutes=1), 3_000, 2_200, 800, status="SUCCESS")
+    b = _Gates(("billing_ledger", "insert_many"))
+    run_b = start_run("B", b)
+    b.at(0)  # B read 3,000 tokens
+    a.go[0].set()
+    a.at(1)  # A billed its entry, and is about to update the pending list
+    b.go[0].set()
+    run_b.join()  # B lost its entry to A's and put the runner back on the list
+    a.go[1].set()
+    run_a.join()
+    for minutes in (40, 60):
+        run_chore(db, now=NOW + timedelta(minutes=minutes), registry=registry, settings=settings)
+
+    billed = sum(e["tokens"] for e in db.billing_ledger.find({"runner_id": str(watched)}))
+    assert billed == 3_000
+    assert db.billing_pending.count_documents({"_id": str(watched)}) == 0  # read, then done
