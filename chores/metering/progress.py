@@ -44,9 +44,9 @@ OPEN_MARK_EXPIRY = timedelta(hours=6)
 class Progress:
     def __init__(self, collections: Collections):
         self._c = collections
-        # The version of each pending-list document `pending` read (None: written before
-        # versions): only what was read is removed, and only if not written since.
-        self._pending_read: dict[str, Any] = {}
+        # The version of each pending-list document this run read or wrote (None: written
+        # before versions): only those are removed, and only if not written since.
+        self._pending_seen: dict[str, Any] = {}
 
     # cursor -------------------------------------------------------------
     def cursor(self, scope: str) -> float | None:
@@ -63,26 +63,32 @@ class Progress:
     def pending(self, org: str | None) -> list[Doc]:
         query: Doc = {} if org is None else {"org": {"$eq": org}}
         found = list(self._c.pending.find(query))
-        self._pending_read.update((doc["_id"], doc.get("version")) for doc in found)
+        self._pending_seen.update((doc["_id"], doc.get("version")) for doc in found)
         return found
 
-    def set_pending(self, add: Sequence[Doc], remove: Iterable[str]) -> None:
-        """Add runners to the pending list (each add bumps its document's version) and
-        remove others: only those `pending` read, and only at the version it read. A run
-        that lost a runner's entry to another run adds it back to be read again; the
-        winner, which read the runner before, must not remove it after that."""
+    def add_pending(self, add: Sequence[Doc]) -> None:
+        """Put runners on the pending list, each under a version never used before. A run
+        adds every runner it is about to bill before it writes its entries: if it dies, or
+        loses an entry to an overlapping run, the runner is read again; the other run,
+        which read the runner before, cannot remove it (`remove_pending`)."""
+        if not add:
+            return
+        version = uuid.uuid4().hex
+        ids = [doc["_id"] for doc in add]
+        self._c.pending.update_many({"_id": {"$in": ids}}, {"$set": {"version": version}})
+        insert_ignoring_duplicates(self._c.pending, [{**doc, "version": version} for doc in add])
+        self._pending_seen.update(dict.fromkeys(ids, version))
+
+    def remove_pending(self, remove: Iterable[str]) -> None:
+        """Take runners off the pending list: only those this run read or put there, and
+        only at that version (not if another run has put them back since)."""
         removable = [
-            {"_id": runner, "version": self._pending_read[runner]}
+            {"_id": runner, "version": self._pending_seen[runner]}
             for runner in remove
-            if runner in self._pending_read
+            if runner in self._pending_seen
         ]
         if removable:
             self._c.pending.delete_many({"$or": removable})
-        if add:
-            self._c.pending.update_many(
-                {"_id": {"$in": [doc["_id"] for doc in add]}}, {"$inc": {"version": 1}}
-            )
-            insert_ignoring_duplicates(self._c.pending, [{**doc, "version": 1} for doc in add])
 
     # dirty invoices -----------------------------------------------------
     def mark_dirty(self, pairs: Iterable[tuple[str, str]], *, now: datetime) -> list[str]:

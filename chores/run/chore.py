@@ -115,7 +115,7 @@ class Pipeline:
             seen.update(found)
             vanished = [runner_key(i) for i in ids if runner_key(i) not in found]
             if vanished and not dry_run:
-                self.progress.set_pending([], vanished)
+                self.progress.remove_pending(vanished)
             yield docs
 
     def changed_runners(
@@ -174,8 +174,9 @@ class Pipeline:
 
     def _record(self, batch: Batch, *, now: datetime, run_id: str, report: RunReport) -> None:
         """Write what a batch found, in the order that makes a crash anywhere safe: the marks
-        (open) first, then the anomalies, the entries and the pending list, then the marks
-        closed (docs/design.md)."""
+        (open) first, then the anomalies, the runners about to be billed on the pending
+        list, the entries, the runners done off the list, then the marks closed
+        (docs/design.md)."""
         known = self.anomalies.previous(batch.anomalies)
         anomalies = self._placed(batch.anomalies, known, now)
         healed, healed_pairs = self.anomalies.resolvable(batch.clean)
@@ -185,16 +186,18 @@ class Pipeline:
         marks = self.progress.mark_dirty(dirty, now=now)  # open, before what they announce
         self.anomalies.record(anomalies, known, now=now, run_id=run_id)
         self.anomalies.close(healed)
+        # Every runner about to be billed is pending until its entries are in: a run that
+        # dies, or loses an entry to an overlapping run (whose view may be older), leaves
+        # it to be read again.
+        billing = {e["runner_id"] for e in batch.entries}
+        pending = {doc["_id"]: doc for doc in batch.add_pending}
+        pending.update((r, batch.watch[r]) for r in sorted(billing) if r not in pending)
+        self.progress.add_pending(list(pending.values()))
         written = self.ledger.append_steps(batch.entries)
         self._tally(report, written)
-        # A runner whose entry another run wrote first may have moved on since what
-        # that run read: keep re-reading it until this run bills it itself.
         landed = {e["_id"] for e in written}
         beaten = {e["runner_id"] for e in batch.entries if e["_id"] not in landed}
-        dropped = set(batch.drop_pending)
-        add_pending = batch.add_pending + [batch.watch[r] for r in sorted(beaten) if r in dropped]
-        drop_pending = [r for r in batch.drop_pending if r not in beaten]
-        self.progress.set_pending(add_pending, drop_pending)
+        self.progress.remove_pending(r for r in batch.drop_pending if r not in beaten)
         self.progress.close_marks(marks)  # everything they announced is readable now
 
     def _placed(

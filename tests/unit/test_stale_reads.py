@@ -90,59 +90,139 @@ class _Gates:
         assert self.reached[index].wait(30), index
 
 
+def _put(db, oid, at, total, prompt=0, completion=0, status="RUNNING"):  # type: ignore[no-untyped-def]
+    doc = runner(oid, 0)
+    doc.update(status=status, last_updated_db=at.timestamp())
+    doc["context"].update(ai_tokens=total, ai_prompt_tokens=prompt,
+                          ai_completion_tokens=completion)  # fmt: skip
+    if status == "SUCCESS":
+        doc["end_time"] = at
+    db.tasks.replace_one({"_id": oid}, doc, upsert=True)
+
+
+class _Overlap:
+    """Runs of one org started in threads, each paused at its database calls by gates, on
+    one database whose calls they serialize (`DatabaseProxy`); a watched runner that ended
+    at 2,000 tokens, on the pending list since it was metered at 1,000 while running, and
+    another runner stamped 30 minutes later, so that every run moves its cursor past the
+    watched one's stamp."""
+
+    def __init__(self, db, settings, registry):  # type: ignore[no-untyped-def]
+        import threading
+
+        self.db, self.settings, self.registry = db, settings, registry
+        self.lock, self.errors = threading.Lock(), []
+        self.watched, start = ObjectId(), NOW - timedelta(hours=2)
+        _put(db, self.watched, start, 1_000)
+        run_chore(db, now=start, registry=registry, settings=settings)  # running: pending
+        self.ended = start + timedelta(minutes=5)
+        _put(db, self.watched, self.ended, 2_000, status="SUCCESS")
+        _put(db, ObjectId(), self.ended + timedelta(minutes=30), 500, 400, 100, status="SUCCESS")
+
+    def start(self, around):  # type: ignore[no-untyped-def]
+        import threading
+
+        from support.dbproxy import DatabaseProxy
+
+        proxy = DatabaseProxy(self.db, lock=self.lock, around=around)
+
+        def body() -> None:
+            try:
+                run_chore(proxy, now=NOW, registry=self.registry, settings=self.settings)
+            except _Died as exc:
+                self.errors.append(exc)
+
+        thread = threading.Thread(target=body)
+        thread.start()
+        return thread
+
+    def grow(self) -> None:
+        """The watched runner's last write: 3,000 tokens."""
+        _put(self.db, self.watched, self.ended + timedelta(minutes=1), 3_000, 2_200, 800,
+             status="SUCCESS")  # fmt: skip
+
+    def billed_after_later_runs(self) -> int:
+        for minutes in (0, 40, 60):
+            when = NOW + timedelta(minutes=minutes)
+            run_chore(self.db, now=when, registry=self.registry, settings=self.settings)
+        entries = self.db.billing_ledger.find({"runner_id": str(self.watched)})
+        return sum(e["tokens"] for e in entries)
+
+
+class _Died(Exception):
+    """A run dying at a database call."""
+
+
 def test_the_winner_of_a_runner_never_drops_what_the_loser_asked_to_read_again(
     db, settings, registry
 ):
     """Review: run A read a runner finished (2,000 tokens) and billed it; run B, which read
     a later write (3,000), lost its entry to A's and put the runner back on the pending
     list to read it again; A, going on, removed it from the list, and the cursor had
-    passed its stamp: 1,000 tokens never billed. A removes only what it read from the list,
-    at the version it read; B's re-add is a newer version."""
-    import threading
-
-    from support.dbproxy import DatabaseProxy
-
-    def put(oid, at, total, prompt=0, completion=0, status="RUNNING"):  # type: ignore[no-untyped-def]
-        doc = runner(oid, 0)
-        doc.update(status=status, last_updated_db=at.timestamp())
-        doc["context"].update(ai_tokens=total, ai_prompt_tokens=prompt,
-                              ai_completion_tokens=completion)  # fmt: skip
-        if status == "SUCCESS":
-            doc["end_time"] = at
-        db.tasks.replace_one({"_id": oid}, doc, upsert=True)
-
-    watched, other = ObjectId(), ObjectId()
-    start = NOW - timedelta(hours=2)
-    put(watched, start, 1_000)
-    run_chore(db, now=start, registry=registry, settings=settings)  # running: pending
-    ended = start + timedelta(minutes=5)
-    put(watched, ended, 2_000, status="SUCCESS")  # what A reads
-    put(other, ended + timedelta(minutes=30), 500, 400, 100, status="SUCCESS")
-    lock, reports = threading.Lock(), {}
-
-    def start_run(name, gates):  # type: ignore[no-untyped-def]
-        proxy = DatabaseProxy(db, lock=lock, around=gates)
-        thread = threading.Thread(target=lambda: reports.__setitem__(
-            name, run_chore(proxy, now=NOW, registry=registry, settings=settings)))  # fmt: skip
-        thread.start()
-        return thread
-
+    passed its stamp: 1,000 tokens never billed. A removes only at the version it read or
+    wrote; B put the runner there under a new one."""
+    runs = _Overlap(db, settings, registry)
     a = _Gates(("billing_ledger", "insert_many"), ("billing_pending", "delete_many"))
-    run_a = start_run("A", a)
+    run_a = runs.start(a)
     a.at(0)  # A read 2,000 tokens and is about to bill them
-    put(watched, ended + timedelta(minutes=1), 3_000, 2_200, 800, status="SUCCESS")
+    runs.grow()
     b = _Gates(("billing_ledger", "insert_many"))
-    run_b = start_run("B", b)
+    run_b = runs.start(b)
     b.at(0)  # B read 3,000 tokens
     a.go[0].set()
     a.at(1)  # A billed its entry, and is about to update the pending list
     b.go[0].set()
-    run_b.join()  # B lost its entry to A's and put the runner back on the list
+    run_b.join()  # B lost its entry to A's
     a.go[1].set()
     run_a.join()
-    for minutes in (40, 60):
-        run_chore(db, now=NOW + timedelta(minutes=minutes), registry=registry, settings=settings)
+    assert runs.billed_after_later_runs() == 3_000
+    assert db.billing_pending.count_documents({"_id": str(runs.watched)}) == 0  # then done
 
-    billed = sum(e["tokens"] for e in db.billing_ledger.find({"runner_id": str(watched)}))
-    assert billed == 3_000
-    assert db.billing_pending.count_documents({"_id": str(watched)}) == 0  # read, then done
+
+def test_three_overlapping_runs_never_drop_what_the_last_loser_left(db, settings, registry):
+    """Review of 5396c51: C billed 2,000 and took the runner off the list; B, which read
+    3,000, lost to C and put it back at version 1 again; A, which had read version 1 before
+    either, took it off: 1,000 tokens never billed. A version is never used twice."""
+    runs = _Overlap(db, settings, registry)
+    a = _Gates(("billing_ledger", "find"))
+    run_a = runs.start(a)
+    a.at(0)  # A read the list and the runner (2,000), not yet its ledger head
+    c = _Gates(("billing_ledger", "insert_many"))
+    run_c = runs.start(c)
+    c.at(0)
+    runs.grow()
+    b = _Gates(("billing_ledger", "insert_many"))
+    run_b = runs.start(b)
+    b.at(0)
+    for gates, thread in ((c, run_c), (b, run_b), (a, run_a)):
+        gates.go[0].set()
+        thread.join()
+    assert runs.billed_after_later_runs() == 3_000
+
+
+def test_a_loser_that_dies_after_losing_leaves_the_runner_to_be_read_again(db, settings, registry):
+    """Review of 5396c51: B lost its entry and died before putting the runner back on the
+    list: 1,000 tokens never billed. A run puts every runner it is about to bill on the
+    list before it writes the entries."""
+    runs = _Overlap(db, settings, registry)
+    a = _Gates(("billing_ledger", "insert_many"), ("billing_pending", "delete_many"))
+    run_a = runs.start(a)
+    a.at(0)
+    runs.grow()
+    b = _Gates(("billing_ledger", "insert_many"))
+
+    def b_dies_after_its_entries(collection, method, perform):  # type: ignore[no-untyped-def]
+        if (collection, method) == ("billing_pending", "delete_many"):
+            raise _Died("after its entries")
+        return b(collection, method, perform)
+
+    run_b = runs.start(b_dies_after_its_entries)
+    b.at(0)
+    a.go[0].set()
+    a.at(1)
+    b.go[0].set()
+    run_b.join()
+    a.go[1].set()
+    run_a.join()
+    assert [str(e) for e in runs.errors] == ["after its entries"]
+    assert runs.billed_after_later_runs() == 3_000
