@@ -534,18 +534,26 @@ def test_the_chunks_of_a_subagent_are_billed_above_its_spawn_baseline(
     db.findings.insert_many(snapshot["findings"])
     run_chore(db, now=datetime.fromisoformat(entry["now"]), registry=registry, settings=settings)
 
-    for chunk, own in zip(chunks, (3_200, 2_650), strict=True):
+    _assert_each_chunk_billed_its_own(db, entry, registry, chunks, subagent, (3_200, 2_650))
+
+
+def _assert_each_chunk_billed_its_own(
+    db: Any, entry: Any, registry: Registry, chunks: Any, parent: Any, owns: tuple[int, ...]
+) -> None:
+    """Each chunk billed its own tokens once, as a child of the runner it is a chunk of,
+    without an anomaly; its org's invoices hold the recorded truth and the chunks' own."""
+    for chunk, own in zip(chunks, owns, strict=True):
         (billed,) = list(db.billing_ledger.find({"runner_id": str(chunk["_id"])}))
         assert (billed["tokens"], billed["subagent"]) == (own, True)
-        assert billed["parent_id"] == str(subagent["_id"])  # the subagent it is a chunk of
+        assert billed["parent_id"] == str(parent["_id"])  # the runner it is a chunk of
         assert db.billing_anomalies.count_documents({"runner_id": str(chunk["_id"])}) == 0
-    org = subagent["context"]["workspace_id"]
+    org = parent["context"]["workspace_id"]
     truth = true_usage(entry["persisted_calls"], registry)
     expected = sum(sum(tokens) for (o, _), tokens in truth.items() if o == org)
     invoiced = sum(
         line["tokens"] for i in db.billing_invoices.find({"org": org}) for line in i["lines"]
     )
-    assert invoiced == expected + 3_200 + 2_650
+    assert invoiced == expected + sum(owns)
 
 
 def test_a_runner_a_subagent_started_waits_for_its_own_spawn_finding(
@@ -712,18 +720,9 @@ def test_the_chunks_of_an_ai_runner_started_with_run_task_are_billed_above_its_c
     db.findings.insert_many([*snapshot["findings"], card])
     run_chore(db, now=datetime.fromisoformat(entry["now"]), registry=registry, settings=settings)
 
-    for chunk, own in zip(chunks, (3_200, 2_650), strict=True):
-        (billed,) = list(db.billing_ledger.find({"runner_id": str(chunk["_id"])}))
-        assert (billed["tokens"], billed["subagent"]) == (own, True)
-        assert billed["parent_id"] == str(runner["_id"])  # the runner it is a chunk of
+    _assert_each_chunk_billed_its_own(db, entry, registry, chunks, runner, (3_200, 2_650))
     assert db.billing_ledger.count_documents({"runner_id": str(runner["_id"])}) == 0
     assert db.billing_anomalies.count_documents({}) == 0
-    truth = true_usage(entry["persisted_calls"], registry)
-    expected = sum(sum(tokens) for (o, _), tokens in truth.items() if o == "ws-acme")
-    invoiced = sum(
-        line["tokens"] for i in db.billing_invoices.find({"org": "ws-acme"}) for line in i["lines"]
-    )
-    assert invoiced == expected + 3_200 + 2_650
 
 
 @pytest.mark.parametrize("late", ["its card", "the runner it is a chunk of"])
