@@ -41,12 +41,18 @@ def full_pass_scope(scope: str) -> str:
 OPEN_MARK_EXPIRY = timedelta(hours=6)
 
 
+def runner_of(claim: Doc) -> Any:
+    """The runner a pending-list claim is on (a document written before claims is its
+    runner's own, by `_id`)."""
+    return claim.get("runner_id", claim["_id"])
+
+
 class Progress:
     def __init__(self, collections: Collections):
         self._c = collections
-        # The version of each pending-list document this run read or wrote (None: written
-        # before versions): only those are removed, and only if not written since.
-        self._pending_seen: dict[str, Any] = {}
+        # The claims on each pending runner this run read or made (`release_pending`).
+        self._claims_seen: dict[str, list[Any]] = {}
+        self._claim = uuid.uuid4().hex  # this run's
 
     # cursor -------------------------------------------------------------
     def cursor(self, scope: str) -> float | None:
@@ -61,34 +67,42 @@ class Progress:
 
     # pending runners ----------------------------------------------------
     def pending(self, org: str | None) -> list[Doc]:
+        """The claims on pending runners (a runner is pending while any run's claim on it
+        is there; `runner_of` names it), remembered for `release_pending`."""
         query: Doc = {} if org is None else {"org": {"$eq": org}}
         found = list(self._c.pending.find(query))
-        self._pending_seen.update((doc["_id"], doc.get("version")) for doc in found)
+        for claim in found:
+            self._claims_seen.setdefault(runner_of(claim), []).append(claim["_id"])
         return found
 
-    def add_pending(self, add: Sequence[Doc]) -> None:
-        """Put runners on the pending list, each under a version never used before. A run
-        adds every runner it is about to bill before it writes its entries: if it dies, or
-        loses an entry to an overlapping run, the runner is read again; the other run,
-        which read the runner before, cannot remove it (`remove_pending`)."""
-        if not add:
-            return
-        version = uuid.uuid4().hex
-        ids = [doc["_id"] for doc in add]
-        self._c.pending.update_many({"_id": {"$in": ids}}, {"$set": {"version": version}})
-        insert_ignoring_duplicates(self._c.pending, [{**doc, "version": version} for doc in add])
-        self._pending_seen.update(dict.fromkeys(ids, version))
-
-    def remove_pending(self, remove: Iterable[str]) -> None:
-        """Take runners off the pending list: only those this run read or put there, and
-        only at that version (not if another run has put them back since)."""
-        removable = [
-            {"_id": runner, "version": self._pending_seen[runner]}
-            for runner in remove
-            if runner in self._pending_seen
+    def claim_pending(self, runners: Sequence[Doc]) -> None:
+        """Claim runners for a reading again, one claim document of this run on each (its
+        `_id`, `source_id` and `org` in `runners`). A run claims every runner it is about
+        to bill before it writes the entries: if it dies, or loses an entry to an
+        overlapping run whose view may be older, its claim keeps the runner to be read
+        again, whatever another run releases."""
+        claims = [
+            {**doc, "_id": f"{doc['_id']}:{self._claim}", "runner_id": doc["_id"]}
+            for doc in runners
         ]
-        if removable:
-            self._c.pending.delete_many({"$or": removable})
+        insert_ignoring_duplicates(self._c.pending, claims)
+        for claim in claims:
+            self._claims_seen.setdefault(claim["runner_id"], []).append(claim["_id"])
+
+    def release_pending(self, done: Iterable[str], kept: Iterable[str] = ()) -> None:
+        """Release the claims this run read or made on the runners `done` (billed, or gone
+        from the source), and those it read on the runners `kept` pending (still running,
+        held, or lost to another run), whose own claim stays. A claim another run made
+        since stays, and so does its runner."""
+        own = {f"{runner}:{self._claim}" for runner in kept}
+        released = [
+            claim
+            for runner in [*done, *kept]
+            for claim in self._claims_seen.get(runner, [])
+            if claim not in own
+        ]
+        if released:
+            self._c.pending.delete_many({"_id": {"$in": released}})
 
     # dirty invoices -----------------------------------------------------
     def mark_dirty(self, pairs: Iterable[tuple[str, str]], *, now: datetime) -> list[str]:

@@ -34,7 +34,7 @@ from chores.core.orgs import validate_org
 from chores.core.settings import Settings, get_settings
 from chores.metering.anomalies import AnomalyLog, Recorded, anomaly_id
 from chores.metering.ledger import Ledger, entry_document
-from chores.metering.progress import ALL_ORGS, Progress, full_pass_scope
+from chores.metering.progress import ALL_ORGS, Progress, full_pass_scope, runner_of
 from chores.metering.rules import (
     Anomaly,
     AnomalyRecord,
@@ -108,14 +108,15 @@ class Pipeline:
         """Batches of the runners last seen running or waiting for a spawn finding (added
         to `seen`); those gone from the source are dropped from the pending list (not in
         a dry run, which writes nothing)."""
-        pending_ids = [p["source_id"] for p in self.progress.pending(org)]
+        claims = self.progress.pending(org)
+        pending_ids = list({runner_of(c): c["source_id"] for c in claims}.values())
         for ids in chunked(pending_ids, self.settings.batch_size):
             docs = self.source.runners_by_id(ids, org)
             found = {runner_key(d.get("_id")) for d in docs}
             seen.update(found)
             vanished = [runner_key(i) for i in ids if runner_key(i) not in found]
             if vanished and not dry_run:
-                self.progress.remove_pending(vanished)
+                self.progress.release_pending(vanished)
             yield docs
 
     def changed_runners(
@@ -190,14 +191,15 @@ class Pipeline:
         # dies, or loses an entry to an overlapping run (whose view may be older), leaves
         # it to be read again.
         billing = {e["runner_id"] for e in batch.entries}
-        pending = {doc["_id"]: doc for doc in batch.add_pending}
-        pending.update((r, batch.watch[r]) for r in sorted(billing) if r not in pending)
-        self.progress.add_pending(list(pending.values()))
+        claimed = {doc["_id"]: doc for doc in batch.add_pending}
+        claimed.update((r, batch.watch[r]) for r in sorted(billing) if r not in claimed)
+        self.progress.claim_pending(list(claimed.values()))
         written = self.ledger.append_steps(batch.entries)
         self._tally(report, written)
         landed = {e["_id"] for e in written}
         beaten = {e["runner_id"] for e in batch.entries if e["_id"] not in landed}
-        self.progress.remove_pending(r for r in batch.drop_pending if r not in beaten)
+        done = [r for r in batch.drop_pending if r not in beaten]
+        self.progress.release_pending(done, kept=[r for r in claimed if r not in done])
         self.progress.close_marks(marks)  # everything they announced is readable now
 
     def _placed(

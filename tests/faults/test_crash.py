@@ -23,6 +23,7 @@ from pymongo.errors import AutoReconnect, PyMongoError
 
 from chores import Settings, check_quota, finalize_invoices, run_chore
 from chores.demo.corpus import Corpus, generate_corpus
+from chores.metering.progress import runner_of
 from pricing import load_registry
 
 from support.dbproxy import WRITES
@@ -207,10 +208,9 @@ SCENARIOS = [
 
 # Differ between any two runs; everything else must be equal. Fencing tokens and build
 # tickets count attempts, so a crashed attempt and its retry end on higher ones (a quota
-# decision's `draft_ticket` is its draft's build ticket; a pending runner's `version`, its
-# adds). An entry's `fold` names the build that folded it: only whether it is folded must
-# agree.
-VOLATILE = {"run_id", "fence", "closed_fence", "build_ticket", "draft_ticket", "version"}
+# decision's `draft_ticket` is its draft's build ticket). An entry's `fold` names the
+# build that folded it: only whether it is folded must agree.
+VOLATILE = {"run_id", "fence", "closed_fence", "build_ticket", "draft_ticket"}
 
 
 def _comparable(doc: dict[str, Any]) -> dict[str, Any]:
@@ -248,6 +248,8 @@ def billing_state(db: Any) -> dict[str, Any]:
         docs = [_comparable(d) for d in db[name].find()]
         if name == SETTINGS.collection("dirty"):
             docs = [{"org": d["org"], "period": d["period"]} for d in docs if not d.get("open")]
+        if name == SETTINGS.collection("pending"):  # claims are per run: which runners
+            docs = [dict(t) for t in {(("runner", runner_of(d)), ("org", d["org"])) for d in docs}]
         state[name] = sorted(docs, key=repr)
     return state
 

@@ -226,3 +226,40 @@ def test_a_loser_that_dies_after_losing_leaves_the_runner_to_be_read_again(db, s
     run_a.join()
     assert [str(e) for e in runs.errors] == ["after its entries"]
     assert runs.billed_after_later_runs() == 3_000
+
+
+@pytest.mark.parametrize("loser", ["loses", "dies before its entry"])
+def test_a_winner_that_claims_after_the_loser_leaves_the_losers_claim(
+    db, settings, registry, loser
+):
+    """Review of ece5dea: the winner's add replaced the loser's version, then the winner
+    removed the runner at its own: 1,000 tokens never billed (also when the loser died
+    after its add). Each run's claim is its own document; a run releases only its own and
+    those it read."""
+    runs = _Overlap(db, settings, registry)
+    a = _Gates(("billing_pending", "write"))
+
+    def a_at_its_first_pending_write(collection, method, perform):  # type: ignore[no-untyped-def]
+        writes = collection == "billing_pending" and method != "find"
+        return a(collection, "write" if writes else method, perform)
+
+    run_a = runs.start(a_at_its_first_pending_write)
+    a.at(0)  # A read 2,000 and is about to claim the runner
+    runs.grow()
+    b = _Gates(("billing_ledger", "insert_many"))
+
+    def b_at_its_entry(collection, method, perform):  # type: ignore[no-untyped-def]
+        if loser != "loses" and (collection, method) == ("billing_ledger", "insert_many"):
+            b.reached[0].set()
+            assert b.go[0].wait(30)
+            raise _Died("before its entry")
+        return b(collection, method, perform)
+
+    run_b = runs.start(b_at_its_entry)
+    b.at(0)  # B read 3,000 and claimed the runner
+    a.go[0].set()
+    run_a.join()  # A claimed it too, billed 2,000 and released its claim
+    b.go[0].set()
+    run_b.join()
+    assert runs.billed_after_later_runs() == 3_000
+    assert db.billing_pending.count_documents({}) == 0  # read again, billed, released
