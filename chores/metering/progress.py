@@ -50,9 +50,10 @@ def runner_of(claim: Doc) -> Any:
 class Progress:
     def __init__(self, collections: Collections):
         self._c = collections
-        # The claims on each pending runner this run read or made (`release_pending`).
+        # The claims on each pending runner this run read or made (`release_pending`),
+        # and the latest it made on each.
         self._claims_seen: dict[str, list[Any]] = {}
-        self._claim = uuid.uuid4().hex  # this run's
+        self._latest_claim: dict[str, str] = {}
 
     # cursor -------------------------------------------------------------
     def cursor(self, scope: str) -> float | None:
@@ -81,20 +82,23 @@ class Progress:
         to bill before it writes the entries: if it dies, or loses an entry to an
         overlapping run whose view may be older, its claim keeps the runner to be read
         again, whatever another run releases."""
+        # A claim never used before, even by this run: one it made earlier may have been
+        # read, and released, by another run since.
+        token = uuid.uuid4().hex
         claims = [
-            {**doc, "_id": f"{doc['_id']}:{self._claim}", "runner_id": doc["_id"]}
-            for doc in runners
+            {**doc, "_id": f"{doc['_id']}:{token}", "runner_id": doc["_id"]} for doc in runners
         ]
         insert_ignoring_duplicates(self._c.pending, claims)
         for claim in claims:
             self._claims_seen.setdefault(claim["runner_id"], []).append(claim["_id"])
+            self._latest_claim[claim["runner_id"]] = claim["_id"]
 
     def release_pending(self, done: Iterable[str], kept: Iterable[str] = ()) -> None:
         """Release the claims this run read or made on the runners `done` (billed, or gone
-        from the source), and those it read on the runners `kept` pending (still running,
-        held, or lost to another run), whose own claim stays. A claim another run made
-        since stays, and so does its runner."""
-        own = {f"{runner}:{self._claim}" for runner in kept}
+        from the source), and on the runners `kept` pending (still running, held, or lost
+        to another run) all but the latest it made. A claim another run made since stays,
+        and so does its runner."""
+        own = {self._latest_claim[runner] for runner in kept if runner in self._latest_claim}
         released = [
             claim
             for runner in [*done, *kept]

@@ -263,3 +263,87 @@ def test_a_winner_that_claims_after_the_loser_leaves_the_losers_claim(
     run_b.join()
     assert runs.billed_after_later_runs() == 3_000
     assert db.billing_pending.count_documents({}) == 0  # read again, billed, released
+
+
+def test_a_run_reading_a_runner_twice_claims_it_anew(db, registry, monkeypatch):
+    """Review of 7eba3f1: on a server, a cursor over the stamp index returns a document
+    again when a write moves its stamp forward during the scan (mongomock reads the whole
+    result at once; the scan is paged here as a server pages it). Run L billed a running
+    runner and kept its claim; run X read that claim and the runner finished (2,000); L
+    read the runner again (3,000) and claimed it under the same id, a duplicate, ignored;
+    X won, released the claim it had read, and L, losing, kept a claim already gone: 1,000
+    tokens never billed. Every claim is one never used before, even by its own run."""
+    import threading
+
+    from chores import Settings
+    from chores.metering import source
+
+    from support.dbproxy import DatabaseProxy
+
+    def paged(self, org, since):  # type: ignore[no-untyped-def]
+        last = None
+        while True:
+            query = self._changed(org, since)
+            if last is not None:
+                query = {"$and": [query, {"$or": [
+                    {"last_updated_db": {"$gt": last[0]}},
+                    {"last_updated_db": last[0], "_id": {"$gt": last[1]}}]}]}  # fmt: skip
+            docs = list(self._tasks.find(query, source.RUNNER_PROJECTION, limit=self._batch_size,
+                                         sort=[("last_updated_db", 1), ("_id", 1)]))  # fmt: skip
+            if not docs:
+                return
+            yield from docs
+            last = (docs[-1]["last_updated_db"], docs[-1]["_id"])
+
+    monkeypatch.setattr(source.Source, "changed_runners", paged)
+    settings = Settings(mongo_url="mongomock://test", batch_size=1, redis_url=None)
+
+    class NthCall:
+        """Pause before the n-th call of each (collection, method, n), in order."""
+
+        def __init__(self, *points: tuple[str, str, int]) -> None:
+            self.points, self.calls = list(points), {}  # type: ignore[var-annotated]
+            self.reached = [threading.Event() for _ in points]
+            self.go = [threading.Event() for _ in points]
+
+        def __call__(self, collection, method, perform):  # type: ignore[no-untyped-def]
+            key = (collection, method)
+            self.calls[key] = self.calls.get(key, 0) + 1
+            for index, point in enumerate(self.points):
+                if point == (*key, self.calls[key]):
+                    self.reached[index].set()
+                    assert self.go[index].wait(30)
+            return perform()
+
+    lock = threading.Lock()
+
+    def start(gates):  # type: ignore[no-untyped-def]
+        proxy = DatabaseProxy(db, lock=lock, around=gates)
+        thread = threading.Thread(
+            target=lambda: run_chore(proxy, now=NOW, registry=registry, settings=settings)
+        )
+        thread.start()
+        return thread
+
+    base = NOW - timedelta(hours=3)
+    watched = ObjectId()
+    _put(db, watched, base, 1_000)
+    _put(db, ObjectId(), base + timedelta(minutes=1), 500, 400, 100, status="SUCCESS")
+    _put(db, ObjectId(), base + timedelta(minutes=90), 500, 400, 100, status="SUCCESS")
+    run_l = NthCall(("tasks", "find", 2), ("billing_ledger", "insert_many", 3))
+    thread_l = start(run_l)
+    run_l.reached[0].wait(30)  # L billed the running runner (1,000) and kept its claim
+    _put(db, watched, base + timedelta(minutes=5), 2_000, status="SUCCESS")
+    run_x = NthCall(("billing_ledger", "insert_many", 1))
+    thread_x = start(run_x)
+    run_x.reached[0].wait(30)  # X read L's claim, and the runner at 2,000
+    _put(db, watched, base + timedelta(minutes=6), 3_000, 2_200, 800, status="SUCCESS")
+    run_l.go[0].set()
+    run_l.reached[1].wait(30)  # L read the runner again, at 3,000, and claimed it
+    run_x.go[0].set()
+    thread_x.join()  # X billed 2,000 in all and released the claims it had read
+    run_l.go[1].set()
+    thread_l.join()  # L lost its entry to X's
+    for minutes in (0, 40, 60, 120):
+        run_chore(db, now=NOW + timedelta(minutes=minutes), registry=registry, settings=settings)
+    assert sum(e["tokens"] for e in db.billing_ledger.find({"runner_id": str(watched)})) == 3_000
