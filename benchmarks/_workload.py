@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from chores.demo.corpus import generate_corpus
+from chores.metering.lineage import baseline_findings
 from chores.metering.memory_meter import MemoryMeter
-from chores.metering.rules import baseline_findings
 from chores.metering.source import SPAWNED_RUNNER_TYPES
 from pricing import Registry, registry_from_litellm
 

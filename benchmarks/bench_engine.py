@@ -64,9 +64,10 @@ from rich.table import Table  # noqa: E402
 
 from chores.core.db import reading  # noqa: E402
 from chores.demo.corpus import DEFAULT_MODELS  # noqa: E402
+from chores.metering.lineage import baseline_findings  # noqa: E402
 from chores.metering.lines import EXACT, UsageGroup, price_group  # noqa: E402
 from chores.metering.memory_meter import InvoiceKey, MemoryMeter  # noqa: E402
-from chores.metering.rules import Delta, baseline_findings  # noqa: E402
+from chores.metering.rules import Delta  # noqa: E402
 from chores.metering.source import RUNNER_PROJECTION  # noqa: E402
 from pricing import Registry  # noqa: E402
 
@@ -106,7 +107,7 @@ def decode_only(wire: Wire) -> int:
 
 def decode_observations(wire: Wire) -> list[Observation]:
     """Decoding, then each runner paired with its spawn findings' `_context`s, as
-    `Source.spawns_of` pairs them (`rules.baseline_findings`)."""
+    `Source.spawns_of` pairs them (`lineage.baseline_findings`)."""
     tasks, findings = wire
     spawns: dict[str, list[Any]] = {}
     for finding in bson.decode_all(findings, CODEC):

@@ -96,7 +96,7 @@ def build_invoice(
         total_micros=Micros(total),
         unpriced_tokens=unpriced,
         # A credit line: tokens charged in a period now final and reclassified since
-        # (unsplit to input, input to cached, `rules.reclassified_mark`), credited here as
+        # (unsplit to input, input to cached, `counters.reclassified_mark`), credited here as
         # late usage; it can leave the line or the invoice below zero.
         needs_review=anomalies_open
         or any(not line.priced or (line.amount_micros or 0) < 0 for line in lines),

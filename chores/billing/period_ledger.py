@@ -20,7 +20,8 @@ from chores.core.db import Collections, Doc
 from chores.core.exceptions import InvoiceNotFound
 from chores.metering.ledger import EMPTY_ENTRY
 from chores.metering.lines import EXACT, LineKey, Tier, TokenSums, UsageGroup
-from chores.metering.rules import MAX_LABEL, runner_key, source_id_of
+from chores.metering.rules import MAX_LABEL
+from chores.metering.runner_keys import runner_key, source_id_of
 from chores.metering.source import chunked
 
 

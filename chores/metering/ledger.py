@@ -26,8 +26,9 @@ from datetime import datetime
 
 from chores.core.db import Collections, Doc
 from chores.core.writes import insert_ignoring_duplicates
+from chores.metering.counters import Counters
 from chores.metering.lines import UsageGroup, price_group
-from chores.metering.rules import BookedOn, Counters, Delta, LedgerHead
+from chores.metering.rules import BookedOn, Delta, LedgerHead
 from chores.metering.source import chunked
 from pricing import Registry
 
@@ -140,7 +141,7 @@ class Ledger:
         wrote the one before it: the entry after one another run wrote first was computed
         from a mark that is not the ledger's, and is left out (the runner is read again).
         One round trip per wave: one as a rule, two when a step reclassifies tokens
-        (`rules.reclassified_mark`). Returns the entries this call wrote."""
+        (`counters.reclassified_mark`). Returns the entries this call wrote."""
         chains: dict[str, list[Doc]] = {}
         for entry in sorted(entries, key=lambda e: e["seq"]):
             chains.setdefault(entry["runner_id"], []).append(entry)

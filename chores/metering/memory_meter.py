@@ -23,7 +23,8 @@ from datetime import date, datetime
 from typing import Any, NamedTuple
 
 from chores.metering.lines import InvoiceLine, LineMemo, TokenSums, UsageGroup, price_lines
-from chores.metering.rules import BookedOn, Delta, LedgerHead, Rules, runner_key
+from chores.metering.rules import BookedOn, Delta, LedgerHead, Rules
+from chores.metering.runner_keys import runner_key
 from pricing import Registry
 
 # A runner document and the `_context`s of the findings that spawned it (subagents only).

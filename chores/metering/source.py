@@ -25,12 +25,7 @@ from bson import ObjectId
 
 from chores.core.db import Collections, Doc
 from chores.core.orgs import MAX_ORG
-from chores.metering.rules import (
-    baseline_findings,
-    spawner_ids,
-    unpaired_session,
-    unpaired_task,
-)
+from chores.metering.lineage import baseline_findings, spawner_ids, unpaired_session, unpaired_task
 
 # Whole `context`s are projected, not their `ai_*` sub-fields: mongomock crashes
 # projecting sub-fields of an array that holds non-documents, and a hostile
@@ -45,7 +40,7 @@ RUNNER_PROJECTION = {
 }
 SPAWN_PROJECTION = {"extra_data": 1, "_context": 1}
 # What an AI run spawns (a spawn finding's `ai_type`): a subagent or another task, or a
-# workflow or scan whose `ai` steps inherit the run's counters (`rules.spawner_ids`).
+# workflow or scan whose `ai` steps inherit the run's counters (`lineage.spawner_ids`).
 SPAWNED_RUNNER_TYPES = ("task", "workflow", "scan")
 LOWEST_STAMP = -sys.float_info.max  # every finite stamp is at least this; NaN is not
 
@@ -164,10 +159,10 @@ class Source:
 
     def spawns_of(self, docs: Sequence[Doc]) -> list[list[Any]]:
         """For each runner document, the `_context`s of the spawn findings that may hold
-        its baseline (`rules.spawner_ids`, `rules.baseline_findings`): one query for the
-        lot; one more when some subagent is named by none (`rules.unpaired_session`: the
+        its baseline (`lineage.spawner_ids`, `lineage.baseline_findings`): one query for the
+        lot; one more when some subagent is named by none (`lineage.unpaired_session`: the
         chunks of a subagent, a subagent whose finding is not stored yet); and two more
-        when its session has none either (`rules.unpaired_task`: the chunks of an `ai`
+        when its session has none either (`lineage.unpaired_task`: the chunks of an `ai`
         runner started with `run_task`): the runners under its task id, then the findings
         naming them."""
         found = self.spawn_contexts(sorted({i for doc in docs for i in spawner_ids(doc)}))

@@ -25,7 +25,9 @@ from pydantic import BaseModel
 from chores.billing.invoices import Invoice
 from chores.core.db import Doc
 from chores.core.exceptions import InvoiceNotFound
+from chores.metering.counters import Breakdown
 from chores.metering.ledger import EMPTY_ENTRY
+from chores.metering.lineage import own_org_spawns
 from chores.metering.lines import (
     LineKey,
     UsageGroup,
@@ -33,7 +35,7 @@ from chores.metering.lines import (
     price_group,
     price_lines,
 )
-from chores.metering.rules import Breakdown, Rules, own_org_spawns
+from chores.metering.rules import Rules
 from chores.metering.source import chunked
 from chores.run.chore import Pipeline
 from pricing import Registry

@@ -35,14 +35,8 @@ from chores.core.settings import Settings, get_settings
 from chores.metering.anomalies import AnomalyLog, Recorded, anomaly_id
 from chores.metering.ledger import Ledger, entry_document
 from chores.metering.progress import ALL_ORGS, Progress, full_pass_scope, runner_of
-from chores.metering.rules import (
-    Anomaly,
-    AnomalyRecord,
-    Assessment,
-    LedgerHead,
-    Rules,
-    runner_key,
-)
+from chores.metering.rules import Anomaly, AnomalyRecord, Assessment, LedgerHead, Rules
+from chores.metering.runner_keys import runner_key
 from chores.metering.source import Source, chunked, stamp_of
 from chores.quota.decisions import Quota
 from chores.run.report import RunReport

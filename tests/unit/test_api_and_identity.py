@@ -235,7 +235,7 @@ def test_long_runner_ids_sharing_a_prefix_keep_their_own_high_water_marks(db, se
 
 
 def test_runner_keys_are_distinct_and_short_ones_unchanged():
-    from chores.metering.rules import runner_key
+    from chores.metering.runner_keys import runner_key
 
     oid = ObjectId()
     assert runner_key(oid) == str(oid)
@@ -256,7 +256,7 @@ def test_an_integer_id_has_the_key_a_server_gives_it():
     it as `Int64(...)`, and was billed twice."""
     from bson.int64 import Int64
 
-    from chores.metering.rules import runner_key
+    from chores.metering.runner_keys import runner_key
 
     assert runner_key(2**40) == runner_key(Int64(2**40)) == "Int64:1099511627776"
     assert runner_key(-(2**31) - 1) == runner_key(Int64(-(2**31) - 1))

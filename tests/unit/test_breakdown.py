@@ -32,7 +32,7 @@ from chores.core.db import Collections
 from chores.core.exceptions import InvoiceOutOfDate
 from chores.core.money import usd
 from chores.demo.corpus import generate_corpus
-from chores.metering.rules import runner_key, source_id_of
+from chores.metering.runner_keys import runner_key, source_id_of
 from chores.reports.allocation import allocate, largest_remainder, rounded_amounts
 from chores.reports.breakdown import (
     BY_CHOICES,

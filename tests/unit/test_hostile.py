@@ -427,7 +427,7 @@ def test_a_depth_read_as_int64_is_a_number():
     """A real server gives back an int64 as `Int64`: depth 0 is still a top-level runner."""
     from bson.int64 import Int64
 
-    from chores.metering.rules import is_subagent_context
+    from chores.metering.lineage import is_subagent_context
 
     assert is_subagent_context({"ai_subagent_depth": Int64(0)}) is False
     assert is_subagent_context({"ai_subagent_depth": 0.0}) is False

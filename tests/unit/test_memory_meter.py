@@ -16,8 +16,9 @@ from chores import Settings, run_chore
 from chores.billing.invoices import Invoice
 from chores.core.db import Collections
 from chores.demo.corpus import generate_corpus
+from chores.metering.lineage import baseline_findings
 from chores.metering.memory_meter import MemoryMeter, Observation
-from chores.metering.rules import BookedOn, LedgerHead, baseline_findings
+from chores.metering.rules import BookedOn, LedgerHead
 from chores.metering.source import SPAWNED_RUNNER_TYPES
 from pricing import Registry
 

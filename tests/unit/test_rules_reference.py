@@ -17,16 +17,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chores.metering.counters import COUNTER_FIELDS, MAX_COUNTER, Counters, parse_counters
+from chores.metering.lineage import baseline_findings, is_subagent_context
 from chores.metering.lines import LineMemo, UsageGroup, price_group, price_lines
-from chores.metering.rules import (
-    COUNTER_FIELDS,
-    MAX_COUNTER,
-    Counters,
-    assess,
-    baseline_findings,
-    is_subagent_context,
-    parse_counters,
-)
+from chores.metering.rules import assess
 from pricing import Registry
 
 from support import NOW
