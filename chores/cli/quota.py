@@ -169,8 +169,21 @@ def plan_set(
             "nothing to set: give --token-limit, --spend-limit, --soft or --grace-tokens"
         )
     settings = get_settings()
+    try:  # each value as a plan holds it (click's FloatRange lets a NaN through)
+        Plan.model_validate({**settings.default_plan.model_dump(), **changes})
+    except ValidationError as exc:
+        raise click.UsageError(f"invalid plan: {plan_error(exc)}; nothing was changed") from None
     now = checked_now(now, settings.future_skew_seconds)
+    period = period_of(now)
     collections = Collections.of(connect(settings), settings)
+    newest = (collections.quota.find_one({"_id": org}, {"period": 1}) or {}).get("period")
+    if isinstance(newest, str) and newest > period:
+        # Its decision for `period` would not be stored (the newer one stands), and the
+        # newer month would keep deciding under the old plan until the next run.
+        raise click.UsageError(
+            f"{org} already has a decision for {newest}, after --now's {period}: a plan "
+            "applies from the latest month on; nothing was changed"
+        )
     # A new plan starts from the default one: what is not given keeps the value it had.
     defaults = {k: v for k, v in settings.default_plan.model_dump().items() if k not in changes}
     changes["updated_at"] = now
@@ -182,9 +195,10 @@ def plan_set(
 
     quota = Quota(collections, settings)
     state = quota.decide([org], now)[org]
-    click.echo(f"{org}: decision now {state} (from the invoice of {now:%Y-%m})")
+    click.echo(f"{org}: decision now {state} (from the invoice of {period})")
     missed = quota.mirror_missed
-    if missed is not None and settings.mongo_url.startswith(SERVER_SCHEMES):
+    # Unset REDIS_URL is worth a note only where workers may have one: a server database.
+    if missed is not None and (settings.redis_url or settings.mongo_url.startswith(SERVER_SCHEMES)):
         click.echo(
             f"note: {missed}, so a Redis mirror of the decisions (the workers') still "
             "answers the previous one for up to its QUOTA_CACHE_TTL_SECONDS (360 by "

@@ -192,6 +192,13 @@ def _run(
     out.print(tables.fit(table, out.width))
     for warning in report.missing_indexes:
         click.echo(f"warning: {warning}", err=True)
+    if report.mirror_missed is not None:
+        click.echo(
+            f"warning: {report.mirror_missed}: the decisions above are in the database, "
+            "but `chore quota check` through that Redis answers the previous ones for up "
+            "to QUOTA_CACHE_TTL_SECONDS (360 by default)",
+            err=True,
+        )
     out.print(
         f"{counted(report.docs_read, 'document')} read, "
         f"{counted(report.tokens_billed, 'token')} billed, "

@@ -10,6 +10,9 @@ Micros = NewType("Micros", int)
 MICROS_PER_USD = 1_000_000
 # 1,000 and 12_345_678; never 0,500 (0.5 where a comma is the decimal point)
 THOUSANDS = re.compile(r"[1-9][0-9]{0,2}(?:[,_][0-9]{3})+")
+# ASCII digits with an optional decimal point: no exponent (`1e2`), no other script's
+# digits (`１０`, `٣`), which `Decimal` would read as a number nobody typed on purpose
+PLAIN_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 
 
 def to_micros(micros: Decimal) -> Micros:
@@ -52,7 +55,10 @@ def usd_of_dollars(amount: float | None) -> str:
 def parse_usd(text: str) -> Micros:
     """`$50`, `50.00`, `$1,000`, `0.000001` -> micros; ValueError for anything else."""
     try:
-        amount = Decimal(ungrouped(text.strip().removeprefix("$")))
+        number = ungrouped(text.strip().removeprefix("$"))
+        if not PLAIN_DECIMAL.fullmatch(number):
+            raise ValueError(number)
+        amount = Decimal(number)
     except (ArithmeticError, ValueError) as exc:
         raise ValueError(f"not a dollar amount: {text!r}") from exc
     if not amount.is_finite() or amount < 0:

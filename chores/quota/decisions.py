@@ -18,10 +18,11 @@ from typing import Any, Literal, NamedTuple
 
 import bson
 from pydantic import BaseModel, Field, ValidationError
+from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from chores.core import clock as _clock
-from chores.core.db import Collections, Doc
+from chores.core.db import IN_PROCESS_SCHEMES, Collections, Doc
 from chores.core.money import usd_exact
 from chores.core.periods import as_utc, period_of
 from chores.core.settings import Plan, Settings
@@ -217,13 +218,19 @@ class Quota:
     def __init__(self, collections: Collections, settings: Settings):
         self._c = collections
         self._settings = settings
+        # An in-process database under a server's MONGO_URL (an API caller's mongomock) is
+        # not the database the URL names: its mirror entries would answer for that server's
+        # orgs, and theirs for it. Only its own process reads it: no mirror.
+        self._unnamed_in_process = not settings.mongo_url.startswith(
+            IN_PROCESS_SCHEMES
+        ) and not isinstance(collections.quota.database, Database)
         self._cache = (
             QuotaCache(
                 settings.redis_url,
                 settings.quota_cache_ttl_seconds,
                 namespace(collections.quota.full_name, settings.mongo_url),
             )
-            if settings.redis_url
+            if settings.redis_url and not self._unnamed_in_process
             else None
         )
 
@@ -232,6 +239,8 @@ class Quota:
         """Why the Redis mirror of the decisions could not be updated (it is not set here,
         or an error), None when it was: its entries may still answer older decisions."""
         if self._cache is None:
+            if self._unnamed_in_process and self._settings.redis_url:
+                return "the database is in-process, not the one MONGO_URL names"
             return "REDIS_URL is not set here"
         if self._cache.failure is not None:
             return f"the Redis at REDIS_URL could not be reached ({self._cache.failure})"

@@ -373,6 +373,9 @@ def run_chore(
             else:  # a run over every org refreshes every org's decision, idle ones too
                 orgs.update(meter.quota.known_orgs())
             report.decisions = meter.quota.decide(sorted(orgs), now)
+            if settings.redis_url and meter.quota.mirror_missed is not None:
+                report.mirror_missed = meter.quota.mirror_missed
+                log.warning("decisions not mirrored: %s", report.mirror_missed)
             meter.progress.clear_dirty(settled.marks)  # what they announced is decided
             if newest is not None:
                 meter.progress.advance_cursor(scope, newest)

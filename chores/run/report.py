@@ -33,6 +33,10 @@ class RunReport(BaseModel):
     decisions: dict[str, str] = Field(default_factory=dict)
     # what was said of each source index the server lacked at the start (MissingIndex.warning)
     missing_indexes: list[str] = Field(default_factory=list)
+    # why the decisions could not be mirrored to the Redis at REDIS_URL (None: they were,
+    # or no REDIS_URL is set): checks reading that mirror answer older decisions until
+    # its entries expire
+    mirror_missed: str | None = None
     error: str | None = None
 
     def summary_for(self, org: str) -> OrgSummary:

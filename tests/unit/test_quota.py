@@ -338,6 +338,26 @@ def test_databases_sharing_one_redis_never_answer_for_each_other(settings, regis
         assert decision.reason.startswith("no quota decision yet")
 
 
+def test_in_process_databases_under_a_server_url_share_no_mirror(settings, registry, redis_url):
+    """Review: two mongomock databases called through the API with REDIS_URL set and the
+    default (server) MONGO_URL shared one mirror entry per org, keyed by that URL: the
+    other database's `ok` answered for this one's `block`. The URL names neither: no
+    mirror, each check reads its own decision, and the run says why."""
+    server_url = settings.model_copy(
+        update={"redis_url": redis_url, "mongo_url": "mongodb://localhost:27017"}
+    )
+    prod, other = (mongomock.MongoClient(tz_aware=True)["main"] for _ in range(2))
+    set_plan(prod, token_limit=1_000)
+    set_plan(other, token_limit=1_000_000)
+    assert meter(prod, server_url, registry, ai_run("acme", 5_000)).decisions == {"acme": "block"}
+    ran = meter(other, server_url, registry, ai_run("acme", 10))
+    assert ran.decisions == {"acme": "ok"}
+    assert ran.mirror_missed == "the database is in-process, not the one MONGO_URL names"
+    assert check_quota(prod, "acme", now=NOV, settings=server_url).state == "block"
+    assert check_quota(other, "acme", now=NOV, settings=server_url).state == "ok"
+    assert redis.Redis.from_url(redis_url).keys("billing:quota:*") == []
+
+
 def test_cache_miss_reads_mongo_once_then_hits(db, settings, registry, redis_url):
     set_plan(db, token_limit=10_000)
     meter(db, settings, registry, ai_run("acme", 100))  # written without the cache
