@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -17,12 +17,13 @@ from rich.markup import escape
 from chores.cli import tables
 from chores.cli.common import EXIT_REFUSED, console, now_option, user_errors
 from chores.cli.params import OneLineGroup
+from chores.core import clock
 from chores.core.clock import checked_now
 from chores.core.db import APPLY_INDEXES_COMMAND, Collections, connect, missing_source_indexes
 from chores.core.exceptions import ConfigError, DatabaseUnavailable
 from chores.core.money import parse_usd, ungrouped, usd_exact, whole_after_scaling
 from chores.core.orgs import validate_org
-from chores.core.periods import as_utc, period_of
+from chores.core.periods import as_utc, period_bounds, period_of
 from chores.core.settings import MAX_INT64, Plan, get_settings
 from chores.quota.cache import SERVER_SCHEMES
 from chores.quota.decisions import plan_error, plan_of, unknown_decision
@@ -173,15 +174,16 @@ def plan_set(
         Plan.model_validate({**settings.default_plan.model_dump(), **changes})
     except ValidationError as exc:
         raise click.UsageError(f"invalid plan: {plan_error(exc)}; nothing was changed") from None
+    backdated = now is not None
     now = checked_now(now, settings.future_skew_seconds)
     period = period_of(now)
     collections = Collections.of(connect(settings), settings)
-    newest = (collections.quota.find_one({"_id": org}, {"period": 1}) or {}).get("period")
-    if isinstance(newest, str) and newest > period:
-        # Its decision for `period` would not be stored (the newer one stands), and the
-        # newer month would keep deciding under the old plan until the next run.
+    later = _later_decision(collections, org, period) if backdated else None
+    if later is not None:
+        # Its decision for `period` would not be stored (the later one stands), and the
+        # later month would go on deciding under the old plan until the next run.
         raise click.UsageError(
-            f"{org} already has a decision for {newest}, after --now's {period}: a plan "
+            f"{org} already has a decision for {later}, after --now's {period}: a plan "
             "applies from the latest month on; nothing was changed"
         )
     # A new plan starts from the default one: what is not given keeps the value it had.
@@ -206,6 +208,21 @@ def plan_set(
             "reached (docker compose exec worker chore plan set ...)",
             err=True,
         )
+
+
+def _later_decision(collections: Collections, org: str, period: str) -> str | None:
+    """The period of ORG's stored decision when it is a month after `period` and stands:
+    a well-formed period, not computed ahead of the clock (which a decision replaces)."""
+    stored = collections.quota.find_one({"_id": org}, {"period": 1, "computed_at": 1}) or {}
+    later, computed_at = stored.get("period"), stored.get("computed_at")
+    if not isinstance(later, str) or later <= period or not isinstance(computed_at, datetime):
+        return None
+    try:
+        period_bounds(later)
+    except ValueError:
+        return None
+    skew = timedelta(seconds=get_settings().future_skew_seconds)
+    return later if as_utc(computed_at) <= clock.wall_clock() + skew else None
 
 
 @plan.command("show")

@@ -55,7 +55,7 @@ def usd_of_dollars(amount: float | None) -> str:
 def parse_usd(text: str) -> Micros:
     """`$50`, `50.00`, `$1,000`, `0.000001` -> micros; ValueError for anything else."""
     try:
-        number = ungrouped(text.strip().removeprefix("$"))
+        number = ungrouped(text.strip().removeprefix("$").lstrip())
         if not PLAIN_DECIMAL.fullmatch(number):
             raise ValueError(number)
         amount = Decimal(number)

@@ -89,7 +89,7 @@ def baseline_findings(
       carries. A subagent that one of those steps spawned is one deeper, and secator strips
       the workflow's id from its context; should a copy keep it, the workflow's finding is
       not its baseline, and it waits for its own (SPEC §1 fact 4). A finding of another org
-      naming the document changes nothing (`read_spawn` ignores it, SPEC §4).
+      naming the document changes nothing (`rules.read_spawn` ignores it, SPEC §4).
     - Else, for a subagent no workflow or scan started, those and the spawn findings written
       for its own action (`tool_call_id`) of its session (`unpaired_session`) or, when its
       session has none, naming another runner of its org under its `context.task_id`

@@ -381,8 +381,9 @@ class Quota:
         # One write. A decision from a concurrent run that read a later version of the
         # draft (a build on a later ticket: more usage, or the same tokens repriced) or a
         # later period is kept, never overwritten; one computed ahead of the wall clock (a
-        # `now` that was wrong) is no decision. One without a draft ticket was written by
-        # an older version of the chore, from usage alone: replaced.
+        # `now` that was wrong) is no decision, nor is one whose period is no period. One
+        # without a draft ticket was written by an older version of the chore, from usage
+        # alone: replaced.
         refused = replace_where(
             self._c.quota,
             [
@@ -394,6 +395,7 @@ class Quota:
                             {"period": period, "draft_ticket": {"$lte": d["draft_ticket"]}},
                             {"period": period, "draft_ticket": {"$exists": False}},
                             {"period": {"$exists": False}},
+                            {"period": {"$not": {"$regex": r"^[0-9]{4}-[0-9]{2}$"}}},
                             {"computed_at": {"$gt": future}},
                         ],
                     },

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -202,6 +202,23 @@ def test_plan_set_for_a_month_before_the_latest_decision_is_refused(cli_db):
     assert cli_db.billing_quota.find_one({"_id": "ws-acme"}) == decision
 
 
+@pytest.mark.parametrize(
+    "stored",
+    [
+        {"period": "Nov 2026", "computed_at": NOW},  # not a period: runs replace it
+        {"period": "2099-01", "computed_at": datetime(2099, 1, 1, tzinfo=UTC)},  # ahead
+    ],
+)
+def test_a_decision_that_a_run_would_replace_does_not_stop_plan_set(cli_db, stored):
+    """Review of the refusal above: a stored decision that `decide` itself replaces (a
+    malformed period, one computed ahead of the clock) refused every `plan set`."""
+    cli_db.billing_quota.insert_one({"_id": "ws-acme", "state": "ok", **stored})
+    result = invoke("plan", "set", "--org", "ws-acme", "--token-limit", "1K", *NOW_ARG)
+    assert result.exit_code == 0, result.output
+    assert cli_db.billing_plans.find_one({"_id": "ws-acme"})["token_limit"] == 1_000
+    assert cli_db.billing_quota.find_one({"_id": "ws-acme"})["period"] == f"{NOW:%Y-%m}"
+
+
 def test_a_new_plan_starts_from_the_default_and_none_clears_a_limit(cli_db, monkeypatch):
     monkeypatch.setenv("DEFAULT_TOKEN_LIMIT", "1000")
     get_settings.cache_clear()
@@ -249,6 +266,13 @@ def test_thousands_separators_group_thousands(text):
     assert parse_usd(text) == int(Decimal(digits) * 1_000_000)
     if "." not in text:
         assert parse_tokens(text + "K") == int(digits) * 1_000
+
+
+@pytest.mark.parametrize(("text", "micros"), [("$ 50", 50_000_000), (" $.5 ", 500_000)])
+def test_a_dollar_sign_may_stand_apart(text, micros):
+    from chores.core.money import parse_usd
+
+    assert parse_usd(text) == micros
 
 
 @pytest.mark.parametrize("text", ["1e2", "１０", "٣", "0x10", "1.5e-3", "5 0", "+5", "Infinity"])
