@@ -68,11 +68,6 @@ class LedgerUsage:
     entries: int = 0
 
 
-def _credits_tokens(line: InvoiceLine) -> bool:
-    """Whether a line holds a negative count of some kind of tokens."""
-    return min(line.input_tokens, line.cached_tokens, line.output_tokens, line.unsplit_tokens) < 0
-
-
 def build_invoice(
     *,
     org: str,
@@ -102,13 +97,9 @@ def build_invoice(
         unpriced_tokens=unpriced,
         # A credit line: tokens charged in a period now final and reclassified since
         # (unsplit to input, input to cached, `counters.reclassified_mark`), credited here as
-        # late usage; it can leave the line or the invoice below zero. A line of this
-        # period's own usage credits tokens only where it charged them: a negative count
-        # there is a move booked on the previous entry's line when the tokens were charged
-        # on several (the move's rates are then that line's).
+        # late usage; it can leave the line or the invoice below zero.
         needs_review=anomalies_open
-        or any(not line.priced or (line.amount_micros or 0) < 0 for line in lines)
-        or any(not line.late and _credits_tokens(line) for line in lines),
+        or any(not line.priced or (line.amount_micros or 0) < 0 for line in lines),
         runs=runs,
         entries=entries,
         updated_at=now,
