@@ -23,7 +23,7 @@ from chores.core.db import APPLY_INDEXES_COMMAND, Collections, connect, missing_
 from chores.core.exceptions import ConfigError, DatabaseUnavailable
 from chores.core.money import parse_usd, ungrouped, usd_exact, whole_after_scaling
 from chores.core.orgs import validate_org
-from chores.core.periods import as_utc, period_bounds, period_of
+from chores.core.periods import as_utc, is_period, period_of
 from chores.core.settings import MAX_INT64, Plan, get_settings
 from chores.quota.cache import SERVER_SCHEMES
 from chores.quota.decisions import plan_error, plan_of, unknown_decision
@@ -215,11 +215,7 @@ def _later_decision(collections: Collections, org: str, period: str) -> str | No
     a well-formed period, not computed ahead of the clock (which a decision replaces)."""
     stored = collections.quota.find_one({"_id": org}, {"period": 1, "computed_at": 1}) or {}
     later, computed_at = stored.get("period"), stored.get("computed_at")
-    if not isinstance(later, str) or later <= period or not isinstance(computed_at, datetime):
-        return None
-    try:
-        period_bounds(later)
-    except ValueError:
+    if not is_period(later) or later <= period or not isinstance(computed_at, datetime):
         return None
     skew = timedelta(seconds=get_settings().future_skew_seconds)
     return later if as_utc(computed_at) <= clock.wall_clock() + skew else None

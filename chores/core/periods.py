@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
+from typing import TypeGuard
+
+# A period's name as a query matches it (MongoDB's regex and Python's alike: ASCII digits;
+# `$` also matches before a final newline there, so `NEWLINE` is checked apart).
+PERIOD_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+NEWLINE = "\n"
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -18,6 +25,15 @@ def period_of(moment: datetime) -> str:
     """The period a moment falls in (naive moments are UTC)."""
     moment = as_utc(moment)
     return f"{moment.year:04d}-{moment.month:02d}"
+
+
+def is_period(value: object) -> TypeGuard[str]:
+    """Whether a stored value is a period's name (`YYYY-MM`, month 01-12)."""
+    return (
+        isinstance(value, str)
+        and NEWLINE not in value
+        and re.match(PERIOD_PATTERN, value) is not None
+    )
 
 
 def period_bounds(period: str) -> tuple[datetime, datetime]:

@@ -24,7 +24,7 @@ from pymongo.errors import PyMongoError
 from chores.core import clock as _clock
 from chores.core.db import IN_PROCESS_SCHEMES, Collections, Doc
 from chores.core.money import usd_exact
-from chores.core.periods import as_utc, period_of
+from chores.core.periods import NEWLINE, PERIOD_PATTERN, as_utc, period_of
 from chores.core.settings import Plan, Settings
 from chores.core.writes import insert_ignoring_duplicates, replace_where
 from chores.quota.cache import QuotaCache, namespace
@@ -395,7 +395,9 @@ class Quota:
                             {"period": period, "draft_ticket": {"$lte": d["draft_ticket"]}},
                             {"period": period, "draft_ticket": {"$exists": False}},
                             {"period": {"$exists": False}},
-                            {"period": {"$not": {"$regex": r"^[0-9]{4}-[0-9]{2}$"}}},
+                            {"period": {"$not": {"$regex": PERIOD_PATTERN}}},
+                            {"period": {"$regex": NEWLINE}},
+                            {"period": {"$type": "array"}},
                             {"computed_at": {"$gt": future}},
                         ],
                     },

@@ -206,12 +206,18 @@ def test_plan_set_for_a_month_before_the_latest_decision_is_refused(cli_db):
     "stored",
     [
         {"period": "Nov 2026", "computed_at": NOW},  # not a period: runs replace it
+        {"period": "2026-13", "computed_at": NOW},
+        {"period": "2026-12\n", "computed_at": NOW},
+        {"period": ["2030-01"], "computed_at": NOW},
+        {"period": "٢٠٢٦-١٢", "computed_at": NOW},  # Arabic-Indic digits
         {"period": "2099-01", "computed_at": datetime(2099, 1, 1, tzinfo=UTC)},  # ahead
     ],
 )
 def test_a_decision_that_a_run_would_replace_does_not_stop_plan_set(cli_db, stored):
     """Review of the refusal above: a stored decision that `decide` itself replaces (a
-    malformed period, one computed ahead of the clock) refused every `plan set`."""
+    malformed period, one computed ahead of the clock) refused every `plan set`; and
+    review of that fix: `plan set` and `decide` must agree on what a period is (a month
+    13, a trailing newline, an array, other digits were kept by one and not the other)."""
     cli_db.billing_quota.insert_one({"_id": "ws-acme", "state": "ok", **stored})
     result = invoke("plan", "set", "--org", "ws-acme", "--token-limit", "1K", *NOW_ARG)
     assert result.exit_code == 0, result.output
