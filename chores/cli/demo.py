@@ -17,7 +17,7 @@ from chores.cli.invoice import print_invoice
 from chores.core.clock import checked_now
 from chores.core.db import Doc, ensure_indexes
 from chores.core.exceptions import ConfigError
-from chores.core.local_store import DEMO_PATH, open_client, throwaway_client, url_of
+from chores.core.local_store import DEMO_PATH, is_store, open_client, throwaway_client, url_of
 from chores.core.periods import period_of
 from chores.core.settings import Settings
 from chores.core.wording import counted, tally
@@ -139,6 +139,12 @@ def demo(seed: int, store: Path, no_store: bool, replace: bool, now: datetime | 
     given = click.get_current_context().get_parameter_source("store")
     if no_store and given is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--store and --no-store exclude each other: give one")
+    if not no_store and store.exists() and not is_store(store):
+        # Said before the lock is taken: no `.lock` file is left beside it.
+        raise ConfigError(
+            f"{store} exists and is not a local store written by `chore`: never replaced, "
+            "not even with --replace; give another --store"
+        )
     if not (no_store or replace) and store.exists() and not _is_the_demos(store):
         raise ConfigError(
             f"{store} exists: `chore demo` replaces a store there only with --replace "

@@ -461,10 +461,12 @@ def test_a_demo_replaces_another_store_only_when_told_and_a_file_that_is_no_stor
         refused = CliRunner().invoke(main, ["demo", *args])
         assert refused.exit_code == 1 and "Seeded" not in refused.output
         said = " ".join(refused.output.split())
-        assert ("not a local store written by `chore`: not replaced" in said) == (
-            "--replace" in args
-        )
+        # Review: without --replace it said "only with --replace", which then refused too,
+        # and each refusal left a notes.txt.lock beside it.
+        assert "is not a local store written by `chore`: never replaced" in said
+        assert "only with --replace" not in said
         assert notes.read_text() == "hello\n"
+        assert not (tmp_path / "notes.txt.lock").exists()
 
 
 def test_each_demo_replaces_its_own_store(tmp_path, monkeypatch):
