@@ -381,9 +381,9 @@ class Quota:
         # One write. A decision from a concurrent run that read a later version of the
         # draft (a build on a later ticket: more usage, or the same tokens repriced) or a
         # later period is kept, never overwritten; one computed ahead of the wall clock (a
-        # `now` that was wrong) is no decision, nor is one whose period is no period. One
-        # without a draft ticket was written by an older version of the chore, from usage
-        # alone: replaced.
+        # `now` that was wrong) is no decision, nor is one whose period, ticket or time is
+        # malformed. One without a draft ticket was written by an older version of the
+        # chore, from usage alone: replaced. What is returned is what stands.
         refused = replace_where(
             self._c.quota,
             [
@@ -398,7 +398,9 @@ class Quota:
                             {"period": {"$not": {"$regex": PERIOD_PATTERN}}},
                             {"period": {"$regex": NEWLINE}},
                             {"period": {"$type": "array"}},
+                            {"period": period, "draft_ticket": {"$not": {"$type": "number"}}},
                             {"computed_at": {"$gt": future}},
+                            {"computed_at": {"$not": {"$type": "date"}}},
                         ],
                     },
                     d,
@@ -411,6 +413,10 @@ class Quota:
             # not answer with it, so its entry goes and the next check reads MongoDB.
             self._cache.put_many([d for i, d in enumerate(decisions) if i not in refused])
             self._cache.forget([decisions[i]["_id"] for i in sorted(refused)])
+        if refused:
+            kept = {decisions[i]["_id"] for i in refused}
+            for doc in self._c.quota.find({"_id": {"$in": sorted(kept)}}, {"state": 1}):
+                states[doc["_id"]] = doc.get("state", "unknown")
         return states
 
     def check(self, org: str, estimated_tokens: int, now: datetime) -> QuotaDecision:

@@ -210,6 +210,9 @@ def test_plan_set_for_a_month_before_the_latest_decision_is_refused(cli_db):
         {"period": "2026-12\n", "computed_at": NOW},
         {"period": ["2030-01"], "computed_at": NOW},
         {"period": "٢٠٢٦-١٢", "computed_at": NOW},  # Arabic-Indic digits
+        {"period": "2026-12"},  # a later month, but no time it was computed at
+        {"period": "2026-12", "computed_at": "2026-12-05"},
+        {"period": f"{NOW:%Y-%m}", "computed_at": NOW, "draft_ticket": "9"},  # not a ticket
         {"period": "2099-01", "computed_at": datetime(2099, 1, 1, tzinfo=UTC)},  # ahead
     ],
 )
@@ -222,7 +225,20 @@ def test_a_decision_that_a_run_would_replace_does_not_stop_plan_set(cli_db, stor
     result = invoke("plan", "set", "--org", "ws-acme", "--token-limit", "1K", *NOW_ARG)
     assert result.exit_code == 0, result.output
     assert cli_db.billing_plans.find_one({"_id": "ws-acme"})["token_limit"] == 1_000
-    assert cli_db.billing_quota.find_one({"_id": "ws-acme"})["period"] == f"{NOW:%Y-%m}"
+    decision = cli_db.billing_quota.find_one({"_id": "ws-acme"})
+    assert decision["period"] == f"{NOW:%Y-%m}" and decision["computed_at"] == NOW
+    assert f"ws-acme: decision now {decision['state']} " in result.output
+
+
+def test_plan_set_prints_the_decision_that_stands(cli_db):
+    """Review: with a decision of the month from a later draft stored (a run that read
+    more usage), `plan set` printed the state it computed, which was not stored."""
+    later = {"_id": "ws-acme", "period": f"{NOW:%Y-%m}", "state": "block", "computed_at": NOW}
+    cli_db.billing_quota.insert_one({**later, "draft_ticket": 10**9})
+    result = invoke("plan", "set", "--org", "ws-acme", "--token-limit", "none", *NOW_ARG)
+    assert result.exit_code == 0, result.output
+    assert "ws-acme: decision now block" in result.output
+    assert cli_db.billing_quota.find_one({"_id": "ws-acme"})["state"] == "block"
 
 
 def test_a_new_plan_starts_from_the_default_and_none_clears_a_limit(cli_db, monkeypatch):
