@@ -31,6 +31,7 @@ from chores.quota.cache import QuotaCache, namespace
 
 log = logging.getLogger(__name__)
 State = Literal["ok", "warn", "block", "unknown"]
+STORED_STATES = ("ok", "warn", "block")  # what `evaluate` decides; `unknown` is never stored
 INVALID_PLAN = "invalid plan"  # what a run reports for an org whose plan cannot be read
 
 
@@ -401,6 +402,7 @@ class Quota:
                             {"period": period, "draft_ticket": {"$not": {"$type": "number"}}},
                             {"computed_at": {"$gt": future}},
                             {"computed_at": {"$not": {"$type": "date"}}},
+                            {"state": {"$nin": list(STORED_STATES)}},
                         ],
                     },
                     d,
@@ -416,7 +418,8 @@ class Quota:
         if refused:
             kept = {decisions[i]["_id"] for i in refused}
             for doc in self._c.quota.find({"_id": {"$in": sorted(kept)}}, {"state": 1}):
-                states[doc["_id"]] = doc.get("state", "unknown")
+                if doc.get("state") in STORED_STATES:
+                    states[doc["_id"]] = doc["state"]
         return states
 
     def check(self, org: str, estimated_tokens: int, now: datetime) -> QuotaDecision:

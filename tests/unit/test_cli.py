@@ -213,6 +213,8 @@ def test_plan_set_for_a_month_before_the_latest_decision_is_refused(cli_db):
         {"period": "2026-12"},  # a later month, but no time it was computed at
         {"period": "2026-12", "computed_at": "2026-12-05"},
         {"period": f"{NOW:%Y-%m}", "computed_at": NOW, "draft_ticket": "9"},  # not a ticket
+        {"period": f"{NOW:%Y-%m}", "computed_at": NOW, "draft_ticket": 10**9, "state": None},
+        {"period": f"{NOW:%Y-%m}", "computed_at": NOW, "draft_ticket": 10**9, "state": 42},
         {"period": "2099-01", "computed_at": datetime(2099, 1, 1, tzinfo=UTC)},  # ahead
     ],
 )
@@ -221,12 +223,14 @@ def test_a_decision_that_a_run_would_replace_does_not_stop_plan_set(cli_db, stor
     malformed period, one computed ahead of the clock) refused every `plan set`; and
     review of that fix: `plan set` and `decide` must agree on what a period is (a month
     13, a trailing newline, an array, other digits were kept by one and not the other)."""
-    cli_db.billing_quota.insert_one({"_id": "ws-acme", "state": "ok", **stored})
+    cli_db.billing_quota.insert_one({"_id": "ws-acme", "state": "ok"} | stored)
     result = invoke("plan", "set", "--org", "ws-acme", "--token-limit", "1K", *NOW_ARG)
     assert result.exit_code == 0, result.output
     assert cli_db.billing_plans.find_one({"_id": "ws-acme"})["token_limit"] == 1_000
     decision = cli_db.billing_quota.find_one({"_id": "ws-acme"})
     assert decision["period"] == f"{NOW:%Y-%m}" and decision["computed_at"] == NOW
+    assert decision["state"] in ("ok", "warn", "block")  # replaced, not kept
+    assert decision["draft_ticket"] != stored.get("draft_ticket")
     assert f"ws-acme: decision now {decision['state']} " in result.output
 
 

@@ -805,7 +805,9 @@ def test_a_decision_from_the_draft_before_a_repricing_never_replaces_the_reprice
         return read
 
     fan_out.usage = the_repricing_run_decides_meanwhile  # type: ignore[method-assign]
-    assert fan_out.decide(["acme"], NOV + timedelta(seconds=2)) == {"acme": "ok"}
+    # its `ok` is refused, and it answers the decision that stands (it answered `ok` before
+    # ed87f08: the run log and `plan set` printed a decision never stored)
+    assert fan_out.decide(["acme"], NOV + timedelta(seconds=2)) == {"acme": "block"}
 
     assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["total_micros"] == 4_400_000
     stored = db.billing_quota.find_one({"_id": "acme"})
