@@ -394,11 +394,11 @@ class Quota:
                         "$or": [
                             {"period": {"$lt": period}},
                             {"period": period, "draft_ticket": {"$lte": d["draft_ticket"]}},
-                            {"period": period, "draft_ticket": {"$exists": False}},
-                            {"period": {"$exists": False}},
+                            # missing or malformed (`$not` also matches a missing field)
                             {"period": {"$not": {"$regex": PERIOD_PATTERN}}},
                             {"period": {"$regex": NEWLINE}},
                             {"period": {"$type": "array"}},
+                            # no ticket (an older version's decision) or a malformed one
                             {"period": period, "draft_ticket": {"$not": {"$type": "number"}}},
                             {"computed_at": {"$gt": future}},
                             {"computed_at": {"$not": {"$type": "date"}}},

@@ -205,6 +205,8 @@ def test_plan_set_for_a_month_before_the_latest_decision_is_refused(cli_db):
 @pytest.mark.parametrize(
     "stored",
     [
+        {"computed_at": NOW},  # no period
+        {"period": f"{NOW:%Y-%m}", "computed_at": NOW},  # no ticket: an older version's
         {"period": "Nov 2026", "computed_at": NOW},  # not a period: runs replace it
         {"period": "2026-13", "computed_at": NOW},
         {"period": "2026-12\n", "computed_at": NOW},
