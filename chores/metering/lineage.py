@@ -101,6 +101,8 @@ def baseline_findings(
     if not isinstance(context, Mapping):
         return []
     names = spawner_ids(doc)
+    if not names:
+        return []  # a top-level run: no spawn finding is its baseline
     own_id = str(doc.get("_id"))
     naming_it = list(found.get(own_id, [])) if own_id in names else []
     org = bson_string(context.get("workspace_id"))
