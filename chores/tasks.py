@@ -334,6 +334,8 @@ def _log_run(
             entries_written=report.entries_written,
             anomalies=sum(report.anomalies.values()),
         )
+        if report.idle_runners:
+            fields["idle_runners"] = report.idle_runners
         if org in report.decisions:
             fields["decision"] = report.decisions[org]
     if exc is not None:

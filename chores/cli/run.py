@@ -205,3 +205,9 @@ def _run(
         f"{counted(sum(report.anomalies.values()), 'anomaly')}, "
         f"{counted(len(report.invoices), 'invoice')} updated"
     )
+    if report.idle_runners:
+        out.print(
+            f"{counted(report.idle_runners, 'runner')} pending but not written for "
+            "PENDING_IDLE_SECONDS: no longer re-read every run (when they change, or by the "
+            "daily full pass)"
+        )

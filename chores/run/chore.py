@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 class Batch:
     """What the assessments of one batch ask the database for."""
 
+    # A runner whose stamp is older than this (seconds since the epoch) is idle: not kept
+    # pending, however it stands (`is_idle`).
+    idle_before: float
     entries: list[Doc] = field(default_factory=list)  # the new ledger entries
     anomalies: list[AnomalyRecord] = field(default_factory=list)
     dirty: set[tuple[str, str]] = field(default_factory=set)  # invoices the entries change
@@ -57,6 +60,7 @@ class Batch:
     watch: dict[str, Doc] = field(default_factory=dict)
     add_pending: list[Doc] = field(default_factory=list)
     drop_pending: list[str] = field(default_factory=list)
+    idle: list[str] = field(default_factory=list)  # pending but idle: dropped all the same
 
     def add(self, doc: Doc, result: Assessment, entries: Sequence[Doc]) -> None:
         """One runner document's assessment, and the ledger entries of its deltas."""
@@ -72,10 +76,28 @@ class Batch:
                 "source_id": doc.get("_id"),
                 "org": result.org,
             }
-        if result.pending and result.org is not None:
+        if result.pending and result.org is not None and self.is_idle(doc, result):
+            self.idle.append(result.runner_id)
+            self.drop_pending.append(result.runner_id)
+        elif result.pending and result.org is not None:
             self.add_pending.append(self.watch[result.runner_id])
         else:
             self.drop_pending.append(result.runner_id)
+
+    def is_idle(self, doc: Doc, result: Assessment) -> bool:
+        """A pending runner left to the daily full pass: its `last_updated_db` is older than
+        PENDING_IDLE_SECONDS before `now` (a platform crash left it running, or its spawn
+        finding never came). A change to it stamps it anew and the changed scan reads it;
+        a last write stamped old (stamps lag one write) waits for the full pass. Not one
+        held until `now` reaches its end time (`future_end_time`): nothing else reads it
+        then, and its stamp need not move. Nor one whose stamp is not a number: the
+        changed scan reads it every run anyway."""
+        stamp = stamp_of(doc)
+        return (
+            stamp is not None
+            and stamp < self.idle_before
+            and not any(a.kind == Anomaly.FUTURE_END_TIME for a in result.anomalies)
+        )
 
 
 class Pipeline:
@@ -145,7 +167,7 @@ class Pipeline:
         )
         assessed = self._assess(docs, runner_ids, heads, rules)
         assessed = self._read_again_where_decreased(assessed, heads, rules, org)
-        batch = Batch()
+        batch = Batch(idle_before=now.timestamp() - self.settings.pending_idle_seconds)
         for doc, result in assessed:
             if org is not None and result.org not in (None, org):
                 continue  # matched through an array-valued context: not this org's document
@@ -158,6 +180,7 @@ class Pipeline:
                 report.summary_for(result.org)
 
         report.docs_read += len(docs)
+        report.idle_runners += len(batch.idle)
         report.count_anomalies(Counter(a.kind for a in batch.anomalies))
         for record in batch.anomalies:
             if record.org is not None:

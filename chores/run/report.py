@@ -28,6 +28,9 @@ class RunReport(BaseModel):
     entries_written: int = 0
     tokens_billed: int = 0
     anomalies: dict[str, int] = Field(default_factory=dict)
+    # runners still running or held whose stamp is older than PENDING_IDLE_SECONDS: left
+    # off the pending list (read again by the daily full pass, or when they change)
+    idle_runners: int = 0
     orgs: dict[str, OrgSummary] = Field(default_factory=dict)
     invoices: list[str] = Field(default_factory=list)
     decisions: dict[str, str] = Field(default_factory=dict)

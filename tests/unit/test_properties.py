@@ -24,6 +24,10 @@ from support.truth import expected_invoices, month, tokens_by_org
 
 REGISTRY = load_registry()
 SETTINGS = Settings(mongo_url="mongomock://test", batch_size=50, redis_url=None)
+# A corpus puts weeks between a runner's writes (their stamps) that the runs below see
+# minutes apart: with the default PENDING_IDLE_SECONDS (a day) a runner seen running would be
+# idle, left to the daily full pass (tests/unit/test_idle_pending.py). Here none is idle.
+WATCHING = SETTINGS.model_copy(update={"pending_idle_seconds": 10 * 366 * 86400})
 ORGS = ("acme", "globex")
 NOW = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)
 NOVEMBER = datetime(2026, 11, 1, tzinfo=UTC)  # corpus start: every runner ends before NOW
@@ -156,7 +160,7 @@ def test_observing_growing_documents_many_times_bills_what_one_observation_bills
         else:
             for doc in docs:
                 db.tasks.replace_one({"_id": doc["_id"]}, copy.deepcopy(doc))
-        run_chore(db, now=NOW, registry=REGISTRY, settings=SETTINGS)
+        run_chore(db, now=NOW, registry=REGISTRY, settings=WATCHING)
 
     assert invoice_tokens(db) == tokens_by_org(corpus.truth)
     if same_month:
