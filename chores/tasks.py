@@ -37,7 +37,7 @@ from chores.core.lock import KeepLock, OrgLock, lock_client, release_quietly
 from chores.core.logs import redact_urls, short_list
 from chores.core.settings import Settings, get_settings, redact_url
 from chores.core.writes import insert_ignoring_duplicates
-from chores.metering.progress import Progress
+from chores.metering.progress import Progress, due_claims
 from chores.metering.source import Source
 from chores.quota.decisions import Quota
 from chores.run import chore as _run
@@ -188,7 +188,7 @@ def orgs_with_new_usage(
     since = None if cursor is None else cursor - settings.lookback_seconds
     found = [
         *source.orgs_changed(since),
-        *c.pending.distinct("org"),
+        *c.pending.distinct("org", due_claims(now)),
         *c.dirty.distinct("org"),
         *due_marks(db, settings).distinct("_id"),
     ]

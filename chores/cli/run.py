@@ -205,9 +205,8 @@ def _run(
         f"{counted(sum(report.anomalies.values()), 'anomaly')}, "
         f"{counted(len(report.invoices), 'invoice')} updated"
     )
-    if report.idle_runners:
+    if report.idle_runners and not report.dry_run:
         out.print(
             f"{counted(report.idle_runners, 'runner')} pending but not written for "
-            "PENDING_IDLE_SECONDS: no longer re-read every run (when they change, or by the "
-            "daily full pass)"
+            "PENDING_IDLE_SECONDS: re-read once an hour, not every run"
         )

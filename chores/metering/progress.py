@@ -6,8 +6,9 @@ None of this is billing state: losing any of it costs a re-read, never a charge.
   plausible `last_updated_db` seen by a completed run; only moves forward. A full pass in
   progress keeps its own (`"full:"` + the scope), deleted when the pass completes: a pass
   cut short (a time limit) resumes from it instead of starting over.
-- *pending* (`billing_pending`, `_id` = runner id): runners last seen running or
-  waiting for a spawn finding; re-read by `_id` every run.
+- *pending* (`billing_pending`, claims on runners): runners last seen running or
+  waiting for a spawn finding; re-read by `_id` every run, or once an hour for an idle
+  one (its claim's `recheck_at`, `IDLE_RECHECK`).
 - *dirty marks* (`billing_dirty`): an `(org, period)` whose invoice must be
   rebuilt. Written (open) before the writes they announce, closed once those
   landed, and deleted by a settle only if it read them closed, after its
@@ -39,6 +40,15 @@ def full_pass_scope(scope: str) -> str:
 
 
 OPEN_MARK_EXPIRY = timedelta(hours=6)
+# How often a run re-reads an idle pending runner (not written for PENDING_IDLE_SECONDS):
+# its claim says when (`recheck_at`); a claim without one is read by every run.
+IDLE_RECHECK = timedelta(hours=1)
+
+
+def due_claims(now: datetime) -> Doc:
+    """The pending-list claims a run at `now` reads: every one but an idle runner's not yet
+    due for its hourly re-read."""
+    return {"$or": [{"recheck_at": None}, {"recheck_at": {"$lte": now}}]}
 
 
 def runner_of(claim: Doc) -> Any:
@@ -67,10 +77,11 @@ class Progress:
         self._c.cursors.delete_one({"_id": scope})
 
     # pending runners ----------------------------------------------------
-    def pending(self, org: str | None) -> list[Doc]:
-        """The claims on pending runners (a runner is pending while any run's claim on it
-        is there; `runner_of` names it), remembered for `release_pending`."""
-        query: Doc = {} if org is None else {"org": {"$eq": org}}
+    def pending(self, org: str | None, now: datetime) -> list[Doc]:
+        """The claims on pending runners due at `now` (a runner is pending while any run's
+        claim on it is there; `runner_of` names it; `due_claims`), remembered for
+        `release_pending`."""
+        query: Doc = due_claims(now) if org is None else {"org": {"$eq": org}, **due_claims(now)}
         found = list(self._c.pending.find(query))
         for claim in found:
             self._claims_seen.setdefault(runner_of(claim), []).append(claim["_id"])

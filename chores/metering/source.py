@@ -6,9 +6,9 @@ Which runner documents a run reads:
    minus a lookback window, plus those whose stamp is missing or not a number
    (first writes carry none); `full=True` reads every AI runner;
 2. *pending*: runners the chore last saw running or waiting for their spawn
-   finding, re-read by `_id` whatever their stamp says. This is what catches a
-   run's final write, whose stamp lags one write behind and can be older than
-   the cursor.
+   finding, re-read by `_id` whatever their stamp says (once an hour when idle:
+   `progress.IDLE_RECHECK`). This is what catches a run's final write, whose stamp
+   lags one write behind and can be older than the cursor.
 
 Every query is a constant number of round trips per batch; values from the
 source (org ids, runner ids) are only ever used under `$eq`/`$in`.

@@ -34,7 +34,13 @@ from chores.core.orgs import validate_org
 from chores.core.settings import Settings, get_settings
 from chores.metering.anomalies import AnomalyLog, Recorded, anomaly_id
 from chores.metering.ledger import Ledger, entry_document
-from chores.metering.progress import ALL_ORGS, Progress, full_pass_scope, runner_of
+from chores.metering.progress import (
+    ALL_ORGS,
+    IDLE_RECHECK,
+    Progress,
+    full_pass_scope,
+    runner_of,
+)
 from chores.metering.rules import Anomaly, AnomalyRecord, Assessment, LedgerHead, Rules
 from chores.metering.runner_keys import runner_key
 from chores.metering.source import Source, chunked, stamp_of
@@ -49,9 +55,10 @@ log = logging.getLogger(__name__)
 class Batch:
     """What the assessments of one batch ask the database for."""
 
-    # A runner whose stamp is older than this (seconds since the epoch) is idle: not kept
-    # pending, however it stands (`is_idle`).
+    # A pending runner whose stamp is older than this (seconds since the epoch) is idle
+    # (`is_idle`): its claim says to re-read it at `recheck_at`, not every run.
     idle_before: float
+    recheck_at: datetime
     entries: list[Doc] = field(default_factory=list)  # the new ledger entries
     anomalies: list[AnomalyRecord] = field(default_factory=list)
     dirty: set[tuple[str, str]] = field(default_factory=set)  # invoices the entries change
@@ -60,7 +67,7 @@ class Batch:
     watch: dict[str, Doc] = field(default_factory=dict)
     add_pending: list[Doc] = field(default_factory=list)
     drop_pending: list[str] = field(default_factory=list)
-    idle: list[str] = field(default_factory=list)  # pending but idle: dropped all the same
+    idle: list[str] = field(default_factory=list)  # pending, idle: re-read at `recheck_at`
 
     def add(self, doc: Doc, result: Assessment, entries: Sequence[Doc]) -> None:
         """One runner document's assessment, and the ledger entries of its deltas."""
@@ -76,22 +83,23 @@ class Batch:
                 "source_id": doc.get("_id"),
                 "org": result.org,
             }
-        if result.pending and result.org is not None and self.is_idle(doc, result):
-            self.idle.append(result.runner_id)
-            self.drop_pending.append(result.runner_id)
-        elif result.pending and result.org is not None:
-            self.add_pending.append(self.watch[result.runner_id])
+        if result.pending and result.org is not None:
+            watch = self.watch[result.runner_id]
+            if not entries and self.is_idle(doc, result):
+                self.idle.append(result.runner_id)
+                watch = {**watch, "recheck_at": self.recheck_at}
+            self.add_pending.append(watch)
         else:
             self.drop_pending.append(result.runner_id)
 
     def is_idle(self, doc: Doc, result: Assessment) -> bool:
-        """A pending runner left to the daily full pass: its `last_updated_db` is older than
-        PENDING_IDLE_SECONDS before `now` (a platform crash left it running, or its spawn
-        finding never came). A change to it stamps it anew and the changed scan reads it;
-        a last write stamped old (stamps lag one write) waits for the full pass. Not one
-        held until `now` reaches its end time (`future_end_time`): nothing else reads it
-        then, and its stamp need not move. Nor one whose stamp is not a number: the
-        changed scan reads it every run anyway."""
+        """A pending runner re-read once an hour (`progress.IDLE_RECHECK`), not every run: its
+        `last_updated_db` is older than PENDING_IDLE_SECONDS before `now` (a platform crash
+        left it running, or its spawn finding never came), and it bills nothing now. Its
+        next writes carry old stamps too (stamps lag one write), which the changed scan
+        does not read: the hourly re-read bills them, and a runner that bills is read by
+        every run again. Not one held until `now` reaches its end time (`future_end_time`),
+        nor one whose stamp is not a number (the changed scan reads it every run anyway)."""
         stamp = stamp_of(doc)
         return (
             stamp is not None
@@ -119,12 +127,12 @@ class Pipeline:
         self.quota = Quota(self.collections, settings)
 
     def pending_runners(
-        self, org: str | None, seen: set[str], *, dry_run: bool = False
+        self, org: str | None, seen: set[str], *, now: datetime, dry_run: bool = False
     ) -> Iterator[list[Doc]]:
-        """Batches of the runners last seen running or waiting for a spawn finding (added
-        to `seen`); those gone from the source are dropped from the pending list (not in
-        a dry run, which writes nothing)."""
-        claims = self.progress.pending(org)
+        """Batches of the runners last seen running or waiting for a spawn finding, those
+        idle only when due at `now` (added to `seen`); those gone from the source are
+        dropped from the pending list (not in a dry run, which writes nothing)."""
+        claims = self.progress.pending(org, now)
         pending_ids = list({runner_of(c): c["source_id"] for c in claims}.values())
         for ids in chunked(pending_ids, self.settings.batch_size):
             docs = self.source.runners_by_id(ids, org)
@@ -167,7 +175,10 @@ class Pipeline:
         )
         assessed = self._assess(docs, runner_ids, heads, rules)
         assessed = self._read_again_where_decreased(assessed, heads, rules, org)
-        batch = Batch(idle_before=now.timestamp() - self.settings.pending_idle_seconds)
+        batch = Batch(
+            idle_before=now.timestamp() - self.settings.pending_idle_seconds,
+            recheck_at=now + IDLE_RECHECK,
+        )
         for doc, result in assessed:
             if org is not None and result.org not in (None, org):
                 continue  # matched through an array-valued context: not this org's document
@@ -366,7 +377,7 @@ def run_chore(
         horizon = now.timestamp() + settings.future_skew_seconds
         seen: set[str] = set()
         newest = None
-        for docs in meter.pending_runners(org, seen, dry_run=dry_run):
+        for docs in meter.pending_runners(org, seen, now=now, dry_run=dry_run):
             meter.process(
                 docs, org=org, now=now, run_id=report.run_id, report=report, dry_run=dry_run
             )

@@ -28,8 +28,8 @@ class RunReport(BaseModel):
     entries_written: int = 0
     tokens_billed: int = 0
     anomalies: dict[str, int] = Field(default_factory=dict)
-    # runners still running or held whose stamp is older than PENDING_IDLE_SECONDS: left
-    # off the pending list (read again by the daily full pass, or when they change)
+    # runners still running or held, not written for PENDING_IDLE_SECONDS and billing
+    # nothing: re-read once an hour from now on, not every run
     idle_runners: int = 0
     orgs: dict[str, OrgSummary] = Field(default_factory=dict)
     invoices: list[str] = Field(default_factory=list)

@@ -29,14 +29,7 @@ from pricing import load_registry
 from support.dbproxy import WRITES
 
 REGISTRY = load_registry()
-# The corpus puts days between a runner's writes (their stamps) that these runs see
-# together: none is idle here (PENDING_IDLE_SECONDS: tests/unit/test_idle_pending.py).
-SETTINGS = Settings(
-    mongo_url="mongomock://test",
-    batch_size=4,
-    redis_url=None,
-    pending_idle_seconds=10 * 366 * 86400,
-)
+SETTINGS = Settings(mongo_url="mongomock://test", batch_size=4, redis_url=None)
 BILLING_PREFIX = SETTINGS.billing_prefix
 FIRST = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 FINALIZE = datetime(2026, 11, 5, 6, 0, tzinfo=UTC)

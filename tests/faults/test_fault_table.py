@@ -33,11 +33,7 @@ from support.dbproxy import READS, WRITES, DatabaseProxy, PauseAt, Recorder, pau
 TABLE_DOC = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
 START = datetime(2026, 11, 1, tzinfo=UTC)
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
-# The corpus puts days between a runner's writes (their stamps) that these runs see
-# together: none is idle here (PENDING_IDLE_SECONDS: tests/unit/test_idle_pending.py).
-CONFIG = Settings(
-    mongo_url="mongomock://fault-table", batch_size=5, pending_idle_seconds=10 * 366 * 86400
-)
+CONFIG = Settings(mongo_url="mongomock://fault-table", batch_size=5)
 HOSTILE_DOCS = 2_000
 
 

@@ -90,14 +90,7 @@ LAGGING = BASE - timedelta(hours=7)  # 2026-10-31 22:00: a run whose clock is in
 AHEAD = BASE + timedelta(minutes=10)
 PRE = datetime(2026, 10, 31, 20, tzinfo=UTC)  # the earlier run that made the seed
 GRACE = timedelta(0)
-# The corpus puts days between a runner's writes (their stamps) that these runs see
-# together: none is idle here (PENDING_IDLE_SECONDS: tests/unit/test_idle_pending.py).
-SETTINGS = Settings(
-    mongo_url="mongomock://interleavings",
-    batch_size=4,
-    redis_url=None,
-    pending_idle_seconds=10 * 366 * 86400,
-)
+SETTINGS = Settings(mongo_url="mongomock://interleavings", batch_size=4, redis_url=None)
 ORGS = ("acme", "globex")
 MODES = ("pause", "crash", "pause+crash")
 FIELDS = ("status", "lines", "total_micros", "unpriced_tokens", "runs", "registry")

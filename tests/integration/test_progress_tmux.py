@@ -59,7 +59,7 @@ def test_run_all_progress_moves_in_a_real_terminal(big_store, tmp_path):
         f"env MONGO_URL=file://{big_store} BATCH_SIZE=100 REDIS_URL= "
         f"{chore} run --all --now 2026-11-25T12:00:00+00:00; echo $? > {done}; sleep 30"
     )
-    tmux(socket, "new-session", "-d", "-s", "run", "-x", "160", "-y", "20", command)
+    tmux(socket, "new-session", "-d", "-s", "run", "-x", "160", "-y", "30", command)
     try:
         seen: list[tuple[int, int]] = []
         deadline = time.monotonic() + 240

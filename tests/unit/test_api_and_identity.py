@@ -62,11 +62,7 @@ def invoiced_tokens(db: Any, org: str | None = None) -> int:
 
 def _billing_month(db: Any, settings: Settings, registry: Any) -> dict[str, Any]:
     """What an outside program does over two months: runs while runners work, a rerun,
-    the finalization of the past month, quota checks. Returns everything it saw.
-
-    The corpus's runners write days apart (their stamps), the runs below see them an hour
-    apart: none is idle (PENDING_IDLE_SECONDS, tests/unit/test_idle_pending.py)."""
-    settings = settings.model_copy(update={"pending_idle_seconds": 10 * 366 * 86400})
+    the finalization of the past month, quota checks. Returns everything it saw."""
     start = datetime(2026, 10, 10, tzinfo=UTC)
     corpus = generate_corpus(seed=3, orgs=("acme", "globex"), start=start, days=44)
     db[settings.findings_collection].insert_many([dict(f) for f in corpus.findings])

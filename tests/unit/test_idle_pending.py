@@ -1,13 +1,13 @@
 """A runner left running, or waiting for a spawn finding that never comes, is not re-read
 by every run forever: once its `last_updated_db` is older than PENDING_IDLE_SECONDS (a day
-by default) it leaves the pending list, and is read again when it changes (a new stamp) or by
-the daily full pass (a last write stamped with the old stamp, since stamps lag one write).
+by default) and it bills nothing, it is re-read once an hour (`progress.IDLE_RECHECK`). Its
+later writes carry old stamps (stamps lag one write), which the changed scan does not read:
+the hourly re-read bills them, and from then on the runner is read by every run again.
 Nothing is lost and nothing billed twice: counted in ledger tokens and documents read.
 
 Every run below follows another runner of the platform ending a minute before it (one
 token of org `zeta`): the cursor moves on as on a live platform, so the changed scan reads
-only what was written since (on an idle platform it re-reads the last LOOKBACK_SECONDS of
-writes every run). Runs are hours apart, more than LOOKBACK_SECONDS.
+only what was written since, and the runner before (at the cursor, within LOOKBACK_SECONDS).
 """
 
 from __future__ import annotations
@@ -20,7 +20,11 @@ from click.testing import CliRunner
 
 from chores import Settings, run_chore
 from chores.cli import main
+from chores.core.db import Collections
+from chores.core.periods import as_utc
+from chores.metering.progress import IDLE_RECHECK, Progress
 from chores.run.report import RunReport
+from chores.tasks import FANOUT_SCOPE, orgs_with_new_usage
 
 from support import NOW, ai_runner
 
@@ -47,8 +51,9 @@ def billed(db: Any, org: str = "acme") -> int:
     return sum(entry["tokens"] for entry in db.billing_ledger.find({"org": org}))
 
 
-def pending(db: Any) -> set[str]:
-    return {claim["runner_id"] for claim in db.billing_pending.find()}
+def claims(db: Any) -> dict[str, Any]:
+    """Each pending runner's latest `recheck_at` (None: read by every run)."""
+    return {c["runner_id"]: c.get("recheck_at") for c in db.billing_pending.find()}
 
 
 def running(runner_id: str, tokens: int, stamp: datetime = BEFORE) -> dict[str, Any]:
@@ -57,99 +62,111 @@ def running(runner_id: str, tokens: int, stamp: datetime = BEFORE) -> dict[str, 
     )
 
 
-def test_runners_left_running_are_read_for_a_day_then_no_more(db, settings):
+def test_runners_left_running_are_read_every_run_for_a_day_then_hourly(db, settings):
     db.tasks.insert_many([running(f"r{n}", 1_000) for n in range(25)])
     first = run(db, settings, NOW)
     assert (first.docs_read, first.idle_runners, billed(db)) == (25 + 1, 0, 25_000)
-    assert len(pending(db)) == 25
+    assert set(claims(db).values()) == {None}
 
     an_hour = run(db, settings, NOW + timedelta(hours=1))
-    assert (an_hour.docs_read, an_hour.idle_runners, len(pending(db))) == (25 + OTHERS, 0, 25)
+    assert (an_hour.docs_read, an_hour.idle_runners) == (25 + OTHERS, 0)
 
-    a_day = run(db, settings, NOW + DAY + timedelta(hours=1))
-    assert (a_day.docs_read, a_day.idle_runners, a_day.tokens_billed) == (25 + OTHERS, 25, 1)
-    assert pending(db) == set()
+    idle_at = NOW + DAY + timedelta(hours=1)
+    a_day = run(db, settings, idle_at)
+    assert (a_day.docs_read, a_day.idle_runners) == (25 + OTHERS, 25)
+    assert len(claims(db)) == 25
+    assert {as_utc(t) for t in claims(db).values()} == {idle_at + IDLE_RECHECK}
 
-    after = run(db, settings, NOW + DAY + timedelta(hours=2))
-    assert (after.docs_read, after.idle_runners) == (OTHERS, 0)
+    for minutes in (20, 40):  # not due
+        between = run(db, settings, idle_at + timedelta(minutes=minutes))
+        assert (between.docs_read, between.idle_runners) == (OTHERS, 0)
+    due = run(db, settings, idle_at + IDLE_RECHECK)
+    assert (due.docs_read, due.idle_runners) == (25 + OTHERS, 25)
     assert billed(db) == 25_000
+    assert len(db.billing_pending.distinct("runner_id")) == 25
 
 
-def test_an_idle_runner_that_writes_again_is_read_and_watched_again(db, settings):
+def test_a_resumed_runner_is_billed_within_the_hour_then_every_run(db, settings):
+    """Writes an hour apart after a pause: each carries the stamp of the write before, older
+    than the cursor's lookback window, so only the pending list reads them."""
     db.tasks.insert_one(running("r1", 1_000))
     run(db, settings, NOW)
-    run(db, settings, NOW + 2 * DAY)
-    assert pending(db) == set()
+    idle_at = NOW + 30 * timedelta(hours=1)
+    run(db, settings, idle_at)
+    assert claims(db)["str:'r1'"] is not None
 
-    later = NOW + 3 * DAY
-    db.tasks.replace_one({"_id": "r1"}, running("r1", 1_500, later - timedelta(minutes=2)))
-    again = run(db, settings, later)
-    assert (again.docs_read, again.idle_runners, billed(db)) == (1 + OTHERS, 0, 1_500)
-    assert pending(db) == {"str:'r1'"}
+    stamp, tokens = BEFORE, 1_000
+    for hour in range(1, 6):
+        written = idle_at + timedelta(hours=hour) - timedelta(minutes=20)
+        tokens += 1_000
+        db.tasks.replace_one({"_id": "r1"}, running("r1", tokens, stamp))
+        stamp = written
+        run(db, settings, idle_at + timedelta(hours=hour))
+        assert billed(db) == tokens  # within the hour of the write, every time
+    assert claims(db) == {"str:'r1'": None}  # written within the day: every run again
 
 
-def test_a_last_write_stamped_old_waits_for_the_full_pass_and_is_billed_once(db, settings):
+def test_a_last_write_stamped_old_is_billed_at_the_next_hourly_read(db, settings):
     db.tasks.insert_one(running("r1", 1_000))
     run(db, settings, NOW)
-    run(db, settings, NOW + 2 * DAY)  # idle: off the pending list
-    # Its last write carries the stamp of the write before (stamps lag one write).
-    ended = NOW + 2 * DAY + timedelta(hours=1)
+    idle_at = NOW + 2 * DAY
+    run(db, settings, idle_at)
+    ended = idle_at + timedelta(minutes=10)
     last = ai_runner("r1", ended=ended, tokens=1_800, stamp=BEFORE.timestamp())
     db.tasks.replace_one({"_id": "r1"}, last)
-    incremental = run(db, settings, ended + timedelta(hours=1))
-    assert (incremental.docs_read, billed(db)) == (OTHERS, 1_000)
-
-    run(db, settings, ended + timedelta(hours=2), full=True)
+    run(db, settings, idle_at + timedelta(minutes=30))
+    assert billed(db) == 1_000  # not due yet
+    run(db, settings, idle_at + IDLE_RECHECK)
     assert billed(db) == 1_800
-    run(db, settings, ended + timedelta(hours=3), full=True)
+    assert claims(db) == {}  # finished and billed: off the list
+    run(db, settings, idle_at + 2 * IDLE_RECHECK, full=True)
     assert billed(db) == 1_800
 
 
-def test_an_idle_runner_with_new_usage_is_billed_before_it_leaves(db, settings):
+def test_an_idle_runner_that_bills_is_read_by_the_next_run(db, settings):
     db.tasks.insert_one(running("r1", 1_000))
     run(db, settings, NOW)
     db.tasks.replace_one({"_id": "r1"}, running("r1", 1_400))  # stamped as the write before
-    idle = run(db, settings, NOW + 2 * DAY)
-    assert (idle.docs_read, idle.idle_runners, billed(db)) == (1 + OTHERS, 1, 1_400)
-    assert pending(db) == set()
+    billing = run(db, settings, NOW + 2 * DAY)
+    assert (billing.docs_read, billing.idle_runners, billed(db)) == (1 + OTHERS, 0, 1_400)
+    assert claims(db) == {"str:'r1'": None}  # claimed for its entry, read by the next run
+    after = run(db, settings, NOW + 2 * DAY + timedelta(minutes=5))
+    assert (after.docs_read, after.idle_runners) == (1 + OTHERS, 1)
+    assert claims(db)["str:'r1'"] is not None
 
 
-def test_a_runner_held_until_its_end_time_stays_pending_however_old_its_stamp(db, settings):
+def test_a_runner_held_until_its_end_time_is_read_every_run_however_old_its_stamp(db, settings):
     ends = NOW + 20 * DAY  # further ahead than FUTURE_SKEW_SECONDS: held until `now` is there
     old = (NOW - 9 * DAY).timestamp()
     db.tasks.insert_one(ai_runner("r1", ended=ends, tokens=1_000, stamp=old))
     held = run(db, settings, NOW)
     assert (held.anomalies, held.idle_runners, billed(db)) == ({"future_end_time": 1}, 0, 0)
-    assert pending(db) == {"str:'r1'"}
-    assert run(db, settings, NOW + 5 * DAY).docs_read == 1 + OTHERS  # still watched
+    assert claims(db) == {"str:'r1'": None}
+    assert run(db, settings, NOW + 5 * DAY).docs_read == 1 + OTHERS
+    assert claims(db) == {"str:'r1'": None}
     run(db, settings, ends + timedelta(minutes=5))
     assert billed(db) == 1_000
-    assert pending(db) == set()
+    assert claims(db) == {}
 
 
-def test_a_runner_whose_stamp_is_not_a_number_stays_pending(db, settings):
+def test_a_runner_whose_stamp_is_not_a_number_is_read_every_run(db, settings):
     doc = running("r1", 1_000)
     doc["last_updated_db"] = "yesterday"
     db.tasks.insert_one(doc)
     run(db, settings, NOW)
     later = run(db, settings, NOW + 2 * DAY)
     assert later.idle_runners == 0
-    assert pending(db) == {"str:'r1'"}
+    assert claims(db) == {"str:'r1'": None}
 
 
-def test_a_subagent_whose_spawn_finding_never_comes_is_idle_after_a_day(db, settings):
+def test_a_subagent_whose_spawn_finding_comes_late_is_billed_at_the_next_hourly_read(db, settings):
     db.tasks.insert_one(
         ai_runner("s1", ended=BEFORE, tokens=5_000, stamp=BEFORE.timestamp(), subagent="child")
     )
     held = run(db, settings, NOW)
     assert held.anomalies == {"baseline_missing": 1}
-    assert pending(db) == {"str:'s1'"}
-    idle = run(db, settings, NOW + 2 * DAY)
-    assert (idle.idle_runners, billed(db)) == (1, 0)
-    assert pending(db) == set()
-    assert db.billing_anomalies.count_documents({"kind": "baseline_missing", "resolved": False})
-
-    # Its finding stored at last, the document unchanged: the daily full pass bills it.
+    idle_at = NOW + 2 * DAY
+    assert run(db, settings, idle_at).idle_runners == 1
     db.findings.insert_one(
         {
             "_type": "ai",
@@ -158,23 +175,43 @@ def test_a_subagent_whose_spawn_finding_never_comes_is_idle_after_a_day(db, sett
             "_context": {"workspace_id": "acme", "ai_tokens": 2_000, "ai_prompt_tokens": 2_000},
         }
     )
-    run(db, settings, NOW + 3 * DAY)
-    assert billed(db) == 0
-    run(db, settings, NOW + 3 * DAY + timedelta(hours=1), full=True)
+    run(db, settings, idle_at + timedelta(minutes=5))
+    assert billed(db) == 0  # not due
+    run(db, settings, idle_at + IDLE_RECHECK)
     assert billed(db) == 3_000  # 5,000 less the 2,000 it started from
     assert not db.billing_anomalies.count_documents({"resolved": False})
+    assert claims(db) == {}
+
+
+def test_the_fan_out_lists_an_org_with_idle_runners_only_when_they_are_due(db, settings):
+    db.tasks.insert_one(running("r1", 1_000))
+    run(db, settings, NOW)
+    idle_at = NOW + 2 * DAY
+    run(db, settings, idle_at)
+
+    # as a fan-out would have left its cursor: at the newest stamp it saw
+    Progress(Collections.of(db, settings)).advance_cursor(FANOUT_SCOPE, idle_at.timestamp())
+
+    def listed(now: datetime) -> bool:
+        orgs, _ = orgs_with_new_usage(db, settings, now=now)
+        return "acme" in orgs
+
+    assert not listed(idle_at + timedelta(minutes=30))
+    assert listed(idle_at + IDLE_RECHECK)
 
 
 def test_chore_run_says_how_many_runners_went_idle(env_db):
     env_db.tasks.insert_one(running("r1", 1_000))
-    first = CliRunner().invoke(
-        main, ["run", "--all", "--now", NOW.isoformat()], catch_exceptions=False
-    )
+    now = NOW.isoformat()
+    first = CliRunner().invoke(main, ["run", "--all", "--now", now], catch_exceptions=False)
     assert first.exit_code == 0, first.output
     assert "PENDING_IDLE_SECONDS" not in first.output
-    later = (NOW + 2 * DAY).isoformat()
-    result = CliRunner().invoke(main, ["run", "--all", "--now", later], catch_exceptions=False)
+    later = ["run", "--all", "--now", (NOW + 2 * DAY).isoformat()]
+    dry = CliRunner().invoke(main, [*later, "--dry-run"], catch_exceptions=False)
+    assert dry.exit_code == 0, dry.output
+    assert "PENDING_IDLE_SECONDS" not in dry.output  # a dry run changes nothing
+    result = CliRunner().invoke(main, later, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "1 runner pending but not written for PENDING_IDLE_SECONDS" in text
-    assert pending(env_db) == set()
+    assert "1 runner pending but not written for PENDING_IDLE_SECONDS: re-read once an hour" in text
+    assert claims(env_db)["str:'r1'"] is not None

@@ -24,9 +24,9 @@ from support.truth import expected_invoices, month, tokens_by_org
 
 REGISTRY = load_registry()
 SETTINGS = Settings(mongo_url="mongomock://test", batch_size=50, redis_url=None)
-# A corpus puts weeks between a runner's writes (their stamps) that the runs below see
-# minutes apart: with the default PENDING_IDLE_SECONDS (a day) a runner seen running would be
-# idle, left to the daily full pass (tests/unit/test_idle_pending.py). Here none is idle.
+# A corpus puts weeks between a runner's writes (their stamps) that the runs below see at
+# one `now`: with the default PENDING_IDLE_SECONDS (a day) a runner seen running would be
+# idle, re-read an hour later (tests/unit/test_idle_pending.py). Here none is idle.
 WATCHING = SETTINGS.model_copy(update={"pending_idle_seconds": 10 * 366 * 86400})
 ORGS = ("acme", "globex")
 NOW = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)

@@ -99,8 +99,6 @@ def billing_state(db):
 
 
 def test_a_dry_run_on_a_metered_database_writes_nothing(db, settings, fixture_docs):
-    # The fixture's running runner was stamped a year before NOW: not idle here.
-    settings = settings.model_copy(update={"pending_idle_seconds": 10 * 366 * 86400})
     db.tasks.insert_many(fixture_docs["tasks"])
     db.findings.insert_many(fixture_docs["findings"])
     run_chore(db, now=NOW, settings=settings)
