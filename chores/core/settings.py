@@ -138,8 +138,9 @@ class Settings(BaseSettings):
     future_skew_seconds: float = Field(default=300.0, ge=0, le=366 * 24 * 3600)
     max_tokens_per_run: int = Field(default=1_000_000_000, ge=1)
     # A runner still running (or waiting for its spawn finding) whose stamp is older than
-    # this is read again only by the daily full pass or when it changes, not every run.
-    pending_idle_seconds: float = Field(default=86_400.0, gt=0, le=10 * 366 * 24 * 3600)
+    # this, billing nothing, is re-read once an hour instead of every run (`Batch.is_idle`).
+    # At least an hour: a live runner's stamp lags one write, often minutes.
+    pending_idle_seconds: float = Field(default=86_400.0, ge=3600, le=10 * 366 * 24 * 3600)
     grace_days: float = Field(default=3.0, ge=0, le=366)  # as finalize_invoices checks
 
     default_token_limit: int | None = Field(default=None, ge=0, le=MAX_INT64)

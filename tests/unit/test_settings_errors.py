@@ -28,7 +28,11 @@ from chores.core.settings import Settings
         ("GRACE_DAYS", "1e308", "GRACE_DAYS='1e308': Input should be less than or equal to 366"),
         ("METER_EVERY_SECONDS", "inf", "METER_EVERY_SECONDS='inf': Input should be a finite"),
         ("LOOKBACK_SECONDS", "nan", "LOOKBACK_SECONDS='nan': Input should be a finite number"),
-        ("PENDING_IDLE_SECONDS", "0", "PENDING_IDLE_SECONDS='0': Input should be greater than 0"),
+        (
+            "PENDING_IDLE_SECONDS",
+            "60",
+            "PENDING_IDLE_SECONDS='60': Input should be greater than or equal to 3600",
+        ),
         ("QUOTA_MAX_STALENESS_SECONDS", "inf", "Input should be a finite number"),
         ("REDIS_URL", "notaurl", "REDIS_URL='notaurl': Value error, not a Redis URL"),
         (
