@@ -45,6 +45,14 @@ OPEN_MARK_EXPIRY = timedelta(hours=6)
 IDLE_RECHECK = timedelta(hours=1)
 
 
+def next_recheck(now: datetime) -> datetime:
+    """When an idle runner claimed at `now` is due again: at the next full hour (UTC) but one.
+    Every idle claim on a runner made within one hour (a full pass, or the changed scan, may
+    read it before its claim is due) falls due at the same run, which reads them together
+    and leaves one: claims on a runner do not pile up."""
+    return as_utc(now).replace(minute=0, second=0, microsecond=0) + IDLE_RECHECK
+
+
 def due_claims(now: datetime) -> Doc:
     """The pending-list claims a run at `now` reads: every one but an idle runner's not yet
     due for its hourly re-read."""

@@ -36,14 +36,14 @@ from chores.metering.anomalies import AnomalyLog, Recorded, anomaly_id
 from chores.metering.ledger import Ledger, entry_document
 from chores.metering.progress import (
     ALL_ORGS,
-    IDLE_RECHECK,
     Progress,
     full_pass_scope,
+    next_recheck,
     runner_of,
 )
 from chores.metering.rules import Anomaly, AnomalyRecord, Assessment, LedgerHead, Rules
 from chores.metering.runner_keys import runner_key
-from chores.metering.source import Source, chunked, stamp_of
+from chores.metering.source import LOWEST_STAMP, Source, chunked, stamp_of
 from chores.quota.decisions import Quota
 from chores.run.report import RunReport
 from pricing import Registry, load_registry
@@ -99,11 +99,11 @@ class Batch:
         next writes carry old stamps too (stamps lag one write), which the changed scan
         does not read: the hourly re-read bills them, and a runner that bills is read by
         every run again. Not one held until `now` reaches its end time (`future_end_time`),
-        nor one whose stamp is not a number (the changed scan reads it every run anyway)."""
+        nor one whose stamp is not a finite number (the changed scan reads it every run)."""
         stamp = stamp_of(doc)
         return (
             stamp is not None
-            and stamp < self.idle_before
+            and LOWEST_STAMP <= stamp < self.idle_before
             and not any(a.kind == Anomaly.FUTURE_END_TIME for a in result.anomalies)
         )
 
@@ -177,7 +177,7 @@ class Pipeline:
         assessed = self._read_again_where_decreased(assessed, heads, rules, org)
         batch = Batch(
             idle_before=now.timestamp() - self.settings.pending_idle_seconds,
-            recheck_at=now + IDLE_RECHECK,
+            recheck_at=next_recheck(now),
         )
         for doc, result in assessed:
             if org is not None and result.org not in (None, org):

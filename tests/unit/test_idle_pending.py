@@ -41,14 +41,18 @@ def settings() -> Settings:
 
 
 def run(db: Any, settings: Settings, now: datetime, **options: Any) -> RunReport:
-    """A run at `now`, after another runner ended a minute before."""
+    """A run at `now`, after another runner (of the run's org, or of `zeta`) ended a minute
+    before."""
     ended = now - timedelta(minutes=1)
-    db.tasks.insert_one(ai_runner(f"other-{ended.isoformat()}", ended=ended, tokens=1, org="zeta"))
+    org = options.get("org") or "zeta"
+    db.tasks.insert_one(ai_runner(f"other-{ended.isoformat()}", ended=ended, tokens=1, org=org))
     return run_chore(db, now=now, settings=settings, **options)
 
 
 def billed(db: Any, org: str = "acme") -> int:
-    return sum(entry["tokens"] for entry in db.billing_ledger.find({"org": org}))
+    """The tokens billed to `org`, the other runners' left out."""
+    entries = db.billing_ledger.find({"org": org, "runner_id": {"$not": {"$regex": "other-"}}})
+    return sum(entry["tokens"] for entry in entries)
 
 
 def claims(db: Any) -> dict[str, Any]:
@@ -83,7 +87,7 @@ def test_runners_left_running_are_read_every_run_for_a_day_then_hourly(db, setti
     due = run(db, settings, idle_at + IDLE_RECHECK)
     assert (due.docs_read, due.idle_runners) == (25 + OTHERS, 25)
     assert billed(db) == 25_000
-    assert len(db.billing_pending.distinct("runner_id")) == 25
+    assert db.billing_pending.count_documents({}) == 25  # one claim each
 
 
 def test_a_resumed_runner_is_billed_within_the_hour_then_every_run(db, settings):
@@ -215,3 +219,41 @@ def test_chore_run_says_how_many_runners_went_idle(env_db):
     text = " ".join(result.output.split())
     assert "1 runner pending but not written for PENDING_IDLE_SECONDS: re-read once an hour" in text
     assert claims(env_db)["str:'r1'"] is not None
+
+
+def test_claims_on_an_idle_runner_made_within_an_hour_fall_due_together_and_merge(db, settings):
+    db.tasks.insert_one(running("r1", 1_000))
+    run(db, settings, NOW)
+    idle_at = NOW + 2 * DAY  # on the hour
+    run(db, settings, idle_at)
+    for minutes in (20, 40):  # full passes read it before its claim is due
+        assert run(db, settings, idle_at + timedelta(minutes=minutes), full=True).idle_runners == 1
+    recheck = [as_utc(c["recheck_at"]) for c in db.billing_pending.find()]
+    assert recheck == [idle_at + IDLE_RECHECK] * 3
+    due = run(db, settings, idle_at + IDLE_RECHECK + timedelta(minutes=5))
+    assert due.idle_runners == 1
+    recheck = [as_utc(c["recheck_at"]) for c in db.billing_pending.find()]
+    assert recheck == [idle_at + 2 * IDLE_RECHECK]  # one claim, due at the next hour
+    assert billed(db) == 1_000
+
+
+def test_an_org_run_reads_an_idle_runner_only_when_due(db, settings):
+    db.tasks.insert_one(running("r1", 1_000))
+    run(db, settings, NOW, org="acme")
+    idle_at = NOW + 2 * DAY
+    assert run(db, settings, idle_at, org="acme").idle_runners == 1
+    between = run(db, settings, idle_at + timedelta(minutes=20), org="acme")
+    assert (between.docs_read, between.idle_runners) == (OTHERS, 0)
+    due = run(db, settings, idle_at + IDLE_RECHECK, org="acme")
+    assert (due.docs_read, due.idle_runners) == (1 + OTHERS, 1)
+
+
+def test_a_runner_stamped_minus_infinity_is_read_every_run_with_one_claim(db, settings):
+    doc = running("r1", 1_000)
+    doc["last_updated_db"] = float("-inf")  # read by every changed scan (no finite stamp)
+    db.tasks.insert_one(doc)
+    for minutes in (0, 30, 60, 90):
+        later = run(db, settings, NOW + 2 * DAY + timedelta(minutes=minutes))
+        assert later.idle_runners == 0
+    assert db.billing_pending.count_documents({}) == 1
+    assert claims(db) == {"str:'r1'": None}
