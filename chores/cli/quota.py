@@ -197,7 +197,9 @@ def plan_set(
 
     quota = Quota(collections, settings)
     state = quota.decide([org], now)[org]
-    click.echo(f"{org}: decision now {state} (from the invoice of {period})")
+    billed = collections.invoices.count_documents({"org": org, "period": period}, limit=1)
+    source = f"from the invoice of {period}" if billed else f"no usage billed in {period} yet"
+    click.echo(f"{org}: decision now {state} ({source})")
     missed = quota.mirror_missed
     # Unset REDIS_URL is worth a note only where workers may have one: a server database.
     if missed is not None and (settings.redis_url or settings.mongo_url.startswith(SERVER_SCHEMES)):

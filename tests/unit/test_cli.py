@@ -679,3 +679,13 @@ def test_plan_set_without_redis_url_on_a_server_says_the_mirror_still_answers(en
     assert "warning: the Redis at REDIS_URL could not be reached (ConnectionError)" in said
     assert "answers the previous ones for up to QUOTA_CACHE_TTL_SECONDS" in said
     assert "r3dis-pw" not in said
+
+
+def test_plan_set_for_an_org_with_no_invoice_says_so(cli_db):
+    """Review: a typo'd org got "decision now ok (from the invoice of 2026-11)" for an
+    invoice that does not exist."""
+    typo = invoke("plan", "set", "--org", "ws-acmee", "--token-limit", "1K", *NOW_ARG)
+    assert "ws-acmee: decision now ok (no usage billed in 2026-11 yet)" in typo.output
+    invoke("run", "--org", "ws-acme", *NOW_ARG)
+    real = invoke("plan", "set", "--org", "ws-acme", "--token-limit", "10M", *NOW_ARG)
+    assert "ws-acme: decision now ok (from the invoice of 2026-11)" in real.output
