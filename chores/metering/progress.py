@@ -46,10 +46,12 @@ IDLE_RECHECK = timedelta(hours=1)
 
 
 def next_recheck(now: datetime) -> datetime:
-    """When an idle runner claimed at `now` is due again: at the next full hour (UTC) but one.
-    Every idle claim on a runner made within one hour (a full pass, or the changed scan, may
-    read it before its claim is due) falls due at the same run, which reads them together
-    and leaves one: claims on a runner do not pile up."""
+    """When an idle runner claimed at `now` is due again: the next full hour (UTC), at most an
+    hour away. Every idle claim on a runner made within one hour (a full pass, or the changed
+    scan, may read it before its claim is due) falls due at the same run, which reads them
+    together and leaves one: claims on a runner do not pile up. The idle runners of a
+    platform are all re-read by the first run of each hour, together: what every run cost
+    before they were idle."""
     return as_utc(now).replace(minute=0, second=0, microsecond=0) + IDLE_RECHECK
 
 
