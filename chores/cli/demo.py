@@ -80,9 +80,11 @@ def run_demo(
         out.print()
     out.print(f"[bold]Quota decisions for {period_of(now)}[/]")
     for org in DEMO_ORGS:
-        decision = check_quota(db, org, estimated_tokens=200_000, now=now, settings=settings)
-        verdict = "[green]allowed[/]" if decision.allowed else "[red]refused[/]"
-        out.print(f"  {decision.summary()} → next run of ~200K tokens {verdict}")
+        # The standing decision (what `chore status` shows), then the answer for a run ahead.
+        standing = check_quota(db, org, estimated_tokens=0, now=now, settings=settings)
+        ahead = check_quota(db, org, estimated_tokens=200_000, now=now, settings=settings)
+        verdict = "[green]allowed[/]" if ahead.allowed else f"[red]refused[/] ({ahead.state})"
+        out.print(f"  {standing.summary()} → a run of ~200K tokens: {verdict}")
     if store is not None:
         explore(out, url)
 

@@ -442,6 +442,27 @@ def test_demo_runs_without_a_server(tmp_path):
     assert f"export MONGO_URL=file://{store}" in result.output and store.is_file()
 
 
+def test_the_demos_quota_lines_show_the_standing_decision_then_a_run_ahead(tmp_path, monkeypatch):
+    """Outside review: the demo printed the answer for its 200K estimate ("block") where `chore
+    status` showed the standing decision ("warn")."""
+    store = tmp_path / "demo.json"
+    now = ["--now", "2025-07-10T12:00:00Z"]  # globex near its limit: a 200K run is refused
+    demo = CliRunner().invoke(main, ["demo", "--store", str(store), *now])
+    assert demo.exit_code == 0, demo.output
+    monkeypatch.setenv("MONGO_URL", f"file://{store}")
+    monkeypatch.setenv("REDIS_URL", "")
+    get_settings.cache_clear()
+    text = " ".join(demo.output.split())
+    assert "globex: warn — " in text and "a run of ~200K tokens: refused (block)" in text
+    lines = [line.strip() for line in demo.output.splitlines() if "a run of ~200K tokens" in line]
+    assert len(lines) == 3
+    for line in lines:
+        org, state = line.split(":")[0], line.split(":")[1].split()[0]
+        check = CliRunner().invoke(main, ["quota", "check", "--org", org, "--json", *now])
+        assert json.loads(check.output)["state"] == state, (line, check.output)
+    get_settings.cache_clear()
+
+
 def test_a_demo_refused_for_its_now_or_its_options_leaves_the_store_as_it_was(tmp_path):
     store = tmp_path / "demo.json"
     first = CliRunner().invoke(main, ["demo", "--seed", "3", "--store", str(store)])
