@@ -103,7 +103,7 @@ WRITERS = {".yaml": registry_to_yaml, ".yml": registry_to_yaml, ".json": registr
 
 
 @registry.command("import-litellm")
-@click.argument("path", type=click.Path(dir_okay=False, exists=True))
+@click.argument("path", type=click.Path(dir_okay=False))
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),

@@ -710,3 +710,12 @@ def test_plan_set_for_an_org_with_no_invoice_says_so(cli_db):
     invoke("run", "--org", "ws-acme", *NOW_ARG)
     real = invoke("plan", "set", "--org", "ws-acme", "--token-limit", "10M", *NOW_ARG)
     assert "ws-acme: decision now ok (from the invoice of 2026-11)" in real.output
+
+
+@pytest.mark.parametrize("command", [["registry", "validate"], ["registry", "import-litellm"]])
+def test_a_missing_registry_file_is_a_user_error_in_every_registry_command(tmp_path, command):
+    """Outside review: `validate` exited 1, `import-litellm` 2 (click's usage error)."""
+    missing = tmp_path / "nowhere.json"
+    result = CliRunner().invoke(main, [*command, str(missing)])
+    assert result.exit_code == 1, result.output
+    assert str(missing) in result.output and "Traceback" not in result.output
