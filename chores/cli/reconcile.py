@@ -12,7 +12,7 @@ from chores.cli import tables
 from chores.cli.common import EXIT_MISMATCH, console, now_option, user_errors
 from chores.cli.params import PeriodType
 from chores.core.db import connect
-from chores.core.money import usd, usd_of_dollars
+from chores.core.money import usd, usd_exact, usd_of_dollars
 from chores.core.orgs import validate_org
 from chores.core.settings import get_settings
 from chores.reports.reconcile import reconcile
@@ -62,8 +62,8 @@ def reconcile_command(org: str, period: str, as_json: bool, now: datetime | None
                 line.price_valid_from or tables.DASH,
                 f"{line.expected_tokens:,}",
                 f"{line.invoiced_tokens:,}",
-                usd(line.expected_micros),
-                usd(line.invoiced_micros),
+                _amount(line.expected_micros, exact=not line.matches),
+                _amount(line.invoiced_micros, exact=not line.matches),
                 usd_of_dollars(line.runner_estimate_usd if line.estimated_runners else None),
                 "[green]ok[/]" if line.matches else "[bold red]MISMATCH[/]",
             )
@@ -90,3 +90,9 @@ def reconcile_command(org: str, period: str, as_json: bool, now: datetime | None
         out.print("[green]reconciled[/]" if result.ok else "[bold red]does not reconcile[/]")
     if not result.ok:
         sys.exit(EXIT_MISMATCH)
+
+
+def _amount(micros: int | None, *, exact: bool) -> str:
+    """An amount of a reconciled line: in cents, or to the micro-dollar on both sides of a line
+    that does not match (in cents, `$0.01` beside `$0.004545` hides what differs by how much)."""
+    return usd_exact(micros) if exact and micros is not None else usd(micros)

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from chores import get_settings, run_chore
 from chores.cli import main
+from chores.core.money import usd_exact
 from chores.demo.corpus import generate_corpus
 from chores.reports.reconcile import reconcile
 from chores.run.chore import Pipeline
@@ -83,6 +84,12 @@ def test_a_tampered_invoice_is_a_mismatch_and_exit_4(env_db, registry):
     report = json.loads(tampered.output)
     bad = [line for line in report["lines"] if line["expected_micros"] != line["invoiced_micros"]]
     assert len(bad) == 1 and bad[0]["invoiced_micros"] == bad[0]["expected_micros"] + 1
+    # The table shows a mismatched line's two amounts to the micro-dollar: in cents, one
+    # micro-dollar apart, they would read the same (outside review).
+    table = CliRunner().invoke(main, args, terminal_width=200)
+    row = next(line for line in table.output.splitlines() if "MISMATCH" in line)
+    for micros in (bad[0]["expected_micros"], bad[0]["invoiced_micros"]):
+        assert usd_exact(micros) in row, (usd_exact(micros), row)
 
 
 def test_runner_estimates_are_reported_beside_our_amounts(db, settings, registry, fixture_docs):
