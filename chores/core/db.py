@@ -328,7 +328,13 @@ def billing_indexes() -> dict[str, list[IndexModel]]:
             ),
         ],
         "dirty": [IndexModel([("org", ASCENDING)], name="org")],
-        "pending": [IndexModel([("org", ASCENDING)], name="org")],
+        "pending": [
+            IndexModel([("org", ASCENDING)], name="org"),
+            # The claims due now (`progress.due_claims`: none, or a `recheck_at` passed): the
+            # idle runners' claims not due are not examined by every run and fan-out.
+            IndexModel([("recheck_at", ASCENDING)], name="recheck_at"),
+            IndexModel([("org", ASCENDING), ("recheck_at", ASCENDING)], name="org_recheck_at"),
+        ],
         "anomalies": [
             IndexModel(
                 [("org", ASCENDING), ("period", ASCENDING), ("resolved", ASCENDING)],
