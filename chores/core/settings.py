@@ -137,8 +137,8 @@ class Settings(BaseSettings):
     # At most 366 days: an end time further ahead than that is garbage (rules.LATEST_END).
     future_skew_seconds: float = Field(default=300.0, ge=0, le=366 * 24 * 3600)
     max_tokens_per_run: int = Field(default=1_000_000_000, ge=1)
-    # A runner still running (or waiting for its spawn finding) whose stamp is older than
-    # this, billing nothing, is re-read once an hour instead of every run (`Batch.is_idle`).
+    # A runner still running (or waiting for its spawn finding) neither written (its stamp)
+    # nor billed for this long is re-read once an hour instead of every run (`Batch.is_idle`).
     # At least an hour: a live runner's stamp lags one write, often minutes.
     pending_idle_seconds: float = Field(default=86_400.0, ge=3600, le=10 * 366 * 24 * 3600)
     grace_days: float = Field(default=3.0, ge=0, le=366)  # as finalize_invoices checks

@@ -98,6 +98,7 @@ HEAD_FIELDS = {
     "byok": 1,
     "usage_time": 1,
     "usage_period": 1,
+    "billed_at": 1,
 }
 
 
@@ -123,8 +124,12 @@ class Ledger:
             for entry in cursor:
                 known = heads.get(entry["runner_id"])
                 if known is None or entry["seq"] > known.seq:
+                    billed_at = entry.get("billed_at")
                     heads[entry["runner_id"]] = LedgerHead(
-                        entry["seq"], Counters.from_dict(entry["high_water"]), _booked_on(entry)
+                        entry["seq"],
+                        Counters.from_dict(entry["high_water"]),
+                        _booked_on(entry),
+                        billed_at if isinstance(billed_at, datetime) else None,
                     )
         return heads
 

@@ -135,11 +135,13 @@ class BookedOn(NamedTuple):
 
 class LedgerHead(NamedTuple):
     """The latest ledger entry of a runner: its sequence number, high-water mark and line
-    (None when not known: a reclassification is then billed with the new usage)."""
+    (None when not known: a reclassification is then billed with the new usage), and when it
+    was billed (the `now` of the run that wrote it; None when not known)."""
 
     seq: int
     high_water: Counters
     booked_on: BookedOn | None = None
+    billed_at: datetime | None = None
 
 
 class Spawn(NamedTuple):

@@ -31,6 +31,7 @@ from chores.core.db import (
 from chores.core.exceptions import ConfigError
 from chores.core.logs import redact_urls
 from chores.core.orgs import validate_org
+from chores.core.periods import as_utc
 from chores.core.settings import Settings, get_settings
 from chores.metering.anomalies import AnomalyLog, Recorded, anomaly_id
 from chores.metering.ledger import Ledger, entry_document
@@ -69,8 +70,11 @@ class Batch:
     drop_pending: list[str] = field(default_factory=list)
     idle: list[str] = field(default_factory=list)  # pending, idle: re-read at `recheck_at`
 
-    def add(self, doc: Doc, result: Assessment, entries: Sequence[Doc]) -> None:
-        """One runner document's assessment, and the ledger entries of its deltas."""
+    def add(
+        self, doc: Doc, result: Assessment, entries: Sequence[Doc], head: LedgerHead | None
+    ) -> None:
+        """One runner document's assessment, the ledger entries of its deltas, and the runner's
+        ledger head before them."""
         self.anomalies += result.anomalies
         for entry in entries:
             self.entries.append(entry)
@@ -85,25 +89,29 @@ class Batch:
             }
         if result.pending and result.org is not None:
             watch = self.watch[result.runner_id]
-            if not entries and self.is_idle(doc, result):
+            if not entries and self.is_idle(doc, result, head):
                 self.idle.append(result.runner_id)
                 watch = {**watch, "recheck_at": self.recheck_at}
             self.add_pending.append(watch)
         else:
             self.drop_pending.append(result.runner_id)
 
-    def is_idle(self, doc: Doc, result: Assessment) -> bool:
-        """A pending runner re-read once an hour (`progress.IDLE_RECHECK`), not every run: its
-        `last_updated_db` is older than PENDING_IDLE_SECONDS before `now` (a platform crash
-        left it running, or its spawn finding never came), and it bills nothing now. Its
-        next writes carry old stamps too (stamps lag one write), which the changed scan
-        does not read: the hourly re-read bills them, and a runner that bills is read by
-        every run again. Not one held until `now` reaches its end time (`future_end_time`),
-        nor one whose stamp is not a finite number (the changed scan reads it every run)."""
+    def is_idle(self, doc: Doc, result: Assessment, head: LedgerHead | None) -> bool:
+        """A pending runner re-read once an hour (`progress.IDLE_RECHECK`), not every run:
+        neither written (its `last_updated_db`) nor billed (its ledger head) in the last
+        PENDING_IDLE_SECONDS before `now` (a platform crash left it running, or its spawn
+        finding never came), and billing nothing now. Its next writes carry old stamps
+        (stamps lag one write), which the changed scan does not read: the hourly re-read
+        bills the first, and a runner billed within PENDING_IDLE_SECONDS is read by every
+        run, its stamp however old. Not one held until `now` reaches its end time
+        (`future_end_time`), nor one whose stamp is not a finite number (the changed scan
+        reads it every run)."""
         stamp = stamp_of(doc)
+        billed_at = None if head is None or head.billed_at is None else as_utc(head.billed_at)
         return (
             stamp is not None
             and LOWEST_STAMP <= stamp < self.idle_before
+            and (billed_at is None or billed_at.timestamp() < self.idle_before)
             and not any(a.kind == Anomaly.FUTURE_END_TIME for a in result.anomalies)
         )
 
@@ -186,7 +194,7 @@ class Pipeline:
                 entry_document(delta, billed_at=now, run_id=run_id, registry=self.registry)
                 for delta in result.deltas
             ]
-            batch.add(doc, result, entries)
+            batch.add(doc, result, entries, heads.get(result.runner_id))
             if result.org is not None:
                 report.summary_for(result.org)
 

@@ -127,16 +127,41 @@ def test_a_last_write_stamped_old_is_billed_at_the_next_hourly_read(db, settings
     assert billed(db) == 1_800
 
 
-def test_an_idle_runner_that_bills_is_read_by_the_next_run(db, settings):
+def test_a_runner_billed_within_a_day_is_read_every_run_however_old_its_stamp(db, settings):
     db.tasks.insert_one(running("r1", 1_000))
     run(db, settings, NOW)
     db.tasks.replace_one({"_id": "r1"}, running("r1", 1_400))  # stamped as the write before
     billing = run(db, settings, NOW + 2 * DAY)
     assert (billing.docs_read, billing.idle_runners, billed(db)) == (1 + OTHERS, 0, 1_400)
     assert claims(db) == {"str:'r1'": None}  # claimed for its entry, read by the next run
-    after = run(db, settings, NOW + 2 * DAY + timedelta(minutes=5))
-    assert (after.docs_read, after.idle_runners) == (1 + OTHERS, 1)
+    # Its stamp is still two days old (the next write will carry the time of this one),
+    # but it was billed just now: read by every run, until a day after it was billed.
+    for later in (timedelta(minutes=20), timedelta(hours=23)):
+        after = run(db, settings, NOW + 2 * DAY + later)
+        assert (after.docs_read, after.idle_runners) == (1 + OTHERS, 0)
+        assert claims(db) == {"str:'r1'": None}
+    a_day = run(db, settings, NOW + 3 * DAY + timedelta(minutes=20))
+    assert (a_day.docs_read, a_day.idle_runners) == (1 + OTHERS, 1)
     assert claims(db)["str:'r1'"] is not None
+
+
+def test_a_write_soon_after_a_resumed_runner_is_billed_is_billed_by_the_next_run(db, settings):
+    """Fuzzing: a runner resuming after a day wrote once (billed at the hourly re-read),
+    then again 20 minutes later, stamped with the first write's time (already outside the
+    changed scan's window): it waited for the next hourly re-read."""
+    db.tasks.insert_one(running("r1", 1_000))
+    run(db, settings, NOW)
+    idle_at = NOW + 2 * DAY
+    assert run(db, settings, idle_at).idle_runners == 1
+    resumed = idle_at + timedelta(minutes=50)
+    db.tasks.replace_one({"_id": "r1"}, running("r1", 2_000))  # stamped two days ago
+    run(db, settings, idle_at + IDLE_RECHECK)
+    assert billed(db) == 2_000  # at its hourly re-read
+    quiet = run(db, settings, idle_at + IDLE_RECHECK + timedelta(minutes=5))
+    assert quiet.idle_runners == 0  # billed a run ago: watched, its stamp however old
+    db.tasks.replace_one({"_id": "r1"}, running("r1", 3_000, stamp=resumed))
+    run(db, settings, idle_at + IDLE_RECHECK + timedelta(minutes=25))
+    assert billed(db) == 3_000  # by the next run, not the next hour
 
 
 def test_a_runner_held_until_its_end_time_is_read_every_run_however_old_its_stamp(db, settings):
