@@ -19,7 +19,9 @@ scales (a full run of 1M documents on mongomock would take days):
    Bulk inserts, no run. Clones are AI runners only (no non-AI children, no findings).
 
 Then k finished runners change (counters grown, `last_updated_db` stamped just now) and
-`run_chore` runs 5 minutes later (*the rerun*), then once more with nothing changed (*idle*).
+`run_chore` runs 5 minutes later (*the rerun*), then once more with nothing changed (*idle*),
+then a day later, twice, nothing changed (*day later*, the second: the runners still running are
+idle by then, re-read once an hour).
 Each is counted: round trips (a real server: every command a pymongo `CommandListener` saw;
 mongomock: the commands pymongo would send), documents returned, documents examined (mongomock:
 modelled from the query shapes and the indexes present, `_counting.py` says how), and the
@@ -258,6 +260,14 @@ def run_size(
     idle = (
         measure(db, counts, settings, later + timedelta(minutes=5), registry) if idle_too else None
     )
+    # A day later, nothing written since: the runners left running are idle (neither written
+    # nor billed for PENDING_IDLE_SECONDS). The first run then reads them and puts them on the
+    # hourly re-read; measured is the run after it.
+    day_later = None
+    if idle_too:
+        next_day = later + timedelta(days=1, minutes=10)
+        measure(db, counts, settings, next_day, registry)
+        day_later = measure(db, counts, settings, next_day + timedelta(minutes=5), registry)
     problems: list[str] | None = None
     if check:
         from chores.billing.invoices import Invoices
@@ -285,6 +295,7 @@ def run_size(
         "base_full_run": base_run,
         "incremental": incremental,
         "idle": idle,
+        "day_later": day_later,
         "check_drafts": problems,
     }
 
@@ -346,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, title in (
         ("incremental", f"rerun after k={args.changed} changed documents"),
         ("idle", "rerun, nothing changed"),
+        ("day_later", "a day later, nothing changed (the runners left running re-read hourly)"),
     ):
         table = Table(title=f"{title} ({backend}, batch {BATCH})")
         table.add_column("N (AI runner docs)", justify="right")
