@@ -134,7 +134,11 @@ def open_client(url: str, *, fresh: bool = False) -> Any:
 
 
 def is_store(path: Path) -> bool:
-    """Whether the file at `path` starts as a local store does (its format mark first)."""
+    """Whether the file at `path` starts as a local store does (its format mark first).
+    Only a regular file may be one: a named pipe or a device is never opened (a pipe with
+    no writer would wait for good)."""
+    if not path.is_file():
+        return False
     try:
         with path.open("rb") as stream:
             start = stream.read(len(_MARK))

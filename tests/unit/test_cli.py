@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -510,6 +511,18 @@ def test_a_demo_replaces_another_store_only_when_told_and_a_file_that_is_no_stor
         assert "only with --replace" not in said
         assert notes.read_text() == "hello\n"
         assert not (tmp_path / "notes.txt.lock").exists()
+
+
+def test_demo_refuses_a_named_pipe_without_waiting_on_it(tmp_path):
+    """A path that is no regular file is no store: it used to be opened to read its format
+    mark, and a named pipe with no writer hung the command for good."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    refused = CliRunner().invoke(main, ["demo", "--store", str(pipe), "--replace"])
+    assert refused.exit_code == 1 and "Seeded" not in refused.output
+    assert "is not a local store written by `chore`" in " ".join(refused.output.split())
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+    assert not (tmp_path / "pipe.lock").exists()
 
 
 def test_each_demo_replaces_its_own_store(tmp_path, monkeypatch):
