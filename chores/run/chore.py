@@ -135,16 +135,17 @@ class Pipeline:
         self.quota = Quota(self.collections, settings)
 
     def pending_runners(
-        self, org: str | None, seen: set[str], *, now: datetime, dry_run: bool = False
+        self, org: str | None, seen: dict[str, Any], *, now: datetime, dry_run: bool = False
     ) -> Iterator[list[Doc]]:
         """Batches of the runners last seen running or waiting for a spawn finding, those
-        idle only when due at `now` (added to `seen`); those gone from the source are
-        dropped from the pending list (not in a dry run, which writes nothing)."""
+        idle only when due at `now` (each added to `seen` with the stamp read); those gone
+        from the source are dropped from the pending list (not in a dry run, which writes
+        nothing)."""
         claims = self.progress.pending(org, now)
         pending_ids = list({runner_of(c): c["source_id"] for c in claims}.values())
         for ids in chunked(pending_ids, self.settings.batch_size):
             docs = self.source.runners_by_id(ids, org)
-            found = {runner_key(d.get("_id")) for d in docs}
+            found = {runner_key(d.get("_id")): d.get("last_updated_db") for d in docs}
             seen.update(found)
             vanished = [runner_key(i) for i in ids if runner_key(i) not in found]
             if vanished and not dry_run:
@@ -152,14 +153,12 @@ class Pipeline:
             yield docs
 
     def changed_runners(
-        self, org: str | None, since: float | None, seen: set[str]
+        self, org: str | None, since: float | None, seen: Mapping[str, Any]
     ) -> Iterator[list[Doc]]:
-        """Batches of the runners changed since `since`, oldest stamp first, less `seen`."""
-        changed = (
-            d
-            for d in self.source.changed_runners(org, since)
-            if runner_key(d.get("_id")) not in seen
-        )
+        """Batches of the runners changed since `since`, oldest stamp first, less the
+        versions in `seen` (a runner written again since it was read there is read anew:
+        a write after its SUCCESS, stamped before the cursor the run moves to)."""
+        changed = (d for d in self.source.changed_runners(org, since) if not _already_read(d, seen))
         yield from chunked(changed, self.settings.batch_size)
 
     def process(
@@ -326,6 +325,16 @@ class Pipeline:
             report.entries_written += 1
 
 
+def _already_read(doc: Doc, seen: Mapping[str, Any]) -> bool:
+    """Whether this run already read this version of the runner: the same stamp, as the
+    platform stamps every write (a NaN is the same as a NaN)."""
+    key = runner_key(doc.get("_id"))
+    if key not in seen:
+        return False
+    read, stamp = seen[key], doc.get("last_updated_db")
+    return bool(read == stamp) or (read != read and stamp != stamp)
+
+
 def _newest(docs: Sequence[Doc], horizon: float, newest: float | None) -> float | None:
     """The newest plausible stamp among `docs` and `newest`: a stamp past `horizon` is
     garbage and must not push a cursor past real writes."""
@@ -383,7 +392,7 @@ def run_chore(
             cursor = meter.progress.cursor(scope)
             since = None if cursor is None else cursor - settings.lookback_seconds
         horizon = now.timestamp() + settings.future_skew_seconds
-        seen: set[str] = set()
+        seen: dict[str, Any] = {}  # runner key -> the stamp of the version read
         newest = None
         for docs in meter.pending_runners(org, seen, now=now, dry_run=dry_run):
             meter.process(

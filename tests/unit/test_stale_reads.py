@@ -347,3 +347,47 @@ def test_a_run_reading_a_runner_twice_claims_it_anew(db, registry, monkeypatch):
     for minutes in (0, 40, 60, 120):
         run_chore(db, now=NOW + timedelta(minutes=minutes), registry=registry, settings=settings)
     assert sum(e["tokens"] for e in db.billing_ledger.find({"runner_id": str(watched)})) == 3_000
+
+
+def test_a_newer_write_of_a_pending_runner_seen_by_the_changed_scan_is_billed(db, registry):
+    """A run reads its pending runners by `_id` first, then the changed scan. A runner read
+    finished from the pending list (its claim released) and written again before the scan
+    (a write after SUCCESS) was skipped by the scan as already read: the run billed the
+    first version, the cursor moved past the second's stamp (stamps lag one write), and
+    only the daily full pass billed the rest. The scan's newer version is billed too."""
+    from chores import Settings
+    from chores.metering.runner_keys import runner_key
+
+    from support import ai_runner
+    from support.dbproxy import DatabaseProxy
+
+    settings = Settings(mongo_url="mongomock://test", batch_size=10, redis_url=None)
+    start = NOW - timedelta(hours=1)
+    db.tasks.insert_one(
+        ai_runner("r", ended=None, status="RUNNING", tokens=1_000, stamp=start.timestamp() - 600)
+    )
+    run_chore(db, now=start, settings=settings, registry=registry)  # billed 1,000, pending
+    finished = (start + timedelta(minutes=20)).timestamp()
+    db.tasks.replace_one({"_id": "r"}, ai_runner("r", ended=NOW, tokens=2_000, stamp=finished))
+
+    def write_after_the_pending_read(collection, method, perform):  # type: ignore[no-untyped-def]
+        result = perform()
+        if (collection, method) == ("tasks", "find") and not written:
+            written.append(True)  # a write after SUCCESS, stamped with the write before
+            late = ai_runner("r", ended=NOW, tokens=2_500, stamp=finished + 1)
+            db.tasks.replace_one({"_id": "r"}, late)
+        return result
+
+    written: list[bool] = []
+    proxy = DatabaseProxy(db, around=write_after_the_pending_read)
+    ended = NOW - timedelta(minutes=1)  # the platform goes on: the cursor moves past "r"
+    db.tasks.insert_one(ai_runner("other-0", ended=ended, tokens=1, org="zeta"))
+    run_chore(proxy, now=NOW, settings=settings, registry=registry)
+    assert written
+    for hours in (1, 2):
+        later = NOW + timedelta(hours=hours)
+        db.tasks.insert_one(ai_runner(f"other-{hours}", ended=later, tokens=1, org="zeta"))
+        run_chore(db, now=later, settings=settings, registry=registry)
+    billed = sum(e["tokens"] for e in db.billing_ledger.find({"runner_id": runner_key("r")}))
+    assert billed == 2_500
+    assert db.billing_pending.count_documents({}) == 0
