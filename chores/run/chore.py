@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -153,12 +152,23 @@ class Pipeline:
             yield docs
 
     def changed_runners(
-        self, org: str | None, since: float | None, seen: Mapping[str, Any]
+        self,
+        org: str | None,
+        since: float | None,
+        seen: Mapping[str, Any],
+        *,
+        dry_run: bool = False,
     ) -> Iterator[list[Doc]]:
         """Batches of the runners changed since `since`, oldest stamp first, less the
-        versions in `seen` (a runner written again since it was read there is read anew:
-        a write after its SUCCESS, stamped before the cursor the run moves to)."""
-        changed = (d for d in self.source.changed_runners(org, since) if not _already_read(d, seen))
+        versions in `seen`. A runner written again since it was read there is read anew (a
+        write after its SUCCESS, stamped before the cursor the run moves to), except in a
+        dry run: it writes no ledger head, so the second version would be priced from the
+        same head as the first, its usage counted twice."""
+        changed = (
+            d
+            for d in self.source.changed_runners(org, since)
+            if not (runner_key(d.get("_id")) in seen if dry_run else _already_read(d, seen))
+        )
         yield from chunked(changed, self.settings.batch_size)
 
     def process(
@@ -198,11 +208,9 @@ class Pipeline:
                 report.summary_for(result.org)
 
         report.docs_read += len(docs)
-        report.idle_runners += len(batch.idle)
-        report.count_anomalies(Counter(a.kind for a in batch.anomalies))
+        report.count_idle(batch.idle)
         for record in batch.anomalies:
-            if record.org is not None:
-                report.summary_for(record.org).anomalies += 1
+            report.count_anomaly(anomaly_id(record), record.kind, record.org)
         if dry_run:
             self._tally(report, batch.entries)
             return
@@ -403,7 +411,7 @@ def run_chore(
                 on_batch(len(docs))
         # Oldest stamp first, and the cursor moved after every batch: a run cut short (a
         # time limit, a lost worker) keeps what it did, and the next one goes on from there.
-        for docs in meter.changed_runners(org, since, seen):
+        for docs in meter.changed_runners(org, since, seen, dry_run=dry_run):
             meter.process(
                 docs, org=org, now=now, run_id=report.run_id, report=report, dry_run=dry_run
             )

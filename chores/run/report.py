@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 
 class OrgSummary(BaseModel):
@@ -41,10 +41,23 @@ class RunReport(BaseModel):
     # its entries expire
     mirror_missed: str | None = None
     error: str | None = None
+    # what was counted, so that a runner read twice in one run (written again between
+    # the pending read and the changed scan, or handed back by a paged scan) counts once
+    _idle: set[str] = PrivateAttr(default_factory=set)
+    _anomalies: set[str] = PrivateAttr(default_factory=set)
 
     def summary_for(self, org: str) -> OrgSummary:
         return self.orgs.setdefault(org, OrgSummary())
 
-    def count_anomalies(self, kinds: Counter[str]) -> None:
-        for kind, count in kinds.items():
-            self.anomalies[kind] = self.anomalies.get(kind, 0) + count
+    def count_idle(self, runner_ids: Iterable[str]) -> None:
+        self._idle.update(runner_ids)
+        self.idle_runners = len(self._idle)
+
+    def count_anomaly(self, anomaly_id: str, kind: str, org: str | None) -> None:
+        """One anomaly (`anomalies.anomaly_id`: a runner's of one kind), once per run."""
+        if anomaly_id in self._anomalies:
+            return
+        self._anomalies.add(anomaly_id)
+        self.anomalies[kind] = self.anomalies.get(kind, 0) + 1
+        if org is not None:
+            self.summary_for(org).anomalies += 1

@@ -282,3 +282,29 @@ def test_a_runner_stamped_minus_infinity_is_read_every_run_with_one_claim(db, se
         assert later.idle_runners == 0
     assert db.billing_pending.count_documents({}) == 1
     assert claims(db) == {"str:'r1'": None}
+
+
+def test_an_idle_runner_read_twice_in_a_run_is_counted_once(db, settings):
+    """Review: an idle runner read from the pending list and again, written meanwhile
+    (a heartbeat: nothing billed), by a full pass was reported as two idle runners."""
+    from support.dbproxy import DatabaseProxy
+
+    db.tasks.insert_one(running("r1", 1_000))
+    run(db, settings, NOW)
+    idle_at = NOW + 2 * DAY
+    run(db, settings, idle_at)
+    beat: list[bool] = []
+
+    def heartbeat_after_the_pending_read(collection, method, perform):  # type: ignore[no-untyped-def]
+        result = perform()
+        if (collection, method) == ("tasks", "find") and not beat:
+            beat.append(True)
+            db.tasks.replace_one({"_id": "r1"}, running("r1", 1_000, BEFORE + timedelta(0, 1)))
+        return result
+
+    proxy = DatabaseProxy(db, around=heartbeat_after_the_pending_read)
+    due = run(proxy, settings, idle_at + IDLE_RECHECK, full=True)
+    assert beat and due.docs_read == 2 + 3  # r1 twice, and a full pass reads the 3 others
+    assert due.idle_runners == 1
+    assert billed(db) == 1_000
+    assert len(claims(db)) == 1

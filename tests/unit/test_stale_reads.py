@@ -349,14 +349,12 @@ def test_a_run_reading_a_runner_twice_claims_it_anew(db, registry, monkeypatch):
     assert sum(e["tokens"] for e in db.billing_ledger.find({"runner_id": str(watched)})) == 3_000
 
 
-def test_a_newer_write_of_a_pending_runner_seen_by_the_changed_scan_is_billed(db, registry):
-    """A run reads its pending runners by `_id` first, then the changed scan. A runner read
-    finished from the pending list (its claim released) and written again before the scan
-    (a write after SUCCESS) was skipped by the scan as already read: the run billed the
-    first version, the cursor moved past the second's stamp (stamps lag one write), and
-    only the daily full pass billed the rest. The scan's newer version is billed too."""
+def _written_between_the_reads(db, registry, first, then, *, dry_run=False):  # type: ignore[no-untyped-def]
+    """Runner "r" billed 1,000 tokens running at NOW - 1 h (pending since), then written
+    as `first(stamp)`; a run at NOW reads it from the pending list, and `then(stamp)` is
+    written before its changed scan. Another runner ending a minute before NOW moves the
+    cursor past "r" (the platform goes on). Returns the run's report."""
     from chores import Settings
-    from chores.metering.runner_keys import runner_key
 
     from support import ai_runner
     from support.dbproxy import DatabaseProxy
@@ -367,27 +365,86 @@ def test_a_newer_write_of_a_pending_runner_seen_by_the_changed_scan_is_billed(db
         ai_runner("r", ended=None, status="RUNNING", tokens=1_000, stamp=start.timestamp() - 600)
     )
     run_chore(db, now=start, settings=settings, registry=registry)  # billed 1,000, pending
-    finished = (start + timedelta(minutes=20)).timestamp()
-    db.tasks.replace_one({"_id": "r"}, ai_runner("r", ended=NOW, tokens=2_000, stamp=finished))
+    stamp = (start + timedelta(minutes=20)).timestamp()
+    db.tasks.replace_one({"_id": "r"}, first(stamp))
+    written: list[bool] = []
 
     def write_after_the_pending_read(collection, method, perform):  # type: ignore[no-untyped-def]
         result = perform()
         if (collection, method) == ("tasks", "find") and not written:
-            written.append(True)  # a write after SUCCESS, stamped with the write before
-            late = ai_runner("r", ended=NOW, tokens=2_500, stamp=finished + 1)
-            db.tasks.replace_one({"_id": "r"}, late)
+            written.append(True)
+            db.tasks.replace_one({"_id": "r"}, then(stamp + 1))
         return result
 
-    written: list[bool] = []
-    proxy = DatabaseProxy(db, around=write_after_the_pending_read)
-    ended = NOW - timedelta(minutes=1)  # the platform goes on: the cursor moves past "r"
+    ended = NOW - timedelta(minutes=1)
     db.tasks.insert_one(ai_runner("other-0", ended=ended, tokens=1, org="zeta"))
-    run_chore(proxy, now=NOW, settings=settings, registry=registry)
+    proxy = DatabaseProxy(db, around=write_after_the_pending_read)
+    report = run_chore(proxy, now=NOW, settings=settings, registry=registry, dry_run=dry_run)
     assert written
-    for hours in (1, 2):
+    return report
+
+
+def _billed_to_r(db) -> int:  # type: ignore[no-untyped-def]
+    from chores.metering.runner_keys import runner_key
+
+    return sum(e["tokens"] for e in db.billing_ledger.find({"runner_id": runner_key("r")}))
+
+
+def test_a_newer_write_of_a_pending_runner_seen_by_the_changed_scan_is_billed(db, registry):
+    """A run reads its pending runners by `_id` first, then the changed scan. A runner read
+    finished from the pending list (its claim released) and written again before the scan
+    (a write after SUCCESS, stamped with the write before) was skipped by the scan as
+    already read: the run billed the first version, the cursor moved past the second's
+    stamp (stamps lag one write), and only the daily full pass billed the rest. The scan's
+    newer version is billed too, in the same run."""
+    from chores import Settings
+
+    from support import ai_runner
+
+    report = _written_between_the_reads(
+        db,
+        registry,
+        lambda stamp: ai_runner("r", ended=NOW, tokens=2_000, stamp=stamp),
+        lambda stamp: ai_runner("r", ended=NOW, tokens=2_500, stamp=stamp),
+    )
+    assert (report.tokens_billed, _billed_to_r(db)) == (1 + 1_500, 2_500)
+    settings = Settings(mongo_url="mongomock://test", batch_size=10, redis_url=None)
+    for hours in (1, 2):  # nothing left for later runs, nothing billed twice
         later = NOW + timedelta(hours=hours)
         db.tasks.insert_one(ai_runner(f"other-{hours}", ended=later, tokens=1, org="zeta"))
         run_chore(db, now=later, settings=settings, registry=registry)
-    billed = sum(e["tokens"] for e in db.billing_ledger.find({"runner_id": runner_key("r")}))
-    assert billed == 2_500
+    assert _billed_to_r(db) == 2_500
     assert db.billing_pending.count_documents({}) == 0
+
+
+def test_a_dry_run_counts_a_runner_written_between_its_reads_once(db, registry):
+    """Review of the test above's fix: a dry run writes no ledger head, so the newer
+    version was priced from the same head as the first and its growth counted twice (2,500
+    reported where a run bills 1,500). A dry run keeps the version it read first."""
+    from support import ai_runner
+
+    report = _written_between_the_reads(
+        db,
+        registry,
+        lambda stamp: ai_runner("r", ended=NOW, tokens=2_000, stamp=stamp),
+        lambda stamp: ai_runner("r", ended=NOW, tokens=2_500, stamp=stamp),
+        dry_run=True,
+    )
+    assert report.summary_for("acme").tokens == 1_000
+    assert _billed_to_r(db) == 1_000  # as before the dry run
+
+
+def test_a_runner_read_twice_in_a_run_is_one_anomaly_in_its_report(db, registry):
+    """Review: a held runner (a model that is no name) written between the reads was
+    counted as two anomalies in the run's report, beside one anomaly document."""
+    from support import ai_runner
+
+    report = _written_between_the_reads(
+        db,
+        registry,
+        lambda stamp: ai_runner("r", ended=None, status="RUNNING", model=123, stamp=stamp),
+        lambda stamp: ai_runner("r", ended=None, status="RUNNING", model=124, stamp=stamp),
+    )
+    assert db.billing_anomalies.count_documents({"kind": "bad_model"}) == 1
+    assert report.anomalies == {"bad_model": 1}
+    assert report.summary_for("acme").anomalies == 1
