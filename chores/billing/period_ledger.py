@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 from chores.billing.invoices import Invoice
+from chores.billing.known_orgs import did_you_mean
 from chores.core.db import Collections, Doc
 from chores.core.exceptions import InvoiceNotFound
 from chores.metering.ledger import EMPTY_ENTRY
@@ -191,10 +192,8 @@ def stored_invoice(collections: Collections, org: str, period: str) -> Invoice:
     """The stored invoice of `(org, period)`; `InvoiceNotFound` saying what to do if none."""
     doc = collections.invoices.find_one({"_id": f"{org}:{period}"})
     if doc is None:
-        raise InvoiceNotFound(
-            f"no invoice for org {org!r} in {period}; "
-            f"run `chore run --org {shlex.quote(org)}` first"
-        )
+        todo = did_you_mean(collections, org) or f"run `chore run --org {shlex.quote(org)}` first"
+        raise InvoiceNotFound(f"no invoice for org {org!r} in {period}; {todo}")
     return Invoice.model_validate(doc)
 
 

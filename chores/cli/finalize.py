@@ -6,14 +6,13 @@ from datetime import datetime
 
 import click
 
+from chores.billing.known_orgs import unknown_org_note
 from chores.cli.common import (
     now_option,
     user_errors,
 )
 from chores.cli.params import GraceDaysType
-from chores.core.db import (
-    connect,
-)
+from chores.core.db import Collections, connect
 from chores.core.settings import get_settings
 from chores.core.wording import counted
 from chores.run.chore import finalize_invoices
@@ -33,9 +32,12 @@ def finalize(org: str | None, grace_days: float | None, now: datetime | None) ->
     """Turn the drafts of periods ended more than the grace ago final."""
 
     settings = get_settings()
-    done = finalize_invoices(
-        connect(settings), now=now, grace=grace_days, org=org, settings=settings
-    )
+    db = connect(settings)
+    done = finalize_invoices(db, now=now, grace=grace_days, org=org, settings=settings)
     click.echo(
         f"finalized {counted(len(done), 'invoice')}" + (": " + ", ".join(done) if done else "")
     )
+    if org is not None and not done:
+        unknown = unknown_org_note(Collections.of(db, settings), org)
+        if unknown is not None:
+            click.echo(f"note: {unknown}", err=True)

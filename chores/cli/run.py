@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from chores.billing.known_orgs import unknown_org_note
 from chores.cli import tables
 from chores.cli.common import (
     EXIT_LOCKED,
@@ -31,6 +32,7 @@ from chores.core.orgs import validate_org
 from chores.core.settings import Settings, get_settings
 from chores.core.wording import counted
 from chores.run.chore import run_chore
+from chores.run.report import RunReport
 
 
 # run ---------------------------------------------------------------------------
@@ -173,6 +175,8 @@ def _run(
         )
     if as_json:  # asked for explicitly: --quiet only silences what is for people
         click.echo(report.model_dump_json(indent=2))
+        if not quiet:
+            _note_unknown_org(db, settings, report)
         return
     if quiet:
         return
@@ -210,3 +214,14 @@ def _run(
             f"{counted(report.idle_runners, 'runner')} pending but not written for "
             "PENDING_IDLE_SECONDS: re-read once an hour, not every run"
         )
+    _note_unknown_org(db, settings, report)
+
+
+def _note_unknown_org(db: Database[Doc], settings: Settings, report: RunReport) -> None:
+    """After an `--org` run that billed nothing, a note on stderr when the billing knows
+    nothing of the org: most likely a mistyped id (an org with no usage yet is no error)."""
+    if report.org is None or report.tokens_billed:
+        return
+    unknown = unknown_org_note(Collections.of(db, settings), report.org)
+    if unknown is not None:
+        click.echo(f"note: {unknown}", err=True)

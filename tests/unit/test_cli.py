@@ -97,6 +97,41 @@ def test_the_hint_quotes_an_org_for_the_shell(cli_db):
     assert result.output.strip().endswith("run `chore run --org 'acme; rm -rf x'` first")
 
 
+def test_a_mistyped_org_is_said_with_the_known_ids_like_it(cli_db):
+    """`run --org` and `finalize --org` of an org the billing knows nothing of exited 0
+    with nothing done and nothing said, and `invoice show` told to run it first: a typo
+    went unnoticed. An org with no usage yet is no error: exit codes are unchanged."""
+    invoke("run", "--all", *NOW_ARG)  # invoices for ws-acme and ws-beta
+    typo = ["--org", "ws-acmee"]
+    note = "note: org 'ws-acmee' has no invoice of any month and no plan: nothing was billed"
+    run = CliRunner().invoke(main, ["run", *typo, *NOW_ARG])
+    assert run.exit_code == 0
+    assert f"{note} to it yet; did you mean 'ws-acme'?" in run.stderr
+    as_json = CliRunner().invoke(main, ["run", *typo, "--json", *NOW_ARG])
+    assert json.loads(as_json.stdout)["tokens_billed"] == 0 and note in as_json.stderr
+    quiet = CliRunner().invoke(main, ["run", *typo, "--quiet", *NOW_ARG])
+    assert quiet.exit_code == 0 and quiet.output == ""
+    finalized = CliRunner().invoke(main, ["finalize", *typo, *NOW_ARG])
+    assert finalized.exit_code == 0 and note in finalized.stderr
+    for command in (["invoice", "show"], ["reconcile"]):
+        missing = CliRunner().invoke(main, [*command, *typo, "--period", "2026-11", *NOW_ARG])
+        assert missing.exit_code == 1
+        assert missing.output.strip() == (
+            "Error: no invoice for org 'ws-acmee' in 2026-11; did you mean 'ws-acme'?"
+        )
+    unlike = CliRunner().invoke(main, ["run", "--org", "zz", *NOW_ARG])
+    assert (
+        "note: org 'zz' has no invoice of any month and no plan: nothing was billed to it yet\n"
+        in unlike.stderr
+    )
+    known = CliRunner().invoke(main, ["run", "--org", "ws-acme", *NOW_ARG])  # nothing new
+    assert known.exit_code == 0 and "note: org" not in known.output
+    planned = CliRunner().invoke(main, ["plan", "set", "--org", "ws-new", "--token-limit", "1K"])
+    assert planned.exit_code == 0, planned.output
+    new = CliRunner().invoke(main, ["run", "--org", "ws-new", *NOW_ARG])
+    assert new.exit_code == 0 and "note: org" not in new.output
+
+
 def test_bad_period_is_a_usage_error(cli_db):
     result = CliRunner().invoke(
         main, ["invoice", "show", "--org", "x", "--period", "11-2026"], prog_name="chore"
@@ -111,7 +146,7 @@ def test_bad_period_is_a_usage_error(cli_db):
 @pytest.mark.parametrize("org", ['{"$ne": null}', "$where", "a.b"])
 def test_operator_like_org_ids_are_plain_data(cli_db, org):
     result = invoke("run", "--org", org, "--json", *NOW_ARG)
-    assert json.loads(result.output)["docs_read"] == 0
+    assert json.loads(result.stdout)["docs_read"] == 0
     assert cli_db.billing_ledger.count_documents({}) == 0
 
 
