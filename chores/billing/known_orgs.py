@@ -8,6 +8,9 @@ only say so, and name the ids it may have been meant as.
 from __future__ import annotations
 
 import difflib
+import shlex
+from collections.abc import Iterable
+from typing import Any
 
 from chores.core.db import Collections
 
@@ -22,11 +25,18 @@ def is_known(collections: Collections, org: str) -> bool:
     )
 
 
-def known_alike(collections: Collections, org: str) -> list[str]:
-    """The known org ids closest to `org` (difflib's ratio), best first."""
-    known = {o for o in collections.invoices.distinct("org") if isinstance(o, str)}
-    known |= {o for o in collections.plans.distinct("_id") if isinstance(o, str)}
-    return difflib.get_close_matches(org, sorted(known), n=ALIKE)
+def known_alike(collections: Collections, org: str, *, period: str | None = None) -> list[str]:
+    """The known org ids closest to `org` (difflib's ratio, case aside), best first: those
+    with an invoice of `period` when given, else those with any invoice or a plan."""
+    if period is not None:
+        known = _ids(collections.invoices.distinct("org", {"period": period}))
+    else:
+        known = _ids(collections.invoices.distinct("org")) | _ids(collections.plans.distinct("_id"))
+    by_folded: dict[str, str] = {}
+    for candidate in sorted(known):
+        by_folded.setdefault(candidate.casefold(), candidate)
+    alike = difflib.get_close_matches(org.casefold(), list(by_folded), n=ALIKE)
+    return [by_folded[folded] for folded in alike]
 
 
 def unknown_org_note(collections: Collections, org: str) -> str | None:
@@ -39,13 +49,19 @@ def unknown_org_note(collections: Collections, org: str) -> str | None:
     return f"{said}; did you mean {_either(alike)}?" if alike else said
 
 
-def did_you_mean(collections: Collections, org: str) -> str | None:
-    """ "did you mean 'acme'?" when `org` is unknown and known ids look like it; else None
-    (a known org, or one like no other: a new org whose runners were not metered yet)."""
+def missing_invoice_hint(collections: Collections, org: str, period: str) -> str:
+    """What to do when `org` has no invoice of `period`: name the orgs with one that look
+    like it when the billing knows nothing of `org` (a typo, most likely), and the run
+    that makes one (a new org)."""
+    run_first = f"run `chore run --org {shlex.quote(org)}` first"
     if is_known(collections, org):
-        return None
-    alike = known_alike(collections, org)
-    return f"did you mean {_either(alike)}?" if alike else None
+        return run_first
+    alike = known_alike(collections, org, period=period)
+    return f"did you mean {_either(alike)}? (a new org: {run_first})" if alike else run_first
+
+
+def _ids(values: Iterable[Any]) -> set[str]:
+    return {value for value in values if isinstance(value, str)}
 
 
 def _either(orgs: list[str]) -> str:

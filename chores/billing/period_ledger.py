@@ -8,7 +8,6 @@ entries per runner, raw model, key source, lateness, day and billed price into
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -16,7 +15,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 from chores.billing.invoices import Invoice
-from chores.billing.known_orgs import did_you_mean
+from chores.billing.known_orgs import missing_invoice_hint
 from chores.core.db import Collections, Doc
 from chores.core.exceptions import InvoiceNotFound
 from chores.metering.ledger import EMPTY_ENTRY
@@ -192,8 +191,8 @@ def stored_invoice(collections: Collections, org: str, period: str) -> Invoice:
     """The stored invoice of `(org, period)`; `InvoiceNotFound` saying what to do if none."""
     doc = collections.invoices.find_one({"_id": f"{org}:{period}"})
     if doc is None:
-        todo = did_you_mean(collections, org) or f"run `chore run --org {shlex.quote(org)}` first"
-        raise InvoiceNotFound(f"no invoice for org {org!r} in {period}; {todo}")
+        hint = missing_invoice_hint(collections, org, period)
+        raise InvoiceNotFound(f"no invoice for org {org!r} in {period}; {hint}")
     return Invoice.model_validate(doc)
 
 

@@ -218,9 +218,10 @@ def _run(
 
 
 def _note_unknown_org(db: Database[Doc], settings: Settings, report: RunReport) -> None:
-    """After an `--org` run that billed nothing, a note on stderr when the billing knows
-    nothing of the org: most likely a mistyped id (an org with no usage yet is no error)."""
-    if report.org is None or report.tokens_billed:
+    """After an `--org` run that read none of the org's runners, a note on stderr when the
+    billing knows nothing of the org: most likely a mistyped id (an org with no usage yet
+    is no error)."""
+    if report.org is None or report.org in report.orgs:  # it read some of the org's runners
         return
     unknown = unknown_org_note(Collections.of(db, settings), report.org)
     if unknown is not None:

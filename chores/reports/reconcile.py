@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel
 
 from chores.billing.invoices import Invoice
-from chores.billing.known_orgs import did_you_mean
+from chores.billing.known_orgs import missing_invoice_hint
 from chores.core.db import Doc
 from chores.core.exceptions import InvoiceNotFound
 from chores.metering.counters import Breakdown
@@ -115,10 +115,8 @@ def _own_estimate(doc: Mapping[str, Any], spawn_contexts: Any, org: str) -> floa
 def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Reconciliation:
     invoice = meter.invoices.get(org, period)
     if invoice is None:
-        hint = did_you_mean(meter.collections, org)
-        raise InvoiceNotFound(
-            f"no invoice for org {org!r} in {period}" + (f"; {hint}" if hint else "")
-        )
+        hint = missing_invoice_hint(meter.collections, org, period)
+        raise InvoiceNotFound(f"no invoice for org {org!r} in {period}; {hint}")
     registry = _pricing_registry(invoice, meter.registry)
     sources = _source_usage(meter, org, now)
     ledger = _ledger_usage(meter, org, period, invoice.status, set(sources))

@@ -161,14 +161,22 @@ class Pipeline:
     ) -> Iterator[list[Doc]]:
         """Batches of the runners changed since `since`, oldest stamp first, less the
         versions in `seen`. A runner written again since it was read there is read anew (a
-        write after its SUCCESS, stamped before the cursor the run moves to), except in a
-        dry run: it writes no ledger head, so the second version would be priced from the
-        same head as the first, its usage counted twice."""
-        changed = (
-            d
-            for d in self.source.changed_runners(org, since)
-            if not (runner_key(d.get("_id")) in seen if dry_run else _already_read(d, seen))
-        )
+        write after its SUCCESS, stamped before the cursor the run moves to), as is one the
+        scan hands back after a write moved its stamp. Not in a dry run: it writes no ledger
+        head, so a second version would be priced from the same head as the first, its
+        usage counted twice; a dry run reads each runner once (and remembers each)."""
+        read_here: set[str] = set()
+
+        def wanted(doc: Doc) -> bool:
+            if not dry_run:
+                return not _already_read(doc, seen)
+            key = runner_key(doc.get("_id"))
+            if key in seen or key in read_here:
+                return False
+            read_here.add(key)
+            return True
+
+        changed = (d for d in self.source.changed_runners(org, since) if wanted(d))
         yield from chunked(changed, self.settings.batch_size)
 
     def process(
@@ -208,7 +216,7 @@ class Pipeline:
                 report.summary_for(result.org)
 
         report.docs_read += len(docs)
-        report.count_idle(batch.idle)
+        report.count_idle(batch.idle, read=runner_ids)
         for record in batch.anomalies:
             report.count_anomaly(anomaly_id(record), record.kind, record.org)
         if dry_run:

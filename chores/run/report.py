@@ -49,8 +49,11 @@ class RunReport(BaseModel):
     def summary_for(self, org: str) -> OrgSummary:
         return self.orgs.setdefault(org, OrgSummary())
 
-    def count_idle(self, runner_ids: Iterable[str]) -> None:
-        self._idle.update(runner_ids)
+    def count_idle(self, idle: Iterable[str], *, read: Iterable[str]) -> None:
+        """The runners of a batch found idle, among those it `read`: a runner's latest read
+        in the run says (one billed by a second read is not idle)."""
+        self._idle.difference_update(read)
+        self._idle.update(idle)
         self.idle_runners = len(self._idle)
 
     def count_anomaly(self, anomaly_id: str, kind: str, org: str | None) -> None:

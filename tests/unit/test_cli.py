@@ -116,9 +116,15 @@ def test_a_mistyped_org_is_said_with_the_known_ids_like_it(cli_db):
     for command in (["invoice", "show"], ["reconcile"]):
         missing = CliRunner().invoke(main, [*command, *typo, "--period", "2026-11", *NOW_ARG])
         assert missing.exit_code == 1
-        assert missing.output.strip() == (
-            "Error: no invoice for org 'ws-acmee' in 2026-11; did you mean 'ws-acme'?"
+        assert " ".join(missing.output.split()) == (
+            "Error: no invoice for org 'ws-acmee' in 2026-11; did you mean 'ws-acme'? "
+            "(a new org: run `chore run --org ws-acmee` first)"
         )
+    in_november = ["invoice", "show", "--org", "WS-BETTA", "--period", "2026-11"]
+    cased = CliRunner().invoke(main, in_november)  # ids are told apart by case, not matched
+    assert "did you mean 'ws-beta'?" in cased.output
+    in_october = CliRunner().invoke(main, [*in_november[:-1], "2026-10"])  # ws-beta: none
+    assert in_october.output.strip().endswith("run `chore run --org WS-BETTA` first")
     unlike = CliRunner().invoke(main, ["run", "--org", "zz", *NOW_ARG])
     assert (
         "note: org 'zz' has no invoice of any month and no plan: nothing was billed to it yet\n"
@@ -126,6 +132,10 @@ def test_a_mistyped_org_is_said_with_the_known_ids_like_it(cli_db):
     )
     known = CliRunner().invoke(main, ["run", "--org", "ws-acme", *NOW_ARG])  # nothing new
     assert known.exit_code == 0 and "note: org" not in known.output
+    cli_db.tasks.insert_one({**cli_db.tasks.find_one({"context.workspace_id": "ws-acme"}),
+                             "_id": "fresh", "context": {"workspace_id": "ws-acmf"}})  # fmt: skip
+    read = CliRunner().invoke(main, ["run", "--org", "ws-acmf", *NOW_ARG])  # no tokens yet
+    assert read.exit_code == 0 and "ws-acmf" in read.stdout and "note: org" not in read.output
     planned = CliRunner().invoke(main, ["plan", "set", "--org", "ws-new", "--token-limit", "1K"])
     assert planned.exit_code == 0, planned.output
     new = CliRunner().invoke(main, ["run", "--org", "ws-new", *NOW_ARG])

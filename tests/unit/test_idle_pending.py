@@ -308,3 +308,30 @@ def test_an_idle_runner_read_twice_in_a_run_is_counted_once(db, settings):
     assert due.idle_runners == 1
     assert billed(db) == 1_000
     assert len(claims(db)) == 1
+
+
+def test_an_idle_runner_billed_by_its_second_read_in_a_run_is_not_idle(db, settings):
+    """Review: an idle runner read from the pending list, then written (new tokens) before
+    the changed scan read it again and billed it, was still reported idle, while its claim
+    said to read it every run."""
+    from support.dbproxy import DatabaseProxy
+
+    db.tasks.insert_one(running("r1", 1_000))
+    run(db, settings, NOW)
+    idle_at = NOW + 2 * DAY
+    run(db, settings, idle_at)
+    due_at = idle_at + IDLE_RECHECK
+    written: list[bool] = []
+
+    def write_after_the_pending_read(collection, method, perform):  # type: ignore[no-untyped-def]
+        result = perform()
+        if (collection, method) == ("tasks", "find") and not written:
+            written.append(True)  # a recent stamp: the changed scan reads it
+            db.tasks.replace_one({"_id": "r1"}, running("r1", 2_000, due_at - timedelta(0, 5)))
+        return result
+
+    proxy = DatabaseProxy(db, around=write_after_the_pending_read)
+    due = run(proxy, settings, due_at)
+    assert written and billed(db) == 2_000
+    assert due.idle_runners == 0
+    assert claims(db) == {"str:'r1'": None}  # read by every run

@@ -448,3 +448,33 @@ def test_a_runner_read_twice_in_a_run_is_one_anomaly_in_its_report(db, registry)
     assert db.billing_anomalies.count_documents({"kind": "bad_model"}) == 1
     assert report.anomalies == {"bad_model": 1}
     assert report.summary_for("acme").anomalies == 1
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_runner_the_scan_hands_back_is_counted_once_by_a_dry_run(
+    db, registry, monkeypatch, dry_run
+):
+    """Review: a server's scan over the stamp index hands a runner back when a write moves
+    its stamp during the scan. A run bills the second version from the head the first
+    wrote; a dry run, which writes no head, priced both from none (4,500 reported where a
+    run bills 2,000 then 500). It reads each runner once."""
+    from chores import Settings
+    from chores.metering import source
+
+    from support import ai_runner
+
+    settings = Settings(mongo_url="mongomock://test", batch_size=1, redis_url=None)
+    stamp = (NOW - timedelta(minutes=10)).timestamp()
+    db.tasks.insert_one(ai_runner("r", ended=NOW, tokens=2_000, stamp=stamp))
+
+    def scan_handing_back(self, org, since):  # type: ignore[no-untyped-def]
+        yield self._tasks.find_one({"_id": "r"})
+        later = ai_runner("r", ended=NOW, tokens=2_500, stamp=stamp + 60)
+        db.tasks.replace_one({"_id": "r"}, later)  # moved forward during the scan
+        yield self._tasks.find_one({"_id": "r"})
+
+    monkeypatch.setattr(source.Source, "changed_runners", scan_handing_back)
+    report = run_chore(db, now=NOW, settings=settings, registry=registry, dry_run=dry_run)
+    assert report.docs_read == (1 if dry_run else 2)
+    assert report.tokens_billed == (2_000 if dry_run else 2_500)
+    assert _billed_to_r(db) == (0 if dry_run else 2_500)
