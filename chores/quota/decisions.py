@@ -5,7 +5,8 @@ optional token limit, an optional spend limit, the soft ratio for warnings and
 an optional token overdraft. A *decision* (`billing_quota`, `_id` = org) is the
 org's state for the period of `now`: `block` when usage reached a limit, `warn`
 at the soft ratio, else `ok`. State changes are appended to
-`billing_quota_events`. `check` answers from the stored decision alone.
+`billing_quota_events`, each after the decision that made it stood (a decision another
+run's newer one refused leaves no event). `check` answers from the stored decision alone.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 State = Literal["ok", "warn", "block", "unknown"]
 STORED_STATES = ("ok", "warn", "block")  # what `evaluate` decides; `unknown` is never stored
 INVALID_PLAN = "invalid plan"  # what a run reports for an org whose plan cannot be read
+# On the decision that changed its org's state only: the state it changed from (its event)
+CHANGED_FROM = "changed_from"
 
 
 class QuotaUsage(BaseModel):
@@ -65,6 +68,36 @@ def _state_changes(before: Mapping[str, Any], period: str) -> int:
     count = before.get("state_changes")
     same_period = before.get("period") == period
     return count if same_period and isinstance(count, int) and not isinstance(count, bool) else 0
+
+
+def change_event(decision: Mapping[str, Any]) -> Doc | None:
+    """The state-change event of a decision that changed its org's state (it holds
+    `CHANGED_FROM`), None for any other or a malformed one. Named after its rank among the
+    period's changes, not after a time: the decision and whoever replaces it derive the
+    same event, and two changes made at one `now` (or at an earlier one, which
+    `computed_at` does not tell) are two."""
+    org, period, state = decision.get("_id"), decision.get("period"), decision.get("state")
+    rank, at = decision.get("state_changes"), decision.get("computed_at")
+    well_formed = (
+        CHANGED_FROM in decision
+        and isinstance(org, str)
+        and isinstance(period, str)
+        and state in STORED_STATES
+        and isinstance(rank, int)
+        and not isinstance(rank, bool)
+        and isinstance(at, datetime)
+    )
+    if not well_formed:
+        return None
+    before = decision[CHANGED_FROM]
+    return {
+        "_id": f"{org}:{period}:{before}->{state}:#{rank}",
+        "org": org,
+        "period": period,
+        "from": before,
+        "to": state,
+        "at": at,
+    }
 
 
 def _computed_at(
@@ -327,12 +360,18 @@ class Quota:
             d["_id"]: d
             for d in self._c.quota.find(
                 {"_id": {"$in": list(orgs)}},
-                {"state": 1, "period": 1, "computed_at": 1, "state_changes": 1},
+                {"state": 1, "period": 1, "computed_at": 1, "state_changes": 1, CHANGED_FROM: 1},
             )
         }
+        # A decision that changed the state is replaced below only once its event is in:
+        # its writer may have died between the two writes (the event goes after its
+        # decision, so that a decision refused never leaves one). Already in, mostly:
+        # duplicates, ignored.
+        insert_ignoring_duplicates(
+            self._c.quota_events, list(filter(None, map(change_event, previous.values())))
+        )
         future = _clock.wall_clock() + timedelta(seconds=self._settings.future_skew_seconds)
         states: dict[str, str] = {}
-        events: list[Doc] = []
         decisions: list[Doc] = []
         for org in orgs:
             plan, used = plans[org], usage[org]
@@ -343,6 +382,8 @@ class Quota:
             before = previous.get(org, {})
             changed = (before.get("state"), before.get("period")) != (state, period)
             changes = _state_changes(before, period) + int(changed)
+            # Only on the decision that made the change: its event is derived from it.
+            change = {CHANGED_FROM: before.get("state")} if changed else {}
             decisions.append(
                 {
                     "_id": org,
@@ -360,25 +401,10 @@ class Quota:
                     "grace_tokens": plan.grace_tokens,
                     "computed_at": _computed_at(now, before, period, future),
                     "state_changes": changes,  # in this period, this one's included
+                    **change,
                 }
             )
-            if changed:
-                # Named after its rank among the period's changes (from the decision it
-                # replaces), not after `now`: a rerun after a crash between the event and
-                # the decision writes the same event again, and two changes made at one
-                # `now` (or at an earlier one, which `computed_at` does not tell) are two.
-                events.append(
-                    {
-                        "_id": f"{org}:{period}:{before.get('state')}->{state}:#{changes}",
-                        "org": org,
-                        "period": period,
-                        "from": before.get("state"),
-                        "to": state,
-                        "at": now,
-                    }
-                )
             states[org] = state
-        insert_ignoring_duplicates(self._c.quota_events, events)  # before the decisions
         # One write. A decision from a concurrent run that read a later version of the
         # draft (a build on a later ticket: more usage, or the same tokens repriced) or a
         # later period is kept, never overwritten; one computed ahead of the wall clock (a
@@ -410,10 +436,14 @@ class Quota:
                 for d in decisions
             ],
         )
+        stood = [d for i, d in enumerate(decisions) if i not in refused]
+        insert_ignoring_duplicates(
+            self._c.quota_events, list(filter(None, map(change_event, stood)))
+        )
         if self._cache is not None:
             # A decision refused above lost to a newer one: the mirror must
             # not answer with it, so its entry goes and the next check reads MongoDB.
-            self._cache.put_many([d for i, d in enumerate(decisions) if i not in refused])
+            self._cache.put_many(stood)
             self._cache.forget([decisions[i]["_id"] for i in sorted(refused)])
         if refused:
             kept = {decisions[i]["_id"] for i in refused}

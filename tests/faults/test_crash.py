@@ -210,7 +210,9 @@ SCENARIOS = [
 # tickets count attempts, so a crashed attempt and its retry end on higher ones (a quota
 # decision's `draft_ticket` is its draft's build ticket). An entry's `fold` names the
 # build that folded it: only whether it is folded must agree.
-VOLATILE = {"run_id", "fence", "closed_fence", "build_ticket", "draft_ticket"}
+# `changed_from` marks the decision that made a state change until the next decision
+# replaces it (its event written first): a rerun's decision, made after the change, has none.
+VOLATILE = {"run_id", "fence", "closed_fence", "build_ticket", "draft_ticket", "changed_from"}
 
 
 def _comparable(doc: dict[str, Any]) -> dict[str, Any]:

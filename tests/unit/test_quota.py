@@ -13,7 +13,7 @@ import redis
 from bson import ObjectId
 from hypothesis import example, given
 from hypothesis import strategies as st
-from pymongo.errors import ServerSelectionTimeoutError
+from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
 from chores import ConfigError, check_quota, run_chore
 from chores.core.db import Collections
@@ -875,6 +875,68 @@ def test_each_state_change_is_its_own_event(db, settings, registry, when):
     assert changes == [
         (None, "ok"), ("ok", "block"), ("block", "ok"), ("ok", "block"), ("block", "ok"),
     ]  # fmt: skip
+
+
+def test_a_decision_refused_for_a_newer_one_leaves_no_state_change_event(db, settings, registry):
+    """Run A read the decision (ok) and decided warn; before it wrote, run B metered more,
+    built a newer draft and decided block. A's decision was refused (B's read a later draft)
+    but its event ok -> warn, written before the decision, stayed: the log showed a change
+    that never stood. An event is written after the decision that made it stood."""
+    set_plan(db, token_limit=10_000, soft_ratio=0.5)
+    meter(db, settings, registry, ai_run("acme", 1_000))  # ok
+    db.tasks.insert_one(ai_run("acme", 5_000))  # A: 6,000, warn
+
+    def around(collection: str, method: str, perform: Any) -> Any:
+        if (collection, method) == ("billing_quota", "bulk_write") and not pause.reached.is_set():
+            return pause(collection, method, perform)
+        return perform()
+
+    def run_b() -> None:
+        db.tasks.insert_one(ai_run("acme", 5_000))  # B: 11,000, block
+        meter(DatabaseProxy(db, lock=lock), settings, registry)
+
+    import threading
+
+    lock = threading.Lock()
+    pause = PauseAt(1)
+    raised = pause_at(
+        lambda: meter(DatabaseProxy(db, around=around, lock=lock), settings, registry),
+        pause,
+        run_b,
+    )
+    assert raised is None and pause.reached.is_set()
+    assert db.billing_quota.find_one({"_id": "acme"})["state"] == "block"  # A's refused
+    changes = [(e["from"], e["to"]) for e in db.billing_quota_events.find(sort=[("_id", 1)])]
+    assert sorted(changes, key=str) == sorted([(None, "ok"), ("ok", "block")], key=str)
+
+
+def test_a_state_change_whose_writer_died_before_its_event_gets_its_event(db, settings, registry):
+    """The event goes after its decision: a run that dies between the two leaves the
+    decision (it says which change it made), and the next decision of the org writes
+    the event before replacing it."""
+    set_plan(db, token_limit=10_000, soft_ratio=0.5)
+    meter(db, settings, registry, ai_run("acme", 1_000))  # ok
+
+    decided: list[bool] = []
+
+    def die_at_the_event(collection: str, method: str, perform: Any) -> Any:
+        if (collection, method) == ("billing_quota", "bulk_write"):
+            decided.append(True)
+        elif (collection, method) == ("billing_quota_events", "insert_many") and decided:
+            raise AutoReconnect("the worker died")  # after the decision, at its event
+        return perform()
+
+    db.tasks.insert_one(ai_run("acme", 5_000))
+    later = NOV + timedelta(minutes=5)
+    with pytest.raises(AutoReconnect):
+        meter(DatabaseProxy(db, around=die_at_the_event), settings, registry, now=later)
+    assert db.billing_quota.find_one({"_id": "acme"})["state"] == "warn"
+    assert db.billing_quota_events.count_documents({"to": "warn"}) == 0
+    meter(db, settings, registry, now=later + timedelta(minutes=5))  # nothing new: still warn
+    (event,) = db.billing_quota_events.find({"to": "warn"})
+    assert (event["from"], event["at"], event["_id"]) == ("ok", later, "acme:2026-11:ok->warn:#2")
+    meter(db, settings, registry, now=later + timedelta(minutes=10))
+    assert db.billing_quota_events.count_documents({}) == 2  # None -> ok, ok -> warn
 
 
 def test_a_decision_holds_no_datetime_but_computed_at(db, settings, registry):
