@@ -30,9 +30,11 @@ def reconcile_command(org: str, period: str, as_json: bool, now: datetime | None
     """Re-derive PERIOD from the runner documents and compare with the invoice.
 
     Each runner's usage is compared with what the ledger billed it; where they agree, it is
-    expected where the ledger placed it (late lines too), else by its end time. Exit 0 when
-    every line, every runner and the invoice's own totals agree, 4 on any mismatch, 1 when
-    it cannot tell (no such invoice, a bad setting, the database unreachable).
+    expected where the ledger placed it (late lines too), else by its end time. A runner
+    still running whose document only grew since the last run is expected as billed so
+    far (listed, no mismatch: the next run bills the rest). Exit 0 when every line, every
+    runner and the invoice's own totals agree, 4 on any mismatch, 1 when it cannot tell
+    (no such invoice, a bad setting, the database unreachable).
     """
     org = validate_org(org)
     settings = get_settings()
@@ -86,6 +88,11 @@ def reconcile_command(org: str, period: str, as_json: bool, now: datetime | None
             out.print(
                 f"[red]runner {escape(runner.runner_id)}[/]: source {runner.source_tokens:,} "
                 f"tokens, ledger {runner.ledger_tokens:,} — {escape(runner.note)}"
+            )
+        for runner in result.running:
+            out.print(
+                f"runner {escape(runner.runner_id)}: source {runner.source_tokens:,} tokens, "
+                f"ledger {runner.ledger_tokens:,} — {escape(runner.note)}"
             )
         out.print("[green]reconciled[/]" if result.ok else "[bold red]does not reconcile[/]")
     if not result.ok:

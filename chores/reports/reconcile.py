@@ -5,6 +5,8 @@ everything the ledger billed it, so a difference is traced to a runner. Where th
 agree, the runner's usage is expected where the ledger placed it (the months it was
 observed in while running, late lines of a finalized month); where they do not, or the
 ledger never billed it, at its `end_time` (at `now` while it runs), from the source alone.
+A runner still running whose document only grew since its ledger's latest entry (all of its
+entries there) is no disagreement: listed as not metered yet, expected as billed so far.
 The expected lines, late ones included, are priced and compared line by line with the
 stored invoice, whose total and unpriced tokens are checked against its own lines. The
 runners' own `ai_cost` estimates are shown beside our amounts (informational: they are
@@ -26,7 +28,7 @@ from chores.billing.invoices import Invoice
 from chores.billing.known_orgs import missing_invoice_hint
 from chores.core.db import Doc
 from chores.core.exceptions import InvoiceNotFound
-from chores.metering.counters import Breakdown
+from chores.metering.counters import Breakdown, Counters, breakdown
 from chores.metering.ledger import EMPTY_ENTRY
 from chores.metering.lineage import own_org_spawns
 from chores.metering.lines import (
@@ -83,6 +85,9 @@ class Reconciliation(BaseModel):
     late_tokens: int
     runners: list[RunnerCheck]
     problems: list[str] = []  # where the invoice disagrees with its own lines
+    # Runners still running whose documents are ahead of the ledger, by growth alone: the
+    # next run bills it. Expected as billed so far; no mismatch.
+    running: list[RunnerCheck] = []
 
     @property
     def ok(self) -> bool:
@@ -125,12 +130,26 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     estimates: dict[LineKey, float] = defaultdict(float)
     estimated: dict[LineKey, int] = defaultdict(int)
     runner_checks = []
+    running = []
     for runner_id in sorted(set(sources) | set(ledger.here)):
         source = sources.get(runner_id)
         billed = ledger.total.get(runner_id, Breakdown())
         agree = source is not None and source.tokens == billed
-        if agree:
-            placed = ledger.here.get(runner_id, [])  # where the ledger put what the source says
+        behind = False
+        complete = ledger.complete(runner_id)
+        if source is not None and not agree and _grown_since_billed(source, billed, complete):
+            behind = True
+            running.append(
+                RunnerCheck(
+                    runner_id=runner_id,
+                    source_tokens=source.tokens.tokens,
+                    ledger_tokens=billed.tokens,
+                    note=f"still running: {source.tokens.tokens - billed.tokens:,} tokens "
+                    "not metered yet (the next run bills them)",
+                )
+            )
+        if agree or behind:
+            placed = ledger.here.get(runner_id, [])  # where the ledger put what it billed
         else:
             placed = _placed_by_source(source, period)
             if runner_id in ledger.here or placed:
@@ -181,6 +200,7 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         lines=lines,
         late_tokens=sum(ln.tokens for ln in invoice.lines if ln.late),
         runners=runner_checks,
+        running=running,
         problems=_invoice_problems(invoice),
         registry_changed=invoice.registry != meter.registry.fingerprint,
         checked_as_invoiced=registry is not meter.registry,
@@ -206,6 +226,25 @@ def _disagreement(source: _SourceUsage | None, billed: Breakdown) -> str:
     if any(now < then for now, then in zip(source.tokens, billed, strict=True)):
         return "the source now shows fewer tokens than were billed (see counter_decreased)"
     return "source and ledger disagree"
+
+
+def _grown_since_billed(source: _SourceUsage, billed: Breakdown, complete: bool) -> bool:
+    """A runner still running whose document shows more than its complete ledger (no entry
+    missing) billed it, and no kind of token fewer: usage since the last run, not a
+    disagreement."""
+    return (
+        source.running
+        and complete
+        and all(now >= then for now, then in zip(source.tokens, billed, strict=True))
+    )
+
+
+def _billed_up_to(high_water: Any) -> Breakdown | None:
+    """The breakdown of the counters an entry billed up to; None when unreadable."""
+    try:
+        return breakdown(Counters.from_dict(high_water))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _placed_by_source(source: _SourceUsage | None, period: str) -> list[UsageGroup]:
@@ -250,6 +289,7 @@ class _SourceUsage(NamedTuple):
     period: str | None
     estimate: float | None
     note: str
+    running: bool = False  # still running, its usage billed by every run until it ends
 
 
 def _source_usage(meter: Pipeline, org: str, now: datetime) -> dict[str, _SourceUsage]:
@@ -287,7 +327,8 @@ def _source_usage(meter: Pipeline, org: str, now: datetime) -> dict[str, _Source
                 ),
                 delta.period,
                 _own_estimate(doc, spawn, org) if delta.subagent else _estimate(doc.get("context")),
-                "still running: metered up to the last run" if result.pending else "",
+                "",
+                running=result.pending,
             )
     return usage
 
@@ -303,6 +344,16 @@ class _LedgerUsage:
     def __init__(self) -> None:
         self.total: dict[str, Breakdown] = {}
         self.here: dict[str, list[UsageGroup]] = defaultdict(list)
+        # Each runner's latest entry: its seq, and the breakdown of the counters it billed
+        # up to (None when unreadable); `total` equals it when no entry is missing.
+        self.head: dict[str, tuple[int, Breakdown | None]] = {}
+
+    def complete(self, runner_id: str) -> bool:
+        """Whether the runner has entries and they add up to what its latest one billed up
+        to (an entry lost before the latest would leave them short). A runner with none is
+        not: a lost only entry looks the same as a runner no run has read yet."""
+        head = self.head.get(runner_id)
+        return head is not None and head[1] == self.total.get(runner_id)
 
 
 _LEDGER_FIELDS = {
@@ -319,6 +370,8 @@ _LEDGER_FIELDS = {
         "cached_tokens",
         "output_tokens",
         "unsplit_tokens",
+        "seq",
+        "high_water",
     )
 }
 
@@ -348,6 +401,9 @@ def _ledger_usage(
             )
             total = usage.total.get(runner_id, Breakdown())
             usage.total[runner_id] = Breakdown(*map(sum, zip(total, tokens, strict=True)))
+            seq = entry.get("seq")
+            if isinstance(seq, int) and seq >= usage.head.get(runner_id, (-1, None))[0]:
+                usage.head[runner_id] = (seq, _billed_up_to(entry.get("high_water")))
             if _on_invoice(entry, period, status) and any(tokens):
                 usage.here[runner_id].append(
                     UsageGroup(
