@@ -5,8 +5,9 @@ everything the ledger billed it, so a difference is traced to a runner. Where th
 agree, the runner's usage is expected where the ledger placed it (the months it was
 observed in while running, late lines of a finalized month); where they do not, or the
 ledger never billed it, at its `end_time` (at `now` while it runs), from the source alone.
-A runner still running whose document only grew since its ledger's latest entry (all of its
-entries there) is no disagreement: listed as not metered yet, expected as billed so far.
+A runner still running whose own counters all grew since its ledger head (that entry this
+org's, all of its entries there) is no disagreement: listed as not metered yet, expected as
+billed so far. Its latest entry lost is then seen only on the lines (the invoice holds it).
 The expected lines, late ones included, are priced and compared line by line with the
 stored invoice, whose total and unpriced tokens are checked against its own lines. The
 runners' own `ai_cost` estimates are shown beside our amounts (informational: they are
@@ -38,7 +39,7 @@ from chores.metering.lines import (
     price_group,
     price_lines,
 )
-from chores.metering.rules import Rules
+from chores.metering.rules import LedgerHead, Rules
 from chores.metering.source import chunked
 from chores.run.chore import Pipeline
 from pricing import Registry
@@ -131,14 +132,19 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     estimated: dict[LineKey, int] = defaultdict(int)
     runner_checks = []
     running = []
+    ahead = [r for r, u in sources.items() if u.running and u.tokens != ledger.total.get(r)]
+    heads = meter.ledger.heads(ahead) if ahead else {}  # of any org, as the next run reads them
     for runner_id in sorted(set(sources) | set(ledger.here)):
         source = sources.get(runner_id)
         billed = ledger.total.get(runner_id, Breakdown())
         agree = source is not None and source.tokens == billed
-        behind = False
-        complete = ledger.complete(runner_id)
-        if source is not None and not agree and _grown_since_billed(source, billed, complete):
-            behind = True
+        head = heads.get(runner_id)
+        behind = (
+            source is not None
+            and not agree
+            and _grown_since_billed(source, head, ledger.complete(runner_id, head))
+        )
+        if behind and source is not None and (source.period == period or runner_id in ledger.here):
             running.append(
                 RunnerCheck(
                     runner_id=runner_id,
@@ -228,21 +234,24 @@ def _disagreement(source: _SourceUsage | None, billed: Breakdown) -> str:
     return "source and ledger disagree"
 
 
-def _grown_since_billed(source: _SourceUsage, billed: Breakdown, complete: bool) -> bool:
-    """A runner still running whose document shows more than its complete ledger (no entry
-    missing) billed it, and no kind of token fewer: usage since the last run, not a
+def _grown_since_billed(source: _SourceUsage, head: LedgerHead | None, complete: bool) -> bool:
+    """A runner still running whose own counters are all at least those its complete ledger
+    (no entry missing) billed up to: usage since the last run, which the next run bills
+    (tokens that changed kind, as a split or a cached count catches up, included), not a
     disagreement."""
     return (
         source.running
         and complete
-        and all(now >= then for now, then in zip(source.tokens, billed, strict=True))
+        and head is not None
+        and source.counters is not None
+        and all(now >= then for now, then in zip(source.counters, head.high_water, strict=True))
     )
 
 
-def _billed_up_to(high_water: Any) -> Breakdown | None:
-    """The breakdown of the counters an entry billed up to; None when unreadable."""
+def _counters_of(high_water: Any) -> Counters | None:
+    """The counters an entry billed up to; None when unreadable."""
     try:
-        return breakdown(Counters.from_dict(high_water))
+        return Counters.from_dict(high_water)
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -290,6 +299,7 @@ class _SourceUsage(NamedTuple):
     estimate: float | None
     note: str
     running: bool = False  # still running, its usage billed by every run until it ends
+    counters: Counters | None = None  # its own counters (less a subagent's baseline)
 
 
 def _source_usage(meter: Pipeline, org: str, now: datetime) -> dict[str, _SourceUsage]:
@@ -329,6 +339,7 @@ def _source_usage(meter: Pipeline, org: str, now: datetime) -> dict[str, _Source
                 _own_estimate(doc, spawn, org) if delta.subagent else _estimate(doc.get("context")),
                 "",
                 running=result.pending,
+                counters=delta.high_water,
             )
     return usage
 
@@ -344,16 +355,21 @@ class _LedgerUsage:
     def __init__(self) -> None:
         self.total: dict[str, Breakdown] = {}
         self.here: dict[str, list[UsageGroup]] = defaultdict(list)
-        # Each runner's latest entry: its seq, and the breakdown of the counters it billed
-        # up to (None when unreadable); `total` equals it when no entry is missing.
-        self.head: dict[str, tuple[int, Breakdown | None]] = {}
+        # Each runner's latest entry of the org: its seq, and the counters it billed up to
+        # (None when unreadable).
+        self.head: dict[str, tuple[int, Counters | None]] = {}
 
-    def complete(self, runner_id: str) -> bool:
-        """Whether the runner has entries and they add up to what its latest one billed up
-        to (an entry lost before the latest would leave them short). A runner with none is
-        not: a lost only entry looks the same as a runner no run has read yet."""
-        head = self.head.get(runner_id)
-        return head is not None and head[1] == self.total.get(runner_id)
+    def complete(self, runner_id: str, head: LedgerHead | None) -> bool:
+        """Whether the runner's entries of the org end at its ledger head (`head`, of any
+        org) and add up to what that billed up to (an entry lost before the latest would
+        leave them short). A runner with none is not: a lost only entry looks the same as
+        a runner no run has read yet."""
+        latest = self.head.get(runner_id)
+        return (
+            head is not None
+            and latest == (head.seq, head.high_water)
+            and breakdown(head.high_water) == self.total.get(runner_id)
+        )
 
 
 _LEDGER_FIELDS = {
@@ -403,7 +419,7 @@ def _ledger_usage(
             usage.total[runner_id] = Breakdown(*map(sum, zip(total, tokens, strict=True)))
             seq = entry.get("seq")
             if isinstance(seq, int) and seq >= usage.head.get(runner_id, (-1, None))[0]:
-                usage.head[runner_id] = (seq, _billed_up_to(entry.get("high_water")))
+                usage.head[runner_id] = (seq, _counters_of(entry.get("high_water")))
             if _on_invoice(entry, period, status) and any(tokens):
                 usage.here[runner_id].append(
                     UsageGroup(

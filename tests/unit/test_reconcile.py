@@ -434,7 +434,16 @@ def test_a_draft_priced_before_a_registry_change_reconciles_at_its_prices_and_sa
     }
 
 
-def _running(runner_id: str, prompt: int, completion: int, minutes: int) -> dict:
+def _running(
+    runner_id: str,
+    prompt: int,
+    completion: int,
+    minutes: int,
+    *,
+    org: str = "acme",
+    total: int | None = None,
+    cached: int = 0,
+) -> dict:
     from datetime import timedelta
 
     return {
@@ -443,13 +452,59 @@ def _running(runner_id: str, prompt: int, completion: int, minutes: int) -> dict
         "status": "RUNNING",
         "last_updated_db": (NOW - timedelta(minutes=minutes)).timestamp(),
         "context": {
-            "workspace_id": "acme",
+            "workspace_id": org,
             "ai_model": "gpt-4o-mini",
-            "ai_tokens": prompt + completion,
+            "ai_tokens": prompt + completion if total is None else total,
             "ai_prompt_tokens": prompt,
             "ai_completion_tokens": completion,
+            "ai_cached_tokens": cached,
         },
     }
+
+
+@pytest.mark.parametrize(
+    ("change", "before", "after", "grown"),
+    [
+        ("a cached count catching up", {}, {"prompt": 1_200, "completion": 100, "cached": 500},
+         200),
+        ("a split catching up", {"total": 1_100, "prompt": 0, "completion": 0},
+         {"prompt": 900, "completion": 300}, 100),
+    ],
+)  # fmt: skip
+def test_tokens_of_a_running_runner_changing_kind_are_not_a_mismatch(
+    db, settings, registry, change, before, after, grown
+):
+    """Review of 6772407: a runner whose cached count or split caught up since the last run
+    has fewer tokens of one kind than billed (input moved to cached, unsplit to input): the
+    next run bills the move, so it is usage not metered yet, not fewer tokens."""
+    from datetime import timedelta
+
+    first = {"prompt": 1_000, "completion": 100, **before}
+    db.tasks.insert_one(_running("r", minutes=30, **first))
+    run_chore(db, now=NOW - timedelta(minutes=20), registry=registry, settings=settings)
+    db.tasks.replace_one({"_id": "r"}, _running("r", minutes=5, **after))
+    result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert result.ok and result.runners == [], change
+    assert [r.source_tokens - r.ledger_tokens for r in result.running] == [grown]
+
+
+def test_a_running_runner_billed_to_another_org_meanwhile_is_a_mismatch(db, settings, registry):
+    """Review of 6772407: acme's entries of a runner were complete, but its latest entry was
+    another org's (the document moved to globex and back): the next run bills acme less
+    than the growth since acme's entries, so it is no usage "not metered yet"."""
+    from datetime import timedelta
+
+    steps = [("acme", 1_000), ("globex", 2_000), ("acme", 3_000)]
+    for minutes, (org, prompt) in zip((40, 30, 20), steps, strict=True):
+        db.tasks.replace_one(
+            {"_id": "o"}, _running("o", prompt, 100, minutes, org=org), upsert=True
+        )
+        if org == "globex" or minutes == 40:
+            run_chore(db, now=NOW - timedelta(minutes=minutes - 5), registry=registry,
+                      settings=settings)  # fmt: skip
+    result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert not result.ok and result.running == []
+    assert [(r.source_tokens, r.ledger_tokens) for r in result.runners] == [(3_100, 1_100)]
 
 
 def test_a_runner_still_running_ahead_of_the_ledger_is_listed_not_a_mismatch(env_db, registry):
@@ -462,6 +517,8 @@ def test_a_runner_still_running_ahead_of_the_ledger_is_listed_not_a_mismatch(env
 
     settings = get_settings()
     env_db.tasks.insert_one(_running("r", 1_000, 100, minutes=30))
+    october = {**_running("oct", 500, 0, minutes=60), "status": "SUCCESS"}
+    env_db.tasks.insert_one({**october, "end_time": datetime(2026, 10, 15, tzinfo=UTC)})
     run_chore(env_db, now=NOW - timedelta(minutes=20), registry=registry, settings=settings)
     env_db.tasks.replace_one({"_id": "r"}, _running("r", 3_000, 300, minutes=15))
     run_chore(env_db, now=NOW - timedelta(minutes=10), registry=registry, settings=settings)
@@ -476,8 +533,10 @@ def test_a_runner_still_running_ahead_of_the_ledger_is_listed_not_a_mismatch(env
     report = json.loads(CliRunner().invoke(main, [*args, "--json"]).stdout)
     assert report["runners"] == [] and len(report["running"]) == 1
     assert sum(line["invoiced_tokens"] for line in report["lines"]) == 3_300
+    in_october = reconcile(Pipeline(env_db, settings, registry), "acme", "2026-10", now=NOW)
+    assert in_october.ok and in_october.running == []  # listed in its own month only
 
-    first = env_db.billing_ledger.find_one({"seq": 1})
+    first = env_db.billing_ledger.find_one({"seq": 1, "runner_id": "str:'r'"})
     env_db.billing_ledger.delete_one({"_id": first["_id"]})  # an entry lost
     lost = CliRunner().invoke(main, [*args, "--json"])
     assert lost.exit_code == 4
