@@ -25,7 +25,7 @@ from pymongo.errors import PyMongoError
 from chores.core import clock as _clock
 from chores.core.db import IN_PROCESS_SCHEMES, Collections, Doc
 from chores.core.money import usd_exact
-from chores.core.periods import NEWLINE, PERIOD_PATTERN, as_utc, period_of
+from chores.core.periods import NEWLINE, PERIOD_PATTERN, as_utc, is_period, period_of
 from chores.core.settings import Plan, Settings
 from chores.core.writes import insert_ignoring_duplicates, replace_where
 from chores.quota.cache import QuotaCache, namespace
@@ -70,26 +70,29 @@ def _state_changes(before: Mapping[str, Any], period: str) -> int:
     return count if same_period and isinstance(count, int) and not isinstance(count, bool) else 0
 
 
-def change_event(decision: Mapping[str, Any]) -> Doc | None:
+def change_event(decision: Mapping[str, Any], future: datetime) -> Doc | None:
     """The state-change event of a decision that changed its org's state (it holds
-    `CHANGED_FROM`), None for any other or a malformed one. Named after its rank among the
-    period's changes, not after a time: the decision and whoever replaces it derive the
-    same event, and two changes made at one `now` (or at an earlier one, which
+    `CHANGED_FROM`), None for any other, and for one that is no decision (malformed, or
+    computed after `future`: the decision write replaces those). Named after its rank among
+    the period's changes, not after a time: the decision and whoever replaces it derive
+    the same event, and two changes made at one `now` (or at an earlier one, which
     `computed_at` does not tell) are two."""
     org, period, state = decision.get("_id"), decision.get("period"), decision.get("state")
     rank, at = decision.get("state_changes"), decision.get("computed_at")
+    before = decision.get(CHANGED_FROM, "no change")
     well_formed = (
-        CHANGED_FROM in decision
+        (before is None or before in STORED_STATES)
         and isinstance(org, str)
-        and isinstance(period, str)
+        and is_period(period)
         and state in STORED_STATES
         and isinstance(rank, int)
         and not isinstance(rank, bool)
+        and rank >= 1
         and isinstance(at, datetime)
+        and as_utc(at) <= future
     )
     if not well_formed:
         return None
-    before = decision[CHANGED_FROM]
     return {
         "_id": f"{org}:{period}:{before}->{state}:#{rank}",
         "org": org,
@@ -367,10 +370,9 @@ class Quota:
         # its writer may have died between the two writes (the event goes after its
         # decision, so that a decision refused never leaves one). Already in, mostly:
         # duplicates, ignored.
-        insert_ignoring_duplicates(
-            self._c.quota_events, list(filter(None, map(change_event, previous.values())))
-        )
         future = _clock.wall_clock() + timedelta(seconds=self._settings.future_skew_seconds)
+        recovered = [change_event(d, future) for d in previous.values()]
+        insert_ignoring_duplicates(self._c.quota_events, [e for e in recovered if e is not None])
         states: dict[str, str] = {}
         decisions: list[Doc] = []
         for org in orgs:
@@ -437,9 +439,8 @@ class Quota:
             ],
         )
         stood = [d for i, d in enumerate(decisions) if i not in refused]
-        insert_ignoring_duplicates(
-            self._c.quota_events, list(filter(None, map(change_event, stood)))
-        )
+        events = [change_event(d, future) for d in stood]
+        insert_ignoring_duplicates(self._c.quota_events, [e for e in events if e is not None])
         if self._cache is not None:
             # A decision refused above lost to a newer one: the mirror must
             # not answer with it, so its entry goes and the next check reads MongoDB.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -937,6 +938,35 @@ def test_a_state_change_whose_writer_died_before_its_event_gets_its_event(db, se
     assert (event["from"], event["at"], event["_id"]) == ("ok", later, "acme:2026-11:ok->warn:#2")
     meter(db, settings, registry, now=later + timedelta(minutes=10))
     assert db.billing_quota_events.count_documents({}) == 2  # None -> ok, ok -> warn
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"changed_from": {"$gt": 1}},
+        {"changed_from": "x" * 1_000},
+        {"period": "garbage\n"},
+        {"state_changes": -4},
+        {"state_changes": True},
+        {"computed_at": datetime(2099, 1, 1, tzinfo=UTC)},
+        {"state": 42},
+    ],
+)
+def test_a_malformed_decision_that_says_it_changed_writes_no_event(db, settings, registry, odd):
+    """Review of 1ef5fec: the event a decision's replacer writes for it was derived from any
+    decision holding `changed_from`: a malformed one (which the decision write replaces as
+    no decision) gave events such as `acme:garbage\n:ok->warn:#2`, or at 2099."""
+    set_plan(db, token_limit=10_000, soft_ratio=0.5)
+    meter(db, settings, registry, ai_run("acme", 1_000))
+    stored = db.billing_quota.find_one({"_id": "acme"})
+    db.billing_quota.replace_one({"_id": "acme"}, {**stored, **odd})
+    db.billing_quota_events.delete_many({})
+    meter(db, settings, registry, now=NOV + timedelta(minutes=5))
+    assert db.billing_quota.find_one({"_id": "acme"})["state"] == "ok"
+    events = list(db.billing_quota_events.find())  # what this decide wrote
+    well_formed = r"acme:2026-11:(None|ok|warn|block)->(ok|warn|block):#[1-9][0-9]*"
+    assert all(re.fullmatch(well_formed, e["_id"]) for e in events), events
+    assert all(e["at"] <= NOV + timedelta(minutes=5) for e in events), events
 
 
 def test_a_decision_holds_no_datetime_but_computed_at(db, settings, registry):
