@@ -114,6 +114,16 @@ class Progress:
             self._claims_seen.setdefault(claim["runner_id"], []).append(claim["_id"])
             self._latest_claim[claim["runner_id"]] = claim["_id"]
 
+    def claimed(self, org: str, runner_ids: Sequence[str]) -> set[str]:
+        """Which of `org`'s `runner_ids` are pending (any claim on them, due or not): runs
+        read them until they are billed in full. One read of the org's claims (by index)."""
+        if not runner_ids:
+            return set()
+        ids = list(runner_ids)
+        either = [{"runner_id": {"$in": ids}}, {"_id": {"$in": ids}}]  # legacy: by `_id`
+        claims = self._c.pending.find({"org": org, "$or": either}, {"runner_id": 1})
+        return {runner_of(claim) for claim in claims}
+
     def release_pending(self, done: Iterable[str], kept: Iterable[str] = ()) -> None:
         """Release the claims this run read or made on the runners `done` (billed, or gone
         from the source), and on the runners `kept` pending (still running, held, or lost

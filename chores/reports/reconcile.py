@@ -5,9 +5,10 @@ everything the ledger billed it, so a difference is traced to a runner. Where th
 agree, the runner's usage is expected where the ledger placed it (the months it was
 observed in while running, late lines of a finalized month); where they do not, or the
 ledger never billed it, at its `end_time` (at `now` while it runs), from the source alone.
-A runner still running whose own counters all grew since its ledger head (that entry this
-org's, all of its entries there) is no disagreement: listed as not metered yet, expected as
-billed so far. Its latest entry lost is then seen only on the lines (the invoice holds it).
+A runner still running and pending (the next run reads it) whose own counters all grew since
+its ledger head (that entry this org's, all of its entries there) is no disagreement: listed
+as not metered yet, expected as billed so far. Its latest entry lost is then seen only on
+the lines (the invoice holds it).
 The expected lines, late ones included, are priced and compared line by line with the
 stored invoice, whose total and unpriced tokens are checked against its own lines. The
 runners' own `ai_cost` estimates are shown beside our amounts (informational: they are
@@ -39,7 +40,7 @@ from chores.metering.lines import (
     price_group,
     price_lines,
 )
-from chores.metering.rules import LedgerHead, Rules
+from chores.metering.rules import Rules
 from chores.metering.source import chunked
 from chores.run.chore import Pipeline
 from pricing import Registry
@@ -132,18 +133,22 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     estimated: dict[LineKey, int] = defaultdict(int)
     runner_checks = []
     running = []
-    ahead = [r for r, u in sources.items() if u.running and u.tokens != ledger.total.get(r)]
-    heads = meter.ledger.heads(ahead) if ahead else {}  # of any org, as the next run reads them
+    grown = [
+        runner_id
+        for runner_id, source in sources.items()
+        if source.tokens != ledger.total.get(runner_id)
+        and _grown_since_billed(source, ledger.billed_up_to(runner_id))
+    ]
+    # Only a runner on the pending list is read by the next run whatever its stamp: one
+    # that lost its claim may never be (a metering gap, which is a mismatch here).
+    watched = set().union(
+        *(meter.progress.claimed(org, ids) for ids in chunked(grown, meter.settings.batch_size))
+    )
     for runner_id in sorted(set(sources) | set(ledger.here)):
         source = sources.get(runner_id)
         billed = ledger.total.get(runner_id, Breakdown())
         agree = source is not None and source.tokens == billed
-        head = heads.get(runner_id)
-        behind = (
-            source is not None
-            and not agree
-            and _grown_since_billed(source, head, ledger.complete(runner_id, head))
-        )
+        behind = runner_id in watched
         if behind and source is not None and (source.period == period or runner_id in ledger.here):
             running.append(
                 RunnerCheck(
@@ -234,17 +239,15 @@ def _disagreement(source: _SourceUsage | None, billed: Breakdown) -> str:
     return "source and ledger disagree"
 
 
-def _grown_since_billed(source: _SourceUsage, head: LedgerHead | None, complete: bool) -> bool:
+def _grown_since_billed(source: _SourceUsage, billed_up_to: Counters | None) -> bool:
     """A runner still running whose own counters are all at least those its complete ledger
     (no entry missing) billed up to: usage since the last run, which the next run bills
-    (tokens that changed kind, as a split or a cached count catches up, included), not a
-    disagreement."""
+    (tokens that changed kind, as a split or a cached count catches up, included)."""
     return (
         source.running
-        and complete
-        and head is not None
+        and billed_up_to is not None
         and source.counters is not None
-        and all(now >= then for now, then in zip(source.counters, head.high_water, strict=True))
+        and all(now >= then for now, then in zip(source.counters, billed_up_to, strict=True))
     )
 
 
@@ -355,21 +358,26 @@ class _LedgerUsage:
     def __init__(self) -> None:
         self.total: dict[str, Breakdown] = {}
         self.here: dict[str, list[UsageGroup]] = defaultdict(list)
-        # Each runner's latest entry of the org: its seq, and the counters it billed up to
-        # (None when unreadable).
-        self.head: dict[str, tuple[int, Counters | None]] = {}
+        # Each runner's ledger head, as the next run reads it: its latest entry of any org.
+        self.head: dict[str, _Head] = {}
 
-    def complete(self, runner_id: str, head: LedgerHead | None) -> bool:
-        """Whether the runner's entries of the org end at its ledger head (`head`, of any
-        org) and add up to what that billed up to (an entry lost before the latest would
-        leave them short). A runner with none is not: a lost only entry looks the same as
-        a runner no run has read yet."""
-        latest = self.head.get(runner_id)
-        return (
-            head is not None
-            and latest == (head.seq, head.high_water)
-            and breakdown(head.high_water) == self.total.get(runner_id)
-        )
+    def billed_up_to(self, runner_id: str) -> Counters | None:
+        """The counters the runner's head billed up to, when its entries of this org end
+        at that head and add up to it (an entry lost before the latest would leave them
+        short); else None. None too for a runner with no entry: a lost only entry looks
+        the same as a runner no run has read yet."""
+        head = self.head.get(runner_id)
+        if head is None or not head.this_org or head.high_water is None:
+            return None
+        if breakdown(head.high_water) != self.total.get(runner_id):
+            return None
+        return head.high_water
+
+
+class _Head(NamedTuple):
+    seq: int
+    high_water: Counters | None  # None when unreadable
+    this_org: bool
 
 
 _LEDGER_FIELDS = {
@@ -388,8 +396,10 @@ _LEDGER_FIELDS = {
         "unsplit_tokens",
         "seq",
         "high_water",
+        "org",
     )
 }
+_NO_HEAD = _Head(-1, None, False)
 
 
 def _ledger_usage(
@@ -406,9 +416,15 @@ def _ledger_usage(
     on_invoice = {"org": {"$eq": org}, "$or": belongs, "$nor": [EMPTY_ENTRY]}
     here = {entry["runner_id"] for entry in entries.find(on_invoice, {"runner_id": 1})}
     for batch in chunked(sorted(runners | here), meter.settings.batch_size):
-        query = {"org": {"$eq": org}, "runner_id": {"$in": batch}}
-        for entry in entries.find(query, _LEDGER_FIELDS):
+        # Every org's entries of these runners (another org's, rare, only for the heads).
+        for entry in entries.find({"runner_id": {"$in": batch}}, _LEDGER_FIELDS):
             runner_id = entry["runner_id"]
+            seq = entry.get("seq")
+            if isinstance(seq, int) and seq >= usage.head.get(runner_id, _NO_HEAD).seq:
+                high_water = _counters_of(entry.get("high_water"))
+                usage.head[runner_id] = _Head(seq, high_water, entry.get("org") == org)
+            if entry.get("org") != org:
+                continue
             tokens = Breakdown(
                 entry["input_tokens"],
                 entry["cached_tokens"],
@@ -417,9 +433,6 @@ def _ledger_usage(
             )
             total = usage.total.get(runner_id, Breakdown())
             usage.total[runner_id] = Breakdown(*map(sum, zip(total, tokens, strict=True)))
-            seq = entry.get("seq")
-            if isinstance(seq, int) and seq >= usage.head.get(runner_id, (-1, None))[0]:
-                usage.head[runner_id] = (seq, _counters_of(entry.get("high_water")))
             if _on_invoice(entry, period, status) and any(tokens):
                 usage.here[runner_id].append(
                     UsageGroup(

@@ -547,3 +547,40 @@ def test_a_runner_still_running_ahead_of_the_ledger_is_listed_not_a_mismatch(env
     fewer = CliRunner().invoke(main, [*args, "--json"])
     assert fewer.exit_code == 4
     assert json.loads(fewer.stdout)["running"] == []
+
+
+def test_a_running_runner_no_run_will_read_again_is_a_mismatch(db, settings, registry):
+    """Second review of 6772407: a runner that lost its pending claim (and whose stamp does
+    not move past the cursor) is never read again: its growth is a metering gap, not usage
+    "the next run bills". Only a runner on the pending list is listed as running."""
+    from datetime import timedelta
+
+    db.tasks.insert_one(_running("r", 1_000, 100, minutes=30))
+    run_chore(db, now=NOW - timedelta(minutes=20), registry=registry, settings=settings)
+    db.tasks.replace_one({"_id": "r"}, _running("r", 3_000, 300, minutes=30))  # same stamp
+    watched = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert watched.ok and [r.runner_id for r in watched.running] == ["str:'r'"]
+    db.billing_pending.delete_many({})
+    lost = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert not lost.ok and lost.running == []
+    assert [(r.source_tokens, r.ledger_tokens) for r in lost.runners] == [(3_300, 1_100)]
+
+
+@pytest.mark.parametrize(
+    "odd", [{"high_water": "garbage"}, {"high_water": {"total": 1}}, {"seq": "2"}]
+)
+def test_a_malformed_older_entry_of_a_running_runner_is_a_mismatch_not_a_crash(
+    db, settings, registry, odd
+):
+    """Second review of aaf0ca5: reading the ledger heads parsed every entry strictly, so a
+    malformed older entry of a grown running runner made reconcile raise (KeyError)."""
+    from datetime import timedelta
+
+    db.tasks.insert_one(_running("r", 1_000, 100, minutes=30))
+    run_chore(db, now=NOW - timedelta(minutes=20), registry=registry, settings=settings)
+    db.tasks.replace_one({"_id": "r"}, _running("r", 2_000, 200, minutes=15))
+    run_chore(db, now=NOW - timedelta(minutes=10), registry=registry, settings=settings)
+    db.billing_ledger.update_one({"seq": 1}, {"$set": odd})
+    db.tasks.replace_one({"_id": "r"}, _running("r", 3_000, 300, minutes=5))
+    result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert [r.runner_id for r in result.running + result.runners] == ["str:'r'"]
