@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 from chores.billing.invoices import Invoice
 from chores.billing.known_orgs import missing_invoice_hint
@@ -91,6 +91,7 @@ class Reconciliation(BaseModel):
     # next run bills it. Expected as billed so far; no mismatch.
     running: list[RunnerCheck] = []
 
+    @computed_field  # type: ignore[prop-decorator]  # in --json: reconciled (as the exit code)
     @property
     def ok(self) -> bool:
         return all(line.matches for line in self.lines) and not self.runners and not self.problems

@@ -531,7 +531,7 @@ def test_a_runner_still_running_ahead_of_the_ledger_is_listed_not_a_mismatch(env
         "not metered yet (the next run bills them)"
     ) in grown.output
     report = json.loads(CliRunner().invoke(main, [*args, "--json"]).stdout)
-    assert report["runners"] == [] and len(report["running"]) == 1
+    assert report["ok"] is True and report["runners"] == [] and len(report["running"]) == 1
     assert sum(line["invoiced_tokens"] for line in report["lines"]) == 3_300
     in_october = reconcile(Pipeline(env_db, settings, registry), "acme", "2026-10", now=NOW)
     assert in_october.ok and in_october.running == []  # listed in its own month only
@@ -539,7 +539,7 @@ def test_a_runner_still_running_ahead_of_the_ledger_is_listed_not_a_mismatch(env
     first = env_db.billing_ledger.find_one({"seq": 1, "runner_id": "str:'r'"})
     env_db.billing_ledger.delete_one({"_id": first["_id"]})  # an entry lost
     lost = CliRunner().invoke(main, [*args, "--json"])
-    assert lost.exit_code == 4
+    assert lost.exit_code == 4 and json.loads(lost.stdout)["ok"] is False
     assert [r["ledger_tokens"] for r in json.loads(lost.stdout)["runners"]] == [2_200]
     env_db.billing_ledger.insert_one(first)
 
