@@ -256,7 +256,7 @@ def _counters_of(high_water: Any) -> Counters | None:
     """The counters an entry billed up to; None when unreadable."""
     try:
         return Counters.from_dict(high_water)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):  # an infinity is no count
         return None
 
 

@@ -567,7 +567,13 @@ def test_a_running_runner_no_run_will_read_again_is_a_mismatch(db, settings, reg
 
 
 @pytest.mark.parametrize(
-    "odd", [{"high_water": "garbage"}, {"high_water": {"total": 1}}, {"seq": "2"}]
+    "odd",
+    [
+        {"high_water": "garbage"},
+        {"high_water": {"total": 1}},
+        {"seq": "2"},
+        {"high_water": {"total": float("inf"), "prompt": 1, "completion": 1, "cached": 0}},
+    ],
 )
 def test_a_malformed_older_entry_of_a_running_runner_is_a_mismatch_not_a_crash(
     db, settings, registry, odd
@@ -584,3 +590,7 @@ def test_a_malformed_older_entry_of_a_running_runner_is_a_mismatch_not_a_crash(
     db.tasks.replace_one({"_id": "r"}, _running("r", 3_000, 300, minutes=5))
     result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
     assert [r.runner_id for r in result.running + result.runners] == ["str:'r'"]
+    if "high_water" in odd:  # the head's own: a mismatch, never a crash
+        db.billing_ledger.update_one({"seq": 2}, {"$set": odd})
+        head_odd = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+        assert not head_odd.ok and [r.runner_id for r in head_odd.runners] == ["str:'r'"]
