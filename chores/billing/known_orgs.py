@@ -12,7 +12,9 @@ import shlex
 from collections.abc import Iterable
 from typing import Any
 
+from chores.core import clock
 from chores.core.db import Collections
+from chores.core.periods import period_of
 
 ALIKE = 3  # known ids named at most
 
@@ -52,9 +54,15 @@ def unknown_org_note(collections: Collections, org: str) -> str | None:
 def missing_invoice_hint(collections: Collections, org: str, period: str) -> str:
     """What to do when `org` has no invoice of `period`: name the orgs with one that look
     like it when the billing knows nothing of `org` (a typo, most likely), and the run
-    that makes one (a new org)."""
+    that makes one (a new org). A month before this machine's has no usage to wait for,
+    and one after it has not begun."""
     run_first = f"run `chore run --org {shlex.quote(org)}` first"
     if is_known(collections, org):
+        this_month = period_of(clock.wall_clock())
+        if period < this_month:
+            return "no usage of it was billed in that month"
+        if period > this_month:
+            return f"that month has not begun (this machine's is {this_month})"
         return run_first
     alike = known_alike(collections, org, period=period)
     return f"did you mean {_either(alike)}? (a new org: {run_first})" if alike else run_first

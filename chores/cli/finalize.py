@@ -34,8 +34,15 @@ def finalize(org: str | None, grace_days: float | None, now: datetime | None) ->
     settings = get_settings()
     db = connect(settings)
     done = finalize_invoices(db, now=now, grace=grace_days, org=org, settings=settings)
+    why = (
+        f" (none due: a month is finalized {settings.grace_days:g} days after it ends, "
+        "GRACE_DAYS, by --now and by this machine's clock)"
+        if grace_days is None
+        else " (none due: a month is finalized --grace-days after it ends, by --now and by "
+        "this machine's clock)"
+    )
     click.echo(
-        f"finalized {counted(len(done), 'invoice')}" + (": " + ", ".join(done) if done else "")
+        f"finalized {counted(len(done), 'invoice')}" + (": " + ", ".join(done) if done else why)
     )
     if org is not None and not done:
         unknown = unknown_org_note(Collections.of(db, settings), org)

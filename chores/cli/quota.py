@@ -286,12 +286,12 @@ def status(limit: int, now: datetime | None) -> None:
     tables.name_column(lag, "computed", keep=True)
     tables.number_column(lag, "age")
     for d in c.quota.find({}, sort=[("_id", 1)]):
-        age = now - as_utc(d["computed_at"])
+        age = int((now - as_utc(d["computed_at"])).total_seconds())
         lag.add_row(
             escape(d["_id"]),
             d["state"],
             str(d["computed_at"])[:19],
-            f"{int(age.total_seconds()):,}s",
+            f"{age:,}s" if age >= 0 else "after --now",  # a --now before the decision
         )
     out = console()
     tables.fit(runs, out.width)

@@ -3,6 +3,7 @@ when it is exactly a BSON string, and a bad value described in a few characters.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 
@@ -14,6 +15,7 @@ def bson_string(value: Any) -> str | None:
 
 
 def describe_value(value: Any) -> str:
-    """A bad value as an anomaly's detail shows it: its repr, cut to 40 characters."""
-    text = repr(value)
+    """A bad value as an anomaly's detail shows it: its repr (a time in ISO 8601), cut to 40
+    characters."""
+    text = value.isoformat() if isinstance(value, datetime) else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."

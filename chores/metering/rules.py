@@ -287,7 +287,7 @@ class Rules:
             if usage_time == Anomaly.FUTURE_END_TIME:
                 # Re-read every run (pending) until `now` reaches it, then billed as usual.
                 detail = (
-                    f"end_time {describe_value(end_time)} > now {self.now} "
+                    f"end_time {describe_value(end_time)} > now {self.now.isoformat()} "
                     f"+ {self.future_skew_seconds:g} s"
                 )
                 return _held(runner_id, org, self.current_period, True, (), usage_time, detail)

@@ -166,6 +166,9 @@ def test_an_end_time_40_days_ahead_is_held_until_now_reaches_it(db, settings, re
     assert db.billing_invoices.find_one()["needs_review"] is True
     anomaly = db.billing_anomalies.find_one({"kind": "future_end_time"})
     assert anomaly["period"] == "2026-11" and not anomaly.get("resolved")
+    assert anomaly["detail"] == (  # times in ISO 8601 (was a cut `datetime.datetime(...` repr)
+        f"end_time {ahead.isoformat()} > now {NOV_25.isoformat()} + 300 s"
+    )
     assert check_quota(db, "acme", now=NOV_25, settings=settings).used_tokens == 1_000
 
     # Later runs, the document untouched (its stamp long behind the cursor): still held

@@ -142,6 +142,21 @@ def test_a_mistyped_org_is_said_with_the_known_ids_like_it(cli_db):
     assert new.exit_code == 0 and "note: org" not in new.output
 
 
+def test_a_known_orgs_missing_month_is_said_for_what_it_is(cli_db):
+    """Outside review: a month before any data, or one not begun, was answered "run `chore
+    run --org acme` first", which bills nothing there (the test clock is 2030-01-01)."""
+    invoke("run", "--all", *NOW_ARG)
+    show = ["invoice", "show", "--org", "ws-acme", "--period"]
+    past = CliRunner().invoke(main, [*show, "2026-09"])
+    assert past.exit_code == 1 and past.output.strip() == (
+        "Error: no invoice for org 'ws-acme' in 2026-09; no usage of it was billed in that month"
+    )
+    ahead = CliRunner().invoke(main, [*show, "2031-01"])
+    assert ahead.output.strip().endswith("that month has not begun (this machine's is 2030-01)")
+    nothing = invoke("finalize", *NOW_ARG)  # November has not ended at NOW
+    assert nothing.output.startswith("finalized 0 invoices (none due: a month is finalized 3")
+
+
 def test_bad_period_is_a_usage_error(cli_db):
     result = CliRunner().invoke(
         main, ["invoice", "show", "--org", "x", "--period", "11-2026"], prog_name="chore"
@@ -600,6 +615,10 @@ def test_status_lists_runs_and_decisions(cli_db):
     result = invoke("status")
     assert result.exit_code == 0
     assert "ws-acme" in result.output and "all" in result.output
+    an_hour_later = invoke("status", "--now", (NOW + timedelta(hours=1)).isoformat())
+    assert "3,600s" in an_hour_later.output
+    before = invoke("status", "--now", (NOW - timedelta(days=1)).isoformat())  # outside review
+    assert "after --now" in before.output and "-86,400s" not in before.output
 
 
 def test_quiet_run_prints_nothing_and_still_bills(cli_db):
