@@ -34,11 +34,9 @@ def finalize(org: str | None, grace_days: float | None, now: datetime | None) ->
     settings = get_settings()
     db = connect(settings)
     done = finalize_invoices(db, now=now, grace=grace_days, org=org, settings=settings)
+    grace = settings.grace_days if grace_days is None else grace_days
     why = (
-        f" (none due: a month is finalized {settings.grace_days:g} days after it ends, "
-        "GRACE_DAYS, by --now and by this machine's clock)"
-        if grace_days is None
-        else " (none due: a month is finalized --grace-days after it ends, by --now and by "
+        f" (none due: a month is finalized {grace:g} days after it ends, by --now and by "
         "this machine's clock)"
     )
     click.echo(
