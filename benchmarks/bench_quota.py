@@ -30,13 +30,12 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import mongomock
 import redis
 from _workload import NOW, machine, org_names, write_json
 from rich.console import Console
 from rich.table import Table
 
-from chores import Settings, check_quota, ensure_indexes
+from chores import Settings, check_quota, connect, ensure_indexes
 from chores.core.db import Collections
 from chores.quota.decisions import Quota
 
@@ -87,32 +86,34 @@ def main(argv: list[str] | None = None) -> int:
     raw.ping()
     raw.flushdb()  # only the benchmark's database
 
-    cached = Settings(mongo_url="mongomock://bench", redis_url=args.redis_url)
-    uncached = Settings(mongo_url="mongomock://bench", redis_url=None)
-    backends: list[tuple[str, Any]] = [("mongomock", mongomock.MongoClient(tz_aware=True)["main"])]
+    # Decisions are mirrored only for the database MONGO_URL names (`cache.is_named_store`).
+    in_process = Settings(mongo_url="mongomock://bench", redis_url=None)
+    backends: list[tuple[str, Any, Settings]] = [("mongomock", connect(in_process), in_process)]
     real_url = os.environ.get("MONGO_URL")
     if real_url and not real_url.startswith("mongomock://"):
         import pymongo
 
         client: Any = pymongo.MongoClient(real_url, tz_aware=True)
         client.drop_database("bench_quota")
-        backends.append(("MongoDB", client["bench_quota"]))
+        server = Settings(mongo_url=real_url, mongo_db="bench_quota", redis_url=None)
+        backends.append(("MongoDB", client["bench_quota"], server))
 
     now = NOW + timedelta(minutes=1)
     rows: list[dict[str, Any]] = []
     try:
-        for backend, db in backends:
+        for backend, db, uncached in backends:
+            cached = uncached.model_copy(update={"redis_url": args.redis_url})
             ensure_indexes(db, cached)
             seed(db, cached)  # writes the decisions and mirrors them into Redis
             a = check_quota(db, "org-0000", 5_000, now, settings=uncached)
             b = check_quota(db, "org-0000", 5_000, now, settings=cached)
             assert a == b, (a, b)
 
-            def from_db(org: str, db: Any = db) -> Any:
-                return check_quota(db, org, 5_000, now, settings=uncached)
+            def from_db(org: str, db: Any = db, settings: Settings = uncached) -> Any:
+                return check_quota(db, org, 5_000, now, settings=settings)
 
-            def from_cache(org: str, db: Any = db) -> Any:
-                return check_quota(db, org, 5_000, now, settings=cached)
+            def from_cache(org: str, db: Any = db, settings: Settings = cached) -> Any:
+                return check_quota(db, org, 5_000, now, settings=settings)
 
             rows.append(timed(f"uncached ({backend} find_one)", from_db, args.checks))
             rows.append(timed(f"cached (Redis GET, {backend} behind)", from_cache, args.checks))

@@ -26,7 +26,7 @@ from chores.core.orgs import validate_org
 from chores.core.periods import as_utc, is_period, period_of
 from chores.core.settings import MAX_INT64, Plan, get_settings
 from chores.quota.cache import SERVER_SCHEMES
-from chores.quota.decisions import plan_error, plan_of, unknown_decision
+from chores.quota.decisions import STORED_STATES, StoredDecision, plan_error, plan_of
 
 _SUFFIX_PLACES = {"": 0, "K": 3, "M": 6, "B": 9}
 
@@ -112,15 +112,16 @@ def quota_check(org: str, estimate: int, as_json: bool, now: datetime | None) ->
     When the answer is unknown (no decision yet, a stale one, the billing database
     unreachable), QUOTA_FAIL_OPEN decides: allowed (exit 0) or refused (exit 3).
     """
-    from chores.quota.check import check_quota
+    from chores.quota.check import check_quota, check_quota_unreachable
 
     settings = get_settings()
     org = validate_org(org)
     try:
         db = connect(settings)
-    except DatabaseUnavailable as exc:  # unreachable: answer by policy (a bad setting exits 1)
-        period = period_of(now or datetime.now(UTC))
-        decision = unknown_decision(org, period, str(exc), settings)
+    except DatabaseUnavailable as exc:  # unreachable: the mirror or the policy answers
+        decision = check_quota_unreachable(
+            org, int(estimate or 0), now or datetime.now(UTC), settings=settings, why=str(exc)
+        )
     else:
         decision = check_quota(
             db, org, estimated_tokens=int(estimate or 0), now=now, settings=settings
@@ -286,11 +287,17 @@ def status(limit: int, now: datetime | None) -> None:
     tables.name_column(lag, "computed", keep=True)
     tables.number_column(lag, "age")
     for d in c.quota.find({}, sort=[("_id", 1)]):
-        age = int((now - as_utc(d["computed_at"])).total_seconds())
+        stored = StoredDecision.read(d)
+        if isinstance(stored, str) or d.get("state") not in STORED_STATES:
+            # no decision: `quota check` answers unknown, the next run replaces it
+            lag.add_row(escape(str(d["_id"])), "malformed", "", "")
+            continue
+        computed_at = as_utc(stored.computed_at)
+        age = int((now - computed_at).total_seconds())
         lag.add_row(
             escape(d["_id"]),
             d["state"],
-            str(d["computed_at"])[:19],
+            str(computed_at)[:19],
             f"{age:,}s" if age >= 0 else "after --now",  # a --now before the decision
         )
     out = console()

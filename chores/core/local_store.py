@@ -70,6 +70,15 @@ def in_process_client(url: str) -> Any:
     return _MOCK_CLIENTS[url]
 
 
+def is_client_of(url: str, client: Any) -> bool:
+    """Whether `client` is the in-process client that `url` names in this process (a
+    `file://` store opened, or a `mongomock://` name used), not another mongomock."""
+    if is_local(url):
+        store = _OPEN.get(path_of(url).absolute())
+        return store is not None and store.client is client
+    return _MOCK_CLIENTS.get(url) is client
+
+
 def throwaway_client() -> Any:
     """A fresh in-process mongomock client, kept by nobody (`chore demo --no-store`)."""
     return _mongomock_client()

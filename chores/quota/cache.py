@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from pymongo.database import Database
 from redis.exceptions import RedisError
 
-from chores.core.local_store import is_local, path_of
+from chores.core.local_store import is_client_of, is_local, path_of
 from chores.core.redis_client import redis_client
 from chores.core.settings import redact_url
 
@@ -27,17 +29,33 @@ KEY_PREFIX = "billing:quota:"
 SERVER_SCHEMES = ("mongodb://", "mongodb+srv://")
 
 
+# This process: a `mongomock://` store lives and dies with it, and its name means
+# another store in another process.
+PROCESS = uuid.uuid4().hex
+
+
 def namespace(decisions: str, mongo_url: str) -> str:
     """Where mirrored decisions come from: the full name of the decisions collection
-    (database and billing prefix), and for a local store its location too (a `file://`
-    store by its absolute path, whatever directory it was named from; `mongomock://` by its
-    URL). A server is named by its collection alone: the processes of one deployment
-    reach it by different hosts (a container's name, the host's `localhost`) and must
-    share one mirror, or a `plan set` from the host would leave the workers' stale."""
+    (database and billing prefix) of the store MONGO_URL names. A server is named by its
+    collection alone: the processes of one deployment reach it by different hosts (a
+    container's name, the host's `localhost`) and must share one mirror, or a `plan set`
+    from the host would leave the workers' stale. A `file://` store is named by its
+    absolute path too (whatever directory it was named from), a `mongomock://` one by its
+    name and this process (`PROCESS`)."""
     if mongo_url.startswith(SERVER_SCHEMES):
         return decisions
-    store = path_of(mongo_url).resolve().as_uri() if is_local(mongo_url) else mongo_url
-    return f"{store}#{decisions}"
+    if is_local(mongo_url):
+        return f"{path_of(mongo_url).resolve().as_uri()}#{decisions}"
+    return f"{mongo_url}@{PROCESS}#{decisions}"
+
+
+def is_named_store(database: Any, mongo_url: str) -> bool:
+    """Whether `database` is in the store MONGO_URL names, so that its decisions may be
+    mirrored under `namespace`: not an in-process database of an API caller's (its
+    entries would answer for that store's orgs, and that store's for it)."""
+    if mongo_url.startswith(SERVER_SCHEMES):
+        return isinstance(database, Database)
+    return is_client_of(mongo_url, database.client)
 
 
 # Mirror a decision (KEYS[1] <- ARGV[1], expiring in ARGV[4] s) unless the entry there was

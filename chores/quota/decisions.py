@@ -18,17 +18,16 @@ from fractions import Fraction
 from typing import Any, Literal, NamedTuple
 
 import bson
-from pydantic import BaseModel, Field, ValidationError
-from pymongo.database import Database
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pymongo.errors import PyMongoError
 
 from chores.core import clock as _clock
-from chores.core.db import IN_PROCESS_SCHEMES, Collections, Doc
+from chores.core.db import Collections, Doc
 from chores.core.money import usd_exact
 from chores.core.periods import NEWLINE, PERIOD_PATTERN, as_utc, is_period, period_of
 from chores.core.settings import Plan, Settings
 from chores.core.writes import insert_ignoring_duplicates, replace_where
-from chores.quota.cache import QuotaCache, namespace
+from chores.quota.cache import QuotaCache, is_named_store, namespace
 
 log = logging.getLogger(__name__)
 State = Literal["ok", "warn", "block", "unknown"]
@@ -235,6 +234,37 @@ class QuotaDecision(BaseModel):
         return f"{parts[0]} — " + ", ".join(usage) + why
 
 
+class StoredDecision(BaseModel):
+    """A decision document as `check` reads it back (from MongoDB or the mirror): the
+    period it decided, when, the usage it counted and the plan it was decided under."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    period: str
+    computed_at: datetime
+    used_tokens: int = Field(ge=0)
+    spent_micros: int = Field(ge=0)
+    unpriced_tokens: int = Field(default=0, ge=0)
+    plan: Plan
+
+    @field_validator("period")
+    @classmethod
+    def _a_period(cls, value: str) -> str:
+        if not is_period(value):
+            raise ValueError("not a YYYY-MM period")
+        return value
+
+    @classmethod
+    def read(cls, doc: Mapping[str, Any]) -> StoredDecision | str:
+        """The decision `doc` holds, or what makes it unreadable: such a document is no
+        decision (a run replaces it), answered `unknown`, never read as no usage."""
+        try:
+            plan = plan_of(doc, Plan(token_limit=None, spend_limit_micros=None))
+            return cls.model_validate({**doc, "plan": plan})
+        except ValidationError as exc:
+            return plan_error(exc)
+
+
 def _tokens(n: int | None) -> str:
     if n is None:
         return "?"
@@ -255,12 +285,9 @@ class Quota:
     def __init__(self, collections: Collections, settings: Settings):
         self._c = collections
         self._settings = settings
-        # An in-process database under a server's MONGO_URL (an API caller's mongomock) is
-        # not the database the URL names: its mirror entries would answer for that server's
-        # orgs, and theirs for it. Only its own process reads it: no mirror.
-        self._unnamed_in_process = not settings.mongo_url.startswith(
-            IN_PROCESS_SCHEMES
-        ) and not isinstance(collections.quota.database, Database)
+        self._unnamed_in_process = not is_named_store(
+            collections.quota.database, settings.mongo_url
+        )
         self._cache = (
             QuotaCache(
                 settings.redis_url,
@@ -456,82 +483,104 @@ class Quota:
     def check(self, org: str, estimated_tokens: int, now: datetime) -> QuotaDecision:
         """The answer to "may `org` start a run?" from one read of its decision."""
         settings = self._settings
-        period = period_of(now)
-        skew = timedelta(seconds=settings.future_skew_seconds)
-        future = max(now, _clock.wall_clock()) + skew
-        doc = self._cache.get(org) if self._cache is not None else None
-        if doc is not None and not self._trusted(doc, now, future):
-            doc = None
+        doc = mirrored(self._cache, org, now, settings) if self._cache is not None else None
         if doc is None:
             try:
                 doc = self._c.quota.find_one({"_id": org})
             except PyMongoError:
-                return self._unknown(org, period, "billing database unavailable")
+                doc = None
+                reason = "billing database unavailable"
+            else:
+                reason = "no quota decision yet"
             if doc is None:
-                return self._unknown(org, period, "no quota decision yet")
+                return unknown_decision(org, period_of(now), reason, settings)
             if self._cache is not None:
                 # Only into a missing entry: a run may have mirrored a newer one since.
                 self._cache.put_many([doc], only_if_missing=True)
-        computed_at = as_utc(doc["computed_at"])
-        if computed_at > future:
-            return self._unknown(org, period, "decision was computed in the future")
-        decided_for = doc.get("period")
-        if isinstance(decided_for, str) and decided_for > period:
-            # Asked about an earlier month (`--now`): this decision says nothing of it.
-            return self._unknown(org, period, f"the decision is for {decided_for}, not {period}")
-        age = (now - computed_at).total_seconds()
-        plan = plan_of(doc, Plan(token_limit=None, spend_limit_micros=None))
-        fresh_period = doc.get("period") == period
-        used = int(doc.get("used_tokens", 0)) if fresh_period else 0
-        spent = int(doc.get("spent_micros", 0)) if fresh_period else 0
-        if age > settings.quota_max_staleness_seconds:
-            unknown = self._unknown(org, period, f"decision is {int(age)}s old")
-            return unknown.model_copy(
-                update={
-                    "stale": True,
-                    "computed_at": computed_at,
-                    "used_tokens": used,
-                    "spent_micros": spent,
-                    "token_limit": plan.token_limit,
-                    "spend_limit_micros": plan.spend_limit_micros,
-                }
-            )
-        state, reasons = evaluate(plan, used, spent)
-        if estimated_tokens:
-            with_estimate, _ = evaluate(plan, used + estimated_tokens, spent)
-            if with_estimate != state:  # the estimate alone moves the org to warn or block
-                state = with_estimate
-                reasons.append(estimate_reason(plan, used, estimated_tokens, state))
-        return QuotaDecision(
-            org=org,
-            state=state,
-            allowed=state != "block",
-            reason="; ".join(reasons) or "within plan",
-            period=period,
-            used_tokens=used,
-            token_limit=plan.token_limit,
-            spent_micros=spent,
-            spend_limit_micros=plan.spend_limit_micros,
-            unpriced_tokens=int(doc.get("unpriced_tokens", 0)) if fresh_period else 0,
-            computed_at=computed_at,
-            stale=False,
-            reasons=reasons,
+        return answer(org, doc, estimated_tokens, now, settings)
+
+
+def _future(now: datetime, settings: Settings) -> datetime:
+    """The latest time a decision may say it was computed at: one after it is no decision
+    (a clock that was ahead)."""
+    return max(now, _clock.wall_clock()) + timedelta(seconds=settings.future_skew_seconds)
+
+
+def mirrored(cache: QuotaCache, org: str, now: datetime, settings: Settings) -> Doc | None:
+    """`org`'s decision from the Redis mirror when it holds a usable one, else None (read
+    MongoDB). An entry is used only while younger than the cache TTL, so one that a failed
+    mirror write left behind is never answered for longer. One computed after `_future` is
+    dropped: MongoDB's rule replaces it, the mirror's would keep newer decisions out until
+    it expires; so is one that does not read (no run of this version wrote it), or the
+    check could not mirror MongoDB's decision in its place."""
+    doc = cache.get(org)
+    if doc is None:
+        return None
+    stored = StoredDecision.read(doc)
+    if isinstance(stored, str) or as_utc(stored.computed_at) > _future(now, settings):
+        cache.forget([org])
+        return None
+    computed_at = as_utc(stored.computed_at)
+    return doc if (now - computed_at).total_seconds() < settings.quota_cache_ttl_seconds else None
+
+
+def answer(
+    org: str, doc: Mapping[str, Any], estimated_tokens: int, now: datetime, settings: Settings
+) -> QuotaDecision:
+    """What `org`'s stored decision `doc` answers at `now` for a run of `estimated_tokens`
+    more: its state re-evaluated with the estimate, or `unknown` when it is malformed,
+    stale, from the future or for a later month."""
+    period = period_of(now)
+    stored = StoredDecision.read(doc)
+    if isinstance(stored, str):
+        return unknown_decision(
+            org, period, f"its stored decision is malformed ({stored})", settings
         )
-
-    def _trusted(self, cached: Mapping[str, Any], now: datetime, future: datetime) -> bool:
-        """A mirrored decision is used only while younger than the cache TTL, so one
-        that a failed mirror write left behind is never answered for longer. One computed
-        after `future` (a clock that was ahead) is dropped: MongoDB's rule replaces it, the
-        mirror's would keep newer decisions out until it expires."""
-        computed_at = as_utc(cached["computed_at"])
-        if computed_at > future:
-            assert self._cache is not None
-            self._cache.forget([cached["_id"]])
-            return False
-        return (now - computed_at).total_seconds() < self._settings.quota_cache_ttl_seconds
-
-    def _unknown(self, org: str, period: str, reason: str) -> QuotaDecision:
-        return unknown_decision(org, period, reason, self._settings)
+    computed_at = as_utc(stored.computed_at)
+    if computed_at > _future(now, settings):
+        return unknown_decision(org, period, "decision was computed in the future", settings)
+    if stored.period > period:
+        # Asked about an earlier month (`--now`): this decision says nothing of it.
+        reason = f"the decision is for {stored.period}, not {period}"
+        return unknown_decision(org, period, reason, settings)
+    age = (now - computed_at).total_seconds()
+    plan = stored.plan
+    fresh_period = stored.period == period  # an earlier month's usage counts for nothing
+    used = stored.used_tokens if fresh_period else 0
+    spent = stored.spent_micros if fresh_period else 0
+    if age > settings.quota_max_staleness_seconds:
+        unknown = unknown_decision(org, period, f"decision is {int(age)}s old", settings)
+        return unknown.model_copy(
+            update={
+                "stale": True,
+                "computed_at": computed_at,
+                "used_tokens": used,
+                "spent_micros": spent,
+                "token_limit": plan.token_limit,
+                "spend_limit_micros": plan.spend_limit_micros,
+            }
+        )
+    state, reasons = evaluate(plan, used, spent)
+    if estimated_tokens:
+        with_estimate, _ = evaluate(plan, used + estimated_tokens, spent)
+        if with_estimate != state:  # the estimate alone moves the org to warn or block
+            state = with_estimate
+            reasons.append(estimate_reason(plan, used, estimated_tokens, state))
+    return QuotaDecision(
+        org=org,
+        state=state,
+        allowed=state != "block",
+        reason="; ".join(reasons) or "within plan",
+        period=period,
+        used_tokens=used,
+        token_limit=plan.token_limit,
+        spent_micros=spent,
+        spend_limit_micros=plan.spend_limit_micros,
+        unpriced_tokens=stored.unpriced_tokens if fresh_period else 0,
+        computed_at=computed_at,
+        stale=False,
+        reasons=reasons,
+    )
 
 
 def unknown_decision(org: str, period: str, reason: str, settings: Settings) -> QuotaDecision:

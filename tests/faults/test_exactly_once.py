@@ -18,7 +18,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo.errors import AutoReconnect
 
-from chores import check_quota, finalize_invoices, run_chore
+from chores import check_quota, connect, finalize_invoices, run_chore
 
 from support.dbproxy import CountingDatabase, DatabaseProxy
 
@@ -382,7 +382,7 @@ def test_an_older_run_never_overwrites_a_newer_quota_decision(db, settings, regi
 
 # 10 ----------------------------------------------------------------------------------------
 def test_check_quota_never_answers_an_older_decision_after_a_failed_cache_write(
-    db, settings, registry, redis_base_url
+    settings, registry, redis_base_url
 ):
     """`cache`: `Quota.decide` writes the decision to MongoDB, then mirrors it to
     Redis, swallowing Redis errors; `check` trusts a cache hit. After one blip of Redis
@@ -394,8 +394,11 @@ def test_check_quota_never_answers_an_older_decision_after_a_failed_cache_write(
 
     url = f"{redis_base_url}/14"
     redis.Redis.from_url(url).flushdb()
-    cached = settings.model_copy(update={"redis_url": url})
-    blip = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})  # unreachable
+    # mirrored only for the store MONGO_URL names (`cache.is_named_store`)
+    named = settings.model_copy(update={"mongo_url": f"mongomock://cache-{ObjectId()}"})
+    db = connect(named)
+    cached = named.model_copy(update={"redis_url": url})
+    blip = named.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})  # unreachable
     db.billing_plans.insert_one({"_id": "acme", "token_limit": 5_000})
     db.tasks.insert_one(finished("acme", 1_000, NOV_25 - timedelta(hours=2), 1.0e9))
     run_chore(db, now=NOV_25, registry=registry, settings=cached)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,15 +17,30 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
-from chores import ConfigError, check_quota, run_chore
+from chores import ConfigError, check_quota, connect, run_chore
 from chores.core.db import Collections
-from chores.core.settings import Plan
+from chores.core.settings import Plan, Settings
+from chores.quota.cache import PROCESS
 from chores.quota.decisions import INVALID_PLAN, Quota, QuotaDecision, evaluate
 
 from support import WALL_CLOCK
 from support.dbproxy import CountingDatabase, DatabaseProxy, FailingDatabase, PauseAt, pause_at
 
 NOV = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """A store of its own for each test, named by MONGO_URL, so that its decisions may be
+    mirrored (only the database MONGO_URL names is: `cache.namespace`)."""
+    return Settings(
+        mongo_url=f"mongomock://quota-{uuid.uuid4().hex}", batch_size=50, redis_url=None
+    )
+
+
+@pytest.fixture
+def db(settings):
+    return connect(settings)
 
 
 def ai_run(
@@ -312,7 +328,7 @@ def test_cached_check_does_not_touch_mongo(db, settings, registry, redis_url):
     assert (decision.state, decision.used_tokens) == ("block", 8_500)
     assert counting.calls == {}
     # the org's key, named after the collection its decision is in (and the local store)
-    key = "billing:quota:mongomock://test#main.billing_quota:acme"
+    key = f"billing:quota:{settings.mongo_url}@{PROCESS}#main.billing_quota:acme"
     assert redis.Redis.from_url(redis_url).ttl(key) > 0
 
 

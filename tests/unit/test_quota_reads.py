@@ -1,0 +1,179 @@
+"""What a quota check reads back: a malformed stored decision, the Redis mirror while
+MongoDB is down, and mirror entries of another store (from an outside review: each was a
+traceback, or a wrong allow or refuse)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+
+import mongomock
+import pytest
+import redis
+from click.testing import CliRunner
+
+from chores import check_quota, connect, get_settings, run_chore
+from chores.cli import main
+from chores.core.settings import Settings
+from chores.quota.cache import QuotaCache, namespace
+
+NOV = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+NOW_ARG = ["--now", NOV.isoformat()]
+
+
+def ai_run(org: str, tokens: int) -> dict:
+    return {
+        "name": "ai",
+        "status": "SUCCESS",
+        "end_time": datetime(2026, 11, 20, tzinfo=UTC),
+        "last_updated_db": 1.0e9,
+        "context": {"workspace_id": org, "ai_model": "gpt-4o-mini", "ai_tokens": tokens},
+    }
+
+
+def blocked(db, settings: Settings, registry) -> None:
+    """acme over its 1,000-token limit, decided `block`."""
+    db.billing_plans.insert_one({"_id": "acme", "token_limit": 1_000})
+    db.tasks.insert_one(ai_run("acme", 5_000))
+    assert run_chore(db, now=NOV, registry=registry, settings=settings).decisions == {
+        "acme": "block"
+    }
+
+
+@pytest.fixture
+def redis_url(redis_base_url):
+    url = f"{redis_base_url}/13"
+    redis.Redis.from_url(url).flushdb()
+    yield url
+    redis.Redis.from_url(url).flushdb()
+
+
+@pytest.fixture
+def store(monkeypatch) -> Settings:
+    """An in-process store that MONGO_URL names, for the CLI and the API alike."""
+    monkeypatch.setenv("MONGO_URL", f"mongomock://reads-{uuid.uuid4().hex}")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+CORRUPTIONS = {
+    "no computed_at": {"$unset": {"computed_at": ""}},
+    "computed_at as text": {"$set": {"computed_at": "2026-11-25T12:00:00"}},
+    "a token limit as text": {"$set": {"token_limit": "10M"}},
+    # read as an earlier month's decision, it answered `ok` with no usage
+    "no period": {"$unset": {"period": ""}},
+    "usage as text": {"$set": {"used_tokens": "5000"}},
+    "negative usage": {"$set": {"used_tokens": -1}},
+}
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS, ids=list(CORRUPTIONS))
+def test_a_malformed_stored_decision_is_unknown_never_a_crash_or_no_usage(
+    store, registry, monkeypatch, corruption
+):
+    db = connect(store)
+    blocked(db, store, registry)
+    db.billing_quota.update_one({"_id": "acme"}, CORRUPTIONS[corruption])
+
+    decision = check_quota(db, "acme", now=NOV, settings=store)
+    assert (decision.state, decision.allowed) == ("unknown", True)
+    assert decision.reason.startswith("its stored decision is malformed (")
+    assert decision.reason.endswith("(fail-open)")
+
+    runner = CliRunner()
+    checked = runner.invoke(main, ["quota", "check", "--org", "acme", *NOW_ARG])
+    assert (checked.exit_code, checked.exception) == (0, None)
+    assert checked.stdout.startswith("acme: unknown — its stored decision is malformed")
+    monkeypatch.setenv("QUOTA_FAIL_OPEN", "false")
+    get_settings.cache_clear()
+    refused = runner.invoke(main, ["quota", "check", "--org", "acme", *NOW_ARG])
+    assert (refused.exit_code, refused.exception.code) == (3, 3)
+    assert "(fail-closed) (refused)" in refused.stdout
+
+    status = runner.invoke(main, ["status", *NOW_ARG])
+    assert (status.exit_code, status.exception) == (0, None)
+    assert "malformed" in status.stdout
+
+    # the next run replaces it
+    run_chore(db, now=NOV, registry=registry, settings=store)
+    assert check_quota(db, "acme", now=NOV, settings=store).state == "block"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_quota_check_answers_from_the_mirror_while_mongodb_is_down(
+    registry, redis_url, monkeypatch
+):
+    """The workers mirror each decision in Redis; the CLI answered `unknown` (fail-open:
+    allowed) for an org the mirror held `block`, where `check_quota` answered `block`."""
+    server = f"mongodb://billing:s3cret@127.0.0.1:{closed_port()}/"
+    settings = Settings(mongo_url=server, redis_url=redis_url)
+    local = mongomock.MongoClient(tz_aware=True)["main"]  # where the decision is made
+    blocked(local, settings.model_copy(update={"mongo_url": "mongomock://x"}), registry)
+    decision = local.billing_quota.find_one({"_id": "acme"})
+    mirror = QuotaCache(redis_url, 360, namespace("main.billing_quota", server))
+    mirror.put_many([decision])  # as a worker on the server mirrors it
+
+    for name, value in {"MONGO_URL": server, "REDIS_URL": redis_url}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MONGO_TIMEOUT_MS", "200")
+    get_settings.cache_clear()
+    runner = CliRunner()
+    checked = runner.invoke(main, ["quota", "check", "--org", "acme", *NOW_ARG])
+    assert checked.exit_code == 3, checked.output
+    assert checked.stdout.startswith("acme: block — 5K of 1K tokens")
+
+    # an org the mirror knows nothing of: unknown, and why, by policy
+    other = runner.invoke(main, ["quota", "check", "--org", "beta", *NOW_ARG])
+    assert other.exit_code == 0
+    assert other.stdout.startswith("beta: unknown — cannot reach MongoDB at")
+    assert "s3cret" not in other.output
+    get_settings.cache_clear()
+
+
+def test_a_mongomock_store_of_another_process_never_answers_here(registry, redis_url):
+    """`mongomock://NAME` is a new, empty store in each process: `plan set` in one process
+    mirrored `block`, and a check in the next answered it for a store with no plan and no
+    decision."""
+    url = f"mongomock://scratch-{uuid.uuid4().hex}"
+    env = {**os.environ, "MONGO_URL": url, "REDIS_URL": redis_url}
+    plan_set = ["plan", "set", "--org", "acme", "--token-limit", "0", *NOW_ARG]
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", "from chores.cli import main; main()", *plan_set],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "acme: decision now block" in elsewhere.stdout, elsewhere.stderr
+    assert redis.Redis.from_url(redis_url).keys("billing:quota:*")  # mirrored there
+
+    here = Settings(mongo_url=url, redis_url=redis_url)
+    decision = check_quota(connect(here), "acme", now=NOV, settings=here)
+    assert decision.state == "unknown"
+    assert decision.reason.startswith("no quota decision yet")
+
+
+@pytest.mark.parametrize("url", ["mongomock://shared-name", "file:///nonexistent/store.json"])
+def test_a_callers_own_mongomock_database_shares_no_mirror(registry, redis_url, url):
+    """Two mongomock databases of an API caller under one in-process MONGO_URL (neither
+    the store it names) shared one mirror entry per org: the empty one answered the
+    other's `block`."""
+    settings = Settings(mongo_url=url, redis_url=redis_url)
+    full, empty = (mongomock.MongoClient(tz_aware=True)["main"] for _ in range(2))
+    blocked(full, settings, registry)
+    assert check_quota(full, "acme", now=NOV, settings=settings).state == "block"
+    decision = check_quota(empty, "acme", now=NOV, settings=settings)
+    assert decision.state == "unknown"
+    assert decision.reason.startswith("no quota decision yet")
+    assert redis.Redis.from_url(redis_url).keys("billing:quota:*") == []
