@@ -197,13 +197,13 @@ def estimate_reason(plan: Plan, used: int, estimated: int, state: State) -> str:
     else:
         what = "near the token limit"
     return (
-        f"the estimate of {estimated:,} tokens would {what}: {used:,} used + {estimated:,} "
+        f"the estimate of {_count(estimated)} would {what}: {used:,} used + {estimated:,} "
         f"estimated of {limit:,}" + (f" (+{overdraft:,} overdraft)" if overdraft else "")
     )
 
 
 def _count(tokens: int) -> str:
-    return f"{tokens:,} tokens"
+    return f"{tokens:,} token{'' if tokens == 1 else 's'}"
 
 
 class QuotaDecision(BaseModel):
@@ -278,6 +278,8 @@ def _of(used: int, limit: int | None, fmt: Any, unit: str) -> str:
     if limit is None:
         return f"{fmt(used)}{unit} (no limit)"
     share = f" ({percent(used, limit)})" if limit else ""
+    if used != limit and fmt(used) == fmt(limit):  # not "72.9K of 72.9K" short of it
+        fmt = "{:,}".format
     return f"{fmt(used)} of {fmt(limit)}{unit}{share}"
 
 
@@ -307,6 +309,8 @@ class Quota:
                 return "the database is in-process, not the one MONGO_URL names"
             return "REDIS_URL is not set here"
         if self._cache.failure is not None:
+            if self._cache.failure in ("AuthenticationError", "AuthorizationError"):
+                return f"the Redis at REDIS_URL refused its credentials ({self._cache.failure})"
             return f"the Redis at REDIS_URL could not be reached ({self._cache.failure})"
         return None
 

@@ -132,7 +132,8 @@ def test_a_warning_below_the_limit_never_says_100_percent():
         org="acme", state=state, allowed=True, reason="", period="2026-11",
         used_tokens=1_163, token_limit=1_164, reasons=reasons,
     )  # fmt: skip
-    assert decision.summary().startswith("acme: warn — 1.2K of 1.2K tokens (99%)")
+    # not "1.2K of 1.2K": counts that round alike are shown whole
+    assert decision.summary().startswith("acme: warn — 1,163 of 1,164 tokens (99%)")
 
 
 def test_an_estimate_into_the_overdraft_says_so(db, settings, registry):

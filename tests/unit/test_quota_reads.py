@@ -18,8 +18,9 @@ from click.testing import CliRunner
 
 from chores import check_quota, connect, get_settings, run_chore
 from chores.cli import main
-from chores.core.settings import Settings
+from chores.core.settings import Plan, Settings
 from chores.quota.cache import QuotaCache, namespace
+from chores.quota.decisions import QuotaDecision, estimate_reason
 
 NOV = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 NOW_ARG = ["--now", NOV.isoformat()]
@@ -177,3 +178,28 @@ def test_a_callers_own_mongomock_database_shares_no_mirror(registry, redis_url, 
     assert decision.state == "unknown"
     assert decision.reason.startswith("no quota decision yet")
     assert redis.Redis.from_url(redis_url).keys("billing:quota:*") == []
+
+
+def test_quota_wording_a_single_token_and_counts_that_round_alike():
+    """ "the estimate of 1 tokens"; "72.9K of 72.9K tokens (99%)" for an org short of it."""
+    plan = Plan(token_limit=1_000)
+    assert estimate_reason(plan, 999, 1, "block").startswith("the estimate of 1 token would")
+    short = QuotaDecision(
+        org="acme", state="warn", allowed=True, reason="", period="2026-11",
+        used_tokens=72_900, token_limit=72_940,
+    )  # fmt: skip
+    assert "72,900 of 72,940 tokens (99%)" in short.summary()
+    at = short.model_copy(update={"used_tokens": 72_940, "state": "block"})
+    assert "72.9K of 72.9K tokens (100%)" in at.summary()
+
+
+def test_a_redis_that_refuses_the_credentials_is_said_so(registry, redis_base_url):
+    """It said "could not be reached (AuthenticationError)" of a Redis that answered."""
+    host = redis_base_url.removeprefix("redis://")
+    settings = Settings(mongo_url="mongomock://auth", redis_url=f"redis://bob:wrong@{host}/0")
+    db = connect(settings)
+    db.tasks.insert_one(ai_run("acme", 10))
+    ran = run_chore(db, now=NOV, registry=registry, settings=settings)
+    assert ran.mirror_missed == (
+        "the Redis at REDIS_URL refused its credentials (AuthenticationError)"
+    )
