@@ -16,7 +16,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from chores import check_quota, connect, get_settings, run_chore
+from chores import check_quota, connect, finalize_invoices, get_settings, run_chore
 from chores.cli import main
 from chores.core.settings import Plan, Settings
 from chores.quota.cache import QuotaCache, namespace
@@ -70,7 +70,7 @@ CORRUPTIONS = {
     # read as an earlier month's decision, it answered `ok` with no usage
     "no period": {"$unset": {"period": ""}},
     "usage as text": {"$set": {"used_tokens": "5000"}},
-    "negative usage": {"$set": {"used_tokens": -1}},
+    "usage as a fraction": {"$set": {"used_tokens": 5000.5}},
 }
 
 
@@ -202,4 +202,47 @@ def test_a_redis_that_refuses_the_credentials_is_said_so(registry, redis_base_ur
     ran = run_chore(db, now=NOV, registry=registry, settings=settings)
     assert ran.mirror_missed == (
         "the Redis at REDIS_URL refused its credentials (AuthenticationError)"
+    )
+
+
+def test_a_month_that_starts_with_a_credit_is_decided_and_answered(registry):
+    """Review of the check above: a decision of negative spend, which a run writes for a
+    month whose only usage so far is a late credit, was read as malformed: `unknown`, and
+    refused under fail-closed. 1M unsplit opus tokens charged in a final October, then in
+    November the split says they were all cached."""
+    settings = Settings(mongo_url="mongomock://credit", redis_url=None, quota_fail_open=False)
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    db.billing_plans.insert_one({"_id": "acme", "token_limit": 50_000_000})
+    seen, ended = datetime(2026, 10, 20, tzinfo=UTC), datetime(2026, 11, 10, tzinfo=UTC)
+    context = {"workspace_id": "acme", "ai_model": "claude-opus-4-1", "ai_tokens": 1_000_000}
+    db.tasks.insert_one(
+        {"_id": "r1", "name": "ai", "status": "RUNNING", "last_updated_db": seen.timestamp(),
+         "context": context}
+    )  # fmt: skip
+    run_chore(db, now=seen, registry=registry, settings=settings)
+    assert finalize_invoices(db, now=datetime(2026, 11, 5, tzinfo=UTC), settings=settings)
+    cached = {
+        "ai_prompt_tokens": 1_000_000,
+        "ai_completion_tokens": 0,
+        "ai_cached_tokens": 1_000_000,
+    }
+    db.tasks.update_one(
+        {"_id": "r1"},
+        {"$set": {"status": "SUCCESS", "end_time": ended, "last_updated_db": ended.timestamp(),
+                  **{f"context.{k}": v for k, v in cached.items()}}},
+    )  # fmt: skip
+    assert run_chore(db, now=ended, registry=registry, settings=settings).decisions == {
+        "acme": "ok"
+    }
+    stored = db.billing_quota.find_one({"_id": "acme"})
+    assert (
+        stored["spent_micros"]
+        == db.billing_invoices.find_one({"_id": "acme:2026-11"})["total_micros"]
+    )
+    assert stored["spent_micros"] < 0
+    decision = check_quota(db, "acme", now=ended, settings=settings)
+    assert (decision.state, decision.allowed, decision.spent_micros) == (
+        "ok",
+        True,
+        stored["spent_micros"],
     )
