@@ -14,7 +14,7 @@ from chores.cli.common import (
 from chores.cli.params import GraceDaysType
 from chores.core.db import Collections, connect
 from chores.core.settings import get_settings
-from chores.core.wording import counted
+from chores.core.wording import counted, for_terminal
 from chores.run.chore import finalize_invoices
 
 
@@ -40,7 +40,8 @@ def finalize(org: str | None, grace_days: float | None, now: datetime | None) ->
         "this machine's clock)"
     )
     click.echo(
-        f"finalized {counted(len(done), 'invoice')}" + (": " + ", ".join(done) if done else why)
+        f"finalized {counted(len(done), 'invoice')}"
+        + (": " + for_terminal(", ".join(done)) if done else why)
     )
     if org is not None and not done:
         unknown = unknown_org_note(Collections.of(db, settings), org)

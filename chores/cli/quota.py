@@ -25,6 +25,7 @@ from chores.core.money import parse_usd, ungrouped, usd_exact, whole_after_scali
 from chores.core.orgs import validate_org
 from chores.core.periods import as_utc, is_period, period_of
 from chores.core.settings import MAX_INT64, Plan, get_settings
+from chores.core.wording import for_terminal
 from chores.quota.cache import SERVER_SCHEMES
 from chores.quota.decisions import STORED_STATES, StoredDecision, plan_error, plan_of
 
@@ -126,7 +127,7 @@ def quota_check(org: str, estimate: int, as_json: bool, now: datetime | None) ->
         decision = check_quota(
             db, org, estimated_tokens=int(estimate or 0), now=now, settings=settings
         )
-    click.echo(decision.model_dump_json(indent=2) if as_json else decision.summary())
+    click.echo(decision.model_dump_json(indent=2) if as_json else for_terminal(decision.summary()))
     if not decision.allowed:
         sys.exit(EXIT_REFUSED)
 
@@ -200,7 +201,7 @@ def plan_set(
     state = quota.decide([org], now)[org]
     billed = collections.invoices.count_documents({"org": org, "period": period}, limit=1)
     source = f"from the invoice of {period}" if billed else f"no usage billed in {period} yet"
-    click.echo(f"{org}: decision now {state} ({source})")
+    click.echo(f"{for_terminal(org)}: decision now {state} ({source})")
     missed = quota.mirror_missed
     # Unset REDIS_URL is worth a note only where workers may have one: a server database.
     if missed is not None and (settings.redis_url or settings.mongo_url.startswith(SERVER_SCHEMES)):
@@ -250,7 +251,7 @@ def _print_plan(org: str, p: Plan, default: bool = False) -> None:
     tokens = "no limit" if p.token_limit is None else f"{p.token_limit:,} tokens"
     spend = "no limit" if p.spend_limit_micros is None else usd_exact(p.spend_limit_micros)
     click.echo(
-        f"{org}{' (default plan)' if default else ''}: token limit {tokens}, "
+        f"{for_terminal(org)}{' (default plan)' if default else ''}: token limit {tokens}, "
         f"spend limit {spend}, warn at {p.soft_ratio * 100:g}%, overdraft {p.grace_tokens:,} tokens"
     )
 

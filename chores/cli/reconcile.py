@@ -15,6 +15,7 @@ from chores.core.db import connect
 from chores.core.money import usd, usd_exact, usd_of_dollars
 from chores.core.orgs import validate_org
 from chores.core.settings import get_settings
+from chores.core.wording import for_terminal
 from chores.reports.reconcile import reconcile
 from chores.run.chore import Pipeline
 from pricing import load_registry
@@ -83,16 +84,18 @@ def reconcile_command(org: str, period: str, as_json: bool, now: datetime | None
                 )
             )
         for problem in result.problems:
-            out.print(f"[red]invoice[/]: {escape(problem)}")
+            out.print(f"[red]invoice[/]: {escape(for_terminal(problem))}")
         for runner in result.runners:
             out.print(
-                f"[red]runner {escape(runner.runner_id)}[/]: source {runner.source_tokens:,} "
-                f"tokens, ledger {runner.ledger_tokens:,} — {escape(runner.note)}"
+                f"[red]runner {escape(for_terminal(runner.runner_id))}[/]: source "
+                f"{runner.source_tokens:,} tokens, ledger {runner.ledger_tokens:,} — "
+                f"{escape(for_terminal(runner.note))}"
             )
         for runner in result.running:
             out.print(
-                f"runner {escape(runner.runner_id)}: source {runner.source_tokens:,} tokens, "
-                f"ledger {runner.ledger_tokens:,} — {escape(runner.note)}"
+                f"runner {escape(for_terminal(runner.runner_id))}: source "
+                f"{runner.source_tokens:,} tokens, ledger {runner.ledger_tokens:,} — "
+                f"{escape(for_terminal(runner.note))}"
             )
         out.print("[green]reconciled[/]" if result.ok else "[bold red]does not reconcile[/]")
     if not result.ok:

@@ -8,19 +8,32 @@ takes the room it lacks from the name columns only.
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich import box
 from rich.table import Column, Table
 from rich.text import Text
 
+from chores.core.wording import for_terminal
+
 DASH = "–"  # a value that does not exist (no estimate, no price date), not a zero
+
+
+class DataTable(Table):
+    """A table of values from the data: its text cells and title are shown as
+    `for_terminal` shows them (an org id's escape sequence is printed, never obeyed)."""
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        cells = (for_terminal(r) if isinstance(r, str) else r for r in renderables)
+        super().add_row(*cells, **kwargs)
 
 
 def table(title: str) -> Table:
     """A table with light borders: fewer characters of chrome per column than rich's default.
     The title is plain text, never markup: it carries org and invoice ids as they were
     written (an org `[/]` is data)."""
-    return Table(
-        title=Text(title),
+    return DataTable(
+        title=Text(for_terminal(title)),
         title_justify="left",
         box=box.SIMPLE_HEAD,
         show_edge=False,

@@ -49,7 +49,7 @@ from chores.core.db import Collections, connect
 from chores.core.money import usd
 from chores.core.orgs import validate_org
 from chores.core.settings import get_settings
-from chores.core.wording import counted
+from chores.core.wording import counted, for_terminal
 from chores.reports.allocation import Allocation, allocate
 from chores.reports.breakdown import (
     BY_CHOICES,
@@ -136,7 +136,7 @@ def usage(
     elif as_csv:
         click.echo(usage_csv(allocation, view, table), nl=False)
     elif not table:
-        click.echo(_nothing_matches(allocation.invoice.id, filters, models, statuses))
+        click.echo(for_terminal(_nothing_matches(allocation.invoice.id, filters, models, statuses)))
     else:
         print_usage(console(), allocation, view, table, filters, depths)
 
@@ -368,7 +368,7 @@ def report(
     if not quiet:
         invoice = data.allocation.invoice
         click.echo(
-            f"wrote {out}: invoice {invoice.id} ({invoice.status}), total "
+            f"wrote {out}: invoice {for_terminal(invoice.id)} ({invoice.status}), total "
             f"{usd(invoice.total_micros)}, {counted(invoice.runs, 'run')}, "
             f"{counted(len(data.anomalies), 'open anomaly')}"
         )

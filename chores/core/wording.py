@@ -1,8 +1,14 @@
-"""How the command line words counts: thousands separators, and plurals that agree."""
+"""How the command line words counts (thousands separators, plurals that agree), and
+shows text from the data on a terminal."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+
+# C0 and C1 control characters (an escape sequence, a newline) and the bidirectional
+# overrides: in an org id or a model name from the source, they would drive the terminal.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 IRREGULAR = {"anomaly": "anomalies", "open anomaly": "open anomalies", "entry": "entries"}
 
@@ -16,3 +22,9 @@ def counted(n: int, noun: str) -> str:
 def tally(counts: Mapping[str, int]) -> str:
     """`malformed_counters 3, no_org 1`, or `none`: a count per kind, for people."""
     return ", ".join(f"{kind} {n:,}" for kind, n in sorted(counts.items())) or "none"
+
+
+def for_terminal(text: str) -> str:
+    """Text from the data as a terminal shows it: each control character or bidirectional
+    override written as its escape (`\\x1b`, `\\n`, `\\u202e`), the rest as it is."""
+    return _UNSAFE.sub(lambda found: found.group().encode("unicode_escape").decode(), text)

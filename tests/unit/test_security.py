@@ -255,3 +255,36 @@ def test_a_json_log_line_is_redacted_value_by_value_and_stays_json(message):
         assert SECRET not in line and SECRET not in decoded["message"]
         assert SECRET not in decoded["exc_info"]
     assert json.loads(JsonFormatter().format(record))["message"] == redact_urls(text)
+
+
+def test_an_escape_sequence_in_the_data_is_shown_never_obeyed(env_db):
+    """From an outside review: an org id holding an escape sequence (`\\x1b[31m`) or a
+    newline reached the terminal raw from `plan set`, `quota check` and `status`; a model
+    name or workspace id from the source would drive an operator's terminal the same way."""
+    from datetime import UTC, datetime
+
+    org, model = "\x1b[31mred\nline", "gpt\x1b]0;owned\x07\u202e"
+    env_db.tasks.insert_one(
+        {
+            "name": "ai",
+            "status": "SUCCESS",
+            "end_time": datetime(2026, 10, 20, tzinfo=UTC),
+            "context": {"workspace_id": org, "ai_model": model, "ai_tokens": 100},
+        }
+    )
+    now = ["--now", "2026-11-25T12:00:00+00:00"]
+    commands = [
+        ["run", "--all", "--no-lock", *now],
+        ["plan", "set", "--org", org, "--token-limit", "1K", *now],
+        ["plan", "show", "--org", org],
+        ["quota", "check", "--org", org, *now],
+        ["invoice", "show", "--org", org, "--period", "2026-10"],
+        ["usage", "--org", org, "--period", "2026-10", "--by", "model"],
+        ["finalize", *now],
+        ["status", *now],
+    ]
+    for args in commands:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, (args, result.output)
+        assert not any(c in result.output for c in "\x1b\x07\u202e"), (args, result.output)
+        assert "\\x1b[31mred\\nline" in result.output, (args, result.output)
