@@ -222,15 +222,23 @@ class Pipeline:
         if dry_run:
             self._tally(report, batch.entries)
             return
-        self._record(batch, now=now, run_id=run_id, report=report)
+        self._record(batch, heads, now=now, run_id=run_id, report=report)
 
-    def _record(self, batch: Batch, *, now: datetime, run_id: str, report: RunReport) -> None:
+    def _record(
+        self,
+        batch: Batch,
+        heads: Mapping[str, LedgerHead],
+        *,
+        now: datetime,
+        run_id: str,
+        report: RunReport,
+    ) -> None:
         """Write what a batch found, in the order that makes a crash anywhere safe: the marks
         (open) first, then the anomalies, the runners about to be billed on the pending
         list, the entries, the runners done off the list, then the marks closed
-        (docs/design.md)."""
+        (docs/design.md). `heads` are the ledger heads the batch was assessed from."""
         known = self.anomalies.previous(batch.anomalies)
-        anomalies = self._placed(batch.anomalies, known, now)
+        anomalies = self._not_stale(self._placed(batch.anomalies, known, now), known, heads)
         healed, healed_pairs = self.anomalies.resolvable(batch.clean)
         dirty = batch.dirty | set(healed_pairs)
         dirty.update((a.org, a.period) for a in anomalies if a.org and a.period)
@@ -252,6 +260,31 @@ class Pipeline:
         done = [r for r in batch.drop_pending if r not in beaten]
         self.progress.release_pending(done, kept=[r for r in claimed if r not in done])
         self.progress.close_marks(marks)  # everything they announced is readable now
+
+    def _not_stale(
+        self,
+        anomalies: Sequence[AnomalyRecord],
+        known: Mapping[str, Recorded],
+        heads: Mapping[str, LedgerHead],
+    ) -> list[AnomalyRecord]:
+        """The anomalies to write, less those of a runner billed since this run read its
+        ledger head: an overlapping run read a newer version of it (a subagent's spawn
+        finding that had appeared) and billed it, resolving what this run's older read
+        would open again, to flag an invoice that a finalize may then freeze flagged for
+        good. Only anomalies that would be written (new, reopened or moved) are checked:
+        one ledger read, and none when nothing changes."""
+        changing = {
+            a.runner_id
+            for a in anomalies
+            if known.get(anomaly_id(a)) != Recorded(a.org, a.period, False)
+        }
+        if not changing:
+            return list(anomalies)
+        now_heads = self.ledger.heads(sorted(changing))
+        billed_since = {
+            runner for runner in changing if _seq(now_heads.get(runner)) > _seq(heads.get(runner))
+        }
+        return [a for a in anomalies if a.runner_id not in billed_since]
 
     def _placed(
         self, anomalies: Sequence[AnomalyRecord], known: Mapping[str, Recorded], now: datetime
@@ -518,3 +551,8 @@ def finalize_invoices(
     ledger = Ledger(collections, batch_size=settings.batch_size)
     finalizer = Finalizer(collections, ledger, Progress(collections))
     return finalizer.finalize(now, grace, org)
+
+
+def _seq(head: LedgerHead | None) -> int:
+    """A runner's latest ledger sequence number, 0 before its first entry."""
+    return 0 if head is None else head.seq

@@ -478,3 +478,49 @@ def test_a_runner_the_scan_hands_back_is_counted_once_by_a_dry_run(
     assert report.docs_read == (1 if dry_run else 2)
     assert report.tokens_billed == (2_000 if dry_run else 2_500)
     assert _billed_to_r(db) == (0 if dry_run else 2_500)
+
+
+def test_a_stale_read_of_a_subagent_never_reopens_what_a_newer_run_resolved(db, settings, registry):
+    """From a review exploring interleavings: run A read a held subagent's spawn findings
+    (none yet); they appeared, and run B billed the subagent and resolved its
+    `baseline_missing`; A, going on from its older read, opened it again, flagging an
+    invoice that a finalize then froze flagged for good. A drops an anomaly of a runner
+    billed since it read the runner's ledger head."""
+    from support.dbproxy import DatabaseProxy
+
+    ended = NOW - timedelta(hours=3)
+    child = runner(ObjectId(), 17_000)
+    child.update(status="SUCCESS", end_time=ended, last_updated_db=ended.timestamp())
+    child["context"].update(subagent="sub-1", ai_subagent_depth=1, parent_session_id="s-1")
+    db.tasks.insert_one(child)
+    run_chore(db, now=NOW - timedelta(hours=2), registry=registry, settings=settings)
+    anomaly = {"_id": f"{child['_id']}:baseline_missing"}
+    assert db.billing_anomalies.find_one(anomaly)["resolved"] is False  # held, no finding
+
+    finding = {
+        "_id": ObjectId(),
+        "_type": "ai",
+        "ai_type": "task",
+        "extra_data": {"runner_id": str(child["_id"]), "runner_type": "task"},
+        "_context": {**child["context"], "ai_tokens": 12_000, "ai_prompt_tokens": 6_000,
+                     "ai_completion_tokens": 6_000, "task_id": "spawner"},
+    }  # fmt: skip
+    del finding["_context"]["subagent"]
+    meanwhile: list[bool] = []
+
+    def after_the_findings_read(collection, method, perform):  # type: ignore[no-untyped-def]
+        result = perform()
+        if (collection, method) == ("findings", "find") and not meanwhile:
+            meanwhile.append(True)  # A read no spawn finding; B runs on the newer state
+            db.findings.insert_one(finding)
+            run_chore(db, now=NOW, registry=registry, settings=settings)
+            assert db.billing_anomalies.find_one(anomaly)["resolved"] is True
+        return result
+
+    run_chore(DatabaseProxy(db, around=after_the_findings_read), now=NOW, registry=registry,
+              settings=settings)  # fmt: skip
+    assert meanwhile == [True]
+    assert db.billing_anomalies.find_one(anomaly)["resolved"] is True
+    assert sum(e["tokens"] for e in db.billing_ledger.find()) == 5_000
+    (invoice,) = db.billing_invoices.find()
+    assert invoice["needs_review"] is False
