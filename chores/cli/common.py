@@ -18,6 +18,7 @@ from chores.core.exceptions import ChoreError
 from chores.core.logs import redact_urls
 from chores.core.periods import period_of
 from chores.core.settings import get_settings
+from chores.core.wording import for_terminal
 from pricing import RegistryError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,8 +46,8 @@ def user_errors(func: F) -> F:
         except KeyboardInterrupt:
             click.echo(INTERRUPTED, err=True)
             raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
-        except (ChoreError, RegistryError) as exc:
-            raise click.ClickException(str(exc)) from None
+        except (ChoreError, RegistryError) as exc:  # they may quote an org id as typed
+            raise click.ClickException(for_terminal(str(exc))) from None
         except PyMongoError as exc:
             settings = get_settings()
             message = str(exc).replace(settings.mongo_url, settings.safe_mongo_url)

@@ -18,7 +18,7 @@ from chores.cli.common import (
 )
 from chores.cli.params import OneLineGroup
 from chores.core.settings import get_settings
-from chores.core.wording import counted
+from chores.core.wording import counted, for_terminal
 from pricing import (
     load_registry,
     rate_text,
@@ -96,7 +96,8 @@ def registry_validate(path: str | None, path_option: str | None) -> None:
     chosen = _registry_path(path, path_option)
     reg = load_registry(chosen)
     models = counted(len(reg.models), "model")
-    click.echo(f"{chosen or 'shipped registry'}: valid, version {reg.version}, {models}")
+    valid = f"{chosen or 'shipped registry'}: valid, version {reg.version}, {models}"
+    click.echo(for_terminal(valid))
 
 
 WRITERS = {".yaml": registry_to_yaml, ".yml": registry_to_yaml, ".json": registry_to_json}
@@ -145,7 +146,7 @@ def registry_import(
         sys.stdout.write(text)
     unknown = zero_priced_keys(data)
     if unknown:
-        examples = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        examples = for_terminal(", ".join(unknown[:3])) + (", ..." if len(unknown) > 3 else "")
         click.echo(
             f"left out {counted(len(unknown), 'model')} LiteLLM prices at 0 outside the free "
             f"providers ({examples}): their usage stays unpriced until a registry prices them",

@@ -242,11 +242,11 @@ class StoredDecision(BaseModel):
 
     period: str
     computed_at: datetime
+    used_tokens: int = Field(ge=0)
     # Any integer: a month whose only usage so far moved tokens charged in a final month
-    # (a late credit) has spent less than nothing.
-    used_tokens: int
+    # (a late credit) has spent less than nothing (its tokens: none, a move sums to zero).
     spent_micros: int
-    unpriced_tokens: int = 0
+    unpriced_tokens: int = Field(default=0, ge=0)
     plan: Plan
 
     @field_validator("period")

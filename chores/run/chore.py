@@ -222,12 +222,13 @@ class Pipeline:
         if dry_run:
             self._tally(report, batch.entries)
             return
-        self._record(batch, heads, now=now, run_id=run_id, report=report)
+        self._record(batch, heads, rules, now=now, run_id=run_id, report=report)
 
     def _record(
         self,
         batch: Batch,
         heads: Mapping[str, LedgerHead],
+        rules: Rules,
         *,
         now: datetime,
         run_id: str,
@@ -236,9 +237,11 @@ class Pipeline:
         """Write what a batch found, in the order that makes a crash anywhere safe: the marks
         (open) first, then the anomalies, the runners about to be billed on the pending
         list, the entries, the runners done off the list, then the marks closed
-        (docs/design.md). `heads` are the ledger heads the batch was assessed from."""
+        (docs/design.md). `heads` are the ledger heads the batch was assessed from, by
+        `rules`."""
         known = self.anomalies.previous(batch.anomalies)
-        anomalies = self._not_stale(self._placed(batch.anomalies, known, now), known, heads)
+        placed = self._placed(batch.anomalies, known, now)
+        anomalies = self._confirmed(placed, known, heads, rules, batch.watch)
         healed, healed_pairs = self.anomalies.resolvable(batch.clean)
         dirty = batch.dirty | set(healed_pairs)
         dirty.update((a.org, a.period) for a in anomalies if a.org and a.period)
@@ -261,18 +264,25 @@ class Pipeline:
         self.progress.release_pending(done, kept=[r for r in claimed if r not in done])
         self.progress.close_marks(marks)  # everything they announced is readable now
 
-    def _not_stale(
+    def _confirmed(
         self,
         anomalies: Sequence[AnomalyRecord],
         known: Mapping[str, Recorded],
         heads: Mapping[str, LedgerHead],
+        rules: Rules,
+        watch: Mapping[str, Doc],
     ) -> list[AnomalyRecord]:
-        """The anomalies to write, less those of a runner billed since this run read its
-        ledger head: an overlapping run read a newer version of it (a subagent's spawn
-        finding that had appeared) and billed it, resolving what this run's older read
-        would open again, to flag an invoice that a finalize may then freeze flagged for
-        good. Only anomalies that would be written (new, reopened or moved) are checked:
-        one ledger read, and none when nothing changes."""
+        """The anomalies to write, less those an overlapping run's newer read disproves
+        (`watch`: where each runner's document is, `Batch.watch`).
+
+        An anomaly to open, reopen or move, of a runner billed since this batch read its
+        ledger head, is believed only if its document, read again now (spawn findings
+        too) and judged against that newer head, still shows it: the other run read a
+        newer version (a subagent's spawn finding that had appeared, a document fixed) and
+        may have resolved it, and this run's older read would flag an invoice that a
+        finalize could freeze flagged for good. As `_read_again_where_decreased` does for
+        a decrease: a ledger read when an anomaly changes, a read of the source more only
+        for a runner billed meanwhile."""
         changing = {
             a.runner_id
             for a in anomalies
@@ -280,11 +290,28 @@ class Pipeline:
         }
         if not changing:
             return list(anomalies)
-        now_heads = self.ledger.heads(sorted(changing))
-        billed_since = {
-            runner for runner in changing if _seq(now_heads.get(runner)) > _seq(heads.get(runner))
+        newer = self.ledger.heads(sorted(changing))
+        billed_since = {  # of an org: an org-less document's anomaly (`no_org`) stands
+            runner
+            for runner in changing
+            if runner in watch and _seq(newer.get(runner)) > _seq(heads.get(runner))
         }
-        return [a for a in anomalies if a.runner_id not in billed_since]
+        if not billed_since:
+            return list(anomalies)
+        fresh = self.source.runners_by_id(
+            [watch[runner]["source_id"] for runner in sorted(billed_since)], None
+        )
+        keys = [runner_key(d.get("_id")) for d in fresh]
+        still = {
+            (record.runner_id, record.kind)
+            for _, result in self._assess(fresh, keys, newer, rules)
+            for record in result.anomalies
+        }
+        return [
+            a
+            for a in anomalies
+            if a.runner_id not in billed_since or (a.runner_id, a.kind) in still
+        ]
 
     def _placed(
         self, anomalies: Sequence[AnomalyRecord], known: Mapping[str, Recorded], now: datetime

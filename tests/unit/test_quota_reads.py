@@ -71,6 +71,8 @@ CORRUPTIONS = {
     "no period": {"$unset": {"period": ""}},
     "usage as text": {"$set": {"used_tokens": "5000"}},
     "usage as a fraction": {"$set": {"used_tokens": 5000.5}},
+    # a credit makes spend negative, never tokens (a move sums to zero): corrupt
+    "negative usage": {"$set": {"used_tokens": -9_000_000_000}},
 }
 
 

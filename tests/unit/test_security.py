@@ -284,7 +284,13 @@ def test_an_escape_sequence_in_the_data_is_shown_never_obeyed(env_db):
         ["status", *now],
     ]
     for args in commands:
-        result = CliRunner().invoke(main, args)
+        result = CliRunner().invoke(main, args, color=True)  # click strips CSI otherwise
         assert result.exit_code == 0, (args, result.output)
         assert not any(c in result.output for c in "\x1b\x07\u202e"), (args, result.output)
         assert "\\x1b[31mred\\nline" in result.output, (args, result.output)
+    # an error naming an org no invoice has, with the command to run for it (review)
+    for command in ("invoice show", "reconcile", "usage"):
+        args = [*command.split(), "--org", "new\x1b[31m", "--period", "2026-11"]
+        result = CliRunner().invoke(main, args, color=True)
+        assert result.exit_code == 1, (args, result.output)
+        assert "\x1b" not in result.output and "new\\x1b[31m" in result.output, result.output

@@ -524,3 +524,52 @@ def test_a_stale_read_of_a_subagent_never_reopens_what_a_newer_run_resolved(db, 
     assert sum(e["tokens"] for e in db.billing_ledger.find()) == 5_000
     (invoice,) = db.billing_invoices.find()
     assert invoice["needs_review"] is False
+
+
+def test_an_anomaly_of_a_newer_version_than_the_one_another_run_billed_is_recorded(
+    db, settings, registry
+):
+    """Review of the test above's first fix, which left out every anomaly of a runner
+    billed meanwhile: run B billed version 1 of a finished runner, run A had read version 2
+    (malformed counters): A's anomaly is the truth, and a finished, held runner is not
+    pending, so nobody would have read it again before the daily full pass. A reads the
+    document again and records what it still shows."""
+    import threading
+
+    from support.dbproxy import DatabaseProxy
+
+    oid, ended = ObjectId(), NOW - timedelta(hours=1)
+    _put(db, oid, ended, 1_000, 600, 400, status="SUCCESS")
+    lock, errors = threading.Lock(), []
+
+    def start(around):  # type: ignore[no-untyped-def]
+        def body() -> None:
+            try:
+                run_chore(DatabaseProxy(db, lock=lock, around=around), now=NOW,
+                          registry=registry, settings=settings)  # fmt: skip
+            except Exception as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=body)
+        thread.start()
+        return thread
+
+    b = _Gates(("billing_ledger", "insert_many"))
+    run_b = start(b)
+    b.at(0)  # B read version 1 and is about to bill it
+    with lock:
+        db.tasks.update_one(
+            {"_id": oid},
+            {"$set": {"context.ai_tokens": "garbage", "last_updated_db": ended.timestamp() + 1}},
+        )
+    a = _Gates(("billing_anomalies", "find"))
+    run_a = start(a)
+    a.at(0)  # A read version 2 and its ledger head (none yet)
+    b.go[0].set()
+    run_b.join()  # B billed version 1
+    a.go[0].set()
+    run_a.join()
+    assert errors == []
+    assert sum(e["tokens"] for e in db.billing_ledger.find()) == 1_000
+    (anomaly,) = db.billing_anomalies.find()
+    assert (anomaly["kind"], anomaly["resolved"]) == ("malformed_counters", False)
