@@ -222,7 +222,7 @@ class Pipeline:
         if dry_run:
             self._tally(report, batch.entries)
             return
-        self._record(batch, heads, rules, now=now, run_id=run_id, report=report)
+        self._record(batch, heads, rules, org=org, now=now, run_id=run_id, report=report)
 
     def _record(
         self,
@@ -230,6 +230,7 @@ class Pipeline:
         heads: Mapping[str, LedgerHead],
         rules: Rules,
         *,
+        org: str | None,
         now: datetime,
         run_id: str,
         report: RunReport,
@@ -241,7 +242,9 @@ class Pipeline:
         `rules`."""
         known = self.anomalies.previous(batch.anomalies)
         placed = self._placed(batch.anomalies, known, now)
-        anomalies = self._confirmed(placed, known, heads, rules, batch.watch)
+        anomalies, known = self._confirmed(
+            placed, known, heads, rules, batch.watch, org=org, now=now
+        )
         healed, healed_pairs = self.anomalies.resolvable(batch.clean)
         dirty = batch.dirty | set(healed_pairs)
         dirty.update((a.org, a.period) for a in anomalies if a.org and a.period)
@@ -271,47 +274,55 @@ class Pipeline:
         heads: Mapping[str, LedgerHead],
         rules: Rules,
         watch: Mapping[str, Doc],
-    ) -> list[AnomalyRecord]:
-        """The anomalies to write, less those an overlapping run's newer read disproves
-        (`watch`: where each runner's document is, `Batch.watch`).
+        *,
+        org: str | None,
+        now: datetime,
+    ) -> tuple[list[AnomalyRecord], dict[str, Recorded]]:
+        """The anomalies to write, as a newer read shows them when this one may be stale,
+        and where those stand (`known`, `AnomalyLog.previous`). `watch` says where each
+        runner's document is (`Batch.watch`).
 
-        An anomaly to open, reopen or move, of a runner billed since this batch read its
-        ledger head, is believed only if its document, read again now (spawn findings
-        too) and judged against that newer head, still shows it: the other run read a
-        newer version (a subagent's spawn finding that had appeared, a document fixed) and
-        may have resolved it, and this run's older read would flag an invoice that a
-        finalize could freeze flagged for good. As `_read_again_where_decreased` does for
-        a decrease: a ledger read when an anomaly changes, a read of the source more only
-        for a runner billed meanwhile."""
-        changing = {
-            a.runner_id
-            for a in anomalies
-            if known.get(anomaly_id(a)) != Recorded(a.org, a.period, False)
-        }
+        An overlapping run may have read a newer version of a runner (a subagent's spawn
+        finding that had appeared, a document fixed) and resolved its anomaly; this run's
+        older read would open it again and flag an invoice that a finalize could freeze
+        flagged for good. So the document is read again (spawn findings too), judged
+        against its newer ledger head, and what that read shows is written instead, for
+        a runner whose anomaly this run would reopen (someone resolved it), and for one
+        whose anomaly it would open or move and that was billed since this batch read its
+        head. As `_read_again_where_decreased` does for a decrease: a ledger read when an
+        anomaly changes, reads of the source only for those runners."""
+        known = dict(known)
+        changing = [
+            a for a in anomalies if known.get(anomaly_id(a)) != Recorded(a.org, a.period, False)
+        ]
         if not changing:
-            return list(anomalies)
-        newer = self.ledger.heads(sorted(changing))
-        billed_since = {  # of an org: an org-less document's anomaly (`no_org`) stands
-            runner
-            for runner in changing
-            if runner in watch and _seq(newer.get(runner)) > _seq(heads.get(runner))
+            return list(anomalies), known
+        newer = self.ledger.heads(sorted({a.runner_id for a in changing}))
+        suspects = {  # of an org: an org-less document's anomaly (`no_org`) stands
+            a.runner_id
+            for a in changing
+            if a.runner_id in watch
+            and (
+                _was_resolved(known.get(anomaly_id(a)))
+                or _seq(newer.get(a.runner_id)) > _seq(heads.get(a.runner_id))
+            )
         }
-        if not billed_since:
-            return list(anomalies)
+        if not suspects:
+            return list(anomalies), known
         fresh = self.source.runners_by_id(
-            [watch[runner]["source_id"] for runner in sorted(billed_since)], None
+            [watch[runner]["source_id"] for runner in sorted(suspects)], None
         )
         keys = [runner_key(d.get("_id")) for d in fresh]
-        still = {
-            (record.runner_id, record.kind)
+        seen_again = [
+            record
             for _, result in self._assess(fresh, keys, newer, rules)
             for record in result.anomalies
-        }
-        return [
-            a
-            for a in anomalies
-            if a.runner_id not in billed_since or (a.runner_id, a.kind) in still
+            # an `--org` run records nothing of another org's (a document moved meanwhile)
+            if record.runner_id in suspects and (org is None or record.org == org)
         ]
+        known.update(self.anomalies.previous(seen_again))
+        kept = [a for a in anomalies if a.runner_id not in suspects]
+        return kept + self._placed(seen_again, known, now), known
 
     def _placed(
         self, anomalies: Sequence[AnomalyRecord], known: Mapping[str, Recorded], now: datetime
@@ -583,3 +594,8 @@ def finalize_invoices(
 def _seq(head: LedgerHead | None) -> int:
     """A runner's latest ledger sequence number, 0 before its first entry."""
     return 0 if head is None else head.seq
+
+
+def _was_resolved(recorded: Recorded | None) -> bool:
+    """Whether an anomaly is on record as resolved (by a run that billed its runner)."""
+    return recorded is not None and recorded.resolved

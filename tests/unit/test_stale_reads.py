@@ -480,12 +480,17 @@ def test_a_runner_the_scan_hands_back_is_counted_once_by_a_dry_run(
     assert _billed_to_r(db) == (0 if dry_run else 2_500)
 
 
-def test_a_stale_read_of_a_subagent_never_reopens_what_a_newer_run_resolved(db, settings, registry):
+@pytest.mark.parametrize("inherited", [12_000, 17_000], ids=["own usage", "no own usage"])
+def test_a_stale_read_of_a_subagent_never_reopens_what_a_newer_run_resolved(
+    db, settings, registry, inherited
+):
     """From a review exploring interleavings: run A read a held subagent's spawn findings
     (none yet); they appeared, and run B billed the subagent and resolved its
     `baseline_missing`; A, going on from its older read, opened it again, flagging an
-    invoice that a finalize then froze flagged for good. A drops an anomaly of a runner
-    billed since it read the runner's ledger head."""
+    invoice that a finalize then froze flagged for good. A reads the document again before
+    it reopens a resolved anomaly, or writes one of a runner billed since it read the
+    ledger head. With no own usage B resolves it without a ledger entry (review of the
+    first fix, which looked at the ledger alone)."""
     from support.dbproxy import DatabaseProxy
 
     ended = NOW - timedelta(hours=3)
@@ -502,8 +507,9 @@ def test_a_stale_read_of_a_subagent_never_reopens_what_a_newer_run_resolved(db, 
         "_type": "ai",
         "ai_type": "task",
         "extra_data": {"runner_id": str(child["_id"]), "runner_type": "task"},
-        "_context": {**child["context"], "ai_tokens": 12_000, "ai_prompt_tokens": 6_000,
-                     "ai_completion_tokens": 6_000, "task_id": "spawner"},
+        "_context": {**child["context"], "ai_tokens": inherited,
+                     "ai_prompt_tokens": inherited // 2,
+                     "ai_completion_tokens": inherited - inherited // 2, "task_id": "spawner"},
     }  # fmt: skip
     del finding["_context"]["subagent"]
     meanwhile: list[bool] = []
@@ -521,19 +527,20 @@ def test_a_stale_read_of_a_subagent_never_reopens_what_a_newer_run_resolved(db, 
               settings=settings)  # fmt: skip
     assert meanwhile == [True]
     assert db.billing_anomalies.find_one(anomaly)["resolved"] is True
-    assert sum(e["tokens"] for e in db.billing_ledger.find()) == 5_000
-    (invoice,) = db.billing_invoices.find()
-    assert invoice["needs_review"] is False
+    assert sum(e["tokens"] for e in db.billing_ledger.find()) == 17_000 - inherited
+    assert [i["needs_review"] for i in db.billing_invoices.find()] == [False]
 
 
+@pytest.mark.parametrize("then", ["malformed_counters", "bad_model"])
 def test_an_anomaly_of_a_newer_version_than_the_one_another_run_billed_is_recorded(
-    db, settings, registry
+    db, settings, registry, then
 ):
     """Review of the test above's first fix, which left out every anomaly of a runner
     billed meanwhile: run B billed version 1 of a finished runner, run A had read version 2
     (malformed counters): A's anomaly is the truth, and a finished, held runner is not
     pending, so nobody would have read it again before the daily full pass. A reads the
-    document again and records what it still shows."""
+    document again and records what it shows then: a third version's other anomaly too
+    (review: only the kinds A had seen were kept)."""
     import threading
 
     from support.dbproxy import DatabaseProxy
@@ -567,9 +574,12 @@ def test_an_anomaly_of_a_newer_version_than_the_one_another_run_billed_is_record
     a.at(0)  # A read version 2 and its ledger head (none yet)
     b.go[0].set()
     run_b.join()  # B billed version 1
+    if then == "bad_model":  # version 3, its stamp lagging one write
+        db.tasks.update_one({"_id": oid}, {"$set": {"context.ai_tokens": 1_000,
+                                                   "context.ai_model": 123}})  # fmt: skip
     a.go[0].set()
     run_a.join()
     assert errors == []
     assert sum(e["tokens"] for e in db.billing_ledger.find()) == 1_000
     (anomaly,) = db.billing_anomalies.find()
-    assert (anomaly["kind"], anomaly["resolved"]) == ("malformed_counters", False)
+    assert (anomaly["kind"], anomaly["resolved"]) == (then, False)
