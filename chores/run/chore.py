@@ -597,5 +597,5 @@ def _seq(head: LedgerHead | None) -> int:
 
 
 def _was_resolved(recorded: Recorded | None) -> bool:
-    """Whether an anomaly is on record as resolved (by a run that billed its runner)."""
+    """Whether an anomaly is on record as resolved (by a run that read its runner clean)."""
     return recorded is not None and recorded.resolved
