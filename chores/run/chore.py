@@ -217,9 +217,8 @@ class Pipeline:
 
         report.docs_read += len(docs)
         report.count_idle(batch.idle, read=runner_ids)
-        for record in batch.anomalies:
-            report.count_anomaly(anomaly_id(record), record.kind, record.org)
         if dry_run:
+            _count_anomalies(report, batch.anomalies)
             self._tally(report, batch.entries)
             return
         self._record(batch, heads, rules, org=org, now=now, run_id=run_id, report=report)
@@ -245,6 +244,7 @@ class Pipeline:
         anomalies, known = self._confirmed(
             placed, known, heads, rules, batch.watch, org=org, now=now
         )
+        _count_anomalies(report, anomalies)  # as written: a second read may have changed them
         healed, healed_pairs = self.anomalies.resolvable(batch.clean)
         dirty = batch.dirty | set(healed_pairs)
         dirty.update((a.org, a.period) for a in anomalies if a.org and a.period)
@@ -599,3 +599,8 @@ def _seq(head: LedgerHead | None) -> int:
 def _was_resolved(recorded: Recorded | None) -> bool:
     """Whether an anomaly is on record as resolved (by a run that read its runner clean)."""
     return recorded is not None and recorded.resolved
+
+
+def _count_anomalies(report: RunReport, anomalies: Sequence[AnomalyRecord]) -> None:
+    for record in anomalies:
+        report.count_anomaly(anomaly_id(record), record.kind, record.org)

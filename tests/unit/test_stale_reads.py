@@ -547,13 +547,13 @@ def test_an_anomaly_of_a_newer_version_than_the_one_another_run_billed_is_record
 
     oid, ended = ObjectId(), NOW - timedelta(hours=1)
     _put(db, oid, ended, 1_000, 600, 400, status="SUCCESS")
-    lock, errors = threading.Lock(), []
+    lock, errors, reports = threading.Lock(), [], []
 
     def start(around):  # type: ignore[no-untyped-def]
         def body() -> None:
             try:
-                run_chore(DatabaseProxy(db, lock=lock, around=around), now=NOW,
-                          registry=registry, settings=settings)  # fmt: skip
+                reports.append(run_chore(DatabaseProxy(db, lock=lock, around=around), now=NOW,
+                                         registry=registry, settings=settings))  # fmt: skip
             except Exception as exc:
                 errors.append(exc)
 
@@ -583,3 +583,4 @@ def test_an_anomaly_of_a_newer_version_than_the_one_another_run_billed_is_record
     assert sum(e["tokens"] for e in db.billing_ledger.find()) == 1_000
     (anomaly,) = db.billing_anomalies.find()
     assert (anomaly["kind"], anomaly["resolved"]) == (then, False)
+    assert reports[-1].anomalies == {then: 1}  # A's report: what it wrote, not its first read
