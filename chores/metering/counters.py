@@ -116,12 +116,15 @@ def billable_tokens(counters: Counters) -> int:
 
 def new_usage(high_water: Counters, previous: Counters) -> Breakdown:
     """breakdown(high_water) - breakdown(previous): the tokens to bill now."""
-    now, before = breakdown(high_water), breakdown(previous)
+    now = breakdown(high_water)
+    if previous == ZERO:  # a runner's first entry: nothing to take off
+        return now
+    before = breakdown(previous)
     return Breakdown(
-        input=now.input - before.input,
-        cached=now.cached - before.cached,
-        output=now.output - before.output,
-        unsplit=now.unsplit - before.unsplit,
+        now.input - before.input,
+        now.cached - before.cached,
+        now.output - before.output,
+        now.unsplit - before.unsplit,
     )
 
 
@@ -150,6 +153,8 @@ def reclassified_mark(previous: Counters, high_water: Counters) -> Counters:
 
 def _counter_value(value: Any) -> int | None:
     """A valid counter as int, or None when malformed. Missing/None is 0."""
+    if type(value) is int:  # what almost every document holds: checked first
+        return value if 0 <= value <= MAX_COUNTER else None
     if value is None:
         return 0
     if isinstance(value, bool):

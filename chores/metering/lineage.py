@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from chores.metering.fields import bson_string
+from chores.metering.fields import bson_string, is_mapping
 
 
 def is_subagent_context(context: Mapping[str, Any]) -> bool:
@@ -58,14 +58,12 @@ def spawner_ids(doc: Mapping[str, Any]) -> list[str]:
     finding: its steps are top-level runs.
     """
     context = doc.get("context")
-    if not isinstance(context, Mapping):
+    if not is_mapping(context):
         return []
     ids = [str(doc.get("_id"))] if is_subagent_context(context) else []
-    ids += [
-        started_by
-        for started_by in (context.get("workflow_id"), context.get("scan_id"))
-        if type(started_by) is str and started_by
-    ]
+    for started_by in (context.get("workflow_id"), context.get("scan_id")):
+        if type(started_by) is str and started_by:
+            ids.append(started_by)
     return ids
 
 
@@ -98,7 +96,7 @@ def baseline_findings(
       of its own, and waits for its own finding.
     """
     context = doc.get("context")
-    if not isinstance(context, Mapping):
+    if not is_mapping(context):
         return []
     names = spawner_ids(doc)
     if not names:
@@ -124,7 +122,7 @@ def baseline_findings(
         spawn
         for name in started_by
         for spawn in found.get(name, [])
-        if not isinstance(spawn, Mapping) or subagent_depth(spawn) == depth
+        if not is_mapping(spawn) or subagent_depth(spawn) == depth
     ]
 
 
@@ -134,7 +132,7 @@ def _of_its_action(context: Mapping[str, Any], spawns: Sequence[Any]) -> list[An
     action = bson_string(context.get("tool_call_id"))
     if not action:
         return []
-    return [s for s in spawns if not isinstance(s, Mapping) or s.get("tool_call_id") == action]
+    return [s for s in spawns if not is_mapping(s) or s.get("tool_call_id") == action]
 
 
 def _cards_of_its_session(
@@ -145,7 +143,7 @@ def _cards_of_its_session(
     """The spawn findings of an unpaired subagent's session written for its own action."""
     session = unpaired_session(doc, found)
     context = doc.get("context")
-    if not session or not isinstance(context, Mapping):
+    if not session or not is_mapping(context):
         return []
     return _of_its_action(context, by_session.get(session, []))
 
@@ -200,7 +198,7 @@ def _unpaired(doc: Mapping[str, Any], found: Mapping[str, Sequence[Any]]) -> boo
     """A subagent that no workflow or scan started and no spawn finding of its org in
     `found` names."""
     context = doc.get("context")
-    if not isinstance(context, Mapping) or not is_subagent_context(context):
+    if not is_mapping(context) or not is_subagent_context(context):
         return False
     if [name for name in spawner_ids(doc) if name != str(doc.get("_id"))]:
         return False  # a workflow's or scan's step: its baseline is the workflow's finding
@@ -222,4 +220,4 @@ def _is_number(value: Any) -> bool:
 
 def own_org_spawns(spawn_contexts: Sequence[Any], org: str) -> list[Mapping[str, Any]]:
     """The spawn findings' `_context`s written in `org` (compared exactly)."""
-    return [c for c in spawn_contexts if isinstance(c, Mapping) and c.get("workspace_id") == org]
+    return [c for c in spawn_contexts if is_mapping(c) and c.get("workspace_id") == org]

@@ -31,7 +31,7 @@ from chores.metering.counters import (
     parse_counters,
     reclassified_mark,
 )
-from chores.metering.fields import bson_string, describe_value
+from chores.metering.fields import bson_string, describe_value, is_mapping
 from chores.metering.lineage import is_subagent_context, own_org_spawns, spawner_ids
 from chores.metering.runner_keys import runner_key
 
@@ -121,7 +121,9 @@ class Assessment(NamedTuple):
     @property
     def deltas(self) -> tuple[Delta, ...]:
         """The ledger entries to write, in sequence order."""
-        return tuple(d for d in (self.reclassified, self.delta) if d is not None)
+        if self.reclassified is None:
+            return () if self.delta is None else (self.delta,)
+        return (self.reclassified,) if self.delta is None else (self.reclassified, self.delta)
 
 
 class BookedOn(NamedTuple):
@@ -264,7 +266,7 @@ class Rules:
         pending = end_time is None or status not in TERMINAL_STATUSES
 
         context = doc.get("context")
-        if not isinstance(context, Mapping):  # anything else is no context at all: no org
+        if not is_mapping(context):  # anything else is no context at all: no org
             context = {}
         org = bson_string(context.get("workspace_id"))
         if not org or len(org) > MAX_ORG or NOT_UTF8 in org:
