@@ -10,7 +10,8 @@ the same process, chunk by chunk, in alternating order:
 
 - *decoding alone*: `bson.decode_all` of those bytes with the run's codec options
   (`chores.core.db.reading`), the least a pymongo cursor does;
-- *ours end to end*: the same decoding, the findings paired with their runners, then the
+- *ours end to end*: the same decoding, the findings paired with their runners as a run
+  pairs them (`lineage.pair_spawns`, every pass; dict lookups where the run queries), then the
   pure metering core (`chores.metering.memory_meter.MemoryMeter`:
   `chores.metering.rules.Rules.assess`, as a run calls it, deltas summed into usage
   groups) and, at the end, `price_lines` per invoice, in
@@ -39,6 +40,7 @@ import argparse
 import gc
 import sys
 import time
+from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -64,7 +66,7 @@ from rich.table import Table  # noqa: E402
 
 from chores.core.db import reading  # noqa: E402
 from chores.demo.corpus import DEFAULT_MODELS  # noqa: E402
-from chores.metering.lineage import baseline_findings  # noqa: E402
+from chores.metering.lineage import pair_spawns  # noqa: E402
 from chores.metering.lines import EXACT, UsageGroup, price_group  # noqa: E402
 from chores.metering.memory_meter import InvoiceKey, MemoryMeter  # noqa: E402
 from chores.metering.rules import Delta  # noqa: E402
@@ -106,13 +108,50 @@ def decode_only(wire: Wire) -> int:
 
 
 def decode_observations(wire: Wire) -> list[Observation]:
-    """Decoding, then each runner paired with its spawn findings' `_context`s, as
-    `Source.spawns_of` pairs them (`lineage.baseline_findings`)."""
+    """Decoding, then each runner paired with its spawn findings' `_context`s as
+    `Source.spawns_of` pairs them (`lineage.pair_spawns`, every pass), the findings looked
+    up in memory (`ChunkLookups`) where the run queries them."""
     tasks, findings = wire
-    spawns: dict[str, list[Any]] = {}
-    for finding in bson.decode_all(findings, CODEC):
-        spawns.setdefault(str(finding["extra_data"]["runner_id"]), []).append(finding["_context"])
-    return [(doc, baseline_findings(doc, spawns)) for doc in bson.decode_all(tasks, CODEC)]
+    docs = bson.decode_all(tasks, CODEC)
+    lookups = ChunkLookups(docs, bson.decode_all(findings, CODEC))
+    return list(zip(docs, pair_spawns(docs, lookups), strict=True))
+
+
+class ChunkLookups:
+    """`lineage.SpawnLookups` over one chunk's decoded runners and findings: what
+    `Source`'s queries would answer, from dicts (the findings are grouped by runner as
+    `Source.spawn_contexts` groups its cursor's)."""
+
+    def __init__(self, docs: list[dict[str, Any]], findings: list[dict[str, Any]]) -> None:
+        self.docs = docs
+        self.by_runner: dict[str, list[Any]] = {}
+        self.by_session: dict[str, list[Any]] = {}
+        for finding in findings:
+            extra = finding["extra_data"]
+            context = finding.get("_context")
+            self.by_runner.setdefault(str(extra.get("runner_id")), []).append(context)
+            session = extra.get("subagent_session_id")
+            if session is not None:
+                self.by_session.setdefault(str(session), []).append(context)
+
+    def spawn_contexts(self, runner_ids: Sequence[str]) -> dict[str, list[Any]]:
+        return {r: self.by_runner[r] for r in runner_ids if r in self.by_runner}
+
+    def subagent_spawns(self, sessions: Sequence[str]) -> dict[str, list[Any]]:
+        return {s: self.by_session[s] for s in sessions if s in self.by_session}
+
+    def task_groups(self, tasks: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
+        wanted = set(tasks)
+        groups: dict[tuple[str, str], list[str]] = {}
+        if wanted:
+            for doc in self.docs:
+                context = doc.get("context")
+                if not isinstance(context, dict):
+                    continue
+                org, task = context.get("workspace_id"), context.get("task_id")
+                if type(org) is str and type(task) is str and (org, task) in wanted:
+                    groups.setdefault((org, task), []).append(str(doc["_id"]))
+        return groups
 
 
 class LiteLLMSide:

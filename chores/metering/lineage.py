@@ -1,18 +1,66 @@
-"""Which spawn findings may hold a runner's baseline, pure: the subagent markers secator
-writes (`is_subagent_context`), the runners that may have spawned a document
-(`spawner_ids`), and the pairing of a document with its spawn findings
-(`baseline_findings`), chunks of subagents and of `ai` runners included
-(`unpaired_session`, `unpaired_task`). What the findings then say (the baseline itself) is
-a rule: `rules.read_spawn`.
+"""Which spawn findings may hold a runner's baseline: the subagent markers secator writes
+(`is_subagent_context`), the runners that may have spawned a document (`spawner_ids`), and
+the pairing of a document with its spawn findings (`baseline_findings`), chunks of
+subagents and of `ai` runners included (`unpaired_session`, `unpaired_task`), for a batch
+of documents (`pair_spawns`, which reads through the lookups it is handed). What the
+findings then say (the baseline itself) is a rule: `rules.read_spawn`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from chores.metering.fields import bson_string, is_mapping
+
+
+class SpawnLookups(Protocol):
+    """Where `pair_spawns` finds spawn findings and runners (`source.Source` reads them from
+    the platform's collections, one query each; the benchmark from memory)."""
+
+    def spawn_contexts(self, runner_ids: Sequence[str]) -> dict[str, list[Any]]:
+        """The `_context`s of the spawn findings naming these runners, by runner id."""
+        ...
+
+    def subagent_spawns(self, sessions: Sequence[str]) -> dict[str, list[Any]]:
+        """The `_context`s of the subagents' spawn findings of these sessions, by session."""
+        ...
+
+    def task_groups(self, tasks: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
+        """The ids of the runners of each (org, `context.task_id`), by that pair."""
+        ...
+
+
+def pair_spawns(docs: Sequence[Mapping[str, Any]], lookups: SpawnLookups) -> list[list[Any]]:
+    """For each runner document, the `_context`s of the spawn findings that may hold its
+    baseline (`baseline_findings`): one lookup for the lot; one more when some subagent is
+    named by none (`unpaired_session`: the chunks of a subagent, a subagent whose finding is
+    not stored yet); and two more when its session has none either (`unpaired_task`: the
+    chunks of an `ai` runner started with `run_task`): the runners under its task id, then
+    the findings naming them.
+
+    A document no spawn finding can name (`spawner_ids` is empty: a top-level run) is
+    paired with none and looked at once; one named by a finding found is not looked for
+    elsewhere.
+    """
+    names = [spawner_ids(doc) for doc in docs]
+    found = lookups.spawn_contexts(sorted({name for its_names in names for name in its_names}))
+    unpaired = [
+        doc
+        for doc, its_names in zip(docs, names, strict=True)
+        if its_names and _unpaired(doc, found)
+    ]
+    sessions = {unpaired_session(doc, found) for doc in unpaired} - {None}
+    by_session = lookups.subagent_spawns(sorted(s for s in sessions if s is not None))
+    tasks = {unpaired_task(doc, found, by_session) for doc in unpaired} - {None}
+    groups = lookups.task_groups(sorted(t for t in tasks if t is not None))
+    members = {member for group in groups.values() for member in group}
+    found = {**found, **lookups.spawn_contexts(sorted(members - found.keys()))}
+    return [
+        baseline_findings(doc, found, by_session, groups) if its_names else []
+        for doc, its_names in zip(docs, names, strict=True)
+    ]
 
 
 def is_subagent_context(context: Mapping[str, Any]) -> bool:

@@ -25,7 +25,7 @@ from bson import ObjectId
 
 from chores.core.db import Collections, Doc
 from chores.core.orgs import MAX_ORG
-from chores.metering.lineage import baseline_findings, spawner_ids, unpaired_session, unpaired_task
+from chores.metering.lineage import pair_spawns
 
 # Whole `context`s are projected, not their `ai_*` sub-fields: mongomock crashes
 # projecting sub-fields of an array that holds non-documents, and a hostile
@@ -159,20 +159,9 @@ class Source:
 
     def spawns_of(self, docs: Sequence[Doc]) -> list[list[Any]]:
         """For each runner document, the `_context`s of the spawn findings that may hold
-        its baseline (`lineage.spawner_ids`, `lineage.baseline_findings`): one query for the
-        lot; one more when some subagent is named by none (`lineage.unpaired_session`: the
-        chunks of a subagent, a subagent whose finding is not stored yet); and two more
-        when its session has none either (`lineage.unpaired_task`: the chunks of an `ai`
-        runner started with `run_task`): the runners under its task id, then the findings
-        naming them."""
-        found = self.spawn_contexts(sorted({i for doc in docs for i in spawner_ids(doc)}))
-        sessions = {unpaired_session(doc, found) for doc in docs} - {None}
-        by_session = self.subagent_spawns(sorted(s for s in sessions if s is not None))
-        tasks = {unpaired_task(doc, found, by_session) for doc in docs} - {None}
-        groups = self.task_groups(sorted(t for t in tasks if t is not None))
-        members = {member for group in groups.values() for member in group}
-        found = {**found, **self.spawn_contexts(sorted(members - found.keys()))}
-        return [baseline_findings(doc, found, by_session, groups) for doc in docs]
+        its baseline (`lineage.pair_spawns`): one query for the lot, and up to three more
+        for subagents no finding names (the lookups below)."""
+        return pair_spawns(docs, self)
 
     def task_groups(self, tasks: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
         """The ids of the AI runners of each (org, `context.task_id`), by that pair: one
