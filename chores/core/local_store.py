@@ -39,6 +39,7 @@ from bson.json_util import CANONICAL_JSON_OPTIONS, JSONOptions
 from pymongo import IndexModel
 
 from chores.core.exceptions import ConfigError
+from chores.core.settings import redact_url
 
 SCHEME = "file://"
 FORMAT = "chore-local-store"
@@ -85,10 +86,18 @@ def throwaway_client() -> Any:
 
 
 def path_of(url: str) -> Path:
-    """`file://.chore-demo/store.json` -> `.chore-demo/store.json`; `file:///x` -> `/x`."""
+    """`file://.chore-demo/store.json` -> `.chore-demo/store.json`; `file:///x` -> `/x`.
+
+    A user or password (`file://user:pw@/x`) is refused, never read as part of a path that
+    messages would then print."""
     text = url[len(SCHEME) :]
     if not text:
         raise ConfigError(f"MONGO_URL {url} names no file: use file://PATH, such as {url_of()}")
+    if "@" in text.partition("/")[0]:
+        raise ConfigError(
+            f"MONGO_URL {redact_url(url)}: a file:// store takes no user or password (a local "
+            f"store is a file: use file://PATH, such as {url_of()})"
+        )
     return Path(text)
 
 

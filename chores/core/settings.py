@@ -50,6 +50,9 @@ def redact_options(text: str) -> str:
     return _OPTION.sub(hide, text)
 
 
+NO_SCHEME = "<not shown: not a scheme:// URL>"
+
+
 def redact_url(url: str) -> str:
     """The URL with any password replaced by `***`, safe to print or log.
 
@@ -60,11 +63,12 @@ def redact_url(url: str) -> str:
     unescaped is redacted whole; when in doubt more is hidden, never less. Without an
     `@`, a "port" that is not a number (`mongodb://user:s3cret`) is taken for a password.
     Options that carry credentials (`?password=`, `authMechanismProperties=`) are hidden.
+    A value with no `scheme://` is not shown at all.
     """
     scheme, separator, rest = url.partition("://")
     at = rest.rfind("@")
-    if not separator:
-        return redact_options(url) if "@" not in url else "<unparseable url>"
+    if not separator:  # a host name, or a password pasted in its place: nothing tells them apart
+        return NO_SCHEME
     if at < 0:
         authority = re.split(r"[/?]", rest, maxsplit=1)[0]
         ports = [host.rpartition(":")[2] for host in authority.split(",") if ":" in host]

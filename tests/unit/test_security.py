@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from chores import get_settings
 from chores.cli import main
 from chores.core.logs import redact_urls
-from chores.core.settings import redact_url
+from chores.core.settings import NO_SCHEME, redact_url
 
 SECRET = "pa55-w0rd-xyz"
 
@@ -49,6 +49,9 @@ SECRET = "pa55-w0rd-xyz"
         (f"mongodb://user:{SECRET}", "mongodb://***"),
         (f"mongodb://user:{SECRET}/db", "mongodb://***/db"),
         ("mongodb://[::1]:27017,h2:27018/db", "mongodb://[::1]:27017,h2:27018/db"),
+        # no scheme: a host name, or a password pasted in its place
+        (SECRET, NO_SCHEME),
+        (f"user:{SECRET}", NO_SCHEME),
     ],
 )
 def test_redact_url(url, expected):
@@ -111,6 +114,7 @@ def test_no_password_in_cli_output_or_logs(monkeypatch, caplog):
         ("REDIS_URL", f"rediss://app:Pa55?{SECRET}@cache:6380/0", "not a Redis URL"),
         ("CELERY_BROKER_URL", f"redis://:Xy7/{SECRET}@cache:6379/0", "not a Redis URL"),
         ("CELERY_BROKER_URL", f"redis://cache:6379/0?password={SECRET}", "no password option"),
+        ("MONGO_URL", f"file://u:{SECRET}@/tmp/store.json", "takes no user or password"),
     ],
 )
 def test_a_malformed_url_is_one_line_exit_1_without_any_of_its_password(
@@ -294,3 +298,17 @@ def test_an_escape_sequence_in_the_data_is_shown_never_obeyed(env_db):
         result = CliRunner().invoke(main, args, color=True)
         assert result.exit_code == 1, (args, result.output)
         assert "\x1b" not in result.output and "new\\x1b[31m" in result.output, result.output
+
+
+def test_a_url_without_a_scheme_is_never_shown(monkeypatch):
+    """A password pasted as MONGO_URL reads as a host name: unreachable, and not printed."""
+    monkeypatch.setenv("MONGO_URL", SECRET)
+    monkeypatch.setenv("MONGO_TIMEOUT_MS", "150")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["status"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1, result.output
+    assert f"cannot reach MongoDB at {NO_SCHEME}" in result.output
+    assert SECRET not in result.output

@@ -34,7 +34,11 @@ from chores.core.settings import Settings
             "PENDING_IDLE_SECONDS='60': Input should be greater than or equal to 3600",
         ),
         ("QUOTA_MAX_STALENESS_SECONDS", "inf", "Input should be a finite number"),
-        ("REDIS_URL", "notaurl", "REDIS_URL='notaurl': Value error, not a Redis URL"),
+        (
+            "REDIS_URL",
+            "notaurl",
+            "REDIS_URL='<not shown: not a scheme:// URL>': Value error, not a Redis URL",
+        ),
         (
             "REDIS_URL",
             "redis://:pw@cache:noport/0",
