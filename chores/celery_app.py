@@ -21,10 +21,11 @@ from typing import Any
 
 from celery import Celery
 from celery.schedules import crontab
-from celery.signals import after_setup_logger, after_setup_task_logger
+from celery.signals import after_setup_logger, after_setup_task_logger, celeryd_init
 from kombu import Exchange, Queue
 
 from chores.core.exceptions import ConfigError
+from chores.core.local_store import SCHEME as LOCAL_STORE_SCHEME
 from chores.core.logs import use_log_format
 from chores.core.settings import Settings, get_settings
 
@@ -34,6 +35,21 @@ FULL_QUEUE = "billing-full"  # the daily full pass: its fan-out and its runs
 SHUTDOWN_MARGIN = 30  # seconds: a worker's own shutdown after its last run has ended
 BEAT_KEY_PREFIX = "billing:beat:"  # redbeat's keys: `...:lock`, `...:schedule`, one per entry
 BEAT_LOOP_MAX = 30.0  # seconds: the longest beat sleeps between two looks at its schedule
+
+
+def store_problem(settings: Settings) -> str | None:
+    """Why a worker cannot bill into the database MONGO_URL names, or None.
+
+    A `file://` store is saved by the `chore` command that opened it, on exit; a worker
+    would bill into its memory and lose it all (and its pool processes would lock each
+    other out of the file)."""
+    if settings.mongo_url.startswith(LOCAL_STORE_SCHEME):
+        return (
+            f"MONGO_URL {settings.safe_mongo_url} is a local store, saved only by the `chore` "
+            "command that opens it: a worker's billing would be lost. Point the worker at "
+            "MongoDB (docs/deploy.md)"
+        )
+    return None
 
 
 def visibility_timeout(hard_time_limit: int, longest_countdown: float = RETRY_BACKOFF_MAX) -> int:
@@ -224,6 +240,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 app = Celery("chores", include=["chores.tasks"])
 app.conf.update(celery_config(get_settings()))
+
+
+@celeryd_init.connect
+def _refuse_a_local_store(**_: Any) -> None:
+    """`celery worker` stops before it starts on a store it cannot bill into."""
+    problem = store_problem(get_settings())
+    if problem is not None:
+        raise SystemExit(f"chore worker: {problem}")  # not Exception: Celery would log it on
 
 
 @after_setup_logger.connect

@@ -30,7 +30,7 @@ from pymongo.errors import ConnectionFailure
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from chores.celery_app import RETRY_BACKOFF_MAX, app
+from chores.celery_app import RETRY_BACKOFF_MAX, app, store_problem
 from chores.core.db import Collections, Doc, connect
 from chores.core.exceptions import ConfigError, DatabaseUnavailable, LockUnavailable
 from chores.core.lock import KeepLock, OrgLock, lock_client, release_quietly
@@ -168,8 +168,13 @@ def _describe(exc: BaseException) -> str:
 @lru_cache(maxsize=1)
 def get_db() -> Database[Doc]:
     """The database of this worker process: connected on first use, then kept (pymongo
-    reconnects by itself; a failed connect is not cached)."""
-    return connect(get_settings())
+    reconnects by itself; a failed connect is not cached). A local store is refused: a
+    worker started otherwise than by `celery worker` (`celery_app.store_problem`)."""
+    settings = get_settings()
+    problem = store_problem(settings)
+    if problem is not None:
+        raise ConfigError(problem)
+    return connect(settings)
 
 
 def due_marks(db: Database[Doc], settings: Settings) -> Collection[Doc]:

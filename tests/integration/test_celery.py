@@ -948,3 +948,39 @@ def test_a_backlog_longer_than_the_soft_limit_is_caught_up_by_the_retries_of_a_w
     # its cursor, so 4 or 5 runs. Without the cursor kept per batch: never done.
     assert 4 <= len(runs) <= 5
     assert [r["error"] is not None for r in runs] == [True] * (len(runs) - 1) + [False]
+
+
+def test_a_worker_refuses_a_local_store_rather_than_lose_what_it_bills(service, tmp_path):
+    """A `file://` store is saved by the `chore` command that opened it: a worker would
+    bill into memory and lose it, logging `outcome=ok`. `celery worker` does not start;
+    a task run by a worker started otherwise fails with the reason, and writes nothing."""
+    store = tmp_path / "store.json"
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": service.celery_broker_url,
+        "MONGO_URL": f"file://{store}",
+    }
+    command = [sys.executable, "-m", "celery", "-A", "chores.celery_app", "worker"]
+    started = subprocess.run(
+        [*command, "--pool=solo", "--without-mingle", "--without-gossip"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 1, started.stderr
+    assert f"MONGO_URL file://{store} is a local store" in started.stderr
+    assert "a worker's billing would be lost" in started.stderr
+
+    local = service.model_copy(update={"mongo_url": f"file://{store}"})
+    get_settings.cache_clear()
+    tasks.get_db.cache_clear()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tasks, "get_settings", lambda: local)
+            with pytest.raises(ConfigError, match="a worker's billing would be lost"):
+                tasks.get_db()
+    finally:
+        tasks.get_db.cache_clear()
+    assert not store.exists()
