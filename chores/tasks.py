@@ -338,6 +338,7 @@ def _log_run(
             tokens_billed=report.tokens_billed,
             entries_written=report.entries_written,
             anomalies=sum(report.anomalies.values()),
+            new_anomalies=report.new_anomalies,
         )
         if report.idle_runners:
             fields["idle_runners"] = report.idle_runners
@@ -374,6 +375,7 @@ def _summary(org: str, report: RunReport | None) -> dict[str, Any]:
             "tokens_billed": 0,
             "entries_written": 0,
             "anomalies": 0,
+            "new_anomalies": 0,
         }
     return {
         "org": org,
@@ -383,4 +385,5 @@ def _summary(org: str, report: RunReport | None) -> dict[str, Any]:
         "tokens_billed": report.tokens_billed,
         "entries_written": report.entries_written,
         "anomalies": sum(report.anomalies.values()),
+        "new_anomalies": report.new_anomalies,
     }

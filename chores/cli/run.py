@@ -206,7 +206,7 @@ def _run(
     out.print(
         f"{counted(report.docs_read, 'document')} read, "
         f"{counted(report.tokens_billed, 'token')} billed, "
-        f"{counted(sum(report.anomalies.values()), 'anomaly')}, "
+        f"{_anomalies(report)}, "
         f"{counted(len(report.invoices), 'invoice')} updated"
     )
     if report.idle_runners and not report.dry_run:
@@ -215,6 +215,15 @@ def _run(
             "PENDING_IDLE_SECONDS: re-read once an hour, not every run"
         )
     _note_unknown_org(db, settings, report)
+
+
+def _anomalies(report: RunReport) -> str:
+    """`3 anomalies (1 new)`: the open ones of runners read again are counted too."""
+    total = sum(report.anomalies.values())
+    if not total:
+        return counted(0, "anomaly")
+    new = f"{report.new_anomalies:,} new" if report.new_anomalies else "none new"
+    return f"{counted(total, 'anomaly')} ({new})"
 
 
 def _note_unknown_org(db: Database[Doc], settings: Settings, report: RunReport) -> None:

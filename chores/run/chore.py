@@ -218,7 +218,7 @@ class Pipeline:
         report.docs_read += len(docs)
         report.count_idle(batch.idle, read=runner_ids)
         if dry_run:
-            _count_anomalies(report, batch.anomalies)
+            _count_anomalies(report, batch.anomalies, self.anomalies.previous(batch.anomalies))
             self._tally(report, batch.entries)
             return
         self._record(batch, heads, rules, org=org, now=now, run_id=run_id, report=report)
@@ -244,7 +244,7 @@ class Pipeline:
         anomalies, known = self._confirmed(
             placed, known, heads, rules, batch.watch, org=org, now=now
         )
-        _count_anomalies(report, anomalies)  # as written: a second read may have changed them
+        _count_anomalies(report, anomalies, known)  # as written: a second read may change them
         healed, healed_pairs = self.anomalies.resolvable(batch.clean)
         dirty = batch.dirty | set(healed_pairs)
         dirty.update((a.org, a.period) for a in anomalies if a.org and a.period)
@@ -601,6 +601,12 @@ def _was_resolved(recorded: Recorded | None) -> bool:
     return recorded is not None and recorded.resolved
 
 
-def _count_anomalies(report: RunReport, anomalies: Sequence[AnomalyRecord]) -> None:
+def _count_anomalies(
+    report: RunReport, anomalies: Sequence[AnomalyRecord], known: Mapping[str, Recorded]
+) -> None:
+    """The anomalies of a batch in the report; new unless `known` has them open."""
     for record in anomalies:
-        report.count_anomaly(anomaly_id(record), record.kind, record.org)
+        record_id = anomaly_id(record)
+        previous = known.get(record_id)
+        new = previous is None or previous.resolved
+        report.count_anomaly(record_id, record.kind, record.org, new=new)

@@ -28,6 +28,9 @@ class RunReport(BaseModel):
     entries_written: int = 0
     tokens_billed: int = 0
     anomalies: dict[str, int] = Field(default_factory=dict)
+    # of those, the ones no earlier run had left open: new, or reopened (the rest are open
+    # anomalies of runners read again, a held subagent at every run until its finding lands)
+    new_anomalies: int = 0
     # runners still running or held, not written for PENDING_IDLE_SECONDS and billing
     # nothing: re-read once an hour from now on, not every run
     idle_runners: int = 0
@@ -56,11 +59,13 @@ class RunReport(BaseModel):
         self._idle.update(idle)
         self.idle_runners = len(self._idle)
 
-    def count_anomaly(self, anomaly_id: str, kind: str, org: str | None) -> None:
-        """One anomaly (`anomalies.anomaly_id`: a runner's of one kind), once per run."""
+    def count_anomaly(self, anomaly_id: str, kind: str, org: str | None, *, new: bool) -> None:
+        """One anomaly (`anomalies.anomaly_id`: a runner's of one kind), once per run; `new`
+        when no earlier run left it open."""
         if anomaly_id in self._anomalies:
             return
         self._anomalies.add(anomaly_id)
         self.anomalies[kind] = self.anomalies.get(kind, 0) + 1
+        self.new_anomalies += new
         if org is not None:
             self.summary_for(org).anomalies += 1

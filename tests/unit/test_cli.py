@@ -796,3 +796,19 @@ def test_a_missing_registry_file_is_a_user_error_in_every_registry_command(tmp_p
     result = CliRunner().invoke(main, [*command, str(missing)])
     assert result.exit_code == 1, result.output
     assert str(missing) in result.output and "Traceback" not in result.output
+
+
+def test_the_run_says_which_anomalies_are_new(cli_db):
+    """The open anomalies of runners read again count in a run's anomalies, and the summary
+    says how many of them no earlier run had left open."""
+    dry = json.loads(invoke("run", "--all", "--dry-run", "--json", *NOW_ARG).output)
+    assert (sum(dry["anomalies"].values()), dry["new_anomalies"]) == (2, 2)
+    first = invoke("run", "--all", *NOW_ARG)
+    assert "2 anomalies (2 new)" in first.output
+    again = invoke("run", "--all", "--full", *NOW_ARG)  # every runner read again
+    assert "2 anomalies (none new)" in again.output
+    dry = json.loads(invoke("run", "--all", "--full", "--dry-run", "--json", *NOW_ARG).output)
+    assert (sum(dry["anomalies"].values()), dry["new_anomalies"]) == (2, 0)
+    cli_db.billing_anomalies.update_many({"kind": "no_org"}, {"$set": {"resolved": True}})
+    reopened = invoke("run", "--all", "--full", *NOW_ARG)
+    assert "2 anomalies (1 new)" in reopened.output

@@ -72,6 +72,10 @@ def test_a_run_logs_one_line_with_its_org_counts_duration_and_outcome(service, c
     assert fields["docs_read"] == summary["docs_read"] > 0
     assert fields["tokens_billed"] == summary["tokens_billed"] > 0
     assert fields["duration_s"] >= 0
+    assert (fields["anomalies"], fields["new_anomalies"]) == (
+        summary["anomalies"],
+        summary["new_anomalies"],
+    )
     message = runs[0].getMessage()
     assert message.startswith("run org=acme outcome=ok ")
     assert f"tokens_billed={summary['tokens_billed']}" in message
