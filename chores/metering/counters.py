@@ -159,8 +159,8 @@ def _counter_value(value: Any) -> int | None:
         return 0
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):  # bson's Int64 too
-        return value if 0 <= value <= MAX_COUNTER else None
+    if isinstance(value, int):  # bson's Int64 too, read as a plain int
+        return int(value) if 0 <= value <= MAX_COUNTER else None
     if (
         isinstance(value, float)
         and math.isfinite(value)

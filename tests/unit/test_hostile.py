@@ -434,6 +434,31 @@ def test_a_depth_read_as_int64_is_a_number():
     assert is_subagent_context({"ai_subagent_depth": Int64(1)}) is True
 
 
+def test_counters_read_as_int64_are_billed_and_kept_as_plain_ints():
+    """A real server gives back a counter above int32 as `Int64`: a ledger entry's tokens
+    and high-water mark are plain ints all the same, the first entry of a runner too."""
+    from bson.int64 import Int64
+
+    from chores.metering.rules import assess
+
+    context = {"workspace_id": "acme", "ai_model": "gpt-4o"}
+    context |= {"ai_tokens": Int64(5_000_000_000), "ai_prompt_tokens": Int64(4_000_000_000)}
+    context |= {"ai_completion_tokens": Int64(1_000_000_000), "ai_cached_tokens": Int64(7)}
+    doc = {"_id": ObjectId(), "status": "SUCCESS", "end_time": NOW, "context": context}
+    result = assess(
+        doc,
+        spawn_contexts=[],
+        head=None,
+        now=NOW,
+        max_tokens_per_run=10**12,
+        future_skew_seconds=300,
+    )
+    assert result.delta is not None
+    assert result.delta.tokens == (4_000_000_000 - 7, 7, 1_000_000_000, 0)
+    counts = [*result.delta.tokens, *result.delta.high_water]
+    assert [type(count) for count in counts] == [int] * 8
+
+
 def test_a_cached_high_water_mark_is_kept_though_it_bills_nothing(registry):
     """`cached=40, prompt=0` bills nothing, but its mark stays: when the runner ends with
     `prompt=50, cached=10`, the cached counter went down (`counter_decreased`) and usage is
