@@ -89,14 +89,14 @@ def throwaway_client() -> Any:
 def path_of(url: str) -> Path:
     """`file://.chore-demo/store.json` -> `.chore-demo/store.json`; `file:///x` -> `/x`.
 
-    A user or password (`file://user:pw@/x`) is refused, never read as part of a path that
-    messages would then print."""
+    A user and password (`file://user:pw@/x`) is refused, never read as part of a path that
+    messages would then print (a file name may hold an `@`: `file://store@v2.json`)."""
     text = url[len(SCHEME) :]
     if not text:
         raise ConfigError(f"MONGO_URL {url} names no file: use file://PATH, such as {url_of()}")
-    if "@" in text.partition("/")[0]:
+    if ":" in text.partition("/")[0].rpartition("@")[0]:
         raise ConfigError(
-            f"MONGO_URL {redact_url(url)}: a file:// store takes no user or password (a local "
+            f"MONGO_URL {redact_url(url)}: a file:// store takes no password (a local "
             f"store is a file: use file://PATH, such as {url_of()})"
         )
     return Path(text)

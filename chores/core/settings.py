@@ -51,6 +51,7 @@ def redact_options(text: str) -> str:
 
 
 NO_SCHEME = "<not shown: not a scheme:// URL>"
+HOSTS_AND_PORTS = re.compile(r"[A-Za-z0-9.-]+:[0-9]+(,[A-Za-z0-9.-]+:[0-9]+)*")
 
 
 def redact_url(url: str) -> str:
@@ -63,12 +64,14 @@ def redact_url(url: str) -> str:
     unescaped is redacted whole; when in doubt more is hidden, never less. Without an
     `@`, a "port" that is not a number (`mongodb://user:s3cret`) is taken for a password.
     Options that carry credentials (`?password=`, `authMechanismProperties=`) are hidden.
-    A value with no `scheme://` is not shown at all.
+    A value with no `scheme://` is not shown unless it is a list of `host:port`.
     """
     scheme, separator, rest = url.partition("://")
     at = rest.rfind("@")
-    if not separator:  # a host name, or a password pasted in its place: nothing tells them apart
-        return NO_SCHEME
+    if not separator:
+        # `host:port` (pymongo's short form) is shown; anything else may be a password
+        # pasted in place of the URL, which nothing tells apart from a bare host name.
+        return url if HOSTS_AND_PORTS.fullmatch(url) else NO_SCHEME
     if at < 0:
         authority = re.split(r"[/?]", rest, maxsplit=1)[0]
         ports = [host.rpartition(":")[2] for host in authority.split(",") if ":" in host]
@@ -294,5 +297,6 @@ def settings_problem(exc: ValidationError) -> str:
         field = str(error["loc"][0]) if error["loc"] else "?"
         value = error.get("input")
         shown = redact_url(str(value)) if field in SECRET_SETTINGS else str(value)
-        problems.append(f"{field.upper()}={shown!r}: {error['msg']}")
+        said = f" {shown}" if shown == NO_SCHEME else f"={shown!r}"  # not quoted as if set so
+        problems.append(f"{field.upper()}{said}: {error['msg']}")
     return "invalid setting: " + "; ".join(problems)

@@ -165,6 +165,22 @@ def test_a_file_url_without_a_path_is_one_line(url, monkeypatch):
         get_settings.cache_clear()
 
 
+@pytest.mark.parametrize("name", ["store@v2.json", "snapshots@2025-03/store.json"])
+def test_a_file_name_may_hold_an_at_sign(tmp_path, monkeypatch, name):
+    """Only `user:password@` is refused (test_security.py): `@` in a name is a name."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MONGO_URL", f"file://{name}")
+    get_settings.cache_clear()
+    try:
+        assert CliRunner().invoke(main, ["demo", "--store", name]).exit_code == 0
+        assert (tmp_path / name).is_file()
+        result = CliRunner().invoke(main, ["status"])
+        assert result.exit_code == 0, result.output
+        assert "acme" in result.output
+    finally:
+        get_settings.cache_clear()
+
+
 # A `chore` process that receives a signal in the middle of its first batch.
 SIGNALLED_RUN = """
 import os, signal, sys

@@ -37,7 +37,7 @@ from chores.core.settings import Settings
         (
             "REDIS_URL",
             "notaurl",
-            "REDIS_URL='<not shown: not a scheme:// URL>': Value error, not a Redis URL",
+            "REDIS_URL <not shown: not a scheme:// URL>: Value error, not a Redis URL",
         ),
         (
             "REDIS_URL",
