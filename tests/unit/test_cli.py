@@ -647,6 +647,18 @@ def test_dash_h_is_help():
     assert "--org" in invoke("run", "-h").output
 
 
+def test_python_dash_m_chores_is_the_chore_command():
+    import subprocess
+    import sys
+
+    ran = subprocess.run(
+        [sys.executable, "-m", "chores", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("Usage: chore [OPTIONS] COMMAND [ARGS]...")
+    assert all(f"  {name} " in ran.stdout for name in main.commands)
+
+
 def test_counts_read_as_words_with_separators_and_plurals():
     from chores.core.wording import counted, tally
 
