@@ -2,4 +2,5 @@
 
 from chores.cli import main
 
-main(prog_name="chore")
+if __name__ == "__main__":
+    main(prog_name="chore")

@@ -35,6 +35,7 @@ RANKS = {
     "service": 5,  # chores/tasks.py, chores/celery_app.py
 }
 SERVICE = {"chores.tasks", "chores.celery_app"}
+CLI_ENTRY = "chores.__main__"  # `python -m chores`: the command line's, ranked with it
 
 
 def module_name(path: Path) -> str:
@@ -48,6 +49,8 @@ MODULES = {module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
 def package_of(module: str) -> str | None:
     if module in SERVICE:
         return "service"
+    if module == CLI_ENTRY:
+        return "cli"
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else None  # None: the root `chores`
 
