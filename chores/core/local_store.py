@@ -89,12 +89,13 @@ def throwaway_client() -> Any:
 def path_of(url: str) -> Path:
     """`file://.chore-demo/store.json` -> `.chore-demo/store.json`; `file:///x` -> `/x`.
 
-    A user and password (`file://user:pw@/x`) is refused, never read as part of a path that
-    messages would then print (a file name may hold an `@`: `file://store@v2.json`)."""
+    A URL that `redact_url` would not print as it is (`file://user:pw@/x`, a password with
+    a `/` too) is refused, never read as a path that messages would then print; a file name
+    may hold an `@` (`file://store@v2.json`)."""
     text = url[len(SCHEME) :]
     if not text:
         raise ConfigError(f"MONGO_URL {url} names no file: use file://PATH, such as {url_of()}")
-    if ":" in text.partition("/")[0].rpartition("@")[0]:
+    if redact_url(url) != url:
         raise ConfigError(
             f"MONGO_URL {redact_url(url)}: a file:// store takes no password (a local "
             f"store is a file: use file://PATH, such as {url_of()})"

@@ -51,7 +51,6 @@ def redact_options(text: str) -> str:
 
 
 NO_SCHEME = "<not shown: not a scheme:// URL>"
-HOSTS_AND_PORTS = re.compile(r"[A-Za-z0-9.-]+:[0-9]+(,[A-Za-z0-9.-]+:[0-9]+)*")
 
 
 def redact_url(url: str) -> str:
@@ -64,14 +63,14 @@ def redact_url(url: str) -> str:
     unescaped is redacted whole; when in doubt more is hidden, never less. Without an
     `@`, a "port" that is not a number (`mongodb://user:s3cret`) is taken for a password.
     Options that carry credentials (`?password=`, `authMechanismProperties=`) are hidden.
-    A value with no `scheme://` is not shown unless it is a list of `host:port`.
+    A value with no `scheme://` is not shown at all.
     """
     scheme, separator, rest = url.partition("://")
     at = rest.rfind("@")
     if not separator:
-        # `host:port` (pymongo's short form) is shown; anything else may be a password
-        # pasted in place of the URL, which nothing tells apart from a bare host name.
-        return url if HOSTS_AND_PORTS.fullmatch(url) else NO_SCHEME
+        # A host name, or a password pasted in place of the URL (`admin:123456` reads as a
+        # host and port): nothing tells them apart, so nothing is shown.
+        return NO_SCHEME
     if at < 0:
         authority = re.split(r"[/?]", rest, maxsplit=1)[0]
         ports = [host.rpartition(":")[2] for host in authority.split(",") if ":" in host]
