@@ -246,6 +246,7 @@ class Pipeline:
         )
         _count_anomalies(report, anomalies, known)  # as written: a second read may change them
         healed, healed_pairs = self.anomalies.resolvable(batch.clean)
+        report.note_closed(healed)
         dirty = batch.dirty | set(healed_pairs)
         dirty.update((a.org, a.period) for a in anomalies if a.org and a.period)
         dirty.update((o, p) for o, p, _ in known.values() if o is not None and p is not None)
@@ -604,9 +605,14 @@ def _was_resolved(recorded: Recorded | None) -> bool:
 def _count_anomalies(
     report: RunReport, anomalies: Sequence[AnomalyRecord], known: Mapping[str, Recorded]
 ) -> None:
-    """The anomalies of a batch in the report; new unless `known` has them open."""
+    """The anomalies of a batch in the report (as written); new unless `known` has them open
+    on the same invoice, or resolved by this run (open when it began)."""
     for record in anomalies:
         record_id = anomaly_id(record)
         previous = known.get(record_id)
-        new = previous is None or previous.resolved
+        new = (
+            previous is None
+            or (previous.org, previous.period) != (record.org, record.period)
+            or (previous.resolved and not report.closed_here(record_id))
+        )
         report.count_anomaly(record_id, record.kind, record.org, new=new)

@@ -28,8 +28,9 @@ class RunReport(BaseModel):
     entries_written: int = 0
     tokens_billed: int = 0
     anomalies: dict[str, int] = Field(default_factory=dict)
-    # of those, the ones no earlier run had left open: new, or reopened (the rest are open
-    # anomalies of runners read again, a held subagent at every run until its finding lands)
+    # of those, the ones not open on the invoice they flag when the run began: new, reopened,
+    # or moved to another org's or month's invoice (the rest are open anomalies of runners
+    # read again, a held subagent at every run until its finding lands)
     new_anomalies: int = 0
     # runners still running or held, not written for PENDING_IDLE_SECONDS and billing
     # nothing: re-read once an hour from now on, not every run
@@ -48,6 +49,7 @@ class RunReport(BaseModel):
     # the pending read and the changed scan, or handed back by a paged scan) counts once
     _idle: set[str] = PrivateAttr(default_factory=set)
     _anomalies: set[str] = PrivateAttr(default_factory=set)
+    _closed: set[str] = PrivateAttr(default_factory=set)  # anomalies this run resolved
 
     def summary_for(self, org: str) -> OrgSummary:
         return self.orgs.setdefault(org, OrgSummary())
@@ -59,9 +61,16 @@ class RunReport(BaseModel):
         self._idle.update(idle)
         self.idle_runners = len(self._idle)
 
+    def note_closed(self, anomaly_ids: Iterable[str]) -> None:
+        """Anomalies this run resolved: open when it began, should a later read reopen them."""
+        self._closed.update(anomaly_ids)
+
+    def closed_here(self, anomaly_id: str) -> bool:
+        return anomaly_id in self._closed
+
     def count_anomaly(self, anomaly_id: str, kind: str, org: str | None, *, new: bool) -> None:
         """One anomaly (`anomalies.anomaly_id`: a runner's of one kind), once per run; `new`
-        when no earlier run left it open."""
+        when it was not open on the invoice it flags when the run began."""
         if anomaly_id in self._anomalies:
             return
         self._anomalies.add(anomaly_id)
