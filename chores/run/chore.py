@@ -217,8 +217,9 @@ class Pipeline:
 
         report.docs_read += len(docs)
         report.count_idle(batch.idle, read=runner_ids)
-        if dry_run:
-            _count_anomalies(report, batch.anomalies, self.anomalies.previous(batch.anomalies))
+        if dry_run:  # counted where a run would write them
+            known = self.anomalies.previous(batch.anomalies)
+            _count_anomalies(report, self._placed(batch.anomalies, known, now), known)
             self._tally(report, batch.entries)
             return
         self._record(batch, heads, rules, org=org, now=now, run_id=run_id, report=report)

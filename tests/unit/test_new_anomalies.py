@@ -78,3 +78,27 @@ def test_an_anomaly_a_run_closes_then_reads_again_is_not_new(db, settings):
     assert broken and counts(report) == (1, 0)
     (anomaly,) = db.billing_anomalies.find()
     assert anomaly["resolved"] is False
+
+
+def test_a_dry_run_counts_an_anomaly_where_a_run_would_write_it(db, settings):
+    """Review: October is final, so the anomaly of an October runner is recorded on the
+    open November invoice. A dry run compared it in October's place with the recorded
+    November and called it new every time; it is new once, then read again."""
+    from chores import finalize_invoices
+
+    october = NOW.replace(month=10, day=20)
+    db.tasks.insert_one(ai_runner("r1", ended=october, tokens=1_000))
+    run_chore(db, now=october + timedelta(hours=1), settings=settings)
+    assert finalize_invoices(db, now=NOW, grace=3, settings=settings) == ["acme:2026-10"]
+    db.tasks.update_one(
+        {"_id": "r1"},
+        {"$set": {"context.ai_tokens": "bad", "last_updated_db": NOW.timestamp()}},
+    )
+    assert counts(run_chore(db, now=NOW, settings=settings, dry_run=True)) == (1, 1)
+    assert counts(run_chore(db, now=NOW, settings=settings)) == (1, 1)
+    for _ in range(2):
+        dry = run_chore(db, now=NOW, settings=settings, full=True, dry_run=True)
+        assert counts(dry) == (1, 0)
+        assert counts(run_chore(db, now=NOW, settings=settings, full=True)) == (1, 0)
+    (anomaly,) = db.billing_anomalies.find()
+    assert anomaly["period"] == "2026-11"
