@@ -40,7 +40,7 @@ from bson.json_util import CANONICAL_JSON_OPTIONS, JSONOptions
 from pymongo import IndexModel
 
 from chores.core.exceptions import ConfigError
-from chores.core.settings import redact_url
+from chores.core.settings import redact_options
 
 SCHEME = "file://"
 FORMAT = "chore-local-store"
@@ -89,18 +89,26 @@ def throwaway_client() -> Any:
 def path_of(url: str) -> Path:
     """`file://.chore-demo/store.json` -> `.chore-demo/store.json`; `file:///x` -> `/x`.
 
-    A URL that `redact_url` would not print as it is (`file://user:pw@/x`, a password with
-    a `/` too) is refused, never read as a path that messages would then print; a file name
-    may hold an `@` (`file://store@v2.json`)."""
+    A URL that holds credentials (`holds_credentials`) is refused, and not shown: never
+    read as a path that messages would then print."""
     text = url[len(SCHEME) :]
     if not text:
         raise ConfigError(f"MONGO_URL {url} names no file: use file://PATH, such as {url_of()}")
-    if redact_url(url) != url:
+    if holds_credentials(text):
         raise ConfigError(
-            f"MONGO_URL {redact_url(url)}: a file:// store takes no password (a local "
-            f"store is a file: use file://PATH, such as {url_of()})"
+            "MONGO_URL (not shown) is a file:// URL with a user and password, or a credential "
+            f"option: a local store is a file, use file://PATH, such as {url_of()}"
         )
     return Path(text)
+
+
+def holds_credentials(text: str) -> bool:
+    """Whether what follows `file://` reads as `user:password@...` (the `:` may be
+    percent-encoded, the password may hold a `/`) or carries a credential option
+    (`?password=`). A name may hold an `@` (`store@v2.json`) or a `:` (`store:v2.json`), not
+    a `:` before an `@`."""
+    userinfo = text.rpartition("@")[0].lower()
+    return ":" in userinfo or "%3a" in userinfo or redact_options(text) != text
 
 
 def url_of(path: Path = DEMO_PATH) -> str:
