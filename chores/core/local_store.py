@@ -89,29 +89,34 @@ def throwaway_client() -> Any:
 def path_of(url: str) -> Path:
     """`file://.chore-demo/store.json` -> `.chore-demo/store.json`; `file:///x` -> `/x`.
 
-    A URL that holds credentials (`holds_credentials`) is refused, and not shown: never
+    A URL that may hold credentials (`holds_credentials`) is refused, and not shown: never
     read as a path that messages would then print."""
     text = url[len(SCHEME) :]
     if not text:
         raise ConfigError(f"MONGO_URL {url} names no file: use file://PATH, such as {url_of()}")
     if holds_credentials(text):
         raise ConfigError(
-            "MONGO_URL (not shown) is a file:// URL with a user and password, or a credential "
-            f"option: a local store is a file, use file://PATH, such as {url_of()}"
+            "the local store's URL (not shown) reads as file://USER:PASSWORD@... or carries a "
+            f"credential option: a local store is a file, file://PATH, such as {url_of()} (a "
+            "relative name holding ':' as file://./NAME)"
         )
     return Path(text)
 
 
 def holds_credentials(text: str) -> bool:
-    """Whether what follows `file://` reads as `user:password@...` (the `:` may be
-    percent-encoded, the password may hold a `/`) or carries a credential option
-    (`?password=`). A name may hold an `@` (`store@v2.json`) or a `:` (`store:v2.json`), not
-    a `:` before an `@`."""
-    userinfo = text.rpartition("@")[0].lower()
-    return ":" in userinfo or "%3a" in userinfo or redact_options(text) != text
+    """Whether what follows `file://` may hold credentials: a `:` (percent-encoded too) before
+    the first `/`, where a URL puts `user:password@` (and a password alone may hold a `/` or
+    an `@`), or a credential option (`?password=`). `store@v2.json`, `/tmp/a:b.json` and
+    `./store:v2.json` are names."""
+    authority = text.partition("/")[0].lower()
+    return ":" in authority or "%3a" in authority or redact_options(text) != text
 
 
 def url_of(path: Path = DEMO_PATH) -> str:
+    """The `file://` URL of a store's path (`./NAME` when a relative one's first part holds a
+    `:`, which `path_of` would take for credentials)."""
+    if not path.is_absolute() and ":" in path.parts[0]:
+        return f"{SCHEME}./{path}"
     return f"{SCHEME}{path}"
 
 

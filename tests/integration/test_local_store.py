@@ -167,10 +167,16 @@ def test_a_file_url_without_a_path_is_one_line(url, monkeypatch):
 
 @pytest.mark.parametrize(
     "name",
-    ["store@v2.json", "snapshots@2025-03/store.json", "store:v2.json", "backup:2026-11/s.json"],
+    [
+        "store@v2.json",
+        "snapshots@2025-03/store.json",
+        "./store:v2.json",
+        "snap/2026-11-25T12:00@v2/s.json",
+    ],
 )
 def test_a_file_name_may_hold_an_at_sign_or_a_colon(tmp_path, monkeypatch, name):
-    """Only `user:password@` is refused (test_security.py): `@` or `:` in a name is a name."""
+    """What may hold credentials is refused (test_security.py): a `:` before the first `/`.
+    `@` in a name is a name, and so is a `:` after a `/` (`./NAME` for a relative name)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MONGO_URL", f"file://{name}")
     get_settings.cache_clear()

@@ -117,9 +117,11 @@ def test_no_password_in_cli_output_or_logs(monkeypatch, caplog):
         ("REDIS_URL", f"rediss://app:Pa55?{SECRET}@cache:6380/0", "not a Redis URL"),
         ("CELERY_BROKER_URL", f"redis://:Xy7/{SECRET}@cache:6379/0", "not a Redis URL"),
         ("CELERY_BROKER_URL", f"redis://cache:6379/0?password={SECRET}", "no password option"),
-        ("MONGO_URL", f"file://u:{SECRET}@/tmp/store.json", "a file:// URL with a user and"),
-        ("MONGO_URL", f"file://u:x/{SECRET}@/tmp/store.json", "a file:// URL with a user and"),
-        ("MONGO_URL", f"file://u%3A{SECRET}@/tmp/store.json", "a file:// URL with a user and"),
+        ("MONGO_URL", f"file://u:{SECRET}@/tmp/store.json", "reads as file://USER:PASSWORD@"),
+        ("MONGO_URL", f"file://u:x/{SECRET}@/tmp/store.json", "reads as file://USER:PASSWORD@"),
+        ("MONGO_URL", f"file://u%3A{SECRET}@/tmp/store.json", "reads as file://USER:PASSWORD@"),
+        ("MONGO_URL", f"file://admin:{SECRET}", "reads as file://USER:PASSWORD@"),
+        ("MONGO_URL", f"file://admin:{SECRET}/store.json", "reads as file://USER:PASSWORD@"),
     ],
 )
 def test_a_malformed_url_is_one_line_exit_1_without_any_of_its_password(
