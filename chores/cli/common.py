@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import os
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -88,6 +90,20 @@ def csv_cells(values: Iterable[Any]) -> list[Any]:
         "" if v is None else f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
         for v in values
     ]
+
+
+def csv_text(rows: Iterable[Iterable[Any]]) -> str:
+    """Rows as CSV, each cell through `csv_cells`, one row per line ending in `\n`, and a
+    cell holding a line break of either kind quoted: a bare `\r` in a session id left
+    unquoted splits its row in two for a spreadsheet or a CSV reader. (The csv module
+    quotes only what its line terminator holds: each row is written ending in `\r\n`,
+    then ended with `\n`.)"""
+    lines = []
+    for row in rows:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\r\n").writerow(csv_cells(row))
+        lines.append(buffer.getvalue().removesuffix("\r\n") + "\n")
+    return "".join(lines)
 
 
 def machine_format(as_json: bool, as_csv: bool) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import datetime
 
 import click
@@ -15,8 +13,8 @@ from chores.billing.period_ledger import stored_invoice
 from chores.cli import tables
 from chores.cli.common import (
     console,
-    csv_cells,
     csv_option,
+    csv_text,
     json_option,
     machine_format,
     now_option,
@@ -65,14 +63,9 @@ def invoice_show(
 
 
 def invoice_csv(inv: Invoice) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
     fields = list(InvoiceLine.model_fields)
-    writer.writerow(["invoice", *fields])
-    for line in inv.lines:
-        row = line.model_dump()
-        writer.writerow(csv_cells([inv.id, *(row[f] for f in fields)]))
-    return buffer.getvalue()
+    lines = [line.model_dump() for line in inv.lines]
+    return csv_text([["invoice", *fields], *([inv.id, *(row[f] for f in fields)] for row in lines)])
 
 
 TIER_WORDS = {"free": "[green]free[/]", "byok": "[cyan]byok[/]"}

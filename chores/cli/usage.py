@@ -7,8 +7,6 @@ invoice's, to the micro-dollar.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import tempfile
@@ -34,8 +32,8 @@ from chores.billing.period_ledger import read_period
 from chores.cli import tables
 from chores.cli.common import (
     console,
-    csv_cells,
     csv_option,
+    csv_text,
     json_option,
     machine_format,
     now_option,
@@ -203,16 +201,11 @@ def usage_json(
 
 
 def usage_csv(allocation: Allocation, by: By, table: Sequence[Row]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
     fields = [by, *(RUN_FIELDS if by == "run" else ()), "runs", *USAGE_FIELDS]
     fields += ["amount_micros", "unpriced_tokens", *(("ai_model",) if by == "run" else ())]
-    writer.writerow(fields)
     models = registry_models(allocation.cells) if by == "run" else {}
-    for row in table:
-        values = _row_dict(by, row, models)
-        writer.writerow(csv_cells(values[f] for f in fields))
-    return buffer.getvalue()
+    values = [_row_dict(by, row, models) for row in table]
+    return csv_text([fields, *([row[f] for f in fields] for row in values)])
 
 
 def _amount(usage: AllocatedUsage) -> str:

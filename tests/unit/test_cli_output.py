@@ -408,6 +408,40 @@ def test_csv_never_hands_a_spreadsheet_a_formula(env_db):
     assert "1000" in cells  # numbers are written as they are
 
 
+def test_a_carriage_return_in_the_data_never_splits_a_csv_row(env_db):
+    """Review: a bare `\r` in a session id or model was written unquoted: a spreadsheet or
+    a CSV reader split the row there (`=1+1` began a row of its own, unguarded) and the
+    amounts of `usage --csv` no longer summed to the invoice. Such cells are quoted."""
+    import csv
+    import io
+    from datetime import timedelta
+
+    ended = NOW - timedelta(hours=1)
+    for n, (model, session) in enumerate([("m\rx", "sess\r=1+1"), ("gpt-4o", "plain")]):
+        context = {"workspace_id": "acme", "ai_model": model, "session_id": session}
+        context |= {"ai_tokens": 1_000, "ai_prompt_tokens": 800, "ai_completion_tokens": 200}
+        env_db.tasks.insert_one(
+            {
+                "_id": f"r{n}", "name": "ai", "status": "SUCCESS", "end_time": ended,
+                "last_updated_db": ended.timestamp(), "context": context,
+            }
+        )  # fmt: skip
+    assert invoke("run", "--org", "acme", *NOW_ARG).exit_code == 0
+    invoice = env_db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    for view, rows in (
+        (["invoice", "show", "--org", "acme"], 1 + len(invoice["lines"])),
+        (["usage", "--org", "acme", "--by", "session"], 1 + 2),
+        (["usage", "--org", "acme", "--by", "run"], 1 + 2),
+    ):
+        out = invoke(*view, "--csv", *NOW_ARG).output
+        header, *lines = list(csv.reader(io.StringIO(out, newline="")))
+        assert len(lines) + 1 == rows, (view, out)
+        assert not [cell for line in lines for cell in line if cell.startswith("=")]
+        amounts = [int(line[header.index("amount_micros")] or 0) for line in lines]
+        assert sum(amounts) == invoice["total_micros"] > 0, view
+        assert out.endswith("\n") and "\r\n" not in out  # one row per line, as before
+
+
 def test_a_subagent_spawned_in_another_period_is_not_shown_under_an_unrelated_run(env_db):
     """Its spawning run billed only in September, an October subagent was printed indented
     under whichever October run came before it (review). It is a top-level row, marked."""
