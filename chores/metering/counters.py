@@ -101,6 +101,16 @@ class Breakdown(NamedTuple):
         return self.input + self.cached + self.output + self.unsplit
 
 
+def add_tokens(first: Breakdown, second: Breakdown) -> Breakdown:
+    """Two breakdowns added kind by kind."""
+    return Breakdown(
+        first.input + second.input,
+        first.cached + second.cached,
+        first.output + second.output,
+        first.unsplit + second.unsplit,
+    )
+
+
 def breakdown(counters: Counters) -> Breakdown:
     """SPEC §1.6: billable = max(total, prompt + completion); unsplit at the input rate."""
     total, prompt, completion, cached = counters
@@ -137,8 +147,8 @@ def reclassified_mark(previous: Counters, high_water: Counters) -> Counters:
 
     Billed as one step, the tokens that leave a kind would be credited at the rates of the
     line the new usage goes to, not of the one that charged them (a model, key source or
-    price change in between): `Rules.assess` books the reclassification on the line of the
-    runner's previous entry instead. The prompt takes reclassified tokens before the
+    price change in between): `Rules.assess` books the reclassification on the lines that
+    charged the tokens instead (`rules.reclassify`). The prompt takes reclassified tokens before the
     completion; the cached count moves only as far as the rest of the step requires.
     """
     total, prompt_before, completion_before, cached_before = previous

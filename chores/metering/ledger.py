@@ -26,9 +26,9 @@ from datetime import datetime
 
 from chores.core.db import Collections, Doc
 from chores.core.writes import insert_ignoring_duplicates
-from chores.metering.counters import Counters
+from chores.metering.counters import Breakdown, Counters
 from chores.metering.lines import UsageGroup, price_group
-from chores.metering.rules import BookedOn, Delta, LedgerHead
+from chores.metering.rules import BookedLine, BookedOn, Delta, LedgerHead, add_to_lines
 from chores.metering.source import chunked
 from pricing import Registry
 
@@ -99,6 +99,10 @@ HEAD_FIELDS = {
     "usage_time": 1,
     "usage_period": 1,
     "billed_at": 1,
+    "input_tokens": 1,
+    "cached_tokens": 1,
+    "output_tokens": 1,
+    "unsplit_tokens": 1,
 }
 
 
@@ -111,27 +115,48 @@ def _booked_on(entry: Doc) -> BookedOn | None:
     return BookedOn(entry.get("model"), entry.get("byok") is True, usage_time, period)
 
 
+def _head(entries: list[Doc]) -> LedgerHead:
+    """A runner's head from all its entries: the latest, and the tokens of each line."""
+    entries.sort(key=lambda entry: entry["seq"])
+    lines: tuple[BookedLine, ...] = ()
+    for entry in entries:
+        line = _booked_on(entry)
+        if line is not None:
+            lines = add_to_lines(lines, line, _tokens(entry))
+    latest = entries[-1]
+    billed_at = latest.get("billed_at")
+    return LedgerHead(
+        latest["seq"],
+        Counters.from_dict(latest["high_water"]),
+        _booked_on(latest),
+        billed_at if isinstance(billed_at, datetime) else None,
+        lines,
+    )
+
+
+def _tokens(entry: Doc) -> Breakdown:
+    """The tokens an entry booked, by kind."""
+    return Breakdown(
+        entry.get("input_tokens", 0),
+        entry.get("cached_tokens", 0),
+        entry.get("output_tokens", 0),
+        entry.get("unsplit_tokens", 0),
+    )
+
+
 class Ledger:
     def __init__(self, collections: Collections, *, batch_size: int):
         self._entries = collections.ledger
         self._batch_size = batch_size
 
     def heads(self, runner_ids: Sequence[str]) -> dict[str, LedgerHead]:
-        """The latest entry of each runner (one query per batch of runners)."""
-        heads: dict[str, LedgerHead] = {}
+        """The latest entry of each runner, with the tokens all its entries booked on each
+        line (one query per batch of runners)."""
+        entries: dict[str, list[Doc]] = {}
         for batch in chunked(runner_ids, self._batch_size):
-            cursor = self._entries.find({"runner_id": {"$in": batch}}, HEAD_FIELDS)
-            for entry in cursor:
-                known = heads.get(entry["runner_id"])
-                if known is None or entry["seq"] > known.seq:
-                    billed_at = entry.get("billed_at")
-                    heads[entry["runner_id"]] = LedgerHead(
-                        entry["seq"],
-                        Counters.from_dict(entry["high_water"]),
-                        _booked_on(entry),
-                        billed_at if isinstance(billed_at, datetime) else None,
-                    )
-        return heads
+            for entry in self._entries.find({"runner_id": {"$in": batch}}, HEAD_FIELDS):
+                entries.setdefault(entry["runner_id"], []).append(entry)
+        return {runner: _head(its) for runner, its in entries.items()}
 
     def append(self, entries: Sequence[Doc]) -> list[Doc]:
         """Insert entries in one round trip; the ones another run already wrote are skipped.
@@ -145,8 +170,8 @@ class Ledger:
         """Insert entries in waves, a runner's in sequence order, each only once this call
         wrote the one before it: the entry after one another run wrote first was computed
         from a mark that is not the ledger's, and is left out (the runner is read again).
-        One round trip per wave: one as a rule, two when a step reclassifies tokens
-        (`counters.reclassified_mark`). Returns the entries this call wrote."""
+        One round trip per wave: one as a rule, one more per line a step moves reclassified
+        tokens on (`rules.reclassify`). Returns the entries this call wrote."""
         chains: dict[str, list[Doc]] = {}
         for entry in sorted(entries, key=lambda e: e["seq"]):
             chains.setdefault(entry["runner_id"], []).append(entry)

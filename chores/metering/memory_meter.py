@@ -23,7 +23,7 @@ from datetime import date, datetime
 from typing import Any, NamedTuple
 
 from chores.metering.lines import InvoiceLine, LineMemo, TokenSums, UsageGroup, price_lines
-from chores.metering.rules import BookedOn, Delta, LedgerHead, Rules
+from chores.metering.rules import Delta, LedgerHead, Rules, head_after
 from chores.metering.runner_keys import runner_key
 from pricing import Registry
 
@@ -76,8 +76,7 @@ class MemoryMeter:
                 self.deltas += 1
                 self._add(delta)
                 if result.pending:
-                    booked_on = BookedOn(delta.model, delta.byok, delta.usage_time, delta.period)
-                    self.heads[runner_id] = LedgerHead(delta.seq, delta.high_water, booked_on)
+                    self.heads[runner_id] = head_after(self.heads.get(runner_id), delta)
                 if records is not None:
                     records.append(delta)
             if result.billed_cleanly and not result.pending:

@@ -23,6 +23,7 @@ from chores.metering.counters import (
     ZERO,
     Breakdown,
     Counters,
+    add_tokens,
     billable_tokens,
     decreased,
     highest,
@@ -106,8 +107,8 @@ class Delta(NamedTuple):
 
 class Assessment(NamedTuple):
     """What one observation of a runner document means for billing: the new usage
-    (`delta`), preceded by the reclassification of tokens already billed on the line that
-    charged them (`reclassified`, `reclassified_mark`), each a ledger entry."""
+    (`delta`), preceded by the reclassification of tokens already billed, one entry per
+    line that charged them (`reclassified`, `reclassify`), each a ledger entry."""
 
     runner_id: str
     org: str | None = None
@@ -116,14 +117,12 @@ class Assessment(NamedTuple):
     delta: Delta | None = None
     anomalies: tuple[AnomalyRecord, ...] = ()
     billed_cleanly: bool = False
-    reclassified: Delta | None = None
+    reclassified: tuple[Delta, ...] = ()
 
     @property
     def deltas(self) -> tuple[Delta, ...]:
         """The ledger entries to write, in sequence order."""
-        if self.reclassified is None:
-            return () if self.delta is None else (self.delta,)
-        return (self.reclassified,) if self.delta is None else (self.reclassified, self.delta)
+        return self.reclassified if self.delta is None else (*self.reclassified, self.delta)
 
 
 class BookedOn(NamedTuple):
@@ -135,15 +134,47 @@ class BookedOn(NamedTuple):
     period: str  # of the usage time
 
 
+class BookedLine(NamedTuple):
+    """The tokens a runner's entries booked on one line, net, by kind."""
+
+    booked_on: BookedOn
+    tokens: Breakdown
+
+
 class LedgerHead(NamedTuple):
     """The latest ledger entry of a runner: its sequence number, high-water mark and line
-    (None when not known: a reclassification is then billed with the new usage), and when it
-    was billed (the `now` of the run that wrote it; None when not known)."""
+    (None when not known: a reclassification is then billed with the new usage), when it
+    was billed (the `now` of the run that wrote it; None when not known), and the tokens
+    all its entries booked on each line, in the order the lines were first used (`lines`,
+    empty when not known: a reclassification is then booked on `booked_on`)."""
 
     seq: int
     high_water: Counters
     booked_on: BookedOn | None = None
     billed_at: datetime | None = None
+    lines: tuple[BookedLine, ...] = ()
+
+
+def booked_on(delta: Delta) -> BookedOn:
+    """The line a delta's tokens are priced on."""
+    return BookedOn(delta.model, delta.byok, delta.usage_time, delta.period)
+
+
+def add_to_lines(
+    lines: tuple[BookedLine, ...], line: BookedOn, tokens: Breakdown
+) -> tuple[BookedLine, ...]:
+    """`lines` with an entry's tokens added to its line's (a new line goes last)."""
+    for i, known in enumerate(lines):
+        if known.booked_on == line:
+            return (*lines[:i], BookedLine(line, add_tokens(known.tokens, tokens)), *lines[i + 1 :])
+    return (*lines, BookedLine(line, tokens))
+
+
+def head_after(head: LedgerHead | None, delta: Delta) -> LedgerHead:
+    """A runner's ledger head once `delta` is written after `head`."""
+    line = booked_on(delta)
+    lines = add_to_lines(() if head is None else head.lines, line, delta.tokens)
+    return LedgerHead(delta.seq, delta.high_water, line, lines=lines)
 
 
 class Spawn(NamedTuple):
@@ -373,18 +404,10 @@ class Rules:
             mark = reclassified_mark(previous, high_water)
         if mark == previous:
             return Assessment(runner_id, org, period, pending, step, flags, billed_cleanly=True)
-        # Tokens already billed change kind: on the line that charged them, then the rest.
-        assert head is not None and head.booked_on is not None
-        booked = head.booked_on
-        reclassified = step._replace(
-            model=booked.model,
-            byok=booked.byok,
-            usage_time=booked.usage_time,
-            period=booked.period,
-            high_water=mark,
-            tokens=new_usage(mark, previous),
-        )
-        rest = step._replace(seq=step.seq + 1, tokens=new_usage(high_water, mark))
+        # Tokens already billed change kind: on the lines that charged them, then the rest.
+        assert head is not None
+        reclassified = reclassify(step, head, mark)
+        rest = step._replace(seq=step.seq + len(reclassified), tokens=new_usage(high_water, mark))
         delta = None if high_water == mark else rest
         return Assessment(
             runner_id, org, period, pending, delta, flags, True, reclassified=reclassified
@@ -406,6 +429,88 @@ def assess(
         now=now, max_tokens_per_run=max_tokens_per_run, future_skew_seconds=future_skew_seconds
     )
     return rules.assess(doc, spawn_contexts=spawn_contexts, head=head, runner_id=runner_id)
+
+
+def reclassify(step: Delta, head: LedgerHead, mark: Counters) -> tuple[Delta, ...]:
+    """The entries that move tokens the runner was billed from one kind to another, up to
+    `mark` (`counters.reclassified_mark`), each on a line that charged them (SPEC §2: priced
+    at the price of their usage time, on their model and key source), `step` giving the
+    rest of each entry.
+
+    The tokens that leave a kind are taken from the lines the runner's entries booked them
+    on (`head.lines`), the line used last first: one entry per line, zero tokens in all,
+    whose high-water mark is the counters the moves so far add up to, so that a run that
+    stops between two of them is resumed from the last one written. In one entry on the
+    line of the runner's latest entry when its lines are not known or do not hold the
+    tokens the move takes (entries written before lines were kept, a cached count above
+    the prompt's)."""
+    previous = head.high_water
+    move = new_usage(mark, previous)
+    pieces = _moves_by_line(head.lines, move)
+    marks = None if pieces is None else _marks_after(previous, mark, pieces)
+    if pieces is None or marks is None:
+        assert head.booked_on is not None
+        pieces, marks = [BookedLine(head.booked_on, move)], [mark]
+    return tuple(
+        step._replace(
+            seq=step.seq + n,
+            model=piece.booked_on.model,
+            byok=piece.booked_on.byok,
+            usage_time=piece.booked_on.usage_time,
+            period=piece.booked_on.period,
+            high_water=high_water,
+            tokens=piece.tokens,
+        )
+        for n, (piece, high_water) in enumerate(zip(pieces, marks, strict=True))
+    )
+
+
+def _moves_by_line(lines: Sequence[BookedLine], move: Breakdown) -> list[BookedLine] | None:
+    """A move of billed tokens (unsplit to input or output, input to cached: zero tokens in
+    all) split over the lines that booked them, the line used last first; None when it is
+    not such a move or the lines do not hold the tokens it takes."""
+    to_output, to_cached, leaving_unsplit = move.output, move.cached, -move.unsplit
+    to_input = leaving_unsplit - to_output  # before the input that becomes cached
+    if min(to_output, to_cached, to_input) < 0 or move.input != to_input - to_cached:
+        return None
+    pieces = []
+    for line in reversed(lines):
+        available = line.tokens
+        into_input = min(to_input, max(available.unsplit, 0))
+        into_output = min(to_output, max(available.unsplit, 0) - into_input)
+        into_cached = min(to_cached, max(available.input, 0) + into_input)
+        to_input, to_output, to_cached = (
+            to_input - into_input,
+            to_output - into_output,
+            to_cached - into_cached,
+        )
+        if into_input or into_output or into_cached:
+            tokens = Breakdown(
+                into_input - into_cached, into_cached, into_output, -into_input - into_output
+            )
+            pieces.append(BookedLine(line.booked_on, tokens))
+    return None if to_input or to_output or to_cached else pieces
+
+
+def _marks_after(
+    previous: Counters, mark: Counters, pieces: Sequence[BookedLine]
+) -> list[Counters] | None:
+    """The high-water mark after each piece of a move from `previous` to `mark` (its
+    prompt, completion and cached counts grown by the tokens it moves there); None unless
+    each mark is exactly its piece further (`new_usage`) and the last is `mark`."""
+    marks, before = [], previous
+    for piece in pieces:
+        into_prompt = piece.tokens.input + piece.tokens.cached
+        after = before._replace(
+            prompt=before.prompt + into_prompt,
+            completion=before.completion + piece.tokens.output,
+            cached=before.cached + piece.tokens.cached,
+        )
+        if new_usage(after, before) != piece.tokens:
+            return None
+        marks.append(after)
+        before = after
+    return marks if before == mark else None
 
 
 def _label(value: Any) -> str | None:

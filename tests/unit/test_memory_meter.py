@@ -18,7 +18,7 @@ from chores.core.db import Collections
 from chores.demo.corpus import generate_corpus
 from chores.metering.lineage import baseline_findings
 from chores.metering.memory_meter import MemoryMeter, Observation
-from chores.metering.rules import BookedOn, LedgerHead
+from chores.metering.rules import LedgerHead, head_after
 from chores.metering.source import SPAWNED_RUNNER_TYPES
 from pricing import Registry
 
@@ -102,8 +102,7 @@ def test_memory_meter_hands_out_the_deltas_assess_gives() -> None:
             future_skew_seconds=300,
         )
         for delta in result.deltas:
-            booked_on = BookedOn(delta.model, delta.byok, delta.usage_time, delta.period)
-            heads[doc["_id"]] = LedgerHead(delta.seq, delta.high_water, booked_on)
+            heads[doc["_id"]] = head_after(heads.get(doc["_id"]), delta)
             expected.append(delta)
 
     assert records == expected

@@ -1,0 +1,279 @@
+"""Tokens already billed that change kind are moved on the lines that charged them.
+
+A runner's counters may reclassify tokens already billed (unsplit to input or output when
+the split catches up with the total, input to cached when the cached count does: SPEC
+§1.6). Those tokens were charged on the lines of the entries that billed them, each at the
+price of its own usage time (SPEC §2): the move must take them off those lines, never off
+a line that did not charge them (a credit at another price: a negative invoice, found by
+review). Pure properties over `Rules.assess`, then the chore end to end, a crash between
+the moves included.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import mongomock
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chores import Settings, finalize_invoices, run_chore
+from chores.metering.counters import Breakdown, Counters, add_tokens, breakdown
+from chores.metering.ledger import Ledger
+from chores.metering.rules import (
+    BookedLine,
+    BookedOn,
+    Delta,
+    LedgerHead,
+    Rules,
+    head_after,
+    reclassify,
+)
+from chores.run.chore import Pipeline
+from pricing import Registry
+
+CONFIG = Settings(mongo_url="mongomock://unused", batch_size=50, redis_url=None)
+RAISED = datetime(2026, 11, 15, tzinfo=UTC)  # m1's price rises: input $1 -> $3 per 1M
+M1 = {"id": "m1", "tier": "paid", "prices": [
+    {"valid_from": "2026-01-01", "input": "1", "cached_input": "0.5", "output": "2"},
+    {"valid_from": "2026-11-15", "input": "3", "cached_input": "1.5", "output": "6"},
+]}  # fmt: skip
+RATES = {  # micro-dollars per token, by price version and kind
+    "old": {"input": Decimal(1), "cached": Decimal("0.5"), "output": Decimal(2)},
+    "new": {"input": Decimal(3), "cached": Decimal("1.5"), "output": Decimal(6)},
+}
+
+
+class Died(Exception):
+    pass
+
+
+# --- pure: the rules over a runner's observations -------------------------------------------
+
+observation = st.tuples(
+    st.integers(0, 3),  # how many of the counters' tokens the total adds, unsplit
+    st.integers(0, 2_000),  # prompt
+    st.integers(0, 2_000),  # completion
+    st.integers(0, 2_500),  # cached (may exceed the prompt)
+    st.sampled_from(["a", "b"]),  # model
+    st.integers(1, 28),  # day of the usage
+)
+
+
+def _observe(rules: Rules, observations: list[Any]) -> tuple[list[Any], Counters]:
+    """Every delta of one runner seen through `observations` (counters only grow, each a
+    running document at its day), and its last high-water mark."""
+    head: LedgerHead | None = None
+    deltas: list[Any] = []
+    highest = Counters()
+    for extra, prompt, completion, cached, model, day in observations:
+        counters = Counters(
+            max(highest.total, prompt + completion + extra * 500),
+            max(highest.prompt, prompt),
+            max(highest.completion, completion),
+            max(highest.cached, cached),
+        )
+        highest = counters
+        doc = {
+            "_id": "r1",
+            "status": "SUCCESS",
+            "end_time": datetime(2026, 11, day, tzinfo=UTC),
+            "context": {
+                "workspace_id": "acme",
+                "ai_model": model,
+                "ai_tokens": counters.total,
+                "ai_prompt_tokens": counters.prompt,
+                "ai_completion_tokens": counters.completion,
+                "ai_cached_tokens": counters.cached,
+            },
+        }
+        result = rules.assess(doc, spawn_contexts=[], head=head)
+        for delta in result.deltas:
+            head = head_after(head, delta)
+            deltas.append(delta)
+    return deltas, highest if head is None else head.high_water
+
+
+@given(st.lists(observation, min_size=1, max_size=8))
+def test_a_move_never_takes_from_a_line_more_of_a_kind_than_it_charged(observations):
+    """Whatever the counters do, every line a runner's entries book ends with no kind below
+    zero unless a cached count above the prompt's makes the move unsplittable, and all its
+    entries add up to the breakdown of its high-water mark."""
+    rules = Rules(now=datetime(2026, 12, 1, tzinfo=UTC), max_tokens_per_run=10**9,
+                  future_skew_seconds=300)  # fmt: skip
+    deltas, high_water = _observe(rules, observations)
+    lines: dict[BookedOn, Breakdown] = {}
+    for delta in deltas:
+        line = BookedOn(delta.model, delta.byok, delta.usage_time, delta.period)
+        lines[line] = add_tokens(lines.get(line, Breakdown()), delta.tokens)
+    billed = Breakdown()
+    for tokens in lines.values():
+        billed = add_tokens(billed, tokens)
+    assert billed == breakdown(high_water)
+    if all(delta.high_water.cached <= delta.high_water.prompt for delta in deltas):
+        assert all(min(tokens) >= 0 for tokens in lines.values()), lines
+
+
+def test_a_move_is_split_over_the_lines_that_charged_it_the_last_used_first():
+    """1M input tokens on line A, then 1 more on line B; all of them turn cached: the move
+    takes B's one token first, then 999,999 of A's, each entry on its own line with the mark
+    its moves add up to."""
+    a = BookedOn("m1", False, datetime(2026, 11, 10, tzinfo=UTC), "2026-11")
+    b = a._replace(usage_time=datetime(2026, 11, 20, tzinfo=UTC))
+    previous = Counters(1_000_001, 1_000_001, 0, 0)
+    head = LedgerHead(2, previous, b, lines=(BookedLine(a, Breakdown(input=1_000_000)),
+                                             BookedLine(b, Breakdown(input=1))))  # fmt: skip
+    rules = Rules(now=b.usage_time, max_tokens_per_run=10**9, future_skew_seconds=300)
+    doc = {"_id": "r1", "status": "SUCCESS", "end_time": b.usage_time, "context": {
+        "workspace_id": "acme", "ai_model": "m1", "ai_tokens": 1_000_001,
+        "ai_prompt_tokens": 1_000_001, "ai_completion_tokens": 0,
+        "ai_cached_tokens": 1_000_000}}  # fmt: skip
+    result = rules.assess(doc, spawn_contexts=[], head=head)
+    assert result.delta is None  # no new usage: the move alone
+    assert [(d.seq, d.usage_time, d.tokens, d.high_water.cached) for d in result.deltas] == [
+        (3, b.usage_time, Breakdown(-1, 1, 0, 0), 1),
+        (4, a.usage_time, Breakdown(-999_999, 999_999, 0, 0), 1_000_000),
+    ]
+
+
+def test_a_move_the_lines_cannot_hold_is_booked_on_the_latest_line_in_one_entry():
+    """Lines not known (a head read without them) or not holding the tokens the move takes:
+    the move is one entry on the line of the runner's latest entry, as before lines were
+    kept, so the tokens still add up."""
+    line = BookedOn("m1", False, datetime(2026, 11, 10, tzinfo=UTC), "2026-11")
+    previous = Counters(1_000, 0, 0, 0)
+    mark = Counters(1_000, 1_000, 0, 0)
+    for lines in ((), (BookedLine(line, Breakdown(unsplit=10)),)):
+        head = LedgerHead(1, previous, line, lines=lines)
+        (move,) = reclassify(_delta(line, mark, seq=2), head, mark)
+        assert (move.seq, move.usage_time, move.tokens, move.high_water) == (
+            2, line.usage_time, Breakdown(input=1_000, unsplit=-1_000), mark)  # fmt: skip
+
+
+def _delta(line: BookedOn, high_water: Counters, seq: int) -> Delta:
+    return Delta(
+        runner_id="r1", seq=seq, org="acme", model=line.model, byok=line.byok,
+        usage_time=line.usage_time, period=line.period, high_water=high_water,
+        tokens=breakdown(high_water), status="SUCCESS", session_id=None,
+    )  # fmt: skip
+
+
+# --- the chore end to end -------------------------------------------------------------------
+
+
+@pytest.fixture
+def repriced(registry: Registry) -> Registry:
+    return Registry.model_validate(
+        {"version": "repriced", "models": [*(m.model_dump() for m in registry.models), M1]}
+    )
+
+
+def _micros(amount: Decimal) -> int:
+    return int(amount.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _observe_runner(db: Any, registry: Registry, prompt: int, cached: int, now: datetime,
+                    *, ended: bool = False) -> None:  # fmt: skip
+    context = {"workspace_id": "acme", "ai_model": "m1", "ai_tokens": prompt,
+               "ai_prompt_tokens": prompt, "ai_completion_tokens": 0,
+               "ai_cached_tokens": cached}  # fmt: skip
+    doc: dict[str, Any] = {"_id": "runner-1", "name": "ai", "status": "RUNNING",
+                           "last_updated_db": now.timestamp(), "context": context}  # fmt: skip
+    if ended:
+        doc.update(status="SUCCESS", end_time=now)
+    db.tasks.replace_one({"_id": "runner-1"}, doc, upsert=True)
+    run_chore(db, now=now + timedelta(minutes=1), registry=registry, settings=CONFIG)
+
+
+def _reclassified_across_a_price_change(db: Any, registry: Registry) -> None:
+    """1M input tokens at the old price, 1 more at the new one, then all but one cached."""
+    _observe_runner(db, registry, 1_000_000, 0, datetime(2026, 11, 10, tzinfo=UTC))
+    _observe_runner(db, registry, 1_000_001, 0, datetime(2026, 11, 20, tzinfo=UTC))
+    _observe_runner(db, registry, 1_000_001, 1_000_000, datetime(2026, 11, 21, tzinfo=UTC),
+                    ended=True)  # fmt: skip
+
+
+def _invoice(db: Any, period: str = "2026-11") -> Any:
+    return db.billing_invoices.find_one({"_id": f"acme:{period}"})
+
+
+def test_tokens_reclassified_across_a_price_change_keep_the_price_that_charged_them(db, repriced):
+    """Review: the move was priced at the new price on the latest line (-1M input at $3,
+    +1M cached at $1.50: -$1.5 for tokens charged $1): a November invoice of -$0.499997.
+    Now the one token charged at the new price is cached at the new price, the other
+    999,999 at the old one: each line prices what it charged."""
+    _reclassified_across_a_price_change(db, repriced)
+    old, new = RATES["old"], RATES["new"]
+    stored = _invoice(db)
+    lines = {line["price_valid_from"]: line for line in stored["lines"] if line["tokens"]}
+    assert {v: (ln["input_tokens"], ln["cached_tokens"]) for v, ln in lines.items()} == {
+        "2026-01-01": (1, 999_999),
+        "2026-11-15": (0, 1),
+    }
+    expected = _micros(old["input"] + 999_999 * old["cached"]) + _micros(new["cached"])
+    assert stored["total_micros"] == expected == 500_003
+    assert stored["needs_review"] is False
+    assert Pipeline(db, CONFIG, repriced).invoices.check_drafts({("acme", "2026-11")}) == []
+
+
+def test_a_move_out_of_a_final_month_credits_the_price_october_charged(db, repriced):
+    """October charged 1M input tokens at $1; the split seen in November, after October was
+    final, says all but the one November token were cached: a late credit at October's
+    price ($0.50 a million, never the new $1.50), the final untouched."""
+    _observe_runner(db, repriced, 1_000_000, 0, datetime(2026, 10, 30, tzinfo=UTC))
+    assert finalize_invoices(db, now=datetime(2026, 11, 5, tzinfo=UTC), settings=CONFIG) == [
+        "acme:2026-10"
+    ]
+    _observe_runner(db, repriced, 1_000_001, 0, datetime(2026, 11, 20, tzinfo=UTC))
+    _observe_runner(db, repriced, 1_000_001, 1_000_000, datetime(2026, 11, 21, tzinfo=UTC),
+                    ended=True)  # fmt: skip
+    old, new = RATES["old"], RATES["new"]
+    october, november = _invoice(db, "2026-10"), _invoice(db)
+    assert october["total_micros"] == _micros(1_000_000 * old["input"])
+    late = [line for line in november["lines"] if line["late"]]
+    assert [(ln["price_valid_from"], ln["cached_tokens"], ln["amount_micros"]) for ln in late] == [
+        ("2026-01-01", 999_999, _micros(999_999 * (old["cached"] - old["input"])))
+    ]
+    assert november["total_micros"] == late[0]["amount_micros"] + _micros(new["cached"])
+    assert october["total_micros"] + november["total_micros"] == 500_002
+
+
+@pytest.mark.parametrize("writes_before_dying", [1, 2])
+def test_a_crash_between_the_moves_is_resumed_by_the_rerun(db, repriced, writes_before_dying):
+    """The moves are written one line at a time, then the new usage: a run that dies after
+    any of those writes is resumed by the rerun, which gives the ledger and invoice of a
+    run that never died."""
+    clean = mongomock.MongoClient(tz_aware=True)["main"]
+    _reclassified_across_a_price_change(clean, repriced)
+
+    _observe_runner(db, repriced, 1_000_000, 0, datetime(2026, 11, 10, tzinfo=UTC))
+    _observe_runner(db, repriced, 1_000_001, 0, datetime(2026, 11, 20, tzinfo=UTC))
+    append, calls = Ledger.append, []
+
+    def die_after_some(self: Ledger, entries: Any) -> list[Any]:
+        calls.append([e["seq"] for e in entries])
+        written = append(self, entries)
+        if len(calls) == writes_before_dying:
+            raise Died(f"after write {len(calls)}")
+        return written
+
+    Ledger.append = die_after_some  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Died):
+            _observe_runner(db, repriced, 1_000_001, 1_000_000,
+                            datetime(2026, 11, 21, tzinfo=UTC), ended=True)  # fmt: skip
+    finally:
+        Ledger.append = append  # type: ignore[method-assign]
+    assert calls[:writes_before_dying] == [[3], [4]][:writes_before_dying]
+    run_chore(db, now=datetime(2026, 11, 21, 0, 5, tzinfo=UTC), registry=repriced,
+              settings=CONFIG)  # fmt: skip
+
+    def ledger(database: Any) -> list[tuple[Any, ...]]:
+        return [(e["seq"], e["usage_day"], e["input_tokens"], e["cached_tokens"])
+                for e in database.billing_ledger.find(sort=[("seq", 1)])]  # fmt: skip
+
+    assert ledger(db) == ledger(clean)
+    assert _invoice(db)["total_micros"] == _invoice(clean)["total_micros"] == 500_003
