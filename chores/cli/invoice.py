@@ -105,6 +105,11 @@ def print_invoice(out: Console, inv: Invoice) -> None:
         *(["free: metered, charged $0"] if "free" in tiers else []),
         *(["byok: the org's own key, charged $0"] if "byok" in tiers else []),
         *(["UNPRICED: no price yet, needs review"] if not all(x.priced for x in inv.lines) else []),
+        *(
+            ["late: usage of a month already final, billed here at its own price"]
+            if any(x.late for x in inv.lines)
+            else []
+        ),
     ]
     if notes:
         out.print("  " + " · ".join(notes))

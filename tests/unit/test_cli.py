@@ -431,6 +431,26 @@ def test_finalize_makes_past_periods_final(cli_db):
     assert {i["status"] for i in cli_db.billing_invoices.find()} == {"final"}
 
 
+def test_a_late_line_is_explained_under_the_invoice(cli_db):
+    """Outside review: `(late)` lines had no word under the table, where free and byok have
+    one."""
+    invoke("run", "--all", *NOW_ARG)
+    invoke("finalize", "--now", "2026-12-04T00:00:00+00:00")
+    november = NOW.replace(day=20)
+    context = {"workspace_id": "ws-beta", "ai_model": "gpt-4o-mini", "ai_tokens": 1_000}
+    cli_db.tasks.insert_one({"_id": "late-1", "name": "ai", "status": "SUCCESS",
+                             "end_time": november, "last_updated_db": NOW.timestamp() + 86_400,
+                             "context": context})  # fmt: skip
+    december = ["--now", "2026-12-04T01:00:00+00:00"]
+    assert invoke("run", "--org", "ws-beta", *december).exit_code == 0
+    shown = invoke("invoice", "show", "--org", "ws-beta", "--period", "2026-12", *december)
+    assert shown.exit_code == 0, shown.output
+    assert "(late)" in shown.output
+    assert "late: usage of a month already final, billed here at its own price" in shown.output
+    before = invoke("invoice", "show", "--org", "ws-beta", "--period", "2026-11", *december)
+    assert "(late)" not in before.output and "late: usage" not in before.output
+
+
 def test_registry_validate_names_the_bad_model(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -473,6 +493,7 @@ def test_registry_import_litellm_round_trips(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
+    assert f"wrote 1 model to {out}" in result.output
     check = CliRunner().invoke(main, ["registry", "validate", str(out)])
     assert check.exit_code == 0 and "version 2026-11-01, 1 model\n" in check.output
     assert "0.075" in out.read_text()
