@@ -141,7 +141,7 @@ def registry_import(
             Path(out).write_text(text)
         except OSError as exc:
             raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
-        click.echo(f"wrote {len(reg.models)} models to {out}", err=True)
+        click.echo(f"wrote {counted(len(reg.models), 'model')} to {out}", err=True)
     else:
         sys.stdout.write(text)
     unknown = zero_priced_keys(data)
