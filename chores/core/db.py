@@ -140,8 +140,13 @@ def connect(settings: Settings) -> Database[Doc]:
         real.admin.command("ping")
     except PyMongoError:
         real.close()
+        hint = (
+            "is the server running?"
+            if "://" in url
+            else "MONGO_URL is read as a host name: is it meant to be a mongodb:// URL?"
+        )
         raise DatabaseUnavailable(
-            f"cannot reach MongoDB at {settings.safe_mongo_url}: is the server running?"
+            f"cannot reach MongoDB at {settings.safe_mongo_url}: {hint}"
         ) from None
     return real.get_database(settings.mongo_db, codec_options=reading(real.codec_options))
 

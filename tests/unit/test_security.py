@@ -197,6 +197,19 @@ def test_an_unresolvable_srv_name_is_an_unreachable_database_not_a_malformed_url
     assert SECRET not in str(raised.value)
 
 
+def test_a_mongo_url_that_is_no_url_is_said_so_never_shown():
+    """Outside review: `MONGO_URL=bogus` (pymongo reads a host name) asked whether the server
+    was running; it says the value is read as a host name, still without showing it."""
+    from chores import Settings
+    from chores.core.db import connect
+    from chores.core.exceptions import DatabaseUnavailable
+
+    with pytest.raises(DatabaseUnavailable) as raised:
+        connect(Settings(mongo_url=SECRET, mongo_timeout_ms=300))
+    assert "is it meant to be a mongodb:// URL?" in str(raised.value)
+    assert NO_SCHEME in str(raised.value) and SECRET not in str(raised.value)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
