@@ -163,11 +163,28 @@ def booked_on(delta: Delta) -> BookedOn:
 def add_to_lines(
     lines: tuple[BookedLine, ...], line: BookedOn, tokens: Breakdown
 ) -> tuple[BookedLine, ...]:
-    """`lines` with an entry's tokens added to its line's (a new line goes last)."""
+    """`lines` with an entry's tokens added to its line's (a new line goes last).
+
+    Entries of one model, key source and period on one UTC day are on one line, kept
+    under the first one's usage time: a price version is valid from a UTC day (SPEC §2),
+    so they were charged alike, and a runner seen every few minutes has a line a day,
+    not one per entry."""
     for i, known in enumerate(lines):
-        if known.booked_on == line:
-            return (*lines[:i], BookedLine(line, add_tokens(known.tokens, tokens)), *lines[i + 1 :])
+        if _same_line(known.booked_on, line):
+            summed = BookedLine(known.booked_on, add_tokens(known.tokens, tokens))
+            return (*lines[:i], summed, *lines[i + 1 :])
     return (*lines, BookedLine(line, tokens))
+
+
+def _same_line(first: BookedOn, second: BookedOn) -> bool:
+    """Whether two entries were charged on one line: one model, key source, period and
+    usage day."""
+    return (
+        first.model == second.model
+        and first.byok == second.byok
+        and first.period == second.period
+        and first.usage_time.date() == second.usage_time.date()
+    )
 
 
 def head_after(head: LedgerHead | None, delta: Delta) -> LedgerHead:

@@ -139,6 +139,23 @@ def test_a_move_is_split_over_the_lines_that_charged_it_the_last_used_first():
     ]
 
 
+def test_a_runner_seen_every_few_minutes_has_a_line_a_day():
+    """Each entry of a running runner has its own usage time (the run's `now`): its lines
+    are one per model and day (a price version is valid from a UTC day), not one per entry,
+    so a head read after weeks of entries stays small."""
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    head = None
+    for n in range(3 * 24 * 12):  # every 5 minutes for three days
+        seen = start + timedelta(minutes=5 * n)
+        line = BookedOn("m1", False, seen, "2026-11")
+        step = _delta(line, Counters(n + 1, n + 1, 0, 0), seq=n + 1)
+        head = head_after(head, step._replace(tokens=Breakdown(input=1)))
+    assert head is not None
+    assert [(ln.booked_on.usage_time, ln.tokens.input) for ln in head.lines] == [
+        (start + timedelta(days=day), 24 * 12) for day in range(3)
+    ]
+
+
 def test_a_move_the_lines_cannot_hold_is_booked_on_the_latest_line_in_one_entry():
     """Lines not known (a head read without them) or not holding the tokens the move takes:
     the move is one entry on the line of the runner's latest entry, as before lines were
