@@ -122,7 +122,7 @@ def _head(entries: list[Doc]) -> LedgerHead:
     for entry in entries:
         line = _booked_on(entry)
         if line is not None:
-            lines = add_to_lines(lines, line, _tokens(entry))
+            lines = add_to_lines(lines, line, entry_tokens(entry))
     latest = entries[-1]
     billed_at = latest.get("billed_at")
     return LedgerHead(
@@ -134,8 +134,8 @@ def _head(entries: list[Doc]) -> LedgerHead:
     )
 
 
-def _tokens(entry: Doc) -> Breakdown:
-    """The tokens an entry booked, by kind."""
+def entry_tokens(entry: Doc) -> Breakdown:
+    """The tokens a ledger entry booked, by kind."""
     return Breakdown(
         entry.get("input_tokens", 0),
         entry.get("cached_tokens", 0),

@@ -30,8 +30,8 @@ from chores.billing.invoices import Invoice
 from chores.billing.known_orgs import missing_invoice_hint
 from chores.core.db import Doc
 from chores.core.exceptions import InvoiceNotFound
-from chores.metering.counters import Breakdown, Counters, breakdown
-from chores.metering.ledger import EMPTY_ENTRY
+from chores.metering.counters import Breakdown, Counters, add_tokens, breakdown
+from chores.metering.ledger import EMPTY_ENTRY, entry_tokens
 from chores.metering.lineage import own_org_spawns
 from chores.metering.lines import (
     LineKey,
@@ -426,14 +426,8 @@ def _ledger_usage(
                 usage.head[runner_id] = _Head(seq, high_water, entry.get("org") == org)
             if entry.get("org") != org:
                 continue
-            tokens = Breakdown(
-                entry["input_tokens"],
-                entry["cached_tokens"],
-                entry["output_tokens"],
-                entry["unsplit_tokens"],
-            )
-            total = usage.total.get(runner_id, Breakdown())
-            usage.total[runner_id] = Breakdown(*map(sum, zip(total, tokens, strict=True)))
+            tokens = entry_tokens(entry)
+            usage.total[runner_id] = add_tokens(usage.total.get(runner_id, Breakdown()), tokens)
             if _on_invoice(entry, period, status) and any(tokens):
                 usage.here[runner_id].append(
                     UsageGroup(
