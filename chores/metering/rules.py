@@ -455,7 +455,7 @@ def reclassify(step: Delta, head: LedgerHead, mark: Counters) -> tuple[Delta, ..
     rest of each entry.
 
     The tokens that leave a kind are taken from the lines the runner's entries booked them
-    on (`head.lines`), the line used last first: one entry per line, zero tokens in all,
+    on (`head.lines`), the line opened last first: one entry per line, zero tokens in all,
     whose high-water mark is the counters the moves so far add up to, so that a run that
     stops between two of them is resumed from the last one written. In one entry on the
     line of the runner's latest entry when its lines are not known or do not hold the
@@ -484,7 +484,7 @@ def reclassify(step: Delta, head: LedgerHead, mark: Counters) -> tuple[Delta, ..
 
 def _moves_by_line(lines: Sequence[BookedLine], move: Breakdown) -> list[BookedLine] | None:
     """A move of billed tokens (unsplit to input or output, input to cached: zero tokens in
-    all) split over the lines that booked them, the line used last first; None when it is
+    all) split over the lines that booked them, the line opened last first; None when it is
     not such a move or the lines do not hold the tokens it takes."""
     to_output, to_cached, leaving_unsplit = move.output, move.cached, -move.unsplit
     to_input = leaving_unsplit - to_output  # before the input that becomes cached

@@ -117,7 +117,7 @@ def test_a_move_never_takes_from_a_line_more_of_a_kind_than_it_charged(observati
         assert all(min(tokens) >= 0 for tokens in lines.values()), lines
 
 
-def test_a_move_is_split_over_the_lines_that_charged_it_the_last_used_first():
+def test_a_move_is_split_over_the_lines_that_charged_it_the_last_opened_first():
     """1M input tokens on line A, then 1 more on line B; all of them turn cached: the move
     takes B's one token first, then 999,999 of A's, each entry on its own line with the mark
     its moves add up to."""
