@@ -64,8 +64,9 @@ observation = st.tuples(
 
 
 def _observe(rules: Rules, observations: list[Any]) -> tuple[list[Any], Counters]:
-    """Every delta of one runner seen through `observations` (counters only grow, each a
-    running document at its day), and its last high-water mark."""
+    """Every delta of one runner seen through `observations` (its counters only grow, each
+    observation a document that ended on its day, model and day free to change), and its
+    last high-water mark."""
     head: LedgerHead | None = None
     deltas: list[Any] = []
     highest = Counters()
