@@ -93,6 +93,7 @@ EMPTY_ENTRY: Doc = {"input_tokens": 0, "cached_tokens": 0, "output_tokens": 0, "
 HEAD_FIELDS = {
     "runner_id": 1,
     "seq": 1,
+    "org": 1,
     "high_water": 1,
     "model": 1,
     "byok": 1,
@@ -107,12 +108,12 @@ HEAD_FIELDS = {
 
 
 def _booked_on(entry: Doc) -> BookedOn | None:
-    """The line an entry's tokens were priced on (its model, key source and usage time);
-    None for an entry without them."""
-    usage_time, period = entry.get("usage_time"), entry.get("usage_period")
-    if not isinstance(usage_time, datetime) or not isinstance(period, str):
+    """The line an entry's tokens were priced on (its org, model, key source and usage
+    time); None for an entry without them."""
+    org, usage_time, period = entry.get("org"), entry.get("usage_time"), entry.get("usage_period")
+    if not (isinstance(org, str) and isinstance(usage_time, datetime) and isinstance(period, str)):
         return None
-    return BookedOn(entry.get("model"), entry.get("byok") is True, usage_time, period)
+    return BookedOn(org, entry.get("model"), entry.get("byok") is True, usage_time, period)
 
 
 def _head(entries: list[Doc]) -> LedgerHead:

@@ -63,6 +63,8 @@ class Anomaly:
     COUNTER_DECREASED = "counter_decreased"
     OVER_CEILING = "over_ceiling"
     BAD_ID = "bad_id"  # a string `_id` that is not UTF-8: no ledger key of its own
+    # Tokens billed under another org change kind: left as that org was billed (SPEC §4).
+    ORG_CHANGED = "org_changed"
 
     # Resolved automatically once the runner bills cleanly again; the others stay
     # open for a person to review.
@@ -126,8 +128,10 @@ class Assessment(NamedTuple):
 
 
 class BookedOn(NamedTuple):
-    """The line a ledger entry's tokens were priced on: model, key source, usage time."""
+    """The line a ledger entry's tokens were priced on: the org billed, model, key source,
+    usage time."""
 
+    org: str
     model: str | None
     byok: bool
     usage_time: datetime
@@ -157,7 +161,7 @@ class LedgerHead(NamedTuple):
 
 def booked_on(delta: Delta) -> BookedOn:
     """The line a delta's tokens are priced on."""
-    return BookedOn(delta.model, delta.byok, delta.usage_time, delta.period)
+    return BookedOn(delta.org, delta.model, delta.byok, delta.usage_time, delta.period)
 
 
 def add_to_lines(
@@ -177,10 +181,11 @@ def add_to_lines(
 
 
 def _same_line(first: BookedOn, second: BookedOn) -> bool:
-    """Whether two entries were charged on one line: one model, key source, period and
-    usage day."""
+    """Whether two entries were charged on one line: one org, model, key source, period
+    and usage day."""
     return (
-        first.model == second.model
+        first.org == second.org
+        and first.model == second.model
         and first.byok == second.byok
         and first.period == second.period
         and first.usage_time.date() == second.usage_time.date()
@@ -424,6 +429,16 @@ class Rules:
         # Tokens already billed change kind: on the lines that charged them, then the rest.
         assert head is not None
         reclassified = reclassify(step, head, mark)
+        if reclassified is None:
+            # Some were billed under another org: left as billed, the rest is new usage.
+            detail = (
+                f"tokens this runner was billed under another org change kind "
+                f"({_describe_move(new_usage(mark, previous))}): left as billed, a run of "
+                f"{org} does not change another org's invoices"
+            )
+            flags += (AnomalyRecord(runner_id, Anomaly.ORG_CHANGED, org, period, detail),)
+            step = step._replace(tokens=new_usage(high_water, mark))
+            return Assessment(runner_id, org, period, pending, step, flags, billed_cleanly=True)
         rest = step._replace(seq=step.seq + len(reclassified), tokens=new_usage(high_water, mark))
         delta = None if high_water == mark else rest
         return Assessment(
@@ -448,7 +463,7 @@ def assess(
     return rules.assess(doc, spawn_contexts=spawn_contexts, head=head, runner_id=runner_id)
 
 
-def reclassify(step: Delta, head: LedgerHead, mark: Counters) -> tuple[Delta, ...]:
+def reclassify(step: Delta, head: LedgerHead, mark: Counters) -> tuple[Delta, ...] | None:
     """The entries that move tokens the runner was billed from one kind to another, up to
     `mark` (`counters.reclassified_mark`), each on a line that charged them (SPEC §2: priced
     at the price of their usage time, on their model and key source), `step` giving the
@@ -460,13 +475,20 @@ def reclassify(step: Delta, head: LedgerHead, mark: Counters) -> tuple[Delta, ..
     stops between two of them is resumed from the last one written. In one entry on the
     line of the runner's latest entry when its lines are not known or do not hold the
     tokens the move takes (entries written before lines were kept, a cached count above
-    the prompt's)."""
+    the prompt's).
+
+    Only lines of `step.org` are moved on: one org's run never changes another org's
+    billing (SPEC §4). None, nothing moved, when the runner was billed under another org
+    and its lines of `step.org` do not hold the move (its org changed: `org_changed`)."""
     previous = head.high_water
     move = new_usage(mark, previous)
-    pieces = _moves_by_line(head.lines, move)
+    own_lines = [line for line in head.lines if line.booked_on.org == step.org]
+    pieces = _moves_by_line(own_lines, move)
     marks = None if pieces is None else _marks_after(previous, mark, pieces)
     if pieces is None or marks is None:
         assert head.booked_on is not None
+        if len(own_lines) < len(head.lines) or head.booked_on.org != step.org:
+            return None
         pieces, marks = [BookedLine(head.booked_on, move)], [mark]
     return tuple(
         step._replace(
@@ -528,6 +550,11 @@ def _marks_after(
         marks.append(after)
         before = after
     return marks if before == mark else None
+
+
+def _describe_move(move: Breakdown) -> str:
+    """A move of tokens between kinds, as `unsplit -1,000, input +1,000`."""
+    return ", ".join(f"{kind} {count:+,}" for kind, count in move._asdict().items() if count)
 
 
 def _label(value: Any) -> str | None:

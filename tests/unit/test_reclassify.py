@@ -60,6 +60,7 @@ observation = st.tuples(
     st.integers(0, 2_500),  # cached (may exceed the prompt)
     st.sampled_from(["a", "b"]),  # model
     st.integers(1, 28),  # day of the usage
+    st.sampled_from(["acme", "acme", "beta"]),  # the org it names (moved, now and then)
 )
 
 
@@ -70,7 +71,7 @@ def _observe(rules: Rules, observations: list[Any]) -> tuple[list[Any], Counters
     head: LedgerHead | None = None
     deltas: list[Any] = []
     highest = Counters()
-    for extra, prompt, completion, cached, model, day in observations:
+    for extra, prompt, completion, cached, model, day, org in observations:
         counters = Counters(
             max(highest.total, prompt + completion + extra * 500),
             max(highest.prompt, prompt),
@@ -83,7 +84,7 @@ def _observe(rules: Rules, observations: list[Any]) -> tuple[list[Any], Counters
             "status": "SUCCESS",
             "end_time": datetime(2026, 11, day, tzinfo=UTC),
             "context": {
-                "workspace_id": "acme",
+                "workspace_id": org,
                 "ai_model": model,
                 "ai_tokens": counters.total,
                 "ai_prompt_tokens": counters.prompt,
@@ -101,19 +102,21 @@ def _observe(rules: Rules, observations: list[Any]) -> tuple[list[Any], Counters
 @given(st.lists(observation, min_size=1, max_size=8))
 def test_a_move_never_takes_from_a_line_more_of_a_kind_than_it_charged(observations):
     """Whatever the counters do, every line a runner's entries book ends with no kind below
-    zero unless a cached count above the prompt's makes the move unsplittable, and all its
-    entries add up to the breakdown of its high-water mark."""
+    zero unless a cached count above the prompt's makes the move unsplittable, and, unless
+    its org changed (tokens billed under another org are not moved), all its entries add up
+    to the breakdown of its high-water mark."""
     rules = Rules(now=datetime(2026, 12, 1, tzinfo=UTC), max_tokens_per_run=10**9,
                   future_skew_seconds=300)  # fmt: skip
     deltas, high_water = _observe(rules, observations)
     lines: dict[BookedOn, Breakdown] = {}
     for delta in deltas:
-        line = BookedOn(delta.model, delta.byok, delta.usage_time, delta.period)
+        line = BookedOn(delta.org, delta.model, delta.byok, delta.usage_time, delta.period)
         lines[line] = add_tokens(lines.get(line, Breakdown()), delta.tokens)
     billed = Breakdown()
     for tokens in lines.values():
         billed = add_tokens(billed, tokens)
-    assert billed == breakdown(high_water)
+    if len({delta.org for delta in deltas}) <= 1:
+        assert billed == breakdown(high_water)
     if all(delta.high_water.cached <= delta.high_water.prompt for delta in deltas):
         assert all(min(tokens) >= 0 for tokens in lines.values()), lines
 
@@ -122,7 +125,7 @@ def test_a_move_is_split_over_the_lines_that_charged_it_the_last_opened_first():
     """1M input tokens on line A, then 1 more on line B; all of them turn cached: the move
     takes B's one token first, then 999,999 of A's, each entry on its own line with the mark
     its moves add up to."""
-    a = BookedOn("m1", False, datetime(2026, 11, 10, tzinfo=UTC), "2026-11")
+    a = BookedOn("acme", "m1", False, datetime(2026, 11, 10, tzinfo=UTC), "2026-11")
     b = a._replace(usage_time=datetime(2026, 11, 20, tzinfo=UTC))
     previous = Counters(1_000_001, 1_000_001, 0, 0)
     head = LedgerHead(2, previous, b, lines=(BookedLine(a, Breakdown(input=1_000_000)),
@@ -148,7 +151,7 @@ def test_a_runner_seen_every_few_minutes_has_a_line_a_day():
     head = None
     for n in range(3 * 24 * 12):  # every 5 minutes for three days
         seen = start + timedelta(minutes=5 * n)
-        line = BookedOn("m1", False, seen, "2026-11")
+        line = BookedOn("acme", "m1", False, seen, "2026-11")
         step = _delta(line, Counters(n + 1, n + 1, 0, 0), seq=n + 1)
         head = head_after(head, step._replace(tokens=Breakdown(input=1)))
     assert head is not None
@@ -161,7 +164,7 @@ def test_a_move_the_lines_cannot_hold_is_booked_on_the_latest_line_in_one_entry(
     """Lines not known (a head read without them) or not holding the tokens the move takes:
     the move is one entry on the line of the runner's latest entry, as before lines were
     kept, so the tokens still add up."""
-    line = BookedOn("m1", False, datetime(2026, 11, 10, tzinfo=UTC), "2026-11")
+    line = BookedOn("acme", "m1", False, datetime(2026, 11, 10, tzinfo=UTC), "2026-11")
     previous = Counters(1_000, 0, 0, 0)
     mark = Counters(1_000, 1_000, 0, 0)
     for lines in ((), (BookedLine(line, Breakdown(unsplit=10)),)):
@@ -169,6 +172,57 @@ def test_a_move_the_lines_cannot_hold_is_booked_on_the_latest_line_in_one_entry(
         (move,) = reclassify(_delta(line, mark, seq=2), head, mark)
         assert (move.seq, move.usage_time, move.tokens, move.high_water) == (
             2, line.usage_time, Breakdown(input=1_000, unsplit=-1_000), mark)  # fmt: skip
+
+
+def test_tokens_billed_under_another_org_are_not_moved():
+    """Review: a runner billed 1M unsplit tokens under alpha, then seen under beta with the
+    split (1M prompt, 800k cached): the move was booked on beta's invoice, a credit of
+    tokens alpha paid for (beta's draft negative). Now alpha's billing is left as it was,
+    beta gets its new usage alone and an `org_changed` anomaly for review."""
+    alpha = BookedOn("alpha", "m1", False, datetime(2026, 11, 10, tzinfo=UTC), "2026-11")
+    head = LedgerHead(1, Counters(1_000_000, 0, 0, 0), alpha,
+                      lines=(BookedLine(alpha, Breakdown(unsplit=1_000_000)),))  # fmt: skip
+    rules = Rules(now=datetime(2026, 11, 12, tzinfo=UTC), max_tokens_per_run=10**9,
+                  future_skew_seconds=300)  # fmt: skip
+    result = rules.assess(_split_doc("beta", 1_200_000, 1_000_000), spawn_contexts=[], head=head)
+    assert result.reclassified == ()
+    assert result.delta is not None
+    assert (result.delta.org, result.delta.seq, result.delta.tokens) == (
+        "beta",
+        2,
+        Breakdown(cached=200_000),
+    )
+    assert result.delta.high_water == Counters(1_200_000, 1_200_000, 0, 1_000_000)
+    assert [(r.kind, r.org) for r in result.anomalies] == [("org_changed", "beta")]
+    assert "input +200,000, cached +800,000, unsplit -1,000,000" in result.anomalies[0].detail
+    assert "alpha" not in result.anomalies[0].detail
+
+
+def test_tokens_billed_under_this_org_are_moved_on_its_lines_whatever_another_org_billed():
+    """The same runner with 600k unsplit tokens billed under beta after alpha's: beta's
+    split of 500k prompt tokens moves them on beta's line, alpha's untouched."""
+    alpha = BookedOn("alpha", "m1", False, datetime(2026, 11, 10, tzinfo=UTC), "2026-11")
+    beta = alpha._replace(org="beta", usage_time=datetime(2026, 11, 11, tzinfo=UTC))
+    head = LedgerHead(2, Counters(1_600_000, 0, 0, 0), beta,
+                      lines=(BookedLine(alpha, Breakdown(unsplit=1_000_000)),
+                             BookedLine(beta, Breakdown(unsplit=600_000))))  # fmt: skip
+    rules = Rules(now=datetime(2026, 11, 12, tzinfo=UTC), max_tokens_per_run=10**9,
+                  future_skew_seconds=300)  # fmt: skip
+    doc = _split_doc("beta", 500_000, 0, total=1_600_000)
+    result = rules.assess(doc, spawn_contexts=[], head=head)
+    assert [(d.org, d.usage_time, d.tokens) for d in result.deltas] == [
+        ("beta", beta.usage_time, Breakdown(input=500_000, unsplit=-500_000))
+    ]
+    assert result.anomalies == ()
+
+
+def _split_doc(org: str, prompt: int, cached: int, *, total: int | None = None) -> Any:
+    """A finished runner of `org` on m1 whose counters are split into prompt tokens."""
+    return {"_id": "r1", "name": "ai", "status": "SUCCESS",
+            "end_time": datetime(2026, 11, 11, tzinfo=UTC), "context": {
+                "workspace_id": org, "ai_model": "m1",
+                "ai_tokens": prompt if total is None else total, "ai_prompt_tokens": prompt,
+                "ai_completion_tokens": 0, "ai_cached_tokens": cached}}  # fmt: skip
 
 
 def _delta(line: BookedOn, high_water: Counters, seq: int) -> Delta:
@@ -295,3 +349,32 @@ def test_a_crash_between_the_moves_is_resumed_by_the_rerun(db, repriced, writes_
 
     assert ledger(db) == ledger(clean)
     assert _invoice(db)["total_micros"] == _invoice(clean)["total_micros"] == 500_003
+
+
+def test_a_runner_moved_to_another_org_leaves_the_first_orgs_invoice_as_billed(db, repriced):
+    """End to end: alpha billed 1M unsplit tokens of a running runner ($1.00); the runner,
+    moved to beta, ends with its split (1.2M prompt, 1M cached). Alpha's draft stays
+    $1.00; beta's bills its 200k new tokens, cached ($0.10), never a credit of alpha's
+    tokens, and is flagged for review."""
+    running = {"_id": "runner-1", "name": "ai", "status": "RUNNING", "context": {
+        "workspace_id": "alpha", "ai_model": "m1", "ai_tokens": 1_000_000}}  # fmt: skip
+    db.tasks.insert_one({**running, "last_updated_db": datetime(2026, 11, 10).timestamp()})
+    run_chore(db, now=datetime(2026, 11, 10, 0, 1, tzinfo=UTC), registry=repriced,
+              settings=CONFIG)  # fmt: skip
+    ended = _split_doc("beta", 1_200_000, 1_000_000)
+    db.tasks.replace_one({"_id": "runner-1"}, {**ended, "_id": "runner-1",
+                         "last_updated_db": datetime(2026, 11, 11).timestamp()})  # fmt: skip
+    run_chore(db, now=datetime(2026, 11, 11, 0, 1, tzinfo=UTC), registry=repriced,
+              settings=CONFIG)  # fmt: skip
+
+    alpha = db.billing_invoices.find_one({"_id": "alpha:2026-11"})
+    beta = db.billing_invoices.find_one({"_id": "beta:2026-11"})
+    assert (alpha["total_micros"], alpha["needs_review"]) == (1_000_000, False)
+    assert beta["total_micros"] == _micros(200_000 * RATES["old"]["cached"]) == 100_000
+    assert [(ln["cached_tokens"], ln["amount_micros"]) for ln in beta["lines"]] == [
+        (200_000, 100_000)
+    ]
+    assert beta["needs_review"] is True
+    assert [(a["kind"], a["org"]) for a in db.billing_anomalies.find()] == [("org_changed", "beta")]
+    assert Pipeline(db, CONFIG, repriced).invoices.check_drafts(
+        {("alpha", "2026-11"), ("beta", "2026-11")}) == []  # fmt: skip
