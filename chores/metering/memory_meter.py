@@ -85,7 +85,11 @@ class MemoryMeter:
                 self.heads.pop(runner_id, None)
 
     def _add(self, delta: Delta) -> None:
-        """A delta's tokens, added to the usage of its (org, period, model, key source, day)."""
+        """A delta's tokens, added to the usage of its (org, period, model, key source, day).
+        An entry without tokens only moves a mark: no usage, as on an invoice
+        (`ledger.EMPTY_ENTRY`)."""
+        if not any(delta.tokens):
+            return
         key = UsageKey(delta.org, delta.period, delta.model, delta.byok, delta.usage_time.day)
         sums = self.usage.get(key)
         if sums is None:

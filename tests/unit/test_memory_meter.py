@@ -144,3 +144,32 @@ def test_memory_meter_keeps_the_head_of_a_runner_held_by_an_anomaly(
     meter.feed([(doc, []) for doc in observations])
     assert sum(t.input + t.cached + t.output + t.unsplit for t in meter.usage.values()) == 150
     assert meter.deltas == 2
+
+
+def test_an_entry_that_only_moves_a_mark_is_no_line_in_memory_either(registry: Registry) -> None:
+    """Review: a runner whose cached count grew past its prompt writes an entry of no tokens
+    (it keeps the mark), here on the line of the model it now names; the chore leaves it
+    off the invoice, the meter priced a zero line."""
+    settings = Settings(mongo_url="mongomock://unused", batch_size=50, redis_url=None)
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    meter = MemoryMeter(
+        now=NOW,
+        max_tokens_per_run=settings.max_tokens_per_run,
+        future_skew_seconds=settings.future_skew_seconds,
+    )
+    for n, (model, cached) in enumerate((("gpt-4o-mini", 50), ("gpt-4o", 200))):
+        seen = NOW - timedelta(hours=2 - n)
+        doc = {"_id": "r1", "name": "ai", "status": "RUNNING", "last_updated_db": seen.timestamp(),
+               "context": {"workspace_id": "acme", "ai_model": model, "ai_tokens": 100,
+                           "ai_prompt_tokens": 100, "ai_cached_tokens": cached}}  # fmt: skip
+        db.tasks.replace_one({"_id": "r1"}, doc, upsert=True)
+        run_chore(db, now=seen, registry=registry, settings=settings)
+        meter.now = seen
+        meter.feed([(doc, [])])
+    (invoice,) = (Invoice.model_validate(d) for d in Collections.of(db, settings).invoices.find())
+    last = db.billing_ledger.find_one(sort=[("seq", -1)])
+    assert (last["tokens"], last["high_water"]["cached"]) == (0, 200)  # it only moves the mark
+    assert {k: _line_amounts(v) for k, v in meter.lines(registry).items()} == {
+        (invoice.org, invoice.period): _line_amounts(invoice.lines)
+    }
+    assert len(invoice.lines) == 1
