@@ -1,9 +1,9 @@
 """The anomaly log (`billing_anomalies`): documents that could not be billed as they are.
 
-One record per runner and kind (`_id` = `"<runner_id>:<kind>"`), keeping the
-first detail seen. Self-healing kinds (see `Anomaly.SELF_HEALING`) are marked
-resolved when the runner later bills cleanly; an invoice period with an open
-anomaly needs review.
+One record per runner and kind (`_id` = `"<runner_id>:<kind>"`; per runner, kind and org
+for `org_changed`), keeping the first detail seen. Self-healing kinds (see
+`Anomaly.SELF_HEALING`) are marked resolved when the runner later bills cleanly; an
+invoice period with an open anomaly needs review.
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ from chores.metering.rules import Anomaly, AnomalyRecord
 
 
 def anomaly_id(record: AnomalyRecord) -> str:
-    """The `_id` of a runner's anomaly of one kind."""
+    """The `_id` of a runner's anomaly of one kind; of one kind and org for `org_changed`,
+    the one kind two orgs' runs record for one runner: one org's run never moves the record
+    that flags another org's invoice (SPEC §4)."""
+    if record.kind == Anomaly.ORG_CHANGED:
+        return f"{record.runner_id}:{record.kind}:{record.org}"
     return f"{record.runner_id}:{record.kind}"
 
 

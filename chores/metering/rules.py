@@ -428,21 +428,21 @@ class Rules:
             return Assessment(runner_id, org, period, pending, step, flags, billed_cleanly=True)
         # Tokens already billed change kind: on the lines that charged them, then the rest.
         assert head is not None
-        reclassified = reclassify(step, head, mark)
-        if reclassified is None:
-            # Some were billed under another org: left as billed, the rest is new usage.
+        moved = reclassify(step, head, mark)
+        rest = step._replace(seq=step.seq + len(moved.entries), tokens=new_usage(high_water, mark))
+        delta = None if high_water == mark else rest
+        if moved.reached != mark:
+            # Tokens billed under another org, left as billed; the rest is written even
+            # without tokens, for its mark.
+            delta = rest
             detail = (
                 f"tokens this runner was billed under another org change kind "
-                f"({_describe_move(new_usage(mark, previous))}): left as billed, a run of "
-                f"{org} does not change another org's invoices"
+                f"({_describe_move(new_usage(mark, moved.reached))}): left as billed, a run "
+                f"of {org} does not change another org's invoices"
             )
             flags += (AnomalyRecord(runner_id, Anomaly.ORG_CHANGED, org, period, detail),)
-            step = step._replace(tokens=new_usage(high_water, mark))
-            return Assessment(runner_id, org, period, pending, step, flags, billed_cleanly=True)
-        rest = step._replace(seq=step.seq + len(reclassified), tokens=new_usage(high_water, mark))
-        delta = None if high_water == mark else rest
         return Assessment(
-            runner_id, org, period, pending, delta, flags, True, reclassified=reclassified
+            runner_id, org, period, pending, delta, flags, True, reclassified=moved.entries
         )
 
 
@@ -463,7 +463,16 @@ def assess(
     return rules.assess(doc, spawn_contexts=spawn_contexts, head=head, runner_id=runner_id)
 
 
-def reclassify(step: Delta, head: LedgerHead, mark: Counters) -> tuple[Delta, ...] | None:
+class Reclassification(NamedTuple):
+    """The entries that move reclassified tokens on the lines that charged them, and the
+    high-water mark they reach: short of the move's mark by the tokens no line of the
+    runner's org holds (billed under another org, left as billed)."""
+
+    entries: tuple[Delta, ...]
+    reached: Counters
+
+
+def reclassify(step: Delta, head: LedgerHead, mark: Counters) -> Reclassification:
     """The entries that move tokens the runner was billed from one kind to another, up to
     `mark` (`counters.reclassified_mark`), each on a line that charged them (SPEC §2: priced
     at the price of their usage time, on their model and key source), `step` giving the
@@ -478,19 +487,22 @@ def reclassify(step: Delta, head: LedgerHead, mark: Counters) -> tuple[Delta, ..
     the prompt's).
 
     Only lines of `step.org` are moved on: one org's run never changes another org's
-    billing (SPEC §4). None, nothing moved, when the runner was billed under another org
-    and its lines of `step.org` do not hold the move (its org changed: `org_changed`)."""
+    billing (SPEC §4). A runner billed under another org too (its org changed) has the
+    part of the move its lines of `step.org` do not hold left unmoved: its entries then
+    reach a mark short of `mark`."""
     previous = head.high_water
     move = new_usage(mark, previous)
     own_lines = [line for line in head.lines if line.booked_on.org == step.org]
     pieces = _moves_by_line(own_lines, move)
-    marks = None if pieces is None else _marks_after(previous, mark, pieces)
-    if pieces is None or marks is None:
-        assert head.booked_on is not None
-        if len(own_lines) < len(head.lines) or head.booked_on.org != step.org:
-            return None
-        pieces, marks = [BookedLine(head.booked_on, move)], [mark]
-    return tuple(
+    marks = _marks_after(previous, pieces)
+    if marks is None:
+        pieces, marks = [], []
+    reached = marks[-1] if marks else previous
+    assert head.booked_on is not None
+    billed_elsewhere = len(own_lines) < len(head.lines) or head.booked_on.org != step.org
+    if reached != mark and not billed_elsewhere:
+        pieces, marks, reached = [BookedLine(head.booked_on, move)], [mark], mark
+    entries = tuple(
         step._replace(
             seq=step.seq + n,
             model=piece.booked_on.model,
@@ -502,16 +514,17 @@ def reclassify(step: Delta, head: LedgerHead, mark: Counters) -> tuple[Delta, ..
         )
         for n, (piece, high_water) in enumerate(zip(pieces, marks, strict=True))
     )
+    return Reclassification(entries, reached)
 
 
-def _moves_by_line(lines: Sequence[BookedLine], move: Breakdown) -> list[BookedLine] | None:
+def _moves_by_line(lines: Sequence[BookedLine], move: Breakdown) -> list[BookedLine]:
     """A move of billed tokens (unsplit to input or output, input to cached: zero tokens in
-    all) split over the lines that booked them, the line opened last first; None when it is
-    not such a move or the lines do not hold the tokens it takes."""
+    all) split over the lines that booked them, the line opened last first, as far as they
+    hold the tokens it takes; none when it is not such a move."""
     to_output, to_cached, leaving_unsplit = move.output, move.cached, -move.unsplit
     to_input = leaving_unsplit - to_output  # before the input that becomes cached
     if min(to_output, to_cached, to_input) < 0 or move.input != to_input - to_cached:
-        return None
+        return []
     pieces = []
     for line in reversed(lines):
         available = line.tokens
@@ -528,15 +541,13 @@ def _moves_by_line(lines: Sequence[BookedLine], move: Breakdown) -> list[BookedL
                 into_input - into_cached, into_cached, into_output, -into_input - into_output
             )
             pieces.append(BookedLine(line.booked_on, tokens))
-    return None if to_input or to_output or to_cached else pieces
+    return pieces
 
 
-def _marks_after(
-    previous: Counters, mark: Counters, pieces: Sequence[BookedLine]
-) -> list[Counters] | None:
-    """The high-water mark after each piece of a move from `previous` to `mark` (its
-    prompt, completion and cached counts grown by the tokens it moves there); None unless
-    each mark is exactly its piece further (`new_usage`) and the last is `mark`."""
+def _marks_after(previous: Counters, pieces: Sequence[BookedLine]) -> list[Counters] | None:
+    """The high-water mark after each piece of a move from `previous` (its prompt,
+    completion and cached counts grown by the tokens it moves there); None unless each mark
+    is exactly its piece further (`new_usage`)."""
     marks, before = [], previous
     for piece in pieces:
         into_prompt = piece.tokens.input + piece.tokens.cached
@@ -549,12 +560,13 @@ def _marks_after(
             return None
         marks.append(after)
         before = after
-    return marks if before == mark else None
+    return marks
 
 
 def _describe_move(move: Breakdown) -> str:
     """A move of tokens between kinds, as `unsplit -1,000, input +1,000`."""
-    return ", ".join(f"{kind} {count:+,}" for kind, count in move._asdict().items() if count)
+    moved = [f"{kind} {count:+,}" for kind, count in move._asdict().items() if count]
+    return ", ".join(moved) or "no tokens"
 
 
 def _label(value: Any) -> str | None:

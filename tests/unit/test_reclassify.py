@@ -169,7 +169,7 @@ def test_a_move_the_lines_cannot_hold_is_booked_on_the_latest_line_in_one_entry(
     mark = Counters(1_000, 1_000, 0, 0)
     for lines in ((), (BookedLine(line, Breakdown(unsplit=10)),)):
         head = LedgerHead(1, previous, line, lines=lines)
-        (move,) = reclassify(_delta(line, mark, seq=2), head, mark)
+        (move,) = reclassify(_delta(line, mark, seq=2), head, mark).entries
         assert (move.seq, move.usage_time, move.tokens, move.high_water) == (
             2, line.usage_time, Breakdown(input=1_000, unsplit=-1_000), mark)  # fmt: skip
 
@@ -378,3 +378,76 @@ def test_a_runner_moved_to_another_org_leaves_the_first_orgs_invoice_as_billed(d
     assert [(a["kind"], a["org"]) for a in db.billing_anomalies.find()] == [("org_changed", "beta")]
     assert Pipeline(db, CONFIG, repriced).invoices.check_drafts(
         {("alpha", "2026-11"), ("beta", "2026-11")}) == []  # fmt: skip
+
+
+def _split_across_orgs(db: Any, registry: Registry, *, observe_beta_unsplit: bool) -> None:
+    """alpha bills 1M input tokens; the runner moves to beta, which (when a run sees that
+    write) bills 1M more unsplit; then every token turns out cached."""
+
+    def observe(org: str, total: int, prompt: int, cached: int, day: int, ended: bool) -> None:
+        context = {"workspace_id": org, "ai_model": "m1", "ai_tokens": total,
+                   "ai_prompt_tokens": prompt, "ai_completion_tokens": 0,
+                   "ai_cached_tokens": cached}  # fmt: skip
+        seen = datetime(2026, 11, day, tzinfo=UTC)
+        doc = {"_id": "runner-1", "name": "ai", "status": "SUCCESS" if ended else "RUNNING",
+               "last_updated_db": seen.timestamp(), "context": context}  # fmt: skip
+        if ended:
+            doc["end_time"] = seen
+        db.tasks.replace_one({"_id": "runner-1"}, doc, upsert=True)
+
+    observe("alpha", 1_000_000, 1_000_000, 0, 10, ended=False)
+    run_chore(db, now=datetime(2026, 11, 10, 0, 1, tzinfo=UTC), registry=registry,
+              settings=CONFIG)  # fmt: skip
+    observe("beta", 2_000_000, 1_000_000, 0, 11, ended=False)
+    if observe_beta_unsplit:
+        run_chore(db, now=datetime(2026, 11, 11, 0, 1, tzinfo=UTC), registry=registry,
+                  settings=CONFIG)  # fmt: skip
+    observe("beta", 2_000_000, 2_000_000, 2_000_000, 12, ended=True)
+    run_chore(db, now=datetime(2026, 11, 12, 0, 1, tzinfo=UTC), registry=registry,
+              settings=CONFIG)  # fmt: skip
+
+
+@pytest.mark.parametrize("observe_beta_unsplit", [True, False])
+def test_the_part_of_a_move_the_new_orgs_lines_hold_is_moved(db, repriced, observe_beta_unsplit):
+    """Review: beta billed 1M unsplit of its own, then every token was cached; the move was
+    all or nothing, so beta's own 1M stayed unsplit ($1.00, not $0.50), and beta paid
+    differently whether a run saw its unsplit write or not. Now beta's line moves its own
+    1M to cached, alpha's 1M input is left as alpha billed it: the same invoices whichever
+    writes a run saw."""
+    _split_across_orgs(db, repriced, observe_beta_unsplit=observe_beta_unsplit)
+    alpha = db.billing_invoices.find_one({"_id": "alpha:2026-11"})
+    beta = db.billing_invoices.find_one({"_id": "beta:2026-11"})
+    assert (alpha["total_micros"], alpha["needs_review"]) == (1_000_000, False)
+    assert [(ln["cached_tokens"], ln["unsplit_tokens"]) for ln in beta["lines"]] == [(1_000_000, 0)]
+    assert beta["total_micros"] == _micros(1_000_000 * RATES["old"]["cached"]) == 500_000
+    assert beta["needs_review"] is True  # alpha's 1M were cached too, and stay input there
+
+
+def test_an_org_changed_flag_stays_on_the_invoice_it_flags(db, repriced):
+    """Review: the runner went back to alpha, and a second move alpha's lines could not hold
+    moved the one `org_changed` record (one per runner and kind) to alpha: beta's draft,
+    still holding alpha's tokens unmoved, was finalized without review, by a run of alpha
+    and a run of beta. Now it is one record per runner and org."""
+    running = {"_id": "runner-1", "name": "ai", "status": "RUNNING"}
+
+    def observe(org: str, total: int, prompt: int, cached: int, day: int) -> None:
+        context = {"workspace_id": org, "ai_model": "m1", "ai_tokens": total,
+                   "ai_prompt_tokens": prompt, "ai_completion_tokens": 0,
+                   "ai_cached_tokens": cached}  # fmt: skip
+        seen = datetime(2026, 11, day, tzinfo=UTC)
+        doc = {**running, "last_updated_db": seen.timestamp(), "context": context}
+        db.tasks.replace_one({"_id": "runner-1"}, doc, upsert=True)
+        run_chore(db, org=org, now=seen + timedelta(minutes=1), registry=repriced,
+                  settings=CONFIG)  # fmt: skip
+
+    observe("alpha", 1_000_000, 0, 0, 10)
+    observe("beta", 1_200_000, 1_200_000, 1_000_000, 11)
+    observe("alpha", 1_200_000, 1_200_000, 1_200_000, 12)
+    run_chore(db, org="beta", now=datetime(2026, 11, 13, tzinfo=UTC), registry=repriced,
+              settings=CONFIG)  # fmt: skip
+    open_flags = {(a["org"], a["kind"]) for a in db.billing_anomalies.find({"resolved": False})}
+    assert open_flags == {("alpha", "org_changed"), ("beta", "org_changed")}
+    assert finalize_invoices(db, now=datetime(2026, 12, 5, tzinfo=UTC), settings=CONFIG) == [
+        "alpha:2026-11", "beta:2026-11"]  # fmt: skip
+    finals = {i["_id"]: i["needs_review"] for i in db.billing_invoices.find()}
+    assert finals == {"alpha:2026-11": True, "beta:2026-11": True}
