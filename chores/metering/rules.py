@@ -494,7 +494,7 @@ def reclassify(step: Delta, head: LedgerHead, mark: Counters) -> Reclassificatio
     move = new_usage(mark, previous)
     own_lines = [line for line in head.lines if line.booked_on.org == step.org]
     pieces = _moves_by_line(own_lines, move)
-    marks = _marks_after(previous, pieces)
+    marks = _marks_after(previous, mark, pieces)
     if marks is None:
         pieces, marks = [], []
     reached = marks[-1] if marks else previous
@@ -544,10 +544,14 @@ def _moves_by_line(lines: Sequence[BookedLine], move: Breakdown) -> list[BookedL
     return pieces
 
 
-def _marks_after(previous: Counters, pieces: Sequence[BookedLine]) -> list[Counters] | None:
-    """The high-water mark after each piece of a move from `previous` (its prompt,
-    completion and cached counts grown by the tokens it moves there); None unless each mark
-    is exactly its piece further (`new_usage`)."""
+def _marks_after(
+    previous: Counters, mark: Counters, pieces: Sequence[BookedLine]
+) -> list[Counters] | None:
+    """The high-water mark after each piece of a move from `previous` to `mark` (its
+    prompt, completion and cached counts grown by the tokens it moves there); None unless
+    each mark is exactly its piece further (`new_usage`) and on the way to `mark` (none of
+    its counts above `mark`'s: a cached count past the prompt's may not grow as its piece
+    says)."""
     marks, before = [], previous
     for piece in pieces:
         into_prompt = piece.tokens.input + piece.tokens.cached
@@ -556,7 +560,7 @@ def _marks_after(previous: Counters, pieces: Sequence[BookedLine]) -> list[Count
             completion=before.completion + piece.tokens.output,
             cached=before.cached + piece.tokens.cached,
         )
-        if new_usage(after, before) != piece.tokens:
+        if new_usage(after, before) != piece.tokens or decreased(mark, after):
             return None
         marks.append(after)
         before = after

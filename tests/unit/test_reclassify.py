@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from itertools import pairwise
 from typing import Any
 
 import mongomock
@@ -21,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chores import Settings, finalize_invoices, run_chore
-from chores.metering.counters import Breakdown, Counters, add_tokens, breakdown
+from chores.metering.counters import Breakdown, Counters, add_tokens, breakdown, decreased
 from chores.metering.ledger import Ledger
 from chores.metering.rules import (
     BookedLine,
@@ -64,10 +65,13 @@ observation = st.tuples(
 )
 
 
-def _observe(rules: Rules, observations: list[Any]) -> tuple[list[Any], Counters]:
+def _observe(
+    rules: Rules, observations: list[Any], crashes: frozenset[int] = frozenset()
+) -> tuple[list[Any], Counters]:
     """Every delta of one runner seen through `observations` (its counters only grow, each
     observation a document that ended on its day, model and day free to change), and its
-    last high-water mark."""
+    last high-water mark. A run dies after writing the entries numbered in `crashes` (the
+    rest of its entries are lost) and the next run reads the same document again."""
     head: LedgerHead | None = None
     deltas: list[Any] = []
     highest = Counters()
@@ -92,22 +96,40 @@ def _observe(rules: Rules, observations: list[Any]) -> tuple[list[Any], Counters
                 "ai_cached_tokens": counters.cached,
             },
         }
-        result = rules.assess(doc, spawn_contexts=[], head=head)
-        for delta in result.deltas:
-            head = head_after(head, delta)
-            deltas.append(delta)
+        died = True
+        while died:
+            died = False
+            for delta in rules.assess(doc, spawn_contexts=[], head=head).deltas:
+                head = head_after(head, delta)
+                deltas.append(delta)
+                if len(deltas) in crashes:
+                    crashes -= {len(deltas)}
+                    died = True
+                    break
     return deltas, highest if head is None else head.high_water
+
+
+@given(st.lists(observation, min_size=1, max_size=8), st.frozensets(st.integers(1, 20)))
+def test_a_run_that_dies_between_entries_is_resumed_exactly(observations, crashes):
+    """Whatever the counters and orgs do, a run that dies after any entry (between the moves
+    of a reclassification, after a partial move of a runner whose org changed) and the
+    rerun that reads the document again write the entries a run that never died writes."""
+    rules = Rules(now=datetime(2026, 12, 1, tzinfo=UTC), max_tokens_per_run=10**9,
+                  future_skew_seconds=300)  # fmt: skip
+    assert _observe(rules, observations, crashes) == _observe(rules, observations)
 
 
 @given(st.lists(observation, min_size=1, max_size=8))
 def test_a_move_never_takes_from_a_line_more_of_a_kind_than_it_charged(observations):
-    """Whatever the counters do, every line a runner's entries book ends with no kind below
-    zero unless a cached count above the prompt's makes the move unsplittable, and, unless
-    its org changed (tokens billed under another org are not moved), all its entries add up
-    to the breakdown of its high-water mark."""
+    """Whatever the counters do, a runner's high-water mark never goes down, every line its
+    entries book ends with no kind below zero unless a cached count above the prompt's
+    makes the move unsplittable, and, unless its org changed (tokens billed under another
+    org are not moved), all its entries add up to the breakdown of its high-water mark."""
     rules = Rules(now=datetime(2026, 12, 1, tzinfo=UTC), max_tokens_per_run=10**9,
                   future_skew_seconds=300)  # fmt: skip
     deltas, high_water = _observe(rules, observations)
+    marks = [delta.high_water for delta in deltas]
+    assert not any(decreased(after, before) for before, after in pairwise(marks))
     lines: dict[BookedOn, Breakdown] = {}
     for delta in deltas:
         line = BookedOn(delta.org, delta.model, delta.byok, delta.usage_time, delta.period)
