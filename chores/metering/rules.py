@@ -483,8 +483,7 @@ def reclassify(step: Delta, head: LedgerHead, mark: Counters) -> Reclassificatio
     whose high-water mark is the counters the moves so far add up to, so that a run that
     stops between two of them is resumed from the last one written. In one entry on the
     line of the runner's latest entry when its lines are not known or do not hold the
-    tokens the move takes (entries written before lines were kept, a cached count above
-    the prompt's).
+    tokens the move takes (entries written before lines were kept).
 
     Only lines of `step.org` are moved on: one org's run never changes another org's
     billing (SPEC §4). A runner billed under another org too (its org changed) has the
@@ -547,20 +546,24 @@ def _moves_by_line(lines: Sequence[BookedLine], move: Breakdown) -> list[BookedL
 def _marks_after(
     previous: Counters, mark: Counters, pieces: Sequence[BookedLine]
 ) -> list[Counters] | None:
-    """The high-water mark after each piece of a move from `previous` to `mark` (its
-    prompt, completion and cached counts grown by the tokens it moves there); None unless
-    each mark is exactly its piece further (`new_usage`) and on the way to `mark` (none of
-    its counts above `mark`'s: a cached count past the prompt's may not grow as its piece
-    says)."""
+    """The high-water mark after each piece of a move from `previous` to `mark`: its prompt
+    and completion counts grown by the tokens the piece moves there, its cached count by
+    what makes the cached tokens (at most the prompt's, SPEC §1.6) grow by the piece's
+    (a cached count past the prompt's already holds them). None unless each mark is exactly
+    its piece further (`new_usage`) and on the way to `mark` (no count down from the one
+    before, none above `mark`'s)."""
     marks, before = [], previous
     for piece in pieces:
-        into_prompt = piece.tokens.input + piece.tokens.cached
+        prompt = before.prompt + piece.tokens.input + piece.tokens.cached
+        cached = min(before.cached, before.prompt) + piece.tokens.cached
         after = before._replace(
-            prompt=before.prompt + into_prompt,
+            prompt=prompt,
             completion=before.completion + piece.tokens.output,
-            cached=before.cached + piece.tokens.cached,
+            cached=max(cached, before.cached) if cached == prompt else cached,
         )
-        if new_usage(after, before) != piece.tokens or decreased(mark, after):
+        if new_usage(after, before) != piece.tokens or decreased(after, before):
+            return None
+        if decreased(mark, after):
             return None
         marks.append(after)
         before = after

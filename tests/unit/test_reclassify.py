@@ -122,9 +122,10 @@ def test_a_run_that_dies_between_entries_is_resumed_exactly(observations, crashe
 @given(st.lists(observation, min_size=1, max_size=8))
 def test_a_move_never_takes_from_a_line_more_of_a_kind_than_it_charged(observations):
     """Whatever the counters do, a runner's high-water mark never goes down, every line its
-    entries book ends with no kind below zero unless a cached count above the prompt's
-    makes the move unsplittable, and, unless its org changed (tokens billed under another
-    org are not moved), all its entries add up to the breakdown of its high-water mark."""
+    entries book ends with no kind below zero (a cached count above the prompt's included:
+    before, such a move was booked on the latest line, a negative count of tokens another
+    line charged), and, unless its org changed (tokens billed under another org are not
+    moved), all its entries add up to the breakdown of its high-water mark."""
     rules = Rules(now=datetime(2026, 12, 1, tzinfo=UTC), max_tokens_per_run=10**9,
                   future_skew_seconds=300)  # fmt: skip
     deltas, high_water = _observe(rules, observations)
@@ -139,8 +140,7 @@ def test_a_move_never_takes_from_a_line_more_of_a_kind_than_it_charged(observati
         billed = add_tokens(billed, tokens)
     if len({delta.org for delta in deltas}) <= 1:
         assert billed == breakdown(high_water)
-    if all(delta.high_water.cached <= delta.high_water.prompt for delta in deltas):
-        assert all(min(tokens) >= 0 for tokens in lines.values()), lines
+    assert all(min(tokens) >= 0 for tokens in lines.values()), lines
 
 
 def test_a_move_is_split_over_the_lines_that_charged_it_the_last_opened_first():
@@ -473,3 +473,34 @@ def test_an_org_changed_flag_stays_on_the_invoice_it_flags(db, repriced):
         "alpha:2026-11", "beta:2026-11"]  # fmt: skip
     finals = {i["_id"]: i["needs_review"] for i in db.billing_invoices.find()}
     assert finals == {"alpha:2026-11": True, "beta:2026-11": True}
+
+
+def test_a_cached_count_past_the_prompt_is_moved_on_the_lines_that_charged_it(db, repriced):
+    """Review: alpha billed 1,000 unsplit tokens; under beta the runner wrote 2,000 with 500
+    cached before any prompt (cached past the prompt, SPEC §1.6), then its split. The mark
+    after each piece grew the cached count past the high-water: the high-water went down,
+    the last move, held by beta's own line, was not made (900 µ$, not 750), and a
+    rerun after a crash wrote other entries. Now each piece's mark grows the cached count
+    only as far as the prompt lets it count."""
+
+    def observe(org: str, total: int, prompt: int, cached: int, day: int) -> None:
+        context = {"workspace_id": org, "ai_model": "m1", "ai_tokens": total,
+                   "ai_prompt_tokens": prompt, "ai_completion_tokens": 0,
+                   "ai_cached_tokens": cached}  # fmt: skip
+        seen = datetime(2026, 11, day, tzinfo=UTC)
+        doc = {"_id": "runner-1", "name": "ai", "status": "RUNNING",
+               "last_updated_db": seen.timestamp(), "context": context}  # fmt: skip
+        db.tasks.replace_one({"_id": "runner-1"}, doc, upsert=True)
+        run_chore(db, now=seen + timedelta(minutes=1), registry=repriced, settings=CONFIG)
+
+    observe("alpha", 1_000, 0, 0, 10)
+    observe("beta", 2_000, 0, 500, 11)
+    observe("beta", 2_000, 200, 500, 12)
+    observe("beta", 2_000, 1_000, 500, 13)
+    marks = [e["high_water"] for e in db.billing_ledger.find(sort=[("seq", 1)])]
+    assert [m["cached"] for m in marks] == [0, 500, 500, 500]
+    beta = db.billing_invoices.find_one({"_id": "beta:2026-11"})
+    assert [(ln["input_tokens"], ln["cached_tokens"], ln["unsplit_tokens"]) for ln in
+            beta["lines"]] == [(500, 500, 0)]  # fmt: skip
+    assert beta["total_micros"] == 500 + 250
+    assert db.billing_invoices.find_one({"_id": "alpha:2026-11"})["total_micros"] == 1_000
