@@ -15,13 +15,14 @@ from chores.billing.invoices import Invoice
 from chores.cli.common import console, now_option, user_errors
 from chores.cli.invoice import print_invoice
 from chores.core.clock import checked_now
-from chores.core.db import Doc, ensure_indexes
+from chores.core.db import Collections, Doc, ensure_indexes
 from chores.core.exceptions import ConfigError
 from chores.core.local_store import DEMO_PATH, is_store, open_client, throwaway_client, url_of
 from chores.core.periods import period_of
 from chores.core.settings import Settings
 from chores.core.wording import counted, tally
 from chores.demo.corpus import generate_corpus
+from chores.metering.anomalies import AnomalyLog
 from chores.quota.check import check_quota
 from chores.run.chore import finalize_invoices, run_chore
 from pricing import load_registry
@@ -74,9 +75,10 @@ def run_demo(
     finalized = finalize_invoices(db, now=now, settings=settings)
     out.print(f"[bold]Finalized[/]: {', '.join(finalized) or 'nothing due yet'}\n")
 
-    invoices = db[settings.collection("invoices")]
-    for doc in invoices.find({}, sort=[("period", 1), ("org", 1)]):
-        print_invoice(out, Invoice.model_validate(doc))
+    collections = Collections.of(db, settings)
+    for doc in collections.invoices.find({}, sort=[("period", 1), ("org", 1)]):
+        invoice = Invoice.model_validate(doc)
+        print_invoice(out, invoice, AnomalyLog(collections).open_on(invoice.org, invoice.period))
         out.print()
     out.print(f"[bold]Quota decisions for {period_of(now)}[/]")
     for org in DEMO_ORGS:

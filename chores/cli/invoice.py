@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import click
@@ -28,8 +29,11 @@ from chores.core.db import Collections, connect
 from chores.core.money import usd
 from chores.core.orgs import validate_org
 from chores.core.settings import get_settings
-from chores.core.wording import counted
+from chores.core.wording import counted, for_terminal
+from chores.metering.anomalies import AnomalyLog, OpenAnomaly
 from chores.metering.lines import InvoiceLine
+
+MAX_SHOWN = 10  # open anomalies listed under an invoice
 
 
 # invoice -----------------------------------------------------------------------
@@ -59,7 +63,8 @@ def invoice_show(
     elif as_csv:
         click.echo(invoice_csv(inv), nl=False)
     else:
-        print_invoice(console(), inv)
+        open_ones = AnomalyLog(collections).open_on(org, inv.period) if inv.needs_review else []
+        print_invoice(console(), inv, open_ones)
 
 
 def invoice_csv(inv: Invoice) -> str:
@@ -71,7 +76,8 @@ def invoice_csv(inv: Invoice) -> str:
 TIER_WORDS = {"free": "[green]free[/]", "byok": "[cyan]byok[/]"}
 
 
-def print_invoice(out: Console, inv: Invoice) -> None:
+def print_invoice(out: Console, inv: Invoice, anomalies: Sequence[OpenAnomaly] = ()) -> None:
+    """An invoice as a table, with why it needs review (`anomalies`: its open ones)."""
     flags = [inv.status.upper()]
     if inv.needs_review:
         flags.append("NEEDS REVIEW")
@@ -104,7 +110,7 @@ def print_invoice(out: Console, inv: Invoice) -> None:
     notes = [
         *(["free: metered, charged $0"] if "free" in tiers else []),
         *(["byok: the org's own key, charged $0"] if "byok" in tiers else []),
-        *(["UNPRICED: no price yet, needs review"] if not all(x.priced for x in inv.lines) else []),
+        *(["UNPRICED: no price yet"] if not all(x.priced for x in inv.lines) else []),
         *(
             ["late: usage of a month already final, billed here at its own price"]
             if any(x.late for x in inv.lines)
@@ -113,3 +119,27 @@ def print_invoice(out: Console, inv: Invoice) -> None:
     ]
     if notes:
         out.print("  " + " · ".join(notes))
+    if inv.needs_review:
+        out.print("  [bold]needs review:[/]")
+        for reason in review_reasons(inv, anomalies):
+            out.print(f"    - {escape(for_terminal(reason))}")
+
+
+def review_reasons(inv: Invoice, anomalies: Sequence[OpenAnomaly]) -> list[str]:
+    """Why an invoice needs review: its unpriced lines, its lines below zero, the open
+    anomalies that flag it (the first MAX_SHOWN)."""
+    reasons = []
+    unpriced = sorted({str(line.model) for line in inv.lines if not line.priced})
+    if unpriced:
+        reasons.append(f"unpriced: {', '.join(unpriced)} (no registry price at its usage time)")
+    below_zero = sum(1 for line in inv.lines if (line.amount_micros or 0) < 0)
+    if below_zero:
+        reasons.append(
+            f"{counted(below_zero, 'line')} below zero (a credit of tokens that changed kind "
+            "after their month was final)"
+        )
+    reasons += [f"{a.kind}, runner {a.runner_id}: {a.detail}" for a in anomalies[:MAX_SHOWN]]
+    if len(anomalies) > MAX_SHOWN:
+        more = len(anomalies) - MAX_SHOWN
+        reasons.append(f"and {more:,} more open (`chore report` lists them all)")
+    return reasons or ["flagged when it was built; no anomaly of it is open any more"]

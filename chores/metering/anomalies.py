@@ -27,6 +27,18 @@ def anomaly_id(record: AnomalyRecord) -> str:
     return f"{record.runner_id}:{record.kind}"
 
 
+class OpenAnomaly(NamedTuple):
+    """An open anomaly as a person reviewing an invoice reads it."""
+
+    kind: str
+    runner_id: str
+    detail: str
+    first_seen: datetime | None
+
+
+MAX_DETAIL = 300  # characters of an anomaly's detail shown
+
+
 class Recorded(NamedTuple):
     """Where an anomaly is recorded: the invoice it flags, and whether it was resolved."""
 
@@ -116,6 +128,23 @@ class AnomalyLog:
             self._anomalies.update_many(
                 {"_id": {"$in": list(anomaly_ids)}}, {"$set": {"resolved": True}}
             )
+
+    def open_on(self, org: str, period: str) -> list[OpenAnomaly]:
+        """The open anomalies flagging the invoice of `(org, period)`, by kind and runner."""
+        cursor = self._anomalies.find(
+            {"org": {"$eq": org}, "period": {"$eq": period}, "resolved": False},
+            {"kind": 1, "runner_id": 1, "detail": 1, "first_seen": 1},
+            sort=[("kind", 1), ("runner_id", 1)],
+        )
+        return [
+            OpenAnomaly(
+                kind=str(doc.get("kind", "")),
+                runner_id=str(doc.get("runner_id", "")),
+                detail=str(doc.get("detail", ""))[:MAX_DETAIL],
+                first_seen=doc.get("first_seen"),
+            )
+            for doc in cursor
+        ]
 
     def open_periods(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of these `(org, period)` pairs have an unresolved anomaly."""

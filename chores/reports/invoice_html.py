@@ -27,6 +27,7 @@ from chores.billing.period_ledger import read_period
 from chores.core.db import Collections, Doc
 from chores.core.money import usd
 from chores.core.settings import Settings
+from chores.metering.anomalies import AnomalyLog, OpenAnomaly
 from chores.reports.allocation import Allocation, allocate
 from chores.reports.breakdown import AllocatedUsage, Cell, registry_models, rows
 from chores.reports.breakdown import total as rows_total
@@ -76,14 +77,6 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-@dataclass(frozen=True, slots=True)
-class OpenAnomaly:
-    kind: str
-    runner_id: str
-    detail: str
-    first_seen: datetime | None
-
-
 @dataclass(frozen=True)
 class ReportData:
     allocation: Allocation
@@ -119,20 +112,7 @@ def collect_report(
     allocation = allocate(invoice, usages, registry)
     if on_progress is not None:
         on_progress("reading anomalies", 0, 1)
-    cursor = collections.anomalies.find(
-        {"org": {"$eq": org}, "period": {"$eq": period}, "resolved": False},
-        {"kind": 1, "runner_id": 1, "detail": 1, "first_seen": 1},
-        sort=[("kind", 1), ("runner_id", 1)],
-    )
-    anomalies = tuple(
-        OpenAnomaly(
-            kind=str(doc.get("kind", "")),
-            runner_id=str(doc.get("runner_id", "")),
-            detail=str(doc.get("detail", ""))[:300],
-            first_seen=doc.get("first_seen"),
-        )
-        for doc in cursor
-    )
+    anomalies = tuple(AnomalyLog(collections).open_on(org, period))
     return ReportData(allocation, anomalies, _priced_with(invoice, registry), now, top)
 
 

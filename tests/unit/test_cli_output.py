@@ -470,3 +470,32 @@ def test_a_subagent_spawned_in_another_period_is_not_shown_under_an_unrelated_ru
     assert "↳" not in result.output
     assert rows["str:'child'"].split()[1] == "*" and "*" not in rows["str:'costly'"]
     assert "* a subagent whose spawning run is not in this period" in result.output
+
+
+def test_invoice_show_says_why_an_invoice_needs_review(env_db):
+    """A person reading NEEDS REVIEW is told why: the unpriced model, then each open anomaly
+    of that invoice (kind, runner, detail), the first ten and how many more."""
+    ended = NOW.replace(day=2)
+    env_db.tasks.insert_many(
+        [ai_runner("ok", ended=ended), ai_runner("odd", ended=ended, model="mystery-model-9000")]
+        + [ai_runner(f"bad-{n:02}", ended=ended, tokens="12") for n in range(12)]
+    )
+    invoke("run", "--org", "acme", *NOW_ARG)
+    assert_fits(invoke("invoice", "show", "--org", "acme", *NOW_ARG, env=NARROW).output)
+    output = invoke("invoice", "show", "--org", "acme", *NOW_ARG, env={"COLUMNS": "200"}).output
+    review = table_lines(output[output.index("needs review:") :])
+    assert review[1] == "    - unpriced: mystery-model-9000 (no registry price at its usage time)"
+    assert review[2].startswith(
+        "    - malformed_counters, runner str:'bad-00': malformed counters:"
+    )
+    assert "ai_tokens='12'" in review[2]
+    assert len([line for line in review if "malformed_counters" in line]) == 10
+    assert review[-1] == "    - and 2 more open (`chore report` lists them all)"
+
+
+def test_invoice_show_lists_no_reasons_for_an_invoice_that_needs_none(env_db):
+    env_db.tasks.insert_one(ai_runner("ok", ended=NOW.replace(day=2)))
+    invoke("run", "--org", "acme", *NOW_ARG)
+    output = invoke("invoice", "show", "--org", "acme", *NOW_ARG).output
+    assert "NEEDS REVIEW" not in output
+    assert "needs review" not in output
