@@ -561,9 +561,8 @@ def _marks_after(
             completion=before.completion + piece.tokens.output,
             cached=max(cached, before.cached) if cached == prompt else cached,
         )
-        if new_usage(after, before) != piece.tokens or decreased(after, before):
-            return None
-        if decreased(mark, after):
+        on_the_way = not decreased(after, before) and not decreased(mark, after)
+        if new_usage(after, before) != piece.tokens or not on_the_way:
             return None
         marks.append(after)
         before = after
