@@ -170,7 +170,7 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
                         runner_id=runner_id,
                         source_tokens=source.tokens.tokens if source else 0,
                         ledger_tokens=billed.tokens,
-                        note=_disagreement(source, billed),
+                        note=_disagreement(source, billed, runner_id in ledger.other_org),
                     )
                 )
         for group in placed:
@@ -229,8 +229,12 @@ def _pricing_registry(invoice: Invoice, current: Registry) -> Registry:
     return current
 
 
-def _disagreement(source: _SourceUsage | None, billed: Breakdown) -> str:
-    """Why a runner's source and ledger may differ, for the person reading the report."""
+def _disagreement(source: _SourceUsage | None, billed: Breakdown, moved: bool) -> str:
+    """Why a runner's source and ledger may differ, for the person reading the report
+    (`moved`: the runner was billed under another org too)."""
+    if moved:
+        # The source says only where the runner is now; each org billed what it used there.
+        return "billed under another org too (its org changed): the source shows one org"
     if source is None:
         return "billed, but no longer an AI runner of this org in the source"
     if source.note:
@@ -361,6 +365,7 @@ class _LedgerUsage:
         self.here: dict[str, list[UsageGroup]] = defaultdict(list)
         # Each runner's ledger head, as the next run reads it: its latest entry of any org.
         self.head: dict[str, _Head] = {}
+        self.other_org: set[str] = set()  # runners billed under another org too
 
     def billed_up_to(self, runner_id: str) -> Counters | None:
         """The counters the runner's head billed up to, when its entries of this org end
@@ -425,6 +430,7 @@ def _ledger_usage(
                 high_water = _counters_of(entry.get("high_water"))
                 usage.head[runner_id] = _Head(seq, high_water, entry.get("org") == org)
             if entry.get("org") != org:
+                usage.other_org.add(runner_id)
                 continue
             tokens = entry_tokens(entry)
             usage.total[runner_id] = add_tokens(usage.total.get(runner_id, Breakdown()), tokens)

@@ -33,6 +33,7 @@ from chores.metering.rules import (
     head_after,
     reclassify,
 )
+from chores.reports.reconcile import reconcile
 from chores.run.chore import Pipeline
 from pricing import Registry
 
@@ -398,8 +399,13 @@ def test_a_runner_moved_to_another_org_leaves_the_first_orgs_invoice_as_billed(d
     ]
     assert beta["needs_review"] is True
     assert [(a["kind"], a["org"]) for a in db.billing_anomalies.find()] == [("org_changed", "beta")]
-    assert Pipeline(db, CONFIG, repriced).invoices.check_drafts(
-        {("alpha", "2026-11"), ("beta", "2026-11")}) == []  # fmt: skip
+    meter = Pipeline(db, CONFIG, repriced)
+    assert meter.invoices.check_drafts({("alpha", "2026-11"), ("beta", "2026-11")}) == []
+    for org in ("alpha", "beta"):  # the source shows the runner under beta only
+        checked = reconcile(meter, org, "2026-11", now=datetime(2026, 11, 12, tzinfo=UTC))
+        assert [(r.runner_id, r.note) for r in checked.runners] == [
+            ("str:'runner-1'", "billed under another org too (its org changed): the source "
+             "shows one org")]  # fmt: skip
 
 
 def _split_across_orgs(db: Any, registry: Registry, *, observe_beta_unsplit: bool) -> None:
