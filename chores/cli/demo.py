@@ -78,7 +78,9 @@ def run_demo(
     collections = Collections.of(db, settings)
     for doc in collections.invoices.find({}, sort=[("period", 1), ("org", 1)]):
         invoice = Invoice.model_validate(doc)
-        print_invoice(out, invoice, AnomalyLog(collections).open_on(invoice.org, invoice.period))
+        print_invoice(
+            out, invoice, AnomalyLog(collections).open_anomalies(invoice.org, invoice.period)
+        )
         out.print()
     out.print(f"[bold]Quota decisions for {period_of(now)}[/]")
     for org in DEMO_ORGS:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from datetime import datetime
 
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from chores.billing.invoices import Invoice
 from chores.billing.period_ledger import stored_invoice
@@ -63,7 +65,9 @@ def invoice_show(
     elif as_csv:
         click.echo(invoice_csv(inv), nl=False)
     else:
-        open_ones = AnomalyLog(collections).open_on(org, inv.period) if inv.needs_review else []
+        open_ones = (
+            AnomalyLog(collections).open_anomalies(org, inv.period) if inv.needs_review else []
+        )
         print_invoice(console(), inv, open_ones)
 
 
@@ -122,7 +126,11 @@ def print_invoice(out: Console, inv: Invoice, anomalies: Sequence[OpenAnomaly] =
     if inv.needs_review:
         out.print("  [bold]needs review:[/]")
         for reason in review_reasons(inv, anomalies):
-            out.print(f"    - {escape(for_terminal(reason))}")
+            # Wrapped here, so that a reason on several lines keeps its indent.
+            wrapped = textwrap.wrap(for_terminal(reason), max(out.width - 6, 20)) or [""]
+            out.print(Text("    - " + wrapped[0]))
+            for more in wrapped[1:]:
+                out.print(Text("      " + more))
 
 
 def review_reasons(inv: Invoice, anomalies: Sequence[OpenAnomaly]) -> list[str]:

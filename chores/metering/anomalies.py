@@ -129,7 +129,7 @@ class AnomalyLog:
                 {"_id": {"$in": list(anomaly_ids)}}, {"$set": {"resolved": True}}
             )
 
-    def open_on(self, org: str, period: str) -> list[OpenAnomaly]:
+    def open_anomalies(self, org: str, period: str) -> list[OpenAnomaly]:
         """The open anomalies flagging the invoice of `(org, period)`, by kind and runner."""
         cursor = self._anomalies.find(
             {"org": {"$eq": org}, "period": {"$eq": period}, "resolved": False},

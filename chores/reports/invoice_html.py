@@ -112,7 +112,7 @@ def collect_report(
     allocation = allocate(invoice, usages, registry)
     if on_progress is not None:
         on_progress("reading anomalies", 0, 1)
-    anomalies = tuple(AnomalyLog(collections).open_on(org, period))
+    anomalies = tuple(AnomalyLog(collections).open_anomalies(org, period))
     return ReportData(allocation, anomalies, _priced_with(invoice, registry), now, top)
 
 

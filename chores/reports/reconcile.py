@@ -232,15 +232,16 @@ def _pricing_registry(invoice: Invoice, current: Registry) -> Registry:
 def _disagreement(source: _SourceUsage | None, billed: Breakdown, moved: bool) -> str:
     """Why a runner's source and ledger may differ, for the person reading the report
     (`moved`: the runner was billed under another org too)."""
+    elsewhere = " (billed under another org too: its org changed)" if moved else ""
+    if source is None:
+        return "billed, but no longer an AI runner of this org in the source" + elsewhere
+    if source.note:
+        return source.note + elsewhere
+    if any(now < then for now, then in zip(source.tokens, billed, strict=True)):
+        return "the source now shows fewer tokens than were billed (see counter_decreased)"
     if moved:
         # The source says only where the runner is now; each org billed what it used there.
         return "billed under another org too (its org changed): the source shows one org"
-    if source is None:
-        return "billed, but no longer an AI runner of this org in the source"
-    if source.note:
-        return source.note
-    if any(now < then for now, then in zip(source.tokens, billed, strict=True)):
-        return "the source now shows fewer tokens than were billed (see counter_decreased)"
     return "source and ledger disagree"
 
 

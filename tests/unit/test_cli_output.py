@@ -481,7 +481,11 @@ def test_invoice_show_says_why_an_invoice_needs_review(env_db):
         + [ai_runner(f"bad-{n:02}", ended=ended, tokens="12") for n in range(12)]
     )
     invoke("run", "--org", "acme", *NOW_ARG)
-    assert_fits(invoke("invoice", "show", "--org", "acme", *NOW_ARG, env=NARROW).output)
+    narrow = invoke("invoice", "show", "--org", "acme", *NOW_ARG, env=NARROW).output
+    assert_fits(narrow)
+    wrapped = table_lines(narrow[narrow.index("needs review:") :])[1:]
+    assert any(line.startswith("      ") for line in wrapped)  # a long reason wraps...
+    assert all(line.startswith(("    - ", "      ")) for line in wrapped)  # ...indented
     output = invoke("invoice", "show", "--org", "acme", *NOW_ARG, env={"COLUMNS": "200"}).output
     review = table_lines(output[output.index("needs review:") :])
     assert review[1] == "    - unpriced: mystery-model-9000 (no registry price at its usage time)"

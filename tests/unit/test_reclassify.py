@@ -401,11 +401,14 @@ def test_a_runner_moved_to_another_org_leaves_the_first_orgs_invoice_as_billed(d
     assert [(a["kind"], a["org"]) for a in db.billing_anomalies.find()] == [("org_changed", "beta")]
     meter = Pipeline(db, CONFIG, repriced)
     assert meter.invoices.check_drafts({("alpha", "2026-11"), ("beta", "2026-11")}) == []
-    for org in ("alpha", "beta"):  # the source shows the runner under beta only
+    notes = {  # the source shows the runner under beta only
+        "alpha": "billed, but no longer an AI runner of this org in the source (billed under "
+        "another org too: its org changed)",
+        "beta": "billed under another org too (its org changed): the source shows one org",
+    }
+    for org, note in notes.items():
         checked = reconcile(meter, org, "2026-11", now=datetime(2026, 11, 12, tzinfo=UTC))
-        assert [(r.runner_id, r.note) for r in checked.runners] == [
-            ("str:'runner-1'", "billed under another org too (its org changed): the source "
-             "shows one org")]  # fmt: skip
+        assert [(r.runner_id, r.note) for r in checked.runners] == [("str:'runner-1'", note)]
 
 
 def _split_across_orgs(db: Any, registry: Registry, *, observe_beta_unsplit: bool) -> None:
@@ -510,3 +513,20 @@ def test_a_cached_count_past_the_prompt_is_moved_on_the_lines_that_charged_it(db
             beta["lines"]] == [(500, 500, 0)]  # fmt: skip
     assert beta["total_micros"] == 500 + 250
     assert db.billing_invoices.find_one({"_id": "alpha:2026-11"})["total_micros"] == 1_000
+
+
+def test_reconcile_gives_the_specific_reason_first_for_a_runner_that_moved(db, repriced):
+    """Review: once a runner had moved, reconcile blamed the move for every difference;
+    a counter that went down after it is still named as such."""
+    running = {"_id": "runner-1", "name": "ai", "status": "RUNNING"}
+    for org, tokens, day in (("alpha", 1_000, 10), ("beta", 1_500, 11), ("beta", 200, 12)):
+        context = {"workspace_id": org, "ai_model": "m1", "ai_tokens": tokens}
+        seen = datetime(2026, 11, day, tzinfo=UTC)
+        doc = {**running, "last_updated_db": seen.timestamp(), "context": context}
+        db.tasks.replace_one({"_id": "runner-1"}, doc, upsert=True)
+        run_chore(db, now=seen + timedelta(minutes=1), registry=repriced, settings=CONFIG)
+    meter = Pipeline(db, CONFIG, repriced)
+    checked = reconcile(meter, "beta", "2026-11", now=datetime(2026, 11, 13, tzinfo=UTC))
+    assert [r.note for r in checked.runners] == [
+        "the source now shows fewer tokens than were billed (see counter_decreased)"
+    ]
