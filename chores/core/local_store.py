@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from bson import json_util
+from bson.codec_options import DatetimeConversion
+from bson.errors import InvalidBSON
 from bson.json_util import CANONICAL_JSON_OPTIONS, JSONOptions
 from pymongo import IndexModel
 
@@ -47,7 +49,9 @@ FORMAT = "chore-local-store"
 VERSION = 1
 DEMO_PATH = Path(".chore-demo") / "store.json"
 INDEX_OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds")
-_READ = JSONOptions(tz_aware=True, tzinfo=UTC)
+# As the chore's reads decode (`db.reading`): a date outside Python's range (a source
+# document's end_time after year 9999) comes back as the DatetimeMS it was saved from.
+_READ = JSONOptions(tz_aware=True, tzinfo=UTC, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 _MARK = f'{{"format": "{FORMAT}"'.encode()  # how `_save` begins every store
 
 
@@ -247,7 +251,7 @@ def _load(path: Path, client: Any) -> str:
     try:
         text = path.read_text(encoding="utf-8")
         data = json_util.loads(text, json_options=_READ)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, InvalidBSON) as exc:
         raise ConfigError(f"{path}: not a readable local store ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"{path}: not a local store written by `chore` (no {FORMAT!r} mark)")

@@ -120,6 +120,39 @@ def test_a_runner_with_a_64_bit_integer_id_is_billed_once_across_reloads(tmp_pat
     _local_store.close_all(save=False)
 
 
+def test_a_runner_ending_after_year_9999_is_an_anomaly_and_the_store_still_loads(
+    tmp_path, settings
+):
+    """Review: a server hands back an end_time after 9999 as `DatetimeMS`; the store saved
+    it and could not read itself back, so every later command died with a traceback."""
+    from bson.datetime_ms import DatetimeMS
+
+    from chores import run_chore
+    from pricing import load_registry
+
+    url = f"file://{tmp_path / 'store.json'}"
+    db = _local_store.open_client(url, fresh=True)["main"]
+    far = {
+        "_id": "far",
+        "name": "ai",
+        "status": "SUCCESS",
+        "end_time": DatetimeMS(253_402_387_200_000),  # 10000-01-02
+        "last_updated_db": 1.0e9,
+        "context": {"workspace_id": "acme", "ai_tokens": 9_000, "ai_model": "gpt-4o-mini"},
+    }
+    db["tasks"].insert_one(far)
+    now = datetime.fromisoformat(NOW)
+    first = run_chore(db, now=now, registry=load_registry(), settings=settings)
+    assert first.tokens_billed == 0 and first.anomalies == {"bad_end_time": 1}
+    _local_store.close_all()
+
+    db = _local_store.open_client(url)["main"]
+    assert db["tasks"].find_one({"_id": "far"})["end_time"] == far["end_time"]
+    again = run_chore(db, now=now, registry=load_registry(), settings=settings, full=True)
+    assert again.tokens_billed == 0 and again.anomalies == {"bad_end_time": 1}
+    _local_store.close_all(save=False)
+
+
 def test_a_missing_or_foreign_file_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("MONGO_URL", f"file://{tmp_path}/none.json")
     get_settings.cache_clear()
