@@ -424,24 +424,29 @@ def test_javascript_code_in_a_string_field_is_an_anomaly_not_a_crash(registry, w
         assert entries[0]["status" if where == "status" else "session_id"] is None
 
 
-ODD_ORDERED_VALUES = [
-    pytest.param(MinKey(), id="MinKey"),
-    pytest.param(MaxKey(), id="MaxKey"),
-    pytest.param(Timestamp(1, 1), id="Timestamp"),
-    pytest.param(DatetimeMS(253_402_387_200_000), id="DatetimeMS-after-9999"),
-    pytest.param(Decimal128("NaN"), id="Decimal128-NaN"),
-    pytest.param(Decimal128("1E+6000"), id="Decimal128-huge"),
-]
+ODD_ORDERED_VALUES = {
+    "MinKey": MinKey(),
+    "MaxKey": MaxKey(),
+    "Timestamp": Timestamp(1, 1),
+    "DatetimeMS-after-9999": DatetimeMS(253_402_387_200_000),
+    "Decimal128-NaN": Decimal128("NaN"),
+    "Decimal128-huge": Decimal128("1E+6000"),
+}
 
 
-@pytest.mark.parametrize("where", ["last_updated_db", "_id"])
-@pytest.mark.parametrize("value", ODD_ORDERED_VALUES)
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        pytest.param(where, value, id=f"{where}-{name}")
+        for where in ("last_updated_db", "_id")
+        for name, value in ODD_ORDERED_VALUES.items()
+        if not (where == "_id" and isinstance(value, Decimal128))  # mongomock refuses it
+    ],
+)
 def test_a_stamp_or_id_mongomock_could_not_order_stops_no_run(registry, where, value):
     """Review: mongomock 4.3 could not sort or range-compare these BSON types (a server
     orders them all): one such runner stopped every run of every org on a demo store
     (`mongomock_compat`). Now the others are billed, and so is it."""
-    if where == "_id" and isinstance(value, Decimal128):
-        pytest.skip("mongomock refuses a Decimal128 _id at insert")
     db = mongomock.MongoClient(tz_aware=True)["main"]
     odd = {
         **GOOD_RUN,
