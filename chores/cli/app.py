@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from chores.cli.anomaly import anomaly
 from chores.cli.common import EXIT_INTERRUPTED, INTERRUPTED
 from chores.cli.db import db
 from chores.cli.demo import demo
@@ -93,6 +94,7 @@ def _interrupt_on_termination(context: click.Context) -> None:
 for _command in (
     run,
     invoice,
+    anomaly,
     finalize,
     registry,
     db,

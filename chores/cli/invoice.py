@@ -131,6 +131,13 @@ def print_invoice(out: Console, inv: Invoice, anomalies: Sequence[OpenAnomaly] =
             out.print(Text("    - " + wrapped[0]))
             for more in wrapped[1:]:
                 out.print(Text("      " + more))
+        if anomalies and inv.status == "draft":
+            out.print(
+                Text(
+                    f"    (once checked: chore anomaly review --org {for_terminal(inv.org)} "
+                    f"--period {inv.period} --note TEXT)"
+                )
+            )
 
 
 def review_reasons(inv: Invoice, anomalies: Sequence[OpenAnomaly]) -> list[str]:
@@ -149,5 +156,5 @@ def review_reasons(inv: Invoice, anomalies: Sequence[OpenAnomaly]) -> list[str]:
     reasons += [f"{a.kind}, runner {a.runner_id}: {a.detail}" for a in anomalies[:MAX_SHOWN]]
     if len(anomalies) > MAX_SHOWN:
         more = len(anomalies) - MAX_SHOWN
-        reasons.append(f"and {more:,} more open (`chore report` lists them all)")
+        reasons.append(f"and {more:,} more open (`chore anomaly list` lists them all)")
     return reasons or ["flagged when it was built; no anomaly of it is open any more"]

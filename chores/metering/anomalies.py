@@ -3,7 +3,10 @@
 One record per runner and kind (`_id` = `"<runner_id>:<kind>"`; per runner, kind and org
 for `org_changed`), keeping the first detail seen. Self-healing kinds (see
 `Anomaly.SELF_HEALING`) are marked resolved when the runner later bills cleanly; an
-invoice period with an open anomaly needs review.
+invoice period with an open anomaly needs review. A person who has looked at an open
+anomaly marks it reviewed (`review`, `chore anomaly review`): it stays open, as the runs
+see it, but no longer flags its invoice, until it moves to another invoice or heals and
+comes back (either clears the review: that invoice has not been looked at for it).
 """
 
 from __future__ import annotations
@@ -28,15 +31,22 @@ def anomaly_id(record: AnomalyRecord) -> str:
 
 
 class OpenAnomaly(NamedTuple):
-    """An open anomaly as a person reviewing an invoice reads it."""
+    """An open anomaly as a person reviewing an invoice reads it (`reviewed_at` and
+    `review_note` when a person has reviewed it already)."""
 
     kind: str
     runner_id: str
     detail: str
     first_seen: datetime | None
+    period: str = ""
+    reviewed_at: datetime | None = None
+    review_note: str = ""
 
 
 MAX_DETAIL = 300  # characters of an anomaly's detail shown
+MAX_NOTE = 500  # characters of a review note kept
+# An open anomaly nobody has reviewed: it flags its invoice for review.
+UNREVIEWED: Doc = {"resolved": False, "reviewed": {"$exists": False}}
 
 
 class Recorded(NamedTuple):
@@ -101,7 +111,11 @@ class AnomalyLog:
         insert_ignoring_duplicates(self._anomalies, list(fresh.values()))
         for (org, period), ids in sorted(moves.items(), key=lambda item: str(item[0])):
             self._anomalies.update_many(
-                {"_id": {"$in": ids}}, {"$set": {"org": org, "period": period, "resolved": False}}
+                {"_id": {"$in": ids}},
+                {
+                    "$set": {"org": org, "period": period, "resolved": False},
+                    "$unset": {"reviewed": ""},  # not reviewed on the invoice it flags now
+                },
             )
 
     def resolvable(self, runner_ids: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -124,37 +138,83 @@ class AnomalyLog:
         return [d["_id"] for d in found], pairs
 
     def close(self, anomaly_ids: Sequence[str]) -> None:
+        """Resolve these anomalies (their runners bill cleanly again); a review goes with
+        them, should they come back."""
         if anomaly_ids:
             self._anomalies.update_many(
-                {"_id": {"$in": list(anomaly_ids)}}, {"$set": {"resolved": True}}
+                {"_id": {"$in": list(anomaly_ids)}},
+                {"$set": {"resolved": True}, "$unset": {"reviewed": ""}},
             )
 
-    def open_anomalies(self, org: str, period: str) -> list[OpenAnomaly]:
-        """The open anomalies flagging the invoice of `(org, period)`, by kind and runner."""
+    def open_anomalies(
+        self, org: str, period: str | None = None, *, reviewed: bool = False
+    ) -> list[OpenAnomaly]:
+        """The open anomalies flagging the invoice of `(org, period)` (of every period of
+        `org` when `period` is None), by period, kind and runner; those already reviewed
+        too when `reviewed`."""
+        query: Doc = {**UNREVIEWED, "org": {"$eq": org}}
+        if reviewed:
+            del query["reviewed"]
+        if period is not None:
+            query["period"] = {"$eq": period}
         cursor = self._anomalies.find(
-            {"org": {"$eq": org}, "period": {"$eq": period}, "resolved": False},
-            {"kind": 1, "runner_id": 1, "detail": 1, "first_seen": 1},
-            sort=[("kind", 1), ("runner_id", 1)],
+            query,
+            {"kind": 1, "runner_id": 1, "detail": 1, "first_seen": 1, "period": 1, "reviewed": 1},
+            sort=[("period", 1), ("kind", 1), ("runner_id", 1)],
         )
-        return [
-            OpenAnomaly(
-                kind=str(doc.get("kind", "")),
-                runner_id=str(doc.get("runner_id", "")),
-                detail=str(doc.get("detail", ""))[:MAX_DETAIL],
-                first_seen=doc.get("first_seen"),
+        return [_open_anomaly(doc) for doc in cursor]
+
+    def review(
+        self,
+        org: str,
+        period: str,
+        *,
+        note: str,
+        now: datetime,
+        kinds: Sequence[str] = (),
+        runner_ids: Sequence[str] = (),
+    ) -> list[str]:
+        """Mark the open, unreviewed anomalies of `(org, period)` reviewed (only those of
+        `kinds` and of `runner_ids`, when given), with `note`; their ids. Each stays open:
+        a run that sees it again leaves the review alone while it flags this invoice."""
+        query: Doc = {**UNREVIEWED, "org": {"$eq": org}, "period": {"$eq": period}}
+        if kinds:
+            query["kind"] = {"$in": sorted(set(kinds))}
+        if runner_ids:
+            query["runner_id"] = {"$in": sorted(set(runner_ids))}
+        ids = sorted(d["_id"] for d in self._anomalies.find(query, {"_id": 1}))
+        if ids:
+            self._anomalies.update_many(
+                {**query, "_id": {"$in": ids}},  # still there, still open, as read
+                {"$set": {"reviewed": {"at": now, "note": note[:MAX_NOTE]}}},
             )
-            for doc in cursor
-        ]
+        return ids
 
     def open_periods(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Which of these `(org, period)` pairs have an unresolved anomaly."""
+        """Which of these `(org, period)` pairs have an open anomaly nobody reviewed."""
         wanted = set(pairs)
         if not wanted:
             return set()
         orgs = sorted({org for org, _ in wanted})
         periods = sorted({period for _, period in wanted})
         cursor = self._anomalies.find(
-            {"org": {"$in": orgs}, "period": {"$in": periods}, "resolved": False},
+            {**UNREVIEWED, "org": {"$in": orgs}, "period": {"$in": periods}},
             {"org": 1, "period": 1},
         )
         return {(d["org"], d["period"]) for d in cursor} & wanted
+
+
+def _open_anomaly(doc: Doc) -> OpenAnomaly:
+    """An anomaly record as a person reads it."""
+    review = doc.get("reviewed")
+    if not isinstance(review, Mapping):
+        review = {}
+    return OpenAnomaly(
+        kind=str(doc.get("kind", "")),
+        runner_id=str(doc.get("runner_id", "")),
+        detail=str(doc.get("detail", ""))[:MAX_DETAIL],
+        first_seen=doc.get("first_seen"),
+        period=str(doc.get("period", "")),
+        reviewed_at=review.get("at"),
+        review_note=str(review.get("note", "")),
+    )

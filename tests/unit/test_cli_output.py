@@ -359,6 +359,7 @@ TIME_DEPENDENT = [
     ("run",),
     ("finalize",),
     ("invoice", "show"),
+    ("anomaly", "review"),
     ("usage",),
     ("report",),
     ("reconcile",),
@@ -483,9 +484,12 @@ def test_invoice_show_says_why_an_invoice_needs_review(env_db):
     invoke("run", "--org", "acme", *NOW_ARG)
     narrow = invoke("invoice", "show", "--org", "acme", *NOW_ARG, env=NARROW).output
     assert_fits(narrow)
-    wrapped = table_lines(narrow[narrow.index("needs review:") :])[1:]
+    *wrapped, hint = table_lines(narrow[narrow.index("needs review:") :])[1:]
     assert any(line.startswith("      ") for line in wrapped)  # a long reason wraps...
     assert all(line.startswith(("    - ", "      ")) for line in wrapped)  # ...indented
+    assert (
+        hint == "    (once checked: chore anomaly review --org acme --period 2026-11 --note TEXT)"
+    )
     output = invoke("invoice", "show", "--org", "acme", *NOW_ARG, env={"COLUMNS": "200"}).output
     review = table_lines(output[output.index("needs review:") :])
     assert review[1] == "    - unpriced: mystery-model-9000 (no registry price at its usage time)"
@@ -494,7 +498,7 @@ def test_invoice_show_says_why_an_invoice_needs_review(env_db):
     )
     assert "ai_tokens='12'" in review[2]
     assert len([line for line in review if "malformed_counters" in line]) == 10
-    assert review[-1] == "    - and 2 more open (`chore report` lists them all)"
+    assert review[-2] == "    - and 2 more open (`chore anomaly list` lists them all)"
 
 
 def test_invoice_show_lists_no_reasons_for_an_invoice_that_needs_none(env_db):

@@ -1,0 +1,167 @@
+"""`chore anomaly`: list an org's open anomalies, and mark them reviewed."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import click
+from rich.markup import escape
+
+from chores.cli import tables
+from chores.cli.common import console, json_option, now_option, org_option, user_errors
+from chores.cli.params import OneLineGroup, PeriodType
+from chores.core.db import Collections, connect
+from chores.core.orgs import validate_org
+from chores.core.settings import get_settings
+from chores.core.wording import counted, for_terminal
+from chores.metering.anomalies import AnomalyLog, OpenAnomaly
+from chores.metering.rules import Anomaly
+from chores.run.review import review_anomalies
+
+
+@click.group(cls=OneLineGroup)
+def anomaly() -> None:
+    """Open anomalies: list them, mark them reviewed."""
+
+
+@anomaly.command("list")
+@org_option
+@click.option("--period", type=PeriodType(), help="Of this month's invoice only (YYYY-MM).")
+@click.option("--reviewed", is_flag=True, help="Also list those already reviewed.")
+@json_option
+@user_errors
+def anomaly_list(org: str, period: str | None, reviewed: bool, as_json: bool) -> None:
+    """List ORG's open anomalies, by the invoice each flags (every month unless --period)."""
+    org = validate_org(org)
+    settings = get_settings()
+    collections = Collections.of(connect(settings), settings)
+    found = AnomalyLog(collections).open_anomalies(org, period, reviewed=reviewed)
+    if as_json:
+        click.echo(_json_text([_as_json(a) for a in found]))
+        return
+    out = console()
+    where = f"{org} {period}" if period else org
+    if not found:
+        out.print(f"no open anomaly{' not reviewed' if not reviewed else ''}: {escape(where)}")
+        return
+    view = tables.table(f"Open anomalies of {where}")
+    tables.name_column(view, "period", keep=True)
+    tables.name_column(view, "kind", keep=True)
+    tables.name_column(view, "runner")
+    tables.text_column(view, "detail")
+    if reviewed:
+        tables.text_column(view, "reviewed")
+    for a in found:
+        row = [a.period, a.kind, escape(for_terminal(a.runner_id)), escape(for_terminal(a.detail))]
+        if reviewed:
+            row.append(escape(for_terminal(_review_text(a))) if a.reviewed_at else tables.DASH)
+        view.add_row(*row)
+    out.print(tables.fit(view, out.width))
+    waiting = sum(1 for a in found if a.reviewed_at is None)
+    out.print(
+        f"  {counted(waiting, 'anomaly')} not reviewed (chore anomaly review --org ORG "
+        "--period YYYY-MM --note TEXT)"
+    )
+
+
+@anomaly.command("review")
+@org_option
+@click.option("--period", type=PeriodType(), required=True, help="The invoice's month, YYYY-MM.")
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice(Anomaly.KINDS),
+    help="Only anomalies of this kind (repeat for several).",
+)
+@click.option(
+    "--runner", "runners", multiple=True, metavar="ID", help="Only this runner's (repeatable)."
+)
+@click.option("--note", required=True, help="What was checked, and by whom (kept with each).")
+@json_option
+@now_option
+@user_errors
+def anomaly_review(
+    org: str,
+    period: str,
+    kinds: tuple[str, ...],
+    runners: tuple[str, ...],
+    note: str,
+    as_json: bool,
+    now: datetime | None,
+) -> None:
+    """Mark ORG's open anomalies of PERIOD reviewed, and update that draft.
+
+    Only those of --kind and --runner (the ids `chore anomaly list` shows), when given. The
+    draft then needs review only for what is still open (an unpriced line, a line below
+    zero, an anomaly not reviewed). A final invoice never changes; its review is recorded
+    all the same.
+
+    A reviewed anomaly stays open (the runner is not billed differently): it flags its
+    invoice again only when it moves to another invoice, or heals and comes back.
+    """
+    done = review_anomalies(
+        connect(get_settings()),
+        org,
+        period,
+        note=note,
+        kinds=kinds,
+        runner_ids=runners,
+        now=now,
+    )
+    if as_json:
+        click.echo(
+            _json_text(
+                {
+                    "org": done.org,
+                    "period": done.period,
+                    "reviewed": done.reviewed,
+                    "invoice_status": done.status,
+                    "needs_review": done.needs_review,
+                }
+            )
+        )
+        return
+    out = console()
+    where = escape(f"{done.org} {done.period}")
+    if not done.reviewed:
+        out.print(f"no open anomaly left to review: {where} (chore anomaly list --reviewed)")
+    else:
+        out.print(f"reviewed {counted(len(done.reviewed), 'anomaly')} of {where}")
+    if done.status is None:
+        out.print("  no invoice for that month yet")
+    elif done.status == "final":
+        out.print("  its invoice is final: unchanged (a final invoice never changes)")
+    elif done.needs_review:
+        out.print(
+            "  the draft still needs review for what is still open: "
+            f"chore invoice show --org {escape(done.org)} --period {done.period}"
+        )
+    else:
+        out.print("  the draft no longer needs review")
+
+
+def _json_text(value: Any) -> str:
+    """JSON for scripts; times in ISO 8601 (UTC)."""
+    return json.dumps(
+        value, indent=2, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v)
+    )
+
+
+def _review_text(a: OpenAnomaly) -> str:
+    at = a.reviewed_at.strftime("%Y-%m-%d %H:%M") if a.reviewed_at else ""
+    return f"{at}: {a.review_note}"
+
+
+def _as_json(a: OpenAnomaly) -> dict[str, object]:
+    return {
+        "period": a.period,
+        "kind": a.kind,
+        "runner_id": a.runner_id,
+        "detail": a.detail,
+        "first_seen": a.first_seen,
+        "reviewed_at": a.reviewed_at,
+        "review_note": a.review_note or None,
+    }
