@@ -237,7 +237,14 @@ def _disagreement(source: _SourceUsage | None, billed: Breakdown, moved: bool) -
         return "billed, but no longer an AI runner of this org in the source" + elsewhere
     if source.note:
         return source.note + elsewhere
-    if any(now < then for now, then in zip(source.tokens, billed, strict=True)):
+    # Kind by kind, unless another org billed some of them: its tokens that changed kind
+    # since are left as it billed them (org_changed), so a kind can hold fewer here.
+    fewer = (
+        sum(source.tokens) < sum(billed)
+        if moved
+        else any(now < then for now, then in zip(source.tokens, billed, strict=True))
+    )
+    if fewer:
         return "the source now shows fewer tokens than were billed (see counter_decreased)"
     if moved:
         # The source says only where the runner is now; each org billed what it used there.

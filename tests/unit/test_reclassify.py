@@ -411,6 +411,34 @@ def test_a_runner_moved_to_another_org_leaves_the_first_orgs_invoice_as_billed(d
         assert [(r.runner_id, r.note) for r in checked.runners] == [("str:'runner-1'", note)]
 
 
+def test_reconcile_does_not_call_a_runner_back_from_another_org_a_decrease(db, repriced):
+    """Review: alpha billed 1,000 unsplit tokens; the runner moved to beta, where its split
+    arrived (left as alpha billed it: `org_changed`), then came back to alpha and grew.
+    alpha's unsplit tokens are more than the source's (none), but no counter went down:
+    reconcile said "fewer tokens than were billed (see counter_decreased)"."""
+
+    def observe(org: str, total: int, prompt: int, completion: int, hour: int) -> None:
+        context = {"workspace_id": org, "ai_model": "m1", "ai_tokens": total,
+                   "ai_prompt_tokens": prompt, "ai_completion_tokens": completion}  # fmt: skip
+        moment = datetime(2026, 11, 21, hour, tzinfo=UTC)
+        doc = {"_id": "r1", "name": "ai", "status": "SUCCESS", "context": context,
+               "end_time": datetime(2026, 11, 21, tzinfo=UTC),
+               "last_updated_db": moment.timestamp()}  # fmt: skip
+        db.tasks.replace_one({"_id": "r1"}, doc, upsert=True)
+        run_chore(db, now=moment + timedelta(minutes=1), registry=repriced, settings=CONFIG)
+
+    observe("alpha", 1_000, 0, 0, hour=1)
+    observe("beta", 1_000, 600, 400, hour=2)
+    observe("alpha", 1_200, 700, 500, hour=3)
+
+    checked = reconcile(
+        Pipeline(db, CONFIG, repriced), "alpha", "2026-11", now=datetime(2026, 11, 22, tzinfo=UTC)
+    )
+    assert [(r.source_tokens, r.ledger_tokens, r.note) for r in checked.runners] == [
+        (1_200, 1_200, "billed under another org too (its org changed): the source shows one org")
+    ]
+
+
 def _split_across_orgs(db: Any, registry: Registry, *, observe_beta_unsplit: bool) -> None:
     """alpha bills 1M input tokens; the runner moves to beta, which (when a run sees that
     write) bills 1M more unsplit; then every token turns out cached."""
