@@ -80,7 +80,7 @@ def _e(value: object) -> str:
 @dataclass(frozen=True)
 class ReportData:
     allocation: Allocation
-    anomalies: tuple[OpenAnomaly, ...]
+    anomalies: tuple[OpenAnomaly, ...]  # open ones, those a person reviewed included
     registry_version: str
     generated_at: datetime
     top: int = 10
@@ -112,7 +112,7 @@ def collect_report(
     allocation = allocate(invoice, usages, registry)
     if on_progress is not None:
         on_progress("reading anomalies", 0, 1)
-    anomalies = tuple(AnomalyLog(collections).open_anomalies(org, period))
+    anomalies = tuple(AnomalyLog(collections).open_anomalies(org, period, reviewed=True))
     return ReportData(allocation, anomalies, _priced_with(invoice, registry), now, top)
 
 
@@ -357,7 +357,7 @@ def render_report(data: ReportData) -> str:
         f'<div class="sub">Invoice <span class="mono">{_e(invoice.id)}</span> · period '
         f"{_e(invoice.period)} ({start} to {end}) · prices: registry {_e(data.registry_version)}"
         f" · generated {_e(data.generated_at.strftime('%Y-%m-%d %H:%M UTC'))}</div>",
-        _cards(invoice, total, len(data.anomalies)),
+        _cards(invoice, total, sum(1 for a in data.anomalies if a.reviewed_at is None)),
         _chart_section(allocation),
         _invoice_section(invoice),
         _split_section(allocation),
@@ -586,21 +586,37 @@ def _amount(usage: AllocatedUsage) -> str:
 
 
 def _anomaly_section(anomalies: Sequence[OpenAnomaly]) -> str:
-    if not anomalies:
-        return (
-            "<section><h2>Anomalies needing review</h2>"
-            '<p class="muted">None open for this period.</p></section>'
+    """The open anomalies nobody reviewed, then those a person reviewed, with the note."""
+    waiting = [a for a in anomalies if a.reviewed_at is None]
+    reviewed = [a for a in anomalies if a.reviewed_at is not None]
+    if waiting:
+        body = "".join(
+            f'<tr><td><span class="pill st-FAILURE">{_e(a.kind)}</span></td>'
+            f'<td class="mono">{_e(a.runner_id)}</td><td>{_e(a.detail)}</td>'
+            f'<td class="muted">{_e(_when(a.first_seen))}</td></tr>'
+            for a in waiting
         )
-    body = "".join(
-        f'<tr><td><span class="pill st-FAILURE">{_e(a.kind)}</span></td>'
-        f'<td class="mono">{_e(a.runner_id)}</td><td>{_e(a.detail)}</td>'
-        f'<td class="muted">{_e(_when(a.first_seen))}</td></tr>'
-        for a in anomalies
-    )
-    return (
-        f"<section><h2>Anomalies needing review ({len(anomalies)})</h2><table><tr><th>Kind</th>"
-        f"<th>Runner</th><th>Detail</th><th>First seen</th></tr>{body}</table></section>"
-    )
+        section = (
+            f"<section><h2>Anomalies needing review ({len(waiting)})</h2><table><tr><th>Kind"
+            f"</th><th>Runner</th><th>Detail</th><th>First seen</th></tr>{body}</table>"
+        )
+    else:
+        section = (
+            "<section><h2>Anomalies needing review</h2>"
+            '<p class="muted">None open for this period.</p>'
+        )
+    if reviewed:
+        body = "".join(
+            f'<tr><td><span class="pill">{_e(a.kind)}</span></td>'
+            f'<td class="mono">{_e(a.runner_id)}</td><td>{_e(a.detail)}</td>'
+            f'<td class="muted">{_e(_when(a.reviewed_at))}: {_e(a.review_note)}</td></tr>'
+            for a in reviewed
+        )
+        section += (
+            f"<h3>Reviewed ({len(reviewed)})</h3><table><tr><th>Kind</th><th>Runner</th>"
+            f"<th>Detail</th><th>Reviewed</th></tr>{body}</table>"
+        )
+    return section + "</section>"
 
 
 def _when(moment: datetime | date | None) -> str:

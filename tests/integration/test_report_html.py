@@ -129,6 +129,27 @@ def test_every_value_from_the_data_is_escaped(db, settings, registry):
     assert usd(data.allocation.invoice.total_micros) in page
 
 
+def test_a_reviewed_anomaly_is_listed_apart_with_its_note_escaped(db, settings, registry):
+    from chores.run.review import review_anomalies
+
+    db.tasks.insert_many(hostile_docs())
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    before = render_report(
+        collect_report(db, HOSTILE_ORG, "2026-11", settings=settings, registry=registry, now=NOW)
+    )
+    assert "Anomalies needing review (1)" in before and "Reviewed (" not in before
+    note = "<script>alert(3)</script> checked by ops"
+    review_anomalies(
+        db, HOSTILE_ORG, "2026-11", note=note, now=NOW, registry=registry, settings=settings
+    )
+    page = render_report(
+        collect_report(db, HOSTILE_ORG, "2026-11", settings=settings, registry=registry, now=NOW)
+    )
+    assert "None open for this period." in page and "Reviewed (1)" in page
+    assert "&lt;script&gt;alert(3)&lt;/script&gt; checked by ops" in page
+    assert "<script" not in page.lower()
+
+
 @pytest.fixture
 def report_db(env_db, registry):
     env_db.tasks.insert_many(hostile_docs())
