@@ -17,7 +17,7 @@ from chores.core.orgs import validate_org
 from chores.core.settings import get_settings
 from chores.core.wording import counted, for_terminal
 from chores.metering.anomalies import AnomalyLog, OpenAnomaly
-from chores.metering.rules import Anomaly
+from chores.metering.rules import ANOMALY_KINDS
 from chores.run.review import review_anomalies
 
 
@@ -73,7 +73,7 @@ def anomaly_list(org: str, period: str | None, reviewed: bool, as_json: bool) ->
     "--kind",
     "kinds",
     multiple=True,
-    type=click.Choice(Anomaly.KINDS),
+    type=click.Choice(ANOMALY_KINDS),
     help="Only anomalies of this kind (repeat for several).",
 )
 @click.option(

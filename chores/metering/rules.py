@@ -66,23 +66,6 @@ class Anomaly:
     # Tokens billed under another org change kind: left as that org was billed (SPEC §4).
     ORG_CHANGED = "org_changed"
 
-    KINDS = (
-        NO_ORG,
-        MALFORMED_COUNTERS,
-        BAD_MODEL,
-        BAD_KEY_SOURCE,
-        BAD_END_TIME,
-        FUTURE_END_TIME,
-        BASELINE_MISSING,
-        BASELINE_MALFORMED,
-        BASELINE_CONFLICT,
-        TOTAL_BELOW_SPLIT,
-        COUNTER_DECREASED,
-        OVER_CEILING,
-        BAD_ID,
-        ORG_CHANGED,
-    )
-
     # Resolved automatically once the runner bills cleanly again; the others stay
     # open for a person to review (`chore anomaly review`).
     SELF_HEALING = frozenset(
@@ -96,6 +79,12 @@ class Anomaly:
             BASELINE_MALFORMED,
         }
     )
+
+
+# Every kind, in the order `Anomaly` declares them.
+ANOMALY_KINDS = tuple(
+    value for name, value in vars(Anomaly).items() if name.isupper() and isinstance(value, str)
+)
 
 
 class AnomalyRecord(NamedTuple):
