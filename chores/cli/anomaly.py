@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shlex
 from datetime import datetime
 from typing import Any
 
 import click
 from rich.markup import escape
+from rich.text import Text
 
 from chores.cli import tables
 from chores.cli.common import console, json_option, now_option, org_option, user_errors
@@ -60,10 +62,8 @@ def anomaly_list(org: str, period: str | None, reviewed: bool, as_json: bool) ->
         view.add_row(*row)
     out.print(tables.fit(view, out.width))
     waiting = sum(1 for a in found if a.reviewed_at is None)
-    out.print(
-        f"  {counted(waiting, 'anomaly')} not reviewed (chore anomaly review --org ORG "
-        "--period YYYY-MM --note TEXT)"
-    )
+    review = f"chore anomaly review --org {shlex.quote(org)} --period YYYY-MM --note TEXT"
+    out.print(Text(for_terminal(f"  {counted(waiting, 'anomaly')} not reviewed ({review})")))
 
 
 @anomaly.command("review")
@@ -117,7 +117,7 @@ def anomaly_review(
                 {
                     "org": done.org,
                     "period": done.period,
-                    "reviewed": done.reviewed,
+                    "reviewed": [_as_json(a) for a in done.reviewed],
                     "invoice_status": done.status,
                     "needs_review": done.needs_review,
                 }
@@ -125,19 +125,23 @@ def anomaly_review(
         )
         return
     out = console()
-    where = escape(f"{done.org} {done.period}")
+    where = f"{done.org} {done.period}"
     if not done.reviewed:
-        out.print(f"no open anomaly left to review: {where} (chore anomaly list --reviewed)")
+        out.print(Text(f"no open anomaly left to review: {for_terminal(where)}"))
     else:
-        out.print(f"reviewed {counted(len(done.reviewed), 'anomaly')} of {where}")
-    if done.status is None:
-        out.print("  no invoice for that month yet")
-    elif done.status == "final":
+        out.print(
+            Text(f"reviewed {counted(len(done.reviewed), 'anomaly')} of {for_terminal(where)}:")
+        )
+        for a in done.reviewed:
+            out.print(
+                Text(f"  - {a.kind}, runner {for_terminal(a.runner_id)}: {for_terminal(a.detail)}")
+            )
+    if done.status == "final":
         out.print("  its invoice is final: unchanged (a final invoice never changes)")
     elif done.needs_review:
+        show = f"chore invoice show --org {shlex.quote(done.org)} --period {done.period}"
         out.print(
-            "  the draft still needs review for what is still open: "
-            f"chore invoice show --org {escape(done.org)} --period {done.period}"
+            Text(f"  the draft still needs review for what is still open: {for_terminal(show)}")
         )
     else:
         out.print("  the draft no longer needs review")
@@ -157,6 +161,7 @@ def _review_text(a: OpenAnomaly) -> str:
 
 def _as_json(a: OpenAnomaly) -> dict[str, object]:
     return {
+        "id": a.record_id,
         "period": a.period,
         "kind": a.kind,
         "runner_id": a.runner_id,

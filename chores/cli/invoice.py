@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import textwrap
 from collections.abc import Sequence
 from datetime import datetime
@@ -132,12 +133,8 @@ def print_invoice(out: Console, inv: Invoice, anomalies: Sequence[OpenAnomaly] =
             for more in wrapped[1:]:
                 out.print(Text("      " + more))
         if anomalies and inv.status == "draft":
-            out.print(
-                Text(
-                    f"    (once checked: chore anomaly review --org {for_terminal(inv.org)} "
-                    f"--period {inv.period} --note TEXT)"
-                )
-            )
+            review = f"chore anomaly review --org {shlex.quote(inv.org)} --period {inv.period}"
+            out.print(Text(for_terminal(f"    (once checked: {review} --note TEXT)")))
 
 
 def review_reasons(inv: Invoice, anomalies: Sequence[OpenAnomaly]) -> list[str]:

@@ -34,6 +34,7 @@ class OpenAnomaly(NamedTuple):
     """An open anomaly as a person reviewing an invoice reads it (`reviewed_at` and
     `review_note` when a person has reviewed it already)."""
 
+    record_id: str
     kind: str
     runner_id: str
     detail: str
@@ -50,11 +51,17 @@ UNREVIEWED: Doc = {"resolved": False, "reviewed": {"$exists": False}}
 
 
 class Recorded(NamedTuple):
-    """Where an anomaly is recorded: the invoice it flags, and whether it was resolved."""
+    """Where an anomaly is recorded: the invoice it flags, whether it was resolved, and
+    whether a person reviewed it there."""
 
     org: Any
     period: Any
     resolved: bool
+    reviewed: bool = False
+
+    def open_at(self, org: str | None, period: str | None) -> bool:
+        """Whether it is open on the invoice of `(org, period)`, reviewed or not."""
+        return not self.resolved and self.org == org and self.period == period
 
     def open_on(self, org: str | None, periods: Iterable[str]) -> bool:
         """Whether it is open on an invoice of `org` in one of `periods`."""
@@ -70,9 +77,16 @@ class AnomalyLog:
         ids = sorted({anomaly_id(r) for r in records})
         if not ids:
             return {}
-        cursor = self._anomalies.find({"_id": {"$in": ids}}, {"org": 1, "period": 1, "resolved": 1})
+        cursor = self._anomalies.find(
+            {"_id": {"$in": ids}}, {"org": 1, "period": 1, "resolved": 1, "reviewed": 1}
+        )
         return {
-            d["_id"]: Recorded(d.get("org"), d.get("period"), bool(d.get("resolved")))
+            d["_id"]: Recorded(
+                d.get("org"),
+                d.get("period"),
+                bool(d.get("resolved")),
+                reviewed=d.get("reviewed") is not None,
+            )
             for d in cursor
         }
 
@@ -106,7 +120,7 @@ class AnomalyLog:
                     "first_seen": now,
                     "run_id": run_id,
                 }
-            elif known != Recorded(r.org, r.period, False):
+            elif not known.open_at(r.org, r.period):
                 moves[(r.org, r.period)].append(record_id)
         insert_ignoring_duplicates(self._anomalies, list(fresh.values()))
         for (org, period), ids in sorted(moves.items(), key=lambda item: str(item[0])):
@@ -165,30 +179,23 @@ class AnomalyLog:
         return [_open_anomaly(doc) for doc in cursor]
 
     def review(
-        self,
-        org: str,
-        period: str,
-        *,
-        note: str,
-        now: datetime,
-        kinds: Sequence[str] = (),
-        runner_ids: Sequence[str] = (),
+        self, org: str, period: str, record_ids: Sequence[str], *, note: str, now: datetime
     ) -> list[str]:
-        """Mark the open, unreviewed anomalies of `(org, period)` reviewed (only those of
-        `kinds` and of `runner_ids`, when given), with `note`; their ids. Each stays open:
-        a run that sees it again leaves the review alone while it flags this invoice."""
-        query: Doc = {**UNREVIEWED, "org": {"$eq": org}, "period": {"$eq": period}}
-        if kinds:
-            query["kind"] = {"$in": sorted(set(kinds))}
-        if runner_ids:
-            query["runner_id"] = {"$in": sorted(set(runner_ids))}
-        ids = sorted(d["_id"] for d in self._anomalies.find(query, {"_id": 1}))
-        if ids:
-            self._anomalies.update_many(
-                {**query, "_id": {"$in": ids}},  # still there, still open, as read
-                {"$set": {"reviewed": {"at": now, "note": note[:MAX_NOTE]}}},
-            )
-        return ids
+        """Mark these anomalies reviewed with `note`, each only while it is still open and
+        unreviewed on the invoice of `(org, period)` (as a person read it); the ids marked.
+        Each stays open: a run that sees it again leaves the review alone while it flags
+        this invoice."""
+        if not record_ids:
+            return []
+        review = {"at": now, "note": note[:MAX_NOTE]}
+        where: Doc = {**UNREVIEWED, "org": {"$eq": org}, "period": {"$eq": period}}
+        self._anomalies.update_many(
+            {**where, "_id": {"$in": sorted(set(record_ids))}}, {"$set": {"reviewed": review}}
+        )
+        marked = self._anomalies.find(
+            {"_id": {"$in": sorted(set(record_ids))}, "reviewed": review}, {"_id": 1}
+        )
+        return sorted(d["_id"] for d in marked)
 
     def open_periods(self, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of these `(org, period)` pairs have an open anomaly nobody reviewed."""
@@ -210,6 +217,7 @@ def _open_anomaly(doc: Doc) -> OpenAnomaly:
     if not isinstance(review, Mapping):
         review = {}
     return OpenAnomaly(
+        record_id=str(doc["_id"]),
         kind=str(doc.get("kind", "")),
         runner_id=str(doc.get("runner_id", "")),
         detail=str(doc.get("detail", ""))[:MAX_DETAIL],

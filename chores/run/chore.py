@@ -250,7 +250,9 @@ class Pipeline:
         report.note_closed(healed)
         dirty = batch.dirty | set(healed_pairs)
         dirty.update((a.org, a.period) for a in anomalies if a.org and a.period)
-        dirty.update((o, p) for o, p, _ in known.values() if o is not None and p is not None)
+        dirty.update(
+            (r.org, r.period) for r in known.values() if r.org is not None and r.period is not None
+        )
         marks = self.progress.mark_dirty(dirty, now=now)  # open, before what they announce
         self.anomalies.record(anomalies, known, now=now, run_id=run_id)
         self.anomalies.close(healed)
@@ -294,9 +296,7 @@ class Pipeline:
         head. As `_read_again_where_decreased` does for a decrease: a ledger read when an
         anomaly changes, reads of the source only for those runners."""
         known = dict(known)
-        changing = [
-            a for a in anomalies if known.get(anomaly_id(a)) != Recorded(a.org, a.period, False)
-        ]
+        changing = [a for a in anomalies if not _open_at(known.get(anomaly_id(a)), a)]
         if not changing:
             return list(anomalies), known
         newer = self.ledger.heads(sorted({a.runner_id for a in changing}))
@@ -333,14 +333,17 @@ class Pipeline:
         period, unless that invoice is final (a final never changes): then the org's open
         period, where its usage lands as late usage once the document is fixed. One
         recorded open on a final invoice (`known`) stays there: that invoice was frozen
-        flagged for it, and a reviewer finds it beside it."""
+        flagged for it, and a reviewer finds it beside it. One a person reviewed there
+        stays only while its own period is final too: the final may have been frozen
+        unflagged for it, and a runner gone on into an open month flags that month's
+        invoice, which nobody has looked at for it."""
         orgs = {a.org for a in anomalies if a.org is not None and a.period is not None}
         finals = self.invoices.final_periods(orgs) if orgs else {}
         placed = []
         for anomaly in anomalies:
             final = finals.get(anomaly.org or "", set())
             recorded = known.get(anomaly_id(anomaly))
-            if recorded is not None and recorded.open_on(anomaly.org, final):
+            if recorded is not None and _stays_on_final(recorded, anomaly, final):
                 anomaly = anomaly._replace(period=recorded.period)  # on the final it flagged
             elif anomaly.period in final:
                 anomaly = anomaly._replace(period=open_period(now, final))
@@ -596,6 +599,19 @@ def finalize_invoices(
 def _seq(head: LedgerHead | None) -> int:
     """A runner's latest ledger sequence number, 0 before its first entry."""
     return 0 if head is None else head.seq
+
+
+def _stays_on_final(recorded: Recorded, anomaly: AnomalyRecord, final: set[str]) -> bool:
+    """Whether an anomaly recorded open on a final invoice stays there (`_placed`): unless
+    a person reviewed it there and its own period is open now."""
+    return recorded.open_on(anomaly.org, final) and (
+        not recorded.reviewed or anomaly.period in final
+    )
+
+
+def _open_at(recorded: Recorded | None, anomaly: AnomalyRecord) -> bool:
+    """Whether an anomaly is on record open where it is placed now (reviewed or not)."""
+    return recorded is not None and recorded.open_at(anomaly.org, anomaly.period)
 
 
 def _was_resolved(recorded: Recorded | None) -> bool:

@@ -10,32 +10,34 @@ changes: reviewing its anomalies records the review, nothing else.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from pymongo.database import Database
 
+from chores.billing.period_ledger import stored_invoice
 from chores.core.clock import checked_now
 from chores.core.db import Doc
-from chores.core.exceptions import ConfigError
+from chores.core.exceptions import ChoreError, ConfigError
 from chores.core.orgs import validate_org
 from chores.core.periods import is_period
 from chores.core.settings import Settings, get_settings
+from chores.metering.anomalies import OpenAnomaly
 from chores.run.chore import Pipeline
 from pricing import Registry, load_registry
 
 
 @dataclass(frozen=True)
 class Review:
-    """What a review did: the anomalies it marked reviewed, and the invoice as it now
-    stands (None when the period has no invoice yet)."""
+    """What a review did: the anomalies it marked reviewed (as they read before), and the
+    invoice as it now stands."""
 
     org: str
     period: str
-    reviewed: list[str]
-    status: str | None  # "draft" | "final" | None
-    needs_review: bool | None
+    reviewed: list[OpenAnomaly]
+    status: str  # of the invoice: "draft" | "final"
+    needs_review: bool
 
 
 def review_anomalies(
@@ -53,9 +55,12 @@ def review_anomalies(
     """Mark the open anomalies of `org`'s invoice of `period` reviewed (those of `kinds`
     and `runner_ids` only, when given) with `note`, then rebuild that draft.
 
-    In the order of a run (docs/design.md): the invoice marked dirty (open), the reviews
-    written, the mark closed, then the org's drafts settled and its quota decided, so a
-    crash anywhere leaves the draft to the next run.
+    Refused before anything is written (`ChoreError`) without a note, without an invoice
+    of that month, or when `kinds` and `runner_ids` match none of its open anomalies (a
+    mistyped runner id is not "nothing left to review"). Then in the order of a run
+    (docs/design.md): the invoice marked dirty (open), the reviews written, the mark
+    closed, the org's drafts settled and its quota decided, so that a crash anywhere
+    leaves the draft to the next run.
     """
     settings = settings or get_settings()
     org = validate_org(org)
@@ -66,21 +71,41 @@ def review_anomalies(
         raise ConfigError("a review needs a note: what was checked, and by whom")
     now = checked_now(now, settings.future_skew_seconds)
     meter = Pipeline(db, settings, registry or load_registry(settings.registry_path))
+    stored_invoice(meter.collections, org, period)  # InvoiceNotFound, with what to do
+    matching = [
+        anomaly
+        for anomaly in meter.anomalies.open_anomalies(org, period, reviewed=True)
+        if (not kinds or anomaly.kind in kinds)
+        and (not runner_ids or anomaly.runner_id in runner_ids)
+    ]
+    if (kinds or runner_ids) and not matching:
+        raise ChoreError(
+            f"no open anomaly of {org!r} in {period} is of {_named(kinds, runner_ids)}: "
+            f"`chore anomaly list --org {shlex.quote(org)} --period {period} --reviewed` "
+            "lists them with their runner ids"
+        )
     marks = meter.progress.mark_dirty([(org, period)], now=now)
-    reviewed = meter.anomalies.review(
-        org, period, note=note, now=now, kinds=kinds, runner_ids=runner_ids
-    )
+    waiting = [a.record_id for a in matching if a.reviewed_at is None]
+    reviewed = set(meter.anomalies.review(org, period, waiting, note=note, now=now))
     meter.progress.close_marks(marks)
     settled = meter.invoices.settle(now, org)
     meter.quota.decide([org], now)
     meter.progress.clear_dirty(settled.marks)
-    invoice: dict[str, Any] | None = meter.collections.invoices.find_one(
-        {"_id": f"{org}:{period}"}, {"status": 1, "needs_review": 1}
-    )
+    invoice = stored_invoice(meter.collections, org, period)
     return Review(
         org=org,
         period=period,
-        reviewed=reviewed,
-        status=None if invoice is None else invoice.get("status"),
-        needs_review=None if invoice is None else bool(invoice.get("needs_review")),
+        reviewed=[a for a in matching if a.record_id in reviewed],
+        status=invoice.status,
+        needs_review=invoice.needs_review,
     )
+
+
+def _named(kinds: tuple[str, ...], runner_ids: tuple[str, ...]) -> str:
+    """The filters of a review, as a person typed them."""
+    said = []
+    if kinds:
+        said.append("kind " + " or ".join(kinds))
+    if runner_ids:
+        said.append("runner " + " or ".join(runner_ids))
+    return " and ".join(said)

@@ -14,9 +14,11 @@ from click.testing import CliRunner
 
 from chores import finalize_invoices, run_chore
 from chores.cli.app import main
-from chores.core.exceptions import ConfigError
+from chores.core.db import Collections
+from chores.core.exceptions import ChoreError, ConfigError, InvoiceNotFound
+from chores.metering.anomalies import AnomalyLog
 from chores.metering.runner_keys import runner_key
-from chores.run.review import review_anomalies
+from chores.run.review import Review, review_anomalies
 
 from support import NOW, ai_runner
 
@@ -36,6 +38,11 @@ def reviewed(runner_id: str, kind: str) -> str:
     return f"{runner_key(runner_id)}:{kind}"
 
 
+def ids(done: Review) -> list[str]:
+    """The record ids a review marked."""
+    return [a.record_id for a in done.reviewed]
+
+
 def invoice(db: Any, invoice_id: str) -> dict[str, Any]:
     found = db.billing_invoices.find_one({"_id": invoice_id})
     assert found is not None, invoice_id
@@ -51,7 +58,7 @@ def test_a_reviewed_anomaly_no_longer_flags_its_draft_and_a_rerun_keeps_it_so(db
 
     done = review_anomalies(db, "acme", "2026-11", note=NOTE, now=NOW, settings=settings)
 
-    assert done.reviewed == [reviewed("r1", "total_below_split")]
+    assert ids(done) == [reviewed("r1", "total_below_split")]
     assert (done.status, done.needs_review) == ("draft", False)
     after = invoice(db, "acme:2026-11")
     assert after["needs_review"] is False
@@ -76,7 +83,7 @@ def test_a_review_covers_only_the_kinds_and_runners_named(db, settings):
     first = review_anomalies(
         db, "acme", "2026-11", note=NOTE, runner_ids=(runner_key("r2"),), now=NOW, settings=settings
     )
-    assert first.reviewed == [reviewed("r2", "total_below_split")] and first.needs_review is True
+    assert ids(first) == [reviewed("r2", "total_below_split")] and first.needs_review is True
     second = review_anomalies(
         db,
         "acme",
@@ -86,18 +93,18 @@ def test_a_review_covers_only_the_kinds_and_runners_named(db, settings):
         now=NOW,
         settings=settings,
     )
-    assert second.reviewed == [reviewed("r1", "total_below_split")] and second.needs_review is True
+    assert ids(second) == [reviewed("r1", "total_below_split")] and second.needs_review is True
     last = review_anomalies(db, "acme", "2026-11", note=NOTE, now=NOW, settings=settings)
-    assert last.reviewed == [reviewed("r3", "malformed_counters")] and last.needs_review is False
+    assert ids(last) == [reviewed("r3", "malformed_counters")] and last.needs_review is False
     again = review_anomalies(db, "acme", "2026-11", note=NOTE, now=NOW, settings=settings)
-    assert again.reviewed == [] and again.needs_review is False
+    assert ids(again) == [] and again.needs_review is False
 
 
 def test_an_unpriced_line_still_needs_review_after_its_anomalies_are_reviewed(db, settings):
     db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1), model="no-such-model"))
     run_chore(db, now=NOW, settings=settings)
     done = review_anomalies(db, "acme", "2026-11", note=NOTE, now=NOW, settings=settings)
-    assert done.reviewed == [reviewed("r1", "total_below_split")]
+    assert ids(done) == [reviewed("r1", "total_below_split")]
     assert done.needs_review is True  # the line has no price: that is still open
 
 
@@ -153,7 +160,7 @@ def test_reviewing_a_final_invoices_anomalies_records_the_review_and_changes_not
 
     done = review_anomalies(db, "acme", "2026-11", note=NOTE, now=december, settings=settings)
 
-    assert done.reviewed == [reviewed("r1", "total_below_split")]
+    assert ids(done) == [reviewed("r1", "total_below_split")]
     assert (done.status, done.needs_review) == ("final", True)
     assert invoice(db, "acme:2026-11") == final
 
@@ -205,6 +212,9 @@ def test_the_command_reviews_lists_and_says_what_the_draft_needs_now(env_db):
     assert done.exit_code == 0, done.output
     assert "reviewed 1 anomaly of acme 2026-11" in done.output
     assert "the draft no longer needs review" in done.output
+    assert "  - total_below_split, runner str:'r1': total 600 < prompt 700 + completion 300" in (
+        done.output
+    )
 
     shown = cli.invoke(main, ["invoice", "show", "--org", "acme", "--period", "2026-11"])
     assert "NEEDS REVIEW" not in shown.output
@@ -216,5 +226,95 @@ def test_the_command_reviews_lists_and_says_what_the_draft_needs_now(env_db):
         NOTE,
     )
     assert row["reviewed_at"].startswith("2026-11-25T12:00:00")
+    typo = cli.invoke(main, [*args, "--runner", "r1", "--note", NOTE])
+    assert typo.exit_code == 1 and "no open anomaly of 'acme' in 2026-11 is of runner r1" in (
+        typo.output
+    )
     again = cli.invoke(main, [*args, "--note", NOTE])
     assert again.exit_code == 0 and "no open anomaly left to review" in again.output
+
+
+def test_a_reviewed_runner_that_goes_on_after_its_month_is_final_flags_the_new_month(db, settings):
+    """Review: reviewed on November's draft, November frozen unflagged, and the runner
+    went on running into December with the same anomaly: its record stayed on the final
+    (where an unreviewed one is frozen flagged), so December's usage flagged nothing."""
+    stamp = (NOW - timedelta(hours=1)).timestamp()
+    db.tasks.insert_one(below_split("r1", ended=None, status="RUNNING", stamp=stamp))
+    run_chore(db, now=NOW, settings=settings)
+    review_anomalies(db, "acme", "2026-11", note=NOTE, now=NOW, settings=settings)
+    december = NOW + timedelta(days=10)
+    assert finalize_invoices(db, now=december, settings=settings) == ["acme:2026-11"]
+    assert invoice(db, "acme:2026-11")["needs_review"] is False
+
+    grown = below_split("r1", ended=None, status="RUNNING", stamp=december.timestamp())
+    grown["context"].update(ai_tokens=1_800, ai_prompt_tokens=1_400, ai_completion_tokens=600)
+    db.tasks.replace_one({"_id": "r1"}, grown)
+    report = run_chore(db, now=december + timedelta(minutes=1), settings=settings)
+
+    assert report.new_anomalies == 1
+    record = db.billing_anomalies.find_one({})
+    assert (record["period"], "reviewed" in record) == ("2026-12", False)
+    assert invoice(db, "acme:2026-12")["needs_review"] is True
+    assert invoice(db, "acme:2026-11")["needs_review"] is False  # a final never changes
+
+
+def test_a_reviewed_finished_runner_read_again_after_its_final_stays_reviewed(db, settings):
+    """Its anomaly and its usage are of the final month: nothing new for another invoice."""
+    db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1)))
+    run_chore(db, now=NOW, settings=settings)
+    review_anomalies(db, "acme", "2026-11", note=NOTE, now=NOW, settings=settings)
+    december = NOW + timedelta(days=10)
+    finalize_invoices(db, now=december, settings=settings)
+    report = run_chore(db, now=december, settings=settings, full=True)
+    assert sum(report.anomalies.values()) == 1 and report.new_anomalies == 0
+    record = db.billing_anomalies.find_one({})
+    assert (record["period"], record["reviewed"]["note"]) == ("2026-11", NOTE)
+    assert db.billing_invoices.find_one({"_id": "acme:2026-12"}) is None
+
+
+def test_a_review_marks_only_what_was_read_not_what_a_run_records_meanwhile(db, settings):
+    """Review: a run between the person's list and the review recorded another anomaly; the
+    review marked it too, with a note written about something else."""
+    db.tasks.insert_many([below_split("r1", ended=NOW - timedelta(hours=1))])
+    run_chore(db, now=NOW, settings=settings)
+    log = AnomalyLog(Collections.of(db, settings))
+    (seen,) = log.open_anomalies("acme", "2026-11")
+    db.tasks.insert_one(below_split("r9", ended=NOW - timedelta(hours=1), stamp=NOW.timestamp()))
+    run_chore(db, now=NOW + timedelta(minutes=5), settings=settings)
+
+    assert log.review("acme", "2026-11", [seen.record_id], note=NOTE, now=NOW) == [seen.record_id]
+    (left,) = log.open_anomalies("acme", "2026-11")
+    assert left.runner_id == runner_key("r9") and left.reviewed_at is None
+
+
+def test_a_filter_that_matches_nothing_is_refused_not_nothing_left(db, settings):
+    db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1)))
+    run_chore(db, now=NOW, settings=settings)
+    with pytest.raises(ChoreError, match=r"is of runner r1: `chore anomaly list --org acme"):
+        review_anomalies(
+            db, "acme", "2026-11", note=NOTE, runner_ids=("r1",), now=NOW, settings=settings
+        )
+    assert invoice(db, "acme:2026-11")["needs_review"] is True  # nothing written
+    assert db.billing_anomalies.find_one({})["resolved"] is False
+
+
+def test_a_review_of_an_org_without_that_invoice_writes_nothing(db, settings):
+    """Review: a mistyped org got a quota decision, which every later --all run refreshed."""
+    db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1)))
+    run_chore(db, now=NOW, settings=settings)
+    with pytest.raises(InvoiceNotFound, match="did you mean 'acme'"):
+        review_anomalies(db, "acmee", "2026-11", note=NOTE, now=NOW, settings=settings)
+    assert db.billing_quota.find_one({"_id": "acmee"}) is None
+    assert db.billing_dirty.count_documents({}) == 0
+
+
+def test_the_hints_quote_an_org_id_for_the_shell(env_db):
+    """Review: an org id from the source went unquoted into a command to paste."""
+    org = "my org;$(id)"
+    env_db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1), org=org))
+    run_chore(env_db, now=NOW)
+    cli = CliRunner()
+    shown = cli.invoke(main, ["invoice", "show", "--org", org, "--period", "2026-11"])
+    assert "chore anomaly review --org 'my org;$(id)' --period 2026-11" in shown.output
+    listed = cli.invoke(main, ["anomaly", "list", "--org", org])
+    assert "chore anomaly review --org 'my org;$(id)' --period YYYY-MM" in listed.output
