@@ -103,6 +103,21 @@ class Progress:
         to bill before it writes the entries: if it dies, or loses an entry to an
         overlapping run whose view may be older, its claim keeps the runner to be read
         again, whatever another run releases."""
+        claims = self._new_claims(runners)
+        for claim in claims:
+            self._claims_seen.setdefault(claim["runner_id"], []).append(claim["_id"])
+            self._latest_claim[claim["runner_id"]] = claim["_id"]
+
+    def hand_over(self, runners: Sequence[Doc]) -> None:
+        """Claims on pending runners whose documents now name another org (their `org` in
+        `runners`): that org's runs read them from now on, whatever their stamp, as the
+        runs of the org that claimed them would have. Not this run's claims:
+        `release_pending` leaves them. A claim is what to read, not billing: no invoice,
+        ledger entry or decision of that org changes."""
+        self._new_claims(runners)
+
+    def _new_claims(self, runners: Sequence[Doc]) -> list[Doc]:
+        """One claim document on each runner, written; the claims."""
         # A claim never used before, even by this run: one it made earlier may have been
         # read, and released, by another run since.
         token = uuid.uuid4().hex
@@ -110,9 +125,7 @@ class Progress:
             {**doc, "_id": f"{doc['_id']}:{token}", "runner_id": doc["_id"]} for doc in runners
         ]
         insert_ignoring_duplicates(self._c.pending, claims)
-        for claim in claims:
-            self._claims_seen.setdefault(claim["runner_id"], []).append(claim["_id"])
-            self._latest_claim[claim["runner_id"]] = claim["_id"]
+        return claims
 
     def claimed(self, org: str, runner_ids: Sequence[str]) -> set[str]:
         """Which of `org`'s `runner_ids` are pending (any claim on them, due or not): runs

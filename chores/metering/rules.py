@@ -327,8 +327,8 @@ class Rules:
         context = doc.get("context")
         if not is_mapping(context):  # anything else is no context at all: no org
             context = {}
-        org = bson_string(context.get("workspace_id"))
-        if not org or len(org) > MAX_ORG or NOT_UTF8 in org:
+        org = org_of(context)
+        if org is None:
             detail = (
                 f"context.workspace_id is missing, empty, not a string, not UTF-8 or longer "
                 f"than {MAX_ORG} characters"
@@ -450,6 +450,15 @@ class Rules:
         return Assessment(
             runner_id, org, period, pending, delta, flags, True, reclassified=moved.entries
         )
+
+
+def org_of(context: Mapping[str, Any]) -> str | None:
+    """The org a runner's context bills: its `workspace_id`, when that is a non-empty string
+    of at most MAX_ORG characters, all UTF-8; else None (the anomaly `no_org`)."""
+    org = bson_string(context.get("workspace_id"))
+    if not org or len(org) > MAX_ORG or NOT_UTF8 in org:
+        return None
+    return org
 
 
 def assess(

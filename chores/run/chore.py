@@ -41,7 +41,14 @@ from chores.metering.progress import (
     next_recheck,
     runner_of,
 )
-from chores.metering.rules import Anomaly, AnomalyRecord, Assessment, LedgerHead, Rules
+from chores.metering.rules import (
+    Anomaly,
+    AnomalyRecord,
+    Assessment,
+    LedgerHead,
+    Rules,
+    org_of,
+)
 from chores.metering.runner_keys import runner_key
 from chores.metering.source import LOWEST_STAMP, Source, chunked, stamp_of
 from chores.quota.decisions import Quota
@@ -138,18 +145,34 @@ class Pipeline:
     ) -> Iterator[list[Doc]]:
         """Batches of the runners last seen running or waiting for a spawn finding, those
         idle only when due at `now` (each added to `seen` with the stamp read); those gone
-        from the source are dropped from the pending list (not in a dry run, which writes
-        nothing)."""
+        from the source are dropped from the pending list, and those that now name another
+        org handed over to it (not in a dry run, which writes nothing)."""
         claims = self.progress.pending(org, now)
         pending_ids = list({runner_of(c): c["source_id"] for c in claims}.values())
         for ids in chunked(pending_ids, self.settings.batch_size):
             docs = self.source.runners_by_id(ids, org)
             found = {runner_key(d.get("_id")): d.get("last_updated_db") for d in docs}
             seen.update(found)
-            vanished = [runner_key(i) for i in ids if runner_key(i) not in found]
+            vanished = [i for i in ids if runner_key(i) not in found]
             if vanished and not dry_run:
-                self.progress.release_pending(vanished)
+                if org is not None:
+                    self.progress.hand_over(self._moved_to_other_orgs(vanished, org))
+                self.progress.release_pending([runner_key(i) for i in vanished])
             yield docs
+
+    def _moved_to_other_orgs(self, source_ids: Sequence[Any], org: str) -> list[Doc]:
+        """Claims for the runners among `source_ids` whose documents now name another org
+        than `org`: their last write may carry a stamp older than that org's cursor (stamps
+        lag one write), which its changed scan would not read until the daily full pass."""
+        claims = []
+        for doc in self.source.runners_by_id(source_ids, None):
+            context = doc.get("context")
+            now_of = org_of(context) if isinstance(context, Mapping) else None
+            if now_of is not None and now_of != org:
+                claims.append(
+                    {"_id": runner_key(doc.get("_id")), "source_id": doc["_id"], "org": now_of}
+                )
+        return claims
 
     def changed_runners(
         self,

@@ -335,3 +335,36 @@ def test_an_idle_runner_billed_by_its_second_read_in_a_run_is_not_idle(db, setti
     assert written and billed(db) == 2_000
     assert due.idle_runners == 0
     assert claims(db) == {"str:'r1'": None}  # read by every run
+
+
+def test_a_pending_runner_whose_last_write_names_another_org_is_billed_by_its_runs(db, settings):
+    """Review: a running runner of globex, billed and pending, writes nothing for half an
+    hour; its last write moves it to initech with 4,000 more tokens, stamped as its write
+    before (stamps lag one write), older than initech's cursor. globex's pending read
+    dropped it (not globex's any more) and initech's changed scan did not read it: with
+    per-org runs only (the fan-out), initech billed it a day later, at the full pass."""
+    start = NOW - timedelta(hours=2)
+    x = ai_runner("x", ended=None, status="RUNNING", org="globex", stamp=start.timestamp())
+    db.tasks.insert_one(x)
+
+    def every_org(at: datetime) -> None:
+        for org in ("globex", "initech"):
+            db.tasks.insert_one(
+                ai_runner(f"{org}-{at:%H%M}", ended=at - timedelta(minutes=1), org=org, tokens=1)
+            )
+            run_chore(db, org=org, now=at, settings=settings)
+
+    moments = [start + timedelta(minutes=5 * n) for n in range(1, 8)]
+    for at in moments[:6]:
+        every_org(at)
+    moved = ai_runner("x", ended=moments[5], org="initech", tokens=5_000, stamp=start.timestamp())
+    db.tasks.replace_one({"_id": "x"}, moved)
+    every_org(moments[6])  # globex's run hands x over to initech's pending list
+    every_org(moments[6] + timedelta(minutes=5))
+
+    billed = {
+        org: sum(e["tokens"] for e in db.billing_ledger.find({"runner_id": "str:'x'", "org": org}))
+        for org in ("globex", "initech")
+    }
+    assert billed == {"globex": 1_000, "initech": 4_000}
+    assert db.billing_pending.count_documents({"runner_id": "str:'x'"}) == 0  # billed in full
