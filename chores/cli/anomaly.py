@@ -62,7 +62,9 @@ def anomaly_list(org: str, period: str | None, reviewed: bool, as_json: bool) ->
         view.add_row(*row)
     out.print(tables.fit(view, out.width))
     waiting = sum(1 for a in found if a.reviewed_at is None)
-    review = f"chore anomaly review --org {shlex.quote(org)} --period YYYY-MM --note TEXT"
+    periods = {a.period for a in found if a.reviewed_at is None}
+    month = periods.pop() if len(periods) == 1 else "YYYY-MM"
+    review = f"chore anomaly review --org {shlex.quote(org)} --period {month} --note TEXT"
     out.print(Text(for_terminal(f"  {counted(waiting, 'anomaly')} not reviewed ({review})")))
 
 

@@ -112,6 +112,7 @@ def explore(out: Console, url: str) -> None:
         "chore status",
         "chore invoice show --org acme",
         "chore usage --org acme --by run",
+        "chore anomaly list --org acme",
         "chore plan set --org acme --token-limit 2M",
         "chore quota check --org acme --estimate 500K",
         "chore report --org acme --out acme.html",

@@ -61,6 +61,19 @@ def test_demo_then_every_command_on_its_data_without_a_server(tmp_path):
     )
     assert as_json["total"]["amount_micros"] == as_json["invoice_total_micros"] > 0
 
+    listed = chore(tmp_path, "anomaly", "list", "--org", "acme", env=env)
+    assert listed.returncode == 0 and "malformed_counters" in listed.stdout, listed.stderr
+    assert "chore anomaly review --org acme --period 2026-11 --note TEXT" in listed.stdout
+    review = ["anomaly", "review", "--org", "acme", "--period", "2026-11", "--now", NOW]
+    reviewed = chore(tmp_path, *review, "--note", "garbage documents, checked", env=env)
+    assert reviewed.returncode == 0 and "reviewed 2 anomalies of acme 2026-11" in reviewed.stdout
+    assert (
+        "malformed_counters"
+        not in chore(
+            tmp_path, "invoice", "show", "--org", "acme", "--period", "2026-11", env=env
+        ).stdout
+    )
+
     report = chore(
         tmp_path, "report", "--org", "acme", "--period", "2026-11", "--out", "acme.html", env=env
     )
