@@ -317,4 +317,4 @@ def test_the_hints_quote_an_org_id_for_the_shell(env_db):
     shown = cli.invoke(main, ["invoice", "show", "--org", org, "--period", "2026-11"])
     assert "chore anomaly review --org 'my org;$(id)' --period 2026-11" in shown.output
     listed = cli.invoke(main, ["anomaly", "list", "--org", org])
-    assert "chore anomaly review --org 'my org;$(id)' --period YYYY-MM" in listed.output
+    assert "chore anomaly review --org 'my org;$(id)' --period 2026-11" in listed.output
