@@ -102,6 +102,10 @@ class Batch:
         else:
             self.drop_pending.append(result.runner_id)
 
+    def billing(self) -> set[str]:
+        """The runners this batch bills tokens to."""
+        return {entry["runner_id"] for entry in self.entries if entry["tokens"]}
+
     def is_idle(self, doc: Doc, result: Assessment, head: LedgerHead | None) -> bool:
         """A pending runner re-read once an hour (`progress.IDLE_RECHECK`), not every run:
         neither written (its `last_updated_db`) nor billed (its ledger head) in the last
@@ -151,28 +155,36 @@ class Pipeline:
         pending_ids = list({runner_of(c): c["source_id"] for c in claims}.values())
         for ids in chunked(pending_ids, self.settings.batch_size):
             docs = self.source.runners_by_id(ids, org)
+            read = {runner_key(d.get("_id")) for d in docs}
+            vanished = [i for i in ids if runner_key(i) not in read]
+            if vanished and not dry_run and org is not None:
+                docs += self._hand_over_moved(vanished, org)
             found = {runner_key(d.get("_id")): d.get("last_updated_db") for d in docs}
             seen.update(found)
-            vanished = [i for i in ids if runner_key(i) not in found]
-            if vanished and not dry_run:
-                if org is not None:
-                    self.progress.hand_over(self._moved_to_other_orgs(vanished, org))
-                self.progress.release_pending([runner_key(i) for i in vanished])
+            gone = [runner_key(i) for i in vanished if runner_key(i) not in found]
+            if gone and not dry_run:
+                self.progress.release_pending(gone)
             yield docs
 
-    def _moved_to_other_orgs(self, source_ids: Sequence[Any], org: str) -> list[Doc]:
-        """Claims for the runners among `source_ids` whose documents now name another org
-        than `org`: their last write may carry a stamp older than that org's cursor (stamps
-        lag one write), which its changed scan would not read until the daily full pass."""
+    def _hand_over_moved(self, source_ids: Sequence[Any], org: str) -> list[Doc]:
+        """Of the pending runners `source_ids` the read of `org`'s runners did not return,
+        hand those whose documents now name another org over to that org's pending list:
+        their last write may carry a stamp older than that org's cursor (stamps lag one
+        write), which its changed scan would not read until the daily full pass. Returns
+        those that name `org` again (moved back since that read): read here."""
+        back: list[Doc] = []
         claims = []
         for doc in self.source.runners_by_id(source_ids, None):
             context = doc.get("context")
             now_of = org_of(context) if isinstance(context, Mapping) else None
-            if now_of is not None and now_of != org:
+            if now_of == org:
+                back.append(doc)
+            elif now_of is not None:
                 claims.append(
                     {"_id": runner_key(doc.get("_id")), "source_id": doc["_id"], "org": now_of}
                 )
-        return claims
+        self.progress.hand_over(claims)
+        return back
 
     def changed_runners(
         self,
@@ -242,7 +254,8 @@ class Pipeline:
         report.count_idle(batch.idle, read=runner_ids)
         if dry_run:  # counted where a run would write them
             known = self.anomalies.previous(batch.anomalies)
-            _count_anomalies(report, self._placed(batch.anomalies, known, now), known)
+            placed = self._placed(batch.anomalies, known, now, batch.billing())
+            _count_anomalies(report, placed, known)
             self._tally(report, batch.entries)
             return
         self._record(batch, heads, rules, org=org, now=now, run_id=run_id, report=report)
@@ -264,10 +277,8 @@ class Pipeline:
         (docs/design.md). `heads` are the ledger heads the batch was assessed from, by
         `rules`."""
         known = self.anomalies.previous(batch.anomalies)
-        placed = self._placed(batch.anomalies, known, now)
-        anomalies, known = self._confirmed(
-            placed, known, heads, rules, batch.watch, org=org, now=now
-        )
+        placed = self._placed(batch.anomalies, known, now, batch.billing())
+        anomalies, known = self._confirmed(placed, known, heads, rules, batch, org=org, now=now)
         _count_anomalies(report, anomalies, known)  # as written: a second read may change them
         healed, healed_pairs = self.anomalies.resolvable(batch.clean)
         report.note_closed(healed)
@@ -300,14 +311,14 @@ class Pipeline:
         known: Mapping[str, Recorded],
         heads: Mapping[str, LedgerHead],
         rules: Rules,
-        watch: Mapping[str, Doc],
+        batch: Batch,
         *,
         org: str | None,
         now: datetime,
     ) -> tuple[list[AnomalyRecord], dict[str, Recorded]]:
         """The anomalies to write, as a newer read shows them when this one may be stale,
-        and where those stand (`known`, `AnomalyLog.previous`). `watch` says where each
-        runner's document is (`Batch.watch`).
+        and where those stand (`known`, `AnomalyLog.previous`). `batch.watch` says where
+        each runner's document is.
 
         An overlapping run may have read a newer version of a runner (a subagent's spawn
         finding that had appeared, a document fixed) and resolved its anomaly; this run's
@@ -326,7 +337,7 @@ class Pipeline:
         suspects = {  # of an org: an org-less document's anomaly (`no_org`) stands
             a.runner_id
             for a in changing
-            if a.runner_id in watch
+            if a.runner_id in batch.watch
             and (
                 _was_resolved(known.get(anomaly_id(a)))
                 or _seq(newer.get(a.runner_id)) > _seq(heads.get(a.runner_id))
@@ -335,7 +346,7 @@ class Pipeline:
         if not suspects:
             return list(anomalies), known
         fresh = self.source.runners_by_id(
-            [watch[runner]["source_id"] for runner in sorted(suspects)], None
+            [batch.watch[runner]["source_id"] for runner in sorted(suspects)], None
         )
         keys = [runner_key(d.get("_id")) for d in fresh]
         seen_again = [
@@ -347,27 +358,30 @@ class Pipeline:
         ]
         known.update(self.anomalies.previous(seen_again))
         kept = [a for a in anomalies if a.runner_id not in suspects]
-        return kept + self._placed(seen_again, known, now), known
+        return kept + self._placed(seen_again, known, now, batch.billing()), known
 
     def _placed(
-        self, anomalies: Sequence[AnomalyRecord], known: Mapping[str, Recorded], now: datetime
+        self,
+        anomalies: Sequence[AnomalyRecord],
+        known: Mapping[str, Recorded],
+        now: datetime,
+        billing: set[str],
     ) -> list[AnomalyRecord]:
         """The anomalies, each in the period whose invoice it flags for review: its usage
         period, unless that invoice is final (a final never changes): then the org's open
-        period, where its usage lands as late usage once the document is fixed. One
-        recorded open on a final invoice (`known`) stays there: that invoice was frozen
-        flagged for it, and a reviewer finds it beside it. One a person reviewed there
-        stays only while its own period is final too: the final may have been frozen
-        unflagged for it, and a runner gone on into an open month flags that month's
-        invoice, which nobody has looked at for it."""
+        period, where its usage lands as late usage once the document is fixed. Where it is
+        recorded open already (`known`), it stays (`_stays`): on a final, that invoice was
+        frozen flagged for it, and a reviewer finds it beside it; reviewed by a person,
+        while its runner bills nothing new (`billing`: the runners this batch bills
+        tokens to), so that a review is not undone by a month going by."""
         orgs = {a.org for a in anomalies if a.org is not None and a.period is not None}
         finals = self.invoices.final_periods(orgs) if orgs else {}
         placed = []
         for anomaly in anomalies:
             final = finals.get(anomaly.org or "", set())
             recorded = known.get(anomaly_id(anomaly))
-            if recorded is not None and _stays_on_final(recorded, anomaly, final):
-                anomaly = anomaly._replace(period=recorded.period)  # on the final it flagged
+            if recorded is not None and _stays(recorded, anomaly, final, billing):
+                anomaly = anomaly._replace(period=recorded.period)
             elif anomaly.period in final:
                 anomaly = anomaly._replace(period=open_period(now, final))
             placed.append(anomaly)
@@ -624,12 +638,16 @@ def _seq(head: LedgerHead | None) -> int:
     return 0 if head is None else head.seq
 
 
-def _stays_on_final(recorded: Recorded, anomaly: AnomalyRecord, final: set[str]) -> bool:
-    """Whether an anomaly recorded open on a final invoice stays there (`_placed`): unless
-    a person reviewed it there and its own period is open now."""
-    return recorded.open_on(anomaly.org, final) and (
-        not recorded.reviewed or anomaly.period in final
-    )
+def _stays(recorded: Recorded, anomaly: AnomalyRecord, final: set[str], billing: set[str]) -> bool:
+    """Whether an anomaly recorded open on an invoice of its org stays there (`_placed`):
+    one a person reviewed, while its runner bills nothing new (new usage lands on an open
+    invoice nobody has looked at for it: the anomaly moves there, unreviewed); one
+    nobody reviewed, when that invoice is final."""
+    if recorded.resolved or recorded.org != anomaly.org:
+        return False
+    if recorded.reviewed:
+        return anomaly.runner_id not in billing
+    return recorded.period in final
 
 
 def _open_at(recorded: Recorded | None, anomaly: AnomalyRecord) -> bool:

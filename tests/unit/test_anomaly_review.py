@@ -108,9 +108,11 @@ def test_an_unpriced_line_still_needs_review_after_its_anomalies_are_reviewed(db
     assert done.needs_review is True  # the line has no price: that is still open
 
 
-def test_an_anomaly_that_moves_to_another_month_flags_it_again(db, settings):
-    """Reviewed on November's draft; the running runner ends in December: December's
-    invoice has not been looked at for it, November's no longer holds it."""
+@pytest.mark.parametrize("grows", [True, False], ids=["with new usage", "without"])
+def test_a_reviewed_anomaly_moves_to_another_month_with_new_usage_only(db, settings, grows):
+    """Reviewed on November's draft; the running runner ends in December. With new usage,
+    that lands on December's invoice, which nobody has looked at for it: flagged there.
+    Without (its usage all billed in November), the review stands where it was made."""
     stamp = (NOW - timedelta(hours=1)).timestamp()
     db.tasks.insert_one(below_split("r1", ended=None, status="RUNNING", stamp=stamp))
     run_chore(db, now=NOW, settings=settings)
@@ -118,15 +120,40 @@ def test_an_anomaly_that_moves_to_another_month_flags_it_again(db, settings):
     assert invoice(db, "acme:2026-11")["needs_review"] is False
 
     later = NOW + timedelta(days=10)
-    ended = {"end_time": later - timedelta(minutes=1), "status": "SUCCESS"}
-    db.tasks.update_one({"_id": "r1"}, {"$set": {**ended, "last_updated_db": later.timestamp()}})
+    ended = below_split("r1", ended=later - timedelta(minutes=1), stamp=later.timestamp())
+    if grows:
+        ended["context"].update(ai_tokens=1_500, ai_prompt_tokens=1_400, ai_completion_tokens=600)
+    db.tasks.replace_one({"_id": "r1"}, ended)
     report = run_chore(db, now=later, settings=settings)
 
-    assert report.new_anomalies == 1
     (record,) = db.billing_anomalies.find()
-    assert (record["period"], record["resolved"]) == ("2026-12", False)
-    assert "reviewed" not in record
-    assert invoice(db, "acme:2026-12")["needs_review"] is True
+    assert record["resolved"] is False
+    if grows:
+        assert report.new_anomalies == 1
+        assert (record["period"], "reviewed" in record) == ("2026-12", False)
+        assert invoice(db, "acme:2026-12")["needs_review"] is True
+    else:
+        assert report.new_anomalies == 0 and report.tokens_billed == 0
+        assert (record["period"], record["reviewed"]["note"]) == ("2026-11", NOTE)
+        assert invoice(db, "acme:2026-11")["needs_review"] is False
+
+
+def test_a_reviewed_anomaly_held_in_the_month_of_now_does_not_come_back_every_month(db, settings):
+    """Review: an anomaly that bills nothing is recorded in the month of `now` (`bad_id`,
+    `bad_end_time`, `future_end_time`); reviewed, its month frozen, the daily full pass
+    moved it to the new month, unreviewed, with an empty invoice to carry the flag."""
+    db.tasks.insert_one(ai_runner("r1", ended="not a time", stamp=NOW.timestamp()))
+    run_chore(db, now=NOW, settings=settings)
+    assert db.billing_anomalies.find_one({})["kind"] == "bad_end_time"
+    review_anomalies(db, "acme", "2026-11", note=NOTE, now=NOW, settings=settings)
+    for days in (10, 40, 70):
+        later = NOW + timedelta(days=days)
+        finalize_invoices(db, now=later, settings=settings)
+        report = run_chore(db, now=later, settings=settings, full=True)
+        assert report.new_anomalies == 0
+    record = db.billing_anomalies.find_one({})
+    assert (record["period"], record["reviewed"]["note"]) == ("2026-11", NOTE)
+    assert db.billing_invoices.count_documents({}) == 1  # no empty invoice to carry a flag
 
 
 def test_a_reviewed_anomaly_that_heals_and_comes_back_flags_again(db, settings):

@@ -27,6 +27,7 @@ from chores.run.report import RunReport
 from chores.tasks import FANOUT_SCOPE, orgs_with_new_usage
 
 from support import NOW, ai_runner
+from support.dbproxy import DatabaseProxy
 
 DAY = timedelta(days=1)
 BEFORE = NOW - timedelta(minutes=10)  # the last write of the runners below before NOW
@@ -368,3 +369,35 @@ def test_a_pending_runner_whose_last_write_names_another_org_is_billed_by_its_ru
     }
     assert billed == {"globex": 1_000, "initech": 4_000}
     assert db.billing_pending.count_documents({"runner_id": "str:'x'"}) == 0  # billed in full
+
+
+def test_a_pending_runner_moved_back_while_it_is_handed_over_is_billed_by_its_org(db, settings):
+    """Review: the read that hands a moved runner over found its document naming the run's
+    own org again (moved back since the run's first read, stamped older than the cursor);
+    the claim was released all the same, and nothing read it until the daily full pass."""
+    start = NOW - timedelta(hours=2)
+    x = ai_runner("x", ended=None, status="RUNNING", org="globex", stamp=start.timestamp())
+    db.tasks.insert_one(x)
+    run_chore(db, org="globex", now=start + timedelta(minutes=5), settings=settings)
+    # Another runner of globex moves its cursor past x's stamp (and the lookback).
+    db.tasks.insert_one(ai_runner("y", ended=NOW - timedelta(minutes=30), org="globex"))
+    run_chore(db, org="globex", now=NOW - timedelta(minutes=25), settings=settings)
+    moved = ai_runner("x", ended=None, status="RUNNING", org="initech", stamp=start.timestamp())
+    db.tasks.replace_one({"_id": "x"}, moved)
+    back = ai_runner("x", ended=NOW - timedelta(minutes=2), org="globex", tokens=6_000)
+    back["last_updated_db"] = start.timestamp()
+    reads: list[str] = []
+
+    def move_back_before_the_hand_over(collection, method, perform):  # type: ignore[no-untyped-def]
+        if (collection, method) == ("tasks", "find"):
+            reads.append(method)
+            if len(reads) == 2:  # the pending read missed x: the hand-over reads it again
+                db.tasks.replace_one({"_id": "x"}, back)
+        return perform()
+
+    proxy = DatabaseProxy(db, around=move_back_before_the_hand_over)
+    report = run_chore(proxy, org="globex", now=NOW, settings=settings)
+
+    assert len(reads) >= 2 and report.tokens_billed == 5_000
+    billed = sum(e["tokens"] for e in db.billing_ledger.find({"runner_id": "str:'x'"}))
+    assert billed == 6_000 and db.billing_pending.count_documents({}) == 0
