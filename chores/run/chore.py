@@ -102,10 +102,6 @@ class Batch:
         else:
             self.drop_pending.append(result.runner_id)
 
-    def billing(self) -> set[str]:
-        """The runners this batch bills tokens to."""
-        return {entry["runner_id"] for entry in self.entries if entry["tokens"]}
-
     def is_idle(self, doc: Doc, result: Assessment, head: LedgerHead | None) -> bool:
         """A pending runner re-read once an hour (`progress.IDLE_RECHECK`), not every run:
         neither written (its `last_updated_db`) nor billed (its ledger head) in the last
@@ -157,8 +153,8 @@ class Pipeline:
             docs = self.source.runners_by_id(ids, org)
             read = {runner_key(d.get("_id")) for d in docs}
             vanished = [i for i in ids if runner_key(i) not in read]
-            if vanished and not dry_run and org is not None:
-                docs += self._hand_over_moved(vanished, org)
+            if vanished and org is not None:
+                docs += self._hand_over_moved(vanished, org, dry_run=dry_run)
             found = {runner_key(d.get("_id")): d.get("last_updated_db") for d in docs}
             seen.update(found)
             gone = [runner_key(i) for i in vanished if runner_key(i) not in found]
@@ -166,12 +162,13 @@ class Pipeline:
                 self.progress.release_pending(gone)
             yield docs
 
-    def _hand_over_moved(self, source_ids: Sequence[Any], org: str) -> list[Doc]:
+    def _hand_over_moved(self, source_ids: Sequence[Any], org: str, *, dry_run: bool) -> list[Doc]:
         """Of the pending runners `source_ids` the read of `org`'s runners did not return,
         hand those whose documents now name another org over to that org's pending list:
         their last write may carry a stamp older than that org's cursor (stamps lag one
         write), which its changed scan would not read until the daily full pass. Returns
-        those that name `org` again (moved back since that read): read here."""
+        those that name `org` again (moved back since that read): read here. A dry run
+        reads the same and hands nothing over."""
         back: list[Doc] = []
         claims = []
         for doc in self.source.runners_by_id(source_ids, None):
@@ -183,7 +180,8 @@ class Pipeline:
                 claims.append(
                     {"_id": runner_key(doc.get("_id")), "source_id": doc["_id"], "org": now_of}
                 )
-        self.progress.hand_over(claims)
+        if not dry_run:
+            self.progress.hand_over(claims)
         return back
 
     def changed_runners(
@@ -254,7 +252,7 @@ class Pipeline:
         report.count_idle(batch.idle, read=runner_ids)
         if dry_run:  # counted where a run would write them
             known = self.anomalies.previous(batch.anomalies)
-            placed = self._placed(batch.anomalies, known, now, batch.billing())
+            placed = self._placed(batch.anomalies, known, now)
             _count_anomalies(report, placed, known)
             self._tally(report, batch.entries)
             return
@@ -277,7 +275,7 @@ class Pipeline:
         (docs/design.md). `heads` are the ledger heads the batch was assessed from, by
         `rules`."""
         known = self.anomalies.previous(batch.anomalies)
-        placed = self._placed(batch.anomalies, known, now, batch.billing())
+        placed = self._placed(batch.anomalies, known, now)
         anomalies, known = self._confirmed(placed, known, heads, rules, batch, org=org, now=now)
         _count_anomalies(report, anomalies, known)  # as written: a second read may change them
         healed, healed_pairs = self.anomalies.resolvable(batch.clean)
@@ -358,29 +356,27 @@ class Pipeline:
         ]
         known.update(self.anomalies.previous(seen_again))
         kept = [a for a in anomalies if a.runner_id not in suspects]
-        return kept + self._placed(seen_again, known, now, batch.billing()), known
+        return kept + self._placed(seen_again, known, now), known
 
     def _placed(
         self,
         anomalies: Sequence[AnomalyRecord],
         known: Mapping[str, Recorded],
         now: datetime,
-        billing: set[str],
     ) -> list[AnomalyRecord]:
         """The anomalies, each in the period whose invoice it flags for review: its usage
         period, unless that invoice is final (a final never changes): then the org's open
         period, where its usage lands as late usage once the document is fixed. Where it is
-        recorded open already (`known`), it stays (`_stays`): on a final, that invoice was
-        frozen flagged for it, and a reviewer finds it beside it; reviewed by a person,
-        while its runner bills nothing new (`billing`: the runners this batch bills
-        tokens to), so that a review is not undone by a month going by."""
+        recorded open already (`known`), it may stay (`_stays`): on a final, that invoice
+        was frozen flagged for it, and a reviewer finds it beside it; reviewed by a person,
+        while its usage month is not another open one."""
         orgs = {a.org for a in anomalies if a.org is not None and a.period is not None}
         finals = self.invoices.final_periods(orgs) if orgs else {}
         placed = []
         for anomaly in anomalies:
             final = finals.get(anomaly.org or "", set())
             recorded = known.get(anomaly_id(anomaly))
-            if recorded is not None and _stays(recorded, anomaly, final, billing):
+            if recorded is not None and _stays(recorded, anomaly, final):
                 anomaly = anomaly._replace(period=recorded.period)
             elif anomaly.period in final:
                 anomaly = anomaly._replace(period=open_period(now, final))
@@ -638,16 +634,23 @@ def _seq(head: LedgerHead | None) -> int:
     return 0 if head is None else head.seq
 
 
-def _stays(recorded: Recorded, anomaly: AnomalyRecord, final: set[str], billing: set[str]) -> bool:
-    """Whether an anomaly recorded open on an invoice of its org stays there (`_placed`):
-    one a person reviewed, while its runner bills nothing new (new usage lands on an open
-    invoice nobody has looked at for it: the anomaly moves there, unreviewed); one
-    nobody reviewed, when that invoice is final."""
+def _stays(recorded: Recorded, anomaly: AnomalyRecord, final: set[str]) -> bool:
+    """Whether an anomaly recorded open on an invoice of its org stays there (`_placed`).
+
+    One nobody reviewed, when that invoice is final. One a person reviewed, unless the
+    runner's usage is now of another open month than the one it was reviewed on (that
+    month's invoice has not been looked at for it): not when its usage month is final (a
+    finalize or a month going by undoes no review), nor when it has no usage month yet (a
+    held kind recorded in the month of `now`, `Anomaly.IN_THE_MONTH_OF_NOW`)."""
     if recorded.resolved or recorded.org != anomaly.org:
         return False
-    if recorded.reviewed:
-        return anomaly.runner_id not in billing
-    return recorded.period in final
+    if not recorded.reviewed:
+        return recorded.period in final
+    return (
+        anomaly.kind in Anomaly.IN_THE_MONTH_OF_NOW
+        or anomaly.period in final
+        or anomaly.period == recorded.period
+    )
 
 
 def _open_at(recorded: Recorded | None, anomaly: AnomalyRecord) -> bool:

@@ -396,6 +396,10 @@ def test_a_pending_runner_moved_back_while_it_is_handed_over_is_billed_by_its_or
         return perform()
 
     proxy = DatabaseProxy(db, around=move_back_before_the_hand_over)
+    dry = run_chore(proxy, org="globex", now=NOW, settings=settings, dry_run=True)
+    assert dry.tokens_billed == 5_000  # what the run bills, as a dry run reads the same
+    db.tasks.replace_one({"_id": "x"}, moved)
+    reads.clear()
     report = run_chore(proxy, org="globex", now=NOW, settings=settings)
 
     assert len(reads) >= 2 and report.tokens_billed == 5_000
