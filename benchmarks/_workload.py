@@ -34,7 +34,7 @@ from chores.demo.corpus import generate_corpus
 from chores.metering.lineage import baseline_findings
 from chores.metering.memory_meter import MemoryMeter
 from chores.metering.source import SPAWNED_RUNNER_TYPES
-from pricing import Registry, registry_from_litellm
+from pricing import Registry, not_imported_keys, registry_from_litellm, zero_priced_keys
 
 START = datetime(2026, 10, 1, tzinfo=UTC)  # usage month of the synthetic records
 NOW = datetime(2026, 10, 30, 12, 0, tzinfo=UTC)  # the observation time of the run
@@ -136,18 +136,8 @@ def _litellm_version() -> str:
 
 
 def skipped_by_import(data: Mapping[str, Any], registry: Registry) -> list[str]:
-    """Token-priced chat/completion entries of the map that the import left out."""
-    kept = {m.id for m in registry.models}
-    out = []
-    for key, spec in data.items():
-        if key == "sample_spec" or not isinstance(spec, Mapping) or key in kept:
-            continue
-        if spec.get("mode") in ("chat", "completion", "responses") and all(
-            isinstance(spec.get(k), int | float)
-            for k in ("input_cost_per_token", "output_cost_per_token")
-        ):
-            out.append(key)
-    return sorted(out)
+    """Text-mode entries of the map that the import left out, zero-priced ones included."""
+    return sorted([*zero_priced_keys(data), *not_imported_keys(data, registry)])
 
 
 # --- measuring ----------------------------------------------------------------------------------

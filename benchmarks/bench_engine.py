@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped = skipped_by_import(data, registry)
     out.print(
         f"LiteLLM {version}: {len(data)} map entries -> registry of {len(registry.models)} "
-        f"models; {len(skipped)} token-priced chat entries not imported"
+        f"models; {len(skipped)} text-model entries not imported"
         + (f" (e.g. {', '.join(skipped[:3])})" if skipped else "")
     )
     out.print(f"machine: {machine()}")

@@ -96,6 +96,29 @@ def zero_priced_keys(
     )
 
 
+def not_imported_keys(
+    data: Mapping[str, Any],
+    registry: Registry,
+    free_providers: frozenset[str] = DEFAULT_FREE_PROVIDERS,
+) -> list[str]:
+    """The entries of a text mode (chat, completion, responses) in `data` that `registry`
+    (imported from it) does not hold, other than those `zero_priced_keys` names: priced in
+    a way a per-token registry cannot take (tiers only, per second, per character, a cost
+    missing or out of range) or named like a key already kept. Sorted."""
+    kept = {model.id for model in registry.models}
+    zero = set(zero_priced_keys(data, free_providers))
+    return sorted(
+        key
+        for key, spec in data.items()
+        if isinstance(key, str)
+        and key not in kept
+        and key not in zero
+        and key != "sample_spec"
+        and isinstance(spec, Mapping)
+        and _priced_mode(spec)
+    )
+
+
 def _unknown_price(spec: Mapping[str, Any], free_providers: frozenset[str]) -> bool:
     """Both costs 0 and the provider not a free one: a price LiteLLM does not know."""
     costs = _costs(spec)

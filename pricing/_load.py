@@ -25,6 +25,9 @@ SHIPPED_REGISTRY_PATH: Final = Path(__file__).with_name("registry.yaml")
 """The registry shipped with the package, used when no other path is configured."""
 
 _MAX_REPORTED = 5
+# A registry of every model LiteLLM prices is about 0.5 MB (YAML) or 0.9 MB (JSON); a file many
+# times that is a mistake, and reading it whole would take minutes and gigabytes.
+MAX_REGISTRY_BYTES: Final = 4 * 1024 * 1024
 
 
 class _DuplicateKey(ValueError):
@@ -77,7 +80,7 @@ def _parse_yaml(text: str, file: Path) -> object:
         mark = getattr(exc, "problem_mark", None)
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line
         raise RegistryError(
             f"The model registry {file} is not valid YAML: {problem}{where}. Fix the syntax and "
             "load it again."
@@ -127,6 +130,12 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
             " Use a .yaml, .yml or .json file."
         )
     try:
+        size = file.stat().st_size
+        if size > MAX_REGISTRY_BYTES:
+            raise RegistryError(
+                f"Cannot load the model registry {file}: it is {size / 2**20:.0f} MiB, more than "
+                f"the {MAX_REGISTRY_BYTES // 2**20} MiB a registry may be. Check the path."
+            )
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise RegistryError(
@@ -138,7 +147,13 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
             f"Cannot read the model registry {file}: it is not UTF-8 text ({exc.reason}). Save it "
             "as UTF-8."
         ) from exc
-    return validate_registry(parse(text, file), source=str(file))
+    try:
+        return validate_registry(parse(text, file), source=str(file))
+    except RecursionError:
+        raise RegistryError(
+            f"Invalid model registry {file}: its lists or mappings are nested too deeply to "
+            "be a registry. See pricing/registry.yaml for the format."
+        ) from None
 
 
 # --- validating -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import reprlib
 from bisect import bisect_right
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
@@ -52,9 +53,21 @@ def _problem(reason: str, *, field: str | None = None, model: int | None = None)
     return PydanticCustomError(RULE_ERROR, "{reason}", context)
 
 
+def _short_repr() -> reprlib.Repr:
+    """A repr that writes out at most a few items, three levels deep (keywords: 3.12+)."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxtuple, short.maxlist, short.maxdict = 3, 4, 4, 4
+    short.maxstring = short.maxother = 60
+    return short
+
+
+_SHORT = _short_repr()
+
+
 def shown(value: object) -> str:
-    """`value` for an error message, cut to a readable length."""
-    text = repr(value)
+    """`value` for an error message, cut to a readable length without writing out more of it
+    than is shown (a YAML alias bomb expands to billions of items)."""
+    text = _SHORT.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

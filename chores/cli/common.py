@@ -28,7 +28,7 @@ EXIT_REFUSED = 3  # quota check: the run may not start
 EXIT_MISMATCH = 4  # reconcile: the invoice does not agree with the source
 EXIT_LOCKED = 5  # run: a worker is metering the org right now (its Redis lock)
 EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C (128 + SIGINT)
-INTERRUPTED = "interrupted: what was billed so far is kept; run again to go on"
+INTERRUPTED = "interrupted: what was written so far is kept; run the command again to go on"
 
 
 def console() -> Console:

@@ -21,6 +21,7 @@ from chores.core.settings import get_settings
 from chores.core.wording import counted, for_terminal
 from pricing import (
     load_registry,
+    not_imported_keys,
     rate_text,
     registry_from_litellm,
     registry_to_json,
@@ -144,11 +145,18 @@ def registry_import(
         click.echo(f"wrote {counted(len(reg.models), 'model')} to {out}", err=True)
     else:
         sys.stdout.write(text)
-    unknown = zero_priced_keys(data)
-    if unknown:
-        examples = for_terminal(", ".join(unknown[:3])) + (", ..." if len(unknown) > 3 else "")
-        click.echo(
-            f"left out {counted(len(unknown), 'model')} LiteLLM prices at 0 outside the free "
-            f"providers ({examples}): their usage stays unpriced until a registry prices them",
-            err=True,
-        )
+    left_out = {
+        "LiteLLM prices at 0 outside the free providers": zero_priced_keys(data),
+        "LiteLLM does not price per input and output token as a registry needs (tiers or "
+        "seconds only, a cost missing or out of range, a name another key already took)": (
+            not_imported_keys(data, reg)
+        ),
+    }
+    for why, keys in left_out.items():
+        if keys:
+            examples = for_terminal(", ".join(keys[:3])) + (", ..." if len(keys) > 3 else "")
+            click.echo(
+                f"left out {counted(len(keys), 'model')} {why} ({examples}): their usage stays "
+                "unpriced until a registry prices them",
+                err=True,
+            )

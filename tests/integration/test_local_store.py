@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from chores import get_settings
 from chores.cli import main
+from chores.cli.common import INTERRUPTED
 from chores.core import local_store as _local_store
 
 CHORE = [str(Path(sys.executable).parent / "chore")]  # the installed command
@@ -263,7 +264,7 @@ def test_a_terminated_command_saves_its_store_like_ctrl_c(tmp_path, name):
     runs_before = len(_runs(store))
     done = _python(tmp_path, store, SIGNALLED_RUN, name, NOW, "default")
     assert done.returncode == 130, done.stderr
-    assert "interrupted: what was billed so far is kept" in done.stderr
+    assert "interrupted: what was written so far is kept" in done.stderr
     runs = _runs(store)
     assert len(runs) == runs_before + 1 and f"KeyboardInterrupt: {name}" in runs[-1]["error"]
     status = chore(tmp_path, "status", env={"MONGO_URL": f"file://{store}"})
@@ -327,7 +328,7 @@ def test_a_signal_while_the_store_is_written_waits_for_the_writing(tmp_path, nam
     runs_before = len(_runs(store))
     done = _python(tmp_path, store, SIGNALLED_SAVE, name, NOW)
     assert done.returncode == 130, done.stderr
-    assert done.stderr.strip() == "interrupted: what was billed so far is kept; run again to go on"
+    assert done.stderr.strip() == INTERRUPTED
     runs = _runs(store)
     assert len(runs) == runs_before + 1 and runs[-1]["error"] is None
     assert not list(store.parent.glob(".store.json.*"))  # no temporary file left behind

@@ -514,6 +514,37 @@ def test_registry_import_litellm_round_trips(tmp_path):
         assert "Traceback" not in refused.output
 
 
+def test_import_litellm_says_which_text_models_it_left_out(tmp_path):
+    """Review: 140 chat entries of LiteLLM's map (tiered or per-second pricing, a cost
+    missing, a name another key took) were left out without a word; only the zero-priced
+    ones were named."""
+    chat = {"litellm_provider": "openai", "mode": "chat"}
+    source = tmp_path / "map.json"
+    source.write_text(
+        json.dumps(
+            {
+                "A/x": {**chat, "input_cost_per_token": 1e-06, "output_cost_per_token": 1e-06},
+                "a/x": {**chat, "input_cost_per_token": 9e-06, "output_cost_per_token": 9e-06},
+                "tiered": {**chat, "tiered_pricing": [{"input_cost_per_token": 1e-06}]},
+                "zero": {**chat, "input_cost_per_token": 0, "output_cost_per_token": 0},
+                "embedder": {**chat, "mode": "embedding", "input_cost_per_token": 1e-06},
+            }
+        )
+    )
+    out = tmp_path / "registry.yaml"
+    args = ["registry", "import-litellm", str(source), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--valid-from", "2026-11-01"])
+    assert result.exit_code == 0, result.output
+    assert [m.id for m in load_registry(out).models] == ["A/x"]
+    assert "left out 1 model LiteLLM prices at 0 outside the free providers (zero)" in result.output
+    assert (
+        "left out 2 models LiteLLM does not price per input and output token as a registry "
+        "needs (tiers or seconds only, a cost missing or out of range, a name another key "
+        "already took) (a/x, tiered): their usage stays unpriced until a registry prices them"
+    ) in result.output
+    assert "embedder" not in result.output  # not a text model: nothing to price per token
+
+
 def test_demo_runs_without_a_server(tmp_path):
     (tmp_path / "[bold]").mkdir()  # a path is printed as written, never as rich markup
     store = tmp_path / "[bold]" / "demo.json"

@@ -24,6 +24,7 @@ from pricing import (
     load_registry,
     registry_to_yaml,
 )
+from pricing._load import MAX_REGISTRY_BYTES
 
 
 def _price(valid_from: str, input: str, output: str, cached: str | None = None) -> dict[str, Any]:
@@ -512,6 +513,48 @@ def test_unreadable_or_unknown_files_are_registry_errors(tmp_path: Path) -> None
     latin.write_bytes('version: "caf\xe9"\n'.encode("latin-1"))
     with pytest.raises(RegistryError, match="UTF-8"):
         load_registry(latin)
+
+
+ALIAS_BOMB = """\
+version: "x"
+models:
+- id: a
+  tier: paid
+  prices: [{valid_from: "2026-01-01", input: "1", output: "1"}]
+  aliases: &j [&i [&h [&g [&f [&e [&d [&c [&b [&a ["lol","lol","lol","lol","lol","lol","lol","lol"],
+    *a,*a,*a,*a,*a,*a,*a,*a], *b,*b,*b,*b,*b,*b,*b,*b], *c,*c,*c,*c,*c,*c,*c,*c],
+    *d,*d,*d,*d,*d,*d,*d,*d], *e,*e,*e,*e,*e,*e,*e,*e], *f,*f,*f,*f,*f,*f,*f,*f],
+    *g,*g,*g,*g,*g,*g,*g,*g], *h,*h,*h,*h,*h,*h,*h,*h], *i,*i,*i,*i,*i,*i,*i,*i]
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        pytest.param("bomb.yaml", ALIAS_BOMB, r"field 'aliases\[0\]'.*got \[\[", id="alias bomb"),
+        pytest.param("deep.json", "[" * 5000 + "]" * 5000, "nested too deeply", id="deep json"),
+        pytest.param("deep.yaml", "[" * 5000 + "]" * 5000, "nested too deeply", id="deep yaml"),
+        pytest.param("nul.yaml", "\x00version: x", "not valid YAML: [^\n]*position 0", id="nul"),
+    ],
+)
+def test_a_hostile_file_is_one_registry_error_not_a_hang_or_a_crash(
+    name: str, text: str, expected: str, tmp_path: Path
+) -> None:
+    """Review: an alias bomb of 500 bytes was written out whole for its error message (400 s,
+    3 GB); deep nesting raised RecursionError; a NUL gave an error on two lines."""
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(RegistryError, match=expected) as raised:
+        load_registry(path)
+    assert "\n" not in str(raised.value) and len(str(raised.value)) < 2_000
+
+
+def test_a_registry_file_too_large_to_be_one_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as out:
+        out.truncate(MAX_REGISTRY_BYTES + 1)  # sparse: nothing to read, should it be read
+    with pytest.raises(RegistryError, match=r"is 4 MiB, more than the 4 MiB a registry may be"):
+        load_registry(path)
 
 
 # --- file formats ------------------------------------------------------------------------------
