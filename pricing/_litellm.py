@@ -102,20 +102,20 @@ def not_imported_keys(
     free_providers: frozenset[str] = DEFAULT_FREE_PROVIDERS,
 ) -> list[str]:
     """The entries of a text mode (chat, completion, responses) in `data` that `registry`
-    (imported from it) does not hold, other than those `zero_priced_keys` names: priced in
-    a way a per-token registry cannot take (tiers only, per second, per character, a cost
-    missing or out of range) or named like a key already kept. Sorted."""
-    kept = {model.id for model in registry.models}
+    (imported from it) leaves unpriced, other than those `zero_priced_keys` names: priced
+    in a way a per-token registry cannot take (tiers only, per second, per character, a
+    cost missing or out of range) or named like a key already kept. A name the registry
+    resolves (`chatgpt/gpt-5.2` to `gpt-5.2`, SPEC §2) is priced, and not listed. Sorted."""
     zero = set(zero_priced_keys(data, free_providers))
     return sorted(
         key
         for key, spec in data.items()
         if isinstance(key, str)
-        and key not in kept
         and key not in zero
         and key != "sample_spec"
         and isinstance(spec, Mapping)
         and _priced_mode(spec)
+        and registry.resolve(key) is None
     )
 
 

@@ -43,7 +43,13 @@ class _RegistryLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
     def _refuse_keys_given_twice(self, node: yaml.MappingNode, deep: bool) -> None:
-        """Within one mapping as written, and within each mapping it merges in."""
+        """Within one mapping as written, and within each mapping it merges in; each node
+        once (a mapping merged in through aliases at every level of a few hundred bytes is
+        otherwise checked billions of times)."""
+        checked: set[int] = self.__dict__.setdefault("_checked_nodes", set())
+        if id(node) in checked:
+            return
+        checked.add(id(node))
         seen: set[Any] = set()
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
@@ -75,6 +81,11 @@ _RegistryLoader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
 def _parse_yaml(text: str, file: Path) -> object:
     try:
         return yaml.load(text, Loader=_RegistryLoader)  # safe: a SafeLoader subclass
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise RegistryError(
+            f"The model registry {file} holds a value it cannot read: {_first_clause(exc)}. "
+            "Fix the value and load it again."
+        ) from None
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
@@ -85,6 +96,11 @@ def _parse_yaml(text: str, file: Path) -> object:
             f"The model registry {file} is not valid YAML: {problem}{where}. Fix the syntax and "
             "load it again."
         ) from exc
+
+
+def _first_clause(exc: ValueError) -> str:
+    """An error's message without Python's advice to the programmer (after a `;`)."""
+    return str(exc).split(";")[0]
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -101,8 +117,8 @@ def _parse_json(text: str, file: Path) -> object:
         return json.loads(text, parse_float=Decimal, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         problem = f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
-    except _DuplicateKey as exc:
-        problem = str(exc)
+    except ValueError as exc:  # a key given twice, an integer of too many digits
+        problem = _first_clause(exc)
     raise RegistryError(
         f"The model registry {file} is not valid JSON: {problem}. Fix the syntax and load it again."
     )

@@ -146,7 +146,9 @@ def registry_import(
     else:
         sys.stdout.write(text)
     left_out = {
-        "LiteLLM prices at 0 outside the free providers": zero_priced_keys(data),
+        "LiteLLM prices at 0 outside the free providers": [
+            key for key in zero_priced_keys(data) if reg.resolve(key) is None
+        ],
         "LiteLLM does not price per input and output token as a registry needs (tiers or "
         "seconds only, a cost missing or out of range, a name another key already took)": (
             not_imported_keys(data, reg)

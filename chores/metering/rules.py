@@ -66,9 +66,6 @@ class Anomaly:
     # Tokens billed under another org change kind: left as that org was billed (SPEC §4).
     ORG_CHANGED = "org_changed"
 
-    # Held before their usage has a time: recorded in the month of `now`.
-    IN_THE_MONTH_OF_NOW = frozenset({BAD_ID, BAD_END_TIME, FUTURE_END_TIME})
-
     # Resolved automatically once the runner bills cleanly again; the others stay
     # open for a person to review (`chore anomaly review`).
     SELF_HEALING = frozenset(
@@ -82,6 +79,9 @@ class Anomaly:
             BASELINE_MALFORMED,
         }
     )
+    # Hold the runner: nothing of it is billed until the document is fixed (those without
+    # an end time, an id or an org that can be billed are recorded in the month of `now`).
+    HELD = SELF_HEALING | {OVER_CEILING, BAD_ID, NO_ORG}
 
 
 # Every kind, in the order `Anomaly` declares them.

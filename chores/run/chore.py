@@ -102,6 +102,10 @@ class Batch:
         else:
             self.drop_pending.append(result.runner_id)
 
+    def billing(self) -> set[str]:
+        """The runners this batch bills tokens to."""
+        return {entry["runner_id"] for entry in self.entries if entry["tokens"]}
+
     def is_idle(self, doc: Doc, result: Assessment, head: LedgerHead | None) -> bool:
         """A pending runner re-read once an hour (`progress.IDLE_RECHECK`), not every run:
         neither written (its `last_updated_db`) nor billed (its ledger head) in the last
@@ -252,7 +256,7 @@ class Pipeline:
         report.count_idle(batch.idle, read=runner_ids)
         if dry_run:  # counted where a run would write them
             known = self.anomalies.previous(batch.anomalies)
-            placed = self._placed(batch.anomalies, known, now)
+            placed = self._placed(batch.anomalies, known, now, batch.billing())
             _count_anomalies(report, placed, known)
             self._tally(report, batch.entries)
             return
@@ -275,7 +279,7 @@ class Pipeline:
         (docs/design.md). `heads` are the ledger heads the batch was assessed from, by
         `rules`."""
         known = self.anomalies.previous(batch.anomalies)
-        placed = self._placed(batch.anomalies, known, now)
+        placed = self._placed(batch.anomalies, known, now, batch.billing())
         anomalies, known = self._confirmed(placed, known, heads, rules, batch, org=org, now=now)
         _count_anomalies(report, anomalies, known)  # as written: a second read may change them
         healed, healed_pairs = self.anomalies.resolvable(batch.clean)
@@ -356,27 +360,29 @@ class Pipeline:
         ]
         known.update(self.anomalies.previous(seen_again))
         kept = [a for a in anomalies if a.runner_id not in suspects]
-        return kept + self._placed(seen_again, known, now), known
+        return kept + self._placed(seen_again, known, now, batch.billing()), known
 
     def _placed(
         self,
         anomalies: Sequence[AnomalyRecord],
         known: Mapping[str, Recorded],
         now: datetime,
+        billing: set[str],
     ) -> list[AnomalyRecord]:
         """The anomalies, each in the period whose invoice it flags for review: its usage
         period, unless that invoice is final (a final never changes): then the org's open
         period, where its usage lands as late usage once the document is fixed. Where it is
         recorded open already (`known`), it may stay (`_stays`): on a final, that invoice
         was frozen flagged for it, and a reviewer finds it beside it; reviewed by a person,
-        while its usage month is not another open one."""
+        while nothing of it lands on an invoice nobody has looked at for it (`billing`: the
+        runners this batch bills tokens to)."""
         orgs = {a.org for a in anomalies if a.org is not None and a.period is not None}
         finals = self.invoices.final_periods(orgs) if orgs else {}
         placed = []
         for anomaly in anomalies:
             final = finals.get(anomaly.org or "", set())
             recorded = known.get(anomaly_id(anomaly))
-            if recorded is not None and _stays(recorded, anomaly, final):
+            if recorded is not None and _stays(recorded, anomaly, final, billing):
                 anomaly = anomaly._replace(period=recorded.period)
             elif anomaly.period in final:
                 anomaly = anomaly._replace(period=open_period(now, final))
@@ -634,22 +640,22 @@ def _seq(head: LedgerHead | None) -> int:
     return 0 if head is None else head.seq
 
 
-def _stays(recorded: Recorded, anomaly: AnomalyRecord, final: set[str]) -> bool:
+def _stays(recorded: Recorded, anomaly: AnomalyRecord, final: set[str], billing: set[str]) -> bool:
     """Whether an anomaly recorded open on an invoice of its org stays there (`_placed`).
 
-    One nobody reviewed, when that invoice is final. One a person reviewed, unless the
-    runner's usage is now of another open month than the one it was reviewed on (that
-    month's invoice has not been looked at for it): not when its usage month is final (a
-    finalize or a month going by undoes no review), nor when it has no usage month yet (a
-    held kind recorded in the month of `now`, `Anomaly.IN_THE_MONTH_OF_NOW`)."""
+    One nobody reviewed, when that invoice is final. One a person reviewed, while nothing
+    of it lands on an invoice nobody has looked at for it: not when this batch bills its
+    runner new tokens with it (`billing`), nor when the runner's usage is now of another
+    open month than the one it was reviewed on (it ran on into it, or ended in it). A
+    held kind bills nothing (`Anomaly.HELD`), and a runner whose usage month is final
+    bills nothing there: a finalize, a month going by or the daily full pass undo no
+    review."""
     if recorded.resolved or recorded.org != anomaly.org:
         return False
     if not recorded.reviewed:
         return recorded.period in final
-    return (
-        anomaly.kind in Anomaly.IN_THE_MONTH_OF_NOW
-        or anomaly.period in final
-        or anomaly.period == recorded.period
+    return anomaly.runner_id not in billing and (
+        anomaly.kind in Anomaly.HELD or anomaly.period in final or anomaly.period == recorded.period
     )
 
 

@@ -17,6 +17,7 @@ from chores.cli.app import main
 from chores.core.db import Collections
 from chores.core.exceptions import ChoreError, ConfigError, InvoiceNotFound
 from chores.metering.anomalies import AnomalyLog
+from chores.metering.rules import NOT_UTF8, Anomaly, assess
 from chores.metering.runner_keys import runner_key
 from chores.run.review import Review, review_anomalies
 
@@ -382,3 +383,88 @@ def test_the_hints_quote_an_org_id_for_the_shell(env_db):
     assert "chore anomaly review --org 'my org;$(id)' --period 2026-11" in shown.output
     listed = cli.invoke(main, ["anomaly", "list", "--org", org])
     assert "chore anomaly review --org 'my org;$(id)' --period 2026-11" in listed.output
+
+
+def test_a_reviewed_held_subagent_stays_reviewed_as_months_go_by(db, settings):
+    """Review: a running subagent waiting for its spawn finding (`baseline_missing`, held:
+    it bills nothing) came back every month, unreviewed, with an empty invoice to carry
+    the flag."""
+    db.tasks.insert_one(
+        ai_runner("s1", ended=None, status="RUNNING", stamp=NOW.timestamp(), subagent="child")
+    )
+    run_chore(db, now=NOW, settings=settings)
+    review_anomalies(db, "acme", "2026-11", note=NOTE, now=NOW, settings=settings)
+    for days in (10, 40):
+        later = NOW + timedelta(days=days)
+        finalize_invoices(db, now=later, settings=settings)
+        report = run_chore(db, now=later, settings=settings, full=True)
+        assert report.new_anomalies == 0 and report.tokens_billed == 0
+    record = db.billing_anomalies.find_one({})
+    assert (record["kind"], record["period"]) == ("baseline_missing", "2026-11")
+    assert record["reviewed"]["note"] == NOTE
+    assert db.billing_invoices.count_documents({}) == 1
+
+
+def test_late_usage_billed_with_a_reviewed_anomaly_flags_the_open_month(db, settings):
+    """Review: a finished runner's `total_below_split` was reviewed on November, which was
+    then frozen; its counters grew (still below the split) and 1,000 late tokens landed on
+    December's draft, unflagged: nobody had looked at December for it."""
+    db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1)))
+    run_chore(db, now=NOW, settings=settings)
+    review_anomalies(db, "acme", "2026-11", note=NOTE, now=NOW, settings=settings)
+    december = NOW + timedelta(days=10)
+    finalize_invoices(db, now=december, settings=settings)
+    grown = below_split("r1", ended=NOW - timedelta(hours=1), stamp=december.timestamp())
+    grown["context"].update(ai_tokens=1_500, ai_prompt_tokens=1_400, ai_completion_tokens=600)
+    db.tasks.replace_one({"_id": "r1"}, grown)
+
+    report = run_chore(db, now=december, settings=settings)
+
+    assert report.tokens_billed == 1_000 and report.new_anomalies == 1
+    record = db.billing_anomalies.find_one({})
+    assert (record["period"], "reviewed" in record) == ("2026-12", False)
+    december_invoice = invoice(db, "acme:2026-12")
+    assert december_invoice["needs_review"] is True
+    assert [line["late"] for line in december_invoice["lines"]] == [True]
+
+
+@pytest.mark.parametrize(
+    ("doc", "kind"),
+    [
+        (ai_runner("a", ended=NOW, tokens="12"), "malformed_counters"),
+        (ai_runner("a", ended=NOW, model=5), "bad_model"),  # type: ignore[arg-type]
+        (ai_runner("a", ended=NOW, ai_key_source="mine"), "bad_key_source"),
+        (ai_runner("a", ended="yesterday", stamp=NOW.timestamp()), "bad_end_time"),
+        (ai_runner("a", ended=NOW + timedelta(days=2)), "future_end_time"),
+        (ai_runner("a", ended=NOW, subagent="child"), "baseline_missing"),
+        (ai_runner("a", ended=NOW, tokens=2 * 10**9), "over_ceiling"),
+        (ai_runner("a", ended=NOW, org=""), "no_org"),
+        (ai_runner("a" + NOT_UTF8, ended=NOW), "bad_id"),
+    ],
+)
+def test_the_held_kinds_are_those_that_bill_nothing(doc, kind):
+    """`Anomaly.HELD`, which keeps a reviewed anomaly where it was reviewed (nothing of it
+    lands anywhere), is what `assess` holds."""
+    result = assess(
+        doc,
+        spawn_contexts=[],
+        head=None,
+        now=NOW,
+        max_tokens_per_run=10**9,
+        future_skew_seconds=300,
+    )
+    assert [a.kind for a in result.anomalies] == [kind]
+    assert kind in Anomaly.HELD and result.deltas == ()
+
+
+def test_the_flag_kinds_bill_with_their_anomaly():
+    flagged = assess(
+        below_split("a", ended=NOW),
+        spawn_contexts=[],
+        head=None,
+        now=NOW,
+        max_tokens_per_run=10**9,
+        future_skew_seconds=300,
+    )
+    assert [a.kind for a in flagged.anomalies] == ["total_below_split"]
+    assert "total_below_split" not in Anomaly.HELD and flagged.deltas != ()

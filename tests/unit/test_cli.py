@@ -528,6 +528,7 @@ def test_import_litellm_says_which_text_models_it_left_out(tmp_path):
                 "tiered": {**chat, "tiered_pricing": [{"input_cost_per_token": 1e-06}]},
                 "zero": {**chat, "input_cost_per_token": 0, "output_cost_per_token": 0},
                 "embedder": {**chat, "mode": "embedding", "input_cost_per_token": 1e-06},
+                "route/x": {**chat},  # no price, but resolves to A/x by its alias x: priced
             }
         )
     )
@@ -538,11 +539,13 @@ def test_import_litellm_says_which_text_models_it_left_out(tmp_path):
     assert [m.id for m in load_registry(out).models] == ["A/x"]
     assert "left out 1 model LiteLLM prices at 0 outside the free providers (zero)" in result.output
     assert (
-        "left out 2 models LiteLLM does not price per input and output token as a registry "
+        "left out 1 model LiteLLM does not price per input and output token as a registry "
         "needs (tiers or seconds only, a cost missing or out of range, a name another key "
-        "already took) (a/x, tiered): their usage stays unpriced until a registry prices them"
+        "already took) (tiered): their usage stays unpriced until a registry prices them"
     ) in result.output
+    assert load_registry(out).resolve("a/x").id == "A/x"  # one name, whatever its case
     assert "embedder" not in result.output  # not a text model: nothing to price per token
+    assert "route/x" not in result.output and load_registry(out).resolve("route/x") is not None
 
 
 def test_demo_runs_without_a_server(tmp_path):

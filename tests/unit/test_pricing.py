@@ -528,6 +528,25 @@ models:
 """
 
 
+def _merge_bomb(depth: int) -> str:
+    """A mapping that merges in the one below it ten times, `depth` levels deep (590 bytes
+    at 8: checked once per node it is instant; once per merge, a minute)."""
+    inner = "&l0 {x: 1}"
+    for n in range(1, depth + 1):
+        inner = f"&l{n} {{<<: [{inner}, " + ", ".join([f"*l{n - 1}"] * 9) + "]}"
+    return (
+        'version: "1"\nmodels:\n- id: m\n  tier: paid\n  prices:\n  - valid_from: "2024-01-01"\n'
+        f'    input: "1"\n    output: "1"\n    extra: {inner}\n'
+    )
+
+
+MERGE_BOMB = _merge_bomb(8)
+BIG_INT = (
+    "version: x\nmodels:\n- {{id: m, tier: paid, "
+    "prices: [{{valid_from: '2026-01-01', input: {i}, output: '1'}}]}}\n"
+)
+
+
 @pytest.mark.parametrize(
     ("name", "text", "expected"),
     [
@@ -535,6 +554,9 @@ models:
         pytest.param("deep.json", "[" * 5000 + "]" * 5000, "nested too deeply", id="deep json"),
         pytest.param("deep.yaml", "[" * 5000 + "]" * 5000, "nested too deeply", id="deep yaml"),
         pytest.param("nul.yaml", "\x00version: x", "not valid YAML: [^\n]*position 0", id="nul"),
+        pytest.param("merge.yaml", MERGE_BOMB, "unknown key 'extra'", id="merge-key bomb"),
+        pytest.param("int.yaml", BIG_INT.format(i="9" * 5000), "5000 digits", id="yaml int"),
+        pytest.param("int.json", "[" + "9" * 5000 + "]", "5000 digits", id="json int"),
     ],
 )
 def test_a_hostile_file_is_one_registry_error_not_a_hang_or_a_crash(
