@@ -46,10 +46,11 @@ class _RegistryLoader(yaml.SafeLoader):
         """Within one mapping as written, and within each mapping it merges in; each node
         once (a mapping merged in through aliases at every level of a few hundred bytes is
         otherwise checked billions of times)."""
-        checked: set[int] = self.__dict__.setdefault("_checked_nodes", set())
-        if id(node) in checked:
+        # The nodes themselves (compared by identity), kept alive: never an id reused.
+        checked: set[yaml.Node] = self.__dict__.setdefault("_checked_nodes", set())
+        if node in checked:
             return
-        checked.add(id(node))
+        checked.add(node)
         seen: set[Any] = set()
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":

@@ -19,6 +19,7 @@ from typing import Any
 
 from pymongo.database import Database
 
+from chores.billing.drafts import has_usage
 from chores.billing.invoices import Finalizer, Invoices, open_period
 from chores.core.clock import checked_now, grace_period
 from chores.core.db import (
@@ -103,8 +104,9 @@ class Batch:
             self.drop_pending.append(result.runner_id)
 
     def billing(self) -> set[str]:
-        """The runners this batch bills tokens to."""
-        return {entry["runner_id"] for entry in self.entries if entry["tokens"]}
+        """The runners this batch bills usage to: new tokens, or tokens that change kind (a
+        reclassification sums to none, but changes an invoice's amounts)."""
+        return {entry["runner_id"] for entry in self.entries if has_usage(entry)}
 
     def is_idle(self, doc: Doc, result: Assessment, head: LedgerHead | None) -> bool:
         """A pending runner re-read once an hour (`progress.IDLE_RECHECK`), not every run:
@@ -645,11 +647,11 @@ def _stays(recorded: Recorded, anomaly: AnomalyRecord, final: set[str], billing:
 
     One nobody reviewed, when that invoice is final. One a person reviewed, while nothing
     of it lands on an invoice nobody has looked at for it: not when this batch bills its
-    runner new tokens with it (`billing`), nor when the runner's usage is now of another
-    open month than the one it was reviewed on (it ran on into it, or ended in it). A
-    held kind bills nothing (`Anomaly.HELD`), and a runner whose usage month is final
-    bills nothing there: a finalize, a month going by or the daily full pass undo no
-    review."""
+    runner usage with it (`billing`: new tokens, or tokens that change kind), nor when the
+    runner's usage is now of another open month than the one it was reviewed on (it ran
+    on into it, or ended in it). A held kind bills nothing (`Anomaly.HELD`), and a runner
+    whose usage month is final bills nothing there: a finalize, a month going by or the
+    daily full pass undo no review."""
     if recorded.resolved or recorded.org != anomaly.org:
         return False
     if not recorded.reviewed:

@@ -6,7 +6,7 @@ flags again. A final invoice never changes."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -468,3 +468,32 @@ def test_the_flag_kinds_bill_with_their_anomaly():
     )
     assert [a.kind for a in flagged.anomalies] == ["total_below_split"]
     assert "total_below_split" not in Anomaly.HELD and flagged.deltas != ()
+
+
+def test_tokens_that_change_kind_late_with_a_reviewed_anomaly_flag_the_open_month(db, settings):
+    """Review: after the review and the freeze of November, 30 unsplit tokens of the runner
+    turned out to be output: a late line of 0 tokens and +14 micro-dollars on December,
+    which was not flagged (only entries with new tokens counted)."""
+
+    def write(at: datetime, total: int, prompt: int, completion: int) -> Any:
+        doc = ai_runner("r1", ended=NOW - timedelta(hours=1), stamp=at.timestamp())
+        doc["context"].update(
+            ai_tokens=total, ai_prompt_tokens=prompt, ai_completion_tokens=completion
+        )
+        db.tasks.replace_one({"_id": "r1"}, doc, upsert=True)
+        return run_chore(db, now=at, settings=settings)
+
+    write(NOW, 1_000, 500, 300)  # 200 unsplit
+    write(NOW + timedelta(hours=1), 900, 500, 450)  # below the split, and down: flagged
+    review_anomalies(db, "acme", "2026-11", note=NOTE, now=NOW, settings=settings)
+    december = NOW + timedelta(days=10)
+    finalize_invoices(db, now=december, settings=settings)
+
+    report = write(december, 900, 500, 480)  # 30 more output: unsplit reclassified
+
+    assert report.tokens_billed == 0 and report.new_anomalies >= 1
+    late = invoice(db, "acme:2026-12")
+    assert late["total_micros"] != 0 and late["needs_review"] is True
+    assert {a["period"] for a in db.billing_anomalies.find({"reviewed": {"$exists": False}})} == {
+        "2026-12"
+    }

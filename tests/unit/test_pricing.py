@@ -757,3 +757,13 @@ def test_an_excerpt_resolves_and_prices_its_models_as_the_registry_does():
             else:
                 assert found is None, name
     assert registry.excerpt(["no-such-model"]) is None
+
+
+def test_a_key_given_twice_is_refused_whatever_came_before_it_in_the_stream() -> None:
+    """Review: the duplicate-key check remembered the nodes it checked by `id`; a loader
+    reading several documents met a new node under a freed one's id, and skipped it."""
+    from pricing._load import _RegistryLoader
+
+    stream = "\n---\n".join(["{a: 1, b: 2}"] * 50 + ["{a: 1, a: 2}"])
+    with pytest.raises(yaml.YAMLError, match="key 'a' is given twice"):
+        list(yaml.load_all(stream, Loader=_RegistryLoader))
