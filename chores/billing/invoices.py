@@ -95,11 +95,7 @@ def build_invoice(
         lines=lines,
         total_micros=Micros(total),
         unpriced_tokens=unpriced,
-        # A credit line: tokens charged in a period now final and reclassified since
-        # (unsplit to input, input to cached, `counters.reclassified_mark`), credited here as
-        # late usage; it can leave the line or the invoice below zero.
-        needs_review=anomalies_open
-        or any(not line.priced or (line.amount_micros or 0) < 0 for line in lines),
+        needs_review=anomalies_open or lines_need_review(lines),
         runs=runs,
         entries=entries,
         updated_at=now,
@@ -107,6 +103,13 @@ def build_invoice(
         registry=registry.fingerprint,
         priced_with=registry.excerpt(line.model for line in lines if line.model is not None),
     )
+
+
+def lines_need_review(lines: Iterable[InvoiceLine]) -> bool:
+    """Whether an invoice's lines alone need a person: an unpriced line, or a line below
+    zero (a credit: tokens charged in a period now final and reclassified since, unsplit
+    to input or input to cached, `counters.reclassified_mark`, credited as late usage)."""
+    return any(not line.priced or (line.amount_micros or 0) < 0 for line in lines)
 
 
 @dataclass(frozen=True)
@@ -531,7 +534,7 @@ class Finalizer:
             fenced = self._c.invoices.find_one_and_update(
                 {"_id": invoice_id, "status": "draft"},
                 {"$inc": {"fence": 1}},
-                projection={"fence": 1},
+                projection={"fence": 1, "lines": 1, "build_ticket": 1},
                 return_document=ReturnDocument.AFTER,
             )
             if fenced is None:
@@ -545,11 +548,26 @@ class Finalizer:
                 self._progress.close_marks(marks)
                 return False  # the draft lags the ledger: the next run folds the rest
             held = self._ledger.count_stamped(org, period, token)
-            final: Doc = {"status": "final", "finalized_at": now, "closed_fence": token}
-            if self._anomalies.open_periods([(org, period)]):
-                final["needs_review"] = True  # never unset: the draft's own reasons stand
+            # Flagged for what stands when it is frozen: its lines (as frozen), and the
+            # anomalies open on it now (the draft's flag may be older: one recorded, resolved,
+            # reviewed or moved to another org since the draft was built).
+            lines = [InvoiceLine.model_validate(line) for line in fenced.get("lines", [])]
+            review = lines_need_review(lines) or bool(self._anomalies.open_periods([(org, period)]))
+            final: Doc = {
+                "status": "final",
+                "finalized_at": now,
+                "closed_fence": token,
+                "needs_review": review,
+            }
             frozen = self._c.invoices.update_one(
-                {"_id": invoice_id, "status": "draft", "fence": token, "entries": held},
+                {
+                    "_id": invoice_id,
+                    "status": "draft",
+                    "fence": token,
+                    "entries": held,
+                    # the lines its flag was read from: not rebuilt since
+                    "build_ticket": fenced.get("build_ticket"),
+                },
                 {"$set": final},
             )
             if frozen.modified_count:

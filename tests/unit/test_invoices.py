@@ -479,3 +479,29 @@ def test_a_reclassifying_step_whose_move_another_run_wrote_first_writes_nothing_
                                                       "unsplit_tokens", "tokens")]  # fmt: skip
     assert kinds == [1_500, 500, 0, 2_000]
     assert invoice(db)["total_micros"] == 1_500 * 15 + 500 * 75  # 60,000 µ$
+
+
+def test_a_final_is_flagged_for_what_stands_when_it_is_frozen_not_for_a_stale_draft(db, settings):
+    """Property check: a subagent held under acme (`baseline_missing`) moved to globex; a
+    run of globex moved the anomaly, and acme's draft kept its flag until an acme run. A
+    finalize before one froze acme's month flagged for good, with nothing open on it."""
+    from support import ai_runner
+
+    def subagent(org: str, at: datetime) -> dict[str, Any]:
+        doc = ai_runner("r1", ended=None, status="RUNNING", org=org, stamp=at.timestamp())
+        doc["context"].update(subagent="s", ai_subagent_depth=1)
+        return doc
+
+    db.tasks.insert_one(subagent("acme", datetime(2026, 9, 9, tzinfo=UTC)))
+    run_chore(db, now=datetime(2026, 9, 10, tzinfo=UTC), settings=settings)
+    assert db.billing_invoices.find_one({"_id": "acme:2026-09"})["needs_review"] is True
+    db.tasks.replace_one({"_id": "r1"}, subagent("globex", datetime(2026, 9, 22, tzinfo=UTC)))
+    run_chore(db, org="globex", now=datetime(2026, 9, 26, tzinfo=UTC), settings=settings)
+
+    frozen = finalize_invoices(db, now=datetime(2026, 10, 5, tzinfo=UTC), settings=settings)
+
+    assert "acme:2026-09" in frozen
+    acme = db.billing_invoices.find_one({"_id": "acme:2026-09"})
+    assert (acme["status"], acme["needs_review"]) == ("final", False)
+    globex = db.billing_invoices.find_one({"_id": "globex:2026-09"})
+    assert (globex["status"], globex["needs_review"]) == ("final", True)  # it is open there
