@@ -268,6 +268,16 @@ class Invoices:
             finals[org] = set(periods)
         return finals
 
+    def final_flags(self, orgs: Iterable[str]) -> dict[str, dict[str, bool]]:
+        """org -> {final period -> whether it was frozen needing review}."""
+        flags: dict[str, dict[str, bool]] = defaultdict(dict)
+        wanted = sorted(set(orgs))
+        if wanted:
+            query = {"org": {"$in": wanted}, "status": "final"}
+            for doc in self._c.invoices.find(query, {"org": 1, "period": 1, "needs_review": 1}):
+                flags[doc["org"]][doc["period"]] = bool(doc.get("needs_review"))
+        return flags
+
     def get(self, org: str, period: str) -> Invoice | None:
         doc = self._c.invoices.find_one({"_id": f"{org}:{period}"})
         return Invoice.model_validate(doc) if doc else None
@@ -534,7 +544,7 @@ class Finalizer:
             fenced = self._c.invoices.find_one_and_update(
                 {"_id": invoice_id, "status": "draft"},
                 {"$inc": {"fence": 1}},
-                projection={"fence": 1, "lines": 1, "build_ticket": 1},
+                projection={"fence": 1, "lines": 1},
                 return_document=ReturnDocument.AFTER,
             )
             if fenced is None:
@@ -565,8 +575,9 @@ class Finalizer:
                     "status": "draft",
                     "fence": token,
                     "entries": held,
-                    # the lines its flag was read from: not rebuilt since
-                    "build_ticket": fenced.get("build_ticket"),
+                    # the lines its flag was read from (a rebuild since that changed
+                    # nothing leaves them equal: a run between does not refuse the freeze)
+                    "lines": fenced.get("lines"),
                 },
                 {"$set": final},
             )

@@ -63,10 +63,6 @@ class Recorded(NamedTuple):
         """Whether it is open on the invoice of `(org, period)`, reviewed or not."""
         return not self.resolved and self.org == org and self.period == period
 
-    def open_on(self, org: str | None, periods: Iterable[str]) -> bool:
-        """Whether it is open on an invoice of `org` in one of `periods`."""
-        return not self.resolved and self.org == org and self.period in periods
-
 
 class AnomalyLog:
     def __init__(self, collections: Collections):

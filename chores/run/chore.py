@@ -379,12 +379,13 @@ class Pipeline:
         while nothing of it lands on an invoice nobody has looked at for it (`billing`: the
         runners this batch bills tokens to)."""
         orgs = {a.org for a in anomalies if a.org is not None and a.period is not None}
-        finals = self.invoices.final_periods(orgs) if orgs else {}
+        finals = self.invoices.final_flags(orgs) if orgs else {}
         placed = []
         for anomaly in anomalies:
-            final = finals.get(anomaly.org or "", set())
+            flags = finals.get(anomaly.org or "", {})
+            final = set(flags)
             recorded = known.get(anomaly_id(anomaly))
-            if recorded is not None and _stays(recorded, anomaly, final, billing):
+            if recorded is not None and _stays(recorded, anomaly, flags, billing):
                 anomaly = anomaly._replace(period=recorded.period)
             elif anomaly.period in final:
                 anomaly = anomaly._replace(period=open_period(now, final))
@@ -642,22 +643,29 @@ def _seq(head: LedgerHead | None) -> int:
     return 0 if head is None else head.seq
 
 
-def _stays(recorded: Recorded, anomaly: AnomalyRecord, final: set[str], billing: set[str]) -> bool:
+def _stays(
+    recorded: Recorded, anomaly: AnomalyRecord, finals: Mapping[str, bool], billing: set[str]
+) -> bool:
     """Whether an anomaly recorded open on an invoice of its org stays there (`_placed`).
+    `finals`: the org's final periods, each with whether it was frozen needing review.
 
-    One nobody reviewed, when that invoice is final. One a person reviewed, while nothing
-    of it lands on an invoice nobody has looked at for it: not when this batch bills its
-    runner usage with it (`billing`: new tokens, or tokens that change kind), nor when the
-    runner's usage is now of another open month than the one it was reviewed on (it ran
-    on into it, or ended in it). A held kind bills nothing (`Anomaly.HELD`), and a runner
-    whose usage month is final bills nothing there: a finalize, a month going by or the
-    daily full pass undo no review."""
+    One nobody reviewed, when that invoice is final and was frozen flagged (a finalize
+    that read the anomalies just before this one was recorded froze it unflagged: the
+    anomaly then moves to the open month, which it flags). One a person reviewed, while
+    nothing of it lands on an invoice nobody has looked at for it: not when this batch
+    bills its runner usage with it (`billing`: new tokens, or tokens that change kind),
+    nor when the runner's usage is now of another open month than the one it was reviewed
+    on (it ran on into it, or ended in it). A held kind bills nothing (`Anomaly.HELD`),
+    and a runner whose usage month is final bills nothing there: a finalize, a month going
+    by or the daily full pass undo no review."""
     if recorded.resolved or recorded.org != anomaly.org:
         return False
     if not recorded.reviewed:
-        return recorded.period in final
+        return finals.get(recorded.period, False)
     return anomaly.runner_id not in billing and (
-        anomaly.kind in Anomaly.HELD or anomaly.period in final or anomaly.period == recorded.period
+        anomaly.kind in Anomaly.HELD
+        or anomaly.period in finals
+        or anomaly.period == recorded.period
     )
 
 

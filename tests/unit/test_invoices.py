@@ -505,3 +505,67 @@ def test_a_final_is_flagged_for_what_stands_when_it_is_frozen_not_for_a_stale_dr
     assert (acme["status"], acme["needs_review"]) == ("final", False)
     globex = db.billing_invoices.find_one({"_id": "globex:2026-09"})
     assert (globex["status"], globex["needs_review"]) == ("final", True)  # it is open there
+
+
+def _pause_finalize_before(
+    db: Any, call: tuple[str, str], meanwhile: Any, *, every: bool = False
+) -> Any:
+    """A database whose first `call` (collection, method), or each when `every`, runs
+    `meanwhile` first."""
+    from support.dbproxy import DatabaseProxy
+
+    done: list[bool] = []
+
+    def around(collection, method, perform):  # type: ignore[no-untyped-def]
+        if (collection, method) == call and (every or not done):
+            done.append(True)
+            meanwhile()
+        return perform()
+
+    return DatabaseProxy(db, around=around)
+
+
+def test_a_run_that_changes_nothing_does_not_refuse_a_freeze(db, settings):
+    """Review: the freeze required the draft's build ticket to be the one its lines were
+    read with; a run between, settling the finalize's own dirty mark, rebuilt the draft
+    unchanged under a new ticket, and every attempt was refused."""
+    from support import ai_runner
+
+    db.tasks.insert_one(ai_runner("r1", ended=datetime(2026, 9, 9, tzinfo=UTC)))
+    run_chore(db, now=datetime(2026, 9, 10, tzinfo=UTC), settings=settings)
+    october = datetime(2026, 10, 5, tzinfo=UTC)
+
+    def run_between() -> None:
+        run_chore(db, now=october, settings=settings, full=True)
+
+    # before every attempt's compare-and-set
+    call = ("billing_invoices", "update_one")
+    proxy = _pause_finalize_before(db, call, run_between, every=True)
+    assert finalize_invoices(proxy, now=october, settings=settings) == ["acme:2026-09"]
+
+
+def test_an_anomaly_recorded_while_its_month_is_frozen_unflagged_flags_the_open_month(db, settings):
+    """Review: a run recorded an anomaly on September after the finalize had read the open
+    anomalies; the final was frozen unflagged, and the anomaly, open on a final, stayed
+    there for good (as if the final had been frozen flagged for it)."""
+    from support import ai_runner
+
+    db.tasks.insert_one(ai_runner("r1", ended=datetime(2026, 9, 9, tzinfo=UTC)))
+    run_chore(db, now=datetime(2026, 9, 10, tzinfo=UTC), settings=settings)
+    october = datetime(2026, 10, 5, tzinfo=UTC)
+    broken = ai_runner("r2", ended=datetime(2026, 9, 20, tzinfo=UTC), tokens="bad")
+    broken["last_updated_db"] = october.timestamp()
+
+    def record_an_anomaly() -> None:
+        db.tasks.insert_one(broken)
+        run_chore(db, now=october, settings=settings)
+
+    proxy = _pause_finalize_before(db, ("billing_invoices", "update_one"), record_an_anomaly)
+    finalize_invoices(proxy, now=october, settings=settings)
+    september = db.billing_invoices.find_one({"_id": "acme:2026-09"})
+    assert (september["status"], september["needs_review"]) == ("final", False)
+    assert db.billing_anomalies.find_one({})["period"] == "2026-09"
+    run_chore(db, now=october + timedelta(minutes=5), settings=settings, full=True)
+    anomaly = db.billing_anomalies.find_one({})
+    assert (anomaly["period"], anomaly["resolved"]) == ("2026-10", False)
+    assert db.billing_invoices.find_one({"_id": "acme:2026-10"})["needs_review"] is True
