@@ -544,7 +544,7 @@ class Finalizer:
             fenced = self._c.invoices.find_one_and_update(
                 {"_id": invoice_id, "status": "draft"},
                 {"$inc": {"fence": 1}},
-                projection={"fence": 1, "lines": 1},
+                projection={"fence": 1, "lines": 1, "needs_review": 1},
                 return_document=ReturnDocument.AFTER,
             )
             if fenced is None:
@@ -561,8 +561,13 @@ class Finalizer:
             # Flagged for what stands when it is frozen: its lines (as frozen), and the
             # anomalies open on it now (the draft's flag may be older: one recorded, resolved,
             # reviewed or moved to another org since the draft was built).
-            lines = [InvoiceLine.model_validate(line) for line in fenced.get("lines", [])]
-            review = lines_need_review(lines) or bool(self._anomalies.open_periods([(org, period)]))
+            stored = fenced.get("lines")
+            if isinstance(stored, list):
+                lines = [InvoiceLine.model_validate(line) for line in stored]
+                flagged = lines_need_review(lines)
+            else:  # no lines to read it from (not a draft this package wrote): as it stands
+                flagged = bool(fenced.get("needs_review", True))
+            review = flagged or bool(self._anomalies.open_periods([(org, period)]))
             final: Doc = {
                 "status": "final",
                 "finalized_at": now,

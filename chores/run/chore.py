@@ -651,7 +651,10 @@ def _stays(
 
     One nobody reviewed, when that invoice is final and was frozen flagged (a finalize
     that read the anomalies just before this one was recorded froze it unflagged: the
-    anomaly then moves to the open month, which it flags). One a person reviewed, while
+    anomaly then moves to the open month, which it flags), or when it is a draft and the
+    anomaly's own month is final (placed in the month that was open then, it flags that
+    draft until it is frozen flagged for it, instead of following the open month every
+    month, never on a final). One a person reviewed, while
     nothing of it lands on an invoice nobody has looked at for it: not when this batch
     bills its runner usage with it (`billing`: new tokens, or tokens that change kind),
     nor when the runner's usage is now of another open month than the one it was reviewed
@@ -661,7 +664,9 @@ def _stays(
     if recorded.resolved or recorded.org != anomaly.org:
         return False
     if not recorded.reviewed:
-        return finals.get(recorded.period, False)
+        if recorded.period in finals:
+            return finals[recorded.period]
+        return anomaly.period in finals
     return anomaly.runner_id not in billing and (
         anomaly.kind in Anomaly.HELD
         or anomaly.period in finals

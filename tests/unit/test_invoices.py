@@ -569,3 +569,41 @@ def test_an_anomaly_recorded_while_its_month_is_frozen_unflagged_flags_the_open_
     anomaly = db.billing_anomalies.find_one({})
     assert (anomaly["period"], anomaly["resolved"]) == ("2026-10", False)
     assert db.billing_invoices.find_one({"_id": "acme:2026-10"})["needs_review"] is True
+
+
+def test_an_anomaly_of_a_final_month_lands_on_a_flagged_final_not_on_every_open_month(db, settings):
+    """Review: an anomaly whose own month was final was placed in the open month, then in
+    the next open month at the first full pass of it, before the one before was frozen:
+    every month was frozen unflagged, none for it."""
+    from support import ai_runner
+
+    db.tasks.insert_one(ai_runner("r1", ended=datetime(2026, 9, 9, tzinfo=UTC)))
+    run_chore(db, now=datetime(2026, 9, 10, tzinfo=UTC), settings=settings)
+    finalize_invoices(db, now=datetime(2026, 10, 5, tzinfo=UTC), settings=settings)
+    broken = ai_runner("r2", ended=datetime(2026, 9, 20, tzinfo=UTC), tokens="bad")
+    broken["last_updated_db"] = datetime(2026, 10, 6, tzinfo=UTC).timestamp()
+    db.tasks.insert_one(broken)
+
+    for day in ("2026-10-06", "2026-11-02", "2026-11-05", "2026-12-02", "2026-12-05"):
+        at = datetime.fromisoformat(day).replace(tzinfo=UTC)
+        run_chore(db, now=at, settings=settings, full=True)
+        finalize_invoices(db, now=at, settings=settings)
+
+    anomaly = db.billing_anomalies.find_one({})
+    assert (anomaly["period"], anomaly["resolved"]) == ("2026-10", False)
+    october = db.billing_invoices.find_one({"_id": "acme:2026-10"})
+    assert (october["status"], october["needs_review"]) == ("final", True)
+    assert not db.billing_invoices.find_one({"_id": "acme:2026-11", "needs_review": True})
+
+
+def test_a_draft_without_lines_keeps_its_own_flag_when_frozen(db, settings):
+    """Review: a draft with no `lines` field (not one this package writes) was frozen with
+    needs_review False though it held unpriced tokens."""
+    from support import ai_runner
+
+    db.tasks.insert_one(ai_runner("r1", ended=datetime(2026, 9, 9, tzinfo=UTC), model="nope"))
+    run_chore(db, now=datetime(2026, 9, 10, tzinfo=UTC), settings=settings)
+    db.billing_invoices.update_one({"_id": "acme:2026-09"}, {"$unset": {"lines": ""}})
+    finalize_invoices(db, now=datetime(2026, 10, 5, tzinfo=UTC), settings=settings)
+    final = db.billing_invoices.find_one({"_id": "acme:2026-09"})
+    assert (final["status"], final["needs_review"]) == ("final", True)
