@@ -377,7 +377,7 @@ class Pipeline:
         recorded open already (`known`), it may stay (`_stays`): on a final, that invoice
         was frozen flagged for it, and a reviewer finds it beside it; reviewed by a person,
         while nothing of it lands on an invoice nobody has looked at for it (`billing`: the
-        runners this batch bills tokens to)."""
+        runners this batch bills usage to, `Batch.billing`)."""
         orgs = {a.org for a in anomalies if a.org is not None and a.period is not None}
         finals = self.invoices.final_flags(orgs) if orgs else {}
         placed = []
@@ -654,13 +654,14 @@ def _stays(
     anomaly then moves to the open month, which it flags), or when it is a draft and the
     anomaly's own month is final (placed in the month that was open then, it flags that
     draft until it is frozen flagged for it, instead of following the open month every
-    month, never on a final). One a person reviewed, while
-    nothing of it lands on an invoice nobody has looked at for it: not when this batch
-    bills its runner usage with it (`billing`: new tokens, or tokens that change kind),
-    nor when the runner's usage is now of another open month than the one it was reviewed
-    on (it ran on into it, or ended in it). A held kind bills nothing (`Anomaly.HELD`),
-    and a runner whose usage month is final bills nothing there: a finalize, a month going
-    by or the daily full pass undo no review."""
+    month, never on a final).
+
+    One a person reviewed, while nothing of it lands on an invoice nobody has looked at
+    for it: not when this batch bills its runner usage with it (`billing`: new tokens, or
+    tokens that change kind), nor when the runner's usage is now of another open month
+    than the one it was reviewed on (it ran on into it, or ended in it). A held kind bills
+    nothing (`Anomaly.HELD`), and a runner whose usage month is final bills nothing there:
+    a finalize, a month going by or the daily full pass undo no review."""
     if recorded.resolved or recorded.org != anomaly.org:
         return False
     if not recorded.reviewed:
