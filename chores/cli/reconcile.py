@@ -17,7 +17,7 @@ from chores.core.orgs import validate_org
 from chores.core.settings import get_settings
 from chores.core.wording import for_terminal
 from chores.reports.reconcile import reconcile
-from chores.run.chore import Pipeline
+from chores.run.pipeline import Pipeline
 from pricing import load_registry
 
 

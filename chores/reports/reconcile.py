@@ -42,7 +42,7 @@ from chores.metering.lines import (
 )
 from chores.metering.rules import Rules
 from chores.metering.source import chunked
-from chores.run.chore import Pipeline
+from chores.run.pipeline import Pipeline
 from pricing import Registry
 
 

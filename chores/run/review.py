@@ -24,7 +24,7 @@ from chores.core.orgs import validate_org
 from chores.core.periods import is_period
 from chores.core.settings import Settings, get_settings
 from chores.metering.anomalies import OpenAnomaly
-from chores.run.chore import Pipeline
+from chores.run.pipeline import Pipeline
 from pricing import Registry, load_registry
 
 

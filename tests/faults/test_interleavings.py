@@ -78,7 +78,7 @@ from chores import Settings, finalize_invoices, run_chore
 from chores.billing.invoices import build_invoice
 from chores.demo.corpus import Corpus, generate_corpus
 from chores.metering.lines import UsageGroup
-from chores.run.chore import Pipeline
+from chores.run.pipeline import Pipeline
 from pricing import Registry, load_registry
 
 from support.dbproxy import WRITES, CrashAt, DatabaseProxy, PauseAt, Recorder, pause_at

@@ -241,7 +241,7 @@ def test_a_file_name_may_hold_an_at_sign_or_a_colon(tmp_path, monkeypatch, name)
 SIGNALLED_RUN = """
 import os, signal, sys
 from chores.cli import main
-from chores.run.chore import Pipeline
+from chores.run.pipeline import Pipeline
 
 SIGNAL, process = getattr(signal, sys.argv[1]), Pipeline.process
 # as `nohup` leaves SIGHUP, or the default (whatever this test's own parent left)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from chores import Settings, finalize_invoices, run_chore
 from chores.billing.invoices import Invoices
 from chores.metering.ledger import Ledger
-from chores.run.chore import Pipeline
+from chores.run.pipeline import Pipeline
 from pricing import Registry, load_registry
 
 from support.dbproxy import DatabaseProxy

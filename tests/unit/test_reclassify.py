@@ -34,7 +34,7 @@ from chores.metering.rules import (
     reclassify,
 )
 from chores.reports.reconcile import reconcile
-from chores.run.chore import Pipeline
+from chores.run.pipeline import Pipeline
 from pricing import Registry
 
 CONFIG = Settings(mongo_url="mongomock://unused", batch_size=50, redis_url=None)

@@ -14,7 +14,7 @@ from chores.cli import main
 from chores.core.money import usd_exact
 from chores.demo.corpus import generate_corpus
 from chores.reports.reconcile import reconcile
-from chores.run.chore import Pipeline
+from chores.run.pipeline import Pipeline
 
 from support import NOW
 

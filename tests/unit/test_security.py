@@ -176,7 +176,7 @@ def test_credential_options_are_redacted_in_errors_and_the_stored_run(monkeypatc
             f"cannot reach MongoDB at h1,h2/db?authMechanismProperties={token}"
         )
 
-    monkeypatch.setattr("chores.run.chore.Pipeline.changed_runners", unreachable)
+    monkeypatch.setattr("chores.run.pipeline.Pipeline.changed_runners", unreachable)
     with pytest.raises(DatabaseUnavailable):
         run_chore(db, org="acme", settings=settings)
     (stored,) = db.billing_runs.find()

@@ -11,7 +11,7 @@ import pytest
 from bson import ObjectId
 
 from chores import run_chore
-from chores.run.chore import Pipeline
+from chores.run.pipeline import Pipeline
 from chores.run.report import RunReport
 
 from support import NOW
