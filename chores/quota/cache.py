@@ -64,13 +64,10 @@ def is_named_store(database: Any, mongo_url: str) -> bool:
 # compared as such: no double rounds them). An entry without a ticket (an older version's)
 # is replaced. The rule MongoDB's write of a decision follows (`Quota._decide`), applied in
 # one step: two writers that raced (a run's decision and a fan-out's), whichever comes last,
-# leave the newer one. With ARGV[5] = 1 (a check mirroring what it read) only a missing
-# entry is set: a decision of the same draft under a plan changed since is newer than what
-# the check read.
+# leave the newer one. A check never mirrors what it read (`Quota.check`).
 PUT_UNLESS_OLDER = """
 local held = redis.call('GET', KEYS[1])
 if held then
-  if ARGV[5] == '1' then return 0 end
   local ok, decision = pcall(cjson.decode, held)
   if ok and type(decision) == 'table' and type(decision.period) == 'string' then
     if decision.period > ARGV[2] then return 0 end
@@ -96,12 +93,10 @@ class QuotaCache:
     def key(self, org: str) -> str:
         return self._prefix + org
 
-    def put_many(
-        self, decisions: Sequence[Mapping[str, Any]], *, only_if_missing: bool = False
-    ) -> None:
-        """Mirror each decision, unless its entry holds a newer one (`PUT_UNLESS_OLDER`), or
-        with `only_if_missing` any. One without a period and draft ticket to compare (a
-        document no run of this version wrote) is not mirrored: checks read MongoDB."""
+    def put_many(self, decisions: Sequence[Mapping[str, Any]]) -> None:
+        """Mirror each decision, unless its entry holds a newer one (`PUT_UNLESS_OLDER`). One
+        without a period and draft ticket to compare (a document no run of this version
+        wrote) is not mirrored: checks read MongoDB."""
         try:
             pipe = self._redis.pipeline(transaction=False)
             for decision in decisions:
@@ -110,7 +105,7 @@ class QuotaCache:
                     continue
                 self._put_unless_older(
                     keys=[self.key(decision["_id"])],
-                    args=[_dumps(decision), period, str(ticket), self._ttl, int(only_if_missing)],
+                    args=[_dumps(decision), period, str(ticket), self._ttl],
                     client=pipe,
                 )
             pipe.execute()

@@ -500,9 +500,9 @@ class Quota:
                 reason = "no quota decision yet"
             if doc is None:
                 return unknown_decision(org, period_of(now), reason, settings)
-            if self._cache is not None:
-                # Only into a missing entry: a run may have mirrored a newer one since.
-                self._cache.put_many([doc], only_if_missing=True)
+            # Not mirrored: what a check read may be older than a decision written and
+            # dropped since (a refused decision's entry goes). Only a decision's writer
+            # fills the mirror, under MongoDB's rule; the next run's decision fills it.
         return answer(org, doc, estimated_tokens, now, settings)
 
 

@@ -376,14 +376,20 @@ def test_in_process_databases_under_a_server_url_share_no_mirror(settings, regis
     assert redis.Redis.from_url(redis_url).keys("billing:quota:*") == []
 
 
-def test_cache_miss_reads_mongo_once_then_hits(db, settings, registry, redis_url):
+def test_a_miss_reads_mongo_until_a_run_mirrors_its_decision_then_hits(
+    db, settings, registry, redis_url
+):
     set_plan(db, token_limit=10_000)
     meter(db, settings, registry, ai_run("acme", 100))  # written without the cache
     cached = settings.model_copy(update={"redis_url": redis_url})
     counting = CountingDatabase(db)
     assert check_quota(counting, "acme", now=NOV, settings=cached).state == "ok"
     assert check_quota(counting, "acme", now=NOV, settings=cached).state == "ok"
-    assert counting.calls == {("billing_quota", "find_one"): 1}
+    assert counting.calls == {("billing_quota", "find_one"): 2}  # a check mirrors nothing
+    meter(db, cached, registry, ai_run("acme", 9_000))  # a run's decision is mirrored
+    counting = CountingDatabase(db)
+    decision = check_quota(counting, "acme", now=NOV, settings=cached)
+    assert (decision.state, decision.used_tokens, counting.calls) == ("warn", 9_100, {})
 
 
 def test_a_decision_that_lost_to_a_newer_one_is_not_mirrored(db, settings, registry, redis_url):
@@ -473,6 +479,35 @@ def test_a_check_mirroring_what_it_read_never_replaces_a_new_plans_decision(
     assert (decision.state, decision.token_limit, calls) == ("block", 1_000, {})
 
 
+def test_a_check_never_puts_back_a_decision_a_refused_one_dropped(
+    db, settings, registry, redis_url
+):
+    """A check misses the mirror and reads `ok`; meanwhile a run bills more and mirrors
+    `block`, and a fan-out that read the usage before that run is refused and drops the
+    org's entry. The check must not put its `ok` back there: only a decision's writer,
+    under MongoDB's rule, fills the mirror (quota review: a blocked org was let run for
+    the mirror's TTL)."""
+    cached = settings.model_copy(update={"redis_url": redis_url})
+    set_plan(db, token_limit=1_000)
+    meter(db, settings, registry, ai_run("acme", 100))  # `ok`, decided without the mirror
+
+    def a_run_then_a_refused_fan_out():
+        fan_out = Quota(Collections.of(db, cached), cached)
+        read_usage = fan_out.usage
+
+        def a_run_bills_after_the_read(orgs, period):
+            read = read_usage(orgs, period)
+            assert meter(db, cached, registry, ai_run("acme", 5_000)).decisions == {"acme": "block"}
+            return read
+
+        fan_out.usage = a_run_bills_after_the_read  # type: ignore[method-assign]
+        return fan_out.decide(["acme"], NOV)["acme"]
+
+    assert check_with_meanwhile(db, cached, a_run_then_a_refused_fan_out) == ("ok", "block")
+    decision = check_quota(db, "acme", now=NOV + timedelta(minutes=1), settings=cached)
+    assert (decision.state, decision.allowed, decision.used_tokens) == ("block", False, 5_100)
+
+
 def check_with_meanwhile(db, settings, meanwhile) -> tuple[str, str]:
     """`check_quota` of acme, `meanwhile()` run right after its MongoDB read and before it
     mirrors what it read: (the check's state, what `meanwhile` returned)."""
@@ -515,7 +550,7 @@ def test_a_mirrored_decision_computed_in_the_future_is_dropped_for_mongos(
 ):
     """A worker whose clock ran ahead mirrored December's `ok`; MongoDB replaced it (its
     rule drops a decision computed ahead of the wall clock) with November's `block`: the
-    check answers MongoDB's, and mirrors it."""
+    check drops the mirrored one and answers MongoDB's, as does the next."""
     cached = settings.model_copy(update={"redis_url": redis_url})
     set_plan(db, token_limit=1_000)
     meter(db, settings, registry, ai_run("acme", 5_000))  # block, not mirrored
@@ -527,9 +562,10 @@ def test_a_mirrored_decision_computed_in_the_future_is_dropped_for_mongos(
     assert cache.get("acme") is not None
     decision = check_quota(db, "acme", now=NOV, settings=cached)
     assert (decision.state, decision.used_tokens) == ("block", 5_000)
+    assert cache.get("acme") is None
     counting = CountingDatabase(db)
     again = check_quota(counting, "acme", now=NOV, settings=cached)
-    assert (again.state, counting.calls) == ("block", {})
+    assert (again.state, counting.calls) == ("block", {("billing_quota", "find_one"): 1})
 
 
 def test_redis_down_falls_back_to_mongo(db, settings, registry):
@@ -701,9 +737,6 @@ def test_a_mirrored_decision_is_trusted_below_its_ttl_and_not_at_it(db, settings
     class LeftBehind:
         def get(self, org: str) -> dict[str, Any]:
             return {**decided, "state": "ok", "used_tokens": 0}
-
-        def put_many(self, docs: Any, *, only_if_missing: bool = False) -> None:
-            pass
 
     quota = Quota(Collections.of(db, settings), settings)
     quota._cache = LeftBehind()  # type: ignore[assignment]
