@@ -27,7 +27,13 @@ from chores.core.periods import as_utc, is_period, period_of
 from chores.core.settings import MAX_INT64, Plan, get_settings
 from chores.core.wording import for_terminal
 from chores.quota.cache import SERVER_SCHEMES
-from chores.quota.decisions import STORED_STATES, StoredDecision, plan_error, plan_of
+from chores.quota.decisions import (
+    STORED_STATES,
+    StoredDecision,
+    plan_error,
+    plan_of,
+    unknown_decision,
+)
 
 _SUFFIX_PLACES = {"": 0, "K": 3, "M": 6, "B": 9}
 
@@ -113,20 +119,19 @@ def quota_check(org: str, estimate: int, as_json: bool, now: datetime | None) ->
     When the answer is unknown (no decision yet, a stale one, the billing database
     unreachable), QUOTA_FAIL_OPEN decides: allowed (exit 0) or refused (exit 3).
     """
-    from chores.quota.check import check_quota, check_quota_unreachable
+    from chores.quota.check import check_quota, check_quota_from_mirror
 
     settings = get_settings()
     org = validate_org(org)
-    try:
-        db = connect(settings)
-    except DatabaseUnavailable as exc:  # unreachable: the mirror or the policy answers
-        decision = check_quota_unreachable(
-            org, int(estimate or 0), now or datetime.now(UTC), settings=settings, why=str(exc)
-        )
-    else:
-        decision = check_quota(
-            db, org, estimated_tokens=int(estimate or 0), now=now, settings=settings
-        )
+    now = as_utc(now or datetime.now(UTC))
+    decision = check_quota_from_mirror(org, estimate, now, settings=settings)
+    if decision is None:  # no usable mirrored decision: MongoDB's
+        try:
+            db = connect(settings)
+        except DatabaseUnavailable as exc:  # unreachable: the policy answers
+            decision = unknown_decision(org, period_of(now), str(exc), settings)
+        else:
+            decision = check_quota(db, org, estimated_tokens=estimate, now=now, settings=settings)
     click.echo(decision.model_dump_json(indent=2) if as_json else for_terminal(decision.summary()))
     if not decision.allowed:
         sys.exit(EXIT_REFUSED)

@@ -1,5 +1,6 @@
 """`check_quota`: may an org start a run? One indexed read of its stored decision (or
-none: its Redis mirror), also while the billing database cannot be reached."""
+none: its Redis mirror, `check_quota_from_mirror`, which answers while the billing
+database cannot be reached)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pymongo.database import Database
 from chores.core.db import Collections, Doc
 from chores.core.exceptions import ConfigError
 from chores.core.orgs import validate_org
-from chores.core.periods import as_utc, period_of
+from chores.core.periods import as_utc
 from chores.core.settings import Settings, get_settings
 from chores.quota.cache import SERVER_SCHEMES, QuotaCache, namespace
-from chores.quota.decisions import Quota, QuotaDecision, answer, mirrored, unknown_decision
+from chores.quota.decisions import Quota, QuotaDecision, answer, mirrored
 
 
 def check_quota(
@@ -39,20 +40,17 @@ def check_quota(
     return Quota(Collections.of(db, settings), settings).check(org, estimated_tokens, now)
 
 
-def check_quota_unreachable(
-    org: str, estimated_tokens: int, now: datetime, *, settings: Settings, why: str
-) -> QuotaDecision:
-    """`check_quota` when the billing database (a server) cannot be reached, `why` saying
-    so: the decision the workers mirrored in Redis for `org`, answered as `check_quota`
-    answers it, else `unknown` (QUOTA_FAIL_OPEN decides)."""
-    if settings.redis_url and settings.mongo_url.startswith(SERVER_SCHEMES):
-        decisions = f"{settings.mongo_db}.{settings.collection('quota')}"  # its full name
-        cache = QuotaCache(
-            settings.redis_url,
-            settings.quota_cache_ttl_seconds,
-            namespace(decisions, settings.mongo_url),
-        )
-        doc = mirrored(cache, org, now, settings)
-        if doc is not None:
-            return answer(org, doc, estimated_tokens, now, settings)
-    return unknown_decision(org, period_of(now), why, settings)
+def check_quota_from_mirror(
+    org: str, estimated_tokens: int, now: datetime, *, settings: Settings
+) -> QuotaDecision | None:
+    """The answer of the decision the workers mirrored in Redis for `org` (of the server
+    MONGO_URL names), as `check_quota` answers it, without a MongoDB call; None when the
+    mirror has no usable one (or there is none). `chore quota check` asks it first, so that
+    it answers at once while MongoDB is down, not after the server's selection timeout."""
+    if not (settings.redis_url and settings.mongo_url.startswith(SERVER_SCHEMES)):
+        return None
+    decisions = f"{settings.mongo_db}.{settings.collection('quota')}"  # its full name
+    where = namespace(decisions, settings.mongo_url)
+    cache = QuotaCache(settings.redis_url, settings.quota_cache_ttl_seconds, where)
+    doc = mirrored(cache, org, now, settings)
+    return None if doc is None else answer(org, doc, estimated_tokens, now, settings)

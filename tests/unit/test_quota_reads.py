@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from chores import check_quota, connect, finalize_invoices, get_settings, run_chore
 from chores.cli import main
+from chores.core.exceptions import DatabaseUnavailable
 from chores.core.settings import Plan, Settings
 from chores.quota.cache import QuotaCache, namespace
 from chores.quota.decisions import QuotaDecision, estimate_reason
@@ -141,6 +142,38 @@ def test_quota_check_answers_from_the_mirror_while_mongodb_is_down(
     assert other.exit_code == 0
     assert other.stdout.startswith("beta: unknown — cannot reach MongoDB at")
     assert "s3cret" not in other.output
+    get_settings.cache_clear()
+
+
+def test_quota_check_answers_from_the_mirror_without_waiting_for_mongodb(
+    registry, redis_url, monkeypatch
+):
+    """With MongoDB down, every `chore quota check` first waited out the server selection
+    timeout (5 s by default), then answered from the mirror (quota review): the mirror is
+    asked first, and MongoDB only when it holds no usable decision."""
+    server = f"mongodb://billing:s3cret@127.0.0.1:{closed_port()}/"
+    settings = Settings(mongo_url=server, redis_url=redis_url)
+    local = mongomock.MongoClient(tz_aware=True)["main"]
+    blocked(local, settings.model_copy(update={"mongo_url": "mongomock://x"}), registry)
+    mirror = QuotaCache(redis_url, 360, namespace("main.billing_quota", server))
+    mirror.put_many([local.billing_quota.find_one({"_id": "acme"})])
+    connects: list[str] = []
+
+    def unreachable(settings: Settings) -> None:
+        connects.append(settings.mongo_url)
+        raise DatabaseUnavailable("cannot reach MongoDB")
+
+    monkeypatch.setattr("chores.cli.quota.connect", unreachable)
+    for name, value in {"MONGO_URL": server, "REDIS_URL": redis_url}.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    runner = CliRunner()
+    checked = runner.invoke(main, ["quota", "check", "--org", "acme", *NOW_ARG])
+    assert (checked.exit_code, connects) == (3, [])
+    assert checked.stdout.startswith("acme: block — 5K of 1K tokens")
+    other = runner.invoke(main, ["quota", "check", "--org", "beta", *NOW_ARG])
+    assert (other.exit_code, len(connects)) == (0, 1)  # not mirrored: MongoDB is asked
+    assert other.stdout.startswith("beta: unknown — cannot reach MongoDB")
     get_settings.cache_clear()
 
 
