@@ -260,7 +260,7 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
     clock = time.monotonic()
     url = settings.lock_redis_url
     lock = OrgLock(
-        lock_client(url), org, ttl_seconds=settings.lock_ttl_seconds, token=self.request.id
+        lock_client(url), org, ttl_seconds=settings.lock_ttl_seconds, task_id=self.request.id
     )
     try:
         acquired = lock.acquire()

@@ -7,8 +7,11 @@ still bill exactly once, because ledger entry ids are unique (`_ledger`). So:
 - its TTL (`LOCK_TTL_SECONDS`) is above the task's hard time limit, and a run renews it
   after every batch (`renew`), so a run making progress keeps it however long it lasts,
   while a crashed worker never blocks an org for longer than the TTL;
-- a task holds it under its task id as token, so the same message redelivered after its
-  process died (OOM killer, SIGKILL) takes it over at once; another message waits;
+- its token names the task, host and process that hold it (`task id@host:pid:nonce`), so
+  the same message redelivered after its process died on this host (OOM killer, SIGKILL)
+  takes it over at once; one redelivered while its first delivery still runs (a broker
+  connection lost and restored, on any host), or whose dead holder ran on another host,
+  waits, as another message does;
 - it is released only by its owner (redis-py's compare-and-delete on the token), so a
   run that outlived its lock cannot delete the lock of the run that took over;
 - a Redis outage at the start means no run (`meter_org` retries with backoff: SPEC §6 says
@@ -20,6 +23,8 @@ still bill exactly once, because ledger entry ids are unique (`_ledger`). So:
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import uuid
 
 import redis
@@ -29,6 +34,15 @@ from redis.lock import Lock
 from chores.core.redis_client import redis_client
 
 KEY_PREFIX = "billing:lock:meter:"
+# Replace a dead holder's token (ARGV[1]) with ours (ARGV[2]) and the full TTL (ARGV[3], ms),
+# in one step: unless the lock changed hands meanwhile.
+TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
 
 log = logging.getLogger(__name__)
 
@@ -42,37 +56,55 @@ class OrgLock:
     """The metering lock of one org, as held (or not) by this caller."""
 
     def __init__(
-        self, client: redis.Redis, org: str, *, ttl_seconds: float, token: str | None = None
+        self, client: redis.Redis, org: str, *, ttl_seconds: float, task_id: str | None = None
     ):
         self.org = org
         self.key = KEY_PREFIX + org
-        # The task id, when a task holds it: a redelivery of the same message (its process
-        # was killed mid-run) takes over the dead run's lock instead of waiting out its TTL.
-        self.token = token or uuid.uuid4().hex
+        # The task id, when a task holds it: a redelivery of the same message whose process
+        # died takes over the dead run's lock instead of waiting out its TTL (`_dead_here`).
+        self.task_id = task_id or uuid.uuid4().hex
+        self.token = f"{self.task_id}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
         self._client = client
+        self._ttl_ms = max(1, int(ttl_seconds * 1000))
         # Not thread-local: the token belongs to this object, whichever thread renews it.
         self._lock = Lock(
             client, self.key, timeout=max(0.001, ttl_seconds), blocking=False, thread_local=False
         )
+        self._take_over = client.register_script(TAKE_OVER)
 
     def acquire(self) -> bool:
-        """Take the lock if it is free or already ours (same token), without waiting.
-        A `RedisError` propagates."""
+        """Take the lock if it is free, or held by a dead delivery of this same task on this
+        host (`_dead_here`), without waiting. A `RedisError` propagates."""
         for _ in range(3):  # a lock that expires between our two steps: try again
             if self._lock.acquire(blocking=False, token=self.token):
                 return True
             holder = self._client.get(self.key)
             if holder is None:
                 continue  # expired between our two steps: free now, try again
-            if holder not in (self.token.encode(), self.token):  # str when decode_responses
-                return False  # another run's
-            # Ours: the same message, redelivered after its process died. Adopt it.
-            self._lock.local.token = self.token.encode()
-            try:
-                return bool(self._lock.reacquire())
-            except LockNotOwnedError:  # expired (or taken) since the read
-                self._lock.local.token = None
+            if isinstance(holder, bytes):  # str when decode_responses
+                holder = holder.decode("utf-8", "replace")
+            if not self._dead_here(holder):
+                return False  # a live run's (this same message's too), or another host's
+            if self._take_over(keys=[self.key], args=[holder, self.token, self._ttl_ms]):
+                self._lock.local.token = self.token.encode()
+                return True
         return False
+
+    def _dead_here(self, holder: str) -> bool:
+        """Whether the token `holder` is this task's, taken by a process of this host that
+        is gone: the same message, redelivered after its process died. Not when that
+        process still runs (a broker connection lost and restored hands the running message
+        out again, to this process or another), nor a holder on another host (no way to
+        tell it is dead: its lock expires after the TTL)."""
+        task_id, _, place = holder.rpartition("@")
+        host, _, pid_nonce = place.partition(":")
+        pid, _, _ = pid_nonce.partition(":")
+        return (
+            task_id == self.task_id
+            and host == socket.gethostname()
+            and pid.isdigit()
+            and process_gone(int(pid))
+        )
 
     def renew(self) -> bool:
         """Reset the lock's TTL to the full `ttl_seconds`: a run that makes progress keeps
@@ -136,3 +168,22 @@ def release_quietly(lock: OrgLock) -> str | None:
         problem = f"could not release the lock of org {lock.org}: {type(exc).__name__}"
     log.warning("%s", problem)
     return problem
+
+
+def process_gone(pid: int) -> bool:
+    """Whether no process of this id runs on this host: none has it, or it is a zombie
+    (killed, not yet reaped by its parent)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's: it runs
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state == "Z"

@@ -1,14 +1,19 @@
 """The per-org Redis lock (redis-py's Lock): one owner, a TTL renewed by a run that makes
-progress, takeover by the same task id, owner-only release; an org is not metered without
-it, though billing would stay exact. Uses Redis DB 14 (flushed before and after each test)."""
+progress, takeover by a redelivery of a task whose process died, owner-only release; an org
+is not metered without it, though billing would stay exact. Uses Redis DB 14 (flushed
+before and after each test)."""
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +24,7 @@ from celery.exceptions import Retry
 
 from chores import Settings, run_chore, tasks
 from chores.core.exceptions import LockUnavailable
-from chores.core.lock import KEY_PREFIX, OrgLock, lock_client
+from chores.core.lock import KEY_PREFIX, OrgLock, lock_client, process_gone
 
 from support import GrantedLock
 from support.dbproxy import DatabaseProxy
@@ -63,27 +68,75 @@ def test_an_expired_lock_is_free_and_its_late_owner_cannot_release_the_next_one(
     assert client.get(KEY_PREFIX + "acme") == nxt.token.encode()
 
 
-def test_the_same_token_takes_a_held_lock_over_at_once_and_another_still_waits(client):
-    """A message redelivered after its process died holds the dead run's lock under its own
-    task id: it takes it over (TTL reset), any other message of the org still skips."""
-    dead = OrgLock(client, "acme", ttl_seconds=30, token="task-1")
-    assert dead.acquire()
-    client.pexpire(KEY_PREFIX + "acme", 500)  # the dead run's lock, near its end
+def a_dead_pid() -> int:
+    """The id of a process of this host that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
 
-    again = OrgLock(client, "acme", ttl_seconds=30, token="task-1")
-    other = OrgLock(client, "acme", ttl_seconds=30, token="task-2")
+
+def held_by(task_id: str, pid: int, host: str | None = None) -> str:
+    """A lock token as `OrgLock` writes it for a task run by process `pid` of `host`."""
+    return f"{task_id}@{host or socket.gethostname()}:{pid}:{uuid.uuid4().hex}"
+
+
+def test_a_redelivery_takes_over_its_dead_runs_lock_and_nothing_else_does(client):
+    """A message redelivered after its process died on this host (OOM killer, SIGKILL) takes
+    the dead run's lock over at once (TTL reset); any other message of the org skips."""
+    key = KEY_PREFIX + "acme"
+    client.set(key, held_by("task-1", a_dead_pid()), px=500)  # the dead run's, near its end
+
+    again = OrgLock(client, "acme", ttl_seconds=30, task_id="task-1")
+    other = OrgLock(client, "acme", ttl_seconds=30, task_id="task-2")
     assert other.acquire() is False
     assert again.acquire() is True
-    assert client.pttl(KEY_PREFIX + "acme") > 29_000  # reacquired: the full TTL again
+    assert client.get(key) == again.token.encode()
+    assert client.pttl(key) > 29_000  # taken over: the full TTL again
     assert other.acquire() is False and other.release() is False
-    assert again.release() is True
-    assert client.exists(KEY_PREFIX + "acme") == 0
+    assert again.renew() is True and again.release() is True
+    assert client.exists(key) == 0
+
+
+@pytest.mark.parametrize("holder", ["alive in this process", "alive in another", "elsewhere"])
+def test_a_redelivery_while_its_first_delivery_runs_waits(client, holder):
+    """A broker connection lost and restored hands a running message out again at once,
+    to another thread, pool process or worker: the same task id must not take the running
+    one's lock (it did: two runs of one org at once, celery review). Nor one whose holder
+    ran on another host: nothing here can tell it is dead; its lock expires after the TTL."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        token = {
+            "alive in this process": held_by("task-1", os.getpid()),
+            "alive in another": held_by("task-1", sleeper.pid),
+            "elsewhere": held_by("task-1", a_dead_pid(), host="another-host"),
+        }[holder]
+        client.set(KEY_PREFIX + "acme", token, px=30_000)
+        again = OrgLock(client, "acme", ttl_seconds=30, task_id="task-1")
+        assert again.acquire() is False
+        assert client.get(KEY_PREFIX + "acme") == token.encode()  # left alone
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_zombie_holder_is_dead(client):
+    """A pool process killed and not yet reaped by its parent is a zombie: gone."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while not process_gone(zombie.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)  # it exits; nobody reaps it until `wait`
+    try:
+        assert os.path.exists(f"/proc/{zombie.pid}")  # still there, a zombie
+        client.set(KEY_PREFIX + "acme", held_by("task-1", zombie.pid), px=30_000)
+        assert OrgLock(client, "acme", ttl_seconds=30, task_id="task-1").acquire() is True
+    finally:
+        zombie.wait()
 
 
 def test_a_lock_that_expires_between_the_two_steps_is_taken(client):
     """Another run's lock expires after our `SET NX` failed and before we read whose it is:
     it is free, not "locked"."""
-    OrgLock(client, "acme", ttl_seconds=30, token="other").acquire()
+    OrgLock(client, "acme", ttl_seconds=30, task_id="other").acquire()
 
     class ExpiresOnRead:
         def get(self, key: str) -> Any:
@@ -93,18 +146,19 @@ def test_a_lock_that_expires_between_the_two_steps_is_taken(client):
         def __getattr__(self, name: str) -> Any:
             return getattr(client, name)
 
-    late = OrgLock(client, "acme", ttl_seconds=30, token="mine")
+    late = OrgLock(client, "acme", ttl_seconds=30, task_id="mine")
     late._client = ExpiresOnRead()  # type: ignore[assignment]
     assert late.acquire() is True
-    assert client.get(KEY_PREFIX + "acme") == b"mine"
+    assert client.get(KEY_PREFIX + "acme") == late.token.encode()
 
 
 def test_a_redelivered_message_takes_its_lock_over_under_decode_responses(lock_url):
     """A `REDIS_URL` with `decode_responses=True` gives strings back, not bytes."""
     decoded = redis.Redis.from_url(lock_url, decode_responses=True)
-    assert OrgLock(decoded, "acme", ttl_seconds=30, token="task-1").acquire()
-    assert OrgLock(decoded, "acme", ttl_seconds=30, token="task-1").acquire() is True
-    assert OrgLock(decoded, "acme", ttl_seconds=30, token="task-2").acquire() is False
+    decoded.set(KEY_PREFIX + "acme", held_by("task-1", a_dead_pid()), px=30_000)
+    assert OrgLock(decoded, "acme", ttl_seconds=30, task_id="task-2").acquire() is False
+    assert OrgLock(decoded, "acme", ttl_seconds=30, task_id="task-1").acquire() is True
+    assert OrgLock(decoded, "acme", ttl_seconds=30, task_id="task-1").acquire() is False
 
 
 def test_renew_keeps_the_lock_past_its_ttl_and_fails_once_it_is_lost(client):
@@ -217,7 +271,8 @@ def test_a_run_longer_than_the_lock_ttl_keeps_its_lock_by_renewing_it_after_ever
     result = tasks.meter_org.apply(("ws-acme",), task_id="run-1").get()
 
     assert batches[0] >= 4 and holders[-1][0] > 2 * settings.lock_ttl_seconds
-    assert {holder for _, holder in holders} == {b"run-1"}  # never expired under the run
+    (held,) = {holder for _, holder in holders}  # never expired under the run
+    assert held.startswith(b"run-1@")
     assert result["locked"] is False
     assert client.exists(KEY_PREFIX + "ws-acme") == 0  # released at its end
     assert ledger(db) == ledger(reference) and invoice_totals(db) == invoice_totals(reference)
@@ -375,20 +430,20 @@ def test_chore_run_meters_an_org_under_the_workers_lock_and_waits_for_none(clien
 
     from chores.cli import main
 
-    worker = OrgLock(client, "ws-acme", ttl_seconds=30, token="some-worker-task-id")
+    worker = OrgLock(client, "ws-acme", ttl_seconds=30, task_id="some-worker-task-id")
     assert worker.acquire()
     locked = CliRunner().invoke(main, ["run", "--org", "ws-acme"])
     assert locked.exit_code == 5, locked.output
     assert "org ws-acme is being metered by a worker right now: not metered" in locked.output
     assert ledger(shared_db) == {} and shared_db.held_at_writes == []
-    assert client.get(KEY_PREFIX + "ws-acme") == b"some-worker-task-id"  # left alone
+    assert client.get(KEY_PREFIX + "ws-acme") == worker.token.encode()  # left alone
 
     assert worker.release()
     done = CliRunner().invoke(main, ["run", "--org", "ws-acme"])
     assert done.exit_code == 0, done.output
     assert ledger(shared_db) and shared_db.held_at_writes  # billed, under a lock...
     assert all(holder is not None for holder in shared_db.held_at_writes)  # ...its own
-    assert b"some-worker-task-id" not in shared_db.held_at_writes
+    assert worker.token.encode() not in shared_db.held_at_writes
     assert client.get(KEY_PREFIX + "ws-acme") is None  # released at the end
 
     everything = CliRunner().invoke(main, ["run", "--all"])
