@@ -14,7 +14,7 @@ from typing import Any
 
 from chores.core import clock
 from chores.core.db import Collections
-from chores.core.periods import period_of
+from chores.core.periods import period_bounds, period_of
 
 ALIKE = 3  # known ids named at most
 
@@ -63,9 +63,18 @@ def missing_invoice_hint(collections: Collections, org: str, period: str) -> str
             return "no usage of it was billed in that month"
         if period > this_month:
             return f"that month has not begun (this machine's is {this_month})"
+        if _ran_in(collections, org, period):
+            return "no usage of it was billed this month yet (its runs this month found none)"
         return run_first
     alike = known_alike(collections, org, period=period)
     return f"did you mean {_either(alike)}? (a new org: {run_first})" if alike else run_first
+
+
+def _ran_in(collections: Collections, org: str, period: str) -> bool:
+    """Whether a run of `org` (or of every org) completed, not dry, since `period` began."""
+    began, _ = period_bounds(period)
+    done = {"org": {"$in": [org, None]}, "error": None, "dry_run": False}
+    return collections.runs.find_one({**done, "started_at": {"$gte": began}}) is not None
 
 
 def _ids(values: Iterable[Any]) -> set[str]:
