@@ -85,6 +85,14 @@ class ReportData:
     generated_at: datetime
     top: int = 10
 
+    def waiting(self) -> list[OpenAnomaly]:
+        """The open anomalies nobody reviewed: what the invoice is flagged for."""
+        return [a for a in self.anomalies if a.reviewed_at is None]
+
+    def reviewed(self) -> list[OpenAnomaly]:
+        """The open anomalies a person reviewed."""
+        return [a for a in self.anomalies if a.reviewed_at is not None]
+
 
 def collect_report(
     db: Database[Doc],
@@ -357,12 +365,12 @@ def render_report(data: ReportData) -> str:
         f'<div class="sub">Invoice <span class="mono">{_e(invoice.id)}</span> · period '
         f"{_e(invoice.period)} ({start} to {end}) · prices: registry {_e(data.registry_version)}"
         f" · generated {_e(data.generated_at.strftime('%Y-%m-%d %H:%M UTC'))}</div>",
-        _cards(invoice, total, sum(1 for a in data.anomalies if a.reviewed_at is None)),
+        _cards(invoice, total, len(data.waiting())),
         _chart_section(allocation),
         _invoice_section(invoice),
         _split_section(allocation),
         _runs_section(allocation, data.top),
-        _anomaly_section(data.anomalies),
+        _anomaly_section(data.waiting(), data.reviewed()),
         _footer(allocation),
     ]
     return (
@@ -585,10 +593,8 @@ def _amount(usage: AllocatedUsage) -> str:
     return f"{text} + unpriced" if usage.unpriced_tokens else text
 
 
-def _anomaly_section(anomalies: Sequence[OpenAnomaly]) -> str:
+def _anomaly_section(waiting: Sequence[OpenAnomaly], reviewed: Sequence[OpenAnomaly]) -> str:
     """The open anomalies nobody reviewed, then those a person reviewed, with the note."""
-    waiting = [a for a in anomalies if a.reviewed_at is None]
-    reviewed = [a for a in anomalies if a.reviewed_at is not None]
     if waiting:
         body = "".join(
             f'<tr><td><span class="pill st-FAILURE">{_e(a.kind)}</span></td>'

@@ -168,6 +168,21 @@ def test_report_command_writes_the_file(report_db, tmp_path):
     quiet = CliRunner().invoke(main, [*args, "--quiet"], catch_exceptions=False)
     assert quiet.exit_code == 0 and quiet.output == ""
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temp file left
+    assert result.stdout.rstrip().endswith(", 1 open anomaly")
+
+
+def test_the_report_commands_count_of_open_anomalies_is_the_pages(report_db, tmp_path):
+    """Once reviewed, the summary line said "1 open anomaly" while the page said 0 open
+    (walk-through review): both count the anomalies nobody reviewed."""
+    from chores.run.review import review_anomalies
+
+    settings = get_settings()
+    review_anomalies(report_db, HOSTILE_ORG, "2026-11", note="ok", now=NOW, settings=settings)
+    out = tmp_path / "report.html"
+    args = ["report", "--org", HOSTILE_ORG, "--period", "2026-11", "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--now", NOW.isoformat()], catch_exceptions=False)
+    assert result.stdout.rstrip().endswith(", 0 open anomalies (1 more reviewed)")
+    assert 'Open anomalies</div><div class="v">0<' in out.read_text()
 
 
 def test_report_command_errors(report_db, tmp_path):
