@@ -11,6 +11,7 @@ import click
 from rich.markup import escape
 from rich.text import Text
 
+from chores.billing.known_orgs import unknown_org_note
 from chores.cli import tables
 from chores.cli.common import console, json_option, now_option, org_option, user_errors
 from chores.cli.params import OneLineGroup, PeriodType
@@ -46,7 +47,10 @@ def anomaly_list(org: str, period: str | None, reviewed: bool, as_json: bool) ->
     out = console()
     where = f"{org} {period}" if period else org
     if not found:
-        out.print(f"no open anomaly{' not reviewed' if not reviewed else ''}: {escape(where)}")
+        out.print(f"no open anomaly{'' if reviewed else ' left to review'}: {escape(where)}")
+        unknown = unknown_org_note(collections, org)
+        if unknown is not None:
+            click.echo(f"note: {for_terminal(unknown)}", err=True)
         return
     view = tables.table(f"Open anomalies of {where}")
     tables.name_column(view, "period", keep=True)
@@ -146,7 +150,7 @@ def anomaly_review(
             Text(f"  the draft still needs review for what is still open: {for_terminal(show)}")
         )
     else:
-        out.print("  the draft no longer needs review")
+        out.print(f"  the draft {'no longer needs' if done.reviewed else 'needs no'} review")
 
 
 def _json_text(value: Any) -> str:

@@ -297,6 +297,24 @@ def test_the_command_reviews_lists_and_says_what_the_draft_needs_now(env_db):
     )
     again = cli.invoke(main, [*args, "--note", NOTE])
     assert again.exit_code == 0 and "no open anomaly left to review" in again.output
+    assert "the draft no longer needs review" not in again.output  # nothing changed now
+    assert "the draft needs no review" in again.output
+    none_left = cli.invoke(main, ["anomaly", "list", "--org", "acme"])
+    assert none_left.stdout == "no open anomaly left to review: acme\n"
+
+
+def test_listing_an_org_the_billing_does_not_know_says_so(env_db):
+    """Walk-through review: `anomaly list --org nosuch` said only "no open anomaly not
+    reviewed: nosuch", where `run` and `finalize` say the org is unknown."""
+    env_db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1)))
+    run_chore(env_db, now=NOW)
+    listed = CliRunner().invoke(main, ["anomaly", "list", "--org", "acmee"])
+    assert listed.exit_code == 0
+    assert listed.stdout == "no open anomaly left to review: acmee\n"
+    assert listed.stderr.startswith(
+        "note: org 'acmee' has no invoice of any month and no plan: nothing was billed to it"
+        " yet; did you mean 'acme'?\n"
+    )
 
 
 def test_a_reviewed_runner_that_goes_on_after_its_month_is_final_flags_the_new_month(db, settings):
