@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import click
@@ -16,7 +16,7 @@ from chores.cli.common import (
     now_option,
     user_errors,
 )
-from chores.cli.params import OneLineGroup
+from chores.cli.params import DayType, OneLineGroup
 from chores.core.settings import get_settings
 from chores.core.wording import counted, for_terminal
 from pricing import (
@@ -113,14 +113,14 @@ WRITERS = {".yaml": registry_to_yaml, ".yml": registry_to_yaml, ".json": registr
 )
 @click.option(
     "--valid-from",
-    type=click.DateTime(formats=["%Y-%m-%d"]),
+    type=DayType(),
     default=None,
-    help="Effective date of the prices, YYYY-MM-DD (default: today, UTC).",
+    help="Effective date of the prices (default: today, UTC).",
 )
 @click.option("--version", "version", default=None, help="Registry version (default: the date).")
 @user_errors
 def registry_import(
-    path: str, out: str | None, valid_from: datetime | None, version: str | None
+    path: str, out: str | None, valid_from: date | None, version: str | None
 ) -> None:
     """Convert LiteLLM's model_prices_and_context_window.json into a registry file."""
     try:
@@ -129,7 +129,7 @@ def registry_import(
         raise click.ClickException(f"{path}: not readable JSON ({exc})") from None
     if not isinstance(data, dict):
         raise click.ClickException(f"{path}: expected a JSON object of models")
-    day = (valid_from or datetime.now(UTC)).date()
+    day = valid_from or datetime.now(UTC).date()
     reg = registry_from_litellm(data, valid_from=day, version=version or day.isoformat())
     suffix = Path(out).suffix.lower() if out else ".yaml"
     if suffix not in WRITERS:

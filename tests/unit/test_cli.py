@@ -514,7 +514,8 @@ def test_registry_import_litellm_round_trips(tmp_path):
     assert json.loads(as_json.read_text())["models"][0]["prices"][0]["cached_input"] == "0.075"
     assert load_registry(as_json).models == load_registry(out).models
     for args, says in (
-        (["--valid-from", "2026-13-01"], "'2026-13-01' does not match the format '%Y-%m-%d'"),
+        (["--valid-from", "2026-13-01"], "2026-13-01 is not a calendar day"),
+        (["--valid-from", "1/11/2026"], "'1/11/2026' is not a day: expected YYYY-MM-DD"),
         (["--out", str(tmp_path / "missing" / "r.yaml")], "cannot write"),
         (["--out", str(tmp_path / "r.txt")], "a registry file ends in .yaml, .yml or .json"),
     ):
