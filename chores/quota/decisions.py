@@ -157,6 +157,13 @@ def evaluate(plan: Plan, used_tokens: int, spent_micros: int) -> tuple[State, li
                 f"{describe(check.limit)}"
                 + (f" (+{describe(overdraft)} overdraft)" if overdraft else "")
             )
+        elif check.used >= check.limit:  # within the overdraft above it
+            state = "warn" if state != "block" else state
+            reasons.append(
+                f"{check.name} limit passed: {describe(check.used)} used of "
+                f"{describe(check.limit)}, within its overdraft "
+                f"(+{describe(check.hard - check.limit)})"
+            )
         elif check.used >= soft_share(plan) * check.limit:
             state = "warn" if state != "block" else state
             share = percent(check.used, check.limit) if check.limit else "all"
@@ -221,6 +228,8 @@ class QuotaDecision(BaseModel):
     unpriced_tokens: int = 0
     computed_at: datetime | None = None
     stale: bool = False
+    # When stale: the state the last decision of this month stored (None otherwise).
+    last_state: str | None = None
     reasons: list[str] = Field(default_factory=list)
 
     def summary(self) -> str:
@@ -230,6 +239,8 @@ class QuotaDecision(BaseModel):
             return f"{parts[0]} — {self.reason} ({'allowed' if self.allowed else 'refused'})"
         usage = [_of(self.used_tokens, self.token_limit, _tokens, " tokens")]
         usage.append(_of(self.spent_micros, self.spend_limit_micros, usd_exact, ""))
+        if self.unpriced_tokens:  # no price: in the tokens, not in the spend
+            usage[-1] += f" + {_tokens(self.unpriced_tokens)} tokens unpriced"
         why = f" — {'; '.join(self.reasons)}" if self.reasons else ""
         return f"{parts[0]} — " + ", ".join(usage) + why
 
@@ -555,13 +566,18 @@ def answer(
     used = stored.used_tokens if fresh_period else 0
     spent = stored.spent_micros if fresh_period else 0
     if age > settings.quota_max_staleness_seconds:
-        unknown = unknown_decision(org, period, f"decision is {int(age)}s old", settings)
+        last = doc.get("state") if doc.get("state") in STORED_STATES else "unreadable"
+        of = "" if fresh_period else f" of {stored.period}"
+        why = f"the last decision{of} ({last}) is {_age(age)} old: no run since"
+        unknown = unknown_decision(org, period, why, settings)
         return unknown.model_copy(
             update={
                 "stale": True,
+                "last_state": last if fresh_period else None,
                 "computed_at": computed_at,
                 "used_tokens": used,
                 "spent_micros": spent,
+                "unpriced_tokens": stored.unpriced_tokens if fresh_period else 0,
                 "token_limit": plan.token_limit,
                 "spend_limit_micros": plan.spend_limit_micros,
             }
@@ -587,6 +603,14 @@ def answer(
         stale=False,
         reasons=reasons,
     )
+
+
+def _age(seconds: float) -> str:
+    """A decision's age as a person says it: `90 s`, `16 min`, `5 h`, `32 days`."""
+    for unit_seconds, unit in ((86_400, "days"), (3_600, "h"), (60, "min")):
+        if seconds >= 2 * unit_seconds:
+            return f"{int(seconds // unit_seconds)} {unit}"
+    return f"{int(seconds)} s"
 
 
 def unknown_decision(org: str, period: str, reason: str, settings: Settings) -> QuotaDecision:

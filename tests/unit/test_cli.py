@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -580,12 +581,11 @@ def test_the_demos_quota_lines_show_the_standing_decision_then_a_run_ahead(tmp_p
     get_settings.cache_clear()
     text = " ".join(demo.output.split())
     assert "globex: warn — " in text and "a run of ~200K tokens: refused (block)" in text
-    lines = [line.strip() for line in demo.output.splitlines() if "a run of ~200K tokens" in line]
-    assert len(lines) == 3
-    for line in lines:
-        org, state = line.split(":")[0], line.split(":")[1].split()[0]
+    standing = re.findall(r"(\S+): (ok|warn|block) — [^→]*→ a run of ~200K tokens", text)
+    assert len(standing) == 3
+    for org, state in standing:
         check = CliRunner().invoke(main, ["quota", "check", "--org", org, "--json", *now])
-        assert json.loads(check.output)["state"] == state, (line, check.output)
+        assert json.loads(check.output)["state"] == state, (org, check.output)
     get_settings.cache_clear()
 
 
