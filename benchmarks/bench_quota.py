@@ -12,9 +12,14 @@ settings=...)` round-robin over the orgs, one call after another from one client
   mongomock this is an in-process dictionary lookup, not a network round trip: the number is
   an upper bound of what a real server gives (set MONGO_URL to measure one);
 - cached: `Settings(redis_url=...)`, one Redis GET per check (every key is a hit);
-- cold cache: the same, right after the Redis database was flushed: the first check of each
-  org misses, reads the database and refills the cache;
+- mirror empty: the same, right after the Redis database was flushed (a Redis restarted):
+  each check misses, then reads the database (a check never fills the mirror, the next
+  run's decisions do: `Quota.check`);
 - and, for scale, a bare `redis.get` of the same keys.
+
+Each path's round trips per check are counted, not timed: MongoDB's with the counting
+wrapper (`_counting.CountingDatabase`, on mongomock), Redis's from the server's own
+`INFO commandstats`.
 
 Only the Redis database given (default 13) is flushed, before and after.
 """
@@ -31,6 +36,7 @@ from datetime import timedelta
 from typing import Any
 
 import redis
+from _counting import CountingDatabase
 from _workload import NOW, machine, org_names, write_json
 from rich.console import Console
 from rich.table import Table
@@ -50,7 +56,31 @@ def seed(db: Any, settings: Settings) -> None:
         if n % 3 == 0
     ]
     db[settings.collection("plans")].insert_many(plans)
-    Quota(Collections.of(db, settings), settings).decide(orgs, NOW)
+    seed_decisions(db, settings)
+
+
+def seed_decisions(db: Any, settings: Settings) -> None:
+    """Every org's decision, as a run writes and mirrors them."""
+    Quota(Collections.of(db, settings), settings).decide(org_names(ORGS), NOW)
+
+
+def redis_commands(raw: redis.Redis) -> int:
+    """Commands the Redis server has run (its `INFO commandstats`), the INFO calls aside."""
+    stats = raw.info("commandstats")
+    return sum(s["calls"] for name, s in stats.items() if name != "cmdstat_info")
+
+
+def round_trips(check: Callable[[Any, str], Any], db: Any, raw: redis.Redis) -> dict[str, float]:
+    """MongoDB and Redis round trips of one `check(db, org)`, averaged over every org."""
+    counting = CountingDatabase(db)
+    before = redis_commands(raw)
+    for org in org_names(ORGS):
+        check(counting, org)
+    redis_calls = redis_commands(raw) - before
+    return {
+        "mongo_round_trips": counting.counts.total_round_trips() / ORGS,
+        "redis_round_trips": redis_calls / ORGS,
+    }
 
 
 def timed(label: str, fn: Callable[[str], Any], checks: int) -> dict[str, Any]:
@@ -109,27 +139,49 @@ def main(argv: list[str] | None = None) -> int:
             b = check_quota(db, "org-0000", 5_000, now, settings=cached)
             assert a == b, (a, b)
 
-            def from_db(org: str, db: Any = db, settings: Settings = uncached) -> Any:
+            def check_in(db: Any, org: str, settings: Settings) -> Any:
                 return check_quota(db, org, 5_000, now, settings=settings)
+
+            def from_db(org: str, db: Any = db, settings: Settings = uncached) -> Any:
+                return check_in(db, org, settings)
 
             def from_cache(org: str, db: Any = db, settings: Settings = cached) -> Any:
-                return check_quota(db, org, 5_000, now, settings=settings)
+                return check_in(db, org, settings)
+
+            def counted(
+                settings: Settings, db: Any = db, backend: str = backend
+            ) -> dict[str, float]:
+                if backend != "mongomock":  # counted on mongomock only
+                    return {}
+                return round_trips(lambda d, org: check_in(d, org, settings), db, raw)
 
             rows.append(timed(f"uncached ({backend} find_one)", from_db, args.checks))
+            rows[-1].update(counted(uncached))
             rows.append(timed(f"cached (Redis GET, {backend} behind)", from_cache, args.checks))
-            raw.flushdb()
-            rows.append(timed(f"cold cache, first pass ({backend} refills)", from_cache, ORGS))
-        key = next(raw.scan_iter("billing:quota:*"))  # a decision the cold pass mirrored
+            rows[-1].update(counted(cached))
+            raw.flushdb()  # a Redis restarted: until the next run decides, checks miss
+            rows.append(timed(f"mirror empty (GET misses, {backend} find_one)", from_cache, ORGS))
+            rows[-1].update(counted(cached))
+            assert next(raw.scan_iter("billing:quota:*"), None) is None  # a check fills nothing
+            seed_decisions(db, cached)  # the next run's decisions fill it
+        key = next(raw.scan_iter("billing:quota:*"))
         assert raw.get(key) is not None
         rows.append(timed("bare redis-py GET (for scale)", lambda org: raw.get(key), args.checks))
+        rows[-1].update({"mongo_round_trips": 0, "redis_round_trips": 1})
     finally:
         raw.flushdb()
 
     base = rows[0]["per_second"]
     table = Table(title=f"check_quota, one client, {ORGS:,} orgs, sequential calls")
-    for column in ("path", "checks", "checks/s", "p50 (µs)", "p99 (µs)", "vs uncached"):
+    columns = ("path", "checks", "checks/s", "p50 (µs)", "p99 (µs)", "vs uncached")
+    for column in (*columns, "MongoDB / Redis round trips per check"):
         table.add_column(column, justify="left" if column == "path" else "right")
     for row in rows:
+        trips = (
+            f"{row['mongo_round_trips']:g} / {row['redis_round_trips']:g}"
+            if "mongo_round_trips" in row
+            else "–"
+        )
         table.add_row(
             row["label"],
             f"{row['checks']:,}",
@@ -137,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['p50_us']:.0f}",
             f"{row['p99_us']:.0f}",
             f"{row['per_second'] / base:.2f}x",
+            trips,
         )
     out.print(table)
     out.print(
