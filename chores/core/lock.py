@@ -7,11 +7,11 @@ still bill exactly once, because ledger entry ids are unique (`_ledger`). So:
 - its TTL (`LOCK_TTL_SECONDS`) is above the task's hard time limit, and a run renews it
   after every batch (`renew`), so a run making progress keeps it however long it lasts,
   while a crashed worker never blocks an org for longer than the TTL;
-- its token names the task, host and process that hold it (`task id@host:pid:nonce`), so
-  the same message redelivered after its process died on this host (OOM killer, SIGKILL)
-  takes it over at once; one redelivered while its first delivery still runs (a broker
-  connection lost and restored, on any host), or whose dead holder ran on another host,
-  waits, as another message does;
+- its token names the task and the process that hold it (`Holder`: host, boot and pid
+  namespace, pid, start time), so the same message redelivered after its process died on
+  this machine (OOM killer, SIGKILL) takes it over at once; one redelivered while its first
+  delivery still runs (a broker connection lost and restored, on any host), or whose dead
+  holder ran elsewhere, waits, as another message does;
 - it is released only by its owner (redis-py's compare-and-delete on the token), so a
   run that outlived its lock cannot delete the lock of the run that took over;
 - a Redis outage at the start means no run (`meter_org` retries with backoff: SPEC §6 says
@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import uuid
+from dataclasses import dataclass
 
 import redis
 from redis.exceptions import LockError, LockNotOwnedError, RedisError
@@ -34,6 +35,7 @@ from redis.lock import Lock
 from chores.core.redis_client import redis_client
 
 KEY_PREFIX = "billing:lock:meter:"
+UNKNOWN = "-"  # a token's place or start time that /proc could not give
 # Replace a dead holder's token (ARGV[1]) with ours (ARGV[2]) and the full TTL (ARGV[3], ms),
 # in one step: unless the lock changed hands meanwhile.
 TAKE_OVER = """
@@ -63,7 +65,7 @@ class OrgLock:
         # The task id, when a task holds it: a redelivery of the same message whose process
         # died takes over the dead run's lock instead of waiting out its TTL (`_dead_here`).
         self.task_id = task_id or uuid.uuid4().hex
-        self.token = f"{self.task_id}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+        self.token = Holder.this_process(self.task_id).token()
         self._client = client
         self._ttl_ms = max(1, int(ttl_seconds * 1000))
         # Not thread-local: the token belongs to this object, whichever thread renews it.
@@ -90,20 +92,21 @@ class OrgLock:
                 return True
         return False
 
-    def _dead_here(self, holder: str) -> bool:
-        """Whether the token `holder` is this task's, taken by a process of this host that
-        is gone: the same message, redelivered after its process died. Not when that
-        process still runs (a broker connection lost and restored hands the running message
-        out again, to this process or another), nor a holder on another host (no way to
-        tell it is dead: its lock expires after the TTL)."""
-        task_id, _, place = holder.rpartition("@")
-        host, _, pid_nonce = place.partition(":")
-        pid, _, _ = pid_nonce.partition(":")
+    def _dead_here(self, token: str) -> bool:
+        """Whether the lock's token is this task's, taken by a process of this machine (the
+        same host, boot and pid namespace) that is gone: the same message, redelivered
+        after its process died. Not when that process still runs (a broker connection lost
+        and restored hands the running message out again, to this process or another), nor
+        a holder anywhere else (nothing here can tell it is dead: its lock expires after the
+        TTL)."""
+        holder = Holder.parse(token)
+        here = Holder.this_process(self.task_id)
         return (
-            task_id == self.task_id
-            and host == socket.gethostname()
-            and pid.isdigit()
-            and process_gone(int(pid))
+            holder is not None
+            and holder.task_id == self.task_id
+            and here.place != UNKNOWN
+            and holder.place == here.place
+            and holder.is_gone()
         )
 
     def renew(self) -> bool:
@@ -168,6 +171,65 @@ def release_quietly(lock: OrgLock) -> str | None:
         problem = f"could not release the lock of org {lock.org}: {type(exc).__name__}"
     log.warning("%s", problem)
     return problem
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lock, as its token says: a task, and the process running it, named so
+    that a process of the same machine can tell whether that one still runs."""
+
+    task_id: str
+    place: str  # host name, boot id and pid namespace: where `pid` names one process
+    pid: int
+    started: str  # when that process started (clock ticks after boot): a pid reused differs
+    nonce: str
+
+    @classmethod
+    def this_process(cls, task_id: str) -> Holder:
+        pid = os.getpid()
+        return cls(task_id, this_place(), pid, start_time(pid), uuid.uuid4().hex)
+
+    def token(self) -> str:
+        return f"{self.task_id}@{self.place}:{self.pid}:{self.started}:{self.nonce}"
+
+    @classmethod
+    def parse(cls, token: str) -> Holder | None:
+        """The holder a token names; None for one of another form (an older version's)."""
+        task_id, _, rest = token.rpartition("@")
+        fields = rest.split(":")
+        if not task_id or len(fields) != 4 or not fields[1].isdigit():
+            return None
+        place, pid, started, nonce = fields
+        return cls(task_id, place, int(pid), started, nonce)
+
+    def is_gone(self) -> bool:
+        """Whether this holder's process no longer runs (asked on its machine): its pid is
+        free, a zombie's, or another process's that started later."""
+        return process_gone(self.pid) or (
+            self.started != UNKNOWN and start_time(self.pid) != self.started
+        )
+
+
+def this_place() -> str:
+    """This host's name, boot and pid namespace (`UNKNOWN` where /proc cannot say): two
+    containers may share a host name (host networking) but not a pid namespace."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id = boot.read().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return UNKNOWN
+    return f"{socket.gethostname()}/{boot_id}/{namespace}"
+
+
+def start_time(pid: int) -> str:
+    """When process `pid` started, in clock ticks after boot (`/proc/PID/stat` field 22);
+    `UNKNOWN` when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return UNKNOWN
 
 
 def process_gone(pid: int) -> bool:

@@ -24,7 +24,15 @@ from celery.exceptions import Retry
 
 from chores import Settings, run_chore, tasks
 from chores.core.exceptions import LockUnavailable
-from chores.core.lock import KEY_PREFIX, OrgLock, lock_client, process_gone
+from chores.core.lock import (
+    KEY_PREFIX,
+    Holder,
+    OrgLock,
+    lock_client,
+    process_gone,
+    start_time,
+    this_place,
+)
 
 from support import GrantedLock
 from support.dbproxy import DatabaseProxy
@@ -75,9 +83,11 @@ def a_dead_pid() -> int:
     return child.pid
 
 
-def held_by(task_id: str, pid: int, host: str | None = None) -> str:
-    """A lock token as `OrgLock` writes it for a task run by process `pid` of `host`."""
-    return f"{task_id}@{host or socket.gethostname()}:{pid}:{uuid.uuid4().hex}"
+def held_by(task_id: str, pid: int, *, place: str | None = None, started: str | None = None) -> str:
+    """A lock token as `OrgLock` writes it for a task run by process `pid` of this machine
+    (or of `place`), started when that process did (or at `started`)."""
+    started = start_time(pid) if started is None else started
+    return Holder(task_id, place or this_place(), pid, started, uuid.uuid4().hex).token()
 
 
 def test_a_redelivery_takes_over_its_dead_runs_lock_and_nothing_else_does(client):
@@ -97,23 +107,49 @@ def test_a_redelivery_takes_over_its_dead_runs_lock_and_nothing_else_does(client
     assert client.exists(key) == 0
 
 
-@pytest.mark.parametrize("holder", ["alive in this process", "alive in another", "elsewhere"])
+HOLDERS = [
+    "alive in this process",
+    "alive in another",
+    "on another host",
+    "in another pid namespace of this host name",
+    "of an older version (a bare task id)",
+]
+
+
+@pytest.mark.parametrize("holder", HOLDERS)
 def test_a_redelivery_while_its_first_delivery_runs_waits(client, holder):
     """A broker connection lost and restored hands a running message out again at once,
     to another thread, pool process or worker: the same task id must not take the running
     one's lock (it did: two runs of one org at once, celery review). Nor one whose holder
-    ran on another host: nothing here can tell it is dead; its lock expires after the TTL."""
+    ran elsewhere: nothing here can tell it is dead (a container on the host's network
+    shares its host name, not its pids: review); its lock expires after the TTL."""
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    host, boot, namespace = this_place().split("/")
     try:
         token = {
             "alive in this process": held_by("task-1", os.getpid()),
             "alive in another": held_by("task-1", sleeper.pid),
-            "elsewhere": held_by("task-1", a_dead_pid(), host="another-host"),
+            "on another host": held_by("task-1", a_dead_pid(), place=f"x/{boot}/{namespace}"),
+            "in another pid namespace of this host name": held_by(
+                "task-1", a_dead_pid(), place=f"{host}/{boot}/1"
+            ),
+            "of an older version (a bare task id)": "task-1",
         }[holder]
         client.set(KEY_PREFIX + "acme", token, px=30_000)
         again = OrgLock(client, "acme", ttl_seconds=30, task_id="task-1")
         assert again.acquire() is False
         assert client.get(KEY_PREFIX + "acme") == token.encode()  # left alone
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_holder_whose_pid_another_process_took_since_is_dead(client):
+    """A pid is reused once its process is gone: the start time tells them apart."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        client.set(KEY_PREFIX + "acme", held_by("task-1", sleeper.pid, started="1"), px=30_000)
+        assert OrgLock(client, "acme", ttl_seconds=30, task_id="task-1").acquire() is True
     finally:
         sleeper.kill()
         sleeper.wait()
