@@ -64,7 +64,7 @@ def missing_invoice_hint(collections: Collections, org: str, period: str) -> str
         if period > this_month:
             return f"that month has not begun (this machine's is {this_month})"
         if _ran_in(collections, org, period):
-            return "no usage of it was billed this month yet (its runs this month found none)"
+            return "no usage of it was billed this month yet"
         return run_first
     alike = known_alike(collections, org, period=period)
     return f"did you mean {_either(alike)}? (a new org: {run_first})" if alike else run_first

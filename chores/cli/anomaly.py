@@ -69,7 +69,10 @@ def anomaly_list(org: str, period: str | None, reviewed: bool, as_json: bool) ->
     periods = {a.period for a in found if a.reviewed_at is None}
     month = periods.pop() if len(periods) == 1 else "YYYY-MM"
     review = f"chore anomaly review --org {shlex.quote(org)} --period {month} --note TEXT"
-    out.print(Text(for_terminal(f"  {counted(waiting, 'anomaly')} not reviewed ({review})")))
+    if waiting:
+        out.print(Text(for_terminal(f"  {counted(waiting, 'anomaly')} left to review ({review})")))
+    else:
+        out.print("  all reviewed")
 
 
 @anomaly.command("review")

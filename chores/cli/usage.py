@@ -363,8 +363,8 @@ def report(
         click.echo(
             f"wrote {out}: invoice {for_terminal(invoice.id)} ({invoice.status}), total "
             f"{usd(invoice.total_micros)}, {counted(invoice.runs, 'run')}, "
-            f"{counted(len(data.waiting()), 'open anomaly')}"
-            + (f" ({len(data.reviewed())} more reviewed)" if data.reviewed() else "")
+            f"{counted(len(data.waiting()), 'anomaly')} to review"
+            + (f", {len(data.reviewed())} reviewed" if data.reviewed() else "")
         )
 
 

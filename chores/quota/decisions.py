@@ -12,6 +12,7 @@ run's newer one refused leaves no event). `check` answers from the stored decisi
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from fractions import Fraction
@@ -157,10 +158,10 @@ def evaluate(plan: Plan, used_tokens: int, spent_micros: int) -> tuple[State, li
                 f"{describe(check.limit)}"
                 + (f" (+{describe(overdraft)} overdraft)" if overdraft else "")
             )
-        elif check.used >= check.limit:  # within the overdraft above it
+        elif check.used >= check.limit and check.used > 0:  # within the overdraft above it
             state = "warn" if state != "block" else state
             reasons.append(
-                f"{check.name} limit passed: {describe(check.used)} used of "
+                f"{check.name} limit reached: {describe(check.used)} used of "
                 f"{describe(check.limit)}, within its overdraft "
                 f"(+{describe(check.hard - check.limit)})"
             )
@@ -237,10 +238,14 @@ class QuotaDecision(BaseModel):
         parts = [f"{self.org}: {self.state}"]
         if self.state == "unknown":
             return f"{parts[0]} — {self.reason} ({'allowed' if self.allowed else 'refused'})"
-        usage = [_of(self.used_tokens, self.token_limit, _tokens, " tokens")]
-        usage.append(_of(self.spent_micros, self.spend_limit_micros, usd_exact, ""))
+        tokens = _of(self.used_tokens, self.token_limit, _tokens, " tokens")
         if self.unpriced_tokens:  # no price: in the tokens, not in the spend
-            usage[-1] += f" + {_tokens(self.unpriced_tokens)} tokens unpriced"
+            unpriced = f"{_tokens(self.unpriced_tokens)} unpriced"
+            if tokens.endswith(")"):  # "(no limit)", "(5%)": one parenthesis for both
+                tokens = f"{tokens[:-1]}; {unpriced})"
+            else:
+                tokens = f"{tokens} ({unpriced})"
+        usage = [tokens, _of(self.spent_micros, self.spend_limit_micros, usd_exact, "")]
         why = f" — {'; '.join(self.reasons)}" if self.reasons else ""
         return f"{parts[0]} — " + ", ".join(usage) + why
 
@@ -566,9 +571,10 @@ def answer(
     used = stored.used_tokens if fresh_period else 0
     spent = stored.spent_micros if fresh_period else 0
     if age > settings.quota_max_staleness_seconds:
-        last = doc.get("state") if doc.get("state") in STORED_STATES else "unreadable"
+        last = doc.get("state") if doc.get("state") in STORED_STATES else None
         of = "" if fresh_period else f" of {stored.period}"
-        why = f"the last decision{of} ({last}) is {_age(age)} old: no run since"
+        why = f"the last decision{of} ({last or 'state unreadable'}) is {_age(age)} old"
+        why += ": none made since"
         unknown = unknown_decision(org, period, why, settings)
         return unknown.model_copy(
             update={
@@ -606,10 +612,13 @@ def answer(
 
 
 def _age(seconds: float) -> str:
-    """A decision's age as a person says it: `90 s`, `16 min`, `5 h`, `32 days`."""
-    for unit_seconds, unit in ((86_400, "days"), (3_600, "h"), (60, "min")):
+    """A decision's age as a person says it: `90 s`, `16 min`, `5 h`, `32 days`; minutes
+    rounded up (a decision stale after 900 s is not "15 min old")."""
+    for unit_seconds, unit in ((86_400, "days"), (3_600, "h")):
         if seconds >= 2 * unit_seconds:
             return f"{int(seconds // unit_seconds)} {unit}"
+    if seconds >= 120:
+        return f"{math.ceil(seconds / 60)} min"
     return f"{int(seconds)} s"
 
 

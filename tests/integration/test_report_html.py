@@ -168,12 +168,13 @@ def test_report_command_writes_the_file(report_db, tmp_path):
     quiet = CliRunner().invoke(main, [*args, "--quiet"], catch_exceptions=False)
     assert quiet.exit_code == 0 and quiet.output == ""
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temp file left
-    assert result.stdout.rstrip().endswith(", 1 open anomaly")
+    assert result.stdout.rstrip().endswith(", 1 anomaly to review")
 
 
 def test_the_report_commands_count_of_open_anomalies_is_the_pages(report_db, tmp_path):
     """Once reviewed, the summary line said "1 open anomaly" while the page said 0 open
-    (walk-through review): both count the anomalies nobody reviewed."""
+    (walk-through review): both count the anomalies nobody reviewed, the line the reviewed
+    ones apart."""
     from chores.run.review import review_anomalies
 
     settings = get_settings()
@@ -181,7 +182,7 @@ def test_the_report_commands_count_of_open_anomalies_is_the_pages(report_db, tmp
     out = tmp_path / "report.html"
     args = ["report", "--org", HOSTILE_ORG, "--period", "2026-11", "--out", str(out)]
     result = CliRunner().invoke(main, [*args, "--now", NOW.isoformat()], catch_exceptions=False)
-    assert result.stdout.rstrip().endswith(", 0 open anomalies (1 more reviewed)")
+    assert result.stdout.rstrip().endswith(", 0 anomalies to review, 1 reviewed")
     assert 'Open anomalies</div><div class="v">0<' in out.read_text()
 
 

@@ -266,7 +266,7 @@ def test_the_command_reviews_lists_and_says_what_the_draft_needs_now(env_db):
 
     listed = cli.invoke(main, ["anomaly", "list", "--org", "acme"])
     assert listed.exit_code == 0, listed.output
-    assert "total_below_split" in listed.output and "1 anomaly not reviewed" in listed.output
+    assert "total_below_split" in listed.output and "1 anomaly left to review" in listed.output
 
     now = ["--now", NOW.isoformat()]
     args = ["anomaly", "review", "--org", "acme", "--period", "2026-11", *now]

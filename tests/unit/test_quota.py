@@ -207,9 +207,7 @@ def test_stale_and_missing_decisions_are_unknown(db, settings, registry, fail_op
     assert stale.used_tokens == 1_000
 
 
-def test_a_stale_answer_says_what_the_last_decision_was_and_how_old_it_is(
-    db, settings, registry
-):
+def test_a_stale_answer_says_what_the_last_decision_was_and_how_old_it_is(db, settings, registry):
     """Quota review: a `block` checked 16 minutes later read "unknown — decision is 960s
     old", with no word of the block, and its JSON lost the state and the unpriced tokens."""
     set_plan(db, token_limit=1_000)
@@ -218,13 +216,19 @@ def test_a_stale_answer_says_what_the_last_decision_was_and_how_old_it_is(
     assert (stale.state, stale.last_state, stale.allowed) == ("unknown", "block", True)
     assert (stale.used_tokens, stale.unpriced_tokens) == (5_700, 700)
     assert stale.summary() == (
-        "acme: unknown — the last decision (block) is 16 min old: no run since (fail-open)"
+        "acme: unknown — the last decision (block) is 16 min old: none made since (fail-open)"
         " (allowed)"
     )
+    just_stale = NOV + timedelta(seconds=settings.quota_max_staleness_seconds + 1)
+    assert "is 16 min old" in check_quota(db, "acme", now=just_stale, settings=settings).reason
+    db.billing_quota.update_one({"_id": "acme"}, {"$set": {"state": "BLOCK"}})
+    odd = check_quota(db, "acme", now=NOV + timedelta(minutes=16), settings=settings)
+    assert odd.last_state is None and "(state unreadable)" in odd.reason  # for scripts: null
+    db.billing_quota.update_one({"_id": "acme"}, {"$set": {"state": "block"}})
     next_month = check_quota(db, "acme", now=NOV + timedelta(days=12), settings=settings)
     assert (next_month.last_state, next_month.used_tokens) == (None, 0)
     assert next_month.reason == (
-        "the last decision of 2026-11 (block) is 12 days old: no run since (fail-open)"
+        "the last decision of 2026-11 (block) is 12 days old: none made since (fail-open)"
     )
 
 
@@ -236,7 +240,7 @@ def test_unpriced_tokens_are_said_beside_the_spend_they_are_not_in(db, settings,
     decision = check_quota(db, "acme", now=NOV, settings=settings)
     assert (decision.state, decision.unpriced_tokens) == ("ok", 1_000_000)
     assert decision.summary() == (
-        "acme: ok — 1M tokens (no limit), $0.00 of $1.00 (0%) + 1M tokens unpriced"
+        "acme: ok — 1M tokens (no limit; 1M unpriced), $0.00 of $1.00 (0%)"
     )
 
 
@@ -296,7 +300,7 @@ def test_a_zero_token_limit_with_an_overdraft_warns_then_blocks(db, settings, re
     meter(db, settings, registry, ai_run("acme", 999))
     decision = check_quota(db, "acme", now=NOV, settings=settings)
     assert decision.state == "warn" and decision.reason == (
-        "token limit passed: 999 tokens used of 0 tokens, within its overdraft (+1,000 tokens)"
+        "token limit reached: 999 tokens used of 0 tokens, within its overdraft (+1,000 tokens)"
     )
     meter(db, settings, registry, ai_run("acme", 1))
     assert check_quota(db, "acme", now=NOV, settings=settings).state == "block"
