@@ -27,6 +27,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import redis
 from redis.exceptions import LockError, LockNotOwnedError, RedisError
@@ -204,10 +205,12 @@ class Holder:
 
     def is_gone(self) -> bool:
         """Whether this holder's process no longer runs (asked on its machine): its pid is
-        free, a zombie's, or another process's that started later."""
-        return process_gone(self.pid) or (
-            self.started != UNKNOWN and start_time(self.pid) != self.started
-        )
+        free, a zombie's, or another process's that started later. One that cannot be
+        looked at (another user's under `hidepid`, a read that failed) runs."""
+        if process_gone(self.pid):
+            return True
+        now = start_time(self.pid)
+        return UNKNOWN not in (self.started, now) and now != self.started
 
 
 def this_place() -> str:
@@ -219,7 +222,13 @@ def this_place() -> str:
         namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return UNKNOWN
-    return f"{socket.gethostname()}/{boot_id}/{namespace}"
+    return f"{host_name()}/{boot_id}/{namespace}"
+
+
+def host_name() -> str:
+    """This host's name as a token holds it: its bytes percent-encoded, so that no name
+    (one with `:`, `@` or `/`, one that is not UTF-8) breaks the token or its parsing."""
+    return quote(socket.gethostname().encode("utf-8", "surrogateescape"), safe="")
 
 
 def start_time(pid: int) -> str:

@@ -26,6 +26,7 @@ from chores import Settings, run_chore, tasks
 from chores.core.exceptions import LockUnavailable
 from chores.core.lock import (
     KEY_PREFIX,
+    UNKNOWN,
     Holder,
     OrgLock,
     lock_client,
@@ -153,6 +154,31 @@ def test_a_holder_whose_pid_another_process_took_since_is_dead(client):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_live_holder_that_cannot_be_looked_at_is_alive(client, monkeypatch):
+    """Its start time unreadable (another user's process under `hidepid`, a failed read)
+    once read as "another process took its pid": the live run's lock was taken (review)."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        client.set(KEY_PREFIX + "acme", held_by("task-1", sleeper.pid), px=30_000)
+        monkeypatch.setattr("chores.core.lock.start_time", lambda pid: UNKNOWN)
+        assert OrgLock(client, "acme", ttl_seconds=30, task_id="task-1").acquire() is False
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.parametrize("name", ["a:b@c/d", "bad\udcffutf8", "hôte-" + "x" * 60])
+def test_any_host_name_makes_a_token_that_reads_back(client, monkeypatch, name):
+    """A host name that is not UTF-8 raised from the token's encoding (every run crashed),
+    and one with `:` or `@` could not be read back (review)."""
+    monkeypatch.setattr("socket.gethostname", lambda: name)
+    client.set(KEY_PREFIX + "acme", held_by("task-1", a_dead_pid()), px=30_000)
+    again = OrgLock(client, "acme", ttl_seconds=30, task_id="task-1")
+    assert again.acquire() is True
+    assert Holder.parse(again.token) == Holder.parse(client.get(KEY_PREFIX + "acme").decode())
+    assert again.release() is True
 
 
 def test_a_zombie_holder_is_dead(client):
