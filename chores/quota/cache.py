@@ -58,27 +58,53 @@ def is_named_store(database: Any, mongo_url: str) -> bool:
     return is_client_of(mongo_url, database.client)
 
 
-# Mirror a decision (KEYS[1] <- ARGV[1], expiring in ARGV[4] s) unless the entry there was
-# decided from a later version of the usage: a later period (ARGV[2] its period), or the same
-# period from a draft built on a later ticket (ARGV[3] its `draft_ticket`, decimal digits,
-# compared as such: no double rounds them). An entry without a ticket (an older version's)
-# is replaced. The rule MongoDB's write of a decision follows (`Quota._decide`), applied in
-# one step: two writers that raced (a run's decision and a fan-out's), whichever comes last,
-# leave the newer one. A check never mirrors what it read (`Quota.check`).
-PUT_UNLESS_OLDER = """
-local held = redis.call('GET', KEYS[1])
-if held then
+# Whether the entry `held` was decided from a later version of the usage than a decision of
+# `period` from the draft built on `ticket`: a later period, or the same period from a draft
+# built on a later ticket (`draft_ticket`, decimal digits, compared as such: no double rounds
+# them). An entry without a ticket (an older version's) is not. The rule MongoDB's write of
+# a decision follows (`Quota._decide`).
+HELD_IS_NEWER = """
+local function held_is_newer(held, period, ticket)
   local ok, decision = pcall(cjson.decode, held)
   if ok and type(decision) == 'table' and type(decision.period) == 'string' then
-    if decision.period > ARGV[2] then return 0 end
-    local ticket = string.match(held, '"draft_ticket": (%d+)')
-    local later = ticket and (#ticket > #ARGV[3] or (#ticket == #ARGV[3] and ticket > ARGV[3]))
-    if decision.period == ARGV[2] and later then return 0 end
+    if decision.period > period then return true end
+    local its = string.match(held, '"draft_ticket": (%d+)')
+    local later = its and (#its > #ticket or (#its == #ticket and its > ticket))
+    if decision.period == period and later then return true end
   end
+  return false
 end
+"""
+
+# Mirror a decision (KEYS[1] <- ARGV[1], expiring in ARGV[4] s; ARGV[2] its period, ARGV[3]
+# its ticket) unless the entry there is newer, in one step: two writers that raced (a run's
+# decision and a fan-out's), whichever comes last, leave the newer one. A check never
+# mirrors what it read (`Quota.check`).
+PUT_UNLESS_OLDER = (
+    HELD_IS_NEWER
+    + """
+local held = redis.call('GET', KEYS[1])
+if held and held_is_newer(held, ARGV[2], ARGV[3]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
 return 1
 """
+)
+
+# Drop the entry (KEYS[1]) unless it is newer than a decision MongoDB refused (ARGV[1] its
+# period, ARGV[2] its ticket): one as old is older than the decision that stands, while a
+# newer one was mirrored by the writer of a later draft (dropped, an older decision still to
+# be mirrored would find the entry empty and stay there).
+DROP_UNLESS_NEWER = (
+    HELD_IS_NEWER
+    + """
+local held = redis.call('GET', KEYS[1])
+if held and not held_is_newer(held, ARGV[1], ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+)
 
 
 class QuotaCache:
@@ -88,6 +114,7 @@ class QuotaCache:
         self._prefix = f"{KEY_PREFIX}{namespace}:"
         self._redis = redis_client(url, timeout=0.25)  # a check must stay fast
         self._put_unless_older = self._redis.register_script(PUT_UNLESS_OLDER)
+        self._drop_unless_newer = self._redis.register_script(DROP_UNLESS_NEWER)
         self.failure: str | None = None  # the last error, when Redis could not be reached
 
     def key(self, org: str) -> str:
@@ -107,6 +134,21 @@ class QuotaCache:
                     keys=[self.key(decision["_id"])],
                     args=[_dumps(decision), period, str(ticket), self._ttl],
                     client=pipe,
+                )
+            pipe.execute()
+        except RedisError as exc:
+            self._unavailable(exc)
+
+    def drop_older(self, refused: Sequence[Mapping[str, Any]]) -> None:
+        """Drop the entry of each decision MongoDB refused (a newer one stands there), unless
+        the entry is newer than that decision (`DROP_UNLESS_NEWER`): the next check reads
+        MongoDB."""
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for decision in refused:
+                period, ticket = decision["period"], str(decision["draft_ticket"])
+                self._drop_unless_newer(
+                    keys=[self.key(decision["_id"])], args=[period, ticket], client=pipe
                 )
             pipe.execute()
         except RedisError as exc:

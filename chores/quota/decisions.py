@@ -491,10 +491,11 @@ class Quota:
         events = [change_event(d, future) for d in stood]
         insert_ignoring_duplicates(self._c.quota_events, [e for e in events if e is not None])
         if self._cache is not None:
-            # A decision refused above lost to a newer one: the mirror must
-            # not answer with it, so its entry goes and the next check reads MongoDB.
+            # A decision refused above lost to a newer one: the mirror must not answer
+            # one as old, so such an entry goes and the next check reads MongoDB; a newer
+            # entry (the later draft's writer mirrored it) stays.
             self._cache.put_many(stood)
-            self._cache.forget([decisions[i]["_id"] for i in sorted(refused)])
+            self._cache.drop_older([decisions[i] for i in sorted(refused)])
         if refused:
             kept = {decisions[i]["_id"] for i in refused}
             for doc in self._c.quota.find({"_id": {"$in": sorted(kept)}}, {"state": 1}):

@@ -547,6 +547,38 @@ def test_a_check_never_puts_back_a_decision_a_refused_one_dropped(
     assert (decision.state, decision.allowed, decision.used_tokens) == ("block", False, 5_100)
 
 
+def test_a_refused_decision_never_drops_a_newer_mirrored_one(db, settings, registry, redis_url):
+    """Three deciders (interleaving review): one stands in MongoDB and pauses before it
+    mirrors; a run bills more and mirrors `block`; a fan-out that read the usage before that
+    run is refused and dropped the org's entry, the run's `block` with it, so the first
+    one's older `ok` found it empty and answered for the mirror's TTL."""
+    cached = settings.model_copy(update={"redis_url": redis_url})
+    set_plan(db, token_limit=1_000)
+    meter(db, cached, registry, ai_run("acme", 100))  # `ok`, mirrored
+    first = Quota(Collections.of(db, cached), cached)
+    mirror = first._cache.put_many
+
+    def a_run_and_a_refused_fan_out_first(decisions):
+        fan_out = Quota(Collections.of(db, cached), cached)
+        read_usage = fan_out.usage
+
+        def a_run_bills_after_the_read(orgs, period):
+            read = read_usage(orgs, period)
+            assert meter(db, cached, registry, ai_run("acme", 5_000)).decisions == {
+                "acme": "block"
+            }
+            return read
+
+        fan_out.usage = a_run_bills_after_the_read  # type: ignore[method-assign]
+        assert fan_out.decide(["acme"], NOV) == {"acme": "block"}  # refused
+        mirror(decisions)
+
+    first._cache.put_many = a_run_and_a_refused_fan_out_first
+    first.decide(["acme"], NOV)
+    decision, calls = answer_and_calls(db, cached)
+    assert (decision.state, decision.used_tokens, calls) == ("block", 5_100, {})
+
+
 def check_with_meanwhile(db, settings, meanwhile) -> tuple[str, str]:
     """`check_quota` of acme, `meanwhile()` run right after its MongoDB read and before it
     mirrors what it read: (the check's state, what `meanwhile` returned)."""
