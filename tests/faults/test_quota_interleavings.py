@@ -130,7 +130,10 @@ class World:
         self.db.billing_plans.insert_one({"_id": "acme", "token_limit": OLD_LIMIT})
         self.db.tasks.insert_one(ai_run(100, NOV - timedelta(hours=2)))
         run_chore(self.db, org="acme", now=NOV, registry=self.registry, settings=self.settings)
-        self.key = Quota(Collections.of(self.db, self.settings), self.settings)._cache.key("acme")  # type: ignore[union-attr]
+        cache = Quota(Collections.of(self.db, self.settings), self.settings)._cache
+        assert cache is not None
+        self.key = cache.key("acme")
+        assert self.mirrored() is not None  # `ok`, mirrored by the run
         self.db.tasks.insert_one(ai_run(5_000, NOV - timedelta(hours=1)))
         self.versions.append(self.stored())
 

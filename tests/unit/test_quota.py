@@ -564,9 +564,7 @@ def test_a_refused_decision_never_drops_a_newer_mirrored_one(db, settings, regis
 
         def a_run_bills_after_the_read(orgs, period):
             read = read_usage(orgs, period)
-            assert meter(db, cached, registry, ai_run("acme", 5_000)).decisions == {
-                "acme": "block"
-            }
+            assert meter(db, cached, registry, ai_run("acme", 5_000)).decisions == {"acme": "block"}
             return read
 
         fan_out.usage = a_run_bills_after_the_read  # type: ignore[method-assign]
