@@ -34,6 +34,7 @@ from chores.metering.counters import Breakdown, Counters, add_tokens, breakdown
 from chores.metering.ledger import EMPTY_ENTRY, entry_tokens
 from chores.metering.lineage import own_org_spawns
 from chores.metering.lines import (
+    InvoiceLine,
     LineKey,
     UsageGroup,
     line_key,
@@ -58,12 +59,16 @@ class LineCheck(BaseModel):
     runner_estimate_usd: float | None  # None: no runner of the line gave an estimate
     runners: int
     estimated_runners: int = 0  # how many of them gave an estimate (0: the display says –)
+    # input, cached, output, unsplit: a line's split must fit its amount
+    expected_split: tuple[int, int, int, int] = (0, 0, 0, 0)
+    invoiced_split: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     @property
     def matches(self) -> bool:
-        return (self.expected_tokens, self.expected_micros) == (
+        return (self.expected_tokens, self.expected_micros, self.expected_split) == (
             self.invoiced_tokens,
             self.invoiced_micros,
+            self.invoiced_split,
         )
 
 
@@ -203,6 +208,8 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
                 runner_estimate_usd=round(estimates[key], 6) if estimated.get(key) else None,
                 runners=len(runners_of_line.get(key, ())),
                 estimated_runners=estimated.get(key, 0),
+                expected_split=_split(exp),
+                invoiced_split=_split(inv),
             )
         )
     return Reconciliation(
@@ -213,7 +220,7 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         late_tokens=sum(ln.tokens for ln in invoice.lines if ln.late),
         runners=runner_checks,
         running=running,
-        problems=_invoice_problems(invoice),
+        problems=_invoice_problems(invoice, org, period),
         registry_changed=invoice.registry != meter.registry.fingerprint,
         checked_as_invoiced=registry is not meter.registry,
     )
@@ -245,7 +252,10 @@ def _disagreement(source: _SourceUsage | None, billed: Breakdown, moved: bool) -
         else any(now < then for now, then in zip(source.tokens, billed, strict=True))
     )
     if fewer:
-        return "the source now shows fewer tokens than were billed (see counter_decreased)"
+        return (
+            "the ledger holds more tokens than the source shows: its counters went down (a "
+            "counter_decreased anomaly says so) or a ledger entry was added or edited"
+        )
     if moved:
         # The source says only where the runner is now; each org billed what it used there.
         return "billed under another org too (its org changed): the source shows one org"
@@ -288,9 +298,19 @@ def _on_invoice(entry: Doc, period: str, status: str) -> bool:
     return bool(booked == period)
 
 
-def _invoice_problems(invoice: Invoice) -> list[str]:
-    """Where the invoice disagrees with its own lines."""
-    problems = []
+def _split(line: InvoiceLine | None) -> tuple[int, int, int, int]:
+    if line is None:
+        return (0, 0, 0, 0)
+    return (line.input_tokens, line.cached_tokens, line.output_tokens, line.unsplit_tokens)
+
+
+def _invoice_problems(invoice: Invoice, org: str, period: str) -> list[str]:
+    """Where the invoice disagrees with its own id and its own lines."""
+    problems = [
+        f"its {name} field says {said!r}, its id {meant!r}"
+        for name, said, meant in (("org", invoice.org, org), ("period", invoice.period, period))
+        if said != meant
+    ]
     priced = sum(ln.amount_micros for ln in invoice.lines if ln.amount_micros is not None)
     if invoice.total_micros != priced:
         problems.append(

@@ -556,5 +556,6 @@ def test_reconcile_gives_the_specific_reason_first_for_a_runner_that_moved(db, r
     meter = Pipeline(db, CONFIG, repriced)
     checked = reconcile(meter, "beta", "2026-11", now=datetime(2026, 11, 13, tzinfo=UTC))
     assert [r.note for r in checked.runners] == [
-        "the source now shows fewer tokens than were billed (see counter_decreased)"
+        "the ledger holds more tokens than the source shows: its counters went down (a "
+        "counter_decreased anomaly says so) or a ledger entry was added or edited"
     ]

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from chores import get_settings, run_chore
 from chores.cli import main
+from chores.core.exceptions import InvoiceNotFound
 from chores.core.money import usd_exact
 from chores.demo.corpus import generate_corpus
 from chores.reports.reconcile import reconcile
@@ -212,7 +213,7 @@ def test_a_runner_whose_counters_went_down_is_named_with_why(db, settings, regis
     result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
     [runner] = result.runners
     assert (runner.source_tokens, runner.ledger_tokens) == (3_000, 5_000)
-    assert "fewer tokens than were billed" in runner.note
+    assert "the ledger holds more tokens than the source shows" in runner.note
 
 
 def test_counters_reset_to_zero_are_named_as_fewer_tokens(db, settings, registry):
@@ -221,7 +222,7 @@ def test_counters_reset_to_zero_are_named_as_fewer_tokens(db, settings, registry
     run_chore(db, now=NOW, registry=registry, settings=settings)
     grow_and_end(db, doc, 0, datetime(2026, 11, 25, 11, tzinfo=UTC))
     [runner] = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW).runners
-    assert "fewer tokens than were billed" in runner.note
+    assert "the ledger holds more tokens than the source shows" in runner.note
 
 
 def test_a_final_invoice_priced_with_another_registry_says_so(db, settings, registry):
@@ -594,3 +595,51 @@ def test_a_malformed_older_entry_of_a_running_runner_is_a_mismatch_not_a_crash(
         db.billing_ledger.update_one({"seq": 2}, {"$set": odd})
         head_odd = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
         assert not head_odd.ok and [r.runner_id for r in head_odd.runners] == ["str:'r'"]
+
+
+def test_an_invoice_whose_fields_or_split_were_edited_does_not_reconcile(db, settings, registry):
+    """Reconcile review: an invoice naming another org or month, and a line whose tokens
+    moved from input to output (same total, same amount), were said to reconcile."""
+    db.tasks.insert_one(ai_runner("acme", 5_000, running=False))
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    meter = Pipeline(db, settings, registry)
+    assert reconcile(meter, "acme", "2026-11", now=NOW).ok
+    invoices = db.billing_invoices
+    invoices.update_one({"_id": "acme:2026-11"}, {"$set": {"org": "globex"}})
+    moved = reconcile(meter, "acme", "2026-11", now=NOW)
+    assert not moved.ok and moved.problems == ["its org field says 'globex', its id 'acme'"]
+    invoices.update_one({"_id": "acme:2026-11"}, {"$set": {"org": "acme"}})
+    line = invoices.find_one({"_id": "acme:2026-11"})["lines"][0]
+    split = {"lines.0.input_tokens": line["input_tokens"] - 1_000,
+             "lines.0.output_tokens": line["output_tokens"] + 1_000}  # fmt: skip
+    invoices.update_one({"_id": "acme:2026-11"}, {"$set": split})
+    [checked] = reconcile(meter, "acme", "2026-11", now=NOW).lines
+    assert not checked.matches and checked.expected_tokens == checked.invoiced_tokens
+    assert checked.invoiced_split[2] == checked.expected_split[2] + 1_000
+
+
+def test_a_duplicated_ledger_entry_is_not_blamed_on_the_source(db, settings, registry):
+    db.tasks.insert_one(ai_runner("acme", 5_000, running=False))
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    entry = db.billing_ledger.find_one({"org": "acme"})
+    db.billing_ledger.insert_one({**entry, "_id": f"{entry['_id']}-copy"})
+    [runner] = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW).runners
+    assert (runner.source_tokens, runner.ledger_tokens) == (5_000, 10_000)
+    assert runner.note == (
+        "the ledger holds more tokens than the source shows: its counters went down (a "
+        "counter_decreased anomaly says so) or a ledger entry was added or edited"
+    )
+
+
+def test_a_removed_invoice_whose_ledger_bills_usage_is_said_so(db, settings, registry):
+    """Reconcile review: it said "no usage of it was billed in that month" (or to run the
+    org first) of a month whose invoice was removed while its ledger entries stayed."""
+    db.tasks.insert_one(ai_runner("acme", 5_000, running=False))
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    db.billing_invoices.delete_one({"_id": "acme:2026-11"})
+    with pytest.raises(InvoiceNotFound) as raised:
+        reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert str(raised.value) == (
+        "no invoice for org 'acme' in 2026-11; the ledger bills usage of that month to it: a"
+        " run under way builds its invoice, else the invoice was removed"
+    )
