@@ -42,6 +42,7 @@ from chores.metering.lines import (
     price_lines,
 )
 from chores.metering.rules import Rules
+from chores.metering.runner_keys import source_id_of
 from chores.metering.source import chunked
 from chores.run.pipeline import Pipeline
 from pricing import Registry
@@ -133,6 +134,10 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     registry = _pricing_registry(invoice, meter.registry)
     sources = _source_usage(meter, org, now)
     ledger = _ledger_usage(meter, org, period, invoice.status, set(sources))
+    # A runner billed under another org too (its org changed): its usage is compared in
+    # all, wherever its document is now; each org's ledger holds what it used there.
+    gone = [r for r in ledger.here if r not in sources and r in ledger.other_org]
+    elsewhere = _usage_elsewhere(meter, gone, now)
     groups: list[UsageGroup] = []
     runners_of_line: dict[LineKey, set[str]] = defaultdict(set)
     estimates: dict[LineKey, float] = defaultdict(float)
@@ -153,7 +158,11 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     for runner_id in sorted(set(sources) | set(ledger.here)):
         source = sources.get(runner_id)
         billed = ledger.total.get(runner_id, Breakdown())
-        agree = source is not None and source.tokens == billed
+        if runner_id in ledger.other_org:
+            in_all = source.tokens if source is not None else elsewhere.get(runner_id)
+            agree = in_all is not None and in_all == ledger.everywhere[runner_id]
+        else:
+            agree = source is not None and source.tokens == billed
         behind = runner_id in watched
         if behind and source is not None and (source.period == period or runner_id in ledger.here):
             running.append(
@@ -338,14 +347,34 @@ class _SourceUsage(NamedTuple):
     counters: Counters | None = None  # its own counters (less a subagent's baseline)
 
 
-def _source_usage(meter: Pipeline, org: str, now: datetime) -> dict[str, _SourceUsage]:
-    """Every AI runner of `org` in the source: its whole usage (no ledger head), or none
-    when a held anomaly bills nothing (with a note saying why)."""
-    rules = Rules(
+def _rules(meter: Pipeline, now: datetime) -> Rules:
+    return Rules(
         now=now,
         max_tokens_per_run=meter.settings.max_tokens_per_run,
         future_skew_seconds=meter.settings.future_skew_seconds,
     )
+
+
+def _usage_elsewhere(meter: Pipeline, runner_ids: list[str], now: datetime) -> dict[str, Breakdown]:
+    """The whole usage of runners whose documents now name another org (one read, only
+    when there are any), by runner id; none for a runner gone from the source or held."""
+    source_ids = [sid for r in runner_ids if (sid := source_id_of(r)) is not None]
+    if not source_ids:
+        return {}
+    rules = _rules(meter, now)
+    docs = meter.source.runners_by_id(source_ids, None)
+    usage = {}
+    for doc, spawn in zip(docs, meter.source.spawns_of(docs), strict=True):
+        result = rules.assess(doc, spawn_contexts=spawn, head=None)
+        if result.delta is not None:
+            usage[result.runner_id] = result.delta.tokens
+    return usage
+
+
+def _source_usage(meter: Pipeline, org: str, now: datetime) -> dict[str, _SourceUsage]:
+    """Every AI runner of `org` in the source: its whole usage (no ledger head), or none
+    when a held anomaly bills nothing (with a note saying why)."""
+    rules = _rules(meter, now)
     usage: dict[str, _SourceUsage] = {}
     for batch in _batches(meter, org):
         for doc, spawn in zip(batch, meter.source.spawns_of(batch), strict=True):
@@ -390,6 +419,7 @@ class _LedgerUsage:
 
     def __init__(self) -> None:
         self.total: dict[str, Breakdown] = {}
+        self.everywhere: dict[str, Breakdown] = {}  # its tokens under every org
         self.here: dict[str, list[UsageGroup]] = defaultdict(list)
         # Each runner's ledger head, as the next run reads it: its latest entry of any org.
         self.head: dict[str, _Head] = {}
@@ -457,10 +487,13 @@ def _ledger_usage(
             if isinstance(seq, int) and seq >= usage.head.get(runner_id, _NO_HEAD).seq:
                 high_water = _counters_of(entry.get("high_water"))
                 usage.head[runner_id] = _Head(seq, high_water, entry.get("org") == org)
+            tokens = entry_tokens(entry)
+            usage.everywhere[runner_id] = add_tokens(
+                usage.everywhere.get(runner_id, Breakdown()), tokens
+            )
             if entry.get("org") != org:
                 usage.other_org.add(runner_id)
                 continue
-            tokens = entry_tokens(entry)
             usage.total[runner_id] = add_tokens(usage.total.get(runner_id, Breakdown()), tokens)
             if _on_invoice(entry, period, status) and any(tokens):
                 usage.here[runner_id].append(

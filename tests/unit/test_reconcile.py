@@ -643,3 +643,28 @@ def test_a_removed_invoice_whose_ledger_bills_usage_is_said_so(db, settings, reg
         "no invoice for org 'acme' in 2026-11; the ledger bills usage of that month to it: a"
         " run under way builds its invoice, else the invoice was removed"
     )
+
+
+def test_a_runner_whose_org_changed_reconciles_on_both_orgs(db, settings, registry):
+    """Reconcile review: billed 1,000 tokens under acme, moved to globex and grown by 2,000,
+    every token billed once, and both orgs reported a difference, for ever (contract.md)."""
+    from bson import ObjectId
+
+    first, moved, later = (datetime(2026, 11, day, tzinfo=UTC) for day in (10, 11, 12))
+    counters = {"ai_model": "gpt-4o-mini", "ai_prompt_tokens": 800, "ai_completion_tokens": 200}
+    runner = {"_id": ObjectId(), "name": "ai", "status": "RUNNING", "start_time": first,
+              "context": {"workspace_id": "acme", "ai_tokens": 1_000, **counters}}  # fmt: skip
+    db.tasks.insert_one(runner)
+    run_chore(db, now=first, registry=registry, settings=settings)
+    grown = {"status": "SUCCESS", "end_time": moved, "last_updated_db": first.timestamp(),
+             "context": {"workspace_id": "globex", "ai_model": "gpt-4o-mini", "ai_tokens": 3_000,
+                         "ai_prompt_tokens": 2_400, "ai_completion_tokens": 600}}  # fmt: skip
+    db.tasks.update_one({"_id": runner["_id"]}, {"$set": grown})
+    run_chore(db, now=later, registry=registry, settings=settings)
+    meter = Pipeline(db, settings, registry)
+    for org, tokens in (("acme", 1_000), ("globex", 2_000)):
+        checked = reconcile(meter, org, "2026-11", now=later)
+        assert checked.ok, checked
+        assert [line.invoiced_tokens for line in checked.lines] == [tokens]
+    db.billing_ledger.delete_one({"org": "acme"})  # one org's share lost: both say so
+    assert not reconcile(meter, "globex", "2026-11", now=later).ok
