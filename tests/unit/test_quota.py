@@ -531,16 +531,7 @@ def test_a_check_never_puts_back_a_decision_a_refused_one_dropped(
     meter(db, settings, registry, ai_run("acme", 100))  # `ok`, decided without the mirror
 
     def a_run_then_a_refused_fan_out():
-        fan_out = Quota(Collections.of(db, cached), cached)
-        read_usage = fan_out.usage
-
-        def a_run_bills_after_the_read(orgs, period):
-            read = read_usage(orgs, period)
-            assert meter(db, cached, registry, ai_run("acme", 5_000)).decisions == {"acme": "block"}
-            return read
-
-        fan_out.usage = a_run_bills_after_the_read  # type: ignore[method-assign]
-        return fan_out.decide(["acme"], NOV)["acme"]
+        return refused_fan_out(db, cached, registry)["acme"]
 
     assert check_with_meanwhile(db, cached, a_run_then_a_refused_fan_out) == ("ok", "block")
     decision = check_quota(db, "acme", now=NOV + timedelta(minutes=1), settings=cached)
@@ -559,22 +550,28 @@ def test_a_refused_decision_never_drops_a_newer_mirrored_one(db, settings, regis
     mirror = first._cache.put_many
 
     def a_run_and_a_refused_fan_out_first(decisions):
-        fan_out = Quota(Collections.of(db, cached), cached)
-        read_usage = fan_out.usage
-
-        def a_run_bills_after_the_read(orgs, period):
-            read = read_usage(orgs, period)
-            assert meter(db, cached, registry, ai_run("acme", 5_000)).decisions == {"acme": "block"}
-            return read
-
-        fan_out.usage = a_run_bills_after_the_read  # type: ignore[method-assign]
-        assert fan_out.decide(["acme"], NOV) == {"acme": "block"}  # refused
+        assert refused_fan_out(db, cached, registry) == {"acme": "block"}
         mirror(decisions)
 
     first._cache.put_many = a_run_and_a_refused_fan_out_first
     first.decide(["acme"], NOV)
     decision, calls = answer_and_calls(db, cached)
     assert (decision.state, decision.used_tokens, calls) == ("block", 5_100, {})
+
+
+def refused_fan_out(db, settings, registry) -> dict[str, str]:
+    """A fan-out decide of acme that read its usage just before a run billed 5,000 more
+    tokens and decided `block`: MongoDB refuses the fan-out's decision (an older draft)."""
+    fan_out = Quota(Collections.of(db, settings), settings)
+    read_usage = fan_out.usage
+
+    def a_run_bills_after_the_read(orgs, period):
+        read = read_usage(orgs, period)
+        assert meter(db, settings, registry, ai_run("acme", 5_000)).decisions == {"acme": "block"}
+        return read
+
+    fan_out.usage = a_run_bills_after_the_read  # type: ignore[method-assign]
+    return fan_out.decide(["acme"], NOV)
 
 
 def check_with_meanwhile(db, settings, meanwhile) -> tuple[str, str]:
