@@ -101,12 +101,12 @@ class OrgLock:
         a holder anywhere else (nothing here can tell it is dead: its lock expires after the
         TTL)."""
         holder = Holder.parse(token)
-        here = Holder.this_process(self.task_id)
+        here = this_place()
         return (
             holder is not None
             and holder.task_id == self.task_id
-            and here.place != UNKNOWN
-            and holder.place == here.place
+            and here != UNKNOWN
+            and holder.place == here
             and holder.is_gone()
         )
 
