@@ -1,12 +1,14 @@
 """Reconciliation: re-derive a period from the source documents and compare.
 
 Each AI runner's own usage (its current counters minus its baseline) is compared with
-everything the ledger billed it, so a difference is traced to a runner. Where the two
-agree, the runner's usage is expected where the ledger placed it (the months it was
-observed in while running, late lines of a finalized month); where they do not, or the
-ledger never billed it, at its `end_time` (at `now` while it runs), from the source alone.
+everything the ledger billed it, under every org, so a difference is traced to a runner.
+Where the two agree, the runner's usage is expected where the ledger placed it (the months
+it was observed in while running, late lines of a finalized month, this org's share of a
+runner whose org changed); where they do not, or the ledger never billed it, at its
+`end_time` (at `now` while it runs), from the source alone. A runner billed here whose
+document names another org now (or none) is settled here: its share is expected as billed.
 A runner still running and pending (the next run reads it) whose own counters all grew since
-its ledger head (that entry this org's, all of its entries there) is no disagreement: listed
+its ledger head (that entry this org's, all of its entries under every org up to it) is no disagreement: listed
 as not metered yet, expected as billed so far. Its latest entry lost is then seen only on
 the lines (the invoice holds it).
 The expected lines, late ones included, are priced and compared line by line with the
@@ -41,8 +43,8 @@ from chores.metering.lines import (
     price_group,
     price_lines,
 )
-from chores.metering.rules import Rules
-from chores.metering.runner_keys import source_id_of
+from chores.metering.rules import Rules, org_of
+from chores.metering.runner_keys import runner_key, source_id_of
 from chores.metering.source import chunked
 from chores.run.pipeline import Pipeline
 from pricing import Registry
@@ -134,10 +136,10 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     registry = _pricing_registry(invoice, meter.registry)
     sources = _source_usage(meter, org, now)
     ledger = _ledger_usage(meter, org, period, invoice.status, set(sources))
-    # A runner billed under another org too (its org changed): its usage is compared in
-    # all, wherever its document is now; each org's ledger holds what it used there.
-    gone = [r for r in ledger.here if r not in sources and r in ledger.other_org]
-    elsewhere = _usage_elsewhere(meter, gone, now)
+    # A runner whose org changed: its usage is compared in all (what every org billed it);
+    # each org's share is where that org's ledger placed it. One billed here whose document
+    # now names another org (or none) is settled here: no run of this org bills it again.
+    moved_away = _now_elsewhere(meter, [r for r in ledger.here if r not in sources], org)
     groups: list[UsageGroup] = []
     runners_of_line: dict[LineKey, set[str]] = defaultdict(set)
     estimates: dict[LineKey, float] = defaultdict(float)
@@ -147,7 +149,7 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     grown = [
         runner_id
         for runner_id, source in sources.items()
-        if source.tokens != ledger.total.get(runner_id)
+        if source.tokens != ledger.everywhere.get(runner_id)
         and _grown_since_billed(source, ledger.billed_up_to(runner_id))
     ]
     # Only a runner on the pending list is read by the next run whatever its stamp: one
@@ -157,12 +159,9 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     )
     for runner_id in sorted(set(sources) | set(ledger.here)):
         source = sources.get(runner_id)
-        billed = ledger.total.get(runner_id, Breakdown())
-        if runner_id in ledger.other_org:
-            in_all = source.tokens if source is not None else elsewhere.get(runner_id)
-            agree = in_all is not None and in_all == ledger.everywhere[runner_id]
-        else:
-            agree = source is not None and source.tokens == billed
+        billed = ledger.everywhere.get(runner_id, Breakdown())  # under every org
+        # one whose document moved away agrees with its share here (settled)
+        agree = runner_id in moved_away if source is None else source.tokens == billed
         behind = runner_id in watched
         if behind and source is not None and (source.period == period or runner_id in ledger.here):
             running.append(
@@ -253,22 +252,22 @@ def _disagreement(source: _SourceUsage | None, billed: Breakdown, moved: bool) -
         return "billed, but no longer an AI runner of this org in the source" + elsewhere
     if source.note:
         return source.note + elsewhere
-    # Kind by kind, unless another org billed some of them: its tokens that changed kind
-    # since are left as it billed them (org_changed), so a kind can hold fewer here.
-    fewer = (
-        sum(source.tokens) < sum(billed)
-        if moved
-        else any(now < then for now, then in zip(source.tokens, billed, strict=True))
-    )
-    if fewer:
+    # `billed`: under every org. Tokens another org billed that changed kind since are
+    # left as it billed them (org_changed): the same tokens, split otherwise.
+    if sum(source.tokens) < sum(billed):
         return (
             "the ledger holds more tokens than the source shows: its counters went down (a "
-            "counter_decreased anomaly says so) or a ledger entry was added or edited"
+            "counter_decreased anomaly says so) or a ledger entry was added or edited" + elsewhere
         )
-    if moved:
-        # The source says only where the runner is now; each org billed what it used there.
-        return "billed under another org too (its org changed): the source shows one org"
-    return "source and ledger disagree"
+    if sum(source.tokens) == sum(billed):
+        return (
+            "the same tokens, split by kind otherwise than the source shows: a ledger entry "
+            "was edited, or tokens changed kind after its org changed (org_changed)"
+            if moved
+            else "the same tokens, split by kind otherwise than the source shows: a ledger "
+            "entry was edited"
+        )
+    return "the source shows more tokens than were billed, and no run will bill them" + elsewhere
 
 
 def _grown_since_billed(source: _SourceUsage, billed_up_to: Counters | None) -> bool:
@@ -355,20 +354,18 @@ def _rules(meter: Pipeline, now: datetime) -> Rules:
     )
 
 
-def _usage_elsewhere(meter: Pipeline, runner_ids: list[str], now: datetime) -> dict[str, Breakdown]:
-    """The whole usage of runners whose documents now name another org (one read, only
-    when there are any), by runner id; none for a runner gone from the source or held."""
+def _now_elsewhere(meter: Pipeline, runner_ids: list[str], org: str) -> set[str]:
+    """Of these runners, billed under `org` and not among its AI runners in the source,
+    those whose documents are AI runners that now name another org or none (one read, only
+    when there are any). Those gone from the source are not."""
     source_ids = [sid for r in runner_ids if (sid := source_id_of(r)) is not None]
-    if not source_ids:
-        return {}
-    rules = _rules(meter, now)
-    docs = meter.source.runners_by_id(source_ids, None)
-    usage = {}
-    for doc, spawn in zip(docs, meter.source.spawns_of(docs), strict=True):
-        result = rules.assess(doc, spawn_contexts=spawn, head=None)
-        if result.delta is not None:
-            usage[result.runner_id] = result.delta.tokens
-    return usage
+    found: set[str] = set()
+    for ids in chunked(source_ids, meter.settings.batch_size):
+        for doc in meter.source.runners_by_id(ids, None):
+            context = doc.get("context")
+            if org_of(context if isinstance(context, Mapping) else {}) != org:
+                found.add(runner_key(doc.get("_id")))
+    return found
 
 
 def _source_usage(meter: Pipeline, org: str, now: datetime) -> dict[str, _SourceUsage]:
@@ -418,7 +415,6 @@ class _LedgerUsage:
     on this invoice, as the draft build groups it."""
 
     def __init__(self) -> None:
-        self.total: dict[str, Breakdown] = {}
         self.everywhere: dict[str, Breakdown] = {}  # its tokens under every org
         self.here: dict[str, list[UsageGroup]] = defaultdict(list)
         # Each runner's ledger head, as the next run reads it: its latest entry of any org.
@@ -426,14 +422,14 @@ class _LedgerUsage:
         self.other_org: set[str] = set()  # runners billed under another org too
 
     def billed_up_to(self, runner_id: str) -> Counters | None:
-        """The counters the runner's head billed up to, when its entries of this org end
-        at that head and add up to it (an entry lost before the latest would leave them
-        short); else None. None too for a runner with no entry: a lost only entry looks
-        the same as a runner no run has read yet."""
+        """The counters the runner's head billed up to, when its head is of this org and
+        its entries of every org add up to it (an entry lost before the latest would leave
+        them short); else None. None too for a runner with no entry: a lost only entry
+        looks the same as a runner no run has read yet."""
         head = self.head.get(runner_id)
         if head is None or not head.this_org or head.high_water is None:
             return None
-        if breakdown(head.high_water) != self.total.get(runner_id):
+        if breakdown(head.high_water) != self.everywhere.get(runner_id):
             return None
         return head.high_water
 
@@ -480,7 +476,8 @@ def _ledger_usage(
     on_invoice = {"org": {"$eq": org}, "$or": belongs, "$nor": [EMPTY_ENTRY]}
     here = {entry["runner_id"] for entry in entries.find(on_invoice, {"runner_id": 1})}
     for batch in chunked(sorted(runners | here), meter.settings.batch_size):
-        # Every org's entries of these runners (another org's, rare, only for the heads).
+        # Every org's entries of these runners: the heads, and each runner's tokens under
+        # every org (another org's: rare, a runner whose org changed).
         for entry in entries.find({"runner_id": {"$in": batch}}, _LEDGER_FIELDS):
             runner_id = entry["runner_id"]
             seq = entry.get("seq")
@@ -494,7 +491,6 @@ def _ledger_usage(
             if entry.get("org") != org:
                 usage.other_org.add(runner_id)
                 continue
-            usage.total[runner_id] = add_tokens(usage.total.get(runner_id, Breakdown()), tokens)
             if _on_invoice(entry, period, status) and any(tokens):
                 usage.here[runner_id].append(
                     UsageGroup(

@@ -401,14 +401,18 @@ def test_a_runner_moved_to_another_org_leaves_the_first_orgs_invoice_as_billed(d
     assert [(a["kind"], a["org"]) for a in db.billing_anomalies.find()] == [("org_changed", "beta")]
     meter = Pipeline(db, CONFIG, repriced)
     assert meter.invoices.check_drafts({("alpha", "2026-11"), ("beta", "2026-11")}) == []
-    notes = {  # the source shows the runner under beta only
-        "alpha": "billed, but no longer an AI runner of this org in the source (billed under "
-        "another org too: its org changed)",
-        "beta": "billed under another org too (its org changed): the source shows one org",
-    }
-    for org, note in notes.items():
-        checked = reconcile(meter, org, "2026-11", now=datetime(2026, 11, 12, tzinfo=UTC))
-        assert [(r.runner_id, r.note) for r in checked.runners] == [("str:'runner-1'", note)]
+    # The source shows the runner under beta only: alpha's share is settled as billed (no
+    # run of alpha bills it again); beta's tokens changed kind after the move.
+    alpha_checked = reconcile(meter, "alpha", "2026-11", now=datetime(2026, 11, 12, tzinfo=UTC))
+    assert alpha_checked.ok and alpha_checked.runners == []
+    checked = reconcile(meter, "beta", "2026-11", now=datetime(2026, 11, 12, tzinfo=UTC))
+    assert [(r.runner_id, r.note) for r in checked.runners] == [
+        (
+            "str:'runner-1'",
+            "the same tokens, split by kind otherwise than the source shows: a ledger entry "
+            "was edited, or tokens changed kind after its org changed (org_changed)",
+        )
+    ]
 
 
 def test_reconcile_does_not_call_a_runner_back_from_another_org_a_decrease(db, repriced):
@@ -435,7 +439,12 @@ def test_reconcile_does_not_call_a_runner_back_from_another_org_a_decrease(db, r
         Pipeline(db, CONFIG, repriced), "alpha", "2026-11", now=datetime(2026, 11, 22, tzinfo=UTC)
     )
     assert [(r.source_tokens, r.ledger_tokens, r.note) for r in checked.runners] == [
-        (1_200, 1_200, "billed under another org too (its org changed): the source shows one org")
+        (
+            1_200,
+            1_200,
+            "the same tokens, split by kind otherwise than the source shows: a ledger entry "
+            "was edited, or tokens changed kind after its org changed (org_changed)",
+        )
     ]
 
 
@@ -557,5 +566,6 @@ def test_reconcile_gives_the_specific_reason_first_for_a_runner_that_moved(db, r
     checked = reconcile(meter, "beta", "2026-11", now=datetime(2026, 11, 13, tzinfo=UTC))
     assert [r.note for r in checked.runners] == [
         "the ledger holds more tokens than the source shows: its counters went down (a "
-        "counter_decreased anomaly says so) or a ledger entry was added or edited"
+        "counter_decreased anomaly says so) or a ledger entry was added or edited (billed "
+        "under another org too: its org changed)"
     ]

@@ -505,7 +505,8 @@ def test_a_running_runner_billed_to_another_org_meanwhile_is_a_mismatch(db, sett
                       settings=settings)  # fmt: skip
     result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
     assert not result.ok and result.running == []
-    assert [(r.source_tokens, r.ledger_tokens) for r in result.runners] == [(3_100, 1_100)]
+    # ledger: what every org billed it (1,100 under acme, 1,000 more under globex)
+    assert [(r.source_tokens, r.ledger_tokens) for r in result.runners] == [(3_100, 2_100)]
 
 
 def test_a_runner_still_running_ahead_of_the_ledger_is_listed_not_a_mismatch(env_db, registry):
@@ -668,3 +669,58 @@ def test_a_runner_whose_org_changed_reconciles_on_both_orgs(db, settings, regist
         assert [line.invoiced_tokens for line in checked.lines] == [tokens]
     db.billing_ledger.delete_one({"org": "acme"})  # one org's share lost: both say so
     assert not reconcile(meter, "globex", "2026-11", now=later).ok
+
+
+def test_a_moved_runner_still_running_is_listed_on_its_new_org_and_settled_on_the_old(
+    db, settings, registry
+):
+    """Review of cc7ef00: billed under acme, then under globex, and still running with
+    1,000 more tokens: both orgs reported a difference until the next run, where a runner
+    that never moved is listed as not metered yet."""
+    from datetime import timedelta
+
+    for minutes, org, prompt in ((40, "acme", 1_000), (30, "globex", 2_000)):
+        db.tasks.replace_one({"_id": "o"}, _running("o", prompt, 0, minutes, org=org), upsert=True)
+        run_chore(db, now=NOW - timedelta(minutes=minutes - 5), registry=registry,
+                  settings=settings)  # fmt: skip
+    db.tasks.replace_one({"_id": "o"}, _running("o", 3_000, 0, 20, org="globex"))
+    meter = Pipeline(db, settings, registry)
+    acme = reconcile(meter, "acme", "2026-11", now=NOW)
+    assert acme.ok and acme.runners == [] and acme.running == []
+    globex = reconcile(meter, "globex", "2026-11", now=NOW)
+    assert globex.ok and globex.runners == []
+    assert [(r.source_tokens, r.ledger_tokens) for r in globex.running] == [(3_000, 2_000)]
+
+
+def test_a_subagent_moved_and_held_elsewhere_leaves_its_old_orgs_share_settled(
+    db, settings, registry
+):
+    """Review of cc7ef00: a subagent billed 500 own tokens under acme, then moved to globex,
+    where it is held (`baseline_missing`: only its own org's spawn finding counts): acme's
+    invoice, right, was reported for ever."""
+    from datetime import timedelta
+
+    from bson import ObjectId
+
+    parent, child = ObjectId(), ObjectId()
+    baseline = {"workspace_id": "acme", "ai_model": "gpt-4o-mini", "ai_tokens": 1_000,
+                "ai_prompt_tokens": 800, "ai_completion_tokens": 200}  # fmt: skip
+    db.findings.insert_one({"_type": "ai", "ai_type": "task", "_context": baseline,
+                            "extra_data": {"runner_id": str(child)}})  # fmt: skip
+    ended = NOW - timedelta(hours=2)
+    db.tasks.insert_one({"_id": parent, "name": "ai", "status": "SUCCESS", "end_time": ended,
+                         "last_updated_db": ended.timestamp(), "context": baseline})  # fmt: skip
+    grown = {**baseline, "ai_tokens": 1_500, "ai_prompt_tokens": 1_200,
+             "ai_completion_tokens": 300, "subagent": "s1", "ai_subagent_depth": 1}  # fmt: skip
+    db.tasks.insert_one({"_id": child, "name": "ai", "status": "SUCCESS", "end_time": ended,
+                         "last_updated_db": ended.timestamp(), "context": grown})  # fmt: skip
+    run_chore(db, now=NOW - timedelta(hours=1), registry=registry, settings=settings)
+    assert db.billing_ledger.count_documents({"runner_id": str(child)}) == 1  # its 500
+    moved = {**grown, "workspace_id": "globex", "ai_tokens": 2_000}
+    written = {"context": moved, "last_updated_db": NOW.timestamp() - 60}
+    db.tasks.update_one({"_id": child}, {"$set": written})
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    held = db.billing_anomalies.find_one({"runner_id": str(child)})
+    assert (held["kind"], held["org"]) == ("baseline_missing", "globex")
+    checked = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert checked.ok and checked.runners == []
