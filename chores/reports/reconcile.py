@@ -7,10 +7,10 @@ it was observed in while running, late lines of a finalized month, this org's sh
 runner whose org changed); where they do not, or the ledger never billed it, at its
 `end_time` (at `now` while it runs), from the source alone. A runner billed here whose
 document names another org now (or none) is settled here: its share is expected as billed.
-A runner still running and pending (the next run reads it) whose own counters all grew since
-its ledger head (that entry this org's, all of its entries under every org up to it) is no disagreement: listed
-as not metered yet, expected as billed so far. Its latest entry lost is then seen only on
-the lines (the invoice holds it).
+A runner still running and pending (the next run reads it) whose own counters all grew
+since its ledger head (that entry this org's, its entries under every org adding up to it)
+is no disagreement: listed as not metered yet, expected as billed so far. Its latest entry
+lost is then seen only on the lines (the invoice holds it).
 The expected lines, late ones included, are priced and compared line by line with the
 stored invoice, whose total and unpriced tokens are checked against its own lines. The
 runners' own `ai_cost` estimates are shown beside our amounts (informational: they are
