@@ -30,12 +30,13 @@ from pricing import load_registry
 def reconcile_command(org: str, period: str, as_json: bool, now: datetime | None) -> None:
     """Re-derive PERIOD from the runner documents and compare with the invoice.
 
-    Each runner's usage is compared with what the ledger billed it; where they agree, it is
-    expected where the ledger placed it (late lines too), else by its end time. A runner
-    still running whose document only grew since the last run is expected as billed so
-    far (listed, no mismatch: the next run bills the rest). Exit 0 when every line, every
-    runner and the invoice's own totals agree, 4 on any mismatch, 1 when it cannot tell
-    (no such invoice, a bad setting, the database unreachable).
+    Each runner's usage is compared with what the ledger billed it (under every org); where
+    they agree, it is expected where the ledger placed it (late lines too), else by its end
+    time. A runner still running whose document only grew since the last run is expected
+    as billed so far (listed, no mismatch: the next run bills the rest), and one billed here
+    whose document names another org now is settled here (listed, no mismatch). Exit 0 when
+    every line, every runner and the invoice's own totals agree, 4 on any mismatch, 1 when
+    it cannot tell (no such invoice, a bad setting, the database unreachable).
     """
     org = validate_org(org)
     settings = get_settings()
@@ -91,7 +92,7 @@ def reconcile_command(org: str, period: str, as_json: bool, now: datetime | None
                 f"{runner.source_tokens:,} tokens, ledger {runner.ledger_tokens:,} — "
                 f"{escape(for_terminal(runner.note))}"
             )
-        for runner in result.running:
+        for runner in (*result.running, *result.moved):
             out.print(
                 f"runner {escape(for_terminal(runner.runner_id))}: source "
                 f"{runner.source_tokens:,} tokens, ledger {runner.ledger_tokens:,} — "

@@ -98,6 +98,10 @@ class Reconciliation(BaseModel):
     # Runners still running whose documents are ahead of the ledger, by growth alone: the
     # next run bills it. Expected as billed so far; no mismatch.
     running: list[RunnerCheck] = []
+    # Runners billed here whose documents name another org now (or none): what they were
+    # billed here is their share, settled (no run of this org bills them again). Listed
+    # for a person to see (a document edited by mistake looks the same); no mismatch.
+    moved: list[RunnerCheck] = []
 
     @computed_field  # type: ignore[prop-decorator]  # in --json: reconciled (as the exit code)
     @property
@@ -146,6 +150,7 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     estimated: dict[LineKey, int] = defaultdict(int)
     runner_checks = []
     running = []
+    moved: list[RunnerCheck] = []
     grown = [
         runner_id
         for runner_id, source in sources.items()
@@ -162,6 +167,18 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         billed = ledger.everywhere.get(runner_id, Breakdown())  # under every org
         # one whose document moved away agrees with its share here (settled)
         agree = runner_id in moved_away if source is None else source.tokens == billed
+        if source is None and runner_id in moved_away:
+            now_of = moved_away[runner_id]
+            named = f"names {now_of!r}" if now_of is not None else "names no org"
+            share = sum(g.input + g.cached + g.output + g.unsplit for g in ledger.here[runner_id])
+            moved.append(
+                RunnerCheck(
+                    runner_id=runner_id,
+                    source_tokens=0,
+                    ledger_tokens=share,
+                    note=f"its document {named} now: billed here as its share (settled)",
+                )
+            )
         behind = runner_id in watched
         if behind and source is not None and (source.period == period or runner_id in ledger.here):
             running.append(
@@ -228,6 +245,7 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         late_tokens=sum(ln.tokens for ln in invoice.lines if ln.late),
         runners=runner_checks,
         running=running,
+        moved=moved,
         problems=_invoice_problems(invoice, org, period),
         registry_changed=invoice.registry != meter.registry.fingerprint,
         checked_as_invoiced=registry is not meter.registry,
@@ -354,17 +372,18 @@ def _rules(meter: Pipeline, now: datetime) -> Rules:
     )
 
 
-def _now_elsewhere(meter: Pipeline, runner_ids: list[str], org: str) -> set[str]:
+def _now_elsewhere(meter: Pipeline, runner_ids: list[str], org: str) -> dict[str, str | None]:
     """Of these runners, billed under `org` and not among its AI runners in the source,
-    those whose documents are AI runners that now name another org or none (one read, only
-    when there are any). Those gone from the source are not."""
+    those whose documents are AI runners that now name another org or none, with that org
+    (one read, only when there are any). Those gone from the source are not."""
     source_ids = [sid for r in runner_ids if (sid := source_id_of(r)) is not None]
-    found: set[str] = set()
+    found: dict[str, str | None] = {}
     for ids in chunked(source_ids, meter.settings.batch_size):
         for doc in meter.source.runners_by_id(ids, None):
             context = doc.get("context")
-            if org_of(context if isinstance(context, Mapping) else {}) != org:
-                found.add(runner_key(doc.get("_id")))
+            now_of = org_of(context if isinstance(context, Mapping) else {})
+            if now_of != org:
+                found[runner_key(doc.get("_id"))] = now_of
     return found
 
 

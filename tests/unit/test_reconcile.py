@@ -667,6 +667,14 @@ def test_a_runner_whose_org_changed_reconciles_on_both_orgs(db, settings, regist
         checked = reconcile(meter, org, "2026-11", now=later)
         assert checked.ok, checked
         assert [line.invoiced_tokens for line in checked.lines] == [tokens]
+    # listed on the org it left, for a person to see (a document edited by mistake looks
+    # the same: review of 9b7d033), no mismatch
+    [left] = reconcile(meter, "acme", "2026-11", now=later).moved
+    assert (left.ledger_tokens, left.note) == (
+        1_000,
+        "its document names 'globex' now: billed here as its share (settled)",
+    )
+    assert reconcile(meter, "globex", "2026-11", now=later).moved == []
     db.billing_ledger.delete_one({"org": "acme"})  # one org's share lost: both say so
     assert not reconcile(meter, "globex", "2026-11", now=later).ok
 
@@ -724,3 +732,6 @@ def test_a_subagent_moved_and_held_elsewhere_leaves_its_old_orgs_share_settled(
     assert (held["kind"], held["org"]) == ("baseline_missing", "globex")
     checked = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
     assert checked.ok and checked.runners == []
+    assert [(r.ledger_tokens, r.note) for r in checked.moved] == [
+        (500, "its document names 'globex' now: billed here as its share (settled)")
+    ]
