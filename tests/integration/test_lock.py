@@ -308,12 +308,13 @@ def test_the_lock_is_released_after_a_run_and_after_a_failure(
 def test_a_run_longer_than_the_lock_ttl_keeps_its_lock_by_renewing_it_after_every_batch(
     client, lock_url, monkeypatch, fixture_docs
 ):
-    """TTL 1 s, a run of 0.6 s per batch lasting over twice the TTL: the lock is held under
-    the task id at every database call of the run, and released at its end."""
+    """TTL 2 s, a run of 1.1 s per batch lasting over twice the TTL: the lock is held under
+    the task id at every database call of the run, and released at its end. (TTL 1 s and
+    0.6 s batches left 0.4 s between renewals, which a loaded CI machine once overran.)"""
     reference = seeded(fixture_docs)
     run_chore(reference, org="ws-acme", settings=Settings(mongo_url="mongomock://r"))
     settings = Settings(
-        mongo_url="mongomock://lock", redis_url=lock_url, batch_size=1, lock_ttl_seconds=1
+        mongo_url="mongomock://lock", redis_url=lock_url, batch_size=1, lock_ttl_seconds=2
     )
     db = seeded(fixture_docs)
     batches = [0]
@@ -327,7 +328,7 @@ def test_a_run_longer_than_the_lock_ttl_keeps_its_lock_by_renewing_it_after_ever
         settling[0] = settling[0] or collection == "billing_counters"
         if collection == "billing_ledger" and method == "find" and not settling[0]:
             batches[0] += 1  # a batch begins by reading its runners' ledger heads
-            time.sleep(0.6)
+            time.sleep(1.1)
 
     use(monkeypatch, settings, DatabaseProxy(db, slow_batch))
     result = tasks.meter_org.apply(("ws-acme",), task_id="run-1").get()
