@@ -40,6 +40,7 @@ from chores.quota.cache import QuotaCache
 from chores.quota.decisions import Quota, evaluate
 from pricing import Registry
 
+from support import flushed_redis_db
 from support.dbproxy import DatabaseProxy
 
 NOV = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -52,10 +53,8 @@ ACTOR = threading.local()  # the actor a thread runs
 
 @pytest.fixture
 def redis_url(redis_base_url: str) -> Iterator[str]:
-    url = f"{redis_base_url}/12"
-    redis.Redis.from_url(url).flushdb()
-    yield url
-    redis.Redis.from_url(url).flushdb()
+    with flushed_redis_db(redis_base_url, 12) as url:
+        yield url
 
 
 def ai_run(tokens: int, ended: datetime) -> dict[str, Any]:

@@ -33,17 +33,15 @@ from chores.celery_app import (
     beat_loop_seconds,
 )
 
+from support import flushed_redis_db
+
 EVERY = 1  # METER_EVERY_SECONDS of the beats under test: a tick a second, 1 s loop, 5 s lock
 
 
 @pytest.fixture
 def broker_url(redis_base_url: str) -> Iterator[str]:
-    url = f"{redis_base_url}/10"
-    with redis.Redis.from_url(url) as client:
-        client.flushdb()
-    yield url
-    with redis.Redis.from_url(url) as client:
-        client.flushdb()
+    with flushed_redis_db(redis_base_url, 10) as url:
+        yield url
 
 
 def wait_for(condition: Callable[[], bool], timeout: float) -> None:

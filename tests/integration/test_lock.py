@@ -35,16 +35,14 @@ from chores.core.lock import (
     this_place,
 )
 
-from support import GrantedLock
+from support import GrantedLock, flushed_redis_db
 from support.dbproxy import DatabaseProxy
 
 
 @pytest.fixture
 def lock_url(redis_base_url: str) -> Iterator[str]:
-    url = f"{redis_base_url}/14"
-    redis.Redis.from_url(url).flushdb()
-    yield url
-    redis.Redis.from_url(url).flushdb()
+    with flushed_redis_db(redis_base_url, 14) as url:
+        yield url
 
 
 @pytest.fixture

@@ -6,10 +6,13 @@ from each other or from conftest.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import redis
 from bson import json_util
 
 from chores import Settings, finalize_invoices, run_chore
@@ -148,3 +151,17 @@ class GrantedLock:
 
     def release(self) -> bool:
         return True
+
+
+@contextmanager
+def flushed_redis_db(base_url: str, number: int) -> Iterator[str]:
+    """The URL of Redis database `number` of the test Redis at `base_url`, flushed before and
+    after (each test module that writes to Redis owns a database of its own)."""
+    url = f"{base_url}/{number}"
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+    try:
+        yield url
+    finally:
+        with redis.Redis.from_url(url) as client:
+            client.flushdb()

@@ -23,7 +23,7 @@ from chores.core.settings import Plan, Settings
 from chores.quota.cache import PROCESS
 from chores.quota.decisions import INVALID_PLAN, Quota, QuotaDecision, evaluate
 
-from support import WALL_CLOCK
+from support import WALL_CLOCK, flushed_redis_db
 from support.dbproxy import CountingDatabase, DatabaseProxy, FailingDatabase, PauseAt, pause_at
 
 NOV = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -352,11 +352,8 @@ def test_estimate_must_be_a_non_negative_integer(db, settings, bad):
 # Redis cache -------------------------------------------------------------------------
 @pytest.fixture
 def redis_url(redis_base_url):
-    url = f"{redis_base_url}/15"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
+    with flushed_redis_db(redis_base_url, 15) as url:
+        yield url
 
 
 def test_cached_check_does_not_touch_mongo(db, settings, registry, redis_url):

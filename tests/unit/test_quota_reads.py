@@ -23,6 +23,8 @@ from chores.core.settings import Plan, Settings
 from chores.quota.cache import QuotaCache, namespace
 from chores.quota.decisions import QuotaDecision, estimate_reason
 
+from support import flushed_redis_db
+
 NOV = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 NOW_ARG = ["--now", NOV.isoformat()]
 
@@ -48,10 +50,8 @@ def blocked(db, settings: Settings, registry) -> None:
 
 @pytest.fixture
 def redis_url(redis_base_url):
-    url = f"{redis_base_url}/13"
-    redis.Redis.from_url(url).flushdb()
-    yield url
-    redis.Redis.from_url(url).flushdb()
+    with flushed_redis_db(redis_base_url, 13) as url:
+        yield url
 
 
 @pytest.fixture
