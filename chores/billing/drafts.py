@@ -35,6 +35,15 @@ def has_usage(entry: Mapping[str, Any]) -> bool:
 
 
 @dataclass
+class LedgerUsage:
+    """What the ledger holds for one invoice, summed from its entries in the database."""
+
+    groups: list[UsageGroup] = field(default_factory=list)
+    runners: set[str] = field(default_factory=set)
+    entries: int = 0
+
+
+@dataclass
 class DraftSums:
     """A stored draft as a build sees it: its sums, and who wrote it."""
 
@@ -60,6 +69,15 @@ class DraftSums:
         sums.entries = int(doc.get("entries", 0))
         pending = doc.get("pending_fold") or {}
         sums.pending = list(pending.get("ids", []))
+        return sums
+
+    @classmethod
+    def holding(cls, usage: LedgerUsage) -> DraftSums:
+        """The sums of a draft that holds this usage and no more (not stored yet)."""
+        sums = cls(runs=len(usage.runners), entries=usage.entries)
+        for group in usage.groups:
+            key = (group.model, group.byok, group.late, group.day)
+            sums.groups[key] = [group.input, group.cached, group.output, group.unsplit]
         return sums
 
     @property

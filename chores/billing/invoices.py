@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ReturnDocument
 
-from chores.billing.drafts import DraftSums, has_usage
+from chores.billing.drafts import DraftSums, LedgerUsage, has_usage
 from chores.core import clock as _clock
 from chores.core.db import Collections, Doc
 from chores.core.money import Micros
@@ -29,6 +29,7 @@ from chores.metering.anomalies import AnomalyLog
 from chores.metering.ledger import BOOKED_PERIOD, EMPTY_ENTRY, Ledger, pair_of
 from chores.metering.lines import InvoiceLine, UsageGroup, price_lines
 from chores.metering.progress import Progress
+from chores.metering.source import chunked
 from pricing import Registry
 
 
@@ -57,15 +58,6 @@ class Invoice(BaseModel):
 
     def document(self) -> Doc:
         return self.model_dump(by_alias=True)
-
-
-@dataclass
-class LedgerUsage:
-    """What the ledger holds for one invoice, summed from all its entries (the check)."""
-
-    groups: list[UsageGroup] = field(default_factory=list)
-    runners: set[str] = field(default_factory=set)
-    entries: int = 0
 
 
 def build_invoice(
@@ -282,10 +274,13 @@ class Invoices:
         doc = self._c.invoices.find_one({"_id": f"{org}:{period}"})
         return Invoice.model_validate(doc) if doc else None
 
-    def ledger_usage(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], LedgerUsage]:
-        """Every ledger entry of these `(org, period)` invoices, summed in the database: the
-        whole period, as a full rebuild reads it. Builds never call it; it is the check
-        that a draft's folded sums are what its ledger holds (`check_drafts`)."""
+    def ledger_usage(
+        self, pairs: set[tuple[str, str]], *, only: Doc | None = None
+    ) -> dict[tuple[str, str], LedgerUsage]:
+        """Every ledger entry of these `(org, period)` invoices (those that also match
+        `only`, when given), summed in the database: the whole period, as a full rebuild
+        reads it. It is the check that a draft's folded sums are what its ledger holds
+        (`check_drafts`); a build calls it only for a draft that was removed."""
         usage: dict[tuple[str, str], LedgerUsage] = defaultdict(LedgerUsage)
         if not pairs:
             return usage
@@ -295,9 +290,10 @@ class Invoices:
             {"booked": {"$in": periods}},
             {"booked": None, "usage_period": {"$in": periods}},
         ]
+        match: Doc = {"org": {"$in": orgs}, "$or": belongs, "$nor": [EMPTY_ENTRY], **(only or {})}
         pipeline: list[Doc] = [
             # An entry that only moved a high-water mark is no usage: no line, no run.
-            {"$match": {"org": {"$in": orgs}, "$or": belongs, "$nor": [EMPTY_ENTRY]}},
+            {"$match": match},
             {
                 "$group": {
                     "_id": {
@@ -418,14 +414,20 @@ class Invoices:
             by_pair[pair_of(entry)].append(entry)
         with_usage = [entry for entry in new if has_usage(entry)]
         held_runners = self._ledger.runners_held(with_usage) if with_usage else set()
+        removed = self._removed_drafts({pair for pair in live if not sums[pair].exists}, new)
         builds = []
         for pair in sorted(live):
             entries = by_pair.get(pair, [])
-            if not (entries or sums[pair].exists or pair in review):
-                continue  # an empty invoice is only written over one, or to flag a review
+            base = sums[pair]
             runners = {e["runner_id"] for e in entries if has_usage(e)}
-            added = {r for r in runners if (*pair, r) not in held_runners}
-            after = sums[pair].plus(entries, len(added))
+            if pair in removed:
+                base = DraftSums.holding(removed[pair])
+                added = runners - removed[pair].runners
+            else:
+                added = {r for r in runners if (*pair, r) not in held_runners}
+            if not (entries or base.exists or base.entries or pair in review):
+                continue  # an empty invoice is only written over one, or to flag a review
+            after = base.plus(entries, len(added))
             builds.append(DraftBuild(pair, entries, after, read_ticket=sums[pair].ticket))
         updates = [
             build.update(ticket, self._registry, anomalies_open=build.pair in review, now=now)
@@ -445,6 +447,22 @@ class Invoices:
             again |= live
         return {build.id for build in committed}, again
 
+    def _removed_drafts(
+        self, missing: set[tuple[str, str]], unfolded: list[Doc]
+    ) -> dict[tuple[str, str], LedgerUsage]:
+        """Of these pairs without a draft, those whose ledger has entries an earlier build
+        folded (their draft was removed), with the usage of those entries: where their
+        next draft starts, so that it holds the whole period again. Leaves out the
+        entries this pass read unfolded (a build of the removed draft may flag them
+        meanwhile): they are added once, as new. Costs nothing more than a read of those
+        pairs' entries, and a round trip only when some pair has no draft (a new month)."""
+        if not missing:
+            return {}
+        besides = [entry["_id"] for entry in unfolded]
+        only: Doc = {"fold": {"$ne": None}, "_id": {"$nin": besides}}
+        folded = self.ledger_usage(missing, only=only)
+        return {pair: usage for pair, usage in folded.items() if usage.entries}
+
     def _ticket(self) -> int:
         """The next draft-build ticket (one round trip per build pass, whatever its size)."""
         counter = self._c.counters.find_one_and_update(
@@ -456,9 +474,10 @@ class Invoices:
         assert counter is not None  # upserted
         return int(counter["value"])
 
-    def settle(self, now: datetime, org: str | None = None) -> Settled:
+    def settle(self, now: datetime, org: str | None = None, *, full: bool = False) -> Settled:
         """Rebuild every dirty or stale draft in scope, and move what final invoices do not
-        hold into the open period as late usage.
+        hold into the open period as late usage. `full` (a full pass) also rebuilds every
+        invoice of the ledger that was removed from the database, usage or not since.
 
         The marks it may delete (those read *closed* or expired) are returned, not
         deleted: the caller deletes them once everything derived from the drafts (the
@@ -466,6 +485,8 @@ class Invoices:
         """
         mark_ids, pairs = self._progress.dirty(org)
         pairs |= self._stale_drafts(org)
+        if full:
+            pairs |= self._without_invoice(org)
         orgs = {o for o, _ in pairs}
         written: set[str] = set()
         unsettled: set[tuple[str, str]] = set()
@@ -500,6 +521,28 @@ class Invoices:
         return {
             (d["org"], d["period"]) for d in self._c.invoices.find(query, {"org": 1, "period": 1})
         }
+
+    def _without_invoice(self, org: str | None) -> set[tuple[str, str]]:
+        """The `(org, period)` pairs the ledger bills usage to that have no invoice: each a
+        draft (or a final) removed from the database. Reads the whole ledger in scope, in
+        the database (one `$group`), which only a full pass does."""
+        match: Doc = {"$nor": [EMPTY_ENTRY]}
+        if org is not None:
+            match["org"] = {"$eq": org}
+        pipeline: list[Doc] = [
+            {"$match": match},
+            {"$group": {"_id": {"org": "$org", "period": BOOKED_PERIOD}}},
+        ]
+        billed = {
+            (row["_id"]["org"], row["_id"]["period"]) for row in self._c.ledger.aggregate(pipeline)
+        }
+        ids = sorted(f"{o}:{p}" for o, p in billed)
+        found: set[str] = set()
+        for batch in chunked(ids, 1000):
+            found.update(
+                d["_id"] for d in self._c.invoices.find({"_id": {"$in": batch}}, {"_id": 1})
+            )
+        return {(o, p) for o, p in billed if f"{o}:{p}" not in found}
 
 
 class Finalizer:

@@ -55,13 +55,13 @@ def missing_invoice_hint(collections: Collections, org: str, period: str) -> str
     """What to do when `org` has no invoice of `period`: name the orgs with one that look
     like it when the billing knows nothing of `org` (a typo, most likely), and the run
     that makes one (a new org). A month before this machine's has no usage to wait for,
-    and one after it has not begun. One the ledger bills usage of has lost its invoice,
-    unless a run is building it."""
+    and one after it has not begun. One the ledger bills usage of has lost its invoice
+    (a full pass rebuilds it), unless a run is building it."""
     run_first = f"run `chore run --org {shlex.quote(org)}` first"
     if collections.ledger.find_one({"org": org, "usage_period": period}) is not None:
         return (
-            "the ledger bills usage of that month to it: a run under way builds its invoice,"
-            " else the invoice was removed"
+            "the ledger bills usage of that month to it: a run under way builds its invoice;"
+            f" if it was removed, `chore run --full --org {shlex.quote(org)}` rebuilds it"
         )
     if is_known(collections, org):
         this_month = period_of(clock.wall_clock())

@@ -126,7 +126,7 @@ def run_chore(
             if on_batch is not None:
                 on_batch(len(docs))
         if not dry_run:
-            settled = meter.invoices.settle(now, org)
+            settled = meter.invoices.settle(now, org, full=full)
             report.invoices = settled.written
             orgs = settled.orgs | set(report.orgs)
             if org is not None:

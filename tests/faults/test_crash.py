@@ -186,6 +186,21 @@ def setup_finalized_with_late_runners(db: Any) -> None:
     insert(db, LATE.tasks, LATE.findings)
 
 
+def setup_half_observed_drafts_removed(db: Any) -> None:
+    """As `setup_half_observed`, then every invoice removed from the database."""
+    setup_half_observed(db)
+    db[SETTINGS.collection("invoices")].delete_many({})
+
+
+def setup_metered_drafts_removed(db: Any) -> None:
+    setup_metered(db)
+    db[SETTINGS.collection("invoices")].delete_many({})
+
+
+def full_pass(db: Any) -> Any:
+    return run_chore(db, now=FIRST, registry=REGISTRY, settings=SETTINGS, full=True)
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -202,6 +217,8 @@ SCENARIOS = [
         setup_half_observed,
         lambda db: run_chore(db, org="acme", now=FIRST, registry=REGISTRY, settings=SETTINGS),
     ),
+    Scenario("drafts-removed-run", setup_half_observed_drafts_removed, meter),
+    Scenario("drafts-removed-full-pass", setup_metered_drafts_removed, full_pass),
     Scenario("finalize", setup_metered, finalize),
     Scenario("late-usage-run", setup_finalized_with_late_runners, lambda db: meter(db, LATER)),
 ]
@@ -284,6 +301,12 @@ def crash_cases() -> list[Any]:
                     )
                 )
     return cases
+
+
+def test_removed_drafts_are_rebuilt_as_they_were():
+    invoices = SETTINGS.collection("invoices")
+    assert CLEAN["drafts-removed-run"][0][invoices] == CLEAN["incremental-run"][0][invoices]
+    assert CLEAN["drafts-removed-full-pass"][0][invoices] == CLEAN["first-run"][0][invoices]
 
 
 def test_every_scenario_writes_invoices_and_ledger_entries():

@@ -607,3 +607,67 @@ def test_a_draft_without_lines_keeps_its_own_flag_when_frozen(db, settings):
     finalize_invoices(db, now=datetime(2026, 10, 5, tzinfo=UTC), settings=settings)
     final = db.billing_invoices.find_one({"_id": "acme:2026-09"})
     assert (final["status"], final["needs_review"]) == ("final", True)
+
+
+def test_a_removed_draft_is_rebuilt_whole_by_the_next_run_with_usage(db, registry):
+    truth = add_runners(db, 12)
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    before = invoice(db)
+    db.billing_invoices.delete_one({"_id": before["_id"]})
+    truth += add_runners(db, 3, first=12)
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    # The 12 entries the removed draft held are folded in again, not only the 3 new ones.
+    assert invoiced_tokens(db) == truth
+    assert invoice(db)["runs"] == 15 and invoice(db)["entries"] == 15
+    assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
+
+
+def test_a_removed_draft_is_rebuilt_by_a_full_pass_with_nothing_new(db, registry):
+    add_runners(db, 12)
+    add_runners(db, 2, org="globex")
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    before = invoice(db)
+    db.billing_invoices.delete_one({"_id": before["_id"]})
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)  # nothing new: not rebuilt
+    assert db.billing_invoices.find_one({"_id": before["_id"]}) is None
+    report = run_chore(db, now=NOW, registry=registry, settings=CONFIG, full=True)
+    assert report.invoices == [before["_id"]]  # globex's draft was there: left alone
+    after = invoice(db)
+    assert after["lines"] == before["lines"]
+    assert (after["total_micros"], after["runs"], after["entries"]) == (
+        before["total_micros"],
+        before["runs"],
+        before["entries"],
+    )
+    assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
+
+
+def test_a_removed_draft_rebuilt_in_passes_counts_each_entry_once(db, registry, monkeypatch):
+    monkeypatch.setattr(Invoices, "FOLD_LIMIT", 4)
+    truth = add_runners(db, 10)
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    db.billing_invoices.delete_one({"_id": "acme:2026-11"})
+    truth += add_runners(db, 9, first=10)
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    assert invoiced_tokens(db) == truth
+    assert invoice(db)["runs"] == 19 and invoice(db)["entries"] == 19
+    assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
+
+
+def test_a_removed_final_is_rebuilt_by_a_full_pass_and_frozen_again_as_it_was(db, registry):
+    add_runners(db, 8)
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    december = datetime(2026, 12, 10, tzinfo=UTC)
+    assert finalize_invoices(db, now=december, settings=CONFIG) == ["acme:2026-11"]
+    before = invoice(db)
+    db.billing_invoices.delete_one({"_id": before["_id"]})
+    run_chore(db, now=december, registry=registry, settings=CONFIG, full=True)
+    assert invoice(db)["status"] == "draft"
+    assert finalize_invoices(db, now=december, settings=CONFIG) == ["acme:2026-11"]
+    after = invoice(db)
+    assert after["status"] == "final"
+    assert (after["lines"], after["total_micros"], after["entries"]) == (
+        before["lines"],
+        before["total_micros"],
+        before["entries"],
+    )

@@ -642,8 +642,11 @@ def test_a_removed_invoice_whose_ledger_bills_usage_is_said_so(db, settings, reg
         reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
     assert str(raised.value) == (
         "no invoice for org 'acme' in 2026-11; the ledger bills usage of that month to it: a"
-        " run under way builds its invoice, else the invoice was removed"
+        " run under way builds its invoice; if it was removed, `chore run --full --org acme`"
+        " rebuilds it"
     )
+    run_chore(db, now=NOW, registry=registry, settings=settings, org="acme", full=True)
+    assert reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW).ok
 
 
 def test_a_runner_whose_org_changed_reconciles_on_both_orgs(db, settings, registry):
