@@ -246,7 +246,7 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         runners=runner_checks,
         running=running,
         moved=moved,
-        problems=_invoice_problems(invoice, org, period),
+        problems=_invoice_problems(invoice, org, period) + _ledger_problems(invoice, ledger),
         registry_changed=invoice.registry != meter.registry.fingerprint,
         checked_as_invoiced=registry is not meter.registry,
     )
@@ -351,6 +351,20 @@ def _invoice_problems(invoice: Invoice, org: str, period: str) -> list[str]:
     return problems
 
 
+def _ledger_problems(invoice: Invoice, ledger: _LedgerUsage) -> list[str]:
+    """Where the invoice's counts disagree with the ledger entries it holds, and the
+    entries whose own total disagrees with their token counts (what `chore usage` shows)."""
+    problems = list(ledger.bad_totals)
+    held = {
+        "runs": (invoice.runs, len(ledger.here)),
+        "entries": (invoice.entries, ledger.entries_here),
+    }
+    for name, (said, counted) in held.items():
+        if said != counted:
+            problems.append(f"{name} {said:,} is not what its ledger entries hold, {counted:,}")
+    return problems
+
+
 class _SourceUsage(NamedTuple):
     """A runner's usage as its document says, placed by its end time (by `now` while it
     runs; None when a held anomaly bills nothing), and its own cost estimate."""
@@ -439,6 +453,8 @@ class _LedgerUsage:
         # Each runner's ledger head, as the next run reads it: its latest entry of any org.
         self.head: dict[str, _Head] = {}
         self.other_org: set[str] = set()  # runners billed under another org too
+        self.entries_here = 0  # entries with usage on this invoice
+        self.bad_totals: list[str] = []  # entries whose `tokens` is not the sum of its kinds
 
     def billed_up_to(self, runner_id: str) -> Counters | None:
         """The counters the runner's head billed up to, when its head is of this org and
@@ -476,6 +492,7 @@ _LEDGER_FIELDS = {
         "seq",
         "high_water",
         "org",
+        "tokens",
     )
 }
 _NO_HEAD = _Head(-1, None, False)
@@ -510,7 +527,13 @@ def _ledger_usage(
             if entry.get("org") != org:
                 usage.other_org.add(runner_id)
                 continue
+            if entry.get("tokens") != tokens.tokens:
+                usage.bad_totals.append(
+                    f"ledger entry {entry['_id']!r}: tokens {entry.get('tokens')!r} is not the"
+                    f" sum of its kinds, {tokens.tokens:,}"
+                )
             if _on_invoice(entry, period, status) and any(tokens):
+                usage.entries_here += 1
                 usage.here[runner_id].append(
                     UsageGroup(
                         model=entry["model"],

@@ -619,6 +619,32 @@ def test_an_invoice_whose_fields_or_split_were_edited_does_not_reconcile(db, set
     assert checked.invoiced_split[2] == checked.expected_split[2] + 1_000
 
 
+def test_an_invoice_whose_counts_or_an_entry_whose_total_was_edited_does_not_reconcile(
+    db, settings, registry
+):
+    """Reconcile checked the lines only: an invoice's `runs` and `entries`, and an entry's
+    `tokens` (what `chore usage` shows of a run), could say anything."""
+    for tokens in (5_000, 7_000):
+        db.tasks.insert_one(ai_runner("acme", tokens, running=False))
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    meter = Pipeline(db, settings, registry)
+    assert reconcile(meter, "acme", "2026-11", now=NOW).problems == []
+    db.billing_invoices.update_one({"_id": "acme:2026-11"}, {"$set": {"runs": 3, "entries": 1}})
+    edited = reconcile(meter, "acme", "2026-11", now=NOW)
+    assert not edited.ok and edited.problems == [
+        "runs 3 is not what its ledger entries hold, 2",
+        "entries 1 is not what its ledger entries hold, 2",
+    ]
+    db.billing_invoices.update_one({"_id": "acme:2026-11"}, {"$set": {"runs": 2, "entries": 2}})
+    entry = db.billing_ledger.find_one({"org": "acme"})
+    db.billing_ledger.update_one({"_id": entry["_id"]}, {"$set": {"tokens": 1}})
+    total = reconcile(meter, "acme", "2026-11", now=NOW)
+    assert not total.ok and total.problems == [
+        f"ledger entry {entry['_id']!r}: tokens 1 is not the sum of its kinds, {entry['tokens']:,}"
+    ]
+    assert all(line.matches for line in total.lines)  # the lines never read `tokens`
+
+
 def test_a_duplicated_ledger_entry_is_not_blamed_on_the_source(db, settings, registry):
     db.tasks.insert_one(ai_runner("acme", 5_000, running=False))
     run_chore(db, now=NOW, registry=registry, settings=settings)
