@@ -131,7 +131,9 @@ def quota_check(org: str, estimate: int, as_json: bool, now: datetime | None) ->
         except DatabaseUnavailable as exc:  # unreachable: the policy answers
             decision = unknown_decision(org, period_of(now), str(exc), settings)
         else:
-            decision = check_quota(db, org, estimated_tokens=estimate, now=now, settings=settings)
+            decision = check_quota(
+                db, org, estimated_tokens=estimate, now=now, settings=settings, ask_mirror=False
+            )
     click.echo(decision.model_dump_json(indent=2) if as_json else for_terminal(decision.summary()))
     if not decision.allowed:
         sys.exit(EXIT_REFUSED)

@@ -24,8 +24,11 @@ def check_quota(
     now: datetime | None = None,
     *,
     settings: Settings | None = None,
+    ask_mirror: bool = True,
 ) -> QuotaDecision:
-    """May `org` start a run? One indexed read of its stored decision."""
+    """May `org` start a run? One indexed read of its stored decision: its Redis mirror's
+    when REDIS_URL is set and it holds a usable one, else MongoDB's (MongoDB's only with
+    `ask_mirror=False`, for a caller that asked `check_quota_from_mirror` already)."""
     settings = settings or get_settings()
     org = validate_org(org)
     if (
@@ -37,7 +40,8 @@ def check_quota(
             f"estimated_tokens must be a non-negative integer, got {estimated_tokens!r}"
         )
     now = as_utc(now or datetime.now(UTC))
-    return Quota(Collections.of(db, settings), settings).check(org, estimated_tokens, now)
+    quota = Quota(Collections.of(db, settings), settings)
+    return quota.check(org, estimated_tokens, now, ask_mirror=ask_mirror)
 
 
 def check_quota_from_mirror(

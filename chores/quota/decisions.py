@@ -503,10 +503,14 @@ class Quota:
                     states[doc["_id"]] = doc["state"]
         return states
 
-    def check(self, org: str, estimated_tokens: int, now: datetime) -> QuotaDecision:
-        """The answer to "may `org` start a run?" from one read of its decision."""
+    def check(
+        self, org: str, estimated_tokens: int, now: datetime, *, ask_mirror: bool = True
+    ) -> QuotaDecision:
+        """The answer to "may `org` start a run?" from one read of its decision (MongoDB's
+        only, with `ask_mirror=False`: the caller asked the mirror already)."""
         settings = self._settings
-        doc = mirrored(self._cache, org, now, settings) if self._cache is not None else None
+        cache = self._cache if ask_mirror else None
+        doc = mirrored(cache, org, now, settings) if cache is not None else None
         if doc is None:
             try:
                 doc = self._c.quota.find_one({"_id": org})

@@ -10,8 +10,10 @@ import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import mongomock
+import pymongo
 import pytest
 import redis
 from click.testing import CliRunner
@@ -174,6 +176,32 @@ def test_quota_check_answers_from_the_mirror_without_waiting_for_mongodb(
     other = runner.invoke(main, ["quota", "check", "--org", "beta", *NOW_ARG])
     assert (other.exit_code, len(connects)) == (0, 1)  # not mirrored: MongoDB is asked
     assert other.stdout.startswith("beta: unknown — cannot reach MongoDB")
+    get_settings.cache_clear()
+
+
+def test_quota_check_asks_the_mirror_once_then_mongodb(redis_url, monkeypatch):
+    """On a mirror miss, `chore quota check` asked the mirror twice: once itself, then again
+    inside `check_quota` (one more Redis GET, up to its timeout), before MongoDB."""
+    server = f"mongodb://127.0.0.1:{closed_port()}/"
+    # A server's database (the mirror is asked for one), which answers nothing in 0.2 s.
+    database = pymongo.MongoClient(server, serverSelectionTimeoutMS=200)["main"]
+    gets: list[str] = []
+    real_get = QuotaCache.get
+
+    def counted(cache: QuotaCache, org: str) -> Any:
+        gets.append(org)
+        return real_get(cache, org)
+
+    monkeypatch.setattr(QuotaCache, "get", counted)
+    monkeypatch.setattr("chores.cli.quota.connect", lambda settings: database)
+    for name, value in {"MONGO_URL": server, "REDIS_URL": redis_url}.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    checked = CliRunner().invoke(main, ["quota", "check", "--org", "acme", *NOW_ARG])
+    assert checked.exit_code == 0, checked.output
+    assert checked.stdout.startswith("acme: unknown — billing database unavailable")
+    assert gets == ["acme"]  # a miss, then MongoDB (here unreachable)
+    database.client.close()
     get_settings.cache_clear()
 
 
