@@ -48,7 +48,7 @@ class Invoice(BaseModel):
     unpriced_tokens: int
     needs_review: bool
     runs: int
-    entries: int = 0  # ledger entries it was built from: the draft's version
+    entries: int | None = None  # ledger entries with usage it holds (None: built before counts)
     updated_at: datetime
     finalized_at: datetime | None = None
     registry: str = ""  # fingerprint of the registry that priced it

@@ -24,7 +24,7 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping
 from datetime import date, datetime
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, computed_field
 
@@ -139,7 +139,7 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         raise InvoiceNotFound(f"no invoice for org {org!r} in {period}; {hint}")
     registry = _pricing_registry(invoice, meter.registry)
     sources = _source_usage(meter, org, now)
-    ledger = _ledger_usage(meter, org, period, invoice.status, set(sources))
+    ledger = _ledger_usage(meter, invoice, org, period, set(sources))
     # A runner whose org changed: its usage is compared in all (what every org billed it);
     # each org's share is where that org's ledger placed it. One billed here whose document
     # now names another org (or none) is settled here: no run of this org bills it again.
@@ -316,12 +316,23 @@ def _placed_by_source(source: _SourceUsage | None, period: str) -> list[UsageGro
     return [source.group]
 
 
-def _on_invoice(entry: Doc, period: str, status: str) -> bool:
-    """Whether a ledger entry is on the invoice of `period` (as `read_period` reads it)."""
+def _closed_fence(meter: Pipeline, invoice: Invoice) -> int | Literal["draft"] | None:
+    """`"draft"` for a draft; for a final, the token of the finalize that froze it (None: one
+    frozen before tokens)."""
+    if invoice.status == "draft":
+        return "draft"
+    doc = meter.collections.invoices.find_one({"_id": invoice.id}, {"closed_fence": 1})
+    return None if doc is None else doc.get("closed_fence")
+
+
+def _on_invoice(entry: Doc, period: str, closed_fence: int | Literal["draft"] | None) -> bool:
+    """Whether a ledger entry is on the invoice of `period`: booked into it, or (a draft's,
+    `closed_fence="draft"`) unbooked with usage in it; on a final, only if stamped by the
+    finalize that froze it (another token's is swept out by the next run, `Sweeper`)."""
     booked = entry.get("booked")
-    if booked is None:
-        return status == "draft" and entry.get("usage_period") == period
-    return bool(booked == period)
+    if closed_fence == "draft":
+        return booked == period or (booked is None and entry.get("usage_period") == period)
+    return booked == period and entry.get("fence") == closed_fence
 
 
 def _split(line: InvoiceLine | None) -> tuple[int, int, int, int]:
@@ -352,16 +363,21 @@ def _invoice_problems(invoice: Invoice, org: str, period: str) -> list[str]:
 
 
 def _ledger_problems(invoice: Invoice, ledger: _LedgerUsage) -> list[str]:
-    """Where the invoice's counts disagree with the ledger entries it holds, and the
-    entries whose own total disagrees with their token counts (what `chore usage` shows)."""
+    """Where the invoice's counts disagree with the ledger entries it holds (its `entries`
+    only when it has one: an invoice built before drafts counted them has none), and its
+    entries whose `tokens` (the total a run's report counts) is not the sum of their kinds."""
     problems = list(ledger.bad_totals)
-    held = {
-        "runs": (invoice.runs, len(ledger.here)),
-        "entries": (invoice.entries, ledger.entries_here),
-    }
-    for name, (said, counted) in held.items():
+    counts = [("runs", invoice.runs, len(ledger.here))]
+    if invoice.entries is not None:
+        counts.append(("entries", invoice.entries, ledger.entries_here))
+    why = (
+        "a run not settled yet (the next run rebuilds it), or an edit"
+        if invoice.status == "draft"
+        else "an edit"
+    )
+    for name, said, counted in counts:
         if said != counted:
-            problems.append(f"{name} {said:,} is not what its ledger entries hold, {counted:,}")
+            problems.append(f"it counts {said:,} {name}, its ledger entries {counted:,}: {why}")
     return problems
 
 
@@ -493,21 +509,22 @@ _LEDGER_FIELDS = {
         "high_water",
         "org",
         "tokens",
+        "fence",
     )
 }
 _NO_HEAD = _Head(-1, None, False)
 
 
 def _ledger_usage(
-    meter: Pipeline, org: str, period: str, status: str, runners: set[str]
+    meter: Pipeline, invoice: Invoice, org: str, period: str, runners: set[str]
 ) -> _LedgerUsage:
-    """The ledger's usage of `runners` and of every runner on the invoice of `period`
-    (entries booked into it; for a draft, unbooked ones of its usage period too, as
-    `period_ledger.read_period` reads them)."""
+    """The ledger's usage of `runners` and of every runner on `invoice`, the one of `org`
+    and `period` (`_on_invoice`)."""
     usage = _LedgerUsage()
     entries = meter.collections.ledger
+    fence = _closed_fence(meter, invoice)
     belongs: list[Doc] = [{"booked": period}]
-    if status == "draft":
+    if fence == "draft":
         belongs.append({"booked": None, "usage_period": period})
     on_invoice = {"org": {"$eq": org}, "$or": belongs, "$nor": [EMPTY_ENTRY]}
     here = {entry["runner_id"] for entry in entries.find(on_invoice, {"runner_id": 1})}
@@ -527,12 +544,14 @@ def _ledger_usage(
             if entry.get("org") != org:
                 usage.other_org.add(runner_id)
                 continue
+            if not _on_invoice(entry, period, fence):
+                continue
             if entry.get("tokens") != tokens.tokens:
                 usage.bad_totals.append(
                     f"ledger entry {entry['_id']!r}: tokens {entry.get('tokens')!r} is not the"
                     f" sum of its kinds, {tokens.tokens:,}"
                 )
-            if _on_invoice(entry, period, status) and any(tokens):
+            if any(tokens):
                 usage.entries_here += 1
                 usage.here[runner_id].append(
                     UsageGroup(
