@@ -199,6 +199,7 @@ class DraftBuild:
     entries: list[Doc]
     after: DraftSums
     read_ticket: int | None  # the build ticket of the stored draft it replaces (None: none)
+    read_draft: bool  # whether it read a stored draft (else it inserts one)
 
     @property
     def id(self) -> str:
@@ -210,10 +211,11 @@ class DraftBuild:
 
     def update(
         self, ticket: int, registry: Registry, *, anomalies_open: bool, now: datetime
-    ) -> tuple[Doc, Doc]:
+    ) -> tuple[Doc, Doc, bool]:
         """The compare-and-set that commits it built on `ticket`: only over the very draft
-        it read (`build_ticket` equal), never over a final; its new entries recorded as
-        `pending_fold` until they are flagged."""
+        it read (`build_ticket` equal), never over a final, and an insert only if it read
+        none (one removed meanwhile is not written back from what it held); its new entries
+        recorded as `pending_fold` until they are flagged. `(filter, fields, insert)`."""
         org, period = self.pair
         invoice = build_invoice(
             org=org,
@@ -233,7 +235,7 @@ class DraftBuild:
             "usage_groups": self.after.stored_groups(),
             "pending_fold": {"ids": self.entry_ids} if self.entries else None,
         }
-        return where, draft
+        return where, draft, not self.read_draft
 
 
 class Invoices:
@@ -428,12 +430,15 @@ class Invoices:
             if not (entries or base.exists or base.entries or pair in review):
                 continue  # an empty invoice is only written over one, or to flag a review
             after = base.plus(entries, len(added))
-            builds.append(DraftBuild(pair, entries, after, read_ticket=sums[pair].ticket))
+            read = sums[pair]
+            builds.append(DraftBuild(pair, entries, after, read.ticket, read_draft=read.exists))
         updates = [
             build.update(ticket, self._registry, anomalies_open=build.pair in review, now=now)
             for build in builds
         ]
-        refused = update_where(self._c.invoices, updates)
+        refused, unmatched = update_where(self._c.invoices, updates)
+        if unmatched:  # a draft read was replaced or removed meanwhile: which ones?
+            refused |= self._not_written(builds, ticket)
         committed = [build for i, build in enumerate(builds) if i not in refused]
         self._ledger.flag_folded([(build.pair, build.entry_ids, ticket) for build in committed])
         flagged = [build.id for build in committed if build.entries]
@@ -446,6 +451,13 @@ class Invoices:
         if len(new) >= self.FOLD_LIMIT:  # more may be waiting, for any pair of this pass
             again |= live
         return {build.id for build in committed}, again
+
+    def _not_written(self, builds: list[DraftBuild], ticket: int) -> set[int]:
+        """The indexes of the builds over a stored draft that `ticket` did not write."""
+        over = {build.id: i for i, build in enumerate(builds) if build.read_draft}
+        found = self._c.invoices.find({"_id": {"$in": sorted(over)}}, {"build_ticket": 1})
+        written = {doc["_id"] for doc in found if doc.get("build_ticket") == ticket}
+        return {i for draft_id, i in over.items() if draft_id not in written}
 
     def _removed_drafts(
         self, missing: set[tuple[str, str]], unfolded: list[Doc]
@@ -583,6 +595,13 @@ class Finalizer:
 
     def _freeze(self, org: str, period: str, now: datetime) -> bool:
         invoice_id = f"{org}:{period}"
+        # Tokens go above every stamp of the period, whatever the draft's own count says (a
+        # final removed, then rebuilt as a draft: its entries carry the old tokens).
+        stamped = self._ledger.highest_stamp(org, period)
+        if stamped is not None:
+            self._c.invoices.update_one(
+                {"_id": invoice_id, "status": "draft"}, {"$max": {"fence": stamped}}
+            )
         for _ in range(self.ATTEMPTS):
             fenced = self._c.invoices.find_one_and_update(
                 {"_id": invoice_id, "status": "draft"},

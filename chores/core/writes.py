@@ -50,12 +50,26 @@ def replace_where(collection: Any, replacements: Sequence[tuple[Doc, Doc]]) -> s
     return set()
 
 
-def update_where(collection: Any, updates: Sequence[tuple[Doc, Doc]]) -> set[int]:
-    """Upsert the fields of each `(filter, fields)` in one round trip, leaving the
-    document's other fields alone; returns the indexes whose filter did not match an
-    existing `_id` (the upsert then hit a duplicate key)."""
+def update_where(collection: Any, updates: Sequence[tuple[Doc, Doc, bool]]) -> tuple[set[int], int]:
+    """Set the fields of each `(filter, fields, insert)` in one round trip, leaving the
+    document's other fields alone; with `insert`, a filter that matches nothing inserts
+    (an upsert). Returns the indexes of the inserts refused as duplicate keys (their
+    filter did not match an existing `_id`), and how many updates without `insert`
+    matched nothing (which ones is not said: the server only counts them)."""
     if not updates:
-        return set()
+        return set(), 0
+    operations = [
+        UpdateOne(flt, {"$set": fields}, upsert=insert) for flt, fields, insert in updates
+    ]
+    try:
+        result = collection.bulk_write(operations, ordered=False)
+    except BulkWriteError as exc:
+        refused = _duplicates(exc)
+        done = int(exc.details.get("nMatched", 0)) + int(exc.details.get("nUpserted", 0))
+    else:
+        refused = set()
+        done = result.matched_count + result.upserted_count
+    return refused, len(operations) - done - len(refused)
     operations = [UpdateOne(flt, {"$set": fields}, upsert=True) for flt, fields in updates]
     try:
         collection.bulk_write(operations, ordered=False)

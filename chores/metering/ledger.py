@@ -205,6 +205,15 @@ class Ledger:
             {"$set": {"booked": period, "late": False, "fence": fence}},
         )
 
+    def highest_stamp(self, org: str, period: str) -> int | None:
+        """The highest finalize token any entry booked into `period` carries (None: none)."""
+        stamped = self._entries.find_one(
+            {"org": {"$eq": org}, "booked": period, "fence": {"$ne": None}},
+            {"fence": 1},
+            sort=[("fence", -1)],
+        )
+        return None if stamped is None else int(stamped["fence"])
+
     def count_stamped(self, org: str, period: str, fence: int) -> int:
         """Entries with usage that carry this finalize's stamp (what a draft counts)."""
         return self._entries.count_documents(

@@ -8,6 +8,8 @@ guarantees one by one.
 
 from __future__ import annotations
 
+import functools
+import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -23,7 +25,7 @@ from chores.metering.ledger import Ledger
 from chores.run.pipeline import Pipeline
 from pricing import Registry, load_registry
 
-from support.dbproxy import DatabaseProxy
+from support.dbproxy import DatabaseProxy, PauseAt, Recorder, pause_at
 
 CONFIG = Settings(mongo_url="mongomock://incremental", batch_size=20, redis_url=None)
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
@@ -671,3 +673,66 @@ def test_a_removed_final_is_rebuilt_by_a_full_pass_and_frozen_again_as_it_was(db
         before["total_micros"],
         before["entries"],
     )
+
+
+def test_a_draft_removed_while_a_run_builds_it_is_never_written_back_short(registry):
+    """Review: a run that read the draft, paused before its commit while another run billed
+    more and the draft was removed, upserted what it had read (15 of 17 entries, short
+    for good: the draft then existed, so nothing rebuilt it). Explored at every database
+    call of the paused run; then a rerun."""
+
+    def seeded() -> tuple[Any, int]:
+        db = mongomock.MongoClient(tz_aware=True)["main"]
+        truth = add_runners(db, 12)
+        run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+        return db, truth + add_runners(db, 3, first=12)
+
+    recorder = Recorder()
+    run_chore(
+        DatabaseProxy(seeded()[0], around=recorder), now=NOW, registry=registry, settings=CONFIG
+    )
+    assert "billing_invoices.bulk_write" in recorder.calls
+    for k in range(1, len(recorder.calls) + 1):
+        db, truth = seeded()
+        lock, pause = threading.Lock(), PauseAt(k)
+        truth += add_runners(db, 2, first=20)
+
+        def meanwhile(db: Any = db, lock: threading.Lock = lock) -> None:
+            run_chore(DatabaseProxy(db, lock=lock), now=NOW, registry=registry, settings=CONFIG)
+            db.billing_invoices.delete_one({"_id": "acme:2026-11"})
+
+        paused = DatabaseProxy(db, around=pause, lock=lock)
+        raised = pause_at(
+            functools.partial(run_chore, paused, now=NOW, registry=registry, settings=CONFIG),
+            pause,
+            meanwhile,
+        )
+        where = (k, recorder.calls[k - 1])
+        assert raised is None, where
+        run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+        # Removed after the last build, with nothing new since: no draft until a full pass.
+        if db.billing_invoices.find_one({"_id": "acme:2026-11"}) is not None:
+            assert (invoiced_tokens(db), invoice(db)["entries"]) == (truth, 17), where
+        run_chore(db, now=NOW, registry=registry, settings=CONFIG, full=True)
+        assert (invoiced_tokens(db), invoice(db)["entries"]) == (truth, 17), where
+        assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == [], where
+
+
+def test_a_removed_final_is_frozen_again_by_one_finalize_whatever_its_old_token(db, registry):
+    """Review: the rebuilt draft counted its finalize tokens from 1 again, and the period's
+    entries kept the old final's token (5 here): each finalize tried 3 tokens, so it took
+    two finalizes to freeze it again."""
+    add_runners(db, 8)
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    december = datetime(2026, 12, 10, tzinfo=UTC)
+    for _ in range(4):  # a draft's token counted up by refused freezes
+        db.billing_invoices.update_one({"_id": "acme:2026-11"}, {"$inc": {"fence": 1}})
+    assert finalize_invoices(db, now=december, settings=CONFIG) == ["acme:2026-11"]
+    before = invoice(db)
+    assert before["closed_fence"] == 5
+    db.billing_invoices.delete_one({"_id": before["_id"]})
+    run_chore(db, now=december, registry=registry, settings=CONFIG, full=True)
+    assert finalize_invoices(db, now=december, settings=CONFIG) == ["acme:2026-11"]
+    after = invoice(db)
+    assert after["closed_fence"] == 6
+    assert (after["lines"], after["total_micros"]) == (before["lines"], before["total_micros"])
