@@ -70,9 +70,3 @@ def update_where(collection: Any, updates: Sequence[tuple[Doc, Doc, bool]]) -> t
         refused = set()
         done = result.matched_count + result.upserted_count
     return refused, len(operations) - done - len(refused)
-    operations = [UpdateOne(flt, {"$set": fields}, upsert=True) for flt, fields in updates]
-    try:
-        collection.bulk_write(operations, ordered=False)
-    except BulkWriteError as exc:
-        return _duplicates(exc)
-    return set()
