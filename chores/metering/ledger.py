@@ -291,9 +291,9 @@ class Ledger:
         return found & {(org, period) for org, period, _ in finals}
 
     def sweep(self, org: str, period: str, closed_fence: int | None, into: str) -> None:
-        """Move the entries of the final `period` that its invoice does not hold (unbooked,
-        or stamped by another token than the one that froze it) into `into`, late, and
-        unfolded: the draft of `into` adds them at its next build."""
+        """Move the entries of the final `period` that its invoice does not hold
+        (`_stragglers`) into `into`, late, and unfolded: the draft of `into` adds them at
+        its next build."""
         self._entries.update_many(
             _stragglers(org, period, closed_fence),
             {"$set": {"booked": into, "late": True, "fence": None, "fold": None}},
@@ -335,10 +335,19 @@ BOOKED_PERIOD: Doc = {"$ifNull": ["$booked", "$usage_period"]}
 
 
 def _stragglers(org: str, period: str, closed_fence: int | None) -> Doc:
+    """The entries of the final `period`, frozen by `closed_fence`, that it does not hold:
+    unbooked and unfolded (arrived after its stamp), or booked there unstamped (swept in
+    after it) or under an older token (a stale finalizer's). Never one a draft folded, nor
+    one a newer token stamped: those can only be there if the final was removed and its
+    month rebuilt since this final was read, and they belong to that draft or final."""
+    if closed_fence is None:  # frozen before tokens: it holds the entries booked unstamped
+        not_held: list[Doc] = [{"booked": period, "fence": {"$ne": None}}]
+    else:
+        not_held = [
+            {"booked": period, "fence": None},
+            {"booked": period, "fence": {"$lt": closed_fence}},
+        ]
     return {
         "org": {"$eq": org},
-        "$or": [
-            {"booked": None, "usage_period": period},
-            {"booked": period, "fence": {"$ne": closed_fence}},
-        ],
+        "$or": [{"booked": None, "usage_period": period, "fold": None}, *not_held],
     }

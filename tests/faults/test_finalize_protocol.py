@@ -447,7 +447,7 @@ def test_the_daily_safety_sweep_reads_the_ledger_in_batches_not_per_final_invoic
     # An entry a dead run left unbooked in one of the 120 final periods is found and moved.
     db = finalized_orgs(120)
     straggler = db.billing_ledger.find_one({"org": "org-077"})
-    straggler.update(_id="left-by-a-dead-run", booked=None, fence=None)
+    straggler.update(_id="left-by-a-dead-run", booked=None, fence=None, fold=None)
     db.billing_ledger.insert_one(straggler)
     finalize_invoices(db, now=OCT_5, settings=CONFIG)
     moved = db.billing_ledger.find_one({"_id": "left-by-a-dead-run"})

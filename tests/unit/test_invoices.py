@@ -736,3 +736,53 @@ def test_a_removed_final_is_frozen_again_by_one_finalize_whatever_its_old_token(
     after = invoice(db)
     assert after["closed_fence"] == 6
     assert (after["lines"], after["total_micros"]) == (before["lines"], before["total_micros"])
+
+
+def test_a_sweep_that_read_a_final_since_removed_moves_nothing_its_rebuilt_month_holds(registry):
+    """Review: a finalize paused in its sweep (the finals read), while the final was removed
+    and a run rebuilt the month with more usage, then moved the rebuilt draft's entries
+    into December as late usage: billed twice (24,612 tokens invoiced of 18,972). With
+    the month frozen again meanwhile, its new final's entries moved too. Explored at every
+    database call of the finalize."""
+    december = datetime(2026, 12, 2, tzinfo=UTC)
+
+    def finalize(db: Any) -> list[str]:
+        return finalize_invoices(db, now=december, grace=timedelta(0), settings=CONFIG)
+
+    def seeded() -> tuple[Any, int]:
+        db = mongomock.MongoClient(tz_aware=True)["main"]
+        truth = add_runners(db, 12)
+        run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+        assert finalize(db) == ["acme:2026-11"]
+        return db, truth + add_runners(db, 3, first=12)
+
+    recorder = Recorder()
+    finalize(DatabaseProxy(seeded()[0], around=recorder))
+    for refreeze in (False, True):
+        for k in range(1, len(recorder.calls) + 1):
+            db, truth = seeded()
+            lock, pause = threading.Lock(), PauseAt(k)
+
+            def meanwhile(
+                db: Any = db, lock: threading.Lock = lock, again: bool = refreeze
+            ) -> None:
+                proxy = DatabaseProxy(db, lock=lock)
+                proxy.billing_invoices.delete_one({"_id": "acme:2026-11"})
+                run_chore(proxy, now=december, registry=registry, settings=CONFIG)
+                if again:
+                    finalize(proxy)
+
+            paused = functools.partial(finalize, DatabaseProxy(db, around=pause, lock=lock))
+            where = (refreeze, k, recorder.calls[k - 1])
+            assert pause_at(paused, pause, meanwhile) is None, where
+            run_chore(db, now=december, registry=registry, settings=CONFIG, full=True)
+            finalize(db)
+            run_chore(db, now=december, registry=registry, settings=CONFIG, full=True)
+            invoiced = sum(
+                line["tokens"] for doc in db.billing_invoices.find() for line in doc["lines"]
+            )
+            assert invoiced == truth, where
+            drafts = {
+                (d["org"], d["period"]) for d in db.billing_invoices.find({"status": "draft"})
+            }
+            assert Pipeline(db, CONFIG, registry).invoices.check_drafts(drafts) == [], where
