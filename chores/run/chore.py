@@ -125,6 +125,10 @@ def run_chore(
                     meter.progress.advance_cursor(pass_scope, batch_newest)
             if on_batch is not None:
                 on_batch(len(docs))
+        if pass_scope is not None and not dry_run:
+            # Every runner read: the pass is complete, whatever happens to the settle (its
+            # marks outlive it), so the next full pass starts over.
+            meter.progress.clear_cursor(pass_scope)
         if not dry_run:
             settled = meter.invoices.settle(now, org, full=full)
             report.invoices = settled.written
@@ -140,8 +144,6 @@ def run_chore(
             meter.progress.clear_dirty(settled.marks)  # what they announced is decided
             if newest is not None:
                 meter.progress.advance_cursor(scope, newest)
-            if pass_scope is not None:
-                meter.progress.clear_cursor(pass_scope)  # the pass is complete
     except BaseException as exc:  # Ctrl-C and time limits too: the run log says it stopped
         report.error = redact_urls(f"{type(exc).__name__}: {exc}")  # stored: no credentials
         report.duration_seconds = round(time.monotonic() - clock, 3)

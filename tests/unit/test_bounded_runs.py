@@ -15,7 +15,7 @@ import pytest
 
 from chores import Settings, run_chore
 
-from support.dbproxy import DatabaseProxy
+from support.dbproxy import CrashAt, DatabaseProxy, Recorder
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 BATCH = 10
@@ -130,3 +130,39 @@ def test_a_full_pass_cut_short_resumes_where_it_stopped(batches_per_run, registr
     assert db.billing_cursors.find_one({"_id": "full:org:acme"}) is None  # the pass completed
     last = db.billing_runs.find_one({"error": None, "full_scan": True})
     assert (last["resumed_from"] is not None) is (passes > 1)
+
+
+def test_a_full_pass_that_read_everything_and_died_settling_is_complete(registry):
+    """State-machine finding: a full pass that read every runner and died in its settle
+    kept its cursor, so the next day's full pass resumed at the end and read nothing; a
+    runner rewritten meanwhile with an old stamp waited a second day for the safety net."""
+    recorder = Recorder()
+    rehearsal = mongomock.MongoClient(tz_aware=True)["main"]
+    backlog(rehearsal)
+    run_chore(
+        DatabaseProxy(rehearsal, around=recorder),
+        now=NOW,
+        registry=registry,
+        settings=CONFIG,
+        full=True,
+    )
+    # The settle's first build ticket: every runner was read before it.
+    settling = recorder.calls.index("billing_counters.find_one_and_update") + 1
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    truth = backlog(db)
+    with pytest.raises(TimeLimit):
+        run_chore(
+            DatabaseProxy(db, around=CrashAt(settling, TimeLimit)),
+            now=NOW,
+            registry=registry,
+            settings=CONFIG,
+            full=True,
+        )
+    assert db.billing_cursors.find_one({"_id": "full:*"}) is None
+    oldest = db.tasks.find_one(sort=[("last_updated_db", 1)])
+    rewrite = {"context.ai_tokens": 10_000, "context.ai_prompt_tokens": 9_980}
+    db.tasks.update_one({"_id": oldest["_id"]}, {"$set": rewrite})  # the stamp is unchanged
+    truth += 10_000 - oldest["context"]["ai_tokens"]
+    report = run_chore(db, now=NOW, registry=registry, settings=CONFIG, full=True)
+    assert report.resumed_from is None
+    assert sum(e["tokens"] for e in db.billing_ledger.find()) == truth
