@@ -285,9 +285,17 @@ def clean_state(scenario: Scenario) -> tuple[dict[str, Any], list[tuple[str, str
 CLEAN = {scenario.name: clean_state(scenario) for scenario in SCENARIOS}
 
 
-def crash_cases() -> list[Any]:
+# Not crashed at every write, to keep the suite short: a full pass over removed drafts writes
+# what a run over removed drafts writes (a draft inserted from the ledger, its flags), and
+# its rebuilt invoices are checked against the first run's below; a removal changes no
+# quota write.
+NOT_CRASHED = {"drafts-removed-full-pass"}
+QUOTA_NOT_CRASHED = NOT_CRASHED | {"drafts-removed-run"}
+
+
+def crash_cases(skip: frozenset[str] | set[str] = NOT_CRASHED) -> list[Any]:
     cases = []
-    for scenario in SCENARIOS:
+    for scenario in (s for s in SCENARIOS if s.name not in skip):
         _, writes = CLEAN[scenario.name]
         for k, (collection, method) in enumerate(writes, start=1):
             for lands in (False, True):
@@ -367,7 +375,7 @@ def test_a_crash_at_any_write_is_completed_exactly_by_a_rerun(scenario, k, write
     assert _without_quota(outcome(scenario, k, write_lands)) == _without_quota(want)
 
 
-@pytest.mark.parametrize(("scenario", "k", "write_lands"), crash_cases())
+@pytest.mark.parametrize(("scenario", "k", "write_lands"), crash_cases(QUOTA_NOT_CRASHED))
 def test_after_a_crash_and_a_rerun_quota_decisions_and_events_are_those_of_a_clean_run(
     scenario, k, write_lands
 ):
