@@ -8,7 +8,8 @@ None of this is billing state: losing any of it costs a re-read, never a charge.
   cut short (a time limit) resumes from it instead of starting over.
 - *pending* (`billing_pending`, claims on runners): runners last seen running or
   waiting for a spawn finding; re-read by `_id` every run, or once an hour for an idle
-  one (its claim's `recheck_at`, `IDLE_RECHECK`).
+  one (its claim's `recheck_at`, `IDLE_RECHECK`). Also finished runners held by an
+  anomaly, until they are idle (`pipeline.Batch.add`).
 - *dirty marks* (`billing_dirty`): an `(org, period)` whose invoice must be
   rebuilt. Written (open) before the writes they announce, closed once those
   landed, and deleted by a settle only if it read them closed, after its

@@ -135,6 +135,12 @@ class Assessment(NamedTuple):
         """The ledger entries to write, in sequence order."""
         return self.reclassified if self.delta is None else (*self.reclassified, self.delta)
 
+    @property
+    def held(self) -> bool:
+        """A runner of an org held by an anomaly (`_held`): nothing billed until its document
+        is fixed."""
+        return self.org is not None and not self.billed_cleanly
+
 
 class BookedOn(NamedTuple):
     """The line a ledger entry's tokens were priced on: the org billed, model, key source,

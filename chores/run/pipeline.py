@@ -78,6 +78,12 @@ class Batch:
                 self.idle.append(result.runner_id)
                 watch = {**watch, "recheck_at": self.recheck_at}
             self.add_pending.append(watch)
+        elif result.held and not self.is_idle(doc, result, head):
+            # A finished runner held by an anomaly (malformed counters, a bad model, ...) is
+            # watched for as long as a pending one is read every run: its fixed document is
+            # stamped as the write it fixes, behind the cursor. Idle, it is let go (the daily
+            # full pass reads it): held runners of the past do not grow the list.
+            self.add_pending.append(self.watch[result.runner_id])
         else:
             self.drop_pending.append(result.runner_id)
 

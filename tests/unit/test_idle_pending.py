@@ -179,6 +179,55 @@ def test_a_runner_held_until_its_end_time_is_read_every_run_however_old_its_stam
     assert claims(db) == {}
 
 
+HELD_FINISHED = {
+    "malformed_counters": {"ai_prompt_tokens": float("inf")},
+    "bad_model": {"ai_model": 4},
+    "bad_key_source": {"ai_key_source": "theirs"},
+}
+
+
+@pytest.mark.parametrize("kind", HELD_FINISHED)
+def test_a_finished_runner_held_by_an_anomaly_is_billed_by_the_next_run_once_fixed(
+    db, settings, kind
+):
+    """Its fixed document is stamped as the held write (stamps lag one write), hours behind
+    the cursor: watched like a pending runner, it is billed by the next run, not by the
+    daily full pass (an independent oracle's finding)."""
+    held = ai_runner("r1", ended=BEFORE, tokens=1_000, stamp=BEFORE.timestamp())
+    held["context"].update(HELD_FINISHED[kind])
+    db.tasks.insert_one(held)
+    first = run(db, settings, NOW)
+    assert (first.anomalies, billed(db), claims(db)) == ({kind: 1}, 0, {"str:'r1'": None})
+    fixed = ai_runner("r1", ended=BEFORE, tokens=1_000, stamp=BEFORE.timestamp())
+    db.tasks.replace_one({"_id": "r1"}, fixed)
+    run(db, settings, NOW + timedelta(hours=3))
+    assert (billed(db), claims(db)) == (1_000, {})
+    (anomaly,) = db.billing_anomalies.find({"runner_id": "str:'r1'"})
+    assert anomaly["resolved"] is True
+    run(db, settings, NOW + timedelta(hours=4), full=True)
+    assert billed(db) == 1_000
+
+
+def test_a_held_finished_runner_is_let_go_once_idle_and_the_full_pass_bills_its_fix(db, settings):
+    """Held runners of the past do not grow the pending list: one stamped more than
+    PENDING_IDLE_SECONDS ago is not watched (nor re-read hourly), and one watched goes once
+    it is idle. A fix after that is the daily full pass's."""
+    old = ai_runner("r0", ended=NOW - 3 * DAY, tokens="12", stamp=(NOW - 3 * DAY).timestamp())
+    fresh = ai_runner("r1", ended=BEFORE, tokens="12", stamp=BEFORE.timestamp())
+    db.tasks.insert_many([old, fresh])
+    run(db, settings, NOW, full=True)
+    assert claims(db) == {"str:'r1'": None}
+    later = run(db, settings, NOW + DAY + timedelta(hours=1))
+    assert (later.docs_read, later.idle_runners, claims(db)) == (1 + OTHERS, 0, {})
+    db.tasks.replace_one(
+        {"_id": "r1"}, ai_runner("r1", ended=BEFORE, tokens=700, stamp=BEFORE.timestamp())
+    )
+    assert run(db, settings, NOW + DAY + timedelta(hours=2)).docs_read == OTHERS
+    assert billed(db) == 0
+    run(db, settings, NOW + DAY + timedelta(hours=3), full=True)
+    assert billed(db) == 700
+
+
 def test_a_runner_whose_stamp_is_not_a_number_is_read_every_run(db, settings):
     doc = running("r1", 1_000)
     doc["last_updated_db"] = "yesterday"
