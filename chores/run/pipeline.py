@@ -6,6 +6,7 @@ safe (`Pipeline.process`; docs/design.md).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -78,11 +79,7 @@ class Batch:
                 self.idle.append(result.runner_id)
                 watch = {**watch, "recheck_at": self.recheck_at}
             self.add_pending.append(watch)
-        elif result.held and not self.is_idle(doc, result, head):
-            # A finished runner held by an anomaly (malformed counters, a bad model, ...) is
-            # watched for as long as a pending one is read every run: its fixed document is
-            # stamped as the write it fixes, behind the cursor. Idle, it is let go (the daily
-            # full pass reads it): held runners of the past do not grow the list.
+        elif result.held and not self.lets_go(doc, result, head):
             self.add_pending.append(self.watch[result.runner_id])
         else:
             self.drop_pending.append(result.runner_id)
@@ -91,6 +88,21 @@ class Batch:
         """The runners this batch bills usage to: new tokens, or tokens that change kind (a
         reclassification sums to none, but changes an invoice's amounts)."""
         return {entry["runner_id"] for entry in self.entries if has_usage(entry)}
+
+    def lets_go(self, doc: Doc, result: Assessment, head: LedgerHead | None) -> bool:
+        """Whether a finished runner held by an anomaly (malformed counters, a bad model,
+        ...) leaves the pending list. It is watched for as long as a pending runner is read
+        every run, since its fixed document is stamped as the write it fixes, behind the
+        cursor; once idle it is let go, and the daily full pass reads a later fix: held
+        runners of the past do not grow the list. One whose stamp is no finite number (a
+        first write has none) is idle by its end time, and let go at once without one."""
+        stamp = stamp_of(doc)
+        if stamp is not None and math.isfinite(stamp):
+            return self.is_idle(doc, result, head)
+        end_time = doc.get("end_time")
+        return not isinstance(end_time, datetime) or (
+            as_utc(end_time).timestamp() < self.idle_before
+        )
 
     def is_idle(self, doc: Doc, result: Assessment, head: LedgerHead | None) -> bool:
         """A pending runner re-read once an hour (`progress.IDLE_RECHECK`), not every run:

@@ -186,15 +186,18 @@ HELD_FINISHED = {
 }
 
 
+@pytest.mark.parametrize("stamped", [True, False], ids=["stamped", "first write"])
 @pytest.mark.parametrize("kind", HELD_FINISHED)
 def test_a_finished_runner_held_by_an_anomaly_is_billed_by_the_next_run_once_fixed(
-    db, settings, kind
+    db, settings, kind, stamped
 ):
     """Its fixed document is stamped as the held write (stamps lag one write), hours behind
     the cursor: watched like a pending runner, it is billed by the next run, not by the
-    daily full pass (an independent oracle's finding)."""
+    daily full pass (an independent oracle's finding). A first write has no stamp."""
     held = ai_runner("r1", ended=BEFORE, tokens=1_000, stamp=BEFORE.timestamp())
     held["context"].update(HELD_FINISHED[kind])
+    if not stamped:
+        del held["last_updated_db"]
     db.tasks.insert_one(held)
     first = run(db, settings, NOW)
     assert (first.anomalies, billed(db), claims(db)) == ({kind: 1}, 0, {"str:'r1'": None})
@@ -226,6 +229,23 @@ def test_a_held_finished_runner_is_let_go_once_idle_and_the_full_pass_bills_its_
     assert billed(db) == 0
     run(db, settings, NOW + DAY + timedelta(hours=3), full=True)
     assert billed(db) == 700
+
+
+def test_a_held_finished_runner_without_a_stamp_is_let_go_once_its_end_time_is_idle(db, settings):
+    """A first write has no stamp (the changed scan reads it every run): watched until its
+    end time is older than PENDING_IDLE_SECONDS, not forever; without an end time, not at
+    all (`bad_end_time`: a fix is the full pass's)."""
+    unstamped = ai_runner("r1", ended=BEFORE, tokens="12")
+    no_end = ai_runner("r2", ended=BEFORE, tokens=1_000)
+    no_end["end_time"] = "soon"
+    for doc in (unstamped, no_end):
+        del doc["last_updated_db"]
+    db.tasks.insert_many([unstamped, no_end])
+    first = run(db, settings, NOW)
+    assert first.anomalies == {"malformed_counters": 1, "bad_end_time": 1}
+    assert claims(db) == {"str:'r1'": None}
+    run(db, settings, NOW + DAY + timedelta(hours=1))
+    assert claims(db) == {}
 
 
 def test_a_runner_whose_stamp_is_not_a_number_is_read_every_run(db, settings):
