@@ -31,7 +31,7 @@ from pymongo.database import Database
 from pymongo.errors import ConfigurationError, PyMongoError
 
 from chores.core.exceptions import ConfigError, DatabaseUnavailable, SourceIsReadOnly
-from chores.core.settings import Settings
+from chores.core.settings import BILLING_COLLECTIONS, Settings
 
 Doc = dict[str, Any]
 IN_PROCESS_SCHEMES = ("file://", "mongomock://")  # the demo's and tests' stores (`local_store`)
@@ -233,6 +233,7 @@ class Collections:
         return cls(db, settings)
 
     def _billing(self, name: str) -> Collection[Doc]:
+        assert name in BILLING_COLLECTIONS, name  # the names Settings keeps apart from the source
         return self._db[self._settings.collection(name)]
 
     @cached_property

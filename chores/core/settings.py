@@ -16,11 +16,34 @@ from urllib.parse import unquote, urlsplit
 
 from dotenv.parser import parse_stream
 from kombu.utils.url import parse_url as kombu_parse_url
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from redis.connection import parse_url as parse_redis_url
 
 from chores.core.exceptions import ConfigError
+
+# The chore's own collections, each named BILLING_PREFIX + name (`core.db.Collections`).
+BILLING_COLLECTIONS = (
+    "ledger",
+    "dirty",
+    "pending",
+    "cursors",
+    "anomalies",
+    "invoices",
+    "plans",
+    "quota",
+    "quota_events",
+    "runs",
+    "due",
+    "counters",
+)
 
 # URL options that carry a credential, by name (lower-cased, percent-decoded, letters and
 # digits only): anything naming a password, secret, token, key, signature or credential
@@ -224,6 +247,25 @@ class Settings(BaseSettings):
             raise ValueError("must not start with 'system.' (MongoDB's own collections)")
         return name
 
+    @model_validator(mode="after")
+    def _billing_apart_from_the_source(self) -> Settings:
+        """The chore writes its own collections and only reads the platform's: a billing
+        collection named like the tasks or findings collection would write into the source
+        (SPEC §1), so such names are refused at start."""
+        source = {
+            self.tasks_collection: "TASKS_COLLECTION",
+            self.findings_collection: "FINDINGS_COLLECTION",
+        }
+        for name in BILLING_COLLECTIONS:
+            full = self.collection(name)
+            if full in source:
+                raise ValueError(
+                    f"{source[full]}={full!r} is the name of the billing collection {name!r} "
+                    f"(BILLING_PREFIX={self.billing_prefix!r}): the chore would write into "
+                    "the platform's collection; give one of them another name"
+                )
+        return self
+
     def collection(self, name: str) -> str:
         """Name of a billing collection (`ledger` -> `billing_ledger`)."""
         return f"{self.billing_prefix}{name}"
@@ -293,7 +335,10 @@ def settings_problem(exc: ValidationError) -> str:
     """One line for every invalid setting: `NAME='value': what is expected`."""
     problems = []
     for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        if not error["loc"]:  # a check of several settings: its message names them
+            problems.append(str(error["msg"]).removeprefix("Value error, "))
+            continue
+        field = str(error["loc"][0])
         value = error.get("input")
         shown = redact_url(str(value)) if field in SECRET_SETTINGS else str(value)
         said = f" {shown}" if shown == NO_SCHEME else f"={shown!r}"  # not quoted as if set so

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+
+import mongomock
 import pytest
 from click.testing import CliRunner
 from pydantic import ValidationError
@@ -161,6 +164,57 @@ def test_the_billing_prefix_may_be_empty():
     from chores.core.settings import Settings
 
     assert Settings(billing_prefix="").collection("ledger") == "ledger"
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (
+            {"BILLING_PREFIX": "x_", "TASKS_COLLECTION": "x_runs"},
+            "TASKS_COLLECTION='x_runs' is the name of the billing collection 'runs'",
+        ),
+        (
+            {"BILLING_PREFIX": "", "FINDINGS_COLLECTION": "ledger"},
+            "FINDINGS_COLLECTION='ledger' is the name of the billing collection 'ledger'",
+        ),
+        (
+            {"TASKS_COLLECTION": "billing_ledger", "MONGO_URL": "mongodb://u:pw@h/"},
+            "TASKS_COLLECTION='billing_ledger' is the name of the billing collection 'ledger'",
+        ),
+    ],
+)
+def test_a_billing_collection_named_like_a_source_collection_is_refused(monkeypatch, env, says):
+    """The chore would write its run records (or ledger) into the platform's collection,
+    which it only reads (SPEC §1): refused at start, one line, nothing written."""
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["run", "--org", "acme"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1, result.output
+    assert f"Error: invalid setting: {says} (BILLING_PREFIX=" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "pw@" not in result.output
+
+
+def test_every_billing_collection_is_kept_apart_from_the_source():
+    """`Collections` opens only the names the check covers."""
+    from chores.core.db import Collections
+    from chores.core.settings import BILLING_COLLECTIONS
+
+    opened = {
+        name
+        for name, value in vars(Collections).items()
+        if isinstance(value, functools.cached_property) and name not in ("tasks", "findings")
+    }
+    assert opened == set(BILLING_COLLECTIONS)
+    db = mongomock.MongoClient()["main"]
+    collections = Collections.of(db, Settings(mongo_url="mongomock://x"))
+    assert {getattr(collections, name).name for name in opened} == {
+        f"billing_{name}" for name in BILLING_COLLECTIONS
+    }
 
 
 @pytest.mark.parametrize(
