@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 from rich.console import Console
 
 from chores.cli.params import MomentType, PeriodType
@@ -52,10 +52,22 @@ def user_errors(func: F) -> F:
             raise click.ClickException(for_terminal(str(exc))) from None
         except PyMongoError as exc:
             settings = get_settings()
-            message = str(exc).replace(settings.mongo_url, settings.safe_mongo_url)
+            message = database_problem(exc).replace(settings.mongo_url, settings.safe_mongo_url)
             raise click.ClickException(f"database error: {redact_urls(message)}") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def database_problem(exc: PyMongoError) -> str:
+    """A database error as a line: a bulk write's first error and how many there were, not
+    the documents its details hold (a whole ledger entry each)."""
+    if isinstance(exc, BulkWriteError):
+        errors = exc.details.get("writeErrors") or []
+        if errors:
+            first = errors[0]
+            more = f"; {len(errors)} writes of the batch failed" if len(errors) > 1 else ""
+            return f"{first.get('errmsg', 'a write failed')} (code {first.get('code')}{more})"
+    return str(exc)
 
 
 # `now`: an aware datetime (MomentType checked it) or None for the clock.

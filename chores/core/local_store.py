@@ -23,9 +23,11 @@ collection's secondary indexes, so a unique index keeps its meaning across comma
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -37,9 +39,10 @@ from typing import IO, Any
 
 from bson import json_util
 from bson.codec_options import DatetimeConversion
-from bson.errors import InvalidBSON
+from bson.errors import InvalidBSON, InvalidDocument
 from bson.json_util import CANONICAL_JSON_OPTIONS, JSONOptions
 from pymongo import IndexModel
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from chores.core.exceptions import ConfigError
 from chores.core.settings import redact_options
@@ -255,7 +258,18 @@ def _load(path: Path, client: Any) -> str:
         raise ConfigError(f"{path}: not a readable local store ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"{path}: not a local store written by `chore` (no {FORMAT!r} mark)")
-    for db_name, collections in data.get("databases", {}).items():
+    try:
+        _fill(client, data.get("databases", {}))
+    except (AttributeError, KeyError, TypeError, ValueError, InvalidDocument, PyMongoError) as exc:
+        # A file edited by hand: a document MongoDB would not take, a duplicate `_id`, or
+        # not the shape `_save` writes.
+        raise ConfigError(f"{path}: not a readable local store ({_problem(exc)})") from None
+    return text
+
+
+def _fill(client: Any, databases: dict[str, Any]) -> None:
+    """Each database's collections as `_save` wrote them: indexes, then documents."""
+    for db_name, collections in databases.items():
         for name, content in collections.items():
             collection = client[db_name][name]
             # As the chore creates them (`create_indexes` of IndexModels): mongomock takes
@@ -272,7 +286,17 @@ def _load(path: Path, client: Any) -> str:
                 collection.create_indexes(models)
             if content.get("documents"):
                 collection.insert_many(content["documents"])
-    return text
+
+
+def _problem(exc: Exception) -> str:
+    """What is wrong with a store's content, in a few words: a duplicate key's message, not
+    the documents a bulk write's details hold; a missing key named as missing."""
+    if isinstance(exc, BulkWriteError) and exc.details.get("writeErrors"):
+        return str(exc.details["writeErrors"][0].get("errmsg", "a document was refused"))
+    if isinstance(exc, KeyError):
+        return f"no {exc} where one was expected"
+    text = str(exc)
+    return text if len(text) <= 200 else f"{text[:197]}..."
 
 
 def _save(store: LocalStore) -> bool:
@@ -300,6 +324,7 @@ def _save(store: LocalStore) -> bool:
     )
     if text == store.loaded:
         return False
+    mode = _writable_mode(store.path)
     try:
         handle, temp = tempfile.mkstemp(dir=store.path.parent, prefix=f".{store.path.name}.")
     except OSError as exc:
@@ -307,6 +332,8 @@ def _save(store: LocalStore) -> bool:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+        if mode is not None:
+            os.chmod(temp, mode)
         os.replace(temp, store.path)
     except BaseException as exc:
         Path(temp).unlink(missing_ok=True)
@@ -314,6 +341,21 @@ def _save(store: LocalStore) -> bool:
             raise _not_saved(store.path, exc) from None
         raise
     return True
+
+
+def _writable_mode(path: Path) -> int | None:
+    """The permission bits of the store's file, kept by the file that replaces it (None:
+    no file yet). A file made read-only (no write bit, or not writable by this user) is
+    not replaced: its owner meant it to stay as it is (root could replace it)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _not_saved(path, exc) from None
+    if not mode & 0o222 or not os.access(path, os.W_OK):
+        raise _not_saved(path, PermissionError(errno.EACCES, "the file is read-only"))
+    return mode
 
 
 def _not_saved(path: Path, exc: OSError) -> ConfigError:

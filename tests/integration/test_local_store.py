@@ -361,6 +361,71 @@ def test_a_store_that_cannot_be_written_is_one_line_that_says_the_writes_are_los
     assert "Traceback" not in result.output and store.read_text() == before
 
 
+def plan_set(store: Path) -> Any:
+    """A writing command on `store`, in this process."""
+    try:
+        os.environ["MONGO_URL"] = f"file://{store}"
+        get_settings.cache_clear()
+        return CliRunner().invoke(
+            main, ["plan", "set", "--org", "acme", "--token-limit", "7M", "--now", NOW]
+        )
+    finally:
+        del os.environ["MONGO_URL"]
+        get_settings.cache_clear()
+
+
+def test_a_read_only_store_is_not_replaced_and_a_writable_one_keeps_its_mode(tmp_path):
+    """A file its owner made read-only stays as it was (the directory would let a rename
+    replace it, with a file of mode 0600: outside review), and a saved store keeps the
+    permission bits of the file it replaces."""
+    store = tmp_path / "store.json"
+    assert CliRunner().invoke(main, ["demo", "--store", str(store), "--now", NOW]).exit_code == 0
+    before = store.read_text()
+    store.chmod(0o444)
+    refused = plan_set(store)
+    assert refused.exit_code == 1
+    assert refused.output.splitlines()[-1] == (
+        f"Error: cannot write the local store {store}: the file is read-only; "
+        "this command's writes are lost"
+    )
+    assert store.read_text() == before and store.stat().st_mode & 0o777 == 0o444
+    store.chmod(0o640)
+    assert plan_set(store).exit_code == 0
+    assert store.read_text() != before and store.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ({"main": {"tasks": {"documents": [{"$weird": 1}]}}}, 'cannot start with the "$"'),
+        ({"main": {"tasks": {"indexes": [{"name": "i"}]}}}, "no 'key' where one was expected"),
+        ({"main": {"tasks": "no collection"}}, "'str' object has no attribute 'get'"),
+        ({"main": ["a", "list"]}, "'list' object has no attribute 'items'"),
+        ({"main": {"tasks": {"documents": {"_id": 1}}}}, "must be an instance of dict"),
+        ({"main": {"tasks": {"documents": [{"_id": 1}, {"_id": 1}]}}}, "Duplicate Key"),
+    ],
+    ids=["dollar key", "index without key", "collection", "database", "documents", "dup id"],
+)
+def test_a_store_edited_into_another_shape_is_one_line(tmp_path, monkeypatch, content, says):
+    """Valid JSON with the format mark, but not what the chore writes (edited by hand):
+    one line, no traceback, nor the documents a duplicate key's details hold."""
+    store = tmp_path / "store.json"
+    store.write_text(
+        json.dumps({"format": "chore-local-store", "version": 1, "databases": content})
+    )
+    before = store.read_text()
+    monkeypatch.setenv("MONGO_URL", f"file://{store}")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["status"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {store}: not a readable local store (")
+    assert says in result.output and len(result.output.splitlines()) == 1
+    assert store.read_text() == before
+
+
 def test_a_store_that_cannot_be_created_is_one_line(tmp_path):
     (tmp_path / "a-file").write_text("")
     result = CliRunner().invoke(main, ["demo", "--store", str(tmp_path / "a-file" / "s.json")])

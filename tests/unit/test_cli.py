@@ -888,3 +888,25 @@ def test_the_run_says_which_anomalies_are_new(cli_db):
     cli_db.billing_anomalies.update_many({"kind": "no_org"}, {"$set": {"resolved": True}})
     reopened = invoke("run", "--all", "--full", *NOW_ARG)
     assert "2 anomalies (1 new)" in reopened.output
+
+
+def test_a_bulk_write_error_is_one_short_line_without_the_documents_it_holds():
+    """A duplicate key in a bulk write (a store edited by hand) is its first error and a
+    count, not every refused document (a whole ledger entry each: outside review)."""
+    import click
+    from pymongo.errors import BulkWriteError
+
+    from chores.cli.common import user_errors
+
+    refused = {"_id": "r1:1", "org": "acme", "amount_micros_exact": "12402.4"}
+    error = {"index": 0, "code": 11000, "errmsg": "E11000 duplicate key", "op": refused}
+
+    @user_errors
+    def command() -> None:
+        raise BulkWriteError({"writeErrors": [error, {**error, "index": 1}], "nInserted": 0})
+
+    with pytest.raises(click.ClickException) as raised:
+        command()
+    assert raised.value.message == (
+        "database error: E11000 duplicate key (code 11000; 2 writes of the batch failed)"
+    )
