@@ -11,9 +11,11 @@ from typing import Any
 
 import click
 from pydantic import ValidationError
+from pymongo.errors import PyMongoError
 from rich.console import Console
 from rich.markup import escape
 
+from chores.billing.known_orgs import unknown_org_note
 from chores.cli import tables
 from chores.cli.common import EXIT_REFUSED, console, now_option, user_errors
 from chores.cli.params import OneLineGroup
@@ -28,6 +30,7 @@ from chores.core.settings import MAX_INT64, Plan, get_settings
 from chores.core.wording import for_terminal
 from chores.quota.cache import SERVER_SCHEMES
 from chores.quota.decisions import (
+    NO_DECISION,
     STORED_STATES,
     StoredDecision,
     plan_error,
@@ -134,9 +137,23 @@ def quota_check(org: str, estimate: int, as_json: bool, now: datetime | None) ->
             decision = check_quota(
                 db, org, estimated_tokens=estimate, now=now, settings=settings, ask_mirror=False
             )
+            if decision.reason.startswith(NO_DECISION):
+                _note_unknown_org(Collections.of(db, settings), org)
     click.echo(decision.model_dump_json(indent=2) if as_json else for_terminal(decision.summary()))
     if not decision.allowed:
         sys.exit(EXIT_REFUSED)
+
+
+def _note_unknown_org(collections: Collections, org: str) -> None:
+    """A note on stderr when the billing knows nothing of `org` (no invoice, no plan),
+    naming the known ids like it: a mistyped id is said, not answered for silently. A
+    database error only leaves the note out."""
+    try:
+        note = unknown_org_note(collections, org)
+    except PyMongoError:
+        return
+    if note is not None:
+        click.echo(f"note: {for_terminal(note)}", err=True)
 
 
 @click.group(cls=OneLineGroup)
@@ -195,6 +212,7 @@ def plan_set(
             f"{org} already has a decision for {later}, after --now's {period}: a plan "
             "applies from the latest month on; nothing was changed"
         )
+    _note_unknown_org(collections, org)  # before the plan makes it known
     # A new plan starts from the default one: what is not given keeps the value it had.
     defaults = {k: v for k, v in settings.default_plan.model_dump().items() if k not in changes}
     changes["updated_at"] = now

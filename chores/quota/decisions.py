@@ -33,6 +33,7 @@ from chores.quota.cache import QuotaCache, is_named_store, namespace
 log = logging.getLogger(__name__)
 State = Literal["ok", "warn", "block", "unknown"]
 STORED_STATES = ("ok", "warn", "block")  # what `evaluate` decides; `unknown` is never stored
+NO_DECISION = "no quota decision yet"  # the reason of an org no run decided for
 INVALID_PLAN = "invalid plan"  # what a run reports for an org whose plan cannot be read
 # On the decision that changed its org's state only: the state it changed from (its event)
 CHANGED_FROM = "changed_from"
@@ -518,7 +519,7 @@ class Quota:
                 doc = None
                 reason = "billing database unavailable"
             else:
-                reason = "no quota decision yet"
+                reason = NO_DECISION
             if doc is None:
                 return unknown_decision(org, period_of(now), reason, settings)
             # Not mirrored: what a check read may be older than a decision written and

@@ -114,6 +114,16 @@ def test_a_mistyped_org_is_said_with_the_known_ids_like_it(cli_db):
     assert quiet.exit_code == 0 and quiet.output == ""
     finalized = CliRunner().invoke(main, ["finalize", *typo, *NOW_ARG])
     assert finalized.exit_code == 0 and note in finalized.stderr
+    check = CliRunner().invoke(main, ["quota", "check", *typo, "--json", *NOW_ARG])
+    assert check.exit_code == 0 and json.loads(check.stdout)["state"] == "unknown"
+    assert f"{note} to it yet; did you mean 'ws-acme'?" in check.stderr
+    known = CliRunner().invoke(main, ["quota", "check", "--org", "ws-acme", *NOW_ARG])
+    assert known.exit_code == 0 and known.stderr == ""
+    planned = CliRunner().invoke(main, ["plan", "set", *typo, "--token-limit", "1M", *NOW_ARG])
+    assert planned.exit_code == 0 and "ws-acmee: token limit 1,000,000 tokens" in planned.stdout
+    assert f"{note} to it yet; did you mean 'ws-acme'?" in planned.stderr  # set all the same
+    again = CliRunner().invoke(main, ["plan", "set", *typo, "--token-limit", "2M", *NOW_ARG])
+    assert again.exit_code == 0 and note not in again.stderr  # its plan makes it known
     for command in (["invoice", "show"], ["reconcile"]):
         missing = CliRunner().invoke(main, [*command, *typo, "--period", "2026-11", *NOW_ARG])
         assert missing.exit_code == 1
