@@ -137,7 +137,7 @@ def quota_check(org: str, estimate: int, as_json: bool, now: datetime | None) ->
             decision = check_quota(
                 db, org, estimated_tokens=estimate, now=now, settings=settings, ask_mirror=False
             )
-            if decision.reason.startswith(NO_DECISION):
+            if decision.reason.startswith(NO_DECISION) and not as_json:  # scripts: no note
                 _note_unknown_org(Collections.of(db, settings), org)
     click.echo(decision.model_dump_json(indent=2) if as_json else for_terminal(decision.summary()))
     if not decision.allowed:

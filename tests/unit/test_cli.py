@@ -106,9 +106,11 @@ def test_a_mistyped_org_is_said_with_the_known_ids_like_it(cli_db):
     typo = ["--org", "ws-acmee"]
     note = "note: org 'ws-acmee' has no invoice of any month and no plan: nothing was billed"
     # (before a run of the mistyped id: that stores a decision for it)
-    check = CliRunner().invoke(main, ["quota", "check", *typo, "--json", *NOW_ARG])
-    assert check.exit_code == 0 and json.loads(check.stdout)["state"] == "unknown"
+    check = CliRunner().invoke(main, ["quota", "check", *typo, *NOW_ARG])
+    assert check.exit_code == 0 and "ws-acmee: unknown — no quota decision yet" in check.stdout
     assert f"{note} to it yet; did you mean 'ws-acme'?" in check.stderr
+    check_json = CliRunner().invoke(main, ["quota", "check", *typo, "--json", *NOW_ARG])
+    assert json.loads(check_json.output)["state"] == "unknown"  # machine output: no note
     known = CliRunner().invoke(main, ["quota", "check", "--org", "ws-acme", *NOW_ARG])
     assert known.exit_code == 0 and "did you mean" not in known.stderr
     run = CliRunner().invoke(main, ["run", *typo, *NOW_ARG])
