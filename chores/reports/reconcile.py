@@ -7,9 +7,10 @@ it was observed in while running, late lines of a finalized month, this org's sh
 runner whose org changed); where they do not, or the ledger never billed it, at its
 `end_time` (at `now` while it runs), from the source alone. A runner billed here whose
 document names another org now (or none) is settled here: its share is expected as billed.
-A runner still running and pending (the next run reads it) whose own counters all grew
-since its ledger head (that entry this org's, its entries under every org adding up to it)
-is no disagreement: listed as not metered yet, expected as billed so far. Its latest entry
+A runner on the pending list (the next run reads it: still running, or ended since) whose
+own counters all grew since its ledger head (that entry this org's, its entries under every
+org adding up to it) is no disagreement: listed as not metered yet, expected as billed so
+far. Its latest entry
 lost is then seen only on the lines (the invoice holds it).
 The expected lines, late ones included, are priced and compared line by line with the
 stored invoice, whose total and unpriced tokens are checked against its own lines. The
@@ -95,8 +96,9 @@ class Reconciliation(BaseModel):
     late_tokens: int
     runners: list[RunnerCheck]
     problems: list[str] = []  # where the invoice disagrees with its own lines
-    # Runners still running whose documents are ahead of the ledger, by growth alone: the
-    # next run bills it. Expected as billed so far; no mismatch.
+    # Runners on the pending list (still running, or ended since the last run) whose
+    # documents are ahead of the ledger, by growth alone: the next run bills it. Expected as
+    # billed so far; no mismatch.
     running: list[RunnerCheck] = []
     # Runners billed here whose documents name another org now (or none): what they were
     # billed here is their share, settled (no run of this org bills them again). Listed
@@ -186,8 +188,9 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
                     runner_id=runner_id,
                     source_tokens=source.tokens.tokens,
                     ledger_tokens=billed.tokens,
-                    note=f"still running: {source.tokens.tokens - billed.tokens:,} tokens "
-                    "not metered yet (the next run bills them)",
+                    note=f"{'still running' if source.running else 'ended'}: "
+                    f"{source.tokens.tokens - billed.tokens:,} tokens not metered yet (it is on "
+                    "the pending list: the next run bills them)",
                 )
             )
         if agree or behind:
@@ -285,16 +288,19 @@ def _disagreement(source: _SourceUsage | None, billed: Breakdown, moved: bool) -
             else "the same tokens, split by kind otherwise than the source shows: a ledger "
             "entry was edited"
         )
-    return "the source shows more tokens than were billed, and no run will bill them" + elsewhere
+    return (
+        "the source shows more tokens than were billed, and no run but a full pass (`chore run "
+        "--full`) reads it again" + elsewhere
+    )
 
 
 def _grown_since_billed(source: _SourceUsage, billed_up_to: Counters | None) -> bool:
-    """A runner still running whose own counters are all at least those its complete ledger
-    (no entry missing) billed up to: usage since the last run, which the next run bills
-    (tokens that changed kind, as a split or a cached count catches up, included)."""
+    """A runner whose own counters are all at least those its complete ledger (no entry
+    missing) billed up to: usage since the last run, which the next run bills if the runner
+    is on the pending list (still running, or ended since; tokens that changed kind, as a
+    split or a cached count catches up, included)."""
     return (
-        source.running
-        and billed_up_to is not None
+        billed_up_to is not None
         and source.counters is not None
         and all(now >= then for now, then in zip(source.counters, billed_up_to, strict=True))
     )

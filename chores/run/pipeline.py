@@ -6,7 +6,6 @@ safe (`Pipeline.process`; docs/design.md).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,6 +45,7 @@ class Batch:
     # (`is_idle`): its claim says to re-read it at `recheck_at`, not every run.
     idle_before: float
     recheck_at: datetime
+    latest: float  # `now` + FUTURE_SKEW_SECONDS: a time after it is garbage
     entries: list[Doc] = field(default_factory=list)  # the new ledger entries
     anomalies: list[AnomalyRecord] = field(default_factory=list)
     dirty: set[tuple[str, str]] = field(default_factory=set)  # invoices the entries change
@@ -79,8 +79,8 @@ class Batch:
                 self.idle.append(result.runner_id)
                 watch = {**watch, "recheck_at": self.recheck_at}
             self.add_pending.append(watch)
-        elif result.held and not self.lets_go(doc, result, head):
-            self.add_pending.append(self.watch[result.runner_id])
+        elif result.held and not self.lets_go(doc, head):
+            self.add_pending.append({**self.watch[result.runner_id], "recheck_at": self.recheck_at})
         else:
             self.drop_pending.append(result.runner_id)
 
@@ -89,20 +89,21 @@ class Batch:
         reclassification sums to none, but changes an invoice's amounts)."""
         return {entry["runner_id"] for entry in self.entries if has_usage(entry)}
 
-    def lets_go(self, doc: Doc, result: Assessment, head: LedgerHead | None) -> bool:
+    def lets_go(self, doc: Doc, head: LedgerHead | None) -> bool:
         """Whether a finished runner held by an anomaly (malformed counters, a bad model,
-        ...) leaves the pending list. It is watched for as long as a pending runner is read
-        every run, since its fixed document is stamped as the write it fixes, behind the
-        cursor; once idle it is let go, and the daily full pass reads a later fix: held
-        runners of the past do not grow the list. One whose stamp is no finite number (a
-        first write has none) is idle by its end time, and let go at once without one."""
-        stamp = stamp_of(doc)
-        if stamp is not None and math.isfinite(stamp):
-            return self.is_idle(doc, result, head)
+        ...) leaves the pending list. Its fixed document is stamped as the write it fixes,
+        behind the cursor, so its claim has it re-read once an hour (`recheck_at`: its org
+        is not metered at every tick for it) for as long as its stamp, its end time or its
+        last billing is younger than PENDING_IDLE_SECONDS. Then it is let go, and the daily
+        full pass reads a later fix: held runners of the past do not grow the list. A time
+        further ahead of `now` than FUTURE_SKEW_SECONDS (garbage) counts for nothing."""
         end_time = doc.get("end_time")
-        return not isinstance(end_time, datetime) or (
-            as_utc(end_time).timestamp() < self.idle_before
+        times = (
+            stamp_of(doc),
+            as_utc(end_time).timestamp() if isinstance(end_time, datetime) else None,
+            None if head is None or head.billed_at is None else as_utc(head.billed_at).timestamp(),
         )
+        return not any(t is not None and self.idle_before <= t <= self.latest for t in times)
 
     def is_idle(self, doc: Doc, result: Assessment, head: LedgerHead | None) -> bool:
         """A pending runner re-read once an hour (`progress.IDLE_RECHECK`), not every run:
@@ -238,6 +239,7 @@ class Pipeline:
         batch = Batch(
             idle_before=now.timestamp() - self.settings.pending_idle_seconds,
             recheck_at=next_recheck(now),
+            latest=now.timestamp() + self.settings.future_skew_seconds,
         )
         for doc, result in assessed:
             if org is not None and result.org not in (None, org):

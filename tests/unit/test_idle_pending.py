@@ -22,7 +22,7 @@ from chores import Settings, run_chore
 from chores.cli import main
 from chores.core.db import Collections
 from chores.core.periods import as_utc
-from chores.metering.progress import IDLE_RECHECK, Progress
+from chores.metering.progress import IDLE_RECHECK, Progress, next_recheck
 from chores.run.report import RunReport
 from chores.tasks import FANOUT_SCOPE, orgs_with_new_usage
 
@@ -188,44 +188,76 @@ HELD_FINISHED = {
 
 @pytest.mark.parametrize("stamped", [True, False], ids=["stamped", "first write"])
 @pytest.mark.parametrize("kind", HELD_FINISHED)
-def test_a_finished_runner_held_by_an_anomaly_is_billed_by_the_next_run_once_fixed(
+def test_a_finished_runner_held_by_an_anomaly_is_billed_within_the_hour_once_fixed(
     db, settings, kind, stamped
 ):
     """Its fixed document is stamped as the held write (stamps lag one write), hours behind
-    the cursor: watched like a pending runner, it is billed by the next run, not by the
-    daily full pass (an independent oracle's finding). A first write has no stamp."""
-    held = ai_runner("r1", ended=BEFORE, tokens=1_000, stamp=BEFORE.timestamp())
+    the cursor: re-read once an hour, it is billed within the hour, not by the daily full
+    pass (an independent oracle's finding); its org is not metered at every tick for it.
+    A first write has no stamp."""
+    stamp = (NOW - timedelta(hours=2)).timestamp()  # behind the cursor's look-back
+    held = ai_runner("r1", ended=BEFORE, tokens=1_000, stamp=stamp)
     held["context"].update(HELD_FINISHED[kind])
     if not stamped:
         del held["last_updated_db"]
     db.tasks.insert_one(held)
     first = run(db, settings, NOW)
-    assert (first.anomalies, billed(db), claims(db)) == ({kind: 1}, 0, {"str:'r1'": None})
-    fixed = ai_runner("r1", ended=BEFORE, tokens=1_000, stamp=BEFORE.timestamp())
+    assert (first.anomalies, billed(db)) == ({kind: 1}, 0)
+    assert claims(db) == {"str:'r1'": next_recheck(NOW)}
+    fixed = ai_runner("r1", ended=BEFORE, tokens=1_000, stamp=stamp)
     db.tasks.replace_one({"_id": "r1"}, fixed)
-    run(db, settings, NOW + timedelta(hours=3))
-    assert (billed(db), claims(db)) == (1_000, {})
+    before_due = next_recheck(NOW) - timedelta(minutes=1)
+    # as a fan-out would have left its cursor: at the newest stamp it saw
+    Progress(Collections.of(db, settings)).advance_cursor(FANOUT_SCOPE, NOW.timestamp())
+    assert "acme" not in orgs_with_new_usage(db, settings, now=before_due)[0]
+    assert "acme" in orgs_with_new_usage(db, settings, now=next_recheck(NOW))[0]
+    assert run(db, settings, before_due).docs_read == OTHERS  # not due: not read
+    assert billed(db) == 0
+    due = run(db, settings, next_recheck(NOW))
+    assert (due.docs_read, billed(db), claims(db)) == (1 + OTHERS, 1_000, {})
     (anomaly,) = db.billing_anomalies.find({"runner_id": "str:'r1'"})
     assert anomaly["resolved"] is True
     run(db, settings, NOW + timedelta(hours=4), full=True)
     assert billed(db) == 1_000
 
 
+def test_a_held_last_write_after_a_long_pause_is_watched_by_its_end_time(db, settings):
+    """A runner billed while running, then silent for more than PENDING_IDLE_SECONDS, whose
+    last write is held: that write is stamped as the one before, a day old, but it ended
+    now: watched for a day from its end (review of the first cut, which let it go at once)."""
+    db.tasks.insert_one(running("r1", 1_000))
+    run(db, settings, NOW)
+    ended = NOW + 2 * DAY
+    last = ai_runner("r1", ended=ended, tokens=1_500, stamp=BEFORE.timestamp(), ai_model=4)
+    db.tasks.replace_one({"_id": "r1"}, last)
+    held = run(db, settings, ended + timedelta(minutes=5))
+    assert (held.anomalies, billed(db)) == ({"bad_model": 1}, 1_000)
+    assert list(claims(db)) == ["str:'r1'"]
+    fixed = ai_runner("r1", ended=ended, tokens=1_500, stamp=BEFORE.timestamp())
+    db.tasks.replace_one({"_id": "r1"}, fixed)
+    run(db, settings, ended + 2 * IDLE_RECHECK)
+    assert (billed(db), claims(db)) == (1_500, {})
+
+
 def test_a_held_finished_runner_is_let_go_once_idle_and_the_full_pass_bills_its_fix(db, settings):
-    """Held runners of the past do not grow the pending list: one stamped more than
-    PENDING_IDLE_SECONDS ago is not watched (nor re-read hourly), and one watched goes once
-    it is idle. A fix after that is the daily full pass's."""
+    """Held runners of the past do not grow the pending list: one whose stamp, end time and
+    last billing are all older than PENDING_IDLE_SECONDS is not watched, and one watched
+    goes once it is idle, as do times further ahead than FUTURE_SKEW_SECONDS (garbage). A
+    fix after that is the daily full pass's."""
     old = ai_runner("r0", ended=NOW - 3 * DAY, tokens="12", stamp=(NOW - 3 * DAY).timestamp())
     fresh = ai_runner("r1", ended=BEFORE, tokens="12", stamp=BEFORE.timestamp())
-    db.tasks.insert_many([old, fresh])
+    ahead = ai_runner("r2", ended=BEFORE, tokens="12", stamp=(NOW + 400 * DAY).timestamp())
+    far_end = ai_runner("r3", ended=NOW + 500 * DAY, tokens=1_000)
+    del far_end["last_updated_db"]
+    db.tasks.insert_many([old, fresh, ahead, far_end])
     run(db, settings, NOW, full=True)
-    assert claims(db) == {"str:'r1'": None}
+    assert set(claims(db)) == {"str:'r1'", "str:'r2'"}  # r2: by its end time
     later = run(db, settings, NOW + DAY + timedelta(hours=1))
-    assert (later.docs_read, later.idle_runners, claims(db)) == (1 + OTHERS, 0, {})
+    assert (later.idle_runners, claims(db)) == (0, {})
     db.tasks.replace_one(
         {"_id": "r1"}, ai_runner("r1", ended=BEFORE, tokens=700, stamp=BEFORE.timestamp())
     )
-    assert run(db, settings, NOW + DAY + timedelta(hours=2)).docs_read == OTHERS
+    run(db, settings, NOW + DAY + timedelta(hours=2))
     assert billed(db) == 0
     run(db, settings, NOW + DAY + timedelta(hours=3), full=True)
     assert billed(db) == 700
@@ -243,7 +275,7 @@ def test_a_held_finished_runner_without_a_stamp_is_let_go_once_its_end_time_is_i
     db.tasks.insert_many([unstamped, no_end])
     first = run(db, settings, NOW)
     assert first.anomalies == {"malformed_counters": 1, "bad_end_time": 1}
-    assert claims(db) == {"str:'r1'": None}
+    assert list(claims(db)) == ["str:'r1'"]
     run(db, settings, NOW + DAY + timedelta(hours=1))
     assert claims(db) == {}
 

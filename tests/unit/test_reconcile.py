@@ -530,7 +530,7 @@ def test_a_runner_still_running_ahead_of_the_ledger_is_listed_not_a_mismatch(env
     assert grown.exit_code == 0, grown.output
     assert (
         "runner str:'r': source 5,500 tokens, ledger 3,300 — still running: 2,200 tokens "
-        "not metered yet (the next run bills them)"
+        "not metered yet (it is on the pending list: the next run bills them)"
     ) in grown.output
     report = json.loads(CliRunner().invoke(main, [*args, "--json"]).stdout)
     assert report["ok"] is True and report["runners"] == [] and len(report["running"]) == 1
@@ -566,6 +566,46 @@ def test_a_running_runner_no_run_will_read_again_is_a_mismatch(db, settings, reg
     lost = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
     assert not lost.ok and lost.running == []
     assert [(r.source_tokens, r.ledger_tokens) for r in lost.runners] == [(3_300, 1_100)]
+
+
+@pytest.mark.parametrize("last_write", ["ended", "held then fixed"])
+def test_a_runner_that_ended_since_the_last_run_is_listed_not_a_mismatch(
+    db, settings, registry, last_write
+):
+    """A runner billed while running whose last write (its end) the next run bills: on the
+    pending list, as a runner still running is, so neither is a mismatch, nor "no run will
+    bill them" (review: the check asked for a runner still running). So is a finished runner
+    held by an anomaly whose document was fixed since: its claim keeps it read."""
+    from datetime import timedelta
+
+    db.tasks.insert_one(_running("r", 1_000, 100, minutes=30))
+    run_chore(db, now=NOW - timedelta(minutes=20), registry=registry, settings=settings)
+    # each write stamped as the one before it
+    end = NOW - timedelta(minutes=15)
+    ended = {**_running("r", 3_000, 300, minutes=25), "status": "SUCCESS", "end_time": end}
+    if last_write == "held then fixed":
+        held = {**ended, "context": {**ended["context"], "ai_model": 4}}
+        db.tasks.replace_one({"_id": "r"}, held)
+        report = run_chore(
+            db, now=NOW - timedelta(minutes=10), registry=registry, settings=settings
+        )
+        assert report.anomalies == {"bad_model": 1}
+        ended["last_updated_db"] = (NOW - timedelta(minutes=12)).timestamp()
+    db.tasks.replace_one({"_id": "r"}, ended)
+    listed = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert listed.ok and listed.runners == []
+    (runner,) = listed.running
+    assert (runner.source_tokens, runner.ledger_tokens) == (3_300, 1_100)
+    assert runner.note == (
+        "ended: 2,200 tokens not metered yet (it is on the pending list: the next run bills them)"
+    )
+    db.billing_pending.delete_many({})  # no run reads it again but a full pass
+    lost = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert not lost.ok and lost.running == []
+    assert lost.runners[0].note == (
+        "the source shows more tokens than were billed, and no run but a full pass (`chore run "
+        "--full`) reads it again"
+    )
 
 
 @pytest.mark.parametrize(
