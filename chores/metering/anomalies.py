@@ -86,6 +86,15 @@ class AnomalyLog:
             for d in cursor
         }
 
+    def open_for(self, runner_ids: Sequence[str]) -> set[str]:
+        """Which of `runner_ids` have an anomaly not resolved (one read, when any)."""
+        if not runner_ids:
+            return set()
+        cursor = self._anomalies.find(
+            {"runner_id": {"$in": list(runner_ids)}, "resolved": False}, {"runner_id": 1}
+        )
+        return {doc["runner_id"] for doc in cursor}
+
     def record(
         self,
         records: Sequence[AnomalyRecord],

@@ -35,6 +35,11 @@ from chores.core.writes import insert_ignoring_duplicates
 ALL_ORGS = "*"
 
 
+def cursor_scope(org: str | None) -> str:
+    """The cursor of the runs of `org` (`org:acme`), or of every org (`*`)."""
+    return f"org:{org}" if org is not None else ALL_ORGS
+
+
 def full_pass_scope(scope: str) -> str:
     """The cursor of a full pass over `scope` in progress (`full:org:acme`, `full:*`)."""
     return f"full:{scope}"
@@ -128,14 +133,16 @@ class Progress:
         insert_ignoring_duplicates(self._c.pending, claims)
         return claims
 
-    def claimed(self, org: str, runner_ids: Sequence[str]) -> set[str]:
-        """Which of `org`'s `runner_ids` are pending (any claim on them, due or not): runs
-        read them until they are billed in full. One read of the org's claims (by index)."""
+    def claimed(self, org: str | None, runner_ids: Sequence[str]) -> set[str]:
+        """Which of `org`'s `runner_ids` (of any org's when None) are pending (any claim on
+        them, due or not): runs read them until they are billed in full. One read of the
+        claims (by index)."""
         if not runner_ids:
             return set()
         ids = list(runner_ids)
         either = [{"runner_id": {"$in": ids}}, {"_id": {"$in": ids}}]  # legacy: by `_id`
-        claims = self._c.pending.find({"org": org, "$or": either}, {"runner_id": 1})
+        query: Doc = {"$or": either} if org is None else {"org": org, "$or": either}
+        claims = self._c.pending.find(query, {"runner_id": 1})
         return {runner_of(claim) for claim in claims}
 
     def release_pending(self, done: Iterable[str], kept: Iterable[str] = ()) -> None:

@@ -7,10 +7,11 @@ it was observed in while running, late lines of a finalized month, this org's sh
 runner whose org changed); where they do not, or the ledger never billed it, at its
 `end_time` (at `now` while it runs), from the source alone. A runner billed here whose
 document names another org now (or none) is settled here: its share is expected as billed.
-A runner on the pending list (the next run reads it: still running, or ended since) whose
-own counters all grew since its ledger head (that entry this org's, its entries under every
-org adding up to it) is no disagreement: listed as not metered yet, expected as billed so
-far. Its latest entry
+A runner the next run reads (on any pending list, or stamped within its scan of changed
+runners) whose own counters all grew since its ledger head (that entry this org's, its
+entries under every org adding up to it), or that no entry billed yet (written after every
+run, or held by an anomaly since its start and fixed), is no disagreement: listed as not
+metered yet, expected as billed so far. Its latest entry
 lost is then seen only on the lines (the invoice holds it).
 The expected lines, late ones included, are priced and compared line by line with the
 stored invoice, whose total and unpriced tokens are checked against its own lines. The
@@ -44,9 +45,10 @@ from chores.metering.lines import (
     price_group,
     price_lines,
 )
+from chores.metering.progress import cursor_scope
 from chores.metering.rules import Rules, org_of
 from chores.metering.runner_keys import runner_key, source_id_of
-from chores.metering.source import chunked
+from chores.metering.source import LOWEST_STAMP, chunked, stamp_of
 from chores.run.pipeline import Pipeline
 from pricing import Registry
 
@@ -153,16 +155,16 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     runner_checks = []
     running = []
     moved: list[RunnerCheck] = []
-    grown = [
-        runner_id
-        for runner_id, source in sources.items()
-        if source.tokens != ledger.everywhere.get(runner_id)
-        and _grown_since_billed(source, ledger.billed_up_to(runner_id))
-    ]
-    # Only a runner on the pending list is read by the next run whatever its stamp: one
-    # that lost its claim may never be (a metering gap, which is a mismatch here).
-    watched = set().union(
-        *(meter.progress.claimed(org, ids) for ids in chunked(grown, meter.settings.batch_size))
+    cursors = _cursors(meter, org)
+    grown = _grown(meter, sources, ledger, cursors)
+    # What the next run reads: a runner on the pending list (claimed by any org's runs: one
+    # whose document names another org now is handed over), whatever its stamp, and one
+    # stamped where its scan of changed runners starts or later. One that lost its claim
+    # and is stamped behind the cursors may never be read (a metering gap, a mismatch here).
+    since = min(cursors) - meter.settings.lookback_seconds if cursors else None
+    watched = {r for r in grown if _read_by_changed_scan(sources[r].stamp, since)}
+    watched |= set().union(
+        *(meter.progress.claimed(None, ids) for ids in chunked(grown, meter.settings.batch_size))
     )
     for runner_id in sorted(set(sources) | set(ledger.here)):
         source = sources.get(runner_id)
@@ -189,8 +191,8 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
                     source_tokens=source.tokens.tokens,
                     ledger_tokens=billed.tokens,
                     note=f"{'still running' if source.running else 'ended'}: "
-                    f"{source.tokens.tokens - billed.tokens:,} tokens not metered yet (it is on "
-                    "the pending list: the next run bills them)",
+                    f"{source.tokens.tokens - billed.tokens:,} tokens not metered yet (the "
+                    "next run reads it and bills them)",
                 )
             )
         if agree or behind:
@@ -290,20 +292,63 @@ def _disagreement(source: _SourceUsage | None, billed: Breakdown, moved: bool) -
         )
     return (
         "the source shows more tokens than were billed, and no run but a full pass (`chore run "
-        "--full`) reads it again" + elsewhere
+        "--full`) reads it again (it is on no pending list, stamped before the runs' cursors)"
+        + elsewhere
     )
 
 
-def _grown_since_billed(source: _SourceUsage, billed_up_to: Counters | None) -> bool:
-    """A runner whose own counters are all at least those its complete ledger (no entry
-    missing) billed up to: usage since the last run, which the next run bills if the runner
-    is on the pending list (still running, or ended since; tokens that changed kind, as a
-    split or a cached count catches up, included)."""
-    return (
-        billed_up_to is not None
-        and source.counters is not None
-        and all(now >= then for now, then in zip(source.counters, billed_up_to, strict=True))
+def _grown(
+    meter: Pipeline, sources: dict[str, _SourceUsage], ledger: _LedgerUsage, cursors: list[float]
+) -> list[str]:
+    """The runners whose documents are ahead of the ledger by growth alone: usage since the
+    last run, which the next run bills if it reads them. One billed before: its own counters
+    all at least those its complete ledger (no entry missing) billed up to. One no entry of
+    any org billed: a version no run read yet (stamped after every cursor), or one held by
+    an anomaly still open (fixed since). Any other runner without an entry may have lost its
+    only one, which the draft still holds: a mismatch."""
+    grown = []
+    never_billed = []
+    for runner_id, source in sources.items():
+        if source.counters is None or source.tokens == ledger.everywhere.get(runner_id):
+            continue
+        if runner_id not in ledger.head:
+            never_billed.append(runner_id)
+        elif _grown_since_billed(source.counters, ledger.billed_up_to(runner_id)):
+            grown.append(runner_id)
+    newest = max(cursors, default=None)
+    unread = [r for r in never_billed if _after(sources[r].stamp, newest)]
+    held = meter.anomalies.open_for([r for r in never_billed if r not in unread])
+    return [*grown, *unread, *(r for r in never_billed if r in held)]
+
+
+def _grown_since_billed(counters: Counters, billed_up_to: Counters | None) -> bool:
+    """Counters all at least those a runner's complete ledger billed up to (tokens that
+    changed kind, as a split or a cached count catches up, included)."""
+    return billed_up_to is not None and all(
+        now >= then for now, then in zip(counters, billed_up_to, strict=True)
     )
+
+
+def _after(stamp: float | None, newest: float | None) -> bool:
+    """Whether a runner stamped `stamp` was written after every run read (no run yet:
+    `newest` None); one without a finite stamp cannot tell."""
+    if newest is None:
+        return True
+    return stamp is not None and stamp > newest
+
+
+def _cursors(meter: Pipeline, org: str) -> list[float]:
+    """The cursors of the runs of `org` and of every org that ran before: the newest stamp
+    each read (`run_chore` scans from its cursor less LOOKBACK_SECONDS)."""
+    cursors = [meter.progress.cursor(cursor_scope(scope)) for scope in (org, None)]
+    return [cursor for cursor in cursors if cursor is not None]
+
+
+def _read_by_changed_scan(stamp: Any, since: float | None) -> bool:
+    """Whether a runner stamped `stamp` (its `last_updated_db`, read by `stamp_of`) is read by
+    a scan of changed runners from `since` (`Source.changed_runners`): from its stamp on,
+    and every runner without a stamp at least LOWEST_STAMP (missing, NaN, -inf, no number)."""
+    return since is None or stamp is None or not stamp >= LOWEST_STAMP or stamp >= since
 
 
 def _counters_of(high_water: Any) -> Counters | None:
@@ -398,6 +443,7 @@ class _SourceUsage(NamedTuple):
     note: str
     running: bool = False  # still running, its usage billed by every run until it ends
     counters: Counters | None = None  # its own counters (less a subagent's baseline)
+    stamp: float | None = None  # its `last_updated_db` (`stamp_of`)
 
 
 def _rules(meter: Pipeline, now: datetime) -> Rules:
@@ -457,6 +503,7 @@ def _source_usage(meter: Pipeline, org: str, now: datetime) -> dict[str, _Source
                 "",
                 running=result.pending,
                 counters=delta.high_water,
+                stamp=stamp_of(doc),
             )
     return usage
 

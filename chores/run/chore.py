@@ -33,8 +33,8 @@ from chores.core.orgs import validate_org
 from chores.core.settings import Settings, get_settings
 from chores.metering.ledger import Ledger
 from chores.metering.progress import (
-    ALL_ORGS,
     Progress,
+    cursor_scope,
     full_pass_scope,
 )
 from chores.metering.source import stamp_of
@@ -86,7 +86,7 @@ def run_chore(
     if org is not None:
         org = validate_org(org)
     meter = Pipeline(db, settings, registry)
-    scope = f"org:{org}" if org is not None else ALL_ORGS
+    scope = cursor_scope(org)
     clock = time.monotonic()
     report = RunReport(
         run_id=uuid.uuid4().hex, org=org, started_at=now, dry_run=dry_run, full_scan=full

@@ -11,9 +11,11 @@ from click.testing import CliRunner
 
 from chores import finalize_invoices, get_settings, run_chore
 from chores.cli import main
+from chores.core.db import Collections
 from chores.core.exceptions import InvoiceNotFound
 from chores.core.money import usd_exact
 from chores.demo.corpus import generate_corpus
+from chores.metering.progress import Progress
 from chores.reports.reconcile import reconcile
 from chores.run.pipeline import Pipeline
 
@@ -530,7 +532,7 @@ def test_a_runner_still_running_ahead_of_the_ledger_is_listed_not_a_mismatch(env
     assert grown.exit_code == 0, grown.output
     assert (
         "runner str:'r': source 5,500 tokens, ledger 3,300 — still running: 2,200 tokens "
-        "not metered yet (it is on the pending list: the next run bills them)"
+        "not metered yet (the next run reads it and bills them)"
     ) in grown.output
     report = json.loads(CliRunner().invoke(main, [*args, "--json"]).stdout)
     assert report["ok"] is True and report["runners"] == [] and len(report["running"]) == 1
@@ -563,6 +565,10 @@ def test_a_running_runner_no_run_will_read_again_is_a_mismatch(db, settings, reg
     watched = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
     assert watched.ok and [r.runner_id for r in watched.running] == ["str:'r'"]
     db.billing_pending.delete_many({})
+    within = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert within.ok  # stamped within the cursor's look-back: the next run's scan reads it
+    runs_since = (NOW + timedelta(hours=1)).timestamp()  # as runs an hour on leave it
+    Progress(Collections.of(db, settings)).advance_cursor("*", runs_since)
     lost = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
     assert not lost.ok and lost.running == []
     assert [(r.source_tokens, r.ledger_tokens) for r in lost.runners] == [(3_300, 1_100)]
@@ -596,16 +602,56 @@ def test_a_runner_that_ended_since_the_last_run_is_listed_not_a_mismatch(
     assert listed.ok and listed.runners == []
     (runner,) = listed.running
     assert (runner.source_tokens, runner.ledger_tokens) == (3_300, 1_100)
-    assert runner.note == (
-        "ended: 2,200 tokens not metered yet (it is on the pending list: the next run bills them)"
+    assert (
+        runner.note == "ended: 2,200 tokens not metered yet (the next run reads it and bills them)"
     )
     db.billing_pending.delete_many({})  # no run reads it again but a full pass
+    runs_since = (NOW + timedelta(hours=1)).timestamp()  # as runs an hour on leave it
+    Progress(Collections.of(db, settings)).advance_cursor("*", runs_since)
     lost = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
     assert not lost.ok and lost.running == []
     assert lost.runners[0].note == (
         "the source shows more tokens than were billed, and no run but a full pass (`chore run "
-        "--full`) reads it again"
+        "--full`) reads it again (it is on no pending list, stamped before the runs' cursors)"
     )
+
+
+@pytest.mark.parametrize("case", ["never read", "held from its start", "held, now beta's"])
+def test_a_runner_no_entry_billed_yet_that_the_next_run_reads_is_listed(
+    db, settings, registry, case
+):
+    """Review of the pending-list check: a runner no run billed yet, which the next run
+    reads, is listed as not metered yet, not a mismatch: one written after every run
+    (stamped after the cursors), and one held by an anomaly since its start whose document
+    was fixed (on the pending list; claimed by the org it named, its document naming
+    another org now). A runner without an entry that is neither may have lost its only
+    entry (test_a_lost_ledger_entry_is_traced_to_its_runner)."""
+    from datetime import timedelta
+
+    org = "beta" if case == "held, now beta's" else "acme"
+    db.tasks.insert_one(_running("other", 10, 0, minutes=40, org=org))
+    stamp = (NOW - timedelta(minutes=30)).timestamp()
+    finished = {**_running("r", 900, 0, minutes=30), "status": "SUCCESS", "end_time": NOW}
+    if case != "never read":
+        held = {**finished, "end_time": NOW - timedelta(hours=2)}
+        held["context"] = {**held["context"], "ai_model": 4}
+        db.tasks.insert_one(held)
+    run_chore(db, now=NOW - timedelta(minutes=20), registry=registry, settings=settings)
+    runs_since = (NOW - timedelta(minutes=10)).timestamp()  # other runners, read since
+    Progress(Collections.of(db, settings)).advance_cursor("*", runs_since)
+    if case == "never read":  # written after every run: its stamp is the write before
+        db.tasks.insert_one({**finished, "last_updated_db": runs_since + 60})
+    else:  # fixed, stamped as the held write: behind the cursor
+        fixed = {**finished, "end_time": NOW - timedelta(hours=2), "last_updated_db": stamp}
+        fixed["context"] = {**fixed["context"], "workspace_id": org}
+        db.tasks.replace_one({"_id": "r"}, fixed)
+    listed = reconcile(Pipeline(db, settings, registry), org, "2026-11", now=NOW)
+    assert listed.ok and listed.runners == []
+    (runner,) = listed.running
+    assert (runner.runner_id, runner.source_tokens, runner.ledger_tokens) == ("str:'r'", 900, 0)
+    run_chore(db, now=NOW + timedelta(hours=1), registry=registry, settings=settings)
+    billed = db.billing_ledger.find({"runner_id": "str:'r'"})
+    assert [(e["org"], e["tokens"]) for e in billed] == [(org, 900)]  # as listed
 
 
 @pytest.mark.parametrize(
