@@ -34,6 +34,7 @@ RUNNER_PROJECTION = {
     "_id": 1,
     "name": 1,
     "status": 1,
+    "start_time": 1,  # a held runner without another time (`pipeline.Batch.lets_go`)
     "end_time": 1,
     "last_updated_db": 1,
     "context": 1,

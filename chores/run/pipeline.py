@@ -93,14 +93,13 @@ class Batch:
         """Whether a finished runner held by an anomaly (malformed counters, a bad model,
         ...) leaves the pending list. Its fixed document is stamped as the write it fixes,
         behind the cursor, so its claim has it re-read once an hour (`recheck_at`: its org
-        is not metered at every tick for it) for as long as its stamp, its end time or its
-        last billing is younger than PENDING_IDLE_SECONDS. Then it is let go, and the daily
-        full pass reads a later fix: held runners of the past do not grow the list. A time
-        further ahead of `now` than FUTURE_SKEW_SECONDS (garbage) counts for nothing."""
-        end_time = doc.get("end_time")
+        is not metered at every tick for it) for as long as its stamp, its start or end time
+        or its last billing is younger than PENDING_IDLE_SECONDS. Then it is let go, and the
+        daily full pass reads a later fix: held runners of the past do not grow the list. A
+        time further ahead of `now` than FUTURE_SKEW_SECONDS (garbage) counts for nothing."""
         times = (
             stamp_of(doc),
-            as_utc(end_time).timestamp() if isinstance(end_time, datetime) else None,
+            *(_timestamp(doc.get(field)) for field in ("start_time", "end_time")),
             None if head is None or head.billed_at is None else as_utc(head.billed_at).timestamp(),
         )
         return not any(t is not None and self.idle_before <= t <= self.latest for t in times)
@@ -123,6 +122,11 @@ class Batch:
             and (billed_at is None or billed_at.timestamp() < self.idle_before)
             and not any(a.kind == Anomaly.FUTURE_END_TIME for a in result.anomalies)
         )
+
+
+def _timestamp(value: Any) -> float | None:
+    """A datetime field's time in seconds since the epoch; None for anything else."""
+    return as_utc(value).timestamp() if isinstance(value, datetime) else None
 
 
 class Pipeline:

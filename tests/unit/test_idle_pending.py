@@ -280,6 +280,23 @@ def test_a_held_finished_runner_without_a_stamp_is_let_go_once_its_end_time_is_i
     assert claims(db) == {}
 
 
+def test_a_held_first_write_without_an_end_time_is_watched_by_its_start_time(db, settings):
+    """No stamp, no end time that is one, never billed: its start time says it is recent,
+    so its fix, stamped as the held write, is billed within the hour (a second oracle's
+    finding: it was let go at once, the fix left to the daily full pass)."""
+    started = NOW - timedelta(hours=1)
+    held = {**ai_runner("r1", ended=BEFORE, tokens=1_000), "start_time": started}
+    held["end_time"] = "soon"
+    del held["last_updated_db"]
+    db.tasks.insert_one(held)
+    assert run(db, settings, NOW).anomalies == {"bad_end_time": 1}
+    written = (NOW - timedelta(minutes=30)).timestamp()  # the held write's time
+    fixed = ai_runner("r1", ended=BEFORE, tokens=1_000, stamp=written)
+    db.tasks.replace_one({"_id": "r1"}, {**fixed, "start_time": started})
+    run(db, settings, NOW + timedelta(hours=2))
+    assert (billed(db), claims(db)) == (1_000, {})
+
+
 def test_a_runner_whose_stamp_is_not_a_number_is_read_every_run(db, settings):
     doc = running("r1", 1_000)
     doc["last_updated_db"] = "yesterday"
