@@ -22,6 +22,8 @@ from chores.cli import main
 from chores.cli.common import INTERRUPTED
 from chores.core import local_store as _local_store
 
+from support import invoke_with_env
+
 CHORE = [str(Path(sys.executable).parent / "chore")]  # the installed command
 NOW = "2026-11-25T12:00:00+00:00"
 
@@ -361,20 +363,13 @@ def test_a_store_that_cannot_be_written_is_one_line_that_says_the_writes_are_los
     assert "Traceback" not in result.output and store.read_text() == before
 
 
-def plan_set(store: Path) -> Any:
+def plan_set(monkeypatch: Any, store: Path) -> Any:
     """A writing command on `store`, in this process."""
-    try:
-        os.environ["MONGO_URL"] = f"file://{store}"
-        get_settings.cache_clear()
-        return CliRunner().invoke(
-            main, ["plan", "set", "--org", "acme", "--token-limit", "7M", "--now", NOW]
-        )
-    finally:
-        del os.environ["MONGO_URL"]
-        get_settings.cache_clear()
+    args = ["plan", "set", "--org", "acme", "--token-limit", "7M", "--now", NOW]
+    return invoke_with_env(monkeypatch, args, MONGO_URL=f"file://{store}")
 
 
-def test_a_read_only_store_is_not_replaced_and_a_writable_one_keeps_its_mode(tmp_path):
+def test_a_read_only_store_is_not_replaced_and_a_writable_one_keeps_its_mode(tmp_path, monkeypatch):
     """A file its owner made read-only stays as it was (the directory would let a rename
     replace it, with a file of mode 0600: outside review), and a saved store keeps the
     permission bits of the file it replaces."""
@@ -382,7 +377,7 @@ def test_a_read_only_store_is_not_replaced_and_a_writable_one_keeps_its_mode(tmp
     assert CliRunner().invoke(main, ["demo", "--store", str(store), "--now", NOW]).exit_code == 0
     before = store.read_text()
     store.chmod(0o444)
-    refused = plan_set(store)
+    refused = plan_set(monkeypatch, store)
     assert refused.exit_code == 1
     assert refused.output.splitlines()[-1] == (
         f"Error: cannot write the local store {store}: the file is read-only; "
@@ -390,7 +385,7 @@ def test_a_read_only_store_is_not_replaced_and_a_writable_one_keeps_its_mode(tmp
     )
     assert store.read_text() == before and store.stat().st_mode & 0o777 == 0o444
     store.chmod(0o640)
-    assert plan_set(store).exit_code == 0
+    assert plan_set(monkeypatch, store).exit_code == 0
     assert store.read_text() != before and store.stat().st_mode & 0o777 == 0o640
 
 
@@ -414,12 +409,7 @@ def test_a_store_edited_into_another_shape_is_one_line(tmp_path, monkeypatch, co
         json.dumps({"format": "chore-local-store", "version": 1, "databases": content})
     )
     before = store.read_text()
-    monkeypatch.setenv("MONGO_URL", f"file://{store}")
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(main, ["status"])
-    finally:
-        get_settings.cache_clear()
+    result = invoke_with_env(monkeypatch, ["status"], MONGO_URL=f"file://{store}")
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: {store}: not a readable local store (")
     assert says in result.output and len(result.output.splitlines()) == 1

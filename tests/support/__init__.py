@@ -165,3 +165,20 @@ def flushed_redis_db(base_url: str, number: int) -> Iterator[str]:
     finally:
         with redis.Redis.from_url(url) as client:
             client.flushdb()
+
+
+def invoke_with_env(monkeypatch: Any, args: list[str], **env: str) -> Any:
+    """The `chore` command `args`, in this process (click's CliRunner), with the environment
+    variables `env` set and the settings read afresh (and dropped after)."""
+    from click.testing import CliRunner
+
+    from chores import get_settings
+    from chores.cli import main
+
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(main, args)
+    finally:
+        get_settings.cache_clear()

@@ -13,6 +13,8 @@ from chores import get_settings
 from chores.cli import main
 from chores.core.settings import Settings
 
+from support import invoke_with_env
+
 
 @pytest.mark.parametrize(
     ("variable", "value", "says"),
@@ -186,13 +188,7 @@ def test_the_billing_prefix_may_be_empty():
 def test_a_billing_collection_named_like_a_source_collection_is_refused(monkeypatch, env, says):
     """The chore would write its run records (or ledger) into the platform's collection,
     which it only reads (SPEC §1): refused at start, one line, nothing written."""
-    for variable, value in env.items():
-        monkeypatch.setenv(variable, value)
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(main, ["run", "--org", "acme"])
-    finally:
-        get_settings.cache_clear()
+    result = invoke_with_env(monkeypatch, ["run", "--org", "acme"], **env)
     assert result.exit_code == 1, result.output
     assert f"Error: invalid setting: {says} (BILLING_PREFIX=" in result.output
     assert len(result.output.strip().splitlines()) == 1
