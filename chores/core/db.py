@@ -340,6 +340,8 @@ def billing_indexes() -> dict[str, list[IndexModel]]:
             # idle runners' claims not due are not examined by every run and fan-out.
             IndexModel([("recheck_at", ASCENDING)], name="recheck_at"),
             IndexModel([("org", ASCENDING), ("recheck_at", ASCENDING)], name="org_recheck_at"),
+            # Whether runners are claimed by any org's runs (`Progress.claimed`, reconcile).
+            IndexModel([("runner_id", ASCENDING)], name="runner"),
         ],
         "anomalies": [
             IndexModel(

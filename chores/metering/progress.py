@@ -9,7 +9,7 @@ None of this is billing state: losing any of it costs a re-read, never a charge.
 - *pending* (`billing_pending`, claims on runners): runners last seen running or
   waiting for a spawn finding; re-read by `_id` every run, or once an hour for an idle
   one (its claim's `recheck_at`, `IDLE_RECHECK`). Also finished runners held by an
-  anomaly, until they are idle (`pipeline.Batch.add`).
+  anomaly, re-read once an hour while recent (`pipeline.Batch.lets_go`).
 - *dirty marks* (`billing_dirty`): an `(org, period)` whose invoice must be
   rebuilt. Written (open) before the writes they announce, closed once those
   landed, and deleted by a settle only if it read them closed, after its
@@ -133,16 +133,15 @@ class Progress:
         insert_ignoring_duplicates(self._c.pending, claims)
         return claims
 
-    def claimed(self, org: str | None, runner_ids: Sequence[str]) -> set[str]:
-        """Which of `org`'s `runner_ids` (of any org's when None) are pending (any claim on
-        them, due or not): runs read them until they are billed in full. One read of the
-        claims (by index)."""
+    def claimed(self, runner_ids: Sequence[str]) -> set[str]:
+        """Which of `runner_ids` are pending (any claim on them, of any org's runs, due or
+        not): runs read them until they are billed in full (one whose document names
+        another org now is handed over). One read of the claims (by index)."""
         if not runner_ids:
             return set()
         ids = list(runner_ids)
         either = [{"runner_id": {"$in": ids}}, {"_id": {"$in": ids}}]  # legacy: by `_id`
-        query: Doc = {"$or": either} if org is None else {"org": org, "$or": either}
-        claims = self._c.pending.find(query, {"runner_id": 1})
+        claims = self._c.pending.find({"$or": either}, {"runner_id": 1})
         return {runner_of(claim) for claim in claims}
 
     def release_pending(self, done: Iterable[str], kept: Iterable[str] = ()) -> None:

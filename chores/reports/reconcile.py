@@ -164,7 +164,7 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     since = min(cursors) - meter.settings.lookback_seconds if cursors else None
     watched = {r for r in grown if _read_by_changed_scan(sources[r].stamp, since)}
     watched |= set().union(
-        *(meter.progress.claimed(None, ids) for ids in chunked(grown, meter.settings.batch_size))
+        *(meter.progress.claimed(ids) for ids in chunked(grown, meter.settings.batch_size))
     )
     for runner_id in sorted(set(sources) | set(ledger.here)):
         source = sources.get(runner_id)
