@@ -98,9 +98,9 @@ class Reconciliation(BaseModel):
     late_tokens: int
     runners: list[RunnerCheck]
     problems: list[str] = []  # where the invoice disagrees with its own lines
-    # Runners on the pending list (still running, or ended since the last run) whose
-    # documents are ahead of the ledger, by growth alone: the next run bills it. Expected as
-    # billed so far; no mismatch.
+    # Runners the next run reads (pending, or stamped within its scan) whose documents are
+    # ahead of the ledger by growth alone: the next run bills it. Expected as billed so
+    # far; no mismatch.
     running: list[RunnerCheck] = []
     # Runners billed here whose documents name another org now (or none): what they were
     # billed here is their share, settled (no run of this org bills them again). Listed
