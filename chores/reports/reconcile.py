@@ -161,7 +161,9 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     # whose document names another org now is handed over), whatever its stamp, and one
     # stamped where its scan of changed runners starts or later. One that lost its claim
     # and is stamped behind the cursors may never be read (a metering gap, a mismatch here).
-    since = min(cursors) - meter.settings.lookback_seconds if cursors else None
+    # From the newest cursor: a scope that ran once and never since (an operator's `--all`
+    # beside per-org workers) must not widen what "the next run reads" (review).
+    since = max(cursors) - meter.settings.lookback_seconds if cursors else None
     watched = {r for r in grown if _read_by_changed_scan(sources[r].stamp, since)}
     watched |= set().union(
         *(meter.progress.claimed(ids) for ids in chunked(grown, meter.settings.batch_size))
@@ -205,7 +207,13 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
                         runner_id=runner_id,
                         source_tokens=source.tokens.tokens if source else 0,
                         ledger_tokens=billed.tokens,
-                        note=_disagreement(source, billed, runner_id in ledger.other_org),
+                        note=_disagreement(
+                            source,
+                            billed,
+                            runner_id in ledger.other_org,
+                            read_next=source is not None
+                            and _read_by_changed_scan(source.stamp, since),
+                        ),
                     )
                 )
         for group in placed:
@@ -267,7 +275,9 @@ def _pricing_registry(invoice: Invoice, current: Registry) -> Registry:
     return current
 
 
-def _disagreement(source: _SourceUsage | None, billed: Breakdown, moved: bool) -> str:
+def _disagreement(
+    source: _SourceUsage | None, billed: Breakdown, moved: bool, *, read_next: bool
+) -> str:
     """Why a runner's source and ledger may differ, for the person reading the report
     (`moved`: the runner was billed under another org too)."""
     elsewhere = " (billed under another org too: its org changed)" if moved else ""
@@ -289,6 +299,12 @@ def _disagreement(source: _SourceUsage | None, billed: Breakdown, moved: bool) -
             if moved
             else "the same tokens, split by kind otherwise than the source shows: a ledger "
             "entry was edited"
+        )
+    if read_next:  # stamped within the next scan, yet not only grown since billed
+        return (
+            "the source shows more tokens than were billed, though the next run reads it: a "
+            "ledger entry was lost, or it was written behind the cursor since a run read it"
+            + elsewhere
         )
     return (
         "the source shows more tokens than were billed, and no run but a full pass (`chore run "
