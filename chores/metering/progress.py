@@ -133,16 +133,23 @@ class Progress:
         insert_ignoring_duplicates(self._c.pending, claims)
         return claims
 
-    def claimed(self, runner_ids: Sequence[str]) -> set[str]:
-        """Which of `runner_ids` are pending (any claim on them, of any org's runs, due or
-        not): runs read them until they are billed in full (one whose document names
-        another org now is handed over). One read of the claims (by index)."""
+    def claimed(self, runner_ids: Sequence[str]) -> dict[str, datetime | None]:
+        """Which of `runner_ids` are pending (any claim on them, of any org's runs): runs
+        read them until they are billed in full (one whose document names another org now
+        is handed over). Each with when a run reads it next: None for every run, else the
+        earliest `recheck_at` of its claims. One read of the claims (by index)."""
         if not runner_ids:
-            return set()
+            return {}
         ids = list(runner_ids)
         either = [{"runner_id": {"$in": ids}}, {"_id": {"$in": ids}}]  # legacy: by `_id`
-        claims = self._c.pending.find({"$or": either}, {"runner_id": 1})
-        return {runner_of(claim) for claim in claims}
+        due: dict[str, datetime | None] = {}
+        for claim in self._c.pending.find({"$or": either}, {"runner_id": 1, "recheck_at": 1}):
+            runner, at = runner_of(claim), claim.get("recheck_at")
+            if runner in due:
+                known = due[runner]
+                at = None if known is None or at is None else min(known, at)
+            due[runner] = at
+        return due
 
     def release_pending(self, done: Iterable[str], kept: Iterable[str] = ()) -> None:
         """Release the claims this run read or made on the runners `done` (billed, or gone

@@ -34,6 +34,7 @@ from chores.billing.invoices import Invoice
 from chores.billing.known_orgs import missing_invoice_hint
 from chores.core.db import Doc
 from chores.core.exceptions import InvoiceNotFound
+from chores.core.periods import as_utc
 from chores.metering.counters import Breakdown, Counters, add_tokens, breakdown
 from chores.metering.ledger import EMPTY_ENTRY, entry_tokens
 from chores.metering.lineage import own_org_spawns
@@ -156,18 +157,25 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     running = []
     moved: list[RunnerCheck] = []
     cursors = _cursors(meter, org)
-    grown = _grown(meter, sources, ledger, cursors)
-    # What the next run reads: a runner on the pending list (claimed by any org's runs: one
-    # whose document names another org now is handed over), whatever its stamp, and one
-    # stamped where its scan of changed runners starts or later. One that lost its claim
-    # and is stamped behind the cursors may never be read (a metering gap, a mismatch here).
-    # From the newest cursor: a scope that ran once and never since (an operator's `--all`
-    # beside per-org workers) must not widen what "the next run reads" (review).
+    ahead = [
+        runner_id
+        for runner_id, source in sources.items()
+        if source.counters is not None and source.tokens != ledger.everywhere.get(runner_id)
+    ]
+    # When a claim on any org's pending list has a run read the runner again (one whose
+    # document names another org now is handed over): at the next run, or at the hourly
+    # re-read of an idle or held one (its `recheck_at`).
+    claims: dict[str, datetime | None] = {}
+    for ids in chunked(ahead, meter.settings.batch_size):
+        claims |= meter.progress.claimed(ids)
+    grown = _grown(meter, sources, ledger, ahead, claims, newest=max(cursors, default=None))
+    # What the next run reads: a claimed runner, whatever its stamp, and one stamped where
+    # its scan of changed runners starts or later. One that lost its claim and is stamped
+    # behind the cursors may never be read (a metering gap, a mismatch here). From the
+    # newest cursor: a scope that ran once and never since (an operator's `--all` beside
+    # per-org workers) must not widen what "the next run reads" (review).
     since = max(cursors) - meter.settings.lookback_seconds if cursors else None
-    watched = {r for r in grown if _read_by_changed_scan(sources[r].stamp, since)}
-    watched |= set().union(
-        *(meter.progress.claimed(ids) for ids in chunked(grown, meter.settings.batch_size))
-    )
+    watched = {r for r in grown if r in claims or _read_by_changed_scan(sources[r].stamp, since)}
     for runner_id in sorted(set(sources) | set(ledger.here)):
         source = sources.get(runner_id)
         billed = ledger.everywhere.get(runner_id, Breakdown())  # under every org
@@ -193,8 +201,8 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
                     source_tokens=source.tokens.tokens,
                     ledger_tokens=billed.tokens,
                     note=f"{'still running' if source.running else 'ended'}: "
-                    f"{source.tokens.tokens - billed.tokens:,} tokens not metered yet (the "
-                    "next run reads it and bills them)",
+                    f"{source.tokens.tokens - billed.tokens:,} tokens not metered yet "
+                    f"({_when_read(claims.get(runner_id), now)})",
                 )
             )
         if agree or behind:
@@ -314,43 +322,55 @@ def _disagreement(
 
 
 def _grown(
-    meter: Pipeline, sources: dict[str, _SourceUsage], ledger: _LedgerUsage, cursors: list[float]
+    meter: Pipeline,
+    sources: dict[str, _SourceUsage],
+    ledger: _LedgerUsage,
+    ahead: list[str],
+    claims: dict[str, datetime | None],
+    *,
+    newest: float | None,
 ) -> list[str]:
-    """The runners whose documents are ahead of the ledger by growth alone: usage since the
-    last run, which the next run bills if it reads them. One billed before: its own counters
-    all at least those its complete ledger (no entry missing) billed up to. One no entry of
-    any org billed: a version no run read yet (stamped after every cursor), or one held by
-    an anomaly still open (fixed since). Any other runner without an entry may have lost its
+    """Of the runners whose documents are `ahead` of the ledger, those ahead by growth
+    alone: usage since the last run, which the next run bills if it reads them. One billed
+    before: its own counters all at least those its complete ledger (no entry missing)
+    billed up to. One no entry of any org billed: claimed (read while it had no tokens, or
+    held), a version no run read yet (stamped after the `newest` cursor, or never stamped),
+    or held by an anomaly still open. Any other runner without an entry may have lost its
     only one, which the draft still holds: a mismatch."""
     grown = []
     never_billed = []
-    for runner_id, source in sources.items():
-        if source.counters is None or source.tokens == ledger.everywhere.get(runner_id):
-            continue
+    for runner_id in ahead:
         if runner_id not in ledger.head:
             never_billed.append(runner_id)
-        elif _grown_since_billed(source.counters, ledger.billed_up_to(runner_id)):
+        elif _grown_since_billed(sources[runner_id].counters, ledger.billed_up_to(runner_id)):
             grown.append(runner_id)
-    newest = max(cursors, default=None)
-    unread = [r for r in never_billed if _after(sources[r].stamp, newest)]
+    unread = [r for r in never_billed if r in claims or _unread(sources[r].stamp, newest=newest)]
     held = meter.anomalies.open_for([r for r in never_billed if r not in unread])
     return [*grown, *unread, *(r for r in never_billed if r in held)]
 
 
-def _grown_since_billed(counters: Counters, billed_up_to: Counters | None) -> bool:
+def _when_read(recheck_at: datetime | None, now: datetime) -> str:
+    """When the next run that reads a runner ahead of the ledger bills it: its claim's
+    hourly re-read when that is later than `now`."""
+    if recheck_at is not None and as_utc(recheck_at) > now:
+        return f"its hourly re-read at {as_utc(recheck_at):%H:%M} UTC bills them"
+    return "the next run reads it and bills them"
+
+
+def _grown_since_billed(counters: Counters | None, billed_up_to: Counters | None) -> bool:
     """Counters all at least those a runner's complete ledger billed up to (tokens that
     changed kind, as a split or a cached count catches up, included)."""
-    return billed_up_to is not None and all(
-        now >= then for now, then in zip(counters, billed_up_to, strict=True)
+    return (
+        counters is not None
+        and billed_up_to is not None
+        and all(now >= then for now, then in zip(counters, billed_up_to, strict=True))
     )
 
 
-def _after(stamp: float | None, newest: float | None) -> bool:
+def _unread(stamp: float | None, *, newest: float | None) -> bool:
     """Whether a runner stamped `stamp` was written after every run read (no run yet:
-    `newest` None); one without a finite stamp cannot tell."""
-    if newest is None:
-        return True
-    return stamp is not None and stamp > newest
+    `newest` None), or never stamped at all (a first write)."""
+    return newest is None or stamp is None or stamp > newest
 
 
 def _cursors(meter: Pipeline, org: str) -> list[float]:

@@ -53,8 +53,16 @@ def test_a_metered_month_reconciles_line_by_line(db, settings, registry, seed):
 
 
 def test_a_lost_ledger_entry_is_traced_to_its_runner(db, settings, registry):
+    """A finished runner's only entry lost (a pending runner's is told by the invoice: its
+    lines and its count of entries; the runner itself is taken for one not metered yet)."""
     meter = seeded(db, settings, registry, november(4))
-    entry = db.billing_ledger.find_one({"org": "acme", "tokens": {"$gt": 0}})
+    claimed = {c["runner_id"] for c in db.billing_pending.find()}
+    entry = next(
+        e
+        for e in db.billing_ledger.find({"org": "acme", "tokens": {"$gt": 0}, "seq": 1})
+        if e["runner_id"] not in claimed
+        and db.billing_ledger.count_documents({"runner_id": e["runner_id"]}) == 1
+    )
     assert meter.invoices.check_drafts({("acme", "2026-11")}) == []
     db.billing_ledger.delete_one({"_id": entry["_id"]})
     meter.invoices.rebuild({("acme", "2026-11")}, NOW)
@@ -652,6 +660,54 @@ def test_a_runner_no_entry_billed_yet_that_the_next_run_reads_is_listed(
     run_chore(db, now=NOW + timedelta(hours=1), registry=registry, settings=settings)
     billed = db.billing_ledger.find({"runner_id": "str:'r'"})
     assert [(e["org"], e["tokens"]) for e in billed] == [(org, 900)]  # as listed
+
+
+@pytest.mark.parametrize("case", ["read at zero tokens", "first write"])
+def test_a_runner_a_run_read_without_tokens_or_never_stamped_is_listed(
+    db, settings, registry, case
+):
+    """Review of a simulated platform (writes every few seconds, each stamped as the one
+    before): a runner read with no tokens yet is claimed but has no entry, and its first
+    tokens come stamped behind the cursor; a first write already holding tokens has no
+    stamp. The next run reads both: listed as not metered yet, not a mismatch."""
+    from datetime import timedelta
+
+    db.tasks.insert_one(_running("other", 10, 0, minutes=1))
+    if case == "read at zero tokens":
+        db.tasks.insert_one(_running("x", 0, 0, minutes=3))
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    grown = _running("x", 800, 0, minutes=2)  # stamped as its write before
+    if case == "first write":
+        del grown["last_updated_db"]
+    db.tasks.replace_one({"_id": "x"}, grown, upsert=True)
+    listed = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert listed.ok, listed.runners
+    assert [(r.runner_id, r.source_tokens, r.ledger_tokens) for r in listed.running] == [
+        ("str:'x'", 800, 0)
+    ]
+    run_chore(db, now=NOW + timedelta(minutes=5), registry=registry, settings=settings)
+    assert db.billing_ledger.find_one({"runner_id": "str:'x'"})["tokens"] == 800
+
+
+def test_a_runner_read_again_only_at_its_hourly_re_read_says_when(db, settings, registry):
+    """Review: an idle runner's claim is due at the next full hour; its growth is listed
+    with that time, not as what "the next run" bills."""
+    from datetime import timedelta
+
+    db.tasks.insert_one(_running("r", 1_000, 0, minutes=3 * 24 * 60))
+    run_chore(db, now=NOW - timedelta(days=2), registry=registry, settings=settings)
+    run_chore(db, now=NOW - timedelta(minutes=5), registry=registry, settings=settings)
+    (claim,) = db.billing_pending.find()
+    assert claim["recheck_at"] is not None  # idle: re-read hourly
+    db.tasks.replace_one({"_id": "r"}, _running("r", 1_500, 0, minutes=3 * 24 * 60))
+    later = NOW - timedelta(minutes=4)
+    listed = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=later)
+    (runner,) = listed.running
+    assert runner.note == (
+        "still running: 500 tokens not metered yet (its hourly re-read at 12:00 UTC bills them)"
+    )
+    due = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert due.running[0].note.endswith("(the next run reads it and bills them)")
 
 
 def test_a_mismatch_the_next_run_reads_does_not_say_only_a_full_pass_does(db, settings, registry):
