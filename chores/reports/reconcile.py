@@ -562,13 +562,12 @@ class _LedgerUsage:
         self.bad_totals: list[str] = []  # entries whose `tokens` is not the sum of its kinds
 
     def billed_up_to(self, runner_id: str) -> Counters | None:
-        """The counters the runner's head billed up to, when its entries of every org add
-        up to it (an entry lost before the latest would leave them short); else None. Its
-        head may be another org's (its document moved): the next run bills the growth since
-        to the org it names now. None too for a runner with no entry: a lost only entry
+        """The counters the runner's head billed up to, when its head is of this org and
+        its entries of every org add up to it (an entry lost before the latest would leave
+        them short); else None. None too for a runner with no entry: a lost only entry
         looks the same as a runner no run has read yet."""
         head = self.head.get(runner_id)
-        if head is None or head.high_water is None:
+        if head is None or not head.this_org or head.high_water is None:
             return None
         if breakdown(head.high_water) != self.everywhere.get(runner_id):
             return None
@@ -578,6 +577,7 @@ class _LedgerUsage:
 class _Head(NamedTuple):
     seq: int
     high_water: Counters | None  # None when unreadable
+    this_org: bool
 
 
 _LEDGER_FIELDS = {
@@ -601,7 +601,7 @@ _LEDGER_FIELDS = {
         "fence",
     )
 }
-_NO_HEAD = _Head(-1, None)
+_NO_HEAD = _Head(-1, None, False)
 
 
 def _ledger_usage(
@@ -625,7 +625,7 @@ def _ledger_usage(
             seq = entry.get("seq")
             if isinstance(seq, int) and seq >= usage.head.get(runner_id, _NO_HEAD).seq:
                 high_water = _counters_of(entry.get("high_water"))
-                usage.head[runner_id] = _Head(seq, high_water)
+                usage.head[runner_id] = _Head(seq, high_water, entry.get("org") == org)
             tokens = entry_tokens(entry)
             usage.everywhere[runner_id] = add_tokens(
                 usage.everywhere.get(runner_id, Breakdown()), tokens

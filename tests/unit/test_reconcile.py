@@ -499,14 +499,10 @@ def test_tokens_of_a_running_runner_changing_kind_are_not_a_mismatch(
     assert [r.source_tokens - r.ledger_tokens for r in result.running] == [grown]
 
 
-def test_a_running_runner_billed_to_another_org_meanwhile_is_listed_then_billed(
-    db, settings, registry
-):
-    """Its latest entry another org's (the document moved to globex and back): each org
-    bills its share (docs/contract.md), so what the next run bills acme is the growth since
-    the entries of every org. Listed as that (an earlier review made it a mismatch, when
-    the check summed this org's entries only; review 4 of stop 40: a runner that moved
-    while running was a mismatch on its new org until that org's next run)."""
+def test_a_running_runner_billed_to_another_org_meanwhile_is_a_mismatch(db, settings, registry):
+    """Review of 6772407: acme's entries of a runner were complete, but its latest entry was
+    another org's (the document moved to globex and back): the next run bills acme less
+    than the growth since acme's entries, so it is no usage "not metered yet"."""
     from datetime import timedelta
 
     steps = [("acme", 1_000), ("globex", 2_000), ("acme", 3_000)]
@@ -518,39 +514,9 @@ def test_a_running_runner_billed_to_another_org_meanwhile_is_listed_then_billed(
             run_chore(db, now=NOW - timedelta(minutes=minutes - 5), registry=registry,
                       settings=settings)  # fmt: skip
     result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
-    assert result.ok and result.runners == []
+    assert not result.ok and result.running == []
     # ledger: what every org billed it (1,100 under acme, 1,000 more under globex)
-    assert [(r.source_tokens, r.ledger_tokens) for r in result.running] == [(3_100, 2_100)]
-    run_chore(db, now=NOW, registry=registry, settings=settings)
-    shares = {}
-    for entry in db.billing_ledger.find({"runner_id": "str:'o'"}):
-        shares[entry["org"]] = shares.get(entry["org"], 0) + entry["tokens"]
-    assert shares == {"acme": 2_100, "globex": 1_000}
-    after = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
-    assert after.ok and after.running == [] and after.runners == []
-
-
-def test_a_runner_that_moved_org_while_running_is_listed_on_its_new_org(db, settings, registry):
-    """Review 4 of stop 40: billed under acme while running, then its document names beta
-    and grew. Acme holds its share (settled); beta's next run bills the growth."""
-    from datetime import timedelta
-
-    db.tasks.insert_many(
-        [_running("r", 5_000, 700, minutes=30), _running("b", 10, 0, minutes=30, org="beta")]
-    )
-    run_chore(db, now=NOW - timedelta(minutes=20), registry=registry, settings=settings)
-    db.tasks.replace_one({"_id": "r"}, _running("r", 7_000, 900, minutes=15, org="beta"))
-    acme = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
-    assert acme.ok and [m.runner_id for m in acme.moved] == ["str:'r'"]
-    beta = reconcile(Pipeline(db, settings, registry), "beta", "2026-11", now=NOW)
-    assert beta.ok and beta.runners == []
-    assert [(r.runner_id, r.source_tokens, r.ledger_tokens) for r in beta.running] == [
-        ("str:'r'", 7_900, 5_700)
-    ]
-    run_chore(db, now=NOW, registry=registry, settings=settings)
-    billed = [(e["org"], e["tokens"]) for e in db.billing_ledger.find({"runner_id": "str:'r'"})]
-    assert sorted(billed) == [("acme", 5_700), ("beta", 2_200)]
-    assert reconcile(Pipeline(db, settings, registry), "beta", "2026-11", now=NOW).ok
+    assert [(r.source_tokens, r.ledger_tokens) for r in result.runners] == [(3_100, 2_100)]
 
 
 def test_a_runner_still_running_ahead_of_the_ledger_is_listed_not_a_mismatch(env_db, registry):
