@@ -564,7 +564,10 @@ class _LedgerUsage:
     def billed_up_to(self, runner_id: str) -> Counters | None:
         """The counters the runner's head billed up to, when its head is of this org and
         its entries of every org add up to it (an entry lost before the latest would leave
-        them short); else None. None too for a runner with no entry: a lost only entry
+        them short); else None. Of this org: the latest entry lost leaves an older head
+        whose sums agree, which only the invoice lines holding it show, and another org's
+        lines are not checked here (review: a moved runner's lost entry was billed twice
+        while this org reconciled). None too for a runner with no entry: a lost only entry
         looks the same as a runner no run has read yet."""
         head = self.head.get(runner_id)
         if head is None or not head.this_org or head.high_water is None:
