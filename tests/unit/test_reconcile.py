@@ -519,6 +519,34 @@ def test_a_running_runner_billed_to_another_org_meanwhile_is_a_mismatch(db, sett
     assert [(r.source_tokens, r.ledger_tokens) for r in result.runners] == [(3_100, 2_100)]
 
 
+def test_tokens_another_org_billed_that_changed_kind_are_a_mismatch_before_the_run_too(
+    db, settings, registry
+):
+    """Review 6: billed unsplit under globex, then under acme, then its split came. The
+    tokens globex billed stay as it billed them (org_changed), so acme's lines cannot agree
+    with the source after the next run: a mismatch before it too, not "not metered yet"."""
+    from datetime import timedelta
+
+    steps = [("globex", 40, 0, 0, 1_100), ("acme", 30, 0, 0, 1_200), ("acme", 10, 900, 400, 1_300)]
+    for org, minutes, prompt, completion, total in steps:
+        doc = _running("o", prompt, completion, minutes, org=org, total=total)
+        db.tasks.replace_one({"_id": "o"}, doc, upsert=True)
+        if minutes > 10:
+            run_chore(db, now=NOW - timedelta(minutes=minutes - 2), registry=registry,
+                      settings=settings)  # fmt: skip
+    before = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert not before.ok and before.running == []
+    assert before.runners[0].note == (
+        "the source shows more tokens than were billed, and tokens another org billed changed "
+        "kind since (org_changed): they stay as it billed them, so the split here cannot agree "
+        "with the source"
+    )
+    assert [(r.source_tokens, r.ledger_tokens) for r in before.runners] == [(1_300, 1_200)]
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    after = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert not after.ok and "split by kind otherwise" in after.runners[0].note
+
+
 def test_a_runner_still_running_ahead_of_the_ledger_is_listed_not_a_mismatch(env_db, registry):
     """Outside review (stops 27-31): on the open month, every runner that grew since the
     last run made `reconcile` exit 4 ("still running: metered up to the last run"), so a
