@@ -19,6 +19,12 @@ the same process, chunk by chunk, in alternating order:
 
 The ratio of the two is the engine's cost over the floor (issue 17's target: at most 1.5x).
 
+For scale, a third side, timed the same way on the same bytes: *a bare loop*
+(`BareLoop`), the least any metering does with no rules at all: decoding, then per runner
+document its four counters (skipped unless plain ints), less the runner's previous
+snapshot, summed by (org, model, day). No subagents, no anomalies, no ledger entries, no
+pricing: a lower bound on what a loop in this interpreter costs, not a metering.
+
 Theirs (what a team would write without this package): for each of the same usage records
 (our deltas, computed by a second, untimed meter over the same chunk and handed over, so
 their side is timed on pricing alone),
@@ -152,6 +158,36 @@ class ChunkLookups:
                 if type(org) is str and type(task) is str and (org, task) in wanted:
                     groups.setdefault((org, task), []).append(str(doc["_id"]))
         return groups
+
+
+class BareLoop:
+    """The least any metering does, for scale (not a metering: no rules)."""
+
+    def __init__(self) -> None:
+        self.previous: dict[Any, tuple[int, int, int, int]] = {}
+        self.sums: dict[tuple[Any, Any, int], list[int]] = {}
+
+    def feed(self, wire: Wire) -> None:
+        tasks, findings = wire
+        bson.decode_all(findings, CODEC)  # decoded like ours, not looked at
+        previous, sums = self.previous, self.sums
+        for doc in bson.decode_all(tasks, CODEC):
+            context = doc["context"]
+            counters = (
+                context.get("ai_tokens", 0),
+                context.get("ai_prompt_tokens", 0),
+                context.get("ai_completion_tokens", 0),
+                context.get("ai_cached_tokens", 0),
+            )
+            if not all(type(count) is int for count in counters):
+                continue
+            before = previous.get(doc["_id"], (0, 0, 0, 0))
+            previous[doc["_id"]] = counters
+            end = doc.get("end_time")
+            key = (context.get("workspace_id"), context.get("ai_model"), end.day if end else 0)
+            summed = sums.setdefault(key, [0, 0, 0, 0])
+            for kind, (now, then) in enumerate(zip(counters, before, strict=True)):
+                summed[kind] += max(now - then, 0)
 
 
 class LiteLLMSide:
@@ -317,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     # walking them.) Fed for LiteLLM's snapshots only, so its lines are what LiteLLM priced.
     twin = new_meter()
     theirs = LiteLLMSide()
-    generate, decode_alone, our_feed, their_feed = (
+    bare = BareLoop()
+    generate, decode_alone, our_feed, bare_feed, their_feed = (
+        Stopwatch(),
         Stopwatch(),
         Stopwatch(),
         Stopwatch(),
@@ -336,13 +374,17 @@ def main(argv: list[str] | None = None) -> int:
         chunk_no += 1
         # Decoding alone and decoding + metering, side by side on the same bytes, the order
         # alternating from chunk to chunk (whichever runs second finds warmer caches).
-        for step in ("decode", "meter") if chunk_no % 2 else ("meter", "decode"):
+        steps = ("decode", "meter", "bare")
+        for step in steps if chunk_no % 2 else reversed(steps):
             if step == "decode":
                 with decode_alone:
                     decode_only(wire)
-            else:
+            elif step == "meter":
                 with our_feed:
                     ours.feed(decode_observations(wire))
+            else:
+                with bare_feed:
+                    bare.feed(wire)
             gc.collect()
         if twin.snapshots < litellm_limit:  # whole chunks: LiteLLM prices the whole chunk
             records: list[Delta] = []
@@ -411,6 +453,12 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "",
     )
+    table.add_row(
+        "for scale: decode + a bare loop (counters summed, no rules)",
+        f"{bare_feed.seconds:.2f}",
+        us(bare_feed.seconds),
+        f"{bare_feed.seconds / decode_seconds:.2f}x",
+    )
     label = "LiteLLM cost_per_token loop" + (", extrapolated" if extrapolated else "")
     table.add_row(
         f"{label} ({theirs.records:,} records measured)",
@@ -429,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         f"ours end to end = [bold]{vs_decode:.2f}x decoding alone[/] (target <= 1.5x: "
         + ("met" if vs_decode <= 1.5 else "[red]not met[/]")
         + f"); decode + LiteLLM's loop = [bold]{ratio:.1f}x[/] ours end to end; "
-        f"the engine alone vs LiteLLM's loop alone: {ratio_engine:.1f}x"
+        f"the engine alone vs LiteLLM's loop alone: {ratio_engine:.1f}x; "
+        f"a bare loop with no rules = {bare_feed.seconds / decode_seconds:.2f}x decoding alone"
     )
 
     comparison = Table(title="Totals per invoice line (micro-dollars)")
@@ -478,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
             "ours_decode_and_feed_seconds": our_feed.seconds,
             "ours_engine_seconds": engine_seconds,
             "ours_vs_decode": vs_decode,
+            "bare_loop_seconds": bare_feed.seconds,
+            "bare_loop_vs_decode": bare_feed.seconds / decode_seconds,
             "ratio_engine_alone": ratio_engine,
             "ours_price_lines_seconds": pricing.seconds,
             "ours_seconds": ours_seconds,
