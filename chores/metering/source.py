@@ -91,12 +91,17 @@ class Source:
     def changed_runners(self, org: str | None, since: float | None) -> Iterator[Doc]:
         """AI runners changed since the stamp `since` (every one when None), streamed in
         stamp order (documents without a numeric stamp first), so that a caller can keep
-        a cursor after every batch."""
+        a cursor after every batch.
+
+        The order is a blocking sort on the server (the name index has no `_id`, and the
+        names are several ranges), over every AI runner on a full pass: allowed to spill
+        to disk, which servers before 6.0 refuse past 100 MB unless asked."""
         yield from self._tasks.find(
             self._changed(org, since),
             RUNNER_PROJECTION,
             sort=[("last_updated_db", 1), ("_id", 1)],
             batch_size=self._batch_size,
+            allow_disk_use=True,
         )
 
     def orgs_changed(self, since: float | None) -> list[Any]:

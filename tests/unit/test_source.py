@@ -209,3 +209,22 @@ def test_a_stamp_years_ahead_never_becomes_the_fan_out_cursor(db, settings):
     )
     orgs, newest = orgs_with_new_usage(db, settings, now=NOW)
     assert orgs == ["acme", "globex"] and newest == t - 60
+
+
+def test_the_scan_of_changed_runners_lets_the_server_sort_on_disk(db, settings):
+    """The scan's order is a blocking sort on a server, over every AI runner on a full
+    pass: servers before 6.0 refuse one past 100 MB unless asked to spill to disk."""
+    from chores.metering.source import Source
+
+    asked = []
+
+    class Tasks:
+        def find(self, *args, **kwargs):
+            asked.append(kwargs)
+            return iter([])
+
+    collections = Collections.of(db, settings)
+    source = Source(collections, ai_task_names=["ai"], batch_size=10)
+    source._tasks = Tasks()
+    assert list(source.changed_runners(None, None)) == []
+    assert asked[0]["allow_disk_use"] is True and asked[0]["sort"][0] == ("last_updated_db", 1)
