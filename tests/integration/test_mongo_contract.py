@@ -7,6 +7,7 @@ difference between the two shows up as a failure on a real server.
 
 from __future__ import annotations
 
+import copy
 import os
 import uuid
 from datetime import UTC, datetime
@@ -205,3 +206,99 @@ def test_a_runner_python_cannot_decode_is_an_anomaly_not_a_stopped_run(mdb, regi
     assert report.anomalies == {"bad_end_time": 1, "no_org": 1}
     if server:
         db.client.close()
+
+
+def test_update_where_reports_refused_upserts_and_updates_that_matched_nothing(mdb):
+    """`writes.update_where`, the compare-and-set of drafts and quota decisions: a bulk
+    error's duplicate keys and its `nMatched`/`nUpserted` counts, as the server reports them."""
+    from chores.core.writes import update_where
+
+    mdb.inv.insert_many([{"_id": "final", "status": "final"}, {"_id": "draft", "v": 1}])
+    refused, unmatched = update_where(
+        mdb.inv,
+        [
+            ({"_id": "final", "status": {"$ne": "final"}}, {"v": 2}, True),  # final: refused
+            ({"_id": "draft", "v": 1}, {"v": 2}, False),  # matched
+            ({"_id": "gone", "v": 1}, {"v": 3}, False),  # matched nothing
+            ({"_id": "new", "status": {"$ne": "final"}}, {"v": 1}, True),  # inserted
+        ],
+    )
+    assert (refused, unmatched) == ({0}, 1)
+    stored = {doc["_id"]: doc for doc in mdb.inv.find()}
+    assert stored["final"] == {"_id": "final", "status": "final"}
+    assert stored["draft"]["v"] == 2 and stored["new"]["v"] == 1 and "gone" not in stored
+    # Without a refusal the counts come from the result instead.
+    assert update_where(mdb.inv, [({"_id": "gone"}, {"v": 1}, False)]) == (set(), 1)
+
+
+def test_replace_where_reports_the_upserts_a_final_document_refused(mdb):
+    from chores.core.writes import replace_where
+
+    mdb.inv.insert_one({"_id": "final", "status": "final", "total": 5})
+    refused = replace_where(
+        mdb.inv,
+        [
+            ({"_id": "final", "status": {"$ne": "final"}}, {"status": "draft", "total": 9}),
+            ({"_id": "new", "status": {"$ne": "final"}}, {"status": "draft", "total": 1}),
+        ],
+    )
+    assert refused == {0}
+    assert mdb.inv.find_one({"_id": "final"})["total"] == 5
+    assert mdb.inv.find_one({"_id": "new"})["total"] == 1
+
+
+def test_an_inc_upsert_returns_each_caller_the_next_ticket(mdb):
+    """`Invoices._ticket`: the first call creates the counter at 1, each next one adds 1."""
+    from pymongo import ReturnDocument
+
+    tickets = [
+        mdb.counters.find_one_and_update(
+            {"_id": "draft_builds"},
+            {"$inc": {"value": 1}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )["value"]
+        for _ in range(3)
+    ]
+    assert tickets == [1, 2, 3]
+
+
+def test_a_plain_client_and_a_now_with_microseconds_bill_as_whole_seconds_do(
+    mdb, fixture_docs, registry
+):
+    """A worker's `now` has microseconds, which a server keeps only to the millisecond, and
+    another program may pass a database of a plain `MongoClient()` (naive datetimes): runs,
+    a rerun and a finalize give the same invoices as whole seconds on a UTC client."""
+    from datetime import timedelta
+
+    server = isinstance(mdb, pymongo.database.Database)
+    if server:
+        plain_client = pymongo.MongoClient(os.environ["MONGO_URL"])  # default options
+    else:
+        plain_client = mongomock.MongoClient()
+    plain = plain_client[f"{mdb.name}_plain"]
+    settings = Settings(redis_url=None, batch_size=3)
+    odd = timedelta(microseconds=123_456)
+
+    def bill(db, offset):
+        db.tasks.insert_many(copy.deepcopy(fixture_docs["tasks"]))
+        db.findings.insert_many(copy.deepcopy(fixture_docs["findings"]))
+        run_chore(db, now=NOW + offset, registry=registry, settings=settings)
+        run_chore(db, now=NOW + offset + timedelta(seconds=1), registry=registry, settings=settings)
+        month_end = datetime(2026, 12, 5, tzinfo=UTC) + offset
+        finalized = finalize_invoices(db, now=month_end, settings=settings)
+        again = run_chore(db, now=month_end, registry=registry, settings=settings)
+        invoices = {
+            doc["_id"]: (doc["status"], doc["total_micros"], doc["lines"])
+            for doc in db.billing_invoices.find()
+        }
+        return sorted(finalized), again.tokens_billed, invoices
+
+    try:
+        whole = bill(mdb, timedelta(0))
+        assert bill(plain, odd) == whole
+        assert whole[0] == ["ws-acme:2026-11", "ws-beta:2026-11"] and whole[1] == 0
+    finally:
+        if server:
+            plain_client.drop_database(plain.name)
+            plain_client.close()
