@@ -238,8 +238,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _configured() -> dict[str, Any]:
+    """Celery's settings from the environment. A bad one stops `celery worker` or `beat`
+    with its one line (redacted, as `get_settings` words it), not Celery's usage text and a
+    traceback: SystemExit, which Celery's loading of the app does not catch."""
+    try:
+        return celery_config(get_settings())
+    except ConfigError as exc:
+        raise SystemExit(f"chore service: {exc}") from None
+
+
 app = Celery("chores", include=["chores.tasks"])
-app.conf.update(celery_config(get_settings()))
+app.conf.update(_configured())
 
 
 @celeryd_init.connect

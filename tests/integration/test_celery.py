@@ -985,3 +985,35 @@ def test_a_worker_refuses_a_local_store_rather_than_lose_what_it_bills(service, 
     finally:
         tasks.get_db.cache_clear()
     assert not store.exists()
+
+
+@pytest.mark.parametrize("program", ["worker", "beat"])
+@pytest.mark.parametrize(
+    ("setting", "value", "said"),
+    [
+        ("LOCK_TTL_SECONDS", "100", "time limits must nest: TASK_SOFT_TIME_LIMIT <"),
+        (
+            "CELERY_BROKER_URL",
+            "redis://:pa/ss@word@127.0.0.1:1/0",
+            "invalid setting: CELERY_BROKER_URL='redis://:***@127.0.0.1:1/0'",
+        ),
+    ],
+)
+def test_a_bad_service_setting_stops_the_service_with_one_line(
+    tmp_path, program, setting, value, said
+):
+    """Celery loads the app inside its command: a `ConfigError` raised there printed its
+    usage text and a 40-line traceback. Now the setting's one line, redacted, and exit 1."""
+    env = {**os.environ, setting: value}
+    stopped = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "chores.celery_app", program],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stopped.returncode == 1
+    assert stopped.stderr.splitlines() == [stopped.stderr.strip()], stopped.stderr
+    assert stopped.stderr.startswith(f"chore service: {said}")
+    assert "ss@word" not in stopped.stderr + stopped.stdout
