@@ -149,8 +149,8 @@ class KeepLock:
             if self.lock.renew():
                 return
             self.lost = (
-                f"lock of org {self.org} lost mid-run (expired or taken over): the run goes on,"
-                " the ledger keeps billing exact"
+                f"lock of org {self.org} lost mid-run (expired, taken over, or lost with Redis's"
+                " data): the run goes on, the ledger keeps billing exact"
             )
         except RedisError as exc:
             self.lost = (
@@ -162,12 +162,16 @@ class KeepLock:
 
 
 def release_quietly(lock: OrgLock) -> str | None:
-    """Release a run's lock; a lock that expired or a Redis that went away is a warning,
-    logged and returned."""
+    """Release a run's lock; a lock that is gone (expired, or lost by a Redis restarted
+    without its data) or a Redis that went away is a warning, logged and returned."""
     try:
         if lock.release():
             return None
-        problem = f"lock of org {lock.org} expired before its run ended (LOCK_TTL_SECONDS)"
+        problem = (
+            f"lock of org {lock.org} gone before its run ended (expired after LOCK_TTL_SECONDS,"
+            " or lost with Redis's data): another run of the org may have overlapped it, the"
+            " ledger keeps billing exact"
+        )
     except RedisError as exc:  # it expires by itself
         problem = f"could not release the lock of org {lock.org}: {type(exc).__name__}"
     log.warning("%s", problem)

@@ -549,5 +549,5 @@ def test_chore_run_says_so_when_it_loses_its_lock_mid_run(client, monkeypatch, s
     result = CliRunner().invoke(main, ["run", "--org", "ws-acme", "--quiet"])
     assert result.exit_code == 0, result.output
     assert result.output.count("warning: lock of org ws-acme lost mid-run") == 1
-    assert "expired before its run ended" in result.output  # its release found another's
+    assert "gone before its run ended" in result.output  # its release found another's
     assert client.get(KEY_PREFIX + "ws-acme") == b"worker-task" and ledger(shared_db)
