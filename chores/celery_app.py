@@ -16,6 +16,7 @@ import logging
 import math
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -239,13 +240,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def _configured() -> dict[str, Any]:
-    """Celery's settings from the environment. A bad one stops `celery worker` or `beat`
-    with its one line (redacted, as `get_settings` words it), not Celery's usage text and a
-    traceback: SystemExit, which Celery's loading of the app does not catch."""
+    """Celery's settings from the environment. A bad one stops the `celery` command (worker,
+    beat) with its one line (redacted, as `get_settings` words it), not Celery's usage text
+    and a traceback: SystemExit, which Celery's loading of the app does not catch. Any
+    other importer gets the `ConfigError`."""
     try:
         return celery_config(get_settings())
     except ConfigError as exc:
-        raise SystemExit(f"chore service: {exc}") from None
+        if _run_by_celery_command():
+            raise SystemExit(f"chore service: {exc}") from None
+        raise
+
+
+def _run_by_celery_command() -> bool:
+    """Whether this process is the `celery` command (`celery ...` or `python -m celery`)."""
+    started = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return started.name == "celery" or started.parent.name == "celery"
 
 
 app = Celery("chores", include=["chores.tasks"])

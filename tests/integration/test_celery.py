@@ -1017,3 +1017,25 @@ def test_a_bad_service_setting_stops_the_service_with_one_line(
     assert stopped.stderr.splitlines() == [stopped.stderr.strip()], stopped.stderr
     assert stopped.stderr.startswith(f"chore service: {said}")
     assert "ss@word" not in stopped.stderr + stopped.stdout
+
+
+def test_another_program_importing_the_app_with_a_bad_setting_gets_the_config_error(tmp_path):
+    """Only the `celery` command is stopped with SystemExit: a program importing the app
+    (to send a task, say) can catch the `ConfigError`."""
+    program = (
+        "from chores.core.exceptions import ConfigError\n"
+        "try:\n"
+        "    import chores.celery_app\n"
+        "except ConfigError as exc:\n"
+        "    print('caught:', exc)\n"
+    )
+    caught = subprocess.run(
+        [sys.executable, "-c", program],
+        env={**os.environ, "LOCK_TTL_SECONDS": "100"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert caught.returncode == 0, caught.stderr
+    assert caught.stdout.startswith("caught: time limits must nest")
