@@ -35,7 +35,8 @@ class _DuplicateKey(ValueError):
 
 
 class _RegistryLoader(yaml.SafeLoader):
-    """SafeLoader that reads floats as exact Decimals and refuses a key given twice (a key
+    """SafeLoader that reads floats as exact Decimals, integers only when written in decimal
+    (`_construct_int`), and refuses a key given twice (a key
     written over one merged in with `<<` is not given twice: overriding is what `<<` is for)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
@@ -69,13 +70,40 @@ class _RegistryLoader(yaml.SafeLoader):
             seen.add(key)
 
 
+class _NotDecimal(ValueError):
+    pass
+
+
+# YAML 1.1 (PyYAML) reads an unquoted `010` as octal 8, `0x10` as 16, `0b10` as 2, and
+# `1:30` as 90 (base 60): a rate written so would be billed at a number nobody wrote.
+_DECIMAL_INT = re.compile(r"[-+]?(0|[1-9][0-9_]*)")
+
+
+def _not_decimal(text: str, node: yaml.ScalarNode) -> _NotDecimal:
+    return _NotDecimal(
+        f"{text!r} at line {node.start_mark.line + 1} is not a decimal number (YAML would read"
+        " it as octal, hexadecimal, binary or base 60): write it in decimal, quoted"
+    )
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node))
+    if not _DECIMAL_INT.fullmatch(text):
+        raise _not_decimal(text, node)
+    return int(text.replace("_", ""))
+
+
 def _construct_decimal(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Decimal | float:
+    text = str(loader.construct_scalar(node))
+    if ":" in text:
+        raise _not_decimal(text, node)
     try:
-        return Decimal(loader.construct_scalar(node).replace("_", ""))
+        return Decimal(text.replace("_", ""))
     except InvalidOperation:
         return loader.construct_yaml_float(node)  # .inf, .nan: refused later with the field named
 
 
+_RegistryLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _RegistryLoader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
 
 
