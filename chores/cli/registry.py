@@ -16,10 +16,12 @@ from chores.cli.common import (
     now_option,
     user_errors,
 )
+from chores.cli.output_files import write_output
 from chores.cli.params import DayType, OneLineGroup
 from chores.core.settings import get_settings
 from chores.core.wording import counted, for_terminal
 from pricing import (
+    RegistryError,
     load_registry,
     not_imported_keys,
     rate_text,
@@ -101,6 +103,17 @@ def registry_validate(path: str | None, path_option: str | None) -> None:
     click.echo(for_terminal(valid))
 
 
+def _not_a_registry(path: Path) -> str | None:
+    """Why `import-litellm --out` leaves an existing file alone: it is no registry (a
+    compose file, say), which a mistyped path would lose."""
+    try:
+        load_registry(path)
+    except RegistryError as exc:
+        first = str(exc).split(": ", 1)[-1][:120]
+        return f"exists and is not a model registry ({first}); remove it to write one there"
+    return None
+
+
 WRITERS = {".yaml": registry_to_yaml, ".yml": registry_to_yaml, ".json": registry_to_json}
 
 
@@ -138,10 +151,7 @@ def registry_import(
         )
     text = WRITERS[suffix](reg)
     if out:
-        try:
-            Path(out).write_text(text)
-        except OSError as exc:
-            raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
+        write_output(Path(out), text, keep=_not_a_registry)
         click.echo(f"wrote {counted(len(reg.models), 'model')} to {out}", err=True)
     else:
         sys.stdout.write(text)

@@ -8,8 +8,6 @@ invoice's, to the micro-dollar.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -42,6 +40,7 @@ from chores.cli.common import (
     period_or_month_of,
     user_errors,
 )
+from chores.cli.output_files import write_output
 from chores.cli.params import DayType
 from chores.core.db import Collections, connect
 from chores.core.money import usd
@@ -356,7 +355,7 @@ def report(
         )
         update("rendering the page", 0, 1)
         page = render_report(data)
-        _write_atomically(out, page)
+        write_output(out, page)
         update("done", 1, 1)
     if not quiet:
         invoice = data.allocation.invoice
@@ -366,19 +365,3 @@ def report(
             f"{counted(len(data.waiting()), 'anomaly')} to review"
             + (f", {len(data.reviewed())} reviewed" if data.reviewed() else "")
         )
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Readers (a web server, a mail job) never see half a report."""
-    folder = path.resolve().parent
-    try:
-        handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

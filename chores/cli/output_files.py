@@ -1,0 +1,76 @@
+"""Files a command writes for the user (`--out`): whole or not at all, and only where a
+file belongs.
+
+- Written to a temporary file beside the target, then renamed over it: a reader (a web
+  server, a mail job) never sees half of one, and a failed write leaves the old one.
+- Through a symlink, to the file it points at (as a shell's `>` would); the link stays.
+- Never over what is not a regular file: a FIFO, a device (`/dev/full`, `/dev/null` as
+  root) or a directory would be replaced by a file, and the command would claim success.
+- With the replaced file's permission bits, or a new file's default (the umask's), not
+  the 0600 of a temporary file.
+- Never over a local store (`file://`, the demo's database): a mistyped `--out` would
+  lose every invoice in it. `keep` may refuse other files (what it says is the reason).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from chores.core.local_store import is_store
+
+
+def write_output(
+    path: Path, text: str, *, keep: Callable[[Path], str | None] | None = None
+) -> None:
+    """Write `text` to `path` whole (see the module's docstring); a `ClickException` naming
+    the path and the reason when it cannot, the target then unchanged."""
+    target = path.resolve()
+    try:
+        existing = target.stat()
+    except FileNotFoundError:
+        existing = None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        raise click.ClickException(
+            f"cannot write {path}: not a regular file (a directory, FIFO or device); "
+            "give the path of a file"
+        )
+    if existing is not None:
+        reason = _a_store(target) or (keep(target) if keep is not None else None)
+        if reason is not None:
+            raise click.ClickException(f"not replaced: {path} {reason}")
+    mode = stat.S_IMODE(existing.st_mode) if existing is not None else _new_file_mode()
+    try:
+        handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.chmod(temp, mode)
+        os.replace(temp, target)
+    except BaseException as exc:
+        Path(temp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
+        raise
+
+
+def _a_store(path: Path) -> str | None:
+    if is_store(path):
+        return "is a local store of the chore's billing (give another path)"
+    return None
+
+
+def _new_file_mode() -> int:
+    """What `open(path, "w")` would give a new file: 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

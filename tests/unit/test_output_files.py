@@ -1,0 +1,111 @@
+"""`--out` files (review): written whole, through a symlink to its file, never over a FIFO,
+a device, a local store or (for a registry) a file that is no registry, with the permission
+bits a file written by the user would have."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from chores.cli import main
+from chores.cli.output_files import write_output
+from chores.core import local_store
+
+
+def test_a_new_file_gets_the_umasks_bits_and_a_replaced_one_keeps_its_own(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        new = tmp_path / "new.html"
+        write_output(new, "one")
+        assert stat.S_IMODE(new.stat().st_mode) == 0o640  # not a temporary file's 0600
+        kept = tmp_path / "kept.html"
+        kept.write_text("old")
+        kept.chmod(0o604)
+        write_output(kept, "two")
+        assert kept.read_text() == "two" and stat.S_IMODE(kept.stat().st_mode) == 0o604
+    finally:
+        os.umask(previous)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.html", "new.html"]
+
+
+def test_a_symlink_is_written_through_and_stays_a_link(tmp_path):
+    real = tmp_path / "real.html"
+    real.write_text("old")
+    link = tmp_path / "link.html"
+    link.symlink_to(real)
+    write_output(link, "new")
+    assert link.is_symlink() and real.read_text() == "new"
+
+
+def test_a_fifo_or_a_directory_is_refused_and_left_as_it_is(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for target in (fifo, tmp_path):
+        with pytest.raises(click.ClickException, match="not a regular file"):
+            write_output(target, "page")
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]  # no temporary file left
+
+
+def test_a_local_store_is_never_replaced(tmp_path):
+    store = tmp_path / "store.json"
+    client = local_store.open_client(f"file://{store}", fresh=True)
+    client["main"]["billing_invoices"].insert_one({"_id": "acme:2026-11", "total_micros": 7})
+    local_store.close_all()
+    before = store.read_bytes()
+    with pytest.raises(click.ClickException, match="is a local store of the chore's billing"):
+        write_output(store, "<html>")
+    assert store.read_bytes() == before
+
+
+def _litellm_map(tmp_path: Path) -> Path:
+    source = tmp_path / "map.json"
+    source.write_text(
+        json.dumps(
+            {
+                "gpt-4o-mini": {
+                    "input_cost_per_token": 1.5e-07,
+                    "output_cost_per_token": 6e-07,
+                    "litellm_provider": "openai",
+                    "mode": "chat",
+                }
+            }
+        )
+    )
+    return source
+
+
+def test_import_litellm_replaces_a_registry_but_no_other_file(tmp_path):
+    """A mistyped `--out` replaced a billing store (every invoice lost) with `wrote 1 model`
+    and exit 0."""
+    source = _litellm_map(tmp_path)
+    store = tmp_path / "s7.json"
+    local_store.open_client(f"file://{store}", fresh=True)["main"]["plans"].insert_one({"o": 1})
+    local_store.close_all()
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text("services:\n  mongo:\n    image: mongo:7.0\n")
+    for target, says in (
+        (store, "is a local store"),
+        (compose, "exists and is not a model registry"),
+    ):
+        before = target.read_bytes()
+        args = ["registry", "import-litellm", str(source), "--out", str(target)]
+        refused = CliRunner().invoke(main, args)
+        assert refused.exit_code == 1 and f"not replaced: {target} {says}" in refused.output
+        assert refused.output.count("\n") == 1, refused.output  # one line
+        assert target.read_bytes() == before
+    registry = tmp_path / "registry.yaml"
+    first = CliRunner().invoke(
+        main, ["registry", "import-litellm", str(source), "--out", str(registry)]
+    )
+    again = CliRunner().invoke(
+        main, ["registry", "import-litellm", str(source), "--out", str(registry)]
+    )
+    assert (first.exit_code, again.exit_code) == (0, 0), again.output
+    assert f"wrote 1 model to {registry}" in again.output
