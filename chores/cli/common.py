@@ -33,9 +33,13 @@ INTERRUPTED = "interrupted: what was written so far is kept; run the command aga
 
 def console() -> Console:
     """Rich console: the terminal's width; 160 columns when writing to a pipe or file
-    (wide enough for every table), unless COLUMNS says otherwise."""
-    out = Console()
-    return out if out.is_terminal or "COLUMNS" in os.environ else Console(width=160)
+    (wide enough for every table), unless COLUMNS says otherwise. No emoji codes: an org
+    id or a model name such as `:smile:` is shown as written (markup is escaped where
+    such text is printed)."""
+    out = Console(emoji=False)
+    if out.is_terminal or "COLUMNS" in os.environ:
+        return out
+    return Console(width=160, emoji=False)
 
 
 def user_errors(func: F) -> F:

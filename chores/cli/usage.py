@@ -298,7 +298,7 @@ def _progress_bar(quiet: bool) -> Iterator[Any]:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    err = Console(stderr=True)
+    err = Console(stderr=True, emoji=False)
     # In a log (no terminal) a bar is noise: it shows only where someone watches.
     with Progress(
         *columns, console=err, transient=True, disable=quiet or not err.is_terminal

@@ -507,3 +507,20 @@ def test_invoice_show_lists_no_reasons_for_an_invoice_that_needs_none(env_db):
     output = invoke("invoice", "show", "--org", "acme", *NOW_ARG).output
     assert "NEEDS REVIEW" not in output
     assert "needs review" not in output
+
+
+def test_ids_and_model_names_are_shown_as_written_never_as_emoji(env_db):
+    """Review: rich turned `:smile:` into 😄 and `:b:` into 🅱 in the tables (`run`,
+    `invoice show`, `status`), so an org could be mistaken for another."""
+    from datetime import timedelta
+
+    ended = NOW - timedelta(hours=1)
+    env_db.tasks.insert_one(ai_runner("r1", ended=ended, org=":smile:", model=":b: gpt"))
+    ran = invoke("run", "--all", *NOW_ARG)
+    shown = invoke("invoice", "show", "--org", ":smile:", "--period", "2026-11")
+    status = invoke("status", *NOW_ARG)
+    for result in (ran, shown, status):
+        assert result.exit_code == 0, result.output
+        assert ":smile:" in result.output
+        assert "😄" not in result.output and "🅱" not in result.output
+    assert ":b: gpt" in shown.output
