@@ -10,7 +10,7 @@ registry file; money stays `Decimal`.
 """
 
 from ._errors import RegistryError
-from ._litellm import not_imported_keys, registry_from_litellm, zero_priced_keys
+from ._litellm import case_twin_keys, not_imported_keys, registry_from_litellm, zero_priced_keys
 from ._load import SHIPPED_REGISTRY_PATH, load_registry, registry_to_json, registry_to_yaml
 from ._models import ModelEntry, PriceVersion, Registry, rate_text
 
@@ -20,6 +20,7 @@ __all__ = [
     "PriceVersion",
     "Registry",
     "RegistryError",
+    "case_twin_keys",
     "load_registry",
     "not_imported_keys",
     "rate_text",

@@ -119,6 +119,35 @@ def not_imported_keys(
     )
 
 
+def case_twin_keys(data: Mapping[str, Any], registry: Registry) -> dict[str, str]:
+    """The token-priced entries of `data` that `registry` (imported from it) prices as
+    another key spelled the same but for case (kept first, in sorted order: a registry
+    resolves names ignoring case), though LiteLLM gives them other costs: their usage is
+    priced at the other key's rates. By key, the id they are priced as."""
+    twins: dict[str, str] = {}
+    for key, spec in data.items():
+        if not isinstance(key, str) or not isinstance(spec, Mapping) or not _priced_mode(spec):
+            continue
+        entry = registry.resolve(key)
+        if entry is None or entry.id == key or entry.id.casefold() != key.casefold():
+            continue
+        kept = data.get(entry.id)
+        if not isinstance(kept, Mapping) or _rates(spec) != _rates(kept):
+            twins[key] = entry.id
+    return dict(sorted(twins.items()))
+
+
+def _rates(spec: Mapping[str, Any]) -> tuple[Decimal | None, ...]:
+    return tuple(
+        _per_million(spec.get(field))
+        for field in (
+            "input_cost_per_token",
+            "output_cost_per_token",
+            "cache_read_input_token_cost",
+        )
+    )
+
+
 def _unknown_price(spec: Mapping[str, Any], free_providers: frozenset[str]) -> bool:
     """Both costs 0 and the provider not a free one: a price LiteLLM does not know."""
     costs = _costs(spec)

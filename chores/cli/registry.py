@@ -22,6 +22,7 @@ from chores.core.settings import get_settings
 from chores.core.wording import counted, for_terminal
 from pricing import (
     RegistryError,
+    case_twin_keys,
     load_registry,
     not_imported_keys,
     rate_text,
@@ -166,9 +167,22 @@ def registry_import(
     }
     for why, keys in left_out.items():
         if keys:
-            examples = for_terminal(", ".join(keys[:3])) + (", ..." if len(keys) > 3 else "")
             click.echo(
-                f"left out {counted(len(keys), 'model')} {why} ({examples}): their usage stays "
-                "unpriced until a registry prices them",
+                f"left out {counted(len(keys), 'model')} {why} ({_examples(keys)}): their usage "
+                "stays unpriced until a registry prices them",
                 err=True,
             )
+    twins = case_twin_keys(data, reg)
+    if twins:
+        pairs = [f"{key} as {kept}" for key, kept in twins.items()]
+        click.echo(
+            f"priced {counted(len(twins), 'model')} at the rates of a key spelled the same but "
+            f"for case, though LiteLLM gives them others ({_examples(pairs)}): a registry "
+            "resolves names ignoring case",
+            err=True,
+        )
+
+
+def _examples(names: list[str]) -> str:
+    """The first three names, for one line."""
+    return for_terminal(", ".join(names[:3])) + (", ..." if len(names) > 3 else "")

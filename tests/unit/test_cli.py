@@ -568,6 +568,10 @@ def test_import_litellm_says_which_text_models_it_left_out(tmp_path):
         "already took) (tiered): their usage stays unpriced until a registry prices them"
     ) in result.output
     assert load_registry(out).resolve("a/x").id == "A/x"  # one name, whatever its case
+    assert (  # ...whose rates LiteLLM gives otherwise: said (review)
+        "priced 1 model at the rates of a key spelled the same but for case, though LiteLLM "
+        "gives them others (a/x as A/x): a registry resolves names ignoring case"
+    ) in result.output
     assert "embedder" not in result.output  # not a text model: nothing to price per token
     assert "route/x" not in result.output and load_registry(out).resolve("route/x") is not None
 

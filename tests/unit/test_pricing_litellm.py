@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pricing import (
     Registry,
     RegistryError,
+    case_twin_keys,
     load_registry,
     registry_from_litellm,
     registry_to_yaml,
@@ -142,6 +143,11 @@ def test_case_twins_keep_the_first_in_sorted_order(imported: Registry) -> None:
     assert twin is not None and twin.id == "Case-Twin"
     with pytest.raises(KeyError):
         imported.get("case-twin")
+    # priced at Case-Twin's rates though LiteLLM gives it others: named (review)
+    assert case_twin_keys(LITELLM, imported) == {"case-twin": "Case-Twin"}
+    alike = {"M": _chat("openai", 1e-06, 1e-06), "m": _chat("openai", 1e-06, 1e-06)}
+    registry = registry_from_litellm(alike, valid_from=DAY, version="v")
+    assert case_twin_keys(alike, registry) == {}  # the same rates either way: nothing to say
 
 
 @pytest.mark.parametrize("key", ["ollama/llama3.1", "ollama_chat/qwen2.5", "lm_studio/some-model"])
