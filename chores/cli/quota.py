@@ -275,9 +275,11 @@ def _read_plan(org: str, doc: Mapping[str, Any] | None) -> Plan:
 def _print_plan(org: str, p: Plan, default: bool = False) -> None:
     tokens = "no limit" if p.token_limit is None else f"{p.token_limit:,} tokens"
     spend = "no limit" if p.spend_limit_micros is None else usd_exact(p.spend_limit_micros)
+    # the ratio as written (0.80000001 is 80.000001%, not a rounded 80%)
+    percent = format((Decimal(str(p.soft_ratio)) * 100).normalize(), "f")
     click.echo(
         f"{for_terminal(org)}{' (default plan)' if default else ''}: token limit {tokens}, "
-        f"spend limit {spend}, warn at {p.soft_ratio * 100:g}%, overdraft {p.grace_tokens:,} tokens"
+        f"spend limit {spend}, warn at {percent}%, overdraft {p.grace_tokens:,} tokens"
     )
 
 

@@ -339,6 +339,8 @@ def test_a_new_plan_starts_from_the_default_and_none_clears_a_limit(cli_db, monk
     )
     cleared = invoke("plan", "set", "--org", "ws-acme", "--token-limit", "none", *NOW_ARG)
     assert "token limit no limit, spend limit no limit, warn at 90%" in cleared.output
+    exact = invoke("plan", "set", "--org", "ws-acme", "--soft", "0.80000001", *NOW_ARG)
+    assert "warn at 80.000001%" in exact.output  # as written, not rounded to 80% (review)
 
 
 def test_plan_set_refuses_a_now_ahead_of_the_clock(cli_db):
