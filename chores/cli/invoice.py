@@ -29,7 +29,7 @@ from chores.cli.common import (
 )
 from chores.cli.params import OneLineGroup
 from chores.core.db import Collections, connect
-from chores.core.money import usd
+from chores.core.money import usd, usd_exact
 from chores.core.orgs import validate_org
 from chores.core.settings import get_settings
 from chores.core.wording import counted, for_terminal
@@ -107,12 +107,21 @@ def print_invoice(out: Console, inv: Invoice, anomalies: Sequence[OpenAnomaly] =
             amount,
         )
     out.print(tables.fit(view, out.width))
+    total = f"{usd(inv.total_micros)} USD"
+    if usd(inv.total_micros) != usd_exact(inv.total_micros):  # cents would not add up to it
+        total += f" ({usd_exact(inv.total_micros)} exact)"
     out.print(
-        f"  total {usd(inv.total_micros)} USD · {counted(inv.runs, 'run')} · "
+        f"  total {total} · {counted(inv.runs, 'run')} · "
         f"{counted(inv.unpriced_tokens, 'unpriced token')}"
     )
     tiers = {line.tier for line in inv.lines}
+    rounded = any(
+        usd(x.amount_micros) != usd_exact(x.amount_micros)
+        for x in inv.lines
+        if x.amount_micros is not None
+    )
     notes = [
+        *(["amounts in cents: --csv and --json give each line's micro-dollars"] if rounded else []),
         *(["free: metered, charged $0"] if "free" in tiers else []),
         *(["byok: the org's own key, charged $0"] if "byok" in tiers else []),
         *(["UNPRICED: no price yet"] if not all(x.priced for x in inv.lines) else []),

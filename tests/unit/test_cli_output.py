@@ -524,3 +524,22 @@ def test_ids_and_model_names_are_shown_as_written_never_as_emoji(env_db):
         assert ":smile:" in result.output
         assert "😄" not in result.output and "🅱" not in result.output
     assert ":b: gpt" in shown.output
+
+
+def test_an_invoice_total_in_cents_shows_its_exact_amount_when_cents_lose_some(env_db):
+    """Review: lines of $0.001754 and $1.76 showed under a total of $1.76: cents per line
+    never add up exactly. The total says its exact amount, and a note where the exact
+    lines are."""
+    from datetime import timedelta
+
+    ended = NOW - timedelta(hours=1)
+    env_db.tasks.insert_one(ai_runner("r1", ended=ended, tokens=100_000))  # $0.015 of input
+    invoke("run", "--all", *NOW_ARG)
+    shown = invoke("invoice", "show", "--org", "acme", "--period", "2026-11")
+    assert "total $0.02 USD ($0.015 exact) · 1 run" in shown.output
+    assert "amounts in cents: --csv and --json give each line's micro-dollars" in shown.output
+    env_db.tasks.insert_one(ai_runner("r2", ended=ended, tokens=100_000))  # now $0.03 exactly
+    invoke("run", "--all", *NOW_ARG)
+    whole = invoke("invoice", "show", "--org", "acme", "--period", "2026-11")
+    assert "total $0.03 USD · 2 runs" in whole.output
+    assert "exact" not in whole.output and "amounts in cents" not in whole.output
