@@ -157,6 +157,8 @@ def open_client(url: str, *, fresh: bool = False) -> Any:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the local store {path}: {_reason(exc)}") from None
+    lock_path = Path(f"{path}.lock")
+    lock_was_there = lock_path.exists()
     lock = _lock(path)
     try:
         if fresh and path.exists() and not is_store(path):
@@ -167,6 +169,8 @@ def open_client(url: str, *, fresh: bool = False) -> Any:
         client: Any = _mongomock_client()
         loaded = None if fresh else _load(path, client)
     except BaseException:
+        if not lock_was_there:  # no store opened: no lock file of ours left beside the file
+            lock_path.unlink(missing_ok=True)
         lock.close()
         raise
     _OPEN[path] = LocalStore(path, client, lock, loaded)

@@ -180,6 +180,7 @@ def test_a_missing_or_foreign_file_is_one_line(tmp_path, monkeypatch):
         (tmp_path / "none.json").write_text('{"hello": 1}')
         foreign = CliRunner().invoke(main, ["status"])
         assert foreign.exit_code == 1 and "not a local store written by `chore`" in foreign.output
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["none.json"]  # no stray .lock
     finally:
         get_settings.cache_clear()
 
