@@ -64,7 +64,7 @@ def anomaly_list(org: str, period: str | None, reviewed: bool, as_json: bool) ->
         if reviewed:
             row.append(escape(for_terminal(_review_text(a))) if a.reviewed_at else tables.DASH)
         view.add_row(*row)
-    out.print(tables.fit(view, out.width))
+    tables.show(out, view)
     waiting = sum(1 for a in found if a.reviewed_at is None)
     periods = {a.period for a in found if a.reviewed_at is None}
     month = periods.pop() if len(periods) == 1 else "YYYY-MM"

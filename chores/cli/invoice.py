@@ -106,7 +106,7 @@ def print_invoice(out: Console, inv: Invoice, anomalies: Sequence[OpenAnomaly] =
             f"{line.tokens:,}",
             amount,
         )
-    out.print(tables.fit(view, out.width))
+    tables.show(out, view)
     total = f"{usd(inv.total_micros)} USD"
     if usd(inv.total_micros) != usd_exact(inv.total_micros):  # cents would not add up to it
         total += f" ({usd_exact(inv.total_micros)} exact)"

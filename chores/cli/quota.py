@@ -329,10 +329,8 @@ def status(limit: int, now: datetime | None) -> None:
             f"{age:,}s" if age >= 0 else "after --now",  # a --now before the decision
         )
     out = console()
-    tables.fit(runs, out.width)
-    tables.fit(lag, out.width)
-    out.print(runs)
-    out.print(lag)
+    tables.show(out, runs)
+    tables.show(out, lag)
     print_source_indexes(out, c)
 
 
@@ -348,6 +346,5 @@ def print_source_indexes(out: Console, c: Collections) -> None:
     tables.text_column(table, "cost without it")
     for index in missing:
         table.add_row(escape(index.describe()), escape(index.cost))
-    tables.fit(table, out.width)
-    out.print(table)
+    tables.show(out, table)
     out.print(f"  create them (needs a role that may create indexes): {APPLY_INDEXES_COMMAND}")

@@ -72,7 +72,7 @@ def reconcile_command(org: str, period: str, as_json: bool, now: datetime | None
                 usd_of_dollars(line.runner_estimate_usd if line.estimated_runners else None),
                 "[green]ok[/]" if line.matches else "[bold red]MISMATCH[/]",
             )
-        out.print(tables.fit(table, out.width))
+        tables.show(out, table)
         if result.registry_changed:
             out.print(
                 f"this {result.status} invoice was priced with another registry version than "

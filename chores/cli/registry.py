@@ -84,7 +84,7 @@ def registry_list(path: str | None, path_option: str | None, now: datetime | Non
             rates = [rate_text(r) for r in (price.input, price.cached_rate, price.output)]
         table.add_row(escape(model.id), model.tier, since, *rates, escape(", ".join(model.aliases)))
     out = console()
-    out.print(tables.fit(table, out.width))
+    tables.show(out, table)
     out.print("input, cached, output: USD per million tokens")
 
 

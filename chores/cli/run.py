@@ -193,7 +193,7 @@ def _run(
             f"{summary.anomalies:,}",
             report.decisions.get(name, tables.DASH),
         )
-    out.print(tables.fit(table, out.width))
+    tables.show(out, table)
     for warning in report.missing_indexes:
         click.echo(f"warning: {warning}", err=True)
     if report.mirror_missed is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich import box
+from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -60,8 +61,10 @@ def number_column(view: Table, header: str) -> None:
 
 
 def _widest(column: Column) -> int:
-    header = Text.from_markup(str(column.header))
-    cells = [c if isinstance(c, Text) else Text.from_markup(str(c)) for c in column.cells]
+    header = Text.from_markup(str(column.header), emoji=False)  # as `console()` shows it
+    cells = [
+        c if isinstance(c, Text) else Text.from_markup(str(c), emoji=False) for c in column.cells
+    ]
     return max([line.cell_len for line in header.split()] + [cell.cell_len for cell in cells])
 
 
@@ -88,6 +91,10 @@ def fit(view: Table, width: int | None = None) -> Table:
     wanted = {id(c): _widest(c) for c in names}
     if sum(wanted.values()) <= room:
         return view
+    if room < 4 * len(names):
+        # The numbers alone take the terminal: the table grows past it (the terminal
+        # wraps the line) rather than rich cutting a number to fit.
+        view.width = chrome + fixed + 4 * len(names)
     share = max(room, 4 * len(names))
     # Shrink the widest names first: the largest cap that fits (water-filling).
     cap = 4
@@ -96,3 +103,9 @@ def fit(view: Table, width: int | None = None) -> Table:
     for column in names:
         column.max_width = max(min(wanted[id(column)], cap), 4)
     return view
+
+
+def show(out: Console, view: Table) -> None:
+    """Print a table fitted to the console (`fit`), never cropped: a table whose numbers
+    alone are wider than the terminal is printed whole, its lines wrapped by the terminal."""
+    out.print(fit(view, out.width), crop=False)

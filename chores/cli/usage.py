@@ -273,7 +273,7 @@ def print_usage(
         f"{summed.tokens:,}",
         usd(summed.priced_micros),
     )
-    out.print(tables.fit(view, out.width))
+    tables.show(out, view)
     if spawned_elsewhere:
         out.print("  * a subagent whose spawning run is not in this period (or not shown)")
     invoice_tokens = sum(line.tokens for line in invoice.lines)

@@ -543,3 +543,16 @@ def test_an_invoice_total_in_cents_shows_its_exact_amount_when_cents_lose_some(e
     whole = invoke("invoice", "show", "--org", "acme", "--period", "2026-11")
     assert "total $0.03 USD · 2 runs" in whole.output
     assert "exact" not in whole.output and "amounts in cents" not in whole.output
+
+
+def test_an_invoice_whose_numbers_alone_fill_80_columns_cuts_none_of_them(env_db):
+    """Review: a line of 999,456,789 tokens at 80 columns showed its amount as `$149.`
+    and the header `amou`: the numbers took the whole width, and rich cut them to fit."""
+    from datetime import timedelta
+
+    env_db.tasks.insert_one(ai_runner("r1", ended=NOW - timedelta(hours=1), tokens=999_456_789))
+    invoke("run", "--all", *NOW_ARG)
+    shown = invoke("invoice", "show", "--org", "acme", "--period", "2026-11", env=NARROW)
+    header, _, row = table_lines(shown.output)[1:4]
+    assert header.split()[-1] == "amount" and row.split()[-1] == "$149.92"
+    assert "999,456,789" in row
