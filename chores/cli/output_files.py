@@ -8,8 +8,9 @@ file belongs.
   root) or a directory would be replaced by a file, and the command would claim success.
 - With the replaced file's permission bits, or a new file's default (the umask's), not
   the 0600 of a temporary file.
-- Never over a local store (`file://`, the demo's database): a mistyped `--out` would
-  lose every invoice in it. `keep` may refuse other files (what it says is the reason).
+- Never over a local store (`file://`, the demo's database) or its lock: a mistyped
+  `--out` would lose every invoice in it. Never over a read-only file, as a shell's `>`.
+  `keep` may refuse other files (what it says is the reason); an empty file is replaced.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ def write_output(
 ) -> None:
     """Write `text` to `path` whole (see the module's docstring); a `ClickException` naming
     the path and the reason when it cannot, the target then unchanged."""
-    target = path.resolve()
+    try:
+        target = path.resolve()
+    except RuntimeError:  # Python 3.11's symlink loop
+        raise click.ClickException(f"cannot write {path}: a loop of symbolic links") from None
     try:
         existing = target.stat()
     except FileNotFoundError:
@@ -42,8 +46,12 @@ def write_output(
             f"cannot write {path}: not a regular file (a directory, FIFO or device); "
             "give the path of a file"
         )
+    if existing is not None and (not existing.st_mode & 0o222 or not os.access(target, os.W_OK)):
+        raise click.ClickException(f"not replaced: {path} is read-only")
     if existing is not None:
-        reason = _a_store(target) or (keep(target) if keep is not None else None)
+        reason = _a_store(target)
+        if reason is None and keep is not None and existing.st_size > 0:
+            reason = keep(target)
         if reason is not None:
             raise click.ClickException(f"not replaced: {path} {reason}")
     mode = stat.S_IMODE(existing.st_mode) if existing is not None else _new_file_mode()
@@ -66,6 +74,8 @@ def write_output(
 def _a_store(path: Path) -> str | None:
     if is_store(path):
         return "is a local store of the chore's billing (give another path)"
+    if path.name.endswith(".lock") and is_store(path.with_name(path.name.removesuffix(".lock"))):
+        return "is the lock of a local store (give another path)"
     return None
 
 

@@ -109,9 +109,8 @@ def _not_a_registry(path: Path) -> str | None:
     compose file, say), which a mistyped path would lose."""
     try:
         load_registry(path)
-    except RegistryError as exc:
-        first = str(exc).split(": ", 1)[-1][:120]
-        return f"exists and is not a model registry ({first}); remove it to write one there"
+    except RegistryError:
+        return "exists and is not a model registry that loads: remove it to write one there"
     return None
 
 

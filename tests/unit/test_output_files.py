@@ -109,3 +109,32 @@ def test_import_litellm_replaces_a_registry_but_no_other_file(tmp_path):
     )
     assert (first.exit_code, again.exit_code) == (0, 0), again.output
     assert f"wrote 1 model to {registry}" in again.output
+
+
+def test_a_symlink_loop_or_a_read_only_file_is_one_line_and_nothing_written(tmp_path):
+    loop = tmp_path / "a.html"
+    loop.symlink_to(tmp_path / "b.html")
+    (tmp_path / "b.html").symlink_to(loop)
+    with pytest.raises(click.ClickException, match="a loop of symbolic links"):
+        write_output(loop, "page")
+    kept = tmp_path / "kept.html"
+    kept.write_text("old")
+    kept.chmod(0o444)  # refused even for root, who could write it anyway
+    with pytest.raises(click.ClickException, match="is read-only"):
+        write_output(kept, "new")
+    assert kept.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.html", "b.html", "kept.html"]
+
+
+def test_a_stores_lock_is_never_replaced_and_an_empty_file_always_is(tmp_path):
+    store = tmp_path / "store.json"
+    local_store.open_client(f"file://{store}", fresh=True)["main"]["plans"].insert_one({"o": 1})
+    local_store.close_all()
+    lock = tmp_path / "store.json.lock"
+    lock.touch()
+    with pytest.raises(click.ClickException, match="is the lock of a local store"):
+        write_output(lock, "<html>" * 10, keep=lambda path: "never")
+    empty = tmp_path / "empty.yaml"
+    empty.touch()  # `touch`, `mktemp`: nothing in it to lose
+    write_output(empty, "version: '1'\n", keep=lambda path: "never")
+    assert empty.read_text() == "version: '1'\n"
