@@ -255,7 +255,8 @@ def _configured() -> dict[str, Any]:
 def _run_by_celery_command() -> bool:
     """Whether this process is the `celery` command (`celery ...` or `python -m celery`)."""
     started = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
-    return started.name == "celery" or started.parent.name == "celery"
+    as_module = started.name == "__main__.py" and started.parent.name == "celery"
+    return started.name == "celery" or as_module
 
 
 app = Celery("chores", include=["chores.tasks"])

@@ -1029,13 +1029,17 @@ def test_another_program_importing_the_app_with_a_bad_setting_gets_the_config_er
         "except ConfigError as exc:\n"
         "    print('caught:', exc)\n"
     )
-    caught = subprocess.run(
-        [sys.executable, "-c", program],
-        env={**os.environ, "LOCK_TTL_SECONDS": "100"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert caught.returncode == 0, caught.stderr
-    assert caught.stdout.startswith("caught: time limits must nest")
+    script = tmp_path / "celery" / "run.py"  # in a folder named celery: still not the command
+    script.parent.mkdir()
+    script.write_text(program)
+    for command in ([sys.executable, "-c", program], [sys.executable, str(script)]):
+        caught = subprocess.run(
+            command,
+            env={**os.environ, "LOCK_TTL_SECONDS": "100"},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert caught.returncode == 0, caught.stderr
+        assert caught.stdout.startswith("caught: time limits must nest")
