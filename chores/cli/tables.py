@@ -83,18 +83,19 @@ def fit(view: Table, width: int | None = None) -> Table:
     for column in view.columns:
         if _fixed(column):
             column.min_width = _widest(column)
-    if width is None or not names:
+    if width is None:
         return view
     chrome = 2 * (len(view.columns) - 1)  # a separator and a left pad between columns
     fixed = sum(c.min_width or 0 for c in view.columns if _fixed(c))
     room = width - chrome - fixed
-    wanted = {id(c): _widest(c) for c in names}
-    if sum(wanted.values()) <= room:
-        return view
     if room < 4 * len(names):
         # The numbers alone take the terminal: the table grows past it (the terminal
-        # wraps the line) rather than rich cutting a number to fit.
+        # wraps the line; `show` never crops it) rather than rich cutting or dropping a
+        # column of numbers to fit.
         view.width = chrome + fixed + 4 * len(names)
+    wanted = {id(c): _widest(c) for c in names}
+    if not names or sum(wanted.values()) <= room:
+        return view
     share = max(room, 4 * len(names))
     # Shrink the widest names first: the largest cap that fits (water-filling).
     cap = 4

@@ -556,3 +556,13 @@ def test_an_invoice_whose_numbers_alone_fill_80_columns_cuts_none_of_them(env_db
     header, _, row = table_lines(shown.output)[1:4]
     assert header.split()[-1] == "amount" and row.split()[-1] == "$149.92"
     assert "999,456,789" in row
+
+
+@pytest.mark.parametrize("by", ["day", "tier"])
+def test_a_table_of_numbers_only_keeps_every_column_on_a_narrow_terminal(usage_db, by):
+    """Review: `usage --by day|tier` has no name column to shrink; at 40 columns rich dropped
+    whole columns (`runs`, even `tier`, the rows' labels) without a word."""
+    shown = invoke("usage", "--org", "acme", "--by", by, *NOW_ARG, env={"COLUMNS": "30"})
+    assert shown.exit_code == 0, shown.output
+    header = next(line for line in table_lines(shown.output) if "amount" in line).split()
+    assert header == [by, "runs", "input", "cached", "output", "unsplit", "tokens", "amount"]
