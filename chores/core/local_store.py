@@ -169,7 +169,10 @@ def open_client(url: str, *, fresh: bool = False) -> Any:
         client: Any = _mongomock_client()
         loaded = None if fresh else _load(path, client)
     except BaseException:
-        if not lock_was_there:  # no store opened: no lock file of ours left beside the file
+        if not lock_was_there and path.exists() and not is_store(path):
+            # A file that is no store: no lock file of ours left beside it. Never the lock
+            # of a store (or of one being created): a command that opened it before the
+            # unlink would lock a file nobody else sees.
             lock_path.unlink(missing_ok=True)
         lock.close()
         raise

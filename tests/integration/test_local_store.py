@@ -496,3 +496,21 @@ def test_a_signal_ignored_before_a_store_is_written_stays_ignored(own_signal_han
     except KeyboardInterrupt:
         pytest.fail("an ignored SIGHUP was raised as an interrupt")
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+
+
+def test_a_store_whose_open_is_interrupted_keeps_its_lock_file(tmp_path, monkeypatch):
+    """Only the lock file of a file that is no store is removed: a store's, removed while
+    another command had it open, would leave that command locking a file nobody sees, and
+    a third command free to open the store beside it (review)."""
+    store = tmp_path / "store.json"
+    _local_store.open_client(f"file://{store}", fresh=True)
+    _local_store.close_all()
+    (tmp_path / "store.json.lock").unlink()  # a store copied here without its lock file
+
+    def interrupted(path, client):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_local_store, "_load", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _local_store.open_client(f"file://{store}")
+    assert (tmp_path / "store.json.lock").exists()
