@@ -16,7 +16,6 @@ import logging
 import math
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -253,10 +252,11 @@ def _configured() -> dict[str, Any]:
 
 
 def _run_by_celery_command() -> bool:
-    """Whether this process is the `celery` command (`celery ...` or `python -m celery`)."""
-    started = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
-    as_module = started.name == "__main__.py" and started.parent.name == "celery"
-    return started.name == "celery" or as_module
+    """Whether this process is the `celery` command: its script runs `celery.__main__`'s
+    `main`, `python -m celery` runs that module as `__main__` (a script merely named
+    celery does neither)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return "celery.__main__" in sys.modules or getattr(spec, "name", None) == "celery.__main__"
 
 
 app = Celery("chores", include=["chores.tasks"])

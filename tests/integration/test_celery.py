@@ -1029,10 +1029,14 @@ def test_another_program_importing_the_app_with_a_bad_setting_gets_the_config_er
         "except ConfigError as exc:\n"
         "    print('caught:', exc)\n"
     )
-    script = tmp_path / "celery" / "run.py"  # in a folder named celery: still not the command
-    script.parent.mkdir()
-    script.write_text(program)
-    for command in ([sys.executable, "-c", program], [sys.executable, str(script)]):
+    in_a_celery_folder = tmp_path / "celery" / "run.py"
+    named_celery = tmp_path / "bin" / "celery"  # named like the command, but not it
+    for script in (in_a_celery_folder, named_celery):
+        script.parent.mkdir()
+        script.write_text(program)
+    commands = [[sys.executable, "-c", program]]
+    commands += [[sys.executable, str(script)] for script in (in_a_celery_folder, named_celery)]
+    for command in commands:
         caught = subprocess.run(
             command,
             env={**os.environ, "LOCK_TTL_SECONDS": "100"},
