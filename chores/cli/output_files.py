@@ -74,7 +74,9 @@ def write_output(
 def _a_store(path: Path) -> str | None:
     if is_store(path):
         return "is a local store of the chore's billing (give another path)"
-    if path.name.endswith(".lock") and is_store(path.with_name(path.name.removesuffix(".lock"))):
+    locked = path.with_name(path.name.removesuffix(".lock"))
+    if path.name.endswith(".lock") and (is_store(locked) or not locked.exists()):
+        # a store's lock, or that of one being created (`chore demo` before its first save)
         return "is the lock of a local store (give another path)"
     return None
 

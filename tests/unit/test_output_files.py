@@ -132,8 +132,11 @@ def test_a_stores_lock_is_never_replaced_and_an_empty_file_always_is(tmp_path):
     local_store.close_all()
     lock = tmp_path / "store.json.lock"
     lock.touch()
-    with pytest.raises(click.ClickException, match="is the lock of a local store"):
-        write_output(lock, "<html>" * 10, keep=lambda path: "never")
+    creating = tmp_path / "new.json.lock"  # a store being created: no file beside it yet
+    creating.touch()
+    for held in (lock, creating):
+        with pytest.raises(click.ClickException, match="is the lock of a local store"):
+            write_output(held, "<html>" * 10, keep=lambda path: "never")
     empty = tmp_path / "empty.yaml"
     empty.touch()  # `touch`, `mktemp`: nothing in it to lose
     write_output(empty, "version: '1'\n", keep=lambda path: "never")
