@@ -623,15 +623,21 @@ def test_numbers_in_files_are_read_exactly(tmp_path: Path) -> None:
         assert price.output == Decimal(2)
 
 
+def _paid_model_m(tmp_path: Path, prices: str) -> Path:
+    """A registry file of one paid model `m` with these price lines, as written."""
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        f'version: "1"\nmodels:\n- id: m\n  tier: paid\n  prices:\n{prices}', encoding="utf-8"
+    )
+    return path
+
+
 @pytest.mark.parametrize("written", ["010", "0_10", "0x10", "0b10", "1:30", "1:30.5", "-010"])
 def test_a_rate_yaml_would_read_in_another_base_is_refused(written: str, tmp_path: Path) -> None:
     """YAML 1.1 reads an unquoted `010` as 8 and `1:30` as 90: billed at a rate nobody wrote.
     Refused with the value and its line, whatever field holds it."""
-    path = tmp_path / "r.yaml"
-    path.write_text(
-        f'version: "1"\nmodels:\n- id: m\n  tier: paid\n  prices:\n'
-        f'  - {{valid_from: "2024-01-01", input: "1", output: {written}}}\n',
-        encoding="utf-8",
+    path = _paid_model_m(
+        tmp_path, f'  - {{valid_from: "2024-01-01", input: "1", output: {written}}}\n'
     )
     with pytest.raises(RegistryError) as refused:
         load_registry(path)
@@ -641,12 +647,10 @@ def test_a_rate_yaml_would_read_in_another_base_is_refused(written: str, tmp_pat
 
 
 def test_unquoted_decimal_rates_are_read_as_written(tmp_path: Path) -> None:
-    path = tmp_path / "r.yaml"
-    path.write_text(
-        'version: "1"\nmodels:\n- id: m\n  tier: paid\n  prices:\n'
+    path = _paid_model_m(
+        tmp_path,
         '  - {valid_from: "2024-01-01", input: 0, cached_input: 1_000, output: 10.50}\n'
         '  - {valid_from: "2025-01-01", input: +3, output: 1e1}\n',
-        encoding="utf-8",
     )
     first, second = load_registry(path).get("m").prices
     assert (first.input, first.cached_input, first.output) == (0, 1000, Decimal("10.50"))
