@@ -75,7 +75,8 @@ def _a_store(path: Path) -> str | None:
     if is_store(path):
         return "is a local store of the chore's billing (give another path)"
     locked = path.with_name(path.name.removesuffix(".lock"))
-    if path.name.endswith(".lock") and (is_store(locked) or not locked.exists()):
+    being_created = not locked.exists() and path.stat().st_size == 0  # a lock is empty
+    if path.name.endswith(".lock") and (is_store(locked) or being_created):
         # a store's lock, or that of one being created (`chore demo` before its first save)
         return "is the lock of a local store (give another path)"
     return None

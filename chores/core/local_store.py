@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import signal
 import stat
@@ -181,17 +182,22 @@ def open_client(url: str, *, fresh: bool = False) -> Any:
 
 
 def is_store(path: Path) -> bool:
-    """Whether the file at `path` starts as a local store does (its format mark first).
-    Only a regular file may be one: a named pipe or a device is never opened (a pipe with
-    no writer would wait for good)."""
+    """Whether the file at `path` is a local store as `_load` judges one: JSON whose
+    `format` is the store's (it starts with that mark as `_save` writes it; one reformatted
+    by hand, say with `python -m json.tool`, is read whole). Only a regular file may be
+    one: a named pipe or a device is never opened (a pipe with no writer would wait for
+    good)."""
     if not path.is_file():
         return False
     try:
         with path.open("rb") as stream:
-            start = stream.read(len(_MARK))
-    except OSError:
+            if stream.read(len(_MARK)) == _MARK:
+                return True
+            stream.seek(0)
+            data = json.load(stream)
+    except (OSError, ValueError):
         return False
-    return start == _MARK
+    return isinstance(data, dict) and data.get("format") == FORMAT
 
 
 def close_all(*, save: bool = True) -> list[Path]:

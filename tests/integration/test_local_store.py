@@ -498,14 +498,18 @@ def test_a_signal_ignored_before_a_store_is_written_stays_ignored(own_signal_han
     assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
 
 
-def test_a_store_whose_open_is_interrupted_keeps_its_lock_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("reformatted", [False, True], ids=["as-saved", "reformatted"])
+def test_a_store_whose_open_is_interrupted_keeps_its_lock_file(tmp_path, monkeypatch, reformatted):
     """Only the lock file of a file that is no store is removed: a store's, removed while
     another command had it open, would leave that command locking a file nobody sees, and
-    a third command free to open the store beside it (review)."""
+    a third command free to open the store beside it (reviews; a store reformatted by hand
+    is one too)."""
     store = tmp_path / "store.json"
     _local_store.open_client(f"file://{store}", fresh=True)
     _local_store.close_all()
     (tmp_path / "store.json.lock").unlink()  # a store copied here without its lock file
+    if reformatted:
+        store.write_text(json.dumps(json.loads(store.read_text()), indent=2))
 
     def interrupted(path, client):
         raise KeyboardInterrupt

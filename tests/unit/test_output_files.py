@@ -141,3 +141,27 @@ def test_a_stores_lock_is_never_replaced_and_an_empty_file_always_is(tmp_path):
     empty.touch()  # `touch`, `mktemp`: nothing in it to lose
     write_output(empty, "version: '1'\n", keep=lambda path: "never")
     assert empty.read_text() == "version: '1'\n"
+
+
+def test_a_store_reformatted_by_hand_and_its_lock_are_never_replaced(tmp_path):
+    """Review: `is_store` looked at the file's first bytes only, so a store reformatted with
+    `python -m json.tool` (which every command still opens) was replaced by a report."""
+    store = tmp_path / "store.json"
+    local_store.open_client(f"file://{store}", fresh=True)["main"]["plans"].insert_one({"o": 1})
+    local_store.close_all()
+    store.write_text(json.dumps(json.loads(store.read_text()), indent=2))
+    before = store.read_bytes()
+    with pytest.raises(click.ClickException, match="is a local store"):
+        write_output(store, "<html>")
+    with pytest.raises(click.ClickException, match="is the lock of a local store"):
+        write_output(tmp_path / "store.json.lock", "<html>")
+    assert store.read_bytes() == before
+
+
+def test_a_report_of_ones_own_named_like_a_lock_is_replaced(tmp_path):
+    """Review: `report --out report.lock` twice was refused the second time as 'the lock of
+    a local store'. A store's lock is empty; a report is not."""
+    own = tmp_path / "report.lock"
+    write_output(own, "<html>1")
+    write_output(own, "<html>2")
+    assert own.read_text() == "<html>2"
