@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
+import re
 import signal
 import stat
 import tempfile
@@ -57,6 +57,9 @@ INDEX_OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeco
 # document's end_time after year 9999) comes back as the DatetimeMS it was saved from.
 _READ = JSONOptions(tz_aware=True, tzinfo=UTC, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 _MARK = f'{{"format": "{FORMAT}"'.encode()  # how `_save` begins every store
+# The format named in a store reformatted by hand (`is_store`).
+_NAMES_FORMAT = re.compile(rb'"format"\s*:\s*(\{\s*"\$symbol"\s*:\s*)?"' + FORMAT.encode() + rb'"')
+_SNIFF_BYTES = 4096
 
 
 MOCK_SCHEME = "mongomock://"
@@ -182,22 +185,27 @@ def open_client(url: str, *, fresh: bool = False) -> Any:
 
 
 def is_store(path: Path) -> bool:
-    """Whether the file at `path` is a local store as `_load` judges one: JSON whose
-    `format` is the store's (it starts with that mark as `_save` writes it; one reformatted
-    by hand, say with `python -m json.tool`, is read whole). Only a regular file may be
-    one: a named pipe or a device is never opened (a pipe with no writer would wait for
-    good)."""
+    """Whether the file at `path` is, or may be, a local store: it begins with the store's
+    format mark as `_save` writes it, or names that format (`"format": "chore-local-store"`,
+    or its `$symbol` form, which loading reads alike) in its first or last few KB: a store
+    reformatted by hand (`python -m json.tool` keeps the key first, `jq -S` sorts it after
+    `databases`). Only those few KB are read, whatever the file's size. Errs towards a
+    store, the safe side for every caller: a file that may be one is never replaced
+    (`--out`) and its lock never removed. Only a regular file may be one: a named pipe or a
+    device is never opened (a pipe with no writer would wait for good)."""
     if not path.is_file():
         return False
     try:
         with path.open("rb") as stream:
-            if stream.read(len(_MARK)) == _MARK:
+            head = stream.read(_SNIFF_BYTES)
+            if head.startswith(_MARK):
                 return True
-            stream.seek(0)
-            data = json.load(stream)
-    except (OSError, ValueError):
+            size = stream.seek(0, os.SEEK_END)
+            stream.seek(max(size - _SNIFF_BYTES, len(head)))
+            tail = stream.read(_SNIFF_BYTES)
+    except OSError:
         return False
-    return isinstance(data, dict) and data.get("format") == FORMAT
+    return any(_NAMES_FORMAT.search(part) for part in (head, tail))
 
 
 def close_all(*, save: bool = True) -> list[Path]:

@@ -165,3 +165,40 @@ def test_a_report_of_ones_own_named_like_a_lock_is_replaced(tmp_path):
     write_output(own, "<html>1")
     write_output(own, "<html>2")
     assert own.read_text() == "<html>2"
+
+
+def _a_store_with_many_plans(tmp_path: Path) -> Path:
+    store = tmp_path / "store.json"
+    plans = local_store.open_client(f"file://{store}", fresh=True)["main"]["plans"]
+    plans.insert_many([{"org": f"org-{n}", "note": "x" * 100} for n in range(200)])  # > 4 KB
+    local_store.close_all()
+    return store
+
+
+@pytest.mark.parametrize("shape", ["sorted keys", "symbol"])
+def test_a_store_reformatted_any_way_loading_reads_is_a_store(tmp_path, shape):
+    """Review: `jq -S` sorts `format` after `databases`, and loading reads
+    `{"$symbol": ...}` as the string: both stores were replaced by `--out`."""
+    store = _a_store_with_many_plans(tmp_path)
+    data = json.loads(store.read_text())
+    if shape == "symbol":
+        data["format"] = {"$symbol": data["format"]}
+    store.write_text(json.dumps(data, indent=2, sort_keys=shape == "sorted keys"))
+    assert local_store.open_client(f"file://{store}")["main"]["plans"].count_documents({}) == 200
+    local_store.close_all(save=False)
+    assert local_store.is_store(store)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 200_000, '{"a": [' + "1," * 2_000_000 + "1]}", '{"format": "other"}', ""],
+    ids=["deeply nested", "large JSON", "another format", "empty"],
+)
+def test_a_file_that_is_no_store_is_judged_from_a_few_kb_without_a_crash(tmp_path, text):
+    """Review: parsing the whole file raised RecursionError on deep nesting and took 2.85 GB
+    for a 240 MB file; only its first and last few KB are read now."""
+    path = tmp_path / "data.json"
+    path.write_text(text)
+    assert not local_store.is_store(path)
+    write_output(path, "replaced")  # a file that is no store: replaced as any other
+    assert path.read_text() == "replaced"
