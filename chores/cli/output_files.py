@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from chores.core.local_store import is_store
+from chores.core.local_store import may_be_store
 
 
 def write_output(
@@ -72,11 +72,11 @@ def write_output(
 
 
 def _a_store(path: Path) -> str | None:
-    if is_store(path):
+    if may_be_store(path):
         return "is a local store of the chore's billing (give another path)"
     locked = path.with_name(path.name.removesuffix(".lock"))
     being_created = not locked.exists() and path.stat().st_size == 0  # a lock is empty
-    if path.name.endswith(".lock") and (is_store(locked) or being_created):
+    if path.name.endswith(".lock") and (may_be_store(locked) or being_created):
         # a store's lock, or that of one being created (`chore demo` before its first save)
         return "is the lock of a local store (give another path)"
     return None

@@ -57,7 +57,7 @@ INDEX_OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeco
 # document's end_time after year 9999) comes back as the DatetimeMS it was saved from.
 _READ = JSONOptions(tz_aware=True, tzinfo=UTC, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 _MARK = f'{{"format": "{FORMAT}"'.encode()  # how `_save` begins every store
-# The format named in a store reformatted by hand (`is_store`).
+# The format named in a store reformatted by hand (`may_be_store`).
 _NAMES_FORMAT = re.compile(rb'"format"\s*:\s*(\{\s*"\$symbol"\s*:\s*)?"' + FORMAT.encode() + rb'"')
 _SNIFF_BYTES = 4096
 
@@ -173,7 +173,7 @@ def open_client(url: str, *, fresh: bool = False) -> Any:
         client: Any = _mongomock_client()
         loaded = None if fresh else _load(path, client)
     except BaseException:
-        if not lock_was_there and path.exists() and not is_store(path):
+        if not lock_was_there and path.exists() and not may_be_store(path):
             # A file that is no store: no lock file of ours left beside it. Never the lock
             # of a store (or of one being created): a command that opened it before the
             # unlink would lock a file nobody else sees.
@@ -185,27 +185,42 @@ def open_client(url: str, *, fresh: bool = False) -> Any:
 
 
 def is_store(path: Path) -> bool:
-    """Whether the file at `path` is, or may be, a local store: it begins with the store's
-    format mark as `_save` writes it, or names that format (`"format": "chore-local-store"`,
-    or its `$symbol` form, which loading reads alike) in its first or last few KB: a store
-    reformatted by hand (`python -m json.tool` keeps the key first, `jq -S` sorts it after
-    `databases`). Only those few KB are read, whatever the file's size. Errs towards a
-    store, the safe side for every caller: a file that may be one is never replaced
-    (`--out`) and its lock never removed. Only a regular file may be one: a named pipe or a
-    device is never opened (a pipe with no writer would wait for good)."""
-    if not path.is_file():
+    """Whether the file at `path` begins as `_save` writes a store (its format mark first):
+    what `chore demo` may replace. Strict, the safe side there: a store reformatted by hand
+    is not one, and the demo leaves it alone (`may_be_store` is the lenient judge, for what
+    must never be replaced). Only a regular file may be one: a named pipe or a device is
+    never opened (a pipe with no writer would wait for good)."""
+    head = _head_and_tail(path)
+    return head is not None and head[0].startswith(_MARK)
+
+
+def may_be_store(path: Path) -> bool:
+    """Whether the file at `path` is, or may be, a local store: `is_store`, or it names the
+    store's format (`"format": "chore-local-store"`, or its `$symbol` form, which loading
+    reads alike) in its first or last few KB, as a store reformatted by hand does
+    (`python -m json.tool` keeps the key first, `jq -S` sorts it after `databases`). Only
+    those few KB are read, whatever the file's size. Lenient, the safe side for what must
+    never destroy a store: `--out` does not replace such a file, and a failed open keeps
+    its lock file."""
+    parts = _head_and_tail(path)
+    if parts is None:
         return False
+    return parts[0].startswith(_MARK) or any(_NAMES_FORMAT.search(part) for part in parts)
+
+
+def _head_and_tail(path: Path) -> tuple[bytes, bytes] | None:
+    """A regular file's first and last `_SNIFF_BYTES` (overlapping in a small file); None
+    for anything else or a file that cannot be read."""
+    if not path.is_file():
+        return None
     try:
         with path.open("rb") as stream:
             head = stream.read(_SNIFF_BYTES)
-            if head.startswith(_MARK):
-                return True
             size = stream.seek(0, os.SEEK_END)
-            stream.seek(max(size - _SNIFF_BYTES, len(head)))
-            tail = stream.read(_SNIFF_BYTES)
+            stream.seek(max(size - _SNIFF_BYTES, 0))
+            return head, stream.read(_SNIFF_BYTES)
     except OSError:
-        return False
-    return any(_NAMES_FORMAT.search(part) for part in (head, tail))
+        return None
 
 
 def close_all(*, save: bool = True) -> list[Path]:

@@ -644,7 +644,8 @@ def test_a_demo_replaces_another_store_only_when_told_and_a_file_that_is_no_stor
     assert store.read_bytes() != kept and store.read_bytes().startswith(b'{"format"')
 
     notes = tmp_path / "notes.txt"
-    notes.write_text("hello\n")
+    # Review: notes that quote a store's format were judged a store and replaced.
+    notes.write_text('hello\n{"format": "chore-local-store", ...}\n')
     for args in (["--store", str(notes)], ["--store", str(notes), "--replace"]):
         refused = CliRunner().invoke(main, ["demo", *args])
         assert refused.exit_code == 1 and "Seeded" not in refused.output
@@ -653,7 +654,7 @@ def test_a_demo_replaces_another_store_only_when_told_and_a_file_that_is_no_stor
         # and each refusal left a notes.txt.lock beside it.
         assert "is not a local store written by `chore`: never replaced" in said
         assert "only with --replace" not in said
-        assert notes.read_text() == "hello\n"
+        assert notes.read_text().startswith("hello\n")
         assert not (tmp_path / "notes.txt.lock").exists()
 
 

@@ -186,7 +186,7 @@ def test_a_store_reformatted_any_way_loading_reads_is_a_store(tmp_path, shape):
     store.write_text(json.dumps(data, indent=2, sort_keys=shape == "sorted keys"))
     assert local_store.open_client(f"file://{store}")["main"]["plans"].count_documents({}) == 200
     local_store.close_all(save=False)
-    assert local_store.is_store(store)
+    assert local_store.may_be_store(store) and not local_store.is_store(store)
 
 
 @pytest.mark.parametrize(
@@ -199,6 +199,19 @@ def test_a_file_that_is_no_store_is_judged_from_a_few_kb_without_a_crash(tmp_pat
     for a 240 MB file; only its first and last few KB are read now."""
     path = tmp_path / "data.json"
     path.write_text(text)
-    assert not local_store.is_store(path)
+    assert not local_store.may_be_store(path)
     write_output(path, "replaced")  # a file that is no store: replaced as any other
     assert path.read_text() == "replaced"
+
+
+def test_the_format_named_across_the_first_4_kb_is_still_seen(tmp_path):
+    """Review: in a file of 4-8 KB the first and last 4 KB read did not overlap, so a key
+    straddling byte 4096 was in neither."""
+    opening = '{"databases": "'
+    prefix = opening + "x" * (4090 - len(opening) - 3) + '", '
+    path = tmp_path / "sorted.json"
+    path.write_text(prefix + '"format": "chore-local-store", "version": 1}')
+    assert len(prefix) == 4090 and path.stat().st_size < 8192
+    assert local_store.may_be_store(path)
+    with pytest.raises(click.ClickException, match="is a local store"):
+        write_output(path, "<html>")
