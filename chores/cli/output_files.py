@@ -74,10 +74,13 @@ def write_output(
 def _a_store(path: Path) -> str | None:
     if may_be_store(path):
         return "is a local store of the chore's billing (give another path)"
+    if not path.name.endswith(".lock"):
+        return None
     locked = path.with_name(path.name.removesuffix(".lock"))
-    being_created = not locked.exists() and path.stat().st_size == 0  # a lock is empty
-    if path.name.endswith(".lock") and (may_be_store(locked) or being_created):
-        # a store's lock, or that of one being created (`chore demo` before its first save)
+    # a store's lock, or the (empty) lock of one being created (`chore demo` before its
+    # first save); a report of one's own named `*.lock` has text in it
+    being_created = not locked.exists() and path.stat().st_size == 0
+    if may_be_store(locked) or being_created:
         return "is the lock of a local store (give another path)"
     return None
 
