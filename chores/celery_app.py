@@ -21,13 +21,19 @@ from typing import Any
 
 from celery import Celery
 from celery.schedules import crontab
-from celery.signals import after_setup_logger, after_setup_task_logger, celeryd_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    celeryd_init,
+    import_modules,
+)
 from kombu import Exchange, Queue
 
 from chores.core.exceptions import ConfigError
 from chores.core.local_store import SCHEME as LOCAL_STORE_SCHEME
 from chores.core.logs import use_log_format
-from chores.core.settings import Settings, get_settings
+from chores.core.redis_client import refused_credentials
+from chores.core.settings import REDIS_SCHEMES, Settings, get_settings, redact_url
 
 RETRY_BACKOFF_MAX = 60  # seconds: the longest countdown between two retries
 DEFAULT_QUEUE = "celery"  # the 5-minute fan-outs, their runs, the daily finalize
@@ -49,6 +55,33 @@ def store_problem(settings: Settings) -> str | None:
             "command that opens it: a worker's billing would be lost. Point the worker at "
             "MongoDB (docs/deploy.md)"
         )
+    return None
+
+
+def credentials_problem(settings: Settings) -> str | None:
+    """The first Redis of the service (its broker, the per-org locks', a Redis result
+    backend) that refuses the user or password its URL carries, in one line, or None.
+
+    Celery retries a broker that refuses its credentials like one that is down (a hundred
+    times over hours, the worker idle meanwhile), and beat stops with two tracebacks.
+    Credentials do not fix themselves: the service stops at start instead. A Redis not
+    reached now is left to Celery's retries."""
+    urls = {
+        "CELERY_BROKER_URL": settings.celery_broker_url,
+        "REDIS_URL": settings.lock_redis_url,
+        "CELERY_RESULT_BACKEND": settings.celery_result_backend,
+    }
+    checked: set[str] = set()
+    for name, url in urls.items():
+        if url is None or url in checked or url.partition("://")[0] not in REDIS_SCHEMES:
+            continue
+        checked.add(url)
+        reply = refused_credentials(url)
+        if reply is not None:
+            return (
+                f"{name} {redact_url(url)}: Redis refused its user or password "
+                f"({reply.rstrip('.')}); fix the URL (docs/deploy.md)"
+            )
     return None
 
 
@@ -269,6 +302,17 @@ def _refuse_a_local_store(**_: Any) -> None:
     problem = store_problem(get_settings())
     if problem is not None:
         raise SystemExit(f"chore worker: {problem}")  # not Exception: Celery would log it on
+
+
+@import_modules.connect
+def _refuse_refused_credentials(**_: Any) -> None:
+    """`celery worker` and `celery beat` stop before they start (each imports the task
+    modules first) when a Redis refuses their credentials (`credentials_problem`)."""
+    if not _run_by_celery_command():
+        return
+    problem = credentials_problem(get_settings())
+    if problem is not None:
+        raise SystemExit(f"chore service: {problem}")  # not Exception: Celery would log it on
 
 
 @after_setup_logger.connect

@@ -1,4 +1,5 @@
-"""Redis clients: one per URL and timeout, per process, with short timeouts.
+"""Redis clients: one per URL and timeout, per process, with short timeouts; and whether a
+Redis refuses the credentials a URL carries.
 
 A dead Redis must never stall a run or a quota check: short timeouts, and callers catch
 `RedisError` (the quota mirror falls back to MongoDB; a run that cannot take its org's
@@ -19,3 +20,19 @@ def redis_client(url: str, *, timeout: float) -> redis.Redis:
             url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
         )
     return _CLIENTS[key]
+
+
+def refused_credentials(url: str, *, timeout: float = 5.0) -> str | None:
+    """Redis's reply when it refuses the user or password in `url`, else None: accepted,
+    or not reached at all (a Redis that is down is waited out; wrong credentials never
+    are, and a client retrying them only fills its log)."""
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        client.ping()
+    except (redis.AuthenticationError, redis.AuthenticationWrongNumberOfArgsError) as exc:
+        return str(exc)
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    return None

@@ -41,7 +41,13 @@ from celery.schedules import crontab
 from pymongo.errors import AutoReconnect, ConnectionFailure
 
 from chores import Settings, get_settings, run_chore, tasks
-from chores.celery_app import DEFAULT_QUEUE, FULL_QUEUE, app, celery_config
+from chores.celery_app import (
+    DEFAULT_QUEUE,
+    FULL_QUEUE,
+    app,
+    celery_config,
+    credentials_problem,
+)
 from chores.core.exceptions import ConfigError, DatabaseUnavailable
 from chores.core.lock import KEY_PREFIX, lock_client
 from chores.demo.corpus import generate_corpus
@@ -1017,6 +1023,86 @@ def test_a_bad_service_setting_stops_the_service_with_one_line(
     assert stopped.stderr.splitlines() == [stopped.stderr.strip()], stopped.stderr
     assert stopped.stderr.startswith(f"chore service: {said}")
     assert "ss@word" not in stopped.stderr + stopped.stdout
+
+
+@pytest.fixture
+def redis_user(redis_base_url: str) -> Iterator[Callable[[str], str]]:
+    """A Redis user with a password on the test Redis: the URL of `redis_base_url` with
+    that user and the password given."""
+    name = "chore-test-service"
+    admin = redis.Redis.from_url(redis_base_url)
+    admin.acl_setuser(
+        name,
+        enabled=True,
+        passwords=["+right-password"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all"],
+    )
+    host = urllib.parse.urlsplit(redis_base_url).netloc
+    try:
+        yield lambda password: f"redis://{name}:{password}@{host}/0"
+    finally:
+        admin.acl_deluser(name)
+        admin.close()
+
+
+@pytest.mark.parametrize("program", ["worker", "beat"])
+@pytest.mark.parametrize("setting", ["CELERY_BROKER_URL", "REDIS_URL"])
+def test_a_redis_refusing_the_services_credentials_stops_it_with_one_line(
+    tmp_path, redis_user, program, setting
+):
+    """Celery retried a broker refusing its password like one that is down (a hundred
+    times over hours, the worker idle) and beat stopped with two tracebacks. Credentials
+    do not fix themselves: the service stops at start, with the setting's one line."""
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": redis_user("right-password"),
+        "MONGO_URL": "mongodb://127.0.0.1:1/unreached",
+        setting: redis_user("wrong-password"),
+    }
+    stopped = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "chores.celery_app", program, "--pool=solo"]
+        if program == "worker"
+        else [sys.executable, "-m", "celery", "-A", "chores.celery_app", program],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stopped.returncode == 1, stopped.stderr
+    said = [line for line in stopped.stderr.splitlines() if line.startswith("chore service:")]
+    assert said == [
+        f"chore service: {setting} redis://chore-test-service:***@"
+        f"{urllib.parse.urlsplit(env[setting]).hostname}:"
+        f"{urllib.parse.urlsplit(env[setting]).port}/0: Redis refused its user or password "
+        "(invalid username-password pair or user is disabled); fix the URL (docs/deploy.md)"
+    ], stopped.stderr
+    assert "Traceback" not in stopped.stderr and "Trying again" not in stopped.stderr
+    assert "wrong-password" not in stopped.stderr + stopped.stdout
+
+
+def test_only_refused_credentials_stop_the_service_not_a_redis_that_is_down(redis_user):
+    """Right credentials pass; a Redis not reached at start is left to Celery's retries
+    (it may come up); each Redis URL is named by its setting."""
+    right, wrong = redis_user("right-password"), redis_user("wrong-password")
+    down = "redis://:anything@127.0.0.1:1/0"
+
+    def problem(**urls: str | None) -> str | None:
+        return credentials_problem(Settings(**{"celery_broker_url": right, **urls}))
+
+    assert problem() is None
+    assert problem(redis_url=right, celery_result_backend=right) is None
+    assert problem(celery_broker_url=down, redis_url=down) is None
+    assert problem(celery_result_backend="rpc://") is None  # not Redis: Celery's to check
+    for setting in ("celery_broker_url", "redis_url", "celery_result_backend"):
+        said = problem(**{setting: wrong})
+        assert said is not None and said.startswith(f"{setting.upper()} redis://"), said
+        assert "wrong-password" not in said
+    # a user named with no password is refused too
+    nameless = problem(redis_url=right.replace(":right-password", ""))
+    assert nameless is not None and nameless.startswith("REDIS_URL "), nameless
 
 
 def test_another_program_importing_the_app_with_a_bad_setting_gets_the_config_error(tmp_path):
