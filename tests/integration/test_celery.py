@@ -957,6 +957,23 @@ def test_a_backlog_longer_than_the_soft_limit_is_caught_up_by_the_retries_of_a_w
     assert [r["error"] is not None for r in runs] == [True] * (len(runs) - 1) + [False]
 
 
+def celery_command(
+    program: str, env: dict[str, str], cwd: Any, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """`celery -A chores.celery_app worker` (one process: `--pool=solo`) or `beat`, run to
+    its end (a minute at most)."""
+    if program == "worker":
+        options = ("--pool=solo", *options)
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "chores.celery_app", program, *options],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_a_worker_refuses_a_local_store_rather_than_lose_what_it_bills(service, tmp_path):
     """A `file://` store is saved by the `chore` command that opened it: a worker would
     bill into memory and lose it, logging `outcome=ok`. `celery worker` does not start;
@@ -967,15 +984,7 @@ def test_a_worker_refuses_a_local_store_rather_than_lose_what_it_bills(service, 
         "CELERY_BROKER_URL": service.celery_broker_url,
         "MONGO_URL": f"file://{store}",
     }
-    command = [sys.executable, "-m", "celery", "-A", "chores.celery_app", "worker"]
-    started = subprocess.run(
-        [*command, "--pool=solo", "--without-mingle", "--without-gossip"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    started = celery_command("worker", env, tmp_path, "--without-mingle", "--without-gossip")
     assert started.returncode == 1, started.stderr
     assert f"MONGO_URL file://{store} is a local store" in started.stderr
     assert "a worker's billing would be lost" in started.stderr
@@ -1010,15 +1019,7 @@ def test_a_bad_service_setting_stops_the_service_with_one_line(
 ):
     """Celery loads the app inside its command: a `ConfigError` raised there printed its
     usage text and a 40-line traceback. Now the setting's one line, redacted, and exit 1."""
-    env = {**os.environ, setting: value}
-    stopped = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "chores.celery_app", program],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    stopped = celery_command(program, {**os.environ, setting: value}, tmp_path)
     assert stopped.returncode == 1
     assert stopped.stderr.splitlines() == [stopped.stderr.strip()], stopped.stderr
     assert stopped.stderr.startswith(f"chore service: {said}")
@@ -1061,16 +1062,7 @@ def test_a_redis_refusing_the_services_credentials_stops_it_with_one_line(
         "MONGO_URL": "mongodb://127.0.0.1:1/unreached",
         setting: redis_user("wrong-password"),
     }
-    stopped = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "chores.celery_app", program, "--pool=solo"]
-        if program == "worker"
-        else [sys.executable, "-m", "celery", "-A", "chores.celery_app", program],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    stopped = celery_command(program, env, tmp_path)
     assert stopped.returncode == 1, stopped.stderr
     said = [line for line in stopped.stderr.splitlines() if line.startswith("chore service:")]
     assert said == [
