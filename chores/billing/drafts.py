@@ -84,6 +84,10 @@ class DraftSums:
     def exists(self) -> bool:
         return self.status is not None
 
+    def holds_the_same(self, other: DraftSums) -> bool:
+        """Whether two drafts' sums hold the same usage, runs and entries."""
+        return (self.groups, self.runs, self.entries) == (other.groups, other.runs, other.entries)
+
     def plus(self, entries: Iterable[Mapping[str, Any]], new_runners: int) -> DraftSums:
         """These sums with `entries` added (unfolded entries of this draft's pair), and
         `new_runners` runners it did not count yet."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
@@ -111,6 +111,8 @@ class Rebuilt:
 
     written: list[str]
     unsettled: set[tuple[str, str]]
+    # drafts rebuilt from their ledger (`from_ledger`) whose stored sums differed from it
+    repaired: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class Settled:
     written: list[str]
     orgs: set[str]
     marks: list[str]
+    repaired: list[str] = field(default_factory=list)  # `Rebuilt.repaired`
 
 
 def open_period(now: datetime, final_periods: set[str]) -> str:
@@ -369,7 +372,13 @@ class Invoices:
     # the settle keeps its marks for the next run).
     REFUSALS = 3
 
-    def rebuild(self, pairs: set[tuple[str, str]], now: datetime) -> Rebuilt:
+    def rebuild(
+        self,
+        pairs: set[tuple[str, str]],
+        now: datetime,
+        *,
+        from_ledger: frozenset[tuple[str, str]] = frozenset(),
+    ) -> Rebuilt:
         """Bring the drafts of these `(org, period)` pairs up to date with the ledger.
 
         Each pass folds what the drafts do not hold yet into their stored sums
@@ -378,20 +387,35 @@ class Invoices:
         draft it read, if that was built on an older ticket, never over a final one. A
         pass refused by another build's commit reads again. Returns the ids written, and
         the pairs given up on.
+
+        The drafts of `from_ledger` (a full pass's) start instead from the entries their
+        ledger says they hold, summed in the database, as a removed draft does: a draft
+        whose stored sums were edited, or whose entries' fold flags were, is made exact
+        again (`Rebuilt.repaired` names those that differed). Those not among `pairs` are
+        written only then, or when they have new entries.
         """
-        todo = set(pairs)
+        todo = set(pairs) | from_ledger
+        optional = from_ledger - pairs
         written: set[str] = set()
+        repaired: set[str] = set()
         refusals = 0
         while todo and refusals < self.REFUSALS:
-            committed, todo = self._build_pass(todo, now)
+            committed, todo, differed = self._build_pass(todo, now, from_ledger, optional)
             written.update(committed)
+            repaired.update(differed)
             refusals = 0 if committed else refusals + 1
-        return Rebuilt(written=sorted(written), unsettled=todo)
+        return Rebuilt(written=sorted(written), unsettled=todo, repaired=sorted(repaired))
 
     def _build_pass(
-        self, pairs: set[tuple[str, str]], now: datetime
-    ) -> tuple[set[str], set[tuple[str, str]]]:
-        """One build of these drafts: (ids committed, pairs to build again)."""
+        self,
+        pairs: set[tuple[str, str]],
+        now: datetime,
+        from_ledger: frozenset[tuple[str, str]],
+        optional: frozenset[tuple[str, str]],
+    ) -> tuple[set[str], set[tuple[str, str]], set[str]]:
+        """One build of these drafts: (ids committed, pairs to build again, ids of drafts
+        of `from_ledger` committed whose stored sums differed from their ledger). A draft
+        of `optional` that is exact and has nothing new is left as it is."""
         ticket = self._ticket()
         review = self._anomalies.open_periods(pairs)
         ids = {f"{org}:{period}": (org, period) for org, period in pairs}
@@ -416,21 +440,29 @@ class Invoices:
             by_pair[pair_of(entry)].append(entry)
         with_usage = [entry for entry in new if has_usage(entry)]
         held_runners = self._ledger.runners_held(with_usage) if with_usage else set()
-        removed = self._removed_drafts({pair for pair in live if not sums[pair].exists}, new)
+        # A removed draft, or one to rebuild from its ledger: the sums of what it holds.
+        from_folded = {pair for pair in live if pair in from_ledger or not sums[pair].exists}
+        folded = self._folded_usage(from_folded, new)
         builds = []
+        differed: set[str] = set()
         for pair in sorted(live):
             entries = by_pair.get(pair, [])
-            base = sums[pair]
+            read = sums[pair]
             runners = {e["runner_id"] for e in entries if has_usage(e)}
-            if pair in removed:
-                base = DraftSums.holding(removed[pair])
-                added = runners - removed[pair].runners
+            if pair in from_folded:
+                base = DraftSums.holding(folded[pair])
+                added = runners - folded[pair].runners
+                exact = read.holds_the_same(base)
+                if read.exists and not exact:
+                    differed.add(f"{pair[0]}:{pair[1]}")
+                if pair in optional and exact and not entries:
+                    continue
             else:
+                base = read
                 added = {r for r in runners if (*pair, r) not in held_runners}
-            if not (entries or base.exists or base.entries or pair in review):
+            if not (entries or read.exists or base.entries or pair in review):
                 continue  # an empty invoice is only written over one, or to flag a review
             after = base.plus(entries, len(added))
-            read = sums[pair]
             builds.append(DraftBuild(pair, entries, after, read.ticket, read_draft=read.exists))
         updates = [
             build.update(ticket, self._registry, anomalies_open=build.pair in review, now=now)
@@ -450,7 +482,8 @@ class Invoices:
         again = {builds[i].pair for i in refused}
         if len(new) >= self.FOLD_LIMIT:  # more may be waiting, for any pair of this pass
             again |= live
-        return {build.id for build in committed}, again
+        ids_committed = {build.id for build in committed}
+        return ids_committed, again, differed & ids_committed
 
     def _not_written(self, builds: list[DraftBuild], ticket: int) -> set[int]:
         """The indexes of the builds over a stored draft that `ticket` did not write."""
@@ -459,21 +492,20 @@ class Invoices:
         written = {doc["_id"] for doc in found if doc.get("build_ticket") == ticket}
         return {i for draft_id, i in over.items() if draft_id not in written}
 
-    def _removed_drafts(
-        self, missing: set[tuple[str, str]], unfolded: list[Doc]
+    def _folded_usage(
+        self, pairs: set[tuple[str, str]], unfolded: list[Doc]
     ) -> dict[tuple[str, str], LedgerUsage]:
-        """Of these pairs without a draft, those whose ledger has entries an earlier build
-        folded (their draft was removed), with the usage of those entries: where their
-        next draft starts, so that it holds the whole period again. Leaves out the
-        entries this pass read unfolded (a build of the removed draft may flag them
-        meanwhile): they are added once, as new. Costs nothing more than a read of those
-        pairs' entries, and a round trip only when some pair has no draft (a new month)."""
-        if not missing:
-            return {}
-        besides = [entry["_id"] for entry in unfolded]
-        only: Doc = {"fold": {"$ne": None}, "_id": {"$nin": besides}}
-        folded = self.ledger_usage(missing, only=only)
-        return {pair: usage for pair, usage in folded.items() if usage.entries}
+        """The usage of the entries of these pairs that earlier builds folded (none for a
+        new month): where a removed draft's next build starts, so that it holds the whole
+        period again, and a draft rebuilt from its ledger. Leaves out the entries this
+        pass read unfolded (a build of a removed draft may flag them meanwhile): they are
+        added once, as new. A round trip only when some pair needs it."""
+        usage: dict[tuple[str, str], LedgerUsage] = defaultdict(LedgerUsage)
+        if pairs:
+            besides = [entry["_id"] for entry in unfolded]
+            only: Doc = {"fold": {"$ne": None}, "_id": {"$nin": besides}}
+            usage.update(self.ledger_usage(pairs, only=only))
+        return usage
 
     def _ticket(self) -> int:
         """The next draft-build ticket (one round trip per build pass, whatever its size)."""
@@ -497,16 +529,20 @@ class Invoices:
         """
         mark_ids, pairs = self._progress.dirty(org)
         pairs |= self._stale_drafts(org)
+        from_ledger: frozenset[tuple[str, str]] = frozenset()
         if full:
             pairs |= self._without_invoice(org)
+            from_ledger = frozenset(self._drafts(org))
         orgs = {o for o, _ in pairs}
         written: set[str] = set()
+        repaired: set[str] = set()
         unsettled: set[tuple[str, str]] = set()
         for _ in range(3):  # a draft finalized under our feet: sweep it, then its target
             late_marks, targets = self._sweeper.sweep(pairs, now)
             mark_ids += late_marks
-            rebuilt = self.rebuild(pairs | targets, now)
+            rebuilt = self.rebuild(pairs | targets, now, from_ledger=from_ledger)
             written.update(rebuilt.written)
+            repaired.update(rebuilt.repaired)
             unsettled |= rebuilt.unsettled
             refused = {(o, p) for o, p in pairs | targets if f"{o}:{p}" not in rebuilt.written}
             finals = self.final_periods(o for o, _ in refused)
@@ -515,7 +551,15 @@ class Invoices:
                 break
         # A draft given up on keeps every mark: the next run builds it again.
         marks = [] if unsettled else mark_ids
-        return Settled(written=sorted(written), orgs=orgs, marks=marks)
+        return Settled(written=sorted(written), orgs=orgs, marks=marks, repaired=sorted(repaired))
+
+    def _drafts(self, org: str | None) -> set[tuple[str, str]]:
+        """The `(org, period)` pairs of every draft in scope."""
+        query: Doc = {"status": "draft"}
+        if org is not None:
+            query["org"] = {"$eq": org}
+        found = self._c.invoices.find(query, {"org": 1, "period": 1})
+        return {(d["org"], d["period"]) for d in found}
 
     def _stale_drafts(self, org: str | None) -> set[tuple[str, str]]:
         """Drafts priced with another registry than the current one, or written before

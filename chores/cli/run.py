@@ -196,6 +196,12 @@ def _run(
     tables.show(out, table)
     for warning in report.missing_indexes:
         click.echo(f"warning: {warning}", err=True)
+    for draft in report.repaired_drafts:
+        click.echo(
+            f"warning: draft {draft} held other sums than its ledger (an edit?): "
+            "rebuilt from the ledger",
+            err=True,
+        )
     if report.mirror_missed is not None:
         click.echo(
             f"warning: {report.mirror_missed}: the decisions above are in the database, "

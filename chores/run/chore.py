@@ -132,6 +132,11 @@ def run_chore(
         if not dry_run:
             settled = meter.invoices.settle(now, org, full=full)
             report.invoices = settled.written
+            report.repaired_drafts = settled.repaired
+            for draft in settled.repaired:
+                log.warning(
+                    "draft %s held other sums than its ledger (an edit?): rebuilt from it", draft
+                )
             orgs = settled.orgs | set(report.orgs)
             if org is not None:
                 orgs.add(org)

@@ -37,6 +37,9 @@ class RunReport(BaseModel):
     idle_runners: int = 0
     orgs: dict[str, OrgSummary] = Field(default_factory=dict)
     invoices: list[str] = Field(default_factory=list)
+    # drafts a full pass rebuilt from their ledger because their stored sums differed from
+    # it (an edit of the draft or of its entries' fold flags): exact again
+    repaired_drafts: list[str] = Field(default_factory=list)
     decisions: dict[str, str] = Field(default_factory=dict)
     # what was said of each source index the server lacked at the start (MissingIndex.warning)
     missing_indexes: list[str] = Field(default_factory=list)

@@ -197,6 +197,24 @@ def setup_metered_drafts_removed(db: Any) -> None:
     db[SETTINGS.collection("invoices")].delete_many({})
 
 
+def setup_half_observed_drafts_edited(db: Any) -> None:
+    """As `setup_half_observed`, then every draft edited by hand (tokens added to its stored
+    sums, its runs and entries counted up) and one folded entry's fold flag cleared: only a
+    full pass, which rebuilds each draft from its ledger, makes them exact again."""
+    setup_half_observed(db)
+    invoices = db[SETTINGS.collection("invoices")]
+    for draft in invoices.find({"status": "draft"}):
+        groups = draft["usage_groups"]
+        groups[0]["input"] += 1_000
+        invoices.update_one(
+            {"_id": draft["_id"]},
+            {"$set": {"usage_groups": groups}, "$inc": {"runs": 1, "entries": 1}},
+        )
+    db[SETTINGS.collection("ledger")].update_one(
+        {"fold": {"$ne": None}, "input_tokens": {"$gt": 0}}, {"$set": {"fold": None}}
+    )
+
+
 def full_pass(db: Any) -> Any:
     return run_chore(db, now=FIRST, registry=REGISTRY, settings=SETTINGS, full=True)
 
@@ -219,6 +237,7 @@ SCENARIOS = [
     ),
     Scenario("drafts-removed-run", setup_half_observed_drafts_removed, meter),
     Scenario("drafts-removed-full-pass", setup_metered_drafts_removed, full_pass),
+    Scenario("drafts-edited-full-pass", setup_half_observed_drafts_edited, full_pass),
     Scenario("finalize", setup_metered, finalize),
     Scenario("late-usage-run", setup_finalized_with_late_runners, lambda db: meter(db, LATER)),
 ]
@@ -315,6 +334,11 @@ def test_removed_drafts_are_rebuilt_as_they_were():
     invoices = SETTINGS.collection("invoices")
     assert CLEAN["drafts-removed-run"][0][invoices] == CLEAN["incremental-run"][0][invoices]
     assert CLEAN["drafts-removed-full-pass"][0][invoices] == CLEAN["first-run"][0][invoices]
+
+
+def test_edited_drafts_are_rebuilt_from_their_ledger_by_a_full_pass():
+    invoices = SETTINGS.collection("invoices")
+    assert CLEAN["drafts-edited-full-pass"][0][invoices] == CLEAN["incremental-run"][0][invoices]
 
 
 def test_every_scenario_writes_invoices_and_ledger_entries():

@@ -131,11 +131,12 @@ class Operation:
     perform: Callable[[Any], object]
 
 
-def run(now: datetime, org: str | None = None) -> Operation:
-    label = ("run" if org is None else f"run --org {org}") + _at(now)
+def run(now: datetime, org: str | None = None, *, full: bool = False) -> Operation:
+    label = ("run" if org is None else f"run --org {org}") + (" --full" if full else "")
+    label += _at(now)
 
     def perform(db: Any) -> object:
-        return run_chore(db, org=org, now=now, registry=R, settings=SETTINGS)
+        return run_chore(db, org=org, now=now, registry=R, settings=SETTINGS, full=full)
 
     return Operation(label, perform)
 
@@ -180,6 +181,11 @@ PAIRS = [
     Pair("org run+all run", "org run lags 7h", run(LAGGING, "acme"), run(BASE)),
     Pair("all run+org run", "equal", run(BASE), run(BASE, "acme")),
     Pair("all run+org run", "all run lags 7h", run(LAGGING), run(BASE, "acme")),
+    # A full pass starts every draft from its ledger (`Invoices.rebuild`, `from_ledger`).
+    Pair("full pass+run", "equal", run(BASE, full=True), run(BASE)),
+    Pair("run+full pass", "equal", run(BASE), run(BASE, full=True)),
+    Pair("full pass+finalize", "equal", run(BASE, full=True), finalize(BASE)),
+    Pair("finalize+full pass", "equal", finalize(BASE), run(BASE, full=True)),
 ]
 
 

@@ -8,6 +8,7 @@ guarantees one by one.
 
 from __future__ import annotations
 
+import copy
 import functools
 import threading
 from datetime import UTC, datetime, timedelta
@@ -646,6 +647,32 @@ def test_a_removed_draft_is_rebuilt_by_a_full_pass_with_nothing_new(db, registry
         before["entries"],
     )
     assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
+
+
+def test_a_full_pass_rebuilds_an_edited_draft_from_its_ledger_and_says_so(db, registry):
+    """Review: tokens added by hand to a draft's stored sums (`usage_groups`) were billed
+    by every later run, and no run repaired them. A full pass starts every draft from what
+    its ledger holds; an exact draft with nothing new is left alone."""
+    add_runners(db, 12)
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    before = invoice(db)
+    groups = copy.deepcopy(before["usage_groups"])
+    groups[0]["input"] += 1_000_000
+    db.billing_invoices.update_one(
+        {"_id": before["_id"]}, {"$set": {"usage_groups": groups}, "$inc": {"runs": 2}}
+    )
+    assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) != []
+
+    report = run_chore(db, now=NOW, registry=registry, settings=CONFIG, full=True)
+
+    assert report.repaired_drafts == [before["_id"]]
+    after = invoice(db)
+    for field in ("lines", "total_micros", "runs", "entries", "usage_groups"):
+        assert after[field] == before[field], field
+    assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
+    again = run_chore(db, now=NOW, registry=registry, settings=CONFIG, full=True)
+    assert (again.repaired_drafts, again.invoices) == ([], [])
+    assert invoice(db)["updated_at"] == after["updated_at"]
 
 
 def test_a_removed_final_is_rebuilt_by_a_full_pass_and_frozen_again_as_it_was(db, registry):
