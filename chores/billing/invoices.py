@@ -364,6 +364,31 @@ class Invoices:
                 )
         return problems
 
+    def stored_sums_problem(self, org: str, period: str) -> str | None:
+        """Where a draft's stored sums (`usage_groups`, `runs`, `entries`), which each build
+        adds to, differ from the ledger entries it folded (flagged, or committed and not
+        flagged yet: `pending_fold`), in one line; None when they agree, or for a final or
+        a draft written before drafts kept sums. Entries not folded yet are no difference:
+        the next run adds them. A difference is an edit of the draft or of its entries'
+        fold flags, which the next full pass repairs (`rebuild`, `from_ledger`)."""
+        doc = self._c.invoices.find_one({"_id": f"{org}:{period}"})
+        if doc is None or doc.get("status") != "draft" or "usage_groups" not in doc:
+            return None
+        held = DraftSums.of(doc)
+        folded_or_pending = [{"fold": {"$ne": None}}, {"_id": {"$in": held.pending}}]
+        folded: Doc = {"$and": [{"$or": folded_or_pending}]}  # `ledger_usage` has an $or
+        usage = self.ledger_usage({(org, period)}, only=folded)[(org, period)]
+        ledger = DraftSums.holding(usage)
+        if held.holds_the_same(ledger):
+            return None
+        tokens = "" if held.groups == ledger.groups else ", and other token sums"
+        return (
+            f"its stored sums hold {held.entries:,} entries of {held.runs:,} runs, the ledger "
+            f"entries it folded {ledger.entries:,} of {ledger.runs:,}{tokens}: an edit of the "
+            f"draft or of its entries' fold flags (`chore run --full --org {org}` rebuilds it "
+            "from its ledger)"
+        )
+
     # writing ---------------------------------------------------------------
     # Entries one build pass folds at most: keeps a draft's `pending_fold` small. A larger
     # backlog (a deployment's first run) is folded in as many passes as it takes.

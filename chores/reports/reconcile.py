@@ -267,7 +267,9 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         runners=runner_checks,
         running=running,
         moved=moved,
-        problems=_invoice_problems(invoice, org, period) + _ledger_problems(invoice, ledger),
+        problems=_invoice_problems(invoice, org, period)
+        + _ledger_problems(invoice, ledger)
+        + _stored_sums_problems(meter, org, period),
         registry_changed=invoice.registry != meter.registry.fingerprint,
         checked_as_invoiced=registry is not meter.registry,
     )
@@ -472,6 +474,13 @@ def _invoice_problems(invoice: Invoice, org: str, period: str) -> list[str]:
     return problems
 
 
+def _stored_sums_problems(meter: Pipeline, org: str, period: str) -> list[str]:
+    """A draft's stored sums, which the next build adds to, against its ledger
+    (`Invoices.stored_sums_problem`): its lines may still be right while they are not."""
+    problem = meter.invoices.stored_sums_problem(org, period)
+    return [] if problem is None else [problem]
+
+
 def _ledger_problems(invoice: Invoice, ledger: _LedgerUsage) -> list[str]:
     """Where the invoice's counts disagree with the ledger entries it holds (its `entries`
     only when it has one: an invoice built before drafts counted them has none), and its
@@ -481,7 +490,8 @@ def _ledger_problems(invoice: Invoice, ledger: _LedgerUsage) -> list[str]:
     if invoice.entries is not None:
         counts.append(("entries", invoice.entries, ledger.entries_here))
     why = (
-        "a run not settled yet (the next run rebuilds it), or an edit"
+        "a run not settled yet (the next run folds it in), or an edit (`chore run --full "
+        f"--org {invoice.org}` rebuilds the draft from its ledger)"
         if invoice.status == "draft"
         else "an edit"
     )

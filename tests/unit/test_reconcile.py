@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -18,6 +19,7 @@ from chores.demo.corpus import generate_corpus
 from chores.metering.progress import Progress
 from chores.reports.reconcile import reconcile
 from chores.run.pipeline import Pipeline
+from chores.run.report import RunReport
 
 from support import NOW
 
@@ -849,10 +851,16 @@ def test_an_invoice_whose_counts_or_an_entry_whose_total_was_edited_does_not_rec
     assert reconcile(meter, "acme", "2026-11", now=NOW).problems == []
     db.billing_invoices.update_one({"_id": "acme:2026-11"}, {"$set": {"runs": 3, "entries": 1}})
     edited = reconcile(meter, "acme", "2026-11", now=NOW)
-    why = "a run not settled yet (the next run rebuilds it), or an edit"
+    why = (
+        "a run not settled yet (the next run folds it in), or an edit (`chore run --full "
+        "--org acme` rebuilds the draft from its ledger)"
+    )
     assert not edited.ok and edited.problems == [
         f"it counts 3 runs, its ledger entries 2: {why}",
         f"it counts 1 entries, its ledger entries 2: {why}",
+        "its stored sums hold 1 entries of 3 runs, the ledger entries it folded 2 of 2: an "
+        "edit of the draft or of its entries' fold flags (`chore run --full --org acme` "
+        "rebuilds it from its ledger)",
     ]
     db.billing_invoices.update_one({"_id": "acme:2026-11"}, {"$set": {"runs": 2, "entries": 2}})
     entry = db.billing_ledger.find_one({"org": "acme"})
@@ -862,6 +870,52 @@ def test_an_invoice_whose_counts_or_an_entry_whose_total_was_edited_does_not_rec
         f"ledger entry {entry['_id']!r}: tokens 1 is not the sum of its kinds, {entry['tokens']:,}"
     ]
     assert all(line.matches for line in total.lines)  # the lines never read `tokens`
+
+
+def test_a_drafts_edited_stored_sums_or_fold_flags_do_not_reconcile_until_a_full_pass(
+    db, settings, registry
+):
+    """Review: tokens added to a draft's stored sums (`usage_groups`), which every later
+    build adds to, left its lines alone, and reconcile said "reconciled" (exit 0) until a
+    run billed them. So did a folded entry's fold flag cleared (the next run folds it a
+    second time). Entries not folded yet are no problem: the next run adds them."""
+    for tokens in (5_000, 7_000):
+        db.tasks.insert_one(ai_runner("acme", tokens, running=False))
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    meter = Pipeline(db, settings, registry)
+    draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    groups = copy.deepcopy(draft["usage_groups"])
+    groups[0]["input"] += 1_000
+    db.billing_invoices.update_one({"_id": draft["_id"]}, {"$set": {"usage_groups": groups}})
+    edited = reconcile(meter, "acme", "2026-11", now=NOW)
+    assert not edited.ok and edited.problems == [
+        "its stored sums hold 2 entries of 2 runs, the ledger entries it folded 2 of 2, and "
+        "other token sums: an edit of the draft or of its entries' fold flags (`chore run "
+        "--full --org acme` rebuilds it from its ledger)"
+    ]
+    assert all(line.matches for line in edited.lines)  # the lines are still right
+
+    run_chore(db, now=NOW, registry=registry, settings=settings, full=True)
+    assert reconcile(meter, "acme", "2026-11", now=NOW).ok
+    entry = db.billing_ledger.find_one({"org": "acme"})
+    db.billing_ledger.update_one({"_id": entry["_id"]}, {"$set": {"fold": None}})
+    unfolded = reconcile(meter, "acme", "2026-11", now=NOW)
+    assert not unfolded.ok and unfolded.problems[0].startswith(
+        "its stored sums hold 2 entries of 2 runs, the ledger entries it folded 1 of 1"
+    )
+    run_chore(db, now=NOW, registry=registry, settings=settings, full=True)
+    assert reconcile(meter, "acme", "2026-11", now=NOW).ok
+
+    new = ai_runner("acme", 9_000, running=False)
+    db.tasks.insert_one(new)
+    report = RunReport(run_id="died", org="acme", started_at=NOW)
+    meter.process(
+        [db.tasks.find_one({"_id": new["_id"]})], org="acme", now=NOW,
+        run_id="died", report=report, dry_run=False,
+    )  # fmt: skip
+    assert db.billing_ledger.count_documents({"fold": None}) == 1  # written, not settled
+    unsettled = reconcile(meter, "acme", "2026-11", now=NOW).problems
+    assert unsettled and not [p for p in unsettled if p.startswith("its stored sums")]
 
 
 def test_count_checks_read_only_this_invoice_and_what_it_recorded(db, settings, registry):
