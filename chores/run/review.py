@@ -30,8 +30,8 @@ from pricing import Registry, load_registry
 
 @dataclass(frozen=True)
 class Review:
-    """What a review did: the anomalies it marked reviewed (as they read before), and the
-    invoice as it now stands."""
+    """What a review did: the anomalies it marked reviewed (as they read now, with their
+    review), and the invoice as it now stands."""
 
     org: str
     period: str
@@ -92,10 +92,11 @@ def review_anomalies(
     meter.quota.decide([org], now)
     meter.progress.clear_dirty(settled.marks)
     invoice = stored_invoice(meter.collections, org, period)
+    after = meter.anomalies.open_anomalies(org, period, reviewed=True)
     return Review(
         org=org,
         period=period,
-        reviewed=[a for a in matching if a.record_id in reviewed],
+        reviewed=[a for a in after if a.record_id in reviewed],
         status=invoice.status,
         needs_review=invoice.needs_review,
     )

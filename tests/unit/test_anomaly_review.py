@@ -515,3 +515,23 @@ def test_tokens_that_change_kind_late_with_a_reviewed_anomaly_flag_the_open_mont
     assert {a["period"] for a in db.billing_anomalies.find({"reviewed": {"$exists": False}})} == {
         "2026-12"
     }
+
+
+def test_the_review_in_json_shows_each_anomaly_with_the_review_it_just_got(env_db):
+    """Review: `anomaly review --json` listed what it reviewed as it read before, with
+    `reviewed_at` and `review_note` null: a script reading it saw nothing reviewed."""
+    env_db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1)))
+    run_chore(env_db, now=NOW)
+    args = ["anomaly", "review", "--org", "acme", "--period", "2026-11", "--note", NOTE]
+    done = CliRunner().invoke(main, [*args, "--now", NOW.isoformat(), "--json"])
+    assert done.exit_code == 0, done.output
+    answer = json.loads(done.output)
+    (row,) = answer["reviewed"]
+    assert (row["kind"], row["runner_id"], row["review_note"]) == (
+        "total_below_split",
+        runner_key("r1"),
+        NOTE,
+    )
+    assert row["reviewed_at"].startswith("2026-11-25T12:00:00")
+    listed = CliRunner().invoke(main, ["anomaly", "list", "--org", "acme", "--reviewed", "--json"])
+    assert json.loads(listed.output) == [row]  # what the list says from now on
