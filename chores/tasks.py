@@ -32,7 +32,12 @@ from redis.exceptions import RedisError
 
 from chores.celery_app import RETRY_BACKOFF_MAX, app, store_problem
 from chores.core.db import Collections, Doc, connect
-from chores.core.exceptions import ConfigError, DatabaseUnavailable, LockUnavailable
+from chores.core.exceptions import (
+    ConfigError,
+    CredentialsRefused,
+    DatabaseUnavailable,
+    LockUnavailable,
+)
 from chores.core.lock import KeepLock, OrgLock, lock_client, release_quietly
 from chores.core.logs import redact_urls, short_list
 from chores.core.settings import Settings, get_settings, redact_url
@@ -60,6 +65,9 @@ RETRY = {
         OperationalError,
         SoftTimeLimitExceeded,
     ),
+    # ...but not a server refusing MONGO_URL's user or password: no retry fixes that, and
+    # each would fail after as long, saying the same.
+    "dont_autoretry_for": (CredentialsRefused,),
     "retry_backoff": True,
     "retry_backoff_max": RETRY_BACKOFF_MAX,
     "retry_jitter": True,

@@ -28,9 +28,14 @@ from dns.exception import DNSException
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import ConfigurationError, PyMongoError
+from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
 
-from chores.core.exceptions import ConfigError, DatabaseUnavailable, SourceIsReadOnly
+from chores.core.exceptions import (
+    ConfigError,
+    CredentialsRefused,
+    DatabaseUnavailable,
+    SourceIsReadOnly,
+)
 from chores.core.settings import BILLING_COLLECTIONS, Settings
 
 Doc = dict[str, Any]
@@ -138,8 +143,14 @@ def connect(settings: Settings) -> Database[Doc]:
         )
     try:
         real.admin.command("ping")
-    except PyMongoError:
+    except PyMongoError as exc:
         real.close()
+        if isinstance(exc, OperationFailure) and exc.code == AUTHENTICATION_FAILED:
+            raise CredentialsRefused(
+                f"MongoDB at {settings.safe_mongo_url} refused the user or password of "
+                "MONGO_URL (authentication failed): check them, and its authSource option "
+                "if the user is not in the admin database"
+            ) from None
         hint = (
             "is the server running?"
             if "://" in url
@@ -151,6 +162,7 @@ def connect(settings: Settings) -> Database[Doc]:
     return real.get_database(settings.mongo_db, codec_options=reading(real.codec_options))
 
 
+AUTHENTICATION_FAILED = 18  # MongoDB's error code for a user or password it refuses
 UNKNOWN_OPTION = "an option pymongo does not know, which it would ignore (check its spelling)"
 
 

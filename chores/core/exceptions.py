@@ -3,6 +3,7 @@
     ChoreError                  base: the CLI prints its message on one line and exits 1
     ├── ConfigError             a setting is missing or malformed (bad MONGO_URL, bad plan value)
     ├── DatabaseUnavailable     the MongoDB server cannot be reached
+    │   └── CredentialsRefused  ...or it refuses the user or password of MONGO_URL
     ├── LockUnavailable         an org's metering lock cannot be taken (its Redis is unreachable)
     ├── UnknownOrg              an org has no billing data at all
     ├── InvoiceNotFound         no invoice for that org and period
@@ -25,6 +26,12 @@ class ConfigError(ChoreError):
 
 class DatabaseUnavailable(ChoreError):
     """The database cannot be reached; the message never contains credentials."""
+
+
+class CredentialsRefused(DatabaseUnavailable):
+    """The database was reached and refused the user or password of its URL: no retry
+    fixes that (a worker stops at start); where the database is unavailable to a caller
+    all the same (a quota check's policy), it is one."""
 
 
 class LockUnavailable(ChoreError):

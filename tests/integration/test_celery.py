@@ -48,7 +48,7 @@ from chores.celery_app import (
     celery_config,
     credentials_problem,
 )
-from chores.core.exceptions import ConfigError, DatabaseUnavailable
+from chores.core.exceptions import ConfigError, CredentialsRefused, DatabaseUnavailable
 from chores.core.lock import KEY_PREFIX, lock_client
 from chores.demo.corpus import generate_corpus
 
@@ -716,6 +716,22 @@ def test_an_unreachable_database_is_retried(service, monkeypatch):
     monkeypatch.setattr(tasks, "get_db", get_db)
     assert tasks.meter_org.apply(("acme",)).get()["tokens_billed"] > 0
     assert len(attempts) == 3
+
+
+def test_a_database_refusing_its_credentials_fails_the_run_at_once(service, monkeypatch):
+    """A wrong MONGO_URL password was retried five times a run, each failing after as
+    long with "cannot reach MongoDB: is the server running?"; now the run fails at once,
+    saying so (`db.connect`'s CredentialsRefused)."""
+    attempts: list[int] = []
+
+    def get_db() -> Any:
+        attempts.append(1)
+        raise CredentialsRefused("MongoDB at mongodb://billing:***@db refused the user")
+
+    monkeypatch.setattr(tasks, "get_db", get_db)
+    with pytest.raises(CredentialsRefused, match="refused the user"):
+        tasks.meter_org.apply(("acme",)).get()
+    assert len(attempts) == 1
 
 
 def test_the_daily_full_pass_of_a_locked_org_is_retried_later_not_lost(

@@ -17,6 +17,7 @@ from chores.cli import main
 from pricing import load_registry
 
 from support import NOW, WALL_CLOCK
+from support.refusing_mongod import RefusingMongod
 
 NOW_ARG = ["--now", NOW.isoformat()]
 
@@ -435,6 +436,30 @@ def test_unreachable_database_is_one_line_without_the_password(monkeypatch):
         assert "s3cret-pw" not in quota.output
     finally:
         get_settings.cache_clear()
+
+
+def test_a_database_refusing_the_password_is_said_so_in_one_line(monkeypatch):
+    """A wrong password read "cannot reach MongoDB ...: is the server running?" (pymongo's
+    authentication failure was taken for an unreachable server)."""
+    with RefusingMongod() as url:
+        monkeypatch.setenv("MONGO_URL", url.replace("mongodb://", "mongodb://billing:s3cret-pw@"))
+        monkeypatch.setenv("MONGO_TIMEOUT_MS", "2000")
+        get_settings.cache_clear()
+        try:
+            result = CliRunner().invoke(main, ["run", "--all"])
+            quota = CliRunner().invoke(main, ["quota", "check", "--org", "acme"])
+        finally:
+            get_settings.cache_clear()
+    host = url.removeprefix("mongodb://")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: MongoDB at mongodb://billing:***@{host} refused the user or password of "
+        "MONGO_URL (authentication failed): check them, and its authSource option if the "
+        "user is not in the admin database"
+    ]
+    assert quota.exit_code == 0 and "unknown" in quota.output  # fail-open, as unreachable
+    assert "refused the user or password" in quota.output
+    assert "s3cret-pw" not in result.output + quota.output
 
 
 def test_malformed_mongo_url_is_a_config_error(monkeypatch):
