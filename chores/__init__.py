@@ -4,8 +4,8 @@ Public API::
 
     from chores import run_chore, finalize_invoices, check_quota
 
-This module only re-exports. The packages, lowest first (each may import only those
-below it; tests/unit/test_layout.py checks it):
+This module only re-exports, each name loaded on first use. The packages, lowest first
+(each may import only those below it; tests/unit/test_layout.py checks it):
 
 - `chores.core`: settings, errors, time, money, the database and Redis handles.
 - `chores.metering`: the usage rules, the source, priced lines, the ledger, progress.
@@ -19,26 +19,65 @@ below it; tests/unit/test_layout.py checks it):
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
-from chores.billing.invoices import Invoice, InvoiceLine
-from chores.core.db import Collections, connect, ensure_indexes
-from chores.core.exceptions import (
-    ChoreError,
-    ConfigError,
-    DatabaseUnavailable,
-    InvoiceNotFound,
-    UnknownOrg,
-)
-from chores.core.settings import Settings, get_settings
-from chores.quota.check import check_quota
-from chores.quota.decisions import QuotaDecision
-from chores.run.chore import finalize_invoices, run_chore
-from chores.run.report import RunReport
+if TYPE_CHECKING:
+    from chores.billing.invoices import Invoice, InvoiceLine
+    from chores.core.db import Collections, connect, ensure_indexes
+    from chores.core.exceptions import (
+        ChoreError,
+        ConfigError,
+        DatabaseUnavailable,
+        InvoiceNotFound,
+        UnknownOrg,
+    )
+    from chores.core.settings import Settings, get_settings
+    from chores.quota.check import check_quota
+    from chores.quota.decisions import QuotaDecision
+    from chores.run.chore import finalize_invoices, run_chore
+    from chores.run.report import RunReport
 
 # A library logs, the application shows: without a configured handler (the CLI) the
 # warnings are not dumped on stderr; Celery's handlers on the root logger still get them.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+# Each name, and the module it comes from: loaded on first use (PEP 562), so that the
+# `chore` script loads nothing before it runs (`chores.cli.entry`).
+_SOURCES = {
+    "Invoice": "chores.billing.invoices",
+    "InvoiceLine": "chores.billing.invoices",
+    "Collections": "chores.core.db",
+    "connect": "chores.core.db",
+    "ensure_indexes": "chores.core.db",
+    "ChoreError": "chores.core.exceptions",
+    "ConfigError": "chores.core.exceptions",
+    "DatabaseUnavailable": "chores.core.exceptions",
+    "InvoiceNotFound": "chores.core.exceptions",
+    "UnknownOrg": "chores.core.exceptions",
+    "Settings": "chores.core.settings",
+    "get_settings": "chores.core.settings",
+    "check_quota": "chores.quota.check",
+    "QuotaDecision": "chores.quota.decisions",
+    "finalize_invoices": "chores.run.chore",
+    "run_chore": "chores.run.chore",
+    "RunReport": "chores.run.report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(source), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SOURCES})
+
 
 __all__ = [
     "ChoreError",

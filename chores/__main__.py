@@ -1,6 +1,6 @@
 """`python -m chores ...`: the `chore` command, where its script is not on the PATH."""
 
-from chores.cli import main
+from chores.cli.entry import main
 
 if __name__ == "__main__":
-    main(prog_name="chore")
+    main()

@@ -3,7 +3,7 @@
 User errors (`ChoreError`, `RegistryError`, an unreachable database) print one
 line on stderr and exit 1, bad usage 2 (click's); `quota check` exits 3 when the run is
 refused, `reconcile` 4 on a mismatch, `run` 5 when a worker holds the org's lock, and
-Ctrl-C 130 (`cli/common.py`).
+Ctrl-C 130 (`cli/exit_codes.py`; the script starts at `cli/entry.py`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 import click
 
 from chores.cli.anomaly import anomaly
-from chores.cli.common import EXIT_INTERRUPTED, INTERRUPTED
 from chores.cli.db import db
 from chores.cli.demo import demo
+from chores.cli.exit_codes import EXIT_INTERRUPTED, INTERRUPTED
 from chores.cli.finalize import finalize
 from chores.cli.invoice import invoice
 from chores.cli.params import OneLineGroup

@@ -15,6 +15,7 @@ import click
 from pymongo.errors import BulkWriteError, PyMongoError
 from rich.console import Console
 
+from chores.cli.exit_codes import EXIT_INTERRUPTED, INTERRUPTED
 from chores.cli.params import MomentType, PeriodType
 from chores.core.exceptions import ChoreError
 from chores.core.logs import redact_urls
@@ -24,11 +25,6 @@ from chores.core.wording import for_terminal
 from pricing import RegistryError
 
 F = TypeVar("F", bound=Callable[..., Any])
-EXIT_REFUSED = 3  # quota check: the run may not start
-EXIT_MISMATCH = 4  # reconcile: the invoice does not agree with the source
-EXIT_LOCKED = 5  # run: a worker is metering the org right now (its Redis lock)
-EXIT_INTERRUPTED = 130  # the shell's convention for Ctrl-C (128 + SIGINT)
-INTERRUPTED = "interrupted: what was written so far is kept; run the command again to go on"
 
 
 def console() -> Console:

@@ -17,7 +17,8 @@ from rich.markup import escape
 
 from chores.billing.known_orgs import unknown_org_note
 from chores.cli import tables
-from chores.cli.common import EXIT_REFUSED, console, now_option, user_errors
+from chores.cli.common import console, now_option, user_errors
+from chores.cli.exit_codes import EXIT_REFUSED
 from chores.cli.params import OneLineGroup
 from chores.core import clock
 from chores.core.clock import checked_now

@@ -9,7 +9,8 @@ import click
 from rich.markup import escape
 
 from chores.cli import tables
-from chores.cli.common import EXIT_MISMATCH, console, now_option, user_errors
+from chores.cli.common import console, now_option, user_errors
+from chores.cli.exit_codes import EXIT_MISMATCH
 from chores.cli.params import PeriodType
 from chores.core.db import connect
 from chores.core.money import usd, usd_exact, usd_of_dollars

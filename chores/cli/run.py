@@ -13,12 +13,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from chores.billing.known_orgs import unknown_org_note
 from chores.cli import tables
-from chores.cli.common import (
-    EXIT_LOCKED,
-    console,
-    now_option,
-    user_errors,
-)
+from chores.cli.common import console, now_option, user_errors
+from chores.cli.exit_codes import EXIT_LOCKED
 from chores.core.db import (
     IN_PROCESS_SCHEMES,
     Collections,

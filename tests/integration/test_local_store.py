@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from chores import get_settings
 from chores.cli import main
-from chores.cli.common import INTERRUPTED
+from chores.cli.exit_codes import INTERRUPTED
 from chores.core import local_store as _local_store
 
 from support import invoke_with_env

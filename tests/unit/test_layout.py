@@ -128,9 +128,12 @@ def test_no_import_cycle() -> None:
     assert not cycles, "\n".join(cycles)
 
 
+ENTRY = "chores.cli.entry"  # the script: loads the app, which registers the commands
+
+
 def test_cli_command_modules_never_import_the_app() -> None:
     for module, targets in GRAPH.items():
-        if module.startswith("chores.cli.") and module != "chores.cli.app":
+        if module.startswith("chores.cli.") and module not in ("chores.cli.app", ENTRY):
             assert "chores.cli.app" not in targets, module
 
 
@@ -150,20 +153,67 @@ def test_each_package_says_what_it_owns_and_may_import(package: str) -> None:
 
 
 def test_the_root_only_re_exports() -> None:
+    """Imports, names and the loader of its names (PEP 562): no logic. The names a type
+    checker sees (`if TYPE_CHECKING:`) are those loaded, from the same modules."""
     tree = ast.parse((ROOT / "__init__.py").read_text())
+    checked: dict[str, str] = {}
     for node in tree.body:
+        if isinstance(node, ast.If):
+            assert ast.unparse(node.test) == "TYPE_CHECKING", f"line {node.lineno}: logic"
+            for imported in node.body:
+                assert isinstance(imported, ast.ImportFrom) and imported.module
+                checked.update({alias.name: imported.module for alias in imported.names})
+            continue
+        if isinstance(node, ast.FunctionDef):
+            assert node.name in ("__getattr__", "__dir__"), f"line {node.lineno}: logic"
+            continue
         allowed = (ast.Import, ast.ImportFrom, ast.Assign, ast.Expr)
         assert isinstance(node, allowed), f"chores/__init__.py line {node.lineno}: logic"
+    assert checked == chores._SOURCES
 
 
 def test_every_public_name_is_exported() -> None:
-    public = {
-        name
-        for name, value in vars(chores).items()
-        if not name.startswith("_") and not isinstance(value, type(chores))
-    }
-    assert public - {"annotations", "logging"} == set(chores.__all__)
-    assert all(hasattr(chores, name) for name in chores.__all__)
+    assert set(chores._SOURCES) == set(chores.__all__)
+    for name, source in chores._SOURCES.items():
+        assert getattr(chores, name) is getattr(importlib.import_module(source), name)
+    assert set(chores.__all__) <= set(dir(chores))
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        chores.no_such_name  # noqa: B018
+
+
+def test_the_script_loads_nothing_before_it_runs_and_ctrl_c_while_loading_is_one_line(
+    tmp_path,
+) -> None:
+    """Review: Ctrl-C in the first second of any `chore` command (while it loads) printed a
+    traceback. The script's module loads nothing of the package; a KeyboardInterrupt while
+    the command line loads (raised here by the import system, as Ctrl-C would) is the one
+    line and exit 130 of Ctrl-C later."""
+    loaded = (
+        "import sys, chores.cli.entry\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('chores', 'pricing', 'pymongo', 'pydantic', 'click', 'rich')))"
+    )
+    out = subprocess.run([sys.executable, "-c", loaded], capture_output=True, text=True)
+    assert out.stdout.strip() == str(
+        ["chores", "chores.cli", "chores.cli.entry", "chores.cli.exit_codes"]
+    ), out.stderr
+    interrupted = (
+        "import sys\n"
+        "class CtrlC:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'chores.cli.app':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "from chores.cli.entry import main\n"
+        "main()\n"
+    )
+    stopped = subprocess.run(
+        [sys.executable, "-c", interrupted, "status"], capture_output=True, text=True
+    )
+    assert stopped.returncode == 130
+    assert stopped.stderr == (
+        "interrupted: what was written so far is kept; run the command again to go on\n"
+    )
 
 
 def test_every_module_imports() -> None:
