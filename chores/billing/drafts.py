@@ -10,8 +10,9 @@ folded (`Ledger.flag_folded`). Until they are flagged, their ids stay in the dra
 that dies between its commit and its flags leaves work to finish, never entries to
 fold twice. docs/design.md has the argument.
 
-A draft written before drafts kept their sums holds none: its first build folds the
-whole period, as the old full rebuild did.
+A draft without its sums (written before drafts kept them, or edited) starts from its
+ledger, as a removed one does (`Invoices._folded_usage`): for one written before, no entry
+is flagged, and its first build folds the whole period, as the old full rebuild did.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class DraftSums:
     runs: int = 0
     entries: int = 0
     pending: list[str] = field(default_factory=list)  # folded by `ticket`, maybe not flagged yet
+    # False for a draft without its sums: written before drafts kept them, or edited (its
+    # `usage_groups` removed or not a list): a build starts it from its ledger
+    kept_sums: bool = True
 
     @classmethod
     def of(cls, doc: Mapping[str, Any] | None) -> DraftSums:
@@ -60,7 +64,8 @@ class DraftSums:
             return cls()
         ticket = doc.get("build_ticket")
         sums = cls(status=doc.get("status"), ticket=ticket if isinstance(ticket, int) else None)
-        if "usage_groups" not in doc:  # written before drafts kept their sums: holds nothing
+        if not isinstance(doc.get("usage_groups"), list):
+            sums.kept_sums = False
             return sums
         for group in doc["usage_groups"]:
             key = (group["model"], group["byok"], group["late"], date.fromisoformat(group["day"]))

@@ -26,6 +26,7 @@ from chores.core.money import Micros
 from chores.core.periods import next_period, period_bounds, period_of
 from chores.core.writes import update_where
 from chores.metering.anomalies import AnomalyLog
+from chores.metering.fields import describe_value
 from chores.metering.ledger import BOOKED_PERIOD, EMPTY_ENTRY, Ledger, pair_of
 from chores.metering.lines import InvoiceLine, UsageGroup, price_lines
 from chores.metering.progress import Progress
@@ -372,9 +373,16 @@ class Invoices:
         the next run adds them. A difference is an edit of the draft or of its entries'
         fold flags, which the next full pass repairs (`rebuild`, `from_ledger`)."""
         doc = self._c.invoices.find_one({"_id": f"{org}:{period}"})
-        if doc is None or doc.get("status") != "draft" or "usage_groups" not in doc:
+        if doc is None or doc.get("status") != "draft":
             return None
         held = DraftSums.of(doc)
+        if not held.kept_sums:
+            if held.ticket is None:
+                return None  # written before drafts kept sums: its next build folds the period
+            return (
+                f"its stored sums (usage_groups) are {describe_value(doc.get('usage_groups'))}: "
+                f"an edit (the next run starts the draft from its ledger)"
+            )
         folded_or_pending = [{"fold": {"$ne": None}}, {"_id": {"$in": held.pending}}]
         folded: Doc = {"$and": [{"$or": folded_or_pending}]}  # `ledger_usage` has an $or
         usage = self.ledger_usage({(org, period)}, only=folded)[(org, period)]
@@ -386,7 +394,7 @@ class Invoices:
             f"its stored sums hold {held.entries:,} entries of {held.runs:,} runs, the ledger "
             f"entries it folded {ledger.entries:,} of {ledger.runs:,}{tokens}: an edit of the "
             f"draft or of its entries' fold flags (`chore run --full --org {org}` rebuilds it "
-            "from its ledger)"
+            "from its ledger), or a run settling it right now (reconcile again)"
         )
 
     # writing ---------------------------------------------------------------
@@ -466,7 +474,11 @@ class Invoices:
         with_usage = [entry for entry in new if has_usage(entry)]
         held_runners = self._ledger.runners_held(with_usage) if with_usage else set()
         # A removed draft, or one to rebuild from its ledger: the sums of what it holds.
-        from_folded = {pair for pair in live if pair in from_ledger or not sums[pair].exists}
+        from_folded = {
+            pair
+            for pair in live
+            if pair in from_ledger or not sums[pair].exists or not sums[pair].kept_sums
+        }
         folded = self._folded_usage(from_folded, new)
         builds = []
         differed: set[str] = set()
@@ -478,7 +490,7 @@ class Invoices:
                 base = DraftSums.holding(folded[pair])
                 added = runners - folded[pair].runners
                 exact = read.holds_the_same(base)
-                if read.exists and not exact:
+                if read.ticket is not None and not exact:  # a draft a build wrote its sums on
                     differed.add(f"{pair[0]}:{pair[1]}")
                 if pair in optional and exact and not entries:
                     continue
@@ -594,7 +606,7 @@ class Invoices:
             "$or": [
                 {"registry": {"$ne": self._registry.fingerprint}},
                 {"build_ticket": {"$exists": False}},
-                {"usage_groups": {"$exists": False}},
+                {"usage_groups": {"$not": {"$type": "array"}}},  # missing too
             ],
         }
         if org is not None:

@@ -675,6 +675,31 @@ def test_a_full_pass_rebuilds_an_edited_draft_from_its_ledger_and_says_so(db, re
     assert invoice(db)["updated_at"] == after["updated_at"]
 
 
+@pytest.mark.parametrize(
+    "edit", [{"$unset": {"usage_groups": ""}}, {"$set": {"usage_groups": None}}]
+)
+def test_a_draft_whose_stored_sums_were_removed_starts_from_its_ledger(db, registry, edit):
+    """Review: a draft whose `usage_groups` was removed by hand was read as one written
+    before drafts kept sums: the next run billed $0 (its entries flagged folded), reconcile
+    said nothing, and with `null` reconcile crashed (TypeError)."""
+    add_runners(db, 12)
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    before = invoice(db)
+    db.billing_invoices.update_one({"_id": before["_id"]}, edit)
+    meter = Pipeline(db, CONFIG, registry)
+    problem = meter.invoices.stored_sums_problem(*NOVEMBER)
+    assert problem is not None and problem.startswith("its stored sums (usage_groups) are")
+    assert problem.endswith("an edit (the next run starts the draft from its ledger)")
+
+    report = run_chore(db, now=NOW, registry=registry, settings=CONFIG)  # not a full pass
+
+    assert report.repaired_drafts == [before["_id"]]
+    after = invoice(db)
+    for field in ("lines", "total_micros", "runs", "entries", "usage_groups"):
+        assert after[field] == before[field], field
+    assert meter.invoices.stored_sums_problem(*NOVEMBER) is None
+
+
 def test_a_removed_final_is_rebuilt_by_a_full_pass_and_frozen_again_as_it_was(db, registry):
     add_runners(db, 8)
     run_chore(db, now=NOW, registry=registry, settings=CONFIG)

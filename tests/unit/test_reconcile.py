@@ -860,7 +860,7 @@ def test_an_invoice_whose_counts_or_an_entry_whose_total_was_edited_does_not_rec
         f"it counts 1 entries, its ledger entries 2: {why}",
         "its stored sums hold 1 entries of 3 runs, the ledger entries it folded 2 of 2: an "
         "edit of the draft or of its entries' fold flags (`chore run --full --org acme` "
-        "rebuilds it from its ledger)",
+        "rebuilds it from its ledger), or a run settling it right now (reconcile again)",
     ]
     db.billing_invoices.update_one({"_id": "acme:2026-11"}, {"$set": {"runs": 2, "entries": 2}})
     entry = db.billing_ledger.find_one({"org": "acme"})
@@ -891,7 +891,8 @@ def test_a_drafts_edited_stored_sums_or_fold_flags_do_not_reconcile_until_a_full
     assert not edited.ok and edited.problems == [
         "its stored sums hold 2 entries of 2 runs, the ledger entries it folded 2 of 2, and "
         "other token sums: an edit of the draft or of its entries' fold flags (`chore run "
-        "--full --org acme` rebuilds it from its ledger)"
+        "--full --org acme` rebuilds it from its ledger), or a run settling it right now "
+        "(reconcile again)"
     ]
     assert all(line.matches for line in edited.lines)  # the lines are still right
 
