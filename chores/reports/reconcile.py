@@ -269,7 +269,8 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         moved=moved,
         problems=_invoice_problems(invoice, org, period)
         + _ledger_problems(invoice, ledger)
-        + _stored_sums_problems(meter, org, period),
+        + _stored_sums_problems(meter, org, period)
+        + _stranded_problems(meter, invoice),
         registry_changed=invoice.registry != meter.registry.fingerprint,
         checked_as_invoiced=registry is not meter.registry,
     )
@@ -479,6 +480,32 @@ def _stored_sums_problems(meter: Pipeline, org: str, period: str) -> list[str]:
     (`Invoices.stored_sums_problem`): its lines may still be right while they are not."""
     problem = meter.invoices.stored_sums_problem(org, period)
     return [] if problem is None else [problem]
+
+
+def _stranded_problems(meter: Pipeline, invoice: Invoice) -> list[str]:
+    """Entries with usage of a final's month that no draft may fold and no sweep moves:
+    unbooked (not stamped by a finalize) yet flagged folded. Only a build of a draft of
+    that month flags such an entry, and a month with one is not frozen (its draft then
+    holds more entries than were stamped), so on a standing final it is an edit of a
+    fold flag: its usage is on no invoice."""
+    if invoice.status != "final":
+        return []
+    stranded = meter.collections.ledger.count_documents(
+        {
+            "org": {"$eq": invoice.org},
+            "usage_period": invoice.period,
+            "booked": None,
+            "fold": {"$ne": None},
+            "$nor": [EMPTY_ENTRY],
+        }
+    )
+    if not stranded:
+        return []
+    return [
+        f"{stranded:,} ledger entries of its month are unbooked yet flagged folded: on no "
+        "invoice (an edit of their fold flags; setting `fold` back to null lets the next run "
+        "move them to the open month as late usage)"
+    ]
 
 
 def _ledger_problems(invoice: Invoice, ledger: _LedgerUsage) -> list[str]:

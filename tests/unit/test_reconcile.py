@@ -397,6 +397,47 @@ def test_a_final_reconciles_while_a_late_entry_waits_for_its_settle(db, settings
     assert [(x.expected_tokens, x.invoiced_tokens) for x in result.lines] == [(1_000, 1_000)]
 
 
+def test_a_late_entry_flagged_folded_by_hand_is_on_no_invoice_and_reconcile_says_so(
+    db, settings, registry
+):
+    """Review: a late entry of a final month, flagged folded by hand before the sweep moved
+    it, was on no invoice: no sweep moves a folded entry and no draft of a final month
+    folds one, and every reconcile said "reconciled". With its flag set back, the next run
+    bills it as late usage of the open month."""
+    from datetime import timedelta
+
+    from chores import finalize_invoices
+
+    november_25 = datetime(2026, 11, 25, 12, tzinfo=UTC)
+    december_5 = datetime(2026, 12, 5, tzinfo=UTC)
+    db.tasks.insert_one(ai_runner("acme", 1_000, running=False, ended=november_25))
+    run_chore(db, org="acme", now=november_25, registry=registry, settings=settings)
+    assert finalize_invoices(
+        db, now=december_5, grace=timedelta(days=1), org="acme", settings=settings
+    ) == ["acme:2026-11"]
+    late = ai_runner("acme", 4_000, running=False, ended=november_25 + timedelta(hours=1))
+    db.tasks.insert_one(late)
+    meter = Pipeline(db, settings, registry)
+    report = RunReport(run_id="died", org="acme", started_at=december_5)
+    meter.process(
+        [db.tasks.find_one({"_id": late["_id"]})], org="acme", now=december_5,
+        run_id="died", report=report, dry_run=False,
+    )  # fmt: skip
+    db.billing_ledger.update_one({"booked": None}, {"$set": {"fold": 12345}})
+    stranded = reconcile(meter, "acme", "2026-11", now=december_5)
+    assert not stranded.ok and stranded.problems == [
+        "1 ledger entries of its month are unbooked yet flagged folded: on no invoice (an "
+        "edit of their fold flags; setting `fold` back to null lets the next run move them "
+        "to the open month as late usage)"
+    ]
+
+    db.billing_ledger.update_one({"booked": None}, {"$set": {"fold": None}})
+    run_chore(db, org="acme", now=december_5, registry=registry, settings=settings)
+    assert reconcile(meter, "acme", "2026-11", now=december_5).ok
+    december = db.billing_invoices.find_one({"_id": "acme:2026-12"})
+    assert [(line["late"], line["tokens"]) for line in december["lines"]] == [(True, 4_000)]
+
+
 def test_the_report_names_the_registry_that_priced_the_invoice(db, settings, registry):
     """`chore report` printed today's registry above amounts another one priced (review)."""
     from chores import finalize_invoices
