@@ -6,6 +6,7 @@ import copy
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -366,33 +367,40 @@ def test_a_line_priced_wrong_with_a_total_that_agrees_is_a_mismatch(env_db, regi
     assert bad["invoiced_tokens"] == bad["expected_tokens"]
 
 
+NOVEMBER_25 = datetime(2026, 11, 25, 12, tzinfo=UTC)
+DECEMBER_5 = datetime(2026, 12, 5, tzinfo=UTC)
+
+
+def a_final_with_a_late_entry_not_settled(db: Any, settings: Any, registry: Any) -> Pipeline:
+    """acme's November final (1,000 tokens), and a late entry of November (4,000 tokens)
+    written by a run that died before its settle moved it to December."""
+    from datetime import timedelta
+
+    from chores import finalize_invoices
+
+    db.tasks.insert_one(ai_runner("acme", 1_000, running=False, ended=NOVEMBER_25))
+    run_chore(db, org="acme", now=NOVEMBER_25, registry=registry, settings=settings)
+    assert finalize_invoices(
+        db, now=DECEMBER_5, grace=timedelta(days=1), org="acme", settings=settings
+    ) == ["acme:2026-11"]
+    late = ai_runner("acme", 4_000, running=False, ended=NOVEMBER_25 + timedelta(hours=1))
+    db.tasks.insert_one(late)
+    meter = Pipeline(db, settings, registry)
+    report = RunReport(run_id="died", org="acme", started_at=DECEMBER_5)
+    meter.process(
+        [db.tasks.find_one({"_id": late["_id"]})], org="acme", now=DECEMBER_5,
+        run_id="died", report=report, dry_run=False,
+    )  # fmt: skip
+    assert db.billing_ledger.count_documents({"org": "acme"}) == 2  # written, not settled
+    return meter
+
+
 def test_a_final_reconciles_while_a_late_entry_waits_for_its_settle(db, settings, registry):
     """A run that died after writing a late entry of a final period, before its settle
     moved it: the final holds exactly what it held, and reconciles (mutation review: an
     unbooked entry counted on a final made a false alarm)."""
-    from datetime import timedelta
-
-    from chores import finalize_invoices
-    from chores.run.report import RunReport
-
-    november_25 = datetime(2026, 11, 25, 12, tzinfo=UTC)
-    december_5 = datetime(2026, 12, 5, tzinfo=UTC)
-    first = ai_runner("acme", 1_000, running=False, ended=november_25)
-    db.tasks.insert_one(first)
-    run_chore(db, org="acme", now=november_25, registry=registry, settings=settings)
-    assert finalize_invoices(
-        db, now=december_5, grace=timedelta(days=1), org="acme", settings=settings
-    ) == ["acme:2026-11"]
-    late = ai_runner("acme", 4_000, running=False, ended=november_25 + timedelta(hours=1))
-    db.tasks.insert_one(late)
-    meter = Pipeline(db, settings, registry)
-    report = RunReport(run_id="died", org="acme", started_at=december_5)
-    meter.process(
-        [db.tasks.find_one({"_id": late["_id"]})], org="acme", now=december_5,
-        run_id="died", report=report, dry_run=False,
-    )  # fmt: skip
-    assert db.billing_ledger.count_documents({"org": "acme"}) == 2  # written, not settled
-    result = reconcile(meter, "acme", "2026-11", now=december_5)
+    meter = a_final_with_a_late_entry_not_settled(db, settings, registry)
+    result = reconcile(meter, "acme", "2026-11", now=DECEMBER_5)
     assert result.ok, result
     assert [(x.expected_tokens, x.invoiced_tokens) for x in result.lines] == [(1_000, 1_000)]
 
@@ -404,27 +412,9 @@ def test_a_late_entry_flagged_folded_by_hand_is_on_no_invoice_and_reconcile_says
     it, was on no invoice: no sweep moves a folded entry and no draft of a final month
     folds one, and every reconcile said "reconciled". With its flag set back, the next run
     bills it as late usage of the open month."""
-    from datetime import timedelta
-
-    from chores import finalize_invoices
-
-    november_25 = datetime(2026, 11, 25, 12, tzinfo=UTC)
-    december_5 = datetime(2026, 12, 5, tzinfo=UTC)
-    db.tasks.insert_one(ai_runner("acme", 1_000, running=False, ended=november_25))
-    run_chore(db, org="acme", now=november_25, registry=registry, settings=settings)
-    assert finalize_invoices(
-        db, now=december_5, grace=timedelta(days=1), org="acme", settings=settings
-    ) == ["acme:2026-11"]
-    late = ai_runner("acme", 4_000, running=False, ended=november_25 + timedelta(hours=1))
-    db.tasks.insert_one(late)
-    meter = Pipeline(db, settings, registry)
-    report = RunReport(run_id="died", org="acme", started_at=december_5)
-    meter.process(
-        [db.tasks.find_one({"_id": late["_id"]})], org="acme", now=december_5,
-        run_id="died", report=report, dry_run=False,
-    )  # fmt: skip
+    meter = a_final_with_a_late_entry_not_settled(db, settings, registry)
     db.billing_ledger.update_one({"booked": None}, {"$set": {"fold": 12345}})
-    stranded = reconcile(meter, "acme", "2026-11", now=december_5)
+    stranded = reconcile(meter, "acme", "2026-11", now=DECEMBER_5)
     assert not stranded.ok and stranded.problems == [
         "1 ledger entries of its month are unbooked yet flagged folded: on no invoice (an "
         "edit of their fold flags; setting `fold` back to null lets the next run move them "
@@ -432,8 +422,8 @@ def test_a_late_entry_flagged_folded_by_hand_is_on_no_invoice_and_reconcile_says
     ]
 
     db.billing_ledger.update_one({"booked": None}, {"$set": {"fold": None}})
-    run_chore(db, org="acme", now=december_5, registry=registry, settings=settings)
-    assert reconcile(meter, "acme", "2026-11", now=december_5).ok
+    run_chore(db, org="acme", now=DECEMBER_5, registry=registry, settings=settings)
+    assert reconcile(meter, "acme", "2026-11", now=DECEMBER_5).ok
     december = db.billing_invoices.find_one({"_id": "acme:2026-12"})
     assert [(line["late"], line["tokens"]) for line in december["lines"]] == [(True, 4_000)]
 
