@@ -13,13 +13,9 @@ import copy
 import json
 import logging
 import os
-import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -53,6 +49,7 @@ from chores.core.lock import KEY_PREFIX, lock_client
 from chores.demo.corpus import generate_corpus
 
 from support.dbproxy import WRITES, DatabaseProxy
+from support.fake_mongod import SilentMongod
 
 # Celery's Redis result backend still calls redis-py's deprecated `setex` (redis>=8 warns).
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
@@ -464,43 +461,12 @@ def test_a_worker_killed_mid_run_has_its_message_redelivered_and_it_bills_once(
     assert invoices(source.db) == invoices(reference, "acme")
 
 
-class SilentMongo:
-    """A MongoDB that accepts connections on a Unix socket and never answers: a run that
-    connects hangs there, and the socket tells which process connected (SO_PEERCRED)."""
-
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="mongo", dir="/tmp")  # short: sun_path <= 107
-        self.path = os.path.join(self.dir, "m.sock")
-        self.url = "mongodb://" + urllib.parse.quote(self.path, safe="")
-        self.pids: list[int] = []
-        self._conns: list[socket.socket] = []
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(self.path)
-        self._sock.listen(16)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            self._conns.append(conn)
-            self.pids.append(struct.unpack("3i", cred)[0])
-
-    def close(self) -> None:
-        for conn in [self._sock, *self._conns]:
-            conn.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def parent_of(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as stat:
         return int(stat.read().rsplit(")", 1)[1].split()[1])
 
 
-def prefork_worker(service: Any, mongo: SilentMongo, cwd: Any, *, stderr: Any) -> Any:
+def prefork_worker(service: Any, mongo: SilentMongod, cwd: Any, *, stderr: Any) -> Any:
     """A real prefork worker (one pool process) whose runs connect to `mongo` and wait
     there for a minute; in its own process group, so that a test kills it whole."""
     env = {
@@ -529,7 +495,7 @@ def test_a_pool_process_killed_mid_run_has_its_message_redelivered_and_it_bills_
     """The OOM killer's case: the prefork pool's child dies (SIGKILL), the worker lives."""
     a_run_of_acme_dies_after_5_writes(source, service)  # part of its usage is billed already
 
-    mongo = SilentMongo()
+    mongo = SilentMongod()
     sent = tasks.meter_org.delay("acme")
     worker = prefork_worker(service, mongo, tmp_path, stderr=subprocess.DEVNULL)
     try:
@@ -567,7 +533,7 @@ def test_a_message_that_kills_its_pool_process_every_time_fails_after_its_retrie
 ):
     """A run that dies with its process every time (always out of memory) is sent again as
     a retry, `max_retries` times, then stored as failed: not redelivered forever."""
-    mongo = SilentMongo()
+    mongo = SilentMongod()
     sent = tasks.meter_org.delay("acme")
     log = tmp_path / "worker.log"
     with log.open("w") as stderr:

@@ -17,7 +17,7 @@ from chores.cli import main
 from pricing import load_registry
 
 from support import NOW, WALL_CLOCK
-from support.refusing_mongod import RefusingMongod
+from support.fake_mongod import RefusingMongod
 
 NOW_ARG = ["--now", NOW.isoformat()]
 

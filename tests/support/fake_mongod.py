@@ -1,16 +1,24 @@
-"""A MongoDB that answers its handshake and refuses every user and password.
+"""Fake MongoDB servers for the tests, where no MongoDB server installs.
 
-Just enough of the wire protocol for pymongo to connect, discover a primary and try to
-authenticate: `hello` (the legacy OP_QUERY handshake and OP_MSG), `saslStart` refused with
-MongoDB's own error (code 18, AuthenticationFailed), `{ok: 1}` to anything else. What a
-real server says to a wrong password, without a MongoDB server (none installs here).
+- `SilentMongod`: accepts connections on a Unix socket and never answers; tells which
+  processes connected.
+- `RefusingMongod`: answers its handshake and refuses every user and password, with just
+  enough of the wire protocol for pymongo to connect, find a primary and try to
+  authenticate: `hello` (the legacy OP_QUERY handshake and OP_MSG), `saslStart` refused
+  with MongoDB's own error (code 18, AuthenticationFailed), `{ok: 1}` to anything else:
+  what a real server says to a wrong password.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import struct
+import tempfile
 import threading
+import urllib.parse
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +61,42 @@ def _answer(command: dict[str, Any]) -> dict[str, Any]:
     return {"ok": 1.0}
 
 
+def accept_forever(sock: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+    """Hand each connection `sock` accepts to `handle`, until `sock` is closed."""
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return
+        handle(conn)
+
+
+class SilentMongod:
+    """A MongoDB that accepts connections on a Unix socket and never answers: a run that
+    connects hangs there, and the socket tells which process connected (SO_PEERCRED)."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="mongo", dir="/tmp")  # short: sun_path <= 107
+        self.path = os.path.join(self.dir, "m.sock")
+        self.url = "mongodb://" + urllib.parse.quote(self.path, safe="")
+        self.pids: list[int] = []
+        self._conns: list[socket.socket] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(self.path)
+        self._sock.listen(16)
+        threading.Thread(target=accept_forever, args=(self._sock, self._keep), daemon=True).start()
+
+    def _keep(self, conn: socket.socket) -> None:
+        cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        self._conns.append(conn)
+        self.pids.append(struct.unpack("3i", cred)[0])
+
+    def close(self) -> None:
+        for conn in [self._sock, *self._conns]:
+            conn.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class RefusingMongod:
     """`with RefusingMongod() as url:` a `mongodb://` URL (no credentials) of the server."""
 
@@ -70,12 +114,10 @@ class RefusingMongod:
         self._sock.close()
 
     def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        accept_forever(
+            self._sock,
+            lambda conn: threading.Thread(target=self._serve, args=(conn,), daemon=True).start(),
+        )
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
