@@ -23,7 +23,7 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # what a type checker sees: the names, typed, and no others
     from chores.billing.invoices import Invoice, InvoiceLine
     from chores.core.db import Collections, connect, ensure_indexes
     from chores.core.exceptions import (
@@ -66,19 +66,6 @@ _SOURCES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    source = _SOURCES.get(name)
-    if source is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(source), name)
-    globals()[name] = value  # found directly from now on
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_SOURCES})
-
-
 __all__ = [
     "ChoreError",
     "Collections",
@@ -98,3 +85,17 @@ __all__ = [
     "get_settings",
     "run_chore",
 ]
+
+
+if not TYPE_CHECKING:  # the loader, hidden from type checkers: a misspelt name is an error
+
+    def __getattr__(name: str) -> Any:
+        source = _SOURCES.get(name)
+        if source is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(source), name)
+        globals()[name] = value  # found directly from now on
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_SOURCES})

@@ -18,6 +18,7 @@ import sys
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.schedules import crontab
@@ -77,11 +78,17 @@ def credentials_problem(settings: Settings) -> str | None:
             continue
         checked.add(url)
         reply = refused_credentials(url)
-        if reply is not None:
+        if reply is None:
+            continue
+        if urlsplit(url).password is None:
             return (
-                f"{name} {redact_url(url)}: Redis refused its user or password "
-                f"({reply.rstrip('.')}); fix the URL (docs/deploy.md)"
+                f"{name} {redact_url(url)}: Redis asks for a password, and the URL gives "
+                "none: redis://[user]:password@host:port/db (docs/deploy.md)"
             )
+        return (
+            f"{name} {redact_url(url)}: Redis refused its user or password "
+            f"({reply.rstrip('.')}); fix the URL (docs/deploy.md)"
+        )
     return None
 
 

@@ -18,9 +18,14 @@ if TYPE_CHECKING:
 __all__ = ["EPHEMERAL_NOTE", "ephemeral_note", "main"]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in __all__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from chores.cli import app
+if not TYPE_CHECKING:  # the loader, hidden from type checkers: a misspelt name is an error
 
-    return getattr(app, name)
+    def __getattr__(name: str) -> Any:
+        if name not in __all__:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from chores.cli import app
+
+        return getattr(app, name)
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

@@ -1074,9 +1074,13 @@ def test_only_refused_credentials_stop_the_service_not_a_redis_that_is_down(redi
         said = problem(**{setting: wrong})
         assert said is not None and said.startswith(f"{setting.upper()} redis://"), said
         assert "wrong-password" not in said
-    # a user named with no password is refused too
+    # a user named with no password: what is missing is said
     nameless = problem(redis_url=right.replace(":right-password", ""))
-    assert nameless is not None and nameless.startswith("REDIS_URL "), nameless
+    assert nameless is not None and nameless.startswith("REDIS_URL redis://chore-test-service@")
+    assert nameless.endswith(
+        "Redis asks for a password, and the URL gives none: "
+        "redis://[user]:password@host:port/db (docs/deploy.md)"
+    )
 
 
 def test_another_program_importing_the_app_with_a_bad_setting_gets_the_config_error(tmp_path):

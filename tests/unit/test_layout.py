@@ -158,14 +158,14 @@ def test_the_root_only_re_exports() -> None:
     tree = ast.parse((ROOT / "__init__.py").read_text())
     checked: dict[str, str] = {}
     for node in tree.body:
-        if isinstance(node, ast.If):
-            assert ast.unparse(node.test) == "TYPE_CHECKING", f"line {node.lineno}: logic"
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
             for imported in node.body:
                 assert isinstance(imported, ast.ImportFrom) and imported.module
                 checked.update({alias.name: imported.module for alias in imported.names})
             continue
-        if isinstance(node, ast.FunctionDef):
-            assert node.name in ("__getattr__", "__dir__"), f"line {node.lineno}: logic"
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "not TYPE_CHECKING":
+            loader = [f.name for f in node.body if isinstance(f, ast.FunctionDef)]
+            assert loader == ["__getattr__", "__dir__"] == [f.name for f in node.body]
             continue
         allowed = (ast.Import, ast.ImportFrom, ast.Assign, ast.Expr)
         assert isinstance(node, allowed), f"chores/__init__.py line {node.lineno}: logic"
@@ -177,8 +177,41 @@ def test_every_public_name_is_exported() -> None:
     for name, source in chores._SOURCES.items():
         assert getattr(chores, name) is getattr(importlib.import_module(source), name)
     assert set(chores.__all__) <= set(dir(chores))
+    assert set(chores.cli.__all__) <= set(dir(chores.cli))
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         chores.no_such_name  # noqa: B018
+
+
+def test_a_type_checker_sees_the_public_names_typed_and_no_others(tmp_path) -> None:
+    """Review: with the names loaded on first use, a type checker took any name of
+    `chores` or `chores.cli` (a misspelt one too) for `Any`. The loader is hidden from it."""
+    program = tmp_path / "uses_the_api.py"
+    program.write_text(
+        "import chores\n"
+        "import chores.cli\n"
+        "from chores import run_chor\n"
+        "from chores import run_chore\n"
+        "reveal_type(run_chore)\n"
+        "chores.chek_quota\n"
+        "chores.cli.mian\n"
+    )
+    checked = subprocess.run(
+        [sys.executable, "-m", "mypy", "--follow-imports=silent", "--no-error-summary",
+         "--cache-dir", str(tmp_path / "cache"), str(program)],
+        capture_output=True, text=True, cwd=ROOT.parent,
+    )  # fmt: skip
+    said = [line.split(": ", 1)[1] for line in checked.stdout.splitlines()]
+    assert (
+        said[0]
+        == 'error: Module "chores" has no attribute "run_chor"; maybe "run_chore"?  [attr-defined]'
+    )
+    assert said[1].startswith('note: Revealed type is "def (db: ')
+    assert said[1].endswith('-> chores.run.report.RunReport"')
+    assert said[2:] == [
+        'error: Module has no attribute "chek_quota"; maybe "check_quota"?  [attr-defined]',
+        'error: Module has no attribute "mian"  [attr-defined]',
+    ]
+    assert (ROOT / "py.typed").exists() and (ROOT.parent / "pricing" / "py.typed").exists()
 
 
 def test_the_script_loads_nothing_before_it_runs_and_ctrl_c_while_loading_is_one_line(
