@@ -11,7 +11,7 @@ drafts under a fencing token, pricing nothing. docs/design.md has the protocol.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
@@ -24,6 +24,7 @@ from chores.core import clock as _clock
 from chores.core.db import Collections, Doc
 from chores.core.money import Micros
 from chores.core.periods import next_period, period_bounds, period_of
+from chores.core.wording import counted
 from chores.core.writes import update_where
 from chores.metering.anomalies import AnomalyLog
 from chores.metering.fields import describe_value
@@ -103,6 +104,21 @@ def lines_need_review(lines: Iterable[InvoiceLine]) -> bool:
     zero (a credit: tokens charged in a period now final and reclassified since, unsplit
     to input or input to cached, `counters.reclassified_mark`, credited as late usage)."""
     return any(not line.priced or (line.amount_micros or 0) < 0 for line in lines)
+
+
+def line_review_reasons(lines: Sequence[InvoiceLine]) -> list[str]:
+    """Why an invoice's lines need a person (`lines_need_review`), a sentence each."""
+    reasons = []
+    unpriced = sorted({str(line.model) for line in lines if not line.priced})
+    if unpriced:
+        reasons.append(f"unpriced: {', '.join(unpriced)} (no registry price at its usage time)")
+    below_zero = sum(1 for line in lines if (line.amount_micros or 0) < 0)
+    if below_zero:
+        reasons.append(
+            f"{counted(below_zero, 'line')} below zero (a credit of tokens that changed kind "
+            "after their month was final)"
+        )
+    return reasons
 
 
 @dataclass(frozen=True)

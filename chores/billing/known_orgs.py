@@ -73,13 +73,23 @@ def missing_invoice_hint(collections: Collections, org: str, period: str) -> str
             return "no usage of it was billed this month yet"
         return run_first
     alike = known_alike(collections, org, period=period)
-    return f"did you mean {_either(alike)}? (a new org: {run_first})" if alike else run_first
+    if alike:
+        return f"did you mean {_either(alike)}? (a new org: {run_first})"
+    if _ran_in(collections, org, period, of_every_org=False):
+        # a run of this very org found it and billed nothing: running again will not help
+        return (
+            "a run of it billed no usage in that month: its runners used no tokens, or are "
+            f"held (`chore anomaly list --org {shlex.quote(org)}`)"
+        )
+    return run_first
 
 
-def _ran_in(collections: Collections, org: str, period: str) -> bool:
-    """Whether a run of `org` (or of every org) completed, not dry, since `period` began."""
+def _ran_in(collections: Collections, org: str, period: str, *, of_every_org: bool = True) -> bool:
+    """Whether a run of `org` (or, unless told otherwise, of every org) completed, not dry,
+    since `period` began."""
     began, _ = period_bounds(period)
-    done = {"org": {"$in": [org, None]}, "error": None, "dry_run": False}
+    scopes = [org, None] if of_every_org else [org]
+    done = {"org": {"$in": scopes}, "error": None, "dry_run": False}
     return collections.runs.find_one({**done, "started_at": {"$gte": began}}) is not None
 
 

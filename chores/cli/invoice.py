@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from chores.billing.invoices import Invoice
+from chores.billing.invoices import Invoice, line_review_reasons
 from chores.billing.period_ledger import stored_invoice
 from chores.cli import tables
 from chores.cli.common import (
@@ -149,16 +149,7 @@ def print_invoice(out: Console, inv: Invoice, anomalies: Sequence[OpenAnomaly] =
 def review_reasons(inv: Invoice, anomalies: Sequence[OpenAnomaly]) -> list[str]:
     """Why an invoice needs review: its unpriced lines, its lines below zero, the open
     anomalies that flag it (the first MAX_SHOWN)."""
-    reasons = []
-    unpriced = sorted({str(line.model) for line in inv.lines if not line.priced})
-    if unpriced:
-        reasons.append(f"unpriced: {', '.join(unpriced)} (no registry price at its usage time)")
-    below_zero = sum(1 for line in inv.lines if (line.amount_micros or 0) < 0)
-    if below_zero:
-        reasons.append(
-            f"{counted(below_zero, 'line')} below zero (a credit of tokens that changed kind "
-            "after their month was final)"
-        )
+    reasons = line_review_reasons(inv.lines)
     reasons += [f"{a.kind}, runner {a.runner_id}: {a.detail}" for a in anomalies[:MAX_SHOWN]]
     if len(anomalies) > MAX_SHOWN:
         more = len(anomalies) - MAX_SHOWN

@@ -192,8 +192,8 @@ def usage_json(
             "statuses": sorted(filters.statuses),
         },
         "rows": [_row_dict(by, row, models_of_runs) for row in table],
-        "total": {"runs": _runs(allocation, filters), **summed.as_dict()}
-        | {"amount_micros": summed.priced_micros},
+        # as a row: amount_micros None when none of it is priced
+        "total": {"runs": _runs(allocation, filters), **summed.as_dict()},
         "invoice_total_micros": invoice.total_micros,
         "invoice_tokens": sum(line.tokens for line in invoice.lines),
     }
@@ -271,7 +271,9 @@ def print_usage(
         *(f"{n:,}" for n in (summed.input_tokens, summed.cached_tokens, summed.output_tokens)),
         f"{summed.unsplit_tokens:,}",
         f"{summed.tokens:,}",
-        usd(summed.priced_micros),
+        # nothing priced: UNPRICED, as a row says; else the priced sum (the line below
+        # names the unpriced tokens beside it)
+        "[bold red]UNPRICED[/]" if summed.amount_micros is None else usd(summed.priced_micros),
     )
     tables.show(out, view)
     if spawned_elsewhere:
@@ -279,7 +281,9 @@ def print_usage(
     invoice_tokens = sum(line.tokens for line in invoice.lines)
     scope = "filtered rows" if filters.active else "rows"
     out.print(
-        f"  {scope}: {counted(runs, 'run')}, {usd(summed.priced_micros)}, "
+        f"  {scope}: {counted(runs, 'run')}, {usd(summed.priced_micros)}"
+        + (f" + {summed.unpriced_tokens:,} unpriced tokens" if summed.unpriced_tokens else "")
+        + ", "
         f"{summed.tokens:,} tokens · invoice total {usd(invoice.total_micros)}, "
         f"{invoice_tokens:,} tokens · priced as {allocation.pricing}"
         + ("" if allocation.exact else " (weights proportional: prices changed)")

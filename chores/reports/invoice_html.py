@@ -22,7 +22,7 @@ from datetime import date, datetime, timedelta
 
 from pymongo.database import Database
 
-from chores.billing.invoices import Invoice
+from chores.billing.invoices import Invoice, line_review_reasons
 from chores.billing.period_ledger import read_period
 from chores.core.db import Collections, Doc
 from chores.core.money import usd
@@ -270,6 +270,7 @@ def daily_series(
     tokens: dict[str, list[int]] = defaultdict(lambda: [0] * (len(days) + 1))
     micros: dict[str, list[int]] = defaultdict(lambda: [0] * (len(days) + 1))
     unpriced: set[str] = set()
+    priced: set[str] = set()
     for cell in cells:
         model = cell.line.model or "(no model)"
         slot = index.get(cell.day, 0)
@@ -277,6 +278,8 @@ def daily_series(
         micros[model][slot] += cell.usage.priced_micros
         if cell.usage.unpriced_tokens:
             unpriced.add(model)
+        if cell.usage.tokens > cell.usage.unpriced_tokens:
+            priced.add(model)
     ranked = sorted(tokens, key=lambda m: (-sum(tokens[m]), -sum(micros[m]), m))
     shown, rest = ranked[:MAX_SERIES], ranked[MAX_SERIES:]
     if len(rest) == 1:
@@ -288,7 +291,7 @@ def daily_series(
     def series(table: dict[str, list[int]]) -> list[Series]:
         out = [
             Series(
-                model + (" (unpriced)" if model in unpriced else ""),
+                model + _priced_as(model in priced, model in unpriced),
                 model_color(model),
                 tuple(table[model][first:]),
             )
@@ -300,6 +303,13 @@ def daily_series(
         return out
 
     return labels, series(tokens), series(micros)
+
+
+def _priced_as(priced: bool, unpriced: bool) -> str:
+    """What a model's series says of its price: nothing when all its usage is priced."""
+    if not unpriced:
+        return ""
+    return " (partly unpriced)" if priced else " (unpriced)"
 
 
 # --- the page -----------------------------------------------------------------------------
@@ -323,6 +333,7 @@ margin-top:18px}
 vertical-align:middle;margin-left:6px}
 .draft{background:#fff3c4;color:#8d6708}.final{background:#d9f2dd;color:#1e6b2e}
 .review{background:#fde2e1;color:#b3261e}
+.review-why{color:#b3261e;margin:0 0 14px}
 table{border-collapse:collapse;width:100%}
 th{text-align:left;font-size:12px;color:#52606d;font-weight:600;border-bottom:2px solid #e4e7eb;
 padding:6px 8px}
@@ -356,8 +367,14 @@ def render_report(data: ReportData) -> str:
     total = allocation.total
     status = invoice.status
     badges = f'<span class="badge {status}">{_e(status.upper())}</span>'
+    review = ""
     if invoice.needs_review:
         badges += '<span class="badge review">NEEDS REVIEW</span>'
+        reasons = line_review_reasons(invoice.lines)
+        if data.waiting():
+            reasons.append("open anomalies, listed below")
+        said = "; ".join(reasons) or "flagged when it was built; no anomaly of it is open any more"
+        review = f'<p class="review-why">Needs review: {_e(said)}</p>'
     start = invoice.period_start.date().isoformat()
     end = (invoice.period_end - timedelta(days=1)).date().isoformat()
     body = [
@@ -365,6 +382,7 @@ def render_report(data: ReportData) -> str:
         f'<div class="sub">Invoice <span class="mono">{_e(invoice.id)}</span> · period '
         f"{_e(invoice.period)} ({start} to {end}) · prices: registry {_e(data.registry_version)}"
         f" · generated {_e(data.generated_at.strftime('%Y-%m-%d %H:%M UTC'))}</div>",
+        review,
         _cards(invoice, total, len(data.waiting())),
         _chart_section(allocation),
         _invoice_section(invoice),

@@ -377,7 +377,14 @@ def test_free_only_usage_says_it_was_free_not_absent(free_and_unpriced):
 def test_unpriced_usage_is_named_and_red(free_and_unpriced):
     data, page = free_and_unpriced[UNPRICED_ORG]
     assert data.allocation.invoice.unpriced_tokens > 0
-    assert "acme-labs/frontier-2 (unpriced)" in page and "no usage in this period" not in page
+    assert "no usage in this period" not in page
+    cells = [c for c in data.allocation.cells if c.line.model == "acme-labs/frontier-2"]
+    priced = any(c.usage.tokens > c.usage.unpriced_tokens for c in cells)
+    unpriced = any(c.usage.unpriced_tokens for c in cells)
+    assert unpriced
+    # review: "(unpriced)" named a model whose usage was priced on other days
+    label = "(partly unpriced)" if priced else "(unpriced)"
+    assert f"acme-labs/frontier-2 {label}" in page
 
 
 def test_a_model_keeps_its_colour_and_no_model_looks_free(free_and_unpriced, acme):
@@ -388,7 +395,8 @@ def test_a_model_keeps_its_colour_and_no_model_looks_free(free_and_unpriced, acm
     for data, _ in (*free_and_unpriced.values(), acme[0:2]):
         _, tokens, _ = daily_series(data.allocation.cells, data.allocation.invoice)
         for series in tokens:
-            colours.setdefault(series.label.removesuffix(" (unpriced)"), set()).add(series.color)
+            name = series.label.removesuffix(" (unpriced)").removesuffix(" (partly unpriced)")
+            colours.setdefault(name, set()).add(series.color)
     assert all(len(found) == 1 for found in colours.values()), colours
     assert colours["llama3.1"] == {model_color("llama3.1")}
     # a hash of the id (SHA-256 into PALETTE), not a rank or Python's salted hash(): the
@@ -470,3 +478,51 @@ def write_docs_example(pages: dict[str, Any], tmp_path: Path) -> None:
 )
 def test_token_axis_labels_never_use_exponent_form(value, label):
     assert compact(value) == label
+
+
+def test_a_model_priced_on_some_days_only_is_partly_unpriced_and_the_page_says_why(tmp_path):
+    """Review: a model with one unpriced day was labelled "(unpriced)" on every bar, priced
+    days too; and a page flagged NEEDS REVIEW did not say why (a line below zero, an
+    unpriced line), when no anomaly was open."""
+    from pricing import Registry
+
+    registry = Registry.model_validate(
+        {
+            "version": "partly",
+            "models": [
+                {"id": "m2", "tier": "paid", "prices": [
+                    {"valid_from": "2026-11-15", "input": "1", "output": "2"}
+                ]},
+            ],
+        }
+    )  # fmt: skip
+    settings = Settings(mongo_url="mongomock://unused", redis_url=None)
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    for n, day in enumerate((10, 20), start=1):
+        ended = datetime(2026, 11, day, 12, tzinfo=UTC)
+        db.tasks.insert_one(
+            {
+                "_id": ObjectId(f"{n:024x}"),
+                "name": "ai",
+                "status": "SUCCESS",
+                "end_time": ended,
+                "last_updated_db": ended.timestamp(),
+                "context": {
+                    "workspace_id": "acme",
+                    "ai_model": "m2",
+                    "ai_tokens": 3_000,
+                    "ai_prompt_tokens": 2_000,
+                    "ai_completion_tokens": 1_000,
+                },
+            }
+        )
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+    run_chore(db, now=now, registry=registry, settings=settings)
+    data = collect_report(db, "acme", "2026-11", settings=settings, registry=registry, now=now)
+    page = render_report(data)
+
+    assert "m2 (partly unpriced)" in page and "m2 (unpriced)" not in page
+    assert "<title>20 · m2 (partly unpriced): $0.004</title>" in page  # 2,000 × $1 + 1,000 × $2
+    assert (
+        '<p class="review-why">Needs review: unpriced: m2 (no registry price at its usage time)</p>'
+    ) in page

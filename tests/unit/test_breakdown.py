@@ -706,3 +706,20 @@ def test_a_runner_key_gives_its_source_id_back_unless_digested(source_id):
         source_id = Int64(source_id)  # what a read from BSON gives back, and its key
     assert source_id_of(key) == source_id and type(source_id_of(key)) is type(source_id)
     assert source_id_of(runner_key("x" * 400)) is None  # a digest names no id
+
+
+def test_usage_of_unpriced_rows_only_totals_unpriced_not_zero(usage_db):
+    """Review: `usage --model <an unpriced model>` totalled its rows at $0.00 (the JSON
+    total 0) while each row said UNPRICED (None)."""
+    invoice = usage_db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    (unpriced, *_) = sorted({line["model"] for line in invoice["lines"] if not line["priced"]})
+    args = ("usage", "--org", "acme", "--period", "2026-11", "--by", "model", "--model", unpriced)
+    data = json.loads(invoke(*args, "--json").stdout)
+    assert data["rows"] and all(row["amount_micros"] is None for row in data["rows"])
+    assert data["total"]["amount_micros"] is None
+    unpriced_tokens = data["total"]["unpriced_tokens"]
+    assert unpriced_tokens == data["total"]["tokens"] > 0
+    table = invoke(*args).stdout
+    (total_line,) = [line for line in table.splitlines() if line.lstrip("│ ").startswith("total")]
+    assert "UNPRICED" in total_line and "$0.00" not in total_line
+    assert f"$0.00 + {unpriced_tokens:,} unpriced tokens" in table

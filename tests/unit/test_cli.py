@@ -956,3 +956,29 @@ def test_a_bulk_write_error_is_one_short_line_without_the_documents_it_holds():
     assert raised.value.message == (
         "database error: E11000 duplicate key (code 11000; 2 writes of the batch failed)"
     )
+
+
+def test_an_org_whose_own_run_billed_nothing_is_not_told_to_run_first(env_db):
+    """Review: an org whose runners used no tokens was told, after `chore run --org zero`
+    billed nothing, to "run `chore run --org zero` first" again."""
+    stamp = NOW - timedelta(hours=1)
+    env_db.tasks.insert_one(
+        {
+            "_id": "zero-run",
+            "name": "ai",
+            "status": "SUCCESS",
+            "end_time": stamp,
+            "last_updated_db": stamp.timestamp(),
+            "context": {"workspace_id": "zero", "ai_model": "gpt-4o", "ai_tokens": 0},
+        }
+    )
+    before = CliRunner().invoke(main, ["invoice", "show", "--org", "zero", *NOW_ARG])
+    assert before.output.strip().endswith("run `chore run --org zero` first")
+    ran = CliRunner().invoke(main, ["run", "--org", "zero", *NOW_ARG])
+    assert ran.exit_code == 0, ran.output
+    after = CliRunner().invoke(main, ["invoice", "show", "--org", "zero", *NOW_ARG])
+    assert after.exit_code == 1
+    assert " ".join(after.output.split()) == (
+        "Error: no invoice for org 'zero' in 2026-11; a run of it billed no usage in that "
+        "month: its runners used no tokens, or are held (`chore anomaly list --org zero`)"
+    )
