@@ -44,7 +44,7 @@ from chores.reports.invoice_html import (
 )
 from pricing import load_registry
 
-from support import NOW, link_spawns, metered_months
+from support import NOW, ai_runner, link_spawns, metered_months
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 HOSTILE_ORG = "<script>alert(1)</script>"
@@ -501,20 +501,7 @@ def test_a_model_priced_on_some_days_only_is_partly_unpriced_and_the_page_says_w
     for n, day in enumerate((10, 20), start=1):
         ended = datetime(2026, 11, day, 12, tzinfo=UTC)
         db.tasks.insert_one(
-            {
-                "_id": ObjectId(f"{n:024x}"),
-                "name": "ai",
-                "status": "SUCCESS",
-                "end_time": ended,
-                "last_updated_db": ended.timestamp(),
-                "context": {
-                    "workspace_id": "acme",
-                    "ai_model": "m2",
-                    "ai_tokens": 3_000,
-                    "ai_prompt_tokens": 2_000,
-                    "ai_completion_tokens": 1_000,
-                },
-            }
+            ai_runner(ObjectId(f"{n:024x}"), ended=ended, tokens=3_000, prompt=2_000, model="m2")
         )
     now = datetime(2026, 11, 30, tzinfo=UTC)
     run_chore(db, now=now, registry=registry, settings=settings)

@@ -16,7 +16,7 @@ from chores import get_settings
 from chores.cli import main
 from pricing import load_registry
 
-from support import NOW, WALL_CLOCK
+from support import NOW, WALL_CLOCK, ai_runner
 from support.fake_mongod import RefusingMongod
 
 NOW_ARG = ["--now", NOW.isoformat()]
@@ -961,16 +961,8 @@ def test_a_bulk_write_error_is_one_short_line_without_the_documents_it_holds():
 def test_an_org_whose_own_run_billed_nothing_is_not_told_to_run_first(env_db):
     """Review: an org whose runners used no tokens was told, after `chore run --org zero`
     billed nothing, to "run `chore run --org zero` first" again."""
-    stamp = NOW - timedelta(hours=1)
     env_db.tasks.insert_one(
-        {
-            "_id": "zero-run",
-            "name": "ai",
-            "status": "SUCCESS",
-            "end_time": stamp,
-            "last_updated_db": stamp.timestamp(),
-            "context": {"workspace_id": "zero", "ai_model": "gpt-4o", "ai_tokens": 0},
-        }
+        ai_runner("zero-run", ended=NOW - timedelta(hours=1), tokens=0, org="zero")
     )
     before = CliRunner().invoke(main, ["invoice", "show", "--org", "zero", *NOW_ARG])
     assert before.output.strip().endswith("run `chore run --org zero` first")
