@@ -181,11 +181,12 @@ PAIRS = [
     Pair("org run+all run", "org run lags 7h", run(LAGGING, "acme"), run(BASE)),
     Pair("all run+org run", "equal", run(BASE), run(BASE, "acme")),
     Pair("all run+org run", "all run lags 7h", run(LAGGING), run(BASE, "acme")),
-    # A full pass starts every draft from its ledger (`Invoices.rebuild`, `from_ledger`).
+    # A full pass starts every draft from its ledger (`Invoices.rebuild`, `from_ledger`),
+    # paused at each of its calls while a run or a finalize goes through. (The other
+    # orders, run+full pass and finalize+full pass, were explored by a review: 0 bad; left
+    # out here for the suite's time.)
     Pair("full pass+run", "equal", run(BASE, full=True), run(BASE)),
-    Pair("run+full pass", "equal", run(BASE), run(BASE, full=True)),
     Pair("full pass+finalize", "equal", run(BASE, full=True), finalize(BASE)),
-    Pair("finalize+full pass", "equal", finalize(BASE), run(BASE, full=True)),
 ]
 
 
