@@ -30,6 +30,12 @@ from support import WALL_CLOCK, load_fixture_docs
 # chore installs on first use (pymongo >= 4.11 passes `sort=` to mongomock's bulk builder).
 mongomock_compat.install()
 
+# The CLI's tables are as wide as the tests ask (`COLUMNS` in a test's env), else 160: a
+# width from the shell running pytest, or the 80 that pytest-xdist sets in its processes,
+# would wrap them.
+for _variable in ("COLUMNS", "LINES"):
+    os.environ.pop(_variable, None)
+
 
 @pytest.fixture(autouse=True)
 def pinned_wall_clock(monkeypatch: pytest.MonkeyPatch) -> datetime:
@@ -89,6 +95,10 @@ def redis_base_url() -> Any:
     """A real Redis: `TEST_REDIS_URL` if set (two suites run side by side each use their
     own), else the machine's on 127.0.0.1:6379, else a `redis-server` started here.
 
+    The suite runs on two processes (pytest-xdist): the first uses that Redis, every other
+    one a `redis-server` of its own, as the test modules own fixed database numbers and the
+    credentials tests add a user to the server.
+
     Never skips: with no Redis and no redis-server the tests that need it fail.
     """
     import shutil
@@ -97,12 +107,14 @@ def redis_base_url() -> Any:
     import time
 
     url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
-    if _redis_answers(url):
+    first_process = os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0"
+    if first_process and _redis_answers(url):
         yield url
         return
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail("Redis is not reachable on 127.0.0.1:6379 and redis-server is not installed")
+        where = url if first_process else "this test process (pytest-xdist), which needs its own"
+        pytest.fail(f"Redis is not reachable at {where} and redis-server is not installed")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
