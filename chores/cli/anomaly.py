@@ -30,16 +30,34 @@ def anomaly() -> None:
 
 
 @anomaly.command("list")
-@org_option
+@click.option("--org", metavar="ORG", help="The org (workspace id).")
+@click.option(
+    "--no-org",
+    is_flag=True,
+    help="Instead of an org's: those of runners whose document names no org (no_org).",
+)
 @click.option("--period", type=PeriodType(), help="Of this month's invoice only (YYYY-MM).")
 @click.option("--reviewed", is_flag=True, help="Also list those already reviewed.")
 @json_option
 @user_errors
-def anomaly_list(org: str, period: str | None, reviewed: bool, as_json: bool) -> None:
-    """List ORG's open anomalies, by the invoice each flags (every month unless --period)."""
-    org = validate_org(org)
+def anomaly_list(
+    org: str | None, no_org: bool, period: str | None, reviewed: bool, as_json: bool
+) -> None:
+    """List ORG's open anomalies, by the invoice each flags (every month unless --period).
+
+    With --no-org, those of runners whose document names no org: they flag no invoice,
+    their usage is held, and each is resolved once its runner bills under an org.
+    """
+    if no_org == (org is not None):
+        raise click.UsageError("give --org ORG, or --no-org (not both)")
+    if no_org and period is not None:
+        raise click.UsageError("--period is an invoice's month: an anomaly of --no-org has none")
     settings = get_settings()
     collections = Collections.of(connect(settings), settings)
+    if org is None:
+        _list_orgless(AnomalyLog(collections).open_anomalies(None), as_json)
+        return
+    org = validate_org(org)
     found = AnomalyLog(collections).open_anomalies(org, period, reviewed=reviewed)
     if as_json:
         click.echo(_json_text([_as_json(a) for a in found]))
@@ -73,6 +91,33 @@ def anomaly_list(org: str, period: str | None, reviewed: bool, as_json: bool) ->
         out.print(Text(for_terminal(f"  {counted(waiting, 'anomaly')} left to review ({review})")))
     else:
         out.print("  all reviewed")
+
+
+def _list_orgless(found: list[OpenAnomaly], as_json: bool) -> None:
+    """The open anomalies of runners without an org (`anomaly list --no-org`)."""
+    if as_json:
+        click.echo(_json_text([_as_json(a) for a in found]))
+        return
+    out = console()
+    if not found:
+        out.print("no open anomaly of a runner without an org")
+        return
+    view = tables.table("Open anomalies of runners without an org")
+    tables.name_column(view, "kind", keep=True)
+    tables.name_column(view, "runner")
+    tables.text_column(view, "detail")
+    tables.name_column(view, "first seen", keep=True)
+    for a in found:
+        seen = a.first_seen.strftime("%Y-%m-%d %H:%M") if a.first_seen else tables.DASH
+        view.add_row(
+            a.kind, escape(for_terminal(a.runner_id)), escape(for_terminal(a.detail)), seen
+        )
+    tables.show(out, view)
+    out.print(
+        f"  {counted(len({a.runner_id for a in found}), 'runner')} billed nothing until "
+        "its document names an org "
+        "(context.workspace_id): the next run then bills it and resolves the anomaly"
+    )
 
 
 @anomaly.command("review")
@@ -171,7 +216,7 @@ def _review_text(a: OpenAnomaly) -> str:
 def _as_json(a: OpenAnomaly) -> dict[str, object]:
     return {
         "id": a.record_id,
-        "period": a.period,
+        "period": a.period or None,  # none: a runner without an org (--no-org)
         "kind": a.kind,
         "runner_id": a.runner_id,
         "detail": a.detail,

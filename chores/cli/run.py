@@ -27,6 +27,7 @@ from chores.core.logs import redact_url
 from chores.core.orgs import validate_org
 from chores.core.settings import Settings, get_settings
 from chores.core.wording import counted
+from chores.metering.rules import Anomaly
 from chores.run.chore import run_chore
 from chores.run.report import RunReport
 
@@ -211,6 +212,12 @@ def _run(
         f"{_anomalies(report)}, "
         f"{counted(len(report.invoices), 'invoice')} updated"
     )
+    orgless = report.anomalies.get(Anomaly.NO_ORG, 0)
+    if orgless:
+        out.print(
+            f"{counted(orgless, 'runner document')} without an org (no_org) billed nothing: "
+            "`chore anomaly list --no-org` lists them"
+        )
     if report.idle_runners and not report.dry_run:
         out.print(
             f"{counted(report.idle_runners, 'runner')} pending but not written for "

@@ -166,11 +166,12 @@ class AnomalyLog:
             )
 
     def open_anomalies(
-        self, org: str, period: str | None = None, *, reviewed: bool = False
+        self, org: str | None, period: str | None = None, *, reviewed: bool = False
     ) -> list[OpenAnomaly]:
         """The open anomalies flagging the invoice of `(org, period)` (of every period of
         `org` when `period` is None), by period, kind and runner; those already reviewed
-        too when `reviewed`."""
+        too when `reviewed`. With `org` None, those of runners without an org (`no_org`):
+        they flag no invoice, and stay open until their runner bills under an org."""
         query: Doc = {**UNREVIEWED, "org": {"$eq": org}}
         if reviewed:
             del query["reviewed"]
@@ -227,7 +228,7 @@ def _open_anomaly(doc: Doc) -> OpenAnomaly:
         runner_id=str(doc.get("runner_id", "")),
         detail=str(doc.get("detail", ""))[:MAX_DETAIL],
         first_seen=doc.get("first_seen"),
-        period=str(doc.get("period", "")),
+        period=str(doc.get("period") or ""),  # none for a runner without an org
         reviewed_at=review.get("at"),
         review_note=str(review.get("note", "")),
     )

@@ -66,10 +66,12 @@ class Anomaly:
     # Tokens billed under another org change kind: left as that org was billed (SPEC §4).
     ORG_CHANGED = "org_changed"
 
-    # Resolved automatically once the runner bills cleanly again; the others stay
-    # open for a person to review (`chore anomaly review`).
+    # Resolved automatically once the runner bills cleanly again (`no_org`: under the org
+    # its document names now); the others stay open for a person to review (`chore
+    # anomaly review`).
     SELF_HEALING = frozenset(
         {
+            NO_ORG,
             MALFORMED_COUNTERS,
             BAD_MODEL,
             BAD_KEY_SOURCE,
@@ -81,7 +83,7 @@ class Anomaly:
     )
     # Hold the runner: nothing of it is billed until the document is fixed (those without
     # an end time, an id or an org that can be billed are recorded in the month of `now`).
-    HELD = SELF_HEALING | {OVER_CEILING, BAD_ID, NO_ORG}
+    HELD = SELF_HEALING | {OVER_CEILING, BAD_ID}
 
 
 # Every kind, in the order `Anomaly` declares them.

@@ -535,3 +535,55 @@ def test_the_review_in_json_shows_each_anomaly_with_the_review_it_just_got(env_d
     assert row["reviewed_at"].startswith("2026-11-25T12:00:00")
     listed = CliRunner().invoke(main, ["anomaly", "list", "--org", "acme", "--reviewed", "--json"])
     assert json.loads(listed.output) == [row]  # what the list says from now on
+
+
+def test_a_runner_without_an_org_is_listed_and_resolved_once_it_bills_under_one(env_db):
+    """Anomaly review: a runner with no `workspace_id` (`no_org`) flags no invoice, so
+    `anomaly list --org` never showed it and `anomaly review` could not reach it; only a
+    count said it was there, and it stayed open after its document named an org and
+    billed."""
+    runner = ai_runner("r1", ended=NOW - timedelta(hours=1), org="")
+    del runner["context"]["workspace_id"]
+    env_db.tasks.insert_one(runner)
+    cli = CliRunner()
+    now = ["--now", NOW.isoformat()]
+
+    ran = cli.invoke(main, ["run", "--all", *now])
+    assert ran.exit_code == 0, ran.output
+    assert "1 runner document without an org (no_org) billed nothing: " in ran.output
+    assert "`chore anomaly list --no-org` lists them" in ran.output
+    assert env_db.billing_ledger.count_documents({}) == 0
+
+    listed = cli.invoke(main, ["anomaly", "list", "--no-org"])
+    assert listed.exit_code == 0, listed.output
+    assert "Open anomalies of runners without an org" in listed.output
+    (row,) = [line for line in listed.output.splitlines() if "no_org" in line]
+    assert runner_key("r1") in row and "2026-11-25 12:00" in row
+    assert "1 runner billed nothing until its document names an org" in listed.output
+    (record,) = json.loads(cli.invoke(main, ["anomaly", "list", "--no-org", "--json"]).output)
+    assert (record["kind"], record["runner_id"], record["period"]) == (
+        "no_org",
+        runner_key("r1"),
+        None,
+    )
+    both = cli.invoke(main, ["anomaly", "list", "--no-org", "--org", "acme"])
+    neither = cli.invoke(main, ["anomaly", "list"])
+    for refused in (both, neither):
+        assert refused.exit_code == 2 and "give --org ORG, or --no-org (not both)" in (
+            refused.output
+        )
+
+    # The producer writes the org: the next run bills the runner once and resolves it.
+    env_db.tasks.update_one({"_id": runner["_id"]}, {"$set": {"context.workspace_id": "acme"}})
+    later = ["--now", (NOW + timedelta(minutes=5)).isoformat()]
+    assert cli.invoke(main, ["run", "--all", *later]).exit_code == 0
+    assert env_db.billing_anomalies.find_one({})["resolved"] is True
+    fixed = cli.invoke(main, ["anomaly", "list", "--no-org"])
+    assert fixed.stdout == "no open anomaly of a runner without an org\n"
+    billed = env_db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert billed["needs_review"] is False
+    assert (
+        sum(line["tokens"] for line in billed["lines"])
+        == sum(entry["tokens"] for entry in env_db.billing_ledger.find())
+        > 0
+    )
