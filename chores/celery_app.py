@@ -201,7 +201,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         raise ConfigError(
             "decisions must stay fresh between two meter-all ticks: METER_EVERY_SECONDS + "
             f"TASK_TIME_LIMIT < QUOTA_MAX_STALENESS_SECONDS, got {every:g} + {hard} < "
-            f"{staleness:g}"
+            f"{staleness:g}: raise QUOTA_MAX_STALENESS_SECONDS with them (docs/deploy.md)"
         )
     return {
         "broker_url": settings.celery_broker_url,

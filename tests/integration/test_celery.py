@@ -240,9 +240,15 @@ def test_app_config_acks_late_one_at_a_time_json_utc_and_limits_below_visibility
     # ticks further apart than a decision stays fresh: idle orgs answered `unknown` between
     with pytest.raises(ConfigError, match="METER_EVERY_SECONDS \\+ TASK_TIME_LIMIT < QUOTA_MAX"):
         celery_config(Settings(meter_every_seconds=1800))
-    with pytest.raises(ConfigError, match="got 600 \\+ 300 < 900"):
+    with pytest.raises(ConfigError, match="got 600 \\+ 300 < 900: raise QUOTA_MAX_STALENESS"):
         celery_config(Settings(meter_every_seconds=600))
     assert celery_config(Settings(meter_every_seconds=599))["beat_schedule"]
+    # docs/deploy.md's example of longer time limits (a review followed its advice before
+    # it named the staleness, and the worker refused to start)
+    longer = {"task_soft_time_limit": 900, "task_time_limit": 1000, "lock_ttl_seconds": 1100}
+    with pytest.raises(ConfigError, match="got 300 \\+ 1000 < 900"):
+        celery_config(Settings(**longer))
+    assert celery_config(Settings(**longer, quota_max_staleness_seconds=1500))["beat_schedule"]
 
 
 def test_tasks_retry_connection_errors_with_backoff_and_jitter():
