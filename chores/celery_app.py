@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
 from celery import Celery
 from celery.schedules import crontab
 from celery.signals import (
@@ -33,7 +34,7 @@ from kombu import Exchange, Queue
 from chores.core.exceptions import ConfigError
 from chores.core.local_store import SCHEME as LOCAL_STORE_SCHEME
 from chores.core.logs import use_log_format
-from chores.core.redis_client import refused_credentials
+from chores.core.redis_client import not_reached, refused_credentials
 from chores.core.settings import REDIS_SCHEMES, Settings, get_settings, redact_url
 
 RETRY_BACKOFF_MAX = 60  # seconds: the longest countdown between two retries
@@ -318,8 +319,33 @@ def _refuse_refused_credentials(**_: Any) -> None:
     if not _run_by_celery_command():
         return
     problem = credentials_problem(get_settings())
+    if problem is None and _celery_subcommand() == "beat":
+        problem = beat_redis_problem(get_settings())
     if problem is not None:
         raise SystemExit(f"chore service: {problem}")  # not Exception: Celery would log it on
+
+
+def _celery_subcommand() -> str | None:
+    """`worker`, `beat`, ...: the `celery` subcommand running now (click's context)."""
+    context = click.get_current_context(silent=True)
+    return None if context is None else context.info_name
+
+
+def beat_redis_problem(settings: Settings) -> str | None:
+    """Beat keeps its schedule and its lock in the broker's Redis (redbeat): not reached at
+    start, beat stopped with two tracebacks (182 lines), again at every restart. It stops
+    with this one line instead; its supervisor starts it again (compose: `restart:
+    unless-stopped`), and once Redis answers it goes on where the schedule says. (A
+    worker waits for its broker by itself.)"""
+    url = settings.celery_broker_url
+    reason = not_reached(url)
+    if reason is None:
+        return None
+    return (
+        f"beat: CELERY_BROKER_URL {redact_url(url)}: Redis not reached ({reason.rstrip('.')}); "
+        "beat keeps its schedule and lock there: it stops, and starts again with its "
+        "supervisor (docs/deploy.md)"
+    )
 
 
 @after_setup_logger.connect

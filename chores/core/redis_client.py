@@ -1,5 +1,5 @@
 """Redis clients: one per URL and timeout, per process, with short timeouts; and whether a
-Redis refuses the credentials a URL carries.
+Redis refuses the credentials a URL carries, or is not reached at all.
 
 A dead Redis must never stall a run or a quota check: short timeouts, and callers catch
 `RedisError` (the quota mirror falls back to MongoDB; a run that cannot take its org's
@@ -30,6 +30,23 @@ def refused_credentials(url: str, *, timeout: float = 5.0) -> str | None:
     try:
         client.ping()
     except (redis.AuthenticationError, redis.AuthenticationWrongNumberOfArgsError) as exc:
+        return str(exc)
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    return None
+
+
+def not_reached(url: str, *, timeout: float = 5.0) -> str | None:
+    """Why the Redis at `url` is not reached (redis-py's message), else None: it answered,
+    whatever it answered (a refusal of the credentials is `refused_credentials`'s)."""
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        if isinstance(exc, redis.AuthenticationError):
+            return None
         return str(exc)
     except redis.RedisError:
         return None

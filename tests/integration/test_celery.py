@@ -48,6 +48,7 @@ from chores.core.exceptions import ConfigError, CredentialsRefused, DatabaseUnav
 from chores.core.lock import KEY_PREFIX, lock_client
 from chores.demo.corpus import generate_corpus
 
+from support import closed_port
 from support.dbproxy import WRITES, DatabaseProxy
 from support.fake_mongod import SilentMongod
 
@@ -1061,6 +1062,26 @@ def test_a_redis_refusing_the_services_credentials_stops_it_with_one_line(
     ], stopped.stderr
     assert "Traceback" not in stopped.stderr and "Trying again" not in stopped.stderr
     assert "wrong-password" not in stopped.stderr + stopped.stdout
+
+
+def test_beat_without_its_redis_at_start_stops_with_one_line(tmp_path):
+    """Beat keeps its schedule and lock in the broker's Redis: not reached at start, beat
+    stopped with two tracebacks (182 lines), again at every restart by its supervisor."""
+    port = closed_port()
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": f"redis://:s3cr3t-pw@127.0.0.1:{port}/0",
+        "MONGO_URL": "mongodb://127.0.0.1:1/unreached",
+    }
+    stopped = celery_command("beat", env, tmp_path)
+    assert stopped.returncode == 1, stopped.stderr
+    assert stopped.stderr.splitlines()[-1] == (
+        f"chore service: beat: CELERY_BROKER_URL redis://:***@127.0.0.1:{port}/0: Redis not "
+        f"reached (Error 111 connecting to 127.0.0.1:{port}. Connection refused); beat keeps "
+        "its schedule and lock there: it stops, and starts again with its supervisor "
+        "(docs/deploy.md)"
+    )
+    assert "Traceback" not in stopped.stderr and "s3cr3t-pw" not in stopped.stderr
 
 
 def test_only_refused_credentials_stop_the_service_not_a_redis_that_is_down(redis_user):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -35,7 +34,7 @@ from chores.core.lock import (
     this_place,
 )
 
-from support import GrantedLock, flushed_redis_db
+from support import GrantedLock, closed_port, flushed_redis_db
 from support.dbproxy import DatabaseProxy
 
 
@@ -257,12 +256,6 @@ def ledger(db: Any) -> dict[str, int]:
 
 def invoice_totals(db: Any) -> dict[str, int]:
     return {i["_id"]: i["total_micros"] for i in db.billing_invoices.find({"org": "ws-acme"})}
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def use(monkeypatch: pytest.MonkeyPatch, settings: Settings, db: Any) -> None:

@@ -6,6 +6,7 @@ from each other or from conftest.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -182,3 +183,10 @@ def invoke_with_env(monkeypatch: Any, args: list[str], **env: str) -> Any:
         return CliRunner().invoke(main, args)
     finally:
         get_settings.cache_clear()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -16,7 +16,7 @@ from chores import get_settings
 from chores.cli import main
 from pricing import load_registry
 
-from support import NOW, WALL_CLOCK, ai_runner
+from support import NOW, WALL_CLOCK, ai_runner, closed_port
 from support.fake_mongod import RefusingMongod
 
 NOW_ARG = ["--now", NOW.isoformat()]
@@ -876,11 +876,7 @@ def test_plan_set_without_redis_url_on_a_server_says_the_mirror_still_answers(en
     # from the host: the mirror write failed without a word. Said on a local store too
     # (review: only server URLs got the note). The local store stands in for the server:
     # an in-process database under a server's URL is not mirrored at all (next test).
-    import socket
-
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        closed = sock.getsockname()[1]
+    closed = closed_port()
     monkeypatch.setenv("MONGO_URL", local_url)
     monkeypatch.setattr(quota_cli, "connect", local_connect)
     monkeypatch.setenv("REDIS_URL", f"redis://:r3dis-pw@127.0.0.1:{closed}/0")

@@ -5,7 +5,6 @@ traceback, or a wrong allow or refuse)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -25,7 +24,7 @@ from chores.core.settings import Plan, Settings
 from chores.quota.cache import QuotaCache, namespace
 from chores.quota.decisions import QuotaDecision, estimate_reason
 
-from support import flushed_redis_db
+from support import closed_port, flushed_redis_db
 
 NOV = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 NOW_ARG = ["--now", NOV.isoformat()]
@@ -109,12 +108,6 @@ def test_a_malformed_stored_decision_is_unknown_never_a_crash_or_no_usage(
     # the next run replaces it
     run_chore(db, now=NOV, registry=registry, settings=store)
     assert check_quota(db, "acme", now=NOV, settings=store).state == "block"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_quota_check_answers_from_the_mirror_while_mongodb_is_down(
