@@ -22,34 +22,36 @@ def redis_client(url: str, *, timeout: float) -> redis.Redis:
     return _CLIENTS[key]
 
 
+# What a Redis answers when it refuses the user or password of a URL (or asks for one).
+_REFUSALS = (redis.AuthenticationError, redis.AuthenticationWrongNumberOfArgsError)
+
+
 def refused_credentials(url: str, *, timeout: float = 5.0) -> str | None:
     """Redis's reply when it refuses the user or password in `url`, else None: accepted,
     or not reached at all (a Redis that is down is waited out; wrong credentials never
     are, and a client retrying them only fills its log)."""
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    try:
-        client.ping()
-    except (redis.AuthenticationError, redis.AuthenticationWrongNumberOfArgsError) as exc:
-        return str(exc)
-    except redis.RedisError:
-        return None
-    finally:
-        client.close()
-    return None
+    error = _ping_error(url, timeout)
+    return str(error) if isinstance(error, _REFUSALS) else None
 
 
 def not_reached(url: str, *, timeout: float = 5.0) -> str | None:
     """Why the Redis at `url` is not reached (redis-py's message), else None: it answered,
     whatever it answered (a refusal of the credentials is `refused_credentials`'s)."""
+    error = _ping_error(url, timeout)
+    if isinstance(error, redis.ConnectionError | redis.TimeoutError) and not isinstance(
+        error, _REFUSALS
+    ):
+        return str(error)
+    return None
+
+
+def _ping_error(url: str, timeout: float) -> redis.RedisError | None:
+    """The error a PING of the Redis at `url` raises, or None when it answers."""
     client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         client.ping()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        if isinstance(exc, redis.AuthenticationError):
-            return None
-        return str(exc)
-    except redis.RedisError:
-        return None
+    except redis.RedisError as exc:
+        return exc
     finally:
         client.close()
     return None
