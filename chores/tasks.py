@@ -9,7 +9,9 @@ Which orgs `meter_all` lists is cheap and durable: orgs with AI runners changed
 since the previous fan-out (its own cursor, minus the lookback), orgs with
 pending runners or dirty invoices, and orgs *due*: listed by a fan-out and not
 metered successfully since (`billing_due`), so an org whose run failed for good
-is listed again at the next tick rather than forgotten.
+is listed again at the next tick rather than forgotten. The AI runners changed in that
+window that name no org are no org's to meter: the fan-out records their anomaly
+(`run.orgless`).
 """
 
 from __future__ import annotations
@@ -41,11 +43,13 @@ from chores.core.exceptions import (
 from chores.core.lock import KeepLock, OrgLock, lock_client, release_quietly
 from chores.core.logs import redact_urls, short_list
 from chores.core.settings import Settings, get_settings, redact_url
+from chores.core.wording import tally
 from chores.core.writes import insert_ignoring_duplicates
 from chores.metering.progress import Progress, due_claims
 from chores.metering.source import Source
 from chores.quota.decisions import Quota
 from chores.run import chore as _run
+from chores.run.orgless import record_orgless
 from chores.run.report import RunReport
 
 log = logging.getLogger(__name__)
@@ -197,8 +201,7 @@ def orgs_with_new_usage(
     stamp seen (the next fan-out's cursor)."""
     c = Collections.of(db, settings)
     source = Source(c, ai_task_names=settings.ai_task_names, batch_size=settings.batch_size)
-    cursor = None if full else Progress(c).cursor(FANOUT_SCOPE)
-    since = None if cursor is None else cursor - settings.lookback_seconds
+    since = _fanout_since(db, settings, full=full)
     found = [
         *source.orgs_changed(since),
         *c.pending.distinct("org", due_claims(now)),
@@ -219,6 +222,13 @@ def orgs_with_new_usage(
     return sorted(orgs), stamp
 
 
+def _fanout_since(db: Database[Doc], settings: Settings, *, full: bool) -> float | None:
+    """The stamp from which the fan-out looks at changed runners: its cursor less the
+    lookback window; None (every runner) for the daily full fan-out or a first one."""
+    cursor = None if full else Progress(Collections.of(db, settings)).cursor(FANOUT_SCOPE)
+    return None if cursor is None else cursor - settings.lookback_seconds
+
+
 @app.task(name="chores.tasks.meter_all", base=OrgTask, **RETRY, **LIMITS)
 def meter_all(full: bool = False) -> list[str]:
     """List the orgs with new usage and queue one `meter_org` for each; the orgs listed.
@@ -227,6 +237,7 @@ def meter_all(full: bool = False) -> list[str]:
     """
     settings, db = get_settings(), get_db()
     now = datetime.now(UTC)
+    since = _fanout_since(db, settings, full=full)
     orgs, newest = orgs_with_new_usage(db, settings, now=now, full=full)
     due = due_marks(db, settings)  # an upsert of many marks, in two round trips
     insert_ignoring_duplicates(due, [{"_id": org, "listed_at": now} for org in orgs])
@@ -237,6 +248,17 @@ def meter_all(full: bool = False) -> list[str]:
     # Orgs with nothing new get no run, but their decision must not go stale.
     quota = Quota(Collections.of(db, settings), settings)
     quota.decide(sorted(set(quota.known_orgs()) - set(orgs)), now)
+    # Documents that name no org: no org's run reads them (SPEC §1 fact 8).
+    orgless = record_orgless(db, settings, since=since, now=now)
+    if orgless is not None and orgless.new_anomalies:  # said once, not at every look
+        log.warning(
+            "fan-out: %d AI runner document(s) name no org, not billed (%s new: %s); "
+            "`chore anomaly list --no-org` lists them",
+            orgless.docs_read,
+            orgless.new_anomalies,
+            tally(orgless.anomalies),
+            extra={"fields": {"event": "no-org", "documents": orgless.docs_read}},
+        )
     if newest is not None:
         Progress(Collections.of(db, settings)).advance_cursor(FANOUT_SCOPE, float(newest))
     log.info(

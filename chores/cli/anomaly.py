@@ -52,6 +52,10 @@ def anomaly_list(
         raise click.UsageError("give --org ORG, or --no-org (not both)")
     if no_org and period is not None:
         raise click.UsageError("--period is an invoice's month: an anomaly of --no-org has none")
+    if no_org and reviewed:
+        raise click.UsageError(
+            "--reviewed: an anomaly of --no-org flags no invoice, and is never reviewed"
+        )
     settings = get_settings()
     collections = Collections.of(connect(settings), settings)
     if org is None:
@@ -114,9 +118,9 @@ def _list_orgless(found: list[OpenAnomaly], as_json: bool) -> None:
         )
     tables.show(out, view)
     out.print(
-        f"  {counted(len({a.runner_id for a in found}), 'runner')} billed nothing until "
-        "its document names an org "
-        "(context.workspace_id): the next run then bills it and resolves the anomaly"
+        f"  {counted(len({a.runner_id for a in found}), 'runner')}: nothing of it is billed "
+        "while its document names no org (context.workspace_id); each resolves once its "
+        "runner bills under an org"
     )
 
 

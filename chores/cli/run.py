@@ -213,7 +213,7 @@ def _run(
         f"{counted(len(report.invoices), 'invoice')} updated"
     )
     orgless = report.anomalies.get(Anomaly.NO_ORG, 0)
-    if orgless:
+    if orgless and not report.dry_run:  # a dry run records nothing to list
         out.print(
             f"{counted(orgless, 'runner document')} without an org (no_org) billed nothing: "
             "`chore anomaly list --no-org` lists them"

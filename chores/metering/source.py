@@ -43,6 +43,8 @@ SPAWN_PROJECTION = {"extra_data": 1, "_context": 1}
 # What an AI run spawns (a spawn finding's `ai_type`): a subagent or another task, or a
 # workflow or scan whose `ai` steps inherit the run's counters (`lineage.spawner_ids`).
 SPAWNED_RUNNER_TYPES = ("task", "workflow", "scan")
+# An org id as the server can match it: a string of 1 to MAX_ORG characters (any).
+ORG_ID_PATTERN = f"^[\\s\\S]{{1,{MAX_ORG}}}$"
 LOWEST_STAMP = -sys.float_info.max  # every finite stamp is at least this; NaN is not
 
 
@@ -112,10 +114,31 @@ class Source:
         1 to MAX_ORG characters are grouped: a longer one is no org (`no_org`), and the
         server neither groups nor sends it.
         """
-        org_id = {"$type": "string", "$regex": f"^[\\s\\S]{{1,{MAX_ORG}}}$"}
+        org_id = {"$type": "string", "$regex": ORG_ID_PATTERN}
         changed = {"$and": [self._changed(None, since), {"context.workspace_id": org_id}]}
         pipeline = [{"$match": changed}, {"$group": {"_id": "$context.workspace_id"}}]
         return [group["_id"] for group in self._tasks.aggregate(pipeline)]
+
+    def orgless_runners(self, since: float | None) -> Iterator[Doc]:
+        """AI runners changed since `since` (every one when None) whose document holds no
+        org id: no workspace_id, or one that is not a string of 1 to MAX_ORG characters,
+        or one inside an array (SPEC §7), or no `context` document at all. No org's run
+        reads them (`tasks.meter_all` records their anomaly `no_org`)."""
+        no_org_id = {
+            "$or": [
+                {"context.workspace_id": {"$not": {"$type": "string"}}},
+                {"context.workspace_id": {"$not": {"$regex": ORG_ID_PATTERN}}},
+                {"context.workspace_id": {"$type": "array"}},
+                {"context": {"$type": "array"}},
+                {"context": {"$not": {"$type": "object"}}},
+            ]
+        }
+        yield from self._tasks.find(
+            {"$and": [self._changed(None, since), no_org_id]},
+            RUNNER_PROJECTION,
+            sort=[("_id", 1)],
+            batch_size=self._batch_size,
+        )
 
     def newest_stamp(self, *, since: float | None, horizon: float) -> float | None:
         """The newest plausible stamp of an AI runner changed since `since`: one past

@@ -24,6 +24,7 @@ from chores.core.orgs import validate_org
 from chores.core.periods import is_period
 from chores.core.settings import Settings, get_settings
 from chores.metering.anomalies import OpenAnomaly
+from chores.metering.rules import Anomaly
 from chores.run.pipeline import Pipeline
 from pricing import Registry, load_registry
 
@@ -79,10 +80,16 @@ def review_anomalies(
         and (not runner_ids or anomaly.runner_id in runner_ids)
     ]
     if (kinds or runner_ids) and not matching:
+        orgless = (
+            "; a no_org anomaly flags no invoice and is not reviewed (`chore anomaly list "
+            "--no-org` lists those)"
+            if Anomaly.NO_ORG in kinds
+            else ""
+        )
         raise ChoreError(
             f"no open anomaly of {org!r} in {period} is of {_named(kinds, runner_ids)}: "
             f"`chore anomaly list --org {shlex.quote(org)} --period {period} --reviewed` "
-            "lists them with their runner ids"
+            f"lists them with their runner ids{orgless}"
         )
     marks = meter.progress.mark_dirty([(org, period)], now=now)
     waiting = [a.record_id for a in matching if a.reviewed_at is None]

@@ -867,6 +867,48 @@ def test_meter_all_marks_orgs_due_until_metered_and_advances_its_cursor(service,
     assert sent == sorted(ORGS) and fulls == {False, True}
 
 
+def test_the_fan_out_records_the_documents_that_name_no_org(source, monkeypatch, caplog):
+    """SPEC §1 fact 8: a document without an org is an anomaly `no_org`. A worker meters
+    one org at a time and no org's run reads such a document: before, the service recorded
+    nothing of it (only `chore run --all` did), and nobody learnt of the usage not billed."""
+    monkeypatch.setattr(tasks.meter_org, "delay", lambda org, full: None)
+    with caplog.at_level(logging.WARNING, logger="chores.tasks"):
+        tasks.meter_all.apply().get()
+    orgless = {d["runner_id"]: d for d in source.db.billing_anomalies.find({"org": None})}
+    garbage = ("bad-context", "bad-org-int", "bad-org-empty")
+    assert set(orgless) == {f"str:'{name}'" for name in garbage}
+    assert {d["kind"] for d in orgless.values()} == {"no_org"}
+    assert not any(d["resolved"] for d in orgless.values())
+    assert source.db.billing_ledger.count_documents({}) == 0  # the fan-out bills nothing
+    assert [r.getMessage() for r in caplog.records if "name no org" in r.getMessage()] == [
+        "fan-out: 3 AI runner document(s) name no org, not billed (3 new: no_org 3); "
+        "`chore anomaly list --no-org` lists them"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="chores.tasks"):
+        tasks.meter_all.apply(kwargs={"full": True}).get()  # reads them all again
+    assert "name no org" not in caplog.text  # nothing new: said once
+    assert source.db.billing_anomalies.count_documents({"org": None}) == 3
+
+    # The producer names the org: that org's run bills the runner, once, and resolves it.
+    source.db.tasks.update_one(
+        {"_id": "bad-org-empty"},
+        {
+            "$set": {
+                "context.workspace_id": "acme",
+                "context.ai_model": "gpt-4o",
+                "status": "SUCCESS",
+                "end_time": NOW - timedelta(minutes=30),
+                "last_updated_db": NOW.timestamp(),
+            }
+        },
+    )
+    tasks.meter_org.apply(("acme",)).get()
+    healed = source.db.billing_anomalies.find_one({"runner_id": "str:'bad-org-empty'"})
+    assert healed["resolved"] is True
+    assert ledger(source.db, "acme")["str:'bad-org-empty':1"] == 10
+
+
 def test_meter_all_keeps_the_decisions_of_idle_orgs_fresh(service, monkeypatch):
     """An org with no new usage gets no run, yet its quota decision must not go stale."""
     source = Source(monkeypatch)

@@ -548,6 +548,8 @@ def test_a_runner_without_an_org_is_listed_and_resolved_once_it_bills_under_one(
     cli = CliRunner()
     now = ["--now", NOW.isoformat()]
 
+    dry = cli.invoke(main, ["run", "--all", "--dry-run", *now])
+    assert dry.exit_code == 0 and "no_org" not in dry.output  # records nothing to list
     ran = cli.invoke(main, ["run", "--all", *now])
     assert ran.exit_code == 0, ran.output
     assert "1 runner document without an org (no_org) billed nothing: " in ran.output
@@ -559,12 +561,18 @@ def test_a_runner_without_an_org_is_listed_and_resolved_once_it_bills_under_one(
     assert "Open anomalies of runners without an org" in listed.output
     (row,) = [line for line in listed.output.splitlines() if "no_org" in line]
     assert runner_key("r1") in row and "2026-11-25 12:00" in row
-    assert "1 runner billed nothing until its document names an org" in listed.output
+    assert "1 runner: nothing of it is billed while its document names no org" in (
+        " ".join(listed.output.split())
+    )
     (record,) = json.loads(cli.invoke(main, ["anomaly", "list", "--no-org", "--json"]).output)
     assert (record["kind"], record["runner_id"], record["period"]) == (
         "no_org",
         runner_key("r1"),
         None,
+    )
+    reviewed = cli.invoke(main, ["anomaly", "list", "--no-org", "--reviewed"])
+    assert reviewed.exit_code == 2 and "flags no invoice, and is never reviewed" in (
+        reviewed.output
     )
     both = cli.invoke(main, ["anomaly", "list", "--no-org", "--org", "acme"])
     neither = cli.invoke(main, ["anomaly", "list"])
@@ -586,4 +594,9 @@ def test_a_runner_without_an_org_is_listed_and_resolved_once_it_bills_under_one(
         sum(line["tokens"] for line in billed["lines"])
         == sum(entry["tokens"] for entry in env_db.billing_ledger.find())
         > 0
+    )
+    review = ["anomaly", "review", "--org", "acme", "--period", "2026-11", "--note", NOTE]
+    refused = cli.invoke(main, [*review, "--kind", "no_org", *later])
+    assert refused.exit_code == 1 and "`chore anomaly list --no-org` lists those" in (
+        " ".join(refused.output.split())
     )
