@@ -123,7 +123,8 @@ class Source:
         """AI runners changed since `since` (every one when None) whose document holds no
         org id: no workspace_id, or one that is not a string of 1 to MAX_ORG characters,
         or one inside an array (SPEC §7), or no `context` document at all. No org's run
-        reads them (`tasks.meter_all` records their anomaly `no_org`)."""
+        reads them (`tasks.meter_all` records their anomaly `no_org`). A string of 1 to
+        MAX_ORG characters that is not UTF-8 (no org to the rules) is not among them."""
         no_org_id = {
             "$or": [
                 {"context.workspace_id": {"$not": {"$type": "string"}}},
@@ -136,7 +137,6 @@ class Source:
         yield from self._tasks.find(
             {"$and": [self._changed(None, since), no_org_id]},
             RUNNER_PROJECTION,
-            sort=[("_id", 1)],
             batch_size=self._batch_size,
         )
 

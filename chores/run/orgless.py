@@ -39,8 +39,8 @@ def record_orgless(
     meter: Pipeline | None = None
     report = RunReport(run_id=uuid.uuid4().hex, org=None, started_at=now)
     for docs in chunked(source.orgless_runners(since), settings.batch_size):
-        # The server's filter is wider than the rules (an org id of invalid UTF-8): what
-        # the rules bill to an org is that org's run's, under its lock, never this one's.
+        # Should the server's filter and the rules ever disagree, a document the rules
+        # bill to an org is that org's run's, under its lock, never this one's.
         orgless = [doc for doc in docs if _names_no_org(doc)]
         if not orgless:
             continue
