@@ -228,3 +228,45 @@ def test_the_scan_of_changed_runners_lets_the_server_sort_on_disk(db, settings):
     source._tasks = Tasks()
     assert list(source.changed_runners(None, None)) == []
     assert asked[0]["allow_disk_use"] is True and asked[0]["sort"][0] == ("last_updated_db", 1)
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {"workspace_id": "acme"},
+        {"workspace_id": "a" * 256},
+        {"workspace_id": " "},
+        {},
+        {"workspace_id": None},
+        {"workspace_id": ""},
+        {"workspace_id": "a" * 257},
+        {"workspace_id": 7},
+        {"workspace_id": 7.5},
+        {"workspace_id": True},
+        {"workspace_id": {"id": "acme"}},
+        {"workspace_id": ["acme"]},
+        {"workspace_id": []},
+        {"workspace_id": [None, "acme"]},
+        [{"workspace_id": "acme"}],
+        "acme",
+        None,
+    ],
+    ids=repr,
+)
+def test_the_fan_out_reads_as_orgless_exactly_what_the_rules_bill_to_no_org(db, settings, context):
+    """`Source.orgless_runners` (what `tasks.meter_all` records as no_org) and the rules
+    (`rules.org_of`, what an org's run bills) agree: a document is one org's or no org's,
+    never both and never neither, whatever its `context` holds."""
+    from chores.metering.rules import org_of
+    from chores.metering.source import Source
+
+    doc = ai_runner("r1", ended=NOW - timedelta(hours=1))
+    doc["context"] = context
+    db.tasks.insert_one(doc)
+    source = Source(Collections.of(db, settings), ai_task_names=("ai",), batch_size=10)
+
+    read_as_orgless = [d["_id"] for d in source.orgless_runners(None)]
+    an_org = org_of(context) if isinstance(context, dict) else None
+    assert read_as_orgless == ([] if an_org is not None else [doc["_id"]])
+    if an_org is not None:  # then that org's fan-out lists it
+        assert source.orgs_changed(None) == [an_org]
