@@ -332,6 +332,12 @@ def status(limit: int, now: datetime | None) -> None:
     out = console()
     tables.show(out, runs)
     tables.show(out, lag)
+    orgless = c.anomalies.count_documents({"org": None, "resolved": False})
+    if orgless:  # flagging no invoice, they show nowhere else
+        out.print(
+            f"Runners whose document names no org, not billed: {orgless:,} "
+            "(`chore anomaly list --no-org`)"
+        )
     print_source_indexes(out, c)
 
 

@@ -725,6 +725,11 @@ def test_status_lists_runs_and_decisions(cli_db):
     result = invoke("status")
     assert result.exit_code == 0
     assert "ws-acme" in result.output and "all" in result.output
+    # the fixtures' document without an org flags no invoice: said here, or nowhere
+    assert (
+        "Runners whose document names no org, not billed: 1 (`chore anomaly list --no-org`)"
+        in result.output
+    )
     an_hour_later = invoke("status", "--now", (NOW + timedelta(hours=1)).isoformat())
     assert "3,600s" in an_hour_later.output
     before = invoke("status", "--now", (NOW - timedelta(days=1)).isoformat())  # outside review
