@@ -28,7 +28,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import ConnectionFailure, PyMongoError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
@@ -248,8 +248,18 @@ def meter_all(full: bool = False) -> list[str]:
     # Orgs with nothing new get no run, but their decision must not go stale.
     quota = Quota(Collections.of(db, settings), settings)
     quota.decide(sorted(set(quota.known_orgs()) - set(orgs)), now)
-    # Documents that name no org: no org's run reads them (SPEC §1 fact 8).
-    orgless = record_orgless(db, settings, since=since, now=now)
+    # Documents that name no org: no org's run reads them (SPEC §1 fact 8). A side job:
+    # its failure must not retry the fan-out (every org sent again) nor hold the cursor
+    # back; the daily full fan-out reads them all again.
+    try:
+        orgless = record_orgless(db, settings, since=since, now=now)
+    except PyMongoError as exc:
+        orgless = None
+        log.warning(
+            "fan-out: the documents that name no org were not recorded (%s); the daily full "
+            "fan-out reads them again",
+            redact_urls(f"{type(exc).__name__}: {exc}"),
+        )
     if orgless is not None and orgless.new_anomalies:  # said once, not at every look
         log.warning(
             "fan-out: %d AI runner document(s) name no org, not billed (%s new: %s); "

@@ -43,8 +43,12 @@ SPAWN_PROJECTION = {"extra_data": 1, "_context": 1}
 # What an AI run spawns (a spawn finding's `ai_type`): a subagent or another task, or a
 # workflow or scan whose `ai` steps inherit the run's counters (`lineage.spawner_ids`).
 SPAWNED_RUNNER_TYPES = ("task", "workflow", "scan")
-# An org id as the server can match it: a string of 1 to MAX_ORG characters (any).
-ORG_ID_PATTERN = f"^[\\s\\S]{{1,{MAX_ORG}}}$"
+# An org id as the server matches it: a string of at least one character (any) and not of
+# MAX_ORG + 1. No `$` anchor: it also matches before a final newline, and MAX_ORG
+# characters and a newline would pass for an org.
+A_CHARACTER = "^[\\s\\S]"
+TOO_LONG = f"^[\\s\\S]{{{MAX_ORG + 1}}}"
+ORG_ID = {"$type": "string", "$regex": A_CHARACTER, "$not": {"$regex": TOO_LONG}}
 LOWEST_STAMP = -sys.float_info.max  # every finite stamp is at least this; NaN is not
 
 
@@ -114,8 +118,7 @@ class Source:
         1 to MAX_ORG characters are grouped: a longer one is no org (`no_org`), and the
         server neither groups nor sends it.
         """
-        org_id = {"$type": "string", "$regex": ORG_ID_PATTERN}
-        changed = {"$and": [self._changed(None, since), {"context.workspace_id": org_id}]}
+        changed = {"$and": [self._changed(None, since), {"context.workspace_id": ORG_ID}]}
         pipeline = [{"$match": changed}, {"$group": {"_id": "$context.workspace_id"}}]
         return [group["_id"] for group in self._tasks.aggregate(pipeline)]
 
@@ -128,7 +131,8 @@ class Source:
         no_org_id = {
             "$or": [
                 {"context.workspace_id": {"$not": {"$type": "string"}}},
-                {"context.workspace_id": {"$not": {"$regex": ORG_ID_PATTERN}}},
+                {"context.workspace_id": {"$not": {"$regex": A_CHARACTER}}},
+                {"context.workspace_id": {"$regex": TOO_LONG}},
                 {"context.workspace_id": {"$type": "array"}},
                 {"context": {"$type": "array"}},
                 {"context": {"$not": {"$type": "object"}}},

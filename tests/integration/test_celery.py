@@ -909,6 +909,26 @@ def test_the_fan_out_records_the_documents_that_name_no_org(source, monkeypatch,
     assert ledger(source.db, "acme")["str:'bad-org-empty':1"] == 10
 
 
+def test_a_failure_to_record_the_orgless_documents_does_not_fail_the_fan_out(
+    source, monkeypatch, caplog
+):
+    """Review: an AutoReconnect while recording them failed the fan-out after its orgs
+    were sent; its retries sent every org again, and its cursor stayed behind."""
+    sent: list[str] = []
+    monkeypatch.setattr(tasks.meter_org, "delay", lambda org, full: sent.append(org))
+
+    def lost(*args: Any, **kwargs: Any) -> None:
+        raise AutoReconnect("connection lost to mongodb://billing:s3cret@db:27017")
+
+    monkeypatch.setattr(tasks, "record_orgless", lost)
+    with caplog.at_level(logging.WARNING, logger="chores.tasks"):
+        assert tasks.meter_all.apply().get() == sorted(ORGS)
+    assert sent == sorted(ORGS)  # once each
+    assert source.db.billing_cursors.find_one({"_id": tasks.FANOUT_SCOPE})["stamp"] > 0
+    assert "the documents that name no org were not recorded (AutoReconnect" in caplog.text
+    assert "s3cret" not in caplog.text
+
+
 def test_meter_all_keeps_the_decisions_of_idle_orgs_fresh(service, monkeypatch):
     """An org with no new usage gets no run, yet its quota decision must not go stale."""
     source = Source(monkeypatch)

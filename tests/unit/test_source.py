@@ -240,6 +240,8 @@ def test_the_scan_of_changed_runners_lets_the_server_sort_on_disk(db, settings):
         {"workspace_id": None},
         {"workspace_id": ""},
         {"workspace_id": "a" * 257},
+        {"workspace_id": "a" * 256 + "\n"},  # a regex's `$` matches before the newline
+        {"workspace_id": "a" * 255 + "\n"},
         {"workspace_id": 7},
         {"workspace_id": 7.5},
         {"workspace_id": True},
