@@ -50,6 +50,7 @@ class Batch:
     anomalies: list[AnomalyRecord] = field(default_factory=list)
     dirty: set[tuple[str, str]] = field(default_factory=set)  # invoices the entries change
     clean: list[str] = field(default_factory=list)  # runners billed cleanly: anomalies heal
+    source_ids: dict[str, Any] = field(default_factory=dict)  # each runner's document `_id`
     # the pending-list document of each runner with an org, and who is (no longer) pending
     watch: dict[str, Doc] = field(default_factory=dict)
     add_pending: list[Doc] = field(default_factory=list)
@@ -67,6 +68,7 @@ class Batch:
             self.dirty.add((entry["org"], entry["usage_period"]))
         if result.billed_cleanly:
             self.clean.append(result.runner_id)
+        self.source_ids[result.runner_id] = doc.get("_id")
         if result.org is not None:
             self.watch[result.runner_id] = {
                 "_id": result.runner_id,
@@ -327,8 +329,8 @@ class Pipeline:
         now: datetime,
     ) -> tuple[list[AnomalyRecord], dict[str, Recorded]]:
         """The anomalies to write, as a newer read shows them when this one may be stale,
-        and where those stand (`known`, `AnomalyLog.previous`). `batch.watch` says where
-        each runner's document is.
+        and where those stand (`known`, `AnomalyLog.previous`). `batch.source_ids` says
+        where each runner's document is.
 
         An overlapping run may have read a newer version of a runner (a subagent's spawn
         finding that had appeared, a document fixed) and resolved its anomaly; this run's
@@ -344,10 +346,10 @@ class Pipeline:
         if not changing:
             return list(anomalies), known
         newer = self.ledger.heads(sorted({a.runner_id for a in changing}))
-        suspects = {  # of an org: an org-less document's anomaly (`no_org`) stands
+        suspects = {
             a.runner_id
             for a in changing
-            if a.runner_id in batch.watch
+            if a.runner_id in batch.source_ids
             and (
                 was_resolved(known.get(anomaly_id(a)))
                 or _seq(newer.get(a.runner_id)) > _seq(heads.get(a.runner_id))
@@ -356,7 +358,7 @@ class Pipeline:
         if not suspects:
             return list(anomalies), known
         fresh = self.source.runners_by_id(
-            [batch.watch[runner]["source_id"] for runner in sorted(suspects)], None
+            [batch.source_ids[runner] for runner in sorted(suspects)], None
         )
         keys = [runner_key(d.get("_id")) for d in fresh]
         seen_again = [

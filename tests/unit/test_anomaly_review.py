@@ -600,3 +600,38 @@ def test_a_runner_without_an_org_is_listed_and_resolved_once_it_bills_under_one(
     assert refused.exit_code == 1 and "`chore anomaly list --no-org` lists those" in (
         " ".join(refused.output.split())
     )
+
+
+def test_a_stale_read_of_a_runner_without_an_org_does_not_reopen_what_its_org_resolved(
+    db, settings, registry
+):
+    """Review: a run over every org read a runner before its document named an org; the
+    org's run then billed it and resolved its `no_org`; the first run's batch, written
+    last, reopened it (and said it was new). The run about to reopen an anomaly someone
+    resolved reads the document again first, for a runner of no org too."""
+    import uuid
+
+    from chores.run.pipeline import Pipeline
+    from chores.run.report import RunReport
+
+    runner = ai_runner("r1", ended=NOW - timedelta(hours=1), org="")
+    db.tasks.insert_one(runner)
+    run_chore(db, now=NOW, settings=settings)
+    assert db.billing_anomalies.find_one({})["resolved"] is False
+
+    meter = Pipeline(db, settings, registry)
+    stale = [d for batch in meter.changed_runners(None, None, {}) for d in batch]
+    db.tasks.update_one(
+        {"_id": runner["_id"]},
+        {"$set": {"context.workspace_id": "acme", "last_updated_db": NOW.timestamp()}},
+    )
+    later = NOW + timedelta(minutes=5)
+    run_chore(db, org="acme", now=later, settings=settings)
+    assert db.billing_anomalies.find_one({})["resolved"] is True
+    report = RunReport(run_id=uuid.uuid4().hex, org=None, started_at=later)
+
+    meter.process(stale, org=None, now=later, run_id=report.run_id, report=report, dry_run=False)
+
+    assert db.billing_anomalies.find_one({})["resolved"] is True
+    assert report.new_anomalies == 0
+    assert db.billing_ledger.count_documents({"runner_id": runner_key("r1")}) == 1
