@@ -33,7 +33,7 @@ from kombu import Exchange, Queue
 
 from chores.core.exceptions import ConfigError
 from chores.core.local_store import SCHEME as LOCAL_STORE_SCHEME
-from chores.core.logs import use_log_format
+from chores.core.logs import JsonFormatter, use_log_format
 from chores.core.redis_client import not_reached, refused_credentials
 from chores.core.settings import REDIS_SCHEMES, Settings, get_settings, redact_url
 
@@ -318,11 +318,22 @@ def _refuse_refused_credentials(**_: Any) -> None:
     modules first) when a Redis refuses their credentials (`credentials_problem`)."""
     if not _run_by_celery_command():
         return
-    problem = credentials_problem(get_settings())
+    settings = get_settings()
+    problem = credentials_problem(settings)
     if problem is None and _celery_subcommand() == "beat":
-        problem = beat_redis_problem(get_settings())
+        problem = beat_redis_problem(settings)
     if problem is not None:
-        raise SystemExit(f"chore service: {problem}")  # not Exception: Celery would log it on
+        raise SystemExit(stop_line(problem, settings))  # not Exception: Celery would log it on
+
+
+def stop_line(problem: str, settings: Settings) -> str:
+    """The one line the worker or beat stops with: a JSON record under `LOG_FORMAT=json`
+    (Celery's logging is not set up yet, and a log shipper reads JSON lines only)."""
+    line = f"chore service: {problem}"
+    if settings.log_format != "json":
+        return line
+    record = logging.LogRecord("chores", logging.CRITICAL, __file__, 0, line, None, None)
+    return JsonFormatter().format(record)
 
 
 def _celery_subcommand() -> str | None:

@@ -12,7 +12,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from chores.celery_app import (
     beat_loop_seconds,
 )
 
-from support import flushed_redis_db
+from support import closed_port, flushed_redis_db
 
 EVERY = 1  # METER_EVERY_SECONDS of the beats under test: a tick a second, 1 s loop, 5 s lock
 
@@ -166,13 +165,77 @@ def test_of_two_beats_only_the_lock_holder_ticks_and_the_other_takes_over_when_i
     assert "meter-all last sent" in str(beat_health_problem(settings, now=later))
 
 
-def test_a_beat_stopped_by_its_redis_logs_it_in_two_json_lines_without_the_password(tmp_path):
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A `redis-server` with a password, on a free port, that a test may stop."""
+    port = closed_port()
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--requirepass",
+            "s3cr3t-pw",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, password="s3cr3t-pw")
+    wait_for(lambda: _answers(client), 10)
+    yield port, server
+    server.kill()
+    server.wait()
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_a_beat_stopped_by_its_redis_logs_it_in_two_json_lines_without_the_password(
+    tmp_path, own_redis
+):
     """Celery logged what Python printed on the way out one write at a time: a Redis outage
     once stopped beat with 1,069 JSON lines, most of them `"message": "^"` (review). Now the
     exception is logged once by beat and once by our hook, redacted; nothing is printed raw."""
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port, server = own_redis
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": f"redis://:s3cr3t-pw@127.0.0.1:{port}/0",
+        "LOG_FORMAT": "json",
+        "METER_EVERY_SECONDS": str(EVERY),
+    }
+    command = [sys.executable, "-m", "celery", "-A", "chores.celery_app", "beat"]
+    beat = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    client = redis.Redis(port=port, password="s3cr3t-pw")
+    wait_for(lambda: client.llen(DEFAULT_QUEUE) > 0, 60)  # it ticks: Redis goes away now
+    server.kill()
+    stdout, stderr = beat.communicate(timeout=120)
+    assert beat.returncode == 1
+    records = [json.loads(line) for line in stderr.splitlines()]  # every line is JSON
+    assert [(r["level"], r["logger"]) for r in records] == [
+        ("CRITICAL", "celery.beat"),
+        ("CRITICAL", "chores"),
+    ], stderr[:2000]
+    assert records[1]["message"] == "stopped by ConnectionError"
+    assert "Traceback" in records[1]["exc_info"]
+    assert "s3cr3t-pw" not in stderr + stdout
+
+
+def test_a_beat_whose_redis_is_not_there_at_start_says_so_in_one_json_line(tmp_path):
+    """Not reached at start, beat stopped with two tracebacks at every restart; it stops
+    with one line, a JSON record under LOG_FORMAT=json (logging is not set up yet)."""
+    port = closed_port()
     env = {
         **os.environ,
         "CELERY_BROKER_URL": f"redis://:s3cr3t-pw@127.0.0.1:{port}/0",
@@ -183,11 +246,10 @@ def test_a_beat_stopped_by_its_redis_logs_it_in_two_json_lines_without_the_passw
         command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 1
-    records = [json.loads(line) for line in done.stderr.splitlines()]  # every line is JSON
-    assert [(r["level"], r["logger"]) for r in records] == [
-        ("CRITICAL", "celery.beat"),
-        ("CRITICAL", "chores"),
-    ], done.stderr[:2000]
-    assert records[1]["message"] == "stopped by ConnectionError"
-    assert "Traceback" in records[1]["exc_info"]
+    (record,) = [json.loads(line) for line in done.stderr.splitlines()]
+    assert (record["level"], record["logger"]) == ("CRITICAL", "chores")
+    assert record["message"].startswith(
+        f"chore service: beat: CELERY_BROKER_URL redis://:***@127.0.0.1:{port}/0: Redis not "
+        "reached (Error 111 connecting to"
+    )
     assert "s3cr3t-pw" not in done.stderr + done.stdout
