@@ -527,7 +527,7 @@ def test_a_pool_process_killed_mid_run_has_its_message_redelivered_and_it_bills_
     fast = {"visibility_timeout": 1, "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
     monkeypatch.setitem(app.conf, "broker_transport_options", fast)
     with start_worker(app, pool="threads", concurrency=1, shutdown_timeout=30):
-        result = sent.get(timeout=30)
+        result = sent.get(timeout=90)  # a wait, not a limit: two busy processes here
 
     assert result["locked"] is False  # the dead runs' lock was its own: taken over, not waited
     assert ledger(source.db) == ledger(reference, "acme")
