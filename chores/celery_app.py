@@ -84,7 +84,7 @@ def credentials_problem(settings: Settings) -> str | None:
         if urlsplit(url).password is None:
             return (
                 f"{name} {redact_url(url)}: Redis asks for a password, and the URL gives "
-                "none: redis://[user]:password@host:port/db (docs/deploy.md)"
+                "none: put it in the URL before the host, as [user]:password@ (docs/deploy.md)"
             )
         return (
             f"{name} {redact_url(url)}: Redis refused its user or password "
@@ -307,9 +307,10 @@ app.conf.update(_configured())
 @celeryd_init.connect
 def _refuse_a_local_store(**_: Any) -> None:
     """`celery worker` stops before it starts on a store it cannot bill into."""
-    problem = store_problem(get_settings())
-    if problem is not None:
-        raise SystemExit(f"chore worker: {problem}")  # not Exception: Celery would log it on
+    settings = get_settings()
+    problem = store_problem(settings)
+    if problem is not None:  # not Exception: Celery would log it on
+        raise SystemExit(stop_line(f"chore worker: {problem}", settings))
 
 
 @import_modules.connect
@@ -323,13 +324,13 @@ def _refuse_refused_credentials(**_: Any) -> None:
     if problem is None and _celery_subcommand() == "beat":
         problem = beat_redis_problem(settings)
     if problem is not None:
-        raise SystemExit(stop_line(problem, settings))  # not Exception: Celery would log it on
+        # not Exception: Celery would log it on
+        raise SystemExit(stop_line(f"chore service: {problem}", settings))
 
 
-def stop_line(problem: str, settings: Settings) -> str:
+def stop_line(line: str, settings: Settings) -> str:
     """The one line the worker or beat stops with: a JSON record under `LOG_FORMAT=json`
     (Celery's logging is not set up yet, and a log shipper reads JSON lines only)."""
-    line = f"chore service: {problem}"
     if settings.log_format != "json":
         return line
     record = logging.LogRecord("chores", logging.CRITICAL, __file__, 0, line, None, None)

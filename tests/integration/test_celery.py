@@ -46,6 +46,7 @@ from chores.celery_app import (
 )
 from chores.core.exceptions import ConfigError, CredentialsRefused, DatabaseUnavailable
 from chores.core.lock import KEY_PREFIX, lock_client
+from chores.core.logs import redact_urls
 from chores.demo.corpus import generate_corpus
 
 from support import closed_port
@@ -1039,6 +1040,12 @@ def test_a_worker_refuses_a_local_store_rather_than_lose_what_it_bills(service, 
     assert started.returncode == 1, started.stderr
     assert f"MONGO_URL file://{store} is a local store" in started.stderr
     assert "a worker's billing would be lost" in started.stderr
+    options = ("--without-mingle", "--without-gossip")
+    logged = celery_command("worker", {**env, "LOG_FORMAT": "json"}, tmp_path, *options)
+    (record,) = [json.loads(line) for line in logged.stderr.splitlines()]  # review: was text
+    assert record["level"] == "CRITICAL" and record["message"].startswith(
+        f"chore worker: MONGO_URL file://{store} is a local store"
+    )
 
     local = service.model_copy(update={"mongo_url": f"file://{store}"})
     get_settings.cache_clear()
@@ -1168,8 +1175,10 @@ def test_only_refused_credentials_stop_the_service_not_a_redis_that_is_down(redi
     assert nameless is not None and nameless.startswith("REDIS_URL redis://chore-test-service@")
     assert nameless.endswith(
         "Redis asks for a password, and the URL gives none: "
-        "redis://[user]:password@host:port/db (docs/deploy.md)"
+        "put it in the URL before the host, as [user]:password@ (docs/deploy.md)"
     )
+    # not written as a URL: a JSON log line redacts a URL's password, and the hint with it
+    assert redact_urls(nameless) == nameless
 
 
 def test_another_program_importing_the_app_with_a_bad_setting_gets_the_config_error(tmp_path):
