@@ -112,9 +112,13 @@ def redis_base_url() -> Any:
         yield url
         return
     binary = shutil.which("redis-server")
+    if binary is None and first_process:
+        pytest.fail(f"Redis is not reachable at {url} and redis-server is not installed")
     if binary is None:
-        where = url if first_process else "this test process (pytest-xdist), which needs its own"
-        pytest.fail(f"Redis is not reachable at {where} and redis-server is not installed")
+        pytest.fail(
+            "this test process (pytest-xdist) starts a redis-server of its own, and "
+            "redis-server is not installed: install it, or run the tests on one process (-n 0)"
+        )
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
