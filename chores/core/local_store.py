@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import os
 import re
 import signal
@@ -32,7 +33,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -87,7 +88,7 @@ def is_client_of(url: str, client: Any) -> bool:
     """Whether `client` is the in-process client that `url` names in this process (a
     `file://` store opened, or a `mongomock://` name used), not another mongomock."""
     if is_local(url):
-        store = _OPEN.get(path_of(url).absolute())
+        store = _OPEN.get(file_of(url))
         return store is not None and store.client is client
     return _MOCK_CLIENTS.get(url) is client
 
@@ -123,6 +124,13 @@ def holds_credentials(text: str) -> bool:
     return ":" in authority or "%3a" in authority or redact_options(text) != text
 
 
+def file_of(url: str) -> Path:
+    """The file a `file://` URL names, absolute, links followed: a store reached through a
+    symlink is written where the link points and locked there, or two names of one file
+    would make two diverging stores."""
+    return Path(os.path.realpath(path_of(url)))
+
+
 def url_of(path: Path = DEMO_PATH) -> str:
     """The `file://` URL of a store's path (`./NAME` when a relative one's first part holds a
     `:`, which `path_of` would take for credentials)."""
@@ -148,10 +156,15 @@ def open_client(url: str, *, fresh: bool = False) -> Any:
     `fresh` starts an empty store (the demo), replacing the file when it is saved. A file
     that is no local store is not replaced (ConfigError): it is not the chore's to lose.
     """
-    path = path_of(url).absolute()
+    path = file_of(url)
     store = _OPEN.get(path)
     if store is not None:
         return store.client
+    if not fresh and path.exists() and not path.is_file():
+        raise ConfigError(
+            f"MONGO_URL {url}: {path_of(url)} is not a regular file (a directory, a pipe or "
+            "a device): a local store is a file"
+        )
     if not fresh and not path.is_file():
         raise ConfigError(
             f"MONGO_URL {url}: no local store at {path_of(url)} (`chore demo` creates "
@@ -294,6 +307,13 @@ def _load(path: Path, client: Any) -> str:
         raise ConfigError(f"{path}: not a readable local store ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"{path}: not a local store written by `chore` (no {FORMAT!r} mark)")
+    if data.get("version") != VERSION:
+        # Another version's store would be rewritten in this one's format, losing what it
+        # holds that this version does not know: not opened, not changed.
+        raise ConfigError(
+            f"{path}: a local store of version {data.get('version')!r}, where this chore "
+            f"reads version {VERSION}: not opened, not changed"
+        )
     try:
         _fill(client, data.get("databases", {}))
     except (AttributeError, KeyError, TypeError, ValueError, InvalidDocument, PyMongoError) as exc:
@@ -360,16 +380,18 @@ def _save(store: LocalStore) -> bool:
     )
     if text == store.loaded:
         return False
-    mode = _writable_mode(store.path)
+    kept = _kept_stat(store.path)
+    _remove_leftovers(store.path)
     try:
-        handle, temp = tempfile.mkstemp(dir=store.path.parent, prefix=f".{store.path.name}.")
+        handle, temp = tempfile.mkstemp(dir=store.path.parent, prefix=_temp_prefix(store.path))
     except OSError as exc:
         raise _not_saved(store.path, exc) from None
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
-        if mode is not None:
-            os.chmod(temp, mode)
+        if kept is not None:
+            os.chmod(temp, stat.S_IMODE(kept.st_mode))
+            _keep_owner(temp, kept)
         os.replace(temp, store.path)
     except BaseException as exc:
         Path(temp).unlink(missing_ok=True)
@@ -379,19 +401,42 @@ def _save(store: LocalStore) -> bool:
     return True
 
 
-def _writable_mode(path: Path) -> int | None:
-    """The permission bits of the store's file, kept by the file that replaces it (None:
-    no file yet). A file made read-only (no write bit, or not writable by this user) is
-    not replaced: its owner meant it to stay as it is (root could replace it)."""
+def _kept_stat(path: Path) -> os.stat_result | None:
+    """The store file's status, whose permission bits and owner the file that replaces it
+    keeps (None: no file yet). A file made read-only (no write bit, or not writable by this
+    user) is not replaced: its owner meant it to stay as it is (root could replace it)."""
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        status = path.stat()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise _not_saved(path, exc) from None
-    if not mode & 0o222 or not os.access(path, os.W_OK):
+    if not stat.S_IMODE(status.st_mode) & 0o222 or not os.access(path, os.W_OK):
         raise _not_saved(path, PermissionError(errno.EACCES, "the file is read-only"))
-    return mode
+    return status
+
+
+def _keep_owner(temp: str, kept: os.stat_result) -> None:
+    """The new file keeps the old one's owner and group where this user may give them
+    (root saving another user's store); elsewhere it is the saver's, as any new file."""
+    if (kept.st_uid, kept.st_gid) == (os.geteuid(), os.getegid()):
+        return
+    with suppress(PermissionError):
+        os.chown(temp, kept.st_uid, kept.st_gid)
+
+
+def _temp_prefix(path: Path) -> str:
+    """How the file a save writes before renaming it over the store begins."""
+    return f".{path.name}.saving-"
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Files a save killed before its rename left beside the store (SIGKILL, power loss):
+    each is as large as the store. Only this store's saves make them, under its lock."""
+    prefix = _temp_prefix(path)
+    for leftover in path.parent.glob(f"{glob.escape(prefix)}*"):
+        if leftover.is_file() and not leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
 
 
 def _not_saved(path: Path, exc: OSError) -> ConfigError:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bson import ObjectId
+from bson import ObjectId, json_util
 from click.testing import CliRunner
 
 from chores import get_settings
@@ -518,3 +518,81 @@ def test_a_store_whose_open_is_interrupted_keeps_its_lock_file(tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         _local_store.open_client(f"file://{store}")
     assert (tmp_path / "store.json.lock").exists()
+
+
+def plans(store: Path) -> list[Any]:
+    """The plans the store's file holds."""
+    data = json_util.loads(store.read_text())
+    return data["databases"]["main"].get("billing_plans", {}).get("documents", [])
+
+
+def test_a_store_reached_through_a_symlink_is_the_file_it_points_to(tmp_path, monkeypatch):
+    """Local-store review: a save through a symlink replaced the link with a file of its
+    own, and each name had its own lock: two diverging stores, nothing said."""
+    store = tmp_path / "store.json"
+    assert CliRunner().invoke(main, ["demo", "--store", str(store), "--now", NOW]).exit_code == 0
+    link = tmp_path / "link.json"
+    link.symlink_to(store.name)
+
+    assert plan_set(monkeypatch, link).exit_code == 0
+
+    assert link.is_symlink() and link.resolve() == store
+    assert [p.get("token_limit") for p in plans(store) if p["_id"] == "acme"] == [7_000_000]
+    with open(f"{store}.lock", "a") as other:  # a command holding the store by its own name
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        busy = plan_set(monkeypatch, link)
+    assert busy.exit_code == 1 and "is in use by another command" in busy.output
+    assert not (tmp_path / "link.json.lock").exists()
+
+
+def test_a_store_of_another_version_is_refused_and_left_as_it_is(tmp_path, monkeypatch):
+    """Local-store review: a store of version 2 was opened, and rewritten as version 1
+    without what version 1 does not know, by a read-only `chore status`."""
+    store = tmp_path / "store.json"
+    assert CliRunner().invoke(main, ["demo", "--store", str(store), "--now", NOW]).exit_code == 0
+    data = json.loads(store.read_text())
+    for version in (2, None):
+        data["version"] = version
+        data["future_field"] = {"kept": True}
+        store.write_text(json.dumps(data))
+        before = store.read_text()
+        refused = invoke_with_env(monkeypatch, ["status"], MONGO_URL=f"file://{store}")
+        assert refused.exit_code == 1
+        assert refused.output == (
+            f"Error: {store}: a local store of version {version!r}, where this chore reads "
+            "version 1: not opened, not changed\n"
+        )
+        assert store.read_text() == before
+
+
+def test_a_save_killed_before_its_rename_leaves_nothing_behind_for_good(tmp_path, monkeypatch):
+    """Local-store review: a SIGKILL while a save wrote left its temporary file, as large
+    as the store, and every such kill another. The next save removes them; the store's
+    owner is kept (root saving another user's store), as its mode is."""
+    store = tmp_path / "store.json"
+    assert CliRunner().invoke(main, ["demo", "--store", str(store), "--now", NOW]).exit_code == 0
+    leftover = tmp_path / ".store.json.saving-k1lled42"
+    leftover.write_text(store.read_text()[:1000])
+    someone_elses = tmp_path / ".store.json.bak"  # not a save's: left alone
+    someone_elses.write_text("mine")
+    if os.geteuid() == 0:
+        os.chown(store, 65534, 65534)
+
+    assert plan_set(monkeypatch, store).exit_code == 0
+
+    assert not leftover.exists() and someone_elses.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".store.json.bak",
+        "store.json",
+        "store.json.lock",
+    ]
+    if os.geteuid() == 0:
+        assert (store.stat().st_uid, store.stat().st_gid) == (65534, 65534)
+
+
+def test_a_directory_at_the_stores_path_is_said_to_be_one(tmp_path, monkeypatch):
+    (tmp_path / "dir.json").mkdir()
+    said = invoke_with_env(monkeypatch, ["status"], MONGO_URL=f"file://{tmp_path}/dir.json")
+    assert said.exit_code == 1 and "is not a regular file (a directory, a pipe or a device)" in (
+        said.output
+    )
