@@ -69,7 +69,25 @@ def invoice_show(
         open_ones = (
             AnomalyLog(collections).open_anomalies(org, inv.period) if inv.needs_review else []
         )
-        print_invoice(console(), inv, open_ones)
+        out = console()
+        print_invoice(out, inv, open_ones)
+        if inv.status == "draft" and _announced(collections, inv):
+            run = f"chore run --org {shlex.quote(inv.org)}"
+            out.print(
+                Text(
+                    for_terminal(
+                        "  note: usage of this month was written after this draft was built "
+                        f"(a run cut short, or one running now): `{run}` brings it up to date"
+                    )
+                )
+            )
+
+
+def _announced(collections: Collections, inv: Invoice) -> bool:
+    """Whether a run announced writes to this invoice that no settle has taken in yet (its
+    dirty mark stands): a run that was cut short, or one still running."""
+    mark = {"org": {"$eq": inv.org}, "period": {"$eq": inv.period}}
+    return collections.dirty.find_one(mark, {"_id": 1}) is not None
 
 
 def invoice_csv(inv: Invoice) -> str:

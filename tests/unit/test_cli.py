@@ -756,6 +756,37 @@ def test_ctrl_c_exits_130_and_the_interrupted_run_is_recorded(cli_db, monkeypatc
     assert record["error"].startswith("KeyboardInterrupt")
 
 
+def test_a_draft_a_cut_run_wrote_usage_for_says_so_when_shown(cli_db, monkeypatch):
+    """Local-store review: after a run cut short between its ledger entries and its
+    settle, `invoice show` gave the draft's older total with no word of it (`chore usage`
+    said the ledger did not match)."""
+    from chores.billing.invoices import Invoices
+
+    note = "usage of this month was written after this draft was built"
+    show = ("invoice", "show", "--org", "ws-acme", "--period", "2026-11")
+    assert invoke("run", "--org", "ws-acme", *NOW_ARG).exit_code == 0
+    assert note not in invoke(*show).output
+    before = cli_db.billing_invoices.find_one({"_id": "ws-acme:2026-11"})["total_micros"]
+
+    cli_db.tasks.insert_one(ai_runner("late-one", ended=NOW - timedelta(minutes=5), org="ws-acme"))
+    with monkeypatch.context() as patch:
+
+        def cut(self: Invoices, *args: object, **kwargs: object) -> None:
+            raise KeyboardInterrupt
+
+        patch.setattr(Invoices, "settle", cut)
+        assert CliRunner().invoke(main, ["run", "--org", "ws-acme", *NOW_ARG]).exit_code == 130
+    shown = invoke(*show).output
+    assert cli_db.billing_invoices.find_one({"_id": "ws-acme:2026-11"})["total_micros"] == before
+    assert f"note: {note} (a run cut short, or one running now): `chore run --org ws-acme` " in (
+        " ".join(shown.split())
+    )
+
+    assert invoke("run", "--org", "ws-acme", *NOW_ARG).exit_code == 0
+    assert note not in invoke(*show).output
+    assert cli_db.billing_invoices.find_one({"_id": "ws-acme:2026-11"})["total_micros"] > before
+
+
 def test_dash_h_is_help():
     assert invoke("-h").output == invoke("--help").output
     assert invoke("run", "-h").output == invoke("run", "--help").output
