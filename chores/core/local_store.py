@@ -18,7 +18,10 @@ It is for trying the chore out, and only that:
 
 The file is MongoDB Extended JSON (canonical: datetimes, ObjectIds and 64-bit integers
 come back as they went in), one object per database and collection, with the
-collection's secondary indexes, so a unique index keeps its meaning across commands.
+collection's secondary indexes, so a unique index keeps its meaning across commands. A
+save writes a temporary file beside it, then renames it over the store (keeping its mode
+and owner); a store reached through a symlink is the file it points to; a store of
+another format version is refused, not rewritten.
 """
 
 from __future__ import annotations
