@@ -469,31 +469,34 @@ def test_a_worker_killed_mid_run_has_its_message_redelivered_and_it_bills_once(
 
 def redelivered(sent: Any, service: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The result of `sent`, whose worker died holding it unacknowledged, once Redis has
-    handed it to a new worker (visibility timeout of 10 s here, 3600 s in production).
+    handed it to a new worker.
 
-    A worker killed while it held kombu's restore mutex leaves it for
-    `unacked_mutex_expire` (300 s), which production's visibility timeout outlasts: the
-    test does not wait it out. The result is polled from the backend, not awaited on its
-    publish/subscribe channel: CI saw the message consumed and acknowledged (queue 0,
-    unacked 0) while `get` waited out its 60 s. Should it not come, what Redis holds is
+    Redis hands out a message unacknowledged for longer than the visibility timeout (3600 s
+    in production): the dead worker's is aged past it here, rather than waited for. The new
+    worker's own visibility timeout stays longer than its run: CI, at 1 s, saw the run it
+    was slow to finish handed out again under it. No ping first: with one thread it waited
+    behind that run. The result is polled from the backend; a kombu restore mutex the dead
+    worker may hold (300 s) is dropped. Should the result not come, what Redis holds is
     said."""
     broker = redis.Redis.from_url(service.celery_broker_url)
     broker.delete("unacked_mutex")
-    # Short, but longer than the run it hands out takes on a busy machine: a run still
-    # going when its own message's visibility timeout passes has that message handed out
-    # again under it.
-    fast = {"visibility_timeout": 10, "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+    aged = {tag: 0 for tag in broker.zrange("unacked_index", 0, -1)}
+    if aged:
+        broker.zadd("unacked_index", aged)
+    fast = {"visibility_timeout": 60, "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
     monkeypatch.setitem(app.conf, "broker_transport_options", fast)
     polled = AsyncResult(sent.id, app=app)
-    with start_worker(app, pool="threads", concurrency=1, shutdown_timeout=30):
-        deadline = time.monotonic() + 90
+    with start_worker(
+        app, pool="threads", concurrency=1, shutdown_timeout=30, perform_ping_check=False
+    ):
+        deadline = time.monotonic() + 120
         while polled.state not in states.READY_STATES:
             if time.monotonic() > deadline:
                 stored = redis.Redis.from_url(str(service.celery_result_backend)).get(
                     f"celery-task-meta-{sent.id}"
                 )
                 raise AssertionError(
-                    f"not redelivered within 90 s: queue {broker.llen(DEFAULT_QUEUE)}, "
+                    f"not redelivered within 120 s: queue {broker.llen(DEFAULT_QUEUE)}, "
                     f"unacked {broker.hlen('unacked')}, mutex ttl {broker.ttl('unacked_mutex')}, "
                     f"consumers {sum(c.get('cmd') == 'brpop' for c in broker.client_list())}, "
                     f"stored result {stored!r:.300}"
