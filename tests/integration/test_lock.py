@@ -221,11 +221,13 @@ def test_a_redelivered_message_takes_its_lock_over_under_decode_responses(lock_u
 
 
 def test_renew_keeps_the_lock_past_its_ttl_and_fails_once_it_is_lost(client):
-    mine = OrgLock(client, "acme", ttl_seconds=0.3)
+    # A TTL with room for a sleep that oversleeps on a busy machine: CI at 0.3 s, renewed
+    # every 0.15 s, once saw the lock expire between two renewals.
+    mine = OrgLock(client, "acme", ttl_seconds=1.0)
     assert mine.renew() is False  # not acquired: nothing to renew
     assert mine.acquire()
-    for _ in range(4):  # 0.6 s in all, twice the TTL
-        time.sleep(0.15)
+    for _ in range(8):  # 2 s in all, twice the TTL
+        time.sleep(0.25)
         assert mine.renew() is True
     assert client.get(KEY_PREFIX + "acme") == mine.token.encode()
 
