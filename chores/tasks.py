@@ -20,7 +20,7 @@ import logging
 import time
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from billiard.exceptions import WorkerLostError
 from celery import Task, signals
@@ -42,6 +42,7 @@ from chores.core.exceptions import (
 )
 from chores.core.lock import KeepLock, OrgLock, lock_client, release_quietly
 from chores.core.logs import redact_urls, short_list
+from chores.core.orgs import NOT_UTF8
 from chores.core.settings import Settings, get_settings, redact_url
 from chores.core.wording import tally
 from chores.core.writes import insert_ignoring_duplicates
@@ -194,16 +195,30 @@ def due_marks(db: Database[Doc], settings: Settings) -> Collection[Doc]:
     return Collections.of(db, settings).due
 
 
+class OrgsToMeter(NamedTuple):
+    """What a fan-out lists: the orgs to meter, the newest plausible stamp seen (the next
+    fan-out's cursor), and whether a runner changed in its window named an org id that is
+    not UTF-8 (no org: `run.orgless` records it)."""
+
+    orgs: list[str]
+    newest: float | None
+    not_utf8: bool
+
+
 def orgs_with_new_usage(
     db: Database[Doc], settings: Settings, *, now: datetime, full: bool = False
-) -> tuple[list[str], float | None]:
+) -> OrgsToMeter:
     """The orgs to meter now (`full`: every org with an AI runner), and the newest plausible
     stamp seen (the next fan-out's cursor)."""
     c = Collections.of(db, settings)
     source = Source(c, ai_task_names=settings.ai_task_names, batch_size=settings.batch_size)
     since = _fanout_since(db, settings, full=full)
+    changed = source.orgs_changed(since)
+    # Bytes that are not UTF-8 read as U+FFFD: no org to the rules, and no query can name
+    # the bytes, so no org's run would ever read that runner (it is recorded as no_org).
+    not_utf8 = any(type(org) is str and NOT_UTF8 in org for org in changed)
     found = [
-        *source.orgs_changed(since),
+        *changed,
         *c.pending.distinct("org", due_claims(now)),
         *c.dirty.distinct("org"),
         *due_marks(db, settings).distinct("_id"),
@@ -212,14 +227,14 @@ def orgs_with_new_usage(
     # Only strings are org ids: a runner whose workspace_id is an object, a number or
     # JavaScript code (unhashable) is held as no_org when an org's run reads it, and must
     # not stop the fan-out of every other org.
-    for org in (value for value in found if type(value) is str):
+    for org in (value for value in found if type(value) is str and NOT_UTF8 not in value):
         try:
             orgs.add(_run.validate_org(org))
         except ConfigError:
             if org:
                 log.warning("org id of %d characters cannot be metered: %.60r", len(org), org)
     stamp = source.newest_stamp(since=since, horizon=now.timestamp() + settings.future_skew_seconds)
-    return sorted(orgs), stamp
+    return OrgsToMeter(sorted(orgs), stamp, not_utf8)
 
 
 def _fanout_since(db: Database[Doc], settings: Settings, *, full: bool) -> float | None:
@@ -238,7 +253,7 @@ def meter_all(full: bool = False) -> list[str]:
     settings, db = get_settings(), get_db()
     now = datetime.now(UTC)
     since = _fanout_since(db, settings, full=full)
-    orgs, newest = orgs_with_new_usage(db, settings, now=now, full=full)
+    orgs, newest, not_utf8 = orgs_with_new_usage(db, settings, now=now, full=full)
     due = due_marks(db, settings)  # an upsert of many marks, in two round trips
     insert_ignoring_duplicates(due, [{"_id": org, "listed_at": now} for org in orgs])
     if orgs:
@@ -252,7 +267,8 @@ def meter_all(full: bool = False) -> list[str]:
     # its failure must not retry the fan-out (every org sent again) nor hold the cursor
     # back; the daily full fan-out reads them all again.
     try:
-        orgless = record_orgless(db, settings, since=since, now=now)
+        also_not = orgs if not_utf8 else None
+        orgless = record_orgless(db, settings, since=since, now=now, besides_orgs=also_not)
     except PyMongoError as exc:
         orgless = None
         log.warning(

@@ -5,12 +5,28 @@ from __future__ import annotations
 from chores.core.exceptions import ConfigError
 
 MAX_ORG = 256  # characters; a runner whose workspace_id is longer is held as no_org
+NOT_UTF8 = "\ufffd"  # what the chore's reads decode bytes that are not UTF-8 to (db.reading)
 
 
 def validate_org(org: object) -> str:
-    """An org id given by a caller: a non-empty string, used only as data."""
+    """An org id given by a caller: a non-empty string of UTF-8, used only as data.
+
+    U+FFFD is refused: it is what the chore's reads put for bytes that are not UTF-8, so
+    the rules bill no runner to such an id (`rules.org_of`). So is a lone surrogate: what
+    Python puts in a command-line argument for bytes that are not UTF-8, and what no
+    write to MongoDB can encode (a traceback after the run, before)."""
     if not isinstance(org, str) or not org or len(org) > MAX_ORG:
         raise ConfigError(
             f"org must be a non-empty string of at most {MAX_ORG} characters, got {org!r:.60}"
         )
+    if NOT_UTF8 in org or not _encodes(org):
+        raise ConfigError(f"org must be UTF-8 text, got {org!r:.60}: bytes that are not UTF-8")
     return org
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

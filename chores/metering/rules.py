@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from functools import reduce
 from typing import Any, NamedTuple
 
-from chores.core.orgs import MAX_ORG
+from chores.core.orgs import MAX_ORG, NOT_UTF8
 from chores.core.periods import as_utc, period_of
 from chores.metering.counters import (
     ZERO,
@@ -39,7 +39,6 @@ from chores.metering.runner_keys import runner_key
 TERMINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "SKIPPED"})
 MAX_MODEL_NAME = 256
 MAX_LABEL = 256  # characters of a status or session id copied into a ledger entry
-NOT_UTF8 = "\ufffd"  # what the chore's reads decode bytes that are not UTF-8 to (db.reading)
 # An end_time outside these bounds is garbage (a period that cannot be invoiced).
 EARLIEST_END = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_END = timedelta(days=366)

@@ -122,14 +122,24 @@ class Source:
         pipeline = [{"$match": changed}, {"$group": {"_id": "$context.workspace_id"}}]
         return [group["_id"] for group in self._tasks.aggregate(pipeline)]
 
-    def orgless_runners(self, since: float | None) -> Iterator[Doc]:
+    def orgless_runners(
+        self, since: float | None, *, besides_orgs: Sequence[str] | None = None
+    ) -> Iterator[Doc]:
         """AI runners changed since `since` (every one when None) whose document holds no
         org id: no workspace_id, or one that is not a string of 1 to MAX_ORG characters,
         or one inside an array (SPEC §7), or no `context` document at all. No org's run
-        reads them (`tasks.meter_all` records their anomaly `no_org`). A string of 1 to
-        MAX_ORG characters that is not UTF-8 (no org to the rules) is not among them."""
+        reads them (`tasks.meter_all` records their anomaly `no_org`).
+
+        A string of 1 to MAX_ORG characters that is not UTF-8 is no org to the rules
+        either, but no query can name its bytes: given `besides_orgs` (the orgs the
+        fan-out listed, when one of the ids it grouped was not UTF-8), every runner whose
+        string id is none of them is read too, and the caller keeps those of no org."""
+        other_ids: list[Doc] = []
+        if besides_orgs is not None:
+            other_ids = [{"context.workspace_id": {"$type": "string", "$nin": list(besides_orgs)}}]
         no_org_id = {
             "$or": [
+                *other_ids,
                 {"context.workspace_id": {"$not": {"$type": "string"}}},
                 {"context.workspace_id": {"$not": {"$regex": A_CHARACTER}}},
                 {"context.workspace_id": {"$regex": TOO_LONG}},

@@ -12,7 +12,7 @@ runner), and it resolves when the runner later bills under an org.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from pymongo.database import Database
@@ -27,10 +27,18 @@ from pricing import load_registry
 
 
 def record_orgless(
-    db: Database[Doc], settings: Settings, *, since: float | None, now: datetime
+    db: Database[Doc],
+    settings: Settings,
+    *,
+    since: float | None,
+    now: datetime,
+    besides_orgs: Sequence[str] | None = None,
 ) -> RunReport | None:
     """Record the anomalies of the AI runners changed since `since` (every one when None)
-    whose document names no org; None when there was none (nothing else is read)."""
+    whose document names no org; None when there was none (nothing else is read).
+
+    `besides_orgs`: the orgs the fan-out listed, when an org id it grouped was not UTF-8;
+    every runner whose id is none of them is read as well (`Source.orgless_runners`)."""
     source = Source(
         Collections.of(db, settings),
         ai_task_names=settings.ai_task_names,
@@ -38,7 +46,9 @@ def record_orgless(
     )
     meter: Pipeline | None = None
     report = RunReport(run_id=uuid.uuid4().hex, org=None, started_at=now)
-    for docs in chunked(source.orgless_runners(since), settings.batch_size):
+    for docs in chunked(
+        source.orgless_runners(since, besides_orgs=besides_orgs), settings.batch_size
+    ):
         # Should the server's filter and the rules ever disagree, a document the rules
         # bill to an org is that org's run's, under its lock, never this one's.
         orgless = [doc for doc in docs if _names_no_org(doc)]

@@ -92,6 +92,12 @@ GARBAGE = [
         "last_updated_db": STAMP,
         "context": {"workspace_id": "", "ai_tokens": 10},
     },
+    {  # bytes that are not UTF-8, as the service's reads decode them (no query names them)
+        "_id": "bad-org-bytes",
+        "name": "ai",
+        "last_updated_db": STAMP,
+        "context": {"workspace_id": "ac\ufffdme", "ai_tokens": 10},
+    },
 ]
 
 
@@ -800,7 +806,7 @@ def test_a_bad_org_argument_fails_at_once(service, monkeypatch):
 def test_orgs_with_new_usage_since_the_last_fan_out(service):
     db = seeded()
     settings = Settings(redis_url=None, lookback_seconds=60)
-    orgs, newest = tasks.orgs_with_new_usage(db, settings, now=NOW)
+    orgs, newest, _ = tasks.orgs_with_new_usage(db, settings, now=NOW)
     assert orgs == sorted(ORGS) and newest is not None
 
     db.billing_cursors.insert_one({"_id": tasks.FANOUT_SCOPE, "stamp": NOW.timestamp()})
@@ -835,7 +841,7 @@ def test_orgs_with_new_usage_since_the_last_fan_out(service):
         {"_id": "x:dirty-co:2026-11", "org": "dirty-co", "period": "2026-11"}
     )
     db.billing_due.insert_one({"_id": "failed-co", "listed_at": NOW})
-    orgs, newest = tasks.orgs_with_new_usage(db, settings, now=NOW)
+    orgs, newest, _ = tasks.orgs_with_new_usage(db, settings, now=NOW)
     assert orgs == ["dirty-co", "failed-co", "newco", "nostamp", "running-co", "skewed"]
     assert newest == NOW.timestamp() + 1  # neither the far-future stamp nor a non-AI one
     everyone = tasks.orgs_with_new_usage(db, settings, now=NOW, full=True)[0]
@@ -867,7 +873,7 @@ def test_an_org_id_that_is_no_string_does_not_stop_the_fan_out(service):
                 "context": {"workspace_id": huge + str(n), "ai_tokens": 5},
             }
         )
-    orgs, _ = tasks.orgs_with_new_usage(db, Settings(redis_url=None), now=NOW)
+    orgs = tasks.orgs_with_new_usage(db, Settings(redis_url=None), now=NOW).orgs
     assert orgs == sorted(ORGS)
 
 
@@ -909,20 +915,20 @@ def test_the_fan_out_records_the_documents_that_name_no_org(source, monkeypatch,
     with caplog.at_level(logging.WARNING, logger="chores.tasks"):
         tasks.meter_all.apply().get()
     orgless = {d["runner_id"]: d for d in source.db.billing_anomalies.find({"org": None})}
-    garbage = ("bad-context", "bad-org-int", "bad-org-empty")
+    garbage = ("bad-context", "bad-org-int", "bad-org-empty", "bad-org-bytes")
     assert set(orgless) == {f"str:'{name}'" for name in garbage}
     assert {d["kind"] for d in orgless.values()} == {"no_org"}
     assert not any(d["resolved"] for d in orgless.values())
     assert source.db.billing_ledger.count_documents({}) == 0  # the fan-out bills nothing
     assert [r.getMessage() for r in caplog.records if "name no org" in r.getMessage()] == [
-        "fan-out: 3 AI runner document(s) name no org, not billed (3 new: no_org 3); "
+        "fan-out: 4 AI runner document(s) name no org, not billed (4 new: no_org 4); "
         "`chore anomaly list --no-org` lists them"
     ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="chores.tasks"):
         tasks.meter_all.apply(kwargs={"full": True}).get()  # reads them all again
     assert "name no org" not in caplog.text  # nothing new: said once
-    assert source.db.billing_anomalies.count_documents({"org": None}) == 3
+    assert source.db.billing_anomalies.count_documents({"org": None}) == 4
 
     # The producer names the org: that org's run bills the runner, once, and resolves it.
     source.db.tasks.update_one(

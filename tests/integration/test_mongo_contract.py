@@ -159,7 +159,7 @@ def test_the_fan_out_lists_orgs_past_the_16_mb_a_distinct_answers_in(mdb):
             }
         )
     settings = Settings(redis_url=None)
-    orgs, newest = orgs_with_new_usage(mdb, settings, now=NOW, full=True)
+    orgs, newest, _ = orgs_with_new_usage(mdb, settings, now=NOW, full=True)
     assert orgs == ["acme"] and newest == stamp
     source = Source(Collections.of(mdb, settings), ai_task_names=["ai"], batch_size=10)
     assert source.orgs_changed(None) == ["acme"]
@@ -206,6 +206,44 @@ def test_a_runner_python_cannot_decode_is_an_anomaly_not_a_stopped_run(mdb, regi
     assert report.anomalies == {"bad_end_time": 1, "no_org": 1}
     if server:
         db.client.close()
+
+
+def test_a_runner_whose_org_id_is_not_utf8_is_recorded_by_the_fan_out_not_listed(mdb):
+    """The fan-out listed an org id that is not UTF-8 (read as U+FFFD) as an org: its run
+    queried the id as decoded, which a server never matches to the stored bytes, and
+    nothing ever recorded the runner. The fan-out lists it as no org, and reads every
+    runner whose id is none of the orgs it listed as a runner of no org."""
+    from bson import decode, encode
+    from bson.codec_options import CodecOptions
+    from bson.raw_bson import RawBSONDocument
+
+    from chores.core.db import reading, utc_view
+    from chores.run.orgless import record_orgless
+    from chores.tasks import orgs_with_new_usage
+
+    def runner(_id: str, org: str) -> dict[str, object]:
+        return {
+            "_id": _id,
+            "name": "ai",
+            "status": "SUCCESS",
+            "last_updated_db": 1.0e9,
+            "end_time": datetime(2026, 11, 20, tzinfo=UTC),
+            "context": {"workspace_id": org, "ai_model": "gpt-4o-mini", "ai_tokens": 1_000},
+        }
+
+    raw = encode(runner("bytes", "ac\x01me")).replace(b"ac\x01me", b"ac\xffme")
+    server = isinstance(mdb, pymongo.database.Database)
+    odd = RawBSONDocument(raw) if server else decode(raw, reading(CodecOptions()))
+    mdb.tasks.insert_many([runner("good", "acme"), odd])
+    db = utc_view(mdb)  # as the worker's own client reads (`connect`)
+    settings = Settings(redis_url=None)
+
+    listed = orgs_with_new_usage(db, settings, now=NOW, full=True)
+    assert listed.orgs == ["acme"] and listed.not_utf8
+    recorded = record_orgless(db, settings, since=None, now=NOW, besides_orgs=listed.orgs)
+    assert recorded is not None and recorded.anomalies == {"no_org": 1}
+    (anomaly,) = db.billing_anomalies.find({"org": None})
+    assert anomaly["kind"] == "no_org" and anomaly["runner_id"] == "str:'bytes'"
 
 
 def test_update_where_reports_refused_upserts_and_updates_that_matched_nothing(mdb):

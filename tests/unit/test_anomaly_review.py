@@ -16,8 +16,9 @@ from chores import finalize_invoices, run_chore
 from chores.cli.app import main
 from chores.core.db import Collections
 from chores.core.exceptions import ChoreError, ConfigError, InvoiceNotFound
+from chores.core.orgs import NOT_UTF8
 from chores.metering.anomalies import AnomalyLog
-from chores.metering.rules import NOT_UTF8, Anomaly, assess
+from chores.metering.rules import Anomaly, assess
 from chores.metering.runner_keys import runner_key
 from chores.run.review import Review, review_anomalies
 

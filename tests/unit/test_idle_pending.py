@@ -341,7 +341,7 @@ def test_the_fan_out_lists_an_org_with_idle_runners_only_when_they_are_due(db, s
     Progress(Collections.of(db, settings)).advance_cursor(FANOUT_SCOPE, idle_at.timestamp())
 
     def listed(now: datetime) -> bool:
-        orgs, _ = orgs_with_new_usage(db, settings, now=now)
+        orgs = orgs_with_new_usage(db, settings, now=now).orgs
         return "acme" in orgs
 
     assert not listed(idle_at + timedelta(minutes=30))

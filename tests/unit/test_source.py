@@ -207,7 +207,7 @@ def test_a_stamp_years_ahead_never_becomes_the_fan_out_cursor(db, settings):
     db.tasks.insert_one(
         ai_runner(ObjectId(), org="globex", tokens=1_000, ended=NOW, stamp=t + 10 * 365 * 86_400)
     )
-    orgs, newest = orgs_with_new_usage(db, settings, now=NOW)
+    orgs, newest, _ = orgs_with_new_usage(db, settings, now=NOW)
     assert orgs == ["acme", "globex"] and newest == t - 60
 
 
@@ -242,6 +242,7 @@ def test_the_scan_of_changed_runners_lets_the_server_sort_on_disk(db, settings):
         {"workspace_id": "a" * 257},
         {"workspace_id": "a" * 256 + "\n"},  # a regex's `$` matches before the newline
         {"workspace_id": "a" * 255 + "\n"},
+        {"workspace_id": "ac\ufffdme"},  # bytes that are not UTF-8, as the chore reads them
         {"workspace_id": 7},
         {"workspace_id": 7.5},
         {"workspace_id": True},
@@ -256,19 +257,23 @@ def test_the_scan_of_changed_runners_lets_the_server_sort_on_disk(db, settings):
     ids=repr,
 )
 def test_the_fan_out_reads_as_orgless_exactly_what_the_rules_bill_to_no_org(db, settings, context):
-    """`Source.orgless_runners` (what `tasks.meter_all` records as no_org) and the rules
-    (`rules.org_of`, what an org's run bills) agree: a document is one org's or no org's,
-    never both and never neither, whatever its `context` holds."""
+    """What `tasks.meter_all` lists as orgs (`orgs_with_new_usage`) and reads as runners of
+    no org (`Source.orgless_runners`, to record as no_org), and the rules (`rules.org_of`,
+    what an org's run bills) agree: a document is one org's or no org's, never both and
+    never neither, whatever its `context` holds. (An id that is not UTF-8 was listed as an
+    org, whose run could never read the runner: no query names those bytes.)"""
     from chores.metering.rules import org_of
     from chores.metering.source import Source
+    from chores.tasks import orgs_with_new_usage
 
     doc = ai_runner("r1", ended=NOW - timedelta(hours=1))
     doc["context"] = context
     db.tasks.insert_one(doc)
     source = Source(Collections.of(db, settings), ai_task_names=("ai",), batch_size=10)
 
-    read_as_orgless = [d["_id"] for d in source.orgless_runners(None)]
+    listed = orgs_with_new_usage(db, settings, now=NOW, full=True)
+    besides = listed.orgs if listed.not_utf8 else None  # as `meter_all` passes them
+    read_as_orgless = [d["_id"] for d in source.orgless_runners(None, besides_orgs=besides)]
     an_org = org_of(context) if isinstance(context, dict) else None
     assert read_as_orgless == ([] if an_org is not None else [doc["_id"]])
-    if an_org is not None:  # then that org's fan-out lists it
-        assert source.orgs_changed(None) == [an_org]
+    assert listed.orgs == ([] if an_org is None else [an_org])
