@@ -21,7 +21,7 @@ from chores.core.exceptions import ChoreError
 from chores.core.logs import redact_urls
 from chores.core.periods import period_of
 from chores.core.settings import get_settings
-from chores.core.wording import for_terminal
+from chores.core.wording import for_terminal, is_utf8
 from pricing import RegistryError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,6 +43,7 @@ def user_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        refuse_text_that_is_not_utf8(kwargs)
         try:
             return func(*args, **kwargs)
         except KeyboardInterrupt:
@@ -56,6 +57,24 @@ def user_errors(func: F) -> F:
             raise click.ClickException(f"database error: {redact_urls(message)}") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def refuse_text_that_is_not_utf8(params: dict[str, Any]) -> None:
+    """Refuse an option or argument given in bytes that are not UTF-8 (a lone surrogate to
+    Python), before the command does anything: no write to MongoDB, nor a query, can encode
+    it, and it stopped commands half-way on a traceback (a run after metering, a review's
+    note). A file path may be any bytes, and is left to the file system."""
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return
+    for param in context.command.params:
+        if isinstance(param.type, click.Path) or param.name is None:
+            continue
+        value = params.get(param.name)
+        for text in value if isinstance(value, tuple | list) else (value,):
+            if isinstance(text, str) and not is_utf8(text):
+                name = param.opts[0] if param.opts else param.name
+                raise click.ClickException(f"{name} is not UTF-8 text: {text!r:.60}")
 
 
 def database_problem(exc: PyMongoError) -> str:

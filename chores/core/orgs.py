@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from chores.core.exceptions import ConfigError
+from chores.core.wording import is_utf8
 
 MAX_ORG = 256  # characters; a runner whose workspace_id is longer is held as no_org
 NOT_UTF8 = "\ufffd"  # what the chore's reads decode bytes that are not UTF-8 to (db.reading)
@@ -19,14 +20,6 @@ def validate_org(org: object) -> str:
         raise ConfigError(
             f"org must be a non-empty string of at most {MAX_ORG} characters, got {org!r:.60}"
         )
-    if NOT_UTF8 in org or not _encodes(org):
+    if NOT_UTF8 in org or not is_utf8(org):
         raise ConfigError(f"org must be UTF-8 text, got {org!r:.60}: bytes that are not UTF-8")
     return org
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

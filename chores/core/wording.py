@@ -1,5 +1,5 @@
-"""How the command line words counts (thousands separators, plurals that agree), and
-shows text from the data on a terminal."""
+"""How the command line words counts (thousands separators, plurals that agree), shows
+text from the data on a terminal, and tells text it can store (UTF-8) from what it cannot."""
 
 from __future__ import annotations
 
@@ -28,3 +28,14 @@ def for_terminal(text: str) -> str:
     """Text from the data as a terminal shows it: each control character or bidirectional
     override written as its escape (`\\x1b`, `\\n`, `\\u202e`), the rest as it is."""
     return _UNSAFE.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
+
+
+def is_utf8(text: str) -> bool:
+    """Whether `text` can be written as UTF-8, as every string MongoDB stores is: not when it
+    holds a lone surrogate, which Python puts in a command-line argument (or an environment
+    variable, or a file name) for bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

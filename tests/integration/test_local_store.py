@@ -36,27 +36,29 @@ def chore(cwd: Path, *args: str, env: dict[str, str] | None = None):
     )
 
 
-def test_an_org_given_in_bytes_that_are_not_utf8_is_refused_in_one_line(tmp_path):
+def test_an_argument_in_bytes_that_are_not_utf8_is_refused_in_one_line(tmp_path):
     """A command line's bytes that are not UTF-8 reach Python as lone surrogates, which no
-    write to MongoDB can encode: `chore run --org` metered, then stopped on a traceback
-    writing the org's quota decision; `plan set` crashed the same way."""
+    write to MongoDB (nor a query) can encode: `chore run --org` metered, then stopped on a
+    traceback writing the org's quota decision; `plan set` and a review's note the same."""
     assert chore(tmp_path, "demo", "--now", NOW).returncode == 0
     env = {**os.environ, "MONGO_URL": "file://.chore-demo/store.json"}
     env.pop("REDIS_URL", None)
     store = tmp_path / ".chore-demo" / "store.json"
     before = store.read_bytes()
-    for args in (
-        ["run", "--org", b"ac\xffme", "--now", NOW],
-        ["plan", "set", "--org", b"ac\xffme", "--token-limit", "100"],
-        ["quota", "check", "--org", b"ac\xffme"],
+    review = ["anomaly", "review", "--org", "acme", "--period", "2026-11", "--now", NOW]
+    for args, refused in (
+        (["run", "--org", b"ac\xffme", "--now", NOW], "--org is not UTF-8 text: 'ac\\udcffme'"),
+        (["plan", "set", "--org", b"ac\xffme", "--token-limit", "100"], "--org"),
+        (["quota", "check", "--org", b"ac\xffme"], "--org"),
+        ([*review, "--note", b"checked \xff"], "--note is not UTF-8 text: 'checked \\udcff'"),
+        (["usage", "--org", "acme", "--period", "2026-11", "--model", b"\xff"], "--model"),
     ):
         ran = subprocess.run(
             [*CHORE, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
         )
         assert ran.returncode == 1, (args, ran.stdout, ran.stderr)
-        assert ran.stderr.splitlines() == [
-            "Error: org must be UTF-8 text, got 'ac\\udcffme': bytes that are not UTF-8"
-        ], args
+        (line,) = ran.stderr.splitlines()
+        assert line.startswith(f"Error: {refused}"), (args, line)
     assert store.read_bytes() == before  # nothing written
 
 
