@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from redis.connection import parse_url as parse_redis_url
 
 from chores.core.exceptions import ConfigError
+from chores.core.wording import is_utf8
 
 # The chore's own collections, each named BILLING_PREFIX + name (`core.db.Collections`).
 BILLING_COLLECTIONS = (
@@ -229,6 +230,8 @@ class Settings(BaseSettings):
             raise ValueError("AI_TASK_NAMES must list at least one non-empty task name")
         if any("\0" in n for n in names):  # no BSON regex holds one (`Source._scope`)
             raise ValueError("AI_TASK_NAMES must not contain a NUL character")
+        if not all(is_utf8(n) for n in names):  # no query could encode it
+            raise ValueError("AI_TASK_NAMES must be UTF-8 text (it holds bytes that are not)")
         return names
 
     @field_validator("mongo_db", "tasks_collection", "findings_collection", "billing_prefix")
@@ -239,6 +242,8 @@ class Settings(BaseSettings):
         forbidden = DATABASE_NAME_FORBIDDEN if info.field_name == "mongo_db" else "$\0"
         if not name and info.field_name != "billing_prefix":
             raise ValueError("must not be empty")
+        if not is_utf8(name):  # no command to the server could encode it
+            raise ValueError("must be UTF-8 text (it holds bytes that are not)")
         bad = sorted({c for c in name if c in forbidden})
         if bad:
             shown = ", ".join("NUL" if c == "\0" else repr(c) for c in bad)

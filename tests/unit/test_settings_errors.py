@@ -21,6 +21,10 @@ from support import invoke_with_env
     [
         ("BATCH_SIZE", "0", "BATCH_SIZE='0': Input should be greater than or equal to 1"),
         ("AI_TASK_NAMES", "ai", "AI_TASK_NAMES must be a JSON list"),
+        # bytes that are not UTF-8, as Python reads them from the environment: no query to
+        # the server could encode them
+        ("AI_TASK_NAMES", '["ai", "x\udcff"]', "AI_TASK_NAMES must be UTF-8 text"),
+        ("MONGO_DB", "x\udcff", "MONGO_DB='x\\udcff': Value error, must be UTF-8 text"),
         ("GRACE_DAYS", "abc", "GRACE_DAYS='abc': Input should be a valid number"),
         ("QUOTA_FAIL_OPEN", "maybe", "QUOTA_FAIL_OPEN='maybe': Input should be a valid boolean"),
         ("MONGO_TIMEOUT_MS", "-1", "MONGO_TIMEOUT_MS='-1': Input should be greater than 0"),
