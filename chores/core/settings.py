@@ -205,6 +205,8 @@ class Settings(BaseSettings):
             if info.field_name == "celery_broker_url":
                 raise ValueError("the broker's Redis URL is required")
             return None
+        if not is_utf8(url):  # no client could send it (a traceback mid-command, before)
+            raise ValueError("must be UTF-8 text (it holds bytes that are not)")
         scheme = url.partition("://")[0]
         if info.field_name == "celery_result_backend" and scheme not in REDIS_SCHEMES:
             return url  # another backend (`rpc://`, `redis+socket://`, `db+...`): Celery's

@@ -25,6 +25,11 @@ from support import invoke_with_env
         # the server could encode them
         ("AI_TASK_NAMES", '["ai", "x\udcff"]', "AI_TASK_NAMES must be UTF-8 text"),
         ("MONGO_DB", "x\udcff", "MONGO_DB='x\\udcff': Value error, must be UTF-8 text"),
+        (  # accepted, then a traceback writing a decision's mirror, after the plan (review)
+            "REDIS_URL",
+            "redis://:pa\udcffss@cache:6379/0",
+            "REDIS_URL='redis://:***@cache:6379/0': Value error, must be UTF-8 text",
+        ),
         ("GRACE_DAYS", "abc", "GRACE_DAYS='abc': Input should be a valid number"),
         ("QUOTA_FAIL_OPEN", "maybe", "QUOTA_FAIL_OPEN='maybe': Input should be a valid boolean"),
         ("MONGO_TIMEOUT_MS", "-1", "MONGO_TIMEOUT_MS='-1': Input should be greater than 0"),
