@@ -62,6 +62,37 @@ def test_an_argument_in_bytes_that_are_not_utf8_is_refused_in_one_line(tmp_path)
     assert store.read_bytes() == before  # nothing written
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="Linux's /dev/full")
+def test_an_output_that_cannot_be_written_is_one_line_and_the_work_is_kept(tmp_path):
+    """stdout on a full disk: every command stopped on an OSError traceback (a closed pipe
+    was already Click's, silent). The command's writes are kept all the same."""
+    assert chore(tmp_path, "demo", "--now", NOW).returncode == 0
+    env = {**os.environ, "MONGO_URL": "file://.chore-demo/store.json"}
+    env.pop("REDIS_URL", None)
+    for args in (
+        ["--help"],
+        ["status"],
+        ["usage", "--org", "acme", "--period", "2026-11", "--json"],
+        ["plan", "set", "--org", "acme", "--token-limit", "123K", "--now", NOW],
+    ):
+        with open("/dev/full", "w") as full:
+            ran = subprocess.run(
+                [*CHORE, *args],
+                cwd=tmp_path,
+                env=env,
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=300,
+            )
+        assert ran.returncode == 1, (args, ran.stderr)
+        assert ran.stderr.splitlines() == [
+            "Error: cannot write the output: No space left on device"
+        ], args
+    shown = chore(tmp_path, "plan", "show", "--org", "acme", env=env)
+    assert shown.stdout.startswith("acme: token limit 123,000 tokens"), shown.stdout
+
+
 def test_demo_then_every_command_on_its_data_without_a_server(tmp_path):
     """From a fresh directory, as the README says: demo, then plan set, quota check,
     invoice show, usage, report and status, each a new process on the demo's file."""
