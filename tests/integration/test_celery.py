@@ -50,7 +50,7 @@ from chores.core.lock import KEY_PREFIX, lock_client
 from chores.core.logs import redact_urls
 from chores.demo.corpus import generate_corpus
 
-from support import closed_port
+from support import QUICK_RETRY_DELAY, closed_port
 from support.dbproxy import WRITES, DatabaseProxy
 from support.fake_mongod import SilentMongod
 
@@ -518,7 +518,9 @@ def parent_of(pid: int) -> int:
 
 def prefork_worker(service: Any, mongo: SilentMongod, cwd: Any, *, stderr: Any) -> Any:
     """A real prefork worker (one pool process) whose runs connect to `mongo` and wait
-    there for a minute; in its own process group, so that a test kills it whole."""
+    there for a minute; in its own process group, so that a test kills it whole. A run
+    whose pool process died is sent again after QUICK_RETRY_DELAY, not 5 s
+    (`support.quick_retries`)."""
     env = {
         **os.environ,
         "CELERY_BROKER_URL": service.celery_broker_url,
@@ -527,7 +529,9 @@ def prefork_worker(service: Any, mongo: SilentMongod, cwd: Any, *, stderr: Any) 
         "MONGO_URL": mongo.url,  # a run connects, then waits for an answer...
         "MONGO_TIMEOUT_MS": "60000",  # ...for a minute
     }
-    command = [sys.executable, "-m", "celery", "-A", "chores.celery_app", "worker"]
+    tests = os.path.join(os.path.dirname(__file__), os.pardir)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "celery", "-A", "support.quick_retries", "worker"]
     command += ["--pool=prefork", "--concurrency=1", "--without-mingle", "--without-gossip"]
     return subprocess.Popen(
         command,
@@ -596,7 +600,7 @@ def test_a_message_that_kills_its_pool_process_every_time_fails_after_its_retrie
             killed.append(pid)
         wait_for(lambda: sent.state == "FAILURE", 60)
         assert "WorkerLostError" in repr(sent.result)
-        time.sleep(2 * tasks.meter_org.default_retry_delay)  # no attempt after the last
+        time.sleep(2 * QUICK_RETRY_DELAY)  # no attempt after the last
         assert [pid for pid in mongo.pids if pid not in killed] == []
         assert worker.poll() is None
     finally:

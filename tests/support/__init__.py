@@ -185,6 +185,11 @@ def invoke_with_env(monkeypatch: Any, args: list[str], **env: str) -> Any:
         get_settings.cache_clear()
 
 
+# A run whose pool process died is sent again after this many seconds in a prefork worker
+# started from `support.quick_retries` (the service's own wait is 5 s).
+QUICK_RETRY_DELAY = 1
+
+
 def closed_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
     with socket.socket() as sock:
