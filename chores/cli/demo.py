@@ -18,6 +18,7 @@ from chores.core.clock import checked_now
 from chores.core.db import Collections, Doc, ensure_indexes
 from chores.core.exceptions import ConfigError
 from chores.core.local_store import DEMO_PATH, is_store, open_client, throwaway_client, url_of
+from chores.core.paths import absolute
 from chores.core.periods import period_of
 from chores.core.settings import Settings
 from chores.core.wording import counted, tally
@@ -96,7 +97,7 @@ def run_demo(
 def _is_the_demos(store: Path) -> bool:
     """Whether `store` is the demo's own store (DEMO_PATH, from here), which each demo
     replaces."""
-    return store.resolve() == DEMO_PATH.resolve()
+    return absolute(store) == absolute(DEMO_PATH)
 
 
 def explore(out: Console, url: str) -> None:

@@ -35,6 +35,10 @@ def write_output(
         target = path.resolve()
     except RuntimeError:  # Python 3.11's symlink loop
         raise click.ClickException(f"cannot write {path}: a loop of symbolic links") from None
+    except FileNotFoundError:  # relative, from a working directory that was removed
+        raise click.ClickException(
+            f"cannot write {path}: it is relative, and the working directory no longer exists"
+        ) from None
     try:
         existing = target.stat()
     except FileNotFoundError:

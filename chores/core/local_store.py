@@ -50,6 +50,7 @@ from pymongo import IndexModel
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from chores.core.exceptions import ConfigError
+from chores.core.paths import absolute
 from chores.core.settings import redact_options
 
 SCHEME = "file://"
@@ -131,7 +132,7 @@ def file_of(url: str) -> Path:
     """The file a `file://` URL names, absolute, links followed: a store reached through a
     symlink is written where the link points and locked there, or two names of one file
     would make two diverging stores."""
-    return Path(os.path.realpath(path_of(url)))
+    return absolute(path_of(url))
 
 
 def url_of(path: Path = DEMO_PATH) -> str:

@@ -93,6 +93,40 @@ def test_an_output_that_cannot_be_written_is_one_line_and_the_work_is_kept(tmp_p
     assert shown.stdout.startswith("acme: token limit 123,000 tokens"), shown.stdout
 
 
+def test_a_working_directory_removed_under_a_command_is_one_line(tmp_path):
+    """A relative store or output path, in a shell whose directory was removed: `chore
+    status`, `chore demo` and `report --out` stopped on a FileNotFoundError traceback."""
+    store = tmp_path / "store"
+    store.mkdir()
+    assert chore(store, "demo", "--now", NOW).returncode == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("MONGO_URL", "REDIS_URL")}
+    absolute = f"file://{store}/.chore-demo/store.json"
+    for args, url, says in (
+        (["status"], "file://x.json", "'x.json' is relative, and the working directory no "),
+        (["demo"], None, "'.chore-demo/store.json' is relative, and the working directory "),
+        (
+            ["report", "--org", "acme", "--period", "2026-11", "--out", "r.html"],
+            absolute,
+            "cannot write r.html: it is relative, and the working directory no longer exists",
+        ),
+    ):
+        gone = tmp_path / "gone"
+        gone.mkdir()
+        in_gone = 'cd "$1" && rmdir "$1" && shift && exec "$@"'
+        ran = subprocess.run(
+            ["sh", "-c", in_gone, "sh", str(gone), *CHORE, *args],
+            env={**env, "MONGO_URL": url} if url else env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert ran.returncode == 1, (args, ran.stderr)
+        (line,) = ran.stderr.splitlines()
+        assert line.startswith(f"Error: {says}"), (args, line)
+    shown = chore(tmp_path, "status", env={"MONGO_URL": absolute})  # absolute: works
+    assert shown.returncode == 0, shown.stderr
+
+
 def test_demo_then_every_command_on_its_data_without_a_server(tmp_path):
     """From a fresh directory, as the README says: demo, then plan set, quota check,
     invoice show, usage, report and status, each a new process on the demo's file."""
