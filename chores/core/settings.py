@@ -110,6 +110,8 @@ def redact_url(url: str) -> str:
 def _parser_detail(exc: Exception, url: str) -> str:
     """`: <the parser's message>`, or nothing when it quotes anything that stands where the
     URL's credentials may be (redis-py reads `Pa55` of `user:Pa55?rest@host` as a port)."""
+    if isinstance(exc, KeyError):  # a bare key name: no message to pass on
+        return ""
     rest = url.partition("://")[2]
     credentials = rest.rpartition("@")[0] or re.split(r"[/?]", rest, maxsplit=1)[0]
     quoted = re.findall(r"'([^']*)'", str(exc))
@@ -153,7 +155,8 @@ class Settings(BaseSettings):
 
     mongo_url: str = "mongodb://localhost:27017"
     mongo_db: str = "main"
-    mongo_timeout_ms: int = Field(default=5000, gt=0)
+    # pymongo refuses a timeout of a billion ms or more (a URL error, said of MONGO_URL).
+    mongo_timeout_ms: int = Field(default=5000, gt=0, lt=1_000_000_000)
 
     tasks_collection: str = "tasks"
     findings_collection: str = "findings"
@@ -216,7 +219,8 @@ class Settings(BaseSettings):
                 _check_database_number(url)
             if info.field_name == "celery_broker_url":
                 kombu_parse_url(url)  # Celery's own reading (it refuses `?password=`)
-        except (ValueError, TypeError) as exc:
+        # KeyError: kombu's reading of `?password=` once Celery has loaded (TypeError before)
+        except (ValueError, TypeError, KeyError) as exc:
             broker = info.field_name == "celery_broker_url"
             raise ValueError(
                 f"not a Redis URL{_parser_detail(exc, url)}: redis://[[user]:password@]host"

@@ -1105,18 +1105,26 @@ def test_a_worker_refuses_a_local_store_rather_than_lose_what_it_bills(service, 
 
 @pytest.mark.parametrize("program", ["worker", "beat"])
 @pytest.mark.parametrize(
-    ("setting", "value", "said"),
+    ("setting", "value", "said", "secret"),
     [
-        ("LOCK_TTL_SECONDS", "100", "time limits must nest: TASK_SOFT_TIME_LIMIT <"),
+        ("LOCK_TTL_SECONDS", "100", "time limits must nest: TASK_SOFT_TIME_LIMIT <", None),
         (
             "CELERY_BROKER_URL",
             "redis://:pa/ss@word@127.0.0.1:1/0",
             "invalid setting: CELERY_BROKER_URL='redis://:***@127.0.0.1:1/0'",
+            "ss@word",
+        ),
+        (  # review: a KeyError from kombu once Celery has loaded, and a 56-line traceback
+            "CELERY_BROKER_URL",
+            "redis://127.0.0.1:1/0?password=S3CRET",
+            "invalid setting: CELERY_BROKER_URL='redis://127.0.0.1:1/0?password=***': Value "
+            "error, not a Redis URL: redis://",
+            "S3CRET",
         ),
     ],
 )
 def test_a_bad_service_setting_stops_the_service_with_one_line(
-    tmp_path, program, setting, value, said
+    tmp_path, program, setting, value, said, secret
 ):
     """Celery loads the app inside its command: a `ConfigError` raised there printed its
     usage text and a 40-line traceback. Now the setting's one line, redacted, and exit 1."""
@@ -1124,7 +1132,7 @@ def test_a_bad_service_setting_stops_the_service_with_one_line(
     assert stopped.returncode == 1
     assert stopped.stderr.splitlines() == [stopped.stderr.strip()], stopped.stderr
     assert stopped.stderr.startswith(f"chore service: {said}")
-    assert "ss@word" not in stopped.stderr + stopped.stdout
+    assert secret is None or secret not in stopped.stderr + stopped.stdout
 
 
 @pytest.fixture

@@ -33,6 +33,11 @@ from support import invoke_with_env
         ("GRACE_DAYS", "abc", "GRACE_DAYS='abc': Input should be a valid number"),
         ("QUOTA_FAIL_OPEN", "maybe", "QUOTA_FAIL_OPEN='maybe': Input should be a valid boolean"),
         ("MONGO_TIMEOUT_MS", "-1", "MONGO_TIMEOUT_MS='-1': Input should be greater than 0"),
+        (  # review: pymongo's refusal read "MONGO_URL ... is not a valid MongoDB URL"
+            "MONGO_TIMEOUT_MS",
+            "1000000000",
+            "MONGO_TIMEOUT_MS='1000000000': Input should be less than 1000000000",
+        ),
         (
             "FUTURE_SKEW_SECONDS",
             "1e12",
