@@ -87,9 +87,10 @@ def redact_url(url: str) -> str:
     unescaped is redacted whole; when in doubt more is hidden, never less. Without an
     `@`, a "port" that is not a number (`mongodb://user:s3cret`) is taken for a password.
     Options that carry credentials (`?password=`, `authMechanismProperties=`) are hidden.
-    A value with no `scheme://` is not shown at all.
+    A value with no `scheme://` is not shown at all. The options are hidden first: an `@`
+    in an option's value (`?password=pa@ss`) is no end of a userinfo.
     """
-    scheme, separator, rest = url.partition("://")
+    scheme, separator, rest = redact_options(url).partition("://")
     at = rest.rfind("@")
     if not separator:
         # A host name, or a password pasted in place of the URL (`admin:123456` reads as a

@@ -36,6 +36,13 @@ SECRET = "pa55-w0rd-xyz"
         (f"rediss://default:{SECRET}@cache:6380/1", "rediss://default:***@cache:6380/1"),
         # credentials as options, which redis-py and pymongo both read
         (f"redis://cache:6379/0?password={SECRET}", "redis://cache:6379/0?password=***"),
+        # an `@` in an option's password is no end of a userinfo (review: `***@ss` showed
+        # what followed it)
+        (f"redis://cache:6379/0?password=pa@{SECRET}", "redis://cache:6379/0?password=***"),
+        (
+            f"mongodb://u:{SECRET}@db/?authSource=admin&password=a@{SECRET}",
+            "mongodb://u:***@db/?authSource=admin&password=***",
+        ),
         (
             f"mongodb://KEY:{SECRET}@db/x?authMechanism=MONGODB-AWS"
             f"&authMechanismProperties=AWS_SESSION_TOKEN:{SECRET}",
