@@ -165,6 +165,20 @@ def test_the_fan_out_lists_orgs_past_the_16_mb_a_distinct_answers_in(mdb):
     assert source.orgs_changed(None) == ["acme"]
 
 
+def runner(_id: str, org: str, **fields: object) -> dict[str, object]:
+    """A finished AI runner of 1,000 tokens, `fields` set over it."""
+    context = {"workspace_id": org, "ai_model": "gpt-4o-mini", "ai_tokens": 1_000}
+    return {
+        "_id": _id,
+        "name": "ai",
+        "status": "SUCCESS",
+        "last_updated_db": 1.0e9,
+        "end_time": datetime(2026, 11, 20, tzinfo=UTC),
+        "context": context,
+        **fields,
+    }
+
+
 def test_a_runner_python_cannot_decode_is_an_anomaly_not_a_stopped_run(mdb, registry):
     """A year-10,000 end time and a workspace id that is not UTF-8, as a server stores
     them: pymongo raised on the batch that held them, and every run stopped there. A
@@ -176,18 +190,6 @@ def test_a_runner_python_cannot_decode_is_an_anomaly_not_a_stopped_run(mdb, regi
     from bson.raw_bson import RawBSONDocument
 
     from chores.core.db import reading
-
-    def runner(_id: str, org: str, **fields: object) -> dict[str, object]:
-        context = {"workspace_id": org, "ai_model": "gpt-4o-mini", "ai_tokens": 1_000}
-        return {
-            "_id": _id,
-            "name": "ai",
-            "status": "SUCCESS",
-            "last_updated_db": 1.0e9,
-            "end_time": datetime(2026, 11, 20, tzinfo=UTC),
-            "context": context,
-            **fields,
-        }
 
     raw = [
         encode(runner("far", "acme", end_time=DatetimeMS(2**62))),
@@ -220,16 +222,6 @@ def test_a_runner_whose_org_id_is_not_utf8_is_recorded_by_the_fan_out_not_listed
     from chores.core.db import reading, utc_view
     from chores.run.orgless import record_orgless
     from chores.tasks import orgs_with_new_usage
-
-    def runner(_id: str, org: str) -> dict[str, object]:
-        return {
-            "_id": _id,
-            "name": "ai",
-            "status": "SUCCESS",
-            "last_updated_db": 1.0e9,
-            "end_time": datetime(2026, 11, 20, tzinfo=UTC),
-            "context": {"workspace_id": org, "ai_model": "gpt-4o-mini", "ai_tokens": 1_000},
-        }
 
     raw = encode(runner("bytes", "ac\x01me")).replace(b"ac\x01me", b"ac\xffme")
     server = isinstance(mdb, pymongo.database.Database)
