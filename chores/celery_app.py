@@ -279,16 +279,29 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def stop_line(line: str, settings: Settings) -> str:
+    """The one line the worker or beat stops with: a JSON record under `LOG_FORMAT=json`
+    (Celery's logging is not set up yet, and a log shipper reads JSON lines only)."""
+    if settings.log_format != "json":
+        return line
+    record = logging.LogRecord("chores", logging.CRITICAL, __file__, 0, line, None, None)
+    return JsonFormatter().format(record)
+
+
 def _configured() -> dict[str, Any]:
     """Celery's settings from the environment. A bad one stops the `celery` command (worker,
     beat) with its one line (redacted, as `get_settings` words it), not Celery's usage text
-    and a traceback: SystemExit, which Celery's loading of the app does not catch. Any
-    other importer gets the `ConfigError`."""
+    and a traceback: SystemExit, which Celery's loading of the app does not catch; a JSON
+    record under `LOG_FORMAT=json` when the settings could be read. Any other importer gets
+    the `ConfigError`."""
+    settings: Settings | None = None
     try:
-        return celery_config(get_settings())
+        settings = get_settings()
+        return celery_config(settings)
     except ConfigError as exc:
         if _run_by_celery_command():
-            raise SystemExit(f"chore service: {exc}") from None
+            line = f"chore service: {exc}"
+            raise SystemExit(line if settings is None else stop_line(line, settings)) from None
         raise
 
 
@@ -326,15 +339,6 @@ def _refuse_refused_credentials(**_: Any) -> None:
     if problem is not None:
         # not Exception: Celery would log it on
         raise SystemExit(stop_line(f"chore service: {problem}", settings))
-
-
-def stop_line(line: str, settings: Settings) -> str:
-    """The one line the worker or beat stops with: a JSON record under `LOG_FORMAT=json`
-    (Celery's logging is not set up yet, and a log shipper reads JSON lines only)."""
-    if settings.log_format != "json":
-        return line
-    record = logging.LogRecord("chores", logging.CRITICAL, __file__, 0, line, None, None)
-    return JsonFormatter().format(record)
 
 
 def _celery_subcommand() -> str | None:

@@ -1135,6 +1135,17 @@ def test_a_bad_service_setting_stops_the_service_with_one_line(
     assert secret is None or secret not in stopped.stderr + stopped.stdout
 
 
+def test_a_bad_service_setting_is_a_json_record_under_log_format_json(tmp_path):
+    """Review: under LOG_FORMAT=json, the "time limits must nest" stop was text, where a
+    log shipper reads JSON lines only (as the other stop lines already were)."""
+    env = {**os.environ, "LOG_FORMAT": "json", "LOCK_TTL_SECONDS": "100"}
+    stopped = celery_command("worker", env, tmp_path)
+    assert stopped.returncode == 1
+    (record,) = [json.loads(line) for line in stopped.stderr.splitlines()]
+    assert record["level"] == "CRITICAL"
+    assert record["message"].startswith("chore service: time limits must nest")
+
+
 @pytest.fixture
 def redis_user(redis_base_url: str) -> Iterator[Callable[[str], str]]:
     """A Redis user with a password on the test Redis: the URL of `redis_base_url` with
