@@ -87,10 +87,11 @@ def redact_url(url: str) -> str:
     unescaped is redacted whole; when in doubt more is hidden, never less. Without an
     `@`, a "port" that is not a number (`mongodb://user:s3cret`) is taken for a password.
     Options that carry credentials (`?password=`, `authMechanismProperties=`) are hidden.
-    A value with no `scheme://` is not shown at all. The options are hidden first: an `@`
-    in an option's value (`?password=pa@ss`) is no end of a userinfo.
+    A value with no `scheme://` is not shown at all. When what stands before the last `@`
+    ends in a credential option's value (`?password=pa@ss`), that `@` may be the value's:
+    what follows it, up to the next option, is hidden too.
     """
-    scheme, separator, rest = redact_options(url).partition("://")
+    scheme, separator, rest = url.partition("://")
     at = rest.rfind("@")
     if not separator:
         # A host name, or a password pasted in place of the URL (`admin:123456` reads as a
@@ -103,9 +104,23 @@ def redact_url(url: str) -> str:
             return f"{scheme}://***{rest[len(authority) :]}"  # a user:password, no host
         return redact_options(url)
     user, colon, _password = rest[:at].partition(":")
+    tail = rest[at + 1 :]
+    if _ends_in_a_secret_option(rest[:at]):
+        tail = re.sub(r"^[^&;#\s'\"<>]*", "***", tail, count=1)  # the rest of that value
     if "/" in user or "?" in user:  # not a userinfo: an `@` in the path or options
-        return redact_options(f"{scheme}://***@{rest[at + 1 :]}")
-    return redact_options(f"{scheme}://{user}{':***' if colon else ''}@{rest[at + 1 :]}")
+        return redact_options(f"{scheme}://***@{tail}")
+    return redact_options(f"{scheme}://{user}{':***' if colon else ''}@{tail}")
+
+
+def _ends_in_a_secret_option(text: str) -> bool:
+    """Whether `text` ends in the value of a credential option (`...?password=pa`): an `@`
+    right after it may belong to that value. Options start at a `?`."""
+    options = text.partition("?")[2]
+    last = re.search(r"(?:^|[&;])([^=&;#\s'\"<>]+)=[^&;\s'\"<>]*$", options)
+    if last is None:
+        return False
+    name = re.sub(r"[^a-z0-9]", "", unquote(last.group(1)).lower())
+    return bool(_SECRET_OPTION_NAMES.search(name)) and name not in _HARMLESS_OPTIONS
 
 
 def _parser_detail(exc: Exception, url: str) -> str:

@@ -36,13 +36,18 @@ SECRET = "pa55-w0rd-xyz"
         (f"rediss://default:{SECRET}@cache:6380/1", "rediss://default:***@cache:6380/1"),
         # credentials as options, which redis-py and pymongo both read
         (f"redis://cache:6379/0?password={SECRET}", "redis://cache:6379/0?password=***"),
-        # an `@` in an option's password is no end of a userinfo (review: `***@ss` showed
-        # what followed it)
-        (f"redis://cache:6379/0?password=pa@{SECRET}", "redis://cache:6379/0?password=***"),
+        # an `@` in an option's password may end it or the userinfo: what follows it, up to
+        # the next option, is hidden too (review: `***@ss` showed the password's tail)
+        (f"redis://cache:6379/0?password=pa@{SECRET}&db=1", "redis://cache:***@***&db=1"),
         (
             f"mongodb://u:{SECRET}@db/?authSource=admin&password=a@{SECRET}",
-            "mongodb://u:***@db/?authSource=admin&password=***",
+            "mongodb://u:***@***",
         ),
+        # ...and a password holding `?` and an option stays hidden (review of a first fix,
+        # which showed `u:1234?token=***`)
+        ("redis://u:1234?token=x@h/0", "redis://u:***@***"),
+        ("mongodb://u:55/s3c?sig=1@h/db", "mongodb://u:***@***"),
+        ("mongodb://u:p&password=q@h/db", "mongodb://u:***@h/db"),  # no `?`: no option
         (
             f"mongodb://KEY:{SECRET}@db/x?authMechanism=MONGODB-AWS"
             f"&authMechanismProperties=AWS_SESSION_TOKEN:{SECRET}",
