@@ -6,8 +6,9 @@ So this module imports nothing of the package until `main` runs (`chores` and `c
 load what they export on first use).
 
 An output that cannot be written (stdout on a full disk or a failing device) is one line on
-stderr and exit 1, as a closed pipe is Click's (exit 1, nothing said): the command's work
-is done and kept (a `file://` store is saved as the command unwinds).
+stderr and exit 1, as a closed pipe is Click's (exit 1, nothing said). The command stops at
+that write; what it wrote before is kept (a `file://` store is saved as it unwinds), so a
+command that prints as it goes, such as `chore demo`, may have done only part of its work.
 """
 
 from __future__ import annotations
