@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import click
 from celery import Celery
+from celery.app.backends import by_url
 from celery.schedules import crontab
 from celery.signals import (
     after_setup_logger,
@@ -185,6 +186,23 @@ def beat_health() -> int:
     return 0
 
 
+def result_backend_problem(url: str | None) -> str | None:
+    """Why Celery cannot load the backend CELERY_RESULT_BACKEND names (a scheme it does not
+    know, or a backend whose library is not installed: `db+postgresql://` without
+    SQLAlchemy), in one line; None when it can. Before, the worker found out once started,
+    and stopped on an "Unrecoverable error" and a traceback."""
+    if url is None:
+        return None
+    try:
+        by_url(url)
+    except ImportError as exc:
+        return (
+            f"CELERY_RESULT_BACKEND {redact_url(url)}: Celery cannot load its backend ({exc}): "
+            "install that backend's library, or use a Redis URL"
+        )
+    return None
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery's settings, derived from ours (time limits checked to nest)."""
     soft, hard = settings.task_soft_time_limit, settings.task_time_limit
@@ -204,6 +222,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             f"TASK_TIME_LIMIT < QUOTA_MAX_STALENESS_SECONDS, got {every:g} + {hard} < "
             f"{staleness:g}: raise QUOTA_MAX_STALENESS_SECONDS with them (docs/deploy.md)"
         )
+    problem = result_backend_problem(settings.celery_result_backend)
+    if problem is not None:
+        raise ConfigError(problem)
     return {
         "broker_url": settings.celery_broker_url,
         "result_backend": settings.celery_result_backend,

@@ -1121,6 +1121,14 @@ def test_a_worker_refuses_a_local_store_rather_than_lose_what_it_bills(service, 
             "error, not a Redis URL: redis://",
             "S3CRET",
         ),
+        (  # review: a backend Celery cannot load (`db+postgresql://` without SQLAlchemy)
+            # stopped the started worker on an "Unrecoverable error" and a traceback
+            "CELERY_RESULT_BACKEND",
+            "nosuchbackend://u:S3CRET@127.0.0.1:1/x",
+            "CELERY_RESULT_BACKEND nosuchbackend://u:***@127.0.0.1:1/x: Celery cannot load "
+            "its backend (No module named 'nosuchbackend')",
+            "S3CRET",
+        ),
     ],
 )
 def test_a_bad_service_setting_stops_the_service_with_one_line(
