@@ -195,7 +195,7 @@ def result_backend_problem(url: str | None) -> str | None:
         return None
     try:
         by_url(url)
-    except ImportError as exc:
+    except (ImportError, AttributeError) as exc:  # a module, or a `module:Class` that is not
         return (
             f"CELERY_RESULT_BACKEND {redact_url(url)}: Celery cannot load its backend ({exc}): "
             "install that backend's library, or use a Redis URL"
