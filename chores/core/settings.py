@@ -62,12 +62,18 @@ _HARMLESS_OPTIONS = frozenset(
 _OPTION = re.compile(r"([?&;])([^=?&;#\s'\"<>]+)=([^&;\s'\"<>]*)")
 
 
+def _is_secret_option(raw_name: str) -> bool:
+    """Whether a URL option of this name (as written: any case, `_`, `-`, %-escapes)
+    carries a credential."""
+    name = re.sub(r"[^a-z0-9]", "", unquote(raw_name).lower())
+    return bool(_SECRET_OPTION_NAMES.search(name)) and name not in _HARMLESS_OPTIONS
+
+
 def redact_options(text: str) -> str:
     """`text` with the value of every credential-carrying URL option replaced by `***`."""
 
     def hide(match: re.Match[str]) -> str:
-        name = re.sub(r"[^a-z0-9]", "", unquote(match.group(2)).lower())
-        if _SECRET_OPTION_NAMES.search(name) and name not in _HARMLESS_OPTIONS:
+        if _is_secret_option(match.group(2)):
             return f"{match.group(1)}{match.group(2)}=***"
         return match.group()
 
@@ -117,10 +123,7 @@ def _ends_in_a_secret_option(text: str) -> bool:
     right after it may belong to that value. Options start at a `?`."""
     options = text.partition("?")[2]
     last = re.search(r"(?:^|[&;])([^=&;#\s'\"<>]+)=[^&;\s'\"<>]*$", options)
-    if last is None:
-        return False
-    name = re.sub(r"[^a-z0-9]", "", unquote(last.group(1)).lower())
-    return bool(_SECRET_OPTION_NAMES.search(name)) and name not in _HARMLESS_OPTIONS
+    return last is not None and _is_secret_option(last.group(1))
 
 
 def _parser_detail(exc: Exception, url: str) -> str:
