@@ -11,6 +11,7 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
+from ._errors import RegistryError
 from ._load import validate_registry
 from ._models import Registry, canonical_rate, rate_problem, rate_text
 
@@ -61,6 +62,12 @@ def registry_from_litellm(
         priced = isinstance(spec, Mapping) and _priced_mode(spec) and _costs(spec) is not None
         if priced and not _unknown_price(spec, free_providers):
             kept[key.casefold()] = (key, spec)
+    if not kept:
+        raise RegistryError(
+            f"nothing to import: none of the {len(data)} entries is a chat, completion or "
+            "responses model priced per input and output token (is it LiteLLM's "
+            "model_prices_and_context_window.json?)"
+        )
 
     every_key = {k.casefold() for k in data if isinstance(k, str)}
     claims: defaultdict[str, list[str]] = defaultdict(list)

@@ -63,7 +63,14 @@ class _RegistryLoader(yaml.SafeLoader):
                         self._refuse_keys_given_twice(mapping, deep)
                 continue
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, Hashable) and key in seen:
+            if not isinstance(key, Hashable):  # as PyYAML's own mappings refuse one
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    "a key must be a plain value, not a list or mapping",
+                    key_node.start_mark,
+                )
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is given twice", key_node.start_mark
                 )

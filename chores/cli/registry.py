@@ -140,10 +140,17 @@ def registry_import(
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"{path}: not readable JSON ({exc})") from None
+    except RecursionError:
+        raise click.ClickException(
+            f"{path}: its JSON is nested too deeply to be LiteLLM's prices"
+        ) from None
     if not isinstance(data, dict):
         raise click.ClickException(f"{path}: expected a JSON object of models")
     day = valid_from or datetime.now(UTC).date()
-    reg = registry_from_litellm(data, valid_from=day, version=version or day.isoformat())
+    try:
+        reg = registry_from_litellm(data, valid_from=day, version=version or day.isoformat())
+    except RegistryError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
     suffix = Path(out).suffix.lower() if out else ".yaml"
     if suffix not in WRITERS:
         raise click.ClickException(

@@ -952,6 +952,25 @@ def test_a_missing_registry_file_is_a_user_error_in_every_registry_command(tmp_p
     assert str(missing) in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("{}", "nothing to import: none of the 0 entries"),
+        ('{"m": {"mode": "embedding", "input_cost_per_token": 1e-7}}', "none of the 1 entries"),
+    ],
+)
+def test_import_litellm_says_why_a_file_gives_no_registry(tmp_path, text, said):
+    """Outside review: a deeply nested file was a RecursionError's traceback; a file with
+    nothing to import said 'Fix the entry in (LiteLLM data)'."""
+    source = tmp_path / "prices.json"
+    source.write_text(text)
+    result = CliRunner().invoke(main, ["registry", "import-litellm", str(source)])
+    assert result.exit_code == 1, result.output
+    assert f"Error: {source}: " in result.output and said in result.output
+    assert "Traceback" not in result.output
+
+
 def test_the_run_says_which_anomalies_are_new(cli_db):
     """The open anomalies of runners read again count in a run's anomalies, and the summary
     says how many of them no earlier run had left open."""

@@ -480,6 +480,8 @@ def test_hostile_registry_names_model_and_field(case: str, tmp_path: Path) -> No
         ("- just a list\n", "top level must be a mapping"),
         ("", "top level must be a mapping"),
         ('version: "1"\nversion: "2"\nmodels: []\n', "given twice"),
+        ('version: "1"\nmodels: []\n? [a, b]\n: 1\n', "not a list or mapping"),
+        ('version: "1"\nmodels:\n  - {id: x, {a: 1}: 2}\n', "not a list or mapping"),
         ('version: "1"\nmodels: [\n', "not valid YAML"),
     ],
 )
