@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import click
 from celery import Celery
 from celery.app.backends import by_url
+from celery.exceptions import ImproperlyConfigured
 from celery.schedules import crontab
 from celery.signals import (
     after_setup_logger,
@@ -34,7 +35,7 @@ from kombu import Exchange, Queue
 
 from chores.core.exceptions import ConfigError
 from chores.core.local_store import SCHEME as LOCAL_STORE_SCHEME
-from chores.core.logs import JsonFormatter, use_log_format
+from chores.core.logs import JsonFormatter, redact_urls, use_log_format
 from chores.core.redis_client import not_reached, refused_credentials
 from chores.core.settings import REDIS_SCHEMES, Settings, get_settings, redact_url
 
@@ -187,19 +188,27 @@ def beat_health() -> int:
 
 
 def result_backend_problem(url: str | None) -> str | None:
-    """Why Celery cannot load the backend CELERY_RESULT_BACKEND names (a scheme it does not
-    know, or a backend whose library is not installed: `db+postgresql://` without
-    SQLAlchemy), in one line; None when it can. Before, the worker found out once started,
+    """Why Celery cannot load or set up the backend CELERY_RESULT_BACKEND names, in one
+    line; None when it can. Loading fails on a scheme Celery does not know or a backend
+    whose library is not installed (`db+postgresql://` without SQLAlchemy); setting up, on
+    what the backend refuses in its URL (`rediss://` without `ssl_cert_reqs`, a `file://`
+    folder that does not exist). Built here on a throwaway app, as the worker builds it
+    (no backend connects before its first use). Before, the worker found out once started,
     and stopped on an "Unrecoverable error" and a traceback."""
     if url is None:
         return None
     try:
-        by_url(url)
+        backend, backend_url = by_url(url)
     except (ImportError, AttributeError) as exc:  # a module, or a `module:Class` that is not
         return (
             f"CELERY_RESULT_BACKEND {redact_url(url)}: Celery cannot load its backend ({exc}): "
             "install that backend's library, or use a Redis URL"
         )
+    try:
+        backend(app=Celery(set_as_current=False), url=backend_url)
+    except (ValueError, ImproperlyConfigured) as exc:
+        said = redact_urls(" ".join(str(exc).split()))
+        return f"CELERY_RESULT_BACKEND {redact_url(url)}: the backend refuses it: {said}"
     return None
 
 

@@ -1129,6 +1129,13 @@ def test_a_worker_refuses_a_local_store_rather_than_lose_what_it_bills(service, 
             "its backend (No module named 'nosuchbackend')",
             "S3CRET",
         ),
+        (  # review: a backend refusing its URL stopped the started worker the same way
+            "CELERY_RESULT_BACKEND",
+            "rediss://:S3CRET@127.0.0.1:1/0",
+            "CELERY_RESULT_BACKEND rediss://:***@127.0.0.1:1/0: the backend refuses it: A "
+            "rediss:// URL must have parameter ssl_cert_reqs",
+            "S3CRET",
+        ),
     ],
 )
 def test_a_bad_service_setting_stops_the_service_with_one_line(
