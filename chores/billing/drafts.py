@@ -10,9 +10,10 @@ folded (`Ledger.flag_folded`). Until they are flagged, their ids stay in the dra
 that dies between its commit and its flags leaves work to finish, never entries to
 fold twice. docs/design.md has the argument.
 
-A draft without its sums (written before drafts kept them, or edited) starts from its
-ledger, as a removed one does (`Invoices._folded_usage`): for one written before, no entry
-is flagged, and its first build folds the whole period, as the old full rebuild did.
+A draft without its sums (written before drafts kept them, or edited out of the shape
+`stored_groups` writes: `KEPT_SUMS`) starts from its ledger, as a removed one does
+(`Invoices._folded_usage`): for one written before, no entry is flagged, and its first
+build folds the whole period, as the old full rebuild did.
 """
 
 from __future__ import annotations
@@ -20,12 +21,43 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Annotated, Any, NotRequired
+
+from pydantic import Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
 from chores.core.db import Doc
+from chores.core.documents import Flag, Integer, Text
 from chores.metering.lines import UsageGroup
 
 GroupKey = tuple[str | None, bool, bool, date]  # model, byok, late, day
+
+
+class _StoredGroup(TypedDict):
+    model: Text | None
+    byok: Flag
+    late: Flag
+    day: Annotated[Text, Field(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+    input: Integer
+    cached: Integer
+    output: Integer
+    unsplit: Integer
+
+
+class _PendingFold(TypedDict):
+    ids: list[Text]
+
+
+class _KeptSums(TypedDict):
+    """The sums a draft keeps, as `DraftSums.stored_groups` and a build write them."""
+
+    usage_groups: list[_StoredGroup]
+    runs: NotRequired[Integer]
+    entries: NotRequired[Integer]
+    pending_fold: NotRequired[_PendingFold | None]
+
+
+KEPT_SUMS = TypeAdapter(_KeptSums)
 
 TOKEN_FIELDS = ("input_tokens", "cached_tokens", "output_tokens", "unsplit_tokens")
 
@@ -64,11 +96,14 @@ class DraftSums:
             return cls()
         ticket = doc.get("build_ticket")
         sums = cls(status=doc.get("status"), ticket=ticket if isinstance(ticket, int) else None)
-        if not isinstance(doc.get("usage_groups"), list):
+        try:
+            KEPT_SUMS.validate_python(doc)
+            days = [date.fromisoformat(group["day"]) for group in doc["usage_groups"]]
+        except (ValidationError, ValueError):
             sums.kept_sums = False
             return sums
-        for group in doc["usage_groups"]:
-            key = (group["model"], group["byok"], group["late"], date.fromisoformat(group["day"]))
+        for group, day in zip(doc["usage_groups"], days, strict=True):
+            key = (group["model"], group["byok"], group["late"], day)
             sums.groups[key] = [group["input"], group["cached"], group["output"], group["unsplit"]]
         sums.runs = int(doc.get("runs", 0))
         sums.entries = int(doc.get("entries", 0))

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pymongo import ReturnDocument
 
 from chores.billing.drafts import DraftSums, LedgerUsage, has_usage
 from chores.core import clock as _clock
 from chores.core.db import Collections, Doc
+from chores.core.documents import checked, invoice_remedy
 from chores.core.money import Micros
 from chores.core.periods import next_period, period_bounds, period_of
 from chores.core.wording import counted
@@ -58,8 +59,28 @@ class Invoice(BaseModel):
     # its lines can be split exactly whatever the registry becomes (reports.allocation).
     priced_with: dict[str, Any] | None = None
 
+    @field_validator("priced_with")
+    @classmethod
+    def _an_excerpt(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """What a report re-prices the invoice with: a registry (`Registry.excerpt`)."""
+        if value is not None:
+            try:
+                Registry.model_validate(value)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise ValueError(f"not a registry ({where}: {first['msg']})") from None
+        return value
+
     def document(self) -> Doc:
         return self.model_dump(by_alias=True)
+
+    @classmethod
+    def read(cls, doc: Doc, collections: Collections) -> Invoice:
+        """The invoice a stored document holds (`MalformedDocument` if it holds none; a
+        draft is derived from its ledger, and rebuilt from it once removed)."""
+        remedy = invoice_remedy(doc)
+        return checked(cls, doc, collection=collections.invoices.name, remedy=remedy)
 
 
 def build_invoice(
@@ -294,7 +315,7 @@ class Invoices:
 
     def get(self, org: str, period: str) -> Invoice | None:
         doc = self._c.invoices.find_one({"_id": f"{org}:{period}"})
-        return Invoice.model_validate(doc) if doc else None
+        return Invoice.read(doc, self._c) if doc else None
 
     def ledger_usage(
         self, pairs: set[tuple[str, str]], *, only: Doc | None = None

@@ -193,7 +193,7 @@ def stored_invoice(collections: Collections, org: str, period: str) -> Invoice:
     if doc is None:
         hint = missing_invoice_hint(collections, org, period)
         raise InvoiceNotFound(f"no invoice for org {org!r} in {period}; {hint}")
-    return Invoice.model_validate(doc)
+    return Invoice.read(doc, collections)
 
 
 def read_period(

@@ -78,7 +78,7 @@ def run_demo(
 
     collections = Collections.of(db, settings)
     for doc in collections.invoices.find({}, sort=[("period", 1), ("org", 1)]):
-        invoice = Invoice.model_validate(doc)
+        invoice = Invoice.read(doc, collections)
         print_invoice(
             out, invoice, AnomalyLog(collections).open_anomalies(invoice.org, invoice.period)
         )

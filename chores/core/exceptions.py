@@ -8,6 +8,7 @@
     ├── UnknownOrg              an org has no billing data at all
     ├── InvoiceNotFound         no invoice for that org and period
     ├── InvoiceOutOfDate        the ledger of a period holds usage its invoice does not (rerun)
+    ├── MalformedDocument       a billing document is not as the chore writes it (a hand edit)
     └── SourceIsReadOnly        code tried to write to the platform's tasks/findings
 
 Registry errors are `pricing.RegistryError` (the pricing package stays independent).
@@ -49,6 +50,11 @@ class InvoiceNotFound(ChoreError):
 
 class InvoiceOutOfDate(ChoreError):
     """The ledger of a period holds usage its stored invoice does not show (yet)."""
+
+
+class MalformedDocument(ChoreError):
+    """A document of the chore's own collections is not as the chore writes it (edited by
+    hand): nothing is billed or shown from it."""
 
 
 class SourceIsReadOnly(ChoreError):

@@ -19,11 +19,13 @@ from fractions import Fraction
 from typing import Any, Literal, NamedTuple
 
 import bson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pymongo.errors import PyMongoError
+from typing_extensions import TypedDict
 
 from chores.core import clock as _clock
 from chores.core.db import Collections, Doc
+from chores.core.documents import Integer, Text, check_shape, invoice_remedy
 from chores.core.money import usd_exact
 from chores.core.periods import NEWLINE, PERIOD_PATTERN, as_utc, is_period, period_of
 from chores.core.settings import Plan, Settings
@@ -47,6 +49,22 @@ class QuotaUsage(BaseModel):
     micros: int = 0
     unpriced_tokens: int = 0
     draft_ticket: int = 0
+
+
+class _LineTokens(TypedDict):
+    tokens: Integer
+
+
+class _InvoiceUsage(TypedDict):
+    """What a decision reads of an invoice (`Quota.usage`)."""
+
+    org: Text
+    lines: list[_LineTokens]
+    total_micros: Integer
+    unpriced_tokens: Integer
+
+
+INVOICE_USAGE = TypeAdapter(_InvoiceUsage)
 
 
 def plan_of(doc: Mapping[str, Any] | None, default: Plan) -> Plan:
@@ -362,12 +380,15 @@ class Quota:
         usage = {org: QuotaUsage() for org in orgs}
         fields = {
             "org": 1,
+            "status": 1,  # what to do about a malformed one (`invoice_remedy`)
             "lines.tokens": 1,
             "total_micros": 1,
             "unpriced_tokens": 1,
             "build_ticket": 1,
         }
         for invoice in self._c.invoices.find({"_id": {"$in": ids}}, fields):
+            remedy = invoice_remedy(invoice)
+            check_shape(INVOICE_USAGE, invoice, collection=self._c.invoices.name, remedy=remedy)
             ticket = invoice.get("build_ticket")
             usage[invoice["org"]] = QuotaUsage(
                 tokens=sum(line["tokens"] for line in invoice["lines"]),

@@ -1,0 +1,85 @@
+"""The chore's own documents, checked as they are read.
+
+A document of a billing collection edited by hand out of the shape the chore writes (a
+field removed, a count written as text, a status it never writes) is a `MalformedDocument`
+naming the collection, the document and the field, raised where it is read: never a
+traceback from deep in a report, nor a sum that silently skips it. The chore does not
+guess what such a document should hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, Strict, TypeAdapter, ValidationError
+
+from chores.core.exceptions import MalformedDocument
+
+Model = TypeVar("Model", bound=BaseModel)
+
+# The values of a document's shape (a TypedDict), exactly as the chore writes them: never
+# converted ("12" is no count), since its readers go on with the document itself.
+Integer = Annotated[int, Strict()]  # a count or an amount: a late credit may be below 0
+Text = Annotated[str, Strict()]
+Flag = Annotated[bool, Strict()]
+Moment = Annotated[datetime, Strict()]
+
+SHOWN_PROBLEMS = 3  # a document with more says how many more
+RESTORE = "restore it as it was"
+
+
+def checked(
+    model: type[Model], doc: Mapping[str, Any], *, collection: str, remedy: str = RESTORE
+) -> Model:
+    """`doc`, read from `collection`, as `model`; `MalformedDocument` if it is not one."""
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        raise malformed(collection, doc.get("_id"), exc, remedy) from None
+
+
+def check_shape(
+    shape: TypeAdapter[Any], doc: Mapping[str, Any], *, collection: str, remedy: str = RESTORE
+) -> None:
+    """Refuse `doc`, read from `collection`, unless `shape` (a TypedDict's adapter) holds
+    for it: for readers that go on with the plain document."""
+    try:
+        shape.validate_python(doc)
+    except ValidationError as exc:
+        raise malformed(collection, doc.get("_id"), exc, remedy) from None
+
+
+def invoice_remedy(doc: Mapping[str, Any]) -> str:
+    """What to do about a malformed invoice: a draft is derived from its ledger, and a
+    full run rebuilds it once removed; a final holds what was frozen."""
+    org = doc.get("org")
+    if not isinstance(org, str):  # its id is "<org>:<period>"
+        org = str(doc.get("_id")).rpartition(":")[0]
+    if doc.get("status") == "draft" and org:
+        return f"remove it, and `chore run --full --org {org}` rebuilds the draft from its ledger"
+    return RESTORE
+
+
+def malformed(
+    collection: str, doc_id: object, exc: ValidationError, remedy: str = RESTORE
+) -> MalformedDocument:
+    """The error for a document of `collection` that failed its shape: its first problems,
+    each as `field: what is wrong (got value)`, and what to do (`remedy`), on one line."""
+    problems = [_problem(error) for error in exc.errors()]
+    more = len(problems) - SHOWN_PROBLEMS
+    said = "; ".join(problems[:SHOWN_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
+    return MalformedDocument(
+        f"the {collection} document {str(doc_id)!r:.80} is not as the chore writes it "
+        f"({said}): was it edited by hand? The chore reads nothing from it until then: "
+        f"{remedy}"
+    )
+
+
+def _problem(error: Any) -> str:
+    field = ".".join(str(part) for part in error["loc"]) or "(document)"
+    if error["type"] == "missing":
+        return f"{field}: missing"
+    said = str(error["msg"]).removeprefix("Value error, ")
+    return f"{field}: {said} (got {error.get('input')!r:.40})"

@@ -1,0 +1,136 @@
+"""A billing document edited by hand out of the shape the chore writes is one line naming
+the collection, the document, the field and what to do: never a traceback (outside review:
+about thirty places raised one), and never a sum that skips it.
+
+A draft is derived from its ledger: its kept sums, edited, are rebuilt from the ledger by
+the next full run, and a draft edited elsewhere is removed and rebuilt the same way."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from click.testing import CliRunner
+
+from chores.cli import main
+
+NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
+NOW_ARG = ["--now", NOW.isoformat()]
+INVOICE = "ws-acme:2026-11"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def billed(env_db, fixture_docs):
+    """The sample documents, metered: ws-acme's November draft is stored."""
+    env_db.tasks.insert_many(fixture_docs["tasks"])
+    env_db.findings.insert_many(fixture_docs["findings"])
+    assert invoke("run", "--all", *NOW_ARG).exit_code == 0
+    assert env_db.billing_invoices.find_one({"_id": INVOICE})["status"] == "draft"
+    return env_db
+
+
+def shown(db) -> dict:
+    """The draft as `invoice show --json` prints it, less when it was written."""
+    result = invoke("invoice", "show", "--org", "ws-acme", "--period", "2026-11", "--json")
+    assert result.exit_code == 0, result.output
+    import json
+
+    return {k: v for k, v in json.loads(result.output).items() if k != "updated_at"}
+
+
+COMMANDS = {
+    "invoice show": ["invoice", "show", "--org", "ws-acme", "--period", "2026-11"],
+    "usage": ["usage", "--org", "ws-acme", "--period", "2026-11"],
+    "reconcile": ["reconcile", "--org", "ws-acme", "--period", "2026-11", *NOW_ARG],
+    "run": ["run", "--org", "ws-acme", *NOW_ARG],
+}
+
+
+VIEWS = {"invoice show", "usage", "reconcile"}  # read the whole invoice
+RUN = {"run"}  # its quota decision reads the invoice's sums only
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize(
+    ("edit", "said", "refused_by"),
+    [
+        ({"$unset": {"org": ""}}, "(org: missing)", VIEWS | RUN),
+        ({"$set": {"total_micros": None}}, "(total_micros: Input should be a valid", VIEWS | RUN),
+        ({"$unset": {"lines": ""}}, "(lines: missing)", VIEWS | RUN),
+        # a count written as text is still that count to the views; the decision sums it
+        ({"$set": {"lines.0.tokens": "12"}}, "(lines.0.tokens: Input should be a valid", RUN),
+        ({"$set": {"runs": None}}, "(runs: Input should be a valid integer (got None))", VIEWS),
+        ({"$set": {"priced_with.models": 5}}, "(priced_with: not a registry (models:", VIEWS),
+    ],
+)
+def test_an_edited_invoice_is_one_line_in_every_command_that_reads_it(
+    billed, command, edit, said, refused_by
+):
+    billed.billing_invoices.update_one({"_id": INVOICE}, edit)
+    result = invoke(*COMMANDS[command])
+    assert "Traceback" not in result.output
+    if command not in refused_by:
+        assert result.exit_code in (0, 4), result.output  # reconcile: 4, the edit differs
+        return
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        f"Error: the billing_invoices document '{INVOICE}' is not as the chore writes it {said}"
+    ), result.output
+    assert "remove it, and `chore run --full --org ws-acme` rebuilds the draft" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "finalized"),
+    [
+        ({"$set": {"status": "void"}}, False),
+        ({"$set": {"priced_with.models": 5}}, True),
+    ],
+)
+def test_an_invoice_the_chore_cannot_read_says_restore_it(billed, edit, finalized):
+    """A final (or an invoice whose status is unknown): the chore does not guess."""
+    if finalized:
+        assert invoke("finalize", "--now", "2026-12-04T00:00:00+00:00").exit_code == 0
+        assert billed.billing_invoices.find_one({"_id": INVOICE})["status"] == "final"
+    billed.billing_invoices.update_one({"_id": INVOICE}, edit)
+    result = invoke(*COMMANDS["invoice show"])
+    assert result.exit_code == 1, result.output
+    assert "is not as the chore writes it" in result.output
+    assert result.output.strip().endswith("restore it as it was"), result.output
+
+
+def test_a_removed_draft_is_rebuilt_by_a_full_run_as_the_error_says(billed):
+    before = shown(billed)
+    billed.billing_invoices.update_one({"_id": INVOICE}, {"$set": {"total_micros": None}})
+    billed.billing_invoices.delete_one({"_id": INVOICE})
+    result = invoke("run", "--full", "--org", "ws-acme", *NOW_ARG)
+    assert result.exit_code == 0, result.output
+    assert shown(billed) == before
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"$set": {"usage_groups.0.day": 5}},
+        {"$set": {"usage_groups.0.day": "2026-13-40"}},
+        {"$set": {"usage_groups.0.input": "5"}},
+        {"$unset": {"usage_groups.0.late": ""}},
+        {"$set": {"pending_fold": []}},
+    ],
+)
+def test_edited_sums_of_a_draft_are_rebuilt_from_its_ledger(billed, edit):
+    """As a draft whose sums were removed: reconcile names the edit, the next full run
+    rebuilds the draft from its ledger, to the micro-dollar."""
+    before = shown(billed)
+    billed.billing_invoices.update_one({"_id": INVOICE}, edit)
+    checked = invoke(*COMMANDS["reconcile"])
+    assert checked.exit_code == 4 and "an edit" in checked.output, checked.output
+    rebuilt = invoke("run", "--full", "--org", "ws-acme", *NOW_ARG)
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "rebuilt from the ledger" in rebuilt.output
+    assert shown(billed) == before
+    assert invoke(*COMMANDS["reconcile"]).exit_code == 0
