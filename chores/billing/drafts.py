@@ -21,13 +21,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Annotated, Any, NotRequired
+from typing import Any, NotRequired
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from chores.core.db import Doc
-from chores.core.documents import Flag, Integer, Text
+from chores.core.documents import Day, Flag, Integer, Text
 from chores.metering.lines import UsageGroup
 
 GroupKey = tuple[str | None, bool, bool, date]  # model, byok, late, day
@@ -37,7 +37,7 @@ class _StoredGroup(TypedDict):
     model: Text | None
     byok: Flag
     late: Flag
-    day: Annotated[Text, Field(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+    day: Day
     input: Integer
     cached: Integer
     output: Integer
@@ -98,12 +98,11 @@ class DraftSums:
         sums = cls(status=doc.get("status"), ticket=ticket if isinstance(ticket, int) else None)
         try:
             KEPT_SUMS.validate_python(doc)
-            days = [date.fromisoformat(group["day"]) for group in doc["usage_groups"]]
-        except (ValidationError, ValueError):
+        except ValidationError:
             sums.kept_sums = False
             return sums
-        for group, day in zip(doc["usage_groups"], days, strict=True):
-            key = (group["model"], group["byok"], group["late"], day)
+        for group in doc["usage_groups"]:
+            key = (group["model"], group["byok"], group["late"], date.fromisoformat(group["day"]))
             sums.groups[key] = [group["input"], group["cached"], group["output"], group["unsplit"]]
         sums.runs = int(doc.get("runs", 0))
         sums.entries = int(doc.get("entries", 0))

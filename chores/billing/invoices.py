@@ -16,20 +16,28 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pymongo import ReturnDocument
+from typing_extensions import TypedDict
 
-from chores.billing.drafts import DraftSums, LedgerUsage, has_usage
+from chores.billing.drafts import TOKEN_FIELDS, DraftSums, LedgerUsage, has_usage
 from chores.core import clock as _clock
 from chores.core.db import Collections, Doc
-from chores.core.documents import checked, invoice_remedy
+from chores.core.documents import Day, Flag, Integer, Period, Text, checked, invoice_remedy
 from chores.core.money import Micros
 from chores.core.periods import next_period, period_bounds, period_of
 from chores.core.wording import counted
 from chores.core.writes import update_where
 from chores.metering.anomalies import AnomalyLog
 from chores.metering.fields import describe_value
-from chores.metering.ledger import BOOKED_PERIOD, EMPTY_ENTRY, Ledger, pair_of
+from chores.metering.ledger import (
+    BOOKED_PERIOD,
+    EMPTY_ENTRY,
+    Ledger,
+    check_pair_row,
+    pair_of,
+    refuse_malformed_entry,
+)
 from chores.metering.lines import InvoiceLine, UsageGroup, price_lines
 from chores.metering.progress import Progress
 from chores.metering.source import chunked
@@ -140,6 +148,48 @@ def line_review_reasons(lines: Sequence[InvoiceLine]) -> list[str]:
             "after their month was final)"
         )
     return reasons
+
+
+# What `$group` would skip in silence: counts that are not numbers, a runner id missing.
+_SUMMABLE: Doc = {
+    "$and": [
+        *({"$isNumber": f"${name}"} for name in TOKEN_FIELDS),
+        {"$ne": [{"$ifNull": ["$runner_id", None]}, None]},
+    ]
+}
+
+
+class _UsageKey(TypedDict):
+    org: Text
+    period: Period
+    model: Text | None
+    byok: Flag
+    late: Flag
+    day: Day
+
+
+class _UsageRow(TypedDict):
+    """A row of `Invoices.ledger_usage`'s `$group`, from entries as written."""
+
+    _id: _UsageKey
+    input: Integer
+    cached: Integer
+    output: Integer
+    unsplit: Integer
+    runners: list[Text]
+    entries: Integer
+    unsummed: Literal[0]
+
+
+_USAGE_ROW = TypeAdapter(_UsageRow)
+
+
+def _holds(shape: TypeAdapter[Any], row: Doc) -> bool:
+    try:
+        shape.validate_python(row)
+    except ValidationError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -353,10 +403,15 @@ class Invoices:
                     "unsplit": {"$sum": "$unsplit_tokens"},
                     "runners": {"$addToSet": "$runner_id"},
                     "entries": {"$sum": 1},
+                    # $sum skips what is not a number: an entry edited so is refused
+                    "unsummed": {"$sum": {"$cond": [_SUMMABLE, 0, 1]}},
                 }
             },
         ]
-        for row in self._c.ledger.aggregate(pipeline):
+        rows = list(self._c.ledger.aggregate(pipeline))
+        if not all(_holds(_USAGE_ROW, row) for row in rows):
+            refuse_malformed_entry(self._c.ledger, match)
+        for row in rows:
             key = row["_id"]
             pair = (key["org"], key["period"])
             if pair not in pairs:
@@ -663,9 +718,10 @@ class Invoices:
             {"$match": match},
             {"$group": {"_id": {"org": "$org", "period": BOOKED_PERIOD}}},
         ]
-        billed = {
-            (row["_id"]["org"], row["_id"]["period"]) for row in self._c.ledger.aggregate(pipeline)
-        }
+        billed: set[tuple[str, str]] = set()
+        for row in self._c.ledger.aggregate(pipeline):
+            check_pair_row(self._c.ledger, row, match)
+            billed.add((row["_id"]["org"], row["_id"]["period"]))
         ids = sorted(f"{o}:{p}" for o, p in billed)
         found: set[str] = set()
         for batch in chunked(ids, 1000):

@@ -17,8 +17,9 @@ from typing import Any, cast
 from chores.billing.invoices import Invoice
 from chores.billing.known_orgs import missing_invoice_hint
 from chores.core.db import Collections, Doc
+from chores.core.documents import check_shape
 from chores.core.exceptions import InvoiceNotFound
-from chores.metering.ledger import EMPTY_ENTRY
+from chores.metering.ledger import EMPTY_ENTRY, entry_shape
 from chores.metering.lines import EXACT, LineKey, Tier, TokenSums, UsageGroup
 from chores.metering.rules import MAX_LABEL
 from chores.metering.runner_keys import runner_key, source_id_of
@@ -185,6 +186,7 @@ _ENTRY_FIELDS = {
         "parent_id",
     )
 }
+_ENTRY_SHAPE = entry_shape(_ENTRY_FIELDS)
 
 
 def stored_invoice(collections: Collections, org: str, period: str) -> Invoice:
@@ -219,6 +221,7 @@ def read_period(
     expected = collections.ledger.count_documents(query) if on_progress else 0
     entries: list[Doc] = []
     for entry in collections.ledger.find(query, _ENTRY_FIELDS, batch_size=batch_size):
+        check_shape(_ENTRY_SHAPE, entry, collection=collections.ledger.name)
         entries.append(entry)
         if on_progress is not None and len(entries) % batch_size == 0:
             on_progress(len(entries), max(expected, len(entries)))

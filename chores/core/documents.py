@@ -10,12 +10,13 @@ guess what such a document should hold.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, Strict, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, Strict, TypeAdapter, ValidationError
 
 from chores.core.exceptions import MalformedDocument
+from chores.core.periods import is_period
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -25,6 +26,21 @@ Integer = Annotated[int, Strict()]  # a count or an amount: a late credit may be
 Text = Annotated[str, Strict()]
 Flag = Annotated[bool, Strict()]
 Moment = Annotated[datetime, Strict()]
+
+
+def _a_day(text: str) -> str:
+    date.fromisoformat(text)  # ValueError: not a day
+    return text
+
+
+def _a_period(text: str) -> str:
+    if not is_period(text):
+        raise ValueError("not a period (YYYY-MM)")
+    return text
+
+
+Day = Annotated[Text, AfterValidator(_a_day)]  # 2026-11-30
+Period = Annotated[Text, AfterValidator(_a_period)]  # 2026-11
 
 SHOWN_PROBLEMS = 3  # a document with more says how many more
 RESTORE = "restore it as it was"

@@ -21,10 +21,17 @@ docs/design.md walks through why this holds under crash and overlap.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any, NoReturn, get_type_hints
+
+from pydantic import TypeAdapter, ValidationError
+from pymongo.collection import Collection
+from typing_extensions import TypedDict
 
 from chores.core.db import Collections, Doc
+from chores.core.documents import Day, Flag, Integer, Moment, Period, Text, check_shape
+from chores.core.exceptions import MalformedDocument
 from chores.core.writes import insert_ignoring_duplicates
 from chores.metering.counters import Breakdown, Counters
 from chores.metering.lines import UsageGroup, price_group
@@ -83,6 +90,62 @@ def entry_document(delta: Delta, *, billed_at: datetime, run_id: str, registry: 
     }
 
 
+class _HighWater(TypedDict):
+    total: Integer
+    prompt: Integer
+    completion: Integer
+    cached: Integer
+
+
+class _PricedAs(TypedDict):
+    model: Text | None
+    tier: Text
+    price_valid_from: Text | None
+
+
+class _Entry(TypedDict):
+    """An entry's fields as `entry_document` writes them, and a finalize and a sweep set
+    them (`booked`, `late`, `fence`, `fold`). A reader checks those it reads
+    (`entry_shape`): an entry edited by hand is a `MalformedDocument`, never a sum that
+    skips it or a traceback."""
+
+    runner_id: Text
+    seq: Integer
+    org: Text
+    model: Text | None
+    byok: Flag
+    usage_time: Moment
+    usage_day: Day
+    usage_period: Period
+    booked: Period | None
+    late: Flag
+    fence: Integer | None
+    fold: Integer | None
+    high_water: _HighWater
+    input_tokens: Integer
+    cached_tokens: Integer
+    output_tokens: Integer
+    unsplit_tokens: Integer
+    tokens: Integer
+    priced_as: _PricedAs | None
+    amount_micros_exact: Text | None
+    status: Text | None
+    session_id: Text | None
+    subagent: Flag
+    parent_id: Text | None
+    billed_at: Moment
+    run_id: Text
+
+
+_ENTRY_TYPES = get_type_hints(_Entry, include_extras=True)
+
+
+def entry_shape(fields: Iterable[str]) -> TypeAdapter[Any]:
+    """What an entry read with these fields projected must hold: each one, as written."""
+    names = [name for name in fields if name != "_id"]
+    return TypeAdapter(TypedDict("LedgerEntry", {name: _ENTRY_TYPES[name] for name in names}))  # type: ignore[operator]
+
+
 # An entry that only moved a high-water mark: no usage, no line, not counted on an invoice.
 # The rules write one when only cached tokens beyond prompt moved: the mark must be kept
 # (SPEC §1.5-1.6: a later drop is `counter_decreased`, and usage bills from the highest
@@ -105,6 +168,7 @@ HEAD_FIELDS = {
     "output_tokens": 1,
     "unsplit_tokens": 1,
 }
+HEAD_SHAPE = entry_shape(HEAD_FIELDS)
 
 
 def _booked_on(entry: Doc) -> BookedOn | None:
@@ -156,6 +220,7 @@ class Ledger:
         entries: dict[str, list[Doc]] = {}
         for batch in chunked(runner_ids, self._batch_size):
             for entry in self._entries.find({"runner_id": {"$in": batch}}, HEAD_FIELDS):
+                check_shape(HEAD_SHAPE, entry, collection=self._entries.name)
                 entries.setdefault(entry["runner_id"], []).append(entry)
         return {runner: _head(its) for runner, its in entries.items()}
 
@@ -229,8 +294,10 @@ class Ledger:
         for period, orgs in sorted(_orgs_by_period(pairs).items()):
             clauses.append({"org": {"$in": orgs}, "booked": period})
             clauses.append({"org": {"$in": orgs}, "booked": None, "usage_period": period})
-        found = self._entries.find({"fold": None, "$or": clauses}, FOLD_FIELDS, limit=limit)
-        return list(found)
+        found = list(self._entries.find({"fold": None, "$or": clauses}, FOLD_FIELDS, limit=limit))
+        for entry in found:
+            check_shape(FOLD_SHAPE, entry, collection=self._entries.name)
+        return found
 
     def flag_folded(self, folded: Sequence[tuple[tuple[str, str], Sequence[str], int]]) -> None:
         """Mark entries as held by the drafts of their pairs: `(pair, entry ids, the build
@@ -258,6 +325,7 @@ class Ledger:
         for batch in chunked(runners, self._batch_size):
             query: Doc = {"runner_id": {"$in": batch}, "fold": {"$ne": None}, "$nor": [EMPTY_ENTRY]}
             for entry in self._entries.find(query, FOLD_FIELDS):
+                check_shape(FOLD_SHAPE, entry, collection=self._entries.name)
                 held.add((*pair_of(entry), entry["runner_id"]))
         return held
 
@@ -286,7 +354,9 @@ class Ledger:
                 {"$match": {"$or": clauses}},
                 {"$group": {"_id": {"org": "$org", "period": BOOKED_PERIOD}}},
             ]
-            for row in self._entries.aggregate(pipeline):
+            rows = list(self._entries.aggregate(pipeline))
+            for row in rows:
+                check_pair_row(self._entries, row, {"$or": clauses})
                 found.add((row["_id"]["org"], row["_id"]["period"]))
         return found & {(org, period) for org, period, _ in finals}
 
@@ -315,6 +385,36 @@ FOLD_FIELDS: Doc = {
     "output_tokens": 1,
     "unsplit_tokens": 1,
 }
+FOLD_SHAPE = entry_shape(FOLD_FIELDS)
+
+
+class _Pair(TypedDict):
+    org: Text
+    period: Period
+
+
+class _PairRow(TypedDict):
+    _id: _Pair
+
+
+_PAIR_ROW = TypeAdapter(_PairRow)  # a `$group` by (org, BOOKED_PERIOD)
+
+
+def check_pair_row(entries: Collection[Doc], row: Doc, match: Doc) -> None:
+    """Refuse a row of a `$group` of the entries matching `match` by `(org, BOOKED_PERIOD)`
+    unless it names an org and a period (`refuse_malformed_entry` says which entry)."""
+    try:
+        _PAIR_ROW.validate_python(row)
+    except ValidationError:
+        refuse_malformed_entry(entries, match)
+
+
+def refuse_malformed_entry(entries: Collection[Doc], match: Doc) -> NoReturn:
+    """Raise the `MalformedDocument` of the first entry matching `match` that is not as
+    written: a `$group` of them showed one (reads them all, on this error path only)."""
+    for entry in entries.find(match, FOLD_FIELDS):
+        check_shape(FOLD_SHAPE, entry, collection=entries.name)
+    raise MalformedDocument(f"the {entries.name} collection sums to what no entry holds")
 
 
 def pair_of(entry: Doc) -> tuple[str, str]:

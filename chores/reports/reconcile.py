@@ -33,10 +33,11 @@ from pydantic import BaseModel, computed_field
 from chores.billing.invoices import Invoice
 from chores.billing.known_orgs import missing_invoice_hint
 from chores.core.db import Doc
+from chores.core.documents import check_shape
 from chores.core.exceptions import InvoiceNotFound
 from chores.core.periods import as_utc
 from chores.metering.counters import Breakdown, Counters, add_tokens, breakdown
-from chores.metering.ledger import EMPTY_ENTRY, entry_tokens
+from chores.metering.ledger import EMPTY_ENTRY, entry_shape, entry_tokens
 from chores.metering.lineage import own_org_spawns
 from chores.metering.lines import (
     InvoiceLine,
@@ -664,6 +665,9 @@ _LEDGER_FIELDS = {
         "fence",
     )
 }
+# Its counters and sequence are reported when unreadable (`_counters_of`), not refused.
+_LEDGER_SHAPE = entry_shape(set(_LEDGER_FIELDS) - {"high_water", "seq"})
+_RUNNER_SHAPE = entry_shape(["runner_id"])
 _NO_HEAD = _Head(-1, None, False)
 
 
@@ -679,11 +683,15 @@ def _ledger_usage(
     if fence == "draft":
         belongs.append({"booked": None, "usage_period": period})
     on_invoice = {"org": {"$eq": org}, "$or": belongs, "$nor": [EMPTY_ENTRY]}
-    here = {entry["runner_id"] for entry in entries.find(on_invoice, {"runner_id": 1})}
+    here: set[str] = set()
+    for entry in entries.find(on_invoice, {"runner_id": 1}):
+        check_shape(_RUNNER_SHAPE, entry, collection=entries.name)
+        here.add(entry["runner_id"])
     for batch in chunked(sorted(runners | here), meter.settings.batch_size):
         # Every org's entries of these runners: the heads, and each runner's tokens under
         # every org (another org's: rare, a runner whose org changed).
         for entry in entries.find({"runner_id": {"$in": batch}}, _LEDGER_FIELDS):
+            check_shape(_LEDGER_SHAPE, entry, collection=entries.name)
             runner_id = entry["runner_id"]
             seq = entry.get("seq")
             if isinstance(seq, int) and seq >= usage.head.get(runner_id, _NO_HEAD).seq:

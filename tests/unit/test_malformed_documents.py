@@ -134,3 +134,81 @@ def test_edited_sums_of_a_draft_are_rebuilt_from_its_ledger(billed, edit):
     assert "rebuilt from the ledger" in rebuilt.output
     assert shown(billed) == before
     assert invoke(*COMMANDS["reconcile"]).exit_code == 0
+
+
+def an_entry_with_usage(db) -> str:
+    entry = db.billing_ledger.find_one(
+        {"org": "ws-acme", "usage_period": "2026-11", "input_tokens": {"$gt": 0}}
+    )
+    return entry["_id"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        ({"$unset": {"late": ""}}, "(late: missing)"),
+        ({"$set": {"usage_day": 5}}, "(usage_day: Input should be a valid string (got 5))"),
+        ({"$set": {"usage_day": "2026-11-31"}}, "(usage_day: day is out of range for month"),
+        ({"$set": {"input_tokens": "5"}}, "(input_tokens: Input should be a valid integer"),
+        ({"$set": {"output_tokens": None}}, "(output_tokens: Input should be a valid integer"),
+        ({"$unset": {"runner_id": ""}}, "(runner_id: missing)"),
+        ({"$set": {"model": 5}}, "(model: Input should be a valid string (got 5))"),
+        ({"$set": {"byok": "no"}}, "(byok: Input should be a valid boolean (got 'no'))"),
+    ],
+)
+@pytest.mark.parametrize("command", ["usage", "reconcile", "run --full"])
+def test_an_edited_ledger_entry_is_one_line_naming_it(billed, edit, said, command):
+    """The ledger is the books: an entry edited by hand is refused where it is read, never
+    summed without it (a real server's `$sum` skips a count written as text) nor a
+    traceback."""
+    entry_id = an_entry_with_usage(billed)
+    billed.billing_ledger.update_one({"_id": entry_id}, edit)
+    args = {
+        "usage": COMMANDS["usage"],
+        "reconcile": COMMANDS["reconcile"],
+        "run --full": ["run", "--full", "--org", "ws-acme", *NOW_ARG],
+    }[command]
+    result = invoke(*args)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        f"Error: the billing_ledger document '{entry_id}' is not as the chore writes it {said}"
+    ), result.output
+    assert result.output.strip().endswith("restore it as it was")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"$set": {"input_tokens": "5"}},  # $sum skips it, as a real server's does
+        {"$unset": {"cached_tokens": ""}},
+        {"$unset": {"runner_id": ""}},  # $addToSet skips it: one run fewer
+        {"$set": {"late": "yes"}},  # a key of the groups
+        {"$set": {"usage_day": None}},
+    ],
+)
+def test_the_ledger_summed_in_the_database_refuses_an_edited_entry(billed, edit):
+    """What a removed draft is rebuilt from, and a full run checks drafts against: the
+    `$group` of a period's entries, which skips what it cannot sum."""
+    from chores.billing.invoices import Invoices
+    from chores.core.db import Collections
+    from chores.core.exceptions import MalformedDocument
+    from chores.core.settings import get_settings
+    from chores.metering.anomalies import AnomalyLog
+    from chores.metering.ledger import Ledger
+    from chores.metering.progress import Progress
+    from pricing import load_registry
+
+    collections = Collections.of(billed, get_settings())
+    invoices = Invoices(
+        collections,
+        load_registry(),
+        Ledger(collections, batch_size=100),
+        AnomalyLog(collections),
+        Progress(collections),
+    )
+    pair = {("ws-acme", "2026-11")}
+    assert invoices.check_drafts(pair) == []
+    entry_id = an_entry_with_usage(billed)
+    billed.billing_ledger.update_one({"_id": entry_id}, edit)
+    with pytest.raises(MalformedDocument, match=f"billing_ledger document '{entry_id}'"):
+        invoices.check_drafts(pair)
