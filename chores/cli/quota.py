@@ -23,6 +23,7 @@ from chores.cli.params import OneLineGroup
 from chores.core import clock
 from chores.core.clock import checked_now
 from chores.core.db import APPLY_INDEXES_COMMAND, Collections, connect, missing_source_indexes
+from chores.core.documents import problems
 from chores.core.exceptions import ConfigError, DatabaseUnavailable
 from chores.core.money import parse_usd, ungrouped, usd_exact, whole_after_scaling
 from chores.core.orgs import validate_org
@@ -38,6 +39,7 @@ from chores.quota.decisions import (
     plan_of,
     unknown_decision,
 )
+from chores.run.report import STORED_RUN
 
 _SUFFIX_PLACES = {"": 0, "K": 3, "M": 6, "B": 9}
 
@@ -302,6 +304,12 @@ def status(limit: int, now: datetime | None) -> None:
         tables.number_column(runs, column)
     tables.text_column(runs, "error")
     for r in c.runs.find({}, sort=[("started_at", -1)], limit=limit):
+        try:
+            STORED_RUN.validate_python(r)
+        except ValidationError as exc:  # edited by hand: what is wrong, in its error column
+            said = f"record {r.get('_id')!s:.40} is not as the chore writes it: {problems(exc)}"
+            runs.add_row("malformed", "", "", "", "", escape(said))
+            continue
         runs.add_row(
             str(r["started_at"])[:19],
             escape(r.get("org") or "all"),

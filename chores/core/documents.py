@@ -83,14 +83,18 @@ def malformed(
 ) -> MalformedDocument:
     """The error for a document of `collection` that failed its shape: its first problems,
     each as `field: what is wrong (got value)`, and what to do (`remedy`), on one line."""
-    problems = [_problem(error) for error in exc.errors()]
-    more = len(problems) - SHOWN_PROBLEMS
-    said = "; ".join(problems[:SHOWN_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
     return MalformedDocument(
         f"the {collection} document {str(doc_id)!r:.80} is not as the chore writes it "
-        f"({said}): was it edited by hand? The chore reads nothing from it until then: "
-        f"{remedy}"
+        f"({problems(exc)}): was it edited by hand? The chore reads nothing from it until "
+        f"then: {remedy}"
     )
+
+
+def problems(exc: ValidationError) -> str:
+    """A document's first problems, each as `field: what is wrong (got value)`."""
+    said = [_problem(error) for error in exc.errors()]
+    more = len(said) - SHOWN_PROBLEMS
+    return "; ".join(said[:SHOWN_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
 
 
 def _problem(error: Any) -> str:

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from chores.core.db import Collections, Doc
+from chores.core.periods import is_period
 from chores.core.writes import insert_ignoring_duplicates
 from chores.metering.rules import Anomaly, AnomalyRecord
 
@@ -78,8 +79,8 @@ class AnomalyLog:
         )
         return {
             d["_id"]: Recorded(
-                d.get("org"),
-                d.get("period"),
+                _org_of(d),
+                _period_of(d),
                 bool(d.get("resolved")),
                 reviewed=d.get("reviewed") is not None,
             )
@@ -150,9 +151,9 @@ class AnomalyLog:
             self._anomalies.find({"_id": {"$in": ids}, "resolved": False}, {"org": 1, "period": 1})
         )
         pairs = [
-            (d["org"], d["period"])
-            for d in found
-            if d.get("org") is not None and d.get("period") is not None
+            (org, period)
+            for org, period in ((_org_of(d), _period_of(d)) for d in found)
+            if org is not None and period is not None
         ]
         return [d["_id"] for d in found], pairs
 
@@ -215,6 +216,18 @@ class AnomalyLog:
             {"org": 1, "period": 1},
         )
         return {(d["org"], d["period"]) for d in cursor} & wanted
+
+
+# A record's org or period edited out of shape flags no invoice: a run that sees its
+# anomaly again records it where it belongs (`AnomalyLog.record` moves it).
+def _org_of(doc: Doc) -> str | None:
+    org = doc.get("org")
+    return org if isinstance(org, str) else None
+
+
+def _period_of(doc: Doc) -> str | None:
+    period = doc.get("period")
+    return period if is_period(period) else None
 
 
 def _open_anomaly(doc: Doc) -> OpenAnomaly:

@@ -27,8 +27,12 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import TypeAdapter
+from typing_extensions import TypedDict
+
 from chores.core import clock as _clock
 from chores.core.db import Collections, Doc
+from chores.core.documents import Period, Text, check_shape
 from chores.core.periods import as_utc
 from chores.core.writes import insert_ignoring_duplicates
 
@@ -67,6 +71,21 @@ def due_claims(now: datetime) -> Doc:
     return {"$or": [{"recheck_at": None}, {"recheck_at": {"$lte": now}}]}
 
 
+class _Claim(TypedDict):
+    source_id: Any  # the runner document's `_id`, of whatever type it has
+
+
+class _Mark(TypedDict):
+    org: Text
+    period: Period
+
+
+# Either is what a run reads again (a claim) or rebuilds (a mark): a full run reads every
+# runner and rebuilds every draft, whatever the pending list and the marks hold.
+_CLAIM, _MARK = TypeAdapter(_Claim), TypeAdapter(_Mark)
+_REMOVE = "remove it: a full run (`chore run --full`) reads every runner and rebuilds every draft"
+
+
 def runner_of(claim: Doc) -> Any:
     """The runner a pending-list claim is on (a document written before claims is its
     runner's own, by `_id`)."""
@@ -100,6 +119,7 @@ class Progress:
         query: Doc = due_claims(now) if org is None else {"org": {"$eq": org}, **due_claims(now)}
         found = list(self._c.pending.find(query))
         for claim in found:
+            check_shape(_CLAIM, claim, collection=self._c.pending.name, remedy=_REMOVE)
             self._claims_seen.setdefault(runner_of(claim), []).append(claim["_id"])
         return found
 
@@ -202,6 +222,7 @@ class Progress:
         pairs: set[tuple[str, str]] = set()
         wall = _clock.wall_clock()
         for mark in self._c.dirty.find(query):
+            check_shape(_MARK, mark, collection=self._c.dirty.name, remedy=_REMOVE)
             pairs.add((mark["org"], mark["period"]))
             expires_at = mark.get("expires_at")
             if not isinstance(expires_at, datetime) and isinstance(mark.get("at"), datetime):

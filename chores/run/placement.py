@@ -67,6 +67,8 @@ def stays(
     a finalize, a month going by or the daily full pass undo no review."""
     if recorded.resolved or recorded.org != anomaly.org:
         return False
+    if recorded.period is None and anomaly.period is not None:
+        return False  # on no invoice (its period edited out of shape): placed as seen now
     if not recorded.reviewed:
         if recorded.period in finals:
             return finals[recorded.period]

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import NotRequired
 
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, TypeAdapter
+from typing_extensions import TypedDict
+
+from chores.core.documents import Integer, Moment, Text
 
 
 class OrgSummary(BaseModel):
@@ -81,3 +85,17 @@ class RunReport(BaseModel):
         self.new_anomalies += new
         if org is not None:
             self.summary_for(org).anomalies += 1
+
+
+class _StoredRun(TypedDict):
+    """What `chore status` shows of a `billing_runs` record (`run_document`)."""
+
+    started_at: Moment
+    org: Text | None
+    docs_read: Integer
+    tokens_billed: Integer
+    anomalies: NotRequired[dict[Text, Integer]]
+    error: NotRequired[Text | None]
+
+
+STORED_RUN = TypeAdapter(_StoredRun)

@@ -212,3 +212,80 @@ def test_the_ledger_summed_in_the_database_refuses_an_edited_entry(billed, edit)
     billed.billing_ledger.update_one({"_id": entry_id}, edit)
     with pytest.raises(MalformedDocument, match=f"billing_ledger document '{entry_id}'"):
         invoices.check_drafts(pair)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"$set": {"period": "bogus"}},
+        {"$set": {"period": 5}},
+        {"$set": {"org": 5}},
+        {"$unset": {"org": ""}},
+    ],
+)
+def test_an_anomaly_edited_out_of_its_invoice_is_recorded_where_it_belongs_again(billed, edit):
+    """An anomaly record flags no invoice once its org or period is edited out of shape
+    (before: a traceback sorting the invoices to mark); a run that sees its anomaly again
+    records it where a new one would go."""
+    record = billed.billing_anomalies.find_one({"org": "ws-beta"})
+    assert record is not None
+    billed.billing_anomalies.update_one({"_id": record["_id"]}, edit)
+    result = invoke("run", "--full", "--all", *NOW_ARG)
+    assert result.exit_code == 0, result.output
+    again = billed.billing_anomalies.find_one({"_id": record["_id"]})
+    assert (again["org"], again["period"], again["resolved"]) == ("ws-beta", "2026-11", False)
+
+
+@pytest.mark.parametrize(
+    ("collection", "document", "edit", "said"),
+    [
+        (
+            "billing_pending",
+            {"_id": "r1:claim", "runner_id": "r1", "org": "ws-acme", "recheck_at": None},
+            None,
+            "(source_id: missing)",
+        ),
+        (
+            "billing_dirty",
+            {"_id": "b:ws-acme:2026-11", "org": "ws-acme", "period": "2026-13", "open": False},
+            None,
+            "(period: not a period (YYYY-MM) (got '2026-13'))",
+        ),
+    ],
+)
+def test_a_run_refuses_an_edited_claim_or_mark_saying_a_full_run_replaces_it(
+    billed, collection, document, edit, said
+):
+    billed[collection].insert_one(document)
+    result = invoke("run", "--all", *NOW_ARG)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        f"Error: the {collection} document '{document['_id']}' is not as the chore writes it {said}"
+    ), result.output
+    assert "remove it: a full run (`chore run --full`) reads every runner" in result.output
+    billed[collection].delete_one({"_id": document["_id"]})
+    assert invoke("run", "--full", "--all", *NOW_ARG).exit_code == 0
+
+
+def test_status_shows_an_edited_run_record_as_malformed_and_the_others(billed):
+    first = billed.billing_runs.find_one({})
+    assert invoke("run", "--all", *NOW_ARG).exit_code == 0  # a second record, intact
+    billed.billing_runs.update_one({"_id": first["_id"]}, {"$set": {"docs_read": "7"}})
+    result = invoke("status", *NOW_ARG)
+    assert result.exit_code == 0, result.output
+    assert "malformed" in result.output and "docs_read: Input should be a valid" in result.output
+    assert "all" in result.output  # the intact record's scope
+
+
+def test_an_anomaly_whose_period_was_edited_moves_to_the_open_month_once_its_own_is_final(
+    billed,
+):
+    """Before: recorded on no invoice, it 'stayed' there (its month final), and its edited
+    period stayed in the database for good."""
+    later = ["--now", "2026-12-04T00:00:00+00:00"]
+    assert invoke("finalize", *later).exit_code == 0
+    record = billed.billing_anomalies.find_one({"org": "ws-beta"})
+    billed.billing_anomalies.update_one({"_id": record["_id"]}, {"$set": {"period": "bogus"}})
+    assert invoke("run", "--full", "--all", *later).exit_code == 0
+    again = billed.billing_anomalies.find_one({"_id": record["_id"]})
+    assert (again["org"], again["period"], again["resolved"]) == ("ws-beta", "2026-12", False)
