@@ -760,8 +760,10 @@ class Finalizer:
         query: Doc = {"status": "draft", "period_end": {"$lte": ended_by}}
         if org is not None:
             query["org"] = {"$eq": org}
+        # Read whole and checked: a draft edited by hand is never frozen (`Invoice.read`).
         due = sorted(
-            (d["org"], d["period"]) for d in self._c.invoices.find(query, {"org": 1, "period": 1})
+            (invoice.org, invoice.period)
+            for invoice in (Invoice.read(d, self._c) for d in self._c.invoices.find(query))
         )
         frozen = [f"{o}:{p}" for o, p in due if self._freeze(o, p, now)]
         self._sweeper.sweep_all(now, org)  # the safety net: every final period in scope

@@ -289,3 +289,19 @@ def test_an_anomaly_whose_period_was_edited_moves_to_the_open_month_once_its_own
     assert invoke("run", "--full", "--all", *later).exit_code == 0
     again = billed.billing_anomalies.find_one({"_id": record["_id"]})
     assert (again["org"], again["period"], again["resolved"]) == ("ws-beta", "2026-12", False)
+
+
+def test_a_due_draft_edited_by_hand_is_never_frozen(billed):
+    """Before: its lines' ValidationError, a traceback, after its fence had moved."""
+    billed.billing_invoices.update_one({"_id": INVOICE}, {"$set": {"lines.0.tokens": None}})
+    result = invoke("finalize", "--now", "2026-12-04T00:00:00+00:00")
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        f"Error: the billing_invoices document '{INVOICE}' is not as the chore writes it "
+        "(lines.0.tokens: Input should be a valid integer (got None))"
+    ), result.output
+    assert billed.billing_invoices.find_one({"_id": INVOICE})["status"] == "draft"
+    billed.billing_invoices.delete_one({"_id": INVOICE})  # as the message says
+    assert invoke("run", "--full", "--org", "ws-acme", *NOW_ARG).exit_code == 0
+    again = invoke("finalize", "--now", "2026-12-04T00:00:00+00:00")
+    assert again.exit_code == 0 and INVOICE in again.output, again.output
