@@ -24,6 +24,7 @@ from chores.billing.drafts import TOKEN_FIELDS, DraftSums, LedgerUsage, has_usag
 from chores.core import clock as _clock
 from chores.core.db import Collections, Doc
 from chores.core.documents import Day, Flag, Integer, Period, Text, checked, invoice_remedy
+from chores.core.exceptions import MalformedDocument
 from chores.core.money import Micros
 from chores.core.periods import next_period, period_bounds, period_of
 from chores.core.wording import counted
@@ -760,13 +761,22 @@ class Finalizer:
         query: Doc = {"status": "draft", "period_end": {"$lte": ended_by}}
         if org is not None:
             query["org"] = {"$eq": org}
-        # Read whole and checked: a draft edited by hand is never frozen (`Invoice.read`).
-        due = sorted(
-            (invoice.org, invoice.period)
-            for invoice in (Invoice.read(d, self._c) for d in self._c.invoices.find(query))
-        )
-        frozen = [f"{o}:{p}" for o, p in due if self._freeze(o, p, now)]
+        # Read whole and checked: a draft edited by hand is never frozen (`Invoice.read`),
+        # nor does it hold up the others.
+        due: list[tuple[str, str]] = []
+        malformed: list[MalformedDocument] = []
+        for doc in self._c.invoices.find(query):
+            try:
+                invoice = Invoice.read(doc, self._c)
+            except MalformedDocument as exc:
+                malformed.append(exc)
+                continue
+            due.append((invoice.org, invoice.period))
+        frozen = [f"{o}:{p}" for o, p in sorted(due) if self._freeze(o, p, now)]
         self._sweeper.sweep_all(now, org)  # the safety net: every final period in scope
+        if malformed:
+            others = f"finalized {', '.join(frozen)}" if frozen else "no other draft was due"
+            raise MalformedDocument(f"{malformed[0]} ({others})")
         return frozen
 
     def _freeze(self, org: str, period: str, now: datetime) -> bool:
@@ -803,7 +813,7 @@ class Finalizer:
             if isinstance(stored, list):
                 lines = [InvoiceLine.model_validate(line) for line in stored]
                 flagged = lines_need_review(lines)
-            else:  # no lines to read it from (not a draft this package wrote): as it stands
+            else:  # no lines to read it from (edited since it was read as due): as it stands
                 flagged = bool(fenced.get("needs_review", True))
             review = flagged or bool(self._anomalies.open_periods([(org, period)]))
             final: Doc = {

@@ -599,17 +599,23 @@ def test_an_anomaly_of_a_final_month_lands_on_a_flagged_final_not_on_every_open_
     assert not db.billing_invoices.find_one({"_id": "acme:2026-11", "needs_review": True})
 
 
-def test_a_draft_without_lines_keeps_its_own_flag_when_frozen(db, settings):
+def test_a_draft_without_lines_is_never_frozen_nor_holds_up_the_others(db, settings):
     """Review: a draft with no `lines` field (not one this package writes) was frozen with
-    needs_review False though it held unpriced tokens."""
+    needs_review False though it held unpriced tokens; then, frozen as it stood. Now it is
+    refused (`MalformedDocument`), and every other due draft is frozen all the same."""
+    from chores.core.exceptions import MalformedDocument
+
     from support import ai_runner
 
-    db.tasks.insert_one(ai_runner("r1", ended=datetime(2026, 9, 9, tzinfo=UTC), model="nope"))
+    ended = datetime(2026, 9, 9, tzinfo=UTC)
+    db.tasks.insert_one(ai_runner("r1", ended=ended, model="nope"))
+    db.tasks.insert_one(ai_runner("r2", org="beta", ended=ended))
     run_chore(db, now=datetime(2026, 9, 10, tzinfo=UTC), settings=settings)
     db.billing_invoices.update_one({"_id": "acme:2026-09"}, {"$unset": {"lines": ""}})
-    finalize_invoices(db, now=datetime(2026, 10, 5, tzinfo=UTC), settings=settings)
-    final = db.billing_invoices.find_one({"_id": "acme:2026-09"})
-    assert (final["status"], final["needs_review"]) == ("final", True)
+    with pytest.raises(MalformedDocument, match=r"'acme:2026-09'.*\(finalized beta:2026-09\)$"):
+        finalize_invoices(db, now=datetime(2026, 10, 5, tzinfo=UTC), settings=settings)
+    assert db.billing_invoices.find_one({"_id": "acme:2026-09"})["status"] == "draft"
+    assert db.billing_invoices.find_one({"_id": "beta:2026-09"})["status"] == "final"
 
 
 @pytest.mark.parametrize(("fold_limit", "held", "new"), [(5_000, 12, 3), (4, 10, 9)])
