@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 from chores.celery_app import RETRY_BACKOFF_MAX, app, store_problem
 from chores.core.db import Collections, Doc, connect
 from chores.core.exceptions import (
+    ChoreError,
     ConfigError,
     CredentialsRefused,
     DatabaseUnavailable,
@@ -172,9 +173,11 @@ def _is_valid_org(org: Any) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    """The exception's type and message, URLs redacted, cut at 300 characters."""
+    """The exception's type and message, URLs redacted, cut at 300 characters (a driver's
+    may quote a whole document); the chore's own, worded to say what to do, at 1,000."""
     text = redact_urls(str(exc))
-    text = text if len(text) <= 300 else text[:300] + "..."
+    limit = 1_000 if isinstance(exc, ChoreError) else 300
+    text = text if len(text) <= limit else text[:limit] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -45,7 +45,12 @@ from chores.celery_app import (
     celery_config,
     credentials_problem,
 )
-from chores.core.exceptions import ConfigError, CredentialsRefused, DatabaseUnavailable
+from chores.core.exceptions import (
+    ConfigError,
+    CredentialsRefused,
+    DatabaseUnavailable,
+    MalformedDocument,
+)
 from chores.core.lock import KEY_PREFIX, lock_client
 from chores.core.logs import redact_urls
 from chores.demo.corpus import generate_corpus
@@ -788,6 +793,24 @@ def test_the_daily_full_pass_of_a_locked_org_is_retried_later_not_lost(
         last = tasks.meter_org.apply(("acme",), {"full": True}, retries=5).get()
     assert last["locked"] is True and len(retried) == 1
     assert "locked at every try of its daily full pass" in caplog.text
+
+
+def test_an_edited_billing_document_fails_the_run_at_once_saying_what_to_do(
+    service, monkeypatch, caplog
+):
+    """No retry fixes a document edited by hand: the run fails at once, and its line keeps
+    the whole remedy (a driver's message is cut at 300 characters; ours is not)."""
+    source = Source(monkeypatch)
+    tasks.meter_org.apply(("acme",)).get()
+    runner = "6" * 24  # an ObjectId's hex: the message passes 300 characters
+    claim = {"_id": f"{runner}:{'c' * 60}", "runner_id": runner, "org": "acme", "recheck_at": None}
+    source.db.billing_pending.insert_one(claim)  # its runner's `source_id` removed
+    expected = pytest.raises(MalformedDocument, match="source_id: missing")
+    with caplog.at_level(logging.ERROR, logger="chores.tasks"), expected:
+        tasks.meter_org.apply(("acme",)).get()
+    [line] = [r.getMessage() for r in caplog.records if "failed for good" in r.getMessage()]
+    assert "meter_org of org acme failed for good (MalformedDocument: the billing_pending" in line
+    assert "a full run (`chore run --full`) reads every runner and rebuilds every draft" in line
 
 
 def test_a_run_records_its_real_end_not_its_start(service, monkeypatch):
