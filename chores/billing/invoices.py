@@ -23,7 +23,16 @@ from typing_extensions import TypedDict
 from chores.billing.drafts import TOKEN_FIELDS, DraftSums, LedgerUsage, has_usage
 from chores.core import clock as _clock
 from chores.core.db import Collections, Doc
-from chores.core.documents import Day, Flag, Integer, Period, Text, checked, invoice_remedy
+from chores.core.documents import (
+    Day,
+    Flag,
+    Integer,
+    Period,
+    Text,
+    check_shape,
+    checked,
+    invoice_remedy,
+)
 from chores.core.exceptions import MalformedDocument
 from chores.core.money import Micros
 from chores.core.periods import next_period, period_bounds, period_of
@@ -152,6 +161,22 @@ def line_review_reasons(lines: Sequence[InvoiceLine]) -> list[str]:
 
 
 # What `$group` would skip in silence: counts that are not numbers, a runner id missing.
+class _InvoicePair(TypedDict):
+    org: Text
+    period: Period
+
+
+_INVOICE_PAIR = TypeAdapter(_InvoicePair)
+PAIR_FIELDS: Doc = {"org": 1, "period": 1, "status": 1}  # status: what to do if malformed
+
+
+def invoice_pair(doc: Doc, collections: Collections) -> tuple[str, str]:
+    """The `(org, period)` an invoice document names (`MalformedDocument` if it names none)."""
+    remedy = invoice_remedy(doc)
+    check_shape(_INVOICE_PAIR, doc, collection=collections.invoices.name, remedy=remedy)
+    return doc["org"], doc["period"]
+
+
 _SUMMABLE: Doc = {
     "$and": [
         *({"$isNumber": f"${name}"} for name in TOKEN_FIELDS),
@@ -245,8 +270,9 @@ class Sweeper:
         finals: dict[str, dict[str, int | None]] = defaultdict(dict)
         if wanted:
             query = {"org": {"$in": wanted}, "status": "final"}
-            for doc in self._c.invoices.find(query, {"org": 1, "period": 1, "closed_fence": 1}):
-                finals[doc["org"]][doc["period"]] = doc.get("closed_fence")
+            for doc in self._c.invoices.find(query, {**PAIR_FIELDS, "closed_fence": 1}):
+                org, period = invoice_pair(doc, self._c)
+                finals[org][period] = doc.get("closed_fence")
         return finals
 
     def sweep(
@@ -279,8 +305,8 @@ class Sweeper:
         query: Doc = {"status": "final"}
         if org is not None:
             query["org"] = {"$eq": org}
-        found = self._c.invoices.find(query, {"org": 1, "period": 1})
-        self.sweep({(d["org"], d["period"]) for d in found}, now)
+        found = self._c.invoices.find(query, PAIR_FIELDS)
+        self.sweep({invoice_pair(d, self._c) for d in found}, now)
 
 
 @dataclass
@@ -360,8 +386,9 @@ class Invoices:
         wanted = sorted(set(orgs))
         if wanted:
             query = {"org": {"$in": wanted}, "status": "final"}
-            for doc in self._c.invoices.find(query, {"org": 1, "period": 1, "needs_review": 1}):
-                flags[doc["org"]][doc["period"]] = bool(doc.get("needs_review"))
+            for doc in self._c.invoices.find(query, {**PAIR_FIELDS, "needs_review": 1}):
+                org, period = invoice_pair(doc, self._c)
+                flags[org][period] = bool(doc.get("needs_review"))
         return flags
 
     def get(self, org: str, period: str) -> Invoice | None:
@@ -688,8 +715,8 @@ class Invoices:
         query: Doc = {"status": "draft"}
         if org is not None:
             query["org"] = {"$eq": org}
-        found = self._c.invoices.find(query, {"org": 1, "period": 1})
-        return {(d["org"], d["period"]) for d in found}
+        found = self._c.invoices.find(query, PAIR_FIELDS)
+        return {invoice_pair(d, self._c) for d in found}
 
     def _stale_drafts(self, org: str | None) -> set[tuple[str, str]]:
         """Drafts priced with another registry than the current one, or written before
@@ -704,9 +731,7 @@ class Invoices:
         }
         if org is not None:
             query["org"] = {"$eq": org}
-        return {
-            (d["org"], d["period"]) for d in self._c.invoices.find(query, {"org": 1, "period": 1})
-        }
+        return {invoice_pair(d, self._c) for d in self._c.invoices.find(query, PAIR_FIELDS)}
 
     def _without_invoice(self, org: str | None) -> set[tuple[str, str]]:
         """The `(org, period)` pairs the ledger bills usage to that have no invoice: each a

@@ -184,6 +184,7 @@ _ENTRY_FIELDS = {
         "session_id",
         "subagent",
         "parent_id",
+        "org",  # an org edited into a list holding it still matches the query
     )
 }
 _ENTRY_SHAPE = entry_shape(_ENTRY_FIELDS)

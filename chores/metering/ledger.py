@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, NoReturn, get_type_hints
+from typing import Any, NoReturn, NotRequired, get_type_hints
 
 from pydantic import TypeAdapter, ValidationError
 from pymongo.collection import Collection
@@ -138,12 +138,22 @@ class _Entry(TypedDict):
 
 
 _ENTRY_TYPES = get_type_hints(_Entry, include_extras=True)
+# Fields an entry written by an earlier version may lack (its readers take them with a
+# default): the others every entry has held from the first.
+ADDED_LATER = frozenset(
+    {"priced_as", "amount_micros_exact", "subagent", "parent_id", "fence", "fold"}
+)
 
 
 def entry_shape(fields: Iterable[str]) -> TypeAdapter[Any]:
-    """What an entry read with these fields projected must hold: each one, as written."""
-    names = [name for name in fields if name != "_id"]
-    return TypeAdapter(TypedDict("LedgerEntry", {name: _ENTRY_TYPES[name] for name in names}))  # type: ignore[operator]
+    """What an entry read with these fields projected must hold: each one, as written
+    (one `ADDED_LATER` only when it is there)."""
+    shape = {
+        name: NotRequired[_ENTRY_TYPES[name]] if name in ADDED_LATER else _ENTRY_TYPES[name]
+        for name in fields
+        if name != "_id"
+    }
+    return TypeAdapter(TypedDict("LedgerEntry", shape))  # type: ignore[operator]
 
 
 # An entry that only moved a high-water mark: no usage, no line, not counted on an invoice.
