@@ -160,7 +160,6 @@ def line_review_reasons(lines: Sequence[InvoiceLine]) -> list[str]:
     return reasons
 
 
-# What `$group` would skip in silence: counts that are not numbers, a runner id missing.
 class _InvoicePair(TypedDict):
     org: Text
     period: Period
@@ -177,6 +176,7 @@ def invoice_pair(doc: Doc, collections: Collections) -> tuple[str, str]:
     return doc["org"], doc["period"]
 
 
+# What `$group` would skip in silence: counts that are not numbers, a runner id missing.
 _SUMMABLE: Doc = {
     "$and": [
         *({"$isNumber": f"${name}"} for name in TOKEN_FIELDS),
