@@ -499,9 +499,14 @@ class Invoices:
         if not held.kept_sums:
             if held.ticket is None:
                 return None  # written before drafts kept sums: its next build folds the period
+            why = (
+                "a draft written before drafts kept them (a build with a ticket), or an edit"
+                if "usage_groups" not in doc
+                else "an edit"
+            )
             return (
                 f"its stored sums (usage_groups) are {describe_value(doc.get('usage_groups'))}: "
-                f"an edit (the next run starts the draft from its ledger)"
+                f"{why} (the next run starts the draft from its ledger)"
             )
         folded_or_pending = [{"fold": {"$ne": None}}, {"_id": {"$in": held.pending}}]
         folded: Doc = {"$and": [{"$or": folded_or_pending}]}  # `ledger_usage` has an $or
