@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
 from typing_extensions import TypedDict
 
 from chores.billing.drafts import TOKEN_FIELDS, DraftSums, LedgerUsage, has_usage
@@ -158,6 +159,14 @@ def line_review_reasons(lines: Sequence[InvoiceLine]) -> list[str]:
             "after their month was final)"
         )
     return reasons
+
+
+class _Counter(TypedDict):
+    value: Integer
+
+
+_COUNTER = TypeAdapter(_Counter)
+_SET_COUNTER = "set its value to a whole number, at least the highest build_ticket of the invoices"
 
 
 class _InvoicePair(TypedDict):
@@ -671,13 +680,17 @@ class Invoices:
 
     def _ticket(self) -> int:
         """The next draft-build ticket (one round trip per build pass, whatever its size)."""
-        counter = self._c.counters.find_one_and_update(
-            {"_id": "draft_builds"},
-            {"$inc": {"value": 1}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
-        assert counter is not None  # upserted
+        try:
+            counter = self._c.counters.find_one_and_update(
+                {"_id": "draft_builds", "value": {"$type": "number"}},
+                {"$inc": {"value": 1}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        except DuplicateKeyError:  # there, its value no number: edited by hand
+            counter = self._c.counters.find_one({"_id": "draft_builds"})
+        assert counter is not None  # upserted, or there
+        check_shape(_COUNTER, counter, collection=self._c.counters.name, remedy=_SET_COUNTER)
         return int(counter["value"])
 
     def settle(self, now: datetime, org: str | None = None, *, full: bool = False) -> Settled:

@@ -26,6 +26,7 @@ Integer = Annotated[int, Strict()]  # a count or an amount: a late credit may be
 Text = Annotated[str, Strict()]
 Flag = Annotated[bool, Strict()]
 Moment = Annotated[datetime, Strict()]
+Number = Annotated[float, Strict()]  # an int too, never a bool or text
 
 
 def _a_day(text: str) -> str:

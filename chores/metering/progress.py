@@ -25,14 +25,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NotRequired
 
 from pydantic import TypeAdapter
+from pymongo.errors import DuplicateKeyError
 from typing_extensions import TypedDict
 
 from chores.core import clock as _clock
 from chores.core.db import Collections, Doc
-from chores.core.documents import Period, Text, check_shape
+from chores.core.documents import Number, Period, Text, check_shape
 from chores.core.periods import as_utc
 from chores.core.writes import insert_ignoring_duplicates
 
@@ -71,6 +72,14 @@ def due_claims(now: datetime) -> Doc:
     return {"$or": [{"recheck_at": None}, {"recheck_at": {"$lte": now}}]}
 
 
+class _Cursor(TypedDict):
+    stamp: NotRequired[Number]  # a runner's `last_updated_db`
+
+
+_CURSOR = TypeAdapter(_Cursor)
+_REMOVE_CURSOR = "remove it: the next run reads every runner again, from the first"
+
+
 class _Claim(TypedDict):
     source_id: Any  # the runner document's `_id`, of whatever type it has
 
@@ -103,10 +112,20 @@ class Progress:
     # cursor -------------------------------------------------------------
     def cursor(self, scope: str) -> float | None:
         doc = self._c.cursors.find_one({"_id": scope})
-        return float(doc["stamp"]) if doc and doc.get("stamp") is not None else None
+        if doc is None:
+            return None
+        check_shape(_CURSOR, doc, collection=self._c.cursors.name, remedy=_REMOVE_CURSOR)
+        return float(doc["stamp"]) if "stamp" in doc else None
 
     def advance_cursor(self, scope: str, stamp: float) -> None:
-        self._c.cursors.update_one({"_id": scope}, {"$max": {"stamp": stamp}}, upsert=True)
+        as_written = {"$or": [{"stamp": {"$type": "number"}}, {"stamp": {"$exists": False}}]}
+        try:
+            self._c.cursors.update_one(
+                {"_id": scope, **as_written}, {"$max": {"stamp": stamp}}, upsert=True
+            )
+        except DuplicateKeyError:  # there, its stamp no number: edited by hand
+            self.cursor(scope)  # says so
+            raise
 
     def clear_cursor(self, scope: str) -> None:
         self._c.cursors.delete_one({"_id": scope})

@@ -353,3 +353,46 @@ def test_a_ledger_entry_whose_org_is_a_list_holding_it_is_refused_by_the_views(b
     result = invoke(*COMMANDS["usage"])
     assert result.exit_code == 1 and f"'{entry_id}'" in result.output, result.output
     assert "(org: Input should be a valid string" in result.output
+
+
+@pytest.mark.parametrize(
+    ("collection", "doc_id", "edit", "said", "remedy"),
+    [
+        (
+            "billing_counters",
+            "draft_builds",
+            {"$set": {"value": "x"}},
+            "(value: Input should be a valid integer (got 'x'))",
+            "set its value to a whole number, at least the highest build_ticket of the invoices",
+        ),
+        (
+            "billing_counters",
+            "draft_builds",
+            {"$unset": {"value": ""}},
+            "(value: missing)",
+            "set its value to a whole number, at least the highest build_ticket of the invoices",
+        ),
+        (
+            "billing_cursors",
+            "*",
+            {"$set": {"stamp": "yesterday"}},
+            "(stamp: Input should be a valid number (got 'yesterday'))",
+            "remove it: the next run reads every runner again, from the first",
+        ),
+    ],
+)
+def test_an_edited_counter_or_cursor_is_one_line(billed, collection, doc_id, edit, said, remedy):
+    """Before: `$inc` on text (a real server refuses it; mongomock raised a TypeError), and
+    `float('yesterday')`, each a traceback."""
+    billed[collection].update_one({"_id": doc_id}, edit)
+    result = invoke("run", "--full", "--all", *NOW_ARG)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        f"Error: the {collection} document '{doc_id}' is not as the chore writes it {said}"
+    ), result.output
+    assert result.output.strip().endswith(remedy)
+    if collection == "billing_cursors":  # the remedy, carried out: billing as before
+        before = shown(billed)
+        billed[collection].delete_one({"_id": doc_id})
+        assert invoke("run", "--all", *NOW_ARG).exit_code == 0
+        assert shown(billed) == before
