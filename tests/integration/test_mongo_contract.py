@@ -108,6 +108,32 @@ def test_group_on_ifnull_with_sum_and_add_to_set(mdb):
     assert len(rows) == 1 and rows[0]["n"] == 7 and sorted(rows[0]["r"]) == ["x", "y"]
 
 
+def test_sum_skips_what_is_no_number_and_is_number_counts_it(mdb):
+    """What `Invoices.ledger_usage` relies on to refuse an entry edited by hand: `$sum`
+    skips text, null and a missing field in silence; `$isNumber` (MongoDB 4.4) tells."""
+    mdb.l.insert_many([{"g": 1, "n": 1}, {"g": 1, "n": "5"}, {"g": 1, "n": None}, {"g": 1}])
+    summable = {"$cond": [{"$and": [{"$isNumber": "$n"}]}, 0, 1]}
+    [row] = mdb.l.aggregate(
+        [{"$group": {"_id": "$g", "n": {"$sum": "$n"}, "unsummed": {"$sum": summable}}}]
+    )
+    assert (row["n"], row["unsummed"]) == (1, 3)
+
+
+@pytest.mark.parametrize("edited", ["text", None])
+def test_a_number_only_upsert_on_an_edited_value_raises_duplicate_key(mdb, edited):
+    """What the draft-build counter and the cursors rely on: with a value edited to no
+    number, the write's filter matches nothing and its upsert collides with the `_id`,
+    rather than `$inc` or `$max` meeting the text."""
+    mdb.counters.insert_one({"_id": "draft_builds", "value": edited})
+    with pytest.raises(DuplicateKeyError):
+        mdb.counters.find_one_and_update(
+            {"_id": "draft_builds", "value": {"$type": "number"}},
+            {"$inc": {"value": 1}},
+            upsert=True,
+        )
+    assert mdb.counters.find_one({"_id": "draft_builds"})["value"] == edited
+
+
 def test_max_upsert_only_moves_forward(mdb):
     mdb.cur.update_one({"_id": "*"}, {"$max": {"stamp": 10.0}}, upsert=True)
     mdb.cur.update_one({"_id": "*"}, {"$max": {"stamp": 5.0}}, upsert=True)
