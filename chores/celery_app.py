@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import ssl
 import sys
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import click
 from celery import Celery
@@ -212,6 +213,17 @@ def result_backend_problem(url: str | None) -> str | None:
     return None
 
 
+def broker_tls(url: str) -> dict[str, Any]:
+    """A `rediss://` broker's certificate is checked, as redis-py checks REDIS_URL's and
+    celery-redbeat beat's. Celery's own default is not to ("Secure redis scheme specified
+    (rediss) with no ssl options, defaulting to insecure SSL behaviour", a warning), unless
+    the URL says otherwise (`?ssl_cert_reqs=none`), which it still may."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss" or "ssl_cert_reqs" in parse_qs(parts.query):
+        return {}
+    return {"broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED}}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery's settings, derived from ours (time limits checked to nest)."""
     soft, hard = settings.task_soft_time_limit, settings.task_time_limit
@@ -236,6 +248,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         raise ConfigError(problem)
     return {
         "broker_url": settings.celery_broker_url,
+        **broker_tls(settings.celery_broker_url),
         "result_backend": settings.celery_result_backend,
         # The full pass of a locked org is retried after LOCK_TTL_SECONDS (`tasks.meter_org`).
         "broker_transport_options": {
