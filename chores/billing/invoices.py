@@ -679,19 +679,28 @@ class Invoices:
         return usage
 
     def _ticket(self) -> int:
-        """The next draft-build ticket (one round trip per build pass, whatever its size)."""
-        try:
-            counter = self._c.counters.find_one_and_update(
-                {"_id": "draft_builds", "value": {"$type": "number"}},
-                {"$inc": {"value": 1}},
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-            )
-        except DuplicateKeyError:  # there, its value no number: edited by hand
-            counter = self._c.counters.find_one({"_id": "draft_builds"})
-        assert counter is not None  # upserted, or there
-        check_shape(_COUNTER, counter, collection=self._c.counters.name, remedy=_SET_COUNTER)
-        return int(counter["value"])
+        """The next draft-build ticket (one round trip per build pass, whatever its size).
+
+        Only a number is incremented: a value edited to something else fails the filter, and
+        the upsert then collides with the counter's `_id` (never `$inc` on text). So does
+        the first increment of two builds at once on a new database (the other one
+        inserted it): then it is tried again, as the server does not for this filter."""
+        for _ in range(2):
+            try:
+                counter = self._c.counters.find_one_and_update(
+                    {"_id": "draft_builds", "value": {"$type": "number"}},
+                    {"$inc": {"value": 1}},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+            except DuplicateKeyError:
+                there = self._c.counters.find_one({"_id": "draft_builds"}) or {}
+                check_shape(_COUNTER, there, collection=self._c.counters.name, remedy=_SET_COUNTER)
+                continue  # a number: another build inserted it meanwhile
+            assert counter is not None  # upserted, or there
+            check_shape(_COUNTER, counter, collection=self._c.counters.name, remedy=_SET_COUNTER)
+            return int(counter["value"])
+        raise DuplicateKeyError("the draft-build counter was inserted twice at once")
 
     def settle(self, now: datetime, org: str | None = None, *, full: bool = False) -> Settled:
         """Rebuild every dirty or stale draft in scope, and move what final invoices do not

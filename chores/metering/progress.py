@@ -118,14 +118,20 @@ class Progress:
         return float(doc["stamp"]) if "stamp" in doc else None
 
     def advance_cursor(self, scope: str, stamp: float) -> None:
+        """Move the cursor of `scope` forward to `stamp` (never back). As `Invoices._ticket`:
+        only a number is moved, an edited stamp is a duplicate key and said so
+        (`cursor`), as is the first write of two runs at once, tried again."""
         as_written = {"$or": [{"stamp": {"$type": "number"}}, {"stamp": {"$exists": False}}]}
-        try:
-            self._c.cursors.update_one(
-                {"_id": scope, **as_written}, {"$max": {"stamp": stamp}}, upsert=True
-            )
-        except DuplicateKeyError:  # there, its stamp no number: edited by hand
-            self.cursor(scope)  # says so
-            raise
+        for attempt in range(2):
+            try:
+                self._c.cursors.update_one(
+                    {"_id": scope, **as_written}, {"$max": {"stamp": stamp}}, upsert=True
+                )
+                return
+            except DuplicateKeyError:
+                self.cursor(scope)  # MalformedDocument if edited; else another run's insert
+                if attempt:
+                    raise
 
     def clear_cursor(self, scope: str) -> None:
         self._c.cursors.delete_one({"_id": scope})
