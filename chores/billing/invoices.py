@@ -166,6 +166,7 @@ class _Counter(TypedDict):
 
 
 _COUNTER = TypeAdapter(_Counter)
+_WHOLE_NUMBER = [{"value": {"$type": "int"}}, {"value": {"$type": "long"}}]
 _SET_COUNTER = "set its value to a whole number, at least the highest build_ticket of the invoices"
 
 
@@ -681,14 +682,15 @@ class Invoices:
     def _ticket(self) -> int:
         """The next draft-build ticket (one round trip per build pass, whatever its size).
 
-        Only a number is incremented: a value edited to something else fails the filter, and
+        Only a whole number is incremented (a value edited to text, null or a double, as a
+        shell writes numbers, is never bumped): anything else fails the filter, and
         the upsert then collides with the counter's `_id` (never `$inc` on text). So does
         the first increment of two builds at once on a new database (the other one
         inserted it): then it is tried again, as the server does not for this filter."""
         for _ in range(2):
             try:
                 counter = self._c.counters.find_one_and_update(
-                    {"_id": "draft_builds", "value": {"$type": "number"}},
+                    {"_id": "draft_builds", "$or": _WHOLE_NUMBER},
                     {"$inc": {"value": 1}},
                     upsert=True,
                     return_document=ReturnDocument.AFTER,
@@ -827,8 +829,9 @@ class Finalizer:
         frozen = [f"{o}:{p}" for o, p in sorted(due) if self._freeze(o, p, now)]
         self._sweeper.sweep_all(now, org)  # the safety net: every final period in scope
         if malformed:
-            others = f"finalized {', '.join(frozen)}" if frozen else "no other draft was due"
-            raise MalformedDocument(f"{malformed[0]} ({others})")
+            done = f"finalized {', '.join(frozen)}" if frozen else "finalized no other draft"
+            refused = counted(len(malformed), "draft")
+            raise MalformedDocument(f"{done}; refused {refused} edited by hand: {malformed[0]}")
         return frozen
 
     def _freeze(self, org: str, period: str, now: datetime) -> bool:

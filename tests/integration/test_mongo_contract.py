@@ -119,15 +119,15 @@ def test_sum_skips_what_is_no_number_and_is_number_counts_it(mdb):
     assert (row["n"], row["unsummed"]) == (1, 3)
 
 
-@pytest.mark.parametrize("edited", ["text", None])
-def test_a_number_only_upsert_on_an_edited_value_raises_duplicate_key(mdb, edited):
+@pytest.mark.parametrize("edited", ["text", None, 7.0])
+def test_a_whole_number_only_upsert_on_an_edited_value_raises_duplicate_key(mdb, edited):
     """What the draft-build counter and the cursors rely on: with a value edited to no
-    number, the write's filter matches nothing and its upsert collides with the `_id`,
-    rather than `$inc` or `$max` meeting the text."""
+    whole number, the write's filter matches nothing and its upsert collides with the
+    `_id`, rather than `$inc` or `$max` meeting it."""
     mdb.counters.insert_one({"_id": "draft_builds", "value": edited})
     with pytest.raises(DuplicateKeyError):
         mdb.counters.find_one_and_update(
-            {"_id": "draft_builds", "value": {"$type": "number"}},
+            {"_id": "draft_builds", "$or": [{"value": {"$type": t}} for t in ("int", "long")]},
             {"$inc": {"value": 1}},
             upsert=True,
         )
