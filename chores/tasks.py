@@ -97,6 +97,10 @@ class OrgTask(Task):
     """A task whose retry and failure lines name its org (the first argument, if any):
     Celery's own lines name only the task id. Called for hard time limits too."""
 
+    # The chore's own errors say what went wrong and what to do, in the failure line:
+    # Celery logs them as expected (one line at INFO), not with a traceback at ERROR.
+    throws = (ChoreError,)
+
     def on_retry(
         self, exc: BaseException | None, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
