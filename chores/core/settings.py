@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from dotenv.parser import parse_stream
 from kombu.utils.url import parse_url as kombu_parse_url
@@ -139,6 +139,18 @@ def _parser_detail(exc: Exception, url: str) -> str:
     return f": {exc}"
 
 
+def _check_certificate_option(url: str) -> None:
+    """`ssl_cert_reqs` as every client of a Redis URL reads it: Celery's and kombu's also
+    take `CERT_REQUIRED` and its kin, redis-py (REDIS_URL, beat's celery-redbeat and its
+    healthcheck) only these three, and failed on the others once started."""
+    for value in parse_qs(urlsplit(url).query).get("ssl_cert_reqs", []):
+        if value not in ("none", "optional", "required"):
+            raise ValueError(
+                "ssl_cert_reqs must be none, optional or required, as redis-py reads it "
+                f"(beat and REDIS_URL use it), not {value!r:.40}"
+            )
+
+
 def _check_database_number(url: str) -> None:
     """The `/db` of a Redis URL is a number, or absent: redis-py drops one it cannot read
     (`/2x`) and connects to database 0, the broker's, without a word."""
@@ -232,6 +244,7 @@ class Settings(BaseSettings):
         scheme = url.partition("://")[0]
         if info.field_name == "celery_result_backend" and scheme not in REDIS_SCHEMES:
             return url  # another backend (`rpc://`, `redis+socket://`, `db+...`): Celery's
+        _check_certificate_option(url)
         try:
             parse_redis_url(url)
             if scheme in ("redis", "rediss"):
