@@ -166,7 +166,11 @@ class _Counter(TypedDict):
 
 
 _COUNTER = TypeAdapter(_Counter)
-_WHOLE_NUMBER = [{"value": {"$type": "int"}}, {"value": {"$type": "long"}}]
+# `$type` also matches a list holding such a value: not one.
+_WHOLE_NUMBER: Doc = {
+    "$or": [{"value": {"$type": "int"}}, {"value": {"$type": "long"}}],
+    "value": {"$not": {"$type": "array"}},
+}
 _SET_COUNTER = "set its value to a whole number, at least the highest build_ticket of the invoices"
 
 
@@ -690,7 +694,7 @@ class Invoices:
         for _ in range(2):
             try:
                 counter = self._c.counters.find_one_and_update(
-                    {"_id": "draft_builds", "$or": _WHOLE_NUMBER},
+                    {"_id": "draft_builds", **_WHOLE_NUMBER},
                     {"$inc": {"value": 1}},
                     upsert=True,
                     return_document=ReturnDocument.AFTER,

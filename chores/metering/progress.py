@@ -82,6 +82,7 @@ _REMOVE_CURSOR = "remove it: the next run reads every runner again, from the fir
 
 class _Claim(TypedDict):
     source_id: Any  # the runner document's `_id`, of whatever type it has
+    runner_id: NotRequired[Text]  # none on a document written before claims (`runner_of`)
 
 
 class _Mark(TypedDict):
@@ -121,7 +122,10 @@ class Progress:
         """Move the cursor of `scope` forward to `stamp` (never back). As `Invoices._ticket`:
         only a number is moved, an edited stamp is a duplicate key and said so
         (`cursor`), as is the first write of two runs at once, tried again."""
-        as_written = {"$or": [{"stamp": {"$type": "number"}}, {"stamp": {"$exists": False}}]}
+        as_written = {  # `$type` also matches a list holding a number: not one
+            "$or": [{"stamp": {"$type": "number"}}, {"stamp": {"$exists": False}}],
+            "stamp": {"$not": {"$type": "array"}},
+        }
         for attempt in range(2):
             try:
                 self._c.cursors.update_one(

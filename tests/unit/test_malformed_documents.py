@@ -244,6 +244,12 @@ def test_an_anomaly_edited_out_of_its_invoice_is_recorded_where_it_belongs_again
             None,
             "(source_id: missing)",
         ),
+        (  # the property test: a list as the runner id, unhashable
+            "billing_pending",
+            {"_id": "r1:claim", "runner_id": ["r1"], "source_id": "r1", "org": "ws-acme"},
+            None,
+            "(runner_id: Input should be a valid string (got ['r1']))",
+        ),
         (
             "billing_dirty",
             {"_id": "b:ws-acme:2026-11", "org": "ws-acme", "period": "2026-13", "open": False},
@@ -379,6 +385,20 @@ def test_a_ledger_entry_whose_org_is_a_list_holding_it_is_refused_by_the_views(b
             {"$set": {"value": 7.0}},
             "(value: Input should be a valid integer (got 7.0))",
             "set its value to a whole number, at least the highest build_ticket of the invoices",
+        ),
+        (  # the property test: `$type` matches a list holding an int, `$inc` met the list
+            "billing_counters",
+            "draft_builds",
+            {"$set": {"value": [7]}},
+            "(value: Input should be a valid integer (got [7]))",
+            "set its value to a whole number, at least the highest build_ticket of the invoices",
+        ),
+        (
+            "billing_cursors",
+            "*",
+            {"$set": {"stamp": [5.0]}},
+            "(stamp: Input should be a valid number (got [5.0]))",
+            "remove it: the next run reads every runner again, from the first",
         ),
         (
             "billing_cursors",
