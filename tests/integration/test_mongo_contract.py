@@ -119,7 +119,7 @@ def test_sum_skips_what_is_no_number_and_is_number_counts_it(mdb):
     assert (row["n"], row["unsummed"]) == (1, 3)
 
 
-@pytest.mark.parametrize("edited", ["text", None, 7.0])
+@pytest.mark.parametrize("edited", ["text", None, 7.0, [7]])
 def test_a_whole_number_only_upsert_on_an_edited_value_raises_duplicate_key(mdb, edited):
     """What the draft-build counter and the cursors rely on: with a value edited to no
     whole number, the write's filter matches nothing and its upsert collides with the
@@ -127,7 +127,11 @@ def test_a_whole_number_only_upsert_on_an_edited_value_raises_duplicate_key(mdb,
     mdb.counters.insert_one({"_id": "draft_builds", "value": edited})
     with pytest.raises(DuplicateKeyError):
         mdb.counters.find_one_and_update(
-            {"_id": "draft_builds", "$or": [{"value": {"$type": t}} for t in ("int", "long")]},
+            {
+                "_id": "draft_builds",
+                "$or": [{"value": {"$type": t}} for t in ("int", "long")],
+                "value": {"$not": {"$type": "array"}},  # `$type` matches a list holding one
+            },
             {"$inc": {"value": 1}},
             upsert=True,
         )
