@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ from chores.cli import main
 from support import load_fixture_docs
 
 NOW_ARG = ["--now", "2026-11-20T12:00:00+00:00"]
+FINALIZE = ["finalize", "--now", "2026-12-04T00:00:00+00:00"]
+REPORT = os.path.join(tempfile.gettempdir(), f"chore-edited-{os.getpid()}.html")
 COMMANDS = [
     ["invoice", "show", "--org", "ws-acme", "--period", "2026-11"],
     ["invoice", "show", "--org", "ws-acme", "--period", "2026-11", "--json"],
@@ -36,7 +39,8 @@ COMMANDS = [
     ["status", *NOW_ARG],
     ["anomaly", "list", "--org", "ws-beta"],
     ["quota", "check", "--org", "ws-acme", *NOW_ARG],
-    ["finalize", "--now", "2026-12-04T00:00:00+00:00"],
+    FINALIZE,
+    ["report", "--org", "ws-acme", "--period", "2026-11", "--out", REPORT],
 ]
 EDITS: list[dict[str, Any] | None] = [None, "x", 7, -5, 2.5, True, [1], {"a": 1}]  # None: removed
 
@@ -63,15 +67,18 @@ def store(documents: dict[str, list[dict[str, Any]]]) -> Iterator[Any]:
         get_settings.cache_clear()
 
 
-def _billed() -> dict[str, list[dict[str, Any]]]:
-    """The sample documents, metered, and every collection after (read once)."""
+def _billed(*then: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The sample documents, metered, then these commands run, and every collection after
+    (read once)."""
     source = load_fixture_docs()
     with store({"tasks": source["tasks"], "findings": source["findings"]}) as db:
-        assert CliRunner().invoke(main, ["run", "--all", *NOW_ARG]).exit_code == 0
+        for command in (["run", "--all", *NOW_ARG], *then):
+            assert CliRunner().invoke(main, command).exit_code == 0
         return {name: list(db[name].find()) for name in db.list_collection_names()}
 
 
-BILLED = _billed()
+# November's invoices as drafts, then final (with their fences, stamps and closed marks)
+STATES = {"drafts": _billed(), "finals": _billed(FINALIZE)}
 
 
 def field_paths(doc: dict[str, Any]) -> Iterator[str]:
@@ -88,13 +95,14 @@ def field_paths(doc: dict[str, Any]) -> Iterator[str]:
 
 # Each collection's fields, by collection: a draw picks the collection first, so that the
 # few documents of one (an invoice, a cursor) weigh as much as the ledger's many entries.
-FIELDS: dict[str, list[tuple[str, str]]] = {
-    name: sorted((str(doc["_id"]), path) for doc in docs for path in field_paths(doc))
-    for name, docs in sorted(BILLED.items())
+FIELDS: dict[tuple[str, str], list[tuple[str, str]]] = {
+    (state, name): sorted((str(doc["_id"]), path) for doc in docs for path in field_paths(doc))
+    for state, billed in sorted(STATES.items())
+    for name, docs in sorted(billed.items())
     if name.startswith("billing_") and docs
 }
 A_FIELD = st.sampled_from(sorted(FIELDS)).flatmap(
-    lambda name: st.tuples(st.just(name), st.sampled_from(FIELDS[name]))
+    lambda where: st.tuples(st.just(where), st.sampled_from(FIELDS[where]))
 )
 
 
@@ -105,9 +113,10 @@ A_FIELD = st.sampled_from(sorted(FIELDS)).flatmap(
     command=st.sampled_from(COMMANDS),
 )
 def test_no_edit_of_a_billing_document_makes_a_command_print_a_traceback(field, edit, command):
-    name, (doc_id, path) = field
-    with store(BILLED) as db:
-        [doc] = [d for d in BILLED[name] if str(d["_id"]) == doc_id]
+    (state, name), (doc_id, path) = field
+    billed = STATES[state]
+    with store(billed) as db:
+        [doc] = [d for d in billed[name] if str(d["_id"]) == doc_id]
         change = {"$unset": {path: ""}} if edit is None else {"$set": {path: edit}}
         db[name].update_one({"_id": doc["_id"]}, change)
         result = CliRunner().invoke(main, command)
