@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
 from typing_extensions import TypedDict
 
 from chores.billing.drafts import TOKEN_FIELDS, DraftSums, LedgerUsage, has_usage
@@ -32,13 +31,14 @@ from chores.core.documents import (
     Text,
     check_shape,
     checked,
+    holds,
     invoice_remedy,
 )
 from chores.core.exceptions import MalformedDocument
 from chores.core.money import Micros
 from chores.core.periods import next_period, period_bounds, period_of
 from chores.core.wording import counted
-from chores.core.writes import update_where
+from chores.core.writes import update_where, upsert_as_written
 from chores.metering.anomalies import AnomalyLog
 from chores.metering.fields import describe_value
 from chores.metering.ledger import (
@@ -222,14 +222,6 @@ class _UsageRow(TypedDict):
 
 
 _USAGE_ROW = TypeAdapter(_UsageRow)
-
-
-def _holds(shape: TypeAdapter[Any], row: Doc) -> bool:
-    try:
-        shape.validate_python(row)
-    except ValidationError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -451,7 +443,7 @@ class Invoices:
             },
         ]
         rows = list(self._c.ledger.aggregate(pipeline))
-        if not all(_holds(_USAGE_ROW, row) for row in rows):
+        if not all(holds(_USAGE_ROW, row) for row in rows):
             refuse_malformed_entry(self._c.ledger, match)
         for row in rows:
             key = row["_id"]
@@ -685,28 +677,17 @@ class Invoices:
 
     def _ticket(self) -> int:
         """The next draft-build ticket (one round trip per build pass, whatever its size).
-
-        Only a whole number is incremented (a value edited to text, null or a double, as a
-        shell writes numbers, is never bumped): anything else fails the filter, and
-        the upsert then collides with the counter's `_id` (never `$inc` on text). So does
-        the first increment of two builds at once on a new database (the other one
-        inserted it): then it is tried again, as the server does not for this filter."""
-        for _ in range(2):
-            try:
-                counter = self._c.counters.find_one_and_update(
-                    {"_id": "draft_builds", **_WHOLE_NUMBER},
-                    {"$inc": {"value": 1}},
-                    upsert=True,
-                    return_document=ReturnDocument.AFTER,
-                )
-            except DuplicateKeyError:
-                there = self._c.counters.find_one({"_id": "draft_builds"}) or {}
-                check_shape(_COUNTER, there, collection=self._c.counters.name, remedy=_SET_COUNTER)
-                continue  # a number: another build inserted it meanwhile
-            assert counter is not None  # upserted, or there
-            check_shape(_COUNTER, counter, collection=self._c.counters.name, remedy=_SET_COUNTER)
-            return int(counter["value"])
-        raise DuplicateKeyError("the draft-build counter was inserted twice at once")
+        Only a whole number is incremented: a value edited to text, null or a double (as
+        a shell writes numbers) is refused, never bumped (`upsert_as_written`)."""
+        counter = upsert_as_written(
+            self._c.counters,
+            "draft_builds",
+            _WHOLE_NUMBER,
+            {"$inc": {"value": 1}},
+            shape=_COUNTER,
+            remedy=_SET_COUNTER,
+        )
+        return int(counter["value"])
 
     def settle(self, now: datetime, org: str | None = None, *, full: bool = False) -> Settled:
         """Rebuild every dirty or stale draft in scope, and move what final invoices do not

@@ -68,6 +68,15 @@ def check_shape(
         raise malformed(collection, doc.get("_id"), exc, remedy) from None
 
 
+def holds(shape: TypeAdapter[Any], doc: Mapping[str, Any]) -> bool:
+    """Whether `shape` holds for `doc` (a row a reader derives, not a stored document)."""
+    try:
+        shape.validate_python(doc)
+    except ValidationError:
+        return False
+    return True
+
+
 def invoice_remedy(doc: Mapping[str, Any]) -> str:
     """What to do about a malformed invoice: a draft is derived from its ledger, and a
     full run rebuilds it once removed; a final holds what was frozen."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pymongo import ReplaceOne, UpdateOne
-from pymongo.errors import BulkWriteError
+from pydantic import TypeAdapter
+from pymongo import ReplaceOne, ReturnDocument, UpdateOne
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from chores.core.db import Doc
+from chores.core.documents import check_shape
 
 DUPLICATE_KEY = 11000
 
@@ -70,3 +72,35 @@ def update_where(collection: Any, updates: Sequence[tuple[Doc, Doc, bool]]) -> t
         refused = set()
         done = result.matched_count + result.upserted_count
     return refused, len(operations) - done - len(refused)
+
+
+def upsert_as_written(
+    collection: Any,
+    doc_id: str,
+    as_written: Doc,
+    update: Doc,
+    *,
+    shape: TypeAdapter[Any],
+    remedy: str,
+) -> Doc:
+    """`update` (an upsert) of the document `doc_id` while its values are as the chore
+    writes them (`as_written`, a filter); the document after, in one round trip.
+
+    One edited by hand fails the filter, and the upsert then collides with its `_id`:
+    the stored document is read and refused (`check_shape`: a `MalformedDocument` saying
+    `remedy`), never `$inc` or `$max` on text. So does the first write of two callers at
+    once on a new database (a server retries no such upsert): the document there holds
+    what the other inserted, and the write is tried again."""
+
+    def write() -> Doc:
+        done: Doc = collection.find_one_and_update(
+            {"_id": doc_id, **as_written}, update, upsert=True, return_document=ReturnDocument.AFTER
+        )
+        return done
+
+    try:
+        return write()
+    except DuplicateKeyError:  # edited by hand, or the other caller's first insert is there
+        there = collection.find_one({"_id": doc_id}) or {}
+        check_shape(shape, there, collection=collection.name, remedy=remedy)
+    return write()

@@ -25,12 +25,12 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, NoReturn, NotRequired, get_type_hints
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 from pymongo.collection import Collection
 from typing_extensions import TypedDict
 
 from chores.core.db import Collections, Doc
-from chores.core.documents import Day, Flag, Integer, Moment, Period, Text, check_shape
+from chores.core.documents import Day, Flag, Integer, Moment, Period, Text, check_shape, holds
 from chores.core.exceptions import MalformedDocument
 from chores.core.writes import insert_ignoring_duplicates
 from chores.metering.counters import Breakdown, Counters
@@ -413,9 +413,7 @@ _PAIR_ROW = TypeAdapter(_PairRow)  # a `$group` by (org, BOOKED_PERIOD)
 def check_pair_row(entries: Collection[Doc], row: Doc, match: Doc) -> None:
     """Refuse a row of a `$group` of the entries matching `match` by `(org, BOOKED_PERIOD)`
     unless it names an org and a period (`refuse_malformed_entry` says which entry)."""
-    try:
-        _PAIR_ROW.validate_python(row)
-    except ValidationError:
+    if not holds(_PAIR_ROW, row):
         refuse_malformed_entry(entries, match)
 
 

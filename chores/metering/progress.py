@@ -28,14 +28,13 @@ from datetime import datetime, timedelta
 from typing import Any, NotRequired
 
 from pydantic import TypeAdapter
-from pymongo.errors import DuplicateKeyError
 from typing_extensions import TypedDict
 
 from chores.core import clock as _clock
 from chores.core.db import Collections, Doc
 from chores.core.documents import Number, Period, Text, check_shape
 from chores.core.periods import as_utc
-from chores.core.writes import insert_ignoring_duplicates
+from chores.core.writes import insert_ignoring_duplicates, upsert_as_written
 
 ALL_ORGS = "*"
 
@@ -77,6 +76,10 @@ class _Cursor(TypedDict):
 
 
 _CURSOR = TypeAdapter(_Cursor)
+_STAMP_AS_WRITTEN: Doc = {  # `$type` also matches a list holding a number: not one
+    "$or": [{"stamp": {"$type": "number"}}, {"stamp": {"$exists": False}}],
+    "stamp": {"$not": {"$type": "array"}},
+}
 _REMOVE_CURSOR = "remove it: the next run reads every runner again, from the first"
 
 
@@ -119,23 +122,16 @@ class Progress:
         return float(doc["stamp"]) if "stamp" in doc else None
 
     def advance_cursor(self, scope: str, stamp: float) -> None:
-        """Move the cursor of `scope` forward to `stamp` (never back). As `Invoices._ticket`:
-        only a number is moved, an edited stamp is a duplicate key and said so
-        (`cursor`), as is the first write of two runs at once, tried again."""
-        as_written = {  # `$type` also matches a list holding a number: not one
-            "$or": [{"stamp": {"$type": "number"}}, {"stamp": {"$exists": False}}],
-            "stamp": {"$not": {"$type": "array"}},
-        }
-        for attempt in range(2):
-            try:
-                self._c.cursors.update_one(
-                    {"_id": scope, **as_written}, {"$max": {"stamp": stamp}}, upsert=True
-                )
-                return
-            except DuplicateKeyError:
-                self.cursor(scope)  # MalformedDocument if edited; else another run's insert
-                if attempt:
-                    raise
+        """Move the cursor of `scope` forward to `stamp` (never back); a stamp edited to
+        anything but a number is refused, never compared (`upsert_as_written`)."""
+        upsert_as_written(
+            self._c.cursors,
+            scope,
+            _STAMP_AS_WRITTEN,
+            {"$max": {"stamp": stamp}},
+            shape=_CURSOR,
+            remedy=_REMOVE_CURSOR,
+        )
 
     def clear_cursor(self, scope: str) -> None:
         self._c.cursors.delete_one({"_id": scope})

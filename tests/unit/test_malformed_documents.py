@@ -467,6 +467,10 @@ def test_the_first_ticket_and_cursor_of_two_runs_at_once_are_taken_again_not_ref
         counters, "find_one_and_update", {"_id": "draft_builds", "value": 1}
     )
     assert meter.invoices._ticket() == 2  # the other run's was 1
-    collections.cursors = InsertedMeanwhile(cursors, "update_one", {"_id": "*", "stamp": 5.0})
+    assert collections.counters._other is None  # the collision did happen
+    collections.cursors = InsertedMeanwhile(
+        cursors, "find_one_and_update", {"_id": "*", "stamp": 5.0}
+    )
     meter.progress.advance_cursor("*", 10.0)
     assert cursors.find_one({"_id": "*"})["stamp"] == 10.0
+    assert collections.cursors._other is None  # the collision did happen
