@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Strict, TypeAdapter, ValidationError
@@ -40,7 +41,18 @@ def _a_period(text: str) -> str:
     return text
 
 
+def _a_decimal(text: str) -> str:
+    try:
+        finite = Decimal(text).is_finite()
+    except InvalidOperation:
+        finite = False
+    if not finite:
+        raise ValueError("not a decimal number")
+    return text
+
+
 Day = Annotated[Text, AfterValidator(_a_day)]  # 2026-11-30
+DecimalText = Annotated[Text, AfterValidator(_a_decimal)]  # an exact amount: "12402.4"
 Period = Annotated[Text, AfterValidator(_a_period)]  # 2026-11
 
 SHOWN_PROBLEMS = 3  # a document with more says how many more

@@ -30,11 +30,21 @@ from pymongo.collection import Collection
 from typing_extensions import TypedDict
 
 from chores.core.db import Collections, Doc
-from chores.core.documents import Day, Flag, Integer, Moment, Period, Text, check_shape, holds
+from chores.core.documents import (
+    Day,
+    DecimalText,
+    Flag,
+    Integer,
+    Moment,
+    Period,
+    Text,
+    check_shape,
+    holds,
+)
 from chores.core.exceptions import MalformedDocument
 from chores.core.writes import insert_ignoring_duplicates
 from chores.metering.counters import Breakdown, Counters
-from chores.metering.lines import UsageGroup, price_group
+from chores.metering.lines import Tier, UsageGroup, price_group
 from chores.metering.rules import BookedLine, BookedOn, Delta, LedgerHead, add_to_lines
 from chores.metering.source import chunked
 from pricing import Registry
@@ -99,8 +109,8 @@ class _HighWater(TypedDict):
 
 class _PricedAs(TypedDict):
     model: Text | None
-    tier: Text
-    price_valid_from: Text | None
+    tier: Tier
+    price_valid_from: Day | None
 
 
 class _Entry(TypedDict):
@@ -128,7 +138,7 @@ class _Entry(TypedDict):
     unsplit_tokens: Integer
     tokens: Integer
     priced_as: _PricedAs | None
-    amount_micros_exact: Text | None
+    amount_micros_exact: DecimalText | None
     status: Text | None
     session_id: Text | None
     subagent: Flag

@@ -474,3 +474,36 @@ def test_the_first_ticket_and_cursor_of_two_runs_at_once_are_taken_again_not_ref
     meter.progress.advance_cursor("*", 10.0)
     assert cursors.find_one({"_id": "*"})["stamp"] == 10.0
     assert collections.cursors._other is None  # the collision did happen
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        ({"$set": {"amount_micros_exact": "abc"}}, "(amount_micros_exact: not a decimal number"),
+        ({"$set": {"amount_micros_exact": "NaN"}}, "(amount_micros_exact: not a decimal number"),
+        ({"$set": {"amount_micros_exact": 12.5}}, "(amount_micros_exact: Input should be a valid"),
+        ({"$set": {"priced_as.tier": "gold"}}, "(priced_as.tier: Input should be 'paid', 'free'"),
+        ({"$set": {"priced_as.price_valid_from": "x"}}, "(priced_as.price_valid_from: Invalid"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["usage", "--org", "ws-acme", "--period", "2026-11", "--by", "run"],
+        ["report", "--org", "ws-acme", "--period", "2026-11", "--out", "{tmp}/r.html"],
+    ],
+)
+def test_an_entry_whose_billed_price_was_edited_is_one_line_in_the_views(
+    billed, edit, said, command, tmp_path
+):
+    """Outside review: an `amount_micros_exact` that is no number stopped `usage --by run`
+    and `report` on a `decimal.InvalidOperation` traceback (the allocation reads the
+    price each entry was billed at)."""
+    entry_id = an_entry_with_usage(billed)
+    billed.billing_ledger.update_one({"_id": entry_id}, edit)
+    result = invoke(*(arg.format(tmp=tmp_path) for arg in command))
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        f"Error: the billing_ledger document '{entry_id}' is not as the chore writes it {said}"
+    ), result.output
+    assert not (tmp_path / "r.html").exists()
