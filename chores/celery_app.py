@@ -115,7 +115,10 @@ def route_full_pass(
     """Celery router: the daily full pass (`meter_all(full=True)` and each
     `meter_org(org, full=True)` it queues, retries included) goes to `FULL_QUEUE`, so its
     long runs never hold up the 5-minute runs; everything else to `DEFAULT_QUEUE`."""
-    if name in ("chores.tasks.meter_all", "chores.tasks.meter_org") and (kwargs or {}).get("full"):
+    if (
+        name in ("chores.tasks.meter_all", "chores.tasks.meter_org")
+        and (kwargs or {}).get("full") is True
+    ):
         return {"queue": FULL_QUEUE}
     return None
 

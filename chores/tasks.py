@@ -33,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from chores.celery_app import RETRY_BACKOFF_MAX, app, store_problem
+from chores.core.arguments import validate_flag
 from chores.core.db import Collections, Doc, connect
 from chores.core.exceptions import (
     ChoreError,
@@ -138,12 +139,19 @@ class OrgTask(Task):
 
     def _what_next(self, exc: BaseException, args: Any, kwargs: Any) -> str:
         """What becomes of the work of a task that failed for good."""
-        if self.name != "chores.tasks.meter_org":  # the fan-out, the finalize
+        if self.name == "chores.tasks.finalize_invoices":
+            return "the next beat tick sends it again"
+        if self.name == "chores.tasks.meter_all":
+            full = (kwargs or {}).get("full", args[0] if args else False)
+            if not isinstance(full, bool):  # no retry fixes the message
+                return "not retried: its full is not true or false"
             return "the next beat tick sends it again"
         org = (kwargs or {}).get("org", args[0] if args else None)
         if not _is_valid_org(org):  # no retry and no fan-out fixes the message
             return "not retried: this message names no org that can be metered"
         full = (kwargs or {}).get("full", args[1] if args and len(args) > 1 else False)
+        if not isinstance(full, bool):
+            return "not retried: its full is not true or false"
         if full:
             return (
                 "its daily full pass is skipped today (the org stays due: the next fan-out"
@@ -257,6 +265,7 @@ def meter_all(full: bool = False) -> list[str]:
 
     `full` lists every org with an AI runner and has each re-read in full (daily).
     """
+    full = validate_flag("full", full)
     settings, db = get_settings(), get_db()
     now = datetime.now(UTC)
     since = _fanout_since(db, settings, full=full)
@@ -318,6 +327,7 @@ def meter_org(self: Task, org: str, full: bool = False) -> dict[str, Any]:
     stay exact without the lock, the ledger sees to that; the lock keeps the promise.
     """
     org = _run.validate_org(org)
+    full = validate_flag("full", full)
     settings = get_settings()
     started = datetime.now(UTC)
     clock = time.monotonic()

@@ -20,6 +20,7 @@ from typing import Any
 from pymongo.database import Database
 
 from chores.billing.invoices import Finalizer
+from chores.core.arguments import validate_flag
 from chores.core.clock import checked_now, grace_period
 from chores.core.db import (
     Collections,
@@ -75,6 +76,8 @@ def run_chore(
     `on_batch(n)` is called after each batch of `n` documents
     (progress display). A database error propagates; rerunning completes the work.
     """
+    full = validate_flag("full", full)
+    dry_run = validate_flag("dry_run", dry_run)
     settings = settings or get_settings()
     if registry is not None and not isinstance(registry, Registry):
         raise ConfigError(

@@ -8,6 +8,7 @@ Each test fails on the code before its fix and names the defect it guards agains
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -140,6 +141,28 @@ def test_an_org_id_that_is_not_utf8_text_is_refused_and_nothing_is_written(setti
         check_quota(db, "ac\udcffme", now=NOV_25, settings=settings)
     assert db.list_collection_names() == []
     assert check_quota(db, "ac\ufffdme", now=NOV_25, settings=settings).state == "unknown"
+
+
+def test_a_flag_that_is_not_true_or_false_is_refused_and_nothing_is_written(settings, registry):
+    """Outside review: `run_chore(db, full="no")` ran a full pass (the string is truthy)
+    and recorded `full_scan: false` (pydantic reads "no" as False); `full={...}` failed
+    on a ValidationError naming `RunReport.full_scan`."""
+    import pytest
+
+    from chores import ConfigError
+
+    db = mongomock.MongoClient()["main"]
+    db.tasks.insert_many(
+        generate_corpus(seed=3, start=datetime(2026, 11, 1, tzinfo=UTC), days=20).tasks
+    )
+    before = db.list_collection_names()
+    for flags in ({"full": "no"}, {"full": {"x": 1}}, {"dry_run": "yes"}, {"dry_run": 0}):
+        ((name, value),) = flags.items()
+        with pytest.raises(
+            ConfigError, match="^" + re.escape(f"{name} must be true or false, got {value!r}")
+        ):
+            run_chore(db, now=NOV_25, registry=registry, settings=settings, **flags)
+    assert db.list_collection_names() == before
 
 
 def test_the_callers_database_keeps_its_own_codec_options(settings, registry):

@@ -158,6 +158,33 @@ def test_a_run_sent_without_an_org_is_not_called_all_orgs_nor_promised_again(
     assert ": not retried: this message names no org that can be metered (task " in last
 
 
+@pytest.mark.parametrize("full", ["no", "false", 1, {"x": 1}, None])
+def test_a_full_flag_that_is_not_true_or_false_is_refused_before_any_work(
+    service, monkeypatch, caplog, full
+):
+    """Outside review: `meter_all(full="no")` queued the daily full pass of every org (the
+    string is truthy), on the full queue, with no error anywhere; `meter_org(org,
+    full={...})` took the org's lock, then failed on a pydantic traceback naming
+    `RunReport.full_scan`. A message's flag is now checked like its org: before the
+    database, the lock or any queue is touched, and never retried."""
+    caplog.set_level(logging.INFO, logger="chores.tasks")
+    touched: list[str] = []
+    monkeypatch.setattr(tasks, "get_db", lambda: touched.append("database"))
+    monkeypatch.setattr(tasks, "lock_client", lambda url: touched.append("lock"))
+    monkeypatch.setattr(tasks.meter_org, "delay", lambda *a, **k: touched.append("queue"))
+
+    for task, args in ((tasks.meter_all, ()), (tasks.meter_org, ("acme",))):
+        caplog.clear()
+        with pytest.raises(ConfigError, match=r"^full must be true or false, got "):
+            task.apply(args, {"full": full}, retries=0).get()
+        (last,) = [line for line in lines(caplog) if "failed for good" in line]
+        assert f"failed for good (ConfigError: full must be true or false, got {full!r}" in last
+        assert ": not retried: its full is not true or false (task " in last
+    assert touched == []
+    route = celery_app.route_full_pass("chores.tasks.meter_all", (), {"full": full}, {})
+    assert route is None  # the 5-minute queue, where it is refused at once
+
+
 def test_a_bad_setting_keeps_the_org_due_in_its_failure_line(service, monkeypatch, caplog):
     """Only a bad org is "not retried": a bad setting met by a good org's run leaves it due,
     and the next fan-out sends it again once the setting is fixed (review)."""
