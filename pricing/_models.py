@@ -112,6 +112,8 @@ def _to_rate(value: object) -> Decimal:
         number = Decimal(str(value))  # str() is the shortest literal: 0.15 -> Decimal("0.15")
     elif isinstance(value, str):
         try:
+            if not value.isascii():  # Decimal reads other scripts' digits: "٣" is 3
+                raise InvalidOperation
             number = Decimal(value.strip())
         except InvalidOperation:
             raise _problem(
@@ -281,10 +283,11 @@ class ModelEntry(BaseModel):
                             'it to "0" or make the tier paid',
                             field=f"prices[{position}].{name}",
                         )
-            elif all(rate == 0 for rate in rates.values()):
+            elif price.input == 0 and price.output == 0:
+                # A cached rate alone would bill every uncached token $0, unflagged.
                 raise _problem(
-                    f"a paid model needs a rate above 0, but every rate valid from "
-                    f"{price.valid_from} is 0; give the real rates or make the tier free",
+                    f"a paid model needs an input or output rate above 0, but both valid from "
+                    f"{price.valid_from} are 0; give the real rates or make the tier free",
                     field=f"prices[{position}]",
                 )
         return self

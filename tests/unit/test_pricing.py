@@ -408,6 +408,15 @@ HOSTILE: dict[str, tuple[str, str, str]] = {
         "zero",
         "prices[1]",
     ),
+    "paid model billing only cached tokens": (  # outside review: $0 for the rest, unflagged
+        _paid(
+            "cached-only",
+            '  - {valid_from: "2024-01-01", input: "0", cached_input: "1", output: "0"}\n',
+        ),
+        "cached-only",
+        "prices[0]",
+    ),
+    "rate in another script's digits": (_rate_case('"\u0663"'), "bad-rate", "prices[0].input"),
     "paid model without output": (
         _paid("half", '  - {valid_from: "2024-01-01", input: "1"}\n'),
         "half",
