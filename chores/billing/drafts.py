@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any, NotRequired
 
 from pydantic import TypeAdapter, ValidationError
@@ -28,6 +28,7 @@ from typing_extensions import TypedDict
 
 from chores.core.db import Doc
 from chores.core.documents import Day, Flag, Integer, Text
+from chores.core.periods import as_utc
 from chores.metering.lines import UsageGroup
 
 GroupKey = tuple[str | None, bool, bool, date]  # model, byok, late, day
@@ -82,6 +83,7 @@ class DraftSums:
 
     status: str | None = None  # None: no draft yet
     ticket: int | None = None  # the build that wrote it (None: none, or written before tickets)
+    updated_at: datetime | None = None  # the `now` of the run that wrote it
     groups: dict[GroupKey, list[int]] = field(default_factory=dict)
     runs: int = 0
     entries: int = 0
@@ -94,8 +96,12 @@ class DraftSums:
     def of(cls, doc: Mapping[str, Any] | None) -> DraftSums:
         if doc is None:
             return cls()
-        ticket = doc.get("build_ticket")
-        sums = cls(status=doc.get("status"), ticket=ticket if isinstance(ticket, int) else None)
+        ticket, updated_at = doc.get("build_ticket"), doc.get("updated_at")
+        sums = cls(
+            status=doc.get("status"),
+            ticket=ticket if isinstance(ticket, int) else None,
+            updated_at=as_utc(updated_at) if isinstance(updated_at, datetime) else None,
+        )
         try:
             KEPT_SUMS.validate_python(doc)
         except ValidationError:

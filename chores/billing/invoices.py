@@ -324,6 +324,7 @@ class DraftBuild:
     after: DraftSums
     read_ticket: int | None  # the build ticket of the stored draft it replaces (None: none)
     read_draft: bool  # whether it read a stored draft (else it inserts one)
+    read_updated_at: datetime | None = None  # when the draft it replaces says it was written
 
     @property
     def id(self) -> str:
@@ -339,8 +340,12 @@ class DraftBuild:
         """The compare-and-set that commits it built on `ticket`: only over the very draft
         it read (`build_ticket` equal), never over a final, and an insert only if it read
         none (one removed meanwhile is not written back from what it held); its new entries
-        recorded as `pending_fold` until they are flagged. `(filter, fields, insert)`."""
+        recorded as `pending_fold` until they are flagged. `(filter, fields, insert)`.
+        Its `updated_at` never goes back: a run whose `now` lags the draft's last writer's
+        (a lagging host, a replay) adds what it found, stamped as late as the draft was."""
         org, period = self.pair
+        if self.read_updated_at is not None and self.read_updated_at > now:
+            now = self.read_updated_at
         invoice = build_invoice(
             org=org,
             period=period,
@@ -631,7 +636,16 @@ class Invoices:
             if not (entries or read.exists or base.entries or pair in review):
                 continue  # an empty invoice is only written over one, or to flag a review
             after = base.plus(entries, len(added))
-            builds.append(DraftBuild(pair, entries, after, read.ticket, read_draft=read.exists))
+            builds.append(
+                DraftBuild(
+                    pair,
+                    entries,
+                    after,
+                    read.ticket,
+                    read_draft=read.exists,
+                    read_updated_at=read.updated_at,
+                )
+            )
         updates = [
             build.update(ticket, self._registry, anomalies_open=build.pair in review, now=now)
             for build in builds

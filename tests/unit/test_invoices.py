@@ -840,3 +840,39 @@ def test_a_sweep_that_read_a_final_since_removed_moves_nothing_its_rebuilt_month
                 (d["org"], d["period"]) for d in db.billing_invoices.find({"status": "draft"})
             }
             assert Pipeline(db, CONFIG, registry).invoices.check_drafts(drafts) == [], where
+
+
+def test_a_lagging_run_adds_its_usage_without_moving_the_drafts_time_back(db, settings, registry):
+    """Outside review: a run whose `now` lagged the draft's last writer's (a replay, a
+    lagging host) stamped the draft with its own, older `now`. The draft holds what both
+    runs found, and says when it was last written by the later of the two clocks."""
+    from bson import ObjectId
+
+    def ended(day: int, tokens: int, *, written: datetime) -> dict[str, Any]:
+        end = datetime(2026, 11, day, tzinfo=UTC)
+        return {
+            "_id": ObjectId(),
+            "name": "ai",
+            "status": "SUCCESS",
+            "end_time": end,
+            "last_updated_db": written.timestamp(),
+            "context": {
+                "workspace_id": "acme",
+                "ai_model": "gpt-4o-mini",
+                "ai_tokens": tokens,
+                "ai_prompt_tokens": tokens,
+                "ai_completion_tokens": 0,
+            },
+        }
+
+    later, lagging = datetime(2026, 11, 20, tzinfo=UTC), datetime(2026, 11, 15, tzinfo=UTC)
+    db.tasks.insert_one(ended(10, 1_000_000, written=datetime(2026, 11, 10, tzinfo=UTC)))
+    run_chore(db, org="acme", now=later, registry=registry, settings=settings)
+    first = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    db.tasks.insert_one(ended(5, 2_000_000, written=datetime(2026, 11, 14, tzinfo=UTC)))
+    report = run_chore(db, org="acme", now=lagging, registry=registry, settings=settings)
+
+    draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert report.tokens_billed == 2_000_000
+    assert draft["total_micros"] == 3 * first["total_micros"]  # gpt-4o-mini input, 3M tokens
+    assert draft["updated_at"] == first["updated_at"] == later
