@@ -125,7 +125,7 @@ def quota_check(org: str, estimate: int, as_json: bool, now: datetime | None) ->
     When the answer is unknown (no decision yet, a stale one, the billing database
     unreachable), QUOTA_FAIL_OPEN decides: allowed (exit 0) or refused (exit 3).
     """
-    from chores.quota.check import check_quota, check_quota_from_mirror
+    from chores.quota.check import asks_mirror_first, check_quota, check_quota_from_mirror
 
     settings = get_settings()
     org = validate_org(org)
@@ -137,8 +137,13 @@ def quota_check(org: str, estimate: int, as_json: bool, now: datetime | None) ->
         except DatabaseUnavailable as exc:  # unreachable: the policy answers
             decision = unknown_decision(org, period_of(now), str(exc), settings)
         else:
-            decision = check_quota(
-                db, org, estimated_tokens=estimate, now=now, settings=settings, ask_mirror=False
+            decision = check_quota(  # the mirror once, whichever asks it: as the API answers
+                db,
+                org,
+                estimated_tokens=estimate,
+                now=now,
+                settings=settings,
+                ask_mirror=not asks_mirror_first(settings),
             )
             if decision.reason.startswith(NO_DECISION) and not as_json:  # scripts: no note
                 _note_unknown_org(Collections.of(db, settings), org)

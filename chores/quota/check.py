@@ -51,10 +51,17 @@ def check_quota_from_mirror(
     MONGO_URL names), as `check_quota` answers it, without a MongoDB call; None when the
     mirror has no usable one (or there is none). `chore quota check` asks it first, so that
     it answers at once while MongoDB is down, not after the server's selection timeout."""
-    if not (settings.redis_url and settings.mongo_url.startswith(SERVER_SCHEMES)):
+    if settings.redis_url is None or not asks_mirror_first(settings):
         return None
     decisions = f"{settings.mongo_db}.{settings.collection('quota')}"  # its full name
     where = namespace(decisions, settings.mongo_url)
     cache = QuotaCache(settings.redis_url, settings.quota_cache_ttl_seconds, where)
     doc = mirrored(cache, org, now, settings)
     return None if doc is None else answer(org, doc, estimated_tokens, now, settings)
+
+
+def asks_mirror_first(settings: Settings) -> bool:
+    """Whether `check_quota_from_mirror` reads the mirror for this MONGO_URL: a server's,
+    with REDIS_URL set. A `file://` store's mirror is read through the store, by
+    `check_quota` itself (its entries are named by the file's path)."""
+    return bool(settings.redis_url) and settings.mongo_url.startswith(SERVER_SCHEMES)

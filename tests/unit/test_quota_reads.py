@@ -4,6 +4,7 @@ traceback, or a wrong allow or refuse)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from click.testing import CliRunner
 from chores import check_quota, connect, finalize_invoices, get_settings, run_chore
 from chores.cli import main
 from chores.core.exceptions import DatabaseUnavailable
+from chores.core.local_store import close_all, open_client
 from chores.core.settings import Plan, Settings
 from chores.quota.cache import QuotaCache, namespace
 from chores.quota.decisions import QuotaDecision, estimate_reason
@@ -302,3 +304,35 @@ def test_a_month_that_starts_with_a_credit_is_decided_and_answered(registry):
         True,
         stored["spent_micros"],
     )
+
+
+def test_the_cli_and_the_api_give_one_answer_on_a_file_store_with_a_stale_mirror(
+    tmp_path, registry, redis_url, monkeypatch
+):
+    """Outside review: on a `file://` store, `chore quota check` asked MongoDB (the store)
+    only, while `check_quota` answered the store's Redis mirror first: after a `plan set`
+    that could not reach Redis, the CLI said `ok` and the API `block` at the same moment."""
+    store = f"file://{tmp_path / 'store.json'}"
+    for name, value in {"MONGO_URL": store, "REDIS_URL": redis_url}.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    open_client(store, fresh=True)["main"].tasks.insert_one(ai_run("acme", 5_000))
+    close_all()
+    runner = CliRunner()
+    assert runner.invoke(main, ["run", "--all", *NOW_ARG]).exit_code == 0
+    limit = ["plan", "set", "--org", "acme", *NOW_ARG, "--token-limit"]
+    assert "decision now block" in runner.invoke(main, [*limit, "1K"]).output  # mirrored
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{closed_port()}/0")
+    get_settings.cache_clear()
+    stale = runner.invoke(main, [*limit, "10M"])
+    assert "decision now ok" in stale.output and "could not be reached" in stale.output
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    get_settings.cache_clear()
+
+    cli = runner.invoke(main, ["quota", "check", "--org", "acme", "--json", *NOW_ARG])
+    try:
+        api = check_quota(connect(get_settings()), "acme", now=NOV)
+    finally:
+        close_all(save=False)
+    assert (json.loads(cli.output)["state"], cli.exit_code) == (api.state, 3)
+    get_settings.cache_clear()
