@@ -112,9 +112,10 @@ def _to_rate(value: object) -> Decimal:
         number = Decimal(str(value))  # str() is the shortest literal: 0.15 -> Decimal("0.15")
     elif isinstance(value, str):
         try:
-            if not value.isascii():  # Decimal reads other scripts' digits: "٣" is 3
+            text = value.strip()
+            if not text.isascii():  # Decimal reads other scripts' digits: "٣" is 3
                 raise InvalidOperation
-            number = Decimal(value.strip())
+            number = Decimal(text)
         except InvalidOperation:
             raise _problem(
                 f'{shown(value)} is not a decimal number; write a rate like "0.15"'

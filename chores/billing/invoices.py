@@ -36,7 +36,7 @@ from chores.core.documents import (
 )
 from chores.core.exceptions import MalformedDocument
 from chores.core.money import Micros
-from chores.core.periods import next_period, period_bounds, period_of
+from chores.core.periods import as_utc, next_period, period_bounds, period_of
 from chores.core.wording import counted
 from chores.core.writes import update_where, upsert_as_written
 from chores.metering.anomalies import AnomalyLog
@@ -344,8 +344,7 @@ class DraftBuild:
         Its `updated_at` never goes back: a run whose `now` lags the draft's last writer's
         (a lagging host, a replay) adds what it found, stamped as late as the draft was."""
         org, period = self.pair
-        if self.read_updated_at is not None and self.read_updated_at > now:
-            now = self.read_updated_at
+        now = _not_before(now, self.read_updated_at)
         invoice = build_invoice(
             org=org,
             period=period,
@@ -846,7 +845,7 @@ class Finalizer:
             fenced = self._c.invoices.find_one_and_update(
                 {"_id": invoice_id, "status": "draft"},
                 {"$inc": {"fence": 1}},
-                projection={"fence": 1, "lines": 1, "needs_review": 1},
+                projection={"fence": 1, "lines": 1, "needs_review": 1, "updated_at": 1},
                 return_document=ReturnDocument.AFTER,
             )
             if fenced is None:
@@ -872,7 +871,7 @@ class Finalizer:
             review = flagged or bool(self._anomalies.open_periods([(org, period)]))
             final: Doc = {
                 "status": "final",
-                "finalized_at": now,
+                "finalized_at": _not_before(now, fenced.get("updated_at")),
                 "closed_fence": token,
                 "needs_review": review,
             }
@@ -900,3 +899,11 @@ class Finalizer:
             if draft.get("entries", -1) < held:
                 return False  # the draft lags the ledger: the next run rebuilds it
         return False
+
+
+def _not_before(now: datetime, written: Any) -> datetime:
+    """`now`, or the time a document says it was written when that is later: a run whose
+    `now` lags the last writer's (a lagging host, a replay) never dates it back."""
+    if isinstance(written, datetime) and as_utc(written) > now:
+        return as_utc(written)
+    return now

@@ -41,18 +41,21 @@ def _a_period(text: str) -> str:
     return text
 
 
-def _a_decimal(text: str) -> str:
+def _an_amount(text: str) -> str:
+    """An exact amount as the chore writes one: an integer count of tokens times a rate of
+    at most 30 decimal places, far from Decimal's limits ("1E+1000000" is none)."""
     try:
-        finite = Decimal(text).is_finite()
+        number = Decimal(text)
     except InvalidOperation:
-        finite = False
-    if not finite:
-        raise ValueError("not a decimal number")
+        raise ValueError("not a decimal amount") from None
+    exponent = number.as_tuple().exponent  # "n", "N" or "F" when not finite
+    if not isinstance(exponent, int) or exponent < -60 or number.adjusted() > 40:
+        raise ValueError("not a decimal amount")
     return text
 
 
 Day = Annotated[Text, AfterValidator(_a_day)]  # 2026-11-30
-DecimalText = Annotated[Text, AfterValidator(_a_decimal)]  # an exact amount: "12402.4"
+DecimalText = Annotated[Text, AfterValidator(_an_amount)]  # an exact amount: "12402.4"
 Period = Annotated[Text, AfterValidator(_a_period)]  # 2026-11
 
 SHOWN_PROBLEMS = 3  # a document with more says how many more

@@ -876,3 +876,13 @@ def test_a_lagging_run_adds_its_usage_without_moving_the_drafts_time_back(db, se
     assert report.tokens_billed == 2_000_000
     assert draft["total_micros"] == 3 * first["total_micros"]  # gpt-4o-mini input, 3M tokens
     assert draft["updated_at"] == first["updated_at"] == later
+
+    # Nor does a finalize date the final before its last draft (review).
+    written = datetime(2026, 12, 10, tzinfo=UTC)
+    db.tasks.insert_one(ended(25, 1_000_000, written=datetime(2026, 12, 9, tzinfo=UTC)))
+    run_chore(db, org="acme", now=written, registry=registry, settings=settings)
+    assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["updated_at"] == written
+    lagging_finalize = datetime(2026, 12, 5, tzinfo=UTC)  # past November's grace too
+    assert finalize_invoices(db, now=lagging_finalize, settings=settings) == ["acme:2026-11"]
+    final = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert final["status"] == "final" and final["finalized_at"] == written

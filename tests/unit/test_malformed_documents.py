@@ -479,9 +479,11 @@ def test_the_first_ticket_and_cursor_of_two_runs_at_once_are_taken_again_not_ref
 @pytest.mark.parametrize(
     ("edit", "said"),
     [
-        ({"$set": {"amount_micros_exact": "abc"}}, "(amount_micros_exact: not a decimal number"),
-        ({"$set": {"amount_micros_exact": "NaN"}}, "(amount_micros_exact: not a decimal number"),
-        ({"$set": {"amount_micros_exact": 12.5}}, "(amount_micros_exact: Input should be a valid"),
+        ({"$set": {"amount_micros_exact": "abc"}}, "(amount_micros_exact: not a decimal amount"),
+        ({"$set": {"amount_micros_exact": "NaN"}}, "(amount_micros_exact: not a decimal amount"),
+        # review: finite, but no amount the chore writes (the views dropped it unsaid)
+        ({"$set": {"amount_micros_exact": "1E+1000000"}}, "(amount_micros_exact: not a decimal"),
+        ({"$set": {"amount_micros_exact": "1E-1000000"}}, "(amount_micros_exact: not a decimal"),
         ({"$set": {"priced_as.tier": "gold"}}, "(priced_as.tier: Input should be 'paid', 'free'"),
         ({"$set": {"priced_as.price_valid_from": "x"}}, "(priced_as.price_valid_from: Invalid"),
     ],

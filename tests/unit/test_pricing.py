@@ -643,6 +643,16 @@ def _paid_model_m(tmp_path: Path, prices: str) -> Path:
     return path
 
 
+@pytest.mark.parametrize("written", ["0.15\u00a0", "\u30000.15", " 0.15 "])
+def test_a_rate_padded_with_any_space_is_read_as_its_digits(written: str, tmp_path: Path) -> None:
+    """Review: the ASCII check once came before the strip, refusing a rate a copy from a
+    web page pads with a non-breaking space, which loaded before (and `parse_usd` takes)."""
+    path = _paid_model_m(
+        tmp_path, f'  - {{valid_from: "2024-01-01", input: "{written}", output: "1"}}\n'
+    )
+    assert load_registry(path).get("m").prices[0].input == Decimal("0.15")
+
+
 @pytest.mark.parametrize("written", ["010", "0_10", "0x10", "0b10", "1:30", "1:30.5", "-010"])
 def test_a_rate_yaml_would_read_in_another_base_is_refused(written: str, tmp_path: Path) -> None:
     """YAML 1.1 reads an unquoted `010` as 8 and `1:30` as 90: billed at a rate nobody wrote.
