@@ -113,14 +113,14 @@ def route_full_pass(
     name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any
 ) -> dict[str, str] | None:
     """Celery router: the daily full pass (`meter_all(full=True)` and each
-    `meter_org(org, full=True)` it queues, retries included) goes to `FULL_QUEUE`, so its
-    long runs never hold up the 5-minute runs; everything else to `DEFAULT_QUEUE`."""
-    if (
-        name in ("chores.tasks.meter_all", "chores.tasks.meter_org")
-        and (kwargs or {}).get("full") is True
-    ):
-        return {"queue": FULL_QUEUE}
-    return None
+    `meter_org(org, full=True)` it queues, retries included; `full` by keyword or by
+    position) goes to `FULL_QUEUE`, so its long runs never hold up the 5-minute runs;
+    everything else to `DEFAULT_QUEUE`."""
+    position = {"chores.tasks.meter_all": 0, "chores.tasks.meter_org": 1}.get(name)
+    if position is None:
+        return None
+    given = (kwargs or {}).get("full", args[position] if len(args or ()) > position else False)
+    return {"queue": FULL_QUEUE} if given is True else None
 
 
 def beat_loop_seconds(settings: Settings) -> float:

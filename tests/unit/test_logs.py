@@ -185,6 +185,21 @@ def test_a_full_flag_that_is_not_true_or_false_is_refused_before_any_work(
     assert route is None  # the 5-minute queue, where it is refused at once
 
 
+def test_the_full_pass_is_routed_to_its_queue_whether_full_is_given_by_keyword_or_position():
+    """Review: `meter_org.delay("acme", True)` (a full pass, `full` by position) went to
+    the 5-minute queue: the router read the keyword only."""
+    route = celery_app.route_full_pass
+    full = {"queue": celery_app.FULL_QUEUE}
+    assert route("chores.tasks.meter_org", ("acme", True), {}, {}) == full
+    assert route("chores.tasks.meter_org", ("acme",), {"full": True}, {}) == full
+    assert route("chores.tasks.meter_all", (True,), None, {}) == full
+    assert route("chores.tasks.meter_all", (), {"full": True}, {}) == full
+    assert route("chores.tasks.meter_org", ("acme",), {}, {}) is None
+    assert route("chores.tasks.meter_org", ("acme", False), {}, {}) is None
+    assert route("chores.tasks.meter_all", (), {}, {}) is None
+    assert route("chores.tasks.finalize_invoices", (True,), {}, {}) is None
+
+
 def test_a_bad_setting_keeps_the_org_due_in_its_failure_line(service, monkeypatch, caplog):
     """Only a bad org is "not retried": a bad setting met by a good org's run leaves it due,
     and the next fan-out sends it again once the setting is fixed (review)."""
