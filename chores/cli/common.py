@@ -110,31 +110,34 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (
 csv_option = click.option("--csv", "as_csv", is_flag=True, help="Print CSV, one row per line.")
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet evaluates
+FORMULA_STARTS = ("=", "+", "-", "@")  # what a spreadsheet evaluates (a tab, a CR: escaped)
 
 
 def csv_cells(values: Iterable[Any]) -> list[Any]:
-    """A CSV row a spreadsheet opens as data: None is empty, and text that a spreadsheet
-    would run as a formula (an org named `=HYPERLINK(...)`) is prefixed with `'` (OWASP's
-    CSV injection advice). Numbers are written as they are."""
-    return [
-        "" if v is None else f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
-        for v in values
-    ]
+    """A CSV row a spreadsheet opens as data: None is empty; text has each control
+    character or bidirectional override written as its escape (`for_terminal`: a model
+    named `\\x1b[2J` cleared the screen of whoever printed the CSV, and piped, click
+    dropped the sequence, so two models printed alike), and text that a spreadsheet would
+    run as a formula (an org named `=HYPERLINK(...)`) is prefixed with `'` (OWASP's CSV
+    injection advice). Numbers are written as they are. `--json` keeps text as it is."""
+    return [_csv_cell(value) for value in values]
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        return value
+    shown = for_terminal(value)
+    return f"'{shown}" if shown.startswith(FORMULA_STARTS) else shown
 
 
 def csv_text(rows: Iterable[Iterable[Any]]) -> str:
-    """Rows as CSV, each cell through `csv_cells`, one row per line ending in `\n`, and a
-    cell holding a line break of either kind quoted: a bare `\r` in a session id left
-    unquoted splits its row in two for a spreadsheet or a CSV reader. (The csv module
-    quotes only what its line terminator holds: each row is written ending in `\r\n`,
-    then ended with `\n`.)"""
-    lines = []
-    for row in rows:
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\r\n").writerow(csv_cells(row))
-        lines.append(buffer.getvalue().removesuffix("\r\n") + "\n")
-    return "".join(lines)
+    """Rows as CSV, each cell through `csv_cells`, one row per line ending in `\n`: no
+    cell holds a line break (a bare `\r` in a session id once split its row in two)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(csv_cells(row) for row in rows)
+    return buffer.getvalue()
 
 
 def machine_format(as_json: bool, as_csv: bool) -> None:

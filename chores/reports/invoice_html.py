@@ -25,8 +25,9 @@ from pymongo.database import Database
 from chores.billing.invoices import Invoice, line_review_reasons
 from chores.billing.period_ledger import read_period
 from chores.core.db import Collections, Doc
-from chores.core.money import usd
+from chores.core.money import usd, usd_exact
 from chores.core.settings import Settings
+from chores.core.wording import for_terminal
 from chores.metering.anomalies import AnomalyLog, OpenAnomaly
 from chores.reports.allocation import Allocation, allocate
 from chores.reports.breakdown import AllocatedUsage, Cell, registry_models, rows
@@ -73,8 +74,19 @@ def model_color(model: str) -> str:
 
 
 def _e(value: object) -> str:
-    """Text from the data, safe in element content and in quoted attributes."""
-    return html.escape(str(value), quote=True)
+    """Text from the data, safe in element content and in quoted attributes, each control
+    character or bidirectional override written as its escape (`\\x1b`, `\\u202e`), as
+    a terminal shows it: a model named `abc\\u202egnp.exe` reads as written."""
+    return html.escape(for_terminal(str(value)), quote=True)
+
+
+KNOWN_STATUSES = ("SUCCESS", "FAILURE", "REVOKED", "RUNNING")  # those the style colours
+
+
+def _status_class(status: str) -> str:
+    """The pill class of a run's status: its own for a status the style knows, else none
+    (a status from the data is text, never class names: `FAILURE SUCCESS` is one)."""
+    return f"pill st-{status}" if status in KNOWN_STATUSES else "pill"
 
 
 @dataclass(frozen=True)
@@ -482,7 +494,11 @@ def _invoice_section(invoice: Invoice) -> str:
     lines = []
     for line in invoice.lines:
         tier = line.tier + (" · late" if line.late else "")
-        amount = _e(usd(line.amount_micros)) if line.priced else '<span class="bad">UNPRICED</span>'
+        amount = (
+            _e(usd_exact(line.amount_micros))
+            if line.priced and line.amount_micros is not None
+            else '<span class="bad">UNPRICED</span>'
+        )
         lines.append(
             f"<tr><td>{_e(line.model if line.model is not None else '(no model)')}</td>"
             f"<td>{_e(tier)}</td><td>{_e(line.price_valid_from or '–')}</td>"
@@ -501,7 +517,7 @@ def _invoice_section(invoice: Invoice) -> str:
     tokens = sum(line.tokens for line in invoice.lines)
     lines.append(
         f'<tr class="total"><td colspan="7">Total</td><td class="n">{tokens:,}</td>'
-        f'<td class="n">{_e(usd(invoice.total_micros))}</td></tr>'
+        f'<td class="n">{_e(usd_exact(invoice.total_micros))}</td></tr>'
     )
     return f"<section><h2>Invoice</h2><table><tr>{head}</tr>{''.join(lines)}</table></section>"
 
@@ -597,7 +613,7 @@ def _node_row(node: RunNode, depth: int, models: dict[str, str]) -> str:
     return (
         f'<tr><td{pad}>{mark}<span class="mono">{_e(run.runner_id)}</span>{kind}</td>'
         f"<td>{_e(models.get(run.runner_id) or run.model or '(no model)')}</td>"
-        f'<td><span class="pill st-{_e(status)}">{_e(status)}</span></td>'
+        f'<td><span class="{_status_class(status)}">{_e(status)}</span></td>'
         f'<td class="mono">{_e(run.session_id or "")}</td>'
         f'<td class="n">{node.own.tokens:,}</td><td class="n">{_e(_amount(node.own))}</td>'
         f'<td class="n">{with_children}</td></tr>'
@@ -656,7 +672,8 @@ def _footer(allocation: Allocation) -> str:
     return (
         f"<footer>Every amount on this page is a share of an invoice line, split by "
         f"largest remainder on the {_e(allocation.pricing)} prices ({weights}); the runs add up "
-        f"to {_e(usd(by_run.priced_micros))} for an invoice total of "
-        f"{_e(usd(invoice.total_micros))} and {by_run.tokens:,} tokens. Self-contained page: "
-        "it needs no network.</footer>"
+        f"to {_e(usd_exact(by_run.priced_micros))} for an invoice total of "
+        f"{_e(usd_exact(invoice.total_micros))} and {by_run.tokens:,} tokens. The invoice's "
+        "lines are to the micro-dollar; the other amounts are rounded to the cent, each on "
+        "its own. Self-contained page: it needs no network.</footer>"
     )

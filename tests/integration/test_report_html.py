@@ -129,6 +129,44 @@ def test_every_value_from_the_data_is_escaped(db, settings, registry):
     assert usd(data.allocation.invoice.total_micros) in page
 
 
+def test_control_characters_from_the_data_are_shown_as_escapes_and_statuses_stay_text(
+    db, settings, registry
+):
+    """Outside review: a model named `\\x1b[2J\\x1b[31mRED` reached the page raw (in a cell,
+    the title, the review text), a bidirectional override reversed the rest of its cell,
+    and a status `FAILURE SUCCESS` gave its run's badge both classes."""
+    import re
+
+    docs = hostile_docs()
+    docs[0]["status"] = "FAILURE SUCCESS"
+    docs[0]["context"]["session_id"] = "abc\u202egnp.exe"
+    docs[1]["context"]["ai_model"] = "\x1b[2J\x1b[31mRED\x00"
+    db.tasks.insert_many(docs)
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    data = collect_report(db, HOSTILE_ORG, "2026-11", settings=settings, registry=registry, now=NOW)
+    page = render_report(data)
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", page)
+    assert "\\x1b[2J\\x1b[31mRED\\x00" in page and "abc\\u202egnp.exe" in page
+    assert 'class="pill">FAILURE SUCCESS<' in page and "st-FAILURE SUCCESS" not in page
+
+
+def test_the_invoice_lines_are_shown_to_the_micro_dollar_and_add_up(acme):
+    """Outside review: the lines, each rounded to the cent, added up to $0.33 under a total
+    of $0.34, and the page said the runs "add up to $0.34": the invoice's own table is
+    to the micro-dollar, as `invoice show` gives its exact total."""
+    from chores.core.money import usd_exact
+
+    data, page = acme
+    invoice = data.allocation.invoice
+    section = page[
+        page.index("<h2>Invoice</h2>") : page.index("</section>", page.index("<h2>Invoice"))
+    ]
+    shown = [usd_exact(line.amount_micros) for line in invoice.lines if line.priced]
+    assert shown and all(f">{amount}</td>" in section for amount in shown)
+    assert f">{usd_exact(invoice.total_micros)}</td></tr></table>" in section
+    assert f"for an invoice total of {usd_exact(invoice.total_micros)}" in page
+
+
 def test_a_reviewed_anomaly_is_listed_apart_with_its_note_escaped(db, settings, registry):
     from chores.run.review import review_anomalies
 

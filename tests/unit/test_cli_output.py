@@ -566,3 +566,42 @@ def test_a_table_of_numbers_only_keeps_every_column_on_a_narrow_terminal(usage_d
     assert shown.exit_code == 0, shown.output
     header = next(line for line in table_lines(shown.output) if "amount" in line).split()
     assert header == [by, "runs", "input", "cached", "output", "unsplit", "tokens", "amount"]
+
+
+def test_csv_shows_control_characters_as_escapes_piped_or_not(env_db):
+    """Outside review: a model named `\x1b[2J...` cleared the screen of whoever printed a
+    CSV; piped, click dropped the sequence, and two models printed alike (one priced, one
+    not). Every text cell shows such characters as their escapes, as the tables do; JSON
+    keeps the names as they are."""
+    import csv
+    import io
+    import json
+    from datetime import timedelta
+
+    ended = NOW - timedelta(hours=1)
+    models = ["gpt-4o-mini", "gpt-4o-mini\x1b[2K", "\x1b]8;;http://evil\x07x", "abc\u202egnp"]
+    for n, model in enumerate(models):
+        context = {"workspace_id": "acme", "ai_model": model, "session_id": f"s\x08{n}"}
+        context |= {"ai_tokens": 1_000, "ai_prompt_tokens": 800, "ai_completion_tokens": 200}
+        env_db.tasks.insert_one(
+            {
+                "_id": f"r{n}", "name": "ai", "status": "SUCCESS", "end_time": ended,
+                "last_updated_db": ended.timestamp(), "context": context,
+            }
+        )  # fmt: skip
+    assert invoke("run", "--org", "acme", *NOW_ARG).exit_code == 0
+    for view in (["invoice", "show"], ["usage", "--by", "model"], ["usage", "--by", "run"]):
+        out = invoke(*view, "--org", "acme", "--csv", *NOW_ARG).output
+        assert not [c for c in out if (c < " " and c != "\n") or "\x7f" <= c <= "\x9f"], view
+        assert "\u202e" not in out
+        header, *rows = list(csv.reader(io.StringIO(out)))
+        column = header.index("model")
+        assert {row[column] for row in rows} == {
+            "gpt-4o-mini",
+            "gpt-4o-mini\\x1b[2K",
+            "\\x1b]8;;http://evil\\x07x",
+            "abc\\u202egnp",
+        }, view
+    shown = invoke("usage", "--org", "acme", "--by", "model", "--json", *NOW_ARG).output
+    as_json = json.loads(shown)
+    assert {row["model"] for row in as_json["rows"]} == set(models)
