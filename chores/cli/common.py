@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import json
 import os
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
+from pydantic import BaseModel
 from pymongo.errors import BulkWriteError, PyMongoError
 from rich.console import Console
 
@@ -138,6 +140,14 @@ def csv_text(rows: Iterable[Iterable[Any]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(csv_cells(row) for row in rows)
     return buffer.getvalue()
+
+
+def model_json(model: BaseModel, *, by_alias: bool = False) -> str:
+    """A model as `--json` prints it: its JSON, indented, every character beyond ASCII as
+    its `\\u` escape (as `json.dumps` writes it), so that text from the data never reaches
+    the terminal raw (a bidirectional override in a model name) and every command's JSON
+    reads alike."""
+    return json.dumps(model.model_dump(mode="json", by_alias=by_alias), indent=2)
 
 
 def machine_format(as_json: bool, as_csv: bool) -> None:

@@ -21,6 +21,7 @@ from chores.cli.common import (
     csv_text,
     json_option,
     machine_format,
+    model_json,
     now_option,
     org_option,
     period_option,
@@ -62,7 +63,7 @@ def invoice_show(
     collections = Collections.of(connect(settings), settings)
     inv = stored_invoice(collections, org, period_or_month_of(period, now))
     if as_json:
-        click.echo(inv.model_dump_json(by_alias=True, indent=2))
+        click.echo(model_json(inv, by_alias=True))
     elif as_csv:
         click.echo(invoice_csv(inv), nl=False)
     else:

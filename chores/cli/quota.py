@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from chores.billing.known_orgs import unknown_org_note
 from chores.cli import tables
-from chores.cli.common import console, now_option, user_errors
+from chores.cli.common import console, model_json, now_option, user_errors
 from chores.cli.exit_codes import EXIT_REFUSED
 from chores.cli.params import OneLineGroup
 from chores.core import clock
@@ -147,7 +147,7 @@ def quota_check(org: str, estimate: int, as_json: bool, now: datetime | None) ->
             )
             if decision.reason.startswith(NO_DECISION) and not as_json:  # scripts: no note
                 _note_unknown_org(Collections.of(db, settings), org)
-    click.echo(decision.model_dump_json(indent=2) if as_json else for_terminal(decision.summary()))
+    click.echo(model_json(decision) if as_json else for_terminal(decision.summary()))
     if not decision.allowed:
         sys.exit(EXIT_REFUSED)
 

@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 
 from chores.cli import tables
-from chores.cli.common import console, now_option, user_errors
+from chores.cli.common import console, model_json, now_option, user_errors
 from chores.cli.exit_codes import EXIT_MISMATCH
 from chores.cli.params import PeriodType
 from chores.core.db import connect
@@ -45,7 +45,7 @@ def reconcile_command(org: str, period: str, as_json: bool, now: datetime | None
     meter = Pipeline(connect(settings), settings, load_registry(settings.registry_path))
     result = reconcile(meter, org, period, now=now or datetime.now(UTC))
     if as_json:
-        click.echo(result.model_dump_json(indent=2))
+        click.echo(model_json(result))
     else:
         out = console()
         table = tables.table(f"Reconciliation {org}:{period} ({result.status})")

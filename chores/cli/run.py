@@ -13,7 +13,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from chores.billing.known_orgs import unknown_org_note
 from chores.cli import tables
-from chores.cli.common import console, now_option, user_errors
+from chores.cli.common import console, model_json, now_option, user_errors
 from chores.cli.exit_codes import EXIT_LOCKED
 from chores.core.db import (
     IN_PROCESS_SCHEMES,
@@ -171,7 +171,7 @@ def _run(
             on_batch=advance,
         )
     if as_json:  # asked for explicitly: --quiet only silences what is for people
-        click.echo(report.model_dump_json(indent=2))
+        click.echo(model_json(report))
         if not quiet:
             _note_unknown_org(db, settings, report)
         return

@@ -6,9 +6,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-# C0 and C1 control characters (an escape sequence, a newline) and the bidirectional
-# overrides: in an org id or a model name from the source, they would drive the terminal.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 control characters (an escape sequence, a newline), the bidirectional
+# overrides, isolates and marks, the line and paragraph separators, and the invisible
+# format characters (zero-width spaces and joiners, the soft hyphen, the byte order mark):
+# in an org id or a model name from the source, they would drive the terminal, reorder
+# what follows, or make two names look alike (`gpt-4o` and `gpt-4o` + U+200F).
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+    "\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]"
+)
 
 IRREGULAR = {"anomaly": "anomalies", "open anomaly": "open anomalies", "entry": "entries"}
 
@@ -25,8 +31,10 @@ def tally(counts: Mapping[str, int]) -> str:
 
 
 def for_terminal(text: str) -> str:
-    """Text from the data as a terminal shows it: each control character or bidirectional
-    override written as its escape (`\\x1b`, `\\n`, `\\u202e`), the rest as it is."""
+    """Text from the data as a terminal shows it: each control, bidirectional or invisible
+    format character written as its escape (`\\x1b`, `\\n`, `\\u202e`, `\\u200f`), the
+    rest as it is. (A backslash stays as it is: a name holding the text `\\x1b` prints
+    like one holding the character; either is visibly not an ordinary name.)"""
     return _UNSAFE.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
 
 

@@ -139,14 +139,15 @@ def test_control_characters_from_the_data_are_shown_as_escapes_and_statuses_stay
 
     docs = hostile_docs()
     docs[0]["status"] = "FAILURE SUCCESS"
-    docs[0]["context"]["session_id"] = "abc\u202egnp.exe"
-    docs[1]["context"]["ai_model"] = "\x1b[2J\x1b[31mRED\x00"
+    docs[0]["context"]["session_id"] = "abc\u202egnp.exe\t\u2028"
+    docs[1]["context"]["ai_model"] = "\x1b[2J\x1b[31mRED\x00\u200f"
     db.tasks.insert_many(docs)
     run_chore(db, now=NOW, registry=registry, settings=settings)
     data = collect_report(db, HOSTILE_ORG, "2026-11", settings=settings, registry=registry, now=NOW)
     page = render_report(data)
-    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", page)
-    assert "\\x1b[2J\\x1b[31mRED\\x00" in page and "abc\\u202egnp.exe" in page
+    unsafe = "[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069]"
+    assert not re.search(unsafe, page)  # a line break (the page's own) is all there is
+    assert "\\x1b[2J\\x1b[31mRED\\x00\\u200f" in page and "abc\\u202egnp.exe\\t\\u2028" in page
     assert 'class="pill">FAILURE SUCCESS<' in page and "st-FAILURE SUCCESS" not in page
 
 

@@ -580,6 +580,7 @@ def test_csv_shows_control_characters_as_escapes_piped_or_not(env_db):
 
     ended = NOW - timedelta(hours=1)
     models = ["gpt-4o-mini", "gpt-4o-mini\x1b[2K", "\x1b]8;;http://evil\x07x", "abc\u202egnp"]
+    models.append("gpt-4o-mini\u200f")  # review: looks like the first, printed raw
     for n, model in enumerate(models):
         context = {"workspace_id": "acme", "ai_model": model, "session_id": f"s\x08{n}"}
         context |= {"ai_tokens": 1_000, "ai_prompt_tokens": 800, "ai_completion_tokens": 200}
@@ -593,7 +594,7 @@ def test_csv_shows_control_characters_as_escapes_piped_or_not(env_db):
     for view in (["invoice", "show"], ["usage", "--by", "model"], ["usage", "--by", "run"]):
         out = invoke(*view, "--org", "acme", "--csv", *NOW_ARG).output
         assert not [c for c in out if (c < " " and c != "\n") or "\x7f" <= c <= "\x9f"], view
-        assert "\u202e" not in out
+        assert "\u202e" not in out and "\u200f" not in out
         header, *rows = list(csv.reader(io.StringIO(out)))
         column = header.index("model")
         assert {row[column] for row in rows} == {
@@ -601,7 +602,13 @@ def test_csv_shows_control_characters_as_escapes_piped_or_not(env_db):
             "gpt-4o-mini\\x1b[2K",
             "\\x1b]8;;http://evil\\x07x",
             "abc\\u202egnp",
+            "gpt-4o-mini\\u200f",
         }, view
     shown = invoke("usage", "--org", "acme", "--by", "model", "--json", *NOW_ARG).output
     as_json = json.loads(shown)
     assert {row["model"] for row in as_json["rows"]} == set(models)
+    # Every command's JSON is ASCII, the names as they are once parsed (review: `invoice
+    # show --json` printed a bidirectional override raw, `usage --json` its escape).
+    invoice = invoke("invoice", "show", "--org", "acme", "--json", *NOW_ARG).output
+    assert invoice.isascii() and shown.isascii()
+    assert {line["model"] for line in json.loads(invoice)["lines"]} == set(models)
