@@ -16,6 +16,7 @@ import contextlib
 import sys
 import warnings
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from functools import cached_property
@@ -400,11 +401,13 @@ APPLY_INDEXES_COMMAND = "chore db indexes --apply"
 
 @dataclass(frozen=True)
 class MissingIndex:
-    """A source index the server does not have (by key pattern, whatever its name)."""
+    """A source index the server does not have (by key pattern, whatever its name), or has
+    only in a form the chore's reads cannot use (`unusable`: why, e.g. `hidden`)."""
 
     collection: str
     name: str
     key: tuple[tuple[str, Any], ...]
+    unusable: str | None = None
 
     @property
     def cost(self) -> str:
@@ -412,12 +415,30 @@ class MissingIndex:
 
     def describe(self) -> str:
         fields = ", ".join(f"{field}: {direction}" for field, direction in self.key)
-        return f"{self.collection} {{{fields}}} ({self.name})"
+        found = f", present but {self.unusable}" if self.unusable else ""
+        return f"{self.collection} {{{fields}}} ({self.name}{found})"
 
     def warning(self) -> str:
         """What a run says about it: the index, what its absence costs, how to create it."""
         create = f"create it: {APPLY_INDEXES_COMMAND}"
+        if self.unusable:
+            create = f"the chore's reads cannot use such an index: make it usable, or {create}"
         return f"source index missing: {self.describe()}; {self.cost} ({create})"
+
+
+def unusable_because(info: Mapping[str, Any]) -> str | None:
+    """Why the chore's reads cannot use an index of `index_information()`, or None: the
+    planner ignores a hidden one, a partial one serves only queries that imply its filter
+    (the chore's imply none), and one with a collation other than `simple` serves no
+    string comparison made without it (the chore's are made without)."""
+    if info.get("hidden"):
+        return "hidden"
+    if info.get("partialFilterExpression") is not None:
+        return "partial"
+    collation = info.get("collation")
+    if isinstance(collation, Mapping) and collation.get("locale", "simple") != "simple":
+        return f"with the collation {str(collation.get('locale'))!r:.40}"
+    return None
 
 
 def _key_pattern(key: Any) -> tuple[tuple[str, Any], ...]:
@@ -428,7 +449,8 @@ def _key_pattern(key: Any) -> tuple[tuple[str, Any], ...]:
 def missing_source_indexes(collections: Collections, settings: Settings) -> list[MissingIndex]:
     """The source indexes the server lacks, from its own `index_information()` (one read-only
     call per collection; nothing is created). An index counts when its key pattern is the
-    wanted one or begins with it, whatever its name (someone else may have created it)."""
+    wanted one or begins with it, whatever its name (someone else may have created it),
+    and the chore's reads can use it (`unusable_because`)."""
     sources = {
         "tasks": (collections.tasks, settings.tasks_collection),
         "findings": (collections.findings, settings.findings_collection),
@@ -436,11 +458,14 @@ def missing_source_indexes(collections: Collections, settings: Settings) -> list
     missing: list[MissingIndex] = []
     for short, models in source_indexes().items():
         collection, name = sources[short]
-        have = [_key_pattern(info["key"]) for info in collection.index_information().values()]
+        have = list(collection.index_information().values())
         for model in models:
             want = _key_pattern(model.document["key"])
-            if not any(pattern[: len(want)] == want for pattern in have):
-                missing.append(MissingIndex(name, model.document["name"], want))
+            found = [info for info in have if _key_pattern(info["key"])[: len(want)] == want]
+            reasons = [unusable_because(info) for info in found]
+            if None not in reasons:
+                why = ", ".join(sorted({reason for reason in reasons if reason})) or None
+                missing.append(MissingIndex(name, model.document["name"], want, why))
     return missing
 
 

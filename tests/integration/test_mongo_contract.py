@@ -362,3 +362,32 @@ def test_a_plain_client_and_a_now_with_microseconds_bill_as_whole_seconds_do(
         if server:
             plain_client.drop_database(plain.name)
             plain_client.close()
+
+
+def test_an_index_the_reads_cannot_use_counts_as_missing(mdb):
+    """A hidden index (MongoDB 4.4+: the planner ignores it), a partial one and one with a
+    collation other than `simple` are reported in `index_information` as this check reads
+    them, and counted missing. (mongomock keeps the partial filter only.)"""
+    from chores.core.db import Collections, missing_source_indexes
+
+    settings = Settings(mongo_url="mongomock://contract")
+    server = isinstance(mdb, pymongo.database.Database)
+    mdb.tasks.create_index(
+        [("name", 1), ("last_updated_db", 1)],
+        name="running_only",
+        partialFilterExpression={"status": "RUNNING"},
+    )
+    expected = {"chore_name_stamp": "partial"}
+    if server:
+        mdb.tasks.create_index([("context.task_id", 1)], name="hidden_one", hidden=True)
+        mdb.findings.create_index(
+            [("extra_data.runner_id", 1)],
+            name="caseless",
+            collation={"locale": "en", "strength": 2},
+        )
+        expected |= {"chore_task_group": "hidden", "chore_spawn_runner": "with the collation 'en'"}
+    found = {
+        index.name: index.unusable
+        for index in missing_source_indexes(Collections.of(mdb, settings), settings)
+    }
+    assert {name: found.get(name) for name in expected} == expected

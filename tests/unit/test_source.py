@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from bson import ObjectId
@@ -19,6 +20,7 @@ from chores.run.chore import run_document
 
 from support import NOW, ai_runner
 
+STAMP = "chore_name_stamp"
 SOURCE_INDEXES = {
     "chore_name_stamp",
     "chore_org_name_stamp",
@@ -82,6 +84,59 @@ def test_compared_by_key_pattern_not_by_name(db, settings):
         "chore_spawn_session",
         "chore_task_group",
     }
+
+
+class _Indexed:
+    """A collection as `missing_source_indexes` reads it: the server's `index_information`
+    (mongomock keeps no `hidden` flag nor collation; the `mongo` contract suite creates
+    them on a real server)."""
+
+    def __init__(self, **indexes: dict[str, Any]) -> None:
+        self.indexes = {"_id_": {"key": [("_id", 1)], "v": 2}, **indexes}
+
+    def index_information(self) -> dict[str, dict[str, Any]]:
+        return self.indexes
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"hidden": True}, "hidden"),
+        ({"partialFilterExpression": {"status": "RUNNING"}}, "partial"),
+        ({"collation": {"locale": "en", "strength": 2}}, "with the collation 'en'"),
+    ],
+)
+def test_an_index_the_reads_cannot_use_is_reported_missing_and_why(settings, options, said):
+    """Outside review: an index with the wanted keys counted as present whatever it was, so
+    `chore status` said "all present" while every batch scanned: a hidden index (the planner
+    ignores it), a partial one (the chore's queries imply no filter) or one with another
+    collation (it serves no comparison made without it)."""
+    stamp = {"key": [("name", 1), ("last_updated_db", 1)], "v": 2, **options}
+    usable_too = {"key": [("name", 1), ("last_updated_db", 1), ("_id", 1)], "v": 2}
+    tasks, findings = _Indexed(theirs=stamp), _Indexed()
+    collections = type("Sources", (), {"tasks": tasks, "findings": findings})()
+    (missing,) = [m for m in missing_source_indexes(collections, settings) if m.name == STAMP]
+    assert missing.describe() == (
+        f"tasks {{name: 1, last_updated_db: 1}} (chore_name_stamp, present but {said})"
+    )
+    assert "the chore's reads cannot use such an index: make it usable, or create it: chore " in (
+        missing.warning()
+    )
+    tasks.indexes["also"] = usable_too  # a usable one beside it: nothing missing
+    assert STAMP not in {m.name for m in missing_source_indexes(collections, settings)}
+    sparse = {**usable_too, "sparse": True}  # sparse serves the chore's reads (no null match)
+    tasks.indexes = {"theirs": stamp, "sparse": sparse}
+    assert STAMP not in {m.name for m in missing_source_indexes(collections, settings)}
+
+
+def test_a_partial_index_on_mongomock_is_not_counted(db, settings):
+    db.tasks.create_index(
+        [("name", ASCENDING), ("last_updated_db", ASCENDING)],
+        name="running_only",
+        partialFilterExpression={"status": "RUNNING"},
+    )
+    report = run_chore(db, now=NOW, settings=settings, dry_run=True)
+    assert any("chore_name_stamp, present but partial" in m for m in report.missing_indexes)
 
 
 def test_dry_run_checks_but_creates_nothing(db, settings):
