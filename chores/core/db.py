@@ -442,8 +442,13 @@ def unusable_because(info: Mapping[str, Any]) -> str | None:
 
 
 def _key_pattern(key: Any) -> tuple[tuple[str, Any], ...]:
+    """An index's keys as the check compares them: ascending and descending alike (the
+    server walks a B-tree either way, for the equality and range reads the chore makes);
+    `hashed`, `text` and the geo kinds as themselves (they serve none of them)."""
     items = key.items() if hasattr(key, "items") else key
-    return tuple((str(field), int(d) if isinstance(d, int | float) else d) for field, d in items)
+    return tuple(
+        (str(field), 1 if isinstance(d, int | float) and abs(d) == 1 else d) for field, d in items
+    )
 
 
 def missing_source_indexes(collections: Collections, settings: Settings) -> list[MissingIndex]:

@@ -84,6 +84,10 @@ def test_compared_by_key_pattern_not_by_name(db, settings):
         "chore_spawn_session",
         "chore_task_group",
     }
+    # descending keys serve the same equality and range reads; a hashed key serves none
+    db.tasks.create_index([("context.task_id", -1)], name="descending")
+    db.findings.create_index([("extra_data.subagent_session_id", "hashed")], name="hashed")
+    assert missing_names(db, settings) == {"chore_org_name_stamp", "chore_spawn_session"}
 
 
 class _Indexed:
