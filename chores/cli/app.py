@@ -16,9 +16,9 @@ from typing import Any
 import click
 
 from chores.cli.anomaly import anomaly
+from chores.cli.common import save_stores
 from chores.cli.db import db
 from chores.cli.demo import demo
-from chores.cli.exit_codes import EXIT_INTERRUPTED, INTERRUPTED
 from chores.cli.finalize import finalize
 from chores.cli.invoice import invoice
 from chores.cli.params import OneLineGroup
@@ -27,7 +27,6 @@ from chores.cli.reconcile import reconcile_command
 from chores.cli.registry import registry
 from chores.cli.run import run
 from chores.cli.usage import report, usage
-from chores.core.exceptions import ChoreError
 from chores.core.settings import get_settings
 
 
@@ -58,21 +57,7 @@ def main() -> None:
     # SIGHUP still interrupt rather than kill, and before their handlers come back.
     context = click.get_current_context()
     _interrupt_on_termination(context)
-    context.call_on_close(_save_stores)
-
-
-def _save_stores() -> None:
-    """Save the file:// stores the command opened; an interruption during the saving (held
-    until it is done) exits 130, a store that cannot be written is one line and exit 1."""
-    from chores.core.local_store import close_all
-
-    try:
-        close_all()
-    except KeyboardInterrupt:
-        click.echo(INTERRUPTED, err=True)
-        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
-    except ChoreError as exc:
-        raise click.ClickException(str(exc)) from None
+    context.call_on_close(save_stores)
 
 
 def _interrupt_on_termination(context: click.Context) -> None:

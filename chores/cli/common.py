@@ -61,6 +61,21 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def save_stores() -> None:
+    """Save the file:// stores the command opened; an interruption during the saving (held
+    until it is done) exits 130, a store that cannot be written is one line and exit 1.
+    Every command does it when it ends; `run` also before it says what it billed."""
+    from chores.core.local_store import close_all
+
+    try:
+        close_all()
+    except KeyboardInterrupt:
+        click.echo(INTERRUPTED, err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+    except ChoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def refuse_text_that_is_not_utf8(params: dict[str, Any]) -> None:
     """Refuse an option or argument given in bytes that are not UTF-8 (a lone surrogate to
     Python), before the command does anything: no write to MongoDB, nor a query, can encode

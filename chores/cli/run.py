@@ -13,7 +13,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from chores.billing.known_orgs import unknown_org_note
 from chores.cli import tables
-from chores.cli.common import console, model_json, now_option, user_errors
+from chores.cli.common import console, model_json, now_option, save_stores, user_errors
 from chores.cli.exit_codes import EXIT_LOCKED
 from chores.core.db import (
     IN_PROCESS_SCHEMES,
@@ -170,6 +170,9 @@ def _run(
             full=full,
             on_batch=advance,
         )
+    # A file:// store is written back now, not when the command ends: a process killed
+    # after the summary below said what it billed kept none of it (outside review).
+    save_stores()
     if as_json:  # asked for explicitly: --quiet only silences what is for people
         click.echo(model_json(report))
         if not quiet:

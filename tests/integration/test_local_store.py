@@ -197,6 +197,44 @@ def test_the_file_keeps_types_and_indexes(tmp_path, monkeypatch):
     _local_store.close_all(save=False)
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_run_has_saved_what_it_billed_before_it_says_so(tmp_path, monkeypatch, as_json):
+    """Outside review: `kill -9` after `chore run` had printed "199,037,776 tokens billed"
+    kept none of it (the store was written back when the command ended): the rerun billed
+    it all again, exactly, but the line had said otherwise. The file holds the run's
+    writes before a word of its summary is printed."""
+    store = tmp_path / "store.json"
+    url = f"file://{store}"
+    db = _local_store.open_client(url, fresh=True)["main"]
+    db["tasks"].insert_one(
+        {
+            "_id": ObjectId(),
+            "name": "ai",
+            "status": "SUCCESS",
+            "end_time": datetime(2026, 11, 20, tzinfo=UTC),
+            "last_updated_db": 1.0e9,
+            "context": {"workspace_id": "acme", "ai_tokens": 9_000, "ai_model": "gpt-4o-mini"},
+        }
+    )
+    _local_store.close_all()
+    monkeypatch.setenv("MONGO_URL", url)
+    get_settings.cache_clear()
+    on_disk: list[int] = []
+
+    def echo(*args: Any, **kwargs: Any) -> None:  # the first word of the summary
+        if not on_disk:
+            stored = json_util.loads(store.read_text(encoding="utf-8"))["databases"]["main"]
+            on_disk.append(len(stored.get("billing_ledger", {}).get("documents", [])))
+
+    monkeypatch.setattr("chores.cli.run.click.echo", echo)
+    monkeypatch.setattr("chores.cli.run.tables.show", echo)
+    args = ["run", "--all", "--now", NOW, *(["--json"] if as_json else [])]
+    result = CliRunner().invoke(main, args)
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert on_disk == [1]  # the run's one ledger entry
+
+
 def test_a_runner_with_a_64_bit_integer_id_is_billed_once_across_reloads(tmp_path, settings):
     """Inserted as a Python int, read back from the file as `Int64`: one runner, one key."""
     from chores import run_chore
