@@ -1,7 +1,8 @@
 """The anomaly log (`billing_anomalies`): documents that could not be billed as they are.
 
 One record per runner and kind (`_id` = `"<runner_id>:<kind>"`; per runner, kind and org
-for `org_changed`), keeping the first detail seen. Self-healing kinds (see
+for `org_changed`), keeping the first detail seen while it stays open where it is (the
+detail seen when it re-opens or moves, else). Self-healing kinds (see
 `Anomaly.SELF_HEALING`) are marked resolved when the runner later bills cleanly; an
 invoice period with an open anomaly needs review. A person who has looked at an open
 anomaly marks it reviewed (`review`, `chore anomaly review`): it stays open, as the runs
@@ -107,10 +108,12 @@ class AnomalyLog:
         """Insert new anomalies; re-open or move known ones to the period seen now.
 
         The usage time of a document can change (a running runner gets its
-        `end_time`), so an anomaly follows the document's current period.
+        `end_time`), so an anomaly follows the document's current period. One re-opened or
+        moved takes the detail seen now: it flags an invoice nobody has reviewed it on, and
+        its reader is shown what the document says, not what it said before it healed.
         """
         fresh: dict[str, Doc] = {}
-        moves: dict[tuple[Any, Any], list[str]] = defaultdict(list)
+        moves: dict[tuple[Any, Any, str], list[str]] = defaultdict(list)
         for r in records:
             record_id = anomaly_id(r)
             known = previous.get(record_id)
@@ -127,13 +130,13 @@ class AnomalyLog:
                     "run_id": run_id,
                 }
             elif not known.open_at(r.org, r.period):
-                moves[(r.org, r.period)].append(record_id)
+                moves[(r.org, r.period, r.detail)].append(record_id)
         insert_ignoring_duplicates(self._anomalies, list(fresh.values()))
-        for (org, period), ids in sorted(moves.items(), key=lambda item: str(item[0])):
+        for (org, period, detail), ids in sorted(moves.items(), key=lambda item: str(item[0])):
             self._anomalies.update_many(
                 {"_id": {"$in": ids}},
                 {
-                    "$set": {"org": org, "period": period, "resolved": False},
+                    "$set": {"org": org, "period": period, "resolved": False, "detail": detail},
                     "$unset": {"reviewed": ""},  # not reviewed on the invoice it flags now
                 },
             )

@@ -215,6 +215,11 @@ def test_a_reviewed_anomaly_that_heals_and_comes_back_flags_again(db, settings):
     record = db.billing_anomalies.find_one({})
     assert record["resolved"] is False and "reviewed" not in record
     assert invoice(db, "acme:2026-11")["needs_review"] is True
+    # What it says is what the document says now (outside review: it kept "'bad'", a
+    # value the document no longer held, for the person reviewing it anew).
+    assert "'bad again'" in record["detail"] and "'bad'" not in record["detail"]
+    (shown,) = AnomalyLog(Collections.of(db, settings)).open_anomalies("acme", "2026-11")
+    assert "'bad again'" in shown.detail
 
 
 def test_reviewing_a_final_invoices_anomalies_records_the_review_and_changes_nothing(db, settings):
