@@ -35,6 +35,7 @@ from chores.core.exceptions import (
     ConfigError,
     CredentialsRefused,
     DatabaseUnavailable,
+    IndexesNotCreated,
     SourceIsReadOnly,
 )
 from chores.core.settings import BILLING_COLLECTIONS, Settings
@@ -371,14 +372,36 @@ def billing_indexes() -> dict[str, list[IndexModel]]:
 
 
 def ensure_indexes(db: Database[Doc], settings: Settings, *, source: bool = False) -> list[str]:
-    """Create the billing indexes (and the source ones when `source`); names created."""
-    created: list[str] = []
-    for short, models in billing_indexes().items():
-        created += db[settings.collection(short)].create_indexes(models)
+    """Create the billing indexes (and the source ones when `source`); names created.
+
+    One call per collection; when the server refuses it (an index of that name already
+    there with other options: made partial or hidden by hand), each of its indexes is
+    created on its own, the others are created all the same, and `IndexesNotCreated`
+    names those refused and why."""
+    targets = [
+        (db[settings.collection(short)], models) for short, models in billing_indexes().items()
+    ]
     if source:
         names = {"tasks": settings.tasks_collection, "findings": settings.findings_collection}
-        for short, models in source_indexes().items():
-            created += db[names[short]].create_indexes(models)
+        targets += [(db[names[short]], models) for short, models in source_indexes().items()]
+    created: list[str] = []
+    refused: list[str] = []
+    for collection, models in targets:
+        try:
+            created += collection.create_indexes(models)
+        except OperationFailure:
+            for model in models:
+                try:
+                    created += collection.create_indexes([model])
+                except OperationFailure as exc:
+                    reason = (exc.details or {}).get("errmsg") or str(exc)
+                    refused.append(f"{collection.name} {model.document['name']} ({reason})")
+    if refused:
+        raise IndexesNotCreated(
+            f"created {len(created)} indexes; the server refused {len(refused)}: "
+            f"{'; '.join(refused)}. An index of the chore's name with other options (partial, "
+            "hidden) is not replaced: drop it (or unhide it), then run this again"
+        )
     return created
 
 
@@ -422,7 +445,10 @@ class MissingIndex:
         """What a run says about it: the index, what its absence costs, how to create it."""
         create = f"create it: {APPLY_INDEXES_COMMAND}"
         if self.unusable:
-            create = f"the chore's reads cannot use such an index: make it usable, or {create}"
+            create = (
+                f"the chore's reads cannot use such an index: make it usable, or {create} "
+                f"(drop the other first if it is named {self.name})"
+            )
         return f"source index missing: {self.describe()}; {self.cost} ({create})"
 
 
@@ -433,7 +459,7 @@ def unusable_because(info: Mapping[str, Any]) -> str | None:
     string comparison made without it (the chore's are made without)."""
     if info.get("hidden"):
         return "hidden"
-    if info.get("partialFilterExpression") is not None:
+    if info.get("partialFilterExpression"):  # an empty filter filters nothing
         return "partial"
     collation = info.get("collation")
     if isinstance(collation, Mapping) and collation.get("locale", "simple") != "simple":
@@ -442,12 +468,15 @@ def unusable_because(info: Mapping[str, Any]) -> str | None:
 
 
 def _key_pattern(key: Any) -> tuple[tuple[str, Any], ...]:
-    """An index's keys as the check compares them: ascending and descending alike (the
-    server walks a B-tree either way, for the equality and range reads the chore makes);
-    `hashed`, `text` and the geo kinds as themselves (they serve none of them)."""
+    """An index's keys as the check compares them: every numeric direction alike (the
+    server walks a B-tree either way, for the equality and range reads the chore makes,
+    and reads any positive number as ascending, any negative one as descending); `hashed`,
+    `text`, the geo kinds and a wildcard as themselves (not counted: they serve none of
+    the compound reads, and are not told apart from those they might serve)."""
     items = key.items() if hasattr(key, "items") else key
     return tuple(
-        (str(field), 1 if isinstance(d, int | float) and abs(d) == 1 else d) for field, d in items
+        (str(field), 1 if isinstance(d, int | float) and not isinstance(d, bool) and d else d)
+        for field, d in items
     )
 
 

@@ -57,5 +57,10 @@ class MalformedDocument(ChoreError):
     hand): nothing is billed or shown from it."""
 
 
+class IndexesNotCreated(ChoreError):
+    """The server refused to create some of the chore's indexes (the others were created):
+    the message names each and why."""
+
+
 class SourceIsReadOnly(ChoreError):
     """The chore only reads the platform's collections."""

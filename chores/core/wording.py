@@ -8,11 +8,13 @@ from collections.abc import Mapping
 
 # C0 and C1 control characters (an escape sequence, a newline), the bidirectional
 # overrides, isolates and marks, the line and paragraph separators, and the invisible
-# format characters (zero-width spaces and joiners, the soft hyphen, the byte order mark):
-# in an org id or a model name from the source, they would drive the terminal, reorder
-# what follows, or make two names look alike (`gpt-4o` and `gpt-4o` + U+200F).
+# format characters that join nothing (the zero-width space, the word joiner, the byte
+# order mark): in an org id or a model name from the source, they would drive the
+# terminal, reorder what follows, or make two names look alike (`gpt-4o` and `gpt-4o` +
+# U+200F). The zero-width (non-)joiners and the soft hyphen are left as they are: emoji
+# sequences and Persian words need them (a review caught the first version escaping them).
 _UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+    "[\x00-\x1f\x7f-\x9f\u061c\u180e\u200b\u200e\u200f\u2028-\u202e"
     "\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]"
 )
 

@@ -612,3 +612,14 @@ def test_csv_shows_control_characters_as_escapes_piped_or_not(env_db):
     invoice = invoke("invoice", "show", "--org", "acme", "--json", *NOW_ARG).output
     assert invoice.isascii() and shown.isascii()
     assert {line["model"] for line in json.loads(invoice)["lines"]} == set(models)
+
+
+def test_joiners_and_soft_hyphens_stay_as_written_invisible_marks_do_not():
+    """Review: the zero-width joiner and non-joiner were escaped, breaking emoji sequences
+    and Persian words (and a suggested `--org` command quoting such an org)."""
+    from chores.core.wording import for_terminal
+
+    for text in ("👨\u200d👩\u200d👧", "می\u200cخواهم", "co\u00adoperate", "Zoë 東京 שלום"):
+        assert for_terminal(text) == text
+    assert for_terminal("gpt-4o\u200f") == "gpt-4o\\u200f"
+    assert for_terminal("a\u200bb\ufeff") == "a\\u200bb\\ufeff"

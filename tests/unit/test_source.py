@@ -133,6 +133,43 @@ def test_an_index_the_reads_cannot_use_is_reported_missing_and_why(settings, opt
     assert STAMP not in {m.name for m in missing_source_indexes(collections, settings)}
 
 
+@pytest.mark.parametrize(
+    "info",
+    [
+        {"key": [("name", 2), ("last_updated_db", -1.0)]},  # any positive number: ascending
+        {"key": [("name", 1), ("last_updated_db", 1)], "partialFilterExpression": {}},
+        {"key": [("name", 1), ("last_updated_db", 1)], "collation": {"locale": "simple"}},
+        {"key": [("name", 1), ("last_updated_db", 1)], "hidden": False},
+    ],
+)
+def test_index_shapes_that_serve_the_reads_count(settings, info):
+    """Review: a legacy direction (2) and an empty partial filter were reported missing."""
+    tasks, findings = _Indexed(theirs={**info, "v": 2}), _Indexed()
+    collections = type("Sources", (), {"tasks": tasks, "findings": findings})()
+    assert STAMP not in {m.name for m in missing_source_indexes(collections, settings)}
+
+
+def test_an_index_of_the_chores_name_the_server_will_not_replace_is_named_and_the_rest_made(
+    env_db,
+):
+    """Review: `chore db indexes --apply` stopped at the first index the server refused (its
+    name taken by a partial one made by hand), leaving the others of that collection and
+    of every collection after it uncreated, with a bare database error."""
+    env_db.tasks.create_index(
+        [("name", ASCENDING), ("last_updated_db", ASCENDING)],
+        name=STAMP,
+        partialFilterExpression={"status": "RUNNING"},
+    )
+    result = CliRunner().invoke(main, ["db", "indexes", "--apply"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: created ")
+    assert f"the server refused 1: tasks {STAMP} (" in result.output
+    assert "drop it (or unhide it), then run this again" in result.output
+    assert {"chore_org_name_stamp", "chore_task_group"} <= set(env_db.tasks.index_information())
+    assert "chore_spawn_runner" in env_db.findings.index_information()
+    assert "runner_seq" in env_db.billing_ledger.index_information()
+
+
 def test_a_partial_index_on_mongomock_is_not_counted(db, settings):
     db.tasks.create_index(
         [("name", ASCENDING), ("last_updated_db", ASCENDING)],
