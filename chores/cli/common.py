@@ -162,7 +162,8 @@ def model_json(model: BaseModel, *, by_alias: bool = False) -> str:
     its `\\u` escape (as `json.dumps` writes it), so that text from the data never reaches
     the terminal raw (a bidirectional override in a model name) and every command's JSON
     reads alike."""
-    return json.dumps(model.model_dump(mode="json", by_alias=by_alias), indent=2)
+    # Through pydantic's own JSON first: what it writes for every value (NaN as null).
+    return json.dumps(json.loads(model.model_dump_json(by_alias=by_alias)), indent=2)
 
 
 def machine_format(as_json: bool, as_csv: bool) -> None:

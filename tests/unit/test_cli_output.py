@@ -623,3 +623,19 @@ def test_joiners_and_soft_hyphens_stay_as_written_invisible_marks_do_not():
         assert for_terminal(text) == text
     assert for_terminal("gpt-4o\u200f") == "gpt-4o\\u200f"
     assert for_terminal("a\u200bb\ufeff") == "a\\u200bb\\ufeff"
+
+
+def test_model_json_writes_what_pydantic_writes_in_ascii():
+    """Review: `json.dumps` of a model's dump wrote `NaN` (no JSON) where pydantic wrote
+    null; the ASCII form must change nothing else."""
+    from pydantic import BaseModel
+
+    from chores.cli.common import model_json
+
+    class Shown(BaseModel):
+        ratio: float
+        name: str
+
+    shown = Shown(ratio=float("nan"), name="abc\u202e東京")
+    assert json.loads(model_json(shown)) == json.loads(shown.model_dump_json())
+    assert model_json(shown).isascii() and "NaN" not in model_json(shown)
