@@ -398,9 +398,9 @@ def ensure_indexes(db: Database[Doc], settings: Settings, *, source: bool = Fals
                     refused.append(f"{collection.name} {model.document['name']} ({reason})")
     if refused:
         raise IndexesNotCreated(
-            f"created {len(created)} indexes; the server refused {len(refused)}: "
+            f"the server refused {len(refused)} of the chore's indexes (the others are there): "
             f"{'; '.join(refused)}. An index of the chore's name with other options (partial, "
-            "hidden) is not replaced: drop it (or unhide it), then run this again"
+            f"hidden) is not replaced: drop it (or unhide it), then run `{APPLY_INDEXES_COMMAND}`"
         )
     return created
 
