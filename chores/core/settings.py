@@ -177,6 +177,16 @@ class Plan(BaseModel):
     soft_ratio: float = Field(default=0.8, gt=0, le=1)
     grace_tokens: int = Field(default=0, ge=0, le=MAX_INT64)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _a_number(cls, value: object) -> object:
+        """A plan's values are numbers as stored: `true` is no 1-token limit, nor `"5000"`
+        a limit (a plan document edited by hand; `plan set` writes numbers). A whole
+        float (`1000000.0`, as a shell writes numbers) is the whole number it holds."""
+        if isinstance(value, bool | str):
+            raise ValueError(f"must be a number, not {type(value).__name__}")
+        return value
+
 
 class Settings(BaseSettings):
     """Configuration of the billing chore (environment variables, upper-case)."""

@@ -307,7 +307,19 @@ def test_a_zero_token_limit_with_an_overdraft_warns_then_blocks(db, settings, re
 
 
 @pytest.mark.parametrize(
-    "bad", [{"token_limit": "10M"}, {"token_limit": -1}, {"soft_ratio": 0}, {"soft_ratio": 80}]
+    "bad",
+    [
+        {"token_limit": "10M"},
+        {"token_limit": -1},
+        {"soft_ratio": 0},
+        {"soft_ratio": 80},
+        # outside review: read as a 1-token limit, a $0 one, a limit of 5,000, a ratio of 1
+        {"token_limit": True},
+        {"spend_limit_micros": False},
+        {"token_limit": "5000"},
+        {"soft_ratio": True},
+        {"grace_tokens": True},
+    ],
 )
 def test_an_invalid_plan_holds_its_own_org_only(db, settings, registry, caplog, bad):
     set_plan(db, token_limit=120)
@@ -320,6 +332,14 @@ def test_an_invalid_plan_holds_its_own_org_only(db, settings, registry, caplog, 
     assert (kept["state"], kept["used_tokens"]) == ("warn", 100)
     assert db.billing_quota.find_one({"_id": "beta"})["used_tokens"] == 101
     assert "plan of 'acme' is invalid, no decision written" in caplog.text
+
+
+def test_a_limit_written_as_a_whole_float_is_that_whole_number(db, settings, registry):
+    """A shell writes numbers as doubles: `token_limit: 120.0` is a 120-token limit."""
+    set_plan(db, token_limit=120.0)
+    report = meter(db, settings, registry, ai_run("acme", 130))
+    assert report.decisions == {"acme": "block"}
+    assert db.billing_quota.find_one({"_id": "acme"})["token_limit"] == 120
 
 
 @given(percent=st.integers(1, 100), limit=st.integers(1, 10**15))
