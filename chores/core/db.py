@@ -452,19 +452,71 @@ class MissingIndex:
         return f"source index missing: {self.describe()}; {self.cost} ({create})"
 
 
-def unusable_because(info: Mapping[str, Any]) -> str | None:
-    """Why the chore's reads cannot use an index of `index_information()`, or None: the
-    planner ignores a hidden one, a partial one serves only queries that imply its filter
-    (the chore's imply none), and one with a collation other than `simple` serves no
-    string comparison made without it (the chore's are made without)."""
+# What an AI run spawns (a spawn finding's `ai_type`): a subagent or another task, or a
+# workflow or scan whose `ai` steps inherit the run's counters (`lineage.spawner_ids`).
+SPAWNED_RUNNER_TYPES = ("task", "workflow", "scan")
+_PRESENT = "present"  # a field every read constrains to some value, none of them null
+# What each source index's reads hold of a finding, beyond its keys: a partial index
+# serves them when its filter follows from this (`_implied`). The reads of tasks hold
+# `name` in AI_TASK_NAMES *or* matching `^<name>/` (a variant, `ai/triage`): no filter a
+# partial index may hold follows from a pattern, so none of tasks' counts.
+SOURCE_READS: dict[str, dict[str, tuple[str, ...] | str]] = {
+    "chore_spawn_runner": {
+        "_type": ("ai",),
+        "ai_type": SPAWNED_RUNNER_TYPES,
+        "extra_data.runner_id": _PRESENT,
+    },
+    "chore_spawn_session": {
+        "_type": ("ai",),
+        "ai_type": ("task",),
+        "extra_data.subagent_session_id": _PRESENT,
+    },
+}
+
+
+def unusable_because(info: Mapping[str, Any], reads: Mapping[str, Any]) -> str | None:
+    """Why the chore's reads (`reads`: what they hold, `SOURCE_READS`) cannot use an index
+    of `index_information()`, or None: the planner ignores a hidden one, a partial one
+    serves only reads that imply its filter, and one with a collation other than `simple`
+    serves no string comparison made without it (the chore's are made without)."""
     if info.get("hidden"):
         return "hidden"
-    if info.get("partialFilterExpression"):  # an empty filter filters nothing
-        return "partial"
+    wanted = info.get("partialFilterExpression")
+    if wanted and not _implied(wanted, reads):  # an empty filter filters nothing
+        return "partial, with a filter its reads do not imply"
     collation = info.get("collation")
     if isinstance(collation, Mapping) and collation.get("locale", "simple") != "simple":
         return f"with the collation {str(collation.get('locale'))!r:.40}"
     return None
+
+
+def _implied(wanted: Any, reads: Mapping[str, Any]) -> bool:
+    """Whether every document the reads can return passes the partial filter `wanted`:
+    each of its clauses an equality, `$in` or `$exists: true` that follows from `reads`."""
+    if not isinstance(wanted, Mapping):
+        return False
+    for field, condition in wanted.items():
+        if field == "$and" and isinstance(condition, list):
+            if not all(_implied(part, reads) for part in condition):
+                return False
+            continue
+        held = reads.get(field)
+        if held is None:
+            return False
+        if isinstance(condition, Mapping) and set(condition) == {"$exists"}:
+            if condition["$exists"] is not True:
+                return False
+        elif held == _PRESENT:
+            return False  # held to values not known here: only `$exists: true` follows
+        elif isinstance(condition, Mapping) and set(condition) == {"$in"}:
+            if not isinstance(condition["$in"], list) or not set(held) <= set(condition["$in"]):
+                return False
+        elif isinstance(condition, Mapping) and set(condition) == {"$eq"}:
+            if list(held) != [condition["$eq"]]:
+                return False
+        elif isinstance(condition, Mapping) or list(held) != [condition]:
+            return False
+    return True
 
 
 def _key_pattern(key: Any) -> tuple[tuple[str, Any], ...]:
@@ -496,7 +548,8 @@ def missing_source_indexes(collections: Collections, settings: Settings) -> list
         for model in models:
             want = _key_pattern(model.document["key"])
             found = [info for info in have if _key_pattern(info["key"])[: len(want)] == want]
-            reasons = [unusable_because(info) for info in found]
+            reads = SOURCE_READS.get(model.document["name"], {})
+            reasons = [unusable_because(info, reads) for info in found]
             if None not in reasons:
                 why = ", ".join(sorted({reason for reason in reasons if reason})) or None
                 missing.append(MissingIndex(name, model.document["name"], want, why))

@@ -23,7 +23,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from chores.core.db import Collections, Doc
+from chores.core.db import SPAWNED_RUNNER_TYPES, Collections, Doc
 from chores.core.orgs import MAX_ORG
 from chores.metering.lineage import pair_spawns
 
@@ -40,9 +40,6 @@ RUNNER_PROJECTION = {
     "context": 1,
 }
 SPAWN_PROJECTION = {"extra_data": 1, "_context": 1}
-# What an AI run spawns (a spawn finding's `ai_type`): a subagent or another task, or a
-# workflow or scan whose `ai` steps inherit the run's counters (`lineage.spawner_ids`).
-SPAWNED_RUNNER_TYPES = ("task", "workflow", "scan")
 # An org id as the server matches it: a string of at least one character (any) and not of
 # MAX_ORG + 1. No `$` anchor: it also matches before a final newline, and MAX_ORG
 # characters and a newline would pass for an org.

@@ -106,7 +106,10 @@ class _Indexed:
     ("options", "said"),
     [
         ({"hidden": True}, "hidden"),
-        ({"partialFilterExpression": {"status": "RUNNING"}}, "partial"),
+        (
+            {"partialFilterExpression": {"status": "RUNNING"}},
+            "partial, with a filter its reads do not imply",
+        ),
         ({"collation": {"locale": "en", "strength": 2}}, "with the collation 'en'"),
     ],
 )
@@ -149,6 +152,77 @@ def test_index_shapes_that_serve_the_reads_count(settings, info):
     assert STAMP not in {m.name for m in missing_source_indexes(collections, settings)}
 
 
+@pytest.mark.parametrize(
+    ("index", "key", "partial", "counts"),
+    [
+        # what docs/scaling.md advises for the spawn findings: the reads imply it
+        (
+            "chore_spawn_runner",
+            "extra_data.runner_id",
+            {"_type": "ai", "ai_type": {"$in": ["task", "workflow", "scan"]}},
+            True,
+        ),
+        (
+            "chore_spawn_runner",
+            "extra_data.runner_id",
+            {"extra_data.runner_id": {"$exists": True}},
+            True,
+        ),
+        (
+            "chore_spawn_runner",
+            "extra_data.runner_id",
+            {"$and": [{"_type": "ai"}, {"_type": {"$eq": "ai"}}]},
+            True,
+        ),
+        (
+            "chore_spawn_session",
+            "extra_data.subagent_session_id",
+            {"ai_type": "task", "_type": "ai"},
+            True,
+        ),
+        # a filter the reads do not imply: the read would miss what the index leaves out
+        ("chore_spawn_runner", "extra_data.runner_id", {"ai_type": "task"}, False),
+        (
+            "chore_spawn_runner",
+            "extra_data.runner_id",
+            {"ai_type": {"$in": ["task", "scan"]}},
+            False,
+        ),
+        (
+            "chore_spawn_runner",
+            "extra_data.runner_id",
+            {"extra_data.runner_id": {"$type": "string"}},
+            False,
+        ),
+        (
+            "chore_spawn_session",
+            "extra_data.subagent_session_id",
+            {"_type": "ai", "done": True},
+            False,
+        ),
+        # the reads of tasks hold a name *or* its `name/` variants: no filter on name follows
+        ("chore_name_stamp", "name", {"name": "ai"}, False),
+    ],
+)
+def test_a_partial_index_counts_when_its_reads_imply_its_filter(
+    settings, index, key, partial, counts
+):
+    """Whole-change review: every partial index was reported missing, the one
+    docs/scaling.md advises for the spawn findings included. It counts when every read of
+    it implies its filter; the `{name: "ai"}` once advised for the task indexes does not
+    (the reads also match `ai/<variant>`), and scaling.md no longer advises it."""
+    keys = [(key, 1), ("last_updated_db", 1)] if key == "name" else [(key, 1)]
+    info = {"key": keys, "v": 2, "partialFilterExpression": partial}
+    found = {"tasks": _Indexed(), "findings": _Indexed()}
+    found["tasks" if key == "name" else "findings"].indexes["theirs"] = info
+    collections = type("Sources", (), found)()
+    missing = {m.name: m.unusable for m in missing_source_indexes(collections, settings)}
+    if counts:
+        assert index not in missing
+    else:
+        assert missing[index] == "partial, with a filter its reads do not imply"
+
+
 def test_an_index_of_the_chores_name_the_server_will_not_replace_is_named_and_the_rest_made(
     env_db,
 ):
@@ -177,7 +251,8 @@ def test_a_partial_index_on_mongomock_is_not_counted(db, settings):
         partialFilterExpression={"status": "RUNNING"},
     )
     report = run_chore(db, now=NOW, settings=settings, dry_run=True)
-    assert any("chore_name_stamp, present but partial" in m for m in report.missing_indexes)
+    said = "chore_name_stamp, present but partial, with a filter its reads do not imply"
+    assert any(said in m for m in report.missing_indexes)
 
 
 def test_dry_run_checks_but_creates_nothing(db, settings):
