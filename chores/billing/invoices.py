@@ -903,7 +903,9 @@ class Finalizer:
 
 def _not_before(now: datetime, written: Any) -> datetime:
     """`now`, or the time a document says it was written when that is later: a run whose
-    `now` lags the last writer's (a lagging host, a replay) never dates it back."""
-    if isinstance(written, datetime) and as_utc(written) > now:
+    `now` lags the last writer's (a lagging host, a replay) never dates it back. A time
+    ahead of this machine's clock is no time a run wrote here (an edit by hand, a host far
+    ahead): not kept, or a final would be dated 2099 by a draft edited so (review)."""
+    if isinstance(written, datetime) and now < as_utc(written) <= _clock.wall_clock():
         return as_utc(written)
     return now

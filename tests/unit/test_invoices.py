@@ -26,6 +26,7 @@ from chores.metering.ledger import Ledger
 from chores.run.pipeline import Pipeline
 from pricing import Registry, load_registry
 
+from support import ai_runner
 from support.dbproxy import DatabaseProxy, PauseAt, Recorder, pause_at
 
 CONFIG = Settings(mongo_url="mongomock://incremental", batch_size=20, redis_url=None)
@@ -488,7 +489,6 @@ def test_a_final_is_flagged_for_what_stands_when_it_is_frozen_not_for_a_stale_dr
     """Property check: a subagent held under acme (`baseline_missing`) moved to globex; a
     run of globex moved the anomaly, and acme's draft kept its flag until an acme run. A
     finalize before one froze acme's month flagged for good, with nothing open on it."""
-    from support import ai_runner
 
     def subagent(org: str, at: datetime) -> dict[str, Any]:
         doc = ai_runner("r1", ended=None, status="RUNNING", org=org, stamp=at.timestamp())
@@ -886,3 +886,19 @@ def test_a_lagging_run_adds_its_usage_without_moving_the_drafts_time_back(db, se
     assert finalize_invoices(db, now=lagging_finalize, settings=settings) == ["acme:2026-11"]
     final = db.billing_invoices.find_one({"_id": "acme:2026-11"})
     assert final["status"] == "final" and final["finalized_at"] == written
+
+
+def test_a_time_ahead_of_the_clock_on_a_draft_is_not_kept(db, settings, registry):
+    """Review: a draft's `updated_at` edited to 2099 stuck through every later run, and a
+    finalize would have dated the final 2099: a time ahead of the wall clock is no time a
+    run wrote here."""
+    from chores.core.clock import wall_clock
+
+    db.tasks.insert_one(ai_runner("r1", tokens=1_000, ended=datetime(2026, 11, 10, tzinfo=UTC)))
+    run_chore(db, now=datetime(2026, 11, 20, tzinfo=UTC), registry=registry, settings=settings)
+    ahead = wall_clock() + timedelta(days=1)
+    db.billing_invoices.update_one({"_id": "acme:2026-11"}, {"$set": {"updated_at": ahead}})
+    db.tasks.insert_one(ai_runner("r2", tokens=1_000, ended=datetime(2026, 11, 21, tzinfo=UTC)))
+    later = datetime(2026, 11, 22, tzinfo=UTC)
+    run_chore(db, now=later, registry=registry, settings=settings)
+    assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["updated_at"] == later
