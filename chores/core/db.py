@@ -447,7 +447,7 @@ class MissingIndex:
         if self.unusable:
             create = (
                 f"the chore's reads cannot use such an index: make it usable, or {create} "
-                f"(drop the other first if it is named {self.name})"
+                f"(if that index is itself named {self.name}, drop it first)"
             )
         return f"source index missing: {self.describe()}; {self.cost} ({create})"
 
