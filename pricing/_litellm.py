@@ -51,8 +51,9 @@ def registry_from_litellm(
 
     A model's id is its LiteLLM key. A key "provider/name" also gets
     "name" as an alias when "name" is not itself a key (ignoring case), contains no "/" (it would
-    otherwise shadow the resolver's provider stripping), and no other kept key claims the same
-    alias; so no alias is ever ambiguous.
+    otherwise shadow the resolver's provider stripping), and no other key of the map, kept or
+    left out, has the same name after its provider: so no alias is ever ambiguous, and a key
+    left out (unpriced) never resolves to another provider's model.
     """
     kept: dict[str, tuple[str, Mapping[str, Any]]] = {}
     for key in sorted(k for k in data if isinstance(k, str)):
@@ -70,13 +71,22 @@ def registry_from_litellm(
         )
 
     every_key = {k.casefold() for k in data if isinstance(k, str)}
-    claims: defaultdict[str, list[str]] = defaultdict(list)
-    for key, _ in kept.values():
+    # Claimed by every key of the map, kept or not: `heroku/claude-3-7-sonnet` (no price,
+    # left out) resolves through its stripped name, and must not find the alias a lone
+    # kept `snowflake/claude-3-7-sonnet` would give it, at another provider's rates.
+    claims: defaultdict[str, set[str]] = defaultdict(set)
+    for key in data:
+        if not isinstance(key, str):
+            continue
         provider, slash, name = key.partition("/")
         usable = slash and provider and _usable_name(name) and "/" not in name
         if usable and name.casefold() not in every_key:
-            claims[name.casefold()].append(key)
-    alias_of = {keys[0]: key_name for key_name, keys in claims.items() if len(keys) == 1}
+            claims[name.casefold()].add(key.casefold())
+    alias_of = {
+        kept[only][0]: name
+        for name, keys in claims.items()
+        if len(keys) == 1 and (only := next(iter(keys))) in kept
+    }
 
     models = []
     for key, spec in kept.values():

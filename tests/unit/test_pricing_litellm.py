@@ -194,6 +194,25 @@ def test_unprefixed_names_become_unambiguous_aliases(imported: Registry) -> None
     assert len(every_alias) == len(set(every_alias))
 
 
+def test_a_key_left_out_never_resolves_to_another_providers_model() -> None:
+    """Outside review: `heroku/claude-3-7-sonnet` (no costs in LiteLLM, left out) resolved,
+    by its stripped name, to the alias a lone kept `snowflake/claude-3-7-sonnet` got, and
+    was billed at Snowflake's rates; `codestral/codestral-latest` (costs 0, left out) at
+    Mistral's. A key left out claims its name too: no alias, and its usage is UNPRICED."""
+    data = {
+        "snowflake/claude-3-7-sonnet": _chat("snowflake", 3e-06, 1.5e-05),
+        "heroku/claude-3-7-sonnet": {"litellm_provider": "heroku", "mode": "chat"},
+        "mistral/codestral-latest": _chat("mistral", 3e-07, 9e-07),
+        "codestral/codestral-latest": _chat("codestral", 0.0, 0.0),
+        "mistral/mistral-small": _chat("mistral", 1e-07, 3e-07),  # its name claimed once
+    }
+    registry = registry_from_litellm(data, valid_from=DAY, version="v")
+    for left_out in ("heroku/claude-3-7-sonnet", "codestral/codestral-latest"):
+        assert registry.resolve(left_out) is None, left_out
+    assert registry.get("snowflake/claude-3-7-sonnet").aliases == ()
+    assert registry.get("mistral/mistral-small").aliases == ("mistral-small",)
+
+
 def test_import_round_trips_through_the_file_format(imported: Registry, tmp_path: Path) -> None:
     path = tmp_path / "litellm.yaml"
     path.write_text(registry_to_yaml(imported), encoding="utf-8")
