@@ -10,11 +10,24 @@ registry file; money stays `Decimal`.
 """
 
 from ._errors import RegistryError
-from ._litellm import case_twin_keys, not_imported_keys, registry_from_litellm, zero_priced_keys
-from ._load import SHIPPED_REGISTRY_PATH, load_registry, registry_to_json, registry_to_yaml
+from ._litellm import (
+    case_twin_keys,
+    not_imported_keys,
+    off_peak_keys,
+    registry_from_litellm,
+    zero_priced_keys,
+)
+from ._load import (
+    MAX_REGISTRY_BYTES,
+    SHIPPED_REGISTRY_PATH,
+    load_registry,
+    registry_to_json,
+    registry_to_yaml,
+)
 from ._models import ModelEntry, PriceVersion, Registry, rate_text
 
 __all__ = [
+    "MAX_REGISTRY_BYTES",
     "SHIPPED_REGISTRY_PATH",
     "ModelEntry",
     "PriceVersion",
@@ -23,6 +36,7 @@ __all__ = [
     "case_twin_keys",
     "load_registry",
     "not_imported_keys",
+    "off_peak_keys",
     "rate_text",
     "registry_from_litellm",
     "registry_to_json",

@@ -97,6 +97,21 @@ def registry_from_litellm(
     return validate_registry({"version": version, "models": models}, source=_SOURCE)
 
 
+def off_peak_keys(data: Mapping[str, Any], registry: Registry) -> list[str]:
+    """The models `registry` (imported from `data`) prices whose LiteLLM entry also has
+    `off_peak_pricing`: cheaper rates by the hour and weekday, which a registry cannot hold
+    (a price version is valid from a day). They are priced at their standard rates, above
+    what LiteLLM computes for usage in those hours. Sorted."""
+    return sorted(
+        key
+        for key, spec in data.items()
+        if isinstance(key, str)
+        and isinstance(spec, Mapping)
+        and isinstance(spec.get("off_peak_pricing"), Mapping)
+        and registry.get(key) is not None
+    )
+
+
 def zero_priced_keys(
     data: Mapping[str, Any], free_providers: frozenset[str] = DEFAULT_FREE_PROVIDERS
 ) -> list[str]:

@@ -185,8 +185,8 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
         size = file.stat().st_size
         if size > MAX_REGISTRY_BYTES:
             raise RegistryError(
-                f"Cannot load the model registry {file}: it is {size / 2**20:.0f} MiB, more than "
-                f"the {MAX_REGISTRY_BYTES // 2**20} MiB a registry may be. Check the path."
+                f"Cannot load the model registry {file}: it is {size:,} bytes, more than "
+                f"the {MAX_REGISTRY_BYTES:,} a registry may be. Check the path."
             )
         text = file.read_text(encoding="utf-8")
     except OSError as exc:

@@ -21,10 +21,12 @@ from chores.cli.params import DayType, OneLineGroup
 from chores.core.settings import get_settings
 from chores.core.wording import counted, for_terminal
 from pricing import (
+    MAX_REGISTRY_BYTES,
     RegistryError,
     case_twin_keys,
     load_registry,
     not_imported_keys,
+    off_peak_keys,
     rate_text,
     registry_from_litellm,
     registry_to_json,
@@ -115,6 +117,7 @@ def _not_a_registry(path: Path) -> str | None:
 
 
 WRITERS = {".yaml": registry_to_yaml, ".yml": registry_to_yaml, ".json": registry_to_json}
+MAX_LITELLM_BYTES = 64 * 1024 * 1024
 
 
 @registry.command("import-litellm")
@@ -137,6 +140,12 @@ def registry_import(
 ) -> None:
     """Convert LiteLLM's model_prices_and_context_window.json into a registry file."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_LITELLM_BYTES:  # LiteLLM's map is ~1.5 MB; this would take minutes
+            raise click.ClickException(
+                f"{path}: {size:,} bytes, more than the {MAX_LITELLM_BYTES:,} LiteLLM's "
+                "price map could be: is it the right file?"
+            )
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"{path}: not readable JSON ({exc})") from None
@@ -157,6 +166,11 @@ def registry_import(
             f"--out {out}: a registry file ends in .yaml, .yml or .json (what it is loaded as)"
         )
     text = WRITERS[suffix](reg)
+    if len(text.encode("utf-8")) > MAX_REGISTRY_BYTES:  # what `load_registry` would refuse
+        raise click.ClickException(
+            f"{path}: its registry would be {len(text.encode('utf-8')):,} bytes, more than the "
+            f"{MAX_REGISTRY_BYTES:,} a registry may be: nothing written"
+        )
     if out:
         write_output(Path(out), text, keep=_not_a_registry)
         click.echo(f"wrote {counted(len(reg.models), 'model')} to {out}", err=True)
@@ -178,6 +192,15 @@ def registry_import(
                 "stays unpriced until a registry prices them",
                 err=True,
             )
+    off_peak = off_peak_keys(data, reg)
+    if off_peak:
+        click.echo(
+            f"priced {counted(len(off_peak), 'model')} at their standard rates, though "
+            f"LiteLLM also gives them cheaper off-peak rates by the hour ({_examples(off_peak)}):"
+            " a registry's prices hold for whole days; their usage in those hours is billed "
+            "above what LiteLLM computes",
+            err=True,
+        )
     twins = case_twin_keys(data, reg)
     if twins:
         pairs = [f"{key} as {kept}" for key, kept in twins.items()]

@@ -579,7 +579,9 @@ def test_import_litellm_says_which_text_models_it_left_out(tmp_path):
                 "tiered": {**chat, "tiered_pricing": [{"input_cost_per_token": 1e-06}]},
                 "zero": {**chat, "input_cost_per_token": 0, "output_cost_per_token": 0},
                 "embedder": {**chat, "mode": "embedding", "input_cost_per_token": 1e-06},
-                "route/x": {**chat},  # no price, but resolves to A/x by its alias x: priced
+                # no price: left out, and never priced as A/x by an alias x (outside
+                # review: heroku/claude-3-7-sonnet was billed at Snowflake's rates)
+                "route/x": {**chat},
             }
         )
     )
@@ -590,9 +592,10 @@ def test_import_litellm_says_which_text_models_it_left_out(tmp_path):
     assert [m.id for m in load_registry(out).models] == ["A/x"]
     assert "left out 1 model LiteLLM prices at 0 outside the free providers (zero)" in result.output
     assert (
-        "left out 1 model LiteLLM does not price per input and output token as a registry "
+        "left out 2 models LiteLLM does not price per input and output token as a registry "
         "needs (tiers or seconds only, a cost missing or out of range, a name another key "
-        "already took) (tiered): their usage stays unpriced until a registry prices them"
+        "already took) (route/x, tiered): their usage stays unpriced until a registry prices "
+        "them"
     ) in result.output
     assert load_registry(out).resolve("a/x").id == "A/x"  # one name, whatever its case
     assert (  # ...whose rates LiteLLM gives otherwise: said (review)
@@ -600,7 +603,7 @@ def test_import_litellm_says_which_text_models_it_left_out(tmp_path):
         "gives them others (a/x as A/x): a registry resolves names ignoring case"
     ) in result.output
     assert "embedder" not in result.output  # not a text model: nothing to price per token
-    assert "route/x" not in result.output and load_registry(out).resolve("route/x") is not None
+    assert load_registry(out).resolve("route/x") is None
 
 
 def test_demo_runs_without_a_server(tmp_path):
@@ -1025,3 +1028,53 @@ def test_an_org_whose_own_run_billed_nothing_is_not_told_to_run_first(env_db):
         "Error: no invoice for org 'zero' in 2026-11; a run of it billed no usage in that "
         "month: its runners used no tokens, or are held (`chore anomaly list --org zero`)"
     )
+
+
+def test_import_litellm_says_which_models_lose_their_off_peak_rates(tmp_path):
+    """Outside review: DeepSeek's entries carry cheaper off-peak rates by the hour, which a
+    registry cannot hold: their usage was billed at the standard rates, 2x LiteLLM's in
+    those hours, without a word."""
+    chat = {"litellm_provider": "deepseek", "mode": "chat"}
+    rates = {"input_cost_per_token": 3e-07, "output_cost_per_token": 1.2e-06}
+    off_peak = {"input_cost_per_token": 1.5e-07, "windows": [{"hours_utc": "00:00-00:00"}]}
+    source = tmp_path / "map.json"
+    source.write_text(
+        json.dumps(
+            {
+                "deepseek/flash": {**chat, **rates, "off_peak_pricing": off_peak},
+                "deepseek/plain": {**chat, **rates},
+            }
+        )
+    )
+    out = tmp_path / "registry.yaml"
+    result = CliRunner().invoke(
+        main, ["registry", "import-litellm", str(source), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "priced 1 model at their standard rates, though LiteLLM also gives them cheaper "
+        "off-peak rates by the hour (deepseek/flash): a registry's prices hold for whole days"
+    ) in result.output
+
+
+def test_import_litellm_never_writes_a_registry_too_large_to_load(tmp_path, monkeypatch):
+    """Outside review: a 40,000-model map was written over a working registry, which every
+    command then refused (larger than a registry may be); a 167 MB input ran for minutes."""
+    from chores.cli import registry as registry_cli
+
+    chat = {"litellm_provider": "openai", "mode": "chat"}
+    rates = {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06}
+    source = tmp_path / "map.json"
+    source.write_text(json.dumps({f"model-{n}": {**chat, **rates} for n in range(200)}))
+    out = tmp_path / "registry.yaml"
+    out.write_text("version: v\nmodels: []\n")
+    monkeypatch.setattr(registry_cli, "MAX_REGISTRY_BYTES", 5_000)
+    args = ["registry", "import-litellm", str(source), "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "bytes, more than the 5,000 a registry may be: nothing written" in result.output
+    assert out.read_text() == "version: v\nmodels: []\n"
+    monkeypatch.setattr(registry_cli, "MAX_LITELLM_BYTES", 1_000)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "more than the 1,000 LiteLLM's price map could be" in result.output
