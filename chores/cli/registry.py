@@ -22,6 +22,7 @@ from chores.core.settings import get_settings
 from chores.core.wording import counted, for_terminal
 from pricing import (
     MAX_REGISTRY_BYTES,
+    Registry,
     RegistryError,
     case_twin_keys,
     load_registry,
@@ -172,8 +173,11 @@ def registry_import(
             f"{MAX_REGISTRY_BYTES:,} a registry may be: nothing written"
         )
     if out:
+        replaced = _loads(Path(out))
         write_output(Path(out), text, keep=_not_a_registry)
         click.echo(f"wrote {counted(len(reg.models), 'model')} to {out}", err=True)
+        if replaced is not None:
+            _say_what_the_replaced_registry_priced_earlier(replaced, day)
     else:
         sys.stdout.write(text)
     left_out = {
@@ -208,6 +212,30 @@ def registry_import(
             f"priced {counted(len(twins), 'model')} at the rates of a key spelled the same but "
             f"for case, though LiteLLM gives them others ({_examples(pairs)}): a registry "
             "resolves names ignoring case",
+            err=True,
+        )
+
+
+def _loads(path: Path) -> Registry | None:
+    """The registry at `path`, None when there is none that loads."""
+    try:
+        return load_registry(path) if path.is_file() else None
+    except RegistryError:
+        return None
+
+
+def _say_what_the_replaced_registry_priced_earlier(replaced: Registry, day: date) -> None:
+    """Outside review: `--out` over a working registry replaced it whole, so usage before
+    the new `--valid-from` of every model it priced earlier became unpriced, unsaid."""
+    earlier = sorted(
+        model.id for model in replaced.models if model.prices and model.prices[0].valid_from < day
+    )
+    if earlier:
+        click.echo(
+            f"note: the registry replaced priced {counted(len(earlier), 'model')} before "
+            f"{day} ({_examples(earlier)}): their usage before then is now unpriced (a run "
+            "reprices the open months' drafts); give --valid-from their first date, or keep "
+            "their earlier price versions by hand",
             err=True,
         )
 

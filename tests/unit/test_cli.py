@@ -1078,3 +1078,29 @@ def test_import_litellm_never_writes_a_registry_too_large_to_load(tmp_path, monk
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert "more than the 1,000 LiteLLM's price map could be" in result.output
+
+
+def test_import_litellm_over_a_registry_says_what_it_priced_earlier(tmp_path):
+    """Outside review: `--out` over a working registry replaced it whole, and every model
+    it priced before the new `--valid-from` lost those prices without a word."""
+    chat = {"litellm_provider": "openai", "mode": "chat"}
+    source = tmp_path / "map.json"
+    source.write_text(
+        json.dumps(
+            {"gpt-4o": {**chat, "input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05}}
+        )
+    )
+    out = tmp_path / "registry.yaml"
+    out.write_text(
+        'version: "old"\nmodels:\n- id: gpt-4o\n  tier: paid\n  prices:\n'
+        '  - {valid_from: "2024-05-13", input: "2.5", output: "10"}\n'
+    )
+    args = ["registry", "import-litellm", str(source), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--valid-from", "2026-11-01"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "note: the registry replaced priced 1 model before 2026-11-01 (gpt-4o): their usage "
+        "before then is now unpriced"
+    ) in result.output
+    again = CliRunner().invoke(main, [*args, "--valid-from", "2024-05-13"])
+    assert again.exit_code == 0 and "note:" not in again.output
