@@ -335,7 +335,13 @@ class DraftBuild:
         return [entry["_id"] for entry in self.entries]
 
     def update(
-        self, ticket: int, registry: Registry, *, anomalies_open: bool, now: datetime
+        self,
+        ticket: int,
+        registry: Registry,
+        *,
+        anomalies_open: bool,
+        now: datetime,
+        latest: datetime,
     ) -> tuple[Doc, Doc, bool]:
         """The compare-and-set that commits it built on `ticket`: only over the very draft
         it read (`build_ticket` equal), never over a final, and an insert only if it read
@@ -344,7 +350,7 @@ class DraftBuild:
         Its `updated_at` never goes back: a run whose `now` lags the draft's last writer's
         (a lagging host, a replay) adds what it found, stamped as late as the draft was."""
         org, period = self.pair
-        now = _not_before(now, self.read_updated_at)
+        now = _not_before(now, self.read_updated_at, latest)
         invoice = build_invoice(
             org=org,
             period=period,
@@ -646,7 +652,13 @@ class Invoices:
                 )
             )
         updates = [
-            build.update(ticket, self._registry, anomalies_open=build.pair in review, now=now)
+            build.update(
+                ticket,
+                self._registry,
+                anomalies_open=build.pair in review,
+                now=now,
+                latest=latest_written(self._c),
+            )
             for build in builds
         ]
         refused, unmatched = update_where(self._c.invoices, updates)
@@ -871,7 +883,7 @@ class Finalizer:
             review = flagged or bool(self._anomalies.open_periods([(org, period)]))
             final: Doc = {
                 "status": "final",
-                "finalized_at": _not_before(now, fenced.get("updated_at")),
+                "finalized_at": _not_before(now, fenced.get("updated_at"), latest_written(self._c)),
                 "closed_fence": token,
                 "needs_review": review,
             }
@@ -901,11 +913,18 @@ class Finalizer:
         return False
 
 
-def _not_before(now: datetime, written: Any) -> datetime:
+def latest_written(collections: Collections) -> datetime:
+    """The latest time a run may have written: this machine's clock plus the skew a run's
+    `now` may lead it by (`clock.checked_now`), FUTURE_SKEW_SECONDS."""
+    skew = timedelta(seconds=collections.settings.future_skew_seconds)
+    return _clock.wall_clock() + skew
+
+
+def _not_before(now: datetime, written: Any, latest: datetime) -> datetime:
     """`now`, or the time a document says it was written when that is later: a run whose
     `now` lags the last writer's (a lagging host, a replay) never dates it back. A time
-    ahead of this machine's clock is no time a run wrote here (an edit by hand, a host far
-    ahead): not kept, or a final would be dated 2099 by a draft edited so (review)."""
-    if isinstance(written, datetime) and now < as_utc(written) <= _clock.wall_clock():
+    after `latest` is no time a run wrote (an edit by hand): not kept, or a final would be
+    dated 2099 by a draft edited so (review)."""
+    if isinstance(written, datetime) and now < as_utc(written) <= latest:
         return as_utc(written)
     return now

@@ -241,6 +241,11 @@ class Collections:
         self._db = utc_view(db)  # datetimes in UTC
         self._settings = settings
 
+    @property
+    def settings(self) -> Settings:
+        """The settings the collections are named by (and the run's other settings)."""
+        return self._settings
+
     @classmethod
     def of(cls, db: Database[Doc], settings: Settings) -> Collections:
         """The collections of `db` as the chore reads them: datetimes in UTC (`utc_view`)."""
@@ -492,31 +497,40 @@ def unusable_because(info: Mapping[str, Any], reads: Mapping[str, Any]) -> str |
 
 def _implied(wanted: Any, reads: Mapping[str, Any]) -> bool:
     """Whether every document the reads can return passes the partial filter `wanted`:
-    each of its clauses an equality, `$in` or `$exists: true` that follows from `reads`."""
+    each of its clauses an equality, `$eq`, `$in` or `$exists: true` that follows from
+    `reads` (anything else is taken as not implied: the index is reported unusable)."""
     if not isinstance(wanted, Mapping):
         return False
     for field, condition in wanted.items():
-        if field == "$and" and isinstance(condition, list):
-            if not all(_implied(part, reads) for part in condition):
+        if field == "$and":
+            parts = condition if isinstance(condition, list) else [None]
+            if not all(_implied(part, reads) for part in parts):
                 return False
-            continue
-        held = reads.get(field)
-        if held is None:
+        elif field not in reads:
             return False
-        if isinstance(condition, Mapping) and set(condition) == {"$exists"}:
-            if condition["$exists"] is not True:
+        elif isinstance(condition, Mapping):
+            if not condition or not all(
+                _operator_implied(operator, value, reads[field])
+                for operator, value in condition.items()
+            ):
                 return False
-        elif held == _PRESENT:
-            return False  # held to values not known here: only `$exists: true` follows
-        elif isinstance(condition, Mapping) and set(condition) == {"$in"}:
-            if not isinstance(condition["$in"], list) or not set(held) <= set(condition["$in"]):
-                return False
-        elif isinstance(condition, Mapping) and set(condition) == {"$eq"}:
-            if list(held) != [condition["$eq"]]:
-                return False
-        elif isinstance(condition, Mapping) or list(held) != [condition]:
+        elif not _operator_implied("$eq", condition, reads[field]):
             return False
     return True
+
+
+def _operator_implied(operator: str, value: Any, held: tuple[Any, ...] | str) -> bool:
+    """Whether `{field: {operator: value}}` holds of every value the reads allow `field`
+    (`held`: those values, or `_PRESENT` for some non-null value)."""
+    if operator == "$exists":  # `true`, or `1` as a shell writes it
+        return value is True or (type(value) is not bool and value == 1)
+    if held == _PRESENT:
+        return False  # values not known here: only `$exists: true` follows
+    if operator == "$eq":
+        return list(held) == [value]
+    if operator == "$in":
+        return isinstance(value, list) and all(one in value for one in held)
+    return False
 
 
 def _key_pattern(key: Any) -> tuple[tuple[str, Any], ...]:

@@ -183,7 +183,7 @@ class Plan(BaseModel):
         """A plan's values are numbers as stored: `true` is no 1-token limit, nor `"5000"`
         a limit (a plan document edited by hand; `plan set` writes numbers). A whole
         float (`1000000.0`, as a shell writes numbers) is the whole number it holds."""
-        if isinstance(value, bool | str):
+        if isinstance(value, bool | str | bytes):  # a stored binary reads back as bytes
             raise ValueError(f"must be a number, not {type(value).__name__}")
         return value
 

@@ -902,3 +902,21 @@ def test_a_time_ahead_of_the_clock_on_a_draft_is_not_kept(db, settings, registry
     later = datetime(2026, 11, 22, tzinfo=UTC)
     run_chore(db, now=later, registry=registry, settings=settings)
     assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["updated_at"] == later
+
+
+def test_a_draft_written_by_a_host_ahead_within_the_skew_keeps_its_time(
+    db, settings, registry, monkeypatch
+):
+    """Review: bounding a kept time by this machine's clock dropped every time a host
+    ahead of it wrote (its `now` within FUTURE_SKEW_SECONDS of the wall clock), and the
+    draft went back in time when a host behind wrote next."""
+    from chores.core import clock
+
+    wall = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    monkeypatch.setattr(clock, "wall_clock", lambda: wall)
+    ahead = wall + timedelta(seconds=settings.future_skew_seconds - 60)
+    db.tasks.insert_one(ai_runner("r1", tokens=1_000, ended=datetime(2026, 11, 10, tzinfo=UTC)))
+    run_chore(db, now=ahead, registry=registry, settings=settings)
+    db.tasks.insert_one(ai_runner("r2", tokens=1_000, ended=datetime(2026, 11, 11, tzinfo=UTC)))
+    assert run_chore(db, now=wall, registry=registry, settings=settings).tokens_billed == 1_000
+    assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["updated_at"] == ahead

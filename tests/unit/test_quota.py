@@ -319,6 +319,7 @@ def test_a_zero_token_limit_with_an_overdraft_warns_then_blocks(db, settings, re
         {"token_limit": "5000"},
         {"soft_ratio": True},
         {"grace_tokens": True},
+        {"token_limit": b"5"},  # review: read as a 5-token limit
     ],
 )
 def test_an_invalid_plan_holds_its_own_org_only(db, settings, registry, caplog, bad):

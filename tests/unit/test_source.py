@@ -180,6 +180,33 @@ def test_index_shapes_that_serve_the_reads_count(settings, info):
             {"ai_type": "task", "_type": "ai"},
             True,
         ),
+        # review: a list or document among `$in`'s values raised TypeError (unhashable),
+        # and `$exists: 1` (a shell's true) or two operators on a field were not read
+        (
+            "chore_spawn_runner",
+            "extra_data.runner_id",
+            {"ai_type": {"$in": ["task", "workflow", "scan", ["x"], {"y": 1}]}},
+            True,
+        ),
+        (
+            "chore_spawn_runner",
+            "extra_data.runner_id",
+            {"extra_data.runner_id": {"$exists": 1}},
+            True,
+        ),
+        (
+            "chore_spawn_runner",
+            "extra_data.runner_id",
+            {"_type": {"$eq": "ai", "$exists": True}},
+            True,
+        ),
+        ("chore_spawn_runner", "extra_data.runner_id", {"_type": {"$in": [["ai"]]}}, False),
+        (
+            "chore_spawn_runner",
+            "extra_data.runner_id",
+            {"extra_data.runner_id": {"$exists": False}},
+            False,
+        ),
         # a filter the reads do not imply: the read would miss what the index leaves out
         ("chore_spawn_runner", "extra_data.runner_id", {"ai_type": "task"}, False),
         (
