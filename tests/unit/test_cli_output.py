@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import click
 import pytest
@@ -409,25 +410,32 @@ def test_csv_never_hands_a_spreadsheet_a_formula(env_db):
     assert "1000" in cells  # numbers are written as they are
 
 
-def test_a_carriage_return_in_the_data_never_splits_a_csv_row(env_db):
-    """Review: a bare `\r` in a session id or model was written unquoted: a spreadsheet or
-    a CSV reader split the row there (`=1+1` began a row of its own, unguarded) and the
-    amounts of `usage --csv` no longer summed to the invoice. Such cells are quoted."""
-    import csv
-    import io
+def ended_runs(db: Any, models_and_sessions: list[tuple[str, str]]) -> None:
+    """acme's runners `r0`, `r1`... of these models and session ids, ended an hour before
+    NOW with 1,000 tokens each, metered."""
     from datetime import timedelta
 
     ended = NOW - timedelta(hours=1)
-    for n, (model, session) in enumerate([("m\rx", "sess\r=1+1"), ("gpt-4o", "plain")]):
+    for n, (model, session) in enumerate(models_and_sessions):
         context = {"workspace_id": "acme", "ai_model": model, "session_id": session}
         context |= {"ai_tokens": 1_000, "ai_prompt_tokens": 800, "ai_completion_tokens": 200}
-        env_db.tasks.insert_one(
+        db.tasks.insert_one(
             {
                 "_id": f"r{n}", "name": "ai", "status": "SUCCESS", "end_time": ended,
                 "last_updated_db": ended.timestamp(), "context": context,
             }
         )  # fmt: skip
     assert invoke("run", "--org", "acme", *NOW_ARG).exit_code == 0
+
+
+def test_a_carriage_return_in_the_data_never_splits_a_csv_row(env_db):
+    """Review: a bare `\r` in a session id or model was written unquoted: a spreadsheet or
+    a CSV reader split the row there (`=1+1` began a row of its own, unguarded) and the
+    amounts of `usage --csv` no longer summed to the invoice. Such cells are quoted."""
+    import csv
+    import io
+
+    ended_runs(env_db, [("m\rx", "sess\r=1+1"), ("gpt-4o", "plain")])
     invoice = env_db.billing_invoices.find_one({"_id": "acme:2026-11"})
     for view, rows in (
         (["invoice", "show", "--org", "acme"], 1 + len(invoice["lines"])),
@@ -576,21 +584,10 @@ def test_csv_shows_control_characters_as_escapes_piped_or_not(env_db):
     import csv
     import io
     import json
-    from datetime import timedelta
 
-    ended = NOW - timedelta(hours=1)
     models = ["gpt-4o-mini", "gpt-4o-mini\x1b[2K", "\x1b]8;;http://evil\x07x", "abc\u202egnp"]
     models.append("gpt-4o-mini\u200f")  # review: looks like the first, printed raw
-    for n, model in enumerate(models):
-        context = {"workspace_id": "acme", "ai_model": model, "session_id": f"s\x08{n}"}
-        context |= {"ai_tokens": 1_000, "ai_prompt_tokens": 800, "ai_completion_tokens": 200}
-        env_db.tasks.insert_one(
-            {
-                "_id": f"r{n}", "name": "ai", "status": "SUCCESS", "end_time": ended,
-                "last_updated_db": ended.timestamp(), "context": context,
-            }
-        )  # fmt: skip
-    assert invoke("run", "--org", "acme", *NOW_ARG).exit_code == 0
+    ended_runs(env_db, [(model, f"s\x08{n}") for n, model in enumerate(models)])
     for view in (["invoice", "show"], ["usage", "--by", "model"], ["usage", "--by", "run"]):
         out = invoke(*view, "--org", "acme", "--csv", *NOW_ARG).output
         assert not [c for c in out if (c < " " and c != "\n") or "\x7f" <= c <= "\x9f"], view
