@@ -522,8 +522,8 @@ def _implied(wanted: Any, reads: Mapping[str, Any]) -> bool:
 def _operator_implied(operator: str, value: Any, held: tuple[Any, ...] | str) -> bool:
     """Whether `{field: {operator: value}}` holds of every value the reads allow `field`
     (`held`: those values, or `_PRESENT` for some non-null value)."""
-    if operator == "$exists":  # `true`, or `1` as a shell writes it
-        return value is True or (type(value) is not bool and value == 1)
+    if operator == "$exists":  # true as the server reads it: any text, any number but 0
+        return isinstance(value, str) or (value is not None and value != 0)
     if held == _PRESENT:
         return False  # values not known here: only `$exists: true` follows
     if operator == "$eq":
