@@ -207,6 +207,18 @@ def test_index_shapes_that_serve_the_reads_count(settings, info):
             {"extra_data.runner_id": {"$exists": False}},
             False,
         ),
+        (
+            "chore_spawn_runner",
+            "extra_data.runner_id",
+            {"extra_data.runner_id": {"$exists": 0.0}},
+            False,
+        ),
+        (  # the server reads any number but 0 as true (review)
+            "chore_spawn_runner",
+            "extra_data.runner_id",
+            {"extra_data.runner_id": {"$exists": -1}},
+            True,
+        ),
         # a filter the reads do not imply: the read would miss what the index leaves out
         ("chore_spawn_runner", "extra_data.runner_id", {"ai_type": "task"}, False),
         (
