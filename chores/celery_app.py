@@ -109,6 +109,18 @@ def stop_timeout(settings: Settings) -> int:
     return settings.task_time_limit + SHUTDOWN_MARGIN
 
 
+# Where a metering task's message holds `full` when it is given by position.
+FULL_POSITION = {"chores.tasks.meter_all": 0, "chores.tasks.meter_org": 1}
+
+
+def full_given(name: str, args: Any, kwargs: Any) -> Any:
+    """The `full` a message of task `name` holds, by keyword or by position, as sent (not
+    checked: the task refuses one that is not a bool); False when it holds none."""
+    position = FULL_POSITION.get(name)
+    by_position = args[position] if position is not None and len(args or ()) > position else False
+    return (kwargs or {}).get("full", by_position)
+
+
 def route_full_pass(
     name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any
 ) -> dict[str, str] | None:
@@ -116,11 +128,9 @@ def route_full_pass(
     `meter_org(org, full=True)` it queues, retries included; `full` by keyword or by
     position) goes to `FULL_QUEUE`, so its long runs never hold up the 5-minute runs;
     everything else to `DEFAULT_QUEUE`."""
-    position = {"chores.tasks.meter_all": 0, "chores.tasks.meter_org": 1}.get(name)
-    if position is None:
-        return None
-    given = (kwargs or {}).get("full", args[position] if len(args or ()) > position else False)
-    return {"queue": FULL_QUEUE} if given is True else None
+    if name in FULL_POSITION and full_given(name, args, kwargs) is True:
+        return {"queue": FULL_QUEUE}
+    return None
 
 
 def beat_loop_seconds(settings: Settings) -> float:

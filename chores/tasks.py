@@ -32,7 +32,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from chores.celery_app import RETRY_BACKOFF_MAX, app, store_problem
+from chores.celery_app import RETRY_BACKOFF_MAX, app, full_given, store_problem
 from chores.core.arguments import validate_flag
 from chores.core.db import Collections, Doc, connect
 from chores.core.exceptions import (
@@ -139,19 +139,15 @@ class OrgTask(Task):
 
     def _what_next(self, exc: BaseException, args: Any, kwargs: Any) -> str:
         """What becomes of the work of a task that failed for good."""
-        if self.name == "chores.tasks.finalize_invoices":
-            return "the next beat tick sends it again"
-        if self.name == "chores.tasks.meter_all":
-            full = (kwargs or {}).get("full", args[0] if args else False)
-            if not isinstance(full, bool):  # no retry fixes the message
-                return "not retried: its full is not true or false"
-            return "the next beat tick sends it again"
+        one_org = self.name == "chores.tasks.meter_org"
         org = (kwargs or {}).get("org", args[0] if args else None)
-        if not _is_valid_org(org):  # no retry and no fan-out fixes the message
+        if one_org and not _is_valid_org(org):  # checked first, as the task checks it
             return "not retried: this message names no org that can be metered"
-        full = (kwargs or {}).get("full", args[1] if args and len(args) > 1 else False)
-        if not isinstance(full, bool):
+        full = full_given(self.name, args, kwargs)
+        if not isinstance(full, bool):  # no retry fixes the message
             return "not retried: its full is not true or false"
+        if not one_org:  # the fan-out, the finalize
+            return "the next beat tick sends it again"
         if full:
             return (
                 "its daily full pass is skipped today (the org stays due: the next fan-out"
