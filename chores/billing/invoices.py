@@ -33,6 +33,8 @@ from chores.core.documents import (
     checked,
     holds,
     invoice_remedy,
+    invoice_sum_problems,
+    not_as_written,
 )
 from chores.core.exceptions import MalformedDocument
 from chores.core.money import Micros
@@ -95,11 +97,17 @@ class Invoice(BaseModel):
         return self.model_dump(by_alias=True)
 
     @classmethod
-    def read(cls, doc: Doc, collections: Collections) -> Invoice:
-        """The invoice a stored document holds (`MalformedDocument` if it holds none; a
-        draft is derived from its ledger, and rebuilt from it once removed)."""
+    def read(cls, doc: Doc, collections: Collections, *, own_sums: bool = True) -> Invoice:
+        """The invoice a stored document holds (`MalformedDocument` if it holds none, or,
+        with `own_sums`, if its total is not what its lines sum to: `invoice_sum_problems`;
+        a draft is derived from its ledger, and rebuilt from it once removed)."""
         remedy = invoice_remedy(doc)
-        return checked(cls, doc, collection=collections.invoices.name, remedy=remedy)
+        collection = collections.invoices.name
+        invoice = checked(cls, doc, collection=collection, remedy=remedy)
+        said = invoice_sum_problems(doc) if own_sums else []
+        if said:
+            raise not_as_written(collection, invoice.id, "; ".join(said), remedy)
+        return invoice
 
 
 def build_invoice(
@@ -407,9 +415,10 @@ class Invoices:
                 flags[org][period] = bool(doc.get("needs_review"))
         return flags
 
-    def get(self, org: str, period: str) -> Invoice | None:
+    def get(self, org: str, period: str, *, own_sums: bool = True) -> Invoice | None:
+        """The invoice of `org` in `period`, if any (`Invoice.read`)."""
         doc = self._c.invoices.find_one({"_id": f"{org}:{period}"})
-        return Invoice.read(doc, self._c) if doc else None
+        return Invoice.read(doc, self._c, own_sums=own_sums) if doc else None
 
     def ledger_usage(
         self, pairs: set[tuple[str, str]], *, only: Doc | None = None

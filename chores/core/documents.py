@@ -65,9 +65,10 @@ RESTORE = "restore it as it was"
 def checked(
     model: type[Model], doc: Mapping[str, Any], *, collection: str, remedy: str = RESTORE
 ) -> Model:
-    """`doc`, read from `collection`, as `model`; `MalformedDocument` if it is not one."""
+    """`doc`, read from `collection`, as `model`; `MalformedDocument` if it is not one
+    (strictly: a count written as text is no count, here as in a sum)."""
     try:
-        return model.model_validate(doc)
+        return model.model_validate(doc, strict=True)
     except ValidationError as exc:
         raise malformed(collection, doc.get("_id"), exc, remedy) from None
 
@@ -103,14 +104,42 @@ def invoice_remedy(doc: Mapping[str, Any]) -> str:
     return RESTORE
 
 
+def invoice_sum_problems(doc: Mapping[str, Any]) -> list[str]:
+    """Where an invoice of the chore's shape disagrees with its own lines (`lines`, each
+    with `priced`, `tokens` and `amount_micros`): its `total_micros` is the sum of its
+    priced lines, its `unpriced_tokens` the tokens of the others, as every build writes
+    them. A reader that goes on with the total (a quota decision, a view) refuses such an
+    invoice; `chore reconcile` lists it."""
+    lines = doc["lines"]
+    said = []
+    priced = sum(line["amount_micros"] for line in lines if line["amount_micros"] is not None)
+    if doc["total_micros"] != priced:
+        said.append(f"total_micros {doc['total_micros']:,} is not the sum of its lines, {priced:,}")
+    unpriced = sum(line["tokens"] for line in lines if not line["priced"])
+    if doc["unpriced_tokens"] != unpriced:
+        said.append(
+            f"unpriced_tokens {doc['unpriced_tokens']:,} is not what its unpriced lines "
+            f"hold, {unpriced:,}"
+        )
+    return said
+
+
 def malformed(
     collection: str, doc_id: object, exc: ValidationError, remedy: str = RESTORE
 ) -> MalformedDocument:
     """The error for a document of `collection` that failed its shape: its first problems,
     each as `field: what is wrong (got value)`, and what to do (`remedy`), on one line."""
+    return not_as_written(collection, doc_id, problems(exc), remedy)
+
+
+def not_as_written(
+    collection: str, doc_id: object, said: str, remedy: str = RESTORE
+) -> MalformedDocument:
+    """The error for a document of `collection` that is not as the chore writes it, `said`
+    saying where, and what to do (`remedy`), on one line."""
     return MalformedDocument(
         f"the {collection} document {str(doc_id)!r:.80} is not as the chore writes it "
-        f"({problems(exc)}): was it edited by hand? The chore reads nothing from it until "
+        f"({said}): was it edited by hand? The chore reads nothing from it until "
         f"then: {remedy}"
     )
 

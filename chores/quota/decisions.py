@@ -25,7 +25,15 @@ from typing_extensions import TypedDict
 
 from chores.core import clock as _clock
 from chores.core.db import Collections, Doc
-from chores.core.documents import Integer, Text, check_shape, invoice_remedy
+from chores.core.documents import (
+    Flag,
+    Integer,
+    Text,
+    check_shape,
+    invoice_remedy,
+    invoice_sum_problems,
+    not_as_written,
+)
 from chores.core.money import usd_exact
 from chores.core.periods import NEWLINE, PERIOD_PATTERN, as_utc, is_period, period_of
 from chores.core.settings import Plan, Settings
@@ -53,6 +61,8 @@ class QuotaUsage(BaseModel):
 
 class _LineTokens(TypedDict):
     tokens: Integer
+    priced: Flag
+    amount_micros: Integer | None
 
 
 class _InvoiceUsage(TypedDict):
@@ -382,13 +392,19 @@ class Quota:
             "org": 1,
             "status": 1,  # what to do about a malformed one (`invoice_remedy`)
             "lines.tokens": 1,
+            "lines.priced": 1,
+            "lines.amount_micros": 1,
             "total_micros": 1,
             "unpriced_tokens": 1,
             "build_ticket": 1,
         }
         for invoice in self._c.invoices.find({"_id": {"$in": ids}}, fields):
             remedy = invoice_remedy(invoice)
-            check_shape(INVOICE_USAGE, invoice, collection=self._c.invoices.name, remedy=remedy)
+            collection = self._c.invoices.name
+            check_shape(INVOICE_USAGE, invoice, collection=collection, remedy=remedy)
+            said = invoice_sum_problems(invoice)  # its total is what counts: its lines' sum
+            if said:
+                raise not_as_written(collection, invoice["_id"], "; ".join(said), remedy)
             ticket = invoice.get("build_ticket")
             usage[invoice["org"]] = QuotaUsage(
                 tokens=sum(line["tokens"] for line in invoice["lines"]),

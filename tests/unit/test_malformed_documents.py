@@ -60,8 +60,18 @@ RUN = {"run"}  # its quota decision reads the invoice's sums only
         ({"$unset": {"org": ""}}, "(org: missing)", VIEWS | RUN),
         ({"$set": {"total_micros": None}}, "(total_micros: Input should be a valid", VIEWS | RUN),
         ({"$unset": {"lines": ""}}, "(lines: missing)", VIEWS | RUN),
-        # a count written as text is still that count to the views; the decision sums it
-        ({"$set": {"lines.0.tokens": "12"}}, "(lines.0.tokens: Input should be a valid", RUN),
+        # a count written as text is no count, to the views as to the decision (outside
+        # review: reconcile said "reconciled" on a draft the run refused)
+        (
+            {"$set": {"lines.0.tokens": "12"}},
+            "(lines.0.tokens: Input should be a valid",
+            VIEWS | RUN,
+        ),
+        ({"$set": {"total_micros": "12"}}, "(total_micros: Input should be a valid", VIEWS | RUN),
+        # a total that is not its lines' sum drove the quota decision and `invoice show`
+        # (outside review); reconcile lists it (exit 4)
+        ({"$inc": {"total_micros": 1_000_000}}, "(total_micros ", VIEWS - {"reconcile"} | RUN),
+        ({"$inc": {"unpriced_tokens": 5}}, "(unpriced_tokens ", VIEWS - {"reconcile"} | RUN),
         ({"$set": {"runs": None}}, "(runs: Input should be a valid integer (got None))", VIEWS),
         ({"$set": {"priced_with.models": 5}}, "(priced_with: not a registry (models:", VIEWS),
     ],
@@ -74,6 +84,8 @@ def test_an_edited_invoice_is_one_line_in_every_command_that_reads_it(
     assert "Traceback" not in result.output
     if command not in refused_by:
         assert result.exit_code in (0, 4), result.output  # reconcile: 4, the edit differs
+        if said.startswith(("(total_micros ", "(unpriced_tokens ")):
+            assert result.exit_code == 4 and "is not" in result.output, result.output
         return
     assert result.exit_code == 1, result.output
     assert result.output.startswith(
@@ -509,3 +521,18 @@ def test_an_entry_whose_billed_price_was_edited_is_one_line_in_the_views(
         f"Error: the billing_ledger document '{entry_id}' is not as the chore writes it {said}"
     ), result.output
     assert not (tmp_path / "r.html").exists()
+
+
+def test_kept_sums_edited_to_other_numbers_are_rebuilt_by_the_full_run(billed):
+    """Well-formed numbers a run cannot tell from its ledger without reading the whole
+    period (outside review: a plain run billed on top of them): reconcile names the edit,
+    and the daily full run compares the draft with its ledger and rebuilds it."""
+    before = shown(billed)
+    billed.billing_invoices.update_one({"_id": INVOICE}, {"$inc": {"usage_groups.0.input": 1}})
+    checked = invoke(*COMMANDS["reconcile"])
+    assert checked.exit_code == 4 and "an edit" in checked.output, checked.output
+    rebuilt = invoke("run", "--full", "--org", "ws-acme", *NOW_ARG)
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert f"draft {INVOICE} held other sums than its ledger" in rebuilt.output
+    assert shown(billed) == before
+    assert invoke(*COMMANDS["reconcile"]).exit_code == 0
