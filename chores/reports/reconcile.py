@@ -177,6 +177,9 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     # newest cursor: a scope that ran once and never since (an operator's `--all` beside
     # per-org workers) must not widen what "the next run reads" (review).
     since = max(cursors) - meter.settings.lookback_seconds if cursors else None
+    # A run of this org alone with no cursor of its own yet reads every runner (outside
+    # review: "no run but a full pass" was said of one `chore run --org` then billed).
+    first_own_run = meter.progress.cursor(cursor_scope(org)) is None
     watched = {r for r in grown if r in claims or _read_by_changed_scan(sources[r].stamp, since)}
     for runner_id in sorted(set(sources) | set(ledger.here)):
         source = sources.get(runner_id)
@@ -223,6 +226,7 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
                             ledger.other_org.get(runner_id),
                             read_next=source is not None
                             and _read_by_changed_scan(source.stamp, since),
+                            first_own_run=first_own_run,
                         ),
                     )
                 )
@@ -294,9 +298,11 @@ def _disagreement(
     other_org: Breakdown | None,
     *,
     read_next: bool,
+    first_own_run: bool = False,
 ) -> str:
     """Why a runner's source and ledger may differ, for the person reading the report
-    (`other_org`: what other orgs billed the runner, if any)."""
+    (`other_org`: what other orgs billed the runner, if any; `first_own_run`: its org has
+    no cursor of its own yet, so `chore run --org ORG` reads every runner)."""
     moved = other_org is not None
     elsewhere = " (billed under another org too: its org changed)" if moved else ""
     if source is None:
@@ -329,6 +335,13 @@ def _disagreement(
             "the source shows more tokens than were billed, though the next run reads it: a "
             "ledger entry was lost, or it was written behind the cursor since a run read it"
             + elsewhere
+        )
+    if first_own_run:
+        return (
+            "the source shows more tokens than were billed, and only a full pass (`chore run "
+            "--full`) or this org's first run of its own (`chore run --org`, which reads every "
+            "runner) reads it again (it is on no pending list, stamped before the runs' "
+            "cursors)" + elsewhere
         )
     return (
         "the source shows more tokens than were billed, and no run but a full pass (`chore run "

@@ -17,7 +17,7 @@ from chores.core.db import Collections
 from chores.core.exceptions import InvoiceNotFound
 from chores.core.money import usd_exact
 from chores.demo.corpus import generate_corpus
-from chores.metering.progress import Progress
+from chores.metering.progress import Progress, cursor_scope
 from chores.reports.reconcile import reconcile
 from chores.run.pipeline import Pipeline
 from chores.run.report import RunReport
@@ -679,10 +679,23 @@ def test_a_runner_that_ended_since_the_last_run_is_listed_not_a_mismatch(
     Progress(Collections.of(db, settings)).advance_cursor("*", runs_since)
     lost = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
     assert not lost.ok and lost.running == []
+    # acme never ran alone: its first `chore run --org acme` reads every runner (outside
+    # review: the note said no run would, and that run billed it)
+    assert lost.runners[0].note == (
+        "the source shows more tokens than were billed, and only a full pass (`chore run "
+        "--full`) or this org's first run of its own (`chore run --org`, which reads every "
+        "runner) reads it again (it is on no pending list, stamped before the runs' cursors)"
+    )
+    Progress(Collections.of(db, settings)).advance_cursor(cursor_scope("acme"), runs_since)
+    lost = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
     assert lost.runners[0].note == (
         "the source shows more tokens than were billed, and no run but a full pass (`chore run "
         "--full`) reads it again (it is on no pending list, stamped before the runs' cursors)"
     )
+    # as the first note says: without its own cursor, a run of acme alone bills it
+    Collections.of(db, settings).cursors.delete_one({"_id": cursor_scope("acme")})
+    run_chore(db, now=NOW, org="acme", registry=registry, settings=settings)
+    assert reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW).ok
 
 
 @pytest.mark.parametrize("case", ["never read", "held from its start", "held, now beta's"])
