@@ -125,8 +125,7 @@ def build_invoice(
     entries). A final is a draft frozen as it stands (`Finalizer`)."""
     lines = price_lines(groups, registry)
     start, end = period_bounds(period)
-    total = sum(line.amount_micros for line in lines if line.amount_micros is not None)
-    unpriced = sum(line.tokens for line in lines if not line.priced)
+    total, unpriced = totals(lines)
     return Invoice(
         _id=f"{org}:{period}",
         org=org,
@@ -145,6 +144,20 @@ def build_invoice(
         registry=registry.fingerprint,
         priced_with=registry.excerpt(line.model for line in lines if line.model is not None),
     )
+
+
+_LINES = TypeAdapter(list[InvoiceLine])
+
+
+def totals(lines: Iterable[InvoiceLine]) -> tuple[int, int]:
+    """An invoice's total (micro-dollars of its priced lines) and unpriced tokens."""
+    total = unpriced = 0
+    for line in lines:
+        if line.amount_micros is not None:
+            total += line.amount_micros
+        if not line.priced:
+            unpriced += line.tokens
+    return total, unpriced
 
 
 def lines_need_review(lines: Iterable[InvoiceLine]) -> bool:
@@ -630,6 +643,7 @@ class Invoices:
             if pair in from_ledger or not sums[pair].exists or not sums[pair].kept_sums
         }
         folded = self._folded_usage(from_folded, new)
+        priced = self._priced(live & optional)
         builds = []
         differed: set[str] = set()
         for pair in sorted(live):
@@ -643,7 +657,11 @@ class Invoices:
                 if read.ticket is not None and not exact:  # a draft a build wrote its sums on
                     differed.add(f"{pair[0]}:{pair[1]}")
                 if pair in optional and exact and not entries:
-                    continue
+                    stored = priced.get(pair)
+                    if stored is None or self._prices_alike(stored, base):
+                        continue
+                    if stored.get("registry") == self._registry.fingerprint:
+                        differed.add(f"{pair[0]}:{pair[1]}")  # its lines or total edited
             else:
                 base = read
                 added = {r for r in runners if (*pair, r) not in held_runners}
@@ -686,6 +704,25 @@ class Invoices:
             again |= live
         ids_committed = {build.id for build in committed}
         return ids_committed, again, differed & ids_committed
+
+    def _priced(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], Doc]:
+        """The priced part of these stored drafts (lines, total, unpriced tokens, and the
+        registry that priced them), by pair: a full pass compares it with what their sums
+        price to (`_prices_alike`)."""
+        if not pairs:
+            return {}
+        ids = {f"{org}:{period}": (org, period) for org, period in pairs}
+        fields = {"lines": 1, "total_micros": 1, "unpriced_tokens": 1, "registry": 1}
+        found = self._c.invoices.find({"_id": {"$in": sorted(ids)}, "status": "draft"}, fields)
+        return {ids[doc["_id"]]: doc for doc in found}
+
+    def _prices_alike(self, stored: Doc, sums: DraftSums) -> bool:
+        """Whether a stored draft's lines, total and unpriced tokens are what its sums
+        price to today (else its lines or total were edited, or the registry changed since
+        it was priced: either way the full pass writes it again)."""
+        lines = price_lines(sums.usage_groups(), self._registry)
+        said = (stored.get("lines"), stored.get("total_micros"), stored.get("unpriced_tokens"))
+        return said == ([line.model_dump() for line in lines], *totals(lines))
 
     def _not_written(self, builds: list[DraftBuild], ticket: int) -> set[int]:
         """The indexes of the builds over a stored draft that `ticket` did not write."""
@@ -883,11 +920,10 @@ class Finalizer:
             # Flagged for what stands when it is frozen: its lines (as frozen), and the
             # anomalies open on it now (the draft's flag may be older: one recorded, resolved,
             # reviewed or moved to another org since the draft was built).
-            stored = fenced.get("lines")
-            if isinstance(stored, list):
-                lines = [InvoiceLine.model_validate(line) for line in stored]
+            try:  # read as strictly as `Invoice.read` read it when it was found due
+                lines = _LINES.validate_python(fenced.get("lines"), strict=True)
                 flagged = lines_need_review(lines)
-            else:  # no lines to read it from (edited since it was read as due): as it stands
+            except ValidationError:  # edited since it was read as due: as it stands
                 flagged = bool(fenced.get("needs_review", True))
             review = flagged or bool(self._anomalies.open_periods([(org, period)]))
             final: Doc = {

@@ -198,7 +198,7 @@ def _run(
         click.echo(f"warning: {warning}", err=True)
     for draft in report.repaired_drafts:
         click.echo(
-            f"warning: draft {draft} held other sums than its ledger (an edit?): "
+            f"warning: draft {draft} held other sums or lines than its ledger (an edit?): "
             "rebuilt from the ledger",
             err=True,
         )

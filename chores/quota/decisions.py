@@ -34,6 +34,7 @@ from chores.core.documents import (
     invoice_sum_problems,
     not_as_written,
 )
+from chores.core.exceptions import MalformedDocument
 from chores.core.money import usd_exact
 from chores.core.periods import NEWLINE, PERIOD_PATTERN, as_utc, is_period, period_of
 from chores.core.settings import Plan, Settings
@@ -45,6 +46,8 @@ State = Literal["ok", "warn", "block", "unknown"]
 STORED_STATES = ("ok", "warn", "block")  # what `evaluate` decides; `unknown` is never stored
 NO_DECISION = "no quota decision yet"  # the reason of an org no run decided for
 INVALID_PLAN = "invalid plan"  # what a run reports for an org whose plan cannot be read
+# ... and for an org whose invoice is not as the chore writes it (`Quota.refused`)
+MALFORMED_INVOICE = "malformed invoice"
 # On the decision that changed its org's state only: the state it changed from (its event)
 CHANGED_FROM = "changed_from"
 
@@ -334,6 +337,9 @@ class Quota:
     def __init__(self, collections: Collections, settings: Settings):
         self._c = collections
         self._settings = settings
+        # The orgs the last `decide` could not decide, their invoice not as the chore
+        # writes it: the error naming it.
+        self.refused: dict[str, MalformedDocument] = {}
         self._unnamed_in_process = not is_named_store(
             collections.quota.database, settings.mongo_url
         )
@@ -385,9 +391,11 @@ class Quota:
                 plans[org] = None
         return plans
 
-    def usage(self, orgs: Sequence[str], period: str) -> dict[str, QuotaUsage]:
+    def usage(self, orgs: Sequence[str], period: str) -> dict[str, QuotaUsage | MalformedDocument]:
+        """What counts against each org's quota in `period`; for an org whose invoice is
+        not as the chore writes it, the error naming it (no usage to decide from)."""
         ids = [f"{org}:{period}" for org in orgs]
-        usage = {org: QuotaUsage() for org in orgs}
+        usage: dict[str, QuotaUsage | MalformedDocument] = {org: QuotaUsage() for org in orgs}
         fields = {
             "org": 1,
             "status": 1,  # what to do about a malformed one (`invoice_remedy`)
@@ -401,12 +409,17 @@ class Quota:
         for invoice in self._c.invoices.find({"_id": {"$in": ids}}, fields):
             remedy = invoice_remedy(invoice)
             collection = self._c.invoices.name
-            check_shape(INVOICE_USAGE, invoice, collection=collection, remedy=remedy)
-            said = invoice_sum_problems(invoice)  # its total is what counts: its lines' sum
-            if said:
-                raise not_as_written(collection, invoice["_id"], "; ".join(said), remedy)
+            org = str(invoice["_id"]).rpartition(":")[0]  # as asked for: "<org>:<period>"
+            try:
+                check_shape(INVOICE_USAGE, invoice, collection=collection, remedy=remedy)
+                said = invoice_sum_problems(invoice)  # its total is what counts: its lines'
+                if said:
+                    raise not_as_written(collection, invoice["_id"], "; ".join(said), remedy)
+            except MalformedDocument as exc:
+                usage[org] = exc
+                continue
             ticket = invoice.get("build_ticket")
-            usage[invoice["org"]] = QuotaUsage(
+            usage[org] = QuotaUsage(
                 tokens=sum(line["tokens"] for line in invoice["lines"]),
                 micros=invoice["total_micros"],
                 unpriced_tokens=invoice["unpriced_tokens"],
@@ -425,7 +438,12 @@ class Quota:
         changed meanwhile (a `plan set`, which decides too, may have written the new plan's
         decision before ours) is decided again with its new plan, so that a decision from
         an old plan never stands. No write orders plans and decisions otherwise.
+
+        One org's plan or invoice that cannot be read never stops the others' decisions:
+        its previous decision stands, its state is INVALID_PLAN or MALFORMED_INVOICE, and
+        the invoice's error is kept in `refused` for the caller to raise or log.
         """
+        self.refused = {}
         if not orgs:
             return {}
         states: dict[str, str] = {}
@@ -464,6 +482,11 @@ class Quota:
         decisions: list[Doc] = []
         for org in orgs:
             plan, used = plans[org], usage[org]
+            if isinstance(used, MalformedDocument):  # its previous decision stands too
+                log.error("no quota decision for %r: %s", org, used)
+                self.refused[org] = used
+                states[org] = MALFORMED_INVOICE
+                continue
             if plan is None:  # its previous decision stands until the plan is fixed
                 states[org] = INVALID_PLAN
                 continue

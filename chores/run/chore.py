@@ -138,7 +138,8 @@ def run_chore(
             report.repaired_drafts = settled.repaired
             for draft in settled.repaired:
                 log.warning(
-                    "draft %s held other sums than its ledger (an edit?): rebuilt from it", draft
+                    "draft %s held other sums or lines than its ledger (an edit?): rebuilt from it",
+                    draft,
                 )
             orgs = settled.orgs | set(report.orgs)
             if org is not None:
@@ -152,6 +153,8 @@ def run_chore(
             meter.progress.clear_dirty(settled.marks)  # what they announced is decided
             if newest is not None:
                 meter.progress.advance_cursor(scope, newest)
+            for refused in meter.quota.refused.values():
+                raise refused  # all else done: the first invoice the decisions could not read
     except BaseException as exc:  # Ctrl-C and time limits too: the run log says it stopped
         report.error = redact_urls(f"{type(exc).__name__}: {exc}")  # stored: no credentials
         report.duration_seconds = round(time.monotonic() - clock, 3)

@@ -533,6 +533,89 @@ def test_kept_sums_edited_to_other_numbers_are_rebuilt_by_the_full_run(billed):
     assert checked.exit_code == 4 and "an edit" in checked.output, checked.output
     rebuilt = invoke("run", "--full", "--org", "ws-acme", *NOW_ARG)
     assert rebuilt.exit_code == 0, rebuilt.output
-    assert f"draft {INVOICE} held other sums than its ledger" in rebuilt.output
+    assert f"draft {INVOICE} held other sums or lines than its ledger" in rebuilt.output
     assert shown(billed) == before
     assert invoke(*COMMANDS["reconcile"]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"$inc": {"lines.0.amount_micros": 5_000_000, "total_micros": 5_000_000}},
+        {"$inc": {"lines.0.tokens": 7, "lines.0.input_tokens": 7}},
+    ],
+)
+def test_lines_edited_with_their_total_are_repriced_by_the_full_run(billed, edit):
+    """A line and the total edited alike (outside review: the quota decision spent it, and
+    `run --full` left it, while the README says it rebuilds every draft and names those
+    that differed): reconcile names it, the full run reprices the draft from its sums."""
+    before = shown(billed)
+    billed.billing_invoices.update_one({"_id": INVOICE}, edit)
+    assert shown(billed) != before
+    assert invoke(*COMMANDS["reconcile"]).exit_code == 4
+    rebuilt = invoke("run", "--full", "--org", "ws-acme", *NOW_ARG)
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert f"draft {INVOICE} held other sums or lines than its ledger" in rebuilt.output
+    assert shown(billed) == before
+    assert invoke(*COMMANDS["reconcile"]).exit_code == 0
+
+
+def test_the_full_run_leaves_an_exact_draft_as_it_is(billed):
+    stored = billed.billing_invoices.find_one({"_id": INVOICE})
+    rebuilt = invoke("run", "--full", "--org", "ws-acme", *NOW_ARG)
+    assert rebuilt.exit_code == 0 and "held other" not in rebuilt.output, rebuilt.output
+    assert billed.billing_invoices.find_one({"_id": INVOICE}) == stored
+
+
+def test_a_draft_priced_before_a_registry_change_is_repriced_by_the_full_run_unnamed(billed):
+    """No edit: the full run reprices it with today's registry, and names nothing."""
+    from decimal import Decimal
+
+    from chores import get_settings, run_chore
+    from pricing import Registry, load_registry
+
+    stored = billed.billing_invoices.find_one({"_id": INVOICE})
+    model = next(line["model"] for line in stored["lines"] if line["priced"])
+    data = load_registry().model_dump(mode="json")
+    for entry in data["models"]:
+        if entry["id"] == model:
+            for price in entry["prices"]:
+                price["output"] = str(Decimal(price["output"]) * 2)
+    changed = Registry.model_validate(data)
+    settings = get_settings()
+    report = run_chore(
+        billed, now=NOW, org="ws-acme", full=True, registry=changed, settings=settings
+    )
+    assert report.repaired_drafts == []
+    after = billed.billing_invoices.find_one({"_id": INVOICE})
+    assert after["registry"] == changed.fingerprint
+    assert after["total_micros"] > stored["total_micros"]
+
+
+def test_one_orgs_edited_invoice_never_stops_the_other_orgs_decisions(billed):
+    """Review: `run --all` read every org's invoice for the decisions and stopped at the
+    first edited one, so no org was decided again (nor the cursor moved) until it was
+    fixed; the fan-out's decisions of idle orgs likewise. Now the others are decided, the
+    run's work is kept, and the run still fails naming the invoice."""
+    from datetime import timedelta
+
+    from chores import get_settings
+    from chores.core.db import Collections
+    from chores.quota.decisions import MALFORMED_INVOICE, Quota
+
+    decided = {d["_id"]: d["computed_at"] for d in billed.billing_quota.find()}
+    assert INVOICE.split(":")[0] in decided and len(decided) > 1
+    billed.billing_invoices.update_one({"_id": INVOICE}, {"$inc": {"total_micros": 1}})
+    later = NOW + timedelta(hours=1)
+    result = invoke("run", "--all", "--now", later.isoformat())
+    assert result.exit_code == 1
+    assert f"Error: the billing_invoices document '{INVOICE}' is not as" in result.output
+    after = {d["_id"]: d["computed_at"] for d in billed.billing_quota.find()}
+    for org, computed_at in after.items():
+        moved = computed_at > decided[org]
+        assert moved == (org != "ws-acme"), (org, decided[org], computed_at)
+    assert billed.billing_cursors.find_one({"_id": "*"}) is not None
+    quota = Quota(Collections.of(billed, get_settings()), get_settings())
+    states = quota.decide(sorted(after), later)
+    assert states["ws-acme"] == MALFORMED_INVOICE and set(quota.refused) == {"ws-acme"}
+    assert all(state != MALFORMED_INVOICE for org, state in states.items() if org != "ws-acme")
