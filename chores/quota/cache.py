@@ -18,9 +18,10 @@ from datetime import datetime
 from typing import Any
 
 from pymongo.database import Database
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from chores.core.local_store import is_client_of, is_local, path_of
+from chores.core.logs import redact_urls
 from chores.core.redis_client import redis_client
 from chores.core.settings import redact_url
 
@@ -179,6 +180,11 @@ class QuotaCache:
 
     def _unavailable(self, exc: RedisError) -> None:
         self.failure = type(exc).__name__
+        if isinstance(exc, ResponseError):
+            # Reached, and refused the command (a database number it does not have, an ACL
+            # that forbids it): what it said names no credential (a refused password is
+            # an AuthenticationError, a ConnectionError).
+            self.failure += f": {redact_urls(str(exc))[:100]}"
         log.warning("quota cache at %s unavailable: %s", redact_url(self._url), type(exc).__name__)
 
 

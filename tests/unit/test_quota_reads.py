@@ -263,6 +263,18 @@ def test_a_redis_that_refuses_the_credentials_is_said_so(registry, redis_base_ur
     )
 
 
+def test_a_redis_that_refuses_the_command_is_said_so(registry, redis_base_url):
+    """Outside review: a database number the Redis does not have was "could not be
+    reached (ResponseError)" of a Redis that answered."""
+    settings = Settings(mongo_url="mongomock://db99", redis_url=f"{redis_base_url}/9999")
+    db = connect(settings)
+    db.tasks.insert_one(ai_run("acme", 10))
+    ran = run_chore(db, now=NOV, registry=registry, settings=settings)
+    assert ran.mirror_missed == (
+        "the Redis at REDIS_URL refused the command (ResponseError: DB index is out of range)"
+    )
+
+
 def test_a_month_that_starts_with_a_credit_is_decided_and_answered(registry):
     """Review of the check above: a decision of negative spend, which a run writes for a
     month whose only usage so far is a late credit, was read as malformed: `unknown`, and
