@@ -274,7 +274,8 @@ def meter_all(full: bool = False) -> list[str]:
         meter_org.delay(org, full=full)
     # Orgs with nothing new get no run, but their decision must not go stale.
     quota = Quota(Collections.of(db, settings), settings)
-    quota.decide(sorted(set(quota.known_orgs()) - set(orgs)), now)  # logs what it refuses
+    # Logs what it refuses: one org's edited invoice must not fail the fan-out.
+    quota.decide(sorted(set(quota.known_orgs()) - set(orgs)), now, raise_refused=False)
     # Documents that name no org: no org's run reads them (SPEC §1 fact 8). A side job:
     # its failure must not retry the fan-out (every org sent again) nor hold the cursor
     # back; the daily full fan-out reads them all again.

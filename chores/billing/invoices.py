@@ -149,6 +149,18 @@ def build_invoice(
 _LINES = TypeAdapter(list[InvoiceLine])
 
 
+def _as_written(value: Any) -> Any:
+    """A stored value with the kind of each leaf, so that a count edited to 336622.0 or a
+    flag to 1 differs from what the chore writes, as the strict readers see it (an Int64,
+    how a server hands back a large count, is an int)."""
+    if isinstance(value, dict):
+        return {key: _as_written(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_written(item) for item in value]
+    kind = bool if isinstance(value, bool) else int if isinstance(value, int) else type(value)
+    return kind, value
+
+
 def totals(lines: Iterable[InvoiceLine]) -> tuple[int, int]:
     """An invoice's total (micro-dollars of its priced lines) and unpriced tokens."""
     total = unpriced = 0
@@ -722,7 +734,8 @@ class Invoices:
         it was priced: either way the full pass writes it again)."""
         lines = price_lines(sums.usage_groups(), self._registry)
         said = (stored.get("lines"), stored.get("total_micros"), stored.get("unpriced_tokens"))
-        return said == ([line.model_dump() for line in lines], *totals(lines))
+        priced = ([line.model_dump() for line in lines], *totals(lines))
+        return _as_written(said) == _as_written(priced)
 
     def _not_written(self, builds: list[DraftBuild], ticket: int) -> set[int]:
         """The indexes of the builds over a stored draft that `ticket` did not write."""

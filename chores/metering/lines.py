@@ -205,7 +205,10 @@ def price_lines(
     sums, prices = sum_by_line(groups, registry, memo)
 
     def order(key: LineKey) -> tuple[Any, ...]:
-        return (key.late, key.model or "", key.tier, key.price_valid_from or "")
+        """A total order: lines come out alike whatever order their groups came in (a
+        model `None` and a model `""` tied, in review)."""
+        model, since = key.model, key.price_valid_from
+        return (key.late, model or "", model is not None, key.tier, since or "", since is not None)
 
     lines = []
     for key in sorted(sums, key=order):

@@ -433,7 +433,9 @@ class Quota:
     # Times a decision is made again for an org whose plan changed while it was decided.
     PLAN_CHANGES = 3
 
-    def decide(self, orgs: Sequence[str], now: datetime) -> dict[str, str]:
+    def decide(
+        self, orgs: Sequence[str], now: datetime, *, raise_refused: bool = True
+    ) -> dict[str, str]:
         """Recompute and store the decision of each org; returns org -> state.
 
         The plans are read again after the decisions are written: an org whose plan
@@ -442,8 +444,9 @@ class Quota:
         an old plan never stands. No write orders plans and decisions otherwise.
 
         One org's plan or invoice that cannot be read never stops the others' decisions:
-        its previous decision stands, its state is INVALID_PLAN or MALFORMED_INVOICE, and
-        the invoice's error is kept in `refused` for the caller to raise or log.
+        its previous decision stands, its state is INVALID_PLAN or MALFORMED_INVOICE. The
+        invoice's error is kept in `refused`, and raised once the others are decided
+        unless `raise_refused` is False (a caller with more to do first, or that logs it).
         """
         self.refused = {}
         if not orgs:
@@ -458,6 +461,9 @@ class Quota:
             if not todo:
                 break
             documents = latest
+        if raise_refused:
+            for refused in self.refused.values():
+                raise refused  # the others decided: the first invoice it could not read
         return states
 
     def _decide(

@@ -146,7 +146,7 @@ def run_chore(
                 orgs.add(org)
             else:  # a run over every org refreshes every org's decision, idle ones too
                 orgs.update(meter.quota.known_orgs())
-            report.decisions = meter.quota.decide(sorted(orgs), now)
+            report.decisions = meter.quota.decide(sorted(orgs), now, raise_refused=False)
             if settings.redis_url and meter.quota.mirror_missed is not None:
                 report.mirror_missed = meter.quota.mirror_missed
                 log.warning("decisions not mirrored: %s", report.mirror_missed)

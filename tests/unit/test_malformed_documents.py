@@ -46,11 +46,14 @@ COMMANDS = {
     "usage": ["usage", "--org", "ws-acme", "--period", "2026-11"],
     "reconcile": ["reconcile", "--org", "ws-acme", "--period", "2026-11", *NOW_ARG],
     "run": ["run", "--org", "ws-acme", *NOW_ARG],
+    "plan set": ["plan", "set", "--org", "ws-acme", "--token-limit", "10K", *NOW_ARG],
 }
 
 
 VIEWS = {"invoice show", "usage", "reconcile"}  # read the whole invoice
-RUN = {"run"}  # its quota decision reads the invoice's sums only
+# their quota decision reads the invoice's sums only (review: `plan set` said "decision now
+# malformed invoice", exit 0, while the old plan's decision stood)
+RUN = {"run", "plan set"}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -88,11 +91,15 @@ def test_an_edited_invoice_is_one_line_in_every_command_that_reads_it(
             assert result.exit_code == 4 and "is not" in result.output, result.output
         return
     assert result.exit_code == 1, result.output
-    assert result.output.startswith(
+    said_lines = result.output.strip().splitlines()
+    if command == "plan set":  # the plan is set, and said so; its decision is refused
+        assert said_lines[-2].startswith("ws-acme: token limit 10,000 tokens"), result.output
+        said_lines = said_lines[-1:]
+    assert said_lines[0].startswith(
         f"Error: the billing_invoices document '{INVOICE}' is not as the chore writes it {said}"
     ), result.output
     assert "remove it, and `chore run --full --org ws-acme` rebuilds the draft" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    assert len(said_lines) == 1
 
 
 @pytest.mark.parametrize(
@@ -601,6 +608,7 @@ def test_one_orgs_edited_invoice_never_stops_the_other_orgs_decisions(billed):
 
     from chores import get_settings
     from chores.core.db import Collections
+    from chores.core.exceptions import MalformedDocument
     from chores.quota.decisions import MALFORMED_INVOICE, Quota
 
     decided = {d["_id"]: d["computed_at"] for d in billed.billing_quota.find()}
@@ -616,6 +624,25 @@ def test_one_orgs_edited_invoice_never_stops_the_other_orgs_decisions(billed):
         assert moved == (org != "ws-acme"), (org, decided[org], computed_at)
     assert billed.billing_cursors.find_one({"_id": "*"}) is not None
     quota = Quota(Collections.of(billed, get_settings()), get_settings())
-    states = quota.decide(sorted(after), later)
+    states = quota.decide(sorted(after), later, raise_refused=False)  # as the fan-out does
     assert states["ws-acme"] == MALFORMED_INVOICE and set(quota.refused) == {"ws-acme"}
     assert all(state != MALFORMED_INVOICE for org, state in states.items() if org != "ws-acme")
+    with pytest.raises(MalformedDocument, match=f"'{INVOICE}' is not as the chore writes it"):
+        quota.decide(sorted(after), later)  # as `plan set` and `anomaly review` do
+
+
+def test_the_full_run_repairs_a_count_edited_to_the_same_number_of_another_type(billed):
+    """Review: a shell writes numbers as doubles. 336622.0 equals 336622 to Python, so the
+    full run left it, while every strict reader refused it and said the full run would
+    rebuild it."""
+    before = shown(billed)
+    stored = billed.billing_invoices.find_one({"_id": INVOICE})
+    billed.billing_invoices.update_one(
+        {"_id": INVOICE}, {"$set": {"total_micros": float(stored["total_micros"])}}
+    )
+    assert invoke(*COMMANDS["run"]).exit_code == 1  # refused, as the error says
+    rebuilt = invoke("run", "--full", "--org", "ws-acme", *NOW_ARG)
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert f"draft {INVOICE} held other sums or lines than its ledger" in rebuilt.output
+    assert type(billed.billing_invoices.find_one({"_id": INVOICE})["total_micros"]) is int
+    assert shown(billed) == before

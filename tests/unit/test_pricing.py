@@ -822,3 +822,22 @@ def test_a_key_given_twice_is_refused_whatever_came_before_it_in_the_stream() ->
     stream = "\n---\n".join(["{a: 1, b: 2}"] * 50 + ["{a: 1, a: 2}"])
     with pytest.raises(yaml.YAMLError, match="key 'a' is given twice"):
         list(yaml.load_all(stream, Loader=_RegistryLoader))
+
+
+@given(st.permutations([(None, 1_000), ("", 2_000), ("gpt-4o", 3_000), (None, 4_000)]))
+def test_invoice_lines_come_out_in_one_order_whatever_order_their_usage_came_in(usage):
+    """Review: a model missing (None) and a model "" tied in the lines' order, so a draft
+    built incrementally and the same draft rebuilt from its ledger listed them otherwise
+    (the full run then rewrote it, saying it had been edited)."""
+    from chores.metering.lines import UsageGroup, price_lines
+
+    groups = [
+        UsageGroup(model, False, False, date(2026, 11, 2), tokens, 0, 0, 0)
+        for model, tokens in usage
+    ]
+    lines = price_lines(groups, load_registry())
+    assert [(line.model, line.tokens) for line in lines] == [
+        (None, 5_000),
+        ("", 2_000),
+        ("gpt-4o", 3_000),
+    ]
