@@ -25,7 +25,9 @@ Documents examined (what a server reads to answer, `totalDocsExamined` in an exp
   choice is modelled as the index that examines fewest.
 - A top-level `$or` is also planned branch by branch (each branch with the conjuncts beside
   it), the documents examined summed; a branch no index serves makes it a collection scan.
-  The cheaper of that and the conjuncts' own plan is taken.
+  The cheaper of that and the conjuncts' own plan is taken. An `$or` nested in a branch is
+  planned the same way (the server's contained-`$or` pushdown), and an `$and` is flattened
+  into the conjuncts (its first `$or` planned as the top-level one, when there is none).
 - No index serves the filter: the whole collection is examined.
 - `limit` caps what an index scan that bounds the whole filter examines; writes examine what
   their filter examines (a `bulk_write` the sum of its operations'); an `aggregate` what its
@@ -161,28 +163,54 @@ def _plan(collection: Any, conjuncts: Mapping[str, Any], indexes: list[list[str]
     return min(collection.count_documents(p) for p in prefixes if len(p) == longest)
 
 
-def examined(collection: Any, query: Mapping[str, Any] | None, limit: int = 0) -> int:
-    """Documents a server examines to answer `query` on a mongomock `collection`."""
-    query = query or {}
-    indexes = [_key_fields(i) for i in collection.index_information().values()]
-    whole = collection.estimated_document_count()
+def _flattened(query: Mapping[str, Any]) -> tuple[dict[str, Any], list[Any] | None]:
+    """A filter's ANDed field conditions, its `$and`s flattened in (as the server does), and
+    the one `$or` it may plan branch by branch (its own, else the first in an `$and`)."""
     conjuncts = {k: v for k, v in query.items() if not k.startswith("$")}
+    alternatives = query["$or"] if isinstance(query.get("$or"), list) else None
+    for part in query.get("$and", []) if isinstance(query.get("$and"), list) else []:
+        if not isinstance(part, Mapping):
+            continue
+        inner, inner_or = _flattened(part)
+        for key, value in inner.items():
+            conjuncts.setdefault(key, value)  # a field twice: one bound is enough to model
+        if alternatives is None:
+            alternatives = inner_or
+    return conjuncts, alternatives
+
+
+def _planned(collection: Any, query: Mapping[str, Any], indexes: list[list[str]]) -> int | None:
+    """Documents examined by the cheapest plan of `query`; None when no index serves it.
+
+    Its ANDed fields on one index (`_plan`), or its `$or` branch by branch, each branch
+    with the conditions beside it, an `$or` nested in a branch planned the same way (a
+    contained `$or`: the server pushes the conditions down into its branches)."""
+    conjuncts, alternatives = _flattened(query)
     plans: list[int] = []
     own = _plan(collection, conjuncts, indexes)
     if own is not None:
         plans.append(own)
-    if isinstance(query.get("$or"), list):
+    if alternatives is not None:
         total = 0
-        for branch in query["$or"]:
-            served = _plan(collection, {**conjuncts, **branch}, indexes)
+        for branch in alternatives:
+            served = _planned(collection, {**conjuncts, **branch}, indexes)
             if served is None:
                 break
             total += served
         else:
             plans.append(total)
-    if not plans:
-        return int(whole)
-    best = min(plans)
+    return min(plans) if plans else None
+
+
+def examined(collection: Any, query: Mapping[str, Any] | None, limit: int = 0) -> int:
+    """Documents a server examines to answer `query` on a mongomock `collection`."""
+    query = query or {}
+    indexes = [_key_fields(i) for i in collection.index_information().values()]
+    best = _planned(collection, query, indexes)
+    if best is None:
+        return int(collection.estimated_document_count())
+    conjuncts = {k: v for k, v in query.items() if not k.startswith("$")}
+    own = _plan(collection, conjuncts, indexes)
     whole_filter_bounded = len(conjuncts) == len(query) and all(
         _bounded(v) for v in conjuncts.values()
     )
