@@ -21,7 +21,9 @@ scales (a full run of 1M documents on mongomock would take days):
 Then k finished runners change (counters grown, `last_updated_db` stamped just now) and
 `run_chore` runs 5 minutes later (*the rerun*), then once more with nothing changed (*idle*),
 then a day later, twice, nothing changed (*day later*, the second: the runners still running are
-idle by then, re-read once an hour).
+idle by then, re-read once an hour). Last, October is finalized (untimed) and the same k
+runners grow again: their usage is late, swept out of the final October into November
+(*late*: the sweep finds a final period's stragglers by index, not by reading its month).
 Each is counted: round trips (a real server: every command a pymongo `CommandListener` saw;
 mongomock: the commands pymongo would send), documents returned, documents examined (mongomock:
 modelled from the query shapes and the indexes present, `_counting.py` says how), and the
@@ -38,7 +40,7 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import mongomock
@@ -48,7 +50,7 @@ from bson import ObjectId
 from rich.console import Console
 from rich.table import Table
 
-from chores import Settings, ensure_indexes, run_chore
+from chores import Settings, ensure_indexes, finalize_invoices, run_chore
 from chores.billing.drafts import DraftSums, has_usage
 from chores.billing.invoices import build_invoice
 from chores.core import mongomock_compat
@@ -268,6 +270,13 @@ def run_size(
         next_day = later + timedelta(days=1, minutes=10)
         measure(db, counts, settings, next_day, registry)
         day_later = measure(db, counts, settings, next_day + timedelta(minutes=5), registry)
+    # October frozen (untimed), then k of its runners grow: their usage is late, swept into
+    # November. The sweep finds a final period's stragglers by index, not by its month.
+    frozen = datetime(2026, 11, 4, 1, tzinfo=UTC)
+    finalize_invoices(db, now=frozen, settings=settings)
+    after_final = frozen + timedelta(days=1)
+    change(raw, k, stamp=(after_final - timedelta(seconds=30)).timestamp())
+    late = measure(db, counts, settings, after_final, registry)
     problems: list[str] | None = None
     if check:
         from chores.billing.invoices import Invoices
@@ -296,6 +305,7 @@ def run_size(
         "incremental": incremental,
         "idle": idle,
         "day_later": day_later,
+        "late": late,
         "check_drafts": problems,
     }
 
@@ -358,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         ("incremental", f"rerun after k={args.changed} changed documents"),
         ("idle", "rerun, nothing changed"),
         ("day_later", "a day later, nothing changed (the runners left running re-read hourly)"),
+        ("late", f"once October is final, rerun after k={args.changed} of its runners grew"),
     ):
         table = Table(title=f"{title} ({backend}, batch {BATCH})")
         table.add_column("N (AI runner docs)", justify="right")
