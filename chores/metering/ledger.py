@@ -369,7 +369,7 @@ class Ledger:
         that checking every final period of a long history stays a few round trips."""
         found: set[tuple[str, str]] = set()
         for batch in chunked(finals, self._batch_size):
-            clauses = [_stragglers(org, period, fence) for org, period, fence in batch]
+            clauses = [c for org, period, fence in batch for c in _stragglers(org, period, fence)]
             pipeline: list[Doc] = [
                 {"$match": {"$or": clauses}},
                 {"$group": {"_id": {"org": "$org", "period": BOOKED_PERIOD}}},
@@ -385,7 +385,7 @@ class Ledger:
         (`_stragglers`) into `into`, late, and unfolded: the draft of `into` adds them at
         its next build."""
         self._entries.update_many(
-            _stragglers(org, period, closed_fence),
+            {"$or": _stragglers(org, period, closed_fence)},
             {"$set": {"booked": into, "late": True, "fence": None, "fold": None}},
         )
 
@@ -452,12 +452,17 @@ def _orgs_by_period(pairs: set[tuple[str, str]]) -> dict[str, list[str]]:
 BOOKED_PERIOD: Doc = {"$ifNull": ["$booked", "$usage_period"]}
 
 
-def _stragglers(org: str, period: str, closed_fence: int | None) -> Doc:
-    """The entries of the final `period`, frozen by `closed_fence`, that it does not hold:
-    unbooked and unfolded (arrived after its stamp), or booked there unstamped (swept in
-    after it) or under an older token (a stale finalizer's). Never one a draft folded, nor
-    one a newer token stamped: those can only be there if the final was removed and its
-    month rebuilt since this final was read, and they belong to that draft or final."""
+def _stragglers(org: str, period: str, closed_fence: int | None) -> list[Doc]:
+    """The entries of the final `period`, frozen by `closed_fence`, that it does not hold,
+    as the branches of an `$or`: unbooked and unfolded (arrived after its stamp), or booked
+    there unstamped (swept in after it) or under an older token (a stale finalizer's).
+    Never one a draft folded, nor one a newer token stamped: those can only be there if the
+    final was removed and its month rebuilt since this final was read, and they belong to
+    that draft or final.
+
+    Each branch names the org and is bounded by an index on its own (`org_usage_booked`,
+    `org_booked_fence`): a month's stragglers are found without reading the month, nor
+    relying on the server to push the org into a nested `$or`."""
     if closed_fence is None:  # frozen before tokens: it holds the entries booked unstamped
         not_held: list[Doc] = [{"booked": period, "fence": {"$ne": None}}]
     else:
@@ -465,7 +470,5 @@ def _stragglers(org: str, period: str, closed_fence: int | None) -> Doc:
             {"booked": period, "fence": None},
             {"booked": period, "fence": {"$lt": closed_fence}},
         ]
-    return {
-        "org": {"$eq": org},
-        "$or": [{"booked": None, "usage_period": period, "fold": None}, *not_held],
-    }
+    unbooked = {"booked": None, "usage_period": period, "fold": None}
+    return [{"org": {"$eq": org}, **branch} for branch in (unbooked, *not_held)]
