@@ -6,7 +6,8 @@ So this module imports nothing of the package until `main` runs (`chores` and `c
 load what they export on first use).
 
 An output that cannot be written (stdout on a full disk or a failing device) is one line on
-stderr and exit 1, as a closed pipe is Click's (exit 1, nothing said). The command stops at
+stderr and exit 1, as a closed pipe is Click's (exit 1, nothing said); so is a standard
+output closed from the start, before the command does anything. The command stops at
 that write; what it wrote before is kept (a `file://` store is saved as it unwinds), so a
 command that prints as it goes, such as `chore demo`, may have done only part of its work.
 """
@@ -23,6 +24,12 @@ OUTPUT_LOST = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
 def main() -> None:
+    if sys.stdout is None:  # started with file descriptor 1 closed (`chore ... >&-`)
+        # Every print would vanish without a word (a run's summary, an invoice, a JSON
+        # answer): refused before any work, as an output that cannot be written is.
+        if sys.stderr is not None:
+            print("Error: standard output is closed (>/dev/null discards it)", file=sys.stderr)
+        raise SystemExit(1)
     try:
         from chores.cli.app import main as command
     except KeyboardInterrupt:

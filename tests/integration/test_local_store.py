@@ -93,6 +93,35 @@ def test_an_output_that_cannot_be_written_is_one_line_and_the_work_is_kept(tmp_p
     assert shown.stdout.startswith("acme: token limit 123,000 tokens"), shown.stdout
 
 
+def test_a_closed_standard_output_is_refused_before_any_work(tmp_path):
+    """Outside review: `chore invoice show >&-` exited 0 and showed nothing (Python drops
+    every print when file descriptor 1 is closed); `plan set` would set the plan unsaid."""
+    assert chore(tmp_path, "demo", "--now", NOW).returncode == 0
+    env = {**os.environ, "MONGO_URL": "file://.chore-demo/store.json"}
+    env.pop("REDIS_URL", None)
+    store = tmp_path / ".chore-demo" / "store.json"
+    before = store.read_bytes()
+    for args in (
+        ["invoice", "show", "--org", "acme", "--period", "2026-11"],
+        ["plan", "set", "--org", "acme", "--token-limit", "123K", "--now", NOW],
+    ):
+        ran = subprocess.run(
+            [*CHORE, *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            preexec_fn=lambda: os.close(1),  # the child starts with fd 1 closed
+        )
+        assert ran.returncode == 1, (args, ran.stderr)
+        assert ran.stderr.splitlines() == [
+            "Error: standard output is closed (>/dev/null discards it)"
+        ], args
+    assert store.read_bytes() == before  # nothing written
+
+
 def test_a_working_directory_removed_under_a_command_is_one_line(tmp_path):
     """A relative store or output path, in a shell whose directory was removed: `chore
     status`, `chore demo` and `report --out` stopped on a FileNotFoundError traceback."""
