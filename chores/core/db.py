@@ -13,6 +13,7 @@ mongomock the caller imported comes in (`_is_mongomock`). The worker never loads
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import warnings
 import weakref
@@ -132,8 +133,7 @@ def connect(settings: Settings) -> Database[Doc]:
     ignored = []
     for warning in warned:
         if _an_option_dropped(warning):
-            text = str(warning.message)
-            ignored.append(UNKNOWN_OPTION if text == "Unknown option." else text)
+            ignored.append(_option_dropped(str(warning.message)))
         else:  # a notice, not a dropped option (a DocumentDB host, a compressor not installed)
             warnings.warn_explicit(
                 warning.message, warning.category, warning.filename, warning.lineno
@@ -166,6 +166,16 @@ def connect(settings: Settings) -> Database[Doc]:
 
 AUTHENTICATION_FAILED = 18  # MongoDB's error code for a user or password it refuses
 UNKNOWN_OPTION = "an option pymongo does not know, which it would ignore (check its spelling)"
+
+
+def _option_dropped(text: str) -> str:
+    """pymongo's warning about an option it drops, for a user of the CLI: its "Unknown
+    option. Did you mean one of (a, b) or maybe a camelCase version of one? Refer to
+    docstring." as UNKNOWN_OPTION and the names it suggests."""
+    if not text.startswith("Unknown option"):
+        return text
+    suggested = re.search(r"Did you mean one of \(([^)]*)\)", text)
+    return UNKNOWN_OPTION + (f"; did you mean {suggested.group(1)}?" if suggested else "")
 
 
 def _an_option_dropped(warning: warnings.WarningMessage) -> bool:

@@ -246,6 +246,10 @@ def test_every_billing_collection_is_kept_apart_from_the_source():
             "mongodb://u:pw@nohost.invalid/?x=1",
             "MONGO_URL mongodb://u:***@nohost.invalid/?x=1: an option pymongo does not know",
         ),
+        (  # outside review: pymongo's "... camelCase version of one? Refer to docstring."
+            "mongodb://u:pw@nohost.invalid/?retryWrite=true",
+            "would ignore (check its spelling); did you mean retrywrites, retryreads,",
+        ),
         (
             "mongodb://u:pw@nohost.invalid/?retryWrites=maybe",
             "The value of retrywrites must be 'true' or 'false'",
