@@ -248,7 +248,7 @@ def test_every_billing_collection_is_kept_apart_from_the_source():
         ),
         (  # outside review: pymongo's "... camelCase version of one? Refer to docstring."
             "mongodb://u:pw@nohost.invalid/?retryWrite=true",
-            "would ignore (check its spelling); did you mean retrywrites, retryreads,",
+            "would ignore (check its spelling); did you mean retrywrites",
         ),
         (
             "mongodb://u:pw@nohost.invalid/?retryWrites=maybe",
