@@ -25,9 +25,9 @@ Documents examined (what a server reads to answer, `totalDocsExamined` in an exp
   choice is modelled as the index that examines fewest.
 - A top-level `$or` is also planned branch by branch (each branch with the conjuncts beside
   it), the documents examined summed; a branch no index serves makes it a collection scan.
-  The cheaper of that and the conjuncts' own plan is taken. An `$or` nested in a branch is
-  planned the same way (the server's contained-`$or` pushdown), and an `$and` is flattened
-  into the conjuncts (its first `$or` planned as the top-level one, when there is none).
+  The cheaper of that and the conjuncts' own plan is taken. An `$and` is flattened into the
+  conjuncts (its first `$or` planned as the top-level one, when there is none); an `$or`
+  nested inside a branch bounds nothing (a filter only).
 - No index serves the filter: the whole collection is examined.
 - `limit` caps what an index scan that bounds the whole filter examines; writes examine what
   their filter examines (a `bulk_write` the sum of its operations'); an `aggregate` what its
@@ -183,8 +183,9 @@ def _planned(collection: Any, query: Mapping[str, Any], indexes: list[list[str]]
     """Documents examined by the cheapest plan of `query`; None when no index serves it.
 
     Its ANDed fields on one index (`_plan`), or its `$or` branch by branch, each branch
-    with the conditions beside it, an `$or` nested in a branch planned the same way (a
-    contained `$or`: the server pushes the conditions down into its branches)."""
+    with the conditions beside it (and those of an `$and` in it). An `$or` nested inside a
+    branch bounds nothing here (a filter only): counting it would credit the server with
+    pushing the branch's conditions into it, which the chore's queries do not rely on."""
     conjuncts, alternatives = _flattened(query)
     plans: list[int] = []
     own = _plan(collection, conjuncts, indexes)
@@ -193,7 +194,7 @@ def _planned(collection: Any, query: Mapping[str, Any], indexes: list[list[str]]
     if alternatives is not None:
         total = 0
         for branch in alternatives:
-            served = _planned(collection, {**conjuncts, **branch}, indexes)
+            served = _plan(collection, _flattened({**conjuncts, **branch})[0], indexes)
             if served is None:
                 break
             total += served
