@@ -7,29 +7,50 @@ load what they export on first use).
 
 An output that cannot be written (stdout on a full disk or a failing device) is one line on
 stderr and exit 1, as a closed pipe is Click's (exit 1, nothing said); so is a standard
-output closed from the start, before the command does anything. The command stops at
+output closed from the start, at the command's first write (`ClosedOutput`). The command stops at
 that write; what it wrote before is kept (a `file://` store is saved as it unwinds), so a
 command that prints as it goes, such as `chore demo`, may have done only part of its work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import os
 import sys
+from typing import Any
 
 from chores.cli.exit_codes import EXIT_INTERRUPTED, INTERRUPTED
 
-OUTPUT_LOST = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+# A full disk, a failing device, a standard output closed from the start (`ClosedOutput`).
+OUTPUT_LOST = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EBADF})
+
+
+class ClosedOutput(io.RawIOBase):
+    """Standard output when the command started with file descriptor 1 closed (`>&-`),
+    where Python would drop every print without a word: its first write is the error an
+    output that cannot be written is (exit 1, one line); a command that writes nothing
+    (`run --quiet`, `report --out F --quiet`) runs as usual. Later writes (what is still
+    buffered as Python exits) are dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if not self.failed:
+            self.failed = True
+            raise OSError(errno.EBADF, "standard output is closed")
+        return len(data)
 
 
 def main() -> None:
     if sys.stdout is None:  # started with file descriptor 1 closed (`chore ... >&-`)
-        # Every print would vanish without a word (a run's summary, an invoice, a JSON
-        # answer): refused before any work, as an output that cannot be written is.
-        if sys.stderr is not None:
-            print("Error: standard output is closed (>/dev/null discards it)", file=sys.stderr)
-        raise SystemExit(1)
+        sys.stdout = io.TextIOWrapper(ClosedOutput(), encoding="utf-8", line_buffering=True)
     try:
         from chores.cli.app import main as command
     except KeyboardInterrupt:
@@ -42,5 +63,6 @@ def main() -> None:
             raise  # a file's error: said where it is opened, or a bug to show whole
         print(f"Error: cannot write the output: {exc.strerror}", file=sys.stderr)
         # What is still buffered for stdout would fail again as Python exits.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError):  # a `ClosedOutput` has no descriptor: it drops it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(1) from None

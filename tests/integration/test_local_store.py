@@ -93,17 +93,21 @@ def test_an_output_that_cannot_be_written_is_one_line_and_the_work_is_kept(tmp_p
     assert shown.stdout.startswith("acme: token limit 123,000 tokens"), shown.stdout
 
 
-def test_a_closed_standard_output_is_refused_before_any_work(tmp_path):
+def test_a_closed_standard_output_is_an_output_that_cannot_be_written(tmp_path):
     """Outside review: `chore invoice show >&-` exited 0 and showed nothing (Python drops
-    every print when file descriptor 1 is closed); `plan set` would set the plan unsaid."""
+    every print when file descriptor 1 is closed). Now its first write is one line and
+    exit 1, as on a full disk; a command that writes nothing (`run --quiet`, a cron's)
+    runs as usual (review: refused before any work, a cron's `--quiet >&-` metered
+    nothing)."""
     assert chore(tmp_path, "demo", "--now", NOW).returncode == 0
     env = {**os.environ, "MONGO_URL": "file://.chore-demo/store.json"}
     env.pop("REDIS_URL", None)
-    store = tmp_path / ".chore-demo" / "store.json"
-    before = store.read_bytes()
-    for args in (
-        ["invoice", "show", "--org", "acme", "--period", "2026-11"],
-        ["plan", "set", "--org", "acme", "--token-limit", "123K", "--now", NOW],
+    report = tmp_path / "r.html"
+    for args, returncode in (
+        (["invoice", "show", "--org", "acme", "--period", "2026-11"], 1),
+        (["plan", "set", "--org", "acme", "--token-limit", "123K", "--now", NOW], 1),
+        (["run", "--org", "acme", "--quiet", "--now", NOW], 0),
+        (["report", "--org", "acme", "--period", "2026-11", "--out", str(report), "--quiet"], 0),
     ):
         ran = subprocess.run(
             [*CHORE, *args],
@@ -115,11 +119,13 @@ def test_a_closed_standard_output_is_refused_before_any_work(tmp_path):
             timeout=300,
             preexec_fn=lambda: os.close(1),  # the child starts with fd 1 closed
         )
-        assert ran.returncode == 1, (args, ran.stderr)
-        assert ran.stderr.splitlines() == [
-            "Error: standard output is closed (>/dev/null discards it)"
-        ], args
-    assert store.read_bytes() == before  # nothing written
+        assert ran.returncode == returncode, (args, ran.stderr)
+        said = ["Error: cannot write the output: standard output is closed"] if returncode else []
+        assert [line for line in ran.stderr.splitlines() if not line.startswith("note:")] == said
+    assert report.read_text().startswith("<!DOCTYPE html>")
+    # what the command wrote before its output is kept, as on a full disk
+    shown = chore(tmp_path, "plan", "show", "--org", "acme", env=env)
+    assert shown.stdout.startswith("acme: token limit 123,000 tokens"), shown.stdout
 
 
 def test_a_working_directory_removed_under_a_command_is_one_line(tmp_path):
