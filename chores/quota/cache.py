@@ -117,6 +117,8 @@ class QuotaCache:
         self._put_unless_older = self._redis.register_script(PUT_UNLESS_OLDER)
         self._drop_unless_newer = self._redis.register_script(DROP_UNLESS_NEWER)
         self.failure: str | None = None  # the last error, when Redis could not be reached
+        # ... or when it answered, refusing the command (a database number it lacks, an ACL)
+        self.refused_command = False
 
     def key(self, org: str) -> str:
         return self._prefix + org
@@ -180,7 +182,8 @@ class QuotaCache:
 
     def _unavailable(self, exc: RedisError) -> None:
         self.failure = type(exc).__name__
-        if isinstance(exc, ResponseError):
+        self.refused_command = isinstance(exc, ResponseError)  # NoPermissionError too
+        if self.refused_command:
             # Reached, and refused the command (a database number it does not have, an ACL
             # that forbids it): what it said names no credential (a refused password is
             # an AuthenticationError, a ConnectionError).

@@ -364,7 +364,7 @@ class Quota:
         if self._cache.failure is not None:
             if self._cache.failure in ("AuthenticationError", "AuthorizationError"):
                 return f"the Redis at REDIS_URL refused its credentials ({self._cache.failure})"
-            if self._cache.failure.startswith("ResponseError"):
+            if self._cache.refused_command:
                 return f"the Redis at REDIS_URL refused the command ({self._cache.failure})"
             return f"the Redis at REDIS_URL could not be reached ({self._cache.failure})"
         return None

@@ -275,6 +275,25 @@ def test_a_redis_that_refuses_the_command_is_said_so(registry, redis_base_url):
     )
 
 
+def test_a_redis_user_its_acl_forbids_a_command_is_said_so(registry, redis_base_url):
+    """Review: a NoPermissionError (a ResponseError) was still "could not be reached"."""
+    admin = redis.Redis.from_url(redis_base_url)
+    user = "chore-read-only-test"
+    admin.acl_setuser(user, enabled=True, passwords=["+pw"], commands=["+@read"], keys=["*"])
+    try:
+        host = redis_base_url.removeprefix("redis://")
+        settings = Settings(mongo_url="mongomock://acl", redis_url=f"redis://{user}:pw@{host}/0")
+        db = connect(settings)
+        db.tasks.insert_one(ai_run("acme", 10))
+        ran = run_chore(db, now=NOV, registry=registry, settings=settings)
+    finally:
+        admin.acl_deluser(user)
+    assert ran.mirror_missed is not None
+    assert ran.mirror_missed.startswith(
+        "the Redis at REDIS_URL refused the command (NoPermissionError: "
+    ), ran.mirror_missed
+
+
 def test_a_month_that_starts_with_a_credit_is_decided_and_answered(registry):
     """Review of the check above: a decision of negative spend, which a run writes for a
     month whose only usage so far is a late credit, was read as malformed: `unknown`, and
