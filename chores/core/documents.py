@@ -100,7 +100,10 @@ def invoice_remedy(doc: Mapping[str, Any]) -> str:
     if not isinstance(org, str):  # its id is "<org>:<period>"
         org = str(doc.get("_id")).rpartition(":")[0]
     if doc.get("status") == "draft" and org:
-        return f"remove it, and `chore run --full --org {org}` rebuilds the draft from its ledger"
+        return (
+            f"`chore run --full --org {org}` rebuilds the draft from its ledger (remove it "
+            "first if that run names it too)"
+        )
     return RESTORE
 
 

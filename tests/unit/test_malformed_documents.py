@@ -98,7 +98,10 @@ def test_an_edited_invoice_is_one_line_in_every_command_that_reads_it(
     assert said_lines[0].startswith(
         f"Error: the billing_invoices document '{INVOICE}' is not as the chore writes it {said}"
     ), result.output
-    assert "remove it, and `chore run --full --org ws-acme` rebuilds the draft" in result.output
+    assert (
+        "`chore run --full --org ws-acme` rebuilds the draft from its ledger (remove it first "
+        "if that run names it too)"
+    ) in result.output
     assert len(said_lines) == 1
 
 
@@ -645,4 +648,34 @@ def test_the_full_run_repairs_a_count_edited_to_the_same_number_of_another_type(
     assert rebuilt.exit_code == 0, rebuilt.output
     assert f"draft {INVOICE} held other sums or lines than its ledger" in rebuilt.output
     assert type(billed.billing_invoices.find_one({"_id": INVOICE})["total_micros"]) is int
+    assert shown(billed) == before
+
+
+@pytest.mark.parametrize(
+    ("edit", "repaired_in_place"),
+    [
+        ({"$set": {"total_micros": None}}, True),
+        ({"$unset": {"lines": ""}}, True),
+        ({"$set": {"lines.0.tokens": "12"}}, True),
+        ({"$set": {"runs": None}}, True),
+        ({"$inc": {"total_micros": 5}}, True),
+        ({"$unset": {"org": ""}}, False),  # no pair to rebuild: named, then removed
+        ({"$set": {"period": "2026-13"}}, False),
+    ],
+)
+def test_a_malformed_draft_is_rebuilt_by_the_full_run_or_removed_first_as_the_error_says(
+    billed, edit, repaired_in_place
+):
+    """Review: the error said to remove the draft, while the full run now rebuilds most
+    edited drafts as they stand; it says to remove one only if that run names it too."""
+    before = shown(billed)
+    billed.billing_invoices.update_one({"_id": INVOICE}, edit)
+    full = ["run", "--full", "--org", "ws-acme", *NOW_ARG]
+    rebuilt = invoke(*full)
+    assert (rebuilt.exit_code == 0) == repaired_in_place, rebuilt.output
+    if not repaired_in_place:
+        assert f"the billing_invoices document '{INVOICE}' is not as" in rebuilt.output
+        assert "(remove it first if that run names it too)" in rebuilt.output
+        billed.billing_invoices.delete_one({"_id": INVOICE})
+        assert invoke(*full).exit_code == 0
     assert shown(billed) == before
