@@ -226,12 +226,16 @@ def plan_set(
     changes["updated_at"] = now
     update = {"$set": changes, **({"$setOnInsert": defaults} if defaults else {})}
     collections.plans.update_one({"_id": org}, update, upsert=True)
-    _print_plan(org, _read_plan(org, collections.plans.find_one({"_id": org})))
-    # The plan applies at once: the decision is recomputed from the current invoice.
+    # The plan applies at once: the decision is recomputed from the current invoice, before
+    # anything is printed (review: an output that could not be written left the plan set
+    # and the old decision standing).
     from chores.quota.decisions import Quota
 
     quota = Quota(collections, settings)
-    state = quota.decide([org], now)[org]
+    state = quota.decide([org], now, raise_refused=False)[org]
+    _print_plan(org, _read_plan(org, collections.plans.find_one({"_id": org})))
+    for refused in quota.refused.values():
+        raise refused  # an invoice the decision could not read: named after the plan
     billed = collections.invoices.count_documents({"org": org, "period": period}, limit=1)
     source = f"from the invoice of {period}" if billed else f"no usage billed in {period} yet"
     click.echo(f"{for_terminal(org)}: decision now {state} ({source})")

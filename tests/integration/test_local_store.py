@@ -105,8 +105,8 @@ def test_a_closed_standard_output_is_an_output_that_cannot_be_written(tmp_path):
     report = tmp_path / "r.html"
     for args, returncode in (
         (["invoice", "show", "--org", "acme", "--period", "2026-11"], 1),
-        (["plan", "set", "--org", "acme", "--token-limit", "123K", "--now", NOW], 1),
         (["run", "--org", "acme", "--quiet", "--now", NOW], 0),
+        (["plan", "set", "--org", "acme", "--token-limit", "123K", "--now", NOW], 1),
         (["report", "--org", "acme", "--period", "2026-11", "--out", str(report), "--quiet"], 0),
     ):
         ran = subprocess.run(
@@ -123,9 +123,13 @@ def test_a_closed_standard_output_is_an_output_that_cannot_be_written(tmp_path):
         said = ["Error: cannot write the output: standard output is closed"] if returncode else []
         assert [line for line in ran.stderr.splitlines() if not line.startswith("note:")] == said
     assert report.read_text().startswith("<!DOCTYPE html>")
-    # what the command wrote before its output is kept, as on a full disk
+    # what the command wrote before its output is kept, as on a full disk; and `plan set`
+    # decides before it prints (review: the plan was set, the old decision stood)
     shown = chore(tmp_path, "plan", "show", "--org", "acme", env=env)
     assert shown.stdout.startswith("acme: token limit 123,000 tokens"), shown.stdout
+    check = ["quota", "check", "--org", "acme", "--now", NOW, "--json"]
+    answer = json.loads(chore(tmp_path, *check, env=env).stdout)
+    assert answer["token_limit"] == 123_000, answer
 
 
 def test_a_working_directory_removed_under_a_command_is_one_line(tmp_path):
