@@ -251,47 +251,39 @@ def test_quota_wording_a_single_token_and_counts_that_round_alike():
     assert "72.9K of 72.9K tokens (100%)" in at.summary()
 
 
+def mirror_missed_of(registry: Any, redis_url: str) -> str | None:
+    """What a run says of the Redis mirror of its decisions at `redis_url`."""
+    settings = Settings(mongo_url=f"mongomock://{uuid.uuid4().hex}", redis_url=redis_url)
+    db = connect(settings)
+    db.tasks.insert_one(ai_run("acme", 10))
+    return run_chore(db, now=NOV, registry=registry, settings=settings).mirror_missed
+
+
 def test_a_redis_that_refuses_the_credentials_is_said_so(registry, redis_base_url):
     """It said "could not be reached (AuthenticationError)" of a Redis that answered."""
     host = redis_base_url.removeprefix("redis://")
-    settings = Settings(mongo_url="mongomock://auth", redis_url=f"redis://bob:wrong@{host}/0")
-    db = connect(settings)
-    db.tasks.insert_one(ai_run("acme", 10))
-    ran = run_chore(db, now=NOV, registry=registry, settings=settings)
-    assert ran.mirror_missed == (
+    assert mirror_missed_of(registry, f"redis://bob:wrong@{host}/0") == (
         "the Redis at REDIS_URL refused its credentials (AuthenticationError)"
     )
 
 
 def test_a_redis_that_refuses_the_command_is_said_so(registry, redis_base_url):
     """Outside review: a database number the Redis does not have was "could not be
-    reached (ResponseError)" of a Redis that answered."""
-    settings = Settings(mongo_url="mongomock://db99", redis_url=f"{redis_base_url}/9999")
-    db = connect(settings)
-    db.tasks.insert_one(ai_run("acme", 10))
-    ran = run_chore(db, now=NOV, registry=registry, settings=settings)
-    assert ran.mirror_missed == (
+    reached (ResponseError)" of a Redis that answered; then (review) an ACL's refusal,
+    a NoPermissionError, still was."""
+    assert mirror_missed_of(registry, f"{redis_base_url}/9999") == (
         "the Redis at REDIS_URL refused the command (ResponseError: DB index is out of range)"
     )
-
-
-def test_a_redis_user_its_acl_forbids_a_command_is_said_so(registry, redis_base_url):
-    """Review: a NoPermissionError (a ResponseError) was still "could not be reached"."""
     admin = redis.Redis.from_url(redis_base_url)
     user = "chore-read-only-test"
     admin.acl_setuser(user, enabled=True, passwords=["+pw"], commands=["+@read"], keys=["*"])
     try:
         host = redis_base_url.removeprefix("redis://")
-        settings = Settings(mongo_url="mongomock://acl", redis_url=f"redis://{user}:pw@{host}/0")
-        db = connect(settings)
-        db.tasks.insert_one(ai_run("acme", 10))
-        ran = run_chore(db, now=NOV, registry=registry, settings=settings)
+        said = mirror_missed_of(registry, f"redis://{user}:pw@{host}/0")
     finally:
         admin.acl_deluser(user)
-    assert ran.mirror_missed is not None
-    assert ran.mirror_missed.startswith(
-        "the Redis at REDIS_URL refused the command (NoPermissionError: "
-    ), ran.mirror_missed
+    assert said is not None
+    assert said.startswith("the Redis at REDIS_URL refused the command (NoPermissionError: ")
 
 
 def test_a_month_that_starts_with_a_credit_is_decided_and_answered(registry):
