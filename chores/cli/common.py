@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -170,3 +172,10 @@ def machine_format(as_json: bool, as_csv: bool) -> None:
     """`--json` and `--csv` are one choice: both is a usage error, not a silent JSON."""
     if as_json and as_csv:
         raise click.UsageError("give at most one of --json and --csv")
+
+
+def drop_buffered_output() -> None:
+    """Once stdout could not be written: what is still buffered for it would fail again as
+    Python exits ("Exception ignored"), so stdout goes to /dev/null from here on."""
+    with contextlib.suppress(OSError):  # a `entry.ClosedOutput` has no descriptor: it drops
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

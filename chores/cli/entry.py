@@ -14,10 +14,8 @@ command that prints as it goes, such as `chore demo`, may have done only part of
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
-import os
 import sys
 from typing import Any
 
@@ -62,7 +60,7 @@ def main() -> None:
         if exc.errno not in OUTPUT_LOST or exc.filename is not None:
             raise  # a file's error: said where it is opened, or a bug to show whole
         print(f"Error: cannot write the output: {exc.strerror}", file=sys.stderr)
-        # What is still buffered for stdout would fail again as Python exits.
-        with contextlib.suppress(OSError):  # a `ClosedOutput` has no descriptor: it drops it
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        from chores.cli.common import drop_buffered_output
+
+        drop_buffered_output()
         raise SystemExit(1) from None

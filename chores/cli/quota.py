@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from collections.abc import Mapping
@@ -17,7 +18,13 @@ from rich.markup import escape
 
 from chores.billing.known_orgs import unknown_org_note
 from chores.cli import tables
-from chores.cli.common import console, model_json, now_option, user_errors
+from chores.cli.common import (
+    console,
+    drop_buffered_output,
+    model_json,
+    now_option,
+    user_errors,
+)
 from chores.cli.exit_codes import EXIT_REFUSED
 from chores.cli.params import OneLineGroup
 from chores.core import clock
@@ -147,9 +154,15 @@ def quota_check(org: str, estimate: int, as_json: bool, now: datetime | None) ->
             )
             if decision.reason.startswith(NO_DECISION) and not as_json:  # scripts: no note
                 _note_unknown_org(Collections.of(db, settings), org)
-    click.echo(model_json(decision) if as_json else for_terminal(decision.summary()))
-    if not decision.allowed:
-        sys.exit(EXIT_REFUSED)
+    answer = 0 if decision.allowed else EXIT_REFUSED
+    try:
+        click.echo(model_json(decision) if as_json else for_terminal(decision.summary()))
+    except OSError as exc:  # the exit code is the answer: it survives an output lost
+        # (outside review: a refusal on a closed or full stdout exited 1, "bad setting")
+        with contextlib.suppress(OSError):
+            click.echo(f"Error: cannot write the output: {exc.strerror}", err=True)
+        drop_buffered_output()
+    sys.exit(answer)
 
 
 def _note_unknown_org(collections: Collections, org: str) -> None:
@@ -161,7 +174,8 @@ def _note_unknown_org(collections: Collections, org: str) -> None:
     except PyMongoError:
         return
     if note is not None:
-        click.echo(f"note: {for_terminal(note)}", err=True)
+        with contextlib.suppress(OSError):  # a note never changes the answer (review)
+            click.echo(f"note: {for_terminal(note)}", err=True)
 
 
 @click.group(cls=OneLineGroup)

@@ -132,6 +132,41 @@ def test_a_closed_standard_output_is_an_output_that_cannot_be_written(tmp_path):
     assert answer["token_limit"] == 123_000, answer
 
 
+def test_the_quota_answer_is_its_exit_code_even_when_the_output_is_lost(tmp_path):
+    """Outside review: `quota check` answering "refused" on a closed, full or broken
+    stdout exited 1 ("bad org or setting"); a note on a full stderr did the same to any
+    answer. The exit code is the answer the platform reads: 0 allowed, 3 refused."""
+    assert chore(tmp_path, "demo", "--now", NOW).returncode == 0
+    env = {**os.environ, "MONGO_URL": "file://.chore-demo/store.json"}
+    env.pop("REDIS_URL", None)
+    check = [*CHORE, "quota", "check", "--now", NOW]
+    plan = ["plan", "set", "--org", "globex", "--token-limit", "1K", "--now", NOW]
+    assert chore(tmp_path, *plan, env=env).returncode == 0
+    refused, allowed = ["--org", "globex"], ["--org", "acme"]
+    never_seen = ["--org", "nosuch"]  # a note on stderr, then the answer (fail-open)
+    with open("/dev/full", "w") as full:
+        for args, returncode, stdout, stderr, closes in (
+            (refused, 3, subprocess.DEVNULL, subprocess.PIPE, 1),
+            (allowed, 0, subprocess.DEVNULL, subprocess.PIPE, 1),
+            (refused, 3, full, subprocess.PIPE, None),
+            ([*refused, "--json"], 3, full, subprocess.PIPE, None),
+            (never_seen, 0, subprocess.PIPE, full, None),
+        ):
+            ran = subprocess.run(
+                [*check, *args],
+                cwd=tmp_path,
+                env=env,
+                stdout=stdout,
+                stderr=stderr,
+                timeout=300,
+                preexec_fn=None if closes is None else lambda fd=closes: os.close(fd),
+            )
+            assert ran.returncode == returncode, (args, ran.stderr)
+            if stderr is subprocess.PIPE:
+                (line,) = ran.stderr.decode().splitlines()
+                assert line.startswith("Error: cannot write the output: "), line
+
+
 def test_a_working_directory_removed_under_a_command_is_one_line(tmp_path):
     """A relative store or output path, in a shell whose directory was removed: `chore
     status`, `chore demo` and `report --out` stopped on a FileNotFoundError traceback."""
