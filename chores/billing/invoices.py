@@ -172,6 +172,21 @@ def totals(lines: Iterable[InvoiceLine]) -> tuple[int, int]:
     return total, unpriced
 
 
+def priced_as_its_sums(doc: Doc, invoice: Invoice, collections: Collections) -> None:
+    """Refuse a draft whose lines are not what its kept sums price to with the prices it
+    names (`priced_with`, the registry excerpt that priced it): lines and a total edited
+    alike, which no other check of a draft sees (outside review: a finalize froze one, a
+    final charging an edit for good). A draft without kept sums, or priced with no model
+    of a registry, is not checked here."""
+    sums = DraftSums.of(doc)
+    if not sums.kept_sums or invoice.priced_with is None:
+        return
+    priced = price_lines(sums.usage_groups(), Registry.model_validate(invoice.priced_with))
+    if priced != invoice.lines:
+        said = "its lines are not what its usage_groups price to at the prices it names"
+        raise not_as_written(collections.invoices.name, invoice.id, said, invoice_remedy(doc))
+
+
 def lines_need_review(lines: Iterable[InvoiceLine]) -> bool:
     """Whether an invoice's lines alone need a person: an unpriced line, or a line below
     zero (a credit: tokens charged in a period now final and reclassified since, unsplit
@@ -655,7 +670,7 @@ class Invoices:
             if pair in from_ledger or not sums[pair].exists or not sums[pair].kept_sums
         }
         folded = self._folded_usage(from_folded, new)
-        priced = self._priced(live & optional)
+        priced = self._priced(live & from_ledger)
         builds = []
         differed: set[str] = set()
         for pair in sorted(live):
@@ -668,12 +683,14 @@ class Invoices:
                 exact = read.holds_the_same(base)
                 if read.ticket is not None and not exact:  # a draft a build wrote its sums on
                     differed.add(f"{pair[0]}:{pair[1]}")
-                if pair in optional and exact and not entries:
-                    stored = priced.get(pair)
-                    if stored is None or self._prices_alike(stored, base):
-                        continue
-                    if stored.get("registry") == self._registry.fingerprint:
-                        differed.add(f"{pair[0]}:{pair[1]}")  # its lines or total edited
+                # Its lines and total, against what its (exact) sums price to: a draft with
+                # new usage is checked too, before they are added (review: rebuilt unnamed).
+                stored = priced.get(pair) if exact else None
+                edited = stored is not None and not self._prices_alike(stored, base)
+                if edited and stored and stored.get("registry") == self._registry.fingerprint:
+                    differed.add(f"{pair[0]}:{pair[1]}")  # its lines or total edited
+                if pair in optional and exact and not entries and not edited:
+                    continue
             else:
                 base = read
                 added = {r for r in runners if (*pair, r) not in held_runners}
@@ -891,6 +908,7 @@ class Finalizer:
         for doc in self._c.invoices.find(query):
             try:
                 invoice = Invoice.read(doc, self._c)
+                priced_as_its_sums(doc, invoice, self._c)
             except MalformedDocument as exc:
                 malformed.append(exc)
                 continue

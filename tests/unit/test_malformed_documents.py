@@ -335,6 +335,34 @@ def test_a_due_draft_edited_by_hand_is_never_frozen(billed):
     assert again.exit_code == 0 and INVOICE in again.output, again.output
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"$inc": {"lines.0.amount_micros": 1_000_000, "total_micros": 1_000_000}},
+        {"$inc": {"lines.0.tokens": 7, "lines.0.input_tokens": 7}},
+    ],
+)
+def test_a_due_draft_whose_lines_and_total_were_edited_alike_is_never_frozen(billed, edit):
+    """Outside review: a finalize froze lines and a total edited alike (no check of a
+    draft's own numbers sees them), a final charging $1 more for good. Its lines are
+    priced again from its kept sums at the prices it names: refused, the others frozen;
+    the full run reprices it, then it is frozen as its ledger says."""
+    before = shown(billed)
+    billed.billing_invoices.update_one({"_id": INVOICE}, edit)
+    result = invoke("finalize", "--now", "2026-12-04T00:00:00+00:00")
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        "Error: finalized ws-beta:2026-11; refused 1 draft edited by hand: the "
+        f"billing_invoices document '{INVOICE}' is not as the chore writes it (its lines "
+        "are not what its usage_groups price to at the prices it names)"
+    ), result.output
+    assert billed.billing_invoices.find_one({"_id": INVOICE})["status"] == "draft"
+    assert invoke("run", "--full", "--org", "ws-acme", *NOW_ARG).exit_code == 0
+    assert shown(billed) == before
+    again = invoke("finalize", "--now", "2026-12-04T00:00:00+00:00")
+    assert again.exit_code == 0 and INVOICE in again.output, again.output
+
+
 def test_entries_written_before_some_fields_existed_are_read_as_before(billed):
     """Review: entries written before `priced_as`, `amount_micros_exact`, `subagent`,
     `parent_id`, `fence` and `fold` existed were refused by `usage` and `report`, which
@@ -679,3 +707,24 @@ def test_a_malformed_draft_is_rebuilt_by_the_full_run_or_removed_first_as_the_er
         billed.billing_invoices.delete_one({"_id": INVOICE})
         assert invoke(*full).exit_code == 0
     assert shown(billed) == before
+
+
+def test_a_draft_edited_alike_that_also_has_new_usage_is_named_by_the_full_run(billed):
+    """Outside review: only a draft with nothing new was compared with what its sums price
+    to; one with new usage was rebuilt from its sums and the edit went unnamed."""
+    from chores import get_settings, run_chore
+    from pricing import load_registry
+
+    billed.billing_invoices.update_one(
+        {"_id": INVOICE}, {"$inc": {"lines.0.amount_micros": 7, "total_micros": 7}}
+    )
+    grown = billed.tasks.find_one({"context.workspace_id": "ws-acme", "status": "SUCCESS"})
+    billed.tasks.update_one(
+        {"_id": grown["_id"]},
+        {"$inc": {"context.ai_tokens": 500, "context.ai_prompt_tokens": 500}},
+    )
+    report = run_chore(
+        billed, now=NOW, org="ws-acme", full=True, registry=load_registry(), settings=get_settings()
+    )
+    assert report.tokens_billed == 500 and report.repaired_drafts == [INVOICE]
+    assert invoke(*COMMANDS["reconcile"]).exit_code == 0
