@@ -40,10 +40,10 @@ from chores.core.wording import for_terminal
 from chores.quota.cache import SERVER_SCHEMES
 from chores.quota.decisions import (
     NO_DECISION,
-    STORED_STATES,
     StoredDecision,
     plan_error,
     plan_of,
+    state_problem,
     unknown_decision,
 )
 from chores.run.report import STORED_RUN
@@ -348,7 +348,7 @@ def status(limit: int, now: datetime | None) -> None:
     tables.number_column(lag, "age")
     for d in c.quota.find({}, sort=[("_id", 1)]):
         stored = StoredDecision.read(d)
-        if isinstance(stored, str) or d.get("state") not in STORED_STATES:
+        if isinstance(stored, str) or state_problem(stored, d.get("state")) is not None:
             # no decision: `quota check` answers unknown, the next run replaces it
             lag.add_row(escape(str(d["_id"])), "malformed", "", "")
             continue

@@ -315,6 +315,19 @@ class StoredDecision(BaseModel):
             return plan_error(exc)
 
 
+def state_problem(stored: StoredDecision, state: Any) -> str | None:
+    """What is wrong with a stored decision's `state`, None when nothing: it must be a
+    state, and the one its usage and limits decide (`evaluate`), as every decision is
+    written. A state edited by hand is no decision (outside review: `status` called one
+    malformed while `quota check` answered from its numbers)."""
+    if state not in STORED_STATES:
+        return f"state {state!r:.40} is not one of {', '.join(STORED_STATES)}"
+    decided, _ = evaluate(stored.plan, stored.used_tokens, stored.spent_micros)
+    if decided != state:
+        return f"state {state!r} is not what its usage and limits decide ({decided!r})"
+    return None
+
+
 def _tokens(n: int | None) -> str:
     if n is None:
         return "?"
@@ -661,6 +674,11 @@ def answer(
                 "token_limit": plan.token_limit,
                 "spend_limit_micros": plan.spend_limit_micros,
             }
+        )
+    problem = state_problem(stored, doc.get("state"))
+    if problem is not None:
+        return unknown_decision(
+            org, period, f"its stored decision is malformed ({problem})", settings
         )
     state, reasons = evaluate(plan, used, spent)
     if estimated_tokens:

@@ -232,6 +232,26 @@ def test_a_stale_answer_says_what_the_last_decision_was_and_how_old_it_is(db, se
     )
 
 
+@pytest.mark.parametrize(
+    ("state", "said"),
+    [
+        ("frobnicate", "state 'frobnicate' is not one of ok, warn, block"),
+        ("block", "state 'block' is not what its usage and limits decide ('ok')"),
+    ],
+)
+def test_a_fresh_decision_whose_state_was_edited_is_no_decision(
+    db, settings, registry, state, said
+):
+    """Outside review: `chore status` called such a decision malformed, while `quota check`
+    re-evaluated its numbers and answered `ok`, a `block` written by hand ignored alike."""
+    meter(db, settings, registry, ai_run("acme", 5_000))
+    assert check_quota(db, "acme", now=NOV, settings=settings).state == "ok"
+    db.billing_quota.update_one({"_id": "acme"}, {"$set": {"state": state}})
+    edited = check_quota(db, "acme", now=NOV, settings=settings)
+    assert edited.state == "unknown" and edited.allowed == settings.quota_fail_open
+    assert edited.reason.startswith(f"its stored decision is malformed ({said})"), edited.reason
+
+
 def test_unpriced_tokens_are_said_beside_the_spend_they_are_not_in(db, settings, registry):
     """Quota review: 1M tokens of an unknown model read "$0.00 of $1.00 (0%) — within plan":
     they count in the tokens, and have no price to count in the spend."""
