@@ -10,6 +10,11 @@ stderr and exit 1, as a closed pipe is Click's (exit 1, nothing said); so is a s
 output closed from the start, at the command's first write (`ClosedOutput`). The command stops at
 that write; what it wrote before is kept (a `file://` store is saved as it unwinds), so a
 command that prints as it goes, such as `chore demo`, may have done only part of its work.
+
+An output whose encoding cannot spell a character (`LC_ALL=C`, `PYTHONIOENCODING=latin-1`)
+shows it as its escape (`\u2014`), as the tables show control characters, rather than
+stopping the command on a UnicodeEncodeError traceback (`quota check` exited 1 on an
+allowed answer).
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ class ClosedOutput(io.RawIOBase):
 def main() -> None:
     if sys.stdout is None:  # started with file descriptor 1 closed (`chore ... >&-`)
         sys.stdout = io.TextIOWrapper(ClosedOutput(), encoding="utf-8", line_buffering=True)
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     try:
         from chores.cli.app import main as command
     except KeyboardInterrupt:

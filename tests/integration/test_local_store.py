@@ -167,6 +167,36 @@ def test_the_quota_answer_is_its_exit_code_even_when_the_output_is_lost(tmp_path
                 assert line.startswith("Error: cannot write the output: "), line
 
 
+@pytest.mark.parametrize(
+    "locale",
+    [{"PYTHONIOENCODING": "latin-1"}, {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}],
+    ids=["latin-1", "C"],
+)
+def test_an_output_that_cannot_spell_a_character_shows_its_escape(tmp_path, locale):
+    """Outside hunt: under a latin-1 or C locale, `quota check` of an allowed org, `invoice
+    show` and the demo stopped on a UnicodeEncodeError traceback at their first `—` or `·`,
+    and the check exited 1 ("bad org or setting") on an allowed answer."""
+    assert chore(tmp_path, "demo", "--now", NOW).returncode == 0
+    environ = {k: v for k, v in os.environ.items() if k not in ("MONGO_URL", "REDIS_URL")}
+    env = {**environ, "MONGO_URL": "file://.chore-demo/store.json", **locale}
+
+    def run(*args: str) -> tuple[int, str, str]:
+        ran = subprocess.run([*CHORE, *args], cwd=tmp_path, env=env, capture_output=True)
+        # as a terminal of that locale would show it
+        return ran.returncode, ran.stdout.decode("latin-1"), ran.stderr.decode("latin-1")
+
+    code, out, err = run("quota", "check", "--org", "acme", "--now", NOW)
+    assert code == 0 and out.startswith("acme: ok "), (out, err)
+    code, out, err = run("invoice", "show", "--org", "acme", "--period", "2026-11")
+    assert code == 0 and "claude-sonnet-4-5" in out, err
+    code, out, err = run("usage", "--org", "acme", "--period", "2026-11", "--by", "model")
+    assert code == 0 and "claude-sonnet-4-5" in out, err
+    code, out, err = run("demo", "--no-store", "--now", NOW)
+    assert code == 0 and "globex: block " in out, err[-2000:]
+    if "PYTHONIOENCODING" in locale:  # what latin-1 cannot spell is shown as its escape
+        assert "\\u2014" in out
+
+
 def test_a_working_directory_removed_under_a_command_is_one_line(tmp_path):
     """A relative store or output path, in a shell whose directory was removed: `chore
     status`, `chore demo` and `report --out` stopped on a FileNotFoundError traceback."""
