@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from redis import ConnectionPool
 from redis.connection import parse_url as parse_redis_url
 
 from chores.core.exceptions import ConfigError
@@ -151,6 +152,19 @@ def _check_certificate_option(url: str) -> None:
             )
 
 
+def _check_connection_options(url: str) -> None:
+    """Every option of a Redis URL is one redis-py's connection takes: it parses any name
+    (`?socket_timout=5`), then failed with a TypeError traceback at the first command of
+    every run, and the worker at start. No connection is opened here."""
+    pool = ConnectionPool.from_url(url)
+    try:
+        pool.make_connection()
+    except TypeError as exc:
+        unknown = re.search(r"unexpected keyword argument '(\w{1,40})'", str(exc))
+        name = f" {unknown.group(1)!r}" if unknown else ""
+        raise ValueError(f"redis-py takes no option{name} (check its spelling)") from None
+
+
 def _check_database_number(url: str) -> None:
     """The `/db` of a Redis URL is a number, or absent: redis-py drops one it cannot read
     (`/2x`) and connects to database 0, the broker's, without a word."""
@@ -164,6 +178,9 @@ def _check_database_number(url: str) -> None:
 
 
 MAX_INT64 = 2**63 - 1  # the largest integer MongoDB stores
+# The longest a Redis key may live here (a lock, a mirrored decision): Redis refuses an
+# expiry past 2**63 ms, and a lock held for longer than a week is a worker gone, not a run.
+WEEK_SECONDS = 7 * 24 * 3600
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})  # what redis-py connects to
 DATABASE_NAME_FORBIDDEN = '/\\. "$\0'  # in a MongoDB database name
 ENV_FILE = ".env"
@@ -226,7 +243,7 @@ class Settings(BaseSettings):
     quota_fail_open: bool = True
     # A mirrored decision older than this is not used (read from MongoDB instead), so a
     # mirror write that failed leaves a superseded decision answerable this long at most.
-    quota_cache_ttl_seconds: int = Field(default=360, gt=0)
+    quota_cache_ttl_seconds: int = Field(default=360, gt=0, le=WEEK_SECONDS)
     redis_url: str | None = None
 
     celery_broker_url: str = "redis://localhost:6379/0"
@@ -234,7 +251,7 @@ class Settings(BaseSettings):
     meter_every_seconds: float = Field(default=300.0, gt=0, le=24 * 3600)  # daily at most
     task_soft_time_limit: int = Field(default=240, gt=0)
     task_time_limit: int = Field(default=300, gt=0)
-    lock_ttl_seconds: int = Field(default=360, gt=0)
+    lock_ttl_seconds: int = Field(default=360, gt=0, le=WEEK_SECONDS)
     # `json`: the worker's and beat's log lines are JSON objects, one a line (shippable).
     log_format: Literal["text", "json"] = "text"
 
@@ -269,6 +286,7 @@ class Settings(BaseSettings):
                 "[:port][/db], with any '/', '?', '#' or '@' of the password percent-encoded"
                 + (" (Celery takes no password option: put it before the '@')" if broker else "")
             ) from None
+        _check_connection_options(url)
         return url
 
     @field_validator("ai_task_names")

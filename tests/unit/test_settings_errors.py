@@ -91,6 +91,25 @@ from support import invoke_with_env
             "redis://127.0.0.1:6379/0?socket_timeout=abc",
             "Value error, not a Redis URL: Invalid value for 'socket_timeout'",
         ),
+        (  # outside hunt: parsed, then a TypeError traceback at every run's first command
+            "REDIS_URL",
+            "redis://:pw@cache:6379/3?socket_timout=5",
+            "REDIS_URL='redis://:***@cache:6379/3?socket_timout=5': Value error, redis-py takes "
+            "no option 'socket_timout' (check its spelling)",
+        ),
+        (  # ... and the worker's traceback at start
+            "CELERY_BROKER_URL",
+            "redis://cache:6379/0?foo=bar",
+            "Value error, redis-py takes no option 'foo'",
+        ),
+        ("REDIS_URL", "unix:///run/redis.sock?db=2&sokcet=1", "takes no option 'sokcet'"),
+        (  # outside hunt: taken, then every lock refused by Redis (no org ever metered)
+            "LOCK_TTL_SECONDS",
+            "99999999999999999999999",
+            "LOCK_TTL_SECONDS='99999999999999999999999': Input should be less than or equal to "
+            "604800",
+        ),
+        ("QUOTA_CACHE_TTL_SECONDS", "604801", "Input should be less than or equal to 604800"),
         (
             "DEFAULT_TOKEN_LIMIT",
             "99999999999999999999",
