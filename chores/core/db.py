@@ -23,6 +23,7 @@ from datetime import UTC
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pymongo
 from bson.codec_options import CodecOptions, DatetimeConversion
@@ -39,7 +40,7 @@ from chores.core.exceptions import (
     IndexesNotCreated,
     SourceIsReadOnly,
 )
-from chores.core.settings import BILLING_COLLECTIONS, Settings
+from chores.core.settings import BILLING_COLLECTIONS, Settings, is_secret_option
 
 Doc = dict[str, Any]
 IN_PROCESS_SCHEMES = ("file://", "mongomock://")  # the demo's and tests' stores (`local_store`)
@@ -192,20 +193,28 @@ def _an_option_dropped(warning: warnings.WarningMessage) -> bool:
 
 def _without_secrets(message: str, url: str) -> str:
     """pymongo's message about an option of `url`, with the URL's password and option
-    values hidden (an option may carry a credential: `tlsCertificateKeyFilePassword`)."""
+    values hidden (an option may carry a credential: `tlsCertificateKeyFilePassword`), and
+    each piece of a credential option's value (pymongo quotes one piece of
+    `authMechanismProperties=NAME:value,...`). A value is hidden where it stands alone, not
+    inside a longer word (`?maxPoolSize=x` made "ma***poolsize")."""
     for value in _secrets_of(url):
-        message = message.replace(value, "***")
+        message = re.sub(rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])", "***", message)
     return message
 
 
 def _secrets_of(url: str) -> list[str]:
-    """The password and the option values written in `url`, longest first."""
+    """The password and the option values written in `url`, as written and decoded, and
+    the pieces of a credential option's value between its `,` and `:`; longest first."""
     rest = url.partition("://")[2]
     credentials, at, _ = rest.rpartition("@")
     values = [credentials.partition(":")[2]] if at else []
     query = rest.partition("?")[2]
-    values += [pair.partition("=")[2] for pair in query.split("&")]
-    return sorted((v for v in values if v), key=len, reverse=True)
+    for name, _, value in (pair.partition("=") for pair in query.split("&")):
+        values.append(value)
+        if is_secret_option(name):
+            values += re.split(r"[,:]", unquote(value))
+    values += [unquote(value) for value in values]
+    return sorted({v for v in values if v}, key=len, reverse=True)
 
 
 class ReadOnlyCollection:

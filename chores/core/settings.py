@@ -63,7 +63,7 @@ _HARMLESS_OPTIONS = frozenset(
 _OPTION = re.compile(r"([?&;])([^=?&;#\s'\"<>]+)=([^&;\s'\"<>]*)")
 
 
-def _is_secret_option(raw_name: str) -> bool:
+def is_secret_option(raw_name: str) -> bool:
     """Whether a URL option of this name (as written: any case, `_`, `-`, %-escapes)
     carries a credential."""
     name = re.sub(r"[^a-z0-9]", "", unquote(raw_name).lower())
@@ -74,7 +74,7 @@ def redact_options(text: str) -> str:
     """`text` with the value of every credential-carrying URL option replaced by `***`."""
 
     def hide(match: re.Match[str]) -> str:
-        if _is_secret_option(match.group(2)):
+        if is_secret_option(match.group(2)):
             return f"{match.group(1)}{match.group(2)}=***"
         return match.group()
 
@@ -124,7 +124,7 @@ def _ends_in_a_secret_option(text: str) -> bool:
     right after it may belong to that value. Options start at a `?`."""
     options = text.partition("?")[2]
     last = re.search(r"(?:^|[&;])([^=&;#\s'\"<>]+)=[^&;\s'\"<>]*$", options)
-    return last is not None and _is_secret_option(last.group(1))
+    return last is not None and is_secret_option(last.group(1))
 
 
 def _parser_detail(exc: Exception, url: str) -> str:

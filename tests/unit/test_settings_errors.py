@@ -275,6 +275,15 @@ def test_every_billing_collection_is_kept_apart_from_the_source():
         ),
         ("mongodb://nohost.invalid/?tlsCertificateKeyFilePassword=pw&x=1", "=***&x=1"),
         ("mongodb://nohost.invalid/?compressors=zlb", "?compressors=zlb: Unsupported compressor"),
+        (  # outside hunt: pymongo quoted a piece of the value, `pwB`, which was shown
+            "mongodb://nohost.invalid/?authMechanism=MONGODB-AWS"
+            "&authMechanismProperties=AWS_SESSION_TOKEN:pwA,pwB:x",
+            "authMechanismProperties=***: *** is not a supported auth mechanism property",
+        ),
+        (  # outside hunt: "ma***poolsize", every `x` of the message hidden
+            "mongodb://u:pw@nohost.invalid/?maxPoolSize=x",
+            "?maxPoolSize=x: The value of maxpoolsize must be an integer",
+        ),
     ],
 )
 def test_an_option_pymongo_would_ignore_is_one_line_and_exit_1(monkeypatch, url, says):
