@@ -159,6 +159,19 @@ def csv_text(rows: Iterable[Iterable[Any]]) -> str:
     return buffer.getvalue()
 
 
+def echo_csv(text: str) -> None:
+    """CSV on stdout, in UTF-8 whatever the terminal's encoding: a data format reads the
+    same on every machine (under latin-1, a session id `sess-中` became the text
+    `sess-\\u4e2d`, exit 0, which a session so named also is)."""
+    sys.stdout.flush()  # what was printed before comes first
+    output = getattr(sys.stdout, "buffer", None)
+    if output is None:  # a stream with no bytes beneath it (a StringIO): its own encoding
+        click.echo(text, nl=False)
+        return
+    output.write(text.encode("utf-8"))
+    output.flush()
+
+
 def model_json(model: BaseModel, *, by_alias: bool = False) -> str:
     """A model as `--json` prints it: its JSON, indented, every character beyond ASCII as
     its `\\u` escape (as `json.dumps` writes it), so that text from the data never reaches

@@ -19,6 +19,7 @@ from chores.cli.common import (
     console,
     csv_option,
     csv_text,
+    echo_csv,
     json_option,
     machine_format,
     model_json,
@@ -65,7 +66,7 @@ def invoice_show(
     if as_json:
         click.echo(model_json(inv, by_alias=True))
     elif as_csv:
-        click.echo(invoice_csv(inv), nl=False)
+        echo_csv(invoice_csv(inv))
     else:
         open_ones = (
             AnomalyLog(collections).open_anomalies(org, inv.period) if inv.needs_review else []

@@ -32,6 +32,7 @@ from chores.cli.common import (
     console,
     csv_option,
     csv_text,
+    echo_csv,
     json_option,
     machine_format,
     now_option,
@@ -131,7 +132,7 @@ def usage(
     if as_json:
         click.echo(json.dumps(usage_json(allocation, view, table, filters, models), indent=2))
     elif as_csv:
-        click.echo(usage_csv(allocation, view, table), nl=False)
+        echo_csv(usage_csv(allocation, view, table))
     elif not table:
         click.echo(for_terminal(_nothing_matches(allocation.invoice.id, filters, models, statuses)))
     else:

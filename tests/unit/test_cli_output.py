@@ -428,6 +428,24 @@ def ended_runs(db: Any, models_and_sessions: list[tuple[str, str]]) -> None:
     assert invoke("run", "--org", "acme", *NOW_ARG).exit_code == 0
 
 
+def test_csv_is_utf8_whatever_the_terminals_encoding(env_db):
+    """Review: under a latin-1 terminal, a session id `sess-中—é` was written as the text
+    `sess-\\u4e2d\\u2014` plus a latin-1 byte, exit 0: not the session id, and the same as
+    a session so named. CSV is data: UTF-8 on every machine."""
+    import csv
+    import io
+
+    ended_runs(env_db, [("gpt-4o", "sess-中—é"), ("gpt-4o", "sess-é")])
+    latin = CliRunner(charset="latin-1")
+    for args in (["usage", "--by", "session"], ["invoice", "show"]):
+        ran = latin.invoke(main, [*args, "--org", "acme", "--csv", *NOW_ARG], prog_name="chore")
+        assert ran.exit_code == 0, ran.output
+        rows = list(csv.reader(io.StringIO(ran.stdout_bytes.decode("utf-8"))))
+        assert rows[0][0] in ("session", "invoice") and len(rows) > 1
+        if args[0] == "usage":
+            assert {row[0] for row in rows[1:]} == {"sess-中—é", "sess-é"}
+
+
 def test_a_carriage_return_in_the_data_never_splits_a_csv_row(env_db):
     """Review: a bare `\r` in a session id or model was written unquoted: a spreadsheet or
     a CSV reader split the row there (`=1+1` began a row of its own, unguarded) and the
