@@ -683,10 +683,13 @@ class Invoices:
                 exact = read.holds_the_same(base)
                 if read.ticket is not None and not exact:  # a draft a build wrote its sums on
                     differed.add(f"{pair[0]}:{pair[1]}")
-                # Its lines and total, against what its (exact) sums price to: a draft with
-                # new usage is checked too, before they are added (review: rebuilt unnamed).
+                # Its lines, total and flag, against what its (exact) sums price to and its
+                # open anomalies say: a draft with new usage is checked too, before they are
+                # added (review: rebuilt unnamed).
                 stored = priced.get(pair) if exact else None
-                edited = stored is not None and not self._prices_alike(stored, base)
+                edited = stored is not None and not self._written_alike(
+                    stored, base, anomalies_open=pair in review
+                )
                 if edited and stored and stored.get("registry") == self._registry.fingerprint:
                     differed.add(f"{pair[0]}:{pair[1]}")  # its lines or total edited
                 if pair in optional and exact and not entries and not edited:
@@ -735,23 +738,41 @@ class Invoices:
         return ids_committed, again, differed & ids_committed
 
     def _priced(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], Doc]:
-        """The priced part of these stored drafts (lines, total, unpriced tokens, and the
-        registry that priced them), by pair: a full pass compares it with what their sums
-        price to (`_prices_alike`)."""
+        """The priced part of these stored drafts (lines, total, unpriced tokens, review
+        flag, and the registry that priced them), by pair: a full pass compares it with
+        what their sums price to (`_written_alike`)."""
         if not pairs:
             return {}
         ids = {f"{org}:{period}": (org, period) for org, period in pairs}
-        fields = {"lines": 1, "total_micros": 1, "unpriced_tokens": 1, "registry": 1}
+        fields = {
+            "lines": 1,
+            "total_micros": 1,
+            "unpriced_tokens": 1,
+            "needs_review": 1,
+            "registry": 1,
+        }
         found = self._c.invoices.find({"_id": {"$in": sorted(ids)}, "status": "draft"}, fields)
         return {ids[doc["_id"]]: doc for doc in found}
 
-    def _prices_alike(self, stored: Doc, sums: DraftSums) -> bool:
+    def _written_alike(self, stored: Doc, sums: DraftSums, *, anomalies_open: bool) -> bool:
         """Whether a stored draft's lines, total and unpriced tokens are what its sums
-        price to today (else its lines or total were edited, or the registry changed since
-        it was priced: either way the full pass writes it again)."""
+        price to today, and its `needs_review` what its open anomalies and those lines say
+        (else its lines, total or flag were edited, or the registry changed since it was
+        priced, or two overlapping runs left a flag behind: a run's draft built while an
+        anomaly was on its month, inserted after another run moved it away; either way the
+        full pass writes it again)."""
         lines = price_lines(sums.usage_groups(), self._registry)
-        said = (stored.get("lines"), stored.get("total_micros"), stored.get("unpriced_tokens"))
-        priced = ([line.model_dump() for line in lines], *totals(lines))
+        said = (
+            stored.get("lines"),
+            stored.get("total_micros"),
+            stored.get("unpriced_tokens"),
+            stored.get("needs_review"),
+        )
+        priced = (
+            [line.model_dump() for line in lines],
+            *totals(lines),
+            anomalies_open or lines_need_review(lines),
+        )
         return _as_written(said) == _as_written(priced)
 
     def _not_written(self, builds: list[DraftBuild], ticket: int) -> set[int]:

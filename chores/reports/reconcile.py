@@ -30,7 +30,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, computed_field
 
-from chores.billing.invoices import Invoice
+from chores.billing.invoices import Invoice, lines_need_review
 from chores.billing.known_orgs import missing_invoice_hint
 from chores.core.db import Doc
 from chores.core.documents import check_shape, invoice_sum_problems
@@ -276,7 +276,8 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         problems=_invoice_problems(invoice, org, period)
         + _ledger_problems(invoice, ledger)
         + _stored_sums_problems(meter, org, period)
-        + _stranded_problems(meter, invoice),
+        + _stranded_problems(meter, invoice)
+        + _review_flag_problems(meter, invoice),
         registry_changed=invoice.registry != meter.registry.fingerprint,
         checked_as_invoiced=registry is not meter.registry,
     )
@@ -484,6 +485,23 @@ def _stored_sums_problems(meter: Pipeline, org: str, period: str) -> list[str]:
     (`Invoices.stored_sums_problem`): its lines may still be right while they are not."""
     problem = meter.invoices.stored_sums_problem(org, period)
     return [] if problem is None else [problem]
+
+
+def _review_flag_problems(meter: Pipeline, invoice: Invoice) -> list[str]:
+    """A draft's `needs_review` against its open anomalies and its lines (a final's was
+    frozen as it stood). Two overlapping runs can leave a flag behind: a run's draft built
+    while an anomaly was on its month, inserted after another run moved the anomaly away."""
+    if invoice.status != "draft":
+        return []
+    pair = (invoice.org, invoice.period)
+    meant = bool(meter.anomalies.open_periods({pair})) or lines_need_review(invoice.lines)
+    if invoice.needs_review == meant:
+        return []
+    return [
+        f"its needs_review is {str(invoice.needs_review).lower()}, its open anomalies and "
+        f"lines say {str(meant).lower()}: a run not settled yet, two runs that overlapped, "
+        f"or an edit (`chore run --full --org {invoice.org}` writes it again)"
+    ]
 
 
 def _stranded_problems(meter: Pipeline, invoice: Invoice) -> list[str]:

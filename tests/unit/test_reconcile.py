@@ -1107,3 +1107,38 @@ def test_a_subagent_moved_and_held_elsewhere_leaves_its_old_orgs_share_settled(
     assert [(r.ledger_tokens, r.note) for r in checked.moved] == [
         (500, "its document names 'globex' now: billed here as its share (settled)")
     ]
+
+
+@pytest.mark.parametrize("anomaly", [False, True], ids=["clean", "with an open anomaly"])
+def test_a_drafts_review_flag_that_its_anomalies_and_lines_do_not_give_does_not_reconcile(
+    db, settings, registry, anomaly
+):
+    """Outside hunt: two overlapping runs left a draft flagged `needs_review` with no open
+    anomaly and every line priced (one run's draft, built while an anomaly was on its
+    month, inserted after the other run had moved it away); reconcile said "reconciled"
+    and no run or full pass cleared it. A flag cleared by hand over an open anomaly is the
+    same mismatch the other way. The full pass writes the draft again, and names it."""
+    db.tasks.insert_one(ai_runner("acme", 5_000, running=False))
+    if anomaly:
+        db.tasks.insert_one(ai_runner("acme", "many", running=False))  # malformed_counters
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    meter = Pipeline(db, settings, registry)
+    assert reconcile(meter, "acme", "2026-11", now=NOW).ok
+    assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["needs_review"] is anomaly
+    db.billing_invoices.update_one({"_id": "acme:2026-11"}, {"$set": {"needs_review": not anomaly}})
+    flagged = reconcile(meter, "acme", "2026-11", now=NOW)
+    said, meant = str(not anomaly).lower(), str(anomaly).lower()
+    assert not flagged.ok and flagged.problems == [
+        f"its needs_review is {said}, its open anomalies and lines say {meant}: a run not "
+        "settled yet, two runs that overlapped, or an edit (`chore run --full --org acme` "
+        "writes it again)"
+    ]
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    # A run writes a draft again only for something new: with the malformed runner it
+    # reads again, it flags the draft again; the clean draft keeps its stale flag, for the
+    # full pass.
+    assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["needs_review"] is True
+    repaired = run_chore(db, now=NOW, registry=registry, settings=settings, full=True)
+    assert repaired.repaired_drafts == ([] if anomaly else ["acme:2026-11"])
+    assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["needs_review"] is anomaly
+    assert reconcile(meter, "acme", "2026-11", now=NOW).ok
