@@ -23,7 +23,7 @@ from datetime import UTC
 from functools import cached_property
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
 
 import pymongo
 from bson.codec_options import CodecOptions, DatetimeConversion
@@ -193,28 +193,55 @@ def _an_option_dropped(warning: warnings.WarningMessage) -> bool:
 
 def _without_secrets(message: str, url: str) -> str:
     """pymongo's message about an option of `url`, with the URL's password and option
-    values hidden (an option may carry a credential: `tlsCertificateKeyFilePassword`), and
-    each piece of a credential option's value (pymongo quotes one piece of
-    `authMechanismProperties=NAME:value,...`). A value is hidden where it stands alone, not
-    inside a longer word (`?maxPoolSize=x` made "ma***poolsize")."""
-    for value in _secrets_of(url):
+    values hidden (an option may carry a credential: `tlsCertificateKeyFilePassword`).
+
+    The password and each credential option's value, and each piece of one (pymongo
+    quotes one piece of `authMechanismProperties=NAME:value,...`, decoded), are hidden
+    wherever they stand; another option's value only where it stands alone, not inside a
+    longer word (`?maxPoolSize=x` made "ma***poolsize")."""
+    secrets, values = _secrets_of(url)
+    for value in secrets:
+        message = message.replace(value, "***")
+    for value in values:
         message = re.sub(rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])", "***", message)
     return message
 
 
-def _secrets_of(url: str) -> list[str]:
-    """The password and the option values written in `url`, as written and decoded, and
-    the pieces of a credential option's value between its `,` and `:`; longest first."""
+def _secrets_of(url: str) -> tuple[list[str], list[str]]:
+    """The credentials written in `url` (its password, each credential option's value and
+    the pieces of it between `,` and `:` but the property names pymongo lists), and its
+    other option values; each as written and decoded, longest first."""
     rest = url.partition("://")[2]
     credentials, at, _ = rest.rpartition("@")
-    values = [credentials.partition(":")[2]] if at else []
+    secrets = [credentials.partition(":")[2]] if at else []
+    values = []
     query = rest.partition("?")[2]
     for name, _, value in (pair.partition("=") for pair in query.split("&")):
-        values.append(value)
         if is_secret_option(name):
-            values += re.split(r"[,:]", unquote(value))
-    values += [unquote(value) for value in values]
-    return sorted({v for v in values if v}, key=len, reverse=True)
+            pieces = re.split(r"[,:]", unquote_plus(value)) + re.split(r"[,:]", unquote(value))
+            secrets += [value, *(p for p in pieces if p.upper() not in MECHANISM_PROPERTY_NAMES)]
+        else:
+            values.append(value)
+    return _decoded_longest_first(secrets), _decoded_longest_first(values)
+
+
+def _decoded_longest_first(values: list[str]) -> list[str]:
+    found = {form for value in values for form in (value, unquote(value), unquote_plus(value))}
+    return sorted((form for form in found if form), key=len, reverse=True)
+
+
+# The `authMechanismProperties` names pymongo lists in its messages (4.x): names, not secrets.
+MECHANISM_PROPERTY_NAMES = frozenset(
+    {
+        "AWS_SESSION_TOKEN",
+        "CANONICALIZE_HOST_NAME",
+        "ENVIRONMENT",
+        "SERVICE_HOST",
+        "SERVICE_NAME",
+        "SERVICE_REALM",
+        "TOKEN_RESOURCE",
+    }
+)
 
 
 class ReadOnlyCollection:

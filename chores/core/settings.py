@@ -12,9 +12,10 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
 from dotenv.parser import parse_stream
+from kombu import Connection as KombuConnection
 from kombu.utils.url import parse_url as kombu_parse_url
 from pydantic import (
     BaseModel,
@@ -152,17 +153,40 @@ def _check_certificate_option(url: str) -> None:
             )
 
 
-def _check_connection_options(url: str) -> None:
-    """Every option of a Redis URL is one redis-py's connection takes: it parses any name
-    (`?socket_timout=5`), then failed with a TypeError traceback at the first command of
-    every run, and the worker at start. No connection is opened here."""
-    pool = ConnectionPool.from_url(url)
+def _check_connection_options(url: str, *, broker: bool) -> None:
+    """Every option of a Redis URL is one its clients take: redis-py parses any name
+    (`?socket_timout=5`) and any value (`?protocol=4`), then failed with a traceback at the
+    first command of every run; Celery's broker connection (kombu) takes none of redis-py's
+    socket options (`?socket_timeout=5`), and the worker failed at start. Each client's
+    connection object is built, none opened."""
     try:
-        pool.make_connection()
-    except TypeError as exc:
-        unknown = re.search(r"unexpected keyword argument '(\w{1,40})'", str(exc))
-        name = f" {unknown.group(1)!r}" if unknown else ""
-        raise ValueError(f"redis-py takes no option{name} (check its spelling)") from None
+        ConnectionPool.from_url(url).make_connection()
+    except Exception as exc:  # whatever redis-py raises building it, the URL is why
+        raise ValueError(_option_problem(exc, url)) from None
+    if broker:
+        try:
+            KombuConnection(url)
+        except TypeError as exc:
+            raise ValueError(
+                f"Celery's broker connection takes no option {_unknown_option(exc)} in its URL"
+            ) from None
+
+
+def _option_problem(exc: Exception, url: str) -> str:
+    """What redis-py said of a URL's options: an unknown option's name, or its message when
+    it quotes nothing of the URL's password or options' values."""
+    if isinstance(exc, TypeError) and "keyword argument" in str(exc):
+        return f"redis-py takes no option {_unknown_option(exc)} (check its spelling)"
+    message = str(exc)
+    values = [value for _, value in parse_qsl(urlsplit(url).query, keep_blank_values=True)]
+    if any(value and value in message for value in values) or "@" in message:
+        message = "(its message is not shown: it quotes the URL)"
+    return f"redis-py cannot use its options: {message} ({type(exc).__name__})"
+
+
+def _unknown_option(exc: TypeError) -> str:
+    unknown = re.search(r"keyword argument '(\w{1,40})'", str(exc))
+    return repr(unknown.group(1)) if unknown else "(one of them)"
 
 
 def _check_database_number(url: str) -> None:
@@ -286,7 +310,7 @@ class Settings(BaseSettings):
                 "[:port][/db], with any '/', '?', '#' or '@' of the password percent-encoded"
                 + (" (Celery takes no password option: put it before the '@')" if broker else "")
             ) from None
-        _check_connection_options(url)
+        _check_connection_options(url, broker=info.field_name == "celery_broker_url")
         return url
 
     @field_validator("ai_task_names")

@@ -103,6 +103,16 @@ from support import invoke_with_env
             "Value error, redis-py takes no option 'foo'",
         ),
         ("REDIS_URL", "unix:///run/redis.sock?db=2&sokcet=1", "takes no option 'sokcet'"),
+        (  # review: a value redis-py refuses while building its connection, a traceback
+            "REDIS_URL",
+            "redis://cache:6379/0?protocol=4",
+            "redis-py cannot use its options: protocol must be either 2 or 3 (ConnectionError)",
+        ),
+        (  # review: redis-py takes it, Celery's broker connection not: the worker's traceback
+            "CELERY_BROKER_URL",
+            "redis://cache:6379/0?socket_timeout=5",
+            "Celery's broker connection takes no option 'socket_timeout' in its URL",
+        ),
         (  # outside hunt: taken, then every lock refused by Redis (no org ever metered)
             "LOCK_TTL_SECONDS",
             "99999999999999999999999",
@@ -279,6 +289,21 @@ def test_every_billing_collection_is_kept_apart_from_the_source():
             "mongodb://nohost.invalid/?authMechanism=MONGODB-AWS"
             "&authMechanismProperties=AWS_SESSION_TOKEN:pwA,pwB:x",
             "authMechanismProperties=***: *** is not a supported auth mechanism property",
+        ),
+        (  # review: a password touching letters in pymongo's message was shown
+            "mongodb://u:pw@nohost.invalid/?authMechanism=MONGODB-AWS"
+            "&authMechanismProperties=AWS_SESSION_TOKEN:x,pwx+y:z",
+            "authMechanismProperties=***: *** is not a supported auth mechanism property",
+        ),
+        (  # review: pymongo reads a `+` as a space; the piece `Zh Ek1pw` was shown
+            "mongodb://nohost.invalid/?authMechanism=MONGODB-AWS"
+            "&authMechanismProperties=AWS_SESSION_TOKEN:IQoJb3+Jp,Zh+Ek1pw:x",
+            "authMechanismProperties=***: *** is not a supported auth mechanism property",
+        ),
+        (  # a property name is no secret: a misspelt one is named
+            "mongodb://nohost.invalid/?authMechanism=MONGODB-AWS"
+            "&authMechanismProperties=aws_session_token:pwXYZ",
+            ": aws_session_token is not a supported auth mechanism property",
         ),
         (  # outside hunt: "ma***poolsize", every `x` of the message hidden
             "mongodb://u:pw@nohost.invalid/?maxPoolSize=x",
