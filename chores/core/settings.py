@@ -178,7 +178,9 @@ def _option_problem(exc: Exception, url: str) -> str:
     if isinstance(exc, TypeError) and "keyword argument" in str(exc):
         return f"redis-py takes no option {_unknown_option(exc)} (check its spelling)"
     message = str(exc)
-    values = [value for _, value in parse_qsl(urlsplit(url).query, keep_blank_values=True)]
+    parts = urlsplit(url)
+    values = [value for _, value in parse_qsl(parts.query, keep_blank_values=True)]
+    values += [parts.password or "", *(unquote(value) for value in values)]
     if any(value and value in message for value in values) or "@" in message:
         message = "(its message is not shown: it quotes the URL)"
     return f"redis-py cannot use its options: {message} ({type(exc).__name__})"
