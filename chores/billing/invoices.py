@@ -161,6 +161,15 @@ def _as_written(value: Any) -> Any:
     return kind, value
 
 
+def _priced_alike(stored: Doc, lines: Sequence[InvoiceLine]) -> bool:
+    """Whether a stored draft's lines, total and unpriced tokens are these `lines` (what
+    its sums price to today), compared by value and by kind (`_as_written`); else its lines
+    or total were edited, or the registry changed since it was priced."""
+    said = (stored.get("lines"), stored.get("total_micros"), stored.get("unpriced_tokens"))
+    priced = ([line.model_dump() for line in lines], *totals(lines))
+    return _as_written(said) == _as_written(priced)
+
+
 def totals(lines: Iterable[InvoiceLine]) -> tuple[int, int]:
     """An invoice's total (micro-dollars of its priced lines) and unpriced tokens."""
     total = unpriced = 0
@@ -683,16 +692,20 @@ class Invoices:
                 exact = read.holds_the_same(base)
                 if read.ticket is not None and not exact:  # a draft a build wrote its sums on
                     differed.add(f"{pair[0]}:{pair[1]}")
-                # Its lines, total and flag, against what its (exact) sums price to and its
-                # open anomalies say: a draft with new usage is checked too, before they are
-                # added (review: rebuilt unnamed).
+                # Its lines and total, against what its (exact) sums price to: a draft with
+                # new usage is checked too, before they are added (review: rebuilt unnamed).
                 stored = priced.get(pair) if exact else None
-                edited = stored is not None and not self._written_alike(
-                    stored, base, anomalies_open=pair in review
-                )
+                lines = [] if stored is None else price_lines(base.usage_groups(), self._registry)
+                edited = stored is not None and not _priced_alike(stored, lines)
                 if edited and stored and stored.get("registry") == self._registry.fingerprint:
                     differed.add(f"{pair[0]}:{pair[1]}")  # its lines or total edited
-                if pair in optional and exact and not entries and not edited:
+                # Its flag, against its open anomalies and lines: written again, not named
+                # (two overlapping runs can leave one behind: a run's draft built while an
+                # anomaly was on its month, inserted after another run moved it away; and
+                # an anomaly this run recorded or healed changes it too).
+                review_flag = pair in review or lines_need_review(lines)
+                stale_flag = stored is not None and stored.get("needs_review") is not review_flag
+                if pair in optional and exact and not entries and not edited and not stale_flag:
                     continue
             else:
                 base = read
@@ -740,7 +753,7 @@ class Invoices:
     def _priced(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], Doc]:
         """The priced part of these stored drafts (lines, total, unpriced tokens, review
         flag, and the registry that priced them), by pair: a full pass compares it with
-        what their sums price to (`_written_alike`)."""
+        what their sums price to (`_priced_alike`) and their open anomalies flag."""
         if not pairs:
             return {}
         ids = {f"{org}:{period}": (org, period) for org, period in pairs}
@@ -753,27 +766,6 @@ class Invoices:
         }
         found = self._c.invoices.find({"_id": {"$in": sorted(ids)}, "status": "draft"}, fields)
         return {ids[doc["_id"]]: doc for doc in found}
-
-    def _written_alike(self, stored: Doc, sums: DraftSums, *, anomalies_open: bool) -> bool:
-        """Whether a stored draft's lines, total and unpriced tokens are what its sums
-        price to today, and its `needs_review` what its open anomalies and those lines say
-        (else its lines, total or flag were edited, or the registry changed since it was
-        priced, or two overlapping runs left a flag behind: a run's draft built while an
-        anomaly was on its month, inserted after another run moved it away; either way the
-        full pass writes it again)."""
-        lines = price_lines(sums.usage_groups(), self._registry)
-        said = (
-            stored.get("lines"),
-            stored.get("total_micros"),
-            stored.get("unpriced_tokens"),
-            stored.get("needs_review"),
-        )
-        priced = (
-            [line.model_dump() for line in lines],
-            *totals(lines),
-            anomalies_open or lines_need_review(lines),
-        )
-        return _as_written(said) == _as_written(priced)
 
     def _not_written(self, builds: list[DraftBuild], ticket: int) -> set[int]:
         """The indexes of the builds over a stored draft that `ticket` did not write."""

@@ -683,6 +683,27 @@ def test_a_full_pass_rebuilds_an_edited_draft_from_its_ledger_and_says_so(db, re
     assert invoice(db)["updated_at"] == after["updated_at"]
 
 
+def test_a_full_pass_that_records_or_heals_an_anomaly_names_no_draft_repaired(db, registry):
+    """Review: once the full pass wrote a draft whose flag was stale, a full pass that
+    recorded an anomaly on a draft, or healed one, named that draft as repaired ("an
+    edit?") although only its flag changed, as every run's does."""
+    add_runners(db, 3)
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    assert invoice(db)["needs_review"] is False
+    stamp = datetime(2026, 11, 20, tzinfo=UTC).timestamp()
+    context = {"workspace_id": "acme", "ai_model": "gpt-4o", "ai_tokens": "many"}
+    ended = datetime(2026, 11, 20, tzinfo=UTC)
+    bad = {"name": "ai", "status": "SUCCESS", "end_time": ended, "last_updated_db": stamp}
+    bad["context"] = context
+    runner_id = db.tasks.insert_one(bad).inserted_id
+    recorded = run_chore(db, now=NOW, registry=registry, settings=CONFIG, full=True)
+    assert (recorded.repaired_drafts, invoice(db)["needs_review"]) == ([], True)
+    fixed = {"context.ai_tokens": 500, "last_updated_db": stamp + 1}
+    db.tasks.update_one({"_id": runner_id}, {"$set": fixed})
+    healed = run_chore(db, now=NOW, registry=registry, settings=CONFIG, full=True)
+    assert (healed.repaired_drafts, invoice(db)["needs_review"]) == ([], False)
+
+
 @pytest.mark.parametrize(
     "edit", [{"$unset": {"usage_groups": ""}}, {"$set": {"usage_groups": None}}]
 )
