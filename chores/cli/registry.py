@@ -18,6 +18,7 @@ from chores.cli.common import (
 )
 from chores.cli.output_files import write_output
 from chores.cli.params import DayType, OneLineGroup
+from chores.core.periods import as_utc
 from chores.core.settings import get_settings
 from chores.core.wording import counted, for_terminal
 from pricing import (
@@ -77,7 +78,7 @@ def registry_list(path: str | None, path_option: str | None, now: datetime | Non
     for column in ("input", "cached", "output"):
         tables.number_column(table, column)
     tables.text_column(table, "aliases")
-    today = (now or datetime.now(UTC)).date()
+    today = as_utc(now or datetime.now(UTC)).date()  # `valid_from` is a UTC day
     for model in sorted(reg.models, key=lambda m: (m.tier, m.id)):
         price = model.price_at(today)
         if price is None:  # priced only from a later day: its usage today is unpriced

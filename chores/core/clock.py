@@ -41,15 +41,23 @@ def wall_clock() -> datetime:
     return datetime.now(UTC)
 
 
+def given_now(now: datetime | None) -> datetime:
+    """The caller's `now` as aware UTC (the current time when None); refused when it is
+    not a datetime (an ISO string, `time.time()`: a traceback before, from a quota check)."""
+    if now is None:
+        return datetime.now(UTC)
+    if not isinstance(now, datetime):
+        raise ConfigError(f"now must be a datetime, got {now!r:.60}")
+    return as_utc(now)
+
+
 def checked_now(now: datetime | None, future_skew_seconds: float) -> datetime:
     """The caller's `now` as aware UTC (the current time when None); refused when it is
-    further ahead of the wall clock than the allowed skew."""
+    not a datetime, or further ahead of the wall clock than the allowed skew."""
     if now is None:
         return datetime.now(UTC)
     wall = wall_clock()
-    if not isinstance(now, datetime):
-        raise ConfigError(f"now must be a datetime, got {now!r:.60}")
-    now = as_utc(now)
+    now = given_now(now)
     ahead = (now - wall).total_seconds()
     if ahead > future_skew_seconds:
         raise ConfigError(

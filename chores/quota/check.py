@@ -4,14 +4,14 @@ database cannot be reached)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from pymongo.database import Database
 
+from chores.core.clock import given_now
 from chores.core.db import Collections, Doc
 from chores.core.exceptions import ConfigError
 from chores.core.orgs import validate_org
-from chores.core.periods import as_utc
 from chores.core.settings import Settings, get_settings
 from chores.quota.cache import SERVER_SCHEMES, QuotaCache, namespace
 from chores.quota.decisions import Quota, QuotaDecision, answer, mirrored
@@ -39,7 +39,7 @@ def check_quota(
         raise ConfigError(
             f"estimated_tokens must be a non-negative integer, got {estimated_tokens!r}"
         )
-    now = as_utc(now or datetime.now(UTC))
+    now = given_now(now)
     quota = Quota(Collections.of(db, settings), settings)
     return quota.check(org, estimated_tokens, now, ask_mirror=ask_mirror)
 

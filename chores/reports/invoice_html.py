@@ -26,6 +26,7 @@ from chores.billing.invoices import Invoice, line_review_reasons
 from chores.billing.period_ledger import read_period
 from chores.core.db import Collections, Doc
 from chores.core.money import usd, usd_exact
+from chores.core.periods import as_utc
 from chores.core.settings import Settings
 from chores.core.wording import for_terminal
 from chores.metering.anomalies import AnomalyLog, OpenAnomaly
@@ -393,7 +394,7 @@ def render_report(data: ReportData) -> str:
         f"<h1>Usage report · {_e(invoice.org)}{badges}</h1>",
         f'<div class="sub">Invoice <span class="mono">{_e(invoice.id)}</span> · period '
         f"{_e(invoice.period)} ({start} to {end}) · prices: registry {_e(data.registry_version)}"
-        f" · generated {_e(data.generated_at.strftime('%Y-%m-%d %H:%M UTC'))}</div>",
+        f" · generated {_e(as_utc(data.generated_at).strftime('%Y-%m-%d %H:%M UTC'))}</div>",
         review,
         _cards(invoice, total, len(data.waiting())),
         _chart_section(allocation),

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import mongomock
 import pymongo
+import pytest
 from bson import ObjectId
 
 from chores import Settings, check_quota, finalize_invoices, run_chore
@@ -141,6 +142,17 @@ def test_an_org_id_that_is_not_utf8_text_is_refused_and_nothing_is_written(setti
         check_quota(db, "ac\udcffme", now=NOV_25, settings=settings)
     assert db.list_collection_names() == []
     assert check_quota(db, "ac\ufffdme", now=NOV_25, settings=settings).state == "unknown"
+
+
+@pytest.mark.parametrize("now", ["2026-11-25T00:00:00Z", 1_795_000_000, date(2026, 11, 25)])
+def test_a_now_that_is_not_a_datetime_is_refused_by_the_quota_check_too(settings, now):
+    """Outside hunt: `check_quota(db, org, now=time.time())` (or an ISO string) raised an
+    AttributeError from deep inside; `run_chore` and `finalize_invoices` said it."""
+    from chores import ConfigError
+
+    db = mongomock.MongoClient()["main"]
+    with pytest.raises(ConfigError, match="now must be a datetime, got "):
+        check_quota(db, "acme", now=now, settings=settings)
 
 
 def test_a_flag_that_is_not_true_or_false_is_refused_and_nothing_is_written(settings, registry):

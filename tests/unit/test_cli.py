@@ -888,6 +888,12 @@ def test_registry_list_says_a_model_priced_only_from_a_later_day_is_unpriced_tod
     later = CliRunner(env={"COLUMNS": "200"}).invoke(main, [*listed[:3], "--now", "2027-07-01"])
     (row,) = [line for line in later.output.splitlines() if "soon" in line]
     assert "2027-06-01" in row and "unpriced" not in row
+    # Outside hunt: the day of `--now` as written, not its UTC day (`valid_from` is one):
+    # 2027-05-31 20:00 at -08:00 is June 1st in UTC.
+    western = [*listed[:3], "--now", "2027-05-31T20:00:00-08:00"]
+    shown = CliRunner(env={"COLUMNS": "200"}).invoke(main, western).output
+    (row,) = [line for line in shown.splitlines() if "soon" in line]
+    assert "2027-06-01" in row
 
 
 def test_plan_set_without_redis_url_on_a_server_says_the_mirror_still_answers(env_db, monkeypatch):

@@ -654,3 +654,13 @@ def test_model_json_writes_what_pydantic_writes_in_ascii():
     shown = Shown(ratio=float("nan"), name="abc\u202e東京")
     assert json.loads(model_json(shown)) == json.loads(shown.model_dump_json())
     assert model_json(shown).isascii() and "NaN" not in model_json(shown)
+
+
+def test_the_report_says_when_it_was_generated_in_utc(cli_db, tmp_path):
+    """Outside hunt: `--now 2026-11-25T17:30:00+05:30` printed "generated 2026-11-25 17:30
+    UTC", the local time labelled UTC (12:00 UTC)."""
+    out = tmp_path / "r.html"
+    local = ["--now", "2026-11-25T17:30:00+05:30"]
+    args = ["report", "--org", "ws-acme", "--period", "2026-11", "--out", str(out), *local]
+    assert invoke(*args).exit_code == 0
+    assert "generated 2026-11-25 12:00 UTC" in out.read_text(encoding="utf-8")
