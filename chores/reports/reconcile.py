@@ -213,7 +213,14 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         if agree or behind:
             placed = ledger.here.get(runner_id, [])  # where the ledger put what it billed
         else:
-            placed = _placed_by_source(source, period)
+            # A runner billed under another org too has its share here, which its lines
+            # compare (outside hunt: the other org's tokens were expected here as well, a
+            # line 10,000 tokens apart beside "the same tokens, split by kind otherwise").
+            # The runner's own disagreement is listed below either way.
+            moved_here = runner_id in ledger.other_org
+            placed = (
+                ledger.here.get(runner_id, []) if moved_here else _placed_by_source(source, period)
+            )
             if runner_id in ledger.here or placed:
                 runner_checks.append(
                     RunnerCheck(

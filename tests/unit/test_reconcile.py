@@ -578,6 +578,12 @@ def test_tokens_another_org_billed_that_changed_kind_are_a_mismatch_before_the_r
     run_chore(db, now=NOW, registry=registry, settings=settings)
     after = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
     assert not after.ok and "split by kind otherwise" in after.runners[0].note
+    # Outside hunt: its lines compare acme's share (what acme's ledger placed), not the
+    # whole runner: globex's 1,100 tokens were expected on acme's line as well.
+    acme = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert sum(line["tokens"] for line in acme["lines"]) == 1_300 - 1_100
+    assert all(line.matches for line in after.lines), after.lines
+    assert sum(line.expected_tokens for line in after.lines) == 1_300 - 1_100
 
 
 def test_a_runner_still_running_ahead_of_the_ledger_is_listed_not_a_mismatch(env_db, registry):
