@@ -213,15 +213,10 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
         if agree or behind:
             placed = ledger.here.get(runner_id, [])  # where the ledger put what it billed
         else:
-            # A runner billed under another org too has its share here, which its lines
-            # compare (outside hunt: the other org's tokens were expected here as well, a
-            # line 10,000 tokens apart beside "the same tokens, split by kind otherwise").
-            # The runner's own disagreement is listed below either way.
-            moved_here = runner_id in ledger.other_org
-            placed = (
-                ledger.here.get(runner_id, []) if moved_here else _placed_by_source(source, period)
-            )
-            if runner_id in ledger.here or placed:
+            by_source = _placed_by_source(source, period)
+            its_share = _share_here(by_source, ledger.other_org.get(runner_id))
+            placed = ledger.here.get(runner_id, []) if its_share is None else its_share
+            if runner_id in ledger.here or by_source:
                 runner_checks.append(
                     RunnerCheck(
                         runner_id=runner_id,
@@ -442,6 +437,30 @@ def _counters_of(high_water: Any) -> Counters | None:
         return Counters.from_dict(high_water)
     except (KeyError, TypeError, ValueError, OverflowError):  # an infinity is no count
         return None
+
+
+def _share_here(
+    by_source: list[UsageGroup], elsewhere: Breakdown | None
+) -> list[UsageGroup] | None:
+    """A runner's usage placed by its document, less what other orgs billed it (its org
+    changed): this org's share, which its lines compare (outside hunt: the other org's
+    tokens were expected here as well). None when other orgs billed it tokens of a kind
+    its document no longer holds as many of (they changed kind since, `org_changed`): its
+    share is then what this org's ledger placed, and the runner is listed either way."""
+    if elsewhere is None:
+        return by_source
+    less = [
+        group._replace(
+            input=group.input - elsewhere.input,
+            cached=group.cached - elsewhere.cached,
+            output=group.output - elsewhere.output,
+            unsplit=group.unsplit - elsewhere.unsplit,
+        )
+        for group in by_source
+    ]
+    if any(min(g.input, g.cached, g.output, g.unsplit) < 0 for g in less):
+        return None
+    return [g for g in less if g.input + g.cached + g.output + g.unsplit]
 
 
 def _placed_by_source(source: _SourceUsage | None, period: str) -> list[UsageGroup]:

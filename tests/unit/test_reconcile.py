@@ -586,6 +586,28 @@ def test_tokens_another_org_billed_that_changed_kind_are_a_mismatch_before_the_r
     assert sum(line.expected_tokens for line in after.lines) == 1_300 - 1_100
 
 
+def test_a_runner_moved_to_this_org_and_never_billed_here_is_a_mismatch_on_its_lines_too(
+    db, settings, registry
+):
+    """Review: its lines compared what this org's ledger placed (none), so reconcile said
+    "reconciled" of a runner another org billed 1,100 tokens of, whose document now names
+    this org with 1,300, and which no run but a full pass reads again. Its share here, by its
+    document, is what other orgs did not bill: 200 tokens, expected on the line."""
+    from datetime import timedelta
+
+    db.tasks.insert_one(ai_runner("acme", 500, running=False, ended=NOW - timedelta(hours=2)))
+    moved = _running("o", 1_000, 100, 60, org="globex")
+    db.tasks.insert_one(moved)
+    run_chore(db, now=NOW - timedelta(minutes=55), registry=registry, settings=settings)
+    ended = {**_running("o", 1_200, 100, 600, org="acme"), "status": "SUCCESS"}
+    ended["end_time"] = NOW - timedelta(hours=10)
+    db.tasks.replace_one({"_id": "o"}, ended)  # stamped before every cursor: no run reads it
+    result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert not result.ok
+    assert [(r.source_tokens, r.ledger_tokens) for r in result.runners] == [(1_300, 1_100)]
+    assert [(ln.expected_tokens, ln.invoiced_tokens) for ln in result.lines] == [(700, 500)]
+
+
 def test_a_runner_still_running_ahead_of_the_ledger_is_listed_not_a_mismatch(env_db, registry):
     """Outside review (stops 27-31): on the open month, every runner that grew since the
     last run made `reconcile` exit 4 ("still running: metered up to the last run"), so a
