@@ -210,16 +210,19 @@ def _without_secrets(message: str, url: str) -> str:
 def _secrets_of(url: str) -> tuple[list[str], list[str]]:
     """The credentials written in `url` (its password, each credential option's value and
     the pieces of it between `,` and `:` but the property names pymongo lists), and its
-    other option values; each as written and decoded, longest first."""
+    other option values (with pieces of one or two characters); each as written and
+    decoded, longest first. Options are separated by `&` or `;`, as pymongo reads them."""
     rest = url.partition("://")[2]
     credentials, at, _ = rest.rpartition("@")
     secrets = [credentials.partition(":")[2]] if at else []
     values = []
     query = rest.partition("?")[2]
-    for name, _, value in (pair.partition("=") for pair in query.split("&")):
+    for name, _, value in (pair.partition("=") for pair in re.split(r"[&;]", query)):
         if is_secret_option(name):
             pieces = re.split(r"[,:]", unquote_plus(value)) + re.split(r"[,:]", unquote(value))
-            secrets += [value, *(p for p in pieces if p.upper() not in MECHANISM_PROPERTY_NAMES)]
+            pieces = [p for p in pieces if p.upper() not in MECHANISM_PROPERTY_NAMES]
+            secrets += [value, *(p for p in pieces if len(p) > 2)]
+            values += [p for p in pieces if len(p) <= 2]  # a letter hidden only alone
         else:
             values.append(value)
     return _decoded_longest_first(secrets), _decoded_longest_first(values)

@@ -7,11 +7,13 @@ process; tests build their own `Settings(...)` and pass it explicitly.
 
 from __future__ import annotations
 
+import codecs
 import io
+import math
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
 from dotenv.parser import parse_stream
@@ -163,6 +165,7 @@ def _check_connection_options(url: str, *, broker: bool) -> None:
         ConnectionPool.from_url(url).make_connection()
     except Exception as exc:  # whatever redis-py raises building it, the URL is why
         raise ValueError(_option_problem(exc, url)) from None
+    _check_option_values(parse_redis_url(url))
     if broker:
         try:
             KombuConnection(url)
@@ -170,6 +173,48 @@ def _check_connection_options(url: str, *, broker: bool) -> None:
             raise ValueError(
                 f"Celery's broker connection takes no option {_unknown_option(exc)} in its URL"
             ) from None
+        except Exception as exc:  # `unix://`: "No such transport" (a KeyError)
+            raise ValueError(f"Celery's broker connection cannot use it ({exc})") from None
+
+
+# redis-py options whose value is an object set in code: a URL's text is never one (each
+# passed the connection's construction, then failed at the first command).
+_CODE_ONLY_OPTIONS = frozenset(
+    {
+        "cache",
+        "cache_config",
+        "connection_pool",
+        "credential_provider",
+        "driver_info",
+        "event_dispatcher",
+        "redis_connect_func",
+        "retry",
+        "socket_keepalive_options",
+        "socket_type",
+    }
+)
+# Seconds, and the least each may be (a health-check interval of 0 checks never).
+_SECONDS_OPTIONS = {"socket_timeout": 0, "socket_connect_timeout": 0, "health_check_interval": -1}
+
+
+def _check_option_values(options: dict[str, Any]) -> None:
+    """The option values redis-py only reads at the first command: a timeout must be a
+    finite number above 0 (`?socket_timeout=-5`, `inf`, `nan`), an encoding one Python
+    knows, and an option set in code is not given as text."""
+    code_only = sorted(_CODE_ONLY_OPTIONS & options.keys())
+    if code_only:
+        raise ValueError(f"redis-py's option {code_only[0]!r} is set in code, not in a URL")
+    for name, above in _SECONDS_OPTIONS.items():
+        value = options.get(name)
+        if value is not None and not (math.isfinite(value) and value > above):
+            least = "0 or more" if above < 0 else "above 0"
+            raise ValueError(f"{name} must be a number of seconds {least}, not {value!r}")
+    encoding = options.get("encoding")
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"encoding {encoding!r:.40} is not one Python knows") from None
 
 
 def _option_problem(exc: Exception, url: str) -> str:

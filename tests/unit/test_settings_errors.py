@@ -108,6 +108,18 @@ from support import invoke_with_env
             "redis://cache:6379/0?protocol=4",
             "redis-py cannot use its options: protocol must be either 2 or 3 (ConnectionError)",
         ),
+        (  # review: built, then a traceback at every run's first command
+            "REDIS_URL",
+            "redis://cache:6379/0?socket_timeout=-5",
+            "socket_timeout must be a number of seconds above 0, not -5.0",
+        ),
+        ("REDIS_URL", "redis://cache/0?retry=3", "redis-py's option 'retry' is set in code"),
+        ("REDIS_URL", "redis://cache/0?encoding=latin-9", "encoding 'latin-9' is not one Python"),
+        (  # review: a KeyError traceback from kombu on every command
+            "CELERY_BROKER_URL",
+            "unix:///run/redis.sock",
+            "Celery's broker connection cannot use it ('No such transport: unix')",
+        ),
         (  # review: redis-py takes it, Celery's broker connection not: the worker's traceback
             "CELERY_BROKER_URL",
             "redis://cache:6379/0?socket_timeout=5",
@@ -182,6 +194,22 @@ def test_a_result_backend_of_another_kind_is_celerys_to_check():
 
     for url in ("redis+socket:///tmp/redis.sock", "rpc://", "db+sqlite:///results.db"):
         assert Settings(celery_result_backend=url).celery_result_backend == url
+
+
+@pytest.mark.parametrize(
+    ("field", "url"),
+    [
+        ("redis_url", "redis://:pw@cache:6379/2?socket_timeout=5&health_check_interval=0"),
+        ("redis_url", "redis://cache/0?socket_connect_timeout=1.5&client_name=chore&protocol=3"),
+        ("redis_url", "unix:///run/redis.sock?db=2&password=pw&encoding=utf-8"),
+        ("celery_broker_url", "rediss://:pw@cache:6380/0?ssl_cert_reqs=required"),
+        ("celery_broker_url", "rediss://cache:6380/0?ssl_cert_reqs=none&ssl_check_hostname=false"),
+        ("celery_result_backend", "redis+socket:///run/redis.sock"),
+    ],
+)
+def test_the_redis_urls_a_deployment_writes_are_taken(field, url):
+    """The checks of a Redis URL's options refuse what its clients cannot use, not these."""
+    assert getattr(Settings(**{field: url}), field) == url
 
 
 def test_an_empty_optional_redis_url_is_no_redis(monkeypatch):
@@ -304,6 +332,11 @@ def test_every_billing_collection_is_kept_apart_from_the_source():
             "mongodb://nohost.invalid/?authMechanism=MONGODB-AWS"
             "&authMechanismProperties=aws_session_token:pwXYZ",
             ": aws_session_token is not a supported auth mechanism property",
+        ),
+        (  # review: options separated by `;`, as pymongo reads them: a piece was shown
+            "mongodb://u:pw@nohost.invalid/?authSource=admin"
+            ";authMechanismProperties=AWS_SESSION_TOKEN:FQoG,pwSecret:more",
+            ";authMechanismProperties=***: *** is not a supported auth mechanism property",
         ),
         (  # outside hunt: "ma***poolsize", every `x` of the message hidden
             "mongodb://u:pw@nohost.invalid/?maxPoolSize=x",
