@@ -220,8 +220,8 @@ def _secrets_of(url: str) -> tuple[list[str], list[str]]:
     for name, _, value in (pair.partition("=") for pair in re.split(r"[&;]", query)):
         if is_secret_option(name):
             pieces = re.split(r"[,:]", unquote_plus(value)) + re.split(r"[,:]", unquote(value))
-            pieces = [p for p in pieces if p.upper() not in MECHANISM_PROPERTY_NAMES]
-            secrets += [value, *(p for p in pieces if len(p) > 2)]
+            pieces = [value, *(p for p in pieces if p.upper() not in MECHANISM_PROPERTY_NAMES)]
+            secrets += [p for p in pieces if len(p) > 2]
             values += [p for p in pieces if len(p) <= 2]  # a letter hidden only alone
         else:
             values.append(value)

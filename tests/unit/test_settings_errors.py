@@ -338,6 +338,10 @@ def test_every_billing_collection_is_kept_apart_from_the_source():
             ";authMechanismProperties=AWS_SESSION_TOKEN:FQoG,pwSecret:more",
             ";authMechanismProperties=***: *** is not a supported auth mechanism property",
         ),
+        (  # review: a one-letter credential hid that letter everywhere ("Th*** valu***")
+            "mongodb://nohost.invalid/?tlsCertificateKeyFilePassword=e&maxPoolSize=x",
+            "=***&maxPoolSize=x: The value of maxpoolsize must be an integer",
+        ),
         (  # outside hunt: "ma***poolsize", every `x` of the message hidden
             "mongodb://u:pw@nohost.invalid/?maxPoolSize=x",
             "?maxPoolSize=x: The value of maxpoolsize must be an integer",
