@@ -5,8 +5,8 @@ everything the ledger billed it, under every org, so a difference is traced to a
 Where the two agree, the runner's usage is expected where the ledger placed it (the months
 it was observed in while running, late lines of a finalized month, this org's share of a
 runner whose org changed); where they do not, or the ledger never billed it, at its
-`end_time` (at `now` while it runs), from the source alone: for a runner other orgs billed
-too, what its document shows beyond what they billed (`_share_here`). A runner billed here whose
+`end_time` (at `now` while it runs), from the source alone; one other orgs billed too (its
+org changed), where this org's ledger placed it, the runner listed. A runner billed here whose
 document names another org now (or none) is settled here: its share is expected as billed.
 A runner the next run reads (on any pending list, or stamped within its scan of changed
 runners) whose own counters all grew since its ledger head (that entry this org's, its
@@ -149,8 +149,7 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
     sources = _source_usage(meter, org, now)
     ledger = _ledger_usage(meter, invoice, org, period, set(sources))
     # A runner whose org changed: its usage is compared in all (what every org billed it);
-    # where they agree, each org's share is where that org's ledger placed it, else what
-    # the document shows beyond what the other orgs billed (`_share_here`). One billed here
+    # each org's share on its lines is where that org's ledger placed it. One billed here
     # whose document now names another org (or none) is settled here: no run of this org
     # bills it again.
     moved_away = _now_elsewhere(meter, [r for r in ledger.here if r not in sources], org)
@@ -217,8 +216,13 @@ def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Recon
             placed = ledger.here.get(runner_id, [])  # where the ledger put what it billed
         else:
             by_source = _placed_by_source(source, period)
-            its_share = _share_here(by_source, ledger.other_org.get(runner_id), source, billed)
-            placed = ledger.here.get(runner_id, []) if its_share is None else its_share
+            # A runner other orgs billed too: which org's entries are wrong cannot be told
+            # from here, so its lines compare what this org's ledger placed (outside hunt:
+            # the other org's tokens were expected on this org's line too; reviews: taking
+            # its document less the other orgs' entries put their edits on this org's
+            # correct lines). The runner's disagreement is listed either way.
+            moved_here = runner_id in ledger.other_org
+            placed = ledger.here.get(runner_id, []) if moved_here else by_source
             if runner_id in ledger.here or by_source:
                 runner_checks.append(
                     RunnerCheck(
@@ -440,37 +444,6 @@ def _counters_of(high_water: Any) -> Counters | None:
         return Counters.from_dict(high_water)
     except (KeyError, TypeError, ValueError, OverflowError):  # an infinity is no count
         return None
-
-
-def _share_here(
-    by_source: list[UsageGroup],
-    elsewhere: Breakdown | None,
-    source: _SourceUsage | None,
-    billed: Breakdown,
-) -> list[UsageGroup] | None:
-    """A runner's usage placed by its document, less what other orgs billed it (its org
-    changed): this org's share, which its lines compare (outside hunt: the other org's
-    tokens were expected here as well). None, for what this org's ledger placed, when that
-    cannot be told: other orgs billed it tokens of a kind its document no longer holds as
-    many of (they changed kind since, `org_changed`), or every org together billed it more
-    than its document shows (an edit of one org's entries, which this org's lines would
-    take for its own: review). The runner is listed either way."""
-    if elsewhere is None:
-        return by_source
-    if source is None or sum(source.tokens) < sum(billed):
-        return None
-    less = [
-        group._replace(
-            input=group.input - elsewhere.input,
-            cached=group.cached - elsewhere.cached,
-            output=group.output - elsewhere.output,
-            unsplit=group.unsplit - elsewhere.unsplit,
-        )
-        for group in by_source
-    ]
-    if any(min(g.input, g.cached, g.output, g.unsplit) < 0 for g in less):
-        return None
-    return [g for g in less if g.input + g.cached + g.output + g.unsplit]
 
 
 def _placed_by_source(source: _SourceUsage | None, period: str) -> list[UsageGroup]:
