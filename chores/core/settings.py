@@ -73,7 +73,12 @@ def is_secret_option(raw_name: str) -> bool:
     return bool(_SECRET_OPTION_NAMES.search(name)) and name not in _HARMLESS_OPTIONS
 
 
-def redact_options(text: str) -> str:
+# In a URL alone (not a sentence that holds one), a value ends only at the next option:
+# pymongo takes a quote or a space in one (`?tlsCertificateKeyFilePassword=ab"cd`).
+_URL_OPTION = re.compile(r"([?&;])([^=?&;#]+)=([^&;]*)")
+
+
+def redact_options(text: str, *, pattern: re.Pattern[str] = _OPTION) -> str:
     """`text` with the value of every credential-carrying URL option replaced by `***`."""
 
     def hide(match: re.Match[str]) -> str:
@@ -81,7 +86,7 @@ def redact_options(text: str) -> str:
             return f"{match.group(1)}{match.group(2)}=***"
         return match.group()
 
-    return _OPTION.sub(hide, text)
+    return pattern.sub(hide, text)
 
 
 NO_SCHEME = "<not shown: not a scheme:// URL>"
@@ -112,14 +117,14 @@ def redact_url(url: str) -> str:
         ports = [host.rpartition(":")[2] for host in authority.split(",") if ":" in host]
         if any(not port.isdigit() and not port.endswith("]") for port in ports):
             return f"{scheme}://***{rest[len(authority) :]}"  # a user:password, no host
-        return redact_options(url)
+        return redact_options(url, pattern=_URL_OPTION)
     user, colon, _password = rest[:at].partition(":")
     tail = rest[at + 1 :]
     if _ends_in_a_secret_option(rest[:at]):
         tail = re.sub(r"^[^&;#\s'\"<>]*", "***", tail, count=1)  # the rest of that value
     if "/" in user or "?" in user:  # not a userinfo: an `@` in the path or options
-        return redact_options(f"{scheme}://***@{tail}")
-    return redact_options(f"{scheme}://{user}{':***' if colon else ''}@{tail}")
+        return redact_options(f"{scheme}://***@{tail}", pattern=_URL_OPTION)
+    return redact_options(f"{scheme}://{user}{':***' if colon else ''}@{tail}", pattern=_URL_OPTION)
 
 
 def _ends_in_a_secret_option(text: str) -> bool:

@@ -57,6 +57,10 @@ SECRET = "pa55-w0rd-xyz"
             f"mongodb://db/?tls=true&tlsCertificateKeyFilePassword={SECRET};w=1",
             "mongodb://db/?tls=true&tlsCertificateKeyFilePassword=***;w=1",
         ),
+        (  # review: pymongo takes a quote, a space or a `#` in a value: all of it hidden
+            f'mongodb://u:pw@db/?tlsCertificateKeyFilePassword=ab"{SECRET} x#y&w=1',
+            "mongodb://u:***@db/?tlsCertificateKeyFilePassword=***&w=1",
+        ),
         # no `@`: a "port" that is not a number is a password
         (f"mongodb://user:{SECRET}", "mongodb://***"),
         (f"mongodb://user:{SECRET}/db", "mongodb://***/db"),
