@@ -75,7 +75,8 @@ def is_secret_option(raw_name: str) -> bool:
 
 # In a URL alone (not a sentence that holds one), a value ends only at the next option:
 # pymongo takes a quote or a space in one (`?tlsCertificateKeyFilePassword=ab"cd`).
-_URL_OPTION = re.compile(r"([?&;])([^=?&;#]+)=([^&;]*)")
+# (pymongo reads the options after the last `?`: one ends a value too.)
+_URL_OPTION = re.compile(r"([?&;])([^=?&;#]+)=([^&;?]*)")
 
 
 def redact_options(text: str, *, pattern: re.Pattern[str] = _OPTION) -> str:
@@ -121,7 +122,7 @@ def redact_url(url: str) -> str:
     user, colon, _password = rest[:at].partition(":")
     tail = rest[at + 1 :]
     if _ends_in_a_secret_option(rest[:at]):
-        tail = re.sub(r"^[^&;#\s'\"<>]*", "***", tail, count=1)  # the rest of that value
+        tail = re.sub(r"^[^&;?]*", "***", tail, count=1)  # the rest of that value
     if "/" in user or "?" in user:  # not a userinfo: an `@` in the path or options
         return redact_options(f"{scheme}://***@{tail}", pattern=_URL_OPTION)
     return redact_options(f"{scheme}://{user}{':***' if colon else ''}@{tail}", pattern=_URL_OPTION)
@@ -131,7 +132,7 @@ def _ends_in_a_secret_option(text: str) -> bool:
     """Whether `text` ends in the value of a credential option (`...?password=pa`): an `@`
     right after it may belong to that value. Options start at a `?`."""
     options = text.partition("?")[2]
-    last = re.search(r"(?:^|[&;])([^=&;#\s'\"<>]+)=[^&;\s'\"<>]*$", options)
+    last = re.search(r"(?:^|[&;?])([^=&;#?]+)=[^&;?]*$", options)
     return last is not None and is_secret_option(last.group(1))
 
 

@@ -61,6 +61,14 @@ SECRET = "pa55-w0rd-xyz"
             f'mongodb://u:pw@db/?tlsCertificateKeyFilePassword=ab"{SECRET} x#y&w=1',
             "mongodb://u:***@db/?tlsCertificateKeyFilePassword=***&w=1",
         ),
+        (  # review: a value ran over the `?` after which pymongo reads the options
+            f"mongodb://db/?appname=my app?password={SECRET}",
+            "mongodb://db/?appname=my app?password=***",
+        ),
+        (  # review: an `@` in a credential value holding a quote or a space
+            f'mongodb://db/?tls=true&tlsCertificateKeyFilePassword=a"b@{SECRET} x#y&w=1',
+            "mongodb://***@***&w=1",
+        ),
         # no `@`: a "port" that is not a number is a password
         (f"mongodb://user:{SECRET}", "mongodb://***"),
         (f"mongodb://user:{SECRET}/db", "mongodb://***/db"),
