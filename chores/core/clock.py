@@ -56,9 +56,8 @@ def checked_now(now: datetime | None, future_skew_seconds: float) -> datetime:
     not a datetime, or further ahead of the wall clock than the allowed skew."""
     if now is None:
         return datetime.now(UTC)
-    wall = wall_clock()
     now = given_now(now)
-    ahead = (now - wall).total_seconds()
+    ahead = (now - wall_clock()).total_seconds()
     if ahead > future_skew_seconds:
         raise ConfigError(
             f"now {now.isoformat()} is {ahead:,.0f} s ahead of this machine's clock "

@@ -5,8 +5,9 @@ everything the ledger billed it, under every org, so a difference is traced to a
 Where the two agree, the runner's usage is expected where the ledger placed it (the months
 it was observed in while running, late lines of a finalized month, this org's share of a
 runner whose org changed); where they do not, or the ledger never billed it, at its
-`end_time` (at `now` while it runs), from the source alone; one other orgs billed too (its
-org changed), where this org's ledger placed it, the runner listed. A runner billed here whose
+`end_time` (at `now` while it runs), from the source alone, but for a runner other orgs
+billed too (its org changed): where this org's ledger placed it, the runner listed as
+disagreeing (which org's entries are wrong cannot be told here). A runner billed here whose
 document names another org now (or none) is settled here: its share is expected as billed.
 A runner the next run reads (on any pending list, or stamped within its scan of changed
 runners) whose own counters all grew since its ledger head (that entry this org's, its
