@@ -341,11 +341,16 @@ def _disagreement(
             "changed kind since (org_changed): they stay as it billed them, so the split "
             "here cannot agree with the source"
         )
+    if read_next and moved:  # its latest entry another org's: grown since, or one lost
+        return (
+            "the source shows more tokens than were billed, and the next run reads it: its "
+            "org changed since another org billed it (the next run bills here what it used "
+            "since, and this goes away), or a ledger entry of this org was lost"
+        )
     if read_next:  # stamped within the next scan, yet not only grown since billed
         return (
             "the source shows more tokens than were billed, though the next run reads it: a "
             "ledger entry was lost, or it was written behind the cursor since a run read it"
-            + elsewhere
         )
     if first_own_run:
         return (

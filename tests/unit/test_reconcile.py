@@ -1102,6 +1102,29 @@ def test_a_runner_whose_org_changed_reconciles_on_both_orgs(db, settings, regist
     assert not reconcile(meter, "globex", "2026-11", now=later).ok
 
 
+def test_a_moved_runner_the_next_run_bills_says_its_org_changed(db, settings, registry):
+    """Review: billed under acme, then naming globex with more tokens, before globex's next
+    run: listed on globex as "a ledger entry was lost, or it was written behind the cursor",
+    though nothing was lost. It says its org changed, and the next run settles it."""
+    from datetime import timedelta
+
+    db.tasks.insert_one(_running("o", 1_000, 100, 30))
+    db.tasks.insert_one(ai_runner("globex", 500, running=False, ended=NOW - timedelta(hours=1)))
+    run_chore(db, now=NOW - timedelta(minutes=25), registry=registry, settings=settings)
+    moved = {**_running("o", 2_500, 500, 2, org="globex"), "status": "SUCCESS"}
+    moved["end_time"] = NOW - timedelta(minutes=2)
+    db.tasks.replace_one({"_id": "o"}, moved)
+    before = reconcile(Pipeline(db, settings, registry), "globex", "2026-11", now=NOW)
+    assert [(r.source_tokens, r.ledger_tokens) for r in before.runners] == [(3_000, 1_100)]
+    assert before.runners[0].note == (
+        "the source shows more tokens than were billed, and the next run reads it: its org "
+        "changed since another org billed it (the next run bills here what it used since, and "
+        "this goes away), or a ledger entry of this org was lost"
+    )
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    assert reconcile(Pipeline(db, settings, registry), "globex", "2026-11", now=NOW).ok
+
+
 def test_a_moved_runner_still_running_is_listed_on_its_new_org_and_settled_on_the_old(
     db, settings, registry
 ):
