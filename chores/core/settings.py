@@ -183,6 +183,26 @@ def _check_connection_options(url: str, *, broker: bool) -> None:
             raise ValueError(f"Celery's broker connection cannot use it ({exc})") from None
 
 
+def _check_result_backend_options(url: str) -> None:
+    """A Redis result backend's options, as Celery's backend reads them (it takes
+    `ssl_cert_reqs=CERT_NONE` and its kin, which redis-py alone does not) and hands them to
+    redis-py's connection: built, none opened. What the backend itself refuses (a
+    `rediss://` without `ssl_cert_reqs`) is said when the service starts
+    (`celery_app.result_backend_problem`)."""
+    from celery import Celery
+    from celery.backends.redis import RedisBackend
+
+    try:
+        params = dict(RedisBackend(app=Celery(set_as_current=False), url=url).connparams)
+    except ValueError:
+        return
+    try:
+        ConnectionPool(**params).make_connection()
+    except Exception as exc:  # whatever redis-py raises building it, the URL is why
+        raise ValueError(_option_problem(exc, url)) from None
+    _check_option_values(parse_redis_url(url))
+
+
 # redis-py options whose value is an object set in code: a URL's text is never one (each
 # passed the connection's construction, then failed at the first command).
 _CODE_ONLY_OPTIONS = frozenset(
@@ -348,7 +368,9 @@ class Settings(BaseSettings):
         scheme = url.partition("://")[0]
         if info.field_name == "celery_result_backend" and scheme not in REDIS_SCHEMES:
             return url  # another backend (`rpc://`, `redis+socket://`, `db+...`): Celery's
-        _check_certificate_option(url)
+        backend = info.field_name == "celery_result_backend" and scheme in ("redis", "rediss")
+        if not backend:  # Celery reads a result backend's `ssl_cert_reqs` itself
+            _check_certificate_option(url)
         try:
             parse_redis_url(url)
             if scheme in ("redis", "rediss"):
@@ -363,7 +385,10 @@ class Settings(BaseSettings):
                 "[:port][/db], with any '/', '?', '#' or '@' of the password percent-encoded"
                 + (" (Celery takes no password option: put it before the '@')" if broker else "")
             ) from None
-        _check_connection_options(url, broker=info.field_name == "celery_broker_url")
+        if backend:
+            _check_result_backend_options(url)
+        else:
+            _check_connection_options(url, broker=info.field_name == "celery_broker_url")
         return url
 
     @field_validator("ai_task_names")

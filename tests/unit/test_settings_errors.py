@@ -115,6 +115,12 @@ from support import invoke_with_env
         ),
         ("REDIS_URL", "redis://cache/0?retry=3", "redis-py's option 'retry' is set in code"),
         ("REDIS_URL", "redis://cache/0?encoding=latin-9", "encoding 'latin-9' is not one Python"),
+        (  # a result backend's options, as Celery's backend hands them to redis-py
+            "CELERY_RESULT_BACKEND",
+            "redis://cache:6379/1?socket_timout=3",
+            "CELERY_RESULT_BACKEND='redis://cache:6379/1?socket_timout=3': Value error, redis-py "
+            "takes no option 'socket_timout'",
+        ),
         (  # review: a KeyError traceback from kombu on every command
             "CELERY_BROKER_URL",
             "unix:///run/redis.sock",
@@ -205,6 +211,8 @@ def test_a_result_backend_of_another_kind_is_celerys_to_check():
         ("celery_broker_url", "rediss://:pw@cache:6380/0?ssl_cert_reqs=required"),
         ("celery_broker_url", "rediss://cache:6380/0?ssl_cert_reqs=none&ssl_check_hostname=false"),
         ("celery_result_backend", "redis+socket:///run/redis.sock"),
+        # outside hunt: refused as redis-py reads it, though Celery's backend reads it itself
+        ("celery_result_backend", "rediss://:pw@cache:6380/1?ssl_cert_reqs=CERT_NONE"),
     ],
 )
 def test_the_redis_urls_a_deployment_writes_are_taken(field, url):
