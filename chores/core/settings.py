@@ -11,6 +11,7 @@ import codecs
 import io
 import math
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -167,11 +168,7 @@ def _check_connection_options(url: str, *, broker: bool) -> None:
     first command of every run; Celery's broker connection (kombu) takes none of redis-py's
     socket options (`?socket_timeout=5`), and the worker failed at start. Each client's
     connection object is built, none opened."""
-    try:
-        ConnectionPool.from_url(url).make_connection()
-    except Exception as exc:  # whatever redis-py raises building it, the URL is why
-        raise ValueError(_option_problem(exc, url)) from None
-    _check_option_values(parse_redis_url(url))
+    _check_redis_py_connection(url, lambda: ConnectionPool.from_url(url))
     if broker:
         try:
             KombuConnection(url)
@@ -196,8 +193,14 @@ def _check_result_backend_options(url: str) -> None:
         params = dict(RedisBackend(app=Celery(set_as_current=False), url=url).connparams)
     except ValueError:
         return
+    _check_redis_py_connection(url, lambda: ConnectionPool(**params))
+
+
+def _check_redis_py_connection(url: str, pool: Callable[[], ConnectionPool]) -> None:
+    """The connection redis-py builds from `url`'s options (through `pool`, as its client
+    reads them), none opened, and the values it reads only at the first command."""
     try:
-        ConnectionPool(**params).make_connection()
+        pool().make_connection()
     except Exception as exc:  # whatever redis-py raises building it, the URL is why
         raise ValueError(_option_problem(exc, url)) from None
     _check_option_values(parse_redis_url(url))
