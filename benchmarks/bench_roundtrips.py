@@ -54,7 +54,7 @@ from rich.table import Table
 
 from chores import Settings, ensure_indexes, finalize_invoices, run_chore
 from chores.billing.drafts import DraftSums, has_usage
-from chores.billing.invoices import build_invoice
+from chores.billing.invoice import build_invoice
 from chores.core import mongomock_compat
 from chores.demo.corpus import generate_corpus
 from pricing import load_registry

@@ -24,7 +24,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what a type checker sees: the names, typed, and no others
-    from chores.billing.invoices import Invoice, InvoiceLine
+    from chores.billing.invoice import Invoice
     from chores.core.db import Collections, connect, ensure_indexes
     from chores.core.exceptions import (
         ChoreError,
@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # what a type checker sees: the names, typed, and no others
         UnknownOrg,
     )
     from chores.core.settings import Settings, get_settings
+    from chores.metering.lines import InvoiceLine
     from chores.quota.check import check_quota
     from chores.quota.decisions import QuotaDecision
     from chores.run.chore import finalize_invoices, run_chore
@@ -46,8 +47,8 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 # Each name, and the module it comes from: loaded on first use (PEP 562), so that the
 # `chore` script loads nothing before it runs (`chores.cli.entry`).
 _SOURCES = {
-    "Invoice": "chores.billing.invoices",
-    "InvoiceLine": "chores.billing.invoices",
+    "Invoice": "chores.billing.invoice",
+    "InvoiceLine": "chores.metering.lines",
     "Collections": "chores.core.db",
     "connect": "chores.core.db",
     "ensure_indexes": "chores.core.db",

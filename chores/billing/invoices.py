@@ -1,11 +1,10 @@
-"""Invoices: built from the ledger, drafts while the period is open, then final for good.
+"""Drafts: built from the ledger while their period is open (`Invoices`).
 
-`build_invoice` is pure (lines priced by `lines.price_lines`). `Invoices` does
-the I/O of drafts: fold the ledger entries no draft holds yet into each draft's stored
-sums (`drafts.DraftSums`), write drafts that only move forward (never over a final one,
-never over a draft built on an older ticket), and settle the dirty marks. `Sweeper` moves usage that
-a final invoice does not hold into the open period, late. `Finalizer` freezes due
-drafts under a fencing token, pricing nothing. docs/design.md has the protocol.
+Each build folds the ledger entries no draft holds yet into the draft's stored sums
+(`drafts.DraftSums`) and writes drafts that only move forward: never over a final one,
+never over a draft built on an older ticket. A settle rebuilds the dirty drafts and
+sweeps late usage (`sweeper.Sweeper`). The document itself is `invoice.Invoice`; a
+`finalizer.Finalizer` freezes it. docs/design.md has the protocol.
 """
 
 from __future__ import annotations
@@ -13,15 +12,24 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
-from pymongo import ReturnDocument
+from pydantic import TypeAdapter
 from typing_extensions import TypedDict
 
 from chores.billing.drafts import TOKEN_FIELDS, DraftSums, LedgerUsage, has_usage
-from chores.core import clock as _clock
+from chores.billing.invoice import (
+    PAIR_FIELDS,
+    Invoice,
+    build_invoice,
+    invoice_pair,
+    latest_written,
+    lines_need_review,
+    not_before,
+    totals,
+)
+from chores.billing.sweeper import Sweeper
 from chores.core.db import Collections, Doc
 from chores.core.documents import (
     Day,
@@ -29,17 +37,8 @@ from chores.core.documents import (
     Integer,
     Period,
     Text,
-    check_shape,
-    checked,
     holds,
-    invoice_remedy,
-    invoice_sum_problems,
-    not_as_written,
 )
-from chores.core.exceptions import MalformedDocument
-from chores.core.money import Micros
-from chores.core.periods import as_utc, next_period, period_bounds, period_of
-from chores.core.wording import counted
 from chores.core.writes import update_where, upsert_as_written
 from chores.metering.anomalies import AnomalyLog
 from chores.metering.fields import describe_value
@@ -55,98 +54,6 @@ from chores.metering.lines import InvoiceLine, UsageGroup, price_lines
 from chores.metering.progress import Progress
 from chores.metering.source import chunked
 from pricing import Registry
-
-
-class Invoice(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
-    id: str = Field(alias="_id")
-    org: str
-    period: str
-    period_start: datetime
-    period_end: datetime
-    status: Literal["draft", "final"]
-    currency: Literal["USD"] = "USD"
-    lines: list[InvoiceLine]
-    total_micros: int
-    unpriced_tokens: int
-    needs_review: bool
-    runs: int
-    entries: int | None = None  # ledger entries with usage it holds (None: built before counts)
-    updated_at: datetime
-    finalized_at: datetime | None = None
-    registry: str = ""  # fingerprint of the registry that priced it
-    # The models of that registry its lines name (`Registry.excerpt`), frozen with a final:
-    # its lines can be split exactly whatever the registry becomes (reports.allocation).
-    priced_with: dict[str, Any] | None = None
-
-    @field_validator("priced_with")
-    @classmethod
-    def _an_excerpt(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        """What a report re-prices the invoice with: a registry (`Registry.excerpt`)."""
-        if value is not None:
-            try:
-                Registry.model_validate(value)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(part) for part in first["loc"])
-                raise ValueError(f"not a registry ({where}: {first['msg']})") from None
-        return value
-
-    def document(self) -> Doc:
-        return self.model_dump(by_alias=True)
-
-    @classmethod
-    def read(cls, doc: Doc, collections: Collections, *, own_sums: bool = True) -> Invoice:
-        """The invoice a stored document holds (`MalformedDocument` if it holds none, or,
-        with `own_sums`, if its total is not what its lines sum to: `invoice_sum_problems`;
-        a draft is derived from its ledger, and rebuilt from it once removed)."""
-        remedy = invoice_remedy(doc)
-        collection = collections.invoices.name
-        invoice = checked(cls, doc, collection=collection, remedy=remedy)
-        said = invoice_sum_problems(doc) if own_sums else []
-        if said:
-            raise not_as_written(collection, invoice.id, "; ".join(said), remedy)
-        return invoice
-
-
-def build_invoice(
-    *,
-    org: str,
-    period: str,
-    groups: Iterable[UsageGroup],
-    runs: int,
-    entries: int,
-    anomalies_open: bool,
-    registry: Registry,
-    now: datetime,
-) -> Invoice:
-    """The draft invoice of `groups` (the usage of `runs` runners over `entries` ledger
-    entries). A final is a draft frozen as it stands (`Finalizer`)."""
-    lines = price_lines(groups, registry)
-    start, end = period_bounds(period)
-    total, unpriced = totals(lines)
-    return Invoice(
-        _id=f"{org}:{period}",
-        org=org,
-        period=period,
-        period_start=start,
-        period_end=end,
-        status="draft",
-        lines=lines,
-        total_micros=Micros(total),
-        unpriced_tokens=unpriced,
-        needs_review=anomalies_open or lines_need_review(lines),
-        runs=runs,
-        entries=entries,
-        updated_at=now,
-        finalized_at=None,
-        registry=registry.fingerprint,
-        priced_with=registry.excerpt(line.model for line in lines if line.model is not None),
-    )
-
-
-_LINES = TypeAdapter(list[InvoiceLine])
 
 
 def _as_written(value: Any) -> Any:
@@ -170,54 +77,6 @@ def _priced_alike(stored: Doc, lines: Sequence[InvoiceLine]) -> bool:
     return _as_written(said) == _as_written(priced)
 
 
-def totals(lines: Iterable[InvoiceLine]) -> tuple[int, int]:
-    """An invoice's total (micro-dollars of its priced lines) and unpriced tokens."""
-    total = unpriced = 0
-    for line in lines:
-        if line.amount_micros is not None:
-            total += line.amount_micros
-        if not line.priced:
-            unpriced += line.tokens
-    return total, unpriced
-
-
-def priced_as_its_sums(doc: Doc, invoice: Invoice, collections: Collections) -> None:
-    """Refuse a draft whose lines are not what its kept sums price to with the prices it
-    names (`priced_with`, the registry excerpt that priced it): lines and a total edited
-    alike, which no other check of a draft sees (outside review: a finalize froze one, a
-    final charging an edit for good). A draft without kept sums, or priced with no model
-    of a registry, is not checked here."""
-    sums = DraftSums.of(doc)
-    if not sums.kept_sums or invoice.priced_with is None:
-        return
-    priced = price_lines(sums.usage_groups(), Registry.model_validate(invoice.priced_with))
-    if priced != invoice.lines:
-        said = "its lines are not what its usage_groups price to at the prices it names"
-        raise not_as_written(collections.invoices.name, invoice.id, said, invoice_remedy(doc))
-
-
-def lines_need_review(lines: Iterable[InvoiceLine]) -> bool:
-    """Whether an invoice's lines alone need a person: an unpriced line, or a line below
-    zero (a credit: tokens charged in a period now final and reclassified since, unsplit
-    to input or input to cached, `counters.reclassified_mark`, credited as late usage)."""
-    return any(not line.priced or (line.amount_micros or 0) < 0 for line in lines)
-
-
-def line_review_reasons(lines: Sequence[InvoiceLine]) -> list[str]:
-    """Why an invoice's lines need a person (`lines_need_review`), a sentence each."""
-    reasons = []
-    unpriced = sorted({str(line.model) for line in lines if not line.priced})
-    if unpriced:
-        reasons.append(f"unpriced: {', '.join(unpriced)} (no registry price at its usage time)")
-    below_zero = sum(1 for line in lines if (line.amount_micros or 0) < 0)
-    if below_zero:
-        reasons.append(
-            f"{counted(below_zero, 'line')} below zero (a credit of tokens that changed kind "
-            "after their month was final)"
-        )
-    return reasons
-
-
 class _Counter(TypedDict):
     value: Integer
 
@@ -229,22 +88,6 @@ _WHOLE_NUMBER: Doc = {
     "value": {"$not": {"$type": "array"}},
 }
 _SET_COUNTER = "set its value to a whole number, at least the highest build_ticket of the invoices"
-
-
-class _InvoicePair(TypedDict):
-    org: Text
-    period: Period
-
-
-_INVOICE_PAIR = TypeAdapter(_InvoicePair)
-PAIR_FIELDS: Doc = {"org": 1, "period": 1, "status": 1}  # status: what to do if malformed
-
-
-def invoice_pair(doc: Doc, collections: Collections) -> tuple[str, str]:
-    """The `(org, period)` an invoice document names (`MalformedDocument` if it names none)."""
-    remedy = invoice_remedy(doc)
-    check_shape(_INVOICE_PAIR, doc, collection=collections.invoices.name, remedy=remedy)
-    return doc["org"], doc["period"]
 
 
 # What `$group` would skip in silence: counts that are not numbers, a runner id missing.
@@ -303,75 +146,6 @@ class Settled:
     repaired: list[str] = field(default_factory=list)  # `Rebuilt.repaired`
 
 
-def open_period(now: datetime, final_periods: set[str]) -> str:
-    """The period late usage goes to: `now`'s, or the first after any final one.
-
-    A clock that went backwards can put `now` in a final period; usage must
-    never be booked there.
-    """
-    period = period_of(now)
-    while period in final_periods:
-        period = next_period(period)
-    return period
-
-
-class Sweeper:
-    """Moves what final invoices do not hold into the open period, as late usage.
-
-    Prices nothing: the open drafts that receive late usage are marked dirty, and
-    rebuilt by the settle that runs it or by the next run.
-    """
-
-    def __init__(self, collections: Collections, ledger: Ledger, progress: Progress):
-        self._c = collections
-        self._ledger = ledger
-        self._progress = progress
-
-    def final_fences(self, orgs: Iterable[str]) -> dict[str, dict[str, int | None]]:
-        """org -> {final period -> the token that froze it (None: frozen before tokens)}."""
-        wanted = sorted(set(orgs))
-        finals: dict[str, dict[str, int | None]] = defaultdict(dict)
-        if wanted:
-            query = {"org": {"$in": wanted}, "status": "final"}
-            for doc in self._c.invoices.find(query, {**PAIR_FIELDS, "closed_fence": 1}):
-                org, period = invoice_pair(doc, self._c)
-                finals[org][period] = doc.get("closed_fence")
-        return finals
-
-    def sweep(
-        self, pairs: set[tuple[str, str]], now: datetime
-    ) -> tuple[list[str], set[tuple[str, str]]]:
-        """Sweep the final ones among `pairs` into their org's open period.
-
-        The targets are marked (open) before the move and the marks closed after it,
-        so a crash in between leaves them for the next settle. Returns (the closed
-        marks, the target pairs).
-        """
-        finals = self.final_fences(org for org, _ in pairs)
-        final_pairs = [
-            (org, period, finals[org][period])
-            for org, period in sorted(pairs)
-            if period in finals[org]
-        ]
-        late = sorted(self._ledger.with_stragglers(final_pairs))
-        if not late:
-            return [], set()
-        target = {org: open_period(now, set(finals[org])) for org, _ in late}
-        marks = self._progress.mark_dirty(target.items(), now=now)
-        for org, period in late:
-            self._ledger.sweep(org, period, finals[org][period], target[org])
-        self._progress.close_marks(marks)
-        return marks, set(target.items())
-
-    def sweep_all(self, now: datetime, org: str | None = None) -> None:
-        """Sweep every final period in scope."""
-        query: Doc = {"status": "final"}
-        if org is not None:
-            query["org"] = {"$eq": org}
-        found = self._c.invoices.find(query, PAIR_FIELDS)
-        self.sweep({invoice_pair(d, self._c) for d in found}, now)
-
-
 @dataclass
 class DraftBuild:
     """One draft of a build pass: the ledger entries it folds in and its sums after them."""
@@ -407,7 +181,7 @@ class DraftBuild:
         Its `updated_at` never goes back: a run whose `now` lags the draft's last writer's
         (a lagging host, a replay) adds what it found, stamped as late as the draft was."""
         org, period = self.pair
-        now = _not_before(now, self.read_updated_at, latest)
+        now = not_before(now, self.read_updated_at, latest)
         invoice = build_invoice(
             org=org,
             period=period,
@@ -883,137 +657,3 @@ class Invoices:
                 d["_id"] for d in self._c.invoices.find({"_id": {"$in": batch}}, {"_id": 1})
             )
         return {(o, p) for o, p in billed if f"{o}:{p}" not in found}
-
-
-class Finalizer:
-    """Freezes due drafts as the last run built them; prices nothing.
-
-    For each due draft: take a fencing token (`fence`, incremented), stamp every
-    entry of the period with it, count the stamped entries, and freeze the draft
-    only if it still carries that token and holds exactly that many entries
-    (compare-and-set). A draft that lags the ledger waits for the next run to
-    rebuild it; usage that reaches the period after the freeze is swept into the
-    open period as late usage. docs/design.md has the argument. An anomaly of the
-    period still open when it is frozen flags it for review, even when the draft was
-    built before the anomaly was recorded (a run that died before settling).
-    """
-
-    ATTEMPTS = 3
-
-    def __init__(self, collections: Collections, ledger: Ledger, progress: Progress):
-        self._c = collections
-        self._ledger = ledger
-        self._progress = progress
-        self._anomalies = AnomalyLog(collections)
-        self._sweeper = Sweeper(collections, ledger, progress)
-
-    def finalize(self, now: datetime, grace: timedelta, org: str | None = None) -> list[str]:
-        """Freeze every draft whose period ended `grace` before `now` and before the wall
-        clock; sweep every final period in scope. Returns the ids frozen."""
-        ended_by = min(now - grace, _clock.wall_clock())
-        query: Doc = {"status": "draft", "period_end": {"$lte": ended_by}}
-        if org is not None:
-            query["org"] = {"$eq": org}
-        # Read whole and checked: a draft edited by hand is never frozen (`Invoice.read`),
-        # nor does it hold up the others.
-        due: list[tuple[str, str]] = []
-        malformed: list[MalformedDocument] = []
-        for doc in self._c.invoices.find(query):
-            try:
-                invoice = Invoice.read(doc, self._c)
-                priced_as_its_sums(doc, invoice, self._c)
-            except MalformedDocument as exc:
-                malformed.append(exc)
-                continue
-            due.append((invoice.org, invoice.period))
-        frozen = [f"{o}:{p}" for o, p in sorted(due) if self._freeze(o, p, now)]
-        self._sweeper.sweep_all(now, org)  # the safety net: every final period in scope
-        if malformed:
-            done = f"finalized {', '.join(frozen)}" if frozen else "finalized no other draft"
-            refused = counted(len(malformed), "draft")
-            raise MalformedDocument(f"{done}; refused {refused} edited by hand: {malformed[0]}")
-        return frozen
-
-    def _freeze(self, org: str, period: str, now: datetime) -> bool:
-        invoice_id = f"{org}:{period}"
-        # Tokens go above every stamp of the period, whatever the draft's own count says (a
-        # final removed, then rebuilt as a draft: its entries carry the old tokens).
-        stamped = self._ledger.highest_stamp(org, period)
-        if stamped is not None:
-            self._c.invoices.update_one(
-                {"_id": invoice_id, "status": "draft"}, {"$max": {"fence": stamped}}
-            )
-        for _ in range(self.ATTEMPTS):
-            fenced = self._c.invoices.find_one_and_update(
-                {"_id": invoice_id, "status": "draft"},
-                {"$inc": {"fence": 1}},
-                projection={"fence": 1, "lines": 1, "needs_review": 1, "updated_at": 1},
-                return_document=ReturnDocument.AFTER,
-            )
-            if fenced is None:
-                return False  # final meanwhile
-            token = int(fenced["fence"])
-            # Announces the stamps: the settle that deletes this mark sweeps whatever a
-            # stale stamp of ours put into a period frozen by a newer token.
-            marks = self._progress.mark_dirty([(org, period)], now=now)
-            self._ledger.stamp(org, period, token)
-            if self._ledger.count_stamped_unfolded(org, period, token):
-                self._progress.close_marks(marks)
-                return False  # the draft lags the ledger: the next run folds the rest
-            held = self._ledger.count_stamped(org, period, token)
-            # Flagged for what stands when it is frozen: its lines (as frozen), and the
-            # anomalies open on it now (the draft's flag may be older: one recorded, resolved,
-            # reviewed or moved to another org since the draft was built).
-            try:  # read as strictly as `Invoice.read` read it when it was found due
-                lines = _LINES.validate_python(fenced.get("lines"), strict=True)
-                flagged = lines_need_review(lines)
-            except ValidationError:  # edited since it was read as due: as it stands
-                flagged = bool(fenced.get("needs_review", True))
-            review = flagged or bool(self._anomalies.open_periods([(org, period)]))
-            final: Doc = {
-                "status": "final",
-                "finalized_at": _not_before(now, fenced.get("updated_at"), latest_written(self._c)),
-                "closed_fence": token,
-                "needs_review": review,
-            }
-            frozen = self._c.invoices.update_one(
-                {
-                    "_id": invoice_id,
-                    "status": "draft",
-                    "fence": token,
-                    "entries": held,
-                    # the lines its flag was read from (a rebuild since that changed
-                    # nothing leaves them equal: a run between does not refuse the freeze)
-                    "lines": fenced.get("lines"),
-                },
-                {"$set": final},
-            )
-            if frozen.modified_count:
-                self._sweeper.sweep({(org, period)}, now)  # what landed after the stamp
-                # Our own stamps are what the final holds: nothing left to announce.
-                self._progress.clear_dirty(marks)
-                return True
-            self._progress.close_marks(marks)
-            draft = self._c.invoices.find_one({"_id": invoice_id}, {"entries": 1, "status": 1})
-            if draft is None or draft.get("status") != "draft":
-                return False
-            if draft.get("entries", -1) < held:
-                return False  # the draft lags the ledger: the next run rebuilds it
-        return False
-
-
-def latest_written(collections: Collections) -> datetime:
-    """The latest time a run may have written: this machine's clock plus the skew a run's
-    `now` may lead it by (`clock.checked_now`), FUTURE_SKEW_SECONDS."""
-    skew = timedelta(seconds=collections.settings.future_skew_seconds)
-    return _clock.wall_clock() + skew
-
-
-def _not_before(now: datetime, written: Any, latest: datetime) -> datetime:
-    """`now`, or the time a document says it was written when that is later: a run whose
-    `now` lags the last writer's (a lagging host, a replay) never dates it back. A time
-    after `latest` is no time a run wrote (an edit by hand): not kept, or a final would be
-    dated 2099 by a draft edited so (review)."""
-    if isinstance(written, datetime) and now < as_utc(written) <= latest:
-        return as_utc(written)
-    return now

@@ -14,7 +14,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, cast
 
-from chores.billing.invoices import Invoice
+from chores.billing.invoice import Invoice
 from chores.billing.known_orgs import missing_invoice_hint
 from chores.core.db import Collections, Doc
 from chores.core.documents import check_shape

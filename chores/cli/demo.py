@@ -11,7 +11,7 @@ from pymongo.database import Database
 from rich.console import Console
 from rich.markup import escape
 
-from chores.billing.invoices import Invoice
+from chores.billing.invoice import Invoice
 from chores.cli.common import console, now_option, user_errors
 from chores.cli.invoice import print_invoice
 from chores.core.clock import checked_now

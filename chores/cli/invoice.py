@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from chores.billing.invoices import Invoice, line_review_reasons
+from chores.billing.invoice import Invoice, line_review_reasons
 from chores.billing.period_ledger import stored_invoice
 from chores.cli import tables
 from chores.cli.common import (

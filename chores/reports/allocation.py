@@ -33,7 +33,7 @@ from fractions import Fraction
 from math import floor
 from typing import Any, Literal
 
-from chores.billing.invoices import Invoice
+from chores.billing.invoice import Invoice
 from chores.billing.period_ledger import EntryUsage, RunInfo
 from chores.core.exceptions import InvoiceOutOfDate
 from chores.core.money import to_micros

@@ -22,7 +22,7 @@ from datetime import date, datetime, timedelta
 
 from pymongo.database import Database
 
-from chores.billing.invoices import Invoice, line_review_reasons
+from chores.billing.invoice import Invoice, line_review_reasons
 from chores.billing.period_ledger import read_period
 from chores.core.db import Collections, Doc
 from chores.core.money import usd, usd_exact

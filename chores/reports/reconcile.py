@@ -32,7 +32,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, computed_field
 
-from chores.billing.invoices import Invoice, lines_need_review
+from chores.billing.invoice import Invoice, lines_need_review
 from chores.billing.known_orgs import missing_invoice_hint
 from chores.core.db import Doc
 from chores.core.documents import check_shape, invoice_sum_problems

@@ -19,7 +19,7 @@ from typing import Any
 
 from pymongo.database import Database
 
-from chores.billing.invoices import Finalizer
+from chores.billing.finalizer import Finalizer
 from chores.core.arguments import validate_flag
 from chores.core.clock import checked_now, grace_period
 from chores.core.db import (

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from chores.billing.invoices import Invoices, open_period
+from chores.billing.invoices import Invoices
+from chores.billing.sweeper import open_period
 from chores.metering.anomalies import Recorded, anomaly_id
 from chores.metering.rules import Anomaly, AnomalyRecord
 

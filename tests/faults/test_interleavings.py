@@ -75,7 +75,7 @@ from bson import ObjectId
 from pymongo.errors import AutoReconnect
 
 from chores import Settings, finalize_invoices, run_chore
-from chores.billing.invoices import build_invoice
+from chores.billing.invoice import build_invoice
 from chores.demo.corpus import Corpus, generate_corpus
 from chores.metering.lines import UsageGroup
 from chores.run.pipeline import Pipeline

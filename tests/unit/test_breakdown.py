@@ -25,7 +25,7 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
 from chores import Settings, finalize_invoices, get_settings, run_chore
-from chores.billing.invoices import Invoice, build_invoice
+from chores.billing.invoice import Invoice, build_invoice
 from chores.billing.period_ledger import EntryUsage, RunInfo, read_period
 from chores.cli import main
 from chores.core.db import Collections

@@ -13,7 +13,7 @@ import pytest
 
 import chores.metering.rules
 from chores import Settings, run_chore
-from chores.billing.invoices import Invoice
+from chores.billing.invoice import Invoice
 from chores.core.db import Collections
 from chores.demo.corpus import generate_corpus
 from chores.metering.lineage import baseline_findings
