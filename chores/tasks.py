@@ -32,7 +32,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from chores.celery_app import RETRY_BACKOFF_MAX, app, full_given, store_problem
+from chores.celery_app import app
 from chores.core.arguments import validate_flag
 from chores.core.db import Collections, Doc, connect
 from chores.core.exceptions import (
@@ -54,6 +54,8 @@ from chores.quota.decisions import Quota
 from chores.run import chore as _run
 from chores.run.orgless import record_orgless
 from chores.run.report import RunReport
+from chores.service.checks import store_problem
+from chores.service.config import RETRY_BACKOFF_MAX, full_given
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +195,7 @@ def _describe(exc: BaseException) -> str:
 def get_db() -> Database[Doc]:
     """The database of this worker process: connected on first use, then kept (pymongo
     reconnects by itself; a failed connect is not cached). A local store is refused: a
-    worker started otherwise than by `celery worker` (`celery_app.store_problem`)."""
+    worker started otherwise than by `celery worker` (`service.checks.store_problem`)."""
     settings = get_settings()
     problem = store_problem(settings)
     if problem is not None:

@@ -2,7 +2,8 @@
 that `app` registers on `main`; no command module imports `app`. The script starts at
 `entry.main`.
 
-May import: every other `chores` package (never `chores.tasks`/`chores.celery_app`).
+May import: every other `chores` package (never the service: `chores.tasks`,
+`chores.celery_app`, `chores.service`).
 
 `main`, `EPHEMERAL_NOTE` and `ephemeral_note` are `app`'s, loaded on first use (so that
 the script's `entry` loads nothing before it runs).

@@ -14,7 +14,7 @@ It is for trying the chore out, and only that:
 - not for concurrent use: a command holds an exclusive lock on `PATH.lock` from load to
   save, and a second command on the same store while one runs stops with a one-line
   error rather than losing the other's writes; a Celery worker refuses it
-  (`celery_app.store_problem`): its billing would never be saved.
+  (`service.checks.store_problem`): its billing would never be saved.
 
 The file is MongoDB Extended JSON (canonical: datetimes, ObjectIds and 64-bit integers
 come back as they went in), one object per database and collection, with the

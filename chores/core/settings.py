@@ -185,7 +185,7 @@ def _check_result_backend_options(url: str) -> None:
     `ssl_cert_reqs=CERT_NONE` and its kin, which redis-py alone does not) and hands them to
     redis-py's connection: built, none opened. What the backend itself refuses (a
     `rediss://` without `ssl_cert_reqs`) is said when the service starts
-    (`celery_app.result_backend_problem`)."""
+    (`service.config.result_backend_problem`)."""
     from celery import Celery
     from celery.backends.redis import RedisBackend
 

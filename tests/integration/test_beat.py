@@ -23,14 +23,14 @@ import pytest
 import redis
 
 from chores import Settings
-from chores.celery_app import (
+from chores.service.beat import (
     BEAT_KEY_PREFIX,
-    DEFAULT_QUEUE,
     beat_config,
     beat_health_problem,
     beat_lock_timeout,
     beat_loop_seconds,
 )
+from chores.service.config import DEFAULT_QUEUE
 
 from support import closed_port, flushed_redis_db
 

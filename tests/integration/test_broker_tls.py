@@ -16,8 +16,8 @@ from kombu.exceptions import OperationalError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from chores.celery_app import celery_config
 from chores.core.settings import Settings
+from chores.service.config import celery_config
 
 from support import closed_port
 

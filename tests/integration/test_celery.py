@@ -38,13 +38,7 @@ from celery.schedules import crontab
 from pymongo.errors import AutoReconnect, ConnectionFailure
 
 from chores import Settings, get_settings, run_chore, tasks
-from chores.celery_app import (
-    DEFAULT_QUEUE,
-    FULL_QUEUE,
-    app,
-    celery_config,
-    credentials_problem,
-)
+from chores.celery_app import app
 from chores.core.exceptions import (
     ConfigError,
     CredentialsRefused,
@@ -54,6 +48,8 @@ from chores.core.exceptions import (
 from chores.core.lock import KEY_PREFIX, lock_client
 from chores.core.logs import redact_urls
 from chores.demo.corpus import generate_corpus
+from chores.service.checks import credentials_problem
+from chores.service.config import DEFAULT_QUEUE, FULL_QUEUE, celery_config
 
 from support import QUICK_RETRY_DELAY, closed_port
 from support.dbproxy import WRITES, DatabaseProxy

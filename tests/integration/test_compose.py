@@ -80,9 +80,9 @@ def test_worker_and_beat_share_the_image_wait_for_healthy_stores_and_beat_is_alo
 
 
 def test_each_queue_has_its_worker(compose):
-    """The 5-minute queue and the daily full pass's queue (celery_app.route_full_pass) are
+    """The 5-minute queue and the daily full pass's queue (service.config.route_full_pass) are
     read by different workers: the full pass never holds up the 5-minute runs."""
-    from chores.celery_app import DEFAULT_QUEUE, FULL_QUEUE
+    from chores.service.config import DEFAULT_QUEUE, FULL_QUEUE
 
     def queues(name: str) -> str:
         command = compose["services"][name]["command"]
@@ -215,10 +215,10 @@ def test_worker_and_beat_have_healthchecks_and_every_service_has_limits_and_log_
     assert "celery -A chores.celery_app inspect ping -d celery@$$HOSTNAME" in worker
     assert services["worker"]["healthcheck"]["test"][0] == "CMD-SHELL"
     assert healthcheck(services["worker-full"]) == worker
-    # beat: the 5-minute fan-out was sent lately (celery_app.beat_health, test_beat.py)
+    # beat: the 5-minute fan-out was sent lately (service.beat.beat_health, test_beat.py)
     beat = services["beat"]["healthcheck"]["test"]
     assert beat[:3] == ["CMD", "python", "-c"]
-    assert beat[3] == "import chores.celery_app as app; raise SystemExit(app.beat_health())"
+    assert beat[3] == "import chores.service.beat as beat; raise SystemExit(beat.beat_health())"
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^HEALTHCHECK --interval=\S+ --timeout=\S+ ", dockerfile, re.M)
     assert 'CMD celery -A chores.celery_app inspect ping -d "celery@$HOSTNAME"' in dockerfile
@@ -245,7 +245,7 @@ def seconds(duration: str | int) -> float:
 
 
 def test_the_worker_stop_grace_period_outlasts_a_run_and_its_soft_shutdown(compose, monkeypatch):
-    from chores.celery_app import SHUTDOWN_MARGIN, celery_config, stop_timeout
+    from chores.service.config import SHUTDOWN_MARGIN, celery_config, stop_timeout
 
     for name in dotenv_values(ENV_EXAMPLE):
         monkeypatch.delenv(name, raising=False)

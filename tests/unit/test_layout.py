@@ -32,7 +32,7 @@ RANKS = {
     "run": 3,
     "reports": 4,
     "cli": 5,
-    "service": 5,  # chores/tasks.py, chores/celery_app.py
+    "service": 5,  # chores/tasks.py, chores/celery_app.py, chores/service/
 }
 SERVICE = {"chores.tasks", "chores.celery_app"}
 CLI_ENTRY = "chores.__main__"  # `python -m chores`: the command line's, ranked with it

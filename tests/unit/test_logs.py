@@ -26,6 +26,7 @@ from chores.core.logs import (
     use_log_format,
 )
 from chores.demo.corpus import generate_corpus
+from chores.service import config as service_config
 
 from support import GrantedLock
 
@@ -181,15 +182,15 @@ def test_a_full_flag_that_is_not_true_or_false_is_refused_before_any_work(
         assert f"failed for good (ConfigError: full must be true or false, got {full!r}" in last
         assert ": not retried: its full is not true or false (task " in last
     assert touched == []
-    route = celery_app.route_full_pass("chores.tasks.meter_all", (), {"full": full}, {})
+    route = service_config.route_full_pass("chores.tasks.meter_all", (), {"full": full}, {})
     assert route is None  # the 5-minute queue, where it is refused at once
 
 
 def test_the_full_pass_is_routed_to_its_queue_whether_full_is_given_by_keyword_or_position():
     """Review: `meter_org.delay("acme", True)` (a full pass, `full` by position) went to
     the 5-minute queue: the router read the keyword only."""
-    route = celery_app.route_full_pass
-    full = {"queue": celery_app.FULL_QUEUE}
+    route = service_config.route_full_pass
+    full = {"queue": service_config.FULL_QUEUE}
     assert route("chores.tasks.meter_org", ("acme", True), {}, {}) == full
     assert route("chores.tasks.meter_org", ("acme",), {"full": True}, {}) == full
     assert route("chores.tasks.meter_all", (True,), None, {}) == full

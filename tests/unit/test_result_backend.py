@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from chores.celery_app import result_backend_problem
+from chores.service.config import result_backend_problem
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from chores import Settings, tasks
-from chores.celery_app import app, celery_config
+from chores.celery_app import app
+from chores.service.config import celery_config
 
 TASK_NAMES = {
     "chores.tasks.meter_all": tasks.meter_all,

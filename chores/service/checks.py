@@ -1,0 +1,71 @@
+"""What stops the worker or beat at start, in one line: a store it cannot bill into
+(`store_problem`), a Redis refusing its credentials (`credentials_problem`); the line
+itself as the logs expect it (`stop_line`).
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from chores.core.local_store import SCHEME as LOCAL_STORE_SCHEME
+from chores.core.logs import JsonFormatter
+from chores.core.redis_client import refused_credentials
+from chores.core.settings import REDIS_SCHEMES, Settings, redact_url
+
+
+def store_problem(settings: Settings) -> str | None:
+    """Why a worker cannot bill into the database MONGO_URL names, or None.
+
+    A `file://` store is saved by the `chore` command that opened it, on exit; a worker
+    would bill into its memory and lose it all (and its pool processes would lock each
+    other out of the file)."""
+    if settings.mongo_url.startswith(LOCAL_STORE_SCHEME):
+        return (
+            f"MONGO_URL {settings.safe_mongo_url} is a local store, saved only by the `chore` "
+            "command that opens it: a worker's billing would be lost. Point the worker at "
+            "MongoDB (docs/deploy.md)"
+        )
+    return None
+
+
+def credentials_problem(settings: Settings) -> str | None:
+    """The first Redis of the service (its broker, the per-org locks', a Redis result
+    backend) that refuses the user or password its URL carries, in one line, or None.
+
+    Celery retries a broker that refuses its credentials like one that is down (a hundred
+    times over hours, the worker idle meanwhile), and beat stops with two tracebacks.
+    Credentials do not fix themselves: the service stops at start instead. A Redis not
+    reached now is left to Celery's retries."""
+    urls = {
+        "CELERY_BROKER_URL": settings.celery_broker_url,
+        "REDIS_URL": settings.lock_redis_url,
+        "CELERY_RESULT_BACKEND": settings.celery_result_backend,
+    }
+    checked: set[str] = set()
+    for name, url in urls.items():
+        if url is None or url in checked or url.partition("://")[0] not in REDIS_SCHEMES:
+            continue
+        checked.add(url)
+        reply = refused_credentials(url)
+        if reply is None:
+            continue
+        if urlsplit(url).password is None:
+            return (
+                f"{name} {redact_url(url)}: Redis asks for a password, and the URL gives "
+                "none: put it in the URL before the host, as [user]:password@ (docs/deploy.md)"
+            )
+        return (
+            f"{name} {redact_url(url)}: Redis refused its user or password "
+            f"({reply.rstrip('.')}); fix the URL (docs/deploy.md)"
+        )
+    return None
+
+
+def stop_line(line: str, settings: Settings) -> str:
+    """The one line the worker or beat stops with: a JSON record under `LOG_FORMAT=json`
+    (Celery's logging is not set up yet, and a log shipper reads JSON lines only)."""
+    if settings.log_format != "json":
+        return line
+    record = logging.LogRecord("chores", logging.CRITICAL, __file__, 0, line, None, None)
+    return JsonFormatter().format(record)
