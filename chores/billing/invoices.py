@@ -284,7 +284,9 @@ class Invoices:
                 }
             },
         ]
-        rows = list(self._c.ledger.aggregate(pipeline))
+        # Allowed to spill to disk, as every `$group` here: a server before 6.0 fails a stage
+        # past 100 MB otherwise (a full pass groups every runner of a month).
+        rows = list(self._c.ledger.aggregate(pipeline, allowDiskUse=True))
         if not all(holds(_USAGE_ROW, row) for row in rows):
             refuse_malformed_entry(self._c.ledger, match)
         for row in rows:
@@ -647,7 +649,7 @@ class Invoices:
             {"$group": {"_id": {"org": "$org", "period": BOOKED_PERIOD}}},
         ]
         billed: set[tuple[str, str]] = set()
-        for row in self._c.ledger.aggregate(pipeline):
+        for row in self._c.ledger.aggregate(pipeline, allowDiskUse=True):
             check_pair_row(self._c.ledger, row, match)
             billed.add((row["_id"]["org"], row["_id"]["period"]))
         ids = sorted(f"{o}:{p}" for o, p in billed)

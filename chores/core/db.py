@@ -28,7 +28,7 @@ from urllib.parse import unquote, unquote_plus
 import pymongo
 from bson.codec_options import CodecOptions, DatetimeConversion
 from dns.exception import DNSException
-from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReadPreference
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
@@ -73,21 +73,30 @@ def _is_mongomock(db: object) -> bool:
 
 
 def utc_view(db: Database[Doc]) -> Database[Doc]:
-    """The database as the chore reads it (`reading`): every datetime aware, in UTC, and
-    values Python cannot decode handed to the rules rather than raised.
+    """The database as the chore reads it (`reading`): every datetime aware, in UTC,
+    values Python cannot decode handed to the rules rather than raised, and every read on
+    the primary.
 
     The public API takes any pymongo `Database` (SPEC §7), whatever its client's codec
     options; a plain `MongoClient()` (tz_aware=False) hands back naive datetimes, which
     BSON stores as UTC. Rather than convert each value where it is read, the database is
     re-opened once here with the options `connect` gives its own clients, so everything
     downstream sees what it sees with `connect`.
+
+    On the primary, whatever the URL's `readPreference`: a run reads back what it wrote
+    (a draft's new ledger entries, once their dirty mark is read), which a lagging
+    secondary may not hold yet; the draft would be built without them, and the mark
+    deleted.
+
     mongomock refuses a custom tzinfo: its tz_aware datetimes are in bson's UTC
     (`as_utc` takes either). Anything that is not a Database (a test's stand-in that
     wraps one) is taken as it is.
     """
     if isinstance(db, Database):
         options = reading(db.codec_options)
-        return db if options == db.codec_options else db.with_options(codec_options=options)
+        if options == db.codec_options and db.read_preference == ReadPreference.PRIMARY:
+            return db
+        return db.with_options(codec_options=options, read_preference=ReadPreference.PRIMARY)
     if _is_mongomock(db):
         mock_options = db.codec_options
         if mock_options.tz_aware:
@@ -268,6 +277,8 @@ class ReadOnlyCollection:
             "name",
             "full_name",
             "database",
+            "codec_options",
+            "read_preference",
         }
     )
 
@@ -433,6 +444,9 @@ def billing_indexes() -> dict[str, list[IndexModel]]:
 def ensure_indexes(db: Database[Doc], settings: Settings, *, source: bool = False) -> list[str]:
     """Create the billing indexes (and the source ones when `source`); names created.
 
+    An index whose keys are there already under another name, with no option, is not
+    created again: a server refuses the copy (`IndexOptionsConflict`, "Index already
+    exists with a different name"), which stopped every run once a DBA had created one.
     One call per collection; when the server refuses it (an index of that name already
     there with other options: made partial or hidden by hand), each of its indexes is
     created on its own, the others are created all the same, and `IndexesNotCreated`
@@ -446,6 +460,10 @@ def ensure_indexes(db: Database[Doc], settings: Settings, *, source: bool = Fals
     created: list[str] = []
     refused: list[str] = []
     for collection, models in targets:
+        have = collection.index_information()
+        models = [model for model in models if not _there_already(model, have)]
+        if not models:
+            continue
         try:
             created += collection.create_indexes(models)
         except OperationFailure:
@@ -462,6 +480,18 @@ def ensure_indexes(db: Database[Doc], settings: Settings, *, source: bool = Fals
             f"hidden) is not replaced: drop it (or unhide it), then run `{APPLY_INDEXES_COMMAND}`"
         )
     return created
+
+
+def _there_already(model: IndexModel, have: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether `index_information()` (`have`) holds `model`'s keys, in its order and
+    directions, under another name and with no option that changes what it serves (a
+    partial filter, a collation, hidden): the index a server refuses to create twice."""
+    wanted = list(model.document["key"].items())
+    for name, info in have.items():
+        options = {"partialFilterExpression", "collation", "hidden"} & set(info)
+        if name != model.document["name"] and list(info["key"]) == wanted and not options:
+            return True
+    return False
 
 
 # What running without each source index costs, said where it is missing (run log, status).

@@ -374,7 +374,7 @@ class Ledger:
                 {"$match": {"$or": clauses}},
                 {"$group": {"_id": {"org": "$org", "period": BOOKED_PERIOD}}},
             ]
-            rows = list(self._entries.aggregate(pipeline))
+            rows = list(self._entries.aggregate(pipeline, allowDiskUse=True))
             for row in rows:
                 check_pair_row(self._entries, row, {"$or": clauses})
                 found.add((row["_id"]["org"], row["_id"]["period"]))

@@ -117,7 +117,7 @@ class Source:
         """
         changed = {"$and": [self._changed(None, since), {"context.workspace_id": ORG_ID}]}
         pipeline = [{"$match": changed}, {"$group": {"_id": "$context.workspace_id"}}]
-        return [group["_id"] for group in self._tasks.aggregate(pipeline)]
+        return [group["_id"] for group in self._tasks.aggregate(pipeline, allowDiskUse=True)]
 
     def orgless_runners(
         self, since: float | None, *, besides_orgs: Sequence[str] | None = None

@@ -398,3 +398,26 @@ def test_an_index_the_reads_cannot_use_counts_as_missing(mdb):
     }
     assert {name: found.get(name) for name in expected} == expected
     assert "chore_spawn_session" not in found
+
+
+def test_the_chores_keys_indexed_under_another_name_stop_no_run(mdb, fixture_docs, registry):
+    """A server refuses an index whose keys another has under another name (code 85,
+    `IndexOptionsConflict`): `ensure_indexes` leaves such an index as it is."""
+    settings = Settings(mongo_url="mongomock://unused")
+    mdb[settings.collection("dirty")].create_index([("org", 1)], name="by_dba")
+    mdb.tasks.create_index([("name", 1), ("last_updated_db", 1)], name="theirs")
+    ensure_indexes(mdb, settings, source=True)
+    assert sorted(mdb[settings.collection("dirty")].index_information()) == ["_id_", "by_dba"]
+    mdb.tasks.insert_many(copy.deepcopy(fixture_docs["tasks"]))
+    mdb.findings.insert_many(copy.deepcopy(fixture_docs["findings"]))
+    report = run_chore(mdb, now=NOW, settings=settings, registry=registry)
+    assert report.tokens_billed > 0
+
+
+def test_a_group_allowed_to_spill_to_disk_is_accepted(mdb):
+    """Every `$group` of the chore passes `allowDiskUse` (servers before 6.0 fail a stage
+    past 100 MB without it)."""
+    mdb.l.insert_many([{"org": "a", "n": 1}, {"org": "a", "n": 2}, {"org": "b", "n": 3}])
+    pipeline = [{"$group": {"_id": "$org", "n": {"$sum": "$n"}}}]
+    rows = mdb.l.aggregate(pipeline, allowDiskUse=True)
+    assert sorted((row["_id"], row["n"]) for row in rows) == [("a", 3), ("b", 3)]

@@ -1,0 +1,90 @@
+"""What a real MongoDB server refuses or does that mongomock does not, built in: every
+`$group` may spill to disk (servers before 6.0 fail a stage past 100 MB otherwise), an index
+of the chore's keys created under another name is not created again (a server refuses the
+copy, which stopped every run), and every read goes to the primary (a run reads back what it
+has just written). Outside review of the mongomock-only suite."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import mongomock
+import pytest
+from bson import ObjectId
+from pymongo import ASCENDING, MongoClient, ReadPreference
+
+from chores import Collections, ensure_indexes, finalize_invoices, run_chore
+from chores.metering.source import Source
+
+from support import NOW, ai_runner
+
+
+def test_every_group_is_allowed_to_spill_to_disk(db, settings, registry, monkeypatch):
+    """A full pass groups every runner of a month in the database (`ledger_usage`): on
+    MongoDB 4.4 and 5.0 a `$group` past 100 MB fails unless allowed to spill to disk."""
+    calls: list[dict[str, Any]] = []
+    aggregate = mongomock.collection.Collection.aggregate
+
+    def recorded(self: Any, pipeline: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append({"collection": self.name, **kwargs})
+        return aggregate(self, pipeline, *args, **kwargs)
+
+    monkeypatch.setattr(mongomock.collection.Collection, "aggregate", recorded)
+    october = NOW - timedelta(days=40)
+    db.tasks.insert_many(
+        [
+            ai_runner(ObjectId(), ended=october),
+            ai_runner(ObjectId(), ended=NOW - timedelta(hours=1)),
+        ]
+    )
+    run_chore(db, now=NOW, settings=settings, registry=registry)
+    assert finalize_invoices(db, now=NOW, settings=settings) == ["acme:2026-10"]
+    run_chore(db, now=NOW, settings=settings, registry=registry, full=True)
+    Source(Collections.of(db, settings), ai_task_names=["ai"], batch_size=100).orgs_changed(None)
+    grouped = {call["collection"] for call in calls}
+    assert {"billing_ledger", "tasks"} <= grouped  # the full pass's sums, the fan-out's orgs
+    assert len(calls) >= 3
+    assert [call for call in calls if call.get("allowDiskUse") is not True] == []
+
+
+def test_an_index_of_the_chores_keys_under_another_name_is_left_as_it_is(db, settings, registry):
+    """A server refuses to create an index whose keys another index has under another name
+    (`IndexOptionsConflict`, "Index already exists with a different name"): a DBA's
+    `{org: 1}` on the dirty marks stopped every run with `IndexesNotCreated`. mongomock
+    creates the copy, so the test asserts none is attempted."""
+    dirty = db[settings.collection("dirty")]
+    dirty.create_index([("org", ASCENDING)], name="by_dba")
+    db.tasks.create_index([("name", ASCENDING), ("last_updated_db", ASCENDING)], name="theirs")
+    # a partial index of the same keys serves only some reads: ours is still created
+    db.findings.create_index(
+        [("extra_data.runner_id", ASCENDING)],
+        name="partial",
+        partialFilterExpression={"_type": "finding"},
+    )
+    created = ensure_indexes(db, settings, source=True)
+    assert "chore_name_stamp" not in created and "chore_spawn_runner" in created
+    assert sorted(dirty.index_information()) == ["_id_", "by_dba"]
+    assert "chore_name_stamp" not in db.tasks.index_information()
+    db.tasks.insert_one(ai_runner(ObjectId(), ended=NOW - timedelta(hours=1)))
+    report = run_chore(db, now=NOW, settings=settings, registry=registry)
+    assert report.missing_indexes == []  # theirs serves the reads ours would
+    assert db[settings.collection("invoices")].find_one({"_id": "acme:2026-11"})["total_micros"] > 0
+
+
+@pytest.mark.parametrize("preference", ["secondaryPreferred", "secondary", "nearest"])
+def test_every_read_goes_to_the_primary_whatever_the_url_says(settings, preference):
+    """A settle reads the dirty marks, then the ledger entries no draft holds: from a
+    secondary lagging behind the primary, the draft was built without them and the mark
+    deleted, an invoice and a quota decision short until the next usage or full pass."""
+    client: MongoClient[Any] = MongoClient(
+        f"mongodb://localhost:1/?readPreference={preference}", connect=False
+    )
+    try:
+        collections = Collections.of(client["main"], settings)
+        for collection in (collections.ledger, collections.dirty, collections.invoices):
+            assert collection.read_preference == ReadPreference.PRIMARY
+        assert collections.tasks.read_preference == ReadPreference.PRIMARY
+        assert collections.ledger.codec_options.tz_aware  # as the chore decodes
+    finally:
+        client.close()
