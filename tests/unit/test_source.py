@@ -487,3 +487,26 @@ def test_the_fan_out_reads_as_orgless_exactly_what_the_rules_bill_to_no_org(db, 
     an_org = org_of(context) if isinstance(context, dict) else None
     assert read_as_orgless == ([] if an_org is not None else [doc["_id"]])
     assert listed.orgs == ([] if an_org is None else [an_org])
+
+
+def test_a_run_record_of_every_org_stays_within_a_document(db, settings, registry):
+    """Outside audit: a record listing each org of a `run --all` grew about 240 bytes an
+    org, past MongoDB's 16 MB at about 70,000 orgs, and the run failed once its work was
+    done (mongomock stores any size)."""
+    import bson
+
+    from chores.run.chore import RUN_RECORD_LISTED
+    from chores.run.report import STORED_RUN, OrgSummary
+
+    report = run_chore(db, now=NOW, settings=settings, registry=registry)
+    orgs = [f"org-{n:06d}" for n in range(100_000)]
+    report.orgs = {org: OrgSummary(tokens=10**12, entries=10**6, anomalies=3) for org in orgs}
+    report.decisions = dict.fromkeys(orgs, "ok")
+    report.invoices = [f"{org}:2026-11" for org in orgs]
+    record = run_document(report)
+    assert len(bson.encode(record)) < 1_000_000
+    assert [entry["org"] for entry in record["orgs"]] == orgs[:RUN_RECORD_LISTED]
+    assert record["orgs_omitted"] == record["decisions_omitted"] == 100_000 - RUN_RECORD_LISTED
+    assert record["invoices"][-1] == orgs[RUN_RECORD_LISTED - 1] + ":2026-11"
+    assert "repaired_drafts_omitted" not in record
+    STORED_RUN.validate_python(record)  # as `chore status` reads it back
