@@ -45,6 +45,7 @@ from chores.core.exceptions import (
 from chores.core.lock import KeepLock, OrgLock, lock_client, release_quietly
 from chores.core.logs import redact_urls, short_list
 from chores.core.orgs import NOT_UTF8
+from chores.core.reads import distinct_values
 from chores.core.settings import Settings, get_settings, redact_url
 from chores.core.wording import tally
 from chores.core.writes import insert_ignoring_duplicates
@@ -232,9 +233,9 @@ def orgs_with_new_usage(
     not_utf8 = any(type(org) is str and NOT_UTF8 in org for org in changed)
     found = [
         *changed,
-        *c.pending.distinct("org", due_claims(now)),
-        *c.dirty.distinct("org"),
-        *due_marks(db, settings).distinct("_id"),
+        *distinct_values(c.pending, "org", due_claims(now)),
+        *distinct_values(c.dirty, "org"),
+        *distinct_values(due_marks(db, settings), "_id"),
     ]
     orgs = set()
     # Only strings are org ids: a runner whose workspace_id is an object, a number or

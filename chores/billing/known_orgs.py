@@ -15,6 +15,7 @@ from typing import Any
 from chores.core import clock
 from chores.core.db import Collections
 from chores.core.periods import period_bounds, period_of
+from chores.core.reads import distinct_values
 
 ALIKE = 3  # known ids named at most
 
@@ -31,9 +32,10 @@ def known_alike(collections: Collections, org: str, *, period: str | None = None
     """The known org ids closest to `org` (difflib's ratio, case aside), best first: those
     with an invoice of `period` when given, else those with any invoice or a plan."""
     if period is not None:
-        known = _ids(collections.invoices.distinct("org", {"period": period}))
+        known = _ids(distinct_values(collections.invoices, "org", {"period": period}))
     else:
-        known = _ids(collections.invoices.distinct("org")) | _ids(collections.plans.distinct("_id"))
+        known = _ids(distinct_values(collections.invoices, "org"))
+        known |= _ids(distinct_values(collections.plans, "_id"))
     by_folded: dict[str, str] = {}
     for candidate in sorted(known):
         by_folded.setdefault(candidate.casefold(), candidate)

@@ -25,6 +25,7 @@ from chores.core.exceptions import LockUnavailable
 from chores.core.lock import KeepLock, OrgLock, lock_client, release_quietly
 from chores.core.logs import redact_url
 from chores.core.orgs import validate_org
+from chores.core.reads import distinct_values
 from chores.core.settings import Settings, get_settings
 from chores.core.wording import counted
 from chores.metering.rules import Anomaly
@@ -154,7 +155,7 @@ def _run(
                 keep(n)  # after every batch: a run making progress keeps its lock
             read += n
             rate = read / max(time.monotonic() - started, 1e-3)
-            orgs = len(dirty.distinct("org")) if show_progress and not dry_run else 0
+            orgs = len(distinct_values(dirty, "org")) if show_progress and not dry_run else 0
             progress.update(
                 task,
                 description=f"metering: {counted(read, 'runner document')} read · "

@@ -37,6 +37,7 @@ from chores.core.documents import (
 from chores.core.exceptions import MalformedDocument
 from chores.core.money import usd_exact
 from chores.core.periods import NEWLINE, PERIOD_PATTERN, as_utc, is_period, period_of
+from chores.core.reads import distinct_values
 from chores.core.settings import Plan, Settings
 from chores.core.writes import insert_ignoring_duplicates, replace_where
 from chores.quota.cache import QuotaCache, is_named_store, namespace
@@ -385,8 +386,8 @@ class Quota:
     def known_orgs(self) -> list[str]:
         """Every org with a plan or a stored decision."""
         return sorted(
-            {o for o in self._c.plans.distinct("_id") if isinstance(o, str)}
-            | {o for o in self._c.quota.distinct("_id") if isinstance(o, str)}
+            {o for o in distinct_values(self._c.plans, "_id") if isinstance(o, str)}
+            | {o for o in distinct_values(self._c.quota, "_id") if isinstance(o, str)}
         )
 
     def plan_documents(self, orgs: Sequence[str]) -> dict[str, Doc]:

@@ -88,3 +88,37 @@ def test_every_read_goes_to_the_primary_whatever_the_url_says(settings, preferen
         assert collections.ledger.codec_options.tz_aware  # as the chore decodes
     finally:
         client.close()
+
+
+def test_no_list_of_orgs_is_read_with_distinct(db, settings, registry, monkeypatch):
+    """`distinct` answers in one document, at most 16 MB on a server: a few hundred
+    thousand org ids and the fan-out, the quota pass over known orgs and the suggestions
+    of `did you mean` failed. They group instead (mongomock has no such limit, so
+    `distinct` is refused here)."""
+    from chores.billing.known_orgs import known_alike
+    from chores.quota.decisions import Quota
+    from chores.tasks import orgs_with_new_usage
+
+    db.tasks.insert_many(
+        [
+            ai_runner(ObjectId(), ended=NOW - timedelta(hours=1), org=org)
+            for org in ("acme", "globex", "initech")
+        ]
+    )
+    run_chore(db, now=NOW, settings=settings, registry=registry)
+    db[settings.collection("plans")].insert_one({"_id": "umbrella", "token_limit": 10})
+
+    def refused(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"distinct on {self.name}: one answer of at most 16 MB")
+
+    monkeypatch.setattr(mongomock.collection.Collection, "distinct", refused)
+    collections = Collections.of(db, settings)
+    assert Quota(collections, settings).known_orgs() == ["acme", "globex", "initech", "umbrella"]
+    assert known_alike(collections, "acmee") == ["acme"]
+    assert known_alike(collections, "globx", period="2026-11") == ["globex"]
+    later = NOW + timedelta(minutes=5)
+    assert orgs_with_new_usage(db, settings, now=later, full=True).orgs == [
+        "acme",
+        "globex",
+        "initech",
+    ]
