@@ -40,6 +40,7 @@ from chores.core.periods import NEWLINE, PERIOD_PATTERN, as_utc, is_period, peri
 from chores.core.reads import distinct_values
 from chores.core.settings import Plan, Settings
 from chores.core.writes import insert_ignoring_duplicates, replace_where
+from chores.metering.source import chunked
 from chores.quota.cache import QuotaCache, is_named_store, namespace
 
 log = logging.getLogger(__name__)
@@ -446,11 +447,15 @@ class Quota:
 
     # Times a decision is made again for an org whose plan changed while it was decided.
     PLAN_CHANGES = 3
+    # Orgs decided together: each read and write of a batch names them all (`$in`), and a
+    # fan-out decides every known org.
+    ORGS_PER_BATCH = 1_000
 
     def decide(
         self, orgs: Sequence[str], now: datetime, *, raise_refused: bool = True
     ) -> dict[str, str]:
-        """Recompute and store the decision of each org; returns org -> state.
+        """Recompute and store the decision of each org, ORGS_PER_BATCH at a time; returns
+        org -> state.
 
         The plans are read again after the decisions are written: an org whose plan
         changed meanwhile (a `plan set`, which decides too, may have written the new plan's
@@ -463,18 +468,17 @@ class Quota:
         unless `raise_refused` is False (a caller with more to do first, or that logs it).
         """
         self.refused = {}
-        if not orgs:
-            return {}
         states: dict[str, str] = {}
-        todo = list(orgs)
-        documents = self.plan_documents(todo)
-        for _ in range(self.PLAN_CHANGES):
-            states.update(self._decide(todo, self.plans(documents, todo), now))
-            latest = self.plan_documents(todo)
-            todo = [org for org in todo if not _same(latest.get(org), documents.get(org))]
-            if not todo:
-                break
-            documents = latest
+        for batch in chunked(orgs, self.ORGS_PER_BATCH):
+            todo = batch
+            documents = self.plan_documents(todo)
+            for _ in range(self.PLAN_CHANGES):
+                states.update(self._decide(todo, self.plans(documents, todo), now))
+                latest = self.plan_documents(todo)
+                todo = [org for org in todo if not _same(latest.get(org), documents.get(org))]
+                if not todo:
+                    break
+                documents = latest
         if raise_refused:
             for refused in self.refused.values():
                 raise refused  # the others decided: the first invoice it could not read

@@ -122,3 +122,25 @@ def test_no_list_of_orgs_is_read_with_distinct(db, settings, registry, monkeypat
         "globex",
         "initech",
     ]
+
+
+def test_the_decisions_of_every_known_org_are_made_a_batch_at_a_time(db, settings, monkeypatch):
+    """Each fan-out decides every known org again: one `$in` naming them all grew with the
+    orgs toward the server's 16 MB a command (48 MB a message), on every tick."""
+    from chores.quota.decisions import Quota
+
+    monkeypatch.setattr(Quota, "ORGS_PER_BATCH", 40)  # 1,000 in production
+    orgs = [f"org-{n:05d}" for n in range(100)]
+    named: list[int] = []
+    find = mongomock.collection.Collection.find
+
+    def counted(self: Any, query: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(query, dict) and isinstance(query.get("_id"), dict):
+            named.append(len(query["_id"].get("$in", ())))
+        return find(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(mongomock.collection.Collection, "find", counted)
+    states = Quota(Collections.of(db, settings), settings).decide(orgs, NOW)
+    assert sorted(states) == orgs
+    assert db[settings.collection("quota")].count_documents({}) == len(orgs)
+    assert named and max(named) == 40
