@@ -482,14 +482,20 @@ def ensure_indexes(db: Database[Doc], settings: Settings, *, source: bool = Fals
     return created
 
 
+# What `index_information()` says of an index besides its options: an index with any other
+# field (unique, sparse, a TTL, a partial filter, a collation, hidden) is not the chore's.
+_PLAIN_INDEX_FIELDS = frozenset({"key", "v", "ns", "background"})
+
+
 def _there_already(model: IndexModel, have: Mapping[str, Mapping[str, Any]]) -> bool:
-    """Whether `index_information()` (`have`) holds `model`'s keys, in its order and
-    directions, under another name and with no option that changes what it serves (a
-    partial filter, a collation, hidden): the index a server refuses to create twice."""
+    """Whether `index_information()` (`have`) holds `model` itself under another name: its
+    keys, in its order and directions, and no option at all (a unique or TTL index of the
+    same keys would refuse or delete what the chore writes: the server's refusal of ours
+    then says so). A server refuses to create such an index twice."""
     wanted = list(model.document["key"].items())
     for name, info in have.items():
-        options = {"partialFilterExpression", "collation", "hidden"} & set(info)
-        if name != model.document["name"] and list(info["key"]) == wanted and not options:
+        plain = set(info) <= _PLAIN_INDEX_FIELDS
+        if name != model.document["name"] and list(info["key"]) == wanted and plain:
             return True
     return False
 

@@ -17,7 +17,11 @@ from chores.core.db import Doc
 
 def distinct_values(collection: Collection[Doc], field: str, query: Doc | None = None) -> list[Any]:
     """The distinct values of `field` among the documents `query` matches (every one when
-    None), as stored: unlike `distinct`, an array is one value, not its elements (callers
-    keep the strings, which is what an org id is)."""
-    pipeline: list[Doc] = [{"$match": query or {}}, {"$group": {"_id": f"${field}"}}]
+    None), as `distinct` gives them: an array's elements, each a value (callers keep the
+    strings, which is what an org id is)."""
+    pipeline: list[Doc] = [
+        {"$match": query or {}},
+        {"$unwind": f"${field}"},  # an array's elements; a document without it: none
+        {"$group": {"_id": f"${field}"}},
+    ]
     return [row["_id"] for row in collection.aggregate(pipeline, allowDiskUse=True)]

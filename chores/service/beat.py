@@ -75,7 +75,7 @@ def beat_health_problem(settings: Settings, now: datetime | None = None) -> str 
 
 def beat_health() -> int:
     """The beat healthcheck's exit code: 0 healthy, 1 not (its reason on stderr).
-    `python -c 'import chores.celery_app as c; raise SystemExit(c.beat_health())'`"""
+    `python -c 'import chores.service.beat as beat; raise SystemExit(beat.beat_health())'`"""
     import sys
 
     problem = beat_health_problem(get_settings())

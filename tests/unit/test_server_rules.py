@@ -62,8 +62,15 @@ def test_an_index_of_the_chores_keys_under_another_name_is_left_as_it_is(db, set
         name="partial",
         partialFilterExpression={"_type": "finding"},
     )
+    # one that would refuse or delete what the chore writes is not the chore's (review)
+    pending = db[settings.collection("pending")]
+    pending.create_index([("recheck_at", ASCENDING)], name="dba_ttl", expireAfterSeconds=0)
+    db[settings.collection("runs")].create_index(
+        [("org", ASCENDING), ("started_at", -1)], name="dba_unique", unique=True
+    )
     created = ensure_indexes(db, settings, source=True)
     assert "chore_name_stamp" not in created and "chore_spawn_runner" in created
+    assert {"recheck_at", "org_started"} <= set(created)
     assert sorted(dirty.index_information()) == ["_id_", "by_dba"]
     assert "chore_name_stamp" not in db.tasks.index_information()
     db.tasks.insert_one(ai_runner(ObjectId(), ended=NOW - timedelta(hours=1)))
@@ -107,6 +114,8 @@ def test_no_list_of_orgs_is_read_with_distinct(db, settings, registry, monkeypat
     )
     run_chore(db, now=NOW, settings=settings, registry=registry)
     db[settings.collection("plans")].insert_one({"_id": "umbrella", "token_limit": 10})
+    # an org inside an array counts as `distinct` counted it (review: an edited claim)
+    db[settings.collection("pending")].insert_one({"_id": "edited", "org": ["hooli"]})
 
     def refused(self: Any, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError(f"distinct on {self.name}: one answer of at most 16 MB")
@@ -120,6 +129,7 @@ def test_no_list_of_orgs_is_read_with_distinct(db, settings, registry, monkeypat
     assert orgs_with_new_usage(db, settings, now=later, full=True).orgs == [
         "acme",
         "globex",
+        "hooli",
         "initech",
     ]
 
