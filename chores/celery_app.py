@@ -26,7 +26,7 @@ from celery.signals import (
 from chores.core.exceptions import ConfigError
 from chores.core.logs import use_log_format
 from chores.core.settings import Settings, get_settings
-from chores.service.beat import beat_redis_problem
+from chores.service.beat import beat_health, beat_redis_problem
 from chores.service.checks import credentials_problem, stop_line, store_problem
 from chores.service.config import celery_config
 
@@ -55,6 +55,10 @@ def _run_by_celery_command() -> bool:
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     return "celery.__main__" in sys.modules or getattr(spec, "name", None) == "celery.__main__"
 
+
+# The beat healthcheck as probes written before `chores.service` call it
+# (`import chores.celery_app as app; raise SystemExit(app.beat_health())`).
+__all__ = ["app", "beat_health"]
 
 app = Celery("chores", include=["chores.tasks"])
 app.conf.update(_configured())

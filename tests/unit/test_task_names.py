@@ -38,3 +38,12 @@ def test_the_beat_schedule_names_registered_tasks() -> None:
     assert schedule
     for entry, spec in schedule.items():
         assert spec["task"] in registered(), entry
+
+
+def test_the_beat_healthcheck_answers_where_probes_written_before_the_service_package_call_it():
+    """`import chores.celery_app as app; raise SystemExit(app.beat_health())` was the
+    compose healthcheck; a probe copied from it keeps working (review)."""
+    import chores.celery_app as old_home
+    from chores.service import beat
+
+    assert old_home.beat_health is beat.beat_health
