@@ -1,8 +1,9 @@
 """The anomaly log (`billing_anomalies`): documents that could not be billed as they are.
 
 One record per runner and kind (`_id` = `"<runner_id>:<kind>"`; per runner, kind and org
-for `org_changed`), keeping the first detail seen while it stays open where it is (the
-detail seen when it re-opens or moves, else). Self-healing kinds (see
+for `org_changed`; per runner, kind and usage period for the kinds billed all the same,
+`Anomaly.BILLED_FLAGGED`), keeping the first detail seen while it stays open where it is
+(the detail seen when it re-opens or moves, else). Self-healing kinds (see
 `Anomaly.SELF_HEALING`) are marked resolved when the runner later bills cleanly; an
 invoice period with an open anomaly needs review. A person who has looked at an open
 anomaly marks it reviewed (`review`, `chore anomaly review`): it stays open, as the runs
@@ -26,9 +27,12 @@ from chores.metering.rules import Anomaly, AnomalyRecord
 def anomaly_id(record: AnomalyRecord) -> str:
     """The `_id` of a runner's anomaly of one kind; of one kind and org for `org_changed`,
     the one kind two orgs' runs record for one runner: one org's run never moves the record
-    that flags another org's invoice (SPEC §4)."""
+    that flags another org's invoice (SPEC §4); of one kind and usage period for a kind
+    billed all the same: each invoice holding usage billed with it stays flagged."""
     if record.kind == Anomaly.ORG_CHANGED:
         return f"{record.runner_id}:{record.kind}:{record.org}"
+    if record.kind in Anomaly.BILLED_FLAGGED and record.usage_period is not None:
+        return f"{record.runner_id}:{record.kind}:{record.usage_period}"
     return f"{record.runner_id}:{record.kind}"
 
 

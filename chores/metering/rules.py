@@ -80,6 +80,11 @@ class Anomaly:
             BASELINE_MALFORMED,
         }
     )
+    # Billed all the same, the invoice they land on flagged: one record per runner, kind and
+    # usage period (`anomalies.anomaly_id`), so that each month that holds tokens billed
+    # with one stays flagged for it (a runner running on into the next month, still below
+    # its split, flags both; one record following it left the first unflagged).
+    BILLED_FLAGGED = frozenset({BASELINE_CONFLICT, TOTAL_BELOW_SPLIT, COUNTER_DECREASED})
     # Hold the runner: nothing of it is billed until the document is fixed (those without
     # an end time, an id or an org that can be billed are recorded in the month of `now`).
     HELD = SELF_HEALING | {OVER_CEILING, BAD_ID}
@@ -95,8 +100,9 @@ class AnomalyRecord(NamedTuple):
     runner_id: str
     kind: str
     org: str | None
-    period: str | None
+    period: str | None  # of the invoice it flags (`placement.place` may move it)
     detail: str
+    usage_period: str | None = None  # of the usage seen with it (`Anomaly.BILLED_FLAGGED`)
 
 
 class Delta(NamedTuple):
@@ -397,12 +403,12 @@ class Rules:
                 # re-read every run until the spawn finding appears
                 return _held(runner_id, org, period, True, (), spawn.anomaly, spawn.detail)
             if spawn.anomaly is not None:
-                flags = (AnomalyRecord(runner_id, spawn.anomaly, org, period, spawn.detail),)
+                flags = (_flagged(runner_id, spawn.anomaly, org, period, spawn.detail),)
             own = own_counters(snapshot, spawn.baseline)
 
         if own.total < own.prompt + own.completion:
             detail = f"total {own.total} < prompt {own.prompt} + completion {own.completion}"
-            flags += (AnomalyRecord(runner_id, Anomaly.TOTAL_BELOW_SPLIT, org, period, detail),)
+            flags += (_flagged(runner_id, Anomaly.TOTAL_BELOW_SPLIT, org, period, detail),)
 
         if head is None:
             previous, high_water = ZERO, own
@@ -412,7 +418,7 @@ class Rules:
                 detail = (
                     f"own counters {own.as_dict()} below billed high-water {previous.as_dict()}"
                 )
-                flags += (AnomalyRecord(runner_id, Anomaly.COUNTER_DECREASED, org, period, detail),)
+                flags += (_flagged(runner_id, Anomaly.COUNTER_DECREASED, org, period, detail),)
             high_water = highest(previous, own)
 
         tokens = billable_tokens(high_water)
@@ -605,6 +611,12 @@ def _label(value: Any) -> str | None:
     characters, else left out (None)."""
     text = bson_string(value)
     return text if text is not None and len(text) <= MAX_LABEL else None
+
+
+def _flagged(runner_id: str, kind: str, org: str, period: str, detail: str) -> AnomalyRecord:
+    """An anomaly of usage billed all the same (`Anomaly.BILLED_FLAGGED`), seen with usage
+    of `period`."""
+    return AnomalyRecord(runner_id, kind, org, period, detail, usage_period=period)
 
 
 def _held(

@@ -35,8 +35,11 @@ def below_split(runner_id: str, **kwargs: Any) -> dict[str, Any]:
     return doc
 
 
-def reviewed(runner_id: str, kind: str) -> str:
-    """The id of a runner's anomaly record of one kind."""
+def reviewed(runner_id: str, kind: str, period: str = "2026-11") -> str:
+    """The id of a runner's anomaly record of one kind (of one usage period: the kinds
+    billed all the same have a record per month they bill into)."""
+    if kind in Anomaly.BILLED_FLAGGED:
+        return f"{runner_key(runner_id)}:{kind}:{period}"
     return f"{runner_key(runner_id)}:{kind}"
 
 
@@ -126,8 +129,14 @@ def test_an_anomaly_whose_runner_ends_in_another_month_flags_that_month(db, sett
     report = run_chore(db, now=later, settings=settings)
 
     assert report.new_anomalies == 1
-    (record,) = db.billing_anomalies.find()
-    assert (record["period"], record["resolved"], "reviewed" in record) == ("2026-12", False, False)
+    # a record of its own for December's usage; November's stays reviewed where it was
+    november, december = db.billing_anomalies.find(sort=[("period", 1)])
+    assert (december["period"], december["resolved"], "reviewed" in december) == (
+        "2026-12",
+        False,
+        False,
+    )
+    assert (november["period"], "reviewed" in november) == ("2026-11", True)
     assert invoice(db, "acme:2026-12")["needs_review"] is True
     assert invoice(db, "acme:2026-11")["needs_review"] is False
 
@@ -150,7 +159,7 @@ def test_a_second_decrease_in_a_later_month_flags_that_month(db, settings):
     report = write(december + 60, 800)  # down again, in December
 
     assert report.new_anomalies == 1
-    record = db.billing_anomalies.find_one({})
+    record = db.billing_anomalies.find_one({"period": "2026-12"})
     assert (record["period"], "reviewed" in record) == ("2026-12", False)
     assert invoice(db, "acme:2026-12")["needs_review"] is True
 
@@ -341,7 +350,7 @@ def test_a_reviewed_runner_that_goes_on_after_its_month_is_final_flags_the_new_m
     report = run_chore(db, now=december + timedelta(minutes=1), settings=settings)
 
     assert report.new_anomalies == 1
-    record = db.billing_anomalies.find_one({})
+    record = db.billing_anomalies.find_one({"period": "2026-12"})
     assert (record["period"], "reviewed" in record) == ("2026-12", False)
     assert invoice(db, "acme:2026-12")["needs_review"] is True
     assert invoice(db, "acme:2026-11")["needs_review"] is False  # a final never changes
@@ -641,3 +650,33 @@ def test_a_stale_read_of_a_runner_without_an_org_does_not_reopen_what_its_org_re
     assert db.billing_anomalies.find_one({})["resolved"] is True
     assert report.new_anomalies == 0
     assert db.billing_ledger.count_documents({"runner_id": runner_key("r1")}) == 1
+
+
+@pytest.mark.parametrize("frozen_between", [True, False])
+def test_a_runner_below_its_split_in_two_months_flags_both(db, settings, frozen_between):
+    """Outside reference (SPEC §3: `needs_review` when an anomaly touched the period): a
+    runner billed below its split in November, then again in December. One record per
+    runner followed it: December was left unflagged when November was final (the record
+    stayed there), November when it was not (the record moved away)."""
+    stamp = (NOW - timedelta(hours=1)).timestamp()
+    db.tasks.insert_one(below_split("r1", ended=None, status="RUNNING", stamp=stamp))
+    run_chore(db, now=NOW, settings=settings)
+    december = NOW + timedelta(days=10)
+    if frozen_between:
+        assert finalize_invoices(db, now=december, settings=settings) == ["acme:2026-11"]
+    grown = below_split("r1", ended=None, status="RUNNING", stamp=december.timestamp())
+    grown["context"].update(ai_tokens=1_800, ai_prompt_tokens=1_400, ai_completion_tokens=600)
+    db.tasks.replace_one({"_id": "r1"}, grown)
+    report = run_chore(db, now=december + timedelta(minutes=1), settings=settings)
+
+    assert report.tokens_billed == 1_000
+    assert invoice(db, "acme:2026-11")["needs_review"] is True
+    assert invoice(db, "acme:2026-12")["needs_review"] is True
+    january = december + timedelta(days=30)
+    finalized = finalize_invoices(db, now=january, settings=settings)
+    assert finalized == ["acme:2026-12"] if frozen_between else ["acme:2026-11", "acme:2026-12"]
+    assert [i["needs_review"] for i in db.billing_invoices.find()] == [True, True]
+    assert sorted(a["_id"] for a in db.billing_anomalies.find({"resolved": False})) == [
+        reviewed("r1", "total_below_split", "2026-11"),
+        reviewed("r1", "total_below_split", "2026-12"),
+    ]
