@@ -38,7 +38,10 @@ from chores.core.documents import (
     Period,
     Text,
     holds,
+    past_int64,
 )
+from chores.core.exceptions import InvoiceTooLarge
+from chores.core.settings import MAX_INT64
 from chores.core.writes import update_where, upsert_as_written
 from chores.metering.anomalies import AnomalyLog
 from chores.metering.fields import describe_value
@@ -200,6 +203,16 @@ class DraftBuild:
             "usage_groups": self.after.stored_groups(),
             "pending_fold": {"ids": self.entry_ids} if self.entries else None,
         }
+        too_large = past_int64(draft)
+        if too_large is not None:
+            where_in, value = too_large
+            raise InvoiceTooLarge(
+                f"the invoice of {org!r} for {period} would hold {where_in} = {value:,}, "
+                "past the largest number MongoDB stores "
+                f"({MAX_INT64:,}): not written, its usage stays in the ledger. Its prices "
+                "(REGISTRY_PATH) or MAX_TOKENS_PER_RUN are far beyond real usage: correct "
+                "them, then run again"
+            )
         return where, draft, not self.read_draft
 
 
@@ -218,6 +231,9 @@ class Invoices:
         self._anomalies = anomalies
         self._progress = progress
         self._sweeper = Sweeper(collections, ledger, progress)
+        # Drafts not written, each holding a number past what MongoDB stores: the others
+        # are written, these keep their marks, and the run raises the first at its end.
+        self.too_large: dict[tuple[str, str], InvoiceTooLarge] = {}
 
     # reading ---------------------------------------------------------------
     def final_periods(self, orgs: Iterable[str]) -> dict[str, set[str]]:
@@ -412,7 +428,8 @@ class Invoices:
             written.update(committed)
             repaired.update(differed)
             refusals = 0 if committed else refusals + 1
-        return Rebuilt(written=sorted(written), unsettled=todo, repaired=sorted(repaired))
+        unsettled = todo | set(self.too_large)
+        return Rebuilt(written=sorted(written), unsettled=unsettled, repaired=sorted(repaired))
 
     def _build_pass(
         self,
@@ -499,16 +516,22 @@ class Invoices:
                     read_updated_at=read.updated_at,
                 )
             )
-        updates = [
-            build.update(
-                ticket,
-                self._registry,
-                anomalies_open=build.pair in review,
-                now=now,
-                latest=latest_written(self._c),
-            )
-            for build in builds
-        ]
+        updates, writable = [], []
+        for build in builds:
+            try:
+                update = build.update(
+                    ticket,
+                    self._registry,
+                    anomalies_open=build.pair in review,
+                    now=now,
+                    latest=latest_written(self._c),
+                )
+            except InvoiceTooLarge as exc:  # one org's absurd sums never stop the others'
+                self.too_large[build.pair] = exc
+                continue
+            updates.append(update)
+            writable.append(build)
+        builds = writable
         refused, unmatched = update_where(self._c.invoices, updates)
         if unmatched:  # a draft read was replaced or removed meanwhile: which ones?
             refused |= self._not_written(builds, ticket)

@@ -160,3 +160,25 @@ def _problem(error: Any) -> str:
         return f"{field}: missing"
     said = str(error["msg"]).removeprefix("Value error, ")
     return f"{field}: {said} (got {error.get('input')!r:.40})"
+
+
+INT64 = range(-(2**63), 2**63)  # the integers a BSON document stores
+
+
+def past_int64(value: Any, path: str = "") -> tuple[str, int] | None:
+    """The first integer of a document about to be written that lies past the 64 bits
+    MongoDB stores (pymongo would refuse the whole write with an OverflowError): its dotted
+    path and value. None when every one fits."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None if value in INT64 else (path or "(the value)", value)
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = past_int64(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None

@@ -8,6 +8,7 @@
     ├── UnknownOrg              an org has no billing data at all
     ├── InvoiceNotFound         no invoice for that org and period
     ├── InvoiceOutOfDate        the ledger of a period holds usage its invoice does not (rerun)
+    ├── InvoiceTooLarge         an invoice would hold a number past what MongoDB stores
     ├── MalformedDocument       a billing document is not as the chore writes it (a hand edit)
     └── SourceIsReadOnly        code tried to write to the platform's tasks/findings
 
@@ -50,6 +51,12 @@ class InvoiceNotFound(ChoreError):
 
 class InvoiceOutOfDate(ChoreError):
     """The ledger of a period holds usage its stored invoice does not show (yet)."""
+
+
+class InvoiceTooLarge(ChoreError):
+    """An invoice would hold a number past the 64 bits MongoDB stores (a sum of tokens or
+    micro-dollars): it is not written, its usage stays in the ledger, and the run says so
+    once every other invoice is written."""
 
 
 class MalformedDocument(ChoreError):

@@ -327,7 +327,8 @@ class Settings(BaseSettings):
     lookback_seconds: float = Field(default=900.0, ge=0, le=366 * 24 * 3600)
     # At most 366 days: an end time further ahead than that is garbage (rules.LATEST_END).
     future_skew_seconds: float = Field(default=300.0, ge=0, le=366 * 24 * 3600)
-    max_tokens_per_run: int = Field(default=1_000_000_000, ge=1)
+    # At most what a ledger entry can store (its tokens are at most the ceiling).
+    max_tokens_per_run: int = Field(default=1_000_000_000, ge=1, le=MAX_INT64)
     # A runner still running (or waiting for its spawn finding) neither written (its stamp)
     # nor billed for this long is re-read once an hour instead of every run (`Batch.is_idle`).
     # At least an hour: a live runner's stamp lags one write, often minutes.

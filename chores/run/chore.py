@@ -153,6 +153,8 @@ def run_chore(
             meter.progress.clear_dirty(settled.marks)  # what they announced is decided
             if newest is not None:
                 meter.progress.advance_cursor(scope, newest)
+            for too_large in meter.invoices.too_large.values():
+                raise too_large  # all else done: the first draft that could not be stored
             for refused in meter.quota.refused.values():
                 raise refused  # all else done: the first invoice the decisions could not read
     except BaseException as exc:  # Ctrl-C and time limits too: the run log says it stopped

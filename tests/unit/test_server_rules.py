@@ -154,3 +154,31 @@ def test_the_decisions_of_every_known_org_are_made_a_batch_at_a_time(db, setting
     assert sorted(states) == orgs
     assert db[settings.collection("quota")].count_documents({}) == len(orgs)
     assert named and max(named) == 40
+
+
+def test_an_invoice_past_64_bits_is_refused_in_one_error_and_the_other_orgs_are_billed(
+    db, registry
+):
+    """Outside hunt: sums past what MongoDB stores (the ceiling raised to the largest
+    counter, two runners of 2**62 tokens) stopped the write of every draft with pymongo's
+    OverflowError: no invoice and no decision for any org of the run, at every run."""
+    from chores.core.exceptions import InvoiceTooLarge
+    from chores.core.settings import MAX_INT64, Settings
+
+    with pytest.raises(ValueError, match="less than or equal"):  # no entry could store it
+        Settings(mongo_url="mongomock://test", max_tokens_per_run=MAX_INT64 + 1)
+    settings = Settings(mongo_url="mongomock://test", max_tokens_per_run=MAX_INT64)
+    ended = NOW - timedelta(hours=1)
+    huge = [
+        ai_runner(f"h{n}", ended=ended, org="huge", model="ollama/llama3.1", tokens=2**62 + 1)
+        for n in range(2)
+    ]
+    db.tasks.insert_many([*huge, ai_runner("s1", ended=ended, org="small")])
+    for _ in range(2):  # every run says so; nothing else is held up
+        with pytest.raises(InvoiceTooLarge, match=r"'huge' for 2026-11 would hold .*tokens"):
+            run_chore(db, now=NOW, settings=settings, registry=registry)
+        invoices = {i["_id"]: i for i in db.billing_invoices.find()}
+        assert list(invoices) == ["small:2026-11"] and invoices["small:2026-11"]["total_micros"]
+        assert db.billing_ledger.count_documents({"org": "huge"}) == 2  # kept in the ledger
+        assert db.billing_quota.find_one({"_id": "small"})["state"] == "ok"
+        assert db.billing_dirty.count_documents({"org": "huge"}) >= 1  # built again next run
