@@ -182,3 +182,23 @@ def test_an_invoice_past_64_bits_is_refused_in_one_error_and_the_other_orgs_are_
         assert db.billing_ledger.count_documents({"org": "huge"}) == 2  # kept in the ledger
         assert db.billing_quota.find_one({"_id": "small"})["state"] == "ok"
         assert db.billing_dirty.count_documents({"org": "huge"}) >= 1  # built again next run
+
+
+def test_a_draft_past_a_documents_16_mb_is_refused_in_one_error_and_the_others_are_billed(
+    db, settings, registry, monkeypatch
+):
+    """Outside hunt: a draft keeps a usage group per model name, key source and day, and
+    4,500 model names over a month passed MongoDB's 16 MiB a document (a server refuses
+    the write, and with it every draft of the run). The limit is lowered here: mongomock
+    stores any size."""
+    from chores.billing import invoices
+    from chores.core.exceptions import InvoiceTooLarge
+
+    monkeypatch.setattr(invoices, "MAX_DRAFT_BYTES", 20_000)
+    ended = NOW - timedelta(hours=1)
+    names = [ai_runner(f"m{n}", ended=ended, org="wild", model=f"m-{n:04d}") for n in range(80)]
+    db.tasks.insert_many([*names, ai_runner("s1", ended=ended, org="small")])
+    with pytest.raises(InvoiceTooLarge, match=r"'wild' for 2026-11 would take [\d,]+ bytes"):
+        run_chore(db, now=NOW, settings=settings, registry=registry)
+    assert [i["_id"] for i in db.billing_invoices.find()] == ["small:2026-11"]
+    assert db.billing_ledger.count_documents({"org": "wild"}) == 80
