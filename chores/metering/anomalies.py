@@ -64,6 +64,9 @@ class Recorded(NamedTuple):
     period: Any
     resolved: bool
     reviewed: bool = False
+    # its `_id` when not the anomaly's own (`anomaly_id`): a record of a kind billed all the
+    # same written before such records had a usage month (`AnomalyLog.previous`)
+    stored_id: str | None = None
 
     def open_at(self, org: str | None, period: str | None) -> bool:
         """Whether it is open on the invoice of `(org, period)`, reviewed or not."""
@@ -75,14 +78,24 @@ class AnomalyLog:
         self._anomalies = collections.anomalies
 
     def previous(self, records: Sequence[AnomalyRecord]) -> dict[str, Recorded]:
-        """Where the already-recorded anomalies among `records` stand, by `anomaly_id`."""
-        ids = sorted({anomaly_id(r) for r in records})
+        """Where the already-recorded anomalies among `records` stand, by `anomaly_id`.
+
+        A kind billed all the same was one record per runner (`<runner_id>:<kind>`) before
+        it had one per usage month: such a record, open on its org's invoice of that month
+        or a later one, stands for the anomaly of that month (one read: both ids are
+        asked for), so that an upgrade neither records it twice nor undoes its review."""
+        legacy = {
+            anomaly_id(r): f"{r.runner_id}:{r.kind}"
+            for r in records
+            if r.kind in Anomaly.BILLED_FLAGGED and r.usage_period is not None
+        }
+        ids = sorted({anomaly_id(r) for r in records} | set(legacy.values()))
         if not ids:
             return {}
         cursor = self._anomalies.find(
             {"_id": {"$in": ids}}, {"org": 1, "period": 1, "resolved": 1, "reviewed": 1}
         )
-        return {
+        found = {
             d["_id"]: Recorded(
                 _org_of(d),
                 _period_of(d),
@@ -91,6 +104,14 @@ class AnomalyLog:
             )
             for d in cursor
         }
+        for r in records:
+            record_id = anomaly_id(r)
+            old = found.get(legacy.get(record_id, record_id))
+            if record_id not in found and record_id in legacy and old is not None:
+                its_month = old.period is not None and str(r.usage_period) <= old.period
+                if not old.resolved and old.org == r.org and its_month:
+                    found[record_id] = old._replace(stored_id=legacy[record_id])
+        return found
 
     def open_for(self, runner_ids: Sequence[str]) -> set[str]:
         """Which of `runner_ids` have an anomaly not resolved (one read, when any)."""
@@ -134,7 +155,7 @@ class AnomalyLog:
                     "run_id": run_id,
                 }
             elif not known.open_at(r.org, r.period):
-                moves[(r.org, r.period, r.detail)].append(record_id)
+                moves[(r.org, r.period, r.detail)].append(known.stored_id or record_id)
         insert_ignoring_duplicates(self._anomalies, list(fresh.values()))
         for (org, period, detail), ids in sorted(moves.items(), key=lambda item: str(item[0])):
             self._anomalies.update_many(
