@@ -469,7 +469,7 @@ class Invoices:
             pair
             for pair, held in sums.items()
             if held.status != "final" and (held.ticket is None or held.ticket < ticket)
-        }
+        } - set(self.too_large)  # refused for its size this run: not read again
         # Entries a build committed and did not live to flag: flagged first, never re-read.
         self._ledger.flag_folded(
             [(pair, sums[pair].pending, sums[pair].ticket or 0) for pair in live]
@@ -560,7 +560,7 @@ class Invoices:
             )
         again = {builds[i].pair for i in refused}
         if len(new) >= self.FOLD_LIMIT:  # more may be waiting, for any pair of this pass
-            again |= live
+            again |= live - set(self.too_large)
         ids_committed = {build.id for build in committed}
         return ids_committed, again, differed & ids_committed
 
@@ -626,7 +626,7 @@ class Invoices:
         deleted: the caller deletes them once everything derived from the drafts (the
         quota decisions) is written, so a crash before that leaves them for the next run.
         """
-        mark_ids, pairs = self._progress.dirty(org)
+        deletable, pairs = self._progress.dirty(org)
         pairs |= self._stale_drafts(org)
         from_ledger: frozenset[tuple[str, str]] = frozenset()
         if full:
@@ -636,9 +636,12 @@ class Invoices:
         written: set[str] = set()
         repaired: set[str] = set()
         unsettled: set[tuple[str, str]] = set()
+        late_marks: list[str] = []
+        swept_to: set[tuple[str, str]] = set()
         for _ in range(3):  # a draft finalized under our feet: sweep it, then its target
-            late_marks, targets = self._sweeper.sweep(pairs, now)
-            mark_ids += late_marks
+            late, targets = self._sweeper.sweep(pairs, now)
+            late_marks += late
+            swept_to |= targets
             rebuilt = self.rebuild(pairs | targets, now, from_ledger=from_ledger)
             written.update(rebuilt.written)
             repaired.update(rebuilt.repaired)
@@ -648,8 +651,15 @@ class Invoices:
             pairs = {(o, p) for o, p in refused if p in finals[o]}
             if not pairs:
                 break
-        # A draft given up on keeps every mark: the next run builds it again.
-        marks = [] if unsettled else mark_ids
+        # A draft given up on keeps every mark: the next run builds it again. One refused
+        # for its size keeps its own (it is refused again until its usage is corrected),
+        # not the others': they would pile up, every run rebuilding every draft again.
+        too_large = set(self.too_large)
+        marks: list[str] = []
+        if not unsettled - too_large:
+            marks = [mark for mark, pair in deletable.items() if pair not in too_large]
+            if not swept_to & too_large:
+                marks += late_marks
         return Settled(written=sorted(written), orgs=orgs, marks=marks, repaired=sorted(repaired))
 
     def _drafts(self, org: str | None) -> set[tuple[str, str]]:

@@ -240,10 +240,11 @@ class Progress:
         if mark_ids:
             self._c.dirty.update_many({"_id": {"$in": list(mark_ids)}}, {"$set": {"open": False}})
 
-    def dirty(self, org: str | None) -> tuple[list[str], set[tuple[str, str]]]:
-        """`(ids of the marks a settle may delete, every (org, period) marked)` in scope."""
+    def dirty(self, org: str | None) -> tuple[dict[str, tuple[str, str]], set[tuple[str, str]]]:
+        """`(the marks a settle may delete, each id with its (org, period); every (org,
+        period) marked)` in scope."""
         query: Doc = {} if org is None else {"org": {"$eq": org}}
-        ids: list[str] = []
+        ids: dict[str, tuple[str, str]] = {}
         pairs: set[tuple[str, str]] = set()
         wall = _clock.wall_clock()
         for mark in self._c.dirty.find(query):
@@ -254,7 +255,7 @@ class Progress:
                 expires_at = mark["at"] + OPEN_MARK_EXPIRY  # a mark written before expires_at
             expired = isinstance(expires_at, datetime) and as_utc(expires_at) < wall
             if not mark.get("open") or expired:
-                ids.append(mark["_id"])
+                ids[mark["_id"]] = (mark["org"], mark["period"])
         return ids, pairs
 
     def clear_dirty(self, mark_ids: Sequence[str]) -> None:

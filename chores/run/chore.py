@@ -28,10 +28,11 @@ from chores.core.db import (
     ensure_billing_indexes,
     missing_source_indexes,
 )
+from chores.core.documents import past_int64
 from chores.core.exceptions import ConfigError
 from chores.core.logs import redact_urls
 from chores.core.orgs import validate_org
-from chores.core.settings import Settings, get_settings
+from chores.core.settings import MAX_INT64, Settings, get_settings
 from chores.metering.ledger import Ledger
 from chores.metering.progress import (
     Progress,
@@ -211,7 +212,28 @@ def run_document(report: RunReport) -> Doc:
         if len(listed) > RUN_RECORD_LISTED:
             doc[field] = listed[:RUN_RECORD_LISTED]
             doc[f"{field}_omitted"] = len(listed) - RUN_RECORD_LISTED
+    # A run's sums can pass what MongoDB stores though each invoice fits (a ceiling and
+    # counters far beyond real usage): the record keeps the largest number it can, and
+    # says where (the ledger and the invoices hold the real figures).
+    capped = []
+    while (found := past_int64(doc)) is not None:
+        path, value = found
+        _set_path(doc, path, MAX_INT64 if value > 0 else -MAX_INT64 - 1)
+        capped.append(path)
+    if capped:
+        doc["capped"] = capped
     return doc
+
+
+def _set_path(doc: Any, path: str, value: int) -> None:
+    """Set the value at a dotted path of `past_int64` (list indexes as numbers)."""
+    *parents, last = path.split(".")
+    for key in parents:
+        doc = doc[int(key)] if isinstance(doc, list) else doc[key]
+    if isinstance(doc, list):
+        doc[int(last)] = value
+    else:
+        doc[last] = value
 
 
 def finalize_invoices(

@@ -148,7 +148,7 @@ def test_an_all_orgs_run_beside_an_org_run_keeps_its_mark_draft_and_quota_right(
 
 # 3 -----------------------------------------------------------------------------------------
 def test_two_concurrent_finalizes_never_book_an_entry_a_final_invoice_omits(db, settings, registry):
-    """`Invoices.finalize`: each finalize claims unbooked entries (`book_period`), then
+    """`Finalizer.finalize`: each finalize claims unbooked entries (`book_period`), then
     builds the final invoice from the entries booked *at its read*, then writes it
     (first writer wins). F1 claims E1 and reads; a run inserts E2; F2 claims E2; F1
     writes the final invoice (E1 only); F2's write is refused and its `book_late` finds
@@ -216,7 +216,7 @@ def test_two_concurrent_finalizes_never_book_an_entry_a_final_invoice_omits(db, 
 def test_a_crash_between_late_booking_and_its_dirty_mark_keeps_the_late_entry(
     db, settings, registry
 ):
-    """`Invoices.finalize` books entries that slipped in as late into November
+    """`Finalizer.finalize` books entries that slipped in as late into November
     (`book_late`) and only then writes the dirty mark announcing them, the opposite of
     the protocol ("marks are written before the entries they announce"). A crash
     between the two leaves an entry booked into November with no mark and, here, no

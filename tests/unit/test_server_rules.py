@@ -202,3 +202,61 @@ def test_a_draft_past_a_documents_16_mb_is_refused_in_one_error_and_the_others_a
         run_chore(db, now=NOW, settings=settings, registry=registry)
     assert [i["_id"] for i in db.billing_invoices.find()] == ["small:2026-11"]
     assert db.billing_ledger.count_documents({"org": "wild"}) == 80
+
+
+def test_a_draft_refused_for_its_size_holds_up_no_other_org_run_after_run(
+    db, settings, registry, monkeypatch
+):
+    """Review: with more unfolded entries than a build pass reads, the refused draft was
+    asked for again and again (another org's draft rewritten each pass: the run never
+    ended), and every other org's marks were kept, piling up run after run."""
+    from chores.billing import invoices
+    from chores.core.exceptions import InvoiceTooLarge
+
+    monkeypatch.setattr(invoices, "MAX_DRAFT_BYTES", 20_000)
+    monkeypatch.setattr(invoices.Invoices, "FOLD_LIMIT", 5)
+    passes = 0
+    build_pass = invoices.Invoices._build_pass
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal passes
+        passes += 1
+        assert passes < 100, "a build pass after another, without end"
+        return build_pass(self, *args, **kwargs)
+
+    monkeypatch.setattr(invoices.Invoices, "_build_pass", counted)
+    ended = NOW - timedelta(hours=1)
+    wild = [ai_runner(f"m{n}", ended=ended, org="wild", model=f"m-{n:04d}") for n in range(80)]
+    db.tasks.insert_many([*wild, ai_runner("s1", ended=ended, org="small")])
+    for hour in range(3):
+        now = NOW + timedelta(hours=hour)
+        db.tasks.insert_one(ai_runner(f"s-{hour}", ended=now - timedelta(minutes=1), org="small"))
+        with pytest.raises(InvoiceTooLarge):
+            run_chore(db, now=now, settings=settings, registry=registry)
+        small = db.billing_invoices.find_one({"_id": "small:2026-11"})
+        assert small["runs"] == hour + 2  # every run bills small's new runner
+        assert db.billing_dirty.count_documents({"org": "small"}) == 0  # none piles up
+    wild_draft = db.billing_invoices.find_one({"_id": "wild:2026-11"})
+    assert wild_draft is None or wild_draft["runs"] < 80  # what fitted, never frozen so
+
+
+def test_a_run_whose_sums_pass_64_bits_keeps_its_record_capped(db, registry):
+    """Review: each invoice fitting, the run's own total did not, and its record was
+    refused with pymongo's OverflowError after the work was done."""
+    from chores.core.settings import MAX_INT64, Settings
+
+    settings = Settings(mongo_url="mongomock://test", max_tokens_per_run=MAX_INT64)
+    ended = NOW - timedelta(hours=1)
+    db.tasks.insert_many(
+        [
+            ai_runner(
+                f"h{n}", ended=ended, org=f"org{n}", model="ollama/llama3.1", tokens=2**62 + 1
+            )
+            for n in range(2)
+        ]
+    )
+    report = run_chore(db, now=NOW, settings=settings, registry=registry)
+    assert report.tokens_billed == 2**63 + 2  # the report of the run has it all
+    (record,) = db.billing_runs.find()
+    assert (record["tokens_billed"], record["capped"]) == (MAX_INT64, ["tokens_billed"])
+    assert [o["tokens"] for o in record["orgs"]] == [2**62 + 1, 2**62 + 1]
