@@ -652,12 +652,13 @@ class Invoices:
             if not pairs:
                 break
         # A draft given up on keeps every mark: the next run builds it again. One refused
-        # for its size keeps its own (it is refused again until its usage is corrected),
-        # not the others': they would pile up, every run rebuilding every draft again.
+        # for its size keeps one of its own (the next run tries it again, and says so),
+        # not the others': they would pile up, one a finalize, one a run.
         too_large = set(self.too_large)
         marks: list[str] = []
         if not unsettled - too_large:
-            marks = [mark for mark, pair in deletable.items() if pair not in too_large]
+            kept = {pair: mark for mark, pair in sorted(deletable.items()) if pair in too_large}
+            marks = [mark for mark in deletable if mark not in kept.values()]
             if not swept_to & too_large:
                 marks += late_marks
         return Settled(written=sorted(written), orgs=orgs, marks=marks, repaired=sorted(repaired))

@@ -337,7 +337,7 @@ def status(limit: int, now: datetime | None) -> None:
             str(r["started_at"])[:19],
             escape(r.get("org") or "all"),
             f"{r['docs_read']:,}",
-            f"{r['tokens_billed']:,}",
+            f"{r['tokens_billed']:,}" + ("+" if "tokens_billed" in r.get("capped", []) else ""),
             f"{sum(r.get('anomalies', {}).values()):,}",
             escape(r.get("error") or ""),
         )

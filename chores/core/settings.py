@@ -278,6 +278,7 @@ def _check_database_number(url: str) -> None:
 
 
 MAX_INT64 = 2**63 - 1  # the largest integer MongoDB stores
+MAX_TOKENS_CEILING = 10**15  # the largest MAX_TOKENS_PER_RUN
 # The longest a Redis key may live here (a lock, a mirrored decision): Redis refuses an
 # expiry past 2**63 ms, and a lock held for longer than a week is a worker gone, not a run.
 WEEK_SECONDS = 7 * 24 * 3600
@@ -327,8 +328,9 @@ class Settings(BaseSettings):
     lookback_seconds: float = Field(default=900.0, ge=0, le=366 * 24 * 3600)
     # At most 366 days: an end time further ahead than that is garbage (rules.LATEST_END).
     future_skew_seconds: float = Field(default=300.0, ge=0, le=366 * 24 * 3600)
-    # At most what a ledger entry can store (its tokens are at most the ceiling).
-    max_tokens_per_run: int = Field(default=1_000_000_000, ge=1, le=MAX_INT64)
+    # At most a quadrillion: a million times the default, and 9,000 runners at the ceiling
+    # in one invoice before a sum passes the 64 bits MongoDB stores (`InvoiceTooLarge`).
+    max_tokens_per_run: int = Field(default=1_000_000_000, ge=1, le=MAX_TOKENS_CEILING)
     # A runner still running (or waiting for its spawn finding) neither written (its stamp)
     # nor billed for this long is re-read once an hour instead of every run (`Batch.is_idle`).
     # At least an hour: a live runner's stamp lags one write, often minutes.

@@ -94,6 +94,7 @@ class _StoredRun(TypedDict):
     org: Text | None
     docs_read: Integer
     tokens_billed: Integer
+    capped: NotRequired[list[Text]]  # numbers kept at the largest MongoDB stores
     anomalies: NotRequired[dict[Text, Integer]]
     error: NotRequired[Text | None]
 

@@ -159,29 +159,33 @@ def test_the_decisions_of_every_known_org_are_made_a_batch_at_a_time(db, setting
 def test_an_invoice_past_64_bits_is_refused_in_one_error_and_the_other_orgs_are_billed(
     db, registry
 ):
-    """Outside hunt: sums past what MongoDB stores (the ceiling raised to the largest
-    counter, two runners of 2**62 tokens) stopped the write of every draft with pymongo's
-    OverflowError: no invoice and no decision for any org of the run, at every run."""
+    """Outside hunt: sums past what MongoDB stores (a ceiling and a price far beyond real
+    usage) stopped the write of every draft with pymongo's OverflowError: no invoice and no
+    decision for any org of the run, at every run."""
     from chores.core.exceptions import InvoiceTooLarge
-    from chores.core.settings import MAX_INT64, Settings
+    from chores.core.settings import MAX_TOKENS_CEILING, Settings
+    from pricing import Registry
 
-    with pytest.raises(ValueError, match="less than or equal"):  # no entry could store it
-        Settings(mongo_url="mongomock://test", max_tokens_per_run=MAX_INT64 + 1)
-    settings = Settings(mongo_url="mongomock://test", max_tokens_per_run=MAX_INT64)
+    with pytest.raises(ValueError, match="less than or equal"):
+        Settings(mongo_url="mongomock://test", max_tokens_per_run=MAX_TOKENS_CEILING + 1)
+    settings = Settings(mongo_url="mongomock://test", max_tokens_per_run=MAX_TOKENS_CEILING)
+    data = registry.model_dump(mode="json")
+    for model in data["models"]:
+        if model["id"] == "gpt-4o":  # $99,999 per million: the largest rate a registry takes
+            for price in model["prices"]:
+                price.update(input="99999", cached_input=None, output="99999")
+    pricey = Registry.model_validate(data)
     ended = NOW - timedelta(hours=1)
-    huge = [
-        ai_runner(f"h{n}", ended=ended, org="huge", model="ollama/llama3.1", tokens=2**62 + 1)
-        for n in range(2)
-    ]
-    db.tasks.insert_many([*huge, ai_runner("s1", ended=ended, org="small")])
+    huge = ai_runner("h1", ended=ended, org="huge", model="gpt-4o", tokens=MAX_TOKENS_CEILING)
+    db.tasks.insert_many([huge, ai_runner("s1", ended=ended, org="small")])
     for _ in range(2):  # every run says so; nothing else is held up
-        with pytest.raises(InvoiceTooLarge, match=r"'huge' for 2026-11 would hold .*tokens"):
-            run_chore(db, now=NOW, settings=settings, registry=registry)
+        with pytest.raises(InvoiceTooLarge, match=r"'huge' for 2026-11 would hold .*amount"):
+            run_chore(db, now=NOW, settings=settings, registry=pricey)
         invoices = {i["_id"]: i for i in db.billing_invoices.find()}
         assert list(invoices) == ["small:2026-11"] and invoices["small:2026-11"]["total_micros"]
-        assert db.billing_ledger.count_documents({"org": "huge"}) == 2  # kept in the ledger
+        assert db.billing_ledger.count_documents({"org": "huge"}) == 1  # kept in the ledger
         assert db.billing_quota.find_one({"_id": "small"})["state"] == "ok"
-        assert db.billing_dirty.count_documents({"org": "huge"}) >= 1  # built again next run
+        assert db.billing_dirty.count_documents({"org": "huge"}) == 1  # built again next run
 
 
 def test_a_draft_past_a_documents_16_mb_is_refused_in_one_error_and_the_others_are_billed(
@@ -237,26 +241,38 @@ def test_a_draft_refused_for_its_size_holds_up_no_other_org_run_after_run(
         assert small["runs"] == hour + 2  # every run bills small's new runner
         assert db.billing_dirty.count_documents({"org": "small"}) == 0  # none piles up
     wild_draft = db.billing_invoices.find_one({"_id": "wild:2026-11"})
-    assert wild_draft is None or wild_draft["runs"] < 80  # what fitted, never frozen so
+    assert wild_draft is None or wild_draft["runs"] < 80  # what fitted
+    for days in (10, 11, 12):  # each finalize marks it; the runs keep one mark of it
+        later = NOW + timedelta(days=days)
+        assert finalize_invoices(db, now=later, settings=settings) == ["small:2026-11"] * (
+            days == 10
+        )
+        with pytest.raises(InvoiceTooLarge):
+            run_chore(db, now=later, settings=settings, registry=registry)
+        assert db.billing_dirty.count_documents({"org": "wild"}) == 1
+    assert db.billing_invoices.find_one({"_id": "wild:2026-11"})["status"] == "draft"
 
 
-def test_a_run_whose_sums_pass_64_bits_keeps_its_record_capped(db, registry):
+def test_a_run_whose_sums_pass_64_bits_keeps_its_record_capped(env_db, registry):
     """Review: each invoice fitting, the run's own total did not, and its record was
-    refused with pymongo's OverflowError after the work was done."""
-    from chores.core.settings import MAX_INT64, Settings
+    refused with pymongo's OverflowError after the work was done; `chore status` shows
+    the capped total with a `+`."""
+    from click.testing import CliRunner
 
-    settings = Settings(mongo_url="mongomock://test", max_tokens_per_run=MAX_INT64)
-    ended = NOW - timedelta(hours=1)
-    db.tasks.insert_many(
-        [
-            ai_runner(
-                f"h{n}", ended=ended, org=f"org{n}", model="ollama/llama3.1", tokens=2**62 + 1
-            )
-            for n in range(2)
-        ]
-    )
-    report = run_chore(db, now=NOW, settings=settings, registry=registry)
-    assert report.tokens_billed == 2**63 + 2  # the report of the run has it all
-    (record,) = db.billing_runs.find()
+    from chores import get_settings
+    from chores.cli import main
+    from chores.core.settings import MAX_INT64
+    from chores.run.chore import run_document
+    from chores.run.report import OrgSummary
+
+    db = env_db
+    report = run_chore(db, now=NOW, settings=get_settings(), registry=registry)
+    report.tokens_billed = 2**63 + 2
+    report.orgs = {f"org{n}": OrgSummary(tokens=2**62 + 1) for n in range(2)}
+    record = run_document(report)
     assert (record["tokens_billed"], record["capped"]) == (MAX_INT64, ["tokens_billed"])
     assert [o["tokens"] for o in record["orgs"]] == [2**62 + 1, 2**62 + 1]
+    db.billing_runs.delete_many({})
+    db.billing_runs.insert_one(record)
+    shown = CliRunner().invoke(main, ["status"], env={"COLUMNS": "200"})
+    assert f"{MAX_INT64:,}+" in shown.output, shown.output
