@@ -209,26 +209,31 @@ class DraftBuild:
             "usage_groups": self.after.stored_groups(),
             "pending_fold": {"ids": self.entry_ids} if self.entries else None,
         }
-        too_large = past_int64(draft)
-        if too_large is not None:
-            where_in, value = too_large
-            raise InvoiceTooLarge(
-                f"the invoice of {org!r} for {period} would hold {where_in} = {value:,}, "
-                "past the largest number MongoDB stores "
-                f"({MAX_INT64:,}): not written, its usage stays in the ledger. Its prices "
-                "(REGISTRY_PATH) or MAX_TOKENS_PER_RUN are far beyond real usage: correct "
-                "them, then run again"
-            )
-        size = len(bson.encode(draft))
-        if size > MAX_DRAFT_BYTES:
-            raise InvoiceTooLarge(
-                f"the invoice of {org!r} for {period} would take {size:,} bytes, past the "
-                f"{MAX_DRAFT_BYTES:,} a MongoDB document may: {len(invoice.lines):,} lines, "
-                f"{len(draft['usage_groups']):,} usage groups (one per model name, key "
-                "source and day). Not written, its usage stays in the ledger: its runners "
-                "report thousands of model names"
-            )
+        refuse_unstorable(draft)
         return where, draft, not self.read_draft
+
+
+def refuse_unstorable(draft: Doc) -> None:
+    """`InvoiceTooLarge` for a draft MongoDB cannot store: a number past 64 bits, or more
+    than MAX_DRAFT_BYTES (pymongo would refuse the write, and every draft written with it)."""
+    name = f"the invoice of {draft['org']!r} for {draft['period']}"
+    too_large = past_int64(draft)
+    if too_large is not None:
+        where_in, value = too_large
+        raise InvoiceTooLarge(
+            f"{name} would hold {where_in} = {value:,}, past the largest number MongoDB "
+            f"stores ({MAX_INT64:,}): not written, its usage stays in the ledger. Its prices "
+            "(REGISTRY_PATH) or MAX_TOKENS_PER_RUN are far beyond real usage: correct them, "
+            "then run again"
+        )
+    size = len(bson.encode(draft))
+    if size > MAX_DRAFT_BYTES:
+        raise InvoiceTooLarge(
+            f"{name} would take {size:,} bytes, past the {MAX_DRAFT_BYTES:,} a MongoDB "
+            f"document may: {len(draft['lines']):,} lines, {len(draft['usage_groups']):,} "
+            "usage groups (one per model name, key source and day). Not written, its usage "
+            "stays in the ledger: its runners report thousands of model names"
+        )
 
 
 class Invoices:
@@ -246,8 +251,8 @@ class Invoices:
         self._anomalies = anomalies
         self._progress = progress
         self._sweeper = Sweeper(collections, ledger, progress)
-        # Drafts not written, each holding a number past what MongoDB stores: the others
-        # are written, these keep their marks, and the run raises the first at its end.
+        # Drafts not written, each one MongoDB cannot store (`refuse_unstorable`): the
+        # others are written, these keep a mark, and the run raises the first at its end.
         self.too_large: dict[tuple[str, str], InvoiceTooLarge] = {}
 
     # reading ---------------------------------------------------------------

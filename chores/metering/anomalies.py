@@ -84,11 +84,12 @@ class AnomalyLog:
         it had one per usage month: such a record, open on its org's invoice of that month
         or a later one, stands for the anomaly of that month (one read: both ids are
         asked for), so that an upgrade neither records it twice nor undoes its review."""
-        legacy = {
-            anomaly_id(r): f"{r.runner_id}:{r.kind}"
+        by_month = {
+            anomaly_id(r): r
             for r in records
             if r.kind in Anomaly.BILLED_FLAGGED and r.usage_period is not None
         }
+        legacy = {record_id: f"{r.runner_id}:{r.kind}" for record_id, r in by_month.items()}
         ids = sorted({anomaly_id(r) for r in records} | set(legacy.values()))
         if not ids:
             return {}
@@ -104,13 +105,12 @@ class AnomalyLog:
             )
             for d in cursor
         }
-        for r in records:
-            record_id = anomaly_id(r)
-            old = found.get(legacy.get(record_id, record_id))
-            if record_id not in found and record_id in legacy and old is not None:
-                its_month = old.period is not None and str(r.usage_period) <= old.period
-                if not old.resolved and old.org == r.org and its_month:
-                    found[record_id] = old._replace(stored_id=legacy[record_id])
+        for record_id, r in by_month.items():
+            old = found.get(legacy[record_id])
+            if record_id in found or old is None or old.resolved or old.org != r.org:
+                continue
+            if old.period is not None and str(r.usage_period) <= old.period:
+                found[record_id] = old._replace(stored_id=legacy[record_id])
         return found
 
     def open_for(self, runner_ids: Sequence[str]) -> set[str]:
