@@ -32,7 +32,7 @@ from chores.metering.rules import (
 from chores.metering.runner_keys import runner_key
 from chores.metering.source import LOWEST_STAMP, Source, chunked, stamp_of
 from chores.quota.decisions import Quota
-from chores.run.placement import open_at, place, was_resolved
+from chores.run.placement import Placement, open_at, was_resolved
 from chores.run.report import RunReport
 from pricing import Registry
 
@@ -261,10 +261,7 @@ class Pipeline:
         report.docs_read += len(docs)
         report.count_idle(batch.idle, read=runner_ids)
         if dry_run:  # counted where a run would write them
-            known = self.anomalies.previous(batch.anomalies)
-            placed = place(
-                batch.anomalies, known, now=now, billing=batch.billing(), invoices=self.invoices
-            )
+            placed, known = self._placed(batch.anomalies, billing=batch.billing(), now=now)
             _count_anomalies(report, placed, known)
             self._tally(report, batch.entries)
             return
@@ -286,10 +283,7 @@ class Pipeline:
         list, the entries, the runners done off the list, then the marks closed
         (docs/design.md). `heads` are the ledger heads the batch was assessed from, by
         `rules`."""
-        known = self.anomalies.previous(batch.anomalies)
-        placed = place(
-            batch.anomalies, known, now=now, billing=batch.billing(), invoices=self.invoices
-        )
+        placed, known = self._placed(batch.anomalies, billing=batch.billing(), now=now)
         anomalies, known = self._confirmed(placed, known, heads, rules, batch, org=org, now=now)
         _count_anomalies(report, anomalies, known)  # as written: a second read may change them
         healed, healed_pairs = self.anomalies.resolvable(batch.clean)
@@ -368,11 +362,18 @@ class Pipeline:
             # an `--org` run records nothing of another org's (a document moved meanwhile)
             if record.runner_id in suspects and (org is None or record.org == org)
         ]
-        known.update(self.anomalies.previous(seen_again))
+        placed, known_again = self._placed(seen_again, billing=batch.billing(), now=now)
         kept = [a for a in anomalies if a.runner_id not in suspects]
-        return kept + place(
-            seen_again, known, now=now, billing=batch.billing(), invoices=self.invoices
-        ), known
+        return kept + placed, {**known, **known_again}
+
+    def _placed(
+        self, anomalies: Sequence[AnomalyRecord], *, billing: set[str], now: datetime
+    ) -> tuple[list[AnomalyRecord], dict[str, Recorded]]:
+        """The anomalies, each where it is recorded (`Placement`), and where the records
+        it may write stand (`AnomalyLog.previous`)."""
+        placement = Placement(anomalies, now=now, billing=billing, invoices=self.invoices)
+        known = self.anomalies.previous(placement.candidates)
+        return placement.place(known), known
 
     def _assess(
         self,

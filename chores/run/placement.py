@@ -1,9 +1,10 @@
-"""Where an anomaly is recorded: the invoice it flags for review (`place`).
+"""Where an anomaly is recorded: the invoice it flags for review (`Placement`).
 
 Its usage period's invoice, unless that invoice is final (a final never changes): then the
 org's open period. One recorded open already may stay where it is (`stays`): on a final
 frozen flagged for it, or where a person reviewed it while nothing of it lands on an
-invoice nobody has looked at for it (docs/contract.md, Anomalies).
+invoice nobody has looked at for it. Usage billed late with one staying on a final opens a
+record of the open month (docs/contract.md, Anomalies).
 """
 
 from __future__ import annotations
@@ -17,40 +18,93 @@ from chores.metering.anomalies import Recorded, anomaly_id
 from chores.metering.rules import Anomaly, AnomalyRecord
 
 
-def place(
-    anomalies: Sequence[AnomalyRecord],
-    known: Mapping[str, Recorded],
-    *,
-    now: datetime,
-    billing: set[str],
-    invoices: Invoices,
-) -> list[AnomalyRecord]:
-    """The anomalies, each in the period whose invoice it flags for review: its usage
-    period, unless that invoice is final (a final never changes): then the org's open
-    period, where its usage lands as late usage once the document is fixed. Where it is
-    recorded open already (`known`), it may stay (`stays`): on a final, that invoice
-    was frozen flagged for it, and a reviewer finds it beside it; reviewed by a person,
-    while nothing of it lands on an invoice nobody has looked at for it (`billing`: the
-    runners this batch bills usage to, `Batch.billing`)."""
-    orgs = {a.org for a in anomalies if a.org is not None and a.period is not None}
-    finals = invoices.final_flags(orgs) if orgs else {}
-    placed = []
-    for anomaly in anomalies:
-        flags = finals.get(anomaly.org or "", {})
-        final = set(flags)
-        recorded = known.get(anomaly_id(anomaly))
-        if recorded is not None and stays(recorded, anomaly, flags, billing):
-            anomaly = anomaly._replace(period=recorded.period)
-        elif anomaly.period in final:
-            anomaly = anomaly._replace(period=open_period(now, final))
-        placed.append(anomaly)
-    return placed
+class Placement:
+    """Where a batch's anomalies are recorded: the invoice each flags for review.
+
+    Its usage period's invoice, unless that invoice is final (a final never changes): then
+    the org's open period, where its usage lands as late usage once the document is fixed.
+    Where it is recorded open already, it may stay (`stays`): on a final, that invoice was
+    frozen flagged for it, and a reviewer finds it beside it; reviewed by a person, while
+    nothing of it lands on an invoice nobody has looked at for it (`billing`: the runners
+    this batch bills usage to, `Batch.billing`).
+
+    A kind billed all the same (`Anomaly.BILLED_FLAGGED`) staying on a final while this
+    batch bills its runner usage of a final month: that usage lands on the open month as
+    late usage, so a record of the open month opens there and flags it (`late_records`,
+    asked for with the others: `candidates`), the final's stays where it is.
+
+    The finals of the batch's orgs are read once, when it is built."""
+
+    def __init__(
+        self,
+        anomalies: Sequence[AnomalyRecord],
+        *,
+        now: datetime,
+        billing: set[str],
+        invoices: Invoices,
+    ):
+        self.anomalies = list(anomalies)
+        self.now = now
+        self.billing = billing
+        orgs = {a.org for a in anomalies if a.org is not None and a.period is not None}
+        self.finals = invoices.final_flags(orgs) if orgs else {}
+        self.late_records = {
+            anomaly_id(anomaly): self._of_open_month(anomaly)
+            for anomaly in self.anomalies
+            if self._billed_late(anomaly)
+        }
+
+    @property
+    def candidates(self) -> list[AnomalyRecord]:
+        """Every record the batch may write: where they stand is read for these
+        (`AnomalyLog.previous`), in one read."""
+        return [*self.anomalies, *self.late_records.values()]
+
+    def place(self, known: Mapping[str, Recorded]) -> list[AnomalyRecord]:
+        """The anomalies, each in the period whose invoice it flags for review, given where
+        the `candidates` are recorded open already (`known`)."""
+        placed = []
+        for anomaly in self.anomalies:
+            flags = self._finals_of(anomaly)
+            record_id = anomaly_id(anomaly)
+            recorded = known.get(record_id)
+            if recorded is not None and stays(recorded, anomaly, flags, self.billing):
+                if record_id in self.late_records and recorded.period in flags:
+                    anomaly = self.late_records[record_id]
+                else:
+                    anomaly = anomaly._replace(period=recorded.period)
+            elif anomaly.period in flags:
+                anomaly = anomaly._replace(period=self._open_period(anomaly))
+            placed.append(anomaly)
+        return placed
+
+    def _finals_of(self, anomaly: AnomalyRecord) -> Mapping[str, bool]:
+        """The final periods of the anomaly's org, each with whether it was frozen flagged."""
+        return self.finals.get(anomaly.org or "", {})
+
+    def _billed_late(self, anomaly: AnomalyRecord) -> bool:
+        """A kind billed all the same, seen with usage of a final month that this batch
+        bills: that usage lands on the open month as late usage."""
+        return (
+            anomaly.kind in Anomaly.BILLED_FLAGGED
+            and anomaly.runner_id in self.billing
+            and anomaly.period in self._finals_of(anomaly)
+        )
+
+    def _of_open_month(self, anomaly: AnomalyRecord) -> AnomalyRecord:
+        """The record of the anomaly for usage of the org's open month."""
+        period = self._open_period(anomaly)
+        return anomaly._replace(period=period, usage_period=period)
+
+    def _open_period(self, anomaly: AnomalyRecord) -> str:
+        """The open period of the anomaly's org, where late usage goes."""
+        return open_period(self.now, set(self._finals_of(anomaly)))
 
 
 def stays(
     recorded: Recorded, anomaly: AnomalyRecord, finals: Mapping[str, bool], billing: set[str]
 ) -> bool:
-    """Whether an anomaly recorded open on an invoice of its org stays there (`place`).
+    """Whether an anomaly recorded open on an invoice of its org stays there (`Placement`).
     `finals`: the org's final periods, each with whether it was frozen needing review.
 
     One nobody reviewed, when that invoice is final and was frozen flagged (a finalize

@@ -705,3 +705,40 @@ def test_a_record_written_before_usage_months_stands_for_its_month(db, settings,
     assert [a["_id"] for a in db.billing_anomalies.find()] == [legacy["_id"]]
     flags = {i["_id"]: i["needs_review"] for i in db.billing_invoices.find()}
     assert flags == {"acme:2026-11": state != "reviewed"}  # no December draft, no flag moved
+
+
+def test_late_usage_billed_with_an_anomaly_a_final_was_frozen_flagged_for_flags_the_open_month(
+    db, settings
+):
+    """A runner's `total_below_split` flagged November, which was frozen flagged for it; its
+    counters grew (still below the split) and 1,000 late tokens landed on December's draft.
+    The record stays with November (frozen for it), and one of December opens there: the
+    draft holding tokens billed with it is flagged (before, it was not)."""
+    db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1)))
+    run_chore(db, now=NOW, settings=settings)
+    december = NOW + timedelta(days=10)
+    assert finalize_invoices(db, now=december, settings=settings) == ["acme:2026-11"]
+    assert invoice(db, "acme:2026-11")["needs_review"] is True
+    grown = below_split("r1", ended=NOW - timedelta(hours=1), stamp=december.timestamp())
+    grown["context"].update(ai_tokens=1_500, ai_prompt_tokens=1_400, ai_completion_tokens=600)
+    db.tasks.replace_one({"_id": "r1"}, grown)
+
+    report = run_chore(db, now=december, settings=settings)
+
+    assert report.tokens_billed == 1_000 and report.new_anomalies == 1
+    records = {r["_id"]: r["period"] for r in db.billing_anomalies.find({"resolved": False})}
+    november, december_id = (reviewed("r1", "total_below_split", p) for p in ("2026-11", "2026-12"))
+    assert records == {november: "2026-11", december_id: "2026-12"}
+    december_invoice = invoice(db, "acme:2026-12")
+    assert [line["late"] for line in december_invoice["lines"]] == [True]
+    assert december_invoice["needs_review"] is True
+
+    # Read again with nothing new: neither record moves nor counts again.
+    rerun = run_chore(db, now=december + timedelta(minutes=5), settings=settings, full=True)
+    assert rerun.new_anomalies == 0
+    assert {r["_id"]: r["period"] for r in db.billing_anomalies.find({})} == records
+    # Reviewed on December, the draft is clear; November stays frozen as it was.
+    done = review_anomalies(db, "acme", "2026-12", note=NOTE, now=december, settings=settings)
+    assert ids(done) == [december_id]
+    assert invoice(db, "acme:2026-12")["needs_review"] is False
+    assert invoice(db, "acme:2026-11")["needs_review"] is True
