@@ -69,5 +69,11 @@ class IndexesNotCreated(ChoreError):
     the message names each and why."""
 
 
+class ForeignUniqueIndex(ChoreError):
+    """A unique index that is not the chore's refused a document whose `_id` is not stored:
+    nothing of it was written (a duplicate `_id` is an answer, "written already"; this is
+    not), and the message says which collection and index to look at."""
+
+
 class SourceIsReadOnly(ChoreError):
     """The chore only reads the platform's collections."""

@@ -16,6 +16,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from chores.core.db import Doc
 from chores.core.documents import check_shape
+from chores.core.exceptions import ForeignUniqueIndex
 
 DUPLICATE_KEY = 11000
 
@@ -29,14 +30,31 @@ def _duplicates(exc: BulkWriteError) -> set[int]:
 
 
 def insert_ignoring_duplicates(collection: Any, documents: Sequence[Doc]) -> set[int]:
-    """Insert in one round trip; returns the indexes already present."""
+    """Insert in one round trip; returns the indexes already present.
+
+    A document refused as a duplicate is taken for written only when its `_id` is stored
+    (one more read, for those only): a unique index on other keys (one a person added)
+    refusing a new document would otherwise lose it silently, a ledger entry and its
+    tokens with it. That raises `ForeignUniqueIndex` instead; the documents written are
+    kept, and the run that wrote them is repeated safely once the index is gone."""
     if not documents:
         return set()
     try:
         collection.insert_many(list(documents), ordered=False)
     except BulkWriteError as exc:
-        return _duplicates(exc)
-    return set()
+        refused = _duplicates(exc)
+    else:
+        return set()
+    ids = [documents[i].get("_id") for i in sorted(refused)]
+    stored = {doc["_id"] for doc in collection.find({"_id": {"$in": ids}}, {"_id": 1})}
+    lost = [doc_id for doc_id in ids if doc_id not in stored]
+    if lost:
+        raise ForeignUniqueIndex(
+            f"{collection.name}: {len(lost)} new document(s) refused by a unique index that "
+            f"is not the chore's (first: _id {str(lost[0])[:80]!r}); nothing of them was "
+            f"written. Drop that index (`chore db indexes` lists the chore's), then run again."
+        )
+    return refused
 
 
 def replace_where(collection: Any, replacements: Sequence[tuple[Doc, Doc]]) -> set[int]:

@@ -15,6 +15,8 @@ from bson import ObjectId
 from pymongo import ASCENDING, MongoClient, ReadPreference
 
 from chores import Collections, ensure_indexes, finalize_invoices, run_chore
+from chores.core.exceptions import ForeignUniqueIndex
+from chores.core.writes import insert_ignoring_duplicates
 from chores.metering.source import Source
 
 from support import NOW, ai_runner
@@ -77,6 +79,40 @@ def test_an_index_of_the_chores_keys_under_another_name_is_left_as_it_is(db, set
     report = run_chore(db, now=NOW, settings=settings, registry=registry)
     assert report.missing_indexes == []  # theirs serves the reads ours would
     assert db[settings.collection("invoices")].find_one({"_id": "acme:2026-11"})["total_micros"] > 0
+
+
+def test_a_unique_index_not_the_chores_that_refuses_an_entry_stops_the_run_and_loses_nothing(
+    db, settings, registry
+):
+    """Review: a unique index a person added on the ledger (`{org, usage_period}`) refused
+    the second and third entries of a month as duplicates, which the chore took for
+    "written already": 1,000 of 6,000 tokens billed, silently. Now the run stops and says
+    which collection; with the index gone, the next run bills the rest once."""
+    ledger = db[settings.collection("ledger")]
+    ledger.create_index([("org", ASCENDING), ("usage_period", ASCENDING)], name="dba", unique=True)
+    for i in range(3):
+        db.tasks.insert_one(
+            ai_runner(f"r{i}", ended=NOW - timedelta(hours=i + 1), tokens=1_000 * (i + 1))
+        )
+    with pytest.raises(ForeignUniqueIndex, match=f"{settings.collection('ledger')}: 2 new"):
+        run_chore(db, now=NOW, settings=settings, registry=registry)
+    assert ledger.count_documents({}) == 1
+    first = sum(entry["tokens"] for entry in ledger.find({}))
+
+    ledger.drop_index("dba")
+    report = run_chore(db, now=NOW + timedelta(minutes=5), settings=settings, registry=registry)
+    invoice = db[settings.collection("invoices")].find_one({"_id": "acme:2026-11"})
+    assert first + report.tokens_billed == 6_000 == sum(line["tokens"] for line in invoice["lines"])
+    assert ledger.count_documents({}) == 3
+
+
+def test_a_duplicate_id_is_still_an_answer_written_already(db):
+    """Two runs that computed the same entry: the second's insert is refused on `_id`, the
+    entry is there, and nothing is raised (the refused indexes are returned)."""
+    entries = db.entries
+    assert insert_ignoring_duplicates(entries, [{"_id": "r:1"}, {"_id": "r:2"}]) == set()
+    assert insert_ignoring_duplicates(entries, [{"_id": "r:2"}, {"_id": "r:3"}]) == {0}
+    assert sorted(d["_id"] for d in entries.find({})) == ["r:1", "r:2", "r:3"]
 
 
 @pytest.mark.parametrize("preference", ["secondaryPreferred", "secondary", "nearest"])
