@@ -14,7 +14,7 @@ comes back (either clears the review: that invoice has not been looked at for it
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -77,13 +77,22 @@ class AnomalyLog:
     def __init__(self, collections: Collections):
         self._anomalies = collections.anomalies
 
-    def previous(self, records: Sequence[AnomalyRecord]) -> dict[str, Recorded]:
+    def previous(
+        self,
+        records: Sequence[AnomalyRecord],
+        finals: Mapping[str, Collection[str]] | None = None,
+    ) -> dict[str, Recorded]:
         """Where the already-recorded anomalies among `records` stand, by `anomaly_id`.
 
         A kind billed all the same was one record per runner (`<runner_id>:<kind>`) before
-        it had one per usage month: such a record, open on its org's invoice of that month
-        or a later one, stands for the anomaly of that month (one read: both ids are
-        asked for), so that an upgrade neither records it twice nor undoes its review."""
+        it had one per usage month: such a record, open on its org's invoice of that month,
+        or of a later one when that month is final (`finals`: the final periods of each
+        org; such a record was placed on the open month), stands for the anomaly of that
+        month (one read: both ids are asked for), so that an upgrade neither records it
+        twice nor undoes its review. One on a later month that is not final for that
+        month's usage (its runner ran on into it, then its end time went back) stays
+        there, flagging the usage billed on it: the earlier month gets a record of its
+        own."""
         by_month = {
             anomaly_id(r): r
             for r in records
@@ -109,7 +118,13 @@ class AnomalyLog:
             old = found.get(legacy[record_id])
             if record_id in found or old is None or old.resolved or old.org != r.org:
                 continue
-            if old.period is not None and str(r.usage_period) <= old.period:
+            usage_period = str(r.usage_period)
+            stood_for = usage_period == old.period or (
+                old.period is not None
+                and usage_period < old.period
+                and usage_period in (finals or {}).get(r.org or "", ())
+            )
+            if stood_for:
                 found[record_id] = old._replace(stored_id=legacy[record_id])
         return found
 

@@ -372,7 +372,7 @@ class Pipeline:
         """The anomalies, each where it is recorded (`Placement`), and where the records
         it may write stand (`AnomalyLog.previous`)."""
         placement = Placement(anomalies, now=now, billing=billing, invoices=self.invoices)
-        known = self.anomalies.previous(placement.candidates)
+        known = self.anomalies.previous(placement.candidates, placement.finals)
         return placement.place(known), known
 
     def _assess(

@@ -6,7 +6,7 @@ flags again. A final invoice never changes."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -742,3 +742,36 @@ def test_late_usage_billed_with_an_anomaly_a_final_was_frozen_flagged_for_flags_
     assert ids(done) == [december_id]
     assert invoice(db, "acme:2026-12")["needs_review"] is False
     assert invoice(db, "acme:2026-11")["needs_review"] is True
+
+
+def test_a_record_written_before_usage_months_keeps_flagging_its_month_when_usage_goes_back(
+    db, settings
+):
+    """Review: a runner below its split was billed on December while running (its usage
+    time then `now`); its last write ended it in November. A record written before usage
+    months, on December, was taken for November's and moved there: December, which holds
+    tokens billed with it, lost its flag (and its review, had it one). It stays on
+    December now, and November gets a record of its own, as a store of this version
+    does."""
+    december = datetime(2026, 12, 1, 0, 5, tzinfo=UTC)
+    running = below_split("r1", ended=None, status="RUNNING", stamp=december.timestamp())
+    db.tasks.insert_one(running)
+    run_chore(db, now=december, settings=settings)
+    (record,) = db.billing_anomalies.find()
+    legacy = {**record, "_id": reviewed("r1", "total_below_split").rpartition(":")[0]}
+    db.billing_anomalies.delete_one({"_id": record["_id"]})
+    db.billing_anomalies.insert_one(legacy)  # as the version before wrote it
+    ended = below_split("r1", ended=december - timedelta(minutes=6), stamp=december.timestamp())
+    ended["context"].update(ai_tokens=1_800, ai_prompt_tokens=1_400, ai_completion_tokens=600)
+    db.tasks.replace_one({"_id": "r1"}, ended)
+
+    report = run_chore(db, now=december + timedelta(minutes=10), settings=settings)
+
+    assert report.new_anomalies == 1
+    periods = {a["_id"]: a["period"] for a in db.billing_anomalies.find({"resolved": False})}
+    assert periods == {
+        legacy["_id"]: "2026-12",
+        reviewed("r1", "total_below_split", "2026-11"): "2026-11",
+    }
+    flags = {i["_id"]: i["needs_review"] for i in db.billing_invoices.find()}
+    assert flags == {"acme:2026-11": True, "acme:2026-12": True}
