@@ -28,10 +28,11 @@ class Placement:
     nothing of it lands on an invoice nobody has looked at for it (`billing`: the runners
     this batch bills usage to, `Batch.billing`).
 
-    A kind billed all the same (`Anomaly.BILLED_FLAGGED`) staying on a final while this
-    batch bills its runner usage of a final month: that usage lands on the open month as
-    late usage, so a record of the open month opens there and flags it (`late_records`,
-    asked for with the others: `candidates`), the final's stays where it is.
+    A kind billed all the same (`Anomaly.BILLED_FLAGGED`) kept by a final (`kept_by_its_final`:
+    frozen flagged for it, or reviewed there) while this batch bills its runner usage of a
+    final month: that usage lands on the open month as late usage, so a record of the open
+    month opens there and flags it (`late_records`, asked for with the others:
+    `candidates`); the final's stays as it is, its review too.
 
     The finals of the batch's orgs are read once, when it is built."""
 
@@ -68,11 +69,10 @@ class Placement:
             flags = self._finals_of(anomaly)
             record_id = anomaly_id(anomaly)
             recorded = known.get(record_id)
-            if recorded is not None and stays(recorded, anomaly, flags, self.billing):
-                if record_id in self.late_records and recorded.period in flags:
-                    anomaly = self.late_records[record_id]
-                else:
-                    anomaly = anomaly._replace(period=recorded.period)
+            if record_id in self.late_records and kept_by_its_final(recorded, anomaly, flags):
+                anomaly = self.late_records[record_id]
+            elif recorded is not None and stays(recorded, anomaly, flags, self.billing):
+                anomaly = anomaly._replace(period=recorded.period)
             elif anomaly.period in flags:
                 anomaly = anomaly._replace(period=self._open_period(anomaly))
             placed.append(anomaly)
@@ -99,6 +99,22 @@ class Placement:
     def _open_period(self, anomaly: AnomalyRecord) -> str:
         """The open period of the anomaly's org, where late usage goes."""
         return open_period(self.now, set(self._finals_of(anomaly)))
+
+
+def kept_by_its_final(
+    recorded: Recorded | None, anomaly: AnomalyRecord, finals: Mapping[str, bool]
+) -> bool:
+    """Whether an anomaly is recorded open on a final of its org that keeps it: one frozen
+    flagged for it, or one a person reviewed it on. (One nobody reviewed on a final frozen
+    unflagged, recorded between a finalize's read and its freeze, moves to the open month:
+    `stays`.)"""
+    return (
+        recorded is not None
+        and not recorded.resolved
+        and recorded.org == anomaly.org
+        and recorded.period in finals
+        and (finals[recorded.period] or recorded.reviewed)
+    )
 
 
 def stays(

@@ -454,8 +454,11 @@ def test_late_usage_billed_with_a_reviewed_anomaly_flags_the_open_month(db, sett
     report = run_chore(db, now=december, settings=settings)
 
     assert report.tokens_billed == 1_000 and report.new_anomalies == 1
-    record = db.billing_anomalies.find_one({})
-    assert (record["period"], "reviewed" in record) == ("2026-12", False)
+    records = {r["_id"]: (r["period"], "reviewed" in r) for r in db.billing_anomalies.find({})}
+    assert records == {  # the review stays with November; December's record is its own
+        reviewed("r1", "total_below_split", "2026-11"): ("2026-11", True),
+        reviewed("r1", "total_below_split", "2026-12"): ("2026-12", False),
+    }
     december_invoice = invoice(db, "acme:2026-12")
     assert december_invoice["needs_review"] is True
     assert [line["late"] for line in december_invoice["lines"]] == [True]
@@ -775,3 +778,35 @@ def test_a_record_written_before_usage_months_keeps_flagging_its_month_when_usag
     }
     flags = {i["_id"]: i["needs_review"] for i in db.billing_invoices.find()}
     assert flags == {"acme:2026-11": True, "acme:2026-12": True}
+
+
+def test_a_review_on_a_final_stays_when_late_usage_comes_again(db, settings):
+    """Review: November froze flagged for a runner's `total_below_split`; late usage opened
+    a record on December. A person reviewed both; more late usage then moved November's
+    record off the final, its review erased, a second record on December, and the
+    reviewed December draft flagged again. Each stays where it was reviewed now."""
+    db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1)))
+    run_chore(db, now=NOW, settings=settings)
+    december = NOW + timedelta(days=10)
+    finalize_invoices(db, now=december, settings=settings)
+
+    def grow(total: int, prompt: int, at: datetime) -> Any:
+        doc = below_split("r1", ended=NOW - timedelta(hours=1), stamp=at.timestamp())
+        doc["context"].update(ai_tokens=total, ai_prompt_tokens=prompt, ai_completion_tokens=600)
+        db.tasks.replace_one({"_id": "r1"}, doc)
+        return run_chore(db, now=at, settings=settings)
+
+    grow(1_500, 1_400, december)
+    for period in ("2026-11", "2026-12"):
+        review_anomalies(db, "acme", period, note=NOTE, now=december, settings=settings)
+    assert invoice(db, "acme:2026-12")["needs_review"] is False
+
+    report = grow(2_500, 2_400, december + timedelta(hours=1))
+
+    assert report.tokens_billed == 1_000 and report.new_anomalies == 0
+    records = {r["_id"]: (r["period"], "reviewed" in r) for r in db.billing_anomalies.find({})}
+    assert records == {
+        reviewed("r1", "total_below_split", "2026-11"): ("2026-11", True),
+        reviewed("r1", "total_below_split", "2026-12"): ("2026-12", True),
+    }
+    assert invoice(db, "acme:2026-12")["needs_review"] is False
