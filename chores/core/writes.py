@@ -21,61 +21,89 @@ from chores.core.exceptions import ForeignUniqueIndex
 DUPLICATE_KEY = 11000
 
 
-def _duplicates(exc: BulkWriteError) -> set[int]:
-    """Indexes of the operations refused as duplicates; re-raises any other error."""
+def _refused(
+    collection: Any, exc: BulkWriteError, ids: Sequence[Any]
+) -> tuple[set[int], list[int]]:
+    """The operations refused as duplicate keys, by index: those whose `_id` is stored
+    (`ids[i]`: the `_id` operation i inserts, None when it inserts nothing), and the
+    others, in order. Any other error is raised.
+
+    A duplicate key is an answer ("written already", "a later one stands") only when the
+    `_id` is stored (one more read, for the refused only). A unique index on other keys
+    (one a person added) refusing a write would otherwise lose it silently: a ledger entry
+    and its tokens, an invoice, a quota decision."""
     errors = exc.details.get("writeErrors", [])
     if any(error.get("code") != DUPLICATE_KEY for error in errors):
         raise exc
-    return {int(error["index"]) for error in errors}
+    refused = sorted({int(error["index"]) for error in errors})
+    wanted = [ids[i] for i in refused if ids[i] is not None]
+    found = collection.find({"_id": {"$in": wanted}}, {"_id": 1}) if wanted else []
+    stored = {doc["_id"] for doc in found}
+    present = {i for i in refused if ids[i] is not None and ids[i] in stored}
+    return present, [i for i in refused if i not in present]
+
+
+def _foreign_index(collection: Any, lost: Sequence[Any]) -> ForeignUniqueIndex:
+    """The error for writes of `lost` `_id`s refused by a unique index not the chore's:
+    what was written is kept, and the run is repeated safely once the index is gone."""
+    return ForeignUniqueIndex(
+        f"{collection.name}: {len(lost)} write(s) refused by a unique index that is not the "
+        f"chore's (first: _id {str(lost[0])[:80]!r}); nothing of them was written. Drop that "
+        f"index (`chore db indexes` lists the chore's), then run again."
+    )
 
 
 def insert_ignoring_duplicates(collection: Any, documents: Sequence[Doc]) -> set[int]:
     """Insert in one round trip; returns the indexes already present.
 
-    A document refused as a duplicate is taken for written only when its `_id` is stored
-    (one more read, for those only): a unique index on other keys (one a person added)
-    refusing a new document would otherwise lose it silently, a ledger entry and its
-    tokens with it. That raises `ForeignUniqueIndex` instead; the documents written are
-    kept, and the run that wrote them is repeated safely once the index is gone."""
-    if not documents:
-        return set()
-    try:
-        collection.insert_many(list(documents), ordered=False)
-    except BulkWriteError as exc:
-        refused = _duplicates(exc)
-    else:
-        return set()
-    ids = [documents[i].get("_id") for i in sorted(refused)]
-    stored = {doc["_id"] for doc in collection.find({"_id": {"$in": ids}}, {"_id": 1})}
-    lost = [doc_id for doc_id in ids if doc_id not in stored]
-    if lost:
-        raise ForeignUniqueIndex(
-            f"{collection.name}: {len(lost)} new document(s) refused by a unique index that "
-            f"is not the chore's (first: _id {str(lost[0])[:80]!r}); nothing of them was "
-            f"written. Drop that index (`chore db indexes` lists the chore's), then run again."
-        )
-    return refused
+    One refused as a duplicate whose `_id` is not stored (`_refused`) is inserted once more:
+    its writer may have deleted it since (a due mark, a pending claim or a dirty mark is
+    deleted once its work is done). Refused again and still not stored, a unique index that
+    is not the chore's refused it: `ForeignUniqueIndex`."""
+    present: set[int] = set()
+    todo = list(range(len(documents)))
+    for _ in range(2):
+        if not todo:
+            break
+        batch = [documents[i] for i in todo]
+        try:
+            collection.insert_many(batch, ordered=False)
+        except BulkWriteError as exc:
+            stored, missing = _refused(collection, exc, [doc.get("_id") for doc in batch])
+            present |= {todo[i] for i in stored}
+            todo = [todo[i] for i in missing]
+        else:
+            todo = []
+    if todo:
+        raise _foreign_index(collection, [documents[i].get("_id") for i in todo])
+    return present
 
 
 def replace_where(collection: Any, replacements: Sequence[tuple[Doc, Doc]]) -> set[int]:
-    """Upsert each `(filter, document)` in one round trip; returns the indexes whose
-    filter did not match an existing `_id` (the upsert then hit a duplicate key)."""
+    """Upsert each `(filter, document)` in one round trip (each filter names its `_id`);
+    returns the indexes whose filter did not match the stored `_id` (the upsert then hit
+    a duplicate key, `_refused`)."""
     if not replacements:
         return set()
     operations = [ReplaceOne(flt, doc, upsert=True) for flt, doc in replacements]
     try:
         collection.bulk_write(operations, ordered=False)
     except BulkWriteError as exc:
-        return _duplicates(exc)
+        ids = [flt.get("_id") for flt, _ in replacements]
+        present, lost = _refused(collection, exc, ids)
+        if lost:
+            raise _foreign_index(collection, [ids[i] for i in lost]) from None
+        return present
     return set()
 
 
 def update_where(collection: Any, updates: Sequence[tuple[Doc, Doc, bool]]) -> tuple[set[int], int]:
     """Set the fields of each `(filter, fields, insert)` in one round trip, leaving the
     document's other fields alone; with `insert`, a filter that matches nothing inserts
-    (an upsert). Returns the indexes of the inserts refused as duplicate keys (their
-    filter did not match an existing `_id`), and how many updates without `insert`
-    matched nothing (which ones is not said: the server only counts them)."""
+    (an upsert; its filter names its `_id`). Returns the indexes of the inserts refused as
+    duplicate keys (their filter did not match the stored `_id`, `_refused`), and how
+    many updates without `insert` matched nothing (which ones is not said: the server
+    only counts them)."""
     if not updates:
         return set(), 0
     operations = [
@@ -84,7 +112,10 @@ def update_where(collection: Any, updates: Sequence[tuple[Doc, Doc, bool]]) -> t
     try:
         result = collection.bulk_write(operations, ordered=False)
     except BulkWriteError as exc:
-        refused = _duplicates(exc)
+        inserted = [flt.get("_id") if insert else None for flt, _, insert in updates]
+        refused, lost = _refused(collection, exc, inserted)
+        if lost:  # an update inserts nothing: refused, it broke another unique index
+            raise _foreign_index(collection, [updates[i][0].get("_id") for i in lost]) from None
         done = int(exc.details.get("nMatched", 0)) + int(exc.details.get("nUpserted", 0))
     else:
         refused = set()
@@ -108,7 +139,8 @@ def upsert_as_written(
     the stored document is read and refused (`check_shape`: a `MalformedDocument` saying
     `remedy`), never `$inc` or `$max` on text. So does the first write of two callers at
     once on a new database (a server retries no such upsert): the document there holds
-    what the other inserted, and the write is tried again."""
+    what the other inserted, and the write is tried again. With no document of that
+    `_id` stored, a unique index that is not the chore's refused it: `ForeignUniqueIndex`."""
 
     def write() -> Doc:
         done: Doc = collection.find_one_and_update(
@@ -119,6 +151,8 @@ def upsert_as_written(
     try:
         return write()
     except DuplicateKeyError:  # edited by hand, or the other caller's first insert is there
-        there = collection.find_one({"_id": doc_id}) or {}
+        there = collection.find_one({"_id": doc_id})
+        if there is None:  # refused by a unique index on other keys
+            raise _foreign_index(collection, [doc_id]) from None
         check_shape(shape, there, collection=collection.name, remedy=remedy)
     return write()

@@ -94,7 +94,7 @@ def test_a_unique_index_not_the_chores_that_refuses_an_entry_stops_the_run_and_l
         db.tasks.insert_one(
             ai_runner(f"r{i}", ended=NOW - timedelta(hours=i + 1), tokens=1_000 * (i + 1))
         )
-    with pytest.raises(ForeignUniqueIndex, match=f"{settings.collection('ledger')}: 2 new"):
+    with pytest.raises(ForeignUniqueIndex, match=f"{settings.collection('ledger')}: 2 write"):
         run_chore(db, now=NOW, settings=settings, registry=registry)
     assert ledger.count_documents({}) == 1
     first = sum(entry["tokens"] for entry in ledger.find({}))
@@ -104,6 +104,38 @@ def test_a_unique_index_not_the_chores_that_refuses_an_entry_stops_the_run_and_l
     invoice = db[settings.collection("invoices")].find_one({"_id": "acme:2026-11"})
     assert first + report.tokens_billed == 6_000 == sum(line["tokens"] for line in invoice["lines"])
     assert ledger.count_documents({}) == 3
+
+
+@pytest.mark.parametrize(
+    ("collection", "keys", "theirs"),
+    [
+        ("invoices", [("org", ASCENDING), ("status", ASCENDING)], {}),  # one draft an org
+        ("quota", [("period", ASCENDING)], {"period": "2026-11"}),  # one decision a month
+        ("counters", [("value", ASCENDING)], {"value": 1}),  # the build tickets' counter
+    ],
+)
+def test_no_write_refused_by_a_unique_index_not_the_chores_passes_for_done(
+    db, settings, registry, collection, keys, theirs
+):
+    """Review: an upsert refused that way was taken for "a later draft or decision stands":
+    with a unique `{org, status}` on the invoices, November's draft was never written, the
+    run ended ok and the quota read 0 tokens used. Every write of the chore now says so."""
+    db[settings.collection(collection)].create_index(keys, name="dba", unique=True)
+    db[settings.collection(collection)].insert_one({"_id": "dba's", **theirs})
+    db.tasks.insert_one(ai_runner("oct", ended=NOW - timedelta(days=40), tokens=1_000))
+    db.tasks.insert_one(ai_runner("nov", ended=NOW - timedelta(hours=1), tokens=2_000))
+    with pytest.raises(ForeignUniqueIndex, match=settings.collection(collection)):
+        run_chore(db, now=NOW, settings=settings, registry=registry)
+    db[settings.collection(collection)].drop_index("dba")
+    db[settings.collection(collection)].delete_one({"_id": "dba's"})
+    run_chore(db, now=NOW + timedelta(minutes=5), settings=settings, registry=registry)
+    invoices = db[settings.collection("invoices")]
+    assert {i["_id"]: i["total_micros"] > 0 for i in invoices.find({})} == {
+        "acme:2026-10": True,
+        "acme:2026-11": True,
+    }
+    decision = db[settings.collection("quota")].find_one({"_id": "acme"})
+    assert decision is not None and decision["used_tokens"] == 2_000
 
 
 def test_a_duplicate_id_is_still_an_answer_written_already(db):
@@ -312,3 +344,30 @@ def test_a_run_whose_sums_pass_64_bits_keeps_its_record_capped(env_db, registry)
     db.billing_runs.insert_one(record)
     shown = CliRunner().invoke(main, ["status"], env={"COLUMNS": "200"})
     assert f"{MAX_INT64:,}+" in shown.output, shown.output
+
+
+class DeletedInBetween:
+    """A collection whose writer deletes a refused document between the insert that was
+    refused and the read that checks it (`meter_org` deleting the due mark `meter_all`
+    found there)."""
+
+    def __init__(self, collection: Any, doc_id: str) -> None:
+        self.collection, self.doc_id, self.name = collection, doc_id, collection.name
+
+    def insert_many(self, *args: Any, **kwargs: Any) -> Any:
+        return self.collection.insert_many(*args, **kwargs)
+
+    def find(self, *args: Any, **kwargs: Any) -> Any:
+        self.collection.delete_one({"_id": self.doc_id})
+        return self.collection.find(*args, **kwargs)
+
+
+def test_a_document_deleted_after_its_duplicate_was_refused_is_inserted_again(db):
+    """Review: the fan-out's due mark for acme was there, refused as a duplicate, and
+    deleted by acme's run before the check read it: taken for a foreign unique index, the
+    tick metered no org and told the operator to drop an index that did not exist."""
+    due = db.due
+    due.insert_one({"_id": "acme"})
+    racing = DeletedInBetween(due, "acme")
+    assert insert_ignoring_duplicates(racing, [{"_id": "acme"}, {"_id": "beta"}]) == set()
+    assert sorted(d["_id"] for d in due.find({})) == ["acme", "beta"]
