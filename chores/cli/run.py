@@ -179,7 +179,8 @@ def _run(
         if not quiet:
             _note_unknown_org(db, settings, report)
         return
-    if quiet:
+    if quiet:  # no table: what went wrong in the run still goes to stderr, where cron mails it
+        _warn(report, standing=False)
         return
     table = tables.table(f"Metering run {report.run_id[:8]}" + (" (dry run)" if dry_run else ""))
     tables.name_column(table, "org")
@@ -195,21 +196,7 @@ def _run(
             report.decisions.get(name, tables.DASH),
         )
     tables.show(out, table)
-    for warning in report.missing_indexes:
-        click.echo(f"warning: {warning}", err=True)
-    for draft in report.repaired_drafts:
-        click.echo(
-            f"warning: draft {draft} held other sums or lines than its ledger (an edit?): "
-            "rebuilt from the ledger",
-            err=True,
-        )
-    if report.mirror_missed is not None:
-        click.echo(
-            f"warning: {report.mirror_missed}: the decisions above are in the database, "
-            "but `chore quota check` through that Redis answers the previous ones for up "
-            "to QUOTA_CACHE_TTL_SECONDS (360 by default)",
-            err=True,
-        )
+    _warn(report)
     out.print(
         f"{counted(report.docs_read, 'document')} read, "
         f"{counted(report.tokens_billed, 'token')} billed, "
@@ -248,3 +235,25 @@ def _note_unknown_org(db: Database[Doc], settings: Settings, report: RunReport) 
     unknown = unknown_org_note(Collections.of(db, settings), report.org)
     if unknown is not None:
         click.echo(f"note: {unknown}", err=True)
+
+
+def _warn(report: RunReport, *, standing: bool = True) -> None:
+    """What a run found wrong, on stderr: drafts rebuilt from their ledger, a quota mirror
+    not written; with `standing`, the source indexes missing too (not under `--quiet`: a
+    cron would mail it every run; `chore status` and the log say it)."""
+    if standing:
+        for warning in report.missing_indexes:
+            click.echo(f"warning: {warning}", err=True)
+    for draft in report.repaired_drafts:
+        click.echo(
+            f"warning: draft {draft} held other sums or lines than its ledger (an edit?): "
+            "rebuilt from the ledger",
+            err=True,
+        )
+    if report.mirror_missed is not None:
+        click.echo(
+            f"warning: {report.mirror_missed}: the decisions are in the database, "
+            "but `chore quota check` through that Redis answers the previous ones for up "
+            "to QUOTA_CACHE_TTL_SECONDS (360 by default)",
+            err=True,
+        )
