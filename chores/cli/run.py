@@ -47,7 +47,10 @@ from chores.run.report import RunReport
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the run report as JSON (for scripts).")
 @click.option(
-    "--quiet", is_flag=True, help="No progress and no table on success (cron); --json still prints."
+    "--quiet",
+    is_flag=True,
+    help="No progress and no table on success (cron): what went wrong in the run still goes "
+    "to stderr; --json still prints.",
 )
 @now_option
 @user_errors
