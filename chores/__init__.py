@@ -8,13 +8,14 @@ This module only re-exports, each name loaded on first use. The packages, lowest
 (each may import only those below it; tests/unit/test_layout.py checks it):
 
 - `chores.core`: settings, errors, time, money, the database and Redis handles.
-- `chores.metering`: the usage rules, the source, priced lines, the ledger, progress.
-- `chores.billing`: drafts, invoices, a period's ledger.
-- `chores.quota`: plans, quota decisions, `check_quota`.
+- `chores.metering` and `chores.demo`: the usage rules, the source, priced lines, the
+  ledger, progress; synthetic source data (demo, tests, benchmarks).
+- `chores.billing` and `chores.quota`: drafts, invoices, a period's ledger; plans, quota
+  decisions, `check_quota`.
 - `chores.run`: one metering run and the finalize, wired together.
 - `chores.reports`: breakdowns, allocation, run trees, the HTML report, reconcile.
-- `chores.demo`: synthetic source data (demo, tests, benchmarks).
-- `chores.cli` and `chores.tasks`/`chores.celery_app`: the command line and the service.
+- `chores.cli`, and `chores.tasks`/`chores.celery_app`/`chores.service`: the command line
+  and the service.
 """
 
 from __future__ import annotations

@@ -209,7 +209,7 @@ def read_period(
 ) -> tuple[Invoice, list[EntryUsage]]:
     """The stored invoice of `(org, period)` and its ledger entries, summed.
 
-    The entries are those `Invoices.usage` builds the invoice from:
+    The entries are those `Invoices.ledger_usage` sums the invoice from:
     booked into the period, or (drafts only) unbooked with usage in it.
     `on_progress(done, total)` is called as entries are read.
     """
