@@ -86,15 +86,9 @@ def replace_where(collection: Any, replacements: Sequence[tuple[Doc, Doc]]) -> s
     if not replacements:
         return set()
     operations = [ReplaceOne(flt, doc, upsert=True) for flt, doc in replacements]
-    try:
-        collection.bulk_write(operations, ordered=False)
-    except BulkWriteError as exc:
-        ids = [flt.get("_id") for flt, _ in replacements]
-        present, lost = _refused(collection, exc, ids)
-        if lost:
-            raise _foreign_index(collection, [ids[i] for i in lost]) from None
-        return present
-    return set()
+    ids = [flt.get("_id") for flt, _ in replacements]
+    refused, _ = _bulk_write(collection, operations, ids, ids)
+    return refused
 
 
 def update_where(collection: Any, updates: Sequence[tuple[Doc, Doc, bool]]) -> tuple[set[int], int]:
@@ -109,18 +103,40 @@ def update_where(collection: Any, updates: Sequence[tuple[Doc, Doc, bool]]) -> t
     operations = [
         UpdateOne(flt, {"$set": fields}, upsert=insert) for flt, fields, insert in updates
     ]
-    try:
-        result = collection.bulk_write(operations, ordered=False)
-    except BulkWriteError as exc:
-        inserted = [flt.get("_id") if insert else None for flt, _, insert in updates]
-        refused, lost = _refused(collection, exc, inserted)
-        if lost:  # an update inserts nothing: refused, it broke another unique index
-            raise _foreign_index(collection, [updates[i][0].get("_id") for i in lost]) from None
-        done = int(exc.details.get("nMatched", 0)) + int(exc.details.get("nUpserted", 0))
-    else:
-        refused = set()
-        done = result.matched_count + result.upserted_count
+    # An update inserts nothing: refused, it broke another unique index (`_refused`).
+    inserted = [flt.get("_id") if insert else None for flt, _, insert in updates]
+    named = [flt.get("_id") for flt, _, _ in updates]
+    refused, done = _bulk_write(collection, operations, inserted, named)
     return refused, len(operations) - done - len(refused)
+
+
+def _bulk_write(
+    collection: Any, operations: Sequence[Any], ids: Sequence[Any], named: Sequence[Any]
+) -> tuple[set[int], int]:
+    """`operations` in one round trip (unordered); returns the indexes refused as
+    duplicates of a stored `_id` (`_refused`; `ids[i]`: the `_id` operation i inserts,
+    `named[i]`: the `_id` its filter names) and how many matched or inserted.
+
+    One refused whose `_id` is not stored is written once more: the document may have been
+    removed since (by a person: a draft is rebuilt whole). Refused again, a unique index
+    that is not the chore's refused it: `ForeignUniqueIndex`."""
+    todo = list(range(len(operations)))
+    refused: set[int] = set()
+    done = 0
+    for _ in range(2):
+        try:
+            result = collection.bulk_write([operations[i] for i in todo], ordered=False)
+        except BulkWriteError as exc:
+            present, lost = _refused(collection, exc, [ids[i] for i in todo])
+            refused |= {todo[i] for i in present}
+            done += int(exc.details.get("nMatched", 0)) + int(exc.details.get("nUpserted", 0))
+            todo = [todo[i] for i in lost]
+        else:
+            done += result.matched_count + result.upserted_count
+            todo = []
+        if not todo:
+            return refused, done
+    raise _foreign_index(collection, [named[i] for i in todo])
 
 
 def upsert_as_written(
@@ -139,8 +155,9 @@ def upsert_as_written(
     the stored document is read and refused (`check_shape`: a `MalformedDocument` saying
     `remedy`), never `$inc` or `$max` on text. So does the first write of two callers at
     once on a new database (a server retries no such upsert): the document there holds
-    what the other inserted, and the write is tried again. With no document of that
-    `_id` stored, a unique index that is not the chore's refused it: `ForeignUniqueIndex`."""
+    what the other inserted, and the write is tried again; so is one whose document was
+    removed since. Refused twice, a unique index that is not the chore's refused it:
+    `ForeignUniqueIndex`."""
 
     def write() -> Doc:
         done: Doc = collection.find_one_and_update(
@@ -148,11 +165,11 @@ def upsert_as_written(
         )
         return done
 
-    try:
-        return write()
-    except DuplicateKeyError:  # edited by hand, or the other caller's first insert is there
-        there = collection.find_one({"_id": doc_id})
-        if there is None:  # refused by a unique index on other keys
-            raise _foreign_index(collection, [doc_id]) from None
-        check_shape(shape, there, collection=collection.name, remedy=remedy)
-    return write()
+    for _ in range(2):
+        try:
+            return write()
+        except DuplicateKeyError:  # edited by hand, or the other caller's first insert is there
+            there = collection.find_one({"_id": doc_id})
+            if there is not None:  # else removed since (a pass's cursor), tried again
+                check_shape(shape, there, collection=collection.name, remedy=remedy)
+    raise _foreign_index(collection, [doc_id])

@@ -16,7 +16,7 @@ from pymongo import ASCENDING, MongoClient, ReadPreference
 
 from chores import Collections, ensure_indexes, finalize_invoices, run_chore
 from chores.core.exceptions import ForeignUniqueIndex
-from chores.core.writes import insert_ignoring_duplicates
+from chores.core.writes import insert_ignoring_duplicates, update_where
 from chores.metering.source import Source
 
 from support import NOW, ai_runner
@@ -357,6 +357,9 @@ class DeletedInBetween:
     def insert_many(self, *args: Any, **kwargs: Any) -> Any:
         return self.collection.insert_many(*args, **kwargs)
 
+    def bulk_write(self, *args: Any, **kwargs: Any) -> Any:
+        return self.collection.bulk_write(*args, **kwargs)
+
     def find(self, *args: Any, **kwargs: Any) -> Any:
         self.collection.delete_one({"_id": self.doc_id})
         return self.collection.find(*args, **kwargs)
@@ -371,3 +374,16 @@ def test_a_document_deleted_after_its_duplicate_was_refused_is_inserted_again(db
     racing = DeletedInBetween(due, "acme")
     assert insert_ignoring_duplicates(racing, [{"_id": "acme"}, {"_id": "beta"}]) == set()
     assert sorted(d["_id"] for d in due.find({})) == ["acme", "beta"]
+
+
+def test_a_draft_removed_after_its_upsert_was_refused_is_written_again(db):
+    """Review: a run's insert of a draft another run had just inserted was refused, and a
+    person removed that draft before the check read it: taken for a foreign unique index,
+    the run stopped and told the operator to drop an index that did not exist. The
+    build is written instead (a removed draft is rebuilt whole)."""
+    invoices = db.invoices
+    invoices.insert_one({"_id": "acme:2026-11", "status": "draft", "build_ticket": 7})
+    racing = DeletedInBetween(invoices, "acme:2026-11")
+    where = {"_id": "acme:2026-11", "status": "draft", "build_ticket": None}
+    assert update_where(racing, [(where, {"build_ticket": 8}, True)]) == (set(), 0)
+    assert invoices.find_one({"_id": "acme:2026-11"})["build_ticket"] == 8
