@@ -28,11 +28,13 @@ class Placement:
     nothing of it lands on an invoice nobody has looked at for it (`billing`: the runners
     this batch bills usage to, `Batch.billing`).
 
-    A kind billed all the same (`Anomaly.BILLED_FLAGGED`) kept by a final (`kept_by_its_final`:
-    frozen flagged for it, or reviewed there) while this batch bills its runner usage of a
-    final month: that usage lands on the open month as late usage, so a record of the open
-    month opens there and flags it (`late_records`, asked for with the others:
-    `candidates`); the final's stays as it is, its review too.
+    A kind billed all the same (`Anomaly.BILLED_FLAGGED`) seen with usage of a final month
+    has a record of the open month too (`late_records`, asked for with the others:
+    `candidates`), the month its late usage lands on. It stands for the anomaly when it is
+    open there already (reviewed or not: a review covers the runner's anomaly of that kind
+    on that invoice). It opens when this batch bills the runner usage of that final month
+    while the final keeps the anomaly's own record (`kept_by_its_final`: frozen flagged for
+    it, or reviewed there), which stays as it is, its review too.
 
     The finals of the batch's orgs are read once, when it is built."""
 
@@ -52,7 +54,7 @@ class Placement:
         self.late_records = {
             anomaly_id(anomaly): self._of_open_month(anomaly)
             for anomaly in self.anomalies
-            if self._billed_late(anomaly)
+            if anomaly.kind in Anomaly.BILLED_FLAGGED and anomaly.period in self._finals_of(anomaly)
         }
 
     @property
@@ -69,8 +71,12 @@ class Placement:
             flags = self._finals_of(anomaly)
             record_id = anomaly_id(anomaly)
             recorded = known.get(record_id)
-            if record_id in self.late_records and kept_by_its_final(recorded, anomaly, flags):
-                anomaly = self.late_records[record_id]
+            late = self.late_records.get(record_id)
+            billed = anomaly.runner_id in self.billing
+            if late is not None and open_at(known.get(anomaly_id(late)), late):
+                anomaly = late  # stands on the open month already
+            elif late is not None and billed and kept_by_its_final(recorded, anomaly, flags):
+                anomaly = late  # opens there, the final keeps its own
             elif recorded is not None and stays(recorded, anomaly, flags, self.billing):
                 anomaly = anomaly._replace(period=recorded.period)
             elif anomaly.period in flags:
@@ -81,15 +87,6 @@ class Placement:
     def _finals_of(self, anomaly: AnomalyRecord) -> Mapping[str, bool]:
         """The final periods of the anomaly's org, each with whether it was frozen flagged."""
         return self.finals.get(anomaly.org or "", {})
-
-    def _billed_late(self, anomaly: AnomalyRecord) -> bool:
-        """A kind billed all the same, seen with usage of a final month that this batch
-        bills: that usage lands on the open month as late usage."""
-        return (
-            anomaly.kind in Anomaly.BILLED_FLAGGED
-            and anomaly.runner_id in self.billing
-            and anomaly.period in self._finals_of(anomaly)
-        )
 
     def _of_open_month(self, anomaly: AnomalyRecord) -> AnomalyRecord:
         """The record of the anomaly for usage of the org's open month."""

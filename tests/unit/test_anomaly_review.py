@@ -810,3 +810,36 @@ def test_a_review_on_a_final_stays_when_late_usage_comes_again(db, settings):
         reviewed("r1", "total_below_split", "2026-12"): ("2026-12", True),
     }
     assert invoice(db, "acme:2026-12")["needs_review"] is False
+
+
+def test_late_usage_lands_on_a_month_whose_record_of_it_was_reviewed_and_stays_so(db, settings):
+    """Review: a runner ran into December below its split (billed there while running, the
+    record reviewed on December); its last write ended it in November, final meanwhile,
+    so the new tokens landed on December as late usage. They opened a second record there,
+    unreviewed: December, reviewed for this runner's anomaly, was flagged again. The
+    December record stands for it now, as when November had a record of its own."""
+
+    def write(total: int, prompt: int, at: datetime, ended: datetime | None = None) -> Any:
+        status = "SUCCESS" if ended else "RUNNING"
+        doc = below_split("r1", ended=ended, status=status, stamp=at.timestamp())
+        doc["context"].update(ai_tokens=total, ai_prompt_tokens=prompt, ai_completion_tokens=300)
+        db.tasks.replace_one({"_id": "r1"}, doc, upsert=True)
+        return run_chore(db, now=at, settings=settings)
+
+    november = datetime(2026, 11, 29, tzinfo=UTC)
+    write(1_000, 700, november)  # clean
+    december = datetime(2026, 12, 5, tzinfo=UTC)
+    assert finalize_invoices(db, now=december, settings=settings) == ["acme:2026-11"]
+    write(1_800, 1_700, december)  # below its split, billed on December while running
+    done = review_anomalies(db, "acme", "2026-12", note=NOTE, now=december, settings=settings)
+    assert ids(done) == [reviewed("r1", "total_below_split", "2026-12")]
+
+    report = write(2_800, 2_700, december + timedelta(hours=1), ended=november.replace(hour=23))
+
+    assert report.tokens_billed == 1_000 and report.new_anomalies == 0
+    assert [(a["_id"], a["period"], "reviewed" in a) for a in db.billing_anomalies.find()] == [
+        (reviewed("r1", "total_below_split", "2026-12"), "2026-12", True)
+    ]
+    late = invoice(db, "acme:2026-12")
+    assert [line["late"] for line in late["lines"]] == [False, True]
+    assert late["needs_review"] is False
