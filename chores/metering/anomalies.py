@@ -1,8 +1,8 @@
 """The anomaly log (`billing_anomalies`): documents that could not be billed as they are.
 
 One record per runner and kind (`_id` = `"<runner_id>:<kind>"`; per runner, kind and org
-for `org_changed`; per runner, kind and usage period for the kinds billed all the same,
-`Anomaly.BILLED_FLAGGED`), keeping the first detail seen while it stays open where it is
+for `org_changed`; per runner, kind, org and usage period for the kinds billed all the
+same, `Anomaly.BILLED_FLAGGED`), keeping the first detail seen while it stays open where it is
 (the detail seen when it re-opens or moves, else). Self-healing kinds (see
 `Anomaly.SELF_HEALING`) are marked resolved when the runner later bills cleanly; an
 invoice period with an open anomaly needs review. A person who has looked at an open
@@ -25,15 +25,26 @@ from chores.metering.rules import Anomaly, AnomalyRecord
 
 
 def anomaly_id(record: AnomalyRecord) -> str:
-    """The `_id` of a runner's anomaly of one kind; of one kind and org for `org_changed`,
-    the one kind two orgs' runs record for one runner: one org's run never moves the record
-    that flags another org's invoice (SPEC §4); of one kind and usage period for a kind
-    billed all the same: each invoice holding usage billed with it stays flagged."""
+    """The `_id` of a runner's anomaly of one kind. Of one kind and org for `org_changed`,
+    which two orgs' runs may record for one runner: one org's run never moves the record
+    that flags another org's invoice (SPEC §4). Of one kind, org and usage period for a
+    kind billed all the same: each invoice holding usage billed with it stays flagged, in
+    each org that billed it."""
     if record.kind == Anomaly.ORG_CHANGED:
         return f"{record.runner_id}:{record.kind}:{record.org}"
     if record.kind in Anomaly.BILLED_FLAGGED and record.usage_period is not None:
-        return f"{record.runner_id}:{record.kind}:{record.usage_period}"
+        return f"{record.runner_id}:{record.kind}:{record.org}:{record.usage_period}"
     return f"{record.runner_id}:{record.kind}"
+
+
+def older_ids(record: AnomalyRecord) -> tuple[str, str]:
+    """The ids an older version gave a record of a kind billed all the same: by runner,
+    kind and usage period (without its org), and by runner and kind alone (before usage
+    periods)."""
+    return (
+        f"{record.runner_id}:{record.kind}:{record.usage_period}",
+        f"{record.runner_id}:{record.kind}",
+    )
 
 
 class OpenAnomaly(NamedTuple):
@@ -84,22 +95,24 @@ class AnomalyLog:
     ) -> dict[str, Recorded]:
         """Where the already-recorded anomalies among `records` stand, by `anomaly_id`.
 
-        A kind billed all the same was one record per runner (`<runner_id>:<kind>`) before
-        it had one per usage month: such a record, open on its org's invoice of that month,
-        or of a later one when that month is final (`finals`: the final periods of each
-        org; such a record was placed on the open month), stands for the anomaly of that
-        month (one read: both ids are asked for), so that an upgrade neither records it
-        twice nor undoes its review. One on a later month that is not final for that
-        month's usage (its runner ran on into it, then its end time went back) stays
-        there, flagging the usage billed on it: the earlier month gets a record of its
-        own."""
+        Records of a kind billed all the same written by older versions (`older_ids`, one
+        read: every id is asked for) stand for the anomaly, so that an upgrade neither
+        records it twice nor undoes its review:
+
+        - one per runner, kind and usage month (no org), open in the anomaly's org;
+        - one per runner and kind (no usage month), open on its org's invoice of that
+          month, or of a later one when that month is final (`finals`: the final periods
+          of each org; such a record was placed on the open month). One on a later month
+          that is not final for that month's usage (its runner ran on into it, then its
+          end time went back) stays there, flagging the usage billed on it: the earlier
+          month gets a record of its own."""
         by_month = {
             anomaly_id(r): r
             for r in records
             if r.kind in Anomaly.BILLED_FLAGGED and r.usage_period is not None
         }
-        legacy = {record_id: f"{r.runner_id}:{r.kind}" for record_id, r in by_month.items()}
-        ids = sorted({anomaly_id(r) for r in records} | set(legacy.values()))
+        older = {record_id: older_ids(r) for record_id, r in by_month.items()}
+        ids = sorted({anomaly_id(r) for r in records} | {i for o in older.values() for i in o})
         if not ids:
             return {}
         cursor = self._anomalies.find(
@@ -115,8 +128,15 @@ class AnomalyLog:
             for d in cursor
         }
         for record_id, r in by_month.items():
-            old = found.get(legacy[record_id])
-            if record_id in found or old is None or old.resolved or old.org != r.org:
+            if record_id in found:
+                continue
+            of_the_month, of_the_runner = older[record_id]
+            old = found.get(of_the_month)
+            if old is not None and not old.resolved and old.org == r.org:
+                found[record_id] = old._replace(stored_id=of_the_month)
+                continue
+            old = found.get(of_the_runner)
+            if old is None or old.resolved or old.org != r.org:
                 continue
             usage_period = str(r.usage_period)
             stood_for = usage_period == old.period or (
@@ -125,7 +145,7 @@ class AnomalyLog:
                 and usage_period in (finals or {}).get(r.org or "", ())
             )
             if stood_for:
-                found[record_id] = old._replace(stored_id=legacy[record_id])
+                found[record_id] = old._replace(stored_id=of_the_runner)
         return found
 
     def open_for(self, runner_ids: Sequence[str]) -> set[str]:

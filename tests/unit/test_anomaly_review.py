@@ -35,11 +35,16 @@ def below_split(runner_id: str, **kwargs: Any) -> dict[str, Any]:
     return doc
 
 
-def reviewed(runner_id: str, kind: str, period: str = "2026-11") -> str:
-    """The id of a runner's anomaly record of one kind (of one usage period: the kinds
-    billed all the same have a record per month they bill into)."""
+def reviewed(runner_id: str, kind: str, period: str = "2026-11", org: str = "acme") -> str:
+    """The id of a runner's anomaly record of one kind (of one org and usage period: the
+    kinds billed all the same have a record per org and month they bill into)."""
     if kind in Anomaly.BILLED_FLAGGED:
-        return f"{runner_key(runner_id)}:{kind}:{period}"
+        return f"{runner_key(runner_id)}:{kind}:{org}:{period}"
+    return f"{runner_key(runner_id)}:{kind}"
+
+
+def legacy_id(runner_id: str, kind: str) -> str:
+    """The id a record of a kind billed all the same had before usage periods."""
     return f"{runner_key(runner_id)}:{kind}"
 
 
@@ -693,7 +698,7 @@ def test_a_record_written_before_usage_months_stands_for_its_month(db, settings,
     db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(days=5)))
     run_chore(db, now=NOW, settings=settings)
     (record,) = db.billing_anomalies.find()
-    legacy = {**record, "_id": reviewed("r1", "total_below_split").rpartition(":")[0]}
+    legacy = {**record, "_id": legacy_id("r1", "total_below_split")}
     db.billing_anomalies.delete_one({"_id": record["_id"]})
     db.billing_anomalies.insert_one(legacy)  # as the version before wrote it
     if state == "reviewed":
@@ -761,7 +766,7 @@ def test_a_record_written_before_usage_months_keeps_flagging_its_month_when_usag
     db.tasks.insert_one(running)
     run_chore(db, now=december, settings=settings)
     (record,) = db.billing_anomalies.find()
-    legacy = {**record, "_id": reviewed("r1", "total_below_split").rpartition(":")[0]}
+    legacy = {**record, "_id": legacy_id("r1", "total_below_split")}
     db.billing_anomalies.delete_one({"_id": record["_id"]})
     db.billing_anomalies.insert_one(legacy)  # as the version before wrote it
     ended = below_split("r1", ended=december - timedelta(minutes=6), stamp=december.timestamp())
@@ -843,3 +848,55 @@ def test_late_usage_lands_on_a_month_whose_record_of_it_was_reviewed_and_stays_s
     late = invoice(db, "acme:2026-12")
     assert [line["late"] for line in late["lines"]] == [False, True]
     assert late["needs_review"] is False
+
+
+@pytest.mark.parametrize("frozen_first", [False, True])
+def test_another_orgs_run_never_moves_the_record_that_flags_this_orgs_invoice(
+    db, settings, frozen_first
+):
+    """Review: a runner billed below its split to acme in November, whose document then
+    named beta and billed more: beta's run took acme's record over (one id per runner,
+    kind and month, whatever the org). acme's November, holding tokens billed with it, was
+    frozen unflagged, or its final lost the record it was frozen flagged for (SPEC §4:
+    one org's data never changes another org's billing). Each org has its own now."""
+    ended = NOW - timedelta(days=5)
+    db.tasks.insert_one(below_split("r1", ended=ended))
+    run_chore(db, now=NOW, settings=settings)
+    later = NOW + timedelta(days=1)
+    if frozen_first:
+        later = NOW + timedelta(days=10)
+        assert finalize_invoices(db, now=later, settings=settings) == ["acme:2026-11"]
+    moved = below_split("r1", ended=ended, org="beta", stamp=later.timestamp())
+    moved["context"].update(ai_tokens=1_500, ai_prompt_tokens=1_400, ai_completion_tokens=600)
+    db.tasks.replace_one({"_id": "r1"}, moved)
+
+    run_chore(db, org="beta", now=later, settings=settings)
+    run_chore(db, now=later + timedelta(hours=1), settings=settings, full=True)
+    if not frozen_first:
+        finalize_invoices(db, now=NOW + timedelta(days=10), settings=settings)
+
+    records = {a["_id"]: (a["org"], a["period"]) for a in db.billing_anomalies.find()}
+    assert records[reviewed("r1", "total_below_split")] == ("acme", "2026-11")
+    assert {org for org, _ in records.values()} == {"acme", "beta"}
+    assert invoice(db, "acme:2026-11")["needs_review"] is True
+
+
+def test_a_record_written_before_records_had_an_org_stands_for_its_org(db, settings):
+    """An upgrade: a record of a kind billed all the same written by the version before
+    (`runner:kind:month`, no org), reviewed, is the one a run sees again: nothing new, the
+    review kept."""
+    db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1)))
+    run_chore(db, now=NOW, settings=settings)
+    (record,) = db.billing_anomalies.find()
+    older = {**record, "_id": f"{legacy_id('r1', 'total_below_split')}:2026-11"}
+    db.billing_anomalies.delete_one({"_id": record["_id"]})
+    db.billing_anomalies.insert_one(older)  # as the version before wrote it
+    review_anomalies(db, "acme", "2026-11", note=NOTE, now=NOW, settings=settings)
+
+    report = run_chore(db, now=NOW + timedelta(hours=1), settings=settings, full=True)
+
+    assert report.new_anomalies == 0
+    assert [(a["_id"], "reviewed" in a) for a in db.billing_anomalies.find()] == [
+        (older["_id"], True)
+    ]
+    assert invoice(db, "acme:2026-11")["needs_review"] is False
