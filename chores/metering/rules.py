@@ -88,6 +88,8 @@ class Anomaly:
     # Hold the runner: nothing of it is billed until the document is fixed (those without
     # an end time, an id or an org that can be billed are recorded in the month of `now`).
     HELD = SELF_HEALING | {OVER_CEILING, BAD_ID}
+    # Recorded in the month of `now` whatever the document says: no usage month of its own.
+    OF_THE_CLOCK = frozenset({BAD_ID, BAD_END_TIME, FUTURE_END_TIME})
 
 
 # Every kind, in the order `Anomaly` declares them.

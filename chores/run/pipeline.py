@@ -50,6 +50,7 @@ class Batch:
     anomalies: list[AnomalyRecord] = field(default_factory=list)
     dirty: set[tuple[str, str]] = field(default_factory=set)  # invoices the entries change
     clean: list[str] = field(default_factory=list)  # runners billed cleanly: anomalies heal
+    running: set[str] = field(default_factory=set)  # runners without an end time
     source_ids: dict[str, Any] = field(default_factory=dict)  # each runner's document `_id`
     # the pending-list document of each runner with an org, and who is (no longer) pending
     watch: dict[str, Doc] = field(default_factory=dict)
@@ -68,6 +69,8 @@ class Batch:
             self.dirty.add((entry["org"], entry["usage_period"]))
         if result.billed_cleanly:
             self.clean.append(result.runner_id)
+        if doc.get("end_time") is None:
+            self.running.add(result.runner_id)
         self.source_ids[result.runner_id] = doc.get("_id")
         if result.org is not None:
             self.watch[result.runner_id] = {
@@ -261,7 +264,7 @@ class Pipeline:
         report.docs_read += len(docs)
         report.count_idle(batch.idle, read=runner_ids)
         if dry_run:  # counted where a run would write them
-            placed, known = self._placed(batch.anomalies, billing=batch.billing(), now=now)
+            placed, known = self._placed(batch.anomalies, batch, now=now)
             _count_anomalies(report, placed, known)
             self._tally(report, batch.entries)
             return
@@ -283,7 +286,7 @@ class Pipeline:
         list, the entries, the runners done off the list, then the marks closed
         (docs/design.md). `heads` are the ledger heads the batch was assessed from, by
         `rules`."""
-        placed, known = self._placed(batch.anomalies, billing=batch.billing(), now=now)
+        placed, known = self._placed(batch.anomalies, batch, now=now)
         anomalies, known = self._confirmed(placed, known, heads, rules, batch, org=org, now=now)
         _count_anomalies(report, anomalies, known)  # as written: a second read may change them
         healed, healed_pairs = self.anomalies.resolvable(batch.clean)
@@ -362,16 +365,22 @@ class Pipeline:
             # an `--org` run records nothing of another org's (a document moved meanwhile)
             if record.runner_id in suspects and (org is None or record.org == org)
         ]
-        placed, known_again = self._placed(seen_again, billing=batch.billing(), now=now)
+        placed, known_again = self._placed(seen_again, batch, now=now)
         kept = [a for a in anomalies if a.runner_id not in suspects]
         return kept + placed, {**known, **known_again}
 
     def _placed(
-        self, anomalies: Sequence[AnomalyRecord], *, billing: set[str], now: datetime
+        self, anomalies: Sequence[AnomalyRecord], batch: Batch, *, now: datetime
     ) -> tuple[list[AnomalyRecord], dict[str, Recorded]]:
-        """The anomalies, each where it is recorded (`Placement`), and where the records
-        it may write stand (`AnomalyLog.previous`)."""
-        placement = Placement(anomalies, now=now, billing=billing, invoices=self.invoices)
+        """The anomalies of a batch, each where it is recorded (`Placement`), and where
+        the records it may write stand (`AnomalyLog.previous`)."""
+        placement = Placement(
+            anomalies,
+            now=now,
+            billing=batch.billing(),
+            running=batch.running,
+            invoices=self.invoices,
+        )
         known = self.anomalies.previous(placement.candidates, placement.finals)
         return placement.place(known), known
 

@@ -26,7 +26,7 @@ class Placement:
     Where it is recorded open already, it may stay (`stays`): on a final, that invoice was
     frozen flagged for it, and a reviewer finds it beside it; reviewed by a person, while
     nothing of it lands on an invoice nobody has looked at for it (`billing`: the runners
-    this batch bills usage to, `Batch.billing`).
+    this batch bills usage to, `Batch.billing`; `running`: those without an end time).
 
     A kind billed all the same (`Anomaly.BILLED_FLAGGED`) seen with usage of a final month
     has a record of the open month too (`late_records`, asked for with the others:
@@ -44,11 +44,13 @@ class Placement:
         *,
         now: datetime,
         billing: set[str],
+        running: set[str],
         invoices: Invoices,
     ):
         self.anomalies = list(anomalies)
         self.now = now
         self.billing = billing
+        self.running = running
         orgs = {a.org for a in anomalies if a.org is not None and a.period is not None}
         self.finals = invoices.final_flags(orgs) if orgs else {}
         self.late_records = {
@@ -77,7 +79,9 @@ class Placement:
                 anomaly = late  # stands on the open month already
             elif late is not None and billed and kept_by_its_final(recorded, anomaly, flags):
                 anomaly = late  # opens there, the final keeps its own
-            elif recorded is not None and stays(recorded, anomaly, flags, self.billing):
+            elif recorded is not None and stays(
+                recorded, anomaly, flags, self.billing, self.running
+            ):
                 anomaly = anomaly._replace(period=recorded.period)
             elif anomaly.period in flags:
                 anomaly = anomaly._replace(period=self._open_period(anomaly))
@@ -115,7 +119,11 @@ def kept_by_its_final(
 
 
 def stays(
-    recorded: Recorded, anomaly: AnomalyRecord, finals: Mapping[str, bool], billing: set[str]
+    recorded: Recorded,
+    anomaly: AnomalyRecord,
+    finals: Mapping[str, bool],
+    billing: set[str],
+    running: set[str],
 ) -> bool:
     """Whether an anomaly recorded open on an invoice of its org stays there (`Placement`).
     `finals`: the org's final periods, each with whether it was frozen needing review.
@@ -131,8 +139,9 @@ def stays(
     for it: not when this batch bills its runner usage with it (`billing`: new tokens, or
     tokens that change kind), nor when the runner's usage is now of another open month
     than the one it was reviewed on (it ran on into it, or ended in it). A held kind bills
-    nothing (`Anomaly.HELD`), and a runner whose usage month is final bills nothing there:
-    a finalize, a month going by or the daily full pass undo no review."""
+    nothing (`Anomaly.HELD`) and stays while its runner runs on (`running`) or its month is
+    the clock's (`Anomaly.OF_THE_CLOCK`), and a runner whose usage month is final bills
+    nothing there: a finalize, a month going by or the daily full pass undo no review."""
     if recorded.resolved or recorded.org != anomaly.org:
         return False
     if recorded.period is None and anomaly.period is not None:
@@ -141,8 +150,9 @@ def stays(
         if recorded.period in finals:
             return finals[recorded.period]
         return anomaly.period in finals
+    follows_the_clock = anomaly.runner_id in running or anomaly.kind in Anomaly.OF_THE_CLOCK
     return anomaly.runner_id not in billing and (
-        anomaly.kind in Anomaly.HELD
+        (anomaly.kind in Anomaly.HELD and follows_the_clock)
         or anomaly.period in finals
         or anomaly.period == recorded.period
     )

@@ -900,3 +900,29 @@ def test_a_record_written_before_records_had_an_org_stands_for_its_org(db, setti
         (older["_id"], True)
     ]
     assert invoice(db, "acme:2026-11")["needs_review"] is False
+
+
+@pytest.mark.parametrize("ends", [False, True])
+def test_a_reviewed_held_anomaly_moves_when_its_runner_ends_in_another_month(db, settings, ends):
+    """Review: a running runner's malformed counters, reviewed on November, stayed there
+    reviewed once it ended in December, still malformed: December, the month of its usage
+    and where it lands once fixed, was never flagged. While it runs on into December, the
+    review stays (a held kind bills nothing, a month going by undoes no review)."""
+
+    def write(at: datetime, ended: datetime | None = None) -> None:
+        status = "SUCCESS" if ended else "RUNNING"
+        doc = ai_runner("r1", ended=ended, status=status, tokens="12.5", stamp=at.timestamp())
+        db.tasks.replace_one({"_id": "r1"}, doc, upsert=True)
+        run_chore(db, now=at, settings=settings)
+
+    write(NOW)
+    review_anomalies(db, "acme", "2026-11", note=NOTE, now=NOW, settings=settings)
+    december = datetime(2026, 12, 5, tzinfo=UTC)
+    write(december, ended=december - timedelta(hours=1) if ends else None)
+
+    (record,) = db.billing_anomalies.find()
+    assert (record["period"], "reviewed" in record) == (
+        ("2026-12", False) if ends else ("2026-11", True)
+    )
+    flagged = {i["_id"]: i["needs_review"] for i in db.billing_invoices.find()}
+    assert flagged.get("acme:2026-12", False) is ends
