@@ -14,6 +14,7 @@ from datetime import datetime
 
 from chores.billing.invoices import Invoices
 from chores.billing.sweeper import open_period
+from chores.core.periods import next_period
 from chores.metering.anomalies import Recorded, anomaly_id
 from chores.metering.rules import Anomaly, AnomalyRecord
 
@@ -29,12 +30,13 @@ class Placement:
     this batch bills usage to, `Batch.billing`; `running`: those without an end time).
 
     A kind billed all the same (`Anomaly.BILLED_FLAGGED`) seen with usage of a final month
-    has a record of the open month too (`late_records`, asked for with the others:
-    `candidates`), the month its late usage lands on. It stands for the anomaly when it is
-    open there already (reviewed or not: a review covers the runner's anomaly of that kind
-    on that invoice). It opens when this batch bills the runner usage of that final month
-    while the final keeps the anomaly's own record (`kept_by_its_final`: frozen flagged for
-    it, or reviewed there), which stays as it is, its review too.
+    may have records of the months after it (`later_records`, asked for with the others:
+    `candidates`), each opened on a month its late usage landed on. With no record of its
+    own month, the latest of those stands for it (reviewed or not: a review covers the
+    runner's anomaly of that kind on that invoice). The open month's opens when this batch
+    bills the runner usage of a final month while a final keeps the anomaly's record
+    (`kept_by_its_final`: frozen flagged for it, or reviewed there), which stays as it is,
+    its review too.
 
     The finals of the batch's orgs are read once, when it is built."""
 
@@ -53,8 +55,8 @@ class Placement:
         self.running = running
         orgs = {a.org for a in anomalies if a.org is not None and a.period is not None}
         self.finals = invoices.final_flags(orgs) if orgs else {}
-        self.late_records = {
-            anomaly_id(anomaly): self._of_open_month(anomaly)
+        self.later_records = {
+            anomaly_id(anomaly): self._of_later_months(anomaly)
             for anomaly in self.anomalies
             if anomaly.kind in Anomaly.BILLED_FLAGGED and anomaly.period in self._finals_of(anomaly)
         }
@@ -63,7 +65,7 @@ class Placement:
     def candidates(self) -> list[AnomalyRecord]:
         """Every record the batch may write: where they stand is read for these
         (`AnomalyLog.previous`), in one read."""
-        return [*self.anomalies, *self.late_records.values()]
+        return [*self.anomalies, *(r for later in self.later_records.values() for r in later)]
 
     def place(self, known: Mapping[str, Recorded]) -> list[AnomalyRecord]:
         """The anomalies, each in the period whose invoice it flags for review, given where
@@ -71,14 +73,15 @@ class Placement:
         placed = []
         for anomaly in self.anomalies:
             flags = self._finals_of(anomaly)
-            record_id = anomaly_id(anomaly)
-            recorded = known.get(record_id)
-            late = self.late_records.get(record_id)
+            later = self.later_records.get(anomaly_id(anomaly), [])
+            recorded = known.get(anomaly_id(anomaly))
+            standing = [r for r in later if _open_in(known.get(anomaly_id(r)), r.org)]
+            if recorded is None and standing:  # its late usage's month's record stands
+                anomaly = standing[-1]
+                recorded = known[anomaly_id(anomaly)]
             billed = anomaly.runner_id in self.billing
-            if late is not None and open_at(known.get(anomaly_id(late)), late):
-                anomaly = late  # stands on the open month already
-            elif late is not None and billed and kept_by_its_final(recorded, anomaly, flags):
-                anomaly = late  # opens there, the final keeps its own
+            if later and billed and kept_by_its_final(recorded, anomaly, flags):
+                anomaly = later[-1]  # the open month's opens, the final keeps its own
             elif recorded is not None and stays(
                 recorded, anomaly, flags, self.billing, self.running
             ):
@@ -92,14 +95,23 @@ class Placement:
         """The final periods of the anomaly's org, each with whether it was frozen flagged."""
         return self.finals.get(anomaly.org or "", {})
 
-    def _of_open_month(self, anomaly: AnomalyRecord) -> AnomalyRecord:
-        """The record of the anomaly for usage of the org's open month."""
-        period = self._open_period(anomaly)
-        return anomaly._replace(period=period, usage_period=period)
+    def _of_later_months(self, anomaly: AnomalyRecord) -> list[AnomalyRecord]:
+        """The records of the anomaly for usage of each month after its own, up to the
+        org's open month (the last)."""
+        records, month, last = [], str(anomaly.period), self._open_period(anomaly)
+        while month < last:
+            month = next_period(month)
+            records.append(anomaly._replace(period=month, usage_period=month))
+        return records
 
     def _open_period(self, anomaly: AnomalyRecord) -> str:
         """The open period of the anomaly's org, where late usage goes."""
         return open_period(self.now, set(self._finals_of(anomaly)))
+
+
+def _open_in(recorded: Recorded | None, org: str | None) -> bool:
+    """Whether a record is open in `org`, on whichever invoice."""
+    return recorded is not None and not recorded.resolved and recorded.org == org
 
 
 def kept_by_its_final(

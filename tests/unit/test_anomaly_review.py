@@ -926,3 +926,40 @@ def test_a_reviewed_held_anomaly_moves_when_its_runner_ends_in_another_month(db,
     )
     flagged = {i["_id"]: i["needs_review"] for i in db.billing_invoices.find()}
     assert flagged.get("acme:2026-12", False) is ends
+
+
+@pytest.mark.parametrize("december_final", [False, True])
+def test_the_record_its_late_usage_opened_stands_for_it_as_months_go_by(
+    db, settings, december_final
+):
+    """Review: a runner clean in November (final), billed below its split on December
+    while running, whose last write ended it in November: December's record stood for
+    its anomaly. In January, with nothing new, the daily full pass took it for a new one,
+    recorded it on January and flagged an empty draft (a month going by undoes no
+    review, and a re-read counts nothing new)."""
+
+    def write(total: int, prompt: int, at: datetime, ended: datetime | None = None) -> Any:
+        status = "SUCCESS" if ended else "RUNNING"
+        doc = below_split("r1", ended=ended, status=status, stamp=at.timestamp())
+        doc["context"].update(ai_tokens=total, ai_prompt_tokens=prompt, ai_completion_tokens=300)
+        db.tasks.replace_one({"_id": "r1"}, doc, upsert=True)
+        return run_chore(db, now=at, settings=settings)
+
+    november = datetime(2026, 11, 29, tzinfo=UTC)
+    write(1_000, 700, november)
+    december = datetime(2026, 12, 5, tzinfo=UTC)
+    finalize_invoices(db, now=december, settings=settings)
+    write(1_800, 1_700, december)
+    write(2_800, 2_700, december + timedelta(hours=1), ended=november.replace(hour=23))
+    january = datetime(2027, 1, 5, tzinfo=UTC)
+    if december_final:
+        assert finalize_invoices(db, now=january, settings=settings) == ["acme:2026-12"]
+
+    report = run_chore(db, now=january, settings=settings, full=True)
+
+    assert report.tokens_billed == 0 and report.new_anomalies == 0
+    assert [(a["_id"], a["period"]) for a in db.billing_anomalies.find()] == [
+        (reviewed("r1", "total_below_split", "2026-12"), "2026-12")
+    ]
+    assert "acme:2027-01" not in {i["_id"] for i in db.billing_invoices.find()}
+    assert invoice(db, "acme:2026-12")["needs_review"] is True
