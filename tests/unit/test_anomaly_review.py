@@ -35,6 +35,18 @@ def below_split(runner_id: str, **kwargs: Any) -> dict[str, Any]:
     return doc
 
 
+def write_r1(
+    db: Any, settings: Any, total: int, prompt: int, at: datetime, ended: datetime | None = None
+) -> Any:
+    """Runner r1 written at `at` with these counters (300 completion tokens), running unless
+    it `ended`, then a run at `at`: its report."""
+    status = "SUCCESS" if ended else "RUNNING"
+    doc = below_split("r1", ended=ended, status=status, stamp=at.timestamp())
+    doc["context"].update(ai_tokens=total, ai_prompt_tokens=prompt, ai_completion_tokens=300)
+    db.tasks.replace_one({"_id": "r1"}, doc, upsert=True)
+    return run_chore(db, now=at, settings=settings)
+
+
 def reviewed(runner_id: str, kind: str, period: str = "2026-11", org: str = "acme") -> str:
     """The id of a runner's anomaly record of one kind (of one org and usage period: the
     kinds billed all the same have a record per org and month they bill into)."""
@@ -824,22 +836,19 @@ def test_late_usage_lands_on_a_month_whose_record_of_it_was_reviewed_and_stays_s
     unreviewed: December, reviewed for this runner's anomaly, was flagged again. The
     December record stands for it now, as when November had a record of its own."""
 
-    def write(total: int, prompt: int, at: datetime, ended: datetime | None = None) -> Any:
-        status = "SUCCESS" if ended else "RUNNING"
-        doc = below_split("r1", ended=ended, status=status, stamp=at.timestamp())
-        doc["context"].update(ai_tokens=total, ai_prompt_tokens=prompt, ai_completion_tokens=300)
-        db.tasks.replace_one({"_id": "r1"}, doc, upsert=True)
-        return run_chore(db, now=at, settings=settings)
-
     november = datetime(2026, 11, 29, tzinfo=UTC)
-    write(1_000, 700, november)  # clean
+    write_r1(db, settings, 1_000, 700, november)  # clean
     december = datetime(2026, 12, 5, tzinfo=UTC)
     assert finalize_invoices(db, now=december, settings=settings) == ["acme:2026-11"]
-    write(1_800, 1_700, december)  # below its split, billed on December while running
+    write_r1(
+        db, settings, 1_800, 1_700, december
+    )  # below its split, billed on December while running
     done = review_anomalies(db, "acme", "2026-12", note=NOTE, now=december, settings=settings)
     assert ids(done) == [reviewed("r1", "total_below_split", "2026-12")]
 
-    report = write(2_800, 2_700, december + timedelta(hours=1), ended=november.replace(hour=23))
+    report = write_r1(
+        db, settings, 2_800, 2_700, december + timedelta(hours=1), ended=november.replace(hour=23)
+    )
 
     assert report.tokens_billed == 1_000 and report.new_anomalies == 0
     assert [(a["_id"], a["period"], "reviewed" in a) for a in db.billing_anomalies.find()] == [
@@ -938,19 +947,14 @@ def test_the_record_its_late_usage_opened_stands_for_it_as_months_go_by(
     recorded it on January and flagged an empty draft (a month going by undoes no
     review, and a re-read counts nothing new)."""
 
-    def write(total: int, prompt: int, at: datetime, ended: datetime | None = None) -> Any:
-        status = "SUCCESS" if ended else "RUNNING"
-        doc = below_split("r1", ended=ended, status=status, stamp=at.timestamp())
-        doc["context"].update(ai_tokens=total, ai_prompt_tokens=prompt, ai_completion_tokens=300)
-        db.tasks.replace_one({"_id": "r1"}, doc, upsert=True)
-        return run_chore(db, now=at, settings=settings)
-
     november = datetime(2026, 11, 29, tzinfo=UTC)
-    write(1_000, 700, november)
+    write_r1(db, settings, 1_000, 700, november)
     december = datetime(2026, 12, 5, tzinfo=UTC)
     finalize_invoices(db, now=december, settings=settings)
-    write(1_800, 1_700, december)
-    write(2_800, 2_700, december + timedelta(hours=1), ended=november.replace(hour=23))
+    write_r1(db, settings, 1_800, 1_700, december)
+    write_r1(
+        db, settings, 2_800, 2_700, december + timedelta(hours=1), ended=november.replace(hour=23)
+    )
     january = datetime(2027, 1, 5, tzinfo=UTC)
     if december_final:
         assert finalize_invoices(db, now=january, settings=settings) == ["acme:2026-12"]
