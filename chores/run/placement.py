@@ -31,12 +31,12 @@ class Placement:
 
     A kind billed all the same (`Anomaly.BILLED_FLAGGED`) seen with usage of a final month
     may have records of the months after it (`later_records`, asked for with the others:
-    `candidates`), each opened on a month its late usage landed on. With no record of its
-    own month, the latest of those stands for it (reviewed or not: a review covers the
+    `later`), each opened on a month its late usage landed on. With no record of its own
+    month, the latest of those stands for it (reviewed or not: a review covers the
     runner's anomaly of that kind on that invoice). The open month's opens when this batch
-    bills the runner usage of a final month while a final keeps the anomaly's record
-    (`kept_by_its_final`: frozen flagged for it, or reviewed there), which stays as it is,
-    its review too.
+    bills the runner usage of a final month while the anomaly's record is elsewhere
+    (`_kept_elsewhere`: on a final that keeps it, frozen flagged for it or reviewed there,
+    or on an earlier draft), which stays as it is, its review too.
 
     The finals of the batch's orgs are read once, when it is built."""
 
@@ -62,14 +62,14 @@ class Placement:
         }
 
     @property
-    def candidates(self) -> list[AnomalyRecord]:
-        """Every record the batch may write: where they stand is read for these
-        (`AnomalyLog.previous`), in one read."""
-        return [*self.anomalies, *(r for later in self.later_records.values() for r in later)]
+    def later(self) -> list[AnomalyRecord]:
+        """Every record of a later month the batch may write or stand by: where they stand
+        is read with the anomalies' own (`AnomalyLog.previous`), in one read."""
+        return [r for later in self.later_records.values() for r in later]
 
     def place(self, known: Mapping[str, Recorded]) -> list[AnomalyRecord]:
         """The anomalies, each in the period whose invoice it flags for review, given where
-        the `candidates` are recorded open already (`known`)."""
+        the anomalies and their `later` records are recorded open already (`known`)."""
         placed = []
         for anomaly in self.anomalies:
             flags = self._finals_of(anomaly)
@@ -80,14 +80,15 @@ class Placement:
                 anomaly = standing[-1]
                 recorded = known[anomaly_id(anomaly)]
             billed = anomaly.runner_id in self.billing
-            if later and billed and kept_by_its_final(recorded, anomaly, flags):
-                anomaly = later[-1]  # the open month's opens, the final keeps its own
+            open_month = self._open_period(anomaly)
+            if later and billed and _kept_elsewhere(recorded, anomaly, flags, open_month):
+                anomaly = later[-1]  # the open month's opens, the other keeps its own
             elif recorded is not None and stays(
                 recorded, anomaly, flags, self.billing, self.running
             ):
                 anomaly = anomaly._replace(period=recorded.period)
             elif anomaly.period in flags:
-                anomaly = anomaly._replace(period=self._open_period(anomaly))
+                anomaly = anomaly._replace(period=open_month)
             placed.append(anomaly)
         return placed
 
@@ -96,13 +97,18 @@ class Placement:
         return self.finals.get(anomaly.org or "", {})
 
     def _of_later_months(self, anomaly: AnomalyRecord) -> list[AnomalyRecord]:
-        """The records of the anomaly for usage of each month after its own, up to the
-        org's open month (the last)."""
-        records, month, last = [], str(anomaly.period), self._open_period(anomaly)
+        """The records of the anomaly for usage of each month after its own that late
+        usage may have landed on: the org's final months after it, then every month after
+        its latest final up to its open month (the last). A record of the open month opens
+        only there, so their number grows with the months the org has been billed, not
+        with how old the usage month is."""
+        finals = self._finals_of(anomaly)
+        months = sorted(month for month in finals if month > str(anomaly.period))
+        month, last = max([str(anomaly.period), *finals]), self._open_period(anomaly)
         while month < last:
             month = next_period(month)
-            records.append(anomaly._replace(period=month, usage_period=month))
-        return records
+            months.append(month)
+        return [anomaly._replace(period=month, usage_period=month) for month in months]
 
     def _open_period(self, anomaly: AnomalyRecord) -> str:
         """The open period of the anomaly's org, where late usage goes."""
@@ -112,6 +118,18 @@ class Placement:
 def _open_in(recorded: Recorded | None, org: str | None) -> bool:
     """Whether a record is open in `org`, on whichever invoice."""
     return recorded is not None and not recorded.resolved and recorded.org == org
+
+
+def _kept_elsewhere(
+    recorded: Recorded | None, anomaly: AnomalyRecord, finals: Mapping[str, bool], open_month: str
+) -> bool:
+    """Whether late usage billed with an anomaly opens a record of the open month beside the
+    one recorded: that one is kept by a final (`kept_by_its_final`), or is on the draft of
+    an earlier month, which holds usage billed with it."""
+    if recorded is None or recorded.period is None or recorded.period == open_month:
+        return False
+    on_a_draft = recorded.period not in finals and _open_in(recorded, anomaly.org)
+    return on_a_draft or kept_by_its_final(recorded, anomaly, finals)
 
 
 def kept_by_its_final(

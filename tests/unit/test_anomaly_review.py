@@ -18,8 +18,9 @@ from chores.core.db import Collections
 from chores.core.exceptions import ChoreError, ConfigError, InvoiceNotFound
 from chores.core.orgs import NOT_UTF8
 from chores.metering.anomalies import AnomalyLog
-from chores.metering.rules import Anomaly, assess
+from chores.metering.rules import Anomaly, AnomalyRecord, assess
 from chores.metering.runner_keys import runner_key
+from chores.run.placement import Placement
 from chores.run.review import Review, review_anomalies
 
 from support import NOW, ai_runner
@@ -967,3 +968,54 @@ def test_the_record_its_late_usage_opened_stands_for_it_as_months_go_by(
     ]
     assert "acme:2027-01" not in {i["_id"] for i in db.billing_invoices.find()}
     assert invoice(db, "acme:2026-12")["needs_review"] is True
+
+
+def test_late_usage_landing_past_the_draft_its_record_stands_on_flags_where_it_lands(db, settings):
+    """Review: December's record stood for a runner's anomaly of November (final); on
+    January 2nd, December still a draft, 1,000 more tokens billed below the split landed on
+    January as late usage, and nothing flagged January. A record of January opens beside
+    December's, which keeps flagging the usage it holds."""
+    november = datetime(2026, 11, 29, tzinfo=UTC)
+    write_r1(db, settings, 1_000, 700, november)
+    december = datetime(2026, 12, 5, tzinfo=UTC)
+    finalize_invoices(db, now=december, settings=settings)
+    write_r1(db, settings, 1_800, 1_700, december)
+    ended = november.replace(hour=23)
+    write_r1(db, settings, 2_800, 2_700, december + timedelta(hours=1), ended=ended)
+
+    january = datetime(2027, 1, 2, tzinfo=UTC)
+    report = write_r1(db, settings, 3_800, 3_700, january, ended=ended)
+
+    assert report.tokens_billed == 1_000 and report.new_anomalies == 1
+    assert {a["_id"]: a["period"] for a in db.billing_anomalies.find()} == {
+        reviewed("r1", "total_below_split", "2026-12"): "2026-12",
+        reviewed("r1", "total_below_split", "2027-01"): "2027-01",
+    }
+    flags = {i["_id"]: i["needs_review"] for i in db.billing_invoices.find()}
+    assert flags == {"acme:2026-11": False, "acme:2026-12": True, "acme:2027-01": True}
+
+
+class Finals:
+    """`Invoices.final_flags` of one org, for `Placement` alone."""
+
+    def __init__(self, periods: list[str]) -> None:
+        self.periods = periods
+
+    def final_flags(self, orgs: Any) -> dict[str, dict[str, bool]]:
+        return {"acme": dict.fromkeys(self.periods, True)}
+
+
+def test_the_later_months_asked_for_grow_with_the_orgs_finals_not_the_usage_months_age():
+    """Review: a usage month of 2000 (an end time SPEC allows) asked for one record a month
+    since, twice (with an older id form): 1,000 such runners in a batch made one read
+    of 46 MB, past a server's 16 MB. Only the org's finals after it and the months after
+    its latest final are asked for."""
+    anomaly = AnomalyRecord("r", Anomaly.TOTAL_BELOW_SPLIT, "acme", "2000-01", "", "2000-01")
+    placement = Placement(
+        [anomaly],
+        now=NOW,
+        billing=set(),
+        running=set(),
+        invoices=Finals(["2000-01", "2026-09", "2026-10"]),  # type: ignore[arg-type]
+    )
+    assert [r.period for r in placement.later] == ["2026-09", "2026-10", "2026-11"]
