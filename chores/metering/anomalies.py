@@ -92,12 +92,8 @@ class AnomalyLog:
         self,
         records: Sequence[AnomalyRecord],
         finals: Mapping[str, Collection[str]] | None = None,
-        *,
-        later: Sequence[AnomalyRecord] = (),
     ) -> dict[str, Recorded]:
-        """Where the already-recorded anomalies among `records` stand, by `anomaly_id`; and
-        the records of `later` months (`placement.Placement.later`), which only this
-        version writes, under their own ids alone.
+        """Where the already-recorded anomalies among `records` stand, by `anomaly_id`.
 
         Records of a kind billed all the same written by older versions (`older_ids`, one
         read: every id is asked for) stand for the anomaly, so that an upgrade neither
@@ -116,9 +112,7 @@ class AnomalyLog:
             if r.kind in Anomaly.BILLED_FLAGGED and r.usage_period is not None
         }
         older = {record_id: older_ids(r) for record_id, r in by_month.items()}
-        ids = sorted(
-            {anomaly_id(r) for r in [*records, *later]} | {i for o in older.values() for i in o}
-        )
+        ids = sorted({anomaly_id(r) for r in records} | {i for o in older.values() for i in o})
         if not ids:
             return {}
         cursor = self._anomalies.find(

@@ -381,7 +381,7 @@ class Pipeline:
             running=batch.running,
             invoices=self.invoices,
         )
-        known = self.anomalies.previous(anomalies, placement.finals, later=placement.later)
+        known = self.anomalies.previous(placement.candidates, placement.finals)
         return placement.place(known), known
 
     def _assess(

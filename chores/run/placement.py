@@ -31,7 +31,7 @@ class Placement:
 
     A kind billed all the same (`Anomaly.BILLED_FLAGGED`) seen with usage of a final month
     may have records of the months after it (`later_records`, asked for with the others:
-    `later`), each opened on a month its late usage landed on. With no record of its own
+    `candidates`), each opened on a month its late usage landed on. With no record of its own
     month, the latest of those stands for it (reviewed or not: a review covers the
     runner's anomaly of that kind on that invoice). The open month's opens when this batch
     bills the runner usage of a final month while the anomaly's record is elsewhere
@@ -62,14 +62,14 @@ class Placement:
         }
 
     @property
-    def later(self) -> list[AnomalyRecord]:
-        """Every record of a later month the batch may write or stand by: where they stand
-        is read with the anomalies' own (`AnomalyLog.previous`), in one read."""
-        return [r for later in self.later_records.values() for r in later]
+    def candidates(self) -> list[AnomalyRecord]:
+        """Every record the batch may write or stand by: where they stand is read for these
+        (`AnomalyLog.previous`, older versions' ids included), in one read."""
+        return [*self.anomalies, *(r for later in self.later_records.values() for r in later)]
 
     def place(self, known: Mapping[str, Recorded]) -> list[AnomalyRecord]:
         """The anomalies, each in the period whose invoice it flags for review, given where
-        the anomalies and their `later` records are recorded open already (`known`)."""
+        the `candidates` are recorded open already (`known`)."""
         placed = []
         for anomaly in self.anomalies:
             flags = self._finals_of(anomaly)

@@ -1018,4 +1018,30 @@ def test_the_later_months_asked_for_grow_with_the_orgs_finals_not_the_usage_mont
         running=set(),
         invoices=Finals(["2000-01", "2026-09", "2026-10"]),  # type: ignore[arg-type]
     )
-    assert [r.period for r in placement.later] == ["2026-09", "2026-10", "2026-11"]
+    assert [r.period for r in placement.candidates[1:]] == ["2026-09", "2026-10", "2026-11"]
+
+
+def test_a_later_months_record_written_without_an_org_stands_for_the_anomaly(db, settings):
+    """Review: December's record of a runner billed there while running, written by the
+    version before (`runner:kind:month`, no org) and reviewed, was not asked for under that
+    id once the runner's end time went back to November (final): its late tokens opened a
+    second record on December, counted new, and flagged the reviewed draft again."""
+    november = datetime(2026, 11, 29, tzinfo=UTC)
+    write_r1(db, settings, 1_000, 700, november)
+    december = datetime(2026, 12, 5, tzinfo=UTC)
+    finalize_invoices(db, now=december, settings=settings)
+    write_r1(db, settings, 1_800, 1_700, december)
+    (record,) = db.billing_anomalies.find()
+    older = {**record, "_id": f"{legacy_id('r1', 'total_below_split')}:2026-12"}
+    db.billing_anomalies.delete_one({"_id": record["_id"]})
+    db.billing_anomalies.insert_one(older)  # as the version before wrote it
+    review_anomalies(db, "acme", "2026-12", note=NOTE, now=december, settings=settings)
+
+    ended = november.replace(hour=23)
+    report = write_r1(db, settings, 2_800, 2_700, december + timedelta(hours=1), ended=ended)
+
+    assert report.tokens_billed == 1_000 and report.new_anomalies == 0
+    assert [(a["_id"], "reviewed" in a) for a in db.billing_anomalies.find()] == [
+        (older["_id"], True)
+    ]
+    assert invoice(db, "acme:2026-12")["needs_review"] is False
