@@ -358,6 +358,15 @@ class Settings(BaseSettings):
     # `json`: the worker's and beat's log lines are JSON objects, one a line (shippable).
     log_format: Literal["text", "json"] = "text"
 
+    @field_validator("default_token_limit", "default_spend_limit_micros", mode="before")
+    @classmethod
+    def _no_limit(cls, value: object) -> object:
+        """`none` (any case), `null` or an empty value is no limit, as the docs write the
+        default and `plan set --token-limit none` takes it."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+            return None
+        return value
+
     @field_validator("redis_url", "celery_broker_url", "celery_result_backend")
     @classmethod
     def _redis_urls(cls, url: str | None, info: ValidationInfo) -> str | None:

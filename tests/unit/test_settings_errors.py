@@ -412,3 +412,14 @@ def test_a_collection_name_holding_a_nul_is_refused(field):
     pymongo would refuse it at the first access, after a command's first output."""
     with pytest.raises(ValidationError, match="must not contain NUL"):
         Settings(**{field: "tasks\0x"})
+
+
+@pytest.mark.parametrize("written", ["none", "None", "NULL", "", " none "])
+@pytest.mark.parametrize("variable", ["DEFAULT_TOKEN_LIMIT", "DEFAULT_SPEND_LIMIT_MICROS"])
+def test_a_default_limit_written_none_is_no_limit(monkeypatch, variable, written):
+    """The docs give the default of both as "none", and `plan set --token-limit none` takes
+    the word: the variable takes it too (outside hunt: `invalid setting`, exit 1)."""
+    monkeypatch.setenv(variable, written)
+    assert getattr(Settings(), variable.lower()) is None
+    monkeypatch.setenv(variable, "1000")
+    assert getattr(Settings(), variable.lower()) == 1000
