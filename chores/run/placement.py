@@ -2,7 +2,7 @@
 
 Its usage period's invoice, unless that invoice is final (a final never changes): then the
 org's open period. One recorded open already may stay where it is (`stays`): on a final
-frozen flagged for it, or where a person reviewed it while nothing of it lands on an
+frozen flagged for it, or where a person reviewed it, while nothing of it lands on an
 invoice nobody has looked at for it. Usage billed late with one staying on a final opens a
 record of the open month (docs/contract.md, Anomalies).
 """
@@ -160,7 +160,8 @@ def stays(
 
     One nobody reviewed, when that invoice is final and was frozen flagged (a finalize
     that read the anomalies just before this one was recorded froze it unflagged: the
-    anomaly then moves to the open month, which it flags), or when it is a draft and the
+    anomaly then moves to the open month, which it flags) while the runner's usage is not
+    of another open month (`_usage_now_of_another_open_month`), or when it is a draft and the
     anomaly's own month is final (placed in the month that was open then, it flags that
     draft until it is frozen flagged for it, instead of following the open month every
     month, never on a final).
@@ -168,20 +169,32 @@ def stays(
     One a person reviewed, while nothing of it lands on an invoice nobody has looked at
     for it: not when this batch bills its runner usage with it (`billing`: new tokens, or
     tokens that change kind), nor when the runner's usage is now of another open month
-    than the one it was reviewed on (it ran on into it, or ended in it). A held kind bills
-    nothing (`Anomaly.HELD`) and stays while its runner runs on (`running`) or its month is
-    the clock's (`Anomaly.OF_THE_CLOCK`), and a runner whose usage month is final bills
-    nothing there: a finalize, a month going by or the daily full pass undo no review."""
+    than the one it was reviewed on (`_usage_now_of_another_open_month`: it ran on into it, or
+    ended in it). A finalize, a month going by or the daily full pass undo no review."""
     if recorded.resolved or recorded.org != anomaly.org:
         return False
     if recorded.period is None and anomaly.period is not None:
         return False  # on no invoice (its period edited out of shape): placed as seen now
     if not recorded.reviewed:
         if recorded.period in finals:
-            return finals[recorded.period]
+            return finals[recorded.period] and not _usage_now_of_another_open_month(
+                recorded, anomaly, finals, running
+            )
         return anomaly.period in finals
+    return anomaly.runner_id not in billing and not _usage_now_of_another_open_month(
+        recorded, anomaly, finals, running
+    )
+
+
+def _usage_now_of_another_open_month(
+    recorded: Recorded, anomaly: AnomalyRecord, finals: Mapping[str, bool], running: set[str]
+) -> bool:
+    """Whether an anomaly's usage is now of an open month other than the one it is recorded
+    on, where it lands once fixed. Not for a held kind (`Anomaly.HELD`: it bills nothing)
+    while its runner runs on (`running`) or its month is the clock's
+    (`Anomaly.OF_THE_CLOCK`): a month going by moves nothing."""
     follows_the_clock = anomaly.runner_id in running or anomaly.kind in Anomaly.OF_THE_CLOCK
-    return anomaly.runner_id not in billing and (
+    return not (
         (anomaly.kind in Anomaly.HELD and follows_the_clock)
         or anomaly.period in finals
         or anomaly.period == recorded.period

@@ -938,6 +938,35 @@ def test_a_reviewed_held_anomaly_moves_when_its_runner_ends_in_another_month(db,
     assert flagged.get("acme:2026-12", False) is ends
 
 
+@pytest.mark.parametrize("ends", [False, True])
+def test_a_held_anomaly_on_a_final_flagged_for_it_moves_when_its_runner_ends_later(
+    db, settings, ends
+):
+    """Review: a running runner's malformed counters, nobody reviewed, froze November
+    flagged; the runner then ended in December, still malformed. The record stayed on
+    November's final and December, the month of its usage and where it lands once fixed,
+    was not flagged (a reviewed one moved). While it runs on, it stays where it was frozen."""
+
+    def write(at: datetime, ended: datetime | None = None) -> None:
+        status = "SUCCESS" if ended else "RUNNING"
+        doc = ai_runner("r1", ended=ended, status=status, tokens="12.5", stamp=at.timestamp())
+        db.tasks.replace_one({"_id": "r1"}, doc, upsert=True)
+        run_chore(db, now=at, settings=settings)
+
+    write(NOW)
+    december = datetime(2026, 12, 5, tzinfo=UTC)
+    assert finalize_invoices(db, now=december, settings=settings) == ["acme:2026-11"]
+    assert invoice(db, "acme:2026-11")["needs_review"] is True
+    write(december, ended=december - timedelta(hours=1) if ends else None)
+    write(december + timedelta(hours=1), ended=december - timedelta(hours=1) if ends else None)
+
+    (record,) = db.billing_anomalies.find()
+    assert record["period"] == ("2026-12" if ends else "2026-11")
+    assert invoice(db, "acme:2026-11")["needs_review"] is True  # a final never changes
+    flagged = {i["_id"]: i["needs_review"] for i in db.billing_invoices.find()}
+    assert flagged.get("acme:2026-12", False) is ends
+
+
 @pytest.mark.parametrize("december_final", [False, True])
 def test_the_record_its_late_usage_opened_stands_for_it_as_months_go_by(
     db, settings, december_final
