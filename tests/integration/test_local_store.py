@@ -93,6 +93,35 @@ def test_an_output_that_cannot_be_written_is_one_line_and_the_work_is_kept(tmp_p
     assert shown.stdout.startswith("acme: token limit 123,000 tokens"), shown.stdout
 
 
+@pytest.mark.parametrize("unbuffered", [True, False])
+def test_a_long_output_cut_short_by_its_reader_exits_1(tmp_path, unbuffered):
+    """Outside hunt: with `PYTHONUNBUFFERED=1` (the Dockerfile's), an output written in one
+    long write (`--json`, `--csv`, a registry) that its reader stopped reading (`| head -1`)
+    exited 0, the rest dropped without a word: a `set -o pipefail` script took it whole."""
+    prices = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6, "mode": "chat"}
+    litellm_map = tmp_path / "prices.json"
+    litellm_map.write_text(json.dumps({f"model-{i}": prices for i in range(3_000)}))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    said = tmp_path / "stderr"
+    with (
+        said.open("wb") as stderr,
+        subprocess.Popen(
+            [*CHORE, "registry", "import-litellm", str(litellm_map)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        ) as reader,
+    ):
+        assert reader.stdout is not None
+        assert reader.stdout.readline().startswith(b"# Model price registry")
+        reader.stdout.close()  # as `head -1` does
+        assert reader.wait(timeout=300) == 1
+    assert said.read_text() == ""  # nothing said, as Click does
+
+
 def test_a_closed_standard_output_is_an_output_that_cannot_be_written(tmp_path):
     """Outside review: `chore invoice show >&-` exited 0 and showed nothing (Python drops
     every print when file descriptor 1 is closed). Now its first write is one line and
