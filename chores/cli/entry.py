@@ -51,15 +51,15 @@ class ClosedOutput(io.RawIOBase):
         return len(data)
 
 
-def buffered(stdout: io.TextIOWrapper) -> io.TextIOWrapper:
+def buffered(stdout: io.TextIOWrapper, raw: io.RawIOBase) -> io.TextIOWrapper:
     """Standard output through a buffer, flushed at each line, when Python left it raw
     (`PYTHONUNBUFFERED`, `python -u`; the Dockerfile sets it). A raw output takes the part
     of a long write a pipe took as the whole, and drops the rest without a word: an output
     cut short by its reader (`| head -1`) then exited 0. A buffer writes the rest again,
-    which fails as a closed pipe does (exit 1). The raw output stays open
+    which fails as a closed pipe does (exit 1). `raw` is `stdout`'s; it stays open
     (`sys.__stdout__` holds it)."""
     return io.TextIOWrapper(
-        io.BufferedWriter(stdout.buffer),
+        io.BufferedWriter(raw),
         encoding=stdout.encoding,
         errors=stdout.errors,
         line_buffering=True,
@@ -67,8 +67,9 @@ def buffered(stdout: io.TextIOWrapper) -> io.TextIOWrapper:
 
 
 def main() -> None:
-    if isinstance(sys.stdout, io.TextIOWrapper) and isinstance(sys.stdout.buffer, io.RawIOBase):
-        sys.stdout = buffered(sys.stdout)
+    stdout = sys.stdout
+    if isinstance(stdout, io.TextIOWrapper) and isinstance(stdout.buffer, io.RawIOBase):
+        sys.stdout = buffered(stdout, stdout.buffer)
     if sys.stdout is None:  # started with file descriptor 1 closed (`chore ... >&-`)
         sys.stdout = io.TextIOWrapper(ClosedOutput(), encoding="utf-8", line_buffering=True)
     for stream in (sys.stdout, sys.stderr):
