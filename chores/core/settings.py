@@ -121,6 +121,9 @@ def redact_url(url: str) -> str:
             return f"{scheme}://***{rest[len(authority) :]}"  # a user:password, no host
         return redact_options(url, pattern=_URL_OPTION)
     user, colon, _password = rest[:at].partition(":")
+    escaped_colon = re.search("%3a", user, flags=re.IGNORECASE)
+    if escaped_colon:  # `u%3As3cret`: a password after a `:` written escaped, hidden too
+        user, colon = user[: escaped_colon.start()], ":"
     tail = rest[at + 1 :]
     if _ends_in_a_secret_option(rest[:at]):
         tail = re.sub(r"^[^&;?]*", "***", tail, count=1)  # the rest of that value
