@@ -692,9 +692,10 @@ class Invoices:
         return {invoice_pair(d, self._c) for d in self._c.invoices.find(query, PAIR_FIELDS)}
 
     def _without_invoice(self, org: str | None) -> set[tuple[str, str]]:
-        """The `(org, period)` pairs the ledger bills usage to that have no invoice: each a
-        draft (or a final) removed from the database. Reads the whole ledger in scope, in
-        the database (one `$group`), which only a full pass does."""
+        """The `(org, period)` pairs the ledger bills usage to, or an anomaly nobody reviewed
+        flags, that have no invoice: each a draft (or a final) removed from the database.
+        Reads the whole ledger in scope, in the database (one `$group`), which only a full
+        pass does."""
         match: Doc = {"$nor": [EMPTY_ENTRY]}
         if org is not None:
             match["org"] = {"$eq": org}
@@ -706,6 +707,7 @@ class Invoices:
         for row in self._c.ledger.aggregate(pipeline, allowDiskUse=True):
             check_pair_row(self._c.ledger, row, match)
             billed.add((row["_id"]["org"], row["_id"]["period"]))
+        billed |= self._anomalies.flagged_pairs(org)
         ids = sorted(f"{o}:{p}" for o, p in billed)
         found: set[str] = set()
         for batch in chunked(ids, 1000):

@@ -201,6 +201,35 @@ class AnomalyLog:
                 },
             )
 
+    def flagged_pairs(self, org: str | None) -> set[tuple[str, str]]:
+        """The `(org, period)` pairs (of `org`, or of every org) with an open anomaly nobody
+        reviewed: the invoices they flag, whether or not they hold usage."""
+        query: Doc = dict(UNREVIEWED)
+        if org is not None:
+            query["org"] = {"$eq": org}
+        found = self._anomalies.find(query, {"org": 1, "period": 1})
+        pairs = ((_org_of(doc), _period_of(doc)) for doc in found)
+        return {(o, p) for o, p in pairs if o is not None and p is not None}
+
+    @staticmethod
+    def changed_pairs(
+        records: Sequence[AnomalyRecord], previous: Mapping[str, Recorded]
+    ) -> set[tuple[str, str]]:
+        """The `(org, period)` pairs whose review state `record` may change (the caller
+        marks those dirty first): where each new, re-opened or moved record goes, and where
+        a moved one was. A record already open where it is placed changes no invoice (its
+        runner, held and read again every run, had its draft rebuilt every run)."""
+        pairs: set[tuple[str, str]] = set()
+        for r in records:
+            known = previous.get(anomaly_id(r))
+            if known is not None and known.open_at(r.org, r.period):
+                continue
+            if r.org is not None and r.period is not None:
+                pairs.add((r.org, r.period))
+            if known is not None and isinstance(known.org, str) and is_period(known.period):
+                pairs.add((known.org, known.period))
+        return pairs
+
     def resolvable(self, runner_ids: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
         """Open self-healing anomalies of runners that now bill cleanly.
 

@@ -291,11 +291,7 @@ class Pipeline:
         _count_anomalies(report, anomalies, known)  # as written: a second read may change them
         healed, healed_pairs = self.anomalies.resolvable(batch.clean)
         report.note_closed(healed)
-        dirty = batch.dirty | set(healed_pairs)
-        dirty.update((a.org, a.period) for a in anomalies if a.org and a.period)
-        dirty.update(
-            (r.org, r.period) for r in known.values() if r.org is not None and r.period is not None
-        )
+        dirty = batch.dirty | set(healed_pairs) | self.anomalies.changed_pairs(anomalies, known)
         marks = self.progress.mark_dirty(dirty, now=now)  # open, before what they announce
         self.anomalies.record(anomalies, known, now=now, run_id=run_id)
         self.anomalies.close(healed)

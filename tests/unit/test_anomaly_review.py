@@ -938,6 +938,42 @@ def test_a_reviewed_held_anomaly_moves_when_its_runner_ends_in_another_month(db,
     assert flagged.get("acme:2026-12", False) is ends
 
 
+@pytest.mark.parametrize("full", [False, True])
+def test_a_held_runner_read_again_leaves_its_draft_as_it_is(db, settings, full):
+    """Outside hunt: a runner held by its anomaly (malformed counters, still running), read
+    again by every run, had its draft written again each time, unchanged ("1 invoice
+    updated", 0 tokens billed), and the daily full pass so for every held runner. An
+    anomaly already open where it is placed changes no invoice."""
+    db.tasks.insert_one(ai_runner("r1", ended=None, status="RUNNING", tokens="12.5"))
+    db.tasks.insert_one(ai_runner("r2", ended=NOW - timedelta(hours=1)))
+    run_chore(db, now=NOW, settings=settings)
+    before = invoice(db, "acme:2026-11")
+    assert before["needs_review"] is True and before["total_micros"] > 0
+
+    again = run_chore(db, now=NOW + timedelta(minutes=5), settings=settings, full=full)
+
+    assert again.docs_read == (2 if full else 1)  # the held runner, read again
+    assert again.invoices == []
+    assert invoice(db, "acme:2026-11") == before
+
+
+def test_a_removed_draft_that_only_an_anomaly_flags_comes_back_with_the_full_pass(db, settings):
+    """An invoice removed from the database comes back with the full pass: one that holds no
+    usage, only the flag of an anomaly nobody reviewed, too (it came back as a side effect
+    of its held runner's re-read writing its draft again, which no longer happens)."""
+    db.tasks.insert_one(ai_runner("r1", ended=NOW - timedelta(hours=1), tokens="12.5"))
+    run_chore(db, now=NOW, settings=settings)
+    before = invoice(db, "acme:2026-11")
+    assert before["needs_review"] is True and before["lines"] == []
+    db.billing_invoices.delete_one({"_id": "acme:2026-11"})
+
+    assert run_chore(db, now=NOW + timedelta(minutes=5), settings=settings).invoices == []
+    full = run_chore(db, now=NOW + timedelta(minutes=10), settings=settings, full=True)
+
+    assert full.invoices == ["acme:2026-11"]
+    assert invoice(db, "acme:2026-11")["needs_review"] is True
+
+
 @pytest.mark.parametrize("ends", [False, True])
 def test_a_held_anomaly_on_a_final_flagged_for_it_moves_when_its_runner_ends_later(
     db, settings, ends
