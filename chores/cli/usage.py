@@ -323,7 +323,7 @@ def _progress_bar(quiet: bool) -> Iterator[Any]:
     "--out",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The HTML file to write.",
+    help="The HTML file to write (`-`: standard output).",
 )
 @click.option(
     "--top",
@@ -360,13 +360,19 @@ def report(
         )
         update("rendering the page", 0, 1)
         page = render_report(data)
-        write_output(out, page)
+        to_stdout = str(out) == "-"
+        if to_stdout:
+            click.echo(page, nl=False)
+        else:
+            write_output(out, page)
         update("done", 1, 1)
     if not quiet:
         invoice = data.allocation.invoice
-        click.echo(
-            f"wrote {out}: invoice {for_terminal(invoice.id)} ({invoice.status}), total "
+        written = "the page" if to_stdout else out
+        click.echo(  # beside the page on standard output, on standard error
+            f"wrote {written}: invoice {for_terminal(invoice.id)} ({invoice.status}), total "
             f"{usd(invoice.total_micros)}, {counted(invoice.runs, 'run')}, "
             f"{counted(len(data.waiting()), 'anomaly')} to review"
-            + (f", {len(data.reviewed())} reviewed" if data.reviewed() else "")
+            + (f", {len(data.reviewed())} reviewed" if data.reviewed() else ""),
+            err=to_stdout,
         )

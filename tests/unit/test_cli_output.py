@@ -664,3 +664,15 @@ def test_the_report_says_when_it_was_generated_in_utc(cli_db, tmp_path):
     args = ["report", "--org", "ws-acme", "--period", "2026-11", "--out", str(out), *local]
     assert invoke(*args).exit_code == 0
     assert "generated 2026-11-25 12:00 UTC" in out.read_text(encoding="utf-8")
+
+
+def test_a_report_to_dash_is_written_to_standard_output(cli_db, tmp_path, monkeypatch):
+    """Outside hunt: `report --out -` wrote a file named `-`; a page to standard output is
+    what a user piping it means. The summary line goes to standard error, off the page."""
+    monkeypatch.chdir(tmp_path)
+    args = ["report", "--org", "ws-acme", "--period", "2026-11", "--out", "-", *NOW_ARG]
+    shown = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert shown.exit_code == 0
+    assert shown.stdout.startswith("<!DOCTYPE html>") and shown.stdout.endswith("</html>\n")
+    assert shown.stderr.startswith("wrote the page: invoice ws-acme:2026-11")
+    assert list(tmp_path.iterdir()) == []
