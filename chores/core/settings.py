@@ -533,5 +533,6 @@ def settings_problem(exc: ValidationError) -> str:
         value = error.get("input")
         shown = redact_url(str(value)) if field in SECRET_SETTINGS else str(value)
         said = f" {shown}" if shown == NO_SCHEME else f"={shown!r}"  # not quoted as if set so
-        problems.append(f"{field.upper()}{said}: {error['msg']}")
+        item = "".join(f"[{part}]" for part in error["loc"][1:])  # of a list: which item
+        problems.append(f"{field.upper()}{item}{said}: {error['msg']}")
     return "invalid setting: " + "; ".join(problems)

@@ -151,6 +151,11 @@ from support import invoke_with_env
         ("MONGO_DB", "my.db", "MONGO_DB='my.db': Value error, must not contain '.'"),
         ("MONGO_DB", "", "MONGO_DB='': Value error, must not be empty"),
         ("AI_TASK_NAMES", '["ai", "a\\u0000i"]', "AI_TASK_NAMES must not contain a NUL"),
+        (  # outside hunt: `AI_TASK_NAMES='5'`, as if the whole value were 5
+            "AI_TASK_NAMES",
+            '["ai", 5]',
+            "AI_TASK_NAMES[1]='5': Input should be a valid string",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", [["status"], ["quota", "check", "--org", "acme"]])
