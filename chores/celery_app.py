@@ -27,7 +27,12 @@ from chores.core.exceptions import ConfigError
 from chores.core.logs import use_log_format
 from chores.core.settings import Settings, get_settings
 from chores.service.beat import beat_health, beat_redis_problem
-from chores.service.checks import credentials_problem, stop_line, store_problem
+from chores.service.checks import (
+    credentials_problem,
+    mongo_url_problem,
+    stop_line,
+    store_problem,
+)
 from chores.service.config import celery_config
 
 
@@ -66,9 +71,10 @@ app.conf.update(_configured())
 
 @celeryd_init.connect
 def _refuse_a_local_store(**_: Any) -> None:
-    """`celery worker` stops before it starts on a store it cannot bill into."""
+    """`celery worker` stops before it starts on a store it cannot bill into, or a
+    MONGO_URL pymongo cannot read."""
     settings = get_settings()
-    problem = store_problem(settings)
+    problem = store_problem(settings) or mongo_url_problem(settings)
     if problem is not None:  # not Exception: Celery would log it on
         raise SystemExit(stop_line(f"chore worker: {problem}", settings))
 

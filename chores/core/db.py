@@ -120,11 +120,43 @@ def connect(settings: Settings) -> Database[Doc]:
 
         local: Database[Doc] = local_store.in_process_client(url)[settings.mongo_db]
         return local
+    real = mongo_client(settings)
+    try:
+        real.admin.command("ping")
+    except PyMongoError as exc:
+        real.close()
+        if isinstance(exc, OperationFailure) and exc.code == AUTHENTICATION_FAILED:
+            raise CredentialsRefused(
+                f"MongoDB at {settings.safe_mongo_url} refused the user or password of "
+                "MONGO_URL (authentication failed): check them, and its authSource option "
+                "if the user is not in the admin database"
+            ) from None
+        hint = (
+            "is the server running?"
+            if "://" in url
+            else "MONGO_URL is read as a host name: is it meant to be a mongodb:// URL?"
+        )
+        raise DatabaseUnavailable(
+            f"cannot reach MongoDB at {settings.safe_mongo_url}: {hint}"
+        ) from None
+    return real.get_database(settings.mongo_db, codec_options=reading(real.codec_options))
+
+
+AUTHENTICATION_FAILED = 18  # MongoDB's error code for a user or password it refuses
+UNKNOWN_OPTION = "an option pymongo does not know, which it would ignore (check its spelling)"
+
+
+def mongo_client(settings: Settings, *, connect: bool = True) -> pymongo.MongoClient[Doc]:
+    """A client of the MongoDB server MONGO_URL names, not checked to be reachable
+    (`connect=False`: not even tried, as the worker's start checks it). `ConfigError` for a
+    URL pymongo cannot read, or would go on without an option of; `DatabaseUnavailable`
+    for a `mongodb+srv://` name not resolved now."""
+    url = settings.mongo_url
     try:
         with warnings.catch_warnings(record=True) as warned:
             warnings.simplefilter("always", UserWarning)
             real: pymongo.MongoClient[Doc] = pymongo.MongoClient(
-                url, serverSelectionTimeoutMS=settings.mongo_timeout_ms
+                url, serverSelectionTimeoutMS=settings.mongo_timeout_ms, connect=connect
             )
     except (ConfigurationError, ValueError) as exc:
         if isinstance(exc.__cause__, DNSException):  # a mongodb+srv:// name not resolved now
@@ -153,29 +185,7 @@ def connect(settings: Settings) -> Database[Doc]:
         raise ConfigError(
             f"MONGO_URL {settings.safe_mongo_url}: {_without_secrets('; '.join(ignored), url)}"
         )
-    try:
-        real.admin.command("ping")
-    except PyMongoError as exc:
-        real.close()
-        if isinstance(exc, OperationFailure) and exc.code == AUTHENTICATION_FAILED:
-            raise CredentialsRefused(
-                f"MongoDB at {settings.safe_mongo_url} refused the user or password of "
-                "MONGO_URL (authentication failed): check them, and its authSource option "
-                "if the user is not in the admin database"
-            ) from None
-        hint = (
-            "is the server running?"
-            if "://" in url
-            else "MONGO_URL is read as a host name: is it meant to be a mongodb:// URL?"
-        )
-        raise DatabaseUnavailable(
-            f"cannot reach MongoDB at {settings.safe_mongo_url}: {hint}"
-        ) from None
-    return real.get_database(settings.mongo_db, codec_options=reading(real.codec_options))
-
-
-AUTHENTICATION_FAILED = 18  # MongoDB's error code for a user or password it refuses
-UNKNOWN_OPTION = "an option pymongo does not know, which it would ignore (check its spelling)"
+    return real
 
 
 def _option_dropped(text: str) -> str:

@@ -1,6 +1,7 @@
 """What stops the worker or beat at start, in one line: a store it cannot bill into
-(`store_problem`), a Redis refusing its credentials (`credentials_problem`); the line
-itself as the logs expect it (`stop_line`).
+(`store_problem`), a MONGO_URL pymongo cannot read (`mongo_url_problem`), a Redis refusing
+its credentials (`credentials_problem`); the line itself as the logs expect it
+(`stop_line`).
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit
 
+from chores.core.db import IN_PROCESS_SCHEMES, mongo_client
+from chores.core.exceptions import ConfigError, DatabaseUnavailable
 from chores.core.local_store import SCHEME as LOCAL_STORE_SCHEME
 from chores.core.logs import JsonFormatter
 from chores.core.redis_client import refused_credentials
@@ -26,6 +29,21 @@ def store_problem(settings: Settings) -> str | None:
             "command that opens it: a worker's billing would be lost. Point the worker at "
             "MongoDB (docs/deploy.md)"
         )
+    return None
+
+
+def mongo_url_problem(settings: Settings) -> str | None:
+    """Why pymongo cannot read MONGO_URL (`db.mongo_client`'s one line), or None; nothing is
+    connected to. Without it a worker started, answered its healthcheck, then failed every
+    run on it. A `mongodb+srv://` name not resolved now is left to the runs' retries."""
+    if settings.mongo_url.startswith(IN_PROCESS_SCHEMES):
+        return None
+    try:
+        mongo_client(settings, connect=False).close()
+    except ConfigError as exc:
+        return str(exc)
+    except DatabaseUnavailable:
+        return None
     return None
 
 

@@ -1205,6 +1205,24 @@ def redis_user(redis_base_url: str) -> Iterator[Callable[[str], str]]:
         admin.close()
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("mongodb://billing:Xsecret@db:notaport/", "is not a valid MongoDB URL"),
+        ("mongodb://db:27017/?socketTimoutMS=5", "an option pymongo does not know"),
+    ],
+)
+def test_a_worker_stops_at_start_on_a_mongo_url_pymongo_cannot_read(service, tmp_path, url, says):
+    """Outside hunt: a worker on a malformed MONGO_URL started, answered its healthcheck,
+    then failed every run on it, for good. Nothing connects to tell: it stops at start."""
+    env = {**os.environ, "CELERY_BROKER_URL": service.celery_broker_url, "MONGO_URL": url}
+    started = celery_command("worker", env, tmp_path, "--without-mingle", "--without-gossip")
+    assert started.returncode == 1, started.stderr
+    said = [line for line in started.stderr.splitlines() if line.startswith("chore worker:")]
+    assert len(said) == 1 and says in said[0], started.stderr
+    assert "Traceback" not in started.stderr and "Xsecret" not in started.stderr
+
+
 @pytest.mark.parametrize("program", ["worker", "beat"])
 @pytest.mark.parametrize("setting", ["CELERY_BROKER_URL", "REDIS_URL"])
 def test_a_redis_refusing_the_services_credentials_stops_it_with_one_line(
