@@ -28,8 +28,8 @@ from chores.core.logs import use_log_format
 from chores.core.settings import Settings, get_settings
 from chores.service.beat import beat_health, beat_redis_problem
 from chores.service.checks import (
-    credentials_problem,
     mongo_url_problem,
+    redis_problem,
     stop_line,
     store_problem,
 )
@@ -82,11 +82,12 @@ def _refuse_a_local_store(**_: Any) -> None:
 @import_modules.connect
 def _refuse_refused_credentials(**_: Any) -> None:
     """`celery worker` and `celery beat` stop before they start (each imports the task
-    modules first) when a Redis refuses their credentials (`credentials_problem`)."""
+    modules first) when a Redis refuses their credentials, or speaks no TLS to a rediss:// URL
+    (`redis_problem`)."""
     if not _run_by_celery_command():
         return
     settings = get_settings()
-    problem = credentials_problem(settings)
+    problem = redis_problem(settings)
     if problem is None and _celery_subcommand() == "beat":
         problem = beat_redis_problem(settings)
     if problem is not None:

@@ -1,5 +1,6 @@
 """Redis clients: one per URL and timeout, per process, with short timeouts; and whether a
-Redis refuses the credentials a URL carries, or is not reached at all.
+Redis refuses the credentials a URL carries, is not reached at all, or speaks no TLS to a
+`rediss://` URL.
 
 A dead Redis must never stall a run or a quota check: short timeouts, and callers catch
 `RedisError` (the quota mirror falls back to MongoDB; a run that cannot take its org's
@@ -7,6 +8,9 @@ lock is retried, `tasks.meter_org`).
 """
 
 from __future__ import annotations
+
+import socket
+from urllib.parse import urlsplit
 
 import redis
 
@@ -55,3 +59,17 @@ def _ping_error(url: str, timeout: float) -> redis.RedisError | None:
     finally:
         client.close()
     return None
+
+
+def speaks_without_tls(url: str, *, timeout: float = 2.0) -> bool:
+    """Whether the server a `rediss://` URL names answers Redis's protocol in plain text:
+    a TLS client's handshake with it waits for an answer that never comes (Celery's
+    broker connection has no timeout there: the worker hung, deaf to SIGTERM)."""
+    parts = urlsplit(url)
+    try:
+        address = (parts.hostname or "localhost", parts.port or 6379)
+        with socket.create_connection(address, timeout=timeout) as plain:
+            plain.sendall(b"PING\r\n")
+            return plain.recv(1) in (b"+", b"-")  # a reply (`+PONG`) or an error (`-NOAUTH`)
+    except (OSError, ValueError):  # not reached, or a port out of range: another matter
+        return False

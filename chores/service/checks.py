@@ -1,6 +1,6 @@
 """What stops the worker or beat at start, in one line: a store it cannot bill into
 (`store_problem`), a MONGO_URL pymongo cannot read (`mongo_url_problem`), a Redis refusing
-its credentials (`credentials_problem`); the line itself as the logs expect it
+its credentials (`redis_problem`); the line itself as the logs expect it
 (`stop_line`).
 """
 
@@ -13,7 +13,7 @@ from chores.core.db import IN_PROCESS_SCHEMES, mongo_client
 from chores.core.exceptions import ConfigError, DatabaseUnavailable
 from chores.core.local_store import SCHEME as LOCAL_STORE_SCHEME
 from chores.core.logs import JsonFormatter
-from chores.core.redis_client import refused_credentials
+from chores.core.redis_client import not_reached, refused_credentials, speaks_without_tls
 from chores.core.settings import REDIS_SCHEMES, Settings, redact_url
 
 
@@ -47,9 +47,10 @@ def mongo_url_problem(settings: Settings) -> str | None:
     return None
 
 
-def credentials_problem(settings: Settings) -> str | None:
+def redis_problem(settings: Settings) -> str | None:
     """The first Redis of the service (its broker, the per-org locks', a Redis result
-    backend) that refuses the user or password its URL carries, in one line, or None.
+    backend) that refuses the user or password its URL carries, or that speaks no TLS to
+    a `rediss://` URL, in one line, or None.
 
     Celery retries a broker that refuses its credentials like one that is down (a hundred
     times over hours, the worker idle meanwhile), and beat stops with two tracebacks.
@@ -67,6 +68,12 @@ def credentials_problem(settings: Settings) -> str | None:
         checked.add(url)
         reply = refused_credentials(url)
         if reply is None:
+            if urlsplit(url).scheme == "rediss" and not_reached(url) and speaks_without_tls(url):
+                return (
+                    f"{name} {redact_url(url)}: that Redis speaks no TLS, and a rediss:// "
+                    "client waits for its TLS handshake for good: use redis://, or turn TLS "
+                    "on at the server (docs/deploy.md)"
+                )
             continue
         if urlsplit(url).password is None:
             return (

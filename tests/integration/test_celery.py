@@ -48,7 +48,7 @@ from chores.core.exceptions import (
 from chores.core.lock import KEY_PREFIX, lock_client
 from chores.core.logs import redact_urls
 from chores.demo.corpus import generate_corpus
-from chores.service.checks import credentials_problem
+from chores.service.checks import redis_problem
 from chores.service.config import DEFAULT_QUEUE, FULL_QUEUE, celery_config
 
 from support import QUICK_RETRY_DELAY, closed_port
@@ -1250,6 +1250,25 @@ def test_a_redis_refusing_the_services_credentials_stops_it_with_one_line(
     assert "wrong-password" not in stopped.stderr + stopped.stdout
 
 
+@pytest.mark.parametrize("program", ["worker", "beat"])
+def test_a_rediss_url_to_a_redis_without_tls_stops_the_service_with_one_line(
+    service, tmp_path, program
+):
+    """Outside hunt: CELERY_BROKER_URL `rediss://` to a Redis that speaks no TLS hung the
+    worker in its TLS handshake for good, printing nothing and deaf to SIGTERM."""
+    plain = urllib.parse.urlsplit(service.celery_broker_url)
+    url = f"rediss://{plain.hostname}:{plain.port}/0"
+    env = {**os.environ, "CELERY_BROKER_URL": url, "MONGO_URL": "mongodb://127.0.0.1:1/x"}
+    stopped = celery_command(program, env, tmp_path)
+    assert stopped.returncode == 1, stopped.stderr
+    said = [line for line in stopped.stderr.splitlines() if line.startswith("chore service:")]
+    assert said == [
+        f"chore service: CELERY_BROKER_URL {url}: that Redis speaks no TLS, and a rediss:// "
+        "client waits for its TLS handshake for good: use redis://, or turn TLS on at the "
+        "server (docs/deploy.md)"
+    ], stopped.stderr
+
+
 def test_beat_without_its_redis_at_start_stops_with_one_line(tmp_path):
     """Beat keeps its schedule and lock in the broker's Redis: not reached at start, beat
     stopped with two tracebacks (182 lines), again at every restart by its supervisor."""
@@ -1277,7 +1296,7 @@ def test_only_refused_credentials_stop_the_service_not_a_redis_that_is_down(redi
     down = "redis://:anything@127.0.0.1:1/0"
 
     def problem(**urls: str | None) -> str | None:
-        return credentials_problem(Settings(**{"celery_broker_url": right, **urls}))
+        return redis_problem(Settings(**{"celery_broker_url": right, **urls}))
 
     assert problem() is None
     assert problem(redis_url=right, celery_result_backend=right) is None
