@@ -273,12 +273,14 @@ def meter_all(full: bool = False) -> list[str]:
     insert_ignoring_duplicates(due, [{"_id": org, "listed_at": now} for org in orgs])
     if orgs:
         due.update_many({"_id": {"$in": orgs}}, {"$set": {"listed_at": now}})
-    for org in orgs:
-        meter_org.delay(org, full=full)
-    # Orgs with nothing new get no run, but their decision must not go stale.
+    # Orgs with nothing new get no run, but their decision must not go stale. Decided
+    # before the others are queued: a failure here retries the fan-out, which would queue
+    # them all again (each run bills nothing twice, but the work is doubled).
     quota = Quota(Collections.of(db, settings), settings)
     # Logs what it refuses: one org's edited invoice must not fail the fan-out.
     quota.decide(sorted(set(quota.known_orgs()) - set(orgs)), now, raise_refused=False)
+    for org in orgs:
+        meter_org.delay(org, full=full)
     # Documents that name no org: no org's run reads them (SPEC §1 fact 8). A side job:
     # its failure must not retry the fan-out (every org sent again) nor hold the cursor
     # back; the daily full fan-out reads them all again.
