@@ -160,8 +160,10 @@ def stays(
 
     One nobody reviewed, when that invoice is final and was frozen flagged (a finalize
     that read the anomalies just before this one was recorded froze it unflagged: the
-    anomaly then moves to the open month, which it flags) while the runner's usage is not
-    of another open month (`_usage_now_of_another_open_month`), or when it is a draft and the
+    anomaly then moves to the open month, which it flags), unless a held kind's usage is
+    now of another open month (`_usage_now_of_another_open_month`: it lands there once
+    fixed; a kind billed all the same keeps the final that holds usage billed with it), or
+    when it is a draft and the
     anomaly's own month is final (placed in the month that was open then, it flags that
     draft until it is frozen flagged for it, instead of following the open month every
     month, never on a final).
@@ -177,9 +179,10 @@ def stays(
         return False  # on no invoice (its period edited out of shape): placed as seen now
     if not recorded.reviewed:
         if recorded.period in finals:
-            return finals[recorded.period] and not _usage_now_of_another_open_month(
+            held_elsewhere = anomaly.kind in Anomaly.HELD and _usage_now_of_another_open_month(
                 recorded, anomaly, finals, running
             )
+            return finals[recorded.period] and not held_elsewhere
         return anomaly.period in finals
     return anomaly.runner_id not in billing and not _usage_now_of_another_open_month(
         recorded, anomaly, finals, running

@@ -938,6 +938,32 @@ def test_a_reviewed_held_anomaly_moves_when_its_runner_ends_in_another_month(db,
     assert flagged.get("acme:2026-12", False) is ends
 
 
+def test_an_org_changed_record_stays_on_the_final_that_holds_its_usage(db, settings):
+    """Review of the move above: `org_changed`, nobody reviewed, froze beta's November
+    flagged; its runner, running on under beta, changed kind again in December. The record
+    moved to December with December's detail, and nothing listed on November's final
+    explained its flag. Only a held kind moves: this one's usage is on the final."""
+
+    def write(org: str, total: int, prompt: int, cached: int, at: datetime) -> None:
+        doc = ai_runner("r1", ended=None, status="RUNNING", tokens=total, prompt=prompt, org=org)
+        doc["context"].update(ai_completion_tokens=0, ai_cached_tokens=cached)
+        doc["last_updated_db"] = at.timestamp()
+        db.tasks.replace_one({"_id": "r1"}, doc, upsert=True)
+        run_chore(db, now=at + timedelta(minutes=1), settings=settings)
+
+    write("alpha", 1_000_000, 0, 0, datetime(2026, 11, 10, tzinfo=UTC))
+    write("beta", 1_200_000, 1_200_000, 1_000_000, datetime(2026, 11, 11, tzinfo=UTC))
+    (record,) = db.billing_anomalies.find()
+    assert (record["kind"], record["period"]) == (Anomaly.ORG_CHANGED, "2026-11")
+    december = datetime(2026, 12, 5, tzinfo=UTC)
+    assert "beta:2026-11" in finalize_invoices(db, now=december, settings=settings)
+    write("beta", 1_300_000, 1_300_000, 1_300_000, december + timedelta(days=1))
+
+    (record,) = db.billing_anomalies.find()
+    assert record["period"] == "2026-11" and "unsplit -1,000,000" in record["detail"]
+    assert invoice(db, "beta:2026-11")["needs_review"] is True
+
+
 @pytest.mark.parametrize("full", [False, True])
 def test_a_held_runner_read_again_leaves_its_draft_as_it_is(db, settings, full):
     """Outside hunt: a runner held by its anomaly (malformed counters, still running), read
