@@ -275,10 +275,15 @@ def meter_all(full: bool = False) -> list[str]:
         due.update_many({"_id": {"$in": orgs}}, {"$set": {"listed_at": now}})
     # Orgs with nothing new get no run, but their decision must not go stale. Decided
     # before the others are queued: a failure here retries the fan-out, which would queue
-    # them all again (each run bills nothing twice, but the work is doubled).
+    # them all again (each run bills nothing twice, but the work is doubled). So does the
+    # cursor's write.
     quota = Quota(Collections.of(db, settings), settings)
     # Logs what it refuses: one org's edited invoice must not fail the fan-out.
     quota.decide(sorted(set(quota.known_orgs()) - set(orgs)), now, raise_refused=False)
+    # The cursor moves before the orgs are queued: a failure between the two leaves them due
+    # (`due_marks`), listed again by the retry, rather than every org queued twice.
+    if newest is not None:
+        Progress(Collections.of(db, settings)).advance_cursor(FANOUT_SCOPE, float(newest))
     for org in orgs:
         meter_org.delay(org, full=full)
     # Documents that name no org: no org's run reads them (SPEC §1 fact 8). A side job:
@@ -303,8 +308,6 @@ def meter_all(full: bool = False) -> list[str]:
             tally(orgless.anomalies),
             extra={"fields": {"event": "no-org", "documents": orgless.docs_read}},
         )
-    if newest is not None:
-        Progress(Collections.of(db, settings)).advance_cursor(FANOUT_SCOPE, float(newest))
     log.info(
         "fan-out%s: %d org(s) to meter%s",
         " (full)" if full else "",

@@ -230,23 +230,29 @@ def test_the_fan_out_names_its_orgs_and_truncates_a_long_list(service, monkeypat
     assert short_list(many[:3]) == "org-000, org-001, org-002"
 
 
-def test_a_fan_out_retried_after_a_failure_queues_each_org_once(service, monkeypatch):
+@pytest.mark.parametrize(
+    ("owner", "method"), [(tasks.Quota, "decide"), (tasks.Progress, "advance_cursor")]
+)
+def test_a_fan_out_retried_after_a_failure_queues_each_org_once(
+    service, monkeypatch, owner, method
+):
     """Outside hunt: the idle orgs' quota decisions failing once (a primary stepping down),
     after the orgs with new usage were queued: the retried fan-out queued every one again
-    (each run bills nothing twice; the work was doubled). They are decided first."""
+    (each run bills nothing twice; the work was doubled). They are decided first, and the
+    cursor written (review), before the queueing."""
     from pymongo.errors import AutoReconnect
 
     queued: list[str] = []
     monkeypatch.setattr(tasks.meter_org, "delay", lambda org, full=False: queued.append(org))
-    decide = tasks.Quota.decide
+    works = getattr(owner, method)
     failures = iter([AutoReconnect("primary stepped down")])
 
     def fails_once(self: Any, *args: Any, **kwargs: Any) -> Any:
         for failure in failures:
             raise failure
-        return decide(self, *args, **kwargs)
+        return works(self, *args, **kwargs)
 
-    monkeypatch.setattr(tasks.Quota, "decide", fails_once)
+    monkeypatch.setattr(owner, method, fails_once)
     assert tasks.meter_all.apply().get() == ["acme", "globex"]
     assert queued == ["acme", "globex"]
 
