@@ -159,10 +159,11 @@ def csv_text(rows: Iterable[Iterable[Any]]) -> str:
     return buffer.getvalue()
 
 
-def echo_csv(text: str) -> None:
-    """CSV on stdout, in UTF-8 whatever the terminal's encoding: a data format reads the
-    same on every machine (under latin-1, a session id `sess-中` became the text
-    `sess-\\u4e2d`, exit 0, which a session so named also is)."""
+def echo_utf8(text: str) -> None:
+    """A data format (CSV, an HTML page) on stdout, in UTF-8 whatever the terminal's
+    encoding: it reads the same on every machine (under latin-1, a session id `sess-中`
+    became the text `sess-\\u4e2d`, exit 0, which a session so named also is; a page said
+    `<meta charset="utf-8">` over latin-1 bytes)."""
     sys.stdout.flush()  # what was printed before comes first
     output = getattr(sys.stdout, "buffer", None)
     if output is None:  # a stream with no bytes beneath it (a StringIO): its own encoding

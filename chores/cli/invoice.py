@@ -19,7 +19,7 @@ from chores.cli.common import (
     console,
     csv_option,
     csv_text,
-    echo_csv,
+    echo_utf8,
     json_option,
     machine_format,
     model_json,
@@ -66,7 +66,7 @@ def invoice_show(
     if as_json:
         click.echo(model_json(inv, by_alias=True))
     elif as_csv:
-        echo_csv(invoice_csv(inv))
+        echo_utf8(invoice_csv(inv))
     else:
         open_ones = (
             AnomalyLog(collections).open_anomalies(org, inv.period) if inv.needs_review else []

@@ -32,7 +32,7 @@ from chores.cli.common import (
     console,
     csv_option,
     csv_text,
-    echo_csv,
+    echo_utf8,
     json_option,
     machine_format,
     now_option,
@@ -132,7 +132,7 @@ def usage(
     if as_json:
         click.echo(json.dumps(usage_json(allocation, view, table, filters, models), indent=2))
     elif as_csv:
-        echo_csv(usage_csv(allocation, view, table))
+        echo_utf8(usage_csv(allocation, view, table))
     elif not table:
         click.echo(for_terminal(_nothing_matches(allocation.invoice.id, filters, models, statuses)))
     else:
@@ -362,7 +362,7 @@ def report(
         page = render_report(data)
         to_stdout = str(out) == "-"
         if to_stdout:
-            click.echo(page, nl=False)
+            echo_utf8(page)
         else:
             write_output(out, page)
         update("done", 1, 1)

@@ -4,7 +4,10 @@ checked in one line, help that says what it means. Through click's CliRunner."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from typing import Any
 
 import click
@@ -676,3 +679,21 @@ def test_a_report_to_dash_is_written_to_standard_output(cli_db, tmp_path, monkey
     assert shown.stdout.startswith("<!DOCTYPE html>") and shown.stdout.endswith("</html>\n")
     assert shown.stderr.startswith("wrote the page: invoice ws-acme:2026-11")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_to_dash_is_utf8_whatever_the_terminal(tmp_path):
+    """Review: under `PYTHONIOENCODING=latin-1` the page went out in latin-1 (`·` as byte
+    0xB7, `–` as the text `\\u2013`) under its `<meta charset="utf-8">`: the same bytes as
+    `--out FILE` now."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MONGO_URL", "REDIS_URL")}
+    env["MONGO_URL"] = f"file://{tmp_path}/store.json"
+    chore = [sys.executable, "-m", "chores"]
+    demo = ["demo", "--store", str(tmp_path / "store.json"), "--now", "2026-11-25T12:00:00Z"]
+    subprocess.run([*chore, *demo], env=env, capture_output=True, check=True, timeout=300)
+    args = ["report", "--org", "acme", "--period", "2026-11", "--quiet"]
+    args += ["--now", "2026-11-25T12:00:00Z"]
+    subprocess.run([*chore, *args, "--out", str(tmp_path / "f.html")], env=env, check=True)
+    latin = {**env, "PYTHONIOENCODING": "latin-1"}
+    shown = subprocess.run([*chore, *args, "--out", "-"], env=latin, capture_output=True)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == (tmp_path / "f.html").read_bytes()
