@@ -48,6 +48,15 @@ def write_r1(
     return run_chore(db, now=at, settings=settings)
 
 
+def write_malformed_r1(db: Any, settings: Any, at: datetime, ended: datetime | None = None) -> None:
+    """Runner r1 of acme with malformed counters (held), running unless `ended`, written at
+    `at`, then a run at `at`."""
+    status = "SUCCESS" if ended else "RUNNING"
+    doc = ai_runner("r1", ended=ended, status=status, tokens="12.5", stamp=at.timestamp())
+    db.tasks.replace_one({"_id": "r1"}, doc, upsert=True)
+    run_chore(db, now=at, settings=settings)
+
+
 def reviewed(runner_id: str, kind: str, period: str = "2026-11", org: str = "acme") -> str:
     """The id of a runner's anomaly record of one kind (of one org and usage period: the
     kinds billed all the same have a record per org and month they bill into)."""
@@ -919,16 +928,12 @@ def test_a_reviewed_held_anomaly_moves_when_its_runner_ends_in_another_month(db,
     and where it lands once fixed, was never flagged. While it runs on into December, the
     review stays (a held kind bills nothing, a month going by undoes no review)."""
 
-    def write(at: datetime, ended: datetime | None = None) -> None:
-        status = "SUCCESS" if ended else "RUNNING"
-        doc = ai_runner("r1", ended=ended, status=status, tokens="12.5", stamp=at.timestamp())
-        db.tasks.replace_one({"_id": "r1"}, doc, upsert=True)
-        run_chore(db, now=at, settings=settings)
-
-    write(NOW)
+    write_malformed_r1(db, settings, NOW)
     review_anomalies(db, "acme", "2026-11", note=NOTE, now=NOW, settings=settings)
     december = datetime(2026, 12, 5, tzinfo=UTC)
-    write(december, ended=december - timedelta(hours=1) if ends else None)
+    write_malformed_r1(
+        db, settings, december, ended=december - timedelta(hours=1) if ends else None
+    )
 
     (record,) = db.billing_anomalies.find()
     assert (record["period"], "reviewed" in record) == (
@@ -1009,18 +1014,13 @@ def test_a_held_anomaly_on_a_final_flagged_for_it_moves_when_its_runner_ends_lat
     November's final and December, the month of its usage and where it lands once fixed,
     was not flagged (a reviewed one moved). While it runs on, it stays where it was frozen."""
 
-    def write(at: datetime, ended: datetime | None = None) -> None:
-        status = "SUCCESS" if ended else "RUNNING"
-        doc = ai_runner("r1", ended=ended, status=status, tokens="12.5", stamp=at.timestamp())
-        db.tasks.replace_one({"_id": "r1"}, doc, upsert=True)
-        run_chore(db, now=at, settings=settings)
-
-    write(NOW)
+    write_malformed_r1(db, settings, NOW)
     december = datetime(2026, 12, 5, tzinfo=UTC)
     assert finalize_invoices(db, now=december, settings=settings) == ["acme:2026-11"]
     assert invoice(db, "acme:2026-11")["needs_review"] is True
-    write(december, ended=december - timedelta(hours=1) if ends else None)
-    write(december + timedelta(hours=1), ended=december - timedelta(hours=1) if ends else None)
+    ended = december - timedelta(hours=1) if ends else None
+    write_malformed_r1(db, settings, december, ended=ended)
+    write_malformed_r1(db, settings, december + timedelta(hours=1), ended=ended)
 
     (record,) = db.billing_anomalies.find()
     assert record["period"] == ("2026-12" if ends else "2026-11")
