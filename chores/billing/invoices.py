@@ -42,6 +42,7 @@ from chores.core.documents import (
     past_int64,
 )
 from chores.core.exceptions import InvoiceTooLarge
+from chores.core.periods import period_of
 from chores.core.settings import MAX_INT64
 from chores.core.writes import update_where, upsert_as_written
 from chores.metering.anomalies import AnomalyLog
@@ -635,7 +636,7 @@ class Invoices:
         pairs |= self._stale_drafts(org)
         from_ledger: frozenset[tuple[str, str]] = frozenset()
         if full:
-            pairs |= self._without_invoice(org)
+            pairs |= self._without_invoice(org, now)
             from_ledger = frozenset(self._drafts(org))
         orgs = {o for o, _ in pairs}
         written: set[str] = set()
@@ -691,7 +692,7 @@ class Invoices:
             query["org"] = {"$eq": org}
         return {invoice_pair(d, self._c) for d in self._c.invoices.find(query, PAIR_FIELDS)}
 
-    def _without_invoice(self, org: str | None) -> set[tuple[str, str]]:
+    def _without_invoice(self, org: str | None, now: datetime) -> set[tuple[str, str]]:
         """The `(org, period)` pairs the ledger bills usage to, or an anomaly nobody reviewed
         flags, that have no invoice: each a draft (or a final) removed from the database.
         Reads the whole ledger in scope, in the database (one `$group`), which only a full
@@ -707,7 +708,7 @@ class Invoices:
         for row in self._c.ledger.aggregate(pipeline, allowDiskUse=True):
             check_pair_row(self._c.ledger, row, match)
             billed.add((row["_id"]["org"], row["_id"]["period"]))
-        billed |= self._anomalies.flagged_pairs(org)
+        billed |= self._anomalies.flagged_pairs(org, through=period_of(now))
         ids = sorted(f"{o}:{p}" for o, p in billed)
         found: set[str] = set()
         for batch in chunked(ids, 1000):

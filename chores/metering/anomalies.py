@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from chores.core.db import Collections, Doc
 from chores.core.periods import is_period
 from chores.core.writes import insert_ignoring_duplicates
-from chores.metering.rules import Anomaly, AnomalyRecord
+from chores.metering.rules import Anomaly, AnomalyRecord, billable_org
 
 
 def anomaly_id(record: AnomalyRecord) -> str:
@@ -201,15 +201,17 @@ class AnomalyLog:
                 },
             )
 
-    def flagged_pairs(self, org: str | None) -> set[tuple[str, str]]:
+    def flagged_pairs(self, org: str | None, *, through: str) -> set[tuple[str, str]]:
         """The `(org, period)` pairs (of `org`, or of every org) with an open anomaly nobody
-        reviewed: the invoices they flag, whether or not they hold usage."""
+        reviewed: the invoices they flag, whether or not they hold usage. Only an org the
+        rules bill and a period up to `through` (the clock's): a record edited to an org id
+        no runner bills (`""`), or to a month ahead, flags no invoice."""
         query: Doc = dict(UNREVIEWED)
         if org is not None:
             query["org"] = {"$eq": org}
         found = self._anomalies.find(query, {"org": 1, "period": 1})
-        pairs = ((_org_of(doc), _period_of(doc)) for doc in found)
-        return {(o, p) for o, p in pairs if o is not None and p is not None}
+        pairs = ((billable_org(doc.get("org")), _period_of(doc)) for doc in found)
+        return {(o, p) for o, p in pairs if o is not None and p is not None and p <= through}
 
     @staticmethod
     def changed_pairs(

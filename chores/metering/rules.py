@@ -471,9 +471,15 @@ class Rules:
 
 
 def org_of(context: Mapping[str, Any]) -> str | None:
-    """The org a runner's context bills: its `workspace_id`, when that is a non-empty string
-    of at most MAX_ORG characters, all UTF-8; else None (the anomaly `no_org`)."""
-    org = bson_string(context.get("workspace_id"))
+    """The org a runner's context bills: its `workspace_id`, when `billable_org`; else None
+    (the anomaly `no_org`)."""
+    return billable_org(context.get("workspace_id"))
+
+
+def billable_org(value: Any) -> str | None:
+    """`value` as an org the rules bill: a non-empty string of at most MAX_ORG characters,
+    all UTF-8; else None."""
+    org = bson_string(value)
     if not org or len(org) > MAX_ORG or NOT_UTF8 in org:
         return None
     return org

@@ -1005,6 +1005,25 @@ def test_a_removed_draft_that_only_an_anomaly_flags_comes_back_with_the_full_pas
     assert invoice(db, "acme:2026-11")["needs_review"] is True
 
 
+@pytest.mark.parametrize(
+    ("org", "period"), [("", "2026-11"), ("x" * 500, "2026-11"), ("acme", "2099-01")]
+)
+def test_a_record_edited_out_of_shape_brings_back_no_invoice(db, settings, org, period):
+    """Review: the full pass built, and a finalize froze, an invoice for a hand-edited
+    record of a runner gone from the source: org `""` or 500 characters (ids no runner
+    bills and no command takes), or a month ahead of the clock's."""
+    db.tasks.insert_one(ai_runner("r2", ended=NOW - timedelta(hours=1)))
+    run_chore(db, now=NOW, settings=settings)
+    ghost = {"_id": "gone:malformed_counters", "runner_id": "gone", "kind": "malformed_counters"}
+    ghost.update(org=org, period=period, detail="edited", resolved=False)
+    db.billing_anomalies.insert_one(ghost)
+
+    full = run_chore(db, now=NOW + timedelta(minutes=5), settings=settings, full=True)
+
+    assert full.invoices == []
+    assert [i["_id"] for i in db.billing_invoices.find()] == ["acme:2026-11"]
+
+
 @pytest.mark.parametrize("ends", [False, True])
 def test_a_held_anomaly_on_a_final_flagged_for_it_moves_when_its_runner_ends_later(
     db, settings, ends
