@@ -322,7 +322,7 @@ def _progress_bar(quiet: bool) -> Iterator[Any]:
 @click.option(
     "--out",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, allow_dash=True),
     help="The HTML file to write (`-`: standard output).",
 )
 @click.option(
@@ -336,7 +336,7 @@ def _progress_bar(quiet: bool) -> Iterator[Any]:
 @now_option
 @user_errors
 def report(
-    org: str, period: str | None, out: Path, top: int, quiet: bool, now: datetime | None
+    org: str, period: str | None, out: str, top: int, quiet: bool, now: datetime | None
 ) -> None:
     """Write ORG's usage report: invoice, daily chart by model, top runs, anomalies."""
     from chores.reports.invoice_html import collect_report, render_report
@@ -360,11 +360,11 @@ def report(
         )
         update("rendering the page", 0, 1)
         page = render_report(data)
-        to_stdout = str(out) == "-"
+        to_stdout = out == "-"  # as written: `./-` is a file
         if to_stdout:
             echo_utf8(page)
         else:
-            write_output(out, page)
+            write_output(Path(out), page)
         update("done", 1, 1)
     if not quiet:
         invoice = data.allocation.invoice
