@@ -531,7 +531,8 @@ def settings_problem(exc: ValidationError) -> str:
             continue
         field = str(error["loc"][0])
         value = error.get("input")
-        shown = redact_url(str(value)) if field in SECRET_SETTINGS else str(value)
+        # as read: a variable's text as text, a number in a list's JSON as a number
+        shown = redact_url(str(value)) if field in SECRET_SETTINGS else value
         said = f" {shown}" if shown == NO_SCHEME else f"={shown!r}"  # not quoted as if set so
         item = "".join(f"[{part}]" for part in error["loc"][1:])  # of a list: which item
         problems.append(f"{field.upper()}{item}{said}: {error['msg']}")

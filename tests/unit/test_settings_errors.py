@@ -154,7 +154,7 @@ from support import invoke_with_env
         (  # outside hunt: `AI_TASK_NAMES='5'`, as if the whole value were 5
             "AI_TASK_NAMES",
             '["ai", 5]',
-            "AI_TASK_NAMES[1]='5': Input should be a valid string",
+            "AI_TASK_NAMES[1]=5: Input should be a valid string",
         ),
     ],
 )
