@@ -1,8 +1,8 @@
 """The anomaly log (`billing_anomalies`): documents that could not be billed as they are.
 
-One record per runner and kind (`_id` = `"<runner_id>:<kind>"`; per runner, kind and org
-for `org_changed`; per runner, kind, org and usage period for the kinds billed all the
-same, `Anomaly.BILLED_FLAGGED`), keeping the first detail seen while it stays open where it is
+One record per runner and kind (`_id` = `"<runner_id>:<kind>"`; per runner, kind, org and
+usage period for the kinds billed all the same, `org_changed` among them,
+`Anomaly.BILLED_FLAGGED`), keeping the first detail seen while it stays open where it is
 (the detail seen when it re-opens or moves, else). Self-healing kinds (see
 `Anomaly.SELF_HEALING`) are marked resolved when the runner later bills cleanly; an
 invoice period with an open anomaly needs review. A person who has looked at an open
@@ -25,22 +25,22 @@ from chores.metering.rules import Anomaly, AnomalyRecord, billable_org
 
 
 def anomaly_id(record: AnomalyRecord) -> str:
-    """The `_id` of a runner's anomaly of one kind. Of one kind and org for `org_changed`,
-    which two orgs' runs may record for one runner: one org's run never moves the record
-    that flags another org's invoice (SPEC §4). Of one kind, org and usage period for a
-    kind billed all the same: each invoice holding usage billed with it stays flagged, in
-    each org that billed it."""
-    if record.kind == Anomaly.ORG_CHANGED:
-        return f"{record.runner_id}:{record.kind}:{record.org}"
+    """The `_id` of a runner's anomaly of one kind. Of one kind, org and usage period for a
+    kind billed all the same (`org_changed` too): each invoice holding usage billed with it
+    stays flagged, in each org that billed it, and one org's run never moves the record
+    that flags another org's invoice (SPEC §4)."""
     if record.kind in Anomaly.BILLED_FLAGGED and record.usage_period is not None:
         return f"{record.runner_id}:{record.kind}:{record.org}:{record.usage_period}"
     return f"{record.runner_id}:{record.kind}"
 
 
-def older_ids(record: AnomalyRecord) -> tuple[str, str]:
-    """The ids an older version gave a record of a kind billed all the same: by runner,
-    kind and usage period (without its org), and by runner and kind alone (before usage
-    periods)."""
+def older_ids(record: AnomalyRecord) -> tuple[str | None, str]:
+    """The ids older versions gave a record of a kind billed all the same: by runner, kind
+    and usage period, without its org (none for `org_changed`, whose id always had it),
+    and by runner and kind alone, or by runner, kind and org for `org_changed` (before
+    usage periods)."""
+    if record.kind == Anomaly.ORG_CHANGED:
+        return None, f"{record.runner_id}:{record.kind}:{record.org}"
     return (
         f"{record.runner_id}:{record.kind}:{record.usage_period}",
         f"{record.runner_id}:{record.kind}",
@@ -100,7 +100,8 @@ class AnomalyLog:
         records it twice nor undoes its review:
 
         - one per runner, kind and usage month (no org), open in the anomaly's org;
-        - one per runner and kind (no usage month), open on its org's invoice of that
+        - one per runner and kind (no usage month; per runner, kind and org for
+          `org_changed`), open on its org's invoice of that
           month, or of a later one when that month is final (`finals`: the final periods
           of each org; such a record was placed on the open month). One on a later month
           that is not final for that month's usage (its runner ran on into it, then its
@@ -112,7 +113,10 @@ class AnomalyLog:
             if r.kind in Anomaly.BILLED_FLAGGED and r.usage_period is not None
         }
         older = {record_id: older_ids(r) for record_id, r in by_month.items()}
-        ids = sorted({anomaly_id(r) for r in records} | {i for o in older.values() for i in o})
+        ids = sorted(
+            {anomaly_id(r) for r in records}
+            | {i for o in older.values() for i in o if i is not None}
+        )
         if not ids:
             return {}
         cursor = self._anomalies.find(
@@ -131,7 +135,7 @@ class AnomalyLog:
             if record_id in found:
                 continue
             of_the_month, of_the_runner = older[record_id]
-            old = found.get(of_the_month)
+            old = None if of_the_month is None else found.get(of_the_month)
             if old is not None and not old.resolved and old.org == r.org:
                 found[record_id] = old._replace(stored_id=of_the_month)
                 continue

@@ -80,11 +80,13 @@ class Anomaly:
             BASELINE_MALFORMED,
         }
     )
-    # Billed all the same, the invoice they land on flagged: one record per runner, kind and
-    # usage period (`anomalies.anomaly_id`), so that each month that holds tokens billed
-    # with one stays flagged for it (a runner running on into the next month, still below
-    # its split, flags both; one record following it left the first unflagged).
-    BILLED_FLAGGED = frozenset({BASELINE_CONFLICT, TOTAL_BELOW_SPLIT, COUNTER_DECREASED})
+    # Billed all the same, the invoice they land on flagged: one record per runner, kind,
+    # org and usage period (`anomalies.anomaly_id`), so that each month that holds tokens
+    # billed with one stays flagged for it (a runner running on into the next month, still
+    # below its split, flags both; one record following it left the first unflagged).
+    BILLED_FLAGGED = frozenset(
+        {BASELINE_CONFLICT, TOTAL_BELOW_SPLIT, COUNTER_DECREASED, ORG_CHANGED}
+    )
     # Hold the runner: nothing of it is billed until the document is fixed (those without
     # an end time, an id or an org that can be billed are recorded in the month of `now`).
     HELD = SELF_HEALING | {OVER_CEILING, BAD_ID}
@@ -464,7 +466,7 @@ class Rules:
                 f"({_describe_move(new_usage(mark, moved.reached))}): left as billed, a run "
                 f"of {org} does not change another org's invoices"
             )
-            flags += (AnomalyRecord(runner_id, Anomaly.ORG_CHANGED, org, period, detail),)
+            flags += (_flagged(runner_id, Anomaly.ORG_CHANGED, org, period, detail),)
         return Assessment(
             runner_id, org, period, pending, delta, flags, True, reclassified=moved.entries
         )

@@ -943,30 +943,72 @@ def test_a_reviewed_held_anomaly_moves_when_its_runner_ends_in_another_month(db,
     assert flagged.get("acme:2026-12", False) is ends
 
 
-def test_an_org_changed_record_stays_on_the_final_that_holds_its_usage(db, settings):
-    """Review of the move above: `org_changed`, nobody reviewed, froze beta's November
-    flagged; its runner, running on under beta, changed kind again in December. The record
-    moved to December with December's detail, and nothing listed on November's final
-    explained its flag. Only a held kind moves: this one's usage is on the final."""
+def write_moved_runner(
+    db: Any, settings: Any, org: str, counts: tuple[int, int, int], at: datetime
+) -> None:
+    """r1, running, written with (total, prompt, cached) under `org` at `at`, then a run."""
+    total, prompt, cached = counts
+    doc = ai_runner("r1", ended=None, status="RUNNING", tokens=total, prompt=prompt, org=org)
+    doc["context"].update(ai_completion_tokens=0, ai_cached_tokens=cached)
+    doc["last_updated_db"] = at.timestamp()
+    db.tasks.replace_one({"_id": "r1"}, doc, upsert=True)
+    run_chore(db, now=at + timedelta(minutes=1), settings=settings)
 
-    def write(org: str, total: int, prompt: int, cached: int, at: datetime) -> None:
-        doc = ai_runner("r1", ended=None, status="RUNNING", tokens=total, prompt=prompt, org=org)
-        doc["context"].update(ai_completion_tokens=0, ai_cached_tokens=cached)
-        doc["last_updated_db"] = at.timestamp()
-        db.tasks.replace_one({"_id": "r1"}, doc, upsert=True)
-        run_chore(db, now=at + timedelta(minutes=1), settings=settings)
 
-    write("alpha", 1_000_000, 0, 0, datetime(2026, 11, 10, tzinfo=UTC))
-    write("beta", 1_200_000, 1_200_000, 1_000_000, datetime(2026, 11, 11, tzinfo=UTC))
+def test_an_org_changed_record_stays_on_its_final_and_the_next_month_gets_its_own(db, settings):
+    """`org_changed`, nobody reviewed, froze beta's November flagged; its runner, running on
+    under beta, changed kind again in December. November's record stays with the final that
+    holds its usage, its detail too (review 250: moving it left nothing on the final to
+    explain its flag). December, where the new change of kind is billed, was not flagged
+    for it (one record per runner, kind and org); now each usage month has its own."""
+    write_moved_runner(db, settings, "alpha", (1_000_000, 0, 0), datetime(2026, 11, 10, tzinfo=UTC))
+    november = datetime(2026, 11, 11, tzinfo=UTC)
+    write_moved_runner(db, settings, "beta", (1_200_000, 1_200_000, 1_000_000), november)
     (record,) = db.billing_anomalies.find()
     assert (record["kind"], record["period"]) == (Anomaly.ORG_CHANGED, "2026-11")
     december = datetime(2026, 12, 5, tzinfo=UTC)
     assert "beta:2026-11" in finalize_invoices(db, now=december, settings=settings)
-    write("beta", 1_300_000, 1_300_000, 1_300_000, december + timedelta(days=1))
+    later = december + timedelta(days=1)
+    write_moved_runner(db, settings, "beta", (1_300_000, 1_300_000, 1_300_000), later)
 
-    (record,) = db.billing_anomalies.find()
-    assert record["period"] == "2026-11" and "unsplit -1,000,000" in record["detail"]
+    records = {r["period"]: r for r in db.billing_anomalies.find({"kind": Anomaly.ORG_CHANGED})}
+    assert set(records) == {"2026-11", "2026-12"}
+    assert records["2026-11"]["detail"] == record["detail"]
+    assert all(r["org"] == "beta" and not r["resolved"] for r in records.values())
     assert invoice(db, "beta:2026-11")["needs_review"] is True
+    assert invoice(db, "beta:2026-12")["needs_review"] is True
+
+
+@pytest.mark.parametrize("reviewed", [False, True])
+def test_an_org_changed_record_written_before_usage_months_stands_for_its_month(
+    db, settings, reviewed
+):
+    """An upgrade: an `org_changed` record of the version before (`runner:kind:org`) stands
+    for the month it flags: a run that sees it again records nothing new and keeps its
+    review. A later month gets its own record beside it."""
+    write_moved_runner(db, settings, "alpha", (1_000_000, 0, 0), datetime(2026, 11, 10, tzinfo=UTC))
+    november = datetime(2026, 11, 11, tzinfo=UTC)
+    write_moved_runner(db, settings, "beta", (1_200_000, 1_200_000, 0), november)
+    (record,) = db.billing_anomalies.find()
+    older = {**record, "_id": f"{legacy_id('r1', Anomaly.ORG_CHANGED)}:beta"}
+    db.billing_anomalies.delete_one({"_id": record["_id"]})
+    db.billing_anomalies.insert_one(older)  # as the version before wrote it
+    if reviewed:
+        review_anomalies(db, "beta", "2026-11", note=NOTE, now=november, settings=settings)
+
+    again = november + timedelta(hours=1)
+    write_moved_runner(db, settings, "beta", (1_200_000, 1_200_000, 1_000_000), again)
+    assert [(a["_id"], "reviewed" in a) for a in db.billing_anomalies.find()] == [
+        (older["_id"], reviewed)
+    ]
+    assert invoice(db, "beta:2026-11")["needs_review"] is not reviewed
+
+    december = datetime(2026, 12, 5, tzinfo=UTC)
+    finalize_invoices(db, now=december, settings=settings)
+    write_moved_runner(db, settings, "beta", (1_300_000, 1_300_000, 1_300_000), december)
+    periods = sorted(a["period"] for a in db.billing_anomalies.find())
+    assert periods == ["2026-11", "2026-12"]
+    assert invoice(db, "beta:2026-12")["needs_review"] is True
 
 
 @pytest.mark.parametrize("full", [False, True])

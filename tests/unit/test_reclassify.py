@@ -495,7 +495,7 @@ def test_an_org_changed_flag_stays_on_the_invoice_it_flags(db, repriced):
     """Review: the runner went back to alpha, and a second move alpha's lines could not hold
     moved the one `org_changed` record (one per runner and kind) to alpha: beta's draft,
     still holding alpha's tokens unmoved, was finalized without review, by a run of alpha
-    and a run of beta. Now it is one record per runner and org."""
+    and a run of beta. Now it is one record per runner, org and usage month."""
     running = {"_id": "runner-1", "name": "ai", "status": "RUNNING"}
 
     def observe(org: str, total: int, prompt: int, cached: int, day: int) -> None:
