@@ -23,7 +23,7 @@ from bson import json_util
 from bson.json_util import JSONOptions
 
 from chores import Settings, run_chore
-from pricing import Registry
+from pricing import Registry, load_registry
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "secator-0.52.1"
 JSON_OPTIONS = JSONOptions(tz_aware=True)
@@ -772,3 +772,36 @@ def test_a_chunk_takes_no_card_but_its_runners_of_its_own_org_and_action(
     assert db.billing_ledger.count_documents({"runner_id": str(chunk["_id"])}) == 0
     (held,) = list(db.billing_anomalies.find({"runner_id": str(chunk["_id"])}))
     assert held["kind"] == "baseline_missing"
+
+
+def recorded_model_names() -> set[str]:
+    """Every model name the recorded secator documents carry: the runners' `ai_model` and
+    their task's `model` and `intent_model` options and defaults (secator's own defaults,
+    `config.py`: what a run without `--model` writes)."""
+    names: set[str] = set()
+    for entry in MANIFEST["snapshots"]:
+        for doc in load_snapshot(entry)["tasks"]:
+            if doc.get("name") != "ai":
+                continue
+            options = doc["config"]["opts"]
+            names |= {options[key]["default"] for key in ("model", "intent_model")}
+            names |= {doc["run_opts"].get(key) for key in ("model", "intent_model")}
+            names.add(doc["context"].get("ai_model"))  # not on a first write
+    return names - {None}
+
+
+def test_the_shipped_registry_prices_every_model_secator_names() -> None:
+    """Outside hunt: secator 0.52.1's default model, `claude-sonnet-4-6`, was not in the
+    shipped registry: every run without `--model` was billed $0 and held for review. Each
+    model its documents name, defaults included, is priced by the registry the chore
+    ships, at a paid list price."""
+    shipped = load_registry()
+    names = recorded_model_names()
+    assert {"claude-sonnet-4-6", "claude-haiku-4-5"} <= names
+    unpriced = sorted(n for n in names if shipped.resolve(n) is None)
+    assert unpriced == []
+    sonnet = shipped.resolve("claude-sonnet-4-6")
+    assert sonnet is not None and sonnet.tier == "paid"
+    price = sonnet.price_at(datetime.fromisoformat("2026-12-02T00:00:00+00:00"))
+    assert (price.input, price.cached_input, price.output) == (
+        Decimal("3"), Decimal("0.3"), Decimal("15"))  # fmt: skip
