@@ -36,7 +36,8 @@ def reconcile_command(org: str, period: str, as_json: bool, now: datetime | None
     time. A runner the next run reads (still running, or ended since the last run) whose
     document only grew since is expected as billed so far (listed, no mismatch: the next
     run bills the rest), and one billed here
-    whose document names another org now is settled here (listed, no mismatch). Exit 0 when
+    whose document names another org now is settled here (listed, no mismatch). One that
+    does not reconcile while runs write the invoice is compared again. Exit 0 when
     every line, every runner and the invoice's own totals agree, 4 on any mismatch, 1 when
     it cannot tell (no such invoice, a bad setting, the database unreachable).
     """

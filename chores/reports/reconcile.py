@@ -140,7 +140,48 @@ def _own_estimate(doc: Mapping[str, Any], spawn_contexts: Any, org: str) -> floa
     return max(estimate - max((e for e in inherited if e is not None), default=0.0), 0.0)
 
 
+# How many times a comparison that does not reconcile is made again while the billing
+# state it read changes under it (`reconcile`).
+ATTEMPTS = 3
+# The fields of an invoice every write of it changes (`_billing_state`).
+INVOICE_STATE = {
+    "status": 1,
+    "build_ticket": 1,
+    "updated_at": 1,
+    "needs_review": 1,
+    "total_micros": 1,
+}
+
+
 def reconcile(meter: Pipeline, org: str, period: str, *, now: datetime) -> Reconciliation:
+    """Compare the invoice of `org` in `period` with the period re-derived from the source.
+
+    Its reads are many, not one snapshot: a run, a finalize or a review writing the invoice
+    while they go on (outside hunt: a run between its read of the ledger and of the run
+    cursors said "a ledger entry was lost") could make it disagree with itself. One that
+    does not reconcile is made again while the invoice or the run cursors changed during
+    it, up to ATTEMPTS times; then it says so."""
+    for _ in range(ATTEMPTS):
+        before = _billing_state(meter, org, period)
+        result = _compare(meter, org, period, now=now)
+        if result.ok or _billing_state(meter, org, period) == before:
+            return result
+    written = (
+        f"runs wrote this invoice or moved their cursors during each of {ATTEMPTS} "
+        "comparisons: run it again once they have settled"
+    )
+    return result.model_copy(update={"problems": [*result.problems, written]})
+
+
+def _billing_state(meter: Pipeline, org: str, period: str) -> tuple[Any, list[float]]:
+    """What a write of the invoice or a run of the org changes: the invoice's status,
+    build, time, flag and total, and the cursors `reconcile` reads."""
+    invoice = meter.collections.invoices.find_one({"_id": f"{org}:{period}"}, INVOICE_STATE)
+    return invoice, _cursors(meter, org)
+
+
+def _compare(meter: Pipeline, org: str, period: str, *, now: datetime) -> Reconciliation:
+    """One comparison (`reconcile`)."""
     # Its total is checked below with the rest (`_invoice_problems`): a mismatch to list.
     invoice = meter.invoices.get(org, period, own_sums=False)
     if invoice is None:

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -78,6 +79,7 @@ from chores import Settings, finalize_invoices, run_chore
 from chores.billing.invoice import build_invoice
 from chores.demo.corpus import Corpus, generate_corpus
 from chores.metering.lines import UsageGroup
+from chores.reports.reconcile import reconcile
 from chores.run.pipeline import Pipeline
 from pricing import Registry, load_registry
 
@@ -876,3 +878,54 @@ def _record(
         f"{len(failing)} of {len(outcomes)} interleavings of {pair_id} break an invariant "
         f"(pytest -s lists them all):\n" + summary(failing)
     )
+
+
+# -- a reconcile overlapping an operation ----------------------------------------------
+
+RECONCILED = [("acme", "2026-10"), ("globex", "2026-10")]
+WRITERS = [run(BASE), run(LAGGING), run(BASE, full=True), finalize(BASE)]
+
+
+def _reconcile(db: Any, org: str, period: str) -> Any:
+    return reconcile(Pipeline(db, SETTINGS, R), org, period, now=BASE + timedelta(seconds=5))
+
+
+@pytest.mark.parametrize("writer", WRITERS, ids=[w.label for w in WRITERS])
+@pytest.mark.parametrize("pair", RECONCILED, ids=[f"{o}:{p}" for o, p in RECONCILED])
+def test_a_reconcile_paused_at_each_call_while_an_operation_writes_says_what_it_says_alone(
+    scenario: Scenario, writer: Operation, pair: tuple[str, str]
+) -> None:
+    """Outside hunt: `chore reconcile` paused between its reads (the invoice, the ledger,
+    the run cursors: not one snapshot) while a run went through said "a ledger entry was
+    lost" (exit 4), though it reconciled alone before and after the run. A comparison
+    that does not reconcile is made again while the invoice or the cursors changed under
+    it."""
+    org, period = pair
+    db = scenario.fresh()
+    scenario.grow(db)
+    recorder = Recorder()
+    assert _reconcile(DatabaseProxy(db, serialize=True, around=recorder), org, period).ok
+    writer.perform(db)
+    assert _reconcile(db, org, period).ok
+    failing = []
+    for k, call in enumerate(recorder.calls, start=1):
+        result = _reconcile_paused_at(k, scenario, writer, org, period)
+        if not result.ok:
+            failing.append((k, call, result.runners, result.problems))
+    assert failing == [], f"{len(failing)} of {len(recorder.calls)} pause points"
+
+
+def _reconcile_paused_at(
+    k: int, scenario: Scenario, writer: Operation, org: str, period: str
+) -> Any:
+    """A reconcile paused before its `k`-th call while `writer` goes through."""
+    db = scenario.fresh()
+    scenario.grow(db)
+    lock, gate, out = threading.Lock(), PauseAt(k), {}
+
+    def paused() -> None:
+        out["result"] = _reconcile(DatabaseProxy(db, lock=lock, around=gate), org, period)
+
+    raised = pause_at(paused, gate, lambda: writer.perform(DatabaseProxy(db, lock=lock)))
+    assert raised is None, (k, raised)
+    return out["result"]

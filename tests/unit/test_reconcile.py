@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -18,11 +18,12 @@ from chores.core.exceptions import InvoiceNotFound
 from chores.core.money import usd_exact
 from chores.demo.corpus import generate_corpus
 from chores.metering.progress import Progress, cursor_scope
-from chores.reports.reconcile import reconcile
+from chores.reports.reconcile import ATTEMPTS, reconcile
 from chores.run.pipeline import Pipeline
 from chores.run.report import RunReport
 
 from support import NOW
+from support.dbproxy import DatabaseProxy
 
 
 def seeded(db, settings, registry, corpus):
@@ -1215,3 +1216,37 @@ def test_a_drafts_review_flag_that_its_anomalies_and_lines_do_not_give_does_not_
     assert full.invoices == ["acme:2026-11"] and full.repaired_drafts == []  # not an edit
     assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["needs_review"] is anomaly
     assert reconcile(meter, "acme", "2026-11", now=NOW).ok
+
+
+@pytest.mark.parametrize("tampered", [False, True])
+def test_a_reconcile_made_again_while_runs_write_its_invoice(db, settings, registry, tampered):
+    """A comparison that does not reconcile while the invoice changed under it is made
+    again (its reads are no snapshot: a run between them made it say "a ledger entry was
+    lost"). A mismatch of its own stays one; written during every one of `ATTEMPTS`
+    comparisons, it says so."""
+    seeded(db, settings, registry, november(4))
+    if tampered:
+        db.billing_invoices.update_one(
+            {"_id": "acme:2026-11"}, {"$inc": {"lines.0.amount_micros": 1}}
+        )
+    writes: list[str] = []
+
+    def a_run_writes_the_invoice_meanwhile(collection: str, method: str, perform: Any) -> Any:
+        if collection == "billing_anomalies":  # the last read of each comparison
+            writes.append(method)
+            stamp = NOW + timedelta(seconds=len(writes))
+            db.billing_invoices.update_one({"_id": "acme:2026-11"}, {"$set": {"updated_at": stamp}})
+        return perform()
+
+    proxied = Pipeline(
+        DatabaseProxy(db, around=a_run_writes_the_invoice_meanwhile), settings, registry
+    )
+    result = reconcile(proxied, "acme", "2026-11", now=NOW)
+
+    assert result.ok is not tampered
+    assert len(writes) == (ATTEMPTS if tampered else 1)
+    said = [p for p in result.problems if "during each of" in p]
+    assert said == (
+        [f"runs wrote this invoice or moved their cursors during each of {ATTEMPTS} "
+         "comparisons: run it again once they have settled"] if tampered else []
+    )  # fmt: skip
