@@ -510,3 +510,21 @@ def test_a_run_record_of_every_org_stays_within_a_document(db, settings, registr
     assert record["invoices"][-1] == orgs[RUN_RECORD_LISTED - 1] + ":2026-11"
     assert "repaired_drafts_omitted" not in record
     STORED_RUN.validate_python(record)  # as `chore status` reads it back
+
+
+@pytest.mark.parametrize("name", ["chore_task_group", "a_dbas_own"])
+def test_apply_creates_no_source_index_status_counts_as_there(env_db, name):
+    """Outside hunt: an index whose keys begin with a source index's counts for `chore
+    status` (docs/scaling.md), yet `chore db indexes --apply` asked for the source index
+    too; under the chore's own name the server refused it (exit 1, "drop it")."""
+    env_db.tasks.create_index([("context.task_id", ASCENDING), ("x", ASCENDING)], name=name)
+    status = CliRunner().invoke(main, ["status"])
+    assert "chore_task_group" not in status.output, status.output
+
+    result = CliRunner().invoke(main, ["db", "indexes", "--apply"])
+
+    assert result.exit_code == 0, result.output
+    keys = [list(info["key"]) for info in env_db.tasks.index_information().values()]
+    assert [("context.task_id", 1)] not in keys
+    assert [("context.task_id", 1), ("x", 1)] in keys
+    assert {"chore_name_stamp", "chore_org_name_stamp"} <= set(env_db.tasks.index_information())
