@@ -58,6 +58,18 @@ def test_dry_run_writes_nothing(cli_db):
     assert [n for n in cli_db.list_collection_names() if n.startswith("billing_")] == []
 
 
+def test_a_dry_run_may_preview_a_time_ahead_of_the_clock_a_run_may_not(cli_db):
+    """Outside hunt: `run --dry-run` was refused a `--now` ahead of this machine's clock,
+    though README says only a command that writes refuses one (a dry run writes nothing)."""
+    ahead = ["--now", "2099-01-01T00:00:00Z"]
+    dry = CliRunner().invoke(main, ["run", "--org", "ws-acme", "--dry-run", "--json", *ahead])
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.output)["tokens_billed"] > 0
+    refused = CliRunner().invoke(main, ["run", "--org", "ws-acme", *ahead])
+    assert refused.exit_code == 1 and "ahead of this machine's clock" in refused.output
+    assert [n for n in cli_db.list_collection_names() if n.startswith("billing_")] == []
+
+
 @pytest.mark.parametrize("args", [[], ["--org", "a", "--all"]])
 def test_run_needs_exactly_one_scope(cli_db, args):
     result = CliRunner().invoke(main, ["run", *args])
