@@ -420,7 +420,7 @@ def _grown(
     alone: usage since the last run, which the next run bills if it reads them. One billed
     before: its own counters all at least those its complete ledger (no entry missing)
     billed up to. One no entry of any org billed: claimed (read while it had no tokens, or
-    held), a version no run read yet (stamped after the `newest` cursor, or never stamped),
+    held), a version no run read yet (stamped at or after the `newest` cursor, or never stamped),
     or held by an anomaly still open. Any other runner without an entry may have lost its
     only one, which the draft still holds: a mismatch."""
     grown = []
@@ -466,9 +466,12 @@ def _grown_since_billed(counters: Counters | None, billed_up_to: Counters | None
 
 
 def _unread(stamp: float | None, *, newest: float | None) -> bool:
-    """Whether a runner stamped `stamp` was written after every run read (no run yet:
-    `newest` None), or never stamped at all (a first write)."""
-    return newest is None or stamp is None or stamp > newest
+    """Whether a runner stamped `stamp` may not have been read by a run yet: stamped at
+    the newest cursor or after it (no run yet: `newest` None; a batch moves its run's
+    cursor to its newest stamp, and the next batch, or the next run, starts from that
+    stamp: outside review, a full pass paused between two batches had a runner stamped at
+    the cursor called lost), or never stamped at all (a first write)."""
+    return newest is None or stamp is None or stamp >= newest
 
 
 def _cursors(meter: Pipeline, org: str) -> list[float]:
@@ -555,8 +558,9 @@ def _review_flag_problems(meter: Pipeline, invoice: Invoice) -> list[str]:
         return []
     return [
         f"its needs_review is {str(invoice.needs_review).lower()}, its open anomalies and "
-        f"lines say {str(meant).lower()}: a run not settled yet, two runs that overlapped, "
-        f"or an edit (`chore run --full --org {invoice.org}` writes it again)"
+        f"lines say {str(meant).lower()}: a run or a review (`chore anomaly review`) not "
+        f"settled yet, two runs that overlapped, or an edit (`chore run --full --org "
+        f"{invoice.org}` writes it again)"
     ]
 
 

@@ -1204,9 +1204,9 @@ def test_a_drafts_review_flag_that_its_anomalies_and_lines_do_not_give_does_not_
     flagged = reconcile(meter, "acme", "2026-11", now=NOW)
     said, meant = str(not anomaly).lower(), str(anomaly).lower()
     assert not flagged.ok and flagged.problems == [
-        f"its needs_review is {said}, its open anomalies and lines say {meant}: a run not "
-        "settled yet, two runs that overlapped, or an edit (`chore run --full --org acme` "
-        "writes it again)"
+        f"its needs_review is {said}, its open anomalies and lines say {meant}: a run or a "
+        "review (`chore anomaly review`) not settled yet, two runs that overlapped, or an edit "
+        "(`chore run --full --org acme` writes it again)"
     ]
     run_chore(db, now=NOW, registry=registry, settings=settings)
     # A run writes a draft again only for something new (the malformed runner it reads
