@@ -34,6 +34,9 @@ from chores.core.exceptions import ConfigError
 from chores.core.periods import as_utc
 
 MAX_GRACE_DAYS = 366.0
+# How far ahead of the wall clock a dry run may preview (it writes nothing): about a
+# thousand years, so that a usage time a year past it is still a date (years end at 9999).
+PREVIEW_AHEAD_SECONDS = 1000 * 366 * 86_400.0
 
 
 def wall_clock() -> datetime:

@@ -11,7 +11,6 @@ run that dies anywhere is completed exactly by the next one.
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -22,7 +21,7 @@ from pymongo.database import Database
 
 from chores.billing.finalizer import Finalizer
 from chores.core.arguments import validate_flag
-from chores.core.clock import checked_now, grace_period
+from chores.core.clock import PREVIEW_AHEAD_SECONDS, checked_now, grace_period
 from chores.core.db import (
     Collections,
     Doc,
@@ -89,7 +88,7 @@ def run_chore(
     registry = registry or load_registry(settings.registry_path)
     # A dry run writes nothing: it may preview any time (README: a command that writes
     # refuses a `now` further ahead of this machine's clock than the allowed skew).
-    now = checked_now(now, math.inf if dry_run else settings.future_skew_seconds)
+    now = checked_now(now, PREVIEW_AHEAD_SECONDS if dry_run else settings.future_skew_seconds)
     if org is not None:
         org = validate_org(org)
     meter = Pipeline(db, settings, registry)

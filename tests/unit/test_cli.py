@@ -12,8 +12,9 @@ from decimal import Decimal
 import pytest
 from click.testing import CliRunner
 
-from chores import get_settings
+from chores import get_settings, run_chore
 from chores.cli import main
+from chores.core.exceptions import ConfigError
 from pricing import load_registry
 
 from support import NOW, WALL_CLOCK, ai_runner, closed_port
@@ -68,6 +69,13 @@ def test_a_dry_run_may_preview_a_time_ahead_of_the_clock_a_run_may_not(cli_db):
     refused = CliRunner().invoke(main, ["run", "--org", "ws-acme", *ahead])
     assert refused.exit_code == 1 and "ahead of this machine's clock" in refused.output
     assert [n for n in cli_db.list_collection_names() if n.startswith("billing_")] == []
+
+
+def test_a_dry_run_further_ahead_than_a_date_holds_is_refused_in_one_line(env_db):
+    """Review: `run_chore(dry_run=True)` at the year 9999 (the API takes any datetime)
+    raised OverflowError from the rules' `now` + a year."""
+    with pytest.raises(ConfigError, match="ahead of this machine's clock"):
+        run_chore(env_db, now=datetime(9999, 12, 31, tzinfo=UTC), dry_run=True)
 
 
 @pytest.mark.parametrize("args", [[], ["--org", "a", "--all"]])
