@@ -494,8 +494,9 @@ def ensure_indexes(db: Database[Doc], settings: Settings, *, source: bool = Fals
     if refused:
         raise IndexesNotCreated(
             f"the server refused {len(refused)} of the chore's indexes (the others are there): "
-            f"{'; '.join(refused)}. An index of the chore's name with other options (partial, "
-            f"hidden) is not replaced: drop it (or unhide it), then run `{APPLY_INDEXES_COMMAND}`"
+            f"{'; '.join(refused)}. An index of the chore's name with other keys or options "
+            f"(partial, hidden) is not replaced: drop it (or unhide it), then run "
+            f"`{APPLY_INDEXES_COMMAND}`"
         )
     return created
 

@@ -528,3 +528,13 @@ def test_apply_creates_no_source_index_status_counts_as_there(env_db, name):
     assert [("context.task_id", 1)] not in keys
     assert [("context.task_id", 1), ("x", 1)] in keys
     assert {"chore_name_stamp", "chore_org_name_stamp"} <= set(env_db.tasks.index_information())
+
+
+def test_an_index_of_the_chores_name_on_other_keys_is_named_with_what_to_do(env_db):
+    """Review: an index of the chore's name on other keys (that serve none of its reads)
+    was refused with a hint naming only other options (partial, hidden)."""
+    env_db.findings.create_index([("extra_data.other", ASCENDING)], name="chore_spawn_runner")
+    result = CliRunner().invoke(main, ["db", "indexes", "--apply"])
+    assert result.exit_code == 1
+    assert "findings chore_spawn_runner (" in result.output
+    assert "An index of the chore's name with other keys or options" in result.output
