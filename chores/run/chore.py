@@ -86,8 +86,8 @@ def run_chore(
             "(pricing.load_registry(path) reads one from a file)"
         )
     registry = registry or load_registry(settings.registry_path)
-    # A dry run writes nothing: it may preview any time (README: a command that writes
-    # refuses a `now` further ahead of this machine's clock than the allowed skew).
+    # A dry run writes nothing: it may preview a time far ahead (README: a command that
+    # writes refuses a `now` further ahead of this machine's clock than the allowed skew).
     now = checked_now(now, PREVIEW_AHEAD_SECONDS if dry_run else settings.future_skew_seconds)
     if org is not None:
         org = validate_org(org)
