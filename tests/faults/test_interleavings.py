@@ -909,24 +909,34 @@ def test_a_reconcile_paused_at_each_call_while_an_operation_writes_says_what_it_
     assert _reconcile(db, org, period).ok
     failing = []
     for k, call in enumerate(recorder.calls, start=1):
-        result = _reconcile_paused_at(k, scenario, writer, org, period)
+        result = _reconcile_beside(k, scenario, writer, org, period, paused="reconcile")
         if not result.ok:
             failing.append((k, call, result.runners, result.problems))
     assert failing == [], f"{len(failing)} of {len(recorder.calls)} pause points"
 
 
-def _reconcile_paused_at(
-    k: int, scenario: Scenario, writer: Operation, org: str, period: str
+def _reconcile_beside(
+    k: int, scenario: Scenario, writer: Operation, org: str, period: str, *, paused: str
 ) -> Any:
-    """A reconcile paused before its `k`-th call while `writer` goes through."""
+    """A reconcile beside `writer`, on a fresh copy of the grown seed: the one `paused`
+    ("reconcile" or "writer") blocks before its `k`-th call while the other runs whole."""
     db = scenario.fresh()
     scenario.grow(db)
     lock, gate, out = threading.Lock(), PauseAt(k), {}
 
-    def paused() -> None:
-        out["result"] = _reconcile(DatabaseProxy(db, lock=lock, around=gate), org, period)
+    def proxy(side: str) -> DatabaseProxy:
+        if side == paused:
+            return DatabaseProxy(db, lock=lock, around=gate)
+        return DatabaseProxy(db, lock=lock)
 
-    raised = pause_at(paused, gate, lambda: writer.perform(DatabaseProxy(db, lock=lock)))
+    def reconciling() -> None:
+        out["result"] = _reconcile(proxy("reconcile"), org, period)
+
+    def writing() -> None:
+        writer.perform(proxy("writer"))
+
+    first, meanwhile = (reconciling, writing) if paused == "reconcile" else (writing, reconciling)
+    raised = pause_at(first, gate, meanwhile)
     assert raised is None, (k, raised)
     return out["result"]
 
@@ -943,25 +953,7 @@ def test_a_reconcile_while_an_operation_is_paused_at_each_call_names_no_runner_a
     org, period = pair
     failing = []
     for k, call in enumerate(solo_calls(scenario, writer), start=1):
-        result = _reconciled_while_paused_at(k, scenario, writer, org, period)
+        result = _reconcile_beside(k, scenario, writer, org, period, paused="writer")
         if result.runners:
             failing.append((k, call, [(r.runner_id, r.note) for r in result.runners]))
     assert failing == []
-
-
-def _reconciled_while_paused_at(
-    k: int, scenario: Scenario, writer: Operation, org: str, period: str
-) -> Any:
-    """A whole reconcile while `writer` is paused before its `k`-th call."""
-    db = scenario.fresh()
-    scenario.grow(db)
-    lock, gate, out = threading.Lock(), PauseAt(k), {}
-
-    def meanwhile() -> None:
-        out["result"] = _reconcile(DatabaseProxy(db, lock=lock), org, period)
-
-    raised = pause_at(
-        lambda: writer.perform(DatabaseProxy(db, lock=lock, around=gate)), gate, meanwhile
-    )
-    assert raised is None, (k, raised)
-    return out["result"]
