@@ -26,12 +26,19 @@ from hypothesis import strategies as st
 
 from chores import Settings, finalize_invoices, get_settings, run_chore
 from chores.billing.invoice import Invoice, build_invoice
-from chores.billing.period_ledger import EntryUsage, RunInfo, read_period
+from chores.billing.period_ledger import (
+    EntryUsage,
+    RunInfo,
+    entry_usages,
+    read_period,
+    source_statuses,
+)
 from chores.cli import main
 from chores.core.db import Collections
 from chores.core.exceptions import InvoiceOutOfDate
 from chores.core.money import usd
 from chores.demo.corpus import generate_corpus
+from chores.metering.rules import MAX_LABEL
 from chores.metering.runner_keys import runner_key, source_id_of
 from chores.reports.allocation import allocate, largest_remainder, rounded_amounts
 from chores.reports.breakdown import (
@@ -723,3 +730,54 @@ def test_usage_of_unpriced_rows_only_totals_unpriced_not_zero(usage_db):
     (total_line,) = [line for line in table.splitlines() if line.lstrip("│ ").startswith("total")]
     assert "UNPRICED" in total_line and "$0.00" not in total_line
     assert f"$0.00 + {unpriced_tokens:,} unpriced tokens" in table
+
+
+def _ledger_entry(runner: str, **fields: Any) -> dict[str, Any]:
+    counts = {"input_tokens": 10, "cached_tokens": 0, "output_tokens": 5, "unsplit_tokens": 0}
+    kind = {"model": "m", "byok": False, "late": False, "usage_day": "2026-11-03"}
+    return {"runner_id": runner, "seq": 1, **kind, **counts, **fields}
+
+
+def test_an_entry_written_before_priced_as_has_no_billed_price_whatever_came_before_it():
+    """`priced_as` came later: an entry without it has no billed line or amount, even when
+    read right after one that has them (found by mutation testing)."""
+    priced_as = {"model": "m", "tier": "paid", "price_valid_from": "2026-01-01"}
+    priced = _ledger_entry("r1", priced_as=priced_as, amount_micros_exact="12.5")
+    usages = {u.run.runner_id: u for u in entry_usages([priced, _ledger_entry("r2")])}
+    assert (usages["r1"].billed_line is not None, usages["r1"].billed_exact) == (
+        True,
+        Decimal("12.5"),
+    )
+    assert (usages["r2"].billed_line, usages["r2"].billed_exact) == (None, None)
+
+
+def test_reading_a_period_reports_its_progress_after_each_batch_and_at_the_end(
+    db, settings, registry
+):
+    for n in range(5):
+        db.tasks.insert_one(ai_runner(f"t{n}", ended=NOW - timedelta(hours=n), tokens=1_100))
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    calls: list[tuple[int, int]] = []
+
+    _, usages = read_period(
+        Collections.of(db, settings),
+        "acme",
+        NOW.strftime("%Y-%m"),
+        batch_size=2,
+        on_progress=lambda done, total: calls.append((done, total)),
+    )
+
+    assert len(usages) == 5
+    assert calls == [(2, 5), (4, 5), (5, 5)]
+
+
+def test_a_status_shown_from_the_source_is_a_string_of_at_most_max_label_characters(db, settings):
+    db.tasks.insert_many(
+        [
+            {"_id": "a", "status": "x" * MAX_LABEL},
+            {"_id": "b", "status": "y" * (MAX_LABEL + 1)},
+            {"_id": "c", "status": ["SUCCESS"]},
+        ]
+    )
+    found = source_statuses(Collections.of(db, settings), [runner_key(i) for i in "abc"])
+    assert found == {runner_key("a"): "x" * MAX_LABEL}

@@ -683,6 +683,101 @@ def test_a_full_pass_rebuilds_an_edited_draft_from_its_ledger_and_says_so(db, re
     assert invoice(db)["updated_at"] == after["updated_at"]
 
 
+@pytest.mark.parametrize(
+    ("field", "edit"),
+    [
+        ("amount_micros", lambda amount: amount + 1_000_000),  # the total left as it was
+        ("input_tokens", float),  # the same count, not the whole number the chore writes
+    ],
+)
+def test_a_full_pass_writes_back_a_line_edited_in_a_draft_and_names_it(db, registry, field, edit):
+    """A draft's lines are compared as written, type included, with what its sums price to:
+    a line's amount edited alone, or a count edited to a float of the same value, is
+    repaired by a full pass and named in `repaired_drafts` (found by mutation testing)."""
+    add_runners(db, 6)
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    before = invoice(db)
+    edited = edit(before["lines"][0][field])
+    db.billing_invoices.update_one({"_id": before["_id"]}, {"$set": {f"lines.0.{field}": edited}})
+
+    report = run_chore(db, now=NOW, registry=registry, settings=CONFIG, full=True)
+
+    assert report.repaired_drafts == [before["_id"]]
+    after = invoice(db)
+    assert after["lines"] == before["lines"]
+    assert type(after["lines"][0][field]) is int
+
+
+def test_a_draft_written_before_drafts_kept_a_build_ticket_takes_new_usage(db, registry):
+    """A draft with no `build_ticket` and no stored sums (written before drafts kept them)
+    is built over, not refused at every try: the new runner's tokens reach it."""
+    truth = add_runners(db, 3)
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    db.billing_invoices.update_one(
+        {"_id": "acme:2026-11"}, {"$unset": {"build_ticket": "", "usage_groups": ""}}
+    )
+    truth += add_runners(db, 1, first=3)
+
+    run_chore(db, now=NOW + timedelta(hours=1), registry=registry, settings=CONFIG)
+
+    assert "build_ticket" in invoice(db)
+    assert invoiced_tokens(db) == truth
+    assert Pipeline(db, CONFIG, registry).invoices.check_drafts({NOVEMBER}) == []
+
+
+def test_usage_swept_late_into_the_open_month_leaves_no_dirty_mark(db, registry):
+    """Once the open month's draft holds the late lines, its dirty mark is gone: a mark
+    left would have every later run build that draft again."""
+    add_runners(db, 3)
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    december = datetime(2026, 12, 6, tzinfo=UTC)
+    assert finalize_invoices(db, now=december, settings=CONFIG) == ["acme:2026-11"]
+    add_runners(db, 1, first=20)  # November usage, first read after its month was frozen
+
+    run_chore(db, now=december, registry=registry, settings=CONFIG)
+
+    assert any(line["late"] for line in invoice(db, ("acme", "2026-12"))["lines"])
+    assert list(db.billing_dirty.find()) == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "full"),
+    [
+        pytest.param(lambda db: None, False, id="new registry: beta's draft not repriced"),
+        pytest.param(
+            lambda db: db.billing_invoices.update_one(
+                {"_id": "beta:2026-11"}, {"$inc": {"total_micros": 1}}
+            ),
+            True,
+            id="beta's edited draft not repaired",
+        ),
+        pytest.param(
+            lambda db: db.billing_invoices.delete_one({"_id": "beta:2026-11"}),
+            True,
+            id="beta's removed draft not rebuilt",
+        ),
+    ],
+)
+def test_a_run_of_one_org_writes_no_invoice_of_another(db, registry, edit, full):
+    """SPEC §4: one org's run never touches another org's billing. A run of acme, with a
+    new registry or as a full pass, leaves beta's draft as it finds it: stale, edited or
+    removed, beta's own run repairs it."""
+    add_runners(db, 3)
+    add_runners(db, 3, org="beta")
+    run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+    edit(db)
+    before = db.billing_invoices.find_one({"_id": "beta:2026-11"})
+    repriced = Registry.model_validate(
+        {**registry.model_dump(mode="json"), "version": f"{registry.version}-next"}
+    )
+    assert repriced.fingerprint != registry.fingerprint
+
+    run_chore(db, org="acme", now=NOW, registry=repriced, settings=CONFIG, full=full)
+
+    assert db.billing_invoices.find_one({"_id": "beta:2026-11"}) == before
+    assert invoice(db)["registry"] == repriced.fingerprint
+
+
 def test_a_full_pass_that_records_or_heals_an_anomaly_names_no_draft_repaired(db, registry):
     """Review: once the full pass wrote a draft whose flag was stale, a full pass that
     recorded an anomaly on a draft, or healed one, named that draft as repaired ("an
