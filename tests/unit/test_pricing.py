@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from chores.metering.lines import UsageGroup, price_lines
 from pricing import (
     SHIPPED_REGISTRY_PATH,
     ModelEntry,
@@ -22,6 +23,7 @@ from pricing import (
     Registry,
     RegistryError,
     load_registry,
+    registry_to_json,
     registry_to_yaml,
 )
 from pricing._load import MAX_REGISTRY_BYTES
@@ -262,9 +264,15 @@ def test_price_at_picks_the_version_in_force(
 
 @given(
     days=st.sets(st.dates(date(2020, 1, 1), date(2030, 1, 1)), min_size=1, max_size=8),
-    when=st.dates(date(2019, 1, 1), date(2031, 1, 1)),
+    data=st.data(),
 )
-def test_price_at_is_the_latest_version_on_or_before(days: set[date], when: date) -> None:
+def test_price_at_is_the_latest_version_on_or_before(days: set[date], data: st.DataObject) -> None:
+    # a version's first day, or the day before it, half the time: the boundary (a model
+    # with one version takes another path than one with several)
+    edges = sorted({d + timedelta(days=shift) for d in days for shift in (-1, 0)})
+    when = data.draw(
+        st.one_of(st.sampled_from(edges), st.dates(date(2019, 1, 1), date(2031, 1, 1)))
+    )
     prices = [_price(day.isoformat(), str(n + 1), "1") for n, day in enumerate(days)]
     entry = ModelEntry.model_validate({"id": "m", "tier": "paid", "prices": prices})
     eligible = [p for p in entry.prices if p.valid_from <= when]
@@ -272,6 +280,33 @@ def test_price_at_is_the_latest_version_on_or_before(days: set[date], when: date
     assert entry.price_at(when) == expected
     if expected is not None:
         assert entry.price_at(datetime.combine(when, datetime.max.time())) == expected
+
+
+def test_a_model_with_one_price_version_is_priced_from_its_first_day() -> None:
+    mini = SMALL.get("gpt-4o-mini")
+    assert len(mini.prices) == 1 and mini.prices[0].valid_from == date(2024, 7, 18)
+    group = UsageGroup("gpt-4o-mini", False, False, date(2024, 7, 18), 1_000_000, 0, 1_000_000, 0)
+    [line] = price_lines([group], SMALL)
+    assert (line.priced, line.amount_micros) == (True, 750_000)  # 0.15 + 0.60 USD
+    assert mini.price_at(date(2024, 7, 17)) is None
+
+
+@pytest.mark.parametrize(
+    ("aliases", "message"), [(["a", "A"], "listed twice"), (["M"], "the model's own id")]
+)
+def test_a_model_entry_alone_refuses_a_name_it_would_hold_twice(
+    aliases: list[str], message: str
+) -> None:
+    """`ModelEntry` is public: its own rules hold without a `Registry` around it."""
+    with pytest.raises(ValidationError, match=message):
+        ModelEntry.model_validate(
+            {
+                "id": "m",
+                "aliases": aliases,
+                "tier": "paid",
+                "prices": [_price("2024-01-01", "1", "2")],
+            }
+        )
 
 
 def test_price_at_refuses_other_types() -> None:
@@ -293,6 +328,14 @@ def test_rates_are_exact_decimals() -> None:
     assert price.input == Decimal("0.1") and str(price.input) == "0.1"
     assert price.cached_input == Decimal(3)
     assert str(price.output) == "0.6"
+
+
+@pytest.mark.parametrize(("text", "written"), [("1E+1", "10"), ("1.5E+2", "150"), ("1E+2", "100")])
+def test_a_rate_in_exponent_notation_is_written_out(text: str, written: str) -> None:
+    """Amounts computed from a rate are stored as text (`amount_micros_exact`): no exponent."""
+    price = PriceVersion.model_validate({"valid_from": "2024-01-01", "input": text, "output": "1"})
+    assert str(price.input) == written
+    assert str(price.input * 100) == f"{written}00"
 
 
 def test_models_are_frozen() -> None:
@@ -381,6 +424,14 @@ HOSTILE: dict[str, tuple[str, str, str]] = {
     "YAML nan": (_rate_case(".nan"), "bad-rate", "prices[0].input"),
     "infinite rate": (_rate_case('"Infinity"'), "bad-rate", "prices[0].input"),
     "YAML inf": (_rate_case(".inf"), "bad-rate", "prices[0].input"),
+    "YAML nan cached rate": (  # not read as absent (the input rate)
+        _paid(
+            "bad-rate",
+            '  - {valid_from: "2024-01-01", input: "1", cached_input: .nan, output: "2"}\n',
+        ),
+        "bad-rate",
+        "prices[0].cached_input",
+    ),
     "negative rate": (_rate_case('"-0.5"'), "bad-rate", "prices[0].input"),
     "negative float": (_rate_case("-0.5"), "bad-rate", "prices[0].input"),
     "boolean rate": (_rate_case("true"), "bad-rate", "prices[0].input"),
@@ -449,6 +500,16 @@ HOSTILE: dict[str, tuple[str, str, str]] = {
         "dated",
         "prices[0].valid_from",
     ),
+    "day without dashes": (
+        _paid("dated", '  - {valid_from: "20240718", input: "1", output: "2"}\n'),
+        "dated",
+        "prices[0].valid_from",
+    ),
+    "ISO week day": (
+        _paid("dated", '  - {valid_from: "2024-W29-4", input: "1", output: "2"}\n'),
+        "dated",
+        "prices[0].valid_from",
+    ),
     "unquoted date and time": (
         _paid("dated", "  - {valid_from: 2024-01-01 10:00:00, input: 1, output: 2}\n"),
         "dated",
@@ -514,8 +575,10 @@ def test_many_errors_are_summarised(tmp_path: Path) -> None:
 def test_unreadable_or_unknown_files_are_registry_errors(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match=r"missing\.yaml"):
         load_registry(tmp_path / "missing.yaml")
-    with pytest.raises(RegistryError, match=r"\.toml"):
-        load_registry(tmp_path / "registry.toml")
+    toml = tmp_path / "registry.toml"
+    toml.write_text('version = "1"\n', encoding="utf-8")
+    with pytest.raises(RegistryError, match=r"registry\.toml: unknown file type '\.toml'"):
+        load_registry(toml)
     directory = tmp_path / "directory.yaml"
     directory.mkdir()
     with pytest.raises(RegistryError, match=r"Cannot read the model registry .*directory\.yaml"):
@@ -778,13 +841,14 @@ def _registries(draw: st.DrawFn) -> Registry:
 
 @settings(max_examples=60, deadline=None)
 @given(registry=_registries())
-def test_registry_to_yaml_round_trips(registry: Registry) -> None:
-    with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "registry.yaml"
-        path.write_text(registry_to_yaml(registry), encoding="utf-8")
-        loaded = load_registry(path)
-    assert loaded == registry
-    assert loaded.fingerprint == registry.fingerprint
+def test_registry_to_yaml_and_to_json_round_trip(registry: Registry) -> None:
+    for suffix, write in ((".yaml", registry_to_yaml), (".json", registry_to_json)):
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory) / f"registry{suffix}"
+            path.write_text(write(registry), encoding="utf-8")
+            loaded = load_registry(path)
+        assert loaded == registry, suffix
+        assert loaded.fingerprint == registry.fingerprint, suffix
 
 
 def test_rates_have_bounded_precision(tmp_path: Path) -> None:
