@@ -18,7 +18,8 @@ from chores.core.exceptions import InvoiceNotFound
 from chores.core.money import usd_exact
 from chores.demo.corpus import generate_corpus
 from chores.metering.progress import Progress, cursor_scope
-from chores.reports.reconcile import ATTEMPTS, reconcile
+from chores.metering.source import LOWEST_STAMP
+from chores.reports.reconcile import ATTEMPTS, MAX_ESTIMATE_USD, _estimate, reconcile
 from chores.run.pipeline import Pipeline
 from chores.run.report import RunReport
 
@@ -1222,8 +1223,8 @@ def test_a_drafts_review_flag_that_its_anomalies_and_lines_do_not_give_does_not_
 def test_a_reconcile_made_again_while_runs_write_its_invoice(db, settings, registry, tampered):
     """A comparison that does not reconcile while the invoice changed under it is made
     again (its reads are no snapshot: a run between them made it say "a ledger entry was
-    lost"). A mismatch of its own stays one; written during every one of `ATTEMPTS`
-    comparisons, it says so."""
+    lost"). A mismatch of its own stays one; written during every one of the three
+    comparisons contract.md promises, it says so."""
     seeded(db, settings, registry, november(4))
     if tampered:
         db.billing_invoices.update_one(
@@ -1244,9 +1245,201 @@ def test_a_reconcile_made_again_while_runs_write_its_invoice(db, settings, regis
     result = reconcile(proxied, "acme", "2026-11", now=NOW)
 
     assert result.ok is not tampered
-    assert len(writes) == (ATTEMPTS if tampered else 1)
+    assert ATTEMPTS == 3
+    assert len(writes) == (3 if tampered else 1)
     said = [p for p in result.problems if "during each of" in p]
     assert said == (
-        [f"runs wrote this invoice or moved their cursors during each of {ATTEMPTS} "
+        ["runs wrote this invoice or moved their cursors during each of 3 "
          "comparisons: run it again once they have settled"] if tampered else []
     )  # fmt: skip
+
+
+# --- verdicts at their edges (found untested by mutation testing of reconcile.py) ---------
+
+
+def ended_runner(runner_id: str, prompt: int, minutes: int, **context: Any) -> dict:
+    """A finished runner of acme, `prompt` tokens, stamped `minutes` before NOW."""
+    doc = {**_running(runner_id, prompt, 0, minutes), "status": "SUCCESS", "end_time": NOW}
+    doc["context"] |= context
+    return doc
+
+
+def listed(runners: list[Any]) -> list[tuple[str, int, int]]:
+    return [(r.runner_id, r.source_tokens, r.ledger_tokens) for r in runners]
+
+
+def test_an_old_org_cursor_does_not_make_a_runner_without_entry_look_unread(db, settings, registry):
+    """A runner no entry billed, stamped behind the newest cursor, is a mismatch (a lost
+    entry) even when the org also has an older cursor of its own (`run --org` long ago)."""
+    db.tasks.insert_one(_running("other", 10, 0, 1))
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    long_ago = (NOW - timedelta(hours=1)).timestamp()
+    Progress(Collections.of(db, settings)).advance_cursor(cursor_scope("acme"), long_ago)
+    db.tasks.insert_one(ended_runner("late", 500, 2))
+    result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert not result.ok
+    assert (listed(result.runners), result.running) == ([("str:'late'", 500, 0)], [])
+
+
+def test_a_runner_without_entry_stamped_at_the_newest_cursor_is_not_metered_yet(
+    db, settings, registry
+):
+    """A batch moves its cursor to its newest stamp and the next one starts there."""
+    db.tasks.insert_one(_running("other", 10, 0, 1))
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    cursor = Progress(Collections.of(db, settings)).cursor(cursor_scope(None))
+    assert cursor == (NOW - timedelta(minutes=1)).timestamp()
+    db.tasks.insert_one(ended_runner("late", 500, 1))  # at the cursor
+    result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert (result.ok, result.runners) == (True, [])
+    assert listed(result.running) == [("str:'late'", 500, 0)]
+
+
+@pytest.mark.parametrize("where", ["where the next scan starts", "at the lowest stamp"])
+def test_a_grown_runner_is_not_metered_yet_only_where_the_next_scan_reads(
+    db, settings, registry, where
+):
+    """The scan of changed runners reads from `since` on (`$gte`), and below it only stamps
+    that are not at least LOWEST_STAMP (source.py): a runner that grew since it was billed,
+    stamped at `since`, is read by the next run; one stamped at LOWEST_STAMP is not, and
+    its growth is a mismatch."""
+    db.tasks.insert_one(ended_runner("r", 1_000, 30))
+    db.tasks.insert_one(_running("other", 10, 0, 1))
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    assert db.billing_pending.count_documents({"runner_id": "str:'r'"}) == 0
+    cursor = Progress(Collections.of(db, settings)).cursor(cursor_scope(None))
+    stamp = cursor - settings.lookback_seconds if where.startswith("where") else LOWEST_STAMP
+    db.tasks.replace_one({"_id": "r"}, {**ended_runner("r", 1_500, 0), "last_updated_db": stamp})
+
+    result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+
+    grown = [("str:'r'", 1_500, 1_000)]
+    if where.startswith("where"):
+        assert (result.ok, result.runners, listed(result.running)) == (True, [], grown)
+    else:
+        assert (result.ok, listed(result.runners), result.running) == (False, grown, [])
+
+
+def test_a_runner_held_by_an_open_anomaly_without_a_claim_is_not_metered_yet(
+    db, settings, registry
+):
+    """No entry, no claim, stamped behind the newest cursor, but held by an anomaly still
+    open: its fix is read by a run to come (the daily full pass at the latest)."""
+    db.tasks.insert_one(_running("other", 10, 0, 40))
+    held = ended_runner("r", 900, 30, ai_model=4)
+    held["end_time"] = NOW - timedelta(hours=2)
+    db.tasks.insert_one(held)
+    run_chore(db, now=NOW - timedelta(minutes=20), registry=registry, settings=settings)
+    assert db.billing_anomalies.count_documents({"runner_id": "str:'r'", "resolved": False}) == 1
+    runs_since = (NOW - timedelta(minutes=10)).timestamp()
+    Progress(Collections.of(db, settings)).advance_cursor("*", runs_since)
+    fixed = {**held, "last_updated_db": (NOW - timedelta(minutes=12)).timestamp()}
+    fixed["context"] = {**held["context"], "ai_model": "gpt-4o-mini"}
+    db.tasks.replace_one({"_id": "r"}, fixed)
+    db.billing_pending.delete_many({"runner_id": "str:'r'"})
+
+    result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+
+    assert (result.ok, result.runners) == (True, [])
+    assert listed(result.running) == [("str:'r'", 900, 0)]
+
+
+def test_a_billed_runner_whose_document_is_gone_is_a_mismatch_not_a_crash(db, settings, registry):
+    db.tasks.insert_one(ended_runner("gone", 700, 5))
+    db.tasks.insert_one(_running("other", 10, 0, 1))
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    db.tasks.delete_one({"_id": "gone"})
+    result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert (result.ok, listed(result.runners), result.moved) == (
+        False,
+        [("str:'gone'", 0, 700)],
+        [],
+    )
+    assert result.runners[0].note == "billed, but no longer an AI runner of this org in the source"
+
+
+def test_a_runner_moved_away_is_listed_with_what_it_was_billed_here(db, settings, registry):
+    doc = ended_runner("m", 700, 5, ai_tokens=1_200, ai_completion_tokens=300)
+    doc["context"]["ai_cached_tokens"] = 200
+    db.tasks.insert_one(doc)
+    db.tasks.insert_one(_running("other", 10, 0, 1))
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    db.tasks.update_one({"_id": "m"}, {"$set": {"context.workspace_id": "beta"}})
+    result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert result.ok, result.runners
+    # 500 input, 200 cached, 300 output, 200 unsplit
+    assert listed(result.moved) == [("str:'m'", 0, 1_200)]
+
+
+def test_a_disagreeing_runners_usage_is_expected_on_its_months_own_line(db, settings, registry):
+    """Expected from its document alone, in the month it ended: not on a late line (the
+    usage of a month already final)."""
+    db.tasks.insert_one(ended_runner("r", 700, 30))
+    db.tasks.insert_one(_running("other", 10, 0, 1))
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    edit = {"$inc": {"input_tokens": 5, "tokens": 5}}  # the ledger bills 705
+    db.billing_ledger.update_one({"runner_id": "str:'r'"}, edit)
+    result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert (result.ok, listed(result.runners)) == (False, [("str:'r'", 700, 705)])
+    assert [(ln.late, ln.expected_tokens) for ln in result.lines] == [(False, 710)]
+
+
+def test_a_line_on_one_side_only_shows_zero_on_the_other(db, settings, registry):
+    db.tasks.insert_one(ended_runner("r", 5_000, 5))
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    db.billing_invoices.update_one({"_id": "acme:2026-11"}, {"$set": {"lines.0.model": "edited"}})
+    result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert not result.ok
+    by_model = {line.model: line for line in result.lines}
+    invoiced_only, expected_only = by_model["edited"], by_model["gpt-4o-mini"]
+    assert (invoiced_only.expected_tokens, invoiced_only.expected_micros) == (0, 0)
+    assert invoiced_only.expected_split == (0, 0, 0, 0)
+    assert (expected_only.invoiced_tokens, expected_only.invoiced_micros) == (0, 0)
+    assert expected_only.invoiced_split == (0, 0, 0, 0)
+    assert expected_only.expected_tokens == invoiced_only.invoiced_tokens == 5_000
+    assert expected_only.expected_micros == invoiced_only.invoiced_micros > 0
+    assert [(ln.estimated_runners, ln.runner_estimate_usd) for ln in result.lines] == [
+        (0, None),
+        (0, None),
+    ]
+
+
+def test_a_finals_review_flag_is_not_checked_against_anomalies_opened_since(db, settings, registry):
+    """A final's `needs_review` was frozen as it stood: an anomaly of its month recorded
+    afterwards (set by hand here) is no mismatch of the final."""
+    october = datetime(2026, 10, 20, tzinfo=UTC)
+    first = {**ended_runner("a", 1_000, 0), "end_time": october}
+    first["last_updated_db"] = october.timestamp()
+    db.tasks.insert_one(first)
+    run_chore(db, now=datetime(2026, 10, 25, tzinfo=UTC), registry=registry, settings=settings)
+    assert finalize_invoices(db, now=NOW, settings=settings) == ["acme:2026-10"]
+    bad = ended_runner("bad", 1_000, 3, ai_tokens="many")
+    bad["end_time"] = datetime(2026, 10, 30, tzinfo=UTC)
+    db.tasks.insert_one(bad)
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    db.billing_anomalies.update_many({"runner_id": "str:'bad'"}, {"$set": {"period": "2026-10"}})
+    meter = Pipeline(db, settings, registry)
+    assert meter.anomalies.open_periods({("acme", "2026-10")})
+
+    result = reconcile(meter, "acme", "2026-10", now=NOW)
+
+    assert (result.status, result.ok) == ("final", True), result.problems
+
+
+def test_a_runners_estimate_is_shared_by_its_tokens_and_rounded_to_the_micro_dollar(
+    db, settings, registry
+):
+    """`ai_cost` (informational, never billed): all of it when all the runner's tokens are
+    on this invoice, rounded to 6 places; 0 is an estimate, a negative one none."""
+    doc = ended_runner("e", 700, 5, ai_tokens=1_200, ai_completion_tokens=300, ai_cost=0.1234567)
+    doc["context"]["ai_cached_tokens"] = 200
+    db.tasks.insert_one(doc)
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+    result = reconcile(Pipeline(db, settings, registry), "acme", "2026-11", now=NOW)
+    assert result.ok
+    assert [(ln.estimated_runners, ln.runner_estimate_usd) for ln in result.lines] == [
+        (1, 0.123457)
+    ]
+    assert _estimate({"ai_cost": 0}) == 0.0
+    assert _estimate({"ai_cost": -0.5}) is None
+    assert _estimate({"ai_cost": MAX_ESTIMATE_USD}) == MAX_ESTIMATE_USD
