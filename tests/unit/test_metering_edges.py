@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from bson import ObjectId
 
@@ -14,8 +15,11 @@ from chores import Settings, run_chore
 from chores.metering.counters import Breakdown, Counters, breakdown, own_counters, parse_counters
 from chores.metering.lineage import is_subagent_context, spawner_ids
 
+from support import ai_runner
+
 CONFIG = Settings(mongo_url="mongomock://edges", batch_size=20, redis_url=None)
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
+ENDED = datetime(2026, 11, 3, tzinfo=UTC)
 
 # --- chores/metering/counters.py ---
 
@@ -28,32 +32,23 @@ def test_a_counter_beyond_what_bson_stores_is_malformed_and_the_largest_is_not()
         assert isinstance(parse_counters({"ai_tokens": bad}), str), bad
 
 
-def _counters_runner(db, rid, **counters):
-    ended = datetime(2026, 11, 3, tzinfo=UTC)
-    db.tasks.insert_one(
-        {
-            "_id": rid,
-            "name": "ai",
-            "status": "SUCCESS",
-            "end_time": ended,
-            "last_updated_db": ended.timestamp(),
-            "context": {"workspace_id": "acme", "ai_model": "gpt-4o-mini", **counters},
-        }
-    )
+def add_runner(db: Any, runner_id: str, **context: Any) -> None:
+    """A finished runner of acme with no tokens but `context`'s."""
+    db.tasks.insert_one(ai_runner(runner_id, ended=ENDED, tokens=0, **context))
 
 
 def test_a_runner_with_no_tokens_writes_no_ledger_entry(db, registry):
-    _counters_runner(db, "zero", ai_tokens=0, ai_prompt_tokens=0, ai_completion_tokens=0)
+    add_runner(db, "zero")
     run_chore(db, now=NOW, registry=registry, settings=CONFIG)
     assert db.billing_ledger.count_documents({}) == 0
 
 
 def test_a_runner_with_one_token_of_each_kind_alone_is_billed_it(db, registry):
     # SPEC §1.6: billable = max(total, prompt + completion)
-    _counters_runner(db, "t", ai_tokens=1)
-    _counters_runner(db, "p", ai_prompt_tokens=1)
-    _counters_runner(db, "c", ai_completion_tokens=1)
-    _counters_runner(db, "k", ai_cached_tokens=1)  # cached beyond prompt: a mark, no tokens
+    add_runner(db, "t", ai_tokens=1)
+    add_runner(db, "p", ai_prompt_tokens=1)
+    add_runner(db, "c", ai_completion_tokens=1)
+    add_runner(db, "k", ai_cached_tokens=1)  # cached beyond prompt: a mark, no tokens
     run_chore(db, now=NOW, registry=registry, settings=CONFIG)
     tokens = {e["runner_id"]: e["tokens"] for e in db.billing_ledger.find()}
     assert tokens == {f"str:'{r}'": n for r, n in {"t": 1, "p": 1, "c": 1, "k": 0}.items()}
@@ -81,24 +76,9 @@ def test_the_subagent_string_alone_marks_a_subagent():
 
 def test_a_subagent_marked_only_by_its_session_name_bills_its_own_usage_only(db, registry):
     child = ObjectId()
-    ended = datetime(2026, 11, 3, tzinfo=UTC)
     inherited = {"ai_tokens": 1000, "ai_prompt_tokens": 800, "ai_completion_tokens": 200}
     db.tasks.insert_one(
-        {
-            "_id": child,
-            "name": "ai",
-            "status": "SUCCESS",
-            "end_time": ended,
-            "last_updated_db": ended.timestamp(),
-            "context": {
-                "workspace_id": "acme",
-                "ai_model": "gpt-4o-mini",
-                "subagent": "sess-1",
-                "ai_tokens": 1500,
-                "ai_prompt_tokens": 1200,
-                "ai_completion_tokens": 300,
-            },
-        }
+        ai_runner(child, ended=ENDED, tokens=1_500, prompt=1_200, subagent="sess-1")
     )
     db.findings.insert_one(
         {
@@ -114,24 +94,9 @@ def test_a_subagent_marked_only_by_its_session_name_bills_its_own_usage_only(db,
 
 def test_a_workflow_id_that_is_not_a_string_names_no_spawner(db, registry):
     assert spawner_ids({"_id": "r1", "context": {"workspace_id": "acme", "workflow_id": 7}}) == []
-    ended = datetime(2026, 11, 3, tzinfo=UTC)
-    for rid, wf in (("r1", 7), ("r2", "wf-1")):
+    for rid, workflow in (("r1", 7), ("r2", "wf-1")):
         db.tasks.insert_one(
-            {
-                "_id": rid,
-                "name": "ai",
-                "status": "SUCCESS",
-                "end_time": ended,
-                "last_updated_db": ended.timestamp(),
-                "context": {
-                    "workspace_id": "acme",
-                    "ai_model": "gpt-4o-mini",
-                    "workflow_id": wf,
-                    "ai_tokens": 100,
-                    "ai_prompt_tokens": 60,
-                    "ai_completion_tokens": 40,
-                },
-            }
+            ai_runner(rid, ended=ENDED, tokens=100, prompt=60, workflow_id=workflow)
         )
     run_chore(db, now=NOW, registry=registry, settings=CONFIG)
     assert sum(e["tokens"] for e in db.billing_ledger.find()) == 200
@@ -177,29 +142,11 @@ def test_a_subagents_own_finding_wins_over_its_workflows():
 # --- chores/metering/ledger.py ---
 
 
-def _ledger_runner(db, rid, model):
-    ended = datetime(2026, 11, 3, tzinfo=UTC)
-    db.tasks.insert_one(
-        {
-            "_id": rid,
-            "name": "ai",
-            "status": "SUCCESS",
-            "end_time": ended,
-            "last_updated_db": ended.timestamp(),
-            "context": {
-                "workspace_id": "acme",
-                "ai_model": model,
-                "ai_tokens": 1500,
-                "ai_prompt_tokens": 1000,
-                "ai_completion_tokens": 500,
-            },
-        }
-    )
-
-
 def test_usage_billed_in_its_own_open_period_is_not_late(db, registry):
     # SPEC §7: only usage no draft held when its period was frozen is billed late
-    _ledger_runner(db, "r1", "gpt-4o-mini")
+    db.tasks.insert_one(
+        ai_runner("r1", ended=ENDED, tokens=1_500, prompt=1_000, model="gpt-4o-mini")
+    )
     run_chore(db, now=NOW, registry=registry, settings=CONFIG)
     (entry,) = db.billing_ledger.find()
     assert entry["late"] is False
@@ -208,8 +155,12 @@ def test_usage_billed_in_its_own_open_period_is_not_late(db, registry):
 
 
 def test_an_entry_keeps_the_exact_amount_it_was_billed_and_none_when_unpriced(db, registry):
-    _ledger_runner(db, "r1", "gpt-4o-mini")
-    _ledger_runner(db, "r2", "mystery-model-9000")
+    db.tasks.insert_one(
+        ai_runner("r1", ended=ENDED, tokens=1_500, prompt=1_000, model="gpt-4o-mini")
+    )
+    db.tasks.insert_one(
+        ai_runner("r2", ended=ENDED, tokens=1_500, prompt=1_000, model="mystery-model-9000")
+    )
     run_chore(db, now=NOW, registry=registry, settings=CONFIG)
     amounts = {e["runner_id"]: e["amount_micros_exact"] for e in db.billing_ledger.find()}
     assert Decimal(amounts["str:'r1'"]) > 0
@@ -223,7 +174,9 @@ def test_a_runner_whose_latest_entry_was_edited_is_refused_not_billed_from_it(db
 
     from chores.core.exceptions import MalformedDocument
 
-    _ledger_runner(db, "r1", "gpt-4o-mini")
+    db.tasks.insert_one(
+        ai_runner("r1", ended=ENDED, tokens=1_500, prompt=1_000, model="gpt-4o-mini")
+    )
     run_chore(db, now=NOW, registry=registry, settings=CONFIG)
     db.billing_ledger.update_one({}, {"$set": {"high_water.total": "9999999"}})
     db.tasks.update_one(
