@@ -24,12 +24,10 @@ from support import NOW, ai_runner
 
 SETTINGS = Settings(mongo_url="mongomock://edges", batch_size=10, redis_url=None)
 
-# --- org skip ---
-# `continue` in `Pipeline.process` (a document that names another org
-# when assessed is skipped by an `--org` run). Only test_stale_reads' 'moved to globex' case
-# reaches it, where the moved document has no new usage, so deleting the `continue` survives.
-# With new usage: the `acme` run (its stale read re-read after a decrease) bills/flags `globex`
-# usage ("one org's run never touches another org's billing", SPEC §4).
+# --- an --org run leaves other orgs alone ---
+# A document that names another org when a run of `--org acme` assesses it (a stale
+# read, re-read after a decrease) is skipped: acme's run never bills or flags globex's usage
+# (SPEC §4: one org's run never touches another org's billing).
 
 
 def runner(oid, tokens, org="acme"):
@@ -67,11 +65,9 @@ def test_an_org_run_leaves_a_document_moved_to_another_org_alone(db):
 
 
 # --- confirmed org ---
-# `_confirmed` keeps, of the re-read records, only those of the run's org
-# ("an --org run records nothing of another org's (a document moved meanwhile)"). Mutants
-# `and`->`or` (another org's record written by an `acme` run) and `==`->`!=` (acme's own
-# record dropped) survive. Setup: an anomaly someone resolved, a stale read that would reopen it,
-# so the runner is read again.
+# Of the records a run reads again, an `--org` run keeps only its own org's: nothing of a
+# document moved meanwhile to another org, and its own org's record kept. Set up with an
+# anomaly someone resolved and a stale read that would reopen it.
 
 
 def _setup(db, now_org):
@@ -98,10 +94,8 @@ def test_an_org_run_records_its_own_org_s_record_read_again(db):
 
 
 # --- flagged pairs org ---
-# `AnomalyLog.flagged_pairs(org)` keeps to `org`: an `--org` full pass
-# rebuilds the invoices an anomaly flags that have none, of that org only ("one org's run never
-# touches another org's billing", SPEC §4). Mutant (the org filter deleted): an `acme` run
-# writes `beta`'s invoice.
+# An `--org` full pass rebuilds the missing invoices that open anomalies flag, of its own
+# org only (SPEC §4).
 
 
 def test_an_org_full_pass_writes_no_invoice_another_org_s_anomaly_flags(db):
@@ -146,8 +140,8 @@ def test_unit_flagged_pairs_keeps_to_its_org(db):
 
 
 # --- moved record e2e ---
-# End-to-end for (see test_gap_changed_pairs.py): a held running runner's
-# anomaly moves to the next month's invoice; the month it left must lose `needs_review`.
+# A held running runner's anomaly moves to the next month's invoice: the month it left
+# loses `needs_review` (SPEC §3: only a period an anomaly touches is flagged).
 
 
 def test_the_invoice_a_moved_anomaly_left_is_no_longer_flagged(db):
@@ -165,10 +159,8 @@ def test_the_invoice_a_moved_anomaly_left_is_no_longer_flagged(db):
 
 
 # --- changed pairs ---
-# Gaps in `AnomalyLog.changed_pairs` (the invoices marked dirty before
-# anomalies are written). 235 (deleted): a moved record's old invoice is not marked, so it keeps
-# `needs_review` for an anomaly that left it. 233 `and`->`or`: a record without an org (no_org)
-# marks a pair `(None, period)`.
+# `AnomalyLog.changed_pairs`, the invoices marked dirty before anomalies are written: a
+# moved record marks the invoice it left too; a record without an org marks none.
 
 
 def test_a_moved_record_marks_both_invoices():
@@ -183,10 +175,9 @@ def test_a_record_without_an_org_marks_no_invoice():
 
 
 # --- lets go latest ---
-# `latest = now + FUTURE_SKEW_SECONDS` (the end of the window in which a
-# time keeps a held finished runner watched). Mutant `now - FUTURE_SKEW_SECONDS`: a runner held
-# by an anomaly whose stamp and end time are in the last 5 minutes is let go at once, its fix
-# left to the daily full pass (docs/contract.md "Finished runners held by a fixable anomaly").
+# A runner held by an anomaly whose stamp and end time are in the last minutes stays on the
+# pending list (contract.md, "Finished runners held by a fixable anomaly"): its fix is
+# billed by the next hourly re-read, not left to the daily full pass.
 
 
 def billed(db):
@@ -204,11 +195,9 @@ def test_a_runner_held_a_minute_after_it_ended_is_watched_and_its_fix_billed(db)
 
 
 # --- lets go billed at ---
-# `Batch.lets_go` must count the runner's last billing (its ledger head's
-# `billed_at`): a held finished runner billed within PENDING_IDLE_SECONDS stays on the pending
-# list (re-read hourly), even when its stamp, start and end time are old. Mutant
-# `head.billed_at is None` -> `is not None` ignores the billing: the runner is let go and its
-# fix waits for the daily full pass.
+# A held finished runner billed within PENDING_IDLE_SECONDS stays on the pending list
+# (re-read hourly) even when its stamp, start and end time are old (README,
+# `PENDING_IDLE_SECONDS`).
 
 DAY = timedelta(days=1)
 
@@ -218,7 +207,7 @@ def claims(db):
 
 
 def test_a_held_runner_billed_recently_is_watched_though_its_times_are_old(db):
-    settings = Settings(mongo_url="mongomock://gap", batch_size=10, redis_url=None)
+    settings = Settings(mongo_url="mongomock://edges", batch_size=10, redis_url=None)
     old = (NOW - 3 * DAY).timestamp()
     db.tasks.insert_one(ai_runner("r1", ended=None, status="RUNNING", tokens=1_000, stamp=old))
     run_chore(db, now=NOW, settings=settings)
@@ -238,11 +227,8 @@ def test_a_held_runner_billed_recently_is_watched_though_its_times_are_old(db):
 
 
 # --- lets go bounds ---
-# `Batch.lets_go` bounds `idle_before <= t <= latest`. A time exactly
-# FUTURE_SKEW_SECONDS ahead of `now` is not "further ahead" (not garbage: docs/contract.md,
-# README `FUTURE_SKEW_SECONDS`), so it keeps a held finished runner watched; a stamp exactly
-# PENDING_IDLE_SECONDS old keeps it watched too (the code's choice; the contract's
-# "younger than"/"older than" leaves the exact second open).
+# A time exactly FUTURE_SKEW_SECONDS ahead of `now` is not "further ahead", and a stamp
+# exactly PENDING_IDLE_SECONDS old is not older than it: both keep a held runner watched.
 
 DAY = timedelta(days=1)
 
@@ -264,10 +250,8 @@ def test_a_stamp_exactly_pending_idle_seconds_old_keeps_a_held_runner_watched(db
 
 
 # --- is idle bounds ---
-# `Batch.is_idle` `stamp < idle_before` and
-# `billed_at < idle_before`: a pending runner whose stamp (or last billing) is exactly
-# PENDING_IDLE_SECONDS old is still read every run (not idle). Mutants `<=` make it idle at
-# that second (contract.md and deploy.md: "older than" PENDING_IDLE_SECONDS).
+# A pending runner goes idle once its stamp and last billing are older than
+# PENDING_IDLE_SECONDS (contract.md, deploy.md): at exactly that age it is read every run.
 
 P = timedelta(seconds=SETTINGS.pending_idle_seconds)
 
@@ -290,9 +274,8 @@ def test_a_billing_exactly_pending_idle_seconds_old_is_not_idle(db):
 
 
 # --- lowest stamp idle ---
-# `Batch.is_idle` `LOWEST_STAMP <= stamp`: a running runner stamped
-# -float_max (finite; the changed scan does not read it every run, source.py:90) goes idle
-# after PENDING_IDLE_SECONDS like any other. Mutant `<` keeps it read by every run.
+# A running runner stamped -float_max (finite: the scan of changed runners does not read
+# it every run) goes idle after PENDING_IDLE_SECONDS like any other.
 
 
 def test_a_runner_stamped_minus_float_max_goes_idle(db):
@@ -304,9 +287,8 @@ def test_a_runner_stamped_minus_float_max_goes_idle(db):
 
 
 # --- dry run release ---
-# `if gone and not dry_run` in `Pipeline.pending_runners`: a dry run
-# writes nothing (chore.py:89, ), so a pending runner gone from the source keeps
-# its claim until a real run. Mutant `and` -> `or`: the dry run deletes the claim.
+# A dry run writes nothing: a pending runner gone from the source keeps its claim until a
+# real run releases it.
 
 
 def test_a_dry_run_keeps_the_claim_of_a_pending_runner_gone_from_the_source(db):
@@ -322,10 +304,8 @@ def test_a_dry_run_keeps_the_claim_of_a_pending_runner_gone_from_the_source(db):
 
 
 # --- nan read once ---
-# `_already_read`: "a NaN is the same as a NaN": a pending runner stamped
-# NaN, read from the pending list, is not read again by the changed scan of the same run (which
-# reads NaN stamps every run). Mutants `read != read`->`==` / `stamp != stamp`->`==` read it
-# twice (docs_read counts it twice, it is assessed twice).
+# A pending runner stamped NaN, read from the pending list, is not read again by the scan
+# of changed runners in the same run (which reads NaN stamps every run).
 
 
 def test_a_pending_runner_stamped_nan_is_read_once_per_run(db):
@@ -337,9 +317,8 @@ def test_a_pending_runner_stamped_nan_is_read_once_per_run(db):
 
 
 # --- report entries ---
-# `_tally` counts the ledger entries written, per org
-# (`chore run` table's entries column) and in all (`entries_written`, the run log line). Deleting
-# or changing `+= 1` survives.
+# A run counts the ledger entries it writes, per org (`chore run`'s table) and in all
+# (`entries_written`, its log line).
 
 
 def test_a_run_counts_the_entries_it_writes(db):
@@ -350,9 +329,8 @@ def test_a_run_counts_the_entries_it_writes(db):
 
 
 # --- open anomalies period ---
-# `open_anomalies(org, period)` keeps to `period` (the anomalies that flag
-# the invoice of (org, period): `chore invoice`, the review command, the HTML invoice). Mutant
-# (the period filter deleted): another month's anomalies are listed as flagging this invoice.
+# `open_anomalies(org, period)` lists the anomalies that flag that invoice only (`chore
+# invoice`, the review command, the HTML invoice), not another month's.
 
 
 def test_open_anomalies_of_one_period(db):
@@ -373,10 +351,8 @@ def test_open_anomalies_of_one_period(db):
 
 
 # --- open for ---
-# `AnomalyLog.open_for` (used by reconcile: a never-billed runner
-# held by an anomaly still open is "not metered yet", not a mismatch). No test in the selection
-# (nor tests/unit/test_reconcile.py) sees it return a runner: mutants 160 `"resolved": False`->
-# `True` (answers the runners whose anomalies are resolved) and projection `1`->`0` survive.
+# `AnomalyLog.open_for` (reconcile: a never-billed runner held by an anomaly still open is
+# not metered yet) answers the runners with an open anomaly, not those with a resolved one.
 
 
 def test_open_for_answers_the_runners_with_an_open_anomaly(db):
@@ -391,10 +367,8 @@ def test_open_for_answers_the_runners_with_an_open_anomaly(db):
 
 
 # --- previous own id first ---
-# `if record_id in found: continue` in `AnomalyLog.previous`: a record
-# under the anomaly's own id wins over an older version's record. Mutants (the `if` or its
-# `continue` deleted): the older record (per runner, kind and month) replaces it (`stored_id`
-# set), so a move or reopen updates the old document, not the current one.
+# `AnomalyLog.previous`: a record under the anomaly's own id wins over an older version's,
+# so a move or reopen updates the current document.
 
 
 def test_the_record_under_its_own_id_wins(db):
@@ -419,11 +393,8 @@ def test_the_record_under_its_own_id_wins(db):
 
 
 # --- previous month first ---
-# `continue` in `AnomalyLog.previous`: when an older version's record
-# per runner, kind and usage month stands for the anomaly, it is the one used (moved/reopened by
-# `record`), even if a still older per-runner record is open on the same invoice. Mutant (the
-# `continue` deleted): the per-runner record is taken instead (`stored_id` changes), so a move
-# updates the other document and the month's record stays where it was.
+# `AnomalyLog.previous`: an older version's record per runner, kind and usage month stands
+# for the anomaly before a still older per-runner record open on the same invoice.
 
 
 def test_the_month_record_of_an_older_version_is_preferred(db):
@@ -448,13 +419,10 @@ def test_the_month_record_of_an_older_version_is_preferred(db):
 
 
 # --- previous final month ---
-# `AnomalyLog.previous`: a record of an older version (per runner
-# and kind, no usage month) open on a LATER month of its org stands for the anomaly of an
-# earlier month when that month is final (docstring; such a record was placed on the open
-# month). No test reaches the `usage_period < old.period and ... in finals` branch: mutants
-# 147 `is not None`->`is None`, 149 `(finals or {})`->`(finals and {})`, `r.org or ""`->
-# `r.org and ""` survive; with them the old record is not recognised and a second record
-# opens (the upgrade records the anomaly twice / loses its review).
+# `AnomalyLog.previous`: an older version's record (per runner and kind) open on a later
+# month stands for the anomaly of an earlier month once that month is final (such a record
+# was placed on the open month); otherwise an upgrade would record it twice or lose its
+# review.
 
 
 def test_an_old_record_on_the_open_month_stands_for_a_final_month_s_anomaly(db):
