@@ -23,7 +23,8 @@ from chores.cli import main
 from chores.core.exceptions import DatabaseUnavailable
 from chores.core.local_store import close_all, open_client
 from chores.core.settings import Plan, Settings
-from chores.quota.cache import QuotaCache, namespace
+from chores.quota.cache import QuotaCache, is_named_store, namespace
+from chores.quota.check import check_quota_from_mirror
 from chores.quota.decisions import QuotaDecision, estimate_reason
 
 from support import closed_port, flushed_redis_db
@@ -359,3 +360,48 @@ def test_the_cli_and_the_api_give_one_answer_on_a_file_store_with_a_stale_mirror
         close_all(save=False)
     assert (json.loads(cli.output)["state"], cli.exit_code) == (api.state, 3)
     get_settings.cache_clear()
+
+
+def test_two_server_deployments_sharing_one_redis_do_not_answer_for_each_other(registry, redis_url):
+    """A server deployment's mirror keys name its database: `main`'s `block` for acme
+    never answers a check of the deployment on database `other` (found by mutation
+    testing of chores/quota/cache.py)."""
+    server = f"mongodb://127.0.0.1:{closed_port()}/"
+    settings = Settings(mongo_url=server, redis_url=redis_url)
+    local = mongomock.MongoClient(tz_aware=True)["main"]
+    blocked(local, settings.model_copy(update={"mongo_url": "mongomock://x"}), registry)
+    mirror = QuotaCache(redis_url, 360, namespace("main.billing_quota", server))
+    mirror.put_many([local.billing_quota.find_one({"_id": "acme"})])
+
+    ours = check_quota_from_mirror("acme", 0, NOV, settings=settings)
+    assert ours is not None and ours.state == "block"
+    other = settings.model_copy(update={"mongo_db": "other"})
+    assert check_quota_from_mirror("acme", 0, NOV, settings=other) is None
+
+
+def test_a_server_database_is_the_named_store():
+    """A database on a MongoDB server is mirrored (deploy.md: workers mirror decisions in
+    that Redis); an in-process one is not."""
+    server = f"mongodb://127.0.0.1:{closed_port()}/"
+    client = pymongo.MongoClient(server, connect=False, serverSelectionTimeoutMS=100)
+    try:
+        assert is_named_store(client["main"], server) is True
+        assert not is_named_store(mongomock.MongoClient()["main"], server)
+    finally:
+        client.close()
+
+
+def test_a_decision_with_a_negative_ticket_is_not_mirrored(redis_url):
+    """Only decisions as the chore writes them are mirrored: a ticket is a count."""
+    mirror = QuotaCache(redis_url, 360, namespace("main.billing_quota", "mongodb://h/"))
+    decision = {
+        "_id": "acme",
+        "period": "2026-11",
+        "draft_ticket": -1,
+        "computed_at": NOV,
+        "state": "block",
+    }
+    mirror.put_many([decision])
+    assert mirror.get("acme") is None
+    mirror.put_many([{**decision, "draft_ticket": 0}])
+    assert mirror.get("acme")["state"] == "block"
