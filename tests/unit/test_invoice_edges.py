@@ -5,7 +5,10 @@ prices first, and usage the invoice does not hold says to run again."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import dataclasses
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 import mongomock
 import pytest
@@ -13,17 +16,18 @@ import pytest
 from chores import Settings
 from chores.billing.invoice import (
     Invoice,
+    build_invoice,
     line_review_reasons,
     lines_need_review,
     not_before,
     totals,
 )
-from chores.billing.period_ledger import read_period
+from chores.billing.period_ledger import EntryUsage, RunInfo, read_period
 from chores.core.db import Collections
 from chores.core.exceptions import InvoiceOutOfDate
-from chores.metering.lines import InvoiceLine
+from chores.metering.lines import InvoiceLine, LineKey
 from chores.reports.allocation import allocate
-from pricing import load_registry
+from pricing import Registry, load_registry
 
 from support import metered_months
 
@@ -82,8 +86,6 @@ def test_not_before_bounds():
 
 def test_the_stored_document_names_its_id_as_underscore_id():
     # SPEC: invoice document, `_id` = "<org>:<YYYY-MM>"; no other id field
-    from chores.billing.invoice import Invoice
-
     now = datetime(2026, 3, 1, tzinfo=UTC)
     inv = Invoice(
         _id="acme:2026-03",
@@ -142,9 +144,6 @@ def test_a_line_unpriced_on_the_invoice_but_priced_in_the_ledger_is_out_of_date(
 def test_a_final_whose_entries_have_no_billed_price_is_split_on_its_own_prices(registry):
     """Entries written before `priced_as` have no billed price; a final priced by a registry
     that changed since is split on the prices it names (`priced_with`), not a crash."""
-    import dataclasses
-    from decimal import Decimal
-
     settings = Settings(mongo_url="mongomock://unused", batch_size=40, redis_url=None)
     db = mongomock.MongoClient(tz_aware=True)["main"]
     metered_months(db, settings, registry, seed=5, orgs=("acme", "globex"))
@@ -165,63 +164,42 @@ def test_a_final_whose_entries_have_no_billed_price_is_split_on_its_own_prices(r
     assert (allocation.pricing, allocation.exact) == ("invoiced", True)
 
 
-def test_a_cell_of_no_amount_on_a_paid_line_gets_no_share():
-    """A runner whose entries on a paid line price to exactly 0 (no tokens: a move of a
-    high-water mark) keeps 0 micro-dollars; the line's amount stays with the runner that
-    used it (its own exact amount, rounded)."""
-    from datetime import date, datetime
+def one_model(rate: str) -> Registry:
+    """A registry of one paid model `m` at `rate` USD per million input and output tokens."""
+    prices = [{"valid_from": "2026-01-01", "input": rate, "output": rate}]
+    models = [{"id": "m", "tier": "paid", "prices": prices}]
+    return Registry.model_validate({"version": "t", "models": models})
 
-    from chores.billing.invoice import build_invoice
-    from chores.billing.period_ledger import EntryUsage, RunInfo
-    from pricing import Registry
 
-    registry = Registry.model_validate(
-        {
-            "version": "t",
-            "models": [
-                {
-                    "id": "m",
-                    "tier": "paid",
-                    "prices": [{"valid_from": "2026-01-01", "input": "1", "output": "1"}],
-                }
-            ],
-        }
-    )
+def input_usage(
+    runner: str, tokens: int, billed_line: LineKey | None = None, billed_exact: Any = None
+) -> EntryUsage:
+    """`tokens` input tokens of model `m` on 2026-11-03 by `runner`, billed as given."""
+    run = RunInfo(runner, "m", "s", subagent=False, parent_id=None, status="SUCCESS")
+    day = date(2026, 11, 3)
+    return EntryUsage(run, "m", False, False, day, tokens, 0, 0, 0, billed_line, billed_exact)
 
-    def usage(runner, tokens):
-        run = RunInfo(
-            runner_id=runner,
-            model="m",
-            session_id="s",
-            subagent=False,
-            parent_id=None,
-            status="SUCCESS",
-        )
-        return EntryUsage(
-            run,
-            "m",
-            False,
-            False,
-            date(2026, 11, 3),
-            tokens,
-            0,
-            0,
-            0,
-            billed_line=None,
-            billed_exact=None,
-        )
 
-    usages = [usage("r1", 3), usage("r2", 0)]
-    invoice = build_invoice(
+def november_invoice(usages: list[EntryUsage], registry: Registry) -> Invoice:
+    return build_invoice(
         org="o",
         period="2026-11",
         groups=[u.group() for u in usages],
-        runs=2,
-        entries=2,
+        runs=len(usages),
+        entries=len(usages),
         anomalies_open=False,
         registry=registry,
         now=datetime(2026, 11, 5, tzinfo=UTC),
     )
+
+
+def test_a_cell_of_no_amount_on_a_paid_line_gets_no_share():
+    """A run with no tokens on a paid line (an entry that only moved its runner's
+    high-water mark) keeps 0 micro-dollars; the line's amount stays with the runner that
+    used it (its own exact amount, rounded)."""
+    registry = one_model("1")
+    usages = [input_usage("r1", 3), input_usage("r2", 0)]
+    invoice = november_invoice(usages, registry)
     allocation = allocate(invoice, usages, registry)
     assert allocation.exact
     shares = {c.run.runner_id: c.usage.amount_micros for c in allocation.cells}
@@ -231,66 +209,13 @@ def test_a_cell_of_no_amount_on_a_paid_line_gets_no_share():
 def test_a_final_priced_by_an_older_registry_is_split_on_its_billed_prices_first():
     """A final whose `registry` is not today's: the billed prices go first (module doc), even
     when today's registry happens to round to the same line amounts."""
-    from datetime import date, datetime
-    from decimal import Decimal
-
-    from chores.billing.invoice import build_invoice
-    from chores.billing.period_ledger import EntryUsage, RunInfo
-    from chores.metering.lines import LineKey
-    from pricing import Registry
-
-    def reg(rate):
-        return Registry.model_validate(
-            {
-                "version": "t",
-                "models": [
-                    {
-                        "id": "m",
-                        "tier": "paid",
-                        "prices": [{"valid_from": "2026-01-01", "input": rate, "output": rate}],
-                    }
-                ],
-            }
-        )
-
-    then, today = reg("0.5"), reg("0.45")
+    then, today = one_model("0.5"), one_model("0.45")
     key = LineKey("m", "paid", "2026-01-01", False)
-
-    def usage(runner, tokens):
-        run = RunInfo(
-            runner_id=runner,
-            model="m",
-            session_id="s",
-            subagent=False,
-            parent_id=None,
-            status="SUCCESS",
-        )
-        return EntryUsage(
-            run,
-            "m",
-            False,
-            False,
-            date(2026, 11, 3),
-            tokens,
-            0,
-            0,
-            0,
-            billed_line=key,
-            billed_exact=Decimal("0.5") * tokens,
-        )
-
-    usages = [usage("r1", 3), usage("r2", 1)]
-    draft = build_invoice(
-        org="o",
-        period="2026-11",
-        groups=[u.group() for u in usages],
-        runs=2,
-        entries=2,
-        anomalies_open=False,
-        registry=then,
-        now=datetime(2026, 11, 5, tzinfo=UTC),
-    )
-    final = draft.model_copy(update={"status": "final"})
+    usages = [
+        input_usage(runner, tokens, key, Decimal("0.5") * tokens)
+        for runner, tokens in (("r1", 3), ("r2", 1))
+    ]
+    final = november_invoice(usages, then).model_copy(update={"status": "final"})
     assert final.registry != today.fingerprint and final.lines[0].amount_micros == 2
     allocation = allocate(final, usages, today)
     assert (allocation.pricing, allocation.exact) == ("billed", True)
