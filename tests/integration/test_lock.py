@@ -30,6 +30,7 @@ from chores.core.lock import (
     OrgLock,
     lock_client,
     process_gone,
+    release_quietly,
     start_time,
     this_place,
 )
@@ -546,3 +547,121 @@ def test_chore_run_says_so_when_it_loses_its_lock_mid_run(client, monkeypatch, s
     assert result.output.count("warning: lock of org ws-acme lost mid-run") == 1
     assert "gone before its run ended" in result.output  # its release found another's
     assert client.get(KEY_PREFIX + "ws-acme") == b"worker-task" and ledger(shared_db)
+
+
+# What the lock does at its edges, untested until mutation testing (stop 54): each test
+# fails on one or more mutants of chores/core/lock.py.
+
+
+def test_asking_whether_a_holder_is_gone_sends_it_no_signal():
+    """`process_gone` probes with signal 0: any other (SIGHUP, ...) kills the live worker
+    whose lock it looks at."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.3)  # past the interpreter's start
+        assert process_gone(sleeper.pid) is False
+        time.sleep(0.3)
+        assert sleeper.poll() is None  # still running
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_holder_whose_memory_grew_since_its_token_is_alive():
+    """The token's start time is the process's (`/proc/PID/stat` field 22), which never
+    moves; a field that does (its size) would make a growing live holder look replaced."""
+    holder = Holder.this_process("task-1")
+    ballast = bytearray(64 * 1024 * 1024)
+    ballast[::4096] = b"x" * len(ballast[::4096])  # touched: resident
+    assert holder.is_gone() is False
+    del ballast
+
+
+def unreadable(monkeypatch: pytest.MonkeyPatch, path: str, error: OSError) -> None:
+    """`open(path)` raises `error` from now on; every other file opens as before."""
+    real_open = open
+
+    def refusing(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(file) == path:
+            raise error
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refusing)
+
+
+def test_a_holder_whose_stat_cannot_be_read_runs(monkeypatch):
+    """Its pid taken (signal 0 answers) but `/proc/PID/stat` unreadable (`hidepid`, a failed
+    read): its start time is unknown and it runs, so its lock is not taken over."""
+    pid = os.getpid()
+    unreadable(monkeypatch, f"/proc/{pid}/stat", PermissionError(13, "hidepid"))
+    assert start_time(pid) == UNKNOWN
+    assert process_gone(pid) is False
+    assert Holder("task-1", "here", pid, "12345", "nonce").is_gone() is False
+
+
+def test_another_users_process_runs(monkeypatch):
+    """Signal 0 refused (`PermissionError`): the process exists, another user's."""
+
+    def refused(pid: int, signal: int) -> None:
+        raise PermissionError(1, "not permitted")
+
+    monkeypatch.setattr(os, "kill", refused)
+    assert process_gone(4242) is False
+
+
+def test_a_machine_whose_proc_cannot_say_where_it_is_still_makes_locks(client, monkeypatch):
+    """No boot id (a sandbox): the place is unknown, which matches no token, and a lock can
+    still be made and taken."""
+    unreadable(monkeypatch, "/proc/sys/kernel/random/boot_id", PermissionError(13, "denied"))
+    assert this_place() == UNKNOWN
+    assert OrgLock(client, "acme", ttl_seconds=30).acquire() is True
+
+
+def test_a_take_over_that_keeps_losing_its_race_is_no_lock(client, monkeypatch):
+    """A dead delivery of this task holds the lock, but each take-over finds it changed
+    hands meanwhile: after three tries the run has no lock, and meters nothing."""
+    client.set(KEY_PREFIX + "acme", held_by("task-1", a_dead_pid()), px=30_000)
+    mine = OrgLock(client, "acme", ttl_seconds=30, task_id="task-1")
+    monkeypatch.setattr(mine, "_take_over", lambda keys, args: 0)
+    assert mine.acquire() is False
+
+
+def test_a_lock_taken_over_gets_the_full_ttl_and_no_more(client):
+    client.set(KEY_PREFIX + "acme", held_by("task-1", a_dead_pid()), px=5_000)
+    assert OrgLock(client, "acme", ttl_seconds=30, task_id="task-1").acquire() is True
+    assert 29_000 < client.pttl(KEY_PREFIX + "acme") <= 30_000
+
+
+def test_a_lock_renewed_from_another_thread_is_still_its_owners(client):
+    """The token belongs to the `OrgLock`, not to the thread that took it."""
+    mine = OrgLock(client, "acme", ttl_seconds=30)
+    assert mine.acquire() is True
+    renewed: list[bool] = []
+    other = threading.Thread(target=lambda: renewed.append(mine.renew()))
+    other.start()
+    other.join()
+    assert renewed == [True]
+    assert mine.release() is True
+
+
+def test_releasing_a_lock_still_held_warns_of_nothing(client, caplog):
+    """A warning that the lock was "gone before its run ended" tells the operator that runs
+    may have overlapped: not after a run that kept its lock."""
+    mine = OrgLock(client, "acme", ttl_seconds=30)
+    assert mine.acquire() is True
+    with caplog.at_level(logging.WARNING, logger="chores.core.lock"):
+        assert release_quietly(mine) is None
+    assert client.get(KEY_PREFIX + "acme") is None
+    assert caplog.records == []
+
+
+def test_releasing_against_a_dead_redis_warns_and_never_raises(client, monkeypatch):
+    """`meter_org` releases in a `finally`: an exception there would hide the run's result."""
+    mine = OrgLock(client, "acme", ttl_seconds=30)
+    assert mine.acquire() is True
+
+    def redis_gone() -> bool:
+        raise redis.exceptions.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(mine, "release", redis_gone)
+    assert release_quietly(mine) == "could not release the lock of org acme: ConnectionError"
