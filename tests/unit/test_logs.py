@@ -1,5 +1,6 @@
 """The worker's log lines (issue 16 item 4): one line per run naming the org, the org on
-every retry and failure line, the fan-out naming its orgs, JSON on demand, no secret."""
+every retry and failure line, the fan-out naming its orgs, JSON on demand, no secret; and the
+tasks at their edges (a locked org at its last retry, the fan-out's cursor, a local store)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import mongomock
 import pytest
 
-from chores import Settings, celery_app, tasks
+from chores import Collections, Settings, celery_app, tasks
 from chores.celery_app import _log_format
 from chores.core.exceptions import ConfigError, DatabaseUnavailable, LockUnavailable
 from chores.core.lock import OrgLock
@@ -26,6 +27,7 @@ from chores.core.logs import (
     use_log_format,
 )
 from chores.demo.corpus import generate_corpus
+from chores.metering.progress import Progress
 from chores.service import config as service_config
 
 from support import GrantedLock
@@ -314,3 +316,116 @@ def test_a_retry_without_an_error_is_not_logged_as_a_failure(caplog):
     assert caplog.messages == [
         "meter_org of org acme failed (TimeoutError: slow), retry 1 of 5 (task task-2)"
     ]
+
+
+# The worker at its edges, untested until mutation testing of chores/tasks.py (stop 54).
+
+
+def run_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "run"]
+
+
+def test_a_failed_runs_line_is_a_warning_that_says_what_failed(service, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="chores.tasks")
+    tasks.meter_org.apply(("acme",)).get()
+    (ok,) = run_lines(caplog)
+    fields = ok.fields  # type: ignore[attr-defined]
+    assert ok.levelno == logging.INFO and fields["outcome"] == "ok" and "error" not in fields
+    decision = tasks.get_db().billing_quota.find_one({"_id": "acme"})
+    assert fields["decision"] == decision["state"] == "ok"
+    assert 0 <= fields["duration_s"] < 60
+    caplog.clear()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("the draft is broken")
+
+    monkeypatch.setattr(tasks._run, "run_chore", broken)
+    with pytest.raises(ValueError):
+        tasks.meter_org.apply(("acme",), retries=0).get()
+    (failed,) = run_lines(caplog)
+    assert failed.levelno == logging.WARNING
+    assert failed.fields["outcome"] == "error"  # type: ignore[attr-defined]
+    assert failed.fields["error"] == "ValueError: the draft is broken"  # type: ignore[attr-defined]
+
+
+class RefusedLock(GrantedLock):
+    """Another worker holds the org's lock."""
+
+    def acquire(self) -> bool:
+        return False
+
+
+def test_a_locked_org_is_skipped_with_a_summary_of_nothing_done(service, monkeypatch):
+    monkeypatch.setattr(tasks, "OrgLock", RefusedLock)
+    assert tasks.meter_org.apply(("acme",)).get() == {
+        "org": "acme",
+        "locked": True,
+        "run_id": None,
+        "docs_read": 0,
+        "tokens_billed": 0,
+        "entries_written": 0,
+        "anomalies": 0,
+        "new_anomalies": 0,
+    }
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_a_locked_org_at_its_last_retry_is_skipped_and_only_a_full_pass_says_so(
+    service, monkeypatch, caplog, full
+):
+    """At its last retry a locked daily full pass is skipped with an error line, not retried
+    past its limit; a locked 5-minute run is skipped as always, whatever its retries."""
+    caplog.set_level(logging.INFO, logger="chores.tasks")
+    monkeypatch.setattr(tasks, "OrgLock", RefusedLock)
+    summary = tasks.meter_org.apply(("acme",), {"full": full}, retries=5).get()
+    assert summary["locked"] is True
+    said = "org acme was locked at every try of its daily full pass" in " ".join(lines(caplog))
+    assert said is full
+    assert any("daily full pass" in line for line in lines(caplog)) is full
+
+
+def test_a_failure_is_described_in_300_characters_and_the_chores_own_in_1000():
+    assert tasks._describe(ValueError("x" * 300)) == "ValueError: " + "x" * 300
+    assert tasks._describe(ValueError("x" * 301)) == "ValueError: " + "x" * 300 + "..."
+    assert tasks._describe(ConfigError("y" * 1000)) == "ConfigError: " + "y" * 1000
+    assert tasks._describe(ConfigError("y" * 1001)) == "ConfigError: " + "y" * 1000 + "..."
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "whose"),
+    [
+        (("acme",), {}, "org acme"),
+        ((), {"org": "beta"}, "org beta"),
+        (("",), {}, "org ''"),
+        ((42,), {}, "org 42"),
+        ((), None, "org None"),
+    ],
+)
+def test_a_failure_line_names_the_org_of_any_message(args, kwargs, whose):
+    assert tasks.meter_org._whose(args, kwargs) == whose
+
+
+def test_the_fan_out_moves_its_cursor_to_the_newest_stamp_it_read(service, monkeypatch):
+    """Without it every fan-out would read every runner again."""
+    monkeypatch.setattr(tasks.meter_org, "delay", lambda org, full=False: None)
+    tasks.meter_all.apply().get()
+    cursor = Progress(Collections.of(tasks.get_db(), service)).cursor(tasks.FANOUT_SCOPE)
+    assert cursor == max(doc["last_updated_db"] for doc in CORPUS.tasks)
+
+
+def test_a_worker_refuses_a_local_store_and_keeps_its_connection(monkeypatch, tmp_path):
+    """A worker on a local (file) store would keep billing where nothing else reads it."""
+    from chores.service.checks import LOCAL_STORE_SCHEME
+
+    local = Settings(mongo_url=f"{LOCAL_STORE_SCHEME}{tmp_path}/store.json", redis_url=None)
+    monkeypatch.setattr(tasks, "get_settings", lambda: local)
+    tasks.get_db.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="is a local store"):
+            tasks.get_db()
+        memory = Settings(mongo_url="mongomock://worker", redis_url=None)
+        monkeypatch.setattr(tasks, "get_settings", lambda: memory)
+        db = tasks.get_db()
+        assert db.name == "main" and tasks.get_db() is db
+    finally:
+        tasks.get_db.cache_clear()

@@ -42,6 +42,20 @@ def test_the_fan_out_lists_an_org_whose_write_is_stamped_below_its_cursor_within
     assert "globex" in orgs
 
 
+def test_the_fan_out_lists_no_org_id_that_was_not_utf8_and_says_it_saw_one(db, settings):
+    """Bytes that are not UTF-8 read as U+FFFD: that runner names no org (no query can name
+    its bytes), so it is not listed, and the fan-out says so (`not_utf8`: `run.orgless`
+    records it). Runners of plain org ids say nothing of the kind."""
+    from chores.tasks import orgs_with_new_usage
+
+    db.tasks.insert_one(ai_runner(ObjectId(), tokens=1_000, ended=NOW))
+    listed = orgs_with_new_usage(db, settings, now=NOW)
+    assert (listed.orgs, listed.not_utf8) == (["acme"], False)
+    db.tasks.insert_one(ai_runner(ObjectId(), org="ac\ufffdme", tokens=1_000, ended=NOW))
+    listed = orgs_with_new_usage(db, settings, now=NOW)
+    assert (listed.orgs, listed.not_utf8) == (["acme"], True)
+
+
 # --- source boundary ---
 
 
