@@ -150,6 +150,18 @@ def test_case_twins_keep_the_first_in_sorted_order(imported: Registry) -> None:
     assert case_twin_keys(alike, registry) == {}  # the same rates either way: nothing to say
 
 
+def test_an_entry_of_another_mode_is_no_case_twin_of_a_chat_model() -> None:
+    """Only token-priced entries can be priced as their case twin: an embedding spelled
+    `GPT-4O` is not imported, so nothing is priced at `gpt-4o`'s rates for it (found
+    untested by mutation testing)."""
+    data = {
+        "gpt-4o": _chat("openai", 2.5e-06, 1e-05),
+        "GPT-4O": _chat("openai", 2e-08, 0.0, mode="embedding"),
+    }
+    registry = registry_from_litellm(data, valid_from=DAY, version="v")
+    assert case_twin_keys(data, registry) == {}
+
+
 @pytest.mark.parametrize("key", ["ollama/llama3.1", "ollama_chat/qwen2.5", "lm_studio/some-model"])
 def test_free_providers_are_free(imported: Registry, key: str) -> None:
     entry = imported.get(key)
