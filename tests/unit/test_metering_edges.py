@@ -1,22 +1,40 @@
-"""Counters, lineage and ledger heads at their edges, found untested by mutation testing
-of `chores/metering/counters.py`, `lineage.py` and `ledger.py`: the largest counter, zero
-and one-token runners, own counters floored at 0, which spawn finding is a subagent's
-baseline, non-string spawner names, an edited high-water mark."""
+"""Counters, lineage, ledger heads and runner keys at their edges, found untested by mutation
+testing of `chores/metering/counters.py`, `lineage.py`, `ledger.py` and `runner_keys.py`: the
+largest counter, zero and one-token runners, own counters floored at 0, counters of every
+number type BSON gives, the tokens checked against the ceiling, reclassified marks, which
+spawn finding is a subagent's baseline, non-string spawner names, an edited high-water mark,
+the keys of long and 64-bit ids."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import bson
+import pytest
 from bson import ObjectId
+from bson.int64 import Int64
 
 from chores import Settings, run_chore
-from chores.metering.counters import Breakdown, Counters, breakdown, own_counters, parse_counters
+from chores.metering.counters import (
+    COUNTER_FIELDS,
+    Breakdown,
+    Counters,
+    billable_tokens,
+    breakdown,
+    new_usage,
+    own_counters,
+    parse_counters,
+    reclassified_mark,
+)
 from chores.metering.lineage import is_subagent_context, spawner_ids
+from chores.metering.runner_keys import runner_key, source_id_of
 
 from support import ai_runner
 
+COUNTER_NAMES = tuple(COUNTER_FIELDS.values())  # ai_tokens, ai_prompt_tokens, ...
 CONFIG = Settings(mongo_url="mongomock://edges", batch_size=20, redis_url=None)
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
 ENDED = datetime(2026, 11, 3, tzinfo=UTC)
@@ -30,6 +48,47 @@ def test_a_counter_beyond_what_bson_stores_is_malformed_and_the_largest_is_not()
     assert parse_counters(ok) == Counters(2**63 - 1, 0, 0, 0)
     for bad in (2**63, float(2**63), 2**63 + 1):
         assert isinstance(parse_counters({"ai_tokens": bad}), str), bad
+
+
+@pytest.mark.parametrize("zero", [0, Int64(0), 0.0, -0.0])
+def test_a_counter_of_zero_is_zero_whatever_number_type_bson_gives(zero):
+    """BSON int64 decodes as `Int64`, double as float: each is read by its own branch."""
+    counters = dict(zip(COUNTER_NAMES, [zero] * 4, strict=True))
+    assert parse_counters(counters) == Counters(0, 0, 0, 0)
+
+
+def test_an_int64_counter_is_read_up_to_what_bson_stores_and_never_below_zero():
+    largest = {"ai_tokens": Int64(2**63 - 1), "ai_prompt_tokens": Int64(7)}
+    assert parse_counters(largest) == Counters(2**63 - 1, 7, 0, 0)
+    assert type(parse_counters(largest).total) is int  # type: ignore[union-attr]
+    assert parse_counters({"ai_tokens": Int64(-1)}) == "malformed counters: ai_tokens=-1"
+
+
+def test_the_tokens_checked_against_the_ceiling_are_the_larger_of_total_and_split():
+    """SPEC §1.6: billable = max(total, prompt + completion); MAX_TOKENS_PER_RUN holds a
+    runner above it."""
+    assert billable_tokens(Counters(100, 80, 40, 0)) == 120
+    assert billable_tokens(Counters(200, 80, 40, 0)) == 200
+
+
+@pytest.mark.parametrize(
+    ("previous", "high_water", "mark"),
+    [
+        # the split lags the total (billed as prompt + completion), then cached catches up
+        ((100, 80, 40, 0), (100, 80, 40, 50), (100, 80, 40, 50)),
+        # unsplit tokens become prompt: the prompt takes them before the completion
+        ((150, 50, 50, 0), (150, 120, 50, 0), (150, 100, 50, 0)),
+    ],
+)
+def test_a_reclassified_mark_moves_tokens_between_kinds_and_adds_none(previous, high_water, mark):
+    """`counters.reclassified_mark`: up to the mark the tokens only change kind (they sum to
+    zero); past it nothing is taken back; the mark lies between the two snapshots."""
+    previous, high_water = Counters(*previous), Counters(*high_water)
+    found = reclassified_mark(previous, high_water)
+    assert found == Counters(*mark)
+    assert sum(new_usage(found, previous)) == 0
+    assert min(new_usage(high_water, found)) >= 0
+    assert all(p <= m <= h for p, m, h in zip(previous, found, high_water, strict=True))
 
 
 def add_runner(db: Any, runner_id: str, **context: Any) -> None:
@@ -192,3 +251,38 @@ def test_a_runner_whose_latest_entry_was_edited_is_refused_not_billed_from_it(db
     )
     with pytest.raises(MalformedDocument, match="high_water"):
         run_chore(db, now=NOW, registry=registry, settings=CONFIG)
+
+
+# --- chores/metering/runner_keys.py ---
+# A ledger names each runner by its key: a key that changes (a new version, a round trip
+# through BSON) would find no high-water mark, and bill the runner again from zero.
+
+
+def a_string_id_whose_key_has(characters: int) -> str:
+    return "x" * (characters - len("str:''"))
+
+
+def test_a_key_of_300_characters_is_kept_as_it_is_and_a_longer_one_digested():
+    at_most = a_string_id_whose_key_has(300)
+    assert runner_key(at_most) == f"str:'{at_most}'"
+    assert source_id_of(runner_key(at_most)) == at_most
+    longer = a_string_id_whose_key_has(301)
+    digest = hashlib.sha256(f"str:'{longer}'".encode()).hexdigest()
+    assert runner_key(longer) == f"sha256-{digest}"
+    assert source_id_of(runner_key(longer)) is None
+
+
+@pytest.mark.parametrize(
+    ("source_id", "key"),
+    [
+        (2**31 - 1, "int:2147483647"),
+        (-(2**31), "int:-2147483648"),
+        (2**31, "Int64:2147483648"),
+        (-(2**31) - 1, "Int64:-2147483649"),
+    ],
+)
+def test_an_int_id_has_the_key_it_has_after_a_round_trip_through_bson(source_id, key):
+    """BSON stores an int outside int32 as int64, which pymongo reads back as `Int64`."""
+    (read_back,) = bson.decode(bson.encode({"_id": source_id})).values()
+    assert runner_key(source_id) == runner_key(read_back) == key
+    assert source_id_of(key) == read_back and type(source_id_of(key)) is type(read_back)
