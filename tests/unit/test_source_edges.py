@@ -1,18 +1,23 @@
 """What a run and the fan-out read, at their edges (found untested by mutation testing of
 `chores/metering/source.py`, `chores/metering/progress.py` and the fan-out's lookback): the
 lookback boundary, the future-skew horizon, the lowest stamp, spawn-finding lookups, dirty
-marks that expire by the wall clock, claims."""
+marks that expire by the wall clock (six hours, to the millisecond), claims."""
 
 from __future__ import annotations
 
 import sys
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from bson import ObjectId
 
 from chores import Collections, run_chore
+from chores.core import clock
+from chores.metering.ledger import Ledger
 from chores.metering.progress import Progress
 from chores.metering.source import Source
+from chores.run.pipeline import Pipeline
 
 from support import NOW, WALL_CLOCK, ai_runner
 
@@ -206,6 +211,67 @@ def test_an_open_mark_written_by_a_lagging_now_expires_by_the_wall_clock(db, set
     progress.mark_dirty([("acme", "2029-12")], now=WALL_CLOCK - timedelta(hours=7))
     deletable, pairs = progress.dirty("acme")
     assert pairs == {("acme", "2029-12")} and deletable == {}
+
+
+SIX_HOURS = timedelta(hours=6)  # docs/design.md: a dead writer's open mark expires after it
+MS = timedelta(milliseconds=1)  # BSON keeps datetimes to the millisecond
+AROUND_EXPIRY = [  # when a mark was written, and whether a settle may delete it now
+    (WALL_CLOCK - SIX_HOURS + MS, False),
+    (WALL_CLOCK - SIX_HOURS, False),
+    (WALL_CLOCK - SIX_HOURS - MS, True),
+]
+
+
+@pytest.mark.parametrize(("written", "deletable"), AROUND_EXPIRY)
+def test_an_open_mark_expires_once_six_hours_of_wall_clock_have_passed(
+    db, settings, monkeypatch, written, deletable
+):
+    progress = Progress(Collections.of(db, settings))
+    monkeypatch.setattr(clock, "wall_clock", lambda: written)
+    (mark,) = progress.mark_dirty([("acme", "2026-11")], now=NOW)
+    monkeypatch.setattr(clock, "wall_clock", lambda: WALL_CLOCK)
+    found, pairs = progress.dirty("acme")
+    assert pairs == {("acme", "2026-11")}
+    assert found == ({mark: ("acme", "2026-11")} if deletable else {})
+
+
+@pytest.mark.parametrize(("written", "deletable"), AROUND_EXPIRY)
+def test_a_mark_of_an_earlier_version_expires_six_hours_after_it_was_written(
+    db, settings, written, deletable
+):
+    """A mark written before `expires_at` existed has only `at`."""
+    mark = {"_id": "m1", "org": "acme", "period": "2026-11", "open": True, "at": written}
+    db.billing_dirty.insert_one(mark)
+    found, _ = Progress(Collections.of(db, settings)).dirty("acme")
+    assert found == ({"m1": ("acme", "2026-11")} if deletable else {})
+
+
+def test_a_writer_stalled_until_its_marks_expiry_still_gets_its_entries_billed(
+    db, settings, registry, monkeypatch
+):
+    """A run marks the draft, then stalls six hours before writing its entries. A settle
+    at exactly the mark's expiry must leave the mark: the run then writes its entries and
+    dies before rebuilding the draft, and the next run's settle rebuilds it with them."""
+    db.tasks.insert_one(ai_runner(ObjectId(), tokens=1_000, ended=NOW - timedelta(hours=2)))
+    run_chore(db, org="acme", now=NOW - timedelta(hours=1), settings=settings, registry=registry)
+    db.tasks.insert_one(ai_runner(ObjectId(), tokens=5_000, ended=NOW - timedelta(minutes=30)))
+    write_entries = Ledger.append_steps
+
+    def settle_meanwhile_then_die(ledger: Ledger, entries: Any) -> Any:
+        monkeypatch.setattr(clock, "wall_clock", lambda: WALL_CLOCK)  # six hours later
+        other = Pipeline(db, settings, registry)
+        other.progress.clear_dirty(other.invoices.settle(NOW, "acme").marks)
+        write_entries(ledger, entries)
+        raise KeyboardInterrupt("the run dies before rebuilding the draft")
+
+    monkeypatch.setattr(clock, "wall_clock", lambda: WALL_CLOCK - SIX_HOURS)
+    monkeypatch.setattr(Ledger, "append_steps", settle_meanwhile_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_chore(db, org="acme", now=NOW, settings=settings, registry=registry)
+    monkeypatch.setattr(Ledger, "append_steps", write_entries)
+    run_chore(db, org="acme", now=NOW + timedelta(minutes=1), settings=settings, registry=registry)
+    draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert sum(line["tokens"] for line in draft["lines"]) == 6_000
 
 
 # --- progress claimed ---
