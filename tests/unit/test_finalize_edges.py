@@ -1,12 +1,14 @@
 """A finalize at its edges (found untested by mutation testing of `chores/billing/finalizer.py`
 and `chores/billing/sweeper.py`): `--org` freezes that org's drafts only, a draft frozen,
 removed, edited or repriced by someone else meanwhile, the three tries of a freeze, the
-daily sweep of stragglers, and late usage when the clock went back."""
+daily sweep of stragglers, late usage when the clock went back, and the finalize's stamps on
+the ledger (`chores/metering/ledger.py`): taken over from a finalize that died, above those of
+a final removed and rebuilt, and those of a final frozen before tokens."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -213,3 +215,75 @@ def test_late_usage_goes_to_the_first_month_not_final_even_with_a_clock_gone_bac
 ):
     """A clock that went back into a final month never books late usage there."""
     assert open_period(datetime(2026, 9, 15, tzinfo=UTC), finals) == open_month
+
+
+# The finalize's stamps on the ledger (chores/metering/ledger.py), at their edges.
+
+OCT_20 = datetime(2026, 10, 20, tzinfo=UTC)
+NOV_5 = datetime(2026, 11, 5, tzinfo=UTC)
+NOV_25 = datetime(2026, 11, 25, 12, tzinfo=UTC)
+
+
+def october_draft(db: Any, settings: Any) -> None:
+    """acme's October: two runners, 1,000 and 2,000 tokens."""
+    for n in (1, 2):
+        db.tasks.insert_one(ai_runner(f"r{n}", tokens=1_000 * n, ended=OCT_20 - timedelta(hours=n)))
+    run_chore(db, now=OCT_20, settings=settings)
+
+
+def tokens_of(invoice: dict[str, Any]) -> int:
+    return sum(line["tokens"] for line in invoice["lines"])
+
+
+def test_a_second_finalize_takes_over_the_stamps_of_one_that_died_after_stamping(
+    db, settings, monkeypatch
+):
+    october_draft(db, settings)
+    count_unfolded = Ledger.count_stamped_unfolded
+
+    def dies(ledger: Ledger, *args: Any) -> int:
+        raise KeyboardInterrupt("the finalize dies after stamping")
+
+    monkeypatch.setattr(Ledger, "count_stamped_unfolded", dies)
+    with pytest.raises(KeyboardInterrupt):
+        finalize_invoices(db, now=NOV_5, settings=settings)
+    monkeypatch.setattr(Ledger, "count_stamped_unfolded", count_unfolded)
+    dead_stamps = {entry["fence"] for entry in db.billing_ledger.find()}
+
+    assert finalize_invoices(db, now=NOV_5, settings=settings) == ["acme:2026-10"]
+    final = db.billing_invoices.find_one({"_id": "acme:2026-10"})
+    assert {entry["fence"] for entry in db.billing_ledger.find()} == {final["closed_fence"]}
+    assert final["closed_fence"] not in dead_stamps and tokens_of(final) == 3_000
+
+
+def test_a_final_removed_and_rebuilt_is_frozen_again_above_every_stamp_of_its_entries(db, settings):
+    """Its entries carry the old tokens, and the rebuilt draft counts its own from 0."""
+    october_draft(db, settings)
+    assert finalize_invoices(db, now=NOV_5, settings=settings) == ["acme:2026-10"]
+    for runner, stamp in (("r1", 3), ("r2", 5)):  # stamped by finalizes that retried
+        db.billing_ledger.update_one({"runner_id": {"$regex": runner}}, {"$set": {"fence": stamp}})
+    db.billing_invoices.delete_one({"_id": "acme:2026-10"})
+    run_chore(db, now=NOV_5, settings=settings, full=True)
+    assert status(db, "acme:2026-10") == "draft"
+
+    assert finalize_invoices(db, now=NOV_5, settings=settings) == ["acme:2026-10"]
+    final = db.billing_invoices.find_one({"_id": "acme:2026-10"})
+    assert final["closed_fence"] > 5 and tokens_of(final) == 3_000
+
+
+def test_a_final_frozen_before_tokens_holds_its_unstamped_entries_and_not_a_stamped_one(
+    db, settings
+):
+    """An earlier version's final (no `closed_fence`) holds the entries booked there
+    unstamped; one a stale finalizer stamped meanwhile is not on it: swept out, late."""
+    october_draft(db, settings)
+    assert finalize_invoices(db, now=NOV_5, settings=settings) == ["acme:2026-10"]
+    db.billing_invoices.update_one({"_id": "acme:2026-10"}, {"$unset": {"closed_fence": ""}})
+    db.billing_ledger.update_many({"usage_period": "2026-10"}, {"$set": {"fence": None}})
+    stale = db.billing_ledger.find_one({"runner_id": {"$regex": "r2"}})
+    db.billing_ledger.update_one({"_id": stale["_id"]}, {"$set": {"fence": 7}})
+
+    finalize_invoices(db, now=NOV_25, settings=settings)  # sweeps every final month
+    booked = {entry["_id"]: (entry["booked"], entry["late"]) for entry in db.billing_ledger.find()}
+    assert booked.pop(stale["_id"]) == ("2026-11", True)
+    assert list(booked.values()) == [("2026-10", False)]
