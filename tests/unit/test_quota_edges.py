@@ -1,7 +1,7 @@
 """Quota decisions at their edges, found untested by mutation testing of
 `chores/quota/decisions.py`: a check at the wall clock and at the edge of the allowed skew,
 decisions that do not read, a new month, plans that change while a run decides, draft
-tickets, and the fields an answer reports."""
+tickets, the fields an answer reports, and the public call without settings."""
 
 from __future__ import annotations
 
@@ -273,3 +273,25 @@ def test_usage_exactly_at_a_limit_with_an_overdraft_says_within_its_overdraft():
         "warn",
         ["token usage at all of its limit (0 tokens)"],
     )
+
+
+# --- the public call without settings ---------------------------------------------------
+
+
+def test_a_check_without_settings_answers_from_the_environments(monkeypatch, registry):
+    """README: `check_quota(db, org)`, as another program calls it, reads MONGO_URL and the
+    rest from the environment, as every command does."""
+    from chores import get_settings
+
+    monkeypatch.setenv("MONGO_URL", f"mongomock://{uuid.uuid4().hex}")
+    monkeypatch.setenv("DEFAULT_TOKEN_LIMIT", "10000")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        db = connect(get_settings())
+        db.tasks.insert_one(ai_run("acme", 10_000))
+        run_chore(db, org="acme", now=NOV, registry=registry, settings=get_settings())
+        decision = check_quota(db, "acme", now=NOV)
+        assert (decision.state, decision.allowed, decision.used_tokens) == ("block", False, 10_000)
+    finally:
+        get_settings.cache_clear()

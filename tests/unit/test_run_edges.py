@@ -1,6 +1,7 @@
-"""One run at its edges, found untested by mutation testing of `chores/run/pipeline.py` and
-`chores/metering/anomalies.py`: what an `--org` run leaves to other orgs, which held runners
-stay watched and which go idle, a dry run's claims, the anomaly records a run reads and moves."""
+"""One run at its edges, found untested by mutation testing of `chores/run/pipeline.py`,
+`chores/run/chore.py` and `chores/metering/anomalies.py`: what an `--org` run leaves to other
+orgs, which held runners stay watched and which go idle, a dry run's claims, the anomaly
+records a run reads and moves, the run's own record."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from chores.core.periods import period_of
 from chores.metering.anomalies import AnomalyLog, Recorded, anomaly_id
 from chores.metering.progress import next_recheck
 from chores.metering.rules import AnomalyRecord
+from chores.run.chore import RUN_RECORD_LISTED, run_document
 from chores.run.pipeline import Pipeline
 from chores.run.report import RunReport
 from pricing import load_registry
@@ -447,3 +449,21 @@ def test_an_old_record_on_the_open_month_stands_for_a_final_month_s_anomaly(db):
     )
     # not final: it does not stand for it
     assert anomaly_id(record) not in log.previous([record], {"acme": set()})
+
+
+# --- run record ---
+
+
+def test_a_run_record_keeps_a_credit_past_64_bits_at_the_smallest_int64():
+    """The record keeps the largest number MongoDB stores, on either side, and says where."""
+    report = RunReport(run_id="r", org=None, started_at=NOW)
+    report.tokens_billed = -(2**63) - 5
+    record = run_document(report)
+    assert (record["tokens_billed"], record["capped"]) == (-(2**63), ["tokens_billed"])
+
+
+def test_a_run_record_listing_exactly_its_limit_omits_nothing():
+    report = RunReport(run_id="r", org=None, started_at=NOW)
+    report.invoices = [f"org-{n:04d}:2026-11" for n in range(RUN_RECORD_LISTED)]
+    record = run_document(report)
+    assert record["invoices"] == report.invoices and "invoices_omitted" not in record
