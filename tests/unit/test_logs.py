@@ -357,16 +357,12 @@ class RefusedLock(GrantedLock):
 
 def test_a_locked_org_is_skipped_with_a_summary_of_nothing_done(service, monkeypatch):
     monkeypatch.setattr(tasks, "OrgLock", RefusedLock)
+    counts = ("docs_read", "tokens_billed", "entries_written", "anomalies", "new_anomalies")
     assert tasks.meter_org.apply(("acme",)).get() == {
         "org": "acme",
         "locked": True,
         "run_id": None,
-        "docs_read": 0,
-        "tokens_billed": 0,
-        "entries_written": 0,
-        "anomalies": 0,
-        "new_anomalies": 0,
-    }
+    } | dict.fromkeys(counts, 0)
 
 
 @pytest.mark.parametrize("full", [True, False])
