@@ -287,3 +287,26 @@ def test_a_final_frozen_before_tokens_holds_its_unstamped_entries_and_not_a_stam
     booked = {entry["_id"]: (entry["booked"], entry["late"]) for entry in db.billing_ledger.find()}
     assert booked.pop(stale["_id"]) == ("2026-11", True)
     assert list(booked.values()) == [("2026-10", False)]
+
+
+def test_an_entry_swept_out_of_a_final_is_billed_on_the_open_draft(db, settings):
+    """An entry of a final under an older token than its freeze (a stale finalizer's stamp)
+    is not on it: swept into the open month, late, and unfolded, so that month's draft adds
+    it, whatever draft had folded it before."""
+    october_draft(db, settings)
+    assert finalize_invoices(db, now=NOV_5, settings=settings) == ["acme:2026-10"]
+    final = db.billing_invoices.find_one({"_id": "acme:2026-10"})
+    stale = db.billing_ledger.find_one({"runner_id": {"$regex": "r2"}})
+    assert stale["fold"] is not None  # folded into October's draft
+    older = {"fence": final["closed_fence"] - 1}
+    db.billing_ledger.update_one({"_id": stale["_id"]}, {"$set": older})
+    db.tasks.insert_one(ai_runner("r3", tokens=500, ended=NOV_5))
+    run_chore(db, now=NOV_5, settings=settings)  # November's draft, built incrementally after
+
+    finalize_invoices(db, now=NOV_25, settings=settings)  # sweeps every final month
+    run_chore(db, now=NOV_25, settings=settings)
+    moved = db.billing_ledger.find_one({"_id": stale["_id"]})
+    assert (moved["booked"], moved["late"], moved["fence"]) == ("2026-11", True, None)
+    november = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    lines = sorted((line["late"], line["tokens"]) for line in november["lines"])
+    assert lines == [(False, 500), (True, 2_000)]

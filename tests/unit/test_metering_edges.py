@@ -8,7 +8,7 @@ the keys of long and 64-bit ids."""
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -199,6 +199,26 @@ def test_a_subagents_own_finding_wins_over_its_workflows():
 
 
 # --- chores/metering/ledger.py ---
+
+
+def test_a_runner_grows_from_its_latest_entry_whatever_order_the_server_returns_them(db, registry):
+    """MongoDB promises no order to a `find`; mongomock returns insertion order. A runner's
+    head is its highest `seq`: from an older one its next step would bill tokens again."""
+
+    def grown_to(tokens: int, at: datetime) -> None:
+        runner = ai_runner("r1", ended=None, status="RUNNING", tokens=tokens, stamp=at.timestamp())
+        db.tasks.replace_one({"_id": "r1"}, runner, upsert=True)
+        run_chore(db, now=at, registry=registry, settings=CONFIG)
+
+    grown_to(1_000, ENDED)
+    grown_to(3_000, ENDED + timedelta(hours=1))
+    entries = list(db.billing_ledger.find())
+    db.billing_ledger.delete_many({})
+    db.billing_ledger.insert_many(sorted(entries, key=lambda entry: -entry["seq"]))
+    grown_to(6_000, ENDED + timedelta(hours=2))
+    assert sorted(e["tokens"] for e in db.billing_ledger.find()) == [1_000, 2_000, 3_000]
+    draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert sum(line["tokens"] for line in draft["lines"]) == 6_000
 
 
 def test_usage_billed_in_its_own_open_period_is_not_late(db, registry):
