@@ -14,6 +14,8 @@ from typing import Any
 
 import mongomock
 import pytest
+from billiard.exceptions import WorkerLostError
+from pymongo.errors import AutoReconnect
 
 from chores import Collections, Settings, celery_app, tasks
 from chores.celery_app import _log_format
@@ -26,11 +28,12 @@ from chores.core.logs import (
     short_list,
     use_log_format,
 )
+from chores.core.periods import as_utc, period_of
 from chores.demo.corpus import generate_corpus
 from chores.metering.progress import Progress
 from chores.service import config as service_config
 
-from support import GrantedLock
+from support import GrantedLock, ai_runner
 
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
 
@@ -425,3 +428,132 @@ def test_a_worker_refuses_a_local_store_and_keeps_its_connection(monkeypatch, tm
         assert db.name == "main" and tasks.get_db() is db
     finally:
         tasks.get_db.cache_clear()
+
+
+def run_line_fields(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [record.fields for record in run_lines(caplog)]  # type: ignore[attr-defined]
+
+
+class Retried(Exception):
+    """What the spied `retry` raises instead of scheduling one."""
+
+
+def spy_on_retries(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    asked: list[dict[str, Any]] = []
+
+    def retry(*args: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs)
+        raise Retried
+
+    monkeypatch.setattr(tasks.meter_org, "retry", retry)
+    return asked
+
+
+def test_the_daily_finalize_task_freezes_the_months_whose_grace_passed(service):
+    ended = datetime.now(UTC) - timedelta(days=70)
+    tasks.get_db().tasks.insert_one(ai_runner("old-run", ended=ended))
+    tasks.meter_org.apply(("acme",)).get()
+    invoice_id = f"acme:{period_of(ended)}"
+    assert invoice_id in tasks.finalize_invoices.apply().get()
+    assert tasks.get_db().billing_invoices.find_one({"_id": invoice_id})["status"] == "final"
+
+
+def test_the_fan_out_marks_its_orgs_due_and_decides_the_others(service, monkeypatch):
+    """A due mark keeps an org listed until a run of it succeeds; an org with nothing new
+    gets no run, but its quota decision must not go stale."""
+    monkeypatch.setattr(tasks.meter_org, "delay", lambda org, full=False: None)
+    db = tasks.get_db()
+    db.billing_due.insert_one({"_id": "acme", "listed_at": datetime(2020, 1, 1, tzinfo=UTC)})
+    decided: list[list[str]] = []
+    monkeypatch.setattr(tasks.Quota, "known_orgs", lambda quota: ["acme", "globex", "idle-co"])
+    monkeypatch.setattr(
+        tasks.Quota, "decide", lambda quota, orgs, now, **options: decided.append(list(orgs))
+    )
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    assert tasks.meter_all.apply().get() == ["acme", "globex"]
+    marks = {mark["_id"]: as_utc(mark["listed_at"]) for mark in db.billing_due.find()}
+    assert set(marks) == {"acme", "globex"} and min(marks.values()) >= before
+    assert decided == [["idle-co"]]
+
+
+def test_a_fan_out_whose_orgless_record_fails_queues_each_org_once(service, monkeypatch):
+    """A side job: its failure is logged, and neither retries the fan-out nor fails it."""
+    queued: list[str] = []
+    monkeypatch.setattr(tasks.meter_org, "delay", lambda org, full=False: queued.append(org))
+
+    def primary_stepped_down(*args: Any, **kwargs: Any) -> Any:
+        raise AutoReconnect("primary stepped down")
+
+    monkeypatch.setattr(tasks, "record_orgless", primary_stepped_down)
+    assert tasks.meter_all.apply().get() == queued == ["acme", "globex"]
+
+
+def test_a_run_clears_its_orgs_due_mark_and_releases_its_lock(service, monkeypatch):
+    released: list[str] = []
+
+    class ReleaseRecorded(GrantedLock):
+        def release(self) -> bool:
+            released.append(self.org)
+            return True
+
+    monkeypatch.setattr(tasks, "OrgLock", ReleaseRecorded)
+    due = tasks.get_db().billing_due
+    due.insert_one({"_id": "acme", "listed_at": datetime.now(UTC) - timedelta(minutes=5)})
+    tasks.meter_org.apply(("acme",)).get()
+    assert due.count_documents({"_id": "acme"}) == 0 and released == ["acme"]
+
+
+def test_a_locked_full_pass_is_retried_once_the_lock_ttl_has_passed(service, monkeypatch):
+    """The daily safety net must not be lost to a 5-minute run holding the lock now."""
+    monkeypatch.setattr(tasks, "OrgLock", RefusedLock)
+    asked = spy_on_retries(monkeypatch)
+    with pytest.raises(Retried):
+        tasks.meter_org.apply(("acme",), {"full": True}, retries=1).get()
+    assert asked == [{"countdown": service.lock_ttl_seconds}]
+
+
+def test_a_full_pass_without_its_locks_redis_waits_the_lock_ttl_and_says_so(
+    service, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO, logger="chores.tasks")
+    monkeypatch.setattr(tasks, "OrgLock", OrgLock)  # its Redis: a closed port
+    asked = spy_on_retries(monkeypatch)
+    with pytest.raises(Retried):
+        tasks.meter_org.apply(("acme",), {"full": True}).get()
+    assert asked[0]["countdown"] == service.lock_ttl_seconds
+    ((outcome, seconds),) = [(f["outcome"], f["duration_s"]) for f in run_line_fields(caplog)]
+    assert outcome == "error" and 0 <= seconds < 60
+
+
+@pytest.mark.parametrize("outcome", ["locked", "error"])
+def test_a_run_that_did_not_bill_logs_its_line_and_its_own_duration(
+    service, monkeypatch, caplog, outcome
+):
+    caplog.set_level(logging.INFO, logger="chores.tasks")
+    if outcome == "locked":
+        monkeypatch.setattr(tasks, "OrgLock", RefusedLock)
+        tasks.meter_org.apply(("acme",)).get()
+    else:
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise ValueError("the draft is broken")
+
+        monkeypatch.setattr(tasks._run, "run_chore", broken)
+        with pytest.raises(ValueError):
+            tasks.meter_org.apply(("acme",), retries=5).get()
+    ((logged, seconds),) = [(f["outcome"], f["duration_s"]) for f in run_line_fields(caplog)]
+    assert logged == outcome and 0 <= seconds < 60
+
+
+def test_a_worker_lost_at_the_last_try_names_the_org(caplog):
+    """A pool process killed (OOM, SIGKILL): Celery's own line names no org."""
+    caplog.set_level(logging.INFO, logger="chores.tasks")
+    tasks._log_a_lost_worker(
+        sender=tasks.meter_org,
+        task_id="t-1",
+        exception=WorkerLostError("died"),
+        args=("acme",),
+        kwargs={},
+    )
+    said = "meter_org of org acme failed for good (WorkerLostError"
+    assert any(line.startswith(said) for line in lines(caplog))
