@@ -12,7 +12,7 @@ import pytest
 
 from chores import ConfigError, finalize_invoices
 from chores.core.clock import checked_now, grace_period
-from chores.core.money import usd, usd_exact
+from chores.core.money import parse_usd, usd, usd_exact
 from chores.core.periods import period_bounds
 
 from support import WALL_CLOCK
@@ -57,3 +57,9 @@ def test_zero_reads_as_zero_and_a_one_micro_credit_as_a_credit():
     assert (usd(0), usd_exact(0)) == ("$0.00", "$0.00")
     assert (usd(-1), usd_exact(-1)) == ("-$0.000001", "-$0.000001")
     assert usd(-5_000) == "-$0.01"
+
+
+@pytest.mark.parametrize("zero", ["0", "$0.00", "0.000000"])
+def test_zero_dollars_is_an_amount_a_limit_may_be(zero):
+    """`plan set --spend-limit 0`: no spending allowed."""
+    assert parse_usd(zero) == 0

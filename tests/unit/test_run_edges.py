@@ -1,7 +1,7 @@
 """One run at its edges, found untested by mutation testing of `chores/run/pipeline.py`,
 `chores/run/chore.py` and `chores/metering/anomalies.py`: what an `--org` run leaves to other
 orgs, which held runners stay watched and which go idle, a dry run's claims, the anomaly
-records a run reads and moves, the run's own record."""
+records a run reads and moves, the run's own record, runners that name no org."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from chores.core.periods import period_of
 from chores.metering.anomalies import AnomalyLog, Recorded, anomaly_id
 from chores.metering.progress import next_recheck
 from chores.metering.rules import AnomalyRecord
+from chores.metering.runner_keys import runner_key
 from chores.run.chore import RUN_RECORD_LISTED, run_document
+from chores.run.orgless import record_orgless
 from chores.run.pipeline import Pipeline
 from chores.run.report import RunReport
 from pricing import load_registry
@@ -467,3 +469,32 @@ def test_a_run_record_listing_exactly_its_limit_omits_nothing():
     report.invoices = [f"org-{n:04d}:2026-11" for n in range(RUN_RECORD_LISTED)]
     record = run_document(report)
     assert record["invoices"] == report.invoices and "invoices_omitted" not in record
+
+
+# --- documents that name no org (chores/run/orgless.py) ---
+
+
+def orgless_runner(runner_id: str, context: object = None) -> dict:
+    runner = ai_runner(runner_id, ended=NOW - timedelta(hours=1))
+    runner["context"] = {"workspace_id": None} if context is None else context
+    return runner
+
+
+def test_the_fan_out_records_runners_naming_no_org_once_and_bills_nothing(db):
+    """SPEC §1 fact 8: no org's run reads them; the fan-out records each as `no_org`."""
+    settings = SETTINGS.model_copy(update={"batch_size": 2})  # over several batches
+    db.tasks.insert_many([orgless_runner(f"o{n}") for n in range(3)])
+    db.tasks.insert_one(orgless_runner("odd", context=["acme"]))  # a context not a mapping
+    db.tasks.insert_one(ai_runner("billed", ended=NOW - timedelta(hours=1)))
+    report = record_orgless(db, settings, since=None, now=NOW)
+    assert report is not None and (report.docs_read, report.new_anomalies) == (4, 4)
+    recorded = {(a["runner_id"], a["kind"]) for a in db.billing_anomalies.find()}
+    assert recorded == {(runner_key(r), "no_org") for r in ("o0", "o1", "o2", "odd")}
+    assert db.billing_invoices.count_documents({}) == 0
+    again = record_orgless(db, settings, since=None, now=NOW)
+    assert again is not None and again.new_anomalies == 0
+
+
+def test_the_fan_out_records_nothing_where_every_runner_names_its_org(db):
+    db.tasks.insert_one(ai_runner("billed", ended=NOW - timedelta(hours=1)))
+    assert record_orgless(db, SETTINGS, since=None, now=NOW) is None
