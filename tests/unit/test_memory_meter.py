@@ -17,6 +17,7 @@ from chores.billing.invoice import Invoice
 from chores.core.db import Collections
 from chores.demo.corpus import generate_corpus
 from chores.metering.lineage import baseline_findings
+from chores.metering.lines import price_lines
 from chores.metering.memory_meter import MemoryMeter, Observation
 from chores.metering.rules import LedgerHead, head_after
 from chores.metering.source import SPAWNED_RUNNER_TYPES
@@ -46,10 +47,11 @@ CORPUS = generate_corpus(
 
 
 def _line_amounts(lines: Any) -> list[tuple[Any, ...]]:
-    return sorted(
-        (line.model or "", line.tier, line.price_valid_from or "", line.tokens, line.amount_micros)
-        for line in lines
-    )
+    def seen(line: Any) -> tuple[Any, ...]:
+        valid_from = line.price_valid_from or ""
+        return (line.model or "", line.tier, line.late, valid_from, line.tokens, line.amount_micros)
+
+    return sorted(seen(line) for line in lines)
 
 
 def test_memory_meter_prices_what_the_chore_invoices(registry: Registry) -> None:
@@ -75,9 +77,14 @@ def test_memory_meter_prices_what_the_chore_invoices(registry: Registry) -> None
     meter.feed(observations[: len(observations) // 2])
     meter.feed(observations[len(observations) // 2 :])
     priced = {key: _line_amounts(lines) for key, lines in meter.lines(registry).items()}
+    # what benchmarks/bench_engine.py prices LiteLLM's side from
+    from_groups = {
+        key: _line_amounts(price_lines(groups, registry))
+        for key, groups in meter.usage_groups().items()
+    }
 
     assert len(invoiced) >= 4  # two orgs, two months
-    assert priced == invoiced
+    assert priced == invoiced == from_groups
     assert meter.snapshots == len(observations)
     assert meter.anomalies > 0
 
@@ -173,3 +180,14 @@ def test_an_entry_that_only_moves_a_mark_is_no_line_in_memory_either(registry: R
         (invoice.org, invoice.period): _line_amounts(invoice.lines)
     }
     assert len(invoice.lines) == 1
+
+
+def test_a_runner_finished_and_billed_leaves_no_head_behind() -> None:
+    """Memory grows with the runners still running or held, not with the documents read
+    (what benchmarks/bench_memory.py reports as `heads_left`)."""
+    meter = MemoryMeter(now=NOW, max_tokens_per_run=10**9, future_skew_seconds=300)
+    meter.feed([(_runner(100), [])])
+    assert len(meter.heads) == 1  # running: its head is kept
+    meter.feed([(_runner(150, "SUCCESS", end_time=NOW - timedelta(minutes=5)), [])])
+    assert meter.heads == {}
+    assert sum(t.input + t.cached + t.output + t.unsplit for t in meter.usage.values()) == 150

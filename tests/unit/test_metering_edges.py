@@ -17,7 +17,7 @@ import pytest
 from bson import ObjectId
 from bson.int64 import Int64
 
-from chores import Settings, run_chore
+from chores import Collections, Settings, run_chore
 from chores.metering.counters import (
     COUNTER_FIELDS,
     Breakdown,
@@ -29,6 +29,7 @@ from chores.metering.counters import (
     parse_counters,
     reclassified_mark,
 )
+from chores.metering.ledger import Ledger
 from chores.metering.lineage import is_subagent_context, spawner_ids
 from chores.metering.runner_keys import runner_key, source_id_of
 
@@ -219,6 +220,12 @@ def test_a_runner_grows_from_its_latest_entry_whatever_order_the_server_returns_
     assert sorted(e["tokens"] for e in db.billing_ledger.find()) == [1_000, 2_000, 3_000]
     draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
     assert sum(line["tokens"] for line in draft["lines"]) == 6_000
+
+
+def test_a_draft_build_of_no_invoice_reads_no_entries(db):
+    """Every pair final or refused for its size: no query at all (the server refuses an
+    empty `$or`)."""
+    assert Ledger(Collections.of(db, CONFIG), batch_size=50).unfolded(set(), limit=10) == []
 
 
 def test_usage_billed_in_its_own_open_period_is_not_late(db, registry):
