@@ -1,7 +1,8 @@
 """One run at its edges, found untested by mutation testing of `chores/run/pipeline.py`,
 `chores/run/chore.py` and `chores/metering/anomalies.py`: what an `--org` run leaves to other
 orgs, which held runners stay watched and which go idle, a dry run's claims, the anomaly
-records a run reads and moves, the run's own record, runners that name no org."""
+records a run reads, moves or leaves where they are, the run's own record, runners that
+name no org."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from chores.metering.runner_keys import runner_key
 from chores.run.chore import RUN_RECORD_LISTED, run_document
 from chores.run.orgless import record_orgless
 from chores.run.pipeline import Pipeline
+from chores.run.placement import _kept_elsewhere, kept_by_its_final, stays
 from chores.run.report import RunReport
 from pricing import load_registry
 
@@ -498,3 +500,39 @@ def test_the_fan_out_records_runners_naming_no_org_once_and_bills_nothing(db):
 def test_the_fan_out_records_nothing_where_every_runner_names_its_org(db):
     db.tasks.insert_one(ai_runner("billed", ended=NOW - timedelta(hours=1)))
     assert record_orgless(db, SETTINGS, since=None, now=NOW) is None
+
+
+# --- where an anomaly record stays (chores/run/placement.py) ---
+
+DECREASED = AnomalyRecord("r1", "counter_decreased", "acme", "2026-11", "detail")
+
+
+def recorded(
+    org: str = "acme", period: str = "2026-11", *, resolved: bool = False, reviewed: bool = False
+) -> Recorded:
+    return Recorded(org, period, resolved=resolved, reviewed=reviewed)
+
+
+def test_a_resolved_record_or_one_of_another_org_stays_nowhere():
+    assert stays(recorded(resolved=True, reviewed=True), DECREASED, {}, set(), set()) is False
+    assert stays(recorded("globex", reviewed=True), DECREASED, {}, set(), set()) is False
+    on_flagged_final = recorded(period="2026-10", resolved=True, reviewed=True)
+    assert kept_by_its_final(on_flagged_final, DECREASED, {"2026-10": True}) is False
+
+
+def test_a_record_nobody_reviewed_on_a_draft_stays_while_its_own_month_is_final():
+    """Placed in the month open then, it flags that draft until it is frozen flagged for
+    it, instead of following the open month every month."""
+    on_draft = recorded(period="2026-12")
+    assert stays(on_draft, DECREASED, {"2026-11": False}, set(), set()) is True
+    assert stays(on_draft, DECREASED, {}, set(), set()) is False
+
+
+def test_late_usage_opens_a_record_of_the_open_month_beside_one_no_final_keeps():
+    """Kept elsewhere: on a draft of an earlier month, or by a final frozen flagged for it.
+    Not by a final frozen unflagged that nobody reviewed it on, nor when there is none."""
+    assert _kept_elsewhere(None, DECREASED, {"2026-10": True}, "2026-12") is False
+    unreviewed_on_final = recorded(period="2026-10")
+    assert _kept_elsewhere(unreviewed_on_final, DECREASED, {"2026-10": False}, "2026-12") is False
+    assert _kept_elsewhere(unreviewed_on_final, DECREASED, {"2026-10": True}, "2026-12") is True
+    assert _kept_elsewhere(recorded(period="2026-10"), DECREASED, {}, "2026-12") is True
