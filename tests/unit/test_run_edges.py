@@ -373,29 +373,31 @@ def test_open_for_answers_the_runners_with_an_open_anomaly(db):
 
 
 # --- previous own id first ---
+BELOW_SPLIT = AnomalyRecord(
+    "r1", "total_below_split", "acme", "2026-10", "d", usage_period="2026-10"
+)
+# its stored fields, under whichever id a version of the chore gave it
+BELOW_SPLIT_STORED = {
+    "runner_id": "r1",
+    "kind": "total_below_split",
+    "org": "acme",
+    "period": "2026-10",
+    "resolved": False,
+}
+
 # `AnomalyLog.previous`: a record under the anomaly's own id wins over an older version's,
 # so a move or reopen updates the current document.
 
 
 def test_the_record_under_its_own_id_wins(db):
-    record = AnomalyRecord(
-        "r1", "total_below_split", "acme", "2026-10", "d", usage_period="2026-10"
-    )
-    base = {
-        "runner_id": "r1",
-        "kind": "total_below_split",
-        "org": "acme",
-        "period": "2026-10",
-        "resolved": False,
-    }
     db.billing_anomalies.insert_many(
         [
-            {"_id": anomaly_id(record), **base},
-            {"_id": "r1:total_below_split:2026-10", **base},
+            {"_id": anomaly_id(BELOW_SPLIT), **BELOW_SPLIT_STORED},
+            {"_id": "r1:total_below_split:2026-10", **BELOW_SPLIT_STORED},
         ]
     )
-    found = AnomalyLog(Collections.of(db, SETTINGS)).previous([record])
-    assert found[anomaly_id(record)].stored_id is None
+    found = AnomalyLog(Collections.of(db, SETTINGS)).previous([BELOW_SPLIT])
+    assert found[anomaly_id(BELOW_SPLIT)].stored_id is None
 
 
 # --- previous month first ---
@@ -404,24 +406,14 @@ def test_the_record_under_its_own_id_wins(db):
 
 
 def test_the_month_record_of_an_older_version_is_preferred(db):
-    base = {
-        "runner_id": "r1",
-        "kind": "total_below_split",
-        "org": "acme",
-        "period": "2026-10",
-        "resolved": False,
-    }
     db.billing_anomalies.insert_many(
         [
-            {"_id": "r1:total_below_split:2026-10", **base},
-            {"_id": "r1:total_below_split", **base},
+            {"_id": "r1:total_below_split:2026-10", **BELOW_SPLIT_STORED},
+            {"_id": "r1:total_below_split", **BELOW_SPLIT_STORED},
         ]
     )
-    record = AnomalyRecord(
-        "r1", "total_below_split", "acme", "2026-10", "d", usage_period="2026-10"
-    )
-    found = AnomalyLog(Collections.of(db, SETTINGS)).previous([record])
-    assert found[anomaly_id(record)].stored_id == "r1:total_below_split:2026-10"
+    found = AnomalyLog(Collections.of(db, SETTINGS)).previous([BELOW_SPLIT])
+    assert found[anomaly_id(BELOW_SPLIT)].stored_id == "r1:total_below_split:2026-10"
 
 
 # --- previous final month ---
@@ -443,16 +435,13 @@ def test_an_old_record_on_the_open_month_stands_for_a_final_month_s_anomaly(db):
             "reviewed": {"note": "ok"},
         }
     )
-    record = AnomalyRecord(
-        "r1", "total_below_split", "acme", "2026-10", "d", usage_period="2026-10"
-    )
     log = AnomalyLog(Collections.of(db, SETTINGS))
-    found = log.previous([record], {"acme": {"2026-10"}})
-    assert found[anomaly_id(record)] == Recorded(
+    found = log.previous([BELOW_SPLIT], {"acme": {"2026-10"}})
+    assert found[anomaly_id(BELOW_SPLIT)] == Recorded(
         "acme", "2026-11", False, reviewed=True, stored_id="r1:total_below_split"
     )
     # not final: it does not stand for it
-    assert anomaly_id(record) not in log.previous([record], {"acme": set()})
+    assert anomaly_id(BELOW_SPLIT) not in log.previous([BELOW_SPLIT], {"acme": set()})
 
 
 # --- run record ---
