@@ -13,7 +13,7 @@ from chores.core.db import IN_PROCESS_SCHEMES, mongo_client
 from chores.core.exceptions import ConfigError, DatabaseUnavailable
 from chores.core.local_store import SCHEME as LOCAL_STORE_SCHEME
 from chores.core.logs import JsonFormatter
-from chores.core.redis_client import not_reached, refused_credentials, speaks_without_tls
+from chores.core.redis_client import refused_credentials, speaks_without_tls
 from chores.core.settings import REDIS_SCHEMES, Settings, redact_url
 
 
@@ -66,14 +66,16 @@ def redis_problem(settings: Settings) -> str | None:
         if url is None or url in checked or url.partition("://")[0] not in REDIS_SCHEMES:
             continue
         checked.add(url)
+        # First, in plain text: a TLS client's handshake with such a Redis only ends with
+        # its timeout (5 s per check).
+        if urlsplit(url).scheme == "rediss" and speaks_without_tls(url):
+            return (
+                f"{name} {redact_url(url)}: that Redis speaks no TLS, and a rediss:// "
+                "client waits for its TLS handshake for good: use redis://, or turn TLS "
+                "on at the server (docs/deploy.md)"
+            )
         reply = refused_credentials(url)
         if reply is None:
-            if urlsplit(url).scheme == "rediss" and not_reached(url) and speaks_without_tls(url):
-                return (
-                    f"{name} {redact_url(url)}: that Redis speaks no TLS, and a rediss:// "
-                    "client waits for its TLS handshake for good: use redis://, or turn TLS "
-                    "on at the server (docs/deploy.md)"
-                )
             continue
         if urlsplit(url).password is None:
             return (

@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from chores.core.settings import Settings
+from chores.service.checks import redis_problem
 from chores.service.config import celery_config
 
 from support import closed_port
@@ -91,3 +92,16 @@ def test_a_rediss_broker_whose_certificate_cannot_be_verified_is_not_used(tls_re
 
 def test_a_rediss_broker_url_may_still_say_not_to_check(tls_redis):
     assert broker_reached(f"rediss://{tls_redis}/0?ssl_cert_reqs=none")
+
+
+def test_the_start_up_check_passes_a_redis_that_speaks_tls(tls_redis):
+    """The check probes a `rediss://` URL in plain text first (a TLS handshake with a
+    plain Redis only ends with its timeout): a Redis that speaks TLS is not taken for one
+    that does not, with or without the password it does not ask for."""
+    for url in (f"rediss://{tls_redis}/0", f"rediss://:pw@{tls_redis}/0"):
+        settings = Settings(
+            mongo_url="mongomock://tls",
+            redis_url=None,
+            celery_broker_url=f"{url}?ssl_cert_reqs=none",
+        )
+        assert redis_problem(settings) is None
