@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from chores import finalize_invoices, run_chore
+from chores import finalize_invoices, get_settings, run_chore
+from chores.billing.invoices import Invoices
 from chores.cli.app import main
 from chores.core.db import Collections
 from chores.core.exceptions import ChoreError, ConfigError, InvoiceNotFound
@@ -23,7 +24,7 @@ from chores.metering.runner_keys import runner_key
 from chores.run.placement import Placement
 from chores.run.review import Review, review_anomalies
 
-from support import NOW, ai_runner
+from support import NOW, WALL_CLOCK, ai_runner
 
 NOTE = "checked with the platform team: a known secator bug (ops@example.com)"
 
@@ -1197,3 +1198,160 @@ def test_a_later_months_record_written_without_an_org_stands_for_the_anomaly(db,
         (older["_id"], True)
     ]
     assert invoice(db, "acme:2026-12")["needs_review"] is False
+
+
+# -- found untested by mutation testing (review.py, cli/anomaly.py) ----------------------
+
+
+def test_a_review_with_a_now_ahead_of_the_clock_is_refused_and_writes_nothing(db, settings):
+    db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1)))
+    run_chore(db, now=NOW, settings=settings)
+    ahead = WALL_CLOCK + timedelta(days=30)
+    with pytest.raises(ConfigError, match="ahead of this machine's clock"):
+        review_anomalies(db, "acme", "2026-11", note=NOTE, now=ahead, settings=settings)
+    assert "reviewed" not in db.billing_anomalies.find_one({})
+    assert db.billing_dirty.count_documents({}) == 0
+
+
+def test_a_review_leaves_no_dirty_mark(db, settings):
+    """A mark left behind makes `invoice show` say that a run was cut short."""
+    db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1)))
+    run_chore(db, now=NOW, settings=settings)
+    review_anomalies(db, "acme", "2026-11", note=NOTE, now=NOW, settings=settings)
+    assert list(db.billing_dirty.find()) == []
+
+
+def test_a_review_after_a_cut_run_settles_its_usage_and_decides_the_quota_on_it(
+    db, settings, monkeypatch
+):
+    db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1)))
+    run_chore(db, now=NOW, settings=settings)
+    before = db.billing_quota.find_one({"_id": "acme"})["used_tokens"]
+    db.tasks.insert_one(ai_runner("late", ended=NOW - timedelta(minutes=5), stamp=NOW.timestamp()))
+    with monkeypatch.context() as patch:
+
+        def cut(self: Invoices, *args: object, **kwargs: object) -> None:
+            raise KeyboardInterrupt
+
+        patch.setattr(Invoices, "settle", cut)
+        with pytest.raises(KeyboardInterrupt):
+            run_chore(db, now=NOW + timedelta(minutes=1), settings=settings)
+
+    later = NOW + timedelta(minutes=2)
+    review_anomalies(db, "acme", "2026-11", note=NOTE, now=later, settings=settings)
+    tokens = sum(line["tokens"] for line in invoice(db, "acme:2026-11")["lines"])
+    assert tokens == sum(entry["tokens"] for entry in db.billing_ledger.find()) > before
+    assert db.billing_quota.find_one({"_id": "acme"})["used_tokens"] == tokens
+    assert db.billing_dirty.count_documents({}) == 0
+
+
+def test_a_kind_filter_that_matches_nothing_is_named_in_the_refusal(db, settings):
+    db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1)))
+    run_chore(db, now=NOW, settings=settings)
+    kinds = ("counter_decreased", "org_changed")
+    with pytest.raises(ChoreError, match=r"is of kind counter_decreased or org_changed: "):
+        review_anomalies(db, "acme", "2026-11", note=NOTE, kinds=kinds, now=NOW, settings=settings)
+
+
+def test_a_filter_naming_an_anomaly_already_reviewed_is_nothing_left_not_refused(db, settings):
+    """Only a filter that matches no open anomaly is refused: a reviewed one is still open."""
+    db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1)))
+    run_chore(db, now=NOW, settings=settings)
+    kinds = ("total_below_split",)
+    first = review_anomalies(
+        db, "acme", "2026-11", note=NOTE, kinds=kinds, now=NOW, settings=settings
+    )
+    assert len(first.reviewed) == 1
+    again = review_anomalies(
+        db, "acme", "2026-11", note=NOTE, kinds=kinds, now=NOW, settings=settings
+    )
+    assert (again.reviewed, again.needs_review) == ([], False)
+
+
+REVIEW = ["anomaly", "review", "--org", "acme", "--period", "2026-11", "--now", NOW.isoformat()]
+
+
+def rows(output: str) -> list[list[str]]:
+    return [line.split() for line in output.splitlines()]
+
+
+def test_the_list_shows_its_columns_and_a_reviewed_anomalys_review(env_db):
+    env_db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1)))
+    run_chore(env_db, now=NOW)
+    cli = CliRunner()
+    listed = cli.invoke(main, ["anomaly", "list", "--org", "acme"])
+    assert listed.exit_code == 0, listed.output
+    assert ["period", "kind", "runner", "detail"] in rows(listed.output)
+
+    assert cli.invoke(main, [*REVIEW, "--note", "checked by ops"]).exit_code == 0
+    shown = cli.invoke(main, ["anomaly", "list", "--org", "acme", "--reviewed"])
+    assert shown.exit_code == 0, shown.output
+    assert ["period", "kind", "runner", "detail", "reviewed"] in rows(shown.output)
+    assert "2026-11-25 12:00: checked by ops" in shown.output
+    assert shown.stdout.rstrip().endswith("  all reviewed")
+
+
+def orgless_runner(runner_id: str) -> dict[str, Any]:
+    runner = ai_runner(runner_id, ended=NOW - timedelta(hours=1), org="")
+    del runner["context"]["workspace_id"]
+    return runner
+
+
+def test_the_list_of_runners_without_an_org_shows_its_columns(env_db):
+    env_db.tasks.insert_one(orgless_runner("r1"))
+    run_chore(env_db, now=NOW)
+    listed = CliRunner().invoke(main, ["anomaly", "list", "--no-org"])
+    assert listed.exit_code == 0, listed.output
+    assert ["kind", "runner", "detail", "first", "seen"] in rows(listed.output)
+
+
+def test_the_list_refuses_no_org_with_a_period_and_an_empty_org(env_db):
+    cli = CliRunner()
+    period = cli.invoke(main, ["anomaly", "list", "--no-org", "--period", "2026-11"])
+    assert period.exit_code == 2 and "an anomaly of --no-org has none" in period.output
+    empty = cli.invoke(main, ["anomaly", "list", "--org", ""])
+    assert empty.exit_code != 0 and "org must be a non-empty string" in empty.output
+
+
+def test_a_review_says_what_is_still_open_and_when_the_invoice_is_final(env_db):
+    env_db.tasks.insert_many([below_split(r, ended=NOW - timedelta(hours=1)) for r in ("r1", "r2")])
+    run_chore(env_db, now=NOW)
+    cli = CliRunner()
+    one = cli.invoke(main, [*REVIEW, "--runner", "str:'r1'", "--note", "checked by ops"])
+    assert one.exit_code == 0, one.output
+    assert (
+        "the draft still needs review for what is still open: "
+        "chore invoice show --org acme --period 2026-11"
+    ) in one.output
+
+    december = NOW + timedelta(days=10)
+    assert finalize_invoices(env_db, now=december, settings=get_settings()) == ["acme:2026-11"]
+    final = cli.invoke(main, [*REVIEW[:-1], december.isoformat(), "--note", "checked by ops"])
+    assert final.exit_code == 0, final.output
+    assert "reviewed 1 anomaly of acme 2026-11" in final.output
+    assert "its invoice is final: unchanged (a final invoice never changes)" in final.output
+
+
+def test_on_a_narrow_terminal_the_kind_the_period_and_the_first_seen_are_never_cut(env_db):
+    env_db.tasks.insert_many(
+        [below_split("r1", ended=NOW - timedelta(hours=1)), orgless_runner("r2")]
+    )
+    run_chore(env_db, now=NOW)
+    narrow = {"COLUMNS": "30"}
+    listed = CliRunner().invoke(main, ["anomaly", "list", "--org", "acme"], env=narrow)
+    assert listed.exit_code == 0, listed.output
+    assert ["2026-11", "total_below_split"] in [row[:2] for row in rows(listed.stdout)]
+    held = CliRunner().invoke(main, ["anomaly", "list", "--no-org"], env=narrow)
+    (row,) = [line for line in held.stdout.splitlines() if line.startswith("no_org ")]
+    assert row.rstrip().endswith("2026-11-25 12:00"), held.stdout
+
+
+def test_a_review_needs_its_period_and_its_note(env_db):
+    env_db.tasks.insert_one(below_split("r1", ended=NOW - timedelta(hours=1)))
+    run_chore(env_db, now=NOW)
+    cli = CliRunner()
+    base = ["anomaly", "review", "--org", "acme", "--now", NOW.isoformat()]
+    no_period = cli.invoke(main, [*base, "--note", "checked by ops"])
+    assert no_period.exit_code == 2 and "Missing option '--period'" in no_period.output
+    no_note = cli.invoke(main, [*base, "--period", "2026-11"])
+    assert no_note.exit_code == 2 and "Missing option '--note'" in no_note.output
