@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from redbeat.decoder import RedBeatJSONEncoder
 
 from chores import Settings
+from chores.service import beat
 from chores.service.beat import (
     BEAT_KEY_PREFIX,
     beat_config,
@@ -253,3 +255,55 @@ def test_a_beat_whose_redis_is_not_there_at_start_says_so_in_one_json_line(tmp_p
         "reached (Error 111 connecting to"
     )
     assert "s3cr3t-pw" not in done.stderr + done.stdout
+
+
+# -- the healthcheck at its edges: found untested by mutation testing (service/beat.py) --
+
+SENT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def scheduled(url: str, **meta: object) -> None:
+    """The `meter-all` entry's state as redbeat keeps it (`last_run_at` once it was sent)."""
+    with redis.Redis.from_url(url) as client:
+        meta_json = json.dumps(meta, cls=RedBeatJSONEncoder)
+        client.hset(BEAT_KEY_PREFIX + "meter-all", "meta", meta_json)
+
+
+def test_beat_is_healthy_for_two_intervals_and_the_lock_timeout_and_not_a_second_more(broker_url):
+    settings = Settings(celery_broker_url=broker_url)  # 300 s ticks, a 150 s lock: 750 s
+    scheduled(broker_url, last_run_at=SENT, total_run_count=1)
+    assert beat_health_problem(settings, now=SENT + timedelta(seconds=750)) is None
+    assert beat_health_problem(settings, now=SENT + timedelta(seconds=751)) == (
+        "meter-all last sent 751 s ago (more than 750 s)"
+    )
+
+
+def test_an_entry_scheduled_but_never_sent_is_unhealthy(broker_url):
+    scheduled(broker_url, total_run_count=0)
+    problem = beat_health_problem(Settings(celery_broker_url=broker_url), now=SENT)
+    assert problem == "meter-all was never sent"
+
+
+def test_no_redis_is_unhealthy_in_one_line():
+    settings = Settings(celery_broker_url=f"redis://127.0.0.1:{closed_port()}/0")
+    assert beat_health_problem(settings) == "no Redis: ConnectionError"
+
+
+def test_the_healthcheck_exits_0_when_healthy_and_1_with_its_reason_on_stderr(
+    broker_url, monkeypatch, capsys
+):
+    settings = Settings(celery_broker_url=broker_url)
+    monkeypatch.setattr(beat, "get_settings", lambda: settings)
+    assert beat.beat_health() == 1
+    assert capsys.readouterr().err == (
+        "beat unhealthy: meter-all was never scheduled (no beat started)\n"
+    )
+    scheduled(broker_url, last_run_at=datetime.now(UTC), total_run_count=1)
+    assert beat.beat_health() == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_the_beat_lock_lives_five_loops_and_never_under_five_seconds():
+    """docs/deploy.md: redbeat's ratio (5 loops), at least 5 s."""
+    assert beat_lock_timeout(Settings(meter_every_seconds=0.5)) == 5
+    assert beat_lock_timeout(Settings(meter_every_seconds=1.5)) == 8
