@@ -18,6 +18,7 @@ from bson import ObjectId
 from bson.int64 import Int64
 
 from chores import Collections, Settings, run_chore
+from chores.core.exceptions import MalformedDocument
 from chores.metering.counters import (
     COUNTER_FIELDS,
     Breakdown,
@@ -258,8 +259,6 @@ def test_a_runner_whose_latest_entry_was_edited_is_refused_not_billed_from_it(db
     # skips it or a traceback"; heads() reads the high-water mark the next step bills from
     import pytest
 
-    from chores.core.exceptions import MalformedDocument
-
     db.tasks.insert_one(
         ai_runner("r1", ended=ENDED, tokens=1_500, prompt=1_000, model="gpt-4o-mini")
     )
@@ -313,3 +312,59 @@ def test_an_int_id_has_the_key_it_has_after_a_round_trip_through_bson(source_id,
     (read_back,) = bson.decode(bson.encode({"_id": source_id})).values()
     assert runner_key(source_id) == runner_key(read_back) == key
     assert source_id_of(key) == read_back and type(source_id_of(key)) is type(read_back)
+
+
+# -- folded entries edited by hand: found untested by mutation testing (ledger.py) -------
+
+
+def folded_entry(runner: str, seq: int, *, fold: int | None = None, booked: Any = None) -> dict:
+    return {
+        "_id": f"{runner}:{seq}",
+        "runner_id": runner,
+        "seq": seq,
+        "org": "acme",
+        "usage_period": "2026-11",
+        "booked": booked,
+        "fold": fold,
+        "model": "m",
+        "byok": False,
+        "late": False,
+        "usage_day": "2026-11-03",
+        "input_tokens": 10,
+        "cached_tokens": 0,
+        "output_tokens": 0,
+        "unsplit_tokens": 0,
+    }
+
+
+def test_a_runner_is_held_by_its_folded_entry_with_usage(db):
+    db.billing_ledger.insert_one(folded_entry("a", 1, fold=1))
+    ledger = Ledger(Collections.of(db, CONFIG), batch_size=50)
+    assert ledger.runners_held([folded_entry("a", 2)]) == {("acme", "2026-11", "a")}
+
+
+def test_a_folded_entry_edited_out_of_shape_is_refused_not_counted(db):
+    """`booked` is no field a runner's head reads: only this read of folded entries sees it."""
+    db.billing_ledger.insert_one(folded_entry("a", 1, fold=1, booked="November"))
+    with pytest.raises(MalformedDocument):
+        Ledger(Collections.of(db, CONFIG), batch_size=50).runners_held([folded_entry("a", 2)])
+
+
+def test_a_run_refuses_a_folded_entry_edited_out_of_its_period_not_counting_its_runner_again(
+    db, registry
+):
+    """Unchecked, the edited entry puts its runner on an invoice that is no period, and the
+    next run counts it again (runs 2, entries 2 for one runner)."""
+    ended = datetime(2026, 11, 3, tzinfo=UTC)
+
+    def grown_to(tokens: int, at: datetime) -> None:
+        runner = ai_runner("r1", ended=None, status="RUNNING", tokens=tokens, stamp=at.timestamp())
+        db.tasks.replace_one({"_id": "r1"}, runner, upsert=True)
+        run_chore(db, now=at, registry=registry, settings=CONFIG)
+
+    grown_to(1_000, ended)
+    db.billing_ledger.update_many({}, {"$set": {"booked": "November"}})
+    with pytest.raises(MalformedDocument):
+        grown_to(3_000, ended + timedelta(hours=1))
+    draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert (draft["runs"], draft["entries"]) == (1, 1)
