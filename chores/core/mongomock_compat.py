@@ -13,6 +13,11 @@
   stopped every run of every org on a demo store. The shim places them in the server's
   type order (https://www.mongodb.com/docs/manual/reference/bson-type-comparison-order/)
   and compares a Decimal128 as a number, a DatetimeMS as a date, by milliseconds.
+- mongomock projects a field of an array (`{"lines.tokens": 1}`) by calling `.items()` on
+  each element: an element that is no document (an invoice's `lines` edited to `[1]`)
+  raised AttributeError, and `chore run --full` printed a traceback where a server answers.
+  The shim projects each element as a server does: a document by the sub-projection, an
+  array element by element, any other value dropped by an inclusion, kept by an exclusion.
 
 Only the in-process mongomock (demo, tests) is affected; a real server never is.
 """
@@ -29,6 +34,7 @@ from bson.max_key import MaxKey
 from bson.min_key import MinKey
 from bson.timestamp import Timestamp
 from mongomock import codec_options as mongomock_codec_options
+from mongomock import collection as mongomock_collection
 from mongomock import filtering
 from mongomock.collection import BulkOperationBuilder
 from mongomock.database import Database
@@ -131,6 +137,46 @@ def _compare_every_type(bson_compare: Any) -> Any:
     return wrapper
 
 
+def _project_every_element(project_by_spec: Any) -> Any:
+    if getattr(project_by_spec, "_chore_compat", False):
+        return project_by_spec
+
+    def project_array(values: Any, spec: Any, is_include: bool, container: Any) -> list[Any]:
+        projected = []
+        for value in values:
+            if isinstance(value, dict):
+                projected.append(wrapper(value, spec, is_include, container))
+            elif isinstance(value, list | tuple):
+                projected.append(project_array(value, spec, is_include, container))
+            elif not is_include:
+                projected.append(mongomock_collection._copy_field(value, container))
+        return projected
+
+    @functools.wraps(project_by_spec)
+    def wrapper(doc: Any, spec: Any, is_include: bool, container: Any) -> Any:
+        arrays = {
+            key: project_array(value, spec[key], is_include, container)
+            for key, value in doc.items()
+            if isinstance(spec.get(key), dict) and isinstance(value, list | tuple)
+        }
+        if not arrays:  # no array under a sub-projection: mongomock's own way
+            return project_by_spec(doc, spec, is_include, container)
+        rest = project_by_spec(
+            {key: value for key, value in doc.items() if key not in arrays},
+            spec,
+            is_include,
+            container,
+        )
+        projected = container()
+        for key in doc:  # in the document's order, as a server keeps it
+            if key in arrays or key in rest:
+                projected[key] = arrays[key] if key in arrays else rest[key]
+        return projected
+
+    wrapper._chore_compat = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 def install() -> None:
     """Patch mongomock (idempotent: each wrapper is applied once)."""
     for name in ("add_replace", "add_update"):
@@ -138,3 +184,6 @@ def install() -> None:
     Database.with_options = _honour_codec_options(Database.with_options)  # type: ignore[method-assign]
     filtering._get_compare_type = _rank_every_type(filtering._get_compare_type)
     filtering.bson_compare = _compare_every_type(filtering.bson_compare)
+    mongomock_collection._project_by_spec = _project_every_element(
+        mongomock_collection._project_by_spec
+    )

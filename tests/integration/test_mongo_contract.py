@@ -421,3 +421,14 @@ def test_a_group_allowed_to_spill_to_disk_is_accepted(mdb):
     pipeline = [{"$group": {"_id": "$org", "n": {"$sum": "$n"}}}]
     rows = mdb.l.aggregate(pipeline, allowDiskUse=True)
     assert sorted((row["_id"], row["n"]) for row in rows) == [("a", 3), ("b", 3)]
+
+
+def test_projecting_a_field_of_an_array_skips_what_is_no_document(mdb):
+    """Quota reads an invoice's `lines.tokens`: an element that is no document (a line
+    edited by hand to 1) is dropped by an inclusion and kept by an exclusion; mongomock
+    raised AttributeError (chores/core/mongomock_compat.py)."""
+    mdb.invoices.insert_one({"_id": "a", "status": "draft", "lines": [1, {"tokens": 5, "x": 0}]})
+    included = mdb.invoices.find_one({"_id": "a"}, {"lines.tokens": 1})
+    assert included == {"_id": "a", "lines": [{"tokens": 5}]}
+    excluded = mdb.invoices.find_one({"_id": "a"}, {"lines.tokens": 0, "status": 0})
+    assert excluded == {"_id": "a", "lines": [1, {"x": 0}]}
