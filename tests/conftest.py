@@ -81,6 +81,23 @@ def fixture_docs() -> dict[str, list[dict[str, Any]]]:
 _FIXTURE_DOCS = load_fixture_docs()
 
 
+@pytest.fixture
+def metered_env_db(env_db: Any, fixture_docs: dict[str, list[dict[str, Any]]]) -> Any:
+    """The fixture documents in the database `MONGO_URL` names, metered by `chore run --all`
+    at `support.NOW`, as a user's commands find them."""
+    from click.testing import CliRunner
+
+    from chores.cli import main
+
+    from support import NOW
+
+    env_db.tasks.insert_many(fixture_docs["tasks"])
+    env_db.findings.insert_many(fixture_docs["findings"])
+    ran = CliRunner().invoke(main, ["run", "--all", "--now", NOW.isoformat()])
+    assert ran.exit_code == 0, ran.output
+    return env_db
+
+
 def _redis_answers(url: str) -> bool:
     import redis
 

@@ -33,14 +33,6 @@ def fails(*args: str):
 
 
 @pytest.fixture
-def cli_db(env_db, fixture_docs):
-    env_db.tasks.insert_many(fixture_docs["tasks"])
-    env_db.findings.insert_many(fixture_docs["findings"])
-    invoke("run", "--all", *NOW_ARG)
-    return env_db
-
-
-@pytest.fixture
 def usage_db(env_db, registry):
     metered_months(env_db, get_settings(), registry, seed=5, orgs=("acme",))
     return env_db
@@ -98,11 +90,11 @@ def assert_fits(output: str, width: int = 80) -> None:
         assert len(line) <= width, line
 
 
-def test_invoice_at_80_columns_never_cuts_money_or_counts(cli_db):
+def test_invoice_at_80_columns_never_cuts_money_or_counts(metered_env_db):
     result = invoke("invoice", "show", "--org", "ws-beta", "--period", "2026-11", env=NARROW)
     assert result.exit_code == 0
     assert_fits(result.stdout)
-    invoice = cli_db.billing_invoices.find_one({"_id": "ws-beta:2026-11"})
+    invoice = metered_env_db.billing_invoices.find_one({"_id": "ws-beta:2026-11"})
     rows = table_lines(result.output)
     for line in invoice["lines"]:
         amount = usd(line["amount_micros"]) if line["priced"] else "UNPRICED"
@@ -129,7 +121,7 @@ def test_usage_by_run_at_80_columns_shows_every_amount_whole(usage_db):
     assert "…" not in "".join(line.split()[-1] for line in body if line.strip())
 
 
-def test_status_and_run_tables_fit_80_columns(cli_db):
+def test_status_and_run_tables_fit_80_columns(metered_env_db):
     run = invoke("run", "--all", *NOW_ARG, env=NARROW)
     assert_fits(run.stdout)
     status = invoke("status", *NOW_ARG, env=NARROW)
@@ -141,7 +133,7 @@ def test_status_and_run_tables_fit_80_columns(cli_db):
 # --- reconcile ------------------------------------------------------------------------------
 
 
-def test_reconcile_dash_without_estimate_headers_and_right_aligned(cli_db):
+def test_reconcile_dash_without_estimate_headers_and_right_aligned(metered_env_db):
     result = invoke("reconcile", "--org", "ws-acme", "--period", "2026-11", *NOW_ARG, env=NARROW)
     assert result.exit_code == 0, result.output
     assert_fits(result.stdout)
@@ -203,7 +195,7 @@ def test_usage_by_run_lists_subagents_under_their_parents(usage_db):
 
 
 @pytest.mark.parametrize("command", [["usage"], ["invoice", "show"]])
-def test_json_and_csv_together_is_a_usage_error(cli_db, command):
+def test_json_and_csv_together_is_a_usage_error(metered_env_db, command):
     result = fails(*command, "--org", "ws-acme", "--period", "2026-11", "--json", "--csv")
     assert result.exit_code == 2
     assert result.output.splitlines() == [
@@ -211,7 +203,7 @@ def test_json_and_csv_together_is_a_usage_error(cli_db, command):
     ]
 
 
-def test_json_quiet_still_prints_the_json(cli_db):
+def test_json_quiet_still_prints_the_json(metered_env_db):
     result = invoke("run", "--all", "--json", "--quiet", *NOW_ARG)
     assert result.exit_code == 0
     assert json.loads(result.stdout)["tokens_billed"] == 0  # nothing new since the fixture
@@ -659,7 +651,7 @@ def test_model_json_writes_what_pydantic_writes_in_ascii():
     assert model_json(shown).isascii() and "NaN" not in model_json(shown)
 
 
-def test_the_report_says_when_it_was_generated_in_utc(cli_db, tmp_path):
+def test_the_report_says_when_it_was_generated_in_utc(metered_env_db, tmp_path):
     """Outside hunt: `--now 2026-11-25T17:30:00+05:30` printed "generated 2026-11-25 17:30
     UTC", the local time labelled UTC (12:00 UTC)."""
     out = tmp_path / "r.html"
@@ -669,7 +661,7 @@ def test_the_report_says_when_it_was_generated_in_utc(cli_db, tmp_path):
     assert "generated 2026-11-25 12:00 UTC" in out.read_text(encoding="utf-8")
 
 
-def test_a_report_to_dash_is_written_to_standard_output(cli_db, tmp_path, monkeypatch):
+def test_a_report_to_dash_is_written_to_standard_output(metered_env_db, tmp_path, monkeypatch):
     """Outside hunt: `report --out -` wrote a file named `-`; a page to standard output is
     what a user piping it means. The summary line goes to standard error, off the page."""
     monkeypatch.chdir(tmp_path)

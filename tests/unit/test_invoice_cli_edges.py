@@ -21,14 +21,6 @@ def invoke(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False, prog_name="chore")
 
 
-@pytest.fixture
-def cli_db(env_db, fixture_docs):
-    env_db.tasks.insert_many(fixture_docs["tasks"])
-    env_db.findings.insert_many(fixture_docs["findings"])
-    invoke("run", "--all", *NOW_ARG)
-    return env_db
-
-
 # --- invoice.py:62 `org = validate_org(org)` -> pass (mutant 6) -------------------------------
 
 
@@ -47,7 +39,7 @@ def test_show_refuses_a_malformed_org_before_the_database_is_reached(monkeypatch
     assert "MongoDB" not in result.output
 
 
-def test_show_json_is_the_stored_document_under_its_stored_field_names(cli_db):
+def test_show_json_is_the_stored_document_under_its_stored_field_names(metered_env_db):
     """invoice.py:67 `by_alias=True` -> False: --json gave the model's names, not the
     document's (`_id`)."""
     import json
@@ -55,7 +47,7 @@ def test_show_json_is_the_stored_document_under_its_stored_field_names(cli_db):
     shown = json.loads(
         invoke("invoice", "show", "--org", "ws-beta", "--period", "2026-11", "--json").output
     )
-    stored = cli_db.billing_invoices.find_one({"_id": "ws-beta:2026-11"})
+    stored = metered_env_db.billing_invoices.find_one({"_id": "ws-beta:2026-11"})
     assert shown["_id"] == stored["_id"] == "ws-beta:2026-11"
     assert set(shown) <= set(stored)
 
@@ -93,7 +85,7 @@ def test_on_a_narrow_terminal_the_price_date_is_never_cut(usage_db):
     assert re.search(r"\b20\d\d-\d\d-\d\d\b", result.output), result.output
 
 
-def test_a_fully_priced_invoice_has_no_unpriced_note(cli_db):
+def test_a_fully_priced_invoice_has_no_unpriced_note(metered_env_db):
     """invoice.py:147 `not all(x.priced ...)` -> `all(...)`: every priced invoice said
     "UNPRICED: no price yet"."""
     result = invoke("invoice", "show", "--org", "ws-acme", "--period", "2026-11")
