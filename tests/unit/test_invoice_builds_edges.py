@@ -1,0 +1,227 @@
+"""Drafts at the edges a mutation round of chores/billing/invoices.py found untested (stop 56):
+a draft refused for its size beside drafts that are written, and builds that race."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import mongomock
+import pytest
+
+from chores import Settings, finalize_invoices, run_chore
+from chores.billing import invoices
+from chores.core.exceptions import InvoiceTooLarge
+from chores.run.pipeline import Pipeline
+
+from support import NOW, ai_runner
+from support.dbproxy import DatabaseProxy, PauseAt, Recorder, pause_at
+
+
+def test_a_draft_refused_for_its_size_loses_none_of_its_new_usage_once_it_fits(
+    db, settings, registry, monkeypatch
+):
+    """A draft refused for its size (`InvoiceTooLarge`) sorted before another org's draft
+    that is written: the written one's commit must not be taken for the refused one's.
+    The refused draft's new entries stay to be billed, and once it fits again (its
+    runners' usage corrected, here the limit raised back) it holds every one of them."""
+    ended = NOW - timedelta(hours=3)
+    db.tasks.insert_many(
+        [ai_runner("big-0", ended=ended, org="big"), ai_runner("s-0", ended=ended, org="small")]
+    )
+    run_chore(db, now=NOW, settings=settings, registry=registry)
+    assert db.billing_invoices.find_one({"_id": "big:2026-11"})["runs"] == 1
+
+    monkeypatch.setattr(invoices, "MAX_DRAFT_BYTES", 20_000)
+    later = NOW + timedelta(hours=1)
+    db.tasks.insert_many(
+        [
+            *(
+                ai_runner(f"big-{n}", ended=ended, org="big", model=f"m-{n:04d}")
+                for n in range(1, 81)
+            ),
+            ai_runner("s-1", ended=ended, org="small"),
+        ]
+    )
+    with pytest.raises(InvoiceTooLarge, match="'big' for 2026-11"):
+        run_chore(db, now=later, settings=settings, registry=registry)
+    assert db.billing_invoices.find_one({"_id": "big:2026-11"})["runs"] == 1  # not written
+    assert db.billing_invoices.find_one({"_id": "small:2026-11"})["runs"] == 2
+
+    monkeypatch.setattr(invoices, "MAX_DRAFT_BYTES", 16 * 1024 * 1024 - 64 * 1024)
+    run_chore(db, now=later + timedelta(hours=1), settings=settings, registry=registry)
+    big = db.billing_invoices.find_one({"_id": "big:2026-11"})
+    assert (big["runs"], big["entries"]) == (81, 81)
+    assert sum(line["tokens"] for line in big["lines"]) == 81 * 1_000
+    pairs = {("big", "2026-11"), ("small", "2026-11")}
+    assert Pipeline(db, settings, registry).invoices.check_drafts(pairs) == []
+
+
+def test_a_run_whose_draft_every_pass_refused_keeps_its_marks_for_the_next_run(
+    db, settings, registry, monkeypatch
+):
+    """design.md: three refusals in a row (another build committed each time) and the
+    settle gives the draft up and keeps every mark: the run ends normally, and the next
+    run, with nothing new, builds the draft with the usage the refused one did not hold.
+    Another org's draft, committed, is billed at once."""
+    ended = NOW - timedelta(hours=3)
+    db.tasks.insert_many(
+        [ai_runner("a-0", ended=ended, org="acme"), ai_runner("g-0", ended=ended, org="globex")]
+    )
+    run_chore(db, now=NOW, settings=settings, registry=registry)
+    db.tasks.insert_many(
+        [ai_runner("a-1", ended=ended, org="acme"), ai_runner("g-1", ended=ended, org="globex")]
+    )
+    commit = invoices.update_where
+    refusals: list[int] = []
+
+    def refusing(collection: Any, updates: Any) -> Any:
+        refused = {i for i, (where, _, _) in enumerate(updates) if where["_id"] == "acme:2026-11"}
+        refusals.append(len(refused))
+        commit(collection, [u for i, u in enumerate(updates) if i not in refused])
+        return refused, 0
+
+    later = NOW + timedelta(hours=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(invoices, "update_where", refusing)
+        report = run_chore(db, now=later, settings=settings, registry=registry)
+    assert len(refusals) > invoices.Invoices.REFUSALS and all(refusals)  # acme: every pass
+    assert report is not None
+    assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["runs"] == 1  # given up on
+    assert db.billing_invoices.find_one({"_id": "globex:2026-11"})["runs"] == 2
+    assert db.billing_dirty.count_documents({"org": "acme"}) >= 1  # kept for the next run
+
+    run_chore(db, now=later + timedelta(minutes=5), settings=settings, registry=registry)
+    acme = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert (acme["runs"], sum(line["tokens"] for line in acme["lines"])) == (2, 2_000)
+    assert db.billing_dirty.count_documents({}) == 0
+
+
+def test_two_runs_that_both_found_no_draft_leave_one_holding_every_entry(registry):
+    """design.md: two passes that both found no draft of a new month commit insert-if-absent,
+    so one is refused and reads again. A run paused at each of its database calls while
+    more usage lands and another run (no lock: `--no-lock`, or two workers) builds the
+    month's first draft: after both, the draft holds every entry once."""
+    config = Settings(mongo_url="mongomock://races", batch_size=20, redis_url=None)
+    ended = NOW - timedelta(hours=3)
+
+    def seeded() -> Any:
+        db = mongomock.MongoClient(tz_aware=True)["main"]
+        db.tasks.insert_many([ai_runner(f"r{n}", ended=ended) for n in range(3)])
+        return db
+
+    def run(db: Any) -> Any:
+        return run_chore(db, now=NOW, registry=registry, settings=config)
+
+    recorder = Recorder()
+    run(DatabaseProxy(seeded(), around=recorder))
+    assert "billing_invoices.bulk_write" in recorder.calls
+    for k in range(1, len(recorder.calls) + 1):
+        db = seeded()
+        lock, pause = threading.Lock(), PauseAt(k)
+
+        def meanwhile(db: Any = db, lock: threading.Lock = lock) -> None:
+            db.tasks.insert_many([ai_runner(f"late{n}", ended=ended) for n in range(2)])
+            run(DatabaseProxy(db, lock=lock))
+
+        paused = DatabaseProxy(db, around=pause, lock=lock)
+        where = (k, recorder.calls[k - 1])
+        assert pause_at(functools.partial(run, paused), pause, meanwhile) is None, where
+        run(db)  # the settle production would do next
+        draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+        assert (draft["runs"], draft["entries"]) == (5, 5), where
+        assert sum(line["tokens"] for line in draft["lines"]) == 5_000, where
+        assert Pipeline(db, config, registry).invoices.check_drafts({("acme", "2026-11")}) == []
+
+
+def test_late_usage_swept_into_a_draft_too_large_keeps_a_mark_until_it_is_billed(
+    db, settings, registry, monkeypatch
+):
+    """Runners of a final September land after it was frozen: the run sweeps them late
+    into October, whose draft they make too large for a document. The run says so, keeps
+    a mark of October (September's is done), and every later run says so again until the
+    draft fits; then October holds every late runner."""
+    sept_9, oct_5 = datetime(2026, 9, 9, tzinfo=UTC), datetime(2026, 10, 5, tzinfo=UTC)
+    db.tasks.insert_one(ai_runner("s-0", ended=sept_9))
+    run_chore(db, now=sept_9 + timedelta(hours=1), settings=settings, registry=registry)
+    assert finalize_invoices(db, now=oct_5, settings=settings) == ["acme:2026-09"]
+    db.tasks.insert_many(
+        [ai_runner(f"late-{n}", ended=sept_9, model=f"m-{n:04d}") for n in range(80)]
+    )
+    monkeypatch.setattr(invoices, "MAX_DRAFT_BYTES", 20_000)
+    for minutes in (0, 5):
+        with pytest.raises(InvoiceTooLarge, match="'acme' for 2026-10"):
+            run_chore(
+                db, now=oct_5 + timedelta(minutes=minutes), settings=settings, registry=registry
+            )
+        assert db.billing_dirty.count_documents({"org": "acme", "period": "2026-10"}) == 1
+        assert db.billing_dirty.count_documents({"org": "acme", "period": "2026-09"}) == 0
+    monkeypatch.setattr(invoices, "MAX_DRAFT_BYTES", 16 * 1024 * 1024 - 64 * 1024)
+    run_chore(db, now=oct_5 + timedelta(minutes=10), settings=settings, registry=registry)
+    october = db.billing_invoices.find_one({"_id": "acme:2026-10"})
+    assert (october["runs"], october["entries"]) == (80, 80)
+    assert db.billing_dirty.count_documents({}) == 0
+
+
+def test_a_draft_frozen_under_a_runs_feet_has_the_runs_usage_billed_late_by_that_run(
+    db, settings, registry, monkeypatch
+):
+    """design.md: a draft finalized under our feet, sweep it, then its target. A finalize
+    took its token and stamped October's entries, then paused before its freeze; a run
+    metered a runner of October (unstamped: after the stamps) and swept October (a draft
+    then); the finalize froze it before the run's build and died before its own sweep.
+    The run's build finds October final: the same run moves its entry late into November
+    and bills it there, and the ledger has no entry left on no invoice."""
+
+    class Died(Exception):
+        pass
+
+    oct_20, nov_1 = datetime(2026, 10, 20, tzinfo=UTC), datetime(2026, 11, 1, 5, tzinfo=UTC)
+    db.tasks.insert_one(ai_runner("early", ended=oct_20))
+    run_chore(db, now=oct_20 + timedelta(hours=1), settings=settings, registry=registry)
+    db.tasks.insert_one(ai_runner("last", ended=nov_1 - timedelta(hours=6)))  # October 31
+
+    at_freeze, released = threading.Event(), threading.Event()
+
+    def freeze_then_die(collection: str, method: str, perform: Any) -> Any:
+        if released.is_set():
+            raise Died(f"after its freeze, at {collection}.{method}")
+        if (collection, method) == ("billing_invoices", "update_one"):
+            at_freeze.set()
+            assert released.wait(30)
+            return perform()
+        return perform()
+
+    def finalize() -> None:
+        with contextlib.suppress(Died):  # dies after its freeze, before its own sweep
+            finalize_invoices(
+                DatabaseProxy(db, around=freeze_then_die),
+                now=nov_1,
+                grace=timedelta(0),
+                settings=settings,
+            )
+
+    finalizing = threading.Thread(target=finalize, daemon=True)
+    finalizing.start()
+    assert at_freeze.wait(30)
+    rebuild = invoices.Invoices.rebuild
+
+    def frozen_first(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not released.is_set():
+            released.set()
+            finalizing.join(30)
+        return rebuild(self, *args, **kwargs)
+
+    monkeypatch.setattr(invoices.Invoices, "rebuild", frozen_first)
+    run_chore(db, now=nov_1, settings=settings, registry=registry)
+    assert not finalizing.is_alive()
+
+    october = db.billing_invoices.find_one({"_id": "acme:2026-10"})
+    assert (october["status"], october["runs"]) == ("final", 1)
+    november = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert november is not None and (november["runs"], november["entries"]) == (1, 1)
+    assert [line["late"] for line in november["lines"]] == [True]
+    assert db.billing_ledger.count_documents({"booked": "2026-10", "fence": None}) == 0
