@@ -18,18 +18,11 @@ def invoke(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def _billed(env_db, fixture_docs):
-    env_db.tasks.insert_many(fixture_docs["tasks"])
-    env_db.findings.insert_many(fixture_docs["findings"])
-    assert invoke("run", "--all", *NOW_ARG).exit_code == 0
-
-
 def test_reconcile_of_an_invoice_priced_with_todays_registry_says_nothing_of_registries(
-    env_db, fixture_docs
+    metered_env_db,
 ):
     """The paragraph on another registry version is for an invoice priced with another one:
     said of every invoice, it would tell an operator to distrust amounts that are right."""
-    _billed(env_db, fixture_docs)
     result = invoke("reconcile", "--org", "ws-acme", "--period", "2026-11", *NOW_ARG)
     assert result.exit_code == 0, result.output
     assert "reconciled" in result.output
@@ -50,20 +43,18 @@ def test_reconcile_needs_an_org(env_db):
     assert "Missing option '--org'" in result.output
 
 
-def test_reconcile_refuses_an_empty_org_as_such(env_db, fixture_docs):
+def test_reconcile_refuses_an_empty_org_as_such(metered_env_db):
     """An empty `--org` is refused as an org id, as every command does, not looked up as
     an invoice `:2026-11` that is missing."""
-    _billed(env_db, fixture_docs)
     result = invoke("reconcile", "--org", "", "--period", "2026-11", *NOW_ARG)
     assert result.exit_code == 1, result.output
     assert "org must be a non-empty string" in result.output
     assert "no invoice" not in result.output
 
 
-def test_finalize_of_a_known_org_with_none_due_adds_no_note(env_db, fixture_docs):
+def test_finalize_of_a_known_org_with_none_due_adds_no_note(metered_env_db):
     """The note after `finalize --org ORG` that finalized nothing is for an org the billing
     does not know (a typo): of a billed org it would be `note: None`."""
-    _billed(env_db, fixture_docs)
     result = invoke("finalize", "--org", "ws-acme", *NOW_ARG)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("finalized 0 invoices (none due")

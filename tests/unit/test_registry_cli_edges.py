@@ -182,15 +182,22 @@ def test_import_litellm_to_stdout_keeps_its_notes_on_stderr(tmp_path):
     assert "note" not in result.stdout and "left out" not in result.stdout
 
 
-def test_import_litellm_with_out_says_what_it_wrote_on_stderr(tmp_path):
+def _import_over(tmp_path, first_priced: str):
+    """`import-litellm --out` over a registry pricing `model-0` from `first_priced`, the
+    import's prices valid from 2026-11-01: the path written and the command's result."""
     out = tmp_path / "registry.yaml"
     out.write_text(
         'version: "old"\nmodels:\n- id: model-0\n  tier: paid\n  prices:\n'
-        '  - {valid_from: "2024-05-13", input: "2.5", output: "10"}\n'
+        f'  - {{valid_from: "{first_priced}", input: "2.5", output: "10"}}\n'
     )
     args = ["registry", "import-litellm", str(_litellm_map(tmp_path)), "--out", str(out)]
     result = CliRunner().invoke(main, [*args, "--valid-from", "2026-11-01"])
     assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_import_litellm_with_out_says_what_it_wrote_on_stderr(tmp_path):
+    out, result = _import_over(tmp_path, "2024-05-13")
     assert result.stdout == ""
     assert f"wrote 3 models to {out}" in result.stderr
     assert "note: the registry replaced priced 1 model before 2026-11-01" in result.stderr
@@ -199,14 +206,7 @@ def test_import_litellm_with_out_says_what_it_wrote_on_stderr(tmp_path):
 def test_import_litellm_over_a_model_first_priced_that_very_day_adds_no_note(tmp_path):
     """Usage before `--valid-from` loses its price only for a model priced before that day:
     one first priced on it loses nothing."""
-    out = tmp_path / "registry.yaml"
-    out.write_text(
-        'version: "old"\nmodels:\n- id: model-0\n  tier: paid\n  prices:\n'
-        '  - {valid_from: "2026-11-01", input: "2.5", output: "10"}\n'
-    )
-    args = ["registry", "import-litellm", str(_litellm_map(tmp_path)), "--out", str(out)]
-    result = CliRunner().invoke(main, [*args, "--valid-from", "2026-11-01"])
-    assert result.exit_code == 0, result.output
+    _, result = _import_over(tmp_path, "2026-11-01")
     assert "note:" not in result.output
 
 
