@@ -22,12 +22,18 @@ REGISTRY = (
 )
 
 
-def test_registry_list_shows_each_models_prices_of_the_day_under_their_headers(tmp_path):
+def _listed(tmp_path, columns: int):
+    """`registry list` of REGISTRY on 2026-07-01, on a terminal `columns` wide."""
     path = tmp_path / "registry.yaml"
     path.write_text(REGISTRY, encoding="utf-8")
     listed = ["registry", "list", str(path), "--now", "2026-07-01T00:00:00+00:00"]
-    result = CliRunner(env={"COLUMNS": "200"}).invoke(main, listed)
+    result = CliRunner(env={"COLUMNS": str(columns)}).invoke(main, listed)
     assert result.exit_code == 0, result.output
+    return result
+
+
+def test_registry_list_shows_each_models_prices_of_the_day_under_their_headers(tmp_path):
+    result = _listed(tmp_path, 200)
     lines = result.stdout.splitlines()
     assert lines[0].strip() == "Model registry 7 (2 models)"
     assert lines[1].split() == [
@@ -227,9 +233,5 @@ def test_import_litellm_names_up_to_three_models_a_note_is_about(tmp_path):
 
 
 def test_registry_list_on_a_narrow_terminal_keeps_each_date_whole(tmp_path):
-    path = tmp_path / "registry.yaml"
-    path.write_text(REGISTRY, encoding="utf-8")
-    listed = ["registry", "list", str(path), "--now", "2026-07-01T00:00:00+00:00"]
-    result = CliRunner(env={"COLUMNS": "50"}).invoke(main, listed)
-    assert result.exit_code == 0, result.output
+    result = _listed(tmp_path, 50)
     assert "2026-06-01" in result.stdout and "2025-01-01" in result.stdout
