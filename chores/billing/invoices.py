@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import bson
 from pydantic import TypeAdapter
+from pymongo import DESCENDING
 from typing_extensions import TypedDict
 
 from chores.billing.drafts import TOKEN_FIELDS, DraftSums, LedgerUsage, has_usage
@@ -612,12 +613,32 @@ class Invoices:
     def _ticket(self) -> int:
         """The next draft-build ticket (one round trip per build pass, whatever its size).
         Only a whole number is incremented: a value edited to text, null or a double (as
-        a shell writes numbers) is refused, never bumped (`upsert_as_written`)."""
+        a shell writes numbers) is refused, never bumped (`upsert_as_written`).
+
+        A counter that starts again at 1 (its document removed by hand) would hand out
+        tickets that stored drafts already hold, and a pass would skip those drafts as
+        built after it, their new usage left off until a full pass: a new counter first
+        goes past the highest ticket stored (two round trips more, only then)."""
+        ticket = self._counter({"$inc": {"value": 1}})
+        if ticket == 1:  # the first build of this database, or a counter started again
+            stored = self._c.invoices.find_one(
+                {"build_ticket": {"$type": "number"}},
+                {"build_ticket": 1},
+                sort=[("build_ticket", DESCENDING)],
+            )
+            highest = stored and stored["build_ticket"]
+            if type(highest) is int and highest >= ticket:  # not a list edited by hand
+                self._counter({"$max": {"value": highest}})
+                ticket = self._counter({"$inc": {"value": 1}})
+        return ticket
+
+    def _counter(self, update: Doc) -> int:
+        """The draft-build counter's value after `update`."""
         counter = upsert_as_written(
             self._c.counters,
             "draft_builds",
             _WHOLE_NUMBER,
-            {"$inc": {"value": 1}},
+            update,
             shape=_COUNTER,
             remedy=_SET_COUNTER,
         )

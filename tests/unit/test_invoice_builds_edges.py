@@ -225,3 +225,21 @@ def test_a_draft_frozen_under_a_runs_feet_has_the_runs_usage_billed_late_by_that
     assert november is not None and (november["runs"], november["entries"]) == (1, 1)
     assert [line["late"] for line in november["lines"]] == [True]
     assert db.billing_ledger.count_documents({"booked": "2026-10", "fence": None}) == 0
+
+
+def test_new_usage_is_billed_after_the_build_counter_was_removed(db, settings, registry):
+    """`billing_counters`' `draft_builds` removed by hand: the counter starts again past the
+    highest ticket a draft holds, so the next run does not take the draft for one built
+    after it (skipped, its marks closed, its new usage left off until a full pass)."""
+    ended = NOW - timedelta(hours=3)
+    db.tasks.insert_one(ai_runner("r0", ended=ended))
+    run_chore(db, now=NOW, settings=settings, registry=registry)
+    held = db.billing_invoices.find_one({"_id": "acme:2026-11"})["build_ticket"]
+    db.billing_counters.delete_many({})
+    db.tasks.insert_one(ai_runner("r1", ended=ended))
+    run_chore(db, now=NOW + timedelta(hours=1), settings=settings, registry=registry)
+    draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert (draft["runs"], sum(line["tokens"] for line in draft["lines"])) == (2, 2_000)
+    assert draft["build_ticket"] > held
+    assert db.billing_counters.find_one({"_id": "draft_builds"})["value"] == draft["build_ticket"]
+    assert db.billing_dirty.count_documents({}) == 0
