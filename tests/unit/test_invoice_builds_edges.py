@@ -232,14 +232,16 @@ def test_new_usage_is_billed_after_the_build_counter_was_removed(db, settings, r
     highest ticket a draft holds, so the next run does not take the draft for one built
     after it (skipped, its marks closed, its new usage left off until a full pass)."""
     ended = NOW - timedelta(hours=3)
-    db.tasks.insert_one(ai_runner("r0", ended=ended))
-    run_chore(db, now=NOW, settings=settings, registry=registry)
+    for n in range(3):
+        db.tasks.insert_one(ai_runner(f"r{n}", ended=ended))
+        run_chore(db, now=NOW + timedelta(minutes=n), settings=settings, registry=registry)
     held = db.billing_invoices.find_one({"_id": "acme:2026-11"})["build_ticket"]
+    assert held > 2
     db.billing_counters.delete_many({})
-    db.tasks.insert_one(ai_runner("r1", ended=ended))
+    db.tasks.insert_one(ai_runner("r3", ended=ended))
     run_chore(db, now=NOW + timedelta(hours=1), settings=settings, registry=registry)
     draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
-    assert (draft["runs"], sum(line["tokens"] for line in draft["lines"])) == (2, 2_000)
+    assert (draft["runs"], sum(line["tokens"] for line in draft["lines"])) == (4, 4_000)
     assert draft["build_ticket"] > held
     assert db.billing_counters.find_one({"_id": "draft_builds"})["value"] == draft["build_ticket"]
     assert db.billing_dirty.count_documents({}) == 0
