@@ -645,6 +645,29 @@ def test_a_hostile_file_is_one_registry_error_not_a_hang_or_a_crash(
     assert "\n" not in str(raised.value) and len(str(raised.value)) < 2_000
 
 
+def test_a_merge_key_bomb_checks_each_mapping_once(tmp_path: Path, monkeypatch) -> None:
+    """A registry path is configurable: MERGE_BOMB's 590 bytes must not hold the worker for
+    minutes. Its keys given twice are checked once per mapping node, not once per merge
+    (about 10^8 at this depth): the checks are counted, and stopped at a bound far above
+    the first and far below the second (found untested by mutation testing, stop 56)."""
+    from pricing._load import _RegistryLoader
+
+    check = _RegistryLoader._refuse_keys_given_twice
+    calls = [0]
+
+    def counted(self: Any, node: Any, deep: bool) -> None:
+        calls[0] += 1
+        assert calls[0] <= 1_000, "each merged-in mapping is checked again at every merge"
+        check(self, node, deep)
+
+    monkeypatch.setattr(_RegistryLoader, "_refuse_keys_given_twice", counted)
+    path = tmp_path / "merge.yaml"
+    path.write_text(MERGE_BOMB, encoding="utf-8")
+    with pytest.raises(RegistryError, match="unknown key 'extra'"):
+        load_registry(path)
+    assert 9 <= calls[0] <= 1_000  # the nine mappings, each at least once
+
+
 def test_a_registry_file_too_large_to_be_one_is_refused_before_it_is_read(tmp_path: Path) -> None:
     path = tmp_path / "huge.yaml"
     with path.open("wb") as out:
