@@ -618,7 +618,8 @@ class Invoices:
         A counter that starts again at 1 (its document removed by hand) would hand out
         tickets that stored drafts already hold, and a pass would skip those drafts as
         built after it, their new usage left off until a full pass: a new counter first
-        goes past the highest ticket stored (two round trips more, only then)."""
+        goes past the highest ticket stored (a read, and two writes when a draft holds a
+        ticket: only for a new counter)."""
         ticket = self._counter({"$inc": {"value": 1}})
         if ticket == 1:  # the first build of this database, or a counter started again
             stored = self._c.invoices.find_one(
