@@ -4,6 +4,7 @@ testing (stop 56)."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 from click.testing import CliRunner
 
@@ -119,3 +120,21 @@ def test_a_mismatch_on_a_narrow_terminal_keeps_its_verdict_tier_and_date_whole(
         assert line["tier"] in result.stdout
         if line["price_valid_from"]:
             assert line["price_valid_from"] in result.stdout
+
+
+def test_reconcile_re_derives_the_source_as_of_its_now(metered_env_db):
+    """`--now` is the moment the source is re-derived at, as for `chore run`: a day before
+    the period's runners ended, their usage is still to come (held as `future_end_time`),
+    so the invoice that billed it does not reconcile (exit 4); at NOW it does."""
+    ended = [
+        doc["end_time"]
+        for doc in metered_env_db.tasks.find({"context.workspace_id": "ws-acme"})
+        if doc.get("end_time")
+    ]
+    before = min(ended) - timedelta(days=1)
+    early = invoke(
+        "reconcile", "--org", "ws-acme", "--period", "2026-11", "--now", before.isoformat()
+    )
+    assert early.exit_code == 4, early.output
+    assert "MISMATCH" in early.output
+    assert invoke("reconcile", "--org", "ws-acme", "--period", "2026-11", *NOW_ARG).exit_code == 0
