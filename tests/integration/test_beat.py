@@ -34,7 +34,7 @@ from chores.service.beat import (
 )
 from chores.service.config import DEFAULT_QUEUE
 
-from support import closed_port, flushed_redis_db
+from support import closed_port, dies_with_the_tests, flushed_redis_db
 
 EVERY = 1  # METER_EVERY_SECONDS of the beats under test: a tick a second, 1 s loop, 5 s lock
 
@@ -71,6 +71,7 @@ class Beat:
                 stdout=out,
                 stderr=out,
                 start_new_session=True,  # its own process group: killed whole at the end
+                preexec_fn=dies_with_the_tests,
             )
         self.pid = self.process.pid
 
@@ -217,7 +218,13 @@ def test_a_beat_stopped_by_its_redis_logs_it_in_two_json_lines_without_the_passw
     }
     command = [sys.executable, "-m", "celery", "-A", "chores.celery_app", "beat"]
     beat = subprocess.Popen(
-        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=dies_with_the_tests,
     )
     client = redis.Redis(port=port, password="s3cr3t-pw")
     wait_for(lambda: client.llen(DEFAULT_QUEUE) > 0, 60)  # it ticks: Redis goes away now

@@ -51,7 +51,7 @@ from chores.demo.corpus import generate_corpus
 from chores.service.checks import redis_problem
 from chores.service.config import DEFAULT_QUEUE, FULL_QUEUE, celery_config
 
-from support import QUICK_RETRY_DELAY, closed_port
+from support import QUICK_RETRY_DELAY, closed_port, dies_with_the_tests
 from support.dbproxy import WRITES, DatabaseProxy
 from support.fake_mongod import SilentMongod
 
@@ -455,7 +455,12 @@ def test_a_worker_killed_mid_run_has_its_message_redelivered_and_it_bills_once(
         "--without-heartbeat",
     ]
     with subprocess.Popen(
-        command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=dies_with_the_tests,
     ) as doomed:
         try:
             wait_for(lambda: locks.exists(lock_key) == 1, 30)  # its run has begun
@@ -517,6 +522,39 @@ def parent_of(pid: int) -> int:
         return int(stat.read().rsplit(")", 1)[1].split()[1])
 
 
+def running(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_worker_started_by_a_test_dies_with_the_test_process():
+    """A test run killed mid-way leaves no worker behind to consume the next run's messages:
+    `dies_with_the_tests` has the kernel kill it with the process that started it, even in
+    a session of its own (as the tests start workers, to kill them whole)."""
+    starts_a_sleeper = (
+        "import subprocess, sys, time\n"
+        "from support import dies_with_the_tests\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],\n"
+        "    start_new_session=True, preexec_fn=dies_with_the_tests)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    tests = os.path.join(os.path.dirname(__file__), os.pardir)
+    env = {**os.environ, "PYTHONPATH": tests}
+    with subprocess.Popen(
+        [sys.executable, "-c", starts_a_sleeper], env=env, stdout=subprocess.PIPE, text=True
+    ) as parent:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert running(child)
+        parent.kill()  # SIGKILL, as a test process killed mid-way: no `finally` runs
+    wait_for(lambda: not running(child), 10)
+
+
 def prefork_worker(service: Any, mongo: SilentMongod, cwd: Any, *, stderr: Any) -> Any:
     """A real prefork worker (one pool process) whose runs connect to `mongo` and wait
     there for a minute; in its own process group, so that a test kills it whole. A run
@@ -541,6 +579,7 @@ def prefork_worker(service: Any, mongo: SilentMongod, cwd: Any, *, stderr: Any) 
         stdout=subprocess.DEVNULL,
         stderr=stderr,
         start_new_session=True,
+        preexec_fn=dies_with_the_tests,
     )
 
 
@@ -653,7 +692,13 @@ def test_a_worker_sigtermed_mid_run_finishes_it_or_has_it_redelivered_and_it_bil
     command = [sys.executable, helper, str(seed), str(dump), "0.3", pinned_wall_clock.isoformat()]
     with open(log, "w") as out:
         worker = subprocess.Popen(
-            command, env=env, cwd=tmp_path, stdout=out, stderr=out, start_new_session=True
+            command,
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            preexec_fn=dies_with_the_tests,
         )
     try:
         holder = f"{first.id}@".encode()

@@ -190,6 +190,18 @@ def invoke_with_env(monkeypatch: Any, args: list[str], **env: str) -> Any:
 QUICK_RETRY_DELAY = 1
 
 
+def dies_with_the_tests() -> None:
+    """`preexec_fn` of a service process a test starts (a worker, beat): the kernel kills it
+    when the test process dies (Linux's PR_SET_PDEATHSIG), so a test run killed mid-way
+    (`pkill`, SIGTERM: no `finally` runs) leaves no worker consuming the test broker's queue,
+    to take the next run's messages (stops 43 and 55 saw that)."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def closed_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
     with socket.socket() as sock:
