@@ -39,6 +39,7 @@ from chores.core.documents import (
     Integer,
     Period,
     Text,
+    check_shape,
     holds,
     past_int64,
 )
@@ -470,6 +471,7 @@ class Invoices:
         sums = {pair: DraftSums() for pair in pairs}
         for doc in found:
             sums[ids[doc["_id"]]] = DraftSums.of(doc)
+        ticket = self._past_a_set_back_counter(ticket, (held.ticket for held in sums.values()))
         # Final: not ours to build (the settle sweeps it). Built on a later ticket: that
         # build read the ledger after ours would have, and left nothing for us.
         live = {
@@ -613,25 +615,36 @@ class Invoices:
     def _ticket(self) -> int:
         """The next draft-build ticket (one round trip per build pass, whatever its size).
         Only a whole number is incremented: a value edited to text, null or a double (as
-        a shell writes numbers) is refused, never bumped (`upsert_as_written`).
+        a shell writes numbers) is refused, never bumped (`upsert_as_written`)."""
+        return self._counter({"$inc": {"value": 1}})
 
-        A counter that starts again at 1 (its document removed by hand) would hand out
-        tickets that stored drafts already hold, and a pass would skip those drafts as
-        built after it, their new usage left off until a full pass: a new counter first
-        goes past the highest ticket stored (a read, and two writes when a draft holds a
-        ticket: only for a new counter)."""
-        ticket = self._counter({"$inc": {"value": 1}})
-        if ticket == 1:  # the first build of this database, or a counter started again
-            stored = self._c.invoices.find_one(
-                {"build_ticket": {"$type": "number"}},
-                {"build_ticket": 1},
-                sort=[("build_ticket", DESCENDING)],
-            )
-            highest = stored and stored["build_ticket"]
-            if type(highest) is int and highest >= ticket:  # not a list edited by hand
-                self._counter({"$max": {"value": highest}})
-                ticket = self._counter({"$inc": {"value": 1}})
-        return ticket
+    def _past_a_set_back_counter(self, ticket: int, read: Iterable[int | None]) -> int:
+        """`ticket`, or a new one when a draft read holds a ticket the counter did not hand
+        out after it: the counter was set back by hand (its document removed, its value
+        lowered), and this pass would skip those drafts as built after it, their new usage
+        left off until a full pass. The counter then first goes past the highest ticket
+        stored.
+
+        Free unless a draft read holds `ticket` or a later one: then one read of the
+        counter (tickets handed out after `ticket` are builds beside this one, rightly
+        skipped), and when it was set back, one read and two writes."""
+        later = [held for held in read if held is not None and held >= ticket]
+        if not later:
+            return ticket
+        counter = self._c.counters.find_one({"_id": "draft_builds"}) or {"value": 0}
+        check_shape(_COUNTER, counter, collection=self._c.counters.name, remedy=_SET_COUNTER)
+        if ticket not in later and max(later) <= counter["value"]:
+            return ticket
+        stored = self._c.invoices.find_one(
+            {"build_ticket": {"$type": "number"}},
+            {"build_ticket": 1},
+            sort=[("build_ticket", DESCENDING)],
+        )
+        highest = stored["build_ticket"] if stored else max(later)
+        if type(highest) is not int:  # not a list or a double edited by hand
+            highest = max(later)
+        self._counter({"$max": {"value": highest}})
+        return self._ticket()
 
     def _counter(self, update: Doc) -> int:
         """The draft-build counter's value after `update`."""

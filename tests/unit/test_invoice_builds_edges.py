@@ -245,3 +245,71 @@ def test_new_usage_is_billed_after_the_build_counter_was_removed(db, settings, r
     assert draft["build_ticket"] > held
     assert db.billing_counters.find_one({"_id": "draft_builds"})["value"] == draft["build_ticket"]
     assert db.billing_dirty.count_documents({}) == 0
+
+
+@pytest.mark.parametrize("below", [None, 1], ids=["to-1", "to-the-drafts-own-ticket"])
+def test_new_usage_is_billed_after_the_build_counter_was_set_back(db, settings, registry, below):
+    """`draft_builds` lowered by hand below the tickets drafts hold (to 1, or to one below
+    the draft's own, so that the next build takes the very ticket the draft holds): the
+    next run does not take the draft for one built after it, and bills the new usage at
+    once; the counter goes past every ticket stored, the other org's too."""
+    ended = NOW - timedelta(hours=3)
+    for n in range(3):
+        db.tasks.insert_one(ai_runner(f"r{n}", ended=ended))
+        run_chore(db, now=NOW + timedelta(minutes=n), settings=settings, registry=registry)
+    db.tasks.insert_one(ai_runner("other", ended=ended, org="globex"))
+    run_chore(db, now=NOW + timedelta(minutes=5), settings=settings, registry=registry)
+    acme = db.billing_invoices.find_one({"_id": "acme:2026-11"})["build_ticket"]
+    highest = db.billing_invoices.find_one({"_id": "globex:2026-11"})["build_ticket"]
+    assert highest > acme > 2
+    set_to = 1 if below is None else acme - below
+    db.billing_counters.update_one({"_id": "draft_builds"}, {"$set": {"value": set_to}})
+    db.tasks.insert_one(ai_runner("r3", ended=ended))
+    run_chore(db, now=NOW + timedelta(hours=1), settings=settings, registry=registry)
+    draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert (draft["runs"], sum(line["tokens"] for line in draft["lines"])) == (4, 4_000)
+    assert draft["build_ticket"] > highest
+    assert db.billing_counters.find_one({"_id": "draft_builds"})["value"] == draft["build_ticket"]
+    assert db.billing_dirty.count_documents({}) == 0
+
+
+def test_a_pass_that_finds_its_draft_built_by_a_later_build_takes_no_new_ticket(registry):
+    """Only a counter set back is gone past: a pass paused after taking its ticket while
+    another run (no lock) builds the same draft on a later ticket reads the counter once,
+    sees that ticket handed out after its own, and skips the draft as built after it, as
+    before, with no ticket more than a run alone takes; the draft holds every entry once."""
+    config = Settings(mongo_url="mongomock://races", batch_size=20, redis_url=None)
+    ended = NOW - timedelta(hours=3)
+
+    def run(db: Any) -> Any:
+        return run_chore(db, now=NOW + timedelta(hours=1), registry=registry, settings=config)
+
+    def seeded() -> Any:
+        db = mongomock.MongoClient(tz_aware=True)["main"]
+        db.tasks.insert_many([ai_runner(f"r{n}", ended=ended) for n in range(3)])
+        run_chore(db, now=NOW, registry=registry, settings=config)
+        db.tasks.insert_one(ai_runner("r3", ended=ended))
+        return db
+
+    alone = Recorder()
+    run(DatabaseProxy(seeded(), around=alone))
+    ticket = alone.calls.index("billing_counters.find_one_and_update")
+    draft_read = alone.calls.index("billing_invoices.find", ticket) + 1  # 1-based, as PauseAt
+    db = seeded()
+    lock, pause, paused_calls = threading.Lock(), PauseAt(draft_read), Recorder()
+
+    def around(collection: str, method: str, perform: Any) -> Any:
+        return pause(collection, method, lambda: paused_calls(collection, method, perform))
+
+    def meanwhile() -> None:
+        run(DatabaseProxy(db, lock=lock))
+
+    assert (
+        pause_at(lambda: run(DatabaseProxy(db, around=around, lock=lock)), pause, meanwhile) is None
+    )
+    tickets = [c for c in paused_calls.calls if c == "billing_counters.find_one_and_update"]
+    assert len(tickets) == alone.calls.count("billing_counters.find_one_and_update") == 1
+    assert paused_calls.calls.count("billing_counters.find_one") == 1  # the counter read once
+    draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert (draft["runs"], draft["entries"]) == (4, 4)
+    assert sum(line["tokens"] for line in draft["lines"]) == 4_000
