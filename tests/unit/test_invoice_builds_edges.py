@@ -227,32 +227,13 @@ def test_a_draft_frozen_under_a_runs_feet_has_the_runs_usage_billed_late_by_that
     assert db.billing_ledger.count_documents({"booked": "2026-10", "fence": None}) == 0
 
 
-def test_new_usage_is_billed_after_the_build_counter_was_removed(db, settings, registry):
-    """`billing_counters`' `draft_builds` removed by hand: the counter starts again past the
-    highest ticket a draft holds, so the next run does not take the draft for one built
-    after it (skipped, its marks closed, its new usage left off until a full pass)."""
-    ended = NOW - timedelta(hours=3)
-    for n in range(3):
-        db.tasks.insert_one(ai_runner(f"r{n}", ended=ended))
-        run_chore(db, now=NOW + timedelta(minutes=n), settings=settings, registry=registry)
-    held = db.billing_invoices.find_one({"_id": "acme:2026-11"})["build_ticket"]
-    assert held > 2
-    db.billing_counters.delete_many({})
-    db.tasks.insert_one(ai_runner("r3", ended=ended))
-    run_chore(db, now=NOW + timedelta(hours=1), settings=settings, registry=registry)
-    draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
-    assert (draft["runs"], sum(line["tokens"] for line in draft["lines"])) == (4, 4_000)
-    assert draft["build_ticket"] > held
-    assert db.billing_counters.find_one({"_id": "draft_builds"})["value"] == draft["build_ticket"]
-    assert db.billing_dirty.count_documents({}) == 0
-
-
-@pytest.mark.parametrize("below", [None, 1], ids=["to-1", "to-the-drafts-own-ticket"])
-def test_new_usage_is_billed_after_the_build_counter_was_set_back(db, settings, registry, below):
-    """`draft_builds` lowered by hand below the tickets drafts hold (to 1, or to one below
-    the draft's own, so that the next build takes the very ticket the draft holds): the
-    next run does not take the draft for one built after it, and bills the new usage at
-    once; the counter goes past every ticket stored, the other org's too."""
+@pytest.mark.parametrize("how", ["removed", "set-to-1", "set-below-the-drafts-own-ticket"])
+def test_new_usage_is_billed_after_the_build_counter_was_set_back(db, settings, registry, how):
+    """`billing_counters`' `draft_builds` set back by hand below the tickets drafts hold
+    (removed, set to 1, or to one below the draft's own, so that the next build takes the
+    very ticket the draft holds): the next run does not take the draft for one built after
+    it (skipped, its marks closed, its new usage left off until a full pass) and bills the
+    new usage at once; the counter goes past every ticket stored, the other org's too."""
     ended = NOW - timedelta(hours=3)
     for n in range(3):
         db.tasks.insert_one(ai_runner(f"r{n}", ended=ended))
@@ -262,8 +243,11 @@ def test_new_usage_is_billed_after_the_build_counter_was_set_back(db, settings, 
     acme = db.billing_invoices.find_one({"_id": "acme:2026-11"})["build_ticket"]
     highest = db.billing_invoices.find_one({"_id": "globex:2026-11"})["build_ticket"]
     assert highest > acme > 2
-    set_to = 1 if below is None else acme - below
-    db.billing_counters.update_one({"_id": "draft_builds"}, {"$set": {"value": set_to}})
+    if how == "removed":
+        db.billing_counters.delete_many({})
+    else:
+        set_to = 1 if how == "set-to-1" else acme - 1
+        db.billing_counters.update_one({"_id": "draft_builds"}, {"$set": {"value": set_to}})
     db.tasks.insert_one(ai_runner("r3", ended=ended))
     run_chore(db, now=NOW + timedelta(hours=1), settings=settings, registry=registry)
     draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
