@@ -41,6 +41,8 @@ from chores.core.documents import (
     Text,
     check_shape,
     holds,
+    invoice_remedy,
+    not_as_written,
     past_int64,
 )
 from chores.core.exceptions import InvoiceTooLarge
@@ -94,7 +96,11 @@ _WHOLE_NUMBER: Doc = {
     "$or": [{"value": {"$type": "int"}}, {"value": {"$type": "long"}}],
     "value": {"$not": {"$type": "array"}},
 }
-_SET_COUNTER = "set its value to a whole number, at least the highest build_ticket of the invoices"
+_SET_COUNTER = "remove it: the next build starts it again past every build_ticket of the invoices"
+# Tickets a set-back counter (removed, or lowered by hand) may have handed out that runs
+# still hold: the counter goes this far past the highest stored. At one build a second,
+# 31 years of them.
+TICKETS_IN_FLIGHT = 1_000_000_000
 
 
 # What `$group` would skip in silence: counts that are not numbers, a runner id missing.
@@ -465,13 +471,10 @@ class Invoices:
         of `from_ledger` committed whose stored sums differed from their ledger). A draft
         of `optional` that is exact and has nothing new is left as it is."""
         ticket = self._ticket()
-        review = self._anomalies.open_periods(pairs)
-        ids = {f"{org}:{period}": (org, period) for org, period in pairs}
-        found = self._c.invoices.find({"_id": {"$in": sorted(ids)}}, {"lines": 0, "priced_with": 0})
-        sums = {pair: DraftSums() for pair in pairs}
-        for doc in found:
-            sums[ids[doc["_id"]]] = DraftSums.of(doc)
-        ticket = self._past_a_set_back_counter(ticket, (held.ticket for held in sums.values()))
+        review, sums = self._read_drafts(pairs)
+        if self._set_back(ticket, (held.ticket for held in sums.values())):
+            ticket = self._past_stored_tickets(ticket)
+            review, sums = self._read_drafts(pairs)  # read after the ticket, as always
         # Final: not ours to build (the settle sweeps it). Built on a later ticket: that
         # build read the ledger after ours would have, and left nothing for us.
         live = {
@@ -612,39 +615,69 @@ class Invoices:
             usage.update(self.ledger_usage(pairs, only=only))
         return usage
 
+    def _read_drafts(
+        self, pairs: set[tuple[str, str]]
+    ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], DraftSums]]:
+        """What a pass reads before the ledger: the pairs with open anomalies (to review),
+        and the stored drafts as sums (a pair without one: empty sums)."""
+        review = self._anomalies.open_periods(pairs)
+        ids = {f"{org}:{period}": (org, period) for org, period in pairs}
+        found = self._c.invoices.find({"_id": {"$in": sorted(ids)}}, {"lines": 0, "priced_with": 0})
+        sums = {pair: DraftSums() for pair in pairs}
+        for doc in found:
+            sums[ids[doc["_id"]]] = DraftSums.of(doc)
+        return review, sums
+
     def _ticket(self) -> int:
         """The next draft-build ticket (one round trip per build pass, whatever its size).
         Only a whole number is incremented: a value edited to text, null or a double (as
-        a shell writes numbers) is refused, never bumped (`upsert_as_written`)."""
-        return self._counter({"$inc": {"value": 1}})
+        a shell writes numbers) is refused, never bumped (`upsert_as_written`). A new
+        counter (the first build of this database, or its document removed by hand) first
+        goes past every ticket stored (`_past_stored_tickets`)."""
+        ticket = self._counter({"$inc": {"value": 1}})
+        return self._past_stored_tickets(ticket) if ticket == 1 else ticket
 
-    def _past_a_set_back_counter(self, ticket: int, read: Iterable[int | None]) -> int:
-        """`ticket`, or a new one when a draft read holds a ticket the counter did not hand
-        out after it: the counter was set back by hand (its document removed, its value
-        lowered), and this pass would skip those drafts as built after it, their new usage
-        left off until a full pass. The counter then first goes past the highest ticket
-        stored.
-
-        Free unless a draft read holds `ticket` or a later one: then one read of the
-        counter (tickets handed out after `ticket` are builds beside this one, rightly
-        skipped), and when it was set back, one read and two writes."""
+    def _set_back(self, ticket: int, read: Iterable[int | None]) -> bool:
+        """Whether a draft read holds a ticket the counter did not hand out after `ticket`:
+        `ticket` itself, or one above the counter's value. The counter was then set back by
+        hand, and this pass would skip those drafts as built after it, their new usage left
+        off until a full pass. Free unless a draft read holds `ticket` or a later one: then
+        one read of the counter (a later ticket it handed out is a build beside this one,
+        rightly skipped)."""
         later = [held for held in read if held is not None and held >= ticket]
         if not later:
-            return ticket
+            return False
         counter = self._c.counters.find_one({"_id": "draft_builds"}) or {"value": 0}
         check_shape(_COUNTER, counter, collection=self._c.counters.name, remedy=_SET_COUNTER)
-        if ticket not in later and max(later) <= counter["value"]:
-            return ticket
+        return ticket in later or max(later) > counter["value"]
+
+    def _past_stored_tickets(self, ticket: int) -> int:
+        """`ticket`, or when a draft holds it or a later one, a new ticket past every one
+        stored, with room for TICKETS_IN_FLIGHT more: those a set-back counter handed out
+        before and runs still hold, not written yet (never to be handed out again: a build
+        tells its own commit by its ticket). A read, and two writes when a draft holds
+        such a ticket. A ticket edited past what the counter can go beyond is refused,
+        naming its draft."""
         stored = self._c.invoices.find_one(
-            {"build_ticket": {"$type": "number"}},
-            {"build_ticket": 1},
+            {
+                "$or": [{"build_ticket": {"$type": "int"}}, {"build_ticket": {"$type": "long"}}],
+                "build_ticket": {"$not": {"$type": "array"}},  # `$type` matches one holding it
+            },
+            {"build_ticket": 1, "status": 1, "org": 1},
             sort=[("build_ticket", DESCENDING)],
         )
-        highest = stored["build_ticket"] if stored else max(later)
-        if type(highest) is not int:  # not a list or a double edited by hand
-            highest = max(later)
-        self._counter({"$max": {"value": highest}})
-        return self._ticket()
+        highest = int(stored["build_ticket"]) if stored is not None else 0
+        if stored is None or highest < ticket:
+            return ticket
+        if highest > MAX_INT64 - 2 * TICKETS_IN_FLIGHT:
+            raise not_as_written(
+                self._c.invoices.name,
+                stored["_id"],
+                f"build_ticket {highest:,} leaves the draft-build counter no room",
+                invoice_remedy(stored),
+            )
+        self._counter({"$max": {"value": highest + TICKETS_IN_FLIGHT}})
+        return self._counter({"$inc": {"value": 1}})
 
     def _counter(self, update: Doc) -> int:
         """The draft-build counter's value after `update`."""

@@ -11,10 +11,11 @@ from typing import Any
 
 import mongomock
 import pytest
+from bson.int64 import Int64
 
 from chores import Settings, finalize_invoices, run_chore
 from chores.billing import invoices
-from chores.core.exceptions import InvoiceTooLarge
+from chores.core.exceptions import InvoiceTooLarge, MalformedDocument
 from chores.run.pipeline import Pipeline
 
 from support import NOW, ai_runner
@@ -297,3 +298,176 @@ def test_a_pass_that_finds_its_draft_built_by_a_later_build_takes_no_new_ticket(
     draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
     assert (draft["runs"], draft["entries"]) == (4, 4)
     assert sum(line["tokens"] for line in draft["lines"]) == 4_000
+
+
+class Gate:
+    """An `around` hook that blocks before the first `collection.method` call until `go` is
+    set (`reached` set as it blocks); with `then_die`, every call after that one raises."""
+
+    def __init__(self, call: str, *, then_die: bool = False):
+        self.call, self.then_die = call, then_die
+        self.reached, self.go = threading.Event(), threading.Event()
+        self.passed = False
+
+    def __call__(self, collection: str, method: str, perform: Any) -> Any:
+        if self.passed and self.then_die:
+            raise ConnectionError(f"died before {collection}.{method}")
+        if f"{collection}.{method}" == self.call and not self.passed:
+            self.reached.set()
+            assert self.go.wait(60), "never released"
+            self.passed = True
+        return perform()
+
+
+def in_thread(operation: Any) -> threading.Thread:
+    def target() -> None:
+        with contextlib.suppress(ConnectionError):  # a run that dies, as planned
+            operation()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("set_back", ["lowered", "removed"])
+@pytest.mark.parametrize("order", ["in-flight-run-commits-first", "next-run-commits-and-dies"])
+def test_a_run_in_flight_while_the_counter_is_set_back_bills_each_entry_once(
+    registry, set_back, order
+):
+    """A run R holds its ticket, not yet written, when the counter is set back by hand; the
+    next run P finds the set-back and goes past every stored ticket: far enough past that
+    R's ticket is not handed out again (a build tells its own commit by its ticket). With
+    R's ticket reused, R would take P's commit for its own or P R's, and an entry was
+    flagged folded that the draft does not hold, or folded twice. Either order, P even
+    dying right after its commit: the draft holds each runner once."""
+    config = Settings(mongo_url="mongomock://set-back", batch_size=20, redis_url=None)
+    ended = NOW - timedelta(hours=3)
+    db = mongomock.MongoClient(tz_aware=True)["main"]
+    lock = threading.Lock()
+
+    def run(at: timedelta, around: Any = None) -> Any:
+        proxy = (
+            DatabaseProxy(db, lock=lock)
+            if around is None
+            else DatabaseProxy(db, around=around, lock=lock)
+        )
+        return run_chore(proxy, now=NOW + at, registry=registry, settings=config)
+
+    for n in range(3):
+        db.tasks.insert_one(ai_runner(f"r{n}", ended=ended))
+        run(timedelta(minutes=n))
+    db.tasks.insert_one(ai_runner("r3", ended=ended))
+    r_gate = Gate("billing_invoices.bulk_write")
+    r_run = in_thread(lambda: run(timedelta(hours=1), r_gate))
+    assert r_gate.reached.wait(60)  # R holds its ticket, its commit not made
+    if set_back == "removed":
+        db.billing_counters.delete_many({})
+    else:
+        db.billing_counters.update_one({"_id": "draft_builds"}, {"$set": {"value": 1}})
+    db.tasks.insert_one(ai_runner("r4", ended=ended))
+    p_gate = Gate("billing_invoices.bulk_write", then_die=order == "next-run-commits-and-dies")
+    p_run = in_thread(lambda: run(timedelta(hours=2), p_gate))
+    assert p_gate.reached.wait(60)
+    first, second = (r_gate, p_gate) if order == "in-flight-run-commits-first" else (p_gate, r_gate)
+    first.go.set()
+    (r_run if first is r_gate else p_run).join(60)
+    second.go.set()
+    r_run.join(60)
+    p_run.join(60)
+    run(timedelta(hours=3))  # what the next run settles (P's marks, when it died)
+
+    draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert (draft["runs"], draft["entries"]) == (5, 5)
+    assert sum(line["tokens"] for line in draft["lines"]) == 5_000
+    assert Pipeline(db, config, registry).invoices.check_drafts({("acme", "2026-11")}) == []
+
+
+def test_a_pass_that_went_past_a_set_back_counter_reads_the_anomalies_again(db, settings, registry):
+    """design.md: a pass takes its ticket before it reads the open anomalies and the
+    drafts. One that finds a set-back counter takes a new ticket after those reads, so it
+    reads them again: a pass S of another run, whose ticket lies between its two and whose
+    run recorded an anomaly on the month meanwhile, skips the draft as built after it, and
+    the draft must say that the month needs review."""
+    ended = NOW - timedelta(hours=3)
+    for n in range(5):
+        db.tasks.insert_one(ai_runner(f"r{n}", ended=ended))
+        run_chore(db, now=NOW + timedelta(minutes=n), settings=settings, registry=registry)
+    # Set back below the draft's ticket by more than two: P takes 2, S 3.
+    assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["build_ticket"] > 3
+    db.billing_counters.update_one({"_id": "draft_builds"}, {"$set": {"value": 1}})
+    pair, lock = ("acme", "2026-11"), threading.Lock()
+
+    def rebuild(gate: Gate) -> threading.Thread:
+        proxy = DatabaseProxy(db, around=gate, lock=lock)
+        invoices = Pipeline(proxy, settings, registry).invoices
+        return in_thread(lambda: invoices.rebuild({pair}, NOW + timedelta(hours=1)))
+
+    p_gate = Gate("billing_counters.find_one")  # P read the anomalies and the draft
+    p_pass = rebuild(p_gate)
+    assert p_gate.reached.wait(60)
+    db.billing_anomalies.insert_one(  # S's run records an anomaly on the month...
+        {
+            "_id": "a-1",
+            "runner_id": "r1",
+            "kind": "counter_reset",
+            "org": "acme",
+            "period": "2026-11",
+            "detail": "its counters went down",
+            "resolved": False,
+            "first_seen": NOW,
+            "run_id": "S",
+        }
+    )
+    s_gate = Gate("billing_invoices.find")  # ...and its pass takes its ticket
+    s_pass = rebuild(s_gate)
+    assert s_gate.reached.wait(60)
+    p_gate.go.set()
+    p_pass.join(60)
+    s_gate.go.set()
+    s_pass.join(60)
+    draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert Pipeline(db, settings, registry).invoices._anomalies.open_periods({pair}) == {pair}
+    assert draft["needs_review"] is True
+
+
+def test_a_set_back_counter_goes_past_a_ticket_a_server_returns_as_a_long(db, settings, registry):
+    """A real server returns a 64-bit integer (a shell's `NumberLong`, or any ticket past
+    2**31) as `bson.Int64`: it counts as a ticket stored, and a set-back counter goes past
+    it, not only past the tickets the pass read."""
+    ended = NOW - timedelta(hours=3)
+    for org in ("acme", "globex", "acme"):
+        db.tasks.insert_one(
+            ai_runner(f"{org}-{db.tasks.count_documents({})}", ended=ended, org=org)
+        )
+        run_chore(db, now=NOW, settings=settings, registry=registry)
+    long_ticket = Int64(2**40)
+    db.billing_invoices.update_one(
+        {"_id": "globex:2026-11"}, {"$set": {"build_ticket": long_ticket}}
+    )
+    db.billing_counters.update_one({"_id": "draft_builds"}, {"$set": {"value": 1}})
+    db.tasks.insert_one(ai_runner("acme-late", ended=ended))
+    run_chore(db, now=NOW + timedelta(hours=1), settings=settings, registry=registry)
+    acme = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert acme["runs"] == 3
+    assert db.billing_counters.find_one({"_id": "draft_builds"})["value"] > long_ticket
+
+
+def test_a_ticket_edited_past_what_the_counter_can_pass_is_refused_naming_its_draft(
+    db, settings, registry
+):
+    """A draft's `build_ticket` edited to MongoDB's largest integer looks like a set-back
+    counter; going past it would overflow the counter (a server refuses that `$inc`, and
+    every later build with it). The run is refused instead, naming the draft and what to
+    do, and the counter is left as it was."""
+    ended = NOW - timedelta(hours=3)
+    db.tasks.insert_one(ai_runner("r0", ended=ended))
+    run_chore(db, now=NOW, settings=settings, registry=registry)
+    db.billing_invoices.update_one({"_id": "acme:2026-11"}, {"$set": {"build_ticket": 2**63 - 1}})
+    counter = db.billing_counters.find_one({"_id": "draft_builds"})["value"]
+    db.tasks.insert_one(ai_runner("r1", ended=ended))
+    with pytest.raises(MalformedDocument) as refused:
+        run_chore(db, now=NOW + timedelta(hours=1), settings=settings, registry=registry)
+    said = str(refused.value)
+    assert "'acme:2026-11'" in said and "leaves the draft-build counter no room" in said
+    assert "chore run --full --org acme" in said
+    assert db.billing_counters.find_one({"_id": "draft_builds"})["value"] == counter + 1  # its own
