@@ -1,0 +1,356 @@
+"""The HTML report (`chores/reports/invoice_html.py`): what mutation testing found untested.
+
+Each test pins a behaviour of the page or of its chart that no other test noticed when
+it broke: the series of a month with many models, the axis labels, the progress steps.
+The runner documents are metered on mongomock (no Redis, no browser).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import ObjectId
+
+from chores import run_chore
+from chores.core.money import usd
+from chores.reports.invoice_html import (
+    OTHER_COLOR,
+    Series,
+    collect_report,
+    daily_series,
+    dollar_axis,
+    render_report,
+    stacked_bars,
+)
+
+from support import NOW, ai_runner
+
+DAY_10 = datetime(2026, 11, 10, 12, tzinfo=UTC)
+
+
+def metered(db: Any, settings: Any, registry: Any, docs: list[dict[str, Any]]) -> None:
+    db.tasks.insert_many(docs)
+    run_chore(db, now=NOW, registry=registry, settings=settings)
+
+
+def report(db: Any, settings: Any, registry: Any, org: str = "acme", **kwargs: Any) -> Any:
+    data = collect_report(
+        db, org, "2026-11", settings=settings, registry=registry, now=NOW, **kwargs
+    )
+    return data, render_report(data)
+
+
+def models_used(count: int) -> list[dict[str, Any]]:
+    """`count` models on Nov 10, model-k with k thousand tokens (so their rank is known)."""
+    return [
+        ai_runner(ObjectId(), ended=DAY_10, tokens=k * 1_000, model=f"model-{k:02}")
+        for k in range(1, count + 1)
+    ]
+
+
+# --- the chart's series ------------------------------------------------------------------
+
+
+def test_past_ten_models_the_smallest_are_drawn_as_one_other_models_series(db, settings, registry):
+    """Eleven models: the nine largest are drawn each in its colour, the two smallest as one
+    grey "2 other models" block holding their sum, so the legend stays readable."""
+    metered(db, settings, registry, models_used(11))
+    data, page = report(db, settings, registry)
+    _, tokens, _ = daily_series(data.allocation.cells, data.allocation.invoice)
+    names = [s.label.removesuffix(" (unpriced)") for s in tokens]
+    assert names == [f"model-{k:02}" for k in range(11, 2, -1)] + ["2 other models"]
+    others = tokens[-1]
+    assert others.color == OTHER_COLOR
+    assert others.values[10 - 1] == 1_000 + 2_000 and sum(others.values) == 3_000
+    assert "2 other models" in page
+
+
+def test_ten_models_are_all_named_rather_than_one_other_model(db, settings, registry):
+    """One model past the nine shown is named like the others: an "other models" series
+    of a single model would hide its name for nothing."""
+    metered(db, settings, registry, models_used(10))
+    data, page = report(db, settings, registry)
+    _, tokens, _ = daily_series(data.allocation.cells, data.allocation.invoice)
+    assert len(tokens) == 10 and "model-01 (unpriced)" in {s.label for s in tokens}
+    assert "other models" not in page
+
+
+# --- the axes ----------------------------------------------------------------------------
+
+
+def test_cost_axis_labels_take_the_digits_their_ticks_need_down_to_the_micro_dollar():
+    """Ticks between cents are written with as many digits as they need (2,500 micros is
+    $0.0025), the same for every label; never past the micro-dollar, the smallest amount
+    the chore bills, even for ticks of a fraction of one."""
+    assert dollar_axis([0, 2_500, 5_000]) == ["$0.0000", "$0.0025", "$0.0050"]
+    assert dollar_axis([0, 10_000, 20_000]) == ["$0.00", "$0.01", "$0.02"]
+    assert dollar_axis([0.0, 0.5]) == ["$0.000000", "$0.000000"]
+
+
+def test_the_chart_draws_a_labelled_grid_line_per_tick():
+    """A bar of 2,500 micros: ticks every $0.001 up to $0.003, each a grid line with its
+    label at its height, the plot spanning y=30 (top margin) to y=204 (230 high, 26 of
+    bottom margin), so a reader can read a bar's amount off the axis."""
+    svg = stacked_bars(
+        title="Cost per day",
+        categories=["5"],
+        series=[Series("gpt-4o", "#111", (2_500,))],
+        axis=dollar_axis,
+        value=usd,
+    )
+    assert svg.count('class="grid"') == 4
+    for n, label in enumerate(["$0.000", "$0.001", "$0.002", "$0.003"]):
+        y = 204 - n * 174 / 3
+        assert f'y1="{y:.1f}" y2="{y:.1f}" class="grid"/>' in svg, label
+        assert f'y="{y + 4:.1f}" class="axis" text-anchor="end">{label}</text>' in svg
+
+
+# --- the page ----------------------------------------------------------------------------
+
+
+def test_both_charts_are_closed_svg_elements(db, settings, registry):
+    """Each chart ends its `<svg>`: an unclosed one swallows the rest of the page in a
+    browser (the invoice table drawn inside the chart, or not at all)."""
+    metered(db, settings, registry, models_used(2))
+    _, page = report(db, settings, registry)
+    assert page.count("<svg") == page.count("</svg>") == 2
+
+
+def test_progress_names_each_step_in_order(db, settings, registry):
+    """A long report says what it is doing: reading the ledger, allocating, reading the
+    anomalies, in that order (the progress bar of `chore report`)."""
+    metered(db, settings, registry, models_used(2))
+    seen: list[str] = []
+    report(db, settings, registry, on_progress=lambda what, done, total: seen.append(what))
+    steps = [what for n, what in enumerate(seen) if n == 0 or seen[n - 1] != what]
+    assert steps == [
+        "reading ledger entries",
+        "allocating the invoice to runs",
+        "reading anomalies",
+    ]
+
+
+def test_a_model_priced_throughout_is_labelled_by_its_name_alone(db, settings, registry):
+    """Only a model with unpriced usage is marked "(unpriced)" or "(partly unpriced)" in the
+    legend: a priced model marked so would send a reader looking for a price problem that
+    does not exist."""
+    metered(db, settings, registry, [ai_runner(ObjectId(), ended=DAY_10, model="gpt-4o-mini")])
+    data, page = report(db, settings, registry)
+    _, tokens, micros = daily_series(data.allocation.cells, data.allocation.invoice)
+    assert [s.label for s in tokens] == [s.label for s in micros] == ["gpt-4o-mini"]
+    assert "gpt-4o-mini (" not in page and '"></span>gpt-4o-mini</span>' in page  # the legend
+
+
+# --- the free / paid / customer-key split --------------------------------------------------
+
+
+def test_the_split_table_gives_each_tier_its_runs_tokens_share_and_amount(db, settings, registry):
+    """10,000 tokens: 6,000 paid (two runs of gpt-4o-mini input, $0.15 per million: 900
+    micros), 2,000 on a free model, 1,000 on the customer's key, 1,000 on a model with no
+    price. Each tier is one row with its runs, tokens, share of all tokens and amount (none
+    for the unpriced one), and a bar segment as wide as its share, in the table's order."""
+    docs = [
+        ai_runner(ObjectId(), ended=DAY_10, tokens=3_000),
+        ai_runner(ObjectId(), ended=DAY_10, tokens=3_000),
+        ai_runner(ObjectId(), ended=DAY_10, tokens=2_000, model="ollama/llama3.1"),
+        ai_runner(ObjectId(), ended=DAY_10, tokens=1_000, ai_key_source="byok"),
+        ai_runner(ObjectId(), ended=DAY_10, tokens=1_000, model="acme-labs/frontier-2"),
+    ]
+    metered(db, settings, registry, docs)
+    _, page = report(db, settings, registry)
+    split = page[page.index("<h2>Free vs paid") : page.index("</section>", page.index("<h2>Free"))]
+    expected = [  # label, runs, tokens, share, amount
+        ("Paid", 2, "6,000", "60.0%", usd(900)),
+        ("Free models", 1, "2,000", "20.0%", "$0.00"),
+        ("Customer key", 1, "1,000", "10.0%", "$0.00"),
+        ("Unpriced", 1, "1,000", "10.0%", "–"),
+    ]
+    for label, runs, tokens, share, amount in expected:
+        assert f'{label} <span class="muted">' in split, label
+        row = split[split.index(f"{label} <span") :]
+        row = row[: row.index("</tr>")]
+        cells = row.split('<td class="n">')[1:]
+        assert [c.removesuffix("</td>") for c in cells] == [str(runs), tokens, share, amount]
+    rows_at = [split.index(f"{label} <span") for label, *_ in expected]
+    assert rows_at == sorted(rows_at)
+    widths = split.split('<div style="width:')[1:]
+    assert [w[: w.index("%")] for w in widths] == ["60.000", "20.000", "10.000", "10.000"]
+
+
+# --- the runs ----------------------------------------------------------------------------
+
+
+def spawned(child: ObjectId, parent: ObjectId, depth: int = 0) -> dict[str, Any]:
+    """The spawn finding of a subagent (baseline 0) naming the runner that spawned it."""
+    counters = {"ai_tokens": 0, "ai_prompt_tokens": 0, "ai_completion_tokens": 0}
+    context = {"workspace_id": "acme", "task_id": str(parent), **counters}
+    if depth:
+        context["ai_subagent_depth"] = depth
+    return {
+        "_type": "ai",
+        "ai_type": "task",
+        "extra_data": {"runner_id": str(child)},
+        "_context": context,
+    }
+
+
+def test_a_tree_past_25_rows_says_how_many_runs_it_leaves_out(db, settings, registry):
+    """A run that spawned 26 subagents, the costliest of which spawned one more: 28 runs in
+    its tree. The page shows 25 rows (the run, the first subagent, its own subagent, then 22
+    more subagents, costliest first) and says "… 3 more runs in this tree"; each row is
+    indented 18 px per level below the run (8 px), with a tree mark on subagents only."""
+    parent, grandchild = ObjectId(), ObjectId()
+    children = [ObjectId() for _ in range(26)]
+    sub = {"subagent": "yes", "ai_subagent_depth": 1, "parent_session_id": "sP"}
+    docs = [ai_runner(parent, ended=DAY_10, tokens=900_000, model="gpt-4o", session_id="sP")]
+    docs += [
+        ai_runner(child, ended=DAY_10, tokens=(30 - n) * 1_000, session_id=f"s{n}", **sub)
+        for n, child in enumerate(children)
+    ]
+    docs.append(
+        ai_runner(grandchild, ended=DAY_10, tokens=2_000, session_id="sG", subagent="yes",
+                  ai_subagent_depth=2, parent_session_id="s0")
+    )  # fmt: skip
+    db.findings.insert_many(
+        [spawned(child, parent) for child in children] + [spawned(grandchild, children[0], 1)]
+    )
+    metered(db, settings, registry, docs)
+    _, page = report(db, settings, registry)
+    runs = page[page.index("Top runs by cost") :]
+    runs = runs[: runs.index("</table>")]
+    rows = runs.split("<tr>")[2:]  # past the heading row
+    assert len(rows) == 26 and "… 3 more runs in this tree" in rows[-1]
+    shown = [row[row.index('class="mono">') + 13 :].split("<")[0] for row in rows[:-1]]
+    order = [parent, children[0], grandchild, *children[1:23]]
+    assert shown == [str(runner) for runner in order]
+    pads = [row.split("padding-left:")[1].split("px")[0] for row in rows]
+    assert pads == ["8", "26", "44"] + ["26"] * 23
+    assert [row.count('class="tree">└') for row in rows[:3]] == [0, 1, 1]
+
+
+def run_row(page: str, runner: object) -> list[str]:
+    """The cells of the row of `runner` in the runs table past its first (model, status,
+    session, own tokens, own cost, with subagents), tags stripped."""
+    import re
+
+    runs = page[page.index("Top runs by cost") :]
+    row = runs[runs.index(f">{runner}<") :]
+    row = row[: row.index("</tr>")]
+    return [re.sub("<[^>]*>", "", "<td" + cell) for cell in row.split("<td")[1:]]
+
+
+def test_a_runs_cost_says_unpriced_when_none_or_part_of_it_has_a_price(db, settings, registry):
+    """A priced run shows its own cost (1,000 gpt-4o-mini input tokens at $0.15 per million:
+    150 micros); a run of a model with no price says UNPRICED, not $0.00; and the run that
+    spawned it adds "+ unpriced" to its total with subagents, which is not the whole cost."""
+    priced, alone, spawner, child = (ObjectId() for _ in range(4))
+    docs = [
+        ai_runner(priced, ended=DAY_10, tokens=1_000, session_id="s1"),
+        ai_runner(alone, ended=DAY_10, tokens=1_000, model="acme-labs/frontier-2"),
+        ai_runner(spawner, ended=DAY_10, tokens=1_000, session_id="s2"),
+        ai_runner(child, ended=DAY_10, tokens=1_000, model="acme-labs/frontier-2",
+                  session_id="s3", subagent="yes", ai_subagent_depth=1, parent_session_id="s2"),
+    ]  # fmt: skip
+    db.findings.insert_one(spawned(child, spawner))
+    metered(db, settings, registry, docs)
+    _, page = report(db, settings, registry)
+    assert run_row(page, priced)[3:] == ["1,000", usd(150), ""]
+    assert run_row(page, alone)[3:] == ["1,000", "UNPRICED", ""]
+    assert run_row(page, spawner)[3:] == ["1,000", usd(150), f"{usd(150)} + unpriced"]
+    assert run_row(page, child)[3:] == ["1,000", "UNPRICED", ""]
+
+
+# --- the anomalies -----------------------------------------------------------------------
+
+
+def test_anomalies_say_when_they_were_first_seen_and_reviewed(db, settings, registry):
+    """An anomaly row says when the run first saw it, and once reviewed, when and with what
+    note, to the minute (the run and the review both at 2026-11-25 12:00 UTC)."""
+    from chores.run.review import review_anomalies
+
+    metered(db, settings, registry, [ai_runner(ObjectId(), ended=DAY_10, tokens="12")])
+    _, page = report(db, settings, registry)
+    assert '<td class="muted">2026-11-25 12:00</td></tr>' in page
+    review_anomalies(db, "acme", "2026-11", note="ok", now=NOW, settings=settings)
+    _, page = report(db, settings, registry)
+    assert '<td class="muted">2026-11-25 12:00: ok</td></tr>' in page
+
+
+def test_an_anomaly_whose_first_sighting_is_not_recorded_shows_an_empty_time(
+    db, settings, registry
+):
+    """An anomaly record without `first_seen` (removed by hand) is still listed, its time
+    left empty rather than written as `None`."""
+    metered(db, settings, registry, [ai_runner(ObjectId(), ended=DAY_10, tokens="12")])
+    db.billing_anomalies.update_many({}, {"$unset": {"first_seen": 1}})
+    _, page = report(db, settings, registry)
+    assert "malformed_counters" in page and '<td class="muted"></td></tr>' in page
+    assert "None" not in page
+
+
+def test_stacked_bars_are_placed_in_their_slot_at_their_height():
+    """The plot spans x 64..1112 (1120 wide, 64 px of axis labels on the left, 8 on the
+    right) and y 30..204; two days share it, 524 px each, each bar 72% of its slot and
+    centred in it. Ticks go to 3,000 here, so 1,000 is 58 px high: the first day's blocks
+    (1,000 then 2,000) are stacked from the baseline up, the second's 3,000 fills the plot;
+    a zero block is not drawn. Each day is labelled under the middle of its slot."""
+    import re
+
+    svg = stacked_bars(
+        title="Tokens per day",
+        categories=["1", "2"],
+        series=[Series("a", "#111", (1_000, 3_000)), Series("b", "#222", (2_000, 0))],
+        axis=dollar_axis,
+        value=lambda v: f"{v:,}",
+    )
+    rects = re.findall(
+        r'<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)" fill="(#\d+)">'
+        r"<title>([^<]*)</title>",
+        svg,
+    )
+    assert rects == [
+        ("137.4", "146.0", "377.3", "58.0", "#111", "1 · a: 1,000"),
+        ("137.4", "30.0", "377.3", "116.0", "#222", "1 · b: 2,000"),
+        ("661.4", "30.0", "377.3", "174.0", "#111", "2 · a: 3,000"),
+    ]
+    assert '<text x="326.0" y="222" class="axis" text-anchor="middle">1</text>' in svg
+    assert '<text x="850.0" y="222" class="axis" text-anchor="middle">2</text>' in svg
+    assert "credits not drawn" not in svg and "no usage" not in svg
+
+
+def test_an_empty_chart_keeps_its_baseline_and_says_why_in_the_middle():
+    """No bar has any height: the chart draws its baseline ($0.00 at y=204) and no scale
+    above it, and says its `empty` text across the middle of the plot (588, 117), so the
+    reader is not left with a blank box."""
+    svg = stacked_bars(
+        title="Cost per day (USD)",
+        categories=["1", "2"],
+        series=[Series("a", "#111", (0, 0))],
+        axis=dollar_axis,
+        value=usd,
+        empty="no cost in this period: 5 tokens on free models",
+    )
+    assert svg.count('class="grid"') == 1 and "<rect" not in svg
+    assert 'y="208.0" class="axis" text-anchor="end">$0.00</text>' in svg
+    assert (
+        '<text x="588.0" y="117.0" class="axis" text-anchor="middle">'
+        "no cost in this period: 5 tokens on free models</text>"
+    ) in svg
+
+
+def test_credits_are_named_at_the_top_right_of_the_chart():
+    """A negative block is not drawn; the chart names the credit at its top right corner
+    (x=1112, the plot's right edge, y=16, the title's line), where it is seen."""
+    svg = stacked_bars(
+        title="Cost per day (USD)",
+        categories=["1"],
+        series=[Series("a", "#111", (5_000,)), Series("b", "#222", (-1_000,))],
+        axis=dollar_axis,
+        value=usd,
+    )
+    assert (
+        '<text x="1112" y="16" class="axis" text-anchor="end">'
+        f"credits not drawn: {usd(-1_000)} (in the tables)</text>"
+    ) in svg
+    assert svg.count("<rect") == 1
