@@ -354,3 +354,63 @@ def test_credits_are_named_at_the_top_right_of_the_chart():
         f"credits not drawn: {usd(-1_000)} (in the tables)</text>"
     ) in svg
     assert svg.count("<rect") == 1
+
+
+# --- needs review ------------------------------------------------------------------------
+
+
+def review_text(page: str) -> str | None:
+    """What the page says under its title about why the invoice needs review, if anything."""
+    if '<p class="review-why">' not in page:
+        return None
+    said = page[page.index('<p class="review-why">') + len('<p class="review-why">') :]
+    return said[: said.index("</p>")]
+
+
+def test_only_an_invoice_that_needs_review_is_badged_and_says_why(db, settings, registry):
+    """A priced invoice with no anomaly carries no NEEDS REVIEW badge and no reason; one
+    with an open anomaly carries both, the reason pointing at the anomalies listed below."""
+    metered(db, settings, registry, [ai_runner(ObjectId(), ended=DAY_10)])
+    _, clean = report(db, settings, registry)
+    assert "NEEDS REVIEW" not in clean and review_text(clean) is None
+    metered(db, settings, registry, [ai_runner(ObjectId(), ended=DAY_10, tokens="12")])
+    data, flagged = report(db, settings, registry)
+    assert data.allocation.invoice.needs_review
+    assert '<span class="badge review">NEEDS REVIEW</span></h1>' in flagged
+    assert review_text(flagged) == "Needs review: open anomalies, listed below"
+
+
+def test_a_final_flagged_for_anomalies_reviewed_since_says_so(db, settings, registry):
+    """A final invoice keeps the flag it was built with. Once its anomalies are reviewed,
+    the page still shows NEEDS REVIEW, and says that no anomaly of it is open any more
+    rather than giving no reason or pointing at an empty list."""
+    from chores import finalize_invoices
+    from chores.run.review import review_anomalies
+
+    october = datetime(2026, 10, 20, tzinfo=UTC)
+    db.tasks.insert_many(
+        [ai_runner(ObjectId(), ended=october), ai_runner(ObjectId(), ended=october, tokens="12")]
+    )
+    run_chore(db, now=datetime(2026, 10, 25, tzinfo=UTC), registry=registry, settings=settings)
+    assert finalize_invoices(db, now=NOW, settings=settings)
+    review_anomalies(db, "acme", "2026-10", note="ok", now=NOW, settings=settings)
+    data = collect_report(db, "acme", "2026-10", settings=settings, registry=registry, now=NOW)
+    page = render_report(data)
+    assert data.allocation.invoice.status == "final" and not data.waiting()
+    assert "NEEDS REVIEW" in page and "Reviewed (1)" in page
+    assert review_text(page) == (
+        "Needs review: flagged when it was built; no anomaly of it is open any more"
+    )
+
+
+def test_an_invoice_with_no_priced_model_names_todays_registry_when_it_was_built_with_it(
+    db, settings, registry
+):
+    """No model of the invoice has a price, so no excerpt of the registry was stored with
+    it; built with today's registry, the page names that registry's version, not "another
+    version" as if it had been priced by a registry since replaced."""
+    metered(db, settings, registry, [ai_runner(ObjectId(), ended=DAY_10, model="acme-labs/x")])
+    data, page = report(db, settings, registry)
+    assert data.allocation.invoice.registry == registry.fingerprint
+    assert data.registry_version == registry.version
+    assert f"prices: registry {registry.version} · generated" in page
