@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from bson import ObjectId
 
 from chores import run_chore
@@ -20,8 +21,10 @@ from chores.reports.invoice_html import (
     collect_report,
     daily_series,
     dollar_axis,
+    nice_ticks,
     render_report,
     stacked_bars,
+    token_axis,
 )
 
 from support import NOW, ai_runner
@@ -86,6 +89,33 @@ def test_cost_axis_labels_take_the_digits_their_ticks_need_down_to_the_micro_dol
     assert dollar_axis([0, 2_500, 5_000]) == ["$0.0000", "$0.0025", "$0.0050"]
     assert dollar_axis([0, 10_000, 20_000]) == ["$0.00", "$0.01", "$0.02"]
     assert dollar_axis([0.0, 0.5]) == ["$0.000000", "$0.000000"]
+
+
+@pytest.mark.parametrize(
+    ("top", "ticks"),
+    [
+        (0, [0, 1]),  # nothing to cover: a unit scale
+        (1, [0, 0.25, 0.5, 0.75, 1]),  # a quarter is 0.25: steps of 2.5 x 10^-1
+        (7, [0, 2, 4, 6, 8]),  # a quarter is 1.75: steps of 2
+        (9, [0, 2.5, 5, 7.5, 10]),  # 2.25: steps of 2.5
+        (18, [0, 5, 10, 15, 20]),  # 4.5: steps of 5
+        (35, [0, 10, 20, 30, 40]),  # 8.75: steps of 10
+        (40, [0, 10, 20, 30, 40]),  # 10 exactly: steps of 10, ending on the top
+        (3_000, [0, 1_000, 2_000, 3_000]),  # 750: steps of 1,000
+    ],
+)
+def test_axis_ticks_are_round_steps_from_zero_just_covering_the_top(top, ticks):
+    """The scale of a chart: about four steps of 1, 2, 2.5 or 5 x 10^k (the smallest such
+    step at least a quarter of the top), from 0 to the first tick at or above the top, so
+    the tallest bar reaches near the top of the plot and the labels are round numbers."""
+    assert nice_ticks(top) == pytest.approx(ticks)
+
+
+def test_token_axis_labels_take_the_larger_unit_from_its_first_whole_one():
+    """A tick of exactly one thousand, million or billion tokens reads 1K, 1M, 1B (not
+    "1,000", "1,000K", "1,000M"): the unit changes at its first whole one."""
+    assert token_axis([0, 1_000, 1_000_000, 1_000_000_000]) == ["0", "1K", "1M", "1B"]
+    assert token_axis([999, 2_500, 750_000]) == ["999", "2.5K", "750K"]
 
 
 def test_the_chart_draws_a_labelled_grid_line_per_tick():
