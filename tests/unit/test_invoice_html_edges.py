@@ -119,17 +119,17 @@ def test_token_axis_labels_take_the_larger_unit_from_its_first_whole_one():
 
 
 def test_the_chart_draws_a_labelled_grid_line_per_tick():
-    """A bar of 2,500 micros: ticks every $0.001 up to $0.003, each a grid line with its
-    label at its height, the plot spanning y=30 (top margin) to y=204 (230 high, 26 of
-    bottom margin), so a reader can read a bar's amount off the axis."""
+    """A bar of 2,500 micros (and an empty day): ticks every $0.001 up to $0.003, each a
+    grid line with its label at its height, the plot spanning y=30 (top margin) to y=204
+    (230 high, 26 of bottom margin), so a reader can read a bar's amount off the axis."""
     svg = stacked_bars(
         title="Cost per day",
-        categories=["5"],
-        series=[Series("gpt-4o", "#111", (2_500,))],
+        categories=["5", "6"],
+        series=[Series("gpt-4o", "#111", (2_500, 0))],
         axis=dollar_axis,
         value=usd,
     )
-    assert svg.count('class="grid"') == 4
+    assert svg.count('class="grid"') == 4  # an empty day beside it changes nothing
     for n, label in enumerate(["$0.000", "$0.001", "$0.002", "$0.003"]):
         y = 204 - n * 174 / 3
         assert f'y1="{y:.1f}" y2="{y:.1f}" class="grid"/>' in svg, label
@@ -151,14 +151,17 @@ def test_progress_names_each_step_in_order(db, settings, registry):
     """A long report says what it is doing: reading the ledger, allocating, reading the
     anomalies, in that order (the progress bar of `chore report`)."""
     metered(db, settings, registry, models_used(2))
-    seen: list[str] = []
-    report(db, settings, registry, on_progress=lambda what, done, total: seen.append(what))
+    calls: list[tuple[str, int, int]] = []
+    report(db, settings, registry, on_progress=lambda *call: calls.append(call))
+    seen = [what for what, _, _ in calls]
     steps = [what for n, what in enumerate(seen) if n == 0 or seen[n - 1] != what]
     assert steps == [
         "reading ledger entries",
         "allocating the invoice to runs",
         "reading anomalies",
     ]
+    # the last two are one step each, shown as started: 0 of 1 done
+    assert calls[-2:] == [("allocating the invoice to runs", 0, 1), ("reading anomalies", 0, 1)]
 
 
 def test_a_model_priced_throughout_is_labelled_by_its_name_alone(db, settings, registry):
@@ -322,15 +325,16 @@ def test_an_anomaly_whose_first_sighting_is_not_recorded_shows_an_empty_time(
 def test_stacked_bars_are_placed_in_their_slot_at_their_height():
     """The plot spans x 64..1112 (1120 wide, 64 px of axis labels on the left, 8 on the
     right) and y 30..204; two days share it, 524 px each, each bar 72% of its slot and
-    centred in it. Ticks go to 3,000 here, so 1,000 is 58 px high: the first day's blocks
-    (1,000 then 2,000) are stacked from the baseline up, the second's 3,000 fills the plot;
-    a zero block is not drawn. Each day is labelled under the middle of its slot."""
+    centred in it. Ticks go to 3,000 (the taller day), so 1,000 is 58 px high: the first
+    day's blocks (1,000 then 2,000) are stacked from the baseline up to the top of the plot,
+    the second day's 2,000 reaches two thirds of it; a zero block is not drawn. Each day is
+    labelled under the middle of its slot."""
     import re
 
     svg = stacked_bars(
         title="Tokens per day",
         categories=["1", "2"],
-        series=[Series("a", "#111", (1_000, 3_000)), Series("b", "#222", (2_000, 0))],
+        series=[Series("a", "#111", (1_000, 2_000)), Series("b", "#222", (2_000, 0))],
         axis=dollar_axis,
         value=lambda v: f"{v:,}",
     )
@@ -342,7 +346,7 @@ def test_stacked_bars_are_placed_in_their_slot_at_their_height():
     assert rects == [
         ("137.4", "146.0", "377.3", "58.0", "#111", "1 · a: 1,000"),
         ("137.4", "30.0", "377.3", "116.0", "#222", "1 · b: 2,000"),
-        ("661.4", "30.0", "377.3", "174.0", "#111", "2 · a: 3,000"),
+        ("661.4", "88.0", "377.3", "116.0", "#111", "2 · a: 2,000"),
     ]
     assert '<text x="326.0" y="222" class="axis" text-anchor="middle">1</text>' in svg
     assert '<text x="850.0" y="222" class="axis" text-anchor="middle">2</text>' in svg
@@ -383,7 +387,9 @@ def test_credits_are_named_at_the_top_right_of_the_chart():
         '<text x="1112" y="16" class="axis" text-anchor="end">'
         f"credits not drawn: {usd(-1_000)} (in the tables)</text>"
     ) in svg
+    # the one day's bar: 72% of the whole plot's width, centred; 5,000 of a 6,000 scale
     assert svg.count("<rect") == 1
+    assert '<rect x="210.7" y="59.0" width="754.6" height="145.0" fill="#111">' in svg
 
 
 # --- needs review ------------------------------------------------------------------------
@@ -444,3 +450,73 @@ def test_an_invoice_with_no_priced_model_names_todays_registry_when_it_was_built
     assert data.allocation.invoice.registry == registry.fingerprint
     assert data.registry_version == registry.version
     assert f"prices: registry {registry.version} · generated" in page
+
+
+def test_a_report_of_one_token_gives_it_the_whole_share(db, settings, registry):
+    """The smallest invoice, one token: it is 100% of the usage, a full bar."""
+    metered(db, settings, registry, [ai_runner(ObjectId(), ended=DAY_10, tokens=1)])
+    _, page = report(db, settings, registry)
+    assert '<div style="width:100.000%;' in page and '<td class="n">100.0%</td>' in page
+
+
+def test_only_top_level_runs_past_top_are_said_to_be_left_out(db, settings, registry):
+    """Three top-level runs: with `top` 2 the page says one more is not shown (and where to
+    find it); with `top` 3 every run is shown and no such note is written."""
+    metered(db, settings, registry, models_used(3))
+    _, cut = report(db, settings, registry, top=2)
+    assert '<p class="muted">1 more top-level runs not shown; ' in cut
+    _, whole = report(db, settings, registry, top=3)
+    assert "more top-level runs not shown" not in whole
+
+
+def test_quotes_in_a_model_name_are_escaped_too(db, settings, registry):
+    """A model name is text from a runner document: its quotes are written as entities
+    like its angle brackets, so it cannot close an attribute and add one of its own
+    (`_e` is safe in quoted attributes as well as in element content)."""
+    hostile = "x\" onmouseover='alert(1)"
+    metered(db, settings, registry, [ai_runner(ObjectId(), ended=DAY_10, model=hostile)])
+    _, page = report(db, settings, registry)
+    assert "onmouseover" in page and "x&quot; onmouseover=&#x27;alert(1)" in page
+    assert 'x" onmouseover' not in page and "onmouseover='" not in page
+
+
+def cards(page: str) -> list[tuple[bool, str, str]]:
+    """The summary cards: (shown as a warning, name, value)."""
+    import re
+
+    found = re.findall(
+        r'<div class="card( warn)?"><div class="k">([^<]*)</div><div class="v">([^<]*)</div>',
+        page,
+    )
+    return [(bool(warn), name, value) for warn, name, value in found]
+
+
+def test_the_cards_sum_up_the_invoice_and_only_unpriced_usage_and_anomalies_warn(
+    db, settings, registry
+):
+    """The five cards: the invoice total (1,000 gpt-4o-mini input tokens at $0.15 per
+    million: 150 micros), its tokens, runs, unpriced tokens and open anomalies. None is red
+    for a clean invoice; a single unpriced token and a single open anomaly each turn their
+    card red, the others stay as they are."""
+    metered(db, settings, registry, [ai_runner(ObjectId(), ended=DAY_10)])
+    _, clean = report(db, settings, registry)
+    assert cards(clean) == [
+        (False, "Invoice total", usd(150)),
+        (False, "Tokens", "1,000"),
+        (False, "Runs", "1"),
+        (False, "Unpriced tokens", "0"),
+        (False, "Open anomalies", "0"),
+    ]
+    more = [
+        ai_runner(ObjectId(), ended=DAY_10, tokens=1, model="acme-labs/x"),
+        ai_runner(ObjectId(), ended=DAY_10, tokens="12"),
+    ]
+    metered(db, settings, registry, more)
+    _, flagged = report(db, settings, registry)
+    assert cards(flagged) == [
+        (False, "Invoice total", usd(150)),
+        (False, "Tokens", "1,001"),
+        (False, "Runs", "2"),
+        (True, "Unpriced tokens", "1"),
+        (True, "Open anomalies", "1"),
+    ]
