@@ -132,8 +132,10 @@ def test_the_chart_draws_a_labelled_grid_line_per_tick():
     assert svg.count('class="grid"') == 4  # an empty day beside it changes nothing
     for n, label in enumerate(["$0.000", "$0.001", "$0.002", "$0.003"]):
         y = 204 - n * 174 / 3
-        assert f'y1="{y:.1f}" y2="{y:.1f}" class="grid"/>' in svg, label
-        assert f'y="{y + 4:.1f}" class="axis" text-anchor="end">{label}</text>' in svg
+        assert (
+            f'<line x1="64" x2="1112" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+            f'<text x="58" y="{y + 4:.1f}" class="axis" text-anchor="end">{label}</text>'
+        ) in svg  # across the plot, the label right-aligned just left of it
 
 
 # --- the page ----------------------------------------------------------------------------
@@ -387,6 +389,15 @@ def test_credits_are_named_at_the_top_right_of_the_chart():
         '<text x="1112" y="16" class="axis" text-anchor="end">'
         f"credits not drawn: {usd(-1_000)} (in the tables)</text>"
     ) in svg
+    only_credit = stacked_bars(
+        title="Cost per day (USD)",
+        categories=["1", "2"],
+        series=[Series("b", "#222", (-1_000, 0))],
+        axis=dollar_axis,
+        value=usd,
+    )  # no bar at all: the chart is empty, and still names the credit
+    assert "<rect" not in only_credit and only_credit.count('class="grid"') == 1
+    assert "no usage in this period" in only_credit and "credits not drawn" in only_credit
     # the one day's bar: 72% of the whole plot's width, centred; 5,000 of a 6,000 scale
     assert svg.count("<rect") == 1
     assert '<rect x="210.7" y="59.0" width="754.6" height="145.0" fill="#111">' in svg
@@ -520,3 +531,37 @@ def test_the_cards_sum_up_the_invoice_and_only_unpriced_usage_and_anomalies_warn
         (True, "Unpriced tokens", "1"),
         (True, "Open anomalies", "1"),
     ]
+
+
+def test_a_block_of_one_is_drawn_at_least_half_a_pixel_high():
+    """One token beside 999 on a 1,000 scale is 0.17 px: it is still drawn, half a pixel
+    high, so that no usage is invisible; the block above it starts where it ends."""
+    svg = stacked_bars(
+        title="Tokens per day",
+        categories=["1"],
+        series=[Series("a", "#111", (1,)), Series("b", "#222", (999,))],
+        axis=token_axis,
+        value=lambda v: f"{v:,} tokens",
+    )
+    assert '<rect x="210.7" y="203.8" width="754.6" height="0.5" fill="#111">' in svg
+    assert '<rect x="210.7" y="30.0" width="754.6" height="173.8" fill="#222">' in svg
+
+
+def test_a_month_without_late_usage_has_no_late_bar(db, settings, registry):
+    """The charts open with a "late" bar only for usage of earlier periods billed late:
+    usage on the first and the last day of November alone gives the 30 days, no more."""
+    docs = [
+        ai_runner(ObjectId(), ended=datetime(2026, 11, 1, 12, tzinfo=UTC)),
+        ai_runner(ObjectId(), ended=datetime(2026, 11, 30, 12, tzinfo=UTC)),
+    ]
+    now = datetime(2026, 11, 30, 20, tzinfo=UTC)
+    db.tasks.insert_many(docs)
+    run_chore(db, now=now, registry=registry, settings=settings)
+    data = collect_report(db, "acme", "2026-11", settings=settings, registry=registry, now=now)
+    labels, tokens, micros = daily_series(data.allocation.cells, data.allocation.invoice)
+    assert labels == [str(day) for day in range(1, 31)]
+    assert all(len(s.values) == len(labels) for s in (*tokens, *micros))  # one per day
+    assert tokens[0].values[0] == tokens[0].values[-1] == 1_000
+    page = render_report(data)
+    assert ">late</text>" not in page
+    assert "period 2026-11 (2026-11-01 to 2026-11-30)" in page  # the last day is the 30th
