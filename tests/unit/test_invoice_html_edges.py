@@ -66,6 +66,7 @@ def test_past_ten_models_the_smallest_are_drawn_as_one_other_models_series(db, s
     others = tokens[-1]
     assert others.color == OTHER_COLOR
     assert others.values[10 - 1] == 1_000 + 2_000 and sum(others.values) == 3_000
+    assert len(others.values) == len(tokens[0].values) == 30  # one per day of November
     assert "2 other models" in page
 
 
@@ -231,11 +232,12 @@ def spawned(child: ObjectId, parent: ObjectId, depth: int = 0) -> dict[str, Any]
 
 
 def test_a_tree_past_25_rows_says_how_many_runs_it_leaves_out(db, settings, registry):
-    """A run that spawned 26 subagents, the costliest of which spawned one more: 28 runs in
-    its tree. The page shows 25 rows (the run, the first subagent, its own subagent, then 22
-    more subagents, costliest first) and says "… 3 more runs in this tree"; each row is
-    indented 18 px per level below the run (8 px), with a tree mark on subagents only."""
-    parent, grandchild = ObjectId(), ObjectId()
+    """A run that spawned 26 subagents, of which the costliest and the 23rd each spawned
+    one more: 29 runs in its tree. The page shows 25 rows, costliest first (the run, the
+    first subagent and its own, then the 2nd to 23rd subagents) and says "… 4 more runs in
+    this tree" where the next row would be, below the 23rd's subagent. Each row is indented
+    18 px per level below the run's 8 px, with a tree mark on subagents only."""
+    parent, first, later = ObjectId(), ObjectId(), ObjectId()
     children = [ObjectId() for _ in range(26)]
     sub = {"subagent": "yes", "ai_subagent_depth": 1, "parent_session_id": "sP"}
     docs = [ai_runner(parent, ended=DAY_10, tokens=900_000, model="gpt-4o", session_id="sP")]
@@ -243,24 +245,26 @@ def test_a_tree_past_25_rows_says_how_many_runs_it_leaves_out(db, settings, regi
         ai_runner(child, ended=DAY_10, tokens=(30 - n) * 1_000, session_id=f"s{n}", **sub)
         for n, child in enumerate(children)
     ]
-    docs.append(
-        ai_runner(grandchild, ended=DAY_10, tokens=2_000, session_id="sG", subagent="yes",
-                  ai_subagent_depth=2, parent_session_id="s0")
-    )  # fmt: skip
+    for grandchild, tokens, n in ((first, 2_000, 0), (later, 500, 22)):
+        docs.append(
+            ai_runner(grandchild, ended=DAY_10, tokens=tokens, session_id=f"g{n}",
+                      subagent="yes", ai_subagent_depth=2, parent_session_id=f"s{n}")
+        )  # fmt: skip
     db.findings.insert_many(
-        [spawned(child, parent) for child in children] + [spawned(grandchild, children[0], 1)]
+        [spawned(child, parent) for child in children]
+        + [spawned(first, children[0], 1), spawned(later, children[22], 1)]
     )
     metered(db, settings, registry, docs)
     _, page = report(db, settings, registry)
     runs = page[page.index("Top runs by cost") :]
     runs = runs[: runs.index("</table>")]
     rows = runs.split("<tr>")[2:]  # past the heading row
-    assert len(rows) == 26 and "… 3 more runs in this tree" in rows[-1]
+    assert len(rows) == 26 and "… 4 more runs in this tree" in rows[-1]
     shown = [row[row.index('class="mono">') + 13 :].split("<")[0] for row in rows[:-1]]
-    order = [parent, children[0], grandchild, *children[1:23]]
+    order = [parent, children[0], first, *children[1:23]]
     assert shown == [str(runner) for runner in order]
     pads = [row.split("padding-left:")[1].split("px")[0] for row in rows]
-    assert pads == ["8", "26", "44"] + ["26"] * 23
+    assert pads == ["8", "26", "44"] + ["26"] * 22 + ["44"]
     assert [row.count('class="tree">└') for row in rows[:3]] == [0, 1, 1]
 
 
@@ -565,3 +569,43 @@ def test_a_month_without_late_usage_has_no_late_bar(db, settings, registry):
     page = render_report(data)
     assert ">late</text>" not in page
     assert "period 2026-11 (2026-11-01 to 2026-11-30)" in page  # the last day is the 30th
+
+
+def test_subagents_whose_spawning_run_is_not_in_the_period_are_held_by_their_session(
+    db, settings, registry
+):
+    """A subagent whose spawn finding names a run this period does not hold is listed under
+    a row of its session (the session's id, what the row is, the subagents' total), itself
+    a row below it, not a top-level run nor under an unrelated run."""
+    child = ObjectId()
+    db.findings.insert_one(spawned(child, ObjectId()))  # a spawning run not in November
+    doc = ai_runner(child, ended=DAY_10, session_id="sess-7", subagent="yes",
+                    ai_subagent_depth=1, parent_session_id="sess-0")  # fmt: skip
+    metered(db, settings, registry, [doc])
+    _, page = report(db, settings, registry)
+    runs = page[page.index("Top runs by cost") :]
+    assert (
+        '<td style="padding-left:8px" colspan="4"><b>session</b> <span class="mono">sess-7'
+        '</span> <span class="muted">subagents whose spawning run is not in this period'
+        f'</span></td><td class="n"></td><td class="n"></td><td class="n">{usd(150)}</td></tr>'
+    ) in runs
+    assert run_row(page, child)[3:] == ["1,000", usd(150), ""]
+
+
+def test_the_invoice_table_aligns_its_numbers_right_and_its_names_left(db, settings, registry):
+    """The invoice's lines: the model, tier and date of the price applied are text
+    (left-aligned; an unpriced line's missing date is a dash), the five counts and the
+    amount numbers (right-aligned, so their digits line up)."""
+    docs = [ai_runner(ObjectId(), ended=DAY_10), ai_runner(ObjectId(), ended=DAY_10, model="x/y")]
+    metered(db, settings, registry, docs)
+    _, page = report(db, settings, registry)
+    table = page[page.index("<h2>Invoice</h2>") :]
+    mini = next(model for model in registry.models if model.id == "gpt-4o-mini")
+    since = max(p.valid_from for p in mini.prices if p.valid_from <= DAY_10.date())
+    names = ["Model", "Tier", "Price from"]
+    numbers = ["Input", "Cached", "Output", "Unsplit", "Tokens", "Amount"]
+    head = "".join(f'<th class="">{h}</th>' for h in names)
+    head += "".join(f'<th class="n">{h}</th>' for h in numbers)
+    assert f"<table><tr>{head}</tr>" in table
+    assert f"<tr><td>gpt-4o-mini</td><td>paid</td><td>{since.isoformat()}</td>" in table
+    assert "<tr><td>x/y</td><td>paid</td><td>–</td>" in table
