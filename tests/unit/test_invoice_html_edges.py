@@ -1,8 +1,10 @@
 """The HTML report (`chores/reports/invoice_html.py`): what mutation testing found untested.
 
-Each test pins a behaviour of the page or of its chart that no other test noticed when
-it broke: the series of a month with many models, the axis labels, the progress steps.
-The runner documents are metered on mongomock (no Redis, no browser).
+Found untested by mutation testing of `invoice_html.py` (h410): each test pins a behaviour
+of the page that no test noticed when it broke, among them the summary cards, the free /
+paid / customer-key split, the runs' costs and trees, the needs-review reason, the chart's
+series, scale and geometry, and the escaping of quotes. The runner documents are metered
+on mongomock (no Redis, no browser).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from chores import run_chore
 from chores.core.money import usd
 from chores.reports.invoice_html import (
     OTHER_COLOR,
+    ReportData,
     Series,
     collect_report,
     daily_series,
@@ -609,3 +612,13 @@ def test_the_invoice_table_aligns_its_numbers_right_and_its_names_left(db, setti
     assert f"<table><tr>{head}</tr>" in table
     assert f"<tr><td>gpt-4o-mini</td><td>paid</td><td>{since.isoformat()}</td>" in table
     assert "<tr><td>x/y</td><td>paid</td><td>–</td>" in table
+
+
+def test_by_default_the_report_shows_ten_top_level_runs(db, settings, registry):
+    """A caller of the library that gives no `top` to `collect_report` or `ReportData` gets
+    ten top-level runs, as `chore report` without `--top`: of eleven, one is left out."""
+    metered(db, settings, registry, models_used(11))
+    data, page = report(db, settings, registry)  # no `top`
+    assert '<p class="muted">1 more top-level runs not shown; ' in page
+    rebuilt = ReportData(data.allocation, data.anomalies, data.registry_version, NOW)
+    assert '<p class="muted">1 more top-level runs not shown; ' in render_report(rebuilt)
