@@ -84,11 +84,11 @@ def anomaly_list(
     for a in found:
         row = [a.period, a.kind, escape(for_terminal(a.runner_id)), escape(for_terminal(a.detail))]
         if reviewed:
-            row.append(escape(for_terminal(_review_text(a))) if a.reviewed_at else tables.DASH)
+            row.append(escape(for_terminal(_review_text(a))) if a.reviewed else tables.DASH)
         view.add_row(*row)
     tables.show(out, view)
-    waiting = sum(1 for a in found if a.reviewed_at is None)
-    periods = {a.period for a in found if a.reviewed_at is None}
+    waiting = sum(1 for a in found if not a.reviewed)
+    periods = {a.period for a in found if not a.reviewed}
     month = periods.pop() if len(periods) == 1 else "YYYY-MM"
     review = f"chore anomaly review --org {shlex.quote(org)} --period {month} --note TEXT"
     if waiting:
@@ -213,7 +213,7 @@ def _json_text(value: Any) -> str:
 
 
 def _review_text(a: OpenAnomaly) -> str:
-    at = a.reviewed_at.strftime("%Y-%m-%d %H:%M") if a.reviewed_at else ""
+    at = a.reviewed_at.strftime("%Y-%m-%d %H:%M") if a.reviewed_at else "time unknown"
     return f"{at}: {a.review_note}"
 
 

@@ -48,8 +48,9 @@ def older_ids(record: AnomalyRecord) -> tuple[str | None, str]:
 
 
 class OpenAnomaly(NamedTuple):
-    """An open anomaly as a person reviewing an invoice reads it (`reviewed_at` and
-    `review_note` when a person has reviewed it already)."""
+    """An open anomaly as a person reviewing an invoice reads it (`reviewed`, with
+    `reviewed_at` and `review_note`, when a person has reviewed it already). A time edited
+    by hand to something else than a time reads as None: shown as unknown, never a crash."""
 
     record_id: str
     kind: str
@@ -57,6 +58,7 @@ class OpenAnomaly(NamedTuple):
     detail: str
     first_seen: datetime | None
     period: str = ""
+    reviewed: bool = False
     reviewed_at: datetime | None = None
     review_note: str = ""
 
@@ -338,8 +340,14 @@ def _open_anomaly(doc: Doc) -> OpenAnomaly:
         kind=str(doc.get("kind", "")),
         runner_id=str(doc.get("runner_id", "")),
         detail=str(doc.get("detail", ""))[:MAX_DETAIL],
-        first_seen=doc.get("first_seen"),
+        first_seen=_time(doc.get("first_seen")),
         period=str(doc.get("period") or ""),  # none for a runner without an org
-        reviewed_at=review.get("at"),
+        reviewed="reviewed" in doc,  # as UNREVIEWED reads it
+        reviewed_at=_time(review.get("at")),
         review_note=str(review.get("note", "")),
     )
+
+
+def _time(value: Any) -> datetime | None:
+    """A stored time, or None for one edited to something else (text, a number)."""
+    return value if isinstance(value, datetime) else None

@@ -100,11 +100,11 @@ class ReportData:
 
     def waiting(self) -> list[OpenAnomaly]:
         """The open anomalies nobody reviewed: what the invoice is flagged for."""
-        return [a for a in self.anomalies if a.reviewed_at is None]
+        return [a for a in self.anomalies if not a.reviewed]
 
     def reviewed(self) -> list[OpenAnomaly]:
         """The open anomalies a person reviewed."""
-        return [a for a in self.anomalies if a.reviewed_at is not None]
+        return [a for a in self.anomalies if a.reviewed]
 
 
 def collect_report(

@@ -92,7 +92,7 @@ def review_anomalies(
             f"lists them with their runner ids{orgless}"
         )
     marks = meter.progress.mark_dirty([(org, period)], now=now)
-    waiting = [a.record_id for a in matching if a.reviewed_at is None]
+    waiting = [a.record_id for a in matching if not a.reviewed]
     reviewed = set(meter.anomalies.review(org, period, waiting, note=note, now=now))
     meter.progress.close_marks(marks)
     settled = meter.invoices.settle(now, org)

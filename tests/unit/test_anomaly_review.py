@@ -1355,3 +1355,36 @@ def test_a_review_needs_its_period_and_its_note(env_db):
     assert no_period.exit_code == 2 and "Missing option '--period'" in no_period.output
     no_note = cli.invoke(main, [*base, "--period", "2026-11"])
     assert no_note.exit_code == 2 and "Missing option '--note'" in no_note.output
+
+
+# --- anomaly times edited by hand ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("edited", ["x", 7, "2026-11-01"], ids=["text", "number", "iso-text"])
+def test_anomaly_times_edited_by_hand_show_as_unknown_in_every_view(
+    metered_env_db, tmp_path, edited
+):
+    """An anomaly's `first_seen` or review time edited to something else than a time (a
+    shell writes text for a date) is shown as unknown, in `anomaly list` (with and without
+    an org) and in the HTML report: the views a person reviews from never crash on it. The
+    review itself still counts: the anomaly is listed as reviewed, not as waiting."""
+    anomalies = metered_env_db.billing_anomalies
+    anomalies.update_many({}, {"$set": {"first_seen": edited}})
+    reviewed = anomalies.find_one({"org": "ws-beta"})
+    anomalies.update_one(
+        {"_id": reviewed["_id"]}, {"$set": {"reviewed": {"at": edited, "note": "checked"}}}
+    )
+    now = ["--now", NOW.isoformat()]
+    listed = CliRunner().invoke(main, ["anomaly", "list", "--org", "ws-beta", "--reviewed"])
+    assert listed.exit_code == 0, listed.output
+    assert "time unknown: checked" in listed.output
+    assert "left to review" not in listed.output  # its only anomaly is reviewed
+    orgless = CliRunner().invoke(main, ["anomaly", "list", "--no-org"])
+    assert orgless.exit_code == 0, orgless.output
+    assert "–" in orgless.output  # first seen: unknown
+    page = tmp_path / "beta.html"
+    args = ["report", "--org", "ws-beta", "--period", "2026-11", "--out", str(page), *now]
+    report = CliRunner().invoke(main, args)
+    assert report.exit_code == 0, report.output
+    assert "0 anomalies to review, 1 reviewed" in report.output
+    assert ": checked</td>" in page.read_text()
