@@ -154,11 +154,13 @@ def _priced_with(invoice: Invoice, registry: Registry) -> str:
 
 
 def compact(value: float) -> str:
-    """`1.2M`, `350K`, `900`, `1,200B` (axis labels; never in exponent form)."""
+    """`1.2M`, `350K`, `900`, `1,200B` (axis labels; never in exponent form). Rounded to
+    three digits before its unit is chosen: 999,600 is `1M`, not `1,000K`."""
+    rounded = float(f"{value:.3g}")
     for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(value) >= size:
-            return f"{_three_digits(value / size)}{suffix}"
-    return _three_digits(value)
+        if abs(rounded) >= size:
+            return f"{_three_digits(rounded / size)}{suffix}"
+    return _three_digits(rounded)
 
 
 def _three_digits(value: float) -> str:

@@ -22,6 +22,7 @@ from chores.reports.invoice_html import (
     ReportData,
     Series,
     collect_report,
+    compact,
     daily_series,
     dollar_axis,
     nice_ticks,
@@ -120,6 +121,15 @@ def test_token_axis_labels_take_the_larger_unit_from_its_first_whole_one():
     "1,000", "1,000K", "1,000M"): the unit changes at its first whole one."""
     assert token_axis([0, 1_000, 1_000_000, 1_000_000_000]) == ["0", "1K", "1M", "1B"]
     assert token_axis([999, 2_500, 750_000]) == ["999", "2.5K", "750K"]
+
+
+def test_a_label_that_rounds_up_to_the_next_unit_reads_in_that_unit():
+    """999,600 tokens round to three digits as one million: `1M`, never `1e+03K` (Python's
+    `.3g` past 999) nor `1,000K`; likewise 999.6 reads `1K`. Below a unit, three digits."""
+    assert compact(999_600) == "1M"
+    assert compact(999.6) == "1K"
+    assert compact(999_400) == "999K"
+    assert compact(1_234_567) == "1.23M"
 
 
 def test_the_chart_draws_a_labelled_grid_line_per_tick():
