@@ -154,3 +154,17 @@ def test_a_demo_that_keeps_nothing_points_to_no_store(tmp_path):
     shown = _demo("--no-store", *NOW_ARG)
     assert "Quota decisions" in shown.stdout
     assert "stays in" not in shown.stdout and "MONGO_URL" not in shown.stdout
+
+
+def test_the_suggested_commands_are_printed_plain_on_a_colour_terminal(tmp_path):
+    """On a colour terminal the lines to copy (`export MONGO_URL=...` and each `chore ...`)
+    are printed as plain text: no colour codes inside a command, whose URL, numbers and
+    options rich would otherwise highlight piece by piece."""
+    store = tmp_path / "store.json"
+    shown = _demo("--seed", "3", "--store", str(store), *NOW_ARG, env={"FORCE_COLOR": "1"})
+    assert "\x1b[" in shown.output  # colours are on: the titles are bold
+    lines = shown.output.splitlines()
+    start = lines.index(f"  export MONGO_URL=file://{store}")
+    commands = lines[start + 1 :]
+    assert len(commands) >= 5 and all(line.startswith("  chore ") for line in commands)
+    assert not any("\x1b" in line for line in commands), commands
