@@ -10,12 +10,14 @@ from datetime import UTC, datetime
 
 import mongomock
 import pytest
+from pydantic import TypeAdapter
 from pymongo.errors import BulkWriteError
 
 from chores import connect
 from chores.core.db import Collections
+from chores.core.exceptions import ForeignUniqueIndex
 from chores.core.settings import Settings
-from chores.core.writes import insert_ignoring_duplicates, update_where
+from chores.core.writes import insert_ignoring_duplicates, update_where, upsert_as_written
 from chores.quota.decisions import INVALID_PLAN, Quota
 
 from support import flushed_redis_db
@@ -163,3 +165,94 @@ def test_an_upsert_refused_by_a_draft_removed_meanwhile_is_written_again():
     )
     assert real.find_one({"_id": "a"}) == {"_id": "a", "y": 1}
     assert coll.writes == 2
+
+
+# --- found untested by mutation testing of chores/core/writes.py (h412) ------------------
+
+
+class CountingCalls:
+    """A mongomock collection that counts the calls of each method the writes make."""
+
+    def __init__(self, real):
+        self._real, self.name, self.calls = real, real.name, {}
+
+    def __getattr__(self, method):
+        def call(*args, **kwargs):
+            self.calls[method] = self.calls.get(method, 0) + 1
+            return getattr(self._real, method)(*args, **kwargs)
+
+        return call
+
+
+def foreign_indexed(name):
+    """A collection with a unique index a person added on `k` (not the chore's), holding
+    `{_id: "theirs", k: 1}`: any other document with `k: 1` is refused by it."""
+    real = mongomock.MongoClient()["main"][name]
+    real.create_index("k", unique=True, name="dba")
+    real.insert_one({"_id": "theirs", "k": 1})
+    return real
+
+
+def test_a_write_refused_by_a_foreign_index_is_tried_once_more_then_reported():
+    """writes.py: a refused write whose `_id` is not stored is written once more (its
+    document may have been removed meanwhile); refused again, it is reported as a foreign
+    unique index: two round trips each, the run stopped with nothing of it written, never
+    a third try (every refused write of a batch would cost one more round trip)."""
+    ledger = CountingCalls(foreign_indexed("billing_ledger"))
+    with pytest.raises(ForeignUniqueIndex, match="billing_ledger: 1 write"):
+        insert_ignoring_duplicates(ledger, [{"_id": "e1", "k": 1}])
+    invoices = CountingCalls(foreign_indexed("billing_invoices"))
+    with pytest.raises(ForeignUniqueIndex, match="billing_invoices: 1 write"):
+        update_where(invoices, [({"_id": "acme:2026-11"}, {"k": 1}, True)])
+    counters = CountingCalls(foreign_indexed("billing_counters"))
+    with pytest.raises(ForeignUniqueIndex, match="billing_counters: 1 write"):
+        upsert_as_written(
+            counters, "builds", {}, {"$set": {"k": 1}}, shape=TypeAdapter(dict), remedy="-"
+        )
+    assert ledger.calls["insert_many"] == 2
+    assert invoices.calls["bulk_write"] == 2
+    assert counters.calls["find_one_and_update"] == 2
+    for collection in (ledger, invoices, counters):
+        assert collection.count_documents({}) == 1  # theirs only
+
+
+class DuplicateAndInvalid:
+    """A collection whose server refuses a batch of two inserts: the first as a duplicate
+    of a stored `_id`, the second for another reason (code 121, document validation)."""
+
+    name = "billing_ledger"
+
+    def insert_many(self, docs, ordered=False):
+        raise BulkWriteError(
+            {
+                "writeErrors": [
+                    {"index": 0, "code": 11000, "errmsg": "E11000 duplicate key"},
+                    {"index": 1, "code": 121, "errmsg": "Document failed validation"},
+                ]
+            }
+        )
+
+    def find(self, *args, **kwargs):
+        return [{"_id": "e1"}]
+
+
+def test_a_batch_refused_for_a_duplicate_and_another_error_raises_the_other_error():
+    """One duplicate in a batch does not make the batch's other errors answers: a ledger
+    entry refused by a validator beside a duplicate is raised as that error (what the
+    operator must fix), not retried and reported as a foreign unique index."""
+    with pytest.raises(BulkWriteError) as raised:
+        insert_ignoring_duplicates(DuplicateAndInvalid(), [{"_id": "e1"}, {"_id": "e2"}])
+    assert [e["code"] for e in raised.value.details["writeErrors"]] == [11000, 121]
+
+
+def test_a_foreign_index_names_its_collection_count_and_first_id_cut_at_80_characters():
+    """The operator reads which writes a unique index not the chore's refused: the
+    collection, how many, and the first `_id` refused, its first 80 characters (an id can
+    be as long as a runner's), so the line stays readable and points at a real document."""
+    ledger = foreign_indexed("billing_ledger")
+    first, second = "a" * 79 + "b" * 21, "c" * 100
+    with pytest.raises(ForeignUniqueIndex) as raised:
+        insert_ignoring_duplicates(ledger, [{"_id": first, "k": 1}, {"_id": second, "k": 1}])
+    said = str(raised.value)
+    assert said.startswith("billing_ledger: 2 write(s) refused by a unique index")
+    assert f"(first: _id '{'a' * 79}b');" in said  # 79 a's and the first b: 80 characters
