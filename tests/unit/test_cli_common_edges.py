@@ -46,3 +46,67 @@ def test_a_database_error_that_is_not_a_bulk_write_is_its_message_in_one_line(en
     with pytest.raises(click.ClickException) as raised:
         command()
     assert raised.value.message == "database error: db.example:27017: timed out"
+
+
+# --- found untested by mutation testing of chores/cli/common.py (stop 58) ---
+
+
+def test_a_bulk_write_with_one_error_is_its_message_and_code_without_a_count():
+    """Mutants at common.py:104-106 (`len(errors) > 1`): one refused write is its message
+    and code; "1 writes of the batch failed" would be noise (and wrong English)."""
+    from pymongo.errors import BulkWriteError
+
+    from chores.cli.common import database_problem
+
+    error = {"index": 0, "code": 11000, "errmsg": "E11000 duplicate key", "op": {"_id": "x"}}
+    exc = BulkWriteError({"writeErrors": [error], "nInserted": 0})
+    assert database_problem(exc) == "E11000 duplicate key (code 11000)"
+
+
+def test_a_bulk_write_error_without_its_message_or_errors_still_says_something():
+    """Mutants at common.py:102-107: a write error with no `errmsg` says "a write failed"
+    with its code; a bulk error listing no write errors (a write concern failure) is the
+    driver's own message, not an IndexError."""
+    from pymongo.errors import BulkWriteError
+
+    from chores.cli.common import database_problem
+
+    exc = BulkWriteError({"writeErrors": [{"index": 0, "code": 121}], "nInserted": 0})
+    assert database_problem(exc) == "a write failed (code 121)"
+    empty = BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 64}]})
+    assert database_problem(empty) == str(empty)
+
+
+def test_output_to_a_pipe_is_160_columns_unless_columns_says_otherwise(monkeypatch):
+    """Mutants at common.py:39-42 (`console`): piped or written to a file (as under
+    pytest), tables are 160 columns wide, so no row wraps in a log; COLUMNS, when set,
+    wins; emoji codes in data (an org `:smile:`) are printed as written."""
+    from chores.cli.common import console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    piped = console()
+    assert not piped.is_terminal and piped.width == 160
+    with piped.capture() as captured:
+        piped.print(":smile:")
+    assert captured.get() == ":smile:\n"
+    monkeypatch.setenv("COLUMNS", "93")
+    told = console()
+    assert told.width == 93
+    with told.capture() as captured:
+        told.print(":smile:")
+    assert captured.get() == ":smile:\n"
+
+
+def test_a_bulk_write_names_its_first_error_not_its_last():
+    """Mutant common.py:105 `errors[0]` -> `errors[-1]`: the batch is refused at its first
+    failing write (an ordered insert stops there), so that is the one to name."""
+    from pymongo.errors import BulkWriteError
+
+    from chores.cli.common import database_problem
+
+    first = {"index": 3, "code": 11000, "errmsg": "E11000 duplicate key"}
+    last = {"index": 7, "code": 121, "errmsg": "Document failed validation"}
+    exc = BulkWriteError({"writeErrors": [first, last], "nInserted": 3})
+    assert database_problem(exc) == (
+        "E11000 duplicate key (code 11000; 2 writes of the batch failed)"
+    )
