@@ -2,6 +2,7 @@
 
     python benchmarks/bench_engine.py --snapshots 200000 --litellm-snapshots 50000
     python benchmarks/bench_engine.py                       # 1,000,000 snapshots, both sides
+    python benchmarks/bench_engine.py --secator-fields      # contexts as secator writes them
 
 What a user pays for is the headline: each chunk of runner snapshots is encoded to BSON as the
 server would send it (untimed: runner documents projected as the run's query projects them,
@@ -89,14 +90,19 @@ CODEC = reading(CodecOptions())
 Wire = tuple[bytes, bytes]  # runner documents, spawn findings: BSON as the server sends them
 
 
-def to_wire(chunk: list[Observation]) -> Wire:
+def to_wire(chunk: list[Observation], *, secator_fields: bool = False) -> Wire:
     """A chunk as the server would send it (untimed): the runner documents projected to
-    `RUNNER_PROJECTION`, each subagent's spawn findings projected to `SPAWN_PROJECTION`."""
+    `RUNNER_PROJECTION`, each subagent's spawn findings projected to `SPAWN_PROJECTION`.
+    With `secator_fields`, each runner's context also carries what secator writes there
+    beside what the rules read (`with_secator_fields`)."""
     tasks = bytearray()
     findings = bytearray()
     seen: set[str] = set()
     for doc, spawn_contexts in chunk:
-        tasks += bson.encode({k: v for k, v in doc.items() if k in RUNNER_PROJECTION})
+        projected = {k: v for k, v in doc.items() if k in RUNNER_PROJECTION}
+        if secator_fields and isinstance(projected.get("context"), dict):
+            projected["context"] = with_secator_fields(projected["context"])
+        tasks += bson.encode(projected)
         runner_id = str(doc["_id"])
         if spawn_contexts and runner_id not in seen:
             seen.add(runner_id)
@@ -105,6 +111,27 @@ def to_wire(chunk: list[Observation]) -> Wire:
                     {"extra_data": {"runner_id": runner_id}, "_context": context}
                 )
     return bytes(tasks), bytes(findings)
+
+
+def with_secator_fields(context: dict[str, Any]) -> dict[str, Any]:
+    """A generated context with the fields secator 0.52.1 writes on an AI runner's context
+    that no rule reads (as in tests/data/secator-0.52.1: `ai_cost`, `ai_mode_is_auto`,
+    `celery_ids`, `session_name`; a subagent's `celery_id`, `worker_name`), with values of
+    the recorded documents' sizes. The generator leaves them out: its documents decode
+    faster than secator's (430 against 611 bytes projected, on average)."""
+    extra: dict[str, Any] = {
+        "ai_cost": 0.0017618999999999998,
+        "ai_mode_is_auto": False,
+        "celery_ids": [],
+        "session_name": f"Tell me about {context.get('workspace_id')}.example",
+    }
+    if "ai_subagent_depth" in context:
+        extra["session_name"] = (
+            "## Objective\nCheck the TLS setup of the target and summarise\n\n## Scope\nWork ON..."
+        )
+        extra["celery_id"] = "807ac45d-68bb-4627-ba3c-b3b1899ae994"
+        extra["worker_name"] = "unknown"
+    return {**context, **extra}
 
 
 def decode_only(wire: Wire) -> int:
@@ -326,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="price only the records of the first N snapshots with LiteLLM (default: all)",
     )
+    parser.add_argument(
+        "--secator-fields",
+        action="store_true",
+        help="runner contexts also carry the fields secator writes that no rule reads",
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     out = Console(width=150)
@@ -364,14 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     chunks = snapshot_chunks(total)
     started = time.perf_counter()
     chunk_no = 0
+    runner_bytes = 0  # of the runner documents as the server sends them
     while True:
         with generate:
             chunk = next(chunks, None)
-            wire = None if chunk is None else to_wire(chunk)
+            wire = None if chunk is None else to_wire(chunk, secator_fields=args.secator_fields)
             gc.collect()  # the generator's garbage is not the core's to collect
         if chunk is None or wire is None:
             break
         chunk_no += 1
+        runner_bytes += len(wire[0])
         # Decoding alone and decoding + metering, side by side on the same bytes, the order
         # alternating from chunk to chunk (whichever runs second finds warmer caches).
         steps = ("decode", "meter", "bare")
@@ -508,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     out.print(comparison)
     out.print(
         f"deltas {ours.deltas:,}, anomalies {ours.anomalies:,}, heads left (running) "
-        f"{len(ours.heads):,}, generating {generate.seconds:.1f}s (not counted), wall {wall:.0f}s,"
+        f"{len(ours.heads):,}, {runner_bytes / max(n, 1):.0f} bytes per runner document, "
+        f"generating {generate.seconds:.1f}s (not counted), wall {wall:.0f}s,"
         f" peak RSS {peak_rss_mib():.0f} MiB"
     )
     write_json(
@@ -519,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
             "litellm_version": version,
             "registry_models": len(registry.models),
             "litellm_entries_not_imported": skipped,
+            "secator_fields": args.secator_fields,
+            "runner_bytes_per_document": runner_bytes / max(ours.snapshots, 1),
             "snapshots": ours.snapshots,
             "deltas": ours.deltas,
             "groups": len(ours.usage),

@@ -46,6 +46,18 @@ def test_engine_prices_what_litellm_prices_to_the_micro_dollar(tmp_path):
     assert figures["max_line_diff_micros"] <= 1
     assert figures["lines_differing_not_on_half_micro"] == 0
     assert abs(figures["our_total_micros"] - figures["their_total_micros"]) <= figures["lines"]
+    # What secator writes beside the counters is decoded, and bills nothing.
+    shaped = bench(
+        "bench_engine.py", "--snapshots", "2000", "--litellm-snapshots", "2000", "--secator-fields",
+        json_out=tmp_path / "s",
+    )  # fmt: skip
+    assert shaped["secator_fields"] and not figures["secator_fields"]
+    assert shaped["runner_bytes_per_document"] > figures["runner_bytes_per_document"] + 100
+    assert (shaped["lines"], shaped["our_total_micros"], shaped["deltas"]) == (
+        figures["lines"],
+        figures["our_total_micros"],
+        figures["deltas"],
+    )
 
 
 def test_quota_checks_answer_on_every_backend(tmp_path, redis_base_url):
