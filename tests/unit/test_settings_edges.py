@@ -185,3 +185,63 @@ def test_an_at_in_the_path_hides_all_before_it():
     from chores.core.settings import redact_url
 
     assert redact_url("mongodb://host/db@h2") == "mongodb://***@h2"
+
+
+# Found untested by mutation testing (stop 58).
+
+
+def test_the_values_env_example_gives_are_the_defaults(monkeypatch):
+    """`.env.example`: "the values here are the defaults unless a comment says otherwise"
+    (none does); a copy of it changes nothing."""
+    from pathlib import Path
+
+    from dotenv import dotenv_values
+
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    fields = {name.upper(): name for name in Settings.model_fields}
+    given = {fields[name] for name in dotenv_values(example) if name in fields}
+    assert {"mongo_timeout_ms", "batch_size", "quota_cache_ttl_seconds"} <= given
+    for name in fields:
+        monkeypatch.delenv(name, raising=False)
+    from_example = Settings(_env_file=example)  # type: ignore[call-arg]
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert {f: getattr(from_example, f) for f in given} == {f: getattr(defaults, f) for f in given}
+
+
+def test_a_settings_file_the_process_may_not_read_is_said_so(tmp_path, monkeypatch):
+    """Not "not UTF-8": the system's reason (here, as for another user's file of mode
+    600)."""
+    from pathlib import Path
+
+    from chores import get_settings
+    from chores.core.exceptions import ConfigError
+
+    (tmp_path / ".env").write_text("BATCH_SIZE=10\n")
+    monkeypatch.chdir(tmp_path)
+    read_text = Path.read_text
+
+    def refused(path: Path, *args: object, **kwargs: object) -> str:
+        if path.name == ".env":
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refused)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ConfigError) as said:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    assert str(said.value) == "cannot read the settings file .env: Permission denied"
+
+
+def test_only_the_broker_is_told_that_celery_takes_no_password_option():
+    """redis-py takes `?password=` (REDIS_URL, a Redis result backend); the hint to put
+    the password before the '@' is the broker's alone."""
+    with pytest.raises(ValidationError) as broker:
+        Settings(celery_broker_url="redis://cache:6379/0?password=pw")
+    assert "(Celery takes no password option: put it before the '@')" in str(broker.value)
+    with pytest.raises(ValidationError) as locks:
+        Settings(redis_url="redis://:pw@cache:noport/0")
+    assert "not a Redis URL" in str(locks.value)
+    assert "Celery takes no password option" not in str(locks.value)
