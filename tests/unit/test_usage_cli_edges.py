@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 from bson import ObjectId
 from click.testing import CliRunner
@@ -232,17 +231,17 @@ def test_report_in_a_terminal_shows_the_page_being_rendered_as_its_one_step_to_d
 ):
     """Mutants usage.py:361 `update("rendering the page", 0, 1)` -> pass or with 0 -> 1 / -1
     or 1 -> 2 / 0: while the page rendered, the bar said "report", 1/1 (done), -1/1, 0/2 or
-    0/0. A render slowed
-    to half a second is drawn (rich redraws ten times a second) at 0 of its 1 step."""
-    from chores.reports import invoice_html
+    0/0. Each state the bar is given is drawn at once (rich otherwise redraws ten times a
+    second, on a thread: no timing here), and the page is rendered at 0 of its 1 step."""
+    from rich.progress import Progress
 
-    render = invoice_html.render_report
+    given = Progress.update
 
-    def slow_render(data):
-        time.sleep(0.5)
-        return render(data)
+    def update_and_draw(self, *args, **kwargs):
+        given(self, *args, **kwargs)
+        self.refresh()
 
-    monkeypatch.setattr(invoice_html, "render_report", slow_render)
+    monkeypatch.setattr(Progress, "update", update_and_draw)
     _one_run_billed(env_db)
     args = ["report", "--org", "acme", "--period", "2026-11", "--out", str(tmp_path / "r.html")]
     result = CliRunner().invoke(main, [*args, *NOW_ARG], env=A_TERMINAL)
