@@ -16,6 +16,7 @@ from bson.int64 import Int64
 from chores import Settings, finalize_invoices, run_chore
 from chores.billing import invoices
 from chores.core.exceptions import InvoiceTooLarge, MalformedDocument
+from chores.core.settings import MAX_INT64
 from chores.run.pipeline import Pipeline
 
 from support import NOW, ai_runner
@@ -471,3 +472,214 @@ def test_a_ticket_edited_past_what_the_counter_can_pass_is_refused_naming_its_dr
     assert "'acme:2026-11'" in said and "leaves the draft-build counter no room" in said
     assert "chore run --full --org acme" in said
     assert db.billing_counters.find_one({"_id": "draft_builds"})["value"] == counter + 1  # its own
+
+
+# Found untested by mutation testing (stop 58).
+
+
+def test_a_new_databases_first_build_takes_ticket_1_not_one_past_no_stored_ticket(
+    db, settings, registry
+):
+    """design.md: a new counter's first ticket is 1 (the first build of this database); it
+    goes past the stored tickets only when a draft holds one, so with no draft stored the
+    first draft is built on ticket 1, never one past TICKETS_IN_FLIGHT."""
+    db.tasks.insert_one(ai_runner("r0", ended=NOW - timedelta(hours=3)))
+    run_chore(db, now=NOW, settings=settings, registry=registry)
+    assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["build_ticket"] == 1
+    assert db.billing_counters.find_one({"_id": "draft_builds"})["value"] == 1
+
+
+def test_a_counter_edited_while_a_pass_reads_its_drafts_is_refused_naming_it(
+    db, settings, registry
+):
+    """The counter edited by hand to text between a pass's ticket and its draft read, a
+    draft holding a later ticket (another build's): the pass reads the counter to tell a
+    set-back one and refuses it as `upsert_as_written` would, one line naming the counter
+    and its remedy, not a comparison of a number with text."""
+    ended = NOW - timedelta(hours=3)
+    db.tasks.insert_one(ai_runner("r0", ended=ended))
+    run_chore(db, now=NOW, settings=settings, registry=registry)
+    db.tasks.insert_one(ai_runner("r1", ended=ended))
+
+    def edited_meanwhile(collection: str, method: str, perform: Any) -> Any:
+        if f"{collection}.{method}" == "billing_invoices.find":
+            ticket = db.billing_counters.find_one({"_id": "draft_builds"})["value"]
+            db.billing_invoices.update_one(
+                {"_id": "acme:2026-11"}, {"$set": {"build_ticket": ticket + 5}}
+            )
+            db.billing_counters.update_one({"_id": "draft_builds"}, {"$set": {"value": "x"}})
+        return perform()
+
+    proxy = DatabaseProxy(db, around=edited_meanwhile)
+    pass_ = Pipeline(proxy, settings, registry).invoices
+    with pytest.raises(MalformedDocument) as refused:
+        pass_.rebuild({("acme", "2026-11")}, NOW + timedelta(hours=1))
+    said = str(refused.value)
+    assert "'draft_builds'" in said and "(got 'x')" in said
+    assert said.endswith(invoices._SET_COUNTER)
+
+
+@pytest.mark.parametrize("past_the_room", [0, 1])
+def test_a_ticket_edited_near_the_largest_integer_is_gone_past_while_the_counter_has_room(
+    db, settings, registry, past_the_room
+):
+    """design.md: a set-back counter goes past the highest stored ticket by
+    TICKETS_IN_FLIGHT, and must still hand out TICKETS_IN_FLIGHT more below MongoDB's
+    largest integer. A draft's ticket edited to exactly that limit is gone past (the new
+    usage billed, the counter `TICKETS_IN_FLIGHT` above it); one more, and the run is
+    refused, naming the draft, the counter left at its own ticket."""
+    ended = NOW - timedelta(hours=3)
+    db.tasks.insert_one(ai_runner("r0", ended=ended))
+    run_chore(db, now=NOW, settings=settings, registry=registry)
+    edited = MAX_INT64 - 2 * invoices.TICKETS_IN_FLIGHT + past_the_room
+    db.billing_invoices.update_one({"_id": "acme:2026-11"}, {"$set": {"build_ticket": edited}})
+    db.billing_counters.update_one({"_id": "draft_builds"}, {"$set": {"value": 1}})
+    db.tasks.insert_one(ai_runner("r1", ended=ended))
+    later = NOW + timedelta(hours=1)
+    if past_the_room:
+        with pytest.raises(MalformedDocument, match="leaves the draft-build counter no room"):
+            run_chore(db, now=later, settings=settings, registry=registry)
+        assert db.billing_counters.find_one({"_id": "draft_builds"})["value"] == 2
+        return
+    run_chore(db, now=later, settings=settings, registry=registry)
+    draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert (draft["runs"], draft["build_ticket"]) == (2, edited + invoices.TICKETS_IN_FLIGHT + 1)
+
+
+def test_a_pass_alone_reads_its_drafts_once_and_not_back_after_its_commit(db, settings, registry):
+    """design.md: a pass reads its drafts again after its ticket only when it found a
+    set-back counter, and reads them back after its commit only when the server counted
+    updates that matched nothing. A run alone, its draft committed: one read of the drafts
+    between its ticket and its commit, none from the commit to the flags of its entries,
+    and the draft holds both runners."""
+    ended = NOW - timedelta(hours=3)
+    db.tasks.insert_one(ai_runner("r0", ended=ended))
+    run_chore(db, now=NOW, settings=settings, registry=registry)
+    db.tasks.insert_one(ai_runner("r1", ended=ended))
+    recorder = Recorder()
+    run_chore(
+        DatabaseProxy(db, around=recorder),
+        now=NOW + timedelta(hours=1),
+        settings=settings,
+        registry=registry,
+    )
+    ticket = recorder.calls.index("billing_counters.find_one_and_update")
+    commit = recorder.calls.index("billing_invoices.bulk_write")
+    flags = recorder.calls.index("billing_ledger.update_many", commit)
+    # its drafts read once after its ticket (no set-back counter to go past)...
+    assert recorder.calls[ticket:commit].count("billing_invoices.find") == 1
+    assert "billing_invoices.find_one" not in recorder.calls[ticket:commit]
+    # ...and not read back after its commit
+    assert "billing_invoices.find" not in recorder.calls[commit:flags]
+    assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["runs"] == 2
+
+
+def test_a_pass_whose_commit_missed_one_replaced_draft_keeps_the_others_it_committed(
+    db, settings, registry, monkeypatch
+):
+    """design.md: a commit that matched nothing for one draft (another build replaced it
+    between the read and the commit, every pass here) makes the pass read its drafts back
+    to see which were refused: only that one. Another org's draft, committed in the same
+    bulk write, is written at once, not taken for refused and built pass after pass until
+    the rebuild gives it up too."""
+    ended = NOW - timedelta(hours=3)
+    for org in ("acme", "globex"):
+        db.tasks.insert_one(ai_runner(f"{org}-0", ended=ended, org=org))
+    run_chore(db, now=NOW, settings=settings, registry=registry)
+    for org in ("acme", "globex"):
+        db.tasks.insert_one(ai_runner(f"{org}-1", ended=ended, org=org))
+    commit = invoices.update_where
+
+    def acme_replaced_first(collection: Any, updates: Any) -> Any:
+        if any(where["_id"] == "acme:2026-11" for where, _, _ in updates):
+            ticket = db.billing_counters.find_one_and_update(
+                {"_id": "draft_builds"}, {"$inc": {"value": 1}}, return_document=True
+            )["value"]
+            db.billing_invoices.update_one(
+                {"_id": "acme:2026-11"}, {"$set": {"build_ticket": ticket}}
+            )
+        return commit(collection, updates)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(invoices, "update_where", acme_replaced_first)
+        report = run_chore(db, now=NOW + timedelta(hours=1), settings=settings, registry=registry)
+    assert report.invoices == ["globex:2026-11"]
+    globex = db.billing_invoices.find_one({"_id": "globex:2026-11"})
+    assert (globex["runs"], globex["pending_fold"]) == (2, None)
+    assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["runs"] == 1  # given up on
+
+
+def test_a_removed_counter_is_gone_past_before_a_pass_that_reads_no_draft(db, settings, registry):
+    """design.md: a new counter (its document removed by hand) goes past every stored
+    ticket before the pass reads anything, not only when the pass reads a draft holding
+    one: a new org's first draft, built after the removal, holds a ticket past the other
+    org's, never the 1 runs before the removal may still hold."""
+    ended = NOW - timedelta(hours=3)
+    db.tasks.insert_one(ai_runner("a-0", ended=ended))
+    run_chore(db, now=NOW, settings=settings, registry=registry)
+    acme = db.billing_invoices.find_one({"_id": "acme:2026-11"})["build_ticket"]
+    db.billing_counters.delete_many({})
+    db.tasks.insert_one(ai_runner("g-0", ended=ended, org="globex"))
+    run_chore(db, "globex", now=NOW + timedelta(hours=1), settings=settings, registry=registry)
+    globex = db.billing_invoices.find_one({"_id": "globex:2026-11"})
+    assert globex["runs"] == 1
+    assert globex["build_ticket"] > acme + invoices.TICKETS_IN_FLIGHT
+
+
+def test_a_set_back_counter_is_found_by_the_highest_ticket_read_not_the_lowest(
+    db, settings, registry
+):
+    """design.md: a pass that reads a draft holding a ticket above the counter's value has
+    found a set-back counter. The counter set back below globex's ticket; a run P takes
+    its ticket, and before P reads its drafts a build S beside it commits acme's draft on
+    a later ticket the counter did hand out. P reads both: acme's ticket, later than its
+    own, is S's (rightly skipped alone), but globex's lies above the counter, so P goes
+    past every stored ticket and bills globex's new usage, not skip both drafts."""
+    ended = NOW - timedelta(hours=3)
+    db.tasks.insert_one(ai_runner("a-0", ended=ended))
+    run_chore(db, now=NOW, settings=settings, registry=registry)
+    for n in range(4):
+        db.tasks.insert_one(ai_runner(f"g-{n}", ended=ended, org="globex"))
+        run_chore(db, now=NOW + timedelta(minutes=n), settings=settings, registry=registry)
+    acme = db.billing_invoices.find_one({"_id": "acme:2026-11"})["build_ticket"]
+    assert db.billing_invoices.find_one({"_id": "globex:2026-11"})["build_ticket"] > acme + 2
+    db.billing_counters.update_one({"_id": "draft_builds"}, {"$set": {"value": acme}})
+    db.tasks.insert_many(
+        [ai_runner("a-1", ended=ended), ai_runner("g-4", ended=ended, org="globex")]
+    )
+    taken = threading.Event()
+
+    def s_beside(collection: str, method: str, perform: Any) -> Any:
+        if taken.is_set():  # P's first call after its ticket: S builds acme's draft
+            taken.clear()
+            Pipeline(db, settings, registry).invoices.rebuild(
+                {("acme", "2026-11")}, NOW + timedelta(hours=1)
+            )
+        if f"{collection}.{method}" == "billing_counters.find_one_and_update":
+            taken.set()
+        return perform()
+
+    proxy = DatabaseProxy(db, around=s_beside)
+    run_chore(proxy, now=NOW + timedelta(hours=1), settings=settings, registry=registry)
+    globex = db.billing_invoices.find_one({"_id": "globex:2026-11"})
+    assert (globex["runs"], globex["entries"]) == (5, 5)
+    assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["runs"] == 2
+    assert db.billing_dirty.count_documents({}) == 0
+
+
+def test_a_counter_removed_after_the_first_build_is_gone_past_that_builds_ticket(
+    db, settings, registry
+):
+    """The counter removed when the only draft holds ticket 1 (the first build's): the next
+    build's new counter hands out 1 again, which a draft holds, so it goes past it (never
+    builds on a ticket a draft holds) and bills the new usage."""
+    ended = NOW - timedelta(hours=3)
+    db.tasks.insert_one(ai_runner("r0", ended=ended))
+    run_chore(db, now=NOW, settings=settings, registry=registry)
+    assert db.billing_invoices.find_one({"_id": "acme:2026-11"})["build_ticket"] == 1
+    db.billing_counters.delete_many({})
+    db.tasks.insert_one(ai_runner("r1", ended=ended))
+    run_chore(db, now=NOW + timedelta(hours=1), settings=settings, registry=registry)
+    draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert (draft["runs"], draft["entries"]) == (2, 2)
+    assert draft["build_ticket"] == 1 + invoices.TICKETS_IN_FLIGHT + 1
