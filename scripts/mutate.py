@@ -16,6 +16,11 @@ behaviour is the code's): a comparison swapped (`<` and `<=`, `==` and `!=`, `in
 constant one up and one down, `True` and `False`, a rounding mode, `min` and `max`, `any`
 and `all`, an `if` or `while` test forced true and false, a statement made `pass`, `break`
 and `continue`.
+
+Not mutmut: mutmut 3 mutates code inside functions only (a settings default in a class body,
+a module constant are outside its reach), and maps tests to mutants by running the whole
+suite first; a mutant applied to the file itself is also what the CLI and worker processes
+a test starts import.
 """
 
 from __future__ import annotations
