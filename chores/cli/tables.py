@@ -18,6 +18,7 @@ from rich.text import Text
 from chores.core.wording import for_terminal
 
 DASH = "–"  # a value that does not exist (no estimate, no price date), not a zero
+MIN_NAME = 4  # columns of a name cut to fit: three characters and `…`
 
 
 class DataTable(Table):
@@ -43,11 +44,18 @@ def table(title: str) -> Table:
     )
 
 
-def name_column(view: Table, header: str, *, keep: bool = False) -> None:
+def name_column(view: Table, header: str, *, keep: bool = False, whole: str = "") -> None:
     """A column of names or labels: cut with `…` when there is no room (`--json` and
     `--csv` always carry the whole name); `keep` for short labels that are never cut
-    (a tier, a date): `fit` sizes them like numbers."""
-    view.add_column(header, justify="left", no_wrap=True, overflow="fold" if keep else "ellipsis")
+    (a tier, a date): `fit` sizes them like numbers. `whole`: a label of this column that
+    is never cut (a table's `total`), so the names are cut no shorter than it."""
+    view.add_column(
+        header,
+        justify="left",
+        no_wrap=True,
+        overflow="fold" if keep else "ellipsis",
+        min_width=len(whole) or None,
+    )
 
 
 def text_column(view: Table, header: str) -> None:
@@ -77,32 +85,39 @@ def fit(view: Table, width: int | None = None) -> Table:
     """Size the columns for `width` terminal columns: every column that is never cut
     (numbers, kept labels) gets its widest cell as its width; the name and text columns
     share what is left, the widest shrunk first (names cut with `…`, text wrapped; at
-    least 4 columns each, so an overfull table shows a stub of a name, never a cut
-    number)."""
+    least MIN_NAME columns each, or the width of the label they keep whole, so an
+    overfull table shows a stub of a name, never a cut number)."""
     names = [c for c in view.columns if not _fixed(c)]
     for column in view.columns:
         if _fixed(column):
             column.min_width = _widest(column)
     if width is None:
         return view
+    kept = {id(c): c.min_width or 0 for c in names}  # a label each keeps whole
+    least = sum(max(k, MIN_NAME) for k in kept.values())
     chrome = 2 * (len(view.columns) - 1)  # a separator and a left pad between columns
     fixed = sum(c.min_width or 0 for c in view.columns if _fixed(c))
     room = width - chrome - fixed
-    if room < 4 * len(names):
+    if room < least:
         # The numbers alone take the terminal: the table grows past it (the terminal
         # wraps the line; `show` never crops it) rather than rich cutting or dropping a
         # column of numbers to fit.
-        view.width = chrome + fixed + 4 * len(names)
+        view.width = chrome + fixed + least
     wanted = {id(c): _widest(c) for c in names}
     if not names or sum(wanted.values()) <= room:
         return view
-    share = max(room, 4 * len(names))
+    share = max(room, least)
+
+    def shown(cap: int) -> int:
+        """The columns the names take, each cut to `cap` (never below what it keeps)."""
+        return sum(max(min(w, cap), kept[key]) for key, w in wanted.items())
+
     # Shrink the widest names first: the largest cap that fits (water-filling).
-    cap = 4
-    while cap < max(wanted.values()) and sum(min(w, cap + 1) for w in wanted.values()) <= share:
+    cap = MIN_NAME
+    while cap < max(wanted.values()) and shown(cap + 1) <= share:
         cap += 1
     for column in names:
-        column.max_width = max(min(wanted[id(column)], cap), 4)
+        column.max_width = max(min(wanted[id(column)], cap), kept[id(column)], MIN_NAME)
     return view
 
 

@@ -230,7 +230,7 @@ def print_usage(
     indented under their parents; the session column only where there is room."""
     invoice = allocation.invoice
     view = tables.table(f"Usage of {invoice.id} by {by}  [{invoice.status.upper()}]")
-    tables.name_column(view, by, keep=by in ("day", "tier"))
+    tables.name_column(view, by, keep=by in ("day", "tier"), whole="total")
     per_run = by == "run"
     models = registry_models(allocation.cells) if per_run else {}
     with_session = per_run and out.width >= WIDE

@@ -149,3 +149,22 @@ def test_names_that_just_fit_their_stubs_are_not_padded_to_the_terminal():
     lines = _shown(_names((5, 2)), CHROME + FIXED + 8)
     assert all(len(line) == CHROME + FIXED + 7 for line in lines), lines
     assert lines[3].split() == ["rrrrr", "rr", "paid", AMOUNTS[0]]
+
+
+def test_a_label_kept_whole_holds_its_column_while_the_names_beside_it_are_cut():
+    """`name_column(..., whole="total")`: with 9 columns for two names, the one holding
+    the table's `total` row keeps 5 (the label whole, its names cut to `rrrr…`) and the
+    other gets the 4 left (`sss…`); with 8, the table grows by the 1 it lacks rather than
+    cutting `total` (it was `tot…`)."""
+    for room, wide in ((9, CHROME + FIXED + 9), (8, CHROME + FIXED + 9)):
+        view = tables.table("Usage acme:2026-11")
+        tables.name_column(view, "run", whole="total")
+        tables.name_column(view, "session")
+        tables.name_column(view, "tier", keep=True)
+        tables.number_column(view, "amount")
+        view.add_row(LONG_RUN, SESSIONS[0], "paid", AMOUNTS[0])
+        view.add_row("total", "", "", AMOUNTS[1])
+        lines = _shown(view, CHROME + FIXED + room)
+        assert all(len(line) == wide for line in lines), (room, lines)
+        assert lines[3].split() == ["rrrr…", "sss…", "paid", AMOUNTS[0]], (room, lines)
+        assert lines[4].split() == ["total", AMOUNTS[1]], (room, lines)

@@ -451,3 +451,24 @@ def test_usage_by_run_indents_each_level_of_subagents_two_more_spaces(env_db):
         row for row in rows if row.lstrip("↳ ") in {str(parent), str(child), str(grandchild)}
     ], result.stdout
     assert "a subagent whose spawning run" not in result.stdout
+
+
+def test_usage_by_run_at_80_columns_keeps_the_total_label_whole(env_db):
+    """The names of a run are cut to fit 80 columns, but never below the width of the
+    total row's label, which sits in their column: `tot…` was shown (found by a helper
+    reading the layout of the test above)."""
+    runner = ai_runner(
+        "r1-a-rather-long-runner-identifier-0123456789",
+        ended=NOW,
+        model="openai/a-model-with-a-long-name-x",
+        status="CANCELLED_BY_USER",
+    )
+    env_db.tasks.insert_one(runner)
+    ran = CliRunner().invoke(main, ["run", "--org", "acme", *NOW_ARG])
+    assert ran.exit_code == 0, ran.output
+    args = ["usage", "--org", "acme", "--period", "2026-11", "--by", "run"]
+    result = CliRunner().invoke(main, args, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    (total_row,) = [line for line in result.stdout.splitlines() if line.startswith("tot")]
+    assert total_row.split()[0] == "total", result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80, result.stdout
