@@ -5,7 +5,8 @@
     python scripts/mutate.py run chores/core/money.py -- pytest -q -x -n 0 tests/unit/test_money.py
 
 `run` applies each mutant in turn to the file in place (use a worktree: the file is restored
-after each one, and on Ctrl-C), runs the command, and prints the mutants the command passed
+after each one, and on Ctrl-C or `kill`), runs the command (a run past `--timeout`, 600 s,
+counts as killed: a mutant that loops forever), and prints the mutants the command passed
 on: the survivors, each either equivalent (no input can tell) or a missing test
 (docs/testing.md, "Mutation testing"). `--only 3,7-9` picks mutants; `--lines 40-80` keeps
 those on those lines.
@@ -28,6 +29,8 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -190,12 +193,38 @@ def _picked(spec: str | None, lines: str | None, every: list[Mutant]) -> list[Mu
     return chosen
 
 
+def _verdict(test_command: list[str], timeout: float) -> str:
+    """`SURVIVED` when the command passes on the mutant; `killed` when it fails, or runs
+    past `timeout` seconds (a mutant that loops forever), its whole process group stopped."""
+    with subprocess.Popen(
+        test_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    ) as process:
+        try:
+            status = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return "killed (timeout)"
+        except BaseException:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+    return "SURVIVED" if status == 0 else "killed"
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("list", "show", "run"):
         command = sub.add_parser(name)
         command.add_argument("module", type=Path)
+        if name == "run":
+            command.add_argument(
+                "--timeout", type=float, default=600, help="seconds a test run may take"
+            )
         if name == "show":
             command.add_argument("index", type=int)
         else:
@@ -220,13 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     if not test_command:
         parser.error("run needs a test command after --")
     survivors = []
+    # A `kill` (SIGTERM) restores the module too, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupted)
     try:
         for m in chosen:
             args.module.write_text(mutated(source, m.index))
-            result = subprocess.run(test_command, capture_output=True, check=False)
-            verdict = "SURVIVED" if result.returncode == 0 else "killed"
+            verdict = _verdict(test_command, args.timeout)
             print(f"{m.index}\t{m.line}\t{verdict}\t{m.change}", flush=True)
-            if result.returncode == 0:
+            if verdict == "SURVIVED":
                 survivors.append(m)
     finally:
         args.module.write_text(source)

@@ -84,3 +84,35 @@ def test_run_reports_survivors_and_restores_the_module(tmp_path, capsys, monkeyp
     assert f"{broken}\t11\tSURVIVED" in out
     assert f"1 of 2 survived: [{broken}]" in out
     assert module.read_text() == SOURCE
+
+
+def test_a_mutant_that_hangs_the_tests_is_killed_by_the_timeout(tmp_path, capsys, monkeypatch):
+    module = tmp_path / "subject.py"
+    module.write_text(SOURCE)
+    monkeypatch.chdir(tmp_path)
+    hang = "import time; time.sleep(60)"
+    status = mutate.main(
+        ["run", str(module), "--only", "0", "--timeout", "0.5", "--", sys.executable, "-c", hang]
+    )
+    assert status == 0
+    assert "\tkilled (timeout)\t" in capsys.readouterr().out
+    assert module.read_text() == SOURCE
+
+
+def test_a_run_stopped_by_kill_leaves_the_module_as_it_was(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    module = tmp_path / "subject.py"
+    module.write_text(SOURCE)
+    hang = "import time; time.sleep(60)"
+    command = [sys.executable, str(SCRIPT), "run", str(module), "--", sys.executable, "-c", hang]
+    with subprocess.Popen(command, cwd=tmp_path) as running:
+        deadline = time.monotonic() + 30
+        while module.read_text() == SOURCE and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the first mutant is written
+        assert module.read_text() != SOURCE
+        running.send_signal(signal.SIGTERM)
+        assert running.wait(30) != 0
+    assert module.read_text() == SOURCE
