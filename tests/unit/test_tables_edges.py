@@ -168,3 +168,15 @@ def test_a_label_kept_whole_holds_its_column_while_the_names_beside_it_are_cut()
         assert all(len(line) == wide for line in lines), (room, lines)
         assert lines[3].split() == ["rrrr…", "sss…", "paid", AMOUNTS[0]], (room, lines)
         assert lines[4].split() == ["total", AMOUNTS[1]], (room, lines)
+
+
+def test_a_table_of_numbers_only_wider_than_the_terminal_is_printed_whole():
+    """No name column to cut: the numbers keep their width and the table grows past a
+    terminal too narrow for them (`fit` returns before sharing room among no names)."""
+    view = tables.table("Totals")
+    tables.number_column(view, "tokens")
+    tables.number_column(view, "amount")
+    view.add_row("1,234,567", AMOUNTS[0])
+    lines = _shown(view, 8)
+    assert lines[3].split() == ["1,234,567", AMOUNTS[0]], lines
+    assert all(len(line) == 9 + 2 + 9 for line in lines[1:]), lines
