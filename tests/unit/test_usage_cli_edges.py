@@ -369,10 +369,8 @@ def test_usage_says_when_its_split_is_only_proportional(env_db):
     assert json.loads(CliRunner().invoke(main, [*args, "--json"]).stdout)["exact_weights"] is False
 
 
-def test_usage_by_run_at_80_columns_cuts_names_but_never_the_status(env_db):
-    """Mutant usage.py:239 `name_column(view, "status", keep=True)` -> False: at 80 columns
-    a long runner id and model name left the status column no room, and it was cut
-    (`CANCEL…`) with them, where the names are cut to keep it whole."""
+def _long_names_by_run_at_80_columns(env_db):
+    """`usage --by run` at 80 columns of a run whose id and model are too long for them."""
     runner = ai_runner(
         "r1-a-rather-long-runner-identifier-0123456789",
         ended=NOW,
@@ -385,6 +383,14 @@ def test_usage_by_run_at_80_columns_cuts_names_but_never_the_status(env_db):
     args = ["usage", "--org", "acme", "--period", "2026-11", "--by", "run"]
     result = CliRunner().invoke(main, args, env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
+    return result
+
+
+def test_usage_by_run_at_80_columns_cuts_names_but_never_the_status(env_db):
+    """Mutant usage.py:239 `name_column(view, "status", keep=True)` -> False: at 80 columns
+    a long runner id and model name left the status column no room, and it was cut
+    (`CANCEL…`) with them, where the names are cut to keep it whole."""
+    result = _long_names_by_run_at_80_columns(env_db)
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("str")]
     assert "…" in row and " CANCELLED_BY_USER " in row, result.stdout
 
@@ -457,18 +463,7 @@ def test_usage_by_run_at_80_columns_keeps_the_total_label_whole(env_db):
     """The names of a run are cut to fit 80 columns, but never below the width of the
     total row's label, which sits in their column: `tot…` was shown (found by a helper
     reading the layout of the test above)."""
-    runner = ai_runner(
-        "r1-a-rather-long-runner-identifier-0123456789",
-        ended=NOW,
-        model="openai/a-model-with-a-long-name-x",
-        status="CANCELLED_BY_USER",
-    )
-    env_db.tasks.insert_one(runner)
-    ran = CliRunner().invoke(main, ["run", "--org", "acme", *NOW_ARG])
-    assert ran.exit_code == 0, ran.output
-    args = ["usage", "--org", "acme", "--period", "2026-11", "--by", "run"]
-    result = CliRunner().invoke(main, args, env={"COLUMNS": "80"})
-    assert result.exit_code == 0, result.output
+    result = _long_names_by_run_at_80_columns(env_db)
     (total_row,) = [line for line in result.stdout.splitlines() if line.startswith("tot")]
     assert total_row.split()[0] == "total", result.stdout
     assert max(len(line) for line in result.stdout.splitlines()) <= 80, result.stdout
