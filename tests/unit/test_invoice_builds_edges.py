@@ -168,6 +168,46 @@ def test_late_usage_swept_into_a_draft_too_large_keeps_a_mark_until_it_is_billed
     assert db.billing_dirty.count_documents({}) == 0
 
 
+class DyingFinalize:
+    """A finalize in a thread that stamps its period's entries and pauses before its
+    freeze; released, it freezes the draft and dies before its own sweep."""
+
+    class Died(Exception):
+        pass
+
+    def __init__(self, db: Any, now: datetime, settings: Settings):
+        self.at_freeze, self.released = threading.Event(), threading.Event()
+        self._db, self._now, self._settings = db, now, settings
+        self._thread = threading.Thread(target=self._finalize, daemon=True)
+
+    def start(self) -> None:
+        """Run it up to its freeze."""
+        self._thread.start()
+        assert self.at_freeze.wait(30)
+
+    def freeze_and_die(self) -> None:
+        self.released.set()
+        self._thread.join(30)
+        assert not self._thread.is_alive()
+
+    def _around(self, collection: str, method: str, perform: Any) -> Any:
+        if self.released.is_set():
+            raise self.Died(f"after its freeze, at {collection}.{method}")
+        if (collection, method) == ("billing_invoices", "update_one"):
+            self.at_freeze.set()
+            assert self.released.wait(30)
+        return perform()
+
+    def _finalize(self) -> None:
+        with contextlib.suppress(self.Died):
+            finalize_invoices(
+                DatabaseProxy(self._db, around=self._around),
+                now=self._now,
+                grace=timedelta(0),
+                settings=self._settings,
+            )
+
+
 def test_a_draft_frozen_under_a_runs_feet_has_the_runs_usage_billed_late_by_that_run(
     db, settings, registry, monkeypatch
 ):
@@ -177,56 +217,77 @@ def test_a_draft_frozen_under_a_runs_feet_has_the_runs_usage_billed_late_by_that
     then); the finalize froze it before the run's build and died before its own sweep.
     The run's build finds October final: the same run moves its entry late into November
     and bills it there, and the ledger has no entry left on no invoice."""
-
-    class Died(Exception):
-        pass
-
     oct_20, nov_1 = datetime(2026, 10, 20, tzinfo=UTC), datetime(2026, 11, 1, 5, tzinfo=UTC)
     db.tasks.insert_one(ai_runner("early", ended=oct_20))
     run_chore(db, now=oct_20 + timedelta(hours=1), settings=settings, registry=registry)
     db.tasks.insert_one(ai_runner("last", ended=nov_1 - timedelta(hours=6)))  # October 31
 
-    at_freeze, released = threading.Event(), threading.Event()
-
-    def freeze_then_die(collection: str, method: str, perform: Any) -> Any:
-        if released.is_set():
-            raise Died(f"after its freeze, at {collection}.{method}")
-        if (collection, method) == ("billing_invoices", "update_one"):
-            at_freeze.set()
-            assert released.wait(30)
-            return perform()
-        return perform()
-
-    def finalize() -> None:
-        with contextlib.suppress(Died):  # dies after its freeze, before its own sweep
-            finalize_invoices(
-                DatabaseProxy(db, around=freeze_then_die),
-                now=nov_1,
-                grace=timedelta(0),
-                settings=settings,
-            )
-
-    finalizing = threading.Thread(target=finalize, daemon=True)
-    finalizing.start()
-    assert at_freeze.wait(30)
+    october = DyingFinalize(db, nov_1, settings)
+    october.start()
     rebuild = invoices.Invoices.rebuild
 
     def frozen_first(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not released.is_set():
-            released.set()
-            finalizing.join(30)
+        if not october.released.is_set():
+            october.freeze_and_die()
         return rebuild(self, *args, **kwargs)
 
     monkeypatch.setattr(invoices.Invoices, "rebuild", frozen_first)
     run_chore(db, now=nov_1, settings=settings, registry=registry)
-    assert not finalizing.is_alive()
 
-    october = db.billing_invoices.find_one({"_id": "acme:2026-10"})
-    assert (october["status"], october["runs"]) == ("final", 1)
+    assert db.billing_invoices.find_one({"_id": "acme:2026-10"})["status"] == "final"
+    assert db.billing_invoices.find_one({"_id": "acme:2026-10"})["runs"] == 1
     november = db.billing_invoices.find_one({"_id": "acme:2026-11"})
     assert november is not None and (november["runs"], november["entries"]) == (1, 1)
     assert [line["late"] for line in november["lines"]] == [True]
     assert db.billing_ledger.count_documents({"booked": "2026-10", "fence": None}) == 0
+
+
+def test_two_months_frozen_in_turn_under_a_run_have_its_usage_billed_late_by_that_run(
+    db, settings, registry, monkeypatch
+):
+    """settle's rounds: a draft finalized under our feet, sweep it, then its target, which
+    may be finalized under our feet too. A run whose clock reads November 30 (started
+    before midnight) meters a runner of October while finalizes lag: October is frozen
+    before its first build; November, whose entries a second finalize stamped before the
+    run swept October's entry into it, before its second. The same run sweeps that entry
+    on into December and bills it there: nothing waits for the next run."""
+    oct_20, nov_15 = datetime(2026, 10, 20, tzinfo=UTC), datetime(2026, 11, 15, tzinfo=UTC)
+    nov_1, dec_1 = datetime(2026, 11, 1, 5, tzinfo=UTC), datetime(2026, 12, 1, 5, tzinfo=UTC)
+    nov_30 = datetime(2026, 11, 30, 23, tzinfo=UTC)
+    for runner, ended in (("early", oct_20), ("mid", nov_15)):
+        db.tasks.insert_one(ai_runner(runner, ended=ended))
+        run_chore(db, now=ended + timedelta(hours=1), settings=settings, registry=registry)
+    # Ended October 31, its last write stamped just before the run.
+    last = ai_runner("last", ended=nov_1 - timedelta(hours=6), stamp=nov_30.timestamp() - 60)
+    db.tasks.insert_one(last)
+
+    october, november = DyingFinalize(db, nov_1, settings), DyingFinalize(db, dec_1, settings)
+    october.start()
+    rebuild = invoices.Invoices.rebuild
+    builds: list[object] = []
+
+    def frozen_in_turn(self: Any, *args: Any, **kwargs: Any) -> Any:
+        builds.append(args)
+        if len(builds) == 1:
+            october.freeze_and_die()
+            november.start()  # stamps November's entries before the run sweeps into it
+        elif len(builds) == 2:
+            november.freeze_and_die()
+        return rebuild(self, *args, **kwargs)
+
+    monkeypatch.setattr(invoices.Invoices, "rebuild", frozen_in_turn)
+    run_chore(db, now=nov_30, settings=settings, registry=registry)
+
+    for period, runs in (("2026-10", 1), ("2026-11", 1)):
+        frozen = db.billing_invoices.find_one({"_id": f"acme:{period}"})
+        assert (frozen["status"], frozen["runs"]) == ("final", runs)
+    december = db.billing_invoices.find_one({"_id": "acme:2026-12"})
+    assert december is not None and (december["runs"], december["entries"]) == (1, 1)
+    assert [(line["tokens"], line["late"]) for line in december["lines"]] == [(1_000, True)]
+    assert db.billing_ledger.count_documents({"fence": None, "booked": {"$ne": "2026-12"}}) == 0
+    # Left: the dead finalizes' own marks (open, on the months they froze), none of the run's.
+    marks = [(m["period"], m["open"]) for m in db.billing_dirty.find(sort=[("period", 1)])]
+    assert marks == [("2026-10", True), ("2026-11", True)]
 
 
 @pytest.mark.parametrize("how", ["removed", "set-to-1", "set-below-the-drafts-own-ticket"])
