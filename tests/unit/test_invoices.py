@@ -71,6 +71,11 @@ def invoice(db: Any, pair: tuple[str, str] = NOVEMBER) -> dict[str, Any]:
     return found
 
 
+def model_lines(db: Any) -> dict[str, tuple[int, int | None]]:
+    """The draft's lines by model: (tokens, amount in micro-USD)."""
+    return {line["model"]: (line["tokens"], line["amount_micros"]) for line in invoice(db)["lines"]}
+
+
 def invoiced_tokens(db: Any) -> int:
     return sum(line["tokens"] for line in invoice(db)["lines"])
 
@@ -176,6 +181,38 @@ def test_a_new_registry_reprices_the_stored_sums_without_reading_the_ledger(db, 
         2 * Decimal(before["total_micros"]), abs=2
     )
     assert Pipeline(db, CONFIG, doubled).invoices.check_drafts({NOVEMBER}) == []
+
+
+def test_tokens_billed_under_a_misspelt_model_are_priced_once_the_registry_knows_the_name(
+    db, registry
+):
+    """A runner billed under a misspelt model, then corrected in its document: what it was
+    billed stays where it was billed, on an unpriced line that needs review (the ledger is
+    append-only), and its later tokens go on the model's line. Once the misspelling is an
+    alias in the registry, the next run prices that usage: the draft follows the registry
+    (docs/contract.md, "A runner whose model or key source changed")."""
+    seen = datetime(2026, 11, 20, tzinfo=UTC)
+    db.tasks.insert_one(
+        ai_runner("r1", ended=None, status="RUNNING", model="gpt-4o-mni", stamp=seen.timestamp())
+    )
+    run_chore(db, now=seen + timedelta(minutes=5), registry=registry, settings=CONFIG)
+    ended = seen + timedelta(hours=1)
+    corrected = {"context.ai_model": "gpt-4o-mini", "context.ai_tokens": 1_500}
+    corrected |= {"context.ai_prompt_tokens": 1_500, "status": "SUCCESS", "end_time": ended}
+    corrected["last_updated_db"] = ended.timestamp()
+    db.tasks.update_one({"_id": "r1"}, {"$set": corrected})
+    run_chore(db, now=ended + timedelta(minutes=5), registry=registry, settings=CONFIG)
+    assert model_lines(db) == {"gpt-4o-mni": (1_000, None), "gpt-4o-mini": (500, 75)}  # $0.15/M
+    assert invoice(db)["needs_review"] is True
+
+    data = registry.model_dump()
+    for entry in data["models"]:
+        if entry["id"] == "gpt-4o-mini":
+            entry["aliases"] = [*entry["aliases"], "gpt-4o-mni"]
+    knows_it = Registry.model_validate({**data, "version": "with-the-misspelling"})
+    run_chore(db, now=ended + timedelta(minutes=10), registry=knows_it, settings=CONFIG)
+    assert model_lines(db) == {"gpt-4o-mini": (1_500, 225)}
+    assert (invoice(db)["needs_review"], invoice(db)["total_micros"]) == (False, 225)
 
 
 def test_a_run_counts_a_runner_once_whatever_the_builds_it_spans(db, registry):
