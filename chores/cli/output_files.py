@@ -8,6 +8,8 @@ file belongs.
   root) or a directory would be replaced by a file, and the command would claim success.
 - With the replaced file's permission bits, or a new file's default (the umask's), not
   the 0600 of a temporary file.
+- Never to a path ending in `/` (or `/.`): a directory's, as a shell's `>` takes it;
+  `Path` drops that `/`, and wrote `newdir/` as a file `newdir`.
 - Never over a local store (`file://`, the demo's database) or its lock: a mistyped
   `--out` would lose every invoice in it. Never over a read-only file, as a shell's `>`.
   `keep` may refuse other files (what it says is the reason); an empty file is replaced.
@@ -27,10 +29,18 @@ from chores.core.local_store import may_be_store
 
 
 def write_output(
-    path: Path, text: str, *, keep: Callable[[Path], str | None] | None = None
+    out: str | Path, text: str, *, keep: Callable[[Path], str | None] | None = None
 ) -> None:
-    """Write `text` to `path` whole (see the module's docstring); a `ClickException` naming
-    the path and the reason when it cannot, the target then unchanged."""
+    """Write `text` to the file `out` whole (see the module's docstring; a `str` as the user
+    wrote it: a `Path` has lost a trailing `/`); a `ClickException` naming the path and the
+    reason when it cannot, the target then unchanged."""
+    path = Path(out)
+    if not os.fspath(out):  # `Path("")` is the working directory
+        raise click.ClickException("cannot write to an empty path: give the path of a file")
+    if os.path.basename(os.fspath(out)) in ("", "."):  # `newdir/`, `newdir/.`: `Path` drops them
+        raise click.ClickException(
+            f"cannot write {out}: a directory's path (it ends in /): give the path of a file"
+        )
     try:
         target = path.resolve()
     except RuntimeError:  # Python 3.11's symlink loop

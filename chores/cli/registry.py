@@ -175,7 +175,7 @@ def registry_import(
         )
     if out:
         replaced = _loads(Path(out))
-        write_output(Path(out), text, keep=_not_a_registry)
+        write_output(out, text, keep=_not_a_registry)
         click.echo(f"wrote {counted(len(reg.models), 'model')} to {out}", err=True)
         if replaced is not None:
             _say_what_the_replaced_registry_priced_earlier(replaced, day)

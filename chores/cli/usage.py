@@ -11,7 +11,6 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any, cast
 
 import click
@@ -364,7 +363,7 @@ def report(
         if to_stdout:
             echo_utf8(page)
         else:
-            write_output(Path(out), page)
+            write_output(out, page)
         update("done", 1, 1)
     if not quiet:
         invoice = data.allocation.invoice

@@ -215,3 +215,32 @@ def test_the_format_named_across_the_first_4_kb_is_still_seen(tmp_path):
     assert local_store.may_be_store(path)
     with pytest.raises(click.ClickException, match="is a local store"):
         write_output(path, "<html>")
+
+
+def test_an_out_ending_in_a_slash_is_refused_not_written_as_the_file_before_it(
+    metered_env_db, tmp_path
+):
+    """Outside hunt: `report --out newdir/` wrote the page to a file named `newdir` ("wrote
+    newdir/", exit 0), and `import-litellm --out reg.yaml/` replaced `reg.yaml`: the path
+    lost its trailing `/`. A path ending in `/` (or `/.`) names a directory, as a shell's
+    `> newdir/` takes it: one line, nothing written, the file before it left as it was."""
+    kept = tmp_path / "reg.yaml"
+    kept.write_text("")  # empty: replaced by any --out naming it
+    for out in (f"{tmp_path}/newdir/", f"{tmp_path}/newdir/.", f"{kept}/"):
+        args = ["report", "--org", "ws-acme", "--period", "2026-11", "--out", out]
+        refused = CliRunner().invoke(main, [*args, "--now", "2026-11-25T12:00:00Z"])
+        assert refused.exit_code == 1, refused.output
+        assert refused.output.splitlines()[0] == (
+            f"Error: cannot write {out}: a directory's path (it ends in /): give the path of a file"
+        )
+    args = ["report", "--org", "ws-acme", "--period", "2026-11", "--out", ""]
+    refused = CliRunner().invoke(main, [*args, "--now", "2026-11-25T12:00:00Z"])
+    assert refused.exit_code == 1 and refused.output.splitlines()[0] == (
+        "Error: cannot write to an empty path: give the path of a file"
+    )
+    source = _litellm_map(tmp_path)
+    args = ["registry", "import-litellm", str(source), "--out", f"{kept}/"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 1 and "a directory's path (it ends in /)" in refused.output
+    assert kept.read_text() == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.json", "reg.yaml"]
