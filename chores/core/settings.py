@@ -370,6 +370,15 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("registry_path", mode="before")
+    @classmethod
+    def _no_registry(cls, value: object) -> object:
+        """`REGISTRY_PATH=` (set, empty: a blank `.env` line) is the shipped registry, as when
+        it is unset: an empty path read as the working directory, and every run stopped."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("redis_url", "celery_broker_url", "celery_result_backend")
     @classmethod
     def _redis_urls(cls, url: str | None, info: ValidationInfo) -> str | None:

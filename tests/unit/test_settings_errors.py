@@ -428,3 +428,18 @@ def test_a_default_limit_written_none_is_no_limit(monkeypatch, variable, written
     assert getattr(Settings(), variable.lower()) is None
     monkeypatch.setenv(variable, "1000")
     assert getattr(Settings(), variable.lower()) == 1000
+
+
+@pytest.mark.parametrize("written", ["", " "])
+def test_an_empty_registry_path_is_the_shipped_registry(monkeypatch, written):
+    """Outside hunt: `REGISTRY_PATH=` (set, empty: a .env line left blank, a compose
+    `${REGISTRY_PATH}`) stopped every command that prices, "Cannot load the model registry .:
+    unknown file type '(none)'" (an empty path is the working directory). Empty is unset, as
+    `REDIS_URL=` is no Redis and `DEFAULT_TOKEN_LIMIT=` no limit."""
+    monkeypatch.setenv("REGISTRY_PATH", written)
+    assert Settings().registry_path is None
+    validated = invoke_with_env(monkeypatch, ["registry", "validate"], MONGO_URL="mongomock://x")
+    assert validated.exit_code == 0, validated.output
+    assert validated.output.startswith("shipped registry: valid, version ")
+    metered = invoke_with_env(monkeypatch, ["run", "--org", "acme", "--dry-run"])
+    assert metered.exit_code == 0, metered.output
