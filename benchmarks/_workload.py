@@ -18,6 +18,7 @@ Nothing here is imported by the package or by the tests: the benchmarks are run 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -185,6 +186,27 @@ def machine() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+
+
+def at_least(least: int) -> Any:
+    """An argparse type: a whole number of at least `least`, else a usage error naming the
+    option (not a traceback once the benchmark has started: no median of 0 checks)."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is less than {least}")
+        return value
+
+    return whole
+
+
+def sizes(text: str) -> list[int]:
+    """An argparse type: comma-separated whole numbers of at least 0 (`10000,100000`)."""
+    return [at_least(0)(size) for size in text.split(",")]
 
 
 def write_json(path: str | None, data: Mapping[str, Any]) -> None:

@@ -55,6 +55,7 @@ import bson
 from _workload import (
     Observation,
     Stopwatch,
+    at_least,
     import_litellm,
     litellm_registry,
     machine,
@@ -346,10 +347,10 @@ def check_same_rates(registry: Registry) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--snapshots", type=int, default=1_000_000)
+    parser.add_argument("--snapshots", type=at_least(1), default=1_000_000)
     parser.add_argument(
         "--litellm-snapshots",
-        type=int,
+        type=at_least(0),
         default=None,
         help="price only the records of the first N snapshots with LiteLLM (default: all)",
     )

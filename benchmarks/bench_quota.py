@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 from _counting import CountingDatabase
-from _workload import NOW, machine, org_names, write_json
+from _workload import NOW, at_least, machine, org_names, write_json
 from rich.console import Console
 from rich.table import Table
 
@@ -107,7 +107,7 @@ def timed(label: str, fn: Callable[[str], Any], checks: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
-    parser.add_argument("--checks", type=int, default=20_000)
+    parser.add_argument("--checks", type=at_least(1), default=20_000)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     out = Console(width=150)

@@ -47,7 +47,7 @@ from typing import Any
 
 import mongomock
 from _counting import BuildReads, CountingDatabase, Counts, MongoCounter
-from _workload import NOW, START, machine, org_names, write_json
+from _workload import NOW, START, at_least, machine, org_names, sizes, write_json
 from bson import ObjectId
 from rich.console import Console
 from rich.table import Table
@@ -335,9 +335,12 @@ COLUMNS = (
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--sizes", default="10000,100000", help="comma-separated N values (AI runner documents)"
+        "--sizes",
+        type=sizes,
+        default=[10_000, 100_000],
+        help="comma-separated N values (AI runner documents)",
     )
-    parser.add_argument("--changed", type=int, default=100, help="k documents changed")
+    parser.add_argument("--changed", type=at_least(0), default=100, help="k documents changed")
     parser.add_argument(
         "--check-up-to",
         type=int,
@@ -361,9 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     if real_url and real_url.startswith("mongomock://"):
         real_url = None
     registry = load_registry()
-    sizes = [int(s) for s in args.sizes.split(",")]
     results = []
-    for n in sizes:
+    for n in args.sizes:
         out.print(f"N={n:,}: seeding...", highlight=False)
         result = run_size(
             n,

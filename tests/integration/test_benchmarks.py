@@ -76,3 +76,25 @@ def test_memory_children_meter_what_they_were_given():
     assert streamed["n"] == 2000 and streamed["lines"] > 0
     run = bench("bench_memory.py", "--child", "run_chore", "200")
     assert run["docs_read"] == run["n"] > 0
+
+
+def test_a_count_or_size_that_is_no_whole_number_is_a_usage_error_not_a_traceback():
+    """Outside hunt: `bench_quota.py --checks 0` died on `StatisticsError` (no median),
+    `bench_engine.py --snapshots 0` on `ZeroDivisionError` and `bench_roundtrips.py --sizes
+    10k` on `int()`'s ValueError, each a traceback after its imports. Each is argparse's
+    usage error now (exit 2, naming the option), before any work; the Redis of
+    `--redis-url` is not even reached."""
+    for script, args, option in (
+        ("bench_quota.py", ["--checks", "0", "--redis-url", "redis://127.0.0.1:1/9"], "--checks"),
+        ("bench_quota.py", ["--checks", "-5", "--redis-url", "redis://127.0.0.1:1/9"], "--checks"),
+        ("bench_engine.py", ["--snapshots", "0"], "--snapshots"),
+        ("bench_engine.py", ["--snapshots", "10", "--litellm-snapshots", "-1"], "--litellm"),
+        ("bench_roundtrips.py", ["--sizes", "10k"], "--sizes"),
+        ("bench_roundtrips.py", ["--sizes", "100,-4"], "--sizes"),
+        ("bench_roundtrips.py", ["--sizes", "100", "--changed", "-1"], "--changed"),
+    ):
+        command = [sys.executable, str(BENCHMARKS / script), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=BENCHMARKS)
+        assert done.returncode == 2, (script, args, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr
+        assert f"error: argument {option}" in done.stderr, done.stderr
