@@ -156,6 +156,12 @@ def lines_need_review(lines: Iterable[InvoiceLine]) -> bool:
     return any(not line.priced or (line.amount_micros or 0) < 0 for line in lines)
 
 
+# Why an invoice is flagged when neither its lines nor an anomaly still waiting for review
+# say so: a final keeps the flag it was frozen with, after its anomalies healed or were
+# reviewed (a reviewed anomaly stays open, docs/contract.md).
+FLAGGED_WHEN_BUILT = "flagged when it was built; no anomaly of it is waiting for review any more"
+
+
 def line_review_reasons(lines: Sequence[InvoiceLine]) -> list[str]:
     """Why an invoice's lines need a person (`lines_need_review`), a sentence each."""
     reasons = []

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from chores.billing.invoice import Invoice, line_review_reasons
+from chores.billing.invoice import FLAGGED_WHEN_BUILT, Invoice, line_review_reasons
 from chores.billing.period_ledger import stored_invoice
 from chores.cli import tables
 from chores.cli.common import (
@@ -174,4 +174,4 @@ def review_reasons(inv: Invoice, anomalies: Sequence[OpenAnomaly]) -> list[str]:
     if len(anomalies) > MAX_SHOWN:
         more = len(anomalies) - MAX_SHOWN
         reasons.append(f"and {more:,} more open (`chore anomaly list` lists them all)")
-    return reasons or ["flagged when it was built; no anomaly of it is open any more"]
+    return reasons or [FLAGGED_WHEN_BUILT]

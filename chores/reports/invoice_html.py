@@ -22,7 +22,7 @@ from datetime import date, datetime, timedelta
 
 from pymongo.database import Database
 
-from chores.billing.invoice import Invoice, line_review_reasons
+from chores.billing.invoice import FLAGGED_WHEN_BUILT, Invoice, line_review_reasons
 from chores.billing.period_ledger import read_period
 from chores.core.db import Collections, Doc
 from chores.core.money import usd, usd_exact
@@ -388,7 +388,7 @@ def render_report(data: ReportData) -> str:
         reasons = line_review_reasons(invoice.lines)
         if data.waiting():
             reasons.append("open anomalies, listed below")
-        said = "; ".join(reasons) or "flagged when it was built; no anomaly of it is open any more"
+        said = "; ".join(reasons) or FLAGGED_WHEN_BUILT
         review = f'<p class="review-why">Needs review: {_e(said)}</p>'
     start = invoice.period_start.date().isoformat()
     end = (invoice.period_end - timedelta(days=1)).date().isoformat()

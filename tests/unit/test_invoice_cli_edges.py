@@ -92,3 +92,32 @@ def test_a_fully_priced_invoice_has_no_unpriced_note(metered_env_db):
     assert result.exit_code == 0, result.output
     assert "0 unpriced tokens" in result.output
     assert "UNPRICED" not in result.output
+
+
+def test_a_final_whose_anomalies_were_reviewed_says_why_it_is_still_flagged(env_db, registry):
+    """A final keeps the flag it was frozen with. Once its anomalies are reviewed, `invoice
+    show` still lists it as needing review and says why: no anomaly of it waits for review
+    any more (a reviewed one stays open, so "none is open" would be untrue)."""
+    from datetime import UTC, datetime
+
+    from chores import finalize_invoices, get_settings, run_chore
+    from chores.run.review import review_anomalies
+
+    from support import ai_runner
+
+    settings = get_settings()
+    october = datetime(2026, 10, 20, tzinfo=UTC)
+    env_db.tasks.insert_many(
+        [ai_runner("ok", ended=october), ai_runner("bad", ended=october, tokens="12")]
+    )
+    run_chore(env_db, now=datetime(2026, 10, 25, tzinfo=UTC), registry=registry, settings=settings)
+    assert finalize_invoices(env_db, now=NOW, settings=settings) == ["acme:2026-10"]
+    review_anomalies(env_db, "acme", "2026-10", note="checked", now=NOW, settings=settings)
+
+    result = invoke("invoice", "show", "--org", "acme", "--period", "2026-10")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert (
+        "needs review: - flagged when it was built; no anomaly of it is waiting for review" in said
+    )
+    assert "chore anomaly review" not in said  # nothing left to review

@@ -446,8 +446,9 @@ def test_only_an_invoice_that_needs_review_is_badged_and_says_why(db, settings, 
 
 def test_a_final_flagged_for_anomalies_reviewed_since_says_so(db, settings, registry):
     """A final invoice keeps the flag it was built with. Once its anomalies are reviewed,
-    the page still shows NEEDS REVIEW, and says that no anomaly of it is open any more
-    rather than giving no reason or pointing at an empty list."""
+    the page still shows NEEDS REVIEW, and says that no anomaly of it is waiting for review
+    any more (a reviewed one stays open, docs/contract.md), rather than giving no reason or
+    pointing at an empty list."""
     from chores import finalize_invoices
     from chores.run.review import review_anomalies
 
@@ -463,7 +464,7 @@ def test_a_final_flagged_for_anomalies_reviewed_since_says_so(db, settings, regi
     assert data.allocation.invoice.status == "final" and not data.waiting()
     assert "NEEDS REVIEW" in page and "Reviewed (1)" in page
     assert review_text(page) == (
-        "Needs review: flagged when it was built; no anomaly of it is open any more"
+        "Needs review: flagged when it was built; no anomaly of it is waiting for review any more"
     )
 
 
