@@ -48,7 +48,8 @@ class OneLineGroup(click.Group):
         except click.exceptions.NoArgsIsHelpError:
             raise  # `chore` alone: click prints the help as it is, not as an error
         except click.UsageError as exc:
-            raise one_line(exc) from None
+            path = " ".join(p for p in (parent and parent.command_path, info_name) if p)
+            raise one_line(exc, path) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -56,15 +57,22 @@ class OneLineGroup(click.Group):
         except click.exceptions.NoArgsIsHelpError:
             raise
         except click.UsageError as exc:
-            raise one_line(exc) from None
+            path = " ".join(p for p in (ctx.command_path, ctx.invoked_subcommand) if p)
+            raise one_line(exc, path) from None
 
 
-def one_line(exc: click.UsageError) -> click.UsageError:
-    """The same error without click's usage block: its message and where help is."""
-    if exc.ctx is None:
+class OneLineError(click.UsageError):
+    """A usage error already made one line (a subgroup's, passing through its parents)."""
+
+
+def one_line(exc: click.UsageError, path: str) -> click.UsageError:
+    """The same error without click's usage block: its message and where help is: the
+    command the error names, else `path`, the command being parsed (click's parser names
+    none for an option given without its value)."""
+    if isinstance(exc, OneLineError):
         return exc
-    message = exc.format_message()
-    return click.UsageError(f"{message} ({exc.ctx.command_path} -h for help)")
+    where = exc.ctx.command_path if exc.ctx is not None else path
+    return OneLineError(f"{exc.format_message()} ({where} -h for help)")
 
 
 class PeriodType(click.ParamType):

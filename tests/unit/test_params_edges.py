@@ -92,6 +92,16 @@ def test_an_unknown_option_of_a_group_is_one_line_and_exit_2(args):
     assert result.output == f"Error: No such option '--bogus'. ({where} -h for help)\n"
 
 
+@pytest.mark.parametrize("command", [["run"], ["quota", "check"], ["invoice", "show"]])
+def test_an_option_given_without_its_value_says_where_help_is_once(command):
+    """click's parser names no command for `--org` given last without its value: the line
+    still says where help is, the command's own, once (not once per group it passes)."""
+    result = invoke(*command, "--org")
+    assert result.exit_code == 2, result.output
+    where = " ".join(["chore", *command])
+    assert result.output == f"Error: Option '--org' requires an argument. ({where} -h for help)\n"
+
+
 @pytest.mark.parametrize("moment", ["2000-01-01T00:00:00+00:00", "2999-12-31T23:59:59+00:00"])
 def test_a_now_in_the_first_or_last_year_is_accepted(moment):
     result = invoke("registry", "list", "--now", moment)
