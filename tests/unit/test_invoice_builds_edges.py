@@ -15,6 +15,7 @@ from bson.int64 import Int64
 
 from chores import Settings, finalize_invoices, run_chore
 from chores.billing import invoices
+from chores.billing.sweeper import Sweeper
 from chores.core.exceptions import InvoiceTooLarge, MalformedDocument
 from chores.core.settings import MAX_INT64
 from chores.run.pipeline import Pipeline
@@ -208,6 +209,21 @@ class DyingFinalize:
             )
 
 
+def swept_by_this_thread(monkeypatch: pytest.MonkeyPatch) -> list[set[tuple[str, str]]]:
+    """The pairs of each `Sweeper.sweep` the calling thread makes from now on (not those of a
+    finalize in another thread)."""
+    sweeps: list[set[tuple[str, str]]] = []
+    sweep, caller = Sweeper.sweep, threading.current_thread()
+
+    def recorded(self: Sweeper, pairs: set[tuple[str, str]], now: datetime) -> Any:
+        if threading.current_thread() is caller:
+            sweeps.append(set(pairs))
+        return sweep(self, pairs, now)
+
+    monkeypatch.setattr(Sweeper, "sweep", recorded)
+    return sweeps
+
+
 def test_a_draft_frozen_under_a_runs_feet_has_the_runs_usage_billed_late_by_that_run(
     db, settings, registry, monkeypatch
 ):
@@ -232,8 +248,12 @@ def test_a_draft_frozen_under_a_runs_feet_has_the_runs_usage_billed_late_by_that
         return rebuild(self, *args, **kwargs)
 
     monkeypatch.setattr(invoices.Invoices, "rebuild", frozen_first)
+    sweeps = swept_by_this_thread(monkeypatch)
     run_chore(db, now=nov_1, settings=settings, registry=registry)
 
+    # October swept once more once found final, its target built: then nothing is left to do
+    # (three rounds would sweep October again and try to build it again, for nothing).
+    assert sweeps == [{("acme", "2026-10")}, {("acme", "2026-10")}]
     assert db.billing_invoices.find_one({"_id": "acme:2026-10"})["status"] == "final"
     assert db.billing_invoices.find_one({"_id": "acme:2026-10"})["runs"] == 1
     november = db.billing_invoices.find_one({"_id": "acme:2026-11"})
@@ -276,6 +296,7 @@ def test_two_months_frozen_in_turn_under_a_run_have_its_usage_billed_late_by_tha
         return rebuild(self, *args, **kwargs)
 
     monkeypatch.setattr(invoices.Invoices, "rebuild", frozen_in_turn)
+    sweeps = swept_by_this_thread(monkeypatch)
     run_chore(db, now=nov_30, settings=settings, registry=registry)
 
     for period, runs in (("2026-10", 1), ("2026-11", 1)):
@@ -285,6 +306,7 @@ def test_two_months_frozen_in_turn_under_a_run_have_its_usage_billed_late_by_tha
     assert december is not None and (december["runs"], december["entries"]) == (1, 1)
     assert [(line["tokens"], line["late"]) for line in december["lines"]] == [(1_000, True)]
     assert db.billing_ledger.count_documents({"fence": None, "booked": {"$ne": "2026-12"}}) == 0
+    assert sweeps == [{("acme", "2026-10")}, {("acme", "2026-10")}, {("acme", "2026-11")}]
     # Left: the dead finalizes' own marks (open, on the months they froze), none of the run's.
     marks = [(m["period"], m["open"]) for m in db.billing_dirty.find(sort=[("period", 1)])]
     assert marks == [("2026-10", True), ("2026-11", True)]
