@@ -1,6 +1,6 @@
 """Redis clients: one per URL and timeout, per process, with short timeouts; and whether a
-Redis refuses the credentials a URL carries, is not reached at all, or speaks no TLS to a
-`rediss://` URL.
+Redis refuses the credentials a URL carries, is not reached at all, speaks no TLS to a
+`rediss://` URL, or takes a connection and never answers it.
 
 A dead Redis must never stall a run or a quota check: short timeouts, and callers catch
 `RedisError` (the quota mirror falls back to MongoDB; a run that cannot take its org's
@@ -73,3 +73,32 @@ def speaks_without_tls(url: str, *, timeout: float = 2.0) -> bool:
             return plain.recv(1) in (b"+", b"-")  # a reply (`+PONG`) or an error (`-NOAUTH`)
     except (OSError, ValueError):  # not reached, or a port out of range: another matter
         return False
+
+
+# What Celery's broker connection sends first: a PING, as redis-py writes it (14 bytes).
+_PING = b"*1\r\n$4\r\nPING\r\n"
+
+
+def answers_nothing(url: str, *, timeout: float = 5.0, connect_timeout: float = 2.0) -> bool:
+    """Whether the server a `redis://` or `rediss://` URL names takes a TCP connection and
+    then answers nothing to a PING within `timeout`: another service's port (MongoDB waits
+    for the 16 bytes of a message header), a Redis stopped but still listening. Celery's
+    broker connection has no socket timeout: the worker waited for that answer for good,
+    printing nothing, deaf to SIGTERM. Any answer, an error or a closed connection (a TLS
+    server refusing the bytes) is one; a server not reached is another matter."""
+    parts = urlsplit(url)
+    try:
+        address = (parts.hostname or "localhost", parts.port or 6379)
+        connection = socket.create_connection(address, timeout=connect_timeout)
+    except (OSError, ValueError):  # not reached, or a port out of range: another matter
+        return False
+    with connection:
+        try:
+            connection.settimeout(timeout)
+            connection.sendall(_PING)
+            connection.recv(1)
+        except TimeoutError:
+            return True
+        except OSError:  # reset: an answer of sorts
+            return False
+    return False

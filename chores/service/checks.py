@@ -13,7 +13,7 @@ from chores.core.db import IN_PROCESS_SCHEMES, mongo_client
 from chores.core.exceptions import ConfigError, DatabaseUnavailable
 from chores.core.local_store import SCHEME as LOCAL_STORE_SCHEME
 from chores.core.logs import JsonFormatter
-from chores.core.redis_client import refused_credentials, speaks_without_tls
+from chores.core.redis_client import answers_nothing, refused_credentials, speaks_without_tls
 from chores.core.settings import REDIS_SCHEMES, Settings, redact_url
 
 
@@ -49,8 +49,9 @@ def mongo_url_problem(settings: Settings) -> str | None:
 
 def redis_problem(settings: Settings) -> str | None:
     """The first Redis of the service (its broker, the per-org locks', a Redis result
-    backend) that refuses the user or password its URL carries, or that speaks no TLS to
-    a `rediss://` URL, in one line, or None.
+    backend) that refuses the user or password its URL carries, that speaks no TLS to
+    a `rediss://` URL, or that takes a connection and never answers a PING
+    (`answers_nothing`), in one line, or None.
 
     Celery retries a broker that refuses its credentials like one that is down (a hundred
     times over hours, the worker idle meanwhile), and beat stops with two tracebacks.
@@ -73,6 +74,13 @@ def redis_problem(settings: Settings) -> str | None:
                 f"{name} {redact_url(url)}: that Redis speaks no TLS, and a rediss:// "
                 "client waits for its TLS handshake for good: use redis://, or turn TLS "
                 "on at the server (docs/deploy.md)"
+            )
+        if urlsplit(url).scheme in ("redis", "rediss") and answers_nothing(url):
+            return (
+                f"{name} {redact_url(url)}: the server there took the connection but did not "
+                "answer a PING within 5 s (another service's port, such as MongoDB's, or a "
+                "Redis that is stopped): Celery would wait for its answer for good; check "
+                "the host and port (docs/deploy.md)"
             )
         reply = refused_credentials(url)
         if reply is None:

@@ -53,7 +53,7 @@ from chores.service.config import DEFAULT_QUEUE, FULL_QUEUE, celery_config
 
 from support import QUICK_RETRY_DELAY, closed_port, dies_with_the_tests
 from support.dbproxy import WRITES, DatabaseProxy
-from support.fake_mongod import SilentMongod
+from support.fake_mongod import RefusingMongod, SilentMongod
 
 # Celery's Redis result backend still calls redis-py's deprecated `setex` (redis>=8 warns).
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
@@ -1312,6 +1312,32 @@ def test_a_rediss_url_to_a_redis_without_tls_stops_the_service_with_one_line(
         "client waits for its TLS handshake for good: use redis://, or turn TLS on at the "
         "server (docs/deploy.md)"
     ], stopped.stderr
+
+
+@pytest.mark.parametrize("program", ["worker", "beat"])
+def test_a_broker_url_naming_a_server_that_never_answers_stops_the_service_with_one_line(
+    tmp_path, program
+):
+    """Operator's review: CELERY_BROKER_URL naming MongoDB's port (`redis://db:27017/0`, the
+    two stores' ports swapped) hung the worker for good, printing nothing after its banner
+    and deaf to SIGTERM: Celery's broker connection sends a PING (14 bytes), MongoDB waits
+    for the 16 of a message header, and that connection has no socket timeout. (A Redis
+    stopped but still listening does the same.) It stops at start with one line instead."""
+    with RefusingMongod() as mongo:  # reads a whole header before it answers, as mongod does
+        url = f"redis://{urllib.parse.urlsplit(mongo).netloc}/0"
+        env = {**os.environ, "CELERY_BROKER_URL": url, "MONGO_URL": "mongodb://127.0.0.1:1/x"}
+        started = time.monotonic()
+        stopped = celery_command(program, env, tmp_path)
+    assert stopped.returncode == 1, stopped.stderr
+    said = [line for line in stopped.stderr.splitlines() if line.startswith("chore service:")]
+    assert said == [
+        f"chore service: CELERY_BROKER_URL {url}: the server there took the connection but "
+        "did not answer a PING within 5 s (another service's port, such as MongoDB's, or a "
+        "Redis that is stopped): Celery would wait for its answer for good; check the host "
+        "and port (docs/deploy.md)"
+    ], stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert time.monotonic() - started < 45
 
 
 def test_beat_without_its_redis_at_start_stops_with_one_line(tmp_path):
