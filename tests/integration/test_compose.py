@@ -339,6 +339,25 @@ def test_mongo_and_redis_require_credentials_that_reach_the_containers_from_dot_
         ), path
 
 
+def test_the_chore_uses_the_database_its_mongo_user_may_write_however_mongo_db_is_given(compose):
+    """Operator's review: MONGO_DB reached mongo's init script by interpolation (the shell's
+    environment, `.env`, or `docker compose --env-file`) but the chore's containers through
+    `env_file: .env` only: with `MONGO_DB=billing` exported in the shell or in another env
+    file, the chore's user got readWrite on `billing` while the worker and beat metered
+    `main`, refused at every run. Both now take it from the same interpolation."""
+    services = compose["services"]
+    mongo = services["mongo"]["environment"]
+    for given in ({}, {"MONGO_DB": "billing"}):
+        env = {**PASSWORDS, **given}
+        rights_on = interpolate(mongo["CHORE_MONGO_DB"], env)
+        assert rights_on == given.get("MONGO_DB", Settings().mongo_db)
+        for name in CHORE_SERVICES:
+            environment = services[name]["environment"]
+            # `environment` wins over env_file: what the container's Settings read
+            assert "MONGO_DB" in environment, name
+            assert interpolate(environment["MONGO_DB"], env) == rights_on, name
+
+
 # Runs the init script under node with a stand-in for mongosh's `db` and `print`.
 MONGOSH_SHIM = """
 const calls = [];
