@@ -583,6 +583,28 @@ def prefork_worker(service: Any, mongo: SilentMongod, cwd: Any, *, stderr: Any) 
     )
 
 
+def worker_reaches(
+    condition: Callable[[], bool], worker: Any, log: Any, broker_url: str, timeout: float = 60
+) -> None:
+    """`wait_for(condition, timeout)`. When the worker does not get there, the failure says what
+    the broker holds and where the worker's threads wait (Celery writes their stacks to its
+    log on SIGUSR1): stops 55 and 59 saw no pool process reach the database within 60 s,
+    the worker logging nothing, once in several whole two-process runs."""
+    try:
+        wait_for(condition, timeout)
+    except AssertionError:
+        broker = redis.Redis.from_url(broker_url)
+        held = f"{broker.llen('celery')} queued, {broker.hlen('unacked')} unacked"
+        if worker.poll() is None:
+            os.kill(worker.pid, signal.SIGUSR1)
+            time.sleep(2)
+        said = log.read_text()[-8000:]
+        raise AssertionError(
+            f"the worker did not get there in {timeout:g} s (exit code {worker.poll()}; broker: "
+            f"{held} message(s)); its log:\n{said}"
+        ) from None
+
+
 def test_a_pool_process_killed_mid_run_has_its_message_run_again_by_a_fresh_one(
     service, source, tmp_path
 ):
@@ -633,7 +655,8 @@ def test_a_message_that_kills_its_pool_process_every_time_fails_after_its_retrie
     try:
         attempts = 1 + tasks.meter_org.max_retries
         for _ in range(attempts):
-            wait_for(lambda: any(pid not in killed for pid in mongo.pids), 60)
+            reached = lambda: any(pid not in killed for pid in mongo.pids)  # noqa: E731
+            worker_reaches(reached, worker, log, service.celery_broker_url)
             pid = next(pid for pid in mongo.pids if pid not in killed)
             assert parent_of(pid) == worker.pid  # a pool process in the run
             os.kill(pid, signal.SIGKILL)
