@@ -61,44 +61,44 @@ def _ping_error(url: str, timeout: float) -> redis.RedisError | None:
     return None
 
 
-def speaks_without_tls(url: str, *, timeout: float = 2.0) -> bool:
-    """Whether the server a `rediss://` URL names answers Redis's protocol in plain text:
-    a TLS client's handshake with it waits for an answer that never comes (Celery's
-    broker connection has no timeout there: the worker hung, deaf to SIGTERM)."""
-    parts = urlsplit(url)
-    try:
-        address = (parts.hostname or "localhost", parts.port or 6379)
-        with socket.create_connection(address, timeout=timeout) as plain:
-            plain.sendall(b"PING\r\n")
-            return plain.recv(1) in (b"+", b"-")  # a reply (`+PONG`) or an error (`-NOAUTH`)
-    except (OSError, ValueError):  # not reached, or a port out of range: another matter
-        return False
-
-
-# What Celery's broker connection sends first: a PING, as redis-py writes it (14 bytes).
+# A PING as redis-py and Celery's broker connection write it (14 bytes).
 _PING = b"*1\r\n$4\r\nPING\r\n"
 
 
-def answers_nothing(url: str, *, timeout: float = 5.0, connect_timeout: float = 2.0) -> bool:
-    """Whether the server a `redis://` or `rediss://` URL names takes a TCP connection and
-    then answers nothing to a PING within `timeout`: another service's port (MongoDB waits
-    for the 16 bytes of a message header), a Redis stopped but still listening. Celery's
-    broker connection has no socket timeout: the worker waited for that answer for good,
-    printing nothing, deaf to SIGTERM. Any answer, an error or a closed connection (a TLS
-    server refusing the bytes) is one; a server not reached is another matter."""
+def _first_byte(url: str, *, timeout: float) -> bytes | None:
+    """The first byte the server a `redis://` or `rediss://` URL names sends back to a PING
+    in plain text: `+` a reply, `-` an error (`-NOAUTH`), b"" when it closes or resets the
+    connection (a TLS server refusing the bytes) or is not reached at all, None when it
+    takes the connection and answers nothing within `timeout`."""
     parts = urlsplit(url)
     try:
         address = (parts.hostname or "localhost", parts.port or 6379)
-        connection = socket.create_connection(address, timeout=connect_timeout)
+        connection = socket.create_connection(address, timeout=min(timeout, 2.0))
     except (OSError, ValueError):  # not reached, or a port out of range: another matter
-        return False
+        return b""
     with connection:
         try:
             connection.settimeout(timeout)
             connection.sendall(_PING)
-            connection.recv(1)
+            return connection.recv(1)
         except TimeoutError:
-            return True
-        except OSError:  # reset: an answer of sorts
-            return False
-    return False
+            return None
+        except OSError:  # reset
+            return b""
+
+
+def speaks_without_tls(url: str, *, timeout: float = 2.0) -> bool:
+    """Whether the server a `rediss://` URL names answers Redis's protocol in plain text:
+    a TLS client's handshake with it waits for an answer that never comes (Celery's
+    broker connection has no timeout there: the worker hung, deaf to SIGTERM)."""
+    return _first_byte(url, timeout=timeout) in (b"+", b"-")
+
+
+def answers_nothing(url: str, *, timeout: float) -> bool:
+    """Whether the server a `redis://` or `rediss://` URL names takes a TCP connection and
+    then answers nothing to a PING within `timeout`: another service's port (MongoDB waits
+    for the 16 bytes of a message header), a Redis stopped but still listening. Celery's
+    broker connection has no socket timeout: the worker waited for that answer for good,
+    printing nothing, deaf to SIGTERM. Any answer, an error or a closed connection is one;
+    a server not reached is another matter."""
+    return _first_byte(url, timeout=timeout) is None

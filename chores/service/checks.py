@@ -47,11 +47,16 @@ def mongo_url_problem(settings: Settings) -> str | None:
     return None
 
 
+# How long the broker may take to answer a PING at start: twice Redis's default
+# `busy-reply-threshold` (5 s), after which a busy Redis answers `-BUSY`.
+BROKER_SILENCE_SECONDS = 10.0
+
+
 def redis_problem(settings: Settings) -> str | None:
     """The first Redis of the service (its broker, the per-org locks', a Redis result
-    backend) that refuses the user or password its URL carries, that speaks no TLS to
-    a `rediss://` URL, or that takes a connection and never answers a PING
-    (`answers_nothing`), in one line, or None.
+    backend) that refuses the user or password its URL carries, or that speaks no TLS to
+    a `rediss://` URL; or a broker that takes a connection and never answers a PING
+    (`answers_nothing`); in one line, or None.
 
     Celery retries a broker that refuses its credentials like one that is down (a hundred
     times over hours, the worker idle meanwhile), and beat stops with two tracebacks.
@@ -75,12 +80,15 @@ def redis_problem(settings: Settings) -> str | None:
                 "client waits for its TLS handshake for good: use redis://, or turn TLS "
                 "on at the server (docs/deploy.md)"
             )
-        if urlsplit(url).scheme in ("redis", "rediss") and answers_nothing(url):
+        # Only the broker's connection waits for good; the others time out (`redis_client`,
+        # the result backend's own timeouts), and a Redis busy for a few seconds answers.
+        silent = name == "CELERY_BROKER_URL" and urlsplit(url).scheme in ("redis", "rediss")
+        if silent and answers_nothing(url, timeout=BROKER_SILENCE_SECONDS):
             return (
                 f"{name} {redact_url(url)}: the server there took the connection but did not "
-                "answer a PING within 5 s (another service's port, such as MongoDB's, or a "
-                "Redis that is stopped): Celery would wait for its answer for good; check "
-                "the host and port (docs/deploy.md)"
+                f"answer a PING within {BROKER_SILENCE_SECONDS:g} s (another service's port, "
+                "such as MongoDB's, or a Redis that is stopped): Celery would wait for its "
+                "answer for good; check the host and port (docs/deploy.md)"
             )
         reply = refused_credentials(url)
         if reply is None:

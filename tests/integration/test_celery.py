@@ -1355,7 +1355,7 @@ def test_a_broker_url_naming_a_server_that_never_answers_stops_the_service_with_
     said = [line for line in stopped.stderr.splitlines() if line.startswith("chore service:")]
     assert said == [
         f"chore service: CELERY_BROKER_URL {url}: the server there took the connection but "
-        "did not answer a PING within 5 s (another service's port, such as MongoDB's, or a "
+        "did not answer a PING within 10 s (another service's port, such as MongoDB's, or a "
         "Redis that is stopped): Celery would wait for its answer for good; check the host "
         "and port (docs/deploy.md)"
     ], stopped.stderr
@@ -1396,6 +1396,11 @@ def test_only_refused_credentials_stop_the_service_not_a_redis_that_is_down(redi
     assert problem(redis_url=right, celery_result_backend=right) is None
     assert problem(celery_broker_url=down, redis_url=down) is None
     assert problem(celery_result_backend="rpc://") is None  # not Redis: Celery's to check
+    with RefusingMongod() as mongo:  # takes the connection, answers nothing to a PING
+        silent = f"redis://{urllib.parse.urlsplit(mongo).netloc}/0"
+        # Only the broker's connection would wait for good: the locks' client and the
+        # result backend time out, so a silent one is left to the runs' retries.
+        assert problem(redis_url=silent, celery_result_backend=silent) is None
     for setting in ("celery_broker_url", "redis_url", "celery_result_backend"):
         said = problem(**{setting: wrong})
         assert said is not None and said.startswith(f"{setting.upper()} redis://"), said
