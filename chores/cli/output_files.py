@@ -39,7 +39,7 @@ def write_output(
         raise click.ClickException("cannot write to an empty path: give the path of a file")
     if os.path.basename(os.fspath(out)) in ("", "."):  # `newdir/`, `newdir/.`: `Path` drops them
         raise click.ClickException(
-            f"cannot write {out}: a directory's path (it ends in /): give the path of a file"
+            f"cannot write {out}: a directory's path: give the path of a file"
         )
     try:
         target = path.resolve()

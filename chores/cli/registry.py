@@ -173,7 +173,7 @@ def registry_import(
             f"{path}: its registry would be {len(text.encode('utf-8')):,} bytes, more than the "
             f"{MAX_REGISTRY_BYTES:,} a registry may be: nothing written"
         )
-    if out:
+    if out is not None:  # `--out ''` too: refused by `write_output`, not printed instead
         replaced = _loads(Path(out))
         write_output(out, text, keep=_not_a_registry)
         click.echo(f"wrote {counted(len(reg.models), 'model')} to {out}", err=True)

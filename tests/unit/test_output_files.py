@@ -231,7 +231,7 @@ def test_an_out_ending_in_a_slash_is_refused_not_written_as_the_file_before_it(
         refused = CliRunner().invoke(main, [*args, "--now", "2026-11-25T12:00:00Z"])
         assert refused.exit_code == 1, refused.output
         assert refused.output.splitlines()[0] == (
-            f"Error: cannot write {out}: a directory's path (it ends in /): give the path of a file"
+            f"Error: cannot write {out}: a directory's path: give the path of a file"
         )
     args = ["report", "--org", "ws-acme", "--period", "2026-11", "--out", ""]
     refused = CliRunner().invoke(main, [*args, "--now", "2026-11-25T12:00:00Z"])
@@ -241,6 +241,9 @@ def test_an_out_ending_in_a_slash_is_refused_not_written_as_the_file_before_it(
     source = _litellm_map(tmp_path)
     args = ["registry", "import-litellm", str(source), "--out", f"{kept}/"]
     refused = CliRunner().invoke(main, args)
-    assert refused.exit_code == 1 and "a directory's path (it ends in /)" in refused.output
+    assert refused.exit_code == 1 and "a directory's path" in refused.output
     assert kept.read_text() == ""
+    refused = CliRunner().invoke(main, ["registry", "import-litellm", str(source), "--out", ""])
+    assert (refused.exit_code, refused.stdout) == (1, ""), refused.output  # not printed instead
+    assert "cannot write to an empty path" in refused.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.json", "reg.yaml"]
