@@ -712,22 +712,22 @@ class Invoices:
         unsettled: set[tuple[str, str]] = set()
         late_marks: list[str] = []
         swept_to: set[tuple[str, str]] = set()
-        found_final: set[tuple[str, str]] = set()
+        found_final: set[tuple[str, str]] = set()  # final when a sweep of this settle read it
         for _ in range(3):  # a draft finalized under our feet: sweep it, then its target
-            late, targets = self._sweeper.sweep(pairs, now)
-            late_marks += late
+            swept = self._sweeper.sweep(pairs, now)
+            late_marks += swept.marks
+            targets = swept.targets
             swept_to |= targets
+            found_final |= swept.finals
             rebuilt = self.rebuild(pairs | targets, now, from_ledger=from_ledger)
             written.update(rebuilt.written)
             repaired.update(rebuilt.repaired)
             unsettled |= rebuilt.unsettled
             refused = {(o, p) for o, p in pairs | targets if f"{o}:{p}" not in rebuilt.written}
             finals = self.final_periods(o for o, _ in refused)
-            # A final found in an earlier round was final when this round swept it: only
-            # those found now need a sweep.
+            # Those finalized since a sweep read them need another; one read final was swept.
             refused_finals = {(o, p) for o, p in refused if p in finals[o]}
             pairs = refused_finals - found_final
-            found_final |= refused_finals
             if not pairs:
                 break
         # A draft given up on keeps every mark: the next run builds it again. One refused

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
+from typing import NamedTuple
 
 from chores.billing.invoice import PAIR_FIELDS, invoice_pair
 from chores.core.db import Collections, Doc
@@ -27,6 +28,14 @@ def open_period(now: datetime, final_periods: set[str]) -> str:
     while period in final_periods:
         period = next_period(period)
     return period
+
+
+class Swept(NamedTuple):
+    """What a `Sweeper.sweep` did."""
+
+    marks: list[str]  # the targets' marks, closed after the move
+    targets: set[tuple[str, str]]  # the open periods the late usage went to
+    finals: set[tuple[str, str]]  # the pairs it found final (and swept)
 
 
 class Sweeper:
@@ -52,14 +61,11 @@ class Sweeper:
                 finals[org][period] = doc.get("closed_fence")
         return finals
 
-    def sweep(
-        self, pairs: set[tuple[str, str]], now: datetime
-    ) -> tuple[list[str], set[tuple[str, str]]]:
+    def sweep(self, pairs: set[tuple[str, str]], now: datetime) -> Swept:
         """Sweep the final ones among `pairs` into their org's open period.
 
         The targets are marked (open) before the move and the marks closed after it,
-        so a crash in between leaves them for the next settle. Returns (the closed
-        marks, the target pairs).
+        so a crash in between leaves them for the next settle.
         """
         finals = self.final_fences(org for org, _ in pairs)
         final_pairs = [
@@ -67,15 +73,16 @@ class Sweeper:
             for org, period in sorted(pairs)
             if period in finals[org]
         ]
+        found = {(org, period) for org, period, _ in final_pairs}
         late = sorted(self._ledger.with_stragglers(final_pairs))
         if not late:
-            return [], set()
+            return Swept([], set(), found)
         target = {org: open_period(now, set(finals[org])) for org, _ in late}
         marks = self._progress.mark_dirty(target.items(), now=now)
         for org, period in late:
             self._ledger.sweep(org, period, finals[org][period], target[org])
         self._progress.close_marks(marks)
-        return marks, set(target.items())
+        return Swept(marks, set(target.items()), found)
 
     def sweep_all(self, now: datetime, org: str | None = None) -> None:
         """Sweep every final period in scope."""

@@ -195,10 +195,11 @@ def test_a_sweep_closes_the_dirty_marks_it_opened(db, settings):
     unstamp_an_entry_of_the_final(db, settings)
     c = Collections.of(db, settings)
     sweeper = Sweeper(c, Ledger(c, batch_size=50), Progress(c))
-    marks, targets = sweeper.sweep({("acme", "2026-09")}, OCT_5)
+    marks, targets, finals = sweeper.sweep({("acme", "2026-09")}, OCT_5)
     assert targets == {("acme", "2026-10")} and len(marks) == 1
+    assert finals == {("acme", "2026-09")}
     assert [mark["open"] for mark in c.dirty.find({"_id": {"$in": marks}})] == [False]
-    assert sweeper.sweep({("acme", "2026-09")}, OCT_5) == ([], set())
+    assert sweeper.sweep({("acme", "2026-09")}, OCT_5) == ([], set(), {("acme", "2026-09")})
 
 
 @pytest.mark.parametrize(

@@ -261,6 +261,12 @@ def test_a_draft_frozen_under_a_runs_feet_has_the_runs_usage_billed_late_by_that
     assert [line["late"] for line in november["lines"]] == [True]
     assert db.billing_ledger.count_documents({"booked": "2026-10", "fence": None}) == 0
 
+    # The dead finalize's mark on October, still open, brings it to the next run's settle:
+    # read final by its first sweep, it is not swept again.
+    sweeps.clear()
+    run_chore(db, now=nov_1 + timedelta(minutes=5), settings=settings, registry=registry)
+    assert sweeps == [{("acme", "2026-10")}]
+
 
 def test_two_months_frozen_in_turn_under_a_run_have_its_usage_billed_late_by_that_run(
     db, settings, registry, monkeypatch
