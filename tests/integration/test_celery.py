@@ -1159,6 +1159,18 @@ def celery_command(
     )
 
 
+def stopped_at_start(program: str, env: dict[str, str], cwd: Any) -> list[str]:
+    """Run `celery worker` or `beat` with `env`, which must stop it at start (exit 1, no
+    traceback, no password of `env`'s URLs printed): its `chore service:` lines on stderr."""
+    stopped = celery_command(program, env, cwd)
+    assert stopped.returncode == 1, stopped.stderr
+    assert "Traceback" not in stopped.stderr and "Trying again" not in stopped.stderr
+    passwords = {urllib.parse.urlsplit(value).password for value in env.values()}
+    for password in passwords - {None, ""}:
+        assert password not in stopped.stderr + stopped.stdout
+    return [line for line in stopped.stderr.splitlines() if line.startswith("chore service:")]
+
+
 def test_a_worker_refuses_a_local_store_rather_than_lose_what_it_bills(service, tmp_path):
     """A `file://` store is saved by the `chore` command that opened it: a worker would
     bill into memory and lose it, logging `outcome=ok`. `celery worker` does not start;
@@ -1305,17 +1317,12 @@ def test_a_redis_refusing_the_services_credentials_stops_it_with_one_line(
         "MONGO_URL": "mongodb://127.0.0.1:1/unreached",
         setting: redis_user("wrong-password"),
     }
-    stopped = celery_command(program, env, tmp_path)
-    assert stopped.returncode == 1, stopped.stderr
-    said = [line for line in stopped.stderr.splitlines() if line.startswith("chore service:")]
-    assert said == [
+    assert stopped_at_start(program, env, tmp_path) == [
         f"chore service: {setting} redis://chore-test-service:***@"
         f"{urllib.parse.urlsplit(env[setting]).hostname}:"
         f"{urllib.parse.urlsplit(env[setting]).port}/0: Redis refused its user or password "
         "(invalid username-password pair or user is disabled); fix the URL (docs/deploy.md)"
-    ], stopped.stderr
-    assert "Traceback" not in stopped.stderr and "Trying again" not in stopped.stderr
-    assert "wrong-password" not in stopped.stderr + stopped.stdout
+    ]
 
 
 @pytest.mark.parametrize("program", ["worker", "beat"])
@@ -1327,14 +1334,11 @@ def test_a_rediss_url_to_a_redis_without_tls_stops_the_service_with_one_line(
     plain = urllib.parse.urlsplit(service.celery_broker_url)
     url = f"rediss://{plain.hostname}:{plain.port}/0"
     env = {**os.environ, "CELERY_BROKER_URL": url, "MONGO_URL": "mongodb://127.0.0.1:1/x"}
-    stopped = celery_command(program, env, tmp_path)
-    assert stopped.returncode == 1, stopped.stderr
-    said = [line for line in stopped.stderr.splitlines() if line.startswith("chore service:")]
-    assert said == [
+    assert stopped_at_start(program, env, tmp_path) == [
         f"chore service: CELERY_BROKER_URL {url}: that Redis speaks no TLS, and a rediss:// "
         "client waits for its TLS handshake for good: use redis://, or turn TLS on at the "
         "server (docs/deploy.md)"
-    ], stopped.stderr
+    ]
 
 
 @pytest.mark.parametrize("program", ["worker", "beat"])
@@ -1350,16 +1354,13 @@ def test_a_broker_url_naming_a_server_that_never_answers_stops_the_service_with_
         url = f"redis://{urllib.parse.urlsplit(mongo).netloc}/0"
         env = {**os.environ, "CELERY_BROKER_URL": url, "MONGO_URL": "mongodb://127.0.0.1:1/x"}
         started = time.monotonic()
-        stopped = celery_command(program, env, tmp_path)
-    assert stopped.returncode == 1, stopped.stderr
-    said = [line for line in stopped.stderr.splitlines() if line.startswith("chore service:")]
+        said = stopped_at_start(program, env, tmp_path)
     assert said == [
         f"chore service: CELERY_BROKER_URL {url}: the server there took the connection but "
         "did not answer a PING within 10 s (another service's port, such as MongoDB's, or a "
         "Redis that is stopped): Celery would wait for its answer for good; check the host "
         "and port (docs/deploy.md)"
-    ], stopped.stderr
-    assert "Traceback" not in stopped.stderr
+    ]
     assert time.monotonic() - started < 45
 
 
