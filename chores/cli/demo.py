@@ -14,6 +14,7 @@ from rich.markup import escape
 from chores.billing.invoice import Invoice
 from chores.cli.common import console, now_option, user_errors
 from chores.cli.invoice import print_invoice
+from chores.cli.params import FilePathType
 from chores.core.clock import checked_now
 from chores.core.db import Collections, Doc, ensure_indexes
 from chores.core.exceptions import ConfigError
@@ -125,7 +126,7 @@ def explore(out: Console, url: str) -> None:
 @click.option("--seed", default=7, show_default=True, help="Random seed of the generated month.")
 @click.option(
     "--store",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FilePathType(path_type=Path),
     default=DEMO_PATH,
     show_default=True,
     help="The local store the demo leaves its data in. The demo's own is replaced by each "

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import click
 
+from chores.cli.params import names_a_directory
 from chores.core.local_store import may_be_store
 
 
@@ -37,7 +38,7 @@ def write_output(
     path = Path(out)
     if not os.fspath(out):  # `Path("")` is the working directory
         raise click.ClickException("cannot write to an empty path: give the path of a file")
-    if os.path.basename(os.fspath(out)) in ("", "."):  # `newdir/`, `newdir/.`: `Path` drops them
+    if names_a_directory(os.fspath(out)):
         raise click.ClickException(
             f"cannot write {out}: a directory's path: give the path of a file"
         )

@@ -8,6 +8,7 @@ block and `Try ... --help` line, so every usage error of every command is that o
 from __future__ import annotations
 
 import math
+import os
 import re
 from datetime import UTC, date, datetime
 from typing import Any
@@ -73,6 +74,27 @@ def one_line(exc: click.UsageError, path: str) -> click.UsageError:
         return exc
     where = exc.ctx.command_path if exc.ctx is not None else path
     return OneLineError(f"{exc.format_message()} ({where} -h for help)")
+
+
+def names_a_directory(path: str) -> bool:
+    """Whether `path`, as the user wrote it, ends as a directory's does (`newdir/`,
+    `newdir/.`), or is empty (the working directory): `Path` drops that ending, and
+    `newdir/` would name a file `newdir`."""
+    return os.path.basename(path) in ("", ".")
+
+
+class FilePathType(click.Path):
+    """`click.Path(dir_okay=False)` that also refuses a path that cannot name a file as
+    written (`names_a_directory`): `newdir/` and `''`, which click passes on."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(dir_okay=False, **kwargs)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and names_a_directory(value):
+            what = "an empty path" if not value else f"{value!r} is a directory's path"
+            self.fail(f"{what}: give the path of a file", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class PeriodType(click.ParamType):

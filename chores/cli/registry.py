@@ -17,7 +17,7 @@ from chores.cli.common import (
     user_errors,
 )
 from chores.cli.output_files import write_output
-from chores.cli.params import DayType, OneLineGroup
+from chores.cli.params import DayType, FilePathType, OneLineGroup
 from chores.core.periods import as_utc
 from chores.core.settings import get_settings
 from chores.core.wording import counted, for_terminal
@@ -51,11 +51,11 @@ def _registry_path(path: str | None, option: str | None) -> str | Path | None:
     return path or option or get_settings().registry_path
 
 
-registry_path_argument = click.argument("path", required=False, type=click.Path(dir_okay=False))
+registry_path_argument = click.argument("path", required=False, type=FilePathType())
 registry_path_option = click.option(
     "--path",
     "path_option",
-    type=click.Path(dir_okay=False),
+    type=FilePathType(),
     help="The registry file, as PATH (default: REGISTRY_PATH, else the shipped one).",
 )
 
@@ -123,7 +123,7 @@ MAX_LITELLM_BYTES = 64 * 1024 * 1024
 
 
 @registry.command("import-litellm")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=FilePathType())
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),

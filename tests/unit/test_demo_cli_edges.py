@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from chores import get_settings
@@ -88,6 +89,22 @@ def test_a_store_that_is_a_directory_is_bad_usage(tmp_path):
     usage), never judged as a store that might be replaced."""
     refused = CliRunner().invoke(main, ["demo", "--store", str(tmp_path)])
     assert refused.exit_code == 2 and "is a directory" in refused.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("store", ["newdir/", "newdir/.", ""])
+def test_a_store_path_that_names_no_file_is_bad_usage(tmp_path, monkeypatch, store):
+    """`--store newdir/` made a store *file* named `newdir` (`Path` drops the `/`), and
+    `--store ''` one in the working directory's name: refused by the option (exit 2), with
+    nothing created."""
+    monkeypatch.chdir(tmp_path)
+    refused = CliRunner().invoke(main, ["demo", "--store", store, *NOW_ARG], prog_name="chore")
+    assert refused.exit_code == 2, refused.output
+    expected = "an empty path" if not store else f"'{store}' is a directory's path"
+    assert refused.output == (
+        f"Error: Invalid value for '--store': {expected}: give the path of a file "
+        "(chore demo -h for help)\n"
+    )
     assert list(tmp_path.iterdir()) == []
 
 

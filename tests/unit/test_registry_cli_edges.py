@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from chores.cli import main
@@ -147,6 +148,29 @@ def test_a_directory_given_as_a_registry_file_is_a_usage_error(tmp_path):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2, (args, result.output)
         assert "is a directory" in result.output, args
+
+
+@pytest.mark.parametrize("path", ["", "reg/", "reg/."])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["registry", "validate"],
+        ["registry", "validate", "--path"],
+        ["registry", "list", "--path"],
+        ["registry", "import-litellm"],
+    ],
+)
+def test_a_registry_path_that_names_no_file_is_a_usage_error(tmp_path, monkeypatch, command, path):
+    """An empty path validated the shipped registry as if none were given, and made
+    import-litellm say `: not readable JSON (... Is a directory: '.')`; `reg/` was read as
+    the file `reg`. Each is refused by click (exit 2), in one line naming the argument."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reg").write_text(REGISTRY)  # what `reg/` would have been read as
+    result = CliRunner().invoke(main, [*command, path])
+    assert result.exit_code == 2, result.output
+    expected = "an empty path" if not path else f"'{path}' is a directory's path"
+    assert f"{expected}: give the path of a file" in result.output
+    assert result.output.count("\n") == 1
 
 
 def _noted_map(tmp_path):
