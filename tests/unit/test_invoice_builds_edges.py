@@ -772,3 +772,149 @@ def test_a_counter_removed_after_the_first_build_is_gone_past_that_builds_ticket
     draft = db.billing_invoices.find_one({"_id": "acme:2026-11"})
     assert (draft["runs"], draft["entries"]) == (2, 2)
     assert draft["build_ticket"] == 1 + invoices.TICKETS_IN_FLIGHT + 1
+
+
+def test_a_target_frozen_and_swept_under_a_runs_move_is_swept_on_by_that_run_not_left(
+    db, settings, registry, monkeypatch
+):
+    """design.md, the sweep's edge: a target frozen under the run by a finalizer that swept
+    it and cleared its marks before the run's move landed there. The run swept October's
+    late entry towards November; before its move landed, a finalize froze November, swept
+    it (nothing there yet), deleted its mark and died before its sweep of every final. The
+    move lands in the final November: its build is refused, and November was not read final
+    by a sweep of this settle, so the same run sweeps it on into December in its next round
+    and bills it there, priced at its own usage time. Nothing waits for the next finalize,
+    and the final November is the one the finalize froze."""
+    oct_20, nov_15 = datetime(2026, 10, 20, tzinfo=UTC), datetime(2026, 11, 15, tzinfo=UTC)
+    nov_1, dec_1 = datetime(2026, 11, 1, 5, tzinfo=UTC), datetime(2026, 12, 1, 5, tzinfo=UTC)
+    nov_30 = datetime(2026, 11, 30, 23, tzinfo=UTC)
+    db.tasks.insert_one(ai_runner("early", ended=oct_20))
+    run_chore(db, now=oct_20 + timedelta(hours=1), settings=settings, registry=registry)
+    assert finalize_invoices(db, now=nov_1, grace=timedelta(0), settings=settings) == [
+        "acme:2026-10"
+    ]
+    db.tasks.insert_one(ai_runner("mid", ended=nov_15, tokens=2_000))
+    run_chore(db, now=nov_15 + timedelta(hours=1), settings=settings, registry=registry)
+    # Ended October 31 (final), its last write stamped just before the run.
+    db.tasks.insert_one(
+        ai_runner("last", ended=nov_1 - timedelta(hours=6), stamp=nov_30.timestamp() - 60)
+    )
+
+    class Died(Exception):
+        pass
+
+    def dies(self: Sweeper, now: datetime, org: str | None = None) -> None:
+        raise Died("before its sweep of every final")
+
+    ledger_sweep, moves = invoices.Ledger.sweep, []
+
+    def finalized_first(self: Any, org: str, period: str, fence: Any, into: str) -> None:
+        if into == "2026-11" and not moves:
+            ours = len(sweeps)
+            with monkeypatch.context() as patch:
+                patch.setattr(Sweeper, "sweep_all", dies)
+                with pytest.raises(Died):
+                    finalize_invoices(db, now=dec_1, grace=timedelta(0), settings=settings)
+            assert sweeps[ours:] == [{("acme", "2026-11")}]  # its sweep after its freeze
+            del sweeps[ours:]
+            frozen = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+            assert frozen["status"] == "final"
+            assert db.billing_dirty.count_documents({"period": "2026-11", "open": True}) == 1
+            moves.append(frozen)
+        ledger_sweep(self, org, period, fence, into)
+
+    monkeypatch.setattr(invoices.Ledger, "sweep", finalized_first)
+    sweeps = swept_by_this_thread(monkeypatch)
+    run_chore(db, now=nov_30, settings=settings, registry=registry)
+
+    assert len(moves) == 1  # the finalize ran between the run's mark and its move
+    assert sweeps == [{("acme", "2026-10")}, {("acme", "2026-11")}]
+    november = db.billing_invoices.find_one({"_id": "acme:2026-11"})
+    assert november == moves[0]  # the final as frozen: runs 1, 2,000 tokens, 300 µ$
+    assert (november["runs"], november["total_micros"]) == (1, 300)
+    december = db.billing_invoices.find_one({"_id": "acme:2026-12"})
+    assert december is not None and december["status"] == "draft"
+    assert [(ln["tokens"], ln["late"], ln["amount_micros"]) for ln in december["lines"]] == [
+        (1_000, True, 150)
+    ]
+    assert (december["runs"], december["entries"], december["total_micros"]) == (1, 1, 150)
+    # Every entry is on exactly one invoice: none left in a final it is not on.
+    assert db.billing_ledger.count_documents({"booked": "2026-11", "fence": None}) == 0
+    assert db.billing_ledger.count_documents({"booked": "2026-12", "late": True}) == 1
+    assert db.billing_dirty.count_documents({}) == 0
+
+
+def test_late_usage_left_in_a_final_by_a_runs_last_round_waits_for_the_next_finalize(
+    db, settings, registry, monkeypatch
+):
+    """design.md: "a delay, not a loss: every finalize sweeps every final". A run lagging
+    by months (its clock on November 30) sweeps October's late entry, and each of its three
+    rounds' targets is frozen, swept and cleared of its finalizer's marks just before the
+    move lands there (November, December, then January). After its third round the entry
+    is in the final January, on no invoice, with no mark left to bring it to a settle: later
+    runs do not bill it. The next finalize sweeps it into the open month, the run after
+    bills it there once (late, priced at its own usage time), and no final ever changes."""
+    utc = UTC
+    db.tasks.insert_one(ai_runner("oct", ended=datetime(2026, 10, 20, tzinfo=utc)))
+    run_chore(db, now=datetime(2026, 10, 21, tzinfo=utc), settings=settings, registry=registry)
+    nov_1 = datetime(2026, 11, 1, 5, tzinfo=utc)
+    assert finalize_invoices(db, now=nov_1, grace=timedelta(0), settings=settings)
+    for n, month in enumerate((11, 12), start=2):  # November and December usage, metered
+        ended = datetime(2026, month, 15, tzinfo=utc)
+        db.tasks.insert_one(ai_runner(f"m{month}", ended=ended, tokens=1_000 * n))
+        run_chore(db, now=ended + timedelta(hours=1), settings=settings, registry=registry)
+    jan_15 = datetime(2027, 1, 15, tzinfo=utc)
+    db.tasks.insert_one(ai_runner("m1", ended=jan_15, tokens=4_000))
+    run_chore(db, now=jan_15 + timedelta(hours=1), settings=settings, registry=registry)
+    nov_30 = datetime(2026, 11, 30, 23, tzinfo=utc)
+    written = (jan_15 + timedelta(hours=2)).timestamp()  # after the cursor
+    db.tasks.insert_one(ai_runner("last", ended=nov_1 - timedelta(hours=6), stamp=written))
+
+    class Died(Exception):
+        pass
+
+    def dies(self: Sweeper, now: datetime, org: str | None = None) -> None:
+        raise Died("before its sweep of every final")
+
+    closes = {"2026-11": "2026-12-01", "2026-12": "2027-01-01", "2027-01": "2027-02-01"}
+    ledger_sweep, frozen = invoices.Ledger.sweep, {}
+
+    def frozen_first(self: Any, org: str, period: str, fence: Any, into: str) -> None:
+        if into in closes and into not in frozen:
+            day = datetime.fromisoformat(closes[into]).replace(hour=5, tzinfo=utc)
+            with monkeypatch.context() as patch:
+                patch.setattr(Sweeper, "sweep_all", dies)
+                with pytest.raises(Died):
+                    finalize_invoices(db, now=day, grace=timedelta(0), settings=settings)
+            frozen[into] = db.billing_invoices.find_one({"_id": f"acme:{into}"})
+            assert frozen[into]["status"] == "final"
+        ledger_sweep(self, org, period, fence, into)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(invoices.Ledger, "sweep", frozen_first)
+        run_chore(db, now=nov_30, settings=settings, registry=registry)
+    assert list(frozen) == ["2026-11", "2026-12", "2027-01"]  # one per round, to the cap
+    finals = {d["_id"]: d for d in db.billing_invoices.find({"status": "final"})}
+    assert sorted(finals) == ["acme:2026-10", "acme:2026-11", "acme:2026-12", "acme:2027-01"]
+    left = {"booked": "2027-01", "fence": None, "late": True}
+    assert db.billing_ledger.count_documents(left) == 1  # on no invoice
+    assert db.billing_dirty.count_documents({}) == 0
+
+    def invoiced() -> int:
+        return sum(line["tokens"] for d in db.billing_invoices.find() for line in d["lines"])
+
+    assert invoiced() == 10_000  # 1,000 + 2,000 + 3,000 + 4,000; the late 1,000 not yet
+    run_chore(db, now=nov_30 + timedelta(minutes=5), settings=settings, registry=registry)
+    assert db.billing_ledger.count_documents(left) == 1  # a run alone does not bill it
+
+    feb_1 = datetime(2027, 2, 1, 6, tzinfo=utc)
+    assert finalize_invoices(db, now=feb_1, grace=timedelta(0), settings=settings) == []
+    assert db.billing_ledger.count_documents(left) == 0
+    run_chore(db, now=feb_1, settings=settings, registry=registry)
+    february = db.billing_invoices.find_one({"_id": "acme:2027-02"})
+    assert february is not None and february["status"] == "draft"
+    assert [(ln["tokens"], ln["late"], ln["amount_micros"]) for ln in february["lines"]] == [
+        (1_000, True, 150)
+    ]
+    assert invoiced() == 11_000 == sum(e["tokens"] for e in db.billing_ledger.find())
+    assert {d["_id"]: d for d in db.billing_invoices.find({"status": "final"})} == finals
