@@ -12,6 +12,7 @@ from typing import Any
 
 from chores.core.redis_client import not_reached
 from chores.core.settings import Settings, get_settings, redact_url
+from chores.service.sockets import redis_socket_options
 
 BEAT_KEY_PREFIX = "billing:beat:"  # redbeat's keys: `...:lock`, `...:schedule`, one per entry
 BEAT_LOOP_MAX = 30.0  # seconds: the longest beat sleeps between two looks at its schedule
@@ -41,7 +42,11 @@ def beat_config(settings: Settings) -> dict[str, Any]:
         "beat_scheduler": "redbeat.RedBeatScheduler",
         "beat_max_loop_interval": beat_loop_seconds(settings),
         "redbeat_redis_url": settings.celery_broker_url,
-        "redbeat_redis_options": {},  # not the broker's transport options
+        # Not the broker's transport options (its visibility timeout is no client's option),
+        # but the same socket timeouts: a beat whose Redis link died silently gets an error
+        # within seconds, as when Redis is down (its lock's renewal fails, it exits and is
+        # restarted), instead of hanging in a read for the kernel's ~15 min.
+        "redbeat_redis_options": redis_socket_options(),
         "redbeat_key_prefix": BEAT_KEY_PREFIX,
         "redbeat_lock_timeout": beat_lock_timeout(settings),
     }

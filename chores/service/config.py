@@ -19,6 +19,7 @@ from chores.core.exceptions import ConfigError
 from chores.core.logs import redact_urls
 from chores.core.settings import Settings, redact_url
 from chores.service.beat import beat_config
+from chores.service.sockets import REDIS_SOCKET_TIMEOUT, redis_socket_options
 
 RETRY_BACKOFF_MAX = 60  # seconds: the longest countdown between two retries
 DEFAULT_QUEUE = "celery"  # the 5-minute fan-outs, their runs, the daily finalize
@@ -99,6 +100,39 @@ def broker_tls(url: str) -> dict[str, Any]:
     return {"broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED}}
 
 
+def broker_socket_options(url: str) -> dict[str, Any]:
+    """The broker's socket timeouts and keepalive (`service.sockets`), for a Redis broker
+    only (`redis://`, `rediss://`): kombu would hand these names to another transport.
+
+    With them, a publish on a dead connection (`meter_org.delay` in the fan-out, a beat
+    tick) fails with kombu's `OperationalError` once Celery's publish retries are spent
+    (`task_publish_retry_policy`: 3), each waiting at most `REDIS_SOCKET_TIMEOUT` on a new
+    connection: 5 waits, about 50 s (`tests/integration/test_broker_partition.py`), not the
+    kernel's ~15 min. An idle consumer is unaffected: its BRPOP is read once its socket is
+    readable, and the server answers it within kombu's `brpop_timeout` (1 s); kombu drops
+    a BRPOP connection whose answer is overdue by its `health_check_interval` (25 s).
+    Celery's broker URL takes no socket option (`?socket_timeout=` is refused at start by
+    Settings), so nothing here overrides an operator's choice."""
+    if urlsplit(url).scheme not in ("redis", "rediss"):
+        return {}
+    return redis_socket_options()
+
+
+def result_backend_sockets(url: str | None) -> dict[str, Any]:
+    """A Redis result backend's socket timeouts (Celery's own: 120 s for a command, none for
+    a connect): a dead connection fails a result's write or read within
+    `REDIS_SOCKET_TIMEOUT`. An option in the URL (`?socket_timeout=30`) still wins: Celery
+    lets the URL's options override these. Only for `redis://` and `rediss://`, the
+    backends that read them over TCP. No keepalive: Celery takes no keepalive timings for
+    its backend (the kernel's 2 h), and each use of a connection is bounded anyway."""
+    if url is None or urlsplit(url).scheme not in ("redis", "rediss"):
+        return {}
+    return {
+        "redis_socket_timeout": REDIS_SOCKET_TIMEOUT,
+        "redis_socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
+    }
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery's settings, derived from ours (time limits checked to nest)."""
     soft, hard = settings.task_soft_time_limit, settings.task_time_limit
@@ -125,9 +159,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": settings.celery_broker_url,
         **broker_tls(settings.celery_broker_url),
         "result_backend": settings.celery_result_backend,
-        # The full pass of a locked org is retried after LOCK_TTL_SECONDS (`tasks.meter_org`).
+        **result_backend_sockets(settings.celery_result_backend),
         "broker_transport_options": {
-            "visibility_timeout": visibility_timeout(hard, max(RETRY_BACKOFF_MAX, ttl))
+            # The full pass of a locked org is retried after LOCK_TTL_SECONDS (`tasks.meter_org`).
+            "visibility_timeout": visibility_timeout(hard, max(RETRY_BACKOFF_MAX, ttl)),
+            **broker_socket_options(settings.celery_broker_url),
         },
         # Ack after the run: a worker that dies mid-run leaves its message to be redelivered,
         # which is safe because every run can be repeated without billing twice.

@@ -4,19 +4,23 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
 from chores import Settings, tasks
 from chores.core.exceptions import ConfigError
-from chores.service.checks import mongo_url_problem, stop_line
+from chores.service.checks import BROKER_SILENCE_SECONDS, mongo_url_problem, stop_line
 from chores.service.config import (
     RETRY_BACKOFF_MAX,
     SHUTDOWN_MARGIN,
+    broker_socket_options,
     celery_config,
+    result_backend_sockets,
     stop_timeout,
     visibility_timeout,
 )
+from chores.service.sockets import REDIS_SOCKET_TIMEOUT
 
 
 def test_the_visibility_timeout_is_the_documented_formula():
@@ -96,3 +100,58 @@ def test_the_stop_line_is_the_plain_line_in_text_and_one_json_record_under_json(
     assert stop_line(line, Settings()) == line  # LOG_FORMAT=text, the default
     record = json.loads(stop_line(line, Settings(log_format="json")))
     assert (record["level"], record["logger"], record["message"]) == ("CRITICAL", "chores", line)
+
+
+# Redis connections that die silently (docs/deploy.md) -------------------------------
+def test_a_redis_broker_gets_socket_timeouts_and_keepalive_beside_its_visibility_timeout():
+    """A publish on a broker link that died without a FIN fails within REDIS_SOCKET_TIMEOUT
+    (tests/integration/test_broker_partition.py); an idle one is probed by the kernel."""
+    for url in ("redis://cache:6379/0", "rediss://cache:6380/0"):
+        options = celery_config(Settings(celery_broker_url=url))["broker_transport_options"]
+        assert options["visibility_timeout"] == 3600  # kept
+        assert options["socket_timeout"] == options["socket_connect_timeout"] == 10
+        assert options["socket_keepalive"] is True
+        assert options["socket_keepalive_options"] == {
+            socket.TCP_KEEPIDLE: 60,
+            socket.TCP_KEEPINTVL: 10,
+            socket.TCP_KEEPCNT: 3,
+        }
+        # redis-py would resend a timed-out command; kombu then stops batching publishes
+        assert not options.get("retry_on_timeout")
+    assert REDIS_SOCKET_TIMEOUT == BROKER_SILENCE_SECONDS  # the start check's PING waits as long
+    assert broker_socket_options("amqp://guest:guest@rabbit:5672//") == {}  # not kombu-redis's
+
+
+def test_a_redis_result_backend_times_out_in_seconds_unless_its_url_says_otherwise():
+    """Celery's own: 120 s for a command, no connect timeout. An operator's
+    `?socket_timeout=` in CELERY_RESULT_BACKEND still wins, as Celery reads the URL last."""
+    from celery import Celery
+    from celery.backends.redis import RedisBackend
+
+    url = "redis://cache:6379/2"
+    config = celery_config(Settings(celery_result_backend=url))
+    assert config["redis_socket_timeout"] == config["redis_socket_connect_timeout"] == 10
+    app = Celery(set_as_current=False)
+    app.conf.update(config)
+    params = RedisBackend(app=app, url=url).connparams
+    assert params["socket_timeout"] == params["socket_connect_timeout"] == 10
+    given = RedisBackend(app=app, url=url + "?socket_timeout=30").connparams
+    assert given["socket_timeout"] == 30
+    for other in (None, "rpc://", "redis+socket:///tmp/redis.sock"):
+        assert result_backend_sockets(other) == {}
+    assert "redis_socket_timeout" not in celery_config(Settings(celery_result_backend="rpc://"))
+
+
+def test_beats_redis_client_has_the_same_timeouts_and_not_the_visibility_timeout():
+    """redbeat's client (the schedule, beat's lock): a beat whose link died silently fails
+    its tick or its lock's renewal in seconds and exits, instead of hanging ~15 min.
+    Built, not connected."""
+    from celery import Celery
+    from redbeat.schedulers import get_redis
+
+    app = Celery(set_as_current=False)
+    app.conf.update(celery_config(Settings()))
+    kwargs = get_redis(app).connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == 10
+    assert kwargs["socket_keepalive"] is True and kwargs["socket_keepalive_options"]
+    assert "visibility_timeout" not in kwargs
