@@ -50,6 +50,7 @@ from chores.core.logs import redact_urls
 from chores.demo.corpus import generate_corpus
 from chores.service.checks import redis_problem
 from chores.service.config import DEFAULT_QUEUE, FULL_QUEUE, celery_config
+from chores.service.sockets import REDIS_SOCKET_TIMEOUT
 
 from support import QUICK_RETRY_DELAY, closed_port, dies_with_the_tests
 from support.dbproxy import WRITES, DatabaseProxy
@@ -354,6 +355,25 @@ def test_worker_meters_an_org_and_writes_its_invoice(worker, service, source, re
     assert run["docs_read"] == result["docs_read"] > 0
     assert ledger(source.db, "globex") == {}
     assert lock_client(str(service.redis_url)).keys(KEY_PREFIX + "*") == []  # released
+
+
+def test_a_worker_idle_for_longer_than_its_broker_socket_timeout_still_runs_a_task(
+    worker, service, source, reference
+):
+    """The broker's socket timeout (`service.sockets`, for a link that dies silently) must
+    not cut a healthy idle worker: its BRPOP is answered by Redis every second, its pub/sub
+    connection is read only when readable, and its result backend's pub/sub waits by its
+    own timeouts. Idle half as long again as the timeout, it still runs the next task."""
+    connection = worker.consumer.connection
+    kwargs = connection.default_channel.client.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == REDIS_SOCKET_TIMEOUT  # the worker's redis-py has it
+    assert tasks.meter_org.delay("globex").get(timeout=30)["locked"] is False
+    time.sleep(1.5 * REDIS_SOCKET_TIMEOUT)
+    result = tasks.meter_org.delay("acme").get(timeout=30)
+
+    assert result["locked"] is False and result["tokens_billed"] > 0
+    assert ledger(source.db, "acme") == ledger(reference, "acme")
+    assert invoices(source.db, "acme") == invoices(reference, "acme") != {}
 
 
 def test_a_beat_tick_fans_out_to_every_org_with_new_usage(worker, source, reference):
