@@ -98,7 +98,8 @@ def answers_nothing(url: str, *, timeout: float) -> bool:
     """Whether the server a `redis://` or `rediss://` URL names takes a TCP connection and
     then answers nothing to a PING within `timeout`: another service's port (MongoDB waits
     for the 16 bytes of a message header), a Redis stopped but still listening. Celery's
-    broker connection has no socket timeout: the worker waited for that answer for good,
-    printing nothing, deaf to SIGTERM. Any answer, an error or a closed connection is one;
+    broker connection had no socket timeout: the worker waited for that answer for good,
+    printing nothing, deaf to SIGTERM (now it times out and is retried, for an hour and
+    more: `service.sockets`). Any answer, an error or a closed connection is one;
     a server not reached is another matter."""
     return _first_byte(url, timeout=timeout) is None

@@ -80,15 +80,17 @@ def redis_problem(settings: Settings) -> str | None:
                 "client waits for its TLS handshake for good: use redis://, or turn TLS "
                 "on at the server (docs/deploy.md)"
             )
-        # Only the broker's connection waits for good; the others time out (`redis_client`,
-        # the result backend's own timeouts), and a Redis busy for a few seconds answers.
+        # Only the broker's connection is checked so: Celery retries a broker that times out
+        # as one that is down, for an hour and more (`service.sockets`; before it had no
+        # timeout, it waited for good); the others fail their use (`redis_client`, the
+        # result backend's timeouts), and a Redis busy for a few seconds answers.
         silent = name == "CELERY_BROKER_URL" and urlsplit(url).scheme in ("redis", "rediss")
         if silent and answers_nothing(url, timeout=BROKER_SILENCE_SECONDS):
             return (
                 f"{name} {redact_url(url)}: the server there took the connection but did not "
                 f"answer a PING within {BROKER_SILENCE_SECONDS:g} s (another service's port, "
-                "such as MongoDB's, or a Redis that is stopped): Celery would wait for its "
-                "answer for good; check the host and port (docs/deploy.md)"
+                "such as MongoDB's, or a Redis that is stopped): Celery would retry it as a "
+                "Redis that is down, a hundred times; check the host and port (docs/deploy.md)"
             )
         reply = refused_credentials(url)
         if reply is None:

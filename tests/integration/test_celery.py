@@ -1368,8 +1368,9 @@ def test_a_broker_url_naming_a_server_that_never_answers_stops_the_service_with_
     """Operator's review: CELERY_BROKER_URL naming MongoDB's port (`redis://db:27017/0`, the
     two stores' ports swapped) hung the worker for good, printing nothing after its banner
     and deaf to SIGTERM: Celery's broker connection sends a PING (14 bytes), MongoDB waits
-    for the 16 of a message header, and that connection has no socket timeout. (A Redis
-    stopped but still listening does the same.) It stops at start with one line instead."""
+    for the 16 of a message header, and that connection had no socket timeout. (A Redis
+    stopped but still listening does the same.) It stops at start with one line instead
+    (now that it has one, `service.sockets`, Celery would retry it a hundred times)."""
     with RefusingMongod() as mongo:  # reads a whole header before it answers, as mongod does
         url = f"redis://{urllib.parse.urlsplit(mongo).netloc}/0"
         env = {**os.environ, "CELERY_BROKER_URL": url, "MONGO_URL": "mongodb://127.0.0.1:1/x"}
@@ -1378,8 +1379,8 @@ def test_a_broker_url_naming_a_server_that_never_answers_stops_the_service_with_
     assert said == [
         f"chore service: CELERY_BROKER_URL {url}: the server there took the connection but "
         "did not answer a PING within 10 s (another service's port, such as MongoDB's, or a "
-        "Redis that is stopped): Celery would wait for its answer for good; check the host "
-        "and port (docs/deploy.md)"
+        "Redis that is stopped): Celery would retry it as a Redis that is down, a hundred "
+        "times; check the host and port (docs/deploy.md)"
     ]
     assert time.monotonic() - started < 45
 
