@@ -55,6 +55,7 @@ from chores.service.sockets import REDIS_SOCKET_TIMEOUT
 from support import QUICK_RETRY_DELAY, closed_port, dies_with_the_tests
 from support.dbproxy import WRITES, DatabaseProxy
 from support.fake_mongod import RefusingMongod, SilentMongod
+from support.tcpproxy import FreezableProxy
 
 # Celery's Redis result backend still calls redis-py's deprecated `setex` (redis>=8 warns).
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")
@@ -659,6 +660,60 @@ def test_a_pool_process_killed_mid_run_has_its_message_run_again_by_a_fresh_one(
     assert sent.id.encode() in b"".join(
         redis.Redis.from_url(service.celery_broker_url).hvals("unacked")
     )
+
+
+def test_a_worker_whose_broker_link_died_silently_consumes_again_within_two_minutes(
+    service, tmp_path
+):
+    """A NAT or conntrack entry dropped under an idle worker: its broker connections are
+    dead, not closed (a proxy's links cut: no FIN, no RST). kombu 5.7 drops the BRPOP
+    connection once its answer is 25 s overdue (`health_check_interval`) and opens a new
+    one; a command on a pooled connection still the dead one (kombu's binding refresh, the
+    record of a message taken) times out (`REDIS_SOCKET_TIMEOUT`) and the worker reconnects
+    everything, then runs what comes. Without the timeout the worker's event loop waited in
+    that command (kombu's binding refresh, a timer) for the kernel's ~15 min: nothing
+    consumed, not even kombu's BRPOP check ran (seen: 120 s, the message still queued). A
+    message taken between the two reconnections was seen lost (popped, never recorded as
+    unacknowledged, never run): kombu's window; a `meter_org` lost so leaves its org due,
+    listed again by the next fan-out (docs/deploy.md)."""
+    address = urllib.parse.urlsplit(service.celery_broker_url)
+    broker = redis.Redis.from_url(service.celery_broker_url)
+    consuming = lambda: any(  # noqa: E731
+        c["cmd"] == "brpop" and c["db"] == address.path.strip("/") for c in broker.client_list()
+    )
+    mongo = SilentMongod()
+    log = tmp_path / "worker.log"
+    with FreezableProxy(address.hostname or "127.0.0.1", address.port or 6379) as proxy:
+        via = f"redis://127.0.0.1:{proxy.port}{address.path}"
+        with log.open("w") as stderr:
+            worker = prefork_worker(
+                service.model_copy(update={"celery_broker_url": via}),
+                mongo,
+                tmp_path,
+                stderr=stderr,
+            )
+        try:
+            worker_reaches(consuming, worker, log, service.celery_broker_url)
+            proxy.cut()
+            cut = time.monotonic()
+            # The BRPOP in flight is still open at the server for up to its 1 s: a message
+            # pushed then is popped for nobody (also lost). Pushed after, it waits.
+            time.sleep(2)
+            tasks.meter_org.delay("acme")  # straight to Redis, as a fan-out elsewhere would
+            reconnected = lambda: "Connection to broker lost" in log.read_text()  # noqa: E731
+            # 1 s + 2 x 25 s for the BRPOP, the timeout of the write, and a loaded machine
+            worker_reaches(reconnected, worker, log, service.celery_broker_url, timeout=120)
+            took = time.monotonic() - cut
+            tasks.meter_org.delay("acme")
+            worker_reaches(lambda: len(mongo.pids) >= 1, worker, log, service.celery_broker_url)
+        finally:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+            mongo.close()
+    said = log.read_text()
+    assert "Redis BRPOP got no reply for" in said  # kombu dropped the dead BRPOP link
+    assert "Trying to re-establish the connection... (network:TimeoutError)" in said
+    assert took >= 25  # the BRPOP's answer was overdue first: nothing got through the cut
 
 
 def test_a_message_that_kills_its_pool_process_every_time_fails_after_its_retries(

@@ -9,7 +9,9 @@ VM: its writes land in the kernel's buffers, and no reply ever comes.
         proxy.freeze()      # from now on nothing gets through, nothing is closed
 
 A connection opened while frozen is accepted (as the kernel would complete its handshake)
-and never forwarded either. (`dbproxy.py` is another thing: it wraps a mongomock database.)
+and never forwarded either. `cut()` freezes only the connections open now, and forwards
+those opened after: a NAT or conntrack entry dropped, a new connection making a new one.
+(`dbproxy.py` is another thing: it wraps a mongomock database.)
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import socket
 import threading
 from types import TracebackType
 
-POLL_SECONDS = 0.05  # how often a pump looks at `frozen` and `closed` between reads
+POLL_SECONDS = 0.05  # how often a pump looks whether its link is cut or the proxy closed
 
 
 class FreezableProxy:
@@ -30,6 +32,7 @@ class FreezableProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self.frozen = threading.Event()
+        self._links: list[threading.Event] = []  # one per connection: set when it is cut
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = [self._listener]
         self._threads: list[threading.Thread] = []
@@ -38,6 +41,13 @@ class FreezableProxy:
     def freeze(self) -> None:
         """Stop forwarding, now and for good, in both directions; close nothing."""
         self.frozen.set()
+        self.cut()
+
+    def cut(self) -> None:
+        """Stop forwarding on every connection open now, for good; close nothing. Those
+        opened later are forwarded (unless frozen)."""
+        for link in list(self._links):
+            link.set()
 
     def close(self) -> None:
         self._closed.set()
@@ -77,19 +87,21 @@ class FreezableProxy:
                 client.close()
                 continue
             self._sockets.append(server)
-            self._start(self._pump, client, server)
-            self._start(self._pump, server, client)
+            link = threading.Event()
+            self._links.append(link)
+            self._start(self._pump, client, server, link)
+            self._start(self._pump, server, client, link)
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        """Copy `source` to `sink` until either closes; once frozen, read nothing more (the
-        bytes wait in the kernel's buffers, as on a dead link) but keep both open."""
+    def _pump(self, source: socket.socket, sink: socket.socket, link: threading.Event) -> None:
+        """Copy `source` to `sink` until either closes; once the link is cut, read nothing
+        more (the bytes wait in the kernel's buffers, as on a dead link) but keep both open."""
         while not self._closed.is_set():
-            if self.frozen.is_set():
+            if link.is_set():
                 self._closed.wait(POLL_SECONDS)
                 continue
             try:
                 readable, _, _ = select.select([source], [], [], POLL_SECONDS)
-                if not readable or self.frozen.is_set():
+                if not readable or link.is_set():
                     continue
                 data = source.recv(65536)
                 if not data:  # a real close by one side is passed on
