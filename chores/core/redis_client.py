@@ -89,8 +89,8 @@ def _first_byte(url: str, *, timeout: float) -> bytes | None:
 
 def speaks_without_tls(url: str, *, timeout: float = 2.0) -> bool:
     """Whether the server a `rediss://` URL names answers Redis's protocol in plain text:
-    a TLS client's handshake with it waits for an answer that never comes (Celery's
-    broker connection has no timeout there: the worker hung, deaf to SIGTERM)."""
+    a TLS client's handshake with it waits for an answer that never comes, until its
+    timeout (Celery's broker connection had none: the worker hung, deaf to SIGTERM)."""
     return _first_byte(url, timeout=timeout) in (b"+", b"-")
 
 

@@ -77,8 +77,8 @@ def redis_problem(settings: Settings) -> str | None:
         if urlsplit(url).scheme == "rediss" and speaks_without_tls(url):
             return (
                 f"{name} {redact_url(url)}: that Redis speaks no TLS, and a rediss:// "
-                "client waits for its TLS handshake for good: use redis://, or turn TLS "
-                "on at the server (docs/deploy.md)"
+                "client's TLS handshake with it only ends in a timeout: use redis://, or "
+                "turn TLS on at the server (docs/deploy.md)"
             )
         # Only the broker's connection is checked so: Celery retries a broker that times out
         # as one that is down, for an hour and more (`service.sockets`; before it had no

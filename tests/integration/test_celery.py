@@ -1405,14 +1405,16 @@ def test_a_rediss_url_to_a_redis_without_tls_stops_the_service_with_one_line(
     service, tmp_path, program
 ):
     """Outside hunt: CELERY_BROKER_URL `rediss://` to a Redis that speaks no TLS hung the
-    worker in its TLS handshake for good, printing nothing and deaf to SIGTERM."""
+    worker in its TLS handshake for good, printing nothing and deaf to SIGTERM (the broker's
+    socket timeouts now end it, and Celery retries it as a Redis that is down: the setting is
+    wrong, so the service stops at start instead)."""
     plain = urllib.parse.urlsplit(service.celery_broker_url)
     url = f"rediss://{plain.hostname}:{plain.port}/0"
     env = {**os.environ, "CELERY_BROKER_URL": url, "MONGO_URL": "mongodb://127.0.0.1:1/x"}
     assert stopped_at_start(program, env, tmp_path) == [
         f"chore service: CELERY_BROKER_URL {url}: that Redis speaks no TLS, and a rediss:// "
-        "client waits for its TLS handshake for good: use redis://, or turn TLS on at the "
-        "server (docs/deploy.md)"
+        "client's TLS handshake with it only ends in a timeout: use redis://, or turn TLS on "
+        "at the server (docs/deploy.md)"
     ]
 
 
