@@ -5,7 +5,7 @@ a real Redis; and the markers of each directory (shared helpers are in `support`
 - tests/faults: `faults` and `integration` (crashes, interleavings, the fault table: minutes);
 - any test using a real Redis (`redis_base_url`) is `integration` wherever it is.
 
-`pytest -m "not integration"` runs the pure tests, in under a minute, with no service.
+`pytest -m "not integration"` runs the pure tests, in about a minute, with no service.
 """
 
 from __future__ import annotations
