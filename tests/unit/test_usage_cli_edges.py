@@ -48,6 +48,17 @@ def _one_run_billed(env_db):
     assert ran.exit_code == 0, ran.output
 
 
+def _usage_after_a_run(by: str, columns: int):
+    """`chore run` of acme, then `chore usage --by BY` of November on a terminal `columns`
+    wide: its result (exit 0 checked for both)."""
+    ran = CliRunner().invoke(main, ["run", "--org", "acme", *NOW_ARG])
+    assert ran.exit_code == 0, ran.output
+    args = ["usage", "--org", "acme", "--period", "2026-11", "--by", by]
+    result = CliRunner().invoke(main, args, env={"COLUMNS": str(columns)})
+    assert result.exit_code == 0, result.output
+    return result
+
+
 def test_usage_by_run_shows_the_session_column_from_110_columns_on(env_db):
     """Mutants usage.py:218 `WIDE = 110` -> 111 / 109: the session column of `--by run`
     appeared from 109 columns, or only from 111 (no test sits at the boundary)."""
@@ -261,11 +272,7 @@ def test_a_row_partly_unpriced_says_its_amount_leaves_tokens_out(env_db):
             ai_runner("r2", ended=NOW, tokens=500, model="no-such-model"),
         ]
     )
-    ran = CliRunner().invoke(main, ["run", "--org", "acme", *NOW_ARG])
-    assert ran.exit_code == 0, ran.output
-    args = ["usage", "--org", "acme", "--period", "2026-11", "--by", "day"]
-    result = CliRunner().invoke(main, args, env={"COLUMNS": "150"})
-    assert result.exit_code == 0, result.output
+    result = _usage_after_a_run("day", 150)
     lines = result.stdout.splitlines()
     (day,) = [line for line in lines if line.startswith("2026-11-25")]
     counts = ["1,500", "0", "0", "0", "1,500"]
@@ -278,11 +285,7 @@ def test_usage_by_run_puts_the_session_under_its_column_when_wide(env_db):
     pass or forced False: from 110 columns on the session column was there but empty, and
     every count moved one column left (the input tokens under "session")."""
     env_db.tasks.insert_one(ai_runner("r1", ended=NOW, tokens=1_000, session_id="sess-1"))
-    ran = CliRunner().invoke(main, ["run", "--org", "acme", *NOW_ARG])
-    assert ran.exit_code == 0, ran.output
-    args = ["usage", "--org", "acme", "--period", "2026-11", "--by", "run"]
-    result = CliRunner().invoke(main, args, env={"COLUMNS": "120"})
-    assert result.exit_code == 0, result.output
+    result = _usage_after_a_run("run", 120)
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("run "))
     row = next(line for line in lines if "gpt-4o-mini" in line)
@@ -378,11 +381,7 @@ def _long_names_by_run_at_80_columns(env_db):
         status="CANCELLED_BY_USER",
     )
     env_db.tasks.insert_one(runner)
-    ran = CliRunner().invoke(main, ["run", "--org", "acme", *NOW_ARG])
-    assert ran.exit_code == 0, ran.output
-    args = ["usage", "--org", "acme", "--period", "2026-11", "--by", "run"]
-    result = CliRunner().invoke(main, args, env={"COLUMNS": "80"})
-    assert result.exit_code == 0, result.output
+    result = _usage_after_a_run("run", 80)
     return result
 
 
@@ -447,11 +446,7 @@ def test_usage_by_run_indents_each_level_of_subagents_two_more_spaces(env_db):
         ]
     )  # fmt: skip
     env_db.findings.insert_many([_spawned(child, parent), _spawned(grandchild, child)])
-    ran = CliRunner().invoke(main, ["run", "--org", "acme", *NOW_ARG])
-    assert ran.exit_code == 0, ran.output
-    args = ["usage", "--org", "acme", "--period", "2026-11", "--by", "run"]
-    result = CliRunner().invoke(main, args, env={"COLUMNS": "150"})
-    assert result.exit_code == 0, result.output
+    result = _usage_after_a_run("run", 150)
     rows = [line.split("  gpt-4o-mini")[0].rstrip() for line in result.stdout.splitlines()]
     assert [f"{parent}", f"↳ {child}", f"  ↳ {grandchild}"] == [
         row for row in rows if row.lstrip("↳ ") in {str(parent), str(child), str(grandchild)}
