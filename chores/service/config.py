@@ -19,7 +19,7 @@ from chores.core.exceptions import ConfigError
 from chores.core.logs import redact_urls
 from chores.core.settings import Settings, redact_url
 from chores.service.beat import beat_config
-from chores.service.sockets import REDIS_SOCKET_TIMEOUT, redis_socket_options
+from chores.service.sockets import REDIS_SOCKET_TIMEOUT, over_tcp, redis_socket_options
 
 RETRY_BACKOFF_MAX = 60  # seconds: the longest countdown between two retries
 DEFAULT_QUEUE = "celery"  # the 5-minute fan-outs, their runs, the daily finalize
@@ -113,9 +113,7 @@ def broker_socket_options(url: str) -> dict[str, Any]:
     a BRPOP connection whose answer is overdue by its `health_check_interval` (25 s).
     Celery's broker URL takes no socket option (`?socket_timeout=` is refused at start by
     Settings), so nothing here overrides an operator's choice."""
-    if urlsplit(url).scheme not in ("redis", "rediss"):
-        return {}
-    return redis_socket_options()
+    return redis_socket_options() if over_tcp(url) else {}
 
 
 def result_backend_sockets(url: str | None) -> dict[str, Any]:
@@ -125,7 +123,7 @@ def result_backend_sockets(url: str | None) -> dict[str, Any]:
     lets the URL's options override these. Only for `redis://` and `rediss://`, the
     backends that read them over TCP. No keepalive: Celery takes no keepalive timings for
     its backend (the kernel's 2 h), and each use of a connection is bounded anyway."""
-    if url is None or urlsplit(url).scheme not in ("redis", "rediss"):
+    if not over_tcp(url):
         return {}
     return {
         "redis_socket_timeout": REDIS_SOCKET_TIMEOUT,

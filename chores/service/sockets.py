@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 # Seconds a connect, or any read or write of a command, may take. No command of the
 # service waits on Redis by design (kombu's BRPOP asks the server to answer within its
@@ -22,6 +23,12 @@ REDIS_SOCKET_TIMEOUT = 10.0
 # link died. 60 s is also below the idle timeouts of NATs and cloud load balancers (4 min
 # and up), whose entries the probes keep alive. Options this platform lacks are left to it.
 REDIS_KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3}
+
+
+def over_tcp(url: str | None) -> bool:
+    """Whether `url` names a Redis reached over TCP (`redis://`, `rediss://`): the only
+    connections these options are for (not `unix://`, `redis+socket://`, another broker)."""
+    return url is not None and urlsplit(url).scheme in ("redis", "rediss")
 
 
 def keepalive_options() -> dict[int, int]:
